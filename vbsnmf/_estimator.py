@@ -178,14 +178,17 @@ class VBNMF(TransformerMixin, BaseEstimator):
         return _vb.as_count_data(matrix)
 
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, X, y=None, *, init=None) -> VBNMF:
+    def fit(self, X, y=None, *, init=None, callback=None) -> VBNMF:
         """Fit the model to ``X`` (rows x columns, non-negative counts; any scipy.sparse
-        format or a dense array). ``init``: see Notes. Returns self."""
-        self.fit_transform(X, init=init)
+        format or a dense array). Returns self.
+
+        ``init``: starting variational parameters (see Notes). ``callback(n_iter, params,
+        elbo_trace)`` runs after every iteration (progress bars, checkpoints)."""
+        self.fit_transform(X, init=init, callback=callback)
         return self
 
-    def fit_transform(self, X, y=None, *, init=None) -> np.ndarray:
-        """Fit and return the posterior mean row factors ``E[z]`` (n_rows x K)."""
+    def fit_transform(self, X, y=None, *, init=None, callback=None) -> np.ndarray:
+        """Fit and return the posterior mean row factors ``E[z]`` (n_rows x K); see `fit`."""
         checked = self._check_params()
         data = self._count_data(X, reset=True)
         n_components = check_n_components(self.n_components, data.shape)
@@ -208,6 +211,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
                     max_iter=self.max_iter,
                     tol=checked["tol"],
                     n_chunks=n_threads,
+                    callback=callback,
                     verbose=self.verbose,
                 )
                 if best is None or _final_elbo(result) > _final_elbo(best):

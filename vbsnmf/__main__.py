@@ -20,7 +20,8 @@ def main() -> None:
     top = np.argsort(-model.components_, axis=1)[:, :5]
     for factor, genes in enumerate(top):
         share = cell_factors[:, factor].sum() / cell_factors.sum()
-        print(f"factor {factor:2d} ({share:5.1%} of cell loading): {', '.join(adata.var_names[genes])}")
+        gene_names = ", ".join(adata.var_names[genes])
+        print(f"factor {factor:2d} ({share:5.1%} of cell loading): {gene_names}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def _init_from(init, n_rows: int, n_cols: int, n_components: int, dtype) -> _vb.
         raise TypeError(f"init must be a VBNMF, VariationalParams or mapping, got {type(init)}")
     arrays = tuple(np.array(a, dtype=dtype, copy=True) for a in arrays)
     expected = ((n_rows, n_components), (n_components,), (n_cols, n_components), (n_components,))
-    for name, array, want in zip(("obs_shape", "obs_rate", "var_shape", "var_rate"), arrays, expected):
+    for name, array, want in zip(
+        ("obs_shape", "obs_rate", "var_shape", "var_rate"), arrays, expected
+    ):
         if array.shape != want:
             raise ValueError(f"init {name} has shape {array.shape}, expected {want}")
         if not np.all(np.isfinite(array)) or np.any(array <= 0):

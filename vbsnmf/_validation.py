@@ -66,7 +66,9 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
                 f"{_first_positions(coo.row[where], coo.col[where])}"
             )
     if problems:
-        raise ValueError(f"{name} must hold non-negative finite counts; found " + "; ".join(problems))
+        raise ValueError(
+            f"{name} must hold non-negative finite counts; found " + "; ".join(problems)
+        )
     if warn_non_integer and data.size and not np.issubdtype(data.dtype, np.integer):
         if np.any(data != np.round(data)):
             warnings.warn(

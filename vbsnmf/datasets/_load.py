@@ -6,11 +6,11 @@ import gzip
 from pathlib import Path
 
 import anndata as ad
-from anndata.utils import make_index_unique
 import numpy as np
 import pandas as pd
 import scipy.io
 import scipy.sparse as sp
+from anndata.utils import make_index_unique
 
 _DATA = Path(__file__).parent / "data"
 

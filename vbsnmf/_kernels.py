@@ -28,37 +28,20 @@ from numba import njit, prange
 
 
 @njit(cache=True)
-def _responsibilities(
-    major_scaled_row, minor_scaled_row, major_elog_row, minor_elog_row, tiny, phi
-):
-    """Fill ``phi`` with one nonzero's normalised responsibilities; return log normaliser
-    minus the two row maxima (the caller adds them back)."""
+def _exp_shifted_log_rho(major_elog_row, minor_elog_row, phi):
+    """Slow path of one nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
+    ``log rho_l = E[log z_il] + E[log w_jl]``; returns (max, sum_l phi_l)."""
     n_components = phi.shape[0]
-    total = 0.0
-    for l in range(n_components):
-        value = float(major_scaled_row[l]) * float(minor_scaled_row[l])
-        phi[l] = value
-        total += value
-    if total > tiny:
-        inv = 1.0 / total
-        for l in range(n_components):
-            phi[l] *= inv
-        return math.log(total), False
-    # Underflow: log-sum-exp over E[log z] + E[log w] directly.
     peak = -np.inf
     for l in range(n_components):
         value = float(major_elog_row[l]) + float(minor_elog_row[l])
         phi[l] = value
-        if value > peak:
-            peak = value
+        peak = max(peak, value)
     total = 0.0
     for l in range(n_components):
         phi[l] = math.exp(phi[l] - peak)
         total += phi[l]
-    inv = 1.0 / total
-    for l in range(n_components):
-        phi[l] *= inv
-    return math.log(total) + peak, True
+    return peak, total
 
 
 @njit(parallel=True, cache=True)
@@ -113,28 +96,40 @@ def update_shapes(
     fallbacks = np.zeros(n_chunks, dtype=np.int64)
     for chunk in prange(n_chunks):
         phi = np.empty(n_components, dtype=np.float64)
+        row_acc = np.empty(n_components, dtype=np.float64)
         minor_acc = minor_partial[chunk]
         minor_acc[:] = 0.0
         data_term = 0.0
         n_fallback = 0
         for i in range(chunk_bounds[chunk], chunk_bounds[chunk + 1]):
-            row_acc = major_stat[i]
             row_acc[:] = 0.0
+            row_logmax = float(major_logmax[i])
+            row_data = 0.0  # sum x (log normaliser - row_logmax) over the row
+            row_count = 0.0
             for n in range(indptr[i], indptr[i + 1]):
                 j = indices[n]
                 x = float(counts[n])
-                log_norm, fell_back = _responsibilities(
-                    major_scaled[i], minor_scaled[j], major_elog[i], minor_elog[j], tiny, phi
-                )
-                if fell_back:
-                    n_fallback += 1
-                else:
-                    log_norm += float(major_logmax[i]) + float(minor_logmax[j])
-                data_term += x * log_norm
+                total = 0.0
                 for l in range(n_components):
-                    contribution = x * phi[l]
+                    value = float(major_scaled[i, l]) * float(minor_scaled[j, l])
+                    phi[l] = value
+                    total += value
+                if total > tiny:
+                    log_norm = math.log(total) + float(minor_logmax[j])
+                else:
+                    n_fallback += 1
+                    peak, total = _exp_shifted_log_rho(major_elog[i], minor_elog[j], phi)
+                    log_norm = math.log(total) + peak - row_logmax
+                row_data += x * log_norm
+                row_count += x
+                scale = x / total
+                for l in range(n_components):
+                    contribution = phi[l] * scale
                     row_acc[l] += contribution
                     minor_acc[j, l] += contribution
+            for l in range(n_components):
+                major_stat[i, l] = row_acc[l]
+            data_term += row_data + row_logmax * row_count
         data_term_partial[chunk] = data_term
         fallbacks[chunk] = n_fallback
     return fallbacks.sum()

@@ -304,3 +304,17 @@ def test_non_integer_counts_warn():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             vbsnmf.VBNMF(1, max_iter=2).fit(X)
+
+
+def test_input_matrix_is_not_modified():
+    """Unsorted indices, duplicates and explicit zeros are handled on a copy."""
+    X = sp.csr_matrix(
+        (np.array([2.0, 0.0, 1.0, 3.0]), np.array([2, 0, 1, 2]), np.array([0, 3, 4])),
+        shape=(2, 3),
+    )
+    before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(1, max_iter=2).fit(X)
+    for array, saved in zip((X.data, X.indices, X.indptr), before):
+        np.testing.assert_array_equal(array, saved)

@@ -115,11 +115,15 @@ def as_count_data(matrix, counts_dtype=np.float64) -> CountData:
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else matrix
     shape = matrix.shape
     major = 0 if shape[0] >= shape[1] else 1
-    csr = sp.csr_array(matrix if major == 0 else matrix.T, copy=False)
-    csr.sum_duplicates()  # canonical: sorted indices, no duplicates
+    csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
+    if not csr.has_canonical_format or not np.all(csr.data):
+        # Sorting, summing duplicates and dropping zeros work in place: never on the
+        # caller's matrix.
+        csr = csr.copy()
+        csr.sum_duplicates()
+        csr.eliminate_zeros()
     if csr.data.dtype != counts_dtype:
         csr.data = csr.data.astype(counts_dtype)
-    csr.eliminate_zeros()
     return CountData.from_csr(csr, major, shape)
 
 

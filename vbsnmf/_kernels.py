@@ -44,7 +44,11 @@ def _exp_shifted_log_rho(major_elog_row, minor_elog_row, phi):
     return peak, total
 
 
-@njit(parallel=True, cache=True)
+# Reassociation lets LLVM vectorise the K-long sums; no flag assumes away NaN or inf.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def update_shapes(
     indptr,
     indices,

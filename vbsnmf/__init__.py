@@ -4,18 +4,28 @@ The engine visits only the nonzeros of the count matrix, so cost and memory grow
 nonzeros, not with genes x cells. See ``docs/model.md`` in the repository for the model.
 """
 
-from . import datasets
+from . import classic, datasets, io, pl, tl
+from ._dask import DaskFitResult, fit_dask, fit_svi_dask
 from ._estimator import VBNMF, fit_triplets
 from ._validation import NonCountWarning
 from ._vb import ConvergenceWarning, VariationalParams
+from .classic import NMF
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NMF",
     "VBNMF",
     "ConvergenceWarning",
+    "DaskFitResult",
     "NonCountWarning",
     "VariationalParams",
+    "classic",
     "datasets",
+    "fit_dask",
+    "fit_svi_dask",
     "fit_triplets",
+    "io",
+    "pl",
+    "tl",
 ]

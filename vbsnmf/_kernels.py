@@ -154,3 +154,186 @@ def log_factorial_sum(counts, chunk_size):
             total += math.lgamma(float(counts[k]) + 1.0)
         partial[chunk] = total
     return partial.sum()
+
+
+# --- classical NMF kernels (vbsnmf.classic) ---
+# Notation of vbsnmf.classic: X (n x m) ~ Q = W H. Every kernel updates or evaluates the
+# *row* side: ``row_factor`` is W (n x K) and ``col_factor`` is H transposed (m x K), so the
+# H half-step runs the same kernel on the CSR of X transposed with the roles swapped.
+# q = dot(W[i], H[:, j]) is computed at the stored entries only; nothing n x m is formed.
+
+
+@njit(cache=True)
+def ab_divergence_scalar(p, q, alpha, beta):
+    """The alpha-beta divergence ``d_AB(p, q)`` (Cichocki et al. 2011) with its limits.
+
+    ``inf`` where it is undefined (p = 0 with alpha <= 0 or alpha + beta <= 0).
+    """
+    if p == 0.0:
+        if alpha > 0.0 and alpha + beta > 0.0:
+            return q ** (alpha + beta) / (alpha * (alpha + beta))
+        return math.inf
+    if alpha == 0.0 and beta == 0.0:
+        log_ratio = math.log(p) - math.log(q)
+        return 0.5 * log_ratio * log_ratio
+    if alpha == 0.0:
+        q_b = q**beta
+        p_b = p**beta
+        return (q_b * beta * (math.log(q) - math.log(p)) - q_b + p_b) / (beta * beta)
+    if beta == 0.0:
+        p_a = p**alpha
+        q_a = q**alpha
+        return (p_a * alpha * (math.log(p) - math.log(q)) - p_a + q_a) / (alpha * alpha)
+    if alpha + beta == 0.0:
+        ratio = (q / p) ** alpha
+        return (math.log(ratio) + 1.0 / ratio - 1.0) / (alpha * alpha)
+    total = alpha + beta
+    return (alpha / total * p**total + beta / total * q**total - p**alpha * q**beta) / (
+        alpha * beta
+    )
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_sparse_dot(indptr, indices, data, col_factor, out):
+    """``out = X @ col_factor`` for X in CSR (n x m) and a dense m x K ``col_factor``."""
+    n_rows = indptr.shape[0] - 1
+    n_components = col_factor.shape[1]
+    for i in prange(n_rows):
+        for l in range(n_components):
+            out[i, l] = 0.0
+        for n in range(indptr[i], indptr[i + 1]):
+            x = data[n]
+            j = indices[n]
+            for l in range(n_components):
+                out[i, l] += x * col_factor[j, l]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
+    """``out[n] = dot(W[i], H[:, j])`` for the stored entry ``n`` at (i, j)."""
+    n_rows = indptr.shape[0] - 1
+    n_components = row_factor.shape[1]
+    for i in prange(n_rows):
+        for n in range(indptr[i], indptr[i + 1]):
+            j = indices[n]
+            q = 0.0
+            for l in range(n_components):
+                q += row_factor[i, l] * col_factor[j, l]
+            out[n] = q
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_ab_mu_terms(
+    indptr,
+    indices,
+    data,
+    weights,
+    row_factor,
+    col_factor,
+    alpha,
+    beta,
+    floor,
+    pattern_only,
+    with_loss,
+    numerator,
+    denominator,
+    row_loss,
+):
+    """The stored-entry terms of one AB multiplicative half-step for the rows of X.
+
+    For each stored entry (i, j, x) with weight w (1 when ``weights`` is empty) and
+    ``q = max(dot(W[i], H[:, j]), floor)``:
+
+    - ``numerator[i] += w x**alpha q**(beta - 1) H[:, j]``;
+    - if ``pattern_only`` (only the stored entries count): ``denominator[i] +=
+      w q**(alpha + beta - 1) H[:, j]`` and ``row_loss[i] += w d_AB(x, q)``;
+    - otherwise (every entry of X counts, the zeros are handled in closed form by the
+      caller): ``row_loss[i] += d_AB(x, q) - d_AB(0, q)`` and ``denominator`` is untouched.
+
+    ``numerator`` and ``row_loss`` (and ``denominator`` if ``pattern_only``) are overwritten;
+    ``row_loss`` is left at zero unless ``with_loss``.
+    """
+    n_rows = indptr.shape[0] - 1
+    n_components = row_factor.shape[1]
+    weighted = weights.shape[0] > 0
+    gamma = alpha + beta - 1.0
+    kl = alpha == 1.0 and beta == 0.0
+    for i in prange(n_rows):
+        numerator_row = np.zeros(n_components, dtype=np.float64)
+        denominator_row = np.zeros(n_components, dtype=np.float64)
+        loss = 0.0
+        for n in range(indptr[i], indptr[i + 1]):
+            j = indices[n]
+            x = data[n]
+            q = 0.0
+            for l in range(n_components):
+                q += row_factor[i, l] * col_factor[j, l]
+            q_safe = max(q, floor)
+            weight = weights[n] if weighted else 1.0
+            if kl:
+                ratio = weight * x / q_safe
+            else:
+                x_alpha = x if alpha == 1.0 else x**alpha
+                if beta == 1.0:
+                    ratio = weight * x_alpha
+                else:
+                    ratio = weight * x_alpha * q_safe ** (beta - 1.0)
+            for l in range(n_components):
+                numerator_row[l] += ratio * col_factor[j, l]
+            if pattern_only:
+                if gamma == 0.0:
+                    q_gamma = weight
+                elif gamma == 1.0:
+                    q_gamma = weight * q_safe
+                else:
+                    q_gamma = weight * q_safe**gamma
+                for l in range(n_components):
+                    denominator_row[l] += q_gamma * col_factor[j, l]
+            if not with_loss:
+                continue
+            if pattern_only:
+                loss += weight * ab_divergence_scalar(x, q_safe, alpha, beta)
+            elif kl:
+                # d(x, q) - d(0, q) of KL in one log: the hot case, kept free of powers.
+                loss += x * math.log(x / q_safe) - x + (q_safe - q)
+            else:
+                loss += ab_divergence_scalar(x, q_safe, alpha, beta) - ab_divergence_scalar(
+                    0.0, q, alpha, beta
+                )
+        for l in range(n_components):
+            numerator[i, l] = numerator_row[l]
+            if pattern_only:
+                denominator[i, l] = denominator_row[l]
+        row_loss[i] = loss
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, row_power_sum):
+    """Sums over *every* entry, one row of Q = W H at a time (memory: K per thread).
+
+    ``denominator[i] = sum_j max(q_ij, floor)**gamma H[:, j]`` (skipped when
+    ``denominator`` has no rows) and ``row_power_sum[i] = sum_j q_ij**(gamma + 1)``.
+    Used where no closed form exists (the AB denominator for alpha + beta - 1 not in
+    {0, 1}); costs n m K like the dense update, without the n x m matrix.
+    """
+    n_rows = row_factor.shape[0]
+    n_cols = col_factor.shape[0]
+    n_components = row_factor.shape[1]
+    with_denominator = denominator.shape[0] > 0
+    for i in prange(n_rows):
+        acc = np.zeros(n_components, dtype=np.float64)
+        power_sum = 0.0
+        for j in range(n_cols):
+            q = 0.0
+            for l in range(n_components):
+                q += row_factor[i, l] * col_factor[j, l]
+            q = max(q, 0.0)
+            power_sum += q ** (gamma + 1.0)
+            if with_denominator:
+                q_gamma = max(q, floor) ** gamma
+                for l in range(n_components):
+                    acc[l] += q_gamma * col_factor[j, l]
+        if with_denominator:
+            for l in range(n_components):
+                denominator[i, l] = acc[l]
+        row_power_sum[i] = power_sum

@@ -39,17 +39,30 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
         except Exception as error:  # e.g. ragged lists
             raise TypeError(f"{name} must be a 2-D array or scipy sparse matrix: {error}") from None
         if dense.ndim != 2:
-            raise ValueError(f"{name} must be 2-D, got an array of shape {dense.shape}")
-        if dense.dtype == object or not (
-            np.issubdtype(dense.dtype, np.number) or dense.dtype == bool
-        ):
+            # "Reshape your data" is the phrase scikit-learn's estimator checks look for.
+            raise ValueError(
+                f"{name} must be 2-D, got an array of shape {dense.shape}; Reshape your data "
+                "with X.reshape(1, -1) for one row or X.reshape(-1, 1) for one column"
+            )
+        if dense.dtype == object:
+            # Object arrays of numbers (e.g. from pandas) are fine; anything else is not.
+            try:
+                dense = dense.astype(np.float64)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{name} must hold numbers: {error}") from None
+        if not (np.issubdtype(dense.dtype, np.number) or dense.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {dense.dtype}")
         matrix = sp.coo_array(dense)
     if np.iscomplexobj(matrix.data):
-        raise TypeError(f"{name} must be real, got complex values")
+        raise ValueError(f"{name} must be real counts: Complex data not supported")
     n_rows, n_cols = matrix.shape
     if n_rows == 0 or n_cols == 0:
-        raise ValueError(f"{name} has shape {matrix.shape}: it needs at least one row and column")
+        # Worded as scikit-learn words it, so that its estimator checks recognise it.
+        axis = "sample" if n_rows == 0 else "feature"
+        raise ValueError(
+            f"{name} has 0 {axis}(s) (shape={matrix.shape}) while a minimum of 1 is "
+            "required: it needs at least one row and column"
+        )
     data = matrix.data
     problems = []
     for label, bad in (
@@ -66,8 +79,10 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
                 f"{_first_positions(coo.row[where], coo.col[where])}"
             )
     if problems:
+        # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
+        lead = "Negative values in data: " if np.any(data < 0) else ""
         raise ValueError(
-            f"{name} must hold non-negative finite counts; found " + "; ".join(problems)
+            f"{lead}{name} must hold non-negative finite counts; found " + "; ".join(problems)
         )
     if warn_non_integer and data.size and not np.issubdtype(data.dtype, np.integer):
         if np.any(data != np.round(data)):

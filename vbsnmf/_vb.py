@@ -152,17 +152,32 @@ def _scaled_exp(elog: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.exp(elog - logmax[:, None]), logmax
 
 
+def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What the kernel needs of one side of q: ``E[log]``, ``exp(E[log])`` divided by its
+    row maximum, and that maximum (log scale)."""
+    elog = expected_log(shape, rate).astype(shape.dtype, copy=False)
+    scaled, logmax = _scaled_exp(elog)
+    return elog, scaled.astype(shape.dtype, copy=False), logmax
+
+
 def shape_statistics(
     data: CountData, params: VariationalParams, n_chunks: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """updateA's pass: ``sum_j x phi`` (rows), ``sum_i x phi`` (columns) and the data term
     ``sum_n x_n log sum_l exp(E[log z] + E[log w]) - lgamma(x_n + 1)`` under ``params``."""
-    dtype = params.row_shape.dtype
-    row_elog = expected_log(params.row_shape, params.row_rate).astype(dtype, copy=False)
-    col_elog = expected_log(params.col_shape, params.col_rate).astype(dtype, copy=False)
-    sides = [(row_elog, *_scaled_exp(row_elog)), (col_elog, *_scaled_exp(col_elog))]
-    major_elog, major_scaled, major_logmax = sides[data.major]
-    minor_elog, minor_scaled, minor_logmax = sides[1 - data.major]
+    return _pass(
+        data,
+        side_moments(params.row_shape, params.row_rate),
+        side_moments(params.col_shape, params.col_rate),
+        n_chunks,
+    )
+
+
+def _pass(data: CountData, row_moments, col_moments, n_chunks: int):
+    """`shape_statistics` from each side's `side_moments`."""
+    major_elog, major_scaled, major_logmax = (row_moments, col_moments)[data.major]
+    minor_elog, minor_scaled, minor_logmax = (row_moments, col_moments)[1 - data.major]
+    dtype = major_elog.dtype
     bounds = data.chunk_bounds(n_chunks)
     n_minor, n_components = minor_elog.shape
     major_stat = np.empty_like(major_elog)
@@ -173,10 +188,10 @@ def shape_statistics(
         data.indices,
         data.counts,
         bounds,
-        major_scaled.astype(dtype, copy=False),
+        major_scaled,
         major_logmax,
         major_elog,
-        minor_scaled.astype(dtype, copy=False),
+        minor_scaled,
         minor_logmax,
         minor_elog,
         _TINY[np.dtype(dtype)],
@@ -332,23 +347,24 @@ def fit_rows(
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
-    row_rate = (prior_rate + (col_shape / col_rate).sum(axis=0)).astype(dtype)
-    params = VariationalParams(
-        np.full((n_rows, n_components), prior_shape + 1.0, dtype=dtype),
-        row_rate,
-        np.asarray(col_shape, dtype=dtype),
-        np.asarray(col_rate, dtype=dtype),
-    )
+    col_shape = np.asarray(col_shape, dtype=dtype)
+    col_rate = np.asarray(col_rate, dtype=dtype)
+    col_mean_sum = (col_shape / col_rate).sum(axis=0)
+    row_rate = (prior_rate + col_mean_sum).astype(dtype)
+    col_moments = side_moments(col_shape, col_rate)  # fixed: computed once
+    row_shape = np.full((n_rows, n_components), prior_shape + 1.0, dtype=dtype)
     previous = None
     for _ in range(max_iter):
-        row_stat, _, data_term = shape_statistics(data, params, n_chunks)
-        current = data_term - float(params.row_mean.sum(axis=0) @ params.col_mean.sum(axis=0))
-        current -= gamma_kl(params.row_shape, row_rate, prior_shape, prior_rate)
+        row_stat, _, data_term = _pass(
+            data, side_moments(row_shape, row_rate), col_moments, n_chunks
+        )
+        current = data_term - float((row_shape / row_rate).sum(axis=0) @ col_mean_sum)
+        current -= gamma_kl(row_shape, row_rate, prior_shape, prior_rate)
         if previous is not None and abs(current - previous) <= tol * abs(previous):
             break
         previous = current
-        params.row_shape = (prior_shape + row_stat).astype(dtype, copy=False)
-    return params.row_shape, row_rate
+        row_shape = (prior_shape + row_stat).astype(dtype, copy=False)
+    return row_shape, row_rate
 
 
 __all__ = [

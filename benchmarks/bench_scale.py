@@ -1,0 +1,211 @@
+"""Scale: batch VB time per iteration and peak memory against nonzeros, and stochastic VB.
+
+Three parts, each measured in fresh processes (peak RSS is the process's own):
+
+``series``   k x pbmc_facs (cells resampled by `make_big.py`) for k in ``--factors``:
+             batch VB seconds per iteration (median over ``--iters`` iterations after
+             the first) and peak RSS at K; the log-log slope of time against nonzeros.
+``seed``     a matrix built by ``make_big.py`` at seed 001's shape, read from ``--data``
+             (an .h5ad): batch VB s/iter and peak RSS for ``--iters`` iterations; then the
+             streaming cells-form SVI reading the same file backed (never loaded): seconds
+             per minibatch step and peak RSS over ``--svi-steps`` steps.
+``forms``    the SVI forms against batch VB on pbmc_facs at K: the ELBO after every epoch,
+             its gap to batch VB's final ELBO, and the time to come within 1 % of it.
+
+    python benchmarks/bench_scale.py series --factors 1,2,4,8 --workdir /tmp/scale
+    python benchmarks/bench_scale.py seed --data /tmp/big/big.h5ad
+    python benchmarks/bench_scale.py forms --epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import in_fresh_process, peak_rss_mib
+
+
+def _batch_timing(h5ad: str, n_components: int, n_iter: int, n_threads: int) -> dict:
+    """In a fresh process: load ``h5ad`` into memory, run ``n_iter`` batch iterations."""
+    import anndata as ad
+
+    import vbsnmf
+
+    adata = ad.read_h5ad(h5ad)
+    loaded_mib = peak_rss_mib()
+    stamps, cpu_stamps = [], []
+
+    def record(*_):
+        stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())  # all threads of this process
+
+    model = vbsnmf.VBNMF(
+        n_components, random_state=0, max_iter=n_iter, tol=0.0, n_threads=n_threads
+    )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(adata.X, callback=record)
+    intervals = np.diff([start, *stamps])
+    cpu_intervals = np.diff([cpu_start, *cpu_stamps])
+    return {
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "nnz": int(adata.X.nnz),
+        "s_per_iter": float(np.median(intervals[1:])),
+        "cpu_s_per_iter": float(np.median(cpu_intervals[1:])),
+        "first_iter_s": float(intervals[0]),
+        "loaded_mib": loaded_mib,
+        "peak_mib": peak_rss_mib(),
+        "final_elbo": float(model.elbo_trace_[-1]),
+    }
+
+
+def _streaming_steps(h5ad: str, n_components: int, n_steps: int, batch_size: int, n_threads):
+    """In a fresh process: cells-form SVI steps reading ``h5ad`` from disk (backed)."""
+    from vbsnmf import _estimator, _stream, _svi
+
+    source = _stream.open_source(h5ad)
+    opened_mib = peak_rss_mib()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    total = _svi.scan_source(source)  # the one validation pass over the file
+    scan_s = time.perf_counter() - start
+    settings = _svi.SVISettings(1.0, 1.0, batch_size, 1.0, 0.55, 1, 1, 1e-5, 200, 1e-5, n_threads)
+    with _estimator.numba_threads(n_threads):
+        state = _svi.init_cells_state(source, n_components, rng, total, 1.0, 1.0, np.float64)
+        order = rng.permutation(source.n_cells)
+        step_s, read_s, cpu_s = [], [], []
+        for step in range(1, n_steps + 1):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            rows = np.sort(order[(step - 1) * batch_size : step * batch_size])
+            block = source.read_rows(rows)
+            t1 = time.perf_counter()
+            rho = _svi.learning_rate(step, 1.0, 0.55)
+            state.params = _svi.svi_step_cells(block, source.n_cells, state.params, rho, settings)
+            read_s.append(t1 - t0)
+            step_s.append(time.perf_counter() - t0)
+            cpu_s.append(time.process_time() - cpu0)
+    steps_per_epoch = int(np.ceil(source.n_cells / batch_size))
+    return {
+        "n_cells": source.n_cells,
+        "nnz": source.nnz,
+        "scan_s": scan_s,
+        "batch_size": batch_size,
+        "s_per_step": float(np.median(step_s)),
+        "cpu_s_per_step": float(np.median(cpu_s)),
+        "read_s_per_step": float(np.median(read_s)),
+        "steps_per_epoch": steps_per_epoch,
+        "opened_mib": opened_mib,
+        "peak_mib": peak_rss_mib(),
+    }
+
+
+def series(args) -> None:
+    from make_big import build
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vbsnmf-scale-"))
+    rows = []
+    for factor in (int(f) for f in args.factors.split(",")):
+        out = workdir / f"x{factor}"
+        if not (out / "big.h5ad").exists():
+            build(3774 * factor, 16791, 2702861 * factor, out, seed=factor)
+        result = in_fresh_process(
+            _batch_timing, str(out / "big.h5ad"), args.k, args.iters, args.threads
+        )
+        result["factor"] = factor
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+    nnz = np.array([r["nnz"] for r in rows], dtype=float)
+    seconds = np.array([r["s_per_iter"] for r in rows])
+    slope = np.polyfit(np.log(nnz), np.log(seconds), 1)[0] if len(rows) > 1 else float("nan")
+    cpu = np.array([r["cpu_s_per_iter"] for r in rows])
+    cpu_slope = np.polyfit(np.log(nnz), np.log(cpu), 1)[0] if len(rows) > 1 else float("nan")
+    print(
+        f"\n| x pbmc_facs | cells | nonzeros | s/iter (K={args.k}) | CPU s/iter "
+        "| peak MiB | loaded MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['factor']} | {r['n_cells']:,} | {r['nnz']:,} | {r['s_per_iter']:.3f} "
+            f"| {r['cpu_s_per_iter']:.3f} | {r['peak_mib']:.0f} | {r['loaded_mib']:.0f} |"
+        )
+    print(f"\nlog-log slope against nonzeros: wall {slope:.3f}, CPU {cpu_slope:.3f}")
+
+
+def seed(args) -> None:
+    batch = in_fresh_process(_batch_timing, args.data, args.k, args.iters, args.threads)
+    print(json.dumps({"batch": batch}), flush=True)
+    stream = in_fresh_process(
+        _streaming_steps, args.data, args.k, args.svi_steps, args.batch_size, args.threads
+    )
+    print(json.dumps({"streaming_svi": stream}), flush=True)
+
+
+def _forms(n_components: int, n_epochs: int, n_threads: int) -> dict:
+    import vbsnmf
+
+    X = vbsnmf.datasets.pbmc_facs().X
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, params in (
+            ("batch", dict(max_iter=300, tol=1e-6)),
+            ("cells", dict(method="svi", svi_form="cells", n_epochs=n_epochs)),
+            ("textbook", dict(method="svi", svi_form="textbook", n_epochs=n_epochs)),
+            ("seed", dict(method="svi", svi_form="seed", n_epochs=n_epochs)),
+        ):
+            stamps = []
+            start = time.perf_counter()
+            model = vbsnmf.VBNMF(n_components, random_state=0, n_threads=n_threads, **params)
+            model.fit(X, callback=lambda *_, s=stamps, t0=start: s.append(time.perf_counter() - t0))
+            results[name] = {"elbo": [float(v) for v in model.elbo_trace_], "seconds": stamps}
+    return results
+
+
+def forms(args) -> None:
+    results = in_fresh_process(_forms, args.k, args.epochs, args.threads)
+    reference = results["batch"]["elbo"][-1]
+    print(f"batch VB final ELBO {reference:.8g} after {len(results['batch']['elbo'])} iterations")
+    print("\n| form | epoch | ELBO | gap to batch | seconds |")
+    print("|---|---|---|---|---|")
+    for name, result in results.items():
+        gaps = [(reference - v) / abs(reference) for v in result["elbo"]]
+        within = next((i for i, g in enumerate(gaps) if g <= 0.01), None)
+        for epoch, (value, gap, seconds) in enumerate(
+            zip(result["elbo"], gaps, result["seconds"]), start=1
+        ):
+            if name == "batch" and epoch not in (1, 10, 50, 100, len(gaps)):
+                continue
+            print(f"| {name} | {epoch} | {value:.8g} | {gap:.2%} | {seconds:.1f} |")
+        reached = "never" if within is None else f"{result['seconds'][within]:.1f} s"
+        print(f"| {name} | within 1 % at | | | {reached} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=["series", "seed", "forms"])
+    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--factors", default="1,2,4,8")
+    parser.add_argument("--workdir", help="where series writes its matrices (a temp dir)")
+    parser.add_argument("--data", help="seed: the .h5ad written by make_big.py")
+    parser.add_argument("--svi-steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args()
+    {"series": series, "seed": seed, "forms": forms}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

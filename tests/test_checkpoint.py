@@ -1,0 +1,132 @@
+"""Checkpoints: atomic writes, and a fit killed at a random point then resumed ends with
+exactly (bitwise) the ELBO trace of an uninterrupted fit, for batch VB and SVI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import vbsnmf
+from vbsnmf import _checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each fit is long enough (a few seconds after its first checkpoint) to be killed midway.
+FITS = {
+    "batch": dict(max_iter=400, tol=0.0),
+    "svi-cells": dict(method="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
+    "svi-textbook": dict(method="svi", svi_form="textbook", n_epochs=200, tol=0.0),
+}
+
+
+def _model(kind: str, checkpoint=None, resume=False) -> vbsnmf.VBNMF:
+    return vbsnmf.VBNMF(
+        4, random_state=11, n_threads=1, checkpoint=checkpoint, resume=resume, **FITS[kind]
+    )
+
+
+def _fit(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        return model.fit(vbsnmf.datasets.pbmc_tiny().X)
+
+
+def test_save_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    path = tmp_path / "fit.ckpt"
+    first = {"values": np.arange(5.0)}
+    _checkpoint.save_checkpoint(path, first, {"epoch": 1})
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    assert_array_equal(arrays["values"], first["values"]) and meta == {"epoch": 1}
+
+    def failing_replace(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        _checkpoint.save_checkpoint(path, {"values": np.zeros(5)}, {"epoch": 2})
+    monkeypatch.undo()
+    arrays, meta = _checkpoint.load_checkpoint(path)  # the old checkpoint is intact
+    assert_array_equal(arrays["values"], first["values"]) and meta["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.ckpt"]  # no temp file left
+
+
+def test_generator_state_round_trips():
+    rng = np.random.default_rng(5)
+    rng.random(7)
+    restored = _checkpoint.rng_from_json(_checkpoint.rng_state_json(rng))
+    assert_array_equal(restored.permutation(1000), rng.permutation(1000))
+
+
+def test_checkpoint_of_another_fit_is_refused(tmp_path, pbmc_tiny):
+    path = tmp_path / "fit.ckpt"
+    _fit(vbsnmf.VBNMF(3, random_state=0, max_iter=3, n_threads=1, checkpoint=path))
+    other = vbsnmf.VBNMF(4, random_state=0, max_iter=3, n_threads=1, checkpoint=path, resume=True)
+    with pytest.raises(_checkpoint.CheckpointMismatchError, match="n_components"):
+        other.fit(pbmc_tiny.X)
+
+
+def test_resume_without_a_checkpoint_is_a_fresh_fit(tmp_path):
+    fresh = _fit(vbsnmf.VBNMF(3, random_state=2, max_iter=15, tol=0.0, n_threads=1))
+    resumed = _fit(
+        vbsnmf.VBNMF(
+            3,
+            random_state=2,
+            max_iter=15,
+            tol=0.0,
+            n_threads=1,
+            checkpoint=tmp_path / "new.ckpt",
+            resume=True,
+        )
+    )
+    assert_array_equal(resumed.elbo_trace_, fresh.elbo_trace_)
+    assert (tmp_path / "new.ckpt").exists()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, warnings
+    sys.path.insert(0, {tests!r})
+    from test_checkpoint import _fit, _model
+    _fit(_model({kind!r}, checkpoint={path!r}))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", sorted(FITS))
+def test_killed_fit_resumes_to_the_uninterrupted_trace(tmp_path, kind):
+    path = tmp_path / f"{kind}.ckpt"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD.format(tests=str(ROOT / "tests"), kind=kind, path=str(path))],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.exists(), "the child wrote no checkpoint"
+        delay = np.random.default_rng(zlib.crc32(kind.encode())).uniform(0.0, 0.5)
+        time.sleep(delay)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode != 0, "the child finished before it was killed; lengthen the fit"
+    _, meta = _checkpoint.load_checkpoint(path)
+    assert not meta["finished"]
+    resumed = _fit(_model(kind, checkpoint=path, resume=True))
+    uninterrupted = _fit(_model(kind))
+    assert_array_equal(resumed.elbo_trace_, uninterrupted.elbo_trace_)
+    assert_array_equal(resumed.var_shape_, uninterrupted.var_shape_)
+    assert_array_equal(resumed.obs_shape_, uninterrupted.obs_shape_)
+    # Resuming a finished fit returns it unchanged.
+    again = _fit(_model(kind, checkpoint=path, resume=True))
+    assert_array_equal(again.elbo_trace_, uninterrupted.elbo_trace_)

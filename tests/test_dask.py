@@ -1,0 +1,309 @@
+"""The distributed fit against the single-machine engine, on a real multi-process cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+
+import anndata as ad
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from dask.sizeof import sizeof
+from distributed import Client, LocalCluster, get_task_stream
+
+import vbsnmf
+from vbsnmf import _dask, _vb
+
+N_ITER = 30
+FACS_CHUNKS = (100, 900, 350, 1024, 600, 300, 500)  # 7 uneven chunks, 3,774 cells
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with Client(cluster) as dask_client:
+        yield dask_client
+    cluster.close()
+
+
+def _reference(counts, init: _vb.VariationalParams, max_iter=N_ITER) -> _vb.FitResult:
+    """The single-machine engine from the same start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        return _vb.fit_vb(
+            _vb.as_count_data(counts),
+            init.copy(),
+            prior_shape=1.0,
+            prior_rate=1.0,
+            max_iter=max_iter,
+            tol=0.0,
+            n_chunks=1,
+        )
+
+
+def _fit(X, init, client, **options) -> _dask.DaskFitResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        n_components = init.row_shape.shape[1]
+        return _dask.fit_dask(
+            X, n_components, init=init.copy(), max_iter=N_ITER, tol=0.0, client=client, **options
+        )
+
+
+def _assert_same_fit(result: _dask.DaskFitResult, reference: _vb.FitResult):
+    assert result.n_iter == reference.n_iter == N_ITER
+    np.testing.assert_allclose(result.elbo_trace, reference.elbo_trace, rtol=1e-9, atol=0)
+    gathered = result.gather()
+    for mine, theirs in zip(gathered.as_tuple(), reference.params.as_tuple()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(
+        np.asarray(result.cell_factors.compute()), reference.params.row_mean, rtol=1e-9
+    )
+
+
+def _start(counts, n_components, seed):
+    return _vb.random_init(_vb.as_count_data(counts), n_components, np.random.default_rng(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny_counts():
+    return sp.csr_matrix(vbsnmf.datasets.pbmc_tiny().X)
+
+
+@pytest.fixture(scope="module")
+def tiny_fit(client, tiny_counts):
+    """A 30-iteration distributed fit of pbmc_tiny in 5 chunks (the last one short)."""
+    init = _start(tiny_counts, 5, 0)
+    X = da.from_array(tiny_counts, chunks=(250, -1))
+    return init, X, _fit(X, init, client)
+
+
+def test_pbmc_tiny_trace_and_factors_match_single_machine(tiny_fit, tiny_counts):
+    init, X, result = tiny_fit
+    _assert_same_fit(result, _reference(tiny_counts, init))
+    assert np.all(np.diff(result.elbo_trace) > 0)
+    # The cell shapes stay chunked like the input, in its cell order.
+    assert result.params.row_shape.chunks[0] == X.chunks[0]
+
+
+def test_pbmc_facs_seven_uneven_chunks_from_h5ad(client, tmp_path_factory, monkeypatch):
+    """Cells read lazily from an .h5ad by the workers; the client receives only the reduced
+    gene-side summaries, never the matrix."""
+    adata = vbsnmf.datasets.pbmc_facs()
+    counts = sp.csr_matrix(adata.X)
+    path = tmp_path_factory.mktemp("facs") / "pbmc_facs.h5ad"
+    ad.AnnData(counts).write_h5ad(path)
+    store = h5py.File(path, "r")
+    X = ad.experimental.read_elem_lazy(store["X"], chunks=(1000, -1)).rechunk((FACS_CHUNKS, -1))
+    assert X.chunks[0] == FACS_CHUNKS
+    init = _start(counts, 4, 1)
+
+    gathered_sizes = []
+    original_gather = Client.gather
+
+    def recording_gather(self, futures, *args, **kwargs):
+        value = original_gather(self, futures, *args, **kwargs)
+        gathered_sizes.append(sizeof(value))
+        return value
+
+    monkeypatch.setattr(Client, "gather", recording_gather)
+    result = _fit(X, init, client)
+    monkeypatch.undo()
+    store.close()
+
+    _assert_same_fit(result, _reference(counts, init))
+    matrix_bytes = counts.data.nbytes + counts.indices.nbytes + counts.indptr.nbytes
+    n_genes, n_components = counts.shape[1], 4
+    # One gathered object per pass (plus the per-chunk sizes once), each about genes x K.
+    assert len(gathered_sizes) == N_ITER + 2
+    assert max(gathered_sizes) < 2 * n_genes * n_components * 8 + 10_000
+    assert max(gathered_sizes) < matrix_bytes / 20
+    assert all(
+        size == n_genes * n_components * 8 + 2 * 4 * 8 + 16 for size in result.gathered_bytes
+    )
+
+
+def test_killed_worker_is_recomputed_with_the_same_result(client, tiny_counts, tiny_fit):
+    init, X, undisturbed = tiny_fit
+    worker_pids = client.run(os.getpid)
+    killed = []
+
+    def kill_one_worker(n_iter, params, trace):
+        if n_iter != 12:
+            return
+        # The worker holding the most current cell shapes, so that something is lost.
+        holders = [
+            address
+            for key, addresses in client.who_has().items()
+            if isinstance(key, str) and "-cell-shape-" in key
+            for address in addresses
+        ]
+        victim = worker_pids[max(set(holders), key=holders.count)]
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+
+    with get_task_stream(client) as stream:
+        result = _fit(X, init, client, callback=kill_one_worker)
+    assert killed, "the callback never ran"
+    _assert_same_fit(result, _reference(tiny_counts, init))
+    # Bitwise the fit without the failure: the order of the sums does not follow placement.
+    np.testing.assert_array_equal(result.elbo_trace, undisturbed.elbo_trace)
+    np.testing.assert_array_equal(result.gather().row_shape, undisturbed.gather().row_shape)
+    # The lost cell shapes were recomputed: more chunk passes ran than the fit needs.
+    keys = [task["key"] for task in stream.data]
+    n_passes = sum(1 for key in keys if isinstance(key, str) and "-pass-" in key)
+    assert n_passes > (N_ITER + 1) * X.numblocks[0]
+    client.wait_for_workers(2, timeout=120)
+    assert killed[0] not in client.run(os.getpid).values()
+
+
+def test_estimator_dispatches_dask_input(client, tiny_counts):
+    """`VBNMF.fit_transform` on a dask array: the same fit as on the scipy matrix."""
+    init = _start(tiny_counts, 3, 3)
+    start = dict(zip(("obs_shape", "obs_rate", "var_shape", "var_rate"), init.as_tuple()))
+    X = da.from_array(tiny_counts, chunks=(400, -1))
+    local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1)
+    distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = local.fit_transform(tiny_counts, init=start)
+        got = distributed.fit_transform(X, init=start)
+    assert isinstance(got, da.Array)
+    np.testing.assert_allclose(got.compute(), expected, rtol=1e-9)
+    np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-9)
+    np.testing.assert_allclose(distributed.components_, local.components_, rtol=1e-9)
+    assert distributed.n_features_in_ == tiny_counts.shape[1]
+
+
+def test_random_start_is_reproducible_and_ascends(client, tiny_counts):
+    X = da.from_array(tiny_counts, chunks=(500, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        first = _dask.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+        second = _dask.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+    np.testing.assert_array_equal(first.elbo_trace, second.elbo_trace)
+    assert np.all(np.diff(first.elbo_trace) > 0)
+    # max_iter=0 returns the start: rates put sum_l E[z] E[w] at the mean count (random_init).
+    start = _dask.fit_dask(X, 4, max_iter=0, random_state=5, client=client)
+    mean_count = tiny_counts.sum() / np.prod(tiny_counts.shape)
+    np.testing.assert_allclose(start.params.row_rate, 1.5 / np.sqrt(mean_count / 4), rtol=1e-12)
+    np.testing.assert_allclose(start.params.col_rate, start.params.row_rate, rtol=0)
+    cell_shape = start.gather().row_shape
+    assert cell_shape.shape == (tiny_counts.shape[0], 4)
+    assert np.all((cell_shape >= 1.0) & (cell_shape < 2.0))
+    assert start.n_iter == 0 and start.elbo_trace.shape == (0,)
+
+
+@pytest.mark.parametrize("chunk_type", ["dense", "coo"])
+def test_dense_and_coo_chunks_give_the_csr_fit(client, tiny_counts, chunk_type):
+    init = _start(tiny_counts, 2, 7)
+    if chunk_type == "dense":
+        X = da.from_array(tiny_counts.toarray(), chunks=(600, -1))
+    else:
+        X = da.from_array(tiny_counts, chunks=(600, -1)).map_blocks(sp.coo_matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        result = _dask.fit_dask(X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client)
+    expected = _reference(tiny_counts, init, max_iter=3)
+    np.testing.assert_allclose(result.elbo_trace, expected.elbo_trace, rtol=1e-9)
+
+
+def test_negative_count_in_a_chunk_names_the_chunk(client):
+    dense = np.random.default_rng(0).poisson(1.0, (60, 8)).astype(float)
+    dense[45, 3] = -2.0
+    counts = sp.csr_matrix(dense)
+    X = da.from_array(counts, chunks=(20, -1))
+    with pytest.raises(ValueError, match=r"starting at cell 40.*negative"):
+        _dask.fit_dask(X, 2, max_iter=2, client=client)
+
+
+def test_rejects_non_client():
+    X = da.from_array(sp.csr_matrix(np.ones((4, 3))), chunks=(2, -1))
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
+        _dask.fit_dask(X, 2, client="tcp://nowhere:8786")
+
+
+def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
+    """`tl.nmf` on an AnnData whose X is a dask array continues a stored fit exactly as on
+    the in-memory AnnData (warm start from the same parameters)."""
+    in_memory = ad.AnnData(tiny_counts.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0)
+        lazy = ad.AnnData(da.from_array(tiny_counts, chunks=(300, -1)))
+        lazy.uns["nmf"] = in_memory.uns["nmf"]
+        vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0)
+        vbsnmf.tl.nmf(in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1)
+    assert isinstance(lazy.obsm["X_nmf"], da.Array)
+    np.testing.assert_allclose(lazy.obsm["X_nmf"].compute(), in_memory.obsm["X_nmf"], rtol=1e-9)
+    np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
+    expected_trace = in_memory.uns["nmf"]["elbo_trace"]
+    assert expected_trace.shape == (8,)
+    np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)
+    with pytest.raises(ValueError, match="fitted by"):
+        vbsnmf.tl.nmf(lazy, 3, method="mu")
+
+
+def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
+    """Cell-minibatch SVI: the same steps as `_svi.fit_svi_cells` (same permutations), the
+    minibatch's cells fitted on the workers that hold them."""
+    from vbsnmf import _stream, _svi
+
+    options = dict(batch_size=300, tau=1.0, kappa=0.7, n_epochs=3, eval_every=1, tol=0.0)
+    local_options = dict(local_max_iter=10, local_tol=0.0)  # same local passes per cell
+    settings = _svi.SVISettings(prior_shape=1.0, prior_rate=1.0, **options, **local_options)
+    source = _stream.InMemorySource(tiny_counts)
+    rng = np.random.default_rng(4)
+    state = _svi.init_cells_state(source, 3, rng, float(tiny_counts.sum()), 1.0, 1.0, np.float64)
+    X = da.from_array(tiny_counts, chunks=(400, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = _svi.fit_svi_cells(source, state, settings)
+        got = _dask.fit_svi_dask(X, 3, random_state=4, client=client, **options, **local_options)
+    assert got.n_iter == 3
+    np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-9)
+    gathered = got.gather()
+    for mine, theirs in zip(gathered.as_tuple(), expected.params.as_tuple()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-9)
+    # The estimator's method="svi" on a dask X: the single-machine estimator's numbers.
+    settings = dict(method="svi", batch_size=300, n_epochs=2, max_iter=10, tol=0.0)
+    local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings)
+    distributed = vbsnmf.VBNMF(3, random_state=4, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected_factors = local.fit_transform(tiny_counts)
+        got_factors = distributed.fit_transform(X)
+    np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-9)
+    np.testing.assert_allclose(distributed.components_, local.components_, rtol=1e-9)
+    np.testing.assert_allclose(got_factors.compute(), expected_factors, rtol=1e-9)
+    # Each step moved one genes x K summary to the client, never the cells.
+    n_steps = 3 * int(np.ceil(tiny_counts.shape[0] / 300))
+    assert len(got.gathered_bytes) == n_steps + 3
+    assert max(got.gathered_bytes) <= tiny_counts.shape[1] * 3 * 8 + 2 * 3 * 8 + 16
+
+
+def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
+    """Starting from a fit's parameters (cell shapes a dask array) continues the same path:
+    3 + 2 iterations give the ELBO values 4 and 5 of a 5-iteration fit."""
+    init = _start(tiny_counts, 3, 6)
+    X = da.from_array(tiny_counts, chunks=(500, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        straight = _dask.fit_dask(X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client)
+        first = _dask.fit_dask(X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        assert _dask.is_dask_array(first.params.row_shape)
+        resumed = _dask.fit_dask(X, 3, init=first.params, max_iter=2, tol=0.0, client=client)
+    np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
+    np.testing.assert_allclose(resumed.gather().row_shape, straight.gather().row_shape, rtol=1e-12)
+    start = first.params
+    negative = _vb.VariationalParams(
+        -start.row_shape, start.row_rate, start.col_shape, start.col_rate
+    )
+    with pytest.raises(ValueError, match="positive and finite"):
+        _dask.fit_dask(X, 3, init=negative, max_iter=1, client=client)

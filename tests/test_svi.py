@@ -1,0 +1,280 @@
+"""Stochastic VB: the three forms of model.md, streaming readers, transform of unseen cells.
+
+Independent references: `reference_cavi` (dense numpy CAVI and ELBO, written apart from
+the engine) and plain numpy/scipy for the readers and the local step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import reference_cavi
+import scipy.io
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import digamma, gammaln, logsumexp
+from sklearn.neighbors import KNeighborsClassifier
+
+import vbsnmf
+from vbsnmf import _stream, _svi, _vb
+
+
+def _simulated_counts(n_cells=3000, n_genes=120, n_components=4, seed=7):
+    """Poisson counts from Gamma cell factors and sparse-ish Gamma gene loadings."""
+    rng = np.random.default_rng(seed)
+    cell_factors = rng.gamma(0.5, 2.0, size=(n_cells, n_components))
+    gene_loadings = rng.gamma(0.3, 1.0, size=(n_genes, n_components))
+    counts = rng.poisson(cell_factors @ gene_loadings.T).astype(np.float64)
+    counts = counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
+    return sp.csr_array(counts)
+
+
+def _fit_quietly(model, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        return model.fit(X)
+
+
+def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
+    X = _simulated_counts()
+    batch = _fit_quietly(vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1), X)
+    model = vbsnmf.VBNMF(4, random_state=0, method="svi", n_epochs=4, batch_size=100, n_threads=1)
+    assert model.svi_form == "cells"
+    _fit_quietly(model, X)
+    gap = (batch.elbo_trace_[-1] - model.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
+    assert gap < 0.01, f"SVI ends {gap:.2%} below batch VB"
+    assert model.n_iter_ <= 4 and len(model.elbo_trace_) == model.n_iter_
+    # The reported ELBO is the exact ELBO of the returned q (independent dense reference).
+    dense = X.toarray()
+    reference = reference_cavi.elbo(
+        dense, model.obs_shape_, model.obs_rate_, model.var_shape_, model.var_rate_, 1.0, 1.0
+    )
+    assert_allclose(model.elbo_trace_[-1], reference, rtol=1e-9)
+
+
+def test_textbook_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
+    data = _vb.as_count_data(pbmc_tiny.X)
+    params = _vb.random_init(data, 5, np.random.default_rng(3))
+    everything = _svi.nonzero_minibatch(data, np.arange(data.nnz))
+    stepped = _svi.svi_step_nonzeros(data, everything, params, 1.0, "textbook", 1.0, 1.0)
+    dense = pbmc_tiny.X.toarray().astype(np.float64)
+    expected = reference_cavi.iteration(dense, *params.as_tuple(), 1.0, 1.0)
+    for got, want in zip(stepped.as_tuple(), expected):
+        assert_allclose(got, want, rtol=1e-10, atol=0)
+    # Through the estimator: one epoch of one step with tau=0 (rho_1 = 1) is max_iter=1.
+    nnz = data.nnz
+    svi = vbsnmf.VBNMF(
+        5,
+        random_state=0,
+        method="svi",
+        svi_form="textbook",
+        batch_size=nnz,
+        tau=0.0,
+        kappa=1.0,
+        n_epochs=1,
+        n_threads=1,
+    )
+    batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1)
+    _fit_quietly(svi, pbmc_tiny.X)
+    _fit_quietly(batch, pbmc_tiny.X)
+    for name in ("obs_shape_", "obs_rate_", "var_shape_", "var_rate_"):
+        assert_allclose(getattr(svi, name), getattr(batch, name), rtol=1e-10, atol=0)
+    assert_allclose(svi.elbo_trace_, batch.elbo_trace_, rtol=1e-10)
+
+
+def test_nonzero_minibatch_holds_exactly_the_sampled_nonzeros(pbmc_tiny):
+    data = _vb.as_count_data(pbmc_tiny.X)
+    positions = np.sort(np.random.default_rng(0).choice(data.nnz, 5000, replace=False))
+    batch = _svi.nonzero_minibatch(data, positions)
+    as_csr = sp.csr_array((batch.counts, batch.indices, batch.indptr))
+    full = sp.csr_array((data.counts, data.indices, data.indptr)).tocoo()
+    expected = sp.coo_array(
+        (full.data[positions], (full.row[positions], full.col[positions])), shape=full.shape
+    )
+    assert as_csr.shape == expected.shape
+    assert (as_csr != expected.tocsr()).nnz == 0
+    assert_allclose(batch.log_factorial, np.sum(gammaln(batch.counts + 1)))
+
+
+@pytest.mark.parametrize("form", ["cells", "textbook", "seed"])
+@pytest.mark.parametrize("prior_shape", [1.0, 1e-3])
+def test_every_minibatch_step_is_finite(pbmc_tiny, form, prior_shape):
+    X = pbmc_tiny.X
+    rng = np.random.default_rng(1)
+    settings = _svi.SVISettings(prior_shape, 1.0, 100, 0.0, 0.6, 1, 1, 0.0, 30, 1e-4)
+    if form == "cells":
+        source = _stream.InMemorySource(X)
+        state = _svi.init_cells_state(source, 6, rng, float(X.sum()), prior_shape, 1.0, np.float64)
+        for step in range(1, 12):
+            rows = np.sort(rng.choice(source.n_cells, 100, replace=False))
+            rho = _svi.learning_rate(step, settings.tau, settings.kappa)
+            state.params = _svi.svi_step_cells(
+                source.read_rows(rows), source.n_cells, state.params, rho, settings
+            )
+            assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in state.params.as_tuple())
+    else:
+        data = _vb.as_count_data(X)
+        params = _vb.random_init(data, 6, rng)
+        order = rng.permutation(data.nnz)
+        for step, start in enumerate(range(0, data.nnz, 2000), start=1):
+            batch = _svi.nonzero_minibatch(data, np.sort(order[start : start + 2000]))
+            rho = _svi.learning_rate(step, 0.0, 0.6)
+            params = _svi.svi_step_nonzeros(data, batch, params, rho, form, prior_shape, 1.0)
+            assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in params.as_tuple())
+
+
+def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
+    X = pbmc_tiny.X
+    source = _stream.InMemorySource(X)
+    settings = _svi.SVISettings(1.0, 1.0, 200, 1.0, 0.7, 1, 1, 0.0, 400, 1e-11)
+    state = _svi.init_cells_state(
+        source, 4, np.random.default_rng(2), float(X.sum()), 1.0, 1.0, np.float64
+    )
+    value, row_shape, row_rate = _svi.evaluate_cells(source, state.params, settings)
+    p = state.params
+    expected = reference_cavi.elbo(X.toarray(), row_shape, row_rate, p.col_shape, p.col_rate, 1, 1)
+    assert_allclose(value, expected, rtol=1e-8)
+    # Local optimum: one more CAVI pass on the rows (numpy) barely moves the shapes.
+    rows, cols, log_rho = _dense_log_rho(X.toarray(), row_shape, row_rate, p)
+    phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
+    again = np.full_like(row_shape, 1.0)
+    np.add.at(again, rows, X.toarray()[rows, cols][:, None] * phi)
+    assert_allclose(again, row_shape, rtol=1e-3)
+
+
+def _dense_log_rho(dense, row_shape, row_rate, params):
+    rows, cols = np.nonzero(dense)
+    elog_z = digamma(row_shape) - np.log(row_rate)
+    elog_w = digamma(params.col_shape) - np.log(params.col_rate)
+    return rows, cols, elog_z[rows] + elog_w[cols]
+
+
+def _write_mtx_gz(path, cells_by_genes):
+    """10x layout: genes x cells, entries sorted by cell (column)."""
+    genes_by_cells = sp.coo_matrix(sp.csr_array(cells_by_genes).tocoo()).T
+    with gzip.open(path, "wb") as handle:
+        scipy.io.mmwrite(handle, genes_by_cells, field="integer")
+
+
+def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
+    X = sp.csr_array(pbmc_tiny.X)
+    _write_mtx_gz(tmp_path / "matrix.mtx.gz", X)
+    pbmc_tiny.write_h5ad(tmp_path / "tiny.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
+        pbmc_tiny.write_zarr(tmp_path / "tiny.zarr")
+    params = dict(random_state=4, method="svi", n_epochs=2, batch_size=300, n_threads=1)
+    in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params), X)
+    backed = ad.read_h5ad(tmp_path / "tiny.h5ad", backed="r")
+    for source in (
+        tmp_path / "matrix.mtx.gz",
+        tmp_path,  # a 10x folder
+        tmp_path / "tiny.h5ad",
+        backed,
+        str(tmp_path / "tiny.zarr"),
+    ):
+        streamed = _fit_quietly(vbsnmf.VBNMF(4, **params), source)
+        assert_array_equal(streamed.elbo_trace_, in_memory.elbo_trace_)
+        assert_array_equal(streamed.var_shape_, in_memory.var_shape_)
+        assert_array_equal(streamed.obs_shape_, in_memory.obs_shape_)
+        assert streamed.n_features_in_ == X.shape[1]
+    backed.file.close()
+
+
+def test_mtx_reader_returns_the_rows_asked_for(pbmc_tiny, tmp_path):
+    X = sp.csr_array(pbmc_tiny.X)
+    _write_mtx_gz(tmp_path / "m.mtx.gz", X)
+    source = _stream.open_source(tmp_path / "m.mtx.gz")
+    assert source.shape == X.shape and source.nnz == X.nnz
+    rows = np.sort(np.random.default_rng(0).choice(X.shape[0], 77, replace=False))
+    block = source.read_rows(rows)
+    assert (block != X[rows].astype(np.float64)).nnz == 0
+    chunks = [b for _, b in source.iter_chunks(250)]
+    assert (sp.vstack(chunks).tocsr() != X.astype(np.float64)).nnz == 0
+
+
+def test_unsorted_mtx_is_refused(tmp_path):
+    path = tmp_path / "bad.mtx"
+    path.write_text(
+        "%%MatrixMarket matrix coordinate integer general\n3 2 3\n1 2 4\n2 1 1\n3 2 1\n"
+    )
+    with pytest.raises(ValueError, match="not sorted by cell"):
+        _stream.open_source(path)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("method", "sgd", ValueError),
+        ("svi_form", "hoffman", ValueError),
+        ("kappa", 0.5, ValueError),
+        ("tau", -1.0, ValueError),
+        ("batch_size", 0, ValueError),
+        ("n_epochs", 2.5, TypeError),
+        ("resume", True, ValueError),
+    ],
+)
+def test_bad_svi_options_raise(pbmc_tiny, option, value, error):
+    with pytest.raises(error, match=option):
+        vbsnmf.VBNMF(3, **{"method": "svi", option: value}).fit(pbmc_tiny.X)
+
+
+def test_transform_of_the_pbmc_facs_test_cells(pbmc_facs):
+    train = pbmc_facs
+    test = vbsnmf.datasets.pbmc_facs(test=True)
+    model = vbsnmf.VBNMF(6, random_state=0, method="svi", n_epochs=2, tol=1e-3, max_iter=60)
+    train_factors = _fit_quietly(model, train.X).transform(train.X)
+    test_factors = model.transform(test.X)
+    assert test_factors.shape == (100, 6)
+    assert np.all(np.isfinite(test_factors)) and np.all(test_factors > 0)
+    # Independent numpy local step on the first 10 test cells: alternate responsibilities
+    # and shapes with the gene side fixed, from the same start, for exactly 60 passes.
+    shape, rate = model.set_params(tol=0.0).transform_posterior(test.X)
+    dense = test.X[:10].toarray().astype(np.float64)
+    row_rate = 1.0 + (model.var_shape_ / model.var_rate_).sum(axis=0)
+    row_shape = np.full((10, 6), 2.0)
+    params = _vb.VariationalParams(row_shape, row_rate, model.var_shape_, model.var_rate_)
+    for _ in range(60):
+        rows, cols, log_rho = _dense_log_rho(dense, row_shape, row_rate, params)
+        phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
+        row_shape = np.full((10, 6), 1.0)
+        np.add.at(row_shape, rows, dense[rows, cols][:, None] * phi)
+    assert_allclose(rate, row_rate, rtol=1e-12)
+    assert_allclose(shape[:10], row_shape, rtol=1e-8)
+
+    # Unseen cells land among their own population: 15-NN vote of the training cells.
+    def normalise(factors):
+        return np.log1p(factors / factors.sum(axis=1, keepdims=True) * 1e4)
+
+    knn = KNeighborsClassifier(15).fit(normalise(train_factors), train.obs["subpop"].to_numpy())
+    accuracy = knn.score(normalise(test_factors), test.obs["subpop"].to_numpy())
+    assert accuracy > 0.75, accuracy
+
+
+def _cli(*arguments, cwd):
+    command = [sys.executable, "-m", "vbsnmf", "fit", *map(str, arguments)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
+    folder = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
+    common = ["-k", 4, "--method", "svi", "--batch-size", 200, "--threads", 1, "--seed", 3]
+    common += ["--quiet", "--checkpoint", tmp_path / "fit.ckpt"]
+    first = _cli(folder, "-o", tmp_path / "two", *common, "--epochs", 2, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = _cli(
+        folder, "-o", tmp_path / "four", *common, "--epochs", 4, "--resume", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    direct = vbsnmf.VBNMF(4, random_state=3, method="svi", batch_size=200, n_epochs=4, n_threads=1)
+    _fit_quietly(direct, pbmc_tiny.X)
+    for name, epochs in (("two", 2), ("four", 4)):
+        result = ad.read_h5ad(tmp_path / name / "result.h5ad")
+        assert_array_equal(result.uns["nmf"]["elbo_trace"], direct.elbo_trace_[:epochs])
+    assert_array_equal(result.varm["NMF"], direct.components_.T)

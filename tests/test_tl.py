@@ -1,0 +1,312 @@
+"""`vbsnmf.tl`: nmf's AnnData fields, count selection, projection and top genes; and
+the quality checks on pbmc_facs (kNN subpop accuracy, projection of the test cells)."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+import vbsnmf
+from vbsnmf import tl
+
+TINY_FIT = {"max_iter": 12, "n_threads": 2}
+
+
+def _quiet_nmf(adata, n_components, **kwargs):
+    """tl.nmf at a few iterations, where not converging is expected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        return tl.nmf(adata, n_components, **kwargs)
+
+
+def _log_normalised(adata):
+    """What ``sc.pp.normalize_total`` + ``sc.pp.log1p`` leave in X, computed directly."""
+    counts = sp.csr_matrix(adata.X, dtype=np.float64)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    scaled = sp.diags(1e4 / np.maximum(totals, 1)) @ counts
+    scaled.data = np.log1p(scaled.data)
+    return scaled.tocsr()
+
+
+# -- fields --------------------------------------------------------------------------------
+def test_nmf_fields_shapes_and_values(pbmc_tiny):
+    returned = _quiet_nmf(pbmc_tiny, 4, random_state=3, **TINY_FIT)
+    assert returned is None
+    cell_factors, gene_loadings = pbmc_tiny.obsm["X_nmf"], pbmc_tiny.varm["NMF"]
+    assert cell_factors.shape == (pbmc_tiny.n_obs, 4)
+    assert gene_loadings.shape == (pbmc_tiny.n_vars, 4)
+    info = pbmc_tiny.uns["nmf"]
+    assert info["params"]["n_components"] == 4 and info["params"]["method"] == "batch"
+    assert info["n_iter"] == 12 == len(info["elbo_trace"])
+    assert not info["converged"]
+    assert list(info["var_names"]) == list(pbmc_tiny.var_names)
+    variational = info["variational"]
+    assert variational["obs_shape"].shape == (pbmc_tiny.n_obs, 4)
+    assert variational["var_shape"].shape == (pbmc_tiny.n_vars, 4)
+    assert variational["obs_rate"].shape == variational["var_rate"].shape == (4,)
+    # Posterior means are shape / rate of the stored Gamma parameters.
+    np.testing.assert_allclose(cell_factors, variational["obs_shape"] / variational["obs_rate"])
+    np.testing.assert_allclose(gene_loadings, variational["var_shape"] / variational["var_rate"])
+    # The same fit as the estimator called directly on the counts.
+    model = vbsnmf.VBNMF(4, random_state=3, **TINY_FIT)
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        expected = model.fit_transform(pbmc_tiny.X)
+    np.testing.assert_allclose(cell_factors, expected, rtol=1e-12)
+    np.testing.assert_allclose(gene_loadings, model.components_.T, rtol=1e-12)
+    np.testing.assert_allclose(info["elbo_trace"], model.elbo_trace_, rtol=1e-12)
+    assert np.all(np.diff(info["elbo_trace"]) >= 0)
+
+
+def test_result_survives_h5ad_round_trip(pbmc_tiny, tmp_path):
+    _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
+    pbmc_tiny.write_h5ad(tmp_path / "fit.h5ad")
+    back = ad.read_h5ad(tmp_path / "fit.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_nmf"], pbmc_tiny.obsm["X_nmf"])
+    np.testing.assert_array_equal(
+        back.uns["nmf"]["variational"]["var_shape"],
+        pbmc_tiny.uns["nmf"]["variational"]["var_shape"],
+    )
+    assert back.uns["nmf"]["params"]["max_iter"] == 12
+
+
+def test_key_added_names_the_three_fields(pbmc_tiny):
+    _quiet_nmf(pbmc_tiny, 3, key_added="programs", **TINY_FIT)
+    assert "X_programs" in pbmc_tiny.obsm and "programs" in pbmc_tiny.varm
+    assert "programs" in pbmc_tiny.uns
+    assert "X_nmf" not in pbmc_tiny.obsm and "nmf" not in pbmc_tiny.uns
+    table = tl.top_genes(pbmc_tiny, 4, key="programs")
+    assert table.shape == (12, 3)
+    with pytest.raises(KeyError, match="key_added='other'"):
+        tl.top_genes(pbmc_tiny, key="other")
+
+
+def test_copy_returns_a_new_anndata_and_leaves_the_input(pbmc_tiny):
+    result = _quiet_nmf(pbmc_tiny, 3, copy=True, **TINY_FIT)
+    assert isinstance(result, ad.AnnData) and result is not pbmc_tiny
+    assert result.obsm["X_nmf"].shape == (pbmc_tiny.n_obs, 3)
+    assert "X_nmf" not in pbmc_tiny.obsm and "nmf" not in pbmc_tiny.uns
+
+
+def test_dense_and_backed_inputs_give_the_sparse_result(pbmc_tiny, tmp_path):
+    sparse = _quiet_nmf(pbmc_tiny, 3, copy=True, **TINY_FIT)
+    dense = pbmc_tiny.copy()
+    dense.X = pbmc_tiny.X.toarray()
+    _quiet_nmf(dense, 3, **TINY_FIT)
+    np.testing.assert_allclose(dense.obsm["X_nmf"], sparse.obsm["X_nmf"], rtol=1e-12)
+    pbmc_tiny.write_h5ad(tmp_path / "tiny.h5ad")
+    backed = ad.read_h5ad(tmp_path / "tiny.h5ad", backed="r")
+    from_backed = _quiet_nmf(backed, 3, copy=True, **TINY_FIT)
+    np.testing.assert_allclose(from_backed.obsm["X_nmf"], sparse.obsm["X_nmf"], rtol=1e-12)
+    backed.file.close()
+
+
+# -- where the counts are ------------------------------------------------------------------------
+def test_layer_and_raw_selection_and_the_normalised_x_error(pbmc_tiny):
+    reference = _quiet_nmf(pbmc_tiny, 3, copy=True, **TINY_FIT).obsm["X_nmf"]
+
+    with_layer = pbmc_tiny.copy()
+    with_layer.layers["counts"] = pbmc_tiny.X.copy()
+    with_layer.X = _log_normalised(pbmc_tiny)
+    with pytest.raises(ValueError, match=r"non-integer.*layer='counts'"):
+        tl.nmf(with_layer, 3)
+    _quiet_nmf(with_layer, 3, layer="counts", **TINY_FIT)
+    np.testing.assert_allclose(with_layer.obsm["X_nmf"], reference, rtol=1e-12)
+    assert with_layer.uns["nmf"]["params"]["layer"] == "counts"
+
+    with_raw = pbmc_tiny.copy()
+    with_raw.raw = pbmc_tiny
+    with_raw.X = _log_normalised(pbmc_tiny)
+    with pytest.raises(ValueError, match="use_raw=True"):
+        tl.nmf(with_raw, 3)
+    _quiet_nmf(with_raw, 3, use_raw=True, **TINY_FIT)
+    np.testing.assert_allclose(with_raw.obsm["X_nmf"], reference, rtol=1e-12)
+
+    with pytest.raises(ValueError, match="either layer= or use_raw"):
+        tl.nmf(with_layer, 3, layer="counts", use_raw=True)
+    with pytest.raises(ValueError, match="no layer 'spliced'"):
+        tl.nmf(with_layer, 3, layer="spliced")
+    with pytest.raises(ValueError, match=r"adata\.raw is None"):
+        tl.nmf(with_layer, 3, use_raw=True)
+
+
+def test_raw_with_more_genes_than_x(pbmc_tiny):
+    """Loadings of raw genes not in var_names stay in .uns; .varm follows var_names."""
+    subset = pbmc_tiny[:, 100:300].copy()
+    subset.raw = pbmc_tiny
+    _quiet_nmf(subset, 3, use_raw=True, **TINY_FIT)
+    info = subset.uns["nmf"]
+    assert info["variational"]["var_shape"].shape == (pbmc_tiny.n_vars, 3)
+    full_loadings = info["variational"]["var_shape"] / info["variational"]["var_rate"]
+    np.testing.assert_allclose(subset.varm["NMF"], full_loadings[100:300])
+
+
+def test_negative_and_nan_counts_are_refused(pbmc_tiny):
+    for bad in (-1.0, np.nan):
+        adata = pbmc_tiny.copy()
+        adata.X = adata.X.copy()
+        adata.X.data[5] = bad
+        with pytest.raises(ValueError, match="raw counts"):
+            tl.nmf(adata, 3)
+
+
+def test_classical_solver(pbmc_tiny):
+    from vbsnmf.classic import NMF
+
+    tl.nmf(pbmc_tiny, 3, method="hals", max_iter=20, random_state=2)
+    model = NMF(3, solver="hals", max_iter=20, random_state=2)
+    np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf"], model.fit_transform(pbmc_tiny.X))
+    np.testing.assert_allclose(pbmc_tiny.varm["NMF"], model.components_.T)
+    info = pbmc_tiny.uns["nmf"]
+    assert info["params"]["method"] == "hals" and "variational" not in info
+    np.testing.assert_allclose(info["loss_trace"], model.loss_trace_)
+    with pytest.raises(ValueError, match="project needs method='batch' or 'svi'"):
+        tl.project(pbmc_tiny.copy(), pbmc_tiny)
+
+
+def test_unknown_method(pbmc_tiny):
+    with pytest.raises(ValueError, match="unknown method 'pca'"):
+        tl.nmf(pbmc_tiny, 3, method="pca")
+
+
+def test_warm_start_continues_the_stored_fit(pbmc_tiny):
+    """Ten iterations, then ten more from the stored parameters: the trace and factors of
+    twenty iterations in one go."""
+    options = {"n_threads": 2, "random_state": 5}
+    twice = pbmc_tiny.copy()
+    _quiet_nmf(twice, 3, max_iter=10, **options)
+    _quiet_nmf(twice, 3, max_iter=10, warm_start=True, **options)
+    once = _quiet_nmf(pbmc_tiny, 3, max_iter=20, copy=True, **options)
+    assert twice.uns["nmf"]["n_iter"] == 20
+    np.testing.assert_allclose(twice.uns["nmf"]["elbo_trace"], once.uns["nmf"]["elbo_trace"])
+    np.testing.assert_allclose(twice.obsm["X_nmf"], once.obsm["X_nmf"], rtol=1e-10)
+
+
+def test_callback_sees_every_iteration(pbmc_tiny):
+    seen = []
+    _quiet_nmf(
+        pbmc_tiny, 3, callback=lambda n, params, trace: seen.append((n, trace[-1])), **TINY_FIT
+    )
+    assert [n for n, _ in seen] == list(range(1, 13))
+    np.testing.assert_allclose([e for _, e in seen], pbmc_tiny.uns["nmf"]["elbo_trace"])
+
+
+def test_neighbors_and_umap_run_on_the_result(pbmc_tiny):
+    import scanpy as sc
+
+    _quiet_nmf(pbmc_tiny, 4, **TINY_FIT)
+    sc.pp.neighbors(pbmc_tiny, use_rep="X_nmf", n_neighbors=10)
+    sc.tl.umap(pbmc_tiny, maxiter=50)
+    umap = pbmc_tiny.obsm["X_umap"]
+    assert umap.shape == (pbmc_tiny.n_obs, 2) and np.all(np.isfinite(umap))
+    distances = pbmc_tiny.obsp["distances"]
+    # The graph is built on X_nmf: a cell's stored neighbour distances are Euclidean
+    # distances between cell factor rows.
+    row = distances[0].tocoo()
+    factors = pbmc_tiny.obsm["X_nmf"]
+    expected = np.linalg.norm(factors[row.col] - factors[0], axis=1)
+    np.testing.assert_allclose(row.data, expected, rtol=1e-4)
+
+
+# -- top genes ---------------------------------------------------------------------------------
+def test_top_genes_table(pbmc_tiny):
+    _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
+    loadings = pbmc_tiny.varm["NMF"]
+    totals = pbmc_tiny.obsm["X_nmf"].sum(axis=0)
+    for sort_by in ("loading", "specificity", "score"):
+        table = tl.top_genes(pbmc_tiny, 5, sort_by=sort_by)
+        assert table.index.names == ["factor", "rank"]
+        assert list(table.columns) == ["gene", "loading", "specificity"]
+        assert len(table) == 15
+        for (factor, _), row in table.iterrows():
+            gene = pbmc_tiny.var_names.get_loc(row["gene"])
+            assert row["loading"] == pytest.approx(loadings[gene, factor])
+            # specificity: the factor's share of the gene's expected count, by a loop
+            shares = [loadings[gene, f] * totals[f] for f in range(3)]
+            assert row["specificity"] == pytest.approx(shares[factor] / sum(shares))
+    by_loading = tl.top_genes(pbmc_tiny, 5, sort_by="loading")
+    for factor in range(3):
+        expected = pbmc_tiny.var_names[np.argsort(-loadings[:, factor])[:5]]
+        assert list(by_loading.loc[factor, "gene"]) == list(expected)
+    by_specificity = tl.top_genes(pbmc_tiny, 5, sort_by="specificity")
+    assert all(
+        np.all(np.diff(by_specificity.loc[factor, "specificity"].to_numpy()) <= 0)
+        for factor in range(3)
+    )
+
+
+# -- pbmc_facs: quality -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def facs_fit():
+    """pbmc_facs fitted once for this module at a CI-sized setting (K=15, 30 iterations)."""
+    adata = vbsnmf.datasets.pbmc_facs()
+    _quiet_nmf(adata, 15, max_iter=30, n_threads=2, random_state=0)
+    return adata
+
+
+def test_nmf_embedding_separates_the_subpops(facs_fit):
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    accuracy = cross_val_score(
+        KNeighborsClassifier(n_neighbors=15),
+        facs_fit.obsm["X_nmf"],
+        facs_fit.obs["subpop"],
+        cv=folds,
+    )
+    assert accuracy.mean() >= 0.9, accuracy
+
+
+def _profiles(cell_factors):
+    """Cell factors as proportions (each cell's loadings sum to one): removes library size."""
+    return cell_factors / cell_factors.sum(axis=1, keepdims=True)
+
+
+def test_project_puts_test_cells_near_their_subpop(facs_fit, shared_data):
+    test_cells = vbsnmf.datasets.pbmc_facs(test=True)
+    test_cells.obs = pd.read_csv(shared_data / "pbmc_facs/test/cells.csv").set_index(
+        test_cells.obs_names
+    )
+    returned = tl.project(test_cells, facs_fit, n_threads=2)
+    assert returned is None
+    projected = test_cells.obsm["X_nmf"]
+    assert projected.shape == (100, 15) and np.all(np.isfinite(projected)) and np.all(projected > 0)
+    labels = facs_fit.obs["subpop"].to_numpy()
+    subpops = np.unique(labels)
+    means = np.stack([_profiles(facs_fit.obsm["X_nmf"])[labels == s].mean(axis=0) for s in subpops])
+    distances = np.linalg.norm(_profiles(projected)[:, None, :] - means[None], axis=2)
+    nearest = subpops[distances.argmin(axis=1)]
+    assert np.mean(nearest == test_cells.obs["subpop"].to_numpy()) >= 0.9
+
+
+def test_project_matches_genes_by_name(pbmc_tiny):
+    _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
+    new = pbmc_tiny[:50].copy()
+    in_order = tl.project(new, pbmc_tiny, copy=True, n_threads=2).obsm["X_nmf"]
+    # The estimator's transform with the same gene side: the same numbers.
+    model = vbsnmf.VBNMF(3, max_iter=200, tol=1e-5)
+    info = pbmc_tiny.uns["nmf"]["variational"]
+    model.var_shape_, model.var_rate_ = info["var_shape"], info["var_rate"]
+    model.n_features_in_ = pbmc_tiny.n_vars
+    np.testing.assert_allclose(in_order, model.transform(new.X), rtol=1e-10)
+    # Shuffled genes plus an unknown gene: the same projection.
+    order = np.random.default_rng(0).permutation(new.n_vars)
+    extra = sp.csr_matrix(np.ones((new.n_obs, 1), dtype=np.float32))
+    shuffled = ad.AnnData(
+        sp.hstack([new.X[:, order], extra]).tocsr(),
+        obs=new.obs,
+        var=pd.DataFrame(index=[*new.var_names[order], "NOT_A_GENE"]),
+    )
+    tl.project(shuffled, pbmc_tiny, key_added="ref", n_threads=2)
+    np.testing.assert_allclose(shuffled.obsm["X_ref"], in_order, rtol=1e-10)
+    assert shuffled.uns["ref_projection"]["n_genes_used"] == pbmc_tiny.n_vars
+    # Fewer than half the genes: a warning; none: an error.
+    with pytest.warns(UserWarning, match="only 100 of the reference's 507 genes"):
+        tl.project(new[:, :100].copy(), pbmc_tiny)
+    nothing = ad.AnnData(new.X, var=pd.DataFrame(index=[f"g{i}" for i in range(new.n_vars)]))
+    with pytest.raises(ValueError, match="shares no gene names"):
+        tl.project(nothing, pbmc_tiny)

@@ -1,0 +1,200 @@
+"""Memory guard: estimate what a batch fit needs and refuse early when the machine lacks it.
+
+A batch fit holds, at its peak:
+
+- the count matrix as CSR along its longer axis (``nnz`` counts as float64, ``nnz``
+  indices, ``n_major + 1`` row pointers), plus a transient second copy when the input
+  is sparse in another layout and the COO stage a dense input goes through;
+- the factors: the shapes of q before and after an update, their statistics, ``E[log]``
+  and its scaled exponential (about four arrays of (rows + columns) x K in the fit's
+  dtype) and the float64 temporaries of the KL terms (about four more);
+- the per-thread accumulators of the minor-axis statistics, one n_minor x K slab per
+  chunk plus their sum.
+
+Swapping to disk makes such a fit crawl and the kernel's OOM killer ends it with no
+message, so `check_fit_memory` compares the estimate with the memory the system says is
+available (Linux: ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup's limit)
+and raises `InsufficientMemoryError` first. Where neither can be read it does nothing.
+Set the environment variable ``VBSNMF_NO_MEMORY_GUARD=1`` to skip the check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+# The arrays of (rows + columns) x K alive at the peak of an iteration, measured with
+# tracemalloc (tests/test_numerics.py checks the estimate against a measured peak).
+_FACTOR_ARRAYS = 4  # in the fit's dtype
+_KL_TEMPORARIES = 4  # float64, whatever the fit's dtype
+_BEST_FIT_ARRAYS = 2  # n_init > 1 keeps the best fit's shapes while the next one runs
+_COUNT_ITEMSIZE = 8  # counts are float64 inside the engine
+_COO_STAGE_BYTES = 24  # per nonzero: dense input becomes int64 COO before CSR
+_DISABLE_VARIABLE = "VBSNMF_NO_MEMORY_GUARD"
+
+
+class InsufficientMemoryError(MemoryError):
+    """A fit would need more memory than the system has available."""
+
+
+def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in bytes, or None where there is no such file (not Linux)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                value, unit = line.split()[1:3]
+                return int(value) * (1024 if unit.lower() == "kb" else 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup's memory limit minus its usage (reclaimable page cache not counted as
+    used), or None without a limit. cgroup v2 first, then v1."""
+    layouts = (
+        (root, "memory.max", "memory.current", "inactive_file"),
+        (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    )
+    for directory, limit_name, usage_name, cache_key in layouts:
+        try:
+            limit_text = (directory / limit_name).read_text().strip()
+            usage = int((directory / usage_name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 1 << 60:  # unlimited
+            return None
+        reclaimable = 0
+        try:
+            for line in (directory / "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == cache_key:
+                    reclaimable = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(int(limit_text) - usage + reclaimable, 0)
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes a new allocation can take without swapping, or None where unknown."""
+    known = [value for value in (_meminfo_available(), _cgroup_headroom()) if value is not None]
+    return min(known) if known else None
+
+
+def estimate_fit_memory(
+    shape: tuple[int, int],
+    nnz: int,
+    n_components: int,
+    *,
+    n_threads: int = 1,
+    dtype=np.float64,
+    n_init: int = 1,
+    input_kind: str = "csr",
+) -> dict[str, int]:
+    """Bytes a batch `VBNMF` fit needs at its peak, by part.
+
+    Parameters
+    ----------
+    shape
+        (rows, columns) of the count matrix.
+    nnz
+        Number of stored nonzeros (an upper bound is fine: duplicates, explicit zeros).
+    n_components
+        K.
+    n_threads
+        Threads of the fit; one accumulator slab per thread (at most one per major row).
+    dtype
+        The fit's float dtype (float32 or float64).
+    n_init
+        Random starts; more than one keeps the best fit alive beside the running one.
+    input_kind
+        ``"csr"``: X is CSR along its longer axis (CSC when it has more columns), used as
+        it is; ``"sparse"``: another sparse layout, converted (a transient second copy);
+        ``"dense"``: a dense array, which passes through COO.
+
+    Returns
+    -------
+    dict
+        ``counts``, ``factors``, ``accumulators`` and their ``total``, in bytes.
+    """
+    n_rows, n_cols = (int(n) for n in shape)
+    n_major, n_minor = max(n_rows, n_cols), min(n_rows, n_cols)
+    itemsize = np.dtype(dtype).itemsize
+    index_itemsize = 4 if max(nnz, n_major) < 2**31 else 8
+    counts = nnz * (_COUNT_ITEMSIZE + index_itemsize) + (n_major + 1) * index_itemsize
+    if input_kind not in ("csr", "sparse", "dense"):
+        raise ValueError(f"input_kind must be 'csr', 'sparse' or 'dense', got {input_kind!r}")
+    if input_kind == "sparse":
+        counts += nnz * (_COUNT_ITEMSIZE + index_itemsize)
+    elif input_kind == "dense":
+        counts += nnz * _COO_STAGE_BYTES
+    factor_entries = (n_rows + n_cols) * n_components
+    factor_arrays_bytes = _FACTOR_ARRAYS * itemsize + _KL_TEMPORARIES * 8
+    if n_init > 1:
+        factor_arrays_bytes += _BEST_FIT_ARRAYS * itemsize
+    factors = factor_entries * factor_arrays_bytes
+    n_chunks = max(1, min(int(n_threads), n_major))
+    accumulators = (n_chunks + 1) * n_minor * n_components * itemsize
+    return {
+        "counts": counts,
+        "factors": factors,
+        "accumulators": accumulators,
+        "total": counts + factors + accumulators,
+    }
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def check_fit_memory(
+    X, n_components, *, n_threads: int | None, dtype, n_init: int = 1
+) -> dict[str, int] | None:
+    """Raise `InsufficientMemoryError` if a batch fit of ``X`` needs more memory than is
+    available; return the estimate (None when it was not checked).
+
+    Inputs that are not a 2-D array or sparse matrix, or an ``n_components`` that is not
+    a positive integer, are left to the validation that follows, which explains them.
+    """
+    if os.environ.get(_DISABLE_VARIABLE, "").strip() not in ("", "0"):
+        return None
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        return None
+    if sp.issparse(X) and X.ndim == 2:
+        major_layout = "csr" if X.shape[0] >= X.shape[1] else "csc"
+        nnz, input_kind = int(X.nnz), ("csr" if X.format == major_layout else "sparse")
+    elif isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
+        nnz, input_kind = int(np.count_nonzero(X)), "dense"
+    else:
+        return None
+    if n_components < 1 or min(X.shape) < 1:
+        return None
+    threads = numba.config.NUMBA_NUM_THREADS if n_threads is None else n_threads
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    estimate = estimate_fit_memory(
+        X.shape,
+        nnz,
+        int(n_components),
+        n_threads=threads,
+        dtype=dtype,
+        n_init=n_init,
+        input_kind=input_kind,
+    )
+    available = available_memory()
+    if available is None or estimate["total"] <= available:
+        return estimate
+    raise InsufficientMemoryError(
+        f"this fit needs about {_gib(estimate['total'])} of memory (count matrix "
+        f"{_gib(estimate['counts'])}, factors {_gib(estimate['factors'])} for "
+        f"{X.shape[0]} x {X.shape[1]} with K={n_components}, per-thread accumulators "
+        f"{_gib(estimate['accumulators'])} for {threads} threads) but only "
+        f"{_gib(available)} is available. Use the streaming stochastic fit "
+        '(method="svi" reading from a file: a backed .h5ad, a 10x folder or .mtx.gz), '
+        "which holds only a minibatch of cells in memory, or lower n_components or "
+        "n_threads; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+    )

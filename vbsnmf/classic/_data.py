@@ -1,0 +1,370 @@
+"""The data side of the classical solvers: X (and its entry weights) in the form each
+solver step needs, with the sums that every loss and update is made of.
+
+Three layouts, chosen once per fit:
+
+- ``dense``: X given dense (its n x m memory already exists), optional dense weights;
+- ``sparse``: X sparse, every entry counts. Stored twice as CSR (rows of X and rows of X
+  transposed) so both half-steps are parallel over their own rows without write races.
+  Sums over the zeros use closed forms (`losses.sum_q_power`) or one row of Q at a time.
+  Dense weights that differ from 1 somewhere become an *exclusion* list: the loss and the
+  update terms of those entries are subtracted, weighted by ``1 - w``;
+- ``pattern``: sparse weights: only the stored entries of the weight matrix count.
+
+Notation: a half-step updates ``row_factor`` (W, n x K, or H transposed, m x K) given
+``col_factor`` (H transposed, or W); ``side`` is ``"rows"`` or ``"cols"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_array
+
+from .. import _kernels
+from .losses import Q_FLOOR, LossSpec, ab_divergence, check_defined_at_zeros, sum_q_power
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+@dataclass
+class SparseEntries:
+    """Stored entries in CSR order: values ``data`` and per-entry ``weights`` (or empty)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def from_coo(cls, rows, cols, values, weights, n_rows: int) -> SparseEntries:
+        """CSR arrays of COO entries, keeping explicit zeros (scipy would drop none, but
+        its duplicate summing is not wanted here: entries are unique by construction)."""
+        order = np.lexsort((cols, rows))
+        counts = np.bincount(rows, minlength=n_rows)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(
+            indptr,
+            np.ascontiguousarray(cols[order], dtype=np.int32),
+            np.ascontiguousarray(values[order], dtype=np.float64),
+            _EMPTY if weights is None else np.ascontiguousarray(weights[order], np.float64),
+        )
+
+    @classmethod
+    def from_csr(cls, matrix) -> SparseEntries:
+        matrix = sp.csr_matrix(matrix)
+        return cls(
+            matrix.indptr.astype(np.int64),
+            np.asarray(matrix.indices, dtype=np.int32),
+            np.ascontiguousarray(matrix.data, dtype=np.float64),
+            _EMPTY,
+        )
+
+
+@dataclass
+class EntryPair:
+    """The same stored entries by rows of X and by rows of X transposed."""
+
+    by_rows: SparseEntries
+    by_cols: SparseEntries
+
+    @classmethod
+    def from_coo(cls, rows, cols, values, weights, shape) -> EntryPair:
+        return cls(
+            SparseEntries.from_coo(rows, cols, values, weights, shape[0]),
+            SparseEntries.from_coo(cols, rows, values, weights, shape[1]),
+        )
+
+    def side(self, side: str) -> SparseEntries:
+        return self.by_rows if side == "rows" else self.by_cols
+
+
+def check_data(X):
+    """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors)."""
+    X = check_array(
+        X,
+        accept_sparse=("csr", "csc", "coo"),
+        dtype=np.float64,
+        ensure_all_finite=True,
+        ensure_non_negative=True,
+        input_name="X",
+    )
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if not X.has_canonical_format or not np.all(X.data):
+            X = X.copy()  # the caller's matrix is not modified
+            X.eliminate_zeros()
+            X.sum_duplicates()
+        return X
+    return np.ascontiguousarray(X)
+
+
+@dataclass
+class ClassicData:
+    """X prepared for the classical solvers (see the module docstring)."""
+
+    shape: tuple[int, int]
+    kind: str
+    dense: np.ndarray | None = None
+    dense_weights: np.ndarray | None = None
+    entries: EntryPair | None = None
+    exclusion: EntryPair | None = None
+    row_totals: np.ndarray | None = None
+    squared_norm: float = 0.0
+
+    @classmethod
+    def build(cls, X, weights=None, spec: LossSpec | None = None) -> ClassicData:
+        """Validate X and ``weights`` and choose the layout.
+
+        Raises
+        ------
+        ValueError
+            Negative, NaN or infinite entries; weights of the wrong shape or negative; a
+            loss (``spec``) undefined at zeros of X that count.
+        """
+        X = check_data(X)
+        shape = X.shape
+        row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+        if weights is not None:
+            weights = check_array(
+                weights,
+                accept_sparse=("csr", "csc", "coo"),
+                dtype=np.float64,
+                ensure_non_negative=True,
+                input_name="weights",
+            )
+            if weights.shape != shape:
+                raise ValueError(f"weights have shape {weights.shape}, X has shape {shape}")
+        if weights is not None and sp.issparse(weights):
+            coo = sp.coo_matrix(weights)
+            keep = coo.data > 0
+            rows, cols, w = coo.row[keep], coo.col[keep], coo.data[keep]
+            values = _values_at(X, rows, cols)
+            if spec is not None:
+                check_defined_at_zeros(spec, bool(np.any(values == 0)))
+            entries = EntryPair.from_coo(rows, cols, values, w, shape)
+            return cls(shape, "pattern", entries=entries, row_totals=row_totals)
+        if not sp.issparse(X):
+            if spec is not None:
+                counting = X == 0 if weights is None else (X == 0) & (weights > 0)
+                check_defined_at_zeros(spec, bool(counting.any()))
+            return cls(
+                shape,
+                "dense",
+                dense=X,
+                dense_weights=weights,
+                row_totals=row_totals,
+                squared_norm=float(np.sum(X * X)),
+            )
+        if spec is not None:
+            check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
+        entries = EntryPair(SparseEntries.from_csr(X), SparseEntries.from_csr(X.T.tocsr()))
+        exclusion = None
+        if weights is not None:
+            rows, cols = np.nonzero(weights != 1.0)
+            if rows.size:
+                values = _values_at(X, rows, cols)
+                exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - weights[rows, cols], shape)
+        return cls(
+            shape,
+            "sparse",
+            entries=entries,
+            exclusion=exclusion,
+            row_totals=row_totals,
+            squared_norm=float(X.data @ X.data),
+        )
+
+    # ---- shapes -------------------------------------------------------------------------
+
+    def check_factors(self, W, H) -> tuple[np.ndarray, np.ndarray]:
+        """W (n x K) and H (K x m) as float64, checked against X (ValueError)."""
+        W = np.array(W, dtype=np.float64, copy=True)
+        H = np.array(H, dtype=np.float64, copy=True)
+        n_rows, n_cols = self.shape
+        if W.ndim != 2 or H.ndim != 2 or W.shape[0] != n_rows or H.shape[1] != n_cols:
+            raise ValueError(f"W {W.shape} and H {H.shape} do not factor X of shape {self.shape}")
+        if W.shape[1] != H.shape[0]:
+            raise ValueError(f"W has {W.shape[1]} components, H has {H.shape[0]}")
+        for name, factor in (("W", W), ("H", H)):
+            if not np.all(np.isfinite(factor)) or factor.min(initial=0.0) < 0:
+                raise ValueError(f"{name} must be finite and non-negative")
+        return W, H
+
+    @property
+    def is_weighted(self) -> bool:
+        return (
+            self.kind == "pattern" or self.exclusion is not None or (self.dense_weights is not None)
+        )
+
+    def mean(self) -> float:
+        """Mean of X over every entry (the scale used by the initialisations)."""
+        return float(self.row_totals.sum()) / (self.shape[0] * self.shape[1])
+
+    def dense_side(self, side: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if side == "rows":
+            return self.dense, self.dense_weights
+        weights = None if self.dense_weights is None else self.dense_weights.T
+        return self.dense.T, weights
+
+    # ---- loss ---------------------------------------------------------------------------
+
+    def loss(self, spec: LossSpec, W: np.ndarray, H: np.ndarray) -> float:
+        """``D(X, W H)`` by the layout's route (never dense ``W H`` for sparse X)."""
+        if self.kind == "dense":
+            Q = np.maximum(W @ H, Q_FLOOR)
+            values = spec.pointwise(self.dense, Q)
+            if self.dense_weights is not None:
+                values = np.where(self.dense_weights > 0, values, 0.0) * self.dense_weights
+            return _finite_sum(values, spec)
+        col_factor = np.ascontiguousarray(H.T)
+        row_factor = np.ascontiguousarray(W)
+        if self.kind == "pattern":
+            return _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, False)
+        total = _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, True)
+        total += spec.zero_coef * sum_q_power(row_factor, H, spec.zero_power)
+        if self.exclusion is not None:
+            total -= _entries_loss(spec, self.exclusion.by_rows, row_factor, col_factor, False)
+        return total
+
+    # ---- terms of the multiplicative updates --------------------------------------------
+
+    def ab_terms(
+        self,
+        alpha: float,
+        beta: float,
+        row_factor: np.ndarray,
+        col_factor: np.ndarray,
+        side: str,
+        with_loss: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Numerator, denominator and current AB loss of one multiplicative half-step.
+
+        ``numerator = (w X**alpha Q**(beta-1)) @ col_factor``,
+        ``denominator = (w Q**(alpha+beta-1)) @ col_factor`` and ``sum w d_AB(X, Q)`` for
+        ``Q = row_factor @ col_factor.T`` (X transposed when ``side == "cols"``). Without
+        ``with_loss`` the returned loss is meaningless (the H step skips its logarithms).
+        """
+        gamma = alpha + beta - 1.0
+        if self.kind == "dense":
+            X, weights = self.dense_side(side)
+            Q = np.maximum(row_factor @ col_factor.T, Q_FLOOR)
+            counts = X > 0 if weights is None else (X > 0) & (weights > 0)
+            x_alpha = np.zeros_like(X)
+            x_alpha[counts] = X[counts] ** alpha
+            ratio = x_alpha * Q ** (beta - 1.0)
+            q_gamma = Q**gamma
+            if weights is not None:
+                ratio *= weights
+                q_gamma *= weights
+            loss = 0.0
+            if with_loss:
+                values = ab_divergence(X, Q, alpha, beta)
+                if weights is not None:
+                    values = np.where(weights > 0, values, 0.0) * weights
+                loss = float(values.sum())
+            return ratio @ col_factor, q_gamma @ col_factor, loss
+
+        n_rows, n_components = row_factor.shape
+        numerator = np.empty((n_rows, n_components))
+        row_loss = np.empty(n_rows)
+        entries = self.entries.side(side)
+        if self.kind == "pattern":
+            denominator = np.empty((n_rows, n_components))
+            _kernels.classic_ab_mu_terms(
+                entries.indptr, entries.indices, entries.data, entries.weights,
+                row_factor, col_factor, alpha, beta, Q_FLOOR, True, with_loss,
+                numerator, denominator, row_loss,
+            )  # fmt: skip
+            return numerator, denominator, float(row_loss.sum())
+
+        no_rows = np.empty((0, n_components))
+        if alpha == 1.0 and beta == 1.0:
+            # Frobenius: the numerator is X @ H^T and the loss follows from Gram matrices.
+            _kernels.classic_sparse_dot(
+                entries.indptr, entries.indices, entries.data, col_factor, numerator
+            )
+            col_gram = col_factor.T @ col_factor
+            denominator = row_factor @ col_gram
+            loss = 0.5 * (
+                self.squared_norm
+                - 2.0 * float(np.sum(row_factor * numerator))
+                + float(np.sum((row_factor.T @ row_factor) * col_gram))
+            )
+        else:
+            _kernels.classic_ab_mu_terms(
+                entries.indptr, entries.indices, entries.data, entries.weights,
+                row_factor, col_factor, alpha, beta, Q_FLOOR, False, with_loss,
+                numerator, no_rows, row_loss,
+            )  # fmt: skip
+            power = alpha + beta
+            if gamma == 0.0:
+                denominator = np.repeat(col_factor.sum(axis=0)[None, :], n_rows, axis=0)
+                power_sum = float(row_factor.sum(axis=0) @ col_factor.sum(axis=0))
+            elif gamma == 1.0:
+                col_gram = col_factor.T @ col_factor
+                denominator = row_factor @ col_gram
+                power_sum = float(np.sum((row_factor.T @ row_factor) * col_gram))
+            else:
+                denominator = np.empty((n_rows, n_components))
+                row_power = np.empty(n_rows)
+                _kernels.classic_dense_power_pass(
+                    row_factor, col_factor, gamma, Q_FLOOR, denominator, row_power
+                )
+                power_sum = float(row_power.sum())
+            loss = float(row_loss.sum()) + power_sum / (alpha * power)
+        if self.exclusion is not None:
+            excluded = self.exclusion.side(side)
+            numerator_e = np.empty((n_rows, n_components))
+            denominator_e = np.empty((n_rows, n_components))
+            _kernels.classic_ab_mu_terms(
+                excluded.indptr, excluded.indices, excluded.data, excluded.weights,
+                row_factor, col_factor, alpha, beta, Q_FLOOR, True, with_loss,
+                numerator_e, denominator_e, row_loss,
+            )  # fmt: skip
+            numerator -= numerator_e
+            denominator -= denominator_e
+            loss -= float(row_loss.sum())
+        return numerator, denominator, loss
+
+    # ---- terms of the Frobenius solvers -------------------------------------------------
+
+    def data_times(self, col_factor: np.ndarray, side: str) -> np.ndarray:
+        """``X @ col_factor`` (``side="rows"``) or ``X.T @ col_factor`` (``"cols"``)."""
+        if self.kind == "dense":
+            X, _ = self.dense_side(side)
+            return X @ col_factor
+        entries = self.entries.side(side)
+        out = np.empty((entries.indptr.shape[0] - 1, col_factor.shape[1]))
+        _kernels.classic_sparse_dot(entries.indptr, entries.indices, entries.data, col_factor, out)
+        return out
+
+
+def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``X[rows, cols]`` as a flat float64 array (X dense or CSR)."""
+    if sp.issparse(X):
+        return np.asarray(X[rows, cols], dtype=np.float64).ravel()
+    return np.asarray(X[rows, cols], dtype=np.float64)
+
+
+def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor, minus_zero):
+    """``sum w d(x, q)`` over stored entries; with ``minus_zero``: ``sum d(x, q) - d(0, q)``."""
+    q = np.empty(entries.data.shape[0])
+    _kernels.classic_wh_at_nonzeros(entries.indptr, entries.indices, row_factor, col_factor, q)
+    values = spec.pointwise(entries.data, np.maximum(q, Q_FLOOR))
+    if minus_zero:
+        values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
+    if entries.weights.shape[0]:
+        values = np.where(entries.weights > 0, values, 0.0) * entries.weights
+    return _finite_sum(values, spec)
+
+
+def _finite_sum(values: np.ndarray, spec: LossSpec) -> float:
+    total = float(np.sum(values))
+    if not np.isfinite(total):
+        raise ValueError(
+            f"loss {spec.name!r} is undefined at some entries (a zero of X where the loss "
+            "needs p > 0, or a zero reconstruction)"
+        )
+    return total

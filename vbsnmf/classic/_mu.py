@@ -1,0 +1,135 @@
+"""Multiplicative updates (seed 000, 002, 003): Lee-Seung Frobenius and KL, the
+beta-divergence, the AB-divergence update with exponent omega(alpha, beta), the
+epsilon-modified update ``max(eps, ...)`` (Gillis-Glineur 2012), entry weights, factor masks,
+and seed 002's Poisson form with per-sample totals.
+
+Every named loss except l1 is ``scale * d_AB(alpha, beta)``, so one update serves all:
+
+    W <- max(eps, W * ((w X**alpha Q**(beta-1)) H^T / (w Q**(alpha+beta-1)) H^T) ** omega)
+
+and the same for H with X transposed. Order: W, then H, as scikit-learn's solver="mu" (seed
+000 updates H first; the order only changes which factor sees the initial value first).
+
+Poisson form (seed 002, rows are the samples here): ``X_ij ~ Poisson(c_i (W H)_ij)`` with
+``c_i`` the row total, rows of H summing to one. It is KL on ``W~ = diag(c) W``; after each H
+step the rows of H are normalised and the scale moved into ``W~`` (seed 002 drops it, which
+changes ``W H``; moving it keeps ``W H`` and hence the monotone decrease). At a fixed point
+the rows of ``W`` then sum to one (module proportions per sample).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._data import ClassicData
+from .losses import Q_FLOOR, LossSpec
+
+# Zero denominators of a ratio are replaced by this, as scikit-learn does (its EPSILON).
+_SAFE = float(np.finfo(np.float32).eps)
+
+
+def omega(alpha: float, beta: float) -> float:
+    """Exponent of the AB multiplicative update (seed 000, Cichocki et al. 2011).
+
+    ``1 / (1 - beta)`` if ``beta / alpha < 1 / alpha - 1``; ``1 / alpha`` if
+    ``beta / alpha`` lies in ``[1 / alpha - 1, 1 / alpha]``; ``1 / (alpha + beta - 1)`` if
+    ``beta / alpha > 1 / alpha``. Negative for alpha < 0 (numerator and denominator swap
+    roles there).
+    """
+    if alpha == 0.0:
+        raise ValueError(
+            "the AB multiplicative update needs alpha != 0 (alpha = 0 is the logarithmic "
+            "limit, which has no power-form update); use a small alpha instead"
+        )
+    ratio = beta / alpha
+    if ratio < 1.0 / alpha - 1.0:
+        return 1.0 / (1.0 - beta)
+    if ratio <= 1.0 / alpha:
+        return 1.0 / alpha
+    return 1.0 / (alpha + beta - 1.0)
+
+
+def multiplicative_step(
+    factor: np.ndarray,
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    exponent: float,
+    epsilon: float,
+    mask: np.ndarray | None,
+) -> np.ndarray:
+    """``mask * max(epsilon, factor * (numerator / denominator) ** exponent)``."""
+    denominator = np.where(denominator == 0.0, _SAFE, denominator)
+    if exponent < 0:
+        numerator = np.where(numerator == 0.0, _SAFE, numerator)
+    ratio = numerator / denominator
+    if exponent != 1.0:
+        ratio **= exponent
+    factor = factor * ratio
+    if epsilon > 0:
+        np.maximum(factor, epsilon, out=factor)
+    if mask is not None:
+        factor *= mask
+    return factor
+
+
+def fit_multiplicative(
+    data: ClassicData,
+    spec: LossSpec,
+    W: np.ndarray,
+    H: np.ndarray,
+    *,
+    update_h: bool = True,
+    epsilon: float = 0.0,
+    w_mask: np.ndarray | None = None,
+    h_mask: np.ndarray | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray, list[float], int]:
+    """Multiplicative updates until the relative change of the loss is below ``tol``.
+
+    Returns
+    -------
+    W, H, loss_trace, n_iter
+        ``loss_trace[t]`` is the loss after ``t`` iterations (``loss_trace[0]``: at the
+        start). For ``spec.name == "poisson"``, ``W`` is ``diag(c) W`` (the caller divides).
+    """
+    if spec.alpha is None:
+        raise ValueError("loss 'l1' has no multiplicative update; use another solver or loss")
+    alpha, beta = spec.alpha, spec.beta
+    exponent = omega(alpha, beta)
+    poisson = spec.name == "poisson"
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    H_t = np.ascontiguousarray(H.T, dtype=np.float64)
+    if poisson:
+        W, H_t = _normalise_modules(W, H_t)
+    loss_trace: list[float] = []
+    for _ in range(max_iter):
+        numerator, denominator, loss = data.ab_terms(alpha, beta, W, H_t, "rows")
+        loss_trace.append(spec.scale * loss)
+        W = multiplicative_step(W, numerator, denominator, exponent, epsilon, w_mask)
+        if update_h:
+            numerator, denominator, _ = data.ab_terms(alpha, beta, H_t, W, "cols", False)
+            H_t = multiplicative_step(H_t, numerator, denominator, exponent, epsilon, h_mask)
+            if poisson:
+                W, H_t = _normalise_modules(W, H_t)
+        if converged(loss_trace, tol):
+            break
+    n_iter = len(loss_trace)
+    # The final loss by the same route as the trace (no nonzero-sized temporaries).
+    loss_trace.append(spec.scale * data.ab_terms(alpha, beta, W, H_t, "rows")[2])
+    return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter
+
+
+def converged(loss_trace: list[float], tol: float) -> bool:
+    """Relative change of the last two losses at most ``tol``."""
+    if len(loss_trace) < 2:
+        return False
+    previous, current = loss_trace[-2], loss_trace[-1]
+    return abs(previous - current) <= tol * max(abs(previous), Q_FLOOR)
+
+
+def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of H (columns of ``H_t``) to sum one, the scale moved into W: W H unchanged."""
+    totals = H_t.sum(axis=0)
+    totals = np.where(totals > 0, totals, 1.0)
+    return W * totals, H_t / totals

@@ -1,0 +1,342 @@
+"""`NMF`: the classical solvers behind one estimator with the scikit-learn contract.
+
+X is rows x columns (cells x genes for scanpy), ``W`` rows x K (what `fit_transform`
+returns), ``H = components_`` K x columns, as in scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.extmath import randomized_svd
+from sklearn.utils.validation import check_is_fitted
+
+from ._data import ClassicData
+from ._mu import fit_multiplicative
+from ._solvers import STEPS, fit_frobenius
+from .losses import LossSpec, resolve_loss
+
+SOLVERS = ("mu", "hals", "als", "pg", "ipg", "gd")
+INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
+
+
+class NMF(TransformerMixin, BaseEstimator):
+    """Non-negative matrix factorisation ``X ~ W H`` by the classical algorithms.
+
+    Parameters
+    ----------
+    n_components
+        Number of components K.
+    loss
+        ``"kl"``, ``"frobenius"``, ``"poisson"`` (KL with per-row totals, seed 002),
+        ``"itakura-saito"``, ``"hellinger"``, ``"pearson"``, ``"neyman"``, ``"alpha"``,
+        ``"beta"`` (seed 000 convention: beta = 0 is KL, 1 half Frobenius), ``"ab"``, or
+        ``"auto"`` (default): ``"kl"`` for ``solver="mu"``, ``"frobenius"`` for the other
+        solvers, which minimise the squared Frobenius norm only.
+    alpha, beta
+        Parameters of the ``"alpha"``, ``"beta"`` and ``"ab"`` losses.
+    solver
+        ``"mu"`` (multiplicative updates, every loss but l1), ``"hals"``, ``"als"``,
+        ``"pg"`` (projected gradient, OPL step), ``"ipg"`` (interior point gradient), ``"gd"``
+        (projected gradient descent, step 1/L).
+    epsilon
+        Lower bound of the factors (epsilon-modified updates, Gillis-Glineur 2012).
+    thin
+        After fitting, set the entries equal to ``epsilon`` to zero (epsilon-thinning).
+    weights
+        Optional entry weights of X's shape (a 0/1 mask, dense or sparse; a sparse mask
+        counts only its stored entries). ``solver="mu"`` only; ignored by `transform`.
+    factor_mask
+        Optional 0/1 mask of W (n x K) or of H (K x m), or a dict ``{"W": ..., "H": ...}``:
+        masked entries are held at zero.
+    max_iter, tol
+        Stop after ``max_iter`` iterations or when the relative change of the loss between
+        two iterations is at most ``tol``.
+    init
+        ``"nndsvda"`` (default), ``"nndsvd"``, ``"nndsvdar"``, ``"random"`` or ``"custom"``
+        (``W`` and ``H`` given to `fit_transform`).
+    random_state
+        Seed of the initialisation.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        H.
+    n_components_ : int
+    n_features_in_ : int
+    n_iter_ : int
+    loss_trace_ : ndarray
+        The loss after 0, 1, ..., ``n_iter_`` iterations.
+    reconstruction_err_ : float
+        The final loss ``D(X, W H)`` (for Frobenius the *squared* norm), after thinning
+        when ``thin``.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 10,
+        *,
+        loss: str = "auto",
+        alpha: float | None = None,
+        beta: float | None = None,
+        solver: str = "mu",
+        epsilon: float = 0.0,
+        thin: bool = False,
+        weights=None,
+        factor_mask=None,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        init: str = "nndsvda",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.loss = loss
+        self.alpha = alpha
+        self.beta = beta
+        self.solver = solver
+        self.epsilon = epsilon
+        self.thin = thin
+        self.weights = weights
+        self.factor_mask = factor_mask
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.random_state = random_state
+
+    # ---- scikit-learn contract ----------------------------------------------------------
+
+    def fit(self, X, y=None, **params) -> NMF:
+        """Fit to X (n x m, non-negative, dense or sparse); returns self."""
+        self.fit_transform(X, **params)
+        return self
+
+    def fit_transform(self, X, y=None, W=None, H=None) -> np.ndarray:
+        """Fit to X and return W (n x K).
+
+        ``W`` and ``H`` are the starting factors when ``init="custom"``.
+
+        Raises
+        ------
+        ValueError
+            Bad parameters, X negative/NaN/inf, a loss undefined at zeros of X, or custom
+            factors of the wrong shape.
+        """
+        spec = self._check_params()
+        data = ClassicData.build(X, self.weights, spec)
+        n_rows, n_cols = data.shape
+        n_components = self._n_components(data)
+        if self.weights is not None and self.solver != "mu":
+            raise ValueError(f"weights are supported by solver='mu' only, not {self.solver!r}")
+        W, H = self._initial_factors(data, n_components, W, H)
+        if spec.name == "poisson" and self.init == "custom":
+            W = W * data.row_totals[:, None]  # the solver works on diag(c) W
+        w_mask, h_mask_t = self._factor_masks(n_rows, n_cols, n_components)
+        if w_mask is not None:
+            W = W * w_mask
+        if h_mask_t is not None:
+            H = H * h_mask_t.T
+        W, H, loss_trace, n_iter, final_loss = self._run(data, spec, W, H, True, w_mask, h_mask_t)
+        if spec.name == "poisson":
+            W = _divide_rows(W, data.row_totals)
+        self.components_ = H
+        self.n_components_ = n_components
+        self.n_features_in_ = n_cols
+        self.n_iter_ = n_iter
+        self.loss_trace_ = np.asarray(loss_trace)
+        self.reconstruction_err_ = float(final_loss)
+        return W
+
+    def transform(self, X) -> np.ndarray:
+        """W for new rows X with H = ``components_`` held fixed (same solver and loss)."""
+        check_is_fitted(self, "components_")
+        spec = self._check_params()
+        data = ClassicData.build(X, None, spec)
+        if data.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {data.shape[1]} features, the model was fitted on {self.n_features_in_}"
+            )
+        n_components = self.components_.shape[0]
+        # A flat start, as scikit-learn's transform: every row starts from the data scale.
+        W = np.full((data.shape[0], n_components), np.sqrt(data.mean() / n_components))
+        W, _, _, _, _ = self._run(data, spec, W, self.components_, False, None, None)
+        if spec.name == "poisson":
+            W = _divide_rows(W, data.row_totals)
+        return W
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _run(self, data, spec, W, H, update_h, w_mask, h_mask):
+        options = {
+            "update_h": update_h,
+            "epsilon": float(self.epsilon),
+            "w_mask": w_mask,
+            "h_mask": h_mask,
+            "max_iter": int(self.max_iter),
+            "tol": float(self.tol),
+        }
+        if self.solver == "mu":
+            W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
+        else:
+            W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+        final_loss = trace[-1]
+        if self.thin and self.epsilon > 0:
+            # Thinning is not an iteration: the trace keeps the epsilon-problem's losses.
+            W = np.where(W <= self.epsilon, 0.0, W)
+            if update_h:
+                H = np.where(H <= self.epsilon, 0.0, H)
+            final_loss = data.loss(spec, W, H)
+        return W, H, trace, n_iter, final_loss
+
+    def _check_params(self) -> LossSpec:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}")
+        loss = self.loss
+        if loss == "auto":
+            loss = "kl" if self.solver == "mu" else "frobenius"
+        spec = resolve_loss(loss, self.alpha, self.beta)
+        if self.solver in STEPS and spec.name != "frobenius":
+            raise ValueError(
+                f"solver={self.solver!r} minimises the Frobenius loss only; got loss={loss!r} "
+                "(use solver='mu' for the other losses)"
+            )
+        if self.solver == "mu" and spec.alpha is None:
+            raise ValueError("loss 'l1' has no multiplicative update")
+        if self.solver == "mu" and spec.alpha == 0.0:
+            raise ValueError("the AB multiplicative update needs alpha != 0")
+        if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        for name in ("epsilon", "tol"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.init not in INITS and self.init is not None:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        return spec
+
+    def _n_components(self, data: ClassicData) -> int:
+        n_components = self.n_components
+        if not isinstance(n_components, numbers.Integral) or n_components < 1:
+            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+        return int(n_components)
+
+    def _initial_factors(self, data, n_components, W, H):
+        init = self.init or "nndsvda"
+        if init == "custom":
+            if W is None or H is None:
+                raise ValueError("init='custom' needs both W and H")
+            W, H = data.check_factors(W, H)
+            if W.shape[1] != n_components:
+                raise ValueError(f"W and H have {W.shape[1]} components, not {n_components}")
+        elif W is not None or H is not None:
+            raise ValueError("W and H are used with init='custom' only")
+        elif init == "random":
+            W, H = random_init(data, n_components, self.random_state)
+        else:
+            W, H = nndsvd_init(data, n_components, init, self.random_state)
+        if self.epsilon > 0:
+            W, H = np.maximum(W, self.epsilon), np.maximum(H, self.epsilon)
+        return W, H
+
+    def _factor_masks(self, n_rows, n_cols, n_components):
+        """The W mask (n x K) and the H mask *transposed* (m x K), or None."""
+        mask = self.factor_mask
+        if mask is None:
+            return None, None
+        if isinstance(mask, dict):
+            unknown = set(mask) - {"W", "H"}
+            if unknown:
+                raise ValueError(f"factor_mask keys must be 'W' and/or 'H', got {sorted(unknown)}")
+            w_mask, h_mask = mask.get("W"), mask.get("H")
+        else:
+            mask = np.asarray(mask)
+            w_shape, h_shape = (n_rows, n_components), (n_components, n_cols)
+            if w_shape == h_shape and mask.shape == w_shape:
+                raise ValueError("factor_mask fits both W and H; pass {'W': ...} or {'H': ...}")
+            if mask.shape == w_shape:
+                w_mask, h_mask = mask, None
+            elif mask.shape == h_shape:
+                w_mask, h_mask = None, mask
+            else:
+                raise ValueError(f"factor_mask has shape {mask.shape}; W is {w_shape}, H {h_shape}")
+        checked = []
+        for name, value, shape in (
+            ("W", w_mask, (n_rows, n_components)),
+            ("H", h_mask, (n_components, n_cols)),
+        ):
+            if value is None:
+                checked.append(None)
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != shape or not np.isin(value, (0.0, 1.0)).all():
+                raise ValueError(f"factor_mask[{name!r}] must be a 0/1 array of shape {shape}")
+            checked.append(value if name == "W" else np.ascontiguousarray(value.T))
+        return checked[0], checked[1]
+
+
+def random_init(data: ClassicData, n_components: int, random_state):
+    """Uniform-scale random factors with ``W H`` of the data's mean scale."""
+    rng = check_random_state(random_state)
+    scale = np.sqrt(data.mean() / n_components)
+    n_rows, n_cols = data.shape
+    H = scale * np.abs(rng.standard_normal((n_components, n_cols)))
+    W = scale * np.abs(rng.standard_normal((n_rows, n_components)))
+    return W, H
+
+
+def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state):
+    """Non-negative double SVD (Boutsidis-Gallopoulos 2008) from a randomized SVD of X.
+
+    ``"nndsvda"`` fills the zeros with the mean of X, ``"nndsvdar"`` with small random
+    values (both keep multiplicative updates from being stuck at zero).
+    """
+    matrix = data.dense if data.kind == "dense" else _csr(data)
+    U, singular, Vt = randomized_svd(matrix, n_components, random_state=random_state)
+    n_rows, n_cols = data.shape
+    W = np.zeros((n_rows, n_components))
+    H = np.zeros((n_components, n_cols))
+    W[:, 0] = np.sqrt(singular[0]) * np.abs(U[:, 0])
+    H[0] = np.sqrt(singular[0]) * np.abs(Vt[0])
+    for k in range(1, n_components):
+        left, right = U[:, k], Vt[k]
+        candidates = []
+        for sign in (1.0, -1.0):
+            u, v = np.maximum(sign * left, 0.0), np.maximum(sign * right, 0.0)
+            u_norm, v_norm = np.linalg.norm(u), np.linalg.norm(v)
+            candidates.append((u_norm * v_norm, u, v, u_norm, v_norm))
+        mass, u, v, u_norm, v_norm = max(candidates, key=lambda item: item[0])
+        if mass > 0:
+            weight = np.sqrt(singular[k] * mass)
+            W[:, k] = weight * u / u_norm
+            H[k] = weight * v / v_norm
+    tiny = 1e-6
+    W[W < tiny] = 0.0
+    H[H < tiny] = 0.0
+    if variant == "nndsvda":
+        mean = data.mean()
+        W[W == 0] = mean
+        H[H == 0] = mean
+    elif variant == "nndsvdar":
+        rng = check_random_state(random_state)
+        mean = data.mean()
+        W[W == 0] = np.abs(mean * rng.standard_normal(int(np.sum(W == 0))) / 100)
+        H[H == 0] = np.abs(mean * rng.standard_normal(int(np.sum(H == 0))) / 100)
+    return W, H
+
+
+def _csr(data: ClassicData):
+    import scipy.sparse as sp
+
+    entries = data.entries.by_rows
+    if data.kind == "pattern":
+        return sp.csr_matrix(
+            (entries.data * entries.weights, entries.indices, entries.indptr), shape=data.shape
+        )
+    return sp.csr_matrix((entries.data, entries.indices, entries.indptr), shape=data.shape)
+
+
+def _divide_rows(W: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    safe = np.where(totals > 0, totals, 1.0)
+    return np.where(totals[:, None] > 0, W / safe[:, None], 0.0)

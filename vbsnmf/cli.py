@@ -1,0 +1,524 @@
+"""The ``vbsnmf`` command line: parse, call `vbsnmf.io` and `vbsnmf.tl`, report.
+
+Commands: ``fit`` (factorise a count matrix into an output folder), ``umap`` (draw the
+NMF-based UMAP of a result) and ``demo`` (both, on the bundled pbmc_facs data).
+
+Contract, for people and for scripts: results on stdout, progress and messages on stderr;
+any error is one line on stderr and exit code 2 (bad input or options), with nothing
+written to the output folder, which appears only once complete (it is built in a
+temporary folder beside it and renamed). Ctrl-C exits with 130 and leaves no partial
+outputs. Set ``VBSNMF_DEBUG=1`` to see the traceback of an unexpected error (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .io import ReadError, read, read_h5ad, write_nmf_tables
+from .io._atomic import atomic_directory, atomic_file
+from .tl._nmf import CLASSIC_METHODS, VB_METHODS, nmf
+from .tl._top_genes import fit_info, top_genes
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DATASETS = ("pbmc_facs", "pbmc_tiny")
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported as one line and exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so that every error
+    is reported the same way: one line on stderr."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# -- argument types -------------------------------------------------------------------------
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of all commands (``vbsnmf --help`` shows it)."""
+    parser = _Parser(
+        prog="vbsnmf",
+        description="Sparse variational Bayesian NMF of single-cell RNA-seq counts.",
+        epilog="Errors: one line on stderr, exit code 2. Ctrl-C: exit code 130, no partial "
+        "outputs. Run 'vbsnmf COMMAND --help' for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"vbsnmf {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fit = commands.add_parser(
+        "fit",
+        help="factorise a count matrix; write factors, ELBO trace and result.h5ad",
+        description="Fit NMF to a count matrix and write to OUTDIR: result.h5ad (the input "
+        "with .obsm['X_nmf'], .varm['NMF'], .uns['nmf'], as vbsnmf.tl.nmf leaves it), "
+        "cell_factors.tsv.gz and gene_loadings.tsv.gz (posterior means, with names), "
+        "elbo.tsv (ELBO per iteration; loss.tsv for a classical solver) and params.json "
+        "(settings and summary).",
+    )
+    fit.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a 10x folder (matrix.mtx[.gz], features.tsv[.gz] or genes.tsv[.gz], "
+        "barcodes.tsv[.gz]), an .h5ad file (cells x genes), or an .mtx / .mtx.gz file "
+        "(then give --genes-as-rows or --cells-as-rows)",
+    )
+    _add_fit_options(fit, outdir_required=True)
+    orientation = fit.add_mutually_exclusive_group()
+    orientation.add_argument(
+        "--genes-as-rows",
+        dest="genes_as_rows",
+        action="store_const",
+        const=True,
+        default=None,
+        help=".mtx input: rows are genes, columns cells (the 10x convention)",
+    )
+    orientation.add_argument(
+        "--cells-as-rows",
+        dest="genes_as_rows",
+        action="store_const",
+        const=False,
+        help=".mtx input: rows are cells, columns genes",
+    )
+    fit.add_argument(
+        "--row-names",
+        metavar="FILE",
+        help=".mtx input: text file (plain or .gz), one name per line for the matrix rows "
+        "(first tab-separated field)",
+    )
+    fit.add_argument(
+        "--col-names", metavar="FILE", help=".mtx input: the same for the matrix columns"
+    )
+    fit.add_argument(
+        "--layer", metavar="NAME", help=".h5ad input: take the counts from .layers[NAME]"
+    )
+    fit.add_argument(
+        "--use-raw", action="store_true", help=".h5ad input: take the counts from .raw"
+    )
+    fit.set_defaults(run=_run_fit)
+
+    umap = commands.add_parser(
+        "umap",
+        help="draw the UMAP of the NMF cell factors of a result.h5ad",
+        description="Build the cell neighbour graph on the NMF cell factors (scanpy's "
+        "neighbors with use_rep='X_nmf'), embed it with UMAP and draw it to a figure.",
+    )
+    umap.add_argument("result", metavar="RESULT.h5ad", help="result.h5ad written by 'vbsnmf fit'")
+    umap.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="figure to write; the format follows the suffix (.png, .pdf, .svg)",
+    )
+    umap.add_argument(
+        "--color",
+        metavar="COLUMN",
+        help="colour cells by this .obs column or gene (default: each cell's dominant factor)",
+    )
+    umap.add_argument("--key", default="nmf", help="key_added of the fit (default: nmf)")
+    umap.add_argument(
+        "--n-neighbors",
+        type=_integer(2),
+        default=15,
+        metavar="N",
+        help="neighbours per cell (default: 15)",
+    )
+    umap.add_argument("--seed", type=_integer(0), default=0, help="UMAP seed (default: 0)")
+    umap.set_defaults(run=_run_umap)
+
+    demo = commands.add_parser(
+        "demo",
+        help="fit the bundled pbmc_facs data and draw its UMAP coloured by cell population",
+        description="Fit NMF to a bundled data set (default pbmc_facs: 3,774 FACS-sorted "
+        "PBMCs x 16,791 genes) and write to OUTDIR everything 'vbsnmf fit' writes, plus "
+        "umap.png (UMAP of the cell factors, coloured by the sorted population when known) "
+        "and top_genes.tsv (the 10 most specific genes of each factor).",
+    )
+    demo.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="pbmc_facs",
+        help="bundled data set (default: pbmc_facs)",
+    )
+    _add_fit_options(demo, outdir_required=False, default_k=15, default_max_iter=100)
+    demo.set_defaults(run=_run_demo, layer=None, use_raw=False)
+    return parser
+
+
+def _add_fit_options(
+    command, *, outdir_required: bool, default_k: int | None = None, default_max_iter=None
+) -> None:
+    """Options shared by ``fit`` and ``demo``."""
+    command.add_argument(
+        "-k",
+        "--n-components",
+        type=_integer(1),
+        required=default_k is None,
+        default=default_k,
+        metavar="K",
+        help="number of factors" + ("" if default_k is None else f" (default: {default_k})"),
+    )
+    command.add_argument(
+        "-o",
+        "--outdir",
+        required=outdir_required,
+        default=None if outdir_required else "vbsnmf_demo",
+        metavar="OUTDIR",
+        help="output folder; must not exist unless --force"
+        + ("" if outdir_required else " (default: vbsnmf_demo)"),
+    )
+    command.add_argument(
+        "--method",
+        choices=VB_METHODS + CLASSIC_METHODS,
+        default="batch",
+        help="batch (variational Bayes, default), svi (stochastic VB), or a classical "
+        "solver: " + ", ".join(CLASSIC_METHODS),
+    )
+    command.add_argument(
+        "--max-iter",
+        type=_integer(1),
+        default=default_max_iter,
+        metavar="N",
+        help="maximum iterations"
+        + (
+            " (default: the estimator's, 200)"
+            if default_max_iter is None
+            else f" (default: {default_max_iter})"
+        ),
+    )
+    command.add_argument(
+        "--tol",
+        type=_tolerance,
+        metavar="T",
+        help="stop when the relative ELBO change is below T (default: 1e-5)",
+    )
+    command.add_argument("--seed", type=_integer(0), default=0, help="random seed (default: 0)")
+    command.add_argument(
+        "--threads", type=_integer(1), metavar="T", help="Numba threads (default: all cores)"
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    command.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
+    svi = command.add_argument_group("stochastic VB (--method svi)")
+    svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
+    svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
+    svi.add_argument(
+        "--checkpoint", metavar="PATH", help="save the variational state to PATH while fitting"
+    )
+    svi.add_argument(
+        "--resume", action="store_true", help="continue from the state saved at --checkpoint"
+    )
+
+
+# -- commands -------------------------------------------------------------------------------
+def _fit_params(args) -> dict:
+    """Estimator parameters from the options; optional ones only when given."""
+    params = {}
+    for option, name in (
+        ("max_iter", "max_iter"),
+        ("tol", "tol"),
+        ("threads", "n_threads"),
+        ("batch_size", "batch_size"),
+        ("epochs", "n_epochs"),
+        ("checkpoint", "checkpoint"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            params[name] = value
+    if args.resume:
+        params["resume"] = True
+    return params
+
+
+def _check_outdir(outdir: Path, force: bool) -> None:
+    if (outdir.exists() or outdir.is_symlink()) and not force:
+        raise UsageError(f"{outdir} already exists (use --force to replace it)")
+    if not outdir.parent.is_dir():
+        raise UsageError(f"the folder {outdir.parent} for {outdir.name} does not exist")
+    if not os.access(outdir.parent, os.W_OK):
+        raise UsageError(f"cannot write to {outdir.parent} (permission denied)")
+
+
+def _fit(adata, args, quiet: bool) -> float:
+    """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken."""
+    from tqdm.auto import tqdm
+
+    params = _fit_params(args)
+    # The callback runs once per iteration (batch) or per epoch (svi).
+    total = params.get("max_iter", 200) if args.method == "batch" else params.get("n_epochs", 20)
+    bars = []  # created at the first iteration, so input errors print no bar
+
+    def progress(n_iter, params, elbo_trace):
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=total,
+                    desc=f"{args.method} K={args.n_components}",
+                    unit="it",
+                    file=sys.stderr,
+                    disable=quiet,
+                    dynamic_ncols=True,
+                )
+            )
+        bar = bars[0]
+        bar.update(n_iter - bar.n)
+        if len(elbo_trace):
+            bar.set_postfix_str(f"ELBO {elbo_trace[-1]:.8g}", refresh=False)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            nmf(
+                adata,
+                args.n_components,
+                layer=args.layer,
+                use_raw=args.use_raw,
+                method=args.method,
+                random_state=args.seed,
+                callback=progress if args.method in VB_METHODS else None,
+                **params,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
+    if not quiet:
+        # vbsnmf's own warnings (ConvergenceWarning, NonCountWarning) are UserWarnings;
+        # libraries' deprecation notices are not for the person running the command.
+        ours = (w for w in caught if issubclass(w.category, UserWarning))
+        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
+            print(f"vbsnmf: warning: {message}", file=sys.stderr)
+    return time.perf_counter() - start
+
+
+def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
+    """result.h5ad, the factor tables, elbo.tsv and params.json into ``folder``."""
+    info = adata.uns["nmf"]
+    trace = info.get("elbo_trace", [])
+    summary = {
+        "vbsnmf_version": __version__,
+        "input": source,
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_components": int(args.n_components),
+        "method": args.method,
+        "seed": int(args.seed),
+        "fit_params": {k: v for k, v in _fit_params(args).items() if k != "n_threads"},
+        "threads": args.threads,
+        "layer": args.layer,
+        "use_raw": bool(args.use_raw),
+        "n_iter": int(info["n_iter"]),
+        "converged": bool(info["converged"]),
+        "final_elbo": float(trace[-1]) if len(trace) else None,
+        "seconds": round(seconds, 3),
+    }
+    adata.write_h5ad(folder / "result.h5ad")
+    write_nmf_tables(adata, folder)
+    (folder / "params.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _report(outdir: Path, summary: dict, quiet: bool) -> None:
+    if quiet:
+        return
+    elbo = summary["final_elbo"]
+    state = "converged" if summary["converged"] else "not converged"
+    print(
+        f"wrote {outdir}: {summary['n_cells']} cells x {summary['n_genes']} genes, "
+        f"K={summary['n_components']}, {summary['n_iter']} iterations ({state})"
+        + (f", ELBO {elbo:.8g}" if elbo is not None else "")
+        + f", {summary['seconds']:.1f} s"
+    )
+
+
+def _run_fit(args) -> int:
+    outdir = Path(args.outdir)
+    _check_outdir(outdir, args.force)
+    source = Path(args.input)
+    adata = read(
+        source,
+        genes_as_rows=args.genes_as_rows,
+        row_names=args.row_names,
+        col_names=args.col_names,
+    )
+    seconds = _fit(adata, args, args.quiet)
+    with atomic_directory(outdir, overwrite=args.force) as folder:
+        summary = _write_fit(adata, args, folder, str(source), seconds)
+    _report(outdir, summary, args.quiet)
+    return EXIT_OK
+
+
+def _run_demo(args) -> int:
+    from . import datasets
+
+    outdir = Path(args.outdir)
+    _check_outdir(outdir, args.force)
+    adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
+    if not args.quiet:
+        print(
+            f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros",
+            file=sys.stderr,
+        )
+    seconds = _fit(adata, args, args.quiet)
+    color = "subpop" if "subpop" in adata.obs else None
+    with atomic_directory(outdir, overwrite=args.force) as folder:
+        summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
+        top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
+        draw_umap(adata, folder / "umap.png", color=color, seed=args.seed)
+    _report(outdir, summary, args.quiet)
+    if not args.quiet:
+        print(f"UMAP of the NMF cell factors: {outdir / 'umap.png'}")
+    return EXIT_OK
+
+
+def _run_umap(args) -> int:
+    output = Path(args.output)
+    _check_figure_path(output)
+    adata = read_h5ad(args.result)
+    fit_info(adata, args.key)  # a KeyError that says to run the fit first
+    if args.color is not None and args.color not in adata.obs and args.color not in adata.var_names:
+        columns = ", ".join(map(str, adata.obs.columns)) or "none"
+        raise UsageError(f"--color {args.color!r} is neither an .obs column ({columns}) nor a gene")
+    draw_umap(
+        adata, output, color=args.color, key=args.key, n_neighbors=args.n_neighbors, seed=args.seed
+    )
+    print(f"wrote {output}")
+    return EXIT_OK
+
+
+def _check_figure_path(output: Path) -> None:
+    from matplotlib.figure import Figure
+
+    supported = Figure().canvas.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in supported:
+        raise UsageError(
+            f"{output}: unknown figure format {output.suffix!r}; use one of "
+            + ", ".join(f".{name}" for name in sorted(supported))
+        )
+    if not output.parent.is_dir():
+        raise UsageError(f"the folder {output.parent} for {output.name} does not exist")
+    if output.is_dir():
+        raise UsageError(f"{output} is a folder")
+
+
+def draw_umap(
+    adata,
+    output: Path,
+    *,
+    color: str | None = None,
+    key: str = "nmf",
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> None:
+    """Neighbours on the NMF cell factors, UMAP, scatter coloured by ``color`` (default:
+    each cell's dominant factor); written atomically to ``output``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scanpy as sc
+
+    info = fit_info(adata, key)
+    cell_factors = adata.obsm[info["obsm_key"]]
+    if color is None:
+        color = f"{key}_dominant_factor"
+        dominant = cell_factors.argmax(axis=1)
+        adata.obs[color] = pd.Categorical(
+            [f"factor {f}" for f in dominant],
+            categories=[f"factor {f}" for f in range(cell_factors.shape[1])],
+        )
+    n_neighbors = min(n_neighbors, adata.n_obs - 1)
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=info["obsm_key"], random_state=seed)
+    sc.tl.umap(adata, random_state=seed)
+    ax = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF cell factors: {color}")
+    figure = ax.figure
+    with atomic_file(output) as temporary:
+        figure.savefig(temporary, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+
+
+# -- entry point ----------------------------------------------------------------------------
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = " ".join(str(error.args[0]).split())
+    return text or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    0 success, 2 bad input or options (one line on stderr), 130 interrupted, 1 an
+    unexpected internal error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
+        return args.run(args)
+    except SystemExit as done:  # --help and --version
+        return done.code if isinstance(done.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        print("vbsnmf: interrupted; no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    # MemoryError: an input too large for this machine, e.g. the memory guard's advice
+    # (--method svi) or a header declaring billions of cells; not an internal error.
+    except (
+        UsageError,
+        ReadError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        MemoryError,
+    ) as error:
+        print(f"vbsnmf: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:
+        if os.environ.get("VBSNMF_DEBUG"):
+            raise
+        print(
+            f"vbsnmf: internal error ({type(error).__name__}: {_one_line(error)}); "
+            "rerun with VBSNMF_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

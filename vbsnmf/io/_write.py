@@ -1,0 +1,55 @@
+"""Writers for a fitted NMF: factor tables and the ELBO trace as plain text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._atomic import atomic_file
+
+
+def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> list[Path]:
+    """Write ``cell_factors.tsv.gz``, ``gene_loadings.tsv.gz`` and ``elbo.tsv`` to ``folder``
+    (``loss.tsv``, the loss per iteration, for a classical solver).
+
+    The tables have a header row ``cell``/``gene`` then ``factor_0`` ... ``factor_{K-1}``
+    and one row per cell (posterior mean cell factors, ``.obsm['X_' + key]``) or gene
+    (posterior mean gene loadings, ``.varm[...]``); ``elbo.tsv`` has columns ``iteration``
+    and ``elbo`` (nats). Each file is written atomically. Returns the paths written.
+
+    Parameters
+    ----------
+    adata
+        An AnnData after `vbsnmf.tl.nmf` with ``key_added=key`` (default ``"nmf"``).
+    folder
+        An existing folder.
+    key
+        The ``.uns`` key of the fit.
+    """
+    info = adata.uns[key]
+    cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
+    gene_loadings = np.asarray(adata.varm[info["varm_key"]])
+    columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
+    folder = Path(folder)
+    written = []
+    for name, values, index, label in (
+        ("cell_factors.tsv.gz", cell_factors, adata.obs_names, "cell"),
+        ("gene_loadings.tsv.gz", gene_loadings, adata.var_names, "gene"),
+    ):
+        table = pd.DataFrame(values, index=pd.Index(index, name=label), columns=columns)
+        with atomic_file(folder / name) as temporary:
+            table.to_csv(temporary, sep="\t", compression="gzip", float_format="%.6g")
+        written.append(folder / name)
+    if "elbo_trace" in info:
+        trace = np.asarray(info["elbo_trace"], dtype=np.float64)
+        name, table = "elbo.tsv", {"iteration": np.arange(1, trace.size + 1), "elbo": trace}
+    else:  # a classical solver: its loss after 0, 1, ... iterations
+        trace = np.asarray(info.get("loss_trace", []), dtype=np.float64)
+        name, table = "loss.tsv", {"iteration": np.arange(trace.size), "loss": trace}
+    with atomic_file(folder / name) as temporary:
+        pd.DataFrame(table).to_csv(temporary, sep="\t", index=False, float_format="%.10g")
+    written.append(folder / name)
+    return written

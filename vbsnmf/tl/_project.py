@@ -1,0 +1,121 @@
+"""`project`: cell factors of new cells on a reference fit's gene programs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .. import _vb
+from .._estimator import numba_threads
+from ._counts import check_count_matrix, select_counts
+from ._top_genes import fit_info
+
+
+def project(
+    adata_new,
+    adata_ref,
+    *,
+    key: str = "nmf",
+    key_added: str | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    max_iter: int = 200,
+    tol: float = 1e-5,
+    n_threads: int | None = None,
+    copy: bool = False,
+):
+    """Project new cells onto the gene programs of a reference fit.
+
+    Each new cell's q(z) is fitted by coordinate ascent with the reference's gene side
+    q(w) held fixed (the local step of `vbsnmf.VBNMF.transform`). Genes are matched by
+    name: reference genes missing from ``adata_new`` are left out of the likelihood (not
+    treated as zero counts); genes only in ``adata_new`` are ignored.
+
+    Parameters
+    ----------
+    adata_new
+        Cells x genes with raw counts (in ``X``, ``layers[layer]`` or ``.raw``).
+    adata_ref
+        AnnData after a variational `vbsnmf.tl.nmf` fit (``method`` ``"batch"`` or
+        ``"svi"``).
+    key
+        ``key_added`` of the reference fit.
+    key_added
+        Write to ``.obsm['X_' + key_added]``; default: the reference's ``obsm`` key
+        (``X_nmf``), so the new cells sit in the same space.
+    layer, use_raw
+        Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
+    max_iter, tol
+        Per-cell coordinate ascent stops after ``max_iter`` passes or when the ELBO of the
+        cells changes by less than ``tol`` relative.
+    n_threads
+        Numba threads (default: all).
+    copy
+        Return a copy of ``adata_new`` instead of writing into it.
+
+    Returns
+    -------
+    None, or the AnnData when ``copy=True``. Sets ``.obsm['X_nmf']`` (n_obs, K), the
+    posterior mean cell factors, and ``.uns['nmf_projection']`` (or ``key_added +
+    '_projection'``) with ``n_genes_used`` and ``n_genes_missing``.
+
+    Raises
+    ------
+    KeyError
+        ``adata_ref`` holds no fit under ``key``.
+    ValueError
+        The reference fit is not variational, no gene names are shared, names in
+        ``adata_new`` repeat, or its counts are not raw counts.
+    """
+    info = fit_info(adata_ref, key)
+    if "variational" not in info:
+        raise ValueError(
+            f"adata_ref.uns[{key!r}] is a {info['params'].get('method')!r} fit without "
+            "variational parameters; project needs method='batch' or 'svi'"
+        )
+    variational = info["variational"]
+    if copy:
+        adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
+    matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
+    if not new_genes.is_unique:
+        raise ValueError(
+            f"{source}'s gene names repeat; make them unique (adata.var_names_make_unique())"
+        )
+    reference_genes = pd.Index(np.asarray(info["var_names"], dtype=str))
+    positions = new_genes.get_indexer(reference_genes)
+    shared = positions >= 0
+    n_shared = int(shared.sum())
+    if n_shared == 0:
+        raise ValueError("adata_new shares no gene names with the reference fit")
+    if n_shared < 0.5 * len(reference_genes):
+        warnings.warn(
+            f"only {n_shared} of the reference's {len(reference_genes)} genes are in "
+            "adata_new; the projection rests on those",
+            UserWarning,
+            stacklevel=2,
+        )
+    matrix = check_count_matrix(adata_new, matrix, source)
+    counts = matrix.tocsr()[:, positions[shared]]
+    var_shape = np.ascontiguousarray(np.asarray(variational["var_shape"])[shared])
+    var_rate = np.asarray(variational["var_rate"])
+    with numba_threads(n_threads) as n_chunks:
+        cell_shape, cell_rate = _vb.fit_rows(
+            _vb.as_count_data(counts),
+            var_shape,
+            var_rate,
+            prior_shape=float(variational["prior_shape"]),
+            prior_rate=float(variational["prior_rate"]),
+            max_iter=max_iter,
+            tol=tol,
+            n_chunks=n_chunks,
+        )
+    obsm_key = info["obsm_key"] if key_added is None else f"X_{key_added}"
+    adata_new.obsm[obsm_key] = cell_shape / cell_rate
+    adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
+        "reference_key": key,
+        "n_genes_used": n_shared,
+        "n_genes_missing": len(reference_genes) - n_shared,
+    }
+    return adata_new if copy else None

@@ -38,38 +38,7 @@ ESTIMATORS = [
     vbsnmf.NMF(n_components=2, random_state=0),
 ]
 
-# vbsnmf.NMF does not yet declare the tags input_tags.positive_only and .sparse, so
-# scikit-learn feeds it negative data (which it rightly refuses) and expects it to refuse
-# sparse data (which it accepts); and its transform does not check the number of features
-# against n_features_in_. Fixes reported in issue 8's closing note.
-_NMF_MISSING_TAGS = (
-    "vbsnmf.NMF lacks __sklearn_tags__ with input_tags.positive_only = True and "
-    "input_tags.sparse = True, so the check feeds it negative or expects it to refuse sparse X"
-)
-EXPECTED_FAILED: dict[str, dict[str, str]] = {
-    "VBNMF": {},
-    "NMF": {
-        **{
-            name: _NMF_MISSING_TAGS
-            for name in (
-                "check_estimator_sparse_tag",
-                "check_estimators_fit_returns_self",
-                "check_estimators_overwrite_params",
-                "check_estimators_pickle",
-                "check_pipeline_consistency",
-                "check_positive_only_tag_during_fit",
-                "check_readonly_memmap_input",
-                "check_transformer_data_not_an_array",
-                "check_transformer_general",
-                "check_transformer_n_iter",
-                "check_transformer_preserve_dtypes",
-                "check_array_api_input",
-            )
-        },
-        "check_n_features_in_after_fitting": "vbsnmf.NMF.transform does not compare the "
-        "number of columns with n_features_in_ (nor raise scikit-learn's message)",
-    },
-}
+EXPECTED_FAILED: dict[str, dict[str, str]] = {"VBNMF": {}, "NMF": {}}
 
 _ARRAY_API_SCRIPT = """
 import pickle, sys, warnings

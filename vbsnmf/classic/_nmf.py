@@ -156,7 +156,8 @@ class NMF(TransformerMixin, BaseEstimator):
         data = ClassicData.build(X, None, spec)
         if data.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {data.shape[1]} features, the model was fitted on {self.n_features_in_}"
+                f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (the columns it was fitted with)"
             )
         n_components = self.components_.shape[0]
         # A flat start, as scikit-learn's transform: every row starts from the data scale.
@@ -165,6 +166,12 @@ class NMF(TransformerMixin, BaseEstimator):
         if spec.name == "poisson":
             W = _divide_rows(W, data.row_totals)
         return W
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        return tags
 
     # ---- internals ----------------------------------------------------------------------
 

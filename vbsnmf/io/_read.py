@@ -279,22 +279,82 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
-class _RefuseNul:
-    """A binary stream that raises `ReadError` on a NUL byte: scipy 1.17's Matrix Market
-    parser crashes the interpreter (segmentation fault) on a NUL right after a number."""
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[list(b" \t\r\n")] = True
 
-    def __init__(self, handle, path: Path):
+
+class _CheckedEntries:
+    """The binary stream handed to scipy's Matrix Market parser, checked as it passes.
+
+    scipy 1.17's parser crashes the interpreter (segmentation fault) on a NUL byte right
+    after a number, and reads ``1.5`` or ``1e3`` in an integer field as 1, ``16abc`` as 16
+    and ignores a fourth field. So the entry lines (everything after the size line) may
+    hold only the characters of their field's numbers, and must hold exactly
+    ``n_fields * n_entries`` numbers; `finish` checks the count once scipy is done.
+    """
+
+    _SPACE = b" \t\r\n"
+
+    def __init__(self, handle, path: Path, field: str, n_fields: int, n_entries: int):
         self._handle, self._path = handle, path
+        number = b"0123456789+-" + (b".eEinfINFaA" if field in ("real", "double") else b"")
+        self._allowed = number + self._SPACE
+        self._expected_tokens = n_fields * n_entries
+        self._tokens = 0
+        self._previous_space = True
+        self._header = b""  # bytes of the header not yet ended by a newline
+        self._in_header = True
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._handle.read(size)
         if b"\x00" in chunk:
             raise ReadError(self._path, "contains a NUL byte: not a text Matrix Market file")
+        self._check(self._after_header(chunk) if self._in_header else chunk)
         return chunk
 
+    def finish(self) -> None:
+        """Read what scipy left and check the number of values."""
+        while self.read(1 << 20):
+            pass
+        if self._tokens != self._expected_tokens:
+            raise ReadError(
+                self._path,
+                f"entry lines hold {self._tokens} numbers where the size line implies "
+                f"{self._expected_tokens}",
+            )
 
-def _mtx_header(path: Path) -> tuple[str, tuple[int, ...]]:
-    """The format (``coordinate`` or ``array``) and size line of a Matrix Market file."""
+    def _after_header(self, chunk: bytes) -> bytes:
+        self._header += chunk
+        while b"\n" in self._header:
+            line, self._header = self._header.split(b"\n", 1)
+            stripped = line.strip()
+            if stripped and not stripped.startswith(b"%"):  # the size line
+                self._in_header = False
+                rest, self._header = self._header, b""
+                return rest
+        return b""
+
+    def _check(self, body: bytes) -> None:
+        if not body:
+            return
+        stray = body.translate(None, self._allowed)
+        if stray:
+            raise ReadError(
+                self._path,
+                f"entry lines hold characters that are not numbers ({stray[:10]!r})",
+            )
+        codes = np.frombuffer(body, dtype=np.uint8)
+        space = _IS_SPACE[codes]
+        before = np.empty_like(space)
+        before[0] = self._previous_space
+        before[1:] = space[:-1]
+        self._tokens += int(np.count_nonzero(~space & before))
+        self._previous_space = bool(space[-1])
+
+
+def _mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
+    """The format (``coordinate`` or ``array``), field and size line of a Matrix Market
+    file."""
     with _open_binary(path) as handle:
         banner = handle.readline(1024).decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
@@ -322,7 +382,7 @@ def _mtx_header(path: Path) -> tuple[str, tuple[int, ...]]:
     expected = 3 if fmt == "coordinate" else 2
     if len(size) != expected or min(size) < 0:
         raise ReadError(path, f"malformed size line {text[:80]!r}")
-    return fmt, size
+    return fmt, field, size
 
 
 def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
@@ -331,7 +391,7 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
 
     _check_file(path)
     try:
-        fmt, size = _mtx_header(path)
+        fmt, field, size = _mtx_header(path)
         n_rows, n_cols = size[:2]
         if n_rows == 0 or n_cols == 0:
             raise ReadError(path, f"holds an empty {n_rows} x {n_cols} matrix")
@@ -344,8 +404,14 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         shortest = _MIN_COORDINATE_LINE if fmt == "coordinate" else _MIN_ARRAY_LINE
         if n_entries * shortest > room:
             raise ReadError(path, f"truncated: declares {n_entries} entries, more than it holds")
+        if fmt == "coordinate":
+            n_fields = 2 if field == "pattern" else 3
+        else:
+            n_fields = 1
         with _open_binary(path) as handle:
-            matrix = scipy.io.mmread(_RefuseNul(handle, path))
+            stream = _CheckedEntries(handle, path, field, n_fields, n_entries)
+            matrix = scipy.io.mmread(stream)
+            stream.finish()
     except ReadError:
         raise
     except MemoryError:

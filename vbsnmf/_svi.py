@@ -147,16 +147,22 @@ def _check_finite(params: _vb.VariationalParams) -> None:
 
 
 def _end_of_epoch(
-    state: SVIState, evaluate: Callable[[], float], settings: SVISettings, last_epoch: bool
+    state: SVIState, evaluate: Callable[[], float], settings: SVISettings, callback, on_epoch
 ) -> None:
-    """Evaluate the ELBO when due and decide convergence; ``state.epoch`` is already the
-    finished epoch's number."""
+    """Count the finished epoch, evaluate the ELBO when due, decide convergence, then
+    call ``callback(epoch, params, trace)`` and ``on_epoch(state)`` (checkpoints)."""
+    state.epoch += 1
+    last_epoch = state.epoch >= settings.n_epochs
     if state.epoch % settings.eval_every == 0 or last_epoch:
         state.elbo_trace.append(evaluate())
         trace = state.elbo_trace
         if len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= settings.tol * abs(trace[-2]):
             state.converged = True
     state.finished = state.converged or last_epoch
+    if callback is not None:
+        callback(state.epoch, state.params, state.elbo_trace)
+    if on_epoch is not None:
+        on_epoch(state)
 
 
 def _warn_not_converged(state: SVIState, settings: SVISettings) -> None:
@@ -266,12 +272,7 @@ def fit_svi_nonzeros(
                 settings.n_chunks,
             )
         del order
-        state.epoch += 1
-        _end_of_epoch(state, evaluate, settings, state.epoch >= settings.n_epochs)
-        if callback is not None:
-            callback(state.epoch, state.params, state.elbo_trace)
-        if on_epoch is not None:
-            on_epoch(state)
+        _end_of_epoch(state, evaluate, settings, callback, on_epoch)
     _warn_not_converged(state, settings)
     return state
 
@@ -417,12 +418,7 @@ def fit_svi_cells(
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa)
             state.params = svi_step_cells(block, n_cells, state.params, rho, settings)
-        state.epoch += 1
-        _end_of_epoch(state, evaluate, settings, state.epoch >= settings.n_epochs)
-        if callback is not None:
-            callback(state.epoch, state.params, state.elbo_trace)
-        if on_epoch is not None:
-            on_epoch(state)
+        _end_of_epoch(state, evaluate, settings, callback, on_epoch)
     _warn_not_converged(state, settings)
     return state
 

@@ -611,7 +611,7 @@ def fit_dask(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, current_params(), trace)
-            if len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= tol * abs(trace[-2]):
+            if _vb.has_converged(trace, tol):
                 converged = True
                 break
         if n_done >= max_iter:
@@ -926,7 +926,7 @@ def fit_svi_dask(
                 - total.cell_kl
                 - _vb.gamma_kl(gene_shape, gene_rate, settings.prior_shape, settings.prior_rate)
             )
-            if len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= settings.tol * abs(trace[-2]):
+            if _vb.has_converged(trace, settings.tol):
                 converged = True
         if callback is not None:
             params = _vb.VariationalParams(cell_array(), cell_rate, gene_shape, gene_rate)

@@ -428,7 +428,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
             arrays, _ = stored
             start = _vb.VariationalParams(*(arrays[name] for name in names))
             trace = [float(v) for v in arrays["elbo_trace"]]
-            done = len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= tol * abs(trace[-2])
+            done = _vb.has_converged(trace, tol)
             if done or len(trace) >= self.max_iter:
                 return _vb.FitResult(start, np.asarray(trace), len(trace), bool(done))
         elif init is not None:

@@ -156,7 +156,7 @@ def _end_of_epoch(
     if state.epoch % settings.eval_every == 0 or last_epoch:
         state.elbo_trace.append(evaluate())
         trace = state.elbo_trace
-        if len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= settings.tol * abs(trace[-2]):
+        if _vb.has_converged(trace, settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch
     if callback is not None:

@@ -267,6 +267,12 @@ def random_init(
     )
 
 
+def has_converged(trace, tol: float) -> bool:
+    """The stopping rule of every VB fit: the last two ELBOs differ by at most ``tol``
+    relative to the earlier one."""
+    return len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= tol * abs(trace[-2])
+
+
 @dataclass
 class FitResult:
     """What `fit_vb` returns: the final q, its ELBO trace (one value per iteration, the
@@ -309,7 +315,7 @@ def fit_vb(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, params, trace)
-            if len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= tol * abs(trace[-2]):
+            if has_converged(trace, tol):
                 converged = True
                 break
         if n_done >= max_iter:

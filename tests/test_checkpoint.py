@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each fit is long enough (a few seconds after its first checkpoint) to be killed midway.
 FITS = {
-    "batch": dict(max_iter=400, tol=0.0),
+    "batch": dict(max_iter=1500, tol=0.0),
     "svi-cells": dict(method="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
     "svi-textbook": dict(method="svi", svi_form="textbook", n_epochs=200, tol=0.0),
 }

@@ -140,3 +140,38 @@ def test_in_process_refit_is_bitwise_identical_with_generator_seed():
             hashlib.sha256(model.obs_shape_.tobytes() + model.elbo_trace_.tobytes()).hexdigest()
         )
     assert digests[0] == digests[1]
+
+
+# Fits whose bits depended on the compile path before _kernels dropped "reassoc": K=8 and
+# K=15 make full and partial SIMD vectors; a classical MU fit runs the classic kernels.
+_COMPILE_PATH_SCRIPT = """
+import hashlib, sys, warnings
+import vbsnmf
+X = vbsnmf.datasets.pbmc_tiny().X
+digest = hashlib.sha256()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for k in (8, 15):
+        model = vbsnmf.VBNMF(k, max_iter=20, tol=0, random_state=3, n_threads=2)
+        digest.update(model.fit_transform(X).tobytes() + model.elbo_trace_.tobytes())
+    for loss in ("kl", "frobenius"):
+        nmf = vbsnmf.NMF(10, loss=loss, max_iter=20, tol=0, random_state=3)
+        digest.update(nmf.fit_transform(X).tobytes() + nmf.loss_trace_.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_compiling_and_loading_from_the_cache_give_the_same_bits(tmp_path):
+    """The first run compiles the kernels and writes Numba's cache, the second loads them:
+    a user's first and second fit must agree bitwise."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
+    digests = []
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, "-c", _COMPILE_PATH_SCRIPT],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        digests.append(run.stdout.strip())
+    assert any((tmp_path / "numba_cache").rglob("*.nbc"))  # the second run had a cache
+    assert digests[0] == digests[1]

@@ -58,6 +58,27 @@ def test_one_iteration_matches_numpy_cavi(name, n_threads, prior):
 
 
 @pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("block_rows", [1, 2, 5])
+def test_cache_blocks_of_the_minor_axis_change_nothing(name, n_threads, block_rows, monkeypatch):
+    """The kernel's minor-axis blocks (a few rows here, thousands on large data) give the
+    numpy CAVI's iteration and ELBO, including on rows whose nonzeros skip whole blocks."""
+    X = _small_matrices()[name]
+    start = _random_params(np.random.default_rng(5), *X.shape, 3)  # K=3, padded to 4
+    monkeypatch.setattr(vbsnmf._kernels, "MINOR_BLOCK_BYTES", 8 * 4 * block_rows)
+    assert vbsnmf._kernels.minor_block_rows(4) == block_rows
+    expected = ref.iteration(X, *start, 0.3, 0.5)
+    model = vbsnmf.VBNMF(3, prior_shape=0.3, prior_rate=0.5, max_iter=1, n_threads=n_threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(sp.csr_matrix(X), init=_as_dict(start))
+    got = (model.obs_shape_, model.obs_rate_, model.var_shape_, model.var_rate_)
+    for mine, theirs in zip(got, expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(model.elbo_trace_[0], ref.elbo(X, *expected, 0.3, 0.5), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
 def test_elbo_matches_numpy_reference(name):
     X = _small_matrices()[name]
     start = _random_params(np.random.default_rng(3), *X.shape, 4)
@@ -66,9 +87,13 @@ def test_elbo_matches_numpy_reference(name):
     np.testing.assert_allclose(got, ref.elbo(X, *start, 0.7, 1.3), rtol=1e-10)
 
 
-def test_log_space_fallback_when_products_underflow():
+@pytest.mark.parametrize("block_rows", [None, 1])
+def test_log_space_fallback_when_products_underflow(block_rows, monkeypatch):
     """Rows peaked on different components: exp(E[log z]) exp(E[log w]) underflows to 0
-    on every component, the kernel must fall back to log-sum-exp and stay exact."""
+    on every component, the kernel must fall back to log-sum-exp and stay exact (also
+    with one minor row per cache block)."""
+    if block_rows is not None:
+        monkeypatch.setattr(vbsnmf._kernels, "MINOR_BLOCK_BYTES", 8 * 4 * block_rows)
     X = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 5.0]])
     tiny_shape = 1e-3  # digamma(1e-3) ~ -1000: exp underflows in float64
     row_shape = np.array([[50.0, tiny_shape], [tiny_shape, 50.0]])

@@ -177,11 +177,13 @@ def _pass(data: CountData, row_moments, col_moments, n_chunks: int):
     """`shape_statistics` from each side's `side_moments`."""
     major_elog, major_scaled, major_logmax = (row_moments, col_moments)[data.major]
     minor_elog, minor_scaled, minor_logmax = (row_moments, col_moments)[1 - data.major]
+    major_scaled = _kernels.pad_components(major_scaled)
+    minor_scaled = _kernels.pad_components(minor_scaled)
     dtype = major_elog.dtype
     bounds = data.chunk_bounds(n_chunks)
-    n_minor, n_components = minor_elog.shape
-    major_stat = np.empty_like(major_elog)
-    minor_partial = np.empty((len(bounds) - 1, n_minor, n_components), dtype=dtype)
+    n_components = minor_elog.shape[1]
+    major_stat = np.empty_like(major_scaled)
+    minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape), dtype=dtype)
     data_partial = np.zeros(len(bounds) - 1, dtype=np.float64)
     _kernels.update_shapes(
         data.indptr,
@@ -195,11 +197,13 @@ def _pass(data: CountData, row_moments, col_moments, n_chunks: int):
         minor_logmax,
         minor_elog,
         _TINY[np.dtype(dtype)],
+        _kernels.minor_block_rows(minor_scaled.shape[1]),
         major_stat,
         minor_partial,
         data_partial,
     )
-    minor_stat = minor_partial.sum(axis=0)  # fixed chunk order: reproducible
+    minor_stat = np.ascontiguousarray(minor_partial.sum(axis=0)[:, :n_components])  # fixed order
+    major_stat = np.ascontiguousarray(major_stat[:, :n_components])
     stats = (major_stat, minor_stat) if data.major == 0 else (minor_stat, major_stat)
     return stats[0], stats[1], float(data_partial.sum()) - data.log_factorial
 

@@ -267,24 +267,16 @@ class ClassicData:
             return ratio @ col_factor, q_gamma @ col_factor, loss
 
         n_rows, n_components = row_factor.shape
-        numerator = np.empty((n_rows, n_components))
-        row_loss = np.empty(n_rows)
         entries = self.entries.side(side)
         if self.kind == "pattern":
-            denominator = np.empty((n_rows, n_components))
-            _kernels.classic_ab_mu_terms(
-                entries.indptr, entries.indices, entries.data, entries.weights,
-                row_factor, col_factor, alpha, beta, Q_FLOOR, True, with_loss,
-                numerator, denominator, row_loss,
-            )  # fmt: skip
+            numerator, denominator, row_loss = _ab_mu_terms(
+                entries, row_factor, col_factor, alpha, beta, True, with_loss
+            )
             return numerator, denominator, float(row_loss.sum())
 
-        no_rows = np.empty((0, n_components))
         if alpha == 1.0 and beta == 1.0:
             # Frobenius: the numerator is X @ H^T and the loss follows from Gram matrices.
-            _kernels.classic_sparse_dot(
-                entries.indptr, entries.indices, entries.data, col_factor, numerator
-            )
+            numerator = _sparse_dot(entries, col_factor)
             col_gram = col_factor.T @ col_factor
             denominator = row_factor @ col_gram
             loss = 0.5 * (
@@ -293,11 +285,9 @@ class ClassicData:
                 + float(np.sum((row_factor.T @ row_factor) * col_gram))
             )
         else:
-            _kernels.classic_ab_mu_terms(
-                entries.indptr, entries.indices, entries.data, entries.weights,
-                row_factor, col_factor, alpha, beta, Q_FLOOR, False, with_loss,
-                numerator, no_rows, row_loss,
-            )  # fmt: skip
+            numerator, _, row_loss = _ab_mu_terms(
+                entries, row_factor, col_factor, alpha, beta, False, with_loss
+            )
             power = alpha + beta
             if gamma == 0.0:
                 denominator = np.repeat(col_factor.sum(axis=0)[None, :], n_rows, axis=0)
@@ -316,13 +306,9 @@ class ClassicData:
             loss = float(row_loss.sum()) + power_sum / (alpha * power)
         if self.exclusion is not None:
             excluded = self.exclusion.side(side)
-            numerator_e = np.empty((n_rows, n_components))
-            denominator_e = np.empty((n_rows, n_components))
-            _kernels.classic_ab_mu_terms(
-                excluded.indptr, excluded.indices, excluded.data, excluded.weights,
-                row_factor, col_factor, alpha, beta, Q_FLOOR, True, with_loss,
-                numerator_e, denominator_e, row_loss,
-            )  # fmt: skip
+            numerator_e, denominator_e, row_loss = _ab_mu_terms(
+                excluded, row_factor, col_factor, alpha, beta, True, with_loss
+            )
             numerator -= numerator_e
             denominator -= denominator_e
             loss -= float(row_loss.sum())
@@ -335,10 +321,39 @@ class ClassicData:
         if self.kind == "dense":
             X, _ = self.dense_side(side)
             return X @ col_factor
-        entries = self.entries.side(side)
-        out = np.empty((entries.indptr.shape[0] - 1, col_factor.shape[1]))
-        _kernels.classic_sparse_dot(entries.indptr, entries.indices, entries.data, col_factor, out)
-        return out
+        return _sparse_dot(self.entries.side(side), col_factor)
+
+
+# The kernels run on factors padded to a multiple of the SIMD width (_kernels.pad_components);
+# the padded columns are zero in and out, and sliced off here.
+
+
+def _sparse_dot(entries: SparseEntries, col_factor: np.ndarray) -> np.ndarray:
+    """``X @ col_factor`` for the stored entries of X (weights not applied)."""
+    padded = _kernels.pad_components(col_factor)
+    out = np.empty((entries.indptr.shape[0] - 1, padded.shape[1]))
+    _kernels.classic_sparse_dot(entries.indptr, entries.indices, entries.data, padded, out)
+    return np.ascontiguousarray(out[:, : col_factor.shape[1]])
+
+
+def _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, pattern_only, with_loss):
+    """`_kernels.classic_ab_mu_terms` on ``entries``: (numerator, denominator or None,
+    per-row loss). The denominator is computed only with ``pattern_only``."""
+    n_rows, n_components = row_factor.shape
+    row_padded = _kernels.pad_components(row_factor)
+    col_padded = _kernels.pad_components(col_factor)
+    numerator = np.empty(row_padded.shape)
+    denominator = np.empty(row_padded.shape if pattern_only else (0, row_padded.shape[1]))
+    row_loss = np.empty(n_rows)
+    _kernels.classic_ab_mu_terms(
+        entries.indptr, entries.indices, entries.data, entries.weights,
+        row_padded, col_padded, alpha, beta, Q_FLOOR, pattern_only, with_loss,
+        numerator, denominator, row_loss,
+    )  # fmt: skip
+    numerator = np.ascontiguousarray(numerator[:, :n_components])
+    if not pattern_only:
+        return numerator, None, row_loss
+    return numerator, np.ascontiguousarray(denominator[:, :n_components]), row_loss
 
 
 def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ returns), ``H = components_`` K x columns, as in scikit-learn.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -13,6 +14,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from ._data import ClassicData
 from ._mu import fit_multiplicative
@@ -184,10 +186,15 @@ class NMF(TransformerMixin, BaseEstimator):
             "max_iter": int(self.max_iter),
             "tol": float(self.tol),
         }
-        if self.solver == "mu":
-            W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
-        else:
-            W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+        # On sparse data the Numba kernels do the heavy work and BLAS only K x K-sized
+        # products; OpenBLAS threads left spinning after those halved the kernels' speed
+        # (benchmarks/README.md, "Classical NMF"), so BLAS runs on one thread there.
+        single_blas = data.kind != "dense"
+        with threadpool_limits(1, "blas") if single_blas else contextlib.nullcontext():
+            if self.solver == "mu":
+                W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
+            else:
+                W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
         final_loss = trace[-1]
         if self.thin and self.epsilon > 0:
             # Thinning is not an iteration: the trace keeps the epsilon-problem's losses.

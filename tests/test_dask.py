@@ -282,10 +282,16 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
     np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-9)
     np.testing.assert_allclose(distributed.components_, local.components_, rtol=1e-9)
     np.testing.assert_allclose(got_factors.compute(), expected_factors, rtol=1e-9)
-    # Each step moved one genes x K summary to the client, never the cells.
-    n_steps = 3 * int(np.ceil(tiny_counts.shape[0] / 300))
-    assert len(got.gathered_bytes) == n_steps + 3
-    assert max(got.gathered_bytes) <= tiny_counts.shape[1] * 3 * 8 + 2 * 3 * 8 + 16
+    # Each step moved one genes x K summary and its batch's cell shapes (where their next
+    # local fit starts) to the client; an evaluation all cells' shapes; never the counts.
+    n_cells, n_genes = tiny_counts.shape
+    per_epoch = int(np.ceil(n_cells / 300))
+    assert len(got.gathered_bytes) == 3 * (per_epoch + 1)
+    summary = n_genes * 3 * 8 + 2 * 3 * 8 + 16
+    for epoch in range(3):
+        first = epoch * (per_epoch + 1)
+        assert max(got.gathered_bytes[first : first + per_epoch]) <= summary + 300 * 3 * 8
+        assert got.gathered_bytes[first + per_epoch] <= summary + n_cells * 3 * 8
 
 
 def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):

@@ -129,6 +129,36 @@ def test_every_minibatch_step_is_finite(pbmc_tiny, form, prior_shape):
             assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in params.as_tuple())
 
 
+def test_cells_step_warm_starts_each_cell_from_its_last_optimum(pbmc_tiny, monkeypatch):
+    """A step with ``cells`` writes the batch's local optimum into the row side, the same
+    optimum a cold local fit finds; the next visit starts there and needs far fewer passes."""
+    X = sp.csr_array(pbmc_tiny.X)
+    source = _stream.InMemorySource(X)
+    settings = _svi.SVISettings(1.0, 1.0, 100, 1.0, 0.7, 1, 1, 0.0, 500, 1e-10)
+    state = _svi.init_cells_state(
+        source, 4, np.random.default_rng(3), float(X.sum()), 1.0, 1.0, np.float64
+    )
+    cells = np.arange(0, source.n_cells, 7)
+    block = source.read_rows(cells)
+    untouched = state.params.row_shape.copy()
+    passes = []
+    real_pass = _vb._pass
+    monkeypatch.setattr(_vb, "_pass", lambda *a: passes.append(1) or real_pass(*a))
+    # rho = 0: the gene side stays, so the second visit sees the same local problem.
+    params = _svi.svi_step_cells(block, source.n_cells, state.params, 0.0, settings, cells)
+    cold_passes, passes[:] = len(passes), []
+    cold_shape, _ = _vb.fit_rows(
+        _vb.as_count_data(block), params.col_shape, params.col_rate,
+        prior_shape=1.0, prior_rate=1.0, max_iter=500, tol=1e-10,
+    )  # fmt: skip
+    passes[:] = []
+    assert_allclose(params.row_shape[cells], cold_shape, rtol=1e-6)
+    others = np.setdiff1d(np.arange(source.n_cells), cells)
+    assert_array_equal(params.row_shape[others], untouched[others])
+    _svi.svi_step_cells(block, source.n_cells, params, 0.0, settings, cells)
+    assert cold_passes >= 20 and len(passes) <= cold_passes // 4
+
+
 def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     X = pbmc_tiny.X
     source = _stream.InMemorySource(X)

@@ -41,7 +41,9 @@ fit runs.
 `fit_svi_dask` is model.md's cell-minibatch SVI on the same layout: the client draws the
 minibatches (the permutations of `_svi.fit_svi_cells`), the workers fit the batch's cells
 held by their chunks (`_svi._local_step`) and return genes x K statistics, and the client
-takes the natural-gradient step on the gene side.
+takes the natural-gradient step on the gene side. The client also keeps every cell's latest
+shapes (cells x K, where the cell's next local fit starts): a step moves only its batch's
+rows of them, an evaluation all of them; the counts never move.
 """
 
 from __future__ import annotations
@@ -696,17 +698,20 @@ def _total_count(rows: sp.csr_array) -> float:
     return float(rows.data.sum())
 
 
-def _chunk_svi_statistics(rows, local_cells, gene_side, settings) -> _PassSummary:
+def _chunk_svi_statistics(
+    rows, local_cells, gene_side, settings, start_shape
+) -> tuple[np.ndarray, _PassSummary]:
     """The local step of `_svi.svi_step_cells` on the chunk's cells ``local_cells``: their
-    factors fitted with the gene side fixed, and their gene statistic and ``sum E[z]``."""
+    factors fitted with the gene side fixed, from ``start_shape``; returns their new
+    shapes and their gene statistic and ``sum E[z]``."""
     from . import _svi
 
     gene_shape, gene_rate = gene_side
     with numba_threads(settings.n_chunks):
         cell_shape, cell_rate, gene_stat, data_term = _svi._local_step(
-            rows[local_cells], gene_shape, gene_rate, settings
+            rows[local_cells], gene_shape, gene_rate, settings, start_shape
         )
-    return _PassSummary(
+    return cell_shape, _PassSummary(
         gene_stat=gene_stat.astype(np.float64, copy=False),
         data_term=data_term,
         cell_mean_sum=(cell_shape / cell_rate).sum(axis=0).astype(np.float64),
@@ -715,9 +720,12 @@ def _chunk_svi_statistics(rows, local_cells, gene_side, settings) -> _PassSummar
     )
 
 
-def _chunk_svi_evaluation(rows, gene_side, settings) -> tuple[np.ndarray, _PassSummary]:
+def _chunk_svi_evaluation(
+    rows, gene_side, settings, chunk_shape
+) -> tuple[np.ndarray, _PassSummary]:
     """Every cell of the chunk at its optimum given the gene side, in the blocks of
-    `_svi.evaluate_cells`; returns the cell shapes and the chunk's ELBO terms."""
+    `_svi.evaluate_cells` and from ``chunk_shape``; returns the cell shapes and the chunk's
+    ELBO terms."""
     from . import _svi
 
     gene_shape, gene_rate = gene_side
@@ -728,7 +736,7 @@ def _chunk_svi_evaluation(rows, gene_side, settings) -> tuple[np.ndarray, _PassS
         stop = min(start + _svi.EVAL_CHUNK_CELLS, n_cells)
         with numba_threads(settings.n_chunks):
             block_shape, cell_rate, _, block_data_term = _svi._local_step(
-                rows[start:stop], gene_shape, gene_rate, settings
+                rows[start:stop], gene_shape, gene_rate, settings, chunk_shape[start:stop]
             )
         cell_shape[start:stop] = block_shape
         data_term += block_data_term
@@ -763,8 +771,10 @@ def fit_svi_dask(
     `_svi.fit_svi_cells` (model.md's second form).
 
     Each epoch the client draws a permutation of all cells (the same generator calls as the
-    single-machine fit); a minibatch's cells are fitted on the workers that hold them, each
-    chunk returning its share of the gene statistic (genes x K) and ``sum E[z]``; the
+    single-machine fit); a minibatch's cells are fitted on the workers that hold them,
+    starting from their previous optimum (each chunk's cell shapes stay with it, a future
+    per step), each chunk returning its share of the gene statistic (genes x K) and
+    ``sum E[z]``; the
     client takes the natural-gradient step on the gene side with the statistics scaled by
     C / |batch| and blends it with ``rho_t = (t + tau)^(-kappa)``. Every ``eval_every``
     epochs (and after the last) each chunk fits all its cells to the gene side and returns
@@ -846,12 +856,18 @@ def fit_svi_dask(
     trace: list[float] = []
     gathered_bytes: list[int] = []
     sent_bytes: list[int] = []
-    cell_shapes, cell_rate = None, None
+    # Every cell's latest local optimum, where its next local fit starts (as
+    # _svi.init_cells_state: shape a + 1 before the first visit). Held by the client like
+    # the gene side: a step sends and receives only its batch's rows, and no task depends
+    # on an earlier step's, so the graph's lineage stays one step deep.
+    latest_shape = np.full((n_cells, n_components), settings.prior_shape + 1.0, dtype=dtype)
+    cell_shapes = []  # futures of the last evaluation's shapes per chunk
+    cell_rate = None  # set by the first evaluation
     step, epoch, converged = 0, 0, False
 
     def cell_array():
-        """The last evaluation's cell shapes as one dask array (None before the first)."""
-        if cell_shapes is None:
+        """The cell shapes as one dask array; None before the first evaluation."""
+        if cell_rate is None:
             return None
         blocks = [
             da.from_delayed(dask.delayed(f), (int(size), n_components), dtype=dtype)
@@ -875,18 +891,29 @@ def fit_svi_dask(
             sent_bytes.append(gene_shape.nbytes + gene_rate.nbytes + batch.nbytes)
             cuts = np.searchsorted(batch, bounds)
             active = [c for c in range(len(chunk_sizes)) if cuts[c + 1] > cuts[c]]
-            statistics = {
+            outputs = {
                 c: client.submit(
                     _chunk_svi_statistics,
                     chunk_rows[c],
                     batch[cuts[c] : cuts[c + 1]] - bounds[c],
                     gene_future,
                     settings,
+                    latest_shape[batch[cuts[c] : cuts[c + 1]]],
                     key=f"{key}-chunk-{c}",
                 )
                 for c in active
             }
+            statistics = {
+                c: client.submit(operator.getitem, out, 1, key=f"{key}-summary-{c}")
+                for c, out in outputs.items()
+            }
             total = summed(statistics, key)
+            batch_shapes = [
+                client.submit(operator.getitem, out, 0, key=f"{key}-shape-{c}")
+                for c, out in outputs.items()
+            ]
+            latest_shape[batch] = np.concatenate(client.gather(batch_shapes))
+            gathered_bytes[-1] += latest_shape[batch].nbytes
             scale = n_cells / len(batch)
             # _svi.svi_step_cells's blend, with the batch's statistics summed over chunks.
             gene_shape = (
@@ -906,7 +933,12 @@ def fit_svi_dask(
             gene_future = client.submit(_as_array, (gene_shape, gene_rate), key=f"{key}-gene")
             outputs = [
                 client.submit(
-                    _chunk_svi_evaluation, rows, gene_future, settings, key=f"{key}-chunk-{c}"
+                    _chunk_svi_evaluation,
+                    rows,
+                    gene_future,
+                    settings,
+                    latest_shape[bounds[c] : bounds[c + 1]],
+                    key=f"{key}-chunk-{c}",
                 )
                 for c, rows in enumerate(chunk_rows)
             ]
@@ -928,6 +960,9 @@ def fit_svi_dask(
             )
             if _vb.has_converged(trace, settings.tol):
                 converged = True
+            elif not last_epoch:  # the next epoch's local fits start from this evaluation
+                latest_shape = np.concatenate(client.gather(cell_shapes))
+                gathered_bytes[-1] += latest_shape.nbytes
         if callback is not None:
             params = _vb.VariationalParams(cell_array(), cell_rate, gene_shape, gene_rate)
             callback(epoch, params, trace)
@@ -938,7 +973,7 @@ def fit_svi_dask(
             _vb.ConvergenceWarning,
             stacklevel=2,
         )
-    if cell_shapes is None:  # n_epochs=0: no evaluation ran
+    if cell_rate is None:  # n_epochs=0: no evaluation ran
         raise ValueError("n_epochs must be >= 1")
     blocks = [
         da.from_delayed(dask.delayed(f), (int(size), n_components), dtype=dtype)

@@ -385,8 +385,9 @@ class VBNMF(TransformerMixin, BaseEstimator):
                 state = _svi.SVIState(_vb.random_init(data, n_components, rng, dtype), rng)
             if init is not None and stored is None:
                 start = _init_from(init, *shape, n_components, dtype)
-                if streaming:  # the cells form's global side is the genes
+                if streaming:  # global side: the genes; the cells' local fits start here
                     state.params.col_shape, state.params.col_rate = start.col_shape, start.col_rate
+                    state.params.row_shape = start.row_shape.copy()
                 else:
                     state.params = start
 

@@ -13,8 +13,11 @@ pass over the data, no extra memory) and the fit stops when its relative change 
 - ``"cells"`` (`fit_svi_cells`): minibatches of cells. Each batch's cell factors are
   fitted to convergence with the gene side fixed (`_vb.fit_rows`, the code of
   ``transform``), then the gene side takes a natural-gradient step with the batch's
-  statistics scaled by C / |batch|. The data are read through a `_stream.CellSource`, so
-  a file on disk is streamed: memory holds the batch, the factors and one chunk.
+  statistics scaled by C / |batch|. A cell's local fit starts where its previous one
+  (last minibatch or evaluation) ended: the gene side moves little between visits, so
+  from the second epoch on a local fit needs a few passes instead of dozens. The data are
+  read through a `_stream.CellSource`, so a file on disk is streamed: memory holds the
+  batch, the factors and one chunk.
 - ``"textbook"`` (`fit_svi_nonzeros`): minibatches of nonzeros, all of q global. updateA on
   the minibatch with its shape statistics scaled by N1 / S, the exact rates (updateB), then
   the blend. With S = N1 and rho = 1 a step is one batch iteration.
@@ -65,7 +68,8 @@ class SVIState:
     """Everything an SVI fit needs to continue bitwise: the parameters, the step and epoch
     counters, the ELBO trace and the random generator (the next epoch's permutation).
 
-    For the cells form ``params``' row side is that of the last full evaluation."""
+    For the cells form ``params``' row side holds every cell's latest local optimum (from
+    its last minibatch or the last evaluation), where its next local fit starts."""
 
     params: _vb.VariationalParams
     rng: np.random.Generator
@@ -318,9 +322,10 @@ def init_cells_state(
     return SVIState(_vb.VariationalParams(row_shape, row_rate, col_shape, rate), rng)
 
 
-def _local_step(block: sp.csr_array, col_shape, col_rate, settings: SVISettings):
-    """Cell factors of ``block`` at their optimum given the gene side (as `transform`),
-    and the pass statistics under them: ``(row_shape, row_rate, col_stat, data_term)``."""
+def _local_step(block: sp.csr_array, col_shape, col_rate, settings: SVISettings, init_shape=None):
+    """Cell factors of ``block`` at their optimum given the gene side (as `transform`,
+    from ``init_shape`` if given), and the pass statistics under them:
+    ``(row_shape, row_rate, col_stat, data_term)``."""
     data = _vb.as_count_data(block)
     row_shape, row_rate = _vb.fit_rows(
         data,
@@ -331,6 +336,7 @@ def _local_step(block: sp.csr_array, col_shape, col_rate, settings: SVISettings)
         max_iter=settings.local_max_iter,
         tol=settings.local_tol,
         n_chunks=settings.n_chunks,
+        init_shape=init_shape,
     )
     local = _vb.VariationalParams(row_shape, row_rate, col_shape, col_rate)
     _, col_stat, data_term = _vb.shape_statistics(data, local, settings.n_chunks)
@@ -341,7 +347,8 @@ def evaluate_cells(
     source: CellSource, params: _vb.VariationalParams, settings: SVISettings
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """The full ELBO with every cell's factors at their optimum given the gene side, in
-    one streaming pass; returns ``(elbo, row_shape (all cells), row_rate)``.
+    one streaming pass; returns ``(elbo, row_shape (all cells), row_rate)``. Each cell's
+    fit starts from ``params.row_shape``.
 
     The ELBO decomposes over cells once the gene side is fixed, so each block contributes
     its data term, its share of ``sum_l (sum_i E[z_il]) (sum_j E[w_jl])`` and its KL.
@@ -352,8 +359,11 @@ def evaluate_cells(
     data_term, row_kl = 0.0, 0.0
     row_rate = params.row_rate
     for start, block in source.iter_chunks(EVAL_CHUNK_CELLS):
-        row_shape, row_rate, _, block_data_term = _local_step(block, col_shape, col_rate, settings)
-        row_shape_all[start : start + block.shape[0]] = row_shape
+        rows = slice(start, start + block.shape[0])
+        row_shape, row_rate, _, block_data_term = _local_step(
+            block, col_shape, col_rate, settings, params.row_shape[rows]
+        )
+        row_shape_all[rows] = row_shape
         row_mean_sum += (row_shape / row_rate).sum(axis=0)
         data_term += block_data_term
         row_kl += _vb.gamma_kl(row_shape, row_rate, settings.prior_shape, settings.prior_rate)
@@ -372,12 +382,19 @@ def svi_step_cells(
     params: _vb.VariationalParams,
     rho: float,
     settings: SVISettings,
+    cells: np.ndarray | None = None,
 ) -> _vb.VariationalParams:
     """One cells-form step: local fit of ``block``'s cells, then the gene side blended with
-    ``a + (C / |B|) sum_B x phi`` and ``b + (C / |B|) sum_B E[z]``. The row side of
-    ``params`` is passed through unchanged."""
+    ``a + (C / |B|) sum_B x phi`` and ``b + (C / |B|) sum_B E[z]``.
+
+    With ``cells`` (the block's row numbers) the local fit starts from
+    ``params.row_shape[cells]`` and its optimum is written back there, in place; without,
+    it starts from scratch and the row side is passed through unchanged."""
     col_shape, col_rate = params.col_shape, params.col_rate
-    row_shape, row_rate, col_stat, _ = _local_step(block, col_shape, col_rate, settings)
+    init_shape = None if cells is None else params.row_shape[cells]
+    row_shape, row_rate, col_stat, _ = _local_step(block, col_shape, col_rate, settings, init_shape)
+    if cells is not None:
+        params.row_shape[cells] = row_shape
     scale = n_cells / block.shape[0]
     dtype = col_shape.dtype
     new_shape = ((1.0 - rho) * col_shape + rho * (settings.prior_shape + scale * col_stat)).astype(
@@ -402,7 +419,8 @@ def fit_svi_cells(
 ) -> SVIState:
     """SVI over minibatches of ``settings.batch_size`` cells read from ``source``, from
     ``state`` (`init_cells_state` or a checkpoint); returns the final state, whose row side
-    is the last evaluation's (every cell at its optimum given the final gene side)."""
+    is the last evaluation's (every cell at its optimum given the final gene side).
+    ``state.params.row_shape`` is updated in place."""
     n_cells = source.n_cells
     batch_size = min(settings.batch_size, n_cells)
 
@@ -414,10 +432,12 @@ def fit_svi_cells(
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_cells)
         for start in range(0, n_cells, batch_size):
-            block = source.read_rows(np.sort(order[start : start + batch_size]))
+            cells = np.sort(order[start : start + batch_size])
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa)
-            state.params = svi_step_cells(block, n_cells, state.params, rho, settings)
+            state.params = svi_step_cells(
+                source.read_rows(cells), n_cells, state.params, rho, settings, cells
+            )
         _end_of_epoch(state, evaluate, settings, callback, on_epoch)
     _warn_not_converged(state, settings)
     return state

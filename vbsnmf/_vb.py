@@ -346,6 +346,7 @@ def fit_rows(
     max_iter: int,
     tol: float,
     n_chunks: int = 1,
+    init_shape: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """q(z) of the rows of ``data`` with q(w) held fixed (``transform``, projection of new
     cells, the local step of cell-minibatch SVI).
@@ -353,7 +354,8 @@ def fit_rows(
     The rate ``b + sum_j E[w_jl]`` does not change, so coordinate ascent alternates the
     responsibilities and the shapes; it stops when the row-side ELBO (data term, expected
     product, KL of q(z)) changes by less than ``tol`` relative, or after ``max_iter``
-    passes. Starts from ``shape = a + 1`` for every row, so the result is deterministic.
+    passes. Starts from ``init_shape`` (not modified) or else ``shape = a + 1`` for every
+    row, so the result is deterministic.
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
@@ -362,7 +364,10 @@ def fit_rows(
     col_mean_sum = (col_shape / col_rate).sum(axis=0)
     row_rate = (prior_rate + col_mean_sum).astype(dtype)
     col_moments = side_moments(col_shape, col_rate)  # fixed: computed once
-    row_shape = np.full((n_rows, n_components), prior_shape + 1.0, dtype=dtype)
+    if init_shape is None:
+        row_shape = np.full((n_rows, n_components), prior_shape + 1.0, dtype=dtype)
+    else:
+        row_shape = np.array(init_shape, dtype=dtype)  # a copy: the caller's stays
     previous = None
     for _ in range(max_iter):
         row_stat, _, data_term = _pass(

@@ -772,13 +772,13 @@ def fit_svi_dask(
 
     Each epoch the client draws a permutation of all cells (the same generator calls as the
     single-machine fit); a minibatch's cells are fitted on the workers that hold them,
-    starting from their previous optimum (each chunk's cell shapes stay with it, a future
-    per step), each chunk returning its share of the gene statistic (genes x K) and
-    ``sum E[z]``; the
-    client takes the natural-gradient step on the gene side with the statistics scaled by
-    C / |batch| and blends it with ``rho_t = (t + tau)^(-kappa)``. Every ``eval_every``
-    epochs (and after the last) each chunk fits all its cells to the gene side and returns
-    its ELBO terms; the cell side returned is that of the last evaluation.
+    starting from their previous optimum (the client keeps every cell's latest shapes and
+    sends the batch's rows), each chunk returning its share of the gene statistic (genes x
+    K) and ``sum E[z]``; the client takes the natural-gradient step on the gene side with
+    the statistics scaled by C / |batch| and blends it with ``rho_t = (t + tau)^(-kappa)``.
+    Every ``eval_every`` epochs (and after the last) each chunk fits all its cells to the
+    gene side and returns its ELBO terms; the cell side returned is that of the last
+    evaluation.
 
     Parameters
     ----------

@@ -60,8 +60,8 @@ _FASTMATH = {"contract", "arcp", "nsz"}
 
 # The K-long loops vectorise completely only when K is a multiple of the SIMD width (4
 # doubles); otherwise a scalar remainder runs for every nonzero. Padding the factor tables
-# with zero columns measured 1.8x faster for update_shapes at K=15 on seed 001's shape and
-# about 2x for classic_sparse_dot at K=10 (benchmarks/README.md, "Padding K").
+# with zero columns measured 1.3-1.8x faster for update_shapes at K=15 on seed 001's shape
+# and 1.2-2x for classic_sparse_dot at K=10, in same-process A/B runs on the 2-core machine.
 SIMD_WIDTH = 4
 
 

@@ -154,10 +154,11 @@ def _scaled_exp(elog: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     """What the kernel needs of one side of q: ``E[log]``, ``exp(E[log])`` divided by its
-    row maximum, and that maximum (log scale)."""
+    row maximum (padded with zero columns by `_kernels.pad_components`), and that maximum
+    (log scale)."""
     elog = expected_log(shape, rate).astype(shape.dtype, copy=False)
     scaled, logmax = _scaled_exp(elog)
-    return elog, scaled.astype(shape.dtype, copy=False), logmax
+    return elog, _kernels.pad_components(scaled.astype(shape.dtype, copy=False)), logmax
 
 
 def shape_statistics(
@@ -177,8 +178,6 @@ def _pass(data: CountData, row_moments, col_moments, n_chunks: int):
     """`shape_statistics` from each side's `side_moments`."""
     major_elog, major_scaled, major_logmax = (row_moments, col_moments)[data.major]
     minor_elog, minor_scaled, minor_logmax = (row_moments, col_moments)[1 - data.major]
-    major_scaled = _kernels.pad_components(major_scaled)
-    minor_scaled = _kernels.pad_components(minor_scaled)
     dtype = major_elog.dtype
     bounds = data.chunk_bounds(n_chunks)
     n_components = minor_elog.shape[1]

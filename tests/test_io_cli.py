@@ -412,7 +412,14 @@ def test_ctrl_c_during_the_fit_exits_130_with_no_outputs(tiny_h5ad, tmp_path):
     outdir = tmp_path / "out"
     command = [sys.executable, "-m", "vbsnmf", "fit", str(tiny_h5ad), "-k", "3", "--tol", "0",
                "--max-iter", "100000", "--threads", "1", "-o", str(outdir)]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and Python keeps it so: give
+    # the child Ctrl-C's default action, whatever started the test run.
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = ""
     deadline = time.monotonic() + 120
     while "ELBO" not in seen and time.monotonic() < deadline:  # the fit is running

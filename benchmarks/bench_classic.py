@@ -1,22 +1,28 @@
 """Classical NMF on pbmc_facs: vbsnmf.classic against scikit-learn's NMF, per iteration.
 
-    python benchmarks/bench_classic.py [--threads 2] [--components 10] [--iters 30] [--kl-iters 8]
+    python benchmarks/bench_classic.py [--threads 2] [--components 10] [--iters 30]
+        [--kl-iters 8] [--repeats 5]
 
 Same CSR float64 matrix (3,774 cells x 16,791 genes, 2.7M nonzeros), same K, init="random",
 tol=0 for every method. Pairs: vbsnmf MU Frobenius / sklearn solver="mu" Frobenius, vbsnmf
-MU KL / sklearn "mu" KL, vbsnmf HALS / sklearn "cd". Seconds per iteration are the
-difference of a ``2 + iters`` and a ``2``-iteration fit divided by ``iters`` (``--iters``
-for Frobenius and HALS/cd, ``--kl-iters`` for KL, the same for both libraries), which
-cancels the set-up; an untimed 1-iteration fit on 50 cells first loads the Numba kernels.
-Every fit runs in its own fresh process, so the peak RSS is its own (interpreter, imports
-and data included: see the baseline row); a dense cells x genes float64 matrix would be
-507 MB.
+MU KL / sklearn "mu" KL, vbsnmf HALS / sklearn "cd". Each fit runs in its own fresh process
+(so the peak RSS is its own: interpreter, imports and data included, see the baseline row;
+a dense cells x genes float64 matrix would be 507 MB), which first runs an untimed
+1-iteration fit on 50 cells (loads the Numba kernels), then a ``2``- and a
+``2 + iters``-iteration fit: seconds per iteration are the difference divided by ``iters``
+(``--iters`` for Frobenius and HALS/cd, ``--kl-iters`` for KL, the same for both
+libraries), which cancels the set-up.
+
+The shared 2-core machine's speed drifts by up to 2x over minutes, so each pair runs
+``--repeats`` times, the two libraries back to back each time; the table gives the median
+seconds per iteration and the median, min and max of the per-repeat ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -57,20 +63,21 @@ def run_fit(threads: int, library: str, params: dict, n_components: int, n_iter:
     X = _load(threads)
     if library == "vbsnmf":
         from vbsnmf.classic import NMF
-
-        model = NMF(n_components, init="random", random_state=0, max_iter=n_iter, tol=0, **params)
     else:
         from sklearn.decomposition import NMF
-
-        model = NMF(n_components, init="random", random_state=0, max_iter=n_iter, tol=0, **params)
+    model = NMF(n_components, init="random", random_state=0, tol=0, **params)
+    seconds = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # untimed warm-up on 50 cells: loads (or compiles) the Numba kernels
         model.set_params(max_iter=1).fit_transform(X[:50])
-        model.set_params(max_iter=n_iter)
-        start = time.perf_counter()
-        model.fit_transform(X)
-    return {"seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()}
+        for iterations in (2, 2 + n_iter):
+            model.set_params(max_iter=iterations)
+            start = time.perf_counter()
+            model.fit_transform(X)
+            seconds[iterations] = time.perf_counter() - start
+    per_iter = (seconds[2 + n_iter] - seconds[2]) / n_iter
+    return {"per_iter": per_iter, "peak_mib": peak_rss_mib()}
 
 
 def main() -> None:
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--components", type=int, default=10)
     parser.add_argument("--iters", type=int, default=30, help="timed Frobenius/HALS/cd iterations")
     parser.add_argument("--kl-iters", type=int, default=8, help="timed KL iterations")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of every pair")
     args = parser.parse_args()
 
     base = in_fresh_process(baseline, args.threads)
@@ -87,27 +95,35 @@ def main() -> None:
         f"K={args.components}, threads={args.threads}; baseline peak RSS (data loaded): "
         f"{base['peak_mib']:.0f} MiB"
     )
-    results = {}
-    for name, (library, params) in METHODS.items():
-        timed = args.kl_iters if name.endswith(" kl") else args.iters
-        short = in_fresh_process(run_fit, args.threads, library, params, args.components, 2)
-        long = in_fresh_process(run_fit, args.threads, library, params, args.components, 2 + timed)
-        per_iter = (long["seconds"] - short["seconds"]) / timed
-        results[name] = {"per_iter": per_iter, "peak_mib": max(short["peak_mib"], long["peak_mib"])}
-        print(
-            f"  {name}: {per_iter:.3f} s/iter, peak {results[name]['peak_mib']:.0f} MiB", flush=True
-        )
+    runs = {name: [] for name in METHODS}
+    for repeat in range(args.repeats):
+        for pair in PAIRS:
+            for name in pair if repeat % 2 == 0 else pair[::-1]:
+                library, params = METHODS[name]
+                timed = args.kl_iters if name.endswith(" kl") else args.iters
+                run = in_fresh_process(
+                    run_fit, args.threads, library, params, args.components, timed
+                )
+                runs[name].append(run)
+                print(f"  repeat {repeat + 1} {name}: {run['per_iter']:.4f} s/iter", flush=True)
 
     print()
-    print("| method | s / iteration | peak RSS MiB (minus baseline) | sklearn s / vbsnmf s |")
+    print(
+        "| method | s / iteration (median) | peak RSS MiB (minus baseline) "
+        "| sklearn s / vbsnmf s: median (min-max) |"
+    )
     print("|---|---|---|---|")
     for ours, theirs in PAIRS:
+        ratios = [b["per_iter"] / a["per_iter"] for a, b in zip(runs[ours], runs[theirs])]
         for name in (ours, theirs):
-            row = results[name]
-            ratio = f"{results[theirs]['per_iter'] / row['per_iter']:.2f}" if name == ours else ""
+            per_iter = statistics.median(run["per_iter"] for run in runs[name])
+            peak = max(run["peak_mib"] for run in runs[name])
+            ratio = ""
+            if name == ours:
+                ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
             print(
-                f"| {name} | {row['per_iter']:.3f} | {row['peak_mib']:.0f} "
-                f"(+{row['peak_mib'] - base['peak_mib']:.0f}) | {ratio} |"
+                f"| {name} | {per_iter:.4f} | {peak:.0f} (+{peak - base['peak_mib']:.0f}) "
+                f"| {ratio} |"
             )
 
 

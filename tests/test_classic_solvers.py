@@ -43,8 +43,11 @@ def _sklearn_fit(X, W, H, **params):
     ("loss", "beta_loss"), [("frobenius", "frobenius"), ("kl", "kullback-leibler")]
 )
 @pytest.mark.parametrize("layout", ["sparse", "dense"])
-def test_mu_equals_sklearn_after_50_iterations(loss, beta_loss, layout):
+@pytest.mark.parametrize("values", ["real", "counts"])
+def test_mu_equals_sklearn_after_50_iterations(loss, beta_loss, layout, values):
     X, W0, H0 = _sparse_problem()
+    if values == "counts":  # stored as float32 by the sparse route (exact for counts)
+        X.data = np.ceil(X.data)
     data = X if layout == "sparse" else X.toarray()
     W_ref, H_ref = _sklearn_fit(data, W0, H0, solver="mu", beta_loss=beta_loss, max_iter=50)
     model = NMF(4, loss=loss, solver="mu", init="custom", max_iter=50, tol=0)
@@ -52,6 +55,61 @@ def test_mu_equals_sklearn_after_50_iterations(loss, beta_loss, layout):
     assert model.n_iter_ == 50
     np.testing.assert_allclose(W, W_ref, rtol=1e-8, atol=1e-8 * np.abs(W_ref).max())
     np.testing.assert_allclose(model.components_, H_ref, rtol=1e-8, atol=1e-8 * np.abs(H_ref).max())
+
+
+def test_stored_values_are_float32_only_where_exact():
+    from vbsnmf.classic._data import ClassicData, _stored_dtype
+
+    assert _stored_dtype(np.array([0.0, 1.0, 7.0, 2.0**24])) == np.float32
+    for inexact in ([1.0, 0.1], [1.0, 2.0**24 + 1], [3.0, 1e300]):
+        assert _stored_dtype(np.array(inexact)) == np.float64
+    # one inexact value past the first comparison block
+    values = np.ones((1 << 20) + 5)
+    values[-1] = 0.5 + 2.0**-40
+    assert _stored_dtype(values) == np.float64
+    cases = (([[0.0, 3.0], [0.25, 0.0]], np.float32), ([[0.1, 0.0], [0.0, 2.0]], np.float64))
+    for X, dtype in cases:
+        X = sp.csr_matrix(X)
+        data = ClassicData.build(X)
+        for entries, expected in ((data.entries.by_rows, X), (data.entries.by_cols, X.T)):
+            assert entries.data.dtype == dtype
+            np.testing.assert_array_equal(entries.to_csr().toarray(), expected.toarray())
+
+
+def test_column_tiles_give_the_csr_results():
+    """X wider than two column tiles: every kernel reads it tile by tile."""
+    from vbsnmf import _kernels
+    from vbsnmf.classic._data import ClassicData
+
+    n_cols = 2 * _kernels.TILE_COLUMNS + 700
+    X = sp.random(12, n_cols, density=0.3, random_state=3, format="csr")
+    X.data = np.ceil(X.data * 9)
+    rng = np.random.default_rng(3)
+    W, H = rng.uniform(0.1, 1.0, (12, 3)), rng.uniform(0.1, 1.0, (3, n_cols))
+    with_empty_row = sp.vstack([X[:5], sp.csr_matrix((1, n_cols)), X[5:]]).tocsr()
+    data = ClassicData.build(with_empty_row)
+    assert data.entries.by_rows.indptr.shape[0] == 3
+    assert data.entries.by_cols.indptr.shape[0] == 1
+    assert (data.entries.by_rows.to_csr() != with_empty_row).nnz == 0
+    W_13 = np.vstack([W[:5], np.ones((1, 3)), W[5:]])
+    np.testing.assert_allclose(data.data_times(H.T, "rows"), with_empty_row @ H.T, rtol=1e-12)
+    np.testing.assert_allclose(data.data_times(W_13, "cols"), with_empty_row.T @ W_13, rtol=1e-12)
+    dense = X.toarray()
+    for loss in ("frobenius", "kl", "beta"):
+        params = {"beta": 0.5} if loss == "beta" else {}
+        fits = [
+            NMF(3, loss=loss, init="custom", max_iter=4, tol=0, **params).fit(m, W=W, H=H)
+            for m in (X, dense)
+        ]
+        np.testing.assert_allclose(fits[0].loss_trace_, fits[1].loss_trace_, rtol=1e-9)
+        np.testing.assert_allclose(fits[0].components_, fits[1].components_, rtol=1e-9)
+    # sparse weights: only the stored entries of the mask count, in tiles too
+    mask = (X != 0).astype(np.float64)
+    fits = [
+        NMF(3, loss="kl", init="custom", weights=w, max_iter=4, tol=0).fit(X, W=W, H=H)
+        for w in (mask, mask.toarray())
+    ]
+    np.testing.assert_allclose(fits[0].components_, fits[1].components_, rtol=1e-9)
 
 
 def test_hals_no_worse_than_sklearn_cd():

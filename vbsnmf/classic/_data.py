@@ -29,38 +29,100 @@ from .losses import Q_FLOOR, LossSpec, ab_divergence, check_defined_at_zeros, su
 _EMPTY = np.empty(0, dtype=np.float64)
 
 
+def _stored_dtype(values: np.ndarray) -> type:
+    """float32 when every value is exact in it (counts below 2**24 are), else float64.
+
+    The sparse products stream every stored entry from memory once per half-step, and at
+    pbmc_facs' size X and its transpose do not stay in cache between them: four bytes less
+    per entry made the pair of products 0.8x the time (same-process A/B). The kernels widen
+    each value to float64 as they read it, so the results are those of float64 storage.
+    """
+    if values.dtype == np.float32:
+        return np.float32
+    step = 1 << 20  # a block at a time: no nnz-sized temporary
+    for start in range(0, values.shape[0], step):
+        block = np.asarray(values[start : start + step], dtype=np.float64)
+        with np.errstate(over="ignore"):  # past float32's range: inf, hence inexact
+            if not np.array_equal(block.astype(np.float32), block):
+                return np.float64
+    return np.float32
+
+
 @dataclass
 class SparseEntries:
-    """Stored entries in CSR order: values ``data`` and per-entry ``weights`` (or empty)."""
+    """Stored entries in the column tiles of the classical kernels (`_kernels.TILE_COLUMNS`):
+    ``indptr`` is (n_tiles, n_rows + 1); values ``data`` (float32 where exact, see
+    `_stored_dtype`) and per-entry ``weights`` (or empty) in the same order."""
 
     indptr: np.ndarray
     indices: np.ndarray
     data: np.ndarray
     weights: np.ndarray
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.indptr.shape[1] - 1
 
     @classmethod
-    def from_coo(cls, rows, cols, values, weights, n_rows: int) -> SparseEntries:
-        """CSR arrays of COO entries, keeping explicit zeros (scipy would drop none, but
-        its duplicate summing is not wanted here: entries are unique by construction)."""
+    def from_coo(cls, rows, cols, values, weights, shape) -> SparseEntries:
+        """Entries given as COO, unique by construction; explicit zeros are kept (scipy's
+        duplicate summing is not wanted here)."""
         order = np.lexsort((cols, rows))
-        counts = np.bincount(rows, minlength=n_rows)
+        counts = np.bincount(rows, minlength=shape[0])
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(
-            indptr,
-            np.ascontiguousarray(cols[order], dtype=np.int32),
-            np.ascontiguousarray(values[order], dtype=np.float64),
-            _EMPTY if weights is None else np.ascontiguousarray(weights[order], np.float64),
-        )
+        weights = None if weights is None else np.asarray(weights, np.float64)[order]
+        return cls._tiled(indptr, cols[order], values[order], weights, shape[1])
 
     @classmethod
     def from_csr(cls, matrix) -> SparseEntries:
-        matrix = sp.csr_matrix(matrix)
+        """The entries of a CSR matrix with sorted column indices."""
+        return cls._tiled(matrix.indptr, matrix.indices, matrix.data, None, matrix.shape[1])
+
+    @classmethod
+    def _tiled(cls, indptr, indices, values, weights, n_cols: int) -> SparseEntries:
+        indptr = np.asarray(indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(indices, dtype=np.int32)
+        dtype = _stored_dtype(values)
+        weights = _EMPTY if weights is None else np.ascontiguousarray(weights, np.float64)
+        n_tiles = _kernels.tile_count(n_cols)
+        if n_tiles == 1:
+            values = np.ascontiguousarray(values, dtype=dtype)
+            return cls(indptr[None, :], indices, values, weights, n_cols)
+        n_rows = indptr.shape[0] - 1
+        counts = np.empty((n_tiles, n_rows), dtype=np.int64)
+        _kernels.tile_run_lengths(indptr, indices, counts)
+        tiled_indptr = np.empty((n_tiles, n_rows + 1), dtype=np.int64)
+        tiled_indptr[:, 1:] = np.cumsum(counts, axis=None).reshape(n_tiles, n_rows)
+        tiled_indptr[0, 0] = 0
+        tiled_indptr[1:, 0] = tiled_indptr[:-1, n_rows]
+
+        def tiled(source, dtype):
+            target = np.empty(source.shape[0], dtype=dtype)
+            if source.shape[0]:  # values are narrowed to `dtype` as they are copied
+                _kernels.tile_values(indptr, tiled_indptr, source, target)
+            return target
+
         return cls(
-            matrix.indptr.astype(np.int64),
-            np.asarray(matrix.indices, dtype=np.int32),
-            np.ascontiguousarray(matrix.data, dtype=np.float64),
-            _EMPTY,
+            tiled_indptr,
+            tiled(indices, np.int32),
+            tiled(values, dtype),
+            tiled(weights, np.float64),
+            n_cols,
         )
+
+    def to_csr(self, weighted: bool = False) -> sp.csr_matrix:
+        """The entries as a float64 CSR matrix, times their weights if ``weighted``."""
+        n_tiles, n_rows = self.indptr.shape[0], self.n_rows
+        values = self.data.astype(np.float64)
+        if weighted and self.weights.shape[0]:
+            values *= self.weights
+        if n_tiles == 1:
+            indptr = self.indptr[0]
+            return sp.csr_matrix((values, self.indices, indptr), shape=(n_rows, self.n_cols))
+        counts = np.diff(self.indptr, axis=1).ravel()
+        rows = np.repeat(np.tile(np.arange(n_rows), n_tiles), counts)
+        return sp.csr_matrix((values, (rows, self.indices)), shape=(n_rows, self.n_cols))
 
 
 @dataclass
@@ -73,8 +135,8 @@ class EntryPair:
     @classmethod
     def from_coo(cls, rows, cols, values, weights, shape) -> EntryPair:
         return cls(
-            SparseEntries.from_coo(rows, cols, values, weights, shape[0]),
-            SparseEntries.from_coo(cols, rows, values, weights, shape[1]),
+            SparseEntries.from_coo(rows, cols, values, weights, shape),
+            SparseEntries.from_coo(cols, rows, values, weights, shape[::-1]),
         )
 
     def side(self, side: str) -> SparseEntries:
@@ -160,7 +222,13 @@ class ClassicData:
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
-        entries = EntryPair(SparseEntries.from_csr(X), SparseEntries.from_csr(X.T.tocsr()))
+        # transposed with the stored (possibly float32) values: a smaller temporary
+        values = X.data.astype(_stored_dtype(X.data), copy=False)
+        by_cols = SparseEntries.from_csr(
+            sp.csr_matrix((values, X.indices, X.indptr), shape=shape).T.tocsr()
+        )
+        del values
+        entries = EntryPair(SparseEntries.from_csr(X), by_cols)
         exclusion = None
         if weights is not None:
             rows, cols = np.nonzero(weights != 1.0)
@@ -279,11 +347,13 @@ class ClassicData:
             numerator = _sparse_dot(entries, col_factor)
             col_gram = col_factor.T @ col_factor
             denominator = row_factor @ col_gram
-            loss = 0.5 * (
-                self.squared_norm
-                - 2.0 * float(np.sum(row_factor * numerator))
-                + float(np.sum((row_factor.T @ row_factor) * col_gram))
-            )
+            loss = 0.0
+            if with_loss:
+                loss = 0.5 * (
+                    self.squared_norm
+                    - 2.0 * float(np.vdot(row_factor, numerator))
+                    + float(np.vdot(row_factor.T @ row_factor, col_gram))
+                )
         else:
             numerator, _, row_loss = _ab_mu_terms(
                 entries, row_factor, col_factor, alpha, beta, False, with_loss
@@ -331,7 +401,7 @@ class ClassicData:
 def _sparse_dot(entries: SparseEntries, col_factor: np.ndarray) -> np.ndarray:
     """``X @ col_factor`` for the stored entries of X (weights not applied)."""
     padded = _kernels.pad_components(col_factor)
-    out = np.empty((entries.indptr.shape[0] - 1, padded.shape[1]))
+    out = np.empty((entries.n_rows, padded.shape[1]))
     _kernels.classic_sparse_dot(entries.indptr, entries.indices, entries.data, padded, out)
     return np.ascontiguousarray(out[:, : col_factor.shape[1]])
 
@@ -367,7 +437,7 @@ def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor
     """``sum w d(x, q)`` over stored entries; with ``minus_zero``: ``sum d(x, q) - d(0, q)``."""
     q = np.empty(entries.data.shape[0])
     _kernels.classic_wh_at_nonzeros(entries.indptr, entries.indices, row_factor, col_factor, q)
-    values = spec.pointwise(entries.data, np.maximum(q, Q_FLOOR))
+    values = spec.pointwise(entries.data.astype(np.float64), np.maximum(q, Q_FLOOR))
     if minus_zero:
         values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
     if entries.weights.shape[0]:

@@ -57,11 +57,15 @@ def multiplicative_step(
     epsilon: float,
     mask: np.ndarray | None,
 ) -> np.ndarray:
-    """``mask * max(epsilon, factor * (numerator / denominator) ** exponent)``."""
-    denominator = np.where(denominator == 0.0, _SAFE, denominator)
+    """``mask * max(epsilon, factor * (numerator / denominator) ** exponent)``.
+
+    ``numerator`` and ``denominator`` are scratch: overwritten (each half-step makes them
+    afresh, and in place saves three factor-sized temporaries per half-step).
+    """
+    denominator[denominator == 0.0] = _SAFE
     if exponent < 0:
-        numerator = np.where(numerator == 0.0, _SAFE, numerator)
-    ratio = numerator / denominator
+        numerator[numerator == 0.0] = _SAFE
+    ratio = np.divide(numerator, denominator, out=numerator)
     if exponent != 1.0:
         ratio **= exponent
     factor = factor * ratio

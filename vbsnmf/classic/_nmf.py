@@ -341,14 +341,7 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
 
 
 def _csr(data: ClassicData):
-    import scipy.sparse as sp
-
-    entries = data.entries.by_rows
-    if data.kind == "pattern":
-        return sp.csr_matrix(
-            (entries.data * entries.weights, entries.indices, entries.indptr), shape=data.shape
-        )
-    return sp.csr_matrix((entries.data, entries.indices, entries.indptr), shape=data.shape)
+    return data.entries.by_rows.to_csr(weighted=data.kind == "pattern")
 
 
 def _divide_rows(W: np.ndarray, totals: np.ndarray) -> np.ndarray:

@@ -143,7 +143,7 @@ def _values(X, W, H, Q) -> tuple[np.ndarray, np.ndarray]:
     X_csr = sp.csr_matrix(X)
     q = np.empty(X_csr.nnz)
     _kernels.classic_wh_at_nonzeros(
-        X_csr.indptr.astype(np.int64),
+        X_csr.indptr.astype(np.int64)[None, :],  # one column tile
         np.asarray(X_csr.indices, dtype=np.int32),
         np.ascontiguousarray(W, dtype=np.float64),
         np.ascontiguousarray(np.asarray(H, dtype=np.float64).T),

@@ -696,6 +696,9 @@ def test_memory_guard_is_one_line_and_exit_2(tmp_path, capfd, monkeypatch):
     from vbsnmf import _memory
 
     monkeypatch.setattr(_memory, "available_memory", lambda: 1024)
+    from vbsnmf.io import _read
+
+    monkeypatch.setattr(_read, "_INDEX_BYTES", 0)  # the reader's own check is tested elsewhere
     case = mtx_case("valid input, no memory", VALID_MTX)
     assert run_case(case, tmp_path, capfd) is None
     case = mtx_case("valid input, no memory, repeated", VALID_MTX)

@@ -146,6 +146,9 @@ READ_ERRORS = {
     "index out of range": lambda tmp, mtx: _bad_file(
         tmp, "x.mtx", b"%%MatrixMarket matrix coordinate integer general\n3 3 1\n4 1 1\n"
     ),
+    "header declaring billions of cells": lambda tmp, mtx: _bad_file(
+        tmp, "x.mtx", b"%%MatrixMarket matrix coordinate integer general\n9 2000000000 1\n1 1 1\n"
+    ),
     "symmetric matrix": lambda tmp, mtx: _bad_file(
         tmp, "x.mtx", b"%%MatrixMarket matrix coordinate integer symmetric\n3 3 1\n1 1 1\n"
     ),
@@ -174,6 +177,21 @@ def test_reader_failures_are_read_errors(case, tmp_path, tiny_mtx_gz):
     with pytest.raises(ReadError) as caught:
         vbsnmf.io.read(path, genes_as_rows=None if path.is_dir() or "h5ad" in path.name else True)
     assert str(path) in str(caught.value)
+
+
+def test_reading_checks_the_indexes_fit_in_memory(tiny_mtx_gz, monkeypatch):
+    from vbsnmf import _memory
+
+    assert [_memory.format_bytes(n) for n in (512, 1536, 3 * 2**30)] == [
+        "512 B",
+        "1.5 KiB",
+        "3.0 GiB",
+    ]
+    monkeypatch.setattr(_memory, "available_memory", lambda: 100_000)
+    with pytest.raises(ReadError, match=r"indexes alone need 403\.5 KiB; 97\.7 KiB are available"):
+        vbsnmf.io.read(tiny_mtx_gz, genes_as_rows=True)
+    monkeypatch.setenv("VBSNMF_NO_MEMORY_GUARD", "1")
+    assert vbsnmf.io.read(tiny_mtx_gz, genes_as_rows=True).n_obs > 0
 
 
 def test_name_file_of_the_wrong_length(tmp_path, tiny, tiny_mtx_gz):

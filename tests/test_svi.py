@@ -234,8 +234,39 @@ def test_unsorted_mtx_is_refused(tmp_path):
     path.write_text(
         "%%MatrixMarket matrix coordinate integer general\n3 2 3\n1 2 4\n2 1 1\n3 2 1\n"
     )
-    with pytest.raises(ValueError, match="not sorted by cell"):
+    with pytest.raises(vbsnmf.io.ReadError, match="not sorted by cell"):
         _stream.open_source(path)
+
+
+_MTX_BANNER = b"%%MatrixMarket matrix coordinate integer general\n"
+_MTX_GOOD = _MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n3 2 1\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "gz", "message"),
+    [
+        (_MTX_GOOD[: len(_MTX_GOOD) // 2], True, "truncated"),  # compressed stream cut
+        (b"not gzip at all", False, "Matrix Market"),
+        (_MTX_BANNER + b"3 2\n1 1 4\n", False, "malformed size line"),
+        (_MTX_BANNER + b"-3 2 1\n1 1 4\n", False, "malformed size line"),
+        (_MTX_BANNER + b"3 2 100000000000000000000\n1 1 4\n", False, "declares"),
+        (_MTX_BANNER + b"2000000000 2000000000 1\n1 1 4\n", False, "indexes alone"),
+        (_MTX_BANNER + b"3 2 5\n1 1 4\n2 1 1\n", False, "header says 5 entries"),
+        (_MTX_BANNER + b"3 2 3\n1 1 4\n", False, "header says 3 entries"),
+        (_MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n3 99999999999999999999999 1\n", False, "corrupt"),
+        (_MTX_BANNER + b"3 2 3\n1 1 4\n2 x 1\n3 2 1\n", False, "'x'"),
+        (_MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n4 2 1\n", False, "gene index is outside"),
+    ],
+)
+def test_bad_mtx_is_a_read_error_naming_the_file(tmp_path, content, gz, message):
+    path = tmp_path / ("m.mtx.gz" if gz else "m.mtx")
+    if gz:  # compress the whole file, then keep the first half of the compressed bytes
+        whole = gzip.compress(_MTX_GOOD)
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(vbsnmf.io.ReadError, match=message) as caught:
+        _stream.open_source(path)
+    assert str(path) in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,11 @@ def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     return None
 
 
+def guard_disabled() -> bool:
+    """True when the environment variable ``VBSNMF_NO_MEMORY_GUARD`` turns the checks off."""
+    return os.environ.get(_DISABLE_VARIABLE, "").strip() not in ("", "0")
+
+
 def available_memory() -> int | None:
     """Bytes a new allocation can take without swapping, or None where unknown."""
     known = [value for value in (_meminfo_available(), _cgroup_headroom()) if value is not None]
@@ -152,6 +157,16 @@ def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
+def format_bytes(n_bytes: int) -> str:
+    """``n_bytes`` in the largest binary unit that keeps it at least 1 (B to TiB)."""
+    value, unit = float(n_bytes), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 def check_fit_memory(
     X, n_components, *, n_threads: int | None, dtype, n_init: int = 1
 ) -> dict[str, int] | None:
@@ -161,7 +176,7 @@ def check_fit_memory(
     Inputs that are not a 2-D array or sparse matrix, or an ``n_components`` that is not
     a positive integer, are left to the validation that follows, which explains them.
     """
-    if os.environ.get(_DISABLE_VARIABLE, "").strip() not in ("", "0"):
+    if guard_disabled():
         return None
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
         return None

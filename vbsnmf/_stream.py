@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,18 +111,12 @@ class CompressedRowsSource(CellSource):
         return self._indices[int(start) : int(stop)], self._data[int(start) : int(stop)]
 
 
-def _read_mtx_header(handle) -> tuple[int, int, int]:
-    """``(n_rows, n_cols, nnz)`` from a Matrix Market header."""
-    banner = handle.readline().decode().lower().split()
-    if len(banner) < 5 or banner[0] != "%%matrixmarket" or banner[2] != "coordinate":
-        raise ValueError("not a Matrix Market coordinate file")
-    if banner[3] not in ("integer", "real") or banner[4] != "general":
-        raise ValueError(f"Matrix Market field {banner[3]!r} / {banner[4]!r} is not supported")
+def _skip_mtx_header(handle) -> None:
+    """Move ``handle`` past the banner, comments and size line (checked beforehand)."""
+    handle.readline()
     line = handle.readline()
-    while line.startswith(b"%"):
+    while line.startswith(b"%") or not line.strip():
         line = handle.readline()
-    n_rows, n_cols, nnz = (int(v) for v in line.split())
-    return n_rows, n_cols, nnz
 
 
 def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> CompressedRowsSource:
@@ -139,54 +134,97 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
 
     Raises
     ------
-    ValueError
-        The entries are not sorted by cell (10x and ``scipy.io.mmwrite`` of a CSC write
-        them so) or an index is out of range. Counts are checked where they are read.
+    vbsnmf.io.ReadError
+        A bad banner or size line, a corrupt or truncated (compressed) file, malformed
+        entry lines, an index out of range, or entries not sorted by cell (10x and
+        ``scipy.io.mmwrite`` of a CSC write them so). Counts are checked where they are
+        read.
     """
     import h5py  # AnnData's dependency
 
+    from .io._errors import ReadError
+    from .io._read import (
+        _MAX_DEFLATE_RATIO,
+        _MAX_DIMENSION,
+        _MIN_COORDINATE_LINE,
+        _check_file,
+        _check_index_memory,
+        _describe,
+        _is_gzip,
+        _mtx_header,
+        _open_binary,
+    )
+
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    _check_file(path)
     spill = tempfile.TemporaryDirectory(prefix="vbsnmf-stream-", dir=spill_dir)
     spill_path = os.path.join(spill.name, "cells.h5")
-    with opener(path, "rb") as handle, h5py.File(spill_path, "w") as out:
-        n_rows, n_cols, nnz = _read_mtx_header(handle)
+    try:
+        fmt, field, size = _mtx_header(path)  # the io reader's checks of banner and size
+        if fmt != "coordinate" or field not in ("integer", "real", "double"):
+            raise ReadError(path, f"streaming reads coordinate integer or real files, not {field}")
+        n_rows, n_cols, nnz = size
+        if n_rows == 0 or n_cols == 0:
+            raise ReadError(path, f"holds an empty {n_rows} x {n_cols} matrix")
+        if max(n_rows, n_cols) > _MAX_DIMENSION or nnz > n_rows * n_cols:
+            raise ReadError(path, f"declares {nnz} entries for a {n_rows} x {n_cols} matrix")
+        room = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
+        if nnz * _MIN_COORDINATE_LINE > room:  # before the spill file is sized for them
+            raise ReadError(path, f"truncated: declares {nnz} entries, more than it holds")
+        _check_index_memory(path, n_rows, n_cols, bytes_per_index=16)  # counts and indptr
         n_cells, n_genes = (n_cols, n_rows) if genes_by_cells else (n_rows, n_cols)
-        indices = out.create_dataset("indices", (nnz,), dtype=np.int32)
-        data = out.create_dataset("data", (nnz,), dtype=np.float32)
-        row_counts = np.zeros(n_cells, dtype=np.int64)
-        written, last_cell, pending = 0, -1, None
-        for block in _mtx_blocks(handle):
-            cells, genes = (block[1], block[0]) if genes_by_cells else (block[0], block[1])
-            cells, genes = cells.astype(np.int64) - 1, genes.astype(np.int64) - 1
-            values = block[2]
-            if pending is not None:  # the last cell of the previous block may continue here
-                cells = np.concatenate([pending[0], cells])
-                genes = np.concatenate([pending[1], genes])
-                values = np.concatenate([pending[2], values])
-            if np.any(np.diff(cells) < 0) or (len(cells) and cells[0] < last_cell):
-                raise ValueError(
-                    f"{path}: entries are not sorted by cell; streaming reads cells in file "
-                    "order (10x writes them sorted; re-save with scipy.io.mmwrite of a CSC)"
-                )
-            _check_mtx_block(path, cells, genes, n_cells, n_genes)
-            tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
-            pending = (cells[tail:], genes[tail:], values[tail:])
-            written = _write_cells(
-                indices, data, row_counts, cells[:tail], genes[:tail], values[:tail], written
-            )
-            last_cell = cells[-1] if len(cells) else last_cell
-        if pending is not None:
-            written = _write_cells(indices, data, row_counts, *pending, written)
-        if written != nnz:
-            raise ValueError(f"{path}: header says {nnz} entries, the file holds {written}")
-        indptr = np.zeros(n_cells + 1, dtype=np.int64)
-        np.cumsum(row_counts, out=indptr[1:])
-        out.create_dataset("indptr", data=indptr)
-        out.attrs["encoding-type"] = "csr_matrix"
-        out.attrs["shape"] = np.array([n_cells, n_genes])
+        with _open_binary(path) as handle, h5py.File(spill_path, "w") as out:
+            _skip_mtx_header(handle)
+            _spill_cells(handle, out, genes_by_cells, n_cells, n_genes, nnz)
+    except BaseException as error:
+        spill.cleanup()
+        if isinstance(error, ReadError):
+            raise
+        if isinstance(error, ValueError):  # our checks, and pandas' parser on a bad line
+            raise ReadError(path, str(error)) from None
+        if isinstance(error, (EOFError, OverflowError, zlib.error, gzip.BadGzipFile)):
+            raise ReadError(path, f"corrupt or truncated file ({_describe(error)})") from None
+        raise
     handle_out = h5py.File(spill_path, "r")
     return CompressedRowsSource(handle_out, owner=(handle_out, spill))
+
+
+def _spill_cells(handle, out, genes_by_cells: bool, n_cells: int, n_genes: int, nnz: int):
+    """Copy the entry lines of ``handle`` into the HDF5 group ``out`` as a CSR of cells x
+    genes (``indices``, ``data``, ``indptr``); ValueError on a bad entry or count."""
+    indices = out.create_dataset("indices", (nnz,), dtype=np.int32)
+    data = out.create_dataset("data", (nnz,), dtype=np.float32)
+    row_counts = np.zeros(n_cells, dtype=np.int64)
+    written, last_cell, pending = 0, -1, None
+    for block in _mtx_blocks(handle):
+        cells, genes = (block[1], block[0]) if genes_by_cells else (block[0], block[1])
+        cells, genes = cells.astype(np.int64) - 1, genes.astype(np.int64) - 1
+        values = block[2]
+        if pending is not None:  # the last cell of the previous block may continue here
+            cells = np.concatenate([pending[0], cells])
+            genes = np.concatenate([pending[1], genes])
+            values = np.concatenate([pending[2], values])
+        if np.any(np.diff(cells) < 0) or (len(cells) and cells[0] < last_cell):
+            raise ValueError(
+                "entries are not sorted by cell; streaming reads cells in file order (10x "
+                "writes them sorted; re-save with scipy.io.mmwrite of a CSC)"
+            )
+        _check_mtx_block(cells, genes, n_cells, n_genes)
+        tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
+        pending = (cells[tail:], genes[tail:], values[tail:])
+        written = _write_cells(
+            indices, data, row_counts, cells[:tail], genes[:tail], values[:tail], written
+        )
+        last_cell = cells[-1] if len(cells) else last_cell
+    if pending is not None:
+        written = _write_cells(indices, data, row_counts, *pending, written)
+    if written != nnz:
+        raise ValueError(f"the header says {nnz} entries, the file holds {written}")
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(row_counts, out=indptr[1:])
+    out.create_dataset("indptr", data=indptr)
+    out.attrs["encoding-type"] = "csr_matrix"
+    out.attrs["shape"] = np.array([n_cells, n_genes])
 
 
 def _mtx_blocks(handle) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -206,10 +244,10 @@ def _mtx_blocks(handle) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         yield frame["row"].to_numpy(), frame["col"].to_numpy(), frame["value"].to_numpy()
 
 
-def _check_mtx_block(path, cells, genes, n_cells, n_genes) -> None:
+def _check_mtx_block(cells, genes, n_cells, n_genes) -> None:
     for name, index, bound in (("cell", cells, n_cells), ("gene", genes, n_genes)):
         if len(index) and (index.min() < 0 or index.max() >= bound):
-            raise ValueError(f"{path}: a {name} index is outside 1..{bound}")
+            raise ValueError(f"a {name} index is outside 1..{bound}")
 
 
 def _write_cells(indices, data, row_counts, cells, genes, values, written: int) -> int:

@@ -223,6 +223,15 @@ def test_negative_count_in_a_chunk_names_the_chunk(client):
         _dask.fit_dask(X, 2, max_iter=2, client=client)
 
 
+def test_convergence_warning_names_the_callers_line(client, tiny_counts):
+    X = da.from_array(tiny_counts, chunks=(300, tiny_counts.shape[1]))
+    for fit in (_dask.fit_dask, _dask.fit_svi_dask):
+        options = {"max_iter": 1} if fit is _dask.fit_dask else {"n_epochs": 1}
+        with pytest.warns(vbsnmf.ConvergenceWarning) as caught:
+            fit(X, 2, random_state=0, client=client, **options)
+        assert {w.filename for w in caught} == {__file__}
+
+
 def test_rejects_non_client():
     X = da.from_array(sp.csr_matrix(np.ones((4, 3))), chunks=(2, -1))
     with pytest.raises(TypeError, match=r"distributed\.Client"):

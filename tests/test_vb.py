@@ -186,6 +186,29 @@ def test_max_iter_warns():
     assert model.n_iter_ == 3
 
 
+def test_warnings_name_the_callers_line(_pbmc_tiny):
+    """Raised deep in the library (and behind scikit-learn's set_output wrapper), every
+    warning is attributed to the line that called vbsnmf."""
+    import anndata as ad
+
+    X = sp.csr_matrix(_pbmc_tiny.X)
+    calls = {
+        "fit": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X),
+        "fit_transform": lambda: vbsnmf.VBNMF(2, max_iter=1).fit_transform(X),
+        "svi": lambda: vbsnmf.VBNMF(2, method="svi", n_epochs=1, random_state=0).fit(X),
+        "non-integer": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X * 0.5),
+        "tl.nmf": lambda: vbsnmf.tl.nmf(ad.AnnData(X), n_components=2, max_iter=1),
+    }
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        ours = [w for w in caught if issubclass(w.category, UserWarning)]
+        assert ours, name
+        for warning in ours:
+            assert warning.filename == __file__, (name, warning.filename)
+
+
 def test_attributes_and_orientation():
     X, _ = _simulate(np.random.default_rng(4), 40, 70, 2)
     model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import itertools
 import operator
 import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,7 +59,13 @@ import scipy.sparse as sp
 
 from . import _vb
 from ._estimator import numba_threads
-from ._validation import NonCountWarning, check_counts, check_n_components, check_positive
+from ._validation import (
+    NonCountWarning,
+    check_counts,
+    check_n_components,
+    check_positive,
+    warn_user,
+)
 
 
 def _dask_array_module():
@@ -521,11 +526,10 @@ def fit_dask(
     )
     n_cells, n_genes = int(sum(i[0] for i in info)), int(info[0][1])
     if any(i[3] for i in info):
-        warnings.warn(
+        warn_user(
             "X holds non-integer values; vbsnmf's Poisson model expects raw counts "
             "(not normalised or log-transformed data).",
             NonCountWarning,
-            stacklevel=2,
         )
 
     if init is not None:
@@ -625,11 +629,10 @@ def fit_dask(
         cell_rate, cell_shapes = next_cell_rate, next_shapes
         n_done += 1
     if not converged and max_iter > 0:
-        warnings.warn(
+        warn_user(
             f"VB stopped after max_iter={max_iter} iterations before the relative ELBO "
             f"change fell below tol={tol}; raise max_iter or tol.",
             _vb.ConvergenceWarning,
-            stacklevel=2,
         )
     return DaskFitResult(
         current_params(),
@@ -967,11 +970,10 @@ def fit_svi_dask(
             params = _vb.VariationalParams(cell_array(), cell_rate, gene_shape, gene_rate)
             callback(epoch, params, trace)
     if not converged and settings.n_epochs > 0:
-        warnings.warn(
+        warn_user(
             f"SVI stopped after n_epochs={settings.n_epochs} epochs before the relative ELBO "
             f"change fell below tol={settings.tol}; raise n_epochs or tol.",
             _vb.ConvergenceWarning,
-            stacklevel=2,
         )
     if cell_rate is None:  # n_epochs=0: no evaluation ran
         raise ValueError("n_epochs must be >= 1")

@@ -31,7 +31,6 @@ Engine orientation as in `_vb`: rows are ``z`` (cells for AnnData), columns ``w`
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ import scipy.sparse as sp
 from . import _kernels, _vb
 from ._checkpoint import rng_from_json, rng_state_json
 from ._stream import CellSource
-from ._validation import NonCountWarning, check_counts
+from ._validation import NonCountWarning, check_counts, warn_user
 
 SVI_FORMS = ("cells", "textbook", "seed")
 
@@ -171,11 +170,10 @@ def _end_of_epoch(
 
 def _warn_not_converged(state: SVIState, settings: SVISettings) -> None:
     if not state.converged and settings.n_epochs > 0:
-        warnings.warn(
+        warn_user(
             f"SVI stopped after n_epochs={settings.n_epochs} epochs before the relative ELBO "
             f"change fell below tol={settings.tol}; raise n_epochs or tol.",
             _vb.ConvergenceWarning,
-            stacklevel=4,
         )
 
 
@@ -293,11 +291,10 @@ def scan_source(source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS) -> floa
         total += float(block.data.sum())
         non_integer = non_integer or bool(np.any(block.data != np.round(block.data)))
     if non_integer:
-        warnings.warn(
+        warn_user(
             "X holds non-integer values; vbsnmf's Poisson model expects raw counts "
             "(not normalised or log-transformed data).",
             NonCountWarning,
-            stacklevel=3,
         )
     return total
 

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
+
+# Frames in these folders are skipped when a warning is attributed: vbsnmf's own, and
+# scikit-learn's (its set_output wrapper sits between the user and fit_transform).
+_INTERNAL_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
+)
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """`warnings.warn` attributed to the first frame outside vbsnmf and scikit-learn, so
+    the warning names the user's line however deep in the library it was raised."""
+    frame, stacklevel = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, category, stacklevel=stacklevel)
 
 
 class NonCountWarning(UserWarning):
@@ -86,11 +105,10 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
         )
     if warn_non_integer and data.size and not np.issubdtype(data.dtype, np.integer):
         if np.any(data != np.round(data)):
-            warnings.warn(
+            warn_user(
                 f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
                 "(not normalised or log-transformed data).",
                 NonCountWarning,
-                stacklevel=3,
             )
     return matrix
 

@@ -20,7 +20,6 @@ returns. Every entry of the trace is the exact ELBO of a q the engine actually h
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ import scipy.sparse as sp
 from scipy.special import digamma, gammaln
 
 from . import _kernels
+from ._validation import warn_user
 
 # Normalisers of the fast path below these fall back to log-sum-exp (see _kernels).
 _TINY = {np.dtype(np.float64): 1e-200, np.dtype(np.float32): 1e-30}
@@ -326,11 +326,10 @@ def fit_vb(
         params = apply_update(params, row_stat, col_stat, prior_shape, prior_rate)
         n_done += 1
     if not converged and max_iter > 0:
-        warnings.warn(
+        warn_user(
             f"VB stopped after max_iter={max_iter} iterations before the relative ELBO "
             f"change fell below tol={tol}; raise max_iter or tol.",
             ConvergenceWarning,
-            stacklevel=3,
         )
     return FitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
 

@@ -245,12 +245,21 @@ def test_frobenius_solvers_decrease_the_loss(solver):
 
 def test_stopping_by_tol_and_max_iter():
     X, _, _ = _sparse_problem(seed=5)
-    loose = NMF(4, solver="mu", tol=1e-2, max_iter=500, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a converged fit nor tol=0 warns
+        loose = NMF(4, solver="mu", tol=1e-2, max_iter=500, random_state=0).fit(X)
+        capped = NMF(4, solver="hals", tol=0, max_iter=7, random_state=0).fit(X)
     assert loose.n_iter_ < 500
     last = loose.loss_trace_[-3:-1]
     assert abs(last[0] - last[1]) <= 1e-2 * last[0]
-    capped = NMF(4, solver="hals", tol=0, max_iter=7, random_state=0).fit(X)
     assert capped.n_iter_ == 7 and capped.loss_trace_.shape == (8,)
+    for solver in ("mu", "hals"):  # stopped by max_iter with tol > 0: as scikit-learn's NMF
+        with pytest.warns(vbsnmf.ConvergenceWarning, match="max_iter=3") as caught:
+            NMF(4, solver=solver, tol=1e-12, max_iter=3, random_state=0).fit(X)
+        assert {w.filename for w in caught} == {__file__}
+    from sklearn.exceptions import ConvergenceWarning
+
+    assert issubclass(vbsnmf.ConvergenceWarning, ConvergenceWarning)
 
 
 @pytest.mark.parametrize(
@@ -315,7 +324,8 @@ def test_factor_mask_holds_entries_at_zero(solver):
     W = model.fit_transform(X)
     assert np.all(W[w_mask == 0] == 0) and np.all(model.components_[h_mask == 0] == 0)
     assert np.all(W[w_mask == 1] >= 1e-3) and np.all(model.components_[h_mask == 1] >= 1e-3)
-    only_h = NMF(3, solver=solver, factor_mask=h_mask, max_iter=5, random_state=0).fit(X)
+    only_h = NMF(3, solver=solver, factor_mask=h_mask, max_iter=5, tol=0, random_state=0)
+    only_h.fit(X)
     assert np.all(only_h.components_[h_mask == 0] == 0)
 
 
@@ -335,7 +345,7 @@ def test_poisson_form_has_row_proportions_and_module_distributions():
 def test_transform_fits_w_for_fixed_components():
     X = _sparse_problem(seed=10)[0].toarray()  # dense: fast numpy route, same solver code
     for solver in ("mu", "hals"):
-        model = NMF(4, solver=solver, max_iter=200, tol=1e-8, random_state=0)
+        model = NMF(4, solver=solver, max_iter=200, tol=0, random_state=0)
         W_fit = model.fit_transform(X)
         W_new = model.transform(X)
         assert W_new.shape == W_fit.shape
@@ -368,7 +378,7 @@ def test_tl_nmf_dispatches_to_classic(pbmc_tiny):
     adata = pbmc_tiny
     n_obs, n_vars = adata.shape
     for method in ("mu", "hals"):
-        vbsnmf.tl.nmf(adata, n_components=4, method=method, random_state=0, max_iter=20)
+        vbsnmf.tl.nmf(adata, n_components=4, method=method, random_state=0, max_iter=20, tol=0)
         assert adata.obsm["X_nmf"].shape == (n_obs, 4)
         assert adata.varm["NMF"].shape == (n_vars, 4)
         assert np.all(np.isfinite(adata.obsm["X_nmf"])) and adata.varm["NMF"].min() >= 0

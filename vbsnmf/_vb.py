@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import digamma, gammaln
+from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
 from ._validation import warn_user
@@ -34,8 +35,9 @@ from ._validation import warn_user
 _TINY = {np.dtype(np.float64): 1e-200, np.dtype(np.float32): 1e-30}
 
 
-class ConvergenceWarning(UserWarning):
-    """The fit stopped at ``max_iter`` before its relative ELBO change fell below ``tol``."""
+class ConvergenceWarning(SklearnConvergenceWarning):
+    """The fit stopped at ``max_iter`` before the relative change of its objective fell
+    below ``tol``. A scikit-learn ``ConvergenceWarning`` too, so either filter catches it."""
 
 
 @dataclass

@@ -16,8 +16,10 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from .._validation import warn_user
+from .._vb import ConvergenceWarning
 from ._data import ClassicData
-from ._mu import fit_multiplicative
+from ._mu import converged, fit_multiplicative
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
 
@@ -195,6 +197,12 @@ class NMF(TransformerMixin, BaseEstimator):
                 W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
             else:
                 W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+        if self.tol > 0 and 0 < n_iter == self.max_iter and not converged(trace[:n_iter], self.tol):
+            warn_user(
+                f"NMF stopped after max_iter={self.max_iter} iterations before the relative "
+                f"loss change fell below tol={self.tol}; raise max_iter or tol.",
+                ConvergenceWarning,
+            )
         final_loss = trace[-1]
         if self.thin and self.epsilon > 0:
             # Thinning is not an iteration: the trace keeps the epsilon-problem's losses.

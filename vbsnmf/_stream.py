@@ -143,17 +143,7 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
     import h5py  # AnnData's dependency
 
     from .io._errors import ReadError
-    from .io._read import (
-        _MAX_DEFLATE_RATIO,
-        _MAX_DIMENSION,
-        _MIN_COORDINATE_LINE,
-        _check_file,
-        _check_index_memory,
-        _describe,
-        _is_gzip,
-        _mtx_header,
-        _open_binary,
-    )
+    from .io._read import _check_file, _check_mtx_size, _describe, _mtx_header, _open_binary
 
     path = Path(path)
     _check_file(path)
@@ -163,15 +153,9 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
         fmt, field, size = _mtx_header(path)  # the io reader's checks of banner and size
         if fmt != "coordinate" or field not in ("integer", "real", "double"):
             raise ReadError(path, f"streaming reads coordinate integer or real files, not {field}")
-        n_rows, n_cols, nnz = size
-        if n_rows == 0 or n_cols == 0:
-            raise ReadError(path, f"holds an empty {n_rows} x {n_cols} matrix")
-        if max(n_rows, n_cols) > _MAX_DIMENSION or nnz > n_rows * n_cols:
-            raise ReadError(path, f"declares {nnz} entries for a {n_rows} x {n_cols} matrix")
-        room = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
-        if nnz * _MIN_COORDINATE_LINE > room:  # before the spill file is sized for them
-            raise ReadError(path, f"truncated: declares {nnz} entries, more than it holds")
-        _check_index_memory(path, n_rows, n_cols, bytes_per_index=16)  # counts and indptr
+        # before the spill file is sized for the entries; 16 bytes a cell: counts, indptr
+        nnz = _check_mtx_size(path, fmt, size, bytes_per_index=16)
+        n_rows, n_cols = size[:2]
         n_cells, n_genes = (n_cols, n_rows) if genes_by_cells else (n_rows, n_cols)
         with _open_binary(path) as handle, h5py.File(spill_path, "w") as out:
             _skip_mtx_header(handle)

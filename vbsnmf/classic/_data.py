@@ -75,15 +75,16 @@ class SparseEntries:
         return cls._tiled(indptr, cols[order], values[order], weights, shape[1])
 
     @classmethod
-    def from_csr(cls, matrix) -> SparseEntries:
-        """The entries of a CSR matrix with sorted column indices."""
-        return cls._tiled(matrix.indptr, matrix.indices, matrix.data, None, matrix.shape[1])
+    def from_csr(cls, matrix, dtype=None) -> SparseEntries:
+        """The entries of a CSR matrix with sorted column indices, values stored as
+        ``dtype`` (default: `_stored_dtype`)."""
+        return cls._tiled(matrix.indptr, matrix.indices, matrix.data, None, matrix.shape[1], dtype)
 
     @classmethod
-    def _tiled(cls, indptr, indices, values, weights, n_cols: int) -> SparseEntries:
+    def _tiled(cls, indptr, indices, values, weights, n_cols: int, dtype=None) -> SparseEntries:
         indptr = np.asarray(indptr, dtype=np.int64)
         indices = np.ascontiguousarray(indices, dtype=np.int32)
-        dtype = _stored_dtype(values)
+        dtype = _stored_dtype(values) if dtype is None else dtype
         weights = _EMPTY if weights is None else np.ascontiguousarray(weights, np.float64)
         n_tiles = _kernels.tile_count(n_cols)
         if n_tiles == 1:
@@ -222,13 +223,14 @@ class ClassicData:
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
+        dtype = _stored_dtype(X.data)
         # transposed with the stored (possibly float32) values: a smaller temporary
-        values = X.data.astype(_stored_dtype(X.data), copy=False)
+        values = X.data.astype(dtype, copy=False)
         by_cols = SparseEntries.from_csr(
-            sp.csr_matrix((values, X.indices, X.indptr), shape=shape).T.tocsr()
+            sp.csr_matrix((values, X.indices, X.indptr), shape=shape).T.tocsr(), dtype
         )
         del values
-        entries = EntryPair(SparseEntries.from_csr(X), by_cols)
+        entries = EntryPair(SparseEntries.from_csr(X, dtype), by_cols)
         exclusion = None
         if weights is not None:
             rows, cols = np.nonzero(weights != 1.0)

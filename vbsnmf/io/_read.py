@@ -221,6 +221,25 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _check_mtx_size(path: Path, fmt: str, size: tuple[int, ...], bytes_per_index=None) -> int:
+    """The entry count a Matrix Market size line declares, after checking the shape and
+    the count against the file's size and the memory their indexes need (ReadError)."""
+    n_rows, n_cols = size[:2]
+    if n_rows == 0 or n_cols == 0:
+        raise ReadError(path, f"holds an empty {n_rows} x {n_cols} matrix")
+    if max(n_rows, n_cols) > _MAX_DIMENSION:
+        raise ReadError(path, f"dimensions {n_rows} x {n_cols} exceed {_MAX_DIMENSION}")
+    n_entries = size[2] if fmt == "coordinate" else n_rows * n_cols
+    if fmt == "coordinate" and n_entries > n_rows * n_cols:
+        raise ReadError(path, f"declares {n_entries} entries for a {n_rows} x {n_cols} matrix")
+    room = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
+    shortest = _MIN_COORDINATE_LINE if fmt == "coordinate" else _MIN_ARRAY_LINE
+    if n_entries * shortest > room:
+        raise ReadError(path, f"truncated: declares {n_entries} entries, more than it holds")
+    _check_index_memory(path, n_rows, n_cols, bytes_per_index)
+    return n_entries
+
+
 def _check_index_memory(
     path: Path, n_rows: int, n_cols: int, bytes_per_index: int | None = None
 ) -> None:
@@ -412,19 +431,7 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
     _check_file(path)
     try:
         fmt, field, size = _mtx_header(path)
-        n_rows, n_cols = size[:2]
-        if n_rows == 0 or n_cols == 0:
-            raise ReadError(path, f"holds an empty {n_rows} x {n_cols} matrix")
-        if max(n_rows, n_cols) > _MAX_DIMENSION:
-            raise ReadError(path, f"dimensions {n_rows} x {n_cols} exceed {_MAX_DIMENSION}")
-        n_entries = size[2] if fmt == "coordinate" else n_rows * n_cols
-        if fmt == "coordinate" and n_entries > n_rows * n_cols:
-            raise ReadError(path, f"declares {n_entries} entries for a {n_rows} x {n_cols} matrix")
-        room = path.stat().st_size * (_MAX_DEFLATE_RATIO if _is_gzip(path) else 1)
-        shortest = _MIN_COORDINATE_LINE if fmt == "coordinate" else _MIN_ARRAY_LINE
-        if n_entries * shortest > room:
-            raise ReadError(path, f"truncated: declares {n_entries} entries, more than it holds")
-        _check_index_memory(path, n_rows, n_cols)
+        n_entries = _check_mtx_size(path, fmt, size)
         if fmt == "coordinate":
             n_fields = 2 if field == "pattern" else 3
         else:

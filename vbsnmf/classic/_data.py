@@ -439,7 +439,7 @@ def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor
     """``sum w d(x, q)`` over stored entries; with ``minus_zero``: ``sum d(x, q) - d(0, q)``."""
     q = np.empty(entries.data.shape[0])
     _kernels.classic_wh_at_nonzeros(entries.indptr, entries.indices, row_factor, col_factor, q)
-    values = spec.pointwise(entries.data.astype(np.float64), np.maximum(q, Q_FLOOR))
+    values = spec.pointwise(entries.data.astype(np.float64, copy=False), np.maximum(q, Q_FLOOR))
     if minus_zero:
         values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
     if entries.weights.shape[0]:

@@ -166,9 +166,9 @@ def _forms(n_components: int, n_epochs: int, n_threads: int) -> dict:
         warnings.simplefilter("ignore")
         for name, params in (
             ("batch", dict(max_iter=300, tol=1e-6)),
-            ("cells", dict(method="svi", svi_form="cells", n_epochs=n_epochs)),
-            ("textbook", dict(method="svi", svi_form="textbook", n_epochs=n_epochs)),
-            ("seed", dict(method="svi", svi_form="seed", n_epochs=n_epochs)),
+            ("cells", dict(solver="svi", svi_form="cells", n_epochs=n_epochs)),
+            ("textbook", dict(solver="svi", svi_form="nonzeros", n_epochs=n_epochs)),
+            ("seed", dict(solver="svi", svi_form="abe-shimamura", n_epochs=n_epochs)),
         ):
             stamps = []
             start = time.perf_counter()
@@ -204,9 +204,9 @@ def _converge_fit(h5ad: str, n_components: int, n_threads: int, params: dict) ->
 def converge(args) -> None:
     runs = {
         "batch": dict(max_iter=args.max_iter),
-        "cells": dict(method="svi", svi_form="cells", n_epochs=args.epochs),
-        "textbook": dict(method="svi", svi_form="textbook", n_epochs=args.nonzero_epochs),
-        "seed": dict(method="svi", svi_form="seed", n_epochs=args.nonzero_epochs),
+        "cells": dict(solver="svi", svi_form="cells", n_epochs=args.epochs),
+        "textbook": dict(solver="svi", svi_form="nonzeros", n_epochs=args.nonzero_epochs),
+        "seed": dict(solver="svi", svi_form="abe-shimamura", n_epochs=args.nonzero_epochs),
     }
     results = {}
     for name, params in runs.items():

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FITS = {
     "batch": dict(max_iter=300, tol=0.0),
-    "svi-cells": dict(method="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
-    "svi-textbook": dict(method="svi", svi_form="textbook", n_epochs=200, tol=0.0),
+    "svi-cells": dict(solver="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
+    "svi-textbook": dict(solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
 }
 # The killed child pauses this long after every iteration (batch) or epoch (SVI), which
 # leaves its numbers alone but makes it last at least 4 s whatever the machine's speed:
@@ -129,8 +129,8 @@ def test_killed_fit_resumes_to_the_uninterrupted_trace(tmp_path, kind):
     resumed = _fit(_model(kind, checkpoint=path, resume=True))
     uninterrupted = _fit(_model(kind))
     assert_array_equal(resumed.elbo_trace_, uninterrupted.elbo_trace_)
-    assert_array_equal(resumed.var_shape_, uninterrupted.var_shape_)
-    assert_array_equal(resumed.obs_shape_, uninterrupted.obs_shape_)
+    assert_array_equal(resumed.gene_shape_, uninterrupted.gene_shape_)
+    assert_array_equal(resumed.cell_shape_, uninterrupted.cell_shape_)
     # Resuming a finished fit returns it unchanged.
     again = _fit(_model(kind, checkpoint=path, resume=True))
     assert_array_equal(again.elbo_trace_, uninterrupted.elbo_trace_)

@@ -378,7 +378,7 @@ def test_tl_nmf_dispatches_to_classic(pbmc_tiny):
     adata = pbmc_tiny
     n_obs, n_vars = adata.shape
     for method in ("mu", "hals"):
-        vbsnmf.tl.nmf(adata, n_components=4, method=method, random_state=0, max_iter=20, tol=0)
+        vbsnmf.tl.nmf(adata, n_components=4, solver=method, random_state=0, max_iter=20, tol=0)
         assert adata.obsm["X_nmf"].shape == (n_obs, 4)
         assert adata.varm["NMF"].shape == (n_vars, 4)
         assert np.all(np.isfinite(adata.obsm["X_nmf"])) and adata.varm["NMF"].min() >= 0

@@ -16,7 +16,11 @@ from dask.sizeof import sizeof
 from distributed import Client, LocalCluster, get_task_stream
 
 import vbsnmf
-from vbsnmf import _dask, _vb
+from vbsnmf import _dask, _model, _svi
+from vbsnmf._batch import fit_batch
+from vbsnmf._data import as_count_data
+from vbsnmf._utils import is_dask_array
+from vbsnmf.io import _stream
 
 N_ITER = 30
 FACS_CHUNKS = (100, 900, 350, 1024, 600, 300, 500)  # 7 uneven chunks, 3,774 cells
@@ -32,18 +36,17 @@ def client():
     cluster.close()
 
 
-def _reference(counts, init: _vb.VariationalParams, max_iter=N_ITER) -> _vb.FitResult:
+def _reference(counts, init: _model.VariationalParams, max_iter=N_ITER) -> _model.FitResult:
     """The single-machine engine from the same start."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        return _vb.fit_vb(
-            _vb.as_count_data(counts),
+        return fit_batch(
+            as_count_data(counts),
             init.copy(),
-            prior_shape=1.0,
-            prior_rate=1.0,
+            _model.GammaPrior(1.0, 1.0),
             max_iter=max_iter,
             tol=0.0,
-            n_chunks=1,
+            n_parts=1,
         )
 
 
@@ -51,12 +54,12 @@ def _fit(X, init, client, **options) -> _dask.DaskFitResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         n_components = init.row_shape.shape[1]
-        return _dask.fit_dask(
+        return vbsnmf.fit_dask(
             X, n_components, init=init.copy(), max_iter=N_ITER, tol=0.0, client=client, **options
         )
 
 
-def _assert_same_fit(result: _dask.DaskFitResult, reference: _vb.FitResult):
+def _assert_same_fit(result: _dask.DaskFitResult, reference: _model.FitResult):
     assert result.n_iter == reference.n_iter == N_ITER
     np.testing.assert_allclose(result.elbo_trace, reference.elbo_trace, rtol=1e-9, atol=0)
     gathered = result.gather()
@@ -68,7 +71,8 @@ def _assert_same_fit(result: _dask.DaskFitResult, reference: _vb.FitResult):
 
 
 def _start(counts, n_components, seed):
-    return _vb.random_init(_vb.as_count_data(counts), n_components, np.random.default_rng(seed))
+    total = float(counts.sum())
+    return _model.random_start(counts.shape, n_components, total, seed, np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +170,7 @@ def test_killed_worker_is_recomputed_with_the_same_result(client, tiny_counts, t
 def test_estimator_dispatches_dask_input(client, tiny_counts):
     """`VBNMF.fit_transform` on a dask array: the same fit as on the scipy matrix."""
     init = _start(tiny_counts, 3, 3)
-    start = dict(zip(("obs_shape", "obs_rate", "var_shape", "var_rate"), init.as_tuple()))
+    start = dict(zip(("cell_shape", "cell_rate", "gene_shape", "gene_rate"), init.as_tuple()))
     X = da.from_array(tiny_counts, chunks=(400, -1))
     local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1)
     distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0)
@@ -185,12 +189,12 @@ def test_random_start_is_reproducible_and_ascends(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        first = _dask.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
-        second = _dask.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+        first = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+        second = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
     np.testing.assert_array_equal(first.elbo_trace, second.elbo_trace)
     assert np.all(np.diff(first.elbo_trace) > 0)
     # max_iter=0 returns the start: rates put sum_l E[z] E[w] at the mean count (random_init).
-    start = _dask.fit_dask(X, 4, max_iter=0, random_state=5, client=client)
+    start = vbsnmf.fit_dask(X, 4, max_iter=0, random_state=5, client=client)
     mean_count = tiny_counts.sum() / np.prod(tiny_counts.shape)
     np.testing.assert_allclose(start.params.row_rate, 1.5 / np.sqrt(mean_count / 4), rtol=1e-12)
     np.testing.assert_allclose(start.params.col_rate, start.params.row_rate, rtol=0)
@@ -209,7 +213,7 @@ def test_dense_and_coo_chunks_give_the_csr_fit(client, tiny_counts, chunk_type):
         X = da.from_array(tiny_counts, chunks=(600, -1)).map_blocks(sp.coo_matrix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        result = _dask.fit_dask(X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        result = vbsnmf.fit_dask(X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client)
     expected = _reference(tiny_counts, init, max_iter=3)
     np.testing.assert_allclose(result.elbo_trace, expected.elbo_trace, rtol=1e-9)
 
@@ -220,13 +224,13 @@ def test_negative_count_in_a_chunk_names_the_chunk(client):
     counts = sp.csr_matrix(dense)
     X = da.from_array(counts, chunks=(20, -1))
     with pytest.raises(ValueError, match=r"starting at cell 40.*negative"):
-        _dask.fit_dask(X, 2, max_iter=2, client=client)
+        vbsnmf.fit_dask(X, 2, max_iter=2, client=client)
 
 
 def test_convergence_warning_names_the_callers_line(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(300, tiny_counts.shape[1]))
-    for fit in (_dask.fit_dask, _dask.fit_svi_dask):
-        options = {"max_iter": 1} if fit is _dask.fit_dask else {"n_epochs": 1}
+    for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
+        options = {"max_iter": 1} if fit is vbsnmf.fit_dask else {"n_epochs": 1}
         with pytest.warns(vbsnmf.ConvergenceWarning) as caught:
             fit(X, 2, random_state=0, client=client, **options)
         assert {w.filename for w in caught} == {__file__}
@@ -235,7 +239,7 @@ def test_convergence_warning_names_the_callers_line(client, tiny_counts):
 def test_rejects_non_client():
     X = da.from_array(sp.csr_matrix(np.ones((4, 3))), chunks=(2, -1))
     with pytest.raises(TypeError, match=r"distributed\.Client"):
-        _dask.fit_dask(X, 2, client="tcp://nowhere:8786")
+        vbsnmf.fit_dask(X, 2, client="tcp://nowhere:8786")
 
 
 def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
@@ -256,32 +260,31 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     assert expected_trace.shape == (8,)
     np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)
     with pytest.raises(ValueError, match="fitted by"):
-        vbsnmf.tl.nmf(lazy, 3, method="mu")
+        vbsnmf.tl.nmf(lazy, 3, solver="mu")
 
 
 def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
     """Cell-minibatch SVI: the same steps as `_svi.fit_svi_cells` (same permutations), the
     minibatch's cells fitted on the workers that hold them."""
-    from vbsnmf import _stream, _svi
-
     options = dict(batch_size=300, tau=1.0, kappa=0.7, n_epochs=3, eval_every=1, tol=0.0)
-    local_options = dict(local_max_iter=10, local_tol=0.0)  # same local passes per cell
-    settings = _svi.SVISettings(prior_shape=1.0, prior_rate=1.0, **options, **local_options)
+    prior = _model.GammaPrior(1.0, 1.0)
+    # local fits of 10 passes each (tol=0): the same local passes per cell
+    settings = _svi.SVISettings(prior, **options, local_max_iter=10, local_tol=0.0)
     source = _stream.InMemorySource(tiny_counts)
-    rng = np.random.default_rng(4)
-    state = _svi.init_cells_state(source, 3, rng, float(tiny_counts.sum()), 1.0, 1.0, np.float64)
+    total = float(tiny_counts.sum())
+    state = _svi.init_cells_state(tiny_counts.shape, 3, total, 4, prior, np.float64)
     X = da.from_array(tiny_counts, chunks=(400, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected = _svi.fit_svi_cells(source, state, settings)
-        got = _dask.fit_svi_dask(X, 3, random_state=4, client=client, **options, **local_options)
+        got = vbsnmf.fit_svi_dask(X, 3, random_state=4, client=client, max_iter=10, **options)
     assert got.n_iter == 3
     np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-9)
     gathered = got.gather()
     for mine, theirs in zip(gathered.as_tuple(), expected.params.as_tuple()):
         np.testing.assert_allclose(mine, theirs, rtol=1e-9)
-    # The estimator's method="svi" on a dask X: the single-machine estimator's numbers.
-    settings = dict(method="svi", batch_size=300, n_epochs=2, max_iter=10, tol=0.0)
+    # The estimator's solver="svi" on a dask X: the single-machine estimator's numbers.
+    settings = dict(solver="svi", batch_size=300, n_epochs=2, max_iter=10, tol=0.0)
     local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings)
     distributed = vbsnmf.VBNMF(3, random_state=4, **settings)
     with warnings.catch_warnings():
@@ -310,15 +313,40 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        straight = _dask.fit_dask(X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client)
-        first = _dask.fit_dask(X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client)
-        assert _dask.is_dask_array(first.params.row_shape)
-        resumed = _dask.fit_dask(X, 3, init=first.params, max_iter=2, tol=0.0, client=client)
+        straight = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client)
+        first = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        assert is_dask_array(first.params.row_shape)
+        resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, tol=0.0, client=client)
     np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
     np.testing.assert_allclose(resumed.gather().row_shape, straight.gather().row_shape, rtol=1e-12)
     start = first.params
-    negative = _vb.VariationalParams(
+    negative = _model.VariationalParams(
         -start.row_shape, start.row_rate, start.col_shape, start.col_rate
     )
     with pytest.raises(ValueError, match="positive and finite"):
-        _dask.fit_dask(X, 3, init=negative, max_iter=1, client=client)
+        vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client).gather()
+
+
+def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
+    client, tiny_counts, tmp_path
+):
+    """The random start is drawn per fixed block of cells: batch VB from one seed gives one
+    trace in memory and on Dask with two chunkings (1e-9: only the order of the sums
+    differs); cell-minibatch SVI streamed from disk and on Dask with two chunkings too."""
+    options = dict(max_iter=15, tol=0.0, random_state=21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(4, n_threads=1, **options).fit(tiny_counts)
+        for chunk in (250, 700):
+            X = da.from_array(tiny_counts, chunks=(chunk, -1))
+            result = vbsnmf.fit_dask(X, 4, client=client, **options)
+            np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
+            np.testing.assert_allclose(result.gene_loadings.T, local.components_, rtol=1e-9)
+        svi_options = dict(batch_size=200, n_epochs=2, max_iter=20, tol=0.0, random_state=8)
+        path = tmp_path / "tiny.h5ad"
+        ad.AnnData(tiny_counts).write_h5ad(path)
+        streamed = vbsnmf.VBNMF(4, solver="svi", n_threads=1, **svi_options).fit(path)
+        for chunk in (250, 700):
+            X = da.from_array(tiny_counts, chunks=(chunk, -1))
+            result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options)
+            np.testing.assert_allclose(result.elbo_trace, streamed.elbo_trace_, rtol=1e-9, atol=0)

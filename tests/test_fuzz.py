@@ -492,7 +492,7 @@ def path_and_option_cases() -> list[Case]:
         Case("option: --tol -1", options("--genes-as-rows", "--tol", "-1")),
         Case("option: --tol nan", options("--genes-as-rows", "--tol", "nan")),
         Case("option: --threads 0", options("--genes-as-rows", "--threads", "0")),
-        Case("option: unknown method", options("--genes-as-rows", "--method", "magic")),
+        Case("option: unknown method", options("--genes-as-rows", "--solver", "magic")),
         Case("option: unknown option", options("--genes-as-rows", "--frobnicate")),
         Case("option: --layer on .mtx input", options("--genes-as-rows", "--layer", "counts")),
         Case("option: no input", options(with_input=False)),
@@ -708,7 +708,7 @@ def test_memory_guard_is_one_line_and_exit_2(tmp_path, capfd, monkeypatch):
     capfd.readouterr()
     assert main(argv) == 2
     error = capfd.readouterr().err
-    assert "--method svi" in error or 'method="svi"' in error
+    assert "--solver svi" in error or 'solver="svi"' in error
     assert "available" in error
 
 

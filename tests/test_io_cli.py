@@ -259,13 +259,13 @@ def test_fit_end_to_end_on_every_input_format(inputs, tmp_path, capsys, tiny):
 
 def test_fit_with_a_classical_solver_writes_its_loss(tiny_h5ad, tmp_path, capsys):
     outdir = tmp_path / "mu"
-    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "--method", "mu", "-o", outdir], capsys)
+    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "--solver", "mu", "-o", outdir], capsys)
     assert code == 0, err
     loss = pd.read_csv(outdir / "loss.tsv", sep="\t")
     assert list(loss["iteration"]) == list(range(len(loss))) and len(loss) == 9
     assert np.all(np.diff(loss["loss"]) <= 1e-9 * loss["loss"][0])  # MU never raises KL
     assert not (outdir / "elbo.tsv").exists()
-    assert json.loads((outdir / "params.json").read_text())["method"] == "mu"
+    assert json.loads((outdir / "params.json").read_text())["solver"] == "mu"
 
 
 def test_force_replaces_an_existing_outdir(tiny_h5ad, tmp_path, capsys):
@@ -373,7 +373,7 @@ BAD_INPUTS = {
     "no orientation for .mtx": (lambda tmp, mtx: [mtx], "--genes-as-rows"),
     "K out of range": (lambda tmp, mtx: [mtx, "--genes-as-rows", "-k", "600"], "out of range"),
     "K zero": (lambda tmp, mtx: [mtx, "--genes-as-rows", "-k", "0"], ">= 1"),
-    "unknown method": (lambda tmp, mtx: [mtx, "--method", "magic"], "invalid choice"),
+    "unknown method": (lambda tmp, mtx: [mtx, "--solver", "magic"], "invalid choice"),
     "negative tolerance": (lambda tmp, mtx: [mtx, "--tol", "-1"], "--tol"),
     "orientation for a 10x folder": (
         lambda tmp, mtx: [TINY_10X, "--cells-as-rows"],

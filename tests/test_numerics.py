@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning")
 
 PRIOR_SHAPES = (1e-3, 1e-2, 0.1, 1.0, 10.0)
 PRIOR_RATES = (1e-3, 1.0, 1e3)
-FITTED = ("obs_shape_", "obs_rate_", "var_shape_", "var_rate_", "components_", "elbo_trace_")
+FITTED = ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_", "components_", "elbo_trace_")
 
 
 def _simulated_counts(n_rows=60, n_cols=40, n_components=3, seed=0) -> sp.csr_array:
@@ -51,11 +51,11 @@ def _assert_finite_fit(model, prior_shape, prior_rate, dtype):
     for name in FITTED:
         array = getattr(model, name)
         assert np.all(np.isfinite(array)), name
-    for name in ("obs_shape_", "obs_rate_", "var_shape_", "var_rate_", "components_"):
+    for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_", "components_"):
         assert getattr(model, name).dtype == dtype, name
-    assert np.all(model.obs_shape_ >= np.asarray(prior_shape, dtype=dtype))
-    assert np.all(model.var_shape_ >= np.asarray(prior_shape, dtype=dtype))
-    assert np.all(model.obs_rate_ >= np.asarray(prior_rate, dtype=dtype))
+    assert np.all(model.cell_shape_ >= np.asarray(prior_shape, dtype=dtype))
+    assert np.all(model.gene_shape_ >= np.asarray(prior_shape, dtype=dtype))
+    assert np.all(model.cell_rate_ >= np.asarray(prior_rate, dtype=dtype))
     assert np.all(model.components_ > 0)
 
 
@@ -119,7 +119,7 @@ def test_row_holding_ten_million_counts(layout, dtype):
         _assert_monotone(model.elbo_trace_, X)
     # The big cell's expected total reproduces its counts (each nonzero's x phi sums to x).
     np.testing.assert_allclose(
-        (model.obs_shape_[0] - 1.0).sum(), 1e7, rtol=1e-9 if dtype == np.float64 else 1e-5
+        (model.cell_shape_[0] - 1.0).sum(), 1e7, rtol=1e-9 if dtype == np.float64 else 1e-5
     )
     projected = model.transform(X[[0]])
     assert np.all(np.isfinite(projected)) and np.all(projected > 0)
@@ -134,7 +134,9 @@ def test_tiny_prior_float32_takes_log_space_path():
     )
     model.fit(X)
     _assert_finite_fit(model, 1e-3, 1e3, np.float32)
-    elog = digamma(model.obs_shape_.astype(np.float64)) - np.log(model.obs_rate_.astype(np.float64))
+    elog = digamma(model.cell_shape_.astype(np.float64)) - np.log(
+        model.cell_rate_.astype(np.float64)
+    )
     assert elog.min() < np.log(np.finfo(np.float32).tiny)  # the regime the test is for
 
 
@@ -148,7 +150,7 @@ def test_integer_and_boolean_inputs_fit_like_float64(dtype):
     assert model.elbo_trace_.tobytes() == reference.elbo_trace_.tobytes()
     dense_model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1)
     dense_model.fit(converted.toarray())
-    assert dense_model.obs_shape_.tobytes() == reference.obs_shape_.tobytes()
+    assert dense_model.cell_shape_.tobytes() == reference.cell_shape_.tobytes()
 
 
 def test_all_zero_rows_and_matrix_transform_to_prior_mean():
@@ -220,9 +222,9 @@ def test_memory_guard_refuses_early_with_advice(monkeypatch):
         model.fit(X, callback=lambda *args: calls.append(args))
     assert isinstance(raised.value, MemoryError)
     message = str(raised.value)
-    assert 'method="svi"' in message and "VBSNMF_NO_MEMORY_GUARD" in message
+    assert 'solver="svi"' in message and "VBSNMF_NO_MEMORY_GUARD" in message
     assert f"{needed / 2**30:.2f} GiB" in message
-    assert calls == [] and not hasattr(model, "obs_shape_")  # nothing ran, nothing was set
+    assert calls == [] and not hasattr(model, "cell_shape_")  # nothing ran, nothing was set
 
     monkeypatch.setattr(_memory, "available_memory", lambda: needed)
     model.fit(X)  # exactly enough

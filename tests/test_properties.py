@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from scipy.special import digamma, gammaln, logsumexp
 
 import vbsnmf
-from vbsnmf import _vb
+from vbsnmf import _model
+from vbsnmf._data import as_count_data
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning"),
@@ -72,13 +73,13 @@ def _dense_reference(matrix) -> np.ndarray:
 
 
 def _assert_valid_fit(model, dense, prior_shape, prior_rate):
-    for name in ("obs_shape_", "obs_rate_", "var_shape_", "var_rate_", "components_"):
+    for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_", "components_"):
         array = getattr(model, name)
         assert np.all(np.isfinite(array)), name
-    assert np.all(model.obs_shape_ >= prior_shape)
-    assert np.all(model.var_shape_ >= prior_shape)
-    assert np.all(model.obs_rate_ >= prior_rate)
-    assert np.all(model.var_rate_ >= prior_rate)
+    assert np.all(model.cell_shape_ >= prior_shape)
+    assert np.all(model.gene_shape_ >= prior_shape)
+    assert np.all(model.cell_rate_ >= prior_rate)
+    assert np.all(model.gene_rate_ >= prior_rate)
     trace = model.elbo_trace_
     assert np.all(np.isfinite(trace))
     # Coordinate ascent: every step is exact, so the ELBO cannot fall beyond round-off.
@@ -89,12 +90,12 @@ def _assert_valid_fit(model, dense, prior_shape, prior_rate):
     assert np.all(np.diff(trace) >= -allowed_drop), np.diff(trace)
     # sum_l phi_nl = 1 for each nonzero, so the shape statistics add up to the counts,
     # row by row and column by column; empty rows and columns keep the prior shape.
-    row_totals = (model.obs_shape_ - prior_shape).sum(axis=1)
-    col_totals = (model.var_shape_ - prior_shape).sum(axis=1)
+    row_totals = (model.cell_shape_ - prior_shape).sum(axis=1)
+    col_totals = (model.gene_shape_ - prior_shape).sum(axis=1)
     np.testing.assert_allclose(row_totals, dense.sum(axis=1), rtol=1e-9, atol=1e-6)
     np.testing.assert_allclose(col_totals, dense.sum(axis=0), rtol=1e-9, atol=1e-6)
-    assert np.all(model.obs_shape_[dense.sum(axis=1) == 0] == prior_shape)
-    assert np.all(model.var_shape_[dense.sum(axis=0) == 0] == prior_shape)
+    assert np.all(model.cell_shape_[dense.sum(axis=1) == 0] == prior_shape)
+    assert np.all(model.gene_shape_[dense.sum(axis=0) == 0] == prior_shape)
 
 
 @property_settings(30)
@@ -141,7 +142,7 @@ def test_duplicates_and_layout_do_not_change_the_fit(case):
     for layout in (matrix, sp.csr_array(dense), sp.csc_matrix(dense), dense):
         model = vbsnmf.VBNMF(n_components, max_iter=8, tol=0, random_state=5, n_threads=1)
         model.fit(layout)
-        fits.append((model.elbo_trace_, model.obs_shape_, model.var_shape_))
+        fits.append((model.elbo_trace_, model.cell_shape_, model.gene_shape_))
     for other in fits[1:]:
         for first, second in zip(fits[0], other):
             assert first.tobytes() == second.tobytes()
@@ -159,13 +160,13 @@ def test_engine_elbo_equals_the_sum_of_its_terms(case):
         n_components, prior_shape=a, prior_rate=b, max_iter=6, tol=0, random_state=1
     )
     model.fit(matrix)
-    elog_z = digamma(model.obs_shape_) - np.log(model.obs_rate_)
-    elog_w = digamma(model.var_shape_) - np.log(model.var_rate_)
+    elog_z = digamma(model.cell_shape_) - np.log(model.cell_rate_)
+    elog_w = digamma(model.gene_shape_) - np.log(model.gene_rate_)
     rows, cols = np.nonzero(dense)
     x = dense[rows, cols]
     data_term = np.sum(x * logsumexp(elog_z[rows] + elog_w[cols], axis=1) - gammaln(x + 1))
-    mean_z = model.obs_shape_ / model.obs_rate_
-    mean_w = model.var_shape_ / model.var_rate_
+    mean_z = model.cell_shape_ / model.cell_rate_
+    mean_w = model.gene_shape_ / model.gene_rate_
 
     def kl(shape, rate):
         rate = np.broadcast_to(rate, shape.shape)
@@ -180,8 +181,8 @@ def test_engine_elbo_equals_the_sum_of_its_terms(case):
     reference = (
         data_term
         - mean_z.sum(axis=0) @ mean_w.sum(axis=0)
-        - kl(model.obs_shape_, model.obs_rate_)
-        - kl(model.var_shape_, model.var_rate_)
+        - kl(model.cell_shape_, model.cell_rate_)
+        - kl(model.gene_shape_, model.gene_rate_)
     )
     np.testing.assert_allclose(model.elbo_trace_[-1], reference, rtol=1e-9, atol=1e-7)
 
@@ -189,15 +190,17 @@ def test_engine_elbo_equals_the_sum_of_its_terms(case):
 @property_settings(30)
 @given(
     case=count_matrices(max_side=8, max_entries=30),
-    n_chunks=st.integers(1, 6),
+    n_parts=st.integers(1, 6),
 )
-def test_chunking_only_reorders_sums(case, n_chunks):
-    """The pass statistics with any number of chunks agree with one chunk to round-off."""
+def test_splitting_the_pass_only_reorders_sums(case, n_parts):
+    """The pass statistics with any number of parallel parts agree with one part to
+    round-off."""
     matrix, n_components = case
-    data = _vb.as_count_data(matrix)
-    params = _vb.random_init(data, n_components, np.random.default_rng(0))
-    reference = _vb.shape_statistics(data, params, 1)
-    chunked = _vb.shape_statistics(data, params, n_chunks)
+    data = as_count_data(matrix)
+    total = float(data.counts.sum())
+    params = _model.random_start(data.shape, n_components, total, 0, np.float64)
+    reference = _model.shape_statistics(data, params, 1)
+    chunked = _model.shape_statistics(data, params, n_parts)
     np.testing.assert_allclose(chunked[0], reference[0], rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(chunked[1], reference[1], rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(chunked[2], reference[2], rtol=1e-12, atol=1e-6)

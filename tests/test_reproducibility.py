@@ -35,10 +35,10 @@ def fit_summary(X, seed: int, n_threads: int) -> dict:
         "cell_factors": cell_factors,
         "projected": model.transform(X[:50]),
         "elbo_trace": model.elbo_trace_,
-        "obs_shape": model.obs_shape_,
-        "obs_rate": model.obs_rate_,
-        "var_shape": model.var_shape_,
-        "var_rate": model.var_rate_,
+        "cell_shape": model.cell_shape_,
+        "cell_rate": model.cell_rate_,
+        "gene_shape": model.gene_shape_,
+        "gene_rate": model.gene_rate_,
     }
     return {
         "digests": {
@@ -137,7 +137,7 @@ def test_in_process_refit_is_bitwise_identical_with_generator_seed():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             model.fit(X)
         digests.append(
-            hashlib.sha256(model.obs_shape_.tobytes() + model.elbo_trace_.tobytes()).hexdigest()
+            hashlib.sha256(model.cell_shape_.tobytes() + model.elbo_trace_.tobytes()).hexdigest()
         )
     assert digests[0] == digests[1]
 

@@ -22,7 +22,20 @@ from scipy.special import digamma, gammaln, logsumexp
 from sklearn.neighbors import KNeighborsClassifier
 
 import vbsnmf
-from vbsnmf import _stream, _svi, _vb
+from vbsnmf import _model, _svi
+from vbsnmf._data import as_count_data
+from vbsnmf.io import _stream
+
+PRIOR = _model.GammaPrior(1.0, 1.0)
+
+
+def _random_start(data, n_components, seed):
+    total = float(data.counts.sum())
+    return _model.random_start(data.shape, n_components, total, seed, np.float64)
+
+
+def _cells_state(source, n_components, seed, total, prior=PRIOR):
+    return _svi.init_cells_state(source.shape, n_components, total, seed, prior, np.float64)
 
 
 def _simulated_counts(n_cells=3000, n_genes=120, n_components=4, seed=7):
@@ -44,7 +57,7 @@ def _fit_quietly(model, X):
 def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
     X = _simulated_counts()
     batch = _fit_quietly(vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1), X)
-    model = vbsnmf.VBNMF(4, random_state=0, method="svi", n_epochs=4, batch_size=100, n_threads=1)
+    model = vbsnmf.VBNMF(4, random_state=0, solver="svi", n_epochs=4, batch_size=100, n_threads=1)
     assert model.svi_form == "cells"
     _fit_quietly(model, X)
     gap = (batch.elbo_trace_[-1] - model.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
@@ -53,16 +66,16 @@ def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
     # The reported ELBO is the exact ELBO of the returned q (independent dense reference).
     dense = X.toarray()
     reference = reference_cavi.elbo(
-        dense, model.obs_shape_, model.obs_rate_, model.var_shape_, model.var_rate_, 1.0, 1.0
+        dense, model.cell_shape_, model.cell_rate_, model.gene_shape_, model.gene_rate_, 1.0, 1.0
     )
     assert_allclose(model.elbo_trace_[-1], reference, rtol=1e-9)
 
 
-def test_textbook_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
-    data = _vb.as_count_data(pbmc_tiny.X)
-    params = _vb.random_init(data, 5, np.random.default_rng(3))
+def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
+    data = as_count_data(pbmc_tiny.X)
+    params = _random_start(data, 5, 3)
     everything = _svi.nonzero_minibatch(data, np.arange(data.nnz))
-    stepped = _svi.svi_step_nonzeros(data, everything, params, 1.0, "textbook", 1.0, 1.0)
+    stepped = _svi.svi_step_nonzeros(data, everything, params, 1.0, "nonzeros", PRIOR)
     dense = pbmc_tiny.X.toarray().astype(np.float64)
     expected = reference_cavi.iteration(dense, *params.as_tuple(), 1.0, 1.0)
     for got, want in zip(stepped.as_tuple(), expected):
@@ -72,8 +85,8 @@ def test_textbook_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_t
     svi = vbsnmf.VBNMF(
         5,
         random_state=0,
-        method="svi",
-        svi_form="textbook",
+        solver="svi",
+        svi_form="nonzeros",
         batch_size=nnz,
         tau=0.0,
         kappa=1.0,
@@ -83,13 +96,13 @@ def test_textbook_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_t
     batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1)
     _fit_quietly(svi, pbmc_tiny.X)
     _fit_quietly(batch, pbmc_tiny.X)
-    for name in ("obs_shape_", "obs_rate_", "var_shape_", "var_rate_"):
+    for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_"):
         assert_allclose(getattr(svi, name), getattr(batch, name), rtol=1e-10, atol=0)
     assert_allclose(svi.elbo_trace_, batch.elbo_trace_, rtol=1e-10)
 
 
 def test_nonzero_minibatch_holds_exactly_the_sampled_nonzeros(pbmc_tiny):
-    data = _vb.as_count_data(pbmc_tiny.X)
+    data = as_count_data(pbmc_tiny.X)
     positions = np.sort(np.random.default_rng(0).choice(data.nnz, 5000, replace=False))
     batch = _svi.nonzero_minibatch(data, positions)
     as_csr = sp.csr_array((batch.counts, batch.indices, batch.indptr))
@@ -102,15 +115,16 @@ def test_nonzero_minibatch_holds_exactly_the_sampled_nonzeros(pbmc_tiny):
     assert_allclose(batch.log_factorial, np.sum(gammaln(batch.counts + 1)))
 
 
-@pytest.mark.parametrize("form", ["cells", "textbook", "seed"])
+@pytest.mark.parametrize("form", ["cells", "nonzeros", "abe-shimamura"])
 @pytest.mark.parametrize("prior_shape", [1.0, 1e-3])
 def test_every_minibatch_step_is_finite(pbmc_tiny, form, prior_shape):
     X = pbmc_tiny.X
     rng = np.random.default_rng(1)
-    settings = _svi.SVISettings(prior_shape, 1.0, 100, 0.0, 0.6, 1, 1, 0.0, 30, 1e-4)
+    prior = _model.GammaPrior(prior_shape, 1.0)
+    settings = _svi.SVISettings(prior, 100, 0.0, 0.6, 1, 1, 0.0, 30, 1e-4)
     if form == "cells":
         source = _stream.InMemorySource(X)
-        state = _svi.init_cells_state(source, 6, rng, float(X.sum()), prior_shape, 1.0, np.float64)
+        state = _cells_state(source, 6, 1, float(X.sum()), prior)
         for step in range(1, 12):
             rows = np.sort(rng.choice(source.n_cells, 100, replace=False))
             rho = _svi.learning_rate(step, settings.tau, settings.kappa)
@@ -119,55 +133,56 @@ def test_every_minibatch_step_is_finite(pbmc_tiny, form, prior_shape):
             )
             assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in state.params.as_tuple())
     else:
-        data = _vb.as_count_data(X)
-        params = _vb.random_init(data, 6, rng)
+        data = as_count_data(X)
+        params = _random_start(data, 6, 1)
         order = rng.permutation(data.nnz)
         for step, start in enumerate(range(0, data.nnz, 2000), start=1):
             batch = _svi.nonzero_minibatch(data, np.sort(order[start : start + 2000]))
             rho = _svi.learning_rate(step, 0.0, 0.6)
-            params = _svi.svi_step_nonzeros(data, batch, params, rho, form, prior_shape, 1.0)
+            params = _svi.svi_step_nonzeros(data, batch, params, rho, form, prior)
             assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in params.as_tuple())
 
 
-def test_cells_step_warm_starts_each_cell_from_its_last_optimum(pbmc_tiny, monkeypatch):
+def test_cells_step_warm_starts_each_cell_from_its_last_optimum(pbmc_tiny):
     """A step with ``cells`` writes the batch's local optimum into the row side, the same
     optimum a cold local fit finds; the next visit starts there and needs far fewer passes."""
     X = sp.csr_array(pbmc_tiny.X)
     source = _stream.InMemorySource(X)
-    settings = _svi.SVISettings(1.0, 1.0, 100, 1.0, 0.7, 1, 1, 0.0, 500, 1e-10)
-    state = _svi.init_cells_state(
-        source, 4, np.random.default_rng(3), float(X.sum()), 1.0, 1.0, np.float64
-    )
+    settings = _svi.SVISettings(PRIOR, 100, 1.0, 0.7, 1, 1, 0.0, 500, 1e-10)
+    state = _cells_state(source, 4, 3, float(X.sum()))
     cells = np.arange(0, source.n_cells, 7)
     block = source.read_rows(cells)
     untouched = state.params.row_shape.copy()
-    passes = []
-    real_pass = _vb._pass
-    monkeypatch.setattr(_vb, "_pass", lambda *a: passes.append(1) or real_pass(*a))
     # rho = 0: the gene side stays, so the second visit sees the same local problem.
     params = _svi.svi_step_cells(block, source.n_cells, state.params, 0.0, settings, cells)
-    cold_passes, passes[:] = len(passes), []
-    cold_shape, _ = _vb.fit_rows(
-        _vb.as_count_data(block), params.col_shape, params.col_rate,
-        prior_shape=1.0, prior_rate=1.0, max_iter=500, tol=1e-10,
-    )  # fmt: skip
-    passes[:] = []
-    assert_allclose(params.row_shape[cells], cold_shape, rtol=1e-6)
+    data = as_count_data(block)
+    cold = _model.fit_rows(data, params.col_shape, params.col_rate, PRIOR, max_iter=500, tol=1e-10)
+    assert_allclose(params.row_shape[cells], cold.shape, rtol=1e-6)
     others = np.setdiff1d(np.arange(source.n_cells), cells)
     assert_array_equal(params.row_shape[others], untouched[others])
-    _svi.svi_step_cells(block, source.n_cells, params, 0.0, settings, cells)
-    assert cold_passes >= 20 and len(passes) <= cold_passes // 4
+    warm = _model.fit_rows(
+        data,
+        params.col_shape,
+        params.col_rate,
+        PRIOR,
+        max_iter=500,
+        tol=1e-10,
+        init_shape=params.row_shape[cells],
+    )
+    assert cold.n_passes >= 20 and warm.n_passes <= cold.n_passes // 4
 
 
 def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     X = pbmc_tiny.X
     source = _stream.InMemorySource(X)
-    settings = _svi.SVISettings(1.0, 1.0, 200, 1.0, 0.7, 1, 1, 0.0, 400, 1e-11)
-    state = _svi.init_cells_state(
-        source, 4, np.random.default_rng(2), float(X.sum()), 1.0, 1.0, np.float64
-    )
-    value, row_shape, row_rate = _svi.evaluate_cells(source, state.params, settings)
+    settings = _svi.SVISettings(PRIOR, 200, 1.0, 0.7, 1, 1, 0.0, 400, 1e-11)
+    state = _cells_state(source, 4, 2, float(X.sum()))
     p = state.params
+    blocks = source.iter_chunks(_svi.EVAL_BLOCK_ROWS)
+    terms, row_shape, row_rate = _svi.evaluate_rows(
+        blocks, p.row_shape, p.col_shape, p.col_rate, settings
+    )
+    value = terms.with_cols(p.col_shape, p.col_rate, PRIOR).value()
     expected = reference_cavi.elbo(X.toarray(), row_shape, row_rate, p.col_shape, p.col_rate, 1, 1)
     assert_allclose(value, expected, rtol=1e-8)
     # Local optimum: one more CAVI pass on the rows (numpy) barely moves the shapes.
@@ -199,7 +214,7 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
         pbmc_tiny.write_zarr(tmp_path / "tiny.zarr")
-    params = dict(random_state=4, method="svi", n_epochs=2, batch_size=300, n_threads=1)
+    params = dict(random_state=4, solver="svi", n_epochs=2, batch_size=300, n_threads=1)
     in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params), X)
     backed = ad.read_h5ad(tmp_path / "tiny.h5ad", backed="r")
     for source in (
@@ -211,8 +226,8 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
     ):
         streamed = _fit_quietly(vbsnmf.VBNMF(4, **params), source)
         assert_array_equal(streamed.elbo_trace_, in_memory.elbo_trace_)
-        assert_array_equal(streamed.var_shape_, in_memory.var_shape_)
-        assert_array_equal(streamed.obs_shape_, in_memory.obs_shape_)
+        assert_array_equal(streamed.gene_shape_, in_memory.gene_shape_)
+        assert_array_equal(streamed.cell_shape_, in_memory.cell_shape_)
         assert streamed.n_features_in_ == X.shape[1]
     backed.file.close()
 
@@ -272,7 +287,7 @@ def test_bad_mtx_is_a_read_error_naming_the_file(tmp_path, content, gz, message)
 @pytest.mark.parametrize(
     ("option", "value", "error"),
     [
-        ("method", "sgd", ValueError),
+        ("solver", "sgd", ValueError),
         ("svi_form", "hoffman", ValueError),
         ("kappa", 0.5, ValueError),
         ("tau", -1.0, ValueError),
@@ -283,13 +298,13 @@ def test_bad_mtx_is_a_read_error_naming_the_file(tmp_path, content, gz, message)
 )
 def test_bad_svi_options_raise(pbmc_tiny, option, value, error):
     with pytest.raises(error, match=option):
-        vbsnmf.VBNMF(3, **{"method": "svi", option: value}).fit(pbmc_tiny.X)
+        vbsnmf.VBNMF(3, **{"solver": "svi", option: value}).fit(pbmc_tiny.X)
 
 
 def test_transform_of_the_pbmc_facs_test_cells(pbmc_facs):
     train = pbmc_facs
     test = vbsnmf.datasets.pbmc_facs(test=True)
-    model = vbsnmf.VBNMF(6, random_state=0, method="svi", n_epochs=2, tol=1e-3, max_iter=60)
+    model = vbsnmf.VBNMF(6, random_state=0, solver="svi", n_epochs=2, tol=1e-3, max_iter=60)
     train_factors = _fit_quietly(model, train.X).transform(train.X)
     test_factors = model.transform(test.X)
     assert test_factors.shape == (100, 6)
@@ -298,9 +313,9 @@ def test_transform_of_the_pbmc_facs_test_cells(pbmc_facs):
     # and shapes with the gene side fixed, from the same start, for exactly 60 passes.
     shape, rate = model.set_params(tol=0.0).transform_posterior(test.X)
     dense = test.X[:10].toarray().astype(np.float64)
-    row_rate = 1.0 + (model.var_shape_ / model.var_rate_).sum(axis=0)
+    row_rate = 1.0 + (model.gene_shape_ / model.gene_rate_).sum(axis=0)
     row_shape = np.full((10, 6), 2.0)
-    params = _vb.VariationalParams(row_shape, row_rate, model.var_shape_, model.var_rate_)
+    params = _model.VariationalParams(row_shape, row_rate, model.gene_shape_, model.gene_rate_)
     for _ in range(60):
         rows, cols, log_rho = _dense_log_rho(dense, row_shape, row_rate, params)
         phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
@@ -325,7 +340,7 @@ def _cli(*arguments, cwd):
 
 def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
     folder = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
-    common = ["-k", 4, "--method", "svi", "--batch-size", 200, "--threads", 1, "--seed", 3]
+    common = ["-k", 4, "--solver", "svi", "--batch-size", 200, "--threads", 1, "--seed", 3]
     common += ["--quiet", "--checkpoint", tmp_path / "fit.ckpt"]
     first = _cli(folder, "-o", tmp_path / "two", *common, "--epochs", 2, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -333,7 +348,7 @@ def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
         folder, "-o", tmp_path / "four", *common, "--epochs", 4, "--resume", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
-    direct = vbsnmf.VBNMF(4, random_state=3, method="svi", batch_size=200, n_epochs=4, n_threads=1)
+    direct = vbsnmf.VBNMF(4, random_state=3, solver="svi", batch_size=200, n_epochs=4, n_threads=1)
     _fit_quietly(direct, pbmc_tiny.X)
     for name, epochs in (("two", 2), ("four", 4)):
         result = ad.read_h5ad(tmp_path / name / "result.h5ad")

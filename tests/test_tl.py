@@ -43,17 +43,17 @@ def test_nmf_fields_shapes_and_values(pbmc_tiny):
     assert cell_factors.shape == (pbmc_tiny.n_obs, 4)
     assert gene_loadings.shape == (pbmc_tiny.n_vars, 4)
     info = pbmc_tiny.uns["nmf"]
-    assert info["params"]["n_components"] == 4 and info["params"]["method"] == "batch"
+    assert info["params"]["n_components"] == 4 and info["params"]["solver"] == "batch"
     assert info["n_iter"] == 12 == len(info["elbo_trace"])
     assert not info["converged"]
     assert list(info["var_names"]) == list(pbmc_tiny.var_names)
     variational = info["variational"]
-    assert variational["obs_shape"].shape == (pbmc_tiny.n_obs, 4)
-    assert variational["var_shape"].shape == (pbmc_tiny.n_vars, 4)
-    assert variational["obs_rate"].shape == variational["var_rate"].shape == (4,)
+    assert variational["cell_shape"].shape == (pbmc_tiny.n_obs, 4)
+    assert variational["gene_shape"].shape == (pbmc_tiny.n_vars, 4)
+    assert variational["cell_rate"].shape == variational["gene_rate"].shape == (4,)
     # Posterior means are shape / rate of the stored Gamma parameters.
-    np.testing.assert_allclose(cell_factors, variational["obs_shape"] / variational["obs_rate"])
-    np.testing.assert_allclose(gene_loadings, variational["var_shape"] / variational["var_rate"])
+    np.testing.assert_allclose(cell_factors, variational["cell_shape"] / variational["cell_rate"])
+    np.testing.assert_allclose(gene_loadings, variational["gene_shape"] / variational["gene_rate"])
     # The same fit as the estimator called directly on the counts.
     model = vbsnmf.VBNMF(4, random_state=3, **TINY_FIT)
     with pytest.warns(vbsnmf.ConvergenceWarning):
@@ -70,8 +70,8 @@ def test_result_survives_h5ad_round_trip(pbmc_tiny, tmp_path):
     back = ad.read_h5ad(tmp_path / "fit.h5ad")
     np.testing.assert_array_equal(back.obsm["X_nmf"], pbmc_tiny.obsm["X_nmf"])
     np.testing.assert_array_equal(
-        back.uns["nmf"]["variational"]["var_shape"],
-        pbmc_tiny.uns["nmf"]["variational"]["var_shape"],
+        back.uns["nmf"]["variational"]["gene_shape"],
+        pbmc_tiny.uns["nmf"]["variational"]["gene_shape"],
     )
     assert back.uns["nmf"]["params"]["max_iter"] == 12
 
@@ -142,8 +142,8 @@ def test_raw_with_more_genes_than_x(pbmc_tiny):
     subset.raw = pbmc_tiny
     _quiet_nmf(subset, 3, use_raw=True, **TINY_FIT)
     info = subset.uns["nmf"]
-    assert info["variational"]["var_shape"].shape == (pbmc_tiny.n_vars, 3)
-    full_loadings = info["variational"]["var_shape"] / info["variational"]["var_rate"]
+    assert info["variational"]["gene_shape"].shape == (pbmc_tiny.n_vars, 3)
+    full_loadings = info["variational"]["gene_shape"] / info["variational"]["gene_rate"]
     np.testing.assert_allclose(subset.varm["NMF"], full_loadings[100:300])
 
 
@@ -159,20 +159,20 @@ def test_negative_and_nan_counts_are_refused(pbmc_tiny):
 def test_classical_solver(pbmc_tiny):
     from vbsnmf.classic import NMF
 
-    tl.nmf(pbmc_tiny, 3, method="hals", max_iter=20, random_state=2)
+    tl.nmf(pbmc_tiny, 3, solver="hals", max_iter=20, random_state=2)
     model = NMF(3, solver="hals", max_iter=20, random_state=2)
     np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf"], model.fit_transform(pbmc_tiny.X))
     np.testing.assert_allclose(pbmc_tiny.varm["NMF"], model.components_.T)
     info = pbmc_tiny.uns["nmf"]
-    assert info["params"]["method"] == "hals" and "variational" not in info
+    assert info["params"]["solver"] == "hals" and "variational" not in info
     np.testing.assert_allclose(info["loss_trace"], model.loss_trace_)
-    with pytest.raises(ValueError, match="project needs method='batch' or 'svi'"):
+    with pytest.raises(ValueError, match="project needs solver='batch' or 'svi'"):
         tl.project(pbmc_tiny.copy(), pbmc_tiny)
 
 
-def test_unknown_method(pbmc_tiny):
-    with pytest.raises(ValueError, match="unknown method 'pca'"):
-        tl.nmf(pbmc_tiny, 3, method="pca")
+def test_unknown_solver(pbmc_tiny):
+    with pytest.raises(ValueError, match="unknown solver 'pca'"):
+        tl.nmf(pbmc_tiny, 3, solver="pca")
 
 
 def test_warm_start_continues_the_stored_fit(pbmc_tiny):
@@ -290,7 +290,7 @@ def test_project_matches_genes_by_name(pbmc_tiny):
     # The estimator's transform with the same gene side: the same numbers.
     model = vbsnmf.VBNMF(3, max_iter=200, tol=1e-5)
     info = pbmc_tiny.uns["nmf"]["variational"]
-    model.var_shape_, model.var_rate_ = info["var_shape"], info["var_rate"]
+    model.gene_shape_, model.gene_rate_ = info["gene_shape"], info["gene_rate"]
     model.n_features_in_ = pbmc_tiny.n_vars
     np.testing.assert_allclose(in_order, model.transform(new.X), rtol=1e-10)
     # Shuffled genes plus an unknown gene: the same projection.

@@ -5,10 +5,10 @@ nonzeros, not with genes x cells. See ``docs/model.md`` in the repository for th
 """
 
 from . import classic, datasets, io, pl, tl
-from ._dask import DaskFitResult, fit_dask, fit_svi_dask
-from ._estimator import VBNMF, fit_triplets
+from ._dask import DaskFitResult
+from ._estimator import VBNMF, fit_dask, fit_svi_dask, fit_triplets
+from ._model import ConvergenceWarning, VariationalParams
 from ._validation import NonCountWarning
-from ._vb import ConvergenceWarning, VariationalParams
 from .classic import NMF
 
 __version__ = "0.1.0"

@@ -10,13 +10,12 @@ checkpoint written under a different configuration is refused rather than silent
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .io._atomic import atomic_file
 
 
 class CheckpointMismatchError(ValueError):
@@ -24,25 +23,13 @@ class CheckpointMismatchError(ValueError):
 
 
 def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically.
-
-    The file is written to a temporary name in the same directory, flushed to disk and
-    renamed over ``path`` (`os.replace`), so a fit killed at any moment leaves either the
-    previous checkpoint or the new one, never a torn file.
-    """
+    """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically
+    (`vbsnmf.io` writes every output so): a fit killed at any moment leaves either the
+    previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, __meta__=np.array(json.dumps(meta)), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, __meta__=np.array(json.dumps(meta)), **arrays)
 
 
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:

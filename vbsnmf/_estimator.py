@@ -1,78 +1,116 @@
-"""`VBNMF`, the scikit-learn face of the variational-Bayes engine in `_vb.py`."""
+"""`VBNMF`, the scikit-learn face of the variational engine.
+
+Decided once, at the edge: `VBNMF._check_params` turns the constructor's parameters into
+the `FitSettings` everything below uses, and `VBNMF.fit_transform` dispatches on the input
+to one module-level function per kind: `_fit_in_memory` (a matrix), `_fit_stream` (a path or
+a backed AnnData, streamed by the cells form of SVI) and `_fit_dask` (a dask array). Those
+check the counts once and call the drivers (`_batch`, `_svi`, `_dask`), which call the
+model (`_model`).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import _vb
+from ._batch import fit_batch
+from ._checkpoint import Checkpointer
+from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
-from ._validation import check_counts, check_n_components, check_positive
+from ._model import (
+    FitResult,
+    GammaPrior,
+    VariationalParams,
+    fit_rows,
+    has_converged,
+    init_params,
+    random_start,
+    seed_entropy,
+)
+from ._svi import (
+    EVAL_BLOCK_ROWS,
+    SVI_FORMS,
+    SVISettings,
+    SVIState,
+    default_batch_size,
+    fit_svi_cells,
+    fit_svi_nonzeros,
+    init_cells_state,
+    init_nonzeros_state,
+    scan_blocks,
+)
+from ._utils import check_n_threads, is_dask_array, numba_threads
+from ._validation import (
+    check_counts,
+    check_float_dtype,
+    check_integer,
+    check_n_components,
+    check_positive,
+    check_step_schedule,
+    check_tol,
+)
+from .io._stream import InMemorySource, open_source
+
+SOLVERS = ("batch", "svi")
 
 
-@contextlib.contextmanager
-def numba_threads(n_threads: int | None):
-    """Run the block with ``n_threads`` Numba threads; yields the count used."""
-    available = numba.config.NUMBA_NUM_THREADS
-    if n_threads is None:
-        n_threads = available
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
-        raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    n_threads = int(min(n_threads, available))
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
-        yield n_threads
-    finally:
-        numba.set_num_threads(previous)
+@dataclass(frozen=True)
+class FitSettings:
+    """`VBNMF`'s parameters, checked: what every fit function below uses."""
 
+    n_components: int
+    prior: GammaPrior
+    solver: str
+    svi_form: str
+    max_iter: int
+    tol: float
+    n_init: int
+    n_threads: int | None
+    dtype: np.dtype
+    batch_size: int | None
+    tau: float
+    kappa: float
+    n_epochs: int
+    eval_every: int
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: bool
+    verbose: bool
+    random_state: object
 
-def _init_from(init, n_rows: int, n_cols: int, n_components: int, dtype) -> _vb.VariationalParams:
-    """Starting q from a fitted `VBNMF`, `VariationalParams` or a mapping with keys
-    ``obs_shape``, ``obs_rate``, ``var_shape``, ``var_rate``."""
-    if isinstance(init, VBNMF):
-        check_is_fitted(init, "obs_shape_")
-        arrays = (init.obs_shape_, init.obs_rate_, init.var_shape_, init.var_rate_)
-    elif isinstance(init, _vb.VariationalParams):
-        arrays = init.as_tuple()
-    elif isinstance(init, Mapping):
-        try:
-            arrays = tuple(init[k] for k in ("obs_shape", "obs_rate", "var_shape", "var_rate"))
-        except KeyError as missing:
-            raise ValueError(f"init is missing {missing}") from None
-    else:
-        raise TypeError(f"init must be a VBNMF, VariationalParams or mapping, got {type(init)}")
-    arrays = tuple(np.array(a, dtype=dtype, copy=True) for a in arrays)
-    expected = ((n_rows, n_components), (n_components,), (n_cols, n_components), (n_components,))
-    for name, array, want in zip(
-        ("obs_shape", "obs_rate", "var_shape", "var_rate"), arrays, expected
-    ):
-        if array.shape != want:
-            raise ValueError(f"init {name} has shape {array.shape}, expected {want}")
-        if not np.all(np.isfinite(array)) or np.any(array <= 0):
-            raise ValueError(f"init {name} must be positive and finite")
-    return _vb.VariationalParams(*arrays)
+    def svi(self, batch_size: int, n_threads: int) -> SVISettings:
+        """The SVI drivers' settings; each cell's local fit runs to ``tol`` within
+        ``max_iter`` passes, as `VBNMF.transform` does."""
+        return SVISettings(
+            prior=self.prior,
+            batch_size=batch_size,
+            tau=self.tau,
+            kappa=self.kappa,
+            n_epochs=self.n_epochs,
+            eval_every=self.eval_every,
+            tol=self.tol,
+            local_max_iter=max(self.max_iter, 1),
+            local_tol=self.tol,
+            n_threads=n_threads,
+        )
 
 
 class VBNMF(TransformerMixin, BaseEstimator):
-    """Poisson-Gamma non-negative matrix factorisation by batch variational Bayes.
+    """Poisson-Gamma non-negative matrix factorisation by variational Bayes.
 
     ``X ~ Poisson(Z W')`` with Gamma(``prior_shape``, ``prior_rate``) priors on every entry
-    of ``Z`` (rows x K) and ``W`` (columns x K), fitted by coordinate ascent on the ELBO in
+    of ``Z`` (cells x K) and ``W`` (genes x K), fitted by coordinate ascent on the ELBO in
     the order of ``docs/model.md``. The heavy step visits only the nonzeros of X, so cost
-    and memory grow with the nonzeros, never with rows x columns.
+    and memory grow with the nonzeros, never with cells x genes.
 
-    For single-cell data pass cells x genes (AnnData's orientation): rows are ``obs``
-    (cell factors) and columns ``var`` (gene loadings).
+    Pass cells x genes (AnnData's orientation); any other count matrix works the same way
+    with its rows in the place of cells and its columns in the place of genes.
 
     Parameters
     ----------
@@ -81,21 +119,24 @@ class VBNMF(TransformerMixin, BaseEstimator):
     prior_shape, prior_rate
         Shape a and rate b of the Gamma prior on both factor matrices.
     max_iter
-        Maximum number of iterations; stopping there warns with `ConvergenceWarning`.
+        Maximum number of iterations (batch), and of passes of each cell's local fit
+        (`transform`, SVI's cells form); stopping at it warns with `ConvergenceWarning`.
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
         Number of random starts; the fit with the highest final ELBO is kept.
     random_state
-        Seed or `numpy.random.Generator` for the starting values.
+        Seed (non-negative integer) or `numpy.random.Generator` for the starting values
+        and SVI's minibatches. The start is drawn per fixed block of cells, so the same
+        seed gives the same fit in memory, streamed from disk and on Dask with any chunks.
     n_threads
-        Numba threads (default: all). Results are bitwise reproducible for a given
-        ``random_state`` and ``n_threads``.
+        Numba threads (default: all; for a dask X, threads per chunk task, default 1).
+        Results are bitwise reproducible for a given ``random_state`` and ``n_threads``.
     dtype
         ``np.float64`` (default) or ``np.float32`` (halves the factor memory).
     verbose
         Print the ELBO after every iteration.
-    method
+    solver
         ``"batch"`` (coordinate ascent on all the data) or ``"svi"`` (stochastic VB,
         Hoffman et al. 2013: steps from minibatches blended with weight
         ``rho_t = (t + tau)^(-kappa)``; see ``docs/model.md``).
@@ -105,15 +146,15 @@ class VBNMF(TransformerMixin, BaseEstimator):
         ``max_iter`` and ``tol``), then the gene side steps with the batch statistics scaled
         by C / |batch|. ``X`` may then also be a path (``.h5ad``, ``.zarr``,
         ``.mtx``/``.mtx.gz``, a 10x folder) or a backed AnnData: cells are streamed from
-        disk and memory holds a batch, the factors and a chunk, not the file.
-        ``"textbook"``: minibatches of nonzeros with all of q global, statistics scaled by
-        N1 / S and exact rates. ``"seed"``: seed 001's version (rates scaled by S / (R C)).
-        The default is the cells form because it is the one that reaches batch VB's ELBO:
-        on pbmc_facs (K=10) it came within 1 % of the batch fit's final ELBO in 2 epochs
-        (0.39 % after 6) while the textbook form stayed 23 to 26 % below it (each step
-        moves the cell factors by only rho_t) and seed 001's form fell further every epoch
-        (its fixed point is off by the density N1 / (R C)); see the README's "Scale and
-        stochastic VB".
+        disk and memory holds a batch, the factors and a block, not the file.
+        ``"nonzeros"``: minibatches of nonzeros with all of q global, statistics scaled by
+        N1 / S and exact rates. ``"abe-shimamura"``: Abe and Shimamura's minibatch form
+        (rates scaled by S / (R C)). The cells form is the default because it is the one
+        that reaches batch VB's ELBO: on pbmc_facs (K=10) it came within 1 % of the batch
+        fit's final ELBO in 2 epochs (0.39 % after 6) while the nonzeros form stayed 23 to
+        26 % below it (each step moves the cell factors by only rho_t) and Abe and
+        Shimamura's fell further every epoch (its fixed point is off by the density
+        N1 / (R C)); see ``docs/performance.md``.
     batch_size
         Cells per minibatch for ``svi_form="cells"`` (default 256), nonzeros per minibatch
         for the nonzero forms (default: an eighth of them).
@@ -128,7 +169,8 @@ class VBNMF(TransformerMixin, BaseEstimator):
         its relative change is below ``tol``. The last epoch is always evaluated.
     checkpoint
         Path of a checkpoint file, written atomically every ``checkpoint_every`` iterations
-        (batch) or epochs (SVI) and at the end; None (default) writes none.
+        (batch) or epochs (SVI) and at the end; None (default) writes none. Needs
+        ``n_init=1`` (a checkpoint holds one fit).
     checkpoint_every
         Iterations or epochs between checkpoints.
     resume
@@ -139,29 +181,29 @@ class VBNMF(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    obs_shape_ : ndarray of shape (n_rows, K)
-    obs_rate_ : ndarray of shape (K,)
-        ``q(z_il) = Gamma(obs_shape_[i, l], obs_rate_[l])``, the row (cell) factors.
-    var_shape_ : ndarray of shape (n_cols, K)
-    var_rate_ : ndarray of shape (K,)
-        ``q(w_jl) = Gamma(var_shape_[j, l], var_rate_[l])``, the column (gene) factors.
-    components_ : ndarray of shape (K, n_cols)
-        Posterior mean gene loadings, ``(var_shape_ / var_rate_).T``.
+    cell_shape_ : ndarray of shape (n_cells, K)
+    cell_rate_ : ndarray of shape (K,)
+        ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])``, the cell factors.
+    gene_shape_ : ndarray of shape (n_genes, K)
+    gene_rate_ : ndarray of shape (K,)
+        ``q(w_jl) = Gamma(gene_shape_[j, l], gene_rate_[l])``, the gene loadings.
+    components_ : ndarray of shape (K, n_genes)
+        Posterior mean gene loadings, ``(gene_shape_ / gene_rate_).T``.
     elbo_trace_ : ndarray of shape (n_iter_,)
         ELBO in nats after each iteration (the exact formula of model.md); for SVI after
         every evaluated epoch (every ``eval_every``-th and the last).
     n_iter_ : int
         Number of iterations run (SVI: epochs).
     converged_ : bool
-        Whether ``tol`` was met before ``max_iter``.
+        Whether ``tol`` was met before ``max_iter`` (SVI: ``n_epochs``).
     n_features_in_ : int
 
     Notes
     -----
-    Warm starts: ``fit(X, init=...)`` starts from given variational parameters, a fitted
-    `VBNMF`, a `VariationalParams` (rows, columns) or a mapping with keys ``obs_shape``,
-    ``obs_rate``, ``var_shape``, ``var_rate``; with ``max_iter=1`` this runs exactly one
-    iteration from them. ``n_init`` is ignored when ``init`` is given.
+    Warm starts: ``fit(X, init=...)`` starts from given variational parameters: a fitted
+    `VBNMF`, or a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
+    ``gene_rate``; with ``max_iter=1`` this runs exactly one iteration from them. ``n_init``
+    is ignored when ``init`` is given.
     """
 
     def __init__(
@@ -177,7 +219,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
         n_threads: int | None = None,
         dtype=np.float64,
         verbose: bool = False,
-        method: str = "batch",
+        solver: str = "batch",
         svi_form: str = "cells",
         batch_size: int | None = None,
         tau: float = 1.0,
@@ -198,7 +240,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
         self.n_threads = n_threads
         self.dtype = dtype
         self.verbose = verbose
-        self.method = method
+        self.solver = solver
         self.svi_form = svi_form
         self.batch_size = batch_size
         self.tau = tau
@@ -209,284 +251,124 @@ class VBNMF(TransformerMixin, BaseEstimator):
         self.checkpoint_every = checkpoint_every
         self.resume = resume
 
-    # -- validation ---------------------------------------------------------------------
-    def _check_params(self) -> dict:
-        dtype = np.dtype(self.dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"dtype must be np.float32 or np.float64, got {self.dtype!r}")
-        for name in ("max_iter", "n_init"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-        if self.max_iter < 0:
-            raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
-        if self.n_init < 1:
-            raise ValueError(f"n_init must be >= 1, got {self.n_init}")
-        tol = float(self.tol)
-        if not np.isfinite(tol) or tol < 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        return {
-            "prior_shape": check_positive(self.prior_shape, "prior_shape"),
-            "prior_rate": check_positive(self.prior_rate, "prior_rate"),
-            "dtype": dtype,
-            "tol": tol,
-            **_check_svi_checkpoint_params(self),
-        }
-
-    def _count_data(self, X, *, reset: bool) -> _vb.CountData:
-        matrix = check_counts(X)
-        if reset:
-            self.n_features_in_ = matrix.shape[1]
-        elif matrix.shape[1] != self.n_features_in_:
-            # scikit-learn's wording, which its estimator checks match.
+    def _check_params(self) -> FitSettings:
+        """Every parameter checked once; the settings the fit functions use."""
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.svi_form not in SVI_FORMS:
+            raise ValueError(f"svi_form must be one of {SVI_FORMS}, got {self.svi_form!r}")
+        if isinstance(self.n_components, bool) or not isinstance(
+            self.n_components, (int, np.integer)
+        ):
+            raise TypeError(f"n_components must be an integer, got {self.n_components!r}")
+        checkpoint = self.checkpoint
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
+        if self.resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
+        n_init = check_integer(self.n_init, "n_init", 1)
+        if checkpoint is not None and n_init != 1:
             raise ValueError(
-                f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input (the columns it was fitted with)"
+                "checkpoints need n_init=1: a checkpoint holds one fit to save and resume"
             )
-        return _vb.as_count_data(matrix)
+        tau, kappa = check_step_schedule(self.tau, self.kappa)
+        batch_size = self.batch_size
+        if batch_size is not None:
+            batch_size = check_integer(batch_size, "batch_size", 1)
+        return FitSettings(
+            n_components=int(self.n_components),
+            prior=GammaPrior(
+                check_positive(self.prior_shape, "prior_shape"),
+                check_positive(self.prior_rate, "prior_rate"),
+            ),
+            solver=self.solver,
+            svi_form=self.svi_form,
+            max_iter=check_integer(self.max_iter, "max_iter", 0),
+            tol=check_tol(self.tol),
+            n_init=n_init,
+            n_threads=check_n_threads(self.n_threads) if self.n_threads is not None else None,
+            dtype=check_float_dtype(self.dtype),
+            batch_size=batch_size,
+            tau=tau,
+            kappa=kappa,
+            n_epochs=check_integer(self.n_epochs, "n_epochs", 1),
+            eval_every=check_integer(self.eval_every, "eval_every", 1),
+            checkpoint=None if checkpoint is None else Path(checkpoint),
+            checkpoint_every=check_integer(self.checkpoint_every, "checkpoint_every", 1),
+            resume=bool(self.resume),
+            verbose=bool(self.verbose),
+            random_state=self.random_state,
+        )
 
     # -- fitting --------------------------------------------------------------------------
     def fit(self, X, y=None, *, init=None, callback=None) -> VBNMF:
-        """Fit the model to ``X`` (rows x columns, non-negative counts; any scipy.sparse
-        format or a dense array). Returns self.
+        """Fit the model to ``X`` (cells x genes, non-negative counts; any scipy.sparse
+        format, a dense array, a dask array, or for SVI's cells form a path or backed
+        AnnData). Returns self.
 
         ``init``: starting variational parameters (see Notes). ``callback(n_iter, params,
-        elbo_trace)`` runs after every iteration (progress bars, checkpoints)."""
+        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars."""
         self.fit_transform(X, init=init, callback=callback)
         return self
 
-    def fit_transform(self, X, y=None, *, init=None, callback=None) -> np.ndarray:
-        """Fit and return the posterior mean row factors ``E[z]`` (n_rows x K); see `fit`.
-
-        A `dask.array` X (cells chunked along rows) is fitted on the Dask cluster of the
-        default client (`vbsnmf.fit_dask`); E[z] is then a dask array."""
-        from ._dask import is_dask_array
-
+    def fit_transform(self, X, y=None, *, init=None, callback=None):
+        """Fit and return the posterior mean cell factors ``E[z]`` (cells x K); see `fit`.
+        For a dask X they are a dask array."""
         if is_dask_array(X):
-            from ._dask import fit_estimator
-
-            return fit_estimator(self, X, init=init, callback=callback)
-        checked = self._check_params()
-        if checked["method"] == "svi" or self.checkpoint is not None:
-            return self._fit_resumable(X, checked, init=init, callback=callback)
-        # Before the CSR copy: fail in a second with a clear message, not after an hour of swap.
-        check_fit_memory(
-            X,
-            self.n_components,
-            n_threads=self.n_threads,
-            dtype=checked["dtype"],
-            n_init=self.n_init if init is None else 1,
-        )
-        data = self._count_data(X, reset=True)
-        n_components = check_n_components(self.n_components, data.shape)
-        dtype = checked["dtype"]
-        with numba_threads(self.n_threads) as n_threads:
-            if init is not None:
-                starts = [_init_from(init, *data.shape, n_components, dtype)]
-            else:
-                rng = np.random.default_rng(self.random_state)
-                starts = (
-                    _vb.random_init(data, n_components, rng, dtype) for _ in range(self.n_init)
-                )
-            best = None
-            for start in starts:
-                result = _vb.fit_vb(
-                    data,
-                    start,
-                    prior_shape=checked["prior_shape"],
-                    prior_rate=checked["prior_rate"],
-                    max_iter=self.max_iter,
-                    tol=checked["tol"],
-                    n_chunks=n_threads,
-                    callback=callback,
-                    verbose=self.verbose,
-                )
-                if best is None or _final_elbo(result) > _final_elbo(best):
-                    best = result
-        self._set_fitted(best)
-        return best.params.row_mean
-
-    def _fit_resumable(self, X, checked: dict, *, init, callback) -> np.ndarray:
-        """Stochastic VB (``method="svi"``) and batch fits that write checkpoints."""
-        from . import _stream, _svi
-        from ._checkpoint import Checkpointer
-
-        method, form = checked["method"], checked["svi_form"]
-        streaming = method == "svi" and form == "cells"
-        if streaming:
-            source = _stream.open_source(X)
-            self.n_features_in_ = source.shape[1]
-            shape, total_count = source.shape, _svi.scan_source(source)
-            nnz = source.nnz
+            kind = "dask"
+        elif _is_streamed(X):
+            kind = "stream"
         else:
-            check_fit_memory(X, self.n_components, n_threads=self.n_threads, dtype=checked["dtype"])
-            data = self._count_data(X, reset=True)
-            shape, total_count, nnz = data.shape, float(data.counts.sum()), data.nnz
-        n_components = check_n_components(self.n_components, shape)
-        if checked["batch_size"] is None:
-            checked["batch_size"] = _svi.default_batch_size(form, shape[0], nnz)
-        dtype = checked["dtype"]
-        seed = self.random_state
-        with numba_threads(self.n_threads) as n_threads:
-            config = {
-                "shape": [int(n) for n in shape],
-                "nnz": int(nnz),
-                "total_count": total_count,
-                "n_components": n_components,
-                "method": method,
-                "svi_form": form if method == "svi" else None,
-                "batch_size": checked["batch_size"] if method == "svi" else None,
-                "tau": float(self.tau) if method == "svi" else None,
-                "kappa": float(self.kappa) if method == "svi" else None,
-                "prior_shape": checked["prior_shape"],
-                "prior_rate": checked["prior_rate"],
-                "dtype": dtype.name,
-                "n_threads": n_threads,
-                "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
-            }
-            every = self.checkpoint_every
-            checkpointer = Checkpointer(self.checkpoint, every, config)
-            stored = checkpointer.load() if self.resume else None
-            rng = np.random.default_rng(seed)
-            if method == "batch":
-                result = self._fit_batch_resumable(
-                    data, stored, checkpointer, checked, init, rng, n_threads, callback
-                )
-                self._set_fitted(result)
-                return result.params.row_mean
-            settings = _svi.SVISettings(
-                prior_shape=checked["prior_shape"],
-                prior_rate=checked["prior_rate"],
-                batch_size=checked["batch_size"],
-                tau=float(self.tau),
-                kappa=float(self.kappa),
-                n_epochs=self.n_epochs,
-                eval_every=self.eval_every,
-                tol=checked["tol"],
-                local_max_iter=max(self.max_iter, 1),
-                local_tol=checked["tol"],
-                n_chunks=n_threads,
-            )
-            if stored is not None:
-                state = _svi.SVIState.from_arrays(*stored)
-                # A fit that ended at n_epochs continues when resumed with more epochs.
-                state.finished = state.converged or state.epoch >= self.n_epochs
-            elif streaming:
-                state = _svi.init_cells_state(
-                    source,
-                    n_components,
-                    rng,
-                    total_count,
-                    checked["prior_shape"],
-                    checked["prior_rate"],
-                    dtype,
-                )
-            else:
-                state = _svi.SVIState(_vb.random_init(data, n_components, rng, dtype), rng)
-            if init is not None and stored is None:
-                start = _init_from(init, *shape, n_components, dtype)
-                if streaming:  # global side: the genes; the cells' local fits start here
-                    state.params.col_shape, state.params.col_rate = start.col_shape, start.col_rate
-                    state.params.row_shape = start.row_shape.copy()
-                else:
-                    state.params = start
+            kind = "memory"
+        return self._fit(kind, X, init, callback)
 
-            def save(state: _svi.SVIState) -> None:
-                checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
-
-            if streaming:
-                state = _svi.fit_svi_cells(
-                    source, state, settings, callback=callback, on_epoch=save
-                )
-            else:
-                state = _svi.fit_svi_nonzeros(
-                    data, state, settings, form=form, callback=callback, on_epoch=save
-                )
-        trace = np.asarray(state.elbo_trace, dtype=np.float64)
-        self._set_fitted(_vb.FitResult(state.params, trace, state.epoch, state.converged))
-        return state.params.row_mean
-
-    def _fit_batch_resumable(
-        self, data, stored, checkpointer, checked, init, rng, n_threads, callback
-    ) -> _vb.FitResult:
-        """Batch VB that saves every ``checkpoint_every`` iterations and resumes bitwise."""
-        if self.n_init != 1 and init is None:
-            raise ValueError("checkpoints need n_init=1 (one fit to save and resume)")
-        n_components = check_n_components(self.n_components, data.shape)
-        names = ("row_shape", "row_rate", "col_shape", "col_rate")
-        tol = checked["tol"]
-
-        def arrays_of(params, trace):
-            return {**dict(zip(names, params.as_tuple())), "elbo_trace": np.asarray(trace)}
-
-        def save(n_iter, params, trace):
-            if callback is not None:
-                callback(n_iter, params, trace)
-            checkpointer.save(n_iter, arrays_of(params, trace), {"finished": False})
-
-        trace: list[float] = []
-        if stored is not None:
-            arrays, _ = stored
-            start = _vb.VariationalParams(*(arrays[name] for name in names))
-            trace = [float(v) for v in arrays["elbo_trace"]]
-            done = _vb.has_converged(trace, tol)
-            if done or len(trace) >= self.max_iter:
-                return _vb.FitResult(start, np.asarray(trace), len(trace), bool(done))
-        elif init is not None:
-            start = _init_from(init, *data.shape, n_components, checked["dtype"])
-        else:
-            start = _vb.random_init(data, n_components, rng, checked["dtype"])
-        result = _vb.fit_vb(
-            data,
-            start,
-            prior_shape=checked["prior_shape"],
-            prior_rate=checked["prior_rate"],
-            max_iter=self.max_iter,
-            tol=tol,
-            n_chunks=n_threads,
-            elbo_trace=trace,
-            callback=save,
-            verbose=self.verbose,
-        )
-        checkpointer.save(
-            result.n_iter, arrays_of(result.params, result.elbo_trace), {"finished": True}, True
-        )
-        return result
-
-    def _set_fitted(self, result: _vb.FitResult) -> None:
+    def _fit(self, kind: str, X, init, callback):
+        """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
+        checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
+        settings = self._check_params()
+        entropy = seed_entropy(self.random_state)
+        result, n_features = _FITS[kind](settings, X, init, callback, entropy)
+        self.n_features_in_ = n_features
         params = result.params
-        self.obs_shape_, self.obs_rate_ = params.row_shape, params.row_rate
-        self.var_shape_, self.var_rate_ = params.col_shape, params.col_rate
+        self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
+        self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        return params.row_shape / params.row_rate
 
     def transform(self, X) -> np.ndarray:
-        """Posterior mean row factors ``E[z]`` of new rows, the column side held fixed.
+        """Posterior mean cell factors ``E[z]`` of new cells, the gene side held fixed.
 
-        Each new row's q(z) is fitted by coordinate ascent until its ELBO changes by less
-        than ``tol`` (at most ``max_iter`` passes); X must have the fitted columns.
+        Each new cell's q(z) is fitted by coordinate ascent until its ELBO changes by less
+        than ``tol`` (at most ``max_iter`` passes); X must have the fitted genes.
         """
-        row_shape, row_rate = self.transform_posterior(X)
-        return row_shape / row_rate
+        cell_shape, cell_rate = self.transform_posterior(X)
+        return cell_shape / cell_rate
 
     def transform_posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """``q(z)`` of new rows, the column side held fixed: ``(shape (n x K), rate (K,))``."""
-        check_is_fitted(self, "var_shape_")
-        checked = self._check_params()
-        data = self._count_data(X, reset=False)
-        with numba_threads(self.n_threads) as n_threads:
-            return _vb.fit_rows(
-                data,
-                self.var_shape_,
-                self.var_rate_,
-                prior_shape=checked["prior_shape"],
-                prior_rate=checked["prior_rate"],
-                max_iter=max(self.max_iter, 1),
-                tol=checked["tol"],
-                n_chunks=n_threads,
+        """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate (K,))``."""
+        check_is_fitted(self, "gene_shape_")
+        settings = self._check_params()
+        matrix = check_counts(X)
+        if matrix.shape[1] != self.n_features_in_:
+            # scikit-learn's wording, which its estimator checks match.
+            raise ValueError(
+                f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (the genes it was fitted with)"
             )
+        with numba_threads(settings.n_threads) as n_threads:
+            rows = fit_rows(
+                as_count_data(matrix),
+                self.gene_shape_,
+                self.gene_rate_,
+                settings.prior,
+                max_iter=max(settings.max_iter, 1),
+                tol=settings.tol,
+                n_parts=n_threads,
+            )
+        return rows.shape, rows.rate
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -496,41 +378,370 @@ class VBNMF(TransformerMixin, BaseEstimator):
         return tags
 
 
-def _check_svi_checkpoint_params(estimator: VBNMF) -> dict:
-    """Validate ``method``, the SVI knobs and the checkpoint options of ``estimator``."""
-    from ._svi import SVI_FORMS
+# -- one function per kind of input --------------------------------------------------------
+def _is_streamed(X) -> bool:
+    """A path, or a backed AnnData (or its X): data read from disk a block at a time."""
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    if getattr(X, "isbacked", False):
+        return True
+    return hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc")
 
-    if estimator.method not in ("batch", "svi"):
-        raise ValueError(f"method must be 'batch' or 'svi', got {estimator.method!r}")
-    if estimator.svi_form not in SVI_FORMS:
-        raise ValueError(f"svi_form must be one of {SVI_FORMS}, got {estimator.svi_form!r}")
-    integers = ["n_epochs", "eval_every", "checkpoint_every"]
-    if estimator.batch_size is not None:
-        integers.append("batch_size")
-    for name in integers:
-        value = getattr(estimator, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    tau, kappa = float(estimator.tau), float(estimator.kappa)
-    if not (np.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau must be a finite number >= 0, got {estimator.tau!r}")
-    if not 0.5 < kappa <= 1.0:
-        raise ValueError(f"kappa must be in (0.5, 1], got {estimator.kappa!r}")
-    checkpoint = estimator.checkpoint
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a path or None, got {estimator.checkpoint!r}")
-    if estimator.resume and estimator.checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
-    return {
-        "method": estimator.method,
-        "svi_form": estimator.svi_form,
-        "batch_size": None if estimator.batch_size is None else int(estimator.batch_size),
+
+def _fit_in_memory(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
+    """A matrix in memory: batch VB or any form of SVI."""
+    # Before any copy: fail in a second with a clear message, not after an hour of swap.
+    _check_memory(settings, X, init)
+    return _fit_counts(settings, check_counts(X), init, callback, entropy)
+
+
+def _fit_checked(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+    """A sparse matrix of counts its caller has checked already."""
+    _check_memory(settings, matrix, init)
+    return _fit_counts(settings, matrix, init, callback, entropy)
+
+
+def _check_memory(settings: FitSettings, X, init) -> None:
+    check_fit_memory(
+        X,
+        settings.n_components,
+        n_threads=settings.n_threads,
+        dtype=settings.dtype,
+        n_init=settings.n_init if init is None else 1,
+    )
+
+
+def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+    check_n_components(settings.n_components, matrix.shape)
+    if settings.solver == "svi" and settings.svi_form == "cells":
+        total = float(matrix.sum())
+        return _fit_svi_cells(settings, InMemorySource(matrix), total, init, callback, entropy)
+    data = as_count_data(matrix)
+    if settings.solver == "svi":
+        return _fit_svi_nonzeros(settings, data, init, callback, entropy)
+    return _fit_batch(settings, data, init, callback, entropy)
+
+
+def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
+    """A path or backed AnnData, streamed a minibatch of cells at a time."""
+    if settings.solver != "svi" or settings.svi_form != "cells":
+        raise ValueError(
+            f"{_describe_stream(X)} is read from disk a block of cells at a time, which "
+            "needs solver='svi' with svi_form='cells'; for batch VB load it into memory "
+            "first (vbsnmf.io.read)"
+        )
+    source = open_source(X)
+    check_n_components(settings.n_components, source.shape)
+    total = scan_blocks(source.iter_chunks(EVAL_BLOCK_ROWS))
+    return _fit_svi_cells(settings, source, total, init, callback, entropy)
+
+
+def _describe_stream(X) -> str:
+    return str(X) if isinstance(X, (str, os.PathLike)) else "a backed AnnData"
+
+
+def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch):
+    """The checkpoint of this fit (inactive without a path) and the record of everything
+    that changes its arithmetic, which a checkpoint must match to be resumed."""
+    svi = settings.solver == "svi"
+    seed = settings.random_state
+    config = {
+        "shape": [int(n) for n in shape],
+        "nnz": int(nnz),
+        "total_count": float(total),
+        "n_components": settings.n_components,
+        "solver": settings.solver,
+        "svi_form": settings.svi_form if svi else None,
+        "batch_size": batch if svi else None,
+        "tau": settings.tau if svi else None,
+        "kappa": settings.kappa if svi else None,
+        "prior_shape": settings.prior.shape,
+        "prior_rate": settings.prior.rate,
+        "dtype": settings.dtype.name,
+        "n_threads": n_threads,
+        "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
     }
+    return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
 
-def _final_elbo(result: _vb.FitResult) -> float:
+_PARAM_NAMES = ("row_shape", "row_rate", "col_shape", "col_rate")
+
+
+def _fit_batch(
+    settings: FitSettings, data: CountData, init, callback, entropy
+) -> tuple[FitResult, int]:
+    """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked."""
+    total = float(data.counts.sum())
+    n_components, dtype = settings.n_components, settings.dtype
+    with numba_threads(settings.n_threads) as n_threads:
+        checkpointer = _checkpointer(settings, data.shape, data.nnz, total, n_threads, None)
+        stored = checkpointer.load() if settings.resume else None
+
+        def save(n_iter, params, trace):
+            if callback is not None:
+                callback(n_iter, params, trace)
+            arrays = {**dict(zip(_PARAM_NAMES, params.as_tuple())), "elbo_trace": trace}
+            checkpointer.save(n_iter, arrays, {"finished": False})
+
+        trace: list[float] = []
+        if stored is not None:
+            arrays, _ = stored
+            start = VariationalParams(*(arrays[name] for name in _PARAM_NAMES))
+            trace = [float(v) for v in arrays["elbo_trace"]]
+            done = has_converged(trace, settings.tol)
+            if done or len(trace) >= settings.max_iter:
+                return FitResult(start, np.asarray(trace), len(trace), bool(done)), data.shape[1]
+            starts = [start]
+        elif init is not None:
+            starts = [init_params(init, data.shape, n_components, dtype)]
+        else:
+            starts = (
+                random_start(data.shape, n_components, total, entropy, dtype, index)
+                for index in range(settings.n_init)
+            )
+        best = None
+        for start in starts:
+            result = fit_batch(
+                data,
+                start,
+                settings.prior,
+                max_iter=settings.max_iter,
+                tol=settings.tol,
+                n_parts=n_threads,
+                elbo_trace=trace,
+                callback=save,
+                verbose=settings.verbose,
+            )
+            if best is None or _final_elbo(result) > _final_elbo(best):
+                best = result
+        arrays = {**dict(zip(_PARAM_NAMES, best.params.as_tuple())), "elbo_trace": best.elbo_trace}
+        checkpointer.save(best.n_iter, arrays, {"finished": True}, force=True)
+    return best, data.shape[1]
+
+
+def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
+    """SVI over minibatches of nonzeros (the ``"nonzeros"`` and ``"abe-shimamura"``
+    forms)."""
+    total = float(data.counts.sum())
+    batch = settings.batch_size or default_batch_size(settings.svi_form, data.shape[0], data.nnz)
+
+    def start_state() -> SVIState:
+        state = init_nonzeros_state(
+            data.shape, settings.n_components, total, entropy, settings.dtype
+        )
+        if init is not None:
+            state.params = init_params(init, data.shape, settings.n_components, settings.dtype)
+        return state
+
+    def run(state, svi_settings, save):
+        return fit_svi_nonzeros(
+            data, state, svi_settings, form=settings.svi_form, callback=callback, on_epoch=save
+        )
+
+    result = _run_svi(settings, data.shape, data.nnz, total, batch, start_state, run)
+    return result, data.shape[1]
+
+
+def _fit_svi_cells(settings: FitSettings, source, total: float, init, callback, entropy):
+    """SVI over minibatches of cells read from ``source`` (in memory or on disk)."""
+    shape = source.shape
+    batch = settings.batch_size or default_batch_size("cells", shape[0], source.nnz)
+
+    def start_state() -> SVIState:
+        state = init_cells_state(
+            shape, settings.n_components, total, entropy, settings.prior, settings.dtype
+        )
+        if init is not None:  # the global side: the genes; the cells' local fits start here
+            given = init_params(init, shape, settings.n_components, settings.dtype)
+            state.params.col_shape, state.params.col_rate = given.col_shape, given.col_rate
+            state.params.row_shape = given.row_shape
+        return state
+
+    def run(state, svi_settings, save):
+        return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
+
+    result = _run_svi(settings, shape, source.nnz, total, batch, start_state, run)
+    return result, shape[1]
+
+
+def _run_svi(settings: FitSettings, shape, nnz, total, batch, start_state, run) -> FitResult:
+    """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
+    with numba_threads(settings.n_threads) as n_threads:
+        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch)
+        stored = checkpointer.load() if settings.resume else None
+        if stored is not None:
+            state = SVIState.from_arrays(*stored)
+            # A fit that ended at n_epochs continues when resumed with more epochs.
+            state.finished = state.converged or state.epoch >= settings.n_epochs
+        else:
+            state = start_state()
+
+        def save(state: SVIState) -> None:
+            checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
+
+        state = run(state, settings.svi(batch, n_threads), save)
+    trace = np.asarray(state.elbo_trace, dtype=np.float64)
+    return FitResult(state.params, trace, state.epoch, state.converged)
+
+
+def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
+    """A dask array of cells x genes (or an AnnData whose X is one), on the default client;
+    the cell shapes of the result stay a dask array on the cluster."""
+    from . import _dask
+
+    X = _dask.cells_x_genes(X)
+    result = _dask_fit(settings, X, init, callback, entropy, None)
+    return _as_fit_result(result), X.shape[1]
+
+
+def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
+    """`_dask`'s batch or SVI driver for ``settings``; the best of ``n_init`` starts."""
+    from . import _dask
+
+    if settings.checkpoint is not None:
+        raise ValueError(
+            "checkpoints are not supported for a dask X (a lost worker is recomputed by Dask "
+            "instead)"
+        )
+    n_components = check_n_components(settings.n_components, X.shape)
+    # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
+    n_threads = 1 if settings.n_threads is None else settings.n_threads
+    if settings.solver == "svi":
+        if settings.svi_form != "cells":
+            raise ValueError(
+                f"a dask X is fitted by the cells form of SVI, not svi_form={settings.svi_form!r}"
+            )
+        if init is not None:
+            raise ValueError("init is not supported for solver='svi' on a dask X")
+        batch = settings.batch_size or default_batch_size("cells", X.shape[0], 0)
+        return _dask.fit_svi_cells_dask(
+            X,
+            n_components,
+            settings=settings.svi(batch, n_threads),
+            entropy=entropy,
+            dtype=settings.dtype,
+            client=client,
+            callback=callback,
+        )
+    start = None if init is None else init_params(init, X.shape, n_components, settings.dtype)
+    best = None
+    for index in range(1 if init is not None else settings.n_init):
+        result = _dask.fit_batch_dask(
+            X,
+            n_components,
+            prior=settings.prior,
+            max_iter=settings.max_iter,
+            tol=settings.tol,
+            entropy=entropy,
+            dtype=settings.dtype,
+            init=start,
+            start=index,
+            n_threads=n_threads,
+            client=client,
+            callback=callback,
+            verbose=settings.verbose,
+        )
+        if best is None or _final_elbo(result) > _final_elbo(best):
+            best = result
+    return best
+
+
+def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None, **params):
+    """Batch VB on a Dask cluster: the same fit as `VBNMF` for the same parameters.
+
+    Parameters
+    ----------
+    X
+        Counts, cells x genes: a `dask.array.Array` chunked along cells (scipy sparse or
+        dense chunks) or an AnnData whose ``X`` is one. Gene chunks are merged.
+    n_components
+        Number of factors K.
+    init
+        Starting q, as for `VBNMF.fit`; ``cell_shape`` may be a dask array (e.g. a previous
+        distributed fit's ``params.row_shape``). Default: random, as `VBNMF` draws it, so
+        any chunking gives the same fit for the same ``random_state``.
+    client
+        A `distributed.Client`; default: the current default client.
+    callback
+        ``callback(n_iter, params, elbo_trace)`` after every iteration; ``params.row_shape``
+        is a dask array on the cluster.
+    **params
+        `VBNMF`'s parameters (``prior_shape``, ``prior_rate``, ``max_iter``, ``tol``,
+        ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the number of
+        Numba threads inside each chunk task (default 1: Dask's worker threads already run
+        chunks in parallel).
+
+    Returns
+    -------
+    DaskFitResult
+        The final q (cell shapes stay on the cluster as a dask array), the ELBO trace and
+        the bytes moved per pass.
+
+    Raises
+    ------
+    ValueError
+        No client, bad parameters, or negative/NaN/infinite counts in a chunk.
+    """
+    return _fit_dask_result(X, n_components, init, client, callback, params, solver="batch")
+
+
+def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **params):
+    """Cell-minibatch SVI on a Dask cluster, step for step the single-machine cells form
+    of `VBNMF(solver="svi")`: the same start and minibatches for the same ``random_state``.
+
+    A minibatch's cells are fitted on the workers that hold them, starting from their
+    previous optimum (the client keeps every cell's latest shapes and sends the batch's
+    rows); each chunk returns its share of the gene statistic (genes x K) and
+    ``sum E[z]``; the client takes the gene side's step. Every ``eval_every`` epochs (and
+    after the last) each chunk fits all its cells to the gene side and returns its ELBO
+    terms; the cell side returned is that of the last evaluation.
+
+    Parameters
+    ----------
+    X, n_components, client
+        As in `fit_dask`.
+    callback
+        ``callback(epoch, params, elbo_trace)`` after every epoch (``params.row_shape``:
+        every cell's latest shapes, on the client).
+    **params
+        `VBNMF`'s parameters: ``batch_size``, ``tau``, ``kappa``, ``n_epochs``,
+        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior,
+        ``random_state``, ``dtype``, ``n_threads`` (per chunk task, default 1).
+
+    Returns
+    -------
+    DaskFitResult
+        The ELBO trace has one entry per evaluation; ``params.row_shape`` (a dask array) is
+        the last evaluation's cell side.
+    """
+    return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
+
+
+def _fit_dask_result(X, n_components, init, client, callback, params, solver):
+    from . import _dask
+
+    if "solver" in params:
+        raise TypeError("fit_dask and fit_svi_dask choose their solver; drop solver=")
+    model = VBNMF(n_components, solver=solver, **params)
+    settings = model._check_params()
+    entropy = seed_entropy(model.random_state)
+    X = _dask.cells_x_genes(X)
+    return _dask_fit(settings, X, init, callback, entropy, client)
+
+
+_FITS = {
+    "memory": _fit_in_memory,
+    "checked": _fit_checked,
+    "stream": _fit_stream,
+    "dask": _fit_dask,
+}
+
+
+def _as_fit_result(result) -> FitResult:
+    return FitResult(result.params, result.elbo_trace, result.n_iter, result.converged)
+
+
+def _final_elbo(result) -> float:
     return result.elbo_trace[-1] if len(result.elbo_trace) else -np.inf
 
 

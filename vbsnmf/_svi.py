@@ -1,7 +1,8 @@
-"""Stochastic variational Bayes (Hoffman et al. 2013; seed 001), in the three forms of
-``docs/model.md``.
+"""Stochastic variational Bayes (Hoffman et al. 2013) in the three forms of ``docs/model.md``.
 
-All forms take a step on the global parameters from a minibatch and blend it in,
+Loops over the model's steps (`_model`); no file access (a cell source, opened at the
+edge, does the reading). All forms take a step on the global parameters from a minibatch and
+blend it in,
 
     theta <- (1 - rho_t) theta + rho_t theta_tilde,    rho_t = (t + tau)^(-kappa),
 
@@ -10,50 +11,67 @@ a fresh random permutation; the full ELBO is evaluated every ``eval_every`` epoc
 pass over the data, no extra memory) and the fit stops when its relative change is below
 ``tol`` or after ``n_epochs``.
 
-- ``"cells"`` (`fit_svi_cells`): minibatches of cells. Each batch's cell factors are
-  fitted to convergence with the gene side fixed (`_vb.fit_rows`, the code of
+- ``"cells"`` (`fit_svi_cells`): minibatches of cells (rows). Each batch's cell factors are
+  fitted to convergence with the gene side fixed (`_model.fit_rows`, the local step of
   ``transform``), then the gene side takes a natural-gradient step with the batch's
-  statistics scaled by C / |batch|. A cell's local fit starts where its previous one
-  (last minibatch or evaluation) ended: the gene side moves little between visits, so
-  from the second epoch on a local fit needs a few passes instead of dozens. The data are
-  read through a `_stream.CellSource`, so a file on disk is streamed: memory holds the
-  batch, the factors and one chunk.
-- ``"textbook"`` (`fit_svi_nonzeros`): minibatches of nonzeros, all of q global. updateA on
-  the minibatch with its shape statistics scaled by N1 / S, the exact rates (updateB), then
-  the blend. With S = N1 and rho = 1 a step is one batch iteration.
-- ``"seed"``: seed 001's version: updateA on the minibatch unscaled, rates whose data term
-  is scaled by S / (R C), and ``eta_t = (S / N1) rho_t``. Its fixed point differs from batch
-  VB's by the density N1 / (R C) (the minibatch holds only nonzeros but is scaled as a
-  sample of all R C entries); it is kept to measure exactly that.
-
-Engine orientation as in `_vb`: rows are ``z`` (cells for AnnData), columns ``w`` (genes).
+  statistics scaled by C / |batch| (`step_cols`). A cell's local fit starts where its
+  previous one (last minibatch or evaluation) ended: the gene side moves little between
+  visits, so from the second epoch on a local fit needs a few passes instead of dozens.
+- ``"nonzeros"`` (`fit_svi_nonzeros`): minibatches of nonzeros, all of q global: the
+  model's global step on the minibatch with its statistics scaled by N1 / S, then the
+  blend. With S = N1 and rho = 1 a step is one batch iteration.
+- ``"abe-shimamura"``: the minibatch form of Abe and Shimamura's talk (the method vbsnmf
+  implements): the statistics unscaled, the rates' data term scaled by S / (R C), and
+  ``eta_t = (S / N1) rho_t``. Its fixed point differs from batch VB's by the density
+  N1 / (R C) (the minibatch holds only nonzeros but is scaled as a sample of all R C
+  entries); it is kept to measure exactly that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from . import _kernels, _vb
+from . import _kernels
 from ._checkpoint import rng_from_json, rng_state_json
-from ._stream import CellSource
-from ._validation import NonCountWarning, check_counts, warn_user
+from ._data import CountData, as_count_data
+from ._model import (
+    ElboTerms,
+    GammaPrior,
+    VariationalParams,
+    elbo,
+    fit_rows,
+    global_step,
+    has_converged,
+    local_start_shape,
+    minibatch_generator,
+    random_shapes,
+    random_start,
+    shape_statistics,
+    side_rate,
+    side_terms,
+    start_rate,
+    update_side,
+    warn_not_converged,
+)
+from ._utils import warn_user
+from ._validation import NonCountWarning, check_counts
 
-SVI_FORMS = ("cells", "textbook", "seed")
+SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
 
-# Rows per block of the streaming passes (initial scan, ELBO evaluation) of the cells form.
-EVAL_CHUNK_CELLS = 4096
+# Rows per block of the cells form's full passes (initial scan, ELBO evaluation).
+EVAL_BLOCK_ROWS = 4096
 
 
-def default_batch_size(form: str, n_cells: int, nnz: int) -> int:
+def default_batch_size(form: str, n_rows: int, nnz: int) -> int:
     """``batch_size`` when not given: 256 cells for the cells form (many steps per epoch;
     on simulated and pbmc data smaller batches reached batch VB's ELBO in fewer epochs),
     an eighth of the nonzeros for the nonzero forms."""
     if form == "cells":
-        return min(256, n_cells)
+        return min(256, n_rows)
     return max(1, nnz // 8)
 
 
@@ -65,12 +83,12 @@ def learning_rate(step: int, tau: float, kappa: float) -> float:
 @dataclass
 class SVIState:
     """Everything an SVI fit needs to continue bitwise: the parameters, the step and epoch
-    counters, the ELBO trace and the random generator (the next epoch's permutation).
+    counters, the ELBO trace and the minibatch generator (the next epoch's permutation).
 
     For the cells form ``params``' row side holds every cell's latest local optimum (from
     its last minibatch or the last evaluation), where its next local fit starts."""
 
-    params: _vb.VariationalParams
+    params: VariationalParams
     rng: np.random.Generator
     step: int = 0
     epoch: int = 0
@@ -94,7 +112,7 @@ class SVIState:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> SVIState:
-        params = _vb.VariationalParams(
+        params = VariationalParams(
             arrays["row_shape"], arrays["row_rate"], arrays["col_shape"], arrays["col_rate"]
         )
         return cls(
@@ -110,10 +128,10 @@ class SVIState:
 
 @dataclass
 class SVISettings:
-    """The knobs shared by the SVI forms (see `VBNMF` for their meaning)."""
+    """The knobs shared by the SVI forms (see `VBNMF` for their meaning); ``n_threads``
+    is the number of parallel parts of each pass."""
 
-    prior_shape: float
-    prior_rate: float
+    prior: GammaPrior
     batch_size: int
     tau: float
     kappa: float
@@ -122,26 +140,15 @@ class SVISettings:
     tol: float
     local_max_iter: int
     local_tol: float
-    n_chunks: int = 1
+    n_threads: int = 1
 
 
-EpochCallback = Callable[[int, _vb.VariationalParams, list[float]], None]
+EpochCallback = Callable[[int, VariationalParams, list[float]], None]
 StateHook = Callable[[SVIState], None]
 
 
-def _blend(
-    params: _vb.VariationalParams, tilde: _vb.VariationalParams, rho: float
-) -> _vb.VariationalParams:
-    """``(1 - rho) theta + rho theta_tilde`` on all four arrays, then a finiteness check."""
-    blended = _vb.VariationalParams(
-        *((1.0 - rho) * old + rho * new for old, new in zip(params.as_tuple(), tilde.as_tuple()))
-    )
-    _check_finite(blended)
-    return blended
-
-
-def _check_finite(params: _vb.VariationalParams) -> None:
-    for name, array in zip(("row_shape", "row_rate", "col_shape", "col_rate"), params.as_tuple()):
+def _check_finite(arrays: dict[str, np.ndarray]) -> None:
+    for name, array in arrays.items():
         if array.size and not np.all(np.isfinite(array)):
             raise FloatingPointError(
                 f"an SVI step produced non-finite {name}; lower kappa's step (raise tau) or "
@@ -149,7 +156,16 @@ def _check_finite(params: _vb.VariationalParams) -> None:
             )
 
 
-def _end_of_epoch(
+def _blend(params: VariationalParams, tilde: VariationalParams, rho: float) -> VariationalParams:
+    """``(1 - rho) theta + rho theta_tilde`` on all four arrays, then a finiteness check."""
+    blended = VariationalParams(
+        *((1.0 - rho) * old + rho * new for old, new in zip(params.as_tuple(), tilde.as_tuple()))
+    )
+    _check_finite(dict(zip(("row_shape", "row_rate", "col_shape", "col_rate"), blended.as_tuple())))
+    return blended
+
+
+def end_of_epoch(
     state: SVIState, evaluate: Callable[[], float], settings: SVISettings, callback, on_epoch
 ) -> None:
     """Count the finished epoch, evaluate the ELBO when due, decide convergence, then
@@ -158,8 +174,7 @@ def _end_of_epoch(
     last_epoch = state.epoch >= settings.n_epochs
     if state.epoch % settings.eval_every == 0 or last_epoch:
         state.elbo_trace.append(evaluate())
-        trace = state.elbo_trace
-        if _vb.has_converged(trace, settings.tol):
+        if has_converged(state.elbo_trace, settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch
     if callback is not None:
@@ -168,17 +183,21 @@ def _end_of_epoch(
         on_epoch(state)
 
 
-def _warn_not_converged(state: SVIState, settings: SVISettings) -> None:
-    if not state.converged and settings.n_epochs > 0:
-        warn_user(
-            f"SVI stopped after n_epochs={settings.n_epochs} epochs before the relative ELBO "
-            f"change fell below tol={settings.tol}; raise n_epochs or tol.",
-            _vb.ConvergenceWarning,
-        )
+def warn_if_not_converged(converged: bool, settings: SVISettings) -> None:
+    if not converged and settings.n_epochs > 0:
+        warn_not_converged("n_epochs", settings.n_epochs, settings.tol)
 
 
 # -- minibatches of nonzeros --------------------------------------------------------------
-def nonzero_minibatch(data: _vb.CountData, positions: np.ndarray) -> _vb.CountData:
+def init_nonzeros_state(
+    shape, n_components: int, total_count: float, entropy: int, dtype, start: int = 0
+) -> SVIState:
+    """The random start of `_model.random_start` and the minibatch generator."""
+    params = random_start(shape, n_components, total_count, entropy, dtype, start)
+    return SVIState(params, minibatch_generator(entropy, start))
+
+
+def nonzero_minibatch(data: CountData, positions: np.ndarray) -> CountData:
     """The nonzeros at sorted ``positions`` of ``data``'s CSR, as a `CountData` of the
     same shape and major axis (absent major rows are empty)."""
     n_major = data.shape[data.major]
@@ -186,7 +205,7 @@ def nonzero_minibatch(data: _vb.CountData, positions: np.ndarray) -> _vb.CountDa
     indptr = np.zeros(n_major + 1, dtype=np.int64)
     np.cumsum(np.bincount(major_of, minlength=n_major), out=indptr[1:])
     counts = data.counts[positions]
-    return _vb.CountData(
+    return CountData(
         shape=data.shape,
         major=data.major,
         indptr=indptr,
@@ -197,41 +216,34 @@ def nonzero_minibatch(data: _vb.CountData, positions: np.ndarray) -> _vb.CountDa
 
 
 def svi_step_nonzeros(
-    data: _vb.CountData,
-    minibatch: _vb.CountData,
-    params: _vb.VariationalParams,
+    data: CountData,
+    minibatch: CountData,
+    params: VariationalParams,
     rho: float,
     form: str,
-    prior_shape: float,
-    prior_rate: float,
-    n_chunks: int = 1,
-) -> _vb.VariationalParams:
-    """One step of the ``"textbook"`` or ``"seed"`` form from a minibatch of nonzeros.
+    prior: GammaPrior,
+    n_parts: int = 1,
+) -> VariationalParams:
+    """One step of the ``"nonzeros"`` or ``"abe-shimamura"`` form from a minibatch.
 
-    ``rho`` is the blend weight (for ``"seed"`` the caller passes ``(S / N1) rho_t``).
+    ``rho`` is the blend weight (for ``"abe-shimamura"`` the caller passes
+    ``(S / N1) rho_t``).
     """
-    row_stat, col_stat, _ = _vb.shape_statistics(minibatch, params, n_chunks)
-    dtype = params.row_shape.dtype
-    if form == "textbook":
+    row_stat, col_stat, _ = shape_statistics(minibatch, params, n_parts)
+    if form == "nonzeros":
         scale = data.nnz / minibatch.nnz
-        tilde = _vb.apply_update(
-            params, scale * row_stat, scale * col_stat, prior_shape, prior_rate
-        )
-    elif form == "seed":
+        tilde = global_step(params, scale * row_stat, scale * col_stat, prior)
+    elif form == "abe-shimamura":
         n_rows, n_cols = data.shape
         fraction = minibatch.nnz / (float(n_rows) * float(n_cols))
-        row_shape = (prior_shape + row_stat).astype(dtype, copy=False)
-        col_shape = (prior_shape + col_stat).astype(dtype, copy=False)
-        row_rate = (prior_rate + fraction * params.col_mean.sum(axis=0)).astype(dtype)
-        col_rate = (prior_rate + fraction * (row_shape / row_rate).sum(axis=0)).astype(dtype)
-        tilde = _vb.VariationalParams(row_shape, row_rate, col_shape, col_rate)
+        tilde = global_step(params, row_stat, col_stat, prior, rate_scale=fraction)
     else:
         raise ValueError(f"unknown nonzero SVI form {form!r}")
     return _blend(params, tilde, rho)
 
 
 def fit_svi_nonzeros(
-    data: _vb.CountData,
+    data: CountData,
     state: SVIState,
     settings: SVISettings,
     *,
@@ -249,9 +261,7 @@ def fit_svi_nonzeros(
     batch_size = min(settings.batch_size, n_nonzeros)
 
     def evaluate() -> float:
-        return _vb.elbo(
-            data, state.params, settings.prior_shape, settings.prior_rate, settings.n_chunks
-        )
+        return elbo(data, state.params, settings.prior, settings.n_threads)
 
     while not state.finished and state.epoch < settings.n_epochs:
         order = np.arange(n_nonzeros, dtype=index_dtype)
@@ -261,31 +271,23 @@ def fit_svi_nonzeros(
             minibatch = nonzero_minibatch(data, positions)
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa)
-            if form == "seed":
+            if form == "abe-shimamura":
                 rho *= minibatch.nnz / n_nonzeros
             state.params = svi_step_nonzeros(
-                data,
-                minibatch,
-                state.params,
-                rho,
-                form,
-                settings.prior_shape,
-                settings.prior_rate,
-                settings.n_chunks,
+                data, minibatch, state.params, rho, form, settings.prior, settings.n_threads
             )
         del order
-        _end_of_epoch(state, evaluate, settings, callback, on_epoch)
-    _warn_not_converged(state, settings)
+        end_of_epoch(state, evaluate, settings, callback, on_epoch)
+    warn_if_not_converged(state.converged, settings)
     return state
 
 
 # -- minibatches of cells -----------------------------------------------------------------
-def scan_source(source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS) -> float:
-    """Validate every count of ``source`` (one streaming pass); return their sum.
-
-    Warns once (`NonCountWarning`) if any count is not an integer."""
+def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]]) -> float:
+    """Validate every count of the row blocks ``(first_row, block)`` (one streaming
+    pass); return their sum. Warns once (`NonCountWarning`) if any is not an integer."""
     total, non_integer = 0.0, False
-    for start, block in source.iter_chunks(chunk_cells):
+    for start, block in blocks:
         name = f"X (rows {start}..{start + block.shape[0] - 1})"
         check_counts(block, name=name, warn_non_integer=False)
         total += float(block.data.sum())
@@ -300,158 +302,180 @@ def scan_source(source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS) -> floa
 
 
 def init_cells_state(
-    source: CellSource,
+    shape,
     n_components: int,
-    rng: np.random.Generator,
     total_count: float,
-    prior_shape: float,
-    prior_rate: float,
+    entropy: int,
+    prior: GammaPrior,
     dtype,
+    start: int = 0,
 ) -> SVIState:
-    """Random gene side as `_vb.random_init` draws it (shapes ``1 + U(0, 1)``, means
-    ``sqrt(mean count / K)``); the cell side starts where `_vb.fit_rows` starts."""
-    n_cells, n_genes = source.shape
-    mean_count = max(total_count / (float(n_cells) * n_genes), 1e-12)
-    rate = np.full(n_components, 1.5 / np.sqrt(mean_count / n_components), dtype=dtype)
-    col_shape = (1.0 + rng.random((n_genes, n_components))).astype(dtype)
-    row_rate = (prior_rate + (col_shape / rate).sum(axis=0)).astype(dtype)
-    row_shape = np.full((n_cells, n_components), prior_shape + 1.0, dtype=dtype)
-    return SVIState(_vb.VariationalParams(row_shape, row_rate, col_shape, rate), rng)
+    """The gene (column) side drawn as `_model.random_start` draws it; the cell side where
+    `_model.fit_rows` starts; the minibatch generator."""
+    n_rows, n_cols = shape
+    rate = start_rate(shape, total_count, n_components, dtype)
+    col_shape = random_shapes(entropy, 1, 0, n_cols, n_components, dtype, start)
+    row_rate = side_rate(prior, (col_shape / rate).sum(axis=0), dtype)
+    row_shape = local_start_shape(prior, n_rows, n_components, dtype)
+    params = VariationalParams(row_shape, row_rate, col_shape, rate)
+    return SVIState(params, minibatch_generator(entropy, start))
 
 
-def _local_step(block: sp.csr_array, col_shape, col_rate, settings: SVISettings, init_shape=None):
+def local_fit(block: sp.csr_array, col_shape, col_rate, settings: SVISettings, init_shape=None):
     """Cell factors of ``block`` at their optimum given the gene side (as `transform`,
     from ``init_shape`` if given), and the pass statistics under them:
     ``(row_shape, row_rate, col_stat, data_term)``."""
-    data = _vb.as_count_data(block)
-    row_shape, row_rate = _vb.fit_rows(
+    data = as_count_data(block)
+    rows = fit_rows(
         data,
         col_shape,
         col_rate,
-        prior_shape=settings.prior_shape,
-        prior_rate=settings.prior_rate,
+        settings.prior,
         max_iter=settings.local_max_iter,
         tol=settings.local_tol,
-        n_chunks=settings.n_chunks,
+        n_parts=settings.n_threads,
         init_shape=init_shape,
     )
-    local = _vb.VariationalParams(row_shape, row_rate, col_shape, col_rate)
-    _, col_stat, data_term = _vb.shape_statistics(data, local, settings.n_chunks)
-    return row_shape, row_rate, col_stat, data_term
+    local = VariationalParams(rows.shape, rows.rate, col_shape, col_rate)
+    _, col_stat, data_term = shape_statistics(data, local, settings.n_threads)
+    return rows.shape, rows.rate, col_stat, data_term
 
 
-def evaluate_cells(
-    source: CellSource, params: _vb.VariationalParams, settings: SVISettings
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """The full ELBO with every cell's factors at their optimum given the gene side, in
-    one streaming pass; returns ``(elbo, row_shape (all cells), row_rate)``. Each cell's
-    fit starts from ``params.row_shape``.
+def evaluate_rows(
+    blocks: Iterable[tuple[int, sp.csr_array]],
+    start_shape: np.ndarray,
+    col_shape: np.ndarray,
+    col_rate: np.ndarray,
+    settings: SVISettings,
+) -> tuple[ElboTerms, np.ndarray, np.ndarray]:
+    """The rows' ELBO terms with every row at its optimum given the gene side, from the
+    row blocks ``(first_row, block)`` (consecutive, covering the rows of ``start_shape``,
+    where each row's fit starts); returns ``(terms, row shapes, row rate)``.
 
-    The ELBO decomposes over cells once the gene side is fixed, so each block contributes
-    its data term, its share of ``sum_l (sum_i E[z_il]) (sum_j E[w_jl])`` and its KL.
+    The ELBO decomposes over rows once the gene side is fixed, so each block contributes
+    its data term, its ``sum_i E[z_i]`` and its KL; `ElboTerms.with_cols` completes them.
     """
-    col_shape, col_rate = params.col_shape, params.col_rate
-    row_shape_all = np.empty((source.n_cells, col_shape.shape[1]), dtype=col_shape.dtype)
-    row_mean_sum = np.zeros(col_shape.shape[1])
-    data_term, row_kl = 0.0, 0.0
-    row_rate = params.row_rate
-    for start, block in source.iter_chunks(EVAL_CHUNK_CELLS):
+    row_shape_all = np.empty_like(start_shape, dtype=col_shape.dtype)
+    terms = ElboTerms(0.0, np.zeros(col_shape.shape[1]), 0.0)
+    row_rate = None
+    for start, block in blocks:
         rows = slice(start, start + block.shape[0])
-        row_shape, row_rate, _, block_data_term = _local_step(
-            block, col_shape, col_rate, settings, params.row_shape[rows]
+        row_shape, row_rate, _, data_term = local_fit(
+            block, col_shape, col_rate, settings, start_shape[rows]
         )
         row_shape_all[rows] = row_shape
-        row_mean_sum += (row_shape / row_rate).sum(axis=0)
-        data_term += block_data_term
-        row_kl += _vb.gamma_kl(row_shape, row_rate, settings.prior_shape, settings.prior_rate)
-    value = (
-        data_term
-        - float(row_mean_sum @ (col_shape / col_rate).sum(axis=0))
-        - row_kl
-        - _vb.gamma_kl(col_shape, col_rate, settings.prior_shape, settings.prior_rate)
-    )
-    return value, row_shape_all, row_rate
+        terms = terms + ElboTerms(data_term, *side_terms(row_shape, row_rate, settings.prior))
+    return terms, row_shape_all, row_rate
+
+
+def step_cols(
+    col_shape: np.ndarray,
+    col_rate: np.ndarray,
+    col_stat: np.ndarray,
+    row_mean_sum: np.ndarray,
+    scale: float,
+    rho: float,
+    prior: GammaPrior,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells form's natural-gradient step on the gene side: the model's update from a
+    minibatch's statistics scaled by ``scale`` = C / |batch|, blended in with weight
+    ``rho``; raises `FloatingPointError` if the result is not finite."""
+    dtype = col_shape.dtype
+    tilde_shape, tilde_rate = update_side(prior, scale * col_stat, scale * row_mean_sum)
+    shape = ((1.0 - rho) * col_shape + rho * tilde_shape).astype(dtype, copy=False)
+    rate = ((1.0 - rho) * col_rate + rho * tilde_rate).astype(dtype, copy=False)
+    _check_finite({"col_shape": shape, "col_rate": rate})
+    return shape, rate
 
 
 def svi_step_cells(
     block: sp.csr_array,
-    n_cells: int,
-    params: _vb.VariationalParams,
+    n_rows: int,
+    params: VariationalParams,
     rho: float,
     settings: SVISettings,
     cells: np.ndarray | None = None,
-) -> _vb.VariationalParams:
-    """One cells-form step: local fit of ``block``'s cells, then the gene side blended with
-    ``a + (C / |B|) sum_B x phi`` and ``b + (C / |B|) sum_B E[z]``.
+) -> VariationalParams:
+    """One cells-form step: local fit of ``block``'s cells, then `step_cols` with the
+    batch's statistics scaled by C / |batch|.
 
     With ``cells`` (the block's row numbers) the local fit starts from
     ``params.row_shape[cells]`` and its optimum is written back there, in place; without,
     it starts from scratch and the row side is passed through unchanged."""
     col_shape, col_rate = params.col_shape, params.col_rate
     init_shape = None if cells is None else params.row_shape[cells]
-    row_shape, row_rate, col_stat, _ = _local_step(block, col_shape, col_rate, settings, init_shape)
+    row_shape, row_rate, col_stat, _ = local_fit(block, col_shape, col_rate, settings, init_shape)
     if cells is not None:
         params.row_shape[cells] = row_shape
-    scale = n_cells / block.shape[0]
-    dtype = col_shape.dtype
-    new_shape = ((1.0 - rho) * col_shape + rho * (settings.prior_shape + scale * col_stat)).astype(
-        dtype, copy=False
+    new_shape, new_rate = step_cols(
+        col_shape,
+        col_rate,
+        col_stat,
+        (row_shape / row_rate).sum(axis=0),
+        n_rows / block.shape[0],
+        rho,
+        settings.prior,
     )
-    batch_row_mean = (row_shape / row_rate).sum(axis=0)
-    new_rate = (
-        (1.0 - rho) * col_rate + rho * (settings.prior_rate + scale * batch_row_mean)
-    ).astype(dtype, copy=False)
-    updated = _vb.VariationalParams(params.row_shape, params.row_rate, new_shape, new_rate)
-    _check_finite(updated)
-    return updated
+    return VariationalParams(params.row_shape, params.row_rate, new_shape, new_rate)
+
+
+def run_cells_epochs(
+    state: SVIState,
+    settings: SVISettings,
+    n_rows: int,
+    step: Callable[[np.ndarray, float], None],
+    evaluate: Callable[[], float],
+    *,
+    callback: EpochCallback | None = None,
+    on_epoch: StateHook | None = None,
+) -> SVIState:
+    """The cells form's loop, whatever holds the data: each epoch a fresh permutation of
+    the rows from ``state.rng`` cut into minibatches of ``settings.batch_size``;
+    ``step(cells, rho)`` moves ``state.params`` by one minibatch (sorted row numbers) with
+    weight ``rho``; ``evaluate()`` returns the full ELBO with every row at its optimum and
+    leaves those rows in ``state.params``."""
+    batch_size = min(settings.batch_size, n_rows)
+    while not state.finished and state.epoch < settings.n_epochs:
+        order = state.rng.permutation(n_rows)
+        for start in range(0, n_rows, batch_size):
+            state.step += 1
+            rho = learning_rate(state.step, settings.tau, settings.kappa)
+            step(np.sort(order[start : start + batch_size]), rho)
+        end_of_epoch(state, evaluate, settings, callback, on_epoch)
+    warn_if_not_converged(state.converged, settings)
+    return state
 
 
 def fit_svi_cells(
-    source: CellSource,
+    source,
     state: SVIState,
     settings: SVISettings,
     *,
     callback: EpochCallback | None = None,
     on_epoch: StateHook | None = None,
 ) -> SVIState:
-    """SVI over minibatches of ``settings.batch_size`` cells read from ``source``, from
-    ``state`` (`init_cells_state` or a checkpoint); returns the final state, whose row side
-    is the last evaluation's (every cell at its optimum given the final gene side).
-    ``state.params.row_shape`` is updated in place."""
-    n_cells = source.n_cells
-    batch_size = min(settings.batch_size, n_cells)
+    """SVI over minibatches of cells read from ``source`` (a `vbsnmf.io` cell source:
+    ``n_cells``, ``read_rows``, ``iter_chunks``), from ``state`` (`init_cells_state` or a
+    checkpoint); returns the final state, whose row side is the last evaluation's (every
+    cell at its optimum given the final gene side). ``state.params.row_shape`` is updated
+    in place."""
+    n_rows = source.n_cells
+
+    def step(cells: np.ndarray, rho: float) -> None:
+        block = source.read_rows(cells)
+        state.params = svi_step_cells(block, n_rows, state.params, rho, settings, cells)
 
     def evaluate() -> float:
-        value, row_shape, row_rate = evaluate_cells(source, state.params, settings)
-        state.params.row_shape, state.params.row_rate = row_shape, row_rate
-        return value
+        params = state.params
+        terms, params.row_shape, params.row_rate = evaluate_rows(
+            source.iter_chunks(EVAL_BLOCK_ROWS),
+            params.row_shape,
+            params.col_shape,
+            params.col_rate,
+            settings,
+        )
+        return terms.with_cols(params.col_shape, params.col_rate, settings.prior).value()
 
-    while not state.finished and state.epoch < settings.n_epochs:
-        order = state.rng.permutation(n_cells)
-        for start in range(0, n_cells, batch_size):
-            cells = np.sort(order[start : start + batch_size])
-            state.step += 1
-            rho = learning_rate(state.step, settings.tau, settings.kappa)
-            state.params = svi_step_cells(
-                source.read_rows(cells), n_cells, state.params, rho, settings, cells
-            )
-        _end_of_epoch(state, evaluate, settings, callback, on_epoch)
-    _warn_not_converged(state, settings)
-    return state
-
-
-__all__ = [
-    "SVI_FORMS",
-    "SVISettings",
-    "SVIState",
-    "default_batch_size",
-    "evaluate_cells",
-    "fit_svi_cells",
-    "fit_svi_nonzeros",
-    "init_cells_state",
-    "learning_rate",
-    "nonzero_minibatch",
-    "scan_source",
-    "svi_step_cells",
-    "svi_step_nonzeros",
-]
+    return run_cells_epochs(
+        state, settings, n_rows, step, evaluate, callback=callback, on_epoch=on_epoch
+    )

@@ -1,30 +1,13 @@
-"""Input checks shared by every entry point: one place that turns bad counts into errors."""
+"""Input checks shared by every entry point: one place that turns bad counts and bad
+settings into errors. Each public entry point (the estimators, `vbsnmf.fit_dask`,
+`vbsnmf.tl`) checks its input once, here, and passes checked values down."""
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
-import sklearn
 
-# Frames in these folders are skipped when a warning is attributed: vbsnmf's own, and
-# scikit-learn's (its set_output wrapper sits between the user and fit_transform).
-_INTERNAL_DIRS = (
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
-    os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep,
-)
-
-
-def warn_user(message: str, category: type[Warning]) -> None:
-    """`warnings.warn` attributed to the first frame outside vbsnmf and scikit-learn, so
-    the warning names the user's line however deep in the library it was raised."""
-    frame, stacklevel = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
-        frame, stacklevel = frame.f_back, stacklevel + 1
-    warnings.warn(message, category, stacklevel=stacklevel)
+from ._utils import warn_user
 
 
 class NonCountWarning(UserWarning):
@@ -134,3 +117,41 @@ def check_positive(value, name: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value
+
+
+def check_integer(value, name: str, minimum: int) -> int:
+    """An integer parameter (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_tol(tol) -> float:
+    """A finite, non-negative tolerance."""
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise TypeError(f"tol must be a non-negative number, got {tol!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    return value
+
+
+def check_float_dtype(dtype) -> np.dtype:
+    """``np.float32`` or ``np.float64``, the two dtypes the engine computes in."""
+    checked = np.dtype(dtype)
+    if checked not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    return checked
+
+
+def check_step_schedule(tau, kappa) -> tuple[float, float]:
+    """SVI's step size ``rho_t = (t + tau)^(-kappa)``: ``tau >= 0``, ``kappa`` in (0.5, 1]."""
+    tau_value, kappa_value = float(tau), float(kappa)
+    if not (np.isfinite(tau_value) and tau_value >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+    if not 0.5 < kappa_value <= 1.0:
+        raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
+    return tau_value, kappa_value

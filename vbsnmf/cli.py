@@ -13,6 +13,7 @@ outputs. Set ``VBSNMF_DEBUG=1`` to see the traceback of an unexpected error (exi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -22,11 +23,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .io import ReadError, read, read_h5ad, write_nmf_tables
-from .io._atomic import atomic_directory, atomic_file
-from .tl._nmf import CLASSIC_METHODS, VB_METHODS, nmf
-from .tl._top_genes import fit_info, top_genes
+from . import VBNMF, __version__, pl, tl
+from .io import ReadError, atomic_directory, read, read_h5ad, write_nmf_tables
+
+# Defaults of the estimator, not copies of them.
+_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(VBNMF).parameters.items()
+}
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DATASETS = ("pbmc_facs", "pbmc_tiny")
@@ -202,11 +205,11 @@ def _add_fit_options(
         + ("" if outdir_required else " (default: vbsnmf_demo)"),
     )
     command.add_argument(
-        "--method",
-        choices=VB_METHODS + CLASSIC_METHODS,
+        "--solver",
+        choices=tl.SOLVERS,
         default="batch",
         help="batch (variational Bayes, default), svi (stochastic VB), or a classical "
-        "solver: " + ", ".join(CLASSIC_METHODS),
+        "solver: " + ", ".join(tl.SOLVERS[2:]),
     )
     command.add_argument(
         "--max-iter",
@@ -214,17 +217,13 @@ def _add_fit_options(
         default=default_max_iter,
         metavar="N",
         help="maximum iterations"
-        + (
-            " (default: the estimator's, 200)"
-            if default_max_iter is None
-            else f" (default: {default_max_iter})"
-        ),
+        + f" (default: {_DEFAULTS['max_iter'] if default_max_iter is None else default_max_iter})",
     )
     command.add_argument(
         "--tol",
         type=_tolerance,
         metavar="T",
-        help="stop when the relative ELBO change is below T (default: 1e-5)",
+        help=f"stop when the relative ELBO change is below T (default: {_DEFAULTS['tol']})",
     )
     command.add_argument("--seed", type=_integer(0), default=0, help="random seed (default: 0)")
     command.add_argument(
@@ -232,7 +231,7 @@ def _add_fit_options(
     )
     command.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     command.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
-    svi = command.add_argument_group("stochastic VB (--method svi)")
+    svi = command.add_argument_group("stochastic VB (--solver svi)")
     svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
     svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
     svi.add_argument(
@@ -278,7 +277,10 @@ def _fit(adata, args, quiet: bool) -> float:
 
     params = _fit_params(args)
     # The callback runs once per iteration (batch) or per epoch (svi).
-    total = params.get("max_iter", 200) if args.method == "batch" else params.get("n_epochs", 20)
+    if args.solver == "batch":
+        total = params.get("max_iter", _DEFAULTS["max_iter"])
+    else:
+        total = params.get("n_epochs", _DEFAULTS["n_epochs"])
     bars = []  # created at the first iteration, so input errors print no bar
 
     def progress(n_iter, params, elbo_trace):
@@ -286,7 +288,7 @@ def _fit(adata, args, quiet: bool) -> float:
             bars.append(
                 tqdm(
                     total=total,
-                    desc=f"{args.method} K={args.n_components}",
+                    desc=f"{args.solver} K={args.n_components}",
                     unit="it",
                     file=sys.stderr,
                     disable=quiet,
@@ -302,14 +304,14 @@ def _fit(adata, args, quiet: bool) -> float:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            nmf(
+            tl.nmf(
                 adata,
                 args.n_components,
                 layer=args.layer,
                 use_raw=args.use_raw,
-                method=args.method,
+                solver=args.solver,
                 random_state=args.seed,
-                callback=progress if args.method in VB_METHODS else None,
+                callback=progress if args.solver in ("batch", "svi") else None,
                 **params,
             )
         finally:
@@ -334,7 +336,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
         "n_components": int(args.n_components),
-        "method": args.method,
+        "solver": args.solver,
         "seed": int(args.seed),
         "fit_params": {k: v for k, v in _fit_params(args).items() if k != "n_threads"},
         "threads": args.threads,
@@ -396,8 +398,8 @@ def _run_demo(args) -> int:
     color = "subpop" if "subpop" in adata.obs else None
     with atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
-        top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
-        draw_umap(adata, folder / "umap.png", color=color, seed=args.seed)
+        tl.top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
+        _draw_umap(adata, folder / "umap.png", color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
         print(f"UMAP of the NMF cell factors: {outdir / 'umap.png'}")
@@ -408,11 +410,11 @@ def _run_umap(args) -> int:
     output = Path(args.output)
     _check_figure_path(output)
     adata = read_h5ad(args.result)
-    fit_info(adata, args.key)  # a KeyError that says to run the fit first
+    tl.fit_info(adata, args.key)  # a KeyError that says to run the fit first
     if args.color is not None and args.color not in adata.obs and args.color not in adata.var_names:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"
         raise UsageError(f"--color {args.color!r} is neither an .obs column ({columns}) nor a gene")
-    draw_umap(
+    _draw_umap(
         adata, output, color=args.color, key=args.key, n_neighbors=args.n_neighbors, seed=args.seed
     )
     print(f"wrote {output}")
@@ -434,41 +436,15 @@ def _check_figure_path(output: Path) -> None:
         raise UsageError(f"{output} is a folder")
 
 
-def draw_umap(
-    adata,
-    output: Path,
-    *,
-    color: str | None = None,
-    key: str = "nmf",
-    n_neighbors: int = 15,
-    seed: int = 0,
-) -> None:
-    """Neighbours on the NMF cell factors, UMAP, scatter coloured by ``color`` (default:
-    each cell's dominant factor); written atomically to ``output``."""
+def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
+    """`vbsnmf.pl.umap` into a file, never a window."""
     import matplotlib
 
-    matplotlib.use("Agg")  # a file, never a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
-    import scanpy as sc
 
-    info = fit_info(adata, key)
-    cell_factors = adata.obsm[info["obsm_key"]]
-    if color is None:
-        color = f"{key}_dominant_factor"
-        dominant = cell_factors.argmax(axis=1)
-        adata.obs[color] = pd.Categorical(
-            [f"factor {f}" for f in dominant],
-            categories=[f"factor {f}" for f in range(cell_factors.shape[1])],
-        )
-    n_neighbors = min(n_neighbors, adata.n_obs - 1)
-    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=info["obsm_key"], random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
-    ax = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF cell factors: {color}")
-    figure = ax.figure
-    with atomic_file(output) as temporary:
-        figure.savefig(temporary, dpi=150, bbox_inches="tight")
-    plt.close(figure)
+    axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)
+    plt.close(axes.figure)
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -497,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("vbsnmf: interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice
-    # (--method svi) or a header declaring billions of cells; not an internal error.
+    # (--solver svi) or a header declaring billions of cells; not an internal error.
     except (
         UsageError,
         ReadError,

@@ -7,9 +7,9 @@ loss with epsilon-modification, weights and factor masks, HALS, ALS, projected g
 """
 
 from . import losses
+from ._data import factor_loss
 from ._nmf import NMF
 from ._score_matching import ScoreMatchingResult, choose_alpha_beta, score_matching_objective
-from .losses import factor_loss
 
 __all__ = [
     "NMF",

@@ -24,7 +24,14 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
-from .losses import Q_FLOOR, LossSpec, ab_divergence, check_defined_at_zeros, sum_q_power
+from .losses import (
+    Q_FLOOR,
+    LossSpec,
+    ab_divergence,
+    check_defined_at_zeros,
+    resolve_loss,
+    sum_q_power,
+)
 
 _EMPTY = np.empty(0, dtype=np.float64)
 
@@ -455,3 +462,45 @@ def _finite_sum(values: np.ndarray, spec: LossSpec) -> float:
             "needs p > 0, or a zero reconstruction)"
         )
     return total
+
+
+def factor_loss(
+    X,
+    W: np.ndarray,
+    H: np.ndarray,
+    loss: str = "kl",
+    alpha: float | None = None,
+    beta: float | None = None,
+    weights=None,
+) -> float:
+    """``D(X, W H)``, never forming the dense ``W H`` when X is sparse.
+
+    Parameters
+    ----------
+    X
+        Non-negative data, n x m, dense or scipy sparse.
+    W, H
+        Factors, n x K and K x m (``H`` is scikit-learn's ``components_``).
+    loss, alpha, beta
+        The loss, see `resolve_loss`. ``"poisson"`` is KL against
+        ``diag(sum(X, axis=1)) W H`` (seed 002, per-sample totals).
+    weights
+        Optional entry weights of X's shape (0/1 mask, dense or sparse): the loss is
+        ``sum_ij weights_ij d(x_ij, q_ij)``. A *sparse* mask counts only its stored entries.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        The loss is undefined at a zero of X (Itakura-Saito, Neyman, alpha <= 0, ...), or
+        shapes do not match.
+    """
+    spec = resolve_loss(loss, alpha, beta)
+    data = ClassicData.build(X, weights, spec)
+    W, H = data.check_factors(W, H)
+    if spec.name == "poisson":
+        W = W * data.row_totals[:, None]
+    return data.loss(spec, W, H)

@@ -16,8 +16,8 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .._validation import warn_user
-from .._vb import ConvergenceWarning
+from .._model import ConvergenceWarning
+from .._utils import warn_user
 from ._data import ClassicData
 from ._mu import converged, fit_multiplicative
 from ._solvers import STEPS, fit_frobenius

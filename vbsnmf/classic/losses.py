@@ -266,50 +266,6 @@ def total_divergence(
 # ---- D(X, W H) without forming W H ------------------------------------------------------
 
 
-def factor_loss(
-    X,
-    W: np.ndarray,
-    H: np.ndarray,
-    loss: str = "kl",
-    alpha: float | None = None,
-    beta: float | None = None,
-    weights=None,
-) -> float:
-    """``D(X, W H)``, never forming the dense ``W H`` when X is sparse.
-
-    Parameters
-    ----------
-    X
-        Non-negative data, n x m, dense or scipy sparse.
-    W, H
-        Factors, n x K and K x m (``H`` is scikit-learn's ``components_``).
-    loss, alpha, beta
-        The loss, see `resolve_loss`. ``"poisson"`` is KL against
-        ``diag(sum(X, axis=1)) W H`` (seed 002, per-sample totals).
-    weights
-        Optional entry weights of X's shape (0/1 mask, dense or sparse): the loss is
-        ``sum_ij weights_ij d(x_ij, q_ij)``. A *sparse* mask counts only its stored entries.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    ValueError
-        The loss is undefined at a zero of X (Itakura-Saito, Neyman, alpha <= 0, ...), or
-        shapes do not match.
-    """
-    from ._data import ClassicData  # the data layer imports this module
-
-    spec = resolve_loss(loss, alpha, beta)
-    data = ClassicData.build(X, weights, spec)
-    W, H = data.check_factors(W, H)
-    if spec.name == "poisson":
-        W = W * data.row_totals[:, None]
-    return data.loss(spec, W, H)
-
-
 def check_defined_at_zeros(spec: LossSpec, has_zeros: bool) -> None:
     """Raise if the data has zeros that count and the loss is undefined at p = 0."""
     if has_zeros and spec.zero_power is None:
@@ -341,7 +297,6 @@ __all__ = [
     "alpha_divergence",
     "beta_divergence",
     "divergence",
-    "factor_loss",
     "frobenius",
     "hellinger",
     "itakura_saito",

@@ -3,10 +3,21 @@
 `read` picks the reader by the path: a 10x folder (`read_10x`), an ``.h5ad`` file
 (`read_h5ad`) or a Matrix Market ``.mtx`` / ``.mtx.gz`` file (`read_mtx`). Every problem
 with an input file raises `ReadError` (a `ValueError`) whose message names the file.
+`atomic_file` and `atomic_directory` write an output so that it appears only complete.
 """
 
+from ._atomic import atomic_directory, atomic_file
 from ._errors import ReadError
 from ._read import read, read_10x, read_h5ad, read_mtx
 from ._write import write_nmf_tables
 
-__all__ = ["ReadError", "read", "read_10x", "read_h5ad", "read_mtx", "write_nmf_tables"]
+__all__ = [
+    "ReadError",
+    "atomic_directory",
+    "atomic_file",
+    "read",
+    "read_10x",
+    "read_h5ad",
+    "read_mtx",
+    "write_nmf_tables",
+]

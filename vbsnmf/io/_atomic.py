@@ -30,7 +30,10 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
 
     The suffix of ``target`` is kept (writers such as matplotlib pick the format from it).
-    On any exception, including `KeyboardInterrupt`, the temporary file is removed.
+    The file is flushed to disk before the rename, so even a crash of the machine leaves
+    the old file or the complete new one. On any exception, including `KeyboardInterrupt`,
+    the temporary file is removed. Every output of vbsnmf, checkpoints included, is
+    written through this.
     """
     target = Path(target)
     handle, temporary = tempfile.mkstemp(
@@ -40,6 +43,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
         _default_permissions(temporary, folder=False)
         os.replace(temporary, target)
     finally:

@@ -198,14 +198,14 @@ def read_h5ad(path: str | os.PathLike):
     import anndata as ad
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     _probe_hdf5(path)
     try:
         adata = ad.read_h5ad(path)
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # h5py/anndata raise many types for corrupt files
-        raise ReadError(path, f"not a readable .h5ad file ({_describe(error)})") from None
+        raise ReadError(path, f"not a readable .h5ad file ({describe_error(error)})") from None
     if adata.X is None:
         raise ReadError(path, "has no X matrix")
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -216,12 +216,12 @@ def read_h5ad(path: str | os.PathLike):
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def _check_mtx_size(path: Path, fmt: str, size: tuple[int, ...], bytes_per_index=None) -> int:
+def check_mtx_size(path: Path, fmt: str, size: tuple[int, ...], bytes_per_index=None) -> int:
     """The entry count a Matrix Market size line declares, after checking the shape and
     the count against the file's size and the memory their indexes need (ReadError)."""
     n_rows, n_cols = size[:2]
@@ -257,7 +257,7 @@ def _check_index_memory(
         )
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     if not path.exists():
         raise ReadError(path, "no such file")
     if not path.is_file():
@@ -314,7 +314,7 @@ def _is_gzip(path: Path) -> bool:
         return handle.read(2) == _GZIP_MAGIC
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
@@ -391,10 +391,10 @@ class _CheckedEntries:
         self._previous_space = bool(space[-1])
 
 
-def _mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
+def mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
     """The format (``coordinate`` or ``array``), field and size line of a Matrix Market
     file."""
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         banner = handle.readline(1024).decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
@@ -428,15 +428,15 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
     """The matrix of a Matrix Market file as stored (rows x columns), float32, checked."""
     import scipy.io
 
-    _check_file(path)
+    check_file(path)
     try:
-        fmt, field, size = _mtx_header(path)
-        n_entries = _check_mtx_size(path, fmt, size)
+        fmt, field, size = mtx_header(path)
+        n_entries = check_mtx_size(path, fmt, size)
         if fmt == "coordinate":
             n_fields = 2 if field == "pattern" else 3
         else:
             n_fields = 1
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             stream = _CheckedEntries(handle, path, field, n_fields, n_entries)
             matrix = scipy.io.mmread(stream)
             stream.finish()
@@ -448,14 +448,14 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         raise ReadError(path, "truncated: the compressed stream ends early") from None
     except Exception as error:  # scipy, gzip and zlib raise several types on corrupt input
         raise ReadError(
-            path, f"corrupt or truncated Matrix Market file ({_describe(error)})"
+            path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
         ) from None
     return sp.coo_matrix(matrix, dtype=np.float32)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     """A headerless tab-separated text file (plain or gzip) as strings; one row per line."""
-    _check_file(path)
+    check_file(path)
     try:
         table = pd.read_csv(
             path,
@@ -470,7 +470,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ReadError(path, "is empty") from None
     except Exception as error:  # pandas, gzip, zlib and codecs raise several types
-        raise ReadError(path, f"unreadable name file ({_describe(error)})") from None
+        raise ReadError(path, f"unreadable name file ({describe_error(error)})") from None
     return table
 
 

@@ -7,13 +7,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from .._dask import is_dask_array
-from .._estimator import VBNMF, numba_threads
+from .._estimator import SOLVERS as VB_SOLVERS
+from .._estimator import VBNMF
+from .._model import INIT_KEYS
+from .._utils import is_dask_array, numba_threads
+from ..classic._nmf import NMF
+from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
 from ._counts import check_count_matrix, select_counts
 
-VB_METHODS = ("batch", "svi")
-CLASSIC_METHODS = ("mu", "hals", "als", "pg", "ipg", "gd")
-VARIATIONAL_KEYS = ("obs_shape", "obs_rate", "var_shape", "var_rate")
+SOLVERS = VB_SOLVERS + CLASSIC_SOLVERS
 
 
 def result_keys(key_added: str | None) -> tuple[str, str, str]:
@@ -30,7 +32,7 @@ def nmf(
     layer: str | None = None,
     use_raw: bool = False,
     key_added: str | None = None,
-    method: str = "batch",
+    solver: str = "batch",
     random_state=0,
     warm_start: bool = False,
     callback: Callable | None = None,
@@ -40,7 +42,7 @@ def nmf(
     """Non-negative matrix factorisation of the raw counts of ``adata``.
 
     Fits ``counts ~ Poisson(cell_factors @ gene_loadings.T)`` by variational Bayes
-    (`vbsnmf.VBNMF`, methods ``"batch"`` and ``"svi"``) or by a classical solver
+    (`vbsnmf.VBNMF`, solvers ``"batch"`` and ``"svi"``) or by a classical solver
     (`vbsnmf.classic.NMF`), and stores the posterior mean factors the way
     ``scanpy.pp.pca`` stores its components, so that
     ``sc.pp.neighbors(adata, use_rep="X_nmf")`` works directly.
@@ -59,7 +61,7 @@ def nmf(
     key_added
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]`` and
         ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``.
-    method
+    solver
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
         ``"ipg"``, ``"gd"``.
@@ -70,7 +72,7 @@ def nmf(
         cells): its parameters start the fit, its ELBO trace is extended.
     callback
         ``callback(n_iter, params, elbo_trace)`` after every iteration (variational
-        methods), e.g. for a progress bar.
+        solvers), e.g. for a progress bar.
     copy
         Return a copy of ``adata`` with the results instead of writing into ``adata``.
     **fit_params
@@ -89,9 +91,9 @@ def nmf(
     ``.uns['nmf']`` : dict
         ``params`` (the settings), ``elbo_trace`` (ELBO in nats per iteration),
         ``n_iter``, ``converged``, ``var_names`` (the genes fitted, in order),
-        ``obsm_key``, ``varm_key``, and for variational methods ``variational``: the
-        Gamma parameters ``obs_shape`` (n_obs, K), ``obs_rate`` (K,), ``var_shape``
-        (n_genes fitted, K), ``var_rate`` (K,) and the prior ``prior_shape``,
+        ``obsm_key``, ``varm_key``, and for the variational solvers ``variational``: the
+        Gamma parameters ``cell_shape`` (n_obs, K), ``cell_rate`` (K,), ``gene_shape``
+        (n_genes fitted, K), ``gene_rate`` (K,) and the prior ``prior_shape``,
         ``prior_rate``, which `project` and ``warm_start`` use.
 
     Raises
@@ -99,38 +101,37 @@ def nmf(
     ValueError
         The selected matrix is not non-negative integer counts (the message says where the
         counts probably are, e.g. ``layer="counts"`` or ``use_raw=True``); ``n_components``
-        is out of range; an unknown ``method``; a missing layer or ``.raw``.
+        is out of range; an unknown ``solver``; a missing layer or ``.raw``.
     """
-    if method not in VB_METHODS + CLASSIC_METHODS:
-        raise ValueError(
-            f"unknown method {method!r}; choose one of {', '.join(VB_METHODS + CLASSIC_METHODS)}"
-        )
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     obsm_key, varm_key, uns_key = result_keys(key_added)
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
-    if is_dask_array(matrix):
+    on_dask = is_dask_array(matrix)
+    if on_dask:
         # Fitted on the Dask cluster (vbsnmf.fit_dask); each chunk is checked on its worker,
         # so the client never loads the matrix. .obsm holds a dask array.
-        if method not in VB_METHODS:
-            raise ValueError(f"a dask array of counts is fitted by {VB_METHODS}, not {method!r}")
+        if solver not in VB_SOLVERS:
+            raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
     else:
         matrix = check_count_matrix(adata, matrix, source)
 
     previous = adata.uns.get(uns_key) if warm_start else None
-    if method in VB_METHODS:
+    if solver in VB_SOLVERS:
         fitted = _fit_variational(
-            matrix, n_components, method, random_state, previous, callback, fit_params
+            matrix, on_dask, n_components, solver, random_state, previous, callback, fit_params
         )
     else:
         if warm_start:
-            raise ValueError("warm_start applies to the variational methods 'batch' and 'svi'")
-        fitted = _fit_classic(matrix, n_components, method, random_state, fit_params)
+            raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
+        fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
 
     cell_factors, gene_loadings, info = fitted
     adata.obsm[obsm_key] = cell_factors
     adata.varm[varm_key] = _align_genes(gene_loadings, var_names, adata.var_names)
-    settings = {"n_components": int(n_components), "method": method, "use_raw": bool(use_raw)}
+    settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
@@ -146,30 +147,30 @@ def nmf(
     return adata if copy else None
 
 
-def _fit_variational(matrix, n_components, method, random_state, previous, callback, fit_params):
-    options = dict(fit_params)
-    if method != "batch":
-        options["method"] = method
-    model = VBNMF(n_components, random_state=random_state, **options)
+def _fit_variational(
+    matrix, on_dask, n_components, solver, random_state, previous, callback, fit_params
+):
+    """`VBNMF` on counts already checked (or a dask array, checked chunk by chunk)."""
+    model = VBNMF(n_components, solver=solver, random_state=random_state, **fit_params)
     init, previous_trace = None, np.empty(0)
     if previous is not None:
         if "variational" not in previous:
             raise ValueError("warm_start: the stored fit has no variational parameters")
         stored = previous["variational"]
-        init = {name: np.asarray(stored[name]) for name in VARIATIONAL_KEYS}
+        init = {name: np.asarray(stored[name]) for name in INIT_KEYS}
         previous_trace = np.asarray(previous.get("elbo_trace", []), dtype=np.float64)
-    model.fit(matrix, init=init, callback=callback)
-    cell_factors = model.obs_shape_ / model.obs_rate_
+    model._fit("dask" if on_dask else "checked", matrix, init, callback)
+    cell_factors = model.cell_shape_ / model.cell_rate_
     elbo_trace = np.concatenate([previous_trace, np.asarray(model.elbo_trace_, np.float64)])
     info = {
         "elbo_trace": elbo_trace,
         "n_iter": int(elbo_trace.size),
         "converged": bool(model.converged_),
         "variational": {
-            "obs_shape": model.obs_shape_,
-            "obs_rate": model.obs_rate_,
-            "var_shape": model.var_shape_,
-            "var_rate": model.var_rate_,
+            "cell_shape": model.cell_shape_,
+            "cell_rate": model.cell_rate_,
+            "gene_shape": model.gene_shape_,
+            "gene_rate": model.gene_rate_,
             "prior_shape": float(model.prior_shape),
             "prior_rate": float(model.prior_rate),
         },
@@ -177,12 +178,10 @@ def _fit_variational(matrix, n_components, method, random_state, previous, callb
     return cell_factors, model.components_.T, info
 
 
-def _fit_classic(matrix, n_components, method, random_state, fit_params):
-    from ..classic import NMF  # imported on use: the classical solvers are optional here
-
+def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     options = dict(fit_params)
     n_threads = options.pop("n_threads", None)
-    model = NMF(n_components, solver=method, random_state=random_state, **options)
+    model = NMF(n_components, solver=solver, random_state=random_state, **options)
     with numba_threads(n_threads):
         cell_factors = model.fit_transform(matrix)
     n_iter = int(model.n_iter_)

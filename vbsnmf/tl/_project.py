@@ -7,8 +7,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .. import _vb
-from .._estimator import numba_threads
+from .._data import as_count_data
+from .._model import GammaPrior, fit_rows
+from .._utils import numba_threads
+from .._validation import check_integer, check_tol
 from ._counts import check_count_matrix, select_counts
 from ._top_genes import fit_info
 
@@ -38,7 +40,7 @@ def project(
     adata_new
         Cells x genes with raw counts (in ``X``, ``layers[layer]`` or ``.raw``).
     adata_ref
-        AnnData after a variational `vbsnmf.tl.nmf` fit (``method`` ``"batch"`` or
+        AnnData after a variational `vbsnmf.tl.nmf` fit (``solver`` ``"batch"`` or
         ``"svi"``).
     key
         ``key_added`` of the reference fit.
@@ -69,11 +71,12 @@ def project(
         The reference fit is not variational, no gene names are shared, names in
         ``adata_new`` repeat, or its counts are not raw counts.
     """
+    max_iter, tol = check_integer(max_iter, "max_iter", 1), check_tol(tol)
     info = fit_info(adata_ref, key)
     if "variational" not in info:
         raise ValueError(
-            f"adata_ref.uns[{key!r}] is a {info['params'].get('method')!r} fit without "
-            "variational parameters; project needs method='batch' or 'svi'"
+            f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
+            "variational parameters; project needs solver='batch' or 'svi'"
         )
     variational = info["variational"]
     if copy:
@@ -98,21 +101,21 @@ def project(
         )
     matrix = check_count_matrix(adata_new, matrix, source)
     counts = matrix.tocsr()[:, positions[shared]]
-    var_shape = np.ascontiguousarray(np.asarray(variational["var_shape"])[shared])
-    var_rate = np.asarray(variational["var_rate"])
-    with numba_threads(n_threads) as n_chunks:
-        cell_shape, cell_rate = _vb.fit_rows(
-            _vb.as_count_data(counts),
-            var_shape,
-            var_rate,
-            prior_shape=float(variational["prior_shape"]),
-            prior_rate=float(variational["prior_rate"]),
+    gene_shape = np.ascontiguousarray(np.asarray(variational["gene_shape"])[shared])
+    gene_rate = np.asarray(variational["gene_rate"])
+    prior = GammaPrior(float(variational["prior_shape"]), float(variational["prior_rate"]))
+    with numba_threads(n_threads) as n_parts:
+        cells = fit_rows(
+            as_count_data(counts),
+            gene_shape,
+            gene_rate,
+            prior,
             max_iter=max_iter,
             tol=tol,
-            n_chunks=n_chunks,
+            n_parts=n_parts,
         )
     obsm_key = info["obsm_key"] if key_added is None else f"X_{key_added}"
-    adata_new.obsm[obsm_key] = cell_shape / cell_rate
+    adata_new.obsm[obsm_key] = cells.shape / cells.rate
     adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,

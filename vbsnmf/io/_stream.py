@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_counts
+from .._validation import check_counts
+from ._errors import ReadError
+from ._read import check_file, check_mtx_size, describe_error, mtx_header, open_binary
 
 # Lines of a Matrix Market file parsed at a time (about 100 MB of int64/float64 triplets).
 _MTX_LINES_PER_CHUNK = 4_000_000
@@ -142,22 +144,19 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
     """
     import h5py  # AnnData's dependency
 
-    from .io._errors import ReadError
-    from .io._read import _check_file, _check_mtx_size, _describe, _mtx_header, _open_binary
-
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     spill = tempfile.TemporaryDirectory(prefix="vbsnmf-stream-", dir=spill_dir)
     spill_path = os.path.join(spill.name, "cells.h5")
     try:
-        fmt, field, size = _mtx_header(path)  # the io reader's checks of banner and size
+        fmt, field, size = mtx_header(path)  # the io reader's checks of banner and size
         if fmt != "coordinate" or field not in ("integer", "real", "double"):
             raise ReadError(path, f"streaming reads coordinate integer or real files, not {field}")
         # before the spill file is sized for the entries; 16 bytes a cell: counts, indptr
-        nnz = _check_mtx_size(path, fmt, size, bytes_per_index=16)
+        nnz = check_mtx_size(path, fmt, size, bytes_per_index=16)
         n_rows, n_cols = size[:2]
         n_cells, n_genes = (n_cols, n_rows) if genes_by_cells else (n_rows, n_cols)
-        with _open_binary(path) as handle, h5py.File(spill_path, "w") as out:
+        with open_binary(path) as handle, h5py.File(spill_path, "w") as out:
             _skip_mtx_header(handle)
             _spill_cells(handle, out, genes_by_cells, n_cells, n_genes, nnz)
     except BaseException as error:
@@ -167,7 +166,7 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
         if isinstance(error, ValueError):  # our checks, and pandas' parser on a bad line
             raise ReadError(path, str(error)) from None
         if isinstance(error, (EOFError, OverflowError, zlib.error, gzip.BadGzipFile)):
-            raise ReadError(path, f"corrupt or truncated file ({_describe(error)})") from None
+            raise ReadError(path, f"corrupt or truncated file ({describe_error(error)})") from None
         raise
     handle_out = h5py.File(spill_path, "r")
     return CompressedRowsSource(handle_out, owner=(handle_out, spill))

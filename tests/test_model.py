@@ -1,0 +1,189 @@
+"""The model (`vbsnmf._model`) against an independent numpy CAVI (`reference_cavi`):
+one iteration, the ELBO, the log-space fallback, the local step; and the random start."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import reference_cavi as ref
+import scipy.sparse as sp
+from simulated import poisson_gamma_counts
+
+import vbsnmf
+from vbsnmf import _model
+from vbsnmf._data import as_count_data
+
+
+def _random_params(rng, n_rows, n_cols, k):
+    return (
+        rng.uniform(0.5, 3.0, (n_rows, k)),
+        rng.uniform(0.5, 2.0, k),
+        rng.uniform(0.5, 3.0, (n_cols, k)),
+        rng.uniform(0.5, 2.0, k),
+    )
+
+
+def _small_matrices():
+    rng = np.random.default_rng(1)
+    plain = rng.poisson(1.5, (13, 9)).astype(float)
+    with_empty = rng.poisson(0.8, (8, 17)).astype(float)  # more columns than rows
+    with_empty[3] = 0  # empty row
+    with_empty[:, [0, 5]] = 0  # empty columns
+    return {"plain": plain, "empty_rows_cols": with_empty}
+
+
+def _as_dict(params):
+    return dict(zip(("cell_shape", "cell_rate", "gene_shape", "gene_rate"), params))
+
+
+@pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("prior", [(1.0, 1.0), (0.3, 0.5)])
+@pytest.mark.parametrize("block_rows", [None, 1, 2, 5])
+def test_one_iteration_matches_numpy_cavi(name, n_threads, prior, block_rows):
+    """The pass and the global step; also with the kernel's minor-axis cache blocks cut to
+    a few rows (thousands on large data), so rows whose nonzeros skip whole blocks are
+    covered."""
+    X = _small_matrices()[name]
+    prior = _model.GammaPrior(*prior)
+    start = _model.VariationalParams(*_random_params(np.random.default_rng(7), *X.shape, 3))
+    expected = ref.iteration(X, *start.as_tuple(), prior.shape, prior.rate)
+    data = as_count_data(sp.csr_matrix(X))
+    row_stat, col_stat, data_term = _model.shape_statistics(data, start, n_threads, block_rows)
+    got = _model.global_step(start, row_stat, col_stat, prior)
+    for mine, theirs in zip(got.as_tuple(), expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-10)
+    # The pass under q also gives the ELBO of q.
+    value = _model.elbo_terms(data_term, start, prior).value()
+    reference = ref.elbo(X, *start.as_tuple(), prior.shape, prior.rate)
+    np.testing.assert_allclose(value, reference, rtol=1e-10)
+
+
+def test_one_fit_iteration_from_a_given_start_matches_numpy_cavi():
+    """Through `VBNMF`: ``max_iter=1`` from ``init`` is one iteration, and the trace holds
+    the ELBO of the parameters after it."""
+    X = _small_matrices()["empty_rows_cols"]
+    start = _random_params(np.random.default_rng(7), *X.shape, 3)
+    expected = ref.iteration(X, *start, 0.3, 0.5)
+    model = vbsnmf.VBNMF(3, prior_shape=0.3, prior_rate=0.5, max_iter=1, n_threads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(sp.csr_matrix(X), init=_as_dict(start))
+    got = (model.cell_shape_, model.cell_rate_, model.gene_shape_, model.gene_rate_)
+    for mine, theirs in zip(got, expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-10)
+    assert model.elbo_trace_.shape == (1,)
+    np.testing.assert_allclose(model.elbo_trace_[0], ref.elbo(X, *expected, 0.3, 0.5), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
+def test_elbo_matches_numpy_reference(name):
+    X = _small_matrices()[name]
+    start = _random_params(np.random.default_rng(3), *X.shape, 4)
+    data = as_count_data(sp.coo_matrix(X))
+    got = _model.elbo(data, _model.VariationalParams(*start), _model.GammaPrior(0.7, 1.3), 2)
+    np.testing.assert_allclose(got, ref.elbo(X, *start, 0.7, 1.3), rtol=1e-10)
+
+
+@pytest.mark.parametrize("block_rows", [None, 1])
+def test_log_space_fallback_when_products_underflow(block_rows):
+    """Rows peaked on different components: exp(E[log z]) exp(E[log w]) underflows to 0
+    on every component, the kernel must fall back to log-sum-exp and stay exact (also
+    with one minor row per cache block)."""
+    X = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 5.0]])
+    tiny_shape = 1e-3  # digamma(1e-3) ~ -1000: exp underflows in float64
+    row_shape = np.array([[50.0, tiny_shape], [tiny_shape, 50.0]])
+    col_shape = np.array([[tiny_shape, 40.0], [40.0, tiny_shape], [tiny_shape, tiny_shape]])
+    params = _model.VariationalParams(row_shape, np.ones(2), col_shape, np.ones(2))
+    data = as_count_data(sp.csr_matrix(X))
+    row_stat, col_stat, data_term = _model.shape_statistics(data, params, 1, block_rows)
+    assert np.all(np.isfinite(row_stat)) and np.all(np.isfinite(col_stat))
+    expected = ref.iteration(X, *params.as_tuple(), 1e-3, 1.0)
+    np.testing.assert_allclose(row_stat + 1e-3, expected[0], rtol=1e-10)
+    np.testing.assert_allclose(col_stat + 1e-3, expected[2], rtol=1e-10)
+    value = _model.elbo_terms(data_term, params, _model.GammaPrior(1e-3, 1.0)).value()
+    np.testing.assert_allclose(value, ref.elbo(X, *params.as_tuple(), 1e-3, 1.0), rtol=1e-10)
+
+
+def test_transform_matches_reference_local_cavi():
+    rng = np.random.default_rng(8)
+    X, _ = poisson_gamma_counts(rng, 80, 30, 3)
+    model = vbsnmf.VBNMF(3, max_iter=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(X)
+    new_rows = rng.poisson(2.0, (7, 30)).astype(float)
+    new_rows[2] = 0
+    fixed = vbsnmf.VBNMF(3, max_iter=25, tol=0.0)
+    fixed.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    shape, rate = fixed.transform_posterior(new_rows)
+    ref_shape, ref_rate = ref.fit_rows(new_rows, model.gene_shape_, model.gene_rate_, 1.0, 1.0, 25)
+    np.testing.assert_allclose(shape, ref_shape, rtol=1e-10)
+    np.testing.assert_allclose(rate, ref_rate, rtol=1e-12)
+    np.testing.assert_allclose(fixed.transform(new_rows), ref_shape / ref_rate, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_random_start_is_the_same_for_any_split_of_the_rows(dtype):
+    """The start of rows a:b drawn alone equals rows a:b of the whole side, for ranges
+    that cross the fixed blocks of the draw; shapes in [1, 2), components distinct."""
+    n_rows, k = 3 * _model.START_BLOCK_ROWS + 17, 3
+    whole = _model.random_shapes(99, 0, 0, n_rows, k, dtype)
+    assert whole.dtype == dtype and np.all((whole >= 1.0) & (whole < 2.0))
+    assert len(np.unique(whole[0])) == k
+    cuts = [0, 5, _model.START_BLOCK_ROWS - 1, _model.START_BLOCK_ROWS + 3, 9000, n_rows]
+    pieces = [_model.random_shapes(99, 0, a, b, k, dtype) for a, b in itertools.pairwise(cuts)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    # Another seed, another side or another start index draws other numbers.
+    for other in (
+        _model.random_shapes(98, 0, 0, n_rows, k, dtype),
+        _model.random_shapes(99, 1, 0, n_rows, k, dtype),
+        _model.random_shapes(99, 0, 0, n_rows, k, dtype, start=1),
+    ):
+        assert not np.array_equal(other, whole)
+
+
+def test_random_start_rates_put_the_expected_mean_count():
+    shape, k, total = (40, 30), 4, 600.0
+    start = _model.random_start(shape, k, total, 5, np.float64)
+    mean_count = total / (shape[0] * shape[1])
+    # E[z] E[w] summed over l, with the shapes' mean 1.5: the data's mean count.
+    np.testing.assert_allclose(
+        k * (1.5 / start.row_rate[0]) * (1.5 / start.col_rate[0]), mean_count
+    )
+    np.testing.assert_array_equal(start.row_shape, _model.random_shapes(5, 0, 0, 40, k, np.float64))
+
+
+@pytest.mark.parametrize(
+    ("random_state", "error"),
+    [(-1, ValueError), (1.5, TypeError), ("7", TypeError), (True, TypeError)],
+)
+def test_seed_entropy_refuses_what_is_not_a_seed(random_state, error):
+    with pytest.raises(error, match="random_state"):
+        _model.seed_entropy(random_state)
+    assert _model.seed_entropy(7) == 7
+    generator = np.random.default_rng(3)
+    assert _model.seed_entropy(generator) != _model.seed_entropy(generator)  # draws advance
+
+
+def test_init_params_checks_keys_shapes_and_values():
+    good = {
+        "cell_shape": np.ones((4, 2)),
+        "cell_rate": np.ones(2),
+        "gene_shape": np.ones((3, 2)),
+        "gene_rate": np.ones(2),
+    }
+    params = _model.init_params(good, (4, 3), 2, np.float32)
+    assert params.row_shape.dtype == np.float32 and params.col_shape.shape == (3, 2)
+    assert params.row_shape is not good["cell_shape"]  # copied
+    with pytest.raises(ValueError, match="missing 'gene_rate'"):
+        _model.init_params({k: v for k, v in good.items() if k != "gene_rate"}, (4, 3), 2, float)
+    with pytest.raises(ValueError, match=r"gene_shape has shape \(3, 2\), expected \(5, 2\)"):
+        _model.init_params(good, (4, 5), 2, float)
+    with pytest.raises(ValueError, match="positive and finite"):
+        _model.init_params({**good, "cell_rate": np.array([1.0, np.nan])}, (4, 3), 2, float)
+    with pytest.raises(TypeError, match="init must be"):
+        _model.init_params([1, 2], (4, 3), 2, float)

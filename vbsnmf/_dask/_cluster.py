@@ -1,0 +1,190 @@
+"""Cluster plumbing shared by the Dask drivers: the client, where chunks live, and sums.
+
+Nothing here knows the model. A chunk of cells is built once on the worker that will keep
+it (`build_chunks`), tasks that use it are placed there (`submit_at`), and per-chunk results
+are summed on the workers in a fixed order (`reduce_chunks`), so the client receives one
+genes x K array per pass and the floating-point order does not depend on where tasks ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def dask_array_module():
+    try:
+        import dask.array as da
+    except ImportError as error:  # pragma: no cover - dask is an optional extra
+        raise ImportError(
+            "the distributed fit needs dask; install it with pip install 'vbsnmf[dask]'"
+        ) from error
+    return da
+
+
+def get_client(client):
+    """``client``, or the default client when None; a clear error when there is none."""
+    try:
+        from distributed import Client, default_client
+    except ImportError as error:  # pragma: no cover - dask is an optional extra
+        raise ImportError(
+            "the distributed fit needs dask.distributed; install it with pip install 'vbsnmf[dask]'"
+        ) from error
+    if client is None:
+        try:
+            return default_client()
+        except ValueError:
+            raise ValueError(
+                "no dask.distributed client: pass client=... or create one first, e.g. "
+                "Client(LocalCluster()) or Client('tcp://scheduler:8786')"
+            ) from None
+    if not isinstance(client, Client):
+        raise TypeError(f"client must be a distributed.Client, got {type(client)}")
+    return client
+
+
+def cells_x_genes(X):
+    """``X`` (a dask array, or an AnnData whose ``X`` is one) with one chunk along genes."""
+    da = dask_array_module()
+    if not isinstance(X, da.Array) and hasattr(X, "obs_names") and hasattr(X, "X"):
+        X = X.X
+    if not isinstance(X, da.Array):
+        raise TypeError(f"expected a dask array or an AnnData with a dask X, got {type(X)}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (cells x genes), got shape {X.shape}")
+    if any(np.isnan(n) for n in X.shape):
+        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})  # a chunk must hold whole cells
+    return X
+
+
+def chunk_bounds(X) -> np.ndarray:
+    """First cell of every chunk of ``X``, and the number of cells at the end."""
+    return np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(np.int64)
+
+
+def as_task(value):
+    """Holds a client-side value as a task, so a lost copy is recomputed, not lost."""
+    return value
+
+
+@dataclass
+class Layout:
+    """Which worker each chunk is placed on: contiguous groups of chunks, one per worker
+    present at the start of the fit.
+
+    The groups also fix the order of the floating-point sums (within a group in chunk
+    order, then a tree over groups), so a fit's numbers depend on the number of workers at
+    its start, never on where tasks happen to run, and stay the same when a worker is lost
+    (its groups' tasks move elsewhere; placements are preferences, not requirements).
+    """
+
+    groups: list[list[int]]
+    addresses: list[str]
+
+    @classmethod
+    def of(cls, client, n_chunks: int) -> Layout:
+        workers = sorted(client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("the Dask cluster has no workers; start some before fitting")
+        n_groups = min(len(workers), n_chunks)
+        groups = [[int(i) for i in part] for part in np.array_split(np.arange(n_chunks), n_groups)]
+        return cls(groups, workers[:n_groups])
+
+    def placed(self):
+        """``(address, chunk indices)`` per group."""
+        return zip(self.addresses, self.groups)
+
+    def address_of(self, chunk: int) -> str:
+        return next(a for a, group in self.placed() if chunk in group)
+
+
+def submit_at(client, layout: Layout, chunk: int, function, *args, key: str):
+    """``client.submit`` preferring the worker that holds ``chunk``."""
+    return client.submit(
+        function, *args, key=key, workers=[layout.address_of(chunk)], allow_other_workers=True
+    )
+
+
+def compute_placed(client, layout: Layout, delayed_per_chunk: list) -> list:
+    """Futures of one delayed value per chunk, each computed on its chunk's worker."""
+    futures = [None] * len(delayed_per_chunk)
+    for address, group in layout.placed():
+        computed = client.compute(
+            [delayed_per_chunk[i] for i in group], workers=[address], allow_other_workers=True
+        )
+        for i, future in zip(group, computed):
+            futures[i] = future
+    return futures
+
+
+def build_chunks(client, layout: Layout, builder, X) -> list:
+    """Futures of ``builder(block, first_cell)`` per chunk of cells, placed by ``layout``;
+    pure, so a lost chunk is rebuilt from its source."""
+    import dask
+
+    build = dask.delayed(builder, pure=True)
+    blocks = X.to_delayed()[:, 0]
+    first_cells = chunk_bounds(X)[:-1]
+    return compute_placed(
+        client, layout, [build(block, int(first)) for block, first in zip(blocks, first_cells)]
+    )
+
+
+def start_blocks(init_shape, chunk_sizes, client, layout: Layout, prefix: str) -> list:
+    """Futures of given starting cell shapes per chunk, from a numpy or dask array."""
+    da = dask_array_module()
+    if isinstance(init_shape, da.Array):
+        blocks = init_shape.rechunk((tuple(chunk_sizes), -1)).to_delayed()[:, 0]
+        return compute_placed(client, layout, list(blocks))
+    bounds = np.concatenate([[0], np.cumsum(chunk_sizes)])
+    return [
+        submit_at(
+            client, layout, index, as_task, init_shape[start:stop], key=f"{prefix}-init-{index}"
+        )
+        for index, (start, stop) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
+def reduce_chunks(client, futures: dict, layout: Layout, add, prefix: str):
+    """Sum the chunks' results (``{chunk index: future}``) with ``add(*values)`` on the
+    workers; returns one future.
+
+    One sum per group on the worker holding it (in chunk order, no transfer), then a
+    pairwise tree over groups: the bytes moved are O(workers x genes x K) whatever the
+    number of chunks and nonzeros, and the client receives genes x K once.
+    """
+    level = [
+        client.submit(
+            add,
+            *(futures[i] for i in group if i in futures),
+            key=f"{prefix}-sum-g{number}",
+            workers=[address],
+            allow_other_workers=True,
+        )
+        for number, (address, group) in enumerate(layout.placed())
+        if any(i in futures for i in group)
+    ]
+    depth = 0
+    while len(level) > 1:
+        level = [
+            client.submit(add, *level[i : i + 2], key=f"{prefix}-sum{depth}-{i}")
+            for i in range(0, len(level), 2)
+        ]
+        depth += 1
+    return level[0]
+
+
+def lazy_rows(futures: list, chunk_sizes, n_components: int, dtype):
+    """Per-chunk futures of (cells x K) arrays as one dask array in cell order."""
+    import dask
+
+    da = dask_array_module()
+    blocks = [
+        da.from_delayed(dask.delayed(future), (int(size), n_components), dtype=dtype)
+        for future, size in zip(futures, chunk_sizes)
+    ]
+    return da.concatenate(blocks, axis=0)

@@ -1,0 +1,78 @@
+"""The count matrix as the engine stores it: CSR along one axis, with its constant term.
+
+Every driver hands the model's pass (`_model.shape_statistics`) a `CountData`; how the
+driver got it (a matrix in memory, a minibatch, a Dask chunk, a block read from disk) is
+the driver's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _kernels
+
+
+@dataclass
+class CountData:
+    """A count matrix as CSR along its ``major`` axis (0 = rows, 1 = columns).
+
+    ``log_factorial`` is the constant ``sum_n lgamma(x_n + 1)`` of the ELBO's data term.
+    """
+
+    shape: tuple[int, int]
+    major: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    counts: np.ndarray
+    log_factorial: float = field(default=0.0)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.counts.shape[0])
+
+    def part_bounds(self, n_parts: int) -> np.ndarray:
+        """Major-axis boundaries of ``n_parts`` ranges with about equal nonzeros, one per
+        parallel task of the pass (normally one per thread)."""
+        n_major = self.shape[self.major]
+        n_parts = max(1, min(n_parts, n_major))
+        targets = np.linspace(0, self.nnz, n_parts + 1)
+        bounds = np.searchsorted(self.indptr, targets, side="left").astype(np.int64)
+        bounds[0], bounds[-1] = 0, n_major
+        return np.maximum.accumulate(bounds)
+
+    @classmethod
+    def from_csr(cls, matrix: sp.csr_matrix | sp.csr_array, major: int, shape) -> CountData:
+        """Wrap a canonical CSR matrix whose rows are the ``major`` axis of ``shape``."""
+        counts = matrix.data
+        return cls(
+            shape=(int(shape[0]), int(shape[1])),
+            major=major,
+            indptr=matrix.indptr,
+            indices=matrix.indices,
+            counts=counts,
+            log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
+        )
+
+
+def as_count_data(matrix, counts_dtype=np.float64) -> CountData:
+    """Canonical CSR of ``matrix`` (already validated) along its longer axis.
+
+    The longer axis is major so that the pass's per-part accumulators, one n_minor x K
+    slab per part, are on the shorter axis.
+    """
+    matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else matrix
+    shape = matrix.shape
+    major = 0 if shape[0] >= shape[1] else 1
+    csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
+    if not csr.has_canonical_format or not np.all(csr.data):
+        # Sorting, summing duplicates and dropping zeros work in place: never on the
+        # caller's matrix.
+        csr = csr.copy()
+        csr.sum_duplicates()
+        csr.eliminate_zeros()
+    if csr.data.dtype != counts_dtype:
+        csr.data = csr.data.astype(counts_dtype)
+    return CountData.from_csr(csr, major, shape)

@@ -9,9 +9,9 @@ pbmc_facs with replacement and binomially thinned, written blockwise to ``DATA/b
 (built once, reused when present). The local run reads it into memory; the distributed
 run reads it lazily (`anndata.experimental.read_elem_lazy`, ``--chunks`` chunks of cells),
 so each worker reads its own cells from disk and the client never holds the matrix. Both
-start from the same q (`_vb.random_init`) and run ``--iters`` iterations.
+start from the same q (`_model.random_start`) and run ``--iters`` iterations.
 
-- local: `_vb.fit_vb` with 2 Numba threads, in a fresh process;
+- local: `_batch.fit_batch` with 2 Numba threads, in a fresh process;
 - dask: `fit_dask` on ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
   one Numba thread per chunk task.
 
@@ -65,28 +65,28 @@ def run_local(path: str, n_components: int, iters: int) -> dict:
     import numpy as np
 
     import vbsnmf
-    from vbsnmf import _vb
+    from vbsnmf import _batch, _data, _model
 
     warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
     with h5py.File(path, "r") as store:
         matrix = ad.io.read_elem(store["X"])
-    data = _vb.as_count_data(matrix)
+    data = _data.as_count_data(matrix)
     del matrix
-    init = _vb.random_init(data, n_components, np.random.default_rng(0))
+    total = float(data.counts.sum())
+    init = _model.random_start(data.shape, n_components, total, 0, np.float64)
     stamps, cpu_stamps = [time.perf_counter()], [time.process_time()]
 
     def record(*_):
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
 
-    result = _vb.fit_vb(
+    result = _batch.fit_batch(
         data,
         init,
-        prior_shape=1.0,
-        prior_rate=1.0,
+        _model.GammaPrior(1.0, 1.0),
         max_iter=iters,
         tol=0.0,
-        n_chunks=2,
+        n_parts=2,
         callback=record,
     )
     return {

@@ -77,18 +77,20 @@ def _batch_timing(h5ad: str, n_components: int, n_iter: int, n_threads: int) -> 
 
 def _streaming_steps(h5ad: str, n_components: int, n_steps: int, batch_size: int, n_threads):
     """In a fresh process: cells-form SVI steps reading ``h5ad`` from disk (backed)."""
-    from vbsnmf import _estimator, _stream, _svi
+    from vbsnmf import _model, _svi, _utils
+    from vbsnmf.io import _stream
 
     source = _stream.open_source(h5ad)
     opened_mib = peak_rss_mib()
-    rng = np.random.default_rng(0)
     start = time.perf_counter()
-    total = _svi.scan_source(source)  # the one validation pass over the file
+    # the one validation pass over the file
+    total = _svi.scan_blocks(source.iter_blocks(_svi.EVAL_BLOCK_ROWS))
     scan_s = time.perf_counter() - start
-    settings = _svi.SVISettings(1.0, 1.0, batch_size, 1.0, 0.55, 1, 1, 1e-5, 200, 1e-5, n_threads)
-    with _estimator.numba_threads(n_threads):
-        state = _svi.init_cells_state(source, n_components, rng, total, 1.0, 1.0, np.float64)
-        order = rng.permutation(source.n_cells)
+    prior = _model.GammaPrior(1.0, 1.0)
+    settings = _svi.SVISettings(prior, batch_size, 1.0, 0.55, 1, 1, 1e-5, 200, 1e-5, n_threads)
+    with _utils.numba_threads(n_threads):
+        state = _svi.init_cells_state(source.shape, n_components, total, 0, prior, np.float64)
+        order = state.rng.permutation(source.n_cells)
         step_s, read_s, cpu_s = [], [], []
         for step in range(1, n_steps + 1):
             t0, cpu0 = time.perf_counter(), time.process_time()
@@ -167,8 +169,8 @@ def _forms(n_components: int, n_epochs: int, n_threads: int) -> dict:
         for name, params in (
             ("batch", dict(max_iter=300, tol=1e-6)),
             ("cells", dict(solver="svi", svi_form="cells", n_epochs=n_epochs)),
-            ("textbook", dict(solver="svi", svi_form="nonzeros", n_epochs=n_epochs)),
-            ("seed", dict(solver="svi", svi_form="abe-shimamura", n_epochs=n_epochs)),
+            ("nonzeros", dict(solver="svi", svi_form="nonzeros", n_epochs=n_epochs)),
+            ("abe-shimamura", dict(solver="svi", svi_form="abe-shimamura", n_epochs=n_epochs)),
         ):
             stamps = []
             start = time.perf_counter()
@@ -205,8 +207,8 @@ def converge(args) -> None:
     runs = {
         "batch": dict(max_iter=args.max_iter),
         "cells": dict(solver="svi", svi_form="cells", n_epochs=args.epochs),
-        "textbook": dict(solver="svi", svi_form="nonzeros", n_epochs=args.nonzero_epochs),
-        "seed": dict(solver="svi", svi_form="abe-shimamura", n_epochs=args.nonzero_epochs),
+        "nonzeros": dict(solver="svi", svi_form="nonzeros", n_epochs=args.nonzero_epochs),
+        "abe-shimamura": dict(solver="svi", svi_form="abe-shimamura", n_epochs=args.nonzero_epochs),
     }
     results = {}
     for name, params in runs.items():

@@ -7,9 +7,10 @@ Run on two commits, saving the traces of the first and comparing the second with
 
 Each line names an engine and prints the SHA-256 of its trace's float64 bytes, its length
 and its last value; with ``--compare``, whether the trace is bitwise the saved one and
-otherwise its largest difference in units in the last place (ulp). The start (Gamma shapes and rates of both sides) is drawn here with
-numpy, and the SVI drivers get the same start and the same minibatch generator, so the
-traces depend only on the engine's arithmetic, not on how a commit draws its random start.
+otherwise its largest difference in units in the last place (ulp). The start (Gamma shapes
+and rates of both sides) is drawn here with numpy, and the SVI drivers get the same start
+and the same minibatch generator, so the traces depend only on the engine's arithmetic,
+not on how a commit draws its random start.
 The script speaks both the engine's interface before the restructure of issue 15 (``_vb``,
 ``svi_form="seed"``) and after it (``_model``, ``svi_form="abe-shimamura"``).
 """
@@ -190,7 +191,9 @@ def _dask_traces(new: bool, counts, init) -> list[str]:
     from distributed import Client, LocalCluster
 
     lines = []
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
     with Client(cluster) as client:
         for chunk in (300, 1107):
             X = da.from_array(counts, chunks=(chunk, -1), asarray=False)

@@ -178,7 +178,7 @@ def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     settings = _svi.SVISettings(PRIOR, 200, 1.0, 0.7, 1, 1, 0.0, 400, 1e-11)
     state = _cells_state(source, 4, 2, float(X.sum()))
     p = state.params
-    blocks = source.iter_chunks(_svi.EVAL_BLOCK_ROWS)
+    blocks = source.iter_blocks(_svi.EVAL_BLOCK_ROWS)
     terms, row_shape, row_rate = _svi.evaluate_rows(
         blocks, p.row_shape, p.col_shape, p.col_rate, settings
     )
@@ -240,7 +240,7 @@ def test_mtx_reader_returns_the_rows_asked_for(pbmc_tiny, tmp_path):
     rows = np.sort(np.random.default_rng(0).choice(X.shape[0], 77, replace=False))
     block = source.read_rows(rows)
     assert (block != X[rows].astype(np.float64)).nnz == 0
-    chunks = [b for _, b in source.iter_chunks(250)]
+    chunks = [b for _, b in source.iter_blocks(250)]
     assert (sp.vstack(chunks).tocsr() != X.astype(np.float64)).nnz == 0
 
 

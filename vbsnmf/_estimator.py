@@ -432,7 +432,7 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
         )
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
-    total = scan_blocks(source.iter_chunks(EVAL_BLOCK_ROWS))
+    total = scan_blocks(source.iter_blocks(EVAL_BLOCK_ROWS))
     return _fit_svi_cells(settings, source, total, init, callback, entropy)
 
 

@@ -3,19 +3,21 @@
 Notation of ``docs/model.md``. The variational-Bayes kernels see the count matrix as
 compressed sparse rows along a *major* axis (``indptr``, ``indices``, ``counts``); the
 other axis is the *minor* one. Which of cells and genes is major is the caller's choice
-(`_vb.py` takes the longer axis, so the per-chunk accumulators are on the shorter one).
+(`_data.as_count_data` takes the longer axis, so the per-part accumulators are on the
+shorter one).
 
-Race-free parallel scatter-add: the major axis is cut into ``n_chunks`` contiguous ranges
-of about equal nonzeros; one chunk owns its major rows outright and writes its minor-side
-statistics into its own slab ``minor_partial[chunk]``, summed afterwards in chunk order.
-The result therefore depends on the number of chunks (normally the thread count) but not
+Race-free parallel scatter-add: the major axis is cut into ``n_parts`` contiguous ranges
+of about equal nonzeros; one part owns its major rows outright and writes its minor-side
+statistics into its own slab ``minor_partial[part]``, summed afterwards in part order.
+The result therefore depends on the number of parts (normally the thread count) but not
 on how the threads are scheduled: a fixed ``random_state`` and thread count give
 bitwise-identical fits.
 
 Cache tiling: the minor side's rows are read and accumulated at random for every nonzero.
 When its tables outgrow the per-core cache (33,514 genes x 16 doubles is 4 MiB per table
-at seed 001's shape) `update_shapes` walks the minor axis in blocks of `minor_block_rows`
-rows, one sweep over the chunk's major rows per block, which measured 2x faster there.
+at the shape of the Bischoff et al. 2021 lung atlas) `update_shapes` walks the minor axis
+in blocks of `minor_block_rows` rows, one sweep over the part's major rows per block, which
+measured 2x faster there.
 
 Log-space safety: rows of ``exp(E[log z])`` are stored divided by their maximum
 (``*_scaled`` times ``exp(*_logmax)``), so the fast path multiplies numbers in (0, 1].
@@ -60,7 +62,7 @@ _FASTMATH = {"contract", "arcp", "nsz"}
 
 # The K-long loops vectorise completely only when K is a multiple of the SIMD width (4
 # doubles); otherwise a scalar remainder runs for every nonzero. Padding the factor tables
-# with zero columns measured 1.3-1.8x faster for update_shapes at K=15 on seed 001's shape
+# with zero columns measured 1.3-1.8x faster for update_shapes at K=15 on the lung-atlas shape
 # and 1.2-2x for classic_sparse_dot at K=10, in same-process A/B runs on the 2-core machine.
 SIMD_WIDTH = 4
 
@@ -94,7 +96,7 @@ def update_shapes(
     indptr,
     indices,
     counts,
-    chunk_bounds,
+    part_bounds,
     major_scaled,
     major_logmax,
     major_elog,
@@ -111,15 +113,15 @@ def update_shapes(
 
     For each nonzero (i, j, x): responsibilities ``phi_l`` proportional to
     ``exp(E[log z_il] + E[log w_jl])``; ``x * phi`` is added to ``major_stat[i]`` and to
-    ``minor_partial[chunk, j]``; ``x * log(sum_l exp(...))`` to ``data_term_partial[chunk]``.
+    ``minor_partial[part, j]``; ``x * log(sum_l exp(...))`` to ``data_term_partial[part]``.
 
     Parameters
     ----------
     indptr, indices, counts
         CSR arrays along the major axis, indices sorted within each row.
-    chunk_bounds
-        ``n_chunks + 1`` major-row boundaries; chunk ``c`` owns rows
-        ``chunk_bounds[c]:chunk_bounds[c + 1]``.
+    part_bounds
+        ``n_parts + 1`` major-row boundaries; part ``c`` owns rows
+        ``part_bounds[c]:part_bounds[c + 1]``.
     major_scaled, major_logmax, major_elog
         ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', zero past column K: see
         `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x K) of the
@@ -128,28 +130,28 @@ def update_shapes(
         Normalisers below this take the log-sum-exp path.
     minor_block
         Minor rows per cache block (`minor_block_rows`); the nonzeros of block ``b`` of
-        every major row of a chunk are visited before those of block ``b + 1``.
+        every major row of a part are visited before those of block ``b + 1``.
     major_stat
         Output, n_major x K', overwritten: ``sum_j x_ij phi_ijl`` (zero past column K).
     minor_partial
-        Output, n_chunks x n_minor x K', overwritten: per-chunk ``sum_i x_ij phi_ijl``.
+        Output, n_parts x n_minor x K', overwritten: per-part ``sum_i x_ij phi_ijl``.
     data_term_partial
-        Output, n_chunks: per-chunk ``sum x log(sum_l exp(E[log z] + E[log w]))``.
+        Output, n_parts: per-part ``sum x log(sum_l exp(E[log z] + E[log w]))``.
 
     Returns
     -------
     int
         Number of nonzeros that took the log-sum-exp path.
     """
-    n_chunks = chunk_bounds.shape[0] - 1
+    n_parts = part_bounds.shape[0] - 1
     n_components = major_scaled.shape[1]
     n_minor = minor_scaled.shape[0]
-    fallbacks = np.zeros(n_chunks, dtype=np.int64)
-    for chunk in prange(n_chunks):
-        first, last = chunk_bounds[chunk], chunk_bounds[chunk + 1]
+    fallbacks = np.zeros(n_parts, dtype=np.int64)
+    for part in prange(n_parts):
+        first, last = part_bounds[part], part_bounds[part + 1]
         phi = np.empty(n_components, dtype=np.float64)
         row_acc = np.empty(n_components, dtype=np.float64)
-        minor_acc = minor_partial[chunk]
+        minor_acc = minor_partial[part]
         minor_acc[:] = 0.0
         major_stat[first:last] = 0.0
         next_entry = indptr[first:last].copy()  # per row: first nonzero not yet visited
@@ -193,25 +195,25 @@ def update_shapes(
         data_term = 0.0
         for r in range(last - first):
             data_term += row_data[r]
-        data_term_partial[chunk] = data_term
-        fallbacks[chunk] = n_fallback
+        data_term_partial[part] = data_term
+        fallbacks[part] = n_fallback
     return fallbacks.sum()
 
 
 @njit(parallel=True, cache=True)
-def log_factorial_sum(counts, chunk_size):
+def log_factorial_sum(counts, block_size):
     """``sum_n lgamma(x_n + 1)``, the constant part of the ELBO's data term.
 
-    Summed in fixed chunks so the result does not depend on thread scheduling.
+    Summed in fixed blocks so the result does not depend on thread scheduling.
     """
     n = counts.shape[0]
-    n_chunks = (n + chunk_size - 1) // chunk_size
-    partial = np.zeros(max(n_chunks, 1), dtype=np.float64)
-    for chunk in prange(n_chunks):
+    n_blocks = (n + block_size - 1) // block_size
+    partial = np.zeros(max(n_blocks, 1), dtype=np.float64)
+    for block in prange(n_blocks):
         total = 0.0
-        for k in range(chunk * chunk_size, min(n, (chunk + 1) * chunk_size)):
+        for k in range(block * block_size, min(n, (block + 1) * block_size)):
             total += math.lgamma(float(counts[k]) + 1.0)
-        partial[chunk] = total
+        partial[block] = total
     return partial.sum()
 
 

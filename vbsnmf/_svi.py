@@ -455,7 +455,7 @@ def fit_svi_cells(
     on_epoch: StateHook | None = None,
 ) -> SVIState:
     """SVI over minibatches of cells read from ``source`` (a `vbsnmf.io` cell source:
-    ``n_cells``, ``read_rows``, ``iter_chunks``), from ``state`` (`init_cells_state` or a
+    ``n_cells``, ``read_rows``, ``iter_blocks``), from ``state`` (`init_cells_state` or a
     checkpoint); returns the final state, whose row side is the last evaluation's (every
     cell at its optimum given the final gene side). ``state.params.row_shape`` is updated
     in place."""
@@ -468,7 +468,7 @@ def fit_svi_cells(
     def evaluate() -> float:
         params = state.params
         terms, params.row_shape, params.row_rate = evaluate_rows(
-            source.iter_chunks(EVAL_BLOCK_ROWS),
+            source.iter_blocks(EVAL_BLOCK_ROWS),
             params.row_shape,
             params.col_shape,
             params.col_rate,

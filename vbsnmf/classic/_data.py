@@ -483,7 +483,7 @@ def factor_loss(
         Factors, n x K and K x m (``H`` is scikit-learn's ``components_``).
     loss, alpha, beta
         The loss, see `resolve_loss`. ``"poisson"`` is KL against
-        ``diag(sum(X, axis=1)) W H`` (seed 002, per-sample totals).
+        ``diag(sum(X, axis=1)) W H`` (per-sample totals).
     weights
         Optional entry weights of X's shape (0/1 mask, dense or sparse): the loss is
         ``sum_ij weights_ij d(x_ij, q_ij)``. A *sparse* mask counts only its stored entries.

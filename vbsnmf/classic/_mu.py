@@ -1,19 +1,21 @@
-"""Multiplicative updates (seed 000, 002, 003): Lee-Seung Frobenius and KL, the
+"""Multiplicative updates: Lee-Seung Frobenius and KL, the
 beta-divergence, the AB-divergence update with exponent omega(alpha, beta), the
 epsilon-modified update ``max(eps, ...)`` (Gillis-Glineur 2012), entry weights, factor masks,
-and seed 002's Poisson form with per-sample totals.
+and the Poisson form of Lee and Seung's KL update with per-sample totals.
 
 Every named loss except l1 is ``scale * d_AB(alpha, beta)``, so one update serves all:
 
     W <- max(eps, W * ((w X**alpha Q**(beta-1)) H^T / (w Q**(alpha+beta-1)) H^T) ** omega)
 
-and the same for H with X transposed. Order: W, then H, as scikit-learn's solver="mu" (seed
-000 updates H first; the order only changes which factor sees the initial value first).
+and the same for H with X transposed. Order: W, then H, as scikit-learn's solver="mu" (the
+lecture notes on the AB family update H first; the order only changes which factor sees the
+initial value first).
 
-Poisson form (seed 002, rows are the samples here): ``X_ij ~ Poisson(c_i (W H)_ij)`` with
+Poisson form (rows are the samples here): ``X_ij ~ Poisson(c_i (W H)_ij)`` with
 ``c_i`` the row total, rows of H summing to one. It is KL on ``W~ = diag(c) W``; after each H
-step the rows of H are normalised and the scale moved into ``W~`` (seed 002 drops it, which
-changes ``W H``; moving it keeps ``W H`` and hence the monotone decrease). At a fixed point
+step the rows of H are normalised and the scale moved into ``W~`` (the course notes that
+derive it drop it, which changes ``W H``; moving it keeps ``W H`` and hence the monotone
+decrease). At a fixed point
 the rows of ``W`` then sum to one (module proportions per sample).
 """
 
@@ -29,7 +31,7 @@ _SAFE = float(np.finfo(np.float32).eps)
 
 
 def omega(alpha: float, beta: float) -> float:
-    """Exponent of the AB multiplicative update (seed 000, Cichocki et al. 2011).
+    """Exponent of the AB multiplicative update (Cichocki et al. 2011).
 
     ``1 / (1 - beta)`` if ``beta / alpha < 1 / alpha - 1``; ``1 / alpha`` if
     ``beta / alpha`` lies in ``[1 / alpha - 1, 1 / alpha]``; ``1 / (alpha + beta - 1)`` if

@@ -35,9 +35,9 @@ class NMF(TransformerMixin, BaseEstimator):
     n_components
         Number of components K.
     loss
-        ``"kl"``, ``"frobenius"``, ``"poisson"`` (KL with per-row totals, seed 002),
+        ``"kl"``, ``"frobenius"``, ``"poisson"`` (KL with per-row totals),
         ``"itakura-saito"``, ``"hellinger"``, ``"pearson"``, ``"neyman"``, ``"alpha"``,
-        ``"beta"`` (seed 000 convention: beta = 0 is KL, 1 half Frobenius), ``"ab"``, or
+        ``"beta"`` (Minami-Eguchi convention: beta = 0 is KL, 1 half Frobenius), ``"ab"``, or
         ``"auto"`` (default): ``"kl"`` for ``solver="mu"``, ``"frobenius"`` for the other
         solvers, which minimise the squared Frobenius norm only.
     alpha, beta

@@ -1,8 +1,8 @@
-"""Choosing (alpha, beta) of the AB-divergence by score matching (seed 000).
+"""Choosing (alpha, beta) of the AB-divergence by score matching.
 
 The model ``p(P) proportional to exp(-D_AB(P, Q))`` has an unknown normaliser
 ``Z(alpha, beta)``; score matching for non-negative data (Hyvarinen 2007) needs only the
-derivative of ``log p`` in P and gives (seed 000's theorem)
+derivative of ``log p`` in P and gives
 
     J = 1/beta sum p^a (p^a (p^b - q^b)^2 / (2 beta) - p^b (a + b + 1) + q^b (a + 1)),
     J = sum p^a (ln(q/p) (p^a ln(q/p) / 2 + a + 1) - 1)                  (beta = 0),
@@ -42,7 +42,7 @@ class ScoreMatchingResult:
 
 
 def score_matching_objective(p: np.ndarray, q: np.ndarray, alpha: float, beta: float) -> float:
-    """Mean of the score-matching terms J over entries with ``p > 0`` (seed 000).
+    """Mean of the score-matching terms J over entries with ``p > 0``.
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Loss functions of non-negative matrix factorisation, pointwise and summed, sparse-aware.
 
 A loss is a separable divergence ``D(P, Q) = sum_ij d(p_ij, q_ij)`` with ``d >= 0`` and
-``d(p, q) = 0`` iff ``p = q`` (seed 000). The families use seed 000's conventions:
+``d(p, q) = 0`` iff ``p = q``. The families use these conventions:
 
 - alpha-divergence (Amari) ``d_alpha``, with the limits alpha = 1 (Kullback-Leibler) and
   alpha = 0 (reverse Kullback-Leibler);
@@ -113,7 +113,7 @@ def alpha_divergence(p, q, alpha: float):
 
 
 def beta_divergence(p, q, beta: float):
-    """Minami-Eguchi beta-divergence (seed 000): beta = 0 KL, beta = -1 Itakura-Saito."""
+    """Minami-Eguchi beta-divergence: beta = 0 KL, beta = -1 Itakura-Saito."""
     if beta == 0.0:
         return kullback_leibler(p, q)
     if beta == -1.0:
@@ -198,7 +198,7 @@ def resolve_loss(loss: str, alpha: float | None = None, beta: float | None = Non
     loss
         One of ``LOSS_NAMES`` (or an alias: ``"kullback-leibler"``, ``"is"``).
     alpha, beta
-        ``alpha`` for ``"alpha"``, ``beta`` for ``"beta"`` (seed 000 convention), both for
+        ``alpha`` for ``"alpha"``, ``beta`` for ``"beta"`` (Minami-Eguchi convention), both for
         ``"ab"``; must be None for the other losses.
 
     Raises

@@ -1,8 +1,8 @@
 """Cells x genes count matrices read a few rows at a time, for the streaming SVI fit.
 
 Every source answers two questions with bounded memory: the rows (cells) of a sorted index
-array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row chunks
-(`CellSource.iter_chunks`). Peak memory is then the block being read, never the file.
+array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row blocks
+(`CellSource.iter_blocks`). Peak memory is then the block being read, never the file.
 
 - `InMemorySource`: a scipy CSR already in memory (the in-memory cell-minibatch fit runs the
   same code as the streaming one, so the two agree bitwise for the same seed).
@@ -73,10 +73,10 @@ class CellSource:
             indices, data = np.empty(0, np.int32), np.empty(0, np.float64)
         return sp.csr_array((data, indices, indptr), shape=(len(rows), self.shape[1]))
 
-    def iter_chunks(self, chunk_size: int) -> Iterator[tuple[int, sp.csr_array]]:
-        """``(first_row, block)`` for consecutive blocks of ``chunk_size`` rows."""
-        for start in range(0, self.n_cells, chunk_size):
-            stop = min(start + chunk_size, self.n_cells)
+    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, sp.csr_array]]:
+        """``(first_row, block)`` for consecutive blocks of ``block_rows`` rows."""
+        for start in range(0, self.n_cells, block_rows):
+            stop = min(start + block_rows, self.n_cells)
             yield start, self.read_rows(np.arange(start, stop))
 
 

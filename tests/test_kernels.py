@@ -1,0 +1,211 @@
+"""Every Numba kernel of `vbsnmf._kernels`, one by one, against a plain numpy version.
+
+The kernels are called directly with hand-made inputs (not through the model or the
+solvers), so a failure names the loop that is wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.special import gammaln, logsumexp
+
+from vbsnmf import _kernels
+
+
+def _csr(rng, n_rows, n_cols, density, max_count=6):
+    dense = rng.integers(1, max_count, (n_rows, n_cols)) * (rng.random((n_rows, n_cols)) < density)
+    dense[1] = 0  # an empty row
+    return sp.csr_matrix(dense.astype(np.float64))
+
+
+def _scaled(elog):
+    logmax = elog.max(axis=1)
+    return _kernels.pad_components(np.exp(elog - logmax[:, None])), logmax
+
+
+@pytest.mark.parametrize("n_parts", [1, 3])
+@pytest.mark.parametrize("block_rows", [1, 2, 64])
+def test_update_shapes_matches_dense_responsibilities(n_parts, block_rows):
+    rng = np.random.default_rng(0)
+    X = _csr(rng, 11, 7, 0.5)
+    k = 3
+    major_elog = rng.normal(0.0, 1.0, (11, k))
+    minor_elog = rng.normal(0.0, 1.0, (7, k))
+    major_scaled, major_logmax = _scaled(major_elog)
+    minor_scaled, minor_logmax = _scaled(minor_elog)
+    bounds = np.array([0, 4, 9, 11]) if n_parts == 3 else np.array([0, 11])
+    major_stat = np.empty_like(major_scaled)
+    minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape))
+    data_partial = np.zeros(len(bounds) - 1)
+    n_fallback = _kernels.update_shapes(
+        X.indptr, X.indices, X.data, bounds,
+        major_scaled, major_logmax, major_elog,
+        minor_scaled, minor_logmax, minor_elog,
+        1e-200, block_rows, major_stat, minor_partial, data_partial,
+    )  # fmt: skip
+    rows, cols = X.nonzero()
+    counts = np.asarray(X[rows, cols]).ravel()
+    log_rho = major_elog[rows] + minor_elog[cols]
+    weighted = counts[:, None] * np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
+    expected_major, expected_minor = np.zeros((11, k)), np.zeros((7, k))
+    np.add.at(expected_major, rows, weighted)
+    np.add.at(expected_minor, cols, weighted)
+    np.testing.assert_allclose(major_stat[:, :k], expected_major, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(minor_partial.sum(axis=0)[:, :k], expected_minor, rtol=1e-12)
+    assert np.all(major_stat[:, k:] == 0)  # the padding stays zero
+    data_term = np.sum(counts * logsumexp(log_rho, axis=1))
+    np.testing.assert_allclose(data_partial.sum(), data_term, rtol=1e-12)
+    assert n_fallback == 0
+
+
+def test_update_shapes_falls_back_to_log_sum_exp():
+    """Rows peaked on different components: every product underflows, the log-space path
+    gives the exact responsibilities and counts each such nonzero."""
+    major_elog = np.array([[0.0, -800.0], [-800.0, 0.0]])
+    minor_elog = np.array([[-800.0, 0.0], [0.0, -800.0]])
+    X = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 3.0]]))
+    major_scaled, major_logmax = _scaled(major_elog)
+    minor_scaled, minor_logmax = _scaled(minor_elog)
+    major_stat = np.empty_like(major_scaled)
+    minor_partial = np.empty((1, *minor_scaled.shape))
+    data_partial = np.zeros(1)
+    n_fallback = _kernels.update_shapes(
+        X.indptr, X.indices, X.data, np.array([0, 2]),
+        major_scaled, major_logmax, major_elog,
+        minor_scaled, minor_logmax, minor_elog,
+        1e-200, 8, major_stat, minor_partial, data_partial,
+    )  # fmt: skip
+    assert n_fallback == 2
+    np.testing.assert_allclose(major_stat[:, :2], [[1.0, 1.0], [1.5, 1.5]], rtol=1e-12)
+    expected = 2 * logsumexp([-800.0, -800.0]) + 3 * logsumexp([-800.0, -800.0])
+    np.testing.assert_allclose(data_partial[0], expected, rtol=1e-12)
+
+
+def test_log_factorial_sum_matches_gammaln():
+    counts = np.random.default_rng(1).integers(1, 500, 10_001).astype(np.float64)
+    for chunk in (1, 7, 1 << 16):
+        got = _kernels.log_factorial_sum(counts, chunk)
+        np.testing.assert_allclose(got, gammaln(counts + 1).sum(), rtol=1e-13)
+    assert _kernels.log_factorial_sum(np.empty(0), 16) == 0.0
+
+
+def test_pad_components_pads_with_zero_columns():
+    table = np.arange(15.0).reshape(5, 3)
+    padded = _kernels.pad_components(table)
+    assert padded.shape == (5, _kernels.SIMD_WIDTH) and padded.flags.c_contiguous
+    np.testing.assert_array_equal(padded[:, :3], table)
+    assert np.all(padded[:, 3:] == 0)
+    aligned = np.ones((2, 2 * _kernels.SIMD_WIDTH))
+    assert _kernels.pad_components(aligned) is aligned  # nothing to do: no copy
+
+
+def _tiled(X: sp.csr_matrix):
+    """X (sorted CSR) in the column tiles of the classical kernels, built by the kernels."""
+    n_tiles = _kernels.tile_count(X.shape[1])
+    counts = np.empty((n_tiles, X.shape[0]), dtype=np.int64)
+    _kernels.tile_run_lengths(X.indptr, X.indices, counts)
+    indptr = np.zeros((n_tiles, X.shape[0] + 1), dtype=np.int64)
+    indptr[:, 1:] = np.cumsum(counts, axis=None).reshape(n_tiles, -1)
+    indptr[1:, 0] = indptr[:-1, -1]
+    indices = np.empty_like(X.indices)
+    data = np.empty_like(X.data)
+    _kernels.tile_values(X.indptr, indptr, X.indices, indices)
+    _kernels.tile_values(X.indptr, indptr, X.data, data)
+    return indptr, indices, data
+
+
+def test_tiles_hold_each_rows_entries_of_each_column_range():
+    rng = np.random.default_rng(2)
+    n_cols = 3 * _kernels.TILE_COLUMNS + 100
+    X = sp.random(9, n_cols, density=0.01, random_state=rng, format="csr")
+    X.sort_indices()
+    indptr, indices, data = _tiled(X)
+    assert indptr.shape == (4, 10)
+    for t in range(4):
+        low, high = t * _kernels.TILE_COLUMNS, (t + 1) * _kernels.TILE_COLUMNS
+        for i in range(9):
+            piece = slice(indptr[t, i], indptr[t, i + 1])
+            row = X[i].toarray().ravel()
+            wanted = np.flatnonzero(row[low:high] if t < 3 else row[low:]) + low
+            np.testing.assert_array_equal(indices[piece], wanted)
+            np.testing.assert_array_equal(data[piece], row[wanted])
+
+
+@pytest.fixture(scope="module")
+def wide_problem():
+    rng = np.random.default_rng(3)
+    X = sp.random(20, 2 * _kernels.TILE_COLUMNS + 700, density=0.02, random_state=rng)
+    X = X.tocsr()
+    X.sort_indices()
+    W = rng.random((20, 4))
+    H = rng.random((X.shape[1], 4))  # the column side, m x K
+    return X, W, H, _tiled(X)
+
+
+def test_classic_sparse_dot_is_x_times_the_table(wide_problem):
+    X, _, H, (indptr, indices, data) = wide_problem
+    out = np.empty((X.shape[0], H.shape[1]))
+    _kernels.classic_sparse_dot(indptr, indices, data, H, out)
+    np.testing.assert_allclose(out, X @ H, rtol=1e-12)
+
+
+def test_classic_wh_at_nonzeros_is_the_product_at_each_entry(wide_problem):
+    _, W, H, (indptr, indices, data) = wide_problem
+    out = np.empty(data.shape[0])
+    _kernels.classic_wh_at_nonzeros(indptr, indices, W, H, out)
+    product = W @ H.T
+    rows = np.concatenate([np.repeat(np.arange(20), np.diff(indptr[t])) for t in range(3)])
+    np.testing.assert_allclose(out, product[rows, indices], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (1.0, 1.0), (0.5, 0.5), (2.0, -0.5)])
+@pytest.mark.parametrize("pattern_only", [True, False])
+def test_classic_ab_mu_terms_match_numpy(wide_problem, alpha, beta, pattern_only):
+    _, W, H, (indptr, indices, data) = wide_problem
+    k = W.shape[1]
+    weights = np.random.default_rng(4).random(data.shape[0])
+    numerator, denominator = np.empty((20, k)), np.empty((20, k))
+    row_loss = np.empty(20)
+    _kernels.classic_ab_mu_terms(
+        indptr, indices, data, weights, W, H, alpha, beta, 1e-12, pattern_only, True,
+        numerator, denominator, row_loss,
+    )  # fmt: skip
+    rows = np.concatenate([np.repeat(np.arange(20), np.diff(indptr[t])) for t in range(3)])
+    q = np.maximum(np.einsum("nk,nk->n", W[rows], H[indices]), 1e-12)
+    scale = weights * data**alpha * q ** (beta - 1.0)
+    expected = np.zeros((20, k))
+    np.add.at(expected, rows, scale[:, None] * H[indices])
+    np.testing.assert_allclose(numerator, expected, rtol=1e-11)
+
+    def divergence(p, q):
+        total = alpha + beta
+        if beta == 0.0:
+            return (p**alpha * alpha * np.log(p / q) - p**alpha + q**alpha) / alpha**2
+        return (alpha / total * p**total + beta / total * q**total - p**alpha * q**beta) / (
+            alpha * beta
+        )
+
+    if pattern_only:
+        expected_denominator = np.zeros((20, k))
+        power = weights * q ** (alpha + beta - 1.0)
+        np.add.at(expected_denominator, rows, power[:, None] * H[indices])
+        np.testing.assert_allclose(denominator, expected_denominator, rtol=1e-11)
+        losses = weights * divergence(data, q)
+    else:  # d(x, q) - d(0, q), unweighted: the zeros are added in closed form by the caller
+        losses = divergence(data, q) - q ** (alpha + beta) / (alpha * (alpha + beta))
+    expected_loss = np.zeros(20)
+    np.add.at(expected_loss, rows, losses)
+    np.testing.assert_allclose(row_loss, expected_loss, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.5])
+def test_classic_dense_power_pass_sums_every_entry(gamma):
+    rng = np.random.default_rng(5)
+    W, H = rng.random((6, 3)), rng.random((9, 3))  # H: the column side, m x K
+    denominator, row_sums = np.empty((6, 3)), np.empty(6)
+    _kernels.classic_dense_power_pass(W, H, gamma, 1e-12, denominator, row_sums)
+    Q = W @ H.T
+    np.testing.assert_allclose(row_sums, (Q ** (gamma + 1)).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(denominator, (Q**gamma) @ H, rtol=1e-12)

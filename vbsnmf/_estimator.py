@@ -402,6 +402,10 @@ def _fit_checked(settings: FitSettings, matrix, init, callback, entropy) -> tupl
 
 
 def _check_memory(settings: FitSettings, X, init) -> None:
+    """The memory guard of a fit that copies all the counts (batch VB, the nonzero forms of
+    SVI); the cells form reads a minibatch of cells at a time."""
+    if settings.solver == "svi" and settings.svi_form == "cells":
+        return
     check_fit_memory(
         X,
         settings.n_components,

@@ -34,7 +34,13 @@ CHILD_PAUSE = {"batch": 0.015, "svi-cells": 0.3, "svi-textbook": 0.02}
 
 def _model(kind: str, checkpoint=None, resume=False) -> vbsnmf.VBNMF:
     return vbsnmf.VBNMF(
-        4, random_state=11, n_threads=1, checkpoint=checkpoint, resume=resume, **FITS[kind]
+        4,
+        random_state=11,
+        n_threads=1,
+        checkpoint=checkpoint,
+        resume=resume,
+        **FITS[kind],
+        prior="gamma",
     )
 
 
@@ -72,14 +78,16 @@ def test_generator_state_round_trips():
 
 def test_checkpoint_of_another_fit_is_refused(tmp_path, pbmc_tiny):
     path = tmp_path / "fit.ckpt"
-    _fit(vbsnmf.VBNMF(3, random_state=0, max_iter=3, n_threads=1, checkpoint=path))
-    other = vbsnmf.VBNMF(4, random_state=0, max_iter=3, n_threads=1, checkpoint=path, resume=True)
+    _fit(vbsnmf.VBNMF(3, random_state=0, max_iter=3, n_threads=1, checkpoint=path, prior="gamma"))
+    other = vbsnmf.VBNMF(
+        4, random_state=0, max_iter=3, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
     with pytest.raises(_checkpoint.CheckpointMismatchError, match="n_components"):
         other.fit(pbmc_tiny.X)
 
 
 def test_resume_without_a_checkpoint_is_a_fresh_fit(tmp_path):
-    fresh = _fit(vbsnmf.VBNMF(3, random_state=2, max_iter=15, tol=0.0, n_threads=1))
+    fresh = _fit(vbsnmf.VBNMF(3, random_state=2, max_iter=15, tol=0.0, n_threads=1, prior="gamma"))
     resumed = _fit(
         vbsnmf.VBNMF(
             3,
@@ -89,6 +97,7 @@ def test_resume_without_a_checkpoint_is_a_fresh_fit(tmp_path):
             n_threads=1,
             checkpoint=tmp_path / "new.ckpt",
             resume=True,
+            prior="gamma",
         )
     )
     assert_array_equal(resumed.elbo_trace_, fresh.elbo_trace_)

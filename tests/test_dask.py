@@ -172,8 +172,8 @@ def test_estimator_dispatches_dask_input(client, tiny_counts):
     init = _start(tiny_counts, 3, 3)
     start = dict(zip(("cell_shape", "cell_rate", "gene_shape", "gene_rate"), init.as_tuple()))
     X = da.from_array(tiny_counts, chunks=(400, -1))
-    local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1)
-    distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0)
+    local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1, prior="gamma")
+    distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected = local.fit_transform(tiny_counts, init=start)
@@ -285,8 +285,8 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
         np.testing.assert_allclose(mine, theirs, rtol=1e-9)
     # The estimator's solver="svi" on a dask X: the single-machine estimator's numbers.
     settings = dict(solver="svi", batch_size=300, n_epochs=2, max_iter=10, tol=0.0)
-    local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings)
-    distributed = vbsnmf.VBNMF(3, random_state=4, **settings)
+    local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings, prior="gamma")
+    distributed = vbsnmf.VBNMF(3, random_state=4, **settings, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected_factors = local.fit_transform(tiny_counts)
@@ -336,7 +336,7 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
     options = dict(max_iter=15, tol=0.0, random_state=21)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        local = vbsnmf.VBNMF(4, n_threads=1, **options).fit(tiny_counts)
+        local = vbsnmf.VBNMF(4, n_threads=1, **options, prior="gamma").fit(tiny_counts)
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
             result = vbsnmf.fit_dask(X, 4, client=client, **options)
@@ -345,7 +345,9 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
         svi_options = dict(batch_size=200, n_epochs=2, max_iter=20, tol=0.0, random_state=8)
         path = tmp_path / "tiny.h5ad"
         ad.AnnData(tiny_counts).write_h5ad(path)
-        streamed = vbsnmf.VBNMF(4, solver="svi", n_threads=1, **svi_options).fit(path)
+        streamed = vbsnmf.VBNMF(4, solver="svi", n_threads=1, **svi_options, prior="gamma").fit(
+            path
+        )
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
             result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options)

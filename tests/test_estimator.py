@@ -20,10 +20,12 @@ def test_warnings_name_the_callers_line(_pbmc_tiny):
 
     X = sp.csr_matrix(_pbmc_tiny.X)
     calls = {
-        "fit": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X),
-        "fit_transform": lambda: vbsnmf.VBNMF(2, max_iter=1).fit_transform(X),
-        "svi": lambda: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, random_state=0).fit(X),
-        "non-integer": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X * 0.5),
+        "fit": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit(X),
+        "fit_transform": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit_transform(X),
+        "svi": lambda: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, random_state=0, prior="gamma").fit(
+            X
+        ),
+        "non-integer": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit(X * 0.5),
         "tl.nmf": lambda: vbsnmf.tl.nmf(ad.AnnData(X), n_components=2, max_iter=1),
     }
     for name, call in calls.items():
@@ -38,7 +40,7 @@ def test_warnings_name_the_callers_line(_pbmc_tiny):
 
 def test_attributes_and_orientation():
     X, _ = poisson_gamma_counts(np.random.default_rng(4), 40, 70, 2)
-    model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0)
+    model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         factors = model.fit_transform(X)
@@ -48,7 +50,7 @@ def test_attributes_and_orientation():
     np.testing.assert_array_equal(factors, model.cell_shape_ / model.cell_rate_)
     # Dense, CSR, CSC and COO give the same fit.
     for other in (X.toarray(), X.tocsc(), X.tocoo()):
-        again = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0)
+        again = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0, prior="gamma")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             again.fit(other)
@@ -70,7 +72,7 @@ def test_fit_triplets_equals_matrix_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         from_triplets = vbsnmf.fit_triplets(rows, cols, counts, X.shape, 3, **kwargs)
-        from_matrix = vbsnmf.VBNMF(3, **kwargs).fit(dense)
+        from_matrix = vbsnmf.VBNMF(3, **kwargs, prior="gamma").fit(dense)
     np.testing.assert_allclose(from_triplets.elbo_trace_, from_matrix.elbo_trace_, rtol=1e-12)
     with pytest.raises(ValueError, match="outside"):
         vbsnmf.fit_triplets([0, 60], [0, 1], [1, 1], X.shape, 2)
@@ -95,24 +97,24 @@ def test_bad_values_raise_with_location(value, message):
     X = np.ones((5, 4))
     X[2, 3] = value
     with pytest.raises(ValueError, match=rf"{message} at \(row, column\) \(2, 3\)"):
-        vbsnmf.VBNMF(2).fit(X)
+        vbsnmf.VBNMF(2, prior="gamma").fit(X)
     with pytest.raises(ValueError, match=message):
-        vbsnmf.VBNMF(2).fit(sp.csr_matrix(X))
+        vbsnmf.VBNMF(2, prior="gamma").fit(sp.csr_matrix(X))
 
 
 def test_bad_shapes_and_components_raise():
     with pytest.raises(ValueError, match="at least one row"):
-        vbsnmf.VBNMF(1).fit(np.zeros((0, 3)))
+        vbsnmf.VBNMF(1, prior="gamma").fit(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="at least one row"):
-        vbsnmf.VBNMF(1).fit(sp.csr_matrix((4, 0)))
+        vbsnmf.VBNMF(1, prior="gamma").fit(sp.csr_matrix((4, 0)))
     X = np.ones((4, 3))
     for k in (0, 4, -2):
         with pytest.raises(ValueError, match="n_components"):
-            vbsnmf.VBNMF(k).fit(X)
+            vbsnmf.VBNMF(k, prior="gamma").fit(X)
     with pytest.raises(ValueError, match="prior_shape"):
-        vbsnmf.VBNMF(2, prior_shape=0).fit(X)
+        vbsnmf.VBNMF(2, prior_shape=0, prior="gamma").fit(X)
     with pytest.raises(ValueError, match="dtype"):
-        vbsnmf.VBNMF(2, dtype=np.int64).fit(X)
+        vbsnmf.VBNMF(2, dtype=np.int64, prior="gamma").fit(X)
 
 
 def test_non_integer_counts_warn():
@@ -120,7 +122,7 @@ def test_non_integer_counts_warn():
     with pytest.warns(vbsnmf.NonCountWarning, match="raw counts"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-            vbsnmf.VBNMF(1, max_iter=2).fit(X)
+            vbsnmf.VBNMF(1, max_iter=2, prior="gamma").fit(X)
 
 
 def test_input_matrix_is_not_modified():
@@ -132,6 +134,6 @@ def test_input_matrix_is_not_modified():
     before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        vbsnmf.VBNMF(1, max_iter=2).fit(X)
+        vbsnmf.VBNMF(1, max_iter=2, prior="gamma").fit(X)
     for array, saved in zip((X.data, X.indices, X.indptr), before):
         np.testing.assert_array_equal(array, saved)

@@ -64,7 +64,13 @@ def _assert_finite_fit(model, prior_shape, prior_rate, dtype):
 def test_prior_range_float64_finite_and_monotone(prior_shape, prior_rate):
     X = _simulated_counts()
     model = vbsnmf.VBNMF(
-        4, prior_shape=prior_shape, prior_rate=prior_rate, max_iter=40, tol=0, random_state=0
+        4,
+        prior_shape=prior_shape,
+        prior_rate=prior_rate,
+        max_iter=40,
+        tol=0,
+        random_state=0,
+        prior="gamma",
     )
     cell_factors = model.fit_transform(X)
     assert np.all(np.isfinite(cell_factors))
@@ -91,6 +97,7 @@ def test_prior_range_float32_finite_and_tracks_float64(prior_shape, prior_rate):
             tol=0,
             random_state=0,
             dtype=dtype,
+            prior="gamma",
         )
         model.fit(X)
         _assert_finite_fit(model, prior_shape, prior_rate, dtype)
@@ -111,7 +118,7 @@ def test_row_holding_ten_million_counts(layout, dtype):
         X[0, 5] = 10**7
     assert X[0].sum() == 10**7
     X = sp.csr_array(X)
-    model = vbsnmf.VBNMF(3, max_iter=40, tol=0, random_state=0, dtype=dtype)
+    model = vbsnmf.VBNMF(3, max_iter=40, tol=0, random_state=0, dtype=dtype, prior="gamma")
     cell_factors = model.fit_transform(X)
     assert np.all(np.isfinite(cell_factors))
     _assert_finite_fit(model, 1.0, 1.0, dtype)
@@ -130,7 +137,14 @@ def test_tiny_prior_float32_takes_log_space_path():
     fit must stay finite rather than divide by an underflowed normaliser."""
     X = _simulated_counts(seed=3)
     model = vbsnmf.VBNMF(
-        6, prior_shape=1e-3, prior_rate=1e3, max_iter=60, tol=0, random_state=0, dtype=np.float32
+        6,
+        prior_shape=1e-3,
+        prior_rate=1e3,
+        max_iter=60,
+        tol=0,
+        random_state=0,
+        dtype=np.float32,
+        prior="gamma",
     )
     model.fit(X)
     _assert_finite_fit(model, 1e-3, 1e3, np.float32)
@@ -144,11 +158,15 @@ def test_tiny_prior_float32_takes_log_space_path():
 def test_integer_and_boolean_inputs_fit_like_float64(dtype):
     X = _simulated_counts(seed=4)
     X.data = np.minimum(X.data, 1 if dtype is bool else 200)
-    reference = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1).fit(X)
+    reference = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma").fit(
+        X
+    )
     converted = sp.csr_array(X.astype(dtype))
-    model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1).fit(converted)
+    model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma").fit(
+        converted
+    )
     assert model.elbo_trace_.tobytes() == reference.elbo_trace_.tobytes()
-    dense_model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1)
+    dense_model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma")
     dense_model.fit(converted.toarray())
     assert dense_model.cell_shape_.tobytes() == reference.cell_shape_.tobytes()
 
@@ -156,7 +174,7 @@ def test_integer_and_boolean_inputs_fit_like_float64(dtype):
 def test_all_zero_rows_and_matrix_transform_to_prior_mean():
     """A cell with no counts gets the prior's shape; its mean is a / (b + sum E[w])."""
     X = _simulated_counts(seed=5)
-    model = vbsnmf.VBNMF(3, prior_shape=0.7, max_iter=20, random_state=0).fit(X)
+    model = vbsnmf.VBNMF(3, prior_shape=0.7, max_iter=20, random_state=0, prior="gamma").fit(X)
     empty = sp.csr_array((4, X.shape[1]))
     shape, rate = model.transform_posterior(empty)
     np.testing.assert_array_equal(shape, np.full((4, 3), 0.7))
@@ -167,7 +185,7 @@ def test_all_zero_rows_and_matrix_transform_to_prior_mean():
 
 
 def _measured_peak(X, **params) -> int:
-    model = vbsnmf.VBNMF(max_iter=3, random_state=0, **params)
+    model = vbsnmf.VBNMF(max_iter=3, random_state=0, **params, prior="gamma")
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -199,7 +217,9 @@ def test_memory_estimate_bounds_the_measured_peak(layout, params):
         data_rvs=lambda n: rng.integers(1, 9, n),
     ).astype(np.float32)
     X = {"csr": X, "coo": X.tocoo(), "dense": X.toarray()}[layout]
-    vbsnmf.VBNMF(2, max_iter=2).fit(np.ones((3, 3)))  # first-call allocations not counted
+    vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(
+        np.ones((3, 3))
+    )  # first-call allocations not counted
     peak = _measured_peak(X, **params)
     estimate = _memory.check_fit_memory(
         X,
@@ -217,7 +237,7 @@ def test_memory_guard_refuses_early_with_advice(monkeypatch):
     needed = _memory.check_fit_memory(X, 4, n_threads=1, dtype=np.float64)["total"]
     monkeypatch.setattr(_memory, "available_memory", lambda: needed - 1)
     calls = []
-    model = vbsnmf.VBNMF(4, n_threads=1)
+    model = vbsnmf.VBNMF(4, n_threads=1, prior="gamma")
     with pytest.raises(_memory.InsufficientMemoryError) as raised:
         model.fit(X, callback=lambda *args: calls.append(args))
     assert isinstance(raised.value, MemoryError)
@@ -259,7 +279,7 @@ def test_memory_guard_leaves_bad_input_to_validation(monkeypatch):
     for X, n_components in [([[1, 2]], 1), (np.ones(3), 1), (np.ones((2, 2)), "two")]:
         assert _memory.check_fit_memory(X, n_components, n_threads=1, dtype=np.float64) is None
     with pytest.raises(ValueError, match="Reshape"):
-        vbsnmf.VBNMF(1).fit(np.ones(3))
+        vbsnmf.VBNMF(1, prior="gamma").fit(np.ones(3))
 
 
 def test_available_memory_readers(tmp_path):

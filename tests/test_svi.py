@@ -56,8 +56,12 @@ def _fit_quietly(model, X):
 
 def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
     X = _simulated_counts()
-    batch = _fit_quietly(vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1), X)
-    model = vbsnmf.VBNMF(4, random_state=0, solver="svi", n_epochs=4, batch_size=100, n_threads=1)
+    batch = _fit_quietly(
+        vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1, prior="gamma"), X
+    )
+    model = vbsnmf.VBNMF(
+        4, random_state=0, solver="svi", n_epochs=4, batch_size=100, n_threads=1, prior="gamma"
+    )
     assert model.svi_form == "cells"
     _fit_quietly(model, X)
     gap = (batch.elbo_trace_[-1] - model.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
@@ -92,8 +96,9 @@ def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_t
         kappa=1.0,
         n_epochs=1,
         n_threads=1,
+        prior="gamma",
     )
-    batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1)
+    batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1, prior="gamma")
     _fit_quietly(svi, pbmc_tiny.X)
     _fit_quietly(batch, pbmc_tiny.X)
     for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_"):
@@ -215,7 +220,7 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
         warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
         pbmc_tiny.write_zarr(tmp_path / "tiny.zarr")
     params = dict(random_state=4, solver="svi", n_epochs=2, batch_size=300, n_threads=1)
-    in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params), X)
+    in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params, prior="gamma"), X)
     backed = ad.read_h5ad(tmp_path / "tiny.h5ad", backed="r")
     for source in (
         tmp_path / "matrix.mtx.gz",
@@ -224,7 +229,7 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
         backed,
         str(tmp_path / "tiny.zarr"),
     ):
-        streamed = _fit_quietly(vbsnmf.VBNMF(4, **params), source)
+        streamed = _fit_quietly(vbsnmf.VBNMF(4, **params, prior="gamma"), source)
         assert_array_equal(streamed.elbo_trace_, in_memory.elbo_trace_)
         assert_array_equal(streamed.gene_shape_, in_memory.gene_shape_)
         assert_array_equal(streamed.cell_shape_, in_memory.cell_shape_)
@@ -298,13 +303,15 @@ def test_bad_mtx_is_a_read_error_naming_the_file(tmp_path, content, gz, message)
 )
 def test_bad_svi_options_raise(pbmc_tiny, option, value, error):
     with pytest.raises(error, match=option):
-        vbsnmf.VBNMF(3, **{"solver": "svi", option: value}).fit(pbmc_tiny.X)
+        vbsnmf.VBNMF(3, **{"solver": "svi", option: value}, prior="gamma").fit(pbmc_tiny.X)
 
 
 def test_transform_of_the_pbmc_facs_test_cells(pbmc_facs):
     train = pbmc_facs
     test = vbsnmf.datasets.pbmc_facs(test=True)
-    model = vbsnmf.VBNMF(6, random_state=0, solver="svi", n_epochs=2, tol=1e-3, max_iter=60)
+    model = vbsnmf.VBNMF(
+        6, random_state=0, solver="svi", n_epochs=2, tol=1e-3, max_iter=60, prior="gamma"
+    )
     train_factors = _fit_quietly(model, train.X).transform(train.X)
     test_factors = model.transform(test.X)
     assert test_factors.shape == (100, 6)
@@ -348,7 +355,9 @@ def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
         folder, "-o", tmp_path / "four", *common, "--epochs", 4, "--resume", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
-    direct = vbsnmf.VBNMF(4, random_state=3, solver="svi", batch_size=200, n_epochs=4, n_threads=1)
+    direct = vbsnmf.VBNMF(
+        4, random_state=3, solver="svi", batch_size=200, n_epochs=4, n_threads=1, prior="gamma"
+    )
     _fit_quietly(direct, pbmc_tiny.X)
     for name, epochs in (("two", 2), ("four", 4)):
         result = ad.read_h5ad(tmp_path / name / "result.h5ad")

@@ -55,7 +55,7 @@ def test_nmf_fields_shapes_and_values(pbmc_tiny):
     np.testing.assert_allclose(cell_factors, variational["cell_shape"] / variational["cell_rate"])
     np.testing.assert_allclose(gene_loadings, variational["gene_shape"] / variational["gene_rate"])
     # The same fit as the estimator called directly on the counts.
-    model = vbsnmf.VBNMF(4, random_state=3, **TINY_FIT)
+    model = vbsnmf.VBNMF(4, random_state=3, **TINY_FIT, prior="gamma")
     with pytest.warns(vbsnmf.ConvergenceWarning):
         expected = model.fit_transform(pbmc_tiny.X)
     np.testing.assert_allclose(cell_factors, expected, rtol=1e-12)
@@ -288,7 +288,7 @@ def test_project_matches_genes_by_name(pbmc_tiny):
     new = pbmc_tiny[:50].copy()
     in_order = tl.project(new, pbmc_tiny, copy=True, n_threads=2).obsm["X_nmf"]
     # The estimator's transform with the same gene side: the same numbers.
-    model = vbsnmf.VBNMF(3, max_iter=200, tol=1e-5)
+    model = vbsnmf.VBNMF(3, max_iter=200, tol=1e-5, prior="gamma")
     info = pbmc_tiny.uns["nmf"]["variational"]
     model.gene_shape_, model.gene_rate_ = info["gene_shape"], info["gene_rate"]
     model.n_features_in_ = pbmc_tiny.n_vars

@@ -19,23 +19,31 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._batch import fit_batch
+from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer
 from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
     FitResult,
     GammaPrior,
-    VariationalParams,
+    HierarchicalPrior,
+    Prior,
+    ScaleState,
     fit_rows,
     has_converged,
+    hyperparameters,
     init_params,
+    params_from_arrays,
+    params_to_arrays,
     random_start,
+    scale_sums,
     seed_entropy,
+    side_totals,
 )
 from ._svi import (
     EVAL_BLOCK_ROWS,
     SVI_FORMS,
+    CountScan,
     SVISettings,
     SVIState,
     default_batch_size,
@@ -58,6 +66,7 @@ from ._validation import (
 from .io._stream import InMemorySource, open_source
 
 SOLVERS = ("batch", "svi")
+PRIORS = ("hierarchical", "gamma")
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class FitSettings:
     """`VBNMF`'s parameters, checked: what every fit function below uses."""
 
     n_components: int
-    prior: GammaPrior
+    prior: Prior
+    accelerate: bool
     solver: str
     svi_form: str
     max_iter: int
@@ -104,10 +114,14 @@ class FitSettings:
 class VBNMF(TransformerMixin, BaseEstimator):
     """Poisson-Gamma non-negative matrix factorisation by variational Bayes.
 
-    ``X ~ Poisson(Z W')`` with Gamma(``prior_shape``, ``prior_rate``) priors on every entry
-    of ``Z`` (cells x K) and ``W`` (genes x K), fitted by coordinate ascent on the ELBO in
-    the order of ``docs/model.md``. The heavy step visits only the nonzeros of X, so cost
-    and memory grow with the nonzeros, never with cells x genes.
+    ``X ~ Poisson(Z W')`` with Gamma priors on every entry of ``Z`` (cells x K) and ``W``
+    (genes x K), fitted by coordinate ascent on the ELBO in the order of
+    ``docs/model.md``. By default the priors are learned from the data (hierarchical
+    Poisson factorisation: each cell's factors share a scale that absorbs its depth, each
+    gene's loadings one for its activity, the hyperparameters by empirical Bayes); the
+    fixed Gamma(a, b) prior of Cemgil (2009) is ``prior="gamma"``. The heavy step visits
+    only the nonzeros of X, so cost and memory grow with the nonzeros, never with cells x
+    genes.
 
     Pass cells x genes (AnnData's orientation); any other count matrix works the same way
     with its rows in the place of cells and its columns in the place of genes.
@@ -116,11 +130,24 @@ class VBNMF(TransformerMixin, BaseEstimator):
     ----------
     n_components
         Number of factors K, between 1 and min(X.shape).
+    prior
+        ``"hierarchical"`` (default): learned priors, ``z_il | xi_i ~ Gamma(a_l, xi_i)``,
+        ``xi_i ~ Gamma(a', a'/b')`` and the same for the genes, every hyperparameter
+        learned by empirical Bayes (``hyperparameters_``). ``"gamma"``: the fixed prior
+        Gamma(``prior_shape``, ``prior_rate``) on every entry of both factor matrices.
     prior_shape, prior_rate
-        Shape a and rate b of the Gamma prior on both factor matrices.
+        ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
+        ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
+        (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
+    accelerate
+        Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
+        an extrapolated step only when its exact ELBO is at least the plain step's (the
+        trace stays monotone). Default: on for the learned prior, off for the fixed one,
+        whose fits stay bit for bit what they were.
     max_iter
-        Maximum number of iterations (batch), and of passes of each cell's local fit
-        (`transform`, SVI's cells form); stopping at it warns with `ConvergenceWarning`.
+        Maximum number of passes over the data (batch), and of passes of each cell's local
+        fit (`transform`, SVI's cells form); stopping at it warns with
+        `ConvergenceWarning`.
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
@@ -182,11 +209,20 @@ class VBNMF(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     cell_shape_ : ndarray of shape (n_cells, K)
-    cell_rate_ : ndarray of shape (K,)
-        ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])``, the cell factors.
+    cell_rate_ : ndarray of shape (K,), or (n_cells, K) under the learned prior
+        ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])`` (``cell_rate_[i, l]``), the
+        cell factors.
     gene_shape_ : ndarray of shape (n_genes, K)
-    gene_rate_ : ndarray of shape (K,)
+    gene_rate_ : ndarray of shape (K,), or (n_genes, K) under the learned prior
         ``q(w_jl) = Gamma(gene_shape_[j, l], gene_rate_[l])``, the gene loadings.
+    cell_scale_shape_, cell_scale_rate_ : ndarray of shape (n_cells,) or None
+        Under the learned prior, ``q(xi_i)`` of each cell's scale; None otherwise.
+    gene_scale_shape_, gene_scale_rate_ : ndarray of shape (n_genes,) or None
+        The same for each gene's ``q(eta_j)``.
+    hyperparameters_ : dict or None
+        The learned hyperparameters: ``cell_factor_shape`` (a_l, K), ``cell_scale_prior_shape``
+        (a'), ``cell_scale_prior_mean`` (b'), and the same for the genes (c_l, c', d');
+        None under the fixed prior.
     components_ : ndarray of shape (K, n_genes)
         Posterior mean gene loadings, ``(gene_shape_ / gene_rate_).T``.
     elbo_trace_ : ndarray of shape (n_iter_,)
@@ -210,9 +246,11 @@ class VBNMF(TransformerMixin, BaseEstimator):
         self,
         n_components: int = 10,
         *,
-        prior_shape: float = 1.0,
-        prior_rate: float = 1.0,
-        max_iter: int = 200,
+        prior: str = "hierarchical",
+        prior_shape: float | None = None,
+        prior_rate: float | None = None,
+        accelerate: bool | None = None,
+        max_iter: int = 1000,
         tol: float = 1e-5,
         n_init: int = 1,
         random_state=None,
@@ -231,8 +269,10 @@ class VBNMF(TransformerMixin, BaseEstimator):
         resume: bool = False,
     ):
         self.n_components = n_components
+        self.prior = prior
         self.prior_shape = prior_shape
         self.prior_rate = prior_rate
+        self.accelerate = accelerate
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
@@ -271,16 +311,24 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise ValueError(
                 "checkpoints need n_init=1: a checkpoint holds one fit to save and resume"
             )
+        prior = self._prior()
+        learned = isinstance(prior, HierarchicalPrior)
+        if learned and self.solver == "svi" and self.svi_form != "cells":
+            raise ValueError(
+                f"svi_form={self.svi_form!r} fits the fixed prior only; use prior='gamma' or "
+                "the cells form (svi_form='cells')"
+            )
+        accelerate = learned if self.accelerate is None else self.accelerate
+        if not isinstance(accelerate, (bool, np.bool_)):
+            raise TypeError(f"accelerate must be True, False or None, got {self.accelerate!r}")
         tau, kappa = check_step_schedule(self.tau, self.kappa)
         batch_size = self.batch_size
         if batch_size is not None:
             batch_size = check_integer(batch_size, "batch_size", 1)
         return FitSettings(
             n_components=int(self.n_components),
-            prior=GammaPrior(
-                check_positive(self.prior_shape, "prior_shape"),
-                check_positive(self.prior_rate, "prior_rate"),
-            ),
+            prior=prior,
+            accelerate=bool(accelerate),
             solver=self.solver,
             svi_form=self.svi_form,
             max_iter=check_integer(self.max_iter, "max_iter", 0),
@@ -299,6 +347,21 @@ class VBNMF(TransformerMixin, BaseEstimator):
             verbose=bool(self.verbose),
             random_state=self.random_state,
         )
+
+    def _prior(self) -> Prior:
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        shape = (
+            None if self.prior_shape is None else check_positive(self.prior_shape, "prior_shape")
+        )
+        if self.prior == "gamma":
+            rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
+            return GammaPrior(1.0 if shape is None else shape, rate)
+        if self.prior_rate is not None:
+            raise ValueError(
+                "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
+            )
+        return HierarchicalPrior(factor_shape=shape)
 
     # -- fitting --------------------------------------------------------------------------
     def fit(self, X, y=None, *, init=None, callback=None) -> VBNMF:
@@ -332,6 +395,10 @@ class VBNMF(TransformerMixin, BaseEstimator):
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
         self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate
+        for side, scale in (("cell", params.row_scale), ("gene", params.col_scale)):
+            setattr(self, f"{side}_scale_shape_", None if scale is None else scale.shape)
+            setattr(self, f"{side}_scale_rate_", None if scale is None else scale.rate)
+        self.hyperparameters_ = hyperparameters(params)
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
@@ -348,7 +415,9 @@ class VBNMF(TransformerMixin, BaseEstimator):
         return cell_shape / cell_rate
 
     def transform_posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate (K,))``."""
+        """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate)``, the
+        rate (K,) under the fixed prior, (n x K) under the learned one (each new cell's
+        scale fitted with it, the hyperparameters held at their fitted values)."""
         check_is_fitted(self, "gene_shape_")
         settings = self._check_params()
         matrix = check_counts(X)
@@ -357,6 +426,21 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
+            )
+        if (self.hyperparameters_ is not None) != isinstance(settings.prior, HierarchicalPrior):
+            raise ValueError(
+                "the model was fitted with another prior than prior="
+                f"{self.prior!r}; fit it again after changing the prior"
+            )
+        row_scale = None
+        if self.hyperparameters_ is not None:
+            hyper = self.hyperparameters_
+            row_scale = ScaleState(
+                np.empty(0),
+                np.empty(0),
+                np.asarray(hyper["cell_factor_shape"]),
+                float(hyper["cell_scale_prior_shape"]),
+                float(hyper["cell_scale_prior_mean"]),
             )
         with numba_threads(settings.n_threads) as n_threads:
             rows = fit_rows(
@@ -367,6 +451,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
                 max_iter=max(settings.max_iter, 1),
                 tol=settings.tol,
                 n_parts=n_threads,
+                row_scale=row_scale,
             )
         return rows.shape, rows.rate
 
@@ -418,8 +503,13 @@ def _check_memory(settings: FitSettings, X, init) -> None:
 def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
-        total = float(matrix.sum())
-        return _fit_svi_cells(settings, InMemorySource(matrix), total, init, callback, entropy)
+        csr = sp.csr_array(matrix)
+        counts = CountScan(
+            float(csr.sum()),
+            np.asarray(csr.sum(axis=1), dtype=np.float64),
+            np.bincount(csr.indices, csr.data, minlength=csr.shape[1]).astype(np.float64),
+        )
+        return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     data = as_count_data(matrix)
     if settings.solver == "svi":
         return _fit_svi_nonzeros(settings, data, init, callback, entropy)
@@ -436,8 +526,8 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
         )
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
-    total = scan_blocks(source.iter_blocks(EVAL_BLOCK_ROWS))
-    return _fit_svi_cells(settings, source, total, init, callback, entropy)
+    counts = scan_blocks(source.iter_blocks(EVAL_BLOCK_ROWS), source.shape)
+    return _fit_svi_cells(settings, source, counts, init, callback, entropy)
 
 
 def _describe_stream(X) -> str:
@@ -459,8 +549,8 @@ def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_thread
         "batch_size": batch if svi else None,
         "tau": settings.tau if svi else None,
         "kappa": settings.kappa if svi else None,
-        "prior_shape": settings.prior.shape,
-        "prior_rate": settings.prior.rate,
+        "prior": repr(settings.prior),
+        "accelerate": settings.accelerate,
         "dtype": settings.dtype.name,
         "n_threads": n_threads,
         "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
@@ -468,59 +558,120 @@ def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_thread
     return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
 
-_PARAM_NAMES = ("row_shape", "row_rate", "col_shape", "col_rate")
-
-
 def _fit_batch(
     settings: FitSettings, data: CountData, init, callback, entropy
 ) -> tuple[FitResult, int]:
-    """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked."""
+    """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked;
+    SQUAREM-accelerated when ``settings.accelerate``."""
     total = float(data.counts.sum())
-    n_components, dtype = settings.n_components, settings.dtype
+    n_components, dtype, prior = settings.n_components, settings.dtype, settings.prior
     with numba_threads(settings.n_threads) as n_threads:
         checkpointer = _checkpointer(settings, data.shape, data.nnz, total, n_threads, None)
         stored = checkpointer.load() if settings.resume else None
-
-        def save(n_iter, params, trace):
-            if callback is not None:
-                callback(n_iter, params, trace)
-            arrays = {**dict(zip(_PARAM_NAMES, params.as_tuple())), "elbo_trace": trace}
-            checkpointer.save(n_iter, arrays, {"finished": False})
-
-        trace: list[float] = []
         if stored is not None:
-            arrays, _ = stored
-            start = VariationalParams(*(arrays[name] for name in _PARAM_NAMES))
-            trace = [float(v) for v in arrays["elbo_trace"]]
-            done = has_converged(trace, settings.tol)
-            if done or len(trace) >= settings.max_iter:
-                return FitResult(start, np.asarray(trace), len(trace), bool(done)), data.shape[1]
-            starts = [start]
+            starts = [stored]
         elif init is not None:
-            starts = [init_params(init, data.shape, n_components, dtype)]
+            starts = [init_params(init, data.shape, n_components, dtype, prior)]
         else:
+            totals = side_totals(data) if isinstance(prior, HierarchicalPrior) else None
             starts = (
-                random_start(data.shape, n_components, total, entropy, dtype, index)
+                random_start(data.shape, n_components, total, entropy, dtype, index, prior, totals)
                 for index in range(settings.n_init)
             )
+        run = _run_accelerated if settings.accelerate else _run_plain
         best = None
         for start in starts:
-            result = fit_batch(
-                data,
-                start,
-                settings.prior,
-                max_iter=settings.max_iter,
-                tol=settings.tol,
-                n_parts=n_threads,
-                elbo_trace=trace,
-                callback=save,
-                verbose=settings.verbose,
-            )
+            result = run(settings, data, start, checkpointer, callback, n_threads)
             if best is None or _final_elbo(result) > _final_elbo(best):
                 best = result
-        arrays = {**dict(zip(_PARAM_NAMES, best.params.as_tuple())), "elbo_trace": best.elbo_trace}
-        checkpointer.save(best.n_iter, arrays, {"finished": True}, force=True)
     return best, data.shape[1]
+
+
+def _run_plain(settings, data, start, checkpointer, callback, n_threads) -> FitResult:
+    """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``; saves the
+    parameters after every ``checkpoint_every`` iterations and at the end."""
+
+    def save(n_iter, params, trace, finished=False):
+        arrays = {**params_to_arrays(params), "elbo_trace": np.asarray(trace)}
+        checkpointer.save(n_iter, arrays, {"finished": finished}, force=finished)
+
+    def after_iteration(n_iter, params, trace):
+        if callback is not None:
+            callback(n_iter, params, trace)
+        save(n_iter, params, trace)
+
+    trace: list[float] = []
+    if isinstance(start, tuple):  # a checkpoint
+        arrays, _ = start
+        start = params_from_arrays(arrays)
+        trace = [float(v) for v in arrays["elbo_trace"]]
+        done = has_converged(trace, settings.tol)
+        if done or len(trace) >= settings.max_iter:
+            return FitResult(start, np.asarray(trace), len(trace), bool(done))
+    result = fit_batch(
+        data,
+        start,
+        settings.prior,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        n_parts=n_threads,
+        elbo_trace=trace,
+        callback=after_iteration,
+        verbose=settings.verbose,
+    )
+    save(result.n_iter, result.params, result.elbo_trace, finished=True)
+    return result
+
+
+def _run_accelerated(settings, data, start, checkpointer, callback, n_threads) -> FitResult:
+    """SQUAREM-accelerated coordinate ascent from a start or a checkpoint; saves the
+    state at the start of every ``checkpoint_every``-th cycle's pass and at the end."""
+
+    def save(state: AcceleratedState, finished: bool = False) -> None:
+        arrays = {f"current_{k}": v for k, v in params_to_arrays(state.current).items()}
+        arrays.update({f"kept_{k}": v for k, v in params_to_arrays(state.kept).items()})
+        arrays["elbo_trace"] = np.asarray(state.trace, dtype=np.float64)
+        meta = {
+            "previous": state.previous,
+            "step_max": state.step_max,
+            "n_passes": state.n_passes,
+            "converged": state.converged,
+            "finished": finished,
+        }
+        checkpointer.save(state.n_passes, arrays, meta, force=finished)
+
+    if isinstance(start, tuple):  # a checkpoint
+        arrays, meta = start
+
+        def part(prefix):
+            return params_from_arrays(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            )
+
+        state = AcceleratedState(
+            part("current_"),
+            meta["previous"],
+            float(meta["step_max"]),
+            [float(v) for v in arrays["elbo_trace"]],
+            int(meta["n_passes"]),
+            part("kept_"),
+            bool(meta["converged"]),
+        )
+    else:
+        state = start_accelerated(start)
+    result, state = fit_batch_accelerated(
+        data,
+        state,
+        settings.prior,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        n_parts=n_threads,
+        callback=callback,
+        on_cycle=save,
+        verbose=settings.verbose,
+    )
+    save(state, finished=True)
+    return result
 
 
 def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
@@ -534,7 +685,9 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
             data.shape, settings.n_components, total, entropy, settings.dtype
         )
         if init is not None:
-            state.params = init_params(init, data.shape, settings.n_components, settings.dtype)
+            state.params = init_params(
+                init, data.shape, settings.n_components, settings.dtype, settings.prior
+            )
         return state
 
     def run(state, svi_settings, save):
@@ -546,19 +699,24 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
     return result, data.shape[1]
 
 
-def _fit_svi_cells(settings: FitSettings, source, total: float, init, callback, entropy):
+def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callback, entropy):
     """SVI over minibatches of cells read from ``source`` (in memory or on disk)."""
-    shape = source.shape
+    shape, total = source.shape, counts.total
     batch = settings.batch_size or default_batch_size("cells", shape[0], source.nnz)
 
     def start_state() -> SVIState:
+        totals = (counts.row_totals, counts.col_totals)
         state = init_cells_state(
-            shape, settings.n_components, total, entropy, settings.prior, settings.dtype
+            shape, settings.n_components, total, entropy, settings.prior, settings.dtype, 0, totals
         )
         if init is not None:  # the global side: the genes; the cells' local fits start here
-            given = init_params(init, shape, settings.n_components, settings.dtype)
-            state.params.col_shape, state.params.col_rate = given.col_shape, given.col_rate
-            state.params.row_shape = given.row_shape
+            state.params = init_params(
+                init, shape, settings.n_components, settings.dtype, settings.prior
+            )
+            if state.params.row_scale is not None:
+                state.cell_sums = scale_sums(
+                    state.params.row_shape, state.params.row_rate, state.params.row_scale
+                )
         return state
 
     def run(state, svi_settings, save):

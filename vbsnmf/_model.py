@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import digamma, gammaln
+from scipy.special import digamma, gammaln, polygamma
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
@@ -56,20 +56,81 @@ class ConvergenceWarning(SklearnConvergenceWarning):
 
 # -- the variational family and the prior --------------------------------------------------
 @dataclass
+class ScaleState:
+    """One side's part of the learned prior (`HierarchicalPrior`): ``q(xi_i) =
+    Gamma(shape[i], rate[i])`` of each row's scale, and the hyperparameters learned by
+    empirical Bayes, ``z_il | xi_i ~ Gamma(factor_shape[l], xi_i)`` and
+    ``xi_i ~ Gamma(prior_shape, prior_shape / prior_mean)`` (model.md's a_l, a', b' for
+    the rows; c_l, c', d' for the columns)."""
+
+    shape: np.ndarray
+    rate: np.ndarray
+    factor_shape: np.ndarray
+    prior_shape: float
+    prior_mean: float
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.shape / self.rate
+
+    def copy(self) -> ScaleState:
+        return ScaleState(
+            self.shape.copy(),
+            self.rate.copy(),
+            self.factor_shape.copy(),
+            self.prior_shape,
+            self.prior_mean,
+        )
+
+    def with_q(self, shape: np.ndarray, rate: np.ndarray) -> ScaleState:
+        """The same hyperparameters with another q(xi) (e.g. of a subset of the rows)."""
+        return ScaleState(shape, rate, self.factor_shape, self.prior_shape, self.prior_mean)
+
+
+@dataclass
 class VariationalParams:
     """Parameters of q: ``q(z_il) = Gamma(row_shape[i, l], row_rate[l])`` and
-    ``q(w_jl) = Gamma(col_shape[j, l], col_rate[l])``."""
+    ``q(w_jl) = Gamma(col_shape[j, l], col_rate[l])``; under the learned prior the rates
+    are per entry, ``row_rate[i, l]``, and ``row_scale`` / ``col_scale`` hold q of the
+    scales and the learned hyperparameters (None under the fixed prior)."""
 
     row_shape: np.ndarray
     row_rate: np.ndarray
     col_shape: np.ndarray
     col_rate: np.ndarray
+    row_scale: ScaleState | None = None
+    col_scale: ScaleState | None = None
 
     def copy(self) -> VariationalParams:
-        return VariationalParams(*(np.array(a, copy=True) for a in self.as_tuple()))
+        arrays = (np.array(a, copy=True) for a in self.as_tuple())
+        scales = (None if s is None else s.copy() for s in (self.row_scale, self.col_scale))
+        return VariationalParams(*arrays, *scales)
 
     def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.row_shape, self.row_rate, self.col_shape, self.col_rate
+
+    def positive_arrays(self) -> list[np.ndarray]:
+        """Every parameter of q and every learned hyperparameter, each a positive array
+        (what an extrapolation in log space moves; `with_positive_arrays` inverts it)."""
+        arrays = list(self.as_tuple())
+        for scale in (self.row_scale, self.col_scale):
+            if scale is not None:
+                arrays += [scale.shape, scale.rate, scale.factor_shape]
+                arrays.append(np.array([scale.prior_shape, scale.prior_mean]))
+        return arrays
+
+    def with_positive_arrays(self, arrays: list[np.ndarray]) -> VariationalParams:
+        """A q of this structure and dtype from `positive_arrays`' list."""
+        dtype = self.row_shape.dtype
+        main = [np.asarray(a).astype(dtype, copy=False) for a in arrays[:4]]
+        scales, rest = [], arrays[4:]
+        for scale in (self.row_scale, self.col_scale):
+            if scale is None:
+                scales.append(None)
+                continue
+            shape, rate, factor, pair, rest = *rest[:4], rest[4:]
+            scales.append(ScaleState(shape, rate, factor, float(pair[0]), float(pair[1])))
+        return VariationalParams(*main, *scales)
 
     @property
     def row_mean(self) -> np.ndarray:
@@ -87,6 +148,26 @@ class GammaPrior:
 
     shape: float = 1.0
     rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class HierarchicalPrior:
+    """The learned prior of hierarchical Poisson factorisation (Gopalan, Hofman and Blei
+    2015; the model behind scHPF), ``docs/model.md``:
+
+        xi_i ~ Gamma(a', a'/b'),  z_il | xi_i ~ Gamma(a_l, xi_i)
+        eta_j ~ Gamma(c', c'/d'), w_jl | eta_j ~ Gamma(c_l, eta_j)
+
+    Each cell's scale xi_i absorbs its depth, each gene's eta_j its activity. a', b', c',
+    d' are learned by empirical Bayes (each update the exact maximiser of the ELBO, so the
+    fit is still coordinate ascent), and so are the factor shapes a_l, c_l, one per
+    component, unless ``factor_shape`` fixes them all (scHPF fixes 0.3).
+    """
+
+    factor_shape: float | None = None
+
+
+Prior = GammaPrior | HierarchicalPrior
 
 
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
@@ -200,17 +281,37 @@ def global_step(
     params: VariationalParams,
     row_stat: np.ndarray,
     col_stat: np.ndarray,
-    prior: GammaPrior,
+    prior: Prior,
     rate_scale: float = 1.0,
 ) -> VariationalParams:
     """updateA's shapes from the pass statistics, then updateB in model.md's order: the
     row rate from ``E_old[w]``, the column rate from ``E_new[z]``. Each is the exact optimum
     of its block given the rest, so the step never lowers the ELBO.
 
+    Under the learned prior each side's scales follow its factors (`update_side_learned`),
+    then both sides' hyperparameters are learned (`learn_hyperparameters`) and the scale
+    of the two sides is pinned (`fix_gauge`); all exact coordinate ascent.
+
     ``rate_scale`` multiplies the other side's sums in both rates (1 for VB; Abe and
-    Shimamura's minibatch form scales them by S / (R C)).
+    Shimamura's minibatch form, fixed prior only, scales them by S / (R C)).
     """
     dtype = params.row_shape.dtype
+    if isinstance(prior, HierarchicalPrior):
+        row_shape, row_rate, row_scale = update_side_learned(
+            row_stat, params.row_scale, params.col_mean.sum(axis=0), dtype
+        )
+        col_shape, col_rate, col_scale = update_side_learned(
+            col_stat, params.col_scale, (row_shape / row_rate).sum(axis=0), dtype
+        )
+        row_scale = learn_hyperparameters(
+            scale_sums(row_shape, row_rate, row_scale), row_scale, prior
+        )
+        col_scale = learn_hyperparameters(
+            scale_sums(col_shape, col_rate, col_scale), col_scale, prior
+        )
+        return fix_gauge(
+            VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+        )
     row_shape, row_rate = update_side(
         prior, row_stat, rate_scale * params.col_mean.sum(axis=0), dtype
     )
@@ -220,64 +321,257 @@ def global_step(
     return VariationalParams(row_shape, row_rate, col_shape, col_rate)
 
 
-def local_start_shape(prior: GammaPrior, n_rows: int, n_components: int, dtype) -> np.ndarray:
+# -- the learned prior ----------------------------------------------------------------------
+def update_side_learned(
+    statistic: np.ndarray, scale: ScaleState, other_mean_sum: np.ndarray, dtype=None
+) -> tuple[np.ndarray, np.ndarray, ScaleState]:
+    """One side's q under the learned prior, then q of its scales, each at its optimum:
+    ``shape = a_l + sum x phi``, ``rate = E[xi_i] + other_mean_sum_l``; then
+    ``q(xi_i) = Gamma(a' + sum_l a_l, a'/b' + sum_l E[z_il])`` with the new q(z)."""
+    shape = scale.factor_shape + statistic
+    rate = scale.mean[:, None] + other_mean_sum
+    if dtype is not None:
+        shape, rate = shape.astype(dtype, copy=False), rate.astype(dtype, copy=False)
+    return shape, rate, scale_optimum(shape, rate, scale)
+
+
+def scale_optimum(shape: np.ndarray, rate: np.ndarray, scale: ScaleState) -> ScaleState:
+    """q(xi) at its optimum given q(z) and the hyperparameters."""
+    q_shape = np.full(shape.shape[0], scale.prior_shape + scale.factor_shape.sum())
+    q_rate = scale.prior_shape / scale.prior_mean + (shape / rate).sum(axis=1, dtype=np.float64)
+    return scale.with_q(q_shape, q_rate)
+
+
+@dataclass
+class ScaleSums:
+    """What learning one side's hyperparameters needs of its rows, as sums over them (so
+    pieces of the rows can be summed): the number of rows, ``sum_i E[xi_i]``,
+    ``sum_i E[log xi_i]`` and ``sum_i E[log z_il]`` per component."""
+
+    n_rows: int
+    scale_mean: float
+    scale_log: float
+    factor_log: np.ndarray
+
+    def __add__(self, other: ScaleSums) -> ScaleSums:
+        return ScaleSums(
+            self.n_rows + other.n_rows,
+            self.scale_mean + other.scale_mean,
+            self.scale_log + other.scale_log,
+            self.factor_log + other.factor_log,
+        )
+
+    def __sub__(self, other: ScaleSums) -> ScaleSums:
+        return ScaleSums(
+            self.n_rows - other.n_rows,
+            self.scale_mean - other.scale_mean,
+            self.scale_log - other.scale_log,
+            self.factor_log - other.factor_log,
+        )
+
+    def gauged(self, factor: float) -> ScaleSums:
+        """The sums after `fix_gauge` divided the rows' rates by ``factor`` (and so
+        multiplied their scales' rates by it)."""
+        shift = self.n_rows * float(np.log(factor))
+        return ScaleSums(
+            self.n_rows, self.scale_mean / factor, self.scale_log - shift, self.factor_log + shift
+        )
+
+
+def scale_sums(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> ScaleSums:
+    """`ScaleSums` of some rows (``elog``: their ``E[log z]`` if already computed)."""
+    if elog is None:
+        elog = expected_log(shape, rate)
+    return ScaleSums(
+        shape.shape[0],
+        float(scale.mean.sum()),
+        float(expected_log(scale.shape, scale.rate).sum()),
+        elog.sum(axis=0, dtype=np.float64),
+    )
+
+
+def learn_hyperparameters(sums: ScaleSums, scale: ScaleState, prior: HierarchicalPrior):
+    """Empirical Bayes for one side, q held fixed; each value the exact maximiser:
+
+    - ``(a', b')`` jointly: ``b' = mean_i E[xi_i]`` and ``log a' - digamma(a') =
+      log b' - mean_i E[log xi_i]`` (the Gamma maximum-likelihood equations on q's
+      moments; the right side is positive by Jensen's inequality);
+    - ``digamma(a_l) = mean_i (E[log z_il] + E[log xi_i])``, unless the prior fixes a_l.
+    """
+    prior_mean = sums.scale_mean / sums.n_rows
+    mean_log = sums.scale_log / sums.n_rows
+    gap = np.log(prior_mean) - mean_log
+    prior_shape = gamma_shape_mle(gap) if gap > 0 else scale.prior_shape
+    if prior.factor_shape is None:
+        factor_shape = inverse_digamma(sums.factor_log / sums.n_rows + mean_log)
+    else:
+        factor_shape = np.full_like(scale.factor_shape, prior.factor_shape)
+    return ScaleState(scale.shape, scale.rate, factor_shape, float(prior_shape), float(prior_mean))
+
+
+def fix_gauge(params: VariationalParams) -> VariationalParams:
+    """Move q along the one direction that leaves the ELBO exactly unchanged, to b' = d'.
+
+    ``(z, xi, b', w, eta, d') -> (s z, xi / s, b' / s, w / s, s eta, s d')`` changes no
+    term of the ELBO (the likelihood sees z w, each prior term z xi, w eta, xi / b',
+    eta / d'); with both b' and d' learned, coordinate ascent would drift along it for
+    ever. ``s = sqrt(b' / d')`` leaves ``b' = d' = sqrt(b' d')``.
+    """
+    rows, cols = params.row_scale, params.col_scale
+    factor = gauge_factor(params)
+    middle = float(np.sqrt(rows.prior_mean * cols.prior_mean))
+    row_scale = ScaleState(
+        rows.shape, rows.rate * factor, rows.factor_shape, rows.prior_shape, middle
+    )
+    col_scale = ScaleState(
+        cols.shape, cols.rate / factor, cols.factor_shape, cols.prior_shape, middle
+    )
+    return VariationalParams(
+        params.row_shape,
+        params.row_rate / factor,
+        params.col_shape,
+        params.col_rate * factor,
+        row_scale,
+        col_scale,
+    )
+
+
+def gauge_factor(params: VariationalParams) -> float:
+    """`fix_gauge`'s ``s = sqrt(b' / d')``: it divides the rows' rates by s."""
+    return float(np.sqrt(params.row_scale.prior_mean / params.col_scale.prior_mean))
+
+
+def inverse_digamma(y, n_newton: int = 8) -> np.ndarray:
+    """``x > 0`` with ``digamma(x) = y``, elementwise (Minka 2000's start, then Newton:
+    digamma is increasing and concave, so Newton from it converges in a few steps)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.where(y >= -2.22, np.exp(y) + 0.5, -1.0 / (y - digamma(1.0)))
+    for _ in range(n_newton):
+        x = x - (digamma(x) - y) / polygamma(1, x)
+    return x
+
+
+def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
+    """``a > 0`` with ``log a - digamma(a) = gap`` (``gap > 0``): the Gamma maximum-
+    likelihood shape, by Minka (2002)'s start and generalised Newton step on 1/a."""
+    a = (3.0 - gap + np.sqrt((gap - 3.0) ** 2 + 24.0 * gap)) / (12.0 * gap)
+    for _ in range(n_newton):
+        excess = np.log(a) - digamma(a) - gap
+        a = 1.0 / (1.0 / a + excess / (a * a * (1.0 / a - polygamma(1, a))))
+    return float(a)
+
+
+def gamma_entropy(shape, rate) -> float:
+    """``sum H[Gamma(shape, rate)]``, ``H = al - log be + lgamma(al) + (1 - al) digamma(al)``."""
+    shape = np.asarray(shape, dtype=np.float64)
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
+    return float(np.sum(shape - np.log(rate) + gammaln(shape) + (1.0 - shape) * digamma(shape)))
+
+
+def learned_side_kl(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> float:
+    """``KL(q(z, xi) || p(z, xi))`` of one side under the learned prior: minus the
+    expected log prior of z given xi and of xi, minus the entropies of q(z) and q(xi)."""
+    shape = np.asarray(shape, dtype=np.float64)
+    rate = np.asarray(rate, dtype=np.float64)
+    if elog is None:
+        elog = expected_log(shape, rate)
+    a = scale.factor_shape
+    a_prime, rate0 = scale.prior_shape, scale.prior_shape / scale.prior_mean
+    xi_mean = scale.mean
+    xi_log = expected_log(scale.shape, scale.rate)
+    n_rows = shape.shape[0]
+    log_prior = (
+        float(a.sum()) * float(xi_log.sum())
+        - n_rows * float(gammaln(a).sum())
+        + float(((a - 1.0) * elog).sum())
+        - float(xi_mean @ (shape / rate).sum(axis=1))
+    )
+    log_prior += (
+        n_rows * (a_prime * np.log(rate0) - gammaln(a_prime))
+        + (a_prime - 1.0) * float(xi_log.sum())
+        - rate0 * float(xi_mean.sum())
+    )
+    entropy = gamma_entropy(shape, rate) + gamma_entropy(scale.shape, scale.rate)
+    return -(log_prior + entropy)
+
+
+def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np.ndarray:
     """Where a local fit of rows with no earlier optimum starts: ``shape = a + 1``
-    everywhere (deterministic, the same for every row)."""
-    return np.full((n_rows, n_components), prior.shape + 1.0, dtype=dtype)
+    everywhere (deterministic, the same for every row); the fixed prior's a, or for the
+    learned prior 1 (the exponential case)."""
+    shape = prior.shape if isinstance(prior, GammaPrior) else 1.0
+    return np.full((n_rows, n_components), shape + 1.0, dtype=dtype)
 
 
 @dataclass
 class RowFit:
-    """What `fit_rows` returns: the rows' q (rate per component) and the passes it took."""
+    """What `fit_rows` returns: the rows' q, q of their scales under the learned prior
+    (else None), and the passes it took."""
 
     shape: np.ndarray
     rate: np.ndarray
     n_passes: int
+    scale: ScaleState | None = None
 
 
 def fit_rows(
     data: CountData,
     col_shape: np.ndarray,
     col_rate: np.ndarray,
-    prior: GammaPrior,
+    prior: Prior,
     *,
     max_iter: int,
     tol: float,
     n_parts: int = 1,
     init_shape: np.ndarray | None = None,
+    row_scale: ScaleState | None = None,
 ) -> RowFit:
     """The local step: q(z) of the rows of ``data`` with q(w) held fixed (``transform``,
     projection of new cells, cell-minibatch SVI).
 
-    The row rate ``b + sum_j E[w_jl]`` does not change, so coordinate ascent alternates the
-    responsibilities and the row shapes; it stops when the rows' ELBO (data term, expected
-    product, KL of q(z)) changes by less than ``tol`` relative, or after ``max_iter``
-    passes. Starts from ``init_shape`` (not modified) or else `local_start_shape`.
+    Coordinate ascent alternates the responsibilities and the rows' q (under the learned
+    prior: q(z), then the scales' q(xi), with the fitted hyperparameters of
+    ``row_scale``); it stops when the rows' ELBO (data term, expected product, the rows'
+    KL) changes by less than ``tol`` relative, or after ``max_iter`` passes. Starts from
+    ``init_shape`` (not modified; with ``row_scale``'s q(xi) under the learned prior) or
+    else from `local_start_shape` (and q(xi) at its prior mean).
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
     col_shape = np.asarray(col_shape, dtype=dtype)
     col_rate = np.asarray(col_rate, dtype=dtype)
     col_mean_sum = (col_shape / col_rate).sum(axis=0)
-    row_rate = side_rate(prior, col_mean_sum, dtype)
     col_moments = side_moments(col_shape, col_rate)  # fixed: computed once
+    learned = isinstance(prior, HierarchicalPrior)
     if init_shape is None:
         row_shape = local_start_shape(prior, n_rows, n_components, dtype)
+        if learned:  # q(xi) at the prior mean b'
+            q_shape = np.full(n_rows, row_scale.prior_shape + row_scale.factor_shape.sum())
+            row_scale = row_scale.with_q(q_shape, q_shape / row_scale.prior_mean)
     else:
         row_shape = np.array(init_shape, dtype=dtype)  # a copy: the caller's stays
+    if learned:
+        row_rate = (row_scale.mean[:, None] + col_mean_sum).astype(dtype)
+    else:
+        row_rate = side_rate(prior, col_mean_sum, dtype)
     previous, n_passes = None, 0
     for _ in range(max_iter):
         row_stat, _, data_term = pass_statistics(
             data, side_moments(row_shape, row_rate), col_moments, n_parts
         )
         n_passes += 1
-        row_mean_sum, row_kl = side_terms(row_shape, row_rate, prior)
+        row_mean_sum, row_kl = side_terms(row_shape, row_rate, prior, row_scale)
         current = ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, 0.0).value()
         if previous is not None and abs(current - previous) <= tol * abs(previous):
             break
         previous = current
-        row_shape = side_shape(prior, row_stat, dtype)
-    return RowFit(row_shape, row_rate, n_passes)
+        if learned:
+            row_shape, row_rate, row_scale = update_side_learned(
+                row_stat, row_scale, col_mean_sum, dtype
+            )
+        else:
+            row_shape = side_shape(prior, row_stat, dtype)
+    return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None)
 
 
 # -- the ELBO -------------------------------------------------------------------------------
@@ -308,27 +602,32 @@ class ElboTerms:
             self.col_kl,
         )
 
-    def with_cols(self, col_shape: np.ndarray, col_rate: np.ndarray, prior: GammaPrior):
+    def with_cols(self, col_shape, col_rate, prior: Prior, col_scale: ScaleState | None = None):
         """These row and data terms completed with the column side's."""
-        col_mean_sum, col_kl = side_terms(col_shape, col_rate, prior)
+        col_mean_sum, col_kl = side_terms(col_shape, col_rate, prior, col_scale)
         return ElboTerms(self.data_term, self.row_mean_sum, self.row_kl, col_mean_sum, col_kl)
 
 
-def side_terms(shape: np.ndarray, rate: np.ndarray, prior: GammaPrior) -> tuple[np.ndarray, float]:
+def side_terms(
+    shape: np.ndarray, rate: np.ndarray, prior: Prior, scale: ScaleState | None = None
+) -> tuple[np.ndarray, float]:
     """One side's share of the ELBO: ``sum E[.]`` per component (for the expected
-    product) and the KL of its q from the prior."""
+    product) and the KL of its q from the prior (under the learned prior, of q(z) and
+    q(xi) from p(z | xi) p(xi), with ``scale``)."""
     mean_sum = (shape / rate).sum(axis=0).astype(np.float64)
+    if isinstance(prior, HierarchicalPrior):
+        return mean_sum, learned_side_kl(shape, rate, scale)
     return mean_sum, gamma_kl(shape, rate, prior.shape, prior.rate)
 
 
-def elbo_terms(data_term: float, params: VariationalParams, prior: GammaPrior) -> ElboTerms:
+def elbo_terms(data_term: float, params: VariationalParams, prior: Prior) -> ElboTerms:
     """The ELBO's terms for ``params`` whose pass gave ``data_term``."""
-    row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior)
-    col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior)
+    row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior, params.row_scale)
+    col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior, params.col_scale)
     return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl)
 
 
-def elbo(data: CountData, params: VariationalParams, prior: GammaPrior, n_parts: int = 1) -> float:
+def elbo(data: CountData, params: VariationalParams, prior: Prior, n_parts: int = 1) -> float:
     """The ELBO of ``params`` (nats), with the responsibilities at their optimum."""
     _, _, data_term = shape_statistics(data, params, n_parts)
     return elbo_terms(data_term, params, prior).value()
@@ -419,28 +718,102 @@ def start_rate(shape: tuple[int, int], total_count: float, n_components: int, dt
 
 
 def random_start(
-    shape: tuple[int, int], n_components: int, total_count: float, entropy: int, dtype, start=0
+    shape: tuple[int, int],
+    n_components: int,
+    total_count: float,
+    entropy: int,
+    dtype,
+    start: int = 0,
+    prior: Prior | None = None,
+    totals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> VariationalParams:
-    """The random q a fit starts from (start number ``start`` of ``entropy``)."""
-    rate = start_rate(shape, total_count, n_components, dtype)
+    """The random q a fit starts from (start number ``start`` of ``entropy``): shapes
+    from `random_shapes` on both sides; rates from `start_rate` (fixed prior) or, under the
+    learned prior, from each row's and column's total (``totals``, see
+    `learned_start_rates`) with the scales' q at its optimum (`learned_start_scale`)."""
+    row_shape = random_shapes(entropy, 0, 0, shape[0], n_components, dtype, start)
+    col_shape = random_shapes(entropy, 1, 0, shape[1], n_components, dtype, start)
+    if not isinstance(prior, HierarchicalPrior):
+        rate = start_rate(shape, total_count, n_components, dtype)
+        return VariationalParams(row_shape, rate, col_shape, rate.copy())
+    row_totals, col_totals = totals
+    row_rate = learned_start_rates(row_totals, total_count, n_components, dtype)
+    col_rate = learned_start_rates(col_totals, total_count, n_components, dtype)
     return VariationalParams(
-        random_shapes(entropy, 0, 0, shape[0], n_components, dtype, start),
-        rate,
-        random_shapes(entropy, 1, 0, shape[1], n_components, dtype, start),
-        rate.copy(),
+        row_shape,
+        row_rate,
+        col_shape,
+        col_rate,
+        learned_start_scale(row_shape, row_rate, row_totals, total_count, prior),
+        learned_start_scale(col_shape, col_rate, col_totals, total_count, prior),
     )
 
 
+def _positive_totals(side_totals: np.ndarray) -> np.ndarray:
+    """Totals with the empty rows at the smallest positive total, so every rate is finite."""
+    positive = side_totals[side_totals > 0]
+    return np.maximum(side_totals, positive.min() if positive.size else 1.0)
+
+
+def learned_start_rates(side_totals, total_count: float, n_components: int, dtype) -> np.ndarray:
+    """Per-row starting rates under the learned prior: with shapes of mean 1.5 each row's
+    factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), so the start's mean
+    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit."""
+    totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
+    rate = 1.5 * n_components * np.sqrt(max(total_count, 1e-12)) / totals
+    return np.repeat(rate[:, None], n_components, axis=1).astype(dtype)
+
+
+def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> ScaleState:
+    """The start of one side's scales: a_l = 1 (or the prior's fixed a_l) and a' = 1, the
+    exponential case; b' the mean over rows of ``1 / mean_l E[z_il]`` at the start's mean
+    shape 1.5, so the prior mean ``a_l / xi_i`` matches the start; q(xi) at its optimum.
+    Every value is replaced after the first iteration."""
+    n_components = shape.shape[1]
+    factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+    totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
+    prior_mean = float(np.mean(n_components * np.sqrt(max(total_count, 1e-12)) / totals))
+    template = ScaleState(np.empty(0), np.empty(0), np.full(n_components, factor), 1.0, prior_mean)
+    return scale_optimum(shape, rate, template)
+
+
+def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's and each column's total count."""
+    n_major, n_minor = data.shape[data.major], data.shape[1 - data.major]
+    major = np.zeros(n_major)
+    nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
+    if nonempty.size:
+        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty]).astype(np.float64)
+    minor = np.bincount(data.indices, weights=data.counts, minlength=n_minor)
+    return (major, minor) if data.major == 0 else (minor, major)
+
+
 INIT_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
+# Optional keys of a start under the learned prior: q of the scales and the hyperparameters
+# (missing ones are set as `complete_learned` sets them).
+SCALE_KEYS = ("cell_scale_shape", "cell_scale_rate", "gene_scale_shape", "gene_scale_rate")
+HYPER_KEYS = (
+    "cell_factor_shape",
+    "cell_scale_prior_shape",
+    "cell_scale_prior_mean",
+    "gene_factor_shape",
+    "gene_scale_prior_shape",
+    "gene_scale_prior_mean",
+)
 
 
-def init_params(init, shape: tuple[int, int], n_components: int, dtype) -> VariationalParams:
+def init_params(
+    init, shape: tuple[int, int], n_components: int, dtype, prior: Prior | None = None
+) -> VariationalParams:
     """A given start as `VariationalParams` (rows = cells), checked.
 
     ``init`` is a `VariationalParams`, a mapping with keys ``cell_shape``, ``cell_rate``,
     ``gene_shape``, ``gene_rate``, or a fitted estimator with attributes of those names
-    plus ``_``. The arrays are copied; a dask array of cell shapes (a distributed fit's) is
-    kept lazy and checked block by block when computed.
+    plus ``_``. Rates are per component (K,) or, for the learned prior, per entry (n x K).
+    Under the learned ``prior`` the mapping (or estimator) may also hold q of the scales
+    (`SCALE_KEYS`) and the hyperparameters (`HYPER_KEYS`); what is missing is completed by
+    `complete_learned`. The arrays are copied; a dask array of cell shapes (a distributed
+    fit's) is kept lazy and checked block by block when computed.
 
     Raises
     ------
@@ -451,30 +824,152 @@ def init_params(init, shape: tuple[int, int], n_components: int, dtype) -> Varia
         entries.
     """
     if isinstance(init, VariationalParams):
-        arrays = init.as_tuple()
+        arrays, extra = init.as_tuple(), _scale_entries(init)
     elif isinstance(init, Mapping):
         try:
             arrays = tuple(init[key] for key in INIT_KEYS)
         except KeyError as missing:
             raise ValueError(f"init is missing {missing}") from None
+        extra = {key: init[key] for key in SCALE_KEYS + HYPER_KEYS if init.get(key) is not None}
     elif all(hasattr(init, key + "_") for key in INIT_KEYS):
         arrays = tuple(getattr(init, key + "_") for key in INIT_KEYS)
+        extra = {
+            key: getattr(init, key + "_")
+            for key in SCALE_KEYS
+            if getattr(init, key + "_", None) is not None
+        }
+        extra.update(getattr(init, "hyperparameters_", None) or {})
     else:
         raise TypeError(
             "init must be a fitted VBNMF, a VariationalParams or a mapping with keys "
             f"{', '.join(INIT_KEYS)}; got {type(init).__name__}"
         )
     n_rows, n_cols = shape
-    expected = ((n_rows, n_components), (n_components,), (n_cols, n_components), (n_components,))
+    learned = isinstance(prior, HierarchicalPrior)
     checked = []
-    for name, array, want in zip(INIT_KEYS, arrays, expected):
-        if tuple(np.shape(array)) != want:
-            raise ValueError(f"init {name} has shape {tuple(np.shape(array))}, expected {want}")
+    for name, array, side in zip(INIT_KEYS, arrays, (n_rows, n_rows, n_cols, n_cols)):
+        wants = [(side, n_components)]
+        if name.endswith("rate"):
+            wants = [(n_components,), (side, n_components)] if learned else [(n_components,)]
+        if tuple(np.shape(array)) not in wants:
+            raise ValueError(
+                f"init {name} has shape {tuple(np.shape(array))}, expected "
+                + " or ".join(map(str, wants))
+            )
         if is_dask_array(array):  # too large for one machine: checked block by block
             checked.append(array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype))
             continue
         checked.append(_checked_block(np.array(array, dtype=dtype, copy=True), name))
-    return VariationalParams(*checked)
+    params = VariationalParams(*checked)
+    return complete_learned(params, prior, extra) if learned else params
+
+
+def _scale_entries(params: VariationalParams) -> dict:
+    """`SCALE_KEYS` and `HYPER_KEYS` entries of ``params`` (empty under the fixed prior)."""
+    entries = {}
+    for side, scale in (("cell", params.row_scale), ("gene", params.col_scale)):
+        if scale is not None:
+            entries[f"{side}_scale_shape"] = scale.shape
+            entries[f"{side}_scale_rate"] = scale.rate
+            entries.update(_hyper_entries(side, scale))
+    return entries
+
+
+def _hyper_entries(side: str, scale: ScaleState) -> dict:
+    return {
+        f"{side}_factor_shape": scale.factor_shape,
+        f"{side}_scale_prior_shape": scale.prior_shape,
+        f"{side}_scale_prior_mean": scale.prior_mean,
+    }
+
+
+def hyperparameters(params: VariationalParams) -> dict | None:
+    """The learned hyperparameters by name (`HYPER_KEYS`), or None under the fixed prior."""
+    if params.row_scale is None:
+        return None
+    return {**_hyper_entries("cell", params.row_scale), **_hyper_entries("gene", params.col_scale)}
+
+
+def complete_learned(
+    params: VariationalParams, prior: HierarchicalPrior, given: dict | None = None
+) -> VariationalParams:
+    """``params`` as a start under the learned prior: rates per entry; the hyperparameters
+    and q of the scales from ``given`` (`SCALE_KEYS`, `HYPER_KEYS`) where there, else as
+    `learned_start_scale` sets them from the means of q: a_l = 1 (or the prior's fixed
+    value), a' = 1, b' the mean of ``1 / mean_l E[z_il]``, q(xi) at its optimum."""
+    given = given or {}
+    sides = []
+    for side, shape, rate in (
+        ("cell", params.row_shape, params.row_rate),
+        ("gene", params.col_shape, params.col_rate),
+    ):
+        rate = np.broadcast_to(rate, shape.shape).astype(shape.dtype)  # a copy, per entry
+        n_rows, n_components = shape.shape
+        default_factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+        factor = np.asarray(given.get(f"{side}_factor_shape", default_factor), dtype=np.float64)
+        factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), f"{side}_factor")
+        mean_default = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        scale = ScaleState(
+            np.empty(0),
+            np.empty(0),
+            factor,
+            check_positive_number(given.get(f"{side}_scale_prior_shape", 1.0)),
+            check_positive_number(given.get(f"{side}_scale_prior_mean", mean_default)),
+        )
+        if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
+            q = [
+                _checked_block(np.array(given[key], dtype=np.float64), key)
+                for key in (f"{side}_scale_shape", f"{side}_scale_rate")
+            ]
+            if any(a.shape != (n_rows,) for a in q):
+                raise ValueError(f"init {side}_scale_shape/_rate must have shape ({n_rows},)")
+            scale = scale.with_q(*q)
+        else:
+            scale = scale_optimum(shape, rate, scale)
+        sides.append((shape, rate, scale))
+    (row_shape, row_rate, row_scale), (col_shape, col_rate, col_scale) = sides
+    return VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+
+
+def check_positive_number(value) -> float:
+    value = float(np.asarray(value))
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"init hyperparameters must be positive and finite, got {value}")
+    return value
+
+
+def params_to_arrays(params: VariationalParams) -> dict[str, np.ndarray]:
+    """``params`` as named arrays (checkpoints): the four of q, and under the learned prior
+    q of the scales and the hyperparameters."""
+    arrays = dict(zip(("row_shape", "row_rate", "col_shape", "col_rate"), params.as_tuple()))
+    for side, scale in (("row", params.row_scale), ("col", params.col_scale)):
+        if scale is not None:
+            arrays[f"{side}_scale_shape"] = scale.shape
+            arrays[f"{side}_scale_rate"] = scale.rate
+            arrays[f"{side}_factor_shape"] = scale.factor_shape
+            arrays[f"{side}_scale_prior"] = np.array([scale.prior_shape, scale.prior_mean])
+    return arrays
+
+
+def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> VariationalParams:
+    """The inverse of `params_to_arrays`."""
+    main = [arrays[name] for name in ("row_shape", "row_rate", "col_shape", "col_rate")]
+    scales = []
+    for side in ("row", "col"):
+        if f"{side}_scale_shape" not in arrays:
+            scales.append(None)
+            continue
+        pair = arrays[f"{side}_scale_prior"]
+        scales.append(
+            ScaleState(
+                arrays[f"{side}_scale_shape"],
+                arrays[f"{side}_scale_rate"],
+                arrays[f"{side}_factor_shape"],
+                float(pair[0]),
+                float(pair[1]),
+            )
+        )
+    return VariationalParams(*main, *scales)
 
 
 def _checked_block(block: np.ndarray, name: str) -> np.ndarray:

@@ -58,7 +58,7 @@ def _chunk_step(rows, local_cells, gene_side, settings: SVISettings, start_shape
     ``start_shape``; returns their new shapes and their gene statistic and ``sum E[z]``."""
     gene_shape, gene_rate = gene_side
     with numba_threads(settings.n_threads):
-        cell_shape, cell_rate, gene_stat, data_term = local_fit(
+        cell_shape, cell_rate, gene_stat, data_term, _ = local_fit(
             rows[local_cells], gene_shape, gene_rate, settings, start_shape
         )
     terms = ElboTerms(data_term, *side_terms(cell_shape, cell_rate, settings.prior))
@@ -74,7 +74,9 @@ def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape):
         for start in range(0, rows.shape[0], EVAL_BLOCK_ROWS)
     )
     with numba_threads(settings.n_threads):
-        terms, cell_shape, _ = evaluate_rows(blocks, start_shape, gene_shape, gene_rate, settings)
+        start = VariationalParams(start_shape, None, gene_shape, gene_rate)
+        terms, fitted, _ = evaluate_rows(blocks, start, settings)
+        cell_shape = fitted.row_shape
     # An evaluation has no gene statistic: empty arrays keep the summary small.
     empty = np.zeros((0, gene_shape.shape[1]))
     return cell_shape, ChunkSummary(empty, terms, np.zeros(0))

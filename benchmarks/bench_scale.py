@@ -83,7 +83,7 @@ def _streaming_steps(h5ad: str, n_components: int, n_steps: int, batch_size: int
     opened_mib = peak_rss_mib()
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    total = _svi.scan_source(source)  # the one validation pass over the file
+    total, _ = _svi.scan_source(source)  # the one validation pass over the file
     scan_s = time.perf_counter() - start
     settings = _svi.SVISettings(1.0, 1.0, batch_size, 1.0, 0.55, 1, 1, 1e-5, 200, 1e-5, n_threads)
     with _estimator.numba_threads(n_threads):

@@ -53,6 +53,7 @@ import operator
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,11 +108,12 @@ def _get_client(client):
 
 
 # -- tasks that run on the workers ---------------------------------------------------------
-def _chunk_count_data(block, first_cell: int) -> _vb.CountData:
+def _chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> _vb.CountData:
     """The chunk's counts as the engine stores them (`_vb.as_count_data`: canonical CSR
-    along the chunk's longer axis, so the per-thread accumulators are on the shorter one)."""
+    along the chunk's longer axis, so the per-thread accumulators are on the shorter one),
+    checked for a fit of ``fit_dtype``."""
     try:
-        matrix = check_counts(block, warn_non_integer=False)
+        matrix = check_counts(block, warn_non_integer=False, fit_dtype=fit_dtype)
     except ValueError as error:
         raise ValueError(
             f"in the chunk of cells starting at cell {first_cell} (positions within the "
@@ -518,7 +520,7 @@ def fit_dask(
     # The chunks' CountData, built and kept on the workers (keys derived from the source).
     chunk_sizes = X.chunks[0]
     layout = _Layout.of(client, len(chunk_sizes))
-    chunk_data = _build_chunks(client, layout, _chunk_count_data, X)
+    chunk_data = _build_chunks(client, layout, partial(_chunk_count_data, fit_dtype=dtype), X)
     info = client.gather(
         client.map(
             _chunk_info, chunk_data, key=[f"{prefix}-info-{i}" for i in range(len(chunk_data))]
@@ -689,9 +691,9 @@ def fit_estimator(estimator, X, *, init=None, callback=None):
 
 
 # -- stochastic VI across workers (cell minibatches, model.md's second SVI form) ------------
-def _chunk_rows(block, first_cell: int) -> sp.csr_array:
+def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     """The chunk as canonical float64 CSR of cells, from which minibatch rows are cut."""
-    data = _chunk_count_data(block, first_cell)  # validated, canonical
+    data = _chunk_count_data(block, first_cell, fit_dtype)  # validated, canonical
     major_shape = data.shape if data.major == 0 else data.shape[::-1]
     csr = sp.csr_array((data.counts, data.indices, data.indptr), shape=major_shape)
     return csr if data.major == 0 else csr.T.tocsr()
@@ -841,7 +843,7 @@ def fit_svi_dask(
     chunk_sizes = X.chunks[0]
     bounds = np.concatenate([[0], np.cumsum(chunk_sizes)])
     layout = _Layout.of(client, len(chunk_sizes))
-    chunk_rows = _build_chunks(client, layout, _chunk_rows, X)
+    chunk_rows = _build_chunks(client, layout, partial(_chunk_rows, fit_dtype=dtype), X)
     totals = client.gather(
         client.map(
             _total_count,

@@ -14,7 +14,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _vb
 from ._memory import check_fit_memory
-from ._validation import check_counts, check_n_components, check_positive
+from ._validation import (
+    check_counts,
+    check_n_components,
+    check_positive,
+    check_tolerance,
+    data_fingerprint,
+)
 
 
 @contextlib.contextmanager
@@ -92,7 +98,8 @@ class VBNMF(TransformerMixin, BaseEstimator):
         Numba threads (default: all). Results are bitwise reproducible for a given
         ``random_state`` and ``n_threads``.
     dtype
-        ``np.float64`` (default) or ``np.float32`` (halves the factor memory).
+        ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
+        to 2**24 = 16,777,216 only, see Notes).
     verbose
         Print the ELBO after every iteration.
     method
@@ -158,6 +165,12 @@ class VBNMF(TransformerMixin, BaseEstimator):
 
     Notes
     -----
+    Counts: X holds non-negative, finite counts of at most 1e13 (float64 factors) or
+    2**24 (``dtype=np.float32``); a larger count is refused with `ValueError`, because
+    past it the ELBO is no longer resolved (it stops increasing monotonically, then turns
+    positive or infinite; measured by ``benchmarks/count_range.py``). X may also not be a
+    sparse matrix whose index arrays are damaged (checked before any kernel reads them).
+
     Warm starts: ``fit(X, init=...)`` starts from given variational parameters, a fitted
     `VBNMF`, a `VariationalParams` (rows, columns) or a mapping with keys ``obs_shape``,
     ``obs_rate``, ``var_shape``, ``var_rate``; with ``max_iter=1`` this runs exactly one
@@ -211,8 +224,11 @@ class VBNMF(TransformerMixin, BaseEstimator):
 
     # -- validation ---------------------------------------------------------------------
     def _check_params(self) -> dict:
-        dtype = np.dtype(self.dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:  # not a dtype at all: the same message as a wrong one
+            dtype = None
+        if dtype is None or dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype must be np.float32 or np.float64, got {self.dtype!r}")
         for name in ("max_iter", "n_init"):
             value = getattr(self, name)
@@ -222,9 +238,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
         if self.n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {self.n_init}")
-        tol = float(self.tol)
-        if not np.isfinite(tol) or tol < 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        tol = check_tolerance(self.tol)
         return {
             "prior_shape": check_positive(self.prior_shape, "prior_shape"),
             "prior_rate": check_positive(self.prior_rate, "prior_rate"),
@@ -234,7 +248,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
         }
 
     def _count_data(self, X, *, reset: bool) -> _vb.CountData:
-        matrix = check_counts(X)
+        matrix = check_counts(X, fit_dtype=self.dtype)
         if reset:
             self.n_features_in_ = matrix.shape[1]
         elif matrix.shape[1] != self.n_features_in_:
@@ -310,18 +324,22 @@ class VBNMF(TransformerMixin, BaseEstimator):
         """Stochastic VB (``method="svi"``) and batch fits that write checkpoints."""
         from . import _stream, _svi
         from ._checkpoint import Checkpointer
+        from .io._paths import check_checkpoint_path
 
+        if self.checkpoint is not None:  # before any work: never the input, nor a foreign file
+            check_checkpoint_path(self.checkpoint, [X] if isinstance(X, (str, os.PathLike)) else [])
         method, form = checked["method"], checked["svi_form"]
         streaming = method == "svi" and form == "cells"
         if streaming:
             source = _stream.open_source(X)
             self.n_features_in_ = source.shape[1]
-            shape, total_count = source.shape, _svi.scan_source(source)
-            nnz = source.nnz
+            total_count, fingerprint = _svi.scan_source(source, fit_dtype=checked["dtype"])
+            shape, nnz = source.shape, source.nnz
         else:
             check_fit_memory(X, self.n_components, n_threads=self.n_threads, dtype=checked["dtype"])
             data = self._count_data(X, reset=True)
             shape, total_count, nnz = data.shape, float(data.counts.sum()), data.nnz
+            fingerprint = data_fingerprint(data)
         n_components = check_n_components(self.n_components, shape)
         if checked["batch_size"] is None:
             checked["batch_size"] = _svi.default_batch_size(form, shape[0], nnz)
@@ -332,6 +350,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
                 "shape": [int(n) for n in shape],
                 "nnz": int(nnz),
                 "total_count": total_count,
+                "data_fingerprint": fingerprint,
                 "n_components": n_components,
                 "method": method,
                 "svi_form": form if method == "svi" else None,
@@ -513,9 +532,8 @@ def _check_svi_checkpoint_params(estimator: VBNMF) -> dict:
             raise TypeError(f"{name} must be an integer, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    tau, kappa = float(estimator.tau), float(estimator.kappa)
-    if not (np.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau must be a finite number >= 0, got {estimator.tau!r}")
+    check_tolerance(estimator.tau, "tau")  # a finite number >= 0
+    kappa = check_tolerance(estimator.kappa, "kappa")
     if not 0.5 < kappa <= 1.0:
         raise ValueError(f"kappa must be in (0.5, 1], got {estimator.kappa!r}")
     checkpoint = estimator.checkpoint
@@ -554,6 +572,10 @@ def fit_triplets(
         negative, NaN or infinite.
     """
     rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
+    if len(shape) != 2 or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
+    ):
+        raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
     if not (rows.shape == cols.shape == counts.shape):
         raise ValueError(
             f"rows, cols and counts differ in length: {rows.size}, {cols.size}, {counts.size}"

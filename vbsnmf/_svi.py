@@ -40,7 +40,13 @@ import scipy.sparse as sp
 from . import _kernels, _vb
 from ._checkpoint import rng_from_json, rng_state_json
 from ._stream import CellSource
-from ._validation import NonCountWarning, check_counts, warn_user
+from ._validation import (
+    NonCountWarning,
+    check_counts,
+    check_sparse_structure,
+    combine_fingerprints,
+    warn_user,
+)
 
 SVI_FORMS = ("cells", "textbook", "seed")
 
@@ -280,14 +286,18 @@ def fit_svi_nonzeros(
 
 
 # -- minibatches of cells -----------------------------------------------------------------
-def scan_source(source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS) -> float:
-    """Validate every count of ``source`` (one streaming pass); return their sum.
+def scan_source(
+    source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS, fit_dtype=np.float64
+) -> tuple[float, str]:
+    """Validate every count of ``source`` (one streaming pass) for a fit of ``fit_dtype``;
+    return their sum and the data's fingerprint (`_validation.combine_fingerprints`).
 
     Warns once (`NonCountWarning`) if any count is not an integer."""
-    total, non_integer = 0.0, False
+    total, non_integer, fingerprints = 0.0, False, []
     for start, block in source.iter_chunks(chunk_cells):
-        name = f"X (rows {start}..{start + block.shape[0] - 1})"
-        check_counts(block, name=name, warn_non_integer=False)
+        name = f"{source.name} (rows {start}..{start + block.shape[0] - 1})"
+        check_counts(block, name=name, warn_non_integer=False, fit_dtype=fit_dtype)
+        fingerprints.append(check_sparse_structure(block, name, first_row=start))
         total += float(block.data.sum())
         non_integer = non_integer or bool(np.any(block.data != np.round(block.data)))
     if non_integer:
@@ -296,7 +306,7 @@ def scan_source(source: CellSource, chunk_cells: int = EVAL_CHUNK_CELLS) -> floa
             "(not normalised or log-transformed data).",
             NonCountWarning,
         )
-    return total
+    return total, combine_fingerprints(*fingerprints)
 
 
 def init_cells_state(

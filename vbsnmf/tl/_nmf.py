@@ -9,6 +9,7 @@ import pandas as pd
 
 from .._dask import is_dask_array
 from .._estimator import VBNMF, numba_threads
+from .._validation import check_n_components
 from ._counts import check_count_matrix, select_counts
 
 VB_METHODS = ("batch", "svi")
@@ -92,19 +93,23 @@ def nmf(
         ``obsm_key``, ``varm_key``, and for variational methods ``variational``: the
         Gamma parameters ``obs_shape`` (n_obs, K), ``obs_rate`` (K,), ``var_shape``
         (n_genes fitted, K), ``var_rate`` (K,) and the prior ``prior_shape``,
-        ``prior_rate``, which `project` and ``warm_start`` use.
+        ``prior_rate``, which `project` and ``warm_start`` use; for classical solvers
+        ``loss_trace``, ``loss`` (the final loss) and ``reconstruction_err`` (as
+        scikit-learn's ``NMF.reconstruction_err_``).
 
     Raises
     ------
     ValueError
         The selected matrix is not non-negative integer counts (the message says where the
         counts probably are, e.g. ``layer="counts"`` or ``use_raw=True``); ``n_components``
-        is out of range; an unknown ``method``; a missing layer or ``.raw``.
+        is out of range; an unknown ``method`` or a parameter it does not take; a missing
+        layer or ``.raw``.
     """
     if method not in VB_METHODS + CLASSIC_METHODS:
         raise ValueError(
             f"unknown method {method!r}; choose one of {', '.join(VB_METHODS + CLASSIC_METHODS)}"
         )
+    _check_fit_params(method, fit_params)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     obsm_key, varm_key, uns_key = result_keys(key_added)
@@ -116,6 +121,8 @@ def nmf(
             raise ValueError(f"a dask array of counts is fitted by {VB_METHODS}, not {method!r}")
     else:
         matrix = check_count_matrix(adata, matrix, source)
+        # Before the memory guard, which would otherwise answer a huge K with its advice.
+        check_n_components(n_components, matrix.shape)
 
     previous = adata.uns.get(uns_key) if warm_start else None
     if method in VB_METHODS:
@@ -134,7 +141,7 @@ def nmf(
     if layer is not None:
         settings["layer"] = layer
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        settings["random_state"] = int(random_state)
+        settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
     adata.uns[uns_key] = {
         "params": settings,
@@ -190,6 +197,7 @@ def _fit_classic(matrix, n_components, method, random_state, fit_params):
         "n_iter": n_iter,
         "converged": n_iter < model.max_iter,  # the solvers stop early only on ``tol``
         "loss_trace": np.asarray(model.loss_trace_, dtype=np.float64),
+        "loss": float(model.loss_),
         "reconstruction_err": float(model.reconstruction_err_),
     }
     return np.asarray(cell_factors), np.asarray(model.components_).T, info
@@ -206,13 +214,39 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
+def _check_fit_params(method: str, fit_params: dict) -> None:
+    """Refuse a parameter the method's estimator does not take, naming the method (rather
+    than the estimator's ``__init__() got an unexpected keyword argument``)."""
+    if method in VB_METHODS:
+        accepted = set(VBNMF._get_param_names()) - {"n_components", "random_state", "method"}
+    else:
+        from ..classic import NMF
+
+        accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
+        accepted.add("n_threads")
+    unknown = sorted(set(fit_params) - accepted)
+    if unknown:
+        raise ValueError(
+            f"fit parameter {unknown[0]!r} does not apply to method {method!r}; it takes "
+            + ", ".join(sorted(accepted))
+        )
+
+
+def _storable_int(value: int) -> int | str:
+    """``value``, or its decimal digits where it does not fit the int64 that ``.h5ad``
+    stores (a seed of 2**64 is valid for numpy but cannot be written as a number)."""
+    return value if -(2**63) <= value < 2**63 else str(value)
+
+
 def _storable(params: dict) -> dict:
     """The fit parameters that ``.h5ad`` can store (numbers, strings, booleans)."""
     stored = {}
     for name, value in params.items():
         if isinstance(value, (bool, np.bool_)):
             stored[name] = bool(value)
-        elif isinstance(value, (int, float, str, np.integer, np.floating)):
+        elif isinstance(value, (int, np.integer)):
+            stored[name] = _storable_int(int(value))
+        elif isinstance(value, (float, str, np.floating)):
             stored[name] = value.item() if isinstance(value, np.generic) else value
         elif name == "dtype":
             stored[name] = np.dtype(value).name

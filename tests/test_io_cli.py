@@ -648,7 +648,9 @@ def test_h5ad_without_x_fits_from_its_layer_or_raw(tmp_path, capsys, tiny):
 
 def test_umap_of_too_few_cells_is_one_line(tmp_path, capsys, tiny):
     few = tiny[:2].copy()
-    vbsnmf.tl.nmf(few, 2, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(few, 2, max_iter=3)
     path = tmp_path / "few.h5ad"
     few.write_h5ad(path)
     with warnings.catch_warnings():

@@ -59,7 +59,8 @@ def nmf(
         ``adata.var_names`` are kept only in ``.uns[key]``).
     key_added
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]`` and
-        ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``.
+        ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/`` (not
+        allowed in ``.h5ad`` keys).
     method
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
@@ -110,6 +111,9 @@ def nmf(
             f"unknown method {method!r}; choose one of {', '.join(VB_METHODS + CLASSIC_METHODS)}"
         )
     _check_fit_params(method, fit_params)
+    if key_added is not None and (not isinstance(key_added, str) or "/" in key_added):
+        # anndata's h5 stores are deprecating "/" in keys: writing the result would fail.
+        raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     obsm_key, varm_key, uns_key = result_keys(key_added)

@@ -58,7 +58,12 @@ from ._model import (
     warn_not_converged,
 )
 from ._utils import warn_user
-from ._validation import NonCountWarning, check_counts
+from ._validation import (
+    NonCountWarning,
+    check_counts,
+    check_sparse_structure,
+    combine_fingerprints,
+)
 
 SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
 
@@ -283,13 +288,18 @@ def fit_svi_nonzeros(
 
 
 # -- minibatches of cells -----------------------------------------------------------------
-def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]]) -> float:
-    """Validate every count of the row blocks ``(first_row, block)`` (one streaming
-    pass); return their sum. Warns once (`NonCountWarning`) if any is not an integer."""
-    total, non_integer = 0.0, False
+def scan_blocks(
+    blocks: Iterable[tuple[int, sp.csr_array]], name: str = "X", fit_dtype=np.float64
+) -> tuple[float, str]:
+    """Validate every count of the row blocks ``(first_row, block)`` of ``name`` (one
+    streaming pass) for a fit of ``fit_dtype``; return their sum and the data's
+    fingerprint (`_validation.combine_fingerprints`). Warns once (`NonCountWarning`) if
+    any count is not an integer."""
+    total, non_integer, fingerprints = 0.0, False, []
     for start, block in blocks:
-        name = f"X (rows {start}..{start + block.shape[0] - 1})"
-        check_counts(block, name=name, warn_non_integer=False)
+        block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
+        check_counts(block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype)
+        fingerprints.append(check_sparse_structure(block, block_name, first_row=start))
         total += float(block.data.sum())
         non_integer = non_integer or bool(np.any(block.data != np.round(block.data)))
     if non_integer:
@@ -298,7 +308,7 @@ def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]]) -> float:
             "(not normalised or log-transformed data).",
             NonCountWarning,
         )
-    return total
+    return total, combine_fingerprints(*fingerprints)
 
 
 def init_cells_state(

@@ -308,3 +308,56 @@ def test_available_memory_readers(tmp_path):
 
     available = _memory.available_memory()  # this machine (Linux)
     assert available is None or 0 <= available
+
+
+# -- the largest count (issue 14) -----------------------------------------------------------
+def _one_huge_count(count: float) -> sp.csr_array:
+    """Poisson(2) counts with one entry set to ``count``: the widest dynamic range, where
+    the ELBO's terms (about x log x) cancel most (benchmarks/count_range.py)."""
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (60, 40)).astype(np.float64)
+    X[rng.integers(60), rng.integers(40)] = count
+    return sp.csr_array(X)
+
+
+def test_counts_up_to_the_maximum_fit_with_a_monotone_elbo():
+    from vbsnmf._validation import max_count
+
+    largest = max_count(np.float64)
+    assert largest == 1e13
+    model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0)
+    model.fit(_one_huge_count(largest))
+    trace = model.elbo_trace_
+    assert np.all(np.isfinite(trace)) and trace.max() < 0  # a bound of a log-probability
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+    for name in FITTED:
+        assert np.all(np.isfinite(getattr(model, name)))
+    # float32 factors: up to 2**24, within float32's 1e-3 of the float64 fit.
+    fits = {}
+    for dtype in (np.float64, np.float32):
+        model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0, dtype=dtype)
+        fits[dtype] = model.fit(_one_huge_count(2.0**24)).elbo_trace_[-1]
+    assert abs(fits[np.float32] - fits[np.float64]) <= 1e-3 * abs(fits[np.float64])
+
+
+@pytest.mark.parametrize("count", [np.nextafter(1e13, np.inf), 1e14, 1e200, 1e300])
+def test_counts_above_the_maximum_are_refused(count, tmp_path):
+    X = _one_huge_count(count)
+    for method in ("batch", "svi"):
+        with pytest.raises(ValueError, match="above 10,000,000,000,000"):
+            vbsnmf.VBNMF(3, max_iter=2, solver=method).fit(X)
+    with pytest.raises(ValueError, match=r"above 16,777,216.*dtype=np\.float64"):
+        vbsnmf.VBNMF(3, max_iter=2, dtype=np.float32).fit(_one_huge_count(2.0**24 + 1))
+
+
+def test_huge_count_on_the_command_line_writes_no_infinity(tmp_path, capfd):
+    from vbsnmf.cli import main
+
+    path = tmp_path / "huge.mtx"
+    path.write_text(
+        "%%MatrixMarket matrix coordinate real general\n3 2 3\n1 1 1e300\n2 2 3\n3 1 1\n"
+    )
+    code = main(["fit", str(path), "--cells-as-rows", "-k", "1", "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "1e+300" in err, err
+    assert not (tmp_path / "out").exists()

@@ -310,3 +310,36 @@ def test_project_matches_genes_by_name(pbmc_tiny):
     nothing = ad.AnnData(new.X, var=pd.DataFrame(index=[f"g{i}" for i in range(new.n_vars)]))
     with pytest.raises(ValueError, match="shares no gene names"):
         tl.project(nothing, pbmc_tiny)
+
+
+# -- issue 14 --------------------------------------------------------------------------------
+def test_any_integer_seed_is_stored_and_written(pbmc_tiny, tmp_path):
+    small = pbmc_tiny[:200].copy()
+    _quiet_nmf(small, 2, random_state=2**64, max_iter=2, n_threads=1)
+    assert small.uns["nmf"]["params"]["random_state"] == str(2**64)
+    small.write_h5ad(tmp_path / "seeded.h5ad")
+    assert ad.read_h5ad(tmp_path / "seeded.h5ad").uns["nmf"]["params"]["random_state"] == str(2**64)
+
+
+def test_parameter_errors_speak_of_the_parameter(pbmc_tiny, tmp_path):
+    with pytest.raises(ValueError, match="n_components=1000000 is out of range"):
+        tl.nmf(pbmc_tiny, 10**6)
+    with pytest.raises(ValueError, match="n_components=1000000 is out of range"):
+        tl.nmf(pbmc_tiny, 10**6, solver="mu")
+    with pytest.raises(ValueError, match=r"n_epochs.*'mu'"):
+        tl.nmf(pbmc_tiny, 3, solver="mu", n_epochs=3)
+    with pytest.raises(ValueError, match=r"no_such_option.*'batch'"):
+        tl.nmf(pbmc_tiny, 3, no_such_option=1)
+    reference = pbmc_tiny.copy()
+    _quiet_nmf(reference, 2, max_iter=2)
+    bad_options = (
+        ({"tol": -1}, "tol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"max_iter": 2.5}, "max_iter"),
+        ({"n_threads": 0}, "n_threads"),
+    )
+    for bad, message in bad_options:
+        with pytest.raises((ValueError, TypeError), match=message):
+            tl.project(pbmc_tiny.copy(), reference, **bad)
+    with pytest.raises(TypeError, match="solver='svi'"):
+        vbsnmf.VBNMF(2).fit(str(tmp_path / "x.h5ad"))

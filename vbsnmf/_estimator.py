@@ -57,12 +57,16 @@ from ._utils import check_n_threads, is_dask_array, numba_threads
 from ._validation import (
     check_counts,
     check_float_dtype,
-    check_integer,
+    check_iterations,
     check_n_components,
     check_positive,
+    check_sparse_structure,
     check_step_schedule,
-    check_tol,
+    check_tolerance,
+    combine_fingerprints,
+    data_fingerprint,
 )
+from .io._paths import check_checkpoint_path
 from .io._stream import InMemorySource, open_source
 
 SOLVERS = ("batch", "svi")
@@ -160,7 +164,8 @@ class VBNMF(TransformerMixin, BaseEstimator):
         Numba threads (default: all; for a dask X, threads per chunk task, default 1).
         Results are bitwise reproducible for a given ``random_state`` and ``n_threads``.
     dtype
-        ``np.float64`` (default) or ``np.float32`` (halves the factor memory).
+        ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
+        to 2**24 = 16,777,216 only, see Notes).
     verbose
         Print the ELBO after every iteration.
     solver
@@ -236,6 +241,12 @@ class VBNMF(TransformerMixin, BaseEstimator):
 
     Notes
     -----
+    Counts: X holds non-negative, finite counts of at most 1e13 (float64 factors) or
+    2**24 (``dtype=np.float32``); a larger count is refused with `ValueError`, because
+    past it the ELBO is no longer resolved (it stops increasing monotonically, then turns
+    positive or infinite; measured by ``benchmarks/count_range.py``). X may also not be a
+    sparse matrix whose index arrays are damaged (checked before any kernel reads them).
+
     Warm starts: ``fit(X, init=...)`` starts from given variational parameters: a fitted
     `VBNMF`, or a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
     ``gene_rate``; with ``max_iter=1`` this runs exactly one iteration from them. ``n_init``
@@ -306,7 +317,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
-        n_init = check_integer(self.n_init, "n_init", 1)
+        n_init = check_iterations(self.n_init, "n_init", 1)
         if checkpoint is not None and n_init != 1:
             raise ValueError(
                 "checkpoints need n_init=1: a checkpoint holds one fit to save and resume"
@@ -324,25 +335,25 @@ class VBNMF(TransformerMixin, BaseEstimator):
         tau, kappa = check_step_schedule(self.tau, self.kappa)
         batch_size = self.batch_size
         if batch_size is not None:
-            batch_size = check_integer(batch_size, "batch_size", 1)
+            batch_size = check_iterations(batch_size, "batch_size", 1)
         return FitSettings(
             n_components=int(self.n_components),
             prior=prior,
             accelerate=bool(accelerate),
             solver=self.solver,
             svi_form=self.svi_form,
-            max_iter=check_integer(self.max_iter, "max_iter", 0),
-            tol=check_tol(self.tol),
+            max_iter=check_iterations(self.max_iter, "max_iter", 0),
+            tol=check_tolerance(self.tol),
             n_init=n_init,
             n_threads=check_n_threads(self.n_threads) if self.n_threads is not None else None,
             dtype=check_float_dtype(self.dtype),
             batch_size=batch_size,
             tau=tau,
             kappa=kappa,
-            n_epochs=check_integer(self.n_epochs, "n_epochs", 1),
-            eval_every=check_integer(self.eval_every, "eval_every", 1),
+            n_epochs=check_iterations(self.n_epochs, "n_epochs", 1),
+            eval_every=check_iterations(self.eval_every, "eval_every", 1),
             checkpoint=None if checkpoint is None else Path(checkpoint),
-            checkpoint_every=check_integer(self.checkpoint_every, "checkpoint_every", 1),
+            checkpoint_every=check_iterations(self.checkpoint_every, "checkpoint_every", 1),
             resume=bool(self.resume),
             verbose=bool(self.verbose),
             random_state=self.random_state,
@@ -389,6 +400,9 @@ class VBNMF(TransformerMixin, BaseEstimator):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
         checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
         settings = self._check_params()
+        if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
+            inputs = [X] if isinstance(X, (str, os.PathLike)) else []
+            check_checkpoint_path(settings.checkpoint, inputs)
         entropy = seed_entropy(self.random_state)
         result, n_features = _FITS[kind](settings, X, init, callback, entropy)
         self.n_features_in_ = n_features
@@ -477,7 +491,7 @@ def _fit_in_memory(settings: FitSettings, X, init, callback, entropy) -> tuple[F
     """A matrix in memory: batch VB or any form of SVI."""
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
-    return _fit_counts(settings, check_counts(X), init, callback, entropy)
+    return _fit_counts(settings, check_counts(X, fit_dtype=settings.dtype), init, callback, entropy)
 
 
 def _fit_checked(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
@@ -504,10 +518,14 @@ def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
         csr = sp.csr_array(matrix)
+        fingerprint = None
+        if settings.checkpoint is not None:
+            fingerprint = combine_fingerprints(check_sparse_structure(csr))
         counts = CountScan(
             float(csr.sum()),
             np.asarray(csr.sum(axis=1), dtype=np.float64),
             np.bincount(csr.indices, csr.data, minlength=csr.shape[1]).astype(np.float64),
+            fingerprint,
         )
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     data = as_count_data(matrix)
@@ -519,14 +537,16 @@ def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple
 def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
     """A path or backed AnnData, streamed a minibatch of cells at a time."""
     if settings.solver != "svi" or settings.svi_form != "cells":
-        raise ValueError(
-            f"{_describe_stream(X)} is read from disk a block of cells at a time, which "
-            "needs solver='svi' with svi_form='cells'; for batch VB load it into memory "
-            "first (vbsnmf.io.read)"
+        raise TypeError(
+            f"{_describe_stream(X)} is not a matrix: it is read from disk a block of cells at "
+            "a time, which needs solver='svi' (svi_form='cells'); for batch VB read it into "
+            "memory first with vbsnmf.io.read(path)"
         )
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
-    counts = scan_blocks(source.iter_blocks(EVAL_BLOCK_ROWS), source.shape)
+    counts = scan_blocks(
+        source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
+    )
     return _fit_svi_cells(settings, source, counts, init, callback, entropy)
 
 
@@ -534,15 +554,19 @@ def _describe_stream(X) -> str:
     return str(X) if isinstance(X, (str, os.PathLike)) else "a backed AnnData"
 
 
-def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch):
+def _checkpointer(
+    settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch, fingerprint
+):
     """The checkpoint of this fit (inactive without a path) and the record of everything
-    that changes its arithmetic, which a checkpoint must match to be resumed."""
+    that changes its arithmetic (the data's fingerprint among them), which a checkpoint
+    must match to be resumed."""
     svi = settings.solver == "svi"
     seed = settings.random_state
     config = {
         "shape": [int(n) for n in shape],
         "nnz": int(nnz),
         "total_count": float(total),
+        "data_fingerprint": fingerprint,
         "n_components": settings.n_components,
         "solver": settings.solver,
         "svi_form": settings.svi_form if svi else None,
@@ -566,7 +590,10 @@ def _fit_batch(
     total = float(data.counts.sum())
     n_components, dtype, prior = settings.n_components, settings.dtype, settings.prior
     with numba_threads(settings.n_threads) as n_threads:
-        checkpointer = _checkpointer(settings, data.shape, data.nnz, total, n_threads, None)
+        fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
+        checkpointer = _checkpointer(
+            settings, data.shape, data.nnz, total, n_threads, None, fingerprint
+        )
         stored = checkpointer.load() if settings.resume else None
         if stored is not None:
             starts = [stored]
@@ -695,7 +722,8 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
             data, state, svi_settings, form=settings.svi_form, callback=callback, on_epoch=save
         )
 
-    result = _run_svi(settings, data.shape, data.nnz, total, batch, start_state, run)
+    fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
+    result = _run_svi(settings, data.shape, data.nnz, total, fingerprint, batch, start_state, run)
     return result, data.shape[1]
 
 
@@ -722,14 +750,18 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
     def run(state, svi_settings, save):
         return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
 
-    result = _run_svi(settings, shape, source.nnz, total, batch, start_state, run)
+    result = _run_svi(
+        settings, shape, source.nnz, total, counts.fingerprint, batch, start_state, run
+    )
     return result, shape[1]
 
 
-def _run_svi(settings: FitSettings, shape, nnz, total, batch, start_state, run) -> FitResult:
+def _run_svi(
+    settings: FitSettings, shape, nnz, total, fingerprint, batch, start_state, run
+) -> FitResult:
     """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
     with numba_threads(settings.n_threads) as n_threads:
-        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch)
+        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch, fingerprint)
         stored = checkpointer.load() if settings.resume else None
         if stored is not None:
             state = SVIState.from_arrays(*stored)
@@ -927,6 +959,10 @@ def fit_triplets(
         negative, NaN or infinite.
     """
     rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
+    if len(shape) != 2 or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
+    ):
+        raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
     if not (rows.shape == cols.shape == counts.shape):
         raise ValueError(
             f"rows, cols and counts differ in length: {rows.size}, {cols.size}, {counts.size}"

@@ -467,3 +467,122 @@ def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, 
             for l in range(n_components):
                 denominator[i, l] = acc[l]
         row_power_sum[i] = power_sum
+
+
+# --- validation of sparse input (vbsnmf._validation) ---
+# A fingerprint of a count matrix is the sum, modulo 2**64, of a 64-bit hash of every
+# nonzero entry (row, column, value): independent of the entries' storage order and of how
+# the pass is split into chunks or blocks of rows, so the in-memory and the streamed
+# matrix, CSR, CSC and COO all give the same number for the same entries.
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MANTISSA = 9007199254740992.0  # 2**53: frexp's mantissa times this is an exact integer
+
+
+@njit(cache=True)
+def _mix64(value):
+    """splitmix64's finaliser: a bijection of uint64 whose every output bit depends on
+    every input bit."""
+    value = (value ^ (value >> np.uint64(30))) * _MIX_1
+    value = (value ^ (value >> np.uint64(27))) * _MIX_2
+    return value ^ (value >> np.uint64(31))
+
+
+@njit(cache=True)
+def _entry_hash(row, col, x):
+    """The hash of one nonzero entry (``x`` finite)."""
+    mantissa, exponent = math.frexp(x)
+    value_bits = np.uint64(np.int64(mantissa * _MANTISSA)) ^ (
+        np.uint64(exponent + 2048) << np.uint64(54)
+    )
+    key = _mix64(np.uint64(row) * _GOLDEN + np.uint64(col))
+    return _mix64(key ^ value_bits)
+
+
+@njit(parallel=True, cache=True)
+def check_compressed(indptr, indices, data, n_minor, first_major, major_is_row):
+    """One pass over compressed sparse rows (CSR, or CSC with rows and columns swapped).
+
+    Checks that ``indptr`` starts at 0, never decreases and ends within ``indices`` and
+    ``data``, and that every index lies in ``[0, n_minor)``; sums the fingerprint of the
+    nonzero entries (see above), the major rows numbered from ``first_major``.
+
+    Returns
+    -------
+    problem, position, fingerprint
+        ``problem`` 0 (valid), 1 (``indptr[0] != 0``), 2 (``indptr`` decreases after
+        major row ``position``), 3 (``indptr[-1]`` beyond the stored entries) or 4 (the
+        index at stored position ``position`` is out of range); ``fingerprint`` is
+        meaningful for a valid matrix only.
+    """
+    n_major = indptr.shape[0] - 1
+    n_stored = min(indices.shape[0], data.shape[0])
+    if indptr[0] != 0:
+        return 1, 0, np.uint64(0)
+    if indptr[n_major] > n_stored:
+        return 3, n_major, np.uint64(0)
+    chunk = 4096
+    n_chunks = (n_major + chunk - 1) // chunk
+    first_decrease = np.full(max(n_chunks, 1), n_major, dtype=np.int64)
+    for c in prange(n_chunks):
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            if indptr[i + 1] < indptr[i]:
+                first_decrease[c] = i
+                break
+    for c in range(n_chunks):
+        if first_decrease[c] < n_major:
+            return 2, first_decrease[c], np.uint64(0)
+    first_bad = np.full(max(n_chunks, 1), n_stored, dtype=np.int64)
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        total = np.uint64(0)
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            for n in range(indptr[i], indptr[i + 1]):
+                j = np.int64(indices[n])
+                if j < 0 or j >= n_minor:
+                    if n < first_bad[c]:
+                        first_bad[c] = n
+                    break
+                x = float(data[n])
+                if x != 0.0:
+                    major = first_major + i
+                    if major_is_row:
+                        total += _entry_hash(major, j, x)
+                    else:
+                        total += _entry_hash(j, major, x)
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        if first_bad[c] < n_stored:
+            return 4, first_bad[c], np.uint64(0)
+        fingerprint += hashes[c]
+    return 0, 0, fingerprint
+
+
+@njit(parallel=True, cache=True)
+def check_coordinates(rows, cols, data, n_rows, n_cols, first_row):
+    """`check_compressed` for coordinates (COO): the first stored position whose row or
+    column is out of range (``len(data)`` when none) and the fingerprint."""
+    n_stored = data.shape[0]
+    chunk = 1 << 16
+    n_chunks = (n_stored + chunk - 1) // chunk
+    first_bad = np.full(max(n_chunks, 1), n_stored, dtype=np.int64)
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        total = np.uint64(0)
+        for n in range(c * chunk, min(n_stored, (c + 1) * chunk)):
+            i, j = np.int64(rows[n]), np.int64(cols[n])
+            if i < 0 or i >= n_rows or j < 0 or j >= n_cols:
+                first_bad[c] = n
+                break
+            x = float(data[n])
+            if x != 0.0:
+                total += _entry_hash(first_row + i, j, x)
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        if first_bad[c] < n_stored:
+            return first_bad[c], np.uint64(0)
+        fingerprint += hashes[c]
+    return n_stored, fingerprint

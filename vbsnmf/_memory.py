@@ -174,7 +174,8 @@ def check_fit_memory(
     available; return the estimate (None when it was not checked).
 
     Inputs that are not a 2-D array or sparse matrix, or an ``n_components`` that is not
-    a positive integer, are left to the validation that follows, which explains them.
+    an integer between 1 and min(X.shape), are left to the validation that follows, which
+    explains them.
     """
     if guard_disabled():
         return None
@@ -187,7 +188,7 @@ def check_fit_memory(
         nnz, input_kind = int(np.count_nonzero(X)), "dense"
     else:
         return None
-    if n_components < 1 or min(X.shape) < 1:
+    if not 1 <= n_components <= min(X.shape):  # the K-range error says it better
         return None
     threads = numba.config.NUMBA_NUM_THREADS if n_threads is None else n_threads
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))

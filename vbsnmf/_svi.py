@@ -70,7 +70,12 @@ from ._model import (
     warn_not_converged,
 )
 from ._utils import warn_user
-from ._validation import NonCountWarning, check_counts
+from ._validation import (
+    NonCountWarning,
+    check_counts,
+    check_sparse_structure,
+    combine_fingerprints,
+)
 
 SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
 
@@ -307,23 +312,29 @@ def fit_svi_nonzeros(
 # -- minibatches of cells -----------------------------------------------------------------
 @dataclass
 class CountScan:
-    """One validating pass over a matrix read in row blocks: the total count and every
-    row's and column's total (the learned prior's start uses them)."""
+    """One validating pass over a matrix read in row blocks: the total count, every row's
+    and column's total (the learned prior's start uses them), and the data's fingerprint
+    (`_validation.combine_fingerprints`; checkpoints record it)."""
 
     total: float
     row_totals: np.ndarray
     col_totals: np.ndarray
+    fingerprint: str
 
 
-def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]], shape) -> CountScan:
-    """Validate every count of the row blocks ``(first_row, block)`` of a matrix of
-    ``shape`` (one streaming pass) and total them. Warns once (`NonCountWarning`) if any
-    count is not an integer."""
-    non_integer = False
+def scan_blocks(
+    blocks: Iterable[tuple[int, sp.csr_array]], shape, name: str = "X", fit_dtype=np.float64
+) -> CountScan:
+    """Validate every count of the row blocks ``(first_row, block)`` of ``name``, a matrix
+    of ``shape`` (one streaming pass), for a fit of ``fit_dtype``, and total them. Warns
+    once (`NonCountWarning`) if any count is not an integer."""
+    non_integer, fingerprints = False, []
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
-        name = f"X (rows {start}..{start + block.shape[0] - 1})"
-        checked = sp.csr_array(check_counts(block, name=name, warn_non_integer=False))
+        block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
+        checked = check_counts(block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype)
+        fingerprints.append(check_sparse_structure(checked, block_name, first_row=start))
+        checked = sp.csr_array(checked)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
         non_integer = non_integer or bool(np.any(checked.data != np.round(checked.data)))
@@ -333,7 +344,8 @@ def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]], shape) -> CountScan:
             "(not normalised or log-transformed data).",
             NonCountWarning,
         )
-    return CountScan(float(row_totals.sum()), row_totals, col_totals)
+    fingerprint = combine_fingerprints(*fingerprints)
+    return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
 
 
 def init_cells_state(

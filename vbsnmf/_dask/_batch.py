@@ -39,6 +39,7 @@ import operator
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -74,11 +75,12 @@ from ._cluster import (
 
 
 # -- tasks that run on the workers ---------------------------------------------------------
-def chunk_count_data(block, first_cell: int) -> CountData:
+def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
     """The chunk's counts as the engine stores them (`_data.as_count_data`: canonical CSR
-    along the chunk's longer axis), checked; errors name the chunk's first cell."""
+    along the chunk's longer axis), checked for a fit of ``fit_dtype``; errors name the
+    chunk's first cell."""
     try:
-        matrix = check_counts(block, warn_non_integer=False)
+        matrix = check_counts(block, warn_non_integer=False, fit_dtype=fit_dtype)
     except ValueError as error:
         raise ValueError(
             f"in the chunk of cells starting at cell {first_cell} (positions within the "
@@ -247,7 +249,7 @@ def fit_batch_dask(
     prefix = f"vbsnmf-{uuid.uuid4().hex[:12]}"
     chunk_sizes = X.chunks[0]
     layout = Layout.of(client, len(chunk_sizes))
-    chunk_data = build_chunks(client, layout, chunk_count_data, X)
+    chunk_data = build_chunks(client, layout, partial(chunk_count_data, fit_dtype=dtype), X)
     info = client.gather(
         client.map(
             _chunk_info, chunk_data, key=[f"{prefix}-info-{i}" for i in range(len(chunk_data))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import operator
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,9 +42,9 @@ from ._cluster import (
 )
 
 
-def _chunk_rows(block, first_cell: int) -> sp.csr_array:
+def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     """The chunk as canonical float64 CSR of cells, from which minibatch rows are cut."""
-    data = chunk_count_data(block, first_cell)  # validated, canonical
+    data = chunk_count_data(block, first_cell, fit_dtype)  # validated, canonical
     major_shape = data.shape if data.major == 0 else data.shape[::-1]
     csr = sp.csr_array((data.counts, data.indices, data.indptr), shape=major_shape)
     return csr if data.major == 0 else csr.T.tocsr()
@@ -102,7 +103,7 @@ def fit_svi_cells_dask(
     chunk_sizes = X.chunks[0]
     bounds = np.concatenate([[0], np.cumsum(chunk_sizes)])
     layout = Layout.of(client, len(chunk_sizes))
-    chunk_rows = build_chunks(client, layout, _chunk_rows, X)
+    chunk_rows = build_chunks(client, layout, partial(_chunk_rows, fit_dtype=dtype), X)
     totals = client.gather(
         client.map(
             _total_count, chunk_rows, key=[f"{prefix}-total-{i}" for i in range(len(chunk_rows))]

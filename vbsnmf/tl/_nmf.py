@@ -11,6 +11,7 @@ from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
 from .._model import INIT_KEYS
 from .._utils import is_dask_array, numba_threads
+from .._validation import check_float_dtype, check_n_components
 from ..classic._nmf import NMF
 from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
 from ._counts import check_count_matrix, select_counts
@@ -60,7 +61,8 @@ def nmf(
         ``adata.var_names`` are kept only in ``.uns[key]``).
     key_added
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]`` and
-        ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``.
+        ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/`` (not
+        allowed in ``.h5ad`` keys).
     solver
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
@@ -94,17 +96,24 @@ def nmf(
         ``obsm_key``, ``varm_key``, and for the variational solvers ``variational``: the
         Gamma parameters ``cell_shape`` (n_obs, K), ``cell_rate`` (K,), ``gene_shape``
         (n_genes fitted, K), ``gene_rate`` (K,) and the prior ``prior_shape``,
-        ``prior_rate``, which `project` and ``warm_start`` use.
+        ``prior_rate``, which `project` and ``warm_start`` use; for classical solvers
+        ``loss_trace``, ``loss`` (the final loss) and ``reconstruction_err`` (as
+        scikit-learn's ``NMF.reconstruction_err_``).
 
     Raises
     ------
     ValueError
         The selected matrix is not non-negative integer counts (the message says where the
         counts probably are, e.g. ``layer="counts"`` or ``use_raw=True``); ``n_components``
-        is out of range; an unknown ``solver``; a missing layer or ``.raw``.
+        is out of range; an unknown ``solver`` or a parameter it does not take; a missing
+        layer or ``.raw``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    _check_fit_params(solver, fit_params)
+    if key_added is not None and (not isinstance(key_added, str) or "/" in key_added):
+        # anndata's h5 stores are deprecating "/" in keys: writing the result would fail.
+        raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     obsm_key, varm_key, uns_key = result_keys(key_added)
@@ -116,7 +125,10 @@ def nmf(
         if solver not in VB_SOLVERS:
             raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
     else:
-        matrix = check_count_matrix(adata, matrix, source)
+        fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
+        matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
+        # Before the memory guard, which would otherwise answer a huge K with its advice.
+        check_n_components(n_components, matrix.shape)
 
     previous = adata.uns.get(uns_key) if warm_start else None
     if solver in VB_SOLVERS:
@@ -135,7 +147,7 @@ def nmf(
     if layer is not None:
         settings["layer"] = layer
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        settings["random_state"] = int(random_state)
+        settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
     adata.uns[uns_key] = {
         "params": settings,
@@ -189,6 +201,7 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
         "n_iter": n_iter,
         "converged": n_iter < model.max_iter,  # the solvers stop early only on ``tol``
         "loss_trace": np.asarray(model.loss_trace_, dtype=np.float64),
+        "loss": float(model.loss_),
         "reconstruction_err": float(model.reconstruction_err_),
     }
     return np.asarray(cell_factors), np.asarray(model.components_).T, info
@@ -205,13 +218,37 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
+def _check_fit_params(solver: str, fit_params: dict) -> None:
+    """Refuse a parameter the solver's estimator does not take, naming the solver (rather
+    than the estimator's ``__init__() got an unexpected keyword argument``)."""
+    if solver in VB_SOLVERS:
+        accepted = set(VBNMF._get_param_names()) - {"n_components", "random_state", "solver"}
+    else:
+        accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
+        accepted.add("n_threads")
+    unknown = sorted(set(fit_params) - accepted)
+    if unknown:
+        raise ValueError(
+            f"fit parameter {unknown[0]!r} does not apply to solver {solver!r}; it takes "
+            + ", ".join(sorted(accepted))
+        )
+
+
+def _storable_int(value: int) -> int | str:
+    """``value``, or its decimal digits where it does not fit the int64 that ``.h5ad``
+    stores (a seed of 2**64 is valid for numpy but cannot be written as a number)."""
+    return value if -(2**63) <= value < 2**63 else str(value)
+
+
 def _storable(params: dict) -> dict:
     """The fit parameters that ``.h5ad`` can store (numbers, strings, booleans)."""
     stored = {}
     for name, value in params.items():
         if isinstance(value, (bool, np.bool_)):
             stored[name] = bool(value)
-        elif isinstance(value, (int, float, str, np.integer, np.floating)):
+        elif isinstance(value, (int, np.integer)):
+            stored[name] = _storable_int(int(value))
+        elif isinstance(value, (float, str, np.floating)):
             stored[name] = value.item() if isinstance(value, np.generic) else value
         elif name == "dtype":
             stored[name] = np.dtype(value).name

@@ -10,7 +10,7 @@ import pandas as pd
 from .._data import as_count_data
 from .._model import GammaPrior, fit_rows
 from .._utils import numba_threads
-from .._validation import check_integer, check_tol
+from .._validation import check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._top_genes import fit_info
 
@@ -69,9 +69,13 @@ def project(
         ``adata_ref`` holds no fit under ``key``.
     ValueError
         The reference fit is not variational, no gene names are shared, names in
-        ``adata_new`` repeat, or its counts are not raw counts.
+        ``adata_new`` repeat, its counts are not raw counts, or ``max_iter`` < 1 or ``tol``
+        < 0 (as `vbsnmf.VBNMF` refuses them).
+    TypeError
+        ``max_iter`` is not an integer or ``tol`` not a number.
     """
-    max_iter, tol = check_integer(max_iter, "max_iter", 1), check_tol(tol)
+    max_iter = check_iterations(max_iter, "max_iter")
+    tol = check_tolerance(tol)
     info = fit_info(adata_ref, key)
     if "variational" not in info:
         raise ValueError(

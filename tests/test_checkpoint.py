@@ -22,14 +22,25 @@ from vbsnmf import _checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 FITS = {
-    "batch": dict(max_iter=300, tol=0.0),
-    "svi-cells": dict(solver="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
-    "svi-textbook": dict(solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
+    "batch": dict(prior="gamma", max_iter=300, tol=0.0),
+    "svi-cells": dict(
+        prior="gamma", solver="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40
+    ),
+    "svi-textbook": dict(prior="gamma", solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
+    # The learned prior: SQUAREM-accelerated batch, and the cells form with its scales.
+    "batch-learned": dict(max_iter=300, tol=0.0),
+    "svi-cells-learned": dict(solver="svi", n_epochs=8, batch_size=200, tol=0.0, max_iter=40),
 }
 # The killed child pauses this long after every iteration (batch) or epoch (SVI), which
 # leaves its numbers alone but makes it last at least 4 s whatever the machine's speed:
 # the kill, within 1 s of the first checkpoint, always lands mid-fit.
-CHILD_PAUSE = {"batch": 0.015, "svi-cells": 0.3, "svi-textbook": 0.02}
+CHILD_PAUSE = {
+    "batch": 0.015,
+    "svi-cells": 0.3,
+    "svi-textbook": 0.02,
+    "batch-learned": 0.015,
+    "svi-cells-learned": 0.5,
+}
 
 
 def _model(kind: str, checkpoint=None, resume=False) -> vbsnmf.VBNMF:
@@ -40,7 +51,6 @@ def _model(kind: str, checkpoint=None, resume=False) -> vbsnmf.VBNMF:
         checkpoint=checkpoint,
         resume=resume,
         **FITS[kind],
-        prior="gamma",
     )
 
 
@@ -194,7 +204,9 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage, kind):
     _fit_on(vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, **settings), X)
     change, array_name = DAMAGED[damage]
     _rewrite(path, change)
-    resumed = vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, resume=True)
+    resumed = vbsnmf.VBNMF(
+        3, random_state=0, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
     resumed.set_params(**settings)
     with pytest.raises(ValueError, match=array_name) as caught:
         _fit_on(resumed, X)
@@ -212,7 +224,7 @@ def _fit_on(model, X):
 def test_unreadable_checkpoint_names_the_file(tmp_path, content):
     path = tmp_path / "fit.ckpt"
     path.write_bytes(content)
-    model = vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True)
+    model = vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True, prior="gamma")
     with pytest.raises(ValueError, match="not a vbsnmf checkpoint") as caught:
         _fit_on(model, _small_counts())
     assert str(path) in str(caught.value)
@@ -223,10 +235,13 @@ def test_npz_without_metadata_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "arrays.npz"
     np.savez(path, row_shape=np.ones((60, 3)))
     with pytest.raises(ValueError, match="not a vbsnmf checkpoint") as caught:
-        _fit_on(vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True), _small_counts())
+        _fit_on(
+            vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True, prior="gamma"),
+            _small_counts(),
+        )
     assert str(path) in str(caught.value)
     with pytest.raises(ValueError, match="not a vbsnmf checkpoint"):  # nor overwritten
-        _fit_on(vbsnmf.VBNMF(3, max_iter=2, checkpoint=path), _small_counts())
+        _fit_on(vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, prior="gamma"), _small_counts())
 
 
 @pytest.mark.parametrize("kind", ["batch", "svi-cells", "svi-textbook"])
@@ -237,7 +252,9 @@ def test_checkpoint_of_other_data_with_the_same_summary_is_refused(tmp_path, kin
     X = _small_counts()
     _fit_on(vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, **settings), X)
     shuffled = X[np.random.default_rng(1).permutation(X.shape[0])]
-    model = vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, resume=True)
+    model = vbsnmf.VBNMF(
+        3, random_state=0, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
     model.set_params(**settings)
     with pytest.raises(_checkpoint.CheckpointMismatchError, match="other data"):
         _fit_on(model, shuffled)

@@ -55,7 +55,14 @@ def _fit(X, init, client, **options) -> _dask.DaskFitResult:
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         n_components = init.row_shape.shape[1]
         return vbsnmf.fit_dask(
-            X, n_components, init=init.copy(), max_iter=N_ITER, tol=0.0, client=client, **options
+            X,
+            n_components,
+            init=init.copy(),
+            max_iter=N_ITER,
+            tol=0.0,
+            client=client,
+            **options,
+            prior="gamma",
         )
 
 
@@ -189,12 +196,16 @@ def test_random_start_is_reproducible_and_ascends(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        first = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
-        second = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+        first = vbsnmf.fit_dask(
+            X, 4, max_iter=6, tol=0.0, random_state=5, client=client, prior="gamma"
+        )
+        second = vbsnmf.fit_dask(
+            X, 4, max_iter=6, tol=0.0, random_state=5, client=client, prior="gamma"
+        )
     np.testing.assert_array_equal(first.elbo_trace, second.elbo_trace)
     assert np.all(np.diff(first.elbo_trace) > 0)
     # max_iter=0 returns the start: rates put sum_l E[z] E[w] at the mean count (random_init).
-    start = vbsnmf.fit_dask(X, 4, max_iter=0, random_state=5, client=client)
+    start = vbsnmf.fit_dask(X, 4, max_iter=0, random_state=5, client=client, prior="gamma")
     mean_count = tiny_counts.sum() / np.prod(tiny_counts.shape)
     np.testing.assert_allclose(start.params.row_rate, 1.5 / np.sqrt(mean_count / 4), rtol=1e-12)
     np.testing.assert_allclose(start.params.col_rate, start.params.row_rate, rtol=0)
@@ -213,7 +224,9 @@ def test_dense_and_coo_chunks_give_the_csr_fit(client, tiny_counts, chunk_type):
         X = da.from_array(tiny_counts, chunks=(600, -1)).map_blocks(sp.coo_matrix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        result = vbsnmf.fit_dask(X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        result = vbsnmf.fit_dask(
+            X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client, prior="gamma"
+        )
     expected = _reference(tiny_counts, init, max_iter=3)
     np.testing.assert_allclose(result.elbo_trace, expected.elbo_trace, rtol=1e-9)
 
@@ -224,7 +237,7 @@ def test_negative_count_in_a_chunk_names_the_chunk(client):
     counts = sp.csr_matrix(dense)
     X = da.from_array(counts, chunks=(20, -1))
     with pytest.raises(ValueError, match=r"starting at cell 40.*negative"):
-        vbsnmf.fit_dask(X, 2, max_iter=2, client=client)
+        vbsnmf.fit_dask(X, 2, max_iter=2, client=client, prior="gamma")
 
 
 def test_convergence_warning_names_the_callers_line(client, tiny_counts):
@@ -239,7 +252,7 @@ def test_convergence_warning_names_the_callers_line(client, tiny_counts):
 def test_rejects_non_client():
     X = da.from_array(sp.csr_matrix(np.ones((4, 3))), chunks=(2, -1))
     with pytest.raises(TypeError, match=r"distributed\.Client"):
-        vbsnmf.fit_dask(X, 2, client="tcp://nowhere:8786")
+        vbsnmf.fit_dask(X, 2, client="tcp://nowhere:8786", prior="gamma")
 
 
 def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
@@ -248,11 +261,13 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     in_memory = ad.AnnData(tiny_counts.copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0)
+        vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0, prior="gamma")
         lazy = ad.AnnData(da.from_array(tiny_counts, chunks=(300, -1)))
         lazy.uns["nmf"] = in_memory.uns["nmf"]
-        vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0)
-        vbsnmf.tl.nmf(in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1)
+        vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0, prior="gamma")
+        vbsnmf.tl.nmf(
+            in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1, prior="gamma"
+        )
     assert isinstance(lazy.obsm["X_nmf"], da.Array)
     np.testing.assert_allclose(lazy.obsm["X_nmf"].compute(), in_memory.obsm["X_nmf"], rtol=1e-9)
     np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
@@ -260,7 +275,7 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     assert expected_trace.shape == (8,)
     np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)
     with pytest.raises(ValueError, match="fitted by"):
-        vbsnmf.tl.nmf(lazy, 3, solver="mu")
+        vbsnmf.tl.nmf(lazy, 3, solver="mu", prior="gamma")
 
 
 def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
@@ -277,7 +292,9 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected = _svi.fit_svi_cells(source, state, settings)
-        got = vbsnmf.fit_svi_dask(X, 3, random_state=4, client=client, max_iter=10, **options)
+        got = vbsnmf.fit_svi_dask(
+            X, 3, random_state=4, client=client, max_iter=10, **options, prior="gamma"
+        )
     assert got.n_iter == 3
     np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-9)
     gathered = got.gather()
@@ -313,10 +330,16 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        straight = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client)
-        first = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        straight = vbsnmf.fit_dask(
+            X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client, prior="gamma"
+        )
+        first = vbsnmf.fit_dask(
+            X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client, prior="gamma"
+        )
         assert is_dask_array(first.params.row_shape)
-        resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, tol=0.0, client=client)
+        resumed = vbsnmf.fit_dask(
+            X, 3, init=first.params, max_iter=2, tol=0.0, client=client, prior="gamma"
+        )
     np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
     np.testing.assert_allclose(resumed.gather().row_shape, straight.gather().row_shape, rtol=1e-12)
     start = first.params
@@ -324,7 +347,7 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
         -start.row_shape, start.row_rate, start.col_shape, start.col_rate
     )
     with pytest.raises(ValueError, match="positive and finite"):
-        vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client).gather()
+        vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client, prior="gamma").gather()
 
 
 def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
@@ -339,7 +362,7 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
         local = vbsnmf.VBNMF(4, n_threads=1, **options, prior="gamma").fit(tiny_counts)
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
-            result = vbsnmf.fit_dask(X, 4, client=client, **options)
+            result = vbsnmf.fit_dask(X, 4, client=client, **options, prior="gamma")
             np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
             np.testing.assert_allclose(result.gene_loadings.T, local.components_, rtol=1e-9)
         svi_options = dict(batch_size=200, n_epochs=2, max_iter=20, tol=0.0, random_state=8)
@@ -350,5 +373,5 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
         )
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
-            result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options)
+            result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options, prior="gamma")
             np.testing.assert_allclose(result.elbo_trace, streamed.elbo_trace_, rtol=1e-9, atol=0)

@@ -68,11 +68,11 @@ def test_fit_triplets_equals_matrix_fit():
     counts[0] -= 2.0 if counts[0] > 2 else 0.0
     dense = np.zeros(X.shape)
     np.add.at(dense, (rows, cols), counts)
-    kwargs = dict(max_iter=15, tol=0, random_state=1)
+    kwargs = dict(max_iter=15, tol=0, random_state=1, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         from_triplets = vbsnmf.fit_triplets(rows, cols, counts, X.shape, 3, **kwargs)
-        from_matrix = vbsnmf.VBNMF(3, **kwargs, prior="gamma").fit(dense)
+        from_matrix = vbsnmf.VBNMF(3, **kwargs).fit(dense)
     np.testing.assert_allclose(from_triplets.elbo_trace_, from_matrix.elbo_trace_, rtol=1e-12)
     with pytest.raises(ValueError, match="outside"):
         vbsnmf.fit_triplets([0, 60], [0, 1], [1, 1], X.shape, 2)
@@ -187,12 +187,14 @@ def test_corrupt_sparse_structure_is_refused_by_every_entry_point(damage, tmp_pa
     from vbsnmf._dask._batch import chunk_count_data
 
     fits = {
-        "batch": lambda X: vbsnmf.VBNMF(2, max_iter=2).fit(X),
-        "svi cells": lambda X: vbsnmf.VBNMF(2, solver="svi", n_epochs=1).fit(X),
+        "batch": lambda X: vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(X),
+        "svi cells": lambda X: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, prior="gamma").fit(X),
         "svi nonzeros": lambda X: vbsnmf.VBNMF(
-            2, solver="svi", svi_form="nonzeros", n_epochs=1
+            2, solver="svi", svi_form="nonzeros", n_epochs=1, prior="gamma"
         ).fit(X),
-        "transform": lambda X: vbsnmf.VBNMF(2, max_iter=2).fit(_valid_csr()).transform(X),
+        "transform": lambda X: (
+            vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(_valid_csr()).transform(X)
+        ),
         "tl.nmf": lambda X: vbsnmf.tl.nmf(__import__("anndata").AnnData(X), 2, max_iter=2),
         "classic": lambda X: vbsnmf.NMF(2, max_iter=2).fit(X),
         "dask chunk": lambda X: chunk_count_data(X, 0),
@@ -234,7 +236,7 @@ def test_corrupt_h5ad_is_a_read_error_naming_the_file(damage, tmp_path, capfd):
         vbsnmf.io.read(path)
     assert str(path) in str(caught.value)
     with pytest.raises(ValueError, match="corrupt") as caught:  # streamed from disk
-        vbsnmf.VBNMF(2, solver="svi", n_epochs=1).fit(path)
+        vbsnmf.VBNMF(2, solver="svi", n_epochs=1, prior="gamma").fit(path)
     assert str(path) in str(caught.value)
     capfd.readouterr()
     assert main(["fit", str(path), "-k", "2", "-o", str(tmp_path / "out"), "--quiet"]) == 2

@@ -863,7 +863,7 @@ def reader_cases() -> list[Case]:
         Case(
             "stream: mtx count above the maximum",
             raises(
-                lambda f: vbsnmf.VBNMF(1, solver="svi", n_epochs=1).fit(
+                lambda f: vbsnmf.VBNMF(1, solver="svi", n_epochs=1, prior="gamma").fit(
                     mtx(f, "1 1 100000000000000\n2 2 1\n3 3 2\n")
                 ),
                 ValueError,
@@ -872,12 +872,20 @@ def reader_cases() -> list[Case]:
         ),
         Case(
             "stream: path given to batch VB",
-            raises(lambda f: vbsnmf.VBNMF(2).fit(Path(h5ad(f))), TypeError, "solver='svi'"),
+            raises(
+                lambda f: vbsnmf.VBNMF(2, prior="gamma").fit(Path(h5ad(f))),
+                TypeError,
+                "solver='svi'",
+            ),
         ),
         Case(
             "stream: path given to transform",
             raises(
-                lambda f: vbsnmf.VBNMF(2, max_iter=2).fit(_counts()).transform(str(h5ad(f))),
+                lambda f: (
+                    vbsnmf.VBNMF(2, max_iter=2, prior="gamma")
+                    .fit(_counts())
+                    .transform(str(h5ad(f)))
+                ),
                 TypeError,
                 "vbsnmf.io.read",
             ),
@@ -1020,7 +1028,7 @@ def checkpoint_cases() -> list[Case]:
         Case(
             "checkpoint: empty string",
             raises(
-                lambda f: vbsnmf.VBNMF(2, checkpoint="", max_iter=2).fit(_counts()),
+                lambda f: vbsnmf.VBNMF(2, checkpoint="", max_iter=2, prior="gamma").fit(_counts()),
                 ValueError,
                 "folder",
             ),
@@ -1080,24 +1088,30 @@ def estimator_cases() -> list[Case]:
         ),
         Case(
             "VBNMF n_components=2.0",
-            raises(lambda f: vbsnmf.VBNMF(2.0).fit(X), TypeError, "n_components"),
+            raises(lambda f: vbsnmf.VBNMF(2.0, prior="gamma").fit(X), TypeError, "n_components"),
         ),
         Case(
             "VBNMF float32 with a count of 2**25",
             raises(
-                lambda f: vbsnmf.VBNMF(2, dtype=np.float32).fit(_with(X, 2.0**25)),
+                lambda f: vbsnmf.VBNMF(2, dtype=np.float32, prior="gamma").fit(_with(X, 2.0**25)),
                 ValueError,
                 "above 16,777,216",
             ),
         ),
         Case(
             "VBNMF dense count of 1e14",
-            raises(lambda f: vbsnmf.VBNMF(2).fit(_with(X, 1e14).toarray()), ValueError, "above"),
+            raises(
+                lambda f: vbsnmf.VBNMF(2, prior="gamma").fit(_with(X, 1e14).toarray()),
+                ValueError,
+                "above",
+            ),
         ),
         Case(
             "VBNMF svi textbook count of 1e14",
             raises(
-                lambda f: vbsnmf.VBNMF(2, solver="svi", svi_form="nonzeros").fit(_with(X, 1e14)),
+                lambda f: vbsnmf.VBNMF(2, solver="svi", svi_form="nonzeros", prior="gamma").fit(
+                    _with(X, 1e14)
+                ),
                 ValueError,
                 "above",
             ),
@@ -1105,7 +1119,9 @@ def estimator_cases() -> list[Case]:
         Case(
             "VBNMF transform with a count of 1e14",
             raises(
-                lambda f: vbsnmf.VBNMF(2, max_iter=2).fit(X).transform(_with(X, 1e14)),
+                lambda f: (
+                    vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(X).transform(_with(X, 1e14))
+                ),
                 ValueError,
                 "above",
             ),
@@ -1113,7 +1129,7 @@ def estimator_cases() -> list[Case]:
         Case(
             "VBNMF BSR with an index out of range",
             raises(
-                lambda f: vbsnmf.VBNMF(2, max_iter=2).fit(_bsr_out_of_range(X)),
+                lambda f: vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(_bsr_out_of_range(X)),
                 ValueError,
                 "corrupt",
             ),
@@ -1121,12 +1137,14 @@ def estimator_cases() -> list[Case]:
         Case(
             "VBNMF CSR with indices and data of different lengths",
             raises(
-                lambda f: vbsnmf.VBNMF(2, max_iter=2).fit(_short_data(X)), ValueError, "corrupt"
+                lambda f: vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(_short_data(X)),
+                ValueError,
+                "corrupt",
             ),
         ),
         Case(
             "VBNMF K above min(shape), memory guard on",
-            raises(lambda f: vbsnmf.VBNMF(10**6).fit(X), ValueError, "out of range"),
+            raises(lambda f: vbsnmf.VBNMF(10**6, prior="gamma").fit(X), ValueError, "out of range"),
         ),
         Case(
             "NMF K = 10**9", raises(lambda f: vbsnmf.NMF(10**9).fit(X), ValueError, "out of range")

@@ -519,9 +519,13 @@ def test_estimator_checkpoint_never_overwrites_an_input_or_a_foreign_file(tiny_h
     X = vbsnmf.datasets.pbmc_tiny().X
     for method in ("batch", "svi"):
         with pytest.raises(ValueError, match="not a vbsnmf checkpoint"):
-            vbsnmf.VBNMF(2, solver=method, checkpoint=notes, max_iter=2, n_epochs=1).fit(X)
+            vbsnmf.VBNMF(
+                2, solver=method, checkpoint=notes, max_iter=2, n_epochs=1, prior="gamma"
+            ).fit(X)
     with pytest.raises(ValueError, match="is the input"):
-        vbsnmf.VBNMF(2, solver="svi", checkpoint=tiny_h5ad, n_epochs=1).fit(tiny_h5ad)
+        vbsnmf.VBNMF(2, solver="svi", checkpoint=tiny_h5ad, n_epochs=1, prior="gamma").fit(
+            tiny_h5ad
+        )
     assert {path: _snapshot(path) for path in (tiny_h5ad, notes)} == before
 
 

@@ -325,7 +325,7 @@ def test_counts_up_to_the_maximum_fit_with_a_monotone_elbo():
 
     largest = max_count(np.float64)
     assert largest == 1e13
-    model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0)
+    model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0, prior="gamma")
     model.fit(_one_huge_count(largest))
     trace = model.elbo_trace_
     assert np.all(np.isfinite(trace)) and trace.max() < 0  # a bound of a log-probability
@@ -335,7 +335,9 @@ def test_counts_up_to_the_maximum_fit_with_a_monotone_elbo():
     # float32 factors: up to 2**24, within float32's 1e-3 of the float64 fit.
     fits = {}
     for dtype in (np.float64, np.float32):
-        model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0, dtype=dtype)
+        model = vbsnmf.VBNMF(
+            3, max_iter=150, tol=0, n_threads=1, random_state=0, dtype=dtype, prior="gamma"
+        )
         fits[dtype] = model.fit(_one_huge_count(2.0**24)).elbo_trace_[-1]
     assert abs(fits[np.float32] - fits[np.float64]) <= 1e-3 * abs(fits[np.float64])
 
@@ -345,9 +347,11 @@ def test_counts_above_the_maximum_are_refused(count, tmp_path):
     X = _one_huge_count(count)
     for method in ("batch", "svi"):
         with pytest.raises(ValueError, match="above 10,000,000,000,000"):
-            vbsnmf.VBNMF(3, max_iter=2, solver=method).fit(X)
+            vbsnmf.VBNMF(3, max_iter=2, solver=method, prior="gamma").fit(X)
     with pytest.raises(ValueError, match=r"above 16,777,216.*dtype=np\.float64"):
-        vbsnmf.VBNMF(3, max_iter=2, dtype=np.float32).fit(_one_huge_count(2.0**24 + 1))
+        vbsnmf.VBNMF(3, max_iter=2, dtype=np.float32, prior="gamma").fit(
+            _one_huge_count(2.0**24 + 1)
+        )
 
 
 def test_huge_count_on_the_command_line_writes_no_infinity(tmp_path, capfd):

@@ -184,9 +184,8 @@ def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     state = _cells_state(source, 4, 2, float(X.sum()))
     p = state.params
     blocks = source.iter_blocks(_svi.EVAL_BLOCK_ROWS)
-    terms, row_shape, row_rate = _svi.evaluate_rows(
-        blocks, p.row_shape, p.col_shape, p.col_rate, settings
-    )
+    terms, fitted, _ = _svi.evaluate_rows(blocks, p, settings)
+    row_shape, row_rate = fitted.row_shape, fitted.row_rate
     value = terms.with_cols(p.col_shape, p.col_rate, PRIOR).value()
     expected = reference_cavi.elbo(X.toarray(), row_shape, row_rate, p.col_shape, p.col_rate, 1, 1)
     assert_allclose(value, expected, rtol=1e-8)
@@ -355,9 +354,7 @@ def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
         folder, "-o", tmp_path / "four", *common, "--epochs", 4, "--resume", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
-    direct = vbsnmf.VBNMF(
-        4, random_state=3, solver="svi", batch_size=200, n_epochs=4, n_threads=1, prior="gamma"
-    )
+    direct = vbsnmf.VBNMF(4, random_state=3, solver="svi", batch_size=200, n_epochs=4, n_threads=1)
     _fit_quietly(direct, pbmc_tiny.X)
     for name, epochs in (("two", 2), ("four", 4)):
         result = ad.read_h5ad(tmp_path / name / "result.h5ad")

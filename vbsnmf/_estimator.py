@@ -441,14 +441,14 @@ class VBNMF(TransformerMixin, BaseEstimator):
                 f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
             )
-        if (self.hyperparameters_ is not None) != isinstance(settings.prior, HierarchicalPrior):
+        hyper = getattr(self, "hyperparameters_", None)
+        if (hyper is not None) != isinstance(settings.prior, HierarchicalPrior):
             raise ValueError(
                 "the model was fitted with another prior than prior="
                 f"{self.prior!r}; fit it again after changing the prior"
             )
         row_scale = None
-        if self.hyperparameters_ is not None:
-            hyper = self.hyperparameters_
+        if hyper is not None:
             row_scale = ScaleState(
                 np.empty(0),
                 np.empty(0),
@@ -798,6 +798,8 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             "instead)"
         )
     n_components = check_n_components(settings.n_components, X.shape)
+    if isinstance(settings.prior, HierarchicalPrior):
+        raise NotImplementedError("the learned prior on Dask is not implemented yet")
     # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
     n_threads = 1 if settings.n_threads is None else settings.n_threads
     if settings.solver == "svi":

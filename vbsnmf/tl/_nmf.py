@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
-from .._model import INIT_KEYS
+from .._model import HYPER_KEYS, INIT_KEYS, SCALE_KEYS
 from .._utils import is_dask_array, numba_threads
 from .._validation import check_float_dtype, check_n_components
 from ..classic._nmf import NMF
@@ -170,6 +170,7 @@ def _fit_variational(
             raise ValueError("warm_start: the stored fit has no variational parameters")
         stored = previous["variational"]
         init = {name: np.asarray(stored[name]) for name in INIT_KEYS}
+        init.update({name: stored[name] for name in SCALE_KEYS + HYPER_KEYS if name in stored})
         previous_trace = np.asarray(previous.get("elbo_trace", []), dtype=np.float64)
     model._fit("dask" if on_dask else "checked", matrix, init, callback)
     cell_factors = model.cell_shape_ / model.cell_rate_
@@ -178,16 +179,29 @@ def _fit_variational(
         "elbo_trace": elbo_trace,
         "n_iter": int(elbo_trace.size),
         "converged": bool(model.converged_),
-        "variational": {
-            "cell_shape": model.cell_shape_,
-            "cell_rate": model.cell_rate_,
-            "gene_shape": model.gene_shape_,
-            "gene_rate": model.gene_rate_,
-            "prior_shape": float(model.prior_shape),
-            "prior_rate": float(model.prior_rate),
-        },
+        "variational": _variational(model),
     }
     return cell_factors, model.components_.T, info
+
+
+def _variational(model: VBNMF) -> dict:
+    """The fitted q and prior that `project` and ``warm_start`` need, as ``.h5ad`` stores
+    them: the Gamma parameters, the prior, and under the learned prior the scales' q and
+    the hyperparameters."""
+    stored = {
+        "cell_shape": model.cell_shape_,
+        "cell_rate": model.cell_rate_,
+        "gene_shape": model.gene_shape_,
+        "gene_rate": model.gene_rate_,
+        "prior": model.prior,
+    }
+    for name in ("prior_shape", "prior_rate"):
+        if getattr(model, name) is not None:
+            stored[name] = float(getattr(model, name))
+    if model.hyperparameters_ is not None:
+        stored.update({name: getattr(model, name + "_") for name in SCALE_KEYS})
+        stored.update(model.hyperparameters_)
+    return stored
 
 
 def _fit_classic(matrix, n_components, solver, random_state, fit_params):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._data import as_count_data
-from .._model import GammaPrior, fit_rows
+from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
 from .._utils import numba_threads
 from .._validation import check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
@@ -107,7 +107,21 @@ def project(
     counts = matrix.tocsr()[:, positions[shared]]
     gene_shape = np.ascontiguousarray(np.asarray(variational["gene_shape"])[shared])
     gene_rate = np.asarray(variational["gene_rate"])
-    prior = GammaPrior(float(variational["prior_shape"]), float(variational["prior_rate"]))
+    row_scale = None
+    if "cell_factor_shape" in variational:  # the learned prior, its hyperparameters as fitted
+        prior = HierarchicalPrior()
+        gene_rate = np.ascontiguousarray(gene_rate[shared])
+        row_scale = ScaleState(
+            np.empty(0),
+            np.empty(0),
+            np.asarray(variational["cell_factor_shape"], dtype=np.float64),
+            float(variational["cell_scale_prior_shape"]),
+            float(variational["cell_scale_prior_mean"]),
+        )
+    else:
+        prior = GammaPrior(
+            float(variational.get("prior_shape", 1.0)), float(variational.get("prior_rate", 1.0))
+        )
     with numba_threads(n_threads) as n_parts:
         cells = fit_rows(
             as_count_data(counts),
@@ -117,6 +131,7 @@ def project(
             max_iter=max_iter,
             tol=tol,
             n_parts=n_parts,
+            row_scale=row_scale,
         )
     obsm_key = info["obsm_key"] if key_added is None else f"X_{key_added}"
     adata_new.obsm[obsm_key] = cells.shape / cells.rate

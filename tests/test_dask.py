@@ -275,7 +275,7 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     assert expected_trace.shape == (8,)
     np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)
     with pytest.raises(ValueError, match="fitted by"):
-        vbsnmf.tl.nmf(lazy, 3, solver="mu", prior="gamma")
+        vbsnmf.tl.nmf(lazy, 3, solver="mu")
 
 
 def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):

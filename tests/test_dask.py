@@ -245,7 +245,7 @@ def test_convergence_warning_names_the_callers_line(client, tiny_counts):
     for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
         options = {"max_iter": 1} if fit is vbsnmf.fit_dask else {"n_epochs": 1}
         with pytest.warns(vbsnmf.ConvergenceWarning) as caught:
-            fit(X, 2, random_state=0, client=client, **options)
+            fit(X, 2, random_state=0, client=client, prior="gamma", **options)
         assert {w.filename for w in caught} == {__file__}
 
 

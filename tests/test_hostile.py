@@ -107,7 +107,7 @@ def notes(folder: Path) -> Path:
 def checkpoint_of(folder: Path, **settings) -> Path:
     """A vbsnmf checkpoint of a small batch fit (``settings`` as VBNMF's)."""
     path = folder / "fit.ckpt"
-    params = {"max_iter": 2, "n_threads": 1, "random_state": 0, **settings}
+    params = {"max_iter": 2, "n_threads": 1, "random_state": 0, "prior": "gamma", **settings}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vbsnmf.VBNMF(2, checkpoint=path, **params).fit(_counts())
@@ -907,7 +907,7 @@ def _drop_last_pointer(group) -> None:
 
 # -- library: checkpoints -----------------------------------------------------------------------
 def _resume(path: Path, **settings):
-    params = {"max_iter": 4, "n_threads": 1, "random_state": 0, **settings}
+    params = {"max_iter": 4, "n_threads": 1, "random_state": 0, "prior": "gamma", **settings}
     return vbsnmf.VBNMF(2, checkpoint=path, resume=True, **params).fit(_counts())
 
 

@@ -158,7 +158,8 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
     # where the other factors reach 8.8x to 690x on pbmc_facs), and their "top genes" are
     # only the genes with the least data, the same list for each such factor.
     variational = info["variational"]
-    attributed = (variational["cell_shape"] - variational["prior_shape"]).sum(axis=0)
+    prior_shape = variational.get("cell_factor_shape", variational.get("prior_shape", 1.0))
+    attributed = (variational["cell_shape"] - prior_shape).sum(axis=0)
     count_share = attributed / attributed.sum()
     switched_off = cell_factors.max(axis=0) < 2 * np.median(cell_factors, axis=0)
     top = vbsnmf.tl.top_genes(adata, n_genes=6)

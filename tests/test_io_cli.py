@@ -252,7 +252,7 @@ def test_fit_end_to_end_on_every_input_format(inputs, tmp_path, capsys, tiny):
     for other in cell_factors.values():
         np.testing.assert_array_equal(other, reference)
     # The same numbers as the library called directly.
-    model = vbsnmf.VBNMF(3, max_iter=8, random_state=1, n_threads=2, prior="gamma")
+    model = vbsnmf.VBNMF(3, max_iter=8, random_state=1, n_threads=2)
     with pytest.warns(vbsnmf.ConvergenceWarning):
         expected = model.fit_transform(tiny.X)
     np.testing.assert_allclose(reference, expected, rtol=1e-12)

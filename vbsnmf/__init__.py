@@ -7,6 +7,7 @@ nonzeros, not with genes x cells. See ``docs/model.md`` in the repository for th
 from . import classic, datasets, io, pl, tl
 from ._dask import DaskFitResult, fit_dask, fit_svi_dask
 from ._estimator import VBNMF, fit_triplets
+from ._tensor_estimator import VBNTF
 from ._validation import NonCountWarning
 from ._vb import ConvergenceWarning, VariationalParams
 from .classic import NMF
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "NMF",
     "VBNMF",
+    "VBNTF",
     "ConvergenceWarning",
     "DaskFitResult",
     "NonCountWarning",

@@ -534,21 +534,42 @@ def fit_local(
     return shape, local_rate, stats, data_term
 
 
+def _step_modes(
+    params: TensorParams,
+    modes,
+    stats: list[np.ndarray],
+    scale: float,
+    column_sums: list[np.ndarray],
+    rho: float,
+    prior: GammaPrior,
+) -> TensorParams:
+    """The global step of SVI on ``modes``, in order: each mode blended from its q towards
+    ``a + scale * stat`` and ``b + prod_{e != d} column_sums[e]``, then its column sum
+    refreshed, so later modes see it (with ``rho = 1`` this is `update_modes`' sweep)."""
+    shapes, rates = list(params.shapes), list(params.rates)
+    dtype = shapes[0].dtype
+    for d in modes:
+        target_rate = side_rate(prior, _product_except(column_sums, d)).astype(dtype)
+        target_shape = side_shape(prior, scale * stats[d]).astype(dtype, copy=False)
+        shapes[d] = _blend(params.shapes[d], target_shape, rho, f"shape of mode {d}")
+        rates[d] = _blend(params.rates[d], target_rate, rho, f"rate of mode {d}")
+        column_sums[d] = (shapes[d] / rates[d]).sum(axis=0)
+    return TensorParams(shapes, rates)
+
+
 def svi_step_slices(
     data: TensorData, slices: np.ndarray, params: TensorParams, rho: float, settings
 ) -> TensorParams:
     """One slices-form step: local fit of ``slices`` (written back into the local mode's
-    shapes, in place), then every other mode blended towards ``a + scale * stat`` and
-    ``b + scale * (batch's local column sums) * prod (other global column sums)``,
-    ``scale = n_local / |batch|``."""
+    shapes, in place), then `_step_modes` on every other mode with the batch's statistics
+    and local column sums scaled by ``n_local / |batch|``."""
     local = data.major
-    prior = settings.prior
     batch = data.slices(slices)
     shape, local_rate, stats, _ = fit_local(
         batch,
         params,
         params.shapes[local][slices],
-        prior,
+        settings.prior,
         settings.local_max_iter,
         settings.local_tol,
         settings.n_chunks,
@@ -557,15 +578,8 @@ def svi_step_slices(
     scale = data.shape[local] / len(slices)
     column_sums = params.column_sums()
     column_sums[local] = scale * (shape / local_rate).sum(axis=0)
-    shapes, rates = list(params.shapes), list(params.rates)
-    for d in range(data.n_modes):
-        if d == local:
-            continue
-        target_shape = side_shape(prior, scale * stats[d])
-        target_rate = side_rate(prior, _product_except(column_sums, d))
-        shapes[d] = _blend(params.shapes[d], target_shape, rho, f"shape of mode {d}")
-        rates[d] = _blend(params.rates[d], target_rate, rho, f"rate of mode {d}")
-    return TensorParams(shapes, rates)
+    global_modes = [d for d in range(data.n_modes) if d != local]
+    return _step_modes(params, global_modes, stats, scale, column_sums, rho, settings.prior)
 
 
 def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
@@ -589,21 +603,12 @@ def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
 def svi_step_nonzeros(
     data: TensorData, minibatch: TensorData, params: TensorParams, rho: float, settings
 ) -> TensorParams:
-    """One nonzeros-form step: statistics of ``minibatch`` scaled by N / S, the batch
-    update of every mode (`update_modes`), blended in with weight ``rho``."""
+    """One nonzeros-form step: `_step_modes` on every mode with the statistics of
+    ``minibatch`` scaled by N / S and the exact column sums."""
     stats, _ = shape_statistics(minibatch, params, settings.n_chunks)
     scale = data.nnz / max(minibatch.nnz, 1)
-    target = update_modes(params, [scale * stat for stat in stats], settings.prior)
-    return TensorParams(
-        [
-            _blend(old, new, rho, f"shape of mode {d}")
-            for d, (old, new) in enumerate(zip(params.shapes, target.shapes))
-        ],
-        [
-            _blend(old, new, rho, f"rate of mode {d}")
-            for d, (old, new) in enumerate(zip(params.rates, target.rates))
-        ],
-    )
+    modes = range(data.n_modes)
+    return _step_modes(params, modes, stats, scale, params.column_sums(), rho, settings.prior)
 
 
 def default_batch_size(form: str, data: TensorData) -> int:

@@ -361,7 +361,7 @@ def test_values_default_to_one_per_coordinate_and_shape_to_the_largest_index():
 
 
 def test_pydata_sparse_input_equals_coordinates():
-    sparse = pytest.importorskip("sparse")
+    import sparse  # a dev dependency (extra "tensor" for users)
     shape = (10, 8, 6)
     tensor, coords, values = _small_tensor(shape, 0.3, seed=12)
     fit = _quiet(vbsnmf.VBNTF(3, max_iter=20, random_state=2, n_threads=1), coords, values, shape)

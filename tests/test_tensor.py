@@ -114,7 +114,13 @@ def test_elbo_matches_dense_numpy(name, n_chunks):
 
 @pytest.mark.parametrize("name", list(TENSORS))
 @pytest.mark.parametrize("prior", [(1.0, 1.0), (0.3, 0.5)])
-def test_one_iteration_matches_dense_numpy(name, prior):
+@pytest.mark.parametrize("block_rows", [None, 1, 2])
+def test_one_iteration_matches_dense_numpy(name, prior, block_rows, monkeypatch):
+    """Also with the kernel's cache blocks of the first minor mode cut to one or two rows,
+    so slices whose nonzeros skip whole blocks are covered (K = 3 runs padded to 4)."""
+    if block_rows is not None:
+        monkeypatch.setattr(vbsnmf._kernels, "MINOR_BLOCK_BYTES", 8 * 4 * block_rows)
+        assert vbsnmf._kernels.minor_block_rows(4) == block_rows
     shape, density = TENSORS[name]
     tensor, coords, values = _small_tensor(shape, density, seed=3)
     params = _random_params(shape, 3, seed=4)
@@ -149,9 +155,12 @@ def test_every_major_mode_gives_the_same_pass():
         np.testing.assert_allclose(stat.sum(axis=1), totals, rtol=1e-12)
 
 
-def test_log_space_fallback_when_products_underflow():
+@pytest.mark.parametrize("block_rows", [None, 1])
+def test_log_space_fallback_when_products_underflow(block_rows, monkeypatch):
     """Modes peaked on different components: the product of the scaled exp tables
     underflows on every component, and the kernel must redo the entry in log space."""
+    if block_rows is not None:
+        monkeypatch.setattr(vbsnmf._kernels, "MINOR_BLOCK_BYTES", 8 * 4 * block_rows)
     tiny = 1e-3  # digamma(1e-3) ~ -1000
     shapes = [
         np.array([[60.0, tiny], [tiny, 60.0]]),
@@ -362,6 +371,7 @@ def test_values_default_to_one_per_coordinate_and_shape_to_the_largest_index():
 
 def test_pydata_sparse_input_equals_coordinates():
     import sparse  # a dev dependency (extra "tensor" for users)
+
     shape = (10, 8, 6)
     tensor, coords, values = _small_tensor(shape, 0.3, seed=12)
     fit = _quiet(vbsnmf.VBNTF(3, max_iter=20, random_state=2, n_threads=1), coords, values, shape)
@@ -608,3 +618,32 @@ def test_svi_nonzeros_form_improves_and_stays_finite():
     trace = _quiet(svi, coords, values).elbo_trace_
     assert trace.shape == (30,) and np.all(np.isfinite(trace))
     assert trace[-1] > trace[0]
+
+
+# -- the tutorial -------------------------------------------------------------------------
+def test_pbmc_tensor_tutorial_quick(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import matplotlib.image
+
+    path = Path(__file__).resolve().parents[1] / "tutorials" / "pbmc_tensor.py"
+    spec = importlib.util.spec_from_file_location("pbmc_tensor", path)
+    tutorial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        table, gate_profile, replicate_profile = tutorial.run(quick=True, outdir=tmp_path)
+    out = capsys.readouterr().out
+    assert "tensor gate x gene x replicate (10, 2000, 4)" in out
+    assert len(table) == 8 and np.isclose(table["share of counts"].sum(), 1.0)
+    np.testing.assert_allclose(gate_profile.sum(axis=0), 1.0)
+    # pseudo-replicates are exchangeable: every replicate profile is flat
+    assert np.abs(replicate_profile - 0.25).max() < 0.05
+    # the distinct sorted populations each own a component
+    for gate in ("CD19+ B", "CD56+ NK", "CD34+"):
+        assert gate_profile.loc[gate].max() > 0.5, gate
+    image = matplotlib.image.imread(tmp_path / "pbmc_tensor.png")
+    assert image.shape[1] > 500 and image[..., :3].std() > 0.05
+    results = (tmp_path / "pbmc_tensor_results.md").read_text()
+    assert results.count("\n| ") == 1 + 8  # header + one row per component

@@ -470,13 +470,15 @@ def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, 
 # ---- tensor (Poisson tensor factorisation, vbsnmf._tensor) ------------------------------
 #
 # A D-way count tensor is held as its nonzeros sorted by one *major* mode (CSR-like
-# ``indptr`` over that mode's slices); every other (*minor*) mode's factor table is stacked
-# into one table, and ``minor_rows[n, m]`` is the row of that stacked table that minor mode
-# ``m`` of nonzero ``n`` reads (its index plus the mode's offset). One kernel then serves
-# every D. Race-free as `update_shapes`: a chunk of major slices owns their rows of
-# ``major_stat`` and writes the minor modes' statistics into its own slab of the stacked
-# shape, summed afterwards in chunk order. There is no minor-axis cache blocking: `_tensor`
-# makes the longest mode major, so the stacked minor tables are the shorter modes.
+# ``indptr`` over that mode's slices), then by the other (*minor*) modes. The minor modes'
+# factor tables are stacked into one table, and ``minor_rows[n, m]`` is the row of that
+# stacked table that minor mode ``m`` of nonzero ``n`` reads (its index plus the mode's
+# offset), so one kernel serves every D. Race-free as `update_shapes`: a chunk of major
+# slices owns their rows of ``major_stat`` and writes the minor modes' statistics into its
+# own slab of the stacked shape, summed afterwards in chunk order. `_tensor` makes the
+# longest mode major and stacks the minor modes longest first; the first minor mode (which
+# starts the stack and is the secondary sort key) is walked in cache blocks as the minor
+# axis of `update_shapes` is.
 
 
 @njit(cache=True)
@@ -516,11 +518,13 @@ def tensor_update_shapes(
     minor_logmax,
     minor_elog,
     tiny,
+    n_first_minor,
+    minor_block,
     major_stat,
     minor_partial,
     data_term_partial,
 ):
-    """updateA of the D-mode model in one pass over the nonzeros.
+    """updateA of the D-mode model in one pass over the nonzeros (D >= 2).
 
     For each nonzero n with count x, major index i and stacked minor rows g_1..g_{D-1}:
     responsibilities ``phi_l`` proportional to ``exp(E[log v_il] + sum_m E[log v_{g_m l}])``
@@ -531,20 +535,26 @@ def tensor_update_shapes(
     Parameters
     ----------
     indptr
-        ``n_major + 1`` offsets: the nonzeros of major slice ``i`` are ``indptr[i]:indptr[i + 1]``.
+        ``n_major + 1`` offsets: the nonzeros of major slice ``i`` are
+        ``indptr[i]:indptr[i + 1]``, sorted by ``minor_rows[:, 0]`` within the slice.
     minor_rows
-        nnz x (D - 1): per nonzero, its row in the stacked minor tables, one per minor mode.
+        nnz x (D - 1): per nonzero, its row in the stacked minor tables, one per minor mode;
+        the first minor mode's rows are ``0 .. n_first_minor - 1``.
     counts
         nnz counts.
     chunk_bounds
         ``n_chunks + 1`` major-slice boundaries; chunk ``c`` owns slices
         ``chunk_bounds[c]:chunk_bounds[c + 1]``.
     major_scaled, major_logmax, major_elog
-        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', zero past column K: see
-        `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x K) of the
-        major mode; ``minor_*`` the same for the stacked minor modes.
+        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of 4, zero past
+        column K: see `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x
+        K) of the major mode; ``minor_*`` the same for the stacked minor modes.
     tiny
         Normalisers below this take the log-sum-exp path.
+    n_first_minor, minor_block
+        Rows of the first minor mode, and its rows per cache block (`minor_block_rows`):
+        the nonzeros of block ``b`` of every major slice of a chunk are visited before
+        those of block ``b + 1``.
     major_stat
         Output, n_major x K', overwritten: ``sum x phi`` per major slice.
     minor_partial
@@ -567,57 +577,70 @@ def tensor_update_shapes(
         row_acc = np.empty(n_components, dtype=np.float64)
         minor_acc = minor_partial[chunk]
         minor_acc[:] = 0.0
-        chunk_data = 0.0
+        major_stat[first:last] = 0.0
+        next_entry = indptr[first:last].copy()  # per slice: first nonzero not yet visited
+        row_data = np.zeros(last - first, dtype=np.float64)  # sum x log normaliser
         n_fallback = 0
-        for i in range(first, last):
-            row_logmax = float(major_logmax[i])
-            row_acc[:] = 0.0
-            row_data = 0.0
-            for n in range(indptr[i], indptr[i + 1]):
-                x = float(counts[n])
-                first_row = minor_rows[n, 0]
-                log_shift = row_logmax + float(minor_logmax[first_row])
-                for l in range(n_components):
-                    phi[l] = float(major_scaled[i, l]) * float(minor_scaled[first_row, l])
-                for m in range(1, n_minor_modes):
-                    g = minor_rows[n, m]
-                    log_shift += float(minor_logmax[g])
+        for block_start in range(0, n_first_minor, minor_block):
+            block_stop = block_start + minor_block
+            for i in range(first, last):
+                n = next_entry[i - first]
+                stop = indptr[i + 1]
+                if n == stop or minor_rows[n, 0] >= block_stop:
+                    continue
+                row_logmax = float(major_logmax[i])
+                row_acc[:] = 0.0
+                data = 0.0
+                while n < stop and minor_rows[n, 0] < block_stop:
+                    x = float(counts[n])
+                    first_row = minor_rows[n, 0]
+                    log_shift = row_logmax + float(minor_logmax[first_row])
                     for l in range(n_components):
-                        phi[l] *= float(minor_scaled[g, l])
-                # Four running sums in a fixed order (K' is a multiple of SIMD_WIDTH): one
-                # sum would be a chain of K dependent adds on every nonzero.
-                lane0 = 0.0
-                lane1 = 0.0
-                lane2 = 0.0
-                lane3 = 0.0
-                for l in range(0, n_components, 4):
-                    lane0 += phi[l]
-                    lane1 += phi[l + 1]
-                    lane2 += phi[l + 2]
-                    lane3 += phi[l + 3]
-                total = (lane0 + lane1) + (lane2 + lane3)
-                if total > tiny:
-                    log_norm = math.log(total) + log_shift
-                else:
-                    n_fallback += 1
-                    peak, total = _tensor_exp_shifted_log_rho(
-                        major_elog[i], minor_elog, minor_rows[n], phi
-                    )
-                    log_norm = math.log(total) + peak
-                row_data += x * log_norm
-                scale = x / total
-                for l in range(n_components):
-                    contribution = phi[l] * scale
-                    phi[l] = contribution
-                    row_acc[l] += contribution
-                    minor_acc[first_row, l] += contribution
-                for m in range(1, n_minor_modes):
-                    g = minor_rows[n, m]
+                        phi[l] = float(major_scaled[i, l]) * float(minor_scaled[first_row, l])
+                    for m in range(1, n_minor_modes):
+                        g = minor_rows[n, m]
+                        log_shift += float(minor_logmax[g])
+                        for l in range(n_components):
+                            phi[l] *= float(minor_scaled[g, l])
+                    # Four running sums in a fixed order (K' is a multiple of 4): one sum
+                    # would be a chain of K dependent adds on every nonzero.
+                    lane0 = 0.0
+                    lane1 = 0.0
+                    lane2 = 0.0
+                    lane3 = 0.0
+                    for l in range(0, n_components, 4):
+                        lane0 += phi[l]
+                        lane1 += phi[l + 1]
+                        lane2 += phi[l + 2]
+                        lane3 += phi[l + 3]
+                    total = (lane0 + lane1) + (lane2 + lane3)
+                    if total > tiny:
+                        log_norm = math.log(total) + log_shift
+                    else:
+                        n_fallback += 1
+                        peak, total = _tensor_exp_shifted_log_rho(
+                            major_elog[i], minor_elog, minor_rows[n], phi
+                        )
+                        log_norm = math.log(total) + peak
+                    data += x * log_norm
+                    scale = x / total
                     for l in range(n_components):
-                        minor_acc[g, l] += phi[l]
-            for l in range(n_components):
-                major_stat[i, l] = row_acc[l]
-            chunk_data += row_data
+                        contribution = phi[l] * scale
+                        phi[l] = contribution
+                        row_acc[l] += contribution
+                        minor_acc[first_row, l] += contribution
+                    for m in range(1, n_minor_modes):
+                        g = minor_rows[n, m]
+                        for l in range(n_components):
+                            minor_acc[g, l] += phi[l]
+                    n += 1
+                next_entry[i - first] = n
+                row_data[i - first] += data
+                for l in range(n_components):
+                    major_stat[i, l] += row_acc[l]
+        chunk_data = 0.0
+        for r in range(last - first):
+            chunk_data += row_data[r]
         data_term_partial[chunk] = chunk_data
         fallbacks[chunk] = n_fallback
     return fallbacks.sum()

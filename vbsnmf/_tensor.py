@@ -113,13 +113,15 @@ class TensorData:
     """The nonzeros of a count tensor sorted by its ``major`` mode, then by the others.
 
     ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` (nnz x
-    (D - 1)) holds, for each nonzero and each other mode in increasing order
-    (`minor_modes`), its row in the stacked tables of those modes (index plus
-    `minor_offsets`). ``log_factorial`` is ``sum_n lgamma(y_n + 1)``.
+    (D - 1)) holds, for each nonzero and each other mode in the order of ``minor_modes``
+    (longest first: the kernel walks the first in cache blocks), its row in the stacked
+    tables of those modes (index plus `minor_offsets`). ``log_factorial`` is
+    ``sum_n lgamma(y_n + 1)``.
     """
 
     shape: tuple[int, ...]
     major: int
+    minor_modes: tuple[int, ...]
     indptr: np.ndarray
     minor_rows: np.ndarray
     counts: np.ndarray
@@ -132,10 +134,6 @@ class TensorData:
     @property
     def nnz(self) -> int:
         return int(self.counts.shape[0])
-
-    @property
-    def minor_modes(self) -> tuple[int, ...]:
-        return tuple(d for d in range(self.n_modes) if d != self.major)
 
     @property
     def minor_offsets(self) -> np.ndarray:
@@ -177,6 +175,7 @@ class TensorData:
         return TensorData(
             shape=shape,
             major=self.major,
+            minor_modes=self.minor_modes,
             indptr=indptr,
             minor_rows=self.minor_rows[positions],
             counts=counts,
@@ -191,12 +190,13 @@ def as_tensor_data(
     finite): sorted, duplicates summed, zeros dropped.
 
     ``major`` defaults to the longest mode (the first of equals), so the per-chunk slabs of
-    the kernel are on the shorter ones; for D = 2 this is the matrix engine's choice.
+    the kernel are on the shorter ones; for D = 2 this is the matrix engine's choice. The
+    other modes follow longest first (the first of equals first).
     """
     shape = tuple(int(n) for n in shape)
     n_modes = len(shape)
     major = int(np.argmax(shape)) if major is None else int(major)
-    minor_modes = [d for d in range(n_modes) if d != major]
+    minor_modes = sorted((d for d in range(n_modes) if d != major), key=lambda d: -shape[d])
     coords = np.asarray(coords, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.float64)
     # np.lexsort: the last key is the primary one.
@@ -221,6 +221,7 @@ def as_tensor_data(
     return TensorData(
         shape=shape,
         major=major,
+        minor_modes=tuple(minor_modes),
         indptr=indptr,
         minor_rows=minor_rows,
         counts=counts,
@@ -258,6 +259,8 @@ def _pass(data: TensorData, major_moments, minor_moments, n_chunks: int):
         minor_logmax,
         minor_elog,
         _vb._TINY[np.dtype(dtype)],
+        data.shape[data.minor_modes[0]],
+        _kernels.minor_block_rows(minor_scaled.shape[1]),
         major_stat,
         minor_partial,
         data_partial,

@@ -31,8 +31,13 @@ Stochastic VB (`fit_svi`) in two forms, both blending with ``rho_t = (t + tau)^-
   fixed (`fit_local`), then every other mode takes a natural-gradient step with the
   batch's statistics scaled by n_local / |batch|. Its full-ELBO evaluation refits every
   slice's local factors, as the matrix cells form does.
-- ``"nonzeros"``: minibatches of nonzeros, all of q global: statistics scaled by N / S,
-  exact rates in the batch order, then the blend (the matrix "textbook" form).
+- ``"nonzeros"``: minibatches of nonzeros, all of q global: statistics scaled by N / S
+  and exact rates (the matrix "textbook" form).
+
+In both, the global modes step one after another in mode order (`_step_modes`), each rate
+from the current column sums of the others, so that with all the data in one batch and
+``rho = 1`` a step is the batch sweep. The slices form is the default: see docs/model.md
+for the measurement.
 """
 
 from __future__ import annotations

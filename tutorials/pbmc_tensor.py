@@ -120,7 +120,7 @@ def component_tables(model, gates, genes, group_sizes, n_top: int = 8):
                 "top genes": ", ".join(genes[top]),
                 "most specific genes": ", ".join(genes[specific]),
                 "replicate profile": " / ".join(f"{v:.3f}" for v in replicate_profile[:, l]),
-                "max |replicate - 1/4|": float(np.abs(replicate_profile[:, l] - 0.25).max()),
+                "largest deviation from 1/4": float(np.abs(replicate_profile[:, l] - 0.25).max()),
             }
         )
     return pd.DataFrame(rows).set_index("component"), gate_profile, replicate_profile, weight
@@ -186,13 +186,13 @@ def run(quick: bool = False, outdir: Path = HERE):
         f"tensor gate x gene x replicate {shape}: {tensor.nnz:,} nonzeros "
         f"({tensor.nnz / np.prod(shape):.1%} of entries), {counts.sum():,.0f} counts"
     )
-    model = vbsnmf.VBNTF(
-        N_COMPONENTS,
-        max_iter=150 if quick else 1000,
-        tol=1e-6,
-        n_init=1 if quick else 3,
-        random_state=SEED,
-    )
+    settings = {
+        "max_iter": 150 if quick else 1000,
+        "tol": 1e-6,
+        "n_init": 1 if quick else 3,
+        "random_state": SEED,
+    }
+    model = vbsnmf.VBNTF(N_COMPONENTS, **settings)
     start = time.perf_counter()
     model.fit(tensor)
     seconds = time.perf_counter() - start
@@ -216,32 +216,42 @@ def run(quick: bool = False, outdir: Path = HERE):
         f"{spread:.3f}"
     )
     plot(gate_profile, replicate_profile, weight, gates, outdir / "pbmc_tensor.png")
-    write_results(outdir, table, model, shape, tensor.nnz, seconds, spread, fitted_spread, quick)
+    call = f"VBNTF({N_COMPONENTS}, " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+    write_results(
+        outdir, table, model, call, shape, tensor.nnz, seconds, spread, fitted_spread, quick
+    )
     return table, pd.DataFrame(gate_profile, index=gates), replicate_profile
 
 
-def write_results(outdir, table, model, shape, nnz, seconds, spread, fitted_spread, quick):
-    setting = "--quick (2,000 genes, 150 iterations at most)" if quick else "full run"
+def write_results(outdir, table, model, call, shape, nnz, seconds, spread, fitted_spread, quick):
+    setting = "--quick: 2,000 genes, 150 iterations at most" if quick else "full run"
+    off = int((table["share of counts"] < 1e-3).sum())
+    load = os.getloadavg()[0]
     text = f"""# Pseudobulk tensor of pbmc_facs with VBNTF: results
 
 Produced by `python tutorials/pbmc_tensor.py{" --quick" if quick else ""}` ({setting}).
 
-Tensor: FACS gate x gene x pseudo-replicate, shape {shape}, {nnz:,} nonzeros. Fit:
-`VBNTF({N_COMPONENTS}, tol=1e-6, random_state={SEED})`, {model.n_iter_} iterations,
-converged: {model.converged_}, {seconds:.1f} s, final ELBO {model.elbo_trace_[-1]:.6g} nats.
+Tensor: FACS gate x gene x pseudo-replicate, shape {shape}, {nnz:,} nonzeros.
 
-Components, by their expected share of all counts. Each component is a gate profile
+Fit: `{call}`. It ran {model.n_iter_} iterations (converged: {model.converged_}) in
+{seconds:.1f} s. The machine has 2 cores shared with other jobs (load average {load:.1f} at
+the end). Final ELBO: {model.elbo_trace_[-1]:.6g} nats.
+
+Components are listed by their expected share of all counts. Each one is a gate profile
 (per cell of the gate, summing to 1 over gates), a gene profile and a replicate profile.
+{off} of the {len(table)} components carry less than 0.1 % of the counts: the Gamma prior
+switched them off, and their profiles are the prior's, not the data's.
 
 {markdown_table(table)}
 
 Replicate mode: the largest deviation of a fitted replicate profile from 1/4 is
-{fitted_spread:.3f}. In the data, a replicate's share of its gate's counts differs from its
-share of the gate's cells by up to {spread:.3f}. The groups are random splits of the same
-cells, so the replicate mode carries no biology: flat profiles mean the model did not invent
-any. This mode cannot show donor, batch or biological-replicate effects. The tensor has one
-donor pool, and in this data each gate is also its own sort and library (gate, cell type
-and batch are confounded).
+{fitted_spread:.3f}. In the data, a replicate's share of its gate's counts differs from
+its share of the gate's cells by up to {spread:.3f}.
+
+The groups are random splits of the same cells, so the replicate mode carries no biology.
+Flat profiles mean the model did not invent any. This mode cannot show donor, batch or
+biological-replicate effects: the tensor has one donor pool, and in this data each gate is
+also its own sort and library, so gate, cell type and batch are confounded.
 
 ![gate and replicate profiles](pbmc_tensor.png)
 """

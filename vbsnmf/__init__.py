@@ -21,6 +21,7 @@ _LAZY = {
     "CheckpointError": ("._checkpoint", "CheckpointError"),
     "CheckpointMismatchError": ("._checkpoint", "CheckpointMismatchError"),
     "VBNMF": ("._estimator", "VBNMF"),
+    "VBNTF": ("._tensor_estimator", "VBNTF"),
     "ConvergenceWarning": ("._model", "ConvergenceWarning"),
     "DaskFitResult": ("._dask", "DaskFitResult"),
     "NonCountWarning": ("._validation", "NonCountWarning"),
@@ -38,6 +39,7 @@ _LAZY = {
 __all__ = [
     "NMF",
     "VBNMF",
+    "VBNTF",
     "CheckpointError",
     "CheckpointMismatchError",
     "ConvergenceWarning",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # what static tools see
     from ._dask import DaskFitResult
     from ._estimator import VBNMF, fit_dask, fit_svi_dask, fit_triplets
     from ._model import ConvergenceWarning, VariationalParams
+    from ._tensor_estimator import VBNTF
     from ._validation import NonCountWarning
     from .classic import NMF
 

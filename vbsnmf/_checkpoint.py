@@ -216,12 +216,15 @@ class Checkpointer:
     """Where and how often a fit saves itself, and the config it must match on resume.
 
     ``path=None`` disables saving and loading, so fits without checkpoints share the code.
+    ``check(arrays, meta, config, path)`` vets a loaded state (default `check_state`, the
+    matrix engine's; the tensor engine passes its own).
     """
 
-    def __init__(self, path, every: int, config: dict):
+    def __init__(self, path, every: int, config: dict, check=None):
         self.path = None if path is None else Path(path)
         self.every = every
         self.config = config
+        self.check = check_state if check is None else check
 
     def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
         """The stored checkpoint, or None when there is none (a fresh start)."""
@@ -229,7 +232,7 @@ class Checkpointer:
             return None
         arrays, meta = load_checkpoint(self.path)
         check_config(meta, self.config, self.path)
-        check_state(arrays, meta, self.config, self.path)
+        self.check(arrays, meta, self.config, self.path)
         return arrays, meta
 
     def save(self, counter: int, arrays: dict[str, np.ndarray], meta: dict, force=False) -> None:

@@ -586,3 +586,182 @@ def check_coordinates(rows, cols, data, n_rows, n_cols, first_row):
             return first_bad[c], np.uint64(0)
         fingerprint += hashes[c]
     return n_stored, fingerprint
+
+
+# ---- tensor (Poisson tensor factorisation, vbsnmf._tensor) ------------------------------
+#
+# A D-way count tensor is held as its nonzeros sorted by one *major* mode (CSR-like
+# ``indptr`` over that mode's slices), then by the other (*minor*) modes. The minor modes'
+# factor tables are stacked into one table, and ``minor_rows[n, m]`` is the row of that
+# stacked table that minor mode ``m`` of nonzero ``n`` reads (its index plus the mode's
+# offset), so one kernel serves every D. Race-free as `update_shapes`: a chunk of major
+# slices owns their rows of ``major_stat`` and writes the minor modes' statistics into its
+# own slab of the stacked shape, summed afterwards in chunk order. `_tensor` makes the
+# longest mode major and stacks the minor modes longest first; the first minor mode (which
+# starts the stack and is the secondary sort key) is walked in cache blocks as the minor
+# axis of `update_shapes` is.
+
+
+@njit(cache=True)
+def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, rows, phi):
+    """Slow path of one tensor nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
+    ``log rho_l = E[log v^(major)_l] + sum_m E[log v^(m)_l]`` (``rows`` the nonzero's
+    stacked minor rows); returns (max, sum_l phi_l). Padding entries of ``phi`` are zero."""
+    n_components = major_elog_row.shape[0]
+    for l in range(n_components, phi.shape[0]):
+        phi[l] = 0.0
+    for l in range(n_components):
+        phi[l] = float(major_elog_row[l])
+    for m in range(rows.shape[0]):
+        g = rows[m]
+        for l in range(n_components):
+            phi[l] += float(minor_elog[g, l])
+    peak = -np.inf
+    for l in range(n_components):
+        peak = max(peak, phi[l])
+    total = 0.0
+    for l in range(n_components):
+        phi[l] = math.exp(phi[l] - peak)
+        total += phi[l]
+    return peak, total
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def tensor_update_shapes(
+    indptr,
+    minor_rows,
+    counts,
+    chunk_bounds,
+    major_scaled,
+    major_logmax,
+    major_elog,
+    minor_scaled,
+    minor_logmax,
+    minor_elog,
+    tiny,
+    n_first_minor,
+    minor_block,
+    major_stat,
+    minor_partial,
+    data_term_partial,
+):
+    """updateA of the D-mode model in one pass over the nonzeros (D >= 2).
+
+    For each nonzero n with count x, major index i and stacked minor rows g_1..g_{D-1}:
+    responsibilities ``phi_l`` proportional to ``exp(E[log v_il] + sum_m E[log v_{g_m l}])``
+    (from the scaled tables: ``S[i, l] prod_m S[g_m, l]`` times ``exp`` of the row maxima);
+    ``x * phi`` is added to ``major_stat[i]`` and to ``minor_partial[chunk, g_m]`` for every
+    m; ``x * log(sum_l exp(...))`` to ``data_term_partial[chunk]``.
+
+    Parameters
+    ----------
+    indptr
+        ``n_major + 1`` offsets: the nonzeros of major slice ``i`` are
+        ``indptr[i]:indptr[i + 1]``, sorted by ``minor_rows[:, 0]`` within the slice.
+    minor_rows
+        nnz x (D - 1): per nonzero, its row in the stacked minor tables, one per minor mode;
+        the first minor mode's rows are ``0 .. n_first_minor - 1``.
+    counts
+        nnz counts.
+    chunk_bounds
+        ``n_chunks + 1`` major-slice boundaries; chunk ``c`` owns slices
+        ``chunk_bounds[c]:chunk_bounds[c + 1]``.
+    major_scaled, major_logmax, major_elog
+        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of 4, zero past
+        column K: see `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x
+        K) of the major mode; ``minor_*`` the same for the stacked minor modes.
+    tiny
+        Normalisers below this take the log-sum-exp path.
+    n_first_minor, minor_block
+        Rows of the first minor mode, and its rows per cache block (`minor_block_rows`):
+        the nonzeros of block ``b`` of every major slice of a chunk are visited before
+        those of block ``b + 1``.
+    major_stat
+        Output, n_major x K', overwritten: ``sum x phi`` per major slice.
+    minor_partial
+        Output, n_chunks x n_stacked x K', overwritten: per-chunk ``sum x phi`` per minor row.
+    data_term_partial
+        Output, n_chunks: per-chunk ``sum x log(sum_l exp(sum_d E[log v^(d)]))``.
+
+    Returns
+    -------
+    int
+        Number of nonzeros that took the log-sum-exp path.
+    """
+    n_chunks = chunk_bounds.shape[0] - 1
+    n_components = major_scaled.shape[1]
+    n_minor_modes = minor_rows.shape[1]
+    fallbacks = np.zeros(n_chunks, dtype=np.int64)
+    for chunk in prange(n_chunks):
+        first, last = chunk_bounds[chunk], chunk_bounds[chunk + 1]
+        phi = np.empty(n_components, dtype=np.float64)
+        row_acc = np.empty(n_components, dtype=np.float64)
+        minor_acc = minor_partial[chunk]
+        minor_acc[:] = 0.0
+        major_stat[first:last] = 0.0
+        next_entry = indptr[first:last].copy()  # per slice: first nonzero not yet visited
+        row_data = np.zeros(last - first, dtype=np.float64)  # sum x log normaliser
+        n_fallback = 0
+        for block_start in range(0, n_first_minor, minor_block):
+            block_stop = block_start + minor_block
+            for i in range(first, last):
+                n = next_entry[i - first]
+                stop = indptr[i + 1]
+                if n == stop or minor_rows[n, 0] >= block_stop:
+                    continue
+                row_logmax = float(major_logmax[i])
+                row_acc[:] = 0.0
+                data = 0.0
+                while n < stop and minor_rows[n, 0] < block_stop:
+                    x = float(counts[n])
+                    first_row = minor_rows[n, 0]
+                    log_shift = row_logmax + float(minor_logmax[first_row])
+                    for l in range(n_components):
+                        phi[l] = float(major_scaled[i, l]) * float(minor_scaled[first_row, l])
+                    for m in range(1, n_minor_modes):
+                        g = minor_rows[n, m]
+                        log_shift += float(minor_logmax[g])
+                        for l in range(n_components):
+                            phi[l] *= float(minor_scaled[g, l])
+                    # Four running sums in a fixed order (K' is a multiple of 4): one sum
+                    # would be a chain of K dependent adds on every nonzero.
+                    lane0 = 0.0
+                    lane1 = 0.0
+                    lane2 = 0.0
+                    lane3 = 0.0
+                    for l in range(0, n_components, 4):
+                        lane0 += phi[l]
+                        lane1 += phi[l + 1]
+                        lane2 += phi[l + 2]
+                        lane3 += phi[l + 3]
+                    total = (lane0 + lane1) + (lane2 + lane3)
+                    if total > tiny:
+                        log_norm = math.log(total) + log_shift
+                    else:
+                        n_fallback += 1
+                        peak, total = _tensor_exp_shifted_log_rho(
+                            major_elog[i], minor_elog, minor_rows[n], phi
+                        )
+                        log_norm = math.log(total) + peak
+                    data += x * log_norm
+                    scale = x / total
+                    for l in range(n_components):
+                        contribution = phi[l] * scale
+                        phi[l] = contribution
+                        row_acc[l] += contribution
+                        minor_acc[first_row, l] += contribution
+                    for m in range(1, n_minor_modes):
+                        g = minor_rows[n, m]
+                        for l in range(n_components):
+                            minor_acc[g, l] += phi[l]
+                    n += 1
+                next_entry[i - first] = n
+                row_data[i - first] += data
+                for l in range(n_components):
+                    major_stat[i, l] += row_acc[l]
+        chunk_data = 0.0
+        for r in range(last - first):
+            chunk_data += row_data[r]
+        data_term_partial[chunk] = chunk_data
+        fallbacks[chunk] = n_fallback
+    return fallbacks.sum()

@@ -26,6 +26,7 @@ call these over their own data layout and sum the statistics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,8 +46,9 @@ _TINY = {np.dtype(np.float64): 1e-200, np.dtype(np.float32): 1e-30}
 # the start of any range of rows is the same however the rows are split.
 START_BLOCK_ROWS = 4096
 
-# Seed-sequence spawn keys of what a start draws: (start index, part, block...).
-_ROWS, _COLS, _MINIBATCHES = 0, 1, 2
+# Seed-sequence spawn keys of what a start draws: (start index, part, block...); a
+# tensor's modes past the first two draw under (start index, _MODES, mode, block).
+_ROWS, _COLS, _MINIBATCHES, _MODES = 0, 1, 2, 3
 
 
 class ConvergenceWarning(SklearnConvergenceWarning):
@@ -751,26 +753,32 @@ def random_shapes(
     entropy: int, side: int, first: int, last: int, n_components: int, dtype, start: int = 0
 ) -> np.ndarray:
     """Starting shapes ``1 + U(0, 1)`` of rows ``first:last`` of one side (0 rows, 1
-    columns), so every component starts distinct.
+    columns; mode d of a tensor is side d), so every component starts distinct.
 
     Block b (rows ``b * START_BLOCK_ROWS`` onwards) is drawn from its own seed, so the
     result does not depend on how the rows are split between callers.
     """
     out = np.empty((last - first, n_components), dtype=dtype)
-    part = _ROWS if side == 0 else _COLS
+    part = (_ROWS,) if side == 0 else (_COLS,) if side == 1 else (_MODES, side)
     for block in range(first // START_BLOCK_ROWS, -(-last // START_BLOCK_ROWS)):
         block_first = block * START_BLOCK_ROWS
-        values = _generator(entropy, start, part, block).random((START_BLOCK_ROWS, n_components))
+        values = _generator(entropy, start, *part, block).random((START_BLOCK_ROWS, n_components))
         low, high = max(first, block_first), min(last, block_first + START_BLOCK_ROWS)
         out[low - first : high - first] = 1.0 + values[low - block_first : high - block_first]
     return out
 
 
-def start_rate(shape: tuple[int, int], total_count: float, n_components: int, dtype) -> np.ndarray:
-    """The starting rate of both sides: with shapes ``1 + U(0, 1)`` (mean 1.5) it puts
-    ``E[z] = E[w] = sqrt(mean count / K)``, so ``sum_l E[z] E[w]`` is the mean count."""
-    mean_count = max(total_count / (float(shape[0]) * float(shape[1])), 1e-12)
-    return np.full(n_components, 1.5 / np.sqrt(mean_count / n_components), dtype=dtype)
+def start_rate(shape: tuple[int, ...], total_count: float, n_components: int, dtype) -> np.ndarray:
+    """The starting rate of every side: with shapes ``1 + U(0, 1)`` (mean 1.5) it puts
+    ``E[z] = E[w] = sqrt(mean count / K)``, so ``sum_l E[z] E[w]`` is the mean count; for
+    a tensor with D modes every mode's mean is ``(mean count / K)^(1/D)``."""
+    mean_count = max(total_count / math.prod(float(n) for n in shape), 1e-12)
+    return np.full(n_components, 1.5 / _root(mean_count / n_components, len(shape)), dtype=dtype)
+
+
+def _root(value: float, n_sides: int) -> float:
+    """``value^(1/D)``; ``np.sqrt`` for D = 2, the matrix engine's arithmetic."""
+    return float(np.sqrt(value)) if n_sides == 2 else value ** (1.0 / n_sides)
 
 
 def random_start(

@@ -1,0 +1,695 @@
+"""Poisson tensor factorisation by variational Bayes: the model of ``docs/model.md``
+("Tensors") for a D-way count tensor given by its nonzero entries.
+
+    y_n = sum_l u_nl,   u_nl ~ Poisson(prod_d v^(d)_{i_nd, l}),   v^(d)_il ~ Gamma(a, b)
+
+with q(v^(d)_il) = Gamma(shape^(d)[i, l], rate^(d)[l]). The matrix engine (`_batch`) is the
+case D = 2 (mode 0 = rows ``z``, mode 1 = columns ``w``), and this module gives its ELBO
+trace from the same start. One iteration (`update_modes` after `shape_statistics`):
+
+1. updateA, one pass over the nonzeros (`_kernels.tensor_update_shapes`) from the current
+   q: ``phi_nl`` proportional to ``exp(sum_d E[log v^(d)_{i_nd, l}])`` gives every mode's
+   statistic ``sum_{n: i_nd = i} y_n phi_nl`` and the ELBO's data term;
+2. modes d = 0, 1, ..., D - 1 in turn: ``shape^(d) = a + stat^(d)`` and
+   ``rate^(d) = b + prod_{e != d} sum_i E[v^(e)_il]``, the column sums of the modes
+   before d taken from their new q and those after d from their old one. Each step is the
+   exact optimum of its block given the others, so the ELBO never decreases; for D = 2
+   this is model.md's matrix order (row rate from the old column means, column rate from
+   the new row means).
+
+The model's pieces are the matrix engine's, from `_model`, one mode ("side") at a time:
+`_model.side_shape` and `_model.side_rate` (a mode's rate takes the product of the other
+modes' column sums where a matrix side takes the other side's), `_model.side_terms` (a
+mode's column sums and KL), `_model.side_moments` (the tables of the pass),
+`_model.random_shapes` and `_model.start_rate` (the start), `_model.has_converged` and
+`_model.warn_not_converged` (the stopping rule). The prior is the fixed
+`_model.GammaPrior`; the learned prior (`_model.HierarchicalPrior`) is matrices only.
+
+The ELBO of q_t comes out of the pass that produces q_{t+1}, as in `_batch.fit_batch`: every
+entry of a trace is the exact ELBO of a q the engine held.
+
+Stochastic VB (`fit_svi`) in two forms, both blending with ``rho_t = (t + tau)^-kappa``:
+
+- ``"slices"``: minibatches of slices of one mode (the *local* mode, by default the
+  longest). Each batch's local factors are fitted to convergence with the other modes
+  fixed (`fit_local`), then every other mode takes a natural-gradient step with the
+  batch's statistics scaled by n_local / |batch|. Its full-ELBO evaluation refits every
+  slice's local factors, as the matrix cells form does.
+- ``"nonzeros"``: minibatches of nonzeros, all of q global: statistics scaled by N / S
+  and exact rates (the matrix "textbook" form).
+
+In both, the global modes step one after another in mode order (`_step_modes`), each rate
+from the current column sums of the others, so that with all the data in one batch and
+``rho = 1`` a step is the batch sweep. The slices form is the default: see docs/model.md
+for the measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _kernels, _model
+from ._checkpoint import CheckpointError, rng_from_json, rng_state_json
+from ._model import GammaPrior
+from ._svi import learning_rate
+
+SVI_FORMS = ("slices", "nonzeros")
+
+
+# -- data and parameters ------------------------------------------------------------------
+@dataclass
+class TensorParams:
+    """Parameters of q: ``q(v^(d)_il) = Gamma(shapes[d][i, l], rates[d][l])``."""
+
+    shapes: list[np.ndarray]
+    rates: list[np.ndarray]
+
+    @property
+    def n_modes(self) -> int:
+        return len(self.shapes)
+
+    def copy(self) -> TensorParams:
+        return TensorParams([s.copy() for s in self.shapes], [r.copy() for r in self.rates])
+
+    def means(self) -> list[np.ndarray]:
+        """Posterior means ``E[v^(d)]`` (n_d x K), one per mode."""
+        return [shape / rate for shape, rate in zip(self.shapes, self.rates)]
+
+    def column_sums(self) -> list[np.ndarray]:
+        """``sum_i E[v^(d)_il]`` (K,), one per mode."""
+        return [(shape / rate).sum(axis=0) for shape, rate in zip(self.shapes, self.rates)]
+
+
+@dataclass
+class TensorData:
+    """The nonzeros of a count tensor sorted by its ``major`` mode, then by the others.
+
+    ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` (nnz x
+    (D - 1)) holds, for each nonzero and each other mode in the order of ``minor_modes``
+    (longest first: the kernel walks the first in cache blocks), its row in the stacked
+    tables of those modes (index plus `minor_offsets`). ``log_factorial`` is
+    ``sum_n lgamma(y_n + 1)``.
+    """
+
+    shape: tuple[int, ...]
+    major: int
+    minor_modes: tuple[int, ...]
+    indptr: np.ndarray
+    minor_rows: np.ndarray
+    counts: np.ndarray
+    log_factorial: float = 0.0
+
+    @property
+    def n_modes(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def minor_offsets(self) -> np.ndarray:
+        """Start of each minor mode's rows in the stacked tables, and their total."""
+        sizes = [self.shape[d] for d in self.minor_modes]
+        return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def chunk_bounds(self, n_chunks: int) -> np.ndarray:
+        """Major-slice boundaries of ``n_chunks`` ranges with about equal nonzeros."""
+        n_major = self.shape[self.major]
+        n_chunks = max(1, min(n_chunks, n_major))
+        targets = np.linspace(0, self.nnz, n_chunks + 1)
+        bounds = np.searchsorted(self.indptr, targets, side="left").astype(np.int64)
+        bounds[0], bounds[-1] = 0, n_major
+        return np.maximum.accumulate(bounds)
+
+    def subset(self, positions: np.ndarray) -> TensorData:
+        """The nonzeros at sorted ``positions``, in a tensor of the same shape."""
+        n_major = self.shape[self.major]
+        major_of = np.searchsorted(self.indptr, positions, side="right") - 1
+        indptr = np.zeros(n_major + 1, dtype=np.int64)
+        np.cumsum(np.bincount(major_of, minlength=n_major), out=indptr[1:])
+        return self._with(indptr, positions, self.shape)
+
+    def slices(self, slices: np.ndarray) -> TensorData:
+        """The nonzeros of the sorted major ``slices``, in a tensor whose major mode has
+        ``len(slices)`` slices (renumbered in order)."""
+        starts = self.indptr[slices]
+        lengths = self.indptr[slices + 1] - starts
+        indptr = np.zeros(len(slices) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        positions = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        shape = list(self.shape)
+        shape[self.major] = len(slices)
+        return self._with(indptr, positions, tuple(shape))
+
+    def _with(self, indptr, positions, shape) -> TensorData:
+        counts = self.counts[positions]
+        return TensorData(
+            shape=shape,
+            major=self.major,
+            minor_modes=self.minor_modes,
+            indptr=indptr,
+            minor_rows=self.minor_rows[positions],
+            counts=counts,
+            log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
+        )
+
+
+def as_tensor_data(
+    coords: np.ndarray, counts: np.ndarray, shape: tuple[int, ...], major: int | None = None
+) -> TensorData:
+    """`TensorData` of validated coordinates (nnz x D, in range) and counts (non-negative,
+    finite): sorted, duplicates summed, zeros dropped.
+
+    ``major`` defaults to the longest mode (the first of equals), so the per-chunk slabs of
+    the kernel are on the shorter ones; for D = 2 this is the matrix engine's choice. The
+    other modes follow longest first (the first of equals first).
+    """
+    shape = tuple(int(n) for n in shape)
+    n_modes = len(shape)
+    major = int(np.argmax(shape)) if major is None else int(major)
+    minor_modes = sorted((d for d in range(n_modes) if d != major), key=lambda d: -shape[d])
+    coords = np.asarray(coords, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.float64)
+    # np.lexsort: the last key is the primary one.
+    order = np.lexsort([coords[:, d] for d in reversed(minor_modes)] + [coords[:, major]])
+    coords, counts = coords[order], counts[order]
+    if coords.shape[0] > 1:
+        starts = np.flatnonzero(np.any(coords[1:] != coords[:-1], axis=1)) + 1
+        starts = np.concatenate([[0], starts])
+        if starts.size < coords.shape[0]:  # duplicates: sum them
+            counts = np.add.reduceat(counts, starts)
+            coords = coords[starts]
+    keep = counts != 0
+    if not np.all(keep):
+        coords, counts = coords[keep], counts[keep]
+    offsets = np.concatenate([[0], np.cumsum([shape[d] for d in minor_modes])])
+    row_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
+    minor_rows = np.empty((coords.shape[0], n_modes - 1), dtype=row_dtype)
+    for m, d in enumerate(minor_modes):
+        minor_rows[:, m] = coords[:, d] + offsets[m]
+    indptr = np.zeros(shape[major] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(coords[:, major], minlength=shape[major]), out=indptr[1:])
+    return TensorData(
+        shape=shape,
+        major=major,
+        minor_modes=tuple(minor_modes),
+        indptr=indptr,
+        minor_rows=minor_rows,
+        counts=counts,
+        log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
+    )
+
+
+# -- the pass over the nonzeros -----------------------------------------------------------
+def stack_moments(moments: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The `_model.side_moments` of several modes as one stacked table each (the kernel's
+    minor tables: ``E[log]``, scaled ``exp(E[log])``, row maxima)."""
+    return tuple(np.concatenate([m[part] for m in moments]) for part in range(3))
+
+
+def _pass(data: TensorData, major_moments, minor_moments, n_chunks: int):
+    """The kernel's pass from the major mode's `_model.side_moments` and the minor modes'
+    `stack_moments`; returns ``(stats per mode in mode order, data term)``."""
+    major_elog, major_scaled, major_logmax = major_moments
+    minor_elog, minor_scaled, minor_logmax = minor_moments
+    dtype = major_elog.dtype
+    n_components = major_elog.shape[1]
+    bounds = data.chunk_bounds(n_chunks)
+    major_stat = np.empty_like(major_scaled)
+    minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape), dtype=dtype)
+    data_partial = np.zeros(len(bounds) - 1, dtype=np.float64)
+    _kernels.tensor_update_shapes(
+        data.indptr,
+        data.minor_rows,
+        data.counts,
+        bounds,
+        major_scaled,
+        major_logmax,
+        major_elog,
+        minor_scaled,
+        minor_logmax,
+        minor_elog,
+        _model._TINY[np.dtype(dtype)],
+        data.shape[data.minor_modes[0]],
+        _kernels.minor_block_rows(minor_scaled.shape[1]),
+        major_stat,
+        minor_partial,
+        data_partial,
+    )
+    minor_stat = minor_partial.sum(axis=0)  # in chunk order: reproducible
+    offsets = data.minor_offsets
+    stats: list[np.ndarray] = [None] * data.n_modes  # type: ignore[list-item]
+    stats[data.major] = np.ascontiguousarray(major_stat[:, :n_components])
+    for m, d in enumerate(data.minor_modes):
+        stats[d] = np.ascontiguousarray(minor_stat[offsets[m] : offsets[m + 1], :n_components])
+    return stats, float(data_partial.sum()) - data.log_factorial
+
+
+def shape_statistics(
+    data: TensorData, params: TensorParams, n_chunks: int = 1
+) -> tuple[list[np.ndarray], float]:
+    """updateA's pass: ``sum y phi`` per mode (n_d x K each) and the data term
+    ``sum_n y_n log sum_l exp(sum_d E[log v^(d)]) - lgamma(y_n + 1)`` under ``params``."""
+    moments = [_model.side_moments(s, r) for s, r in zip(params.shapes, params.rates)]
+    minor = stack_moments([moments[d] for d in data.minor_modes])
+    return _pass(data, moments[data.major], minor, n_chunks)
+
+
+# -- the model ----------------------------------------------------------------------------
+def _product_except(column_sums: list[np.ndarray], skip) -> np.ndarray:
+    """``prod_{e not in skip} column_sums[e]`` (K,), in mode order."""
+    skip = {skip} if isinstance(skip, (int, np.integer)) else set(skip)
+    product = None
+    for e, sums in enumerate(column_sums):
+        if e not in skip:
+            product = sums if product is None else product * sums
+    return np.ones_like(column_sums[0]) if product is None else product
+
+
+def update_modes(params: TensorParams, stats: list[np.ndarray], prior: GammaPrior) -> TensorParams:
+    """updateA's shapes from the pass statistics, then the rates mode by mode in order, each
+    from the current column sums of the other modes (new before it, old after it)."""
+    dtype = params.shapes[0].dtype
+    column_sums = params.column_sums()
+    shapes, rates = [], []
+    for d in range(params.n_modes):
+        rate = _model.side_rate(prior, _product_except(column_sums, d), dtype)
+        shape = _model.side_shape(prior, stats[d], dtype)
+        column_sums[d] = (shape / rate).sum(axis=0)
+        shapes.append(shape)
+        rates.append(rate)
+    return TensorParams(shapes, rates)
+
+
+def expected_total(params: TensorParams) -> float:
+    """``sum over all entries of the tensor of sum_l prod_d E[v^(d)_{i_d l}]``, which is
+    ``sum_l prod_d sum_i E[v^(d)_il]``: the total term, without visiting an entry."""
+    return float(_product_except(params.column_sums(), ()).sum())
+
+
+def elbo_rest(params: TensorParams, prior: GammaPrior) -> float:
+    """The ELBO without its data term: minus the total term ``sum_l prod_d sum_i
+    E[v^(d)_il]``, minus every mode's KL (`_model.side_terms` gives both of a mode)."""
+    sides = [_model.side_terms(s, r, prior) for s, r in zip(params.shapes, params.rates)]
+    value = -float(_product_except([mean_sum for mean_sum, _ in sides], ()).sum())
+    for _, kl in sides:
+        value -= kl
+    return value
+
+
+def elbo(data: TensorData, params: TensorParams, prior: GammaPrior, n_chunks: int = 1) -> float:
+    """The ELBO of ``params`` (nats), with the responsibilities at their optimum."""
+    _, data_term = shape_statistics(data, params, n_chunks)
+    return data_term + elbo_rest(params, prior)
+
+
+def random_start(
+    data: TensorData, n_components: int, entropy: int, dtype=np.float64, start: int = 0
+) -> TensorParams:
+    """Random q whose mean rate matches the tensor's mean count (start ``start`` of
+    ``entropy``).
+
+    Mode d's shapes are ``1 + U(0, 1)`` (mean 1.5) drawn as `_model.random_shapes` draws
+    side d, and every rate is `_model.start_rate`'s ``1.5 / (mean / K)^(1/D)``, so
+    ``E[v^(d)_il]`` is about ``(mean / K)^(1/D)`` and ``sum_l prod_d E[v^(d)]`` about the
+    mean count ``sum y / prod_d n_d``. For D = 2 this is `_model.random_start`, bitwise.
+    """
+    total = float(data.counts.sum())
+    rate = _model.start_rate(data.shape, total, n_components, dtype)
+    shapes = [
+        _model.random_shapes(entropy, d, 0, n_rows, n_components, dtype, start)
+        for d, n_rows in enumerate(data.shape)
+    ]
+    return TensorParams(shapes, [rate.copy() for _ in data.shape])
+
+
+# -- batch VB -----------------------------------------------------------------------------
+@dataclass
+class TensorFitResult:
+    """The final q, its ELBO trace (the ELBO after each iteration or evaluated epoch), the
+    number of iterations (epochs) and whether ``tol`` was met."""
+
+    params: TensorParams
+    elbo_trace: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def fit_batch(
+    data: TensorData,
+    init: TensorParams,
+    *,
+    prior: GammaPrior,
+    max_iter: int,
+    tol: float,
+    n_chunks: int = 1,
+    elbo_trace: list[float] | None = None,
+    callback: Callable[[int, TensorParams, list[float]], None] | None = None,
+    verbose: bool = False,
+) -> TensorFitResult:
+    """Batch coordinate ascent from ``init`` until `_model.has_converged` (relative ELBO change
+    at most ``tol``) or ``max_iter`` iterations; the loop of `_batch.fit_batch`.
+
+    ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint taken after
+    ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)`` runs after every
+    iteration with the ELBO of ``params`` already in ``trace``.
+    """
+    params = init
+    trace = list(elbo_trace or [])
+    n_done = len(trace)
+    converged = False
+    while True:
+        stats, data_term = shape_statistics(data, params, n_chunks)
+        if n_done > len(trace):
+            trace.append(data_term + elbo_rest(params, prior))
+            if verbose:
+                print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
+            if callback is not None:
+                callback(n_done, params, trace)
+            if _model.has_converged(trace, tol):
+                converged = True
+                break
+        if n_done >= max_iter:
+            break
+        params = update_modes(params, stats, prior)
+        n_done += 1
+    if not converged and max_iter > 0:
+        _model.warn_not_converged("max_iter", max_iter, tol)
+    return TensorFitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+
+
+# -- stochastic VB ------------------------------------------------------------------------
+@dataclass
+class TensorSVISettings:
+    """The knobs of `fit_svi` (see `VBNTF` for their meaning)."""
+
+    prior: GammaPrior
+    form: str
+    batch_size: int
+    tau: float
+    kappa: float
+    n_epochs: int
+    tol: float
+    local_max_iter: int
+    local_tol: float
+    n_chunks: int = 1
+
+
+@dataclass
+class TensorSVIState:
+    """What an SVI fit needs to continue bitwise: parameters, counters, trace, generator.
+
+    For the slices form the local mode's shapes are every slice's latest local optimum,
+    where its next local fit starts."""
+
+    params: TensorParams
+    rng: np.random.Generator
+    step: int = 0
+    epoch: int = 0
+    elbo_trace: list[float] = field(default_factory=list)
+    converged: bool = False
+    finished: bool = False
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON metadata for `_checkpoint.Checkpointer.save`."""
+        arrays = params_to_arrays(self.params)
+        arrays["elbo_trace"] = np.asarray(self.elbo_trace, dtype=np.float64)
+        meta = {
+            "rng": rng_state_json(self.rng),
+            "step": self.step,
+            "epoch": self.epoch,
+            "converged": self.converged,
+            "finished": self.finished,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> TensorSVIState:
+        return cls(
+            params=params_from_arrays(arrays),
+            rng=rng_from_json(meta["rng"]),
+            step=int(meta["step"]),
+            epoch=int(meta["epoch"]),
+            elbo_trace=[float(v) for v in arrays["elbo_trace"]],
+            converged=bool(meta["converged"]),
+            finished=bool(meta["finished"]),
+        )
+
+
+def params_to_arrays(params: TensorParams) -> dict[str, np.ndarray]:
+    """``shape_0, rate_0, shape_1, ...`` for a checkpoint."""
+    arrays = {}
+    for d, (shape, rate) in enumerate(zip(params.shapes, params.rates)):
+        arrays[f"shape_{d}"], arrays[f"rate_{d}"] = shape, rate
+    return arrays
+
+
+def params_from_arrays(arrays: dict[str, np.ndarray]) -> TensorParams:
+    n_modes = sum(1 for name in arrays if name.startswith("shape_"))
+    return TensorParams(
+        [arrays[f"shape_{d}"] for d in range(n_modes)],
+        [arrays[f"rate_{d}"] for d in range(n_modes)],
+    )
+
+
+def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -> None:
+    """Raise `_checkpoint.CheckpointError` unless a loaded checkpoint is a state the fit of
+    ``config`` could have saved (`_checkpoint.check_state` for tensors): every mode's
+    shapes (n_d x K) and rate (K,) present, of the fit's dtype, positive and finite; a
+    finite ELBO trace; the ``finished`` flag; for SVI whole counters and a readable
+    generator state. Its config was checked first, so a kernel never reads a damaged one."""
+    k, dtype = config["n_components"], np.dtype(config["dtype"])
+
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
+
+    for d, n_rows in enumerate(config["shape"]):
+        for name, wanted in ((f"shape_{d}", (n_rows, k)), (f"rate_{d}", (k,))):
+            array = arrays.get(name)
+            if array is None or array.shape != wanted or array.dtype != dtype:
+                raise damaged(f"{name} is missing or not {dtype} of shape {wanted}")
+            if not np.all(np.isfinite(array)) or not np.all(array > 0):
+                raise damaged(f"{name} holds values that are not positive and finite")
+    trace = arrays.get("elbo_trace")
+    if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
+        raise damaged("elbo_trace is missing or not a 1-D float array")
+    if not np.all(np.isfinite(trace)):
+        raise damaged("elbo_trace holds values that are not finite")
+    if not isinstance(meta.get("finished"), bool):
+        raise damaged("its 'finished' flag is missing")
+    if config["method"] == "svi":
+        counters = [meta.get(name) for name in ("step", "epoch")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
+            raise damaged(f"its step and epoch counters are {counters}")
+        if trace.size > counters[1] or not isinstance(meta.get("converged"), bool):
+            raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
+        try:
+            rng_from_json(meta["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise damaged(f"its random generator state is unreadable ({error})") from None
+
+
+def _blend(old: np.ndarray, new: np.ndarray, rho: float, name: str) -> np.ndarray:
+    """``(1 - rho) old + rho new`` (linear in the Gamma natural parameters), checked finite."""
+    blended = ((1.0 - rho) * old + rho * new).astype(old.dtype, copy=False)
+    if not np.all(np.isfinite(blended)):
+        raise FloatingPointError(
+            f"an SVI step produced non-finite {name}; raise tau or use a larger batch_size"
+        )
+    return blended
+
+
+def fit_local(
+    batch: TensorData,
+    params: TensorParams,
+    local_shape: np.ndarray,
+    prior: GammaPrior,
+    max_iter: int,
+    tol: float,
+    n_chunks: int = 1,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], float]:
+    """q of the local (major) mode's slices in ``batch`` with every other mode of
+    ``params`` fixed, from ``local_shape`` (not modified).
+
+    The local rate ``b + prod_{e != local} sum_i E[v^(e)_il]`` does not change, so
+    coordinate ascent alternates the responsibilities and the local shapes until the local
+    ELBO (data term, the batch's share of the total term, the local prior terms) changes by
+    at most ``tol`` relative, or ``max_iter`` updates. Returns ``(local_shape, local_rate,
+    stats, data_term)``, the statistics and data term under the returned local q.
+    """
+    local = batch.major
+    dtype = local_shape.dtype
+    others = _product_except(params.column_sums(), local)
+    local_rate = _model.side_rate(prior, others, dtype)
+    minor = stack_moments(
+        [_model.side_moments(params.shapes[d], params.rates[d]) for d in batch.minor_modes]
+    )
+    shape = np.array(local_shape, dtype=dtype)
+    previous = None
+    for iteration in range(max_iter + 1):
+        stats, data_term = _pass(batch, _model.side_moments(shape, local_rate), minor, n_chunks)
+        local_mean_sum, local_kl = _model.side_terms(shape, local_rate, prior)
+        current = data_term - float((local_mean_sum * others).sum()) - local_kl
+        if iteration == max_iter or (
+            previous is not None and _model.has_converged([previous, current], tol)
+        ):
+            break
+        previous = current
+        shape = _model.side_shape(prior, stats[local], dtype)
+    return shape, local_rate, stats, data_term
+
+
+def _step_modes(
+    params: TensorParams,
+    modes,
+    stats: list[np.ndarray],
+    scale: float,
+    column_sums: list[np.ndarray],
+    rho: float,
+    prior: GammaPrior,
+) -> TensorParams:
+    """The global step of SVI on ``modes``, in order: each mode blended from its q towards
+    ``a + scale * stat`` and ``b + prod_{e != d} column_sums[e]``, then its column sum
+    refreshed, so later modes see it (with ``rho = 1`` this is `update_modes`' sweep)."""
+    shapes, rates = list(params.shapes), list(params.rates)
+    dtype = shapes[0].dtype
+    for d in modes:
+        target_rate = _model.side_rate(prior, _product_except(column_sums, d), dtype)
+        target_shape = _model.side_shape(prior, scale * stats[d], dtype)
+        shapes[d] = _blend(params.shapes[d], target_shape, rho, f"shape of mode {d}")
+        rates[d] = _blend(params.rates[d], target_rate, rho, f"rate of mode {d}")
+        column_sums[d] = (shapes[d] / rates[d]).sum(axis=0)
+    return TensorParams(shapes, rates)
+
+
+def svi_step_slices(
+    data: TensorData, slices: np.ndarray, params: TensorParams, rho: float, settings
+) -> TensorParams:
+    """One slices-form step: local fit of ``slices`` (written back into the local mode's
+    shapes, in place), then `_step_modes` on every other mode with the batch's statistics
+    and local column sums scaled by ``n_local / |batch|``."""
+    local = data.major
+    batch = data.slices(slices)
+    shape, local_rate, stats, _ = fit_local(
+        batch,
+        params,
+        params.shapes[local][slices],
+        settings.prior,
+        settings.local_max_iter,
+        settings.local_tol,
+        settings.n_chunks,
+    )
+    params.shapes[local][slices] = shape
+    scale = data.shape[local] / len(slices)
+    column_sums = params.column_sums()
+    column_sums[local] = scale * (shape / local_rate).sum(axis=0)
+    global_modes = [d for d in range(data.n_modes) if d != local]
+    return _step_modes(params, global_modes, stats, scale, column_sums, rho, settings.prior)
+
+
+def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
+    """The full ELBO with every slice's local q at its optimum given the other modes (each
+    fit starts from the stored local shapes, which it replaces, in place)."""
+    local = data.major
+    prior = settings.prior
+    shape, local_rate, _, data_term = fit_local(
+        data,
+        params,
+        params.shapes[local],
+        prior,
+        settings.local_max_iter,
+        settings.local_tol,
+        settings.n_chunks,
+    )
+    params.shapes[local], params.rates[local] = shape, local_rate
+    return data_term + elbo_rest(params, prior)
+
+
+def svi_step_nonzeros(
+    data: TensorData, minibatch: TensorData, params: TensorParams, rho: float, settings
+) -> TensorParams:
+    """One nonzeros-form step: `_step_modes` on every mode with the statistics of
+    ``minibatch`` scaled by N / S and the exact column sums."""
+    stats, _ = shape_statistics(minibatch, params, settings.n_chunks)
+    scale = data.nnz / max(minibatch.nnz, 1)
+    modes = range(data.n_modes)
+    return _step_modes(params, modes, stats, scale, params.column_sums(), rho, settings.prior)
+
+
+def default_batch_size(form: str, data: TensorData) -> int:
+    """``batch_size`` when not given: 256 slices of the local mode (as the matrix cells
+    form's 256 cells), or an eighth of the nonzeros."""
+    if form == "slices":
+        return min(256, data.shape[data.major])
+    return max(1, data.nnz // 8)
+
+
+def fit_svi(
+    data: TensorData,
+    state: TensorSVIState,
+    settings: TensorSVISettings,
+    *,
+    callback: Callable[[int, TensorParams, list[float]], None] | None = None,
+    on_epoch: Callable[[TensorSVIState], None] | None = None,
+) -> TensorSVIState:
+    """SVI from ``state`` (a fresh start or a checkpoint) until the relative change of the
+    full ELBO, evaluated after every epoch, is at most ``tol``, or ``n_epochs`` epochs.
+
+    For ``form="slices"`` the local mode is ``data.major``. Every epoch visits the slices
+    (or the nonzeros) in a fresh random order, in batches of ``settings.batch_size``.
+    ``callback(epoch, params, trace)`` and ``on_epoch(state)`` run after every epoch.
+    """
+    slices_form = settings.form == "slices"
+    n_items = data.shape[data.major] if slices_form else data.nnz
+    batch_size = min(settings.batch_size, max(n_items, 1))
+    while not state.finished and state.epoch < settings.n_epochs:
+        order = state.rng.permutation(n_items)
+        for start in range(0, n_items, batch_size):
+            items = np.sort(order[start : start + batch_size])
+            state.step += 1
+            rho = learning_rate(state.step, settings.tau, settings.kappa)
+            if slices_form:
+                state.params = svi_step_slices(data, items, state.params, rho, settings)
+            else:
+                minibatch = data.subset(items)
+                state.params = svi_step_nonzeros(data, minibatch, state.params, rho, settings)
+        state.epoch += 1
+        if slices_form:
+            value = evaluate_slices(data, state.params, settings)
+        else:
+            value = elbo(data, state.params, settings.prior, settings.n_chunks)
+        state.elbo_trace.append(value)
+        state.converged = _model.has_converged(state.elbo_trace, settings.tol)
+        state.finished = state.converged or state.epoch >= settings.n_epochs
+        if callback is not None:
+            callback(state.epoch, state.params, state.elbo_trace)
+        if on_epoch is not None:
+            on_epoch(state)
+    if not state.converged and settings.n_epochs > 0:
+        _model.warn_not_converged("n_epochs", settings.n_epochs, settings.tol)
+    return state
+
+
+__all__ = [
+    "SVI_FORMS",
+    "TensorData",
+    "TensorFitResult",
+    "TensorParams",
+    "TensorSVISettings",
+    "TensorSVIState",
+    "as_tensor_data",
+    "check_checkpoint",
+    "elbo",
+    "elbo_rest",
+    "expected_total",
+    "fit_batch",
+    "fit_local",
+    "fit_svi",
+    "random_start",
+    "shape_statistics",
+    "update_modes",
+]

@@ -1,0 +1,492 @@
+"""`VBNTF`, the scikit-learn face of the tensor engine in `_tensor.py`.
+
+Input is told apart once, in `check_tensor`: an (nnz, D) coordinate array with optional
+values and shape, or a pydata ``sparse`` array (imported only when one is passed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from . import _model, _tensor
+from ._checkpoint import Checkpointer
+from ._utils import numba_threads, warn_user
+from ._validation import NonCountWarning, check_positive
+
+
+def _is_pydata_sparse(X) -> bool:
+    """A pydata ``sparse`` array, recognised without importing the package."""
+    return type(X).__module__.split(".")[0] == "sparse" and hasattr(X, "nnz")
+
+
+def check_tensor(coords, values=None, shape=None):
+    """Validate a count tensor given by its entries; return ``(coords, values, shape)`` as
+    an (nnz, D) int64 array, float64 values and a tuple of D ints.
+
+    ``coords`` is an (nnz, D) integer array (``values`` None means a count of 1 at every
+    coordinate; ``shape`` None means one past the largest index of each mode) or a pydata
+    ``sparse`` array (COO, GCXS, DOK) with fill value 0, in which case ``values`` and
+    ``shape`` must be None. Repeated coordinates are allowed (their counts are summed
+    later) and so are zero values (dropped later).
+
+    Raises
+    ------
+    TypeError
+        Coordinates that are not integers, values that are not real numbers, a shape that
+        is not a sequence of integers, or ``values``/``shape`` given with a sparse array.
+    ValueError
+        Fewer than 2 modes, mismatched lengths, an index outside the shape, a shape
+        without room for its indices, negative/NaN/infinite values (the message says how
+        many and where the first ones are), or a nonzero fill value.
+    """
+    if _is_pydata_sparse(coords):
+        if values is not None or shape is not None:
+            raise TypeError("values and shape go with a coordinate array, not a sparse array")
+        import sparse
+
+        tensor = coords if isinstance(coords, sparse.COO) else sparse.COO(coords)
+        if tensor.fill_value != 0:
+            raise ValueError(f"the sparse array's fill_value must be 0, got {tensor.fill_value}")
+        coords, values, shape = tensor.coords.T, tensor.data, tensor.shape
+    coords = np.asarray(coords)
+    if coords.ndim != 2:
+        raise ValueError(
+            f"coords must be an (nnz, D) array of indices, got an array of shape {coords.shape}"
+        )
+    if coords.dtype == bool or not (np.issubdtype(coords.dtype, np.integer) or coords.size == 0):
+        raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}")
+    nnz, n_modes = coords.shape
+    if n_modes < 2:
+        raise ValueError(
+            f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got D={n_modes}"
+        )
+    coords = coords.astype(np.int64, copy=False)
+    values = _check_values(values, nnz, coords)
+    shape = _check_shape(shape, coords, n_modes)
+    return coords, values, shape
+
+
+def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
+    if values is None:
+        return np.ones(nnz, dtype=np.float64)
+    values = np.asarray(values)
+    if values.dtype == object or not (
+        np.issubdtype(values.dtype, np.number) or values.dtype == bool
+    ):
+        raise TypeError(f"values must be real numbers, got dtype {values.dtype}")
+    if np.iscomplexobj(values):
+        raise TypeError("values must be real counts, got complex numbers")
+    if values.shape != (nnz,):
+        raise ValueError(f"values must have shape ({nnz},) to match coords, got {values.shape}")
+    values = values.astype(np.float64)
+    problems = []
+    for label, bad in (
+        ("NaN", np.isnan(values)),
+        ("infinite", np.isinf(values)),
+        ("negative", values < 0),
+    ):
+        where = np.flatnonzero(bad)
+        if where.size:
+            first = ", ".join(str(tuple(int(i) for i in coords[n])) for n in where[:3])
+            more = ", ..." if where.size > 3 else ""
+            problems.append(
+                f"{where.size} {label} value{'' if where.size == 1 else 's'} at {first}{more}"
+            )
+    if problems:
+        raise ValueError("values must be non-negative finite counts; found " + "; ".join(problems))
+    if np.any(values != np.round(values)):
+        warn_user(
+            "values hold non-integer numbers; the Poisson model expects raw counts.",
+            NonCountWarning,
+        )
+    return values
+
+
+def _check_shape(shape, coords: np.ndarray, n_modes: int) -> tuple[int, ...]:
+    if coords.size and coords.min() < 0:
+        mode, position = _first_bad(coords < 0)
+        raise ValueError(
+            f"coords must be non-negative; entry {position} has index {coords[position, mode]} "
+            f"in mode {mode}"
+        )
+    if shape is None:
+        if coords.shape[0] == 0:
+            raise ValueError("shape is needed when there are no coordinates")
+        return tuple(int(n) + 1 for n in coords.max(axis=0))
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of integers, got {shape!r}") from None
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in shape):
+        raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
+    if len(shape) != n_modes:
+        raise ValueError(f"shape has {len(shape)} modes but coords have {n_modes}")
+    if any(n < 1 for n in shape):
+        raise ValueError(f"every mode needs at least one index, got shape {shape}")
+    shape = tuple(int(n) for n in shape)
+    outside = coords >= np.asarray(shape)
+    if np.any(outside):
+        mode, position = _first_bad(outside)
+        raise ValueError(
+            f"{np.count_nonzero(np.any(outside, axis=1))} coordinates outside shape {shape}; "
+            f"the first, entry {position}, has index {coords[position, mode]} in mode {mode}"
+        )
+    return shape
+
+
+def _first_bad(mask: np.ndarray) -> tuple[int, int]:
+    position = int(np.flatnonzero(np.any(mask, axis=1))[0])
+    return int(np.flatnonzero(mask[position])[0]), position
+
+
+def _check_integer(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class VBNTF(BaseEstimator):
+    """Poisson-Gamma non-negative tensor factorisation (Bayesian Poisson CP) by variational
+    Bayes over the nonzero entries.
+
+    A D-way count tensor ``Y`` is modelled as
+    ``y_{i_1 ... i_D} ~ Poisson(sum_l prod_d v^(d)_{i_d l})`` with Gamma(``prior_shape``,
+    ``prior_rate``) priors on every entry of every factor matrix ``v^(d)`` (n_d x K), fitted
+    by coordinate ascent on the ELBO (``docs/model.md``, "Tensors"). Only the nonzeros are
+    visited: cost per iteration is linear in the nonzeros, in D and in K, and memory holds
+    the nonzeros and the factor matrices. With D = 2 it is the model of
+    ``VBNMF(prior="gamma")`` and gives its ELBO trace from the same start.
+
+    The prior is that fixed Gamma(a, b) prior only: `VBNMF`'s default learned
+    (hierarchical) prior, with a scale per cell and per gene, is not available for tensors.
+
+    Parameters
+    ----------
+    n_components
+        Number of components K (>= 1).
+    prior_shape, prior_rate
+        Shape a and rate b of the Gamma prior on every factor matrix.
+    max_iter
+        Maximum number of iterations (batch), or of local passes per slice batch (SVI
+        slices form); stopping at it warns with `ConvergenceWarning`.
+    tol
+        Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
+    n_init
+        Number of random starts (batch without checkpoint); the best final ELBO is kept.
+    random_state
+        Seed or `numpy.random.Generator` for the start (and the SVI minibatches).
+    n_threads
+        Numba threads (default: all). Results are bitwise reproducible for a given
+        ``random_state`` and ``n_threads``.
+    dtype
+        ``np.float64`` (default) or ``np.float32``.
+    method
+        ``"batch"`` (coordinate ascent on all nonzeros) or ``"svi"`` (stochastic VB:
+        minibatch steps blended with weight ``rho_t = (t + tau)^(-kappa)``).
+    svi_form
+        ``"slices"`` (default): minibatches of slices of mode ``svi_mode``; each batch's
+        factors of that mode are fitted to convergence with the other modes fixed, then the
+        other modes take a natural-gradient step with the batch statistics scaled by
+        n_slices / |batch|. ``"nonzeros"``: minibatches of nonzeros, every mode global,
+        statistics scaled by N / S, exact rates.
+    svi_mode
+        The local mode of the slices form (default: the longest mode).
+    batch_size
+        Slices (default ``min(256, n_slices)``) or nonzeros (default nnz / 8) per minibatch.
+    tau, kappa
+        Step-size schedule, ``tau >= 0``, ``kappa`` in (0.5, 1]; t counts steps from 1.
+    n_epochs
+        Maximum number of passes over the data (SVI); the full ELBO is evaluated after
+        every epoch.
+    checkpoint
+        Path of a checkpoint, written atomically every ``checkpoint_every`` iterations
+        (batch) or epochs (SVI) and at the end; None (default) writes none.
+    checkpoint_every
+        Iterations or epochs between checkpoints.
+    resume
+        Continue from ``checkpoint`` if it exists: for the same data, settings,
+        ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
+        of an uninterrupted one; a checkpoint of other settings is refused
+        (`vbsnmf._checkpoint.CheckpointMismatchError`).
+    verbose
+        Print the ELBO after every iteration (batch).
+
+    Attributes
+    ----------
+    factors_ : list of ndarray, one (n_d, K) per mode
+        Posterior means ``E[v^(d)] = shapes_[d] / rates_[d]``.
+    shapes_ : list of ndarray, one (n_d, K) per mode
+    rates_ : list of ndarray, one (K,) per mode
+        ``q(v^(d)_il) = Gamma(shapes_[d][i, l], rates_[d][l])``.
+    shape_ : tuple of int
+        The tensor's shape.
+    elbo_trace_ : ndarray of shape (n_iter_,)
+        ELBO in nats after each iteration (SVI: after each epoch).
+    n_iter_ : int
+        Iterations (SVI: epochs) run.
+    converged_ : bool
+        Whether ``tol`` was met.
+
+    Notes
+    -----
+    The posterior mean rate of entry ``(i_1, ..., i_D)`` is
+    ``sum_l prod_d factors_[d][i_d, l]``. Components are identified only up to order and
+    to a rescaling of one mode's column against another's.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 10,
+        *,
+        prior_shape: float = 1.0,
+        prior_rate: float = 1.0,
+        max_iter: int = 200,
+        tol: float = 1e-5,
+        n_init: int = 1,
+        random_state=None,
+        n_threads: int | None = None,
+        dtype=np.float64,
+        method: str = "batch",
+        svi_form: str = "slices",
+        svi_mode: int | None = None,
+        batch_size: int | None = None,
+        tau: float = 1.0,
+        kappa: float = 0.55,
+        n_epochs: int = 20,
+        checkpoint=None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
+        verbose: bool = False,
+    ):
+        self.n_components = n_components
+        self.prior_shape = prior_shape
+        self.prior_rate = prior_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.dtype = dtype
+        self.method = method
+        self.svi_form = svi_form
+        self.svi_mode = svi_mode
+        self.batch_size = batch_size
+        self.tau = tau
+        self.kappa = kappa
+        self.n_epochs = n_epochs
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.verbose = verbose
+
+    def _check_params(self) -> dict:
+        dtype = np.dtype(self.dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be np.float32 or np.float64, got {self.dtype!r}")
+        tol = float(self.tol)
+        if not np.isfinite(tol) or tol < 0:
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        if self.method not in ("batch", "svi"):
+            raise ValueError(f"method must be 'batch' or 'svi', got {self.method!r}")
+        if self.svi_form not in _tensor.SVI_FORMS:
+            raise ValueError(f"svi_form must be one of {_tensor.SVI_FORMS}, got {self.svi_form!r}")
+        tau, kappa = float(self.tau), float(self.kappa)
+        if not (np.isfinite(tau) and tau >= 0):
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if not 0.5 < kappa <= 1.0:
+            raise ValueError(f"kappa must be in (0.5, 1], got {self.kappa!r}")
+        checkpoint = self.checkpoint
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
+        if self.resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
+        n_init = _check_integer(self.n_init, "n_init", 1)
+        if n_init != 1 and (checkpoint is not None or self.method == "svi"):
+            raise ValueError("n_init > 1 needs method='batch' without a checkpoint")
+        return {
+            "n_components": _check_integer(self.n_components, "n_components", 1),
+            "prior": _model.GammaPrior(
+                check_positive(self.prior_shape, "prior_shape"),
+                check_positive(self.prior_rate, "prior_rate"),
+            ),
+            "max_iter": _check_integer(self.max_iter, "max_iter", 0),
+            "n_init": n_init,
+            "n_epochs": _check_integer(self.n_epochs, "n_epochs", 1),
+            "checkpoint_every": _check_integer(self.checkpoint_every, "checkpoint_every", 1),
+            "batch_size": None
+            if self.batch_size is None
+            else _check_integer(self.batch_size, "batch_size", 1),
+            "dtype": dtype,
+            "tol": tol,
+            "tau": tau,
+            "kappa": kappa,
+        }
+
+    def fit(self, X, values=None, shape=None, *, callback=None) -> VBNTF:
+        """Fit the model to a count tensor. Returns self.
+
+        Parameters
+        ----------
+        X
+            An (nnz, D) integer array of coordinates, or a pydata ``sparse`` array (COO,
+            GCXS, DOK; fill value 0), D >= 2.
+        values
+            The nnz counts at ``X``'s coordinates (non-negative, finite; default 1 each).
+            Repeated coordinates are summed.
+        shape
+            The tensor's shape (default: one past the largest index of each mode).
+        callback
+            ``callback(n_iter, params, elbo_trace)`` after every iteration (SVI: epoch).
+        """
+        checked = self._check_params()
+        coords, values, shape = check_tensor(X, values, shape)
+        n_modes = len(shape)
+        local_mode = self.svi_mode
+        if local_mode is not None:
+            local_mode = _check_integer(local_mode, "svi_mode", 0)
+            if local_mode >= n_modes:
+                raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
+        slices_form = self.method == "svi" and self.svi_form == "slices"
+        data = _tensor.as_tensor_data(
+            coords, values, shape, major=local_mode if slices_form else None
+        )
+        del coords, values
+        with numba_threads(self.n_threads) as n_threads:
+            if self.method == "svi" or self.checkpoint is not None:
+                result = self._fit_resumable(data, checked, n_threads, callback)
+            else:
+                entropy = _model.seed_entropy(self.random_state)
+                best = None
+                for index in range(checked["n_init"]):
+                    start = _tensor.random_start(
+                        data, checked["n_components"], entropy, checked["dtype"], index
+                    )
+                    result = self._fit_batch(data, start, checked, n_threads, callback)
+                    if best is None or _final_elbo(result) > _final_elbo(best):
+                        best = result
+                result = best
+        self._set_fitted(result, shape)
+        return self
+
+    def _fit_batch(self, data, start, checked, n_threads, callback, trace=None):
+        return _tensor.fit_batch(
+            data,
+            start,
+            prior=checked["prior"],
+            max_iter=checked["max_iter"],
+            tol=checked["tol"],
+            n_chunks=n_threads,
+            elbo_trace=trace,
+            callback=callback,
+            verbose=self.verbose,
+        )
+
+    def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
+        """SVI, and batch fits that write checkpoints (one start, resumable bitwise)."""
+        svi = self.method == "svi"
+        form = self.svi_form if svi else None
+        batch_size = checked["batch_size"]
+        if svi and batch_size is None:
+            batch_size = _tensor.default_batch_size(form, data)
+        seed = self.random_state
+        config = {
+            "shape": list(data.shape),
+            "nnz": data.nnz,
+            "total_count": float(data.counts.sum()),
+            "n_components": checked["n_components"],
+            "method": self.method,
+            "svi_form": form,
+            "svi_mode": data.major if form == "slices" else None,
+            "batch_size": batch_size,
+            "tau": checked["tau"] if svi else None,
+            "kappa": checked["kappa"] if svi else None,
+            "prior_shape": checked["prior"].shape,
+            "prior_rate": checked["prior"].rate,
+            "dtype": checked["dtype"].name,
+            "n_threads": n_threads,
+            "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
+        }
+        checkpointer = Checkpointer(
+            self.checkpoint, checked["checkpoint_every"], config, _tensor.check_checkpoint
+        )
+        stored = checkpointer.load() if self.resume else None
+        entropy = _model.seed_entropy(seed)
+        if not svi:
+            return self._fit_batch_resumable(
+                data, stored, checkpointer, checked, entropy, n_threads, callback
+            )
+        settings = _tensor.TensorSVISettings(
+            prior=checked["prior"],
+            form=form,
+            batch_size=batch_size,
+            tau=checked["tau"],
+            kappa=checked["kappa"],
+            n_epochs=checked["n_epochs"],
+            tol=checked["tol"],
+            local_max_iter=max(checked["max_iter"], 1),
+            local_tol=checked["tol"],
+            n_chunks=n_threads,
+        )
+        if stored is not None:
+            state = _tensor.TensorSVIState.from_arrays(*stored)
+            # a fit that ended at n_epochs continues when resumed with more epochs
+            state.finished = state.converged or state.epoch >= settings.n_epochs
+        else:
+            start = _tensor.random_start(data, checked["n_components"], entropy, checked["dtype"])
+            state = _tensor.TensorSVIState(start, _model.minibatch_generator(entropy))
+
+        def save(state: _tensor.TensorSVIState) -> None:
+            checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
+
+        state = _tensor.fit_svi(data, state, settings, callback=callback, on_epoch=save)
+        trace = np.asarray(state.elbo_trace, dtype=np.float64)
+        return _tensor.TensorFitResult(state.params, trace, state.epoch, state.converged)
+
+    def _fit_batch_resumable(
+        self, data, stored, checkpointer, checked, entropy, n_threads, callback
+    ) -> _tensor.TensorFitResult:
+        def arrays_of(params, trace):
+            return {**_tensor.params_to_arrays(params), "elbo_trace": np.asarray(trace)}
+
+        def save(n_iter, params, trace):
+            if callback is not None:
+                callback(n_iter, params, trace)
+            checkpointer.save(n_iter, arrays_of(params, trace), {"finished": False})
+
+        trace: list[float] = []
+        if stored is not None:
+            arrays, _ = stored
+            start = _tensor.params_from_arrays(arrays)
+            trace = [float(v) for v in arrays["elbo_trace"]]
+            done = _model.has_converged(trace, checked["tol"])
+            if done or len(trace) >= checked["max_iter"]:
+                return _tensor.TensorFitResult(start, np.asarray(trace), len(trace), bool(done))
+        else:
+            start = _tensor.random_start(data, checked["n_components"], entropy, checked["dtype"])
+        result = self._fit_batch(data, start, checked, n_threads, save, trace)
+        checkpointer.save(
+            result.n_iter, arrays_of(result.params, result.elbo_trace), {"finished": True}, True
+        )
+        return result
+
+    def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:
+        params = result.params
+        self.shapes_ = list(params.shapes)
+        self.rates_ = list(params.rates)
+        self.factors_ = params.means()
+        self.shape_ = tuple(shape)
+        self.elbo_trace_ = result.elbo_trace
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+
+
+def _final_elbo(result: _tensor.TensorFitResult) -> float:
+    return result.elbo_trace[-1] if len(result.elbo_trace) else -np.inf
+
+
+__all__ = ["VBNTF", "check_tensor"]

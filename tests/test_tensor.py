@@ -248,6 +248,122 @@ def test_vbntf_on_a_matrix_is_vbnmf():
     np.testing.assert_allclose(ntf.factors_[1], nmf.components_.T, rtol=1e-9)
 
 
+# -- the learned prior --------------------------------------------------------------------
+def _gamma_entropy(shape, rate):
+    return stats.gamma(a=shape, scale=1.0 / np.broadcast_to(rate, np.shape(shape))).entropy()
+
+
+def reference_learned_elbo(tensor, params):
+    """The ELBO under the learned prior from its definition, densely: the data term over
+    the nonzeros, the total over every entry, and per mode ``E[log p(v | xi)] + E[log
+    p(xi)] + H[q(v)] + H[q(xi)]`` through scipy's Gamma entropy."""
+    shapes, rates = params.shapes, params.rates
+    nonzero = np.nonzero(tensor)
+    log_rho = sum((digamma(s) - np.log(r))[index] for s, r, index in zip(shapes, rates, nonzero))
+    counts = tensor[nonzero]
+    value = np.sum(counts * logsumexp(log_rho, axis=1) - gammaln(counts + 1))
+    value -= _mean_tensor([s / r for s, r in zip(shapes, rates)]).sum()
+    for shape, rate, scale in zip(shapes, rates, params.scales):
+        a, a0 = scale.factor_shape, scale.prior_shape
+        b0 = a0 / scale.prior_mean  # the rate of xi's prior
+        xi_log = digamma(scale.shape) - np.log(scale.rate)
+        xi_mean = scale.shape / scale.rate
+        v_log = digamma(shape) - np.log(rate)
+        value += np.sum(
+            a * xi_log[:, None] - gammaln(a) + (a - 1) * v_log - xi_mean[:, None] * shape / rate
+        )
+        value += np.sum(a0 * np.log(b0) - gammaln(a0) + (a0 - 1) * xi_log - b0 * xi_mean)
+        value += _gamma_entropy(shape, rate).sum() + _gamma_entropy(scale.shape, scale.rate).sum()
+    return value
+
+
+@pytest.mark.parametrize("name", ["D3", "D4", "D2"])
+@pytest.mark.parametrize("factor_shape", [None, 0.3])
+def test_learned_prior_elbo_matches_dense_numpy_and_never_decreases(name, factor_shape):
+    shape, density = TENSORS[name]
+    tensor, coords, values = _small_tensor(shape, density, seed=21)
+    data = _tensor.as_tensor_data(coords, values, shape)
+    prior = _model.HierarchicalPrior(factor_shape)
+    params = _tensor.random_start(data, 3, 4, prior=prior)
+    trace = []
+    for _ in range(40):  # every iteration's q, hyperparameters and gauge included
+        np.testing.assert_allclose(
+            _tensor.elbo(data, params, prior, 2), reference_learned_elbo(tensor, params), rtol=1e-11
+        )
+        trace.append(_tensor.elbo(data, params, prior, 2))
+        stats_, _ = _tensor.shape_statistics(data, params, 2)
+        params = _tensor.update_modes(params, stats_, prior)
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[:-1]))
+    assert trace[-1] > trace[0]
+    means = {scale.prior_mean for scale in params.scales}
+    assert len(means) == 1  # the gauge pins every b'_d to one value
+    if factor_shape is not None:
+        assert all(np.all(scale.factor_shape == factor_shape) for scale in params.scales)
+
+
+def test_the_gauge_leaves_the_learned_elbo_and_the_mean_tensor_unchanged():
+    shape = (9, 7, 5, 4)
+    tensor, coords, values = _small_tensor(shape, 0.3, seed=22)
+    data = _tensor.as_tensor_data(coords, values, shape)
+    prior = _model.HierarchicalPrior()
+    params = _tensor.random_start(data, 3, 5, prior=prior)
+    rng = np.random.default_rng(6)
+    for scale in params.scales:  # b'_d far apart, so the gauge moves every mode
+        scale.prior_mean *= float(rng.uniform(0.1, 10.0))
+    pinned = _tensor.fix_gauge(params)
+    np.testing.assert_allclose(
+        reference_learned_elbo(tensor, pinned), reference_learned_elbo(tensor, params), rtol=1e-12
+    )
+    np.testing.assert_allclose(_mean_tensor(pinned.means()), _mean_tensor(params.means()))
+    assert len({scale.prior_mean for scale in pinned.scales}) == 1
+
+
+@pytest.mark.parametrize("shape", [(70, 50), (40, 90)])
+def test_two_modes_give_the_matrix_engines_trace_under_the_learned_prior(shape):
+    X = _matrix(1, shape)
+    data = as_count_data(X)
+    tdata = _tensor.as_tensor_data(np.stack([X.row, X.col], axis=1), X.data, X.shape)
+    prior = _model.HierarchicalPrior()
+    totals = _model.side_totals(data)
+    start = _model.random_start(X.shape, 4, float(X.data.sum()), 3, np.float64, 0, prior, totals)
+    tstart = _tensor.random_start(tdata, 4, 3, prior=prior)
+    for mine, theirs in zip(
+        (tstart.shapes[0], tstart.rates[0], tstart.shapes[1], tstart.rates[1]), start.as_tuple()
+    ):
+        np.testing.assert_array_equal(mine, theirs)  # the same start, bitwise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        matrix = _batch.fit_batch(data, start, prior, max_iter=100, tol=0.0, n_parts=2)
+        tensor = _tensor.fit_batch(tdata, tstart, prior=prior, max_iter=100, tol=0.0, n_chunks=2)
+    np.testing.assert_allclose(tensor.elbo_trace, matrix.elbo_trace, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(tensor.params.rates[0], matrix.params.row_rate, rtol=1e-9)
+    assert tensor.params.scales[1].prior_mean == pytest.approx(
+        matrix.params.col_scale.prior_mean, rel=1e-9
+    )
+
+
+def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_svi():
+    X = _matrix(2)
+    common = dict(prior="hierarchical", random_state=5, n_threads=2, max_iter=80, tol=1e-9)
+    coords = np.stack([X.row, X.col], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        nmf = vbsnmf.VBNMF(3, accelerate=False, **common).fit(X)
+        ntf = vbsnmf.VBNTF(3, **common).fit(coords, X.data, X.shape)
+    np.testing.assert_allclose(ntf.elbo_trace_, nmf.elbo_trace_, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ntf.factors_[1], nmf.components_.T, rtol=1e-8)
+    assert ntf.rates_[0].shape == (X.shape[0], 3) and len(ntf.hyperparameters_) == 2
+    np.testing.assert_allclose(
+        ntf.hyperparameters_[0]["factor_shape"], nmf.hyperparameters_["cell_factor_shape"]
+    )
+    with pytest.raises(ValueError, match="fixed prior only"):
+        vbsnmf.VBNTF(3, prior="hierarchical", method="svi").fit(coords, X.data, X.shape)
+    with pytest.raises(ValueError, match="prior_rate applies"):
+        vbsnmf.VBNTF(3, prior="hierarchical", prior_rate=2.0).fit(coords, X.data, X.shape)
+    with pytest.raises(ValueError, match="prior must be"):
+        vbsnmf.VBNTF(3, prior="learned").fit(coords, X.data, X.shape)
+
+
 # -- reproducibility ----------------------------------------------------------------------
 def test_same_seed_and_threads_bitwise_and_thread_counts_agree():
     _, coords, values = _small_tensor((40, 30, 20), 0.1, seed=8)
@@ -511,6 +627,7 @@ class _Crash(Exception):
 
 CHECKPOINT_FITS = {
     "batch": dict(max_iter=40, tol=0.0),
+    "batch-learned": dict(max_iter=40, tol=0.0, prior="hierarchical"),
     "svi-slices": dict(method="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20),
     "svi-nonzeros": dict(method="svi", svi_form="nonzeros", n_epochs=8, tol=0.0),
 }
@@ -525,7 +642,7 @@ def test_resumed_fit_ends_with_the_bitwise_trace(kind, tmp_path):
         return vbsnmf.VBNTF(3, random_state=11, n_threads=1, **CHECKPOINT_FITS[kind], **extra)
 
     uninterrupted = _quiet(model(), coords, values)
-    crash_at = 5 if kind == "batch" else 3
+    crash_at = 5 if kind.startswith("batch") else 3
 
     def crash(n_iter, params, trace):
         if n_iter == crash_at:
@@ -546,7 +663,7 @@ def test_resumed_fit_ends_with_the_bitwise_trace(kind, tmp_path):
         other.fit(coords, values)
 
 
-@pytest.mark.parametrize("kind", ["batch", "svi-slices"])
+@pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices"])
 def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"

@@ -819,16 +819,28 @@ def _positive_totals(side_totals: np.ndarray) -> np.ndarray:
     return np.maximum(side_totals, positive.min() if positive.size else 1.0)
 
 
-def learned_start_rates(side_totals, total_count: float, n_components: int, dtype) -> np.ndarray:
+def _total_share(total_count: float, n_sides: int):
+    """``T^((D - 1) / D)``, what each side's start divides its totals by (``np.sqrt`` for
+    D = 2, the matrix engine's arithmetic)."""
+    total = max(total_count, 1e-12)
+    return np.sqrt(total) if n_sides == 2 else total ** ((n_sides - 1) / n_sides)
+
+
+def learned_start_rates(
+    side_totals, total_count: float, n_components: int, dtype, n_sides: int = 2
+) -> np.ndarray:
     """Per-row starting rates under the learned prior: with shapes of mean 1.5 each row's
     factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), so the start's mean
-    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit."""
+    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit
+    (for a tensor's D modes ``r_i / T^((D - 1) / D)``)."""
     totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
-    rate = 1.5 * n_components * np.sqrt(max(total_count, 1e-12)) / totals
+    rate = 1.5 * n_components * _total_share(total_count, n_sides) / totals
     return np.repeat(rate[:, None], n_components, axis=1).astype(dtype)
 
 
-def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> ScaleState:
+def learned_start_scale(
+    shape, rate, side_totals, total_count: float, prior, n_sides: int = 2
+) -> ScaleState:
     """The start of one side's scales: a_l = 1 (or the prior's fixed a_l) and a' = 1, the
     exponential case; b' the mean over rows of ``1 / mean_l E[z_il]`` at the start's mean
     shape 1.5, so the prior mean ``a_l / xi_i`` matches the start; q(xi) at its optimum.
@@ -836,7 +848,7 @@ def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> 
     n_components = shape.shape[1]
     factor = 1.0 if prior.factor_shape is None else prior.factor_shape
     totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
-    prior_mean = float(np.mean(n_components * np.sqrt(max(total_count, 1e-12)) / totals))
+    prior_mean = float(np.mean(n_components * _total_share(total_count, n_sides) / totals))
     template = ScaleState(np.empty(0), np.empty(0), np.full(n_components, factor), 1.0, prior_mean)
     return scale_optimum(shape, rate, template)
 

@@ -22,8 +22,10 @@ The model's pieces are the matrix engine's, from `_model`, one mode ("side") at 
 modes' column sums where a matrix side takes the other side's), `_model.side_terms` (a
 mode's column sums and KL), `_model.side_moments` (the tables of the pass),
 `_model.random_shapes` and `_model.start_rate` (the start), `_model.has_converged` and
-`_model.warn_not_converged` (the stopping rule). The prior is the fixed
-`_model.GammaPrior`; the learned prior (`_model.HierarchicalPrior`) is matrices only.
+`_model.warn_not_converged` (the stopping rule). Under the learned prior
+(`_model.HierarchicalPrior`, batch VB only) each mode is a side of the matrix model with its
+own scales: `_model.update_side_learned`, `_model.learn_hyperparameters`, the learned
+start, and `fix_gauge`, the matrix gauge for D modes.
 
 The ELBO of q_t comes out of the pass that produces q_{t+1}, as in `_batch.fit_batch`: every
 entry of a trace is the exact ELBO of a q the engine held.
@@ -62,17 +64,22 @@ SVI_FORMS = ("slices", "nonzeros")
 # -- data and parameters ------------------------------------------------------------------
 @dataclass
 class TensorParams:
-    """Parameters of q: ``q(v^(d)_il) = Gamma(shapes[d][i, l], rates[d][l])``."""
+    """Parameters of q: ``q(v^(d)_il) = Gamma(shapes[d][i, l], rates[d][l])``; under the
+    learned prior the rates are per entry, ``rates[d][i, l]``, and ``scales[d]`` holds q of
+    mode d's scales and its learned hyperparameters (`_model.ScaleState`; None under the
+    fixed prior)."""
 
     shapes: list[np.ndarray]
     rates: list[np.ndarray]
+    scales: list[_model.ScaleState] | None = None
 
     @property
     def n_modes(self) -> int:
         return len(self.shapes)
 
     def copy(self) -> TensorParams:
-        return TensorParams([s.copy() for s in self.shapes], [r.copy() for r in self.rates])
+        scales = None if self.scales is None else [scale.copy() for scale in self.scales]
+        return TensorParams([s.copy() for s in self.shapes], [r.copy() for r in self.rates], scales)
 
     def means(self) -> list[np.ndarray]:
         """Posterior means ``E[v^(d)]`` (n_d x K), one per mode."""
@@ -270,12 +277,33 @@ def _product_except(column_sums: list[np.ndarray], skip) -> np.ndarray:
     return np.ones_like(column_sums[0]) if product is None else product
 
 
-def update_modes(params: TensorParams, stats: list[np.ndarray], prior: GammaPrior) -> TensorParams:
+def update_modes(
+    params: TensorParams, stats: list[np.ndarray], prior: _model.Prior
+) -> TensorParams:
     """updateA's shapes from the pass statistics, then the rates mode by mode in order, each
-    from the current column sums of the other modes (new before it, old after it)."""
+    from the current column sums of the other modes (new before it, old after it).
+
+    Under the learned prior each mode's q and its scales' q follow in the same order
+    (`_model.update_side_learned`), then every mode's hyperparameters are learned and the
+    scales are pinned (`fix_gauge`), as `_model.global_step` does for two sides."""
     dtype = params.shapes[0].dtype
     column_sums = params.column_sums()
     shapes, rates = [], []
+    if isinstance(prior, _model.HierarchicalPrior):
+        scales = []
+        for d in range(params.n_modes):
+            shape, rate, scale = _model.update_side_learned(
+                stats[d], params.scales[d], _product_except(column_sums, d), dtype
+            )
+            column_sums[d] = (shape / rate).sum(axis=0)
+            shapes.append(shape)
+            rates.append(rate)
+            scales.append(scale)
+        scales = [
+            _model.learn_hyperparameters(_model.scale_sums(shape, rate, scale), scale, prior)
+            for shape, rate, scale in zip(shapes, rates, scales)
+        ]
+        return fix_gauge(TensorParams(shapes, rates, scales))
     for d in range(params.n_modes):
         rate = _model.side_rate(prior, _product_except(column_sums, d), dtype)
         shape = _model.side_shape(prior, stats[d], dtype)
@@ -285,30 +313,86 @@ def update_modes(params: TensorParams, stats: list[np.ndarray], prior: GammaPrio
     return TensorParams(shapes, rates)
 
 
+def fix_gauge(params: TensorParams) -> TensorParams:
+    """`_model.fix_gauge` for D modes: the learned prior's ELBO is unchanged by
+    ``v^(d) -> s_d v^(d), xi^(d) -> xi^(d) / s_d, b'_d -> b'_d / s_d`` with ``prod_d s_d =
+    1`` (the likelihood sees the product of the modes, each prior term v xi and xi / b'), so
+    each step pins every b'_d to their geometric mean G (``s_d = b'_d / G``). For D = 2 it
+    is `_model.fix_gauge`, the matrix engine's arithmetic."""
+    if params.n_modes == 2:
+        pair = _model.fix_gauge(
+            _model.VariationalParams(
+                params.shapes[0], params.rates[0], params.shapes[1], params.rates[1], *params.scales
+            )
+        )
+        return TensorParams(
+            [pair.row_shape, pair.col_shape],
+            [pair.row_rate, pair.col_rate],
+            [pair.row_scale, pair.col_scale],
+        )
+    prior_means = np.array([scale.prior_mean for scale in params.scales])
+    middle = float(np.exp(np.log(prior_means).mean()))
+    rates, scales = [], []
+    for rate, scale in zip(params.rates, params.scales):
+        factor = scale.prior_mean / middle
+        rates.append(rate / factor)
+        scales.append(
+            _model.ScaleState(
+                scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, middle
+            )
+        )
+    return TensorParams(params.shapes, rates, scales)
+
+
 def expected_total(params: TensorParams) -> float:
     """``sum over all entries of the tensor of sum_l prod_d E[v^(d)_{i_d l}]``, which is
     ``sum_l prod_d sum_i E[v^(d)_il]``: the total term, without visiting an entry."""
     return float(_product_except(params.column_sums(), ()).sum())
 
 
-def elbo_rest(params: TensorParams, prior: GammaPrior) -> float:
+def elbo_rest(params: TensorParams, prior: _model.Prior) -> float:
     """The ELBO without its data term: minus the total term ``sum_l prod_d sum_i
-    E[v^(d)_il]``, minus every mode's KL (`_model.side_terms` gives both of a mode)."""
-    sides = [_model.side_terms(s, r, prior) for s, r in zip(params.shapes, params.rates)]
+    E[v^(d)_il]``, minus every mode's KL (`_model.side_terms` gives both of a mode; under
+    the learned prior the KL of q(v, xi) from p(v | xi) p(xi))."""
+    scales = params.scales or [None] * params.n_modes
+    sides = [
+        _model.side_terms(s, r, prior, scale)
+        for s, r, scale in zip(params.shapes, params.rates, scales)
+    ]
     value = -float(_product_except([mean_sum for mean_sum, _ in sides], ()).sum())
     for _, kl in sides:
         value -= kl
     return value
 
 
-def elbo(data: TensorData, params: TensorParams, prior: GammaPrior, n_chunks: int = 1) -> float:
+def elbo(data: TensorData, params: TensorParams, prior: _model.Prior, n_chunks: int = 1) -> float:
     """The ELBO of ``params`` (nats), with the responsibilities at their optimum."""
     _, data_term = shape_statistics(data, params, n_chunks)
     return data_term + elbo_rest(params, prior)
 
 
+def mode_totals(data: TensorData) -> list[np.ndarray]:
+    """Every mode's totals ``sum_{n: i_nd = i} y_n`` (n_d,), in mode order."""
+    totals = [None] * data.n_modes
+    major = np.zeros(data.shape[data.major])
+    nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
+    if nonempty.size:
+        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty]).astype(np.float64)
+    totals[data.major] = major
+    offsets = data.minor_offsets
+    for m, d in enumerate(data.minor_modes):
+        rows = data.minor_rows[:, m] - offsets[m]
+        totals[d] = np.bincount(rows, weights=data.counts, minlength=data.shape[d])
+    return totals
+
+
 def random_start(
-    data: TensorData, n_components: int, entropy: int, dtype=np.float64, start: int = 0
+    data: TensorData,
+    n_components: int,
+    entropy: int,
+    dtype=np.float64,
+    start: int = 0,
+    prior: _model.Prior | None = None,
 ) -> TensorParams:
     """Random q whose mean rate matches the tensor's mean count (start ``start`` of
     ``entropy``).
@@ -316,15 +400,26 @@ def random_start(
     Mode d's shapes are ``1 + U(0, 1)`` (mean 1.5) drawn as `_model.random_shapes` draws
     side d, and every rate is `_model.start_rate`'s ``1.5 / (mean / K)^(1/D)``, so
     ``E[v^(d)_il]`` is about ``(mean / K)^(1/D)`` and ``sum_l prod_d E[v^(d)]`` about the
-    mean count ``sum y / prod_d n_d``. For D = 2 this is `_model.random_start`, bitwise.
+    mean count ``sum y / prod_d n_d``. Under the learned ``prior`` each index's rates come
+    from its total instead (`_model.learned_start_rates` for D modes: the start's mean is
+    the independence fit) with its scales at their optimum (`_model.learned_start_scale`).
+    For D = 2 this is `_model.random_start`, bitwise, under either prior.
     """
     total = float(data.counts.sum())
-    rate = _model.start_rate(data.shape, total, n_components, dtype)
     shapes = [
         _model.random_shapes(entropy, d, 0, n_rows, n_components, dtype, start)
         for d, n_rows in enumerate(data.shape)
     ]
-    return TensorParams(shapes, [rate.copy() for _ in data.shape])
+    if not isinstance(prior, _model.HierarchicalPrior):
+        rate = _model.start_rate(data.shape, total, n_components, dtype)
+        return TensorParams(shapes, [rate.copy() for _ in data.shape])
+    n_modes = data.n_modes
+    rates, scales = [], []
+    for shape, totals in zip(shapes, mode_totals(data)):
+        rate = _model.learned_start_rates(totals, total, n_components, dtype, n_modes)
+        rates.append(rate)
+        scales.append(_model.learned_start_scale(shape, rate, totals, total, prior, n_modes))
+    return TensorParams(shapes, rates, scales)
 
 
 # -- batch VB -----------------------------------------------------------------------------
@@ -343,7 +438,7 @@ def fit_batch(
     data: TensorData,
     init: TensorParams,
     *,
-    prior: GammaPrior,
+    prior: _model.Prior,
     max_iter: int,
     tol: float,
     n_chunks: int = 1,
@@ -440,19 +535,42 @@ class TensorSVIState:
         )
 
 
+SCALE_ARRAYS = ("scale_shape", "scale_rate", "factor_shape", "scale_prior")
+
+
 def params_to_arrays(params: TensorParams) -> dict[str, np.ndarray]:
-    """``shape_0, rate_0, shape_1, ...`` for a checkpoint."""
+    """``shape_0, rate_0, shape_1, ...`` for a checkpoint; under the learned prior also
+    every mode's ``scale_shape_d, scale_rate_d, factor_shape_d`` and ``scale_prior_d``
+    (a', b')."""
     arrays = {}
     for d, (shape, rate) in enumerate(zip(params.shapes, params.rates)):
         arrays[f"shape_{d}"], arrays[f"rate_{d}"] = shape, rate
+    for d, scale in enumerate(params.scales or []):
+        arrays[f"scale_shape_{d}"], arrays[f"scale_rate_{d}"] = scale.shape, scale.rate
+        arrays[f"factor_shape_{d}"] = scale.factor_shape
+        arrays[f"scale_prior_{d}"] = np.array([scale.prior_shape, scale.prior_mean])
     return arrays
 
 
 def params_from_arrays(arrays: dict[str, np.ndarray]) -> TensorParams:
+    """The inverse of `params_to_arrays`."""
     n_modes = sum(1 for name in arrays if name.startswith("shape_"))
+    scales = None
+    if "scale_shape_0" in arrays:
+        scales = [
+            _model.ScaleState(
+                arrays[f"scale_shape_{d}"],
+                arrays[f"scale_rate_{d}"],
+                arrays[f"factor_shape_{d}"],
+                float(arrays[f"scale_prior_{d}"][0]),
+                float(arrays[f"scale_prior_{d}"][1]),
+            )
+            for d in range(n_modes)
+        ]
     return TensorParams(
         [arrays[f"shape_{d}"] for d in range(n_modes)],
         [arrays[f"rate_{d}"] for d in range(n_modes)],
+        scales,
     )
 
 
@@ -461,17 +579,30 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     ``config`` could have saved (`_checkpoint.check_state` for tensors): every mode's
     shapes (n_d x K) and rate (K,) present, of the fit's dtype, positive and finite; a
     finite ELBO trace; the ``finished`` flag; for SVI whole counters and a readable
-    generator state. Its config was checked first, so a kernel never reads a damaged one."""
+    generator state; under the learned prior rates per entry and every mode's scales and
+    hyperparameters. Its config was checked first, so a kernel never reads a damaged one."""
     k, dtype = config["n_components"], np.dtype(config["dtype"])
+    learned = config.get("prior") == "hierarchical"
 
     def damaged(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
 
     for d, n_rows in enumerate(config["shape"]):
-        for name, wanted in ((f"shape_{d}", (n_rows, k)), (f"rate_{d}", (k,))):
+        wanted = [(f"shape_{d}", (n_rows, k), dtype)]
+        wanted.append((f"rate_{d}", (n_rows, k) if learned else (k,), dtype))
+        if learned:
+            wanted += [
+                (f"scale_shape_{d}", (n_rows,), np.float64),
+                (f"scale_rate_{d}", (n_rows,), np.float64),
+                (f"factor_shape_{d}", (k,), np.float64),
+                (f"scale_prior_{d}", (2,), np.float64),
+            ]
+        for name, shape, kind in wanted:
             array = arrays.get(name)
-            if array is None or array.shape != wanted or array.dtype != dtype:
-                raise damaged(f"{name} is missing or not {dtype} of shape {wanted}")
+            if array is None:
+                raise damaged(f"{name} is missing")
+            if array.shape != shape or array.dtype != np.dtype(kind):
+                raise damaged(f"{name} is not {np.dtype(kind)} of shape {shape}")
             if not np.all(np.isfinite(array)) or not np.all(array > 0):
                 raise damaged(f"{name} holds values that are not positive and finite")
     trace = arrays.get("elbo_trace")
@@ -689,6 +820,8 @@ __all__ = [
     "fit_batch",
     "fit_local",
     "fit_svi",
+    "fix_gauge",
+    "mode_totals",
     "random_start",
     "shape_statistics",
     "update_modes",

@@ -155,22 +155,27 @@ class VBNTF(BaseEstimator):
     Bayes over the nonzero entries.
 
     A D-way count tensor ``Y`` is modelled as
-    ``y_{i_1 ... i_D} ~ Poisson(sum_l prod_d v^(d)_{i_d l})`` with Gamma(``prior_shape``,
-    ``prior_rate``) priors on every entry of every factor matrix ``v^(d)`` (n_d x K), fitted
-    by coordinate ascent on the ELBO (``docs/model.md``, "Tensors"). Only the nonzeros are
-    visited: cost per iteration is linear in the nonzeros, in D and in K, and memory holds
-    the nonzeros and the factor matrices. With D = 2 it is the model of
-    ``VBNMF(prior="gamma")`` and gives its ELBO trace from the same start.
-
-    The prior is that fixed Gamma(a, b) prior only: `VBNMF`'s default learned
-    (hierarchical) prior, with a scale per cell and per gene, is not available for tensors.
+    ``y_{i_1 ... i_D} ~ Poisson(sum_l prod_d v^(d)_{i_d l})`` with Gamma priors on every
+    entry of every factor matrix ``v^(d)`` (n_d x K), fitted by coordinate ascent on the
+    ELBO (``docs/model.md``, "Tensors"). Only the nonzeros are visited: cost per iteration
+    is linear in the nonzeros, in D and in K, and memory holds the nonzeros and the factor
+    matrices. With D = 2 it is `VBNMF`'s model with the same ``prior`` and gives its ELBO
+    trace from the same start (`VBNMF` with ``accelerate=False``).
 
     Parameters
     ----------
     n_components
         Number of components K (>= 1).
+    prior
+        ``"gamma"`` (default): the fixed prior Gamma(``prior_shape``, ``prior_rate``) on
+        every entry. ``"hierarchical"``: `VBNMF`'s learned prior for every mode,
+        ``v^(d)_il | xi^(d)_i ~ Gamma(a^(d)_l, xi^(d)_i)`` with a scale per index,
+        ``xi^(d)_i ~ Gamma(a'_d, a'_d / b'_d)``, hyperparameters learned by empirical Bayes
+        (``hyperparameters_``); batch VB only.
     prior_shape, prior_rate
-        Shape a and rate b of the Gamma prior on every factor matrix.
+        ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
+        ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
+        them; ``prior_rate`` does not apply.
     max_iter
         Maximum number of iterations (batch), or of local passes per slice batch (SVI
         slices form); stopping at it warns with `ConvergenceWarning`.
@@ -221,8 +226,12 @@ class VBNTF(BaseEstimator):
     factors_ : list of ndarray, one (n_d, K) per mode
         Posterior means ``E[v^(d)] = shapes_[d] / rates_[d]``.
     shapes_ : list of ndarray, one (n_d, K) per mode
-    rates_ : list of ndarray, one (K,) per mode
-        ``q(v^(d)_il) = Gamma(shapes_[d][i, l], rates_[d][l])``.
+    rates_ : list of ndarray, one (K,) per mode, or (n_d, K) under the learned prior
+        ``q(v^(d)_il) = Gamma(shapes_[d][i, l], rates_[d][l])`` (``rates_[d][i, l]``).
+    hyperparameters_ : list of dict, one per mode, or None
+        Under the learned prior, each mode's ``factor_shape`` (a^(d)_l, K),
+        ``scale_prior_shape`` (a'_d) and ``scale_prior_mean`` (b'_d); None under the fixed
+        prior.
     shape_ : tuple of int
         The tensor's shape.
     elbo_trace_ : ndarray of shape (n_iter_,)
@@ -243,8 +252,9 @@ class VBNTF(BaseEstimator):
         self,
         n_components: int = 10,
         *,
-        prior_shape: float = 1.0,
-        prior_rate: float = 1.0,
+        prior: str = "gamma",
+        prior_shape: float | None = None,
+        prior_rate: float | None = None,
         max_iter: int = 200,
         tol: float = 1e-5,
         n_init: int = 1,
@@ -264,6 +274,7 @@ class VBNTF(BaseEstimator):
         verbose: bool = False,
     ):
         self.n_components = n_components
+        self.prior = prior
         self.prior_shape = prior_shape
         self.prior_rate = prior_rate
         self.max_iter = max_iter
@@ -310,10 +321,7 @@ class VBNTF(BaseEstimator):
             raise ValueError("n_init > 1 needs method='batch' without a checkpoint")
         return {
             "n_components": _check_integer(self.n_components, "n_components", 1),
-            "prior": _model.GammaPrior(
-                check_positive(self.prior_shape, "prior_shape"),
-                check_positive(self.prior_rate, "prior_rate"),
-            ),
+            "prior": self._prior(),
             "max_iter": _check_integer(self.max_iter, "max_iter", 0),
             "n_init": n_init,
             "n_epochs": _check_integer(self.n_epochs, "n_epochs", 1),
@@ -326,6 +334,23 @@ class VBNTF(BaseEstimator):
             "tau": tau,
             "kappa": kappa,
         }
+
+    def _prior(self) -> _model.Prior:
+        if self.prior not in ("gamma", "hierarchical"):
+            raise ValueError(f"prior must be 'gamma' or 'hierarchical', got {self.prior!r}")
+        shape = None
+        if self.prior_shape is not None:
+            shape = check_positive(self.prior_shape, "prior_shape")
+        if self.prior == "gamma":
+            rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
+            return _model.GammaPrior(1.0 if shape is None else shape, rate)
+        if self.prior_rate is not None:
+            raise ValueError(
+                "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
+            )
+        if self.method == "svi":
+            raise ValueError("method='svi' fits the fixed prior only; use prior='gamma'")
+        return _model.HierarchicalPrior(factor_shape=shape)
 
     def fit(self, X, values=None, shape=None, *, callback=None) -> VBNTF:
         """Fit the model to a count tensor. Returns self.
@@ -364,7 +389,12 @@ class VBNTF(BaseEstimator):
                 best = None
                 for index in range(checked["n_init"]):
                     start = _tensor.random_start(
-                        data, checked["n_components"], entropy, checked["dtype"], index
+                        data,
+                        checked["n_components"],
+                        entropy,
+                        checked["dtype"],
+                        index,
+                        checked["prior"],
                     )
                     result = self._fit_batch(data, start, checked, n_threads, callback)
                     if best is None or _final_elbo(result) > _final_elbo(best):
@@ -394,6 +424,7 @@ class VBNTF(BaseEstimator):
         if svi and batch_size is None:
             batch_size = _tensor.default_batch_size(form, data)
         seed = self.random_state
+        prior = checked["prior"]
         config = {
             "shape": list(data.shape),
             "nnz": data.nnz,
@@ -405,8 +436,9 @@ class VBNTF(BaseEstimator):
             "batch_size": batch_size,
             "tau": checked["tau"] if svi else None,
             "kappa": checked["kappa"] if svi else None,
-            "prior_shape": checked["prior"].shape,
-            "prior_rate": checked["prior"].rate,
+            "prior": self.prior,
+            "prior_shape": getattr(prior, "shape", getattr(prior, "factor_shape", None)),
+            "prior_rate": getattr(prior, "rate", None),
             "dtype": checked["dtype"].name,
             "n_threads": n_threads,
             "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
@@ -467,7 +499,9 @@ class VBNTF(BaseEstimator):
             if done or len(trace) >= checked["max_iter"]:
                 return _tensor.TensorFitResult(start, np.asarray(trace), len(trace), bool(done))
         else:
-            start = _tensor.random_start(data, checked["n_components"], entropy, checked["dtype"])
+            start = _tensor.random_start(
+                data, checked["n_components"], entropy, checked["dtype"], prior=checked["prior"]
+            )
         result = self._fit_batch(data, start, checked, n_threads, save, trace)
         checkpointer.save(
             result.n_iter, arrays_of(result.params, result.elbo_trace), {"finished": True}, True
@@ -479,6 +513,16 @@ class VBNTF(BaseEstimator):
         self.shapes_ = list(params.shapes)
         self.rates_ = list(params.rates)
         self.factors_ = params.means()
+        self.hyperparameters_ = None
+        if params.scales is not None:
+            self.hyperparameters_ = [
+                {
+                    "factor_shape": scale.factor_shape,
+                    "scale_prior_shape": scale.prior_shape,
+                    "scale_prior_mean": scale.prior_mean,
+                }
+                for scale in params.scales
+            ]
         self.shape_ = tuple(shape)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..io._atomic import atomic_file
-from ..tl._top_genes import fit_info, gene_specificity
+from ..tl._stored import fit_info
+from ..tl._top_genes import gene_specificity
 from ..tl._top_genes import top_genes as top_genes_table
 
 

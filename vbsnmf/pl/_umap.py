@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..tl._top_genes import fit_info
+from ..tl._stored import fit_info
 from ._plots import _finish
 
 

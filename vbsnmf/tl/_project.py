@@ -5,14 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 
 from .._data import as_count_data
 from .._model import GammaPrior, fit_rows
 from .._utils import numba_threads
 from .._validation import check_integer, check_tol
 from ._counts import check_count_matrix, select_counts
-from ._top_genes import fit_info
+from ._stored import FitKeys, fit_info, gene_holder, usage, variational_params
 
 
 def project(
@@ -45,8 +44,9 @@ def project(
     key
         ``key_added`` of the reference fit.
     key_added
-        Write to ``.obsm['X_' + key_added]``; default: the reference's ``obsm`` key
-        (``X_nmf``), so the new cells sit in the same space.
+        Write to ``.obsm['X_' + key_added]`` and ``.obsm['X_' + key_added + '_usage']``;
+        default: the reference's keys (``X_nmf``, ``X_nmf_usage``), so the new cells sit
+        in the same space.
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol
@@ -59,9 +59,14 @@ def project(
 
     Returns
     -------
-    None, or the AnnData when ``copy=True``. Sets ``.obsm['X_nmf']`` (n_obs, K), the
-    posterior mean cell factors, and ``.uns['nmf_projection']`` (or ``key_added +
-    '_projection'``) with ``n_genes_used`` and ``n_genes_missing``.
+    None, or the AnnData when ``copy=True``. Sets
+
+    ``.obsm['X_nmf']`` : ndarray (n_obs, K)
+        The posterior mean cell factors.
+    ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
+        Their usages (each row divided by its sum), as `vbsnmf.tl.nmf` stores them.
+    ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
+        ``reference_key``, ``n_genes_used`` and ``n_genes_missing``.
 
     Raises
     ------
@@ -78,7 +83,9 @@ def project(
             f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
             "variational parameters; project needs solver='batch' or 'svi'"
         )
-    variational = info["variational"]
+    variational = variational_params(adata_ref, key)
+    if np.ndim(variational["gene_rate"]) != 1:
+        raise ValueError("project needs a fit whose gene rates are one per factor")
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
@@ -86,7 +93,11 @@ def project(
         raise ValueError(
             f"{source}'s gene names repeat; make them unique (adata.var_names_make_unique())"
         )
-    reference_genes = pd.Index(np.asarray(info["var_names"], dtype=str))
+    # The reference's genes: those of its gene holder that the fit used (nonzero shapes).
+    gene_shape = np.asarray(variational["gene_shape"])
+    fitted = (gene_shape > 0).any(axis=1)
+    reference_genes = gene_holder(adata_ref, key).var_names[fitted]
+    gene_shape = gene_shape[fitted]
     positions = new_genes.get_indexer(reference_genes)
     shared = positions >= 0
     n_shared = int(shared.sum())
@@ -101,9 +112,9 @@ def project(
         )
     matrix = check_count_matrix(adata_new, matrix, source)
     counts = matrix.tocsr()[:, positions[shared]]
-    gene_shape = np.ascontiguousarray(np.asarray(variational["gene_shape"])[shared])
+    gene_shape = np.ascontiguousarray(gene_shape[shared])
     gene_rate = np.asarray(variational["gene_rate"])
-    prior = GammaPrior(float(variational["prior_shape"]), float(variational["prior_rate"]))
+    prior = GammaPrior(variational["prior_shape"], variational["prior_rate"])
     with numba_threads(n_threads) as n_parts:
         cells = fit_rows(
             as_count_data(counts),
@@ -114,8 +125,11 @@ def project(
             tol=tol,
             n_parts=n_parts,
         )
-    obsm_key = info["obsm_key"] if key_added is None else f"X_{key_added}"
-    adata_new.obsm[obsm_key] = cells.shape / cells.rate
+    obsm_key = info["obsm_key"] if key_added is None else FitKeys.of(key_added).factors
+    usage_key = info["usage_key"] if key_added is None else FitKeys.of(key_added).usage
+    cell_factors = cells.shape / cells.rate
+    adata_new.obsm[obsm_key] = cell_factors
+    adata_new.obsm[usage_key] = usage(cell_factors)
     adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,

@@ -120,7 +120,7 @@ def representations(adata) -> dict[str, np.ndarray]:
         "X_nmf": factors,
         "log1p(X_nmf)": np.log1p(factors),
         "X_nmf_usage": usage,
-        "sqrt(usage)": np.sqrt(usage),
+        "sqrt(usage)": adata.obsm["X_nmf_sqrt_usage"],  # what tl.nmf stores for the graph
         "CLR(usage)": log_usage - log_usage.mean(axis=1, keepdims=True),
         "usage, active factors": kept / kept.sum(axis=1, keepdims=True),
     }

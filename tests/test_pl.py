@@ -137,7 +137,7 @@ def test_umap_uses_the_usages(fitted, tmp_path):
     adata = fitted.copy()
     axes = pl.umap(adata, n_neighbors=10, save=tmp_path / "umap.png", show=False)
     _assert_png(tmp_path / "umap.png")
-    assert adata.uns["neighbors"]["params"]["use_rep"] == "X_nmf_usage"
+    assert adata.uns["neighbors"]["params"]["use_rep"] == "X_nmf_sqrt_usage"
     assert list(adata.obs["nmf_dominant_factor"].cat.categories) == [
         "factor 0",
         "factor 1",

@@ -103,6 +103,8 @@ def test_usage_factor_share_and_active(pbmc_tiny):
     for cell in (0, 17, 1106):
         np.testing.assert_allclose(usage[cell], z[cell] / sum(z[cell]), rtol=1e-12)
     np.testing.assert_allclose(usage.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf_sqrt_usage"] ** 2, usage, rtol=1e-12)
+    assert info["sqrt_usage_key"] == "X_nmf_sqrt_usage"
     # share_l = sum_i z_il * sum_j w_jl over its sum over factors
     expected = np.array([sum(z[:, l]) * sum(w[:, l]) for l in range(5)])
     np.testing.assert_allclose(info["factor_share"], expected / expected.sum(), rtol=1e-10)
@@ -126,7 +128,7 @@ def test_result_survives_h5ad_round_trip(pbmc_tiny, tmp_path):
     _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
     pbmc_tiny.write_h5ad(tmp_path / "fit.h5ad")
     back = ad.read_h5ad(tmp_path / "fit.h5ad")
-    for field in ("X_nmf", "X_nmf_usage", "nmf_cell_shape"):
+    for field in ("X_nmf", "X_nmf_usage", "X_nmf_sqrt_usage", "nmf_cell_shape"):
         np.testing.assert_array_equal(back.obsm[field], pbmc_tiny.obsm[field])
     np.testing.assert_array_equal(back.varm["nmf_gene_shape"], pbmc_tiny.varm["nmf_gene_shape"])
     np.testing.assert_array_equal(back.uns["nmf"]["active"], pbmc_tiny.uns["nmf"]["active"])
@@ -142,7 +144,8 @@ def test_key_added_names_the_three_fields(pbmc_tiny):
     assert "X_programs" in pbmc_tiny.obsm and "programs" in pbmc_tiny.varm
     assert "programs" in pbmc_tiny.uns
     assert "X_nmf" not in pbmc_tiny.obsm and "nmf" not in pbmc_tiny.uns
-    assert "X_programs_usage" in pbmc_tiny.obsm and "programs_gene_shape" in pbmc_tiny.varm
+    assert "X_programs_usage" in pbmc_tiny.obsm and "X_programs_sqrt_usage" in pbmc_tiny.obsm
+    assert "programs_gene_shape" in pbmc_tiny.varm
     table = tl.top_genes(pbmc_tiny, 4, key="programs", include_inactive=True)
     assert table.shape == (12, 4)
     with pytest.raises(KeyError, match="key_added='other'"):
@@ -276,6 +279,9 @@ def test_warm_start_and_project_after_subsetting_cells_or_genes(pbmc_tiny):
     from_subset = tl.project(new_cells, pbmc_tiny[:500].copy(), copy=True, n_threads=2)
     np.testing.assert_array_equal(from_subset.obsm["X_nmf"], from_full.obsm["X_nmf"])
     np.testing.assert_allclose(from_full.obsm["X_nmf_usage"].sum(axis=1), 1.0)
+    np.testing.assert_allclose(
+        from_full.obsm["X_nmf_sqrt_usage"] ** 2, from_full.obsm["X_nmf_usage"]
+    )
 
     genes = pbmc_tiny[:, :300].copy()
     _quiet_nmf(genes, 5, max_iter=2, warm_start=True, **options)

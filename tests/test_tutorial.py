@@ -31,7 +31,8 @@ def test_tutorial_quick_run(tutorial, tmp_path, capsys):
         assert image.shape[1] > 500 and image[..., :3].std() > 0.05
 
     assert list(table.index) == [
-        "NMF usages, use_rep='X_nmf_usage' (recommended)",
+        "NMF usages' square roots, use_rep='X_nmf_sqrt_usage' (recommended)",
+        "NMF usages, use_rep='X_nmf_usage'",
         "NMF raw factors, use_rep='X_nmf'",
         "PCA (scanpy, 15 PCs), use_rep='X_pca'",
     ]
@@ -49,11 +50,11 @@ def test_tutorial_quick_run(tutorial, tmp_path, capsys):
     assert table["KMeans(5) ARI"].min() > 0.3
     # ... and the recommended route's Leiden clusters do not follow library size within
     # T cells as the raw factors' do (the issue measured 0.45 for X_nmf).
-    recommended, raw = table["T cells: library size eta^2"].iloc[:2]
+    recommended, raw = table["T cells: library size eta^2"].iloc[[0, 2]]
     assert recommended < 0.5 * raw
 
     results = (tmp_path / "pbmc_nmf_umap_results.md").read_text()
-    assert "| NMF usages, use_rep='X_nmf_usage' (recommended) |" in results
+    assert "| NMF usages' square roots, use_rep='X_nmf_sqrt_usage' (recommended) |" in results
     assert "| 14 |" in results  # 15 factors listed
     assert "factor 14 (" in out
 

@@ -6,15 +6,15 @@ with the sorted population ``subpop``) this script
 1. keeps the raw counts in ``layers["counts"]`` and runs the usual scanpy preprocessing
    (normalize_total, log1p, 15 principal components);
 2. fits a K = 15 Poisson-Gamma NMF to the raw counts with ``vbsnmf.tl.nmf``;
-3. builds a neighbour graph, UMAP and Leiden clusters on each embedding: the NMF usages
-   (``use_rep="X_nmf_usage"``, the route the docs recommend) and the PCs
-   (``use_rep="X_pca"``), and draws them side by side, coloured by ``subpop`` and by the
-   Leiden clusters (``pbmc_nmf_umap.png``);
+3. builds a neighbour graph, UMAP and Leiden clusters on each embedding: the square
+   roots of the NMF usages (``use_rep="X_nmf_sqrt_usage"``, the route the docs recommend)
+   and the PCs (``use_rep="X_pca"``), and draws them side by side, coloured by ``subpop``
+   and by the Leiden clusters (``pbmc_nmf_umap.png``);
 4. scores the routes against the sorted populations: kNN (k = 15) accuracy in 5-fold
    cross-validation, KMeans(5) and Leiden adjusted Rand index, and within T cells the share
    of library size's variance that the Leiden clusters explain (eta^2; high means the
-   graph splits cells by sequencing depth); the raw cell factors ``X_nmf`` are scored too,
-   to show why the docs recommend the usages;
+   graph splits cells by sequencing depth); the usages ``X_nmf_usage`` and the raw cell
+   factors ``X_nmf`` are scored too, to show why the docs recommend the route they do;
 5. lists each factor's share of the counts, whether it is active, and its most specific
    genes; draws a scanpy dot plot of each active factor's top genes across the NMF Leiden
    clusters (``pbmc_nmf_top_genes.png``) and the active factors' usages on the NMF UMAP on
@@ -157,25 +157,27 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
         f"final ELBO {info['elbo_trace'][-1]:.8g}, {int(active.sum())} factors active"
     )
 
-    # The recommended route (usages), the raw factors for comparison, and scanpy's PCs.
-    graph_umap_leiden(adata, "X_nmf_usage", "nmf", umap_epochs)
+    # The recommended route (square roots of the usages) and scanpy's PCs, drawn; the
+    # usages themselves and the raw factors, only scored.
+    graph_umap_leiden(adata, "X_nmf_sqrt_usage", "nmf", umap_epochs)
     graph_umap_leiden(adata, "X_pca", "pca", umap_epochs)
-    sc.pp.neighbors(
-        adata, n_neighbors=15, use_rep="X_nmf", key_added="raw_graph", random_state=SEED
-    )
-    sc.tl.leiden(
-        adata,
-        neighbors_key="raw_graph",
-        key_added="leiden_raw",
-        flavor="igraph",
-        n_iterations=2,
-        directed=False,
-        random_state=SEED,
-    )
+    for rep, name in (("X_nmf_usage", "usage"), ("X_nmf", "raw")):
+        sc.pp.neighbors(
+            adata, n_neighbors=15, use_rep=rep, key_added=f"{name}_graph", random_state=SEED
+        )
+        sc.tl.leiden(
+            adata,
+            neighbors_key=f"{name}_graph",
+            key_added=f"leiden_{name}",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=SEED,
+        )
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 9.5))
     titles = {
-        "nmf": f"NMF usages (K={N_COMPONENTS}, raw counts)",
+        "nmf": f"NMF (K={N_COMPONENTS}, raw counts), sqrt usages",
         "pca": f"PCA ({N_COMPONENTS} PCs, log-normalised)",
     }
     for column, name in enumerate(("nmf", "pca")):
@@ -198,8 +200,11 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
     labels = adata.obs["subpop"]
     table = pd.DataFrame(
         {
-            "NMF usages, use_rep='X_nmf_usage' (recommended)": route_scores(
-                adata, "X_nmf_usage", "leiden_nmf", labels, library_size
+            "NMF usages' square roots, use_rep='X_nmf_sqrt_usage' (recommended)": route_scores(
+                adata, "X_nmf_sqrt_usage", "leiden_nmf", labels, library_size
+            ),
+            "NMF usages, use_rep='X_nmf_usage'": route_scores(
+                adata, "X_nmf_usage", "leiden_usage", labels, library_size
             ),
             "NMF raw factors, use_rep='X_nmf'": route_scores(
                 adata, "X_nmf", "leiden_raw", labels, library_size
@@ -245,7 +250,8 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
         f"{int(active.sum())} of {N_COMPONENTS} factors active (share of the fitted counts "
         f"above {info['min_share']:.3%}, five typical cells' worth).",
         "",
-        "![UMAPs of the NMF usages and of the PCs, by sorted population and Leiden cluster]"
+        "![UMAPs of the NMF usages' square roots and of the PCs, by sorted population and "
+        "Leiden cluster]"
         "(pbmc_nmf_umap.png)",
         "",
         "| factor | share of counts | active | most specific genes (at least 2 counts) |",

@@ -1,4 +1,4 @@
-"""`umap`: the UMAP of an NMF fit's usages, drawn (what ``vbsnmf umap`` does)."""
+"""`umap`: the UMAP of an NMF fit on the recommended route, drawn (``vbsnmf umap``)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def umap(
 ):
     """Neighbour graph on the NMF usages, UMAP, and ``sc.pl.umap`` of it.
 
-    Runs ``sc.pp.neighbors(adata, use_rep="X_nmf_usage")`` (the fit's usages: the
-    recommended route, see `vbsnmf.tl.nmf`) and ``sc.tl.umap``, so ``adata`` gains what
-    they set (``.obsp['distances']``, ``.obsp['connectivities']``, ``.obsm['X_umap']``),
-    and draws ``sc.pl.umap`` coloured by ``color``.
+    Runs ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")`` (the square roots of the
+    fit's usages: the recommended route, see `vbsnmf.tl.nmf`) and ``sc.tl.umap``, so
+    ``adata`` gains what they set (``.obsp['distances']``, ``.obsp['connectivities']``,
+    ``.obsm['X_umap']``), and draws ``sc.pl.umap`` coloured by ``color``.
 
     Parameters
     ----------
@@ -61,7 +61,7 @@ def umap(
         adata.obs[color] = pd.Categorical.from_codes(usages.argmax(axis=1), categories=names)
     n_neighbors = min(n_neighbors, adata.n_obs - 1)
     sc.pp.neighbors(
-        adata, n_neighbors=n_neighbors, use_rep=info["usage_key"], random_state=random_state
+        adata, n_neighbors=n_neighbors, use_rep=info["sqrt_usage_key"], random_state=random_state
     )
     sc.tl.umap(adata, random_state=random_state)
     axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")

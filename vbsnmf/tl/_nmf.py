@@ -13,7 +13,13 @@ from .._utils import is_dask_array, numba_threads
 from ..classic._nmf import NMF
 from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
 from ._counts import check_count_matrix, select_counts
-from ._stored import VARIATIONAL_KEYS, FitKeys, fit_info, usage, variational_params
+from ._stored import (
+    VARIATIONAL_KEYS,
+    FitKeys,
+    fit_info,
+    store_cell_factors,
+    variational_params,
+)
 
 SOLVERS = VB_SOLVERS + CLASSIC_SOLVERS
 
@@ -39,9 +45,9 @@ def nmf(
     Fits ``counts ~ Poisson(cell_factors @ gene_loadings.T)`` by variational Bayes
     (`vbsnmf.VBNMF`, solvers ``"batch"`` and ``"svi"``) or by a classical solver
     (`vbsnmf.classic.NMF`), and stores the results the way ``scanpy.pp.pca`` stores its
-    own. For the neighbour graph use the usages, which do not carry library size:
-    ``sc.pp.neighbors(adata, use_rep="X_nmf_usage")`` (the route that clusters pbmc_facs
-    best of those measured in ``benchmarks/neighbour_graph_routes.py``).
+    own. Build the neighbour graph on the square roots of the usages, which do not carry
+    library size: ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")``, the route that
+    clustered pbmc_facs best of those measured (``docs/performance.md``).
 
     Parameters
     ----------
@@ -104,7 +110,10 @@ def nmf(
         size over the mean loadings.
     ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
         Usages: each cell's factors divided by their sum (rows sum to one), the cell's
-        mix of programmes without its library size. The recommended ``use_rep``.
+        mix of programmes without its library size.
+    ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
+        The usages' square roots: Euclidean distance between two rows is sqrt(2) times
+        the Hellinger distance between the cells' usages. The recommended ``use_rep``.
     ``.varm['NMF']`` : ndarray (n_vars, K)
         Posterior mean gene loadings ``E[w]``; zero for genes not fitted (outside
         ``mask_var``, or not in ``.raw`` with ``use_raw=True``).
@@ -119,8 +128,8 @@ def nmf(
         Each fitted gene's total count in the data (zero for genes not fitted);
         `top_genes`' ``min_counts`` reads it (in ``.raw.var`` for ``use_raw=True``).
     ``.uns['nmf']`` : dict
-        ``params`` (the settings), ``obsm_key``, ``usage_key``, ``varm_key`` (the keys
-        above), ``n_iter``, ``converged``;
+        ``params`` (the settings), ``obsm_key``, ``usage_key``, ``sqrt_usage_key``,
+        ``varm_key`` (the keys above), ``n_iter``, ``converged``;
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
@@ -176,8 +185,7 @@ def nmf(
     gene_totals = _column_sums(matrix)
 
     # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns.
-    adata.obsm[keys.factors] = cell_factors
-    adata.obsm[keys.usage] = usage(cell_factors)
+    store_cell_factors(adata, keys, cell_factors)
     variational = info.pop("variational", None)
     gene_arrays = {keys.loadings: gene_loadings}
     if variational is not None:
@@ -212,6 +220,7 @@ def nmf(
         "params": settings,
         "obsm_key": keys.factors,
         "usage_key": keys.usage,
+        "sqrt_usage_key": keys.sqrt_usage,
         "varm_key": keys.loadings,
         "factor_share": share,
         "active": share > threshold,

@@ -11,7 +11,7 @@ from .._model import GammaPrior, fit_rows
 from .._utils import numba_threads
 from .._validation import check_integer, check_tol
 from ._counts import check_count_matrix, select_counts
-from ._stored import FitKeys, fit_info, gene_holder, usage, variational_params
+from ._stored import FitKeys, fit_info, gene_holder, store_cell_factors, variational_params
 
 
 def project(
@@ -44,9 +44,9 @@ def project(
     key
         ``key_added`` of the reference fit.
     key_added
-        Write to ``.obsm['X_' + key_added]`` and ``.obsm['X_' + key_added + '_usage']``;
-        default: the reference's keys (``X_nmf``, ``X_nmf_usage``), so the new cells sit
-        in the same space.
+        Write to ``.obsm['X_' + key_added]`` (and ``..._usage``, ``..._sqrt_usage``);
+        default: the reference's keys (``X_nmf``, ...), so the new cells sit in the same
+        space.
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol
@@ -63,8 +63,9 @@ def project(
 
     ``.obsm['X_nmf']`` : ndarray (n_obs, K)
         The posterior mean cell factors.
-    ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
-        Their usages (each row divided by its sum), as `vbsnmf.tl.nmf` stores them.
+    ``.obsm['X_nmf_usage']``, ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
+        Their usages (each row divided by its sum) and the usages' square roots, as
+        `vbsnmf.tl.nmf` stores them.
     ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
         ``reference_key``, ``n_genes_used`` and ``n_genes_missing``.
 
@@ -125,11 +126,8 @@ def project(
             tol=tol,
             n_parts=n_parts,
         )
-    obsm_key = info["obsm_key"] if key_added is None else FitKeys.of(key_added).factors
-    usage_key = info["usage_key"] if key_added is None else FitKeys.of(key_added).usage
-    cell_factors = cells.shape / cells.rate
-    adata_new.obsm[obsm_key] = cell_factors
-    adata_new.obsm[usage_key] = usage(cell_factors)
+    keys = FitKeys.of(key if key_added is None else key_added)
+    store_cell_factors(adata_new, keys, cells.shape / cells.rate)
     adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,

@@ -23,13 +23,14 @@ class FitKeys:
     uns: str
     factors: str  # .obsm: E[z]
     usage: str  # .obsm: E[z] over its row sum
+    sqrt_usage: str  # .obsm: its square root, the recommended use_rep
     loadings: str  # .varm: E[w]
 
     @classmethod
     def of(cls, key_added: str | None) -> FitKeys:
-        if key_added is None:
-            return cls("nmf", "X_nmf", "X_nmf_usage", "NMF")
-        return cls(key_added, f"X_{key_added}", f"X_{key_added}_usage", key_added)
+        name = "nmf" if key_added is None else key_added
+        loadings = "NMF" if key_added is None else key_added
+        return cls(name, f"X_{name}", f"X_{name}_usage", f"X_{name}_sqrt_usage", loadings)
 
     def variational(self, name: str) -> str:
         """``.obsm`` / ``.varm`` key of a Gamma parameter: ``nmf_cell_shape``, ..."""
@@ -70,6 +71,14 @@ def usage(cell_factors):
     if is_dask_array(cell_factors):
         return cell_factors / (totals + (totals == 0))
     return np.divide(cell_factors, totals, out=np.zeros_like(cell_factors), where=totals > 0)
+
+
+def store_cell_factors(adata, keys: FitKeys, cell_factors) -> None:
+    """The cell factors, their usages and the usages' square roots into ``.obsm``."""
+    shares = usage(cell_factors)
+    adata.obsm[keys.factors] = cell_factors
+    adata.obsm[keys.usage] = shares
+    adata.obsm[keys.sqrt_usage] = shares**0.5
 
 
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:

@@ -108,9 +108,15 @@ def test_usage_factor_share_and_active(pbmc_tiny):
     # share_l = sum_i z_il * sum_j w_jl over its sum over factors
     expected = np.array([sum(z[:, l]) * sum(w[:, l]) for l in range(5)])
     np.testing.assert_allclose(info["factor_share"], expected / expected.sum(), rtol=1e-10)
-    # Default threshold: five typical cells' fitted counts (the median) over all of them.
+    # Default threshold: the prior's floor (the fitted count of a factor explaining no data,
+    # here by iterating its two updates to their fixed point) plus five typical cells'
+    # fitted counts (the median), over all fitted counts.
+    n, m = pbmc_tiny.shape
+    total_z = total_w = 1.0
+    for _ in range(10_000):
+        total_z, total_w = n / (1 + total_w), m / (1 + total_z)  # prior_shape = rate = 1
     fitted_per_cell = [float(z[i] @ w.sum(axis=0)) for i in range(pbmc_tiny.n_obs)]
-    threshold = 5 * np.median(fitted_per_cell) / expected.sum()
+    threshold = (total_z * total_w + 5 * np.median(fitted_per_cell)) / expected.sum()
     assert info["min_share"] == pytest.approx(threshold, rel=1e-10)
     np.testing.assert_array_equal(info["active"], info["factor_share"] > threshold)
     # min_share chooses the threshold.

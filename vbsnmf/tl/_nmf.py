@@ -85,12 +85,14 @@ def nmf(
         subset (``adata[:500].copy()``).
     min_share
         A factor is *active* when its share of the fitted counts (``factor_share``)
-        exceeds this. Default: the share of five typical cells, ``5 * median(cell's
-        fitted count) / total fitted count``. A factor that explains fewer counts than a
-        handful of cells' worth cannot describe a cell population; the Gamma prior's
-        switched-off factors keep a flat loading of a few counts per gene and cell (on
-        pbmc_facs 0.02 % of the counts each, a seventh of this threshold), while the
-        smallest programmes of a population hold whole cells' worth.
+        exceeds this. Default: the share a factor reaches when it explains five typical
+        cells' counts (5 x the median cell's fitted count) beyond the floor that the Gamma
+        prior gives a factor explaining nothing (``prior_floor``; a switched-off factor sits
+        at this floor, about ``min(n_cells, n_genes) * prior_shape`` counts). A factor that
+        adds less than a handful of cells' worth cannot describe a population of cells. On
+        pbmc_facs (K = 15, 300 iterations) the switched-off factors held 0.07 % of the
+        fitted counts each, the threshold was 0.17 % and the smallest active factor 2.3 %.
+        Classical solvers have no prior: five typical cells' share.
     callback
         ``callback(n_iter, params, elbo_trace)`` after every iteration (variational
         solvers), e.g. for a progress bar.
@@ -207,7 +209,8 @@ def nmf(
             genes.varm[keys.loadings], var_names, adata.var_names
         )
 
-    share, threshold = _factor_share(cell_factors, gene_loadings, min_share)
+    prior = None if variational is None else (variational["prior_shape"], variational["prior_rate"])
+    share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
@@ -355,8 +358,9 @@ def _scatter_rows(values, fitted_genes, n_genes: int):
     return full
 
 
-def _factor_share(cell_factors, gene_loadings, min_share) -> tuple[np.ndarray, float]:
-    """Each factor's share of the fitted counts and the ``active`` threshold (see `nmf`)."""
+def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.ndarray, float]:
+    """Each factor's share of the fitted counts and the ``active`` threshold (see `nmf`);
+    ``prior`` is ``(shape, rate)`` of the Gamma prior, or None (classical solvers)."""
     gene_sums = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
     cell_totals = cell_factors @ gene_sums  # each cell's fitted count
     cell_sums = cell_factors.sum(axis=0)
@@ -366,8 +370,23 @@ def _factor_share(cell_factors, gene_loadings, min_share) -> tuple[np.ndarray, f
     total = float(expected.sum())
     share = expected / total if total > 0 else np.zeros_like(expected)
     if min_share is None:
-        min_share = 5 * float(np.median(cell_totals)) / total if total > 0 else 0.0
+        n_cells, n_genes = cell_factors.shape[0], np.shape(gene_loadings)[0]
+        floor = 0.0 if prior is None else prior_floor(n_cells, n_genes, prior)
+        handful = 5 * float(np.median(cell_totals))
+        min_share = min((floor + handful) / total, 1.0) if total > 0 else 0.0
     return share, float(min_share)
+
+
+def prior_floor(n_cells: int, n_genes: int, prior: tuple[float, float]) -> float:
+    """The fitted count ``Z * W`` of a factor that explains no data, ``Z = sum_i E[z_il]``,
+    ``W = sum_j E[w_jl]``: with no counts attributed, the updates of model.md reduce to
+    ``Z (b + W) = n a`` and ``W (b + Z) = m a``, so ``P = Z W`` solves
+    ``P^2 - ((n + m) a + b^2) P + n m a^2 = 0``; its smaller root (``P < min(n, m) a``)."""
+    shape, rate = prior
+    linear = (n_cells + n_genes) * shape + rate**2
+    # The smaller root in the form that does not cancel: 2c / (B + sqrt(B^2 - 4c)).
+    constant = n_cells * n_genes * shape**2
+    return 2 * constant / (linear + np.sqrt(linear**2 - 4 * constant))
 
 
 def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) -> np.ndarray:

@@ -248,7 +248,7 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
         "",
         f"NMF: {info['n_iter']} iterations, converged: {bool(info['converged'])}; "
         f"{int(active.sum())} of {N_COMPONENTS} factors active (share of the fitted counts "
-        f"above {info['min_share']:.3%}, five typical cells' worth).",
+        f"above {info['min_share']:.3%}: five typical cells' counts beyond the prior's floor).",
         "",
         "![UMAPs of the NMF usages' square roots and of the PCs, by sorted population and "
         "Leiden cluster]"

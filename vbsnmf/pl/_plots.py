@@ -167,13 +167,15 @@ def factors(
         vmax = float(np.percentile(shown, float(vmax[1:])))
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
+    # Stored as X_<name> so that scanpy names the axes as its own (UMAP1, UMAP2).
+    name = basis_key.removeprefix("X_")
     panels = ad.AnnData(
         obs=pd.DataFrame(shown, index=adata.obs_names, columns=names),
-        obsm={basis_key: np.asarray(adata.obsm[basis_key])},
+        obsm={f"X_{name}": np.asarray(adata.obsm[basis_key])},
     )
     axes = sc.pl.embedding(
         panels,
-        basis=basis_key,
+        basis=name,
         color=names,
         vmin=0,
         vmax=vmax,

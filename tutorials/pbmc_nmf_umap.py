@@ -21,7 +21,7 @@ with the sorted population ``subpop``) this script
    one colour scale (``pbmc_nmf_factors.png``). Factors the data do not need are switched
    off by the Gamma prior (their share is tiny) and left out: K = 15 is an upper bound.
 
-Run it from the repository root (Leiden needs igraph: ``pip install -e '.[tutorial]'``)::
+Run it from the repository root (Leiden needs igraph: ``python -m pip install -e '.[tutorial]'``)::
 
     python tutorials/pbmc_nmf_umap.py            # full run, writes into tutorials/
     python tutorials/pbmc_nmf_umap.py --quick    # reduced setting (what CI runs)

@@ -323,6 +323,37 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
         assert got.gathered_bytes[first + per_epoch] <= summary + n_cells * 3 * 8
 
 
+def test_svi_with_the_learned_prior_across_workers_matches_single_machine_svi(client, tiny_counts):
+    """Cells-form SVI under the learned prior on Dask (the client keeps every cell's q and
+    the sums their hyperparameters are learned from; the workers fit the minibatch's
+    cells): the single-machine fit's trace, q and hyperparameters for any chunking."""
+    options = dict(solver="svi", batch_size=150, n_epochs=3, max_iter=20, tol=0.0, random_state=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, **options).fit(tiny_counts)
+        options.pop("solver")
+        for chunk in (300, 700):
+            X = da.from_array(tiny_counts, chunks=(chunk, -1))
+            got = vbsnmf.fit_svi_dask(X, 3, client=client, **options)
+            assert got.n_iter == 3
+            np.testing.assert_allclose(got.elbo_trace, local.elbo_trace_, rtol=1e-9)
+            assert is_dask_array(got.params.row_scale.rate)
+            gathered = got.gather()
+            expected = {
+                "cell_shape_": gathered.row_shape,
+                "cell_rate_": gathered.row_rate,
+                "gene_shape_": gathered.col_shape,
+                "gene_rate_": gathered.col_rate,
+                "cell_scale_rate_": gathered.row_scale.rate,
+                "gene_scale_rate_": gathered.col_scale.rate,
+            }
+            for name, mine in expected.items():
+                np.testing.assert_allclose(mine, getattr(local, name), rtol=1e-9, err_msg=name)
+            hyper = _model.hyperparameters(got.params)
+            for name, value in local.hyperparameters_.items():
+                np.testing.assert_allclose(hyper[name], value, rtol=1e-9, err_msg=name)
+
+
 def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     """Starting from a fit's parameters (cell shapes a dask array) continues the same path:
     3 + 2 iterations give the ELBO values 4 and 5 of a 5-iteration fit."""

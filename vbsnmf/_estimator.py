@@ -914,14 +914,16 @@ def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **par
         every cell's latest shapes, on the client).
     **params
         `VBNMF`'s parameters: ``batch_size``, ``tau``, ``kappa``, ``n_epochs``,
-        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior,
-        ``random_state``, ``dtype``, ``n_threads`` (per chunk task, default 1).
+        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior
+        (both are supported: under the learned prior the client also keeps every cell's
+        rates and scale), ``random_state``, ``dtype``, ``n_threads`` (per chunk task,
+        default 1).
 
     Returns
     -------
     DaskFitResult
-        The ELBO trace has one entry per evaluation; ``params.row_shape`` (a dask array) is
-        the last evaluation's cell side.
+        The ELBO trace has one entry per evaluation; the cells' arrays of ``params`` (dask
+        arrays) are the last evaluation's cell side.
     """
     return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
 

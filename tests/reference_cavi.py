@@ -12,24 +12,29 @@ from scipy import stats
 from scipy.special import digamma, gammaln, logsumexp
 
 
-def _log_rho(X, row_shape, row_rate, col_shape, col_rate):
-    rows, cols = np.nonzero(X)
+def _log_rho(X, row_shape, row_rate, col_shape, col_rate, mask=None):
+    rows, cols = np.nonzero(X if mask is None else np.where(mask, 0, X))
     elog_z = digamma(row_shape) - np.log(row_rate)
     elog_w = digamma(col_shape) - np.log(col_rate)
     return rows, cols, elog_z[rows] + elog_w[cols]  # (nnz, K)
 
 
-def iteration(X, row_shape, row_rate, col_shape, col_rate, a, b):
-    """One coordinate-ascent iteration in model.md's order."""
-    rows, cols, log_rho = _log_rho(X, row_shape, row_rate, col_shape, col_rate)
+def iteration(X, row_shape, row_rate, col_shape, col_rate, a, b, mask=None):
+    """One coordinate-ascent iteration in model.md's order; ``mask`` (dense, True where
+    an entry was not observed) leaves those entries out of the likelihood."""
+    observed = np.ones(X.shape, dtype=bool) if mask is None else ~mask
+    rows, cols, log_rho = _log_rho(X, row_shape, row_rate, col_shape, col_rate, mask)
     phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
     weighted = X[rows, cols][:, None] * phi
     new_row_shape = np.full_like(row_shape, a)
     new_col_shape = np.full_like(col_shape, a)
     np.add.at(new_row_shape, rows, weighted)
     np.add.at(new_col_shape, cols, weighted)
-    new_row_rate = b + (col_shape / col_rate).sum(axis=0)
-    new_col_rate = b + (new_row_shape / new_row_rate).sum(axis=0)
+    # Row i's rate sums E[w_j] over the columns it was observed in (and conversely).
+    new_row_rate = b + observed @ (col_shape / col_rate)
+    new_col_rate = b + observed.T @ (new_row_shape / new_row_rate)
+    if mask is None:  # every row sees every column: one rate per component
+        new_row_rate, new_col_rate = new_row_rate[0], new_col_rate[0]
     return new_row_shape, new_row_rate, new_col_shape, new_col_rate
 
 
@@ -43,14 +48,16 @@ def gamma_kl(shape, rate, a, b):
     return float(np.sum(-entropy - expected_log_prior))
 
 
-def elbo(X, row_shape, row_rate, col_shape, col_rate, a, b):
-    """The ELBO of model.md with the responsibilities at their optimum."""
-    rows, cols, log_rho = _log_rho(X, row_shape, row_rate, col_shape, col_rate)
+def elbo(X, row_shape, row_rate, col_shape, col_rate, a, b, mask=None):
+    """The ELBO of model.md with the responsibilities at their optimum (``mask``: the
+    entries not observed, left out)."""
+    rows, cols, log_rho = _log_rho(X, row_shape, row_rate, col_shape, col_rate, mask)
     counts = X[rows, cols]
     data = np.sum(counts * logsumexp(log_rho, axis=1) - gammaln(counts + 1))
     mean_z = row_shape / row_rate
     mean_w = col_shape / col_rate
-    expected_rate = np.sum(mean_z @ mean_w.T)  # sum_ij sum_l E[z_il] E[w_jl], dense
+    observed = 1.0 if mask is None else ~mask
+    expected_rate = np.sum((mean_z @ mean_w.T) * observed)  # over the observed entries
     return (
         data
         - expected_rate

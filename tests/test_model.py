@@ -317,3 +317,99 @@ def test_inverse_digamma_and_gamma_shape_solvers():
     for a in (0.01, 0.3, 1.0, 40.0):
         gap = np.log(a) - digamma(a)
         assert _model.gamma_shape_mle(gap) == pytest.approx(a, rel=1e-10)
+
+
+# -- missing entries -------------------------------------------------------------------------
+def _masked_problem(seed=9):
+    X = _small_matrices()["plain"]
+    rng = np.random.default_rng(seed)
+    mask = rng.random(X.shape) < 0.2
+    mask[:, 2] = True  # a whole column unobserved
+    return X, mask
+
+
+def test_masked_elbo_and_iteration_match_the_reference():
+    """With missing entries the fixed model's ELBO and iteration equal the dense reference
+    that sums over the observed entries only."""
+    X, mask = _masked_problem()
+    prior = _model.GammaPrior(0.7, 1.3)
+    start = _model.VariationalParams(*_random_params(np.random.default_rng(3), *X.shape, 3))
+    data = as_count_data(sp.csr_matrix(np.where(mask, 0, X)))
+    masked = _model.Mask.of(sp.csr_matrix(mask))
+    got = _model.elbo(data, start, prior, 2, masked)
+    reference = ref.elbo(X, *start.as_tuple(), 0.7, 1.3, mask=mask)
+    np.testing.assert_allclose(got, reference, rtol=1e-10)
+    row_stat, col_stat, _ = _model.shape_statistics(data, start, 1)
+    stepped = _model.global_step(start, row_stat, col_stat, prior, mask=masked)
+    expected = ref.iteration(X, *start.as_tuple(), 0.7, 1.3, mask=mask)
+    for mine, theirs in zip(stepped.as_tuple(), expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10)
+    # The learned prior's ELBO: observed entries only, the rest of the ELBO unchanged.
+    learned = _learned_params(np.random.default_rng(8), *X.shape, 3)
+    dense_observed = np.where(mask, 0, X)
+    full = ref.learned_elbo(dense_observed, _sides(learned))
+    total_masked = np.sum((learned.row_mean @ learned.col_mean.T) * mask)
+    got = _model.elbo(data, learned, LEARNED, 1, masked)
+    np.testing.assert_allclose(got, full + total_masked, rtol=1e-10)
+
+
+def test_masking_whole_columns_is_fitting_without_them():
+    """A column entirely unobserved carries no information: the fit of the other columns
+    and of the rows is the fit of the matrix without it (fixed prior, same start), and
+    the masked column's q stays at the prior."""
+    X, _ = _masked_problem()
+    keep = np.array([j for j in range(X.shape[1]) if j not in (2, 5)])
+    mask = np.zeros(X.shape, dtype=bool)
+    mask[:, [2, 5]] = True
+    start = _random_params(np.random.default_rng(4), *X.shape, 3)
+    reduced_start = (start[0], start[1], start[2][keep], start[3])
+    options = dict(prior="gamma", prior_shape=0.5, max_iter=30, tol=0.0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        masked = vbsnmf.VBNMF(3, **options).fit(sp.csr_matrix(X), init=_as_dict(start), mask=mask)
+        reduced = vbsnmf.VBNMF(3, **options).fit(
+            sp.csr_matrix(X[:, keep]), init=_as_dict(reduced_start)
+        )
+    np.testing.assert_allclose(masked.elbo_trace_, reduced.elbo_trace_, rtol=1e-10)
+    np.testing.assert_allclose(masked.cell_shape_, reduced.cell_shape_, rtol=1e-10)
+    np.testing.assert_allclose(masked.gene_shape_[keep], reduced.gene_shape_, rtol=1e-10)
+    np.testing.assert_allclose(masked.gene_shape_[[2, 5]], 0.5)
+    np.testing.assert_allclose(masked.gene_rate_[[2, 5]], 1.0)
+
+
+def test_masked_learned_fit_ascends_and_refuses_other_inputs():
+    X, mask = _masked_problem()
+    model = vbsnmf.VBNMF(3, max_iter=60, tol=0.0, random_state=0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(sp.csr_matrix(X), mask=sp.csr_matrix(mask))
+    trace = model.elbo_trace_
+    assert np.all(np.isfinite(trace)) and np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+    # The ELBO reported is the exact one of the observed entries.
+    data = as_count_data(sp.csr_matrix(np.where(mask, 0, X)))
+    params = _model.VariationalParams(
+        model.cell_shape_,
+        model.cell_rate_,
+        model.gene_shape_,
+        model.gene_rate_,
+        _model.ScaleState(
+            model.cell_scale_shape_,
+            model.cell_scale_rate_,
+            np.asarray(model.hyperparameters_["cell_factor_shape"]),
+            model.hyperparameters_["cell_scale_prior_shape"],
+            model.hyperparameters_["cell_scale_prior_mean"],
+        ),
+        _model.ScaleState(
+            model.gene_scale_shape_,
+            model.gene_scale_rate_,
+            np.asarray(model.hyperparameters_["gene_factor_shape"]),
+            model.hyperparameters_["gene_scale_prior_shape"],
+            model.hyperparameters_["gene_scale_prior_mean"],
+        ),
+    )
+    value = _model.elbo(data, params, LEARNED, 1, _model.Mask.of(sp.csr_matrix(mask)))
+    np.testing.assert_allclose(trace[-1], value, rtol=1e-10)
+    with pytest.raises(ValueError, match="shape"):
+        vbsnmf.VBNMF(2).fit(sp.csr_matrix(X), mask=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="batch VB"):
+        vbsnmf.VBNMF(2, solver="svi").fit(sp.csr_matrix(X), mask=mask)

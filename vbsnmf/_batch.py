@@ -15,6 +15,7 @@ import numpy as np
 from ._data import CountData
 from ._model import (
     FitResult,
+    Mask,
     Prior,
     VariationalParams,
     elbo_terms,
@@ -38,6 +39,7 @@ def fit_batch(
     elbo_trace: list[float] | None = None,
     callback: IterationCallback | None = None,
     verbose: bool = False,
+    mask: Mask | None = None,
 ) -> FitResult:
     """Batch coordinate ascent from ``start`` until the relative ELBO change is below
     ``tol`` or ``max_iter`` iterations are done (then a `ConvergenceWarning`).
@@ -45,7 +47,8 @@ def fit_batch(
     ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint of the
     parameters after ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)``
     runs after every iteration with the ELBO of ``params`` already in ``trace``;
-    ``n_parts`` is the number of parallel parts of the pass (normally the thread count).
+    ``n_parts`` is the number of parallel parts of the pass (normally the thread count);
+    ``mask``: entries of X that were not observed (dropped from ``data`` by the caller).
     """
     params = start
     trace = list(elbo_trace or [])
@@ -54,7 +57,7 @@ def fit_batch(
     while True:
         row_stat, col_stat, data_term = shape_statistics(data, params, n_parts)
         if n_done > len(trace):
-            trace.append(elbo_terms(data_term, params, prior).value())
+            trace.append(elbo_terms(data_term, params, prior, mask).value())
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
@@ -64,7 +67,7 @@ def fit_batch(
                 break
         if n_done >= max_iter:
             break
-        params = global_step(params, row_stat, col_stat, prior)
+        params = global_step(params, row_stat, col_stat, prior, mask=mask)
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
@@ -109,6 +112,7 @@ def fit_batch_accelerated(
     callback: IterationCallback | None = None,
     on_cycle: Callable[[AcceleratedState], None] | None = None,
     verbose: bool = False,
+    mask: Mask | None = None,
 ) -> tuple[FitResult, AcceleratedState]:
     """Coordinate ascent accelerated by SQUAREM (Varadhan and Roland 2008, step SqS3),
     with a safeguard that keeps the ELBO trace monotone; ``max_iter`` bounds the passes.
@@ -126,9 +130,9 @@ def fit_batch_accelerated(
 
     def score_and_step(params: VariationalParams) -> tuple[VariationalParams, float]:
         row_stat, col_stat, data_term = shape_statistics(data, params, n_parts)
-        value = elbo_terms(data_term, params, prior).value()
+        value = elbo_terms(data_term, params, prior, mask).value()
         state.n_passes += 1
-        return global_step(params, row_stat, col_stat, prior), value
+        return global_step(params, row_stat, col_stat, prior, mask=mask), value
 
     def keep(params: VariationalParams, value: float, plain: bool = True) -> None:
         """Record a scored q; the stopping rule compares it with the q it is the plain

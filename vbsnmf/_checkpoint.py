@@ -144,6 +144,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
     n_rows, n_cols = config["shape"]
     k = config["n_components"]
     learned = "Hierarchical" in str(config.get("prior"))
+    per_entry = learned or config.get("mask") is not None  # rates per entry
 
     def damaged(what: str):
         return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
@@ -165,7 +166,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
         for name, side in zip(PARAMETERS, (n_rows, n_rows, n_cols, n_cols)):
             shapes = [(side, k)]
             if name.endswith("rate"):
-                shapes = [(k,), (side, k)] if learned else [(k,)]
+                shapes = [(k,), (side, k)] if per_entry else [(k,)]
             check_array(prefix + name, shapes, config["dtype"])
         if learned:
             for side, n in (("row", n_rows), ("col", n_cols)):

@@ -27,8 +27,10 @@ from ._model import (
     FitResult,
     GammaPrior,
     HierarchicalPrior,
+    Mask,
     Prior,
     ScaleState,
+    VariationalParams,
     fit_rows,
     has_converged,
     hyperparameters,
@@ -379,17 +381,22 @@ class VBNMF(TransformerMixin, BaseEstimator):
         return HierarchicalPrior(factor_shape=shape)
 
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, X, y=None, *, init=None, callback=None) -> VBNMF:
+    def fit(self, X, y=None, *, init=None, callback=None, mask=None) -> VBNMF:
         """Fit the model to ``X`` (cells x genes, non-negative counts; any scipy.sparse
         format, a dense array, a dask array, or for SVI's cells form a path or backed
         AnnData). Returns self.
 
         ``init``: starting variational parameters (see Notes). ``callback(n_iter, params,
-        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars."""
-        self.fit_transform(X, init=init, callback=callback)
+        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars.
+        ``mask``: a matrix of X's shape (sparse or dense) whose nonzero entries were not
+        observed: they leave the likelihood (their expected counts leave the total, their
+        values in X, if any, are ignored), for held-out evaluation or gene panels that
+        differ between samples; the zeros of X are still never visited. Batch VB on a
+        matrix in memory only."""
+        self.fit_transform(X, init=init, callback=callback, mask=mask)
         return self
 
-    def fit_transform(self, X, y=None, *, init=None, callback=None):
+    def fit_transform(self, X, y=None, *, init=None, callback=None, mask=None):
         """Fit and return the posterior mean cell factors ``E[z]`` (cells x K); see `fit`.
         For a dask X they are a dask array."""
         if is_dask_array(X):
@@ -398,17 +405,25 @@ class VBNMF(TransformerMixin, BaseEstimator):
             kind = "stream"
         else:
             kind = "memory"
-        return self._fit(kind, X, init, callback)
+        return self._fit(kind, X, init, callback, mask)
 
-    def _fit(self, kind: str, X, init, callback):
+    def _fit(self, kind: str, X, init, callback, mask=None):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
         checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
         settings = self._check_params()
+        if mask is not None and (kind not in ("memory", "checked") or settings.solver != "batch"):
+            raise ValueError(
+                "mask= (missing entries) is supported by batch VB on a matrix in memory; "
+                f"not by solver={settings.solver!r} on this input"
+            )
         if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
             inputs = [X] if isinstance(X, (str, os.PathLike)) else []
             check_checkpoint_path(settings.checkpoint, inputs)
         entropy = seed_entropy(self.random_state)
-        result, n_features = _FITS[kind](settings, X, init, callback, entropy)
+        if kind in ("memory", "checked"):
+            result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
+        else:
+            result, n_features = _FITS[kind](settings, X, init, callback, entropy)
         self.n_features_in_ = n_features
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
@@ -491,17 +506,22 @@ def _is_streamed(X) -> bool:
     return hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc")
 
 
-def _fit_in_memory(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_in_memory(
+    settings: FitSettings, X, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     """A matrix in memory: batch VB or any form of SVI."""
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
-    return _fit_counts(settings, check_counts(X, fit_dtype=settings.dtype), init, callback, entropy)
+    matrix = check_counts(X, fit_dtype=settings.dtype)
+    return _fit_counts(settings, matrix, init, callback, entropy, mask)
 
 
-def _fit_checked(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_checked(
+    settings: FitSettings, matrix, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     """A sparse matrix of counts its caller has checked already."""
     _check_memory(settings, matrix, init)
-    return _fit_counts(settings, matrix, init, callback, entropy)
+    return _fit_counts(settings, matrix, init, callback, entropy, mask)
 
 
 def _check_memory(settings: FitSettings, X, init) -> None:
@@ -518,7 +538,9 @@ def _check_memory(settings: FitSettings, X, init) -> None:
     )
 
 
-def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_counts(
+    settings: FitSettings, matrix, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
         csr = sp.csr_array(matrix)
@@ -532,10 +554,27 @@ def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple
             fingerprint,
         )
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
+    if mask is not None:
+        mask = _checked_mask(mask, matrix.shape)
+        csr = sp.csr_array(matrix)
+        matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
     data = as_count_data(matrix)
     if settings.solver == "svi":
         return _fit_svi_nonzeros(settings, data, init, callback, entropy)
-    return _fit_batch(settings, data, init, callback, entropy)
+    return _fit_batch(settings, data, init, callback, entropy, mask)
+
+
+def _checked_mask(mask, shape) -> Mask:
+    """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
+    missing ones; refused unless finite."""
+    matrix = sp.coo_array(mask) if not sp.issparse(mask) else mask
+    if matrix.shape != tuple(shape):
+        raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")
+    check_sparse_structure(sp.csr_array(matrix), "mask")
+    values = matrix.data
+    if values.dtype == object or not np.all(np.isfinite(values.astype(np.float64))):
+        raise ValueError("mask must hold finite numbers (nonzero: not observed)")
+    return Mask.of(matrix)
 
 
 def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
@@ -587,7 +626,7 @@ def _checkpointer(
 
 
 def _fit_batch(
-    settings: FitSettings, data: CountData, init, callback, entropy
+    settings: FitSettings, data: CountData, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
     """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked;
     SQUAREM-accelerated when ``settings.accelerate``."""
@@ -598,6 +637,8 @@ def _fit_batch(
         checkpointer = _checkpointer(
             settings, data.shape, data.nnz, total, n_threads, None, fingerprint
         )
+        if mask is not None:  # a checkpoint of other missing entries is another fit
+            checkpointer.config["mask"] = combine_fingerprints(check_sparse_structure(mask.rows))
         stored = checkpointer.load() if settings.resume else None
         if stored is not None:
             starts = [stored]
@@ -612,13 +653,28 @@ def _fit_batch(
         run = _run_accelerated if settings.accelerate else _run_plain
         best = None
         for start in starts:
-            result = run(settings, data, start, checkpointer, callback, n_threads)
+            if mask is not None and not isinstance(start, tuple):  # rates per entry from here
+                start = _per_entry_rates(start)
+            result = run(settings, data, start, checkpointer, callback, n_threads, mask)
             if best is None or _final_elbo(result) > _final_elbo(best):
                 best = result
     return best, data.shape[1]
 
 
-def _run_plain(settings, data, start, checkpointer, callback, n_threads) -> FitResult:
+def _per_entry_rates(params):
+    """``params`` with each rate per entry (n x K), as a fit with missing entries keeps
+    them (an extrapolation must see the same arrays at every step)."""
+    return VariationalParams(
+        params.row_shape,
+        np.broadcast_to(params.row_rate, params.row_shape.shape).copy(),
+        params.col_shape,
+        np.broadcast_to(params.col_rate, params.col_shape.shape).copy(),
+        params.row_scale,
+        params.col_scale,
+    )
+
+
+def _run_plain(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
     """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``; saves the
     parameters after every ``checkpoint_every`` iterations and at the end."""
 
@@ -649,12 +705,13 @@ def _run_plain(settings, data, start, checkpointer, callback, n_threads) -> FitR
         elbo_trace=trace,
         callback=after_iteration,
         verbose=settings.verbose,
+        mask=mask,
     )
     save(result.n_iter, result.params, result.elbo_trace, finished=True)
     return result
 
 
-def _run_accelerated(settings, data, start, checkpointer, callback, n_threads) -> FitResult:
+def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
     """SQUAREM-accelerated coordinate ascent from a start or a checkpoint; saves the
     state at the start of every ``checkpoint_every``-th cycle's pass and at the end."""
 
@@ -700,6 +757,7 @@ def _run_accelerated(settings, data, start, checkpointer, callback, n_threads) -
         callback=callback,
         on_cycle=save,
         verbose=settings.verbose,
+        mask=mask,
     )
     save(state, finished=True)
     return result

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import digamma, gammaln, polygamma
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
@@ -189,6 +190,45 @@ def gamma_kl(shape, rate, prior_shape: float, prior_rate: float) -> float:
     return float(kl.sum())
 
 
+# -- missing entries ---------------------------------------------------------------------------
+@dataclass
+class Mask:
+    """Entries of X that were not observed (model.md, "Missing entries"): their terms
+    leave the likelihood. The pass never sees them (the caller drops them from the data);
+    what remains is their share of the expected counts, taken out of the total term and
+    of the rates: ``sum_{j in M_i} E[w_jl]`` for row i and ``sum_{i in M_j} E[z_il]`` for
+    column j. ``rows`` is the mask as CSR (rows x columns, ones), ``cols`` its transpose."""
+
+    rows: sp.csr_array
+    cols: sp.csr_array
+
+    @classmethod
+    def of(cls, matrix) -> Mask:
+        """The mask of the nonzero entries of ``matrix`` (rows x columns)."""
+        rows = sp.csr_array(matrix, dtype=np.float64, copy=True)
+        rows.sum_duplicates()
+        rows.eliminate_zeros()
+        rows.data[:] = 1.0
+        return cls(rows, sp.csr_array(rows.T))
+
+    def row_sums(self, col_mean: np.ndarray) -> np.ndarray:
+        """``sum_{j in M_i} E[w_j]`` for every row (rows x K)."""
+        return np.asarray(self.rows @ col_mean)
+
+    def col_sums(self, row_mean: np.ndarray) -> np.ndarray:
+        """``sum_{i in M_j} E[z_i]`` for every column (columns x K)."""
+        return np.asarray(self.cols @ row_mean)
+
+    def product(self, row_mean: np.ndarray, col_mean: np.ndarray) -> float:
+        """``sum_{(i, j) in M} sum_l E[z_il] E[w_jl]``."""
+        return float(np.sum(row_mean * self.row_sums(col_mean)))
+
+
+def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """The other side's sums seen by each row: all of them, less the masked ones."""
+    return mean_sum if masked is None else mean_sum - masked
+
+
 # -- the pass over the nonzeros (updateA) -------------------------------------------------
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     """What the pass needs of one side of q: ``E[log]``, ``exp(E[log])`` divided by its
@@ -283,6 +323,7 @@ def global_step(
     col_stat: np.ndarray,
     prior: Prior,
     rate_scale: float = 1.0,
+    mask: Mask | None = None,
 ) -> VariationalParams:
     """updateA's shapes from the pass statistics, then updateB in model.md's order: the
     row rate from ``E_old[w]``, the column rate from ``E_new[z]``. Each is the exact optimum
@@ -293,15 +334,21 @@ def global_step(
     of the two sides is pinned (`fix_gauge`); all exact coordinate ascent.
 
     ``rate_scale`` multiplies the other side's sums in both rates (1 for VB; Abe and
-    Shimamura's minibatch form, fixed prior only, scales them by S / (R C)).
+    Shimamura's minibatch form, fixed prior only, scales them by S / (R C)). With a
+    ``mask`` of missing entries each row's rate leaves out the masked columns (and each
+    column's the masked rows), so the rates are per entry.
     """
     dtype = params.row_shape.dtype
+    col_mean = params.col_mean
+    row_sums = _other_sums(col_mean.sum(axis=0), mask and mask.row_sums(col_mean))
     if isinstance(prior, HierarchicalPrior):
         row_shape, row_rate, row_scale = update_side_learned(
-            row_stat, params.row_scale, params.col_mean.sum(axis=0), dtype
+            row_stat, params.row_scale, row_sums, dtype
         )
+        row_mean = row_shape / row_rate
+        col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
         col_shape, col_rate, col_scale = update_side_learned(
-            col_stat, params.col_scale, (row_shape / row_rate).sum(axis=0), dtype
+            col_stat, params.col_scale, col_sums, dtype
         )
         row_scale = learn_hyperparameters(
             scale_sums(row_shape, row_rate, row_scale), row_scale, prior
@@ -312,12 +359,10 @@ def global_step(
         return fix_gauge(
             VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
         )
-    row_shape, row_rate = update_side(
-        prior, row_stat, rate_scale * params.col_mean.sum(axis=0), dtype
-    )
-    col_shape, col_rate = update_side(
-        prior, col_stat, rate_scale * (row_shape / row_rate).sum(axis=0), dtype
-    )
+    row_shape, row_rate = update_side(prior, row_stat, rate_scale * row_sums, dtype)
+    row_mean = row_shape / row_rate
+    col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
+    col_shape, col_rate = update_side(prior, col_stat, rate_scale * col_sums, dtype)
     return VariationalParams(row_shape, row_rate, col_shape, col_rate)
 
 
@@ -595,10 +640,15 @@ class ElboTerms:
     row_kl: float
     col_mean_sum: np.ndarray | None = None
     col_kl: float = 0.0
+    masked_product: float = 0.0
 
     def value(self) -> float:
-        """``data - sum_l (sum_i E[z_il])(sum_j E[w_jl]) - KL(q(z)) - KL(q(w))`` (nats)."""
+        """``data - sum_l (sum_i E[z_il])(sum_j E[w_jl]) - KL(q(z)) - KL(q(w))`` (nats);
+        with missing entries their share of the expected product, ``masked_product``, is
+        taken out of the total term."""
         expected_product = float(self.row_mean_sum @ self.col_mean_sum)
+        if self.masked_product:
+            expected_product -= self.masked_product
         return self.data_term - expected_product - self.row_kl - self.col_kl
 
     def __add__(self, other: ElboTerms) -> ElboTerms:
@@ -628,17 +678,23 @@ def side_terms(
     return mean_sum, gamma_kl(shape, rate, prior.shape, prior.rate)
 
 
-def elbo_terms(data_term: float, params: VariationalParams, prior: Prior) -> ElboTerms:
-    """The ELBO's terms for ``params`` whose pass gave ``data_term``."""
+def elbo_terms(
+    data_term: float, params: VariationalParams, prior: Prior, mask: Mask | None = None
+) -> ElboTerms:
+    """The ELBO's terms for ``params`` whose pass gave ``data_term`` (with ``mask``, the
+    missing entries' expected counts out of the total term)."""
     row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior, params.row_scale)
     col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior, params.col_scale)
-    return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl)
+    masked = 0.0 if mask is None else mask.product(params.row_mean, params.col_mean)
+    return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl, masked)
 
 
-def elbo(data: CountData, params: VariationalParams, prior: Prior, n_parts: int = 1) -> float:
+def elbo(
+    data: CountData, params: VariationalParams, prior: Prior, n_parts: int = 1, mask=None
+) -> float:
     """The ELBO of ``params`` (nats), with the responsibilities at their optimum."""
     _, _, data_term = shape_statistics(data, params, n_parts)
-    return elbo_terms(data_term, params, prior).value()
+    return elbo_terms(data_term, params, prior, mask).value()
 
 
 # -- the stopping rule ----------------------------------------------------------------------

@@ -334,13 +334,9 @@ def fix_gauge(params: TensorParams) -> TensorParams:
     middle = float(np.exp(np.log(prior_means).mean()))
     rates, scales = [], []
     for rate, scale in zip(params.rates, params.scales):
-        factor = scale.prior_mean / middle
-        rates.append(rate / factor)
-        scales.append(
-            _model.ScaleState(
-                scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, middle
-            )
-        )
+        rate, scale = _model.rescale_side(rate, scale, scale.prior_mean / middle, middle)
+        rates.append(rate)
+        scales.append(scale)
     return TensorParams(params.shapes, rates, scales)
 
 
@@ -416,9 +412,11 @@ def random_start(
     n_modes = data.n_modes
     rates, scales = [], []
     for shape, totals in zip(shapes, mode_totals(data)):
-        rate = _model.learned_start_rates(totals, total, n_components, dtype, n_modes)
+        rate = _model.learned_start_rates(totals, total, n_components, dtype, n_sides=n_modes)
         rates.append(rate)
-        scales.append(_model.learned_start_scale(shape, rate, totals, total, prior, n_modes))
+        scales.append(
+            _model.learned_start_scale(shape, rate, totals, total, prior, n_sides=n_modes)
+        )
     return TensorParams(shapes, rates, scales)
 
 

@@ -14,7 +14,7 @@ from scipy.special import gammaln
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._utils import is_dask_array
 from ._counts import check_count_matrix, select_counts
-from ._nmf import _storable, gene_mask, nmf
+from ._nmf import _storable, _storable_int, gene_mask, nmf
 from ._split import count_split
 
 # Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
@@ -187,7 +187,9 @@ def select_k(
             "suggested",
         ]
     ]
-    params = {"ks": np.asarray(ks), "solver": solver, "random_state": random_state}
+    params = {"ks": np.asarray(ks), "solver": solver}
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        params["random_state"] = _storable_int(int(random_state))
     if tolerance is not None:
         params["tolerance"] = float(tolerance)
     for name, value in (("layer", layer), ("mask_var", mask_var), ("min_share", min_share)):

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import digamma, gammaln
+from scipy.special import digamma
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
@@ -95,28 +95,24 @@ def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
 
 
 def gamma_kl(shape, rate, prior_shape: float, prior_rate: float) -> float:
-    """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries."""
-    shape = np.asarray(shape, dtype=np.float64)
-    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
-    kl = (
-        (shape - prior_shape) * digamma(shape)
-        - gammaln(shape)
-        + gammaln(prior_shape)
-        + prior_shape * (np.log(rate) - np.log(prior_rate))
-        + shape * (prior_rate - rate) / rate
-    )
-    return float(kl.sum())
+    """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries
+    (``rate`` and the prior's parameters broadcastable to ``shape``)."""
+    return _kernels.gamma_sums(shape, rate, prior_shape, prior_rate)[1]
 
 
 # -- the pass over the nonzeros (updateA) -------------------------------------------------
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
-    """What the pass needs of one side of q: ``E[log]``, ``exp(E[log])`` divided by its
-    row maximum (padded with zero columns by `_kernels.pad_components`), and that maximum
-    (log scale)."""
-    elog = expected_log(shape, rate).astype(shape.dtype, copy=False)
-    logmax = elog.max(axis=1)
-    scaled = np.exp(elog - logmax[:, None]).astype(shape.dtype, copy=False)
-    return elog, _kernels.pad_components(scaled), logmax
+    """What the pass needs of one side of q: ``exp(E[log])`` divided by its row maximum
+    (padded with zero columns to `_kernels.padded_width`), that maximum (log scale), and
+    the shapes and log rates for the pass's log-space path; ``rate`` per component or
+    any array broadcastable to ``shape``."""
+    shape = np.asarray(shape)
+    n_rows, n_components = shape.shape
+    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
+    logmax = np.empty(n_rows)
+    _kernels.gamma_moments(shape, log_rate, scaled, logmax)
+    return scaled, logmax, shape, log_rate
 
 
 def shape_statistics(
@@ -142,14 +138,18 @@ def pass_statistics(
 ):
     """`shape_statistics` from each side's `side_moments` (a side held fixed over many
     passes, as in `fit_rows`, computes its moments once)."""
-    major_elog, major_scaled, major_logmax = (row_moments, col_moments)[data.major]
-    minor_elog, minor_scaled, minor_logmax = (row_moments, col_moments)[1 - data.major]
-    dtype = major_elog.dtype
+    major_scaled, major_logmax, major_shape, major_log_rate = (row_moments, col_moments)[data.major]
+    minor_scaled, minor_logmax, minor_shape, minor_log_rate = (row_moments, col_moments)[
+        1 - data.major
+    ]
+    dtype = major_scaled.dtype
     bounds = data.part_bounds(n_parts)
-    n_components = minor_elog.shape[1]
-    major_stat = np.empty_like(major_scaled)
+    n_components = minor_shape.shape[1]
+    # Statistics and the data term in float64 whatever the tables' dtype; the per-part
+    # accumulators in the tables' dtype, summed in float64.
+    major_stat = np.empty((major_scaled.shape[0], n_components))
     minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape), dtype=dtype)
-    data_partial = np.zeros(len(bounds) - 1, dtype=np.float64)
+    data_partial = np.zeros(len(bounds) - 1)
     _kernels.update_shapes(
         data.indptr,
         data.indices,
@@ -157,18 +157,20 @@ def pass_statistics(
         bounds,
         major_scaled,
         major_logmax,
-        major_elog,
+        major_shape,
+        major_log_rate,
         minor_scaled,
         minor_logmax,
-        minor_elog,
+        minor_shape,
+        minor_log_rate,
         _TINY[np.dtype(dtype)],
-        block_rows or _kernels.minor_block_rows(minor_scaled.shape[1]),
+        block_rows or _kernels.minor_block_rows(minor_scaled.shape[1], dtype.itemsize),
         major_stat,
         minor_partial,
         data_partial,
     )
-    minor_stat = np.ascontiguousarray(minor_partial.sum(axis=0)[:, :n_components])  # fixed order
-    major_stat = np.ascontiguousarray(major_stat[:, :n_components])
+    minor_stat = np.empty((minor_scaled.shape[0], n_components))
+    _kernels.sum_parts(minor_partial, minor_stat)  # in part order
     stats = (major_stat, minor_stat) if data.major == 0 else (minor_stat, major_stat)
     return stats[0], stats[1], float(data_partial.sum()) - data.log_factorial
 
@@ -317,8 +319,7 @@ class ElboTerms:
 def side_terms(shape: np.ndarray, rate: np.ndarray, prior: GammaPrior) -> tuple[np.ndarray, float]:
     """One side's share of the ELBO: ``sum E[.]`` per component (for the expected
     product) and the KL of its q from the prior."""
-    mean_sum = (shape / rate).sum(axis=0).astype(np.float64)
-    return mean_sum, gamma_kl(shape, rate, prior.shape, prior.rate)
+    return _kernels.gamma_sums(shape, rate, prior.shape, prior.rate)
 
 
 def elbo_terms(data_term: float, params: VariationalParams, prior: GammaPrior) -> ElboTerms:

@@ -53,7 +53,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
 import numba
 import numpy as np
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, peak_rss_mib, timed_functions
 from numba import njit, prange
 
 from vbsnmf._kernels import add_scaled_products, digamma, padded_width, row_dot
@@ -177,77 +177,13 @@ def n_iterations(n_components: int) -> int:
 
 
 # -- the breakdown -----------------------------------------------------------------------------
-class Timers:
-    """Wall time inside wrapped functions, inclusive and exclusive of wrapped callees."""
-
-    def __init__(self):
-        self.inclusive = defaultdict(float)
-        self.exclusive = defaultdict(float)
-        self.calls = defaultdict(int)
-        self.stack: list[list] = []
-
-    def wrap(self, name, function):
-        def timed(*args, **kwargs):
-            frame = [name, 0.0]
-            self.stack.append(frame)
-            begin = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                elapsed = time.perf_counter() - begin
-                self.stack.pop()
-                self.inclusive[name] += elapsed
-                self.exclusive[name] += elapsed - frame[1]
-                self.calls[name] += 1
-                if self.stack:
-                    self.stack[-1][1] += elapsed
-
-        return timed
-
-
-_MODEL_FUNCTIONS = (
-    "shape_statistics",
-    "side_moments",
-    "pass_statistics",
-    "elbo_terms",
-    "side_terms",
-    "gamma_kl",
-    "global_step",
-)
-
-
+# -- the breakdown ---------------------------------------------------------------------------
 def breakdown(data, start, prior, n_iter: int, n_parts: int) -> tuple[dict, float]:
-    from numba.core.registry import CPUDispatcher
+    import vbsnmf
 
-    from vbsnmf import _batch, _kernels, _model
-
-    timers = Timers()
-    saved = []
-    wrapped = {}
-    for module, names in (
-        (_model, _MODEL_FUNCTIONS),
-        (_batch, _MODEL_FUNCTIONS),  # the driver imports them by name
-        (_kernels, [n for n, v in vars(_kernels).items() if isinstance(v, CPUDispatcher)]),
-    ):
-        for name in names:
-            if hasattr(module, name):
-                function = getattr(module, name)
-                saved.append((module, name, function))
-                if function not in wrapped:
-                    wrapped[function] = timers.wrap(name, function)
-                setattr(module, name, wrapped[function])
-    try:
+    with timed_functions(vbsnmf) as timers:
         seconds, _ = engine_seconds(data, start, prior, n_iter, n_parts)
-    finally:
-        for module, name, function in saved:
-            setattr(module, name, function)
-    per = 1e3 / (n_iter + 1)
-    rows = {
-        name: (timers.calls[name] / (n_iter + 1), timers.inclusive[name] * per,
-               timers.exclusive[name] * per)
-        for name in timers.calls
-    }  # fmt: skip
-    return rows, seconds * per
+    return timers.per_call_ms(n_iter + 1), 1e3 * seconds / (n_iter + 1)
 
 
 # -- memory ----------------------------------------------------------------------------------

@@ -475,7 +475,7 @@ def _fit_batch(
     settings: FitSettings, data: CountData, init, callback, entropy
 ) -> tuple[FitResult, int]:
     """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked."""
-    total = float(data.counts.sum())
+    total = float(np.sum(data.counts, dtype=np.float64))
     n_components, dtype = settings.n_components, settings.dtype
     with numba_threads(settings.n_threads) as n_threads:
         checkpointer = _checkpointer(settings, data.shape, data.nnz, total, n_threads, None)
@@ -526,7 +526,7 @@ def _fit_batch(
 def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
     """SVI over minibatches of nonzeros (the ``"nonzeros"`` and ``"abe-shimamura"``
     forms)."""
-    total = float(data.counts.sum())
+    total = float(np.sum(data.counts, dtype=np.float64))
     batch = settings.batch_size or default_batch_size(settings.svi_form, data.shape[0], data.nnz)
 
     def start_state() -> SVIState:

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
+from .._data import stored_dtype
 from .losses import (
     Q_FLOOR,
     LossSpec,
@@ -35,24 +36,12 @@ from .losses import (
 
 _EMPTY = np.empty(0, dtype=np.float64)
 
-
-def _stored_dtype(values: np.ndarray) -> type:
-    """float32 when every value is exact in it (counts below 2**24 are), else float64.
-
-    The sparse products stream every stored entry from memory once per half-step, and at
-    pbmc_facs' size X and its transpose do not stay in cache between them: four bytes less
-    per entry made the pair of products 0.8x the time (same-process A/B). The kernels widen
-    each value to float64 as they read it, so the results are those of float64 storage.
-    """
-    if values.dtype == np.float32:
-        return np.float32
-    step = 1 << 20  # a block at a time: no nnz-sized temporary
-    for start in range(0, values.shape[0], step):
-        block = np.asarray(values[start : start + step], dtype=np.float64)
-        with np.errstate(over="ignore"):  # past float32's range: inf, hence inexact
-            if not np.array_equal(block.astype(np.float32), block):
-                return np.float64
-    return np.float32
+# Values stored as float32 where exact: the sparse products stream every stored entry from
+# memory once per half-step, and at pbmc_facs' size X and its transpose do not stay in cache
+# between them: four bytes less per entry made the pair of products 0.8x the time
+# (same-process A/B). The kernels widen each value to float64 as they read it, so the
+# results are those of float64 storage.
+_stored_dtype = stored_dtype
 
 
 @dataclass

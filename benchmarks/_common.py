@@ -12,7 +12,19 @@ from collections import defaultdict
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux ru_maxrss is KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process image.
+    Not ``ru_maxrss``: Linux carries that over ``exec``, so a child that multiprocessing's
+    "spawn" forks from a large parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 

@@ -228,53 +228,8 @@ def memory(args) -> None:
             )
 
 
-# -- main ------------------------------------------------------------------------------------
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--components", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--iters", type=int, default=None, help="iterations per fit (default: 200, 2000 // K)"
-    )
-    parser.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: CPU time of all threads"
-    )
-    parser.add_argument("--breakdown", action="store_true")
-    parser.add_argument("--memory", action="store_true")
-    args = parser.parse_args()
-    if args.threads > numba.config.NUMBA_NUM_THREADS:
-        parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
-    numba.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-
-    import vbsnmf
-    from vbsnmf import _model
-    from vbsnmf._data import as_count_data
-
-    X = vbsnmf.datasets.pbmc_facs().X
-    data = as_count_data(X)
-    total = float(np.sum(data.counts, dtype=np.float64))
-    prior = _model.GammaPrior()
-    print(
-        f"pbmc_facs {X.shape[0]} x {X.shape[1]}, {data.nnz:,} nonzeros, {args.threads} "
-        f"threads, {args.rounds} rounds, {args.clock} time; engine counts stored as "
-        f"{data.counts.dtype}"
-    )
-
-    cases = [(k, dtype) for k in args.components for dtype in args.dtypes]
-    setups = {}
-    for n_components, dtype in cases:
-        start = _model.random_start(data.shape, n_components, total, 0, np.dtype(dtype))
-        proxy = Proxy(X, n_components, np.dtype(dtype), start, args.threads)
-        n_iter = args.iters or n_iterations(n_components)
-        # compile (or load from cache) both at this dtype before timing
-        proxy_seconds(proxy, 1)
-        engine_seconds(data, start, prior, 1, args.threads)
-        setups[n_components, dtype] = (start, proxy, n_iter)
-
+def rounds(args, cases, setups, data, prior) -> None:
+    """The interleaved rounds and their tables (see the module docstring)."""
     engine_s, proxy_s, ratios, traces = defaultdict(list), defaultdict(list), defaultdict(list), {}
     speedups = defaultdict(list)
     for round_index in range(args.rounds):
@@ -326,6 +281,56 @@ def main() -> None:
             )
     print(f"\npeak RSS of this process (data, proxy copy, all cases): {peak_rss_mib():.0f} MiB")
 
+
+# -- main ------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--components", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--iters", type=int, default=None, help="iterations per fit (default: 200, 2000 // K)"
+    )
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="cpu: CPU time of all threads"
+    )
+    parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--memory", action="store_true")
+    args = parser.parse_args()
+    if args.threads > numba.config.NUMBA_NUM_THREADS:
+        parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
+    numba.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+
+    import vbsnmf
+    from vbsnmf import _model
+    from vbsnmf._data import as_count_data
+
+    X = vbsnmf.datasets.pbmc_facs().X
+    data = as_count_data(X)
+    total = float(np.sum(data.counts, dtype=np.float64))
+    prior = _model.GammaPrior()
+    print(
+        f"pbmc_facs {X.shape[0]} x {X.shape[1]}, {data.nnz:,} nonzeros, {args.threads} "
+        f"threads, {args.rounds} rounds, {args.clock} time; engine counts stored as "
+        f"{data.counts.dtype}"
+    )
+
+    cases = [(k, dtype) for k in args.components for dtype in args.dtypes]
+    setups = {}
+    for n_components, dtype in cases:
+        start = _model.random_start(data.shape, n_components, total, 0, np.dtype(dtype))
+        proxy = Proxy(X, n_components, np.dtype(dtype), start, args.threads)
+        n_iter = args.iters or n_iterations(n_components)
+        # compile (or load from cache) both at this dtype before timing
+        proxy_seconds(proxy, 1)
+        engine_seconds(data, start, prior, 1, args.threads)
+        setups[n_components, dtype] = (start, proxy, n_iter)
+
+    if args.rounds:
+        rounds(args, cases, setups, data, prior)
     if args.breakdown:
         for case in cases:
             start, _, n_iter = setups[case]

@@ -1,7 +1,7 @@
 """Same-process A/B of the engine's batch iteration at two commits, on pbmc_facs.
 
     python benchmarks/ab_engine.py A B [--threads 1] [--clock cpu] [--components 10 50]
-        [--dtypes float64 float32] [--rounds 7] [--iters 20]
+        [--dtypes float64 float32] [--rounds 7] [--iters 20] [--data big.h5ad]
 
 The ``vbsnmf`` package of each commit is extracted (``git archive``) into a temporary
 directory as ``vbsnmf_a`` and ``vbsnmf_b`` (its imports are relative, so it runs under any
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--data", help="an .h5ad to fit instead of pbmc_facs (loaded in memory)")
     parser.add_argument(
         "--breakdown", action="store_true", help="also ms/iteration per kernel and model function"
     )
@@ -80,7 +81,12 @@ def main() -> None:
         for module in list(versions.values()):
             for sub in ("_model", "_batch", "_data"):
                 importlib.import_module(f"{module.__name__}.{sub}")
-        X = versions["a"].datasets.pbmc_facs().X
+        if args.data:
+            import anndata
+
+            X = anndata.read_h5ad(args.data).X
+        else:
+            X = versions["a"].datasets.pbmc_facs().X
         data = {label: v._data.as_count_data(X) for label, v in versions.items()}
         total = float(np.sum(data["a"].counts, dtype=np.float64))
 
@@ -97,7 +103,7 @@ def main() -> None:
             return clock() - begin, result.elbo_trace
 
         print(
-            f"A = {args.a}, B = {args.b}; pbmc_facs, {data['a'].nnz:,} nonzeros, "
+            f"A = {args.a}, B = {args.b}; {args.data or 'pbmc_facs'}, {data['a'].nnz:,} nonzeros, "
             f"{args.threads} threads, {args.clock} time, {args.rounds} rounds of {args.iters} "
             f"iterations; counts stored as {data['a'].counts.dtype} (A), "
             f"{data['b'].counts.dtype} (B)"

@@ -175,6 +175,28 @@ def test_gamma_sums_match_numpy(per_entry):
     assert mean_sum.dtype == np.float64
 
 
+def test_csr_is_canonical_matches_scipy():
+    rng = np.random.default_rng(6)
+    X = _csr(rng, 40, 30, 0.3)
+    cases = {"canonical": X}
+    unsorted = X.copy()
+    unsorted.indices[unsorted.indptr[2] : unsorted.indptr[3]] = unsorted.indices[
+        unsorted.indptr[2] : unsorted.indptr[3]
+    ][::-1]
+    cases["unsorted"] = unsorted
+    duplicated = sp.csr_matrix(
+        (np.ones(3), np.array([1, 1, 4]), np.array([0, 3] + [3] * 39)), shape=(40, 30)
+    )
+    cases["duplicate"] = duplicated
+    zero = X.copy()
+    zero.data[5] = 0.0
+    cases["stored zero"] = zero
+    for name, matrix in cases.items():
+        expected = matrix.has_canonical_format and bool(np.all(matrix.data))
+        got = _kernels.csr_is_canonical(matrix.indptr, matrix.indices, matrix.data)
+        assert got == expected == (name == "canonical"), name
+
+
 def test_log_factorial_sum_matches_gammaln():
     counts = np.random.default_rng(1).integers(1, 500, 10_001).astype(np.float64)
     for chunk in (1, 7, 1 << 16):

@@ -87,7 +87,7 @@ def as_count_data(matrix, counts_dtype=None) -> CountData:
     shape = matrix.shape
     major = 0 if shape[0] >= shape[1] else 1
     csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
-    if not csr.has_canonical_format or not np.all(csr.data):
+    if not _kernels.csr_is_canonical(csr.indptr, csr.indices, csr.data):
         # Sorting, summing duplicates and dropping zeros work in place: never on the
         # caller's matrix.
         csr = csr.copy()

@@ -606,6 +606,21 @@ def sum_parts(partial, out):
 
 
 @njit(parallel=True, cache=True)
+def csr_is_canonical(indptr, indices, data):
+    """Whether a CSR matrix has strictly increasing indices within every row (sorted, no
+    duplicates) and no stored zeros. scipy's ``has_canonical_format`` first copies
+    ``indices`` to ``indptr``'s dtype when they differ (8 bytes per nonzero for the int32
+    indices and int64 pointers of a large ``.h5ad``)."""
+    n_rows = indptr.shape[0] - 1
+    bad = 0
+    for i in prange(n_rows):
+        for n in range(indptr[i], indptr[i + 1]):
+            if data[n] == 0 or (n > indptr[i] and indices[n] <= indices[n - 1]):
+                bad += 1
+    return bad == 0
+
+
+@njit(parallel=True, cache=True)
 def log_factorial_sum(counts, block_size):
     """``sum_n lgamma(x_n + 1)``, the constant part of the ELBO's data term.
 

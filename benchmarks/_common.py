@@ -51,9 +51,11 @@ def in_fresh_process(function, *args):
 
 
 class Timers:
-    """Wall time inside wrapped functions, inclusive and exclusive of wrapped callees."""
+    """Time inside wrapped functions (by ``clock``), inclusive and exclusive of wrapped
+    callees."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.inclusive = defaultdict(float)
         self.exclusive = defaultdict(float)
         self.calls = defaultdict(int)
@@ -63,11 +65,11 @@ class Timers:
         def timed(*args, **kwargs):
             frame = [name, 0.0]
             self.stack.append(frame)
-            begin = time.perf_counter()
+            begin = self.clock()
             try:
                 return function(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - begin
+                elapsed = self.clock() - begin
                 self.stack.pop()
                 self.inclusive[name] += elapsed
                 self.exclusive[name] += elapsed - frame[1]
@@ -100,7 +102,7 @@ MODEL_FUNCTIONS = (
 
 
 @contextlib.contextmanager
-def timed_functions(package):
+def timed_functions(package, clock=time.perf_counter):
     """Every Numba kernel of ``package._kernels`` and the model functions of
     ``package._model`` (also where ``package._batch`` imported them by name) wrapped in
     `Timers` for the duration of the block."""
@@ -109,7 +111,7 @@ def timed_functions(package):
     modules = {name: importlib.import_module(f"{package.__name__}.{name}") for name in
                ("_model", "_batch", "_kernels")}  # fmt: skip
     kernels = [n for n, v in vars(modules["_kernels"]).items() if isinstance(v, CPUDispatcher)]
-    timers = Timers()
+    timers = Timers(clock)
     saved, wrapped = [], {}
     for module, names in (
         (modules["_model"], MODEL_FUNCTIONS),

@@ -138,7 +138,7 @@ def main() -> None:
                 if args.breakdown:
                     rows = {}
                     for label, v in versions.items():
-                        with timed_functions(v) as timers:
+                        with timed_functions(v, clock) as timers:
                             fit(label, start, n_components, args.iters)
                         rows[label] = timers.per_call_ms(args.iters + 1)
                     breakdowns.append((n_components, dtype, rows))

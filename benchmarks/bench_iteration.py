@@ -181,7 +181,7 @@ def n_iterations(n_components: int) -> int:
 def breakdown(data, start, prior, n_iter: int, n_parts: int) -> tuple[dict, float]:
     import vbsnmf
 
-    with timed_functions(vbsnmf) as timers:
+    with timed_functions(vbsnmf, CLOCK) as timers:
         seconds, _ = engine_seconds(data, start, prior, n_iter, n_parts)
     return timers.per_call_ms(n_iter + 1), 1e3 * seconds / (n_iter + 1)
 

@@ -103,6 +103,28 @@ def test_update_shapes_falls_back_to_log_sum_exp():
     np.testing.assert_allclose(data_partial[0], expected, rtol=1e-12)
 
 
+def test_weighted_log_sum_matches_numpy_to_an_ulp():
+    """Every binade from 1e-300 to 1e300, mantissas on both sides of sqrt(2), and counts
+    that leave one to three lanes of the last block."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate(
+        [np.logspace(-300, 300, 5_001), rng.uniform(0.5, 2.0, 5_000), [1.0, 2.0, np.sqrt(2.0)]]
+    )
+    size = _kernels.LOG_BUFFER
+    scratch, exponent = np.empty(size), np.empty(size)
+    for value in values[::7]:  # one at a time: the log itself to an ulp
+        buffer = np.array([value] + [1.0] * (size - 1))
+        got = _kernels.weighted_log_sum(buffer, np.ones(size), 1, scratch, exponent)
+        assert abs(got - np.log(value)) <= np.spacing(abs(np.log(value))) or got == np.log(value)
+    for count in (size, size - 1, size - 2, size - 3, 5, 0):
+        chunk = values[:count].copy()
+        weights = rng.integers(1, 9, count).astype(np.float64)
+        buffer, weight_buffer = np.ones(size), np.zeros(size)
+        buffer[:count], weight_buffer[:count] = chunk, weights
+        got = _kernels.weighted_log_sum(buffer, weight_buffer, count, scratch, exponent)
+        np.testing.assert_allclose(got, np.sum(weights * np.log(chunk)), rtol=1e-14, atol=1e-12)
+
+
 def test_sum_parts_sums_in_float64_up_to_k():
     partial = np.random.default_rng(2).random((3, 5, 8)).astype(np.float32)
     out = np.full((5, 6), np.nan)

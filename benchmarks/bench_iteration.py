@@ -1,7 +1,7 @@
 """Batch VB's iteration against a fused proxy of its irreducible work, on pbmc_facs.
 
     python benchmarks/bench_iteration.py [--threads 2] [--components 5 10 20 50 100]
-        [--dtypes float64 float32] [--rounds 5] [--breakdown] [--memory]
+        [--dtypes float64 float32] [--rounds 5] [--breakdown] [--memory [--data big.h5ad]]
 
 **The proxy** (`Proxy.iteration`) is one iteration written as directly as Numba allows,
 doing only the work no implementation can skip: for each side, ``exp(digamma(shape) -
@@ -35,7 +35,8 @@ the driver).
 
 ``--memory``: peak RSS of ``VBNMF(K, max_iter=5, dtype=...).fit(X)`` in a fresh process per
 K and dtype, against a fresh process that only imports vbsnmf and loads pbmc_facs, and the
-budget 16 bytes per nonzero + 300 MiB.
+budget 16 bytes per nonzero + 300 MiB. With ``--data``, the same for the counts of that
+``.h5ad`` (e.g. the lung-atlas shape of `make_big.py`; ``--rounds 0`` skips the timing).
 """
 
 from __future__ import annotations
@@ -187,17 +188,25 @@ def breakdown(data, start, prior, n_iter: int, n_parts: int) -> tuple[dict, floa
 
 
 # -- memory ----------------------------------------------------------------------------------
-def _memory_baseline(threads: int) -> dict:
+def _load(path: str | None):
     import vbsnmf
 
-    X = vbsnmf.datasets.pbmc_facs().X
-    return {"nnz": int(X.nnz), "peak_mib": peak_rss_mib()}
+    if path is None:
+        return vbsnmf.datasets.pbmc_facs().X
+    import anndata
+
+    return anndata.read_h5ad(path).X
 
 
-def _memory_fit(threads: int, n_components: int, dtype: str) -> dict:
+def _memory_baseline(threads: int, path: str | None) -> dict:
+    X = _load(path)
+    return {"nnz": int(X.nnz), "shape": X.shape, "peak_mib": peak_rss_mib()}
+
+
+def _memory_fit(threads: int, n_components: int, dtype: str, path: str | None) -> dict:
     import vbsnmf
 
-    X = vbsnmf.datasets.pbmc_facs().X
+    X = _load(path)
     loaded = peak_rss_mib()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -208,18 +217,19 @@ def _memory_fit(threads: int, n_components: int, dtype: str) -> dict:
 
 
 def memory(args) -> None:
-    base = in_fresh_process(_memory_baseline, args.threads)
+    base = in_fresh_process(_memory_baseline, args.threads, args.data)
     budget = 16 * base["nnz"] / 2**20 + 300
     print(
-        f"\npeak RSS of VBNMF(K, max_iter=5).fit(pbmc_facs) in a fresh process; "
-        f"import + data alone {base['peak_mib']:.0f} MiB; budget 16 B/nnz + 300 MiB = "
-        f"{budget:.0f} MiB"
+        f"\npeak RSS of VBNMF(K, max_iter=5).fit(X) in a fresh process, X = "
+        f"{args.data or 'pbmc_facs'} {base['shape'][0]} x {base['shape'][1]}, "
+        f"{base['nnz']:,} nonzeros; import + data alone {base['peak_mib']:.0f} MiB; "
+        f"budget 16 B/nnz + 300 MiB = {budget:.0f} MiB"
     )
     print("| K | dtype | peak MiB | over import + data, MiB | within budget |")
     print("|---|---|---:|---:|---|")
     for n_components in args.components:
         for dtype in args.dtypes:
-            got = in_fresh_process(_memory_fit, args.threads, n_components, dtype)
+            got = in_fresh_process(_memory_fit, args.threads, n_components, dtype, args.data)
             print(
                 f"| {n_components} | {dtype} | {got['peak_mib']:.0f} "
                 f"| {got['peak_mib'] - base['peak_mib']:.0f} "
@@ -297,6 +307,7 @@ def main() -> None:
     )
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--data", help="--memory: an .h5ad of counts instead of pbmc_facs")
     args = parser.parse_args()
     if args.threads > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")

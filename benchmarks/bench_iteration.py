@@ -1,7 +1,8 @@
 """Batch VB's iteration against a fused proxy of its irreducible work, on pbmc_facs.
 
     python benchmarks/bench_iteration.py [--threads 2] [--components 5 10 20 50 100]
-        [--dtypes float64 float32] [--rounds 5] [--breakdown] [--memory [--data big.h5ad]]
+        [--dtypes float64 float32] [--priors gamma hierarchical] [--rounds 5] [--breakdown]
+        [--memory [--data big.h5ad]]
 
 **The proxy** (`Proxy.iteration`) is one iteration written as directly as Numba allows,
 doing only the work no implementation can skip: for each side, ``exp(digamma(shape) -
@@ -27,6 +28,11 @@ K and dtype, the proxy and the engine back to back (which goes first alternates 
 rounds), and the tables give medians over the rounds of each round's ratios: engine/proxy,
 and engine float64 / engine float32 (the float32 speed-up). Seconds per iteration are
 medians too; no single run is reported.
+
+``--priors gamma hierarchical``: the engine under the fixed prior and under the learned
+(hierarchical) prior, each from its own `random_start` (plain coordinate ascent, no
+SQUAREM, so that iterations compare), against the same proxy; a table gives the median
+of each round's learned / fixed time.
 
 ``--breakdown``: one extra fit per K and dtype with every `_kernels` kernel and the
 `_model` functions of an iteration wrapped in timers: milliseconds per iteration in each,
@@ -238,13 +244,13 @@ def memory(args) -> None:
             )
 
 
-def rounds(args, cases, setups, data, prior) -> None:
+def rounds(args, cases, setups, data) -> None:
     """The interleaved rounds and their tables (see the module docstring)."""
     engine_s, proxy_s, ratios, traces = defaultdict(list), defaultdict(list), defaultdict(list), {}
-    speedups = defaultdict(list)
+    speedups, learned = defaultdict(list), defaultdict(list)
     for round_index in range(args.rounds):
         for case in cases:
-            start, proxy, n_iter = setups[case]
+            start, proxy, n_iter, prior = setups[case]
             if round_index % 2 == 0:
                 p = proxy_seconds(proxy, n_iter + 1)
                 e, traces[case] = engine_seconds(data, start, prior, n_iter, args.threads)
@@ -254,40 +260,54 @@ def rounds(args, cases, setups, data, prior) -> None:
             engine_s[case].append(e / (n_iter + 1))
             proxy_s[case].append(p / (n_iter + 1))
             ratios[case].append(e / p)
-        for n_components in args.components:
-            if {"float64", "float32"} <= set(args.dtypes):
-                speedups[n_components].append(
-                    engine_s[n_components, "float64"][-1] / engine_s[n_components, "float32"][-1]
-                )
+        for k in args.components:
+            for name in args.priors:
+                if {"float64", "float32"} <= set(args.dtypes):
+                    speedups[k, name].append(
+                        engine_s[k, "float64", name][-1] / engine_s[k, "float32", name][-1]
+                    )
+            for dtype in args.dtypes:
+                if {"gamma", "hierarchical"} <= set(args.priors):
+                    learned[k, dtype].append(
+                        engine_s[k, dtype, "hierarchical"][-1] / engine_s[k, dtype, "gamma"][-1]
+                    )
         print(f"round {round_index + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
     print(
-        "\n| K | dtype | iterations | engine ms/iter | proxy ms/iter | engine/proxy "
+        "\n| K | dtype | prior | iterations | engine ms/iter | proxy ms/iter | engine/proxy "
         "(median, min-max over rounds) | engine ms/iter/K | final ELBO | monotone |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for case in cases:
-        n_components, dtype = case
+        n_components, dtype, name = case
         trace = traces[case]
         monotone = bool(np.all(np.diff(trace) >= 0))
         r = ratios[case]
         print(
-            f"| {n_components} | {dtype} | {setups[case][2]} "
+            f"| {n_components} | {dtype} | {name} | {setups[case][2]} "
             f"| {1e3 * np.median(engine_s[case]):.1f} | {1e3 * np.median(proxy_s[case]):.1f} "
             f"| {np.median(r):.3f} ({min(r):.2f}-{max(r):.2f}) "
             f"| {1e3 * np.median(engine_s[case]) / n_components:.2f} "
             f"| {trace[-1]:.10g} | {'yes' if monotone else 'NO'} |"
         )
     if speedups:
-        print("\n| K | float32 speed-up: engine float64 / float32 time (median, min-max) "
-              "| final ELBO float32 - float64, relative |")  # fmt: skip
-        print("|---|---:|---:|")
-        for n_components, values in speedups.items():
-            e64 = traces[n_components, "float64"][-1]
-            e32 = traces[n_components, "float32"][-1]
+        print("\n| K | prior | float32 speed-up: engine float64 / float32 time (median, "
+              "min-max) | final ELBO float32 - float64, relative |")  # fmt: skip
+        print("|---|---|---:|---:|")
+        for (n_components, name), values in speedups.items():
+            e64 = traces[n_components, "float64", name][-1]
+            e32 = traces[n_components, "float32", name][-1]
             print(
-                f"| {n_components} | {np.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) "
-                f"| {(e32 - e64) / abs(e64):.1e} |"
+                f"| {n_components} | {name} | {np.median(values):.2f} "
+                f"({min(values):.2f}-{max(values):.2f}) | {(e32 - e64) / abs(e64):.1e} |"
+            )
+    if learned:
+        print("\n| K | dtype | learned prior's time / fixed prior's (median, min-max) |")
+        print("|---|---|---:|")
+        for (n_components, dtype), values in learned.items():
+            print(
+                f"| {n_components} | {dtype} | {np.median(values):.3f} "
+                f"({min(values):.2f}-{max(values):.2f}) |"
             )
     print(f"\npeak RSS of this process (data, proxy copy, all cases): {peak_rss_mib():.0f} MiB")
 
@@ -298,6 +318,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--components", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    parser.add_argument(
+        "--priors", nargs="+", choices=["gamma", "hierarchical"], default=["gamma"],
+        help="the engine's prior: fixed Gamma, or learned (hierarchical; plain coordinate "
+        "ascent, no SQUAREM, so that iterations compare)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--iters", type=int, default=None, help="iterations per fit (default: 200, 2000 // K)"
@@ -322,31 +347,39 @@ def main() -> None:
     X = vbsnmf.datasets.pbmc_facs().X
     data = as_count_data(X)
     total = float(np.sum(data.counts, dtype=np.float64))
-    prior = _model.GammaPrior()
+    totals = _model.side_totals(data)
+    priors = {"gamma": _model.GammaPrior(), "hierarchical": _model.HierarchicalPrior()}
     print(
         f"pbmc_facs {X.shape[0]} x {X.shape[1]}, {data.nnz:,} nonzeros, {args.threads} "
         f"threads, {args.rounds} rounds, {args.clock} time; engine counts stored as "
         f"{data.counts.dtype}"
     )
 
-    cases = [(k, dtype) for k in args.components for dtype in args.dtypes]
+    cases = [(k, d, p) for k in args.components for d in args.dtypes for p in args.priors]
     setups = {}
-    for n_components, dtype in cases:
-        start = _model.random_start(data.shape, n_components, total, 0, np.dtype(dtype))
-        proxy = Proxy(X, n_components, np.dtype(dtype), start, args.threads)
+    for n_components, dtype, name in cases:
+        prior = priors[name]
+        start = _model.random_start(
+            data.shape, n_components, total, 0, np.dtype(dtype), prior=prior, totals=totals
+        )
+        fixed_start = _model.random_start(data.shape, n_components, total, 0, np.dtype(dtype))
+        proxy = Proxy(X, n_components, np.dtype(dtype), fixed_start, args.threads)
         n_iter = args.iters or n_iterations(n_components)
         # compile (or load from cache) both at this dtype before timing
         proxy_seconds(proxy, 1)
         engine_seconds(data, start, prior, 1, args.threads)
-        setups[n_components, dtype] = (start, proxy, n_iter)
+        setups[n_components, dtype, name] = (start, proxy, n_iter, prior)
 
     if args.rounds:
-        rounds(args, cases, setups, data, prior)
+        rounds(args, cases, setups, data)
     if args.breakdown:
         for case in cases:
-            start, _, n_iter = setups[case]
+            start, _, n_iter, prior = setups[case]
             rows, per_iteration = breakdown(data, start, prior, n_iter, args.threads)
-            print(f"\nbreakdown K={case[0]} {case[1]}: {per_iteration:.1f} ms per iteration")
+            print(
+                f"\nbreakdown K={case[0]} {case[1]} {case[2]} prior: {per_iteration:.1f} ms per "
+                "iteration"
+            )
             print("| function | calls/iter | ms/iter inclusive | ms/iter exclusive |")
             print("|---|---:|---:|---:|")
             for name, (calls, inclusive, exclusive) in sorted(

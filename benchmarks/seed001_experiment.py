@@ -154,8 +154,14 @@ class Method:
 def _fit_vb(X, n_components, n_iter, random_state, n_threads):
     import vbsnmf
 
+    # Abe and Shimamura's model: the fixed Gamma prior, plain coordinate ascent.
     model = vbsnmf.VBNMF(
-        n_components, max_iter=n_iter, tol=0.0, random_state=random_state, n_threads=n_threads
+        n_components,
+        prior="gamma",
+        max_iter=n_iter,
+        tol=0.0,
+        random_state=random_state,
+        n_threads=n_threads,
     )
     with warnings.catch_warnings():
         # tol=0 runs max_iter iterations, which the estimator reports as not converged.

@@ -18,7 +18,13 @@ def test_elbo_never_decreases_over_300_iterations(prior_shape, _pbmc_tiny):
     simulated, _ = poisson_gamma_counts(np.random.default_rng(5), 120, 90, 4)
     for X in (_pbmc_tiny.X, simulated):
         model = vbsnmf.VBNMF(
-            5, prior_shape=prior_shape, max_iter=300, tol=0.0, random_state=0, n_threads=2
+            5,
+            prior_shape=prior_shape,
+            max_iter=300,
+            tol=0.0,
+            random_state=0,
+            n_threads=2,
+            prior="gamma",
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
@@ -33,7 +39,7 @@ def test_elbo_never_decreases_over_300_iterations(prior_shape, _pbmc_tiny):
 def test_recovers_simulated_mean():
     rng = np.random.default_rng(11)
     X, true_mean = poisson_gamma_counts(rng, 300, 200, 3, shape=1.0)
-    model = vbsnmf.VBNMF(3, max_iter=500, tol=1e-7, random_state=0, n_init=2)
+    model = vbsnmf.VBNMF(3, max_iter=500, tol=1e-7, random_state=0, n_init=2, prior="gamma")
     cell_factors = model.fit_transform(X)
     fitted_mean = cell_factors @ model.components_
     correlation = np.corrcoef(fitted_mean.ravel(), true_mean.ravel())[0, 1]
@@ -43,7 +49,7 @@ def test_recovers_simulated_mean():
 def test_same_seed_and_threads_bitwise_identical(_pbmc_tiny):
     traces = []
     for _ in range(2):
-        model = vbsnmf.VBNMF(4, max_iter=40, tol=0, random_state=42, n_threads=2)
+        model = vbsnmf.VBNMF(4, max_iter=40, tol=0, random_state=42, n_threads=2, prior="gamma")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             model.fit(_pbmc_tiny.X)
@@ -55,7 +61,9 @@ def test_same_seed_and_threads_bitwise_identical(_pbmc_tiny):
 def test_thread_counts_agree(_pbmc_tiny):
     fits = []
     for n_threads in (1, 2):
-        model = vbsnmf.VBNMF(4, max_iter=20, tol=0, random_state=3, n_threads=n_threads)
+        model = vbsnmf.VBNMF(
+            4, max_iter=20, tol=0, random_state=3, n_threads=n_threads, prior="gamma"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             model.fit(_pbmc_tiny.X)
@@ -68,7 +76,7 @@ def test_huge_counts_and_tiny_prior_stay_finite():
     X = sp.random(60, 40, density=0.2, random_state=rng, format="csr")
     X.data = np.round(X.data * 1e6)
     X.eliminate_zeros()
-    model = vbsnmf.VBNMF(5, prior_shape=1e-3, max_iter=50, random_state=0)
+    model = vbsnmf.VBNMF(5, prior_shape=1e-3, max_iter=50, random_state=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         factors = model.fit_transform(X)
@@ -78,7 +86,7 @@ def test_huge_counts_and_tiny_prior_stay_finite():
 
 
 def test_converges_and_stops_on_tol(_pbmc_tiny):
-    model = vbsnmf.VBNMF(3, max_iter=2000, tol=1e-4, random_state=0)
+    model = vbsnmf.VBNMF(3, max_iter=2000, tol=1e-4, random_state=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("error", vbsnmf.ConvergenceWarning)
         model.fit(_pbmc_tiny.X)
@@ -91,14 +99,14 @@ def test_converges_and_stops_on_tol(_pbmc_tiny):
 def test_max_iter_warns():
     X = np.random.default_rng(0).poisson(2.0, (30, 20))
     with pytest.warns(vbsnmf.ConvergenceWarning, match="max_iter=3"):
-        model = vbsnmf.VBNMF(2, max_iter=3, tol=0, random_state=0).fit(X)
+        model = vbsnmf.VBNMF(2, max_iter=3, tol=0, random_state=0, prior="gamma").fit(X)
     assert model.n_iter_ == 3
 
 
 def test_empty_rows_keep_prior_shape():
     X = np.random.default_rng(0).poisson(1.0, (20, 15)).astype(float)
     X[4] = 0
-    model = vbsnmf.VBNMF(3, prior_shape=0.5, max_iter=10, tol=0, random_state=0)
+    model = vbsnmf.VBNMF(3, prior_shape=0.5, max_iter=10, tol=0, random_state=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(X)
@@ -106,13 +114,13 @@ def test_empty_rows_keep_prior_shape():
 
 
 def test_float32_halves_factor_memory(_pbmc_tiny):
-    model = vbsnmf.VBNMF(4, max_iter=30, tol=0, random_state=0, dtype=np.float32)
+    model = vbsnmf.VBNMF(4, max_iter=30, tol=0, random_state=0, dtype=np.float32, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(_pbmc_tiny.X)
     assert model.cell_shape_.dtype == np.float32 and model.components_.dtype == np.float32
     assert np.all(np.isfinite(model.elbo_trace_))
-    double = vbsnmf.VBNMF(4, max_iter=30, tol=0, random_state=0)
+    double = vbsnmf.VBNMF(4, max_iter=30, tol=0, random_state=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         double.fit(_pbmc_tiny.X)

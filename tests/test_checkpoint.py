@@ -22,19 +22,35 @@ from vbsnmf import _checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 FITS = {
-    "batch": dict(max_iter=300, tol=0.0),
-    "svi-cells": dict(solver="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40),
-    "svi-textbook": dict(solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
+    "batch": dict(prior="gamma", max_iter=300, tol=0.0),
+    "svi-cells": dict(
+        prior="gamma", solver="svi", n_epochs=14, batch_size=200, tol=0.0, max_iter=40
+    ),
+    "svi-textbook": dict(prior="gamma", solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
+    # The learned prior: SQUAREM-accelerated batch, and the cells form with its scales.
+    "batch-learned": dict(max_iter=300, tol=0.0),
+    "svi-cells-learned": dict(solver="svi", n_epochs=8, batch_size=200, tol=0.0, max_iter=40),
 }
 # The killed child pauses this long after every iteration (batch) or epoch (SVI), which
 # leaves its numbers alone but makes it last at least 4 s whatever the machine's speed:
 # the kill, within 1 s of the first checkpoint, always lands mid-fit.
-CHILD_PAUSE = {"batch": 0.015, "svi-cells": 0.3, "svi-textbook": 0.02}
+CHILD_PAUSE = {
+    "batch": 0.015,
+    "svi-cells": 0.3,
+    "svi-textbook": 0.02,
+    "batch-learned": 0.015,
+    "svi-cells-learned": 0.5,
+}
 
 
 def _model(kind: str, checkpoint=None, resume=False) -> vbsnmf.VBNMF:
     return vbsnmf.VBNMF(
-        4, random_state=11, n_threads=1, checkpoint=checkpoint, resume=resume, **FITS[kind]
+        4,
+        random_state=11,
+        n_threads=1,
+        checkpoint=checkpoint,
+        resume=resume,
+        **FITS[kind],
     )
 
 
@@ -72,14 +88,16 @@ def test_generator_state_round_trips():
 
 def test_checkpoint_of_another_fit_is_refused(tmp_path, pbmc_tiny):
     path = tmp_path / "fit.ckpt"
-    _fit(vbsnmf.VBNMF(3, random_state=0, max_iter=3, n_threads=1, checkpoint=path))
-    other = vbsnmf.VBNMF(4, random_state=0, max_iter=3, n_threads=1, checkpoint=path, resume=True)
+    _fit(vbsnmf.VBNMF(3, random_state=0, max_iter=3, n_threads=1, checkpoint=path, prior="gamma"))
+    other = vbsnmf.VBNMF(
+        4, random_state=0, max_iter=3, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
     with pytest.raises(_checkpoint.CheckpointMismatchError, match="n_components"):
         other.fit(pbmc_tiny.X)
 
 
 def test_resume_without_a_checkpoint_is_a_fresh_fit(tmp_path):
-    fresh = _fit(vbsnmf.VBNMF(3, random_state=2, max_iter=15, tol=0.0, n_threads=1))
+    fresh = _fit(vbsnmf.VBNMF(3, random_state=2, max_iter=15, tol=0.0, n_threads=1, prior="gamma"))
     resumed = _fit(
         vbsnmf.VBNMF(
             3,
@@ -89,6 +107,7 @@ def test_resume_without_a_checkpoint_is_a_fresh_fit(tmp_path):
             n_threads=1,
             checkpoint=tmp_path / "new.ckpt",
             resume=True,
+            prior="gamma",
         )
     )
     assert_array_equal(resumed.elbo_trace_, fresh.elbo_trace_)
@@ -134,3 +153,110 @@ def test_killed_fit_resumes_to_the_uninterrupted_trace(tmp_path, kind):
     # Resuming a finished fit returns it unchanged.
     again = _fit(_model(kind, checkpoint=path, resume=True))
     assert_array_equal(again.elbo_trace_, uninterrupted.elbo_trace_)
+
+
+# -- damaged checkpoints and other data (issue 14) -------------------------------------------
+def _small_counts(seed=0):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(np.random.default_rng(seed).poisson(1.5, (60, 40)).astype(float))
+
+
+def _rewrite(path: Path, change) -> None:
+    """The checkpoint at ``path`` with its arrays passed through ``change``, meta kept."""
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    change(arrays)
+    _checkpoint.save_checkpoint(path, arrays, meta)
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value(arrays[name]))
+
+
+def _with_nan(array):
+    array = array.copy()
+    array.flat[3] = np.nan
+    return array
+
+
+DAMAGED = {
+    "row_shape cut to 10 rows": (_set("row_shape", lambda a: a[:10]), "row_shape"),
+    "NaN in col_shape": (_set("col_shape", _with_nan), "col_shape"),
+    "negative col_rate": (_set("col_rate", lambda a: -a), "col_rate"),
+    "zero row_rate": (_set("row_rate", np.zeros_like), "row_rate"),
+    "arrays of another K": (
+        lambda arrays: arrays.update(
+            {name: arrays[name][..., :2] for name in ("row_shape", "col_shape")}
+        ),
+        "row_shape",
+    ),
+    "col_rate missing": (lambda arrays: arrays.pop("col_rate"), "col_rate"),
+    "infinite ELBO": (_set("elbo_trace", lambda a: np.append(a, np.inf)), "elbo_trace"),
+}
+
+
+@pytest.mark.parametrize("kind", ["batch", "svi-cells"])
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage, kind):
+    path = tmp_path / "fit.ckpt"
+    settings = dict(FITS[kind], max_iter=3, n_epochs=2)
+    X = _small_counts()
+    _fit_on(vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, **settings), X)
+    change, array_name = DAMAGED[damage]
+    _rewrite(path, change)
+    resumed = vbsnmf.VBNMF(
+        3, random_state=0, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
+    resumed.set_params(**settings)
+    with pytest.raises(ValueError, match=array_name) as caught:
+        _fit_on(resumed, X)
+    assert str(path) in str(caught.value)
+    assert not hasattr(resumed, "components_")
+
+
+def _fit_on(model, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        return model.fit(X)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, bytes(range(256)) * 4, b"PK\x05\x06"])
+def test_unreadable_checkpoint_names_the_file(tmp_path, content):
+    path = tmp_path / "fit.ckpt"
+    path.write_bytes(content)
+    model = vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True, prior="gamma")
+    with pytest.raises(ValueError, match="not a vbsnmf checkpoint") as caught:
+        _fit_on(model, _small_counts())
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == content
+
+
+def test_npz_without_metadata_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "arrays.npz"
+    np.savez(path, row_shape=np.ones((60, 3)))
+    with pytest.raises(ValueError, match="not a vbsnmf checkpoint") as caught:
+        _fit_on(
+            vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, resume=True, prior="gamma"),
+            _small_counts(),
+        )
+    assert str(path) in str(caught.value)
+    with pytest.raises(ValueError, match="not a vbsnmf checkpoint"):  # nor overwritten
+        _fit_on(vbsnmf.VBNMF(3, max_iter=2, checkpoint=path, prior="gamma"), _small_counts())
+
+
+@pytest.mark.parametrize("kind", ["batch", "svi-cells", "svi-textbook"])
+def test_checkpoint_of_other_data_with_the_same_summary_is_refused(tmp_path, kind):
+    """The same cells in another order: same shape, nonzeros and total count."""
+    path = tmp_path / "fit.ckpt"
+    settings = dict(FITS[kind], max_iter=3, n_epochs=2)
+    X = _small_counts()
+    _fit_on(vbsnmf.VBNMF(3, random_state=0, n_threads=1, checkpoint=path, **settings), X)
+    shuffled = X[np.random.default_rng(1).permutation(X.shape[0])]
+    model = vbsnmf.VBNMF(
+        3, random_state=0, n_threads=1, checkpoint=path, resume=True, prior="gamma"
+    )
+    model.set_params(**settings)
+    with pytest.raises(_checkpoint.CheckpointMismatchError, match="other data"):
+        _fit_on(model, shuffled)
+    resumed = _fit_on(model, X)  # the same data resumes
+    assert len(resumed.elbo_trace_) >= 1

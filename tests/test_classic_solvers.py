@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.decomposition import NMF as SklearnNMF
+from sklearn.exceptions import ConvergenceWarning
 
 import vbsnmf
 from vbsnmf.classic import NMF, factor_loss, losses
@@ -58,15 +59,16 @@ def test_mu_equals_sklearn_after_50_iterations(loss, beta_loss, layout, values):
 
 
 def test_stored_values_are_float32_only_where_exact():
-    from vbsnmf.classic._data import ClassicData, _stored_dtype
+    from vbsnmf._validation import exact_float_dtype
+    from vbsnmf.classic._data import ClassicData
 
-    assert _stored_dtype(np.array([0.0, 1.0, 7.0, 2.0**24])) == np.float32
+    assert exact_float_dtype(np.array([0.0, 1.0, 7.0, 2.0**24])) == np.float32
     for inexact in ([1.0, 0.1], [1.0, 2.0**24 + 1], [3.0, 1e300]):
-        assert _stored_dtype(np.array(inexact)) == np.float64
+        assert exact_float_dtype(np.array(inexact)) == np.float64
     # one inexact value past the first comparison block
     values = np.ones((1 << 20) + 5)
     values[-1] = 0.5 + 2.0**-40
-    assert _stored_dtype(values) == np.float64
+    assert exact_float_dtype(values) == np.float64
     cases = (([[0.0, 3.0], [0.25, 0.0]], np.float32), ([[0.1, 0.0], [0.0, 2.0]], np.float64))
     for X, dtype in cases:
         X = sp.csr_matrix(X)
@@ -338,7 +340,7 @@ def test_poisson_form_has_row_proportions_and_module_distributions():
     np.testing.assert_allclose(model.components_.sum(axis=1), 1.0, rtol=1e-10)
     np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-3)  # at the fixed point
     expected = np.sum(losses.kullback_leibler(X, totals[:, None] * (W @ model.components_)))
-    assert model.reconstruction_err_ == pytest.approx(expected, rel=1e-9)
+    assert model.loss_ == pytest.approx(expected, rel=1e-9)
     _assert_monotone(model.loss_trace_)
 
 
@@ -382,3 +384,34 @@ def test_tl_nmf_dispatches_to_classic(pbmc_tiny):
         assert adata.obsm["X_nmf"].shape == (n_obs, 4)
         assert adata.varm["NMF"].shape == (n_vars, 4)
         assert np.all(np.isfinite(adata.obsm["X_nmf"])) and adata.varm["NMF"].min() >= 0
+
+
+@pytest.mark.parametrize(
+    ("loss", "beta_loss"), [("frobenius", "frobenius"), ("kl", "kullback-leibler")]
+)
+def test_reconstruction_err_means_what_scikit_learns_means(loss, beta_loss):
+    """scikit-learn's ``reconstruction_err_`` is ``sqrt(2 * beta-divergence)`` (for Frobenius
+    the norm ||X - WH||); vbsnmf's is the same number for the same W and H. The loss as
+    minimised (the squared norm for Frobenius) is ``loss_``."""
+    X = np.random.default_rng(3).poisson(2.0, (50, 30)).astype(float)
+    theirs = SklearnNMF(3, solver="mu", beta_loss=beta_loss, init="nndsvda", max_iter=50,
+                        tol=0, random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = theirs.fit_transform(X)
+    H = theirs.components_
+    if loss == "frobenius":
+        assert theirs.reconstruction_err_ == pytest.approx(np.linalg.norm(X - W @ H), rel=1e-9)
+    ours = NMF(3, loss=loss, solver="mu", init="custom", max_iter=1, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W1 = ours.fit_transform(X, W=W, H=H)  # one more iteration from their W, H
+    reference = SklearnNMF(3, solver="mu", beta_loss=beta_loss, init="custom", max_iter=1, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reference.fit_transform(X, W=W.copy(), H=H.copy())
+    assert reference.reconstruction_err_ == pytest.approx(ours.reconstruction_err_, rel=1e-6)
+    residual = vbsnmf.classic.factor_loss(X, W1, ours.components_, loss)
+    assert ours.loss_ == pytest.approx(residual, rel=1e-9)
+    expected = np.sqrt(residual if loss == "frobenius" else 2 * residual)
+    assert ours.reconstruction_err_ == pytest.approx(expected, rel=1e-9)

@@ -55,7 +55,14 @@ def _fit(X, init, client, **options) -> _dask.DaskFitResult:
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         n_components = init.row_shape.shape[1]
         return vbsnmf.fit_dask(
-            X, n_components, init=init.copy(), max_iter=N_ITER, tol=0.0, client=client, **options
+            X,
+            n_components,
+            init=init.copy(),
+            max_iter=N_ITER,
+            tol=0.0,
+            client=client,
+            **options,
+            prior="gamma",
         )
 
 
@@ -172,8 +179,8 @@ def test_estimator_dispatches_dask_input(client, tiny_counts):
     init = _start(tiny_counts, 3, 3)
     start = dict(zip(("cell_shape", "cell_rate", "gene_shape", "gene_rate"), init.as_tuple()))
     X = da.from_array(tiny_counts, chunks=(400, -1))
-    local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1)
-    distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0)
+    local = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, n_threads=1, prior="gamma")
+    distributed = vbsnmf.VBNMF(3, max_iter=8, tol=0.0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected = local.fit_transform(tiny_counts, init=start)
@@ -189,12 +196,16 @@ def test_random_start_is_reproducible_and_ascends(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        first = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
-        second = vbsnmf.fit_dask(X, 4, max_iter=6, tol=0.0, random_state=5, client=client)
+        first = vbsnmf.fit_dask(
+            X, 4, max_iter=6, tol=0.0, random_state=5, client=client, prior="gamma"
+        )
+        second = vbsnmf.fit_dask(
+            X, 4, max_iter=6, tol=0.0, random_state=5, client=client, prior="gamma"
+        )
     np.testing.assert_array_equal(first.elbo_trace, second.elbo_trace)
     assert np.all(np.diff(first.elbo_trace) > 0)
     # max_iter=0 returns the start: rates put sum_l E[z] E[w] at the mean count (random_init).
-    start = vbsnmf.fit_dask(X, 4, max_iter=0, random_state=5, client=client)
+    start = vbsnmf.fit_dask(X, 4, max_iter=0, random_state=5, client=client, prior="gamma")
     mean_count = tiny_counts.sum() / np.prod(tiny_counts.shape)
     np.testing.assert_allclose(start.params.row_rate, 1.5 / np.sqrt(mean_count / 4), rtol=1e-12)
     np.testing.assert_allclose(start.params.col_rate, start.params.row_rate, rtol=0)
@@ -213,7 +224,9 @@ def test_dense_and_coo_chunks_give_the_csr_fit(client, tiny_counts, chunk_type):
         X = da.from_array(tiny_counts, chunks=(600, -1)).map_blocks(sp.coo_matrix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        result = vbsnmf.fit_dask(X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        result = vbsnmf.fit_dask(
+            X, 2, init=init.copy(), max_iter=3, tol=0.0, client=client, prior="gamma"
+        )
     expected = _reference(tiny_counts, init, max_iter=3)
     np.testing.assert_allclose(result.elbo_trace, expected.elbo_trace, rtol=1e-9)
 
@@ -224,7 +237,7 @@ def test_negative_count_in_a_chunk_names_the_chunk(client):
     counts = sp.csr_matrix(dense)
     X = da.from_array(counts, chunks=(20, -1))
     with pytest.raises(ValueError, match=r"starting at cell 40.*negative"):
-        vbsnmf.fit_dask(X, 2, max_iter=2, client=client)
+        vbsnmf.fit_dask(X, 2, max_iter=2, client=client, prior="gamma")
 
 
 def test_convergence_warning_names_the_callers_line(client, tiny_counts):
@@ -232,14 +245,14 @@ def test_convergence_warning_names_the_callers_line(client, tiny_counts):
     for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
         options = {"max_iter": 1} if fit is vbsnmf.fit_dask else {"n_epochs": 1}
         with pytest.warns(vbsnmf.ConvergenceWarning) as caught:
-            fit(X, 2, random_state=0, client=client, **options)
+            fit(X, 2, random_state=0, client=client, prior="gamma", **options)
         assert {w.filename for w in caught} == {__file__}
 
 
 def test_rejects_non_client():
     X = da.from_array(sp.csr_matrix(np.ones((4, 3))), chunks=(2, -1))
     with pytest.raises(TypeError, match=r"distributed\.Client"):
-        vbsnmf.fit_dask(X, 2, client="tcp://nowhere:8786")
+        vbsnmf.fit_dask(X, 2, client="tcp://nowhere:8786", prior="gamma")
 
 
 def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
@@ -248,14 +261,25 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     in_memory = ad.AnnData(tiny_counts.copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0)
+        vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0, prior="gamma")
         lazy = ad.AnnData(da.from_array(tiny_counts, chunks=(300, -1)))
         lazy.uns["nmf"] = in_memory.uns["nmf"]
-        vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0)
-        vbsnmf.tl.nmf(in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1)
+        lazy.obsm["nmf_cell_shape"] = in_memory.obsm["nmf_cell_shape"]
+        lazy.varm["nmf_gene_shape"] = in_memory.varm["nmf_gene_shape"]
+        vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0, prior="gamma")
+        vbsnmf.tl.nmf(
+            in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1, prior="gamma"
+        )
     assert isinstance(lazy.obsm["X_nmf"], da.Array)
     np.testing.assert_allclose(lazy.obsm["X_nmf"].compute(), in_memory.obsm["X_nmf"], rtol=1e-9)
     np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
+    np.testing.assert_allclose(
+        lazy.obsm["X_nmf_usage"].compute(), in_memory.obsm["X_nmf_usage"], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        lazy.uns["nmf"]["factor_share"], in_memory.uns["nmf"]["factor_share"]
+    )
+    np.testing.assert_array_equal(lazy.var["nmf_total_counts"], in_memory.var["nmf_total_counts"])
     expected_trace = in_memory.uns["nmf"]["elbo_trace"]
     assert expected_trace.shape == (8,)
     np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)
@@ -277,7 +301,9 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected = _svi.fit_svi_cells(source, state, settings)
-        got = vbsnmf.fit_svi_dask(X, 3, random_state=4, client=client, max_iter=10, **options)
+        got = vbsnmf.fit_svi_dask(
+            X, 3, random_state=4, client=client, max_iter=10, **options, prior="gamma"
+        )
     assert got.n_iter == 3
     np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-9)
     gathered = got.gather()
@@ -285,8 +311,8 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
         np.testing.assert_allclose(mine, theirs, rtol=1e-9)
     # The estimator's solver="svi" on a dask X: the single-machine estimator's numbers.
     settings = dict(solver="svi", batch_size=300, n_epochs=2, max_iter=10, tol=0.0)
-    local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings)
-    distributed = vbsnmf.VBNMF(3, random_state=4, **settings)
+    local = vbsnmf.VBNMF(3, random_state=4, n_threads=1, **settings, prior="gamma")
+    distributed = vbsnmf.VBNMF(3, random_state=4, **settings, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         expected_factors = local.fit_transform(tiny_counts)
@@ -306,6 +332,37 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
         assert got.gathered_bytes[first + per_epoch] <= summary + n_cells * 3 * 8
 
 
+def test_svi_with_the_learned_prior_across_workers_matches_single_machine_svi(client, tiny_counts):
+    """Cells-form SVI under the learned prior on Dask (the client keeps every cell's q and
+    the sums their hyperparameters are learned from; the workers fit the minibatch's
+    cells): the single-machine fit's trace, q and hyperparameters for any chunking."""
+    options = dict(solver="svi", batch_size=150, n_epochs=3, max_iter=20, tol=0.0, random_state=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, **options).fit(tiny_counts)
+        options.pop("solver")
+        for chunk in (300, 700):
+            X = da.from_array(tiny_counts, chunks=(chunk, -1))
+            got = vbsnmf.fit_svi_dask(X, 3, client=client, **options)
+            assert got.n_iter == 3
+            np.testing.assert_allclose(got.elbo_trace, local.elbo_trace_, rtol=1e-9)
+            assert is_dask_array(got.params.row_scale.rate)
+            gathered = got.gather()
+            expected = {
+                "cell_shape_": gathered.row_shape,
+                "cell_rate_": gathered.row_rate,
+                "gene_shape_": gathered.col_shape,
+                "gene_rate_": gathered.col_rate,
+                "cell_scale_rate_": gathered.row_scale.rate,
+                "gene_scale_rate_": gathered.col_scale.rate,
+            }
+            for name, mine in expected.items():
+                np.testing.assert_allclose(mine, getattr(local, name), rtol=1e-9, err_msg=name)
+            hyper = _model.hyperparameters(got.params)
+            for name, value in local.hyperparameters_.items():
+                np.testing.assert_allclose(hyper[name], value, rtol=1e-9, err_msg=name)
+
+
 def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     """Starting from a fit's parameters (cell shapes a dask array) continues the same path:
     3 + 2 iterations give the ELBO values 4 and 5 of a 5-iteration fit."""
@@ -313,10 +370,16 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     X = da.from_array(tiny_counts, chunks=(500, -1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        straight = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client)
-        first = vbsnmf.fit_dask(X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client)
+        straight = vbsnmf.fit_dask(
+            X, 3, init=init.copy(), max_iter=5, tol=0.0, client=client, prior="gamma"
+        )
+        first = vbsnmf.fit_dask(
+            X, 3, init=init.copy(), max_iter=3, tol=0.0, client=client, prior="gamma"
+        )
         assert is_dask_array(first.params.row_shape)
-        resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, tol=0.0, client=client)
+        resumed = vbsnmf.fit_dask(
+            X, 3, init=first.params, max_iter=2, tol=0.0, client=client, prior="gamma"
+        )
     np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
     np.testing.assert_allclose(resumed.gather().row_shape, straight.gather().row_shape, rtol=1e-12)
     start = first.params
@@ -324,7 +387,98 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
         -start.row_shape, start.row_rate, start.col_shape, start.col_rate
     )
     with pytest.raises(ValueError, match="positive and finite"):
-        vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client).gather()
+        vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client, prior="gamma").gather()
+
+
+@pytest.mark.parametrize("chunk", [250, 700])
+def test_learned_prior_matches_the_single_machine_plain_loop(client, tiny_counts, chunk):
+    """The learned prior on Dask (each chunk holds its cells' shapes, rates and q(xi); the
+    client the genes, both sides' hyperparameters and the gauge) is the single-machine
+    plain coordinate ascent from the same seed: trace, every array of q and the learned
+    hyperparameters to 1e-9 relative (only the order of the sums differs)."""
+    options = dict(max_iter=N_ITER, tol=0.0, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(4, n_threads=1, accelerate=False, **options).fit(tiny_counts)
+        X = da.from_array(tiny_counts, chunks=(chunk, -1))
+        result = vbsnmf.fit_dask(X, 4, client=client, **options)
+    assert result.n_iter == local.n_iter_ == N_ITER
+    np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
+    assert np.all(np.diff(result.elbo_trace) > 0)
+    gathered = result.gather()
+    expected = {
+        "cell_shape_": gathered.row_shape,
+        "cell_rate_": gathered.row_rate,
+        "gene_shape_": gathered.col_shape,
+        "gene_rate_": gathered.col_rate,
+        "cell_scale_shape_": gathered.row_scale.shape,
+        "cell_scale_rate_": gathered.row_scale.rate,
+        "gene_scale_shape_": gathered.col_scale.shape,
+        "gene_scale_rate_": gathered.col_scale.rate,
+    }
+    for name, mine in expected.items():
+        np.testing.assert_allclose(mine, getattr(local, name), rtol=1e-9, atol=0, err_msg=name)
+    hyper = _model.hyperparameters(result.params)
+    for name, value in local.hyperparameters_.items():
+        np.testing.assert_allclose(hyper[name], value, rtol=1e-9, atol=0, err_msg=name)
+    # The cells' arrays stay chunked like the input, in its cell order.
+    assert result.params.row_rate.chunks[0] == X.chunks[0]
+    assert result.params.row_scale.rate.chunks[0] == X.chunks[0]
+    # Per pass the client received genes x K and O(K), never anything per cell.
+    n_genes = tiny_counts.shape[1]
+    assert max(result.gathered_bytes) < n_genes * 4 * 8 + 1000
+
+
+def test_learned_prior_warm_start_continues_a_distributed_fit(client, tiny_counts):
+    """A distributed learned fit's q (cells' arrays dask arrays, the hyperparameters and
+    q(xi) with them) as init continues the same path: 3 + 2 iterations give the ELBO values
+    4 and 5 of a 5-iteration fit; accelerate=True is refused on Dask."""
+    X = da.from_array(tiny_counts, chunks=(500, -1))
+    options = dict(tol=0.0, client=client)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        straight = vbsnmf.fit_dask(X, 3, max_iter=5, random_state=6, **options)
+        first = vbsnmf.fit_dask(X, 3, max_iter=3, random_state=6, **options)
+        assert is_dask_array(first.params.row_scale.rate)
+        resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, **options)
+        with pytest.raises(ValueError, match="accelerate=True"):
+            vbsnmf.fit_dask(X, 3, max_iter=2, accelerate=True, **options)
+    np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
+    np.testing.assert_allclose(resumed.gather().row_rate, straight.gather().row_rate, rtol=1e-12)
+
+
+def test_estimator_and_tl_fit_a_dask_x_with_the_learned_prior(client, tiny_counts):
+    """`VBNMF` and `tl.nmf` on a dask X with the default (learned) prior: the in-memory
+    plain coordinate ascent's fit (accelerate=False), the cells' arrays lazy; an explicit
+    accelerate=True is refused with a ValueError naming it."""
+    X = da.from_array(tiny_counts, chunks=(400, -1))
+    options = dict(max_iter=6, tol=0.0, random_state=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, accelerate=False, **options)
+        expected = local.fit_transform(tiny_counts)
+        distributed = vbsnmf.VBNMF(3, **options)
+        got = distributed.fit_transform(X)
+        with pytest.raises(ValueError, match="accelerate=True"):
+            vbsnmf.VBNMF(3, accelerate=True, **options).fit(X)
+        in_memory = ad.AnnData(tiny_counts.copy())
+        vbsnmf.tl.nmf(in_memory, 3, accelerate=False, n_threads=1, **options)
+        lazy = ad.AnnData(X)
+        vbsnmf.tl.nmf(lazy, 3, **options)
+    assert isinstance(got, da.Array) and isinstance(distributed.cell_rate_, da.Array)
+    np.testing.assert_allclose(got.compute(), expected, rtol=1e-9)
+    np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-9)
+    np.testing.assert_allclose(distributed.components_, local.components_, rtol=1e-9)
+    for name, value in local.hyperparameters_.items():
+        np.testing.assert_allclose(distributed.hyperparameters_[name], value, rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(distributed.cell_scale_rate_), local.cell_scale_rate_, rtol=1e-9
+    )
+    np.testing.assert_allclose(np.asarray(lazy.obsm["X_nmf"]), in_memory.obsm["X_nmf"], rtol=1e-9)
+    np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
+    np.testing.assert_allclose(
+        lazy.uns["nmf"]["elbo_trace"], in_memory.uns["nmf"]["elbo_trace"], rtol=1e-9
+    )
 
 
 def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
@@ -336,17 +490,19 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
     options = dict(max_iter=15, tol=0.0, random_state=21)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        local = vbsnmf.VBNMF(4, n_threads=1, **options).fit(tiny_counts)
+        local = vbsnmf.VBNMF(4, n_threads=1, **options, prior="gamma").fit(tiny_counts)
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
-            result = vbsnmf.fit_dask(X, 4, client=client, **options)
+            result = vbsnmf.fit_dask(X, 4, client=client, **options, prior="gamma")
             np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
             np.testing.assert_allclose(result.gene_loadings.T, local.components_, rtol=1e-9)
         svi_options = dict(batch_size=200, n_epochs=2, max_iter=20, tol=0.0, random_state=8)
         path = tmp_path / "tiny.h5ad"
         ad.AnnData(tiny_counts).write_h5ad(path)
-        streamed = vbsnmf.VBNMF(4, solver="svi", n_threads=1, **svi_options).fit(path)
+        streamed = vbsnmf.VBNMF(4, solver="svi", n_threads=1, **svi_options, prior="gamma").fit(
+            path
+        )
         for chunk in (250, 700):
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
-            result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options)
+            result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options, prior="gamma")
             np.testing.assert_allclose(result.elbo_trace, streamed.elbo_trace_, rtol=1e-9, atol=0)

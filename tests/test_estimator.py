@@ -20,10 +20,12 @@ def test_warnings_name_the_callers_line(_pbmc_tiny):
 
     X = sp.csr_matrix(_pbmc_tiny.X)
     calls = {
-        "fit": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X),
-        "fit_transform": lambda: vbsnmf.VBNMF(2, max_iter=1).fit_transform(X),
-        "svi": lambda: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, random_state=0).fit(X),
-        "non-integer": lambda: vbsnmf.VBNMF(2, max_iter=1).fit(X * 0.5),
+        "fit": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit(X),
+        "fit_transform": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit_transform(X),
+        "svi": lambda: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, random_state=0, prior="gamma").fit(
+            X
+        ),
+        "non-integer": lambda: vbsnmf.VBNMF(2, max_iter=1, prior="gamma").fit(X * 0.5),
         "tl.nmf": lambda: vbsnmf.tl.nmf(ad.AnnData(X), n_components=2, max_iter=1),
     }
     for name, call in calls.items():
@@ -38,7 +40,7 @@ def test_warnings_name_the_callers_line(_pbmc_tiny):
 
 def test_attributes_and_orientation():
     X, _ = poisson_gamma_counts(np.random.default_rng(4), 40, 70, 2)
-    model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0)
+    model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         factors = model.fit_transform(X)
@@ -48,7 +50,7 @@ def test_attributes_and_orientation():
     np.testing.assert_array_equal(factors, model.cell_shape_ / model.cell_rate_)
     # Dense, CSR, CSC and COO give the same fit.
     for other in (X.toarray(), X.tocsc(), X.tocoo()):
-        again = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0)
+        again = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0, prior="gamma")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
             again.fit(other)
@@ -66,7 +68,7 @@ def test_fit_triplets_equals_matrix_fit():
     counts[0] -= 2.0 if counts[0] > 2 else 0.0
     dense = np.zeros(X.shape)
     np.add.at(dense, (rows, cols), counts)
-    kwargs = dict(max_iter=15, tol=0, random_state=1)
+    kwargs = dict(max_iter=15, tol=0, random_state=1, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         from_triplets = vbsnmf.fit_triplets(rows, cols, counts, X.shape, 3, **kwargs)
@@ -95,24 +97,24 @@ def test_bad_values_raise_with_location(value, message):
     X = np.ones((5, 4))
     X[2, 3] = value
     with pytest.raises(ValueError, match=rf"{message} at \(row, column\) \(2, 3\)"):
-        vbsnmf.VBNMF(2).fit(X)
+        vbsnmf.VBNMF(2, prior="gamma").fit(X)
     with pytest.raises(ValueError, match=message):
-        vbsnmf.VBNMF(2).fit(sp.csr_matrix(X))
+        vbsnmf.VBNMF(2, prior="gamma").fit(sp.csr_matrix(X))
 
 
 def test_bad_shapes_and_components_raise():
     with pytest.raises(ValueError, match="at least one row"):
-        vbsnmf.VBNMF(1).fit(np.zeros((0, 3)))
+        vbsnmf.VBNMF(1, prior="gamma").fit(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="at least one row"):
-        vbsnmf.VBNMF(1).fit(sp.csr_matrix((4, 0)))
+        vbsnmf.VBNMF(1, prior="gamma").fit(sp.csr_matrix((4, 0)))
     X = np.ones((4, 3))
     for k in (0, 4, -2):
         with pytest.raises(ValueError, match="n_components"):
-            vbsnmf.VBNMF(k).fit(X)
+            vbsnmf.VBNMF(k, prior="gamma").fit(X)
     with pytest.raises(ValueError, match="prior_shape"):
-        vbsnmf.VBNMF(2, prior_shape=0).fit(X)
+        vbsnmf.VBNMF(2, prior_shape=0, prior="gamma").fit(X)
     with pytest.raises(ValueError, match="dtype"):
-        vbsnmf.VBNMF(2, dtype=np.int64).fit(X)
+        vbsnmf.VBNMF(2, dtype=np.int64, prior="gamma").fit(X)
 
 
 def test_non_integer_counts_warn():
@@ -120,7 +122,7 @@ def test_non_integer_counts_warn():
     with pytest.warns(vbsnmf.NonCountWarning, match="raw counts"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-            vbsnmf.VBNMF(1, max_iter=2).fit(X)
+            vbsnmf.VBNMF(1, max_iter=2, prior="gamma").fit(X)
 
 
 def test_input_matrix_is_not_modified():
@@ -132,6 +134,112 @@ def test_input_matrix_is_not_modified():
     before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        vbsnmf.VBNMF(1, max_iter=2).fit(X)
+        vbsnmf.VBNMF(1, max_iter=2, prior="gamma").fit(X)
     for array, saved in zip((X.data, X.indices, X.indptr), before):
         np.testing.assert_array_equal(array, saved)
+
+
+# -- corrupt sparse structure (issue 14) ----------------------------------------------------
+def _valid_csr() -> sp.csr_matrix:
+    return sp.csr_matrix(np.random.default_rng(4).poisson(1.0, (30, 20)).astype(np.float64))
+
+
+def _corrupt(damage: str):
+    """A scipy matrix whose index arrays were damaged after it was built (as a broken file
+    or an edited array leaves it): scipy's constructors do not look again."""
+    X = _valid_csr()
+    if damage.startswith("csc"):
+        X = X.tocsc()
+    if damage.endswith("index out of range"):
+        X.indices[3] = X.shape[1 if X.format == "csr" else 0] + 5
+    elif damage.endswith("negative index"):
+        X.indices[3] = -2
+    elif damage == "indptr decreasing":
+        X.indptr[5] = 0
+    elif damage == "indptr far beyond the entries":
+        X.indptr[5] = 10**6
+    elif damage == "indptr ends beyond the entries":
+        X.indptr[-1] = X.indptr[-1] + 7
+    elif damage == "indptr not starting at 0":
+        X.indptr[0] = 1
+    elif damage == "coo row out of range":
+        X = X.tocoo()
+        X.row[2] = 1000
+    return X
+
+
+DAMAGES = [
+    "index out of range",
+    "negative index",
+    "indptr decreasing",
+    "indptr far beyond the entries",
+    "indptr ends beyond the entries",
+    "indptr not starting at 0",
+    "csc index out of range",
+    "coo row out of range",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_corrupt_sparse_structure_is_refused_by_every_entry_point(damage, tmp_path):
+    """Before the fix these crashed the interpreter (segmentation fault, heap corruption)
+    or fitted silently wrong; now every entry point raises before a kernel reads them."""
+    from vbsnmf._dask._batch import chunk_count_data
+
+    fits = {
+        "batch": lambda X: vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(X),
+        "svi cells": lambda X: vbsnmf.VBNMF(2, solver="svi", n_epochs=1, prior="gamma").fit(X),
+        "svi nonzeros": lambda X: vbsnmf.VBNMF(
+            2, solver="svi", svi_form="nonzeros", n_epochs=1, prior="gamma"
+        ).fit(X),
+        "transform": lambda X: (
+            vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(_valid_csr()).transform(X)
+        ),
+        "tl.nmf": lambda X: vbsnmf.tl.nmf(__import__("anndata").AnnData(X), 2, max_iter=2),
+        "classic": lambda X: vbsnmf.NMF(2, max_iter=2).fit(X),
+        "dask chunk": lambda X: chunk_count_data(X, 0),
+    }
+    for name, fit in fits.items():
+        if name == "tl.nmf" and damage.startswith("coo"):
+            continue  # AnnData holds CSR and CSC only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+            with pytest.raises(ValueError, match="corrupt") as caught:
+                fit(_corrupt(damage))
+        assert "X" in str(caught.value), (name, caught.value)
+
+
+def _h5ad_with(path, edit):
+    import anndata as ad
+    import h5py
+
+    ad.AnnData(_valid_csr().astype(np.float32)).write_h5ad(path)
+    with h5py.File(path, "r+") as handle:
+        edit(handle["X"])
+    return path
+
+
+FILE_DAMAGES = {
+    "index out of range": lambda group: group["indices"].__setitem__(3, 25),
+    "negative index": lambda group: group["indices"].__setitem__(3, -2),
+    "indptr decreasing": lambda group: group["indptr"].__setitem__(5, 0),
+    "indptr far beyond the entries": lambda group: group["indptr"].__setitem__(5, 10**6),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(FILE_DAMAGES))
+def test_corrupt_h5ad_is_a_read_error_naming_the_file(damage, tmp_path, capfd):
+    from vbsnmf.cli import main
+
+    path = _h5ad_with(tmp_path / "bad.h5ad", FILE_DAMAGES[damage])
+    with pytest.raises(vbsnmf.io.ReadError, match="corrupt") as caught:
+        vbsnmf.io.read(path)
+    assert str(path) in str(caught.value)
+    with pytest.raises(ValueError, match="corrupt") as caught:  # streamed from disk
+        vbsnmf.VBNMF(2, solver="svi", n_epochs=1, prior="gamma").fit(path)
+    assert str(path) in str(caught.value)
+    capfd.readouterr()
+    assert main(["fit", str(path), "-k", "2", "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "corrupt" in err
+    assert not (tmp_path / "out").exists()

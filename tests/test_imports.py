@@ -2,7 +2,7 @@
 
 Every ``import`` of a vbsnmf module, at module level or inside a function, is an edge from
 the importing module to the imported one and to the subpackages on its way (importing
-``vbsnmf.io._atomic`` runs ``vbsnmf/io/__init__.py``), except the packages that hold the
+``vbsnmf.io._read`` runs ``vbsnmf/io/__init__.py``), except the packages that hold the
 importing module, which are being initialised already when it runs.
 """
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -23,14 +24,13 @@ import vbsnmf
 from vbsnmf import cli
 from vbsnmf.io import ReadError
 
-TINY_10X = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc_tiny_v3"
+TINY_10X = vbsnmf.datasets.data_dir("pbmc_tiny_v3")  # the bundled 10x folder
 FIT_OPTIONS = ["-k", "3", "--max-iter", "8", "--threads", "2", "--seed", "1", "--quiet"]
 
 
 # -- input files ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_folder(shared_data) -> Path:
-    assert (shared_data / "pbmc_tiny_v3") == TINY_10X
+def tiny_folder() -> Path:
     return TINY_10X
 
 
@@ -243,7 +243,7 @@ def test_fit_end_to_end_on_every_input_format(inputs, tmp_path, capsys, tiny):
         np.testing.assert_allclose(elbo["elbo"], result.uns["nmf"]["elbo_trace"], rtol=1e-9)
         assert np.all(np.diff(elbo["elbo"]) >= -1e-9 * np.abs(elbo["elbo"][1:]))
         params = json.loads((outdir / "params.json").read_text())
-        assert params["n_iter"] == 8 == len(elbo)
+        assert params["n_iter"] == len(elbo) <= 8  # SQUAREM keeps one ELBO per kept q
         assert params["n_components"] == 3
         cell_factors[name] = result.obsm["X_nmf"]
     # Same counts, seed and threads: the same factors whatever the file format.
@@ -420,7 +420,7 @@ def test_interrupt_while_writing_leaves_nothing(tiny_h5ad, tmp_path, capsys, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "write_nmf_tables", interrupted)
+    monkeypatch.setattr(vbsnmf.io, "write_nmf_tables", interrupted)
     code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"], capsys)
     assert code == 130 and "interrupted" in err
     assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
@@ -447,3 +447,325 @@ def test_ctrl_c_during_the_fit_exits_130_with_no_outputs(tiny_h5ad, tmp_path):
     assert process.returncode == 130, seen + rest
     assert "interrupted" in rest
     assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+# -- issue 14: nothing the user owns is written or removed ----------------------------------
+def _snapshot(path: Path) -> dict:
+    """Every file under ``path`` (or the file itself) with its bytes."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def _refused(argv, capsys, *messages) -> str:
+    """The command fails as bad input: exit 2, one stderr line holding ``messages``."""
+    code, out, err = _run(argv, capsys)
+    assert code == 2, (argv, err)
+    assert err.count("\n") == 1 and err.startswith("vbsnmf: error: "), err
+    assert out == ""
+    for message in messages:
+        assert message in err, (message, err)
+    return err
+
+
+@pytest.fixture
+def tenx_copy(tmp_path) -> Path:
+    return Path(shutil.copytree(TINY_10X, tmp_path / "tenx"))
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Makes any fit an error: a refusal must come before the work."""
+
+    def fit_started(*args, **kwargs):
+        raise AssertionError("the fit started")
+
+    monkeypatch.setattr(vbsnmf.VBNMF, "fit_transform", fit_started)
+    monkeypatch.setattr(vbsnmf.NMF, "fit_transform", fit_started)
+
+
+def test_checkpoint_never_overwrites_an_input_or_a_foreign_file(
+    tiny_h5ad, tiny_mtx_gz, tenx_copy, tmp_path, capsys, no_fit
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my only copy\n")
+    (tmp_path / "link.h5ad").symlink_to(tiny_h5ad)
+    owned = [tiny_h5ad, tiny_mtx_gz, tenx_copy, notes]
+    before = {path: _snapshot(path) for path in owned}
+    outdir = tmp_path / "out"
+    cases = [
+        ([tiny_h5ad, "--checkpoint", tiny_h5ad], "is the input"),
+        ([tiny_h5ad, "--checkpoint", tmp_path / "link.h5ad"], "is the input"),
+        ([tiny_mtx_gz, "--genes-as-rows", "--solver", "svi", "--checkpoint", tiny_mtx_gz], "input"),
+        ([tenx_copy, "--checkpoint", tenx_copy / "fit.ckpt"], "inside the input"),
+        ([tenx_copy, "--checkpoint", tenx_copy / "matrix.mtx.gz"], "inside the input"),
+        ([tiny_h5ad, "--checkpoint", notes], "not a vbsnmf checkpoint"),
+        ([tiny_h5ad, "--checkpoint", notes, "--resume"], "not a vbsnmf checkpoint"),
+        ([tiny_h5ad, "--checkpoint", tmp_path], "is a folder"),
+    ]
+    for args, message in cases:
+        _refused(["fit", *args, *FIT_OPTIONS, "-o", outdir], capsys, message)
+        assert not outdir.exists()
+    assert {path: _snapshot(path) for path in owned} == before
+
+
+def test_estimator_checkpoint_never_overwrites_an_input_or_a_foreign_file(tiny_h5ad, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my only copy\n")
+    before = {path: _snapshot(path) for path in (tiny_h5ad, notes)}
+    X = vbsnmf.datasets.pbmc_tiny().X
+    for method in ("batch", "svi"):
+        with pytest.raises(ValueError, match="not a vbsnmf checkpoint"):
+            vbsnmf.VBNMF(
+                2, solver=method, checkpoint=notes, max_iter=2, n_epochs=1, prior="gamma"
+            ).fit(X)
+    with pytest.raises(ValueError, match="is the input"):
+        vbsnmf.VBNMF(2, solver="svi", checkpoint=tiny_h5ad, n_epochs=1, prior="gamma").fit(
+            tiny_h5ad
+        )
+    assert {path: _snapshot(path) for path in (tiny_h5ad, notes)} == before
+
+
+def test_an_absent_or_vbsnmf_checkpoint_path_is_written(tiny_h5ad, tmp_path, capsys):
+    checkpoint = tmp_path / "fit.ckpt"
+    for run in ("first", "second"):  # created, then replaced by a fresh fit
+        code, _, err = _run(
+            ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / run, "--checkpoint", checkpoint],
+            capsys,
+        )
+        assert code == 0, err
+        assert checkpoint.is_file()
+
+
+def test_outdir_never_replaces_or_holds_an_input(tiny_h5ad, tenx_copy, tmp_path, capsys, no_fit):
+    data = tmp_path / "data"
+    data.mkdir()
+    h5ad = Path(shutil.copy(tiny_h5ad, data / "a.h5ad"))
+    names = _write_names(tmp_path / "cells.tsv", range(507))
+    checkpoint = tmp_path / "fit.ckpt"
+    (tmp_path / "link").symlink_to(data)
+    owned = [h5ad, tenx_copy, names]
+    before = {path: _snapshot(path) for path in owned}
+    cases = [
+        ([h5ad, "-o", data], "contains the input"),
+        ([h5ad, "-o", tmp_path / "link"], "contains the input"),
+        ([h5ad, "-o", h5ad], "is the input"),
+        ([tenx_copy, "-o", tenx_copy], "is the input"),
+        ([tenx_copy, "-o", tenx_copy / "out"], "inside the input"),
+        ([h5ad, "-o", tmp_path / "ck", "--checkpoint", tmp_path / "ck" / "fit.ckpt"], "checkpoint"),
+        ([h5ad, "-o", checkpoint, "--checkpoint", checkpoint], "checkpoint"),
+    ]
+    for args, message in cases:
+        _refused(["fit", *args, *FIT_OPTIONS, "--force"], capsys, message)
+    mtx = _write_mtx(tmp_path / "m.mtx.gz", sp.random(507, 20, density=0.3, format="coo"))
+    _refused(
+        ["fit", mtx, "--cells-as-rows", "--row-names", names, "-o", names, *FIT_OPTIONS,
+         "--force"],
+        capsys,
+        "is the input",
+    )  # fmt: skip
+    assert {path: _snapshot(path) for path in owned} == before
+    assert not checkpoint.exists() and not (tmp_path / "ck").exists()
+
+
+def test_checkpoint_inside_outdir_is_refused_before_the_fit(tiny_h5ad, tmp_path, capsys, no_fit):
+    outdir = tmp_path / "run1"
+    _refused(
+        ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, "--checkpoint", outdir / "fit.ckpt"],
+        capsys,
+        "checkpoint",
+    )
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+def test_outdir_holding_the_working_folder_is_refused(tiny_h5ad, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for outdir in (".", "..", str(work), "/"):
+        _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, "--force"], capsys, "folder")
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad", "work"]
+    assert os.listdir(work) == ["keep.txt"]
+
+
+def test_outdir_that_cannot_be_created_is_refused_before_the_fit(
+    tiny_h5ad, tmp_path, capsys, no_fit
+):
+    _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / ("x" * 250)], capsys, "x" * 20)
+    _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", "/proc/vbsnmf_out"], capsys, "/proc")
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+def test_seed_beyond_the_generators_range_is_refused_up_front(tiny_h5ad, tmp_path, capsys, no_fit):
+    _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "--seed", str(2**64), "-o", tmp_path / "o"], capsys,
+             "--seed", str(2**32 - 1))  # fmt: skip
+
+
+def test_truncated_or_empty_checkpoint_is_bad_input(tiny_h5ad, tmp_path, capsys):
+    checkpoint = tmp_path / "fit.ckpt"
+    argv = ["fit", tiny_h5ad, *FIT_OPTIONS, "--checkpoint", checkpoint, "--resume"]
+    code, _, err = _run([*argv, "-o", tmp_path / "first"], capsys)
+    assert code == 0, err
+    whole = checkpoint.read_bytes()
+    for damaged in (b"", whole[: len(whole) // 2], whole[:-30], b"PK\x03\x04" + bytes(100)):
+        checkpoint.write_bytes(damaged)
+        _refused([*argv, "-o", tmp_path / "again"], capsys, str(checkpoint))
+        assert not (tmp_path / "again").exists()
+        assert checkpoint.read_bytes() == damaged  # left for the user to inspect
+
+
+def test_checkpoint_of_another_fit_says_drop_resume(tiny_h5ad, tmp_path, capsys):
+    checkpoint = tmp_path / "fit.ckpt"
+    argv = ["fit", tiny_h5ad, "--checkpoint", checkpoint, "--resume", *FIT_OPTIONS]
+    assert _run([*argv, "-o", tmp_path / "a"], capsys)[0] == 0
+    err = _refused([*argv, "-k", "2", "-o", tmp_path / "b"], capsys, "--resume", str(checkpoint))
+    assert "resume=False" not in err
+
+
+def test_options_of_another_method_are_refused(tiny_h5ad, tmp_path, capsys, no_fit):
+    outdir = tmp_path / "o"
+    for options, message in (
+        (["--solver", "mu", "--epochs", "3"], "--epochs"),
+        (["--solver", "batch", "--batch-size", "30"], "--batch-size"),
+        (["--solver", "hals", "--checkpoint", tmp_path / "c.ckpt"], "--checkpoint"),
+        (["--resume"], "--checkpoint"),
+    ):
+        _refused(["fit", tiny_h5ad, *FIT_OPTIONS, *options, "-o", outdir], capsys, message)
+
+
+def test_h5ad_without_x_fits_from_its_layer_or_raw(tmp_path, capsys, tiny):
+    path = tmp_path / "nox.h5ad"
+    adata = ad.AnnData(obs=tiny.obs, var=tiny.var, layers={"counts": tiny.X})
+    adata.raw = ad.AnnData(tiny.X, obs=tiny.obs, var=tiny.var)
+    adata.write_h5ad(path)
+    for option in (["--layer", "counts"], ["--use-raw"]):
+        outdir = tmp_path / option[0].strip("-")
+        code, _, err = _run(["fit", path, *option, *FIT_OPTIONS, "-o", outdir], capsys)
+        assert code == 0, err
+        assert ad.read_h5ad(outdir / "result.h5ad").obsm["X_nmf"].shape == (tiny.n_obs, 3)
+    _refused(["fit", path, *FIT_OPTIONS, "-o", tmp_path / "x"], capsys, "--layer counts")
+
+
+def test_umap_of_too_few_cells_is_one_line(tmp_path, capsys, tiny):
+    few = tiny[:2].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(few, 2, max_iter=3)
+    path = tmp_path / "few.h5ad"
+    few.write_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _refused(["umap", path, "-o", tmp_path / "u.png"], capsys, "cells")
+    assert sorted(os.listdir(tmp_path)) == ["few.h5ad"]
+
+
+# -- issue 14: signals ------------------------------------------------------------------------
+ENTRY_POINT = "import sys; from vbsnmf.cli import main; sys.exit(main())"  # the console script
+
+
+def _child(argv, **kwargs) -> subprocess.Popen:
+    # A shell's background job starts with SIGINT ignored: give the child the default.
+    return subprocess.Popen(
+        [sys.executable, "-c", ENTRY_POINT, *map(str, argv)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0])
+def test_ctrl_c_while_starting_exits_130_with_one_line(tiny_h5ad, tmp_path, delay):
+    """Ctrl-C while the command imports its libraries (a few seconds on a busy machine)."""
+    process = _child(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"])
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.splitlines() == ["vbsnmf: interrupted; no output written"], err
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+def test_sigterm_during_the_fit_exits_143_and_leaves_nothing(tiny_h5ad, tmp_path):
+    process = _child(["fit", tiny_h5ad, "-k", "3", "--tol", "0", "--max-iter", "100000",
+                      "--threads", "1", "-o", tmp_path / "out"])  # fmt: skip
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "ELBO" not in seen and time.monotonic() < deadline:  # the fit is running
+        seen += process.stderr.read(1)
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 143, seen + rest
+    assert rest.strip().splitlines()[-1] == "vbsnmf: terminated (SIGTERM); no output written"
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+def test_sigterm_while_writing_leaves_no_temporary_folder(tiny_h5ad, tmp_path, capsys, monkeypatch):
+    import vbsnmf.io
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(vbsnmf.io, "write_nmf_tables", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"], capsys)
+    assert code == 143 and err == "vbsnmf: terminated (SIGTERM); no output written\n"
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+    assert signal.getsignal(signal.SIGTERM) is previous  # main restores the handler
+
+
+# -- issue 14: counts are read exactly ---------------------------------------------------------
+def test_readers_keep_counts_that_float32_cannot_hold(tmp_path, capsys):
+    exact = [16_777_217.0, 1_000_000_001.0, 3.0]
+    body = "".join(f"{i + 1} {i + 1} {int(v)}\n" for i, v in enumerate(exact))
+    mtx = tmp_path / "big.mtx"
+    mtx.write_text(f"%%MatrixMarket matrix coordinate integer general\n3 3 3\n{body}")
+    folder = tmp_path / "tenx"
+    folder.mkdir()
+    (folder / "matrix.mtx.gz").write_bytes(gzip.compress(mtx.read_bytes()))
+    (folder / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
+    (folder / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(3)))
+    for adata in (vbsnmf.io.read(mtx, genes_as_rows=False), vbsnmf.io.read(folder)):
+        assert sorted(adata.X.data) == sorted(exact)
+    real = tmp_path / "real.mtx"
+    real.write_text("%%MatrixMarket matrix coordinate real general\n2 2 2\n1 1 1.00000001\n2 2 3\n")
+    assert 1.00000001 in vbsnmf.io.read(real, genes_as_rows=False).X.data
+    small = vbsnmf.io.read(TINY_10X)
+    assert small.X.dtype == np.float32  # float32 where that is exact: half the memory
+    code, _, err = _run(["fit", folder, "-k", "1", "--max-iter", "2", "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert sorted(ad.read_h5ad(tmp_path / "o" / "result.h5ad").X.data) == sorted(exact)
+    _refused(["fit", real, "--cells-as-rows", "-k", "1", "-o", tmp_path / "r"], capsys,
+             "non-integer")  # fmt: skip
+
+
+def test_float16_counts_are_read_and_fitted(tmp_path, capsys, tiny):
+    """float16 holds every count up to 2048 exactly: a dense float16 X fits as float32
+    does; a sparse one, which scipy cannot build, is refused saying so."""
+    import h5py
+
+    dense = tmp_path / "dense.h5ad"
+    counts = tiny.X.toarray()
+    ad.AnnData(counts.astype(np.float16), obs=tiny.obs, var=tiny.var).write_h5ad(dense)
+    reference = tmp_path / "single.h5ad"
+    ad.AnnData(counts.astype(np.float32), obs=tiny.obs, var=tiny.var).write_h5ad(reference)
+    for path, outdir in ((dense, "half"), (reference, "single")):
+        code, _, err = _run(["fit", path, *FIT_OPTIONS, "-o", tmp_path / outdir], capsys)
+        assert code == 0, err
+    half, single = (ad.read_h5ad(tmp_path / name / "result.h5ad") for name in ("half", "single"))
+    np.testing.assert_array_equal(half.obsm["X_nmf"], single.obsm["X_nmf"])
+    sparse = tmp_path / "sparse.h5ad"
+    tiny.write_h5ad(sparse)
+    with h5py.File(sparse, "r+") as handle:
+        values = handle["X/data"][...].astype(np.float16)
+        del handle["X/data"]
+        handle["X/data"] = values
+    err = _refused(
+        ["fit", sparse, *FIT_OPTIONS, "-o", tmp_path / "o"], capsys, "float16", "float32"
+    )
+    assert "The only supported types" not in err

@@ -197,6 +197,38 @@ def test_gamma_sums_match_numpy(per_entry):
     assert mean_sum.dtype == np.float64
 
 
+def test_gamma_sums_expected_over_a_random_prior_rate():
+    """With ``E[xi]`` for the prior's rate and ``E[log xi]`` for its log, the KL is the
+    expected KL from Gamma(a_l, xi_i) over q(xi_i) = Gamma(u_i, v_i): the learned prior's
+    q(z) term, against ``-E[log p(z | xi)] - H[q(z)]`` written out in numpy."""
+    rng = np.random.default_rng(8)
+    n, k = _kernels.TERMS_BLOCK_ROWS + 9, 3
+    shape, rate = rng.gamma(1.0, 3.0, (n, k)) + 1e-2, rng.uniform(0.1, 5.0, (n, k))
+    a = rng.uniform(0.2, 2.0, k)
+    u, v = rng.uniform(0.5, 20.0, n), rng.uniform(0.5, 5.0, n)
+    xi_mean, xi_log = u / v, digamma(u) - np.log(v)
+    mean_sum, kl = _kernels.gamma_sums(shape, rate, a, xi_mean[:, None], xi_log[:, None])
+    elog = digamma(shape) - np.log(rate)
+    log_prior = a * xi_log[:, None] - gammaln(a) + (a - 1) * elog - xi_mean[:, None] * shape / rate
+    entropy = shape - np.log(rate) + gammaln(shape) + (1 - shape) * digamma(shape)
+    np.testing.assert_allclose(kl, -(log_prior + entropy).sum(), rtol=1e-12)
+    np.testing.assert_allclose(mean_sum, (shape / rate).sum(axis=0), rtol=1e-13)
+
+
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_expected_log_sums_match_scipy(per_entry):
+    """``sum_i digamma(shape) - log(rate)`` per component over three blocks and a partial
+    one, shapes from 1e-3 (the recurrence) to 1e4 (the series alone)."""
+    rng = np.random.default_rng(9)
+    n, k = 3 * _kernels.TERMS_BLOCK_ROWS + 5, 4
+    shape = np.exp(rng.uniform(np.log(1e-3), np.log(1e4), (n, k)))
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    got = _kernels.expected_log_sums(shape, rate)
+    expected = (digamma(shape) - np.log(rate)).sum(axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert got.dtype == np.float64 and got.shape == (k,)
+
+
 def test_csr_is_canonical_matches_scipy():
     rng = np.random.default_rng(6)
     X = _csr(rng, 40, 30, 0.3)

@@ -68,7 +68,7 @@ def test_one_fit_iteration_from_a_given_start_matches_numpy_cavi():
     X = _small_matrices()["empty_rows_cols"]
     start = _random_params(np.random.default_rng(7), *X.shape, 3)
     expected = ref.iteration(X, *start, 0.3, 0.5)
-    model = vbsnmf.VBNMF(3, prior_shape=0.3, prior_rate=0.5, max_iter=1, n_threads=2)
+    model = vbsnmf.VBNMF(3, prior_shape=0.3, prior_rate=0.5, max_iter=1, n_threads=2, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(sp.csr_matrix(X), init=_as_dict(start))
@@ -111,13 +111,13 @@ def test_log_space_fallback_when_products_underflow(block_rows):
 def test_transform_matches_reference_local_cavi():
     rng = np.random.default_rng(8)
     X, _ = poisson_gamma_counts(rng, 80, 30, 3)
-    model = vbsnmf.VBNMF(3, max_iter=100, random_state=0)
+    model = vbsnmf.VBNMF(3, max_iter=100, random_state=0, prior="gamma")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(X)
     new_rows = rng.poisson(2.0, (7, 30)).astype(float)
     new_rows[2] = 0
-    fixed = vbsnmf.VBNMF(3, max_iter=25, tol=0.0)
+    fixed = vbsnmf.VBNMF(3, max_iter=25, tol=0.0, prior="gamma")
     fixed.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
     shape, rate = fixed.transform_posterior(new_rows)
     ref_shape, ref_rate = ref.fit_rows(new_rows, model.gene_shape_, model.gene_rate_, 1.0, 1.0, 25)
@@ -187,3 +187,229 @@ def test_init_params_checks_keys_shapes_and_values():
         _model.init_params({**good, "cell_rate": np.array([1.0, np.nan])}, (4, 3), 2, float)
     with pytest.raises(TypeError, match="init must be"):
         _model.init_params([1, 2], (4, 3), 2, float)
+
+
+# -- the learned (hierarchical) prior ------------------------------------------------------
+LEARNED = _model.HierarchicalPrior()
+
+
+def _learned_params(rng, n_rows, n_cols, k):
+    """Any positive q with per-entry rates, and hyperparameters away from 1."""
+
+    def g(*shape):
+        return rng.gamma(2.0, 1.0, size=shape) + 0.05
+
+    def scale(n):
+        return _model.ScaleState(g(n), g(n), rng.uniform(0.2, 2.0, k), 2.5, 0.7)
+
+    return _model.VariationalParams(
+        g(n_rows, k), g(n_rows, k), g(n_cols, k), g(n_cols, k), scale(n_rows), scale(n_cols)
+    )
+
+
+def _sides(params):
+    return tuple(
+        (shape, rate, s.shape, s.rate, s.factor_shape, s.prior_shape, s.prior_mean)
+        for shape, rate, s in (
+            (params.row_shape, params.row_rate, params.row_scale),
+            (params.col_shape, params.col_rate, params.col_scale),
+        )
+    )
+
+
+@pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
+def test_learned_elbo_matches_the_dense_reference(name):
+    X = _small_matrices()[name]
+    params = _learned_params(np.random.default_rng(4), *X.shape, 3)
+    data = as_count_data(sp.csr_matrix(X))
+    got = _model.elbo(data, params, LEARNED, 2)
+    np.testing.assert_allclose(got, ref.learned_elbo(X, _sides(params)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
+def test_learned_side_updates_match_the_reference(name):
+    """The factor and scale updates of one iteration (hyperparameters held) against the
+    numpy reference, from the same pass statistics."""
+    X = _small_matrices()[name]
+    params = _learned_params(np.random.default_rng(5), *X.shape, 3)
+    data = as_count_data(sp.csr_matrix(X))
+    row_stat, col_stat, _ = _model.shape_statistics(data, params, 1)
+    rows = _model.update_side_learned(row_stat, params.row_scale, params.col_mean.sum(axis=0))
+    cols = _model.update_side_learned(col_stat, params.col_scale, (rows[0] / rows[1]).sum(axis=0))
+    expected_rows, expected_cols = ref.learned_iteration(X, _sides(params))
+    for (shape, rate, scale), expected in ((rows, expected_rows), (cols, expected_cols)):
+        for mine, theirs in zip((shape, rate, scale.shape, scale.rate), expected[:4]):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-10)
+
+
+def test_every_learned_step_raises_the_elbo():
+    """Each block of the learned model's global step is an exact coordinate-ascent step:
+    the ELBO never falls from one block to the next, the hyperparameters' update raises it
+    too (their exact maximiser), and the gauge step leaves it unchanged."""
+    X = _small_matrices()["plain"]
+    data = as_count_data(sp.csr_matrix(X))
+    params = _learned_params(np.random.default_rng(6), *X.shape, 3)
+
+    def value(p):
+        return _model.elbo(data, p, LEARNED, 1)
+
+    for _ in range(5):
+        row_stat, col_stat, _ = _model.shape_statistics(data, params, 1)
+        steps = [params]
+        shape, rate, _ = _model.update_side_learned(
+            row_stat, params.row_scale, params.col_mean.sum(axis=0)
+        )
+        with_rows = _model.VariationalParams(
+            shape, rate, params.col_shape, params.col_rate, params.row_scale, params.col_scale
+        )
+        steps.append(with_rows)
+        with_scale = _model.VariationalParams(
+            shape,
+            rate,
+            params.col_shape,
+            params.col_rate,
+            _model.scale_optimum(shape, rate, params.row_scale),
+            params.col_scale,
+        )
+        steps.append(with_scale)
+        after = _model.global_step(params, row_stat, col_stat, LEARNED)
+        steps.append(after)
+        values = [value(p) for p in steps]
+        assert np.all(np.diff(values) >= -1e-9 * np.abs(values[1:])), values
+        # The gauge alone changes nothing.
+        np.testing.assert_allclose(value(_model.fix_gauge(after)), values[-1], rtol=1e-12)
+        params = after
+    assert params.row_scale.prior_mean == pytest.approx(params.col_scale.prior_mean)
+
+
+def test_hyperparameter_updates_are_stationary_points():
+    """The learned hyperparameters maximise the ELBO with q fixed: nudging each one away
+    lowers it."""
+    X = _small_matrices()["plain"]
+    data = as_count_data(sp.csr_matrix(X))
+    params = _learned_params(np.random.default_rng(7), *X.shape, 3)
+    learned = _model.learn_hyperparameters(
+        _model.scale_sums(params.row_shape, params.row_rate, params.row_scale),
+        params.row_scale,
+        LEARNED,
+    )
+    best = _model.VariationalParams(*params.as_tuple(), learned, params.col_scale)
+    center = _model.elbo(data, best, LEARNED)
+    for field in ("prior_shape", "prior_mean"):
+        for factor in (0.99, 1.01):
+            nudged = learned.copy()
+            setattr(nudged, field, getattr(learned, field) * factor)
+            moved = _model.VariationalParams(*params.as_tuple(), nudged, params.col_scale)
+            assert _model.elbo(data, moved, LEARNED) < center
+    for component in range(3):
+        for factor in (0.99, 1.01):
+            nudged = learned.copy()
+            nudged.factor_shape[component] *= factor
+            moved = _model.VariationalParams(*params.as_tuple(), nudged, params.col_scale)
+            assert _model.elbo(data, moved, LEARNED) < center
+
+
+def test_inverse_digamma_and_gamma_shape_solvers():
+    from scipy.special import digamma
+
+    x = np.array([1e-3, 0.05, 0.7, 3.0, 250.0])
+    np.testing.assert_allclose(_model.inverse_digamma(digamma(x)), x, rtol=1e-10)
+    for a in (0.01, 0.3, 1.0, 40.0):
+        gap = np.log(a) - digamma(a)
+        assert _model.gamma_shape_mle(gap) == pytest.approx(a, rel=1e-10)
+
+
+# -- missing entries -------------------------------------------------------------------------
+def _masked_problem(seed=9):
+    X = _small_matrices()["plain"]
+    rng = np.random.default_rng(seed)
+    mask = rng.random(X.shape) < 0.2
+    mask[:, 2] = True  # a whole column unobserved
+    return X, mask
+
+
+def test_masked_elbo_and_iteration_match_the_reference():
+    """With missing entries the fixed model's ELBO and iteration equal the dense reference
+    that sums over the observed entries only."""
+    X, mask = _masked_problem()
+    prior = _model.GammaPrior(0.7, 1.3)
+    start = _model.VariationalParams(*_random_params(np.random.default_rng(3), *X.shape, 3))
+    data = as_count_data(sp.csr_matrix(np.where(mask, 0, X)))
+    masked = _model.Mask.of(sp.csr_matrix(mask))
+    got = _model.elbo(data, start, prior, 2, masked)
+    reference = ref.elbo(X, *start.as_tuple(), 0.7, 1.3, mask=mask)
+    np.testing.assert_allclose(got, reference, rtol=1e-10)
+    row_stat, col_stat, _ = _model.shape_statistics(data, start, 1)
+    stepped = _model.global_step(start, row_stat, col_stat, prior, mask=masked)
+    expected = ref.iteration(X, *start.as_tuple(), 0.7, 1.3, mask=mask)
+    for mine, theirs in zip(stepped.as_tuple(), expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-10)
+    # The learned prior's ELBO: observed entries only, the rest of the ELBO unchanged.
+    learned = _learned_params(np.random.default_rng(8), *X.shape, 3)
+    dense_observed = np.where(mask, 0, X)
+    full = ref.learned_elbo(dense_observed, _sides(learned))
+    total_masked = np.sum((learned.row_mean @ learned.col_mean.T) * mask)
+    got = _model.elbo(data, learned, LEARNED, 1, masked)
+    np.testing.assert_allclose(got, full + total_masked, rtol=1e-10)
+
+
+def test_masking_whole_columns_is_fitting_without_them():
+    """A column entirely unobserved carries no information: the fit of the other columns
+    and of the rows is the fit of the matrix without it (fixed prior, same start), and
+    the masked column's q stays at the prior."""
+    X, _ = _masked_problem()
+    keep = np.array([j for j in range(X.shape[1]) if j not in (2, 5)])
+    mask = np.zeros(X.shape, dtype=bool)
+    mask[:, [2, 5]] = True
+    start = _random_params(np.random.default_rng(4), *X.shape, 3)
+    reduced_start = (start[0], start[1], start[2][keep], start[3])
+    options = dict(prior="gamma", prior_shape=0.5, max_iter=30, tol=0.0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        masked = vbsnmf.VBNMF(3, **options).fit(sp.csr_matrix(X), init=_as_dict(start), mask=mask)
+        reduced = vbsnmf.VBNMF(3, **options).fit(
+            sp.csr_matrix(X[:, keep]), init=_as_dict(reduced_start)
+        )
+    np.testing.assert_allclose(masked.elbo_trace_, reduced.elbo_trace_, rtol=1e-10)
+    np.testing.assert_allclose(masked.cell_shape_, reduced.cell_shape_, rtol=1e-10)
+    np.testing.assert_allclose(masked.gene_shape_[keep], reduced.gene_shape_, rtol=1e-10)
+    np.testing.assert_allclose(masked.gene_shape_[[2, 5]], 0.5)
+    np.testing.assert_allclose(masked.gene_rate_[[2, 5]], 1.0)
+
+
+def test_masked_learned_fit_ascends_and_refuses_other_inputs():
+    X, mask = _masked_problem()
+    model = vbsnmf.VBNMF(3, max_iter=60, tol=0.0, random_state=0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(sp.csr_matrix(X), mask=sp.csr_matrix(mask))
+    trace = model.elbo_trace_
+    assert np.all(np.isfinite(trace)) and np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+    # The ELBO reported is the exact one of the observed entries.
+    data = as_count_data(sp.csr_matrix(np.where(mask, 0, X)))
+    params = _model.VariationalParams(
+        model.cell_shape_,
+        model.cell_rate_,
+        model.gene_shape_,
+        model.gene_rate_,
+        _model.ScaleState(
+            model.cell_scale_shape_,
+            model.cell_scale_rate_,
+            np.asarray(model.hyperparameters_["cell_factor_shape"]),
+            model.hyperparameters_["cell_scale_prior_shape"],
+            model.hyperparameters_["cell_scale_prior_mean"],
+        ),
+        _model.ScaleState(
+            model.gene_scale_shape_,
+            model.gene_scale_rate_,
+            np.asarray(model.hyperparameters_["gene_factor_shape"]),
+            model.hyperparameters_["gene_scale_prior_shape"],
+            model.hyperparameters_["gene_scale_prior_mean"],
+        ),
+    )
+    value = _model.elbo(data, params, LEARNED, 1, _model.Mask.of(sp.csr_matrix(mask)))
+    np.testing.assert_allclose(trace[-1], value, rtol=1e-10)
+    with pytest.raises(ValueError, match="shape"):
+        vbsnmf.VBNMF(2).fit(sp.csr_matrix(X), mask=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="batch VB"):
+        vbsnmf.VBNMF(2, solver="svi").fit(sp.csr_matrix(X), mask=mask)

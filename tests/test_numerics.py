@@ -64,7 +64,13 @@ def _assert_finite_fit(model, prior_shape, prior_rate, dtype):
 def test_prior_range_float64_finite_and_monotone(prior_shape, prior_rate):
     X = _simulated_counts()
     model = vbsnmf.VBNMF(
-        4, prior_shape=prior_shape, prior_rate=prior_rate, max_iter=40, tol=0, random_state=0
+        4,
+        prior_shape=prior_shape,
+        prior_rate=prior_rate,
+        max_iter=40,
+        tol=0,
+        random_state=0,
+        prior="gamma",
     )
     cell_factors = model.fit_transform(X)
     assert np.all(np.isfinite(cell_factors))
@@ -91,6 +97,7 @@ def test_prior_range_float32_finite_and_tracks_float64(prior_shape, prior_rate):
             tol=0,
             random_state=0,
             dtype=dtype,
+            prior="gamma",
         )
         model.fit(X)
         _assert_finite_fit(model, prior_shape, prior_rate, dtype)
@@ -111,7 +118,7 @@ def test_row_holding_ten_million_counts(layout, dtype):
         X[0, 5] = 10**7
     assert X[0].sum() == 10**7
     X = sp.csr_array(X)
-    model = vbsnmf.VBNMF(3, max_iter=40, tol=0, random_state=0, dtype=dtype)
+    model = vbsnmf.VBNMF(3, max_iter=40, tol=0, random_state=0, dtype=dtype, prior="gamma")
     cell_factors = model.fit_transform(X)
     assert np.all(np.isfinite(cell_factors))
     _assert_finite_fit(model, 1.0, 1.0, dtype)
@@ -130,7 +137,14 @@ def test_tiny_prior_float32_takes_log_space_path():
     fit must stay finite rather than divide by an underflowed normaliser."""
     X = _simulated_counts(seed=3)
     model = vbsnmf.VBNMF(
-        6, prior_shape=1e-3, prior_rate=1e3, max_iter=60, tol=0, random_state=0, dtype=np.float32
+        6,
+        prior_shape=1e-3,
+        prior_rate=1e3,
+        max_iter=60,
+        tol=0,
+        random_state=0,
+        dtype=np.float32,
+        prior="gamma",
     )
     model.fit(X)
     _assert_finite_fit(model, 1e-3, 1e3, np.float32)
@@ -144,11 +158,15 @@ def test_tiny_prior_float32_takes_log_space_path():
 def test_integer_and_boolean_inputs_fit_like_float64(dtype):
     X = _simulated_counts(seed=4)
     X.data = np.minimum(X.data, 1 if dtype is bool else 200)
-    reference = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1).fit(X)
+    reference = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma").fit(
+        X
+    )
     converted = sp.csr_array(X.astype(dtype))
-    model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1).fit(converted)
+    model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma").fit(
+        converted
+    )
     assert model.elbo_trace_.tobytes() == reference.elbo_trace_.tobytes()
-    dense_model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1)
+    dense_model = vbsnmf.VBNMF(3, max_iter=10, tol=0, random_state=0, n_threads=1, prior="gamma")
     dense_model.fit(converted.toarray())
     assert dense_model.cell_shape_.tobytes() == reference.cell_shape_.tobytes()
 
@@ -156,7 +174,7 @@ def test_integer_and_boolean_inputs_fit_like_float64(dtype):
 def test_all_zero_rows_and_matrix_transform_to_prior_mean():
     """A cell with no counts gets the prior's shape; its mean is a / (b + sum E[w])."""
     X = _simulated_counts(seed=5)
-    model = vbsnmf.VBNMF(3, prior_shape=0.7, max_iter=20, random_state=0).fit(X)
+    model = vbsnmf.VBNMF(3, prior_shape=0.7, max_iter=20, random_state=0, prior="gamma").fit(X)
     empty = sp.csr_array((4, X.shape[1]))
     shape, rate = model.transform_posterior(empty)
     np.testing.assert_array_equal(shape, np.full((4, 3), 0.7))
@@ -167,7 +185,7 @@ def test_all_zero_rows_and_matrix_transform_to_prior_mean():
 
 
 def _measured_peak(X, **params) -> int:
-    model = vbsnmf.VBNMF(max_iter=3, random_state=0, **params)
+    model = vbsnmf.VBNMF(max_iter=3, random_state=0, **params, prior="gamma")
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -199,7 +217,9 @@ def test_memory_estimate_bounds_the_measured_peak(layout, params):
         data_rvs=lambda n: rng.integers(1, 9, n),
     ).astype(np.float32)
     X = {"csr": X, "coo": X.tocoo(), "dense": X.toarray()}[layout]
-    vbsnmf.VBNMF(2, max_iter=2).fit(np.ones((3, 3)))  # first-call allocations not counted
+    vbsnmf.VBNMF(2, max_iter=2, prior="gamma").fit(
+        np.ones((3, 3))
+    )  # first-call allocations not counted
     peak = _measured_peak(X, **params)
     estimate = _memory.check_fit_memory(
         X,
@@ -217,7 +237,7 @@ def test_memory_guard_refuses_early_with_advice(monkeypatch):
     needed = _memory.check_fit_memory(X, 4, n_threads=1, dtype=np.float64)["total"]
     monkeypatch.setattr(_memory, "available_memory", lambda: needed - 1)
     calls = []
-    model = vbsnmf.VBNMF(4, n_threads=1)
+    model = vbsnmf.VBNMF(4, n_threads=1, prior="gamma")
     with pytest.raises(_memory.InsufficientMemoryError) as raised:
         model.fit(X, callback=lambda *args: calls.append(args))
     assert isinstance(raised.value, MemoryError)
@@ -259,7 +279,7 @@ def test_memory_guard_leaves_bad_input_to_validation(monkeypatch):
     for X, n_components in [([[1, 2]], 1), (np.ones(3), 1), (np.ones((2, 2)), "two")]:
         assert _memory.check_fit_memory(X, n_components, n_threads=1, dtype=np.float64) is None
     with pytest.raises(ValueError, match="Reshape"):
-        vbsnmf.VBNMF(1).fit(np.ones(3))
+        vbsnmf.VBNMF(1, prior="gamma").fit(np.ones(3))
 
 
 def test_available_memory_readers(tmp_path):
@@ -288,3 +308,60 @@ def test_available_memory_readers(tmp_path):
 
     available = _memory.available_memory()  # this machine (Linux)
     assert available is None or 0 <= available
+
+
+# -- the largest count (issue 14) -----------------------------------------------------------
+def _one_huge_count(count: float) -> sp.csr_array:
+    """Poisson(2) counts with one entry set to ``count``: the widest dynamic range, where
+    the ELBO's terms (about x log x) cancel most (benchmarks/count_range.py)."""
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (60, 40)).astype(np.float64)
+    X[rng.integers(60), rng.integers(40)] = count
+    return sp.csr_array(X)
+
+
+def test_counts_up_to_the_maximum_fit_with_a_monotone_elbo():
+    from vbsnmf._validation import max_count
+
+    largest = max_count(np.float64)
+    assert largest == 1e13
+    model = vbsnmf.VBNMF(3, max_iter=150, tol=0, n_threads=1, random_state=0, prior="gamma")
+    model.fit(_one_huge_count(largest))
+    trace = model.elbo_trace_
+    assert np.all(np.isfinite(trace)) and trace.max() < 0  # a bound of a log-probability
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+    for name in FITTED:
+        assert np.all(np.isfinite(getattr(model, name)))
+    # float32 factors: up to 2**24, within float32's 1e-3 of the float64 fit.
+    fits = {}
+    for dtype in (np.float64, np.float32):
+        model = vbsnmf.VBNMF(
+            3, max_iter=150, tol=0, n_threads=1, random_state=0, dtype=dtype, prior="gamma"
+        )
+        fits[dtype] = model.fit(_one_huge_count(2.0**24)).elbo_trace_[-1]
+    assert abs(fits[np.float32] - fits[np.float64]) <= 1e-3 * abs(fits[np.float64])
+
+
+@pytest.mark.parametrize("count", [np.nextafter(1e13, np.inf), 1e14, 1e200, 1e300])
+def test_counts_above_the_maximum_are_refused(count, tmp_path):
+    X = _one_huge_count(count)
+    for method in ("batch", "svi"):
+        with pytest.raises(ValueError, match="above 10,000,000,000,000"):
+            vbsnmf.VBNMF(3, max_iter=2, solver=method, prior="gamma").fit(X)
+    with pytest.raises(ValueError, match=r"above 16,777,216.*dtype=np\.float64"):
+        vbsnmf.VBNMF(3, max_iter=2, dtype=np.float32, prior="gamma").fit(
+            _one_huge_count(2.0**24 + 1)
+        )
+
+
+def test_huge_count_on_the_command_line_writes_no_infinity(tmp_path, capfd):
+    from vbsnmf.cli import main
+
+    path = tmp_path / "huge.mtx"
+    path.write_text(
+        "%%MatrixMarket matrix coordinate real general\n3 2 3\n1 1 1e300\n2 2 3\n3 1 1\n"
+    )
+    code = main(["fit", str(path), "--cells-as-rows", "-k", "1", "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "1e+300" in err, err
+    assert not (tmp_path / "out").exists()

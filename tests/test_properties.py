@@ -116,6 +116,7 @@ def test_any_count_matrix_gives_a_valid_fit(case, prior_shape, prior_rate, n_thr
         tol=0,
         random_state=0,
         n_threads=n_threads,
+        prior="gamma",
     )
     cell_factors = model.fit_transform(matrix)
     assert cell_factors.shape == (matrix.shape[0], n_components)
@@ -140,7 +141,9 @@ def test_duplicates_and_layout_do_not_change_the_fit(case):
     dense = _dense_reference(matrix)
     fits = []
     for layout in (matrix, sp.csr_array(dense), sp.csc_matrix(dense), dense):
-        model = vbsnmf.VBNMF(n_components, max_iter=8, tol=0, random_state=5, n_threads=1)
+        model = vbsnmf.VBNMF(
+            n_components, max_iter=8, tol=0, random_state=5, n_threads=1, prior="gamma"
+        )
         model.fit(layout)
         fits.append((model.elbo_trace_, model.cell_shape_, model.gene_shape_))
     for other in fits[1:]:
@@ -157,7 +160,7 @@ def test_engine_elbo_equals_the_sum_of_its_terms(case):
     dense = _dense_reference(matrix)
     a, b = 0.5, 2.0
     model = vbsnmf.VBNMF(
-        n_components, prior_shape=a, prior_rate=b, max_iter=6, tol=0, random_state=1
+        n_components, prior_shape=a, prior_rate=b, max_iter=6, tol=0, random_state=1, prior="gamma"
     )
     model.fit(matrix)
     elog_z = digamma(model.cell_shape_) - np.log(model.cell_rate_)

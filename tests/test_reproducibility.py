@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def fit_summary(X, seed: int, n_threads: int) -> dict:
     """Fit, then a digest of every fitted array and the arrays compared with tolerance."""
-    model = vbsnmf.VBNMF(5, max_iter=30, tol=0, random_state=seed, n_threads=n_threads)
+    model = vbsnmf.VBNMF(
+        5, max_iter=30, tol=0, random_state=seed, n_threads=n_threads, prior="gamma"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         cell_factors = model.fit_transform(X)
@@ -131,7 +133,13 @@ def test_in_process_refit_is_bitwise_identical_with_generator_seed():
     digests = []
     for _ in range(2):
         model = vbsnmf.VBNMF(
-            3, max_iter=15, tol=0, n_init=3, n_threads=2, random_state=np.random.default_rng(11)
+            3,
+            max_iter=15,
+            tol=0,
+            n_init=3,
+            n_threads=2,
+            random_state=np.random.default_rng(11),
+            prior="gamma",
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)

@@ -34,7 +34,9 @@ pytestmark = [
 
 ESTIMATORS = [
     # One thread: these are tiny fits, where thread launches would cost more than the work.
-    vbsnmf.VBNMF(n_components=2, max_iter=2000, tol=1e-7, random_state=0, n_threads=1),
+    vbsnmf.VBNMF(
+        n_components=2, max_iter=2000, tol=1e-7, random_state=0, n_threads=1, prior="gamma"
+    ),
     vbsnmf.NMF(n_components=2, random_state=0),
 ]
 
@@ -88,4 +90,4 @@ def test_checks_cover_the_non_negative_contract():
     X = np.ones((4, 3))
     X[1, 2] = -3
     with pytest.raises(ValueError, match=r"Negative values in data.*\(1, 2\)"):
-        vbsnmf.VBNMF(1).fit(X)
+        vbsnmf.VBNMF(1, prior="gamma").fit(X)

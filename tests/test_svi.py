@@ -56,8 +56,12 @@ def _fit_quietly(model, X):
 
 def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
     X = _simulated_counts()
-    batch = _fit_quietly(vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1), X)
-    model = vbsnmf.VBNMF(4, random_state=0, solver="svi", n_epochs=4, batch_size=100, n_threads=1)
+    batch = _fit_quietly(
+        vbsnmf.VBNMF(4, random_state=0, max_iter=400, tol=1e-7, n_threads=1, prior="gamma"), X
+    )
+    model = vbsnmf.VBNMF(
+        4, random_state=0, solver="svi", n_epochs=4, batch_size=100, n_threads=1, prior="gamma"
+    )
     assert model.svi_form == "cells"
     _fit_quietly(model, X)
     gap = (batch.elbo_trace_[-1] - model.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
@@ -69,6 +73,59 @@ def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
         dense, model.cell_shape_, model.cell_rate_, model.gene_shape_, model.gene_rate_, 1.0, 1.0
     )
     assert_allclose(model.elbo_trace_[-1], reference, rtol=1e-9)
+
+
+def _hierarchical_draw(seed=3, n_cells=500, n_genes=200, n_components=5):
+    """Counts drawn from the learned prior's model: per-cell and per-gene scales, factors
+    Gamma(0.3) given them."""
+    rng = np.random.default_rng(seed)
+    cell_scale = rng.gamma(2.0, 1.5, n_cells)
+    gene_scale = rng.gamma(1.0, 1.0, n_genes)
+    cell_factors = rng.gamma(0.3, 1.0, (n_cells, n_components)) * cell_scale[:, None]
+    gene_loadings = rng.gamma(0.3, 1.0, (n_genes, n_components)) * gene_scale[:, None]
+    return sp.csr_array(rng.poisson(0.5 * cell_factors @ gene_loadings.T).astype(np.float64))
+
+
+def _facs_panel(pbmc_facs, seed=2, n_cells=400, n_genes=300):
+    """400 random pbmc_facs cells on a panel without the 200 most expressed genes: the
+    genes ranked 200 to 499 by their total in those cells."""
+    X = sp.csr_array(pbmc_facs.X)
+    cells = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_cells, replace=False))
+    X = X[cells]
+    ranked = np.argsort(-np.asarray(X.sum(axis=0)).ravel())
+    return sp.csr_array(X[:, np.sort(ranked[200 : 200 + n_genes])])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model draw",
+        "pbmc_facs panel",
+        pytest.param(
+            "pbmc_tiny",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known: SVI's defaults end 2.1 % below batch VB on pbmc_tiny (K=5), "
+                "4.8 % at K=10 (docs/performance.md: the slow drift of the gene factor shapes)",
+            ),
+        ),
+    ],
+)
+def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, request):
+    """The learned prior's SVI (cells form) with every SVI setting at its default ends
+    within 1 % of the ELBO of batch VB's default fit to convergence, on data no other test
+    fits."""
+    if name == "model draw":
+        X = _hierarchical_draw()
+    elif name == "pbmc_facs panel":
+        X = _facs_panel(request.getfixturevalue("pbmc_facs"))
+    else:
+        X = sp.csr_array(request.getfixturevalue("pbmc_tiny").X)
+    batch = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1), X)
+    assert batch.converged_
+    svi = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1, solver="svi"), X)
+    gap = (batch.elbo_trace_[-1] - svi.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
+    assert gap < 0.01, f"SVI's defaults end {gap:.2%} below batch VB"
 
 
 def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
@@ -92,8 +149,9 @@ def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_t
         kappa=1.0,
         n_epochs=1,
         n_threads=1,
+        prior="gamma",
     )
-    batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1)
+    batch = vbsnmf.VBNMF(5, random_state=0, max_iter=1, n_threads=1, prior="gamma")
     _fit_quietly(svi, pbmc_tiny.X)
     _fit_quietly(batch, pbmc_tiny.X)
     for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_"):
@@ -179,9 +237,8 @@ def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     state = _cells_state(source, 4, 2, float(X.sum()))
     p = state.params
     blocks = source.iter_blocks(_svi.EVAL_BLOCK_ROWS)
-    terms, row_shape, row_rate = _svi.evaluate_rows(
-        blocks, p.row_shape, p.col_shape, p.col_rate, settings
-    )
+    terms, fitted, _ = _svi.evaluate_rows(blocks, p, settings)
+    row_shape, row_rate = fitted.row_shape, fitted.row_rate
     value = terms.with_cols(p.col_shape, p.col_rate, PRIOR).value()
     expected = reference_cavi.elbo(X.toarray(), row_shape, row_rate, p.col_shape, p.col_rate, 1, 1)
     assert_allclose(value, expected, rtol=1e-8)
@@ -215,7 +272,7 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
         warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
         pbmc_tiny.write_zarr(tmp_path / "tiny.zarr")
     params = dict(random_state=4, solver="svi", n_epochs=2, batch_size=300, n_threads=1)
-    in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params), X)
+    in_memory = _fit_quietly(vbsnmf.VBNMF(4, **params, prior="gamma"), X)
     backed = ad.read_h5ad(tmp_path / "tiny.h5ad", backed="r")
     for source in (
         tmp_path / "matrix.mtx.gz",
@@ -224,7 +281,7 @@ def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
         backed,
         str(tmp_path / "tiny.zarr"),
     ):
-        streamed = _fit_quietly(vbsnmf.VBNMF(4, **params), source)
+        streamed = _fit_quietly(vbsnmf.VBNMF(4, **params, prior="gamma"), source)
         assert_array_equal(streamed.elbo_trace_, in_memory.elbo_trace_)
         assert_array_equal(streamed.gene_shape_, in_memory.gene_shape_)
         assert_array_equal(streamed.cell_shape_, in_memory.cell_shape_)
@@ -298,13 +355,15 @@ def test_bad_mtx_is_a_read_error_naming_the_file(tmp_path, content, gz, message)
 )
 def test_bad_svi_options_raise(pbmc_tiny, option, value, error):
     with pytest.raises(error, match=option):
-        vbsnmf.VBNMF(3, **{"solver": "svi", option: value}).fit(pbmc_tiny.X)
+        vbsnmf.VBNMF(3, **{"solver": "svi", option: value}, prior="gamma").fit(pbmc_tiny.X)
 
 
 def test_transform_of_the_pbmc_facs_test_cells(pbmc_facs):
     train = pbmc_facs
     test = vbsnmf.datasets.pbmc_facs(test=True)
-    model = vbsnmf.VBNMF(6, random_state=0, solver="svi", n_epochs=2, tol=1e-3, max_iter=60)
+    model = vbsnmf.VBNMF(
+        6, random_state=0, solver="svi", n_epochs=2, tol=1e-3, max_iter=60, prior="gamma"
+    )
     train_factors = _fit_quietly(model, train.X).transform(train.X)
     test_factors = model.transform(test.X)
     assert test_factors.shape == (100, 6)

@@ -2,20 +2,44 @@
 
 The engine visits only the nonzeros of the count matrix, so cost and memory grow with the
 nonzeros, not with genes x cells. See ``docs/model.md`` in the repository for the model.
+
+The names below are imported on first use (PEP 562): ``import vbsnmf`` itself loads
+nothing heavy, so the ``vbsnmf`` command can handle Ctrl-C while numpy, scipy, Numba and
+scikit-learn load (seconds on a busy machine).
 """
 
-from . import classic, datasets, io, pl, tl
-from ._dask import DaskFitResult
-from ._estimator import VBNMF, fit_dask, fit_svi_dask, fit_triplets
-from ._model import ConvergenceWarning, VariationalParams
-from ._validation import NonCountWarning
-from .classic import NMF
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute); attribute None for a subpackage.
+_LAZY = {
+    "NMF": (".classic", "NMF"),
+    "CheckpointError": ("._checkpoint", "CheckpointError"),
+    "CheckpointMismatchError": ("._checkpoint", "CheckpointMismatchError"),
+    "VBNMF": ("._estimator", "VBNMF"),
+    "ConvergenceWarning": ("._model", "ConvergenceWarning"),
+    "DaskFitResult": ("._dask", "DaskFitResult"),
+    "NonCountWarning": ("._validation", "NonCountWarning"),
+    "VariationalParams": ("._model", "VariationalParams"),
+    "classic": (".classic", None),
+    "datasets": (".datasets", None),
+    "fit_dask": ("._estimator", "fit_dask"),
+    "fit_svi_dask": ("._estimator", "fit_svi_dask"),
+    "fit_triplets": ("._estimator", "fit_triplets"),
+    "io": (".io", None),
+    "pl": (".pl", None),
+    "tl": (".tl", None),
+}
 
 __all__ = [
     "NMF",
     "VBNMF",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "ConvergenceWarning",
     "DaskFitResult",
     "NonCountWarning",
@@ -29,3 +53,26 @@ __all__ = [
     "pl",
     "tl",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from . import classic, datasets, io, pl, tl
+    from ._checkpoint import CheckpointError, CheckpointMismatchError
+    from ._dask import DaskFitResult
+    from ._estimator import VBNMF, fit_dask, fit_svi_dask, fit_triplets
+    from ._model import ConvergenceWarning, VariationalParams
+    from ._validation import NonCountWarning
+    from .classic import NMF
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,41 +3,112 @@
 A checkpoint is one ``.npz`` file: the variational parameters, the ELBO trace, the
 iteration or epoch counters, the random generator's state (SVI draws a fresh permutation
 every epoch) and a ``config`` record of everything that changes the arithmetic (shape,
-K, method, priors, thread count, ...). Resuming from it replays exactly the computation an
-uninterrupted fit would have done, so the final ELBO trace is bitwise the same; a
-checkpoint written under a different configuration is refused rather than silently mixed.
+K, method, priors, thread count, a fingerprint of the counts, ...). Resuming from it
+replays exactly the computation an uninterrupted fit would have done, so the final ELBO
+trace is bitwise the same; a checkpoint written under a different configuration or for
+other data is refused rather than silently mixed, and so is a damaged one (every array is
+checked for its shape, finiteness and sign before a kernel sees it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .io._atomic import atomic_file
+from ._atomic import atomic_file
+
+# Written into every checkpoint's metadata: what tells a checkpoint from other .npz files.
+FORMAT = "vbsnmf-checkpoint"
+# The variational parameters every checkpoint holds (rows x K, K, columns x K, K).
+PARAMETERS = ("row_shape", "row_rate", "col_shape", "col_rate")
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint on disk was written by a fit with different settings or data."""
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint is not a vbsnmf checkpoint, or is damaged."""
+
+
 def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically
-    (`vbsnmf.io` writes every output so): a fit killed at any moment leaves either the
-    previous checkpoint or the new one, never a torn file."""
+    (`vbsnmf.io.atomic_file`, as every output): a fit killed at any moment leaves either
+    the previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, __meta__=np.array(json.dumps(meta)), **arrays)
+        np.savez(handle, __meta__=np.array(json.dumps({**meta, "format": FORMAT})), **arrays)
 
 
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
-    """``(arrays, meta)`` as written by `save_checkpoint`."""
-    with np.load(Path(path), allow_pickle=False) as stored:
+    """``(arrays, meta)`` as written by `save_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read, or is not a checkpoint written by `save_checkpoint`
+        (empty, truncated, random bytes, an ``.npz`` without vbsnmf's metadata).
+    """
+    with _reading(path) as stored:
+        meta = _meta(stored, path)
         arrays = {name: stored[name] for name in stored.files if name != "__meta__"}
-        meta = json.loads(str(stored["__meta__"]))
     return arrays, meta
+
+
+def read_checkpoint_meta(path) -> dict:
+    """The metadata of the checkpoint at ``path``, reading none of its arrays (a check
+    that a file is a vbsnmf checkpoint before it is overwritten). `CheckpointError` if
+    it is not one."""
+    with _reading(path) as stored:
+        return _meta(stored, path)
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """``np.load`` of ``path`` with every way it fails on a foreign or damaged file
+    turned into a `CheckpointError` naming it."""
+    path = Path(path)
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an archive")
+        with stored:
+            yield stored
+    except CheckpointError:
+        raise
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file") from None
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path} cannot be read (permission denied)") from None
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a vbsnmf checkpoint (unreadable, empty, truncated or another "
+            f"kind of file: {reason}); name another path or remove it"
+        ) from None
+
+
+def _meta(stored, path) -> dict:
+    if "__meta__" not in stored.files:
+        raise CheckpointError(
+            f"{path} is not a vbsnmf checkpoint (an archive without vbsnmf's metadata); "
+            "name another path or remove it"
+        )
+    meta = json.loads(str(stored["__meta__"]))
+    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a vbsnmf checkpoint (its metadata is not vbsnmf's); name "
+            "another path or remove it"
+        )
+    return meta
 
 
 def check_config(meta: dict, config: dict, path) -> None:
@@ -46,14 +117,99 @@ def check_config(meta: dict, config: dict, path) -> None:
     differing = sorted(
         key for key in set(stored) | set(config) if stored.get(key) != config.get(key)
     )
-    if differing:
-        details = ", ".join(
-            f"{key}: checkpoint {stored.get(key)!r} vs now {config.get(key)!r}" for key in differing
-        )
+    if not differing:
+        return
+    start_over = "remove it, or start over without resuming"
+    if differing == ["data_fingerprint"]:
         raise CheckpointMismatchError(
-            f"checkpoint {path} was written by a different fit ({details}); "
-            "remove it or pass resume=False to start over"
+            f"checkpoint {path} was written for other data (the same shape, nonzeros and "
+            f"total count, but other counts or another order of the cells); {start_over}"
         )
+    details = ", ".join(
+        f"{key}: checkpoint {stored.get(key)!r} vs now {config.get(key)!r}" for key in differing
+    )
+    raise CheckpointMismatchError(
+        f"checkpoint {path} was written by a different fit ({details}); {start_over}"
+    )
+
+
+def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -> None:
+    """Raise `CheckpointError` unless the checkpoint's arrays and counters are a state the
+    fit of ``config`` could have saved: every parameter array present with its shape and
+    dtype, finite and positive (under the learned prior also the scales' q and the
+    hyperparameters; an accelerated fit holds two such sets, ``current_`` and ``kept_``);
+    a finite ELBO trace; whole counters. Its config is checked first (`check_config`), so a
+    damaged file that kept its settings is caught here, before a kernel reads out of
+    bounds or a fit runs on NaN."""
+    n_rows, n_cols = config["shape"]
+    k = config["n_components"]
+    learned = "Hierarchical" in str(config.get("prior"))
+    per_entry = learned or config.get("mask") is not None  # rates per entry
+
+    def damaged(what: str):
+        return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
+
+    def check_array(name: str, shapes, dtype) -> None:
+        if name not in arrays:
+            raise damaged(f"{name} is missing")
+        array = arrays[name]
+        if array.shape not in shapes or array.dtype != np.dtype(dtype):
+            raise damaged(
+                f"{name} is {array.dtype} of shape {array.shape}, expected {np.dtype(dtype)} "
+                f"of shape {' or '.join(map(str, shapes))}"
+            )
+        if not np.all(np.isfinite(array)) or not np.all(array > 0):
+            raise damaged(f"{name} holds values that are not positive and finite")
+
+    accelerated = "current_row_shape" in arrays
+    for prefix in ("current_", "kept_") if accelerated else ("",):
+        for name, side in zip(PARAMETERS, (n_rows, n_rows, n_cols, n_cols)):
+            shapes = [(side, k)]
+            if name.endswith("rate"):
+                shapes = [(k,), (side, k)] if per_entry else [(k,)]
+            check_array(prefix + name, shapes, config["dtype"])
+        if learned:
+            for side, n in (("row", n_rows), ("col", n_cols)):
+                check_array(f"{prefix}{side}_scale_shape", [(n,)], np.float64)
+                check_array(f"{prefix}{side}_scale_rate", [(n,)], np.float64)
+                check_array(f"{prefix}{side}_factor_shape", [(k,)], np.float64)
+                check_array(f"{prefix}{side}_scale_prior", [(2,)], np.float64)
+    trace = arrays.get("elbo_trace")
+    if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
+        raise damaged("elbo_trace is missing or not a 1-D float array")
+    if not np.all(np.isfinite(trace)):
+        raise damaged("elbo_trace holds values that are not finite")
+    if not isinstance(meta.get("finished"), bool):
+        raise damaged("its 'finished' flag is missing")
+    if accelerated:
+        passes, step_max, previous = (meta.get(n) for n in ("n_passes", "step_max", "previous"))
+        if not (isinstance(passes, int) and not isinstance(passes, bool) and passes >= 0):
+            raise damaged(f"its pass counter is {passes!r}")
+        if not (isinstance(step_max, (int, float)) and np.isfinite(step_max) and step_max >= 1):
+            raise damaged(f"its SQUAREM step bound is {step_max!r}")
+        if previous is not None and not (
+            isinstance(previous, (int, float)) and np.isfinite(previous)
+        ):
+            raise damaged(f"its last ELBO is {previous!r}")
+        if trace.size > passes or not isinstance(meta.get("converged"), bool):
+            raise damaged(f"{trace.size} ELBO values for {passes} passes")
+    if config["solver"] == "svi":
+        counters = [meta.get(name) for name in ("step", "epoch")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
+            raise damaged(f"its step and epoch counters are {counters}")
+        if trace.size > counters[1] or not isinstance(meta.get("converged"), bool):
+            raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
+        try:
+            rng_from_json(meta["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise damaged(f"its random generator state is unreadable ({error})") from None
+        if learned:
+            sums = arrays.get("cell_sums_scale")
+            factor_log = arrays.get("cell_sums_factor_log")
+            if sums is None or sums.shape != (3,) or factor_log is None or factor_log.shape != (k,):
+                raise damaged("the sums over cells of the learned prior are missing")
+            if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(factor_log))):
+                raise damaged("the sums over cells of the learned prior are not finite")
 
 
 class Checkpointer:
@@ -73,6 +229,7 @@ class Checkpointer:
             return None
         arrays, meta = load_checkpoint(self.path)
         check_config(meta, self.config, self.path)
+        check_state(arrays, meta, self.config, self.path)
         return arrays, meta
 
     def save(self, counter: int, arrays: dict[str, np.ndarray], meta: dict, force=False) -> None:
@@ -96,10 +253,13 @@ def rng_from_json(text: str) -> np.random.Generator:
 
 
 __all__ = [
+    "CheckpointError",
     "CheckpointMismatchError",
     "Checkpointer",
     "check_config",
+    "check_state",
     "load_checkpoint",
+    "read_checkpoint_meta",
     "rng_from_json",
     "rng_state_json",
     "save_checkpoint",

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
+from ._validation import exact_float_dtype
 
 
 @dataclass
@@ -57,31 +58,15 @@ class CountData:
         )
 
 
-def stored_dtype(values: np.ndarray) -> type:
-    """float32 when every value is exact in it (counts below 2**24 are), else float64.
-
-    Checked a block at a time, so no temporary of the size of ``values``.
-    """
-    if values.dtype == np.float32:
-        return np.float32
-    step = 1 << 20
-    for start in range(0, values.shape[0], step):
-        block = np.asarray(values[start : start + step], dtype=np.float64)
-        with np.errstate(over="ignore"):  # past float32's range: inf, hence inexact
-            if not np.array_equal(block.astype(np.float32), block):
-                return np.float64
-    return np.float32
-
-
 def as_count_data(matrix, counts_dtype=None) -> CountData:
     """Canonical CSR of ``matrix`` (already validated) along its longer axis.
 
     The longer axis is major so that the pass's per-part accumulators, one n_minor x K
     slab per part, are on the shorter axis. The counts are stored as float32 where that is
-    exact (`stored_dtype`, or as ``counts_dtype`` when given): the pass reads every
-    count once per iteration and widens it as it reads. A matrix that already is canonical
-    CSR along the major axis with counts stored so is used as it is, not copied: at the
-    lung-atlas shape (240M nonzeros) that copy was 1.8 GiB of a 4.2 GiB peak.
+    exact (`_validation.exact_float_dtype`, or as ``counts_dtype`` when given): the pass
+    reads every count once per iteration and widens it as it reads. A matrix that already
+    is canonical CSR along the major axis with counts stored so is used as it is, not
+    copied: at the lung-atlas shape (240M nonzeros) that copy was 1.8 GiB of a 4.2 GiB peak.
     """
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else matrix
     shape = matrix.shape
@@ -93,7 +78,7 @@ def as_count_data(matrix, counts_dtype=None) -> CountData:
         csr = csr.copy()
         csr.sum_duplicates()
         csr.eliminate_zeros()
-    dtype = stored_dtype(csr.data) if counts_dtype is None else counts_dtype
+    dtype = exact_float_dtype(csr.data) if counts_dtype is None else counts_dtype
     if csr.data.dtype != dtype:
         csr.data = csr.data.astype(dtype)
     return CountData.from_csr(csr, major, shape)

@@ -19,23 +19,33 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._batch import fit_batch
+from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer
 from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
     FitResult,
     GammaPrior,
+    HierarchicalPrior,
+    Mask,
+    Prior,
+    ScaleState,
     VariationalParams,
     fit_rows,
     has_converged,
+    hyperparameters,
     init_params,
+    params_from_arrays,
+    params_to_arrays,
     random_start,
+    scale_sums,
     seed_entropy,
+    side_totals,
 )
 from ._svi import (
     EVAL_BLOCK_ROWS,
     SVI_FORMS,
+    CountScan,
     SVISettings,
     SVIState,
     default_batch_size,
@@ -49,15 +59,20 @@ from ._utils import check_n_threads, is_dask_array, numba_threads
 from ._validation import (
     check_counts,
     check_float_dtype,
-    check_integer,
+    check_iterations,
     check_n_components,
     check_positive,
+    check_sparse_structure,
     check_step_schedule,
-    check_tol,
+    check_tolerance,
+    combine_fingerprints,
+    data_fingerprint,
 )
+from .io._paths import check_checkpoint_path
 from .io._stream import InMemorySource, open_source
 
 SOLVERS = ("batch", "svi")
+PRIORS = ("hierarchical", "gamma")
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,9 @@ class FitSettings:
     """`VBNMF`'s parameters, checked: what every fit function below uses."""
 
     n_components: int
-    prior: GammaPrior
+    prior: Prior
+    accelerate: bool
+    accelerate_given: bool  # accelerate was set, not left to the default
     solver: str
     svi_form: str
     max_iter: int
@@ -104,10 +121,14 @@ class FitSettings:
 class VBNMF(TransformerMixin, BaseEstimator):
     """Poisson-Gamma non-negative matrix factorisation by variational Bayes.
 
-    ``X ~ Poisson(Z W')`` with Gamma(``prior_shape``, ``prior_rate``) priors on every entry
-    of ``Z`` (cells x K) and ``W`` (genes x K), fitted by coordinate ascent on the ELBO in
-    the order of ``docs/model.md``. The heavy step visits only the nonzeros of X, so cost
-    and memory grow with the nonzeros, never with cells x genes.
+    ``X ~ Poisson(Z W')`` with Gamma priors on every entry of ``Z`` (cells x K) and ``W``
+    (genes x K), fitted by coordinate ascent on the ELBO in the order of
+    ``docs/model.md``. By default the priors are learned from the data (hierarchical
+    Poisson factorisation: each cell's factors share a scale that absorbs its depth, each
+    gene's loadings one for its activity, the hyperparameters by empirical Bayes); the
+    fixed Gamma(a, b) prior of Cemgil (2009) is ``prior="gamma"``. The heavy step visits
+    only the nonzeros of X, so cost and memory grow with the nonzeros, never with cells x
+    genes.
 
     Pass cells x genes (AnnData's orientation); any other count matrix works the same way
     with its rows in the place of cells and its columns in the place of genes.
@@ -116,11 +137,26 @@ class VBNMF(TransformerMixin, BaseEstimator):
     ----------
     n_components
         Number of factors K, between 1 and min(X.shape).
+    prior
+        ``"hierarchical"`` (default): learned priors, ``z_il | xi_i ~ Gamma(a_l, xi_i)``,
+        ``xi_i ~ Gamma(a', a'/b')`` and the same for the genes, every hyperparameter
+        learned by empirical Bayes (``hyperparameters_``). ``"gamma"``: the fixed prior
+        Gamma(``prior_shape``, ``prior_rate``) on every entry of both factor matrices.
     prior_shape, prior_rate
-        Shape a and rate b of the Gamma prior on both factor matrices.
+        ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
+        ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
+        (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
+    accelerate
+        Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
+        an extrapolated step only when its exact ELBO is at least the plain step's (the
+        trace stays monotone). Default: on for the learned prior, off for the fixed one,
+        whose fits stay bit for bit what they were. A dask X is fitted by plain coordinate
+        ascent whatever the prior (SQUAREM is not implemented on Dask; there the learned
+        prior's trace is that of ``accelerate=False`` in memory), and ``True`` is refused.
     max_iter
-        Maximum number of iterations (batch), and of passes of each cell's local fit
-        (`transform`, SVI's cells form); stopping at it warns with `ConvergenceWarning`.
+        Maximum number of passes over the data (batch), and of passes of each cell's local
+        fit (`transform`, SVI's cells form); stopping at it warns with
+        `ConvergenceWarning`.
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
@@ -133,7 +169,8 @@ class VBNMF(TransformerMixin, BaseEstimator):
         Numba threads (default: all; for a dask X, threads per chunk task, default 1).
         Results are bitwise reproducible for a given ``random_state`` and ``n_threads``.
     dtype
-        ``np.float64`` (default) or ``np.float32`` (halves the factor memory).
+        ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
+        to 2**24 = 16,777,216 only, see Notes).
     verbose
         Print the ELBO after every iteration.
     solver
@@ -182,11 +219,20 @@ class VBNMF(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     cell_shape_ : ndarray of shape (n_cells, K)
-    cell_rate_ : ndarray of shape (K,)
-        ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])``, the cell factors.
+    cell_rate_ : ndarray of shape (K,), or (n_cells, K) under the learned prior
+        ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])`` (``cell_rate_[i, l]``), the
+        cell factors.
     gene_shape_ : ndarray of shape (n_genes, K)
-    gene_rate_ : ndarray of shape (K,)
+    gene_rate_ : ndarray of shape (K,), or (n_genes, K) under the learned prior
         ``q(w_jl) = Gamma(gene_shape_[j, l], gene_rate_[l])``, the gene loadings.
+    cell_scale_shape_, cell_scale_rate_ : ndarray of shape (n_cells,) or None
+        Under the learned prior, ``q(xi_i)`` of each cell's scale; None otherwise.
+    gene_scale_shape_, gene_scale_rate_ : ndarray of shape (n_genes,) or None
+        The same for each gene's ``q(eta_j)``.
+    hyperparameters_ : dict or None
+        The learned hyperparameters: ``cell_factor_shape`` (a_l, K), ``cell_scale_prior_shape``
+        (a'), ``cell_scale_prior_mean`` (b'), and the same for the genes (c_l, c', d');
+        None under the fixed prior.
     components_ : ndarray of shape (K, n_genes)
         Posterior mean gene loadings, ``(gene_shape_ / gene_rate_).T``.
     elbo_trace_ : ndarray of shape (n_iter_,)
@@ -200,6 +246,12 @@ class VBNMF(TransformerMixin, BaseEstimator):
 
     Notes
     -----
+    Counts: X holds non-negative, finite counts of at most 1e13 (float64 factors) or
+    2**24 (``dtype=np.float32``); a larger count is refused with `ValueError`, because
+    past it the ELBO is no longer resolved (it stops increasing monotonically, then turns
+    positive or infinite; measured by ``benchmarks/count_range.py``). X may also not be a
+    sparse matrix whose index arrays are damaged (checked before any kernel reads them).
+
     Warm starts: ``fit(X, init=...)`` starts from given variational parameters: a fitted
     `VBNMF`, or a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
     ``gene_rate``; with ``max_iter=1`` this runs exactly one iteration from them. ``n_init``
@@ -210,9 +262,11 @@ class VBNMF(TransformerMixin, BaseEstimator):
         self,
         n_components: int = 10,
         *,
-        prior_shape: float = 1.0,
-        prior_rate: float = 1.0,
-        max_iter: int = 200,
+        prior: str = "hierarchical",
+        prior_shape: float | None = None,
+        prior_rate: float | None = None,
+        accelerate: bool | None = None,
+        max_iter: int = 1000,
         tol: float = 1e-5,
         n_init: int = 1,
         random_state=None,
@@ -231,8 +285,10 @@ class VBNMF(TransformerMixin, BaseEstimator):
         resume: bool = False,
     ):
         self.n_components = n_components
+        self.prior = prior
         self.prior_shape = prior_shape
         self.prior_rate = prior_rate
+        self.accelerate = accelerate
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
@@ -266,52 +322,81 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
-        n_init = check_integer(self.n_init, "n_init", 1)
+        n_init = check_iterations(self.n_init, "n_init", 1)
         if checkpoint is not None and n_init != 1:
             raise ValueError(
                 "checkpoints need n_init=1: a checkpoint holds one fit to save and resume"
             )
+        prior = self._prior()
+        learned = isinstance(prior, HierarchicalPrior)
+        if learned and self.solver == "svi" and self.svi_form != "cells":
+            raise ValueError(
+                f"svi_form={self.svi_form!r} fits the fixed prior only; use prior='gamma' or "
+                "the cells form (svi_form='cells')"
+            )
+        accelerate = learned if self.accelerate is None else self.accelerate
+        if not isinstance(accelerate, (bool, np.bool_)):
+            raise TypeError(f"accelerate must be True, False or None, got {self.accelerate!r}")
         tau, kappa = check_step_schedule(self.tau, self.kappa)
         batch_size = self.batch_size
         if batch_size is not None:
-            batch_size = check_integer(batch_size, "batch_size", 1)
+            batch_size = check_iterations(batch_size, "batch_size", 1)
         return FitSettings(
             n_components=int(self.n_components),
-            prior=GammaPrior(
-                check_positive(self.prior_shape, "prior_shape"),
-                check_positive(self.prior_rate, "prior_rate"),
-            ),
+            prior=prior,
+            accelerate=bool(accelerate),
+            accelerate_given=self.accelerate is not None,
             solver=self.solver,
             svi_form=self.svi_form,
-            max_iter=check_integer(self.max_iter, "max_iter", 0),
-            tol=check_tol(self.tol),
+            max_iter=check_iterations(self.max_iter, "max_iter", 0),
+            tol=check_tolerance(self.tol),
             n_init=n_init,
             n_threads=check_n_threads(self.n_threads) if self.n_threads is not None else None,
             dtype=check_float_dtype(self.dtype),
             batch_size=batch_size,
             tau=tau,
             kappa=kappa,
-            n_epochs=check_integer(self.n_epochs, "n_epochs", 1),
-            eval_every=check_integer(self.eval_every, "eval_every", 1),
+            n_epochs=check_iterations(self.n_epochs, "n_epochs", 1),
+            eval_every=check_iterations(self.eval_every, "eval_every", 1),
             checkpoint=None if checkpoint is None else Path(checkpoint),
-            checkpoint_every=check_integer(self.checkpoint_every, "checkpoint_every", 1),
+            checkpoint_every=check_iterations(self.checkpoint_every, "checkpoint_every", 1),
             resume=bool(self.resume),
             verbose=bool(self.verbose),
             random_state=self.random_state,
         )
 
+    def _prior(self) -> Prior:
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        shape = (
+            None if self.prior_shape is None else check_positive(self.prior_shape, "prior_shape")
+        )
+        if self.prior == "gamma":
+            rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
+            return GammaPrior(1.0 if shape is None else shape, rate)
+        if self.prior_rate is not None:
+            raise ValueError(
+                "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
+            )
+        return HierarchicalPrior(factor_shape=shape)
+
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, X, y=None, *, init=None, callback=None) -> VBNMF:
+    def fit(self, X, y=None, *, init=None, callback=None, mask=None) -> VBNMF:
         """Fit the model to ``X`` (cells x genes, non-negative counts; any scipy.sparse
         format, a dense array, a dask array, or for SVI's cells form a path or backed
         AnnData). Returns self.
 
         ``init``: starting variational parameters (see Notes). ``callback(n_iter, params,
-        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars."""
-        self.fit_transform(X, init=init, callback=callback)
+        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars.
+        ``mask``: a matrix of X's shape (sparse or dense) whose nonzero entries were not
+        observed: they leave the likelihood (their expected counts leave the total, their
+        values in X, if any, are ignored), for held-out evaluation or gene panels that
+        differ between samples; the zeros of X are still never visited. Batch VB on a
+        matrix in memory only."""
+        self.fit_transform(X, init=init, callback=callback, mask=mask)
         return self
 
-    def fit_transform(self, X, y=None, *, init=None, callback=None):
+    def fit_transform(self, X, y=None, *, init=None, callback=None, mask=None):
         """Fit and return the posterior mean cell factors ``E[z]`` (cells x K); see `fit`.
         For a dask X they are a dask array."""
         if is_dask_array(X):
@@ -320,18 +405,33 @@ class VBNMF(TransformerMixin, BaseEstimator):
             kind = "stream"
         else:
             kind = "memory"
-        return self._fit(kind, X, init, callback)
+        return self._fit(kind, X, init, callback, mask)
 
-    def _fit(self, kind: str, X, init, callback):
+    def _fit(self, kind: str, X, init, callback, mask=None):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
         checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
         settings = self._check_params()
+        if mask is not None and (kind not in ("memory", "checked") or settings.solver != "batch"):
+            raise ValueError(
+                "mask= (missing entries) is supported by batch VB on a matrix in memory; "
+                f"not by solver={settings.solver!r} on this input"
+            )
+        if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
+            inputs = [X] if isinstance(X, (str, os.PathLike)) else []
+            check_checkpoint_path(settings.checkpoint, inputs)
         entropy = seed_entropy(self.random_state)
-        result, n_features = _FITS[kind](settings, X, init, callback, entropy)
+        if kind in ("memory", "checked"):
+            result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
+        else:
+            result, n_features = _FITS[kind](settings, X, init, callback, entropy)
         self.n_features_in_ = n_features
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
         self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate
+        for side, scale in (("cell", params.row_scale), ("gene", params.col_scale)):
+            setattr(self, f"{side}_scale_shape_", None if scale is None else scale.shape)
+            setattr(self, f"{side}_scale_rate_", None if scale is None else scale.rate)
+        self.hyperparameters_ = hyperparameters(params)
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
@@ -348,7 +448,9 @@ class VBNMF(TransformerMixin, BaseEstimator):
         return cell_shape / cell_rate
 
     def transform_posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate (K,))``."""
+        """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate)``, the
+        rate (K,) under the fixed prior, (n x K) under the learned one (each new cell's
+        scale fitted with it, the hyperparameters held at their fitted values)."""
         check_is_fitted(self, "gene_shape_")
         settings = self._check_params()
         matrix = check_counts(X)
@@ -357,6 +459,21 @@ class VBNMF(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
+            )
+        hyper = getattr(self, "hyperparameters_", None)
+        if (hyper is not None) != isinstance(settings.prior, HierarchicalPrior):
+            raise ValueError(
+                "the model was fitted with another prior than prior="
+                f"{self.prior!r}; fit it again after changing the prior"
+            )
+        row_scale = None
+        if hyper is not None:
+            row_scale = ScaleState(
+                np.empty(0),
+                np.empty(0),
+                np.asarray(hyper["cell_factor_shape"]),
+                float(hyper["cell_scale_prior_shape"]),
+                float(hyper["cell_scale_prior_mean"]),
             )
         with numba_threads(settings.n_threads) as n_threads:
             rows = fit_rows(
@@ -367,6 +484,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
                 max_iter=max(settings.max_iter, 1),
                 tol=settings.tol,
                 n_parts=n_threads,
+                row_scale=row_scale,
             )
         return rows.shape, rows.rate
 
@@ -388,17 +506,22 @@ def _is_streamed(X) -> bool:
     return hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc")
 
 
-def _fit_in_memory(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_in_memory(
+    settings: FitSettings, X, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     """A matrix in memory: batch VB or any form of SVI."""
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
-    return _fit_counts(settings, check_counts(X), init, callback, entropy)
+    matrix = check_counts(X, fit_dtype=settings.dtype)
+    return _fit_counts(settings, matrix, init, callback, entropy, mask)
 
 
-def _fit_checked(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_checked(
+    settings: FitSettings, matrix, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     """A sparse matrix of counts its caller has checked already."""
     _check_memory(settings, matrix, init)
-    return _fit_counts(settings, matrix, init, callback, entropy)
+    return _fit_counts(settings, matrix, init, callback, entropy, mask)
 
 
 def _check_memory(settings: FitSettings, X, init) -> None:
@@ -415,52 +538,86 @@ def _check_memory(settings: FitSettings, X, init) -> None:
     )
 
 
-def _fit_counts(settings: FitSettings, matrix, init, callback, entropy) -> tuple[FitResult, int]:
+def _fit_counts(
+    settings: FitSettings, matrix, init, callback, entropy, mask=None
+) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
-        total = float(matrix.sum())
-        return _fit_svi_cells(settings, InMemorySource(matrix), total, init, callback, entropy)
+        csr = sp.csr_array(matrix)
+        fingerprint = None
+        if settings.checkpoint is not None:
+            fingerprint = combine_fingerprints(check_sparse_structure(csr))
+        counts = CountScan(
+            float(csr.sum()),
+            np.asarray(csr.sum(axis=1), dtype=np.float64),
+            np.bincount(csr.indices, csr.data, minlength=csr.shape[1]).astype(np.float64),
+            fingerprint,
+        )
+        return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
+    if mask is not None:
+        mask = _checked_mask(mask, matrix.shape)
+        csr = sp.csr_array(matrix)
+        matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
     data = as_count_data(matrix)
     if settings.solver == "svi":
         return _fit_svi_nonzeros(settings, data, init, callback, entropy)
-    return _fit_batch(settings, data, init, callback, entropy)
+    return _fit_batch(settings, data, init, callback, entropy, mask)
+
+
+def _checked_mask(mask, shape) -> Mask:
+    """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
+    missing ones; refused unless finite."""
+    matrix = sp.coo_array(mask) if not sp.issparse(mask) else mask
+    if matrix.shape != tuple(shape):
+        raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")
+    check_sparse_structure(sp.csr_array(matrix), "mask")
+    values = matrix.data
+    if values.dtype == object or not np.all(np.isfinite(values.astype(np.float64))):
+        raise ValueError("mask must hold finite numbers (nonzero: not observed)")
+    return Mask.of(matrix)
 
 
 def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
     """A path or backed AnnData, streamed a minibatch of cells at a time."""
     if settings.solver != "svi" or settings.svi_form != "cells":
-        raise ValueError(
-            f"{_describe_stream(X)} is read from disk a block of cells at a time, which "
-            "needs solver='svi' with svi_form='cells'; for batch VB load it into memory "
-            "first (vbsnmf.io.read)"
+        raise TypeError(
+            f"{_describe_stream(X)} is not a matrix: it is read from disk a block of cells at "
+            "a time, which needs solver='svi' (svi_form='cells'); for batch VB read it into "
+            "memory first with vbsnmf.io.read(path)"
         )
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
-    total = scan_blocks(source.iter_blocks(EVAL_BLOCK_ROWS))
-    return _fit_svi_cells(settings, source, total, init, callback, entropy)
+    counts = scan_blocks(
+        source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
+    )
+    return _fit_svi_cells(settings, source, counts, init, callback, entropy)
 
 
 def _describe_stream(X) -> str:
     return str(X) if isinstance(X, (str, os.PathLike)) else "a backed AnnData"
 
 
-def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch):
+def _checkpointer(
+    settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch, fingerprint
+):
     """The checkpoint of this fit (inactive without a path) and the record of everything
-    that changes its arithmetic, which a checkpoint must match to be resumed."""
+    that changes its arithmetic (the data's fingerprint among them), which a checkpoint
+    must match to be resumed."""
     svi = settings.solver == "svi"
     seed = settings.random_state
     config = {
         "shape": [int(n) for n in shape],
         "nnz": int(nnz),
         "total_count": float(total),
+        "data_fingerprint": fingerprint,
         "n_components": settings.n_components,
         "solver": settings.solver,
         "svi_form": settings.svi_form if svi else None,
         "batch_size": batch if svi else None,
         "tau": settings.tau if svi else None,
         "kappa": settings.kappa if svi else None,
-        "prior_shape": settings.prior.shape,
-        "prior_rate": settings.prior.rate,
+        "prior": repr(settings.prior),
+        "accelerate": settings.accelerate,
         "dtype": settings.dtype.name,
         "n_threads": n_threads,
         "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
@@ -468,59 +625,142 @@ def _checkpointer(settings: FitSettings, shape, nnz: int, total: float, n_thread
     return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
 
-_PARAM_NAMES = ("row_shape", "row_rate", "col_shape", "col_rate")
-
-
 def _fit_batch(
-    settings: FitSettings, data: CountData, init, callback, entropy
+    settings: FitSettings, data: CountData, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
-    """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked."""
+    """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked;
+    SQUAREM-accelerated when ``settings.accelerate``."""
     total = float(np.sum(data.counts, dtype=np.float64))
-    n_components, dtype = settings.n_components, settings.dtype
+    n_components, dtype, prior = settings.n_components, settings.dtype, settings.prior
     with numba_threads(settings.n_threads) as n_threads:
-        checkpointer = _checkpointer(settings, data.shape, data.nnz, total, n_threads, None)
+        fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
+        checkpointer = _checkpointer(
+            settings, data.shape, data.nnz, total, n_threads, None, fingerprint
+        )
+        if mask is not None:  # a checkpoint of other missing entries is another fit
+            checkpointer.config["mask"] = combine_fingerprints(check_sparse_structure(mask.rows))
         stored = checkpointer.load() if settings.resume else None
-
-        def save(n_iter, params, trace):
-            if callback is not None:
-                callback(n_iter, params, trace)
-            arrays = {**dict(zip(_PARAM_NAMES, params.as_tuple())), "elbo_trace": trace}
-            checkpointer.save(n_iter, arrays, {"finished": False})
-
-        trace: list[float] = []
         if stored is not None:
-            arrays, _ = stored
-            start = VariationalParams(*(arrays[name] for name in _PARAM_NAMES))
-            trace = [float(v) for v in arrays["elbo_trace"]]
-            done = has_converged(trace, settings.tol)
-            if done or len(trace) >= settings.max_iter:
-                return FitResult(start, np.asarray(trace), len(trace), bool(done)), data.shape[1]
-            starts = [start]
+            starts = [stored]
         elif init is not None:
-            starts = [init_params(init, data.shape, n_components, dtype)]
+            starts = [init_params(init, data.shape, n_components, dtype, prior)]
         else:
+            totals = side_totals(data) if isinstance(prior, HierarchicalPrior) else None
             starts = (
-                random_start(data.shape, n_components, total, entropy, dtype, index)
+                random_start(data.shape, n_components, total, entropy, dtype, index, prior, totals)
                 for index in range(settings.n_init)
             )
+        run = _run_accelerated if settings.accelerate else _run_plain
         best = None
         for start in starts:
-            result = fit_batch(
-                data,
-                start,
-                settings.prior,
-                max_iter=settings.max_iter,
-                tol=settings.tol,
-                n_parts=n_threads,
-                elbo_trace=trace,
-                callback=save,
-                verbose=settings.verbose,
-            )
+            if mask is not None and not isinstance(start, tuple):  # rates per entry from here
+                start = _per_entry_rates(start)
+            result = run(settings, data, start, checkpointer, callback, n_threads, mask)
             if best is None or _final_elbo(result) > _final_elbo(best):
                 best = result
-        arrays = {**dict(zip(_PARAM_NAMES, best.params.as_tuple())), "elbo_trace": best.elbo_trace}
-        checkpointer.save(best.n_iter, arrays, {"finished": True}, force=True)
     return best, data.shape[1]
+
+
+def _per_entry_rates(params):
+    """``params`` with each rate per entry (n x K), as a fit with missing entries keeps
+    them (an extrapolation must see the same arrays at every step)."""
+    return VariationalParams(
+        params.row_shape,
+        np.broadcast_to(params.row_rate, params.row_shape.shape).copy(),
+        params.col_shape,
+        np.broadcast_to(params.col_rate, params.col_shape.shape).copy(),
+        params.row_scale,
+        params.col_scale,
+    )
+
+
+def _run_plain(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
+    """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``; saves the
+    parameters after every ``checkpoint_every`` iterations and at the end."""
+
+    def save(n_iter, params, trace, finished=False):
+        arrays = {**params_to_arrays(params), "elbo_trace": np.asarray(trace)}
+        checkpointer.save(n_iter, arrays, {"finished": finished}, force=finished)
+
+    def after_iteration(n_iter, params, trace):
+        if callback is not None:
+            callback(n_iter, params, trace)
+        save(n_iter, params, trace)
+
+    trace: list[float] = []
+    if isinstance(start, tuple):  # a checkpoint
+        arrays, _ = start
+        start = params_from_arrays(arrays)
+        trace = [float(v) for v in arrays["elbo_trace"]]
+        done = has_converged(trace, settings.tol)
+        if done or len(trace) >= settings.max_iter:
+            return FitResult(start, np.asarray(trace), len(trace), bool(done))
+    result = fit_batch(
+        data,
+        start,
+        settings.prior,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        n_parts=n_threads,
+        elbo_trace=trace,
+        callback=after_iteration,
+        verbose=settings.verbose,
+        mask=mask,
+    )
+    save(result.n_iter, result.params, result.elbo_trace, finished=True)
+    return result
+
+
+def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
+    """SQUAREM-accelerated coordinate ascent from a start or a checkpoint; saves the
+    state at the start of every ``checkpoint_every``-th cycle's pass and at the end."""
+
+    def save(state: AcceleratedState, finished: bool = False) -> None:
+        arrays = {f"current_{k}": v for k, v in params_to_arrays(state.current).items()}
+        arrays.update({f"kept_{k}": v for k, v in params_to_arrays(state.kept).items()})
+        arrays["elbo_trace"] = np.asarray(state.trace, dtype=np.float64)
+        meta = {
+            "previous": state.previous,
+            "step_max": state.step_max,
+            "n_passes": state.n_passes,
+            "converged": state.converged,
+            "finished": finished,
+        }
+        checkpointer.save(state.n_passes, arrays, meta, force=finished)
+
+    if isinstance(start, tuple):  # a checkpoint
+        arrays, meta = start
+
+        def part(prefix):
+            return params_from_arrays(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            )
+
+        state = AcceleratedState(
+            part("current_"),
+            meta["previous"],
+            float(meta["step_max"]),
+            [float(v) for v in arrays["elbo_trace"]],
+            int(meta["n_passes"]),
+            part("kept_"),
+            bool(meta["converged"]),
+        )
+    else:
+        state = start_accelerated(start)
+    result, state = fit_batch_accelerated(
+        data,
+        state,
+        settings.prior,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        n_parts=n_threads,
+        callback=callback,
+        on_cycle=save,
+        verbose=settings.verbose,
+        mask=mask,
+    )
+    save(state, finished=True)
+    return result
 
 
 def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
@@ -534,7 +774,9 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
             data.shape, settings.n_components, total, entropy, settings.dtype
         )
         if init is not None:
-            state.params = init_params(init, data.shape, settings.n_components, settings.dtype)
+            state.params = init_params(
+                init, data.shape, settings.n_components, settings.dtype, settings.prior
+            )
         return state
 
     def run(state, svi_settings, save):
@@ -542,36 +784,46 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
             data, state, svi_settings, form=settings.svi_form, callback=callback, on_epoch=save
         )
 
-    result = _run_svi(settings, data.shape, data.nnz, total, batch, start_state, run)
+    fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
+    result = _run_svi(settings, data.shape, data.nnz, total, fingerprint, batch, start_state, run)
     return result, data.shape[1]
 
 
-def _fit_svi_cells(settings: FitSettings, source, total: float, init, callback, entropy):
+def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callback, entropy):
     """SVI over minibatches of cells read from ``source`` (in memory or on disk)."""
-    shape = source.shape
+    shape, total = source.shape, counts.total
     batch = settings.batch_size or default_batch_size("cells", shape[0], source.nnz)
 
     def start_state() -> SVIState:
+        totals = (counts.row_totals, counts.col_totals)
         state = init_cells_state(
-            shape, settings.n_components, total, entropy, settings.prior, settings.dtype
+            shape, settings.n_components, total, entropy, settings.prior, settings.dtype, 0, totals
         )
         if init is not None:  # the global side: the genes; the cells' local fits start here
-            given = init_params(init, shape, settings.n_components, settings.dtype)
-            state.params.col_shape, state.params.col_rate = given.col_shape, given.col_rate
-            state.params.row_shape = given.row_shape
+            state.params = init_params(
+                init, shape, settings.n_components, settings.dtype, settings.prior
+            )
+            if state.params.row_scale is not None:
+                state.cell_sums = scale_sums(
+                    state.params.row_shape, state.params.row_rate, state.params.row_scale
+                )
         return state
 
     def run(state, svi_settings, save):
         return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
 
-    result = _run_svi(settings, shape, source.nnz, total, batch, start_state, run)
+    result = _run_svi(
+        settings, shape, source.nnz, total, counts.fingerprint, batch, start_state, run
+    )
     return result, shape[1]
 
 
-def _run_svi(settings: FitSettings, shape, nnz, total, batch, start_state, run) -> FitResult:
+def _run_svi(
+    settings: FitSettings, shape, nnz, total, fingerprint, batch, start_state, run
+) -> FitResult:
     """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
     with numba_threads(settings.n_threads) as n_threads:
-        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch)
+        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch, fingerprint)
         stored = checkpointer.load() if settings.resume else None
         if stored is not None:
             state = SVIState.from_arrays(*stored)
@@ -627,7 +879,14 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             client=client,
             callback=callback,
         )
-    start = None if init is None else init_params(init, X.shape, n_components, settings.dtype)
+    if settings.accelerate and settings.accelerate_given:
+        raise ValueError(
+            "accelerate=True is not available for a dask X: batch VB on Dask runs plain "
+            "coordinate ascent; pass accelerate=None (the default) or False"
+        )
+    start = None
+    if init is not None:
+        start = init_params(init, X.shape, n_components, settings.dtype, settings.prior)
     best = None
     for index in range(1 if init is not None else settings.n_init):
         result = _dask.fit_batch_dask(
@@ -670,21 +929,25 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
         ``callback(n_iter, params, elbo_trace)`` after every iteration; ``params.row_shape``
         is a dask array on the cluster.
     **params
-        `VBNMF`'s parameters (``prior_shape``, ``prior_rate``, ``max_iter``, ``tol``,
-        ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the number of
-        Numba threads inside each chunk task (default 1: Dask's worker threads already run
-        chunks in parallel).
+        `VBNMF`'s parameters (``prior``, ``prior_shape``, ``prior_rate``, ``max_iter``,
+        ``tol``, ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the
+        number of Numba threads inside each chunk task (default 1: Dask's worker threads
+        already run chunks in parallel). Both priors are supported; under the learned prior
+        (the default) the fit is plain coordinate ascent, the trace of
+        ``VBNMF(accelerate=False)`` in memory (SQUAREM is not implemented on Dask, and
+        ``accelerate=True`` is refused).
 
     Returns
     -------
     DaskFitResult
-        The final q (cell shapes stay on the cluster as a dask array), the ELBO trace and
-        the bytes moved per pass.
+        The final q (the cells' arrays stay on the cluster as dask arrays), the ELBO trace
+        and the bytes moved per pass.
 
     Raises
     ------
     ValueError
-        No client, bad parameters, or negative/NaN/infinite counts in a chunk.
+        No client, bad parameters, ``accelerate=True``, or negative/NaN/infinite counts in
+        a chunk.
     """
     return _fit_dask_result(X, n_components, init, client, callback, params, solver="batch")
 
@@ -709,14 +972,16 @@ def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **par
         every cell's latest shapes, on the client).
     **params
         `VBNMF`'s parameters: ``batch_size``, ``tau``, ``kappa``, ``n_epochs``,
-        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior,
-        ``random_state``, ``dtype``, ``n_threads`` (per chunk task, default 1).
+        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior
+        (both are supported: under the learned prior the client also keeps every cell's
+        rates and scale), ``random_state``, ``dtype``, ``n_threads`` (per chunk task,
+        default 1).
 
     Returns
     -------
     DaskFitResult
-        The ELBO trace has one entry per evaluation; ``params.row_shape`` (a dask array) is
-        the last evaluation's cell side.
+        The ELBO trace has one entry per evaluation; the cells' arrays of ``params`` (dask
+        arrays) are the last evaluation's cell side.
     """
     return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
 
@@ -769,6 +1034,10 @@ def fit_triplets(
         negative, NaN or infinite.
     """
     rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
+    if len(shape) != 2 or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
+    ):
+        raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
     if not (rows.shape == cols.shape == counts.shape):
         raise ValueError(
             f"rows, cols and counts differ in length: {rows.size}, {cols.size}, {counts.size}"

@@ -300,10 +300,18 @@ def gamma_terms(
 TERMS_BLOCK_ROWS = 1024
 
 
-def gamma_sums(shape, rate, prior_shape, prior_rate) -> tuple[np.ndarray, float]:
+def gamma_sums(
+    shape, rate, prior_shape, prior_rate, log_prior_rate=None
+) -> tuple[np.ndarray, float]:
     """``(sum_i shape / rate per component, sum KL(Gamma(shape, rate) || prior))`` in
     float64 by `gamma_terms`; ``rate`` and the prior's shape and rate are scalars or arrays
-    broadcastable to ``shape`` (n x K)."""
+    broadcastable to ``shape`` (n x K).
+
+    ``log_prior_rate`` (default ``log(prior_rate)``) lets the prior's rate be random: the
+    KL is linear in the rate and its log, so with ``prior_rate = E[xi]`` and
+    ``log_prior_rate = E[log xi]`` it is the KL from Gamma(prior_shape, xi) in expectation
+    over q(xi) (the learned prior's q(z) from p(z | xi)).
+    """
     shape = np.asarray(shape)
     full = shape.shape
 
@@ -312,16 +320,47 @@ def gamma_sums(shape, rate, prior_shape, prior_rate) -> tuple[np.ndarray, float]
 
     prior_shape = np.asarray(prior_shape, dtype=np.float64)
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
+    log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
     rate = np.asarray(rate, dtype=np.float64)
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
     mean_partial = np.empty((n_blocks, full[1]))
     kl_partial = np.empty(n_blocks)
     gamma_terms(
         shape, view(rate), view(np.log(rate)),
-        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(np.log(prior_rate)),
+        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
         TERMS_BLOCK_ROWS, mean_partial, kl_partial,
     )  # fmt: skip
     return mean_partial.sum(axis=0), float(kl_partial.sum())
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def expected_log_terms(shape, log_rate, block_rows, partial):
+    """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log_rate[i, l]``
+    over the rows of block ``b`` (float64; ``log_rate`` n x K, may be a broadcast view).
+    Fixed blocks: the sums do not depend on the number of threads."""
+    n_rows, n_components = shape.shape
+    for block in prange(partial.shape[0]):
+        shifted = np.empty(n_components)
+        rest = np.empty(n_components)  # log z - E[log z]
+        for l in range(n_components):
+            partial[block, l] = 0.0
+        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            for l in range(n_components):  # no call: vectorises
+                z, digamma_rest = _digamma_rest(float(shape[i, l]))
+                shifted[l] = z
+                rest[l] = digamma_rest + float(log_rate[i, l])
+            for l in range(n_components):
+                partial[block, l] += math.log(shifted[l]) - rest[l]
+
+
+def expected_log_sums(shape, rate) -> np.ndarray:
+    """``sum_i E[log z_il]`` per component for ``q(z_il) = Gamma(shape, rate)`` (float64,
+    by `expected_log_terms`); ``rate`` broadcastable to ``shape`` (n x K)."""
+    shape = np.asarray(shape)
+    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
+    expected_log_terms(shape, log_rate, TERMS_BLOCK_ROWS, partial)
+    return partial.sum(axis=0)
 
 
 # -- the pass over the nonzeros ------------------------------------------------------------
@@ -955,3 +994,122 @@ def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, 
             for l in range(n_components):
                 denominator[i, l] = acc[l]
         row_power_sum[i] = power_sum
+
+
+# --- validation of sparse input (vbsnmf._validation) ---
+# A fingerprint of a count matrix is the sum, modulo 2**64, of a 64-bit hash of every
+# nonzero entry (row, column, value): independent of the entries' storage order and of how
+# the pass is split into chunks or blocks of rows, so the in-memory and the streamed
+# matrix, CSR, CSC and COO all give the same number for the same entries.
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MANTISSA = 9007199254740992.0  # 2**53: frexp's mantissa times this is an exact integer
+
+
+@njit(cache=True)
+def _mix64(value):
+    """splitmix64's finaliser: a bijection of uint64 whose every output bit depends on
+    every input bit."""
+    value = (value ^ (value >> np.uint64(30))) * _MIX_1
+    value = (value ^ (value >> np.uint64(27))) * _MIX_2
+    return value ^ (value >> np.uint64(31))
+
+
+@njit(cache=True)
+def _entry_hash(row, col, x):
+    """The hash of one nonzero entry (``x`` finite)."""
+    mantissa, exponent = math.frexp(x)
+    value_bits = np.uint64(np.int64(mantissa * _MANTISSA)) ^ (
+        np.uint64(exponent + 2048) << np.uint64(54)
+    )
+    key = _mix64(np.uint64(row) * _GOLDEN + np.uint64(col))
+    return _mix64(key ^ value_bits)
+
+
+@njit(parallel=True, cache=True)
+def check_compressed(indptr, indices, data, n_minor, first_major, major_is_row):
+    """One pass over compressed sparse rows (CSR, or CSC with rows and columns swapped).
+
+    Checks that ``indptr`` starts at 0, never decreases and ends within ``indices`` and
+    ``data``, and that every index lies in ``[0, n_minor)``; sums the fingerprint of the
+    nonzero entries (see above), the major rows numbered from ``first_major``.
+
+    Returns
+    -------
+    problem, position, fingerprint
+        ``problem`` 0 (valid), 1 (``indptr[0] != 0``), 2 (``indptr`` decreases after
+        major row ``position``), 3 (``indptr[-1]`` beyond the stored entries) or 4 (the
+        index at stored position ``position`` is out of range); ``fingerprint`` is
+        meaningful for a valid matrix only.
+    """
+    n_major = indptr.shape[0] - 1
+    n_stored = min(indices.shape[0], data.shape[0])
+    if indptr[0] != 0:
+        return 1, 0, np.uint64(0)
+    if indptr[n_major] > n_stored:
+        return 3, n_major, np.uint64(0)
+    chunk = 4096
+    n_chunks = (n_major + chunk - 1) // chunk
+    first_decrease = np.full(max(n_chunks, 1), n_major, dtype=np.int64)
+    for c in prange(n_chunks):
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            if indptr[i + 1] < indptr[i]:
+                first_decrease[c] = i
+                break
+    for c in range(n_chunks):
+        if first_decrease[c] < n_major:
+            return 2, first_decrease[c], np.uint64(0)
+    first_bad = np.full(max(n_chunks, 1), n_stored, dtype=np.int64)
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        total = np.uint64(0)
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            for n in range(indptr[i], indptr[i + 1]):
+                j = np.int64(indices[n])
+                if j < 0 or j >= n_minor:
+                    if n < first_bad[c]:
+                        first_bad[c] = n
+                    break
+                x = float(data[n])
+                if x != 0.0:
+                    major = first_major + i
+                    if major_is_row:
+                        total += _entry_hash(major, j, x)
+                    else:
+                        total += _entry_hash(j, major, x)
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        if first_bad[c] < n_stored:
+            return 4, first_bad[c], np.uint64(0)
+        fingerprint += hashes[c]
+    return 0, 0, fingerprint
+
+
+@njit(parallel=True, cache=True)
+def check_coordinates(rows, cols, data, n_rows, n_cols, first_row):
+    """`check_compressed` for coordinates (COO): the first stored position whose row or
+    column is out of range (``len(data)`` when none) and the fingerprint."""
+    n_stored = data.shape[0]
+    chunk = 1 << 16
+    n_chunks = (n_stored + chunk - 1) // chunk
+    first_bad = np.full(max(n_chunks, 1), n_stored, dtype=np.int64)
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        total = np.uint64(0)
+        for n in range(c * chunk, min(n_stored, (c + 1) * chunk)):
+            i, j = np.int64(rows[n]), np.int64(cols[n])
+            if i < 0 or i >= n_rows or j < 0 or j >= n_cols:
+                first_bad[c] = n
+                break
+            x = float(data[n])
+            if x != 0.0:
+                total += _entry_hash(first_row + i, j, x)
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        if first_bad[c] < n_stored:
+            return first_bad[c], np.uint64(0)
+        fingerprint += hashes[c]
+    return n_stored, fingerprint

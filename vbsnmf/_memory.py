@@ -32,8 +32,8 @@ import scipy.sparse as sp
 _FACTOR_ARRAYS = 4  # in the fit's dtype
 _KL_TEMPORARIES = 4  # float64, whatever the fit's dtype
 _BEST_FIT_ARRAYS = 2  # n_init > 1 keeps the best fit's shapes while the next one runs
-# Counts are stored as float32 where exact (`_data.stored_dtype`): 4 bytes for inputs held
-# in 4 bytes or fewer, 8 (the bound) for the others, which may hold non-integers.
+# Counts are stored as float32 where exact (`_validation.exact_float_dtype`): 4 bytes for
+# inputs held in 4 bytes or fewer, 8 (the bound) for the others, which may hold non-integers.
 _COUNT_ITEMSIZE = 8
 _COO_STAGE_BYTES = 24  # per nonzero: dense input becomes int64 COO before CSR
 _DISABLE_VARIABLE = "VBSNMF_NO_MEMORY_GUARD"
@@ -179,7 +179,8 @@ def check_fit_memory(
     available; return the estimate (None when it was not checked).
 
     Inputs that are not a 2-D array or sparse matrix, or an ``n_components`` that is not
-    a positive integer, are left to the validation that follows, which explains them.
+    an integer between 1 and min(X.shape), are left to the validation that follows, which
+    explains them.
     """
     if guard_disabled():
         return None
@@ -192,7 +193,7 @@ def check_fit_memory(
         nnz, input_kind = int(np.count_nonzero(X)), "dense"
     else:
         return None
-    if n_components < 1 or min(X.shape) < 1:
+    if not 1 <= n_components <= min(X.shape):  # the K-range error says it better
         return None
     threads = numba.config.NUMBA_NUM_THREADS if n_threads is None else n_threads
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))

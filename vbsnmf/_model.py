@@ -30,7 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import digamma
+import scipy.sparse as sp
+from scipy.special import digamma, gammaln, polygamma
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
@@ -56,20 +57,81 @@ class ConvergenceWarning(SklearnConvergenceWarning):
 
 # -- the variational family and the prior --------------------------------------------------
 @dataclass
+class ScaleState:
+    """One side's part of the learned prior (`HierarchicalPrior`): ``q(xi_i) =
+    Gamma(shape[i], rate[i])`` of each row's scale, and the hyperparameters learned by
+    empirical Bayes, ``z_il | xi_i ~ Gamma(factor_shape[l], xi_i)`` and
+    ``xi_i ~ Gamma(prior_shape, prior_shape / prior_mean)`` (model.md's a_l, a', b' for
+    the rows; c_l, c', d' for the columns)."""
+
+    shape: np.ndarray
+    rate: np.ndarray
+    factor_shape: np.ndarray
+    prior_shape: float
+    prior_mean: float
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.shape / self.rate
+
+    def copy(self) -> ScaleState:
+        return ScaleState(
+            self.shape.copy(),
+            self.rate.copy(),
+            self.factor_shape.copy(),
+            self.prior_shape,
+            self.prior_mean,
+        )
+
+    def with_q(self, shape: np.ndarray, rate: np.ndarray) -> ScaleState:
+        """The same hyperparameters with another q(xi) (e.g. of a subset of the rows)."""
+        return ScaleState(shape, rate, self.factor_shape, self.prior_shape, self.prior_mean)
+
+
+@dataclass
 class VariationalParams:
     """Parameters of q: ``q(z_il) = Gamma(row_shape[i, l], row_rate[l])`` and
-    ``q(w_jl) = Gamma(col_shape[j, l], col_rate[l])``."""
+    ``q(w_jl) = Gamma(col_shape[j, l], col_rate[l])``; under the learned prior the rates
+    are per entry, ``row_rate[i, l]``, and ``row_scale`` / ``col_scale`` hold q of the
+    scales and the learned hyperparameters (None under the fixed prior)."""
 
     row_shape: np.ndarray
     row_rate: np.ndarray
     col_shape: np.ndarray
     col_rate: np.ndarray
+    row_scale: ScaleState | None = None
+    col_scale: ScaleState | None = None
 
     def copy(self) -> VariationalParams:
-        return VariationalParams(*(np.array(a, copy=True) for a in self.as_tuple()))
+        arrays = (np.array(a, copy=True) for a in self.as_tuple())
+        scales = (None if s is None else s.copy() for s in (self.row_scale, self.col_scale))
+        return VariationalParams(*arrays, *scales)
 
     def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.row_shape, self.row_rate, self.col_shape, self.col_rate
+
+    def positive_arrays(self) -> list[np.ndarray]:
+        """Every parameter of q and every learned hyperparameter, each a positive array
+        (what an extrapolation in log space moves; `with_positive_arrays` inverts it)."""
+        arrays = list(self.as_tuple())
+        for scale in (self.row_scale, self.col_scale):
+            if scale is not None:
+                arrays += [scale.shape, scale.rate, scale.factor_shape]
+                arrays.append(np.array([scale.prior_shape, scale.prior_mean]))
+        return arrays
+
+    def with_positive_arrays(self, arrays: list[np.ndarray]) -> VariationalParams:
+        """A q of this structure and dtype from `positive_arrays`' list."""
+        dtype = self.row_shape.dtype
+        main = [np.asarray(a).astype(dtype, copy=False) for a in arrays[:4]]
+        scales, rest = [], arrays[4:]
+        for scale in (self.row_scale, self.col_scale):
+            if scale is None:
+                scales.append(None)
+                continue
+            shape, rate, factor, pair, rest = *rest[:4], rest[4:]
+            scales.append(ScaleState(shape, rate, factor, float(pair[0]), float(pair[1])))
+        return VariationalParams(*main, *scales)
 
     @property
     def row_mean(self) -> np.ndarray:
@@ -89,6 +151,26 @@ class GammaPrior:
     rate: float = 1.0
 
 
+@dataclass(frozen=True)
+class HierarchicalPrior:
+    """The learned prior of hierarchical Poisson factorisation (Gopalan, Hofman and Blei
+    2015; the model behind scHPF), ``docs/model.md``:
+
+        xi_i ~ Gamma(a', a'/b'),  z_il | xi_i ~ Gamma(a_l, xi_i)
+        eta_j ~ Gamma(c', c'/d'), w_jl | eta_j ~ Gamma(c_l, eta_j)
+
+    Each cell's scale xi_i absorbs its depth, each gene's eta_j its activity. a', b', c',
+    d' are learned by empirical Bayes (each update the exact maximiser of the ELBO, so the
+    fit is still coordinate ascent), and so are the factor shapes a_l, c_l, one per
+    component, unless ``factor_shape`` fixes them all (scHPF fixes 0.3).
+    """
+
+    factor_shape: float | None = None
+
+
+Prior = GammaPrior | HierarchicalPrior
+
+
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """``E[log z] = digamma(shape) - log(rate)`` for Gamma(shape, rate)."""
     return digamma(shape) - np.log(rate)
@@ -96,8 +178,58 @@ def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
 
 def gamma_kl(shape, rate, prior_shape: float, prior_rate: float) -> float:
     """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries
-    (``rate`` and the prior's parameters broadcastable to ``shape``)."""
-    return _kernels.gamma_sums(shape, rate, prior_shape, prior_rate)[1]
+    (``rate`` broadcastable to ``shape``), in numpy: for small arrays such as the scales'
+    q, where a parallel kernel's start costs more than the work (a side's n x K factors go
+    through `_kernels.gamma_sums`)."""
+    shape = np.asarray(shape, dtype=np.float64)
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
+    kl = (
+        (shape - prior_shape) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + shape * (prior_rate - rate) / rate
+    )
+    return float(kl.sum())
+
+
+# -- missing entries ---------------------------------------------------------------------------
+@dataclass
+class Mask:
+    """Entries of X that were not observed (model.md, "Missing entries"): their terms
+    leave the likelihood. The pass never sees them (the caller drops them from the data);
+    what remains is their share of the expected counts, taken out of the total term and
+    of the rates: ``sum_{j in M_i} E[w_jl]`` for row i and ``sum_{i in M_j} E[z_il]`` for
+    column j. ``rows`` is the mask as CSR (rows x columns, ones), ``cols`` its transpose."""
+
+    rows: sp.csr_array
+    cols: sp.csr_array
+
+    @classmethod
+    def of(cls, matrix) -> Mask:
+        """The mask of the nonzero entries of ``matrix`` (rows x columns)."""
+        rows = sp.csr_array(matrix, dtype=np.float64, copy=True)
+        rows.sum_duplicates()
+        rows.eliminate_zeros()
+        rows.data[:] = 1.0
+        return cls(rows, sp.csr_array(rows.T))
+
+    def row_sums(self, col_mean: np.ndarray) -> np.ndarray:
+        """``sum_{j in M_i} E[w_j]`` for every row (rows x K)."""
+        return np.asarray(self.rows @ col_mean)
+
+    def col_sums(self, row_mean: np.ndarray) -> np.ndarray:
+        """``sum_{i in M_j} E[z_i]`` for every column (columns x K)."""
+        return np.asarray(self.cols @ row_mean)
+
+    def product(self, row_mean: np.ndarray, col_mean: np.ndarray) -> float:
+        """``sum_{(i, j) in M} sum_l E[z_il] E[w_jl]``."""
+        return float(np.sum(row_mean * self.row_sums(col_mean)))
+
+
+def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """The other side's sums seen by each row: all of them, less the masked ones."""
+    return mean_sum if masked is None else mean_sum - masked
 
 
 # -- the pass over the nonzeros (updateA) -------------------------------------------------
@@ -202,84 +334,293 @@ def global_step(
     params: VariationalParams,
     row_stat: np.ndarray,
     col_stat: np.ndarray,
-    prior: GammaPrior,
+    prior: Prior,
     rate_scale: float = 1.0,
+    mask: Mask | None = None,
 ) -> VariationalParams:
     """updateA's shapes from the pass statistics, then updateB in model.md's order: the
     row rate from ``E_old[w]``, the column rate from ``E_new[z]``. Each is the exact optimum
     of its block given the rest, so the step never lowers the ELBO.
 
+    Under the learned prior each side's scales follow its factors (`update_side_learned`),
+    then both sides' hyperparameters are learned (`learn_hyperparameters`) and the scale
+    of the two sides is pinned (`fix_gauge`); all exact coordinate ascent.
+
     ``rate_scale`` multiplies the other side's sums in both rates (1 for VB; Abe and
-    Shimamura's minibatch form scales them by S / (R C)).
+    Shimamura's minibatch form, fixed prior only, scales them by S / (R C)). With a
+    ``mask`` of missing entries each row's rate leaves out the masked columns (and each
+    column's the masked rows), so the rates are per entry.
     """
     dtype = params.row_shape.dtype
-    row_shape, row_rate = update_side(
-        prior, row_stat, rate_scale * params.col_mean.sum(axis=0), dtype
-    )
-    col_shape, col_rate = update_side(
-        prior, col_stat, rate_scale * (row_shape / row_rate).sum(axis=0), dtype
-    )
+    col_mean = params.col_mean
+    row_sums = _other_sums(col_mean.sum(axis=0), mask and mask.row_sums(col_mean))
+    if isinstance(prior, HierarchicalPrior):
+        row_shape, row_rate, row_scale = update_side_learned(
+            row_stat, params.row_scale, row_sums, dtype
+        )
+        row_mean = row_shape / row_rate
+        col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
+        col_shape, col_rate, col_scale = update_side_learned(
+            col_stat, params.col_scale, col_sums, dtype
+        )
+        row_scale = learn_hyperparameters(
+            scale_sums(row_shape, row_rate, row_scale), row_scale, prior
+        )
+        col_scale = learn_hyperparameters(
+            scale_sums(col_shape, col_rate, col_scale), col_scale, prior
+        )
+        return fix_gauge(
+            VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+        )
+    row_shape, row_rate = update_side(prior, row_stat, rate_scale * row_sums, dtype)
+    row_mean = row_shape / row_rate
+    col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
+    col_shape, col_rate = update_side(prior, col_stat, rate_scale * col_sums, dtype)
     return VariationalParams(row_shape, row_rate, col_shape, col_rate)
 
 
-def local_start_shape(prior: GammaPrior, n_rows: int, n_components: int, dtype) -> np.ndarray:
+# -- the learned prior ----------------------------------------------------------------------
+def update_side_learned(
+    statistic: np.ndarray, scale: ScaleState, other_mean_sum: np.ndarray, dtype=None
+) -> tuple[np.ndarray, np.ndarray, ScaleState]:
+    """One side's q under the learned prior, then q of its scales, each at its optimum:
+    ``shape = a_l + sum x phi``, ``rate = E[xi_i] + other_mean_sum_l``; then
+    ``q(xi_i) = Gamma(a' + sum_l a_l, a'/b' + sum_l E[z_il])`` with the new q(z)."""
+    shape = scale.factor_shape + statistic
+    rate = scale.mean[:, None] + other_mean_sum
+    if dtype is not None:
+        shape, rate = shape.astype(dtype, copy=False), rate.astype(dtype, copy=False)
+    return shape, rate, scale_optimum(shape, rate, scale)
+
+
+def scale_optimum(shape: np.ndarray, rate: np.ndarray, scale: ScaleState) -> ScaleState:
+    """q(xi) at its optimum given q(z) and the hyperparameters."""
+    q_shape = np.full(shape.shape[0], scale.prior_shape + scale.factor_shape.sum())
+    q_rate = scale.prior_shape / scale.prior_mean + (shape / rate).sum(axis=1, dtype=np.float64)
+    return scale.with_q(q_shape, q_rate)
+
+
+@dataclass
+class ScaleSums:
+    """What learning one side's hyperparameters needs of its rows, as sums over them (so
+    pieces of the rows can be summed): the number of rows, ``sum_i E[xi_i]``,
+    ``sum_i E[log xi_i]`` and ``sum_i E[log z_il]`` per component."""
+
+    n_rows: int
+    scale_mean: float
+    scale_log: float
+    factor_log: np.ndarray
+
+    def __add__(self, other: ScaleSums) -> ScaleSums:
+        return ScaleSums(
+            self.n_rows + other.n_rows,
+            self.scale_mean + other.scale_mean,
+            self.scale_log + other.scale_log,
+            self.factor_log + other.factor_log,
+        )
+
+    def __sub__(self, other: ScaleSums) -> ScaleSums:
+        return ScaleSums(
+            self.n_rows - other.n_rows,
+            self.scale_mean - other.scale_mean,
+            self.scale_log - other.scale_log,
+            self.factor_log - other.factor_log,
+        )
+
+    def gauged(self, factor: float) -> ScaleSums:
+        """The sums after `fix_gauge` divided the rows' rates by ``factor`` (and so
+        multiplied their scales' rates by it)."""
+        shift = self.n_rows * float(np.log(factor))
+        return ScaleSums(
+            self.n_rows, self.scale_mean / factor, self.scale_log - shift, self.factor_log + shift
+        )
+
+
+def scale_sums(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> ScaleSums:
+    """`ScaleSums` of some rows (``elog``: their ``E[log z]`` if already computed)."""
+    if elog is None:
+        factor_log = _kernels.expected_log_sums(shape, rate)
+    else:
+        factor_log = elog.sum(axis=0, dtype=np.float64)
+    return ScaleSums(
+        shape.shape[0],
+        float(scale.mean.sum()),
+        float(expected_log(scale.shape, scale.rate).sum()),
+        factor_log,
+    )
+
+
+def learn_hyperparameters(sums: ScaleSums, scale: ScaleState, prior: HierarchicalPrior):
+    """Empirical Bayes for one side, q held fixed; each value the exact maximiser:
+
+    - ``(a', b')`` jointly: ``b' = mean_i E[xi_i]`` and ``log a' - digamma(a') =
+      log b' - mean_i E[log xi_i]`` (the Gamma maximum-likelihood equations on q's
+      moments; the right side is positive by Jensen's inequality);
+    - ``digamma(a_l) = mean_i (E[log z_il] + E[log xi_i])``, unless the prior fixes a_l.
+    """
+    prior_mean = sums.scale_mean / sums.n_rows
+    mean_log = sums.scale_log / sums.n_rows
+    gap = np.log(prior_mean) - mean_log
+    prior_shape = gamma_shape_mle(gap) if gap > 0 else scale.prior_shape
+    if prior.factor_shape is None:
+        factor_shape = inverse_digamma(sums.factor_log / sums.n_rows + mean_log)
+    else:
+        factor_shape = np.full_like(scale.factor_shape, prior.factor_shape)
+    return ScaleState(scale.shape, scale.rate, factor_shape, float(prior_shape), float(prior_mean))
+
+
+def fix_gauge(params: VariationalParams) -> VariationalParams:
+    """Move q along the one direction that leaves the ELBO exactly unchanged, to b' = d'.
+
+    ``(z, xi, b', w, eta, d') -> (s z, xi / s, b' / s, w / s, s eta, s d')`` changes no
+    term of the ELBO (the likelihood sees z w, each prior term z xi, w eta, xi / b',
+    eta / d'); with both b' and d' learned, coordinate ascent would drift along it for
+    ever. ``s = sqrt(b' / d')`` leaves ``b' = d' = sqrt(b' d')`` (`gauge`).
+    """
+    factor, prior_mean = gauge(params.row_scale, params.col_scale)
+    row_rate, row_scale = rescale_side(params.row_rate, params.row_scale, factor, prior_mean)
+    col_rate, col_scale = rescale_side(params.col_rate, params.col_scale, 1.0 / factor, prior_mean)
+    return VariationalParams(
+        params.row_shape, row_rate, params.col_shape, col_rate, row_scale, col_scale
+    )
+
+
+def gauge(row_scale: ScaleState, col_scale: ScaleState) -> tuple[float, float]:
+    """`fix_gauge`'s ``s = sqrt(b' / d')`` (the rows' factor) and the common prior mean
+    ``sqrt(b' d')`` it leaves on both sides, from the two sides' hyperparameters."""
+    factor = float(np.sqrt(row_scale.prior_mean / col_scale.prior_mean))
+    return factor, float(np.sqrt(row_scale.prior_mean * col_scale.prior_mean))
+
+
+def rescale_side(
+    rate: np.ndarray, scale: ScaleState, factor: float, prior_mean: float
+) -> tuple[np.ndarray, ScaleState]:
+    """One side's share of `fix_gauge`: ``z -> factor z`` (its rates of q(z) divided by
+    ``factor``, those of q(xi) multiplied by it) and its prior mean set to ``prior_mean``.
+    Rows held elsewhere (Dask chunks) apply it to their own q with the same ``factor``."""
+    scale = ScaleState(
+        scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, prior_mean
+    )
+    return rate / factor, scale
+
+
+def gauge_factor(params: VariationalParams) -> float:
+    """`fix_gauge`'s ``s = sqrt(b' / d')``: it divides the rows' rates by s."""
+    return gauge(params.row_scale, params.col_scale)[0]
+
+
+def inverse_digamma(y, n_newton: int = 8) -> np.ndarray:
+    """``x > 0`` with ``digamma(x) = y``, elementwise (Minka 2000's start, then Newton:
+    digamma is increasing and concave, so Newton from it converges in a few steps)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.where(y >= -2.22, np.exp(y) + 0.5, -1.0 / (y - digamma(1.0)))
+    for _ in range(n_newton):
+        x = x - (digamma(x) - y) / polygamma(1, x)
+    return x
+
+
+def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
+    """``a > 0`` with ``log a - digamma(a) = gap`` (``gap > 0``): the Gamma maximum-
+    likelihood shape, by Minka (2002)'s start and generalised Newton step on 1/a."""
+    a = (3.0 - gap + np.sqrt((gap - 3.0) ** 2 + 24.0 * gap)) / (12.0 * gap)
+    for _ in range(n_newton):
+        excess = np.log(a) - digamma(a) - gap
+        a = 1.0 / (1.0 / a + excess / (a * a * (1.0 / a - polygamma(1, a))))
+    return float(a)
+
+
+def learned_side_terms(shape, rate, scale: ScaleState) -> tuple[np.ndarray, float]:
+    """One side's share of the ELBO under the learned prior: ``sum_i E[z_il]`` per
+    component and ``KL(q(z, xi) || p(z, xi))``, which is the KL of q(z) from p(z | xi) in
+    expectation over q(xi) (linear in ``E[xi]`` and ``E[log xi]``: `_kernels.gamma_sums`
+    with those for the prior's rate and its log, the fixed prior's fused kernel) plus
+    ``KL(q(xi) || p(xi))``."""
+    xi_log = expected_log(scale.shape, scale.rate)
+    mean_sum, factor_kl = _kernels.gamma_sums(
+        shape, rate, scale.factor_shape, scale.mean[:, None], xi_log[:, None]
+    )
+    rate0 = scale.prior_shape / scale.prior_mean
+    scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0)
+    return mean_sum, factor_kl + scale_kl
+
+
+def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np.ndarray:
     """Where a local fit of rows with no earlier optimum starts: ``shape = a + 1``
-    everywhere (deterministic, the same for every row)."""
-    return np.full((n_rows, n_components), prior.shape + 1.0, dtype=dtype)
+    everywhere (deterministic, the same for every row); the fixed prior's a, or for the
+    learned prior 1 (the exponential case)."""
+    shape = prior.shape if isinstance(prior, GammaPrior) else 1.0
+    return np.full((n_rows, n_components), shape + 1.0, dtype=dtype)
 
 
 @dataclass
 class RowFit:
-    """What `fit_rows` returns: the rows' q (rate per component) and the passes it took."""
+    """What `fit_rows` returns: the rows' q, q of their scales under the learned prior
+    (else None), and the passes it took."""
 
     shape: np.ndarray
     rate: np.ndarray
     n_passes: int
+    scale: ScaleState | None = None
 
 
 def fit_rows(
     data: CountData,
     col_shape: np.ndarray,
     col_rate: np.ndarray,
-    prior: GammaPrior,
+    prior: Prior,
     *,
     max_iter: int,
     tol: float,
     n_parts: int = 1,
     init_shape: np.ndarray | None = None,
+    row_scale: ScaleState | None = None,
 ) -> RowFit:
     """The local step: q(z) of the rows of ``data`` with q(w) held fixed (``transform``,
     projection of new cells, cell-minibatch SVI).
 
-    The row rate ``b + sum_j E[w_jl]`` does not change, so coordinate ascent alternates the
-    responsibilities and the row shapes; it stops when the rows' ELBO (data term, expected
-    product, KL of q(z)) changes by less than ``tol`` relative, or after ``max_iter``
-    passes. Starts from ``init_shape`` (not modified) or else `local_start_shape`.
+    Coordinate ascent alternates the responsibilities and the rows' q (under the learned
+    prior: q(z), then the scales' q(xi), with the fitted hyperparameters of
+    ``row_scale``); it stops when the rows' ELBO (data term, expected product, the rows'
+    KL) changes by less than ``tol`` relative, or after ``max_iter`` passes. Starts from
+    ``init_shape`` (not modified; with ``row_scale``'s q(xi) under the learned prior) or
+    else from `local_start_shape` (and q(xi) at its prior mean).
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
     col_shape = np.asarray(col_shape, dtype=dtype)
     col_rate = np.asarray(col_rate, dtype=dtype)
     col_mean_sum = (col_shape / col_rate).sum(axis=0)
-    row_rate = side_rate(prior, col_mean_sum, dtype)
     col_moments = side_moments(col_shape, col_rate)  # fixed: computed once
+    learned = isinstance(prior, HierarchicalPrior)
     if init_shape is None:
         row_shape = local_start_shape(prior, n_rows, n_components, dtype)
+        if learned:  # q(xi) at the prior mean b'
+            q_shape = np.full(n_rows, row_scale.prior_shape + row_scale.factor_shape.sum())
+            row_scale = row_scale.with_q(q_shape, q_shape / row_scale.prior_mean)
     else:
         row_shape = np.array(init_shape, dtype=dtype)  # a copy: the caller's stays
+    if learned:
+        row_rate = (row_scale.mean[:, None] + col_mean_sum).astype(dtype)
+    else:
+        row_rate = side_rate(prior, col_mean_sum, dtype)
     previous, n_passes = None, 0
     for _ in range(max_iter):
         row_stat, _, data_term = pass_statistics(
             data, side_moments(row_shape, row_rate), col_moments, n_parts
         )
         n_passes += 1
-        row_mean_sum, row_kl = side_terms(row_shape, row_rate, prior)
+        row_mean_sum, row_kl = side_terms(row_shape, row_rate, prior, row_scale)
         current = ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, 0.0).value()
         if previous is not None and abs(current - previous) <= tol * abs(previous):
             break
         previous = current
-        row_shape = side_shape(prior, row_stat, dtype)
-    return RowFit(row_shape, row_rate, n_passes)
+        if learned:
+            row_shape, row_rate, row_scale = update_side_learned(
+                row_stat, row_scale, col_mean_sum, dtype
+            )
+        else:
+            row_shape = side_shape(prior, row_stat, dtype)
+    return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None)
 
 
 # -- the ELBO -------------------------------------------------------------------------------
@@ -295,10 +636,15 @@ class ElboTerms:
     row_kl: float
     col_mean_sum: np.ndarray | None = None
     col_kl: float = 0.0
+    masked_product: float = 0.0
 
     def value(self) -> float:
-        """``data - sum_l (sum_i E[z_il])(sum_j E[w_jl]) - KL(q(z)) - KL(q(w))`` (nats)."""
+        """``data - sum_l (sum_i E[z_il])(sum_j E[w_jl]) - KL(q(z)) - KL(q(w))`` (nats);
+        with missing entries their share of the expected product, ``masked_product``, is
+        taken out of the total term."""
         expected_product = float(self.row_mean_sum @ self.col_mean_sum)
+        if self.masked_product:
+            expected_product -= self.masked_product
         return self.data_term - expected_product - self.row_kl - self.col_kl
 
     def __add__(self, other: ElboTerms) -> ElboTerms:
@@ -310,29 +656,40 @@ class ElboTerms:
             self.col_kl,
         )
 
-    def with_cols(self, col_shape: np.ndarray, col_rate: np.ndarray, prior: GammaPrior):
+    def with_cols(self, col_shape, col_rate, prior: Prior, col_scale: ScaleState | None = None):
         """These row and data terms completed with the column side's."""
-        col_mean_sum, col_kl = side_terms(col_shape, col_rate, prior)
+        col_mean_sum, col_kl = side_terms(col_shape, col_rate, prior, col_scale)
         return ElboTerms(self.data_term, self.row_mean_sum, self.row_kl, col_mean_sum, col_kl)
 
 
-def side_terms(shape: np.ndarray, rate: np.ndarray, prior: GammaPrior) -> tuple[np.ndarray, float]:
+def side_terms(
+    shape: np.ndarray, rate: np.ndarray, prior: Prior, scale: ScaleState | None = None
+) -> tuple[np.ndarray, float]:
     """One side's share of the ELBO: ``sum E[.]`` per component (for the expected
-    product) and the KL of its q from the prior."""
+    product) and the KL of its q from the prior (under the learned prior, of q(z) and
+    q(xi) from p(z | xi) p(xi), with ``scale``: `learned_side_terms`)."""
+    if isinstance(prior, HierarchicalPrior):
+        return learned_side_terms(shape, rate, scale)
     return _kernels.gamma_sums(shape, rate, prior.shape, prior.rate)
 
 
-def elbo_terms(data_term: float, params: VariationalParams, prior: GammaPrior) -> ElboTerms:
-    """The ELBO's terms for ``params`` whose pass gave ``data_term``."""
-    row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior)
-    col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior)
-    return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl)
+def elbo_terms(
+    data_term: float, params: VariationalParams, prior: Prior, mask: Mask | None = None
+) -> ElboTerms:
+    """The ELBO's terms for ``params`` whose pass gave ``data_term`` (with ``mask``, the
+    missing entries' expected counts out of the total term)."""
+    row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior, params.row_scale)
+    col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior, params.col_scale)
+    masked = 0.0 if mask is None else mask.product(params.row_mean, params.col_mean)
+    return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl, masked)
 
 
-def elbo(data: CountData, params: VariationalParams, prior: GammaPrior, n_parts: int = 1) -> float:
+def elbo(
+    data: CountData, params: VariationalParams, prior: Prior, n_parts: int = 1, mask=None
+) -> float:
     """The ELBO of ``params`` (nats), with the responsibilities at their optimum."""
     _, _, data_term = shape_statistics(data, params, n_parts)
-    return elbo_terms(data_term, params, prior).value()
+    return elbo_terms(data_term, params, prior, mask).value()
 
 
 # -- the stopping rule ----------------------------------------------------------------------
@@ -420,28 +777,152 @@ def start_rate(shape: tuple[int, int], total_count: float, n_components: int, dt
 
 
 def random_start(
-    shape: tuple[int, int], n_components: int, total_count: float, entropy: int, dtype, start=0
+    shape: tuple[int, int],
+    n_components: int,
+    total_count: float,
+    entropy: int,
+    dtype,
+    start: int = 0,
+    prior: Prior | None = None,
+    totals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> VariationalParams:
-    """The random q a fit starts from (start number ``start`` of ``entropy``)."""
-    rate = start_rate(shape, total_count, n_components, dtype)
+    """The random q a fit starts from (start number ``start`` of ``entropy``): shapes
+    from `random_shapes` on both sides; rates from `start_rate` (fixed prior) or, under the
+    learned prior, from each row's and column's total (``totals``, see
+    `learned_start_rates`) with the scales' q at its optimum (`learned_start_scale`)."""
+    row_shape = random_shapes(entropy, 0, 0, shape[0], n_components, dtype, start)
+    col_shape = random_shapes(entropy, 1, 0, shape[1], n_components, dtype, start)
+    if not isinstance(prior, HierarchicalPrior):
+        rate = start_rate(shape, total_count, n_components, dtype)
+        return VariationalParams(row_shape, rate, col_shape, rate.copy())
+    row_totals, col_totals = totals
+    row_rate = learned_start_rates(row_totals, total_count, n_components, dtype)
+    col_rate = learned_start_rates(col_totals, total_count, n_components, dtype)
     return VariationalParams(
-        random_shapes(entropy, 0, 0, shape[0], n_components, dtype, start),
-        rate,
-        random_shapes(entropy, 1, 0, shape[1], n_components, dtype, start),
-        rate.copy(),
+        row_shape,
+        row_rate,
+        col_shape,
+        col_rate,
+        learned_start_scale(row_shape, row_rate, row_totals, total_count, prior),
+        learned_start_scale(col_shape, col_rate, col_totals, total_count, prior),
     )
 
 
+@dataclass
+class TotalsSummary:
+    """What the learned prior's start needs of one side's totals (`totals_summary`), as
+    sums over its rows, so that pieces of the rows (Dask chunks) can be summed: the number
+    of rows and of empty ones, the smallest positive total, ``sum 1 / total`` over the
+    positive totals."""
+
+    n_rows: int
+    n_empty: int
+    smallest: float
+    inverse_sum: float
+
+    def __add__(self, other: TotalsSummary) -> TotalsSummary:
+        return TotalsSummary(
+            self.n_rows + other.n_rows,
+            self.n_empty + other.n_empty,
+            min(self.smallest, other.smallest),
+            self.inverse_sum + other.inverse_sum,
+        )
+
+    @property
+    def floor(self) -> float:
+        """The total an empty row is given, so that every rate is finite: the smallest
+        positive total (1 if there is none)."""
+        return self.smallest if np.isfinite(self.smallest) else 1.0
+
+
+def totals_summary(side_totals) -> TotalsSummary:
+    """`TotalsSummary` of some rows' totals."""
+    totals = np.asarray(side_totals, dtype=np.float64)
+    positive = totals[totals > 0]
+    return TotalsSummary(
+        int(totals.size),
+        int(totals.size - positive.size),
+        float(positive.min()) if positive.size else np.inf,
+        float(np.sum(1.0 / positive)),
+    )
+
+
+def learned_start_rates(
+    side_totals, total_count: float, n_components: int, dtype, floor: float | None = None
+) -> np.ndarray:
+    """Per-row starting rates under the learned prior: with shapes of mean 1.5 each row's
+    factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), so the start's mean
+    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit.
+    An empty row is given the total ``floor`` (default: the smallest positive total of these
+    rows; pass the whole side's `TotalsSummary.floor` for a piece of the rows)."""
+    totals = np.asarray(side_totals, dtype=np.float64)
+    if floor is None:
+        floor = totals_summary(totals).floor
+    rate = 1.5 * n_components * np.sqrt(max(total_count, 1e-12)) / np.maximum(totals, floor)
+    return np.repeat(rate[:, None], n_components, axis=1).astype(dtype)
+
+
+def start_scale_template(
+    summary: TotalsSummary, total_count: float, n_components: int, prior
+) -> ScaleState:
+    """The hyperparameters one side's scales start from (q(xi) left empty): a_l = 1 (or
+    the prior's fixed a_l) and a' = 1, the exponential case; b' the mean over rows of
+    ``1 / mean_l E[z_il]`` at the start's mean shape 1.5 (`learned_start_rates`), so the
+    prior mean ``a_l / xi_i`` matches the start. Every value is replaced after the first
+    iteration."""
+    factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+    inverse_sum = summary.inverse_sum + summary.n_empty / summary.floor
+    prior_mean = n_components * np.sqrt(max(total_count, 1e-12)) * inverse_sum / summary.n_rows
+    empty = np.empty(0)
+    return ScaleState(empty, empty, np.full(n_components, factor), 1.0, float(prior_mean))
+
+
+def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> ScaleState:
+    """The start of one side's scales: the hyperparameters of `start_scale_template`, q(xi)
+    at its optimum given them."""
+    summary = totals_summary(side_totals)
+    template = start_scale_template(summary, total_count, shape.shape[1], prior)
+    return scale_optimum(shape, rate, template)
+
+
+def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's and each column's total count."""
+    n_major, n_minor = data.shape[data.major], data.shape[1 - data.major]
+    major = np.zeros(n_major)
+    nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
+    if nonempty.size:
+        # in float64: the counts may be stored as float32 (exact), their sums not
+        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty], dtype=np.float64)
+    minor = np.bincount(data.indices, weights=data.counts, minlength=n_minor)
+    return (major, minor) if data.major == 0 else (minor, major)
+
+
 INIT_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
+# Optional keys of a start under the learned prior: q of the scales and the hyperparameters
+# (missing ones are set as `complete_learned` sets them).
+SCALE_KEYS = ("cell_scale_shape", "cell_scale_rate", "gene_scale_shape", "gene_scale_rate")
+HYPER_KEYS = (
+    "cell_factor_shape",
+    "cell_scale_prior_shape",
+    "cell_scale_prior_mean",
+    "gene_factor_shape",
+    "gene_scale_prior_shape",
+    "gene_scale_prior_mean",
+)
 
 
-def init_params(init, shape: tuple[int, int], n_components: int, dtype) -> VariationalParams:
+def init_params(
+    init, shape: tuple[int, int], n_components: int, dtype, prior: Prior | None = None
+) -> VariationalParams:
     """A given start as `VariationalParams` (rows = cells), checked.
 
     ``init`` is a `VariationalParams`, a mapping with keys ``cell_shape``, ``cell_rate``,
     ``gene_shape``, ``gene_rate``, or a fitted estimator with attributes of those names
-    plus ``_``. The arrays are copied; a dask array of cell shapes (a distributed fit's) is
-    kept lazy and checked block by block when computed.
+    plus ``_``. Rates are per component (K,) or, for the learned prior, per entry (n x K).
+    Under the learned ``prior`` the mapping (or estimator) may also hold q of the scales
+    (`SCALE_KEYS`) and the hyperparameters (`HYPER_KEYS`); what is missing is completed by
+    `complete_learned`. The arrays are copied; a dask array of cell shapes (a distributed
+    fit's) is kept lazy and checked block by block when computed.
 
     Raises
     ------
@@ -452,30 +933,159 @@ def init_params(init, shape: tuple[int, int], n_components: int, dtype) -> Varia
         entries.
     """
     if isinstance(init, VariationalParams):
-        arrays = init.as_tuple()
+        arrays, extra = init.as_tuple(), _scale_entries(init)
     elif isinstance(init, Mapping):
         try:
             arrays = tuple(init[key] for key in INIT_KEYS)
         except KeyError as missing:
             raise ValueError(f"init is missing {missing}") from None
+        extra = {key: init[key] for key in SCALE_KEYS + HYPER_KEYS if init.get(key) is not None}
     elif all(hasattr(init, key + "_") for key in INIT_KEYS):
         arrays = tuple(getattr(init, key + "_") for key in INIT_KEYS)
+        extra = {
+            key: getattr(init, key + "_")
+            for key in SCALE_KEYS
+            if getattr(init, key + "_", None) is not None
+        }
+        extra.update(getattr(init, "hyperparameters_", None) or {})
     else:
         raise TypeError(
             "init must be a fitted VBNMF, a VariationalParams or a mapping with keys "
             f"{', '.join(INIT_KEYS)}; got {type(init).__name__}"
         )
     n_rows, n_cols = shape
-    expected = ((n_rows, n_components), (n_components,), (n_cols, n_components), (n_components,))
+    learned = isinstance(prior, HierarchicalPrior)
     checked = []
-    for name, array, want in zip(INIT_KEYS, arrays, expected):
-        if tuple(np.shape(array)) != want:
-            raise ValueError(f"init {name} has shape {tuple(np.shape(array))}, expected {want}")
-        if is_dask_array(array):  # too large for one machine: checked block by block
-            checked.append(array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype))
+    for name, array, side in zip(INIT_KEYS, arrays, (n_rows, n_rows, n_cols, n_cols)):
+        wants = [(side, n_components)]
+        if name.endswith("rate"):
+            wants = [(n_components,), (side, n_components)] if learned else [(n_components,)]
+        if tuple(np.shape(array)) not in wants:
+            raise ValueError(
+                f"init {name} has shape {tuple(np.shape(array))}, expected "
+                + " or ".join(map(str, wants))
+            )
+        checked.append(_checked_array(array, name, dtype))
+    params = VariationalParams(*checked)
+    return complete_learned(params, prior, extra) if learned else params
+
+
+def _scale_entries(params: VariationalParams) -> dict:
+    """`SCALE_KEYS` and `HYPER_KEYS` entries of ``params`` (empty under the fixed prior)."""
+    entries = {}
+    for side, scale in (("cell", params.row_scale), ("gene", params.col_scale)):
+        if scale is not None:
+            entries[f"{side}_scale_shape"] = scale.shape
+            entries[f"{side}_scale_rate"] = scale.rate
+            entries.update(_hyper_entries(side, scale))
+    return entries
+
+
+def _hyper_entries(side: str, scale: ScaleState) -> dict:
+    return {
+        f"{side}_factor_shape": scale.factor_shape,
+        f"{side}_scale_prior_shape": scale.prior_shape,
+        f"{side}_scale_prior_mean": scale.prior_mean,
+    }
+
+
+def hyperparameters(params: VariationalParams) -> dict | None:
+    """The learned hyperparameters by name (`HYPER_KEYS`), or None under the fixed prior."""
+    if params.row_scale is None:
+        return None
+    return {**_hyper_entries("cell", params.row_scale), **_hyper_entries("gene", params.col_scale)}
+
+
+def complete_learned(
+    params: VariationalParams, prior: HierarchicalPrior, given: dict | None = None
+) -> VariationalParams:
+    """``params`` as a start under the learned prior: rates per entry; the hyperparameters
+    and q of the scales from ``given`` (`SCALE_KEYS`, `HYPER_KEYS`) where there, else as
+    `learned_start_scale` sets them from the means of q: a_l = 1 (or the prior's fixed
+    value), a' = 1, b' the mean of ``1 / mean_l E[z_il]``, q(xi) at its optimum."""
+    given = given or {}
+    sides = []
+    for side, shape, rate in (
+        ("cell", params.row_shape, params.row_rate),
+        ("gene", params.col_shape, params.col_rate),
+    ):
+        rate = np.broadcast_to(rate, shape.shape).astype(shape.dtype)  # a copy, per entry
+        n_rows, n_components = shape.shape
+        default_factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+        factor = np.asarray(given.get(f"{side}_factor_shape", default_factor), dtype=np.float64)
+        factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), f"{side}_factor")
+        prior_mean = given.get(f"{side}_scale_prior_mean")
+        if prior_mean is None:
+            prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        scale = ScaleState(
+            np.empty(0),
+            np.empty(0),
+            factor,
+            check_positive_number(given.get(f"{side}_scale_prior_shape", 1.0)),
+            check_positive_number(prior_mean),
+        )
+        if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
+            q = [
+                _checked_array(given[key], key, np.float64)
+                for key in (f"{side}_scale_shape", f"{side}_scale_rate")
+            ]
+            if any(a.shape != (n_rows,) for a in q):
+                raise ValueError(f"init {side}_scale_shape/_rate must have shape ({n_rows},)")
+            scale = scale.with_q(*q)
+        else:
+            scale = scale_optimum(shape, rate, scale)
+        sides.append((shape, rate, scale))
+    (row_shape, row_rate, row_scale), (col_shape, col_rate, col_scale) = sides
+    return VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+
+
+def check_positive_number(value) -> float:
+    value = float(np.asarray(value))
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"init hyperparameters must be positive and finite, got {value}")
+    return value
+
+
+def params_to_arrays(params: VariationalParams) -> dict[str, np.ndarray]:
+    """``params`` as named arrays (checkpoints): the four of q, and under the learned prior
+    q of the scales and the hyperparameters."""
+    arrays = dict(zip(("row_shape", "row_rate", "col_shape", "col_rate"), params.as_tuple()))
+    for side, scale in (("row", params.row_scale), ("col", params.col_scale)):
+        if scale is not None:
+            arrays[f"{side}_scale_shape"] = scale.shape
+            arrays[f"{side}_scale_rate"] = scale.rate
+            arrays[f"{side}_factor_shape"] = scale.factor_shape
+            arrays[f"{side}_scale_prior"] = np.array([scale.prior_shape, scale.prior_mean])
+    return arrays
+
+
+def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> VariationalParams:
+    """The inverse of `params_to_arrays`."""
+    main = [arrays[name] for name in ("row_shape", "row_rate", "col_shape", "col_rate")]
+    scales = []
+    for side in ("row", "col"):
+        if f"{side}_scale_shape" not in arrays:
+            scales.append(None)
             continue
-        checked.append(_checked_block(np.array(array, dtype=dtype, copy=True), name))
-    return VariationalParams(*checked)
+        pair = arrays[f"{side}_scale_prior"]
+        scales.append(
+            ScaleState(
+                arrays[f"{side}_scale_shape"],
+                arrays[f"{side}_scale_rate"],
+                arrays[f"{side}_factor_shape"],
+                float(pair[0]),
+                float(pair[1]),
+            )
+        )
+    return VariationalParams(*main, *scales)
+
+
+def _checked_array(array, name: str, dtype):
+    """A copy of ``array`` in ``dtype``, positive and finite; a dask array (too large for
+    one machine: a distributed fit's) stays lazy and is checked block by block."""
+    if is_dask_array(array):
+        return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
+    return _checked_block(np.array(array, dtype=dtype, copy=True), name)
 
 
 def _checked_block(block: np.ndarray, name: str) -> np.ndarray:

@@ -40,25 +40,44 @@ from ._checkpoint import rng_from_json, rng_state_json
 from ._data import CountData, as_count_data
 from ._model import (
     ElboTerms,
-    GammaPrior,
+    HierarchicalPrior,
+    Prior,
+    ScaleState,
+    ScaleSums,
     VariationalParams,
     elbo,
     fit_rows,
+    fix_gauge,
+    gauge_factor,
     global_step,
     has_converged,
+    learn_hyperparameters,
+    learned_start_rates,
+    learned_start_scale,
     local_start_shape,
     minibatch_generator,
+    params_from_arrays,
+    params_to_arrays,
     random_shapes,
     random_start,
+    scale_optimum,
+    scale_sums,
     shape_statistics,
     side_rate,
     side_terms,
     start_rate,
+    start_scale_template,
+    totals_summary,
     update_side,
     warn_not_converged,
 )
 from ._utils import warn_user
-from ._validation import NonCountWarning, check_counts
+from ._validation import (
+    NonCountWarning,
+    check_counts,
+    check_sparse_structure,
+    combine_fingerprints,
+)
 
 SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
 
@@ -86,7 +105,9 @@ class SVIState:
     counters, the ELBO trace and the minibatch generator (the next epoch's permutation).
 
     For the cells form ``params``' row side holds every cell's latest local optimum (from
-    its last minibatch or the last evaluation), where its next local fit starts."""
+    its last minibatch or the last evaluation), where its next local fit starts; under the
+    learned prior ``cell_sums`` are the sums over all cells that their hyperparameters are
+    learned from, kept up to date step by step."""
 
     params: VariationalParams
     rng: np.random.Generator
@@ -95,12 +116,16 @@ class SVIState:
     elbo_trace: list[float] = field(default_factory=list)
     converged: bool = False
     finished: bool = False
+    cell_sums: ScaleSums | None = None
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.save_checkpoint`."""
-        names = ("row_shape", "row_rate", "col_shape", "col_rate")
-        arrays = dict(zip(names, self.params.as_tuple()))
+        arrays = params_to_arrays(self.params)
         arrays["elbo_trace"] = np.asarray(self.elbo_trace, dtype=np.float64)
+        if self.cell_sums is not None:
+            sums = self.cell_sums
+            arrays["cell_sums_scale"] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
+            arrays["cell_sums_factor_log"] = sums.factor_log
         meta = {
             "rng": rng_state_json(self.rng),
             "step": self.step,
@@ -112,11 +137,15 @@ class SVIState:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> SVIState:
-        params = VariationalParams(
-            arrays["row_shape"], arrays["row_rate"], arrays["col_shape"], arrays["col_rate"]
-        )
+        cell_sums = None
+        if "cell_sums_scale" in arrays:
+            n_rows, scale_mean, scale_log = arrays["cell_sums_scale"]
+            cell_sums = ScaleSums(
+                int(n_rows), float(scale_mean), float(scale_log), arrays["cell_sums_factor_log"]
+            )
         return cls(
-            params=params,
+            params=params_from_arrays(arrays),
+            cell_sums=cell_sums,
             rng=rng_from_json(meta["rng"]),
             step=int(meta["step"]),
             epoch=int(meta["epoch"]),
@@ -131,7 +160,7 @@ class SVISettings:
     """The knobs shared by the SVI forms (see `VBNMF` for their meaning); ``n_threads``
     is the number of parallel parts of each pass."""
 
-    prior: GammaPrior
+    prior: Prior
     batch_size: int
     tau: float
     kappa: float
@@ -221,7 +250,7 @@ def svi_step_nonzeros(
     params: VariationalParams,
     rho: float,
     form: str,
-    prior: GammaPrior,
+    prior: Prior,
     n_parts: int = 1,
 ) -> VariationalParams:
     """One step of the ``"nonzeros"`` or ``"abe-shimamura"`` form from a minibatch.
@@ -283,22 +312,42 @@ def fit_svi_nonzeros(
 
 
 # -- minibatches of cells -----------------------------------------------------------------
-def scan_blocks(blocks: Iterable[tuple[int, sp.csr_array]]) -> float:
-    """Validate every count of the row blocks ``(first_row, block)`` (one streaming
-    pass); return their sum. Warns once (`NonCountWarning`) if any is not an integer."""
-    total, non_integer = 0.0, False
+@dataclass
+class CountScan:
+    """One validating pass over a matrix read in row blocks: the total count, every row's
+    and column's total (the learned prior's start uses them), and the data's fingerprint
+    (`_validation.combine_fingerprints`; checkpoints record it)."""
+
+    total: float
+    row_totals: np.ndarray
+    col_totals: np.ndarray
+    fingerprint: str
+
+
+def scan_blocks(
+    blocks: Iterable[tuple[int, sp.csr_array]], shape, name: str = "X", fit_dtype=np.float64
+) -> CountScan:
+    """Validate every count of the row blocks ``(first_row, block)`` of ``name``, a matrix
+    of ``shape`` (one streaming pass), for a fit of ``fit_dtype``, and total them. Warns
+    once (`NonCountWarning`) if any count is not an integer."""
+    non_integer, fingerprints = False, []
+    row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
-        name = f"X (rows {start}..{start + block.shape[0] - 1})"
-        check_counts(block, name=name, warn_non_integer=False)
-        total += float(block.data.sum())
-        non_integer = non_integer or bool(np.any(block.data != np.round(block.data)))
+        block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
+        checked = check_counts(block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype)
+        fingerprints.append(check_sparse_structure(checked, block_name, first_row=start))
+        checked = sp.csr_array(checked)
+        row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
+        col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
+        non_integer = non_integer or bool(np.any(checked.data != np.round(checked.data)))
     if non_integer:
         warn_user(
             "X holds non-integer values; vbsnmf's Poisson model expects raw counts "
             "(not normalised or log-transformed data).",
             NonCountWarning,
         )
-    return total
+    fingerprint = combine_fingerprints(*fingerprints)
+    return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
 
 
 def init_cells_state(
@@ -306,25 +355,48 @@ def init_cells_state(
     n_components: int,
     total_count: float,
     entropy: int,
-    prior: GammaPrior,
+    prior: Prior,
     dtype,
     start: int = 0,
+    totals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SVIState:
     """The gene (column) side drawn as `_model.random_start` draws it; the cell side where
-    `_model.fit_rows` starts; the minibatch generator."""
+    `_model.fit_rows` starts (under the learned prior: q(xi) at the prior mean b' of
+    `_model.learned_start_scale`, which needs the row and column ``totals``); the
+    minibatch generator."""
     n_rows, n_cols = shape
-    rate = start_rate(shape, total_count, n_components, dtype)
     col_shape = random_shapes(entropy, 1, 0, n_cols, n_components, dtype, start)
-    row_rate = side_rate(prior, (col_shape / rate).sum(axis=0), dtype)
     row_shape = local_start_shape(prior, n_rows, n_components, dtype)
-    params = VariationalParams(row_shape, row_rate, col_shape, rate)
-    return SVIState(params, minibatch_generator(entropy, start))
+    if not isinstance(prior, HierarchicalPrior):
+        rate = start_rate(shape, total_count, n_components, dtype)
+        row_rate = side_rate(prior, (col_shape / rate).sum(axis=0), dtype)
+        params = VariationalParams(row_shape, row_rate, col_shape, rate)
+        return SVIState(params, minibatch_generator(entropy, start))
+    row_totals, col_totals = totals
+    col_rate = learned_start_rates(col_totals, total_count, n_components, dtype)
+    col_scale = learned_start_scale(col_shape, col_rate, col_totals, total_count, prior)
+    template = start_scale_template(totals_summary(row_totals), total_count, n_components, prior)
+    q_shape = np.full(n_rows, template.prior_shape + template.factor_shape.sum())
+    row_scale = template.with_q(q_shape, q_shape / template.prior_mean)
+    row_rate = (row_scale.mean[:, None] + (col_shape / col_rate).sum(axis=0)).astype(dtype)
+    params = VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+    state = SVIState(params, minibatch_generator(entropy, start))
+    state.cell_sums = scale_sums(row_shape, row_rate, row_scale)
+    return state
 
 
-def local_fit(block: sp.csr_array, col_shape, col_rate, settings: SVISettings, init_shape=None):
+def local_fit(
+    block: sp.csr_array,
+    col_shape,
+    col_rate,
+    settings: SVISettings,
+    init_shape=None,
+    row_scale: ScaleState | None = None,
+):
     """Cell factors of ``block`` at their optimum given the gene side (as `transform`,
-    from ``init_shape`` if given), and the pass statistics under them:
-    ``(row_shape, row_rate, col_stat, data_term)``."""
+    from ``init_shape`` if given; under the learned prior with ``row_scale``'s q(xi) and
+    hyperparameters), and the pass statistics under them:
+    ``(row_shape, row_rate, col_stat, data_term, row_scale)``."""
     data = as_count_data(block)
     rows = fit_rows(
         data,
@@ -335,37 +407,63 @@ def local_fit(block: sp.csr_array, col_shape, col_rate, settings: SVISettings, i
         tol=settings.local_tol,
         n_parts=settings.n_threads,
         init_shape=init_shape,
+        row_scale=row_scale,
     )
     local = VariationalParams(rows.shape, rows.rate, col_shape, col_rate)
     _, col_stat, data_term = shape_statistics(data, local, settings.n_threads)
-    return rows.shape, rows.rate, col_stat, data_term
+    return rows.shape, rows.rate, col_stat, data_term, rows.scale
+
+
+def row_subset(params: VariationalParams, rows) -> tuple[np.ndarray, ScaleState | None]:
+    """The stored shapes of ``rows`` and, under the learned prior, their scales (q(xi) of
+    those rows with the side's hyperparameters): where their next local fit starts."""
+    scale = params.row_scale
+    if scale is not None:
+        scale = scale.with_q(scale.shape[rows], scale.rate[rows])
+    return params.row_shape[rows], scale
 
 
 def evaluate_rows(
     blocks: Iterable[tuple[int, sp.csr_array]],
-    start_shape: np.ndarray,
-    col_shape: np.ndarray,
-    col_rate: np.ndarray,
+    start: VariationalParams,
     settings: SVISettings,
-) -> tuple[ElboTerms, np.ndarray, np.ndarray]:
-    """The rows' ELBO terms with every row at its optimum given the gene side, from the
-    row blocks ``(first_row, block)`` (consecutive, covering the rows of ``start_shape``,
-    where each row's fit starts); returns ``(terms, row shapes, row rate)``.
+) -> tuple[ElboTerms, VariationalParams, ScaleSums | None]:
+    """The rows' ELBO terms with every row at its optimum given the gene side of
+    ``start``, from the row blocks ``(first_row, block)`` (consecutive, covering the rows of
+    ``start``, where each row's fit starts); returns ``(terms, q with those rows, the rows'
+    `ScaleSums` under the learned prior)``.
 
     The ELBO decomposes over rows once the gene side is fixed, so each block contributes
     its data term, its ``sum_i E[z_i]`` and its KL; `ElboTerms.with_cols` completes them.
     """
-    row_shape_all = np.empty_like(start_shape, dtype=col_shape.dtype)
+    col_shape, col_rate = start.col_shape, start.col_rate
+    learned = start.row_scale is not None
+    row_shape_all = np.empty_like(start.row_shape, dtype=col_shape.dtype)
+    row_rate_all = np.empty_like(row_shape_all) if learned else None
+    row_scale = start.row_scale.copy() if learned else None
     terms = ElboTerms(0.0, np.zeros(col_shape.shape[1]), 0.0)
-    row_rate = None
-    for start, block in blocks:
-        rows = slice(start, start + block.shape[0])
-        row_shape, row_rate, _, data_term = local_fit(
-            block, col_shape, col_rate, settings, start_shape[rows]
+    sums = None
+    row_rate = start.row_rate
+    for first, block in blocks:
+        rows = slice(first, first + block.shape[0])
+        init_shape, init_scale = row_subset(start, rows)
+        row_shape, row_rate, _, data_term, scale = local_fit(
+            block, col_shape, col_rate, settings, init_shape, init_scale
         )
         row_shape_all[rows] = row_shape
-        terms = terms + ElboTerms(data_term, *side_terms(row_shape, row_rate, settings.prior))
-    return terms, row_shape_all, row_rate
+        terms = terms + ElboTerms(
+            data_term, *side_terms(row_shape, row_rate, settings.prior, scale)
+        )
+        if learned:
+            row_rate_all[rows] = row_rate
+            row_scale.shape[rows], row_scale.rate[rows] = scale.shape, scale.rate
+            block_sums = scale_sums(row_shape, row_rate, scale)
+            sums = block_sums if sums is None else sums + block_sums
+    rows_rate = row_rate_all if learned else row_rate
+    fitted = VariationalParams(
+        row_shape_all, rows_rate, col_shape, col_rate, row_scale, start.col_scale
+    )
+    return terms, fitted, sums
 
 
 def step_cols(
@@ -375,13 +473,19 @@ def step_cols(
     row_mean_sum: np.ndarray,
     scale: float,
     rho: float,
-    prior: GammaPrior,
+    prior: Prior,
+    col_scale: ScaleState | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The cells form's natural-gradient step on the gene side: the model's update from a
-    minibatch's statistics scaled by ``scale`` = C / |batch|, blended in with weight
-    ``rho``; raises `FloatingPointError` if the result is not finite."""
+    minibatch's statistics scaled by ``scale`` = C / |batch| (under the learned prior with
+    the genes' scales ``col_scale``), blended in with weight ``rho``; raises
+    `FloatingPointError` if the result is not finite."""
     dtype = col_shape.dtype
-    tilde_shape, tilde_rate = update_side(prior, scale * col_stat, scale * row_mean_sum)
+    if isinstance(prior, HierarchicalPrior):
+        tilde_shape = col_scale.factor_shape + scale * col_stat
+        tilde_rate = col_scale.mean[:, None] + scale * row_mean_sum
+    else:
+        tilde_shape, tilde_rate = update_side(prior, scale * col_stat, scale * row_mean_sum)
     shape = ((1.0 - rho) * col_shape + rho * tilde_shape).astype(dtype, copy=False)
     rate = ((1.0 - rho) * col_rate + rho * tilde_rate).astype(dtype, copy=False)
     _check_finite({"col_shape": shape, "col_rate": rate})
@@ -395,18 +499,23 @@ def svi_step_cells(
     rho: float,
     settings: SVISettings,
     cells: np.ndarray | None = None,
+    state: SVIState | None = None,
 ) -> VariationalParams:
     """One cells-form step: local fit of ``block``'s cells, then `step_cols` with the
     batch's statistics scaled by C / |batch|.
 
-    With ``cells`` (the block's row numbers) the local fit starts from
-    ``params.row_shape[cells]`` and its optimum is written back there, in place; without,
-    it starts from scratch and the row side is passed through unchanged."""
+    With ``cells`` (the block's row numbers) the local fit starts from the stored row side
+    of those cells and its optimum is written back there, in place; without, it starts
+    from scratch and the row side is passed through unchanged. Under the learned prior
+    (``cells`` and ``state`` needed) `learned_global_update` follows."""
     col_shape, col_rate = params.col_shape, params.col_rate
-    init_shape = None if cells is None else params.row_shape[cells]
-    row_shape, row_rate, col_stat, _ = local_fit(block, col_shape, col_rate, settings, init_shape)
-    if cells is not None:
-        params.row_shape[cells] = row_shape
+    if cells is None:
+        init_shape, init_scale = None, None
+    else:
+        init_shape, init_scale = row_subset(params, cells)
+    row_shape, row_rate, col_stat, _, row_scale = local_fit(
+        block, col_shape, col_rate, settings, init_shape, init_scale
+    )
     new_shape, new_rate = step_cols(
         col_shape,
         col_rate,
@@ -415,8 +524,48 @@ def svi_step_cells(
         n_rows / block.shape[0],
         rho,
         settings.prior,
+        params.col_scale,
     )
-    return VariationalParams(params.row_shape, params.row_rate, new_shape, new_rate)
+    if params.row_scale is None:
+        if cells is not None:
+            params.row_shape[cells] = row_shape
+        return VariationalParams(params.row_shape, params.row_rate, new_shape, new_rate)
+    store_rows(state, cells, row_shape, row_rate, row_scale)
+    state.params.col_shape, state.params.col_rate = new_shape, new_rate
+    return learned_global_update(state, settings.prior)
+
+
+def store_rows(state: SVIState, cells, row_shape, row_rate, row_scale: ScaleState) -> None:
+    """Write a minibatch's local optimum into the learned-prior state, keeping the sums
+    over all cells that their hyperparameters are learned from up to date."""
+    params = state.params
+    stored_shape, stored_scale = row_subset(params, cells)
+    state.cell_sums = (
+        state.cell_sums
+        - scale_sums(stored_shape, params.row_rate[cells], stored_scale)
+        + scale_sums(row_shape, row_rate, row_scale)
+    )
+    params.row_shape[cells], params.row_rate[cells] = row_shape, row_rate
+    params.row_scale.shape[cells], params.row_scale.rate[cells] = row_scale.shape, row_scale.rate
+
+
+def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> VariationalParams:
+    """After the gene side's step under the learned prior: q of the genes' scales at its
+    optimum, both sides' hyperparameters learned (the cells' from every cell's stored
+    local optimum), then the gauge (`_model.fix_gauge`), whose rescaling of the cells is
+    carried into the stored sums."""
+    params = state.params
+    col_scale = scale_optimum(params.col_shape, params.col_rate, params.col_scale)
+    col_scale = learn_hyperparameters(
+        scale_sums(params.col_shape, params.col_rate, col_scale), col_scale, prior
+    )
+    row_scale = learn_hyperparameters(state.cell_sums, params.row_scale, prior)
+    learned = VariationalParams(
+        params.row_shape, params.row_rate, params.col_shape, params.col_rate, row_scale, col_scale
+    )
+    state.cell_sums = state.cell_sums.gauged(gauge_factor(learned))
+    state.params = fix_gauge(learned)
+    return state.params
 
 
 def run_cells_epochs(
@@ -463,18 +612,18 @@ def fit_svi_cells(
 
     def step(cells: np.ndarray, rho: float) -> None:
         block = source.read_rows(cells)
-        state.params = svi_step_cells(block, n_rows, state.params, rho, settings, cells)
+        state.params = svi_step_cells(block, n_rows, state.params, rho, settings, cells, state)
 
     def evaluate() -> float:
-        params = state.params
-        terms, params.row_shape, params.row_rate = evaluate_rows(
-            source.iter_blocks(EVAL_BLOCK_ROWS),
-            params.row_shape,
-            params.col_shape,
-            params.col_rate,
-            settings,
+        terms, state.params, sums = evaluate_rows(
+            source.iter_blocks(EVAL_BLOCK_ROWS), state.params, settings
         )
-        return terms.with_cols(params.col_shape, params.col_rate, settings.prior).value()
+        if sums is not None:  # exact again, whatever rounding the steps accumulated
+            state.cell_sums = sums
+        params = state.params
+        return terms.with_cols(
+            params.col_shape, params.col_rate, settings.prior, params.col_scale
+        ).value()
 
     return run_cells_epochs(
         state, settings, n_rows, step, evaluate, callback=callback, on_epoch=on_epoch

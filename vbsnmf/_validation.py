@@ -4,9 +4,12 @@ settings into errors. Each public entry point (the estimators, `vbsnmf.fit_dask`
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
+from . import _kernels
 from ._utils import warn_user
 
 
@@ -20,21 +23,208 @@ def _first_positions(mask_rows, mask_cols, limit=3) -> str:
     return ", ".join(pairs) + more
 
 
-def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
+# The largest count a variational fit accepts, by the dtype of its factors. Measured with
+# benchmarks/count_range.py (one count c among 60 x 40 Poisson(2) counts, K=3, 150
+# iterations, 4 seeds): in float64 the ELBO never decreased up to c = 3e13, decreased in
+# 3 of 4 fits at 1e14 (by 2e-8 relative; 2e-7 at 1e15, 1e-2 at 1e25), was positive at
+# 1e200 (impossible for a lower bound of a log-probability) and +inf at 1e300. In float32
+# the final ELBO stayed within 1e-3 relative of float64's up to 3e7, not from 1e8 on;
+# 2**24 is also where float32 stops holding every integer.
+MAX_COUNT = {np.dtype(np.float64): 1e13, np.dtype(np.float32): float(2**24)}
+
+
+def max_count(dtype) -> float:
+    """The largest count a fit whose factors are ``dtype`` accepts (see `MAX_COUNT`)."""
+    return MAX_COUNT[np.dtype(dtype)]
+
+
+def exact_float_dtype(values: np.ndarray) -> type:
+    """float32 when every value is exact in it (counts up to 2**24 are), else float64.
+
+    Used where counts are stored: the readers, the engine's `_data.CountData` and the
+    classical solvers' stored entries.
+    """
+    if values.dtype == np.float32:
+        return np.float32
+    step = 1 << 20  # a block at a time: no nnz-sized temporary
+    for start in range(0, values.shape[0], step):
+        block = np.asarray(values[start : start + step], dtype=np.float64)
+        with np.errstate(over="ignore"):  # past float32's range: inf, hence inexact
+            if not np.array_equal(block.astype(np.float32), block):
+                return np.float64
+    return np.float32
+
+
+def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> int:
+    """Check the index arrays of a scipy sparse matrix before anything reads through them.
+
+    A CSR/CSC matrix (also BSR) must have ``indptr`` of the right length, starting at 0,
+    never decreasing and ending within ``indices`` and ``data``, and indices in range; a
+    COO matrix rows and columns in range. Such a corrupt matrix (a damaged file, arrays
+    edited by hand) would otherwise crash the interpreter in scipy or a kernel, or fit
+    silently wrong.
+
+    Returns
+    -------
+    int
+        The fingerprint of its nonzero entries (see `_kernels.check_compressed`), rows
+        numbered from ``first_row``: the same for the same entries whatever their
+        storage order, layout or split into row blocks (added modulo 2**64).
+
+    Raises
+    ------
+    ValueError
+        The structure is invalid; the message names ``name`` and the first bad position.
+    """
+    layout = matrix.format
+    n_rows, n_cols = matrix.shape
+    if layout == "coo":
+        arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
+        _check_index_arrays(name, layout, *arrays)
+        if not arrays[0].shape[0] == arrays[1].shape[0] == matrix.data.shape[0]:
+            raise ValueError(f"{name}: corrupt COO matrix (row, col and data differ in length)")
+        position, fingerprint = _kernels.check_coordinates(
+            arrays[0], arrays[1], _kernel_values(matrix.data), n_rows, n_cols, first_row
+        )
+        if position < matrix.data.shape[0]:
+            raise ValueError(
+                f"{name}: corrupt COO matrix: the entry at stored position {position} has "
+                f"(row, column) ({int(arrays[0][position])}, {int(arrays[1][position])}) "
+                f"outside its shape {matrix.shape}"
+            )
+        return int(fingerprint)
+    if layout not in ("csr", "csc", "bsr"):
+        raise ValueError(f"{name}: unsupported sparse format {layout!r}")
+    _check_index_arrays(name, layout, matrix.indptr, matrix.indices)
+    if layout != "bsr" and matrix.indices.shape[0] != matrix.data.shape[0]:
+        raise ValueError(
+            f"{name}: corrupt {layout.upper()} matrix: {matrix.indices.shape[0]} indices but "
+            f"{matrix.data.shape[0]} values"
+        )
+    major_is_row = layout != "csc"
+    n_major, n_minor = (n_rows, n_cols) if major_is_row else (n_cols, n_rows)
+    data = matrix.data
+    if layout == "bsr":  # checked on its grid of blocks; the values are not fingerprinted
+        block_rows, block_cols = matrix.blocksize
+        n_major, n_minor = n_rows // block_rows, n_cols // block_cols
+        data = np.zeros(matrix.indices.shape[0])
+    if matrix.indptr.shape[0] != n_major + 1:
+        raise ValueError(
+            f"{name}: corrupt {layout.upper()} matrix: indptr has {matrix.indptr.shape[0]} "
+            f"entries for {n_major} {'rows' if major_is_row else 'columns'} (expected "
+            f"{n_major + 1})"
+        )
+    problem, position, fingerprint = _kernels.check_compressed(
+        matrix.indptr, matrix.indices, _kernel_values(data), n_minor, first_row, major_is_row
+    )
+    if problem:
+        major = "row" if major_is_row else "column"
+        minor = "column" if major_is_row else "row"
+        reason = {
+            1: f"indptr starts at {int(matrix.indptr[0])}, not 0",
+            2: f"indptr decreases after {major} {position}",
+            3: f"indptr ends at {int(matrix.indptr[-1])}, beyond the "
+            f"{min(matrix.indices.shape[0], data.shape[0])} stored entries",
+            4: f"the {minor} index {int(matrix.indices[position]) if problem == 4 else 0} at "
+            f"stored position {position} is outside 0..{n_minor - 1}",
+        }[problem]
+        raise ValueError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
+    return int(fingerprint)
+
+
+def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str) -> None:
+    """The row pointers of a CSR matrix whose indices stay on disk (a streamed file): the
+    part of `check_sparse_structure` that needs ``indptr`` only, O(rows). The indices are
+    checked block by block as they are read (`_svi.scan_source`).
+
+    Raises
+    ------
+    ValueError
+        Wrong length, not starting at 0, decreasing, or ending beyond the ``n_stored``
+        entries.
+    """
+    if indptr.ndim != 1 or indptr.shape[0] != n_rows + 1:
+        raise ValueError(
+            f"{name}: corrupt CSR matrix: indptr has {indptr.shape[0]} entries for {n_rows} "
+            f"rows (expected {n_rows + 1})"
+        )
+    if indptr[0] != 0:
+        raise ValueError(f"{name}: corrupt CSR matrix: indptr starts at {indptr[0]}, not 0")
+    decreasing = np.flatnonzero(np.diff(indptr) < 0)
+    if decreasing.size:
+        raise ValueError(f"{name}: corrupt CSR matrix: indptr decreases after row {decreasing[0]}")
+    if indptr[-1] > n_stored:
+        raise ValueError(
+            f"{name}: corrupt CSR matrix: indptr ends at {indptr[-1]}, beyond the {n_stored} "
+            "stored entries"
+        )
+
+
+def _check_index_arrays(name: str, layout: str, *arrays) -> None:
+    for array in arrays:
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"{name}: corrupt {layout.upper()} matrix: index arrays must be 1-D "
+                f"integers, got {array.dtype} of shape {array.shape}"
+            )
+
+
+def _kernel_values(data: np.ndarray) -> np.ndarray:
+    """The stored values in a dtype the kernels read (float16 widened exactly, booleans
+    as bytes)."""
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    if data.dtype == bool:
+        return data.view(np.uint8)
+    if not np.issubdtype(data.dtype, np.number):
+        raise TypeError(f"counts must be numbers, got dtype {data.dtype}")
+    return data
+
+
+def data_fingerprint(data) -> str:
+    """The fingerprint (16 hex digits) of the entries of a `_vb.CountData`, as
+    `check_sparse_structure` computes it: what a checkpoint records of its data."""
+    _, _, fingerprint = _kernels.check_compressed(
+        data.indptr, data.indices, data.counts, data.shape[1 - data.major], 0, data.major == 0
+    )
+    return f"{int(fingerprint):016x}"
+
+
+def combine_fingerprints(*fingerprints: int) -> str:
+    """Fingerprints of consecutive row blocks (each numbered from its first row) added
+    into the fingerprint of the whole matrix, as `data_fingerprint` formats it."""
+    return f"{sum(fingerprints) % 2**64:016x}"
+
+
+def check_counts(X, *, name: str = "X", warn_non_integer: bool = True, fit_dtype=np.float64):
     """Validate a count matrix and return it as a scipy sparse array (COO/CSR/CSC kept).
+
+    ``fit_dtype``: the dtype of the factors of the fit the counts are for; counts above
+    `max_count` of it are refused. None: no upper limit (the classical solvers).
 
     Raises
     ------
     TypeError
-        ``X`` is not a 2-D numeric array or scipy sparse matrix.
+        ``X`` is not a 2-D numeric array or scipy sparse matrix (a path: the message
+        says how to read or stream it).
     ValueError
-        ``X`` has a zero-length axis, or negative, NaN or infinite entries (the message
-        says how many of each and where the first ones are, as (row, column)).
+        ``X`` has a zero-length axis, a corrupt sparse structure, or negative, NaN,
+        infinite or too large entries (the message says how many of each and where the
+        first ones are, as (row, column)).
     """
+    if isinstance(X, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
+            "vbsnmf.io.read(path), or stream it from disk with VBNMF(solver='svi')"
+        )
     if sp.issparse(X):
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got {X.ndim}-D")
+        if X.format in ("csr", "csc", "coo", "bsr"):
+            check_sparse_structure(X, name)
         matrix = X if X.format in ("csr", "csc", "coo") else X.tocsr()
-        if matrix.ndim != 2:
-            raise ValueError(f"{name} must be 2-D, got {matrix.ndim}-D")
+        if matrix.data.dtype == np.float16:  # exact in float32; scipy refuses float16
+            matrix = matrix.astype(np.float32)
     else:
         try:
             dense = np.asarray(X)
@@ -54,6 +244,8 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
                 raise TypeError(f"{name} must hold numbers: {error}") from None
         if not (np.issubdtype(dense.dtype, np.number) or dense.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {dense.dtype}")
+        if dense.dtype == np.float16:  # exact in float32; scipy refuses float16
+            dense = dense.astype(np.float32)
         matrix = sp.coo_array(dense)
     if np.iscomplexobj(matrix.data):
         raise ValueError(f"{name} must be real counts: Complex data not supported")
@@ -67,7 +259,10 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
         )
     data = matrix.data
     tests = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
-    bad_counts, non_integer = _scan_values(data, [test for _, test in tests])
+    limit = None if fit_dtype is None else max_count(fit_dtype)
+    bad_counts, non_integer = _scan_values(
+        data, [test for _, test in tests] + ([] if limit is None else [lambda v: v > limit])
+    )
     problems = []
     for (label, test), count in zip(tests, bad_counts):
         if count:
@@ -83,6 +278,8 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True):
         raise ValueError(
             f"{lead}{name} must hold non-negative finite counts; found " + "; ".join(problems)
         )
+    if limit is not None and bad_counts[3]:
+        _refuse_large_counts(matrix, name, np.dtype(fit_dtype), bad_counts[3])
     if warn_non_integer and non_integer:
         warn_user(
             f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
@@ -111,6 +308,24 @@ def _scan_values(data: np.ndarray, tests) -> tuple[list[int], bool]:
     return counts, non_integer
 
 
+def _refuse_large_counts(matrix, name: str, fit_dtype: np.dtype, count: int) -> None:
+    """The error for ``count`` counts above `max_count` of ``fit_dtype``."""
+    limit = max_count(fit_dtype)
+    data = matrix.data
+    coo = matrix.tocoo() if matrix.format != "coo" else matrix
+    where = np.flatnonzero(data > limit)
+    advice = (
+        f"fit with dtype=np.float64, which resolves counts up to {max_count(np.float64):,.0f}"
+        if fit_dtype == np.float32
+        else "counts of molecules or reads are far smaller: check the input"
+    )
+    raise ValueError(
+        f"{name} holds {count} count{'s' if count > 1 else ''} above {limit:,.0f}, the "
+        f"largest a {fit_dtype.name} fit resolves (the largest is {float(data.max())!r}, at "
+        f"(row, column) {_first_positions(coo.row[where], coo.col[where])}); {advice}"
+    )
+
+
 def check_n_components(n_components, shape) -> int:
     """``n_components`` must be an integer in [1, min(shape)]."""
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
@@ -121,6 +336,26 @@ def check_n_components(n_components, shape) -> int:
             f"min(n_rows, n_cols) = {min(shape)} for a matrix of shape {tuple(shape)}"
         )
     return int(n_components)
+
+
+def check_iterations(value, name: str, minimum: int = 1) -> int:
+    """An integer parameter (iterations, epochs) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_tolerance(value, name: str = "tol") -> float:
+    """A finite, non-negative float parameter (a relative tolerance)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
 
 
 def check_positive(value, name: str) -> float:
@@ -134,39 +369,22 @@ def check_positive(value, name: str) -> float:
     return value
 
 
-def check_integer(value, name: str, minimum: int) -> int:
-    """An integer parameter (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_tol(tol) -> float:
-    """A finite, non-negative tolerance."""
-    try:
-        value = float(tol)
-    except (TypeError, ValueError):
-        raise TypeError(f"tol must be a non-negative number, got {tol!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    return value
-
-
 def check_float_dtype(dtype) -> np.dtype:
     """``np.float32`` or ``np.float64``, the two dtypes the engine computes in."""
-    checked = np.dtype(dtype)
-    if checked not in (np.dtype(np.float32), np.dtype(np.float64)):
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:  # not a dtype at all: the same message as a wrong one
+        checked = None
+    # "is None" first: np.dtype(None) is float64, so None compares equal to it.
+    if checked is None or checked not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
     return checked
 
 
 def check_step_schedule(tau, kappa) -> tuple[float, float]:
     """SVI's step size ``rho_t = (t + tau)^(-kappa)``: ``tau >= 0``, ``kappa`` in (0.5, 1]."""
-    tau_value, kappa_value = float(tau), float(kappa)
-    if not (np.isfinite(tau_value) and tau_value >= 0):
-        raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+    tau = check_tolerance(tau, "tau")
+    kappa_value = check_tolerance(kappa, "kappa")
     if not 0.5 < kappa_value <= 1.0:
         raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
-    return tau_value, kappa_value
+    return tau, kappa_value

@@ -6,37 +6,56 @@ NMF-based UMAP of a result) and ``demo`` (both, on the bundled pbmc_facs data).
 Contract, for people and for scripts: results on stdout, progress and messages on stderr;
 any error is one line on stderr and exit code 2 (bad input or options), with nothing
 written to the output folder, which appears only once complete (it is built in a
-temporary folder beside it and renamed). Ctrl-C exits with 130 and leaves no partial
-outputs. Set ``VBSNMF_DEBUG=1`` to see the traceback of an unexpected error (exit 1).
+temporary folder beside it and renamed). Nothing else the user owns is written or removed:
+OUTDIR may not be, hold or lie inside an input or the checkpoint (nor be the current
+folder), and ``--checkpoint`` must name an absent path or a vbsnmf checkpoint; such
+mistakes are refused before any work. Ctrl-C exits with 130, SIGTERM (sent by
+``timeout``, SLURM, Docker) with 143 and SIGHUP with 129 (128 + the signal's number, as a
+shell reports a process killed by it), each with one line and no partial outputs, also
+while the command is still starting. Set ``VBSNMF_DEBUG=1`` to see the traceback of an
+unexpected error (exit 1).
+
+Only the standard library is imported here at start-up; numpy, scipy, Numba and the rest
+(seconds to import) load inside `main`, where an interruption is handled.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import VBNMF, __version__, pl, tl
-from .io import ReadError, atomic_directory, read, read_h5ad, write_nmf_tables
-
-# Defaults of the estimator, not copies of them.
-_DEFAULTS = {
-    name: parameter.default for name, parameter in inspect.signature(VBNMF).parameters.items()
-}
+from . import __version__
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
+# Seeds up to 2**32 - 1: what every method's generator takes (scikit-learn's RandomState).
+MAX_SEED = 2**32 - 1
+# UMAP's spectral start needs at least this many cells (3 failed inside scipy).
+MIN_UMAP_CELLS = 4
+# Handled like Ctrl-C, exit code 128 + the signal's number.
+STOP_SIGNALS = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}
 
 
 class UsageError(Exception):
     """A command-line mistake, reported as one line and exit code 2."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C (temporary outputs removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- argument types -------------------------------------------------------------------------
-def _integer(minimum: int):
+def _integer(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -56,9 +75,11 @@ def _integer(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" + ("" if maximum is None else f" and <= {maximum}")
     return parse
 
 
@@ -77,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vbsnmf",
         description="Sparse variational Bayesian NMF of single-cell RNA-seq counts.",
-        epilog="Errors: one line on stderr, exit code 2. Ctrl-C: exit code 130, no partial "
-        "outputs. Run 'vbsnmf COMMAND --help' for each command's options.",
+        epilog="Errors: one line on stderr, exit code 2. Ctrl-C: exit code 130; SIGTERM: "
+        "143; SIGHUP: 129; no partial outputs. Run 'vbsnmf COMMAND --help' for each "
+        "command's options.",
     )
     parser.add_argument("--version", action="version", version=f"vbsnmf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -160,7 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="neighbours per cell (default: 15)",
     )
-    umap.add_argument("--seed", type=_integer(0), default=0, help="UMAP seed (default: 0)")
+    umap.add_argument(
+        "--seed",
+        type=_integer(0, MAX_SEED),
+        default=0,
+        help=f"UMAP seed, 0 to {MAX_SEED} (default: 0)",
+    )
     umap.set_defaults(run=_run_umap)
 
     demo = commands.add_parser(
@@ -186,6 +213,10 @@ def _add_fit_options(
     command, *, outdir_required: bool, default_k: int | None = None, default_max_iter=None
 ) -> None:
     """Options shared by ``fit`` and ``demo``."""
+    from . import tl
+
+    defaults = _estimator_defaults()
+
     command.add_argument(
         "-k",
         "--n-components",
@@ -201,15 +232,15 @@ def _add_fit_options(
         required=outdir_required,
         default=None if outdir_required else "vbsnmf_demo",
         metavar="OUTDIR",
-        help="output folder; must not exist unless --force"
-        + ("" if outdir_required else " (default: vbsnmf_demo)"),
+        help="output folder; must not exist unless --force, nor be or hold the input, the "
+        "checkpoint or the current folder" + ("" if outdir_required else " (default: vbsnmf_demo)"),
     )
     command.add_argument(
         "--solver",
         choices=tl.SOLVERS,
         default="batch",
         help="batch (variational Bayes, default), svi (stochastic VB), or a classical "
-        "solver: " + ", ".join(tl.SOLVERS[2:]),
+        "solver: " + ", ".join(s for s in tl.SOLVERS if s not in VB_SOLVERS),
     )
     command.add_argument(
         "--max-iter",
@@ -217,15 +248,20 @@ def _add_fit_options(
         default=default_max_iter,
         metavar="N",
         help="maximum iterations"
-        + f" (default: {_DEFAULTS['max_iter'] if default_max_iter is None else default_max_iter})",
+        + f" (default: {defaults['max_iter'] if default_max_iter is None else default_max_iter})",
     )
     command.add_argument(
         "--tol",
         type=_tolerance,
         metavar="T",
-        help=f"stop when the relative ELBO change is below T (default: {_DEFAULTS['tol']})",
+        help=f"stop when the relative ELBO change is below T (default: {defaults['tol']})",
     )
-    command.add_argument("--seed", type=_integer(0), default=0, help="random seed (default: 0)")
+    command.add_argument(
+        "--seed",
+        type=_integer(0, MAX_SEED),
+        default=0,
+        help=f"random seed, 0 to {MAX_SEED} (default: 0)",
+    )
     command.add_argument(
         "--threads", type=_integer(1), metavar="T", help="Numba threads (default: all cores)"
     )
@@ -235,7 +271,10 @@ def _add_fit_options(
     svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
     svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
     svi.add_argument(
-        "--checkpoint", metavar="PATH", help="save the variational state to PATH while fitting"
+        "--checkpoint",
+        metavar="PATH",
+        help="save the variational state to PATH while fitting (batch or svi); PATH must be "
+        "absent or a vbsnmf checkpoint, outside the input and OUTDIR",
     )
     svi.add_argument(
         "--resume", action="store_true", help="continue from the state saved at --checkpoint"
@@ -262,25 +301,49 @@ def _fit_params(args) -> dict:
     return params
 
 
-def _check_outdir(outdir: Path, force: bool) -> None:
-    if (outdir.exists() or outdir.is_symlink()) and not force:
-        raise UsageError(f"{outdir} already exists (use --force to replace it)")
-    if not outdir.parent.is_dir():
-        raise UsageError(f"the folder {outdir.parent} for {outdir.name} does not exist")
-    if not os.access(outdir.parent, os.W_OK):
-        raise UsageError(f"cannot write to {outdir.parent} (permission denied)")
+def _estimator_defaults() -> dict:
+    """`vbsnmf.VBNMF`'s defaults, read from its signature (not copies of them)."""
+    import inspect
+
+    from . import VBNMF
+
+    return {name: p.default for name, p in inspect.signature(VBNMF).parameters.items()}
+
+
+def _check_options(args) -> None:
+    """Options that do not apply to the chosen solver, refused before any work."""
+    if args.solver != "svi":
+        for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+            if value is not None:
+                raise UsageError(f"{option} applies to --solver svi, not {args.solver}")
+    if args.solver not in VB_SOLVERS and args.checkpoint is not None:
+        raise UsageError(f"--checkpoint applies to --solver batch or svi, not {args.solver}")
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume needs --checkpoint PATH (the state to resume from)")
+
+
+def _check_paths(args, inputs) -> Path:
+    """The checkpoint and OUTDIR against the inputs (`vbsnmf.io`); returns OUTDIR."""
+    from . import io
+
+    if args.checkpoint is not None:
+        io.check_checkpoint_path(args.checkpoint, inputs)
+    return io.check_outdir(args.outdir, force=args.force, inputs=inputs, checkpoint=args.checkpoint)
 
 
 def _fit(adata, args, quiet: bool) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken."""
     from tqdm.auto import tqdm
 
+    from . import CheckpointMismatchError, tl
+
     params = _fit_params(args)
+    defaults = _estimator_defaults()
     # The callback runs once per iteration (batch) or per epoch (svi).
     if args.solver == "batch":
-        total = params.get("max_iter", _DEFAULTS["max_iter"])
+        total = params.get("max_iter", defaults["max_iter"])
     else:
-        total = params.get("n_epochs", _DEFAULTS["n_epochs"])
+        total = params.get("n_epochs", defaults["n_epochs"])
     bars = []  # created at the first iteration, so input errors print no bar
 
     def progress(n_iter, params, elbo_trace):
@@ -311,9 +374,11 @@ def _fit(adata, args, quiet: bool) -> float:
                 use_raw=args.use_raw,
                 solver=args.solver,
                 random_state=args.seed,
-                callback=progress if args.solver in ("batch", "svi") else None,
+                callback=progress if args.solver in VB_SOLVERS else None,
                 **params,
             )
+        except CheckpointMismatchError as error:
+            raise UsageError(f"{error} (drop --resume)") from None
         finally:
             for bar in bars:
                 bar.close()
@@ -328,6 +393,8 @@ def _fit(adata, args, quiet: bool) -> float:
 
 def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     """result.h5ad, the factor tables, elbo.tsv and params.json into ``folder``."""
+    from . import io
+
     info = adata.uns["nmf"]
     trace = info.get("elbo_trace", [])
     summary = {
@@ -348,8 +415,9 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "seconds": round(seconds, 3),
     }
     adata.write_h5ad(folder / "result.h5ad")
-    write_nmf_tables(adata, folder)
-    (folder / "params.json").write_text(json.dumps(summary, indent=2) + "\n")
+    io.write_nmf_tables(adata, folder)
+    # allow_nan=False: never write Infinity or NaN, which are not JSON.
+    (folder / "params.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
@@ -367,15 +435,23 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
 
 
 def _run_fit(args) -> int:
-    outdir = Path(args.outdir)
-    _check_outdir(outdir, args.force)
+    from .io import atomic_directory, read
+
+    _check_options(args)
     source = Path(args.input)
+    inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
+    outdir = _check_paths(args, inputs)
     adata = read(
         source,
         genes_as_rows=args.genes_as_rows,
         row_names=args.row_names,
         col_names=args.col_names,
     )
+    if adata.X is None and args.layer is None and not args.use_raw:
+        stored = [f"--layer {name}" for name in adata.layers] + (
+            ["--use-raw"] if adata.raw is not None else []
+        )
+        raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
     seconds = _fit(adata, args, args.quiet)
     with atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, str(source), seconds)
@@ -384,10 +460,11 @@ def _run_fit(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from . import datasets
+    from . import datasets, tl
+    from .io import atomic_directory
 
-    outdir = Path(args.outdir)
-    _check_outdir(outdir, args.force)
+    _check_options(args)
+    outdir = _check_paths(args, [])
     adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
     if not args.quiet:
         print(
@@ -407,13 +484,22 @@ def _run_demo(args) -> int:
 
 
 def _run_umap(args) -> int:
+    from . import tl
+    from .io import read_h5ad, real_path
+
     output = Path(args.output)
     _check_figure_path(output)
+    if real_path(output) == real_path(args.result):
+        raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     adata = read_h5ad(args.result)
     tl.fit_info(adata, args.key)  # a KeyError that says to run the fit first
     if args.color is not None and args.color not in adata.obs and args.color not in adata.var_names:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"
         raise UsageError(f"--color {args.color!r} is neither an .obs column ({columns}) nor a gene")
+    if adata.n_obs < MIN_UMAP_CELLS:
+        raise UsageError(
+            f"{args.result} holds {adata.n_obs} cells; a UMAP needs at least {MIN_UMAP_CELLS}"
+        )
     _draw_umap(
         adata, output, color=args.color, key=args.key, n_neighbors=args.n_neighbors, seed=args.seed
     )
@@ -443,7 +529,12 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)
+    from . import pl
+
+    # scanpy's, umap's and matplotlib's notices are not for the person running the command.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)
     plt.close(axes.figure)
 
 
@@ -455,34 +546,51 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _stop(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def _handle_stop_signals() -> dict:
+    """SIGTERM and SIGHUP raise `Stopped` (a KeyboardInterrupt, so everything that cleans
+    up after Ctrl-C cleans up after them); returns the handlers to restore. Only the main
+    thread may set handlers; elsewhere (a test runner's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            previous[number] = signal.signal(number, _stop)
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    0 success, 2 bad input or options (one line on stderr), 130 interrupted, 1 an
-    unexpected internal error.
+    0 success, 2 bad input or options (one line on stderr), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM), 129 hung up (SIGHUP), 1 an unexpected internal error.
     """
-    parser = build_parser()
+    previous = {}
     try:
+        previous = _handle_stop_signals()
+        parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
         return args.run(args)
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Stopped):
+            what = STOP_SIGNALS[signal.Signals(stop.signum).name]
+            print(f"vbsnmf: {what}; no output written", file=sys.stderr)
+            return 128 + stop.signum
         print("vbsnmf: interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice
     # (--solver svi) or a header declaring billions of cells; not an internal error.
-    except (
-        UsageError,
-        ReadError,
-        ValueError,
-        TypeError,
-        KeyError,
-        OSError,
-        MemoryError,
-    ) as error:
+    # ValueError includes vbsnmf.io.ReadError and the checkpoint and path errors.
+    except (UsageError, ValueError, TypeError, KeyError, OSError, MemoryError) as error:
         print(f"vbsnmf: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:
@@ -494,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

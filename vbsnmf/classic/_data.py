@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
-from .._data import stored_dtype
+from .._validation import check_sparse_structure, exact_float_dtype
 from .losses import (
     Q_FLOOR,
     LossSpec,
@@ -36,19 +36,17 @@ from .losses import (
 
 _EMPTY = np.empty(0, dtype=np.float64)
 
-# Values stored as float32 where exact: the sparse products stream every stored entry from
-# memory once per half-step, and at pbmc_facs' size X and its transpose do not stay in cache
-# between them: four bytes less per entry made the pair of products 0.8x the time
-# (same-process A/B). The kernels widen each value to float64 as they read it, so the
-# results are those of float64 storage.
-_stored_dtype = stored_dtype
-
 
 @dataclass
 class SparseEntries:
     """Stored entries in the column tiles of the classical kernels (`_kernels.TILE_COLUMNS`):
     ``indptr`` is (n_tiles, n_rows + 1); values ``data`` (float32 where exact, see
-    `_stored_dtype`) and per-entry ``weights`` (or empty) in the same order."""
+    `_validation.exact_float_dtype`) and per-entry ``weights`` (or empty) in the same order.
+
+    The sparse products stream every stored entry from memory once per half-step, and at
+    pbmc_facs' size X and its transpose do not stay in cache between them: four bytes less
+    per entry made the pair of products 0.8x the time (same-process A/B). The kernels widen
+    each value to float64 as they read it, so the results are those of float64 storage."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -73,14 +71,14 @@ class SparseEntries:
     @classmethod
     def from_csr(cls, matrix, dtype=None) -> SparseEntries:
         """The entries of a CSR matrix with sorted column indices, values stored as
-        ``dtype`` (default: `_stored_dtype`)."""
+        ``dtype`` (default: `_validation.exact_float_dtype`)."""
         return cls._tiled(matrix.indptr, matrix.indices, matrix.data, None, matrix.shape[1], dtype)
 
     @classmethod
     def _tiled(cls, indptr, indices, values, weights, n_cols: int, dtype=None) -> SparseEntries:
         indptr = np.asarray(indptr, dtype=np.int64)
         indices = np.ascontiguousarray(indices, dtype=np.int32)
-        dtype = _stored_dtype(values) if dtype is None else dtype
+        dtype = exact_float_dtype(values) if dtype is None else dtype
         weights = _EMPTY if weights is None else np.ascontiguousarray(weights, np.float64)
         n_tiles = _kernels.tile_count(n_cols)
         if n_tiles == 1:
@@ -141,7 +139,10 @@ class EntryPair:
 
 
 def check_data(X):
-    """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors)."""
+    """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
+    index arrays of a sparse X are checked before scipy reads through them."""
+    if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
+        check_sparse_structure(X, "X")
     X = check_array(
         X,
         accept_sparse=("csr", "csc", "coo"),
@@ -219,7 +220,7 @@ class ClassicData:
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
-        dtype = _stored_dtype(X.data)
+        dtype = exact_float_dtype(X.data)
         # transposed with the stored (possibly float32) values: a smaller temporary
         values = X.data.astype(dtype, copy=False)
         by_cols = SparseEntries.from_csr(

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from .._model import ConvergenceWarning
 from .._utils import warn_user
+from .._validation import check_n_components
 from ._data import ClassicData
 from ._mu import converged, fit_multiplicative
 from ._solvers import STEPS, fit_frobenius
@@ -74,9 +75,14 @@ class NMF(TransformerMixin, BaseEstimator):
     n_iter_ : int
     loss_trace_ : ndarray
         The loss after 0, 1, ..., ``n_iter_`` iterations.
+    loss_ : float
+        The final loss ``D(X, W H)`` as minimised (for Frobenius the *squared* norm),
+        after thinning when ``thin``.
     reconstruction_err_ : float
-        The final loss ``D(X, W H)`` (for Frobenius the *squared* norm), after thinning
-        when ``thin``.
+        What scikit-learn's ``NMF.reconstruction_err_`` means: ``sqrt(2 D)`` with ``D``
+        the beta-divergence in scikit-learn's scale, so for Frobenius the norm
+        ``||X - W H||`` and for Kullback-Leibler ``sqrt(2 KL)``; for the losses
+        scikit-learn lacks, ``sqrt(2 loss_)``.
     """
 
     def __init__(
@@ -150,7 +156,8 @@ class NMF(TransformerMixin, BaseEstimator):
         self.n_features_in_ = n_cols
         self.n_iter_ = n_iter
         self.loss_trace_ = np.asarray(loss_trace)
-        self.reconstruction_err_ = float(final_loss)
+        self.loss_ = float(final_loss)
+        self.reconstruction_err_ = reconstruction_error(spec, final_loss)
         return W
 
     def transform(self, X) -> np.ndarray:
@@ -242,7 +249,9 @@ class NMF(TransformerMixin, BaseEstimator):
         n_components = self.n_components
         if not isinstance(n_components, numbers.Integral) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-        return int(n_components)
+        # More than min(n, m) components cannot lower the loss (X = X I already has rank
+        # min(n, m)), and a huge K would only fill memory.
+        return check_n_components(n_components, data.shape)
 
     def _initial_factors(self, data, n_components, W, H):
         init = self.init or "nndsvda"
@@ -296,6 +305,15 @@ class NMF(TransformerMixin, BaseEstimator):
                 raise ValueError(f"factor_mask[{name!r}] must be a 0/1 array of shape {shape}")
             checked.append(value if name == "W" else np.ascontiguousarray(value.T))
         return checked[0], checked[1]
+
+
+def reconstruction_error(spec: LossSpec, loss: float) -> float:
+    """scikit-learn's ``reconstruction_err_`` of a fit whose final loss is ``loss``:
+    ``sqrt(2 D)``, ``D`` in scikit-learn's scale, where the Frobenius loss is half the
+    squared norm (vbsnmf's ``"frobenius"`` is the squared norm itself); the other losses
+    have one scale in both."""
+    divergence = loss / 2 if spec.name == "frobenius" else loss
+    return float(np.sqrt(2 * max(divergence, 0.0)))
 
 
 def random_init(data: ClassicData, n_components: int, random_state):

@@ -1,7 +1,8 @@
 """Readers for count matrices: a 10x folder, ``.h5ad``, ``.mtx`` / ``.mtx.gz``.
 
 Every reader returns an AnnData with cells as rows (``obs``) and genes as columns
-(``var``), X a CSR matrix of float32 counts, unique ``obs_names`` and ``var_names``.
+(``var``), X a CSR matrix of counts stored exactly (float32 when every count is exact in
+it, as counts up to 2**24 are; else float64), unique ``obs_names`` and ``var_names``.
 Every problem with a file (missing, unreadable, truncated, corrupt, names that do not fit
 the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._validation import check_sparse_structure, exact_float_dtype
 from ._errors import ReadError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -64,7 +66,8 @@ def read(
     Returns
     -------
     AnnData
-        ``X``: CSR float32 counts, cells x genes.
+        ``X``: CSR counts, cells x genes, float32 where that is exact, else float64
+        (an ``.h5ad`` keeps its stored dtype).
 
     Raises
     ------
@@ -193,7 +196,10 @@ def read_mtx(
 def read_h5ad(path: str | os.PathLike):
     """Read an ``.h5ad`` file (cells x genes) into memory; `ReadError` if it cannot be read.
 
-    X is returned as stored except that a missing X is an error; names are made unique.
+    X is returned as stored; names are made unique. X may be missing when layers or
+    ``.raw`` hold the counts. The index arrays of every sparse matrix among X, the layers
+    and ``.raw`` are checked (`vbsnmf._validation.check_sparse_structure`): a damaged one
+    is a `ReadError`, where it would crash the interpreter later.
     """
     import anndata as ad
 
@@ -205,11 +211,27 @@ def read_h5ad(path: str | os.PathLike):
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # h5py/anndata raise many types for corrupt files
+        if "float16" in str(error):
+            raise ReadError(
+                path,
+                "holds a sparse matrix of float16 values, which scipy.sparse cannot hold; "
+                "store it as float32 (exact for every float16 value), e.g. "
+                "adata.X = adata.X.astype('float32') where it was written",
+            ) from None
         raise ReadError(path, f"not a readable .h5ad file ({describe_error(error)})") from None
-    if adata.X is None:
-        raise ReadError(path, "has no X matrix")
+    if adata.X is None and not adata.layers and adata.raw is None:
+        raise ReadError(path, "has no X matrix, layers or .raw")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
+    matrices = {"X": adata.X, **{f"layers[{k!r}]": v for k, v in adata.layers.items()}}
+    if adata.raw is not None:
+        matrices["raw.X"] = adata.raw.X
+    for name, matrix in matrices.items():
+        if sp.issparse(matrix):
+            try:
+                check_sparse_structure(matrix, name)
+            except (ValueError, TypeError) as error:
+                raise ReadError(path, str(error)) from None
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
     return adata
@@ -425,7 +447,8 @@ def mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
 
 
 def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
-    """The matrix of a Matrix Market file as stored (rows x columns), float32, checked."""
+    """The matrix of a Matrix Market file as stored (rows x columns), checked; values
+    float32 where that is exact, else float64."""
     import scipy.io
 
     check_file(path)
@@ -450,7 +473,8 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         raise ReadError(
             path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
         ) from None
-    return sp.coo_matrix(matrix, dtype=np.float32)
+    matrix = sp.coo_matrix(matrix)
+    return matrix.astype(exact_float_dtype(matrix.data))
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -475,11 +499,12 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _anndata(counts, obs_names, var_names, var: pd.DataFrame | None = None):
-    """Cells x genes AnnData with CSR float32 counts and unique names."""
+    """Cells x genes AnnData with CSR counts (float32 where exact) and unique names."""
     import anndata as ad
     from anndata.utils import make_index_unique
 
-    counts = sp.csr_matrix(counts, dtype=np.float32)
+    counts = sp.csr_matrix(counts)
+    counts = counts.astype(exact_float_dtype(counts.data))
     var = pd.DataFrame(index=range(len(var_names))) if var is None else var.reset_index(drop=True)
     var.index = make_index_unique(pd.Index(np.asarray(var_names, dtype=str)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(np.asarray(obs_names, dtype=str))))

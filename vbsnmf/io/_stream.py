@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_counts
+from .._validation import check_counts, check_row_pointers
 from ._errors import ReadError
 from ._read import check_file, check_mtx_size, describe_error, mtx_header, open_binary
 
@@ -36,10 +36,13 @@ _MTX_LINES_PER_CHUNK = 4_000_000
 
 
 class CellSource:
-    """A cells x genes count matrix readable by rows; subclasses implement `_read_range`."""
+    """A cells x genes count matrix readable by rows; subclasses implement `_read_range`.
+
+    ``name`` is what messages call it (the file, for a source opened from a path)."""
 
     shape: tuple[int, int]
     indptr: np.ndarray
+    name: str = "X"
 
     @property
     def n_cells(self) -> int:
@@ -108,6 +111,8 @@ class CompressedRowsSource(CellSource):
         self.indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         self._indices, self._data = group["indices"], group["data"]
         self._owner = owner  # keeps an opened file alive as long as the source
+        n_stored = min(self._indices.shape[0], self._data.shape[0])
+        check_row_pointers(self.indptr, self.shape[0], n_stored, self.name)
 
     def _read_range(self, start, stop):
         return self._indices[int(start) : int(stop)], self._data[int(start) : int(stop)]
@@ -169,14 +174,18 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
             raise ReadError(path, f"corrupt or truncated file ({describe_error(error)})") from None
         raise
     handle_out = h5py.File(spill_path, "r")
-    return CompressedRowsSource(handle_out, owner=(handle_out, spill))
+    source = CompressedRowsSource(handle_out, owner=(handle_out, spill))
+    source.name = str(path)
+    return source
 
 
 def _spill_cells(handle, out, genes_by_cells: bool, n_cells: int, n_genes: int, nnz: int):
     """Copy the entry lines of ``handle`` into the HDF5 group ``out`` as a CSR of cells x
     genes (``indices``, ``data``, ``indptr``); ValueError on a bad entry or count."""
     indices = out.create_dataset("indices", (nnz,), dtype=np.int32)
-    data = out.create_dataset("data", (nnz,), dtype=np.float32)
+    # float64: the spill is written before every count is seen, and float32 would round
+    # counts above 2**24 (16,777,217 became 16,777,216).
+    data = out.create_dataset("data", (nnz,), dtype=np.float64)
     row_counts = np.zeros(n_cells, dtype=np.int64)
     written, last_cell, pending = 0, -1, None
     for block in _mtx_blocks(handle):
@@ -242,9 +251,21 @@ def _write_cells(indices, data, row_counts, cells, genes, values, written: int) 
         raise ValueError(f"the file holds more entries than its header's {len(indices)}")
     order = np.lexsort((genes, cells))
     indices[written:stop] = genes[order].astype(np.int32)
-    data[written:stop] = values[order].astype(np.float32)
+    data[written:stop] = values[order]
     row_counts += np.bincount(cells, minlength=len(row_counts))
     return stop
+
+
+def _named(open_group, path: Path) -> CompressedRowsSource:
+    """``open_group()``, its errors and its later messages naming the file ``path``."""
+    try:
+        source = open_group()
+    except KeyError:
+        raise ValueError(f"{path}: has no X matrix to stream") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    source.name = str(path)
+    return source
 
 
 def open_source(X, *, genes_by_cells: bool = True, spill_dir=None) -> CellSource:
@@ -269,12 +290,12 @@ def open_source(X, *, genes_by_cells: bool = True, spill_dir=None) -> CellSource
             import h5py
 
             handle = h5py.File(path, "r")
-            return CompressedRowsSource(handle["X"], owner=handle)
+            return _named(lambda: CompressedRowsSource(handle["X"], owner=handle), path)
         if name.endswith(".zarr"):
             import zarr
 
             store = zarr.open_group(str(path), mode="r")
-            return CompressedRowsSource(store["X"], owner=store)
+            return _named(lambda: CompressedRowsSource(store["X"], owner=store), path)
         raise ValueError(f"cannot stream {path}: expected .h5ad, .zarr, .mtx(.gz) or a 10x folder")
     try:
         import anndata as ad

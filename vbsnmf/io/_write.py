@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._atomic import atomic_file
+from .._atomic import atomic_file
 
 
 def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> list[Path]:

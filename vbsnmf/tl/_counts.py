@@ -67,14 +67,15 @@ def _where_counts_are(adata, source: str) -> str:
     )
 
 
-def check_count_matrix(adata, matrix, source: str):
-    """``matrix`` validated as non-negative integer counts; `ValueError` otherwise.
+def check_count_matrix(adata, matrix, source: str, fit_dtype=np.float64):
+    """``matrix`` validated as non-negative integer counts for a fit of ``fit_dtype`` (its
+    largest count included); `ValueError` otherwise.
 
     Unlike `VBNMF`, which only warns on non-integers, the scanpy tools refuse them: on an
     AnnData, non-integer values almost always mean normalised or log-transformed ``X``.
     """
     try:
-        checked = check_counts(matrix, name=source, warn_non_integer=False)
+        checked = check_counts(matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype)
     except ValueError as error:
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"

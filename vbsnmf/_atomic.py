@@ -1,0 +1,136 @@
+"""Atomic outputs: write into a temporary path beside the target, rename at the end.
+
+A reader of the target sees either the old file (or none) or the complete new one, never
+a partial write, also when the writer is interrupted (Ctrl-C, or SIGTERM / SIGHUP, which
+the command line turns into the same exception) or fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+Made = TypeVar("Made")
+# Signals whose handlers raise (Ctrl-C; SIGTERM and SIGHUP in vbsnmf.cli): held while a
+# temporary path is created, so the exception cannot fall between its creation and the
+# code that removes it (a signal during mkdir otherwise left an empty ".out.XXXX.tmp").
+_HELD = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold the interrupting signals during the block (several steps that must all happen
+    or none); one that arrives meanwhile is raised when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def owned_temporary(make: Callable[[], Made], remove: Callable[[Made], None]) -> Iterator[Made]:
+    """Yield ``make()``; ``remove(it)`` runs when the block ends, on success too (after a
+    rename there is nothing left to remove) and on any exception, KeyboardInterrupt
+    included. The interrupting signals are held until ``make()``'s result is owned, so
+    one that arrives meanwhile is raised only once ``remove`` is sure to run.
+    """
+    made, owned = None, False
+    try:
+        with held_signals():
+            made = make()
+            owned = True
+        yield made
+    finally:
+        if owned:
+            remove(made)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_permissions(path: Path, *, folder: bool) -> None:
+    """What ``open``/``mkdir`` would have given (mkstemp/mkdtemp make private 0600/0700)."""
+    path.chmod((0o777 if folder else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
+
+    The suffix of ``target`` is kept (writers such as matplotlib pick the format from it).
+    The file is flushed to disk before the rename, so even a crash of the machine leaves
+    the old file or the complete new one. On any exception, including `KeyboardInterrupt`,
+    the temporary file is removed. Every output of vbsnmf, checkpoints included, is
+    written through this.
+    """
+    target = Path(target)
+
+    def make() -> Path:
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        )
+        os.close(handle)
+        return Path(temporary)
+
+    with owned_temporary(make, lambda path: path.unlink(missing_ok=True)) as temporary:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        _default_permissions(temporary, folder=False)
+        os.replace(temporary, target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it becomes ``target``.
+
+    With ``overwrite``, an existing ``target`` is replaced only once the new folder is
+    complete. On any exception, including `KeyboardInterrupt`, the temporary folder is
+    removed and ``target`` is left as it was.
+
+    Raises
+    ------
+    FileExistsError
+        ``target`` exists and ``overwrite`` is false (checked before and after the work).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists (use --force to replace it)")
+
+    def make() -> Path:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+
+    def remove(temporary: Path) -> None:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+    with owned_temporary(make, remove) as temporary:
+        yield temporary
+        _default_permissions(temporary, folder=True)
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{target} appeared while writing (use --force)")
+            with held_signals():  # the old target out and the new one in, or neither
+                retired = Path(
+                    tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+                )
+                os.replace(target, retired / "previous")
+                os.replace(temporary, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(temporary, target)

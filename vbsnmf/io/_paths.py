@@ -1,0 +1,162 @@
+"""Where a fit may write: checked against what it reads, before any work.
+
+Nothing the user owns is written to or removed except OUTDIR (replaced only with
+``--force``) and a checkpoint path that is absent or holds a vbsnmf checkpoint. Paths are
+compared by their real location (symbolic links resolved), so a link to the input is the
+input; an input may be a file or a folder (a 10x folder).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .._atomic import owned_temporary
+
+
+class UnsafePathError(ValueError):
+    """An output path would overwrite, remove or write into something the user owns."""
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """``path`` with every symbolic link resolved, existing or not."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _relation(target: Path, other: Path) -> str | None:
+    """How the real paths ``target`` and ``other`` overlap: ``"is"``, ``"lies inside"``,
+    ``"contains"``, or None."""
+    if target == other:
+        return "is"
+    if other in target.parents:
+        return "lies inside"
+    if target in other.parents:
+        return "contains"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Hard links and bind mounts: the same file under another real path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """Raise `UnsafePathError` if ``path`` is, lies inside or contains one of ``owned``
+    (pairs of a description, e.g. ``"the input"``, and a path)."""
+    real = real_path(path)
+    for description, other in owned:
+        other_real = real_path(other)
+        relation = _relation(real, other_real)
+        if relation is None and _same_file(real, other_real):
+            relation = "is"
+        if relation is not None:
+            raise UnsafePathError(
+                f"{label} {path} {relation} {description} {other}: it would be overwritten "
+                "or removed; choose a path outside it"
+            )
+
+
+def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) -> Path:
+    """Check a checkpoint path before a fit writes to it; return it as a `Path`.
+
+    It must not be, lie inside or contain an input, nor be a folder or a broken link; if
+    a file is there it must be a vbsnmf checkpoint (it will be overwritten, or resumed
+    from). An absent path is fine: it is created.
+
+    Raises
+    ------
+    UnsafePathError
+        The path is an input, inside one, or a folder.
+    vbsnmf._checkpoint.CheckpointError
+        A file is there that is not a vbsnmf checkpoint.
+    """
+    from .._checkpoint import read_checkpoint_meta
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
+    _check_apart("checkpoint", path, (("the input", i) for i in inputs))
+    if path.is_symlink() and not path.exists():
+        raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
+    if path.exists():
+        read_checkpoint_meta(path)
+    # Where it will be written: its folder, or the nearest existing folder above (the
+    # writer creates the rest). A temporary file of the writer's name is made and removed
+    # there, so that a name too long or a folder that cannot be written (read-only, /proc)
+    # is reported now, not at the first save after an iteration or epoch.
+    ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
+    if not ancestor.is_dir():
+        raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
+    try:
+        with owned_temporary(
+            lambda: tempfile.mkstemp(prefix=f".{path.name}.", dir=ancestor),
+            lambda made: (os.close(made[0]), os.unlink(made[1])),
+        ):
+            pass
+    except OSError as error:
+        raise UnsafePathError(
+            f"cannot write checkpoint {path}: {error.strerror or error} (in {ancestor})"
+        ) from None
+    return path
+
+
+def check_outdir(
+    outdir: str | os.PathLike,
+    *,
+    force: bool = False,
+    inputs: Iterable = (),
+    checkpoint: str | os.PathLike | None = None,
+) -> Path:
+    """Check an output folder before any work; return it as a `Path`.
+
+    OUTDIR must not be, lie inside or contain an input or the checkpoint, nor be the
+    current folder, one holding it, or a mount point; it may exist only with ``force``
+    (then it must be a folder, replaced once the new one is complete). A temporary folder
+    of the name the writer uses is created and removed beside it, so that a name too long
+    for the file system, a read-only or pseudo file system (``/proc``) or a missing
+    permission is reported now, not after the fit.
+
+    Raises
+    ------
+    UnsafePathError
+        Any of the above, with the reason.
+    """
+    path = Path(outdir)
+    real = real_path(path)
+    working = real_path(os.getcwd())
+    if real == working or real in working.parents:
+        raise UnsafePathError(
+            f"OUTDIR {outdir} is the current folder or holds it; name a new folder"
+        )
+    owned = [("the input", i) for i in inputs]
+    if checkpoint is not None:
+        owned.append(("the checkpoint", checkpoint))
+    _check_apart("OUTDIR", path, owned)
+    if os.path.ismount(real):
+        raise UnsafePathError(f"OUTDIR {outdir} is a mount point; name a folder inside it")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
+        if not path.is_dir():
+            raise UnsafePathError(f"OUTDIR {outdir} exists and is not a folder")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
+    try:
+        with owned_temporary(
+            lambda: tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent), os.rmdir
+        ):
+            pass
+    except OSError as error:
+        raise UnsafePathError(
+            f"cannot create {outdir}: {error.strerror or error} (in {parent})"
+        ) from None
+    return path
+
+
+__all__ = ["UnsafePathError", "check_checkpoint_path", "check_outdir", "real_path"]

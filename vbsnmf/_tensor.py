@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import digamma
 
 from . import _kernels, _model
 from ._checkpoint import CheckpointError, rng_from_json, rng_state_json
@@ -212,6 +213,14 @@ def as_tensor_data(
 
 
 # -- the pass over the nonzeros -----------------------------------------------------------
+def mode_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The tensor kernel's tables of one mode: ``E[log]`` (its log-space path), then
+    `_model.side_moments`' ``exp(E[log])`` over its row maximum (padded) and that maximum."""
+    scaled, logmax, _, log_rate = _model.side_moments(shape, rate)
+    elog = (digamma(shape) - log_rate).astype(shape.dtype, copy=False)
+    return elog, scaled, logmax
+
+
 def stack_moments(moments: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
     """The `_model.side_moments` of several modes as one stacked table each (the kernel's
     minor tables: ``E[log]``, scaled ``exp(E[log])``, row maxima)."""
@@ -242,7 +251,7 @@ def _pass(data: TensorData, major_moments, minor_moments, n_chunks: int):
         minor_elog,
         _model._TINY[np.dtype(dtype)],
         data.shape[data.minor_modes[0]],
-        _kernels.minor_block_rows(minor_scaled.shape[1]),
+        _kernels.minor_block_rows(minor_scaled.shape[1], minor_scaled.dtype.itemsize),
         major_stat,
         minor_partial,
         data_partial,
@@ -261,7 +270,7 @@ def shape_statistics(
 ) -> tuple[list[np.ndarray], float]:
     """updateA's pass: ``sum y phi`` per mode (n_d x K each) and the data term
     ``sum_n y_n log sum_l exp(sum_d E[log v^(d)]) - lgamma(y_n + 1)`` under ``params``."""
-    moments = [_model.side_moments(s, r) for s, r in zip(params.shapes, params.rates)]
+    moments = [mode_moments(s, r) for s, r in zip(params.shapes, params.rates)]
     minor = stack_moments([moments[d] for d in data.minor_modes])
     return _pass(data, moments[data.major], minor, n_chunks)
 
@@ -655,12 +664,12 @@ def fit_local(
     others = _product_except(params.column_sums(), local)
     local_rate = _model.side_rate(prior, others, dtype)
     minor = stack_moments(
-        [_model.side_moments(params.shapes[d], params.rates[d]) for d in batch.minor_modes]
+        [mode_moments(params.shapes[d], params.rates[d]) for d in batch.minor_modes]
     )
     shape = np.array(local_shape, dtype=dtype)
     previous = None
     for iteration in range(max_iter + 1):
-        stats, data_term = _pass(batch, _model.side_moments(shape, local_rate), minor, n_chunks)
+        stats, data_term = _pass(batch, mode_moments(shape, local_rate), minor, n_chunks)
         local_mean_sum, local_kl = _model.side_terms(shape, local_rate, prior)
         current = data_term - float((local_mean_sum * others).sum()) - local_kl
         if iteration == max_iter or (

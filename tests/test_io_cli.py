@@ -729,8 +729,9 @@ def test_readers_keep_counts_that_float32_cannot_hold(tmp_path, capsys):
     folder = tmp_path / "tenx"
     folder.mkdir()
     (folder / "matrix.mtx.gz").write_bytes(gzip.compress(mtx.read_bytes()))
-    (folder / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
-    (folder / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(3)))
+    features = "".join(f"g{i}\tG{i}\tGene Expression\n" for i in range(3))
+    (folder / "features.tsv.gz").write_bytes(gzip.compress(features.encode()))
+    (folder / "barcodes.tsv.gz").write_bytes(gzip.compress(b"c0\nc1\nc2\n"))
     for adata in (vbsnmf.io.read(mtx, genes_as_rows=False), vbsnmf.io.read(folder)):
         assert sorted(adata.X.data) == sorted(exact)
     real = tmp_path / "real.mtx"

@@ -154,7 +154,8 @@ def open_mtx(path, *, genes_by_cells: bool = True, spill_dir=None) -> Compressed
     spill = tempfile.TemporaryDirectory(prefix="vbsnmf-stream-", dir=spill_dir)
     spill_path = os.path.join(spill.name, "cells.h5")
     try:
-        fmt, field, size = mtx_header(path)  # the io reader's checks of banner and size
+        header = mtx_header(path)  # the io reader's checks of banner and size
+        fmt, field, size = header.fmt, header.field, header.size
         if fmt != "coordinate" or field not in ("integer", "real", "double"):
             raise ReadError(path, f"streaming reads coordinate integer or real files, not {field}")
         # before the spill file is sized for the entries; 16 bytes a cell: counts, indptr

@@ -5,20 +5,21 @@ Three parts, each measured in fresh processes (peak RSS is the process's own):
 ``series``   k x pbmc_facs (cells resampled by `make_big.py`) for k in ``--factors``:
              batch VB seconds per iteration (median over ``--iters`` iterations after
              the first) and peak RSS at K; the log-log slope of time against nonzeros.
-``seed``     a matrix built by ``make_big.py`` at seed 001's shape, read from ``--data``
-             (an .h5ad): batch VB s/iter and peak RSS for ``--iters`` iterations; then the
-             streaming cells-form SVI reading the same file backed (never loaded): seconds
-             per minibatch step and peak RSS over ``--svi-steps`` steps.
+``atlas``    a matrix built by ``make_big.py`` at the Bischoff et al. 2021 lung atlas
+             shape, read from ``--data`` (an .h5ad): batch VB s/iter and peak RSS for
+             ``--iters`` iterations; then the streaming cells-form SVI reading the same
+             file backed (never loaded): seconds per minibatch step and peak RSS over
+             ``--svi-steps`` steps.
 ``forms``    the SVI forms against batch VB on pbmc_facs at K: the ELBO after every epoch,
              its gap to batch VB's final ELBO, and the time to come within 1 % of it.
-``converge`` the same race on the ``--data`` matrix (seed 001's shape): batch VB to its
+``converge`` the same race on the ``--data`` matrix (the lung atlas shape): batch VB to its
              stopping rule (default ``tol``, ``--max-iter``), then each SVI form for
              ``--epochs`` (cells form streamed from the file; the nonzero forms in memory,
              ``--nonzero-epochs``), every epoch's ELBO with its wall time and the time to
              come within 1 % of batch VB's final ELBO. Times include the ELBO evaluations.
 
     python benchmarks/bench_scale.py series --factors 1,2,4,8 --workdir /tmp/scale
-    python benchmarks/bench_scale.py seed --data /tmp/big/big.h5ad
+    python benchmarks/bench_scale.py atlas --data /tmp/big/big.h5ad
     python benchmarks/bench_scale.py forms --epochs 8
     python benchmarks/bench_scale.py converge --data /tmp/big/big.h5ad --epochs 4
 """
@@ -150,7 +151,7 @@ def series(args) -> None:
     print(f"\nlog-log slope against nonzeros: wall {slope:.3f}, CPU {cpu_slope:.3f}")
 
 
-def seed(args) -> None:
+def atlas(args) -> None:
     batch = in_fresh_process(_batch_timing, args.data, args.k, args.iters, args.threads)
     print(json.dumps({"batch": batch}), flush=True)
     stream = in_fresh_process(
@@ -243,20 +244,20 @@ def forms(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["series", "seed", "forms", "converge"])
+    parser.add_argument("part", choices=["series", "atlas", "forms", "converge"])
     parser.add_argument("--k", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--factors", default="1,2,4,8")
     parser.add_argument("--workdir", help="where series writes its matrices (a temp dir)")
-    parser.add_argument("--data", help="seed: the .h5ad written by make_big.py")
+    parser.add_argument("--data", help="atlas, converge: the .h5ad written by make_big.py")
     parser.add_argument("--svi-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--nonzero-epochs", type=int, default=20)
     parser.add_argument("--max-iter", type=int, default=200, help="converge: batch VB's cap")
     args = parser.parse_args()
-    parts = {"series": series, "seed": seed, "forms": forms, "converge": converge}
+    parts = {"series": series, "atlas": atlas, "forms": forms, "converge": converge}
     parts[args.part](args)
 
 

@@ -1,22 +1,11 @@
-"""Shared fixtures: the real data sets (bundled copies and ``../shared/data``)."""
+"""Shared fixtures: the real data sets the package bundles (`vbsnmf.datasets`), so that the
+tests need nothing beside a fresh clone."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 import vbsnmf
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` beside the project root (CI clones main with shared/ beside it)."""
-    assert SHARED_DATA.is_dir(), f"expected the shared data at {SHARED_DATA}"
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

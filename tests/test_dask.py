@@ -264,6 +264,8 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
         vbsnmf.tl.nmf(in_memory, 3, max_iter=3, tol=0.0, random_state=0, prior="gamma")
         lazy = ad.AnnData(da.from_array(tiny_counts, chunks=(300, -1)))
         lazy.uns["nmf"] = in_memory.uns["nmf"]
+        lazy.obsm["nmf_cell_shape"] = in_memory.obsm["nmf_cell_shape"]
+        lazy.varm["nmf_gene_shape"] = in_memory.varm["nmf_gene_shape"]
         vbsnmf.tl.nmf(lazy, 3, warm_start=True, max_iter=5, tol=0.0, prior="gamma")
         vbsnmf.tl.nmf(
             in_memory, 3, warm_start=True, max_iter=5, tol=0.0, n_threads=1, prior="gamma"
@@ -271,6 +273,13 @@ def test_tl_nmf_dispatches_anndata_with_dask_x(client, tiny_counts):
     assert isinstance(lazy.obsm["X_nmf"], da.Array)
     np.testing.assert_allclose(lazy.obsm["X_nmf"].compute(), in_memory.obsm["X_nmf"], rtol=1e-9)
     np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
+    np.testing.assert_allclose(
+        lazy.obsm["X_nmf_usage"].compute(), in_memory.obsm["X_nmf_usage"], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        lazy.uns["nmf"]["factor_share"], in_memory.uns["nmf"]["factor_share"]
+    )
+    np.testing.assert_array_equal(lazy.var["nmf_total_counts"], in_memory.var["nmf_total_counts"])
     expected_trace = in_memory.uns["nmf"]["elbo_trace"]
     assert expected_trace.shape == (8,)
     np.testing.assert_allclose(lazy.uns["nmf"]["elbo_trace"], expected_trace, rtol=1e-9)

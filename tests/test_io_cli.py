@@ -24,14 +24,13 @@ import vbsnmf
 from vbsnmf import cli
 from vbsnmf.io import ReadError
 
-TINY_10X = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc_tiny_v3"
+TINY_10X = vbsnmf.datasets.data_dir("pbmc_tiny_v3")  # the bundled 10x folder
 FIT_OPTIONS = ["-k", "3", "--max-iter", "8", "--threads", "2", "--seed", "1", "--quiet"]
 
 
 # -- input files ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_folder(shared_data) -> Path:
-    assert (shared_data / "pbmc_tiny_v3") == TINY_10X
+def tiny_folder() -> Path:
     return TINY_10X
 
 

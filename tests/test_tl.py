@@ -36,21 +36,57 @@ def _log_normalised(adata):
 
 
 # -- fields --------------------------------------------------------------------------------
+def _stored_variational(adata, key="nmf"):
+    """The Gamma parameters and the prior where `tl.nmf` documents them: rates in ``.uns``
+    under the fixed prior, per cell and gene in ``.obsm`` / ``.varm`` under the learned one,
+    with q of the scales there and the hyperparameters in ``.uns``."""
+    stored = adata.uns[key]["variational"]
+    params = {
+        "cell_shape": adata.obsm[f"{key}_cell_shape"],
+        "gene_shape": adata.varm[f"{key}_gene_shape"],
+    }
+    if stored["prior"] == "gamma":
+        names = ("cell_rate", "gene_rate", "prior_shape", "prior_rate")
+        return params | {name: stored[name] for name in names}
+    for side, where in (("cell", adata.obsm), ("gene", adata.varm)):
+        params[f"{side}_rate"] = where[f"{key}_{side}_rate"]
+        for name in (f"{side}_scale_shape", f"{side}_scale_rate"):
+            params[name] = where[f"{key}_{name}"][:, 0]
+        for name in ("factor_shape", "scale_prior_shape", "scale_prior_mean"):
+            params[f"{side}_{name}"] = stored[f"{side}_{name}"]
+    return params
+
+
 def test_nmf_fields_shapes_and_values(pbmc_tiny):
     returned = _quiet_nmf(pbmc_tiny, 4, random_state=3, **TINY_FIT)
     assert returned is None
+    n_obs, n_vars = pbmc_tiny.shape
     cell_factors, gene_loadings = pbmc_tiny.obsm["X_nmf"], pbmc_tiny.varm["NMF"]
-    assert cell_factors.shape == (pbmc_tiny.n_obs, 4)
-    assert gene_loadings.shape == (pbmc_tiny.n_vars, 4)
+    assert cell_factors.shape == pbmc_tiny.obsm["X_nmf_usage"].shape == (n_obs, 4)
+    assert gene_loadings.shape == (n_vars, 4)
     info = pbmc_tiny.uns["nmf"]
     assert info["params"]["n_components"] == 4 and info["params"]["solver"] == "batch"
     assert info["n_iter"] == 12 == len(info["elbo_trace"])
     assert not info["converged"]
-    assert list(info["var_names"]) == list(pbmc_tiny.var_names)
-    variational = info["variational"]
-    assert variational["cell_shape"].shape == (pbmc_tiny.n_obs, 4)
-    assert variational["gene_shape"].shape == (pbmc_tiny.n_vars, 4)
+    assert (info["obsm_key"], info["usage_key"], info["varm_key"]) == (
+        "X_nmf",
+        "X_nmf_usage",
+        "NMF",
+    )
+    variational = _stored_variational(pbmc_tiny)
+    assert variational["cell_shape"].shape == (n_obs, 4)
+    assert variational["gene_shape"].shape == (n_vars, 4)
     assert variational["cell_rate"].shape == variational["gene_rate"].shape == (4,)
+
+    # Only K-sized things and settings in .uns: nothing there has a cells or genes axis.
+    def sizes(tree):
+        for value in tree.values():
+            if isinstance(value, dict):
+                yield from sizes(value)
+            else:
+                yield np.shape(value)
+
+    assert not any(n_obs in shape or n_vars in shape for shape in sizes(info))
     # Posterior means are shape / rate of the stored Gamma parameters.
     np.testing.assert_allclose(cell_factors, variational["cell_shape"] / variational["cell_rate"])
     np.testing.assert_allclose(gene_loadings, variational["gene_shape"] / variational["gene_rate"])
@@ -62,18 +98,72 @@ def test_nmf_fields_shapes_and_values(pbmc_tiny):
     np.testing.assert_allclose(gene_loadings, model.components_.T, rtol=1e-12)
     np.testing.assert_allclose(info["elbo_trace"], model.elbo_trace_, rtol=1e-12)
     assert np.all(np.diff(info["elbo_trace"]) >= 0)
+    # Each gene's total count in the data.
+    np.testing.assert_array_equal(
+        pbmc_tiny.var["nmf_total_counts"], np.asarray(pbmc_tiny.X.sum(axis=0)).ravel()
+    )
+
+
+def test_usage_factor_share_and_active(pbmc_tiny):
+    """Usages, shares and the active flag against loops over cells and factors."""
+    _quiet_nmf(pbmc_tiny, 5, **TINY_FIT)
+    info = pbmc_tiny.uns["nmf"]
+    z, w = pbmc_tiny.obsm["X_nmf"], pbmc_tiny.varm["NMF"]
+    usage = pbmc_tiny.obsm["X_nmf_usage"]
+    for cell in (0, 17, 1106):
+        np.testing.assert_allclose(usage[cell], z[cell] / sum(z[cell]), rtol=1e-12)
+    np.testing.assert_allclose(usage.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf_sqrt_usage"] ** 2, usage, rtol=1e-12)
+    assert info["sqrt_usage_key"] == "X_nmf_sqrt_usage"
+    # share_l = sum_i z_il * sum_j w_jl over its sum over factors
+    expected = np.array([sum(z[:, l]) * sum(w[:, l]) for l in range(5)])
+    np.testing.assert_allclose(info["factor_share"], expected / expected.sum(), rtol=1e-10)
+    # Default threshold: the prior's floor (the fitted count of a factor explaining no data,
+    # here by iterating its two updates to their fixed point) plus five typical cells'
+    # fitted counts (the median), over all fitted counts.
+    n, m = pbmc_tiny.shape
+    total_z = total_w = 1.0
+    for _ in range(10_000):
+        total_z, total_w = n / (1 + total_w), m / (1 + total_z)  # prior_shape = rate = 1
+    fitted_per_cell = [float(z[i] @ w.sum(axis=0)) for i in range(pbmc_tiny.n_obs)]
+    threshold = (total_z * total_w + 5 * np.median(fitted_per_cell)) / expected.sum()
+    assert info["min_share"] == pytest.approx(threshold, rel=1e-10)
+    np.testing.assert_array_equal(info["active"], info["factor_share"] > threshold)
+    # The learned prior's switched-off factors fit nearly nothing: no floor.
+    _quiet_nmf(pbmc_tiny, 5, max_iter=12, n_threads=2)
+    info = pbmc_tiny.uns["nmf"]
+    z, w = pbmc_tiny.obsm["X_nmf"], pbmc_tiny.varm["NMF"]
+    fitted_per_cell = z @ w.sum(axis=0)
+    threshold = 5 * np.median(fitted_per_cell) / fitted_per_cell.sum()
+    assert info["min_share"] == pytest.approx(threshold, rel=1e-10)
+    # min_share chooses the threshold.
+    _quiet_nmf(pbmc_tiny, 5, min_share=0.0, **TINY_FIT)
+    assert pbmc_tiny.uns["nmf"]["active"].all()
+    cut = float(np.sort(pbmc_tiny.uns["nmf"]["factor_share"])[2])
+    _quiet_nmf(pbmc_tiny, 5, min_share=cut, **TINY_FIT)
+    assert pbmc_tiny.uns["nmf"]["active"].sum() == 2 and pbmc_tiny.uns["nmf"]["min_share"] == cut
+    for bad, error in ((1.0, ValueError), (-0.1, ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match="min_share"):
+            tl.nmf(pbmc_tiny, 5, min_share=bad)
 
 
 def test_result_survives_h5ad_round_trip(pbmc_tiny, tmp_path):
     _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
     pbmc_tiny.write_h5ad(tmp_path / "fit.h5ad")
     back = ad.read_h5ad(tmp_path / "fit.h5ad")
-    np.testing.assert_array_equal(back.obsm["X_nmf"], pbmc_tiny.obsm["X_nmf"])
-    np.testing.assert_array_equal(
-        back.uns["nmf"]["variational"]["gene_shape"],
-        pbmc_tiny.uns["nmf"]["variational"]["gene_shape"],
-    )
+    for field in ("X_nmf", "X_nmf_usage", "X_nmf_sqrt_usage", "nmf_cell_shape"):
+        np.testing.assert_array_equal(back.obsm[field], pbmc_tiny.obsm[field])
+    np.testing.assert_array_equal(back.varm["nmf_gene_shape"], pbmc_tiny.varm["nmf_gene_shape"])
+    np.testing.assert_array_equal(back.uns["nmf"]["active"], pbmc_tiny.uns["nmf"]["active"])
     assert back.uns["nmf"]["params"]["max_iter"] == 12
+    # The round-tripped fit still continues and projects.
+    tl.project(back[:20].copy(), back)
+    _quiet_nmf(back, 3, warm_start=True, max_iter=1, n_threads=2)
+    assert back.uns["nmf"]["n_iter"] == 13
+    # A warm start keeps the stored fit's prior; another one is refused.
+    assert back.uns["nmf"]["params"]["prior"] == "gamma"
+    with pytest.raises(ValueError, match="stored fit used prior='gamma'"):
+        tl.nmf(back, 3, warm_start=True, prior="hierarchical")
 
 
 def test_key_added_names_the_three_fields(pbmc_tiny):
@@ -81,8 +171,10 @@ def test_key_added_names_the_three_fields(pbmc_tiny):
     assert "X_programs" in pbmc_tiny.obsm and "programs" in pbmc_tiny.varm
     assert "programs" in pbmc_tiny.uns
     assert "X_nmf" not in pbmc_tiny.obsm and "nmf" not in pbmc_tiny.uns
-    table = tl.top_genes(pbmc_tiny, 4, key="programs")
-    assert table.shape == (12, 3)
+    assert "X_programs_usage" in pbmc_tiny.obsm and "X_programs_sqrt_usage" in pbmc_tiny.obsm
+    assert "programs_gene_shape" in pbmc_tiny.varm
+    table = tl.top_genes(pbmc_tiny, 4, key="programs", include_inactive=True)
+    assert table.shape == (12, 4)
     with pytest.raises(KeyError, match="key_added='other'"):
         tl.top_genes(pbmc_tiny, key="other")
 
@@ -137,14 +229,19 @@ def test_layer_and_raw_selection_and_the_normalised_x_error(pbmc_tiny):
 
 
 def test_raw_with_more_genes_than_x(pbmc_tiny):
-    """Loadings of raw genes not in var_names stay in .uns; .varm follows var_names."""
+    """A fit of .raw keeps its gene side over the raw genes in .raw.varm; .varm follows
+    var_names."""
     subset = pbmc_tiny[:, 100:300].copy()
     subset.raw = pbmc_tiny
     _quiet_nmf(subset, 3, use_raw=True, **TINY_FIT)
     info = subset.uns["nmf"]
-    assert info["variational"]["gene_shape"].shape == (pbmc_tiny.n_vars, 3)
-    full_loadings = info["variational"]["gene_shape"] / info["variational"]["gene_rate"]
+    gene_shape = subset.raw.varm["nmf_gene_shape"]
+    assert gene_shape.shape == (pbmc_tiny.n_vars, 3)
+    full_loadings = gene_shape / info["variational"]["gene_rate"]
+    np.testing.assert_allclose(subset.raw.varm["NMF"], full_loadings)
     np.testing.assert_allclose(subset.varm["NMF"], full_loadings[100:300])
+    assert subset.raw.var["nmf_total_counts"].shape == (pbmc_tiny.n_vars,)
+    assert set(tl.top_genes(subset, 50, min_counts=0)["gene"]) - set(subset.var_names)
 
 
 def test_negative_and_nan_counts_are_refused(pbmc_tiny):
@@ -188,6 +285,116 @@ def test_warm_start_continues_the_stored_fit(pbmc_tiny):
     np.testing.assert_allclose(twice.obsm["X_nmf"], once.obsm["X_nmf"], rtol=1e-10)
 
 
+def test_warm_start_and_project_after_subsetting_cells_or_genes(pbmc_tiny):
+    """A fit follows the AnnData when it is subset: a[:500].copy() continues from the
+    stored parameters of its 500 cells, and projects as the full reference does."""
+    # Plain coordinate ascent: every iteration is one step, so the counts below are exact.
+    options = {"n_threads": 2, "random_state": 5, "accelerate": False}
+    _quiet_nmf(pbmc_tiny, 5, max_iter=10, **options)
+    stored = _stored_variational(pbmc_tiny)
+    subset = pbmc_tiny[:500].copy()
+    _quiet_nmf(subset, 5, max_iter=4, warm_start=True, **options)
+    assert subset.uns["nmf"]["n_iter"] == 14
+    model = vbsnmf.VBNMF(5, max_iter=4, **options)
+    init = dict(stored, cell_shape=stored["cell_shape"][:500])
+    for name in ("cell_rate", "cell_scale_shape", "cell_scale_rate"):
+        init[name] = stored[name][:500]
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        model.fit(subset.X, init=init)
+    np.testing.assert_allclose(subset.obsm["X_nmf"], model.cell_shape_ / model.cell_rate_)
+    np.testing.assert_allclose(subset.uns["nmf"]["elbo_trace"][10:], model.elbo_trace_)
+
+    new_cells = pbmc_tiny[600:650].copy()
+    from_full = tl.project(new_cells, pbmc_tiny, copy=True, n_threads=2)
+    from_subset = tl.project(new_cells, pbmc_tiny[:500].copy(), copy=True, n_threads=2)
+    np.testing.assert_array_equal(from_subset.obsm["X_nmf"], from_full.obsm["X_nmf"])
+    np.testing.assert_allclose(from_full.obsm["X_nmf_usage"].sum(axis=1), 1.0)
+    np.testing.assert_allclose(
+        from_full.obsm["X_nmf_sqrt_usage"] ** 2, from_full.obsm["X_nmf_usage"]
+    )
+
+    genes = pbmc_tiny[:, :300].copy()
+    _quiet_nmf(genes, 5, max_iter=2, warm_start=True, **options)
+    model = vbsnmf.VBNMF(5, max_iter=2, **options)
+    init = dict(stored, gene_shape=stored["gene_shape"][:300])
+    for name in ("gene_rate", "gene_scale_shape", "gene_scale_rate"):
+        init[name] = stored[name][:300]
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        model.fit(genes.X, init=init)
+    np.testing.assert_allclose(genes.varm["NMF"], model.components_.T)
+
+    with pytest.raises(ValueError, match=r"warm_start: adata\.uns has no fit 'other'"):
+        tl.nmf(genes, 5, key_added="other", warm_start=True)
+
+
+# -- mask_var -------------------------------------------------------------------------------
+def _with_hvg(adata, n_genes=200):
+    """A boolean highly_variable column (the n_genes genes with the most counts)."""
+    totals = np.asarray(adata.X.sum(axis=0)).ravel()
+    adata.var["highly_variable"] = np.isin(np.arange(adata.n_vars), np.argsort(-totals)[:n_genes])
+    return adata.var["highly_variable"].to_numpy()
+
+
+def test_mask_var_fits_only_those_genes(pbmc_tiny):
+    mask = _with_hvg(pbmc_tiny)
+    X = pbmc_tiny.X
+    _quiet_nmf(pbmc_tiny, 3, mask_var="highly_variable", **TINY_FIT)
+    assert pbmc_tiny.X is X  # no copy of the AnnData
+    assert pbmc_tiny.uns["nmf"]["params"]["mask_var"] == "highly_variable"
+    alone = _quiet_nmf(pbmc_tiny[:, mask].copy(), 3, copy=True, **TINY_FIT)
+    np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf"], alone.obsm["X_nmf"], rtol=1e-12)
+    # Fitted genes as if alone; the others zero, as scanpy's pca leaves them.
+    for field in ("NMF", "nmf_gene_shape"):
+        np.testing.assert_allclose(pbmc_tiny.varm[field][mask], alone.varm[field], rtol=1e-12)
+        assert not pbmc_tiny.varm[field][~mask].any()
+    np.testing.assert_array_equal(
+        pbmc_tiny.var["nmf_total_counts"][mask], alone.var["nmf_total_counts"]
+    )
+    assert set(tl.top_genes(pbmc_tiny, 50, min_counts=0)["gene"]) <= set(pbmc_tiny.var_names[mask])
+    # The same through a boolean array; project uses the fitted genes only.
+    by_array = _quiet_nmf(pbmc_tiny, 3, mask_var=mask, copy=True, **TINY_FIT)
+    np.testing.assert_array_equal(by_array.obsm["X_nmf"], pbmc_tiny.obsm["X_nmf"])
+    projected = tl.project(pbmc_tiny[:30].copy(), pbmc_tiny, copy=True, n_threads=2)
+    assert projected.uns["nmf_projection"]["n_genes_used"] == mask.sum()
+    np.testing.assert_allclose(
+        projected.obsm["X_nmf"],
+        tl.project(pbmc_tiny[:30].copy(), alone, copy=True, n_threads=2).obsm["X_nmf"],
+        rtol=1e-12,
+    )
+    # A warm start with other genes than the stored fit's is refused.
+    with pytest.raises(ValueError, match="were not fitted before"):
+        tl.nmf(pbmc_tiny, 3, warm_start=True)
+
+
+def test_mask_var_with_raw_selects_raw_genes_by_name(pbmc_tiny):
+    """The issue's case: a 200-HVG AnnData whose .raw has all 507 genes."""
+    mask = _with_hvg(pbmc_tiny)
+    hvg = pbmc_tiny[:, mask].copy()
+    hvg.raw = pbmc_tiny
+    hvg.X = _log_normalised(hvg)
+    _quiet_nmf(hvg, 3, use_raw=True, mask_var="highly_variable", **TINY_FIT)
+    raw_fitted = (hvg.raw.varm["nmf_gene_shape"] > 0).any(axis=1)
+    assert raw_fitted.sum() == 200
+    assert list(hvg.raw.var_names[raw_fitted]) == list(hvg.var_names)
+    alone = _quiet_nmf(pbmc_tiny[:, mask].copy(), 3, copy=True, **TINY_FIT)
+    np.testing.assert_allclose(hvg.obsm["X_nmf"], alone.obsm["X_nmf"], rtol=1e-12)
+    np.testing.assert_allclose(hvg.varm["NMF"], alone.varm["NMF"], rtol=1e-12)
+
+
+def test_mask_var_errors(pbmc_tiny):
+    pbmc_tiny.var["not_bool"] = 1.0
+    cases = [
+        ("highly_variable", "not a column of adata.var"),
+        ("not_bool", "is not boolean"),
+        (np.ones(10, dtype=bool), "length n_vars=507"),
+        (np.zeros(pbmc_tiny.n_vars), "boolean array"),
+        (np.zeros(pbmc_tiny.n_vars, dtype=bool), "selects no gene"),
+    ]
+    for mask, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tl.nmf(pbmc_tiny, 3, mask_var=mask)
+
+
 def test_callback_sees_every_iteration(pbmc_tiny):
     seen = []
     _quiet_nmf(
@@ -216,21 +423,23 @@ def test_neighbors_and_umap_run_on_the_result(pbmc_tiny):
 
 # -- top genes ---------------------------------------------------------------------------------
 def test_top_genes_table(pbmc_tiny):
-    _quiet_nmf(pbmc_tiny, 3, **TINY_FIT)
+    _quiet_nmf(pbmc_tiny, 3, min_share=0.0, **TINY_FIT)
     loadings = pbmc_tiny.varm["NMF"]
     totals = pbmc_tiny.obsm["X_nmf"].sum(axis=0)
+    counts = np.asarray(pbmc_tiny.X.sum(axis=0)).ravel()
     for sort_by in ("loading", "specificity", "score"):
         table = tl.top_genes(pbmc_tiny, 5, sort_by=sort_by)
         assert table.index.names == ["factor", "rank"]
-        assert list(table.columns) == ["gene", "loading", "specificity"]
+        assert list(table.columns) == ["gene", "loading", "specificity", "total_counts"]
         assert len(table) == 15
         for (factor, _), row in table.iterrows():
             gene = pbmc_tiny.var_names.get_loc(row["gene"])
             assert row["loading"] == pytest.approx(loadings[gene, factor])
+            assert row["total_counts"] == counts[gene] >= 2
             # specificity: the factor's share of the gene's expected count, by a loop
             shares = [loadings[gene, f] * totals[f] for f in range(3)]
             assert row["specificity"] == pytest.approx(shares[factor] / sum(shares))
-    by_loading = tl.top_genes(pbmc_tiny, 5, sort_by="loading")
+    by_loading = tl.top_genes(pbmc_tiny, 5, sort_by="loading", min_counts=0)
     for factor in range(3):
         expected = pbmc_tiny.var_names[np.argsort(-loadings[:, factor])[:5]]
         assert list(by_loading.loc[factor, "gene"]) == list(expected)
@@ -239,6 +448,33 @@ def test_top_genes_table(pbmc_tiny):
         np.all(np.diff(by_specificity.loc[factor, "specificity"].to_numpy()) <= 0)
         for factor in range(3)
     )
+
+
+def test_top_genes_min_counts_and_inactive_factors(pbmc_tiny):
+    _quiet_nmf(pbmc_tiny, 4, min_share=0.0, **TINY_FIT)
+    counts = np.asarray(pbmc_tiny.X.sum(axis=0)).ravel()
+    assert (counts == 1).sum() > 10  # pbmc_tiny has single-count genes to leave out
+    every = tl.top_genes(pbmc_tiny, 10_000, min_counts=0)
+    listed = tl.top_genes(pbmc_tiny, 10_000)  # default min_counts=2
+    assert every["total_counts"].min() < 2
+    assert listed["total_counts"].min() >= 2
+    # Exactly the genes with fewer counts are gone, in each factor, in the same order.
+    for factor in range(4):
+        kept = every.loc[factor][every.loc[factor, "total_counts"] >= 2]
+        assert list(listed.loc[factor, "gene"]) == list(kept["gene"])
+    high = tl.top_genes(pbmc_tiny, 10_000, min_counts=50)
+    assert set(high["gene"]) == set(pbmc_tiny.var_names[counts >= 50])
+    # Inactive factors are left out unless asked for.
+    share = pbmc_tiny.uns["nmf"]["factor_share"]
+    pbmc_tiny.uns["nmf"]["active"] = share > np.sort(share)[1]
+    active = np.flatnonzero(pbmc_tiny.uns["nmf"]["active"])
+    assert list(tl.top_genes(pbmc_tiny, 3).index.unique("factor")) == list(active)
+    assert list(tl.top_genes(pbmc_tiny, 3, include_inactive=True).index.unique("factor")) == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 # -- pbmc_facs: quality -------------------------------------------------------------------------
@@ -266,11 +502,8 @@ def _profiles(cell_factors):
     return cell_factors / cell_factors.sum(axis=1, keepdims=True)
 
 
-def test_project_puts_test_cells_near_their_subpop(facs_fit, shared_data):
+def test_project_puts_test_cells_near_their_subpop(facs_fit):
     test_cells = vbsnmf.datasets.pbmc_facs(test=True)
-    test_cells.obs = pd.read_csv(shared_data / "pbmc_facs/test/cells.csv").set_index(
-        test_cells.obs_names
-    )
     returned = tl.project(test_cells, facs_fit, n_threads=2)
     assert returned is None
     projected = test_cells.obsm["X_nmf"]
@@ -289,7 +522,7 @@ def test_project_matches_genes_by_name(pbmc_tiny):
     in_order = tl.project(new, pbmc_tiny, copy=True, n_threads=2).obsm["X_nmf"]
     # The estimator's transform with the same gene side: the same numbers.
     model = vbsnmf.VBNMF(3, max_iter=200, tol=1e-5, prior="gamma")
-    info = pbmc_tiny.uns["nmf"]["variational"]
+    info = _stored_variational(pbmc_tiny)
     model.gene_shape_, model.gene_rate_ = info["gene_shape"], info["gene_rate"]
     model.n_features_in_ = pbmc_tiny.n_vars
     np.testing.assert_allclose(in_order, model.transform(new.X), rtol=1e-10)

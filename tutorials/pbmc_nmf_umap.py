@@ -1,4 +1,4 @@
-"""Tutorial: an NMF embedding of PBMCs, to UMAP, beside the usual scanpy PCA route.
+"""Tutorial: an NMF embedding of PBMCs, to UMAP and Leiden clusters, beside scanpy's PCA route.
 
 On the bundled pbmc_facs data (Zheng et al. 2017: 3,774 FACS-sorted PBMCs x 16,791 genes,
 with the sorted population ``subpop``) this script
@@ -6,17 +6,22 @@ with the sorted population ``subpop``) this script
 1. keeps the raw counts in ``layers["counts"]`` and runs the usual scanpy preprocessing
    (normalize_total, log1p, 15 principal components);
 2. fits a K = 15 Poisson-Gamma NMF to the raw counts with ``vbsnmf.tl.nmf``;
-3. builds a neighbour graph and UMAP on each embedding (``use_rep="X_nmf"`` and
-   ``"X_pca"``) and draws both coloured by ``subpop`` (``pbmc_nmf_umap.png``);
-4. scores both embeddings (and the NMF cell factors as proportions, without library size)
-   against the sorted populations: kNN (k = 15) accuracy in 5-fold cross-validation and the
-   adjusted Rand index of KMeans with 5 clusters;
-5. lists each factor's share of the counts and its most specific genes, and draws the
-   factors on the NMF UMAP (``pbmc_nmf_factors.png``). Factors the data do not need are
-   switched off by the Gamma prior (share ~ 0): K = 15 is an upper bound, not a choice
-   that has to be exact.
+3. builds a neighbour graph, UMAP and Leiden clusters on each embedding: the square
+   roots of the NMF usages (``use_rep="X_nmf_sqrt_usage"``, the route the docs recommend)
+   and the PCs (``use_rep="X_pca"``), and draws them side by side, coloured by ``subpop``
+   and by the Leiden clusters (``pbmc_nmf_umap.png``);
+4. scores the routes against the sorted populations: kNN (k = 15) accuracy in 5-fold
+   cross-validation, KMeans(5) and Leiden adjusted Rand index, and within T cells the share
+   of library size's variance that the Leiden clusters explain (eta^2; high means the
+   graph splits cells by sequencing depth); the usages ``X_nmf_usage`` and the raw cell
+   factors ``X_nmf`` are scored too, to show why the docs recommend the route they do;
+5. lists each factor's share of the counts, whether it is active, and its most specific
+   genes; draws a scanpy dot plot of each active factor's top genes across the NMF Leiden
+   clusters (``pbmc_nmf_top_genes.png``) and the active factors' usages on the NMF UMAP on
+   one colour scale (``pbmc_nmf_factors.png``). Factors the data do not need are switched
+   off by the Gamma prior (their share is tiny) and left out: K = 15 is an upper bound.
 
-Run it from the repository root::
+Run it from the repository root (Leiden needs igraph: ``python -m pip install -e '.[tutorial]'``)::
 
     python tutorials/pbmc_nmf_umap.py            # full run, writes into tutorials/
     python tutorials/pbmc_nmf_umap.py --quick    # reduced setting (what CI runs)
@@ -54,32 +59,74 @@ N_COMPONENTS = 15
 SEED = 0
 
 
-def embedding_scores(embedding: np.ndarray, labels: pd.Series) -> dict:
-    """kNN (k = 15, 5-fold stratified CV) accuracy and KMeans(5) adjusted Rand index."""
+def eta_squared(values: np.ndarray, groups: np.ndarray) -> float:
+    """Share of the variance of ``values`` that ``groups`` explain (one-way ANOVA)."""
+    total = ((values - values.mean()) ** 2).sum()
+    between = sum(
+        (groups == g).sum() * (values[groups == g].mean() - values.mean()) ** 2
+        for g in np.unique(groups)
+    )
+    return float(between / total)
+
+
+def route_scores(adata, rep: str, leiden: str, labels: pd.Series, library_size) -> dict:
+    """kNN (k = 15, 5-fold stratified CV) accuracy and KMeans(5) ARI on ``.obsm[rep]``,
+    Leiden ARI of ``.obs[leiden]``, and eta^2 of library size on it within T cells."""
+    embedding = np.asarray(adata.obsm[rep])
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
     knn = KNeighborsClassifier(n_neighbors=15)
     accuracy = cross_val_score(knn, embedding, labels, cv=folds).mean()
     clusters = KMeans(n_clusters=labels.nunique(), n_init=10, random_state=SEED).fit_predict(
         embedding
     )
+    t_cells = (labels == "T cell").to_numpy()
     return {
         "kNN accuracy (k=15, 5-fold)": float(accuracy),
         "KMeans(5) ARI": float(adjusted_rand_score(labels, clusters)),
+        "Leiden ARI": float(adjusted_rand_score(labels, adata.obs[leiden])),
+        "Leiden clusters": float(adata.obs[leiden].nunique()),
+        "T cells: library size eta^2": eta_squared(
+            library_size[t_cells], adata.obs[leiden].to_numpy()[t_cells]
+        ),
     }
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """A DataFrame of scores as a Markdown table (three decimals)."""
+    """A DataFrame of scores as a Markdown table (three decimals; counts as integers)."""
     header = [table.index.name or "", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table.iterrows():
-        lines.append("| " + " | ".join([str(name), *(f"{value:.3f}" for value in row)]) + " |")
+        cells = [f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}" for value in row]
+        lines.append("| " + " | ".join([str(name), *cells]) + " |")
     return "\n".join(lines)
+
+
+def graph_umap_leiden(adata, rep: str, name: str, umap_epochs: int | None) -> None:
+    """Neighbour graph on ``.obsm[rep]``, its UMAP (``X_umap_<name>``) and Leiden clusters
+    (``leiden_<name>``), kept beside those of the other routes."""
+    graph = f"{name}_graph"  # not "nmf": that .uns key holds the fit
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep=rep, key_added=graph, random_state=SEED)
+    sc.tl.umap(
+        adata,
+        neighbors_key=graph,
+        key_added=f"X_umap_{name}",
+        maxiter=umap_epochs,
+        random_state=SEED,
+    )
+    sc.tl.leiden(
+        adata,
+        neighbors_key=graph,
+        key_added=f"leiden_{name}",
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=SEED,
+    )
 
 
 def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
     """Run the tutorial; write the figures and ``pbmc_nmf_umap_results.md`` into ``outdir``
-    and return the table of scores (one row per embedding)."""
+    and return the table of scores (one row per neighbour-graph route)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     max_iter = 30 if quick else 300
@@ -87,6 +134,7 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
 
     adata = vbsnmf.datasets.pbmc_facs()
     adata.layers["counts"] = adata.X.copy()
+    library_size = np.asarray(adata.X.sum(axis=1)).ravel()
     print(f"pbmc_facs: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros")
 
     # The usual scanpy route: normalise, log-transform, 15 principal components.
@@ -103,92 +151,116 @@ def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
             adata, N_COMPONENTS, layer="counts", random_state=SEED, max_iter=max_iter, tol=1e-5
         )
     info, seconds = adata.uns["nmf"], time.perf_counter() - start
+    active = info["active"]
     print(
         f"NMF K={N_COMPONENTS}: {info['n_iter']} iterations in {seconds:.1f} s, "
-        f"final ELBO {info['elbo_trace'][-1]:.8g}"
+        f"final ELBO {info['elbo_trace'][-1]:.8g}, {int(active.sum())} factors active"
     )
 
-    # A neighbour graph and UMAP per embedding, kept side by side.
-    for name in ("nmf", "pca"):
-        sc.pp.neighbors(adata, n_neighbors=15, use_rep=f"X_{name}", key_added=f"{name}_graph")
-        sc.tl.umap(
+    # The recommended route (square roots of the usages) and scanpy's PCs, drawn; the
+    # usages themselves and the raw factors, only scored.
+    graph_umap_leiden(adata, "X_nmf_sqrt_usage", "nmf", umap_epochs)
+    graph_umap_leiden(adata, "X_pca", "pca", umap_epochs)
+    for rep, name in (("X_nmf_usage", "usage"), ("X_nmf", "raw")):
+        sc.pp.neighbors(
+            adata, n_neighbors=15, use_rep=rep, key_added=f"{name}_graph", random_state=SEED
+        )
+        sc.tl.leiden(
             adata,
             neighbors_key=f"{name}_graph",
-            key_added=f"X_umap_{name}",
-            maxiter=umap_epochs,
+            key_added=f"leiden_{name}",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
             random_state=SEED,
         )
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, name, title in zip(
-        axes,
-        ("nmf", "pca"),
-        (
-            f"NMF (K={N_COMPONENTS}, raw counts)",
-            f"PCA ({N_COMPONENTS} PCs, log-normalised)",
-        ),
-    ):
-        sc.pl.embedding(
-            adata, basis=f"X_umap_{name}", color="subpop", ax=ax, show=False, title=title
-        )
-        ax.set(xlabel="UMAP1", ylabel="UMAP2")
+    figure, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    titles = {
+        "nmf": f"NMF (K={N_COMPONENTS}, raw counts), sqrt usages",
+        "pca": f"PCA ({N_COMPONENTS} PCs, log-normalised)",
+    }
+    for column, name in enumerate(("nmf", "pca")):
+        for row, color in enumerate(("subpop", f"leiden_{name}")):
+            sc.pl.embedding(
+                adata,
+                basis=f"X_umap_{name}",
+                color=color,
+                ax=axes[row, column],
+                show=False,
+                title=f"{titles[name]}: {'sorted population' if row == 0 else 'Leiden'}",
+                legend_loc="on data" if row else "right margin",
+                legend_fontsize=8,
+            )
+            axes[row, column].set(xlabel="UMAP1", ylabel="UMAP2")
     figure.tight_layout()
-    figure.savefig(outdir / "pbmc_nmf_umap.png", dpi=130)
+    figure.savefig(outdir / "pbmc_nmf_umap.png", dpi=110)
     plt.close(figure)
 
-    # The cell factors carry each cell's library size (sum_l E[z_il] grows with its total
-    # count); as proportions (each cell's factors summing to one) they describe only the
-    # cell's mix of programs, which is what a clustering into cell types should see.
     labels = adata.obs["subpop"]
-    cell_factors = adata.obsm["X_nmf"]
-    proportions = cell_factors / cell_factors.sum(axis=1, keepdims=True)
     table = pd.DataFrame(
         {
-            "NMF (vbsnmf, K=15)": embedding_scores(cell_factors, labels),
-            "NMF as proportions": embedding_scores(proportions, labels),
-            "PCA (scanpy, 15 PCs)": embedding_scores(adata.obsm["X_pca"], labels),
+            "NMF usages' square roots, use_rep='X_nmf_sqrt_usage' (recommended)": route_scores(
+                adata, "X_nmf_sqrt_usage", "leiden_nmf", labels, library_size
+            ),
+            "NMF usages, use_rep='X_nmf_usage'": route_scores(
+                adata, "X_nmf_usage", "leiden_usage", labels, library_size
+            ),
+            "NMF raw factors, use_rep='X_nmf'": route_scores(
+                adata, "X_nmf", "leiden_raw", labels, library_size
+            ),
+            "PCA (scanpy, 15 PCs), use_rep='X_pca'": route_scores(
+                adata, "X_pca", "leiden_pca", labels, library_size
+            ),
         }
     ).T
-    table.index.name = "embedding"
+    table.index.name = "neighbour graph on"
     print(markdown_table(table))
 
-    # Each factor's share of the counts: the responsibility-weighted counts it explains,
-    # sum_i (alpha^z_il - a) over all counts. The Gamma prior switches off factors the data
-    # do not need: their cells' loadings are flat (the largest within 2x of the median,
-    # where the other factors reach 8.8x to 690x on pbmc_facs), and their "top genes" are
-    # only the genes with the least data, the same list for each such factor.
-    variational = info["variational"]
-    prior_shape = variational.get("cell_factor_shape", variational.get("prior_shape", 1.0))
-    attributed = (variational["cell_shape"] - prior_shape).sum(axis=0)
-    count_share = attributed / attributed.sum()
-    switched_off = cell_factors.max(axis=0) < 2 * np.median(cell_factors, axis=0)
-    top = vbsnmf.tl.top_genes(adata, n_genes=6)
+    top = vbsnmf.tl.top_genes(adata, n_genes=6, include_inactive=True)
     top_lines = top.groupby(level="factor")["gene"].agg(", ".join)
-    print("\nMost specific genes per factor (share of the counts):")
-    for factor, genes in top_lines.items():
-        note = "switched off by the prior" if switched_off[factor] else genes
-        print(f"  factor {factor:2d} ({count_share[factor]:6.2%}): {note}")
+    share = info["factor_share"]
+    print(f"\nFactors (share of the fitted counts; active above {info['min_share']:.3%}):")
+    factor_rows = []
+    for factor in range(N_COMPONENTS):
+        genes = top_lines.get(factor, "") if active[factor] else "(inactive: switched off)"
+        print(f"  factor {factor:2d} ({share[factor]:6.2%}): {genes}")
+        factor_rows.append(
+            f"| {factor} | {share[factor]:.2%} | {'yes' if active[factor] else 'no'} | {genes} |"
+        )
 
+    # Each active factor's top genes across the NMF Leiden clusters, as a scanpy dot plot
+    # (log-normalised expression in X), and the active factors' usages on the NMF UMAP.
+    vbsnmf.pl.top_genes(adata, "leiden_nmf", 4, save=outdir / "pbmc_nmf_top_genes.png", show=False)
     adata.obsm["X_umap"] = adata.obsm["X_umap_nmf"]
-    vbsnmf.pl.factors(adata, basis="umap", ncols=5, save=outdir / "pbmc_nmf_factors.png")
+    vbsnmf.pl.factors(
+        adata, basis="umap", ncols=4, save=outdir / "pbmc_nmf_factors.png", show=False
+    )
     plt.close("all")
 
     setting = "quick: 30 iterations, 100 UMAP epochs" if quick else f"at most {max_iter} iterations"
     lines = [
-        f"# pbmc_facs: NMF vs PCA embedding ({setting})",
+        f"# pbmc_facs: neighbour graphs on NMF usages, raw NMF factors and PCA ({setting})",
+        "",
+        "`python tutorials/pbmc_nmf_umap.py" + (" --quick`" if quick else "`"),
         "",
         markdown_table(table),
         "",
-        f"NMF: {info['n_iter']} iterations, converged: {bool(info['converged'])}.",
+        f"NMF: {info['n_iter']} iterations, converged: {bool(info['converged'])}; "
+        f"{int(active.sum())} of {N_COMPONENTS} factors active (share of the fitted counts "
+        f"above {info['min_share']:.3%}: five typical cells' counts beyond the prior's floor).",
         "",
-        "| factor | share of counts | most specific genes |",
-        "|---|---|---|",
-        *(
-            f"| {factor} | {count_share[factor]:.2%} | "
-            + ("(switched off by the prior)" if switched_off[factor] else genes)
-            + " |"
-            for factor, genes in top_lines.items()
-        ),
+        "![UMAPs of the NMF usages' square roots and of the PCs, by sorted population and "
+        "Leiden cluster]"
+        "(pbmc_nmf_umap.png)",
+        "",
+        "| factor | share of counts | active | most specific genes (at least 2 counts) |",
+        "|---|---|---|---|",
+        *factor_rows,
+        "",
+        "![Each active factor's top genes across the NMF Leiden clusters](pbmc_nmf_top_genes.png)",
+        "",
+        "![The active factors' usages on the NMF UMAP, one colour scale](pbmc_nmf_factors.png)",
         "",
     ]
     (outdir / "pbmc_nmf_umap_results.md").write_text("\n".join(lines))

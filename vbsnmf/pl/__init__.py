@@ -1,4 +1,5 @@
-"""Plots of an NMF fit, scanpy style: `elbo`, `factors`, `top_genes`, `umap`."""
+"""Plots of an NMF fit, drawn by scanpy where scanpy has the plot: `elbo`, `factors`
+(`sc.pl.embedding`), `top_genes` (`sc.pl.dotplot`), `umap` (`sc.pl.umap`)."""
 
 from ._plots import elbo, factors, top_genes
 from ._umap import umap

@@ -1,20 +1,24 @@
 """Plots of a `vbsnmf.tl.nmf` fit: ELBO trace, factors on an embedding, top genes.
 
-Each function returns its axes and takes ``show`` and ``save`` as scanpy's plots do, except
-that ``save`` is the output path itself (the format follows its suffix), written
-atomically. matplotlib is imported on first use, so ``import vbsnmf`` stays light.
+Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embedding``,
+`top_genes`: ``sc.pl.dotplot``), so they look, save and show as scanpy's plots do:
+``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
+``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
+suffix chooses the format). A `pathlib.Path` as ``save`` is the output file itself,
+written atomically (what the command line uses). The axes are returned when the figure is
+not shown.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .._atomic import atomic_file
-from ..tl._top_genes import fit_info, gene_specificity
+from ..tl._stored import active_factors, fit_info
 from ..tl._top_genes import top_genes as top_genes_table
 
 
@@ -24,19 +28,22 @@ def _pyplot():
     return plt
 
 
-def _finish(figure, axes, show: bool | None, save: str | os.PathLike | None):
-    """Save (atomically) and/or show ``figure``; return ``axes``.
+def _finish(figure, axes, show: bool | None, save, writekey: str):
+    """Save and/or show ``figure`` as scanpy does (see the module docstring); return
+    ``axes`` unless the figure was shown."""
+    import scanpy as sc
 
-    ``show=None`` shows only in an interactive session (never under a non-interactive
-    backend, where ``plt.show`` would only warn).
-    """
-    plt = _pyplot()
-    if save is not None:
+    # scanpy's own rule for save=True / a string (figdir, the plot's name, the format).
+    from scanpy.plotting._utils import savefig_or_show
+
+    if isinstance(save, os.PathLike):
         with atomic_file(save) as temporary:
             figure.savefig(temporary, dpi=150, bbox_inches="tight")
-    if show or (show is None and plt.isinteractive()):
-        plt.show()
-    return axes
+        save = False
+    show = sc.settings.autoshow if show is None else show
+    _pyplot().figure(figure.number)  # savefig_or_show acts on the current figure
+    savefig_or_show(writekey, show=show, save=save)
+    return None if show else axes
 
 
 def elbo(
@@ -57,14 +64,12 @@ def elbo(
         ``key_added`` of the fit.
     axes
         Two matplotlib axes to draw into (trace, gap); new ones by default.
-    show
-        Show the figure (default: only in an interactive session).
-    save
-        Write the figure to this path (``.png``, ``.pdf``, ``.svg``, ...).
+    show, save
+        As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
 
     Returns
     -------
-    The two axes.
+    The two axes, unless shown.
     """
     info = fit_info(adata, key)
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
@@ -85,7 +90,7 @@ def elbo(
         axes[1].set_yscale("log")
     axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title="gap to final")
     figure.tight_layout()
-    return _finish(figure, axes, show, save)
+    return _finish(figure, axes, show, save, "elbo")
 
 
 def factors(
@@ -94,153 +99,162 @@ def factors(
     key: str = "nmf",
     *,
     components: Sequence[int] | None = None,
-    ncols: int = 5,
+    values: str = "usage",
+    include_inactive: bool = False,
+    vmax: float | str = "p99",
+    ncols: int = 4,
     cmap: str = "viridis",
-    point_size: float | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
+    **kwds,
 ):
-    """One panel per factor: the cells on an embedding, coloured by their factor loading.
+    """One panel per factor: the cells on an embedding, coloured by the factor, drawn by
+    ``sc.pl.embedding`` on one colour scale shared by all panels.
 
     Parameters
     ----------
     adata
         AnnData after `vbsnmf.tl.nmf` and an embedding (e.g. ``sc.tl.umap``).
     basis
-        The embedding: ``.obsm['X_' + basis]`` (its first two columns are drawn).
+        The embedding: ``.obsm['X_' + basis]`` (or ``.obsm[basis]``).
     key
         ``key_added`` of the fit.
     components
-        The factors to draw (default: all).
-    ncols
-        Panels per row.
-    cmap
-        Colour map of the loadings; each panel's scale ends at its 99th percentile so
-        a few extreme cells do not wash out the rest.
-    point_size
-        Marker size (default: scaled to the number of cells).
+        The factors to draw (default: the active ones, ``.uns['nmf']['active']``).
+    values
+        ``"usage"`` (default): each cell's factors divided by their sum
+        (``.obsm['X_nmf_usage']``), the cell's share of the programme, independent of its
+        library size; ``"factors"``: the posterior means ``.obsm['X_nmf']``.
+    include_inactive
+        With ``components=None``, draw the inactive factors too (switched off by the prior;
+        their panels are flat).
+    vmax
+        Top of the shared colour scale: a number, or ``"pNN"``, the NN-th percentile of
+        the values of all drawn panels together (scanpy takes each panel's own, which
+        would make a flat, switched-off factor look as bright as a real one). The bottom
+        is 0.
+    ncols, cmap
+        As ``sc.pl.embedding``'s.
     show, save
-        As in `elbo`.
+        As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file. The writekey
+        is the basis, as in ``sc.pl.embedding``.
+    **kwds
+        Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``).
 
     Returns
     -------
-    List of axes, one per factor drawn.
+    List of axes, one per factor drawn, unless shown.
     """
+    import anndata as ad
+    import scanpy as sc
+
     info = fit_info(adata, key)
+    if values not in ("usage", "factors"):
+        raise ValueError(f"values must be 'usage' or 'factors', got {values!r}")
     basis_key = basis if basis in adata.obsm else f"X_{basis}"
     if basis_key not in adata.obsm:
         raise KeyError(f"adata.obsm has no {basis_key!r}; compute the embedding first")
-    coordinates = np.asarray(adata.obsm[basis_key])[:, :2]
-    cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
-    components = list(range(cell_factors.shape[1])) if components is None else list(components)
-    ncols = max(1, min(ncols, len(components)))
-    nrows = math.ceil(len(components) / ncols)
-    plt = _pyplot()
-    figure, grid = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows), squeeze=False)
-    size = point_size if point_size is not None else max(0.5, min(20.0, 6000 / adata.n_obs))
-    axes = []
-    for panel, factor in zip(grid.flat, components):
-        loading = cell_factors[:, factor]
-        order = np.argsort(loading, kind="stable")  # highest loadings drawn last, on top
-        vmax = float(np.quantile(loading, 0.99)) or None
-        points = panel.scatter(
-            coordinates[order, 0],
-            coordinates[order, 1],
-            c=loading[order],
-            s=size,
-            cmap=cmap,
-            vmin=0,
-            vmax=vmax,
-            linewidths=0,
-            rasterized=True,
-        )
-        figure.colorbar(points, ax=panel, shrink=0.8)
-        panel.set(title=f"factor {factor}", xticks=[], yticks=[])
-        axes.append(panel)
-    for unused in list(grid.flat)[len(components) :]:
-        unused.set_visible(False)
-    figure.tight_layout()
-    return _finish(figure, axes, show, save)
+    if components is None:
+        components = active_factors(adata, key, include_inactive)
+    components = [int(factor) for factor in components]
+    if not components:
+        raise ValueError("no factor to draw (none is active; pass components= to choose)")
+    field = info["usage_key"] if values == "usage" else info["obsm_key"]
+    shown = np.asarray(adata.obsm[field])[:, components]
+    if isinstance(vmax, str):
+        if not (vmax.startswith("p") and vmax[1:].replace(".", "", 1).isdigit()):
+            raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
+        vmax = float(np.percentile(shown, float(vmax[1:])))
+    names = [f"factor {factor}" for factor in components]
+    # A frame with only what the panels need, so adata itself gains no .obs columns.
+    # Stored as X_<name> so that scanpy names the axes as its own (UMAP1, UMAP2).
+    name = basis_key.removeprefix("X_")
+    panels = ad.AnnData(
+        obs=pd.DataFrame(shown, index=adata.obs_names, columns=names),
+        obsm={f"X_{name}": np.asarray(adata.obsm[basis_key])},
+    )
+    axes = sc.pl.embedding(
+        panels,
+        basis=name,
+        color=names,
+        vmin=0,
+        vmax=vmax,
+        ncols=ncols,
+        cmap=cmap,
+        show=False,
+        **kwds,
+    )
+    axes = axes if isinstance(axes, list) else [axes]
+    return _finish(axes[0].figure, axes, show, save, basis)
 
 
 def top_genes(
     adata,
+    groupby: str,
     n_genes: int = 5,
     key: str = "nmf",
     *,
-    kind: str = "dotplot",
     sort_by: str = "specificity",
-    ax=None,
+    min_counts: int = 2,
+    include_inactive: bool = False,
+    return_fig: bool = False,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
+    **kwds,
 ):
-    """The top genes of every factor against all factors, as a dot plot or heatmap.
+    """``sc.pl.dotplot`` of each active factor's top genes across the groups of ``groupby``.
 
-    Columns are the top ``n_genes`` genes of each factor (`vbsnmf.tl.top_genes`), rows
-    the factors. Colour: the gene's loading in that factor divided by its largest loading
-    over factors; dot size (dot plot): the factor's share of the gene's expected counts.
+    The genes of each factor (`vbsnmf.tl.top_genes`) form one labelled bracket of columns;
+    the rows are the groups (e.g. Leiden clusters). As in any scanpy dot plot, dot size is
+    the fraction of the group's cells that express the gene and colour its mean
+    expression, here scaled to [0, 1] per gene (``standard_scale="var"``) so that genes
+    of every depth are comparable.
 
     Parameters
     ----------
     adata
         AnnData after `vbsnmf.tl.nmf`.
-    n_genes
-        Genes per factor.
+    groupby
+        The ``.obs`` column of groups (clusters, cell types).
+    n_genes, sort_by, min_counts, include_inactive
+        As in `vbsnmf.tl.top_genes`.
     key
         ``key_added`` of the fit.
-    kind
-        ``"dotplot"`` or ``"heatmap"``.
-    sort_by
-        How genes are ranked, as in `vbsnmf.tl.top_genes`.
-    ax
-        Axes to draw into; new by default.
+    return_fig
+        Return the ``sc.pl.DotPlot`` (to style it further) instead of drawing.
     show, save
-        As in `elbo`.
+        As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file. The writekey
+        is scanpy's ``dotplot_``.
+    **kwds
+        Passed to ``sc.pl.dotplot`` (e.g. ``layer``, ``use_raw``, ``standard_scale=None``,
+        ``cmap``, ``dendrogram``).
 
     Returns
     -------
-    The axes.
+    The ``DotPlot`` with ``return_fig=True``; else the dict of axes (as
+    ``sc.pl.dotplot``'s), unless shown.
     """
-    if kind not in ("dotplot", "heatmap"):
-        raise ValueError(f"kind must be 'dotplot' or 'heatmap', got {kind!r}")
-    table = top_genes_table(adata, n_genes, key, sort_by=sort_by)
-    genes = list(dict.fromkeys(table["gene"]))  # in factor order, each gene once
-    info = fit_info(adata, key)
-    positions = adata.var_names.get_indexer(genes)
-    gene_loadings = np.asarray(adata.varm[info["varm_key"]], dtype=np.float64)
-    cell_factors = np.asarray(adata.obsm[info["obsm_key"]], dtype=np.float64)
-    loadings = gene_loadings[positions].T  # factors x genes
-    peak = loadings.max(axis=0, keepdims=True)
-    relative = np.divide(loadings, peak, out=np.zeros_like(loadings), where=peak > 0)
-    n_factors = loadings.shape[0]
-    plt = _pyplot()
-    if ax is None:
-        figure, ax = plt.subplots(
-            figsize=(max(4.0, 0.2 * len(genes) + 1.5), max(2.5, 0.3 * n_factors + 1.2))
-        )
-    else:
-        figure = ax.figure
-    if kind == "heatmap":
-        image = ax.imshow(relative, aspect="auto", cmap="Reds", vmin=0, vmax=1)
-    else:
-        share = gene_specificity(gene_loadings, cell_factors)[positions].T
-        columns, rows = np.meshgrid(np.arange(len(genes)), np.arange(n_factors))
-        image = ax.scatter(
-            columns.ravel(),
-            rows.ravel(),
-            s=120 * share.ravel(),
-            c=relative.ravel(),
-            cmap="Reds",
-            vmin=0,
-            vmax=1,
-            edgecolors="grey",
-            linewidths=0.3,
-        )
-        ax.set_title("dot size: the factor's share of the gene's expected counts", fontsize=8)
-        ax.set_xlim(-0.5, len(genes) - 0.5)
-        ax.set_ylim(n_factors - 0.5, -0.5)
-    ax.set_xticks(np.arange(len(genes)), genes, rotation=90, fontsize=7)
-    ax.set_yticks(np.arange(n_factors), [f"factor {f}" for f in range(n_factors)], fontsize=7)
-    figure.colorbar(image, ax=ax, shrink=0.6, label="loading / max over factors")
-    figure.tight_layout()
-    return _finish(figure, ax, show, save)
+    import scanpy as sc
+
+    if groupby not in adata.obs:
+        raise KeyError(f"adata.obs has no column {groupby!r} to group the cells by")
+    table = top_genes_table(
+        adata,
+        n_genes,
+        key,
+        sort_by=sort_by,
+        min_counts=min_counts,
+        include_inactive=include_inactive,
+    )
+    if table.empty:
+        raise ValueError("no factor has genes to show (none is active, or min_counts is high)")
+    genes = {
+        f"factor {factor}": list(listed)
+        for factor, listed in table["gene"].groupby(level="factor", sort=True)
+    }
+    kwds.setdefault("standard_scale", "var")
+    dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
+    if return_fig:
+        return dot_plot
+    dot_plot.make_figure()
+    return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")

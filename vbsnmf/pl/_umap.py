@@ -1,10 +1,12 @@
-"""`umap`: the UMAP of the NMF cell factors, drawn (what ``vbsnmf umap`` does)."""
+"""`umap`: the UMAP of an NMF fit on the recommended route, drawn (``vbsnmf umap``)."""
 
 from __future__ import annotations
 
 import os
 
-from ..tl._top_genes import fit_info
+import numpy as np
+
+from ..tl._stored import active_factors, fit_info
 from ._plots import _finish
 
 
@@ -16,13 +18,14 @@ def umap(
     n_neighbors: int = 15,
     random_state: int = 0,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ):
-    """Neighbour graph on the NMF cell factors, UMAP, and a scatter of it.
+    """Neighbour graph on the NMF usages, UMAP, and ``sc.pl.umap`` of it.
 
-    Runs ``sc.pp.neighbors(adata, use_rep=<the fit's .obsm key>)`` and ``sc.tl.umap`` (so
-    ``adata`` gains what they set: ``.obsp['distances']``, ``.obsp['connectivities']``,
-    ``.obsm['X_umap']``) and draws ``sc.pl.umap`` coloured by ``color``.
+    Runs ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")`` (the square roots of the
+    fit's usages: the recommended route, see `vbsnmf.tl.nmf`) and ``sc.tl.umap``, so
+    ``adata`` gains what they set (``.obsp['distances']``, ``.obsp['connectivities']``,
+    ``.obsm['X_umap']``), and draws ``sc.pl.umap`` coloured by ``color``.
 
     Parameters
     ----------
@@ -31,36 +34,35 @@ def umap(
     key
         ``key_added`` of the fit.
     color
-        An ``.obs`` column or a gene; default: each cell's dominant factor, stored as
-        ``.obs[key + '_dominant_factor']``.
+        An ``.obs`` column or a gene; default: each cell's dominant active factor, stored
+        as ``.obs[key + '_dominant_factor']``.
     n_neighbors
         Neighbours per cell (at most the number of cells minus one).
     random_state
         Seed of the neighbour search and of UMAP.
     show, save
-        As in the other `vbsnmf.pl` functions: ``save`` is the output path (format from its
-        suffix), written atomically.
+        As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
 
     Returns
     -------
-    The matplotlib axes.
+    The matplotlib axes, unless shown.
     """
     import pandas as pd
     import scanpy as sc
 
     info = fit_info(adata, key)
-    cell_factors = adata.obsm[info["obsm_key"]]
     if color is None:
         color = f"{key}_dominant_factor"
-        dominant = cell_factors.argmax(axis=1)
-        adata.obs[color] = pd.Categorical(
-            [f"factor {f}" for f in dominant],
-            categories=[f"factor {f}" for f in range(cell_factors.shape[1])],
-        )
+        active = active_factors(adata, key)
+        if active.size == 0:
+            active = active_factors(adata, key, include_inactive=True)
+        usages = np.asarray(adata.obsm[info["usage_key"]])[:, active]
+        names = [f"factor {factor}" for factor in active]
+        adata.obs[color] = pd.Categorical.from_codes(usages.argmax(axis=1), categories=names)
     n_neighbors = min(n_neighbors, adata.n_obs - 1)
     sc.pp.neighbors(
-        adata, n_neighbors=n_neighbors, use_rep=info["obsm_key"], random_state=random_state
+        adata, n_neighbors=n_neighbors, use_rep=info["sqrt_usage_key"], random_state=random_state
     )
     sc.tl.umap(adata, random_state=random_state)
-    axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF cell factors: {color}")
-    return _finish(axes.figure, axes, show, save)
+    axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
+    return _finish(axes.figure, axes, show, save, "umap")

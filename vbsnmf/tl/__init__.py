@@ -3,6 +3,7 @@
 
 from ._nmf import SOLVERS, nmf
 from ._project import project
-from ._top_genes import fit_info, gene_specificity, top_genes
+from ._stored import fit_info
+from ._top_genes import gene_specificity, top_genes
 
 __all__ = ["SOLVERS", "fit_info", "gene_specificity", "nmf", "project", "top_genes"]

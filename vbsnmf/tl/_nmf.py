@@ -9,21 +9,21 @@ import pandas as pd
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
-from .._model import HYPER_KEYS, INIT_KEYS, SCALE_KEYS
+from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._utils import is_dask_array, numba_threads
 from .._validation import check_float_dtype, check_n_components
 from ..classic._nmf import NMF
 from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
 from ._counts import check_count_matrix, select_counts
+from ._stored import (
+    VARIATIONAL_KEYS,
+    FitKeys,
+    fit_info,
+    store_cell_factors,
+    variational_params,
+)
 
 SOLVERS = VB_SOLVERS + CLASSIC_SOLVERS
-
-
-def result_keys(key_added: str | None) -> tuple[str, str, str]:
-    """``(obsm, varm, uns)`` keys, named as ``scanpy.pp.pca`` names its own."""
-    if key_added is None:
-        return "X_nmf", "NMF", "nmf"
-    return f"X_{key_added}", key_added, key_added
 
 
 def nmf(
@@ -32,10 +32,12 @@ def nmf(
     *,
     layer: str | None = None,
     use_raw: bool = False,
+    mask_var: str | np.ndarray | None = None,
     key_added: str | None = None,
     solver: str = "batch",
     random_state=0,
     warm_start: bool = False,
+    min_share: float | None = None,
     callback: Callable | None = None,
     copy: bool = False,
     **fit_params,
@@ -44,25 +46,35 @@ def nmf(
 
     Fits ``counts ~ Poisson(cell_factors @ gene_loadings.T)`` by variational Bayes
     (`vbsnmf.VBNMF`, solvers ``"batch"`` and ``"svi"``) or by a classical solver
-    (`vbsnmf.classic.NMF`), and stores the posterior mean factors the way
-    ``scanpy.pp.pca`` stores its components, so that
-    ``sc.pp.neighbors(adata, use_rep="X_nmf")`` works directly.
+    (`vbsnmf.classic.NMF`), and stores the results the way ``scanpy.pp.pca`` stores its
+    own. Build the neighbour graph on the square roots of the usages, which do not carry
+    library size: ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")``, the route that
+    clustered pbmc_facs best of those measured (``docs/performance.md``).
 
     Parameters
     ----------
     adata
-        Cells x genes. Sparse, dense or backed ``X`` (never densified).
+        Cells x genes. Sparse, dense, backed or dask ``X`` (never densified).
     n_components
-        Number of factors K.
+        Number of factors K. With the Gamma prior, K is an upper bound: factors the data
+        do not need are switched off (see ``active`` below).
     layer
         Read the counts from ``adata.layers[layer]`` instead of ``adata.X``.
     use_raw
-        Read the counts from ``adata.raw`` (gene loadings of genes that are not in
-        ``adata.var_names`` are kept only in ``.uns[key]``).
+        Read the counts from ``adata.raw``; the gene side of the fit is then stored in
+        ``adata.raw.varm`` and ``adata.raw.var`` (every raw gene), and ``.varm`` holds the
+        loadings of the genes in ``adata.var_names`` (zero for those not in ``.raw``).
+    mask_var
+        Fit only these genes, as ``scanpy.pp.pca``'s ``mask_var``: the name of a boolean
+        ``.var`` column (e.g. ``"highly_variable"``) or a boolean array over
+        ``adata.var_names``. With ``use_raw=True`` the raw genes with these names are
+        fitted. The AnnData is not copied; genes outside the mask get zero loadings.
+        Unlike ``scanpy.pp.pca``, a ``highly_variable`` column is not used unless named.
     key_added
-        Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]`` and
-        ``.uns[key_added]`` instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/`` (not
-        allowed in ``.h5ad`` keys).
+        Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]``,
+        ``.uns[key_added]`` (and the other keys below with ``key_added`` for ``nmf``)
+        instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/`` (not allowed in ``.h5ad``
+        keys).
     solver
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
@@ -70,8 +82,23 @@ def nmf(
     random_state
         Seed of the starting values.
     warm_start
-        Continue a previous variational fit stored under the same key (same K and
-        cells): its parameters start the fit, its ELBO trace is extended.
+        Continue a previous variational fit stored under the same key (same K, the same
+        genes): its parameters start the fit, its ELBO trace is extended. The fit may have
+        been made on more cells: its cell parameters follow the AnnData when it is
+        subset (``adata[:500].copy()``).
+    min_share
+        A factor is *active* when its share of the fitted counts (``factor_share``)
+        exceeds this. Default: the share a factor reaches when it explains five typical
+        cells' counts (5 x the median cell's fitted count) beyond what the prior gives a
+        factor explaining nothing. A factor that adds less than a handful of cells' worth
+        cannot describe a population of cells. Under the learned prior a switched-off
+        factor's gene shapes fall to about 0.002 and its fitted count to nearly zero (on
+        pbmc_tiny, K = 15: under 1e-4 of the counts), so the floor is zero. Under
+        ``prior="gamma"`` a switched-off factor sits at the floor ``prior_floor``, about
+        ``min(n_cells, n_genes) * prior_shape`` counts; on pbmc_facs (K = 15, 300
+        iterations) such factors held 0.07 % of the fitted counts each, the threshold was
+        0.15 % and the smallest active factor 2.3 %. Classical solvers have no prior:
+        five typical cells' share.
     callback
         ``callback(n_iter, params, elbo_trace)`` after every iteration (variational
         solvers), e.g. for a progress bar.
@@ -84,21 +111,47 @@ def nmf(
 
     Returns
     -------
-    None, or the AnnData when ``copy=True``. Sets:
+    None, or the AnnData when ``copy=True``. Sets (with the default ``key_added``):
 
     ``.obsm['X_nmf']`` : ndarray (n_obs, K)
-        Posterior mean cell factors ``E[z]``.
+        Posterior mean cell factors ``E[z]``; a cell's row sums to (about) its library
+        size over the mean loadings.
+    ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
+        Usages: each cell's factors divided by their sum (rows sum to one), the cell's
+        mix of programmes without its library size.
+    ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
+        The usages' square roots: Euclidean distance between two rows is sqrt(2) times
+        the Hellinger distance between the cells' usages. The recommended ``use_rep``.
     ``.varm['NMF']`` : ndarray (n_vars, K)
-        Posterior mean gene loadings ``E[w]`` (zero for genes absent from ``.raw``).
+        Posterior mean gene loadings ``E[w]``; zero for genes not fitted (outside
+        ``mask_var``, or not in ``.raw`` with ``use_raw=True``).
+    ``.obsm['nmf_cell_shape']`` : ndarray (n_obs, K)
+        Variational solvers: shape of each cell factor's Gamma posterior.
+    ``.varm['nmf_gene_shape']`` : ndarray (n_vars, K)
+        Variational solvers: shape of each gene loading's Gamma posterior; zero rows for
+        genes not fitted (in ``.raw.varm`` for ``use_raw=True``, over the raw genes).
+        ``.obsm['nmf_cell_rate']`` / ``.varm['nmf_gene_rate']`` likewise under the learned
+        prior (the default), which gives each cell and gene its own rates, with q of the
+        cell and gene scales in ``.obsm['nmf_cell_scale_shape']``,
+        ``.obsm['nmf_cell_scale_rate']``, ``.varm['nmf_gene_scale_shape']`` and
+        ``.varm['nmf_gene_scale_rate']`` (n, 1).
+    ``.var['nmf_total_counts']`` : float (n_vars,)
+        Each fitted gene's total count in the data (zero for genes not fitted);
+        `top_genes`' ``min_counts`` reads it (in ``.raw.var`` for ``use_raw=True``).
     ``.uns['nmf']`` : dict
-        ``params`` (the settings), ``elbo_trace`` (ELBO in nats per iteration),
-        ``n_iter``, ``converged``, ``var_names`` (the genes fitted, in order),
-        ``obsm_key``, ``varm_key``, and for the variational solvers ``variational``: the
-        Gamma parameters ``cell_shape`` (n_obs, K), ``cell_rate`` (K,), ``gene_shape``
-        (n_genes fitted, K), ``gene_rate`` (K,) and the prior ``prior_shape``,
-        ``prior_rate``, which `project` and ``warm_start`` use; for classical solvers
-        ``loss_trace``, ``loss`` (the final loss) and ``reconstruction_err`` (as
-        scikit-learn's ``NMF.reconstruction_err_``).
+        ``params`` (the settings), ``obsm_key``, ``usage_key``, ``sqrt_usage_key``,
+        ``varm_key`` (the keys above), ``n_iter``, ``converged``;
+        ``factor_share`` (K,): each factor's share of the fitted counts,
+        ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
+        ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
+        threshold used;
+        variational solvers: ``elbo_trace`` (n_iter,), the ELBO in nats per iteration,
+        and ``variational``: ``prior`` (``"hierarchical"`` or ``"gamma"``); under the
+        learned prior its hyperparameters ``cell_factor_shape`` (K,),
+        ``cell_scale_prior_shape``, ``cell_scale_prior_mean`` and the same for ``gene``;
+        under the fixed prior ``cell_rate`` (K,), ``gene_rate`` (K,), ``prior_shape``,
+        ``prior_rate``; classical solvers: ``loss_trace``, ``loss`` (the final loss) and
+        ``reconstruction_err`` (as scikit-learn's ``NMF.reconstruction_err_``).
 
     Raises
     ------
@@ -106,7 +159,8 @@ def nmf(
         The selected matrix is not non-negative integer counts (the message says where the
         counts probably are, e.g. ``layer="counts"`` or ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
-        layer or ``.raw``.
+        layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
+        without a matching stored fit.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -114,14 +168,20 @@ def nmf(
     if key_added is not None and (not isinstance(key_added, str) or "/" in key_added):
         # anndata's h5 stores are deprecating "/" in keys: writing the result would fail.
         raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
+    if min_share is not None:
+        min_share = check_share(min_share)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    obsm_key, varm_key, uns_key = result_keys(key_added)
+    keys = FitKeys.of(key_added)
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
+    fitted_genes = gene_mask(adata, mask_var, var_names)
+    if fitted_genes is not None:
+        matrix = matrix[:, fitted_genes]
+        source = f"{source} (genes in mask_var)"
     on_dask = is_dask_array(matrix)
     if on_dask:
         # Fitted on the Dask cluster (vbsnmf.fit_dask); each chunk is checked on its worker,
-        # so the client never loads the matrix. .obsm holds a dask array.
+        # so the client never loads the matrix. .obsm holds dask arrays.
         if solver not in VB_SOLVERS:
             raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
     else:
@@ -130,54 +190,166 @@ def nmf(
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         check_n_components(n_components, matrix.shape)
 
-    previous = adata.uns.get(uns_key) if warm_start else None
+    genes = adata.raw if use_raw else adata
     if solver in VB_SOLVERS:
+        init, previous_trace = None, np.empty(0)
+        if warm_start:
+            init, previous_trace = _stored_start(adata, keys, use_raw, fitted_genes)
+            fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
+            stored = fit_info(adata, keys.uns)["variational"].get("prior", "gamma")
+            if fit_params["prior"] != stored:
+                raise ValueError(
+                    f"warm_start: the stored fit used prior={stored!r}, not "
+                    f"{fit_params['prior']!r}; fit without warm_start to change the prior"
+                )
         fitted = _fit_variational(
-            matrix, on_dask, n_components, solver, random_state, previous, callback, fit_params
+            matrix, on_dask, n_components, solver, random_state, init, callback, fit_params
         )
+        fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
+        fitted[2]["n_iter"] = int(fitted[2]["elbo_trace"].size)
     else:
         if warm_start:
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
-
     cell_factors, gene_loadings, info = fitted
-    adata.obsm[obsm_key] = cell_factors
-    adata.varm[varm_key] = _align_genes(gene_loadings, var_names, adata.var_names)
+    gene_totals = _column_sums(matrix)
+
+    # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns.
+    store_cell_factors(adata, keys, cell_factors)
+    variational = info.pop("variational", None)
+    gene_arrays = {keys.loadings: gene_loadings}
+    if variational is not None:
+        for name in VARIATIONAL_KEYS + SCALE_KEYS:
+            if name not in variational:
+                continue
+            value = variational[name]
+            if name in SCALE_KEYS:  # one per cell or gene, stored as a column
+                value = value.reshape(-1, 1)
+            if np.ndim(value) == 2 and name.startswith("cell"):
+                adata.obsm[keys.variational(name)] = value
+                del variational[name]
+            elif np.ndim(value) == 2:
+                gene_arrays[keys.variational(name)] = value
+                del variational[name]
+    for name, values in gene_arrays.items():
+        genes.varm[name] = _scatter_rows(values, fitted_genes, len(var_names))
+    genes.var[keys.total_counts] = _scatter_rows(
+        gene_totals[:, None], fitted_genes, len(var_names)
+    )[:, 0]
+    if use_raw:
+        adata.varm[keys.loadings] = _align_genes(
+            genes.varm[keys.loadings], var_names, adata.var_names
+        )
+
+    prior = None
+    if variational is not None and "prior_shape" in variational:
+        prior = (variational["prior_shape"], variational["prior_rate"])
+    share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
+    if isinstance(mask_var, str):
+        settings["mask_var"] = mask_var
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
-    adata.uns[uns_key] = {
+    adata.uns[keys.uns] = {
         "params": settings,
-        "obsm_key": obsm_key,
-        "varm_key": varm_key,
-        "var_names": np.asarray(var_names, dtype=str),
+        "obsm_key": keys.factors,
+        "usage_key": keys.usage,
+        "sqrt_usage_key": keys.sqrt_usage,
+        "varm_key": keys.loadings,
+        "factor_share": share,
+        "active": share > threshold,
+        "min_share": threshold,
         **info,
+        **({} if variational is None else {"variational": variational}),
     }
     return adata if copy else None
 
 
-def _fit_variational(
-    matrix, on_dask, n_components, solver, random_state, previous, callback, fit_params
-):
+def check_share(value) -> float:
+    """``min_share``: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"min_share must be a number, got {type(value).__name__}")
+    if not 0 <= value < 1:
+        raise ValueError(f"min_share must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
+    """``mask_var`` as a boolean array over ``var_names`` (the genes of the counts: those of
+    ``.raw`` for ``use_raw``, matched by name), or None for all genes."""
+    if mask_var is None:
+        return None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var.columns:
+            raise ValueError(
+                f"mask_var={mask_var!r} is not a column of adata.var (run "
+                "sc.pp.highly_variable_genes first, or pass a boolean array)"
+            )
+        mask = adata.var[mask_var].to_numpy()
+        if not pd.api.types.is_bool_dtype(mask):
+            raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {mask.dtype})")
+    else:
+        mask = np.asarray(mask_var)
+        if mask.dtype != bool or mask.shape != (adata.n_vars,):
+            raise ValueError(
+                f"mask_var must be a boolean array of length n_vars={adata.n_vars}, got "
+                f"dtype {mask.dtype} and shape {mask.shape}"
+            )
+    mask = mask.astype(bool)
+    if not var_names.equals(adata.var_names):  # .raw: the raw genes of the masked names
+        mask = var_names.isin(adata.var_names[mask])
+    if not mask.any():
+        raise ValueError("mask_var selects no gene")
+    return mask
+
+
+def _stored_start(adata, keys: FitKeys, use_raw: bool, fitted_genes) -> tuple[dict, np.ndarray]:
+    """The stored fit's parameters as a start for the genes fitted now, and its trace."""
+    if keys.uns not in adata.uns:
+        raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
+    if bool(fit_info(adata, keys.uns)["params"].get("use_raw")) != use_raw:
+        raise ValueError(f"warm_start: the stored fit was made with use_raw={not use_raw}")
+    try:
+        stored = variational_params(adata, keys.uns)
+    except KeyError as missing:
+        raise ValueError(f"warm_start: {missing.args[0]}") from None
+    init = {key: stored[key] for key in VARIATIONAL_KEYS + SCALE_KEYS + HYPER_KEYS if key in stored}
+    per_gene = [key for key in ("gene_shape", "gene_rate") if np.ndim(init[key]) == 2]
+    per_gene += [key for key in ("gene_scale_shape", "gene_scale_rate") if key in init]
+    if fitted_genes is not None:
+        init.update({key: np.asarray(init[key])[fitted_genes] for key in per_gene})
+    gene_shape = np.asarray(init["gene_shape"])
+    not_fitted = int(np.count_nonzero(~(gene_shape > 0).any(axis=1)))
+    if not_fitted:
+        raise ValueError(
+            f"warm_start: {not_fitted} of the genes to fit were not fitted before "
+            "(another mask_var?); fit without warm_start"
+        )
+    if not is_dask_array(init["cell_shape"]):
+        init = {name: np.asarray(value) for name, value in init.items()}
+    trace = np.asarray(fit_info(adata, keys.uns).get("elbo_trace", []), dtype=np.float64)
+    return init, trace
+
+
+def _stored_prior(info: dict) -> dict:
+    """The prior settings of a stored fit, which a warm start keeps unless given anew."""
+    settings = {"prior": info["variational"].get("prior", "gamma")}
+    settings.update(
+        {key: info["params"][key] for key in ("prior_shape", "prior_rate") if key in info["params"]}
+    )
+    return settings
+
+
+def _fit_variational(matrix, on_dask, n_components, solver, random_state, init, callback, params):
     """`VBNMF` on counts already checked (or a dask array, checked chunk by chunk)."""
-    model = VBNMF(n_components, solver=solver, random_state=random_state, **fit_params)
-    init, previous_trace = None, np.empty(0)
-    if previous is not None:
-        if "variational" not in previous:
-            raise ValueError("warm_start: the stored fit has no variational parameters")
-        stored = previous["variational"]
-        init = {name: np.asarray(stored[name]) for name in INIT_KEYS}
-        init.update({name: stored[name] for name in SCALE_KEYS + HYPER_KEYS if name in stored})
-        previous_trace = np.asarray(previous.get("elbo_trace", []), dtype=np.float64)
+    model = VBNMF(n_components, solver=solver, random_state=random_state, **params)
     model._fit("dask" if on_dask else "checked", matrix, init, callback)
     cell_factors = model.cell_shape_ / model.cell_rate_
-    elbo_trace = np.concatenate([previous_trace, np.asarray(model.elbo_trace_, np.float64)])
     info = {
-        "elbo_trace": elbo_trace,
-        "n_iter": int(elbo_trace.size),
+        "elbo_trace": np.asarray(model.elbo_trace_, np.float64),
         "converged": bool(model.converged_),
         "variational": _variational(model),
     }
@@ -195,9 +367,9 @@ def _variational(model: VBNMF) -> dict:
         "gene_rate": model.gene_rate_,
         "prior": model.prior,
     }
-    for name in ("prior_shape", "prior_rate"):
-        if getattr(model, name) is not None:
-            stored[name] = float(getattr(model, name))
+    prior = model._prior()
+    if isinstance(prior, GammaPrior):
+        stored.update(prior_shape=float(prior.shape), prior_rate=float(prior.rate))
     if model.hyperparameters_ is not None:
         stored.update({name: getattr(model, name + "_") for name in SCALE_KEYS})
         stored.update(model.hyperparameters_)
@@ -219,6 +391,61 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
         "reconstruction_err": float(model.reconstruction_err_),
     }
     return np.asarray(cell_factors), np.asarray(model.components_).T, info
+
+
+def _column_sums(matrix) -> np.ndarray:
+    """Each gene's total count; a dask array is summed chunk by chunk on its workers (its
+    chunks may be sparse, whose ``sum`` dask's own reduction cannot call)."""
+    if is_dask_array(matrix):
+        per_chunk = matrix.map_blocks(
+            lambda block: np.asarray(block.sum(axis=0), dtype=np.float64).reshape(1, -1),
+            dtype=np.float64,
+            chunks=((1,) * matrix.numblocks[0], matrix.chunks[1]),
+        )
+        return np.asarray(per_chunk.sum(axis=0).compute())
+    return np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+
+
+def _scatter_rows(values, fitted_genes, n_genes: int):
+    """``values`` (fitted genes x K) as rows of all ``n_genes``, zero where not fitted."""
+    if fitted_genes is None:
+        return values
+    values = np.asarray(values)
+    full = np.zeros((n_genes, values.shape[1]), dtype=values.dtype)
+    full[fitted_genes] = values
+    return full
+
+
+def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.ndarray, float]:
+    """Each factor's share of the fitted counts and the ``active`` threshold (see `nmf`);
+    ``prior`` is ``(shape, rate)`` of the fixed Gamma prior, or None (the learned prior,
+    whose switched-off factors fit nearly nothing, and the classical solvers)."""
+    gene_sums = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
+    cell_totals = cell_factors @ gene_sums  # each cell's fitted count
+    cell_sums = cell_factors.sum(axis=0)
+    if is_dask_array(cell_factors):
+        cell_totals, cell_sums = cell_totals.compute(), cell_sums.compute()
+    expected = np.asarray(cell_sums, dtype=np.float64) * gene_sums
+    total = float(expected.sum())
+    share = expected / total if total > 0 else np.zeros_like(expected)
+    if min_share is None:
+        n_cells, n_genes = cell_factors.shape[0], np.shape(gene_loadings)[0]
+        floor = 0.0 if prior is None else prior_floor(n_cells, n_genes, prior)
+        handful = 5 * float(np.median(cell_totals))
+        min_share = min((floor + handful) / total, 1.0) if total > 0 else 0.0
+    return share, float(min_share)
+
+
+def prior_floor(n_cells: int, n_genes: int, prior: tuple[float, float]) -> float:
+    """The fitted count ``Z * W`` of a factor that explains no data, ``Z = sum_i E[z_il]``,
+    ``W = sum_j E[w_jl]``: with no counts attributed, the updates of model.md reduce to
+    ``Z (b + W) = n a`` and ``W (b + Z) = m a``, so ``P = Z W`` solves
+    ``P^2 - ((n + m) a + b^2) P + n m a^2 = 0``; its smaller root (``P < min(n, m) a``)."""
+    shape, rate = prior
+    linear = (n_cells + n_genes) * shape + rate**2
+    # The smaller root in the form that does not cancel: 2c / (B + sqrt(B^2 - 4c)).
+    constant = n_cells * n_genes * shape**2
+    return 2 * constant / (linear + np.sqrt(linear**2 - 4 * constant))
 
 
 def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) -> np.ndarray:

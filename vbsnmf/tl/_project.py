@@ -5,14 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
 from .._utils import numba_threads
 from .._validation import check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
-from ._top_genes import fit_info
+from ._stored import FitKeys, fit_info, gene_holder, store_cell_factors, variational_params
 
 
 def project(
@@ -45,8 +44,9 @@ def project(
     key
         ``key_added`` of the reference fit.
     key_added
-        Write to ``.obsm['X_' + key_added]``; default: the reference's ``obsm`` key
-        (``X_nmf``), so the new cells sit in the same space.
+        Write to ``.obsm['X_' + key_added]`` (and ``..._usage``, ``..._sqrt_usage``);
+        default: the reference's keys (``X_nmf``, ...), so the new cells sit in the same
+        space.
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol
@@ -59,9 +59,15 @@ def project(
 
     Returns
     -------
-    None, or the AnnData when ``copy=True``. Sets ``.obsm['X_nmf']`` (n_obs, K), the
-    posterior mean cell factors, and ``.uns['nmf_projection']`` (or ``key_added +
-    '_projection'``) with ``n_genes_used`` and ``n_genes_missing``.
+    None, or the AnnData when ``copy=True``. Sets
+
+    ``.obsm['X_nmf']`` : ndarray (n_obs, K)
+        The posterior mean cell factors.
+    ``.obsm['X_nmf_usage']``, ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
+        Their usages (each row divided by its sum) and the usages' square roots, as
+        `vbsnmf.tl.nmf` stores them.
+    ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
+        ``reference_key``, ``n_genes_used`` and ``n_genes_missing``.
 
     Raises
     ------
@@ -82,7 +88,7 @@ def project(
             f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
             "variational parameters; project needs solver='batch' or 'svi'"
         )
-    variational = info["variational"]
+    variational = variational_params(adata_ref, key)
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
@@ -90,7 +96,11 @@ def project(
         raise ValueError(
             f"{source}'s gene names repeat; make them unique (adata.var_names_make_unique())"
         )
-    reference_genes = pd.Index(np.asarray(info["var_names"], dtype=str))
+    # The reference's genes: those of its gene holder that the fit used (nonzero shapes).
+    gene_shape = np.asarray(variational["gene_shape"])
+    fitted = (gene_shape > 0).any(axis=1)
+    reference_genes = gene_holder(adata_ref, key).var_names[fitted]
+    gene_shape = gene_shape[fitted]
     positions = new_genes.get_indexer(reference_genes)
     shared = positions >= 0
     n_shared = int(shared.sum())
@@ -105,12 +115,13 @@ def project(
         )
     matrix = check_count_matrix(adata_new, matrix, source)
     counts = matrix.tocsr()[:, positions[shared]]
-    gene_shape = np.ascontiguousarray(np.asarray(variational["gene_shape"])[shared])
+    gene_shape = np.ascontiguousarray(gene_shape[shared])
     gene_rate = np.asarray(variational["gene_rate"])
     row_scale = None
-    if "cell_factor_shape" in variational:  # the learned prior, its hyperparameters as fitted
+    if "cell_factor_shape" in variational:
+        # The learned prior: rates per gene and factor, the cells' hyperparameters as fitted.
         prior = HierarchicalPrior()
-        gene_rate = np.ascontiguousarray(gene_rate[shared])
+        gene_rate = np.ascontiguousarray(gene_rate[fitted][shared])
         row_scale = ScaleState(
             np.empty(0),
             np.empty(0),
@@ -119,9 +130,7 @@ def project(
             float(variational["cell_scale_prior_mean"]),
         )
     else:
-        prior = GammaPrior(
-            float(variational.get("prior_shape", 1.0)), float(variational.get("prior_rate", 1.0))
-        )
+        prior = GammaPrior(variational["prior_shape"], variational["prior_rate"])
     with numba_threads(n_threads) as n_parts:
         cells = fit_rows(
             as_count_data(counts),
@@ -133,8 +142,8 @@ def project(
             n_parts=n_parts,
             row_scale=row_scale,
         )
-    obsm_key = info["obsm_key"] if key_added is None else f"X_{key_added}"
-    adata_new.obsm[obsm_key] = cells.shape / cells.rate
+    keys = FitKeys.of(key if key_added is None else key_added)
+    store_cell_factors(adata_new, keys, cells.shape / cells.rate)
     adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,

@@ -5,17 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-def fit_info(adata, key: str) -> dict:
-    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
-    info = adata.uns.get(key)
-    if not isinstance(info, dict) or "obsm_key" not in info:
-        raise KeyError(
-            f"adata.uns[{key!r}] holds no NMF fit; run vbsnmf.tl.nmf(adata"
-            + ("" if key == "nmf" else f", key_added={key!r}")
-            + ") first"
-        )
-    return info
+from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
 
 def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.ndarray:
@@ -37,6 +27,8 @@ def top_genes(
     key: str = "nmf",
     *,
     sort_by: str = "specificity",
+    min_counts: int = 2,
+    include_inactive: bool = False,
 ) -> pd.DataFrame:
     """The top genes of each factor of a `vbsnmf.tl.nmf` fit.
 
@@ -45,7 +37,7 @@ def top_genes(
     adata
         AnnData after `vbsnmf.tl.nmf`.
     n_genes
-        Genes per factor.
+        Genes per factor (fewer when fewer genes qualify).
     key
         ``key_added`` of the fit (its ``.uns`` key).
     sort_by
@@ -54,25 +46,38 @@ def top_genes(
         for B cells, CD3D for T cells); ``"loading"``: largest posterior mean loading
         ``E[w_jl]`` (the genes a factor produces most of, often ribosomal genes shared
         by all factors); ``"score"``: loading x specificity, between the two.
+    min_counts
+        List only genes with at least this many counts in the fitted data
+        (``.var['nmf_total_counts']``). The default, 2, leaves out genes seen once in the
+        whole data set: any factor explains all of such a gene, so its specificity says
+        nothing.
+    include_inactive
+        Also list the factors that are not ``active`` (``.uns['nmf']['active']``: factors
+        switched off by the prior, whose top genes are noise).
 
     Returns
     -------
     DataFrame
         Indexed by ``(factor, rank)`` (rank 0 is the top gene), columns ``gene``,
-        ``loading`` (``E[w_jl]``) and ``specificity`` (share in [0, 1], see
-        `gene_specificity`).
+        ``loading`` (``E[w_jl]``), ``specificity`` (share in [0, 1], see
+        `gene_specificity`) and ``total_counts`` (the gene's counts in the data). Genes
+        come from ``adata.var_names`` (``adata.raw.var_names`` for a fit of ``.raw``);
+        only genes with a positive loading in the factor are listed.
     """
     if sort_by not in ("loading", "specificity", "score"):
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
     if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
+    if isinstance(min_counts, bool) or not isinstance(min_counts, (int, np.integer, float)):
+        raise TypeError(f"min_counts must be a number, got {type(min_counts).__name__}")
     info = fit_info(adata, key)
-    gene_loadings = np.asarray(adata.varm[info["varm_key"]], dtype=np.float64)
+    genes = gene_holder(adata, key)
+    gene_loadings = np.asarray(genes.varm[info["varm_key"]], dtype=np.float64)
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]], dtype=np.float64)
+    totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)
     specificity = gene_specificity(gene_loadings, cell_factors)
-    n_genes = min(int(n_genes), adata.n_vars)
     rows = []
-    for factor in range(gene_loadings.shape[1]):
+    for factor in active_factors(adata, key, include_inactive):
         loading, share = gene_loadings[:, factor], specificity[:, factor]
         if sort_by == "loading":
             order = np.argsort(-loading, kind="stable")
@@ -80,7 +85,12 @@ def top_genes(
             order = np.lexsort((-loading, -share))
         else:
             order = np.argsort(-(loading * share), kind="stable")
-        for rank, gene in enumerate(order[:n_genes]):
-            rows.append((factor, rank, adata.var_names[gene], loading[gene], share[gene]))
-    table = pd.DataFrame(rows, columns=["factor", "rank", "gene", "loading", "specificity"])
+        listed = order[(loading[order] > 0) & (totals[order] >= min_counts)][:n_genes]
+        for rank, gene in enumerate(listed):
+            rows.append(
+                (factor, rank, genes.var_names[gene], loading[gene], share[gene], totals[gene])
+            )
+    table = pd.DataFrame(
+        rows, columns=["factor", "rank", "gene", "loading", "specificity", "total_counts"]
+    )
     return table.set_index(["factor", "rank"])

@@ -1,0 +1,126 @@
+"""Where a `nmf` fit lives in an AnnData, and reading it back.
+
+Per-cell arrays are in ``.obsm``, per-gene arrays in ``.varm`` (in ``.raw.varm`` for a fit of
+``.raw``), and only K-sized things and settings in ``.uns``, so that subsetting cells or
+genes keeps a fit that ``warm_start`` and `project` can use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._model import HYPER_KEYS, SCALE_KEYS
+from .._utils import is_dask_array
+
+VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
+
+
+@dataclass(frozen=True)
+class FitKeys:
+    """The keys of one fit, named as ``scanpy.pp.pca`` names its own (``key_added``)."""
+
+    uns: str
+    factors: str  # .obsm: E[z]
+    usage: str  # .obsm: E[z] over its row sum
+    sqrt_usage: str  # .obsm: its square root, the recommended use_rep
+    loadings: str  # .varm: E[w]
+
+    @classmethod
+    def of(cls, key_added: str | None) -> FitKeys:
+        name = "nmf" if key_added is None else key_added
+        loadings = "NMF" if key_added is None else key_added
+        return cls(name, f"X_{name}", f"X_{name}_usage", f"X_{name}_sqrt_usage", loadings)
+
+    def variational(self, name: str) -> str:
+        """``.obsm`` / ``.varm`` key of a Gamma parameter: ``nmf_cell_shape``, ..."""
+        return f"{self.uns}_{name}"
+
+    @property
+    def total_counts(self) -> str:
+        """``.var`` column: each fitted gene's total count."""
+        return f"{self.uns}_total_counts"
+
+
+def fit_info(adata, key: str) -> dict:
+    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "obsm_key" not in info:
+        raise KeyError(
+            f"adata.uns[{key!r}] holds no NMF fit; run vbsnmf.tl.nmf(adata"
+            + ("" if key == "nmf" else f", key_added={key!r}")
+            + ") first"
+        )
+    return info
+
+
+def gene_holder(adata, key: str):
+    """``adata.raw`` for a fit of ``.raw`` (its genes, ``.varm`` and ``.var``), else
+    ``adata``."""
+    if fit_info(adata, key)["params"].get("use_raw"):
+        if adata.raw is None:
+            raise ValueError(f"the fit {key!r} was of adata.raw, which adata no longer has")
+        return adata.raw
+    return adata
+
+
+def usage(cell_factors):
+    """Each cell's factors divided by their sum (zero for a cell without any), as cNMF's
+    ``usage_norm`` and fastTopics' ``poisson2multinom``; a dask array stays lazy."""
+    totals = cell_factors.sum(axis=1, keepdims=True)
+    if is_dask_array(cell_factors):
+        return cell_factors / (totals + (totals == 0))
+    return np.divide(cell_factors, totals, out=np.zeros_like(cell_factors), where=totals > 0)
+
+
+def store_cell_factors(adata, keys: FitKeys, cell_factors) -> None:
+    """The cell factors, their usages and the usages' square roots into ``.obsm``."""
+    shares = usage(cell_factors)
+    adata.obsm[keys.factors] = cell_factors
+    adata.obsm[keys.usage] = shares
+    adata.obsm[keys.sqrt_usage] = shares**0.5
+
+
+def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:
+    """Indices of the factors to show: the active ones, or all."""
+    info = fit_info(adata, key)
+    active = np.asarray(info["active"], dtype=bool)
+    return np.arange(active.size) if include_inactive else np.flatnonzero(active)
+
+
+def variational_params(adata, key: str) -> dict:
+    """The Gamma parameters of a variational fit as ``VBNMF``'s ``init`` takes them
+    (``gene_shape`` over every gene of the fit's gene holder; zero rows: genes not fitted),
+    plus the prior: ``prior_shape`` and ``prior_rate`` of the fixed prior, or under the
+    learned prior q of the cell and gene scales (`SCALE_KEYS`) and the hyperparameters
+    (`HYPER_KEYS`)."""
+    info = fit_info(adata, key)
+    if "variational" not in info:
+        raise ValueError(
+            f"adata.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
+            "variational parameters (fitted by solver='batch' or 'svi' only)"
+        )
+    keys, stored = FitKeys.of(key), info["variational"]
+    genes = gene_holder(adata, key)
+    learned = "cell_factor_shape" in stored
+    params = {}
+    for name in VARIATIONAL_KEYS + (SCALE_KEYS if learned else ()):
+        side = adata.obsm if name.startswith("cell") else genes.varm
+        if name in stored:  # one value per factor
+            params[name] = np.asarray(stored[name])
+        elif keys.variational(name) in side:
+            params[name] = side[keys.variational(name)]
+            if name in SCALE_KEYS:  # one per cell or gene, stored as a column
+                params[name] = params[name][:, 0]
+        else:
+            where = ".obsm" if name.startswith("cell") else ".varm"
+            raise KeyError(
+                f"the fit {key!r} has no {where}[{keys.variational(name)!r}]; was the AnnData "
+                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+            )
+    names = HYPER_KEYS if learned else ("prior_shape", "prior_rate")
+    for name in names:
+        value = np.asarray(stored[name], dtype=np.float64)
+        params[name] = float(value) if value.ndim == 0 else value
+    return params

@@ -14,8 +14,8 @@ from .._atomic import atomic_directory, atomic_file
 from ._convert import mtx_to_h5ad
 from ._errors import ReadError
 from ._paths import check_checkpoint_path, check_outdir, real_path
-from ._read import read, read_10x, read_10x_h5, read_h5ad, read_mtx, read_zarr
-from ._write import write_nmf_tables
+from ._read import read, read_10x, read_10x_h5, read_h5ad, read_h5ad_backed, read_mtx, read_zarr
+from ._write import write_nmf_tables, write_result
 
 __all__ = [
     "ReadError",
@@ -28,8 +28,10 @@ __all__ = [
     "read_10x",
     "read_10x_h5",
     "read_h5ad",
+    "read_h5ad_backed",
     "read_mtx",
     "read_zarr",
     "real_path",
     "write_nmf_tables",
+    "write_result",
 ]

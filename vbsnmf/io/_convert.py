@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_file
 from ._errors import ReadError
 from ._read import (
     MtxHeader,
@@ -31,8 +31,8 @@ from ._read import (
     tenx_files,
 )
 
-# Lines of a Matrix Market file parsed at a time (about 50 MB with pandas' parser).
-_LINES_PER_CHUNK = 1_000_000
+# Lines of a Matrix Market file parsed at a time (about 15 MB with pandas' parser).
+_LINES_PER_CHUNK = 250_000
 
 
 def mtx_to_h5ad(
@@ -97,16 +97,8 @@ def mtx_to_h5ad(
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
     var_extra = row_extra if genes_as_rows else col_extra
     keep_genes = _gene_expression(var_extra)
-    handle, temporary = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(handle)
-    try:
-        _write(
-            src, header, Path(temporary), genes_as_rows, nnz, cells, genes, var_extra, keep_genes
-        )
-        os.replace(temporary, dst)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(dst) as temporary:
+        _write(src, header, temporary, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
     return dst
 
 

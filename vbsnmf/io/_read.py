@@ -102,6 +102,21 @@ def read(
         The options do not fit the input (orientation or name files for an ``.h5ad``).
     """
     path = Path(path)
+    kind = check_read_options(path, genes_as_rows, row_names, col_names)
+    if kind == "10x":
+        return read_10x(path)
+    if kind == "10x_h5":
+        return read_10x_h5(path)
+    if kind == "h5ad":
+        return read_h5ad(path)
+    if kind == "zarr":
+        return read_zarr(path)
+    return read_mtx(path, genes_as_rows=genes_as_rows, row_names=row_names, col_names=col_names)
+
+
+def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
+    """The kind of input ``path`` is (`input_kind`), after checking that the options of
+    `read` fit it (`ReadError` for a missing path, ValueError for options)."""
     if not path.exists():
         raise ReadError(path, "no such file or directory")
     kind = input_kind(path)
@@ -113,20 +128,12 @@ def read(
             f"{path}: orientation and row/column name files apply to .mtx input only; "
             f"a {_KIND_NAMES[kind]} stores cells and genes with their names"
         )
-    if kind == "10x":
-        return read_10x(path)
-    if kind == "10x_h5":
-        return read_10x_h5(path)
-    if kind == "h5ad":
-        return read_h5ad(path)
-    if kind == "zarr":
-        return read_zarr(path)
-    if genes_as_rows is None:
+    if kind == "mtx" and genes_as_rows is None:
         raise ValueError(
             f"{path}: say which axis of the matrix holds the genes: "
             "--genes-as-rows (the 10x convention) or --cells-as-rows"
         )
-    return read_mtx(path, genes_as_rows=genes_as_rows, row_names=row_names, col_names=col_names)
+    return kind
 
 
 _KIND_NAMES = {
@@ -372,6 +379,38 @@ def read_h5ad(path: str | os.PathLike):
     except Exception as error:  # h5py/anndata raise many types for corrupt files
         raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
     return _checked_anndata(path, adata)
+
+
+def read_h5ad_backed(path: str | os.PathLike):
+    """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
+    disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
+    it with `read_h5ad`). `ReadError` if it cannot be opened; row pointers and indices are
+    checked as they stream."""
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    check_file(path)
+    _probe_hdf5(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            stored = handle.get("X")
+            encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
+        if encoding != "csr_matrix":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = ad.read_h5ad(path, backed="r")
+    except Exception as error:  # h5py/anndata raise many types for corrupt files
+        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        adata.file.close()
+        raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
+    return adata
 
 
 def read_zarr(path: str | os.PathLike):

@@ -59,6 +59,15 @@ def test_an_mtx_converts_in_either_orientation_with_names(tmp_path):
     assert list(adata.obs_names[:2]) == ["0", "1"]
 
 
+def test_name_files_give_the_names_read_mtx_gives(tmp_path):
+    """A features file passed as a name file names genes by its first field, as read_mtx
+    does (only a 10x folder names them by symbol, as scanpy does)."""
+    names = {"row_names": TINY_10X / "features.tsv.gz", "col_names": TINY_10X / "barcodes.tsv.gz"}
+    matrix = TINY_10X / "matrix.mtx.gz"
+    converted = ad.read_h5ad(mtx_to_h5ad(matrix, tmp_path / "m.h5ad", **names))
+    _same_anndata(converted, vbsnmf.io.read_mtx(matrix, genes_as_rows=True, **names))
+
+
 def test_only_gene_expression_features_are_kept_as_the_reader_keeps_them(tmp_path):
     rng = np.random.default_rng(0)
     genes_by_cells = sp.random(6, 5, density=0.5, random_state=rng, format="csc") * 10

@@ -63,7 +63,8 @@ def mtx_to_h5ad(
     genes_as_rows
         True when the file's rows are genes (the 10x convention), False when rows are cells.
     row_names, col_names
-        Optional name files for the rows and columns of an ``.mtx`` file.
+        Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
+        the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).
 
     Returns
     -------
@@ -79,7 +80,8 @@ def mtx_to_h5ad(
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise ReadError(src, "no such file or directory")
-    if src.is_dir():
+    is_folder = src.is_dir()
+    if is_folder:
         if not genes_as_rows or row_names is not None or col_names is not None:
             raise ValueError("a 10x folder holds genes as rows with its own name files")
         src, row_names, col_names = tenx_files(src)
@@ -95,7 +97,9 @@ def mtx_to_h5ad(
     rows, row_extra = _names(row_names, n_rows, src, "rows")
     cols, col_extra = _names(col_names, n_cols, src, "columns")
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
-    var_extra = row_extra if genes_as_rows else col_extra
+    # a 10x folder's features file names genes by symbol, with ids and types beside them;
+    # other name files give one name a line (the first field), as read_mtx reads them
+    var_extra = (row_extra if genes_as_rows else col_extra) if is_folder else None
     keep_genes = _gene_expression(var_extra)
     with atomic_file(dst) as temporary:
         _write(src, header, temporary, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
@@ -129,9 +133,6 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
     gene_index = np.arange(len(genes)) if keep is None else np.cumsum(keep) - 1
     if keep is not None:
         gene_index[~keep] = -1
-    var = pd.DataFrame(
-        index=make_index_unique(pd.Index(genes[keep] if keep is not None else genes))
-    )
     if var_extra is not None and var_extra.shape[1] >= 2:
         # 10x features: id, symbol[, type]: symbols name the genes, as scanpy does
         selected = var_extra if keep is None else var_extra[keep]
@@ -141,6 +142,8 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
         )
         if selected.shape[1] >= 3:
             var["feature_types"] = selected[2].to_numpy()
+    else:
+        var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))
     with _errors(src), open_binary(src) as text, h5py.File(out_path, "w") as out:
         # an AnnData without X, then X written as its CSR group, a chunk at a time

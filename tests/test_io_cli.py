@@ -917,3 +917,51 @@ def test_pl_umap_leiden_is_scanpys_leiden_of_the_same_graph(tiny):
     np.testing.assert_array_equal(
         adata.obs["leiden"].to_numpy(), reference.obs["leiden"].to_numpy()
     )
+
+
+def _write_cellranger_h5(path: Path, adata, counts=None) -> Path:
+    """Cell Ranger 3's feature-barcode .h5: genes x cells stored as CSC (the CSR of cells x
+    genes), features beside it."""
+    import h5py
+
+    csr = sp.csr_matrix(adata.X if counts is None else counts)
+    with h5py.File(path, "w") as handle:
+        matrix = handle.create_group("matrix")
+        matrix["barcodes"] = np.asarray(adata.obs_names, dtype="S")
+        matrix["data"] = csr.data.astype(np.int32)
+        matrix["indices"] = csr.indices.astype(np.int64)
+        matrix["indptr"] = csr.indptr.astype(np.int64)
+        matrix["shape"] = np.array([adata.n_vars, adata.n_obs], dtype=np.int32)
+        features = matrix.create_group("features")
+        features["id"] = np.asarray(adata.var["gene_ids"], dtype="S")
+        features["name"] = np.asarray(adata.var_names, dtype="S")
+        features["feature_type"] = np.asarray(["Gene Expression"] * adata.n_vars, dtype="S")
+        features["genome"] = np.asarray(["GRCh38"] * adata.n_vars, dtype="S")
+        features["_all_tag_keys"] = np.asarray(["genome"], dtype="S")
+    return path
+
+
+def test_cell_ranger_h5_and_zarr_read_as_the_10x_folder(tmp_path, capsys, tiny):
+    h5 = _write_cellranger_h5(tmp_path / "filtered_feature_bc_matrix.h5", tiny)
+    zarr_path = tmp_path / "tiny.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr format notices
+        tiny.write_zarr(zarr_path)
+    for path in (h5, zarr_path):
+        adata = vbsnmf.io.read(path)
+        assert (sp.csr_matrix(adata.X) != tiny.X).nnz == 0
+        pd.testing.assert_index_equal(adata.obs_names, tiny.obs_names)
+        pd.testing.assert_index_equal(adata.var_names, tiny.var_names)
+        np.testing.assert_array_equal(adata.var["gene_ids"], tiny.var["gene_ids"])
+        code, _, err = _run(["fit", path, *FIT_OPTIONS, "-o", tmp_path / path.suffix[1:]], capsys)
+        assert code == 0, err
+    assert vbsnmf.io.read(h5).X.dtype == np.float32  # exact for these counts
+    # scanpy reads Cell Ranger's counts into float32, which rounds 2**24 + 1: read again
+    big = tiny.X.copy().tolil()
+    big[0, 0] = 16_777_217
+    wide = _write_cellranger_h5(tmp_path / "big.h5", tiny, counts=big)
+    assert vbsnmf.io.read(wide).X[0, 0] == 16_777_217
+    not_hdf5 = tmp_path / "broken.h5"
+    not_hdf5.write_bytes(b"not an HDF5 file at all")
+    with pytest.raises(ReadError, match=r"broken\.h5"):
+        vbsnmf.io.read(not_hdf5)

@@ -332,6 +332,37 @@ def test_svi_across_workers_matches_single_machine_svi(client, tiny_counts):
         assert got.gathered_bytes[first + per_epoch] <= summary + n_cells * 3 * 8
 
 
+def test_svi_with_the_learned_prior_across_workers_matches_single_machine_svi(client, tiny_counts):
+    """Cells-form SVI under the learned prior on Dask (the client keeps every cell's q and
+    the sums their hyperparameters are learned from; the workers fit the minibatch's
+    cells): the single-machine fit's trace, q and hyperparameters for any chunking."""
+    options = dict(solver="svi", batch_size=150, n_epochs=3, max_iter=20, tol=0.0, random_state=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, **options).fit(tiny_counts)
+        options.pop("solver")
+        for chunk in (300, 700):
+            X = da.from_array(tiny_counts, chunks=(chunk, -1))
+            got = vbsnmf.fit_svi_dask(X, 3, client=client, **options)
+            assert got.n_iter == 3
+            np.testing.assert_allclose(got.elbo_trace, local.elbo_trace_, rtol=1e-9)
+            assert is_dask_array(got.params.row_scale.rate)
+            gathered = got.gather()
+            expected = {
+                "cell_shape_": gathered.row_shape,
+                "cell_rate_": gathered.row_rate,
+                "gene_shape_": gathered.col_shape,
+                "gene_rate_": gathered.col_rate,
+                "cell_scale_rate_": gathered.row_scale.rate,
+                "gene_scale_rate_": gathered.col_scale.rate,
+            }
+            for name, mine in expected.items():
+                np.testing.assert_allclose(mine, getattr(local, name), rtol=1e-9, err_msg=name)
+            hyper = _model.hyperparameters(got.params)
+            for name, value in local.hyperparameters_.items():
+                np.testing.assert_allclose(hyper[name], value, rtol=1e-9, err_msg=name)
+
+
 def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     """Starting from a fit's parameters (cell shapes a dask array) continues the same path:
     3 + 2 iterations give the ELBO values 4 and 5 of a 5-iteration fit."""
@@ -357,6 +388,97 @@ def test_warm_start_from_a_distributed_fit_continues_it(client, tiny_counts):
     )
     with pytest.raises(ValueError, match="positive and finite"):
         vbsnmf.fit_dask(X, 3, init=negative, max_iter=1, client=client, prior="gamma").gather()
+
+
+@pytest.mark.parametrize("chunk", [250, 700])
+def test_learned_prior_matches_the_single_machine_plain_loop(client, tiny_counts, chunk):
+    """The learned prior on Dask (each chunk holds its cells' shapes, rates and q(xi); the
+    client the genes, both sides' hyperparameters and the gauge) is the single-machine
+    plain coordinate ascent from the same seed: trace, every array of q and the learned
+    hyperparameters to 1e-9 relative (only the order of the sums differs)."""
+    options = dict(max_iter=N_ITER, tol=0.0, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(4, n_threads=1, accelerate=False, **options).fit(tiny_counts)
+        X = da.from_array(tiny_counts, chunks=(chunk, -1))
+        result = vbsnmf.fit_dask(X, 4, client=client, **options)
+    assert result.n_iter == local.n_iter_ == N_ITER
+    np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
+    assert np.all(np.diff(result.elbo_trace) > 0)
+    gathered = result.gather()
+    expected = {
+        "cell_shape_": gathered.row_shape,
+        "cell_rate_": gathered.row_rate,
+        "gene_shape_": gathered.col_shape,
+        "gene_rate_": gathered.col_rate,
+        "cell_scale_shape_": gathered.row_scale.shape,
+        "cell_scale_rate_": gathered.row_scale.rate,
+        "gene_scale_shape_": gathered.col_scale.shape,
+        "gene_scale_rate_": gathered.col_scale.rate,
+    }
+    for name, mine in expected.items():
+        np.testing.assert_allclose(mine, getattr(local, name), rtol=1e-9, atol=0, err_msg=name)
+    hyper = _model.hyperparameters(result.params)
+    for name, value in local.hyperparameters_.items():
+        np.testing.assert_allclose(hyper[name], value, rtol=1e-9, atol=0, err_msg=name)
+    # The cells' arrays stay chunked like the input, in its cell order.
+    assert result.params.row_rate.chunks[0] == X.chunks[0]
+    assert result.params.row_scale.rate.chunks[0] == X.chunks[0]
+    # Per pass the client received genes x K and O(K), never anything per cell.
+    n_genes = tiny_counts.shape[1]
+    assert max(result.gathered_bytes) < n_genes * 4 * 8 + 1000
+
+
+def test_learned_prior_warm_start_continues_a_distributed_fit(client, tiny_counts):
+    """A distributed learned fit's q (cells' arrays dask arrays, the hyperparameters and
+    q(xi) with them) as init continues the same path: 3 + 2 iterations give the ELBO values
+    4 and 5 of a 5-iteration fit; accelerate=True is refused on Dask."""
+    X = da.from_array(tiny_counts, chunks=(500, -1))
+    options = dict(tol=0.0, client=client)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        straight = vbsnmf.fit_dask(X, 3, max_iter=5, random_state=6, **options)
+        first = vbsnmf.fit_dask(X, 3, max_iter=3, random_state=6, **options)
+        assert is_dask_array(first.params.row_scale.rate)
+        resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, **options)
+        with pytest.raises(ValueError, match="accelerate=True"):
+            vbsnmf.fit_dask(X, 3, max_iter=2, accelerate=True, **options)
+    np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
+    np.testing.assert_allclose(resumed.gather().row_rate, straight.gather().row_rate, rtol=1e-12)
+
+
+def test_estimator_and_tl_fit_a_dask_x_with_the_learned_prior(client, tiny_counts):
+    """`VBNMF` and `tl.nmf` on a dask X with the default (learned) prior: the in-memory
+    plain coordinate ascent's fit (accelerate=False), the cells' arrays lazy; an explicit
+    accelerate=True is refused with a ValueError naming it."""
+    X = da.from_array(tiny_counts, chunks=(400, -1))
+    options = dict(max_iter=6, tol=0.0, random_state=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, accelerate=False, **options)
+        expected = local.fit_transform(tiny_counts)
+        distributed = vbsnmf.VBNMF(3, **options)
+        got = distributed.fit_transform(X)
+        with pytest.raises(ValueError, match="accelerate=True"):
+            vbsnmf.VBNMF(3, accelerate=True, **options).fit(X)
+        in_memory = ad.AnnData(tiny_counts.copy())
+        vbsnmf.tl.nmf(in_memory, 3, accelerate=False, n_threads=1, **options)
+        lazy = ad.AnnData(X)
+        vbsnmf.tl.nmf(lazy, 3, **options)
+    assert isinstance(got, da.Array) and isinstance(distributed.cell_rate_, da.Array)
+    np.testing.assert_allclose(got.compute(), expected, rtol=1e-9)
+    np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-9)
+    np.testing.assert_allclose(distributed.components_, local.components_, rtol=1e-9)
+    for name, value in local.hyperparameters_.items():
+        np.testing.assert_allclose(distributed.hyperparameters_[name], value, rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(distributed.cell_scale_rate_), local.cell_scale_rate_, rtol=1e-9
+    )
+    np.testing.assert_allclose(np.asarray(lazy.obsm["X_nmf"]), in_memory.obsm["X_nmf"], rtol=1e-9)
+    np.testing.assert_allclose(lazy.varm["NMF"], in_memory.varm["NMF"], rtol=1e-9)
+    np.testing.assert_allclose(
+        lazy.uns["nmf"]["elbo_trace"], in_memory.uns["nmf"]["elbo_trace"], rtol=1e-9
+    )
 
 
 def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(

@@ -76,6 +76,59 @@ def test_default_svi_form_is_cells_and_lands_within_one_percent_of_batch():
     assert_allclose(model.elbo_trace_[-1], reference, rtol=1e-9)
 
 
+def _hierarchical_draw(seed=3, n_cells=500, n_genes=200, n_components=5):
+    """Counts drawn from the learned prior's model: per-cell and per-gene scales, factors
+    Gamma(0.3) given them."""
+    rng = np.random.default_rng(seed)
+    cell_scale = rng.gamma(2.0, 1.5, n_cells)
+    gene_scale = rng.gamma(1.0, 1.0, n_genes)
+    cell_factors = rng.gamma(0.3, 1.0, (n_cells, n_components)) * cell_scale[:, None]
+    gene_loadings = rng.gamma(0.3, 1.0, (n_genes, n_components)) * gene_scale[:, None]
+    return sp.csr_array(rng.poisson(0.5 * cell_factors @ gene_loadings.T).astype(np.float64))
+
+
+def _facs_panel(pbmc_facs, seed=2, n_cells=400, n_genes=300):
+    """400 random pbmc_facs cells on a panel without the 200 most expressed genes: the
+    genes ranked 200 to 499 by their total in those cells."""
+    X = sp.csr_array(pbmc_facs.X)
+    cells = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_cells, replace=False))
+    X = X[cells]
+    ranked = np.argsort(-np.asarray(X.sum(axis=0)).ravel())
+    return sp.csr_array(X[:, np.sort(ranked[200 : 200 + n_genes])])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model draw",
+        "pbmc_facs panel",
+        pytest.param(
+            "pbmc_tiny",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known: SVI's defaults end 2.1 % below batch VB on pbmc_tiny (K=5), "
+                "4.8 % at K=10 (docs/performance.md: the slow drift of the gene factor shapes)",
+            ),
+        ),
+    ],
+)
+def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, request):
+    """The learned prior's SVI (cells form) with every SVI setting at its default ends
+    within 1 % of the ELBO of batch VB's default fit to convergence, on data no other test
+    fits."""
+    if name == "model draw":
+        X = _hierarchical_draw()
+    elif name == "pbmc_facs panel":
+        X = _facs_panel(request.getfixturevalue("pbmc_facs"))
+    else:
+        X = sp.csr_array(request.getfixturevalue("pbmc_tiny").X)
+    batch = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1), X)
+    assert batch.converged_
+    svi = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1, solver="svi"), X)
+    gap = (batch.elbo_trace_[-1] - svi.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
+    assert gap < 0.01, f"SVI's defaults end {gap:.2%} below batch VB"
+
+
 def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
     data = as_count_data(pbmc_tiny.X)
     params = _random_start(data, 5, 3)

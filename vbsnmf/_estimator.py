@@ -82,6 +82,7 @@ class FitSettings:
     n_components: int
     prior: Prior
     accelerate: bool
+    accelerate_given: bool  # accelerate was set, not left to the default
     solver: str
     svi_form: str
     max_iter: int
@@ -149,7 +150,9 @@ class VBNMF(TransformerMixin, BaseEstimator):
         Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
         an extrapolated step only when its exact ELBO is at least the plain step's (the
         trace stays monotone). Default: on for the learned prior, off for the fixed one,
-        whose fits stay bit for bit what they were.
+        whose fits stay bit for bit what they were. A dask X is fitted by plain coordinate
+        ascent whatever the prior (SQUAREM is not implemented on Dask; there the learned
+        prior's trace is that of ``accelerate=False`` in memory), and ``True`` is refused.
     max_iter
         Maximum number of passes over the data (batch), and of passes of each cell's local
         fit (`transform`, SVI's cells form); stopping at it warns with
@@ -342,6 +345,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
             n_components=int(self.n_components),
             prior=prior,
             accelerate=bool(accelerate),
+            accelerate_given=self.accelerate is not None,
             solver=self.solver,
             svi_form=self.svi_form,
             max_iter=check_iterations(self.max_iter, "max_iter", 0),
@@ -856,8 +860,6 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             "instead)"
         )
     n_components = check_n_components(settings.n_components, X.shape)
-    if isinstance(settings.prior, HierarchicalPrior):
-        raise NotImplementedError("the learned prior on Dask is not implemented yet")
     # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
     n_threads = 1 if settings.n_threads is None else settings.n_threads
     if settings.solver == "svi":
@@ -877,7 +879,14 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             client=client,
             callback=callback,
         )
-    start = None if init is None else init_params(init, X.shape, n_components, settings.dtype)
+    if settings.accelerate and settings.accelerate_given:
+        raise ValueError(
+            "accelerate=True is not available for a dask X: batch VB on Dask runs plain "
+            "coordinate ascent; pass accelerate=None (the default) or False"
+        )
+    start = None
+    if init is not None:
+        start = init_params(init, X.shape, n_components, settings.dtype, settings.prior)
     best = None
     for index in range(1 if init is not None else settings.n_init):
         result = _dask.fit_batch_dask(
@@ -920,21 +929,25 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
         ``callback(n_iter, params, elbo_trace)`` after every iteration; ``params.row_shape``
         is a dask array on the cluster.
     **params
-        `VBNMF`'s parameters (``prior_shape``, ``prior_rate``, ``max_iter``, ``tol``,
-        ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the number of
-        Numba threads inside each chunk task (default 1: Dask's worker threads already run
-        chunks in parallel).
+        `VBNMF`'s parameters (``prior``, ``prior_shape``, ``prior_rate``, ``max_iter``,
+        ``tol``, ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the
+        number of Numba threads inside each chunk task (default 1: Dask's worker threads
+        already run chunks in parallel). Both priors are supported; under the learned prior
+        (the default) the fit is plain coordinate ascent, the trace of
+        ``VBNMF(accelerate=False)`` in memory (SQUAREM is not implemented on Dask, and
+        ``accelerate=True`` is refused).
 
     Returns
     -------
     DaskFitResult
-        The final q (cell shapes stay on the cluster as a dask array), the ELBO trace and
-        the bytes moved per pass.
+        The final q (the cells' arrays stay on the cluster as dask arrays), the ELBO trace
+        and the bytes moved per pass.
 
     Raises
     ------
     ValueError
-        No client, bad parameters, or negative/NaN/infinite counts in a chunk.
+        No client, bad parameters, ``accelerate=True``, or negative/NaN/infinite counts in
+        a chunk.
     """
     return _fit_dask_result(X, n_components, init, client, callback, params, solver="batch")
 
@@ -959,14 +972,16 @@ def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **par
         every cell's latest shapes, on the client).
     **params
         `VBNMF`'s parameters: ``batch_size``, ``tau``, ``kappa``, ``n_epochs``,
-        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior,
-        ``random_state``, ``dtype``, ``n_threads`` (per chunk task, default 1).
+        ``eval_every``, ``tol``, ``max_iter`` (passes of each cell's local fit), the prior
+        (both are supported: under the learned prior the client also keeps every cell's
+        rates and scale), ``random_state``, ``dtype``, ``n_threads`` (per chunk task,
+        default 1).
 
     Returns
     -------
     DaskFitResult
-        The ELBO trace has one entry per evaluation; ``params.row_shape`` (a dask array) is
-        the last evaluation's cell side.
+        The ELBO trace has one entry per evaluation; the cells' arrays of ``params`` (dask
+        arrays) are the last evaluation's cell side.
     """
     return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
 

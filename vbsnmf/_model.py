@@ -460,30 +460,38 @@ def fix_gauge(params: VariationalParams) -> VariationalParams:
     ``(z, xi, b', w, eta, d') -> (s z, xi / s, b' / s, w / s, s eta, s d')`` changes no
     term of the ELBO (the likelihood sees z w, each prior term z xi, w eta, xi / b',
     eta / d'); with both b' and d' learned, coordinate ascent would drift along it for
-    ever. ``s = sqrt(b' / d')`` leaves ``b' = d' = sqrt(b' d')``.
+    ever. ``s = sqrt(b' / d')`` leaves ``b' = d' = sqrt(b' d')`` (`gauge`).
     """
-    rows, cols = params.row_scale, params.col_scale
-    factor = gauge_factor(params)
-    middle = float(np.sqrt(rows.prior_mean * cols.prior_mean))
-    row_scale = ScaleState(
-        rows.shape, rows.rate * factor, rows.factor_shape, rows.prior_shape, middle
-    )
-    col_scale = ScaleState(
-        cols.shape, cols.rate / factor, cols.factor_shape, cols.prior_shape, middle
-    )
+    factor, prior_mean = gauge(params.row_scale, params.col_scale)
+    row_rate, row_scale = rescale_side(params.row_rate, params.row_scale, factor, prior_mean)
+    col_rate, col_scale = rescale_side(params.col_rate, params.col_scale, 1.0 / factor, prior_mean)
     return VariationalParams(
-        params.row_shape,
-        params.row_rate / factor,
-        params.col_shape,
-        params.col_rate * factor,
-        row_scale,
-        col_scale,
+        params.row_shape, row_rate, params.col_shape, col_rate, row_scale, col_scale
     )
+
+
+def gauge(row_scale: ScaleState, col_scale: ScaleState) -> tuple[float, float]:
+    """`fix_gauge`'s ``s = sqrt(b' / d')`` (the rows' factor) and the common prior mean
+    ``sqrt(b' d')`` it leaves on both sides, from the two sides' hyperparameters."""
+    factor = float(np.sqrt(row_scale.prior_mean / col_scale.prior_mean))
+    return factor, float(np.sqrt(row_scale.prior_mean * col_scale.prior_mean))
+
+
+def rescale_side(
+    rate: np.ndarray, scale: ScaleState, factor: float, prior_mean: float
+) -> tuple[np.ndarray, ScaleState]:
+    """One side's share of `fix_gauge`: ``z -> factor z`` (its rates of q(z) divided by
+    ``factor``, those of q(xi) multiplied by it) and its prior mean set to ``prior_mean``.
+    Rows held elsewhere (Dask chunks) apply it to their own q with the same ``factor``."""
+    scale = ScaleState(
+        scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, prior_mean
+    )
+    return rate / factor, scale
 
 
 def gauge_factor(params: VariationalParams) -> float:
     """`fix_gauge`'s ``s = sqrt(b' / d')``: it divides the rows' rates by s."""
-    return float(np.sqrt(params.row_scale.prior_mean / params.col_scale.prior_mean))
+    return gauge(params.row_scale, params.col_scale)[0]
 
 
 def inverse_digamma(y, n_newton: int = 8) -> np.ndarray:
@@ -805,31 +813,80 @@ def random_start(
     )
 
 
-def _positive_totals(side_totals: np.ndarray) -> np.ndarray:
-    """Totals with the empty rows at the smallest positive total, so every rate is finite."""
-    positive = side_totals[side_totals > 0]
-    return np.maximum(side_totals, positive.min() if positive.size else 1.0)
+@dataclass
+class TotalsSummary:
+    """What the learned prior's start needs of one side's totals (`totals_summary`), as
+    sums over its rows, so that pieces of the rows (Dask chunks) can be summed: the number
+    of rows and of empty ones, the smallest positive total, ``sum 1 / total`` over the
+    positive totals."""
+
+    n_rows: int
+    n_empty: int
+    smallest: float
+    inverse_sum: float
+
+    def __add__(self, other: TotalsSummary) -> TotalsSummary:
+        return TotalsSummary(
+            self.n_rows + other.n_rows,
+            self.n_empty + other.n_empty,
+            min(self.smallest, other.smallest),
+            self.inverse_sum + other.inverse_sum,
+        )
+
+    @property
+    def floor(self) -> float:
+        """The total an empty row is given, so that every rate is finite: the smallest
+        positive total (1 if there is none)."""
+        return self.smallest if np.isfinite(self.smallest) else 1.0
 
 
-def learned_start_rates(side_totals, total_count: float, n_components: int, dtype) -> np.ndarray:
+def totals_summary(side_totals) -> TotalsSummary:
+    """`TotalsSummary` of some rows' totals."""
+    totals = np.asarray(side_totals, dtype=np.float64)
+    positive = totals[totals > 0]
+    return TotalsSummary(
+        int(totals.size),
+        int(totals.size - positive.size),
+        float(positive.min()) if positive.size else np.inf,
+        float(np.sum(1.0 / positive)),
+    )
+
+
+def learned_start_rates(
+    side_totals, total_count: float, n_components: int, dtype, floor: float | None = None
+) -> np.ndarray:
     """Per-row starting rates under the learned prior: with shapes of mean 1.5 each row's
     factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), so the start's mean
-    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit."""
-    totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
-    rate = 1.5 * n_components * np.sqrt(max(total_count, 1e-12)) / totals
+    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit.
+    An empty row is given the total ``floor`` (default: the smallest positive total of these
+    rows; pass the whole side's `TotalsSummary.floor` for a piece of the rows)."""
+    totals = np.asarray(side_totals, dtype=np.float64)
+    if floor is None:
+        floor = totals_summary(totals).floor
+    rate = 1.5 * n_components * np.sqrt(max(total_count, 1e-12)) / np.maximum(totals, floor)
     return np.repeat(rate[:, None], n_components, axis=1).astype(dtype)
 
 
-def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> ScaleState:
-    """The start of one side's scales: a_l = 1 (or the prior's fixed a_l) and a' = 1, the
-    exponential case; b' the mean over rows of ``1 / mean_l E[z_il]`` at the start's mean
-    shape 1.5, so the prior mean ``a_l / xi_i`` matches the start; q(xi) at its optimum.
-    Every value is replaced after the first iteration."""
-    n_components = shape.shape[1]
+def start_scale_template(
+    summary: TotalsSummary, total_count: float, n_components: int, prior
+) -> ScaleState:
+    """The hyperparameters one side's scales start from (q(xi) left empty): a_l = 1 (or
+    the prior's fixed a_l) and a' = 1, the exponential case; b' the mean over rows of
+    ``1 / mean_l E[z_il]`` at the start's mean shape 1.5 (`learned_start_rates`), so the
+    prior mean ``a_l / xi_i`` matches the start. Every value is replaced after the first
+    iteration."""
     factor = 1.0 if prior.factor_shape is None else prior.factor_shape
-    totals = _positive_totals(np.asarray(side_totals, dtype=np.float64))
-    prior_mean = float(np.mean(n_components * np.sqrt(max(total_count, 1e-12)) / totals))
-    template = ScaleState(np.empty(0), np.empty(0), np.full(n_components, factor), 1.0, prior_mean)
+    inverse_sum = summary.inverse_sum + summary.n_empty / summary.floor
+    prior_mean = n_components * np.sqrt(max(total_count, 1e-12)) * inverse_sum / summary.n_rows
+    empty = np.empty(0)
+    return ScaleState(empty, empty, np.full(n_components, factor), 1.0, float(prior_mean))
+
+
+def learned_start_scale(shape, rate, side_totals, total_count: float, prior) -> ScaleState:
+    """The start of one side's scales: the hyperparameters of `start_scale_template`, q(xi)
+    at its optimum given them."""
+    summary = totals_summary(side_totals)
+    template = start_scale_template(summary, total_count, shape.shape[1], prior)
     return scale_optimum(shape, rate, template)
 
 
@@ -912,10 +969,7 @@ def init_params(
                 f"init {name} has shape {tuple(np.shape(array))}, expected "
                 + " or ".join(map(str, wants))
             )
-        if is_dask_array(array):  # too large for one machine: checked block by block
-            checked.append(array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype))
-            continue
-        checked.append(_checked_block(np.array(array, dtype=dtype, copy=True), name))
+        checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
     return complete_learned(params, prior, extra) if learned else params
 
@@ -964,17 +1018,19 @@ def complete_learned(
         default_factor = 1.0 if prior.factor_shape is None else prior.factor_shape
         factor = np.asarray(given.get(f"{side}_factor_shape", default_factor), dtype=np.float64)
         factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), f"{side}_factor")
-        mean_default = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        prior_mean = given.get(f"{side}_scale_prior_mean")
+        if prior_mean is None:
+            prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
         scale = ScaleState(
             np.empty(0),
             np.empty(0),
             factor,
             check_positive_number(given.get(f"{side}_scale_prior_shape", 1.0)),
-            check_positive_number(given.get(f"{side}_scale_prior_mean", mean_default)),
+            check_positive_number(prior_mean),
         )
         if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
             q = [
-                _checked_block(np.array(given[key], dtype=np.float64), key)
+                _checked_array(given[key], key, np.float64)
                 for key in (f"{side}_scale_shape", f"{side}_scale_rate")
             ]
             if any(a.shape != (n_rows,) for a in q):
@@ -1026,6 +1082,14 @@ def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> VariationalParams:
             )
         )
     return VariationalParams(*main, *scales)
+
+
+def _checked_array(array, name: str, dtype):
+    """A copy of ``array`` in ``dtype``, positive and finite; a dask array (too large for
+    one machine: a distributed fit's) stays lazy and is checked block by block."""
+    if is_dask_array(array):
+        return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
+    return _checked_block(np.array(array, dtype=dtype, copy=True), name)
 
 
 def _checked_block(block: np.ndarray, name: str) -> np.ndarray:

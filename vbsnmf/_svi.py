@@ -66,6 +66,8 @@ from ._model import (
     side_rate,
     side_terms,
     start_rate,
+    start_scale_template,
+    totals_summary,
     update_side,
     warn_not_converged,
 )
@@ -373,9 +375,7 @@ def init_cells_state(
     row_totals, col_totals = totals
     col_rate = learned_start_rates(col_totals, total_count, n_components, dtype)
     col_scale = learned_start_scale(col_shape, col_rate, col_totals, total_count, prior)
-    template = learned_start_scale(
-        np.ones((1, n_components)), np.ones((1, n_components)), row_totals, total_count, prior
-    )
+    template = start_scale_template(totals_summary(row_totals), total_count, n_components, prior)
     q_shape = np.full(n_rows, template.prior_shape + template.factor_shape.sum())
     row_scale = template.with_q(q_shape, q_shape / template.prior_mean)
     row_rate = (row_scale.mean[:, None] + (col_shape / col_rate).sum(axis=0)).astype(dtype)

@@ -20,6 +20,18 @@ One iteration, in `_model.global_step`'s order:
    and returns its gene statistic, ``sum_i E_{t+1}[z_i]`` and its ELBO terms of ``q_t``;
 3. the workers sum those and the client sets the gene side (`_model.update_side`).
 
+Under the learned prior (`_model.HierarchicalPrior`) a chunk owns its cells' whole q: shapes,
+per-entry rates and q(xi) of their scales. The client holds the gene side, the cells'
+hyperparameters (a_l, a', b') and the gauge factor s of the last `_model.fix_gauge`, which it
+sends with the gene side; each chunk first rescales its cells by s (`_model.rescale_side`,
+the rows' share of the gauge), which gives its cells of ``q_t``, then runs the pass and
+`_model.update_side_learned`, and returns with its summary the cells' `_model.ScaleSums`.
+The client then continues `_model.global_step` where the rows' update left it: the genes
+(`update_side_learned`), both sides' hyperparameters (`learn_hyperparameters`, the cells'
+from the summed `ScaleSums`) and the gauge (`fix_gauge` on the gene side and the cells'
+hyperparameters), in that order. SQUAREM (`_batch.fit_batch_accelerated`) is not
+implemented here: this is the plain loop of `_batch.fit_batch`, whose trace it matches.
+
 Like `_batch.fit_batch`, the pass over ``q_t`` also gives the ELBO of ``q_t``, so the trace
 holds the exact ELBO of every q held, equal to the single-machine trace up to the order of
 floating-point sums (about 1e-14 relative measured).
@@ -48,15 +60,32 @@ from .._data import CountData, as_count_data
 from .._model import (
     ElboTerms,
     GammaPrior,
+    HierarchicalPrior,
+    Prior,
+    ScaleState,
+    ScaleSums,
+    TotalsSummary,
     VariationalParams,
+    fix_gauge,
+    gauge_factor,
     has_converged,
+    learn_hyperparameters,
+    learned_start_rates,
+    learned_start_scale,
     random_shapes,
+    rescale_side,
+    scale_optimum,
+    scale_sums,
     shape_statistics,
     side_rate,
     side_shape,
     side_terms,
+    side_totals,
     start_rate,
+    start_scale_template,
+    totals_summary,
     update_side,
+    update_side_learned,
     warn_not_converged,
 )
 from .._utils import numba_threads, warn_user
@@ -108,14 +137,17 @@ class ChunkSummary:
     gene_stat: np.ndarray  # sum over the chunk's cells of x phi, genes x K
     terms: ElboTerms  # the data and cell terms of the ELBO of q_t
     next_cell_mean_sum: np.ndarray  # sum_i E_{t+1}[z_i], K
+    cell_sums: ScaleSums | None = None  # learned prior: the new cells' ScaleSums
 
     @property
     def nbytes(self) -> int:
+        sums = 0 if self.cell_sums is None else self.cell_sums.factor_log.nbytes + 24
         return (
             self.gene_stat.nbytes
             + self.terms.row_mean_sum.nbytes
             + self.next_cell_mean_sum.nbytes
             + 16
+            + sums
         )
 
     def __sizeof__(self) -> int:  # dask.sizeof falls back to sys.getsizeof
@@ -126,11 +158,14 @@ def add_summaries(*summaries: ChunkSummary) -> ChunkSummary:
     """Sum of chunk summaries, in the order given."""
     first, *rest = summaries
     gene_stat, terms, next_sum = first.gene_stat.copy(), first.terms, first.next_cell_mean_sum
+    cell_sums = first.cell_sums
     for other in rest:
         gene_stat += other.gene_stat
         terms = terms + other.terms
         next_sum = next_sum + other.next_cell_mean_sum
-    return ChunkSummary(gene_stat, terms, next_sum)
+        if cell_sums is not None:
+            cell_sums = cell_sums + other.cell_sums
+    return ChunkSummary(gene_stat, terms, next_sum, cell_sums)
 
 
 def _chunk_pass(
@@ -153,6 +188,86 @@ def _chunk_pass(
         next_cell_mean_sum=(next_cell_shape / next_cell_rate).sum(axis=0).astype(np.float64),
     )
     return next_cell_shape, summary
+
+
+def _chunk_pass_learned(
+    data: CountData,
+    cells: tuple[np.ndarray, ...],
+    gene_side: tuple,
+    prior: HierarchicalPrior,
+    n_threads: int,
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], ChunkSummary]:
+    """The pass over one chunk under the learned prior. ``cells`` is the chunk's stored q
+    ``(shape, rate, scale shape, scale rate)`` before the last gauge; ``gene_side`` is
+    ``(gene_shape, gene_rate, the cells' hyperparameters, the gauge factor)``. Returns the
+    chunk's cells of q_t (the gauge applied), its new cells (`_model.update_side_learned`,
+    before the next gauge) and its summary."""
+    cell_shape, cell_rate, scale_shape, scale_rate = cells
+    gene_shape, gene_rate, cell_hyper, factor = gene_side
+    cell_rate, cell_scale = rescale_side(
+        cell_rate, cell_hyper.with_q(scale_shape, scale_rate), factor, cell_hyper.prior_mean
+    )
+    params = VariationalParams(cell_shape, cell_rate, gene_shape, gene_rate)
+    with numba_threads(n_threads) as n_parts:
+        cell_stat, gene_stat, data_term = shape_statistics(data, params, n_parts)
+    new_shape, new_rate, new_scale = update_side_learned(
+        cell_stat, cell_scale, params.col_mean.sum(axis=0), cell_shape.dtype
+    )
+    summary = ChunkSummary(
+        gene_stat=gene_stat.astype(np.float64, copy=False),
+        terms=ElboTerms(data_term, *side_terms(cell_shape, cell_rate, prior, cell_scale)),
+        next_cell_mean_sum=(new_shape / new_rate).sum(axis=0).astype(np.float64),
+        cell_sums=scale_sums(new_shape, new_rate, new_scale),
+    )
+    current = (cell_shape, cell_rate, cell_scale.shape, cell_scale.rate)
+    return current, (new_shape, new_rate, new_scale.shape, new_scale.rate), summary
+
+
+@dataclass
+class ChunkTotals:
+    """A chunk's (or a sum of chunks') share of the learned prior's start: its cells'
+    `_model.TotalsSummary` and its genes' totals."""
+
+    cells: TotalsSummary
+    genes: np.ndarray
+
+    def __add__(self, other: ChunkTotals) -> ChunkTotals:
+        return ChunkTotals(self.cells + other.cells, self.genes + other.genes)
+
+
+def _chunk_totals(data: CountData) -> ChunkTotals:
+    cell_totals, gene_totals = side_totals(data)
+    return ChunkTotals(totals_summary(cell_totals), gene_totals)
+
+
+def _add_totals(*totals: ChunkTotals) -> ChunkTotals:
+    first, *rest = totals
+    for other in rest:
+        first = first + other
+    return first
+
+
+def _learned_chunk_start(
+    data: CountData,
+    entropy: int,
+    first_cell: int,
+    n_components: int,
+    dtype,
+    start: int,
+    total_count: float,
+    floor: float,
+    template: ScaleState,
+) -> tuple[np.ndarray, ...]:
+    """The chunk's cells of `_model.random_start` under the learned prior: shapes from
+    `_model.random_shapes`, rates from the cells' totals (`_model.learned_start_rates`,
+    empty cells at the whole side's ``floor``), q(xi) at its optimum given the side's
+    starting hyperparameters ``template``."""
+    shape = random_shapes(
+        entropy, 0, first_cell, first_cell + data.shape[0], n_components, dtype, start
+    )
+    rate = learned_start_rates(side_totals(data)[0], total_count, n_components, dtype, floor)
+    scale = scale_optimum(shape, rate, template)
+    return shape, rate, scale.shape, scale.rate
 
 
 def _register_sizeof() -> None:
@@ -209,10 +324,26 @@ class DaskFitResult:
         return self.params.col_mean
 
     def gather(self) -> VariationalParams:
-        """The final q with the cell shapes computed into a numpy array."""
-        row_shape = np.asarray(self.params.row_shape.compute())
+        """The final q with the cells' arrays (shapes; under the learned prior also their
+        rates and q(xi)) computed into numpy arrays."""
+        import dask
+
+        params = self.params
+        scale = params.row_scale
+        if scale is None:
+            row_shape = np.asarray(params.row_shape.compute())
+            return VariationalParams(row_shape, params.row_rate, params.col_shape, params.col_rate)
+        row_shape, row_rate, shape, rate = (
+            np.asarray(a)
+            for a in dask.compute(params.row_shape, params.row_rate, scale.shape, scale.rate)
+        )
         return VariationalParams(
-            row_shape, self.params.row_rate, self.params.col_shape, self.params.col_rate
+            row_shape,
+            row_rate,
+            params.col_shape,
+            params.col_rate,
+            scale.with_q(shape, rate),
+            params.col_scale,
         )
 
 
@@ -229,7 +360,7 @@ def fit_batch_dask(
     X,
     n_components: int,
     *,
-    prior: GammaPrior,
+    prior: Prior,
     max_iter: int,
     tol: float,
     entropy: int,
@@ -243,7 +374,8 @@ def fit_batch_dask(
 ) -> DaskFitResult:
     """Batch VB on a Dask cluster, chunk by chunk of cells (checked settings; the public
     `vbsnmf.fit_dask` checks them). The random start is `_model.random_start`'s, each
-    chunk drawing its own cells, so any chunking gives the same fit."""
+    chunk drawing its own cells, so any chunking gives the same fit. Under the learned
+    prior this is plain coordinate ascent (`_batch.fit_batch`'s loop, no SQUAREM)."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-{uuid.uuid4().hex[:12]}"
@@ -257,17 +389,38 @@ def fit_batch_dask(
     )
     n_cells, n_genes = int(sum(i[0] for i in info)), int(info[0][1])
     _warn_non_integer(info)
+    learned = isinstance(prior, HierarchicalPrior)
 
+    # The client's side of q: the genes, and the cells' rates (fixed prior) or their
+    # hyperparameters (learned prior); each chunk holds the rest of its cells' q.
+    cell_rate = gene_scale = cell_hyper = None
     if init is not None:
-        cell_shapes = start_blocks(init.row_shape, chunk_sizes, client, layout, prefix)
-        cell_rate, gene_shape, gene_rate = init.row_rate, init.col_shape, init.col_rate
+        cells = _start_cells(init, chunk_sizes, client, layout, prefix)
+        gene_shape, gene_rate, cell_rate = init.col_shape, init.col_rate, init.row_rate
+        if learned:
+            cell_hyper, gene_scale = _without_q(init.row_scale), init.col_scale
+    elif learned:
+        total = float(sum(i[2] for i in info))
+        cells, gene_shape, gene_rate, gene_scale, cell_hyper = _learned_start(
+            client,
+            layout,
+            chunk_data,
+            chunk_sizes,
+            prior,
+            n_components,
+            entropy,
+            dtype,
+            start,
+            total,
+            prefix,
+        )
     else:
         total = sum(i[2] for i in info)
         cell_rate = start_rate((n_cells, n_genes), total, n_components, dtype)
         gene_rate = cell_rate.copy()
         gene_shape = random_shapes(entropy, 1, 0, n_genes, n_components, dtype, start)
         first_cells = np.concatenate([[0], np.cumsum(chunk_sizes)])
-        cell_shapes = [
+        cells = [
             submit_at(
                 client,
                 layout,
@@ -284,10 +437,24 @@ def fit_batch_dask(
             )
             for index in range(len(chunk_sizes))
         ]
+    factor = 1.0  # the gauge factor the chunks apply before their next pass
+    current_cells = cells  # futures of the cells of the q whose ELBO is last in the trace
 
     def current_params():
-        cells = lazy_rows(cell_shapes, chunk_sizes, n_components, dtype)
-        return VariationalParams(cells, cell_rate, gene_shape, gene_rate)
+        if not learned:
+            shapes = lazy_rows(current_cells, chunk_sizes, n_components, dtype)
+            return VariationalParams(shapes, cell_rate, gene_shape, gene_rate)
+        parts = [
+            lazy_rows(
+                [client.submit(operator.getitem, f, i, key=f"{f.key}-{i}") for f in current_cells],
+                chunk_sizes,
+                n_components if i < 2 else None,
+                dtype,
+            )
+            for i in range(4)
+        ]
+        scale = cell_hyper.with_q(parts[2], parts[3])
+        return VariationalParams(parts[0], parts[1], gene_shape, gene_rate, scale, gene_scale)
 
     trace: list[float] = []
     gathered_bytes: list[int] = []
@@ -295,29 +462,43 @@ def fit_batch_dask(
     n_done, converged = 0, False
     while True:
         step = f"{prefix}-{n_done}"
-        next_cell_rate = side_rate(prior, (gene_shape / gene_rate).sum(axis=0), dtype)
-        gene_side = (gene_shape, gene_rate, cell_rate, next_cell_rate)
+        if learned:
+            gene_side = (gene_shape, gene_rate, cell_hyper, factor)
+            sent = gene_shape.nbytes + gene_rate.nbytes + cell_hyper.factor_shape.nbytes + 24
+            chunk_pass = _chunk_pass_learned
+        else:
+            next_cell_rate = side_rate(prior, (gene_shape / gene_rate).sum(axis=0), dtype)
+            gene_side = (gene_shape, gene_rate, cell_rate, next_cell_rate)
+            sent = sum(a.nbytes for a in gene_side)
+            chunk_pass = _chunk_pass
         gene_future = client.submit(as_task, gene_side, key=f"{step}-gene-side")
-        sent_bytes.append(sum(a.nbytes for a in gene_side))
+        sent_bytes.append(sent)
         outputs = [
             client.submit(
-                _chunk_pass, data, shape, gene_future, prior, n_threads, key=f"{step}-pass-{index}"
+                chunk_pass, data, cell, gene_future, prior, n_threads, key=f"{step}-pass-{index}"
             )
-            for index, (data, shape) in enumerate(zip(chunk_data, cell_shapes))
+            for index, (data, cell) in enumerate(zip(chunk_data, cells))
         ]
-        next_shapes = [
-            client.submit(operator.getitem, out, 0, key=f"{step}-cell-shape-{index}")
+        if learned:
+            current_cells = [
+                client.submit(operator.getitem, out, 0, key=f"{step}-cells-{index}")
+                for index, out in enumerate(outputs)
+            ]
+        next_name, next_index = ("next-cells", 1) if learned else ("cell-shape", 0)
+        next_cells = [
+            client.submit(operator.getitem, out, next_index, key=f"{step}-{next_name}-{index}")
             for index, out in enumerate(outputs)
         ]
         summaries = {
-            index: client.submit(operator.getitem, out, 1, key=f"{step}-summary-{index}")
+            index: client.submit(operator.getitem, out, -1, key=f"{step}-summary-{index}")
             for index, out in enumerate(outputs)
         }
         total = client.gather(reduce_chunks(client, summaries, layout, add_summaries, step))
         del outputs, summaries, gene_future
         gathered_bytes.append(total.nbytes)
         if n_done > len(trace):
-            trace.append(total.terms.with_cols(gene_shape, gene_rate, prior).value())
+            value = total.terms.with_cols(gene_shape, gene_rate, prior, gene_scale).value()
+            trace.append(value)
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
@@ -327,8 +508,26 @@ def fit_batch_dask(
                 break
         if n_done >= max_iter:
             break
-        gene_shape, gene_rate = update_side(prior, total.gene_stat, total.next_cell_mean_sum, dtype)
-        cell_rate, cell_shapes = next_cell_rate, next_shapes
+        if learned:
+            # `_model.global_step` after the rows' update (done by the chunks)
+            gene_shape, gene_rate, gene_scale = update_side_learned(
+                total.gene_stat, gene_scale, total.next_cell_mean_sum, dtype
+            )
+            cell_hyper = learn_hyperparameters(total.cell_sums, cell_hyper, prior)
+            gene_scale = learn_hyperparameters(
+                scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, prior
+            )
+            unfixed = _client_params(gene_shape, gene_rate, cell_hyper, gene_scale, dtype)
+            factor = gauge_factor(unfixed)
+            fixed = fix_gauge(unfixed)
+            gene_rate, gene_scale, cell_hyper = fixed.col_rate, fixed.col_scale, fixed.row_scale
+        else:
+            gene_shape, gene_rate = update_side(
+                prior, total.gene_stat, total.next_cell_mean_sum, dtype
+            )
+            cell_rate = next_cell_rate
+            current_cells = next_cells
+        cells = next_cells
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
@@ -340,3 +539,86 @@ def fit_batch_dask(
         gathered_bytes,
         sent_bytes,
     )
+
+
+def _client_params(gene_shape, gene_rate, cell_hyper: ScaleState, gene_scale, dtype):
+    """The part of q the client holds under the learned prior, as `VariationalParams`
+    with no cells (their hyperparameters in ``row_scale``, with an empty q(xi)), so the
+    model's functions of both sides (`_model.fix_gauge`) apply to it unchanged."""
+    no_cells = np.empty((0, gene_shape.shape[1]), dtype=dtype)
+    return VariationalParams(no_cells, no_cells, gene_shape, gene_rate, cell_hyper, gene_scale)
+
+
+def _without_q(scale: ScaleState) -> ScaleState:
+    """A side's hyperparameters with an empty q(xi) (the client's copy of the cells')."""
+    return scale.with_q(np.empty(0), np.empty(0))
+
+
+def _start_cells(init: VariationalParams, chunk_sizes, client, layout, prefix) -> list:
+    """Futures of a given start's cells per chunk: their shapes, or under the learned
+    prior ``(shape, rate, scale shape, scale rate)``."""
+    if init.row_scale is None:
+        return start_blocks(init.row_shape, chunk_sizes, client, layout, prefix)
+    arrays = (init.row_shape, init.row_rate, init.row_scale.shape, init.row_scale.rate)
+    parts = [
+        start_blocks(array, chunk_sizes, client, layout, prefix, name=f"init{index}")
+        for index, array in enumerate(arrays)
+    ]
+    return [
+        submit_at(client, layout, c, _as_tuple, *blocks, key=f"{prefix}-init-{c}")
+        for c, blocks in enumerate(zip(*parts))
+    ]
+
+
+def _as_tuple(*arrays):
+    return arrays
+
+
+def _learned_start(
+    client,
+    layout,
+    chunk_data,
+    chunk_sizes,
+    prior,
+    n_components,
+    entropy,
+    dtype,
+    start,
+    total,
+    prefix,
+):
+    """`_model.random_start` under the learned prior: the genes on the client from their
+    totals (summed over chunks), each chunk's cells on its worker (`_learned_chunk_start`)
+    from the side's `_model.TotalsSummary`. Returns the cells' futures, the genes' q and
+    the cells' starting hyperparameters."""
+    futures = {
+        index: submit_at(client, layout, index, _chunk_totals, data, key=f"{prefix}-totals-{index}")
+        for index, data in enumerate(chunk_data)
+    }
+    totals = client.gather(reduce_chunks(client, futures, layout, _add_totals, f"{prefix}-totals"))
+    n_genes = totals.genes.shape[0]
+    gene_shape = random_shapes(entropy, 1, 0, n_genes, n_components, dtype, start)
+    gene_rate = learned_start_rates(totals.genes, total, n_components, dtype)
+    gene_scale = learned_start_scale(gene_shape, gene_rate, totals.genes, total, prior)
+    template = start_scale_template(totals.cells, total, n_components, prior)
+    first_cells = np.concatenate([[0], np.cumsum(chunk_sizes)])
+    cells = [
+        submit_at(
+            client,
+            layout,
+            index,
+            _learned_chunk_start,
+            data,
+            entropy,
+            int(first_cells[index]),
+            n_components,
+            dtype,
+            start,
+            total,
+            totals.cells.floor,
+            template,
+            key=f"{prefix}-init-{index}",
+        )
+        for index, data in enumerate(chunk_data)
+    ]
+    return cells, gene_shape, gene_rate, gene_scale, template

@@ -134,16 +134,20 @@ def build_chunks(client, layout: Layout, builder, X) -> list:
     )
 
 
-def start_blocks(init_shape, chunk_sizes, client, layout: Layout, prefix: str) -> list:
-    """Futures of given starting cell shapes per chunk, from a numpy or dask array."""
+def start_blocks(
+    init_array, chunk_sizes, client, layout: Layout, prefix: str, name: str = "init"
+) -> list:
+    """Futures of a given start's per-cell array (cells x K, or one value per cell) per
+    chunk, from a numpy or dask array; keys ``{prefix}-{name}-{chunk}``."""
     da = dask_array_module()
-    if isinstance(init_shape, da.Array):
-        blocks = init_shape.rechunk((tuple(chunk_sizes), -1)).to_delayed()[:, 0]
+    if isinstance(init_array, da.Array):
+        chunks = (tuple(chunk_sizes),) + (-1,) * (init_array.ndim - 1)
+        blocks = init_array.rechunk(chunks).to_delayed().reshape(-1)
         return compute_placed(client, layout, list(blocks))
     bounds = np.concatenate([[0], np.cumsum(chunk_sizes)])
     return [
         submit_at(
-            client, layout, index, as_task, init_shape[start:stop], key=f"{prefix}-init-{index}"
+            client, layout, index, as_task, init_array[start:stop], key=f"{prefix}-{name}-{index}"
         )
         for index, (start, stop) in enumerate(itertools.pairwise(bounds))
     ]
@@ -178,13 +182,15 @@ def reduce_chunks(client, futures: dict, layout: Layout, add, prefix: str):
     return level[0]
 
 
-def lazy_rows(futures: list, chunk_sizes, n_components: int, dtype):
-    """Per-chunk futures of (cells x K) arrays as one dask array in cell order."""
+def lazy_rows(futures: list, chunk_sizes, n_components: int | None, dtype):
+    """Per-chunk futures of (cells x K) arrays (of one value per cell when
+    ``n_components`` is None) as one dask array in cell order."""
     import dask
 
     da = dask_array_module()
+    tail = () if n_components is None else (n_components,)
     blocks = [
-        da.from_delayed(dask.delayed(future), (int(size), n_components), dtype=dtype)
+        da.from_delayed(dask.delayed(future), (int(size), *tail), dtype=dtype)
         for future, size in zip(futures, chunk_sizes)
     ]
     return da.concatenate(blocks, axis=0)

@@ -7,6 +7,12 @@ step (`_svi.step_cols`). The client also keeps every cell's latest shapes (cells
 the cell's next local fit starts): a step moves only its batch's rows of them, an
 evaluation all of them; the counts never move, and no task depends on an earlier step's,
 so the graph's lineage stays one step deep.
+
+Under the learned prior the client keeps, with the shapes, every cell's rates and q(xi)
+and the sums their hyperparameters are learned from (`_svi.SVIState.cell_sums`); a step
+sends the batch's rows of them, gets their new values back and continues as
+`_svi.svi_step_cells` does (`_svi.store_rows`, `_svi.learned_global_update`); an
+evaluation returns every cell's q and the chunks' `_model.ScaleSums`.
 """
 
 from __future__ import annotations
@@ -19,15 +25,25 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 
-from .._model import ElboTerms, VariationalParams, side_rate, side_terms
+from .._model import (
+    ElboTerms,
+    HierarchicalPrior,
+    ScaleState,
+    VariationalParams,
+    side_rate,
+    side_terms,
+)
 from .._svi import (
     EVAL_BLOCK_ROWS,
     SVISettings,
     evaluate_rows,
     init_cells_state,
+    learned_global_update,
     local_fit,
+    row_subset,
     run_cells_epochs,
     step_cols,
+    store_rows,
 )
 from .._utils import numba_threads
 from ._batch import ChunkSummary, DaskFitResult, add_summaries, chunk_count_data
@@ -50,37 +66,56 @@ def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     return csr if data.major == 0 else csr.T.tocsr()
 
 
-def _total_count(rows: sp.csr_array) -> float:
-    return float(rows.data.sum())
+def _chunk_totals(rows: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's cell totals and its share of the gene totals."""
+    return np.asarray(rows.sum(axis=1)).ravel(), np.bincount(
+        rows.indices, rows.data, minlength=rows.shape[1]
+    )
 
 
-def _chunk_step(rows, local_cells, gene_side, settings: SVISettings, start_shape):
+def _cells(fitted_shape, fitted_rate, scale: ScaleState | None) -> tuple:
+    """What a chunk returns of its cells' q: the shapes, under the learned prior also the
+    rates and q(xi)."""
+    if scale is None:
+        return (fitted_shape,)
+    return fitted_shape, fitted_rate, scale.shape, scale.rate
+
+
+def _without_summary(output: tuple) -> tuple:
+    return output[:-1]
+
+
+def _chunk_step(rows, local_cells, gene_side, settings: SVISettings, start_shape, start_scale):
     """The local step of `_svi.svi_step_cells` on the chunk's cells ``local_cells``, from
-    ``start_shape``; returns their new shapes and their gene statistic and ``sum E[z]``."""
+    ``start_shape`` (and, under the learned prior, their q(xi) and hyperparameters
+    ``start_scale``); returns their new q (`_cells`) and a summary of their gene
+    statistic and ``sum E[z]``."""
     gene_shape, gene_rate = gene_side
     with numba_threads(settings.n_threads):
-        cell_shape, cell_rate, gene_stat, data_term, _ = local_fit(
-            rows[local_cells], gene_shape, gene_rate, settings, start_shape
+        cell_shape, cell_rate, gene_stat, data_term, scale = local_fit(
+            rows[local_cells], gene_shape, gene_rate, settings, start_shape, start_scale
         )
-    terms = ElboTerms(data_term, *side_terms(cell_shape, cell_rate, settings.prior))
-    return cell_shape, ChunkSummary(gene_stat.astype(np.float64, copy=False), terms, np.zeros(0))
+    terms = ElboTerms(data_term, *side_terms(cell_shape, cell_rate, settings.prior, scale))
+    summary = ChunkSummary(gene_stat.astype(np.float64, copy=False), terms, np.zeros(0))
+    return *_cells(cell_shape, cell_rate, scale), summary
 
 
-def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape):
+def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape, start_scale):
     """Every cell of the chunk at its optimum given the gene side (`_svi.evaluate_rows`,
-    in its blocks); returns the cell shapes and the chunk's ELBO terms."""
+    in its blocks); returns the cells' q (`_cells`) and a summary of the chunk's ELBO
+    terms (under the learned prior with its cells' `_model.ScaleSums`)."""
     gene_shape, gene_rate = gene_side
     blocks = (
         (start, rows[start : start + EVAL_BLOCK_ROWS])
         for start in range(0, rows.shape[0], EVAL_BLOCK_ROWS)
     )
     with numba_threads(settings.n_threads):
-        start = VariationalParams(start_shape, None, gene_shape, gene_rate)
-        terms, fitted, _ = evaluate_rows(blocks, start, settings)
-        cell_shape = fitted.row_shape
+        start = VariationalParams(start_shape, None, gene_shape, gene_rate, start_scale)
+        terms, fitted, sums = evaluate_rows(blocks, start, settings)
     # An evaluation has no gene statistic: empty arrays keep the summary small.
     empty = np.zeros((0, gene_shape.shape[1]))
-    return cell_shape, ChunkSummary(empty, terms, np.zeros(0))
+    summary = ChunkSummary(empty, terms, np.zeros(0), sums)
+    return *_cells(fitted.row_shape, fitted.row_rate, fitted.row_scale), summary
 
 
 def fit_svi_cells_dask(
@@ -96,7 +131,7 @@ def fit_svi_cells_dask(
 ) -> DaskFitResult:
     """Cell-minibatch SVI on a Dask cluster (checked settings; the public
     `vbsnmf.fit_svi_dask` checks them), step for step `_svi.fit_svi_cells`: the same start
-    and the same minibatches for the same ``entropy`` and ``start``."""
+    and the same minibatches for the same ``entropy`` and ``start``, under either prior."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-svi-{uuid.uuid4().hex[:12]}"
@@ -106,21 +141,42 @@ def fit_svi_cells_dask(
     chunk_rows = build_chunks(client, layout, partial(_chunk_rows, fit_dtype=dtype), X)
     totals = client.gather(
         client.map(
-            _total_count, chunk_rows, key=[f"{prefix}-total-{i}" for i in range(len(chunk_rows))]
+            _chunk_totals, chunk_rows, key=[f"{prefix}-totals-{i}" for i in range(len(chunk_rows))]
         )
     )
+    row_totals = np.concatenate([cells for cells, _ in totals])
+    col_totals = np.sum([genes for _, genes in totals], axis=0)
     n_cells, n_genes = X.shape
     state = init_cells_state(
-        (n_cells, n_genes), n_components, sum(totals), entropy, settings.prior, dtype, start
+        (n_cells, n_genes),
+        n_components,
+        float(row_totals.sum()),
+        entropy,
+        settings.prior,
+        dtype,
+        start,
+        (row_totals, col_totals),
     )
+    learned = isinstance(settings.prior, HierarchicalPrior)
+    n_parts = 4 if learned else 1  # arrays of a chunk's cells in its task's result
     gathered_bytes: list[int] = []
     sent_bytes: list[int] = []
-    evaluated: list = []  # futures of the last evaluation's cell shapes per chunk
+    evaluated: list = []  # futures of the last evaluation's cells (`_cells`) per chunk
 
     def summed(futures: dict, key: str) -> ChunkSummary:
         total = client.gather(reduce_chunks(client, futures, layout, add_summaries, key))
         gathered_bytes.append(total.nbytes)
         return total
+
+    def gathered_cells(outputs: dict, key: str) -> list[np.ndarray]:
+        """The chunks' cells' arrays (`_cells`), each concatenated in cell order."""
+        parts = [
+            client.submit(_without_summary, out, key=f"{key}-cells-{c}")
+            for c, out in outputs.items()
+        ]
+        arrays = [np.concatenate(pieces) for pieces in zip(*client.gather(parts))]
+        gathered_bytes[-1] += sum(a.nbytes for a in arrays)
+        return arrays
 
     def step(batch: np.ndarray, rho: float) -> None:
         params = state.params
@@ -129,30 +185,27 @@ def fit_svi_cells_dask(
         sent_bytes.append(params.col_shape.nbytes + params.col_rate.nbytes + batch.nbytes)
         cuts = np.searchsorted(batch, bounds)
         active = [c for c in range(len(chunk_sizes)) if cuts[c + 1] > cuts[c]]
-        outputs = {
-            c: client.submit(
+        outputs = {}
+        for c in active:
+            cells = batch[cuts[c] : cuts[c + 1]]
+            start_shape, start_scale = row_subset(params, cells)
+            outputs[c] = client.submit(
                 _chunk_step,
                 chunk_rows[c],
-                batch[cuts[c] : cuts[c + 1]] - bounds[c],
+                cells - bounds[c],
                 gene_future,
                 settings,
-                params.row_shape[batch[cuts[c] : cuts[c + 1]]],
+                start_shape,
+                start_scale,
                 key=f"{key}-chunk-{c}",
             )
-            for c in active
-        }
         summaries = {
-            c: client.submit(operator.getitem, out, 1, key=f"{key}-summary-{c}")
+            c: client.submit(operator.getitem, out, -1, key=f"{key}-summary-{c}")
             for c, out in outputs.items()
         }
         total = summed(summaries, key)
-        shapes = [
-            client.submit(operator.getitem, out, 0, key=f"{key}-shape-{c}")
-            for c, out in outputs.items()
-        ]
-        params.row_shape[batch] = np.concatenate(client.gather(shapes))
-        gathered_bytes[-1] += params.row_shape[batch].nbytes
-        params.col_shape, params.col_rate = step_cols(
+        new_cells = gathered_cells(outputs, key)
+        new_shape, new_rate = step_cols(
             params.col_shape,
             params.col_rate,
             total.gene_stat,
@@ -160,44 +213,86 @@ def fit_svi_cells_dask(
             n_cells / len(batch),
             rho,
             settings.prior,
+            params.col_scale,
         )
+        if not learned:
+            params.row_shape[batch] = new_cells[0]
+            params.col_shape, params.col_rate = new_shape, new_rate
+            return
+        # `_svi.svi_step_cells` from here on
+        row_shape, row_rate, scale_shape, scale_rate = new_cells
+        row_scale = params.row_scale.with_q(scale_shape, scale_rate)
+        store_rows(state, batch, row_shape, row_rate, row_scale)
+        state.params.col_shape, state.params.col_rate = new_shape, new_rate
+        learned_global_update(state, settings.prior)
 
     def evaluate() -> float:
         params = state.params
         key = f"{prefix}-eval{state.epoch}"
         gene_future = client.submit(as_task, (params.col_shape, params.col_rate), key=f"{key}-gene")
-        outputs = [
-            client.submit(
+        outputs = {}
+        for c, rows in enumerate(chunk_rows):
+            start_shape, start_scale = row_subset(params, slice(bounds[c], bounds[c + 1]))
+            outputs[c] = client.submit(
                 _chunk_evaluation,
                 rows,
                 gene_future,
                 settings,
-                params.row_shape[bounds[c] : bounds[c + 1]],
+                start_shape,
+                start_scale,
                 key=f"{key}-chunk-{c}",
             )
-            for c, rows in enumerate(chunk_rows)
-        ]
         summaries = {
-            c: client.submit(operator.getitem, out, 1, key=f"{key}-summary-{c}")
-            for c, out in enumerate(outputs)
+            c: client.submit(operator.getitem, out, -1, key=f"{key}-summary-{c}")
+            for c, out in outputs.items()
         }
         total = summed(summaries, key)
         evaluated[:] = [
-            client.submit(operator.getitem, out, 0, key=f"{key}-cell-shape-{c}")
-            for c, out in enumerate(outputs)
+            [
+                client.submit(operator.getitem, out, i, key=f"{key}-cells-{c}-{i}")
+                for i in range(n_parts)
+            ]
+            for c, out in outputs.items()
         ]
-        params.row_shape = np.concatenate(client.gather(evaluated))
-        gathered_bytes[-1] += params.row_shape.nbytes
-        params.row_rate = side_rate(
-            settings.prior, (params.col_shape / params.col_rate).sum(axis=0), dtype
-        )
-        return total.terms.with_cols(params.col_shape, params.col_rate, settings.prior).value()
+        arrays = [
+            np.concatenate(client.gather([parts[i] for parts in evaluated])) for i in range(n_parts)
+        ]
+        gathered_bytes[-1] += sum(a.nbytes for a in arrays)
+        if learned:  # as `_svi.fit_svi_cells`: the exact sums of the evaluated cells
+            row_shape, row_rate, scale_shape, scale_rate = arrays
+            scale = params.row_scale.with_q(scale_shape, scale_rate)
+            state.params = VariationalParams(
+                row_shape, row_rate, params.col_shape, params.col_rate, scale, params.col_scale
+            )
+            state.cell_sums = total.cell_sums
+        else:
+            params.row_shape = arrays[0]
+            params.row_rate = side_rate(
+                settings.prior, (params.col_shape / params.col_rate).sum(axis=0), dtype
+            )
+        params = state.params
+        terms = total.terms
+        return terms.with_cols(
+            params.col_shape, params.col_rate, settings.prior, params.col_scale
+        ).value()
 
     state = run_cells_epochs(state, settings, n_cells, step, evaluate, callback=callback)
     params = state.params
-    cells = lazy_rows(evaluated, chunk_sizes, n_components, dtype)
+    lazy = [
+        lazy_rows(
+            [parts[i] for parts in evaluated], chunk_sizes, n_components if i < 2 else None, dtype
+        )
+        for i in range(n_parts)
+    ]
+    if learned:
+        scale = params.row_scale.with_q(lazy[2], lazy[3])
+        cells = VariationalParams(
+            lazy[0], lazy[1], params.col_shape, params.col_rate, scale, params.col_scale
+        )
+    else:
+        cells = VariationalParams(lazy[0], params.row_rate, params.col_shape, params.col_rate)
     return DaskFitResult(
-        VariationalParams(cells, params.row_rate, params.col_shape, params.col_rate),
+        cells,
         np.asarray(state.elbo_trace, dtype=np.float64),
         state.epoch,
         state.converged,

@@ -1,0 +1,74 @@
+"""How far SVI's default settings (cells form, learned prior) end below batch VB.
+
+For each data set: batch VB's default fit to convergence and SVI's default fit, both from
+``random_state=0`` on one thread; prints the gap ``(batch - SVI) / |batch|`` of the final
+ELBOs after every evaluated epoch. The data sets are those of
+``tests/test_svi.py::test_svi_defaults_land_within_one_percent_of_converged_batch_vb``
+(a draw from the learned model, a pbmc_facs gene panel) and pbmc_tiny.
+
+    python benchmarks/svi_default_gap.py            # K = 5, the test's setting
+    python benchmarks/svi_default_gap.py --k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+import vbsnmf
+
+
+def model_draw(seed=3, n_cells=500, n_genes=200, n_components=5) -> sp.csr_array:
+    """Counts from the learned prior's model (the test's draw)."""
+    rng = np.random.default_rng(seed)
+    cell_scale = rng.gamma(2.0, 1.5, n_cells)
+    gene_scale = rng.gamma(1.0, 1.0, n_genes)
+    cell_factors = rng.gamma(0.3, 1.0, (n_cells, n_components)) * cell_scale[:, None]
+    gene_loadings = rng.gamma(0.3, 1.0, (n_genes, n_components)) * gene_scale[:, None]
+    return sp.csr_array(rng.poisson(0.5 * cell_factors @ gene_loadings.T).astype(np.float64))
+
+
+def facs_panel(seed=2, n_cells=400, n_genes=300) -> sp.csr_array:
+    """400 pbmc_facs cells on the genes ranked 200 to 499 by their total (the test's)."""
+    X = sp.csr_array(vbsnmf.datasets.pbmc_facs().X)
+    cells = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_cells, replace=False))
+    X = X[cells]
+    ranked = np.argsort(-np.asarray(X.sum(axis=0)).ravel())
+    return sp.csr_array(X[:, np.sort(ranked[200 : 200 + n_genes])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+    data = {
+        "model draw": model_draw,
+        "pbmc_facs panel": facs_panel,
+        "pbmc_tiny": lambda: sp.csr_array(vbsnmf.datasets.pbmc_tiny().X),
+    }
+    for name, load in data.items():
+        X = load()
+        start = time.perf_counter()
+        batch = vbsnmf.VBNMF(args.k, random_state=0, n_threads=1).fit(X)
+        batch_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        svi = vbsnmf.VBNMF(args.k, random_state=0, n_threads=1, solver="svi").fit(X)
+        svi_seconds = time.perf_counter() - start
+        best = batch.elbo_trace_[-1]
+        gaps = (best - np.asarray(svi.elbo_trace_)) / abs(best) * 100
+        print(
+            f"{name}: {X.shape[0]} x {X.shape[1]}, {X.nnz} nonzeros, K={args.k}; batch "
+            f"{batch.n_iter_} iterations (converged {batch.converged_}) {batch_seconds:.1f} s; "
+            f"SVI {svi.n_iter_} epochs {svi_seconds:.1f} s; gap per epoch (%): "
+            + " ".join(f"{gap:.2f}" for gap in gaps),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

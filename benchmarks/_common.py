@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import multiprocessing
 import resource
 import sys
+import time
+from collections import defaultdict
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux ru_maxrss is KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process image.
+    Not ``ru_maxrss``: Linux carries that over ``exec``, so a child that multiprocessing's
+    "spawn" forks from a large parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
@@ -32,3 +48,85 @@ def in_fresh_process(function, *args):
     if status != "ok":
         raise RuntimeError(f"benchmark child failed: {value}")
     return value
+
+
+class Timers:
+    """Time inside wrapped functions (by ``clock``), inclusive and exclusive of wrapped
+    callees."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.inclusive = defaultdict(float)
+        self.exclusive = defaultdict(float)
+        self.calls = defaultdict(int)
+        self.stack: list[list] = []
+
+    def wrap(self, name, function):
+        def timed(*args, **kwargs):
+            frame = [name, 0.0]
+            self.stack.append(frame)
+            begin = self.clock()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = self.clock() - begin
+                self.stack.pop()
+                self.inclusive[name] += elapsed
+                self.exclusive[name] += elapsed - frame[1]
+                self.calls[name] += 1
+                if self.stack:
+                    self.stack[-1][1] += elapsed
+
+        return timed
+
+    def per_call_ms(self, n_iterations: int) -> dict[str, tuple[float, float, float]]:
+        """name: (calls, inclusive ms, exclusive ms), each per iteration."""
+        per = 1e3 / n_iterations
+        return {
+            name: (self.calls[name] / n_iterations, self.inclusive[name] * per,
+                   self.exclusive[name] * per)
+            for name in self.calls
+        }  # fmt: skip
+
+
+# The model's functions an iteration calls (as far as they exist in a given version).
+MODEL_FUNCTIONS = (
+    "shape_statistics",
+    "side_moments",
+    "pass_statistics",
+    "elbo_terms",
+    "side_terms",
+    "gamma_kl",
+    "global_step",
+)
+
+
+@contextlib.contextmanager
+def timed_functions(package, clock=time.perf_counter):
+    """Every Numba kernel of ``package._kernels`` and the model functions of
+    ``package._model`` (also where ``package._batch`` imported them by name) wrapped in
+    `Timers` for the duration of the block."""
+    from numba.core.registry import CPUDispatcher
+
+    modules = {name: importlib.import_module(f"{package.__name__}.{name}") for name in
+               ("_model", "_batch", "_kernels")}  # fmt: skip
+    kernels = [n for n, v in vars(modules["_kernels"]).items() if isinstance(v, CPUDispatcher)]
+    timers = Timers(clock)
+    saved, wrapped = [], {}
+    for module, names in (
+        (modules["_model"], MODEL_FUNCTIONS),
+        (modules["_batch"], MODEL_FUNCTIONS),
+        (modules["_kernels"], kernels),
+    ):
+        for name in names:
+            if hasattr(module, name):
+                function = getattr(module, name)
+                saved.append((module, name, function))
+                if function not in wrapped:
+                    wrapped[function] = timers.wrap(name, function)
+                setattr(module, name, wrapped[function])
+    try:
+        yield timers
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.special import gammaln, logsumexp
+from scipy.special import digamma, gammaln, logsumexp
 
 from vbsnmf import _kernels
 
@@ -25,26 +25,39 @@ def _scaled(elog):
     return _kernels.pad_components(np.exp(elog - logmax[:, None])), logmax
 
 
-@pytest.mark.parametrize("n_parts", [1, 3])
-@pytest.mark.parametrize("block_rows", [1, 2, 64])
-def test_update_shapes_matches_dense_responsibilities(n_parts, block_rows):
-    rng = np.random.default_rng(0)
-    X = _csr(rng, 11, 7, 0.5)
-    k = 3
-    major_elog = rng.normal(0.0, 1.0, (11, k))
-    minor_elog = rng.normal(0.0, 1.0, (7, k))
-    major_scaled, major_logmax = _scaled(major_elog)
-    minor_scaled, minor_logmax = _scaled(minor_elog)
-    bounds = np.array([0, 4, 9, 11]) if n_parts == 3 else np.array([0, 11])
-    major_stat = np.empty_like(major_scaled)
-    minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape))
+def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64):
+    """`update_shapes` on X (CSR, rows major) with tables in ``dtype``: every shape 2 and
+    the log rates that make ``E[log] = digamma(2) - log_rate`` the given ones."""
+    major_scaled, major_logmax = _scaled(major_elog.astype(dtype))
+    minor_scaled, minor_logmax = _scaled(minor_elog.astype(dtype))
+    major_shape = np.full(major_elog.shape, 2.0, dtype)
+    minor_shape = np.full(minor_elog.shape, 2.0, dtype)
+    k = major_elog.shape[1]
+    major_stat = np.full((X.shape[0], k), np.nan)  # overwritten
+    minor_partial = np.full((len(bounds) - 1, *minor_scaled.shape), np.nan, dtype=dtype)
     data_partial = np.zeros(len(bounds) - 1)
     n_fallback = _kernels.update_shapes(
-        X.indptr, X.indices, X.data, bounds,
-        major_scaled, major_logmax, major_elog,
-        minor_scaled, minor_logmax, minor_elog,
-        1e-200, block_rows, major_stat, minor_partial, data_partial,
+        X.indptr, X.indices, X.data, np.asarray(bounds),
+        major_scaled, major_logmax, major_shape, digamma(2.0) - major_elog,
+        minor_scaled, minor_logmax, minor_shape, digamma(2.0) - minor_elog,
+        tiny, block_rows, major_stat, minor_partial, data_partial,
     )  # fmt: skip
+    return major_stat, minor_partial, data_partial, n_fallback
+
+
+@pytest.mark.parametrize("n_parts", [1, 3])
+@pytest.mark.parametrize("block_rows", [1, 2, 64])
+@pytest.mark.parametrize("k", [3, 9])
+def test_update_shapes_matches_dense_responsibilities(n_parts, block_rows, k):
+    """K=3 pads to one block of four lanes, K=9 to eight lanes and a block of four."""
+    rng = np.random.default_rng(0)
+    X = _csr(rng, 11, 7, 0.5)
+    major_elog = rng.normal(0.0, 1.0, (11, k))
+    minor_elog = rng.normal(0.0, 1.0, (7, k))
+    bounds = [0, 4, 9, 11] if n_parts == 3 else [0, 11]
+    major_stat, minor_partial, data_partial, n_fallback = _pass(
+        X, bounds, major_elog, minor_elog, block_rows, 1e-200
+    )
     rows, cols = X.nonzero()
     counts = np.asarray(X[rows, cols]).ravel()
     log_rho = major_elog[rows] + minor_elog[cols]
@@ -52,12 +65,29 @@ def test_update_shapes_matches_dense_responsibilities(n_parts, block_rows):
     expected_major, expected_minor = np.zeros((11, k)), np.zeros((7, k))
     np.add.at(expected_major, rows, weighted)
     np.add.at(expected_minor, cols, weighted)
-    np.testing.assert_allclose(major_stat[:, :k], expected_major, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(major_stat, expected_major, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(minor_partial.sum(axis=0)[:, :k], expected_minor, rtol=1e-12)
-    assert np.all(major_stat[:, k:] == 0)  # the padding stays zero
+    assert np.all(minor_partial[:, :, k:] == 0)  # the padding stays zero
     data_term = np.sum(counts * logsumexp(log_rho, axis=1))
     np.testing.assert_allclose(data_partial.sum(), data_term, rtol=1e-12)
     assert n_fallback == 0
+
+
+def test_update_shapes_float32_tables_and_counts():
+    """float32 tables (eight lanes) and float32 counts: float32's precision, float64
+    outputs."""
+    rng = np.random.default_rng(4)
+    X = _csr(rng, 30, 20, 0.4, max_count=50)
+    X.data = X.data.astype(np.float32)
+    major_elog = rng.normal(0.0, 1.0, (30, 5))
+    minor_elog = rng.normal(0.0, 1.0, (20, 5))
+    got = _pass(X, [0, 13, 30], major_elog, minor_elog, 4, 1e-30, np.float32)
+    X64 = X.astype(np.float64)
+    expected = _pass(X64, [0, 13, 30], major_elog, minor_elog, 4, 1e-200)
+    assert got[0].dtype == np.float64 and got[1].dtype == np.float32
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1].sum(axis=0)[:, :5], expected[1].sum(axis=0)[:, :5], rtol=1e-5)
+    np.testing.assert_allclose(got[2].sum(), expected[2].sum(), rtol=1e-6)
 
 
 def test_update_shapes_falls_back_to_log_sum_exp():
@@ -66,21 +96,159 @@ def test_update_shapes_falls_back_to_log_sum_exp():
     major_elog = np.array([[0.0, -800.0], [-800.0, 0.0]])
     minor_elog = np.array([[-800.0, 0.0], [0.0, -800.0]])
     X = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 3.0]]))
-    major_scaled, major_logmax = _scaled(major_elog)
-    minor_scaled, minor_logmax = _scaled(minor_elog)
-    major_stat = np.empty_like(major_scaled)
-    minor_partial = np.empty((1, *minor_scaled.shape))
-    data_partial = np.zeros(1)
-    n_fallback = _kernels.update_shapes(
-        X.indptr, X.indices, X.data, np.array([0, 2]),
-        major_scaled, major_logmax, major_elog,
-        minor_scaled, minor_logmax, minor_elog,
-        1e-200, 8, major_stat, minor_partial, data_partial,
-    )  # fmt: skip
+    major_stat, _, data_partial, n_fallback = _pass(X, [0, 2], major_elog, minor_elog, 8, 1e-200)
     assert n_fallback == 2
-    np.testing.assert_allclose(major_stat[:, :2], [[1.0, 1.0], [1.5, 1.5]], rtol=1e-12)
+    np.testing.assert_allclose(major_stat, [[1.0, 1.0], [1.5, 1.5]], rtol=1e-12)
     expected = 2 * logsumexp([-800.0, -800.0]) + 3 * logsumexp([-800.0, -800.0])
     np.testing.assert_allclose(data_partial[0], expected, rtol=1e-12)
+
+
+def test_weighted_log_sum_matches_numpy_to_an_ulp():
+    """Every binade from 1e-300 to 1e300, mantissas on both sides of sqrt(2), and counts
+    that leave one to three lanes of the last block."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate(
+        [np.logspace(-300, 300, 5_001), rng.uniform(0.5, 2.0, 5_000), [1.0, 2.0, np.sqrt(2.0)]]
+    )
+    size = _kernels.LOG_BUFFER
+    scratch, exponent = np.empty(size), np.empty(size)
+    for value in values[::7]:  # one at a time: the log itself to an ulp
+        buffer = np.array([value] + [1.0] * (size - 1))
+        got = _kernels.weighted_log_sum(buffer, np.ones(size), 1, scratch, exponent)
+        assert abs(got - np.log(value)) <= np.spacing(abs(np.log(value))) or got == np.log(value)
+    for count in (size, size - 1, size - 2, size - 3, 5, 0):
+        chunk = values[:count].copy()
+        weights = rng.integers(1, 9, count).astype(np.float64)
+        buffer, weight_buffer = np.ones(size), np.zeros(size)
+        buffer[:count], weight_buffer[:count] = chunk, weights
+        got = _kernels.weighted_log_sum(buffer, weight_buffer, count, scratch, exponent)
+        np.testing.assert_allclose(got, np.sum(weights * np.log(chunk)), rtol=1e-14, atol=1e-12)
+
+
+def test_sum_parts_sums_in_float64_up_to_k():
+    partial = np.random.default_rng(2).random((3, 5, 8)).astype(np.float32)
+    out = np.full((5, 6), np.nan)
+    _kernels.sum_parts(partial, out)
+    np.testing.assert_allclose(out, partial.astype(np.float64).sum(axis=0)[:, :6], rtol=1e-15)
+
+
+def test_digamma_matches_scipy():
+    x = np.concatenate(
+        [np.logspace(-8, 8, 20_001), np.linspace(0.5, 20.0, 10_001), np.arange(1.0, 30.0)]
+    )
+    psi = np.array([_kernels.digamma(v) for v in x])
+    assert np.max(np.abs(psi - digamma(x)) / np.maximum(1.0, np.abs(digamma(x)))) < 1e-14
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_entry_rate", [False, True])
+def test_gamma_moments_match_numpy(dtype, per_entry_rate):
+    """Shapes from 1e-3 to tens (both sides of the recurrence's threshold), rates per
+    component (a broadcast view) or per entry."""
+    rng = np.random.default_rng(3)
+    n, k = 2 * _kernels.MOMENT_BLOCK_ROWS + 9, 5
+    shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry_rate else k)
+    log_rate = np.broadcast_to(np.log(rate), shape.shape)  # zero strides for a K-vector
+    width = _kernels.padded_width(k, dtype)
+    logmax = np.empty(n)
+    scaled = np.full((n, width), np.nan, dtype)
+    _kernels.gamma_moments(shape, log_rate, scaled, logmax)
+    elog = digamma(shape.astype(np.float64)) - np.log(rate)
+    np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14, atol=1e-14)
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+    expected = np.exp(elog - elog.max(1)[:, None])  # float32 underflows below its tiny
+    np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=np.finfo(dtype).tiny)
+    assert np.all(scaled[:, k:] == 0)
+
+
+def test_gamma_moments_log_space_rows():
+    """Shapes near 1e-4: exp(E[log]) underflows float64, the row is redone in log space."""
+    shape = np.array([[1e-4, 2e-4, 5.0], [1e-4, 1e-4, 1e-4]])
+    rate = np.array([1.0, 2.0, 1e300])
+    scaled, logmax = np.empty((2, 4)), np.empty(2)
+    _kernels.gamma_moments(shape, np.broadcast_to(np.log(rate), shape.shape), scaled, logmax)
+    elog = digamma(shape) - np.log(rate)
+    assert elog.max() < np.log(1e-290)  # the regime of the test
+    np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(scaled[:, :3], np.exp(elog - elog.max(1)[:, None]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_gamma_sums_match_numpy(per_entry):
+    """Mean sums and the Gamma KL over blocks of rows (three blocks and a partial one), with
+    the rate and the prior per component or per entry."""
+    rng = np.random.default_rng(5)
+    n, k = 3 * _kernels.TERMS_BLOCK_ROWS + 17, 4
+    shape = rng.gamma(1.0, 3.0, (n, k)) + 1e-3
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    prior_shape = rng.uniform(0.1, 3.0, (n, 1)) if per_entry else 0.7
+    prior_rate = rng.uniform(0.1, 3.0, (n, k)) if per_entry else 1.3
+    mean_sum, kl = _kernels.gamma_sums(shape, rate, prior_shape, prior_rate)
+    expected_kl = (
+        (shape - prior_shape) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + shape * (prior_rate - rate) / rate
+    ).sum()
+    np.testing.assert_allclose(mean_sum, (shape / rate).sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
+    assert mean_sum.dtype == np.float64
+
+
+def test_gamma_sums_expected_over_a_random_prior_rate():
+    """With ``E[xi]`` for the prior's rate and ``E[log xi]`` for its log, the KL is the
+    expected KL from Gamma(a_l, xi_i) over q(xi_i) = Gamma(u_i, v_i): the learned prior's
+    q(z) term, against ``-E[log p(z | xi)] - H[q(z)]`` written out in numpy."""
+    rng = np.random.default_rng(8)
+    n, k = _kernels.TERMS_BLOCK_ROWS + 9, 3
+    shape, rate = rng.gamma(1.0, 3.0, (n, k)) + 1e-2, rng.uniform(0.1, 5.0, (n, k))
+    a = rng.uniform(0.2, 2.0, k)
+    u, v = rng.uniform(0.5, 20.0, n), rng.uniform(0.5, 5.0, n)
+    xi_mean, xi_log = u / v, digamma(u) - np.log(v)
+    mean_sum, kl = _kernels.gamma_sums(shape, rate, a, xi_mean[:, None], xi_log[:, None])
+    elog = digamma(shape) - np.log(rate)
+    log_prior = a * xi_log[:, None] - gammaln(a) + (a - 1) * elog - xi_mean[:, None] * shape / rate
+    entropy = shape - np.log(rate) + gammaln(shape) + (1 - shape) * digamma(shape)
+    np.testing.assert_allclose(kl, -(log_prior + entropy).sum(), rtol=1e-12)
+    np.testing.assert_allclose(mean_sum, (shape / rate).sum(axis=0), rtol=1e-13)
+
+
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_expected_log_sums_match_scipy(per_entry):
+    """``sum_i digamma(shape) - log(rate)`` per component over three blocks and a partial
+    one, shapes from 1e-3 (the recurrence) to 1e4 (the series alone)."""
+    rng = np.random.default_rng(9)
+    n, k = 3 * _kernels.TERMS_BLOCK_ROWS + 5, 4
+    shape = np.exp(rng.uniform(np.log(1e-3), np.log(1e4), (n, k)))
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    got = _kernels.expected_log_sums(shape, rate)
+    expected = (digamma(shape) - np.log(rate)).sum(axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert got.dtype == np.float64 and got.shape == (k,)
+
+
+def test_csr_is_canonical_matches_scipy():
+    rng = np.random.default_rng(6)
+    X = _csr(rng, 40, 30, 0.3)
+    cases = {"canonical": X}
+    unsorted = X.copy()
+    unsorted.indices[unsorted.indptr[2] : unsorted.indptr[3]] = unsorted.indices[
+        unsorted.indptr[2] : unsorted.indptr[3]
+    ][::-1]
+    cases["unsorted"] = unsorted
+    duplicated = sp.csr_matrix(
+        (np.ones(3), np.array([1, 1, 4]), np.array([0, 3] + [3] * 39)), shape=(40, 30)
+    )
+    cases["duplicate"] = duplicated
+    zero = X.copy()
+    zero.data[5] = 0.0
+    cases["stored zero"] = zero
+    for name, matrix in cases.items():
+        expected = matrix.has_canonical_format and bool(np.all(matrix.data))
+        got = _kernels.csr_is_canonical(matrix.indptr, matrix.indices, matrix.data)
+        assert got == expected == (name == "canonical"), name
 
 
 def test_log_factorial_sum_matches_gammaln():
@@ -94,10 +262,11 @@ def test_log_factorial_sum_matches_gammaln():
 def test_pad_components_pads_with_zero_columns():
     table = np.arange(15.0).reshape(5, 3)
     padded = _kernels.pad_components(table)
-    assert padded.shape == (5, _kernels.SIMD_WIDTH) and padded.flags.c_contiguous
+    assert padded.shape == (5, 4) and padded.flags.c_contiguous  # four doubles
     np.testing.assert_array_equal(padded[:, :3], table)
     assert np.all(padded[:, 3:] == 0)
-    aligned = np.ones((2, 2 * _kernels.SIMD_WIDTH))
+    assert _kernels.pad_components(table.astype(np.float32)).shape == (5, 8)  # eight floats
+    aligned = np.ones((2, 8))
     assert _kernels.pad_components(aligned) is aligned  # nothing to do: no copy
 
 

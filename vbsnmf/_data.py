@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
+from ._validation import exact_float_dtype
 
 
 @dataclass
@@ -57,22 +58,27 @@ class CountData:
         )
 
 
-def as_count_data(matrix, counts_dtype=np.float64) -> CountData:
+def as_count_data(matrix, counts_dtype=None) -> CountData:
     """Canonical CSR of ``matrix`` (already validated) along its longer axis.
 
     The longer axis is major so that the pass's per-part accumulators, one n_minor x K
-    slab per part, are on the shorter axis.
+    slab per part, are on the shorter axis. The counts are stored as float32 where that is
+    exact (`_validation.exact_float_dtype`, or as ``counts_dtype`` when given): the pass
+    reads every count once per iteration and widens it as it reads. A matrix that already
+    is canonical CSR along the major axis with counts stored so is used as it is, not
+    copied: at the lung-atlas shape (240M nonzeros) that copy was 1.8 GiB of a 4.2 GiB peak.
     """
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else matrix
     shape = matrix.shape
     major = 0 if shape[0] >= shape[1] else 1
     csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
-    if not csr.has_canonical_format or not np.all(csr.data):
+    if not _kernels.csr_is_canonical(csr.indptr, csr.indices, csr.data):
         # Sorting, summing duplicates and dropping zeros work in place: never on the
         # caller's matrix.
         csr = csr.copy()
         csr.sum_duplicates()
         csr.eliminate_zeros()
-    if csr.data.dtype != counts_dtype:
-        csr.data = csr.data.astype(counts_dtype)
+    dtype = exact_float_dtype(csr.data) if counts_dtype is None else counts_dtype
+    if csr.data.dtype != dtype:
+        csr.data = csr.data.astype(dtype)
     return CountData.from_csr(csr, major, shape)

@@ -630,7 +630,7 @@ def _fit_batch(
 ) -> tuple[FitResult, int]:
     """Batch VB, best of ``n_init`` starts, saving and resuming checkpoints when asked;
     SQUAREM-accelerated when ``settings.accelerate``."""
-    total = float(data.counts.sum())
+    total = float(np.sum(data.counts, dtype=np.float64))
     n_components, dtype, prior = settings.n_components, settings.dtype, settings.prior
     with numba_threads(settings.n_threads) as n_threads:
         fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
@@ -766,7 +766,7 @@ def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, m
 def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
     """SVI over minibatches of nonzeros (the ``"nonzeros"`` and ``"abe-shimamura"``
     forms)."""
-    total = float(data.counts.sum())
+    total = float(np.sum(data.counts, dtype=np.float64))
     batch = settings.batch_size or default_batch_size(settings.svi_form, data.shape[0], data.nnz)
 
     def start_state() -> SVIState:

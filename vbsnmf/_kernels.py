@@ -31,20 +31,356 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from scipy.special import gammaln
+
+# No flag assumes away NaN or inf. Not "reassoc": with it, LLVM chose a different
+# summation order when it compiled a kernel in the running process than when it wrote the
+# same kernel to Numba's on-disk cache, so a fit's bits depended on whether the kernels
+# were cached (tests/test_reproducibility.py). A sum that should run in vector lanes is
+# written out lane by lane instead (`row_dot`).
+_FASTMATH = {"contract", "arcp", "nsz"}
+
+# The K-long loops vectorise completely only when K is a multiple of the SIMD width (one
+# 32-byte AVX2 register: 4 doubles or 8 floats); otherwise a scalar remainder runs for every
+# nonzero. Padding the factor tables with zero columns measured 1.3-1.8x faster for
+# update_shapes at K=15 on the lung-atlas shape and 1.2-2x for classic_sparse_dot at K=10,
+# in same-process A/B runs on the 2-core machine.
+SIMD_BYTES = 32
 
 
-@njit(cache=True)
-def _exp_shifted_log_rho(major_elog_row, minor_elog_row, phi):
+def simd_width(dtype) -> int:
+    """Entries of ``dtype`` in one SIMD register (4 for float64, 8 for float32)."""
+    return SIMD_BYTES // np.dtype(dtype).itemsize
+
+
+# Bytes of one minor-side table block (scaled factors; the accumulator is as large):
+# two blocks fit the 1 MiB per-core L2 of the 2-core EPYC machine we measure on.
+MINOR_BLOCK_BYTES = 1 << 19
+
+
+def minor_block_rows(n_components: int, itemsize: int = 8) -> int:
+    """Rows of a minor-side block of `update_shapes` for (padded) ``n_components`` entries
+    of ``itemsize`` bytes."""
+    return max(1, MINOR_BLOCK_BYTES // (itemsize * n_components))
+
+
+def padded_width(n_components: int, dtype) -> int:
+    """``n_components`` rounded up to a multiple of `simd_width` of ``dtype``."""
+    width = simd_width(dtype)
+    return -(-n_components // width) * width
+
+
+def pad_components(table: np.ndarray) -> np.ndarray:
+    """``table`` (n x K) as a C-contiguous n x K' array, ``K'`` the `padded_width` of its
+    dtype, the new columns zero. Returned as is when nothing needs to change."""
+    n_rows, n_components = table.shape
+    padded = padded_width(n_components, table.dtype)
+    if padded == n_components and table.flags.c_contiguous:
+        return table
+    # np.empty, not np.zeros: a large calloc maps fresh pages, faulted in on every call.
+    out = np.empty((n_rows, padded), dtype=table.dtype)
+    out[:, :n_components] = table
+    out[:, n_components:] = 0.0
+    return out
+
+
+# -- digamma and lgamma --------------------------------------------------------------------
+# The pass needs exp(digamma) and the ELBO digamma and lgamma of every entry of both factor
+# tables every iteration, O((rows + columns) K): with scipy's ufuncs, on one thread and
+# through numpy temporaries, that was 15-25 % of an iteration at K=10-50 on pbmc_facs
+# (benchmarks/bench_iteration.py). Here they share one recurrence, written without branches
+# so that the loops over a row's K entries vectorise, and the kernels call only one
+# transcendental function per entry: `gamma_moments` takes exp(digamma(x)) as
+# z exp(-(digamma's other terms)) without a log, `gamma_terms` needs one log (the product
+# of the recurrence's factors goes into one log per flush). Largest error of `digamma`
+# against scipy over 1e-8..1e8: 3e-15 relative to max(1, |value|) (tests/test_kernels.py).
+_SHIFT = 8.0  # x < 8 is moved to x + 8 by the recurrence; the asymptotic series from there
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _shifted(x):
+    """``(z, s, p)`` with ``z = x + 8``, ``s / p = sum_k 1 / (x + k)`` and
+    ``p = prod_k (x + k)``, k = 0..7, when ``x < 8``; ``(x, 0, 1)`` otherwise. No branch:
+    a loop over entries calling it vectorises."""
+    step = 1.0 if x < _SHIFT else 0.0
+    numerator, denominator, z = 0.0, 1.0, x
+    for _ in range(8):
+        factor = z if step != 0.0 else 1.0
+        numerator = numerator * factor + denominator * step
+        denominator *= factor
+        z += step
+    return z, numerator, denominator
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _digamma_series(inv, inv2):
+    """``sum_k B_2k / (2k z^2k)``, k = 1..8, of the asymptotic digamma series."""
+    return inv2 * (
+        1 / 12
+        - inv2
+        * (
+            1 / 120
+            - inv2
+            * (
+                1 / 252
+                - inv2
+                * (
+                    1 / 240
+                    - inv2
+                    * (1 / 132 - inv2 * (691 / 32760 - inv2 * (1 / 12 - inv2 * (3617 / 8160))))
+                )
+            )
+        )
+    )
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _lgamma_series(inv, inv2):
+    """``sum_k B_2k / (2k (2k - 1) z^(2k - 1))``, k = 1..8, of Stirling's series."""
+    return inv * (
+        1 / 12
+        - inv2
+        * (
+            1 / 360
+            - inv2
+            * (
+                1 / 1260
+                - inv2
+                * (
+                    1 / 1680
+                    - inv2
+                    * (1 / 1188 - inv2 * (691 / 360360 - inv2 * (1 / 156 - inv2 * (3617 / 122400))))
+                )
+            )
+        )
+    )
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _digamma_rest(x):
+    """``(z, log z - digamma(x))`` with `_shifted`'s ``z``: digamma without its log."""
+    z, numerator, denominator = _shifted(x)
+    inv = 1.0 / z
+    return z, numerator / denominator + 0.5 * inv + _digamma_series(inv, inv * inv)
+
+
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def digamma(x):
+    """digamma(x) for x > 0."""
+    z, rest = _digamma_rest(x)
+    return math.log(z) - rest
+
+
+# -- one side of q: what the pass needs, and its share of the ELBO -------------------------
+MOMENT_BLOCK_ROWS = 64  # rows per parallel task of `gamma_moments`
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def gamma_moments(shape, log_rate, scaled, logmax):
+    """What the pass needs of one side of q, in one pass over its rows.
+
+    With ``E[log z] = digamma(shape) - log_rate``: ``logmax`` its row maxima (float64) and
+    ``scaled = exp(E[log z] - logmax)`` (n x K', zero past column K; see `pad_components`).
+    ``exp(E[log z])`` is taken as ``z exp(-(log z - digamma) - log_rate)`` (one exp, no
+    log per entry); a row whose largest such value falls below 1e-290 (prior shapes near
+    1e-3) is redone in log space. ``log_rate`` is n x K and may be a broadcast view (zero
+    strides): rates per component or per entry alike.
+    """
+    n_rows, n_components = shape.shape
+    n_blocks = (n_rows + MOMENT_BLOCK_ROWS - 1) // MOMENT_BLOCK_ROWS
+    for block in prange(n_blocks):
+        shifted = np.empty(n_components)
+        exponent = np.empty(n_components)  # -(E[log z] - log z)
+        value = np.empty(n_components)
+        for i in range(block * MOMENT_BLOCK_ROWS, min(n_rows, (block + 1) * MOMENT_BLOCK_ROWS)):
+            for l in range(n_components):  # no call: vectorises
+                z, rest = _digamma_rest(float(shape[i, l]))
+                shifted[l] = z
+                exponent[l] = rest + float(log_rate[i, l])
+            peak = 0.0
+            for l in range(n_components):
+                value[l] = shifted[l] * math.exp(-exponent[l])
+                peak = max(peak, value[l])
+            if peak >= 1e-290:
+                for l in range(n_components):
+                    scaled[i, l] = value[l] / peak
+                logmax[i] = math.log(peak)
+            else:
+                peak = -np.inf
+                for l in range(n_components):
+                    value[l] = math.log(shifted[l]) - exponent[l]
+                    peak = max(peak, value[l])
+                for l in range(n_components):
+                    scaled[i, l] = math.exp(value[l] - peak)
+                logmax[i] = peak
+            for l in range(n_components, scaled.shape[1]):
+                scaled[i, l] = 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def gamma_terms(
+    shape,
+    rate,
+    log_rate,
+    prior_shape,
+    prior_rate,
+    lgamma_prior_shape,
+    log_prior_rate,
+    block_rows,
+    mean_partial,
+    kl_partial,
+):
+    """One side's share of the ELBO, per block of ``block_rows`` rows.
+
+    ``mean_partial[b, l] = sum_i shape[i, l] / rate[i, l]`` and ``kl_partial[b] =
+    sum_il KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over the rows of
+    block ``b``, in float64. Every argument after ``shape`` is n x K and may be a broadcast
+    view; ``lgamma_prior_shape`` and ``log_prior_rate`` are those functions of the prior's.
+    The blocks are fixed, so the sums do not depend on the number of threads.
+
+    Per entry, with ``z``, ``s / p`` and ``p`` of the recurrence (`_shifted`) and
+    ``d = log z - digamma(alpha)``: ``digamma(alpha) = log z - d`` and ``lgamma(alpha) =
+    (z - 1/2) log z - z + log(2 pi) / 2 + Stirling(z) - log p``, so the KL is
+    ``(alpha - a - z + 1/2) log z + log p + (terms without a log)``; the logs of the
+    ``p`` go into one log of their running product.
+    """
+    n_rows, n_components = shape.shape
+    for block in prange(kl_partial.shape[0]):
+        shifted = np.empty(n_components)
+        log_weight = np.empty(n_components)  # coefficient of log z
+        rest = np.empty(n_components)
+        factors = np.empty(n_components)  # p
+        for l in range(n_components):
+            mean_partial[block, l] = 0.0
+        kl = 0.0
+        product = 1.0
+        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            for l in range(n_components):  # no call: vectorises
+                alpha = float(shape[i, l])
+                a = float(prior_shape[i, l])
+                z, numerator, denominator = _shifted(alpha)
+                inv = 1.0 / z
+                inv2 = inv * inv
+                not_log = numerator / denominator + 0.5 * inv + _digamma_series(inv, inv2)
+                mean = alpha / float(rate[i, l])
+                mean_partial[block, l] += mean
+                shifted[l] = z
+                factors[l] = denominator
+                log_weight[l] = (alpha - a) - (z - 0.5)
+                # -(alpha - a) d + z - log(2 pi) / 2 - Stirling(z) + lgamma(a)
+                # + a (log beta - log b) + b E[z] - alpha
+                rest[l] = (
+                    z
+                    - alpha
+                    - (alpha - a) * not_log
+                    - _HALF_LOG_2PI
+                    - _lgamma_series(inv, inv2)
+                    + float(lgamma_prior_shape[i, l])
+                    + a * (float(log_rate[i, l]) - float(log_prior_rate[i, l]))
+                    + float(prior_rate[i, l]) * mean
+                )
+            for l in range(n_components):
+                kl += log_weight[l] * math.log(shifted[l]) + rest[l]
+                if factors[l] < 1e-100:  # alpha below ~1e-104: its own log
+                    kl += math.log(factors[l])
+                else:  # p <= 15! / 7!: the product stays finite until flushed
+                    product *= factors[l]
+                    if product > 1e200 or product < 1e-200:
+                        kl += math.log(product)
+                        product = 1.0
+        kl_partial[block] = kl + math.log(product)
+
+
+# Rows per block of `gamma_terms`: fixed, so its sums are the same for any thread count.
+TERMS_BLOCK_ROWS = 1024
+
+
+def gamma_sums(
+    shape, rate, prior_shape, prior_rate, log_prior_rate=None
+) -> tuple[np.ndarray, float]:
+    """``(sum_i shape / rate per component, sum KL(Gamma(shape, rate) || prior))`` in
+    float64 by `gamma_terms`; ``rate`` and the prior's shape and rate are scalars or arrays
+    broadcastable to ``shape`` (n x K).
+
+    ``log_prior_rate`` (default ``log(prior_rate)``) lets the prior's rate be random: the
+    KL is linear in the rate and its log, so with ``prior_rate = E[xi]`` and
+    ``log_prior_rate = E[log xi]`` it is the KL from Gamma(prior_shape, xi) in expectation
+    over q(xi) (the learned prior's q(z) from p(z | xi)).
+    """
+    shape = np.asarray(shape)
+    full = shape.shape
+
+    def view(values):
+        return np.broadcast_to(np.asarray(values, dtype=np.float64), full)
+
+    prior_shape = np.asarray(prior_shape, dtype=np.float64)
+    prior_rate = np.asarray(prior_rate, dtype=np.float64)
+    log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
+    rate = np.asarray(rate, dtype=np.float64)
+    n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
+    mean_partial = np.empty((n_blocks, full[1]))
+    kl_partial = np.empty(n_blocks)
+    gamma_terms(
+        shape, view(rate), view(np.log(rate)),
+        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
+        TERMS_BLOCK_ROWS, mean_partial, kl_partial,
+    )  # fmt: skip
+    return mean_partial.sum(axis=0), float(kl_partial.sum())
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def expected_log_terms(shape, log_rate, block_rows, partial):
+    """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log_rate[i, l]``
+    over the rows of block ``b`` (float64; ``log_rate`` n x K, may be a broadcast view).
+    Fixed blocks: the sums do not depend on the number of threads."""
+    n_rows, n_components = shape.shape
+    for block in prange(partial.shape[0]):
+        shifted = np.empty(n_components)
+        rest = np.empty(n_components)  # log z - E[log z]
+        for l in range(n_components):
+            partial[block, l] = 0.0
+        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            for l in range(n_components):  # no call: vectorises
+                z, digamma_rest = _digamma_rest(float(shape[i, l]))
+                shifted[l] = z
+                rest[l] = digamma_rest + float(log_rate[i, l])
+            for l in range(n_components):
+                partial[block, l] += math.log(shifted[l]) - rest[l]
+
+
+def expected_log_sums(shape, rate) -> np.ndarray:
+    """``sum_i E[log z_il]`` per component for ``q(z_il) = Gamma(shape, rate)`` (float64,
+    by `expected_log_terms`); ``rate`` broadcastable to ``shape`` (n x K)."""
+    shape = np.asarray(shape)
+    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
+    expected_log_terms(shape, log_rate, TERMS_BLOCK_ROWS, partial)
+    return partial.sum(axis=0)
+
+
+# -- the pass over the nonzeros ------------------------------------------------------------
+@njit(cache=True, fastmath=_FASTMATH)
+def _exp_shifted_log_rho(major_shape, major_log_rate, minor_shape, minor_log_rate, phi):
     """Slow path of one nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
-    ``log rho_l = E[log z_il] + E[log w_jl]``; returns (max, sum_l phi_l). Entries of
+    ``log rho_l = E[log z_il] + E[log w_jl]``, ``E[log] = digamma(shape) - log_rate``
+    from the two rows' shapes and log rates; returns (max, sum_l phi_l). Entries of
     ``phi`` past the K of the rows (the padding of `pad_components`) are set to zero."""
-    n_components = major_elog_row.shape[0]
+    n_components = major_shape.shape[0]
     for l in range(n_components, phi.shape[0]):
         phi[l] = 0.0
     peak = -np.inf
     for l in range(n_components):
-        value = float(major_elog_row[l]) + float(minor_elog_row[l])
+        value = (
+            digamma(float(major_shape[l]))
+            - float(major_log_rate[l])
+            + digamma(float(minor_shape[l]))
+            - float(minor_log_rate[l])
+        )
         phi[l] = value
         peak = max(peak, value)
     total = 0.0
@@ -54,41 +390,179 @@ def _exp_shifted_log_rho(major_elog_row, minor_elog_row, phi):
     return peak, total
 
 
-# No flag assumes away NaN or inf. Not "reassoc": with it, LLVM chose a different
-# summation order when it compiled a kernel in the running process than when it wrote the
-# same kernel to Numba's on-disk cache, so a fit's bits depended on whether the kernels
-# were cached (tests/test_reproducibility.py).
-_FASTMATH = {"contract", "arcp", "nsz"}
-
-# The K-long loops vectorise completely only when K is a multiple of the SIMD width (4
-# doubles); otherwise a scalar remainder runs for every nonzero. Padding the factor tables
-# with zero columns measured 1.3-1.8x faster for update_shapes at K=15 on the lung-atlas shape
-# and 1.2-2x for classic_sparse_dot at K=10, in same-process A/B runs on the 2-core machine.
-SIMD_WIDTH = 4
-
-
-# Bytes of one minor-side table block (scaled factors; the accumulator is as large):
-# two blocks fit the 1 MiB per-core L2 of the 2-core EPYC machine we measure on.
-MINOR_BLOCK_BYTES = 1 << 19
-
-
-def minor_block_rows(n_components: int) -> int:
-    """Rows of a minor-side block of `update_shapes` for (padded) ``n_components``."""
-    return max(1, MINOR_BLOCK_BYTES // (8 * n_components))
+# -- the data term's logs, a buffer at a time ---------------------------------------------
+# The data term needs log(normaliser) of every nonzero. A call to libm's log per nonzero was
+# a third of the pass at K=5-10 (about 20 of 60 cycles per nonzero on the 2-core EPYC, and
+# it made the compiler spill around the call); `weighted_log_sum` takes the logs of a buffer
+# of normalisers in loops that vectorise (fdlibm's algorithm, error below one ulp, with the
+# bit manipulation done on an integer view of the buffer).
+LOG_BUFFER = 256  # normalisers per call of `weighted_log_sum`
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
 
 
-def pad_components(table: np.ndarray) -> np.ndarray:
-    """``table`` (n x K) as a C-contiguous n x K' array, ``K'`` the next multiple of
-    `SIMD_WIDTH`, the new columns zero. Returned as is when nothing needs to change."""
-    n_rows, n_components = table.shape
-    padded = -(-n_components // SIMD_WIDTH) * SIMD_WIDTH
-    if padded == n_components and table.flags.c_contiguous:
-        return table
-    # np.empty, not np.zeros: a large calloc maps fresh pages, faulted in on every call.
-    out = np.empty((n_rows, padded), dtype=table.dtype)
-    out[:, :n_components] = table
-    out[:, n_components:] = 0.0
-    return out
+@njit(cache=True, fastmath=_FASTMATH)
+def weighted_log_sum(values, weights, count, scratch, exponent):
+    """``sum_q weights[q] * log(values[q])`` over the first ``count`` entries (float64,
+    positive normal values), in four lanes summed as ``(0 + 1) + (2 + 3)``.
+
+    ``scratch`` and ``exponent`` are float64 arrays as long as ``values``, overwritten.
+    The log is fdlibm's ``__ieee754_log`` for normal arguments: ``x = 2^k (1 + f)`` with
+    ``1 + f`` in [sqrt(2)/2, sqrt(2)), ``log(1 + f) = f - s (f - R(s^2))`` with
+    ``s = f / (2 + f)``.
+    """
+    bits = values.view(np.int64)
+    reduced = scratch.view(np.int64)
+    for q in range(count):  # integer work only: vectorises
+        word = bits[q]
+        high = (word >> 32) & 0x000FFFFF
+        half = (high + 0x95F64) & 0x100000  # 1 when the mantissa is at least sqrt(2)
+        reduced[q] = (word & 0x000FFFFFFFFFFFFF) | ((half ^ 0x3FF00000) << 32)
+        exponent[q] = float(((word >> 52) & 0x7FF) - 1023 + (half >> 20))
+    for q in range(count):  # the polynomial: vectorises
+        f = scratch[q] - 1.0
+        s = f / (2.0 + f)
+        z = s * s
+        w = z * z
+        r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+        half_f2 = 0.5 * f * f
+        k = exponent[q]
+        scratch[q] = k * _LN2_HI - ((half_f2 - (s * (half_f2 + r) + k * _LN2_LO)) - f)
+    lane0 = lane1 = lane2 = lane3 = 0.0
+    q = 0
+    while q + 4 <= count:
+        lane0 += weights[q] * scratch[q]
+        lane1 += weights[q + 1] * scratch[q + 1]
+        lane2 += weights[q + 2] * scratch[q + 2]
+        lane3 += weights[q + 3] * scratch[q + 3]
+        q += 4
+    if q < count:
+        lane0 += weights[q] * scratch[q]
+    if q + 1 < count:
+        lane1 += weights[q + 1] * scratch[q + 1]
+    if q + 2 < count:
+        lane2 += weights[q + 2] * scratch[q + 2]
+    return (lane0 + lane1) + (lane2 + lane3)
+
+
+# -- explicit SIMD rows --------------------------------------------------------------------
+# Numba leaves LLVM's SLP vectoriser off and the loop vectoriser may not reorder a sum
+# without "reassoc", so the pass's K-long dot product ran one scalar add after another (or
+# in eight scalar chains). These two primitives are written as LLVM vector IR instead: each
+# SIMD register's lanes add element-wise across blocks of the row, and the lanes are summed
+# in a fixed tree, an order the compiler may not change, cached or not. In same-process A/B
+# runs on pbmc_facs (one thread, CPU time) they took 0.70-0.90x the time of the scalar
+# chains in float64 and 0.43-0.63x in float32 at K=5-100 (benchmarks/bench_iteration.py).
+# Rows must be C-contiguous with a width that is a multiple of `simd_width`
+# (`pad_components`).
+
+
+def _simd_row(context, builder, array_type, array, row):
+    """The array's struct and a pointer to the start of its row ``row`` (2-D, C order)."""
+    values = context.make_array(array_type)(context, builder, array)
+    zero = context.get_constant(types.intp, 0)
+    return values, cgutils.get_item_pointer(context, builder, array_type, values, [row, zero])
+
+
+def _simd_blocks(context, builder, values, dtype):
+    """The vector type of one SIMD register of ``dtype`` and the row's number of them."""
+    lanes = SIMD_BYTES // (dtype.bitwidth // 8)
+    vector = ir.VectorType(context.get_value_type(dtype), lanes)
+    width = cgutils.unpack_tuple(builder, values.shape, 2)[1]
+    return vector, lanes, builder.udiv(width, context.get_constant(types.intp, lanes))
+
+
+def _simd_load(builder, row, offset, vector, dtype):
+    pointer = builder.bitcast(builder.gep(row, [offset]), vector.as_pointer())
+    return pointer, builder.load(pointer, align=dtype.bitwidth // 8)
+
+
+def _simd_rows_ok(*arrays) -> bool:
+    return all(
+        isinstance(a, types.Array)
+        and a.ndim == 2
+        and a.layout == "C"
+        and a.dtype == arrays[0].dtype
+        and a.dtype in (types.float32, types.float64)
+        for a in arrays
+    )
+
+
+@intrinsic
+def row_dot(typingctx, major, i, minor, j):
+    """``sum_l major[i, l] * minor[j, l]`` over the row (a multiple of `simd_width`
+    long): products added lane-wise across the row's SIMD blocks, then the lanes in a fixed
+    tree."""
+    if not (_simd_rows_ok(major, minor) and isinstance(i, types.Integer)):
+        return None
+    dtype = major.dtype
+
+    def codegen(context, builder, signature, args):
+        major_type, _, minor_type, _ = signature.args
+        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
+        _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
+        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
+        lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
+            _, a = _simd_load(builder, major_row, offset, vector, dtype)
+            _, b = _simd_load(builder, minor_row, offset, vector, dtype)
+            builder.store(builder.fadd(builder.load(lane_sums), builder.fmul(a, b)), lane_sums)
+        sums = builder.load(lane_sums)
+        terms = [
+            builder.extract_element(sums, ir.Constant(ir.IntType(32), q)) for q in range(lanes)
+        ]
+        while len(terms) > 1:  # ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7))
+            terms = [builder.fadd(terms[q], terms[q + 1]) for q in range(0, len(terms), 2)]
+        return terms[0]
+
+    return dtype(major, types.intp, minor, types.intp), codegen
+
+
+@intrinsic
+def add_scaled_products(typingctx, major, i, minor, j, scale, row_acc, minor_acc):
+    """``row_acc[l] += major[i, l] * minor[j, l] * scale`` and the same to
+    ``minor_acc[j, l]``, for the whole row, a SIMD register at a time (``row_acc`` 1-D,
+    ``minor_acc`` 2-D, all of one dtype)."""
+    if not (
+        _simd_rows_ok(major, minor, minor_acc)
+        and isinstance(row_acc, types.Array)
+        and row_acc.ndim == 1
+        and row_acc.dtype == major.dtype
+    ):
+        return None
+    dtype = major.dtype
+
+    def codegen(context, builder, signature, args):
+        major_type, _, minor_type, _, _, acc_type, minor_acc_type = signature.args
+        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
+        _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
+        _, acc_row = _simd_row(context, builder, minor_acc_type, args[6], args[3])
+        own_row = context.make_array(acc_type)(context, builder, args[5]).data
+        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
+        scale = ir.Constant(vector, ir.Undefined)
+        for q in range(lanes):
+            scale = builder.insert_element(scale, args[4], ir.Constant(ir.IntType(32), q))
+        align = dtype.bitwidth // 8
+        with cgutils.for_range(builder, n_blocks) as loop:
+            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
+            _, a = _simd_load(builder, major_row, offset, vector, dtype)
+            _, b = _simd_load(builder, minor_row, offset, vector, dtype)
+            contribution = builder.fmul(builder.fmul(a, b), scale)
+            for row in (own_row, acc_row):
+                pointer, current = _simd_load(builder, row, offset, vector, dtype)
+                builder.store(builder.fadd(current, contribution), pointer, align=align)
+        return context.get_dummy_value()
+
+    signature = types.void(major, types.intp, minor, types.intp, dtype, row_acc, minor_acc)
+    return signature, codegen
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -99,10 +573,12 @@ def update_shapes(
     part_bounds,
     major_scaled,
     major_logmax,
-    major_elog,
+    major_shape,
+    major_log_rate,
     minor_scaled,
     minor_logmax,
-    minor_elog,
+    minor_shape,
+    minor_log_rate,
     tiny,
     minor_block,
     major_stat,
@@ -118,25 +594,31 @@ def update_shapes(
     Parameters
     ----------
     indptr, indices, counts
-        CSR arrays along the major axis, indices sorted within each row.
+        CSR arrays along the major axis, indices sorted within each row; the counts in any
+        float or integer dtype (widened as they are read).
     part_bounds
         ``n_parts + 1`` major-row boundaries; part ``c`` owns rows
         ``part_bounds[c]:part_bounds[c + 1]``.
-    major_scaled, major_logmax, major_elog
-        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', zero past column K: see
-        `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x K) of the
-        major-side factors; likewise ``minor_*``.
+    major_scaled, major_logmax, major_shape, major_log_rate
+        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of
+        `simd_width`, zero past column K: see `pad_components`) and its row maxima
+        (n_major,) of the major-side factors (`gamma_moments`), and the shapes and log
+        rates they came from (n_major x K, the rates possibly a broadcast view) for the
+        log-sum-exp path; likewise ``minor_*``. The arithmetic of the responsibilities is
+        in the tables' dtype.
     tiny
-        Normalisers below this take the log-sum-exp path.
+        Normalisers below this take the log-sum-exp path, which recomputes ``E[log]``
+        of the two rows.
     minor_block
         Minor rows per cache block (`minor_block_rows`); the nonzeros of block ``b`` of
         every major row of a part are visited before those of block ``b + 1``.
     major_stat
-        Output, n_major x K', overwritten: ``sum_j x_ij phi_ijl`` (zero past column K).
+        Output, n_major x K float64, overwritten: ``sum_j x_ij phi_ijl``.
     minor_partial
-        Output, n_parts x n_minor x K', overwritten: per-part ``sum_i x_ij phi_ijl``.
+        Output, n_parts x n_minor x K' in the tables' dtype, overwritten: per-part
+        ``sum_i x_ij phi_ijl`` (zero past column K).
     data_term_partial
-        Output, n_parts: per-part ``sum x log(sum_l exp(E[log z] + E[log w]))``.
+        Output, n_parts float64: per-part ``sum x log(sum_l exp(E[log z] + E[log w]))``.
 
     Returns
     -------
@@ -144,18 +626,27 @@ def update_shapes(
         Number of nonzeros that took the log-sum-exp path.
     """
     n_parts = part_bounds.shape[0] - 1
-    n_components = major_scaled.shape[1]
+    width = major_scaled.shape[1]
+    if width % (SIMD_BYTES // major_scaled.itemsize):
+        raise ValueError("update_shapes: tables must be padded (pad_components)")
+    n_components = major_stat.shape[1]
     n_minor = minor_scaled.shape[0]
     fallbacks = np.zeros(n_parts, dtype=np.int64)
     for part in prange(n_parts):
         first, last = part_bounds[part], part_bounds[part + 1]
-        phi = np.empty(n_components, dtype=np.float64)
-        row_acc = np.empty(n_components, dtype=np.float64)
+        phi = np.empty(width, dtype=major_scaled.dtype)
+        row_acc = np.empty(width, dtype=major_scaled.dtype)
+        narrow = np.empty(1, dtype=major_scaled.dtype)
         minor_acc = minor_partial[part]
         minor_acc[:] = 0.0
         major_stat[first:last] = 0.0
         next_entry = indptr[first:last].copy()  # per row: first nonzero not yet visited
-        row_data = np.zeros(last - first, dtype=np.float64)  # sum x log normaliser
+        norms = np.empty(LOG_BUFFER)  # normalisers whose logs the data term still needs
+        weights = np.empty(LOG_BUFFER)
+        scratch = np.empty(LOG_BUFFER)
+        exponents = np.empty(LOG_BUFFER)
+        n_buffered = 0
+        data = 0.0  # sum x log(normaliser): the terms outside the logs, then the buffers
         n_fallback = 0
         for block_start in range(0, n_minor, minor_block):
             block_stop = block_start + minor_block
@@ -166,38 +657,74 @@ def update_shapes(
                     continue
                 row_logmax = float(major_logmax[i])
                 row_acc[:] = 0.0
-                data = 0.0
                 while n < stop and indices[n] < block_stop:
                     j = indices[n]
-                    x = float(counts[n])
-                    total = 0.0
-                    for l in range(n_components):
-                        value = float(major_scaled[i, l]) * float(minor_scaled[j, l])
-                        phi[l] = value
-                        total += value
+                    x = counts[n]
+                    total = row_dot(major_scaled, i, minor_scaled, j)
                     if total > tiny:
-                        log_norm = math.log(total) + float(minor_logmax[j]) + row_logmax
+                        data += float(x) * (float(minor_logmax[j]) + row_logmax)
+                        norms[n_buffered] = total
+                        weights[n_buffered] = x
+                        n_buffered += 1
+                        if n_buffered == LOG_BUFFER:
+                            data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
+                            n_buffered = 0
+                        narrow[0] = x / total
+                        add_scaled_products(
+                            major_scaled, i, minor_scaled, j, narrow[0], row_acc, minor_acc
+                        )
                     else:
                         n_fallback += 1
-                        peak, total = _exp_shifted_log_rho(major_elog[i], minor_elog[j], phi)
-                        log_norm = math.log(total) + peak
-                    data += x * log_norm
-                    scale = x / total
-                    for l in range(n_components):
-                        contribution = phi[l] * scale
-                        row_acc[l] += contribution
-                        minor_acc[j, l] += contribution
+                        peak, exact = _exp_shifted_log_rho(
+                            major_shape[i],
+                            major_log_rate[i],
+                            minor_shape[j],
+                            minor_log_rate[j],
+                            phi,
+                        )
+                        data += float(x) * (math.log(exact) + peak)
+                        scale = float(x) / exact
+                        for l in range(width):
+                            contribution = phi[l] * scale
+                            row_acc[l] += contribution
+                            minor_acc[j, l] += contribution
                     n += 1
                 next_entry[i - first] = n
-                row_data[i - first] += data
                 for l in range(n_components):
                     major_stat[i, l] += row_acc[l]
-        data_term = 0.0
-        for r in range(last - first):
-            data_term += row_data[r]
-        data_term_partial[part] = data_term
+        data_term_partial[part] = data + weighted_log_sum(
+            norms, weights, n_buffered, scratch, exponents
+        )
         fallbacks[part] = n_fallback
     return fallbacks.sum()
+
+
+@njit(parallel=True, cache=True)
+def sum_parts(partial, out):
+    """``out[j, l] = sum_c partial[c, j, l]`` for the first ``out.shape[1]`` components, in
+    part order and in float64 (``out`` is float64)."""
+    n_rows, n_components = out.shape
+    for j in prange(n_rows):
+        for l in range(n_components):
+            total = 0.0
+            for part in range(partial.shape[0]):
+                total += float(partial[part, j, l])
+            out[j, l] = total
+
+
+@njit(parallel=True, cache=True)
+def csr_is_canonical(indptr, indices, data):
+    """Whether a CSR matrix has strictly increasing indices within every row (sorted, no
+    duplicates) and no stored zeros. scipy's ``has_canonical_format`` first copies
+    ``indices`` to ``indptr``'s dtype when they differ (8 bytes per nonzero for the int32
+    indices and int64 pointers of a large ``.h5ad``)."""
+    n_rows = indptr.shape[0] - 1
+    bad = 0
+    for i in prange(n_rows):
+        for n in range(indptr[i], indptr[i + 1]):
+            if data[n] == 0 or (n > indptr[i] and indices[n] <= indices[n - 1]):
+                bad += 1
+    return bad == 0
 
 
 @njit(parallel=True, cache=True)

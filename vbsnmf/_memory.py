@@ -2,9 +2,9 @@
 
 A batch fit holds, at its peak:
 
-- the count matrix as CSR along its longer axis (``nnz`` counts as float64, ``nnz``
-  indices, ``n_major + 1`` row pointers), plus a transient second copy when the input
-  is sparse in another layout and the COO stage a dense input goes through;
+- the count matrix as CSR along its longer axis (``nnz`` counts, float32 where exact,
+  ``nnz`` indices, ``n_major + 1`` row pointers), plus a transient second copy when the
+  input is sparse in another layout and the COO stage a dense input goes through;
 - the factors: the shapes of q before and after an update, their statistics, ``E[log]``
   and its scaled exponential (about four arrays of (rows + columns) x K in the fit's
   dtype) and the float64 temporaries of the KL terms (about four more);
@@ -33,7 +33,9 @@ import scipy.sparse as sp
 _FACTOR_ARRAYS = 4  # in the fit's dtype
 _KL_TEMPORARIES = 4  # float64, whatever the fit's dtype
 _BEST_FIT_ARRAYS = 2  # n_init > 1 keeps the best fit's shapes while the next one runs
-_COUNT_ITEMSIZE = 8  # counts are float64 inside the engine
+# Counts are stored as float32 where exact (`_validation.exact_float_dtype`): 4 bytes for
+# inputs held in 4 bytes or fewer, 8 (the bound) for the others, which may hold non-integers.
+_COUNT_ITEMSIZE = 8
 _COO_STAGE_BYTES = 24  # per nonzero: dense input becomes int64 COO before CSR
 _DISABLE_VARIABLE = "VBSNMF_NO_MEMORY_GUARD"
 
@@ -101,6 +103,7 @@ def estimate_fit_memory(
     dtype=np.float64,
     n_init: int = 1,
     input_kind: str = "csr",
+    count_itemsize: int = _COUNT_ITEMSIZE,
 ) -> dict[str, int]:
     """Bytes a batch `VBNMF` fit needs at its peak, by part.
 
@@ -118,6 +121,8 @@ def estimate_fit_memory(
         The fit's float dtype (float32 or float64).
     n_init
         Random starts; more than one keeps the best fit alive beside the running one.
+    count_itemsize
+        Bytes per stored count inside the engine (4 where float32 is exact, else 8).
     input_kind
         ``"csr"``: X is CSR along its longer axis (CSC when it has more columns), used as
         it is; ``"sparse"``: another sparse layout, converted (a transient second copy);
@@ -132,11 +137,11 @@ def estimate_fit_memory(
     n_major, n_minor = max(n_rows, n_cols), min(n_rows, n_cols)
     itemsize = np.dtype(dtype).itemsize
     index_itemsize = 4 if max(nnz, n_major) < 2**31 else 8
-    counts = nnz * (_COUNT_ITEMSIZE + index_itemsize) + (n_major + 1) * index_itemsize
+    counts = nnz * (count_itemsize + index_itemsize) + (n_major + 1) * index_itemsize
     if input_kind not in ("csr", "sparse", "dense"):
         raise ValueError(f"input_kind must be 'csr', 'sparse' or 'dense', got {input_kind!r}")
     if input_kind == "sparse":
-        counts += nnz * (_COUNT_ITEMSIZE + index_itemsize)
+        counts += nnz * (count_itemsize + index_itemsize)
     elif input_kind == "dense":
         counts += nnz * _COO_STAGE_BYTES
     factor_entries = (n_rows + n_cols) * n_components
@@ -201,6 +206,7 @@ def check_fit_memory(
         dtype=dtype,
         n_init=n_init,
         input_kind=input_kind,
+        count_itemsize=4 if X.dtype.itemsize <= 4 else _COUNT_ITEMSIZE,
     )
     available = available_memory()
     if available is None or estimate["total"] <= available:

@@ -177,7 +177,10 @@ def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
 
 
 def gamma_kl(shape, rate, prior_shape: float, prior_rate: float) -> float:
-    """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries."""
+    """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries
+    (``rate`` broadcastable to ``shape``), in numpy: for small arrays such as the scales'
+    q, where a parallel kernel's start costs more than the work (a side's n x K factors go
+    through `_kernels.gamma_sums`)."""
     shape = np.asarray(shape, dtype=np.float64)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     kl = (
@@ -231,13 +234,17 @@ def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
 
 # -- the pass over the nonzeros (updateA) -------------------------------------------------
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
-    """What the pass needs of one side of q: ``E[log]``, ``exp(E[log])`` divided by its
-    row maximum (padded with zero columns by `_kernels.pad_components`), and that maximum
-    (log scale)."""
-    elog = expected_log(shape, rate).astype(shape.dtype, copy=False)
-    logmax = elog.max(axis=1)
-    scaled = np.exp(elog - logmax[:, None]).astype(shape.dtype, copy=False)
-    return elog, _kernels.pad_components(scaled), logmax
+    """What the pass needs of one side of q: ``exp(E[log])`` divided by its row maximum
+    (padded with zero columns to `_kernels.padded_width`), that maximum (log scale), and
+    the shapes and log rates for the pass's log-space path; ``rate`` per component or
+    any array broadcastable to ``shape``."""
+    shape = np.asarray(shape)
+    n_rows, n_components = shape.shape
+    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
+    logmax = np.empty(n_rows)
+    _kernels.gamma_moments(shape, log_rate, scaled, logmax)
+    return scaled, logmax, shape, log_rate
 
 
 def shape_statistics(
@@ -263,14 +270,18 @@ def pass_statistics(
 ):
     """`shape_statistics` from each side's `side_moments` (a side held fixed over many
     passes, as in `fit_rows`, computes its moments once)."""
-    major_elog, major_scaled, major_logmax = (row_moments, col_moments)[data.major]
-    minor_elog, minor_scaled, minor_logmax = (row_moments, col_moments)[1 - data.major]
-    dtype = major_elog.dtype
+    major_scaled, major_logmax, major_shape, major_log_rate = (row_moments, col_moments)[data.major]
+    minor_scaled, minor_logmax, minor_shape, minor_log_rate = (row_moments, col_moments)[
+        1 - data.major
+    ]
+    dtype = major_scaled.dtype
     bounds = data.part_bounds(n_parts)
-    n_components = minor_elog.shape[1]
-    major_stat = np.empty_like(major_scaled)
+    n_components = minor_shape.shape[1]
+    # Statistics and the data term in float64 whatever the tables' dtype; the per-part
+    # accumulators in the tables' dtype, summed in float64.
+    major_stat = np.empty((major_scaled.shape[0], n_components))
     minor_partial = np.empty((len(bounds) - 1, *minor_scaled.shape), dtype=dtype)
-    data_partial = np.zeros(len(bounds) - 1, dtype=np.float64)
+    data_partial = np.zeros(len(bounds) - 1)
     _kernels.update_shapes(
         data.indptr,
         data.indices,
@@ -278,18 +289,20 @@ def pass_statistics(
         bounds,
         major_scaled,
         major_logmax,
-        major_elog,
+        major_shape,
+        major_log_rate,
         minor_scaled,
         minor_logmax,
-        minor_elog,
+        minor_shape,
+        minor_log_rate,
         _TINY[np.dtype(dtype)],
-        block_rows or _kernels.minor_block_rows(minor_scaled.shape[1]),
+        block_rows or _kernels.minor_block_rows(minor_scaled.shape[1], dtype.itemsize),
         major_stat,
         minor_partial,
         data_partial,
     )
-    minor_stat = np.ascontiguousarray(minor_partial.sum(axis=0)[:, :n_components])  # fixed order
-    major_stat = np.ascontiguousarray(major_stat[:, :n_components])
+    minor_stat = np.empty((minor_scaled.shape[0], n_components))
+    _kernels.sum_parts(minor_partial, minor_stat)  # in part order
     stats = (major_stat, minor_stat) if data.major == 0 else (minor_stat, major_stat)
     return stats[0], stats[1], float(data_partial.sum()) - data.log_factorial
 
@@ -426,12 +439,14 @@ class ScaleSums:
 def scale_sums(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> ScaleSums:
     """`ScaleSums` of some rows (``elog``: their ``E[log z]`` if already computed)."""
     if elog is None:
-        elog = expected_log(shape, rate)
+        factor_log = _kernels.expected_log_sums(shape, rate)
+    else:
+        factor_log = elog.sum(axis=0, dtype=np.float64)
     return ScaleSums(
         shape.shape[0],
         float(scale.mean.sum()),
         float(expected_log(scale.shape, scale.rate).sum()),
-        elog.sum(axis=0, dtype=np.float64),
+        factor_log,
     )
 
 
@@ -514,38 +529,19 @@ def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
     return float(a)
 
 
-def gamma_entropy(shape, rate) -> float:
-    """``sum H[Gamma(shape, rate)]``, ``H = al - log be + lgamma(al) + (1 - al) digamma(al)``."""
-    shape = np.asarray(shape, dtype=np.float64)
-    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
-    return float(np.sum(shape - np.log(rate) + gammaln(shape) + (1.0 - shape) * digamma(shape)))
-
-
-def learned_side_kl(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> float:
-    """``KL(q(z, xi) || p(z, xi))`` of one side under the learned prior: minus the
-    expected log prior of z given xi and of xi, minus the entropies of q(z) and q(xi)."""
-    shape = np.asarray(shape, dtype=np.float64)
-    rate = np.asarray(rate, dtype=np.float64)
-    if elog is None:
-        elog = expected_log(shape, rate)
-    a = scale.factor_shape
-    a_prime, rate0 = scale.prior_shape, scale.prior_shape / scale.prior_mean
-    xi_mean = scale.mean
+def learned_side_terms(shape, rate, scale: ScaleState) -> tuple[np.ndarray, float]:
+    """One side's share of the ELBO under the learned prior: ``sum_i E[z_il]`` per
+    component and ``KL(q(z, xi) || p(z, xi))``, which is the KL of q(z) from p(z | xi) in
+    expectation over q(xi) (linear in ``E[xi]`` and ``E[log xi]``: `_kernels.gamma_sums`
+    with those for the prior's rate and its log, the fixed prior's fused kernel) plus
+    ``KL(q(xi) || p(xi))``."""
     xi_log = expected_log(scale.shape, scale.rate)
-    n_rows = shape.shape[0]
-    log_prior = (
-        float(a.sum()) * float(xi_log.sum())
-        - n_rows * float(gammaln(a).sum())
-        + float(((a - 1.0) * elog).sum())
-        - float(xi_mean @ (shape / rate).sum(axis=1))
+    mean_sum, factor_kl = _kernels.gamma_sums(
+        shape, rate, scale.factor_shape, scale.mean[:, None], xi_log[:, None]
     )
-    log_prior += (
-        n_rows * (a_prime * np.log(rate0) - gammaln(a_prime))
-        + (a_prime - 1.0) * float(xi_log.sum())
-        - rate0 * float(xi_mean.sum())
-    )
-    entropy = gamma_entropy(shape, rate) + gamma_entropy(scale.shape, scale.rate)
-    return -(log_prior + entropy)
+    rate0 = scale.prior_shape / scale.prior_mean
+    scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0)
+    return mean_sum, factor_kl + scale_kl
 
 
 def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np.ndarray:
@@ -671,11 +667,10 @@ def side_terms(
 ) -> tuple[np.ndarray, float]:
     """One side's share of the ELBO: ``sum E[.]`` per component (for the expected
     product) and the KL of its q from the prior (under the learned prior, of q(z) and
-    q(xi) from p(z | xi) p(xi), with ``scale``)."""
-    mean_sum = (shape / rate).sum(axis=0).astype(np.float64)
+    q(xi) from p(z | xi) p(xi), with ``scale``: `learned_side_terms`)."""
     if isinstance(prior, HierarchicalPrior):
-        return mean_sum, learned_side_kl(shape, rate, scale)
-    return mean_sum, gamma_kl(shape, rate, prior.shape, prior.rate)
+        return learned_side_terms(shape, rate, scale)
+    return _kernels.gamma_sums(shape, rate, prior.shape, prior.rate)
 
 
 def elbo_terms(
@@ -896,7 +891,8 @@ def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
     major = np.zeros(n_major)
     nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
     if nonempty.size:
-        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty]).astype(np.float64)
+        # in float64: the counts may be stored as float32 (exact), their sums not
+        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty], dtype=np.float64)
     minor = np.bincount(data.indices, weights=data.counts, minlength=n_minor)
     return (major, minor) if data.major == 0 else (minor, major)
 

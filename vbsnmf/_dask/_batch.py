@@ -125,7 +125,7 @@ def _chunk_info(data: CountData) -> tuple[int, int, float, bool]:
     return (
         data.shape[0],
         data.shape[1],
-        float(counts.sum()),
+        float(np.sum(counts, dtype=np.float64)),
         bool(np.any(counts != np.round(counts))),
     )
 

@@ -1,4 +1,5 @@
-"""Plots of a `vbsnmf.tl.nmf` fit: ELBO trace, factors on an embedding, top genes.
+"""Plots of a `vbsnmf.tl.nmf` fit: ELBO trace, factors on an embedding, top genes; the K
+grid of `vbsnmf.tl.select_k`.
 
 Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embedding``,
 `top_genes`: ``sc.pl.dotplot``), so they look, save and show as scanpy's plots do:
@@ -258,3 +259,68 @@ def top_genes(
         return dot_plot
     dot_plot.make_figure()
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+
+
+def select_k(
+    adata,
+    key: str = "nmf_k_selection",
+    *,
+    axes: Sequence | None = None,
+    show: bool | None = None,
+    save: bool | str | os.PathLike | None = None,
+):
+    """The K grid of `vbsnmf.tl.select_k`: held-out log-likelihood per count (with one
+    standard error of the difference to the best K), final ELBO and active factors against
+    K, the suggested K marked, as cNMF's ``k_selection_plot``.
+
+    Parameters
+    ----------
+    adata
+        AnnData after `vbsnmf.tl.select_k`.
+    key
+        Its ``key_added``.
+    axes
+        Three matplotlib axes to draw into; new ones by default.
+    show, save
+        As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
+
+    Returns
+    -------
+    The three axes, unless shown.
+    """
+    stored = adata.uns.get(key)
+    if not isinstance(stored, dict) or "table" not in stored:
+        raise KeyError(
+            f"adata.uns[{key!r}] holds no K selection; run vbsnmf.tl.select_k(adata"
+            + ("" if key == "nmf_k_selection" else f", key_added={key!r}")
+            + ") first"
+        )
+    table = stored["table"]
+    ks = np.asarray(table.index, dtype=np.int64)
+    suggested = int(stored["suggested_k"])
+    plt = _pyplot()
+    if axes is None:
+        figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    else:
+        figure = axes[0].figure
+    axes[0].errorbar(
+        ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
+    )
+    axes[0].set(xlabel="K", ylabel="nats per count", title="held-out log-likelihood")
+    axes[1].plot(ks, table["elbo"], marker="o")
+    axes[1].set(xlabel="K", ylabel="nats", title="ELBO")
+    axes[2].plot(ks, ks, color="0.7", linestyle=":", label="all K active")
+    axes[2].plot(ks, table["n_active"], marker="o", label="active")
+    axes[2].set(xlabel="K", ylabel="factors", title="active factors")
+    axes[2].legend(frameon=False)
+    for ax in axes:
+        ax.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xticks(ks)
+    axes[0].annotate(
+        f"suggested K={suggested}",
+        xy=(0.02, 0.02),
+        xycoords="axes fraction",
+        color="tab:red",
+    )
+    figure.tight_layout()
+    return _finish(figure, axes, show, save, "select_k")

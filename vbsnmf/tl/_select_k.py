@@ -1,0 +1,261 @@
+"""`select_k`: the number of factors by held-out likelihood, as cNMF's ``k_selection_plot``
+and fastTopics' likelihood against rank."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.special import gammaln
+
+from .._estimator import SOLVERS as VB_SOLVERS
+from .._utils import is_dask_array
+from ._counts import check_count_matrix, select_counts
+from ._nmf import _storable, _storable_int, gene_mask, nmf
+from ._split import count_split
+
+# Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
+BLOCK_NONZEROS = 1 << 18
+
+
+def select_k(
+    adata,
+    ks: Iterable[int] = (5, 10, 15, 20, 25, 30),
+    *,
+    layer: str | None = None,
+    use_raw: bool = False,
+    mask_var: str | np.ndarray | None = None,
+    solver: str = "batch",
+    random_state: int = 0,
+    tolerance: float | None = None,
+    min_share: float | None = None,
+    key_added: str = "nmf_k_selection",
+    **fit_params,
+) -> pd.DataFrame:
+    """Fit every K of a grid and suggest one by held-out likelihood.
+
+    For each K, two fits by `nmf` (the same ``solver``, ``random_state`` and
+    ``fit_params``): one on all the counts, which gives the final ELBO and the number of
+    active factors, and one on a count split: ``train = Binomial(x, 1/2)`` of every count
+    (`count_split`), scored on the other half ``test = x - train`` by its Poisson
+    log-likelihood under ``mu = cell_factors @ gene_loadings.T`` (posterior means), per
+    count of ``test``. By Poisson thinning the halves are independent Poisson draws with
+    half the mean each, so the score measures how well K factors predict counts they were
+    not fitted to, with no cell or gene left out. Both fits see the same data at every K,
+    so the columns compare across K; the ELBO keeps rising with K long after the held-out
+    likelihood has stopped.
+
+    **The suggestion** is the smallest K whose held-out log-likelihood is within
+    ``tolerance`` of the best K's (the simplest model as good as the best). By default
+    ``tolerance`` is one standard error of the difference to the best K, paired over
+    cells: ``sqrt(n_cells) * std_i(ll_i(best) - ll_i(K))`` over the test total, where
+    ``ll_i`` is cell i's held-out log-likelihood (the "one-standard-error rule" of
+    cross-validation; Hastie, Tibshirani and Friedman, *Elements of Statistical Learning*,
+    7.10). It is derived from the data: a difference smaller than its own noise across
+    cells does not favour the larger K.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts (in memory: sparse or dense; not dask).
+    ks
+        The numbers of factors to try (distinct positive integers, fitted in ascending
+        order).
+    layer, use_raw, mask_var
+        Which counts and genes to fit, as in `nmf`.
+    solver
+        ``"batch"`` or ``"svi"`` (variational solvers: the ELBO is one of the columns).
+    random_state
+        Seed of the count split and of every fit.
+    tolerance
+        How far below the best held-out log-likelihood per count a K may be and still be
+        suggested, in nats per count; default: one standard error (above).
+    min_share
+        Passed to `nmf`: the share of the fitted counts that makes a factor active.
+    key_added
+        The results go to ``adata.uns[key_added]``.
+    **fit_params
+        Passed to `nmf` (e.g. ``max_iter``, ``tol``, ``n_threads``, ``prior``).
+
+    Returns
+    -------
+    DataFrame indexed by ``n_components`` (K), with columns
+
+    ``elbo``
+        Final ELBO of the fit on all the counts (nats).
+    ``heldout_ll_per_count``
+        Held-out Poisson log-likelihood of the test half per test count (nats).
+    ``heldout_se``
+        One standard error of the difference to the best K's held-out figure, per count
+        (0 at the best K).
+    ``tolerance``
+        The tolerance applied at this K (``heldout_se``, or the given ``tolerance``).
+    ``n_active``
+        Active factors of the fit on all the counts (`nmf`'s ``active``).
+    ``n_iter``, ``converged``
+        Of the fit on all the counts; ``heldout_n_iter``, ``heldout_converged`` of the fit
+        on the train half.
+    ``suggested``
+        True at the suggested K.
+
+    ``DataFrame.attrs`` holds ``suggested_k`` and ``reason`` (a sentence saying why).
+    ``adata.uns[key_added]`` holds ``table`` (the DataFrame), ``suggested_k``, ``reason``
+    and ``params``. `vbsnmf.pl.select_k` plots it.
+
+    Raises
+    ------
+    ValueError
+        ``ks`` empty, not distinct positive integers or out of range for the data;
+        ``solver`` not variational; ``tolerance`` negative or not finite; dask counts;
+        bad counts, layer or mask (as `nmf`).
+    """
+    ks = _check_ks(ks)
+    if solver not in VB_SOLVERS:
+        raise ValueError(f"select_k needs a variational solver ({VB_SOLVERS}), got {solver!r}")
+    if tolerance is not None:
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)):
+            raise TypeError(f"tolerance must be a number or None, got {type(tolerance).__name__}")
+        if not (np.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError(f"tolerance must be non-negative and finite, got {tolerance!r}")
+    if not isinstance(key_added, str) or "/" in key_added:
+        raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
+    for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
+        if name in fit_params:
+            raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")
+
+    matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
+    fitted_genes = gene_mask(adata, mask_var, var_names)
+    if fitted_genes is not None:
+        matrix = matrix[:, fitted_genes]
+        source = f"{source} (genes in mask_var)"
+    if is_dask_array(matrix):
+        raise ValueError("select_k needs the counts in memory, not a dask array")
+    counts = sp.csr_matrix(check_count_matrix(adata, matrix, source))
+    train, test = count_split(counts, 0.5, random_state=random_state)
+    test_total = float(test.sum())
+    if test_total == 0:
+        raise ValueError(f"{source}: the count split left no test counts (too few counts)")
+
+    rows, per_cell = [], []
+    for k in ks:
+        full = ad.AnnData(counts)
+        nmf(full, k, solver=solver, random_state=random_state, min_share=min_share, **fit_params)
+        half = ad.AnnData(train)
+        nmf(half, k, solver=solver, random_state=random_state, min_share=min_share, **fit_params)
+        cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
+        per_cell.append(cell_ll)
+        info, half_info = full.uns["nmf"], half.uns["nmf"]
+        rows.append(
+            {
+                "elbo": float(info["elbo_trace"][-1]),
+                "heldout_ll_per_count": float(cell_ll.sum()) / test_total,
+                "n_active": int(np.count_nonzero(info["active"])),
+                "n_iter": int(info["n_iter"]),
+                "converged": bool(info["converged"]),
+                "heldout_n_iter": int(half_info["n_iter"]),
+                "heldout_converged": bool(half_info["converged"]),
+            }
+        )
+    table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
+    best = int(np.argmax(table["heldout_ll_per_count"].to_numpy()))
+    differences = [per_cell[best] - cell_ll for cell_ll in per_cell]
+    n_cells = counts.shape[0]
+    table["heldout_se"] = [
+        float(np.sqrt(n_cells) * np.std(diff, ddof=1)) / test_total if n_cells > 1 else 0.0
+        for diff in differences
+    ]
+    table["tolerance"] = table["heldout_se"] if tolerance is None else float(tolerance)
+    gap = table["heldout_ll_per_count"].iloc[best] - table["heldout_ll_per_count"]
+    within = (gap <= table["tolerance"]).to_numpy()
+    chosen = int(np.flatnonzero(within)[0])  # the best K itself is always within
+    table["suggested"] = np.arange(len(ks)) == chosen
+    suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance)
+    table = table[
+        [
+            "elbo",
+            "heldout_ll_per_count",
+            "heldout_se",
+            "tolerance",
+            "n_active",
+            "n_iter",
+            "converged",
+            "heldout_n_iter",
+            "heldout_converged",
+            "suggested",
+        ]
+    ]
+    params = {"ks": np.asarray(ks), "solver": solver}
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        params["random_state"] = _storable_int(int(random_state))
+    if tolerance is not None:
+        params["tolerance"] = float(tolerance)
+    for name, value in (("layer", layer), ("mask_var", mask_var), ("min_share", min_share)):
+        if isinstance(value, (str, float, int)):
+            params[name] = value
+    params["use_raw"] = bool(use_raw)
+    params.update(_storable(fit_params))
+    adata.uns[key_added] = {
+        "table": table.copy(),
+        "suggested_k": int(suggested_k),
+        "reason": reason,
+        "params": params,
+    }
+    table.attrs = {"suggested_k": int(suggested_k), "reason": reason}
+    return table
+
+
+def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
+    """Each cell's Poisson log-likelihood ``sum_j x_ij log mu_ij - lgamma(x_ij + 1) - mu_ij``
+    under ``mu = cell_factors @ gene_loadings.T``, visiting only the stored counts (in blocks)
+    and taking ``sum_j mu_ij`` from the loadings' column sums. ``mu`` is floored at the
+    smallest positive double where a count is, so a count the fit gives no mass scores a
+    very low but finite value."""
+    counts = sp.coo_matrix(counts)
+    cell_factors = np.asarray(cell_factors, dtype=np.float64)
+    gene_loadings = np.asarray(gene_loadings, dtype=np.float64)
+    loglik = -(cell_factors @ gene_loadings.sum(axis=0))
+    tiny = np.finfo(np.float64).tiny
+    for start in range(0, counts.nnz, BLOCK_NONZEROS):
+        block = slice(start, start + BLOCK_NONZEROS)
+        rows, cols = counts.row[block], counts.col[block]
+        values = counts.data[block].astype(np.float64)
+        mu = np.einsum("nk,nk->n", cell_factors[rows], gene_loadings[cols])
+        terms = values * np.log(np.maximum(mu, tiny)) - gammaln(values + 1.0)
+        loglik += np.bincount(rows, weights=terms, minlength=loglik.size)
+    return loglik
+
+
+def _check_ks(ks) -> list[int]:
+    """``ks`` as a sorted list of distinct positive integers."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
+        raise TypeError(f"ks must be a sequence of integers, got {type(ks).__name__}")
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks is empty; give the numbers of factors to try")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"ks must hold positive integers, got {k!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks must be distinct, got {ks}")
+    return sorted(int(k) for k in ks)
+
+
+def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance) -> str:
+    """The sentence that says why ``ks[chosen]`` is suggested."""
+    heldout = table["heldout_ll_per_count"].to_numpy()
+    rule = (
+        "one standard error (paired over cells)"
+        if tolerance is None
+        else f"the given tolerance {tolerance:g}"
+    )
+    text = (
+        f"K={ks[chosen]}: the smallest K whose held-out log-likelihood per count "
+        f"({heldout[chosen]:.5f}) is within {rule} of the best ({heldout[best]:.5f} at "
+        f"K={ks[best]}; tolerance {table['tolerance'].iloc[chosen]:.5f})"
+    )
+    if best == len(ks) - 1 and len(ks) > 1:
+        text += "; the best is the largest K tried, so a larger K may fit better still"
+    return text

@@ -297,8 +297,17 @@ def tenx_cases() -> list[Case]:
     cases = [
         tenx_case("10x: valid", "ok"),
         tenx_case(
-            "10x: valid v2 genes.tsv",
+            "10x: valid Cell Ranger 2 layout (plain matrix.mtx, genes.tsv, barcodes.tsv)",
             "ok",
+            drop=("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"),
+            raw={
+                "matrix.mtx": VALID_MTX.encode(),
+                "genes.tsv": "".join(f"ENSG{i}\tG{i}\n" for i in range(N_GENES)).encode(),
+                "barcodes.tsv": "".join(f"{b}\n" for b in BARCODES).encode(),
+            },
+        ),
+        tenx_case(  # neither Cell Ranger layout: refused with the way to read it
+            "10x: genes.tsv.gz beside matrix.mtx.gz",
             features=[f"ENSG{i}\tG{i}" for i in range(N_GENES)],
             features_name="genes.tsv.gz",
         ),

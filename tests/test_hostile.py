@@ -83,7 +83,8 @@ def mtx(folder: Path, body: str, field: str = "integer", size: str = "3 3 3") ->
 
 
 def tenx(folder: Path, entries: list[tuple[int, int, int]] | None = None) -> Path:
-    """A 10x folder of N_GENES genes x N_CELLS cells (entries: 1-based gene, cell, count)."""
+    """A 10x folder (Cell Ranger 3 layout) of N_GENES genes x N_CELLS cells (entries: 1-based
+    gene, cell, count)."""
     path = folder / "tenx"
     path.mkdir()
     coo = _counts().T.tocoo()
@@ -93,8 +94,10 @@ def tenx(folder: Path, entries: list[tuple[int, int, int]] | None = None) -> Pat
     text = f"%%MatrixMarket matrix coordinate integer general\n{N_GENES} {N_CELLS} {len(rows)}\n"
     text += "".join(f"{r} {c} {v}\n" for r, c, v in rows)
     (path / "matrix.mtx.gz").write_bytes(gzip.compress(text.encode()))
-    (path / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(N_GENES)))
-    (path / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(N_CELLS)))
+    features = "".join(f"g{i}\tG{i}\tGene Expression\n" for i in range(N_GENES))
+    (path / "features.tsv.gz").write_bytes(gzip.compress(features.encode()))
+    barcodes = "".join(f"c{i}\n" for i in range(N_CELLS))
+    (path / "barcodes.tsv.gz").write_bytes(gzip.compress(barcodes.encode()))
     return path
 
 

@@ -228,6 +228,7 @@ def test_fit_end_to_end_on_every_input_format(inputs, tmp_path, capsys, tiny):
             "gene_loadings.tsv.gz",
             "params.json",
             "result.h5ad",
+            "top_genes.tsv",
         ]
         result = ad.read_h5ad(outdir / "result.h5ad")
         assert result.shape == tiny.shape
@@ -728,8 +729,9 @@ def test_readers_keep_counts_that_float32_cannot_hold(tmp_path, capsys):
     folder = tmp_path / "tenx"
     folder.mkdir()
     (folder / "matrix.mtx.gz").write_bytes(gzip.compress(mtx.read_bytes()))
-    (folder / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
-    (folder / "barcodes.tsv").write_text("".join(f"c{i}\n" for i in range(3)))
+    features = "".join(f"g{i}\tG{i}\tGene Expression\n" for i in range(3))
+    (folder / "features.tsv.gz").write_bytes(gzip.compress(features.encode()))
+    (folder / "barcodes.tsv.gz").write_bytes(gzip.compress(b"c0\nc1\nc2\n"))
     for adata in (vbsnmf.io.read(mtx, genes_as_rows=False), vbsnmf.io.read(folder)):
         assert sorted(adata.X.data) == sorted(exact)
     real = tmp_path / "real.mtx"
@@ -769,3 +771,197 @@ def test_float16_counts_are_read_and_fitted(tmp_path, capsys, tiny):
         ["fit", sparse, *FIT_OPTIONS, "-o", tmp_path / "o"], capsys, "float16", "float32"
     )
     assert "The only supported types" not in err
+
+
+# -- streaming, top genes, options (issue 17) ------------------------------------------------
+SVI_OPTIONS = ["-k", "3", "--solver", "svi", "--epochs", "2", "--batch-size", "300"]
+SVI_OPTIONS += ["--threads", "1", "--seed", "3", "--quiet"]
+
+
+def test_fit_svi_streams_a_converted_copy_that_later_fits_reuse(tmp_path, capsys, tiny):
+    """A 10x folder is converted once into OUTDIR/counts.h5ad and streamed: the fit equals
+    tl.nmf's in memory bit for bit, and fitting counts.h5ad again gives it once more."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = vbsnmf.tl.nmf(
+            tiny, 3, solver="svi", n_epochs=2, batch_size=300, n_threads=1, random_state=3,
+            copy=True,
+        )  # fmt: skip
+    code, _, err = _run(["fit", TINY_10X, *SVI_OPTIONS, "-o", tmp_path / "a"], capsys)
+    assert code == 0, err
+    converted = tmp_path / "a" / "counts.h5ad"
+    code, _, err = _run(["fit", converted, *SVI_OPTIONS, "-o", tmp_path / "b"], capsys)
+    assert code == 0, err
+    for run in ("a", "b"):
+        result = ad.read_h5ad(tmp_path / run / "result.h5ad")
+        assert json.loads((tmp_path / run / "params.json").read_text())["streamed"] is True
+        np.testing.assert_array_equal(result.obsm["X_nmf"], expected.obsm["X_nmf"])
+        np.testing.assert_array_equal(result.varm["NMF"], expected.varm["NMF"])
+        assert (sp.csr_matrix(result.X) != tiny.X).nnz == 0  # the input's counts, copied
+    assert not (tmp_path / "b" / "counts.h5ad").exists()  # an .h5ad streams as it is
+
+
+def test_convert_to_writes_the_conversion_where_asked(tmp_path, capsys, tiny_mtx_gz):
+    target = tmp_path / "tiny_counts.h5ad"
+    argv = ["fit", tiny_mtx_gz, "--genes-as-rows", *SVI_OPTIONS, "--convert-to", target]
+    code, _out, err = _run([*argv, "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert target.is_file() and not (tmp_path / "o" / "counts.h5ad").exists()
+    assert (
+        vbsnmf.io.read_h5ad(target).X != vbsnmf.io.read(tiny_mtx_gz, genes_as_rows=True).X
+    ).nnz == 0
+    _refused([*argv, "-o", tmp_path / "p"], capsys, "exists")
+    elsewhere = ["--convert-to", tmp_path / "n.h5ad", "-o", tmp_path / "q"]
+    _refused(["fit", tiny_mtx_gz, "--genes-as-rows", *FIT_OPTIONS, *elsewhere], capsys,
+             "--convert-to applies to --solver svi")  # fmt: skip
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+
+
+def test_svi_reports_epochs(tmp_path, capsys, tiny_h5ad):
+    code, out, err = _run(
+        ["fit", tiny_h5ad, *[o for o in SVI_OPTIONS if o != "--quiet"], "-o", tmp_path / "o"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "2 epochs" in out and "iterations" not in out
+    assert "epoch/s" in err or "s/epoch" in err  # the progress bar counts epochs
+
+
+def test_fit_writes_the_top_genes_of_active_factors(tmp_path, capsys, tiny_h5ad):
+    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-k", "6", "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    written = pd.read_csv(tmp_path / "o" / "top_genes.tsv", sep="\t")
+    result = ad.read_h5ad(tmp_path / "o" / "result.h5ad")
+    active = set(np.flatnonzero(result.uns["nmf"]["active"]))
+    assert set(written["factor"]) == active
+    expected = vbsnmf.tl.top_genes(result, 10)
+    assert list(written["gene"]) == list(expected["gene"])
+
+
+def test_result_h5ad_is_compressed(tmp_path, capsys, tiny_h5ad):
+    import h5py
+
+    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    with h5py.File(tmp_path / "o" / "result.h5ad", "r") as handle:
+        assert handle["X/data"].compression == "gzip"
+        assert handle["obsm/X_nmf"].compression == "gzip"
+
+
+def test_prior_and_n_init_reach_the_fit(tmp_path, capsys, tiny, tiny_h5ad):
+    options = ["-k", "3", "--max-iter", "5", "--threads", "1", "--seed", "2", "--quiet"]
+    code, _, err = _run(
+        ["fit", tiny_h5ad, *options, "--prior", "gamma", "--n-init", "2", "-o", tmp_path / "o"],
+        capsys,
+    )
+    assert code == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = vbsnmf.tl.nmf(
+            tiny, 3, max_iter=5, n_threads=1, random_state=2, prior="gamma", n_init=2, copy=True
+        )
+    result = ad.read_h5ad(tmp_path / "o" / "result.h5ad")
+    assert result.uns["nmf"]["params"]["prior"] == "gamma"
+    np.testing.assert_array_equal(result.obsm["X_nmf"], expected.obsm["X_nmf"])
+    _refused(["fit", tiny_h5ad, *options, "--solver", "hals", "--prior", "gamma", "-o",
+              tmp_path / "h"], capsys, "--prior applies to --solver batch or svi")  # fmt: skip
+
+
+def test_checkpoint_is_a_general_option():
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    assert help_text.index("--checkpoint") < help_text.index("stochastic VB")
+    assert help_text.index("--resume") < help_text.index("stochastic VB")
+
+
+def test_layer_advice_names_the_command_line_option(tmp_path, capsys, tiny):
+    normalised = tiny.copy()
+    normalised.layers["counts"] = tiny.X.copy()
+    normalised.X = normalised.X.multiply(1 / (1 + np.asarray(tiny.X.sum(axis=1)))).tocsr()
+    path = tmp_path / "normalised.h5ad"
+    normalised.write_h5ad(path)
+    err = _refused(["fit", path, *FIT_OPTIONS, "-o", tmp_path / "o"], capsys, "--layer counts")
+    assert "layer='counts'" not in err
+
+
+def test_umap_colours_by_leiden_clusters(tmp_path, capsys, tiny_h5ad, monkeypatch):
+    code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    figure = tmp_path / "leiden.png"
+    code, _out, err = _run(["umap", tmp_path / "o" / "result.h5ad", "-o", figure, "--color",
+                           "leiden"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "igraph", None)  # igraph not installed
+    _refused(["umap", tmp_path / "o" / "result.h5ad", "-o", tmp_path / "x.png", "--color",
+              "leiden"], capsys, "igraph")  # fmt: skip
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_pl_umap_leiden_is_scanpys_leiden_of_the_same_graph(tiny):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    adata = tiny.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)  # five iterations suffice
+        vbsnmf.tl.nmf(adata, 3, max_iter=5, n_threads=1, random_state=0)
+    axes = vbsnmf.pl.umap(adata, color="leiden", show=False)
+    matplotlib.pyplot.close(axes.figure)
+    reference = adata.copy()
+    del reference.obs["leiden"]
+    sc.pp.neighbors(reference, use_rep="X_nmf_sqrt_usage", random_state=0)
+    sc.tl.leiden(reference, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    assert adata.obs["leiden"].nunique() > 1
+    np.testing.assert_array_equal(
+        adata.obs["leiden"].to_numpy(), reference.obs["leiden"].to_numpy()
+    )
+
+
+def _write_cellranger_h5(path: Path, adata, counts=None) -> Path:
+    """Cell Ranger 3's feature-barcode .h5: genes x cells stored as CSC (the CSR of cells x
+    genes), features beside it."""
+    import h5py
+
+    csr = sp.csr_matrix(adata.X if counts is None else counts)
+    with h5py.File(path, "w") as handle:
+        matrix = handle.create_group("matrix")
+        matrix["barcodes"] = np.asarray(adata.obs_names, dtype="S")
+        matrix["data"] = csr.data.astype(np.int32)
+        matrix["indices"] = csr.indices.astype(np.int64)
+        matrix["indptr"] = csr.indptr.astype(np.int64)
+        matrix["shape"] = np.array([adata.n_vars, adata.n_obs], dtype=np.int32)
+        features = matrix.create_group("features")
+        features["id"] = np.asarray(adata.var["gene_ids"], dtype="S")
+        features["name"] = np.asarray(adata.var_names, dtype="S")
+        features["feature_type"] = np.asarray(["Gene Expression"] * adata.n_vars, dtype="S")
+        features["genome"] = np.asarray(["GRCh38"] * adata.n_vars, dtype="S")
+        features["_all_tag_keys"] = np.asarray(["genome"], dtype="S")
+    return path
+
+
+def test_cell_ranger_h5_and_zarr_read_as_the_10x_folder(tmp_path, capsys, tiny):
+    h5 = _write_cellranger_h5(tmp_path / "filtered_feature_bc_matrix.h5", tiny)
+    zarr_path = tmp_path / "tiny.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr format notices
+        tiny.write_zarr(zarr_path)
+    for path in (h5, zarr_path):
+        adata = vbsnmf.io.read(path)
+        assert (sp.csr_matrix(adata.X) != tiny.X).nnz == 0
+        pd.testing.assert_index_equal(adata.obs_names, tiny.obs_names)
+        pd.testing.assert_index_equal(adata.var_names, tiny.var_names)
+        np.testing.assert_array_equal(adata.var["gene_ids"], tiny.var["gene_ids"])
+        code, _, err = _run(["fit", path, *FIT_OPTIONS, "-o", tmp_path / path.suffix[1:]], capsys)
+        assert code == 0, err
+    assert vbsnmf.io.read(h5).X.dtype == np.float32  # exact for these counts
+    # scanpy reads Cell Ranger's counts into float32, which rounds 2**24 + 1: read again
+    big = tiny.X.copy().tolil()
+    big[0, 0] = 16_777_217
+    wide = _write_cellranger_h5(tmp_path / "big.h5", tiny, counts=big)
+    assert vbsnmf.io.read(wide).X[0, 0] == 16_777_217
+    not_hdf5 = tmp_path / "broken.h5"
+    not_hdf5.write_bytes(b"not an HDF5 file at all")
+    with pytest.raises(ReadError, match=r"broken\.h5"):
+        vbsnmf.io.read(not_hdf5)

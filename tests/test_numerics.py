@@ -11,6 +11,7 @@ guard is exercised by replacing the available-memory reading.
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,13 +283,13 @@ def test_memory_guard_leaves_bad_input_to_validation(monkeypatch):
         vbsnmf.VBNMF(1, prior="gamma").fit(np.ones(3))
 
 
-def test_available_memory_readers(tmp_path):
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       24684084 kB\nMemAvailable:   1000 kB\n")
-    assert _memory._meminfo_available(meminfo) == 1000 * 1024
-    meminfo.write_text("garbage\n")
-    assert _memory._meminfo_available(meminfo) is None
-    assert _memory._meminfo_available(tmp_path / "missing") is None
+def test_available_memory_readers(tmp_path, monkeypatch):
+    # psutil's figure on every platform; on Linux it is /proc/meminfo's MemAvailable
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        line = next(x for x in meminfo.read_text().splitlines() if x.startswith("MemAvailable"))
+        expected = int(line.split()[1]) * 1024
+        assert abs(_memory._system_available() - expected) < 0.05 * expected
 
     v2 = tmp_path / "v2"
     v2.mkdir()
@@ -306,8 +307,16 @@ def test_available_memory_readers(tmp_path):
     assert _memory._cgroup_headroom(v1) == 0  # over the limit: nothing available
     assert _memory._cgroup_headroom(tmp_path / "none") is None
 
-    available = _memory.available_memory()  # this machine (Linux)
+    available = _memory.available_memory()  # this machine
     assert available is None or 0 <= available
+    # the smaller of the two where both are known, either alone, or None
+    for system, cgroup, expected in ((5000, 3000, 3000), (5000, None, 5000), (None, 7, 7)):
+        monkeypatch.setattr(_memory, "_system_available", lambda value=system: value)
+        monkeypatch.setattr(_memory, "_cgroup_headroom", lambda value=cgroup: value)
+        assert _memory.available_memory() == expected
+    monkeypatch.setattr(_memory, "_system_available", lambda: None)
+    monkeypatch.setattr(_memory, "_cgroup_headroom", lambda: None)
+    assert _memory.available_memory() is None
 
 
 # -- the largest count (issue 14) -----------------------------------------------------------

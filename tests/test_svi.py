@@ -7,6 +7,7 @@ the engine) and plain numpy/scipy for the readers and the local step.
 from __future__ import annotations
 
 import gzip
+import shutil
 import subprocess
 import sys
 import warnings
@@ -267,6 +268,8 @@ def _write_mtx_gz(path, cells_by_genes):
 def test_streaming_from_disk_equals_the_in_memory_fit(pbmc_tiny, tmp_path):
     X = sp.csr_array(pbmc_tiny.X)
     _write_mtx_gz(tmp_path / "matrix.mtx.gz", X)
+    for name in ("features.tsv.gz", "barcodes.tsv.gz"):  # with the matrix: a 10x folder
+        shutil.copy(vbsnmf.datasets.data_dir("pbmc_tiny_v3") / name, tmp_path)
     pbmc_tiny.write_h5ad(tmp_path / "tiny.h5ad")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default

@@ -13,8 +13,9 @@ A batch fit holds, at its peak:
 
 Swapping to disk makes such a fit crawl and the kernel's OOM killer ends it with no
 message, so `check_fit_memory` compares the estimate with the memory the system says is
-available (Linux: ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup's limit)
-and raises `InsufficientMemoryError` first. Where neither can be read it does nothing.
+available (psutil's ``virtual_memory().available`` on every platform, capped by the
+cgroup's limit on Linux) and raises `InsufficientMemoryError` first. Where neither can be
+read it does nothing.
 Set the environment variable ``VBSNMF_NO_MEMORY_GUARD=1`` to skip the check.
 """
 
@@ -43,16 +44,16 @@ class InsufficientMemoryError(MemoryError):
     """A fit would need more memory than the system has available."""
 
 
-def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` in bytes, or None where there is no such file (not Linux)."""
+def _system_available() -> int | None:
+    """Memory available without swapping as psutil reports it (``MemAvailable`` on Linux,
+    the free and inactive pages on macOS, the available physical memory on Windows), or None
+    where psutil cannot tell."""
+    import psutil
+
     try:
-        for line in path.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                value, unit = line.split()[1:3]
-                return int(value) * (1024 if unit.lower() == "kb" else 1)
-    except (OSError, ValueError, IndexError):
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
         return None
-    return None
 
 
 def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -89,7 +90,7 @@ def guard_disabled() -> bool:
 
 def available_memory() -> int | None:
     """Bytes a new allocation can take without swapping, or None where unknown."""
-    known = [value for value in (_meminfo_available(), _cgroup_headroom()) if value is not None]
+    known = [value for value in (_system_available(), _cgroup_headroom()) if value is not None]
     return min(known) if known else None
 
 

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -117,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "input",
         metavar="INPUT",
-        help="a 10x folder (matrix.mtx[.gz], features.tsv[.gz] or genes.tsv[.gz], "
-        "barcodes.tsv[.gz]), an .h5ad file (cells x genes), or an .mtx / .mtx.gz file "
-        "(then give --genes-as-rows or --cells-as-rows)",
+        help="a 10x folder as Cell Ranger writes it, a Cell Ranger .h5, an .h5ad file or a "
+        ".zarr store (cells x genes), or an .mtx / .mtx.gz file (then give --genes-as-rows "
+        "or --cells-as-rows)",
     )
     _add_fit_options(fit, outdir_required=True)
     orientation = fit.add_mutually_exclusive_group()
@@ -153,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--use-raw", action="store_true", help=".h5ad input: take the counts from .raw"
     )
+    fit.add_argument(
+        "--convert-to",
+        metavar="PATH",
+        help="--solver svi on a 10x folder or .mtx: the .h5ad the matrix is converted into "
+        "once (vbsnmf.io.mtx_to_h5ad), to stream from and to fit again later; it must not "
+        "exist (default: OUTDIR/counts.h5ad)",
+    )
     fit.set_defaults(run=_run_fit)
 
     umap = commands.add_parser(
@@ -172,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     umap.add_argument(
         "--color",
         metavar="COLUMN",
-        help="colour cells by this .obs column or gene (default: each cell's dominant factor)",
+        help="colour cells by this .obs column or gene, or by 'leiden' (Leiden clusters of the "
+        "graph, computed when not stored; needs igraph) (default: each cell's dominant factor)",
     )
     umap.add_argument("--key", default="nmf", help="key_added of the fit (default: nmf)")
     umap.add_argument(
@@ -205,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundled data set (default: pbmc_facs)",
     )
     _add_fit_options(demo, outdir_required=False, default_k=15, default_max_iter=100)
-    demo.set_defaults(run=_run_demo, layer=None, use_raw=False)
+    demo.set_defaults(run=_run_demo, layer=None, use_raw=False, convert_to=None)
     return parser
 
 
@@ -265,20 +274,35 @@ def _add_fit_options(
     command.add_argument(
         "--threads", type=_integer(1), metavar="T", help="Numba threads (default: all cores)"
     )
-    command.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    command.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
-    svi = command.add_argument_group("stochastic VB (--solver svi)")
-    svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
-    svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
-    svi.add_argument(
+    command.add_argument(
+        "--prior",
+        choices=("hierarchical", "gamma"),
+        help="batch or svi: learned per-cell and per-gene scales (hierarchical, default) or "
+        "the fixed Gamma(1, 1) prior (gamma)",
+    )
+    command.add_argument(
+        "--n-init",
+        type=_integer(1),
+        metavar="N",
+        help="batch or svi: random starts; the fit with the best final ELBO is kept (default: 1)",
+    )
+    command.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="save the variational state to PATH while fitting (batch or svi); PATH must be "
+        help="batch or svi: save the variational state to PATH while fitting; PATH must be "
         "absent or a vbsnmf checkpoint, outside the input and OUTDIR",
     )
-    svi.add_argument(
+    command.add_argument(
         "--resume", action="store_true", help="continue from the state saved at --checkpoint"
     )
+    command.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    command.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
+    svi = command.add_argument_group(
+        "stochastic VB (--solver svi; an .h5ad, a 10x folder or an .mtx is streamed from disk "
+        "a minibatch of cells at a time)"
+    )
+    svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
+    svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -292,6 +316,8 @@ def _fit_params(args) -> dict:
         ("batch_size", "batch_size"),
         ("epochs", "n_epochs"),
         ("checkpoint", "checkpoint"),
+        ("prior", "prior"),
+        ("n_init", "n_init"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -316,8 +342,17 @@ def _check_options(args) -> None:
         for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
             if value is not None:
                 raise UsageError(f"{option} applies to --solver svi, not {args.solver}")
-    if args.solver not in VB_SOLVERS and args.checkpoint is not None:
-        raise UsageError(f"--checkpoint applies to --solver batch or svi, not {args.solver}")
+    for option, value in (
+        ("--checkpoint", args.checkpoint),
+        ("--prior", args.prior),
+        ("--n-init", args.n_init),
+    ):
+        if args.solver not in VB_SOLVERS and value is not None:
+            raise UsageError(f"{option} applies to --solver batch or svi, not {args.solver}")
+    if args.checkpoint is not None and (args.n_init or 1) > 1:
+        raise UsageError("--checkpoint holds one fit: drop --n-init")
+    if args.convert_to is not None and args.solver != "svi":
+        raise UsageError(f"--convert-to applies to --solver svi, not {args.solver}")
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint PATH (the state to resume from)")
 
@@ -352,7 +387,7 @@ def _fit(adata, args, quiet: bool) -> float:
                 tqdm(
                     total=total,
                     desc=f"{args.solver} K={args.n_components}",
-                    unit="it",
+                    unit="epoch" if args.solver == "svi" else "it",
                     file=sys.stderr,
                     disable=quiet,
                     dynamic_ncols=True,
@@ -379,6 +414,8 @@ def _fit(adata, args, quiet: bool) -> float:
             )
         except CheckpointMismatchError as error:
             raise UsageError(f"{error} (drop --resume)") from None
+        except ValueError as error:  # say the options, not tl.nmf's parameters
+            raise UsageError(_as_options(str(error))) from None
         finally:
             for bar in bars:
                 bar.close()
@@ -391,9 +428,16 @@ def _fit(adata, args, quiet: bool) -> float:
     return time.perf_counter() - start
 
 
+def _as_options(message: str) -> str:
+    """``tl.nmf``'s advice in the command line's words: ``--layer counts``, ``--use-raw``."""
+    message = re.sub(r"\blayer=(['\"])(.*?)\1", lambda m: f"--layer {m.group(2)}", message)
+    return message.replace("use_raw=True", "--use-raw")
+
+
 def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
-    """result.h5ad, the factor tables, elbo.tsv and params.json into ``folder``."""
-    from . import io
+    """result.h5ad, the factor tables, top_genes.tsv, elbo.tsv and params.json into
+    ``folder``."""
+    from . import io, tl
 
     info = adata.uns["nmf"]
     trace = info.get("elbo_trace", [])
@@ -413,9 +457,12 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "converged": bool(info["converged"]),
         "final_elbo": float(trace[-1]) if len(trace) else None,
         "seconds": round(seconds, 3),
+        "streamed": bool(adata.isbacked),
     }
-    adata.write_h5ad(folder / "result.h5ad")
+    io.write_result(adata, folder / "result.h5ad")
     io.write_nmf_tables(adata, folder)
+    # the active factors' 10 most specific genes, seen at least twice in the data
+    tl.top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
     # allow_nan=False: never write Infinity or NaN, which are not JSON.
     (folder / "params.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
@@ -426,9 +473,10 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
         return
     elbo = summary["final_elbo"]
     state = "converged" if summary["converged"] else "not converged"
+    passes = "epochs" if summary["solver"] == "svi" else "iterations"
     print(
         f"wrote {outdir}: {summary['n_cells']} cells x {summary['n_genes']} genes, "
-        f"K={summary['n_components']}, {summary['n_iter']} iterations ({state})"
+        f"K={summary['n_components']}, {summary['n_iter']} {passes} ({state})"
         + (f", ELBO {elbo:.8g}" if elbo is not None else "")
         + f", {summary['seconds']:.1f} s"
     )
@@ -436,11 +484,20 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
 
 def _run_fit(args) -> int:
     from .io import atomic_directory, read
+    from .io._read import check_read_options
 
     _check_options(args)
     source = Path(args.input)
     inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
     outdir = _check_paths(args, inputs)
+    kind = check_read_options(source, args.genes_as_rows, args.row_names, args.col_names)
+    streamed = args.solver == "svi" and args.layer is None and not args.use_raw
+    if args.convert_to is not None and kind not in ("10x", "mtx"):
+        raise UsageError("--convert-to converts a 10x folder or an .mtx; the input is neither")
+    if streamed and kind in ("10x", "mtx", "h5ad"):
+        done = _fit_streamed(args, source, kind, outdir, inputs)
+        if done:
+            return EXIT_OK
     adata = read(
         source,
         genes_as_rows=args.genes_as_rows,
@@ -459,8 +516,70 @@ def _run_fit(args) -> int:
     return EXIT_OK
 
 
+def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
+    """``fit --solver svi`` streamed from disk: an .h5ad whose X is CSR as it is, a 10x
+    folder or .mtx converted once into OUTDIR/counts.h5ad (or --convert-to). False, with
+    nothing done, for an .h5ad whose X does not stream (read into memory instead)."""
+    from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
+
+    converted = None
+    if kind == "h5ad":
+        adata = read_h5ad_backed(source)
+        if adata is None:
+            return False
+    else:
+        converted = _check_convert_path(args, outdir, inputs)
+    with atomic_directory(outdir, overwrite=args.force) as folder:
+        if kind != "h5ad":
+            target = folder / "counts.h5ad" if converted is None else converted
+            mtx_to_h5ad(
+                source,
+                target,
+                genes_as_rows=args.genes_as_rows is not False,
+                row_names=args.row_names,
+                col_names=args.col_names,
+            )
+            if not args.quiet:
+                print(
+                    f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}",
+                    file=sys.stderr,
+                )
+            adata = read_h5ad_backed(target)
+        try:
+            seconds = _fit(adata, args, args.quiet)
+            summary = _write_fit(adata, args, folder, str(source), seconds)
+        finally:
+            adata.file.close()
+    _report(outdir, summary, args.quiet)
+    return True
+
+
+def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
+    """--convert-to: a new file in an existing folder, not inside OUTDIR or an input."""
+    from .io import real_path
+
+    if args.convert_to is None:
+        return None
+    path = Path(args.convert_to)
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"--convert-to {path} exists; name a new file")
+    if not path.parent.is_dir():
+        raise UsageError(f"the folder {path.parent} for --convert-to does not exist")
+    inside = real_path(path.parent)
+    for holder in [outdir, *inputs]:
+        held = real_path(holder)
+        if inside == held or held in inside.parents:
+            raise UsageError(f"--convert-to {path} lies inside {holder}; name a file elsewhere")
+    return path
+
+
+def _shown(path: Path, folder: Path, outdir: Path) -> Path:
+    """``path`` as it will be named once the temporary ``folder`` becomes OUTDIR."""
+    return outdir / path.relative_to(folder) if folder in path.parents else path
+
+
 def _run_demo(args) -> int:
-    from . import datasets, tl
+    from . import datasets
     from .io import atomic_directory
 
     _check_options(args)
@@ -475,7 +594,6 @@ def _run_demo(args) -> int:
     color = "subpop" if "subpop" in adata.obs else None
     with atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
-        tl.top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
         _draw_umap(adata, folder / "umap.png", color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
@@ -486,6 +604,7 @@ def _run_demo(args) -> int:
 def _run_umap(args) -> int:
     from . import tl
     from .io import read_h5ad, real_path
+    from .pl._umap import LEIDEN
 
     output = Path(args.output)
     _check_figure_path(output)
@@ -493,16 +612,28 @@ def _run_umap(args) -> int:
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     adata = read_h5ad(args.result)
     tl.fit_info(adata, args.key)  # a KeyError that says to run the fit first
-    if args.color is not None and args.color not in adata.obs and args.color not in adata.var_names:
+    known = args.color is None or args.color in adata.obs or args.color in adata.var_names
+    if not known and args.color != LEIDEN:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"
-        raise UsageError(f"--color {args.color!r} is neither an .obs column ({columns}) nor a gene")
+        raise UsageError(
+            f"--color {args.color!r} is neither an .obs column ({columns}), a gene, nor "
+            f"{LEIDEN!r} (Leiden clusters of the graph)"
+        )
     if adata.n_obs < MIN_UMAP_CELLS:
         raise UsageError(
             f"{args.result} holds {adata.n_obs} cells; a UMAP needs at least {MIN_UMAP_CELLS}"
         )
-    _draw_umap(
-        adata, output, color=args.color, key=args.key, n_neighbors=args.n_neighbors, seed=args.seed
-    )
+    try:
+        _draw_umap(
+            adata,
+            output,
+            color=args.color,
+            key=args.key,
+            n_neighbors=args.n_neighbors,
+            seed=args.seed,
+        )
+    except ImportError as error:  # igraph, for --color leiden
+        raise UsageError(str(error)) from None
     print(f"wrote {output}")
     return EXIT_OK
 

@@ -1,16 +1,16 @@
-"""Loaders for the bundled 10x folders (matrix.mtx.gz genes x cells, features, barcodes)."""
+"""Loaders for the bundled 10x folders (matrix.mtx.gz genes x cells, features, barcodes),
+read by `vbsnmf.io.read_10x` (scanpy's reader, with vbsnmf's checks)."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.io
-import scipy.sparse as sp
 from anndata.utils import make_index_unique
+
+from ..io import read_10x
 
 _DATA = Path(__file__).parent / "data"
 
@@ -23,23 +23,14 @@ def data_dir(name: str) -> Path:
     return folder
 
 
-def _read_10x_folder(folder: Path, obs: pd.DataFrame | None = None) -> ad.AnnData:
-    """Cells x genes AnnData; ``obs`` (one row per barcode, in file order) is attached."""
-    with gzip.open(folder / "matrix.mtx.gz", "rb") as handle:
-        genes_by_cells = scipy.io.mmread(handle)
-    counts = sp.csr_matrix(genes_by_cells.T, dtype=np.float32)
-    features = pd.read_csv(folder / "features.tsv.gz", sep="\t", header=None, dtype=str)
-    barcodes = pd.read_csv(folder / "barcodes.tsv.gz", sep="\t", header=None, dtype=str)
-    var = pd.DataFrame(
-        {"gene_ids": features[0].to_numpy(), "feature_types": features[2].to_numpy()},
-        index=make_index_unique(pd.Index(features[1].to_numpy())),
-    )
-    if obs is None:
-        obs = pd.DataFrame(index=barcodes[0].to_numpy())
-    elif not np.array_equal(obs.index.to_numpy(), barcodes[0].to_numpy()):
+def _with_obs(adata: ad.AnnData, folder: Path, obs: pd.DataFrame) -> ad.AnnData:
+    """``adata`` with ``obs`` (one row per barcode, in file order) attached."""
+    barcodes = make_index_unique(pd.Index(obs.index.to_numpy()))
+    if not np.array_equal(barcodes.to_numpy(), adata.obs_names.to_numpy()):
         raise RuntimeError(f"{folder}: cells.csv and barcodes.tsv.gz disagree on the cell order")
-    obs.index = make_index_unique(pd.Index(obs.index.to_numpy()))
-    return ad.AnnData(X=counts, obs=obs, var=var)
+    obs.index = barcodes
+    adata.obs = obs
+    return adata
 
 
 def pbmc_facs(test: bool = False) -> ad.AnnData:
@@ -62,10 +53,10 @@ def pbmc_facs(test: bool = False) -> ad.AnnData:
     cells.index.name = None
     for column in ("celltype", "subpop"):
         cells[column] = pd.Categorical(cells[column])
-    return _read_10x_folder(folder, cells)
+    return _with_obs(read_10x(folder), folder, cells)
 
 
 def pbmc_tiny() -> ad.AnnData:
     """A tiny 10x v3 PBMC example (1,107 cells x 507 genes, scanpy test data): raw counts,
     cells x genes, CSR float32."""
-    return _read_10x_folder(data_dir("pbmc_tiny_v3"))
+    return read_10x(data_dir("pbmc_tiny_v3"))

@@ -1,21 +1,32 @@
-"""Readers for count matrices: a 10x folder, ``.h5ad``, ``.mtx`` / ``.mtx.gz``.
+"""Readers for count matrices: a 10x folder, a Cell Ranger ``.h5``, ``.h5ad``, ``.zarr``,
+``.mtx`` / ``.mtx.gz``.
+
+The ecosystem's readers parse: scanpy's `read_10x_mtx` and `read_10x_h5`, anndata's
+`read_h5ad` and `read_zarr`, scipy's Matrix Market parser (fast_matrix_market). vbsnmf
+adds what they leave to the caller:
+
+- counts are stored exactly: float32 when every count is exact in it (counts up to 2**24
+  are), else float64. scanpy reads 10x counts into float32, which rounds 16,777,217 to
+  16,777,216; such files are read again in float64.
+- Matrix Market text is checked as it is parsed (`_CheckedText`): scipy's parser crashes
+  the interpreter on a NUL byte and reads ``1.5`` in an integer field as 1.
+- every problem with a file (missing, unreadable, truncated, corrupt, names that do not
+  fit the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
 
 Every reader returns an AnnData with cells as rows (``obs``) and genes as columns
-(``var``), X a CSR matrix of counts stored exactly (float32 when every count is exact in
-it, as counts up to 2**24 are; else float64), unique ``obs_names`` and ``var_names``.
-Every problem with a file (missing, unreadable, truncated, corrupt, names that do not fit
-the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
-
-Matrix Market files are parsed by `scipy.io.mmread` (what ``scanpy.read_mtx`` uses) after
-a check of the header, so that a header declaring more entries than the file could hold is
-refused before anything is allocated.
+(``var``), X a CSR matrix (an ``.h5ad`` or ``.zarr`` keeps X as stored), unique
+``obs_names`` and ``var_names``.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +46,23 @@ _MAX_DIMENSION = 2**31 - 1  # scipy.sparse and anndata index with int32 at most 
 # Peak bytes per row or column of a read matrix besides its entries (CSR indptr, default
 # name, pandas index): 262 measured reading a 2,000,000 x 3 file with one entry.
 _INDEX_BYTES = 256
+# float32 holds every integer below this exactly.
+_FLOAT32_EXACT = 2**24
 
-_MATRIX_NAMES = ("matrix.mtx.gz", "matrix.mtx")
-_FEATURE_NAMES = ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
-_BARCODE_NAMES = ("barcodes.tsv.gz", "barcodes.tsv")
+# The two layouts Cell Ranger writes, which scanpy.read_10x_mtx reads: (matrix, genes,
+# barcodes). Version 2 is told by its plain genes.tsv, as scanpy tells it.
+_TENX_V3 = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
+_TENX_V2 = ("matrix.mtx", "genes.tsv", "barcodes.tsv")
+_TENX_ANY = (
+    "matrix.mtx.gz",
+    "matrix.mtx",
+    "features.tsv.gz",
+    "features.tsv",
+    "genes.tsv.gz",
+    "genes.tsv",
+    "barcodes.tsv.gz",
+    "barcodes.tsv",
+)
 
 
 def read(
@@ -53,12 +77,13 @@ def read(
     Parameters
     ----------
     path
-        A 10x folder (``matrix.mtx[.gz]``, ``features.tsv[.gz]`` or ``genes.tsv[.gz]``,
-        ``barcodes.tsv[.gz]``), an ``.h5ad`` file, or an ``.mtx`` / ``.mtx.gz`` file.
+        A 10x folder as Cell Ranger writes it (`read_10x`), a Cell Ranger ``.h5``
+        (`read_10x_h5`), an ``.h5ad`` file (`read_h5ad`), a ``.zarr`` store
+        (`read_zarr`), or an ``.mtx`` / ``.mtx.gz`` file (`read_mtx`).
     genes_as_rows
         Orientation of a Matrix Market file: True when its rows are genes (the 10x
         convention), False when its rows are cells. Required for ``.mtx`` files; a 10x
-        folder holds genes as rows by definition; ignored for ``.h5ad`` only if None.
+        folder holds genes as rows by definition.
     row_names, col_names
         Optional text files (plain or gzip) with one name per line (the first
         tab-separated field is used) for the rows and columns of an ``.mtx`` file.
@@ -67,7 +92,7 @@ def read(
     -------
     AnnData
         ``X``: CSR counts, cells x genes, float32 where that is exact, else float64
-        (an ``.h5ad`` keeps its stored dtype).
+        (an ``.h5ad`` or ``.zarr`` keeps its stored X).
 
     Raises
     ------
@@ -77,74 +102,214 @@ def read(
         The options do not fit the input (orientation or name files for an ``.h5ad``).
     """
     path = Path(path)
+    kind = check_read_options(path, genes_as_rows, row_names, col_names)
+    if kind == "10x":
+        return read_10x(path)
+    if kind == "10x_h5":
+        return read_10x_h5(path)
+    if kind == "h5ad":
+        return read_h5ad(path)
+    if kind == "zarr":
+        return read_zarr(path)
+    return read_mtx(path, genes_as_rows=genes_as_rows, row_names=row_names, col_names=col_names)
+
+
+def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
+    """The kind of input ``path`` is (`input_kind`), after checking that the options of
+    `read` fit it (`ReadError` for a missing path, ValueError for options)."""
     if not path.exists():
         raise ReadError(path, "no such file or directory")
-    if path.is_dir():
-        if genes_as_rows is False:
-            raise ValueError("a 10x folder holds genes as rows; drop --cells-as-rows")
-        if row_names is not None or col_names is not None:
-            raise ValueError("row/column name files apply to .mtx input, not to a 10x folder")
-        return read_10x(path)
+    kind = input_kind(path)
+    if kind == "10x" and genes_as_rows is False:
+        raise ValueError("a 10x folder holds genes as rows; drop --cells-as-rows")
+    oriented = genes_as_rows is not None and kind != "10x"
+    if kind != "mtx" and (oriented or row_names is not None or col_names is not None):
+        raise ValueError(
+            f"{path}: orientation and row/column name files apply to .mtx input only; "
+            f"a {_KIND_NAMES[kind]} stores cells and genes with their names"
+        )
+    if kind == "mtx" and genes_as_rows is None:
+        raise ValueError(
+            f"{path}: say which axis of the matrix holds the genes: "
+            "--genes-as-rows (the 10x convention) or --cells-as-rows"
+        )
+    return kind
+
+
+_KIND_NAMES = {
+    "10x": "10x folder",
+    "10x_h5": "Cell Ranger .h5 file",
+    "h5ad": ".h5ad file",
+    "zarr": ".zarr store",
+    "mtx": ".mtx file",
+}
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """``"10x"``, ``"10x_h5"``, ``"h5ad"``, ``"zarr"`` or ``"mtx"``: which reader reads
+    ``path`` (an existing path), told by its name; `ReadError` for anything else."""
+    path = Path(path)
     name = path.name.lower()
+    if name.endswith(".zarr") or (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
+        return "zarr"
+    if path.is_dir():
+        return "10x"
     if name.endswith(".h5ad"):
-        if genes_as_rows is not None or row_names is not None or col_names is not None:
-            raise ValueError(
-                "an .h5ad file stores cells as rows with its own names; "
-                "orientation and name options apply to .mtx input only"
-            )
-        return read_h5ad(path)
+        return "h5ad"
+    if name.endswith(".h5"):
+        return _hdf5_kind(path)
     if name.endswith((".mtx", ".mtx.gz")):
-        if genes_as_rows is None:
-            raise ValueError(
-                f"{path}: say which axis of the matrix holds the genes: "
-                "--genes-as-rows (the 10x convention) or --cells-as-rows"
-            )
-        return read_mtx(path, genes_as_rows=genes_as_rows, row_names=row_names, col_names=col_names)
+        return "mtx"
     raise ReadError(
-        path, "unrecognised input: expected a 10x folder, an .h5ad file, or an .mtx / .mtx.gz file"
+        path,
+        "unrecognised input: expected a 10x folder, a Cell Ranger .h5, an .h5ad file, a "
+        ".zarr store, or an .mtx / .mtx.gz file",
     )
 
 
-def read_10x(folder: str | os.PathLike):
-    """Read a 10x Genomics feature-barcode folder (v2 or v3 layout) as cells x genes.
+def _hdf5_kind(path: Path) -> str:
+    """An ``.h5`` file: an AnnData written under another name, or Cell Ranger's."""
+    import h5py
 
-    Only ``Gene Expression`` features are kept when the features file names types (as
-    ``scanpy.read_10x_mtx`` does). ``var_names`` are gene symbols made unique,
-    ``var['gene_ids']`` the ids; ``obs_names`` the barcodes made unique.
+    check_file(path)
+    _probe_hdf5(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            encoding = handle.attrs.get("encoding-type", "")
+    except Exception as error:  # h5py raises several types for files it cannot open
+        raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
+    return "h5ad" if encoding == "anndata" else "10x_h5"
+
+
+def read_10x(folder: str | os.PathLike):
+    """Read a 10x Genomics feature-barcode folder as Cell Ranger writes it, cells x genes,
+    with `scanpy.read_10x_mtx`.
+
+    Cell Ranger 3 and later: ``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``;
+    Cell Ranger 2: ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``. ``var_names`` are
+    gene symbols made unique, ``var['gene_ids']`` the ids (and ``var['feature_types']``);
+    only ``Gene Expression`` features are kept when there are others, as scanpy does;
+    ``obs_names`` are the barcodes made unique. Counts are exact (see the module).
 
     Raises
     ------
     ReadError
-        A file is missing, unreadable or malformed, or the name files' lengths disagree
-        with the matrix.
+        A file is missing, unreadable or malformed, the name files' lengths disagree with
+        the matrix, or the files are named in neither Cell Ranger layout (then read the
+        matrix with `read_mtx` and the name files).
     """
+    import scanpy as sc
+
     folder = Path(folder)
     if not folder.is_dir():
         raise ReadError(folder, "not a folder")
-    matrix_path = _find(folder, _MATRIX_NAMES)
-    features_path = _find(folder, _FEATURE_NAMES)
-    barcodes_path = _find(folder, _BARCODE_NAMES)
-    genes_by_cells = _read_mtx_matrix(matrix_path)
-    features = _read_table(features_path)
-    barcodes = _read_table(barcodes_path)
-    n_genes, n_cells = genes_by_cells.shape
-    if len(features) != n_genes:
+    matrix_path, features_path, barcodes_path = tenx_files(folder)
+    # scanpy hands the file to scipy's parser, which crashes on a NUL byte: check it first.
+    with _mtx_errors(matrix_path):
+        header = mtx_header(matrix_path)
+        n_entries = check_mtx_size(matrix_path, header.fmt, header.size)
+        with open_binary(matrix_path) as handle:
+            _CheckedText(handle, matrix_path, header, n_entries).finish()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate barcodes: made unique below
+            adata = sc.read_10x_mtx(folder, gex_only=False, cache=False)
+    except MemoryError:
+        raise ReadError(folder, "too large to load into memory") from None
+    except Exception as error:  # scanpy, pandas, scipy and anndata raise several types
+        _explain_10x_failure(folder, header, features_path, barcodes_path)
+        raise ReadError(folder, f"not a readable 10x folder ({describe_error(error)})") from None
+    counts = sp.csr_matrix(adata.X)
+    # scanpy's float32 is exact for integers below 2**24; anything else is read again.
+    if header.field not in ("integer", "pattern") or _reaches_float32_limit(counts.data):
+        counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)
+    adata.X = counts
+    return _finish(_keep_gene_expression(adata))
+
+
+def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
+    """The matrix, genes and barcodes files of a 10x folder in one of Cell Ranger's
+    layouts (scanpy's test: a plain genes.tsv means version 2)."""
+    layout = _TENX_V2 if (folder / "genes.tsv").is_file() else _TENX_V3
+    paths = tuple(folder / name for name in layout)
+    missing = [path.name for path in paths if not path.is_file()]
+    if not missing:
+        return paths
+    present = [name for name in _TENX_ANY if (folder / name).is_file()]
+    if not present:
         raise ReadError(
-            features_path, f"has {len(features)} lines but {matrix_path.name} has {n_genes} genes"
+            folder, f"not a 10x folder: none of {', '.join(_TENX_V3 + _TENX_V2)} found in it"
         )
-    if len(barcodes) != n_cells:
+    raise ReadError(
+        folder,
+        f"holds {', '.join(present)} but not {', '.join(missing)}: Cell Ranger writes "
+        f"{', '.join(_TENX_V3)} (version 3 and later) or {', '.join(_TENX_V2)} (version 2), "
+        "the layouts scanpy.read_10x_mtx reads. Rename or (un)compress the files to one of "
+        "them, or read the matrix as a Matrix Market file with genes as rows and the name "
+        "files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX --genes-as-rows --row-names GENES "
+        "--col-names BARCODES)",
+    )
+
+
+def _explain_10x_failure(folder: Path, header: MtxHeader, features: Path, barcodes: Path):
+    """After scanpy failed: a `ReadError` naming the name file that does not fit the
+    matrix, if one does not (the usual mistake); otherwise nothing."""
+    n_genes, n_cells = header.size[:2]
+    for path, expected, what in ((features, n_genes, "genes"), (barcodes, n_cells, "cells")):
+        table = read_names(path)
+        if len(table) != expected:
+            raise ReadError(
+                path, f"has {len(table)} lines but the matrix has {expected} {what}"
+            ) from None
+    if features.name.startswith("features") and read_names(features).shape[1] < 3:
         raise ReadError(
-            barcodes_path, f"has {len(barcodes)} lines but {matrix_path.name} has {n_cells} cells"
-        )
-    symbols = features[1] if features.shape[1] > 1 else features[0]
-    var = pd.DataFrame({"gene_ids": features[0].to_numpy()})
-    counts = sp.csr_matrix(genes_by_cells.T)
-    if features.shape[1] > 2:
-        var["feature_types"] = features[2].to_numpy()
-        is_gene = (var["feature_types"] == "Gene Expression").to_numpy()
-        if is_gene.any() and not is_gene.all():
-            counts, var, symbols = counts[:, is_gene], var[is_gene], symbols[is_gene]
-    return _anndata(counts, barcodes[0].to_numpy(), symbols.to_numpy(), var=var)
+            features, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
+        ) from None
+
+
+def read_10x_h5(path: str | os.PathLike):
+    """Read a Cell Ranger ``.h5`` feature-barcode matrix (version 2 or 3 and later),
+    cells x genes, with `scanpy.read_10x_h5`.
+
+    As `read_10x`: symbols as ``var_names`` (made unique), ``var['gene_ids']``, only
+    ``Gene Expression`` features when there are others, exact counts.
+
+    Raises
+    ------
+    ReadError
+        The file is missing, not HDF5, not Cell Ranger's layout, corrupt, or holds more
+        than one genome (Cell Ranger 2).
+    """
+    import h5py
+    import scanpy as sc
+
+    path = Path(path)
+    check_file(path)
+    _probe_hdf5(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate names: made unique below
+            adata = sc.read_10x_h5(path, gex_only=False)
+    except MemoryError:
+        raise ReadError(path, "too large to load into memory") from None
+    except Exception as error:  # scanpy and h5py raise several types
+        cause = error.__cause__ if error.__cause__ is not None else error
+        raise ReadError(
+            path, f"not a readable Cell Ranger .h5 file ({describe_error(cause)})"
+        ) from None
+    counts = sp.csr_matrix(adata.X)
+    try:
+        check_sparse_structure(counts, "matrix")
+        if _reaches_float32_limit(counts.data):  # scanpy's int32 -> float32 rounded them
+            with h5py.File(path, "r") as handle:
+                group = handle["matrix"] if "matrix" in handle else next(iter(handle.values()))
+                stored = np.asarray(group["data"][...], dtype=np.float64)
+            values = stored.astype(exact_float_dtype(stored))
+            counts = sp.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape)
+    except (ValueError, TypeError) as error:
+        raise ReadError(path, str(error)) from None
+    adata.X = counts
+    return _finish(_keep_gene_expression(adata))
 
 
 def read_mtx(
@@ -180,7 +345,7 @@ def read_mtx(
         if names_path is None:
             names.append(np.arange(matrix.shape[axis]).astype(str))
             continue
-        table = _read_table(Path(names_path))
+        table = read_names(Path(names_path))
         if len(table) != matrix.shape[axis]:
             side = "rows" if axis == 0 else "columns"
             raise ReadError(
@@ -194,7 +359,8 @@ def read_mtx(
 
 
 def read_h5ad(path: str | os.PathLike):
-    """Read an ``.h5ad`` file (cells x genes) into memory; `ReadError` if it cannot be read.
+    """Read an ``.h5ad`` file (cells x genes) into memory with `anndata.read_h5ad`;
+    `ReadError` if it cannot be read.
 
     X is returned as stored; names are made unique. X may be missing when layers or
     ``.raw`` hold the counts. The index arrays of every sparse matrix among X, the layers
@@ -211,14 +377,74 @@ def read_h5ad(path: str | os.PathLike):
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # h5py/anndata raise many types for corrupt files
-        if "float16" in str(error):
-            raise ReadError(
-                path,
-                "holds a sparse matrix of float16 values, which scipy.sparse cannot hold; "
-                "store it as float32 (exact for every float16 value), e.g. "
-                "adata.X = adata.X.astype('float32') where it was written",
-            ) from None
-        raise ReadError(path, f"not a readable .h5ad file ({describe_error(error)})") from None
+        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
+    return _checked_anndata(path, adata)
+
+
+def read_h5ad_backed(path: str | os.PathLike):
+    """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
+    disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
+    it with `read_h5ad`). `ReadError` if it cannot be opened; row pointers and indices are
+    checked as they stream."""
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    check_file(path)
+    _probe_hdf5(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            stored = handle.get("X")
+            encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
+        if encoding != "csr_matrix":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = ad.read_h5ad(path, backed="r")
+    except Exception as error:  # h5py/anndata raise many types for corrupt files
+        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        adata.file.close()
+        raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
+    return adata
+
+
+def read_zarr(path: str | os.PathLike):
+    """Read a ``.zarr`` store (cells x genes) into memory with `anndata.read_zarr`;
+    `ReadError` if it cannot be read. Checked as `read_h5ad` checks."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ReadError(path, "not a .zarr store (a folder)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr's format notices
+            adata = ad.read_zarr(path)
+    except MemoryError:
+        raise ReadError(path, "too large to load into memory") from None
+    except Exception as error:  # zarr/anndata raise many types for damaged stores
+        raise ReadError(path, _anndata_failure(error, ".zarr store")) from None
+    return _checked_anndata(path, adata)
+
+
+def _anndata_failure(error: BaseException, what: str) -> str:
+    if "float16" in str(error):
+        return (
+            "holds a sparse matrix of float16 values, which scipy.sparse cannot hold; "
+            "store it as float32 (exact for every float16 value), e.g. "
+            "adata.X = adata.X.astype('float32') where it was written"
+        )
+    return f"not a readable {what} ({describe_error(error)})"
+
+
+def _checked_anndata(path: Path, adata):
+    """An AnnData read from ``path`` with something to fit, and undamaged sparse
+    matrices; names made unique."""
     if adata.X is None and not adata.layers and adata.raw is None:
         raise ReadError(path, "has no X matrix, layers or .raw")
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -232,8 +458,10 @@ def read_h5ad(path: str | os.PathLike):
                 check_sparse_structure(matrix, name)
             except (ValueError, TypeError) as error:
                 raise ReadError(path, str(error)) from None
-    adata.obs_names_make_unique()
-    adata.var_names_make_unique()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
     return adata
 
 
@@ -241,6 +469,33 @@ def read_h5ad(path: str | os.PathLike):
 def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _reaches_float32_limit(values: np.ndarray) -> bool:
+    """Whether float32 ``values`` may hold a count it rounded (2**24 and beyond)."""
+    return bool(values.size) and float(np.max(values)) >= _FLOAT32_EXACT
+
+
+def _keep_gene_expression(adata):
+    """Only the ``Gene Expression`` features when there are others (scanpy's
+    ``gex_only``); all of them when none is labelled so."""
+    if "feature_types" not in adata.var:
+        return adata
+    is_gene = (adata.var["feature_types"] == "Gene Expression").to_numpy()
+    if is_gene.any() and not is_gene.all():
+        return adata[:, is_gene].copy()
+    return adata
+
+
+def _finish(adata):
+    """CSR counts in their exact float dtype, unique names."""
+    counts = sp.csr_matrix(adata.X)
+    adata.X = counts.astype(exact_float_dtype(counts.data), copy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
+    return adata
 
 
 def check_mtx_size(path: Path, fmt: str, size: tuple[int, ...], bytes_per_index=None) -> int:
@@ -321,14 +576,7 @@ def _probe_hdf5(path: Path) -> None:
     if probe.returncode != 0:
         lines = probe.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit code {probe.returncode}"
-        raise ReadError(path, f"not a readable .h5ad file ({reason})")
-
-
-def _find(folder: Path, candidates: tuple[str, ...]) -> Path:
-    for name in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    raise ReadError(folder, f"not a 10x folder: none of {', '.join(candidates)} found in it")
+        raise ReadError(path, f"not a readable HDF5 file ({reason})")
 
 
 def _is_gzip(path: Path) -> bool:
@@ -340,82 +588,26 @@ def open_binary(path: Path):
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
-_IS_SPACE = np.zeros(256, dtype=bool)
-_IS_SPACE[list(b" \t\r\n")] = True
+@dataclass(frozen=True)
+class MtxHeader:
+    """A Matrix Market header: ``fmt`` (``coordinate`` or ``array``), ``field``, the
+    numbers of the size line, and where the entry lines start in the (uncompressed) text."""
+
+    fmt: str
+    field: str
+    size: tuple[int, ...]
+    body_offset: int
+
+    @property
+    def n_fields(self) -> int:
+        """Numbers on each entry line."""
+        if self.fmt == "array":
+            return 1
+        return 2 if self.field == "pattern" else 3
 
 
-class _CheckedEntries:
-    """The binary stream handed to scipy's Matrix Market parser, checked as it passes.
-
-    scipy 1.17's parser crashes the interpreter (segmentation fault) on a NUL byte right
-    after a number, and reads ``1.5`` or ``1e3`` in an integer field as 1, ``16abc`` as 16
-    and ignores a fourth field. So the entry lines (everything after the size line) may
-    hold only the characters of their field's numbers, and must hold exactly
-    ``n_fields * n_entries`` numbers; `finish` checks the count once scipy is done.
-    """
-
-    _SPACE = b" \t\r\n"
-
-    def __init__(self, handle, path: Path, field: str, n_fields: int, n_entries: int):
-        self._handle, self._path = handle, path
-        number = b"0123456789+-" + (b".eEinfINFaA" if field in ("real", "double") else b"")
-        self._allowed = number + self._SPACE
-        self._expected_tokens = n_fields * n_entries
-        self._tokens = 0
-        self._previous_space = True
-        self._header = b""  # bytes of the header not yet ended by a newline
-        self._in_header = True
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size)
-        if b"\x00" in chunk:
-            raise ReadError(self._path, "contains a NUL byte: not a text Matrix Market file")
-        self._check(self._after_header(chunk) if self._in_header else chunk)
-        return chunk
-
-    def finish(self) -> None:
-        """Read what scipy left and check the number of values."""
-        while self.read(1 << 20):
-            pass
-        if self._tokens != self._expected_tokens:
-            raise ReadError(
-                self._path,
-                f"entry lines hold {self._tokens} numbers where the size line implies "
-                f"{self._expected_tokens}",
-            )
-
-    def _after_header(self, chunk: bytes) -> bytes:
-        self._header += chunk
-        while b"\n" in self._header:
-            line, self._header = self._header.split(b"\n", 1)
-            stripped = line.strip()
-            if stripped and not stripped.startswith(b"%"):  # the size line
-                self._in_header = False
-                rest, self._header = self._header, b""
-                return rest
-        return b""
-
-    def _check(self, body: bytes) -> None:
-        if not body:
-            return
-        stray = body.translate(None, self._allowed)
-        if stray:
-            raise ReadError(
-                self._path,
-                f"entry lines hold characters that are not numbers ({stray[:10]!r})",
-            )
-        codes = np.frombuffer(body, dtype=np.uint8)
-        space = _IS_SPACE[codes]
-        before = np.empty_like(space)
-        before[0] = self._previous_space
-        before[1:] = space[:-1]
-        self._tokens += int(np.count_nonzero(~space & before))
-        self._previous_space = bool(space[-1])
-
-
-def mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
-    """The format (``coordinate`` or ``array``), field and size line of a Matrix Market
-    file."""
+def mtx_header(path: Path) -> MtxHeader:
+    """The header of a Matrix Market file, checked (`ReadError`)."""
     with open_binary(path) as handle:
         banner = handle.readline(1024).decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
@@ -436,6 +628,7 @@ def mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
                 break
         else:
             raise ReadError(path, "more than 100,000 comment lines before the size line")
+        body_offset = handle.tell()
     try:
         size = tuple(int(word) for word in text.split())
     except ValueError:
@@ -443,7 +636,86 @@ def mtx_header(path: Path) -> tuple[str, str, tuple[int, ...]]:
     expected = 3 if fmt == "coordinate" else 2
     if len(size) != expected or min(size) < 0:
         raise ReadError(path, f"malformed size line {text[:80]!r}")
-    return fmt, field, size
+    return MtxHeader(fmt, field, size, body_offset)
+
+
+def _character_classes(field: str) -> bytes:
+    """A `bytes.translate` table: white space to b" ", the characters of the field's
+    numbers to b"x", anything else to b"!"."""
+    number = b"0123456789+-" + (b".eEinfINFaA" if field in ("real", "double") else b"")
+    table = bytearray(b"!" * 256)
+    for code in number:
+        table[code] = ord("x")
+    for code in b" \t\r\n":
+        table[code] = ord(" ")
+    return bytes(table)
+
+
+class _CheckedText(io.RawIOBase):
+    """The text of a Matrix Market file, checked as it is read.
+
+    scipy's parser (fast_matrix_market) crashes the interpreter (segmentation fault) on a
+    NUL byte right after a number, and reads ``1.5`` or ``1e3`` in an integer field as 1,
+    ``16abc`` as 16 and ignores a fourth field. So no byte may be NUL, the entry lines
+    (everything after the size line) may hold only the characters of their field's numbers,
+    and they must hold exactly ``n_fields * n_entries`` numbers; `finish` checks the count
+    once the parser is done. Each block is checked by `bytes.translate` and `bytes.count`
+    (loops in C); wrapped in a 1 MiB `io.BufferedReader`, the parser's small reads cost no
+    Python call each.
+    """
+
+    _BLOCK = 1 << 20
+
+    def __init__(self, handle, path: Path, header: MtxHeader, n_entries: int):
+        super().__init__()
+        self._handle, self._path, self._header = handle, path, header
+        self._classes = _character_classes(header.field)
+        self._expected = header.n_fields * n_entries
+        self._numbers = 0
+        self._offset = 0  # bytes of text read so far
+        self._previous = b" "  # the class of the last body byte checked
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._handle.read(len(buffer))
+        self._check(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def buffered(self) -> io.BufferedReader:
+        """This stream behind a 1 MiB buffer, for the parser."""
+        return io.BufferedReader(self, buffer_size=self._BLOCK)
+
+    def finish(self) -> None:
+        """Read what the parser left and check the number of values."""
+        while self.read(self._BLOCK):
+            pass
+        if self._numbers != self._expected:
+            raise ReadError(
+                self._path,
+                f"entry lines hold {self._numbers} numbers where the size line implies "
+                f"{self._expected}",
+            )
+
+    def _check(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:
+            raise ReadError(self._path, "contains a NUL byte: not a text Matrix Market file")
+        start, self._offset = self._offset, self._offset + len(chunk)
+        body = chunk[max(self._header.body_offset - start, 0) :]
+        if not body:
+            return
+        classes = body.translate(self._classes)
+        stray = classes.find(b"!")
+        if stray >= 0:
+            raise ReadError(
+                self._path,
+                f"entry lines hold characters that are not numbers ({body[stray : stray + 10]!r})",
+            )
+        # A number starts where a number character follows white space.
+        self._numbers += classes.count(b" x") + (self._previous == b" " and classes[:1] == b"x")
+        self._previous = classes[-1:]
 
 
 def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
@@ -451,18 +723,23 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
     float32 where that is exact, else float64."""
     import scipy.io
 
+    with _mtx_errors(path):
+        header = mtx_header(path)
+        n_entries = check_mtx_size(path, header.fmt, header.size)
+        with open_binary(path) as handle:
+            text = _CheckedText(handle, path, header, n_entries)
+            matrix = scipy.io.mmread(text.buffered())
+            text.finish()
+    matrix = sp.coo_matrix(matrix)
+    return matrix.astype(exact_float_dtype(matrix.data))
+
+
+@contextmanager
+def _mtx_errors(path: Path):
+    """Reading the Matrix Market file ``path``: every failure becomes a `ReadError`."""
     check_file(path)
     try:
-        fmt, field, size = mtx_header(path)
-        n_entries = check_mtx_size(path, fmt, size)
-        if fmt == "coordinate":
-            n_fields = 2 if field == "pattern" else 3
-        else:
-            n_fields = 1
-        with open_binary(path) as handle:
-            stream = _CheckedEntries(handle, path, field, n_fields, n_entries)
-            matrix = scipy.io.mmread(stream)
-            stream.finish()
+        yield
     except ReadError:
         raise
     except MemoryError:
@@ -473,12 +750,11 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         raise ReadError(
             path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
         ) from None
-    matrix = sp.coo_matrix(matrix)
-    return matrix.astype(exact_float_dtype(matrix.data))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_names(path: Path) -> pd.DataFrame:
     """A headerless tab-separated text file (plain or gzip) as strings; one row per line."""
+    path = Path(path)
     check_file(path)
     try:
         table = pd.read_csv(

@@ -1,4 +1,5 @@
-"""Writers for a fitted NMF: factor tables and the ELBO trace as plain text."""
+"""Writers for a fitted NMF: the AnnData with its results (`write_result`), factor tables
+and the ELBO trace as plain text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
+
+# Entries of a backed X copied into result.h5ad at a time (3 MB of float64 and int32).
+_COPY_ENTRIES = 1 << 18
 
 
 def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> list[Path]:
@@ -53,3 +57,44 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         pd.DataFrame(table).to_csv(temporary, sep="\t", index=False, float_format="%.10g")
     written.append(folder / name)
     return written
+
+
+def write_result(adata, path: str | os.PathLike) -> Path:
+    """Write ``adata`` with its fit to ``path`` as a gzip-compressed ``.h5ad``, atomically.
+
+    A backed AnnData's X (a CSR on disk, as a streamed fit leaves it) is copied a block of
+    entries at a time, so memory does not grow with the nonzeros; its ``obs``, ``var``,
+    ``obsm``, ``varm`` and ``uns`` are written as they are in memory. Returns ``path``.
+    """
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    with atomic_file(path) as temporary:
+        if not adata.isbacked:
+            adata.write_h5ad(temporary, compression="gzip")
+            return path
+        without_x = ad.AnnData(
+            obs=adata.obs,
+            var=adata.var,
+            uns=dict(adata.uns),
+            obsm=dict(adata.obsm),
+            varm=dict(adata.varm),
+        )
+        without_x.write_h5ad(temporary, compression="gzip")
+        with h5py.File(temporary, "a") as out:
+            _copy_csr(adata.file["X"], out.create_group("X"))
+    return path
+
+
+def _copy_csr(source, target) -> None:
+    """The CSR group ``source`` (anndata's encoding) into the empty group ``target``."""
+    for name, value in source.attrs.items():
+        target.attrs[name] = value
+    for name in ("indptr", "indices", "data"):
+        stored = source[name]
+        copy = target.create_dataset(
+            name, shape=stored.shape, dtype=stored.dtype, compression="gzip"
+        )
+        for start in range(0, stored.shape[0], _COPY_ENTRIES):
+            copy[start : start + _COPY_ENTRIES] = stored[start : start + _COPY_ENTRIES]

@@ -9,6 +9,23 @@ import numpy as np
 from ..tl._stored import active_factors, fit_info
 from ._plots import _finish
 
+LEIDEN = "leiden"
+
+
+def leiden(adata, random_state: int = 0) -> None:
+    """Leiden clusters of ``adata``'s neighbour graph into ``.obs['leiden']``, as scanpy's
+    igraph flavour finds them; ImportError, saying what to install, without igraph."""
+    import scanpy as sc
+
+    try:
+        import igraph  # noqa: F401  (scanpy's igraph flavour needs it)
+    except ImportError:
+        raise ImportError(
+            "Leiden clusters need the igraph package: pip install igraph "
+            "(or install vbsnmf with its [tutorial] extra)"
+        ) from None
+    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, random_state=random_state)
+
 
 def umap(
     adata,
@@ -35,7 +52,9 @@ def umap(
         ``key_added`` of the fit.
     color
         An ``.obs`` column or a gene; default: each cell's dominant active factor, stored
-        as ``.obs[key + '_dominant_factor']``.
+        as ``.obs[key + '_dominant_factor']``. ``"leiden"`` without such a column: Leiden
+        clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
+        igraph package), stored as ``.obs['leiden']``.
     n_neighbors
         Neighbours per cell (at most the number of cells minus one).
     random_state
@@ -63,6 +82,8 @@ def umap(
     sc.pp.neighbors(
         adata, n_neighbors=n_neighbors, use_rep=info["sqrt_usage_key"], random_state=random_state
     )
+    if color == LEIDEN and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
+        leiden(adata, random_state)
     sc.tl.umap(adata, random_state=random_state)
     axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
     return _finish(axes.figure, axes, show, save, "umap")

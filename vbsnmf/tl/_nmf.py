@@ -10,10 +10,12 @@ import pandas as pd
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
+from .._svi import EVAL_BLOCK_ROWS
 from .._utils import is_dask_array, numba_threads
 from .._validation import check_float_dtype, check_n_components
 from ..classic._nmf import NMF
 from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
+from ..io._stream import open_source
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
     VARIATIONAL_KEYS,
@@ -54,7 +56,10 @@ def nmf(
     Parameters
     ----------
     adata
-        Cells x genes. Sparse, dense, backed or dask ``X`` (never densified).
+        Cells x genes. Sparse, dense, backed or dask ``X`` (never densified). A backed
+        AnnData (``anndata.read_h5ad(path, backed="r")``) with ``solver="svi"`` is
+        streamed from disk a minibatch of cells at a time (its ``X``, stored as CSR;
+        memory does not grow with the nonzeros); otherwise it is read into memory.
     n_components
         Number of factors K. With the Gamma prior, K is an upper bound: factors the data
         do not need are switched off (see ``active`` below).
@@ -173,18 +178,30 @@ def nmf(
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     keys = FitKeys.of(key_added)
-    matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
+    streamed = solver == "svi" and adata.isbacked and layer is None and not use_raw
+    if streamed:
+        if mask_var is not None:
+            raise ValueError(
+                "mask_var subsets the genes of counts in memory; a backed AnnData is "
+                "streamed from disk: read it into memory (adata.to_memory()) or store the "
+                "genes to fit in their own file"
+            )
+        matrix, var_names, source = adata, adata.var_names, f"{adata.filename} (X)"
+        gene_totals = _streamed_column_sums(adata, source)
+    else:
+        matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]
         source = f"{source} (genes in mask_var)"
     on_dask = is_dask_array(matrix)
+    kind = "dask" if on_dask else "stream" if streamed else "checked"
     if on_dask:
         # Fitted on the Dask cluster (vbsnmf.fit_dask); each chunk is checked on its worker,
         # so the client never loads the matrix. .obsm holds dask arrays.
         if solver not in VB_SOLVERS:
             raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
-    else:
+    elif not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
@@ -203,7 +220,7 @@ def nmf(
                     f"{fit_params['prior']!r}; fit without warm_start to change the prior"
                 )
         fitted = _fit_variational(
-            matrix, on_dask, n_components, solver, random_state, init, callback, fit_params
+            matrix, kind, n_components, solver, random_state, init, callback, fit_params
         )
         fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
         fitted[2]["n_iter"] = int(fitted[2]["elbo_trace"].size)
@@ -212,7 +229,8 @@ def nmf(
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
-    gene_totals = _column_sums(matrix)
+    if not streamed:
+        gene_totals = _column_sums(matrix)
 
     # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns.
     store_cell_factors(adata, keys, cell_factors)
@@ -343,10 +361,11 @@ def _stored_prior(info: dict) -> dict:
     return settings
 
 
-def _fit_variational(matrix, on_dask, n_components, solver, random_state, init, callback, params):
-    """`VBNMF` on counts already checked (or a dask array, checked chunk by chunk)."""
+def _fit_variational(matrix, kind, n_components, solver, random_state, init, callback, params):
+    """`VBNMF` on counts already checked (``kind="checked"``), a dask array (``"dask"``,
+    checked chunk by chunk) or a backed AnnData (``"stream"``, checked block by block)."""
     model = VBNMF(n_components, solver=solver, random_state=random_state, **params)
-    model._fit("dask" if on_dask else "checked", matrix, init, callback)
+    model._fit(kind, matrix, init, callback)
     cell_factors = model.cell_shape_ / model.cell_rate_
     info = {
         "elbo_trace": np.asarray(model.elbo_trace_, np.float64),
@@ -404,6 +423,17 @@ def _column_sums(matrix) -> np.ndarray:
         )
         return np.asarray(per_chunk.sum(axis=0).compute())
     return np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+
+
+def _streamed_column_sums(adata, source: str) -> np.ndarray:
+    """Each gene's total count of a backed AnnData's X, read a block of cells at a time;
+    the counts are checked as `check_count_matrix` checks them in memory."""
+    totals = np.zeros(adata.n_vars)
+    for start, block in open_source(adata).iter_blocks(EVAL_BLOCK_ROWS):
+        name = f"{source} (cells {start}..{start + block.shape[0] - 1})"
+        block = check_count_matrix(adata, block, name)
+        totals += np.bincount(block.indices, block.data, minlength=adata.n_vars)
+    return totals
 
 
 def _scatter_rows(values, fitted_genes, n_genes: int):

@@ -1,0 +1,268 @@
+"""`mtx_to_h5ad`: a Matrix Market file converted once into an ``.h5ad`` that streams.
+
+Gzip cannot seek, so a minibatch of random cells cannot be read from an ``.mtx.gz``; one
+sequential pass copies the entries, a chunk of lines at a time, into the CSR layout
+anndata reads (`anndata.io.sparse_dataset`), with the names beside it. Memory stays at a
+chunk plus one integer per cell, whatever the size of the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._atomic import atomic_file
+from ._errors import ReadError
+from ._read import (
+    MtxHeader,
+    check_file,
+    check_mtx_size,
+    describe_error,
+    mtx_header,
+    open_binary,
+    read_names,
+    tenx_files,
+)
+
+# Lines of a Matrix Market file parsed at a time (about 15 MB with pandas' parser).
+_LINES_PER_CHUNK = 250_000
+
+
+def mtx_to_h5ad(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    genes_as_rows: bool = True,
+    row_names: str | os.PathLike | None = None,
+    col_names: str | os.PathLike | None = None,
+) -> Path:
+    """Convert a Matrix Market file, or a 10x folder, into an ``.h5ad`` of cells x genes
+    without loading it.
+
+    The result reads as `vbsnmf.io.read_h5ad` reads any ``.h5ad`` and streams, a minibatch
+    of cells at a time, into ``VBNMF(solver="svi").fit(dst)`` and ``vbsnmf fit dst
+    --solver svi``: convert once, fit as often as needed. Counts are stored as float64
+    (exact for every count; the largest is not known before the end of the pass).
+
+    Parameters
+    ----------
+    src
+        ``.mtx`` / ``.mtx.gz`` (coordinate format, integer or real field) with entries
+        sorted by cell, as 10x and ``scipy.io.mmwrite`` of a CSC write them; or a 10x
+        folder as Cell Ranger writes it (names from its features and barcodes files; only
+        ``Gene Expression`` features when there are others, as `vbsnmf.io.read_10x`).
+    dst
+        The ``.h5ad`` to write, atomically (a temporary file beside it, then renamed).
+    genes_as_rows
+        True when the file's rows are genes (the 10x convention), False when rows are cells.
+    row_names, col_names
+        Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
+        the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).
+
+    Returns
+    -------
+    Path
+        ``dst``.
+
+    Raises
+    ------
+    ReadError
+        Anything wrong with ``src`` or the name files (as `vbsnmf.io.read_mtx`), or
+        entries not sorted by cell.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise ReadError(src, "no such file or directory")
+    is_folder = src.is_dir()
+    if is_folder:
+        if not genes_as_rows or row_names is not None or col_names is not None:
+            raise ValueError("a 10x folder holds genes as rows with its own name files")
+        src, row_names, col_names = tenx_files(src)
+    check_file(src)
+    if not dst.parent.is_dir():
+        raise ValueError(f"the folder {dst.parent} for {dst.name} does not exist")
+    with _errors(src):
+        header = mtx_header(src)
+        if header.fmt != "coordinate" or header.field not in ("integer", "real", "double"):
+            raise ReadError(src, f"converts coordinate integer or real files, not {header.field}")
+        nnz = check_mtx_size(src, header.fmt, header.size, bytes_per_index=16)
+    n_rows, n_cols = header.size[:2]
+    rows, row_extra = _names(row_names, n_rows, src, "rows")
+    cols, col_extra = _names(col_names, n_cols, src, "columns")
+    cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
+    # a 10x folder's features file names genes by symbol, with ids and types beside them;
+    # other name files give one name a line (the first field), as read_mtx reads them
+    var_extra = (row_extra if genes_as_rows else col_extra) if is_folder else None
+    keep_genes = _gene_expression(var_extra)
+    with atomic_file(dst) as temporary:
+        _write(src, header, temporary, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
+    return dst
+
+
+def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Names for one axis (``"0"``, ``"1"``, ... without a file) and the file's table."""
+    if path is None:
+        return np.arange(expected).astype(str), None
+    table = read_names(path)
+    if len(table) != expected:
+        raise ReadError(path, f"has {len(table)} names but {matrix.name} has {expected} {side}")
+    return table[0].to_numpy(), table
+
+
+def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:
+    """Which features to keep: the ``Gene Expression`` ones when a 10x features file names
+    others too (`vbsnmf.io.read_10x` does the same); None keeps all."""
+    if table is None or table.shape[1] < 3:
+        return None
+    is_gene = (table[2] == "Gene Expression").to_numpy()
+    return is_gene if is_gene.any() and not is_gene.all() else None
+
+
+def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, var_extra, keep):
+    import h5py
+    from anndata.io import write_elem
+    from anndata.utils import make_index_unique
+
+    gene_index = np.arange(len(genes)) if keep is None else np.cumsum(keep) - 1
+    if keep is not None:
+        gene_index[~keep] = -1
+    if var_extra is not None and var_extra.shape[1] >= 2:
+        # 10x features: id, symbol[, type]: symbols name the genes, as scanpy does
+        selected = var_extra if keep is None else var_extra[keep]
+        var = pd.DataFrame(
+            {"gene_ids": selected[0].to_numpy()},
+            index=make_index_unique(pd.Index(selected[1].to_numpy())),
+        )
+        if selected.shape[1] >= 3:
+            var["feature_types"] = selected[2].to_numpy()
+    else:
+        var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
+    obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))
+    with _errors(src), open_binary(src) as text, h5py.File(out_path, "w") as out:
+        # an AnnData without X, then X written as its CSR group, a chunk at a time
+        write_elem(out, "obs", obs)
+        write_elem(out, "var", var)
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(out, key, {})
+        out.attrs["encoding-type"] = "anndata"
+        out.attrs["encoding-version"] = "0.1.0"
+        _skip_header(text)
+        group = out.create_group("X")
+        _copy_entries(text, group, genes_as_rows, len(cells), len(genes), gene_index, nnz)
+
+
+def _skip_header(handle) -> None:
+    """Move ``handle`` past the banner, comments and size line (checked beforehand)."""
+    handle.readline()
+    line = handle.readline()
+    while line.startswith(b"%") or not line.strip():
+        line = handle.readline()
+
+
+def _copy_entries(handle, group, genes_as_rows, n_cells, n_genes, gene_index, nnz):
+    """The entry lines of ``handle`` into the h5py group ``group`` as a CSR of cells x
+    genes (``indices``, ``data``, ``indptr``); ValueError on a bad entry or count."""
+    n_kept = int(gene_index.max()) + 1 if len(gene_index) else 0
+    indices = group.create_dataset("indices", (nnz,), maxshape=(None,), dtype=np.int32)
+    data = group.create_dataset("data", (nnz,), maxshape=(None,), dtype=np.float64)
+    row_counts = np.zeros(n_cells, dtype=np.int64)
+    read, written, last_cell, pending = 0, 0, -1, None
+    for block in _blocks(handle):
+        cells, genes = (block[1], block[0]) if genes_as_rows else (block[0], block[1])
+        cells, genes, values = cells - 1, genes - 1, block[2]
+        read += len(cells)
+        if read > nnz:
+            raise ValueError(f"the file holds more entries than its header's {nnz}")
+        _check_indices(cells, genes, n_cells, n_genes)
+        if pending is not None:  # the last cell of the previous block may continue here
+            cells, genes, values = (
+                np.concatenate([p, b]) for p, b in zip(pending, (cells, genes, values))
+            )
+        if np.any(np.diff(cells) < 0) or (len(cells) and cells[0] < last_cell):
+            raise ValueError(
+                "entries are not sorted by cell; streaming reads cells in file order (10x "
+                "writes them sorted; re-save with scipy.io.mmwrite of a CSC)"
+            )
+        tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
+        pending = (cells[tail:], genes[tail:], values[tail:])
+        written = _append_cells(
+            indices,
+            data,
+            row_counts,
+            gene_index,
+            cells[:tail],
+            genes[:tail],
+            values[:tail],
+            written,
+        )
+        last_cell = cells[-1] if len(cells) else last_cell
+    if pending is not None:
+        written = _append_cells(indices, data, row_counts, gene_index, *pending, written)
+    if read != nnz:
+        raise ValueError(f"the header says {nnz} entries, the file holds {read}")
+    indices.resize((written,))
+    data.resize((written,))
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(row_counts, out=indptr[1:])
+    group.create_dataset("indptr", data=indptr)
+    group.attrs["encoding-type"] = "csr_matrix"
+    group.attrs["encoding-version"] = "0.1.0"
+    group.attrs["shape"] = np.array([n_cells, n_kept])
+
+
+def _blocks(handle) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Triplet columns (1-based row, 1-based column, value) in chunks of lines."""
+    reader = pd.read_csv(
+        handle,
+        sep=r"\s+",
+        header=None,
+        names=["row", "col", "value"],
+        dtype={"row": np.int64, "col": np.int64, "value": np.float64},
+        chunksize=_LINES_PER_CHUNK,
+        engine="c",
+    )
+    for frame in reader:
+        yield frame["row"].to_numpy(), frame["col"].to_numpy(), frame["value"].to_numpy()
+
+
+def _check_indices(cells, genes, n_cells, n_genes) -> None:
+    """Counts are checked where the fit reads them; indices here, before they are used."""
+    for name, index, bound in (("cell", cells, n_cells), ("gene", genes, n_genes)):
+        if len(index) and (index.min() < 0 or index.max() >= bound):
+            raise ValueError(f"a {name} index is outside 1..{bound}")
+
+
+def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
+    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell."""
+    genes = gene_index[genes]
+    kept = genes >= 0
+    cells, genes, values = cells[kept], genes[kept], values[kept]
+    if len(cells) == 0:
+        return written
+    stop = written + len(cells)
+    order = np.lexsort((genes, cells))
+    indices[written:stop] = genes[order].astype(np.int32)
+    data[written:stop] = values[order]
+    row_counts += np.bincount(cells, minlength=len(row_counts))
+    return stop
+
+
+@contextmanager
+def _errors(path: Path):
+    """Converting ``path``: our checks (ValueError), pandas' parser on a bad line and a
+    damaged compressed stream become a `ReadError` naming the file."""
+    try:
+        yield
+    except ReadError:
+        raise
+    except ValueError as error:
+        raise ReadError(path, str(error)) from None
+    except (EOFError, OverflowError, zlib.error, gzip.BadGzipFile) as error:
+        raise ReadError(path, f"corrupt or truncated file ({describe_error(error)})") from None

@@ -255,7 +255,7 @@ def svi_forms(shape, density: float, n_components: int) -> list[dict]:
             start = time.perf_counter()
             model = vbsnmf.VBNTF(
                 n_components,
-                method="svi",
+                solver="svi",
                 svi_form=form,
                 batch_size=batch_size,
                 n_epochs=n_epochs,

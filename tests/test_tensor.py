@@ -357,7 +357,7 @@ def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_svi():
         ntf.hyperparameters_[0]["factor_shape"], nmf.hyperparameters_["cell_factor_shape"]
     )
     with pytest.raises(ValueError, match="fixed prior only"):
-        vbsnmf.VBNTF(3, prior="hierarchical", method="svi").fit(coords, X.data, X.shape)
+        vbsnmf.VBNTF(3, prior="hierarchical", solver="svi").fit(coords, X.data, X.shape)
     with pytest.raises(ValueError, match="prior_rate applies"):
         vbsnmf.VBNTF(3, prior="hierarchical", prior_rate=2.0).fit(coords, X.data, X.shape)
     with pytest.raises(ValueError, match="prior must be"):
@@ -552,7 +552,7 @@ def test_bad_input_raises_a_typed_error(args, error, message):
         ("n_components", 2.5, TypeError),
         ("prior_shape", -1.0, ValueError),
         ("tol", -1.0, ValueError),
-        ("method", "gibbs", ValueError),
+        ("solver", "gibbs", ValueError),
         ("svi_form", "cells", ValueError),
         ("svi_mode", 3, ValueError),
         ("kappa", 0.4, ValueError),
@@ -564,7 +564,7 @@ def test_bad_input_raises_a_typed_error(args, error, message):
 )
 def test_bad_options_raise(option, value, error):
     with pytest.raises(error):
-        vbsnmf.VBNTF(**{"n_components": 2, "method": "svi", option: value}).fit(GOOD)
+        vbsnmf.VBNTF(**{"n_components": 2, "solver": "svi", option: value}).fit(GOOD)
 
 
 def test_non_integer_values_warn():
@@ -642,8 +642,8 @@ class _Crash(Exception):
 CHECKPOINT_FITS = {
     "batch": dict(max_iter=40, tol=0.0),
     "batch-learned": dict(max_iter=40, tol=0.0, prior="hierarchical"),
-    "svi-slices": dict(method="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20),
-    "svi-nonzeros": dict(method="svi", svi_form="nonzeros", n_epochs=8, tol=0.0),
+    "svi-slices": dict(solver="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20),
+    "svi-nonzeros": dict(solver="svi", svi_form="nonzeros", n_epochs=8, tol=0.0),
 }
 
 
@@ -708,7 +708,7 @@ def test_svi_slices_lands_within_one_percent_of_batch():
     )
     svi = vbsnmf.VBNTF(
         3,
-        method="svi",
+        solver="svi",
         batch_size=10,
         n_epochs=20,
         tol=1e-6,
@@ -767,7 +767,7 @@ def test_svi_steps_on_all_the_data_with_rho_one_are_batch_updates():
 def test_svi_nonzeros_form_improves_and_stays_finite():
     coords, values, _ = simulate((40, 30, 20), 3, 0.1, seed=2)
     svi = vbsnmf.VBNTF(
-        3, method="svi", svi_form="nonzeros", n_epochs=30, tol=0.0, random_state=0, n_threads=1
+        3, solver="svi", svi_form="nonzeros", n_epochs=30, tol=0.0, random_state=0, n_threads=1
     )
     trace = _quiet(svi, coords, values).elbo_trace_
     assert trace.shape == (30,) and np.all(np.isfinite(trace))

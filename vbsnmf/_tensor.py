@@ -619,7 +619,7 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         raise damaged("elbo_trace holds values that are not finite")
     if not isinstance(meta.get("finished"), bool):
         raise damaged("its 'finished' flag is missing")
-    if config["method"] == "svi":
+    if config["solver"] == "svi":
         counters = [meta.get(name) for name in ("step", "epoch")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
             raise damaged(f"its step and epoch counters are {counters}")

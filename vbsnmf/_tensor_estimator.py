@@ -190,7 +190,7 @@ class VBNTF(BaseEstimator):
         ``random_state`` and ``n_threads``.
     dtype
         ``np.float64`` (default) or ``np.float32``.
-    method
+    solver
         ``"batch"`` (coordinate ascent on all nonzeros) or ``"svi"`` (stochastic VB:
         minibatch steps blended with weight ``rho_t = (t + tau)^(-kappa)``).
     svi_form
@@ -261,7 +261,7 @@ class VBNTF(BaseEstimator):
         random_state=None,
         n_threads: int | None = None,
         dtype=np.float64,
-        method: str = "batch",
+        solver: str = "batch",
         svi_form: str = "slices",
         svi_mode: int | None = None,
         batch_size: int | None = None,
@@ -283,7 +283,7 @@ class VBNTF(BaseEstimator):
         self.random_state = random_state
         self.n_threads = n_threads
         self.dtype = dtype
-        self.method = method
+        self.solver = solver
         self.svi_form = svi_form
         self.svi_mode = svi_mode
         self.batch_size = batch_size
@@ -302,8 +302,8 @@ class VBNTF(BaseEstimator):
         tol = float(self.tol)
         if not np.isfinite(tol) or tol < 0:
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        if self.method not in ("batch", "svi"):
-            raise ValueError(f"method must be 'batch' or 'svi', got {self.method!r}")
+        if self.solver not in ("batch", "svi"):
+            raise ValueError(f"solver must be 'batch' or 'svi', got {self.solver!r}")
         if self.svi_form not in _tensor.SVI_FORMS:
             raise ValueError(f"svi_form must be one of {_tensor.SVI_FORMS}, got {self.svi_form!r}")
         tau, kappa = float(self.tau), float(self.kappa)
@@ -317,8 +317,8 @@ class VBNTF(BaseEstimator):
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
         n_init = _check_integer(self.n_init, "n_init", 1)
-        if n_init != 1 and (checkpoint is not None or self.method == "svi"):
-            raise ValueError("n_init > 1 needs method='batch' without a checkpoint")
+        if n_init != 1 and (checkpoint is not None or self.solver == "svi"):
+            raise ValueError("n_init > 1 needs solver='batch' without a checkpoint")
         return {
             "n_components": _check_integer(self.n_components, "n_components", 1),
             "prior": self._prior(),
@@ -348,8 +348,8 @@ class VBNTF(BaseEstimator):
             raise ValueError(
                 "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
             )
-        if self.method == "svi":
-            raise ValueError("method='svi' fits the fixed prior only; use prior='gamma'")
+        if self.solver == "svi":
+            raise ValueError("solver='svi' fits the fixed prior only; use prior='gamma'")
         return _model.HierarchicalPrior(factor_shape=shape)
 
     def fit(self, X, values=None, shape=None, *, callback=None) -> VBNTF:
@@ -376,13 +376,13 @@ class VBNTF(BaseEstimator):
             local_mode = _check_integer(local_mode, "svi_mode", 0)
             if local_mode >= n_modes:
                 raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
-        slices_form = self.method == "svi" and self.svi_form == "slices"
+        slices_form = self.solver == "svi" and self.svi_form == "slices"
         data = _tensor.as_tensor_data(
             coords, values, shape, major=local_mode if slices_form else None
         )
         del coords, values
         with numba_threads(self.n_threads) as n_threads:
-            if self.method == "svi" or self.checkpoint is not None:
+            if self.solver == "svi" or self.checkpoint is not None:
                 result = self._fit_resumable(data, checked, n_threads, callback)
             else:
                 entropy = _model.seed_entropy(self.random_state)
@@ -418,7 +418,7 @@ class VBNTF(BaseEstimator):
 
     def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
         """SVI, and batch fits that write checkpoints (one start, resumable bitwise)."""
-        svi = self.method == "svi"
+        svi = self.solver == "svi"
         form = self.svi_form if svi else None
         batch_size = checked["batch_size"]
         if svi and batch_size is None:
@@ -430,7 +430,7 @@ class VBNTF(BaseEstimator):
             "nnz": data.nnz,
             "total_count": float(data.counts.sum()),
             "n_components": checked["n_components"],
-            "method": self.method,
+            "solver": self.solver,
             "svi_form": form,
             "svi_mode": data.major if form == "slices" else None,
             "batch_size": batch_size,

@@ -87,7 +87,9 @@ class Layout:
 
     @classmethod
     def of(cls, client, n_chunks: int) -> Layout:
-        workers = sorted(client.scheduler_info()["workers"])
+        # client.nthreads() asks the scheduler each time; scheduler_info() returns a cache
+        # that the client's periodic refresh may have just replaced by one without workers.
+        workers = sorted(client.nthreads())
         if not workers:
             raise ValueError("the Dask cluster has no workers; start some before fitting")
         n_groups = min(len(workers), n_chunks)

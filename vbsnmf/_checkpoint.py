@@ -174,13 +174,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 check_array(f"{prefix}{side}_scale_rate", [(n,)], np.float64)
                 check_array(f"{prefix}{side}_factor_shape", [(k,)], np.float64)
                 check_array(f"{prefix}{side}_scale_prior", [(2,)], np.float64)
-    trace = arrays.get("elbo_trace")
-    if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
-        raise damaged("elbo_trace is missing or not a 1-D float array")
-    if not np.all(np.isfinite(trace)):
-        raise damaged("elbo_trace holds values that are not finite")
-    if not isinstance(meta.get("finished"), bool):
-        raise damaged("its 'finished' flag is missing")
+    trace = checked_trace(arrays, meta, damaged)
     if accelerated:
         passes, step_max, previous = (meta.get(n) for n in ("n_passes", "step_max", "previous"))
         if not (isinstance(passes, int) and not isinstance(passes, bool) and passes >= 0):
@@ -194,15 +188,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
         if trace.size > passes or not isinstance(meta.get("converged"), bool):
             raise damaged(f"{trace.size} ELBO values for {passes} passes")
     if config["solver"] == "svi":
-        counters = [meta.get(name) for name in ("step", "epoch")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
-            raise damaged(f"its step and epoch counters are {counters}")
-        if trace.size > counters[1] or not isinstance(meta.get("converged"), bool):
-            raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
-        try:
-            rng_from_json(meta["rng"])
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise damaged(f"its random generator state is unreadable ({error})") from None
+        check_svi_progress(meta, trace, damaged)
         if learned:
             sums = arrays.get("cell_sums_scale")
             factor_log = arrays.get("cell_sums_factor_log")
@@ -210,6 +196,32 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 raise damaged("the sums over cells of the learned prior are missing")
             if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(factor_log))):
                 raise damaged("the sums over cells of the learned prior are not finite")
+
+
+def checked_trace(arrays: dict[str, np.ndarray], meta: dict, damaged) -> np.ndarray:
+    """A loaded checkpoint's ELBO trace (1-D, float, finite) after checking it and the
+    'finished' flag; ``damaged(what)`` builds the error raised."""
+    trace = arrays.get("elbo_trace")
+    if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
+        raise damaged("elbo_trace is missing or not a 1-D float array")
+    if not np.all(np.isfinite(trace)):
+        raise damaged("elbo_trace holds values that are not finite")
+    if not isinstance(meta.get("finished"), bool):
+        raise damaged("its 'finished' flag is missing")
+    return trace
+
+
+def check_svi_progress(meta: dict, trace: np.ndarray, damaged) -> None:
+    """An SVI checkpoint's step and epoch counters, converged flag and generator state."""
+    counters = [meta.get(name) for name in ("step", "epoch")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
+        raise damaged(f"its step and epoch counters are {counters}")
+    if trace.size > counters[1] or not isinstance(meta.get("converged"), bool):
+        raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
+    try:
+        rng_from_json(meta["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise damaged(f"its random generator state is unreadable ({error})") from None
 
 
 class Checkpointer:

@@ -55,7 +55,13 @@ import numpy as np
 from scipy.special import digamma
 
 from . import _kernels, _model
-from ._checkpoint import CheckpointError, rng_from_json, rng_state_json
+from ._checkpoint import (
+    CheckpointError,
+    check_svi_progress,
+    checked_trace,
+    rng_from_json,
+    rng_state_json,
+)
 from ._model import GammaPrior
 from ._svi import learning_rate
 
@@ -612,23 +618,9 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 raise damaged(f"{name} is not {np.dtype(kind)} of shape {shape}")
             if not np.all(np.isfinite(array)) or not np.all(array > 0):
                 raise damaged(f"{name} holds values that are not positive and finite")
-    trace = arrays.get("elbo_trace")
-    if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
-        raise damaged("elbo_trace is missing or not a 1-D float array")
-    if not np.all(np.isfinite(trace)):
-        raise damaged("elbo_trace holds values that are not finite")
-    if not isinstance(meta.get("finished"), bool):
-        raise damaged("its 'finished' flag is missing")
+    trace = checked_trace(arrays, meta, damaged)
     if config["solver"] == "svi":
-        counters = [meta.get(name) for name in ("step", "epoch")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
-            raise damaged(f"its step and epoch counters are {counters}")
-        if trace.size > counters[1] or not isinstance(meta.get("converged"), bool):
-            raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
-        try:
-            rng_from_json(meta["rng"])
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise damaged(f"its random generator state is unreadable ({error})") from None
+        check_svi_progress(meta, trace, damaged)
 
 
 def _blend(old: np.ndarray, new: np.ndarray, rho: float, name: str) -> np.ndarray:

@@ -97,17 +97,18 @@ def _facs_panel(pbmc_facs, seed=2, n_cells=400, n_genes=300):
     return sp.csr_array(X[:, np.sort(ranked[200 : 200 + n_genes])])
 
 
-# pbmc_tiny is not among them: there SVI's defaults end 2.1 % below (K=5), an open gap
-# described in docs/performance.md ("SVI's defaults under the learned prior").
-@pytest.mark.parametrize("name", ["model draw", "pbmc_facs panel"])
+# pbmc_tiny (few counts per cell) needs the most global steps: 256 cells per minibatch
+# (4 steps per epoch) left SVI 2.1 % below there.
+@pytest.mark.parametrize("name", ["model draw", "pbmc_facs panel", "pbmc_tiny"])
 def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, request):
     """The learned prior's SVI (cells form) with every SVI setting at its default ends
-    within 1 % of the ELBO of batch VB's default fit to convergence, on data no other test
-    fits."""
+    within 1 % of the ELBO of batch VB's default fit to convergence (or above it)."""
     if name == "model draw":
         X = _hierarchical_draw()
-    else:
+    elif name == "pbmc_facs panel":
         X = _facs_panel(request.getfixturevalue("pbmc_facs"))
+    else:
+        X = sp.csr_array(request.getfixturevalue("pbmc_tiny").X)
     batch = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1), X)
     assert batch.converged_
     svi = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1, solver="svi"), X)

@@ -193,11 +193,14 @@ class VBNMF(TransformerMixin, BaseEstimator):
         Shimamura's fell further every epoch (its fixed point is off by the density
         N1 / (R C)); see ``docs/performance.md``.
     batch_size
-        Cells per minibatch for ``svi_form="cells"`` (default 256), nonzeros per minibatch
-        for the nonzero forms (default: an eighth of them).
+        Cells per minibatch for ``svi_form="cells"`` (default: the cells in 32 minibatches,
+        at least 64 cells each: enough global steps per epoch for the gene side, enough
+        cells per step for its statistics; see ``docs/performance.md``), nonzeros per
+        minibatch for the nonzero forms (default: an eighth of them).
     tau, kappa
-        Step-size schedule ``rho_t = (t + tau)^(-kappa)``, ``tau >= 0``, ``kappa`` in
-        (0.5, 1]; t counts minibatch steps from 1.
+        Step-size schedule ``rho_t = min(1, (t + tau)^(-kappa))``, ``tau >= 0``, ``kappa``
+        in (0.5, 1]; t counts epochs (after the n-th of an epoch's m minibatch steps,
+        t = n / m), so the schedule does not change with ``batch_size``.
     n_epochs
         Maximum number of passes over the data (SVI).
     eval_every
@@ -277,7 +280,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
         svi_form: str = "cells",
         batch_size: int | None = None,
         tau: float = 1.0,
-        kappa: float = 0.55,
+        kappa: float = 0.7,
         n_epochs: int = 20,
         eval_every: int = 1,
         checkpoint=None,

@@ -6,8 +6,10 @@ blend it in,
 
     theta <- (1 - rho_t) theta + rho_t theta_tilde,    rho_t = (t + tau)^(-kappa),
 
-with t = 1, 2, ... counting steps, ``tau >= 0`` and ``kappa in (0.5, 1]``. Epochs run over
-a fresh random permutation; the full ELBO is evaluated every ``eval_every`` epochs (one
+with t = n / n_steps the epochs' worth of data seen after the n-th of n_steps steps per
+epoch (so the schedule depends on the passes over the data, not on how they are cut into
+minibatches), ``tau >= 0``, ``kappa in (0.5, 1]`` and rho_t at most 1. Epochs run over a
+fresh random permutation; the full ELBO is evaluated every ``eval_every`` epochs (one
 pass over the data, no extra memory) and the fit stops when its relative change is below
 ``tol`` or after ``n_epochs``.
 
@@ -85,18 +87,37 @@ SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
 EVAL_BLOCK_ROWS = 4096
 
 
+# The cells form's default minibatch: the cells cut into CELL_STEPS_PER_EPOCH minibatches,
+# but never fewer than MIN_CELL_BATCH cells. Under the learned prior the gene side and its
+# hyperparameters converge as slowly as batch VB's coordinate ascent (100-300 passes), so SVI
+# needs many global steps, not only many epochs: 256 cells on 1,107 cells (4 steps per epoch)
+# stayed 2-5 % below batch VB after 20 epochs. A fixed number of steps makes an epoch the
+# same progress whatever the number of cells. Very small minibatches, though, make the
+# statistics (scaled by C / |batch|) too noisy: 13-16 cells a step ended 0.8-2.4 % below
+# batch VB on 400-500 cells where 64 ended within 0.5 %. docs/performance.md has the runs.
+CELL_STEPS_PER_EPOCH = 32
+MIN_CELL_BATCH = 64
+
+
 def default_batch_size(form: str, n_rows: int, nnz: int) -> int:
-    """``batch_size`` when not given: 256 cells for the cells form (many steps per epoch;
-    on simulated and pbmc data smaller batches reached batch VB's ELBO in fewer epochs),
-    an eighth of the nonzeros for the nonzero forms."""
+    """``batch_size`` when not given: for the cells form ``max(MIN_CELL_BATCH,
+    ceil(n_rows / CELL_STEPS_PER_EPOCH))`` (at most ``n_rows``), for the nonzero forms an
+    eighth of the nonzeros."""
     if form == "cells":
-        return min(256, n_rows)
+        return max(1, min(n_rows, max(MIN_CELL_BATCH, -(-n_rows // CELL_STEPS_PER_EPOCH))))
     return max(1, nnz // 8)
 
 
-def learning_rate(step: int, tau: float, kappa: float) -> float:
-    """Robbins-Monro weight ``rho_t = (t + tau)^(-kappa)`` of step ``t >= 1``."""
-    return float((step + tau) ** (-kappa))
+def steps_per_epoch(n_items: int, batch_size: int) -> int:
+    """Minibatches of ``batch_size`` in an epoch over ``n_items`` (the last may be short)."""
+    return max(1, -(-n_items // batch_size))
+
+
+def learning_rate(step: int, tau: float, kappa: float, n_steps: int = 1) -> float:
+    """Robbins-Monro weight ``rho_t = min(1, (t + tau)^(-kappa))`` of the ``step``-th step
+    (from 1), with ``t = step / n_steps`` the epochs' worth of data seen, ``n_steps``
+    steps to an epoch."""
+    return float(min(1.0, (step / n_steps + tau) ** (-kappa)))
 
 
 @dataclass
@@ -292,6 +313,7 @@ def fit_svi_nonzeros(
     def evaluate() -> float:
         return elbo(data, state.params, settings.prior, settings.n_threads)
 
+    n_steps = steps_per_epoch(n_nonzeros, batch_size)
     while not state.finished and state.epoch < settings.n_epochs:
         order = np.arange(n_nonzeros, dtype=index_dtype)
         state.rng.shuffle(order)
@@ -299,7 +321,7 @@ def fit_svi_nonzeros(
             positions = np.sort(order[start : start + batch_size])
             minibatch = nonzero_minibatch(data, positions)
             state.step += 1
-            rho = learning_rate(state.step, settings.tau, settings.kappa)
+            rho = learning_rate(state.step, settings.tau, settings.kappa, n_steps)
             if form == "abe-shimamura":
                 rho *= minibatch.nnz / n_nonzeros
             state.params = svi_step_nonzeros(
@@ -551,17 +573,26 @@ def store_rows(state: SVIState, cells, row_shape, row_rate, row_scale: ScaleStat
 
 def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> VariationalParams:
     """After the gene side's step under the learned prior: q of the genes' scales at its
-    optimum, both sides' hyperparameters learned (the cells' from every cell's stored
-    local optimum), then the gauge (`_model.fix_gauge`), whose rescaling of the cells is
-    carried into the stored sums."""
+    optimum, the genes' hyperparameters learned, q(w) at its optimum given the new prior
+    and the blended data statistics, the cells' hyperparameters learned from every cell's
+    stored local optimum, then the gauge (`_model.fix_gauge`), whose rescaling of the cells
+    is carried into the stored sums.
+
+    q(w) is the prior's part plus the blended statistics, ``c_l + S`` and
+    ``E[eta_j] + R``; only S and R are noisy estimates that the blend averages. The prior's
+    part is exact, so q(w) takes the newly learned one at once instead of blending it in
+    with weight rho as well (which made the hyperparameters trail q(w) by ~1/rho steps)."""
     params = state.params
-    col_scale = scale_optimum(params.col_shape, params.col_rate, params.col_scale)
-    col_scale = learn_hyperparameters(
-        scale_sums(params.col_shape, params.col_rate, col_scale), col_scale, prior
-    )
+    col_shape, col_rate, col_scale = params.col_shape, params.col_rate, params.col_scale
+    data_shape = col_shape - col_scale.factor_shape  # S and R, exact as c_l and E[eta] are
+    data_rate = col_rate - col_scale.mean[:, None]
+    col_scale = scale_optimum(col_shape, col_rate, col_scale)
+    col_scale = learn_hyperparameters(scale_sums(col_shape, col_rate, col_scale), col_scale, prior)
+    col_shape = (col_scale.factor_shape + data_shape).astype(col_shape.dtype, copy=False)
+    col_rate = (col_scale.mean[:, None] + data_rate).astype(col_rate.dtype, copy=False)
     row_scale = learn_hyperparameters(state.cell_sums, params.row_scale, prior)
     learned = VariationalParams(
-        params.row_shape, params.row_rate, params.col_shape, params.col_rate, row_scale, col_scale
+        params.row_shape, params.row_rate, col_shape, col_rate, row_scale, col_scale
     )
     state.cell_sums = state.cell_sums.gauged(gauge_factor(learned))
     state.params = fix_gauge(learned)
@@ -584,11 +615,12 @@ def run_cells_epochs(
     weight ``rho``; ``evaluate()`` returns the full ELBO with every row at its optimum and
     leaves those rows in ``state.params``."""
     batch_size = min(settings.batch_size, n_rows)
+    n_steps = steps_per_epoch(n_rows, batch_size)
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_rows)
         for start in range(0, n_rows, batch_size):
             state.step += 1
-            rho = learning_rate(state.step, settings.tau, settings.kappa)
+            rho = learning_rate(state.step, settings.tau, settings.kappa, n_steps)
             step(np.sort(order[start : start + batch_size]), rho)
         end_of_epoch(state, evaluate, settings, callback, on_epoch)
     warn_if_not_converged(state.converged, settings)

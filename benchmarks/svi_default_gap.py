@@ -5,7 +5,8 @@ from ``random_state=0`` on one thread; prints both wall times and the gap
 ``(batch - SVI) / |batch|`` of SVI's ELBO after every evaluated epoch (negative: SVI ends
 above batch VB). The data sets: those of
 ``tests/test_svi.py::test_svi_defaults_land_within_one_percent_of_converged_batch_vb`` (a
-draw from the learned model, a pbmc_facs gene panel, pbmc_tiny) and one no test sees,
+draw from the learned model, a pbmc_facs gene panel, pbmc_tiny), a larger panel (1,000
+cells on the genes ranked 200 to 999, more counts per cell) and one no test sees,
 scikit-learn's bundled 8x8 handwritten digits (1,797 images x 64 pixels, intensities
 0..16 as counts).
 
@@ -36,7 +37,8 @@ def model_draw(seed=3, n_cells=500, n_genes=200, n_components=5) -> sp.csr_array
 
 
 def facs_panel(seed=2, n_cells=400, n_genes=300) -> sp.csr_array:
-    """400 pbmc_facs cells on the genes ranked 200 to 499 by their total (the test's)."""
+    """``n_cells`` pbmc_facs cells on the ``n_genes`` genes ranked from 200 by their total
+    (the test's: 400 cells, genes ranked 200 to 499)."""
     X = sp.csr_array(vbsnmf.datasets.pbmc_facs().X)
     cells = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_cells, replace=False))
     X = X[cells]
@@ -59,6 +61,7 @@ def main() -> None:
     data = {
         "model draw": model_draw,
         "pbmc_facs panel": facs_panel,
+        "pbmc_facs panel, 1,000 cells": lambda: facs_panel(n_cells=1000, n_genes=800),
         "pbmc_tiny": lambda: sp.csr_array(vbsnmf.datasets.pbmc_tiny().X),
         "digits (unseen)": digits,
     }

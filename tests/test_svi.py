@@ -116,6 +116,32 @@ def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, reques
     assert gap < 0.01, f"SVI's defaults end {gap:.2%} below batch VB"
 
 
+def test_step_size_counts_epochs_and_never_exceeds_one():
+    # The same share of the data seen gives the same rho, whatever the steps per epoch.
+    for n_steps in (1, 4, 32, 1000):
+        assert _svi.learning_rate(3 * n_steps, 1.0, 0.7, n_steps) == pytest.approx(4.0**-0.7)
+    assert _svi.learning_rate(5, 0.5, 0.7, 10) == pytest.approx(1.0**-0.7)
+    assert _svi.learning_rate(1, 0.0, 0.7, 32) == 1.0  # (1/32)^-0.7 > 1, capped
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "expected"),
+    [
+        (10, 10),
+        (1_107, 128),
+        (3_774, 128),
+        (128 * 32, 128),
+        (5_000, 157),
+        (200_000, _svi.EVAL_BLOCK_ROWS),
+    ],
+)
+def test_default_cell_batch_gives_32_steps_of_at_least_128_cells(n_cells, expected):
+    batch = _svi.default_batch_size("cells", n_cells, 0)
+    assert batch == expected
+    if 128 * 32 <= n_cells <= 32 * _svi.EVAL_BLOCK_ROWS:
+        assert _svi.steps_per_epoch(n_cells, batch) == 32
+
+
 def test_nonzeros_step_with_all_nonzeros_and_rho_one_is_a_batch_iteration(pbmc_tiny):
     data = as_count_data(pbmc_tiny.X)
     params = _random_start(data, 5, 3)

@@ -176,7 +176,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
     solver
         ``"batch"`` (coordinate ascent on all the data) or ``"svi"`` (stochastic VB,
         Hoffman et al. 2013: steps from minibatches blended with weight
-        ``rho_t = (t + tau)^(-kappa)``; see ``docs/model.md``).
+        ``rho_t = min(1, (t + tau)^(-kappa))``; see ``docs/model.md``).
     svi_form
         Which SVI: ``"cells"`` (default), minibatches of cells: each batch's cell factors
         are fitted to convergence with the gene side fixed (the code of `transform`, with
@@ -194,9 +194,10 @@ class VBNMF(TransformerMixin, BaseEstimator):
         N1 / (R C)); see ``docs/performance.md``.
     batch_size
         Cells per minibatch for ``svi_form="cells"`` (default: the cells in 32 minibatches,
-        at least 64 cells each: enough global steps per epoch for the gene side, enough
-        cells per step for its statistics; see ``docs/performance.md``), nonzeros per
-        minibatch for the nonzero forms (default: an eighth of them).
+        at least 128 and at most 4,096 cells each: enough global steps per epoch for the
+        gene side, enough cells per step for its statistics, no more in memory than an
+        evaluation block; see ``docs/performance.md``), nonzeros per minibatch for the
+        nonzero forms (default: an eighth of them).
     tau, kappa
         Step-size schedule ``rho_t = min(1, (t + tau)^(-kappa))``, ``tau >= 0``, ``kappa``
         in (0.5, 1]; t counts epochs (after the n-th of an epoch's m minibatch steps,

@@ -92,19 +92,23 @@ EVAL_BLOCK_ROWS = 4096
 # hyperparameters converge as slowly as batch VB's coordinate ascent (100-300 passes), so SVI
 # needs many global steps, not only many epochs: 256 cells on 1,107 cells (4 steps per epoch)
 # stayed 2-5 % below batch VB after 20 epochs. A fixed number of steps makes an epoch the
-# same progress whatever the number of cells. Very small minibatches, though, make the
-# statistics (scaled by C / |batch|) too noisy: 13-16 cells a step ended 0.8-2.4 % below
-# batch VB on 400-500 cells where 64 ended within 0.5 %. docs/performance.md has the runs.
+# same progress whatever the number of cells. Small minibatches, though, make the statistics
+# (scaled by C / |batch|) noisy and the learned gene prior with them: on pbmc_facs panels
+# 32 cells a step ended 2.4 % below batch VB (400 cells, K=10) and 64 cells 1.0 % (1,000
+# cells), where 128 ended 0.7 % and 0.04 % below. docs/performance.md has the runs.
+# And never more than an evaluation block (EVAL_BLOCK_ROWS), so that a step holds no more of
+# a streamed file in memory than the evaluation does (more than 32 steps beyond 131,072 cells).
 CELL_STEPS_PER_EPOCH = 32
-MIN_CELL_BATCH = 64
+MIN_CELL_BATCH = 128
 
 
 def default_batch_size(form: str, n_rows: int, nnz: int) -> int:
     """``batch_size`` when not given: for the cells form ``max(MIN_CELL_BATCH,
-    ceil(n_rows / CELL_STEPS_PER_EPOCH))`` (at most ``n_rows``), for the nonzero forms an
-    eighth of the nonzeros."""
+    ceil(n_rows / CELL_STEPS_PER_EPOCH))``, at most ``EVAL_BLOCK_ROWS`` and ``n_rows``; for
+    the nonzero forms an eighth of the nonzeros."""
     if form == "cells":
-        return max(1, min(n_rows, max(MIN_CELL_BATCH, -(-n_rows // CELL_STEPS_PER_EPOCH))))
+        per_step = max(MIN_CELL_BATCH, -(-n_rows // CELL_STEPS_PER_EPOCH))
+        return max(1, min(n_rows, EVAL_BLOCK_ROWS, per_step))
     return max(1, nnz // 8)
 
 

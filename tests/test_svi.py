@@ -116,6 +116,16 @@ def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, reques
     assert gap < 0.01, f"SVI's defaults end {gap:.2%} below batch VB"
 
 
+def test_svi_stops_only_after_three_small_changes_in_a_row():
+    tol = 1e-5
+    noisy = [-100.0, -90.0, -90.0000001, -89.0]  # one tiny change, then a jump
+    assert _model.has_converged(noisy[:3], tol) and not _svi.svi_has_converged(noisy, tol)
+    assert not _svi.svi_has_converged([-90.0, -90.0, -90.0], tol)  # only two changes
+    settled = [-100.0, -90.0, -90.0000001, -90.0000002, -90.0000003]
+    assert _svi.svi_has_converged(settled, tol)
+    assert not _svi.svi_has_converged([*settled[:-1], -90.01], tol)
+
+
 def test_step_size_counts_epochs_and_never_exceeds_one():
     # The same share of the data seen gives the same rho, whatever the steps per epoch.
     for n_steps in (1, 4, 32, 1000):

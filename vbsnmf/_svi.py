@@ -4,7 +4,7 @@ Loops over the model's steps (`_model`); no file access (a cell source, opened a
 edge, does the reading). All forms take a step on the global parameters from a minibatch and
 blend it in,
 
-    theta <- (1 - rho_t) theta + rho_t theta_tilde,    rho_t = (t + tau)^(-kappa),
+    theta <- (1 - rho_t) theta + rho_t theta_tilde,    rho_t = min(1, (t + tau)^(-kappa)),
 
 with t = n / n_steps the epochs' worth of data seen after the n-th of n_steps steps per
 epoch (so the schedule depends on the passes over the data, not on how they are cut into
@@ -604,8 +604,11 @@ def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> Variatio
     with weight rho as well (which made the hyperparameters trail q(w) by ~1/rho steps)."""
     params = state.params
     col_shape, col_rate, col_scale = params.col_shape, params.col_rate, params.col_scale
-    data_shape = col_shape - col_scale.factor_shape  # S and R, exact as c_l and E[eta] are
-    data_rate = col_rate - col_scale.mean[:, None]
+    # S and R: q(w) less the prior part it was built with. Sums of counts and means, they
+    # are >= 0; only the start's share (weight prod(1 - rho_t), from a start not of this
+    # form) can make them negative, and it is dropped.
+    data_shape = np.maximum(col_shape - col_scale.factor_shape, 0.0)
+    data_rate = np.maximum(col_rate - col_scale.mean[:, None], 0.0)
     col_scale = scale_optimum(col_shape, col_rate, col_scale)
     col_scale = learn_hyperparameters(scale_sums(col_shape, col_rate, col_scale), col_scale, prior)
     col_shape = (col_scale.factor_shape + data_shape).astype(col_shape.dtype, copy=False)

@@ -215,6 +215,43 @@ def test_gamma_sums_expected_over_a_random_prior_rate():
     np.testing.assert_allclose(mean_sum, (shape / rate).sum(axis=0), rtol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_gamma_moments_sums_match_numpy(dtype, per_entry):
+    """The fused kernel of an iteration's tables and ELBO terms against numpy: tables as
+    `gamma_moments` (rows in the log-space regime included), sums as `gamma_sums`, over
+    two blocks and a partial one, rates and prior per component or per entry."""
+    rng = np.random.default_rng(11)
+    n, k = 2 * _kernels.TERMS_BLOCK_ROWS + 13, 5
+    shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
+    shape[:2] = 1e-4  # exp(E[log]) below 1e-290 with the rate below: the log-space rows
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    rate[:2] = 1e300
+    prior_shape = rng.uniform(0.1, 3.0, (n, 1)) if per_entry else 0.7
+    prior_rate = rng.uniform(0.1, 3.0, (n, k)) if per_entry else 1.3
+    scaled, logmax, log_rate, mean_sum, kl = _kernels.gamma_moments_sums(
+        shape, rate, prior_shape, prior_rate
+    )
+    alpha = shape.astype(np.float64)
+    elog = digamma(alpha) - np.log(rate)
+    np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-13, atol=1e-14)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    expected = np.exp(elog - elog.max(1)[:, None])
+    np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=np.finfo(dtype).tiny)
+    assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
+    assert np.all(scaled[:, k:] == 0)
+    np.testing.assert_array_equal(log_rate, np.broadcast_to(np.log(rate), shape.shape))
+    expected_kl = (
+        (alpha - prior_shape) * digamma(alpha)
+        - gammaln(alpha)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + alpha * (prior_rate - rate) / rate
+    ).sum()
+    np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
+
+
 @pytest.mark.parametrize("per_entry", [False, True])
 def test_expected_log_sums_match_scipy(per_entry):
     """``sum_i digamma(shape) - log(rate)`` per component over three blocks and a partial

@@ -187,6 +187,31 @@ def digamma(x):
 MOMENT_BLOCK_ROWS = 64  # rows per parallel task of `gamma_moments`
 
 
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _scaled_row(i, shifted, exponent, value, scaled, logmax):
+    """Row ``i`` of `gamma_moments`' outputs from its entries' ``z`` (``shifted``) and
+    ``exponent = (log z - digamma) + log_rate``; ``value`` is scratch."""
+    n_components = shifted.shape[0]
+    peak = 0.0
+    for l in range(n_components):
+        value[l] = shifted[l] * math.exp(-exponent[l])
+        peak = max(peak, value[l])
+    if peak >= 1e-290:
+        for l in range(n_components):
+            scaled[i, l] = value[l] / peak
+        logmax[i] = math.log(peak)
+    else:
+        peak = -np.inf
+        for l in range(n_components):
+            value[l] = math.log(shifted[l]) - exponent[l]
+            peak = max(peak, value[l])
+        for l in range(n_components):
+            scaled[i, l] = math.exp(value[l] - peak)
+        logmax[i] = peak
+    for l in range(n_components, scaled.shape[1]):
+        scaled[i, l] = 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_moments(shape, log_rate, scaled, logmax):
     """What the pass needs of one side of q, in one pass over its rows.
@@ -209,24 +234,71 @@ def gamma_moments(shape, log_rate, scaled, logmax):
                 z, rest = _digamma_rest(float(shape[i, l]))
                 shifted[l] = z
                 exponent[l] = rest + float(log_rate[i, l])
-            peak = 0.0
-            for l in range(n_components):
-                value[l] = shifted[l] * math.exp(-exponent[l])
-                peak = max(peak, value[l])
-            if peak >= 1e-290:
-                for l in range(n_components):
-                    scaled[i, l] = value[l] / peak
-                logmax[i] = math.log(peak)
-            else:
-                peak = -np.inf
-                for l in range(n_components):
-                    value[l] = math.log(shifted[l]) - exponent[l]
-                    peak = max(peak, value[l])
-                for l in range(n_components):
-                    scaled[i, l] = math.exp(value[l] - peak)
-                logmax[i] = peak
-            for l in range(n_components, scaled.shape[1]):
-                scaled[i, l] = 0.0
+            _scaled_row(i, shifted, exponent, value, scaled, logmax)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _terms_entries(
+    shape,
+    rate,
+    log_rate,
+    prior_shape,
+    prior_rate,
+    lgamma_prior_shape,
+    log_prior_rate,
+    i,
+    mean_row,
+    shifted,
+    exponent,
+    log_weight,
+    rest,
+    factors,
+):
+    """Row ``i``'s entries of `gamma_terms` (arguments as there): ``shape / rate`` added
+    to ``mean_row``; per entry ``z`` (``shifted``), ``exponent = (log z - digamma) +
+    log_rate`` (what `_scaled_row` needs), and the KL as ``log_weight * log z + rest``
+    plus ``log`` of ``factors`` (`_kl_of_row`)."""
+    for l in range(shifted.shape[0]):  # no call: vectorises
+        alpha = float(shape[i, l])
+        a = float(prior_shape[i, l])
+        z, numerator, denominator = _shifted(alpha)
+        inv = 1.0 / z
+        inv2 = inv * inv
+        not_log = numerator / denominator + 0.5 * inv + _digamma_series(inv, inv2)
+        mean = alpha / float(rate[i, l])
+        mean_row[l] += mean
+        shifted[l] = z
+        exponent[l] = not_log + float(log_rate[i, l])
+        factors[l] = denominator
+        log_weight[l] = (alpha - a) - (z - 0.5)
+        # -(alpha - a) d + z - log(2 pi) / 2 - Stirling(z) + lgamma(a)
+        # + a (log beta - log b) + b E[z] - alpha
+        rest[l] = (
+            z
+            - alpha
+            - (alpha - a) * not_log
+            - _HALF_LOG_2PI
+            - _lgamma_series(inv, inv2)
+            + float(lgamma_prior_shape[i, l])
+            + a * (float(log_rate[i, l]) - float(log_prior_rate[i, l]))
+            + float(prior_rate[i, l]) * mean
+        )
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _kl_of_row(shifted, log_weight, rest, factors, kl, product):
+    """``(kl, product)`` after one row of `_terms_entries`: the logs of the ``factors``
+    go into ``product``, flushed into one log when it leaves [1e-200, 1e200]."""
+    for l in range(shifted.shape[0]):
+        kl += log_weight[l] * math.log(shifted[l]) + rest[l]
+        if factors[l] < 1e-100:  # alpha below ~1e-104: its own log
+            kl += math.log(factors[l])
+        else:  # p <= 15! / 7!: the product stays finite until flushed
+            product *= factors[l]
+            if product > 1e200 or product < 1e-200:
+                kl += math.log(product)
+                product = 1.0
+    return kl, product
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -259,52 +331,86 @@ def gamma_terms(
     n_rows, n_components = shape.shape
     for block in prange(kl_partial.shape[0]):
         shifted = np.empty(n_components)
+        exponent = np.empty(n_components)
         log_weight = np.empty(n_components)  # coefficient of log z
         rest = np.empty(n_components)
         factors = np.empty(n_components)  # p
-        for l in range(n_components):
-            mean_partial[block, l] = 0.0
+        mean_row = mean_partial[block]
+        mean_row[:] = 0.0
         kl = 0.0
         product = 1.0
         for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-            for l in range(n_components):  # no call: vectorises
-                alpha = float(shape[i, l])
-                a = float(prior_shape[i, l])
-                z, numerator, denominator = _shifted(alpha)
-                inv = 1.0 / z
-                inv2 = inv * inv
-                not_log = numerator / denominator + 0.5 * inv + _digamma_series(inv, inv2)
-                mean = alpha / float(rate[i, l])
-                mean_partial[block, l] += mean
-                shifted[l] = z
-                factors[l] = denominator
-                log_weight[l] = (alpha - a) - (z - 0.5)
-                # -(alpha - a) d + z - log(2 pi) / 2 - Stirling(z) + lgamma(a)
-                # + a (log beta - log b) + b E[z] - alpha
-                rest[l] = (
-                    z
-                    - alpha
-                    - (alpha - a) * not_log
-                    - _HALF_LOG_2PI
-                    - _lgamma_series(inv, inv2)
-                    + float(lgamma_prior_shape[i, l])
-                    + a * (float(log_rate[i, l]) - float(log_prior_rate[i, l]))
-                    + float(prior_rate[i, l]) * mean
-                )
-            for l in range(n_components):
-                kl += log_weight[l] * math.log(shifted[l]) + rest[l]
-                if factors[l] < 1e-100:  # alpha below ~1e-104: its own log
-                    kl += math.log(factors[l])
-                else:  # p <= 15! / 7!: the product stays finite until flushed
-                    product *= factors[l]
-                    if product > 1e200 or product < 1e-200:
-                        kl += math.log(product)
-                        product = 1.0
+            _terms_entries(
+                shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+                log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
+            )  # fmt: skip
+            kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
+        kl_partial[block] = kl + math.log(product)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def gamma_moments_terms(
+    shape,
+    rate,
+    log_rate,
+    prior_shape,
+    prior_rate,
+    lgamma_prior_shape,
+    log_prior_rate,
+    block_rows,
+    scaled,
+    logmax,
+    mean_partial,
+    kl_partial,
+):
+    """`gamma_moments` and `gamma_terms` of one side in one parallel pass over its rows
+    (arguments as there; ``block_rows`` fixes the blocks of the sums): the recurrence of
+    every entry is shared, and an iteration of a batch fit starts one parallel region per
+    side instead of two."""
+    n_rows, n_components = shape.shape
+    for block in prange(kl_partial.shape[0]):
+        shifted = np.empty(n_components)
+        exponent = np.empty(n_components)
+        value = np.empty(n_components)
+        log_weight = np.empty(n_components)
+        rest = np.empty(n_components)
+        factors = np.empty(n_components)
+        mean_row = mean_partial[block]
+        mean_row[:] = 0.0
+        kl = 0.0
+        product = 1.0
+        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            _terms_entries(
+                shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+                log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
+            )  # fmt: skip
+            kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
+            _scaled_row(i, shifted, exponent, value, scaled, logmax)
         kl_partial[block] = kl + math.log(product)
 
 
 # Rows per block of `gamma_terms`: fixed, so its sums are the same for any thread count.
 TERMS_BLOCK_ROWS = 1024
+
+
+def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
+    """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as float64 views of
+    ``shape``'s shape, and its two outputs (see `gamma_sums`)."""
+    full = shape.shape
+
+    def view(values):
+        return np.broadcast_to(np.asarray(values, dtype=np.float64), full)
+
+    prior_shape = np.asarray(prior_shape, dtype=np.float64)
+    prior_rate = np.asarray(prior_rate, dtype=np.float64)
+    log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
+    rate = np.asarray(rate, dtype=np.float64)
+    arguments = (
+        view(rate), view(np.log(rate)),
+        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
+    )  # fmt: skip
+    n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
+    return arguments, np.empty((n_blocks, full[1])), np.empty(n_blocks)
 
 
 def gamma_sums(
@@ -320,24 +426,28 @@ def gamma_sums(
     over q(xi) (the learned prior's q(z) from p(z | xi)).
     """
     shape = np.asarray(shape)
-    full = shape.shape
-
-    def view(values):
-        return np.broadcast_to(np.asarray(values, dtype=np.float64), full)
-
-    prior_shape = np.asarray(prior_shape, dtype=np.float64)
-    prior_rate = np.asarray(prior_rate, dtype=np.float64)
-    log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
-    rate = np.asarray(rate, dtype=np.float64)
-    n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
-    mean_partial = np.empty((n_blocks, full[1]))
-    kl_partial = np.empty(n_blocks)
-    gamma_terms(
-        shape, view(rate), view(np.log(rate)),
-        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
-        TERMS_BLOCK_ROWS, mean_partial, kl_partial,
-    )  # fmt: skip
+    arguments, mean_partial, kl_partial = _terms_arguments(
+        shape, rate, prior_shape, prior_rate, log_prior_rate
+    )
+    gamma_terms(shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial)
     return mean_partial.sum(axis=0), float(kl_partial.sum())
+
+
+def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None):
+    """`gamma_moments`' outputs and `gamma_sums`' sums of one side by one kernel
+    (`gamma_moments_terms`), arguments as `gamma_sums`: ``(scaled, logmax, log_rate,
+    mean_sum, kl)``, ``log_rate`` the n x K float64 (view) the tables came from."""
+    shape = np.asarray(shape)
+    arguments, mean_partial, kl_partial = _terms_arguments(
+        shape, rate, prior_shape, prior_rate, log_prior_rate
+    )
+    n_rows, n_components = shape.shape
+    scaled = np.empty((n_rows, padded_width(n_components, shape.dtype)), shape.dtype)
+    logmax = np.empty(n_rows)
+    gamma_moments_terms(
+        shape, *arguments, TERMS_BLOCK_ROWS, scaled, logmax, mean_partial, kl_partial
+    )
+    return scaled, logmax, arguments[1], mean_partial.sum(axis=0), float(kl_partial.sum())
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)

@@ -125,6 +125,29 @@ def test_weighted_log_sum_matches_numpy_to_an_ulp():
         np.testing.assert_allclose(got, np.sum(weights * np.log(chunk)), rtol=1e-14, atol=1e-12)
 
 
+def test_weighted_log_sum_float32_logs_to_an_ulp():
+    """float32 normalisers: their logs in float32 within one float32 ulp of the exact log
+    (every binade of the normal floats, mantissas on both sides of sqrt(2)), summed with
+    float64 weights in float64."""
+    rng = np.random.default_rng(17)
+    values = np.concatenate(
+        [np.logspace(-37, 38, 20_000), rng.uniform(0.5, 2.0, 20_000), [1.0, 2.0, np.sqrt(2.0)]]
+    ).astype(np.float32)
+    size = _kernels.LOG_BUFFER
+    scratch, exponent = np.empty(size, np.float32), np.empty(size, np.float32)
+    exact = np.log(values.astype(np.float64))
+    for first in range(0, values.size - size, size):
+        chunk = values[first : first + size]
+        _kernels.weighted_log_sum(chunk, np.ones(size), size, scratch, exponent)
+        expected = exact[first : first + size]
+        ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(scratch - expected) <= ulp)
+    weights = rng.integers(1, 9, size).astype(np.float64)
+    got = _kernels.weighted_log_sum(values[:size], weights, size - 3, scratch, exponent)
+    expected = np.sum(weights[: size - 3] * exact[: size - 3])
+    np.testing.assert_allclose(got, expected, rtol=1e-7 * np.abs(exact[:size]).max())
+
+
 def test_sum_parts_sums_in_float64_up_to_k():
     partial = np.random.default_rng(2).random((3, 5, 8)).astype(np.float32)
     out = np.full((5, 6), np.nan)

@@ -9,7 +9,8 @@ the model is here, and a new prior or likelihood is added here and nowhere else:
 
 - the family and the prior: `VariationalParams`, `GammaPrior`;
 - the only step that visits the data, updateA's pass over the nonzeros
-  (`shape_statistics`, `pass_statistics`);
+  (`shape_statistics`, `pass_statistics`; `scored_statistics` adds the ELBO of the q it
+  was computed under, each side's tables and ELBO terms from one kernel);
 - the steps: `update_side` (one side's q, `side_shape` and `side_rate`, from its pass
   statistic and the other side's mean column sums), `global_step` (both sides in
   model.md's order), `fit_rows` (the local step: q of some rows with the columns held

@@ -91,6 +91,8 @@ class Timers:
 
 # The model's functions an iteration calls (as far as they exist in a given version).
 MODEL_FUNCTIONS = (
+    "scored_statistics",
+    "side_moments_and_terms",
     "shape_statistics",
     "side_moments",
     "pass_statistics",

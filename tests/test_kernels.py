@@ -125,6 +125,29 @@ def test_weighted_log_sum_matches_numpy_to_an_ulp():
         np.testing.assert_allclose(got, np.sum(weights * np.log(chunk)), rtol=1e-14, atol=1e-12)
 
 
+def test_weighted_log_sum_float32_logs_to_an_ulp():
+    """float32 normalisers: their logs in float32 within one float32 ulp of the exact log
+    (every binade of the normal floats, mantissas on both sides of sqrt(2)), summed with
+    float64 weights in float64."""
+    rng = np.random.default_rng(17)
+    values = np.concatenate(
+        [np.logspace(-37, 38, 20_000), rng.uniform(0.5, 2.0, 20_000), [1.0, 2.0, np.sqrt(2.0)]]
+    ).astype(np.float32)
+    size = _kernels.LOG_BUFFER
+    scratch, exponent = np.empty(size, np.float32), np.empty(size, np.float32)
+    exact = np.log(values.astype(np.float64))
+    for first in range(0, values.size - size, size):
+        chunk = values[first : first + size]
+        _kernels.weighted_log_sum(chunk, np.ones(size), size, scratch, exponent)
+        expected = exact[first : first + size]
+        ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(scratch - expected) <= ulp)
+    weights = rng.integers(1, 9, size).astype(np.float64)
+    got = _kernels.weighted_log_sum(values[:size], weights, size - 3, scratch, exponent)
+    expected = np.sum(weights[: size - 3] * exact[: size - 3])
+    np.testing.assert_allclose(got, expected, rtol=1e-7 * np.abs(exact[:size]).max())
+
+
 def test_sum_parts_sums_in_float64_up_to_k():
     partial = np.random.default_rng(2).random((3, 5, 8)).astype(np.float32)
     out = np.full((5, 6), np.nan)
@@ -213,6 +236,43 @@ def test_gamma_sums_expected_over_a_random_prior_rate():
     entropy = shape - np.log(rate) + gammaln(shape) + (1 - shape) * digamma(shape)
     np.testing.assert_allclose(kl, -(log_prior + entropy).sum(), rtol=1e-12)
     np.testing.assert_allclose(mean_sum, (shape / rate).sum(axis=0), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_gamma_moments_sums_match_numpy(dtype, per_entry):
+    """The fused kernel of an iteration's tables and ELBO terms against numpy: tables as
+    `gamma_moments` (rows in the log-space regime included), sums as `gamma_sums`, over
+    two blocks and a partial one, rates and prior per component or per entry."""
+    rng = np.random.default_rng(11)
+    n, k = 2 * _kernels.TERMS_BLOCK_ROWS + 13, 5
+    shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
+    shape[:2] = 1e-4  # exp(E[log]) below 1e-290 with the rate below: the log-space rows
+    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    rate[:2] = 1e300
+    prior_shape = rng.uniform(0.1, 3.0, (n, 1)) if per_entry else 0.7
+    prior_rate = rng.uniform(0.1, 3.0, (n, k)) if per_entry else 1.3
+    scaled, logmax, log_rate, mean_sum, kl = _kernels.gamma_moments_sums(
+        shape, rate, prior_shape, prior_rate
+    )
+    alpha = shape.astype(np.float64)
+    elog = digamma(alpha) - np.log(rate)
+    np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-13, atol=1e-14)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    expected = np.exp(elog - elog.max(1)[:, None])
+    np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=np.finfo(dtype).tiny)
+    assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
+    assert np.all(scaled[:, k:] == 0)
+    np.testing.assert_array_equal(log_rate, np.broadcast_to(np.log(rate), shape.shape))
+    expected_kl = (
+        (alpha - prior_shape) * digamma(alpha)
+        - gammaln(alpha)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + alpha * (prior_rate - rate) / rate
+    ).sum()
+    np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
 
 
 @pytest.mark.parametrize("per_entry", [False, True])

@@ -353,6 +353,31 @@ def test_masked_elbo_and_iteration_match_the_reference():
     np.testing.assert_allclose(got, full + total_masked, rtol=1e-10)
 
 
+@pytest.mark.parametrize("learned", [False, True])
+def test_scored_statistics_is_the_pass_and_the_reference_elbo(learned):
+    """An iteration's pass and ELBO with each side's tables and ELBO terms from one kernel
+    (`scored_statistics`, what batch fits run): the statistics of `shape_statistics` and
+    the dense reference's ELBO, with missing entries, under both priors."""
+    X, mask = _masked_problem()
+    data = as_count_data(sp.csr_matrix(np.where(mask, 0, X)))
+    masked = _model.Mask.of(sp.csr_matrix(mask))
+    rng = np.random.default_rng(12)
+    if learned:
+        params, prior = _learned_params(rng, *X.shape, 3), LEARNED
+        expected = ref.learned_elbo(np.where(mask, 0, X), _sides(params)) + np.sum(
+            (params.row_mean @ params.col_mean.T) * mask
+        )
+    else:
+        params = _model.VariationalParams(*_random_params(rng, *X.shape, 3))
+        prior = _model.GammaPrior(0.7, 1.3)
+        expected = ref.elbo(X, *params.as_tuple(), 0.7, 1.3, mask=mask)
+    row_stat, col_stat, value = _model.scored_statistics(data, params, prior, 2, masked)
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    expected_rows, expected_cols, _ = _model.shape_statistics(data, params, 2)
+    np.testing.assert_array_equal(row_stat, expected_rows)
+    np.testing.assert_array_equal(col_stat, expected_cols)
+
+
 def test_masking_whole_columns_is_fitting_without_them():
     """A column entirely unobserved carries no information: the fit of the other columns
     and of the rows is the fit of the matrix without it (fixed prior, same start), and

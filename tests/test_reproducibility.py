@@ -25,11 +25,9 @@ import vbsnmf
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fit_summary(X, seed: int, n_threads: int) -> dict:
+def fit_summary(X, seed: int, n_threads: int, prior: str = "gamma") -> dict:
     """Fit, then a digest of every fitted array and the arrays compared with tolerance."""
-    model = vbsnmf.VBNMF(
-        5, max_iter=30, tol=0, random_state=seed, n_threads=n_threads, prior="gamma"
-    )
+    model = vbsnmf.VBNMF(5, max_iter=30, tol=0, random_state=seed, n_threads=n_threads, prior=prior)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         cell_factors = model.fit_transform(X)
@@ -61,12 +59,12 @@ import vbsnmf
 sys.path.insert(0, "tests")
 from test_reproducibility import fit_summary
 X = vbsnmf.datasets.pbmc_tiny().X
-runs = [fit_summary(X, seed, n_threads) for seed, n_threads in json.loads(sys.argv[1])]
+runs = [fit_summary(X, *run) for run in json.loads(sys.argv[1])]
 print(json.dumps({"numba_threads": numba.config.NUMBA_NUM_THREADS, "runs": runs}))
 """
 
 
-def _start_process(runs: list[tuple[int, int]], **environment) -> subprocess.Popen:
+def _start_process(runs: list[tuple], **environment) -> subprocess.Popen:
     env = dict(os.environ, **environment)
     return subprocess.Popen(
         [sys.executable, "-c", _FIT_SCRIPT, json.dumps(runs)],
@@ -86,13 +84,16 @@ def _result(process: subprocess.Popen) -> dict:
 
 @pytest.fixture(scope="module")
 def fits(_pbmc_tiny) -> dict[str, dict]:
-    """Fits in this process and in two fresh ones (started together, run in parallel)."""
-    other = _start_process([(7, 2), (7, 1)], PYTHONHASHSEED="123")
+    """Fits in this process and in two fresh ones (started together, run in parallel);
+    the fixed prior, and the default learned one ("hierarchical")."""
+    learned = [(7, 2, "hierarchical"), (7, 1, "hierarchical")]
+    other = _start_process([(7, 2), (7, 1), *learned], PYTHONHASHSEED="123")
     single_threaded = _start_process([(7, 1)], NUMBA_NUM_THREADS="1")
     here = {
         "here 7/2": fit_summary(_pbmc_tiny.X, 7, 2),
         "here 7/1": fit_summary(_pbmc_tiny.X, 7, 1),
         "here 8/2": fit_summary(_pbmc_tiny.X, 8, 2),
+        "here 7/2 hierarchical": fit_summary(_pbmc_tiny.X, *learned[0]),
     }
     other_result, single_result = _result(other), _result(single_threaded)
     assert other_result["numba_threads"] >= 2 and single_result["numba_threads"] == 1
@@ -100,6 +101,8 @@ def fits(_pbmc_tiny) -> dict[str, dict]:
         **here,
         "other 7/2": other_result["runs"][0],
         "other 7/1": other_result["runs"][1],
+        "other 7/2 hierarchical": other_result["runs"][2],
+        "other 7/1 hierarchical": other_result["runs"][3],
         "NUMBA_NUM_THREADS=1 7/1": single_result["runs"][0],
     }
 
@@ -107,6 +110,7 @@ def fits(_pbmc_tiny) -> dict[str, dict]:
 def test_same_seed_and_threads_bitwise_identical_across_processes(fits):
     assert fits["here 7/2"]["digests"] == fits["other 7/2"]["digests"]
     assert fits["here 7/1"]["digests"] == fits["other 7/1"]["digests"]
+    assert fits["here 7/2 hierarchical"]["digests"] == fits["other 7/2 hierarchical"]["digests"]
     # The digests cover real work: a different seed changes every one of them.
     assert all(
         fits["here 7/2"]["digests"][key] != fits["here 8/2"]["digests"][key]
@@ -119,8 +123,9 @@ def test_thread_pool_size_does_not_matter_for_a_given_thread_count(fits):
     assert fits["here 7/1"]["digests"] == fits["NUMBA_NUM_THREADS=1 7/1"]["digests"]
 
 
-def test_one_and_two_threads_agree_to_1e_10(fits):
-    one, two = fits["other 7/1"], fits["other 7/2"]
+@pytest.mark.parametrize("prior", ["", " hierarchical"])
+def test_one_and_two_threads_agree_to_1e_10(fits, prior):
+    one, two = fits[f"other 7/1{prior}"], fits[f"other 7/2{prior}"]
     assert one["digests"]["elbo_trace"] != two["digests"]["elbo_trace"]  # really rechunked
     for key in ("elbo_trace", "components", "cell_factors"):
         np.testing.assert_allclose(np.array(one[key]), np.array(two[key]), rtol=1e-10, atol=0)

@@ -18,10 +18,9 @@ from ._model import (
     Mask,
     Prior,
     VariationalParams,
-    elbo_terms,
     global_step,
     has_converged,
-    shape_statistics,
+    scored_statistics,
     warn_not_converged,
 )
 
@@ -55,9 +54,9 @@ def fit_batch(
     n_done = len(trace)  # iterations already applied to ``start``; its ELBO is trace[-1]
     converged = False
     while True:
-        row_stat, col_stat, data_term = shape_statistics(data, params, n_parts)
+        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
         if n_done > len(trace):
-            trace.append(elbo_terms(data_term, params, prior, mask).value())
+            trace.append(value)
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
@@ -129,8 +128,7 @@ def fit_batch_accelerated(
     """
 
     def score_and_step(params: VariationalParams) -> tuple[VariationalParams, float]:
-        row_stat, col_stat, data_term = shape_statistics(data, params, n_parts)
-        value = elbo_terms(data_term, params, prior, mask).value()
+        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
         state.n_passes += 1
         return global_step(params, row_stat, col_stat, prior, mask=mask), value
 

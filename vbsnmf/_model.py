@@ -9,7 +9,8 @@ the model is here, and a new prior or likelihood is added here and nowhere else:
 
 - the family and the prior: `VariationalParams`, `GammaPrior`;
 - the only step that visits the data, updateA's pass over the nonzeros
-  (`shape_statistics`, `pass_statistics`);
+  (`shape_statistics`, `pass_statistics`; `scored_statistics` adds the ELBO of the q it
+  was computed under, each side's tables and ELBO terms from one kernel);
 - the steps: `update_side` (one side's q, `side_shape` and `side_rate`, from its pass
   statistic and the other side's mean column sums), `global_step` (both sides in
   model.md's order), `fit_rows` (the local step: q of some rows with the columns held
@@ -531,19 +532,18 @@ def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
     return float(a)
 
 
-def learned_side_terms(shape, rate, scale: ScaleState) -> tuple[np.ndarray, float]:
-    """One side's share of the ELBO under the learned prior: ``sum_i E[z_il]`` per
-    component and ``KL(q(z, xi) || p(z, xi))``, which is the KL of q(z) from p(z | xi) in
-    expectation over q(xi) (linear in ``E[xi]`` and ``E[log xi]``: `_kernels.gamma_sums`
-    with those for the prior's rate and its log, the fixed prior's fused kernel) plus
-    ``KL(q(xi) || p(xi))``."""
+def _prior_terms(prior: Prior, scale: ScaleState | None):
+    """What one side's KL needs of its prior: ``(prior_shape, prior_rate,
+    log_prior_rate, scale_kl)`` for `_kernels.gamma_sums`. Under the learned prior the KL
+    of q(z, xi) from p(z | xi) p(xi) is that of q(z) from p(z | xi) in expectation over
+    q(xi) (linear in ``E[xi]`` and ``E[log xi]``, which stand for the prior's rate and its
+    log) plus ``KL(q(xi) || p(xi))``, the ``scale_kl``."""
+    if not isinstance(prior, HierarchicalPrior):
+        return prior.shape, prior.rate, None, 0.0
     xi_log = expected_log(scale.shape, scale.rate)
-    mean_sum, factor_kl = _kernels.gamma_sums(
-        shape, rate, scale.factor_shape, scale.mean[:, None], xi_log[:, None]
-    )
     rate0 = scale.prior_shape / scale.prior_mean
     scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0)
-    return mean_sum, factor_kl + scale_kl
+    return scale.factor_shape, scale.mean[:, None], xi_log[:, None], scale_kl
 
 
 def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np.ndarray:
@@ -669,10 +669,21 @@ def side_terms(
 ) -> tuple[np.ndarray, float]:
     """One side's share of the ELBO: ``sum E[.]`` per component (for the expected
     product) and the KL of its q from the prior (under the learned prior, of q(z) and
-    q(xi) from p(z | xi) p(xi), with ``scale``: `learned_side_terms`)."""
-    if isinstance(prior, HierarchicalPrior):
-        return learned_side_terms(shape, rate, scale)
-    return _kernels.gamma_sums(shape, rate, prior.shape, prior.rate)
+    q(xi) from p(z | xi) p(xi), with ``scale``: `_prior_terms`)."""
+    *prior_arguments, scale_kl = _prior_terms(prior, scale)
+    mean_sum, kl = _kernels.gamma_sums(shape, rate, *prior_arguments)
+    return mean_sum, kl + scale_kl
+
+
+def side_moments_and_terms(
+    shape: np.ndarray, rate: np.ndarray, prior: Prior, scale: ScaleState | None = None
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, float]]:
+    """`side_moments` and `side_terms` of one side of the same q, by one kernel."""
+    *prior_arguments, scale_kl = _prior_terms(prior, scale)
+    scaled, logmax, log_rate, mean_sum, kl = _kernels.gamma_moments_sums(
+        shape, rate, *prior_arguments
+    )
+    return (scaled, logmax, np.asarray(shape), log_rate), (mean_sum, kl + scale_kl)
 
 
 def elbo_terms(
@@ -680,10 +691,36 @@ def elbo_terms(
 ) -> ElboTerms:
     """The ELBO's terms for ``params`` whose pass gave ``data_term`` (with ``mask``, the
     missing entries' expected counts out of the total term)."""
-    row_mean_sum, row_kl = side_terms(params.row_shape, params.row_rate, prior, params.row_scale)
-    col_mean_sum, col_kl = side_terms(params.col_shape, params.col_rate, prior, params.col_scale)
-    masked = 0.0 if mask is None else mask.product(params.row_mean, params.col_mean)
-    return ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, col_kl, masked)
+    row_terms = side_terms(params.row_shape, params.row_rate, prior, params.row_scale)
+    col_terms = side_terms(params.col_shape, params.col_rate, prior, params.col_scale)
+    return _with_mask(ElboTerms(data_term, *row_terms, *col_terms), params, mask)
+
+
+def _with_mask(terms: ElboTerms, params: VariationalParams, mask: Mask | None) -> ElboTerms:
+    if mask is not None:
+        terms.masked_product = mask.product(params.row_mean, params.col_mean)
+    return terms
+
+
+def scored_statistics(
+    data: CountData,
+    params: VariationalParams,
+    prior: Prior,
+    n_parts: int,
+    mask: Mask | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """`shape_statistics` and the ELBO of ``params`` (`elbo_terms`): what an iteration of
+    a batch fit needs, each side's tables and ELBO terms from one kernel
+    (`side_moments_and_terms`)."""
+    row_moments, row_terms = side_moments_and_terms(
+        params.row_shape, params.row_rate, prior, params.row_scale
+    )
+    col_moments, col_terms = side_moments_and_terms(
+        params.col_shape, params.col_rate, prior, params.col_scale
+    )
+    row_stat, col_stat, data_term = pass_statistics(data, row_moments, col_moments, n_parts)
+    terms = _with_mask(ElboTerms(data_term, *row_terms, *col_terms), params, mask)
+    return row_stat, col_stat, terms.value()
 
 
 def elbo(

@@ -101,10 +101,10 @@ class TensorParams:
 class TensorData:
     """The nonzeros of a count tensor sorted by its ``major`` mode, then by the others.
 
-    ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` (nnz x
-    (D - 1)) holds, for each nonzero and each other mode in the order of ``minor_modes``
-    (longest first: the kernel walks the first in cache blocks), its row in the stacked
-    tables of those modes (index plus `minor_offsets`). ``log_factorial`` is
+    ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` holds,
+    for each other mode in the order of ``minor_modes`` (longest first: the kernel walks
+    the first in cache blocks), an array of every nonzero's row in the stacked tables of
+    those modes (index plus `minor_offsets`). ``log_factorial`` is
     ``sum_n lgamma(y_n + 1)``.
     """
 
@@ -112,7 +112,7 @@ class TensorData:
     major: int
     minor_modes: tuple[int, ...]
     indptr: np.ndarray
-    minor_rows: np.ndarray
+    minor_rows: tuple[np.ndarray, ...]
     counts: np.ndarray
     log_factorial: float = 0.0
 
@@ -166,7 +166,7 @@ class TensorData:
             major=self.major,
             minor_modes=self.minor_modes,
             indptr=indptr,
-            minor_rows=self.minor_rows[positions],
+            minor_rows=tuple(rows[positions] for rows in self.minor_rows),
             counts=counts,
             log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
         )
@@ -202,9 +202,9 @@ def as_tensor_data(
         coords, counts = coords[keep], counts[keep]
     offsets = np.concatenate([[0], np.cumsum([shape[d] for d in minor_modes])])
     row_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
-    minor_rows = np.empty((coords.shape[0], n_modes - 1), dtype=row_dtype)
-    for m, d in enumerate(minor_modes):
-        minor_rows[:, m] = coords[:, d] + offsets[m]
+    minor_rows = tuple(
+        (coords[:, d] + offsets[m]).astype(row_dtype) for m, d in enumerate(minor_modes)
+    )
     indptr = np.zeros(shape[major] + 1, dtype=np.int64)
     np.cumsum(np.bincount(coords[:, major], minlength=shape[major]), out=indptr[1:])
     return TensorData(
@@ -392,7 +392,7 @@ def mode_totals(data: TensorData) -> list[np.ndarray]:
     totals[data.major] = major
     offsets = data.minor_offsets
     for m, d in enumerate(data.minor_modes):
-        rows = data.minor_rows[:, m] - offsets[m]
+        rows = data.minor_rows[m] - offsets[m]
         totals[d] = np.bincount(rows, weights=data.counts, minlength=data.shape[d])
     return totals
 

@@ -700,6 +700,58 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
         model(resume=True).fit(coords, values)
 
 
+@pytest.mark.parametrize("kind", ["batch", "svi-slices"])
+def test_a_checkpoint_of_other_data_with_the_same_shape_nnz_and_total_is_refused(kind, tmp_path):
+    _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
+    path = tmp_path / "fit.ckpt"
+
+    def model(**extra):
+        fit = {**CHECKPOINT_FITS[kind], "n_epochs": 2, "max_iter": 3}
+        return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
+
+    _quiet(model(), coords, values)
+    other = values.copy()
+    first, second = np.flatnonzero(values != values[0])[0], 0
+    other[[first, second]] = other[[second, first]]  # same nnz and total, other counts
+    taken = {tuple(c) for c in coords}
+    moved = coords.copy()  # one entry moved along the last mode to a free place
+    moved[0, 2] = next(k for k in range(8) if (*coords[0, :2], k) not in taken)
+    for changed_coords, changed_values in ((coords, other), (moved, values)):
+        with pytest.raises(_checkpoint.CheckpointMismatchError, match="other data"):
+            model(resume=True).fit(changed_coords, changed_values, shape=(30, 12, 8))
+    order = np.random.default_rng(0).permutation(len(values))  # the same data: resumes
+    resumed = _quiet(model(resume=True), coords[order], values[order])
+    assert resumed.n_iter_ >= 1
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (6, 9)])
+def test_a_two_mode_fingerprint_is_the_matrix_fingerprint(shape):
+    _, coords, values = _small_tensor(shape, 0.5, seed=3)
+    matrix = sp.coo_array((values, tuple(coords.T)), shape=shape)
+    fingerprints = {
+        _tensor.data_fingerprint(_tensor.as_tensor_data(coords, values, shape, major=major))
+        for major in (0, 1)
+    }
+    assert fingerprints == {vbsnmf._validation.data_fingerprint(as_count_data(matrix))}
+
+
+def test_the_fingerprint_sees_every_mode_and_not_the_major_one():
+    shape = (5, 4, 3, 6)
+    _, coords, values = _small_tensor(shape, 0.3, seed=4)
+
+    def fingerprint(coords, values, major=None):
+        return _tensor.data_fingerprint(_tensor.as_tensor_data(coords, values, shape, major))
+
+    reference = fingerprint(coords, values)
+    assert {fingerprint(coords, values, major) for major in range(4)} == {reference}
+    for mode in range(4):  # one entry moved along one mode: another fingerprint
+        moved = coords.copy()
+        moved[0, mode] = (moved[0, mode] + 1) % shape[mode]
+        if not (moved[:1] == coords).all(axis=1).any():
+            assert fingerprint(moved, values) != reference
+    assert fingerprint(coords, values * 2) != reference
+
+
 # -- stochastic VB ------------------------------------------------------------------------
 def test_svi_slices_lands_within_one_percent_of_batch():
     coords, values, _ = simulate((60, 40, 30), 3, 0.1, seed=1)

@@ -1408,3 +1408,38 @@ def tensor_update_shapes(
         )
         fallbacks[chunk] = n_fallback
     return fallbacks.sum()
+
+
+@njit(parallel=True, cache=True)
+def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, counts):
+    """The fingerprint of a tensor's nonzeros (`check_compressed`'s, for D modes): the sum
+    modulo 2**64 of a hash of every entry, its coordinates in mode order
+    ``(c_0, ..., c_{D-1})`` folded as ``h = c_0``, ``h = _mix64(h * golden + c_d)`` for
+    d = 1 .. D - 2, then ``_entry_hash(h, c_{D-1}, y)``. Independent of the order of the
+    entries and of which mode is major; for D = 2 the matrix's fingerprint.
+
+    ``minor_rows`` as in `tensor_update_shapes`, ``minor_modes[m]`` the mode of its m-th
+    array and ``minor_offsets[m]`` that mode's first stacked row; ``major`` the mode of
+    ``indptr``'s slices."""
+    n_major = indptr.shape[0] - 1
+    n_modes = len(minor_rows) + 1
+    chunk = 4096
+    n_chunks = (n_major + chunk - 1) // chunk
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        coords = np.empty(n_modes, dtype=np.int64)
+        total = np.uint64(0)
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            coords[major] = i
+            for n in range(indptr[i], indptr[i + 1]):
+                for m in range(n_modes - 1):
+                    coords[minor_modes[m]] = np.int64(minor_rows[m][n]) - minor_offsets[m]
+                key = np.uint64(coords[0])
+                for d in range(1, n_modes - 1):
+                    key = _mix64(key * _GOLDEN + np.uint64(coords[d]))
+                total += _entry_hash(key, coords[n_modes - 1], float(counts[n]))
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        fingerprint += hashes[c]
+    return fingerprint

@@ -64,6 +64,7 @@ from ._checkpoint import (
 )
 from ._model import GammaPrior
 from ._svi import learning_rate
+from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
 
@@ -216,6 +217,21 @@ def as_tensor_data(
         counts=counts,
         log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
     )
+
+
+def data_fingerprint(data: TensorData) -> str:
+    """The fingerprint of the tensor's nonzeros (`_kernels.tensor_fingerprint`), formatted
+    as `_validation.data_fingerprint` formats a matrix's: what a checkpoint records of its
+    data. For D = 2 it is the matrix's."""
+    fingerprint = _kernels.tensor_fingerprint(
+        data.indptr,
+        data.minor_rows,
+        np.asarray(data.minor_modes, dtype=np.int64),
+        data.minor_offsets,
+        data.major,
+        data.counts,
+    )
+    return combine_fingerprints(int(fingerprint))
 
 
 # -- the pass over the nonzeros -----------------------------------------------------------
@@ -813,6 +829,7 @@ __all__ = [
     "TensorSVIState",
     "as_tensor_data",
     "check_checkpoint",
+    "data_fingerprint",
     "elbo",
     "elbo_rest",
     "expected_total",

@@ -218,7 +218,8 @@ class VBNTF(BaseEstimator):
     resume
         Continue from ``checkpoint`` if it exists: for the same data, settings,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
-        of an uninterrupted one; a checkpoint of other settings is refused
+        of an uninterrupted one; a checkpoint of other settings or other data (its
+        fingerprint of the nonzeros differs) is refused
         (`vbsnmf._checkpoint.CheckpointMismatchError`).
     verbose
         Print the ELBO after every iteration (batch).

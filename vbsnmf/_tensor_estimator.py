@@ -438,7 +438,7 @@ class VBNTF(BaseEstimator):
             "shape": list(data.shape),
             "nnz": data.nnz,
             "total_count": float(data.counts.sum()),
-            "data_fingerprint": _tensor.data_fingerprint(data),
+            "data_fingerprint": None if self.checkpoint is None else _tensor.data_fingerprint(data),
             "n_components": checked["n_components"],
             "solver": self.solver,
             "svi_form": form,

@@ -342,7 +342,7 @@ def test_two_modes_give_the_matrix_engines_trace_under_the_learned_prior(shape):
     )
 
 
-def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_svi():
+def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_nonzeros_svi():
     X = _matrix(2)
     common = dict(prior="hierarchical", random_state=5, n_threads=2, max_iter=80, tol=1e-9)
     coords = np.stack([X.row, X.col], 1)
@@ -357,7 +357,9 @@ def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_svi():
         ntf.hyperparameters_[0]["factor_shape"], nmf.hyperparameters_["cell_factor_shape"]
     )
     with pytest.raises(ValueError, match="fixed prior only"):
-        vbsnmf.VBNTF(3, prior="hierarchical", solver="svi").fit(coords, X.data, X.shape)
+        vbsnmf.VBNTF(3, prior="hierarchical", solver="svi", svi_form="nonzeros").fit(
+            coords, X.data, X.shape
+        )
     with pytest.raises(ValueError, match="prior_rate applies"):
         vbsnmf.VBNTF(3, prior="hierarchical", prior_rate=2.0).fit(coords, X.data, X.shape)
     with pytest.raises(ValueError, match="prior must be"):
@@ -644,6 +646,9 @@ CHECKPOINT_FITS = {
     "batch-learned": dict(max_iter=40, tol=0.0, prior="hierarchical"),
     "svi-slices": dict(solver="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20),
     "svi-nonzeros": dict(solver="svi", svi_form="nonzeros", n_epochs=8, tol=0.0),
+    "svi-slices-learned": dict(
+        solver="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20, prior="hierarchical"
+    ),
 }
 
 
@@ -677,7 +682,7 @@ def test_resumed_fit_ends_with_the_bitwise_trace(kind, tmp_path):
         other.fit(coords, values)
 
 
-@pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices"])
+@pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices", "svi-slices-learned"])
 def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"
@@ -694,10 +699,64 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
         _checkpoint.save_checkpoint(path, broken, meta)
         with pytest.raises(_checkpoint.CheckpointError, match=name):
             model(resume=True).fit(coords, values)
-    broken = {k: v for k, v in arrays.items() if k != "shape_0"}
-    _checkpoint.save_checkpoint(path, broken, meta)
-    with pytest.raises(_checkpoint.CheckpointError, match="shape_0 is missing"):
-        model(resume=True).fit(coords, values)
+    missing = ["shape_0", "local_sums"] if kind == "svi-slices-learned" else ["shape_0"]
+    for name in missing:
+        broken = {k: v for k, v in arrays.items() if k != name}
+        _checkpoint.save_checkpoint(path, broken, meta)
+        with pytest.raises(_checkpoint.CheckpointError, match=f"{name} is missing"):
+            model(resume=True).fit(coords, values)
+
+
+@pytest.mark.parametrize("kind", ["batch", "svi-slices"])
+def test_a_checkpoint_of_other_data_with_the_same_shape_nnz_and_total_is_refused(kind, tmp_path):
+    _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
+    path = tmp_path / "fit.ckpt"
+
+    def model(**extra):
+        fit = {**CHECKPOINT_FITS[kind], "n_epochs": 2, "max_iter": 3}
+        return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
+
+    _quiet(model(), coords, values)
+    other = values.copy()
+    first, second = np.flatnonzero(values != values[0])[0], 0
+    other[[first, second]] = other[[second, first]]  # same nnz and total, other counts
+    taken = {tuple(c) for c in coords}
+    moved = coords.copy()  # one entry moved along the last mode to a free place
+    moved[0, 2] = next(k for k in range(8) if (*coords[0, :2], k) not in taken)
+    for changed_coords, changed_values in ((coords, other), (moved, values)):
+        with pytest.raises(_checkpoint.CheckpointMismatchError, match="other data"):
+            model(resume=True).fit(changed_coords, changed_values, shape=(30, 12, 8))
+    order = np.random.default_rng(0).permutation(len(values))  # the same data: resumes
+    resumed = _quiet(model(resume=True), coords[order], values[order])
+    assert resumed.n_iter_ >= 1
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (6, 9)])
+def test_a_two_mode_fingerprint_is_the_matrix_fingerprint(shape):
+    _, coords, values = _small_tensor(shape, 0.5, seed=3)
+    matrix = sp.coo_array((values, tuple(coords.T)), shape=shape)
+    fingerprints = {
+        _tensor.data_fingerprint(_tensor.as_tensor_data(coords, values, shape, major=major))
+        for major in (0, 1)
+    }
+    assert fingerprints == {vbsnmf._validation.data_fingerprint(as_count_data(matrix))}
+
+
+def test_the_fingerprint_sees_every_mode_and_not_the_major_one():
+    shape = (5, 4, 3, 6)
+    _, coords, values = _small_tensor(shape, 0.3, seed=4)
+
+    def fingerprint(coords, values, major=None):
+        return _tensor.data_fingerprint(_tensor.as_tensor_data(coords, values, shape, major))
+
+    reference = fingerprint(coords, values)
+    assert {fingerprint(coords, values, major) for major in range(4)} == {reference}
+    for mode in range(4):  # one entry moved along one mode: another fingerprint
+        moved = coords.copy()
+        moved[0, mode] = (moved[0, mode] + 1) % shape[mode]
+        if not (moved[:1] == coords).all(axis=1).any():
+            assert fingerprint(moved, values) != reference
+    assert fingerprint(coords, values * 2) != reference
 
 
 # -- stochastic VB ------------------------------------------------------------------------
@@ -720,6 +779,45 @@ def test_svi_slices_lands_within_one_percent_of_batch():
     gap = (batch.elbo_trace_[-1] - svi.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
     assert abs(gap) < 0.01, gap
     assert np.all(np.isfinite(svi.elbo_trace_)) and svi.n_iter_ == len(svi.elbo_trace_)
+
+
+@pytest.mark.parametrize("shape", [(60, 25), (20, 45)])
+def test_two_mode_slices_svi_under_the_learned_prior_is_vbnmfs_cells_form(shape):
+    X = _matrix(6, shape, density=0.3)
+    coords = np.stack([X.row, X.col], axis=1)
+    common = dict(
+        prior="hierarchical",
+        solver="svi",
+        batch_size=16,
+        n_epochs=5,
+        tol=0.0,
+        max_iter=6,
+        random_state=4,
+        n_threads=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        nmf = vbsnmf.VBNMF(3, svi_form="cells", **common).fit(X)
+        ntf = vbsnmf.VBNTF(3, svi_mode=0, **common).fit(coords, X.data, X.shape)
+    np.testing.assert_allclose(ntf.elbo_trace_, nmf.elbo_trace_, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ntf.factors_[1], nmf.components_.T, rtol=1e-8)
+    np.testing.assert_allclose(
+        ntf.hyperparameters_[1]["factor_shape"], nmf.hyperparameters_["gene_factor_shape"]
+    )
+
+
+def test_svi_slices_under_the_learned_prior_lands_within_one_percent_of_batch():
+    coords, values, _ = simulate((60, 40, 30), 3, 0.1, seed=1)
+    common = dict(prior="hierarchical", random_state=0, n_threads=1)
+    batch = _quiet(vbsnmf.VBNTF(3, max_iter=1000, tol=1e-7, **common), coords, values)
+    svi = vbsnmf.VBNTF(
+        3, solver="svi", batch_size=10, n_epochs=20, tol=1e-6, max_iter=100, **common
+    )
+    svi = _quiet(svi, coords, values)
+    gap = (batch.elbo_trace_[-1] - svi.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
+    assert abs(gap) < 0.01, gap
+    assert np.all(np.isfinite(svi.elbo_trace_)) and svi.n_iter_ == len(svi.elbo_trace_)
+    assert len(svi.hyperparameters_) == 3 and svi.rates_[2].shape == (30, 3)
 
 
 def test_svi_steps_on_all_the_data_with_rho_one_are_batch_updates():

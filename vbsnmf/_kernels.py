@@ -1287,28 +1287,146 @@ def check_coordinates(rows, cols, data, n_rows, n_cols, first_row):
 #
 # A D-way count tensor is held as its nonzeros sorted by one *major* mode (CSR-like
 # ``indptr`` over that mode's slices), then by the other (*minor*) modes. The minor modes'
-# factor tables are stacked into one table, and ``minor_rows[n, m]`` is the row of that
+# factor tables are stacked into one table, and ``minor_rows[m][n]`` is the row of that
 # stacked table that minor mode ``m`` of nonzero ``n`` reads (its index plus the mode's
-# offset), so one kernel serves every D. Race-free as `update_shapes`: a chunk of major
-# slices owns their rows of ``major_stat`` and writes the minor modes' statistics into its
-# own slab of the stacked shape, summed afterwards in chunk order. `_tensor` makes the
-# longest mode major and stacks the minor modes longest first; the first minor mode (which
-# starts the stack and is the secondary sort key) is walked in cache blocks as the minor
+# offset), so one kernel serves every D (compiled once per D, with the loops over the modes
+# unrolled). Race-free as `update_shapes`: a chunk of major slices owns their rows of
+# ``major_stat`` and writes the minor modes' statistics into its own slab of the stacked
+# shape, summed afterwards in chunk order. `_tensor` makes the longest mode major and
+# stacks the minor modes longest first; the first minor mode (which starts the stack and is
+# the secondary sort key) is walked in cache blocks as the minor
 # axis of `update_shapes` is.
 
 
+def _index_rows_ok(rows, n) -> bool:
+    return (
+        isinstance(rows, types.UniTuple)
+        and isinstance(rows.dtype, types.Array)
+        and rows.dtype.ndim == 1
+        and isinstance(rows.dtype.dtype, types.Integer)
+        and isinstance(n, types.Integer)
+    )
+
+
+def _minor_rows(context, builder, table_type, table, rows_type, rows, n):
+    """Pointers to the start of rows ``rows[m][n]``, m = 0, 1, ..., of the 2-D ``table``
+    (``rows`` a tuple of 1-D index arrays: one pointer per minor mode, unrolled)."""
+    table = context.make_array(table_type)(context, builder, table)
+    zero = context.get_constant(types.intp, 0)
+    index_type = rows_type.dtype
+    pointers = []
+    for m in range(rows_type.count):
+        column = context.make_array(index_type)(context, builder, builder.extract_value(rows, m))
+        index = builder.load(cgutils.get_item_pointer(context, builder, index_type, column, [n]))
+        index = context.cast(builder, index, index_type.dtype, types.intp)
+        pointers.append(
+            cgutils.get_item_pointer(context, builder, table_type, table, [index, zero])
+        )
+    return pointers
+
+
+@intrinsic
+def row_products(typingctx, major, i, minor, rows, n, phi):
+    """``phi[l] = major[i, l] * prod_m minor[rows[m][n], l]`` (in that order) for the
+    whole row, a SIMD register at a time, and returns ``sum_l phi[l]`` (lanes added across
+    blocks, then in `row_dot`'s fixed tree). ``rows`` is a tuple of 1-D index arrays, one
+    per minor mode, so the loop over the modes is unrolled at compile time; for one minor
+    mode ``phi`` and the sum are `row_dot`'s products and sum."""
+    if not (
+        _simd_rows_ok(major, minor)
+        and isinstance(i, types.Integer)
+        and _index_rows_ok(rows, n)
+        and isinstance(phi, types.Array)
+        and phi.ndim == 1
+        and phi.dtype == major.dtype
+    ):
+        return None
+    dtype = major.dtype
+
+    def codegen(context, builder, signature, args):
+        major_type, _, minor_type, rows_type, _, phi_type = signature.args
+        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
+        minor_rows = _minor_rows(context, builder, minor_type, args[2], rows_type, args[3], args[4])
+        out = context.make_array(phi_type)(context, builder, args[5]).data
+        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
+        lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
+            _, product = _simd_load(builder, major_row, offset, vector, dtype)
+            for row in minor_rows:
+                product = builder.fmul(product, _simd_load(builder, row, offset, vector, dtype)[1])
+            pointer = builder.bitcast(builder.gep(out, [offset]), vector.as_pointer())
+            builder.store(product, pointer, align=dtype.bitwidth // 8)
+            builder.store(builder.fadd(builder.load(lane_sums), product), lane_sums)
+        sums = builder.load(lane_sums)
+        terms = [
+            builder.extract_element(sums, ir.Constant(ir.IntType(32), q)) for q in range(lanes)
+        ]
+        while len(terms) > 1:
+            terms = [builder.fadd(terms[q], terms[q + 1]) for q in range(0, len(terms), 2)]
+        return terms[0]
+
+    return dtype(major, types.intp, minor, rows, types.intp, phi), codegen
+
+
+@intrinsic
+def add_scaled_rows(typingctx, phi, scale, row_acc, minor_acc, rows, n):
+    """``row_acc[l] += phi[l] * scale`` and the same to ``minor_acc[rows[m][n], l]`` for
+    every minor mode m, for the whole row, a SIMD register at a time (``phi`` and
+    ``row_acc`` 1-D, ``minor_acc`` 2-D, as wide, all of one dtype). For one minor mode and
+    ``phi`` from `row_products` this is `add_scaled_products`' arithmetic."""
+    if not (
+        _simd_rows_ok(minor_acc)
+        and _index_rows_ok(rows, n)
+        and all(
+            isinstance(a, types.Array) and a.ndim == 1 and a.dtype == minor_acc.dtype
+            for a in (phi, row_acc)
+        )
+    ):
+        return None
+    dtype = minor_acc.dtype
+
+    def codegen(context, builder, signature, args):
+        phi_type, _, acc_type, minor_acc_type, rows_type, _ = signature.args
+        source = context.make_array(phi_type)(context, builder, args[0]).data
+        own_row = context.make_array(acc_type)(context, builder, args[2]).data
+        table = context.make_array(minor_acc_type)(context, builder, args[3])
+        minor_rows = _minor_rows(
+            context, builder, minor_acc_type, args[3], rows_type, args[4], args[5]
+        )
+        targets = [own_row, *minor_rows]
+        vector, lanes, n_blocks = _simd_blocks(context, builder, table, dtype)
+        scale = ir.Constant(vector, ir.Undefined)
+        for q in range(lanes):
+            scale = builder.insert_element(scale, args[1], ir.Constant(ir.IntType(32), q))
+        align = dtype.bitwidth // 8
+        with cgutils.for_range(builder, n_blocks) as loop:
+            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
+            contribution = builder.fmul(
+                _simd_load(builder, source, offset, vector, dtype)[1], scale
+            )
+            for row in targets:
+                pointer, current = _simd_load(builder, row, offset, vector, dtype)
+                builder.store(builder.fadd(current, contribution), pointer, align=align)
+        return context.get_dummy_value()
+
+    signature = types.void(phi, dtype, row_acc, minor_acc, rows, types.intp)
+    return signature, codegen
+
+
 @njit(cache=True)
-def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, rows, phi):
-    """Slow path of one tensor nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
-    ``log rho_l = E[log v^(major)_l] + sum_m E[log v^(m)_l]`` (``rows`` the nonzero's
-    stacked minor rows); returns (max, sum_l phi_l). Padding entries of ``phi`` are zero."""
+def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, minor_rows, n, phi):
+    """Slow path of nonzero ``n``: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
+    ``log rho_l = E[log v^(major)_l] + sum_m E[log v^(m)_l]`` (rows ``minor_rows[m][n]``
+    of the stacked minor tables); returns (max, sum_l phi_l). Padding entries of ``phi``
+    are zero."""
     n_components = major_elog_row.shape[0]
     for l in range(n_components, phi.shape[0]):
         phi[l] = 0.0
     for l in range(n_components):
         phi[l] = float(major_elog_row[l])
-    for m in range(rows.shape[0]):
-        g = rows[m]
+    for m in range(len(minor_rows)):
+        g = minor_rows[m][n]
         for l in range(n_components):
             phi[l] += float(minor_elog[g, l])
     peak = -np.inf
@@ -1348,23 +1466,31 @@ def tensor_update_shapes(
     ``x * phi`` is added to ``major_stat[i]`` and to ``minor_partial[chunk, g_m]`` for every
     m; ``x * log(sum_l exp(...))`` to ``data_term_partial[chunk]``.
 
+    The arithmetic is `update_shapes`' for D modes: `row_products` forms the rows' product
+    (in the tables' dtype) and the normaliser, `add_scaled_rows` adds the contributions to
+    the slice's accumulator and to every minor row's; the normalisers' logs are taken a
+    buffer at a time (`weighted_log_sum`). For D = 2 every product and sum is
+    `update_shapes`'.
+
     Parameters
     ----------
     indptr
         ``n_major + 1`` offsets: the nonzeros of major slice ``i`` are
         ``indptr[i]:indptr[i + 1]``, sorted by ``minor_rows[:, 0]`` within the slice.
     minor_rows
-        nnz x (D - 1): per nonzero, its row in the stacked minor tables, one per minor mode;
-        the first minor mode's rows are ``0 .. n_first_minor - 1``.
+        A tuple of D - 1 arrays of nnz, one per minor mode: per nonzero, its row in the
+        stacked minor tables (the first minor mode's rows are ``0 .. n_first_minor - 1``).
+        A tuple, so that each D compiles its own kernel with the loops over the modes
+        unrolled.
     counts
         nnz counts.
     chunk_bounds
         ``n_chunks + 1`` major-slice boundaries; chunk ``c`` owns slices
         ``chunk_bounds[c]:chunk_bounds[c + 1]``.
     major_scaled, major_logmax, major_elog
-        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of 4, zero past
-        column K: see `pad_components`), the row maxima (n_major,) and ``E[log]`` (n_major x
-        K) of the major mode; ``minor_*`` the same for the stacked minor modes.
+        ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of `simd_width`,
+        zero past column K: see `pad_components`), the row maxima (n_major,) and ``E[log]``
+        (n_major x K) of the major mode; ``minor_*`` the same for the stacked minor modes.
     tiny
         Normalisers below this take the log-sum-exp path.
     n_first_minor, minor_block
@@ -1384,79 +1510,104 @@ def tensor_update_shapes(
         Number of nonzeros that took the log-sum-exp path.
     """
     n_chunks = chunk_bounds.shape[0] - 1
-    n_components = major_scaled.shape[1]
-    n_minor_modes = minor_rows.shape[1]
+    width = major_scaled.shape[1]
+    if width % (SIMD_BYTES // major_scaled.itemsize):
+        raise ValueError("tensor_update_shapes: tables must be padded (pad_components)")
+    n_minor_modes = len(minor_rows)
+    first_rows = minor_rows[0]
     fallbacks = np.zeros(n_chunks, dtype=np.int64)
     for chunk in prange(n_chunks):
-        first, last = chunk_bounds[chunk], chunk_bounds[chunk + 1]
-        phi = np.empty(n_components, dtype=np.float64)
-        row_acc = np.empty(n_components, dtype=np.float64)
+        first, stop_slice = chunk_bounds[chunk], chunk_bounds[chunk + 1]
+        phi = np.empty(width, dtype=major_scaled.dtype)  # the products of the rows
+        exact_phi = np.empty(width, dtype=np.float64)  # the log-sum-exp path's
+        row_acc = np.empty(width, dtype=major_scaled.dtype)
+        narrow = np.empty(1, dtype=major_scaled.dtype)
         minor_acc = minor_partial[chunk]
         minor_acc[:] = 0.0
-        major_stat[first:last] = 0.0
-        next_entry = indptr[first:last].copy()  # per slice: first nonzero not yet visited
-        row_data = np.zeros(last - first, dtype=np.float64)  # sum x log normaliser
+        major_stat[first:stop_slice] = 0.0
+        next_entry = indptr[first:stop_slice].copy()  # per slice: first nonzero not visited
+        norms = np.empty(LOG_BUFFER)  # normalisers whose logs the data term still needs
+        weights = np.empty(LOG_BUFFER)
+        scratch = np.empty(LOG_BUFFER)
+        exponents = np.empty(LOG_BUFFER)
+        n_buffered = 0
+        data = 0.0  # sum x log(normaliser): the terms outside the logs, then the buffers
         n_fallback = 0
         for block_start in range(0, n_first_minor, minor_block):
             block_stop = block_start + minor_block
-            for i in range(first, last):
+            for i in range(first, stop_slice):
                 n = next_entry[i - first]
                 stop = indptr[i + 1]
-                if n == stop or minor_rows[n, 0] >= block_stop:
+                if n == stop or first_rows[n] >= block_stop:
                     continue
                 row_logmax = float(major_logmax[i])
                 row_acc[:] = 0.0
-                data = 0.0
-                while n < stop and minor_rows[n, 0] < block_stop:
-                    x = float(counts[n])
-                    first_row = minor_rows[n, 0]
-                    log_shift = row_logmax + float(minor_logmax[first_row])
-                    for l in range(n_components):
-                        phi[l] = float(major_scaled[i, l]) * float(minor_scaled[first_row, l])
-                    for m in range(1, n_minor_modes):
-                        g = minor_rows[n, m]
-                        log_shift += float(minor_logmax[g])
-                        for l in range(n_components):
-                            phi[l] *= float(minor_scaled[g, l])
-                    # Four running sums in a fixed order (K' is a multiple of 4): one sum
-                    # would be a chain of K dependent adds on every nonzero.
-                    lane0 = 0.0
-                    lane1 = 0.0
-                    lane2 = 0.0
-                    lane3 = 0.0
-                    for l in range(0, n_components, 4):
-                        lane0 += phi[l]
-                        lane1 += phi[l + 1]
-                        lane2 += phi[l + 2]
-                        lane3 += phi[l + 3]
-                    total = (lane0 + lane1) + (lane2 + lane3)
+                while n < stop and first_rows[n] < block_stop:
+                    x = counts[n]
+                    log_shift = row_logmax
+                    for m in range(n_minor_modes):
+                        log_shift += float(minor_logmax[minor_rows[m][n]])
+                    total = row_products(major_scaled, i, minor_scaled, minor_rows, n, phi)
                     if total > tiny:
-                        log_norm = math.log(total) + log_shift
+                        data += float(x) * log_shift
+                        norms[n_buffered] = total
+                        weights[n_buffered] = x
+                        n_buffered += 1
+                        if n_buffered == LOG_BUFFER:
+                            data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
+                            n_buffered = 0
+                        narrow[0] = x / total
                     else:
                         n_fallback += 1
-                        peak, total = _tensor_exp_shifted_log_rho(
-                            major_elog[i], minor_elog, minor_rows[n], phi
+                        peak, exact = _tensor_exp_shifted_log_rho(
+                            major_elog[i], minor_elog, minor_rows, n, exact_phi
                         )
-                        log_norm = math.log(total) + peak
-                    data += x * log_norm
-                    scale = x / total
-                    for l in range(n_components):
-                        contribution = phi[l] * scale
-                        phi[l] = contribution
-                        row_acc[l] += contribution
-                        minor_acc[first_row, l] += contribution
-                    for m in range(1, n_minor_modes):
-                        g = minor_rows[n, m]
-                        for l in range(n_components):
-                            minor_acc[g, l] += phi[l]
+                        data += float(x) * (math.log(exact) + peak)
+                        for l in range(width):
+                            phi[l] = exact_phi[l]
+                        narrow[0] = float(x) / exact
+                    add_scaled_rows(phi, narrow[0], row_acc, minor_acc, minor_rows, n)
                     n += 1
                 next_entry[i - first] = n
-                row_data[i - first] += data
-                for l in range(n_components):
+                for l in range(width):
                     major_stat[i, l] += row_acc[l]
-        chunk_data = 0.0
-        for r in range(last - first):
-            chunk_data += row_data[r]
-        data_term_partial[chunk] = chunk_data
+        data_term_partial[chunk] = data + weighted_log_sum(
+            norms, weights, n_buffered, scratch, exponents
+        )
         fallbacks[chunk] = n_fallback
     return fallbacks.sum()
+
+
+@njit(parallel=True, cache=True)
+def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, counts):
+    """The fingerprint of a tensor's nonzeros (`check_compressed`'s, for D modes): the sum
+    modulo 2**64 of a hash of every entry, its coordinates in mode order
+    ``(c_0, ..., c_{D-1})`` folded as ``h = c_0``, ``h = _mix64(h * golden + c_d)`` for
+    d = 1 .. D - 2, then ``_entry_hash(h, c_{D-1}, y)``. Independent of the order of the
+    entries and of which mode is major; for D = 2 the matrix's fingerprint.
+
+    ``minor_rows`` as in `tensor_update_shapes`, ``minor_modes[m]`` the mode of its m-th
+    array and ``minor_offsets[m]`` that mode's first stacked row; ``major`` the mode of
+    ``indptr``'s slices."""
+    n_major = indptr.shape[0] - 1
+    n_modes = len(minor_rows) + 1
+    chunk = 4096
+    n_chunks = (n_major + chunk - 1) // chunk
+    hashes = np.zeros(max(n_chunks, 1), dtype=np.uint64)
+    for c in prange(n_chunks):
+        coords = np.empty(n_modes, dtype=np.int64)
+        total = np.uint64(0)
+        for i in range(c * chunk, min(n_major, (c + 1) * chunk)):
+            coords[major] = i
+            for n in range(indptr[i], indptr[i + 1]):
+                for m in range(n_modes - 1):
+                    coords[minor_modes[m]] = np.int64(minor_rows[m][n]) - minor_offsets[m]
+                key = np.uint64(coords[0])
+                for d in range(1, n_modes - 1):
+                    key = _mix64(key * _GOLDEN + np.uint64(coords[d]))
+                total += _entry_hash(key, coords[n_modes - 1], float(counts[n]))
+        hashes[c] = total
+    fingerprint = np.uint64(0)
+    for c in range(n_chunks):
+        fingerprint += hashes[c]
+    return fingerprint

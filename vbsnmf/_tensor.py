@@ -23,9 +23,10 @@ modes' column sums where a matrix side takes the other side's), `_model.side_ter
 mode's column sums and KL), `_model.side_moments` (the tables of the pass),
 `_model.random_shapes` and `_model.start_rate` (the start), `_model.has_converged` and
 `_model.warn_not_converged` (the stopping rule). Under the learned prior
-(`_model.HierarchicalPrior`, batch VB only) each mode is a side of the matrix model with its
-own scales: `_model.update_side_learned`, `_model.learn_hyperparameters`, the learned
-start, and `fix_gauge`, the matrix gauge for D modes.
+(`_model.HierarchicalPrior`; batch VB and the slices form of SVI) each mode is a side of
+the matrix model with its own scales: `_model.update_side_learned`,
+`_model.learn_hyperparameters`, the learned start, and `fix_gauge`, the matrix gauge for
+D modes; the slices form is `_svi`'s cells form for D modes.
 
 The ELBO of q_t comes out of the pass that produces q_{t+1}, as in `_batch.fit_batch`: every
 entry of a trace is the exact ELBO of a q the engine held.
@@ -64,6 +65,7 @@ from ._checkpoint import (
 )
 from ._model import GammaPrior
 from ._svi import learning_rate
+from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
 
@@ -101,10 +103,10 @@ class TensorParams:
 class TensorData:
     """The nonzeros of a count tensor sorted by its ``major`` mode, then by the others.
 
-    ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` (nnz x
-    (D - 1)) holds, for each nonzero and each other mode in the order of ``minor_modes``
-    (longest first: the kernel walks the first in cache blocks), its row in the stacked
-    tables of those modes (index plus `minor_offsets`). ``log_factorial`` is
+    ``indptr`` (n_major + 1) delimits each major slice's nonzeros; ``minor_rows`` holds,
+    for each other mode in the order of ``minor_modes`` (longest first: the kernel walks
+    the first in cache blocks), an array of every nonzero's row in the stacked tables of
+    those modes (index plus `minor_offsets`). ``log_factorial`` is
     ``sum_n lgamma(y_n + 1)``.
     """
 
@@ -112,7 +114,7 @@ class TensorData:
     major: int
     minor_modes: tuple[int, ...]
     indptr: np.ndarray
-    minor_rows: np.ndarray
+    minor_rows: tuple[np.ndarray, ...]
     counts: np.ndarray
     log_factorial: float = 0.0
 
@@ -166,7 +168,7 @@ class TensorData:
             major=self.major,
             minor_modes=self.minor_modes,
             indptr=indptr,
-            minor_rows=self.minor_rows[positions],
+            minor_rows=tuple(rows[positions] for rows in self.minor_rows),
             counts=counts,
             log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
         )
@@ -202,9 +204,9 @@ def as_tensor_data(
         coords, counts = coords[keep], counts[keep]
     offsets = np.concatenate([[0], np.cumsum([shape[d] for d in minor_modes])])
     row_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
-    minor_rows = np.empty((coords.shape[0], n_modes - 1), dtype=row_dtype)
-    for m, d in enumerate(minor_modes):
-        minor_rows[:, m] = coords[:, d] + offsets[m]
+    minor_rows = tuple(
+        (coords[:, d] + offsets[m]).astype(row_dtype) for m, d in enumerate(minor_modes)
+    )
     indptr = np.zeros(shape[major] + 1, dtype=np.int64)
     np.cumsum(np.bincount(coords[:, major], minlength=shape[major]), out=indptr[1:])
     return TensorData(
@@ -216,6 +218,21 @@ def as_tensor_data(
         counts=counts,
         log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
     )
+
+
+def data_fingerprint(data: TensorData) -> str:
+    """The fingerprint of the tensor's nonzeros (`_kernels.tensor_fingerprint`), formatted
+    as `_validation.data_fingerprint` formats a matrix's: what a checkpoint records of its
+    data. For D = 2 it is the matrix's."""
+    fingerprint = _kernels.tensor_fingerprint(
+        data.indptr,
+        data.minor_rows,
+        np.asarray(data.minor_modes, dtype=np.int64),
+        data.minor_offsets,
+        data.major,
+        data.counts,
+    )
+    return combine_fingerprints(int(fingerprint))
 
 
 # -- the pass over the nonzeros -----------------------------------------------------------
@@ -328,12 +345,24 @@ def update_modes(
     return TensorParams(shapes, rates)
 
 
+def gauge(scales: list[_model.ScaleState]) -> tuple[list[float], float]:
+    """`fix_gauge`'s ``s_d`` of every mode (its rates of q(v) are divided by ``s_d``) and
+    the common prior mean G it leaves: for D = 2 `_model.gauge`'s ``s`` and ``1 / s``,
+    else ``b'_d / G`` with G the geometric mean of the b'_d."""
+    if len(scales) == 2:
+        factor, prior_mean = _model.gauge(scales[0], scales[1])
+        return [factor, 1.0 / factor], prior_mean
+    prior_means = np.array([scale.prior_mean for scale in scales])
+    middle = float(np.exp(np.log(prior_means).mean()))
+    return [scale.prior_mean / middle for scale in scales], middle
+
+
 def fix_gauge(params: TensorParams) -> TensorParams:
     """`_model.fix_gauge` for D modes: the learned prior's ELBO is unchanged by
     ``v^(d) -> s_d v^(d), xi^(d) -> xi^(d) / s_d, b'_d -> b'_d / s_d`` with ``prod_d s_d =
     1`` (the likelihood sees the product of the modes, each prior term v xi and xi / b'), so
-    each step pins every b'_d to their geometric mean G (``s_d = b'_d / G``). For D = 2 it
-    is `_model.fix_gauge`, the matrix engine's arithmetic."""
+    each step pins every b'_d to their geometric mean G (``s_d = b'_d / G``, `gauge`).
+    For D = 2 it is `_model.fix_gauge`, the matrix engine's arithmetic."""
     if params.n_modes == 2:
         pair = _model.fix_gauge(
             _model.VariationalParams(
@@ -345,11 +374,10 @@ def fix_gauge(params: TensorParams) -> TensorParams:
             [pair.row_rate, pair.col_rate],
             [pair.row_scale, pair.col_scale],
         )
-    prior_means = np.array([scale.prior_mean for scale in params.scales])
-    middle = float(np.exp(np.log(prior_means).mean()))
+    factors, middle = gauge(params.scales)
     rates, scales = [], []
-    for rate, scale in zip(params.rates, params.scales):
-        rate, scale = _model.rescale_side(rate, scale, scale.prior_mean / middle, middle)
+    for rate, scale, factor in zip(params.rates, params.scales, factors):
+        rate, scale = _model.rescale_side(rate, scale, factor, middle)
         rates.append(rate)
         scales.append(scale)
     return TensorParams(params.shapes, rates, scales)
@@ -392,7 +420,7 @@ def mode_totals(data: TensorData) -> list[np.ndarray]:
     totals[data.major] = major
     offsets = data.minor_offsets
     for m, d in enumerate(data.minor_modes):
-        rows = data.minor_rows[:, m] - offsets[m]
+        rows = data.minor_rows[m] - offsets[m]
         totals[d] = np.bincount(rows, weights=data.counts, minlength=data.shape[d])
     return totals
 
@@ -433,6 +461,46 @@ def random_start(
             _model.learned_start_scale(shape, rate, totals, total, prior, n_sides=n_modes)
         )
     return TensorParams(shapes, rates, scales)
+
+
+def learned_slices_start(
+    data: TensorData,
+    n_components: int,
+    entropy: int,
+    dtype,
+    prior: _model.HierarchicalPrior,
+) -> TensorSVIState:
+    """The slices form's start under the learned prior (`_svi.init_cells_state` for D
+    modes, the local mode ``data.major``): every other mode as `random_start` draws it;
+    the local mode where `fit_local` starts, shapes `_model.local_start_shape` and q(xi)
+    at the prior mean b' of `_model.start_scale_template`, with the rates that go with
+    them; the sums its hyperparameters are learned from; the minibatch generator."""
+    local, n_modes = data.major, data.n_modes
+    total = float(data.counts.sum())
+    totals = mode_totals(data)
+    shapes, rates, scales = [None] * n_modes, [None] * n_modes, [None] * n_modes
+    for d, n_rows in enumerate(data.shape):
+        if d == local:
+            continue
+        shapes[d] = _model.random_shapes(entropy, d, 0, n_rows, n_components, dtype)
+        rates[d] = _model.learned_start_rates(
+            totals[d], total, n_components, dtype, n_sides=n_modes
+        )
+        scales[d] = _model.learned_start_scale(
+            shapes[d], rates[d], totals[d], total, prior, n_sides=n_modes
+        )
+    template = _model.start_scale_template(
+        _model.totals_summary(totals[local]), total, n_components, prior, n_sides=n_modes
+    )
+    n_local = data.shape[local]
+    q_shape = np.full(n_local, template.prior_shape + template.factor_shape.sum())
+    scales[local] = template.with_q(q_shape, q_shape / template.prior_mean)
+    shapes[local] = _model.local_start_shape(prior, n_local, n_components, dtype)
+    sums = [None if d == local else (shapes[d] / rates[d]).sum(axis=0) for d in range(n_modes)]
+    rates[local] = (scales[local].mean[:, None] + _product_except(sums, local)).astype(dtype)
+    state = TensorSVIState(TensorParams(shapes, rates, scales), _model.minibatch_generator(entropy))
+    state.local_sums = _model.scale_sums(shapes[local], rates[local], scales[local])
+    return state
 
 
 # -- batch VB -----------------------------------------------------------------------------
@@ -512,7 +580,9 @@ class TensorSVIState:
     """What an SVI fit needs to continue bitwise: parameters, counters, trace, generator.
 
     For the slices form the local mode's shapes are every slice's latest local optimum,
-    where its next local fit starts."""
+    where its next local fit starts; under the learned prior so are its rates and scales,
+    and ``local_sums`` are the sums over all slices that the local mode's hyperparameters
+    are learned from, kept up to date step by step (`_svi.SVIState.cell_sums`)."""
 
     params: TensorParams
     rng: np.random.Generator
@@ -521,11 +591,16 @@ class TensorSVIState:
     elbo_trace: list[float] = field(default_factory=list)
     converged: bool = False
     finished: bool = False
+    local_sums: _model.ScaleSums | None = None
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.Checkpointer.save`."""
         arrays = params_to_arrays(self.params)
         arrays["elbo_trace"] = np.asarray(self.elbo_trace, dtype=np.float64)
+        if self.local_sums is not None:
+            sums = self.local_sums
+            arrays["local_sums"] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
+            arrays["local_sums_factor_log"] = sums.factor_log
         meta = {
             "rng": rng_state_json(self.rng),
             "step": self.step,
@@ -537,6 +612,12 @@ class TensorSVIState:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> TensorSVIState:
+        local_sums = None
+        if "local_sums" in arrays:
+            n_rows, scale_mean, scale_log = arrays["local_sums"]
+            local_sums = _model.ScaleSums(
+                int(n_rows), float(scale_mean), float(scale_log), arrays["local_sums_factor_log"]
+            )
         return cls(
             params=params_from_arrays(arrays),
             rng=rng_from_json(meta["rng"]),
@@ -545,6 +626,7 @@ class TensorSVIState:
             elbo_trace=[float(v) for v in arrays["elbo_trace"]],
             converged=bool(meta["converged"]),
             finished=bool(meta["finished"]),
+            local_sums=local_sums,
         )
 
 
@@ -593,7 +675,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     shapes (n_d x K) and rate (K,) present, of the fit's dtype, positive and finite; a
     finite ELBO trace; the ``finished`` flag; for SVI whole counters and a readable
     generator state; under the learned prior rates per entry and every mode's scales and
-    hyperparameters. Its config was checked first, so a kernel never reads a damaged one."""
+    hyperparameters (and for SVI the local mode's sums). Its config was checked first, so a
+    kernel never reads a damaged one."""
     k, dtype = config["n_components"], np.dtype(config["dtype"])
     learned = config.get("prior") == "hierarchical"
 
@@ -618,6 +701,13 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 raise damaged(f"{name} is not {np.dtype(kind)} of shape {shape}")
             if not np.all(np.isfinite(array)) or not np.all(array > 0):
                 raise damaged(f"{name} holds values that are not positive and finite")
+    if learned and config["solver"] == "svi":
+        for name, shape in (("local_sums", (3,)), ("local_sums_factor_log", (k,))):
+            array = arrays.get(name)
+            if array is None:
+                raise damaged(f"{name} is missing")
+            if array.shape != shape or not np.all(np.isfinite(array)):
+                raise damaged(f"{name} is not a finite array of shape {shape}")
     trace = checked_trace(arrays, meta, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
@@ -637,24 +727,32 @@ def fit_local(
     batch: TensorData,
     params: TensorParams,
     local_shape: np.ndarray,
-    prior: GammaPrior,
+    prior: _model.Prior,
     max_iter: int,
     tol: float,
     n_chunks: int = 1,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], float]:
+    local_scale: _model.ScaleState | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], float, _model.ScaleState | None]:
     """q of the local (major) mode's slices in ``batch`` with every other mode of
-    ``params`` fixed, from ``local_shape`` (not modified).
+    ``params`` fixed, from ``local_shape`` (not modified); under the learned prior with
+    ``local_scale``'s q(xi) of those slices and the mode's hyperparameters
+    (`_model.fit_rows` for D modes).
 
-    The local rate ``b + prod_{e != local} sum_i E[v^(e)_il]`` does not change, so
-    coordinate ascent alternates the responsibilities and the local shapes until the local
-    ELBO (data term, the batch's share of the total term, the local prior terms) changes by
-    at most ``tol`` relative, or ``max_iter`` updates. Returns ``(local_shape, local_rate,
-    stats, data_term)``, the statistics and data term under the returned local q.
+    The other modes' column sums do not change, so coordinate ascent alternates the
+    responsibilities and the local q (the shapes; under the learned prior the shapes and
+    rates, then the scales, `_model.update_side_learned`) until the local ELBO (data term,
+    the batch's share of the total term, the local prior terms) changes by at most ``tol``
+    relative, or ``max_iter`` updates. Returns ``(local_shape, local_rate, stats,
+    data_term, local_scale)``, the statistics and data term under the returned local q.
     """
     local = batch.major
     dtype = local_shape.dtype
     others = _product_except(params.column_sums(), local)
-    local_rate = _model.side_rate(prior, others, dtype)
+    learned = local_scale is not None
+    if learned:
+        local_rate = (local_scale.mean[:, None] + others).astype(dtype)
+    else:
+        local_rate = _model.side_rate(prior, others, dtype)
     minor = stack_moments(
         [mode_moments(params.shapes[d], params.rates[d]) for d in batch.minor_modes]
     )
@@ -662,15 +760,20 @@ def fit_local(
     previous = None
     for iteration in range(max_iter + 1):
         stats, data_term = _pass(batch, mode_moments(shape, local_rate), minor, n_chunks)
-        local_mean_sum, local_kl = _model.side_terms(shape, local_rate, prior)
+        local_mean_sum, local_kl = _model.side_terms(shape, local_rate, prior, local_scale)
         current = data_term - float((local_mean_sum * others).sum()) - local_kl
         if iteration == max_iter or (
             previous is not None and _model.has_converged([previous, current], tol)
         ):
             break
         previous = current
-        shape = _model.side_shape(prior, stats[local], dtype)
-    return shape, local_rate, stats, data_term
+        if learned:
+            shape, local_rate, local_scale = _model.update_side_learned(
+                stats[local], local_scale, others, dtype
+            )
+        else:
+            shape = _model.side_shape(prior, stats[local], dtype)
+    return shape, local_rate, stats, data_term, local_scale
 
 
 def _step_modes(
@@ -680,31 +783,56 @@ def _step_modes(
     scale: float,
     column_sums: list[np.ndarray],
     rho: float,
-    prior: GammaPrior,
+    prior: GammaPrior | None,
 ) -> TensorParams:
     """The global step of SVI on ``modes``, in order: each mode blended from its q towards
     ``a + scale * stat`` and ``b + prod_{e != d} column_sums[e]``, then its column sum
-    refreshed, so later modes see it (with ``rho = 1`` this is `update_modes`' sweep)."""
+    refreshed, so later modes see it (with ``rho = 1`` this is `update_modes`' sweep).
+
+    Under the learned prior (``prior`` None, ``params.scales`` set) the targets are
+    ``a_l + scale * stat`` and ``E[xi_i] + prod_{e != d} column_sums[e]``, and each mode's
+    q(xi) is then put at its optimum (`_svi.step_cols`, `_model.scale_optimum`)."""
     shapes, rates = list(params.shapes), list(params.rates)
+    scales = None if params.scales is None else list(params.scales)
     dtype = shapes[0].dtype
     for d in modes:
-        target_rate = _model.side_rate(prior, _product_except(column_sums, d), dtype)
-        target_shape = _model.side_shape(prior, scale * stats[d], dtype)
+        others = _product_except(column_sums, d)
+        if scales is None:
+            target_rate = _model.side_rate(prior, others, dtype)
+            target_shape = _model.side_shape(prior, scale * stats[d], dtype)
+        else:
+            target_shape = scales[d].factor_shape + scale * stats[d]
+            target_rate = scales[d].mean[:, None] + others
         shapes[d] = _blend(params.shapes[d], target_shape, rho, f"shape of mode {d}")
         rates[d] = _blend(params.rates[d], target_rate, rho, f"rate of mode {d}")
+        if scales is not None:
+            scales[d] = _model.scale_optimum(shapes[d], rates[d], scales[d])
         column_sums[d] = (shapes[d] / rates[d]).sum(axis=0)
-    return TensorParams(shapes, rates)
+    return TensorParams(shapes, rates, scales)
 
 
 def svi_step_slices(
-    data: TensorData, slices: np.ndarray, params: TensorParams, rho: float, settings
+    data: TensorData,
+    slices: np.ndarray,
+    params: TensorParams,
+    rho: float,
+    settings,
+    state: TensorSVIState | None = None,
 ) -> TensorParams:
     """One slices-form step: local fit of ``slices`` (written back into the local mode's
     shapes, in place), then `_step_modes` on every other mode with the batch's statistics
-    and local column sums scaled by ``n_local / |batch|``."""
+    and local column sums scaled by ``n_local / |batch|``.
+
+    Under the learned prior (``state`` needed, whose ``params`` these are) the local fit
+    starts from the slices' stored q and scales, its optimum is stored with `store_slices`,
+    and `learned_global_update` follows the step (`_svi.svi_step_cells` for D modes)."""
     local = data.major
     batch = data.slices(slices)
-    shape, local_rate, stats, _ = fit_local(
+    local_scale = None
+    if params.scales is not None:
+        scale = params.scales[local]
+        local_scale = scale.with_q(scale.shape[slices], scale.rate[slices])
+    shape, local_rate, stats, _, local_scale = fit_local(
         batch,
         params,
         params.shapes[local][slices],
@@ -712,21 +840,65 @@ def svi_step_slices(
         settings.local_max_iter,
         settings.local_tol,
         settings.n_chunks,
+        local_scale,
     )
-    params.shapes[local][slices] = shape
     scale = data.shape[local] / len(slices)
     column_sums = params.column_sums()
     column_sums[local] = scale * (shape / local_rate).sum(axis=0)
     global_modes = [d for d in range(data.n_modes) if d != local]
-    return _step_modes(params, global_modes, stats, scale, column_sums, rho, settings.prior)
+    if params.scales is None:
+        params.shapes[local][slices] = shape
+        return _step_modes(params, global_modes, stats, scale, column_sums, rho, settings.prior)
+    store_slices(state, local, slices, shape, local_rate, local_scale)
+    state.params = _step_modes(params, global_modes, stats, scale, column_sums, rho, None)
+    return learned_global_update(state, local, settings.prior)
+
+
+def store_slices(state: TensorSVIState, local: int, slices, shape, rate, scale) -> None:
+    """Write a minibatch's local optimum into the learned-prior state, keeping the sums
+    over all slices that the local mode's hyperparameters are learned from up to date
+    (`_svi.store_rows`)."""
+    params = state.params
+    stored = params.scales[local]
+    stored_scale = stored.with_q(stored.shape[slices], stored.rate[slices])
+    state.local_sums = (
+        state.local_sums
+        - _model.scale_sums(params.shapes[local][slices], params.rates[local][slices], stored_scale)
+        + _model.scale_sums(shape, rate, scale)
+    )
+    params.shapes[local][slices], params.rates[local][slices] = shape, rate
+    stored.shape[slices], stored.rate[slices] = scale.shape, scale.rate
+
+
+def learned_global_update(
+    state: TensorSVIState, local: int, prior: _model.HierarchicalPrior
+) -> TensorParams:
+    """After the other modes' step under the learned prior: every mode's hyperparameters
+    learned (the local mode's from every slice's stored optimum, `state.local_sums`), then
+    the gauge (`fix_gauge`), whose rescaling of the local mode is carried into the stored
+    sums (`_svi.learned_global_update`)."""
+    params = state.params
+    scales = [
+        _model.learn_hyperparameters(
+            state.local_sums if d == local else _model.scale_sums(shape, rate, scale),
+            scale,
+            prior,
+        )
+        for d, (shape, rate, scale) in enumerate(zip(params.shapes, params.rates, params.scales))
+    ]
+    learned = TensorParams(params.shapes, params.rates, scales)
+    state.local_sums = state.local_sums.gauged(gauge(scales)[0][local])
+    state.params = fix_gauge(learned)
+    return state.params
 
 
 def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
     """The full ELBO with every slice's local q at its optimum given the other modes (each
-    fit starts from the stored local shapes, which it replaces, in place)."""
+    fit starts from the stored local q, which it replaces, in place)."""
     local = data.major
     prior = settings.prior
-    shape, local_rate, _, data_term = fit_local(
+    local_scale = None if params.scales is None else params.scales[local]
+    shape, local_rate, _, data_term, local_scale = fit_local(
         data,
         params,
         params.shapes[local],
@@ -734,8 +906,11 @@ def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
         settings.local_max_iter,
         settings.local_tol,
         settings.n_chunks,
+        local_scale,
     )
     params.shapes[local], params.rates[local] = shape, local_rate
+    if local_scale is not None:
+        params.scales[local] = local_scale
     return data_term + elbo_rest(params, prior)
 
 
@@ -783,13 +958,19 @@ def fit_svi(
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa)
             if slices_form:
-                state.params = svi_step_slices(data, items, state.params, rho, settings)
+                state.params = svi_step_slices(data, items, state.params, rho, settings, state)
             else:
                 minibatch = data.subset(items)
                 state.params = svi_step_nonzeros(data, minibatch, state.params, rho, settings)
         state.epoch += 1
         if slices_form:
             value = evaluate_slices(data, state.params, settings)
+            if state.local_sums is not None:  # exact again, whatever the steps rounded
+                local = data.major
+                params = state.params
+                state.local_sums = _model.scale_sums(
+                    params.shapes[local], params.rates[local], params.scales[local]
+                )
         else:
             value = elbo(data, state.params, settings.prior, settings.n_chunks)
         state.elbo_trace.append(value)
@@ -813,6 +994,7 @@ __all__ = [
     "TensorSVIState",
     "as_tensor_data",
     "check_checkpoint",
+    "data_fingerprint",
     "elbo",
     "elbo_rest",
     "expected_total",
@@ -820,6 +1002,8 @@ __all__ = [
     "fit_local",
     "fit_svi",
     "fix_gauge",
+    "gauge",
+    "learned_slices_start",
     "mode_totals",
     "random_start",
     "shape_statistics",

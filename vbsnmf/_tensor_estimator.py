@@ -171,7 +171,9 @@ class VBNTF(BaseEstimator):
         every entry. ``"hierarchical"``: `VBNMF`'s learned prior for every mode,
         ``v^(d)_il | xi^(d)_i ~ Gamma(a^(d)_l, xi^(d)_i)`` with a scale per index,
         ``xi^(d)_i ~ Gamma(a'_d, a'_d / b'_d)``, hyperparameters learned by empirical Bayes
-        (``hyperparameters_``); batch VB only.
+        (``hyperparameters_``); batch VB, or SVI in the slices form (each batch's slices
+        fitted with their scales, the other modes stepped, then every mode's
+        hyperparameters learned, as `VBNMF`'s cells form).
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
@@ -216,7 +218,8 @@ class VBNTF(BaseEstimator):
     resume
         Continue from ``checkpoint`` if it exists: for the same data, settings,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
-        of an uninterrupted one; a checkpoint of other settings is refused
+        of an uninterrupted one; a checkpoint of other settings or other data (its
+        fingerprint of the nonzeros differs) is refused
         (`vbsnmf._checkpoint.CheckpointMismatchError`).
     verbose
         Print the ELBO after every iteration (batch).
@@ -348,8 +351,14 @@ class VBNTF(BaseEstimator):
             raise ValueError(
                 "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
             )
-        if self.solver == "svi":
-            raise ValueError("solver='svi' fits the fixed prior only; use prior='gamma'")
+        if self.solver == "svi" and self.svi_form != "slices":
+            # Every mode is global in the nonzeros form: the learned prior's per-index scales
+            # and its empirical-Bayes hyperparameters would be learned from statistics scaled
+            # up from a sample of nonzeros, not from each index's own q (VBNMF refuses it too).
+            raise ValueError(
+                "svi_form='nonzeros' fits the fixed prior only; use prior='gamma' or the "
+                "slices form (svi_form='slices')"
+            )
         return _model.HierarchicalPrior(factor_shape=shape)
 
     def fit(self, X, values=None, shape=None, *, callback=None) -> VBNTF:
@@ -429,6 +438,7 @@ class VBNTF(BaseEstimator):
             "shape": list(data.shape),
             "nnz": data.nnz,
             "total_count": float(data.counts.sum()),
+            "data_fingerprint": None if self.checkpoint is None else _tensor.data_fingerprint(data),
             "n_components": checked["n_components"],
             "solver": self.solver,
             "svi_form": form,
@@ -468,6 +478,10 @@ class VBNTF(BaseEstimator):
             state = _tensor.TensorSVIState.from_arrays(*stored)
             # a fit that ended at n_epochs continues when resumed with more epochs
             state.finished = state.converged or state.epoch >= settings.n_epochs
+        elif isinstance(prior, _model.HierarchicalPrior):
+            state = _tensor.learned_slices_start(
+                data, checked["n_components"], entropy, checked["dtype"], prior
+            )
         else:
             start = _tensor.random_start(data, checked["n_components"], entropy, checked["dtype"])
             state = _tensor.TensorSVIState(start, _model.minibatch_generator(entropy))

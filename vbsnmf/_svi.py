@@ -591,28 +591,38 @@ def store_rows(state: SVIState, cells, row_shape, row_rate, row_scale: ScaleStat
     params.row_scale.shape[cells], params.row_scale.rate[cells] = row_scale.shape, row_scale.rate
 
 
-def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> VariationalParams:
-    """After the gene side's step under the learned prior: q of the genes' scales at its
-    optimum, the genes' hyperparameters learned, q(w) at its optimum given the new prior
-    and the blended data statistics, the cells' hyperparameters learned from every cell's
-    stored local optimum, then the gauge (`_model.fix_gauge`), whose rescaling of the cells
-    is carried into the stored sums.
+def relearn_global_side(
+    shape: np.ndarray, rate: np.ndarray, scale: ScaleState, prior: HierarchicalPrior
+) -> tuple[np.ndarray, np.ndarray, ScaleState]:
+    """A global side after its blended step under the learned prior: q of its scales at the
+    optimum, its hyperparameters learned, and q of its factors at the optimum given the new
+    prior and the blended data statistics.
 
-    q(w) is the prior's part plus the blended statistics, ``c_l + S`` and
-    ``E[eta_j] + R``; only S and R are noisy estimates that the blend averages. The prior's
-    part is exact, so q(w) takes the newly learned one at once instead of blending it in
-    with weight rho as well (which made the hyperparameters trail q(w) by ~1/rho steps)."""
+    q is the prior's part plus the blended statistics, ``c_l + S`` and ``E[eta_j] + R``;
+    only S and R are noisy estimates that the blend averages. The prior's part is exact, so
+    q takes the newly learned one at once instead of blending it in with weight rho as well
+    (which made the hyperparameters trail q by ~1/rho steps)."""
+    # S and R: q less the prior part it was built with. Sums of counts and means, they are
+    # >= 0; only the start's share (weight prod(1 - rho_t), from a start not of this form)
+    # can make them negative, and it is dropped.
+    data_shape = np.maximum(shape - scale.factor_shape, 0.0)
+    data_rate = np.maximum(rate - scale.mean[:, None], 0.0)
+    scale = scale_optimum(shape, rate, scale)
+    scale = learn_hyperparameters(scale_sums(shape, rate, scale), scale, prior)
+    shape = (scale.factor_shape + data_shape).astype(shape.dtype, copy=False)
+    rate = (scale.mean[:, None] + data_rate).astype(rate.dtype, copy=False)
+    return shape, rate, scale
+
+
+def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> VariationalParams:
+    """After the gene side's step under the learned prior: the gene side relearned
+    (`relearn_global_side`), the cells' hyperparameters learned from every cell's stored
+    local optimum, then the gauge (`_model.fix_gauge`), whose rescaling of the cells is
+    carried into the stored sums."""
     params = state.params
-    col_shape, col_rate, col_scale = params.col_shape, params.col_rate, params.col_scale
-    # S and R: q(w) less the prior part it was built with. Sums of counts and means, they
-    # are >= 0; only the start's share (weight prod(1 - rho_t), from a start not of this
-    # form) can make them negative, and it is dropped.
-    data_shape = np.maximum(col_shape - col_scale.factor_shape, 0.0)
-    data_rate = np.maximum(col_rate - col_scale.mean[:, None], 0.0)
-    col_scale = scale_optimum(col_shape, col_rate, col_scale)
-    col_scale = learn_hyperparameters(scale_sums(col_shape, col_rate, col_scale), col_scale, prior)
-    col_shape = (col_scale.factor_shape + data_shape).astype(col_shape.dtype, copy=False)
-    col_rate = (col_scale.mean[:, None] + data_rate).astype(col_rate.dtype, copy=False)
+    col_shape, col_rate, col_scale = relearn_global_side(
+        params.col_shape, params.col_rate, params.col_scale, prior
+    )
     row_scale = learn_hyperparameters(state.cell_sums, params.row_scale, prior)
     learned = VariationalParams(
         params.row_shape, params.row_rate, col_shape, col_rate, row_scale, col_scale

@@ -31,7 +31,8 @@ D modes; the slices form is `_svi`'s cells form for D modes.
 The ELBO of q_t comes out of the pass that produces q_{t+1}, as in `_batch.fit_batch`: every
 entry of a trace is the exact ELBO of a q the engine held.
 
-Stochastic VB (`fit_svi`) in two forms, both blending with ``rho_t = (t + tau)^-kappa``:
+Stochastic VB (`fit_svi`) in two forms, both blending with ``rho_t = min(1, (t + tau)^-kappa)``
+(t in epochs, as `_svi.learning_rate`; stopping rule `_svi.svi_has_converged`):
 
 - ``"slices"``: minibatches of slices of one mode (the *local* mode, by default the
   longest). Each batch's local factors are fitted to convergence with the other modes
@@ -64,7 +65,8 @@ from ._checkpoint import (
     rng_state_json,
 )
 from ._model import GammaPrior
-from ._svi import learning_rate
+from ._svi import default_batch_size as matrix_default_batch_size
+from ._svi import learning_rate, relearn_global_side, steps_per_epoch, svi_has_converged
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -790,8 +792,8 @@ def _step_modes(
     refreshed, so later modes see it (with ``rho = 1`` this is `update_modes`' sweep).
 
     Under the learned prior (``prior`` None, ``params.scales`` set) the targets are
-    ``a_l + scale * stat`` and ``E[xi_i] + prod_{e != d} column_sums[e]``, and each mode's
-    q(xi) is then put at its optimum (`_svi.step_cols`, `_model.scale_optimum`)."""
+    ``a_l + scale * stat`` and ``E[xi_i] + prod_{e != d} column_sums[e]`` (`_svi.step_cols`);
+    `learned_global_update` then relearns each mode's prior."""
     shapes, rates = list(params.shapes), list(params.rates)
     scales = None if params.scales is None else list(params.scales)
     dtype = shapes[0].dtype
@@ -805,8 +807,6 @@ def _step_modes(
             target_rate = scales[d].mean[:, None] + others
         shapes[d] = _blend(params.shapes[d], target_shape, rho, f"shape of mode {d}")
         rates[d] = _blend(params.rates[d], target_rate, rho, f"rate of mode {d}")
-        if scales is not None:
-            scales[d] = _model.scale_optimum(shapes[d], rates[d], scales[d])
         column_sums[d] = (shapes[d] / rates[d]).sum(axis=0)
     return TensorParams(shapes, rates, scales)
 
@@ -873,20 +873,20 @@ def store_slices(state: TensorSVIState, local: int, slices, shape, rate, scale) 
 def learned_global_update(
     state: TensorSVIState, local: int, prior: _model.HierarchicalPrior
 ) -> TensorParams:
-    """After the other modes' step under the learned prior: every mode's hyperparameters
-    learned (the local mode's from every slice's stored optimum, `state.local_sums`), then
-    the gauge (`fix_gauge`), whose rescaling of the local mode is carried into the stored
-    sums (`_svi.learned_global_update`)."""
+    """After the other modes' step under the learned prior: every other mode relearned
+    (`_svi.relearn_global_side`), the local mode's hyperparameters learned from every
+    slice's stored optimum (`state.local_sums`), then the gauge (`fix_gauge`), whose
+    rescaling of the local mode is carried into the stored sums
+    (`_svi.learned_global_update`)."""
     params = state.params
-    scales = [
-        _model.learn_hyperparameters(
-            state.local_sums if d == local else _model.scale_sums(shape, rate, scale),
-            scale,
-            prior,
-        )
-        for d, (shape, rate, scale) in enumerate(zip(params.shapes, params.rates, params.scales))
-    ]
-    learned = TensorParams(params.shapes, params.rates, scales)
+    shapes, rates, scales = list(params.shapes), list(params.rates), list(params.scales)
+    for d in range(params.n_modes):
+        if d != local:
+            shapes[d], rates[d], scales[d] = relearn_global_side(
+                shapes[d], rates[d], scales[d], prior
+            )
+    scales[local] = _model.learn_hyperparameters(state.local_sums, scales[local], prior)
+    learned = TensorParams(shapes, rates, scales)
     state.local_sums = state.local_sums.gauged(gauge(scales)[0][local])
     state.params = fix_gauge(learned)
     return state.params
@@ -926,10 +926,11 @@ def svi_step_nonzeros(
 
 
 def default_batch_size(form: str, data: TensorData) -> int:
-    """``batch_size`` when not given: 256 slices of the local mode (as the matrix cells
-    form's 256 cells), or an eighth of the nonzeros."""
+    """``batch_size`` when not given: the matrix cells form's rule
+    (`_svi.default_batch_size`) on the slices of the local mode, or an eighth of the
+    nonzeros."""
     if form == "slices":
-        return min(256, data.shape[data.major])
+        return matrix_default_batch_size("cells", data.shape[data.major], data.nnz)
     return max(1, data.nnz // 8)
 
 
@@ -951,12 +952,13 @@ def fit_svi(
     slices_form = settings.form == "slices"
     n_items = data.shape[data.major] if slices_form else data.nnz
     batch_size = min(settings.batch_size, max(n_items, 1))
+    n_steps = steps_per_epoch(n_items, batch_size)
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_items)
         for start in range(0, n_items, batch_size):
             items = np.sort(order[start : start + batch_size])
             state.step += 1
-            rho = learning_rate(state.step, settings.tau, settings.kappa)
+            rho = learning_rate(state.step, settings.tau, settings.kappa, n_steps)
             if slices_form:
                 state.params = svi_step_slices(data, items, state.params, rho, settings, state)
             else:
@@ -974,7 +976,7 @@ def fit_svi(
         else:
             value = elbo(data, state.params, settings.prior, settings.n_chunks)
         state.elbo_trace.append(value)
-        state.converged = _model.has_converged(state.elbo_trace, settings.tol)
+        state.converged = svi_has_converged(state.elbo_trace, settings.tol)
         state.finished = state.converged or state.epoch >= settings.n_epochs
         if callback is not None:
             callback(state.epoch, state.params, state.elbo_trace)

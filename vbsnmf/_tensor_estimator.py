@@ -194,7 +194,7 @@ class VBNTF(BaseEstimator):
         ``np.float64`` (default) or ``np.float32``.
     solver
         ``"batch"`` (coordinate ascent on all nonzeros) or ``"svi"`` (stochastic VB:
-        minibatch steps blended with weight ``rho_t = (t + tau)^(-kappa)``).
+        minibatch steps blended with weight ``rho_t = min(1, (t + tau)^(-kappa))``).
     svi_form
         ``"slices"`` (default): minibatches of slices of mode ``svi_mode``; each batch's
         factors of that mode are fitted to convergence with the other modes fixed, then the
@@ -204,12 +204,16 @@ class VBNTF(BaseEstimator):
     svi_mode
         The local mode of the slices form (default: the longest mode).
     batch_size
-        Slices (default ``min(256, n_slices)``) or nonzeros (default nnz / 8) per minibatch.
+        Slices (default: `VBNMF`'s cells-form rule on the slices, the slices in 32
+        minibatches of at least 128 and at most 4,096) or nonzeros (default nnz / 8) per
+        minibatch.
     tau, kappa
-        Step-size schedule, ``tau >= 0``, ``kappa`` in (0.5, 1]; t counts steps from 1.
+        Step-size schedule, ``tau >= 0``, ``kappa`` in (0.5, 1]; t counts epochs (after the
+        n-th of an epoch's m steps, t = n / m), as in `VBNMF`.
     n_epochs
         Maximum number of passes over the data (SVI); the full ELBO is evaluated after
-        every epoch.
+        every epoch, and the fit stops when its relative change has been at most ``tol``
+        three evaluations in a row (as `VBNMF`'s SVI).
     checkpoint
         Path of a checkpoint, written atomically every ``checkpoint_every`` iterations
         (batch) or epochs (SVI) and at the end; None (default) writes none.
@@ -269,8 +273,8 @@ class VBNTF(BaseEstimator):
         svi_mode: int | None = None,
         batch_size: int | None = None,
         tau: float = 1.0,
-        kappa: float = 0.55,
-        n_epochs: int = 20,
+        kappa: float = 0.7,
+        n_epochs: int = 40,
         checkpoint=None,
         checkpoint_every: int = 1,
         resume: bool = False,

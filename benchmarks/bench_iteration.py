@@ -42,7 +42,9 @@ the driver).
 ``--memory``: peak RSS of ``VBNMF(K, max_iter=5, dtype=...).fit(X)`` in a fresh process per
 K and dtype, against a fresh process that only imports vbsnmf and loads pbmc_facs, and the
 budget 16 bytes per nonzero + 300 MiB. With ``--data``, the same for the counts of that
-``.h5ad`` (e.g. the lung-atlas shape of `make_big.py`; ``--rounds 0`` skips the timing).
+``.h5ad`` or scipy ``.npz`` (read by anndata, or by scipy alone so that no reader library
+is in the process; e.g. the lung-atlas shape of `make_big.py`; ``--rounds 0`` skips the
+timing).
 """
 
 from __future__ import annotations
@@ -199,6 +201,10 @@ def _load(path: str | None):
 
     if path is None:
         return vbsnmf.datasets.pbmc_facs().X
+    if path.endswith(".npz"):  # scipy alone: the process holds no reader library
+        import scipy.sparse
+
+        return scipy.sparse.load_npz(path).tocsr()
     import anndata
 
     return anndata.read_h5ad(path).X
@@ -332,7 +338,9 @@ def main() -> None:
     )
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--memory", action="store_true")
-    parser.add_argument("--data", help="--memory: an .h5ad of counts instead of pbmc_facs")
+    parser.add_argument(
+        "--data", help="--memory: an .h5ad (or scipy .npz) of counts instead of pbmc_facs"
+    )
     args = parser.parse_args()
     if args.threads > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")

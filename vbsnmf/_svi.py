@@ -145,39 +145,56 @@ class SVIState:
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.save_checkpoint`."""
-        arrays = params_to_arrays(self.params)
-        arrays["elbo_trace"] = np.asarray(self.elbo_trace, dtype=np.float64)
-        if self.cell_sums is not None:
-            sums = self.cell_sums
-            arrays["cell_sums_scale"] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
-            arrays["cell_sums_factor_log"] = sums.factor_log
-        meta = {
-            "rng": rng_state_json(self.rng),
-            "step": self.step,
-            "epoch": self.epoch,
-            "converged": self.converged,
-            "finished": self.finished,
-        }
-        return arrays, meta
+        return progress_to_arrays(self, params_to_arrays(self.params), self.cell_sums, CELL_SUMS)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> SVIState:
-        cell_sums = None
-        if "cell_sums_scale" in arrays:
-            n_rows, scale_mean, scale_log = arrays["cell_sums_scale"]
-            cell_sums = ScaleSums(
-                int(n_rows), float(scale_mean), float(scale_log), arrays["cell_sums_factor_log"]
-            )
-        return cls(
-            params=params_from_arrays(arrays),
-            cell_sums=cell_sums,
-            rng=rng_from_json(meta["rng"]),
-            step=int(meta["step"]),
-            epoch=int(meta["epoch"]),
-            elbo_trace=[float(v) for v in arrays["elbo_trace"]],
-            converged=bool(meta["converged"]),
-            finished=bool(meta["finished"]),
-        )
+        progress, cell_sums = progress_from_arrays(arrays, meta, CELL_SUMS)
+        return cls(params=params_from_arrays(arrays), cell_sums=cell_sums, **progress)
+
+
+# Checkpoint keys of the cells form's stored sums (scalars, then sum E[log z] per component).
+CELL_SUMS = ("cell_sums_scale", "cell_sums_factor_log")
+
+
+def progress_to_arrays(
+    state, arrays: dict[str, np.ndarray], sums: ScaleSums | None, sums_keys: tuple[str, str]
+) -> tuple[dict[str, np.ndarray], dict]:
+    """An SVI state's checkpoint (matrix or tensor): the parameters' ``arrays`` with the
+    ELBO trace and the stored local ``sums`` (under ``sums_keys``) added, and the JSON
+    metadata of its progress (generator, step, epoch, flags)."""
+    arrays["elbo_trace"] = np.asarray(state.elbo_trace, dtype=np.float64)
+    if sums is not None:
+        arrays[sums_keys[0]] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
+        arrays[sums_keys[1]] = sums.factor_log
+    meta = {
+        "rng": rng_state_json(state.rng),
+        "step": state.step,
+        "epoch": state.epoch,
+        "converged": state.converged,
+        "finished": state.finished,
+    }
+    return arrays, meta
+
+
+def progress_from_arrays(
+    arrays: dict[str, np.ndarray], meta: dict, sums_keys: tuple[str, str]
+) -> tuple[dict, ScaleSums | None]:
+    """The inverse of `progress_to_arrays`: the state's progress fields as keyword
+    arguments, and the stored sums (None if the checkpoint has none)."""
+    sums = None
+    if sums_keys[0] in arrays:
+        n_rows, scale_mean, scale_log = arrays[sums_keys[0]]
+        sums = ScaleSums(int(n_rows), float(scale_mean), float(scale_log), arrays[sums_keys[1]])
+    progress = {
+        "rng": rng_from_json(meta["rng"]),
+        "step": int(meta["step"]),
+        "epoch": int(meta["epoch"]),
+        "elbo_trace": [float(v) for v in arrays["elbo_trace"]],
+        "converged": bool(meta["converged"]),
+        "finished": bool(meta["finished"]),
+    }
+    return progress, sums
 
 
 @dataclass

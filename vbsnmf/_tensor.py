@@ -61,12 +61,17 @@ from ._checkpoint import (
     CheckpointError,
     check_svi_progress,
     checked_trace,
-    rng_from_json,
-    rng_state_json,
 )
 from ._model import GammaPrior
 from ._svi import default_batch_size as matrix_default_batch_size
-from ._svi import learning_rate, relearn_global_side, steps_per_epoch, svi_has_converged
+from ._svi import (
+    learning_rate,
+    progress_from_arrays,
+    progress_to_arrays,
+    relearn_global_side,
+    steps_per_epoch,
+    svi_has_converged,
+)
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -598,38 +603,16 @@ class TensorSVIState:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.Checkpointer.save`."""
         arrays = params_to_arrays(self.params)
-        arrays["elbo_trace"] = np.asarray(self.elbo_trace, dtype=np.float64)
-        if self.local_sums is not None:
-            sums = self.local_sums
-            arrays["local_sums"] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
-            arrays["local_sums_factor_log"] = sums.factor_log
-        meta = {
-            "rng": rng_state_json(self.rng),
-            "step": self.step,
-            "epoch": self.epoch,
-            "converged": self.converged,
-            "finished": self.finished,
-        }
-        return arrays, meta
+        return progress_to_arrays(self, arrays, self.local_sums, LOCAL_SUMS)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> TensorSVIState:
-        local_sums = None
-        if "local_sums" in arrays:
-            n_rows, scale_mean, scale_log = arrays["local_sums"]
-            local_sums = _model.ScaleSums(
-                int(n_rows), float(scale_mean), float(scale_log), arrays["local_sums_factor_log"]
-            )
-        return cls(
-            params=params_from_arrays(arrays),
-            rng=rng_from_json(meta["rng"]),
-            step=int(meta["step"]),
-            epoch=int(meta["epoch"]),
-            elbo_trace=[float(v) for v in arrays["elbo_trace"]],
-            converged=bool(meta["converged"]),
-            finished=bool(meta["finished"]),
-            local_sums=local_sums,
-        )
+        progress, local_sums = progress_from_arrays(arrays, meta, LOCAL_SUMS)
+        return cls(params=params_from_arrays(arrays), local_sums=local_sums, **progress)
+
+
+# Checkpoint keys of the slices form's stored sums (as `_svi.CELL_SUMS`).
+LOCAL_SUMS = ("local_sums", "local_sums_factor_log")
 
 
 SCALE_ARRAYS = ("scale_shape", "scale_rate", "factor_shape", "scale_prior")
@@ -704,7 +687,7 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
             if not np.all(np.isfinite(array)) or not np.all(array > 0):
                 raise damaged(f"{name} holds values that are not positive and finite")
     if learned and config["solver"] == "svi":
-        for name, shape in (("local_sums", (3,)), ("local_sums_factor_log", (k,))):
+        for name, shape in zip(LOCAL_SUMS, ((3,), (k,))):
             array = arrays.get(name)
             if array is None:
                 raise damaged(f"{name} is missing")

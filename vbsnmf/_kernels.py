@@ -313,6 +313,8 @@ def gamma_terms(
     block_rows,
     mean_partial,
     kl_partial,
+    scaled,
+    logmax,
 ):
     """One side's share of the ELBO, per block of ``block_rows`` rows.
 
@@ -327,11 +329,18 @@ def gamma_terms(
     (z - 1/2) log z - z + log(2 pi) / 2 + Stirling(z) - log p``, so the KL is
     ``(alpha - a - z + 1/2) log z + log p + (terms without a log)``; the logs of the
     ``p`` go into one log of their running product.
+
+    With ``scaled`` and ``logmax`` of n rows (as `gamma_moments`' outputs) the pass's tables
+    of the same q come out too, from the same recurrence of every entry: an iteration of a
+    batch fit starts one parallel region per side instead of two. With 0 rows, the sums
+    alone.
     """
     n_rows, n_components = shape.shape
+    tables = scaled.shape[0] > 0
     for block in prange(kl_partial.shape[0]):
         shifted = np.empty(n_components)
         exponent = np.empty(n_components)
+        value = np.empty(n_components)
         log_weight = np.empty(n_components)  # coefficient of log z
         rest = np.empty(n_components)
         factors = np.empty(n_components)  # p
@@ -345,47 +354,8 @@ def gamma_terms(
                 log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
             )  # fmt: skip
             kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
-        kl_partial[block] = kl + math.log(product)
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def gamma_moments_terms(
-    shape,
-    rate,
-    log_rate,
-    prior_shape,
-    prior_rate,
-    lgamma_prior_shape,
-    log_prior_rate,
-    block_rows,
-    scaled,
-    logmax,
-    mean_partial,
-    kl_partial,
-):
-    """`gamma_moments` and `gamma_terms` of one side in one parallel pass over its rows
-    (arguments as there; ``block_rows`` fixes the blocks of the sums): the recurrence of
-    every entry is shared, and an iteration of a batch fit starts one parallel region per
-    side instead of two."""
-    n_rows, n_components = shape.shape
-    for block in prange(kl_partial.shape[0]):
-        shifted = np.empty(n_components)
-        exponent = np.empty(n_components)
-        value = np.empty(n_components)
-        log_weight = np.empty(n_components)
-        rest = np.empty(n_components)
-        factors = np.empty(n_components)
-        mean_row = mean_partial[block]
-        mean_row[:] = 0.0
-        kl = 0.0
-        product = 1.0
-        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-            _terms_entries(
-                shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
-                log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
-            )  # fmt: skip
-            kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
-            _scaled_row(i, shifted, exponent, value, scaled, logmax)
+            if tables:
+                _scaled_row(i, shifted, exponent, value, scaled, logmax)
         kl_partial[block] = kl + math.log(product)
 
 
@@ -429,13 +399,14 @@ def gamma_sums(
     arguments, mean_partial, kl_partial = _terms_arguments(
         shape, rate, prior_shape, prior_rate, log_prior_rate
     )
-    gamma_terms(shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial)
+    no_tables = np.empty((0, 1), shape.dtype), np.empty(0)
+    gamma_terms(shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial, *no_tables)
     return mean_partial.sum(axis=0), float(kl_partial.sum())
 
 
 def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None):
     """`gamma_moments`' outputs and `gamma_sums`' sums of one side by one kernel
-    (`gamma_moments_terms`), arguments as `gamma_sums`: ``(scaled, logmax, log_rate,
+    (`gamma_terms` with tables), arguments as `gamma_sums`: ``(scaled, logmax, log_rate,
     mean_sum, kl)``, ``log_rate`` the n x K float64 (view) the tables came from."""
     shape = np.asarray(shape)
     arguments, mean_partial, kl_partial = _terms_arguments(
@@ -444,9 +415,7 @@ def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None
     n_rows, n_components = shape.shape
     scaled = np.empty((n_rows, padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
-    gamma_moments_terms(
-        shape, *arguments, TERMS_BLOCK_ROWS, scaled, logmax, mean_partial, kl_partial
-    )
+    gamma_terms(shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial, scaled, logmax)
     return scaled, logmax, arguments[1], mean_partial.sum(axis=0), float(kl_partial.sum())
 
 

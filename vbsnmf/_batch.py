@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _kernels
 from ._data import CountData
 from ._model import (
     FitResult,
@@ -160,10 +161,13 @@ def fit_batch_accelerated(
         if state.converged or state.n_passes >= max_iter:
             state.current = theta2
             break
-        logs = [[np.log(a) for a in q.positive_arrays()] for q in (theta0, theta1, theta2)]
-        step = min(max(_step_length(*logs), 1.0), state.step_max)
-        candidate = theta0.with_positive_arrays(_extrapolate(*logs, step))
-        if _all_finite(candidate):
+        step = min(max(_step_length(theta0, theta1, theta2), 1.0), state.step_max)
+        candidate = _extrapolate(theta0, theta1, theta2, step)
+        # The plain path unless the candidate is kept; theta0 is not needed any more, and
+        # is not held while the candidate's pass runs (memory at large K).
+        state.current = theta2
+        del theta0, theta1
+        if candidate is not None:
             theta3, value = score_and_step(candidate)
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
@@ -172,27 +176,44 @@ def fit_batch_accelerated(
                     state.step_max *= _STEP_GROWTH
                 continue
         state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
-        state.current = theta2
     if not state.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
     trace = np.asarray(state.trace, dtype=np.float64)
     return FitResult(state.kept, trace, state.n_passes, state.converged), state
 
 
-def _extrapolate(log0, log1, log2, step: float) -> list[np.ndarray]:
-    """SQUAREM's ``theta0 + 2 s r + s^2 v``, back from log parameters (s = 1 is theta2)."""
-    return [
-        np.exp(x0 + 2.0 * step * (x1 - x0) + step * step * (x2 - 2.0 * x1 + x0))
-        for x0, x1, x2 in zip(log0, log1, log2)
-    ]
+def _flat_triples(theta0, theta1, theta2):
+    """The three q's `positive_arrays`, entry by entry: flat views, one triple per array."""
+    for arrays in zip(*(q.positive_arrays() for q in (theta0, theta1, theta2))):
+        yield [np.ravel(a) for a in arrays]
 
 
-def _step_length(log0, log1, log2) -> float:
-    """SqS3's step ``|r| / |v|``."""
-    r2 = sum(float(np.sum((x1 - x0) ** 2)) for x0, x1 in zip(log0, log1))
-    v2 = sum(float(np.sum((x2 - 2.0 * x1 + x0) ** 2)) for x0, x1, x2 in zip(log0, log1, log2))
+def _n_blocks(size: int) -> int:
+    return max(1, -(-size // _kernels.SQUAREM_BLOCK))
+
+
+def _step_length(theta0, theta1, theta2) -> float:
+    """SqS3's step ``|r| / |v|`` in log parameters (`_kernels.squarem_sums`)."""
+    r2 = v2 = 0.0
+    for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
+        r2_partial, v2_partial = np.empty(_n_blocks(x0.size)), np.empty(_n_blocks(x0.size))
+        _kernels.squarem_sums(x0, x1, x2, r2_partial, v2_partial)
+        r2 += float(r2_partial.sum())
+        v2 += float(v2_partial.sum())
     return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
 
 
-def _all_finite(params: VariationalParams) -> bool:
-    return all(np.all(np.isfinite(a)) and np.all(a > 0) for a in params.positive_arrays())
+def _extrapolate(theta0, theta1, theta2, step: float) -> VariationalParams | None:
+    """SQUAREM's ``theta0 + 2 s r + s^2 v`` in log parameters, back as a q of theta0's
+    structure and dtype (s = 1 is theta2); None when an entry is not finite and
+    positive (the step is then refused without a pass)."""
+    arrays = []
+    for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
+        out = np.empty_like(x0)
+        bad_partial = np.empty(_n_blocks(x0.size), dtype=np.int64)
+        _kernels.squarem_extrapolate(x0, x1, x2, step, out, bad_partial)
+        if bad_partial.any():
+            return None
+        arrays.append(out)
+    shapes = [np.shape(a) for a in theta0.positive_arrays()]
+    return theta0.with_positive_arrays([a.reshape(shape) for a, shape in zip(arrays, shapes)])

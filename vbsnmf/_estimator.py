@@ -647,10 +647,12 @@ def _fit_batch(
         if mask is not None:  # a checkpoint of other missing entries is another fit
             checkpointer.config["mask"] = combine_fingerprints(check_sparse_structure(mask.rows))
         stored = checkpointer.load() if settings.resume else None
+        # Generators, not lists, and each start handed over in a list the run empties:
+        # no frame here holds a start while its fit runs (one q less at the peak).
         if stored is not None:
-            starts = [stored]
+            starts = (stored for _ in range(1))
         elif init is not None:
-            starts = [init_params(init, data.shape, n_components, dtype, prior)]
+            starts = (init_params(init, data.shape, n_components, dtype, prior) for _ in range(1))
         else:
             totals = side_totals(data) if isinstance(prior, HierarchicalPrior) else None
             starts = (
@@ -662,7 +664,9 @@ def _fit_batch(
         for start in starts:
             if mask is not None and not isinstance(start, tuple):  # rates per entry from here
                 start = _per_entry_rates(start)
-            result = run(settings, data, start, checkpointer, callback, n_threads, mask)
+            handed = [start]
+            del start
+            result = run(settings, data, handed, checkpointer, callback, n_threads, mask)
             if best is None or _final_elbo(result) > _final_elbo(best):
                 best = result
     return best, data.shape[1]
@@ -681,9 +685,10 @@ def _per_entry_rates(params):
     )
 
 
-def _run_plain(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
-    """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``; saves the
-    parameters after every ``checkpoint_every`` iterations and at the end."""
+def _run_plain(settings, data, handed, checkpointer, callback, n_threads, mask) -> FitResult:
+    """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``, taken out
+    of the list ``handed``; saves the parameters after every ``checkpoint_every``
+    iterations and at the end."""
 
     def save(n_iter, params, trace, finished=False):
         arrays = {**params_to_arrays(params), "elbo_trace": np.asarray(trace)}
@@ -695,6 +700,7 @@ def _run_plain(settings, data, start, checkpointer, callback, n_threads, mask) -
         save(n_iter, params, trace)
 
     trace: list[float] = []
+    start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
         arrays, _ = start
         start = params_from_arrays(arrays)
@@ -718,9 +724,10 @@ def _run_plain(settings, data, start, checkpointer, callback, n_threads, mask) -
     return result
 
 
-def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, mask) -> FitResult:
-    """SQUAREM-accelerated coordinate ascent from a start or a checkpoint; saves the
-    state at the start of every ``checkpoint_every``-th cycle's pass and at the end."""
+def _run_accelerated(settings, data, handed, checkpointer, callback, n_threads, mask) -> FitResult:
+    """SQUAREM-accelerated coordinate ascent from a start or a checkpoint, taken out of the
+    list ``handed``; saves the state at the start of every ``checkpoint_every``-th
+    cycle's pass and at the end."""
 
     def save(state: AcceleratedState, finished: bool = False) -> None:
         arrays = {f"current_{k}": v for k, v in params_to_arrays(state.current).items()}
@@ -735,6 +742,7 @@ def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, m
         }
         checkpointer.save(state.n_passes, arrays, meta, force=finished)
 
+    start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
         arrays, meta = start
 
@@ -754,6 +762,7 @@ def _run_accelerated(settings, data, start, checkpointer, callback, n_threads, m
         )
     else:
         state = start_accelerated(start)
+    del start
     result, state = fit_batch_accelerated(
         data,
         state,

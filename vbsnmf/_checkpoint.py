@@ -123,7 +123,8 @@ def check_config(meta: dict, config: dict, path) -> None:
     if differing == ["data_fingerprint"]:
         raise CheckpointMismatchError(
             f"checkpoint {path} was written for other data (the same shape, nonzeros and "
-            f"total count, but other counts or another order of the cells); {start_over}"
+            f"total count, but other counts or counts at other positions, such as cells in "
+            f"another order); {start_over}"
         )
     details = ", ".join(
         f"{key}: checkpoint {stored.get(key)!r} vs now {config.get(key)!r}" for key in differing

@@ -130,7 +130,7 @@ def test_float32_halves_factor_memory(_pbmc_tiny):
 
 def _random_q(rng, dtype, n_rows=9000, n_cols=7, n_components=3):
     """A q of the learned prior's structure with positive entries spread over decades
-    (9,000 rows: the kernels' blocks of 8,192 entries are more than one)."""
+    (9,000 rows: many of the kernels' buffers of logs, the last one partly filled)."""
     from vbsnmf._model import ScaleState, VariationalParams
 
     def positive(*shape):

@@ -188,18 +188,13 @@ def _flat_triples(theta0, theta1, theta2):
         yield [np.ravel(a) for a in arrays]
 
 
-def _n_blocks(size: int) -> int:
-    return max(1, -(-size // _kernels.SQUAREM_BLOCK))
-
-
 def _step_length(theta0, theta1, theta2) -> float:
     """SqS3's step ``|r| / |v|`` in log parameters (`_kernels.squarem_sums`)."""
     r2 = v2 = 0.0
     for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
-        r2_partial, v2_partial = np.empty(_n_blocks(x0.size)), np.empty(_n_blocks(x0.size))
-        _kernels.squarem_sums(x0, x1, x2, r2_partial, v2_partial)
-        r2 += float(r2_partial.sum())
-        v2 += float(v2_partial.sum())
+        array_r2, array_v2 = _kernels.squarem_sums(x0, x1, x2)
+        r2 += array_r2
+        v2 += array_v2
     return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
 
 
@@ -210,9 +205,7 @@ def _extrapolate(theta0, theta1, theta2, step: float) -> VariationalParams | Non
     arrays = []
     for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
         out = np.empty_like(x0)
-        bad_partial = np.empty(_n_blocks(x0.size), dtype=np.int64)
-        _kernels.squarem_extrapolate(x0, x1, x2, step, out, bad_partial)
-        if bad_partial.any():
+        if _kernels.squarem_extrapolate(x0, x1, x2, step, out):
             return None
         arrays.append(out)
     shapes = [np.shape(a) for a in theta0.positive_arrays()]

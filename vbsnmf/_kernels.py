@@ -1586,8 +1586,9 @@ def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, co
 # In log parameters, entry by entry, without the three n x K arrays of logs (and the
 # temporaries of the expression) that numpy needs: at K = 50 on pbmc_facs those were
 # 50 MiB of a fit's peak. Logs in float64 whatever the parameters' dtype, a buffer at a
-# time by `_buffer_logs` (numpy's logs are vectorised; libm's one at a time took longer).
-SQUAREM_BLOCK = 8192  # entries per block: fixed, so the sums do not depend on the threads
+# time by `_buffer_logs` (numpy's and libm's, one at a time, took longer). One thread: a
+# cycle has a dozen arrays, and on a busy machine each parallel region cost milliseconds
+# to start (a loaded core delays the wake-up of its thread), more than the work.
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
@@ -1622,46 +1623,40 @@ def _squarem_directions(theta0, theta1, theta2, first, count, buffers):
         v[q] -= log0[q] + 2.0 * r[q]
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def squarem_sums(theta0, theta1, theta2, r2_partial, v2_partial):
-    """Per block of `SQUAREM_BLOCK` entries of three flat positive arrays:
-    ``sum r^2`` and ``sum v^2`` with ``r = log theta1 - log theta0`` and
-    ``v = log theta2 - 2 log theta1 + log theta0`` (float64)."""
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def squarem_sums(theta0, theta1, theta2):
+    """``(sum r^2, sum v^2)`` over three flat positive arrays, with ``r = log theta1 -
+    log theta0`` and ``v = log theta2 - 2 log theta1 + log theta0`` (float64)."""
     n = theta0.shape[0]
-    for block in prange(r2_partial.shape[0]):
-        buffers = np.empty((5, LOG_BUFFER))
-        r, v = buffers[1], buffers[2]
-        r2 = 0.0
-        v2 = 0.0
-        end = min(n, (block + 1) * SQUAREM_BLOCK)
-        for first in range(block * SQUAREM_BLOCK, end, LOG_BUFFER):
-            count = min(LOG_BUFFER, end - first)
-            _squarem_directions(theta0, theta1, theta2, first, count, buffers)
-            for q in range(count):
-                r2 += r[q] * r[q]
-                v2 += v[q] * v[q]
-        r2_partial[block] = r2
-        v2_partial[block] = v2
+    buffers = np.empty((5, LOG_BUFFER))
+    r, v = buffers[1], buffers[2]
+    r2 = 0.0
+    v2 = 0.0
+    for first in range(0, n, LOG_BUFFER):
+        count = min(LOG_BUFFER, n - first)
+        _squarem_directions(theta0, theta1, theta2, first, count, buffers)
+        for q in range(count):
+            r2 += r[q] * r[q]
+            v2 += v[q] * v[q]
+    return r2, v2
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def squarem_extrapolate(theta0, theta1, theta2, step, out, bad_partial):
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def squarem_extrapolate(theta0, theta1, theta2, step, out):
     """``out = exp(log theta0 + 2 s r + s^2 v)`` entry by entry (``r``, ``v`` as in
-    `squarem_sums`, ``s = step``), stored in ``out``'s dtype; ``bad_partial[block]``
-    counts the block's entries of ``out`` that are not finite and positive."""
+    `squarem_sums`, ``s = step``), stored in ``out``'s dtype; returns the number of
+    entries of ``out`` that are not finite and positive."""
     n = theta0.shape[0]
     twice = 2.0 * step
     square = step * step
-    for block in prange(bad_partial.shape[0]):
-        buffers = np.empty((5, LOG_BUFFER))
-        log0, r, v = buffers[0], buffers[1], buffers[2]
-        bad = 0
-        end = min(n, (block + 1) * SQUAREM_BLOCK)
-        for first in range(block * SQUAREM_BLOCK, end, LOG_BUFFER):
-            count = min(LOG_BUFFER, end - first)
-            _squarem_directions(theta0, theta1, theta2, first, count, buffers)
-            for q in range(count):
-                value = out.dtype.type(math.exp(log0[q] + twice * r[q] + square * v[q]))
-                out[first + q] = value
-                bad += not (value > 0.0 and value < np.inf)
-        bad_partial[block] = bad
+    buffers = np.empty((5, LOG_BUFFER))
+    log0, r, v = buffers[0], buffers[1], buffers[2]
+    bad = 0
+    for first in range(0, n, LOG_BUFFER):
+        count = min(LOG_BUFFER, n - first)
+        _squarem_directions(theta0, theta1, theta2, first, count, buffers)
+        for q in range(count):
+            value = out.dtype.type(math.exp(log0[q] + twice * r[q] + square * v[q]))
+            out[first + q] = value
+            bad += not (value > 0.0 and value < np.inf)
+    return bad

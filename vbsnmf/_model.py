@@ -176,7 +176,18 @@ Prior = GammaPrior | HierarchicalPrior
 
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """``E[log z] = digamma(shape) - log(rate)`` for Gamma(shape, rate)."""
-    return digamma(shape) - np.log(rate)
+    return _elementwise(digamma, shape) - np.log(rate)
+
+
+def _elementwise(function, values) -> np.ndarray:
+    """``function(values)`` of an elementwise ``function`` (scipy's digamma, gammaln),
+    called once when all the entries are equal, as q(xi)'s shapes are after its update
+    (``a' + sum_l a_l`` for every row, `scale_optimum`): the same numbers, one call
+    instead of one per row."""
+    values = np.asarray(values)
+    if values.size > 1 and values.min() == values.max():
+        return np.full(values.shape, function(values.flat[0]))
+    return function(values)
 
 
 def gamma_kl(
@@ -189,11 +200,11 @@ def gamma_kl(
     ``shape`` and ``rate`` if the caller has them already (`expected_log`'s)."""
     shape = np.asarray(shape, dtype=np.float64)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
-    digamma_shape = digamma(shape) if digamma_shape is None else digamma_shape
+    digamma_shape = _elementwise(digamma, shape) if digamma_shape is None else digamma_shape
     log_rate = np.log(rate) if log_rate is None else log_rate
     kl = (
         (shape - prior_shape) * digamma_shape
-        - gammaln(shape)
+        - _elementwise(gammaln, shape)
         + gammaln(prior_shape)
         + prior_shape * (log_rate - np.log(prior_rate))
         + shape * (prior_rate - rate) / rate
@@ -545,7 +556,7 @@ def _prior_terms(prior: Prior, scale: ScaleState | None):
     log) plus ``KL(q(xi) || p(xi))``, the ``scale_kl``."""
     if not isinstance(prior, HierarchicalPrior):
         return prior.shape, prior.rate, None, 0.0
-    xi_digamma, xi_log_rate = digamma(scale.shape), np.log(scale.rate)
+    xi_digamma, xi_log_rate = _elementwise(digamma, scale.shape), np.log(scale.rate)
     xi_log = xi_digamma - xi_log_rate  # expected_log, its two parts shared with the KL
     rate0 = scale.prior_shape / scale.prior_mean
     scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0, xi_digamma, xi_log_rate)

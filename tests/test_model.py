@@ -319,6 +319,28 @@ def test_inverse_digamma_and_gamma_shape_solvers():
         assert _model.gamma_shape_mle(gap) == pytest.approx(a, rel=1e-10)
 
 
+@pytest.mark.parametrize("equal_shapes", [True, False])
+def test_scale_terms_are_scipys_elementwise_numbers(equal_shapes):
+    """E[log xi] and KL(q(xi) || p(xi)) take digamma and gammaln once when every shape
+    is the same (q(xi) after its update): the numbers of scipy's elementwise calls,
+    bitwise, and those calls when the shapes differ."""
+    from scipy.special import digamma, gammaln
+
+    rng = np.random.default_rng(4)
+    n = 50
+    shape = np.full(n, 3.7) if equal_shapes else rng.uniform(0.5, 9.0, n)
+    rate = rng.uniform(0.1, 4.0, n)
+    np.testing.assert_array_equal(_model.expected_log(shape, rate), digamma(shape) - np.log(rate))
+    expected_kl = (
+        (shape - 0.8) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(0.8)
+        + 0.8 * (np.log(rate) - np.log(1.9))
+        + shape * (1.9 - rate) / rate
+    ).sum()
+    assert _model.gamma_kl(shape, rate, 0.8, 1.9) == float(expected_kl)
+
+
 # -- missing entries -------------------------------------------------------------------------
 def _masked_problem(seed=9):
     X = _small_matrices()["plain"]

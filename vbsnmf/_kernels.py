@@ -306,6 +306,7 @@ def gamma_terms(
     shape,
     rate,
     log_rate,
+    taken_logs,
     prior_shape,
     prior_rate,
     lgamma_prior_shape,
@@ -324,6 +325,11 @@ def gamma_terms(
     view; ``lgamma_prior_shape`` and ``log_prior_rate`` are those functions of the prior's.
     The blocks are fixed, so the sums do not depend on the number of threads.
 
+    ``taken_logs`` (n x K, or 0 rows) is where per-entry rates have their logs taken, a row
+    at a time before the row is read, in parallel (``log_rate`` is then the same array):
+    numpy's ``np.log`` of them, on one thread, took 1.3 ms of every scoring of pbmc_facs'
+    16,791 genes at K=10.
+
     Per entry, with ``z``, ``s / p`` and ``p`` of the recurrence (`_shifted`) and
     ``d = log z - digamma(alpha)``: ``digamma(alpha) = log z - d`` and ``lgamma(alpha) =
     (z - 1/2) log z - z + log(2 pi) / 2 + Stirling(z) - log p``, so the KL is
@@ -337,6 +343,7 @@ def gamma_terms(
     """
     n_rows, n_components = shape.shape
     tables = scaled.shape[0] > 0
+    take_logs = taken_logs.shape[0] > 0
     for block in prange(kl_partial.shape[0]):
         shifted = np.empty(n_components)
         exponent = np.empty(n_components)
@@ -349,6 +356,9 @@ def gamma_terms(
         kl = 0.0
         product = 1.0
         for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            if take_logs:  # libm's log, apart from the loop that vectorises
+                for l in range(n_components):
+                    taken_logs[i, l] = math.log(float(rate[i, l]))
             _terms_entries(
                 shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
                 log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
@@ -365,7 +375,8 @@ TERMS_BLOCK_ROWS = 1024
 
 def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as float64 views of
-    ``shape``'s shape, and its two outputs (see `gamma_sums`)."""
+    ``shape``'s shape, and its two outputs (see `gamma_sums`). Rates per entry have their
+    logs taken by the kernel (into the ``log_rate`` it is given), others here."""
     full = shape.shape
 
     def view(values):
@@ -375,8 +386,12 @@ def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
     log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
     rate = np.asarray(rate, dtype=np.float64)
+    if rate.shape == full:
+        log_rate = taken_logs = np.empty(full)
+    else:
+        log_rate, taken_logs = view(np.log(rate)), np.empty((0, full[1]))
     arguments = (
-        view(rate), view(np.log(rate)),
+        view(rate), log_rate, taken_logs,
         view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
     )  # fmt: skip
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
@@ -420,21 +435,25 @@ def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def expected_log_terms(shape, log_rate, block_rows, partial):
-    """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log_rate[i, l]``
-    over the rows of block ``b`` (float64; ``log_rate`` n x K, may be a broadcast view).
+def expected_log_terms(shape, rate, block_rows, partial):
+    """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log(rate[i, l])``
+    over the rows of block ``b`` (float64; ``rate`` n x K, may be a broadcast view; its
+    logs are taken here, a row at a time, so no n x K array of them is made).
     Fixed blocks: the sums do not depend on the number of threads."""
     n_rows, n_components = shape.shape
     for block in prange(partial.shape[0]):
         shifted = np.empty(n_components)
+        log_rate = np.empty(n_components)
         rest = np.empty(n_components)  # log z - E[log z]
         for l in range(n_components):
             partial[block, l] = 0.0
         for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+            for l in range(n_components):  # libm's log, apart from the loop that vectorises
+                log_rate[l] = math.log(float(rate[i, l]))
             for l in range(n_components):  # no call: vectorises
                 z, digamma_rest = _digamma_rest(float(shape[i, l]))
                 shifted[l] = z
-                rest[l] = digamma_rest + float(log_rate[i, l])
+                rest[l] = digamma_rest + log_rate[l]
             for l in range(n_components):
                 partial[block, l] += math.log(shifted[l]) - rest[l]
 
@@ -443,9 +462,9 @@ def expected_log_sums(shape, rate) -> np.ndarray:
     """``sum_i E[log z_il]`` per component for ``q(z_il) = Gamma(shape, rate)`` (float64,
     by `expected_log_terms`); ``rate`` broadcastable to ``shape`` (n x K)."""
     shape = np.asarray(shape)
-    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
-    expected_log_terms(shape, log_rate, TERMS_BLOCK_ROWS, partial)
+    expected_log_terms(shape, rate, TERMS_BLOCK_ROWS, partial)
     return partial.sum(axis=0)
 
 

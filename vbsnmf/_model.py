@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import digamma, gammaln, polygamma
+from scipy.special import digamma, gammaln, zeta
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
@@ -176,21 +176,37 @@ Prior = GammaPrior | HierarchicalPrior
 
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """``E[log z] = digamma(shape) - log(rate)`` for Gamma(shape, rate)."""
-    return digamma(shape) - np.log(rate)
+    return _elementwise(digamma, shape) - np.log(rate)
 
 
-def gamma_kl(shape, rate, prior_shape: float, prior_rate: float) -> float:
+def _elementwise(function, values) -> np.ndarray:
+    """``function(values)`` of an elementwise ``function`` (scipy's digamma, gammaln),
+    called once when all the entries are equal, as q(xi)'s shapes are after its update
+    (``a' + sum_l a_l`` for every row, `scale_optimum`): the same numbers, one call
+    instead of one per row."""
+    values = np.asarray(values)
+    if values.size > 1 and values.min() == values.max():
+        return np.full(values.shape, function(values.flat[0]))
+    return function(values)
+
+
+def gamma_kl(
+    shape, rate, prior_shape: float, prior_rate: float, digamma_shape=None, log_rate=None
+) -> float:
     """``sum KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over all entries
     (``rate`` broadcastable to ``shape``), in numpy: for small arrays such as the scales'
     q, where a parallel kernel's start costs more than the work (a side's n x K factors go
-    through `_kernels.gamma_sums`)."""
+    through `_kernels.gamma_sums`). ``digamma_shape`` and ``log_rate``: those functions of
+    ``shape`` and ``rate`` if the caller has them already (`expected_log`'s)."""
     shape = np.asarray(shape, dtype=np.float64)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
+    digamma_shape = _elementwise(digamma, shape) if digamma_shape is None else digamma_shape
+    log_rate = np.log(rate) if log_rate is None else log_rate
     kl = (
-        (shape - prior_shape) * digamma(shape)
-        - gammaln(shape)
+        (shape - prior_shape) * digamma_shape
+        - _elementwise(gammaln, shape)
         + gammaln(prior_shape)
-        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + prior_shape * (log_rate - np.log(prior_rate))
         + shape * (prior_rate - rate) / rate
     )
     return float(kl.sum())
@@ -518,7 +534,7 @@ def inverse_digamma(y, n_newton: int = 8) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     x = np.where(y >= -2.22, np.exp(y) + 0.5, -1.0 / (y - digamma(1.0)))
     for _ in range(n_newton):
-        x = x - (digamma(x) - y) / polygamma(1, x)
+        x = x - (digamma(x) - y) / zeta(2, x)  # trigamma: scipy's polygamma(1, x)
     return x
 
 
@@ -528,7 +544,7 @@ def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
     a = (3.0 - gap + np.sqrt((gap - 3.0) ** 2 + 24.0 * gap)) / (12.0 * gap)
     for _ in range(n_newton):
         excess = np.log(a) - digamma(a) - gap
-        a = 1.0 / (1.0 / a + excess / (a * a * (1.0 / a - polygamma(1, a))))
+        a = 1.0 / (1.0 / a + excess / (a * a * (1.0 / a - zeta(2, a))))
     return float(a)
 
 
@@ -540,9 +556,10 @@ def _prior_terms(prior: Prior, scale: ScaleState | None):
     log) plus ``KL(q(xi) || p(xi))``, the ``scale_kl``."""
     if not isinstance(prior, HierarchicalPrior):
         return prior.shape, prior.rate, None, 0.0
-    xi_log = expected_log(scale.shape, scale.rate)
+    xi_digamma, xi_log_rate = _elementwise(digamma, scale.shape), np.log(scale.rate)
+    xi_log = xi_digamma - xi_log_rate  # expected_log, its two parts shared with the KL
     rate0 = scale.prior_shape / scale.prior_mean
-    scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0)
+    scale_kl = gamma_kl(scale.shape, scale.rate, scale.prior_shape, rate0, xi_digamma, xi_log_rate)
     return scale.factor_shape, scale.mean[:, None], xi_log[:, None], scale_kl
 
 

@@ -371,8 +371,8 @@ def global_step(
     column's the masked rows), so the rates are per entry.
     """
     dtype = params.row_shape.dtype
-    col_mean = params.col_mean
-    row_sums = _other_sums(col_mean.sum(axis=0), mask and mask.row_sums(col_mean))
+    # The columns' means are needed only summed: not held through the step (memory).
+    row_sums = _other_sums(params.col_mean.sum(axis=0), mask and mask.row_sums(params.col_mean))
     if isinstance(prior, HierarchicalPrior):
         row_shape, row_rate, row_scale = update_side_learned(
             row_stat, params.row_scale, row_sums, dtype

@@ -1604,10 +1604,12 @@ def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, co
 # -- SQUAREM's extrapolation ----------------------------------------------------------------
 # In log parameters, entry by entry, without the three n x K arrays of logs (and the
 # temporaries of the expression) that numpy needs: at K = 50 on pbmc_facs those were
-# 50 MiB of a fit's peak. Logs in float64 whatever the parameters' dtype, a buffer at a
-# time by `_buffer_logs` (numpy's and libm's, one at a time, took longer). One thread: a
-# cycle has a dozen arrays, and on a busy machine each parallel region cost milliseconds
-# to start (a loaded core delays the wake-up of its thread), more than the work.
+# 50 MiB of a fit's peak. The price: the logs are taken twice (for the step, then for the
+# extrapolation), about 1.5x numpy's time for a cycle. Logs in float64 whatever the
+# parameters' dtype, a buffer at a time by `_buffer_logs`. One thread: a cycle has a dozen
+# arrays, mostly small, and on a busy machine a parallel region cost milliseconds to start
+# (a loaded core delays the wake-up of its thread); with two threads for the large arrays
+# a cycle still took 1.3x numpy's time on the idle machine.
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")

@@ -4,6 +4,7 @@ computation, the matrix engine at D = 2, its properties, recovery, input, checkp
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -682,14 +683,18 @@ def test_resumed_fit_ends_with_the_bitwise_trace(kind, tmp_path):
         other.fit(coords, values)
 
 
+def _short_checkpointed_fit(kind, path, **extra) -> vbsnmf.VBNTF:
+    """`CHECKPOINT_FITS[kind]` for 3 iterations or 2 epochs, checkpointed to ``path``."""
+    fit = {**CHECKPOINT_FITS[kind], "n_epochs": 2, "max_iter": 3}
+    return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
+
+
 @pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices", "svi-slices-learned"])
 def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"
 
-    def model(**extra):
-        fit = {**CHECKPOINT_FITS[kind], "n_epochs": 2, "max_iter": 3}
-        return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
+    model = partial(_short_checkpointed_fit, kind, path)
 
     _quiet(model(), coords, values)
     arrays, meta = _checkpoint.load_checkpoint(path)
@@ -712,9 +717,7 @@ def test_a_checkpoint_of_other_data_with_the_same_shape_nnz_and_total_is_refused
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"
 
-    def model(**extra):
-        fit = {**CHECKPOINT_FITS[kind], "n_epochs": 2, "max_iter": 3}
-        return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
+    model = partial(_short_checkpointed_fit, kind, path)
 
     _quiet(model(), coords, values)
     other = values.copy()

@@ -460,3 +460,53 @@ def test_masked_learned_fit_ascends_and_refuses_other_inputs():
         vbsnmf.VBNMF(2).fit(sp.csr_matrix(X), mask=np.ones((2, 2)))
     with pytest.raises(ValueError, match="batch VB"):
         vbsnmf.VBNMF(2, solver="svi").fit(sp.csr_matrix(X), mask=mask)
+
+
+@pytest.mark.parametrize("shape", [(2000, 60), (60, 2000)])  # cells or genes the major axis
+def test_side_totals_are_scipys_sums_without_a_copy_of_the_counts(shape):
+    """Each row's and column's total in float64 (counts stored as float32 summed past
+    2**24), with no array of the size of the nonzeros made on the way (numpy's bincount
+    with weights copied the counts and indices: 3.6 GiB at the lung-atlas shape)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    X = sp.random(*shape, density=0.5, format="csr", random_state=7, dtype=np.float32)
+    X.data = rng.integers(1, 2**22, X.nnz).astype(np.float32)
+    X[3] = 0  # an empty row and column
+    X[:, 5] = 0
+    X.eliminate_zeros()
+    data = as_count_data(X)
+    exact = X.astype(np.float64)
+    expected = (np.asarray(exact.sum(axis=1)).ravel(), np.asarray(exact.sum(axis=0)).ravel())
+    _model.side_totals(data)  # compiled or loaded before the measurement
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        totals = _model.side_totals(data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    for got, want in zip(totals, expected):
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+    assert totals[0][3] == 0.0 and totals[1][5] == 0.0
+    assert expected[0].max() > 2**24  # float32 sums would have rounded
+    assert peak < 16 * sum(shape) + 4096 < X.nnz, (peak, X.nnz)
+
+
+def test_csr_totals_of_a_non_canonical_matrix():
+    """Duplicates added, any index order and index dtype, integer counts."""
+    rows = np.array([0, 0, 2, 2, 2, 0])
+    cols = np.array([3, 1, 0, 3, 0, 3])
+    X = sp.csr_array((np.array([1, 2, 3, 4, 5, 6]), (rows, cols)), shape=(4, 5))
+    X.has_canonical_format = False
+    unsorted = sp.csr_array(
+        (np.array([6, 1, 2]), np.array([3, 3, 1], dtype=np.int64), np.array([0, 3, 3, 3])),
+        shape=(3, 4),
+    )
+    for matrix in (X, unsorted):
+        dense = matrix.toarray()
+        row_totals, col_totals = _model.csr_totals(matrix)
+        np.testing.assert_array_equal(row_totals, dense.sum(axis=1))
+        np.testing.assert_array_equal(col_totals, dense.sum(axis=0))

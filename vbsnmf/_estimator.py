@@ -31,6 +31,7 @@ from ._model import (
     Prior,
     ScaleState,
     VariationalParams,
+    csr_totals,
     fit_rows,
     has_converged,
     hyperparameters,
@@ -554,12 +555,8 @@ def _fit_counts(
         fingerprint = None
         if settings.checkpoint is not None:
             fingerprint = combine_fingerprints(check_sparse_structure(csr))
-        counts = CountScan(
-            float(csr.sum()),
-            np.asarray(csr.sum(axis=1), dtype=np.float64),
-            np.bincount(csr.indices, csr.data, minlength=csr.shape[1]).astype(np.float64),
-            fingerprint,
-        )
+        row_totals, col_totals = csr_totals(csr)
+        counts = CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     if mask is not None:
         mask = _checked_mask(mask, matrix.shape)

@@ -900,6 +900,24 @@ def log_factorial_sum(counts, block_size):
     return partial.sum()
 
 
+@njit(cache=True)
+def csr_totals(indptr, indices, counts, major_totals, minor_totals):
+    """Each major row's and each minor index's total count, in float64, over the CSR
+    arrays in storage order on one thread (outputs overwritten).
+
+    numpy's ``bincount`` with the counts as weights and ``add.reduceat`` in float64 copy
+    the counts as float64 and the indices as int64 first: 3.6 GiB at the lung-atlas shape
+    (240M nonzeros), above everything else a batch fit holds."""
+    minor_totals[:] = 0.0
+    for i in range(indptr.shape[0] - 1):
+        total = 0.0
+        for n in range(indptr[i], indptr[i + 1]):
+            x = np.float64(counts[n])
+            total += x
+            minor_totals[indices[n]] += x
+        major_totals[i] = total
+
+
 # --- classical NMF kernels (vbsnmf.classic) ---
 # Notation of vbsnmf.classic: X (n x m) ~ Q = W H. Every kernel updates or evaluates the
 # *row* side: ``row_factor`` is W (n x K) and ``col_factor`` is H transposed (m x K), so the

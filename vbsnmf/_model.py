@@ -965,14 +965,23 @@ def learned_start_scale(
 
 def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
     """Each row's and each column's total count."""
-    n_major, n_minor = data.shape[data.major], data.shape[1 - data.major]
-    major = np.zeros(n_major)
-    nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
-    if nonempty.size:
-        # in float64: the counts may be stored as float32 (exact), their sums not
-        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty], dtype=np.float64)
-    minor = np.bincount(data.indices, weights=data.counts, minlength=n_minor)
+    major, minor = _csr_totals(
+        data.indptr, data.indices, data.counts, data.shape[data.major], data.shape[1 - data.major]
+    )
     return (major, minor) if data.major == 0 else (minor, major)
+
+
+def csr_totals(csr) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's and each column's total count of a CSR matrix (any index order,
+    duplicates added), without copying its arrays."""
+    return _csr_totals(csr.indptr, csr.indices, csr.data, *csr.shape)
+
+
+def _csr_totals(indptr, indices, counts, n_major: int, n_minor: int):
+    # in float64: the counts may be stored as float32 (exact), their sums not
+    major, minor = np.empty(n_major), np.empty(n_minor)
+    _kernels.csr_totals(indptr, indices, counts, major, minor)
+    return major, minor
 
 
 INIT_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")

@@ -92,6 +92,7 @@ class Timers:
 # The model's functions an iteration calls (as far as they exist in a given version).
 MODEL_FUNCTIONS = (
     "scored_statistics",
+    "moments_and_terms",
     "side_moments_and_terms",
     "shape_statistics",
     "side_moments",

@@ -247,21 +247,60 @@ def test_gamma_moments_sums_match_numpy(dtype, per_entry):
     rate[:2] = 1e300
     prior_shape = rng.uniform(0.1, 3.0, (n, 1)) if per_entry else 0.7
     prior_rate = rng.uniform(0.1, 3.0, (n, k)) if per_entry else 1.3
-    scaled, logmax, log_rate, mean_sum, kl = _kernels.gamma_moments_sums(
-        shape, rate, prior_shape, prior_rate
-    )
     alpha = shape.astype(np.float64)
     elog = digamma(alpha) - np.log(rate)
-    np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-13, atol=1e-14)
     rtol = 1e-12 if dtype == np.float64 else 1e-6
     expected = np.exp(elog - elog.max(1)[:, None])
-    np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=np.finfo(dtype).tiny)
-    assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
-    assert np.all(scaled[:, k:] == 0)
-    np.testing.assert_array_equal(log_rate, np.broadcast_to(np.log(rate), shape.shape))
     expected_kl = reference_cavi.gamma_kl(alpha, rate, prior_shape, prior_rate)
-    np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
-    np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
+    side = (shape, rate, prior_shape, prior_rate)
+    for scaled, logmax, log_rate, mean_sum, kl in _kernels.gamma_moments_sums_of_sides(
+        side, side
+    ):  # the same q as rows and as columns: both places of the kernel
+        np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-13, atol=1e-14)
+        atol = np.finfo(dtype).tiny
+        np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=atol)
+        assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
+        assert np.all(scaled[:, k:] == 0)
+        np.testing.assert_array_equal(log_rate, np.broadcast_to(np.log(rate), shape.shape))
+        np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
+        np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
+
+
+def _learned_prior_side(rng, n_rows, k, dtype):
+    """Arguments of `_kernels.gamma_sums` for one side of ``n_rows`` rows under the learned
+    prior (rates and the prior's rate per row), two rows in the log-space regime."""
+    shape = (rng.gamma(1.0, 3.0, (n_rows, k)) + 1e-3).astype(dtype)
+    rate = rng.uniform(0.1, 5.0, (n_rows, k))
+    shape[:2], rate[:2] = 1e-4, 1e300
+    xi_mean = rng.uniform(0.1, 3.0, (n_rows, 1))
+    return shape, rate, rng.uniform(0.1, 3.0, k), xi_mean, np.log(xi_mean) - 0.1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "n_rows, n_cols",
+    [(2 * _kernels.TERMS_BLOCK_ROWS + 13, 700), (1, 3 * _kernels.TERMS_BLOCK_ROWS), (5, 1)],
+)
+def test_two_sided_kernels_equal_the_one_sided(dtype, n_rows, n_cols):
+    """`gamma_terms_of_sides` and `expected_log_terms_of_sides` give exactly the per-side
+    kernels' outputs (every block's sums, the tables, the logs taken), with sides of
+    several blocks, under one block and of one row, in either place."""
+    rng = np.random.default_rng(12)
+    row_side = _learned_prior_side(rng, n_rows, 5, dtype)
+    col_side = _learned_prior_side(rng, n_cols, 5, dtype)
+    both = [_kernels._moments_terms_arguments(*side) for side in (row_side, col_side)]
+    _kernels.gamma_terms_of_sides(*both)
+    for side, fused in zip((row_side, col_side), both):
+        alone = _kernels._moments_terms_arguments(*side)
+        _kernels.gamma_terms(*alone)
+        for got, expected in zip(fused, alone):
+            np.testing.assert_array_equal(got, expected, strict=True)
+    both = [_kernels._expected_log_arguments(*side[:2]) for side in (row_side, col_side)]
+    _kernels.expected_log_terms_of_sides(*both)
+    for side, fused in zip((row_side, col_side), both):
+        alone = _kernels._expected_log_arguments(*side[:2])
+        _kernels.expected_log_terms(*alone)
+        np.testing.assert_array_equal(fused[-1], alone[-1], strict=True)
 
 
 @pytest.mark.parametrize("per_entry", [False, True])

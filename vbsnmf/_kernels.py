@@ -301,6 +301,45 @@ def _kl_of_row(shifted, log_weight, rest, factors, kl, product):
     return kl, product
 
 
+# The blocks' bodies take their kernel's arguments as one tuple, so that the two-sided
+# kernels pass a side's as they got them. Not inline="always": a body inlined into a
+# prange loop lost its writes to the arrays it unpacked from the tuple (Numba 0.68's
+# parfor pass took them for dead stores); called, it costs a call per block.
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _gamma_terms_block(block, arguments):
+    """Block ``block`` of `gamma_terms`, ``arguments`` the tuple of its arguments: the one
+    body of it and of `gamma_terms_of_sides`, so both make the same sums."""
+    (
+        shape, rate, log_rate, taken_logs, prior_shape, prior_rate, lgamma_prior_shape,
+        log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
+    ) = arguments  # fmt: skip
+    n_rows, n_components = shape.shape
+    tables = scaled.shape[0] > 0
+    take_logs = taken_logs.shape[0] > 0
+    shifted = np.empty(n_components)
+    exponent = np.empty(n_components)
+    value = np.empty(n_components)
+    log_weight = np.empty(n_components)  # coefficient of log z
+    rest = np.empty(n_components)
+    factors = np.empty(n_components)  # p
+    mean_row = mean_partial[block]
+    mean_row[:] = 0.0
+    kl = 0.0
+    product = 1.0
+    for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+        if take_logs:  # libm's log, apart from the loop that vectorises
+            for l in range(n_components):
+                taken_logs[i, l] = math.log(float(rate[i, l]))
+        _terms_entries(
+            shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+            log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
+        )  # fmt: skip
+        kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
+        if tables:
+            _scaled_row(i, shifted, exponent, value, scaled, logmax)
+    kl_partial[block] = kl + math.log(product)
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms(
     shape,
@@ -337,36 +376,34 @@ def gamma_terms(
     ``p`` go into one log of their running product.
 
     With ``scaled`` and ``logmax`` of n rows (as `gamma_moments`' outputs) the pass's tables
-    of the same q come out too, from the same recurrence of every entry: an iteration of a
-    batch fit starts one parallel region per side instead of two. With 0 rows, the sums
-    alone.
+    of the same q come out too, from the same recurrence of every entry (a batch fit scores
+    both sides at once, `gamma_terms_of_sides`). With 0 rows, the sums alone.
     """
-    n_rows, n_components = shape.shape
-    tables = scaled.shape[0] > 0
-    take_logs = taken_logs.shape[0] > 0
+    arguments = (
+        shape, rate, log_rate, taken_logs, prior_shape, prior_rate, lgamma_prior_shape,
+        log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
+    )  # fmt: skip
     for block in prange(kl_partial.shape[0]):
-        shifted = np.empty(n_components)
-        exponent = np.empty(n_components)
-        value = np.empty(n_components)
-        log_weight = np.empty(n_components)  # coefficient of log z
-        rest = np.empty(n_components)
-        factors = np.empty(n_components)  # p
-        mean_row = mean_partial[block]
-        mean_row[:] = 0.0
-        kl = 0.0
-        product = 1.0
-        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-            if take_logs:  # libm's log, apart from the loop that vectorises
-                for l in range(n_components):
-                    taken_logs[i, l] = math.log(float(rate[i, l]))
-            _terms_entries(
-                shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
-                log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
-            )  # fmt: skip
-            kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
-            if tables:
-                _scaled_row(i, shifted, exponent, value, scaled, logmax)
-        kl_partial[block] = kl + math.log(product)
+        _gamma_terms_block(block, arguments)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def gamma_terms_of_sides(row_arguments, col_arguments):
+    """`gamma_terms` of the rows and of the columns in one parallel region:
+    ``row_arguments`` and ``col_arguments`` are each side's arguments of `gamma_terms`, as
+    tuples. Task ``b`` is the rows' block ``b`` while ``b`` is below their number of blocks,
+    the columns' block ``b - n_row_blocks`` after; each block makes the same sums as there.
+
+    Why one region: starting one was measured at ~8 ms when another process holds the
+    other core (the worker thread waits for its time slice), against microseconds idle.
+    """
+    row_kl_partial, col_kl_partial = row_arguments[10], col_arguments[10]  # one per block
+    n_row_blocks = row_kl_partial.shape[0]
+    for block in prange(n_row_blocks + col_kl_partial.shape[0]):
+        if block < n_row_blocks:
+            _gamma_terms_block(block, row_arguments)
+        else:
+            _gamma_terms_block(block - n_row_blocks, col_arguments)
 
 
 # Rows per block of `gamma_terms`: fixed, so its sums are the same for any thread count.
@@ -419,10 +456,9 @@ def gamma_sums(
     return mean_partial.sum(axis=0), float(kl_partial.sum())
 
 
-def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None):
-    """`gamma_moments`' outputs and `gamma_sums`' sums of one side by one kernel
-    (`gamma_terms` with tables), arguments as `gamma_sums`: ``(scaled, logmax, log_rate,
-    mean_sum, kl)``, ``log_rate`` the n x K float64 (view) the tables came from."""
+def _moments_terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate=None):
+    """`gamma_terms`' arguments for one side with tables (`gamma_moments_sums_of_sides`), its
+    outputs included."""
     shape = np.asarray(shape)
     arguments, mean_partial, kl_partial = _terms_arguments(
         shape, rate, prior_shape, prior_rate, log_prior_rate
@@ -430,8 +466,47 @@ def gamma_moments_sums(shape, rate, prior_shape, prior_rate, log_prior_rate=None
     n_rows, n_components = shape.shape
     scaled = np.empty((n_rows, padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
-    gamma_terms(shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial, scaled, logmax)
-    return scaled, logmax, arguments[1], mean_partial.sum(axis=0), float(kl_partial.sum())
+    return (shape, *arguments, TERMS_BLOCK_ROWS, mean_partial, kl_partial, scaled, logmax)
+
+
+def _moments_sums(arguments):
+    """`gamma_moments_sums_of_sides`' outputs of one side from `gamma_terms`' arguments, after the
+    kernel ran."""
+    log_rate, (mean_partial, kl_partial, scaled, logmax) = arguments[2], arguments[-4:]
+    return scaled, logmax, log_rate, mean_partial.sum(axis=0), float(kl_partial.sum())
+
+
+def gamma_moments_sums_of_sides(row_side, col_side):
+    """`gamma_moments`' outputs and `gamma_sums`' sums of the rows and of the columns by
+    one kernel (`gamma_terms_of_sides`): each side's arguments as `gamma_sums`' in a tuple
+    ``(shape, rate, prior_shape, prior_rate, log_prior_rate)``; per side ``(scaled, logmax,
+    log_rate, mean_sum, kl)``, ``log_rate`` the n x K float64 (view) the tables came from."""
+    row_arguments = _moments_terms_arguments(*row_side)
+    col_arguments = _moments_terms_arguments(*col_side)
+    gamma_terms_of_sides(row_arguments, col_arguments)
+    return _moments_sums(row_arguments), _moments_sums(col_arguments)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _expected_log_block(block, arguments):
+    """Block ``block`` of `expected_log_terms`, ``arguments`` the tuple of its arguments:
+    the one body of it and of `expected_log_terms_of_sides`, so both make the same sums."""
+    shape, rate, block_rows, partial = arguments
+    n_rows, n_components = shape.shape
+    shifted = np.empty(n_components)
+    log_rate = np.empty(n_components)
+    rest = np.empty(n_components)  # log z - E[log z]
+    for l in range(n_components):
+        partial[block, l] = 0.0
+    for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
+        for l in range(n_components):  # libm's log, apart from the loop that vectorises
+            log_rate[l] = math.log(float(rate[i, l]))
+        for l in range(n_components):  # no call: vectorises
+            z, digamma_rest = _digamma_rest(float(shape[i, l]))
+            shifted[l] = z
+            rest[l] = digamma_rest + log_rate[l]
+        for l in range(n_components):
+            partial[block, l] += math.log(shifted[l]) - rest[l]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -440,32 +515,50 @@ def expected_log_terms(shape, rate, block_rows, partial):
     over the rows of block ``b`` (float64; ``rate`` n x K, may be a broadcast view; its
     logs are taken here, a row at a time, so no n x K array of them is made).
     Fixed blocks: the sums do not depend on the number of threads."""
-    n_rows, n_components = shape.shape
+    arguments = (shape, rate, block_rows, partial)
     for block in prange(partial.shape[0]):
-        shifted = np.empty(n_components)
-        log_rate = np.empty(n_components)
-        rest = np.empty(n_components)  # log z - E[log z]
-        for l in range(n_components):
-            partial[block, l] = 0.0
-        for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-            for l in range(n_components):  # libm's log, apart from the loop that vectorises
-                log_rate[l] = math.log(float(rate[i, l]))
-            for l in range(n_components):  # no call: vectorises
-                z, digamma_rest = _digamma_rest(float(shape[i, l]))
-                shifted[l] = z
-                rest[l] = digamma_rest + log_rate[l]
-            for l in range(n_components):
-                partial[block, l] += math.log(shifted[l]) - rest[l]
+        _expected_log_block(block, arguments)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def expected_log_terms_of_sides(row_arguments, col_arguments):
+    """`expected_log_terms` of the rows and of the columns in one parallel region (why:
+    `gamma_terms_of_sides`), each side's arguments as a tuple; blocks in the same order."""
+    row_partial, col_partial = row_arguments[3], col_arguments[3]
+    n_row_blocks = row_partial.shape[0]
+    for block in prange(n_row_blocks + col_partial.shape[0]):
+        if block < n_row_blocks:
+            _expected_log_block(block, row_arguments)
+        else:
+            _expected_log_block(block - n_row_blocks, col_arguments)
+
+
+def _expected_log_arguments(shape, rate):
+    """`expected_log_terms`' arguments for ``shape`` and ``rate`` (as `expected_log_sums`),
+    its output last."""
+    shape = np.asarray(shape)
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
+    partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
+    return shape, rate, TERMS_BLOCK_ROWS, partial
 
 
 def expected_log_sums(shape, rate) -> np.ndarray:
     """``sum_i E[log z_il]`` per component for ``q(z_il) = Gamma(shape, rate)`` (float64,
     by `expected_log_terms`); ``rate`` broadcastable to ``shape`` (n x K)."""
-    shape = np.asarray(shape)
-    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
-    partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
-    expected_log_terms(shape, rate, TERMS_BLOCK_ROWS, partial)
-    return partial.sum(axis=0)
+    arguments = _expected_log_arguments(shape, rate)
+    expected_log_terms(*arguments)
+    return arguments[-1].sum(axis=0)
+
+
+def expected_log_sums_of_sides(
+    row_shape, row_rate, col_shape, col_rate
+) -> tuple[np.ndarray, np.ndarray]:
+    """`expected_log_sums` of the rows and of the columns by one kernel,
+    `expected_log_terms_of_sides`."""
+    row_arguments = _expected_log_arguments(row_shape, row_rate)
+    col_arguments = _expected_log_arguments(col_shape, col_rate)
+    expected_log_terms_of_sides(row_arguments, col_arguments)
+    return row_arguments[-1].sum(axis=0), col_arguments[-1].sum(axis=0)
 
 
 # -- the pass over the nonzeros ------------------------------------------------------------

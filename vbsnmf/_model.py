@@ -10,7 +10,7 @@ the model is here, and a new prior or likelihood is added here and nowhere else:
 - the family and the prior: `VariationalParams`, `GammaPrior`;
 - the only step that visits the data, updateA's pass over the nonzeros
   (`shape_statistics`, `pass_statistics`; `scored_statistics` adds the ELBO of the q it
-  was computed under, each side's tables and ELBO terms from one kernel);
+  was computed under, both sides' tables and ELBO terms from one kernel);
 - the steps: `update_side` (one side's q, `side_shape` and `side_rate`, from its pass
   statistic and the other side's mean column sums), `global_step` (both sides in
   model.md's order), `fit_rows` (the local step: q of some rows with the columns held
@@ -382,12 +382,11 @@ def global_step(
         col_shape, col_rate, col_scale = update_side_learned(
             col_stat, params.col_scale, col_sums, dtype
         )
-        row_scale = learn_hyperparameters(
-            scale_sums(row_shape, row_rate, row_scale), row_scale, prior
+        row_scale_sums, col_scale_sums = scale_sums_of_sides(
+            row_shape, row_rate, row_scale, col_shape, col_rate, col_scale
         )
-        col_scale = learn_hyperparameters(
-            scale_sums(col_shape, col_rate, col_scale), col_scale, prior
-        )
+        row_scale = learn_hyperparameters(row_scale_sums, row_scale, prior)
+        col_scale = learn_hyperparameters(col_scale_sums, col_scale, prior)
         return fix_gauge(
             VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
         )
@@ -461,8 +460,25 @@ def scale_sums(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -
         factor_log = _kernels.expected_log_sums(shape, rate)
     else:
         factor_log = elog.sum(axis=0, dtype=np.float64)
+    return _scale_sums(shape.shape[0], scale, factor_log)
+
+
+def scale_sums_of_sides(
+    row_shape, row_rate, row_scale: ScaleState, col_shape, col_rate, col_scale: ScaleState
+) -> tuple[ScaleSums, ScaleSums]:
+    """`scale_sums` of the rows and of the columns, their ``sum_i E[log z_il]`` by one
+    kernel."""
+    row_log, col_log = _kernels.expected_log_sums_of_sides(row_shape, row_rate, col_shape, col_rate)
+    return (
+        _scale_sums(row_shape.shape[0], row_scale, row_log),
+        _scale_sums(col_shape.shape[0], col_scale, col_log),
+    )
+
+
+def _scale_sums(n_rows: int, scale: ScaleState, factor_log: np.ndarray) -> ScaleSums:
+    """`ScaleSums` of ``n_rows`` rows with q(xi) ``scale`` and ``sum_i E[log z_il]``."""
     return ScaleSums(
-        shape.shape[0],
+        n_rows,
         float(scale.mean.sum()),
         float(expected_log(scale.shape, scale.rate).sum()),
         factor_log,
@@ -692,14 +708,23 @@ def side_terms(
     return mean_sum, kl + scale_kl
 
 
-def side_moments_and_terms(
-    shape: np.ndarray, rate: np.ndarray, prior: Prior, scale: ScaleState | None = None
-) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, float]]:
-    """`side_moments` and `side_terms` of one side of the same q, by one kernel."""
-    *prior_arguments, scale_kl = _prior_terms(prior, scale)
-    scaled, logmax, log_rate, mean_sum, kl = _kernels.gamma_moments_sums(
-        shape, rate, *prior_arguments
+def moments_and_terms(params: VariationalParams, prior: Prior):
+    """`side_moments` and `side_terms` of both sides of the same q, by one kernel:
+    ``((row_moments, row_terms), (col_moments, col_terms))``."""
+    *row_prior, row_scale_kl = _prior_terms(prior, params.row_scale)
+    *col_prior, col_scale_kl = _prior_terms(prior, params.col_scale)
+    row_outputs, col_outputs = _kernels.gamma_moments_sums_of_sides(
+        (params.row_shape, params.row_rate, *row_prior),
+        (params.col_shape, params.col_rate, *col_prior),
     )
+    return (
+        _moments_and_terms(params.row_shape, *row_outputs, row_scale_kl),
+        _moments_and_terms(params.col_shape, *col_outputs, col_scale_kl),
+    )
+
+
+def _moments_and_terms(shape, scaled, logmax, log_rate, mean_sum, kl, scale_kl):
+    """One side's `side_moments` and `side_terms` from `moments_and_terms`' kernel."""
     return (scaled, logmax, np.asarray(shape), log_rate), (mean_sum, kl + scale_kl)
 
 
@@ -727,14 +752,9 @@ def scored_statistics(
     mask: Mask | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """`shape_statistics` and the ELBO of ``params`` (`elbo_terms`): what an iteration of
-    a batch fit needs, each side's tables and ELBO terms from one kernel
-    (`side_moments_and_terms`)."""
-    row_moments, row_terms = side_moments_and_terms(
-        params.row_shape, params.row_rate, prior, params.row_scale
-    )
-    col_moments, col_terms = side_moments_and_terms(
-        params.col_shape, params.col_rate, prior, params.col_scale
-    )
+    a batch fit needs, both sides' tables and ELBO terms from one kernel
+    (`moments_and_terms`)."""
+    (row_moments, row_terms), (col_moments, col_terms) = moments_and_terms(params, prior)
     row_stat, col_stat, data_term = pass_statistics(data, row_moments, col_moments, n_parts)
     terms = _with_mask(ElboTerms(data_term, *row_terms, *col_terms), params, mask)
     return row_stat, col_stat, terms.value()

@@ -543,6 +543,7 @@ def _check_memory(settings: FitSettings, X, init) -> None:
         n_threads=settings.n_threads,
         dtype=settings.dtype,
         n_init=settings.n_init if init is None else 1,
+        learned_prior=isinstance(settings.prior, HierarchicalPrior),
     )
 
 

@@ -319,6 +319,34 @@ def test_the_gauge_leaves_the_learned_elbo_and_the_mean_tensor_unchanged():
     assert len({scale.prior_mean for scale in pinned.scales}) == 1
 
 
+def test_mode_totals_are_numpys_sums_without_a_copy_of_the_nonzeros():
+    """Every mode's totals, major and minor, and nothing of the size of the nonzeros made
+    on the way (numpy's bincount with weights copied the counts and the rows)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    shape, nnz = (30, 7, 12), 2000
+    coords = np.stack([rng.integers(0, n, nnz) for n in shape], axis=1)
+    values = rng.integers(1, 100, nnz).astype(np.float64)
+    dense = np.zeros(shape)
+    np.add.at(dense, tuple(coords.T), values.astype(np.float64))
+    data = _tensor.as_tensor_data(coords, values, shape)
+    _tensor.mode_totals(data)  # compiled or loaded before the measurement
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        totals = _tensor.mode_totals(data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    for d, got in enumerate(totals):
+        want = dense.sum(axis=tuple(e for e in range(3) if e != d))
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+    assert peak < 16 * sum(shape) + 4096 < 8 * data.nnz, (peak, data.nnz)
+
+
 @pytest.mark.parametrize("shape", [(70, 50), (40, 90)])
 def test_two_modes_give_the_matrix_engines_trace_under_the_learned_prior(shape):
     X = _matrix(1, shape)

@@ -418,17 +418,16 @@ def elbo(data: TensorData, params: TensorParams, prior: _model.Prior, n_chunks: 
 
 
 def mode_totals(data: TensorData) -> list[np.ndarray]:
-    """Every mode's totals ``sum_{n: i_nd = i} y_n`` (n_d,), in mode order."""
+    """Every mode's totals ``sum_{n: i_nd = i} y_n`` (n_d,), in mode order, in float64:
+    `_kernels.csr_totals` once per minor mode (into the stacked tables' rows), so nothing
+    of the size of the nonzeros is made."""
     totals = [None] * data.n_modes
-    major = np.zeros(data.shape[data.major])
-    nonempty = np.flatnonzero(np.diff(data.indptr) > 0)
-    if nonempty.size:
-        major[nonempty] = np.add.reduceat(data.counts, data.indptr[nonempty]).astype(np.float64)
-    totals[data.major] = major
     offsets = data.minor_offsets
+    major, stacked = np.empty(data.shape[data.major]), np.empty(int(offsets[-1]))
     for m, d in enumerate(data.minor_modes):
-        rows = data.minor_rows[m] - offsets[m]
-        totals[d] = np.bincount(rows, weights=data.counts, minlength=data.shape[d])
+        _kernels.csr_totals(data.indptr, data.minor_rows[m], data.counts, major, stacked)
+        totals[d] = stacked[offsets[m] : offsets[m + 1]].copy()
+    totals[data.major] = major
     return totals
 
 

@@ -11,6 +11,7 @@ import pytest
 import reference_cavi as ref
 import scipy.sparse as sp
 from simulated import poisson_gamma_counts
+from traced import traced_peak
 
 import vbsnmf
 from vbsnmf import _model
@@ -467,8 +468,6 @@ def test_side_totals_are_scipys_sums_without_a_copy_of_the_counts(shape):
     """Each row's and column's total in float64 (counts stored as float32 summed past
     2**24), with no array of the size of the nonzeros made on the way (numpy's bincount
     with weights copied the counts and indices: 3.6 GiB at the lung-atlas shape)."""
-    import tracemalloc
-
     rng = np.random.default_rng(7)
     X = sp.random(*shape, density=0.5, format="csr", random_state=7, dtype=np.float32)
     X.data = rng.integers(1, 2**22, X.nnz).astype(np.float32)
@@ -479,14 +478,7 @@ def test_side_totals_are_scipys_sums_without_a_copy_of_the_counts(shape):
     exact = X.astype(np.float64)
     expected = (np.asarray(exact.sum(axis=1)).ravel(), np.asarray(exact.sum(axis=0)).ravel())
     _model.side_totals(data)  # compiled or loaded before the measurement
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        totals = _model.side_totals(data)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    totals, peak = traced_peak(_model.side_totals, data)
     for got, want in zip(totals, expected):
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, want)

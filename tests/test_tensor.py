@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import digamma, gammaln, logsumexp
+from traced import traced_peak
 
 import vbsnmf
 from vbsnmf import _batch, _checkpoint, _model, _tensor
@@ -322,8 +323,6 @@ def test_the_gauge_leaves_the_learned_elbo_and_the_mean_tensor_unchanged():
 def test_mode_totals_are_numpys_sums_without_a_copy_of_the_nonzeros():
     """Every mode's totals, major and minor, and nothing of the size of the nonzeros made
     on the way (numpy's bincount with weights copied the counts and the rows)."""
-    import tracemalloc
-
     rng = np.random.default_rng(4)
     shape, nnz = (30, 7, 12), 2000
     coords = np.stack([rng.integers(0, n, nnz) for n in shape], axis=1)
@@ -332,14 +331,7 @@ def test_mode_totals_are_numpys_sums_without_a_copy_of_the_nonzeros():
     np.add.at(dense, tuple(coords.T), values.astype(np.float64))
     data = _tensor.as_tensor_data(coords, values, shape)
     _tensor.mode_totals(data)  # compiled or loaded before the measurement
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        totals = _tensor.mode_totals(data)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    totals, peak = traced_peak(_tensor.mode_totals, data)
     for d, got in enumerate(totals):
         want = dense.sum(axis=tuple(e for e in range(3) if e != d))
         assert got.dtype == np.float64

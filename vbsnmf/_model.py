@@ -454,13 +454,9 @@ class ScaleSums:
         )
 
 
-def scale_sums(shape, rate, scale: ScaleState, elog: np.ndarray | None = None) -> ScaleSums:
-    """`ScaleSums` of some rows (``elog``: their ``E[log z]`` if already computed)."""
-    if elog is None:
-        factor_log = _kernels.expected_log_sums(shape, rate)
-    else:
-        factor_log = elog.sum(axis=0, dtype=np.float64)
-    return _scale_sums(shape.shape[0], scale, factor_log)
+def scale_sums(shape, rate, scale: ScaleState) -> ScaleSums:
+    """`ScaleSums` of some rows."""
+    return _scale_sums(shape.shape[0], scale, _kernels.expected_log_sums(shape, rate))
 
 
 def scale_sums_of_sides(

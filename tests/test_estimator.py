@@ -38,6 +38,38 @@ def test_warnings_name_the_callers_line(_pbmc_tiny):
             assert warning.filename == __file__, (name, warning.filename)
 
 
+def test_scikit_learn_catches_our_warning_and_error_and_clones_the_estimator():
+    """With scikit-learn loaded, the convergence warning is scikit-learn's too (either
+    filter silences it), the not-fitted error is scikit-learn's ``NotFittedError``, and
+    ``clone``, ``get_params`` and ``set_params`` see the constructor's parameters."""
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+    X = sp.csr_matrix(np.arange(1, 13, dtype=float).reshape(4, 3))
+    for category in (ConvergenceWarning, vbsnmf.ConvergenceWarning):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", category)
+            vbsnmf.VBNMF(2, max_iter=1, random_state=0, n_threads=1).fit(X)
+        assert caught == [], category
+    with pytest.warns(ConvergenceWarning) as record:
+        vbsnmf.VBNMF(2, max_iter=1, random_state=0, n_threads=1).fit(X)
+    assert issubclass(record[0].category, vbsnmf.ConvergenceWarning)
+    with pytest.raises(NotFittedError, match="VBNMF instance is not fitted yet"):
+        vbsnmf.VBNMF(2).transform(X)
+    model = vbsnmf.VBNMF(3, prior="gamma", dtype=np.float32, random_state=5)
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert (
+        repr(copy)
+        == "VBNMF(n_components=3, prior='gamma', random_state=5, dtype=<class 'numpy.float32'>)"
+    )
+    assert copy.set_params(max_iter=7) is copy and copy.max_iter == 7
+    assert "VBNMF(n_components=3, prior=&#x27;gamma&#x27;" in copy._repr_html_()
+    with pytest.raises(ValueError, match="Invalid parameter 'n_factors'"):
+        copy.set_params(n_factors=2)
+
+
 def test_attributes_and_orientation():
     X, _ = poisson_gamma_counts(np.random.default_rng(4), 40, 70, 2)
     model = vbsnmf.VBNMF(2, random_state=0, max_iter=20, tol=0, prior="gamma")

@@ -112,3 +112,38 @@ def test_every_module_imports_on_its_own():
         [sys.executable, "-c", script, *names], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
+
+
+_LIGHT_FIT = """
+import sys, warnings
+import numpy as np, scipy.sparse as sp
+import vbsnmf
+counts = sp.random(60, 40, density=0.3, format="csr", random_state=0)
+counts.data = np.ceil(counts.data * 5)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = vbsnmf.VBNMF(3, max_iter=2, random_state=0, n_threads=1).fit(counts)
+    vbsnmf.VBNMF(3, max_iter=1, random_state=0, n_threads=1, tol=0.0).fit(counts)
+categories = {w.category for w in caught}
+assert categories == {vbsnmf.ConvergenceWarning}, categories
+try:
+    vbsnmf.VBNMF().transform(counts)
+except ValueError as error:
+    assert isinstance(error, AttributeError) and "not fitted yet" in str(error), error
+else:
+    raise AssertionError("transform before fit did not raise")
+assert repr(model) == "VBNMF(n_components=3, max_iter=2, random_state=0, n_threads=1)", model
+assert model._repr_html_() is None  # the notebook then shows the repr
+heavy = sorted(m for m in ("sklearn", "pandas", "anndata", "scipy.stats") if m in sys.modules)
+print(",".join(heavy))
+"""
+
+
+def test_a_fit_loads_neither_scikit_learn_nor_pandas():
+    """`VBNMF` on a scipy matrix imports neither scikit-learn (1.3 s, 90 MiB) nor pandas:
+    its estimator contract, its warning and its not-fitted error need neither loaded."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LIGHT_FIT], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
+from ._base import Estimator, check_fitted
 from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer
 from ._data import CountData, as_count_data
@@ -119,7 +118,7 @@ class FitSettings:
         )
 
 
-class VBNMF(TransformerMixin, BaseEstimator):
+class VBNMF(Estimator):
     """Poisson-Gamma non-negative matrix factorisation by variational Bayes.
 
     ``X ~ Poisson(Z W')`` with Gamma priors on every entry of ``Z`` (cells x K) and ``W``
@@ -265,6 +264,8 @@ class VBNMF(TransformerMixin, BaseEstimator):
     ``gene_rate``; with ``max_iter=1`` this runs exactly one iteration from them. ``n_init``
     is ignored when ``init`` is given.
     """
+
+    _transformer = True
 
     def __init__(
         self,
@@ -459,7 +460,7 @@ class VBNMF(TransformerMixin, BaseEstimator):
         """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate)``, the
         rate (K,) under the fixed prior, (n x K) under the learned one (each new cell's
         scale fitted with it, the hyperparameters held at their fitted values)."""
-        check_is_fitted(self, "gene_shape_")
+        check_fitted(self, "gene_shape_")
         settings = self._check_params()
         matrix = check_counts(X)
         if matrix.shape[1] != self.n_features_in_:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import digamma, gammaln, zeta
-from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
 from . import _kernels
 from ._data import CountData
@@ -52,10 +51,12 @@ START_BLOCK_ROWS = 4096
 _ROWS, _COLS, _MINIBATCHES, _MODES = 0, 1, 2, 3
 
 
-class ConvergenceWarning(SklearnConvergenceWarning):
+class ConvergenceWarning(UserWarning):
     """The fit stopped at ``max_iter`` (or ``n_epochs``) before the relative change of its
-    ELBO fell below ``tol``. A scikit-learn ``ConvergenceWarning`` too, so either filter
-    catches it."""
+    ELBO fell below ``tol``. Issued as a scikit-learn ``ConvergenceWarning`` too whenever
+    scikit-learn is loaded (`_utils.sklearn_flavoured`), so either filter catches it."""
+
+    _sklearn_name = "ConvergenceWarning"
 
 
 # -- the variational family and the prior --------------------------------------------------

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from . import _model, _tensor
+from ._base import Estimator
 from ._checkpoint import Checkpointer
 from ._utils import numba_threads, warn_user
 from ._validation import NonCountWarning, check_positive
@@ -150,7 +150,7 @@ def _check_integer(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-class VBNTF(BaseEstimator):
+class VBNTF(Estimator):
     """Poisson-Gamma non-negative tensor factorisation (Bayesian Poisson CP) by variational
     Bayes over the nonzero entries.
 

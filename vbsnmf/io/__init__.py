@@ -8,14 +8,36 @@ Market file once into an ``.h5ad`` that streams. Every problem with an input fil
 `atomic_file` and `atomic_directory` write an output so that it appears only complete;
 `check_outdir` and `check_checkpoint_path` refuse, before any work, an output or checkpoint
 path that would overwrite or remove what the user owns.
+
+The names are imported on first use (PEP 562), as in the package's ``__init__``: the
+estimator needs `check_checkpoint_path` and the streamed sources, not the readers (which
+load pandas).
 """
 
-from .._atomic import atomic_directory, atomic_file
-from ._convert import mtx_to_h5ad
-from ._errors import ReadError
-from ._paths import check_checkpoint_path, check_outdir, real_path
-from ._read import read, read_10x, read_10x_h5, read_h5ad, read_h5ad_backed, read_mtx, read_zarr
-from ._write import write_nmf_tables, write_result
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> module that defines it
+_LAZY = {
+    "atomic_directory": "vbsnmf._atomic",
+    "atomic_file": "vbsnmf._atomic",
+    "mtx_to_h5ad": "._convert",
+    "ReadError": "._errors",
+    "check_checkpoint_path": "._paths",
+    "check_outdir": "._paths",
+    "real_path": "._paths",
+    "read": "._read",
+    "read_10x": "._read",
+    "read_10x_h5": "._read",
+    "read_h5ad": "._read",
+    "read_h5ad_backed": "._read",
+    "read_mtx": "._read",
+    "read_zarr": "._read",
+    "write_nmf_tables": "._write",
+    "write_result": "._write",
+}
 
 __all__ = [
     "ReadError",
@@ -35,3 +57,31 @@ __all__ = [
     "write_nmf_tables",
     "write_result",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from .._atomic import atomic_directory, atomic_file
+    from ._convert import mtx_to_h5ad
+    from ._errors import ReadError
+    from ._paths import check_checkpoint_path, check_outdir, real_path
+    from ._read import (
+        read,
+        read_10x,
+        read_10x_h5,
+        read_h5ad,
+        read_h5ad_backed,
+        read_mtx,
+        read_zarr,
+    )
+    from ._write import write_nmf_tables, write_result
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

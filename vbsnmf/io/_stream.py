@@ -26,7 +26,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_counts, check_row_pointers
-from ._convert import mtx_to_h5ad
 
 
 class CellSource:
@@ -135,6 +134,8 @@ class StoredRowsSource(CellSource):
 def _converted(path: Path, genes_as_rows: bool) -> StoredRowsSource:
     """The Matrix Market file or 10x folder ``path`` converted into a temporary ``.h5ad``."""
     import h5py
+
+    from ._convert import mtx_to_h5ad  # pandas: loaded only for a file that needs it
 
     folder = tempfile.TemporaryDirectory(prefix="vbsnmf-stream-")
     try:

@@ -163,19 +163,26 @@ def fit_batch_accelerated(
             break
         step = min(max(_step_length(theta0, theta1, theta2), 1.0), state.step_max)
         candidate = _extrapolate(theta0, theta1, theta2, step)
-        # The plain path unless the candidate is kept; theta0 is not needed any more, and
-        # is not held while the candidate's pass runs (memory at large K).
+        # The plain path unless the candidate is kept. Every q is a (cells + genes) x K
+        # array or four, so no name here holds one past its use: theta0 is not held while
+        # the candidate's pass runs, nor a refused q or the candidate into the next cycle
+        # (state.kept and state.current hold what the fit still needs).
         state.current = theta2
-        del theta0, theta1
+        del theta0, theta1, theta2
+        accepted = False
         if candidate is not None:
             theta3, value = score_and_step(candidate)
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
                 state.current = theta3
-                if step >= state.step_max:
-                    state.step_max *= _STEP_GROWTH
-                continue
-        state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
+                accepted = True
+            del theta3
+        del candidate
+        if accepted:
+            if step >= state.step_max:
+                state.step_max *= _STEP_GROWTH
+        else:
+            state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
     if not state.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
     trace = np.asarray(state.trace, dtype=np.float64)

@@ -4,12 +4,12 @@ Importing scikit-learn takes about 1.3 s and 90 MiB (it loads scipy.stats and pa
 more than a batch fit of pbmc_facs allocates, and most of a small command's run time.
 `Estimator` gives `VBNMF` and `VBNTF` the parts of scikit-learn's ``BaseEstimator`` they
 use: parameters read from the constructor's signature (`get_params`, `set_params`, so
-``clone``, pipelines and grid searches work), a repr of the parameters set (and scikit-learn's
-HTML diagram in notebooks where it is loaded), and tags built when scikit-learn asks for
-them (it is loaded then). Errors and warnings that scikit-learn
-has its own class for (`NotFittedError`, the convergence warning) are raised as subclasses
-of scikit-learn's too whenever scikit-learn is loaded, so an ``except`` or a warnings
-filter on either class catches them.
+``clone``, pipelines and grid searches work), a repr of the parameters set (and
+scikit-learn's HTML diagram in notebooks where it is loaded), and tags built when
+scikit-learn asks for them (it is loaded then). Errors and warnings that scikit-learn has a
+class for (`NotFittedError`, the convergence warning) are raised as subclasses of
+scikit-learn's too whenever scikit-learn is loaded, so an ``except`` or a warnings filter
+on either class catches them.
 """
 
 from __future__ import annotations
@@ -69,12 +69,11 @@ class Estimator:
     def __repr__(self) -> str:
         """``Name(param=value, ...)`` with the parameters that differ from their defaults,
         in the signature's order (as scikit-learn prints its estimators)."""
-        defaults = inspect.signature(type(self).__init__).parameters
+        names = set(self._get_param_names())
         changed = [
             f"{name}={getattr(self, name)!r}"
-            for name, parameter in defaults.items()
-            if name in self._get_param_names()
-            and not _is_default(getattr(self, name), parameter.default)
+            for name, parameter in inspect.signature(type(self).__init__).parameters.items()
+            if name in names and not _is_default(getattr(self, name), parameter.default)
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
 

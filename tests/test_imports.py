@@ -146,3 +146,28 @@ def test_a_fit_loads_neither_scikit_learn_nor_pandas():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+_LIGHT_TOOLS = """
+import sys, warnings
+import anndata as ad, numpy as np, scipy.sparse as sp
+from vbsnmf import cli, tl
+cli.build_parser().parse_args(["fit", "counts.h5ad", "-k", "3", "-o", "out"])
+counts = sp.random(60, 40, density=0.3, format="csr", random_state=0)
+counts.data = np.ceil(counts.data * 5)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tl.nmf(ad.AnnData(counts), n_components=3, max_iter=2, random_state=0)
+print(",".join(sorted(m for m in ("sklearn", "scanpy", "matplotlib") if m in sys.modules)))
+"""
+
+
+def test_the_command_line_and_tl_nmf_load_no_scikit_learn():
+    """The command line's options and `tl.nmf` with a variational solver load neither
+    scikit-learn nor scanpy: only a classical solver needs the former, and only the 10x
+    readers and the plots the latter (each 1-2 s of a command's start)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LIGHT_TOOLS], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

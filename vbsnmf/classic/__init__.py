@@ -4,12 +4,26 @@ Losses and their sparse evaluation (`losses`), multiplicative updates for every 
 loss with epsilon-modification, weights and factor masks, HALS, ALS, projected gradient
 (OPL), interior point gradient, projected gradient descent, and the choice of
 (alpha, beta) by score matching. One estimator, `NMF`, with the scikit-learn contract.
+
+The names are imported on first use (PEP 562), as in the package's ``__init__``: the
+solvers load scikit-learn, which `tl.nmf` and the command line need only for a classical
+solver.
 """
 
-from . import losses
-from ._data import factor_loss
-from ._nmf import NMF
-from ._score_matching import ScoreMatchingResult, choose_alpha_beta, score_matching_objective
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> module that defines it (None: the module itself)
+_LAZY = {
+    "NMF": ("._nmf", "NMF"),
+    "ScoreMatchingResult": ("._score_matching", "ScoreMatchingResult"),
+    "choose_alpha_beta": ("._score_matching", "choose_alpha_beta"),
+    "factor_loss": ("._data", "factor_loss"),
+    "losses": (".losses", None),
+    "score_matching_objective": ("._score_matching", "score_matching_objective"),
+}
 
 __all__ = [
     "NMF",
@@ -19,3 +33,27 @@ __all__ = [
     "losses",
     "score_matching_objective",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from . import losses
+    from ._data import factor_loss
+    from ._nmf import NMF
+    from ._score_matching import (
+        ScoreMatchingResult,
+        choose_alpha_beta,
+        score_matching_objective,
+    )
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,11 +21,9 @@ from .._utils import warn_user
 from .._validation import check_n_components
 from ._data import ClassicData
 from ._mu import converged, fit_multiplicative
+from ._options import INITS, SOLVERS
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
-
-SOLVERS = ("mu", "hals", "als", "pg", "ipg", "gd")
-INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 
 
 class NMF(TransformerMixin, BaseEstimator):

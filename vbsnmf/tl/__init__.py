@@ -1,13 +1,27 @@
 """scanpy-style tools: `nmf` (factorise an AnnData), `top_genes`, `project`, `fit_info`
 (the stored fit, or an error saying to run `nmf`), `select_k` (the number of factors by
-held-out likelihood), `count_split`; `SOLVERS` lists what ``nmf`` accepts."""
+held-out likelihood), `count_split`; `SOLVERS` lists what ``nmf`` accepts.
 
-from ._nmf import SOLVERS, nmf
-from ._project import project
-from ._select_k import select_k
-from ._split import count_split
-from ._stored import fit_info
-from ._top_genes import gene_specificity, top_genes
+The names are imported on first use (PEP 562), as in the package's ``__init__``: the
+command line builds its options from `SOLVERS` without loading the other tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> module that defines it
+_LAZY = {
+    "SOLVERS": "._nmf",
+    "count_split": "._split",
+    "fit_info": "._stored",
+    "gene_specificity": "._top_genes",
+    "nmf": "._nmf",
+    "project": "._project",
+    "select_k": "._select_k",
+    "top_genes": "._top_genes",
+}
 
 __all__ = [
     "SOLVERS",
@@ -19,3 +33,23 @@ __all__ = [
     "select_k",
     "top_genes",
 ]
+
+if TYPE_CHECKING:  # what static tools see
+    from ._nmf import SOLVERS, nmf
+    from ._project import project
+    from ._select_k import select_k
+    from ._split import count_split
+    from ._stored import fit_info
+    from ._top_genes import gene_specificity, top_genes
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

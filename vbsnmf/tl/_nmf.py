@@ -13,8 +13,7 @@ from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import is_dask_array, numba_threads
 from .._validation import check_float_dtype, check_n_components
-from ..classic._nmf import NMF
-from ..classic._nmf import SOLVERS as CLASSIC_SOLVERS
+from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -396,6 +395,8 @@ def _variational(model: VBNMF) -> dict:
 
 
 def _fit_classic(matrix, n_components, solver, random_state, fit_params):
+    from ..classic import NMF  # scikit-learn: loaded only for a classical solver
+
     options = dict(fit_params)
     n_threads = options.pop("n_threads", None)
     model = NMF(n_components, solver=solver, random_state=random_state, **options)
@@ -495,6 +496,8 @@ def _check_fit_params(solver: str, fit_params: dict) -> None:
     if solver in VB_SOLVERS:
         accepted = set(VBNMF._get_param_names()) - {"n_components", "random_state", "solver"}
     else:
+        from ..classic import NMF
+
         accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
         accepted.add("n_threads")
     unknown = sorted(set(fit_params) - accepted)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-# name -> module that defines it (None: the module itself)
+# name -> (module, attribute); attribute None for the module itself
 _LAZY = {
     "NMF": ("._nmf", "NMF"),
     "ScoreMatchingResult": ("._score_matching", "ScoreMatchingResult"),

@@ -6,12 +6,13 @@ from ``random_state=0`` on one thread; prints both wall times and the gap
 above batch VB). The data sets: those of
 ``tests/test_svi.py::test_svi_defaults_land_within_one_percent_of_converged_batch_vb`` (a
 draw from the learned model, a pbmc_facs gene panel, pbmc_tiny), a larger panel (1,000
-cells on the genes ranked 200 to 999, more counts per cell) and one no test sees,
+cells on the genes ranked 200 to 999, more counts per cell) and two no test sees,
 scikit-learn's bundled 8x8 handwritten digits (1,797 images x 64 pixels, intensities
-0..16 as counts).
+0..16 as counts) and the `lda` package's Reuters news (395 documents x 4,258 words, text
+counts; ``pip install lda``).
 
     python benchmarks/svi_default_gap.py                # K = 5 and 10
-    python benchmarks/svi_default_gap.py --k 10
+    python benchmarks/svi_default_gap.py --k 10 20
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def digits() -> sp.csr_array:
     return sp.csr_array(load_digits().data.astype(np.float64))
 
 
+def reuters() -> sp.csr_array:
+    """The `lda` package's sample of Reuters news (395 documents x 4,258 words), text
+    counts (``pip install lda``)."""
+    import lda.datasets
+
+    return sp.csr_array(lda.datasets.load_reuters().astype(np.float64))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10])
@@ -64,6 +73,7 @@ def main() -> None:
         "pbmc_facs panel, 1,000 cells": lambda: facs_panel(n_cells=1000, n_genes=800),
         "pbmc_tiny": lambda: sp.csr_array(vbsnmf.datasets.pbmc_tiny().X),
         "digits (unseen)": digits,
+        "Reuters news (unseen)": reuters,
     }
     vbsnmf.VBNMF(2, max_iter=2, n_threads=1).fit(model_draw())  # compile outside the timings
     for name, load in data.items():

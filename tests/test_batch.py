@@ -182,16 +182,21 @@ def test_squarem_refuses_a_step_that_leaves_the_positive_numbers():
     assert _extrapolate(theta0, theta1, theta2, 30.0) is None
 
 
-def test_accelerated_fit_is_monotone_exact_and_not_below_plain(_pbmc_tiny):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_accelerated_fit_is_monotone_exact_and_ahead_of_plain(seed, _pbmc_tiny):
     """The default (learned prior, SQUAREM) fit: every trace entry the exact ELBO of a q
     it held (the last: of the returned q), the trace never decreases, it converges in
-    fewer passes than the plain coordinate ascent from the same start, and no lower."""
+    fewer passes than the plain coordinate ascent from the same start, and ends above the
+    plain ascent after as many passes. (Where each stops, the two can be on either side
+    of one another: on pbmc_tiny at K = 4 the stopping rule ends them in slow stretches of
+    ascents to different points, up to 0.2 % apart; on pbmc_facs at K = 10 the default
+    ends above the plain ascent's converged ELBO, docs/performance.md.)"""
     from vbsnmf._data import as_count_data
     from vbsnmf._model import HierarchicalPrior, elbo, init_params
 
     fits = {}
     for accelerate in (True, False):
-        model = vbsnmf.VBNMF(4, random_state=0, n_threads=2, accelerate=accelerate)
+        model = vbsnmf.VBNMF(4, random_state=seed, n_threads=2, accelerate=accelerate)
         with warnings.catch_warnings():
             warnings.simplefilter("error", vbsnmf.ConvergenceWarning)
             model.fit(_pbmc_tiny.X)
@@ -200,7 +205,8 @@ def test_accelerated_fit_is_monotone_exact_and_not_below_plain(_pbmc_tiny):
     trace = fast.elbo_trace_
     assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
     assert fast.converged_ and fast.n_iter_ < plain.n_iter_
-    assert trace[-1] >= plain.elbo_trace_[-1] - 1e-6 * abs(trace[-1])
+    # plain.elbo_trace_[n - 1]: the plain q after n steps, scored by pass n + 1
+    assert trace[-1] > plain.elbo_trace_[fast.n_iter_ - 1]
     prior = HierarchicalPrior()
     q = init_params(fast, _pbmc_tiny.X.shape, 4, np.float64, prior)
     value = elbo(as_count_data(_pbmc_tiny.X), q, prior, n_parts=2)
@@ -230,3 +236,64 @@ def test_squarem_holds_at_most_three_q_during_a_pass(_pbmc_tiny, monkeypatch):
         model.fit(_pbmc_tiny.X)
     assert len(live) == model.n_iter_ == 30
     assert max(live) == 3, live
+
+
+# -- the hold of a random start's factor shapes (model.md, "The hold") ------------------------
+def _shapes_per_kept_q(X, n_components, init=None, **options):
+    """The cells' and genes' factor shapes of every q in a default fit's trace, and the fit."""
+    shapes = []
+
+    def record(n_iter, params, trace):
+        shapes.append((params.row_scale.factor_shape.copy(), params.col_scale.factor_shape.copy()))
+
+    model = vbsnmf.VBNMF(n_components, random_state=3, n_threads=1, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(X, init=init, callback=record)
+    return shapes, model
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_random_start_holds_its_factor_shapes_until_a_step_changes_the_elbo_little(
+    accelerate, _pbmc_tiny
+):
+    """The factor shapes stay at the start's 1 until a plain step first changes the ELBO by
+    at most sqrt(1e-5) (relative), are learned from the step after, and the trace stays
+    monotone; a start given by ``init`` learns them from its first step."""
+    shapes, model = _shapes_per_kept_q(_pbmc_tiny.X, 5, accelerate=accelerate, max_iter=400)
+    trace = model.elbo_trace_
+    assert model.converged_ and np.all(np.diff(trace) >= 0)
+    held = [bool(np.all(rows == 1.0) and np.all(cols == 1.0)) for rows, cols in shapes]
+    n_held = held.index(False)
+    assert n_held >= 2 and not any(held[n_held:])
+    changes = np.abs(np.diff(trace)) / np.abs(trace[:-1])
+    if not accelerate:  # every q is the plain step of the one before it
+        release = int(np.argmax(changes <= np.sqrt(1e-5)))  # changes[i]: q_i -> q_i+1
+        assert n_held == release + 2, (n_held, release)
+    else:  # released by a plain step whose change is at most the threshold (its own
+        # step already made: the first learned q comes one or two kept q's later)
+        assert np.any(changes[: n_held - 1] <= np.sqrt(1e-5))
+        assert np.all(changes[: max(n_held - 3, 0)] > np.sqrt(1e-5))
+    init = {
+        "cell_shape": model.cell_shape_,
+        "cell_rate": model.cell_rate_,
+        "gene_shape": model.gene_shape_,
+        "gene_rate": model.gene_rate_,
+    }
+    warm, _ = _shapes_per_kept_q(_pbmc_tiny.X, 5, accelerate=accelerate, max_iter=3, init=init)
+    assert not np.all(warm[1][1] == 1.0)
+
+
+def test_the_hold_lifts_the_digits_at_k_20_to_a_higher_optimum(monkeypatch):
+    """The case the hold is for, on data no default was chosen on (scikit-learn's 8 x 8
+    digits, pixel intensities 0..16 as counts): at K = 20 the fit that learns the factor
+    shapes from its first pass ends lower than the held one from the same start."""
+    from sklearn.datasets import load_digits
+
+    X = sp.csr_matrix(load_digits().data)
+    options = dict(random_state=0, n_threads=1, max_iter=1000)
+    held = vbsnmf.VBNMF(20, **options).fit(X)
+    monkeypatch.setattr(vbsnmf._batch, "held_prior", lambda prior: None)
+    unheld = vbsnmf.VBNMF(20, **options).fit(X)
+    assert held.converged_ and unheld.converged_
+    assert held.elbo_trace_[-1] > unheld.elbo_trace_[-1] + 1e-3 * abs(unheld.elbo_trace_[-1])

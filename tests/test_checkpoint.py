@@ -18,6 +18,7 @@ from numpy.testing import assert_array_equal
 
 import vbsnmf
 from vbsnmf import _checkpoint
+from vbsnmf._model import hold_released
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,3 +261,36 @@ def test_checkpoint_of_other_data_with_the_same_summary_is_refused(tmp_path, kin
         _fit_on(model, shuffled)
     resumed = _fit_on(model, X)  # the same data resumes
     assert len(resumed.elbo_trace_) >= 1
+
+
+@pytest.mark.parametrize("accelerate", [True, False])
+def test_a_fit_stopped_while_its_factor_shapes_are_held_resumes_bitwise(tmp_path, accelerate):
+    """A learned fit stopped during its random start's hold of the factor shapes resumes
+    to the uninterrupted fit bit for bit: the checkpoint records the hold."""
+    path = tmp_path / "held.ckpt"
+    options = dict(accelerate=accelerate, max_iter=60, tol=0.0, checkpoint_every=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_the_second_pass(n_iter, params, trace):
+        if n_iter >= 2:
+            raise Stop
+
+    def model(**more):
+        return vbsnmf.VBNMF(4, random_state=11, n_threads=1, **options, **more)
+
+    with pytest.raises(Stop):
+        _fit(model(checkpoint=path), callback=stop_at_the_second_pass)
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    if accelerate:
+        assert meta["holding"]
+    else:
+        assert meta["hold_shapes"] and not hold_released(list(arrays["elbo_trace"]))
+    resumed = _fit(model(checkpoint=path, resume=True))
+    uninterrupted = _fit(model())
+    assert_array_equal(resumed.elbo_trace_, uninterrupted.elbo_trace_)
+    for name in ("cell_factor_shape", "gene_factor_shape"):
+        assert_array_equal(resumed.hyperparameters_[name], uninterrupted.hyperparameters_[name])
+    # the hold was released within the 60 passes: the shapes were learned
+    assert not np.all(uninterrupted.hyperparameters_["gene_factor_shape"] == 1.0)

@@ -15,12 +15,15 @@ import numpy as np
 from . import _kernels
 from ._data import CountData
 from ._model import (
+    HOLD_TOL,
     FitResult,
     Mask,
     Prior,
     VariationalParams,
     global_step,
     has_converged,
+    held_prior,
+    hold_released,
     scored_statistics,
     warn_not_converged,
 )
@@ -40,6 +43,7 @@ def fit_batch(
     callback: IterationCallback | None = None,
     verbose: bool = False,
     mask: Mask | None = None,
+    hold_shapes: bool = False,
 ) -> FitResult:
     """Batch coordinate ascent from ``start`` until the relative ELBO change is below
     ``tol`` or ``max_iter`` iterations are done (then a `ConvergenceWarning`).
@@ -48,11 +52,15 @@ def fit_batch(
     parameters after ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)``
     runs after every iteration with the ELBO of ``params`` already in ``trace``;
     ``n_parts`` is the number of parallel parts of the pass (normally the thread count);
-    ``mask``: entries of X that were not observed (dropped from ``data`` by the caller).
+    ``mask``: entries of X that were not observed (dropped from ``data`` by the caller);
+    ``hold_shapes``: a random start's hold (`_model.held_prior`): the learned prior's factor
+    shapes stay as they are until a pass changes the ELBO by at most `_model.HOLD_TOL`
+    (the stopping rule applies from the pass after).
     """
     params = start
     trace = list(elbo_trace or [])
     n_done = len(trace)  # iterations already applied to ``start``; its ELBO is trace[-1]
+    held = held_prior(prior) if hold_shapes and not hold_released(trace) else None
     converged = False
     while True:
         row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
@@ -62,12 +70,15 @@ def fit_batch(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, params, trace)
-            if has_converged(trace, tol):
+            if held is not None:
+                if has_converged(trace, HOLD_TOL):
+                    held = None
+            elif has_converged(trace, tol):
                 converged = True
                 break
         if n_done >= max_iter:
             break
-        params = global_step(params, row_stat, col_stat, prior, mask=mask)
+        params = global_step(params, row_stat, col_stat, held or prior, mask=mask)
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
@@ -86,7 +97,8 @@ _STEP_GROWTH = 4.0
 class AcceleratedState:
     """Where an accelerated fit stands between two SQUAREM cycles, enough to continue it
     bitwise (checkpoints): the next q to score, the ELBO of the q whose plain step it is,
-    the step bound, the trace, the passes done, the last q scored (the result so far)."""
+    the step bound, the trace, the passes done, the last q scored (the result so far),
+    and whether the factor shapes are still held (`fit_batch`'s ``hold_shapes``)."""
 
     current: VariationalParams
     previous: float | None
@@ -95,10 +107,11 @@ class AcceleratedState:
     n_passes: int
     kept: VariationalParams
     converged: bool = False
+    holding: bool = False
 
 
-def start_accelerated(start: VariationalParams) -> AcceleratedState:
-    return AcceleratedState(start, None, _STEP_MAX_START, [], 0, start)
+def start_accelerated(start: VariationalParams, hold_shapes: bool = False) -> AcceleratedState:
+    return AcceleratedState(start, None, _STEP_MAX_START, [], 0, start, holding=hold_shapes)
 
 
 def fit_batch_accelerated(
@@ -125,13 +138,24 @@ def fit_batch_accelerated(
     from theta2, the plain path. Every kept q's ELBO goes into the trace (the start's is not,
     as in `fit_batch`), so the trace never decreases. The stopping rule is `fit_batch`'s,
     applied to a q and its plain step, so "converged" means the same with and without
-    acceleration. ``on_cycle(state)`` runs at the start of every cycle (checkpoints).
+    acceleration, and so does the hold of the factor shapes (``state.holding``, released
+    by a plain step). ``on_cycle(state)`` runs at the start of every cycle (checkpoints).
     """
+    held = held_prior(prior)
+    released_at = None  # the pass that released the hold: not tested by the stopping rule
 
-    def score_and_step(params: VariationalParams) -> tuple[VariationalParams, float]:
+    def score_and_step(
+        params: VariationalParams, plain: bool = True
+    ) -> tuple[VariationalParams, float]:
+        nonlocal released_at
         row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
         state.n_passes += 1
-        return global_step(params, row_stat, col_stat, prior, mask=mask), value
+        # A plain step's pass may release the hold before its own step, as in `fit_batch`.
+        if plain and state.holding and state.previous is not None:
+            if has_converged([state.previous, value], HOLD_TOL):
+                state.holding, released_at = False, state.n_passes
+        step_prior = held if state.holding and held is not None else prior
+        return global_step(params, row_stat, col_stat, step_prior, mask=mask), value
 
     def keep(params: VariationalParams, value: float, plain: bool = True) -> None:
         """Record a scored q; the stopping rule compares it with the q it is the plain
@@ -143,7 +167,8 @@ def fit_batch_accelerated(
                 print(f"pass {state.n_passes:4d}  ELBO {value:.10g}", flush=True)
             if callback is not None:
                 callback(state.n_passes, params, state.trace)
-            if plain and has_converged([state.previous, value], tol):
+            stopping = plain and not state.holding and released_at != state.n_passes
+            if stopping and has_converged([state.previous, value], tol):
                 state.converged = True
         state.previous = value
 
@@ -153,6 +178,9 @@ def fit_batch_accelerated(
         theta0 = state.current
         theta1, value0 = score_and_step(theta0)
         keep(theta0, value0)
+        if state.holding:  # plain steps while the shapes are held: `fit_batch`'s path
+            state.current = theta1
+            continue
         if state.converged or state.n_passes >= max_iter:
             state.current = theta1
             break
@@ -171,7 +199,7 @@ def fit_batch_accelerated(
         del theta0, theta1, theta2
         accepted = False
         if candidate is not None:
-            theta3, value = score_and_step(candidate)
+            theta3, value = score_and_step(candidate, plain=False)
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
                 state.current = theta3

@@ -33,6 +33,8 @@ from ._model import (
     csr_totals,
     fit_rows,
     has_converged,
+    held_prior,
+    hold_released,
     hyperparameters,
     init_params,
     params_from_arrays,
@@ -140,8 +142,10 @@ class VBNMF(Estimator):
     prior
         ``"hierarchical"`` (default): learned priors, ``z_il | xi_i ~ Gamma(a_l, xi_i)``,
         ``xi_i ~ Gamma(a', a'/b')`` and the same for the genes, every hyperparameter
-        learned by empirical Bayes (``hyperparameters_``). ``"gamma"``: the fixed prior
-        Gamma(``prior_shape``, ``prior_rate``) on every entry of both factor matrices.
+        learned by empirical Bayes (``hyperparameters_``); a batch fit from a random start
+        holds the factor shapes a_l, c_l at 1 for its first passes (docs/model.md, "The
+        hold"). ``"gamma"``: the fixed prior Gamma(``prior_shape``, ``prior_rate``) on
+        every entry of both factor matrices.
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
@@ -665,7 +669,11 @@ def _fit_batch(
                 start = _per_entry_rates(start)
             handed = [start]
             del start
-            result = run(settings, data, handed, checkpointer, callback, n_threads, mask)
+            # a random start holds the factor shapes a learned prior learns
+            hold_shapes = stored is None and init is None and held_prior(prior) is not None
+            result = run(
+                settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
+            )
             if best is None or _final_elbo(result) > _final_elbo(best):
                 best = result
     return best, data.shape[1]
@@ -684,14 +692,18 @@ def _per_entry_rates(params):
     )
 
 
-def _run_plain(settings, data, handed, checkpointer, callback, n_threads, mask) -> FitResult:
+def _run_plain(
+    settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
+) -> FitResult:
     """Plain coordinate ascent from a start or a checkpoint ``(arrays, meta)``, taken out
     of the list ``handed``; saves the parameters after every ``checkpoint_every``
-    iterations and at the end."""
+    iterations and at the end. ``hold_shapes``: a random start's (`fit_batch`); a
+    checkpoint says whether its fit held them."""
 
     def save(n_iter, params, trace, finished=False):
         arrays = {**params_to_arrays(params), "elbo_trace": np.asarray(trace)}
-        checkpointer.save(n_iter, arrays, {"finished": finished}, force=finished)
+        meta = {"finished": finished, "hold_shapes": hold_shapes}
+        checkpointer.save(n_iter, arrays, meta, force=finished)
 
     def after_iteration(n_iter, params, trace):
         if callback is not None:
@@ -701,10 +713,13 @@ def _run_plain(settings, data, handed, checkpointer, callback, n_threads, mask) 
     trace: list[float] = []
     start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
-        arrays, _ = start
+        arrays, meta = start
         start = params_from_arrays(arrays)
         trace = [float(v) for v in arrays["elbo_trace"]]
-        done = has_converged(trace, settings.tol)
+        hold_shapes = bool(meta.get("hold_shapes", False))
+        # the pass that releases a hold is not tested by the stopping rule
+        held_last = hold_shapes and not hold_released(trace[:-1])
+        done = has_converged(trace, settings.tol) and not held_last
         if done or len(trace) >= settings.max_iter:
             return FitResult(start, np.asarray(trace), len(trace), bool(done))
     result = fit_batch(
@@ -718,15 +733,18 @@ def _run_plain(settings, data, handed, checkpointer, callback, n_threads, mask) 
         callback=after_iteration,
         verbose=settings.verbose,
         mask=mask,
+        hold_shapes=hold_shapes,
     )
     save(result.n_iter, result.params, result.elbo_trace, finished=True)
     return result
 
 
-def _run_accelerated(settings, data, handed, checkpointer, callback, n_threads, mask) -> FitResult:
+def _run_accelerated(
+    settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
+) -> FitResult:
     """SQUAREM-accelerated coordinate ascent from a start or a checkpoint, taken out of the
     list ``handed``; saves the state at the start of every ``checkpoint_every``-th
-    cycle's pass and at the end."""
+    cycle's pass and at the end. ``hold_shapes``: a random start's (`fit_batch`)."""
 
     def save(state: AcceleratedState, finished: bool = False) -> None:
         arrays = {f"current_{k}": v for k, v in params_to_arrays(state.current).items()}
@@ -737,6 +755,7 @@ def _run_accelerated(settings, data, handed, checkpointer, callback, n_threads, 
             "step_max": state.step_max,
             "n_passes": state.n_passes,
             "converged": state.converged,
+            "holding": state.holding,
             "finished": finished,
         }
         checkpointer.save(state.n_passes, arrays, meta, force=finished)
@@ -758,9 +777,10 @@ def _run_accelerated(settings, data, handed, checkpointer, callback, n_threads, 
             int(meta["n_passes"]),
             part("kept_"),
             bool(meta["converged"]),
+            bool(meta.get("holding", False)),  # checkpoints before the hold have none
         )
     else:
-        state = start_accelerated(start)
+        state = start_accelerated(start, hold_shapes)
     del start
     result, state = fit_batch_accelerated(
         data,

@@ -19,7 +19,8 @@ the model is here, and a new prior or likelihood is added here and nowhere else:
   (`random_shapes`), so any split of the rows (Dask chunks, files read in blocks) draws
   the same numbers; `local_start_shape` for local fits; `init_params` for given starts;
 - the ELBO from its summed terms (`ElboTerms`; `side_terms` gives one side's share), and
-  the stopping rule with its warning (`has_converged`, `warn_not_converged`).
+  the stopping rule with its warning (`has_converged`, `warn_not_converged`), and the hold
+  of a random start's factor shapes (`held_prior`, `hold_released`).
 
 The drivers (batch `_batch.py`, stochastic `_svi.py`, distributed `_dask/`) are loops that
 call these over their own data layout and sum the statistics.
@@ -772,6 +773,32 @@ def has_converged(trace, tol: float) -> bool:
     return len(trace) >= 2 and abs(trace[-1] - trace[-2]) <= tol * abs(trace[-2])
 
 
+# -- holding the factor shapes of a random start ---------------------------------------------
+# The factor shapes a_l, c_l of a random start (`start_scale_template`): 1, the exponential.
+START_FACTOR_SHAPE = 1.0
+# A batch fit from a random start holds them there until the ELBO's relative change per pass
+# first falls to HOLD_TOL, then learns them. Learned from the first pass, from a q that is
+# still the independence fit plus noise, they can take the fit to a far poorer optimum
+# (Reuters news at K = 20: 6.5 % lower ELBO, docs/model.md). HOLD_TOL is the square root of
+# the default tol 1e-5, halfway to the stopping rule on a log scale: a few passes.
+HOLD_TOL = 1e-5**0.5
+
+
+def held_prior(prior: Prior) -> HierarchicalPrior | None:
+    """The prior a random start is fitted under until `hold_released`: the learned prior
+    with its factor shapes held at `START_FACTOR_SHAPE` (the other hyperparameters still
+    learned); None when no factor shape is learned (the fixed prior, or shapes fixed)."""
+    if isinstance(prior, HierarchicalPrior) and prior.factor_shape is None:
+        return HierarchicalPrior(factor_shape=START_FACTOR_SHAPE)
+    return None
+
+
+def hold_released(trace) -> bool:
+    """Whether a held fit with this ELBO trace has released its factor shapes: some pass
+    changed the ELBO by at most `HOLD_TOL` (relative)."""
+    return any(has_converged(trace[i - 1 : i + 1], HOLD_TOL) for i in range(1, len(trace)))
+
+
 def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``."""
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
@@ -962,7 +989,7 @@ def start_scale_template(
     ``1 / mean_l E[z_il]`` at the start's mean shape 1.5 (`learned_start_rates`), so the
     prior mean ``a_l / xi_i`` matches the start. Every value is replaced after the first
     iteration."""
-    factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+    factor = START_FACTOR_SHAPE if prior.factor_shape is None else prior.factor_shape
     inverse_sum = summary.inverse_sum + summary.n_empty / summary.floor
     share = _total_share(total_count, n_sides)
     prior_mean = n_components * share * inverse_sum / summary.n_rows
@@ -1115,7 +1142,7 @@ def complete_learned(
     ):
         rate = np.broadcast_to(rate, shape.shape).astype(shape.dtype)  # a copy, per entry
         n_rows, n_components = shape.shape
-        default_factor = 1.0 if prior.factor_shape is None else prior.factor_shape
+        default_factor = START_FACTOR_SHAPE if prior.factor_shape is None else prior.factor_shape
         factor = np.asarray(given.get(f"{side}_factor_shape", default_factor), dtype=np.float64)
         factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), f"{side}_factor")
         prior_mean = given.get(f"{side}_scale_prior_mean")

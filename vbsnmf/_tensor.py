@@ -532,9 +532,11 @@ def fit_batch(
     elbo_trace: list[float] | None = None,
     callback: Callable[[int, TensorParams, list[float]], None] | None = None,
     verbose: bool = False,
+    hold_shapes: bool = False,
 ) -> TensorFitResult:
     """Batch coordinate ascent from ``init`` until `_model.has_converged` (relative ELBO change
-    at most ``tol``) or ``max_iter`` iterations; the loop of `_batch.fit_batch`.
+    at most ``tol``) or ``max_iter`` iterations; the loop of `_batch.fit_batch`, with its
+    hold of a random start's factor shapes (``hold_shapes``).
 
     ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint taken after
     ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)`` runs after every
@@ -543,6 +545,7 @@ def fit_batch(
     params = init
     trace = list(elbo_trace or [])
     n_done = len(trace)
+    held = _model.held_prior(prior) if hold_shapes and not _model.hold_released(trace) else None
     converged = False
     while True:
         stats, data_term = shape_statistics(data, params, n_chunks)
@@ -552,12 +555,15 @@ def fit_batch(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, params, trace)
-            if _model.has_converged(trace, tol):
+            if held is not None:
+                if _model.has_converged(trace, _model.HOLD_TOL):
+                    held = None
+            elif _model.has_converged(trace, tol):
                 converged = True
                 break
         if n_done >= max_iter:
             break
-        params = update_modes(params, stats, prior)
+        params = update_modes(params, stats, held or prior)
         n_done += 1
     if not converged and max_iter > 0:
         _model.warn_not_converged("max_iter", max_iter, tol)

@@ -427,6 +427,7 @@ class VBNTF(Estimator):
             elbo_trace=trace,
             callback=callback,
             verbose=self.verbose,
+            hold_shapes=True,  # every batch start here is random
         )
 
     def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
@@ -513,7 +514,10 @@ class VBNTF(Estimator):
             arrays, _ = stored
             start = _tensor.params_from_arrays(arrays)
             trace = [float(v) for v in arrays["elbo_trace"]]
-            done = _model.has_converged(trace, checked["tol"])
+            # the pass that released the factor shapes' hold is not tested for stopping
+            held = _model.held_prior(checked["prior"]) is not None
+            held_last = held and not _model.hold_released(trace[:-1])
+            done = _model.has_converged(trace, checked["tol"]) and not held_last
             if done or len(trace) >= checked["max_iter"]:
                 return _tensor.TensorFitResult(start, np.asarray(trace), len(trace), bool(done))
         else:

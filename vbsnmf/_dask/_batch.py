@@ -58,6 +58,7 @@ import scipy.sparse as sp
 
 from .._data import CountData, as_count_data
 from .._model import (
+    HOLD_TOL,
     ElboTerms,
     GammaPrior,
     HierarchicalPrior,
@@ -69,6 +70,7 @@ from .._model import (
     fix_gauge,
     gauge_factor,
     has_converged,
+    held_prior,
     learn_hyperparameters,
     learned_start_rates,
     learned_start_scale,
@@ -375,7 +377,8 @@ def fit_batch_dask(
     """Batch VB on a Dask cluster, chunk by chunk of cells (checked settings; the public
     `vbsnmf.fit_dask` checks them). The random start is `_model.random_start`'s, each
     chunk drawing its own cells, so any chunking gives the same fit. Under the learned
-    prior this is plain coordinate ascent (`_batch.fit_batch`'s loop, no SQUAREM)."""
+    prior this is plain coordinate ascent (`_batch.fit_batch`'s loop, no SQUAREM), a random
+    start holding its factor shapes as there."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-{uuid.uuid4().hex[:12]}"
@@ -460,6 +463,7 @@ def fit_batch_dask(
     gathered_bytes: list[int] = []
     sent_bytes: list[int] = []
     n_done, converged = 0, False
+    held = held_prior(prior) if init is None else None  # `_batch.fit_batch`'s hold_shapes
     while True:
         step = f"{prefix}-{n_done}"
         if learned:
@@ -503,7 +507,10 @@ def fit_batch_dask(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, current_params(), trace)
-            if has_converged(trace, tol):
+            if held is not None:
+                if has_converged(trace, HOLD_TOL):
+                    held = None
+            elif has_converged(trace, tol):
                 converged = True
                 break
         if n_done >= max_iter:
@@ -513,9 +520,10 @@ def fit_batch_dask(
             gene_shape, gene_rate, gene_scale = update_side_learned(
                 total.gene_stat, gene_scale, total.next_cell_mean_sum, dtype
             )
-            cell_hyper = learn_hyperparameters(total.cell_sums, cell_hyper, prior)
+            step_prior = held or prior
+            cell_hyper = learn_hyperparameters(total.cell_sums, cell_hyper, step_prior)
             gene_scale = learn_hyperparameters(
-                scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, prior
+                scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, step_prior
             )
             unfixed = _client_params(gene_shape, gene_rate, cell_hyper, gene_scale, dtype)
             factor = gauge_factor(unfixed)

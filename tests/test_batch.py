@@ -266,14 +266,11 @@ def test_a_random_start_holds_its_factor_shapes_until_a_step_changes_the_elbo_li
     held = [bool(np.all(rows == 1.0) and np.all(cols == 1.0)) for rows, cols in shapes]
     n_held = held.index(False)
     assert n_held >= 2 and not any(held[n_held:])
+    # Until the release every q is the plain step of the one before it (SQUAREM too);
+    # changes[i] is q_i -> q_i+1, and the step from q_i+1 is the first to learn.
     changes = np.abs(np.diff(trace)) / np.abs(trace[:-1])
-    if not accelerate:  # every q is the plain step of the one before it
-        release = int(np.argmax(changes <= np.sqrt(1e-5)))  # changes[i]: q_i -> q_i+1
-        assert n_held == release + 2, (n_held, release)
-    else:  # released by a plain step whose change is at most the threshold (its own
-        # step already made: the first learned q comes one or two kept q's later)
-        assert np.any(changes[: n_held - 1] <= np.sqrt(1e-5))
-        assert np.all(changes[: max(n_held - 3, 0)] > np.sqrt(1e-5))
+    release = int(np.argmax(changes <= np.sqrt(1e-5)))
+    assert n_held == release + 2, (n_held, release)
     init = {
         "cell_shape": model.cell_shape_,
         "cell_rate": model.cell_rate_,

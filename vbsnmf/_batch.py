@@ -24,6 +24,7 @@ from ._model import (
     has_converged,
     held_prior,
     hold_released,
+    plain_stop,
     scored_statistics,
     warn_not_converged,
 )
@@ -70,11 +71,8 @@ def fit_batch(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, params, trace)
-            if held is not None:
-                if has_converged(trace, HOLD_TOL):
-                    held = None
-            elif has_converged(trace, tol):
-                converged = True
+            held, converged = plain_stop(trace, tol, held)
+            if converged:
                 break
         if n_done >= max_iter:
             break

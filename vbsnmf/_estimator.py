@@ -32,14 +32,13 @@ from ._model import (
     VariationalParams,
     csr_totals,
     fit_rows,
-    has_converged,
     held_prior,
-    hold_released,
     hyperparameters,
     init_params,
     params_from_arrays,
     params_to_arrays,
     random_start,
+    resumed_converged,
     scale_sums,
     seed_entropy,
     side_totals,
@@ -717,9 +716,7 @@ def _run_plain(
         start = params_from_arrays(arrays)
         trace = [float(v) for v in arrays["elbo_trace"]]
         hold_shapes = bool(meta.get("hold_shapes", False))
-        # the pass that releases a hold is not tested by the stopping rule
-        held_last = hold_shapes and not hold_released(trace[:-1])
-        done = has_converged(trace, settings.tol) and not held_last
+        done = resumed_converged(trace, settings.tol, hold_shapes)
         if done or len(trace) >= settings.max_iter:
             return FitResult(start, np.asarray(trace), len(trace), bool(done))
     result = fit_batch(

@@ -799,6 +799,22 @@ def hold_released(trace) -> bool:
     return any(has_converged(trace[i - 1 : i + 1], HOLD_TOL) for i in range(1, len(trace)))
 
 
+def plain_stop(trace, tol: float, held: Prior | None) -> tuple[Prior | None, bool]:
+    """The stopping rule of plain coordinate ascent with a hold, after a q's ELBO joined
+    ``trace``: ``(held, converged)``. While ``held`` (`held_prior`), a change of at most
+    `HOLD_TOL` releases it, and the stopping rule waits for the pass after."""
+    if held is not None:
+        return (None if has_converged(trace, HOLD_TOL) else held), False
+    return None, has_converged(trace, tol)
+
+
+def resumed_converged(trace, tol: float, held: bool) -> bool:
+    """Whether the plain fit whose checkpoint holds ``trace`` had stopped (``held``: it
+    started with a hold): `plain_stop`'s rule, from the trace."""
+    released_before_last = not held or hold_released(trace[:-1])
+    return released_before_last and has_converged(trace, tol)
+
+
 def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``."""
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")

@@ -555,11 +555,8 @@ def fit_batch(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, params, trace)
-            if held is not None:
-                if _model.has_converged(trace, _model.HOLD_TOL):
-                    held = None
-            elif _model.has_converged(trace, tol):
-                converged = True
+            held, converged = _model.plain_stop(trace, tol, held)
+            if converged:
                 break
         if n_done >= max_iter:
             break

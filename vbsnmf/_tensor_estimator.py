@@ -514,10 +514,8 @@ class VBNTF(Estimator):
             arrays, _ = stored
             start = _tensor.params_from_arrays(arrays)
             trace = [float(v) for v in arrays["elbo_trace"]]
-            # the pass that released the factor shapes' hold is not tested for stopping
-            held = _model.held_prior(checked["prior"]) is not None
-            held_last = held and not _model.hold_released(trace[:-1])
-            done = _model.has_converged(trace, checked["tol"]) and not held_last
+            held = _model.held_prior(checked["prior"]) is not None  # its start was random
+            done = _model.resumed_converged(trace, checked["tol"], held)
             if done or len(trace) >= checked["max_iter"]:
                 return _tensor.TensorFitResult(start, np.asarray(trace), len(trace), bool(done))
         else:

@@ -58,7 +58,6 @@ import scipy.sparse as sp
 
 from .._data import CountData, as_count_data
 from .._model import (
-    HOLD_TOL,
     ElboTerms,
     GammaPrior,
     HierarchicalPrior,
@@ -69,11 +68,11 @@ from .._model import (
     VariationalParams,
     fix_gauge,
     gauge_factor,
-    has_converged,
     held_prior,
     learn_hyperparameters,
     learned_start_rates,
     learned_start_scale,
+    plain_stop,
     random_shapes,
     rescale_side,
     scale_optimum,
@@ -507,11 +506,8 @@ def fit_batch_dask(
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
                 callback(n_done, current_params(), trace)
-            if held is not None:
-                if has_converged(trace, HOLD_TOL):
-                    held = None
-            elif has_converged(trace, tol):
-                converged = True
+            held, converged = plain_stop(trace, tol, held)
+            if converged:
                 break
         if n_done >= max_iter:
             break

@@ -146,8 +146,9 @@ def _random_q(rng, dtype, n_rows=9000, n_cols=7, n_components=3):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_squarem_step_and_extrapolation_match_numpy(dtype):
     """SqS3's step |r| / |v| and ``exp(log theta0 + 2 s r + s^2 v)`` over every positive
-    array of q (factors, scales, hyperparameters), against numpy in float64 logs."""
-    from vbsnmf._batch import _extrapolate, _step_length
+    array of q (factors, scales, hyperparameters), against numpy in float64 logs; the
+    candidate's four arrays of q are theta2's, written over (no new q)."""
+    from vbsnmf._batch import _extrapolate_over, _step_length
 
     rng = np.random.default_rng(0)
     thetas = [_random_q(rng, dtype) for _ in range(3)]
@@ -158,28 +159,30 @@ def test_squarem_step_and_extrapolation_match_numpy(dtype):
     assert _step_length(*thetas) == pytest.approx(expected_step, rel=1e-12)
 
     step = 1.7
-    candidate = _extrapolate(*thetas, step)
+    candidate = _extrapolate_over(*thetas, step)
     for got, x0, r_, v_ in zip(candidate.positive_arrays(), logs[0], r, v):
         expected = np.exp(x0 + 2.0 * step * r_ + step * step * v_)
         rtol = 1e-12 if got.dtype == np.float64 else 2e-7
         np.testing.assert_allclose(got, expected, rtol=rtol)
-    for got, model in zip(candidate.positive_arrays()[:4], thetas[0].positive_arrays()):
+    for got, model in zip(candidate.positive_arrays()[:4], thetas[2].positive_arrays()):
         assert got.dtype == model.dtype and got.shape == model.shape
+        assert np.shares_memory(got, model)
 
 
 def test_squarem_refuses_a_step_that_leaves_the_positive_numbers():
     """A candidate with an entry that overflows (or underflows to zero) is no q: None."""
-    from vbsnmf._batch import _extrapolate
+    from vbsnmf._batch import _extrapolate_over
 
-    rng = np.random.default_rng(1)
-    theta0, theta1, theta2 = (_random_q(rng, np.float64) for _ in range(3))
-    theta1.col_rate[2, 1] = theta0.col_rate[2, 1] * 1e30
-    theta2.col_rate[2, 1] = theta0.col_rate[2, 1] * 1e60  # v = 0: r alone, 2 s r
-    assert _extrapolate(theta0, theta1, theta2, 1.0) is not None
-    assert _extrapolate(theta0, theta1, theta2, 30.0) is None
-    theta1.col_rate[2, 1] = theta0.col_rate[2, 1] * 1e-30
-    theta2.col_rate[2, 1] = theta0.col_rate[2, 1] * 1e-60
-    assert _extrapolate(theta0, theta1, theta2, 30.0) is None
+    def extrapolate(factor, step):  # a fresh theta2 each time: the call spends it
+        rng = np.random.default_rng(1)
+        theta0, theta1, theta2 = (_random_q(rng, np.float64) for _ in range(3))
+        theta1.col_rate[2, 1] = theta0.col_rate[2, 1] * factor
+        theta2.col_rate[2, 1] = theta0.col_rate[2, 1] * factor**2  # v = 0: r alone, 2 s r
+        return _extrapolate_over(theta0, theta1, theta2, step)
+
+    assert extrapolate(1e30, 1.0) is not None
+    assert extrapolate(1e30, 30.0) is None
+    assert extrapolate(1e-30, 30.0) is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -213,29 +216,86 @@ def test_accelerated_fit_is_monotone_exact_and_ahead_of_plain(seed, _pbmc_tiny):
     assert value == pytest.approx(trace[-1], rel=1e-12)
 
 
-def test_squarem_holds_at_most_three_q_during_a_pass(_pbmc_tiny, monkeypatch):
+def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeypatch):
     """Each q is (cells + genes) x K arrays: while a pass runs the fit holds the q it
-    keeps, the q it continues from and the q being scored, never a q of an earlier cycle
-    (the candidate's step and the candidate were held into the next cycle: one q more
-    at the peak, 32 MiB at pbmc_facs and K = 100)."""
+    keeps and the q being scored, and while a step runs the q it steps and the one before
+    (theta0 and theta1, for the extrapolation), never a q of an earlier cycle. (The
+    candidate is written over theta2, which a refused candidate's fit takes again from
+    theta1 and its statistics; before, theta1, theta2 and the candidate were all held
+    through the candidate's pass and step: 2.2 q more at the peak, 35 MiB at pbmc_facs and
+    K = 100.) The q being built by a step is not counted: it has no object yet."""
     import gc
 
     from vbsnmf import _batch
     from vbsnmf._model import VariationalParams
 
-    live, scored = [], _batch.scored_statistics
+    def live_q():
+        return sum(isinstance(o, VariationalParams) for o in gc.get_objects())
 
-    def counting(data, params, *args, **kwargs):
-        live.append(sum(isinstance(o, VariationalParams) for o in gc.get_objects()))
-        return scored(data, params, *args, **kwargs)
+    at_passes, at_steps = [], []
+    scored, stepped = _batch.scored_statistics, _batch.global_step
 
-    monkeypatch.setattr(_batch, "scored_statistics", counting)
+    def counting_pass(*args, **kwargs):
+        at_passes.append(live_q())
+        return scored(*args, **kwargs)
+
+    def counting_step(*args, **kwargs):
+        at_steps.append(live_q())
+        return stepped(*args, **kwargs)
+
+    monkeypatch.setattr(_batch, "scored_statistics", counting_pass)
+    monkeypatch.setattr(_batch, "global_step", counting_step)
     model = vbsnmf.VBNMF(4, random_state=0, n_threads=1, max_iter=30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(_pbmc_tiny.X)
-    assert len(live) == model.n_iter_ == 30
-    assert max(live) == 3, live
+    assert len(at_passes) == model.n_iter_ == 30
+    assert max(at_passes) == 2 and max(at_steps) == 2, (at_passes, at_steps)
+
+
+def test_a_refused_candidate_continues_from_theta2_bit_for_bit(_pbmc_tiny, monkeypatch):
+    """The candidate is written over theta2, so a refused candidate's fit takes theta2
+    again from theta1 and its pass's statistics: the q each such cycle continues from is
+    theta2 as the step first made it, every array bit for bit (the extrapolation wrapped
+    to copy theta2 before it is written over; refusals and acceptances both occur)."""
+    from vbsnmf import _batch
+    from vbsnmf._data import as_count_data
+    from vbsnmf._model import HierarchicalPrior, init_params
+
+    prior = HierarchicalPrior()
+    warm = vbsnmf.VBNMF(4, random_state=1, n_threads=1, max_iter=3, accelerate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        warm.fit(_pbmc_tiny.X)
+    start = init_params(warm, _pbmc_tiny.X.shape, 4, np.float64, prior)
+    extrapolate, cycles = _batch._extrapolate_over, []
+
+    def copying(theta0, theta1, theta2, step):
+        copies = [a.copy() for a in theta2.positive_arrays()]
+        candidate = extrapolate(theta0, theta1, theta2, step)
+        cycles.append((copies, candidate))
+        return candidate
+
+    outcomes = []
+
+    def check(state):
+        if cycles:
+            copies, candidate = cycles.pop()
+            if state.kept is candidate:
+                outcomes.append("kept")
+                return
+            outcomes.append("refused")
+            for got, expected in zip(state.current.positive_arrays(), copies, strict=True):
+                np.testing.assert_array_equal(got, expected, strict=True)
+
+    monkeypatch.setattr(_batch, "_extrapolate_over", copying)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        _batch.fit_batch_accelerated(
+            as_count_data(_pbmc_tiny.X), _batch.start_accelerated(start), prior,
+            max_iter=150, tol=0.0, on_cycle=check,
+        )  # fmt: skip
+    assert "refused" in outcomes and "kept" in outcomes, outcomes
 
 
 # -- the hold of a random start's factor shapes (model.md, "The hold") ------------------------

@@ -27,20 +27,21 @@ def _scaled(elog):
 
 
 def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64):
-    """`update_shapes` on X (CSR, rows major) with tables in ``dtype``: every shape 2 and
-    the log rates that make ``E[log] = digamma(2) - log_rate`` the given ones."""
+    """`update_shapes` on X (CSR, rows major) with tables in ``dtype``: shapes 2 (1e-3
+    where ``E[log]`` is below -100, so that its rate stays a float) and the rates that
+    make ``E[log] = digamma(shape) - log(rate)`` the given ones."""
     major_scaled, major_logmax = _scaled(major_elog.astype(dtype))
     minor_scaled, minor_logmax = _scaled(minor_elog.astype(dtype))
-    major_shape = np.full(major_elog.shape, 2.0, dtype)
-    minor_shape = np.full(minor_elog.shape, 2.0, dtype)
+    major_shape = np.where(major_elog < -100, 1e-3, 2.0).astype(dtype)
+    minor_shape = np.where(minor_elog < -100, 1e-3, 2.0).astype(dtype)
     k = major_elog.shape[1]
     major_stat = np.full((X.shape[0], k), np.nan)  # overwritten
     minor_partial = np.full((len(bounds) - 1, *minor_scaled.shape), np.nan, dtype=dtype)
     data_partial = np.zeros(len(bounds) - 1)
     n_fallback = _kernels.update_shapes(
         X.indptr, X.indices, X.data, np.asarray(bounds),
-        major_scaled, major_logmax, major_shape, digamma(2.0) - major_elog,
-        minor_scaled, minor_logmax, minor_shape, digamma(2.0) - minor_elog,
+        major_scaled, major_logmax, major_shape, np.exp(digamma(major_shape) - major_elog),
+        minor_scaled, minor_logmax, minor_shape, np.exp(digamma(minor_shape) - minor_elog),
         tiny, block_rows, major_stat, minor_partial, data_partial,
     )  # fmt: skip
     return major_stat, minor_partial, data_partial, n_fallback
@@ -253,7 +254,7 @@ def test_gamma_moments_sums_match_numpy(dtype, per_entry):
     expected = np.exp(elog - elog.max(1)[:, None])
     expected_kl = reference_cavi.gamma_kl(alpha, rate, prior_shape, prior_rate)
     side = (shape, rate, prior_shape, prior_rate)
-    for scaled, logmax, log_rate, mean_sum, kl in _kernels.gamma_moments_sums_of_sides(
+    for scaled, logmax, rates, mean_sum, kl in _kernels.gamma_moments_sums_of_sides(
         side, side
     ):  # the same q as rows and as columns: both places of the kernel
         np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-13, atol=1e-14)
@@ -261,7 +262,7 @@ def test_gamma_moments_sums_match_numpy(dtype, per_entry):
         np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=atol)
         assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
         assert np.all(scaled[:, k:] == 0)
-        np.testing.assert_array_equal(log_rate, np.broadcast_to(np.log(rate), shape.shape))
+        np.testing.assert_array_equal(rates, np.broadcast_to(rate, shape.shape))
         np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
         np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
 

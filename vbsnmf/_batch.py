@@ -142,9 +142,8 @@ def fit_batch_accelerated(
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
 
-    def score_and_step(
-        params: VariationalParams, plain: bool = True
-    ) -> tuple[VariationalParams, float]:
+    def score(params: VariationalParams, plain: bool = True):
+        """One pass: ``params``' statistics and exact ELBO."""
         nonlocal released_at
         row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
         state.n_passes += 1
@@ -152,8 +151,18 @@ def fit_batch_accelerated(
         if plain and state.holding and state.previous is not None:
             if has_converged([state.previous, value], HOLD_TOL):
                 state.holding, released_at = False, state.n_passes
+        return (row_stat, col_stat), value
+
+    def step(params: VariationalParams, statistics) -> VariationalParams:
         step_prior = held if state.holding and held is not None else prior
-        return global_step(params, row_stat, col_stat, step_prior, mask=mask), value
+        return global_step(params, *statistics, step_prior, mask=mask)
+
+    def score_and_step(params: VariationalParams) -> VariationalParams:
+        """A plain step: the pass, the scored q kept (so the q kept before it is not held
+        while the step builds the next), then the step."""
+        statistics, value = score(params)
+        keep(params, value)
+        return step(params, statistics)
 
     def keep(params: VariationalParams, value: float, plain: bool = True) -> None:
         """Record a scored q; the stopping rule compares it with the q it is the plain
@@ -174,38 +183,44 @@ def fit_batch_accelerated(
         if on_cycle is not None:
             on_cycle(state)
         theta0 = state.current
-        theta1, value0 = score_and_step(theta0)
-        keep(theta0, value0)
+        theta1 = score_and_step(theta0)
         if state.holding:  # plain steps while the shapes are held: `fit_batch`'s path
             state.current = theta1
             continue
         if state.converged or state.n_passes >= max_iter:
             state.current = theta1
             break
-        theta2, value1 = score_and_step(theta1)
+        statistics1, value1 = score(theta1)
         keep(theta1, value1)
+        theta2 = step(theta1, statistics1)
         if state.converged or state.n_passes >= max_iter:
             state.current = theta2
             break
-        step = min(max(_step_length(theta0, theta1, theta2), 1.0), state.step_max)
-        candidate = _extrapolate(theta0, theta1, theta2, step)
-        # The plain path unless the candidate is kept. Every q is a (cells + genes) x K
-        # array or four, so no name here holds one past its use: theta0 is not held while
-        # the candidate's pass runs, nor a refused q or the candidate into the next cycle
-        # (state.kept and state.current hold what the fit still needs).
-        state.current = theta2
-        del theta0, theta1, theta2
+        step_length = min(max(_step_length(theta0, theta1, theta2), 1.0), state.step_max)
+        # Every q is a (cells + genes) x K array or four, so the candidate is written over
+        # theta2, which a refused candidate's fit takes again from theta1 and its pass's
+        # statistics (the same step of the same q, bit for bit), and no name holds a q past
+        # its use: theta0 is not held while the candidate's pass runs, nor theta1 while a
+        # kept candidate's step builds the next q; a refused candidate takes no step.
+        candidate = _extrapolate_over(theta0, theta1, theta2, step_length)
+        state.current = None  # theta0, until the candidate's fate gives the next one
+        del theta0, theta2
         accepted = False
         if candidate is not None:
-            theta3, value = score_and_step(candidate, plain=False)
+            statistics, value = score(candidate, plain=False)
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
-                state.current = theta3
+                del statistics1
+                state.current = step(candidate, statistics)
                 accepted = True
-            del theta3
+            del statistics
         del candidate
+        if not accepted:
+            state.current = step(theta1, statistics1)
+            del statistics1
+        del theta1
         if accepted:
-            if step >= state.step_max:
+            if step_length >= state.step_max:
                 state.step_max *= _STEP_GROWTH
         else:
             state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
@@ -231,15 +246,16 @@ def _step_length(theta0, theta1, theta2) -> float:
     return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
 
 
-def _extrapolate(theta0, theta1, theta2, step: float) -> VariationalParams | None:
-    """SQUAREM's ``theta0 + 2 s r + s^2 v`` in log parameters, back as a q of theta0's
-    structure and dtype (s = 1 is theta2); None when an entry is not finite and
-    positive (the step is then refused without a pass)."""
+def _extrapolate_over(theta0, theta1, theta2, step: float) -> VariationalParams | None:
+    """SQUAREM's ``theta0 + 2 s r + s^2 v`` in log parameters, as a q of theta2's structure
+    and dtype (s = 1 is theta2), written over theta2's arrays of q (its own, fresh from a
+    step; the hyperparameters' small arrays are new); None when an entry is not finite and
+    positive (the step is then refused without a pass). theta2 is spent either way."""
     arrays = []
-    for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
-        out = np.empty_like(x0)
+    for index, (x0, x1, x2) in enumerate(_flat_triples(theta0, theta1, theta2)):
+        out = x2 if index < 4 else np.empty_like(x2)
         if _kernels.squarem_extrapolate(x0, x1, x2, step, out):
             return None
         arrays.append(out)
-    shapes = [np.shape(a) for a in theta0.positive_arrays()]
-    return theta0.with_positive_arrays([a.reshape(shape) for a, shape in zip(arrays, shapes)])
+    shapes = [np.shape(a) for a in theta2.positive_arrays()]
+    return theta2.with_positive_arrays([a.reshape(shape) for a, shape in zip(arrays, shapes)])

@@ -241,7 +241,7 @@ def gamma_moments(shape, log_rate, scaled, logmax):
 def _terms_entries(
     shape,
     rate,
-    log_rate,
+    log_rate_row,
     prior_shape,
     prior_rate,
     lgamma_prior_shape,
@@ -254,7 +254,8 @@ def _terms_entries(
     rest,
     factors,
 ):
-    """Row ``i``'s entries of `gamma_terms` (arguments as there): ``shape / rate`` added
+    """Row ``i``'s entries of `gamma_terms` (arguments as there, ``log_rate_row`` the logs
+    of row ``i``'s rates): ``shape / rate`` added
     to ``mean_row``; per entry ``z`` (``shifted``), ``exponent = (log z - digamma) +
     log_rate`` (what `_scaled_row` needs), and the KL as ``log_weight * log z + rest``
     plus ``log`` of ``factors`` (`_kl_of_row`)."""
@@ -268,7 +269,7 @@ def _terms_entries(
         mean = alpha / float(rate[i, l])
         mean_row[l] += mean
         shifted[l] = z
-        exponent[l] = not_log + float(log_rate[i, l])
+        exponent[l] = not_log + log_rate_row[l]
         factors[l] = denominator
         log_weight[l] = (alpha - a) - (z - 0.5)
         # -(alpha - a) d + z - log(2 pi) / 2 - Stirling(z) + lgamma(a)
@@ -280,7 +281,7 @@ def _terms_entries(
             - _HALF_LOG_2PI
             - _lgamma_series(inv, inv2)
             + float(lgamma_prior_shape[i, l])
-            + a * (float(log_rate[i, l]) - float(log_prior_rate[i, l]))
+            + a * (log_rate_row[l] - float(log_prior_rate[i, l]))
             + float(prior_rate[i, l]) * mean
         )
 
@@ -310,12 +311,13 @@ def _gamma_terms_block(block, arguments):
     """Block ``block`` of `gamma_terms`, ``arguments`` the tuple of its arguments: the one
     body of it and of `gamma_terms_of_sides`, so both make the same sums."""
     (
-        shape, rate, log_rate, taken_logs, prior_shape, prior_rate, lgamma_prior_shape,
+        shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
         log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
     ) = arguments  # fmt: skip
     n_rows, n_components = shape.shape
     tables = scaled.shape[0] > 0
-    take_logs = taken_logs.shape[0] > 0
+    take_logs = log_rate.shape[0] == 0
+    log_rate_row = np.empty(n_components)
     shifted = np.empty(n_components)
     exponent = np.empty(n_components)
     value = np.empty(n_components)
@@ -329,9 +331,12 @@ def _gamma_terms_block(block, arguments):
     for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
         if take_logs:  # libm's log, apart from the loop that vectorises
             for l in range(n_components):
-                taken_logs[i, l] = math.log(float(rate[i, l]))
+                log_rate_row[l] = math.log(float(rate[i, l]))
+        else:
+            for l in range(n_components):
+                log_rate_row[l] = float(log_rate[i, l])
         _terms_entries(
-            shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+            shape, rate, log_rate_row, prior_shape, prior_rate, lgamma_prior_shape,
             log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
         )  # fmt: skip
         kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
@@ -345,7 +350,6 @@ def gamma_terms(
     shape,
     rate,
     log_rate,
-    taken_logs,
     prior_shape,
     prior_rate,
     lgamma_prior_shape,
@@ -364,10 +368,11 @@ def gamma_terms(
     view; ``lgamma_prior_shape`` and ``log_prior_rate`` are those functions of the prior's.
     The blocks are fixed, so the sums do not depend on the number of threads.
 
-    ``taken_logs`` (n x K, or 0 rows) is where per-entry rates have their logs taken, a row
-    at a time before the row is read, in parallel (``log_rate`` is then the same array):
-    numpy's ``np.log`` of them, on one thread, took 1.3 ms of every scoring of pbmc_facs'
-    16,791 genes at K=10.
+    ``log_rate`` with 0 rows: the rates are per entry, and their logs are taken here, a row
+    at a time before the row is read, in parallel, into a row of scratch: numpy's
+    ``np.log`` of them, on one thread, took 1.3 ms of every scoring of pbmc_facs' 16,791
+    genes at K=10, and a table of them would be one more n x K float64 array alive
+    through the pass (the pass's log-space path takes its own logs of the rates).
 
     Per entry, with ``z``, ``s / p`` and ``p`` of the recurrence (`_shifted`) and
     ``d = log z - digamma(alpha)``: ``digamma(alpha) = log z - d`` and ``lgamma(alpha) =
@@ -380,7 +385,7 @@ def gamma_terms(
     both sides at once, `gamma_terms_of_sides`). With 0 rows, the sums alone.
     """
     arguments = (
-        shape, rate, log_rate, taken_logs, prior_shape, prior_rate, lgamma_prior_shape,
+        shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
         log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
     )  # fmt: skip
     for block in prange(kl_partial.shape[0]):
@@ -397,7 +402,7 @@ def gamma_terms_of_sides(row_arguments, col_arguments):
     Why one region: starting one was measured at ~8 ms when another process holds the
     other core (the worker thread waits for its time slice), against microseconds idle.
     """
-    row_kl_partial, col_kl_partial = row_arguments[10], col_arguments[10]  # one per block
+    row_kl_partial, col_kl_partial = row_arguments[9], col_arguments[9]  # one per block
     n_row_blocks = row_kl_partial.shape[0]
     for block in prange(n_row_blocks + col_kl_partial.shape[0]):
         if block < n_row_blocks:
@@ -413,7 +418,7 @@ TERMS_BLOCK_ROWS = 1024
 def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as float64 views of
     ``shape``'s shape, and its two outputs (see `gamma_sums`). Rates per entry have their
-    logs taken by the kernel (into the ``log_rate`` it is given), others here."""
+    logs taken by the kernel (``log_rate`` of 0 rows), others here."""
     full = shape.shape
 
     def view(values):
@@ -423,12 +428,9 @@ def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
     log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
     rate = np.asarray(rate, dtype=np.float64)
-    if rate.shape == full:
-        log_rate = taken_logs = np.empty(full)
-    else:
-        log_rate, taken_logs = view(np.log(rate)), np.empty((0, full[1]))
+    log_rate = np.empty((0, full[1])) if rate.shape == full else view(np.log(rate))
     arguments = (
-        view(rate), log_rate, taken_logs,
+        view(rate), log_rate,
         view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
     )  # fmt: skip
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
@@ -472,15 +474,15 @@ def _moments_terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rat
 def _moments_sums(arguments):
     """`gamma_moments_sums_of_sides`' outputs of one side from `gamma_terms`' arguments, after the
     kernel ran."""
-    log_rate, (mean_partial, kl_partial, scaled, logmax) = arguments[2], arguments[-4:]
-    return scaled, logmax, log_rate, mean_partial.sum(axis=0), float(kl_partial.sum())
+    rate, (mean_partial, kl_partial, scaled, logmax) = arguments[1], arguments[-4:]
+    return scaled, logmax, rate, mean_partial.sum(axis=0), float(kl_partial.sum())
 
 
 def gamma_moments_sums_of_sides(row_side, col_side):
     """`gamma_moments`' outputs and `gamma_sums`' sums of the rows and of the columns by
     one kernel (`gamma_terms_of_sides`): each side's arguments as `gamma_sums`' in a tuple
     ``(shape, rate, prior_shape, prior_rate, log_prior_rate)``; per side ``(scaled, logmax,
-    log_rate, mean_sum, kl)``, ``log_rate`` the n x K float64 (view) the tables came from."""
+    rate, mean_sum, kl)``, ``rate`` the n x K float64 (view) the tables came from."""
     row_arguments = _moments_terms_arguments(*row_side)
     col_arguments = _moments_terms_arguments(*col_side)
     gamma_terms_of_sides(row_arguments, col_arguments)
@@ -563,10 +565,10 @@ def expected_log_sums_of_sides(
 
 # -- the pass over the nonzeros ------------------------------------------------------------
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def _exp_shifted_log_rho(major_shape, major_log_rate, minor_shape, minor_log_rate, phi):
+def _exp_shifted_log_rho(major_shape, major_rate, minor_shape, minor_rate, phi):
     """Slow path of one nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
-    ``log rho_l = E[log z_il] + E[log w_jl]``, ``E[log] = digamma(shape) - log_rate``
-    from the two rows' shapes and log rates; returns (max, sum_l phi_l). Entries of
+    ``log rho_l = E[log z_il] + E[log w_jl]``, ``E[log] = digamma(shape) - log(rate)``
+    from the two rows' shapes and rates; returns (max, sum_l phi_l). Entries of
     ``phi`` past the K of the rows (the padding of `pad_components`) are set to zero."""
     n_components = major_shape.shape[0]
     for l in range(n_components, phi.shape[0]):
@@ -575,9 +577,9 @@ def _exp_shifted_log_rho(major_shape, major_log_rate, minor_shape, minor_log_rat
     for l in range(n_components):
         value = (
             digamma(float(major_shape[l]))
-            - float(major_log_rate[l])
+            - math.log(float(major_rate[l]))
             + digamma(float(minor_shape[l]))
-            - float(minor_log_rate[l])
+            - math.log(float(minor_rate[l]))
         )
         phi[l] = value
         peak = max(peak, value)
@@ -817,11 +819,11 @@ def update_shapes(
     major_scaled,
     major_logmax,
     major_shape,
-    major_log_rate,
+    major_rate,
     minor_scaled,
     minor_logmax,
     minor_shape,
-    minor_log_rate,
+    minor_rate,
     tiny,
     minor_block,
     major_stat,
@@ -842,13 +844,15 @@ def update_shapes(
     part_bounds
         ``n_parts + 1`` major-row boundaries; part ``c`` owns rows
         ``part_bounds[c]:part_bounds[c + 1]``.
-    major_scaled, major_logmax, major_shape, major_log_rate
+    major_scaled, major_logmax, major_shape, major_rate
         ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of
         `simd_width`, zero past column K: see `pad_components`) and its row maxima
-        (n_major,) of the major-side factors (`gamma_moments`), and the shapes and log
-        rates they came from (n_major x K, the rates possibly a broadcast view) for the
-        log-sum-exp path; likewise ``minor_*``. The arithmetic of the responsibilities, and
-        the logs of their normalisers (`weighted_log_sum`), is in the tables' dtype.
+        (n_major,) of the major-side factors (`gamma_moments`), and the shapes and rates
+        they came from (n_major x K, the rates possibly a broadcast view) for the
+        log-sum-exp path, which takes the rates' logs itself (a table of them would be one
+        more n x K array through the pass); likewise ``minor_*``. The arithmetic of the
+        responsibilities, and the logs of their normalisers (`weighted_log_sum`), is in the
+        tables' dtype.
     tiny
         Normalisers below this take the log-sum-exp path, which recomputes ``E[log]``
         of the two rows.
@@ -921,9 +925,9 @@ def update_shapes(
                         n_fallback += 1
                         peak, exact = _exp_shifted_log_rho(
                             major_shape[i],
-                            major_log_rate[i],
+                            major_rate[i],
                             minor_shape[j],
-                            minor_log_rate[j],
+                            minor_rate[j],
                             phi,
                         )
                         data += float(x) * (math.log(exact) + peak)

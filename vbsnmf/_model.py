@@ -257,15 +257,16 @@ def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     """What the pass needs of one side of q: ``exp(E[log])`` divided by its row maximum
     (padded with zero columns to `_kernels.padded_width`), that maximum (log scale), and
-    the shapes and log rates for the pass's log-space path; ``rate`` per component or
-    any array broadcastable to ``shape``."""
+    the shapes and rates (float64, a view of ``shape``'s shape) for the pass's log-space
+    path; ``rate`` per component or any array broadcastable to ``shape``."""
     shape = np.asarray(shape)
     n_rows, n_components = shape.shape
-    log_rate = np.broadcast_to(np.log(np.asarray(rate, dtype=np.float64)), shape.shape)
+    rate = np.asarray(rate, dtype=np.float64)
+    log_rate = np.broadcast_to(np.log(rate), shape.shape)
     scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
     _kernels.gamma_moments(shape, log_rate, scaled, logmax)
-    return scaled, logmax, shape, log_rate
+    return scaled, logmax, shape, np.broadcast_to(rate, shape.shape)
 
 
 def shape_statistics(
@@ -291,10 +292,8 @@ def pass_statistics(
 ):
     """`shape_statistics` from each side's `side_moments` (a side held fixed over many
     passes, as in `fit_rows`, computes its moments once)."""
-    major_scaled, major_logmax, major_shape, major_log_rate = (row_moments, col_moments)[data.major]
-    minor_scaled, minor_logmax, minor_shape, minor_log_rate = (row_moments, col_moments)[
-        1 - data.major
-    ]
+    major_scaled, major_logmax, major_shape, major_rate = (row_moments, col_moments)[data.major]
+    minor_scaled, minor_logmax, minor_shape, minor_rate = (row_moments, col_moments)[1 - data.major]
     dtype = major_scaled.dtype
     bounds = data.part_bounds(n_parts)
     n_components = minor_shape.shape[1]
@@ -311,11 +310,11 @@ def pass_statistics(
         major_scaled,
         major_logmax,
         major_shape,
-        major_log_rate,
+        major_rate,
         minor_scaled,
         minor_logmax,
         minor_shape,
-        minor_log_rate,
+        minor_rate,
         _TINY[np.dtype(dtype)],
         block_rows or _kernels.minor_block_rows(minor_scaled.shape[1], dtype.itemsize),
         major_stat,
@@ -389,8 +388,9 @@ def global_step(
         )
         row_scale = learn_hyperparameters(row_scale_sums, row_scale, prior)
         col_scale = learn_hyperparameters(col_scale_sums, col_scale, prior)
-        return fix_gauge(
-            VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+        return fix_gauge(  # the rates are this step's own: rescaled where they are
+            VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale),
+            in_place=True,
         )
     row_shape, row_rate = update_side(prior, row_stat, rate_scale * row_sums, dtype)
     row_mean = row_shape / row_rate
@@ -416,8 +416,22 @@ def update_side_learned(
 def scale_optimum(shape: np.ndarray, rate: np.ndarray, scale: ScaleState) -> ScaleState:
     """q(xi) at its optimum given q(z) and the hyperparameters."""
     q_shape = np.full(shape.shape[0], scale.prior_shape + scale.factor_shape.sum())
-    q_rate = scale.prior_shape / scale.prior_mean + (shape / rate).sum(axis=1, dtype=np.float64)
+    q_rate = scale.prior_shape / scale.prior_mean + _mean_row_sums(shape, rate)
     return scale.with_q(q_shape, q_rate)
+
+
+_SUM_BLOCK_ROWS = 1024
+
+
+def _mean_row_sums(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """``(shape / rate).sum(axis=1)`` in float64, a block of rows at a time: no n x K
+    temporary beside a step's new q (each row's sum is its own, whatever the blocks)."""
+    rate = np.broadcast_to(rate, shape.shape)
+    sums = np.empty(shape.shape[0])
+    for first in range(0, shape.shape[0], _SUM_BLOCK_ROWS):
+        rows = slice(first, first + _SUM_BLOCK_ROWS)
+        sums[rows] = (shape[rows] / rate[rows]).sum(axis=1, dtype=np.float64)
+    return sums
 
 
 @dataclass
@@ -502,17 +516,22 @@ def learn_hyperparameters(sums: ScaleSums, scale: ScaleState, prior: Hierarchica
     return ScaleState(scale.shape, scale.rate, factor_shape, float(prior_shape), float(prior_mean))
 
 
-def fix_gauge(params: VariationalParams) -> VariationalParams:
+def fix_gauge(params: VariationalParams, in_place: bool = False) -> VariationalParams:
     """Move q along the one direction that leaves the ELBO exactly unchanged, to b' = d'.
 
     ``(z, xi, b', w, eta, d') -> (s z, xi / s, b' / s, w / s, s eta, s d')`` changes no
     term of the ELBO (the likelihood sees z w, each prior term z xi, w eta, xi / b',
     eta / d'); with both b' and d' learned, coordinate ascent would drift along it for
     ever. ``s = sqrt(b' / d')`` leaves ``b' = d' = sqrt(b' d')`` (`gauge`).
+    ``in_place``: divide the rates of ``params`` where they are (no new pair of them).
     """
     factor, prior_mean = gauge(params.row_scale, params.col_scale)
-    row_rate, row_scale = rescale_side(params.row_rate, params.row_scale, factor, prior_mean)
-    col_rate, col_scale = rescale_side(params.col_rate, params.col_scale, 1.0 / factor, prior_mean)
+    row_rate, row_scale = rescale_side(
+        params.row_rate, params.row_scale, factor, prior_mean, in_place
+    )
+    col_rate, col_scale = rescale_side(
+        params.col_rate, params.col_scale, 1.0 / factor, prior_mean, in_place
+    )
     return VariationalParams(
         params.row_shape, row_rate, params.col_shape, col_rate, row_scale, col_scale
     )
@@ -526,15 +545,16 @@ def gauge(row_scale: ScaleState, col_scale: ScaleState) -> tuple[float, float]:
 
 
 def rescale_side(
-    rate: np.ndarray, scale: ScaleState, factor: float, prior_mean: float
+    rate: np.ndarray, scale: ScaleState, factor: float, prior_mean: float, in_place=False
 ) -> tuple[np.ndarray, ScaleState]:
     """One side's share of `fix_gauge`: ``z -> factor z`` (its rates of q(z) divided by
     ``factor``, those of q(xi) multiplied by it) and its prior mean set to ``prior_mean``.
-    Rows held elsewhere (Dask chunks) apply it to their own q with the same ``factor``."""
+    Rows held elsewhere (Dask chunks) apply it to their own q with the same ``factor``;
+    ``in_place``: the rates divided where they are."""
     scale = ScaleState(
         scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, prior_mean
     )
-    return rate / factor, scale
+    return (np.divide(rate, factor, out=rate) if in_place else rate / factor), scale
 
 
 def gauge_factor(params: VariationalParams) -> float:
@@ -721,9 +741,9 @@ def moments_and_terms(params: VariationalParams, prior: Prior):
     )
 
 
-def _moments_and_terms(shape, scaled, logmax, log_rate, mean_sum, kl, scale_kl):
+def _moments_and_terms(shape, scaled, logmax, rate, mean_sum, kl, scale_kl):
     """One side's `side_moments` and `side_terms` from `moments_and_terms`' kernel."""
-    return (scaled, logmax, np.asarray(shape), log_rate), (mean_sum, kl + scale_kl)
+    return (scaled, logmax, np.asarray(shape), rate), (mean_sum, kl + scale_kl)
 
 
 def elbo_terms(

@@ -261,7 +261,7 @@ def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     state = _cells_state(source, 4, 2, float(X.sum()))
     p = state.params
     blocks = source.iter_blocks(_svi.EVAL_BLOCK_ROWS)
-    terms, fitted, _ = _svi.evaluate_rows(blocks, p, settings)
+    terms, fitted, _, gene_stat = _svi.evaluate_rows(blocks, p, settings)
     row_shape, row_rate = fitted.row_shape, fitted.row_rate
     value = terms.with_cols(p.col_shape, p.col_rate, PRIOR).value()
     expected = reference_cavi.elbo(X.toarray(), row_shape, row_rate, p.col_shape, p.col_rate, 1, 1)
@@ -272,6 +272,56 @@ def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     again = np.full_like(row_shape, 1.0)
     np.add.at(again, rows, X.toarray()[rows, cols][:, None] * phi)
     assert_allclose(again, row_shape, rtol=1e-3)
+    # The gene side's statistic under the fitted cells (for the exact gene step), and
+    # their sum of means, from the dense responsibilities.
+    expected_stat = np.zeros_like(gene_stat)
+    np.add.at(expected_stat, cols, X.toarray()[rows, cols][:, None] * phi)
+    assert_allclose(gene_stat, expected_stat, rtol=1e-10, atol=1e-12)
+    assert_allclose(terms.row_mean_sum, (row_shape / row_rate).sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("prior", [PRIOR, _model.HierarchicalPrior()], ids=["gamma", "learned"])
+def test_the_gene_step_after_an_evaluation_is_exact_coordinate_ascent(pbmc_tiny, prior):
+    """After a few epochs, an evaluation (every cell at its optimum) and the exact gene
+    step from its statistics: under the fixed prior the gene side is exactly the batch
+    update a + sum_i x phi, b + sum_i E[z_i] (dense responsibilities); under either prior
+    the full ELBO (batch VB's `elbo`) does not decrease."""
+    X = pbmc_tiny.X
+    source = _stream.InMemorySource(X)
+    settings = _svi.SVISettings(prior, 200, 1.0, 0.7, 1, 1, 0.0, 400, 1e-11)
+    totals = np.asarray(X.sum(axis=1)).ravel(), np.asarray(X.sum(axis=0)).ravel()
+    state = _svi.init_cells_state(X.shape, 4, float(X.sum()), 5, prior, np.float64, 0, totals)
+
+    def step(cells, rho):
+        block = source.read_rows(cells)
+        state.params = _svi.svi_step_cells(
+            block, X.shape[0], state.params, rho, settings, cells, state
+        )
+
+    for _ in range(3):
+        state.step += 1
+        order = np.sort(state.rng.permutation(X.shape[0])[:200])
+        step(order, _svi.learning_rate(state.step, 1.0, 0.7, 6))
+    blocks = source.iter_blocks(_svi.EVAL_BLOCK_ROWS)
+    terms, state.params, sums, gene_stat = _svi.evaluate_rows(blocks, state.params, settings)
+    if sums is not None:
+        state.cell_sums = sums
+    data = as_count_data(X)
+    before = _model.elbo(data, state.params, prior)
+    evaluated = state.params
+    _svi.full_data_gene_step(state, gene_stat, terms.row_mean_sum, prior)
+    after = _model.elbo(data, state.params, prior)
+    assert after >= before - 1e-12 * abs(before) and after > before
+    if isinstance(prior, _model.GammaPrior):
+        rows, cols, log_rho = _dense_log_rho(
+            X.toarray(), evaluated.row_shape, evaluated.row_rate, evaluated
+        )
+        phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
+        expected = np.full_like(gene_stat, 1.0)
+        np.add.at(expected, cols, X.toarray()[rows, cols][:, None] * phi)
+        assert_allclose(state.params.col_shape, expected, rtol=1e-10)
+        mean_sum = (evaluated.row_shape / evaluated.row_rate).sum(axis=0)
+        assert_allclose(state.params.col_rate, 1.0 + mean_sum, rtol=1e-12)
 
 
 def _dense_log_rho(dense, row_shape, row_rate, params):

@@ -190,6 +190,18 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
             raise damaged(f"{trace.size} ELBO values for {passes} passes")
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
+        if "gene_step_stat" in arrays or "gene_step_cell_mean_sum" in arrays:
+            stat = arrays.get("gene_step_stat")
+            mean_sum = arrays.get("gene_step_cell_mean_sum")
+            shapes = (
+                None if stat is None else stat.shape,
+                None if mean_sum is None else mean_sum.shape,
+            )
+            if shapes != ((n_cols, k), (k,)):
+                raise damaged(f"the statistics of its gene step are of shapes {shapes}")
+            for values in (stat, mean_sum):
+                if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+                    raise damaged("the statistics of its gene step are not finite and >= 0")
         if learned:
             sums = arrays.get("cell_sums_scale")
             factor_log = arrays.get("cell_sums_factor_log")

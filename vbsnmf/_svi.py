@@ -132,7 +132,10 @@ class SVIState:
     For the cells form ``params``' row side holds every cell's latest local optimum (from
     its last minibatch or the last evaluation), where its next local fit starts; under the
     learned prior ``cell_sums`` are the sums over all cells that their hyperparameters are
-    learned from, kept up to date step by step."""
+    learned from, kept up to date step by step. ``gene_statistics``: the last evaluation's
+    gene-side statistics while the exact gene step they give (`full_data_gene_step`) is
+    still to be taken, as when the fit ended at ``n_epochs``: resumed with more epochs, it
+    takes that step first, as the longer fit did."""
 
     params: VariationalParams
     rng: np.random.Generator
@@ -142,19 +145,33 @@ class SVIState:
     converged: bool = False
     finished: bool = False
     cell_sums: ScaleSums | None = None
+    gene_statistics: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.save_checkpoint`."""
-        return progress_to_arrays(self, params_to_arrays(self.params), self.cell_sums, CELL_SUMS)
+        arrays = params_to_arrays(self.params)
+        if self.gene_statistics is not None:
+            arrays.update(zip(GENE_STATISTICS, self.gene_statistics))
+        return progress_to_arrays(self, arrays, self.cell_sums, CELL_SUMS)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> SVIState:
         progress, cell_sums = progress_from_arrays(arrays, meta, CELL_SUMS)
-        return cls(params=params_from_arrays(arrays), cell_sums=cell_sums, **progress)
+        statistics = None
+        if GENE_STATISTICS[0] in arrays:
+            statistics = tuple(arrays[key] for key in GENE_STATISTICS)
+        return cls(
+            params=params_from_arrays(arrays),
+            cell_sums=cell_sums,
+            gene_statistics=statistics,
+            **progress,
+        )
 
 
 # Checkpoint keys of the cells form's stored sums (scalars, then sum E[log z] per component).
 CELL_SUMS = ("cell_sums_scale", "cell_sums_factor_log")
+# ... and of `SVIState.gene_statistics` (genes x K, then K), when it holds them.
+GENE_STATISTICS = ("gene_step_stat", "gene_step_cell_mean_sum")
 
 
 def progress_to_arrays(
@@ -253,19 +270,29 @@ def svi_has_converged(trace, tol: float) -> bool:
 
 
 def end_of_epoch(
-    state: SVIState, evaluate: Callable[[], float], settings: SVISettings, callback, on_epoch
+    state: SVIState,
+    evaluate: Callable[[], float],
+    settings: SVISettings,
+    callback,
+    on_epoch,
+    after_evaluation: Callable[[], None] | None = None,
 ) -> None:
     """Count the finished epoch, evaluate the ELBO when due, decide convergence, then
-    call ``callback(epoch, params, trace)`` and ``on_epoch(state)`` (checkpoints)."""
+    call ``callback(epoch, params, trace)``, ``after_evaluation()`` if the ELBO was
+    evaluated and the fit goes on, and ``on_epoch(state)`` (checkpoints: of the state the
+    fit goes on from)."""
     state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
-    if state.epoch % settings.eval_every == 0 or last_epoch:
+    evaluated = state.epoch % settings.eval_every == 0 or last_epoch
+    if evaluated:
         state.elbo_trace.append(evaluate())
         if svi_has_converged(state.elbo_trace, settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch
     if callback is not None:
         callback(state.epoch, state.params, state.elbo_trace)
+    if evaluated and not state.finished and after_evaluation is not None:
+        after_evaluation()
     if on_epoch is not None:
         on_epoch(state)
 
@@ -490,7 +517,8 @@ def evaluate_rows(
     """The rows' ELBO terms with every row at its optimum given the gene side of
     ``start``, from the row blocks ``(first_row, block)`` (consecutive, covering the rows of
     ``start``, where each row's fit starts); returns ``(terms, q with those rows, the rows'
-    `ScaleSums` under the learned prior)``.
+    `ScaleSums` under the learned prior, the gene side's statistic sum_i x phi from them,
+    genes x K float64)``.
 
     The ELBO decomposes over rows once the gene side is fixed, so each block contributes
     its data term, its ``sum_i E[z_i]`` and its KL; `ElboTerms.with_cols` completes them.
@@ -502,13 +530,15 @@ def evaluate_rows(
     row_scale = start.row_scale.copy() if learned else None
     terms = ElboTerms(0.0, np.zeros(col_shape.shape[1]), 0.0)
     sums = None
+    col_stat = np.zeros(col_shape.shape)
     row_rate = start.row_rate
     for first, block in blocks:
         rows = slice(first, first + block.shape[0])
         init_shape, init_scale = row_subset(start, rows)
-        row_shape, row_rate, _, data_term, scale = local_fit(
+        row_shape, row_rate, block_stat, data_term, scale = local_fit(
             block, col_shape, col_rate, settings, init_shape, init_scale
         )
+        col_stat += block_stat
         row_shape_all[rows] = row_shape
         terms = terms + ElboTerms(
             data_term, *side_terms(row_shape, row_rate, settings.prior, scale)
@@ -522,7 +552,7 @@ def evaluate_rows(
     fitted = VariationalParams(
         row_shape_all, rows_rate, col_shape, col_rate, row_scale, start.col_scale
     )
-    return terms, fitted, sums
+    return terms, fitted, sums, col_stat
 
 
 def step_cols(
@@ -594,6 +624,26 @@ def svi_step_cells(
     return learned_global_update(state, settings.prior)
 
 
+def full_data_gene_step(
+    state: SVIState, col_stat: np.ndarray, row_mean_sum: np.ndarray, prior: Prior
+) -> None:
+    """The gene side's exact coordinate-ascent step given every cell at its optimum, from
+    an evaluation's statistics (``col_stat`` = sum_i x phi, ``row_mean_sum`` = sum_i
+    E[z_i], which the evaluation computes anyway): `step_cols` with scale 1 and weight 1,
+    then under the learned prior `learned_global_update`. Batch VB's gene update, free
+    once an epoch; it clears the minibatch steps' noise from the gene side."""
+    params = state.params
+    shape, rate = step_cols(
+        params.col_shape, params.col_rate, col_stat, row_mean_sum, 1.0, 1.0, prior,
+        params.col_scale,
+    )  # fmt: skip
+    if params.row_scale is None:
+        state.params = VariationalParams(params.row_shape, params.row_rate, shape, rate)
+        return
+    params.col_shape, params.col_rate = shape, rate
+    learned_global_update(state, prior)
+
+
 def store_rows(state: SVIState, cells, row_shape, row_rate, row_scale: ScaleState) -> None:
     """Write a minibatch's local optimum into the learned-prior state, keeping the sums
     over all cells that their hyperparameters are learned from up to date."""
@@ -654,7 +704,7 @@ def run_cells_epochs(
     settings: SVISettings,
     n_rows: int,
     step: Callable[[np.ndarray, float], None],
-    evaluate: Callable[[], float],
+    evaluate: Callable[[], tuple[float, tuple[np.ndarray, np.ndarray]]],
     *,
     callback: EpochCallback | None = None,
     on_epoch: StateHook | None = None,
@@ -662,17 +712,30 @@ def run_cells_epochs(
     """The cells form's loop, whatever holds the data: each epoch a fresh permutation of
     the rows from ``state.rng`` cut into minibatches of ``settings.batch_size``;
     ``step(cells, rho)`` moves ``state.params`` by one minibatch (sorted row numbers) with
-    weight ``rho``; ``evaluate()`` returns the full ELBO with every row at its optimum and
-    leaves those rows in ``state.params``."""
+    weight ``rho``; ``evaluate()`` returns the full ELBO with every row at its optimum,
+    leaves those rows in ``state.params`` and returns with the ELBO the gene side's
+    statistics under them, from which a fit that goes on takes `full_data_gene_step`."""
     batch_size = min(settings.batch_size, n_rows)
     n_steps = steps_per_epoch(n_rows, batch_size)
+
+    def evaluate_and_hold() -> float:
+        value, state.gene_statistics = evaluate()
+        return value
+
+    def gene_step() -> None:
+        full_data_gene_step(state, *state.gene_statistics, settings.prior)
+        state.gene_statistics = None
+
+    if state.gene_statistics is not None and not state.finished:  # resumed with more epochs
+        gene_step()
+
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_rows)
         for start in range(0, n_rows, batch_size):
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa, n_steps)
             step(np.sort(order[start : start + batch_size]), rho)
-        end_of_epoch(state, evaluate, settings, callback, on_epoch)
+        end_of_epoch(state, evaluate_and_hold, settings, callback, on_epoch, gene_step)
     warn_if_not_converged(state.converged, settings)
     return state
 
@@ -696,16 +759,17 @@ def fit_svi_cells(
         block = source.read_rows(cells)
         state.params = svi_step_cells(block, n_rows, state.params, rho, settings, cells, state)
 
-    def evaluate() -> float:
-        terms, state.params, sums = evaluate_rows(
+    def evaluate() -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+        terms, state.params, sums, col_stat = evaluate_rows(
             source.iter_blocks(EVAL_BLOCK_ROWS), state.params, settings
         )
         if sums is not None:  # exact again, whatever rounding the steps accumulated
             state.cell_sums = sums
         params = state.params
-        return terms.with_cols(
+        value = terms.with_cols(
             params.col_shape, params.col_rate, settings.prior, params.col_scale
         ).value()
+        return value, (col_stat, terms.row_mean_sum)
 
     return run_cells_epochs(
         state, settings, n_rows, step, evaluate, callback=callback, on_epoch=on_epoch

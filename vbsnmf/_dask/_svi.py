@@ -111,10 +111,9 @@ def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape, start
     )
     with numba_threads(settings.n_threads):
         start = VariationalParams(start_shape, None, gene_shape, gene_rate, start_scale)
-        terms, fitted, sums = evaluate_rows(blocks, start, settings)
-    # An evaluation has no gene statistic: empty arrays keep the summary small.
-    empty = np.zeros((0, gene_shape.shape[1]))
-    summary = ChunkSummary(empty, terms, np.zeros(0), sums)
+        terms, fitted, sums, gene_stat = evaluate_rows(blocks, start, settings)
+    # The gene statistic for the fit's exact gene step (`_svi.full_data_gene_step`).
+    summary = ChunkSummary(gene_stat, terms, np.zeros(0), sums)
     return *_cells(fitted.row_shape, fitted.row_rate, fitted.row_scale), summary
 
 
@@ -226,7 +225,7 @@ def fit_svi_cells_dask(
         state.params.col_shape, state.params.col_rate = new_shape, new_rate
         learned_global_update(state, settings.prior)
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, tuple[np.ndarray, np.ndarray]]:
         params = state.params
         key = f"{prefix}-eval{state.epoch}"
         gene_future = client.submit(as_task, (params.col_shape, params.col_rate), key=f"{key}-gene")
@@ -272,9 +271,10 @@ def fit_svi_cells_dask(
             )
         params = state.params
         terms = total.terms
-        return terms.with_cols(
+        value = terms.with_cols(
             params.col_shape, params.col_rate, settings.prior, params.col_scale
         ).value()
+        return value, (total.gene_stat, terms.row_mean_sum)
 
     state = run_cells_epochs(state, settings, n_cells, step, evaluate, callback=callback)
     params = state.params

@@ -99,8 +99,19 @@ def _facs_panel(pbmc_facs, seed=2, n_cells=400, n_genes=300):
 
 # pbmc_tiny (few counts per cell) needs the most global steps: 256 cells per minibatch
 # (4 steps per epoch) left SVI 2.1 % below there.
-@pytest.mark.parametrize("name", ["model draw", "pbmc_facs panel", "pbmc_tiny"])
-def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, request):
+# At K = 20 pbmc_tiny is not within 1 % (1.64 %, docs/performance.md); the other two are.
+@pytest.mark.parametrize(
+    ("name", "n_components"),
+    [
+        ("model draw", 5),
+        ("pbmc_facs panel", 5),
+        ("pbmc_tiny", 5),
+        ("pbmc_tiny", 10),
+        ("model draw", 20),
+        ("pbmc_facs panel", 20),
+    ],
+)
+def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, n_components, request):
     """The learned prior's SVI (cells form) with every SVI setting at its default ends
     within 1 % of the ELBO of batch VB's default fit to convergence (or above it)."""
     if name == "model draw":
@@ -109,9 +120,9 @@ def test_svi_defaults_land_within_one_percent_of_converged_batch_vb(name, reques
         X = _facs_panel(request.getfixturevalue("pbmc_facs"))
     else:
         X = sp.csr_array(request.getfixturevalue("pbmc_tiny").X)
-    batch = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1), X)
+    batch = _fit_quietly(vbsnmf.VBNMF(n_components, random_state=0, n_threads=1), X)
     assert batch.converged_
-    svi = _fit_quietly(vbsnmf.VBNMF(5, random_state=0, n_threads=1, solver="svi"), X)
+    svi = _fit_quietly(vbsnmf.VBNMF(n_components, random_state=0, n_threads=1, solver="svi"), X)
     gap = (batch.elbo_trace_[-1] - svi.elbo_trace_[-1]) / abs(batch.elbo_trace_[-1])
     assert gap < 0.01, f"SVI's defaults end {gap:.2%} below batch VB"
 

@@ -634,9 +634,8 @@ def full_data_gene_step(
     once an epoch; it clears the minibatch steps' noise from the gene side."""
     params = state.params
     shape, rate = step_cols(
-        params.col_shape, params.col_rate, col_stat, row_mean_sum, 1.0, 1.0, prior,
-        params.col_scale,
-    )  # fmt: skip
+        params.col_shape, params.col_rate, col_stat, row_mean_sum, 1.0, 1.0, prior, params.col_scale
+    )
     if params.row_scale is None:
         state.params = VariationalParams(params.row_shape, params.row_rate, shape, rate)
         return

@@ -294,3 +294,28 @@ def test_a_fit_stopped_while_its_factor_shapes_are_held_resumes_bitwise(tmp_path
         assert_array_equal(resumed.hyperparameters_[name], uninterrupted.hyperparameters_[name])
     # the hold was released within the 60 passes: the shapes were learned
     assert not np.all(uninterrupted.hyperparameters_["gene_factor_shape"] == 1.0)
+
+
+@pytest.mark.parametrize("kind", ["svi-cells", "svi-cells-learned"])
+def test_an_svi_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(tmp_path, kind):
+    """The cells form takes its exact gene step after an evaluation only if the fit goes
+    on; a fit that ended at ``n_epochs`` keeps the step's statistics in its checkpoint and,
+    resumed with more epochs, takes the step first: bitwise the fit that ran them all.
+    Statistics that are not finite are refused as damage."""
+    path = tmp_path / "fit.ckpt"
+
+    def model(n_epochs, **extra):
+        settings = {**FITS[kind], "n_epochs": n_epochs}
+        return vbsnmf.VBNMF(4, random_state=11, n_threads=1, checkpoint=path, **settings, **extra)
+
+    _fit(model(2))
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    assert meta["finished"] and arrays["gene_step_stat"].shape == (arrays["col_shape"].shape)
+    resumed = _fit(model(4, resume=True))
+    longer = _fit(vbsnmf.VBNMF(4, random_state=11, n_threads=1, **{**FITS[kind], "n_epochs": 4}))
+    assert_array_equal(resumed.elbo_trace_, longer.elbo_trace_)
+    assert_array_equal(resumed.gene_shape_, longer.gene_shape_)
+    arrays["gene_step_stat"] = np.full_like(arrays["gene_step_stat"], np.nan)
+    _checkpoint.save_checkpoint(path, arrays, meta)
+    with pytest.raises(_checkpoint.CheckpointError, match="statistics of its gene step"):
+        _fit(model(4, resume=True))

@@ -709,6 +709,33 @@ def _short_checkpointed_fit(kind, path, **extra) -> vbsnmf.VBNTF:
     return vbsnmf.VBNTF(3, random_state=11, n_threads=1, checkpoint=path, **fit, **extra)
 
 
+@pytest.mark.parametrize("kind", ["svi-slices", "svi-slices-learned"])
+def test_a_slices_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(kind, tmp_path):
+    """As the matrix cells form: the exact step of the other modes after an evaluation is
+    taken only if the fit goes on, a fit ended at ``n_epochs`` keeps its statistics and,
+    resumed with more epochs, takes it first (bitwise the fit that ran them all); damaged
+    statistics are refused."""
+    _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
+    path = tmp_path / "fit.ckpt"
+
+    def model(n_epochs, **extra):
+        fit = {**CHECKPOINT_FITS[kind], "n_epochs": n_epochs}
+        return vbsnmf.VBNTF(3, random_state=11, n_threads=1, **fit, **extra)
+
+    _quiet(model(2, checkpoint=path), coords, values)
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    assert meta["finished"] and arrays["step_stat_1"].shape == (12, 3)
+    resumed = _quiet(model(4, checkpoint=path, resume=True), coords, values)
+    longer = _quiet(model(4), coords, values)
+    np.testing.assert_array_equal(resumed.elbo_trace_, longer.elbo_trace_)
+    for mine, theirs in zip(resumed.shapes_, longer.shapes_):
+        np.testing.assert_array_equal(mine, theirs)
+    arrays["step_stat_2"] = -arrays["step_stat_2"] - 1.0
+    _checkpoint.save_checkpoint(path, arrays, meta)
+    with pytest.raises(_checkpoint.CheckpointError, match="step_stat_2"):
+        model(4, checkpoint=path, resume=True).fit(coords, values)
+
+
 @pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices", "svi-slices-learned"])
 def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)

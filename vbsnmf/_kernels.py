@@ -255,10 +255,10 @@ def _terms_entries(
     factors,
 ):
     """Row ``i``'s entries of `gamma_terms` (arguments as there, ``log_rate_row`` the logs
-    of row ``i``'s rates): ``shape / rate`` added
-    to ``mean_row``; per entry ``z`` (``shifted``), ``exponent = (log z - digamma) +
-    log_rate`` (what `_scaled_row` needs), and the KL as ``log_weight * log z + rest``
-    plus ``log`` of ``factors`` (`_kl_of_row`)."""
+    of row ``i``'s rates): ``shape / rate`` added to ``mean_row``; per entry ``z``
+    (``shifted``), ``exponent = (log z - digamma) + log_rate`` (what `_scaled_row` needs),
+    and the KL as ``log_weight * log z + rest`` plus ``log`` of ``factors``
+    (`_kl_of_row`)."""
     for l in range(shifted.shape[0]):  # no call: vectorises
         alpha = float(shape[i, l])
         a = float(prior_shape[i, l])

@@ -591,7 +591,10 @@ class TensorSVIState:
     For the slices form the local mode's shapes are every slice's latest local optimum,
     where its next local fit starts; under the learned prior so are its rates and scales,
     and ``local_sums`` are the sums over all slices that the local mode's hyperparameters
-    are learned from, kept up to date step by step (`_svi.SVIState.cell_sums`)."""
+    are learned from, kept up to date step by step (`_svi.SVIState.cell_sums`).
+    ``step_statistics``: every mode's statistics from the last evaluation while the exact
+    step of the other modes they give (`full_data_step`) is still to be taken
+    (`_svi.SVIState.gene_statistics`)."""
 
     params: TensorParams
     rng: np.random.Generator
@@ -601,16 +604,26 @@ class TensorSVIState:
     converged: bool = False
     finished: bool = False
     local_sums: _model.ScaleSums | None = None
+    step_statistics: list[np.ndarray] | None = None
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.Checkpointer.save`."""
         arrays = params_to_arrays(self.params)
+        for d, stat in enumerate(self.step_statistics or []):
+            arrays[f"step_stat_{d}"] = stat
         return progress_to_arrays(self, arrays, self.local_sums, LOCAL_SUMS)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> TensorSVIState:
         progress, local_sums = progress_from_arrays(arrays, meta, LOCAL_SUMS)
-        return cls(params=params_from_arrays(arrays), local_sums=local_sums, **progress)
+        n_stats = sum(1 for name in arrays if name.startswith("step_stat_"))
+        statistics = [arrays[f"step_stat_{d}"] for d in range(n_stats)] or None
+        return cls(
+            params=params_from_arrays(arrays),
+            local_sums=local_sums,
+            step_statistics=statistics,
+            **progress,
+        )
 
 
 # Checkpoint keys of the slices form's stored sums (as `_svi.CELL_SUMS`).
@@ -695,6 +708,14 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 raise damaged(f"{name} is missing")
             if array.shape != shape or not np.all(np.isfinite(array)):
                 raise damaged(f"{name} is not a finite array of shape {shape}")
+    stats = [name for name in arrays if name.startswith("step_stat_")]
+    if stats:  # an SVI fit that ended at n_epochs: the statistics of its next step
+        if sorted(stats) != sorted(f"step_stat_{d}" for d in range(len(config["shape"]))):
+            raise damaged(f"the statistics of its next step are {sorted(stats)}")
+        for d, n_rows in enumerate(config["shape"]):
+            stat = arrays[f"step_stat_{d}"]
+            if stat.shape != (n_rows, k) or not np.all(np.isfinite(stat)) or np.any(stat < 0):
+                raise damaged(f"step_stat_{d} is not a finite array >= 0 of shape {(n_rows, k)}")
     trace = checked_trace(arrays, meta, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
@@ -877,13 +898,32 @@ def learned_global_update(
     return state.params
 
 
-def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
+def full_data_step(state: TensorSVIState, data: TensorData, settings) -> None:
+    """The other modes' exact step given every slice at its optimum, from the last
+    evaluation's statistics (`state.step_statistics`): `_step_modes` with scale 1 and
+    weight 1 (batch VB's sweep), then under the learned prior `learned_global_update`
+    (`_svi.full_data_gene_step` for D modes)."""
+    local, params = data.major, state.params
+    stats, state.step_statistics = state.step_statistics, None
+    modes = [d for d in range(data.n_modes) if d != local]
+    column_sums = params.column_sums()
+    if params.scales is None:
+        state.params = _step_modes(params, modes, stats, 1.0, column_sums, 1.0, settings.prior)
+        return
+    state.params = _step_modes(params, modes, stats, 1.0, column_sums, 1.0, None)
+    learned_global_update(state, local, settings.prior)
+
+
+def evaluate_slices(
+    data: TensorData, params: TensorParams, settings
+) -> tuple[float, list[np.ndarray]]:
     """The full ELBO with every slice's local q at its optimum given the other modes (each
-    fit starts from the stored local q, which it replaces, in place)."""
+    fit starts from the stored local q, which it replaces, in place), and every mode's
+    statistics under it (for `full_data_step`)."""
     local = data.major
     prior = settings.prior
     local_scale = None if params.scales is None else params.scales[local]
-    shape, local_rate, _, data_term, local_scale = fit_local(
+    shape, local_rate, stats, data_term, local_scale = fit_local(
         data,
         params,
         params.shapes[local],
@@ -896,7 +936,7 @@ def evaluate_slices(data: TensorData, params: TensorParams, settings) -> float:
     params.shapes[local], params.rates[local] = shape, local_rate
     if local_scale is not None:
         params.scales[local] = local_scale
-    return data_term + elbo_rest(params, prior)
+    return data_term + elbo_rest(params, prior), stats
 
 
 def svi_step_nonzeros(
@@ -932,12 +972,17 @@ def fit_svi(
 
     For ``form="slices"`` the local mode is ``data.major``. Every epoch visits the slices
     (or the nonzeros) in a fresh random order, in batches of ``settings.batch_size``.
-    ``callback(epoch, params, trace)`` and ``on_epoch(state)`` run after every epoch.
+    ``callback(epoch, params, trace)`` and ``on_epoch(state)`` run after every epoch. The
+    slices form's evaluation is followed, unless the fit ends there, by the other modes'
+    exact step from its statistics (`full_data_step`; a fit that ended at ``n_epochs``
+    takes it first when resumed with more).
     """
     slices_form = settings.form == "slices"
     n_items = data.shape[data.major] if slices_form else data.nnz
     batch_size = min(settings.batch_size, max(n_items, 1))
     n_steps = steps_per_epoch(n_items, batch_size)
+    if state.step_statistics is not None and not state.finished:
+        full_data_step(state, data, settings)
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_items)
         for start in range(0, n_items, batch_size):
@@ -951,7 +996,7 @@ def fit_svi(
                 state.params = svi_step_nonzeros(data, minibatch, state.params, rho, settings)
         state.epoch += 1
         if slices_form:
-            value = evaluate_slices(data, state.params, settings)
+            value, state.step_statistics = evaluate_slices(data, state.params, settings)
             if state.local_sums is not None:  # exact again, whatever the steps rounded
                 local = data.major
                 params = state.params
@@ -965,6 +1010,8 @@ def fit_svi(
         state.finished = state.converged or state.epoch >= settings.n_epochs
         if callback is not None:
             callback(state.epoch, state.params, state.elbo_trace)
+        if slices_form and not state.finished:
+            full_data_step(state, data, settings)
         if on_epoch is not None:
             on_epoch(state)
     if not state.converged and settings.n_epochs > 0:

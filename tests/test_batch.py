@@ -219,7 +219,8 @@ def test_accelerated_fit_is_monotone_exact_and_ahead_of_plain(seed, _pbmc_tiny):
 def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeypatch):
     """Each q is (cells + genes) x K arrays: while a pass runs the fit holds the q it
     keeps and the q being scored, and while a step runs the q it steps and the one before
-    (theta0 and theta1, for the extrapolation), never a q of an earlier cycle. (The
+    (theta0 and theta1, for the extrapolation), never a q of an earlier cycle; a kept
+    candidate's step holds the candidate alone. (The
     candidate is written over theta2, which a refused candidate's fit takes again from
     theta1 and its statistics; before, theta1, theta2 and the candidate were all held
     through the candidate's pass and step: 2.2 q more at the peak, 35 MiB at pbmc_facs and
@@ -232,25 +233,34 @@ def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeyp
     def live_q():
         return sum(isinstance(o, VariationalParams) for o in gc.get_objects())
 
-    at_passes, at_steps = [], []
+    at_passes, at_steps, at_candidate_steps, candidates = [], [], [], set()
     scored, stepped = _batch.scored_statistics, _batch.global_step
+    extrapolate = _batch._extrapolate_over
 
     def counting_pass(*args, **kwargs):
         at_passes.append(live_q())
         return scored(*args, **kwargs)
 
-    def counting_step(*args, **kwargs):
-        at_steps.append(live_q())
-        return stepped(*args, **kwargs)
+    def counting_step(params, *args, **kwargs):
+        (at_candidate_steps if id(params) in candidates else at_steps).append(live_q())
+        return stepped(params, *args, **kwargs)
+
+    def recording(*args):
+        candidate = extrapolate(*args)
+        candidates.add(id(candidate))
+        return candidate
 
     monkeypatch.setattr(_batch, "scored_statistics", counting_pass)
     monkeypatch.setattr(_batch, "global_step", counting_step)
+    monkeypatch.setattr(_batch, "_extrapolate_over", recording)
     model = vbsnmf.VBNMF(4, random_state=0, n_threads=1, max_iter=30)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(_pbmc_tiny.X)
     assert len(at_passes) == model.n_iter_ == 30
     assert max(at_passes) == 2 and max(at_steps) == 2, (at_passes, at_steps)
+    # A kept candidate's step holds the candidate alone (theta1 is let go first).
+    assert at_candidate_steps and max(at_candidate_steps) == 1, at_candidate_steps
 
 
 def test_a_refused_candidate_continues_from_theta2_bit_for_bit(_pbmc_tiny, monkeypatch):

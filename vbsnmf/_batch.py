@@ -210,19 +210,17 @@ def fit_batch_accelerated(
             statistics, value = score(candidate, plain=False)
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
-                del statistics1
+                del theta1, statistics1
                 state.current = step(candidate, statistics)
                 accepted = True
             del statistics
         del candidate
-        if not accepted:
-            state.current = step(theta1, statistics1)
-            del statistics1
-        del theta1
         if accepted:
             if step_length >= state.step_max:
                 state.step_max *= _STEP_GROWTH
-        else:
+        else:  # the plain path: theta2 taken again
+            state.current = step(theta1, statistics1)
+            del theta1, statistics1
             state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
     if not state.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
@@ -251,9 +249,9 @@ def _extrapolate_over(theta0, theta1, theta2, step: float) -> VariationalParams 
     and dtype (s = 1 is theta2), written over theta2's arrays of q (its own, fresh from a
     step; the hyperparameters' small arrays are new); None when an entry is not finite and
     positive (the step is then refused without a pass). theta2 is spent either way."""
-    arrays = []
+    arrays, n_factor_arrays = [], len(theta2.as_tuple())
     for index, (x0, x1, x2) in enumerate(_flat_triples(theta0, theta1, theta2)):
-        out = x2 if index < 4 else np.empty_like(x2)
+        out = x2 if index < n_factor_arrays else np.empty_like(x2)
         if _kernels.squarem_extrapolate(x0, x1, x2, step, out):
             return None
         arrays.append(out)

@@ -226,6 +226,7 @@ def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeyp
     through the candidate's pass and step: 2.2 q more at the peak, 35 MiB at pbmc_facs and
     K = 100.) The q being built by a step is not counted: it has no object yet."""
     import gc
+    import weakref
 
     from vbsnmf import _batch
     from vbsnmf._model import VariationalParams
@@ -233,7 +234,7 @@ def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeyp
     def live_q():
         return sum(isinstance(o, VariationalParams) for o in gc.get_objects())
 
-    at_passes, at_steps, at_candidate_steps, candidates = [], [], [], set()
+    at_passes, at_steps, at_candidate_steps, candidates = [], [], [], []
     scored, stepped = _batch.scored_statistics, _batch.global_step
     extrapolate = _batch._extrapolate_over
 
@@ -242,12 +243,14 @@ def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeyp
         return scored(*args, **kwargs)
 
     def counting_step(params, *args, **kwargs):
-        (at_candidate_steps if id(params) in candidates else at_steps).append(live_q())
+        is_candidate = any(ref() is params for ref in candidates)
+        (at_candidate_steps if is_candidate else at_steps).append(live_q())
         return stepped(params, *args, **kwargs)
 
-    def recording(*args):
+    def recording(*args):  # weak references: an id can be reused once its q is gone
         candidate = extrapolate(*args)
-        candidates.add(id(candidate))
+        if candidate is not None:
+            candidates.append(weakref.ref(candidate))
         return candidate
 
     monkeypatch.setattr(_batch, "scored_statistics", counting_pass)

@@ -301,7 +301,7 @@ def test_an_svi_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(t
     """The cells form takes its exact gene step after an evaluation only if the fit goes
     on; a fit that ended at ``n_epochs`` keeps the step's statistics in its checkpoint and,
     resumed with more epochs, takes the step first: bitwise the fit that ran them all.
-    Statistics that are not finite are refused as damage."""
+    Statistics that are missing or not finite are refused as damage."""
     path = tmp_path / "fit.ckpt"
 
     def model(n_epochs, **extra):
@@ -315,7 +315,13 @@ def test_an_svi_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(t
     longer = _fit(vbsnmf.VBNMF(4, random_state=11, n_threads=1, **{**FITS[kind], "n_epochs": 4}))
     assert_array_equal(resumed.elbo_trace_, longer.elbo_trace_)
     assert_array_equal(resumed.gene_shape_, longer.gene_shape_)
+    one_missing = {name: a for name, a in arrays.items() if name != "gene_step_cell_mean_sum"}
+    _checkpoint.save_checkpoint(path, one_missing, meta)
+    with pytest.raises(_checkpoint.CheckpointError, match="statistics of its next step are"):
+        _fit(model(4, resume=True))
     arrays["gene_step_stat"] = np.full_like(arrays["gene_step_stat"], np.nan)
     _checkpoint.save_checkpoint(path, arrays, meta)
-    with pytest.raises(_checkpoint.CheckpointError, match="statistics of its gene step"):
+    with pytest.raises(
+        _checkpoint.CheckpointError, match="gene_step_stat, a statistic of its next step"
+    ):
         _fit(model(4, resume=True))

@@ -190,18 +190,12 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
             raise damaged(f"{trace.size} ELBO values for {passes} passes")
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
-        if "gene_step_stat" in arrays or "gene_step_cell_mean_sum" in arrays:
-            stat = arrays.get("gene_step_stat")
-            mean_sum = arrays.get("gene_step_cell_mean_sum")
-            shapes = (
-                None if stat is None else stat.shape,
-                None if mean_sum is None else mean_sum.shape,
-            )
-            if shapes != ((n_cols, k), (k,)):
-                raise damaged(f"the statistics of its gene step are of shapes {shapes}")
-            for values in (stat, mean_sum):
-                if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
-                    raise damaged("the statistics of its gene step are not finite and >= 0")
+        check_step_statistics(
+            arrays,
+            "gene_step_",
+            {"gene_step_stat": (n_cols, k), "gene_step_cell_mean_sum": (k,)},
+            damaged,
+        )
         if learned:
             sums = arrays.get("cell_sums_scale")
             factor_log = arrays.get("cell_sums_factor_log")
@@ -222,6 +216,26 @@ def checked_trace(arrays: dict[str, np.ndarray], meta: dict, damaged) -> np.ndar
     if not isinstance(meta.get("finished"), bool):
         raise damaged("its 'finished' flag is missing")
     return trace
+
+
+def check_step_statistics(
+    arrays: dict[str, np.ndarray], prefix: str, expected: dict[str, tuple[int, ...]], damaged
+) -> None:
+    """An SVI fit that ended at ``n_epochs`` keeps the statistics of the exact step it is
+    still to take (`_svi.SVIState.gene_statistics`, `_tensor.TensorSVIState.step_statistics`),
+    the arrays whose names start with ``prefix``: none, or every one of ``expected`` (name:
+    shape) and no other, each finite and >= 0 (sums of counts and means)."""
+    present = sorted(name for name in arrays if name.startswith(prefix))
+    if not present:
+        return
+    if present != sorted(expected):
+        raise damaged(f"the statistics of its next step are {present}, expected {sorted(expected)}")
+    for name, shape in expected.items():
+        values = arrays[name]
+        if values.shape != shape or not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+            raise damaged(
+                f"{name}, a statistic of its next step, is not finite >= 0 of shape {shape}"
+            )
 
 
 def check_svi_progress(meta: dict, trace: np.ndarray, damaged) -> None:

@@ -618,10 +618,9 @@ def svi_step_cells(
     if params.row_scale is None:
         if cells is not None:
             params.row_shape[cells] = row_shape
-        return VariationalParams(params.row_shape, params.row_rate, new_shape, new_rate)
-    store_rows(state, cells, row_shape, row_rate, row_scale)
-    state.params.col_shape, state.params.col_rate = new_shape, new_rate
-    return learned_global_update(state, settings.prior)
+    else:
+        store_rows(state, cells, row_shape, row_rate, row_scale)
+    return set_gene_side(params, new_shape, new_rate, settings.prior, state)
 
 
 def full_data_gene_step(
@@ -630,17 +629,30 @@ def full_data_gene_step(
     """The gene side's exact coordinate-ascent step given every cell at its optimum, from
     an evaluation's statistics (``col_stat`` = sum_i x phi, ``row_mean_sum`` = sum_i
     E[z_i], which the evaluation computes anyway): `step_cols` with scale 1 and weight 1,
-    then under the learned prior `learned_global_update`. Batch VB's gene update, free
-    once an epoch; it clears the minibatch steps' noise from the gene side."""
+    then `set_gene_side`. Batch VB's gene update, free once an epoch; it clears the
+    minibatch steps' noise from the gene side."""
     params = state.params
     shape, rate = step_cols(
         params.col_shape, params.col_rate, col_stat, row_mean_sum, 1.0, 1.0, prior, params.col_scale
     )
+    state.params = set_gene_side(params, shape, rate, prior, state)
+
+
+def set_gene_side(
+    params: VariationalParams,
+    col_shape: np.ndarray,
+    col_rate: np.ndarray,
+    prior: Prior,
+    state: SVIState | None = None,
+) -> VariationalParams:
+    """q after a step of the gene side (`step_cols`): ``params`` with the new gene side;
+    under the learned prior (``state`` needed, whose ``params`` these are, updated in
+    place) `learned_global_update` follows. Every cells-form step ends here: a minibatch's
+    (`svi_step_cells`, Dask's), an evaluation's (`full_data_gene_step`)."""
     if params.row_scale is None:
-        state.params = VariationalParams(params.row_shape, params.row_rate, shape, rate)
-        return
-    params.col_shape, params.col_rate = shape, rate
-    learned_global_update(state, prior)
+        return VariationalParams(params.row_shape, params.row_rate, col_shape, col_rate)
+    params.col_shape, params.col_rate = col_shape, col_rate
+    return learned_global_update(state, prior)
 
 
 def store_rows(state: SVIState, cells, row_shape, row_rate, row_scale: ScaleState) -> None:

@@ -59,6 +59,7 @@ from scipy.special import digamma
 from . import _kernels, _model
 from ._checkpoint import (
     CheckpointError,
+    check_step_statistics,
     check_svi_progress,
     checked_trace,
 )
@@ -708,14 +709,12 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 raise damaged(f"{name} is missing")
             if array.shape != shape or not np.all(np.isfinite(array)):
                 raise damaged(f"{name} is not a finite array of shape {shape}")
-    stats = [name for name in arrays if name.startswith("step_stat_")]
-    if stats:  # an SVI fit that ended at n_epochs: the statistics of its next step
-        if sorted(stats) != sorted(f"step_stat_{d}" for d in range(len(config["shape"]))):
-            raise damaged(f"the statistics of its next step are {sorted(stats)}")
-        for d, n_rows in enumerate(config["shape"]):
-            stat = arrays[f"step_stat_{d}"]
-            if stat.shape != (n_rows, k) or not np.all(np.isfinite(stat)) or np.any(stat < 0):
-                raise damaged(f"step_stat_{d} is not a finite array >= 0 of shape {(n_rows, k)}")
+    check_step_statistics(
+        arrays,
+        "step_stat_",
+        {f"step_stat_{d}": (n_rows, k) for d, n_rows in enumerate(config["shape"])},
+        damaged,
+    )
     trace = checked_trace(arrays, meta, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
@@ -851,13 +850,32 @@ def svi_step_slices(
     scale = data.shape[local] / len(slices)
     column_sums = params.column_sums()
     column_sums[local] = scale * (shape / local_rate).sum(axis=0)
-    global_modes = [d for d in range(data.n_modes) if d != local]
     if params.scales is None:
         params.shapes[local][slices] = shape
-        return _step_modes(params, global_modes, stats, scale, column_sums, rho, settings.prior)
-    store_slices(state, local, slices, shape, local_rate, local_scale)
-    state.params = _step_modes(params, global_modes, stats, scale, column_sums, rho, None)
-    return learned_global_update(state, local, settings.prior)
+    else:
+        store_slices(state, local, slices, shape, local_rate, local_scale)
+    return step_global_modes(params, local, stats, scale, column_sums, rho, settings.prior, state)
+
+
+def step_global_modes(
+    params: TensorParams,
+    local: int,
+    stats: list[np.ndarray],
+    scale: float,
+    column_sums: list[np.ndarray],
+    rho: float,
+    prior: _model.Prior,
+    state: TensorSVIState | None = None,
+) -> TensorParams:
+    """`_step_modes` on every mode but ``local``; under the learned prior (``state``
+    needed, whose ``params`` these are) `learned_global_update` follows. Every slices-form
+    step ends here: a minibatch's (`svi_step_slices`), an evaluation's (`full_data_step`);
+    `_svi.set_gene_side` for D = 2."""
+    modes = [d for d in range(params.n_modes) if d != local]
+    if params.scales is None:
+        return _step_modes(params, modes, stats, scale, column_sums, rho, prior)
+    state.params = _step_modes(params, modes, stats, scale, column_sums, rho, None)
+    return learned_global_update(state, local, prior)
 
 
 def store_slices(state: TensorSVIState, local: int, slices, shape, rate, scale) -> None:
@@ -900,18 +918,13 @@ def learned_global_update(
 
 def full_data_step(state: TensorSVIState, data: TensorData, settings) -> None:
     """The other modes' exact step given every slice at its optimum, from the last
-    evaluation's statistics (`state.step_statistics`): `_step_modes` with scale 1 and
-    weight 1 (batch VB's sweep), then under the learned prior `learned_global_update`
-    (`_svi.full_data_gene_step` for D modes)."""
-    local, params = data.major, state.params
+    evaluation's statistics (`state.step_statistics`): `step_global_modes` with scale 1
+    and weight 1 (batch VB's sweep; `_svi.full_data_gene_step` for D modes)."""
+    params = state.params
     stats, state.step_statistics = state.step_statistics, None
-    modes = [d for d in range(data.n_modes) if d != local]
-    column_sums = params.column_sums()
-    if params.scales is None:
-        state.params = _step_modes(params, modes, stats, 1.0, column_sums, 1.0, settings.prior)
-        return
-    state.params = _step_modes(params, modes, stats, 1.0, column_sums, 1.0, None)
-    learned_global_update(state, local, settings.prior)
+    state.params = step_global_modes(
+        params, data.major, stats, 1.0, params.column_sums(), 1.0, settings.prior, state
+    )
 
 
 def evaluate_slices(

@@ -11,7 +11,7 @@ so the graph's lineage stays one step deep.
 Under the learned prior the client keeps, with the shapes, every cell's rates and q(xi)
 and the sums their hyperparameters are learned from (`_svi.SVIState.cell_sums`); a step
 sends the batch's rows of them, gets their new values back and continues as
-`_svi.svi_step_cells` does (`_svi.store_rows`, `_svi.learned_global_update`); an
+`_svi.svi_step_cells` does (`_svi.store_rows`, `_svi.set_gene_side`); an
 evaluation returns every cell's q and the chunks' `_model.ScaleSums`.
 """
 
@@ -38,10 +38,10 @@ from .._svi import (
     SVISettings,
     evaluate_rows,
     init_cells_state,
-    learned_global_update,
     local_fit,
     row_subset,
     run_cells_epochs,
+    set_gene_side,
     step_cols,
     store_rows,
 )
@@ -216,14 +216,11 @@ def fit_svi_cells_dask(
         )
         if not learned:
             params.row_shape[batch] = new_cells[0]
-            params.col_shape, params.col_rate = new_shape, new_rate
-            return
-        # `_svi.svi_step_cells` from here on
-        row_shape, row_rate, scale_shape, scale_rate = new_cells
-        row_scale = params.row_scale.with_q(scale_shape, scale_rate)
-        store_rows(state, batch, row_shape, row_rate, row_scale)
-        state.params.col_shape, state.params.col_rate = new_shape, new_rate
-        learned_global_update(state, settings.prior)
+        else:
+            row_shape, row_rate, scale_shape, scale_rate = new_cells
+            row_scale = params.row_scale.with_q(scale_shape, scale_rate)
+            store_rows(state, batch, row_shape, row_rate, row_scale)
+        state.params = set_gene_side(params, new_shape, new_rate, settings.prior, state)
 
     def evaluate() -> tuple[float, tuple[np.ndarray, np.ndarray]]:
         params = state.params

@@ -80,6 +80,33 @@ def test_one_fit_iteration_from_a_given_start_matches_numpy_cavi():
     np.testing.assert_allclose(model.elbo_trace_[0], ref.elbo(X, *expected, 0.3, 0.5), rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_counts_copied_for_the_engine_take_two_bytes_and_the_same_pass(dtype):
+    """`as_count_data` stores the counts of a copy it makes (here the matrix transposed to
+    its longer axis) as uint16 when they are whole numbers up to 65,535, and uses a
+    caller's canonical float32 CSR as it is; the pass's statistics and data term are
+    bitwise those from float32 counts, in either dtype of q."""
+    rng = np.random.default_rng(4)
+    X = sp.csr_array(rng.poisson(3.0, (20, 45)).astype(np.int64))  # more columns: transposed
+    data = as_count_data(X)
+    assert data.counts.dtype == np.uint16 and data.major == 1
+    large = X.astype(np.float64)
+    large.data[0] = 70000.0
+    assert as_count_data(large).counts.dtype == np.float32  # past uint16
+    assert as_count_data(X * 0.5).counts.dtype == np.float32  # not whole numbers
+    own = sp.csr_array(X.T.astype(np.float32))  # canonical along its longer axis already
+    assert np.shares_memory(as_count_data(own).counts, own.data)
+    as_float = as_count_data(X, counts_dtype=np.float32)
+    params = _model.VariationalParams(
+        *(a.astype(dtype) for a in _random_params(np.random.default_rng(5), *X.shape, 4))
+    )
+    for mine, theirs in zip(
+        _model.shape_statistics(data, params, 2), _model.shape_statistics(as_float, params, 2)
+    ):
+        np.testing.assert_array_equal(mine, theirs)
+    assert data.log_factorial == as_float.log_factorial
+
+
 @pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
 def test_elbo_matches_numpy_reference(name):
     X = _small_matrices()[name]

@@ -227,10 +227,11 @@ def test_memory_estimate_bounds_the_measured_peak(layout, params):
         data_rvs=lambda n: rng.integers(1, 9, n),
     ).astype(np.float32)
     as_layout = {"csr": lambda m: m, "coo": lambda m: m.tocoo(), "dense": lambda m: m.toarray()}
-    X, small = as_layout[layout](X), as_layout[layout](X[:50])
+    X, small = as_layout[layout](X), as_layout[layout](X[:100, :50])
     # First-call allocations (Numba compiling or loading this path's kernels) are not the
-    # fit's: a small fit of the same layout and parameters first, untraced (a compilation
-    # under tracemalloc took a minute in CI's fresh clone), then the one measured.
+    # fit's: a small fit of the same layout, orientation (the counts' storage follows it:
+    # `_data.as_count_data`) and parameters first, untraced (a compilation under
+    # tracemalloc took a minute in CI's fresh clone), then the one measured.
     _six_pass_fit(**params).fit(small)
     peak = _measured_peak(X, **params)
     estimate = _memory.check_fit_memory(

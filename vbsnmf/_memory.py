@@ -3,8 +3,9 @@
 A batch fit holds, at its peak:
 
 - the count matrix as CSR along its longer axis (``nnz`` counts, float32 where exact,
-  ``nnz`` indices, ``n_major + 1`` row pointers), plus a transient second copy when the
-  input is sparse in another layout and the COO stage a dense input goes through;
+  uint16 in a copy of whole counts up to 65,535, ``nnz`` indices, ``n_major + 1`` row
+  pointers), plus a transient second copy when the input is sparse in another layout and
+  the COO stage a dense input goes through;
 - the factors: the shapes of q before and after an update, their statistics, ``E[log]``
   and its scaled exponential (about four arrays of (rows + columns) x K in the fit's
   dtype) and the float64 temporaries of the KL terms (about four more);
@@ -38,8 +39,9 @@ _KL_TEMPORARIES = 4  # float64, whatever the fit's dtype
 _LEARNED_FACTOR_ARRAYS = 11  # in the fit's dtype
 _LEARNED_FLOAT64_ARRAYS = 3  # the statistics, the log rates, the KL's sums
 _BEST_FIT_ARRAYS = 2  # n_init > 1 keeps the best fit's shapes while the next one runs
-# Counts are stored as float32 where exact (`_validation.exact_float_dtype`): 4 bytes for
-# inputs held in 4 bytes or fewer, 8 (the bound) for the others, which may hold non-integers.
+# Counts are stored as float32 where exact (`_validation.exact_float_dtype`; uint16 in a copy
+# of whole counts, `_data.as_count_data`): 4 bytes or fewer for inputs held in 4 bytes or
+# fewer, 8 (the bound) for the others, which may hold non-integers.
 _COUNT_ITEMSIZE = 8
 _COO_STAGE_BYTES = 24  # per nonzero: dense input becomes int64 COO before CSR
 _DISABLE_VARIABLE = "VBSNMF_NO_MEMORY_GUARD"

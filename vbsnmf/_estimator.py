@@ -44,12 +44,14 @@ from ._model import (
     side_totals,
 )
 from ._svi import (
+    DEFAULT_EPOCHS,
     EVAL_BLOCK_ROWS,
     SVI_FORMS,
     CountScan,
     SVISettings,
     SVIState,
     default_batch_size,
+    default_n_epochs,
     fit_svi_cells,
     fit_svi_nonzeros,
     init_cells_state,
@@ -94,7 +96,7 @@ class FitSettings:
     batch_size: int | None
     tau: float
     kappa: float
-    n_epochs: int
+    n_epochs: int | None
     eval_every: int
     checkpoint: Path | None
     checkpoint_every: int
@@ -102,15 +104,20 @@ class FitSettings:
     verbose: bool
     random_state: object
 
-    def svi(self, batch_size: int, n_threads: int) -> SVISettings:
+    def svi(self, batch_size: int, n_threads: int, n_rows: int) -> SVISettings:
         """The SVI drivers' settings; each cell's local fit runs to ``tol`` within
-        ``max_iter`` passes, as `VBNMF.transform` does."""
+        ``max_iter`` passes, as `VBNMF.transform` does; ``n_epochs`` when not given from
+        `_svi.default_n_epochs` (with the default batch) on ``n_rows`` cells."""
+        n_epochs = self.n_epochs
+        if n_epochs is None:
+            given_batch = self.batch_size is not None
+            n_epochs = DEFAULT_EPOCHS if given_batch else default_n_epochs(self.svi_form, n_rows)
         return SVISettings(
             prior=self.prior,
             batch_size=batch_size,
             tau=self.tau,
             kappa=self.kappa,
-            n_epochs=self.n_epochs,
+            n_epochs=n_epochs,
             eval_every=self.eval_every,
             tol=self.tol,
             local_max_iter=max(self.max_iter, 1),
@@ -206,9 +213,13 @@ class VBNMF(Estimator):
         in (0.5, 1]; t counts epochs (after the n-th of an epoch's m minibatch steps,
         t = n / m), so the schedule does not change with ``batch_size``.
     n_epochs
-        Maximum number of passes over the data (SVI). The default, 40, is what the cells
-        form's defaults needed to end within 1 % of batch VB's converged ELBO on the data
-        of ``docs/performance.md`` (at 20, 4 of 30 fits ended 1.1-1.3 % below).
+        Maximum number of passes over the data (SVI). The default (None) is 40, what the
+        cells form's defaults needed to end within 1 % of batch VB's converged ELBO on the
+        data of ``docs/performance.md`` (at 20, 4 of 30 fits ended 1.1-1.3 % below): 40
+        epochs of 32 steps. On fewer than 4,096 cells with the default ``batch_size`` (at
+        least 128 cells, so fewer than 32 steps an epoch) it is as many epochs as make the
+        same 1,280 steps (pbmc_tiny's 1,107 cells: 143): the gene side needs the steps,
+        and such epochs are cheap.
     eval_every
         Evaluate the full ELBO every this many epochs (one more pass over the data; for the
         cells form every cell's factors are refitted to the current gene side) and stop when
@@ -290,7 +301,7 @@ class VBNMF(Estimator):
         batch_size: int | None = None,
         tau: float = 1.0,
         kappa: float = 0.7,
-        n_epochs: int = 40,
+        n_epochs: int | None = None,
         eval_every: int = 1,
         checkpoint=None,
         checkpoint_every: int = 1,
@@ -368,7 +379,9 @@ class VBNMF(Estimator):
             batch_size=batch_size,
             tau=tau,
             kappa=kappa,
-            n_epochs=check_iterations(self.n_epochs, "n_epochs", 1),
+            n_epochs=None
+            if self.n_epochs is None
+            else check_iterations(self.n_epochs, "n_epochs", 1),
             eval_every=check_iterations(self.eval_every, "eval_every", 1),
             checkpoint=None if checkpoint is None else Path(checkpoint),
             checkpoint_every=check_iterations(self.checkpoint_every, "checkpoint_every", 1),
@@ -855,19 +868,20 @@ def _run_svi(
 ) -> FitResult:
     """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
     with numba_threads(settings.n_threads) as n_threads:
+        svi_settings = settings.svi(batch, n_threads, shape[0])
         checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch, fingerprint)
         stored = checkpointer.load() if settings.resume else None
         if stored is not None:
             state = SVIState.from_arrays(*stored)
             # A fit that ended at n_epochs continues when resumed with more epochs.
-            state.finished = state.converged or state.epoch >= settings.n_epochs
+            state.finished = state.converged or state.epoch >= svi_settings.n_epochs
         else:
             state = start_state()
 
         def save(state: SVIState) -> None:
             checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
 
-        state = run(state, settings.svi(batch, n_threads), save)
+        state = run(state, svi_settings, save)
     trace = np.asarray(state.elbo_trace, dtype=np.float64)
     return FitResult(state.params, trace, state.epoch, state.converged)
 
@@ -905,7 +919,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
         return _dask.fit_svi_cells_dask(
             X,
             n_components,
-            settings=settings.svi(batch, n_threads),
+            settings=settings.svi(batch, n_threads, X.shape[0]),
             entropy=entropy,
             dtype=settings.dtype,
             client=client,

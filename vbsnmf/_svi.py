@@ -112,6 +112,25 @@ def default_batch_size(form: str, n_rows: int, nnz: int) -> int:
     return max(1, nnz // 8)
 
 
+# n_epochs when not given: DEFAULT_EPOCHS, or for the cells form with its default batch as
+# many more epochs as keep DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH global steps when
+# MIN_CELL_BATCH leaves fewer than CELL_STEPS_PER_EPOCH an epoch (fewer than 4,096 cells):
+# the gene side needs steps, and an epoch of a small data set is cheap. pbmc_tiny (1,107
+# cells, 9 steps an epoch) at K = 20 ended 1.64 % below batch VB after 40 epochs and 0.69 %
+# after 143 (docs/performance.md).
+DEFAULT_EPOCHS = 40
+
+
+def default_n_epochs(form: str, n_rows: int) -> int:
+    """``n_epochs`` when neither it nor ``batch_size`` is given: `DEFAULT_EPOCHS`, or for
+    the cells form on fewer than 4,096 cells enough epochs of `default_batch_size` for
+    ``DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH`` steps."""
+    if form != "cells":
+        return DEFAULT_EPOCHS
+    n_steps = steps_per_epoch(n_rows, default_batch_size(form, n_rows, 0))
+    return max(DEFAULT_EPOCHS, -(-DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH // n_steps))
+
+
 def steps_per_epoch(n_items: int, batch_size: int) -> int:
     """Minibatches of ``batch_size`` in an epoch over ``n_items`` (the last may be short)."""
     return max(1, -(-n_items // batch_size))

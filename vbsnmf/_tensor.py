@@ -64,8 +64,8 @@ from ._checkpoint import (
     checked_trace,
 )
 from ._model import GammaPrior
-from ._svi import default_batch_size as matrix_default_batch_size
 from ._svi import (
+    DEFAULT_EPOCHS,
     learning_rate,
     progress_from_arrays,
     progress_to_arrays,
@@ -73,6 +73,8 @@ from ._svi import (
     steps_per_epoch,
     svi_has_converged,
 )
+from ._svi import default_batch_size as matrix_default_batch_size
+from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -970,6 +972,15 @@ def default_batch_size(form: str, data: TensorData) -> int:
     if form == "slices":
         return matrix_default_batch_size("cells", data.shape[data.major], data.nnz)
     return max(1, data.nnz // 8)
+
+
+def default_n_epochs(form: str, data: TensorData, batch_given: bool = False) -> int:
+    """``n_epochs`` when not given: the matrix cells form's rule
+    (`_svi.default_n_epochs`) on the slices of the local mode with the default batch, else
+    `_svi.DEFAULT_EPOCHS`."""
+    if form == "slices" and not batch_given:
+        return matrix_default_n_epochs("cells", data.shape[data.major])
+    return DEFAULT_EPOCHS
 
 
 def fit_svi(

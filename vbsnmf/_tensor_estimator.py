@@ -213,7 +213,9 @@ class VBNTF(Estimator):
     n_epochs
         Maximum number of passes over the data (SVI); the full ELBO is evaluated after
         every epoch, and the fit stops when its relative change has been at most ``tol``
-        three evaluations in a row (as `VBNMF`'s SVI).
+        three evaluations in a row (as `VBNMF`'s SVI). The default (None): `VBNMF`'s, 40,
+        or for the slices form with its default ``batch_size`` on fewer than 4,096 slices
+        as many epochs as make 1,280 steps.
     checkpoint
         Path of a checkpoint, written atomically every ``checkpoint_every`` iterations
         (batch) or epochs (SVI) and at the end; None (default) writes none.
@@ -274,7 +276,7 @@ class VBNTF(Estimator):
         batch_size: int | None = None,
         tau: float = 1.0,
         kappa: float = 0.7,
-        n_epochs: int = 40,
+        n_epochs: int | None = None,
         checkpoint=None,
         checkpoint_every: int = 1,
         resume: bool = False,
@@ -331,7 +333,9 @@ class VBNTF(Estimator):
             "prior": self._prior(),
             "max_iter": _check_integer(self.max_iter, "max_iter", 0),
             "n_init": n_init,
-            "n_epochs": _check_integer(self.n_epochs, "n_epochs", 1),
+            "n_epochs": None
+            if self.n_epochs is None
+            else _check_integer(self.n_epochs, "n_epochs", 1),
             "checkpoint_every": _check_integer(self.checkpoint_every, "checkpoint_every", 1),
             "batch_size": None
             if self.batch_size is None
@@ -473,7 +477,9 @@ class VBNTF(Estimator):
             batch_size=batch_size,
             tau=checked["tau"],
             kappa=checked["kappa"],
-            n_epochs=checked["n_epochs"],
+            n_epochs=_tensor.default_n_epochs(form, data, checked["batch_size"] is not None)
+            if checked["n_epochs"] is None
+            else checked["n_epochs"],
             tol=checked["tol"],
             local_max_iter=max(checked["max_iter"], 1),
             local_tol=checked["tol"],

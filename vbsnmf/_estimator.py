@@ -44,7 +44,6 @@ from ._model import (
     side_totals,
 )
 from ._svi import (
-    DEFAULT_EPOCHS,
     EVAL_BLOCK_ROWS,
     SVI_FORMS,
     CountScan,
@@ -110,8 +109,7 @@ class FitSettings:
         `_svi.default_n_epochs` (with the default batch) on ``n_rows`` cells."""
         n_epochs = self.n_epochs
         if n_epochs is None:
-            given_batch = self.batch_size is not None
-            n_epochs = DEFAULT_EPOCHS if given_batch else default_n_epochs(self.svi_form, n_rows)
+            n_epochs = default_n_epochs(self.svi_form, n_rows, self.batch_size is not None)
         return SVISettings(
             prior=self.prior,
             batch_size=batch_size,

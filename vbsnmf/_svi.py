@@ -121,11 +121,11 @@ def default_batch_size(form: str, n_rows: int, nnz: int) -> int:
 DEFAULT_EPOCHS = 40
 
 
-def default_n_epochs(form: str, n_rows: int) -> int:
-    """``n_epochs`` when neither it nor ``batch_size`` is given: `DEFAULT_EPOCHS`, or for
-    the cells form on fewer than 4,096 cells enough epochs of `default_batch_size` for
-    ``DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH`` steps."""
-    if form != "cells":
+def default_n_epochs(form: str, n_rows: int, batch_given: bool = False) -> int:
+    """``n_epochs`` when not given: `DEFAULT_EPOCHS`, or for the cells form with its
+    default batch (``batch_given`` False) on fewer than 4,096 cells enough epochs of
+    `default_batch_size` for ``DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH`` steps."""
+    if form != "cells" or batch_given:
         return DEFAULT_EPOCHS
     n_steps = steps_per_epoch(n_rows, default_batch_size(form, n_rows, 0))
     return max(DEFAULT_EPOCHS, -(-DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH // n_steps))

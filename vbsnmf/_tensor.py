@@ -64,8 +64,9 @@ from ._checkpoint import (
     checked_trace,
 )
 from ._model import GammaPrior
+from ._svi import default_batch_size as matrix_default_batch_size
+from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._svi import (
-    DEFAULT_EPOCHS,
     learning_rate,
     progress_from_arrays,
     progress_to_arrays,
@@ -73,8 +74,6 @@ from ._svi import (
     steps_per_epoch,
     svi_has_converged,
 )
-from ._svi import default_batch_size as matrix_default_batch_size
-from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -976,11 +975,10 @@ def default_batch_size(form: str, data: TensorData) -> int:
 
 def default_n_epochs(form: str, data: TensorData, batch_given: bool = False) -> int:
     """``n_epochs`` when not given: the matrix cells form's rule
-    (`_svi.default_n_epochs`) on the slices of the local mode with the default batch, else
-    `_svi.DEFAULT_EPOCHS`."""
-    if form == "slices" and not batch_given:
-        return matrix_default_n_epochs("cells", data.shape[data.major])
-    return DEFAULT_EPOCHS
+    (`_svi.default_n_epochs`) on the slices of the local mode, for the nonzeros form the
+    matrix nonzero forms'."""
+    matrix_form = "cells" if form == "slices" else form
+    return matrix_default_n_epochs(matrix_form, data.shape[data.major], batch_given)
 
 
 def fit_svi(

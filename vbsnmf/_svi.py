@@ -299,7 +299,8 @@ def end_of_epoch(
     """Count the finished epoch, evaluate the ELBO when due, decide convergence, then
     call ``callback(epoch, params, trace)``, ``after_evaluation()`` if the ELBO was
     evaluated and the fit goes on, and ``on_epoch(state)`` (checkpoints: of the state the
-    fit goes on from)."""
+    fit goes on from). The tensor fit's state and settings (`_tensor.TensorSVIState`,
+    `_tensor.TensorSVISettings`) have the same fields and go through here too."""
     state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
     evaluated = state.epoch % settings.eval_every == 0 or last_epoch

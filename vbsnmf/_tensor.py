@@ -67,12 +67,13 @@ from ._model import GammaPrior
 from ._svi import default_batch_size as matrix_default_batch_size
 from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._svi import (
+    end_of_epoch,
     learning_rate,
     progress_from_arrays,
     progress_to_arrays,
     relearn_global_side,
     steps_per_epoch,
-    svi_has_converged,
+    warn_if_not_converged,
 )
 from ._validation import combine_fingerprints
 
@@ -584,6 +585,7 @@ class TensorSVISettings:
     local_max_iter: int
     local_tol: float
     n_chunks: int = 1
+    eval_every: int = 1  # the full ELBO after every epoch (`_svi.end_of_epoch`)
 
 
 @dataclass
@@ -981,6 +983,21 @@ def default_n_epochs(form: str, data: TensorData, batch_given: bool = False) -> 
     return matrix_default_n_epochs(matrix_form, data.shape[data.major], batch_given)
 
 
+def evaluate_epoch(state: TensorSVIState, data: TensorData, settings: TensorSVISettings) -> float:
+    """The full ELBO at the end of an epoch. The slices form's evaluation also keeps every
+    mode's statistics for the exact step of the other modes (`full_data_step`) and takes
+    the local sums exact again, whatever the steps rounded."""
+    if settings.form != "slices":
+        return elbo(data, state.params, settings.prior, settings.n_chunks)
+    value, state.step_statistics = evaluate_slices(data, state.params, settings)
+    if state.local_sums is not None:
+        local, params = data.major, state.params
+        state.local_sums = _model.scale_sums(
+            params.shapes[local], params.rates[local], params.scales[local]
+        )
+    return value
+
+
 def fit_svi(
     data: TensorData,
     state: TensorSVIState,
@@ -1016,28 +1033,15 @@ def fit_svi(
             else:
                 minibatch = data.subset(items)
                 state.params = svi_step_nonzeros(data, minibatch, state.params, rho, settings)
-        state.epoch += 1
-        if slices_form:
-            value, state.step_statistics = evaluate_slices(data, state.params, settings)
-            if state.local_sums is not None:  # exact again, whatever the steps rounded
-                local = data.major
-                params = state.params
-                state.local_sums = _model.scale_sums(
-                    params.shapes[local], params.rates[local], params.scales[local]
-                )
-        else:
-            value = elbo(data, state.params, settings.prior, settings.n_chunks)
-        state.elbo_trace.append(value)
-        state.converged = svi_has_converged(state.elbo_trace, settings.tol)
-        state.finished = state.converged or state.epoch >= settings.n_epochs
-        if callback is not None:
-            callback(state.epoch, state.params, state.elbo_trace)
-        if slices_form and not state.finished:
-            full_data_step(state, data, settings)
-        if on_epoch is not None:
-            on_epoch(state)
-    if not state.converged and settings.n_epochs > 0:
-        _model.warn_not_converged("n_epochs", settings.n_epochs, settings.tol)
+        end_of_epoch(
+            state,
+            lambda: evaluate_epoch(state, data, settings),
+            settings,
+            callback,
+            on_epoch,
+            (lambda: full_data_step(state, data, settings)) if slices_form else None,
+        )
+    warn_if_not_converged(state.converged, settings)
     return state
 
 

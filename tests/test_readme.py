@@ -72,6 +72,8 @@ def test_readme_demo_command(tmp_path):
         assert (folder / name).stat().st_size > 0
     summary = json.loads((folder / "params.json").read_text())
     assert (summary["n_cells"], summary["n_genes"], summary["n_components"]) == (3774, 16791, 15)
+    # the defaults' fit reaches the stopping rule, not an iteration cap (issue 16)
+    assert summary["converged"]
 
 
 EXAMPLES = [(language, block) for language, block in BLOCKS[1:]]

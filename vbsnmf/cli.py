@@ -213,14 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="pbmc_facs",
         help="bundled data set (default: pbmc_facs)",
     )
-    _add_fit_options(demo, outdir_required=False, default_k=15, default_max_iter=100)
+    _add_fit_options(demo, outdir_required=False, default_k=15)
     demo.set_defaults(run=_run_demo, layer=None, use_raw=False, convert_to=None)
     return parser
 
 
-def _add_fit_options(
-    command, *, outdir_required: bool, default_k: int | None = None, default_max_iter=None
-) -> None:
+def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = None) -> None:
     """Options shared by ``fit`` and ``demo``."""
     from . import tl
 
@@ -254,10 +252,8 @@ def _add_fit_options(
     command.add_argument(
         "--max-iter",
         type=_integer(1),
-        default=default_max_iter,
         metavar="N",
-        help="maximum iterations"
-        + f" (default: {defaults['max_iter'] if default_max_iter is None else default_max_iter})",
+        help=f"maximum iterations (default: {defaults['max_iter']})",
     )
     command.add_argument(
         "--tol",

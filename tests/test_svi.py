@@ -259,6 +259,31 @@ def test_every_minibatch_step_is_finite(pbmc_tiny, form, prior_shape):
             assert all(np.all(np.isfinite(a)) and np.all(a > 0) for a in params.as_tuple())
 
 
+@pytest.mark.parametrize(
+    ("form", "prior"),
+    [
+        ("cells", "gamma"),
+        ("cells", "hierarchical"),
+        ("nonzeros", "gamma"),
+        ("abe-shimamura", "gamma"),
+    ],
+)
+def test_svi_fits_a_matrix_without_nonzeros(form, prior):
+    """No counts at all: every form ends with finite factors (the nonzeros forms divided
+    by their empty batch before); those forms take no step, so their trace stays flat."""
+    X = sp.csr_matrix((30, 20))
+    model = vbsnmf.VBNMF(
+        2, solver="svi", svi_form=form, prior=prior, n_epochs=20, random_state=0, n_threads=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _model.ConvergenceWarning)
+        model.fit(X)
+    assert np.all(np.isfinite(model.elbo_trace_)) and np.all(np.isfinite(model.components_))
+    assert np.all(np.isfinite(model.transform(X)))
+    if form != "cells":
+        assert np.ptp(model.elbo_trace_) == 0.0
+
+
 def test_cells_step_warm_starts_each_cell_from_its_last_optimum(pbmc_tiny):
     """A step with ``cells`` writes the batch's local optimum into the row side, the same
     optimum a cold local fit finds; the next visit starts there and needs far fewer passes."""

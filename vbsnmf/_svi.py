@@ -392,7 +392,7 @@ def fit_svi_nonzeros(
     """
     n_nonzeros = data.nnz
     index_dtype = np.int32 if n_nonzeros < 2**31 else np.int64
-    batch_size = min(settings.batch_size, n_nonzeros)
+    batch_size = min(settings.batch_size, max(n_nonzeros, 1))  # no nonzeros: no steps
 
     def evaluate() -> float:
         return elbo(data, state.params, settings.prior, settings.n_threads)

@@ -37,6 +37,8 @@ from vbsnmf import _checkpoint
 from vbsnmf.cli import main
 
 FIT = ["-k", "2", "--max-iter", "3", "--threads", "1", "--quiet"]
+SVI = ["--solver", "svi", "--batch-size", "20", "--epochs", "1"]
+CONVERT = ["--convert-to", "conv.h5ad"]
 OUTPUTS = {"result.h5ad", "cell_factors.tsv.gz", "gene_loadings.tsv.gz", "elbo.tsv", "params.json"}
 N_CELLS, N_GENES = 40, 25
 
@@ -472,6 +474,34 @@ def path_cases() -> list[Case]:
             refused(
                 lambda f: ["demo", "--dataset", "pbmc_tiny", "--checkpoint", notes(f), "-o", "d"],
                 "not a vbsnmf checkpoint",
+                "not a NumPy .npz archive",  # not numpy's advice to unpickle it
+            ),
+        ),
+        # a third hostile pass (2026-12-02): --convert-to beside the checkpoint, and a
+        # failed run's conversion left behind (so that the same command was refused)
+        Case(
+            "--convert-to and --checkpoint name the same file",
+            refused(
+                lambda f: _streamed(tenx(f), "--convert-to", "c", "--checkpoint", "c"),
+                "both name",
+            ),
+        ),
+        Case(
+            "--convert-to of counts the fit refuses",
+            refused(
+                lambda f: _streamed(
+                    mtx(f, "1 1 nan\n2 2 3\n3 3 1\n", "real"), "--genes-as-rows", *CONVERT
+                ),
+                "NaN",
+            ),
+        ),
+        Case(
+            "--convert-to with K beyond the genes",
+            refused(
+                lambda f: _streamed(
+                    mtx(f, "1 1 1\n2 2 3\n3 3 1\n"), "--genes-as-rows", "-k", "5", *CONVERT
+                ),
+                "out of range",
             ),
         ),
     ]
@@ -507,6 +537,30 @@ def _fitted(folder: Path, n_cells: int = N_CELLS, name: str = "r.h5ad") -> Path:
         vbsnmf.tl.nmf(adata, 2, max_iter=3, n_threads=1)
     adata.write_h5ad(folder / name)
     return folder / name
+
+
+def _streamed(source: Path, *options) -> list:
+    """``fit`` of ``source`` by SVI, streamed from disk, into ``o``."""
+    return ["fit", source, *FIT, *SVI, *options, "-o", "o"]
+
+
+def _edited_fit(folder: Path, key: str, drop: bool = False) -> Path:
+    """A result whose ``.obsm[key]`` was deleted, or given a NaN."""
+    path = _fitted(folder)
+    adata = ad.read_h5ad(path)
+    if drop:
+        del adata.obsm[key]
+    else:
+        adata.obsm[key][0, 0] = np.nan
+    adata.write_h5ad(path)
+    return path
+
+
+def _empty_x(folder: Path) -> Path:
+    path = folder / "empty_x.h5ad"
+    empty = sp.csr_matrix((N_CELLS, N_GENES), dtype=np.float32)
+    ad.AnnData(empty, layers={"counts": _counts()}).write_h5ad(path)
+    return path
 
 
 # -- command line: options and counts -----------------------------------------------------------
@@ -736,6 +790,38 @@ def option_cases() -> list[Case]:
             "10x folder holding 16,777,217",
             succeeds(
                 lambda f: ["fit", tenx(f, [(1, 1, 16_777_217)]), *FIT], _exact_counts(16_777_217.0)
+            ),
+        ),
+        # the third hostile pass: no counts at all (X left empty beside a counts layer),
+        # and results whose usages were edited
+        Case(
+            ".mtx without a nonzero count",
+            refused(
+                lambda f: ["fit", mtx(f, "", size="3 3 0"), "--genes-as-rows", *FIT, "-o", "o"],
+                "no nonzero count",
+            ),
+        ),
+        Case(
+            "h5ad with an empty X and the counts in a layer",
+            refused(lambda f: ["fit", _empty_x(f), *FIT, "-o", "o"], "no nonzero count", "--layer"),
+        ),
+        Case(
+            "streamed h5ad without a nonzero count",
+            refused(lambda f: ["fit", _empty_x(f), *FIT, *SVI, "-o", "o"], "no nonzero count"),
+        ),
+        Case(
+            "umap of a result with NaN usages",
+            refused(
+                lambda f: ["umap", _edited_fit(f, "X_nmf_sqrt_usage"), "-o", "u.png"],
+                "r.h5ad",
+                "NaN",
+            ),
+        ),
+        Case(
+            "umap of a result without its usages",
+            refused(
+                lambda f: ["umap", _edited_fit(f, "X_nmf_usage", drop=True), "-o", "u.png"],
+                "X_nmf_usage",
             ),
         ),
     ]
@@ -1462,4 +1548,4 @@ def test_hostile_inputs_are_handled(category, tmp_path, capfd):
 def test_case_count_matches_the_readme():
     """tests/README.md and the README state this count (and how many went wrong before
     the fixes): keep them in step."""
-    assert sum(len(cases) for cases in all_cases().values()) == 114
+    assert sum(len(cases) for cases in all_cases().values()) == 122

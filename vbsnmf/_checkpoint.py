@@ -89,7 +89,11 @@ def _reading(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if "allow_pickle" in reason:  # numpy's advice to unpickle is not for this file
+            reason = "not a NumPy .npz archive"
+        elif len(reason) > 120:
+            reason = reason[:120].rsplit(" ", 1)[0] + " ..."
         raise CheckpointError(
             f"{path} is not a vbsnmf checkpoint (unreadable, empty, truncated or another "
             f"kind of file: {reason}); name another path or remove it"

@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     umap = commands.add_parser(
         "umap",
-        help="draw the UMAP of the NMF cell factors of a result.h5ad",
-        description="Build the cell neighbour graph on the NMF cell factors (scanpy's "
-        "neighbors with use_rep='X_nmf'), embed it with UMAP and draw it to a figure.",
+        help="draw the UMAP of the NMF usages of a result.h5ad",
+        description="Build the cell neighbour graph on the NMF usages (scanpy's neighbors "
+        "with use_rep='X_nmf_sqrt_usage', the square roots of each cell's factors normalised "
+        "to sum 1), embed it with UMAP and draw it to a figure.",
     )
     umap.add_argument("result", metavar="RESULT.h5ad", help="result.h5ad written by 'vbsnmf fit'")
     umap.add_argument(
@@ -516,15 +517,32 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     """``fit --solver svi`` streamed from disk: an .h5ad whose X is CSR as it is, a 10x
     folder or .mtx converted once into OUTDIR/counts.h5ad (or --convert-to). False, with
     nothing done, for an .h5ad whose X does not stream (read into memory instead)."""
-    from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
+    from .io import read_h5ad_backed
 
-    converted = None
+    adata, converted = None, None
     if kind == "h5ad":
         adata = read_h5ad_backed(source)
         if adata is None:
             return False
     else:
         converted = _check_convert_path(args, outdir, inputs)
+    try:
+        summary = _convert_and_fit(args, source, kind, outdir, adata, converted)
+    except BaseException:
+        # --convert-to named a new file (`_check_convert_path`): what is there now, this
+        # run wrote, and a run that fails leaves nothing new (the same command reconverts)
+        if converted is not None:
+            converted.unlink(missing_ok=True)
+        raise
+    _report(outdir, summary, args.quiet)
+    return True
+
+
+def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted):
+    """`_fit_streamed`'s conversion (unless the input is an .h5ad, ``adata``), fit and
+    OUTDIR; the summary."""
+    from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
+
     with atomic_directory(outdir, overwrite=args.force) as folder:
         if kind != "h5ad":
             target = folder / "counts.h5ad" if converted is None else converted
@@ -543,11 +561,9 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
             adata = read_h5ad_backed(target)
         try:
             seconds = _fit(adata, args, args.quiet)
-            summary = _write_fit(adata, args, folder, str(source), seconds)
+            return _write_fit(adata, args, folder, str(source), seconds)
         finally:
             adata.file.close()
-    _report(outdir, summary, args.quiet)
-    return True
 
 
 def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
@@ -566,6 +582,8 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
         held = real_path(holder)
         if inside == held or held in inside.parents:
             raise UsageError(f"--convert-to {path} lies inside {holder}; name a file elsewhere")
+    if args.checkpoint is not None and real_path(path) == real_path(args.checkpoint):
+        raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
     return path
 
 
@@ -630,6 +648,8 @@ def _run_umap(args) -> int:
         )
     except ImportError as error:  # igraph, for --color leiden
         raise UsageError(str(error)) from None
+    except (KeyError, ValueError) as error:  # an edited result: name the file
+        raise UsageError(f"{args.result}: {_one_line(error)}") from None
     print(f"wrote {output}")
     return EXIT_OK
 

@@ -75,10 +75,11 @@ def umap(
         active = active_factors(adata, key)
         if active.size == 0:
             active = active_factors(adata, key, include_inactive=True)
-        usages = np.asarray(adata.obsm[info["usage_key"]])[:, active]
+        usages = _finite_obsm(adata, info["usage_key"])[:, active]
         names = [f"factor {factor}" for factor in active]
         adata.obs[color] = pd.Categorical.from_codes(usages.argmax(axis=1), categories=names)
     n_neighbors = min(n_neighbors, adata.n_obs - 1)
+    _finite_obsm(adata, info["sqrt_usage_key"])
     sc.pp.neighbors(
         adata, n_neighbors=n_neighbors, use_rep=info["sqrt_usage_key"], random_state=random_state
     )
@@ -87,3 +88,17 @@ def umap(
     sc.tl.umap(adata, random_state=random_state)
     axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
     return _finish(axes.figure, axes, show, save, "umap")
+
+
+def _finite_obsm(adata, name: str) -> np.ndarray:
+    """``adata.obsm[name]``, which the fit wrote finite: a `KeyError` if it is gone, a
+    `ValueError` if it holds NaN or infinite values (an edited result, not a fit)."""
+    if name not in adata.obsm:
+        raise KeyError(f"adata.obsm has no {name!r}, which vbsnmf.tl.nmf writes; fit again")
+    values = np.asarray(adata.obsm[name])
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"adata.obsm[{name!r}] holds NaN or infinite values, which no vbsnmf fit "
+            "writes; fit again"
+        )
+    return values

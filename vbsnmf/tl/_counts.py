@@ -50,8 +50,8 @@ def _looks_like_counts(matrix) -> bool:
     return bool(np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values % 1 == 0))
 
 
-def _where_counts_are(adata, source: str) -> str:
-    """A hint naming the layers (and ``.raw``) that hold counts, for error messages."""
+def _other_counts(adata, source: str) -> list[str]:
+    """The layers (and ``.raw``) other than ``source`` that hold counts, as arguments."""
     hints = [
         f"layer={name!r}"
         for name in adata.layers
@@ -59,6 +59,12 @@ def _where_counts_are(adata, source: str) -> str:
     ]
     if source != "adata.raw.X" and adata.raw is not None and _looks_like_counts(adata.raw.X):
         hints.append("use_raw=True")
+    return hints
+
+
+def _where_counts_are(adata, source: str) -> str:
+    """A hint naming the layers (and ``.raw``) that hold counts, for error messages."""
+    hints = _other_counts(adata, source)
     if hints:
         return "the raw counts appear to be in " + " or ".join(hints) + "; pass that instead"
     return (
@@ -67,12 +73,18 @@ def _where_counts_are(adata, source: str) -> str:
     )
 
 
-def check_count_matrix(adata, matrix, source: str, fit_dtype=np.float64):
+def check_count_matrix(
+    adata, matrix, source: str, fit_dtype=np.float64, *, require_counts: bool = True
+):
     """``matrix`` validated as non-negative integer counts for a fit of ``fit_dtype`` (its
-    largest count included); `ValueError` otherwise.
+    largest count included), with at least one nonzero count unless ``require_counts`` is
+    False (a block of a streamed matrix: `check_has_counts` then takes the total);
+    `ValueError` otherwise.
 
-    Unlike `VBNMF`, which only warns on non-integers, the scanpy tools refuse them: on an
-    AnnData, non-integer values almost always mean normalised or log-transformed ``X``.
+    Unlike `VBNMF`, which only warns on non-integers and, as scikit-learn's NMF, fits a
+    matrix of zeros, the scanpy tools refuse both: on an AnnData, non-integer values almost
+    always mean normalised or log-transformed ``X``, and no counts at all a matrix other
+    than the counts (``X`` left empty while they sit in a layer).
     """
     try:
         checked = check_counts(matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype)
@@ -88,4 +100,14 @@ def check_count_matrix(adata, matrix, source: str, fit_dtype=np.float64):
                 f"{source} holds {fractional} non-integer values (normalised or "
                 f"log-transformed data?); NMF needs raw counts: {_where_counts_are(adata, source)}"
             )
+    if require_counts:
+        check_has_counts(adata, float(np.count_nonzero(values)), source)
     return checked
+
+
+def check_has_counts(adata, total: float, source: str) -> None:
+    """`ValueError` when ``total`` (the matrix's count, or its number of nonzeros) is 0."""
+    if total == 0:
+        hints = _other_counts(adata, source)
+        where = f"; the counts appear to be in {' or '.join(hints)}" if hints else ""
+        raise ValueError(f"{source} holds no nonzero count: nothing to factorise{where}")

@@ -15,7 +15,7 @@ from .._utils import is_dask_array, numba_threads
 from .._validation import check_float_dtype, check_n_components
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
-from ._counts import check_count_matrix, select_counts
+from ._counts import check_count_matrix, check_has_counts, select_counts
 from ._stored import (
     VARIATIONAL_KEYS,
     FitKeys,
@@ -432,8 +432,9 @@ def _streamed_column_sums(adata, source: str) -> np.ndarray:
     totals = np.zeros(adata.n_vars)
     for start, block in open_source(adata).iter_blocks(EVAL_BLOCK_ROWS):
         name = f"{source} (cells {start}..{start + block.shape[0] - 1})"
-        block = check_count_matrix(adata, block, name)
+        block = check_count_matrix(adata, block, name, require_counts=False)
         totals += np.bincount(block.indices, block.data, minlength=adata.n_vars)
+    check_has_counts(adata, float(totals.sum()), source)
     return totals
 
 

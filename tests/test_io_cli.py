@@ -304,6 +304,33 @@ def test_help_explains_every_option(capsys):
     assert code == 0 and all(command in out for command in ("fit", "umap", "demo"))
 
 
+def test_library_warnings_are_one_line_each_and_quiet_silences_them(tmp_path, capsys, tiny):
+    """A reader's warning (anndata: names not unique) reaches the user as one ``vbsnmf:
+    warning:`` line, not in Python's two-line form with its source line; --quiet silences
+    it, as it silences the fit's own."""
+    import warnings
+
+    path = tmp_path / "duplicates.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        duplicated = tiny.copy()
+        duplicated.obs_names = ["cell"] * duplicated.n_obs
+        duplicated.write_h5ad(path)
+    fit = ["fit", path, "-k", "2", "--max-iter", "3", "--threads", "1"]
+    for quiet in (False, True):
+        argv = [*fit, "-o", tmp_path / f"out{quiet}"] + (["--quiet"] if quiet else [])
+        with warnings.catch_warnings(record=True) as escaped:
+            warnings.simplefilter("always")
+            code, _, err = _run(argv, capsys)
+        assert code == 0 and not escaped, err
+        lines = [line for line in err.splitlines() if "it/s" not in line and line.strip()]
+        if quiet:
+            assert lines == []
+        else:
+            assert any("not unique" in line for line in lines)
+            assert all(line.startswith("vbsnmf: warning: ") for line in lines), lines
+
+
 def test_umap_command_and_demo(tmp_path, capsys, tiny_h5ad):
     import matplotlib.image
 

@@ -417,12 +417,17 @@ def _fit(adata, args, quiet: bool) -> float:
             for bar in bars:
                 bar.close()
     if not quiet:
-        # vbsnmf's own warnings (ConvergenceWarning, NonCountWarning) are UserWarnings;
-        # libraries' deprecation notices are not for the person running the command.
-        ours = (w for w in caught if issubclass(w.category, UserWarning))
-        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
-            print(f"vbsnmf: warning: {message}", file=sys.stderr)
+        _print_warnings(caught)
     return time.perf_counter() - start
+
+
+def _print_warnings(caught) -> None:
+    """Each distinct UserWarning of ``caught`` as one ``vbsnmf: warning:`` line: vbsnmf's
+    own (ConvergenceWarning, NonCountWarning) and the readers'; libraries' deprecation
+    notices are not for the person running the command."""
+    ours = (w for w in caught if issubclass(w.category, UserWarning))
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
+        print(f"vbsnmf: warning: {message}", file=sys.stderr)
 
 
 def _as_options(message: str) -> str:
@@ -686,6 +691,19 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
 
 
 # -- entry point ----------------------------------------------------------------------------
+def _run_reporting_warnings(args) -> int:
+    """``args.run(args)``, the warnings of the libraries it calls (a reader's "names are
+    not unique") shown after a success as one ``vbsnmf: warning:`` line each, not in
+    Python's two-line form; none with --quiet, none beside an error's one line. The fit's
+    own warnings are shown by `_fit`, where they happen."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = args.run(args)
+    if not getattr(args, "quiet", False):
+        _print_warnings(caught)
+    return code
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, KeyError) and len(error.args) == 1:
@@ -724,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
-        return args.run(args)
+        return _run_reporting_warnings(args)
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK
     except KeyboardInterrupt as stop:

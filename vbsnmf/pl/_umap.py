@@ -65,6 +65,13 @@ def umap(
     Returns
     -------
     The matplotlib axes, unless shown.
+
+    Raises
+    ------
+    KeyError
+        No fit under ``key``, or its usages are gone from ``.obsm``.
+    ValueError
+        The usages hold NaN or infinite values (an edited result: no fit writes them).
     """
     import pandas as pd
     import scanpy as sc

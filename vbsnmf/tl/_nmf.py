@@ -160,8 +160,9 @@ def nmf(
     Raises
     ------
     ValueError
-        The selected matrix is not non-negative integer counts (the message says where the
-        counts probably are, e.g. ``layer="counts"`` or ``use_raw=True``); ``n_components``
+        The selected matrix is not non-negative integer counts, or holds no nonzero count
+        (the message says where the counts probably are, e.g. ``layer="counts"`` or
+        ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
         without a matching stored fit.

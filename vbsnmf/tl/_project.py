@@ -75,8 +75,8 @@ def project(
         ``adata_ref`` holds no fit under ``key``.
     ValueError
         The reference fit is not variational, no gene names are shared, names in
-        ``adata_new`` repeat, its counts are not raw counts, or ``max_iter`` < 1 or ``tol``
-        < 0 (as `vbsnmf.VBNMF` refuses them).
+        ``adata_new`` repeat, its counts are not raw counts or hold no nonzero count, or
+        ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
     TypeError
         ``max_iter`` is not an integer or ``tol`` not a number.
     """

@@ -717,6 +717,32 @@ def test_ctrl_c_while_starting_exits_130_with_one_line(tiny_h5ad, tmp_path, dela
     assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
 
 
+def test_ctrl_c_that_python_cannot_raise_still_stops_the_command(monkeypatch, capsys):
+    """A KeyboardInterrupt raised where Python can only report it, as in importlib's
+    callbacks while the libraries load (how the test above once saw the command run to
+    its end with exit 0), still ends the command: 130 and one line."""
+    import weakref
+
+    build_parser = cli.build_parser
+
+    def interrupted_while_loading():
+        class Module:
+            pass
+
+        def ctrl_c(reference):
+            raise KeyboardInterrupt
+
+        module = Module()
+        reference = weakref.ref(module, ctrl_c)
+        del module  # the callback runs here; its KeyboardInterrupt cannot propagate
+        assert reference() is None
+        return build_parser()
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_while_loading)
+    code, out, err = _run(["--version"], capsys)
+    assert (code, out, err) == (130, "", "vbsnmf: interrupted; no output written\n")
+
+
 def test_sigterm_during_the_fit_exits_143_and_leaves_nothing(tiny_h5ad, tmp_path):
     process = _child(["fit", tiny_h5ad, "-k", "3", "--tol", "0", "--max-iter", "100000",
                       "--threads", "1", "-o", tmp_path / "out"])  # fmt: skip

@@ -32,6 +32,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from . import __version__
@@ -715,6 +716,17 @@ def _stop(signum, frame) -> None:
     raise Stopped(signum)
 
 
+def _keep_interrupts(swallowed: list, default, unraisable) -> None:
+    """`sys.unraisablehook` while the command runs: a KeyboardInterrupt (Ctrl-C, or a stop
+    signal's `Stopped`) raised where Python cannot raise it, as in importlib's callbacks
+    while the libraries load, is kept for `main` to raise, not printed and lost; any
+    other unraisable exception goes to the ``default`` hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        swallowed.append(unraisable.exc_value)
+    else:
+        default(unraisable)
+
+
 def _handle_stop_signals() -> dict:
     """SIGTERM and SIGHUP raise `Stopped` (a KeyboardInterrupt, so everything that cleans
     up after Ctrl-C cleans up after them); returns the handlers to restore. Only the main
@@ -736,9 +748,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     143 terminated (SIGTERM), 129 hung up (SIGHUP), 1 an unexpected internal error.
     """
     previous = {}
+    swallowed: list[KeyboardInterrupt] = []
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = partial(_keep_interrupts, swallowed, unraisable_hook)
     try:
         previous = _handle_stop_signals()
         parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
+        if swallowed:  # Ctrl-C or a stop signal that the imports could not raise
+            raise swallowed[0]
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
@@ -768,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     finally:
+        sys.unraisablehook = unraisable_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
 

@@ -994,6 +994,41 @@ def _write_cellranger_h5(path: Path, adata, counts=None) -> Path:
     return path
 
 
+def test_an_hdf5_file_of_another_layout_is_named_as_such(tmp_path, capsys, tiny):
+    """An HDF5 file that is neither an AnnData nor a Cell Ranger matrix: the error says so
+    and lists what it holds (it quoted anndata's "unexpected keyword argument 'x'" and
+    scanpy's "KeyError: 'shape'"); the command line exits 2 with that one line."""
+    import h5py
+
+    foreign_h5ad = tmp_path / "foreign.h5ad"
+    with h5py.File(foreign_h5ad, "w") as handle:
+        handle["x"] = np.arange(5)
+    half_cellranger = tmp_path / "half.h5"
+    with h5py.File(half_cellranger, "w") as handle:
+        handle.create_group("matrix")["data"] = np.arange(3)
+    empty = tmp_path / "empty.h5"
+    h5py.File(empty, "w").close()
+    cases = {
+        foreign_h5ad: "not an AnnData .h5ad file (no AnnData encoding, no obs and var): "
+        "it holds 'x'",
+        half_cellranger: "not a Cell Ranger feature-barcode .h5 (no group with data, indices, "
+        "indptr and shape): it holds 'matrix'",
+        empty: "not a Cell Ranger feature-barcode .h5 (no group with data, indices, indptr "
+        "and shape): it is empty",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ReadError) as caught:
+            vbsnmf.io.read(path)
+        assert str(caught.value) == f"{path}: an HDF5 file, but {message}"
+        code, out, err = _run(["fit", path, *FIT_OPTIONS, "-o", tmp_path / "out"], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert message in err and not (tmp_path / "out").exists()
+    # the readable layouts still read: an AnnData's and Cell Ranger's
+    assert vbsnmf.io.read(_write_cellranger_h5(tmp_path / "cr.h5", tiny)).shape == tiny.shape
+    tiny.write_h5ad(tmp_path / "tiny.h5ad")
+    assert vbsnmf.io.read(tmp_path / "tiny.h5ad").shape == tiny.shape
+
+
 def test_cell_ranger_h5_and_zarr_read_as_the_10x_folder(tmp_path, capsys, tiny):
     h5 = _write_cellranger_h5(tmp_path / "filtered_feature_bc_matrix.h5", tiny)
     zarr_path = tmp_path / "tiny.zarr"

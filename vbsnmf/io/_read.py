@@ -286,6 +286,7 @@ def read_10x_h5(path: str | os.PathLike):
     path = Path(path)
     check_file(path)
     _probe_hdf5(path)
+    _check_hdf5_layout(path, "10x_h5")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -372,6 +373,7 @@ def read_h5ad(path: str | os.PathLike):
     path = Path(path)
     check_file(path)
     _probe_hdf5(path)
+    _check_hdf5_layout(path, "h5ad")
     try:
         adata = ad.read_h5ad(path)
     except MemoryError:
@@ -392,6 +394,7 @@ def read_h5ad_backed(path: str | os.PathLike):
     path = Path(path)
     check_file(path)
     _probe_hdf5(path)
+    _check_hdf5_layout(path, "h5ad")
     try:
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
@@ -551,6 +554,44 @@ with h5py.File(sys.argv[1], "r") as handle:
     handle.visititems(lambda name, item: dict(item.attrs))
 """
 _HDF5_PROBE_SECONDS = 20
+
+
+# A Cell Ranger matrix group (version 3: "matrix"; version 2: one per genome) holds these.
+_CELL_RANGER_ARRAYS = frozenset({"data", "indices", "indptr", "shape"})
+
+
+def _check_hdf5_layout(path: Path, kind: str) -> None:
+    """`ReadError` naming what an HDF5 file holds when it is not the layout its reader
+    expects (``kind`` "h5ad": an AnnData's encoding or its obs and var; "10x_h5": a group
+    with Cell Ranger's sparse arrays), before anndata or scanpy fail on it with a message
+    about their internals (an unexpected keyword, a missing key)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            keys = sorted(handle.keys())
+            if kind == "h5ad":
+                encoded = handle.attrs.get("encoding-type", "") == "anndata"
+                fits = encoded or {"obs", "var"} <= set(keys)  # older files: no encoding
+            else:
+                fits = any(
+                    isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
+                    for item in handle.values()
+                )
+    except Exception as error:  # h5py raises several types for files it cannot open
+        raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
+    if fits:
+        return
+    holds = f"it holds {', '.join(map(repr, keys[:8]))}{', ...' if len(keys) > 8 else ''}"
+    if not keys:
+        holds = "it is empty"
+    if kind == "h5ad":
+        what = "not an AnnData .h5ad file (no AnnData encoding, no obs and var)"
+    else:
+        what = (
+            "not a Cell Ranger feature-barcode .h5 (no group with data, indices, indptr and shape)"
+        )
+    raise ReadError(path, f"an HDF5 file, but {what}: {holds}")
 
 
 def _probe_hdf5(path: Path) -> None:

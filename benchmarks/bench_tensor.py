@@ -19,6 +19,11 @@ linearity in the nonzeros and in D, and dense tensorly alternatives as density f
    deviance of each fitted mean, computed over every entry without densifying.
 4. **SVI forms**: final ELBO of both SVI forms after 5, 20 and 100 epochs against batch VB
    on one tensor drawn from the model.
+5. **SQUAREM**: batch VB to convergence (tol 1e-6) with plain coordinate ascent and with
+   SQUAREM (``accelerate``), both priors, on the tutorial's pbmc_facs pseudobulk tensor
+   (gate x gene x replicate, `tutorials/pbmc_tensor.py`), K = 8, 2 threads, one process,
+   the two fits of a seed back to back: passes, seconds, final ELBO, and the ratio of
+   seconds (plain / SQUAREM) within each pair.
 """
 
 from __future__ import annotations
@@ -277,6 +282,54 @@ def svi_forms(shape, density: float, n_components: int) -> list[dict]:
     return rows
 
 
+# -- 5. SQUAREM against plain coordinate ascent --------------------------------------------
+def squarem_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
+    """Plain and SQUAREM fits of the tutorial tensor, seed by seed and prior by prior, in
+    pairs (2 threads)."""
+    _set_threads(2)
+    import vbsnmf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tutorials"))
+    from pbmc_tensor import pseudobulk_tensor
+
+    warnings.simplefilter("ignore")
+    adata = vbsnmf.datasets.pbmc_facs()
+    if quick:  # the tutorial's --quick tensor: the 2,000 genes with the most counts
+        totals = np.asarray(adata.X.sum(axis=0)).ravel()
+        adata = adata[:, np.sort(np.argsort(-totals)[:2000])].copy()
+    coords, counts, shape, *_ = pseudobulk_tensor(adata)
+    vbsnmf.VBNTF(n_components, max_iter=2, accelerate=True).fit(coords, counts, shape)  # compile
+    rows = []
+    for seed in seeds:
+        for prior in ("gamma", "hierarchical"):
+            for accelerate in (False, True):
+                model = vbsnmf.VBNTF(
+                    n_components,
+                    prior=prior,
+                    accelerate=accelerate,
+                    max_iter=5000,
+                    tol=1e-6,
+                    random_state=seed,
+                    n_threads=2,
+                )
+                start = time.perf_counter()
+                model.fit(coords, counts, shape)
+                rows.append(
+                    {
+                        "shape": shape,
+                        "nnz": len(counts),
+                        "seed": seed,
+                        "prior": prior,
+                        "accelerate": accelerate,
+                        "passes": model.n_iter_,
+                        "converged": model.converged_,
+                        "elbo": model.elbo_trace_[-1],
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+    return rows
+
+
 # -- report -------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -286,8 +339,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     parser.add_argument(
-        "--sections", type=int, nargs="+", default=[1, 2, 3, 4], help="which parts to run"
+        "--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which parts to run"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="section 5")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     lines: list[str] = []
@@ -323,6 +377,8 @@ def main() -> None:
         section_dense(args, say)
     if 4 in args.sections:
         section_svi(args, say)
+    if 5 in args.sections:
+        section_squarem(args, say)
 
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -432,6 +488,32 @@ def section_svi(args, say) -> None:
             f"| {row['fit']} | {row['epochs']} | {row['elbo']:.8g} | {row['gap']:.2%} "
             f"| {row['seconds']:.2f} |"
         )
+
+
+def section_squarem(args, say) -> None:
+    rows = in_fresh_process(squarem_pairs, args.seeds, 8, args.quick)
+    say(
+        f"\n## 5. SQUAREM against plain coordinate ascent: tutorial tensor {rows[0]['shape']}, "
+        f"{rows[0]['nnz']:,} nonzeros, K=8, tol=1e-6, 2 threads"
+    )
+    say(
+        "| seed | prior | plain: passes | s | ELBO | SQUAREM: passes | s | ELBO "
+        "| ELBO gain | seconds plain / SQUAREM |"
+    )
+    say("|---|---|---|---|---|---|---|---|---|---|")
+    ratios = {"gamma": [], "hierarchical": []}
+    for plain, fast in zip(rows[0::2], rows[1::2]):
+        ratio = plain["seconds"] / fast["seconds"]
+        ratios[plain["prior"]].append(ratio)
+        marks = ["" if r["converged"] else " (not converged)" for r in (plain, fast)]
+        say(
+            f"| {plain['seed']} | {plain['prior']} | {plain['passes']}{marks[0]} "
+            f"| {plain['seconds']:.1f} | {plain['elbo']:.2f} | {fast['passes']}{marks[1]} "
+            f"| {fast['seconds']:.1f} | {fast['elbo']:.2f} | {fast['elbo'] - plain['elbo']:+.2f} "
+            f"| **{ratio:.2f}** |"
+        )
+    for prior, values in ratios.items():
+        say(f"{prior}: median seconds plain / SQUAREM {np.median(values):.2f}")
 
 
 if __name__ == "__main__":

@@ -365,11 +365,13 @@ def test_two_modes_give_the_matrix_engines_trace_under_the_learned_prior(shape):
 
 def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_nonzeros_svi():
     X = _matrix(2)
-    common = dict(prior="hierarchical", random_state=5, n_threads=2, max_iter=80, tol=1e-9)
+    common = dict(
+        prior="hierarchical", accelerate=False, random_state=5, n_threads=2, max_iter=80, tol=1e-9
+    )
     coords = np.stack([X.row, X.col], 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        nmf = vbsnmf.VBNMF(3, accelerate=False, **common).fit(X)
+        nmf = vbsnmf.VBNMF(3, **common).fit(X)
         ntf = vbsnmf.VBNTF(3, **common).fit(coords, X.data, X.shape)
     np.testing.assert_allclose(ntf.elbo_trace_, nmf.elbo_trace_, rtol=1e-12, atol=0)
     np.testing.assert_allclose(ntf.factors_[1], nmf.components_.T, rtol=1e-8)
@@ -385,6 +387,60 @@ def test_vbntf_learned_prior_on_a_matrix_is_vbnmf_and_refuses_nonzeros_svi():
         vbsnmf.VBNTF(3, prior="hierarchical", prior_rate=2.0).fit(coords, X.data, X.shape)
     with pytest.raises(ValueError, match="prior must be"):
         vbsnmf.VBNTF(3, prior="learned").fit(coords, X.data, X.shape)
+
+
+# -- SQUAREM ------------------------------------------------------------------------------
+@pytest.mark.parametrize("prior", ["gamma", "hierarchical"])
+@pytest.mark.parametrize("shape", [(30, 20, 40), (12, 10, 8, 6)])
+def test_accelerated_fit_is_monotone_exact_and_ahead_of_plain(prior, shape):
+    """SQUAREM on a tensor (the learned prior's default, ``accelerate=True`` for the
+    fixed one): the trace never decreases, its last entry is the ELBO of the returned q
+    computed densely from the definition, the fit converges in fewer passes than plain
+    coordinate ascent from the same start, and after as many passes it is above it."""
+    tensor, coords, values = _small_tensor(shape, 0.3, seed=21, empty_slice=False)
+    fits, kept = {}, []
+    for accelerate in (True, False):
+        model = vbsnmf.VBNTF(
+            4, prior=prior, accelerate=accelerate, max_iter=5000, tol=1e-7, random_state=2
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", vbsnmf.ConvergenceWarning)
+            fits[accelerate] = model.fit(
+                coords, values, shape, callback=lambda n, q, trace: kept.append(q.copy())
+            )
+    fast, plain = fits[True], fits[False]
+    trace = fast.elbo_trace_
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+    assert fast.converged_ and fast.n_iter_ < plain.n_iter_ / 2
+    # plain.elbo_trace_[n - 1]: the plain q after n steps, scored by pass n + 1
+    assert trace[-1] > plain.elbo_trace_[fast.n_iter_ - 1]
+    last = kept[len(trace) - 1]  # the accelerated fit's last kept q, as its callback saw it
+    for mine, theirs in zip(last.means(), fast.factors_):
+        np.testing.assert_array_equal(mine, theirs)
+    if prior == "gamma":
+        expected = reference_elbo(tensor, last.shapes, last.rates, 1.0, 1.0)
+    else:
+        expected = reference_learned_elbo(tensor, last)
+    assert trace[-1] == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("prior", ["gamma", "hierarchical"])
+def test_two_modes_accelerated_are_vbnmfs_accelerated_fit(prior):
+    """With D = 2 the tensor's SQUAREM is `VBNMF`'s, step for step: the same passes, the
+    same steps kept and refused (equal trace lengths), the same ELBOs up to the rounding of
+    the two kernels' sums (which SQUAREM's steps amplify over hundreds of passes)."""
+    X = _matrix(2)
+    common = dict(prior=prior, accelerate=True, random_state=5, n_threads=2, tol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        nmf = vbsnmf.VBNMF(3, max_iter=120, **common).fit(X)
+        ntf = vbsnmf.VBNTF(3, max_iter=120, **common).fit(
+            np.stack([X.row, X.col], 1), X.data, X.shape
+        )
+    assert ntf.n_iter_ == nmf.n_iter_ == 120 and len(ntf.elbo_trace_) == len(nmf.elbo_trace_)
+    assert len(nmf.elbo_trace_) < 119  # steps kept: not the plain ascent's trace
+    np.testing.assert_allclose(ntf.elbo_trace_, nmf.elbo_trace_, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ntf.factors_[1], nmf.components_.T, rtol=1e-8)
 
 
 # -- reproducibility ----------------------------------------------------------------------
@@ -664,7 +720,9 @@ class _Crash(Exception):
 
 CHECKPOINT_FITS = {
     "batch": dict(max_iter=40, tol=0.0),
-    "batch-learned": dict(max_iter=40, tol=0.0, prior="hierarchical"),
+    "batch-accelerated": dict(max_iter=40, tol=0.0, accelerate=True),
+    "batch-learned": dict(max_iter=40, tol=0.0, prior="hierarchical"),  # accelerated
+    "batch-learned-plain": dict(max_iter=40, tol=0.0, prior="hierarchical", accelerate=False),
     "svi-slices": dict(solver="svi", n_epochs=8, batch_size=7, tol=0.0, max_iter=20),
     "svi-nonzeros": dict(solver="svi", svi_form="nonzeros", n_epochs=8, tol=0.0),
     "svi-slices-learned": dict(
@@ -682,7 +740,9 @@ def test_resumed_fit_ends_with_the_bitwise_trace(kind, tmp_path):
         return vbsnmf.VBNTF(3, random_state=11, n_threads=1, **CHECKPOINT_FITS[kind], **extra)
 
     uninterrupted = _quiet(model(), coords, values)
-    crash_at = 5 if kind.startswith("batch") else 3
+    # an accelerated fit saves at a cycle's start (every 1 to 3 passes) when the pass count
+    # is a multiple of checkpoint_every
+    crash_at = 9 if kind.startswith("batch") else 3
 
     def crash(n_iter, params, trace):
         if n_iter == crash_at:
@@ -736,7 +796,13 @@ def test_a_slices_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit
         model(4, checkpoint=path, resume=True).fit(coords, values)
 
 
-@pytest.mark.parametrize("kind", ["batch", "batch-learned", "svi-slices", "svi-slices-learned"])
+ACCELERATED_FITS = ("batch-accelerated", "batch-learned")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["batch", "batch-learned-plain", *ACCELERATED_FITS, "svi-slices", "svi-slices-learned"],
+)
 def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"
@@ -745,18 +811,47 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
 
     _quiet(model(), coords, values)
     arrays, meta = _checkpoint.load_checkpoint(path)
-    for name, damage in (("rate_1", -1.0), ("shape_2", np.nan)):
+    # an accelerated fit's checkpoint holds two q: the next to score and the last kept
+    current, kept = ("current_", "kept_") if kind in ACCELERATED_FITS else ("", "")
+    for name, damage in ((current + "rate_1", -1.0), (kept + "shape_2", np.nan)):
         broken = dict(arrays)
         broken[name] = np.full_like(arrays[name], damage)
         _checkpoint.save_checkpoint(path, broken, meta)
         with pytest.raises(_checkpoint.CheckpointError, match=name):
             model(resume=True).fit(coords, values)
-    missing = ["shape_0", "local_sums"] if kind == "svi-slices-learned" else ["shape_0"]
+    missing = (
+        [kept + "shape_0", "local_sums"] if kind == "svi-slices-learned" else [kept + "shape_0"]
+    )
     for name in missing:
         broken = {k: v for k, v in arrays.items() if k != name}
         _checkpoint.save_checkpoint(path, broken, meta)
         with pytest.raises(_checkpoint.CheckpointError, match=f"{name} is missing"):
             model(resume=True).fit(coords, values)
+    if kind in ACCELERATED_FITS:
+        for key, value, message in (
+            ("step_max", 0.5, "step bound is 0.5"),
+            ("n_passes", 1, "ELBO values for 1 passes"),
+            ("previous", float("nan"), "last ELBO is nan"),
+        ):
+            _checkpoint.save_checkpoint(path, arrays, {**meta, key: value})
+            with pytest.raises(_checkpoint.CheckpointError, match=message):
+                model(resume=True).fit(coords, values)
+
+
+@pytest.mark.parametrize("kind", ["batch", "batch-learned"])
+def test_a_checkpoint_of_the_other_ascent_is_refused(kind, tmp_path):
+    """A plain fit's checkpoint resumed with acceleration, or an accelerated one without:
+    another fit, refused by name (checkpoints of plain fits keep their config)."""
+    _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
+    path = tmp_path / "fit.ckpt"
+    accelerated = kind == "batch-learned"
+    _quiet(_short_checkpointed_fit(kind, path), coords, values)
+    assert _checkpoint.read_checkpoint_meta(path)["config"]["accelerate"] is (
+        True if accelerated else None
+    )
+    other = _short_checkpointed_fit(kind, path, resume=True, accelerate=not accelerated)
+    with pytest.raises(_checkpoint.CheckpointMismatchError, match="accelerate"):
+        other.fit(coords, values)
 
 
 @pytest.mark.parametrize("kind", ["batch", "svi-slices"])

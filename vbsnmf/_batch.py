@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -91,6 +92,18 @@ _STEP_MAX_START = 1.0
 _STEP_GROWTH = 4.0
 
 
+class Extrapolable(Protocol):
+    """What `squarem` needs of a q (`_model.VariationalParams`, `_tensor.TensorParams`):
+    its positive arrays, the first ``len(as_tuple())`` of them its factor arrays (fresh
+    from each step, so an extrapolation may be written over them), and the q they make."""
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]: ...
+
+    def positive_arrays(self) -> list[np.ndarray]: ...
+
+    def with_positive_arrays(self, arrays: list[np.ndarray]) -> Extrapolable: ...
+
+
 @dataclass
 class AcceleratedState:
     """Where an accelerated fit stands between two SQUAREM cycles, enough to continue it
@@ -98,17 +111,52 @@ class AcceleratedState:
     the step bound, the trace, the passes done, the last q scored (the result so far),
     and whether the factor shapes are still held (`fit_batch`'s ``hold_shapes``)."""
 
-    current: VariationalParams
+    current: Extrapolable
     previous: float | None
     step_max: float
     trace: list[float]
     n_passes: int
-    kept: VariationalParams
+    kept: Extrapolable
     converged: bool = False
     holding: bool = False
 
+    def to_arrays(self, params_to_arrays: Callable) -> tuple[dict[str, np.ndarray], dict]:
+        """The state as a checkpoint's arrays (``current_`` and ``kept_`` q, each by
+        ``params_to_arrays``, and the trace) and its counters."""
+        arrays = {f"current_{k}": v for k, v in params_to_arrays(self.current).items()}
+        arrays.update({f"kept_{k}": v for k, v in params_to_arrays(self.kept).items()})
+        arrays["elbo_trace"] = np.asarray(self.trace, dtype=np.float64)
+        meta = {
+            "previous": self.previous,
+            "step_max": self.step_max,
+            "n_passes": self.n_passes,
+            "converged": self.converged,
+            "holding": self.holding,
+        }
+        return arrays, meta
 
-def start_accelerated(start: VariationalParams, hold_shapes: bool = False) -> AcceleratedState:
+    @classmethod
+    def from_arrays(cls, arrays, meta: dict, params_from_arrays: Callable) -> AcceleratedState:
+        """The inverse of `to_arrays` (``params_from_arrays`` inverts its ``params_to_arrays``)."""
+
+        def part(prefix):
+            return params_from_arrays(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            )
+
+        return cls(
+            part("current_"),
+            meta["previous"],
+            float(meta["step_max"]),
+            [float(v) for v in arrays["elbo_trace"]],
+            int(meta["n_passes"]),
+            part("kept_"),
+            bool(meta["converged"]),
+            bool(meta.get("holding", False)),  # checkpoints before the hold have none
+        )
+
+
+def start_accelerated(start: Extrapolable, hold_shapes: bool = False) -> AcceleratedState:
     return AcceleratedState(start, None, _STEP_MAX_START, [], 0, start, holding=hold_shapes)
 
 
@@ -125,8 +173,49 @@ def fit_batch_accelerated(
     verbose: bool = False,
     mask: Mask | None = None,
 ) -> tuple[FitResult, AcceleratedState]:
+    """`squarem` on the matrix model: ``fit_batch``'s pass and step, accelerated."""
+
+    def scored(params: VariationalParams):
+        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
+        return (row_stat, col_stat), value
+
+    def step(params: VariationalParams, statistics, step_prior: Prior) -> VariationalParams:
+        return global_step(params, *statistics, step_prior, mask=mask)
+
+    state = squarem(
+        state,
+        scored,
+        step,
+        prior,
+        max_iter=max_iter,
+        tol=tol,
+        callback=callback,
+        on_cycle=on_cycle,
+        verbose=verbose,
+    )
+    trace = np.asarray(state.trace, dtype=np.float64)
+    return FitResult(state.kept, trace, state.n_passes, state.converged), state
+
+
+def squarem(
+    state: AcceleratedState,
+    scored: Callable[[Extrapolable], tuple[object, float]],
+    step: Callable[[Extrapolable, object, Prior], Extrapolable],
+    prior: Prior,
+    *,
+    max_iter: int,
+    tol: float,
+    callback: Callable | None = None,
+    on_cycle: Callable[[AcceleratedState], None] | None = None,
+    verbose: bool = False,
+) -> AcceleratedState:
     """Coordinate ascent accelerated by SQUAREM (Varadhan and Roland 2008, step SqS3),
     with a safeguard that keeps the ELBO trace monotone; ``max_iter`` bounds the passes.
+
+    The model comes in two functions: ``scored(q)``, one pass giving q's statistics and its
+    exact ELBO, and ``step(q, statistics, prior)``, the coordinate-ascent step they give;
+    a q has ``positive_arrays`` and ``with_positive_arrays`` (the matrix's
+    `_model.VariationalParams`, the tensor's `_tensor.TensorParams`).
 
     A cycle: two plain steps (each one pass, which also scores its input exactly)
     ``theta0 -> theta1 -> theta2``; in log parameters ``r = theta1 - theta0``,
@@ -142,29 +231,28 @@ def fit_batch_accelerated(
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
 
-    def score(params: VariationalParams, plain: bool = True):
+    def score(params, plain: bool = True):
         """One pass: ``params``' statistics and exact ELBO."""
         nonlocal released_at
-        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
+        statistics, value = scored(params)
         state.n_passes += 1
         # A plain step's pass may release the hold before its own step, as in `fit_batch`.
         if plain and state.holding and state.previous is not None:
             if has_converged([state.previous, value], HOLD_TOL):
                 state.holding, released_at = False, state.n_passes
-        return (row_stat, col_stat), value
+        return statistics, value
 
-    def step(params: VariationalParams, statistics) -> VariationalParams:
-        step_prior = held if state.holding and held is not None else prior
-        return global_step(params, *statistics, step_prior, mask=mask)
+    def take_step(params, statistics):
+        return step(params, statistics, held if state.holding and held is not None else prior)
 
-    def score_and_step(params: VariationalParams) -> VariationalParams:
+    def score_and_step(params):
         """A plain step: the pass, the scored q kept (so the q kept before it is not held
         while the step builds the next), then the step."""
         statistics, value = score(params)
         keep(params, value)
-        return step(params, statistics)
+        return take_step(params, statistics)
 
-    def keep(params: VariationalParams, value: float, plain: bool = True) -> None:
+    def keep(params, value: float, plain: bool = True) -> None:
         """Record a scored q; the stopping rule compares it with the q it is the plain
         step of (not an extrapolated q with the one before it)."""
         if state.previous is not None:
@@ -192,7 +280,7 @@ def fit_batch_accelerated(
             break
         statistics1, value1 = score(theta1)
         keep(theta1, value1)
-        theta2 = step(theta1, statistics1)
+        theta2 = take_step(theta1, statistics1)
         if state.converged or state.n_passes >= max_iter:
             state.current = theta2
             break
@@ -211,7 +299,7 @@ def fit_batch_accelerated(
             if np.isfinite(value) and value >= value1:
                 keep(candidate, value, plain=False)
                 del theta1, statistics1
-                state.current = step(candidate, statistics)
+                state.current = take_step(candidate, statistics)
                 accepted = True
             del statistics
         del candidate
@@ -219,13 +307,12 @@ def fit_batch_accelerated(
             if step_length >= state.step_max:
                 state.step_max *= _STEP_GROWTH
         else:  # the plain path: theta2 taken again
-            state.current = step(theta1, statistics1)
+            state.current = take_step(theta1, statistics1)
             del theta1, statistics1
             state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
     if not state.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
-    trace = np.asarray(state.trace, dtype=np.float64)
-    return FitResult(state.kept, trace, state.n_passes, state.converged), state
+    return state
 
 
 def _flat_triples(theta0, theta1, theta2):
@@ -244,7 +331,7 @@ def _step_length(theta0, theta1, theta2) -> float:
     return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
 
 
-def _extrapolate_over(theta0, theta1, theta2, step: float) -> VariationalParams | None:
+def _extrapolate_over(theta0, theta1, theta2, step: float) -> Extrapolable | None:
     """SQUAREM's ``theta0 + 2 s r + s^2 v`` in log parameters, as a q of theta2's structure
     and dtype (s = 1 is theta2), written over theta2's arrays of q (its own, fresh from a
     step; the hyperparameters' small arrays are new); None when an entry is not finite and

@@ -138,6 +138,20 @@ def check_config(meta: dict, config: dict, path) -> None:
     )
 
 
+def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
+    """Raise ``damaged(what)`` unless an accelerated fit's counters
+    (`_batch.AcceleratedState.to_arrays`) are whole and consistent with its ELBO trace."""
+    passes, step_max, previous = (meta.get(n) for n in ("n_passes", "step_max", "previous"))
+    if not (isinstance(passes, int) and not isinstance(passes, bool) and passes >= 0):
+        raise damaged(f"its pass counter is {passes!r}")
+    if not (isinstance(step_max, (int, float)) and np.isfinite(step_max) and step_max >= 1):
+        raise damaged(f"its SQUAREM step bound is {step_max!r}")
+    if previous is not None and not (isinstance(previous, (int, float)) and np.isfinite(previous)):
+        raise damaged(f"its last ELBO is {previous!r}")
+    if trace.size > passes or not isinstance(meta.get("converged"), bool):
+        raise damaged(f"{trace.size} ELBO values for {passes} passes")
+
+
 def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -> None:
     """Raise `CheckpointError` unless the checkpoint's arrays and counters are a state the
     fit of ``config`` could have saved: every parameter array present with its shape and
@@ -181,17 +195,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 check_array(f"{prefix}{side}_scale_prior", [(2,)], np.float64)
     trace = checked_trace(arrays, meta, damaged)
     if accelerated:
-        passes, step_max, previous = (meta.get(n) for n in ("n_passes", "step_max", "previous"))
-        if not (isinstance(passes, int) and not isinstance(passes, bool) and passes >= 0):
-            raise damaged(f"its pass counter is {passes!r}")
-        if not (isinstance(step_max, (int, float)) and np.isfinite(step_max) and step_max >= 1):
-            raise damaged(f"its SQUAREM step bound is {step_max!r}")
-        if previous is not None and not (
-            isinstance(previous, (int, float)) and np.isfinite(previous)
-        ):
-            raise damaged(f"its last ELBO is {previous!r}")
-        if trace.size > passes or not isinstance(meta.get("converged"), bool):
-            raise damaged(f"{trace.size} ELBO values for {passes} passes")
+        check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
         check_step_statistics(

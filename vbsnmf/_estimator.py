@@ -755,38 +755,12 @@ def _run_accelerated(
     cycle's pass and at the end. ``hold_shapes``: a random start's (`fit_batch`)."""
 
     def save(state: AcceleratedState, finished: bool = False) -> None:
-        arrays = {f"current_{k}": v for k, v in params_to_arrays(state.current).items()}
-        arrays.update({f"kept_{k}": v for k, v in params_to_arrays(state.kept).items()})
-        arrays["elbo_trace"] = np.asarray(state.trace, dtype=np.float64)
-        meta = {
-            "previous": state.previous,
-            "step_max": state.step_max,
-            "n_passes": state.n_passes,
-            "converged": state.converged,
-            "holding": state.holding,
-            "finished": finished,
-        }
-        checkpointer.save(state.n_passes, arrays, meta, force=finished)
+        arrays, meta = state.to_arrays(params_to_arrays)
+        checkpointer.save(state.n_passes, arrays, {**meta, "finished": finished}, force=finished)
 
     start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
-        arrays, meta = start
-
-        def part(prefix):
-            return params_from_arrays(
-                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            )
-
-        state = AcceleratedState(
-            part("current_"),
-            meta["previous"],
-            float(meta["step_max"]),
-            [float(v) for v in arrays["elbo_trace"]],
-            int(meta["n_passes"]),
-            part("kept_"),
-            bool(meta["converged"]),
-            bool(meta.get("holding", False)),  # checkpoints before the hold have none
-        )
+        state = AcceleratedState.from_arrays(*start, params_from_arrays)
     else:
         state = start_accelerated(start, hold_shapes)
     del start

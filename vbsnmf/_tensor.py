@@ -29,7 +29,8 @@ the matrix model with its own scales: `_model.update_side_learned`,
 D modes; the slices form is `_svi`'s cells form for D modes.
 
 The ELBO of q_t comes out of the pass that produces q_{t+1}, as in `_batch.fit_batch`: every
-entry of a trace is the exact ELBO of a q the engine held.
+entry of a trace is the exact ELBO of a q the engine held. `fit_batch_accelerated` runs the
+matrix engine's SQUAREM (`_batch.squarem`) on this pass and step.
 
 Stochastic VB (`fit_svi`) in two forms, both blending with ``rho_t = min(1, (t + tau)^-kappa)``
 (t in epochs, as `_svi.learning_rate`; stopping rule `_svi.svi_has_converged`):
@@ -52,13 +53,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 from scipy.special import digamma
 
 from . import _kernels, _model
+from ._batch import AcceleratedState, squarem
 from ._checkpoint import (
     CheckpointError,
+    check_accelerated_progress,
     check_step_statistics,
     check_svi_progress,
     checked_trace,
@@ -99,6 +103,34 @@ class TensorParams:
     def copy(self) -> TensorParams:
         scales = None if self.scales is None else [scale.copy() for scale in self.scales]
         return TensorParams([s.copy() for s in self.shapes], [r.copy() for r in self.rates], scales)
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        """Every mode's shapes and rates, mode by mode (for D = 2 the matrix q's
+        ``row_shape, row_rate, col_shape, col_rate``)."""
+        return tuple(a for pair in zip(self.shapes, self.rates) for a in pair)
+
+    def positive_arrays(self) -> list[np.ndarray]:
+        """`as_tuple`, then every mode's scales and hyperparameters: what SQUAREM moves in
+        log space (`_batch.squarem`), in `_model.VariationalParams.positive_arrays`' order."""
+        arrays = list(self.as_tuple())
+        for scale in self.scales or []:
+            arrays += [scale.shape, scale.rate, scale.factor_shape]
+            arrays.append(np.array([scale.prior_shape, scale.prior_mean]))
+        return arrays
+
+    def with_positive_arrays(self, arrays: list[np.ndarray]) -> TensorParams:
+        """A q of this structure and dtype from `positive_arrays`' list."""
+        dtype = self.shapes[0].dtype
+        n_modes = self.n_modes
+        main = [np.asarray(a).astype(dtype, copy=False) for a in arrays[: 2 * n_modes]]
+        scales = None
+        if self.scales is not None:
+            rest = arrays[2 * n_modes :]
+            scales = [
+                _model.ScaleState(shape, rate, factor, float(pair[0]), float(pair[1]))
+                for shape, rate, factor, pair in zip(*(rest[i::4] for i in range(4)))
+            ]
+        return TensorParams(main[0::2], main[1::2], scales)
 
     def means(self) -> list[np.ndarray]:
         """Posterior means ``E[v^(d)]`` (n_d x K), one per mode."""
@@ -570,6 +602,46 @@ def fit_batch(
     return TensorFitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
 
 
+def fit_batch_accelerated(
+    data: TensorData,
+    state: AcceleratedState,
+    *,
+    prior: _model.Prior,
+    max_iter: int,
+    tol: float,
+    n_chunks: int = 1,
+    callback: Callable[[int, TensorParams, list[float]], None] | None = None,
+    on_cycle: Callable[[AcceleratedState], None] | None = None,
+    verbose: bool = False,
+) -> tuple[TensorFitResult, AcceleratedState]:
+    """`fit_batch` accelerated by SQUAREM: `_batch.squarem` on this module's pass
+    (`shape_statistics` and `elbo_rest`) and step (`update_modes`), as `VBNMF` accelerates
+    the matrix (for D = 2 the same arithmetic). ``max_iter`` bounds the passes; the trace
+    never decreases; ``state`` (`_batch.start_accelerated`, or a checkpoint's) is where the
+    fit goes on from and, returned, where it stands."""
+
+    def scored(params: TensorParams):
+        stats, data_term = shape_statistics(data, params, n_chunks)
+        return stats, data_term + elbo_rest(params, prior)
+
+    def step(params: TensorParams, stats, step_prior: _model.Prior) -> TensorParams:
+        return update_modes(params, stats, step_prior)
+
+    state = squarem(
+        state,
+        scored,
+        step,
+        prior,
+        max_iter=max_iter,
+        tol=tol,
+        callback=callback,
+        on_cycle=on_cycle,
+        verbose=verbose,
+    )
+    trace = np.asarray(state.trace, dtype=np.float64)
+    return TensorFitResult(state.kept, trace, state.n_passes, state.converged), state
+
+
 # -- stochastic VB ------------------------------------------------------------------------
 @dataclass
 class TensorSVISettings:
@@ -679,15 +751,19 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     shapes (n_d x K) and rate (K,) present, of the fit's dtype, positive and finite; a
     finite ELBO trace; the ``finished`` flag; for SVI whole counters and a readable
     generator state; under the learned prior rates per entry and every mode's scales and
-    hyperparameters (and for SVI the local mode's sums). Its config was checked first, so a
-    kernel never reads a damaged one."""
+    hyperparameters (and for SVI the local mode's sums); for an accelerated fit two such
+    q (``current_`` and ``kept_``) and whole SQUAREM counters. Its config was checked
+    first, so a kernel never reads a damaged one."""
     k, dtype = config["n_components"], np.dtype(config["dtype"])
     learned = config.get("prior") == "hierarchical"
 
     def damaged(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
 
-    for d, n_rows in enumerate(config["shape"]):
+    accelerated = "current_shape_0" in arrays
+    for prefix, (d, n_rows) in product(
+        ("current_", "kept_") if accelerated else ("",), enumerate(config["shape"])
+    ):
         wanted = [(f"shape_{d}", (n_rows, k), dtype)]
         wanted.append((f"rate_{d}", (n_rows, k) if learned else (k,), dtype))
         if learned:
@@ -697,7 +773,7 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 (f"factor_shape_{d}", (k,), np.float64),
                 (f"scale_prior_{d}", (2,), np.float64),
             ]
-        for name, shape, kind in wanted:
+        for name, shape, kind in ((prefix + name, shape, kind) for name, shape, kind in wanted):
             array = arrays.get(name)
             if array is None:
                 raise damaged(f"{name} is missing")
@@ -719,6 +795,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         damaged,
     )
     trace = checked_trace(arrays, meta, damaged)
+    if accelerated:
+        check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _model, _tensor
 from ._base import Estimator
+from ._batch import AcceleratedState, start_accelerated
 from ._checkpoint import Checkpointer
 from ._utils import numba_threads, warn_user
 from ._validation import NonCountWarning, check_positive
@@ -159,8 +160,8 @@ class VBNTF(Estimator):
     entry of every factor matrix ``v^(d)`` (n_d x K), fitted by coordinate ascent on the
     ELBO (``docs/model.md``, "Tensors"). Only the nonzeros are visited: cost per iteration
     is linear in the nonzeros, in D and in K, and memory holds the nonzeros and the factor
-    matrices. With D = 2 it is `VBNMF`'s model with the same ``prior`` and gives its ELBO
-    trace from the same start (`VBNMF` with ``accelerate=False``).
+    matrices. With D = 2 it is `VBNMF`'s model with the same ``prior`` and ``accelerate``
+    and gives its ELBO trace from the same start.
 
     Parameters
     ----------
@@ -178,9 +179,15 @@ class VBNTF(Estimator):
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
         them; ``prior_rate`` does not apply.
+    accelerate
+        Batch VB: extrapolate the iterations with SQUAREM (Varadhan and Roland 2008),
+        keeping an extrapolated step only when its exact ELBO is at least the plain step's
+        (the trace stays monotone), as `VBNMF` does. Default: on for the learned prior,
+        off for the fixed one (as `VBNMF`; ``True`` accelerates it too). SVI ignores it.
     max_iter
-        Maximum number of iterations (batch), or of local passes per slice batch (SVI
-        slices form); stopping at it warns with `ConvergenceWarning`.
+        Maximum number of passes over the nonzeros (batch; an iteration is one pass, and
+        an accelerated fit's extrapolations take one each), or of local passes per slice
+        batch (SVI slices form); stopping at it warns with `ConvergenceWarning`.
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
@@ -228,7 +235,7 @@ class VBNTF(Estimator):
         fingerprint of the nonzeros differs) is refused
         (`vbsnmf._checkpoint.CheckpointMismatchError`).
     verbose
-        Print the ELBO after every iteration (batch).
+        Print the ELBO after every iteration or pass (batch).
 
     Attributes
     ----------
@@ -243,10 +250,11 @@ class VBNTF(Estimator):
         prior.
     shape_ : tuple of int
         The tensor's shape.
-    elbo_trace_ : ndarray of shape (n_iter_,)
-        ELBO in nats after each iteration (SVI: after each epoch).
+    elbo_trace_ : ndarray of shape (n_iter_,), or (at most n_iter_,) when accelerated
+        ELBO in nats after each iteration (SVI: after each epoch; accelerated: of each q
+        kept, never decreasing).
     n_iter_ : int
-        Iterations (SVI: epochs) run.
+        Iterations (accelerated: passes; SVI: epochs) run.
     converged_ : bool
         Whether ``tol`` was met.
 
@@ -264,6 +272,7 @@ class VBNTF(Estimator):
         prior: str = "gamma",
         prior_shape: float | None = None,
         prior_rate: float | None = None,
+        accelerate: bool | None = None,
         max_iter: int = 200,
         tol: float = 1e-5,
         n_init: int = 1,
@@ -286,6 +295,7 @@ class VBNTF(Estimator):
         self.prior = prior
         self.prior_shape = prior_shape
         self.prior_rate = prior_rate
+        self.accelerate = accelerate
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
@@ -326,11 +336,18 @@ class VBNTF(Estimator):
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
         n_init = _check_integer(self.n_init, "n_init", 1)
+        prior = self._prior()
+        accelerate = self.accelerate
+        if accelerate is None:
+            accelerate = isinstance(prior, _model.HierarchicalPrior)
+        if not isinstance(accelerate, (bool, np.bool_)):
+            raise TypeError(f"accelerate must be True, False or None, got {self.accelerate!r}")
         if n_init != 1 and (checkpoint is not None or self.solver == "svi"):
             raise ValueError("n_init > 1 needs solver='batch' without a checkpoint")
         return {
             "n_components": _check_integer(self.n_components, "n_components", 1),
-            "prior": self._prior(),
+            "prior": prior,
+            "accelerate": bool(accelerate) and self.solver == "batch",
             "max_iter": _check_integer(self.max_iter, "max_iter", 0),
             "n_init": n_init,
             "n_epochs": None
@@ -413,7 +430,12 @@ class VBNTF(Estimator):
                         index,
                         checked["prior"],
                     )
-                    result = self._fit_batch(data, start, checked, n_threads, callback)
+                    if checked["accelerate"]:
+                        state = _start_accelerated(start, checked)
+                        del start
+                        result, _ = self._fit_accelerated(data, state, checked, n_threads, callback)
+                    else:
+                        result = self._fit_batch(data, start, checked, n_threads, callback)
                     if best is None or _final_elbo(result) > _final_elbo(best):
                         best = result
                 result = best
@@ -421,6 +443,7 @@ class VBNTF(Estimator):
         return self
 
     def _fit_batch(self, data, start, checked, n_threads, callback, trace=None):
+        """Plain coordinate ascent from ``start``, continuing ``trace``."""
         return _tensor.fit_batch(
             data,
             start,
@@ -432,6 +455,20 @@ class VBNTF(Estimator):
             callback=callback,
             verbose=self.verbose,
             hold_shapes=True,  # every batch start here is random
+        )
+
+    def _fit_accelerated(self, data, state, checked, n_threads, callback, on_cycle=None):
+        """SQUAREM from ``state`` (`_batch.start_accelerated` or a checkpoint's)."""
+        return _tensor.fit_batch_accelerated(
+            data,
+            state,
+            prior=checked["prior"],
+            max_iter=checked["max_iter"],
+            tol=checked["tol"],
+            n_chunks=n_threads,
+            callback=callback,
+            on_cycle=on_cycle,
+            verbose=self.verbose,
         )
 
     def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
@@ -458,6 +495,8 @@ class VBNTF(Estimator):
             "prior": self.prior,
             "prior_shape": getattr(prior, "shape", getattr(prior, "factor_shape", None)),
             "prior_rate": getattr(prior, "rate", None),
+            # None when plain, as checkpoints written before the option say
+            "accelerate": True if checked["accelerate"] else None,
             "dtype": checked["dtype"].name,
             "n_threads": n_threads,
             "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
@@ -507,6 +546,11 @@ class VBNTF(Estimator):
     def _fit_batch_resumable(
         self, data, stored, checkpointer, checked, entropy, n_threads, callback
     ) -> _tensor.TensorFitResult:
+        if checked["accelerate"]:
+            return self._fit_accelerated_resumable(
+                data, stored, checkpointer, checked, entropy, n_threads, callback
+            )
+
         def arrays_of(params, trace):
             return {**_tensor.params_to_arrays(params), "elbo_trace": np.asarray(trace)}
 
@@ -534,6 +578,28 @@ class VBNTF(Estimator):
         )
         return result
 
+    def _fit_accelerated_resumable(
+        self, data, stored, checkpointer, checked, entropy, n_threads, callback
+    ) -> _tensor.TensorFitResult:
+        """SQUAREM from a random start or a checkpoint's state, saving the state at the
+        start of every ``checkpoint_every``-th cycle's pass and at the end (as `VBNMF`)."""
+
+        def save(state: AcceleratedState, finished: bool = False) -> None:
+            arrays, meta = state.to_arrays(_tensor.params_to_arrays)
+            checkpointer.save(state.n_passes, arrays, {**meta, "finished": finished}, finished)
+
+        if stored is not None:
+            state = AcceleratedState.from_arrays(*stored, _tensor.params_from_arrays)
+        else:
+            start = _tensor.random_start(
+                data, checked["n_components"], entropy, checked["dtype"], prior=checked["prior"]
+            )
+            state = _start_accelerated(start, checked)
+            del start
+        result, state = self._fit_accelerated(data, state, checked, n_threads, callback, save)
+        save(state, finished=True)
+        return result
+
     def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:
         params = result.params
         self.shapes_ = list(params.shapes)
@@ -553,6 +619,12 @@ class VBNTF(Estimator):
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+
+
+def _start_accelerated(start: _tensor.TensorParams, checked: dict) -> AcceleratedState:
+    """A random start's SQUAREM state: the learned prior's factor shapes held at first, as
+    plain ascent holds them (`_tensor.fit_batch`'s ``hold_shapes``)."""
+    return start_accelerated(start, hold_shapes=_model.held_prior(checked["prior"]) is not None)
 
 
 def _final_elbo(result: _tensor.TensorFitResult) -> float:

@@ -994,6 +994,30 @@ def _write_cellranger_h5(path: Path, adata, counts=None) -> Path:
     return path
 
 
+def test_bad_counts_in_a_matrix_file_are_named_by_the_file_without_layer_advice(tmp_path, capsys):
+    """A NaN, a negative or a fractional count in an .mtx: the error names the .mtx (not
+    ``adata.X``, nor the .h5ad it was converted into for streaming, which is gone by then)
+    and gives no advice about layers, which an .mtx cannot have; an .h5ad keeps it."""
+    header = "%%MatrixMarket matrix coordinate real general\n3 4 4\n"
+    bad = {"nan": "NaN entry", "-3": "negative entry", "1.5": "non-integer values"}
+    for value, problem in bad.items():
+        path = tmp_path / f"bad{len(problem)}.mtx"
+        path.write_text(header + f"1 1 1\n1 4 5\n2 2 {value}\n3 3 2\n")  # sorted by cell
+        for extra in ([], ["--solver", "svi"], ["--solver", "svi", "--convert-to", "c.h5ad"]):
+            outdir = tmp_path / "out"
+            argv = ["fit", path, "--cells-as-rows", "-k", "2", "--quiet", "-o", outdir, *extra]
+            code, out, err = _run(argv, capsys)
+            assert code == 2 and out == "" and err.count("\n") == 1, err
+            assert err.startswith(f"vbsnmf: error: {path}") and problem in err, err
+            assert err.rstrip().endswith("; NMF needs raw counts"), err
+            assert "adata" not in err and ".tmp" not in err and "c.h5ad" not in err, err
+            assert not outdir.exists() and not (tmp_path / "c.h5ad").exists()
+    adata = ad.AnnData(sp.csr_matrix(np.array([[1.0, np.nan], [2.0, 3.0]])))
+    adata.write_h5ad(tmp_path / "nan.h5ad")
+    code, _, err = _run(["fit", tmp_path / "nan.h5ad", "-k", "1", "-o", tmp_path / "o"], capsys)
+    assert code == 2 and "adata.X must hold" in err and "--layer counts" in err, err
+
+
 def test_an_hdf5_file_of_another_layout_is_named_as_such(tmp_path, capsys, tiny):
     """An HDF5 file that is neither an AnnData nor a Cell Ranger matrix: the error says so
     and lists what it holds (it quoted anndata's "unexpected keyword argument 'x'" and

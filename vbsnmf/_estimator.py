@@ -233,7 +233,9 @@ class VBNMF(Estimator):
         Continue from ``checkpoint`` if it exists (else start afresh). For the same data,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
-        fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more.
+        fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
+        (as the longer fit would, except an accelerated one, which goes on from its last
+        step with a new SQUAREM cycle where the longer fit was inside one).
 
     Attributes
     ----------

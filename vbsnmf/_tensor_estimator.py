@@ -233,7 +233,9 @@ class VBNTF(Estimator):
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of other settings or other data (its
         fingerprint of the nonzeros differs) is refused
-        (`vbsnmf._checkpoint.CheckpointMismatchError`).
+        (`vbsnmf._checkpoint.CheckpointMismatchError`). A fit that stopped at ``max_iter``
+        or ``n_epochs`` continues when resumed with more (as the longer fit would, except
+        an accelerated one, which goes on from its last step with a new SQUAREM cycle).
     verbose
         Print the ELBO after every iteration or pass (batch).
 
@@ -400,7 +402,8 @@ class VBNTF(Estimator):
         shape
             The tensor's shape (default: one past the largest index of each mode).
         callback
-            ``callback(n_iter, params, elbo_trace)`` after every iteration (SVI: epoch).
+            ``callback(n_iter, params, elbo_trace)`` after every iteration (accelerated:
+            after every q kept, ``n_iter`` the passes so far; SVI: after every epoch).
         """
         checked = self._check_params()
         coords, values, shape = check_tensor(X, values, shape)

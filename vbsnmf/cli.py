@@ -364,8 +364,9 @@ def _check_paths(args, inputs) -> Path:
     return io.check_outdir(args.outdir, force=args.force, inputs=inputs, checkpoint=args.checkpoint)
 
 
-def _fit(adata, args, quiet: bool) -> float:
-    """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken."""
+def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
+    """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
+    ``matrix_file``: the input, when it holds one matrix and no AnnData (`_as_options`)."""
     from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
@@ -413,7 +414,7 @@ def _fit(adata, args, quiet: bool) -> float:
         except CheckpointMismatchError as error:
             raise UsageError(f"{error} (drop --resume)") from None
         except ValueError as error:  # say the options, not tl.nmf's parameters
-            raise UsageError(_as_options(str(error))) from None
+            raise UsageError(_as_options(str(error), matrix_file)) from None
         finally:
             for bar in bars:
                 bar.close()
@@ -431,8 +432,18 @@ def _print_warnings(caught) -> None:
         print(f"vbsnmf: warning: {message}", file=sys.stderr)
 
 
-def _as_options(message: str) -> str:
-    """``tl.nmf``'s advice in the command line's words: ``--layer counts``, ``--use-raw``."""
+def _as_options(message: str, matrix_file: str | None = None) -> str:
+    """``tl.nmf``'s advice in the command line's words: ``--layer counts``, ``--use-raw``.
+
+    For an input of one matrix (``matrix_file``: a Matrix Market file, a 10x folder or
+    .h5, not an AnnData) the matrix is named by that input, not as ``adata.X`` or as the
+    .h5ad it was converted into for streaming (removed when the fit fails), and the advice
+    about layers, which such an input cannot have, is left out."""
+    message = message.removeprefix("Negative values in data: ")  # scikit-learn's phrase
+    if matrix_file is not None:
+        # `tl.nmf` names the matrix "adata.X", a streamed block "<file> (X) (cells i..j)"
+        message = re.sub(r"^(adata\.X|.*? \(X\))", lambda _: matrix_file, message)
+        message = re.sub(r"; NMF needs raw counts: .*", "; NMF needs raw counts", message)
     message = re.sub(r"\blayer=(['\"])(.*?)\1", lambda m: f"--layer {m.group(2)}", message)
     return message.replace("use_raw=True", "--use-raw")
 
@@ -512,7 +523,8 @@ def _run_fit(args) -> int:
             ["--use-raw"] if adata.raw is not None else []
         )
         raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
-    seconds = _fit(adata, args, args.quiet)
+    matrix_file = None if kind in ("h5ad", "zarr") else str(source)
+    seconds = _fit(adata, args, args.quiet, matrix_file)
     with atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
@@ -566,7 +578,8 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
                 )
             adata = read_h5ad_backed(target)
         try:
-            seconds = _fit(adata, args, args.quiet)
+            matrix_file = None if kind == "h5ad" else str(source)
+            seconds = _fit(adata, args, args.quiet, matrix_file)
             return _write_fit(adata, args, folder, str(source), seconds)
         finally:
             adata.file.close()

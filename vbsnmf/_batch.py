@@ -155,6 +155,12 @@ class AcceleratedState:
             bool(meta.get("holding", False)),  # checkpoints before the hold have none
         )
 
+    def outcome(self) -> tuple[Extrapolable, np.ndarray, int, bool]:
+        """The fit so far, as a result holds it: the last q kept, its ELBO trace, the
+        passes and whether it converged."""
+        trace = np.asarray(self.trace, dtype=np.float64)
+        return self.kept, trace, self.n_passes, self.converged
+
 
 def start_accelerated(start: Extrapolable, hold_shapes: bool = False) -> AcceleratedState:
     return AcceleratedState(start, None, _STEP_MAX_START, [], 0, start, holding=hold_shapes)
@@ -165,15 +171,12 @@ def fit_batch_accelerated(
     state: AcceleratedState,
     prior: Prior,
     *,
-    max_iter: int,
-    tol: float,
     n_parts: int = 1,
-    callback: IterationCallback | None = None,
-    on_cycle: Callable[[AcceleratedState], None] | None = None,
-    verbose: bool = False,
     mask: Mask | None = None,
+    **options,
 ) -> tuple[FitResult, AcceleratedState]:
-    """`squarem` on the matrix model: ``fit_batch``'s pass and step, accelerated."""
+    """`squarem` on the matrix model: ``fit_batch``'s pass and step, accelerated;
+    ``options`` are `squarem`'s (``max_iter``, ``tol``, ``callback``, ...)."""
 
     def scored(params: VariationalParams):
         row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
@@ -182,19 +185,8 @@ def fit_batch_accelerated(
     def step(params: VariationalParams, statistics, step_prior: Prior) -> VariationalParams:
         return global_step(params, *statistics, step_prior, mask=mask)
 
-    state = squarem(
-        state,
-        scored,
-        step,
-        prior,
-        max_iter=max_iter,
-        tol=tol,
-        callback=callback,
-        on_cycle=on_cycle,
-        verbose=verbose,
-    )
-    trace = np.asarray(state.trace, dtype=np.float64)
-    return FitResult(state.kept, trace, state.n_passes, state.converged), state
+    state = squarem(state, scored, step, prior, **options)
+    return FitResult(*state.outcome()), state
 
 
 def squarem(

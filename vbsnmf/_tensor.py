@@ -607,18 +607,15 @@ def fit_batch_accelerated(
     state: AcceleratedState,
     *,
     prior: _model.Prior,
-    max_iter: int,
-    tol: float,
     n_chunks: int = 1,
-    callback: Callable[[int, TensorParams, list[float]], None] | None = None,
-    on_cycle: Callable[[AcceleratedState], None] | None = None,
-    verbose: bool = False,
+    **options,
 ) -> tuple[TensorFitResult, AcceleratedState]:
     """`fit_batch` accelerated by SQUAREM: `_batch.squarem` on this module's pass
     (`shape_statistics` and `elbo_rest`) and step (`update_modes`), as `VBNMF` accelerates
-    the matrix (for D = 2 the same arithmetic). ``max_iter`` bounds the passes; the trace
-    never decreases; ``state`` (`_batch.start_accelerated`, or a checkpoint's) is where the
-    fit goes on from and, returned, where it stands."""
+    the matrix (for D = 2 the same arithmetic); ``options`` are `_batch.squarem`'s
+    (``max_iter``, which bounds the passes, ``tol``, ``callback``, ...). The trace never
+    decreases; ``state`` (`_batch.start_accelerated`, or a checkpoint's) is where the fit
+    goes on from and, returned, where it stands."""
 
     def scored(params: TensorParams):
         stats, data_term = shape_statistics(data, params, n_chunks)
@@ -627,19 +624,8 @@ def fit_batch_accelerated(
     def step(params: TensorParams, stats, step_prior: _model.Prior) -> TensorParams:
         return update_modes(params, stats, step_prior)
 
-    state = squarem(
-        state,
-        scored,
-        step,
-        prior,
-        max_iter=max_iter,
-        tol=tol,
-        callback=callback,
-        on_cycle=on_cycle,
-        verbose=verbose,
-    )
-    trace = np.asarray(state.trace, dtype=np.float64)
-    return TensorFitResult(state.kept, trace, state.n_passes, state.converged), state
+    state = squarem(state, scored, step, prior, **options)
+    return TensorFitResult(*state.outcome()), state
 
 
 # -- stochastic VB ------------------------------------------------------------------------

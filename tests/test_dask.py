@@ -232,11 +232,12 @@ def test_dense_and_coo_chunks_give_the_csr_fit(client, tiny_counts, chunk_type):
 
 
 def test_negative_count_in_a_chunk_names_the_chunk(client):
+    """The chunk, and the count's position in the whole matrix (as in memory)."""
     dense = np.random.default_rng(0).poisson(1.0, (60, 8)).astype(float)
     dense[45, 3] = -2.0
     counts = sp.csr_matrix(dense)
     X = da.from_array(counts, chunks=(20, -1))
-    with pytest.raises(ValueError, match=r"starting at cell 40.*negative"):
+    with pytest.raises(ValueError, match=r"starting at cell 40.*negative entry .* \(45, 3\)"):
         vbsnmf.fit_dask(X, 2, max_iter=2, client=client, prior="gamma")
 
 

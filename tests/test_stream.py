@@ -190,3 +190,34 @@ def test_cli_svi_peak_memory_does_not_grow_with_the_file(tmp_path):
     assert (tmp_path / "large" / "counts.h5ad").is_file()
     result = ad.read_h5ad(tmp_path / "large" / "result.h5ad", backed="r")
     assert result.X.shape == (n_cells, n_genes) and result.obsm["X_nmf"].shape == (n_cells, 2)
+
+
+def test_a_bad_count_deep_in_a_streamed_matrix_is_placed_in_the_whole_matrix(tmp_path):
+    """A NaN and a negative count in the second block of cells that a streamed fit reads:
+    the error gives their positions in the whole matrix (as a fit in memory does), not
+    within the block, whether `VBNMF` streams the file or `tl.nmf` a backed AnnData."""
+    from vbsnmf._svi import EVAL_BLOCK_ROWS
+    from vbsnmf.io import read_h5ad_backed
+
+    n_cells = EVAL_BLOCK_ROWS + 600
+    counts = sp.random(n_cells, 6, density=0.5, random_state=0, format="csr")
+    counts.data = np.ceil(3 * counts.data)
+    counts = counts.tolil()
+    counts[EVAL_BLOCK_ROWS + 404, 1] = np.nan
+    counts[EVAL_BLOCK_ROWS + 504, 2] = -2.0
+    path = tmp_path / "counts.h5ad"
+    ad.AnnData(sp.csr_matrix(counts)).write_h5ad(path)
+    nan_at, negative_at = f"({EVAL_BLOCK_ROWS + 404}, 1)", f"({EVAL_BLOCK_ROWS + 504}, 2)"
+    with pytest.raises(ValueError, match="must hold non-negative") as in_memory:
+        vbsnmf.VBNMF(2).fit(sp.csr_matrix(counts))
+    assert nan_at in str(in_memory.value) and negative_at in str(in_memory.value)
+    with pytest.raises(ValueError, match="must hold non-negative") as streamed:
+        vbsnmf.VBNMF(2, solver="svi").fit(path)
+    assert nan_at in str(streamed.value) and negative_at in str(streamed.value)
+    backed = read_h5ad_backed(path)
+    try:
+        with pytest.raises(ValueError, match="must hold non-negative") as through_tl:
+            vbsnmf.tl.nmf(backed, 2, solver="svi")
+    finally:
+        backed.file.close()
+    assert nan_at in str(through_tl.value) and negative_at in str(through_tl.value)

@@ -440,7 +440,9 @@ def scan_blocks(
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
         block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
-        checked = check_counts(block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype)
+        checked = check_counts(
+            block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype, first_row=start
+        )
         fingerprints.append(check_sparse_structure(checked, block_name, first_row=start))
         checked = sp.csr_array(checked)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)

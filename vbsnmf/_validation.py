@@ -196,11 +196,15 @@ def combine_fingerprints(*fingerprints: int) -> str:
     return f"{sum(fingerprints) % 2**64:016x}"
 
 
-def check_counts(X, *, name: str = "X", warn_non_integer: bool = True, fit_dtype=np.float64):
+def check_counts(
+    X, *, name: str = "X", warn_non_integer: bool = True, fit_dtype=np.float64, first_row: int = 0
+):
     """Validate a count matrix and return it as a scipy sparse array (COO/CSR/CSC kept).
 
     ``fit_dtype``: the dtype of the factors of the fit the counts are for; counts above
     `max_count` of it are refused. None: no upper limit (the classical solvers).
+    ``first_row``: the row of the whole matrix that ``X``'s first row is (a block of a
+    streamed matrix), so that the positions in messages are the whole matrix's.
 
     Raises
     ------
@@ -270,7 +274,7 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True, fit_dtype
             where = np.flatnonzero(test(data))
             problems.append(
                 f"{count} {label} entr{'y' if count == 1 else 'ies'} at (row, column) "
-                f"{_first_positions(coo.row[where], coo.col[where])}"
+                f"{_first_positions(coo.row[where] + first_row, coo.col[where])}"
             )
     if problems:
         # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
@@ -279,7 +283,7 @@ def check_counts(X, *, name: str = "X", warn_non_integer: bool = True, fit_dtype
             f"{lead}{name} must hold non-negative finite counts; found " + "; ".join(problems)
         )
     if limit is not None and bad_counts[3]:
-        _refuse_large_counts(matrix, name, np.dtype(fit_dtype), bad_counts[3])
+        _refuse_large_counts(matrix, name, np.dtype(fit_dtype), bad_counts[3], first_row)
     if warn_non_integer and non_integer:
         warn_user(
             f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
@@ -308,8 +312,11 @@ def _scan_values(data: np.ndarray, tests) -> tuple[list[int], bool]:
     return counts, non_integer
 
 
-def _refuse_large_counts(matrix, name: str, fit_dtype: np.dtype, count: int) -> None:
-    """The error for ``count`` counts above `max_count` of ``fit_dtype``."""
+def _refuse_large_counts(
+    matrix, name: str, fit_dtype: np.dtype, count: int, first_row: int = 0
+) -> None:
+    """The error for ``count`` counts above `max_count` of ``fit_dtype`` (positions as in
+    `check_counts`)."""
     limit = max_count(fit_dtype)
     data = matrix.data
     coo = matrix.tocoo() if matrix.format != "coo" else matrix
@@ -322,7 +329,8 @@ def _refuse_large_counts(matrix, name: str, fit_dtype: np.dtype, count: int) -> 
     raise ValueError(
         f"{name} holds {count} count{'s' if count > 1 else ''} above {limit:,.0f}, the "
         f"largest a {fit_dtype.name} fit resolves (the largest is {float(data.max())!r}, at "
-        f"(row, column) {_first_positions(coo.row[where], coo.col[where])}); {advice}"
+        f"(row, column) {_first_positions(coo.row[where] + first_row, coo.col[where])}); "
+        f"{advice}"
     )
 
 

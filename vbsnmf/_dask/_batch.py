@@ -108,14 +108,13 @@ from ._cluster import (
 def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
     """The chunk's counts as the engine stores them (`_data.as_count_data`: canonical CSR
     along the chunk's longer axis), checked for a fit of ``fit_dtype``; errors name the
-    chunk's first cell."""
+    chunk's first cell, and positions in the whole matrix."""
     try:
-        matrix = check_counts(block, warn_non_integer=False, fit_dtype=fit_dtype)
+        matrix = check_counts(
+            block, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_cell
+        )
     except ValueError as error:
-        raise ValueError(
-            f"in the chunk of cells starting at cell {first_cell} (positions within the "
-            f"chunk): {error}"
-        ) from None
+        raise ValueError(f"in the chunk of cells starting at cell {first_cell}: {error}") from None
     # A copy: as_count_data canonicalises in place, and the block may be shared.
     return as_count_data(sp.csr_array(matrix, copy=True))
 

@@ -74,12 +74,13 @@ def _where_counts_are(adata, source: str) -> str:
 
 
 def check_count_matrix(
-    adata, matrix, source: str, fit_dtype=np.float64, *, require_counts: bool = True
+    adata, matrix, source: str, fit_dtype=np.float64, *, require_counts: bool = True, first_row=0
 ):
     """``matrix`` validated as non-negative integer counts for a fit of ``fit_dtype`` (its
     largest count included), with at least one nonzero count unless ``require_counts`` is
-    False (a block of a streamed matrix: `check_has_counts` then takes the total);
-    `ValueError` otherwise.
+    False (a block of a streamed matrix: `check_has_counts` then takes the total; its
+    ``first_row`` places the positions in messages in the whole matrix); `ValueError`
+    otherwise.
 
     Unlike `VBNMF`, which only warns on non-integers and, as scikit-learn's NMF, fits a
     matrix of zeros, the scanpy tools refuse both: on an AnnData, non-integer values almost
@@ -87,7 +88,9 @@ def check_count_matrix(
     than the counts (``X`` left empty while they sit in a layer).
     """
     try:
-        checked = check_counts(matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype)
+        checked = check_counts(
+            matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
+        )
     except ValueError as error:
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"

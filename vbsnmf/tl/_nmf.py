@@ -433,7 +433,7 @@ def _streamed_column_sums(adata, source: str) -> np.ndarray:
     totals = np.zeros(adata.n_vars)
     for start, block in open_source(adata).iter_blocks(EVAL_BLOCK_ROWS):
         name = f"{source} (cells {start}..{start + block.shape[0] - 1})"
-        block = check_count_matrix(adata, block, name, require_counts=False)
+        block = check_count_matrix(adata, block, name, require_counts=False, first_row=start)
         totals += np.bincount(block.indices, block.data, minlength=adata.n_vars)
     check_has_counts(adata, float(totals.sum()), source)
     return totals

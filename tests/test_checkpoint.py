@@ -215,6 +215,29 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage, kind):
     assert not hasattr(resumed, "components_")
 
 
+def test_a_checkpoint_holding_the_other_ascents_arrays_is_refused(tmp_path):
+    """An accelerated fit's checkpoint with a plain fit's arrays, and the other way round
+    (each with its own settings): refused as damaged, naming the array its fit saves (it
+    was a KeyError from inside the resume)."""
+    X = _small_counts()
+    paths, stored = {}, {}
+    for accelerate in (True, False):
+        paths[accelerate] = tmp_path / f"{accelerate}.ckpt"
+        model = vbsnmf.VBNMF(
+            3, prior="gamma", accelerate=accelerate, max_iter=4, random_state=0, n_threads=1
+        )
+        _fit_on(model.set_params(checkpoint=paths[accelerate]), X)
+        stored[accelerate] = _checkpoint.load_checkpoint(paths[accelerate])
+    for accelerate, missing in ((True, "current_row_shape"), (False, "row_shape")):
+        arrays, meta = stored[not accelerate][0], stored[accelerate][1]
+        _checkpoint.save_checkpoint(paths[accelerate], arrays, meta)
+        model = vbsnmf.VBNMF(
+            3, prior="gamma", accelerate=accelerate, max_iter=8, random_state=0, n_threads=1
+        )
+        with pytest.raises(_checkpoint.CheckpointError, match=f"{missing} is missing"):
+            _fit_on(model.set_params(checkpoint=paths[accelerate], resume=True), X)
+
+
 def _fit_on(model, X):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)

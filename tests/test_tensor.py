@@ -852,6 +852,17 @@ def test_a_checkpoint_of_the_other_ascent_is_refused(kind, tmp_path):
     other = _short_checkpointed_fit(kind, path, resume=True, accelerate=not accelerated)
     with pytest.raises(_checkpoint.CheckpointMismatchError, match="accelerate"):
         other.fit(coords, values)
+    # the other ascent's arrays under this fit's settings: damaged, not a KeyError
+    _quiet(
+        _short_checkpointed_fit(kind, tmp_path / "other", accelerate=not accelerated),
+        coords,
+        values,
+    )
+    arrays, _ = _checkpoint.load_checkpoint(tmp_path / "other")
+    _checkpoint.save_checkpoint(path, arrays, _checkpoint.load_checkpoint(path)[1])
+    missing = "current_shape_0" if accelerated else "shape_0"
+    with pytest.raises(_checkpoint.CheckpointError, match=f"{missing} is missing"):
+        _short_checkpointed_fit(kind, path, resume=True).fit(coords, values)
 
 
 @pytest.mark.parametrize("kind", ["batch", "svi-slices"])

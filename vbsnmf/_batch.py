@@ -206,8 +206,8 @@ def squarem(
 
     The model comes in two functions: ``scored(q)``, one pass giving q's statistics and its
     exact ELBO, and ``step(q, statistics, prior)``, the coordinate-ascent step they give;
-    a q has ``positive_arrays`` and ``with_positive_arrays`` (the matrix's
-    `_model.VariationalParams`, the tensor's `_tensor.TensorParams`).
+    a q is `Extrapolable` (the matrix's `_model.VariationalParams`, the tensor's
+    `_tensor.TensorParams`).
 
     A cycle: two plain steps (each one pass, which also scores its input exactly)
     ``theta0 -> theta1 -> theta2``; in log parameters ``r = theta1 - theta0``,

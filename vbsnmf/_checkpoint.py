@@ -180,7 +180,8 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
         if not np.all(np.isfinite(array)) or not np.all(array > 0):
             raise damaged(f"{name} holds values that are not positive and finite")
 
-    accelerated = "current_row_shape" in arrays
+    # the fit's config says what it saved (its arrays may be damaged)
+    accelerated = config.get("accelerate") is True and config["solver"] == "batch"
     for prefix in ("current_", "kept_") if accelerated else ("",):
         for name, side in zip(PARAMETERS, (n_rows, n_rows, n_cols, n_cols)):
             shapes = [(side, k)]

@@ -746,7 +746,7 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     def damaged(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
 
-    accelerated = "current_shape_0" in arrays
+    accelerated = config.get("accelerate") is True  # what the fit saved, whatever is there
     for prefix, (d, n_rows) in product(
         ("current_", "kept_") if accelerated else ("",), enumerate(config["shape"])
     ):

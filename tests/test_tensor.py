@@ -617,6 +617,10 @@ GOOD = np.array([[0, 1, 2], [1, 0, 0]])
         ((GOOD, None, (2.0, 2, 3)), TypeError, "sequence of integers"),
         ((-GOOD,), ValueError, "non-negative"),
         ((np.empty((0, 3), dtype=int),), ValueError, "shape is needed"),
+        ((sp.random(4, 4, density=0.5, format="csr"),), TypeError, "scipy.sparse matrix"),
+        # counts a float64 fit cannot hold (they overflowed to NaN factors), also once summed
+        ((GOOD, np.array([1e14, 1.0])), ValueError, "above 10,000,000,000,000"),
+        ((GOOD[[0, 0, 1]], np.array([1.5e308, 1.5e308, 1.0])), ValueError, "count of inf"),
     ],
 )
 def test_bad_input_raises_a_typed_error(args, error, message):
@@ -635,6 +639,8 @@ def test_bad_input_raises_a_typed_error(args, error, message):
         ("svi_form", "cells", ValueError),
         ("svi_mode", 3, ValueError),
         ("kappa", 0.4, ValueError),
+        ("kappa", "x", TypeError),
+        ("tol", None, TypeError),
         ("batch_size", 0, ValueError),
         ("n_init", True, TypeError),
         ("resume", True, ValueError),
@@ -644,6 +650,38 @@ def test_bad_input_raises_a_typed_error(args, error, message):
 def test_bad_options_raise(option, value, error):
     with pytest.raises(error):
         vbsnmf.VBNTF(**{"n_components": 2, "solver": "svi", option: value}).fit(GOOD)
+
+
+def test_float32_refuses_counts_it_cannot_hold():
+    """As `VBNMF`: float32 resolves counts up to 2**24; 1e38 gave NaN factors."""
+    with pytest.raises(ValueError, match=r"fit with dtype=np\.float64"):
+        vbsnmf.VBNTF(2, dtype=np.float32).fit(GOOD, np.array([1e38, 1.0]))
+    model = vbsnmf.VBNTF(2, dtype=np.float32, max_iter=5, random_state=0)
+    fitted = _quiet(model, GOOD, np.array([2.0**24, 1.0]))
+    assert all(np.all(np.isfinite(f)) for f in fitted.factors_)
+
+
+def test_a_checkpoint_path_is_checked_before_any_work(tmp_path):
+    """As `VBNMF`: a file there that is not a checkpoint is refused and left as it was (it
+    was overwritten), a folder is refused before the fit runs (it failed at the first
+    save, after the work)."""
+    from vbsnmf.io._paths import UnsafePathError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important\n")
+    passes = []
+
+    def count(n_iter, params, trace):
+        passes.append(n_iter)
+
+    with pytest.raises(_checkpoint.CheckpointError, match="not a vbsnmf checkpoint"):
+        vbsnmf.VBNTF(2, max_iter=5, checkpoint=notes).fit(GOOD, callback=count)
+    assert notes.read_text() == "important\n"
+    with pytest.raises(UnsafePathError, match="is a folder"):
+        vbsnmf.VBNTF(2, max_iter=5, checkpoint=tmp_path, checkpoint_every=10**6).fit(
+            GOOD, callback=count
+        )
+    assert passes == []
 
 
 def test_non_integer_values_warn():
@@ -827,15 +865,28 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
         _checkpoint.save_checkpoint(path, broken, meta)
         with pytest.raises(_checkpoint.CheckpointError, match=f"{name} is missing"):
             model(resume=True).fit(coords, values)
+    # arrays or settings that made a KeyError, TypeError or AttributeError on resume
+    broken = [
+        ({**arrays, f"{kept}shape_3": arrays[f"{kept}shape_0"]}, meta, "shape_3, and the tensor"),
+        (arrays, {**meta, "config": None}, "its settings are None"),
+    ]
+    if "learned" not in kind:
+        scales = {f"{kept}scale_shape_0": np.ones(30)}
+        broken.append(({**arrays, **scales}, meta, "scale arrays, which the fixed prior"))
     if kind in ACCELERATED_FITS:
-        for key, value, message in (
-            ("step_max", 0.5, "step bound is 0.5"),
-            ("n_passes", 1, "ELBO values for 1 passes"),
-            ("previous", float("nan"), "last ELBO is nan"),
-        ):
-            _checkpoint.save_checkpoint(path, arrays, {**meta, key: value})
-            with pytest.raises(_checkpoint.CheckpointError, match=message):
-                model(resume=True).fit(coords, values)
+        without_previous = {k: v for k, v in meta.items() if k != "previous"}
+        broken += [
+            (arrays, {**meta, "step_max": 0.5}, "step bound is 0.5"),
+            (arrays, {**meta, "step_max": 10**400}, "step bound is 1000"),
+            (arrays, {**meta, "n_passes": 1}, "ELBO values for 1 passes"),
+            (arrays, {**meta, "previous": float("nan")}, "last ELBO is nan"),
+            (arrays, without_previous, "last ELBO is None"),
+            (arrays, {**meta, "holding": "no"}, "hold flag is 'no'"),
+        ]
+    for broken_arrays, broken_meta, message in broken:
+        _checkpoint.save_checkpoint(path, broken_arrays, broken_meta)
+        with pytest.raises(_checkpoint.CheckpointError, match=message):
+            model(resume=True).fit(coords, values)
 
 
 @pytest.mark.parametrize("kind", ["batch", "batch-learned"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -116,8 +117,13 @@ def _meta(stored, path) -> dict:
 
 
 def check_config(meta: dict, config: dict, path) -> None:
-    """Raise `CheckpointMismatchError` unless the checkpoint's config equals ``config``."""
+    """Raise `CheckpointMismatchError` unless the checkpoint's config equals ``config``
+    (`CheckpointError` when it has none that can be read)."""
     stored = meta.get("config", {})
+    if not isinstance(stored, dict):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
+        )
     differing = sorted(
         key for key in set(stored) | set(config) if stored.get(key) != config.get(key)
     )
@@ -144,12 +150,24 @@ def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
     passes, step_max, previous = (meta.get(n) for n in ("n_passes", "step_max", "previous"))
     if not (isinstance(passes, int) and not isinstance(passes, bool) and passes >= 0):
         raise damaged(f"its pass counter is {passes!r}")
-    if not (isinstance(step_max, (int, float)) and np.isfinite(step_max) and step_max >= 1):
+    if not (_finite_number(step_max) and step_max >= 1):
         raise damaged(f"its SQUAREM step bound is {step_max!r}")
-    if previous is not None and not (isinstance(previous, (int, float)) and np.isfinite(previous)):
+    if "previous" not in meta or not (previous is None or _finite_number(previous)):
         raise damaged(f"its last ELBO is {previous!r}")
     if trace.size > passes or not isinstance(meta.get("converged"), bool):
         raise damaged(f"{trace.size} ELBO values for {passes} passes")
+    if not isinstance(meta.get("holding", False), bool):
+        raise damaged(f"its hold flag is {meta['holding']!r}")
+
+
+def _finite_number(value) -> bool:
+    """A real number (not a bool) that a float holds finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -> None:
@@ -256,7 +274,7 @@ def check_svi_progress(meta: dict, trace: np.ndarray, damaged) -> None:
         raise damaged(f"{trace.size} ELBO values for {counters[1]} epochs")
     try:
         rng_from_json(meta["rng"])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise damaged(f"its random generator state is unreadable ({error})") from None
 
 

@@ -747,9 +747,16 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
 
     accelerated = config.get("accelerate") is True  # what the fit saved, whatever is there
-    for prefix, (d, n_rows) in product(
-        ("current_", "kept_") if accelerated else ("",), enumerate(config["shape"])
-    ):
+    prefixes = ("current_", "kept_") if accelerated else ("",)
+    n_modes = len(config["shape"])
+    for prefix in prefixes:  # `params_from_arrays` counts the modes and finds the scales
+        modes = {f"{prefix}shape_{d}" for d in range(n_modes)}
+        extra = sorted(n for n in arrays if n.startswith(prefix + "shape_") and n not in modes)
+        if extra:
+            raise damaged(f"it holds {extra[0]}, and the tensor has {n_modes} modes")
+        if not learned and any(name.startswith(prefix + "scale_") for name in arrays):
+            raise damaged(f"it holds {prefix}scale arrays, which the fixed prior has not")
+    for prefix, (d, n_rows) in product(prefixes, enumerate(config["shape"])):
         wanted = [(f"shape_{d}", (n_rows, k), dtype)]
         wanted.append((f"rate_{d}", (n_rows, k) if learned else (k,), dtype))
         if learned:

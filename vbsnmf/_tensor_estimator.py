@@ -9,13 +9,21 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import _model, _tensor
 from ._base import Estimator
 from ._batch import AcceleratedState, start_accelerated
 from ._checkpoint import Checkpointer
 from ._utils import numba_threads, warn_user
-from ._validation import NonCountWarning, check_positive
+from ._validation import (
+    NonCountWarning,
+    check_positive,
+    check_step_schedule,
+    check_tolerance,
+    max_count,
+)
+from .io._paths import check_checkpoint_path
 
 
 def _is_pydata_sparse(X) -> bool:
@@ -52,6 +60,12 @@ def check_tensor(coords, values=None, shape=None):
         if tensor.fill_value != 0:
             raise ValueError(f"the sparse array's fill_value must be 0, got {tensor.fill_value}")
         coords, values, shape = tensor.coords.T, tensor.data, tensor.shape
+    if sp.issparse(coords):
+        raise TypeError(
+            "coords is a scipy.sparse matrix: a tensor is given as an (nnz, D) array of "
+            "coordinates with values (for a matrix, np.stack(X.nonzero(), axis=1) and "
+            "X.data of its COO form) or a pydata sparse array; or fit the matrix with VBNMF"
+        )
     coords = np.asarray(coords)
     if coords.ndim != 2:
         raise ValueError(
@@ -323,18 +337,12 @@ class VBNTF(Estimator):
         dtype = np.dtype(self.dtype)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype must be np.float32 or np.float64, got {self.dtype!r}")
-        tol = float(self.tol)
-        if not np.isfinite(tol) or tol < 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        tol = check_tolerance(self.tol)
         if self.solver not in ("batch", "svi"):
             raise ValueError(f"solver must be 'batch' or 'svi', got {self.solver!r}")
         if self.svi_form not in _tensor.SVI_FORMS:
             raise ValueError(f"svi_form must be one of {_tensor.SVI_FORMS}, got {self.svi_form!r}")
-        tau, kappa = float(self.tau), float(self.kappa)
-        if not (np.isfinite(tau) and tau >= 0):
-            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
-        if not 0.5 < kappa <= 1.0:
-            raise ValueError(f"kappa must be in (0.5, 1], got {self.kappa!r}")
+        tau, kappa = check_step_schedule(self.tau, self.kappa)
         checkpoint = self.checkpoint
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
@@ -409,6 +417,8 @@ class VBNTF(Estimator):
             after every q kept, ``n_iter`` the passes so far; SVI: after every epoch).
         """
         checked = self._check_params()
+        if self.checkpoint is not None:  # before any work: not a folder, not another file
+            check_checkpoint_path(self.checkpoint)
         coords, values, shape = check_tensor(X, values, shape)
         n_modes = len(shape)
         local_mode = self.svi_mode
@@ -421,6 +431,7 @@ class VBNTF(Estimator):
             coords, values, shape, major=local_mode if slices_form else None
         )
         del coords, values
+        _check_largest_count(data, checked["dtype"])
         with numba_threads(self.n_threads) as n_threads:
             if self.solver == "svi" or self.checkpoint is not None:
                 result = self._fit_resumable(data, checked, n_threads, callback)
@@ -625,6 +636,23 @@ class VBNTF(Estimator):
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+
+
+def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:
+    """`ValueError` when a count (repeated coordinates summed) is above `max_count` of the
+    fit's dtype, as `VBNMF` refuses it: its factors would overflow to NaN."""
+    largest = float(data.counts.max()) if data.nnz else 0.0
+    limit = max_count(dtype)
+    if largest > limit:
+        advice = (
+            f"fit with dtype=np.float64, which resolves counts up to {max_count(np.float64):,.0f}"
+            if dtype == np.float32
+            else "counts of molecules or reads are far smaller: check the values"
+        )
+        raise ValueError(
+            f"values hold a count of {largest!r} (repeated coordinates summed), above "
+            f"{limit:,.0f}, the largest a {dtype.name} fit resolves; {advice}"
+        )
 
 
 def _start_accelerated(start: _tensor.TensorParams, checked: dict) -> AcceleratedState:

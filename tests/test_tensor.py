@@ -615,9 +615,13 @@ GOOD = np.array([[0, 1, 2], [1, 0, 0]])
         ((GOOD, None, (2, 2)), ValueError, "2 modes but coords have 3"),
         ((GOOD, None, (2, 0, 3)), ValueError, "at least one index"),
         ((GOOD, None, (2.0, 2, 3)), TypeError, "sequence of integers"),
+        ((GOOD, None, {2, 3, 4}), TypeError, "sequence of integers"),
         ((-GOOD,), ValueError, "non-negative"),
         ((np.empty((0, 3), dtype=int),), ValueError, "shape is needed"),
         ((sp.random(4, 4, density=0.5, format="csr"),), TypeError, "scipy.sparse matrix"),
+        ((np.array([[0, 2**63 + 5]], dtype=np.uint64),), ValueError, "index 9223372036854775813"),
+        # a mode of 10**12 indices: its tables, not a bare MemoryError deep inside
+        ((np.array([[0, 10**12]]),), MemoryError, r"at least .* TiB for its factor tables"),
         # counts a float64 fit cannot hold (they overflowed to NaN factors), also once summed
         ((GOOD, np.array([1e14, 1.0])), ValueError, "above 10,000,000,000,000"),
         ((GOOD[[0, 0, 1]], np.array([1.5e308, 1.5e308, 1.0])), ValueError, "count of inf"),

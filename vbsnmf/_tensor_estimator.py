@@ -15,6 +15,7 @@ from . import _model, _tensor
 from ._base import Estimator
 from ._batch import AcceleratedState, start_accelerated
 from ._checkpoint import Checkpointer
+from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
@@ -78,6 +79,14 @@ def check_tensor(coords, values=None, shape=None):
         raise ValueError(
             f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got D={n_modes}"
         )
+    if coords.size and np.issubdtype(coords.dtype, np.unsignedinteger):
+        beyond = coords > np.iinfo(np.int64).max  # would wrap to negative indices
+        if np.any(beyond):
+            mode, position = _first_bad(beyond)
+            raise ValueError(
+                f"coords hold indices beyond 2**63 - 1; entry {position} has index "
+                f"{coords[position, mode]} in mode {mode}"
+            )
     coords = coords.astype(np.int64, copy=False)
     values = _check_values(values, nnz, coords)
     shape = _check_shape(shape, coords, n_modes)
@@ -131,6 +140,8 @@ def _check_shape(shape, coords: np.ndarray, n_modes: int) -> tuple[int, ...]:
         if coords.shape[0] == 0:
             raise ValueError("shape is needed when there are no coordinates")
         return tuple(int(n) + 1 for n in coords.max(axis=0))
+    if isinstance(shape, (set, frozenset, dict)):  # no order of the modes
+        raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
     try:
         shape = tuple(shape)
     except TypeError:
@@ -427,6 +438,7 @@ class VBNTF(Estimator):
             if local_mode >= n_modes:
                 raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
         slices_form = self.solver == "svi" and self.svi_form == "slices"
+        _check_table_memory(shape, checked["n_components"], checked["dtype"])
         data = _tensor.as_tensor_data(
             coords, values, shape, major=local_mode if slices_form else None
         )
@@ -636,6 +648,27 @@ class VBNTF(Estimator):
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+
+
+# Arrays of sum_d n_d x K a fit holds at the least: q's shapes and rates, the pass's tables
+# and statistics (SQUAREM and the per-thread accumulators hold more).
+_TABLES_AT_LEAST = 4
+
+
+def _check_table_memory(shape: tuple[int, ...], n_components: int, dtype: np.dtype) -> None:
+    """`InsufficientMemoryError` before any allocation when the factor tables alone
+    (every mode's indices x K, a few of them) exceed the memory available: a tensor with
+    a mode of 10**12 indices raised a bare MemoryError from deep inside."""
+    available = None if guard_disabled() else available_memory()
+    needed = _TABLES_AT_LEAST * sum(shape) * n_components * max(dtype.itemsize, 8)
+    if available is not None and needed > available:
+        raise InsufficientMemoryError(
+            f"a tensor of shape {shape} with K={n_components} needs at least "
+            f"{format_bytes(needed)} for its factor tables (every mode's indices x K), and "
+            f"{format_bytes(available)} is available; check the shape (one past the largest "
+            "index of each mode when not given) or lower n_components; set "
+            "VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+        )
 
 
 def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:

@@ -215,6 +215,18 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage, kind):
     assert not hasattr(resumed, "components_")
 
 
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_batch_checkpoint_whose_trace_decreases_is_refused(tmp_path, accelerate):
+    """Coordinate ascent's trace never decreases: a stored one that does is not the fit's
+    (it was resumed, and the fit's trace then decreased)."""
+    path = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(3, accelerate=accelerate, max_iter=6, random_state=0, n_threads=1)
+    _fit_on(model.set_params(checkpoint=path), _small_counts())
+    _rewrite(path, _set("elbo_trace", lambda trace: trace[::-1].copy()))
+    with pytest.raises(_checkpoint.CheckpointError, match="ELBO trace decreases"):
+        _fit_on(model.set_params(resume=True, max_iter=9), _small_counts())
+
+
 def test_a_checkpoint_holding_the_other_ascents_arrays_is_refused(tmp_path):
     """An accelerated fit's checkpoint with a plain fit's arrays, and the other way round
     (each with its own settings): refused as damaged, naming the array its fit saves (it

@@ -874,6 +874,9 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
         ({**arrays, f"{kept}shape_3": arrays[f"{kept}shape_0"]}, meta, "shape_3, and the tensor"),
         (arrays, {**meta, "config": None}, "its settings are None"),
     ]
+    if kind.startswith("batch"):  # coordinate ascent's trace never decreases
+        reversed_trace = {**arrays, "elbo_trace": arrays["elbo_trace"][::-1].copy()}
+        broken.append((reversed_trace, meta, "ELBO trace decreases"))
     if "learned" not in kind:
         scales = {f"{kept}scale_shape_0": np.ones(30)}
         broken.append(({**arrays, **scales}, meta, "scale arrays, which the fixed prior"))

@@ -212,7 +212,7 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 check_array(f"{prefix}{side}_scale_rate", [(n,)], np.float64)
                 check_array(f"{prefix}{side}_factor_shape", [(k,)], np.float64)
                 check_array(f"{prefix}{side}_scale_prior", [(2,)], np.float64)
-    trace = checked_trace(arrays, meta, damaged)
+    trace = checked_trace(arrays, meta, damaged, batch=config["solver"] == "batch")
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
@@ -232,14 +232,24 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 raise damaged("the sums over cells of the learned prior are not finite")
 
 
-def checked_trace(arrays: dict[str, np.ndarray], meta: dict, damaged) -> np.ndarray:
-    """A loaded checkpoint's ELBO trace (1-D, float, finite) after checking it and the
-    'finished' flag; ``damaged(what)`` builds the error raised."""
+# A batch fit's trace never decreases; by more than this (relative) it is not the fit's:
+# float32's rounding moves an entry by some 1e-8.
+BATCH_TRACE_SLACK = 1e-6
+
+
+def checked_trace(
+    arrays: dict[str, np.ndarray], meta: dict, damaged, batch: bool = False
+) -> np.ndarray:
+    """A loaded checkpoint's ELBO trace (1-D, float, finite; for a ``batch`` fit never
+    decreasing) after checking it and the 'finished' flag; ``damaged(what)`` builds the
+    error raised."""
     trace = arrays.get("elbo_trace")
     if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
         raise damaged("elbo_trace is missing or not a 1-D float array")
     if not np.all(np.isfinite(trace)):
         raise damaged("elbo_trace holds values that are not finite")
+    if batch and np.any(np.diff(trace) < -BATCH_TRACE_SLACK * np.abs(trace[1:])):
+        raise damaged("its ELBO trace decreases, which coordinate ascent's never does")
     if not isinstance(meta.get("finished"), bool):
         raise damaged("its 'finished' flag is missing")
     return trace

@@ -787,7 +787,7 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         {f"step_stat_{d}": (n_rows, k) for d, n_rows in enumerate(config["shape"])},
         damaged,
     )
-    trace = checked_trace(arrays, meta, damaged)
+    trace = checked_trace(arrays, meta, damaged, batch=config["solver"] == "batch")
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":

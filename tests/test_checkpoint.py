@@ -216,6 +216,36 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage, kind):
 
 
 @pytest.mark.parametrize("accelerate", [False, True])
+def test_a_checkpoint_beyond_the_float_range_stops_the_fit_not_its_trace(
+    tmp_path, capsys, accelerate
+):
+    """A checkpoint whose factor shapes were multiplied by 1e300 (positive and finite, so
+    it passes the checks) has an infinite ELBO: the fit raises FloatingPointError (its
+    trace ended in inf), and the command line says so in one line, exit 2."""
+    import anndata
+
+    from vbsnmf import cli
+
+    path = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(3, accelerate=accelerate, max_iter=5, random_state=0, n_threads=1)
+    X = _small_counts()
+    _fit_on(model.set_params(checkpoint=path), X)
+    name = ("current_" if accelerate else "") + "row_factor_shape"
+    _rewrite(path, _set(name, lambda shapes: shapes * 1e300))
+    with pytest.raises(FloatingPointError, match="beyond the float range"):
+        _fit_on(model.set_params(resume=True, max_iter=9), X)
+    if not accelerate:  # the command line fits the default, accelerated
+        return
+    counts = tmp_path / "counts.h5ad"
+    anndata.AnnData(X).write_h5ad(counts)
+    argv = ["fit", counts, "-k", "3", "--max-iter", "9", "--seed", "0", "--threads", "1"]
+    argv += ["--quiet", "--checkpoint", path, "--resume", "-o", tmp_path / "out"]
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "beyond the float range" in err, err
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
 def test_a_batch_checkpoint_whose_trace_decreases_is_refused(tmp_path, accelerate):
     """Coordinate ascent's trace never decreases: a stored one that does is not the fit's
     (it was resumed, and the fit's trace then decreased)."""

@@ -21,6 +21,7 @@ from ._model import (
     Mask,
     Prior,
     VariationalParams,
+    finite_elbo,
     global_step,
     has_converged,
     held_prior,
@@ -67,7 +68,7 @@ def fit_batch(
     while True:
         row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
         if n_done > len(trace):
-            trace.append(value)
+            trace.append(finite_elbo(value))
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
@@ -248,7 +249,7 @@ def squarem(
         """Record a scored q; the stopping rule compares it with the q it is the plain
         step of (not an extrapolated q with the one before it)."""
         if state.previous is not None:
-            state.trace.append(value)
+            state.trace.append(finite_elbo(value))
             state.kept = params
             if verbose:
                 print(f"pass {state.n_passes:4d}  ELBO {value:.10g}", flush=True)

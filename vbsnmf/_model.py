@@ -787,6 +787,18 @@ def elbo(
 
 
 # -- the stopping rule ----------------------------------------------------------------------
+def finite_elbo(value: float) -> float:
+    """``value``, the exact ELBO of a q a batch fit keeps; `FloatingPointError` when it is
+    not finite (q or its hyperparameters beyond the float range: a damaged checkpoint's,
+    an extreme start or prior), so that no trace ends in an infinite or NaN ELBO."""
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"the ELBO of the fit's parameters is {value}: they hold values beyond the float "
+            "range (from a damaged checkpoint, or an extreme start or prior)"
+        )
+    return value
+
+
 def has_converged(trace, tol: float) -> bool:
     """The stopping rule of every VB fit: the last two ELBOs differ by at most ``tol``
     relative to the earlier one."""

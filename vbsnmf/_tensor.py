@@ -585,7 +585,7 @@ def fit_batch(
     while True:
         stats, data_term = shape_statistics(data, params, n_chunks)
         if n_done > len(trace):
-            trace.append(data_term + elbo_rest(params, prior))
+            trace.append(_model.finite_elbo(data_term + elbo_rest(params, prior)))
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:

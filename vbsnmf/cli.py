@@ -784,8 +784,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice
     # (--solver svi) or a header declaring billions of cells; not an internal error.
-    # ValueError includes vbsnmf.io.ReadError and the checkpoint and path errors.
-    except (UsageError, ValueError, TypeError, KeyError, OSError, MemoryError) as error:
+    # ValueError includes vbsnmf.io.ReadError and the checkpoint and path errors;
+    # FloatingPointError: a fit whose numbers left the float range (an SVI step too long,
+    # a damaged checkpoint), which the settings or the files explain.
+    except (
+        UsageError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        MemoryError,
+        FloatingPointError,
+    ) as error:
         print(f"vbsnmf: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:

@@ -66,6 +66,7 @@ from .._model import (
     ScaleSums,
     TotalsSummary,
     VariationalParams,
+    finite_elbo,
     fix_gauge,
     gauge_factor,
     held_prior,
@@ -500,7 +501,7 @@ def fit_batch_dask(
         gathered_bytes.append(total.nbytes)
         if n_done > len(trace):
             value = total.terms.with_cols(gene_shape, gene_rate, prior, gene_scale).value()
-            trace.append(value)
+            trace.append(finite_elbo(value))
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:

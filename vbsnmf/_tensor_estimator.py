@@ -471,34 +471,27 @@ class VBNTF(Estimator):
         self._set_fitted(result, shape)
         return self
 
+    def _batch_options(self, checked, n_threads, callback) -> dict:
+        """What both batch loops take: the prior, the stopping rule, threads, reporting."""
+        return {
+            "prior": checked["prior"],
+            "max_iter": checked["max_iter"],
+            "tol": checked["tol"],
+            "n_chunks": n_threads,
+            "callback": callback,
+            "verbose": self.verbose,
+        }
+
     def _fit_batch(self, data, start, checked, n_threads, callback, trace=None):
         """Plain coordinate ascent from ``start``, continuing ``trace``."""
-        return _tensor.fit_batch(
-            data,
-            start,
-            prior=checked["prior"],
-            max_iter=checked["max_iter"],
-            tol=checked["tol"],
-            n_chunks=n_threads,
-            elbo_trace=trace,
-            callback=callback,
-            verbose=self.verbose,
-            hold_shapes=True,  # every batch start here is random
-        )
+        options = self._batch_options(checked, n_threads, callback)
+        # every batch start here is random: its factor shapes are held at first
+        return _tensor.fit_batch(data, start, elbo_trace=trace, hold_shapes=True, **options)
 
     def _fit_accelerated(self, data, state, checked, n_threads, callback, on_cycle=None):
         """SQUAREM from ``state`` (`_batch.start_accelerated` or a checkpoint's)."""
-        return _tensor.fit_batch_accelerated(
-            data,
-            state,
-            prior=checked["prior"],
-            max_iter=checked["max_iter"],
-            tol=checked["tol"],
-            n_chunks=n_threads,
-            callback=callback,
-            on_cycle=on_cycle,
-            verbose=self.verbose,
-        )
+        options = self._batch_options(checked, n_threads, callback)
+        return _tensor.fit_batch_accelerated(data, state, on_cycle=on_cycle, **options)
 
     def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
         """SVI, and batch fits that write checkpoints (one start, resumable bitwise)."""

@@ -59,6 +59,7 @@ from ._svi import (
 )
 from ._utils import check_n_threads, is_dask_array, numba_threads
 from ._validation import (
+    check_accelerate,
     check_counts,
     check_float_dtype,
     check_iterations,
@@ -357,9 +358,7 @@ class VBNMF(Estimator):
                 f"svi_form={self.svi_form!r} fits the fixed prior only; use prior='gamma' or "
                 "the cells form (svi_form='cells')"
             )
-        accelerate = learned if self.accelerate is None else self.accelerate
-        if not isinstance(accelerate, (bool, np.bool_)):
-            raise TypeError(f"accelerate must be True, False or None, got {self.accelerate!r}")
+        accelerate = check_accelerate(self.accelerate, learned)
         tau, kappa = check_step_schedule(self.tau, self.kappa)
         batch_size = self.batch_size
         if batch_size is not None:
@@ -367,7 +366,7 @@ class VBNMF(Estimator):
         return FitSettings(
             n_components=int(self.n_components),
             prior=prior,
-            accelerate=bool(accelerate),
+            accelerate=accelerate,
             accelerate_given=self.accelerate is not None,
             solver=self.solver,
             svi_form=self.svi_form,

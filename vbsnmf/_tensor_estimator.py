@@ -19,9 +19,11 @@ from ._memory import InsufficientMemoryError, available_memory, format_bytes, gu
 from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
+    check_accelerate,
     check_positive,
     check_step_schedule,
     check_tolerance,
+    large_count_advice,
     max_count,
 )
 from .io._paths import check_checkpoint_path
@@ -361,17 +363,13 @@ class VBNTF(Estimator):
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
         n_init = _check_integer(self.n_init, "n_init", 1)
         prior = self._prior()
-        accelerate = self.accelerate
-        if accelerate is None:
-            accelerate = isinstance(prior, _model.HierarchicalPrior)
-        if not isinstance(accelerate, (bool, np.bool_)):
-            raise TypeError(f"accelerate must be True, False or None, got {self.accelerate!r}")
+        accelerate = check_accelerate(self.accelerate, isinstance(prior, _model.HierarchicalPrior))
         if n_init != 1 and (checkpoint is not None or self.solver == "svi"):
             raise ValueError("n_init > 1 needs solver='batch' without a checkpoint")
         return {
             "n_components": _check_integer(self.n_components, "n_components", 1),
             "prior": prior,
-            "accelerate": bool(accelerate) and self.solver == "batch",
+            "accelerate": accelerate and self.solver == "batch",
             "max_iter": _check_integer(self.max_iter, "max_iter", 0),
             "n_init": n_init,
             "n_epochs": None
@@ -670,14 +668,9 @@ def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:
     largest = float(data.counts.max()) if data.nnz else 0.0
     limit = max_count(dtype)
     if largest > limit:
-        advice = (
-            f"fit with dtype=np.float64, which resolves counts up to {max_count(np.float64):,.0f}"
-            if dtype == np.float32
-            else "counts of molecules or reads are far smaller: check the values"
-        )
         raise ValueError(
             f"values hold a count of {largest!r} (repeated coordinates summed), above "
-            f"{limit:,.0f}, the largest a {dtype.name} fit resolves; {advice}"
+            f"{limit:,.0f}, the largest a {dtype.name} fit resolves; {large_count_advice(dtype)}"
         )
 
 

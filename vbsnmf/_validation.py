@@ -321,17 +321,29 @@ def _refuse_large_counts(
     data = matrix.data
     coo = matrix.tocoo() if matrix.format != "coo" else matrix
     where = np.flatnonzero(data > limit)
-    advice = (
-        f"fit with dtype=np.float64, which resolves counts up to {max_count(np.float64):,.0f}"
-        if fit_dtype == np.float32
-        else "counts of molecules or reads are far smaller: check the input"
-    )
     raise ValueError(
         f"{name} holds {count} count{'s' if count > 1 else ''} above {limit:,.0f}, the "
         f"largest a {fit_dtype.name} fit resolves (the largest is {float(data.max())!r}, at "
         f"(row, column) {_first_positions(coo.row[where] + first_row, coo.col[where])}); "
-        f"{advice}"
+        f"{large_count_advice(fit_dtype)}"
     )
+
+
+def large_count_advice(fit_dtype) -> str:
+    """What to do about counts above `max_count` of ``fit_dtype`` (matrices and tensors)."""
+    if np.dtype(fit_dtype) == np.float32:
+        limit = max_count(np.float64)
+        return f"fit with dtype=np.float64, which resolves counts up to {limit:,.0f}"
+    return "counts of molecules or reads are far smaller: check the input"
+
+
+def check_accelerate(value, learned: bool) -> bool:
+    """The estimators' ``accelerate``: True, False, or None for the default (SQUAREM for
+    the ``learned`` prior, plain ascent for the fixed one)."""
+    accelerate = learned if value is None else value
+    if not isinstance(accelerate, (bool, np.bool_)):
+        raise TypeError(f"accelerate must be True, False or None, got {value!r}")
+    return bool(accelerate)
 
 
 def check_n_components(n_components, shape) -> int:

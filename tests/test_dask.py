@@ -402,7 +402,7 @@ def test_learned_prior_matches_the_single_machine_plain_loop(client, tiny_counts
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         local = vbsnmf.VBNMF(4, n_threads=1, accelerate=False, **options).fit(tiny_counts)
         X = da.from_array(tiny_counts, chunks=(chunk, -1))
-        result = vbsnmf.fit_dask(X, 4, client=client, **options)
+        result = vbsnmf.fit_dask(X, 4, client=client, accelerate=False, **options)
     assert result.n_iter == local.n_iter_ == N_ITER
     np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
     assert np.all(np.diff(result.elbo_trace) > 0)
@@ -433,37 +433,33 @@ def test_learned_prior_matches_the_single_machine_plain_loop(client, tiny_counts
 def test_learned_prior_warm_start_continues_a_distributed_fit(client, tiny_counts):
     """A distributed learned fit's q (cells' arrays dask arrays, the hyperparameters and
     q(xi) with them) as init continues the same path: 3 + 2 iterations give the ELBO values
-    4 and 5 of a 5-iteration fit; accelerate=True is refused on Dask."""
+    4 and 5 of a 5-iteration fit (plain ascent: an accelerated fit resumed starts a new
+    SQUAREM cycle, as in memory)."""
     X = da.from_array(tiny_counts, chunks=(500, -1))
-    options = dict(tol=0.0, client=client)
+    options = dict(tol=0.0, client=client, accelerate=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         straight = vbsnmf.fit_dask(X, 3, max_iter=5, random_state=6, **options)
         first = vbsnmf.fit_dask(X, 3, max_iter=3, random_state=6, **options)
         assert is_dask_array(first.params.row_scale.rate)
         resumed = vbsnmf.fit_dask(X, 3, init=first.params, max_iter=2, **options)
-        with pytest.raises(ValueError, match="accelerate=True"):
-            vbsnmf.fit_dask(X, 3, max_iter=2, accelerate=True, **options)
     np.testing.assert_allclose(resumed.elbo_trace, straight.elbo_trace[3:], rtol=1e-12)
     np.testing.assert_allclose(resumed.gather().row_rate, straight.gather().row_rate, rtol=1e-12)
 
 
 def test_estimator_and_tl_fit_a_dask_x_with_the_learned_prior(client, tiny_counts):
-    """`VBNMF` and `tl.nmf` on a dask X with the default (learned) prior: the in-memory
-    plain coordinate ascent's fit (accelerate=False), the cells' arrays lazy; an explicit
-    accelerate=True is refused with a ValueError naming it."""
+    """`VBNMF` and `tl.nmf` on a dask X with the default (learned) prior and its default
+    SQUAREM: the in-memory fit, the cells' arrays lazy."""
     X = da.from_array(tiny_counts, chunks=(400, -1))
-    options = dict(max_iter=6, tol=0.0, random_state=2)
+    options = dict(max_iter=25, tol=0.0, random_state=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        local = vbsnmf.VBNMF(3, n_threads=1, accelerate=False, **options)
+        local = vbsnmf.VBNMF(3, n_threads=1, **options)
         expected = local.fit_transform(tiny_counts)
         distributed = vbsnmf.VBNMF(3, **options)
         got = distributed.fit_transform(X)
-        with pytest.raises(ValueError, match="accelerate=True"):
-            vbsnmf.VBNMF(3, accelerate=True, **options).fit(X)
         in_memory = ad.AnnData(tiny_counts.copy())
-        vbsnmf.tl.nmf(in_memory, 3, accelerate=False, n_threads=1, **options)
+        vbsnmf.tl.nmf(in_memory, 3, n_threads=1, **options)
         lazy = ad.AnnData(X)
         vbsnmf.tl.nmf(lazy, 3, **options)
     assert isinstance(got, da.Array) and isinstance(distributed.cell_rate_, da.Array)
@@ -480,6 +476,79 @@ def test_estimator_and_tl_fit_a_dask_x_with_the_learned_prior(client, tiny_count
     np.testing.assert_allclose(
         lazy.uns["nmf"]["elbo_trace"], in_memory.uns["nmf"]["elbo_trace"], rtol=1e-9
     )
+
+
+@pytest.mark.parametrize("prior", ["hierarchical", "gamma"])
+def test_squarem_on_dask_is_the_in_memory_accelerated_fit(client, tiny_counts, prior):
+    """SQUAREM on the cluster (the step length's sums and the extrapolation run chunk by
+    chunk where the cells are, the genes' and hyperparameters' part on the client) is the
+    in-memory accelerated fit from the same seed: the same passes to convergence, the trace
+    to 1e-9 and q to 1e-6 relative (only the order of the sums differs, which the step
+    lengths carry on), monotone, fewer passes than plain ascent; per pass the client still
+    receives only genes x K and O(K)."""
+    options = dict(random_state=2, prior=prior, max_iter=400)
+    local = vbsnmf.VBNMF(4, n_threads=1, accelerate=True, **options).fit(tiny_counts)
+    plain = vbsnmf.VBNMF(4, n_threads=1, accelerate=False, **options).fit(tiny_counts)
+    X = da.from_array(tiny_counts, chunks=(300, -1))  # 4 chunks, the last one short
+    result = vbsnmf.fit_dask(X, 4, client=client, accelerate=True, **options)
+    assert result.converged and local.converged_
+    assert result.n_iter == local.n_iter_ < 0.8 * plain.n_iter_
+    assert len(result.elbo_trace) < result.n_iter  # candidates were scored
+    np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
+    assert np.all(np.diff(result.elbo_trace) >= 0)
+    gathered = result.gather()
+    names = ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_")
+    for mine, name in zip(gathered.as_tuple(), names):
+        theirs = np.broadcast_to(getattr(local, name), np.shape(mine))
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9 * np.max(theirs))
+    assert max(result.gathered_bytes) < tiny_counts.shape[1] * 4 * 8 + 1000
+
+
+def test_killed_worker_during_squarem_is_recomputed_with_the_same_result(client, tiny_counts):
+    """A worker killed in the middle of an accelerated (learned prior) fit: its cells,
+    extrapolated ones included, are recomputed along their lineage, and the fit is bitwise
+    the undisturbed one (the step lengths' sums too are in chunk order)."""
+    X = da.from_array(tiny_counts, chunks=(250, -1))
+    options = dict(max_iter=40, tol=0.0, random_state=5, client=client, accelerate=True)
+    client.wait_for_workers(2, timeout=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        undisturbed = vbsnmf.fit_dask(X, 3, **options)
+        worker_pids = client.run(os.getpid)
+        killed = []
+
+        def kill_one_worker(n_passes, params, trace):
+            if killed or n_passes < 25:
+                return
+            holders = [
+                address
+                for key, addresses in client.who_has().items()
+                if isinstance(key, str) and "-cells-" in key
+                for address in addresses
+            ]
+            victim = worker_pids[max(set(holders), key=holders.count)]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+        result = vbsnmf.fit_dask(X, 3, callback=kill_one_worker, **options)
+    assert killed, "the callback never ran"
+    assert len(result.elbo_trace) < result.n_iter == 40  # SQUAREM's candidates were scored
+    np.testing.assert_array_equal(result.elbo_trace, undisturbed.elbo_trace)
+    np.testing.assert_array_equal(result.gather().row_rate, undisturbed.gather().row_rate)
+    np.testing.assert_array_equal(result.gene_loadings, undisturbed.gene_loadings)
+    client.wait_for_workers(2, timeout=120)
+
+
+def test_an_extrapolation_out_of_range_in_a_chunk_refuses_the_step():
+    """A chunk whose extrapolated cells overflow reports it (the step is then refused
+    without a pass), under both priors' layouts of a chunk's cells."""
+    rng = np.random.default_rng(0)
+    shapes = [rng.gamma(2.0, size=(5, 3)) + 0.1 for _ in range(3)]
+    no_gauge = ((1.0, None),) * 3
+    cells, bad = _dask._batch._chunk_extrapolate(*shapes, no_gauge, 2.0)
+    assert bad == 0 and cells.shape == (5, 3) and np.all(np.isfinite(cells))
+    shapes[2] = shapes[2] * 1e200  # log-space extrapolation far past the largest float
+    assert _dask._batch._chunk_extrapolate(*shapes, no_gauge, 50.0) == (None, 1)
 
 
 def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(

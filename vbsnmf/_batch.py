@@ -201,6 +201,8 @@ def squarem(
     callback: Callable | None = None,
     on_cycle: Callable[[AcceleratedState], None] | None = None,
     verbose: bool = False,
+    step_length: Callable | None = None,
+    extrapolate: Callable | None = None,
 ) -> AcceleratedState:
     """Coordinate ascent accelerated by SQUAREM (Varadhan and Roland 2008, step SqS3),
     with a safeguard that keeps the ELBO trace monotone; ``max_iter`` bounds the passes.
@@ -208,7 +210,9 @@ def squarem(
     The model comes in two functions: ``scored(q)``, one pass giving q's statistics and its
     exact ELBO, and ``step(q, statistics, prior)``, the coordinate-ascent step they give;
     a q is `Extrapolable` (the matrix's `_model.VariationalParams`, the tensor's
-    `_tensor.TensorParams`).
+    `_tensor.TensorParams`). A q held elsewhere (the Dask fit's, its cells on the workers)
+    brings its own ``step_length(theta0, theta1, theta2)`` and ``extrapolate(theta0,
+    theta1, theta2, s)`` (default: `_step_length`, `_extrapolate_over`).
 
     A cycle: two plain steps (each one pass, which also scores its input exactly)
     ``theta0 -> theta1 -> theta2``; in log parameters ``r = theta1 - theta0``,
@@ -221,6 +225,8 @@ def squarem(
     acceleration, and so does the hold of the factor shapes (``state.holding``, released
     by a plain step). ``on_cycle(state)`` runs at the start of every cycle (checkpoints).
     """
+    step_length = step_length or _step_length
+    extrapolate = extrapolate or _extrapolate_over
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
 
@@ -277,13 +283,13 @@ def squarem(
         if state.converged or state.n_passes >= max_iter:
             state.current = theta2
             break
-        step_length = min(max(_step_length(theta0, theta1, theta2), 1.0), state.step_max)
+        length = min(max(step_length(theta0, theta1, theta2), 1.0), state.step_max)
         # Every q is a (cells + genes) x K array or four, so the candidate is written over
         # theta2, which a refused candidate's fit takes again from theta1 and its pass's
         # statistics (the same step of the same q, bit for bit), and no name holds a q past
         # its use: theta0 is not held while the candidate's pass runs, nor theta1 while a
         # kept candidate's step builds the next q; a refused candidate takes no step.
-        candidate = _extrapolate_over(theta0, theta1, theta2, step_length)
+        candidate = extrapolate(theta0, theta1, theta2, length)
         state.current = None  # theta0, until the candidate's fate gives the next one
         del theta0, theta2
         accepted = False
@@ -297,7 +303,7 @@ def squarem(
             del statistics
         del candidate
         if accepted:
-            if step_length >= state.step_max:
+            if length >= state.step_max:
                 state.step_max *= _STEP_GROWTH
         else:  # the plain path: theta2 taken again
             state.current = take_step(theta1, statistics1)
@@ -308,20 +314,40 @@ def squarem(
     return state
 
 
-def _flat_triples(theta0, theta1, theta2):
-    """The three q's `positive_arrays`, entry by entry: flat views, one triple per array."""
-    for arrays in zip(*(q.positive_arrays() for q in (theta0, theta1, theta2))):
-        yield [np.ravel(a) for a in arrays]
+def direction_norms(arrays0, arrays1, arrays2) -> tuple[float, float]:
+    """``(|r|^2, |v|^2)`` of SQUAREM's directions in log parameters over three q's lists of
+    positive arrays, array by array in their order (`_kernels.squarem_sums`)."""
+    r2 = v2 = 0.0
+    for x0, x1, x2 in zip(arrays0, arrays1, arrays2):
+        array_r2, array_v2 = _kernels.squarem_sums(np.ravel(x0), np.ravel(x1), np.ravel(x2))
+        r2 += array_r2
+        v2 += array_v2
+    return r2, v2
+
+
+def step_from_norms(r2: float, v2: float) -> float:
+    """SqS3's step ``|r| / |v|`` (1 when the second difference vanishes)."""
+    return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
+
+
+def extrapolate_arrays(arrays0, arrays1, arrays2, step: float, n_overwritten: int = 0):
+    """``exp(log x0 + 2 s r + s^2 v)`` of each array, in its dtype and shape; the first
+    ``n_overwritten`` written over ``arrays2``'s (their owner must be done with them), the
+    rest new. None when an entry is not finite and positive."""
+    arrays = []
+    for index, (x0, x1, x2) in enumerate(zip(arrays0, arrays1, arrays2)):
+        flat = [np.ravel(x) for x in (x0, x1, x2)]  # views of contiguous arrays
+        out = flat[2] if index < n_overwritten else np.empty_like(flat[2])
+        if _kernels.squarem_extrapolate(*flat, step, out):
+            return None
+        arrays.append(out.reshape(np.shape(x2)))
+    return arrays
 
 
 def _step_length(theta0, theta1, theta2) -> float:
-    """SqS3's step ``|r| / |v|`` in log parameters (`_kernels.squarem_sums`)."""
-    r2 = v2 = 0.0
-    for x0, x1, x2 in _flat_triples(theta0, theta1, theta2):
-        array_r2, array_v2 = _kernels.squarem_sums(x0, x1, x2)
-        r2 += array_r2
-        v2 += array_v2
-    return float(np.sqrt(r2 / v2)) if v2 > 0 else 1.0
+    """SqS3's step ``|r| / |v|`` in log parameters over the three q's positive arrays."""
+    qs = (theta0, theta1, theta2)
+    return step_from_norms(*direction_norms(*(q.positive_arrays() for q in qs)))
 
 
 def _extrapolate_over(theta0, theta1, theta2, step: float) -> Extrapolable | None:
@@ -329,11 +355,9 @@ def _extrapolate_over(theta0, theta1, theta2, step: float) -> Extrapolable | Non
     and dtype (s = 1 is theta2), written over theta2's arrays of q (its own, fresh from a
     step; the hyperparameters' small arrays are new); None when an entry is not finite and
     positive (the step is then refused without a pass). theta2 is spent either way."""
-    arrays, n_factor_arrays = [], len(theta2.as_tuple())
-    for index, (x0, x1, x2) in enumerate(_flat_triples(theta0, theta1, theta2)):
-        out = x2 if index < n_factor_arrays else np.empty_like(x2)
-        if _kernels.squarem_extrapolate(x0, x1, x2, step, out):
-            return None
-        arrays.append(out)
-    shapes = [np.shape(a) for a in theta2.positive_arrays()]
-    return theta2.with_positive_arrays([a.reshape(shape) for a, shape in zip(arrays, shapes)])
+    arrays = extrapolate_arrays(
+        *(q.positive_arrays() for q in (theta0, theta1, theta2)),
+        step,
+        n_overwritten=len(theta2.as_tuple()),
+    )
+    return None if arrays is None else theta2.with_positive_arrays(arrays)

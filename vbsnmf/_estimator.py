@@ -85,7 +85,6 @@ class FitSettings:
     n_components: int
     prior: Prior
     accelerate: bool
-    accelerate_given: bool  # accelerate was set, not left to the default
     solver: str
     svi_form: str
     max_iter: int
@@ -159,9 +158,8 @@ class VBNMF(Estimator):
         Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
         an extrapolated step only when its exact ELBO is at least the plain step's (the
         trace stays monotone). Default: on for the learned prior, off for the fixed one,
-        whose fits stay bit for bit what they were. A dask X is fitted by plain coordinate
-        ascent whatever the prior (SQUAREM is not implemented on Dask; there the learned
-        prior's trace is that of ``accelerate=False`` in memory), and ``True`` is refused.
+        whose fits stay bit for bit what they were. The same on a dask X (the fit's trace
+        and passes are those in memory, to the order of floating-point sums).
     max_iter
         Maximum number of passes over the data (batch), and of passes of each cell's local
         fit (`transform`, SVI's cells form); stopping at it warns with
@@ -367,7 +365,6 @@ class VBNMF(Estimator):
             n_components=int(self.n_components),
             prior=prior,
             accelerate=accelerate,
-            accelerate_given=self.accelerate is not None,
             solver=self.solver,
             svi_form=self.svi_form,
             max_iter=check_iterations(self.max_iter, "max_iter", 0),
@@ -898,11 +895,6 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             client=client,
             callback=callback,
         )
-    if settings.accelerate and settings.accelerate_given:
-        raise ValueError(
-            "accelerate=True is not available for a dask X: batch VB on Dask runs plain "
-            "coordinate ascent; pass accelerate=None (the default) or False"
-        )
     start = None
     if init is not None:
         start = init_params(init, X.shape, n_components, settings.dtype, settings.prior)
@@ -922,6 +914,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             client=client,
             callback=callback,
             verbose=settings.verbose,
+            accelerate=settings.accelerate,
         )
         if best is None or _final_elbo(result) > _final_elbo(best):
             best = result
@@ -951,10 +944,9 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
         `VBNMF`'s parameters (``prior``, ``prior_shape``, ``prior_rate``, ``max_iter``,
         ``tol``, ``n_init``, ``random_state``, ``dtype``, ``verbose``); ``n_threads`` is the
         number of Numba threads inside each chunk task (default 1: Dask's worker threads
-        already run chunks in parallel). Both priors are supported; under the learned prior
-        (the default) the fit is plain coordinate ascent, the trace of
-        ``VBNMF(accelerate=False)`` in memory (SQUAREM is not implemented on Dask, and
-        ``accelerate=True`` is refused).
+        already run chunks in parallel). Both priors are supported, and ``accelerate``
+        (SQUAREM, by default on for the learned prior as in `VBNMF`): the trace and passes
+        are those of `VBNMF` in memory, to the order of floating-point sums.
 
     Returns
     -------
@@ -965,8 +957,7 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
     Raises
     ------
     ValueError
-        No client, bad parameters, ``accelerate=True``, or negative/NaN/infinite counts in
-        a chunk.
+        No client, bad parameters, or negative/NaN/infinite counts in a chunk.
     """
     return _fit_dask_result(X, n_components, init, client, callback, params, solver="batch")
 

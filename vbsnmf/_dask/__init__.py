@@ -2,7 +2,7 @@
 (`fit_svi_cells_dask`) over a dask array of cells chunked along cells.
 
 - `_cluster`: the client, where chunks live, and the sums over chunks (no model);
-- `_batch`: the batch loop, a pass per chunk on its worker;
+- `_batch`: the batch loops (plain and SQUAREM), a pass per chunk on its worker;
 - `_svi`: the loop of `_svi.run_cells_epochs` with its steps on the workers.
 
 Both take checked settings; the public `vbsnmf.fit_dask` and `vbsnmf.fit_svi_dask` (in

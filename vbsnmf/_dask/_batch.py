@@ -29,8 +29,15 @@ the rows' share of the gauge), which gives its cells of ``q_t``, then runs the p
 The client then continues `_model.global_step` where the rows' update left it: the genes
 (`update_side_learned`), both sides' hyperparameters (`learn_hyperparameters`, the cells'
 from the summed `ScaleSums`) and the gauge (`fix_gauge` on the gene side and the cells'
-hyperparameters), in that order. SQUAREM (`_batch.fit_batch_accelerated`) is not
-implemented here: this is the plain loop of `_batch.fit_batch`, whose trace it matches.
+hyperparameters), in that order.
+
+The pass and the step (`_DaskModel.scored`, `_DaskModel.step`, on a `DaskParams` q) drive
+either `_batch.fit_batch`'s plain loop (`_plain_ascent`) or `_batch.squarem`, whose trace
+each matches. SQUAREM's step length and extrapolation are entry by entry, so they run where
+the entries are: each chunk sums its cells' share of ``|r|^2`` and ``|v|^2`` and extrapolates
+its own cells (the gauge factor they have yet to apply applied first); the client does the
+same for the genes and the hyperparameters and adds the chunks' sums in chunk order. Only
+floats and per-chunk flags travel.
 
 Like `_batch.fit_batch`, the pass over ``q_t`` also gives the ELBO of ``q_t``, so the trace
 holds the exact ELBO of every q held, equal to the single-machine trace up to the order of
@@ -47,6 +54,7 @@ every iteration's gene-side task (genes x K x 2 floats each) while the fit runs.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import uuid
 from collections.abc import Callable
@@ -56,6 +64,13 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 
+from .._batch import (
+    direction_norms,
+    extrapolate_arrays,
+    squarem,
+    start_accelerated,
+    step_from_norms,
+)
 from .._data import CountData, as_count_data
 from .._model import (
     ElboTerms,
@@ -372,12 +387,14 @@ def fit_batch_dask(
     client=None,
     callback: Callable[[int, VariationalParams, list[float]], None] | None = None,
     verbose: bool = False,
+    accelerate: bool = False,
 ) -> DaskFitResult:
     """Batch VB on a Dask cluster, chunk by chunk of cells (checked settings; the public
     `vbsnmf.fit_dask` checks them). The random start is `_model.random_start`'s, each
-    chunk drawing its own cells, so any chunking gives the same fit. Under the learned
-    prior this is plain coordinate ascent (`_batch.fit_batch`'s loop, no SQUAREM), a random
-    start holding its factor shapes as there."""
+    chunk drawing its own cells, so any chunking gives the same fit. ``accelerate``:
+    `_batch.squarem` (its trace and passes are those of `_batch.fit_batch_accelerated` in
+    memory), else `_batch.fit_batch`'s plain loop; a random start under the learned prior
+    holds its factor shapes as there."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-{uuid.uuid4().hex[:12]}"
@@ -439,118 +456,275 @@ def fit_batch_dask(
             )
             for index in range(len(chunk_sizes))
         ]
-    factor = 1.0  # the gauge factor the chunks apply before their next pass
-    current_cells = cells  # futures of the cells of the q whose ELBO is last in the trace
+    no_cells = np.empty((0, n_components), dtype=dtype)
+    start_q = DaskParams(
+        cells,
+        1.0,
+        VariationalParams(
+            no_cells,
+            no_cells if learned else cell_rate,
+            gene_shape,
+            gene_rate,
+            cell_hyper,
+            gene_scale,
+        ),
+    )
+    model = _DaskModel(client, layout, chunk_data, chunk_sizes, prior, n_threads, dtype, prefix)
+    if accelerate:
+        state = start_accelerated(start_q, init is None and held_prior(prior) is not None)
+        state = squarem(
+            state,
+            model.scored,
+            model.step,
+            prior,
+            max_iter=max_iter,
+            tol=tol,
+            callback=model.with_params(callback),
+            verbose=verbose,
+            step_length=model.step_length,
+            extrapolate=model.extrapolate,
+        )
+        final, trace, n_iter, converged = state.outcome()
+    else:
+        held = held_prior(prior) if init is None else None  # `_batch.fit_batch`'s hold_shapes
+        final, trace, n_iter, converged = _plain_ascent(
+            model, start_q, prior, held, max_iter, tol, model.with_params(callback), verbose
+        )
+    return DaskFitResult(
+        model.params(final), trace, n_iter, converged, model.gathered_bytes, model.sent_bytes
+    )
 
-    def current_params():
-        if not learned:
-            shapes = lazy_rows(current_cells, chunk_sizes, n_components, dtype)
-            return VariationalParams(shapes, cell_rate, gene_shape, gene_rate)
+
+@dataclass
+class DaskParams:
+    """A q on the cluster: per chunk a future of its cells' q (the shapes; under the learned
+    prior ``(shape, rate, scale shape, scale rate)``), stored before the gauge ``factor``
+    of the step that made them applies (`_model.rescale_side`; each chunk applies it in its
+    next pass), and the client's side (`_model.VariationalParams` with no cell rows: the
+    genes, and the cells' rate or hyperparameters). ``gauged``: the cells with the gauge
+    applied, set by the pass that scores this q."""
+
+    cells: list
+    factor: float
+    client: VariationalParams
+    gauged: list | None = None
+
+
+def _gauged_cells(cells, factor: float, hyper: ScaleState | None):
+    """A chunk's cells of q as positive arrays, the gauge ``factor`` applied (a list: the
+    shapes; under the learned prior, ``hyper`` the cells' hyperparameters, shape, rate,
+    scale shape and scale rate)."""
+    if hyper is None:
+        return [cells]
+    shape, rate, scale_shape, scale_rate = cells
+    if factor != 1.0:
+        scale = hyper.with_q(scale_shape, scale_rate)
+        rate, scale = rescale_side(rate, scale, factor, hyper.prior_mean)
+        scale_rate = scale.rate
+    return [shape, rate, scale_shape, scale_rate]
+
+
+def _chunk_direction_norms(cells0, cells1, cells2, gauges) -> tuple[float, float]:
+    """One chunk's share of SQUAREM's ``(|r|^2, |v|^2)`` (`_batch.direction_norms`);
+    ``gauges``: each q's ``(factor, cells' hyperparameters)``."""
+    thetas = (cells0, cells1, cells2)
+    return direction_norms(*(_gauged_cells(c, *g) for c, g in zip(thetas, gauges)))
+
+
+def _chunk_extrapolate(cells0, cells1, cells2, gauges, step: float):
+    """One chunk's cells of SQUAREM's extrapolated q, gauged (`_batch.extrapolate_arrays`),
+    and 1 when an entry is not finite and positive (then no cells), else 0."""
+    thetas = (cells0, cells1, cells2)
+    arrays = extrapolate_arrays(*(_gauged_cells(c, *g) for c, g in zip(thetas, gauges)), step)
+    if arrays is None:
+        return None, 1
+    return (arrays[0] if len(arrays) == 1 else tuple(arrays)), 0
+
+
+class _DaskModel:
+    """The batch fit's pass and step on the cluster, for `_batch.squarem` and
+    `_plain_ascent`: ``scored(q)`` runs the pass over every chunk under q (and the rows'
+    half of the step, on the chunks) and returns q's exact ELBO; ``step(q, statistics,
+    prior)`` finishes `_model.global_step` on the client. SQUAREM's step length and
+    extrapolation run chunk by chunk where the cells are, the client's side on the client.
+    Records the bytes the client sends and receives per pass."""
+
+    def __init__(self, client, layout, chunk_data, chunk_sizes, prior, n_threads, dtype, prefix):
+        self.client, self.layout, self.chunk_data = client, layout, chunk_data
+        self.chunk_sizes, self.prior, self.n_threads, self.dtype = (
+            chunk_sizes,
+            prior,
+            n_threads,
+            dtype,
+        )
+        self.learned = isinstance(prior, HierarchicalPrior)
+        self.names = (f"{prefix}-{n}" for n in itertools.count())
+        self.gathered_bytes: list[int] = []
+        self.sent_bytes: list[int] = []
+
+    def _getitems(self, futures, index, name):
+        return [
+            self.client.submit(operator.getitem, f, index, key=f"{name}-{i}")
+            for i, f in enumerate(futures)
+        ]
+
+    def scored(self, q: DaskParams):
+        name = next(self.names)
+        gene_shape, gene_rate = q.client.col_shape, q.client.col_rate
+        next_cell_rate = None
+        if self.learned:
+            gene_side = (gene_shape, gene_rate, q.client.row_scale, q.factor)
+            sent = gene_shape.nbytes + gene_rate.nbytes + q.client.row_scale.factor_shape.nbytes
+            self.sent_bytes.append(sent + 24)
+            chunk_pass = _chunk_pass_learned
+        else:
+            next_cell_rate = side_rate(self.prior, (gene_shape / gene_rate).sum(axis=0), self.dtype)
+            gene_side = (gene_shape, gene_rate, q.client.row_rate, next_cell_rate)
+            self.sent_bytes.append(sum(a.nbytes for a in gene_side))
+            chunk_pass = _chunk_pass
+        gene_future = self.client.submit(as_task, gene_side, key=f"{name}-gene-side")
+        outputs = [
+            self.client.submit(
+                chunk_pass, data, cells, gene_future, self.prior, self.n_threads,
+                key=f"{name}-pass-{index}",
+            )
+            for index, (data, cells) in enumerate(zip(self.chunk_data, q.cells))
+        ]  # fmt: skip
+        q.gauged = self._getitems(outputs, 0, f"{name}-cells") if self.learned else q.cells
+        next_name = f"{name}-next-cells" if self.learned else f"{name}-cell-shape"
+        next_cells = self._getitems(outputs, 1 if self.learned else 0, next_name)
+        summaries = dict(enumerate(self._getitems(outputs, -1, f"{name}-summary")))
+        total = self.client.gather(
+            reduce_chunks(self.client, summaries, self.layout, add_summaries, name)
+        )
+        self.gathered_bytes.append(total.nbytes)
+        terms = total.terms.with_cols(gene_shape, gene_rate, self.prior, q.client.col_scale)
+        return (next_cells, total, next_cell_rate), terms.value()
+
+    def step(self, q: DaskParams, statistics, prior: Prior) -> DaskParams:
+        next_cells, total, next_cell_rate = statistics
+        if not self.learned:
+            gene_shape, gene_rate = update_side(
+                prior, total.gene_stat, total.next_cell_mean_sum, self.dtype
+            )
+            no_cells = q.client.row_shape
+            return DaskParams(
+                next_cells, 1.0, VariationalParams(no_cells, next_cell_rate, gene_shape, gene_rate)
+            )
+        # `_model.global_step` after the rows' update (done by the chunks)
+        gene_shape, gene_rate, gene_scale = update_side_learned(
+            total.gene_stat, q.client.col_scale, total.next_cell_mean_sum, self.dtype
+        )
+        cell_hyper = learn_hyperparameters(total.cell_sums, q.client.row_scale, prior)
+        gene_scale = learn_hyperparameters(
+            scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, prior
+        )
+        no_cells = q.client.row_shape
+        unfixed = VariationalParams(
+            no_cells, no_cells, gene_shape, gene_rate, cell_hyper, gene_scale
+        )
+        return DaskParams(next_cells, gauge_factor(unfixed), fix_gauge(unfixed))
+
+    def _per_chunk(self, function, thetas, *args):
+        name = next(self.names)
+        gauges = tuple((q.factor, q.client.row_scale) for q in thetas)
+        return [
+            submit_at(
+                self.client, self.layout, index, function, *(q.cells[index] for q in thetas),
+                gauges, *args, key=f"{name}-{index}",
+            )
+            for index in range(len(self.chunk_data))
+        ]  # fmt: skip
+
+    def step_length(self, *thetas: DaskParams) -> float:
+        r2, v2 = direction_norms(*(q.client.positive_arrays() for q in thetas))
+        for chunk_r2, chunk_v2 in self.client.gather(
+            self._per_chunk(_chunk_direction_norms, thetas)
+        ):  # in chunk order: the same sums wherever tasks ran
+            r2 += chunk_r2
+            v2 += chunk_v2
+        return step_from_norms(r2, v2)
+
+    def extrapolate(self, theta0, theta1, theta2, step: float) -> DaskParams | None:
+        thetas = (theta0, theta1, theta2)
+        arrays = extrapolate_arrays(*(q.client.positive_arrays() for q in thetas), step)
+        if arrays is None:
+            return None
+        outputs = self._per_chunk(_chunk_extrapolate, thetas, step)
+        name = next(self.names)
+        if sum(self.client.gather(self._getitems(outputs, 1, f"{name}-refused"))):
+            return None
+        cells = self._getitems(outputs, 0, f"{name}-cells")
+        return DaskParams(cells, 1.0, theta2.client.with_positive_arrays(arrays))
+
+    def params(self, q: DaskParams) -> VariationalParams:
+        """q as `_model.VariationalParams`, the cells' arrays lazy dask arrays."""
+        n_components, dtype = q.client.col_shape.shape[1], self.dtype
+        cells = q.gauged
+        if cells is None:  # not scored (a start of max_iter=0): gauged here
+            name, hyper = next(self.names), q.client.row_scale
+            cells = [
+                submit_at(
+                    self.client, self.layout, index, _gauged_tuple, c, q.factor, hyper,
+                    key=f"{name}-{index}",
+                )
+                for index, c in enumerate(q.cells)
+            ]  # fmt: skip
+        if not self.learned:
+            shapes = lazy_rows(cells, self.chunk_sizes, n_components, dtype)
+            return VariationalParams(
+                shapes, q.client.row_rate, q.client.col_shape, q.client.col_rate
+            )
+        name = next(self.names)
         parts = [
             lazy_rows(
-                [client.submit(operator.getitem, f, i, key=f"{f.key}-{i}") for f in current_cells],
-                chunk_sizes,
+                self._getitems(cells, i, f"{name}-{i}"),
+                self.chunk_sizes,
                 n_components if i < 2 else None,
                 dtype,
             )
             for i in range(4)
         ]
-        scale = cell_hyper.with_q(parts[2], parts[3])
-        return VariationalParams(parts[0], parts[1], gene_shape, gene_rate, scale, gene_scale)
+        scale = q.client.row_scale.with_q(parts[2], parts[3])
+        return VariationalParams(
+            parts[0], parts[1], q.client.col_shape, q.client.col_rate, scale, q.client.col_scale
+        )
 
+    def with_params(self, callback):
+        """A fit's ``callback(n, params, trace)`` as the loops call it, with a `DaskParams`."""
+        if callback is None:
+            return None
+        return lambda n, q, trace: callback(n, self.params(q), trace)
+
+
+def _gauged_tuple(cells, factor: float, hyper: ScaleState | None):
+    arrays = _gauged_cells(cells, factor, hyper)
+    return arrays[0] if hyper is None else tuple(arrays)
+
+
+def _plain_ascent(model: _DaskModel, q: DaskParams, prior, held, max_iter, tol, callback, verbose):
+    """`_batch.fit_batch`'s loop on the cluster; returns ``(q, trace, iterations,
+    converged)`` as `_batch.AcceleratedState.outcome`."""
     trace: list[float] = []
-    gathered_bytes: list[int] = []
-    sent_bytes: list[int] = []
     n_done, converged = 0, False
-    held = held_prior(prior) if init is None else None  # `_batch.fit_batch`'s hold_shapes
     while True:
-        step = f"{prefix}-{n_done}"
-        if learned:
-            gene_side = (gene_shape, gene_rate, cell_hyper, factor)
-            sent = gene_shape.nbytes + gene_rate.nbytes + cell_hyper.factor_shape.nbytes + 24
-            chunk_pass = _chunk_pass_learned
-        else:
-            next_cell_rate = side_rate(prior, (gene_shape / gene_rate).sum(axis=0), dtype)
-            gene_side = (gene_shape, gene_rate, cell_rate, next_cell_rate)
-            sent = sum(a.nbytes for a in gene_side)
-            chunk_pass = _chunk_pass
-        gene_future = client.submit(as_task, gene_side, key=f"{step}-gene-side")
-        sent_bytes.append(sent)
-        outputs = [
-            client.submit(
-                chunk_pass, data, cell, gene_future, prior, n_threads, key=f"{step}-pass-{index}"
-            )
-            for index, (data, cell) in enumerate(zip(chunk_data, cells))
-        ]
-        if learned:
-            current_cells = [
-                client.submit(operator.getitem, out, 0, key=f"{step}-cells-{index}")
-                for index, out in enumerate(outputs)
-            ]
-        next_name, next_index = ("next-cells", 1) if learned else ("cell-shape", 0)
-        next_cells = [
-            client.submit(operator.getitem, out, next_index, key=f"{step}-{next_name}-{index}")
-            for index, out in enumerate(outputs)
-        ]
-        summaries = {
-            index: client.submit(operator.getitem, out, -1, key=f"{step}-summary-{index}")
-            for index, out in enumerate(outputs)
-        }
-        total = client.gather(reduce_chunks(client, summaries, layout, add_summaries, step))
-        del outputs, summaries, gene_future
-        gathered_bytes.append(total.nbytes)
+        statistics, value = model.scored(q)
         if n_done > len(trace):
-            value = total.terms.with_cols(gene_shape, gene_rate, prior, gene_scale).value()
             trace.append(finite_elbo(value))
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
-                callback(n_done, current_params(), trace)
+                callback(n_done, q, trace)
             held, converged = plain_stop(trace, tol, held)
             if converged:
                 break
         if n_done >= max_iter:
             break
-        if learned:
-            # `_model.global_step` after the rows' update (done by the chunks)
-            gene_shape, gene_rate, gene_scale = update_side_learned(
-                total.gene_stat, gene_scale, total.next_cell_mean_sum, dtype
-            )
-            step_prior = held or prior
-            cell_hyper = learn_hyperparameters(total.cell_sums, cell_hyper, step_prior)
-            gene_scale = learn_hyperparameters(
-                scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, step_prior
-            )
-            unfixed = _client_params(gene_shape, gene_rate, cell_hyper, gene_scale, dtype)
-            factor = gauge_factor(unfixed)
-            fixed = fix_gauge(unfixed)
-            gene_rate, gene_scale, cell_hyper = fixed.col_rate, fixed.col_scale, fixed.row_scale
-        else:
-            gene_shape, gene_rate = update_side(
-                prior, total.gene_stat, total.next_cell_mean_sum, dtype
-            )
-            cell_rate = next_cell_rate
-            current_cells = next_cells
-        cells = next_cells
+        q = model.step(q, statistics, held or prior)
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
-    return DaskFitResult(
-        current_params(),
-        np.asarray(trace, dtype=np.float64),
-        len(trace),
-        converged,
-        gathered_bytes,
-        sent_bytes,
-    )
-
-
-def _client_params(gene_shape, gene_rate, cell_hyper: ScaleState, gene_scale, dtype):
-    """The part of q the client holds under the learned prior, as `VariationalParams`
-    with no cells (their hyperparameters in ``row_scale``, with an empty q(xi)), so the
-    model's functions of both sides (`_model.fix_gauge`) apply to it unchanged."""
-    no_cells = np.empty((0, gene_shape.shape[1]), dtype=dtype)
-    return VariationalParams(no_cells, no_cells, gene_shape, gene_rate, cell_hyper, gene_scale)
+    return q, np.asarray(trace, dtype=np.float64), len(trace), converged
 
 
 def _without_q(scale: ScaleState) -> ScaleState:

@@ -367,3 +367,40 @@ def test_the_hold_lifts_the_digits_at_k_20_to_a_higher_optimum(monkeypatch):
     unheld = vbsnmf.VBNMF(20, **options).fit(X)
     assert held.converged_ and unheld.converged_
     assert held.elbo_trace_[-1] > unheld.elbo_trace_[-1] + 1e-3 * abs(unheld.elbo_trace_[-1])
+
+
+@pytest.mark.parametrize("prior", ["hierarchical", "gamma"])
+def test_passes_and_kept_values_of_accelerated_fits_obey_the_checkpoint_bound(
+    prior, monkeypatch, _pbmc_tiny
+):
+    """What `_checkpoint.check_accelerated_progress` holds a checkpoint to, at the start of
+    every SQUAREM cycle (where checkpoints are saved) and at the end, over fits with
+    candidates kept and refused: T + 1 <= passes <= 1.5 (T + 1) for T kept ELBO values
+    (no pass without a value but the start's and refused candidates'); the lower bound is
+    reached."""
+    from vbsnmf import _batch
+
+    seen = []
+    squarem = _batch.squarem
+
+    def recording(state, *args, **options):
+        def on_cycle(state):
+            seen.append((state.n_passes, len(state.trace)))
+
+        final = squarem(state, *args, **{**options, "on_cycle": on_cycle})
+        seen.append((final.n_passes, len(final.trace)))
+        return final
+
+    monkeypatch.setattr(_batch, "squarem", recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        for seed in range(3):
+            for max_iter in (1, 2, 3, 40):
+                vbsnmf.VBNMF(
+                    4, prior=prior, accelerate=True, random_state=seed, max_iter=max_iter,
+                    n_threads=1,
+                ).fit(_pbmc_tiny.X)  # fmt: skip
+    assert (0, 0) in seen and len(seen) > 50
+    for passes, kept in seen:
+        assert passes == kept == 0 or kept + 1 <= passes <= 1.5 * (kept + 1), (passes, kept)
+    assert any(passes == kept + 1 for passes, kept in seen if kept > 3)

@@ -257,6 +257,22 @@ def test_a_batch_checkpoint_whose_trace_decreases_is_refused(tmp_path, accelerat
         _fit_on(model.set_params(resume=True, max_iter=9), _small_counts())
 
 
+@pytest.mark.parametrize("passes", [10**30, 0, "trace"])
+def test_an_accelerated_checkpoint_with_an_impossible_pass_count_is_refused(tmp_path, passes):
+    """A pass counter that no SQUAREM fit reaches with the stored trace (T values need
+    T + 1 to 1.5 (T + 1) passes): 10**30 returned at once as a fit of max_iter passes."""
+    path = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(3, accelerate=True, max_iter=12, random_state=0, n_threads=1)
+    _fit_on(model.set_params(checkpoint=path), _small_counts())
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    n_kept = arrays["elbo_trace"].size
+    assert n_kept + 1 <= meta["n_passes"] <= 1.5 * (n_kept + 1)
+    meta["n_passes"] = n_kept if passes == "trace" else passes
+    _checkpoint.save_checkpoint(path, arrays, meta)
+    with pytest.raises(_checkpoint.CheckpointError, match=f"for {meta['n_passes']} passes"):
+        _fit_on(model.set_params(resume=True, max_iter=20), _small_counts())
+
+
 def test_a_checkpoint_holding_the_other_ascents_arrays_is_refused(tmp_path):
     """An accelerated fit's checkpoint with a plain fit's arrays, and the other way round
     (each with its own settings): refused as damaged, naming the array its fit saves (it

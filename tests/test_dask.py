@@ -504,6 +504,25 @@ def test_squarem_on_dask_is_the_in_memory_accelerated_fit(client, tiny_counts, p
     assert max(result.gathered_bytes) < tiny_counts.shape[1] * 4 * 8 + 1000
 
 
+@pytest.mark.parametrize("max_iter", [0, 1, 2, 3, 7])
+def test_short_accelerated_dask_fits_are_the_in_memory_ones(client, tiny_counts, max_iter):
+    """SQUAREM cut short on Dask (no pass, a cycle not finished, one cycle) returns what the
+    in-memory accelerated fit returns: the same passes, trace and cell factors (warm start:
+    no hold, so the cycles start at once; float32 on the cells' side)."""
+    options = dict(random_state=4, accelerate=True, tol=0.0, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        start = vbsnmf.VBNMF(3, n_threads=1, max_iter=4, **options).fit(tiny_counts)
+        local = vbsnmf.VBNMF(3, n_threads=1, max_iter=max_iter, **options)
+        expected = local.fit_transform(tiny_counts, init=start)
+        X = da.from_array(tiny_counts, chunks=(300, -1))
+        distributed = vbsnmf.VBNMF(3, max_iter=max_iter, **options)
+        got = distributed.fit_transform(X, init=start)
+    assert distributed.n_iter_ == local.n_iter_ == max_iter
+    np.testing.assert_allclose(distributed.elbo_trace_, local.elbo_trace_, rtol=1e-6)
+    np.testing.assert_allclose(got.compute(), expected, rtol=1e-4, atol=1e-6 * expected.max())
+
+
 def test_killed_worker_during_squarem_is_recomputed_with_the_same_result(client, tiny_counts):
     """A worker killed in the middle of an accelerated (learned prior) fit: its cells,
     extrapolated ones included, are recomputed along their lineage, and the fit is bitwise

@@ -891,6 +891,7 @@ def test_a_damaged_checkpoint_is_refused_before_any_pass(kind, tmp_path):
             (arrays, {**meta, "step_max": 0.5}, "step bound is 0.5"),
             (arrays, {**meta, "step_max": 10**400}, "step bound is 1000"),
             (arrays, {**meta, "n_passes": 1}, "ELBO values for 1 passes"),
+            (arrays, {**meta, "n_passes": 10**30}, f"ELBO values for {10**30} passes"),
             (arrays, {**meta, "previous": float("nan")}, "last ELBO is nan"),
             (arrays, without_previous, "last ELBO is None"),
             (arrays, {**meta, "holding": "no"}, "hold flag is 'no'"),

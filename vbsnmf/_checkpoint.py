@@ -154,8 +154,12 @@ def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
         raise damaged(f"its SQUAREM step bound is {step_max!r}")
     if "previous" not in meta or not (previous is None or _finite_number(previous)):
         raise damaged(f"its last ELBO is {previous!r}")
-    if trace.size > passes or not isinstance(meta.get("converged"), bool):
-        raise damaged(f"{trace.size} ELBO values for {passes} passes")
+    # Every pass but the first (the start's) keeps its q, bar the refused candidates, at
+    # most one per SQUAREM cycle of two kept plain passes: T + 1 <= passes <= 1.5 (T + 1).
+    n_kept = trace.size
+    plausible = passes == n_kept == 0 or n_kept + 1 <= passes <= 1.5 * (n_kept + 1)
+    if not plausible or not isinstance(meta.get("converged"), bool):
+        raise damaged(f"{n_kept} ELBO values for {passes} passes")
     if not isinstance(meta.get("holding", False), bool):
         raise damaged(f"its hold flag is {meta['holding']!r}")
 

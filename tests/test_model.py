@@ -265,9 +265,10 @@ def test_learned_side_updates_match_the_reference(name):
     rows = _model.update_side_learned(row_stat, params.row_scale, params.col_mean.sum(axis=0))
     cols = _model.update_side_learned(col_stat, params.col_scale, (rows[0] / rows[1]).sum(axis=0))
     expected_rows, expected_cols = ref.learned_iteration(X, _sides(params))
-    for (shape, rate, scale), expected in ((rows, expected_rows), (cols, expected_cols)):
+    for (shape, rate, scale, mean_sum), expected in ((rows, expected_rows), (cols, expected_cols)):
         for mine, theirs in zip((shape, rate, scale.shape, scale.rate), expected[:4]):
             np.testing.assert_allclose(mine, theirs, rtol=1e-10)
+        np.testing.assert_allclose(mean_sum, (expected[0] / expected[1]).sum(axis=0), rtol=1e-12)
 
 
 def test_every_learned_step_raises_the_elbo():
@@ -284,7 +285,7 @@ def test_every_learned_step_raises_the_elbo():
     for _ in range(5):
         row_stat, col_stat, _ = _model.shape_statistics(data, params, 1)
         steps = [params]
-        shape, rate, _ = _model.update_side_learned(
+        shape, rate, _, _ = _model.update_side_learned(
             row_stat, params.row_scale, params.col_mean.sum(axis=0)
         )
         with_rows = _model.VariationalParams(

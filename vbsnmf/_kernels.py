@@ -563,6 +563,33 @@ def expected_log_sums_of_sides(
     return row_arguments[-1].sum(axis=0), col_arguments[-1].sum(axis=0)
 
 
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def learned_side(
+    statistic, factor_shape, scale_mean, other_mean_sum, shape, rate, row_mean_sum, mean_sum
+):
+    """One side's q under the learned prior into ``shape`` and ``rate`` (n x K, stored in
+    their dtype): ``shape[i, l] = factor_shape[l] + statistic[i, l]``, ``rate[i, l] =
+    scale_mean[i] + other_mean_sum[i, l]`` (n x K, a broadcast view when the other side's
+    sums are the same for every row); and from the values stored, in float64,
+    ``row_mean_sum[i] = sum_l E[z_il]`` and ``mean_sum[l] = sum_i E[z_il]`` (rows in order).
+
+    One serial pass: numpy took six (two sums, two quotients, the two sums of them) with
+    their n x K temporaries, 2.5 ms for pbmc_facs' genes at K = 10, most of it the pages of
+    new temporaries; a parallel region would cost more to start than it saves here."""
+    n_rows, n_components = statistic.shape
+    for l in range(n_components):
+        mean_sum[l] = 0.0
+    for i in range(n_rows):
+        row_total = 0.0
+        for l in range(n_components):
+            shape[i, l] = factor_shape[l] + statistic[i, l]
+            rate[i, l] = scale_mean[i] + other_mean_sum[i, l]
+            mean = float(shape[i, l]) / float(rate[i, l])
+            row_total += mean
+            mean_sum[l] += mean
+        row_mean_sum[i] = row_total
+
+
 # -- the pass over the nonzeros ------------------------------------------------------------
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _exp_shifted_log_rho(major_shape, major_rate, minor_shape, minor_rate, phi):

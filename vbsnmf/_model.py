@@ -375,13 +375,12 @@ def global_step(
     # The columns' means are needed only summed: not held through the step (memory).
     row_sums = _other_sums(params.col_mean.sum(axis=0), mask and mask.row_sums(params.col_mean))
     if isinstance(prior, HierarchicalPrior):
-        row_shape, row_rate, row_scale = update_side_learned(
+        row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
             row_stat, params.row_scale, row_sums, dtype
         )
-        row_mean = row_shape / row_rate
-        col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
-        col_shape, col_rate, col_scale = update_side_learned(
-            col_stat, params.col_scale, col_sums, dtype
+        masked = mask and mask.col_sums(row_shape / row_rate)
+        col_shape, col_rate, col_scale, _ = update_side_learned(
+            col_stat, params.col_scale, _other_sums(row_mean_sum, masked), dtype
         )
         row_scale_sums, col_scale_sums = scale_sums_of_sides(
             row_shape, row_rate, row_scale, col_shape, col_rate, col_scale
@@ -402,21 +401,31 @@ def global_step(
 # -- the learned prior ----------------------------------------------------------------------
 def update_side_learned(
     statistic: np.ndarray, scale: ScaleState, other_mean_sum: np.ndarray, dtype=None
-) -> tuple[np.ndarray, np.ndarray, ScaleState]:
+) -> tuple[np.ndarray, np.ndarray, ScaleState, np.ndarray]:
     """One side's q under the learned prior, then q of its scales, each at its optimum:
     ``shape = a_l + sum x phi``, ``rate = E[xi_i] + other_mean_sum_l``; then
-    ``q(xi_i) = Gamma(a' + sum_l a_l, a'/b' + sum_l E[z_il])`` with the new q(z)."""
-    shape = scale.factor_shape + statistic
-    rate = scale.mean[:, None] + other_mean_sum
-    if dtype is not None:
-        shape, rate = shape.astype(dtype, copy=False), rate.astype(dtype, copy=False)
-    return shape, rate, scale_optimum(shape, rate, scale)
+    ``q(xi_i) = Gamma(a' + sum_l a_l, a'/b' + sum_l E[z_il])`` with the new q(z). Also
+    returns the side's ``sum_i E[z_il]`` (float64), which the other side's rates need.
+    ``other_mean_sum``: per component, or per entry (n x K) when entries are masked."""
+    dtype = np.result_type(statistic, scale.factor_shape) if dtype is None else dtype
+    shape, rate = np.empty(statistic.shape, dtype), np.empty(statistic.shape, dtype)
+    row_mean_sum, mean_sum = np.empty(statistic.shape[0]), np.empty(statistic.shape[1])
+    other = np.broadcast_to(np.asarray(other_mean_sum, dtype=np.float64), statistic.shape)
+    _kernels.learned_side(
+        statistic, scale.factor_shape, scale.mean, other, shape, rate, row_mean_sum, mean_sum
+    )
+    return shape, rate, _scale_at_optimum(row_mean_sum, scale), mean_sum
 
 
 def scale_optimum(shape: np.ndarray, rate: np.ndarray, scale: ScaleState) -> ScaleState:
     """q(xi) at its optimum given q(z) and the hyperparameters."""
-    q_shape = np.full(shape.shape[0], scale.prior_shape + scale.factor_shape.sum())
-    q_rate = scale.prior_shape / scale.prior_mean + _mean_row_sums(shape, rate)
+    return _scale_at_optimum(_mean_row_sums(shape, rate), scale)
+
+
+def _scale_at_optimum(row_mean_sum: np.ndarray, scale: ScaleState) -> ScaleState:
+    """q(xi) at its optimum given each row's ``sum_l E[z_il]``."""
+    q_shape = np.full(row_mean_sum.shape[0], scale.prior_shape + scale.factor_shape.sum())
+    q_rate = scale.prior_shape / scale.prior_mean + row_mean_sum
     return scale.with_q(q_shape, q_rate)
 
 
@@ -668,7 +677,7 @@ def fit_rows(
             break
         previous = current
         if learned:
-            row_shape, row_rate, row_scale = update_side_learned(
+            row_shape, row_rate, row_scale, _ = update_side_learned(
                 row_stat, row_scale, col_mean_sum, dtype
             )
         else:

@@ -366,10 +366,9 @@ def update_modes(
     if isinstance(prior, _model.HierarchicalPrior):
         scales = []
         for d in range(params.n_modes):
-            shape, rate, scale = _model.update_side_learned(
+            shape, rate, scale, column_sums[d] = _model.update_side_learned(
                 stats[d], params.scales[d], _product_except(column_sums, d), dtype
             )
-            column_sums[d] = (shape / rate).sum(axis=0)
             shapes.append(shape)
             rates.append(rate)
             scales.append(scale)
@@ -849,7 +848,7 @@ def fit_local(
             break
         previous = current
         if learned:
-            shape, local_rate, local_scale = _model.update_side_learned(
+            shape, local_rate, local_scale, _ = _model.update_side_learned(
                 stats[local], local_scale, others, dtype
             )
         else:

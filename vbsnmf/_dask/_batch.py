@@ -226,13 +226,13 @@ def _chunk_pass_learned(
     params = VariationalParams(cell_shape, cell_rate, gene_shape, gene_rate)
     with numba_threads(n_threads) as n_parts:
         cell_stat, gene_stat, data_term = shape_statistics(data, params, n_parts)
-    new_shape, new_rate, new_scale = update_side_learned(
+    new_shape, new_rate, new_scale, new_mean_sum = update_side_learned(
         cell_stat, cell_scale, params.col_mean.sum(axis=0), cell_shape.dtype
     )
     summary = ChunkSummary(
         gene_stat=gene_stat.astype(np.float64, copy=False),
         terms=ElboTerms(data_term, *side_terms(cell_shape, cell_rate, prior, cell_scale)),
-        next_cell_mean_sum=(new_shape / new_rate).sum(axis=0).astype(np.float64),
+        next_cell_mean_sum=new_mean_sum,
         cell_sums=scale_sums(new_shape, new_rate, new_scale),
     )
     current = (cell_shape, cell_rate, cell_scale.shape, cell_scale.rate)
@@ -612,7 +612,7 @@ class _DaskModel:
                 next_cells, 1.0, VariationalParams(no_cells, next_cell_rate, gene_shape, gene_rate)
             )
         # `_model.global_step` after the rows' update (done by the chunks)
-        gene_shape, gene_rate, gene_scale = update_side_learned(
+        gene_shape, gene_rate, gene_scale, _ = update_side_learned(
             total.gene_stat, q.client.col_scale, total.next_cell_mean_sum, self.dtype
         )
         cell_hyper = learn_hyperparameters(total.cell_sums, q.client.row_scale, prior)

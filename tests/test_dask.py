@@ -140,25 +140,32 @@ def test_pbmc_facs_seven_uneven_chunks_from_h5ad(client, tmp_path_factory, monke
     )
 
 
-def test_killed_worker_is_recomputed_with_the_same_result(client, tiny_counts, tiny_fit):
-    init, X, undisturbed = tiny_fit
+def _worker_killer(client, key_part: str, at: int):
+    """A fit callback that kills, once, at its first call with ``n >= at``, the worker
+    holding the most keys that contain ``key_part`` (current cells, so that something is
+    lost); and the list of the killed workers' pids."""
     worker_pids = client.run(os.getpid)
     killed = []
 
-    def kill_one_worker(n_iter, params, trace):
-        if n_iter != 12:
+    def kill_one_worker(n, params, trace):
+        if killed or n < at:
             return
-        # The worker holding the most current cell shapes, so that something is lost.
         holders = [
             address
             for key, addresses in client.who_has().items()
-            if isinstance(key, str) and "-cell-shape-" in key
+            if isinstance(key, str) and key_part in key
             for address in addresses
         ]
         victim = worker_pids[max(set(holders), key=holders.count)]
         os.kill(victim, signal.SIGKILL)
         killed.append(victim)
 
+    return kill_one_worker, killed
+
+
+def test_killed_worker_is_recomputed_with_the_same_result(client, tiny_counts, tiny_fit):
+    init, X, undisturbed = tiny_fit
+    kill_one_worker, killed = _worker_killer(client, "-cell-shape-", at=12)
     with get_task_stream(client) as stream:
         result = _fit(X, init, client, callback=kill_one_worker)
     assert killed, "the callback never ran"
@@ -533,22 +540,7 @@ def test_killed_worker_during_squarem_is_recomputed_with_the_same_result(client,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         undisturbed = vbsnmf.fit_dask(X, 3, **options)
-        worker_pids = client.run(os.getpid)
-        killed = []
-
-        def kill_one_worker(n_passes, params, trace):
-            if killed or n_passes < 25:
-                return
-            holders = [
-                address
-                for key, addresses in client.who_has().items()
-                if isinstance(key, str) and "-cells-" in key
-                for address in addresses
-            ]
-            victim = worker_pids[max(set(holders), key=holders.count)]
-            os.kill(victim, signal.SIGKILL)
-            killed.append(victim)
-
+        kill_one_worker, killed = _worker_killer(client, "-cells-", at=25)
         result = vbsnmf.fit_dask(X, 3, callback=kill_one_worker, **options)
     assert killed, "the callback never ran"
     assert len(result.elbo_trace) < result.n_iter == 40  # SQUAREM's candidates were scored

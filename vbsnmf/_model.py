@@ -204,14 +204,17 @@ def gamma_kl(
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     digamma_shape = _elementwise(digamma, shape) if digamma_shape is None else digamma_shape
     log_rate = np.log(rate) if log_rate is None else log_rate
-    kl = (
-        (shape - prior_shape) * digamma_shape
-        - _elementwise(gammaln, shape)
-        + gammaln(prior_shape)
-        + prior_shape * (log_rate - np.log(prior_rate))
-        + shape * (prior_rate - rate) / rate
-    )
-    return float(kl.sum())
+    # Beyond the float range (a damaged checkpoint's q) the KL is inf or NaN, which the fit
+    # then refuses in one message (`finite_elbo`), not after numpy's warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        kl = (
+            (shape - prior_shape) * digamma_shape
+            - _elementwise(gammaln, shape)
+            + gammaln(prior_shape)
+            + prior_shape * (log_rate - np.log(prior_rate))
+            + shape * (prior_rate - rate) / rate
+        )
+        return float(kl.sum())
 
 
 # -- missing entries ---------------------------------------------------------------------------

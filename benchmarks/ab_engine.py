@@ -2,6 +2,7 @@
 
     python benchmarks/ab_engine.py A B [--threads 1] [--clock cpu] [--components 10 50]
         [--dtypes float64 float32] [--rounds 7] [--iters 20] [--data big.h5ad]
+        [--prior gamma|hierarchical]
 
 The ``vbsnmf`` package of each commit is extracted (``git archive``) into a temporary
 directory as ``vbsnmf_a`` and ``vbsnmf_b`` (its imports are relative, so it runs under any
@@ -9,7 +10,9 @@ name, with its own Numba cache) and both are imported into this process. Each ro
 for every K and dtype, ``fit_batch`` of A and of B on their own `CountData` of the same
 matrix from the same start, in alternating order; the table gives the median over the rounds
 of each round's time ratio B/A (below 1: B is faster), the per-iteration times (medians) and
-the largest relative difference of the two ELBO traces.
+the largest relative difference of the two ELBO traces. ``--prior hierarchical``: the
+learned prior's iteration (its step's side updates, scales and hyperparameters included),
+from its random start, without the hold; default the fixed Gamma(1, 1).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also ms/iteration per kernel and model function"
     )
+    parser.add_argument("--prior", choices=["gamma", "hierarchical"], default="gamma")
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -90,14 +94,27 @@ def main() -> None:
         data = {label: v._data.as_count_data(X) for label, v in versions.items()}
         total = float(np.sum(data["a"].counts, dtype=np.float64))
 
-        def fit(label, start_arrays, n_components, n_iter):
+        learned = args.prior == "hierarchical"
+
+        def prior_of(label):
+            model = versions[label]._model
+            return model.HierarchicalPrior() if learned else model.GammaPrior()
+
+        def start_of(label, n_components, dtype):
+            model = versions[label]._model
+            totals = model.side_totals(data[label]) if learned else None
+            return model.random_start(
+                data[label].shape, n_components, total, 0, np.dtype(dtype),
+                prior=prior_of(label), totals=totals,
+            )  # fmt: skip
+
+        def fit(label, start, n_components, n_iter):
             v = versions[label]
-            start = v._model.VariationalParams(*(a.copy() for a in start_arrays))
             begin = clock()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = v._batch.fit_batch(
-                    data[label], start, v._model.GammaPrior(), max_iter=n_iter, tol=0.0,
+                    data[label], start.copy(), prior_of(label), max_iter=n_iter, tol=0.0,
                     n_parts=args.threads,
                 )  # fmt: skip
             return clock() - begin, result.elbo_trace
@@ -105,7 +122,7 @@ def main() -> None:
         print(
             f"A = {args.a}, B = {args.b}; {args.data or 'pbmc_facs'}, {data['a'].nnz:,} nonzeros, "
             f"{args.threads} threads, {args.clock} time, {args.rounds} rounds of {args.iters} "
-            f"iterations; counts stored as {data['a'].counts.dtype} (A), "
+            f"iterations, prior {args.prior}; counts stored as {data['a'].counts.dtype} (A), "
             f"{data['b'].counts.dtype} (B)"
         )
         breakdowns = []
@@ -113,19 +130,15 @@ def main() -> None:
         print("|---|---|---:|---:|---:|---:|")
         for n_components in args.components:
             for dtype in args.dtypes:
-                start = (
-                    versions["a"]
-                    ._model.random_start(data["a"].shape, n_components, total, 0, np.dtype(dtype))
-                    .as_tuple()
-                )
+                starts = {label: start_of(label, n_components, dtype) for label in versions}
                 for label in versions:  # compile / load the caches
-                    fit(label, start, n_components, 1)
+                    fit(label, starts[label], n_components, 1)
                 times = {"a": [], "b": []}
                 traces = {}
                 for round_index in range(args.rounds):
                     order = ("a", "b") if round_index % 2 == 0 else ("b", "a")
                     for label in order:
-                        seconds, traces[label] = fit(label, start, n_components, args.iters)
+                        seconds, traces[label] = fit(label, starts[label], n_components, args.iters)
                         times[label].append(seconds / (args.iters + 1))
                 ratios = np.array(times["b"]) / np.array(times["a"])
                 difference = np.max(np.abs(traces["b"] - traces["a"]) / np.abs(traces["a"]))
@@ -139,7 +152,7 @@ def main() -> None:
                     rows = {}
                     for label, v in versions.items():
                         with timed_functions(v, clock) as timers:
-                            fit(label, start, n_components, args.iters)
+                            fit(label, starts[label], n_components, args.iters)
                         rows[label] = timers.per_call_ms(args.iters + 1)
                     breakdowns.append((n_components, dtype, rows))
         for n_components, dtype, rows in breakdowns:

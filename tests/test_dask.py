@@ -550,6 +550,17 @@ def test_killed_worker_during_squarem_is_recomputed_with_the_same_result(client,
     client.wait_for_workers(2, timeout=120)
 
 
+def test_transform_of_a_dask_x_is_the_transform_in_memory(client, tiny_counts):
+    """`VBNMF.transform` of a dask array of sparse chunks: computed into memory, the same
+    cell factors (it said "X must be 2-D, got an array of shape ()")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model = vbsnmf.VBNMF(3, max_iter=20, n_threads=1, random_state=1).fit(tiny_counts)
+        expected = model.transform(tiny_counts)
+        got = model.transform(da.from_array(tiny_counts, chunks=(300, -1)))
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_an_extrapolation_out_of_range_in_a_chunk_refuses_the_step():
     """A chunk whose extrapolated cells overflow reports it (the step is then refused
     without a pass), under both priors' layouts of a chunk's cells."""

@@ -275,3 +275,26 @@ def test_corrupt_h5ad_is_a_read_error_naming_the_file(damage, tmp_path, capfd):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "corrupt" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_callback_that_cannot_be_called_is_refused_before_any_pass(_pbmc_tiny):
+    """callback=5 was taken silently by a fit of at most one pass and failed with "'int'
+    object is not callable" after the first pass of a longer one; now a TypeError first."""
+    calls = []
+
+    def count_passes(*args):
+        calls.append(args)
+        return None
+
+    for callback in (5, "print"):
+        for max_iter in (1, 10):
+            model = vbsnmf.VBNMF(2, max_iter=max_iter, n_threads=1, random_state=0)
+            with pytest.raises(TypeError, match="callback must be callable"):
+                model.fit(_pbmc_tiny.X, callback=callback)
+            assert not hasattr(model, "components_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(2, max_iter=3, n_threads=1, prior="gamma").fit(
+            _pbmc_tiny.X, callback=count_passes
+        )
+    assert len(calls) == 3

@@ -1153,3 +1153,11 @@ def test_pbmc_tensor_tutorial_quick(tmp_path, capsys):
     assert image.shape[1] > 500 and image[..., :3].std() > 0.05
     results = (tmp_path / "pbmc_tensor_results.md").read_text()
     assert results.count("\n| ") == 1 + 8  # header + one row per component
+
+
+def test_a_callback_that_cannot_be_called_is_refused_before_any_pass():
+    _, coords, values = _small_tensor((12, 10, 8), 0.3, seed=2)
+    model = vbsnmf.VBNTF(2, max_iter=1, n_threads=1)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        model.fit(coords, values, callback=5)
+    assert not hasattr(model, "elbo_trace_")

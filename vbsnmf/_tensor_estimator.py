@@ -20,6 +20,7 @@ from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
     check_accelerate,
+    check_callback,
     check_positive,
     check_step_schedule,
     check_tolerance,
@@ -426,6 +427,7 @@ class VBNTF(Estimator):
             after every q kept, ``n_iter`` the passes so far; SVI: after every epoch).
         """
         checked = self._check_params()
+        check_callback(callback)
         if self.checkpoint is not None:  # before any work: not a folder, not another file
             check_checkpoint_path(self.checkpoint)
         coords, values, shape = check_tensor(X, values, shape)

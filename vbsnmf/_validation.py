@@ -346,6 +346,16 @@ def check_accelerate(value, learned: bool) -> bool:
     return bool(accelerate)
 
 
+def check_callback(callback) -> None:
+    """A fit's ``callback``: None or callable (checked before any pass, not at the first
+    call, which a short fit may never make)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback must be callable as callback(n_iter, params, elbo_trace) or None, "
+            f"got {callback!r}"
+        )
+
+
 def check_n_components(n_components, shape) -> int:
     """``n_components`` must be an integer in [1, min(shape)]."""
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):

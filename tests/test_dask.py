@@ -530,6 +530,19 @@ def test_short_accelerated_dask_fits_are_the_in_memory_ones(client, tiny_counts,
     np.testing.assert_allclose(got.compute(), expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
+def test_accelerated_dask_fit_keeps_the_best_of_n_init_starts_as_in_memory(client, tiny_counts):
+    """n_init > 1 with SQUAREM on Dask: each start accelerated, the best kept, as in memory."""
+    options = dict(random_state=7, max_iter=12, tol=0.0, n_init=3, accelerate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        local = vbsnmf.VBNMF(3, n_threads=1, **options).fit(tiny_counts)
+        X = da.from_array(tiny_counts, chunks=(400, -1))
+        result = vbsnmf.fit_dask(X, 3, client=client, **options)
+    assert result.n_iter == local.n_iter_ == 12
+    np.testing.assert_allclose(result.elbo_trace, local.elbo_trace_, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(result.gene_loadings.T, local.components_, rtol=1e-7)
+
+
 def test_killed_worker_during_squarem_is_recomputed_with_the_same_result(client, tiny_counts):
     """A worker killed in the middle of an accelerated (learned prior) fit: its cells,
     extrapolated ones included, are recomputed along their lineage, and the fit is bitwise

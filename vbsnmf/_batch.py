@@ -49,16 +49,60 @@ def fit_batch(
     hold_shapes: bool = False,
 ) -> FitResult:
     """Batch coordinate ascent from ``start`` until the relative ELBO change is below
-    ``tol`` or ``max_iter`` iterations are done (then a `ConvergenceWarning`).
+    ``tol`` or ``max_iter`` iterations are done (then a `ConvergenceWarning`): `plain_ascent`
+    on the matrix model's pass and step (`matrix_model`).
 
-    ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint of the
-    parameters after ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)``
-    runs after every iteration with the ELBO of ``params`` already in ``trace``;
     ``n_parts`` is the number of parallel parts of the pass (normally the thread count);
     ``mask``: entries of X that were not observed (dropped from ``data`` by the caller);
-    ``hold_shapes``: a random start's hold (`_model.held_prior`): the learned prior's factor
-    shapes stay as they are until a pass changes the ELBO by at most `_model.HOLD_TOL`
-    (the stopping rule applies from the pass after).
+    ``elbo_trace``, ``callback``, ``verbose`` and ``hold_shapes`` are `plain_ascent`'s.
+    """
+    scored, step = matrix_model(data, prior, n_parts, mask)
+    params, trace, converged = plain_ascent(
+        start, scored, step, prior, max_iter=max_iter, tol=tol, elbo_trace=elbo_trace,
+        hold_shapes=hold_shapes, callback=callback, verbose=verbose,
+    )  # fmt: skip
+    return FitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+
+
+def matrix_model(data: CountData, prior: Prior, n_parts: int = 1, mask: Mask | None = None):
+    """The matrix model's ``(scored, step)`` for `plain_ascent` and `squarem`: one pass
+    (`_model.scored_statistics`: the statistics and the exact ELBO of its q) and the
+    coordinate-ascent step they give (`_model.global_step`)."""
+
+    def scored(params: VariationalParams):
+        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
+        return (row_stat, col_stat), value
+
+    def step(params: VariationalParams, statistics, step_prior: Prior) -> VariationalParams:
+        return global_step(params, *statistics, step_prior, mask=mask)
+
+    return scored, step
+
+
+def plain_ascent(
+    start,
+    scored: Callable[[object], tuple[object, float]],
+    step: Callable[[object, object, Prior], object],
+    prior: Prior,
+    *,
+    max_iter: int,
+    tol: float,
+    elbo_trace: list[float] | None = None,
+    hold_shapes: bool = False,
+    callback: Callable | None = None,
+    verbose: bool = False,
+) -> tuple[object, list[float], bool]:
+    """Coordinate ascent from ``start`` (the model's ``scored`` and ``step`` as `squarem`
+    takes them) until the relative ELBO change is below ``tol`` or ``max_iter`` steps are
+    done (then a `ConvergenceWarning`); returns the last q scored, its trace and whether it
+    converged. The loop of the matrix, the tensor and the Dask batch fits.
+
+    ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint of the
+    parameters after ``len(elbo_trace)`` iterations); ``callback(n_iter, q, trace)`` runs
+    after every iteration with the ELBO of ``q`` already in ``trace``; ``hold_shapes``: a
+    random start's hold (`_model.held_prior`): the learned prior's factor shapes stay as
+    they are until a pass changes the ELBO by at most `_model.HOLD_TOL` (the stopping rule
+    applies from the pass after).
     """
     params = start
     trace = list(elbo_trace or [])
@@ -66,7 +110,7 @@ def fit_batch(
     held = held_prior(prior) if hold_shapes and not hold_released(trace) else None
     converged = False
     while True:
-        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
+        statistics, value = scored(params)
         if n_done > len(trace):
             trace.append(finite_elbo(value))
             if verbose:
@@ -78,11 +122,11 @@ def fit_batch(
                 break
         if n_done >= max_iter:
             break
-        params = global_step(params, row_stat, col_stat, held or prior, mask=mask)
+        params = step(params, statistics, held or prior)
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
-    return FitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+    return params, trace, converged
 
 
 # -- SQUAREM acceleration -------------------------------------------------------------------
@@ -176,17 +220,9 @@ def fit_batch_accelerated(
     mask: Mask | None = None,
     **options,
 ) -> tuple[FitResult, AcceleratedState]:
-    """`squarem` on the matrix model: ``fit_batch``'s pass and step, accelerated;
-    ``options`` are `squarem`'s (``max_iter``, ``tol``, ``callback``, ...)."""
-
-    def scored(params: VariationalParams):
-        row_stat, col_stat, value = scored_statistics(data, params, prior, n_parts, mask)
-        return (row_stat, col_stat), value
-
-    def step(params: VariationalParams, statistics, step_prior: Prior) -> VariationalParams:
-        return global_step(params, *statistics, step_prior, mask=mask)
-
-    state = squarem(state, scored, step, prior, **options)
+    """`squarem` on the matrix model: ``fit_batch``'s pass and step (`matrix_model`),
+    accelerated; ``options`` are `squarem`'s (``max_iter``, ``tol``, ``callback``, ...)."""
+    state = squarem(state, *matrix_model(data, prior, n_parts, mask), prior, **options)
     return FitResult(*state.outcome()), state
 
 

@@ -59,7 +59,7 @@ import numpy as np
 from scipy.special import digamma
 
 from . import _kernels, _model
-from ._batch import AcceleratedState, squarem
+from ._batch import AcceleratedState, plain_ascent, squarem
 from ._checkpoint import (
     CheckpointError,
     check_accelerated_progress,
@@ -569,36 +569,31 @@ def fit_batch(
     hold_shapes: bool = False,
 ) -> TensorFitResult:
     """Batch coordinate ascent from ``init`` until `_model.has_converged` (relative ELBO change
-    at most ``tol``) or ``max_iter`` iterations; the loop of `_batch.fit_batch`, with its
-    hold of a random start's factor shapes (``hold_shapes``).
-
-    ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint taken after
-    ``len(elbo_trace)`` iterations); ``callback(n_iter, params, trace)`` runs after every
-    iteration with the ELBO of ``params`` already in ``trace``.
+    at most ``tol``) or ``max_iter`` iterations: `_batch.plain_ascent` (the matrix's loop)
+    on the tensor's pass and step (`tensor_model`), with its hold of a random start's factor
+    shapes (``hold_shapes``), its continued ``elbo_trace`` and its ``callback``.
     """
-    params = init
-    trace = list(elbo_trace or [])
-    n_done = len(trace)
-    held = _model.held_prior(prior) if hold_shapes and not _model.hold_released(trace) else None
-    converged = False
-    while True:
-        stats, data_term = shape_statistics(data, params, n_chunks)
-        if n_done > len(trace):
-            trace.append(_model.finite_elbo(data_term + elbo_rest(params, prior)))
-            if verbose:
-                print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
-            if callback is not None:
-                callback(n_done, params, trace)
-            held, converged = _model.plain_stop(trace, tol, held)
-            if converged:
-                break
-        if n_done >= max_iter:
-            break
-        params = update_modes(params, stats, held or prior)
-        n_done += 1
-    if not converged and max_iter > 0:
-        _model.warn_not_converged("max_iter", max_iter, tol)
+    scored, step = tensor_model(data, prior, n_chunks)
+    params, trace, converged = plain_ascent(
+        init, scored, step, prior, max_iter=max_iter, tol=tol, elbo_trace=elbo_trace,
+        hold_shapes=hold_shapes, callback=callback, verbose=verbose,
+    )  # fmt: skip
     return TensorFitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+
+
+def tensor_model(data: TensorData, prior: _model.Prior, n_chunks: int = 1):
+    """The tensor model's ``(scored, step)`` for `_batch.plain_ascent` and
+    `_batch.squarem`: one pass (`shape_statistics`, with `elbo_rest` the exact ELBO of its
+    q) and the coordinate-ascent step (`update_modes`)."""
+
+    def scored(params: TensorParams):
+        stats, data_term = shape_statistics(data, params, n_chunks)
+        return stats, data_term + elbo_rest(params, prior)
+
+    def step(params: TensorParams, stats, step_prior: _model.Prior) -> TensorParams:
+        return update_modes(params, stats, step_prior)
+
+    return scored, step
 
 
 def fit_batch_accelerated(
@@ -615,15 +610,7 @@ def fit_batch_accelerated(
     (``max_iter``, which bounds the passes, ``tol``, ``callback``, ...). The trace never
     decreases; ``state`` (`_batch.start_accelerated`, or a checkpoint's) is where the fit
     goes on from and, returned, where it stands."""
-
-    def scored(params: TensorParams):
-        stats, data_term = shape_statistics(data, params, n_chunks)
-        return stats, data_term + elbo_rest(params, prior)
-
-    def step(params: TensorParams, stats, step_prior: _model.Prior) -> TensorParams:
-        return update_modes(params, stats, step_prior)
-
-    state = squarem(state, scored, step, prior, **options)
+    state = squarem(state, *tensor_model(data, prior, n_chunks), prior, **options)
     return TensorFitResult(*state.outcome()), state
 
 

@@ -32,7 +32,7 @@ from the summed `ScaleSums`) and the gauge (`fix_gauge` on the gene side and the
 hyperparameters), in that order.
 
 The pass and the step (`_DaskModel.scored`, `_DaskModel.step`, on a `DaskParams` q) drive
-either `_batch.fit_batch`'s plain loop (`_plain_ascent`) or `_batch.squarem`, whose trace
+either `_batch.plain_ascent` (`_batch.fit_batch`'s loop) or `_batch.squarem`, whose trace
 each follows. SQUAREM's step length and extrapolation are entry by entry, so they run where
 the entries are: each chunk sums its cells' share of ``|r|^2`` and ``|v|^2`` and extrapolates
 its own cells (the gauge factor they have yet to apply applied first); the client does the
@@ -68,6 +68,7 @@ import scipy.sparse as sp
 from .._batch import (
     direction_norms,
     extrapolate_arrays,
+    plain_ascent,
     squarem,
     start_accelerated,
     step_from_norms,
@@ -82,14 +83,12 @@ from .._model import (
     ScaleSums,
     TotalsSummary,
     VariationalParams,
-    finite_elbo,
     fix_gauge,
     gauge_factor,
     held_prior,
     learn_hyperparameters,
     learned_start_rates,
     learned_start_scale,
-    plain_stop,
     random_shapes,
     rescale_side,
     scale_optimum,
@@ -104,7 +103,6 @@ from .._model import (
     totals_summary,
     update_side,
     update_side_learned,
-    warn_not_converged,
 )
 from .._utils import numba_threads, warn_user
 from .._validation import NonCountWarning, check_counts
@@ -487,10 +485,11 @@ def fit_batch_dask(
         )
         final, trace, n_iter, converged = state.outcome()
     else:
-        held = held_prior(prior) if init is None else None  # `_batch.fit_batch`'s hold_shapes
-        final, trace, n_iter, converged = _plain_ascent(
-            model, start_q, prior, held, max_iter, tol, model.with_params(callback), verbose
-        )
+        final, trace, converged = plain_ascent(
+            start_q, model.scored, model.step, prior, max_iter=max_iter, tol=tol,
+            hold_shapes=init is None, callback=model.with_params(callback), verbose=verbose,
+        )  # fmt: skip
+        trace, n_iter = np.asarray(trace, dtype=np.float64), len(trace)
     return DaskFitResult(
         model.params(final), trace, n_iter, converged, model.gathered_bytes, model.sent_bytes
     )
@@ -544,7 +543,7 @@ def _chunk_extrapolate(cells0, cells1, cells2, gauges, step: float):
 
 class _DaskModel:
     """The batch fit's pass and step on the cluster, for `_batch.squarem` and
-    `_plain_ascent`: ``scored(q)`` runs the pass over every chunk under q (and the rows'
+    `_batch.plain_ascent`: ``scored(q)`` runs the pass over every chunk under q (and the rows'
     half of the step, on the chunks) and returns q's exact ELBO; ``step(q, statistics,
     prior)`` finishes `_model.global_step` on the client. SQUAREM's step length and
     extrapolation run chunk by chunk where the cells are, the client's side on the client.
@@ -701,31 +700,6 @@ class _DaskModel:
 def _gauged_tuple(cells, factor: float, hyper: ScaleState | None):
     arrays = _gauged_cells(cells, factor, hyper)
     return arrays[0] if hyper is None else tuple(arrays)
-
-
-def _plain_ascent(model: _DaskModel, q: DaskParams, prior, held, max_iter, tol, callback, verbose):
-    """`_batch.fit_batch`'s loop on the cluster; returns ``(q, trace, iterations,
-    converged)`` as `_batch.AcceleratedState.outcome`."""
-    trace: list[float] = []
-    n_done, converged = 0, False
-    while True:
-        statistics, value = model.scored(q)
-        if n_done > len(trace):
-            trace.append(finite_elbo(value))
-            if verbose:
-                print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
-            if callback is not None:
-                callback(n_done, q, trace)
-            held, converged = plain_stop(trace, tol, held)
-            if converged:
-                break
-        if n_done >= max_iter:
-            break
-        q = model.step(q, statistics, held or prior)
-        n_done += 1
-    if not converged and max_iter > 0:
-        warn_not_converged("max_iter", max_iter, tol)
-    return q, np.asarray(trace, dtype=np.float64), len(trace), converged
 
 
 def _without_q(scale: ScaleState) -> ScaleState:

@@ -217,11 +217,8 @@ def _chunk_pass_learned(
     ``(gene_shape, gene_rate, the cells' hyperparameters, the gauge factor)``. Returns the
     chunk's cells of q_t (the gauge applied), its new cells (`_model.update_side_learned`,
     before the next gauge) and its summary."""
-    cell_shape, cell_rate, scale_shape, scale_rate = cells
     gene_shape, gene_rate, cell_hyper, factor = gene_side
-    cell_rate, cell_scale = rescale_side(
-        cell_rate, cell_hyper.with_q(scale_shape, scale_rate), factor, cell_hyper.prior_mean
-    )
+    cell_shape, cell_rate, cell_scale = _gauged(cells, factor, cell_hyper)
     params = VariationalParams(cell_shape, cell_rate, gene_shape, gene_rate)
     with numba_threads(n_threads) as n_parts:
         cell_stat, gene_stat, data_term = shape_statistics(data, params, n_parts)
@@ -510,18 +507,25 @@ class DaskParams:
     gauged: list | None = None
 
 
-def _gauged_cells(cells, factor: float, hyper: ScaleState | None):
-    """A chunk's cells of q as positive arrays, the gauge ``factor`` applied (a list: the
-    shapes; under the learned prior, ``hyper`` the cells' hyperparameters, shape, rate,
-    scale shape and scale rate)."""
+def _gauged(cells, factor: float, hyper: ScaleState):
+    """A chunk's stored cells under the learned prior, ``(shape, rate, scale shape, scale
+    rate)``, with the gauge ``factor`` applied (`_model.rescale_side`; ``hyper``: the cells'
+    hyperparameters): ``(shape, rate, q(xi))``. A factor of 1 leaves the arrays as they are
+    (dividing by it would copy the same values)."""
+    shape, rate, scale_shape, scale_rate = cells
+    scale = hyper.with_q(scale_shape, scale_rate)
+    if factor != 1.0:
+        rate, scale = rescale_side(rate, scale, factor, hyper.prior_mean)
+    return shape, rate, scale
+
+
+def _gauged_cells(cells, factor: float, hyper: ScaleState | None) -> list[np.ndarray]:
+    """A chunk's cells of q as positive arrays, the gauge ``factor`` applied (`_gauged`): the
+    shapes (fixed prior, ``hyper`` None), or shape, rate, scale shape and scale rate."""
     if hyper is None:
         return [cells]
-    shape, rate, scale_shape, scale_rate = cells
-    if factor != 1.0:
-        scale = hyper.with_q(scale_shape, scale_rate)
-        rate, scale = rescale_side(rate, scale, factor, hyper.prior_mean)
-        scale_rate = scale.rate
-    return [shape, rate, scale_shape, scale_rate]
+    shape, rate, scale = _gauged(cells, factor, hyper)
+    return [shape, rate, scale.shape, scale.rate]
 
 
 def _chunk_direction_norms(cells0, cells1, cells2, gauges) -> tuple[float, float]:
@@ -550,13 +554,9 @@ class _DaskModel:
     Records the bytes the client sends and receives per pass."""
 
     def __init__(self, client, layout, chunk_data, chunk_sizes, prior, n_threads, dtype, prefix):
-        self.client, self.layout, self.chunk_data = client, layout, chunk_data
-        self.chunk_sizes, self.prior, self.n_threads, self.dtype = (
-            chunk_sizes,
-            prior,
-            n_threads,
-            dtype,
-        )
+        self.client, self.layout = client, layout
+        self.chunk_data, self.chunk_sizes = chunk_data, chunk_sizes
+        self.prior, self.n_threads, self.dtype = prior, n_threads, dtype
         self.learned = isinstance(prior, HierarchicalPrior)
         self.names = (f"{prefix}-{n}" for n in itertools.count())
         self.gathered_bytes: list[int] = []
@@ -578,7 +578,7 @@ class _DaskModel:
             self.sent_bytes.append(sent + 24)
             chunk_pass = _chunk_pass_learned
         else:
-            next_cell_rate = side_rate(self.prior, (gene_shape / gene_rate).sum(axis=0), self.dtype)
+            next_cell_rate = side_rate(self.prior, q.client.col_mean.sum(axis=0), self.dtype)
             gene_side = (gene_shape, gene_rate, q.client.row_rate, next_cell_rate)
             self.sent_bytes.append(sum(a.nbytes for a in gene_side))
             chunk_pass = _chunk_pass
@@ -662,14 +662,7 @@ class _DaskModel:
         n_components, dtype = q.client.col_shape.shape[1], self.dtype
         cells = q.gauged
         if cells is None:  # not scored (a start of max_iter=0): gauged here
-            name, hyper = next(self.names), q.client.row_scale
-            cells = [
-                submit_at(
-                    self.client, self.layout, index, _gauged_tuple, c, q.factor, hyper,
-                    key=f"{name}-{index}",
-                )
-                for index, c in enumerate(q.cells)
-            ]  # fmt: skip
+            cells = self._per_chunk(_gauged_tuple, (q,))
         if not self.learned:
             shapes = lazy_rows(cells, self.chunk_sizes, n_components, dtype)
             return VariationalParams(
@@ -697,7 +690,9 @@ class _DaskModel:
         return lambda n, q, trace: callback(n, self.params(q), trace)
 
 
-def _gauged_tuple(cells, factor: float, hyper: ScaleState | None):
+def _gauged_tuple(cells, gauges):
+    """A chunk's cells as the fit stores them (`_per_chunk`'s task for one q), gauged."""
+    ((factor, hyper),) = gauges
     arrays = _gauged_cells(cells, factor, hyper)
     return arrays[0] if hyper is None else tuple(arrays)
 

@@ -165,6 +165,13 @@ class AcceleratedState:
     converged: bool = False
     holding: bool = False
 
+    def save(self, checkpointer, params_to_arrays: Callable, finished: bool = False) -> None:
+        """Write the state by ``checkpointer`` (`_checkpoint.Checkpointer`, at its interval
+        of passes; ``finished``: the fit's last save, written whatever the interval), the q
+        by ``params_to_arrays``."""
+        arrays, meta = self.to_arrays(params_to_arrays)
+        checkpointer.save(self.n_passes, arrays, {**meta, "finished": finished}, force=finished)
+
     def to_arrays(self, params_to_arrays: Callable) -> tuple[dict[str, np.ndarray], dict]:
         """The state as a checkpoint's arrays (``current_`` and ``kept_`` q, each by
         ``params_to_arrays``, and the trace) and its counters."""

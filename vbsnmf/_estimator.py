@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -760,11 +761,6 @@ def _run_accelerated(
     """SQUAREM-accelerated coordinate ascent from a start or a checkpoint, taken out of the
     list ``handed``; saves the state at the start of every ``checkpoint_every``-th
     cycle's pass and at the end. ``hold_shapes``: a random start's (`fit_batch`)."""
-
-    def save(state: AcceleratedState, finished: bool = False) -> None:
-        arrays, meta = state.to_arrays(params_to_arrays)
-        checkpointer.save(state.n_passes, arrays, {**meta, "finished": finished}, force=finished)
-
     start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
         state = AcceleratedState.from_arrays(*start, params_from_arrays)
@@ -779,11 +775,13 @@ def _run_accelerated(
         tol=settings.tol,
         n_parts=n_threads,
         callback=callback,
-        on_cycle=save,
+        on_cycle=partial(
+            AcceleratedState.save, checkpointer=checkpointer, params_to_arrays=params_to_arrays
+        ),
         verbose=settings.verbose,
         mask=mask,
     )
-    save(state, finished=True)
+    state.save(checkpointer, params_to_arrays, finished=True)
     return result
 
 

@@ -7,6 +7,7 @@ values and shape, or a pydata ``sparse`` array (imported only when one is passed
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -605,11 +606,7 @@ class VBNTF(Estimator):
     ) -> _tensor.TensorFitResult:
         """SQUAREM from a random start or a checkpoint's state, saving the state at the
         start of every ``checkpoint_every``-th cycle's pass and at the end (as `VBNMF`)."""
-
-        def save(state: AcceleratedState, finished: bool = False) -> None:
-            arrays, meta = state.to_arrays(_tensor.params_to_arrays)
-            checkpointer.save(state.n_passes, arrays, {**meta, "finished": finished}, finished)
-
+        to_arrays = _tensor.params_to_arrays
         if stored is not None:
             state = AcceleratedState.from_arrays(*stored, _tensor.params_from_arrays)
         else:
@@ -618,8 +615,9 @@ class VBNTF(Estimator):
             )
             state = _start_accelerated(start, checked)
             del start
+        save = partial(AcceleratedState.save, checkpointer=checkpointer, params_to_arrays=to_arrays)
         result, state = self._fit_accelerated(data, state, checked, n_threads, callback, save)
-        save(state, finished=True)
+        state.save(checkpointer, to_arrays, finished=True)
         return result
 
     def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:

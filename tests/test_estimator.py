@@ -149,6 +149,52 @@ def test_bad_shapes_and_components_raise():
         vbsnmf.VBNMF(2, dtype=np.int64, prior="gamma").fit(X)
 
 
+@pytest.mark.parametrize("estimator", [vbsnmf.VBNMF, vbsnmf.VBNTF])
+@pytest.mark.parametrize("prior", ["hierarchical", "gamma"])
+@pytest.mark.parametrize("shape", [1e7, 1e10, 1e-31])
+def test_prior_shape_outside_the_computable_range_raises(estimator, prior, shape):
+    X = np.ones((4, 3)) if estimator is vbsnmf.VBNMF else np.ones((4, 3, 2))
+    with pytest.raises(ValueError, match=r"prior_shape must be between 1e-30 and 1e\+06"):
+        estimator(2, prior=prior, prior_shape=shape).fit(X)
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("prior", "shape", "rate"),
+    [
+        ("hierarchical", 1e6, None),
+        ("hierarchical", 1e-30, None),
+        ("gamma", 1e6, 1e12),
+        ("gamma", 1e6, 1e-12),
+        ("gamma", 1e-30, 1.0),
+    ],
+)
+def test_prior_shapes_at_the_bounds_keep_the_trace_monotone(
+    pbmc_tiny, prior, shape, rate, dtype, accelerate
+):
+    """At the ends of `PRIOR_SHAPE_RANGE` the trace never decreases and the factors are
+    finite (1e9 under the learned prior, 1e7 at rate 1e12 under the fixed one had decreasing
+    traces: the ELBO's lgamma terms were sums far larger than a pass's change)."""
+    X = pbmc_tiny.X[:300, :500]
+    model = vbsnmf.VBNMF(
+        3,
+        prior=prior,
+        prior_shape=shape,
+        prior_rate=rate,
+        accelerate=accelerate,
+        dtype=dtype,
+        max_iter=40,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(X)
+    assert np.all(np.diff(model.elbo_trace_) >= 0)
+    assert np.all(np.isfinite(model.components_))
+    assert np.all(np.isfinite(model.transform(X)))
+
+
 def test_non_integer_counts_warn():
     X = np.full((4, 3), 1.5)
     with pytest.warns(vbsnmf.NonCountWarning, match="raw counts"):

@@ -67,6 +67,7 @@ from ._validation import (
     check_iterations,
     check_n_components,
     check_positive,
+    check_prior_shape,
     check_sparse_structure,
     check_step_schedule,
     check_tolerance,
@@ -156,6 +157,8 @@ class VBNMF(Estimator):
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
         (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
+        ``prior_shape`` lies between 1e-30 and 1e6: beyond, the ELBO's terms cannot be
+        computed to the precision of its changes (ValueError).
     accelerate
         Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
         an extrapolated step only when its exact ELBO is at least the plain step's (the
@@ -395,9 +398,7 @@ class VBNMF(Estimator):
     def _prior(self) -> Prior:
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
-        shape = (
-            None if self.prior_shape is None else check_positive(self.prior_shape, "prior_shape")
-        )
+        shape = None if self.prior_shape is None else check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
             rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
             return GammaPrior(1.0 if shape is None else shape, rate)

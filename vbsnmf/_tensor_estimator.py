@@ -23,6 +23,7 @@ from ._validation import (
     check_accelerate,
     check_callback,
     check_positive,
+    check_prior_shape,
     check_step_schedule,
     check_tolerance,
     large_count_advice,
@@ -207,7 +208,8 @@ class VBNTF(Estimator):
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
-        them; ``prior_rate`` does not apply.
+        them; ``prior_rate`` does not apply. ``prior_shape`` lies between 1e-30 and 1e6,
+        as in `VBNMF`.
     accelerate
         Batch VB: extrapolate the iterations with SQUAREM (Varadhan and Roland 2008),
         keeping an extrapolated step only when its exact ELBO is at least the plain step's
@@ -392,7 +394,7 @@ class VBNTF(Estimator):
             raise ValueError(f"prior must be 'gamma' or 'hierarchical', got {self.prior!r}")
         shape = None
         if self.prior_shape is not None:
-            shape = check_positive(self.prior_shape, "prior_shape")
+            shape = check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
             rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
             return _model.GammaPrior(1.0 if shape is None else shape, rate)

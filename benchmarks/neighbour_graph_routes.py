@@ -6,10 +6,12 @@ for several seeds and scores each candidate ``use_rep`` of ``sc.pp.neighbors``:
 
 - ``X_nmf``: the raw posterior mean cell factors (rows sum to about the library size);
 - ``log1p(X_nmf)``;
-- ``X_nmf_usage``: usages, each cell's factors over their sum;
+- ``X_nmf_usage``: usages, each cell's share of its fitted counts from each factor;
 - ``sqrt(usage)``: Euclidean distance on it is the Hellinger distance between usages;
 - ``CLR(usage)``: centred log-ratio of the usages;
 - ``usage, active factors``: usages of the active factors only, renormalised;
+- ``sqrt(E[z] / row sum)``: the square roots of ``tl.nmf``'s usages before 2026-12-02
+  (each cell's factors over their sum, without the factors' loadings);
 - and, for reference, scanpy's PCA route (normalize_total, log1p, 15 PCs).
 
 Scores against ``subpop``: kNN accuracy (k = 15, 5-fold stratified CV on the
@@ -115,7 +117,7 @@ def representations(adata) -> dict[str, np.ndarray]:
     factors, usage = adata.obsm["X_nmf"], adata.obsm["X_nmf_usage"]
     active = adata.uns["nmf"]["active"]
     log_usage = np.log(usage)
-    kept = factors[:, active]
+    kept = usage[:, active]
     return {
         "X_nmf": factors,
         "log1p(X_nmf)": np.log1p(factors),
@@ -123,6 +125,9 @@ def representations(adata) -> dict[str, np.ndarray]:
         "sqrt(usage)": adata.obsm["X_nmf_sqrt_usage"],  # what tl.nmf stores for the graph
         "CLR(usage)": log_usage - log_usage.mean(axis=1, keepdims=True),
         "usage, active factors": kept / kept.sum(axis=1, keepdims=True),
+        # tl.nmf's usages until 2026-12-02: E[z] over its row sum, blind to the loadings'
+        # scale of each factor
+        "sqrt(E[z] / row sum)": np.sqrt(factors / factors.sum(axis=1, keepdims=True)),
     }
 
 

@@ -3,6 +3,7 @@ the quality checks on pbmc_facs (kNN subpop accuracy, projection of the test cel
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata as ad
@@ -15,6 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import vbsnmf
 from vbsnmf import tl
+from vbsnmf.tl._stored import usage
 
 TINY_FIT = {"max_iter": 12, "n_threads": 2, "prior": "gamma"}
 
@@ -104,14 +106,31 @@ def test_nmf_fields_shapes_and_values(pbmc_tiny):
     )
 
 
+def test_usage_is_unchanged_by_rescaling_a_factor():
+    """z_l s, w_l / s is the same fit: its usages are the same (they were not when a usage
+    was z_il over the cell's sum of z, which the factors' relative scales move)."""
+    rng = np.random.default_rng(0)
+    cells, genes = rng.gamma(0.5, size=(30, 4)), rng.gamma(0.5, size=(50, 4))
+    cells[3] = 0.0  # a cell without any factor: zero usage, not NaN
+    scale = np.array([1.0, 10.0, 0.01, 3.0])
+    before = usage(cells, genes)
+    np.testing.assert_allclose(usage(cells * scale, genes / scale), before, rtol=1e-12)
+    np.testing.assert_allclose(before.sum(axis=1)[np.arange(30) != 3], 1.0, rtol=1e-12)
+    assert np.all(before[3] == 0.0)
+    assert not np.allclose(before, cells / cells.sum(axis=1, keepdims=True).clip(1e-300))
+
+
 def test_usage_factor_share_and_active(pbmc_tiny):
     """Usages, shares and the active flag against loops over cells and factors."""
     _quiet_nmf(pbmc_tiny, 5, **TINY_FIT)
     info = pbmc_tiny.uns["nmf"]
     z, w = pbmc_tiny.obsm["X_nmf"], pbmc_tiny.varm["NMF"]
     usage = pbmc_tiny.obsm["X_nmf_usage"]
+    # A cell's usage of factor l: its expected count from l, sum_j z_il w_jl, over all of
+    # its expected counts (a loop over genes, not the factor totals the code uses).
     for cell in (0, 17, 1106):
-        np.testing.assert_allclose(usage[cell], z[cell] / sum(z[cell]), rtol=1e-12)
+        expected_counts = np.array([sum(z[cell, l] * w[:, l]) for l in range(5)])
+        np.testing.assert_allclose(usage[cell], expected_counts / expected_counts.sum(), rtol=1e-10)
     np.testing.assert_allclose(usage.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(pbmc_tiny.obsm["X_nmf_sqrt_usage"] ** 2, usage, rtol=1e-12)
     assert info["sqrt_usage_key"] == "X_nmf_sqrt_usage"
@@ -308,6 +327,13 @@ def test_warm_start_and_project_after_subsetting_cells_or_genes(pbmc_tiny):
     from_full = tl.project(new_cells, pbmc_tiny, copy=True, n_threads=2)
     from_subset = tl.project(new_cells, pbmc_tiny[:500].copy(), copy=True, n_threads=2)
     np.testing.assert_array_equal(from_subset.obsm["X_nmf"], from_full.obsm["X_nmf"])
+    # Usages weigh the factors by the reference's loadings, as tl.nmf's (learned prior).
+    np.testing.assert_array_equal(from_subset.obsm["X_nmf_usage"], from_full.obsm["X_nmf_usage"])
+    np.testing.assert_allclose(
+        from_full.obsm["X_nmf_usage"],
+        usage(from_full.obsm["X_nmf"], pbmc_tiny.varm["NMF"]),
+        rtol=1e-10,
+    )
     np.testing.assert_allclose(from_full.obsm["X_nmf_usage"].sum(axis=1), 1.0)
     np.testing.assert_allclose(
         from_full.obsm["X_nmf_sqrt_usage"] ** 2, from_full.obsm["X_nmf_usage"]
@@ -536,6 +562,9 @@ def test_project_matches_genes_by_name(pbmc_tiny):
     )
     tl.project(shuffled, pbmc_tiny, key_added="ref", n_threads=2)
     np.testing.assert_allclose(shuffled.obsm["X_ref"], in_order, rtol=1e-10)
+    np.testing.assert_allclose(  # the fixed prior's loadings weigh the usages
+        shuffled.obsm["X_ref_usage"], usage(in_order, pbmc_tiny.varm["NMF"]), rtol=1e-10
+    )
     assert shuffled.uns["ref_projection"]["n_genes_used"] == pbmc_tiny.n_vars
     # Fewer than half the genes: a warning; none: an error.
     with pytest.warns(UserWarning, match="only 100 of the reference's 507 genes"):
@@ -576,3 +605,90 @@ def test_parameter_errors_speak_of_the_parameter(pbmc_tiny, tmp_path):
             tl.project(pbmc_tiny.copy(), reference, **bad)
     with pytest.raises(TypeError, match="solver='svi'"):
         vbsnmf.VBNMF(2, prior="gamma").fit(str(tmp_path / "x.h5ad"))
+
+
+# -- keys that cannot be written or that would overwrite another fit ------------------------
+@pytest.mark.parametrize("key", ["", ".", ".hidden", "a/b", 5])
+def test_unwritable_key_added_is_refused_before_the_fit(pbmc_tiny, tmp_path, key):
+    """An empty key or one starting with '.' made keys ('X_', '._gene_shape') on which
+    anndata's writer failed part-way, after truncating the user's .h5ad."""
+    small = pbmc_tiny[:100].copy()
+    path = tmp_path / "mine.h5ad"
+    small.write_h5ad(path)
+    with pytest.raises(ValueError, match="key_added must be a non-empty string"):
+        tl.nmf(small, 2, max_iter=2, key_added=key)
+    with pytest.raises(ValueError, match="key_added must be a non-empty string"):
+        tl.select_k(small, ks=[2], key_added=key)
+    assert not any(str(name).startswith(("X_", ".")) for name in small.obsm)
+    small.write_h5ad(path)
+    assert ad.read_h5ad(path).shape == small.shape
+
+
+def test_key_added_that_would_overwrite_another_fit_is_refused(pbmc_tiny):
+    small = pbmc_tiny[:200].copy()
+    _quiet_nmf(small, 2, max_iter=3, random_state=0)
+    before = {name: small.obsm[name].copy() for name in small.obsm}
+    loadings = small.varm["NMF"].copy()
+    # "NMF" is the default fit's .varm key; "nmf_usage" makes .obsm["X_nmf_usage"]
+    for key, clash in (("NMF", ".varm['NMF']"), ("nmf_usage", ".obsm['X_nmf_usage']")):
+        with pytest.raises(ValueError, match=re.escape(clash)):
+            tl.nmf(small, 2, max_iter=3, key_added=key)
+    # a k-selection table over the fit's .uns entry, and a projection over its usages
+    with pytest.raises(ValueError, match=r"adata.uns\['nmf'\]"):
+        tl.select_k(small, ks=[2], key_added="nmf")
+    other = small.copy()
+    with pytest.raises(ValueError, match=re.escape(".obsm['X_nmf_sqrt_usage']")):
+        tl.project(other, small, key_added="nmf_sqrt", n_threads=1)
+    for name, values in before.items():
+        np.testing.assert_array_equal(small.obsm[name], values)
+    np.testing.assert_array_equal(small.varm["NMF"], loadings)
+    # The same key again replaces the fit, and a key of its own sits beside it.
+    _quiet_nmf(small, 3, max_iter=3, random_state=1)
+    _quiet_nmf(small, 2, max_iter=3, key_added="programs")
+    assert small.obsm["X_nmf"].shape[1] == 3 and small.obsm["X_programs"].shape[1] == 2
+
+
+def test_repeated_raw_gene_names_are_refused_before_the_fit(pbmc_tiny):
+    """With use_raw the loadings are matched to adata's genes by name: repeated names in
+    .raw failed after the whole fit, with pandas' InvalidIndexError, with half of the new
+    fit stored over the old one."""
+    small = pbmc_tiny[:200, :150].copy()
+    small.var_names = [*small.var_names[:-1], small.var_names[0]]
+    small.raw = small.copy()
+    small = small[:, 1:100].copy()  # another gene set than .raw's
+    _quiet_nmf(small, 3, max_iter=3)
+    with pytest.raises(ValueError, match=r"adata\.raw's gene names repeat"):
+        tl.nmf(small, 2, use_raw=True, max_iter=3)
+    assert small.obsm["X_nmf"].shape[1] == small.varm["NMF"].shape[1] == 3
+
+
+def test_a_failure_while_storing_leaves_the_previous_fit(pbmc_tiny, monkeypatch):
+    """Everything is computed before anything is stored."""
+    from vbsnmf.tl import _nmf
+
+    small = pbmc_tiny[:200].copy()
+    small.raw = small.copy()
+    _quiet_nmf(small, 3, max_iter=3)
+    before = {name: small.obsm[name].copy() for name in small.obsm}
+
+    def broken(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(_nmf, "_align_genes", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _quiet_nmf(small, 2, max_iter=3, use_raw=True)
+    assert set(small.obsm) == set(before)
+    for name, values in before.items():
+        np.testing.assert_array_equal(small.obsm[name], values)
+    assert small.uns["nmf"]["params"]["n_components"] == 3
+    assert "NMF" not in small.raw.varm
+
+
+def test_a_view_of_a_backed_anndata_is_refused_before_the_fit(pbmc_tiny, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    pbmc_tiny[:200].copy().write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match="view of a backed AnnData"):
+        tl.nmf(backed[:50], 2, max_iter=3)
+    copied = _quiet_nmf(backed[:50], 2, max_iter=3, copy=True)
+    assert copied.obsm["X_nmf"].shape == (50, 2)

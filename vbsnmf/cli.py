@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "umap",
         help="draw the UMAP of the NMF usages of a result.h5ad",
         description="Build the cell neighbour graph on the NMF usages (scanpy's neighbors "
-        "with use_rep='X_nmf_sqrt_usage', the square roots of each cell's factors normalised "
-        "to sum 1), embed it with UMAP and draw it to a figure.",
+        "with use_rep='X_nmf_sqrt_usage', the square roots of each cell's share of its fitted "
+        "counts from each factor), embed it with UMAP and draw it to a figure.",
     )
     umap.add_argument("result", metavar="RESULT.h5ad", help="result.h5ad written by 'vbsnmf fit'")
     umap.add_argument(

@@ -123,9 +123,9 @@ def factors(
     components
         The factors to draw (default: the active ones, ``.uns['nmf']['active']``).
     values
-        ``"usage"`` (default): each cell's factors divided by their sum
-        (``.obsm['X_nmf_usage']``), the cell's share of the programme, independent of its
-        library size; ``"factors"``: the posterior means ``.obsm['X_nmf']``.
+        ``"usage"`` (default): each cell's share of its fitted counts from each factor
+        (``.obsm['X_nmf_usage']``), independent of its library size; ``"factors"``: the
+        posterior means ``.obsm['X_nmf']``.
     include_inactive
         With ``components=None``, draw the inactive factors too (switched off by the prior;
         their panels are flat).

@@ -19,8 +19,9 @@ from ._counts import check_count_matrix, check_has_counts, select_counts
 from ._stored import (
     VARIATIONAL_KEYS,
     FitKeys,
+    cell_factor_arrays,
+    check_key_added,
     fit_info,
-    store_cell_factors,
     variational_params,
 )
 
@@ -121,8 +122,10 @@ def nmf(
         Posterior mean cell factors ``E[z]``; a cell's row sums to (about) its library
         size over the mean loadings.
     ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
-        Usages: each cell's factors divided by their sum (rows sum to one), the cell's
-        mix of programmes without its library size.
+        Usages: each cell's share of its fitted counts from each factor,
+        ``z_il t_l / sum_k z_ik t_k`` with ``t_l`` the factor's total loading (rows sum
+        to one): the cell's mix of programmes without its library size, unchanged when a
+        factor is rescaled (fastTopics' topic proportions, cNMF's normalised usages).
     ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
         The usages' square roots: Euclidean distance between two rows is sqrt(2) times
         the Hellinger distance between the cells' usages. The recommended ``use_rep``.
@@ -170,13 +173,18 @@ def nmf(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
-    if key_added is not None and (not isinstance(key_added, str) or "/" in key_added):
-        # anndata's h5 stores are deprecating "/" in keys: writing the result would fail.
-        raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
+    check_key_added("nmf" if key_added is None else key_added, adata)
     if min_share is not None:
         min_share = check_share(min_share)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
+    elif adata.isbacked and adata.is_view:
+        # anndata cannot store the result into it (it would need a copy to a file), so the
+        # fit would be lost at its end
+        raise ValueError(
+            "adata is a view of a backed AnnData, which cannot hold the result: pass "
+            "copy=True, or call .to_memory() on the view first"
+        )
     keys = FitKeys.of(key_added)
     streamed = solver == "svi" and adata.isbacked and layer is None and not use_raw
     if streamed:
@@ -190,6 +198,12 @@ def nmf(
         gene_totals = _streamed_column_sums(adata, source)
     else:
         matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
+    if use_raw and not var_names.is_unique and not var_names.equals(adata.var_names):
+        # the loadings go to adata.varm by gene name too (_align_genes)
+        raise ValueError(
+            "adata.raw's gene names repeat, so its loadings cannot be matched to adata's "
+            "genes; make them unique before keeping them as .raw (adata.var_names_make_unique())"
+        )
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]
@@ -232,8 +246,9 @@ def nmf(
     if not streamed:
         gene_totals = _column_sums(matrix)
 
-    # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns.
-    store_cell_factors(adata, keys, cell_factors)
+    # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns;
+    # all computed before any is stored, so that a failure leaves the AnnData as it was.
+    cell_arrays = cell_factor_arrays(keys, cell_factors, gene_loadings)
     variational = info.pop("variational", None)
     gene_arrays = {keys.loadings: gene_loadings}
     if variational is not None:
@@ -244,20 +259,18 @@ def nmf(
             if name in SCALE_KEYS:  # one per cell or gene, stored as a column
                 value = value.reshape(-1, 1)
             if np.ndim(value) == 2 and name.startswith("cell"):
-                adata.obsm[keys.variational(name)] = value
+                cell_arrays[keys.variational(name)] = value
                 del variational[name]
             elif np.ndim(value) == 2:
                 gene_arrays[keys.variational(name)] = value
                 del variational[name]
-    for name, values in gene_arrays.items():
-        genes.varm[name] = _scatter_rows(values, fitted_genes, len(var_names))
-    genes.var[keys.total_counts] = _scatter_rows(
-        gene_totals[:, None], fitted_genes, len(var_names)
-    )[:, 0]
+    gene_arrays = {
+        name: _scatter_rows(values, fitted_genes, len(var_names))
+        for name, values in gene_arrays.items()
+    }
+    total_counts = _scatter_rows(gene_totals[:, None], fitted_genes, len(var_names))[:, 0]
     if use_raw:
-        adata.varm[keys.loadings] = _align_genes(
-            genes.varm[keys.loadings], var_names, adata.var_names
-        )
+        aligned = _align_genes(gene_arrays[keys.loadings], var_names, adata.var_names)
 
     prior = None
     if variational is not None and "prior_shape" in variational:
@@ -271,6 +284,14 @@ def nmf(
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
+
+    for name, values in cell_arrays.items():
+        adata.obsm[name] = values
+    for name, values in gene_arrays.items():
+        genes.varm[name] = values
+    genes.var[keys.total_counts] = total_counts
+    if use_raw:
+        adata.varm[keys.loadings] = aligned
     adata.uns[keys.uns] = {
         "params": settings,
         "obsm_key": keys.factors,

@@ -11,7 +11,14 @@ from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
 from .._utils import numba_threads
 from .._validation import check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
-from ._stored import FitKeys, fit_info, gene_holder, store_cell_factors, variational_params
+from ._stored import (
+    FitKeys,
+    cell_factor_arrays,
+    check_key_added,
+    fit_info,
+    gene_holder,
+    variational_params,
+)
 
 
 def project(
@@ -64,8 +71,9 @@ def project(
     ``.obsm['X_nmf']`` : ndarray (n_obs, K)
         The posterior mean cell factors.
     ``.obsm['X_nmf_usage']``, ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
-        Their usages (each row divided by its sum) and the usages' square roots, as
-        `vbsnmf.tl.nmf` stores them.
+        Their usages (each cell's share of its expected counts from each factor, with the
+        reference's loadings) and the usages' square roots, as `vbsnmf.tl.nmf` stores
+        them.
     ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
         ``reference_key``, ``n_genes_used`` and ``n_genes_missing``.
 
@@ -81,6 +89,8 @@ def project(
         ``max_iter`` is not an integer or ``tol`` not a number.
     """
     max_iter = check_iterations(max_iter, "max_iter")
+    check_key_added(key if key_added is None else key_added, adata_new, writes="cells")
+    keys = FitKeys.of(key if key_added is None else key_added)
     tol = check_tolerance(tol)
     info = fit_info(adata_ref, key)
     if "variational" not in info:
@@ -101,6 +111,10 @@ def project(
     fitted = (gene_shape > 0).any(axis=1)
     reference_genes = gene_holder(adata_ref, key).var_names[fitted]
     gene_shape = gene_shape[fitted]
+    # E[w] of every fitted reference gene: usages weigh each factor by its total loading,
+    # as `tl.nmf`'s do (rates per factor under the fixed prior, per entry under the learned).
+    all_rates = np.asarray(variational["gene_rate"])
+    loadings = gene_shape / (all_rates[fitted] if all_rates.ndim == 2 else all_rates)
     positions = new_genes.get_indexer(reference_genes)
     shared = positions >= 0
     n_shared = int(shared.sum())
@@ -142,8 +156,8 @@ def project(
             n_parts=n_parts,
             row_scale=row_scale,
         )
-    keys = FitKeys.of(key if key_added is None else key_added)
-    store_cell_factors(adata_new, keys, cells.shape / cells.rate)
+    for name, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
+        adata_new.obsm[name] = values
     adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,

@@ -16,6 +16,7 @@ from .._utils import is_dask_array
 from ._counts import check_count_matrix, select_counts
 from ._nmf import _storable, _storable_int, gene_mask, nmf
 from ._split import count_split
+from ._stored import check_key_added
 
 # Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
 BLOCK_NONZEROS = 1 << 18
@@ -120,8 +121,7 @@ def select_k(
             raise TypeError(f"tolerance must be a number or None, got {type(tolerance).__name__}")
         if not (np.isfinite(tolerance) and tolerance >= 0):
             raise ValueError(f"tolerance must be non-negative and finite, got {tolerance!r}")
-    if not isinstance(key_added, str) or "/" in key_added:
-        raise ValueError(f"key_added must be a string without '/', got {key_added!r}")
+    check_key_added(key_added, adata, writes="uns")
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
         if name in fit_params:
             raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")

@@ -15,6 +15,8 @@ from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import is_dask_array
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
+# the per-cell and per-gene arrays a fit stores as "<key>_<name>"
+_ARRAYS = VARIATIONAL_KEYS + SCALE_KEYS
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class FitKeys:
 
     uns: str
     factors: str  # .obsm: E[z]
-    usage: str  # .obsm: E[z] over its row sum
+    usage: str  # .obsm: each cell's share of its fitted counts per factor
     sqrt_usage: str  # .obsm: its square root, the recommended use_rep
     loadings: str  # .varm: E[w]
 
@@ -65,21 +67,65 @@ def gene_holder(adata, key: str):
     return adata
 
 
-def usage(cell_factors):
-    """Each cell's factors divided by their sum (zero for a cell without any), as cNMF's
-    ``usage_norm`` and fastTopics' ``poisson2multinom``; a dask array stays lazy."""
-    totals = cell_factors.sum(axis=1, keepdims=True)
-    if is_dask_array(cell_factors):
-        return cell_factors / (totals + (totals == 0))
-    return np.divide(cell_factors, totals, out=np.zeros_like(cell_factors), where=totals > 0)
+def usage(cell_factors, gene_loadings):
+    """Each cell's share of its fitted counts from each factor (zero for a cell without
+    any): ``z_il t_l / sum_k z_ik t_k`` with ``t_l = sum_j w_jl``, the factor's expected
+    count per unit of ``z_il``; rows sum to one. Unchanged when a factor is rescaled
+    (``z_l s``, ``w_l / s``: the same fit), as fastTopics' ``poisson2multinom`` and cNMF's
+    ``usage_norm`` (whose spectra sum to one); a dask array stays lazy."""
+    loading_totals = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
+    counts = cell_factors * loading_totals.astype(cell_factors.dtype)
+    totals = counts.sum(axis=1, keepdims=True)
+    if is_dask_array(counts):
+        return counts / (totals + (totals == 0))
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
-def store_cell_factors(adata, keys: FitKeys, cell_factors) -> None:
-    """The cell factors, their usages and the usages' square roots into ``.obsm``."""
-    shares = usage(cell_factors)
-    adata.obsm[keys.factors] = cell_factors
-    adata.obsm[keys.usage] = shares
-    adata.obsm[keys.sqrt_usage] = shares**0.5
+def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings) -> dict:
+    """``.obsm`` entries of a fit's cells: the factors, their usages given the fit's
+    ``gene_loadings`` and the usages' square roots."""
+    shares = usage(cell_factors, gene_loadings)
+    return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
+
+
+def check_key_added(key_added, adata, writes: str = "fit") -> None:
+    """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
+    through the file on an empty key, a key starting with "." or one holding "/"), or
+    whose entries would overwrite those of another fit stored in ``adata`` (``writes``:
+    ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm`` entries,
+    ``"uns"`` for `tl.select_k`'s ``.uns`` entry)."""
+    if (
+        not isinstance(key_added, str)
+        or not key_added
+        or key_added.startswith(".")
+        or ("/" in key_added)
+    ):
+        raise ValueError(
+            "key_added must be a non-empty string without '/' that does not start with '.', "
+            f"got {key_added!r}"
+        )
+    keys = FitKeys.of(key_added)
+    if writes == "uns":
+        mine = {("uns", key_added)}
+    else:
+        mine = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
+    if writes == "fit":
+        mine |= {("uns", keys.uns), ("varm", keys.loadings)}
+        mine |= {(side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS}
+    for other, info in adata.uns.items():
+        if not isinstance(info, dict) or "obsm_key" not in info:
+            continue
+        if writes != "uns" and other == keys.uns:
+            continue  # a fit (or projection) under the same key replaces its cells' arrays
+        theirs = {("uns", other), ("varm", info.get("varm_key"))}
+        theirs |= {("obsm", info.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
+        theirs |= {(side, f"{other}_{name}") for side in ("obsm", "varm") for name in _ARRAYS}
+        clash = sorted(f".{where}[{name!r}]" for where, name in mine & theirs)
+        if clash:
+            raise ValueError(
+                f"key_added={key_added!r} would overwrite {', '.join(clash)} of the fit "
+                f"adata.uns[{other!r}]; choose another key_added"
+            )
 
 
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:

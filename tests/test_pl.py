@@ -146,3 +146,48 @@ def test_umap_uses_the_usages(fitted, tmp_path):
     usage = adata.obsm["X_nmf_usage"][:, [0, 1, 3]]
     np.testing.assert_array_equal(adata.obs["nmf_dominant_factor"].cat.codes, usage.argmax(axis=1))
     assert axes.get_title().endswith("nmf_dominant_factor")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"components": [7]}, ValueError, r"distinct factor indices in 0\.\.3"),
+        ({"components": [-1]}, ValueError, "distinct factor indices"),  # drew factor 3
+        ({"components": [0, 0]}, ValueError, "distinct factor indices"),
+        ({"components": [1.7]}, TypeError, "list of factor indices"),  # drew factor 1
+        ({"components": 1}, TypeError, "list of factor indices"),
+        ({"ncols": 0}, ValueError, "ncols"),  # scanpy's ZeroDivisionError
+        ({"vmax": -1.0}, ValueError, "vmax must be positive"),
+        ({"vmax": float("nan")}, ValueError, "vmax must be positive"),
+        ({"vmax": "p150"}, ValueError, "vmax must be a number or 'pNN'"),
+        ({"vmax": [1.0]}, TypeError, "vmax"),
+    ],
+)
+def test_factors_plot_refuses_bad_arguments(fitted, options, error, message):
+    with pytest.raises(error, match=message):
+        pl.factors(fitted, show=False, **options)
+
+
+def test_factors_plot_takes_a_boolean_mask_and_refuses_a_flat_embedding(fitted):
+    mask = np.array([True, False, False, True])
+    axes = pl.factors(fitted, components=mask, show=False)
+    assert [ax.get_title() for ax in axes] == ["factor 0", "factor 3"]
+    flat = fitted.copy()
+    flat.obsm["X_line"] = flat.obsm["X_umap"][:, :1]
+    with pytest.raises(ValueError, match="not a 2-D embedding"):
+        pl.factors(flat, basis="line", show=False)
+
+
+def test_elbo_plot_refuses_wrong_axes_and_says_why_a_trace_is_empty(fitted):
+    _, one = plt.subplots()
+    with pytest.raises(ValueError, match="sequence of 2 matplotlib axes"):
+        pl.elbo(fitted, axes=[one])
+    short = fitted[:300].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(short, 2, max_iter=1)  # SQUAREM (the default) keeps no q in one pass
+    assert short.uns["nmf"]["n_iter"] == 1
+    with pytest.raises(ValueError, match=r"recorded no ELBO in its 1 pass\(es\)"):
+        pl.elbo(short)
+    with pytest.raises(ValueError, match="recorded no ELBO"):
+        tl.select_k(short, ks=[2], max_iter=1)

@@ -692,3 +692,14 @@ def test_a_view_of_a_backed_anndata_is_refused_before_the_fit(pbmc_tiny, tmp_pat
         tl.nmf(backed[:50], 2, max_iter=3)
     copied = _quiet_nmf(backed[:50], 2, max_iter=3, copy=True)
     assert copied.obsm["X_nmf"].shape == (50, 2)
+
+
+def test_n_iter_counts_passes_also_under_squarem(pbmc_tiny):
+    """uns['nmf']['n_iter'] was the trace's length, which SQUAREM keeps shorter than the
+    passes (9 for 10 passes), also after a warm start."""
+    small = pbmc_tiny[:300].copy()
+    _quiet_nmf(small, 3, max_iter=10, random_state=0)
+    info = small.uns["nmf"]
+    assert info["n_iter"] == 10 and 0 < len(info["elbo_trace"]) < 10
+    _quiet_nmf(small, 3, max_iter=4, warm_start=True)
+    assert small.uns["nmf"]["n_iter"] == 14

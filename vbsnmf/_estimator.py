@@ -264,11 +264,14 @@ class VBNMF(Estimator):
         None under the fixed prior.
     components_ : ndarray of shape (K, n_genes)
         Posterior mean gene loadings, ``(gene_shape_ / gene_rate_).T``.
-    elbo_trace_ : ndarray of shape (n_iter_,)
-        ELBO in nats after each iteration (the exact formula of model.md); for SVI after
-        every evaluated epoch (every ``eval_every``-th and the last).
+    elbo_trace_ : ndarray of shape (n_iter_,) or shorter
+        ELBO in nats (the exact formula of model.md) of each kept q: after each iteration
+        of plain coordinate ascent (``n_iter_`` values); with ``accelerate`` one per q
+        kept, which is fewer than the passes (the start's pass records none, a refused
+        extrapolation's pass none: empty after ``max_iter=1``); for SVI after every
+        evaluated epoch (every ``eval_every``-th and the last). It never decreases.
     n_iter_ : int
-        Number of iterations run (SVI: epochs).
+        Number of iterations run: passes over the data (SVI: epochs).
     converged_ : bool
         Whether ``tol`` was met before ``max_iter`` (SVI: ``n_epochs``).
     n_features_in_ : int

@@ -47,6 +47,36 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     return None if show else axes
 
 
+def _check_components(components, n_components: int) -> list[int]:
+    """``components``: distinct factor indices in [0, K), or a boolean mask of length K."""
+    values = np.asarray(components)
+    if values.dtype == bool and values.ndim == 1 and values.size == n_components:
+        return [int(factor) for factor in np.flatnonzero(values)]
+    if values.ndim != 1 or not (values.size == 0 or np.issubdtype(values.dtype, np.integer)):
+        raise TypeError(
+            f"components must be a list of factor indices or a boolean mask of length "
+            f"{n_components}, got {components!r}"
+        )
+    chosen = [int(factor) for factor in values]
+    if any(not 0 <= factor < n_components for factor in chosen) or len(set(chosen)) < len(chosen):
+        raise ValueError(
+            f"components must be distinct factor indices in 0..{n_components - 1}, got {chosen}"
+        )
+    return chosen
+
+
+def _check_axes(axes, count: int) -> None:
+    """``axes``: a sequence of ``count`` matplotlib axes."""
+    from matplotlib.axes import Axes
+
+    try:
+        ok = len(axes) == count and all(isinstance(ax, Axes) for ax in axes)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"axes must be a sequence of {count} matplotlib axes, got {axes!r}")
+
+
 def elbo(
     adata,
     key: str = "nmf",
@@ -74,12 +104,18 @@ def elbo(
     """
     info = fit_info(adata, key)
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
+    if trace.size == 0 and "variational" in info:
+        raise ValueError(
+            f"the fit adata.uns[{key!r}] recorded no ELBO in its {info.get('n_iter')} pass(es) "
+            "(SQUAREM's first pass scores only the start); fit with a larger max_iter"
+        )
     if trace.size == 0:
         raise ValueError(f"adata.uns[{key!r}] has no ELBO trace (not a variational fit?)")
     plt = _pyplot()
     if axes is None:
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     else:
+        _check_axes(axes, 2)
         figure = axes[0].figure
     iterations = np.arange(1, trace.size + 1)
     axes[0].plot(iterations, trace, marker=".", markersize=3)
@@ -155,17 +191,27 @@ def factors(
     basis_key = basis if basis in adata.obsm else f"X_{basis}"
     if basis_key not in adata.obsm:
         raise KeyError(f"adata.obsm has no {basis_key!r}; compute the embedding first")
+    n_components = len(np.asarray(info["active"]))
     if components is None:
         components = active_factors(adata, key, include_inactive)
-    components = [int(factor) for factor in components]
+    components = _check_components(components, n_components)
     if not components:
         raise ValueError("no factor to draw (none is active; pass components= to choose)")
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    if np.ndim(adata.obsm[basis_key]) != 2 or np.shape(adata.obsm[basis_key])[1] < 2:
+        raise ValueError(f"adata.obsm[{basis_key!r}] is not a 2-D embedding (cells x 2 or more)")
     field = info["usage_key"] if values == "usage" else info["obsm_key"]
     shown = np.asarray(adata.obsm[field])[:, components]
     if isinstance(vmax, str):
-        if not (vmax.startswith("p") and vmax[1:].replace(".", "", 1).isdigit()):
+        percent = vmax[1:].replace(".", "", 1)
+        if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
             raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
         vmax = float(np.percentile(shown, float(vmax[1:])))
+    elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.number)):
+        raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
+    elif not (np.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be positive and finite (the scale starts at 0), got {vmax!r}")
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
     # Stored as X_<name> so that scanpy names the axes as its own (UMAP1, UMAP2).
@@ -302,6 +348,7 @@ def select_k(
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     else:
+        _check_axes(axes, 3)
         figure = axes[0].figure
     axes[0].errorbar(
         ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3

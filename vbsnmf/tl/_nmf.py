@@ -152,7 +152,8 @@ def nmf(
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
         threshold used;
-        variational solvers: ``elbo_trace`` (n_iter,), the ELBO in nats per iteration,
+        variational solvers: ``elbo_trace``, the ELBO in nats of each kept q (one per
+        iteration of plain ascent, fewer with SQUAREM: see `vbsnmf.VBNMF.elbo_trace_`),
         and ``variational``: ``prior`` (``"hierarchical"`` or ``"gamma"``); under the
         learned prior its hyperparameters ``cell_factor_shape`` (K,),
         ``cell_scale_prior_shape``, ``cell_scale_prior_mean`` and the same for ``gene``;
@@ -223,9 +224,10 @@ def nmf(
 
     genes = adata.raw if use_raw else adata
     if solver in VB_SOLVERS:
-        init, previous_trace = None, np.empty(0)
+        init, previous_trace, previous_passes = None, np.empty(0), 0
         if warm_start:
             init, previous_trace = _stored_start(adata, keys, use_raw, fitted_genes)
+            previous_passes = int(fit_info(adata, keys.uns)["n_iter"])
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
             stored = fit_info(adata, keys.uns)["variational"].get("prior", "gamma")
             if fit_params["prior"] != stored:
@@ -237,7 +239,7 @@ def nmf(
             matrix, kind, n_components, solver, random_state, init, callback, fit_params
         )
         fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
-        fitted[2]["n_iter"] = int(fitted[2]["elbo_trace"].size)
+        fitted[2]["n_iter"] += previous_passes
     else:
         if warm_start:
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
@@ -390,6 +392,7 @@ def _fit_variational(matrix, kind, n_components, solver, random_state, init, cal
     cell_factors = model.cell_shape_ / model.cell_rate_
     info = {
         "elbo_trace": np.asarray(model.elbo_trace_, np.float64),
+        "n_iter": int(model.n_iter_),
         "converged": bool(model.converged_),
         "variational": _variational(model),
     }

@@ -148,6 +148,11 @@ def select_k(
         cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
         per_cell.append(cell_ll)
         info, half_info = full.uns["nmf"], half.uns["nmf"]
+        if len(info["elbo_trace"]) == 0:
+            raise ValueError(
+                f"the fit at K={k} recorded no ELBO in its {info['n_iter']} pass(es) (SQUAREM's "
+                "first pass scores only the start); raise max_iter"
+            )
         rows.append(
             {
                 "elbo": float(info["elbo_trace"][-1]),

@@ -375,6 +375,18 @@ def test_estimator_errors():
         NMF(3).fit(-X)
     with pytest.raises(ValueError, match="n_components"):
         NMF(0).fit(X)
+    # found by a hostile pass: numpy's "ufunc 'isfinite' not supported", booleans taken as 1
+    with pytest.raises(TypeError, match="beta must be a number"):
+        NMF(3, loss="beta", beta="a").fit(X)
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        NMF(3, loss="alpha", alpha="a").fit(X)
+    for name in ("max_iter", "tol"):
+        with pytest.raises(ValueError, match=name):
+            NMF(3, **{name: True}).fit(X)
+    # weights that select nothing: a raw ValueError (sparse) or a negative loss (dense)
+    for weights in (sp.csr_matrix(X.shape), np.zeros(X.shape)):
+        with pytest.raises(ValueError, match="weights select no entry"):
+            NMF(3, weights=weights, max_iter=5).fit(X)
 
 
 def test_tl_nmf_dispatches_to_classic(pbmc_tiny):

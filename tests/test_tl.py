@@ -703,3 +703,52 @@ def test_n_iter_counts_passes_also_under_squarem(pbmc_tiny):
     assert info["n_iter"] == 10 and 0 < len(info["elbo_trace"]) < 10
     _quiet_nmf(small, 3, max_iter=4, warm_start=True)
     assert small.uns["nmf"]["n_iter"] == 14
+
+
+def test_top_genes_gene_specificity_and_count_split_refuse_bad_input(pbmc_tiny):
+    """Found by a hostile pass: bare KeyErrors, silent empty tables, numpy's errors."""
+    small = pbmc_tiny[:200].copy()
+    _quiet_nmf(small, 2, max_iter=3)
+    with pytest.raises(ValueError, match="min_counts must be finite"):
+        tl.top_genes(small, 3, min_counts=np.nan)
+    for where, name in (("varm", "NMF"), ("obsm", "X_nmf"), ("var", "nmf_total_counts")):
+        edited = small.copy()
+        del getattr(edited, where)[name]
+        with pytest.raises(KeyError, match=re.escape(f"has no .{where}['{name}']")):
+            tl.top_genes(edited, 3)
+    loadings, factors = small.varm["NMF"], small.obsm["X_nmf"]
+    np.testing.assert_allclose(  # a list is taken as an array
+        tl.gene_specificity(loadings.tolist(), factors), tl.gene_specificity(loadings, factors)
+    )
+    with pytest.raises(ValueError, match="2 factors, cell_factors 1"):
+        tl.gene_specificity(loadings, factors[:, :1])
+    for bad in (np.nan, -1.0):
+        edited = loadings.copy()
+        edited[0, 0] = bad
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            tl.gene_specificity(edited, factors)
+    with pytest.raises(TypeError, match="not an AnnData"):
+        tl.count_split(small)
+    with pytest.raises(ValueError, match=r"below 2\*\*63"):
+        tl.count_split(np.array([[1e19, 1.0]]))
+
+
+def test_warm_start_with_another_k_names_k(pbmc_tiny):
+    small = pbmc_tiny[:200].copy()
+    _quiet_nmf(small, 3, max_iter=3)
+    with pytest.raises(ValueError, match="the stored fit has K=3, not 2"):
+        tl.nmf(small, 2, warm_start=True)
+
+
+def test_project_warns_of_cells_without_counts_in_the_reference_genes(pbmc_tiny):
+    reference = pbmc_tiny[:, :300].copy()
+    _quiet_nmf(reference, 2, max_iter=3)
+    new = pbmc_tiny[:20].copy()
+    counts = new.X.tolil()
+    counts[:5, :300] = 0  # five cells with counts only in genes the reference lacks
+    new.X = counts.tocsr()
+    with pytest.warns(UserWarning, match="5 of the 20 cells have no counts in the reference"):
+        tl.project(new, reference, n_threads=1)
+    assert new.uns["nmf_projection"]["n_cells_without_counts"] == 5
+    factors = new.obsm["X_nmf"]
+    np.testing.assert_allclose(factors[:5], np.broadcast_to(factors[0], (5, 2)))

@@ -197,6 +197,11 @@ class ClassicData:
             )
             if weights.shape != shape:
                 raise ValueError(f"weights have shape {weights.shape}, X has shape {shape}")
+            positive = (
+                weights.count_nonzero() if sp.issparse(weights) else np.count_nonzero(weights)
+            )
+            if positive == 0:
+                raise ValueError("weights select no entry (all zero): there is nothing to fit")
         if weights is not None and sp.issparse(weights):
             coo = sp.coo_matrix(weights)
             keep = coo.data > 0

@@ -233,11 +233,14 @@ class NMF(TransformerMixin, BaseEstimator):
             raise ValueError("loss 'l1' has no multiplicative update")
         if self.solver == "mu" and spec.alpha == 0.0:
             raise ValueError("the AB multiplicative update needs alpha != 0")
-        if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
+        max_iter = self.max_iter
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         for name in ("epsilon", "tol"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.init not in INITS and self.init is not None:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")

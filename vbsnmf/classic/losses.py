@@ -218,6 +218,10 @@ def resolve_loss(loss: str, alpha: float | None = None, beta: float | None = Non
             raise ValueError(f"loss={name!r} needs {parameter}")
         if parameter not in needs and value is not None:
             raise ValueError(f"{parameter} has no meaning for loss={name!r}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+        ):
+            raise TypeError(f"{parameter} must be a number, got {value!r}")
         if value is not None and not np.isfinite(value):
             raise ValueError(f"{parameter} must be finite, got {value!r}")
     fixed = {

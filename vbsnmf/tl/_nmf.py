@@ -226,6 +226,16 @@ def nmf(
     if solver in VB_SOLVERS:
         init, previous_trace, previous_passes = None, np.empty(0), 0
         if warm_start:
+            stored_k = (
+                fit_info(adata, keys.uns)["params"].get("n_components")
+                if (keys.uns in adata.uns)
+                else None
+            )
+            if stored_k is not None and int(stored_k) != n_components:
+                raise ValueError(
+                    f"warm_start: the stored fit has K={int(stored_k)}, not {n_components}; "
+                    "fit without warm_start to change K"
+                )
             init, previous_trace = _stored_start(adata, keys, use_raw, fitted_genes)
             previous_passes = int(fit_info(adata, keys.uns)["n_iter"])
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}

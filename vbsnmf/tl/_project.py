@@ -75,7 +75,9 @@ def project(
         reference's loadings) and the usages' square roots, as `vbsnmf.tl.nmf` stores
         them.
     ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
-        ``reference_key``, ``n_genes_used`` and ``n_genes_missing``.
+        ``reference_key``, ``n_genes_used``, ``n_genes_missing`` and
+        ``n_cells_without_counts`` (cells with no counts in the reference's genes, whose
+        factors are the prior's; a warning says so).
 
     Raises
     ------
@@ -129,6 +131,16 @@ def project(
         )
     matrix = check_count_matrix(adata_new, matrix, source)
     counts = matrix.tocsr()[:, positions[shared]]
+    # Cells whose counts all lie in genes the reference lacks: their factors are the prior's.
+    without = np.asarray(counts.sum(axis=1)).ravel() == 0
+    n_without = int(np.count_nonzero(without))
+    if n_without:
+        warnings.warn(
+            f"{n_without} of the {counts.shape[0]} cells have no counts in the reference's "
+            "genes; their factors are the prior's (the same for each)",
+            UserWarning,
+            stacklevel=2,
+        )
     gene_shape = np.ascontiguousarray(gene_shape[shared])
     gene_rate = np.asarray(variational["gene_rate"])
     row_scale = None
@@ -162,5 +174,6 @@ def project(
         "reference_key": key,
         "n_genes_used": n_shared,
         "n_genes_missing": len(reference_genes) - n_shared,
+        "n_cells_without_counts": n_without,
     }
     return adata_new if copy else None

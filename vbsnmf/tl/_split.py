@@ -35,14 +35,19 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     Raises
     ------
     ValueError
-        ``fraction`` outside (0, 1); counts that are negative, not finite or not whole.
+        ``fraction`` outside (0, 1); counts that are negative, not finite, not whole or
+        2**63 or more.
     TypeError
-        ``counts`` is not numeric.
+        ``counts`` is not numeric, or is an AnnData.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    if hasattr(counts, "obs_names"):  # an AnnData: its counts are a matrix of it
+        raise TypeError(
+            "counts must be a matrix (e.g. adata.X or adata.layers['counts']), not an AnnData"
+        )
     sparse = sp.issparse(counts)
     matrix = sp.csr_matrix(counts, copy=True) if sparse else np.array(counts, copy=True)
     values = matrix.data if sparse else matrix
@@ -54,6 +59,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         raise ValueError("counts must be non-negative and finite")
     if values.size and np.any(values % 1):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
+    if values.size and values.max() >= 2.0**63:  # numpy's binomial takes int64 counts
+        raise ValueError(f"counts must be below 2**63, got {values.max():.6g}")
     rng = np.random.default_rng(random_state)
     drawn = rng.binomial(values.astype(np.int64), fraction).astype(values.dtype)
     if not sparse:

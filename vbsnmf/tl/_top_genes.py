@@ -16,9 +16,29 @@ def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.
     gene no factor explains). Unlike the raw loading it does not favour genes that every
     cell expresses highly.
     """
+    gene_loadings = _factor_matrix(gene_loadings, "gene_loadings")
+    cell_factors = _factor_matrix(cell_factors, "cell_factors")
+    if gene_loadings.shape[1] != cell_factors.shape[1]:
+        raise ValueError(
+            f"gene_loadings have {gene_loadings.shape[1]} factors, cell_factors "
+            f"{cell_factors.shape[1]}"
+        )
     expected = gene_loadings * cell_factors.sum(axis=0)
     totals = expected.sum(axis=1, keepdims=True)
     return np.divide(expected, totals, out=np.zeros_like(expected), where=totals > 0)
+
+
+def _factor_matrix(values, name: str) -> np.ndarray:
+    """A 2-D, finite, non-negative float array (factors or loadings)."""
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a numeric array") from None
+    if values.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows x factors), got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or values.min(initial=0.0) < 0:
+        raise ValueError(f"{name} must be finite and non-negative")
+    return values
 
 
 def top_genes(
@@ -70,8 +90,21 @@ def top_genes(
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
     if isinstance(min_counts, bool) or not isinstance(min_counts, (int, np.integer, float)):
         raise TypeError(f"min_counts must be a number, got {type(min_counts).__name__}")
+    if not np.isfinite(min_counts):
+        raise ValueError(f"min_counts must be finite, got {min_counts!r}")
     info = fit_info(adata, key)
     genes = gene_holder(adata, key)
+    stored = (
+        ("varm", genes.varm, info["varm_key"]),
+        ("obsm", adata.obsm, info["obsm_key"]),
+        ("var", genes.var, FitKeys.of(key).total_counts),
+    )
+    for where, mapping, name in stored:
+        if name not in mapping:
+            raise KeyError(
+                f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
+                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+            )
     gene_loadings = np.asarray(genes.varm[info["varm_key"]], dtype=np.float64)
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]], dtype=np.float64)
     totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)

@@ -3,6 +3,7 @@ exactly (bitwise) the ELBO trace of an uninterrupted fit, for batch VB and SVI."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -220,8 +221,9 @@ def test_a_checkpoint_beyond_the_float_range_stops_the_fit_not_its_trace(
     tmp_path, capsys, accelerate
 ):
     """A checkpoint whose factor shapes were multiplied by 1e300 (positive and finite, so
-    it passes the checks) has an infinite ELBO: the fit raises FloatingPointError (its
-    trace ended in inf), without numpy's overflow warning first, and the command line says
+    it passes the checks on load) scores far below its trace's last ELBO in the resumed
+    fit's first pass: refused as damaged (it went on to an infinite ELBO and a
+    FloatingPointError), without numpy's overflow warning first, and the command line says
     so in one line, exit 2."""
     import anndata
 
@@ -235,7 +237,7 @@ def test_a_checkpoint_beyond_the_float_range_stops_the_fit_not_its_trace(
     _rewrite(path, _set(name, lambda shapes: shapes * 1e300))
     with warnings.catch_warnings():  # one message: no numpy overflow warning before it
         warnings.simplefilter("error", RuntimeWarning)
-        with pytest.raises(FloatingPointError, match="beyond the float range"):
+        with pytest.raises(_checkpoint.CheckpointError, match="checkpoint is damaged"):
             _fit_on(model.set_params(resume=True, max_iter=9), X)
     if not accelerate:  # the command line fits the default, accelerated
         return
@@ -245,7 +247,7 @@ def test_a_checkpoint_beyond_the_float_range_stops_the_fit_not_its_trace(
     argv += ["--quiet", "--checkpoint", path, "--resume", "-o", tmp_path / "out"]
     code = cli.main([str(a) for a in argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "beyond the float range" in err, err
+    assert code == 2 and err.count("\n") == 1 and "checkpoint is damaged" in err, err
 
 
 @pytest.mark.parametrize("accelerate", [False, True])
@@ -409,3 +411,43 @@ def test_an_svi_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(t
         _checkpoint.CheckpointError, match="gene_step_stat, a statistic of its next step"
     ):
         _fit(model(4, resume=True))
+
+
+def test_a_checkpoint_with_a_positive_elbo_is_refused(tmp_path):
+    """The ELBO bounds the log-probability of the counts, so it is never positive; a hand-
+    edited trace of [1, 2] was resumed and reported as the fit's."""
+    path = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(3, max_iter=4, random_state=0, n_threads=1, accelerate=False)
+    _fit_on(model.set_params(checkpoint=path), _small_counts())
+    _rewrite(path, _set("elbo_trace", lambda trace: np.arange(1.0, trace.size + 1.0)))
+    with pytest.raises(_checkpoint.CheckpointError, match="positive values"):
+        _fit_on(model.set_params(resume=True, max_iter=6), _small_counts())
+
+
+@pytest.mark.parametrize("changed", [{"max_iter": 1}, {"tol": 0.5}, {"eval_every": 2}])
+def test_svi_cells_checkpoint_refuses_other_local_fit_settings(tmp_path, pbmc_tiny, changed):
+    """In the cells form max_iter and tol set each cell's local fit, and eval_every the
+    epochs scored: a resume with others mixed two fits' arithmetic without a word."""
+    path = tmp_path / "svi.ckpt"
+    options = {"solver": "svi", "n_epochs": 2, "random_state": 0, "n_threads": 1}
+    _fit(vbsnmf.VBNMF(2, checkpoint=path, **options))
+    resumed = {"checkpoint": path, "resume": True, **options, "n_epochs": 3}
+    with pytest.raises(_checkpoint.CheckpointMismatchError, match=r"local_fit|eval_every"):
+        _fit(vbsnmf.VBNMF(2, **resumed, **changed))
+    assert _fit(vbsnmf.VBNMF(2, **resumed)).n_iter_ == 3  # the same settings resume
+
+
+def test_a_generator_state_other_than_pcg64_is_damage():
+    """Every fit draws from numpy's default PCG64; an SVI checkpoint holding another
+    generator's state was accepted, then failed at the next save (an ndarray in JSON)."""
+    other = np.random.Generator(np.random.MT19937(0)).bit_generator.state
+    other["state"]["key"] = other["state"]["key"].tolist()
+    meta = {"step": 1, "epoch": 1, "converged": False, "rng": json.dumps(other)}
+
+    def damaged(what):
+        return _checkpoint.CheckpointError(what)
+
+    with pytest.raises(_checkpoint.CheckpointError, match="not PCG64's"):
+        _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)
+    meta["rng"] = _checkpoint.rng_state_json(np.random.default_rng(0))
+    _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)

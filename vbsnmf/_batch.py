@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from . import _kernels
+from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError
 from ._data import CountData
 from ._model import (
     HOLD_TOL,
@@ -79,6 +80,19 @@ def matrix_model(data: CountData, prior: Prior, n_parts: int = 1, mask: Mask | N
     return scored, step
 
 
+def check_resumed(value: float, trace) -> None:
+    """The first pass of a fit resumed with ``trace`` scores the stored q (plain ascent) or
+    its plain step (SQUAREM): by coordinate ascent at least the trace's last ELBO. Lower,
+    the stored parameters are not those the trace was recorded from (a damaged
+    checkpoint), and going on would put a decrease into the trace."""
+    last = trace[-1]
+    if not value >= last - BATCH_TRACE_SLACK * abs(last):
+        raise CheckpointError(
+            f"the checkpoint is damaged: its parameters score an ELBO of {value:.10g}, below "
+            f"the {last:.10g} its trace ends with; remove it to start over"
+        )
+
+
 def plain_ascent(
     start,
     scored: Callable[[object], tuple[object, float]],
@@ -109,8 +123,12 @@ def plain_ascent(
     n_done = len(trace)  # iterations already applied to ``start``; its ELBO is trace[-1]
     held = held_prior(prior) if hold_shapes and not hold_released(trace) else None
     converged = False
+    resumed = bool(trace)  # the first pass scores the q whose ELBO is trace[-1]
     while True:
         statistics, value = scored(params)
+        if resumed:
+            check_resumed(value, trace)
+            resumed = False
         if n_done > len(trace):
             trace.append(finite_elbo(value))
             if verbose:
@@ -272,11 +290,15 @@ def squarem(
     extrapolate = extrapolate or _extrapolate_over
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
+    resumed = bool(state.trace)  # the first pass scores the plain step of the last kept q
 
     def score(params, plain: bool = True):
         """One pass: ``params``' statistics and exact ELBO."""
-        nonlocal released_at
+        nonlocal released_at, resumed
         statistics, value = scored(params)
+        if resumed:
+            check_resumed(value, state.trace)
+            resumed = False
         state.n_passes += 1
         # A plain step's pass may release the hold before its own step, as in `fit_batch`.
         if plain and state.holding and state.previous is not None:

@@ -252,6 +252,8 @@ def checked_trace(
         raise damaged("elbo_trace is missing or not a 1-D float array")
     if not np.all(np.isfinite(trace)):
         raise damaged("elbo_trace holds values that are not finite")
+    if np.any(trace > 0):  # the ELBO bounds log p(x) <= 0, the log-probability of counts
+        raise damaged("elbo_trace holds positive values, which no ELBO of counts takes")
     if batch and np.any(np.diff(trace) < -BATCH_TRACE_SLACK * np.abs(trace[1:])):
         raise damaged("its ELBO trace decreases, which coordinate ascent's never does")
     if not isinstance(meta.get("finished"), bool):
@@ -330,7 +332,9 @@ def rng_state_json(rng: np.random.Generator) -> str:
 def rng_from_json(text: str) -> np.random.Generator:
     """A generator in exactly the state `rng_state_json` recorded."""
     state = json.loads(text)
-    bit_generator = getattr(np.random, state["bit_generator"])()
+    if state["bit_generator"] != "PCG64":  # numpy's default_rng, the one every fit uses
+        raise ValueError(f"a {state['bit_generator']!r} state, not PCG64's")
+    bit_generator = np.random.PCG64()
     bit_generator.state = state
     return np.random.Generator(bit_generator)
 

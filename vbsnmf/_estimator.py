@@ -636,6 +636,7 @@ def _checkpointer(
     that changes its arithmetic (the data's fingerprint among them), which a checkpoint
     must match to be resumed."""
     svi = settings.solver == "svi"
+    cells_form = svi and settings.svi_form == "cells"
     seed = settings.random_state
     config = {
         "shape": [int(n) for n in shape],
@@ -648,6 +649,9 @@ def _checkpointer(
         "batch_size": batch if svi else None,
         "tau": settings.tau if svi else None,
         "kappa": settings.kappa if svi else None,
+        # each cell's local fit runs to tol within max_iter passes: the steps depend on them
+        "local_fit": [settings.max_iter, settings.tol] if cells_form else None,
+        "eval_every": settings.eval_every if svi else None,
         "prior": repr(settings.prior),
         "accelerate": settings.accelerate,
         "dtype": settings.dtype.name,

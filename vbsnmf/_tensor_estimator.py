@@ -517,6 +517,8 @@ class VBNTF(Estimator):
             "batch_size": batch_size,
             "tau": checked["tau"] if svi else None,
             "kappa": checked["kappa"] if svi else None,
+            # each slice's local fit runs to tol within max_iter passes: the steps depend on them
+            "local_fit": [checked["max_iter"], checked["tol"]] if form == "slices" else None,
             "prior": self.prior,
             "prior_shape": getattr(prior, "shape", getattr(prior, "factor_shape", None)),
             "prior_rate": getattr(prior, "rate", None),

@@ -383,6 +383,14 @@ def test_estimator_errors():
     for name in ("max_iter", "tol"):
         with pytest.raises(ValueError, match=name):
             NMF(3, **{name: True}).fit(X)
+    # a numpy Generator seeds the start, as VBNMF's random_state (scikit-learn's
+    # randomized_svd refused it)
+    for init in ("nndsvda", "random"):
+        fits = [
+            NMF(3, init=init, max_iter=3, tol=0, random_state=np.random.default_rng(5)).fit(X)
+            for _ in range(2)
+        ]
+        np.testing.assert_array_equal(fits[0].components_, fits[1].components_)
     # weights that select nothing: a raw ValueError (sparse) or a negative loss (dense)
     for weights in (sp.csr_matrix(X.shape), np.zeros(X.shape)):
         with pytest.raises(ValueError, match="weights select no entry"):

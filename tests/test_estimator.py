@@ -344,3 +344,26 @@ def test_a_callback_that_cannot_be_called_is_refused_before_any_pass(_pbmc_tiny)
             _pbmc_tiny.X, callback=count_passes
         )
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("kappa", "error"),
+    [(np.nan, ValueError), (0.5, ValueError), (True, TypeError), ("x", TypeError)],
+)
+def test_svi_kappa_outside_its_range_names_the_range(kappa, error):
+    """kappa = NaN was told it must be ">= 0"."""
+    match = r"kappa must be in \(0\.5, 1\]" if error is ValueError else "kappa must be a number"
+    with pytest.raises(error, match=match):
+        vbsnmf.VBNMF(2, solver="svi", kappa=kappa).fit(np.ones((6, 4)))
+
+
+def test_a_masked_array_is_refused_rather_than_its_mask_dropped():
+    X = np.ma.masked_array(np.ones((6, 4)), mask=np.zeros((6, 4), dtype=bool))
+    X.mask[0, 0] = True
+    X.data[0, 0] = 1e6  # a hidden value that np.asarray would have fitted
+    with pytest.raises(TypeError, match=r"masked array: pass the entries to leave out"):
+        vbsnmf.VBNMF(2).fit(X)
+    unmasked = np.ma.masked_array(np.ones((6, 4)))  # no entry masked: an ordinary array
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(2, max_iter=2).fit(unmasked)

@@ -191,3 +191,13 @@ def test_elbo_plot_refuses_wrong_axes_and_says_why_a_trace_is_empty(fitted):
         pl.elbo(short)
     with pytest.raises(ValueError, match="recorded no ELBO"):
         tl.select_k(short, ks=[2], max_iter=1)
+
+
+def test_top_genes_dotplot_refuses_a_numeric_groupby(fitted):
+    """scanpy bins a numeric column and then fails with a KeyError on its Interval bins."""
+    numbered = fitted.copy()
+    numbered.obs["cluster_id"] = numbered.obs["cluster"].cat.codes.astype(int)
+    with pytest.raises(ValueError, match="is numeric; make it categorical"):
+        pl.top_genes(numbered, "cluster_id", show=False)
+    numbered.obs["cluster_id"] = numbered.obs["cluster_id"].astype("category")
+    assert pl.top_genes(numbered, "cluster_id", show=False)

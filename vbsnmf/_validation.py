@@ -221,6 +221,12 @@ def check_counts(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
             "vbsnmf.io.read(path), or stream it from disk with VBNMF(solver='svi')"
         )
+    if isinstance(X, np.ma.MaskedArray) and np.ma.getmask(X) is not np.ma.nomask and X.mask.any():
+        # np.asarray would drop the mask and fit the hidden values as counts
+        raise TypeError(
+            f"{name} is a masked array: pass the entries to leave out as fit(X, mask=...) "
+            "(a sparse or boolean matrix) and the counts as X.filled(0)"
+        )
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got {X.ndim}-D")
@@ -434,7 +440,12 @@ def check_float_dtype(dtype) -> np.dtype:
 def check_step_schedule(tau, kappa) -> tuple[float, float]:
     """SVI's step size ``rho_t = (t + tau)^(-kappa)``: ``tau >= 0``, ``kappa`` in (0.5, 1]."""
     tau = check_tolerance(tau, "tau")
-    kappa_value = check_tolerance(kappa, "kappa")
-    if not 0.5 < kappa_value <= 1.0:
+    try:
+        kappa_value = float(kappa)
+    except (TypeError, ValueError):
+        kappa_value = None
+    if kappa_value is None or isinstance(kappa, bool):
+        raise TypeError(f"kappa must be a number, got {kappa!r}")
+    if not 0.5 < kappa_value <= 1.0:  # NaN included
         raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
     return tau, kappa_value

@@ -62,7 +62,8 @@ class NMF(TransformerMixin, BaseEstimator):
         ``"nndsvda"`` (default), ``"nndsvd"``, ``"nndsvdar"``, ``"random"`` or ``"custom"``
         (``W`` and ``H`` given to `fit_transform`).
     random_state
-        Seed of the initialisation.
+        Seed of the initialisation: None, an int, a `numpy.random.RandomState` or a
+        `numpy.random.Generator` (which gives the seed).
 
     Attributes
     ----------
@@ -265,9 +266,9 @@ class NMF(TransformerMixin, BaseEstimator):
         elif W is not None or H is not None:
             raise ValueError("W and H are used with init='custom' only")
         elif init == "random":
-            W, H = random_init(data, n_components, self.random_state)
+            W, H = random_init(data, n_components, _legacy_seed(self.random_state))
         else:
-            W, H = nndsvd_init(data, n_components, init, self.random_state)
+            W, H = nndsvd_init(data, n_components, init, _legacy_seed(self.random_state))
         if self.epsilon > 0:
             W, H = np.maximum(W, self.epsilon), np.maximum(H, self.epsilon)
         return W, H
@@ -315,6 +316,14 @@ def reconstruction_error(spec: LossSpec, loss: float) -> float:
     have one scale in both."""
     divergence = loss / 2 if spec.name == "frobenius" else loss
     return float(np.sqrt(2 * max(divergence, 0.0)))
+
+
+def _legacy_seed(random_state):
+    """``random_state`` as scikit-learn's helpers take it: a `numpy.random.Generator` (which
+    `vbsnmf.VBNMF` takes) becomes a seed drawn from it; anything else is passed on."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**32))
+    return random_state
 
 
 def random_init(data: ClassicData, n_components: int, random_state):

@@ -285,6 +285,13 @@ def top_genes(
 
     if groupby not in adata.obs:
         raise KeyError(f"adata.obs has no column {groupby!r} to group the cells by")
+    column = adata.obs[groupby]
+    if not isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(column):
+        # scanpy would cut a numeric column into bins (and then fail to find them)
+        raise ValueError(
+            f"adata.obs[{groupby!r}] is numeric; make it categorical to group by it "
+            f"(adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype('category'))"
+        )
     table = top_genes_table(
         adata,
         n_genes,

@@ -108,6 +108,37 @@ def test_a_bad_mtx_leaves_nothing_behind(tmp_path, body, message):
     assert list(out.iterdir()) == []
 
 
+_BANNER = "%%MatrixMarket matrix coordinate integer general\n"
+
+
+def _tiny_mtx(folder: Path) -> Path:
+    path = folder / "m.mtx"
+    path.write_text(f"{_BANNER}3 2 3\n1 1 5\n2 2 3\n3 1 1\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["m.mtx", "link.mtx", "hard.mtx", "genes.txt", "tenx/matrix.mtx.gz", "tenx/features.tsv.gz"],
+)
+def test_conversion_never_overwrites_what_it_reads(tmp_path, target):
+    """dst naming the input, a link or hard link to it, a name file or a file of the 10x
+    folder is refused before anything is written (the converter replaced them with HDF5)."""
+    source = _tiny_mtx(tmp_path)
+    (tmp_path / "link.mtx").symlink_to(source)
+    (tmp_path / "hard.mtx").hardlink_to(source)
+    (tmp_path / "genes.txt").write_text("a\nb\n")
+    shutil.copytree(TINY_10X, tmp_path / "tenx")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    if target.startswith("tenx"):
+        call = {"src": tmp_path / "tenx"}
+    else:
+        call = {"src": source, "genes_as_rows": False, "col_names": tmp_path / "genes.txt"}
+    with pytest.raises(vbsnmf.io.UnsafePathError, match="choose a path outside"):
+        mtx_to_h5ad(dst=tmp_path / target, **call)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_stored_rows_are_anndata_sparse_dataset_rows(tmp_path):
     """The source reads through anndata: the rows asked for, float64, in h5ad and zarr."""
     tiny = vbsnmf.datasets.pbmc_tiny()

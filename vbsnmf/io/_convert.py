@@ -20,6 +20,7 @@ import pandas as pd
 
 from .._atomic import atomic_file
 from ._errors import ReadError
+from ._paths import check_apart
 from ._read import (
     MtxHeader,
     check_file,
@@ -76,10 +77,16 @@ def mtx_to_h5ad(
     ReadError
         Anything wrong with ``src`` or the name files (as `vbsnmf.io.read_mtx`), or
         entries not sorted by cell.
+    UnsafePathError
+        ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
+        (symbolic and hard links resolved), checked before anything is written.
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise ReadError(src, "no such file or directory")
+    # before anything is written: dst (links and hard links resolved) must not replace
+    # the counts, a file of the 10x folder, or a name file
+    check_apart("dst", dst, _inputs(src, row_names, col_names))
     is_folder = src.is_dir()
     if is_folder:
         if not genes_as_rows or row_names is not None or col_names is not None:
@@ -104,6 +111,12 @@ def mtx_to_h5ad(
     with atomic_file(dst) as temporary:
         _write(src, header, temporary, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
     return dst
+
+
+def _inputs(src: Path, row_names, col_names) -> list[tuple[str, Path]]:
+    """What `mtx_to_h5ad` reads, as (description, path) pairs for `check_apart`."""
+    named = (("the input", src), ("the row names", row_names), ("the column names", col_names))
+    return [(what, Path(path)) for what, path in named if path is not None]
 
 
 def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, pd.DataFrame | None]:

@@ -45,7 +45,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
+def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
     """Raise `UnsafePathError` if ``path`` is, lies inside or contains one of ``owned``
     (pairs of a description, e.g. ``"the input"``, and a path)."""
     real = real_path(path)
@@ -80,7 +80,7 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     path = Path(checkpoint)
     if path.is_dir():
         raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
-    _check_apart("checkpoint", path, (("the input", i) for i in inputs))
+    check_apart("checkpoint", path, (("the input", i) for i in inputs))
     if path.is_symlink() and not path.exists():
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
     if path.exists():
@@ -136,7 +136,7 @@ def check_outdir(
     owned = [("the input", i) for i in inputs]
     if checkpoint is not None:
         owned.append(("the checkpoint", checkpoint))
-    _check_apart("OUTDIR", path, owned)
+    check_apart("OUTDIR", path, owned)
     if os.path.ismount(real):
         raise UnsafePathError(f"OUTDIR {outdir} is a mount point; name a folder inside it")
     if path.exists() or path.is_symlink():
@@ -159,4 +159,10 @@ def check_outdir(
     return path
 
 
-__all__ = ["UnsafePathError", "check_checkpoint_path", "check_outdir", "real_path"]
+__all__ = [
+    "UnsafePathError",
+    "check_apart",
+    "check_checkpoint_path",
+    "check_outdir",
+    "real_path",
+]

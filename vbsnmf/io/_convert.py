@@ -22,6 +22,7 @@ from .._atomic import atomic_file
 from ._errors import ReadError
 from ._paths import check_apart
 from ._read import (
+    CheckedText,
     MtxHeader,
     check_file,
     check_mtx_size,
@@ -50,7 +51,8 @@ def mtx_to_h5ad(
     The result reads as `vbsnmf.io.read_h5ad` reads any ``.h5ad`` and streams, a minibatch
     of cells at a time, into ``VBNMF(solver="svi").fit(dst)`` and ``vbsnmf fit dst
     --solver svi``: convert once, fit as often as needed. Counts are stored as float64
-    (exact for every count; the largest is not known before the end of the pass).
+    (exact for every count; the largest is not known before the end of the pass), and
+    repeated entries of a cell and gene are summed, as `vbsnmf.io.read_mtx` sums them.
 
     Parameters
     ----------
@@ -75,8 +77,8 @@ def mtx_to_h5ad(
     Raises
     ------
     ReadError
-        Anything wrong with ``src`` or the name files (as `vbsnmf.io.read_mtx`), or
-        entries not sorted by cell.
+        Anything wrong with ``src`` or the name files (refused as `vbsnmf.io.read_mtx`
+        refuses it, with its messages), or entries not sorted by cell.
     UnsafePathError
         ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
         (symbolic and hard links resolved), checked before anything is written.
@@ -158,7 +160,7 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
     else:
         var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))
-    with _errors(src), open_binary(src) as text, h5py.File(out_path, "w") as out:
+    with _errors(src), open_binary(src) as raw, h5py.File(out_path, "w") as out:
         # an AnnData without X, then X written as its CSR group, a chunk at a time
         write_elem(out, "obs", obs)
         write_elem(out, "var", var)
@@ -166,9 +168,32 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
             write_elem(out, key, {})
         out.attrs["encoding-type"] = "anndata"
         out.attrs["encoding-version"] = "0.1.0"
+        # the text read_mtx accepts, checked as read_mtx checks it, as pandas reads it
+        checked = CheckedText(raw, src, header, nnz)
+        text = checked.buffered()
         _skip_header(text)
         group = out.create_group("X")
-        _copy_entries(text, group, genes_as_rows, len(cells), len(genes), gene_index, nnz)
+        with _numbers_checked(checked):
+            _copy_entries(text, group, genes_as_rows, len(cells), len(genes), gene_index, nnz)
+
+
+@contextmanager
+def _numbers_checked(checked: CheckedText):
+    """Parsing the entry lines of ``checked``: the count of their numbers checked at the
+    end (`CheckedText.finish`), also after the parsing failed, since a wrong number of
+    fields on a line explains a parser's or an index error (pandas shifts the columns
+    of a line with 4 fields into the index)."""
+    try:
+        yield
+    except ReadError:
+        raise
+    except ValueError as error:
+        failure = error
+    else:
+        failure = None
+    checked.finish()
+    if failure is not None:
+        raise failure
 
 
 def _skip_header(handle) -> None:
@@ -253,17 +278,21 @@ def _check_indices(cells, genes, n_cells, n_genes) -> None:
 
 
 def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
-    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell."""
+    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell and
+    repeated entries of a cell and gene summed, as `vbsnmf.io.read_mtx` sums them."""
     genes = gene_index[genes]
     kept = genes >= 0
     cells, genes, values = cells[kept], genes[kept], values[kept]
     if len(cells) == 0:
         return written
-    stop = written + len(cells)
     order = np.lexsort((genes, cells))
-    indices[written:stop] = genes[order].astype(np.int32)
-    data[written:stop] = values[order]
-    row_counts += np.bincount(cells, minlength=len(row_counts))
+    cells, genes, values = cells[order], genes[order], values[order]
+    first = np.concatenate([[True], (np.diff(cells) != 0) | (np.diff(genes) != 0)])
+    starts = np.flatnonzero(first)
+    stop = written + len(starts)
+    indices[written:stop] = genes[starts].astype(np.int32)
+    data[written:stop] = np.add.reduceat(values, starts)
+    row_counts += np.bincount(cells[starts], minlength=len(row_counts))
     return stop
 
 

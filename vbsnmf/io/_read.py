@@ -8,7 +8,7 @@ adds what they leave to the caller:
 - counts are stored exactly: float32 when every count is exact in it (counts up to 2**24
   are), else float64. scanpy reads 10x counts into float32, which rounds 16,777,217 to
   16,777,216; such files are read again in float64.
-- Matrix Market text is checked as it is parsed (`_CheckedText`): scipy's parser crashes
+- Matrix Market text is checked as it is parsed (`CheckedText`): scipy's parser crashes
   the interpreter on a NUL byte and reads ``1.5`` in an integer field as 1.
 - every problem with a file (missing, unreadable, truncated, corrupt, names that do not
   fit the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
@@ -209,7 +209,7 @@ def read_10x(folder: str | os.PathLike):
         header = mtx_header(matrix_path)
         n_entries = check_mtx_size(matrix_path, header.fmt, header.size)
         with open_binary(matrix_path) as handle:
-            _CheckedText(handle, matrix_path, header, n_entries).finish()
+            CheckedText(handle, matrix_path, header, n_entries).finish()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate barcodes: made unique below
@@ -692,7 +692,7 @@ def _character_classes(field: str) -> bytes:
     return bytes(table)
 
 
-class _CheckedText(io.RawIOBase):
+class CheckedText(io.RawIOBase):
     """The text of a Matrix Market file, checked as it is read.
 
     scipy's parser (fast_matrix_market) crashes the interpreter (segmentation fault) on a
@@ -768,7 +768,7 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         header = mtx_header(path)
         n_entries = check_mtx_size(path, header.fmt, header.size)
         with open_binary(path) as handle:
-            text = _CheckedText(handle, path, header, n_entries)
+            text = CheckedText(handle, path, header, n_entries)
             matrix = scipy.io.mmread(text.buffered())
             text.finish()
     matrix = sp.coo_matrix(matrix)

@@ -191,6 +191,26 @@ def test_stored_rows_are_anndata_sparse_dataset_rows(tmp_path):
         assert (blocks.tocsr() != X).nnz == 0
 
 
+def _svi_fit(path):
+    return vbsnmf.VBNMF(2, solver="svi", n_epochs=1, n_threads=1).fit(path)
+
+
+@pytest.mark.parametrize("load", [vbsnmf.io.read, _svi_fit])
+def test_a_zarr_store_missing_a_chunk_is_refused(tmp_path, load):
+    """zarr reads a missing chunk as zeros: all counts moved to gene 0, fitted as valid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
+        vbsnmf.datasets.pbmc_tiny().write_zarr(tmp_path / "t.zarr")
+        # a chunk of zeros that zarr did not write: one gene, so no cell holds it twice
+        one_gene = sp.csr_matrix((np.arange(1.0, 6.0), np.zeros(5, int), np.arange(6)))
+        ad.AnnData(one_gene).write_zarr(tmp_path / "one.zarr")
+    (tmp_path / "t.zarr" / "X" / "indices" / "0").unlink()
+    with pytest.raises(ReadError, match=r"t.zarr: chunk X/indices/0 .* is missing"):
+        load(tmp_path / "t.zarr")
+    assert not (tmp_path / "one.zarr" / "X" / "indices" / "0").exists()
+    np.testing.assert_array_equal(vbsnmf.io.read(tmp_path / "one.zarr").X.data, [1, 2, 3, 4, 5])
+
+
 def test_streaming_a_converted_file_equals_streaming_the_mtx(tmp_path):
     """Converting once and fitting the .h5ad gives the fit of the .mtx, bit for bit."""
     folder = tmp_path / "tenx"

@@ -420,6 +420,7 @@ def read_zarr(path: str | os.PathLike):
     """Read a ``.zarr`` store (cells x genes) into memory with `anndata.read_zarr`;
     `ReadError` if it cannot be read. Checked as `read_h5ad` checks."""
     import anndata as ad
+    import zarr
 
     path = Path(path)
     if not path.is_dir():
@@ -427,12 +428,67 @@ def read_zarr(path: str | os.PathLike):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr's format notices
+            check_zarr_chunks(path, zarr.open_group(str(path), mode="r").get("X"))
             adata = ad.read_zarr(path)
+    except ReadError:
+        raise
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # zarr/anndata raise many types for damaged stores
         raise ReadError(path, _anndata_failure(error, ".zarr store")) from None
     return _checked_anndata(path, adata)
+
+
+def check_zarr_chunks(path: Path, matrix) -> None:
+    """`ReadError` naming a chunk of the sparse matrix ``matrix`` (a zarr group of the
+    store ``path``, e.g. its X) that is missing from the store.
+
+    zarr reads a missing chunk as its fill value (0), so a store copied in part reads as
+    valid counts, all moved to gene 0 or to other cells. zarr 3 does not write a chunk
+    that is all 0 either: such a chunk of ``indices`` is accepted when zeros there leave
+    no cell with a gene twice; ``indptr`` and ``data`` chunks of zeros (tens of thousands
+    of leading empty cells, or of stored zero counts) are not counts worth fitting.
+    A dense matrix is not checked: blocks of zero counts are common there.
+    """
+    import zarr
+
+    if not isinstance(matrix, zarr.Group) or "indptr" not in matrix:
+        return  # no sparse matrix: the reader says what is wrong
+    indptr = None
+    for name in ("indptr", "indices", "data"):
+        if name not in matrix:
+            continue
+        array = matrix[name]
+        for start, stop, key in _missing_chunks(path, array):
+            if name == "indices":
+                indptr = np.asarray(matrix["indptr"][...]) if indptr is None else indptr
+                if _zeros_fit(indptr, start, stop):
+                    continue
+            raise ReadError(
+                path,
+                f"chunk {array.path}/{key} (entries {start} to {stop - 1}) is missing from "
+                "the store, and zarr would read it as zeros: copy the store again",
+            )
+
+
+def _missing_chunks(path: Path, array) -> list[tuple[int, int, str]]:
+    """``(start, stop, key)`` of each chunk (shard, if sharded) of the 1-D zarr ``array``
+    whose file is not in the store ``path``."""
+    length = (getattr(array, "shards", None) or array.chunks)[0]
+    encode = getattr(getattr(array, "metadata", None), "encode_chunk_key", None)  # zarr 3
+    missing = []
+    for start in range(0, array.shape[0], length):
+        key = encode((start // length,)) if encode else str(start // length)
+        if not (path / array.path / key).is_file():
+            missing.append((start, min(start + length, array.shape[0]), key))
+    return missing
+
+
+def _zeros_fit(indptr: np.ndarray, start: int, stop: int) -> bool:
+    """Whether column indices 0 at stored positions ``start:stop`` leave every row at
+    most one of them (as a chunk of zeros zarr did not write does)."""
+    within = np.minimum(indptr[1:], stop) - np.maximum(indptr[:-1], start)
+    return bool(within.max(initial=0) <= 1)
 
 
 def _anndata_failure(error: BaseException, what: str) -> str:

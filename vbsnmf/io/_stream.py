@@ -186,7 +186,10 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
         if is_zarr:
             import zarr
 
+            from ._read import check_zarr_chunks
+
             store = zarr.open_group(str(path), mode="r")
+            check_zarr_chunks(path, store.get("X"))
             return _named(lambda: StoredRowsSource(store["X"], owner=store), path)
         raise ValueError(f"cannot stream {path}: expected .h5ad, .zarr, .mtx(.gz) or a 10x folder")
     try:

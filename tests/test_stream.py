@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,6 +210,85 @@ def test_a_zarr_store_missing_a_chunk_is_refused(tmp_path, load):
         load(tmp_path / "t.zarr")
     assert not (tmp_path / "one.zarr" / "X" / "indices" / "0").exists()
     np.testing.assert_array_equal(vbsnmf.io.read(tmp_path / "one.zarr").X.data, [1, 2, 3, 4, 5])
+
+
+def _tiny_h5ad(folder: Path, edit=None) -> Path:
+    """pbmc_tiny as an .h5ad, its X group edited on disk by ``edit``."""
+    path = folder / "t.h5ad"
+    vbsnmf.datasets.pbmc_tiny().write_h5ad(path)
+    if edit is not None:
+        with h5py.File(path, "r+") as handle:
+            edit(handle["X"])
+    return path
+
+
+def _values_as(dtype):
+    def edit(group):
+        values = group["data"][...].astype(dtype)
+        del group["data"]
+        group["data"] = values
+
+    return edit
+
+
+def _truncated(folder: Path) -> Path:
+    path = _tiny_h5ad(folder)
+    path.write_bytes(path.read_bytes()[:50_000])
+    return path
+
+
+def _garbage_chunk(folder: Path) -> Path:
+    path = folder / "t.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
+        vbsnmf.datasets.pbmc_tiny().write_zarr(path)
+    (path / "X" / "data" / "0").write_bytes(bytes(range(256)) * 2)
+    return path
+
+
+def _one_column_features(folder: Path) -> Path:
+    path = folder / "tenx"
+    shutil.copytree(TINY_10X, path)
+    lines = gzip.decompress((path / "features.tsv.gz").read_bytes()).decode().splitlines()
+    ids = "".join(line.split("\t")[0] + "\n" for line in lines)
+    (path / "features.tsv.gz").write_bytes(gzip.compress(ids.encode()))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_truncated, "t.h5ad: not a readable HDF5 file"),
+        (lambda f: (f / "e.zarr").mkdir() or f / "e.zarr", "e.zarr: not a readable .zarr store"),
+        (_garbage_chunk, "t.zarr: .*blosc"),
+        (lambda f: _tiny_h5ad(f, _values_as("S8")), "t.h5ad: X: counts must be numbers"),
+        (lambda f: _tiny_h5ad(f, _values_as(complex)), "t.h5ad: X: counts must be real"),
+        (
+            lambda f: _tiny_h5ad(f, lambda g: g.attrs.__setitem__("shape", [1107, 5000])),
+            "t.h5ad: .*507 rows",
+        ),
+        (
+            lambda f: _tiny_h5ad(f, lambda g: g.attrs.__delitem__("shape")),
+            "t.h5ad: X has no 'shape' attribute",
+        ),
+        (_one_column_features, "features.tsv.gz: has fewer than 3 columns"),
+    ],
+)
+def test_a_damaged_file_streams_into_the_readers_error(tmp_path, make, message):
+    """What `vbsnmf.io.read` refuses, a streamed fit refuses with a `ReadError` naming the
+    file (it raised h5py's, zarr's, numcodecs' or numba's errors, fitted the complex
+    counts' real part, or 5000 genes of which 4493 were not in the file)."""
+    path = make(tmp_path)
+    with pytest.raises(ReadError):
+        vbsnmf.io.read(path)
+    with pytest.raises(ReadError, match=message):
+        _svi_fit(path)
+
+
+def test_complex_counts_in_memory_are_a_type_error():
+    """The structure check read them with a numba kernel, which failed to compile."""
+    with pytest.raises(TypeError, match="counts must be real numbers, got dtype complex128"):
+        vbsnmf.VBNMF(2).fit(sp.csr_matrix(np.ones((4, 3), dtype=complex)))
 
 
 def test_streaming_a_converted_file_equals_streaming_the_mtx(tmp_path):

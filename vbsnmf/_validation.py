@@ -84,7 +84,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
         if not arrays[0].shape[0] == arrays[1].shape[0] == matrix.data.shape[0]:
             raise ValueError(f"{name}: corrupt COO matrix (row, col and data differ in length)")
         position, fingerprint = _kernels.check_coordinates(
-            arrays[0], arrays[1], _kernel_values(matrix.data), n_rows, n_cols, first_row
+            arrays[0], arrays[1], _kernel_values(matrix.data, name), n_rows, n_cols, first_row
         )
         if position < matrix.data.shape[0]:
             raise ValueError(
@@ -115,7 +115,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             f"{n_major + 1})"
         )
     problem, position, fingerprint = _kernels.check_compressed(
-        matrix.indptr, matrix.indices, _kernel_values(data), n_minor, first_row, major_is_row
+        matrix.indptr, matrix.indices, _kernel_values(data, name), n_minor, first_row, major_is_row
     )
     if problem:
         major = "row" if major_is_row else "column"
@@ -169,15 +169,25 @@ def _check_index_arrays(name: str, layout: str, *arrays) -> None:
             )
 
 
-def _kernel_values(data: np.ndarray) -> np.ndarray:
+def check_count_dtype(dtype, name: str = "X") -> None:
+    """`TypeError` unless ``dtype`` holds counts: real numbers or booleans (bytes, strings
+    and complex numbers are not; the kernels cannot read them and a cast to float would
+    drop an imaginary part silently)."""
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(f"{name}: counts must be numbers, got dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{name}: counts must be real numbers, got dtype {dtype}")
+
+
+def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
     """The stored values in a dtype the kernels read (float16 widened exactly, booleans
     as bytes)."""
+    check_count_dtype(data.dtype, name)
     if data.dtype == np.float16:
         return data.astype(np.float32)
     if data.dtype == bool:
         return data.view(np.uint8)
-    if not np.issubdtype(data.dtype, np.number):
-        raise TypeError(f"counts must be numbers, got dtype {data.dtype}")
     return data
 
 

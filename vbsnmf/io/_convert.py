@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
-from ._errors import ReadError
+from ._errors import ReadError, describe_error
 from ._paths import check_apart
 from ._read import (
     CheckedText,
     MtxHeader,
+    check_feature_columns,
     check_file,
     check_mtx_size,
-    describe_error,
     mtx_header,
     open_binary,
     read_names,
@@ -105,6 +105,8 @@ def mtx_to_h5ad(
     n_rows, n_cols = header.size[:2]
     rows, row_extra = _names(row_names, n_rows, src, "rows")
     cols, col_extra = _names(col_names, n_cols, src, "columns")
+    if is_folder:  # its features file as vbsnmf.io.read_10x reads it
+        check_feature_columns(row_names, row_extra)
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
     # a 10x folder's features file names genes by symbol, with ids and types beside them;
     # other name files give one name a line (the first field), as read_mtx reads them

@@ -34,7 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._validation import check_sparse_structure, exact_float_dtype
-from ._errors import ReadError
+from ._errors import ReadError, describe_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Deflate never expands text by more than this factor (RFC 1951's limit is about 1032).
@@ -261,9 +261,15 @@ def _explain_10x_failure(folder: Path, header: MtxHeader, features: Path, barcod
             raise ReadError(
                 path, f"has {len(table)} lines but the matrix has {expected} {what}"
             ) from None
-    if features.name.startswith("features") and read_names(features).shape[1] < 3:
+    check_feature_columns(features, read_names(features))
+
+
+def check_feature_columns(path: Path, table: pd.DataFrame) -> None:
+    """`ReadError` for a Cell Ranger 3 features file (``table``, read from ``path``) of
+    fewer than its 3 columns, which scanpy cannot read."""
+    if path.name.startswith("features") and table.shape[1] < 3:
         raise ReadError(
-            features, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
+            path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
         ) from None
 
 
@@ -284,9 +290,7 @@ def read_10x_h5(path: str | os.PathLike):
     import scanpy as sc
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "10x_h5")
+    check_hdf5(path, "10x_h5")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -371,15 +375,9 @@ def read_h5ad(path: str | os.PathLike):
     import anndata as ad
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "h5ad")
-    try:
+    check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".h5ad file"):
         adata = ad.read_h5ad(path)
-    except MemoryError:
-        raise ReadError(path, "too large to load into memory") from None
-    except Exception as error:  # h5py/anndata raise many types for corrupt files
-        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
     return _checked_anndata(path, adata)
 
 
@@ -392,10 +390,8 @@ def read_h5ad_backed(path: str | os.PathLike):
     import h5py
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "h5ad")
-    try:
+    check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".h5ad file"):
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
             encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
@@ -404,8 +400,6 @@ def read_h5ad_backed(path: str | os.PathLike):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             adata = ad.read_h5ad(path, backed="r")
-    except Exception as error:  # h5py/anndata raise many types for corrupt files
-        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         adata.file.close()
         raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
@@ -425,18 +419,33 @@ def read_zarr(path: str | os.PathLike):
     path = Path(path)
     if not path.is_dir():
         raise ReadError(path, "not a .zarr store (a folder)")
+    with anndata_errors(path, ".zarr store"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's format notices
+        check_zarr_chunks(path, zarr.open_group(str(path), mode="r").get("X"))
+        adata = ad.read_zarr(path)
+    return _checked_anndata(path, adata)
+
+
+def check_hdf5(path: Path, kind: str) -> None:
+    """`ReadError` unless ``path`` is a readable HDF5 file of the layout ``kind``
+    (``"h5ad"`` or ``"10x_h5"``, see `_check_hdf5_layout`), before h5py opens it here."""
+    check_file(path)
+    _probe_hdf5(path)
+    _check_hdf5_layout(path, kind)
+
+
+@contextmanager
+def anndata_errors(path: Path, what: str):
+    """Reading the AnnData file or store ``path`` (``what``: ".h5ad file", ".zarr store"):
+    every failure becomes a `ReadError` naming it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr's format notices
-            check_zarr_chunks(path, zarr.open_group(str(path), mode="r").get("X"))
-            adata = ad.read_zarr(path)
+        yield
     except ReadError:
         raise
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
-    except Exception as error:  # zarr/anndata raise many types for damaged stores
-        raise ReadError(path, _anndata_failure(error, ".zarr store")) from None
-    return _checked_anndata(path, adata)
+    except Exception as error:  # h5py, zarr, numcodecs and anndata raise many types
+        raise ReadError(path, _anndata_failure(error, what)) from None
 
 
 def check_zarr_chunks(path: Path, matrix) -> None:
@@ -525,11 +534,6 @@ def _checked_anndata(path: Path, adata):
 
 
 # -- helpers ------------------------------------------------------------------------------
-def describe_error(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _reaches_float32_limit(values: np.ndarray) -> bool:
     """Whether float32 ``values`` may hold a count it rounded (2**24 and beyond)."""
     return bool(values.size) and float(np.max(values)) >= _FLOAT32_EXACT

@@ -8,6 +8,7 @@ input; an input may be a file or a folder (a 10x folder).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -61,6 +62,21 @@ def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]
             )
 
 
+# What pathlib's exists() and is_dir() take for "no" rather than raise; the checks that
+# follow say what is wrong then (absent, under a file, a symbolic link loop).
+_PATHLIB_IGNORED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _check_lookup(label: str, path: Path) -> None:
+    """`UnsafePathError` when ``path`` cannot even be looked up (a name longer than the
+    file system allows), where pathlib's checks would raise the bare `OSError`."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno not in _PATHLIB_IGNORED:
+            raise UnsafePathError(f"cannot write {label} {path}: {error.strerror}") from None
+
+
 def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) -> Path:
     """Check a checkpoint path before a fit writes to it; return it as a `Path`.
 
@@ -78,6 +94,7 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     from .._checkpoint import read_checkpoint_meta
 
     path = Path(checkpoint)
+    _check_lookup("checkpoint", path)
     if path.is_dir():
         raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
     check_apart("checkpoint", path, (("the input", i) for i in inputs))
@@ -127,6 +144,7 @@ def check_outdir(
         Any of the above, with the reason.
     """
     path = Path(outdir)
+    _check_lookup("OUTDIR", path)
     real = real_path(path)
     working = real_path(os.getcwd())
     if real == working or real in working.parents:

@@ -170,14 +170,14 @@ def _check_index_arrays(name: str, layout: str, *arrays) -> None:
 
 
 def check_count_dtype(dtype, name: str = "X") -> None:
-    """`TypeError` unless ``dtype`` holds counts: real numbers or booleans (bytes, strings
-    and complex numbers are not; the kernels cannot read them and a cast to float would
-    drop an imaginary part silently)."""
+    """Refuse a ``dtype`` that cannot hold counts: `TypeError` unless it is numbers or
+    booleans (bytes, strings), `ValueError` for complex numbers (scikit-learn's wording).
+    The kernels cannot read either, and a cast to float would drop an imaginary part."""
     dtype = np.dtype(dtype)
     if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
         raise TypeError(f"{name}: counts must be numbers, got dtype {dtype}")
     if np.issubdtype(dtype, np.complexfloating):
-        raise TypeError(f"{name}: counts must be real numbers, got dtype {dtype}")
+        raise ValueError(f"{name} must be real counts: Complex data not supported ({dtype})")
 
 
 def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
@@ -261,8 +261,7 @@ def check_counts(
         if dense.dtype == np.float16:  # exact in float32; scipy refuses float16
             dense = dense.astype(np.float32)
         matrix = sp.coo_array(dense)
-    if np.iscomplexobj(matrix.data):
-        raise ValueError(f"{name} must be real counts: Complex data not supported")
+    check_count_dtype(matrix.data.dtype, name)
     n_rows, n_cols = matrix.shape
     if n_rows == 0 or n_cols == 0:
         # Worded as scikit-learn words it, so that its estimator checks recognise it.

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
+from .._utils import fit_info
 
 # Entries of a backed X copied into result.h5ad at a time (3 MB of float64 and int32).
 _COPY_ENTRIES = 1 << 18
@@ -40,8 +41,6 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
     """
-    from ..tl._stored import fit_info
-
     info = fit_info(adata, key)
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
     gene_loadings = np.asarray(adata.varm[info["varm_key"]])

@@ -1077,3 +1077,55 @@ def test_cell_ranger_h5_and_zarr_read_as_the_10x_folder(tmp_path, capsys, tiny):
     not_hdf5.write_bytes(b"not an HDF5 file at all")
     with pytest.raises(ReadError, match=r"broken\.h5"):
         vbsnmf.io.read(not_hdf5)
+
+
+# -- writers: errors name the user's path, not a temporary file ---------------------------------
+@pytest.fixture(scope="module")
+def fitted():
+    adata = ad.AnnData(sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (20, 8)) * 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(adata, 2, max_iter=2)
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("write", "error", "message"),
+    [
+        (
+            lambda a, f: vbsnmf.io.write_result(a, f / "no_such_dir" / "out.h5ad"),
+            FileNotFoundError,
+            "the folder for out.h5ad does not exist: '.*no_such_dir'",
+        ),
+        (lambda a, f: vbsnmf.io.write_result(a, f / "held"), IsADirectoryError, "held'"),
+        (lambda a, f: vbsnmf.io.write_result(a, f / ("a" * 300)), OSError, "too long: '.*aaa'"),
+        (
+            lambda a, f: vbsnmf.io.write_nmf_tables(a, f / "missing_dir"),
+            FileNotFoundError,
+            "missing_dir'",
+        ),
+        (
+            lambda a, f: vbsnmf.io.write_nmf_tables(a, f, key="nope"),
+            KeyError,
+            r"adata.uns\['nope'\] holds no NMF fit",
+        ),
+        (
+            lambda a, f: vbsnmf.io.mtx_to_h5ad(TINY_10X, f / "held"),
+            IsADirectoryError,
+            "held'",
+        ),
+        (
+            lambda a, f: vbsnmf.VBNMF(2, checkpoint=f / ("c" * 300)).fit(a.X),
+            vbsnmf.io.UnsafePathError,
+            "cannot write checkpoint .*ccc: File name too long",
+        ),
+    ],
+)
+def test_writers_name_the_users_path_and_leave_nothing(fitted, tmp_path, write, error, message):
+    """They raised errors naming their temporary files ('.out.h5ad.3zkczeo7.tmp.h5ad'), a
+    bare KeyError: 'nope', or pathlib's OSError before the checkpoint's check."""
+    (tmp_path / "held").mkdir()
+    with pytest.raises(error, match=message) as raised:
+        write(fitted, tmp_path)
+    assert ".tmp" not in str(raised.value)
+    assert [p.name for p in tmp_path.rglob("*")] == ["held"]

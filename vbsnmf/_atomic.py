@@ -8,6 +8,7 @@ the command line turns into the same exception) or fails.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -77,13 +78,25 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     the old file or the complete new one. On any exception, including `KeyboardInterrupt`,
     the temporary file is removed. Every output of vbsnmf, checkpoints included, is
     written through this.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder of ``target`` does not exist (before the block runs).
+    IsADirectoryError
+        ``target`` is a folder (before the block runs).
+    OSError
+        The temporary file cannot be made or renamed (a name too long, a read-only
+        folder); it names ``target``.
     """
     target = Path(target)
+    _check_target(target)
 
     def make() -> Path:
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
-        )
+        with _naming(target):
+            handle, temporary = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+            )
         os.close(handle)
         return Path(temporary)
 
@@ -92,7 +105,32 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         _default_permissions(temporary, folder=False)
-        os.replace(temporary, target)
+        with _naming(target):
+            os.replace(temporary, target)
+
+
+def _check_target(target: Path) -> None:
+    """Before the work: the errors the rename onto ``target`` would meet after it, naming
+    ``target`` or its folder (the rename's own errors name the temporary file)."""
+    if not target.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, f"the folder for {target.name} does not exist", str(target.parent)
+        )
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is there; name a file", str(target))
+
+
+@contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """An `OSError` in the block that names a file (a name too long, a read-only folder)
+    names ``target``, the path the user chose, not the temporary file; its type is kept
+    (`OSError` picks the subclass by errno)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(target)) from None
 
 
 @contextlib.contextmanager

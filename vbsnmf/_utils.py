@@ -1,4 +1,5 @@
-"""Helpers every layer of vbsnmf may import: thread control, Dask detection, warnings.
+"""Helpers every layer of vbsnmf may import: thread control, Dask detection, warnings,
+a `vbsnmf.tl.nmf` fit's record in an AnnData (`vbsnmf.tl` and `vbsnmf.io` read it).
 
 This module imports nothing else of vbsnmf, so importing it can never close a cycle.
 """
@@ -87,3 +88,15 @@ def is_dask_array(X) -> bool:
     """Whether ``X`` is a `dask.array.Array`, without importing dask when it is not loaded."""
     module = sys.modules.get("dask.array")
     return module is not None and isinstance(X, module.Array)
+
+
+def fit_info(adata, key: str) -> dict:
+    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "obsm_key" not in info:
+        raise KeyError(
+            f"adata.uns[{key!r}] holds no NMF fit; run vbsnmf.tl.nmf(adata"
+            + ("" if key == "nmf" else f", key_added={key!r}")
+            + ") first"
+        )
+    return info

@@ -84,7 +84,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
         if not arrays[0].shape[0] == arrays[1].shape[0] == matrix.data.shape[0]:
             raise ValueError(f"{name}: corrupt COO matrix (row, col and data differ in length)")
         position, fingerprint = _kernels.check_coordinates(
-            arrays[0], arrays[1], _kernel_values(matrix.data), n_rows, n_cols, first_row
+            arrays[0], arrays[1], _kernel_values(matrix.data, name), n_rows, n_cols, first_row
         )
         if position < matrix.data.shape[0]:
             raise ValueError(
@@ -115,7 +115,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             f"{n_major + 1})"
         )
     problem, position, fingerprint = _kernels.check_compressed(
-        matrix.indptr, matrix.indices, _kernel_values(data), n_minor, first_row, major_is_row
+        matrix.indptr, matrix.indices, _kernel_values(data, name), n_minor, first_row, major_is_row
     )
     if problem:
         major = "row" if major_is_row else "column"
@@ -169,15 +169,25 @@ def _check_index_arrays(name: str, layout: str, *arrays) -> None:
             )
 
 
-def _kernel_values(data: np.ndarray) -> np.ndarray:
+def check_count_dtype(dtype, name: str = "X") -> None:
+    """Refuse a ``dtype`` that cannot hold counts: `TypeError` unless it is numbers or
+    booleans (bytes, strings), `ValueError` for complex numbers (scikit-learn's wording).
+    The kernels cannot read either, and a cast to float would drop an imaginary part."""
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(f"{name}: counts must be numbers, got dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real counts: Complex data not supported ({dtype})")
+
+
+def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
     """The stored values in a dtype the kernels read (float16 widened exactly, booleans
     as bytes)."""
+    check_count_dtype(data.dtype, name)
     if data.dtype == np.float16:
         return data.astype(np.float32)
     if data.dtype == bool:
         return data.view(np.uint8)
-    if not np.issubdtype(data.dtype, np.number):
-        raise TypeError(f"counts must be numbers, got dtype {data.dtype}")
     return data
 
 
@@ -257,8 +267,7 @@ def check_counts(
         if dense.dtype == np.float16:  # exact in float32; scipy refuses float16
             dense = dense.astype(np.float32)
         matrix = sp.coo_array(dense)
-    if np.iscomplexobj(matrix.data):
-        raise ValueError(f"{name} must be real counts: Complex data not supported")
+    check_count_dtype(matrix.data.dtype, name)
     n_rows, n_cols = matrix.shape
     if n_rows == 0 or n_cols == 0:
         # Worded as scikit-learn words it, so that its estimator checks recognise it.

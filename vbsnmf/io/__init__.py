@@ -26,6 +26,7 @@ _LAZY = {
     "atomic_file": "vbsnmf._atomic",
     "mtx_to_h5ad": "._convert",
     "ReadError": "._errors",
+    "UnsafePathError": "._paths",
     "check_checkpoint_path": "._paths",
     "check_outdir": "._paths",
     "real_path": "._paths",
@@ -42,6 +43,7 @@ _LAZY = {
 
 __all__ = [
     "ReadError",
+    "UnsafePathError",
     "atomic_directory",
     "atomic_file",
     "check_checkpoint_path",
@@ -63,7 +65,7 @@ if TYPE_CHECKING:  # what static tools see
     from .._atomic import atomic_directory, atomic_file
     from ._convert import mtx_to_h5ad
     from ._errors import ReadError
-    from ._paths import check_checkpoint_path, check_outdir, real_path
+    from ._paths import UnsafePathError, check_checkpoint_path, check_outdir, real_path
     from ._read import (
         read,
         read_10x,

@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
-from ._errors import ReadError
+from ._errors import ReadError, describe_error
+from ._paths import check_apart
 from ._read import (
+    CheckedText,
     MtxHeader,
+    check_feature_columns,
     check_file,
     check_mtx_size,
-    describe_error,
     mtx_header,
     open_binary,
     read_names,
@@ -49,7 +51,8 @@ def mtx_to_h5ad(
     The result reads as `vbsnmf.io.read_h5ad` reads any ``.h5ad`` and streams, a minibatch
     of cells at a time, into ``VBNMF(solver="svi").fit(dst)`` and ``vbsnmf fit dst
     --solver svi``: convert once, fit as often as needed. Counts are stored as float64
-    (exact for every count; the largest is not known before the end of the pass).
+    (exact for every count; the largest is not known before the end of the pass), and
+    repeated entries of a cell and gene are summed, as `vbsnmf.io.read_mtx` sums them.
 
     Parameters
     ----------
@@ -74,12 +77,18 @@ def mtx_to_h5ad(
     Raises
     ------
     ReadError
-        Anything wrong with ``src`` or the name files (as `vbsnmf.io.read_mtx`), or
-        entries not sorted by cell.
+        Anything wrong with ``src`` or the name files (refused as `vbsnmf.io.read_mtx`
+        refuses it, with its messages), or entries not sorted by cell.
+    UnsafePathError
+        ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
+        (symbolic and hard links resolved), checked before anything is written.
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise ReadError(src, "no such file or directory")
+    # before anything is written: dst (links and hard links resolved) must not replace
+    # the counts, a file of the 10x folder, or a name file
+    check_apart("dst", dst, _inputs(src, row_names, col_names))
     is_folder = src.is_dir()
     if is_folder:
         if not genes_as_rows or row_names is not None or col_names is not None:
@@ -96,6 +105,8 @@ def mtx_to_h5ad(
     n_rows, n_cols = header.size[:2]
     rows, row_extra = _names(row_names, n_rows, src, "rows")
     cols, col_extra = _names(col_names, n_cols, src, "columns")
+    if is_folder:  # its features file as vbsnmf.io.read_10x reads it
+        check_feature_columns(row_names, row_extra)
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
     # a 10x folder's features file names genes by symbol, with ids and types beside them;
     # other name files give one name a line (the first field), as read_mtx reads them
@@ -104,6 +115,12 @@ def mtx_to_h5ad(
     with atomic_file(dst) as temporary:
         _write(src, header, temporary, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
     return dst
+
+
+def _inputs(src: Path, row_names, col_names) -> list[tuple[str, Path]]:
+    """What `mtx_to_h5ad` reads, as (description, path) pairs for `check_apart`."""
+    named = (("the input", src), ("the row names", row_names), ("the column names", col_names))
+    return [(what, Path(path)) for what, path in named if path is not None]
 
 
 def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, pd.DataFrame | None]:
@@ -145,7 +162,7 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
     else:
         var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))
-    with _errors(src), open_binary(src) as text, h5py.File(out_path, "w") as out:
+    with _errors(src), open_binary(src) as raw, h5py.File(out_path, "w") as out:
         # an AnnData without X, then X written as its CSR group, a chunk at a time
         write_elem(out, "obs", obs)
         write_elem(out, "var", var)
@@ -153,9 +170,32 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
             write_elem(out, key, {})
         out.attrs["encoding-type"] = "anndata"
         out.attrs["encoding-version"] = "0.1.0"
+        # the text read_mtx accepts, checked as read_mtx checks it, as pandas reads it
+        checked = CheckedText(raw, src, header, nnz)
+        text = checked.buffered()
         _skip_header(text)
         group = out.create_group("X")
-        _copy_entries(text, group, genes_as_rows, len(cells), len(genes), gene_index, nnz)
+        with _numbers_checked(checked):
+            _copy_entries(text, group, genes_as_rows, len(cells), len(genes), gene_index, nnz)
+
+
+@contextmanager
+def _numbers_checked(checked: CheckedText):
+    """Parsing the entry lines of ``checked``: the count of their numbers checked at the
+    end (`CheckedText.finish`), also after the parsing failed, since a wrong number of
+    fields on a line explains a parser's or an index error (pandas shifts the columns
+    of a line with 4 fields into the index)."""
+    try:
+        yield
+    except ReadError:
+        raise
+    except ValueError as error:
+        failure = error
+    else:
+        failure = None
+    checked.finish()
+    if failure is not None:
+        raise failure
 
 
 def _skip_header(handle) -> None:
@@ -240,17 +280,21 @@ def _check_indices(cells, genes, n_cells, n_genes) -> None:
 
 
 def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
-    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell."""
+    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell and
+    repeated entries of a cell and gene summed, as `vbsnmf.io.read_mtx` sums them."""
     genes = gene_index[genes]
     kept = genes >= 0
     cells, genes, values = cells[kept], genes[kept], values[kept]
     if len(cells) == 0:
         return written
-    stop = written + len(cells)
     order = np.lexsort((genes, cells))
-    indices[written:stop] = genes[order].astype(np.int32)
-    data[written:stop] = values[order]
-    row_counts += np.bincount(cells, minlength=len(row_counts))
+    cells, genes, values = cells[order], genes[order], values[order]
+    first = np.concatenate([[True], (np.diff(cells) != 0) | (np.diff(genes) != 0)])
+    starts = np.flatnonzero(first)
+    stop = written + len(starts)
+    indices[written:stop] = genes[starts].astype(np.int32)
+    data[written:stop] = np.add.reduceat(values, starts)
+    row_counts += np.bincount(cells[starts], minlength=len(row_counts))
     return stop
 
 

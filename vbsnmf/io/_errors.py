@@ -16,3 +16,9 @@ class ReadError(ValueError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def describe_error(error: BaseException) -> str:
+    """``error``'s type and the first line of its message, for a `ReadError`'s reason."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -8,6 +8,7 @@ input; an input may be a file or a folder (a 10x folder).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -45,7 +46,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
+def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
     """Raise `UnsafePathError` if ``path`` is, lies inside or contains one of ``owned``
     (pairs of a description, e.g. ``"the input"``, and a path)."""
     real = real_path(path)
@@ -59,6 +60,21 @@ def _check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]
                 f"{label} {path} {relation} {description} {other}: it would be overwritten "
                 "or removed; choose a path outside it"
             )
+
+
+# What pathlib's exists() and is_dir() take for "no" rather than raise; the checks that
+# follow say what is wrong then (absent, under a file, a symbolic link loop).
+_PATHLIB_IGNORED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _check_lookup(label: str, path: Path) -> None:
+    """`UnsafePathError` when ``path`` cannot even be looked up (a name longer than the
+    file system allows), where pathlib's checks would raise the bare `OSError`."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno not in _PATHLIB_IGNORED:
+            raise UnsafePathError(f"cannot write {label} {path}: {error.strerror}") from None
 
 
 def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) -> Path:
@@ -78,9 +94,10 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     from .._checkpoint import read_checkpoint_meta
 
     path = Path(checkpoint)
+    _check_lookup("checkpoint", path)
     if path.is_dir():
         raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
-    _check_apart("checkpoint", path, (("the input", i) for i in inputs))
+    check_apart("checkpoint", path, (("the input", i) for i in inputs))
     if path.is_symlink() and not path.exists():
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
     if path.exists():
@@ -127,6 +144,7 @@ def check_outdir(
         Any of the above, with the reason.
     """
     path = Path(outdir)
+    _check_lookup("OUTDIR", path)
     real = real_path(path)
     working = real_path(os.getcwd())
     if real == working or real in working.parents:
@@ -136,7 +154,7 @@ def check_outdir(
     owned = [("the input", i) for i in inputs]
     if checkpoint is not None:
         owned.append(("the checkpoint", checkpoint))
-    _check_apart("OUTDIR", path, owned)
+    check_apart("OUTDIR", path, owned)
     if os.path.ismount(real):
         raise UnsafePathError(f"OUTDIR {outdir} is a mount point; name a folder inside it")
     if path.exists() or path.is_symlink():
@@ -159,4 +177,10 @@ def check_outdir(
     return path
 
 
-__all__ = ["UnsafePathError", "check_checkpoint_path", "check_outdir", "real_path"]
+__all__ = [
+    "UnsafePathError",
+    "check_apart",
+    "check_checkpoint_path",
+    "check_outdir",
+    "real_path",
+]

@@ -8,7 +8,7 @@ adds what they leave to the caller:
 - counts are stored exactly: float32 when every count is exact in it (counts up to 2**24
   are), else float64. scanpy reads 10x counts into float32, which rounds 16,777,217 to
   16,777,216; such files are read again in float64.
-- Matrix Market text is checked as it is parsed (`_CheckedText`): scipy's parser crashes
+- Matrix Market text is checked as it is parsed (`CheckedText`): scipy's parser crashes
   the interpreter on a NUL byte and reads ``1.5`` in an integer field as 1.
 - every problem with a file (missing, unreadable, truncated, corrupt, names that do not
   fit the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
@@ -34,7 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._validation import check_sparse_structure, exact_float_dtype
-from ._errors import ReadError
+from ._errors import ReadError, describe_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Deflate never expands text by more than this factor (RFC 1951's limit is about 1032).
@@ -209,7 +209,7 @@ def read_10x(folder: str | os.PathLike):
         header = mtx_header(matrix_path)
         n_entries = check_mtx_size(matrix_path, header.fmt, header.size)
         with open_binary(matrix_path) as handle:
-            _CheckedText(handle, matrix_path, header, n_entries).finish()
+            CheckedText(handle, matrix_path, header, n_entries).finish()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate barcodes: made unique below
@@ -261,9 +261,15 @@ def _explain_10x_failure(folder: Path, header: MtxHeader, features: Path, barcod
             raise ReadError(
                 path, f"has {len(table)} lines but the matrix has {expected} {what}"
             ) from None
-    if features.name.startswith("features") and read_names(features).shape[1] < 3:
+    check_feature_columns(features, read_names(features))
+
+
+def check_feature_columns(path: Path, table: pd.DataFrame) -> None:
+    """`ReadError` for a Cell Ranger 3 features file (``table``, read from ``path``) of
+    fewer than its 3 columns, which scanpy cannot read."""
+    if path.name.startswith("features") and table.shape[1] < 3:
         raise ReadError(
-            features, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
+            path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
         ) from None
 
 
@@ -284,9 +290,7 @@ def read_10x_h5(path: str | os.PathLike):
     import scanpy as sc
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "10x_h5")
+    check_hdf5(path, "10x_h5")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -371,15 +375,9 @@ def read_h5ad(path: str | os.PathLike):
     import anndata as ad
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "h5ad")
-    try:
+    check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".h5ad file"):
         adata = ad.read_h5ad(path)
-    except MemoryError:
-        raise ReadError(path, "too large to load into memory") from None
-    except Exception as error:  # h5py/anndata raise many types for corrupt files
-        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
     return _checked_anndata(path, adata)
 
 
@@ -392,10 +390,8 @@ def read_h5ad_backed(path: str | os.PathLike):
     import h5py
 
     path = Path(path)
-    check_file(path)
-    _probe_hdf5(path)
-    _check_hdf5_layout(path, "h5ad")
-    try:
+    check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".h5ad file"):
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
             encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
@@ -404,8 +400,6 @@ def read_h5ad_backed(path: str | os.PathLike):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             adata = ad.read_h5ad(path, backed="r")
-    except Exception as error:  # h5py/anndata raise many types for corrupt files
-        raise ReadError(path, _anndata_failure(error, ".h5ad file")) from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         adata.file.close()
         raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
@@ -420,19 +414,90 @@ def read_zarr(path: str | os.PathLike):
     """Read a ``.zarr`` store (cells x genes) into memory with `anndata.read_zarr`;
     `ReadError` if it cannot be read. Checked as `read_h5ad` checks."""
     import anndata as ad
+    import zarr
 
     path = Path(path)
     if not path.is_dir():
         raise ReadError(path, "not a .zarr store (a folder)")
+    with anndata_errors(path, ".zarr store"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's format notices
+        check_zarr_chunks(path, zarr.open_group(str(path), mode="r").get("X"))
+        adata = ad.read_zarr(path)
+    return _checked_anndata(path, adata)
+
+
+def check_hdf5(path: Path, kind: str) -> None:
+    """`ReadError` unless ``path`` is a readable HDF5 file of the layout ``kind``
+    (``"h5ad"`` or ``"10x_h5"``, see `_check_hdf5_layout`), before h5py opens it here."""
+    check_file(path)
+    _probe_hdf5(path)
+    _check_hdf5_layout(path, kind)
+
+
+@contextmanager
+def anndata_errors(path: Path, what: str):
+    """Reading the AnnData file or store ``path`` (``what``: ".h5ad file", ".zarr store"):
+    every failure becomes a `ReadError` naming it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr's format notices
-            adata = ad.read_zarr(path)
+        yield
+    except ReadError:
+        raise
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
-    except Exception as error:  # zarr/anndata raise many types for damaged stores
-        raise ReadError(path, _anndata_failure(error, ".zarr store")) from None
-    return _checked_anndata(path, adata)
+    except Exception as error:  # h5py, zarr, numcodecs and anndata raise many types
+        raise ReadError(path, _anndata_failure(error, what)) from None
+
+
+def check_zarr_chunks(path: Path, matrix) -> None:
+    """`ReadError` naming a chunk of the sparse matrix ``matrix`` (a zarr group of the
+    store ``path``, e.g. its X) that is missing from the store.
+
+    zarr reads a missing chunk as its fill value (0), so a store copied in part reads as
+    valid counts, all moved to gene 0 or to other cells. zarr 3 does not write a chunk
+    that is all 0 either: such a chunk of ``indices`` is accepted when zeros there leave
+    no cell with a gene twice; ``indptr`` and ``data`` chunks of zeros (tens of thousands
+    of leading empty cells, or of stored zero counts) are not counts worth fitting.
+    A dense matrix is not checked: blocks of zero counts are common there.
+    """
+    import zarr
+
+    if not isinstance(matrix, zarr.Group) or "indptr" not in matrix:
+        return  # no sparse matrix: the reader says what is wrong
+    indptr = None
+    for name in ("indptr", "indices", "data"):
+        if name not in matrix:
+            continue
+        array = matrix[name]
+        for start, stop, key in _missing_chunks(path, array):
+            if name == "indices":
+                indptr = np.asarray(matrix["indptr"][...]) if indptr is None else indptr
+                if _zeros_fit(indptr, start, stop):
+                    continue
+            raise ReadError(
+                path,
+                f"chunk {array.path}/{key} (entries {start} to {stop - 1}) is missing from "
+                "the store, and zarr would read it as zeros: copy the store again",
+            )
+
+
+def _missing_chunks(path: Path, array) -> list[tuple[int, int, str]]:
+    """``(start, stop, key)`` of each chunk (shard, if sharded) of the 1-D zarr ``array``
+    whose file is not in the store ``path``."""
+    length = (getattr(array, "shards", None) or array.chunks)[0]
+    encode = getattr(getattr(array, "metadata", None), "encode_chunk_key", None)  # zarr 3
+    missing = []
+    for start in range(0, array.shape[0], length):
+        key = encode((start // length,)) if encode else str(start // length)
+        if not (path / array.path / key).is_file():
+            missing.append((start, min(start + length, array.shape[0]), key))
+    return missing
+
+
+def _zeros_fit(indptr: np.ndarray, start: int, stop: int) -> bool:
+    """Whether column indices 0 at stored positions ``start:stop`` leave every row at
+    most one of them (as a chunk of zeros zarr did not write does)."""
+    within = np.minimum(indptr[1:], stop) - np.maximum(indptr[:-1], start)
+    return bool(within.max(initial=0) <= 1)
 
 
 def _anndata_failure(error: BaseException, what: str) -> str:
@@ -469,11 +534,6 @@ def _checked_anndata(path: Path, adata):
 
 
 # -- helpers ------------------------------------------------------------------------------
-def describe_error(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _reaches_float32_limit(values: np.ndarray) -> bool:
     """Whether float32 ``values`` may hold a count it rounded (2**24 and beyond)."""
     return bool(values.size) and float(np.max(values)) >= _FLOAT32_EXACT
@@ -692,7 +752,7 @@ def _character_classes(field: str) -> bytes:
     return bytes(table)
 
 
-class _CheckedText(io.RawIOBase):
+class CheckedText(io.RawIOBase):
     """The text of a Matrix Market file, checked as it is read.
 
     scipy's parser (fast_matrix_market) crashes the interpreter (segmentation fault) on a
@@ -768,7 +828,7 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         header = mtx_header(path)
         n_entries = check_mtx_size(path, header.fmt, header.size)
         with open_binary(path) as handle:
-            text = _CheckedText(handle, path, header, n_entries)
+            text = CheckedText(handle, path, header, n_entries)
             matrix = scipy.io.mmread(text.buffered())
             text.finish()
     matrix = sp.coo_matrix(matrix)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_counts, check_row_pointers
+from .._validation import check_count_dtype, check_counts, check_row_pointers
+from ._errors import ReadError, describe_error
 
 
 class CellSource:
@@ -103,6 +104,12 @@ class StoredRowsSource(CellSource):
                 f"streaming needs cells as CSR rows; the stored matrix is {encoding!r} "
                 "(rewrite it as CSR, e.g. adata.X = scipy.sparse.csr_matrix(adata.X))"
             )
+        if "shape" not in group.attrs:
+            raise ValueError(
+                "X has no 'shape' attribute, where anndata records a sparse matrix's shape "
+                "(write the file with anndata)"
+            )
+        check_count_dtype(group["data"].dtype)
         self.shape = tuple(int(n) for n in group.attrs["shape"])
         self.indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         n_stored = min(group["indices"].shape[0], group["data"].shape[0])
@@ -113,14 +120,21 @@ class StoredRowsSource(CellSource):
 
     def read_rows(self, rows: np.ndarray) -> sp.csr_array:
         """Rows ``rows`` (sorted, unique) as a float64 CSR."""
-        return self._as_block(self._dataset[np.asarray(rows, dtype=np.int64)])
+        return self._block(np.asarray(rows, dtype=np.int64))
 
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, sp.csr_array]]:
         for start in range(0, self.n_cells, block_rows):
-            yield start, self._as_block(self._dataset[start : start + block_rows])
+            yield start, self._block(slice(start, start + block_rows))
 
-    def _as_block(self, block) -> sp.csr_array:
-        block = sp.csr_array(block)
+    def _block(self, rows) -> sp.csr_array:
+        """Rows ``rows`` (an index array or a slice) as a float64 CSR; a chunk that cannot
+        be read (damaged on disk, mid-fit) is a `ReadError` naming the file."""
+        try:
+            block = sp.csr_array(self._dataset[rows])
+        except MemoryError:
+            raise
+        except Exception as error:  # h5py, zarr and numcodecs raise many types
+            raise ReadError(self.name, f"cannot read X ({describe_error(error)})") from None
         return sp.csr_array(
             (
                 block.data.astype(np.float64, copy=False),
@@ -151,16 +165,75 @@ def _converted(path: Path, genes_as_rows: bool) -> StoredRowsSource:
     return source
 
 
-def _named(open_group, path: Path) -> StoredRowsSource:
-    """``open_group()``, its errors and its later messages naming the file ``path``."""
-    try:
-        source = open_group()
-    except KeyError:
-        raise ValueError(f"{path}: has no X matrix to stream") from None
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+def _open_stored(path: Path, kind: str) -> StoredRowsSource:
+    """The X of ``path``, an ``.h5ad`` (or an ``.h5``) or a ``.zarr`` (`input_kind`
+    ``kind``), checked and failing as `vbsnmf.io.read` checks and fails: a `ReadError`
+    naming the file."""
+    from ._read import anndata_errors, check_hdf5
+
+    if kind == "10x_h5":
+        raise ReadError(
+            path,
+            "a Cell Ranger .h5 has no X to stream: read it with vbsnmf.io.read, or "
+            "fit its folder or an .h5ad",
+        )
+    if kind == "h5ad":
+        check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".zarr store" if kind == "zarr" else ".h5ad file"):
+        store = _open_store(path, kind)
+        try:
+            source = _stored_x(store, path)
+        except BaseException:
+            if kind == "h5ad":
+                store.close()
+            raise
     source.name = str(path)
     return source
+
+
+def _open_store(path: Path, kind: str):
+    """The root group of the store ``path``; a zarr store's X checked for missing
+    chunks (`vbsnmf.io._read.check_zarr_chunks`)."""
+    if kind == "h5ad":
+        import h5py
+
+        return h5py.File(path, "r")
+    import zarr
+
+    from ._read import check_zarr_chunks
+
+    store = zarr.open_group(str(path), mode="r")
+    check_zarr_chunks(path, store.get("X"))
+    return store
+
+
+def _stored_x(store, path: Path) -> StoredRowsSource:
+    """The source of ``store``'s X, whose shape must fit its obs and var tables (as
+    anndata requires when it reads the file); our checks' errors as `ReadError`."""
+    if "X" not in store:
+        raise ReadError(path, "has no X matrix to stream")
+    try:
+        source = StoredRowsSource(store["X"], owner=store)
+        for axis, table in enumerate(("obs", "var")):
+            length = _table_length(store, table)
+            if length is not None and length != source.shape[axis]:
+                raise ValueError(
+                    f"X's shape attribute {list(source.shape)} does not fit the {length} "
+                    f"rows of {table}"
+                )
+    except (ValueError, TypeError) as error:
+        raise ReadError(path, str(error)) from None
+    return source
+
+
+def _table_length(store, name: str) -> int | None:
+    """Rows of the obs or var table ``name`` as anndata stores it (its index array, named
+    by the ``_index`` attribute); None when the store has no such table."""
+    table = store.get(name)
+    index = None if table is None else table.attrs.get("_index")
+    if index is None or index not in table:
+        return None
+    return int(table[index].shape[0])
 
 
 def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
@@ -173,22 +246,13 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
         if not path.exists():
-            raise FileNotFoundError(f"no such file: {path}")
-        name = path.name.lower()
-        is_zarr = name.endswith(".zarr") or (path / ".zgroup").is_file()
-        if (path.is_dir() and not is_zarr) or name.endswith((".mtx", ".mtx.gz")):
+            raise ReadError(path, "no such file or directory")
+        from ._read import input_kind  # pandas: loaded only for a path
+
+        kind = input_kind(path)
+        if kind in ("10x", "mtx"):
             return _converted(path, genes_as_rows)
-        if name.endswith((".h5ad", ".h5")):
-            import h5py
-
-            handle = h5py.File(path, "r")
-            return _named(lambda: StoredRowsSource(handle["X"], owner=handle), path)
-        if is_zarr:
-            import zarr
-
-            store = zarr.open_group(str(path), mode="r")
-            return _named(lambda: StoredRowsSource(store["X"], owner=store), path)
-        raise ValueError(f"cannot stream {path}: expected .h5ad, .zarr, .mtx(.gz) or a 10x folder")
+        return _open_stored(path, kind)
     try:
         import anndata as ad
     except ImportError:  # pragma: no cover - anndata is a dependency

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
+from .._utils import fit_info
 
 # Entries of a backed X copied into result.h5ad at a time (3 MB of float64 and int32).
 _COPY_ENTRIES = 1 << 18
@@ -32,8 +33,15 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         An existing folder.
     key
         The ``.uns`` key of the fit.
+
+    Raises
+    ------
+    KeyError
+        ``adata`` holds no fit under ``key``.
+    FileNotFoundError
+        ``folder`` does not exist (nothing is written).
     """
-    info = adata.uns[key]
+    info = fit_info(adata, key)
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
     gene_loadings = np.asarray(adata.varm[info["varm_key"]])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
@@ -65,6 +73,13 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     A backed AnnData's X (a CSR on disk, as a streamed fit leaves it) is copied a block of
     entries at a time, so memory does not grow with the nonzeros; its ``obs``, ``var``,
     ``obsm``, ``varm`` and ``uns`` are written as they are in memory. Returns ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder of ``path`` does not exist.
+    IsADirectoryError
+        ``path`` is a folder.
     """
     import anndata as ad
     import h5py

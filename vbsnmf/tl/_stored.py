@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import is_dask_array
+from .._utils import fit_info, is_dask_array
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
 # the per-cell and per-gene arrays a fit stores as "<key>_<name>"
@@ -43,18 +43,6 @@ class FitKeys:
     def total_counts(self) -> str:
         """``.var`` column: each fitted gene's total count."""
         return f"{self.uns}_total_counts"
-
-
-def fit_info(adata, key: str) -> dict:
-    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
-    info = adata.uns.get(key)
-    if not isinstance(info, dict) or "obsm_key" not in info:
-        raise KeyError(
-            f"adata.uns[{key!r}] holds no NMF fit; run vbsnmf.tl.nmf(adata"
-            + ("" if key == "nmf" else f", key_added={key!r}")
-            + ") first"
-        )
-    return info
 
 
 def gene_holder(adata, key: str):

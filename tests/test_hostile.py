@@ -1001,7 +1001,8 @@ def _resume(path: Path, **settings):
 
 
 def _svi_checkpoint(folder: Path) -> Path:
-    return checkpoint_of(folder, solver="svi", n_epochs=1)
+    # the cells form's max_iter sets each local fit: the resume's (4) must be the same
+    return checkpoint_of(folder, solver="svi", n_epochs=1, max_iter=4)
 
 
 def checkpoint_cases() -> list[Case]:

@@ -451,3 +451,19 @@ def test_a_generator_state_other_than_pcg64_is_damage():
         _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)
     meta["rng"] = _checkpoint.rng_state_json(np.random.default_rng(0))
     _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)
+
+
+def test_a_symlinked_checkpoint_is_written_where_it_points(tmp_path):
+    """The rename replaced the link by a regular file: a large checkpoint landed beside the
+    link (on the wrong disk) and the file it pointed to stayed old."""
+    elsewhere = tmp_path / "big_disk"
+    elsewhere.mkdir()
+    real = elsewhere / "fit.ckpt"
+    link = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(2, max_iter=2, random_state=0, n_threads=1, accelerate=False)
+    _fit_on(model.set_params(checkpoint=real), _small_counts())
+    link.symlink_to(real)
+    _fit_on(model.set_params(checkpoint=link, max_iter=5), _small_counts())
+    assert link.is_symlink() and link.resolve() == real
+    assert _checkpoint.load_checkpoint(real)[0]["elbo_trace"].size == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big_disk", "fit.ckpt"]

@@ -77,7 +77,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     The file is flushed to disk before the rename, so even a crash of the machine leaves
     the old file or the complete new one. On any exception, including `KeyboardInterrupt`,
     the temporary file is removed. Every output of vbsnmf, checkpoints included, is
-    written through this.
+    written through this. A symbolic link as ``target`` stays: the file it points to is
+    replaced.
 
     Raises
     ------
@@ -90,6 +91,10 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         folder); it names ``target``.
     """
     target = Path(target)
+    if target.is_symlink():
+        # Write where the link points, as open(target, "w") would: the rename would
+        # otherwise replace the link by a file and leave its target as it was.
+        target = target.resolve()
     _check_target(target)
 
     def make() -> Path:

@@ -646,6 +646,11 @@ def test_key_added_that_would_overwrite_another_fit_is_refused(pbmc_tiny):
     _quiet_nmf(small, 3, max_iter=3, random_state=1)
     _quiet_nmf(small, 2, max_iter=3, key_added="programs")
     assert small.obsm["X_nmf"].shape[1] == 3 and small.obsm["X_programs"].shape[1] == 2
+    # and the other way round: a fit under "NMF" holds .varm["NMF"], the default's loadings
+    other = pbmc_tiny[:200].copy()
+    _quiet_nmf(other, 2, max_iter=3, key_added="NMF")
+    with pytest.raises(ValueError, match=re.escape(".varm['NMF']")):
+        tl.nmf(other, 2, max_iter=3)
 
 
 def test_repeated_raw_gene_names_are_refused_before_the_fit(pbmc_tiny):

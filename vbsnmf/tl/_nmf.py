@@ -174,7 +174,7 @@ def nmf(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
-    check_key_added("nmf" if key_added is None else key_added, adata)
+    check_key_added(key_added, adata)
     if min_share is not None:
         min_share = check_share(min_share)
     if copy:
@@ -226,18 +226,9 @@ def nmf(
     if solver in VB_SOLVERS:
         init, previous_trace, previous_passes = None, np.empty(0), 0
         if warm_start:
-            stored_k = (
-                fit_info(adata, keys.uns)["params"].get("n_components")
-                if (keys.uns in adata.uns)
-                else None
+            init, previous_trace, previous_passes = _stored_start(
+                adata, keys, use_raw, fitted_genes, n_components
             )
-            if stored_k is not None and int(stored_k) != n_components:
-                raise ValueError(
-                    f"warm_start: the stored fit has K={int(stored_k)}, not {n_components}; "
-                    "fit without warm_start to change K"
-                )
-            init, previous_trace = _stored_start(adata, keys, use_raw, fitted_genes)
-            previous_passes = int(fit_info(adata, keys.uns)["n_iter"])
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
             stored = fit_info(adata, keys.uns)["variational"].get("prior", "gamma")
             if fit_params["prior"] != stored:
@@ -357,11 +348,21 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
     return mask
 
 
-def _stored_start(adata, keys: FitKeys, use_raw: bool, fitted_genes) -> tuple[dict, np.ndarray]:
-    """The stored fit's parameters as a start for the genes fitted now, and its trace."""
+def _stored_start(
+    adata, keys: FitKeys, use_raw: bool, fitted_genes, n_components: int
+) -> tuple[dict, np.ndarray, int]:
+    """The stored fit's parameters as a start for the genes fitted now, its trace and its
+    passes."""
     if keys.uns not in adata.uns:
         raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
-    if bool(fit_info(adata, keys.uns)["params"].get("use_raw")) != use_raw:
+    info = fit_info(adata, keys.uns)
+    stored_k = int(info["params"]["n_components"])
+    if stored_k != n_components:
+        raise ValueError(
+            f"warm_start: the stored fit has K={stored_k}, not {n_components}; fit without "
+            "warm_start to change K"
+        )
+    if bool(info["params"].get("use_raw")) != use_raw:
         raise ValueError(f"warm_start: the stored fit was made with use_raw={not use_raw}")
     try:
         stored = variational_params(adata, keys.uns)
@@ -381,8 +382,8 @@ def _stored_start(adata, keys: FitKeys, use_raw: bool, fitted_genes) -> tuple[di
         )
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
-    trace = np.asarray(fit_info(adata, keys.uns).get("elbo_trace", []), dtype=np.float64)
-    return init, trace
+    trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
+    return init, trace, int(info["n_iter"])
 
 
 def _stored_prior(info: dict) -> dict:

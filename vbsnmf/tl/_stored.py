@@ -81,13 +81,10 @@ def check_key_added(key_added, adata, writes: str = "fit") -> None:
     through the file on an empty key, a key starting with "." or one holding "/"), or
     whose entries would overwrite those of another fit stored in ``adata`` (``writes``:
     ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm`` entries,
-    ``"uns"`` for `tl.select_k`'s ``.uns`` entry)."""
-    if (
-        not isinstance(key_added, str)
-        or not key_added
-        or key_added.startswith(".")
-        or ("/" in key_added)
-    ):
+    ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s default keys."""
+    writable = isinstance(key_added, str) and key_added and not key_added.startswith(".")
+    default = key_added is None and writes == "fit"
+    if not default and not (writable and "/" not in key_added):
         raise ValueError(
             "key_added must be a non-empty string without '/' that does not start with '.', "
             f"got {key_added!r}"

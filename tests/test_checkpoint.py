@@ -467,3 +467,13 @@ def test_a_symlinked_checkpoint_is_written_where_it_points(tmp_path):
     assert link.is_symlink() and link.resolve() == real
     assert _checkpoint.load_checkpoint(real)[0]["elbo_trace"].size == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big_disk", "fit.ckpt"]
+
+
+def test_resuming_with_fewer_iterations_than_stored_warns(tmp_path):
+    """The checkpoint's longer fit came back without a word."""
+    path = tmp_path / "fit.ckpt"
+    model = vbsnmf.VBNMF(2, max_iter=6, tol=0, random_state=0, n_threads=1, accelerate=False)
+    _fit_on(model.set_params(checkpoint=path), _small_counts())
+    with pytest.warns(UserWarning, match="already holds 6 iterations, more than the 3"):
+        resumed = model.set_params(resume=True, max_iter=3).fit(_small_counts())
+    assert resumed.n_iter_ == 6

@@ -1129,3 +1129,11 @@ def test_writers_name_the_users_path_and_leave_nothing(fitted, tmp_path, write, 
         write(fitted, tmp_path)
     assert ".tmp" not in str(raised.value)
     assert [p.name for p in tmp_path.rglob("*")] == ["held"]
+
+
+def test_read_asks_for_the_orientation_in_the_callers_words(tiny_mtx_gz, tiny_folder):
+    """The Python reader named only the command line's flags."""
+    with pytest.raises(ValueError, match=r"genes_as_rows=True \(--genes-as-rows"):
+        vbsnmf.io.read(tiny_mtx_gz)
+    with pytest.raises(ValueError, match=r"drop genes_as_rows=False \(--cells-as-rows\)"):
+        vbsnmf.io.read(tiny_folder, genes_as_rows=False)

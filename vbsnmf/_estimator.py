@@ -11,6 +11,7 @@ model (`_model`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -243,7 +244,9 @@ class VBNMF(Estimator):
         of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
         fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
         (as the longer fit would, except an accelerated one, which goes on from its last
-        step with a new SQUAREM cycle where the longer fit was inside one).
+        step with a new SQUAREM cycle where the longer fit was inside one); resumed with
+        fewer, the checkpoint's fit is returned with a warning. ``init`` is not used when a
+        checkpoint is resumed (the checkpoint is the later state of that fit).
 
     Attributes
     ----------
@@ -456,6 +459,15 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
+        limit = settings.max_iter if settings.solver == "batch" else settings.n_epochs
+        if settings.resume and limit is not None and result.n_iter > limit:
+            unit = "iterations" if settings.solver == "batch" else "epochs"
+            warnings.warn(
+                f"the checkpoint {settings.checkpoint} already holds {result.n_iter} {unit}, "
+                f"more than the {limit} asked for: its fit is returned as it is",
+                UserWarning,
+                stacklevel=3,
+            )
         self.n_features_in_ = n_features
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate

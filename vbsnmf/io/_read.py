@@ -121,7 +121,9 @@ def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
         raise ReadError(path, "no such file or directory")
     kind = input_kind(path)
     if kind == "10x" and genes_as_rows is False:
-        raise ValueError("a 10x folder holds genes as rows; drop --cells-as-rows")
+        raise ValueError(
+            "a 10x folder holds genes as rows; drop genes_as_rows=False (--cells-as-rows)"
+        )
     oriented = genes_as_rows is not None and kind != "10x"
     if kind != "mtx" and (oriented or row_names is not None or col_names is not None):
         raise ValueError(
@@ -131,7 +133,8 @@ def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
     if kind == "mtx" and genes_as_rows is None:
         raise ValueError(
             f"{path}: say which axis of the matrix holds the genes: "
-            "--genes-as-rows (the 10x convention) or --cells-as-rows"
+            "genes_as_rows=True (--genes-as-rows, the 10x convention) or False "
+            "(--cells-as-rows)"
         )
     return kind
 

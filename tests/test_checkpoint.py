@@ -437,6 +437,20 @@ def test_svi_cells_checkpoint_refuses_other_local_fit_settings(tmp_path, pbmc_ti
     assert _fit(vbsnmf.VBNMF(2, **resumed)).n_iter_ == 3  # the same settings resume
 
 
+def test_a_checkpoint_from_before_the_local_fit_was_recorded_resumes(tmp_path, pbmc_tiny):
+    """Yesterday's SVI checkpoints hold no local_fit or eval_every: refused as "a different
+    fit", they would have cost their progress for settings that were the same."""
+    path = tmp_path / "svi.ckpt"
+    options = {"solver": "svi", "n_epochs": 2, "random_state": 0, "n_threads": 1}
+    _fit(vbsnmf.VBNMF(2, checkpoint=path, **options))
+    arrays, meta = _checkpoint.load_checkpoint(path)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in _checkpoint.LATER_KEYS}
+    _checkpoint.save_checkpoint(path, arrays, meta)
+    resumed = {**options, "n_epochs": 3, "checkpoint": path, "resume": True}
+    straight = _fit(vbsnmf.VBNMF(2, **{**options, "n_epochs": 3}))
+    assert_array_equal(_fit(vbsnmf.VBNMF(2, **resumed)).elbo_trace_, straight.elbo_trace_)
+
+
 def test_a_generator_state_other_than_pcg64_is_damage():
     """Every fit draws from numpy's default PCG64; an SVI checkpoint holding another
     generator's state was accepted, then failed at the next save (an ndarray in JSON)."""
@@ -451,6 +465,20 @@ def test_a_generator_state_other_than_pcg64_is_damage():
         _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)
     meta["rng"] = _checkpoint.rng_state_json(np.random.default_rng(0))
     _checkpoint.check_svi_progress(meta, np.array([-1.0]), damaged)
+
+
+def test_a_loop_of_links_as_output_is_an_oserror_naming_it(tmp_path):
+    """Python 3.11's resolve() raises RuntimeError on a loop; writers let it through."""
+    import errno
+
+    from vbsnmf import _atomic
+
+    (tmp_path / "a.h5ad").symlink_to(tmp_path / "b.h5ad")
+    (tmp_path / "b.h5ad").symlink_to(tmp_path / "a.h5ad")
+    with pytest.raises(OSError, match="a loop of symbolic links") as raised:
+        with _atomic.atomic_file(tmp_path / "a.h5ad"):
+            pass
+    assert raised.value.errno == errno.ELOOP and raised.value.filename.endswith("a.h5ad")
 
 
 def test_a_symlinked_checkpoint_is_written_where_it_points(tmp_path):

@@ -348,7 +348,14 @@ def test_a_callback_that_cannot_be_called_is_refused_before_any_pass(_pbmc_tiny)
 
 @pytest.mark.parametrize(
     ("kappa", "error"),
-    [(np.nan, ValueError), (0.5, ValueError), (True, TypeError), ("x", TypeError)],
+    [
+        (np.nan, ValueError),
+        (0.5, ValueError),
+        (True, TypeError),
+        (np.True_, TypeError),
+        ("x", TypeError),
+        ("0.7", TypeError),
+    ],
 )
 def test_svi_kappa_outside_its_range_names_the_range(kappa, error):
     """kappa = NaN was told it must be ">= 0"."""

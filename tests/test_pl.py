@@ -193,6 +193,17 @@ def test_elbo_plot_refuses_wrong_axes_and_says_why_a_trace_is_empty(fitted):
         tl.select_k(short, ks=[2], max_iter=1)
 
 
+def test_factors_plot_takes_vmax_none_as_scanpy_does(fitted):
+    assert len(pl.factors(fitted, vmax=None, show=False)) == 3
+
+
+def test_top_genes_dotplot_calls_a_boolean_groupby_boolean(fitted):
+    flagged = fitted.copy()
+    flagged.obs["doublet"] = flagged.obs["cluster"] == "c0"
+    with pytest.raises(ValueError, match="is boolean; make it categorical"):
+        pl.top_genes(flagged, "doublet", show=False)
+
+
 def test_top_genes_dotplot_refuses_a_numeric_groupby(fitted):
     """scanpy bins a numeric column and then fails with a KeyError on its Interval bins."""
     numbered = fitted.copy()

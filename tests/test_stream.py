@@ -212,6 +212,30 @@ def test_a_zarr_store_missing_a_chunk_is_refused(tmp_path, load):
     np.testing.assert_array_equal(vbsnmf.io.read(tmp_path / "one.zarr").X.data, [1, 2, 3, 4, 5])
 
 
+def test_a_zarr_store_of_leading_empty_cells_reads_and_a_lost_prefix_does_not(tmp_path):
+    """zarr 3 writes no chunk of zeros: leading cells without counts (and an X without any
+    count) leave indptr's first chunks unwritten; a lost first chunk of a store whose cells
+    all have counts would read as one cell holding them all."""
+    n_cells = 120_000  # more than anndata's indptr chunk
+    leading = sp.lil_matrix((n_cells, 10), dtype=np.float32)
+    leading[n_cells - 50 :, :] = np.random.default_rng(0).poisson(2, size=(50, 10))
+    leading = leading.tocsr()
+    leading.eliminate_zeros()
+    lost = sp.random(n_cells, 10, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    lost.data[:] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: zarr v2 is still its default
+        ad.AnnData(leading).write_zarr(tmp_path / "leading.zarr")
+        ad.AnnData(sp.csr_matrix((50, 10), dtype=np.float32)).write_zarr(tmp_path / "none.zarr")
+        ad.AnnData(lost).write_zarr(tmp_path / "lost.zarr")
+    assert not (tmp_path / "leading.zarr" / "X" / "indptr" / "0").exists()
+    assert (vbsnmf.io.read(tmp_path / "leading.zarr").X != leading).nnz == 0
+    assert vbsnmf.io.read(tmp_path / "none.zarr").X.nnz == 0
+    (tmp_path / "lost.zarr" / "X" / "indptr" / "0").unlink()
+    with pytest.raises(ReadError, match=r"chunk X/indptr/0 .* is missing"):
+        vbsnmf.io.read(tmp_path / "lost.zarr")
+
+
 def _tiny_h5ad(folder: Path, edit=None) -> Path:
     """pbmc_tiny as an .h5ad, its X group edited on disk by ``edit``."""
     path = folder / "t.h5ad"

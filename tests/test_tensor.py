@@ -1161,3 +1161,13 @@ def test_a_callback_that_cannot_be_called_is_refused_before_any_pass():
     with pytest.raises(TypeError, match="callback must be callable"):
         model.fit(coords, values, callback=5)
     assert not hasattr(model, "elbo_trace_")
+
+
+def test_resuming_with_fewer_iterations_than_stored_warns_as_vbnmf(tmp_path):
+    _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
+    path = tmp_path / "fit.ckpt"
+    options = {"tol": 0, "random_state": 0, "n_threads": 1, "checkpoint": path}
+    _quiet(vbsnmf.VBNTF(2, max_iter=8, **options), coords, values)
+    with pytest.warns(UserWarning, match="already holds 8 iterations, more than the 3"):
+        resumed = _quiet(vbsnmf.VBNTF(2, max_iter=3, resume=True, **options), coords, values)
+    assert resumed.n_iter_ == 8

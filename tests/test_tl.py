@@ -757,3 +757,23 @@ def test_project_warns_of_cells_without_counts_in_the_reference_genes(pbmc_tiny)
     assert new.uns["nmf_projection"]["n_cells_without_counts"] == 5
     factors = new.obsm["X_nmf"]
     np.testing.assert_allclose(factors[:5], np.broadcast_to(factors[0], (5, 2)))
+
+
+def test_project_refuses_to_write_over_another_fit_of_adata_new(pbmc_tiny):
+    """A projection wrote over the cells' arrays of adata_new's own fit under the same key
+    (and over a fit named '<key>_projection'); over a copy of its reference it may."""
+    reference, query = pbmc_tiny[:300].copy(), pbmc_tiny[300:400].copy()
+    _quiet_nmf(reference, 3, max_iter=4, random_state=0)
+    _quiet_nmf(query, 2, max_iter=4, random_state=0)  # the query's own fit, uns['nmf']
+    with pytest.raises(ValueError, match=re.escape(".obsm['X_nmf']")):
+        tl.project(query, reference, n_threads=1)
+    assert query.obsm["X_nmf"].shape[1] == 2
+    _quiet_nmf(query, 2, max_iter=4, key_added="mine_projection")
+    with pytest.raises(ValueError, match=re.escape("adata.uns['mine_projection']")):
+        tl.project(query, reference, key_added="mine", n_threads=1)
+    tl.project(query, reference, key_added="ref", n_threads=1)  # writes uns['ref_projection']
+    with pytest.raises(ValueError, match="the record of a projection"):
+        tl.nmf(query, 2, max_iter=2, key_added="ref_projection")
+    copy = reference[:50].copy()  # a copy of the reference carries its fit: projected over
+    tl.project(copy, reference, n_threads=1)
+    assert copy.obsm["X_nmf"].shape == (50, 3)

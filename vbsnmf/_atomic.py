@@ -88,13 +88,16 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         ``target`` is a folder (before the block runs).
     OSError
         The temporary file cannot be made or renamed (a name too long, a read-only
-        folder); it names ``target``.
+        folder), or ``target`` is a loop of symbolic links; it names ``target``.
     """
     target = Path(target)
     if target.is_symlink():
         # Write where the link points, as open(target, "w") would: the rename would
         # otherwise replace the link by a file and leave its target as it was.
-        target = target.resolve()
+        try:
+            target = target.resolve()
+        except RuntimeError:  # Python before 3.13 raises this on a loop of links
+            raise OSError(errno.ELOOP, "a loop of symbolic links", str(target)) from None
     _check_target(target)
 
     def make() -> Path:

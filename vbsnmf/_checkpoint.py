@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -116,6 +117,25 @@ def _meta(stored, path) -> dict:
     return meta
 
 
+# Settings recorded from 2026-12-02 on: a checkpoint written before holds none of them and
+# is taken to match (its fit ran with the settings the resume gives, or the user changed
+# them unrecorded, as that version allowed).
+LATER_KEYS = frozenset({"local_fit", "eval_every"})
+
+
+def warn_if_beyond(path, n_done: int, *, batch: bool, max_iter: int, n_epochs) -> None:
+    """Warn when a resumed fit returns a checkpoint of more iterations (batch) or epochs
+    (SVI) than ``max_iter`` or ``n_epochs`` ask for (its fit is returned as it is)."""
+    limit, unit = (max_iter, "iterations") if batch else (n_epochs, "epochs")
+    if limit is not None and n_done > limit:
+        warnings.warn(
+            f"the checkpoint {path} already holds {n_done} {unit}, more than the {limit} asked "
+            "for: its fit is returned as it is",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def check_config(meta: dict, config: dict, path) -> None:
     """Raise `CheckpointMismatchError` unless the checkpoint's config equals ``config``
     (`CheckpointError` when it has none that can be read)."""
@@ -125,7 +145,9 @@ def check_config(meta: dict, config: dict, path) -> None:
             f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
         )
     differing = sorted(
-        key for key in set(stored) | set(config) if stored.get(key) != config.get(key)
+        key
+        for key in set(stored) | set(config)
+        if stored.get(key) != config.get(key) and not (key in LATER_KEYS and key not in stored)
     )
     if not differing:
         return

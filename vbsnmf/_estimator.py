@@ -11,7 +11,6 @@ model (`_model`).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,7 @@ import scipy.sparse as sp
 
 from ._base import Estimator, check_fitted
 from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
-from ._checkpoint import Checkpointer
+from ._checkpoint import Checkpointer, warn_if_beyond
 from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
@@ -459,14 +458,13 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
-        limit = settings.max_iter if settings.solver == "batch" else settings.n_epochs
-        if settings.resume and limit is not None and result.n_iter > limit:
-            unit = "iterations" if settings.solver == "batch" else "epochs"
-            warnings.warn(
-                f"the checkpoint {settings.checkpoint} already holds {result.n_iter} {unit}, "
-                f"more than the {limit} asked for: its fit is returned as it is",
-                UserWarning,
-                stacklevel=3,
+        if settings.resume:
+            warn_if_beyond(
+                settings.checkpoint,
+                result.n_iter,
+                batch=settings.solver == "batch",
+                max_iter=settings.max_iter,
+                n_epochs=settings.n_epochs,
             )
         self.n_features_in_ = n_features
         params = result.params

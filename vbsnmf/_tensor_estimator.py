@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from . import _model, _tensor
 from ._base import Estimator
 from ._batch import AcceleratedState, start_accelerated
-from ._checkpoint import Checkpointer
+from ._checkpoint import Checkpointer, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._utils import numba_threads, warn_user
 from ._validation import (
@@ -640,6 +640,14 @@ class VBNTF(Estimator):
                 for scale in params.scales
             ]
         self.shape_ = tuple(shape)
+        if self.resume:
+            warn_if_beyond(
+                self.checkpoint,
+                result.n_iter,
+                batch=self.solver == "batch",
+                max_iter=self.max_iter,
+                n_epochs=self.n_epochs,
+            )
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged

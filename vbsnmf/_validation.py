@@ -449,12 +449,9 @@ def check_float_dtype(dtype) -> np.dtype:
 def check_step_schedule(tau, kappa) -> tuple[float, float]:
     """SVI's step size ``rho_t = (t + tau)^(-kappa)``: ``tau >= 0``, ``kappa`` in (0.5, 1]."""
     tau = check_tolerance(tau, "tau")
-    try:
-        kappa_value = float(kappa)
-    except (TypeError, ValueError):
-        kappa_value = None
-    if kappa_value is None or isinstance(kappa, bool):
+    if isinstance(kappa, (bool, np.bool_)) or not isinstance(kappa, (int, float, np.number)):
         raise TypeError(f"kappa must be a number, got {kappa!r}")
+    kappa_value = float(kappa)
     if not 0.5 < kappa_value <= 1.0:  # NaN included
         raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
     return tau, kappa_value

@@ -458,8 +458,9 @@ def check_zarr_chunks(path: Path, matrix) -> None:
     zarr reads a missing chunk as its fill value (0), so a store copied in part reads as
     valid counts, all moved to gene 0 or to other cells. zarr 3 does not write a chunk
     that is all 0 either: such a chunk of ``indices`` is accepted when zeros there leave
-    no cell with a gene twice; ``indptr`` and ``data`` chunks of zeros (tens of thousands
-    of leading empty cells, or of stored zero counts) are not counts worth fitting.
+    no cell with a gene twice, unwritten leading ``indptr`` chunks when they are leading
+    cells without counts (`_leading_empty_cells`); ``data`` chunks of zeros (stored zero
+    counts) are not counts worth fitting.
     A dense matrix is not checked: blocks of zero counts are common there.
     """
     import zarr
@@ -471,7 +472,10 @@ def check_zarr_chunks(path: Path, matrix) -> None:
         if name not in matrix:
             continue
         array = matrix[name]
-        for start, stop, key in _missing_chunks(path, array):
+        missing = _missing_chunks(path, array)
+        if name == "indptr" and _leading_empty_cells(matrix, missing):
+            continue
+        for start, stop, key in missing:
             if name == "indices":
                 indptr = np.asarray(matrix["indptr"][...]) if indptr is None else indptr
                 if _zeros_fit(indptr, start, stop):
@@ -494,6 +498,26 @@ def _missing_chunks(path: Path, array) -> list[tuple[int, int, str]]:
         if not (path / array.path / key).is_file():
             missing.append((start, min(start + length, array.shape[0]), key))
     return missing
+
+
+def _leading_empty_cells(matrix, missing: list[tuple[int, int, str]]) -> bool:
+    """Whether the unwritten ``indptr`` chunks ``missing`` are leading cells without
+    counts, as zarr 3 leaves them (chunks of zeros are not written): they run from the
+    start (a missing chunk after a written one would read as a decrease, which the
+    structure check refuses anyway), and the cell that ends them holds distinct genes in
+    increasing order, as a written row does; had they been lost, that cell would hold the
+    lost cells' genes too. An X with no counts at all has no indptr chunk written."""
+    if not missing or any(
+        start != index * (missing[0][1] - missing[0][0])
+        for index, (start, _, _) in enumerate(missing)
+    ):
+        return False
+    first_written = missing[-1][1]
+    indptr = matrix["indptr"]
+    if first_written >= indptr.shape[0]:
+        return matrix["data"].shape[0] == 0
+    row = np.asarray(matrix["indices"][: int(indptr[first_written])])
+    return bool(np.all(np.diff(row) > 0))
 
 
 def _zeros_fit(indptr: np.ndarray, start: int, stop: int) -> bool:

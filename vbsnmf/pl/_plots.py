@@ -208,6 +208,8 @@ def factors(
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
             raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
         vmax = float(np.percentile(shown, float(vmax[1:])))
+    elif vmax is None:  # scanpy's automatic scale
+        pass
     elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.number)):
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
     elif not (np.isfinite(vmax) and vmax > 0):
@@ -288,8 +290,9 @@ def top_genes(
     column = adata.obs[groupby]
     if not isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(column):
         # scanpy would cut a numeric column into bins (and then fail to find them)
+        kind = "boolean" if pd.api.types.is_bool_dtype(column) else "numeric"
         raise ValueError(
-            f"adata.obs[{groupby!r}] is numeric; make it categorical to group by it "
+            f"adata.obs[{groupby!r}] is {kind}; make it categorical to group by it "
             f"(adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype('category'))"
         )
     table = top_genes_table(

@@ -91,10 +91,11 @@ def project(
         ``max_iter`` is not an integer or ``tol`` not a number.
     """
     max_iter = check_iterations(max_iter, "max_iter")
-    check_key_added(key if key_added is None else key_added, adata_new, writes="cells")
-    keys = FitKeys.of(key if key_added is None else key_added)
     tol = check_tolerance(tol)
     info = fit_info(adata_ref, key)
+    name = key if key_added is None else key_added
+    check_key_added(name, adata_new, writes="cells", reference=info)
+    keys = FitKeys.of(name)
     if "variational" not in info:
         raise ValueError(
             f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
@@ -168,9 +169,9 @@ def project(
             n_parts=n_parts,
             row_scale=row_scale,
         )
-    for name, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
-        adata_new.obsm[name] = values
-    adata_new.uns[f"{key if key_added is None else key_added}_projection"] = {
+    for field, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
+        adata_new.obsm[field] = values
+    adata_new.uns[f"{name}_projection"] = {
         "reference_key": key,
         "n_genes_used": n_shared,
         "n_genes_missing": len(reference_genes) - n_shared,

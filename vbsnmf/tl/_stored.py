@@ -76,12 +76,23 @@ def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings) -> dict:
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
 
 
-def check_key_added(key_added, adata, writes: str = "fit") -> None:
+def _same_fit(info: dict, other: dict | None) -> bool:
+    """Whether two ``.uns`` records are of one fit (a copy of an AnnData carries its fit)."""
+    if other is None:
+        return False
+    traces = (np.asarray(record.get("elbo_trace", [])) for record in (info, other))
+    shares = (np.asarray(record.get("factor_share", [])) for record in (info, other))
+    return bool(np.array_equal(*traces) and np.array_equal(*shares))
+
+
+def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
     """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
     through the file on an empty key, a key starting with "." or one holding "/"), or
     whose entries would overwrite those of another fit stored in ``adata`` (``writes``:
     ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm`` entries,
-    ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s default keys."""
+    ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s default keys.
+    ``reference``: `tl.project`'s reference fit, whose copy in ``adata`` the projection may
+    write over (another fit under the same key it may not)."""
     writable = isinstance(key_added, str) and key_added and not key_added.startswith(".")
     default = key_added is None and writes == "fit"
     if not default and not (writable and "/" not in key_added):
@@ -94,14 +105,23 @@ def check_key_added(key_added, adata, writes: str = "fit") -> None:
         mine = {("uns", key_added)}
     else:
         mine = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
+    if writes == "cells":
+        mine.add(("uns", f"{keys.uns}_projection"))
     if writes == "fit":
+        record = adata.uns.get(keys.uns)
+        if isinstance(record, dict) and "reference_key" in record:
+            raise ValueError(
+                f"key_added={key_added!r} would overwrite adata.uns[{keys.uns!r}], the record "
+                "of a projection; choose another key_added"
+            )
         mine |= {("uns", keys.uns), ("varm", keys.loadings)}
         mine |= {(side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS}
     for other, info in adata.uns.items():
         if not isinstance(info, dict) or "obsm_key" not in info:
             continue
-        if writes != "uns" and other == keys.uns:
-            continue  # a fit (or projection) under the same key replaces its cells' arrays
+        replaced = writes == "fit" or _same_fit(info, reference)
+        if writes != "uns" and other == keys.uns and replaced:
+            continue  # a new fit replaces the old; a projection writes over its reference's
         theirs = {("uns", other), ("varm", info.get("varm_key"))}
         theirs |= {("obsm", info.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
         theirs |= {(side, f"{other}_{name}") for side in ("obsm", "varm") for name in _ARRAYS}

@@ -123,14 +123,18 @@ def _meta(stored, path) -> dict:
 LATER_KEYS = frozenset({"local_fit", "eval_every"})
 
 
-def warn_if_beyond(path, n_done: int, *, batch: bool, max_iter: int, n_epochs) -> None:
-    """Warn when a resumed fit returns a checkpoint of more iterations (batch) or epochs
-    (SVI) than ``max_iter`` or ``n_epochs`` ask for (its fit is returned as it is)."""
-    limit, unit = (max_iter, "iterations") if batch else (n_epochs, "epochs")
+def warn_if_beyond(estimator, n_done: int) -> None:
+    """Warn when a resumed fit of ``estimator`` (`VBNMF`, `VBNTF`) returns a checkpoint of
+    more iterations (batch) or epochs (SVI) than its ``max_iter`` or ``n_epochs`` ask for
+    (the checkpoint's fit is returned as it is)."""
+    if not estimator.resume:
+        return
+    batch = estimator.solver == "batch"
+    limit, unit = (estimator.max_iter, "iterations") if batch else (estimator.n_epochs, "epochs")
     if limit is not None and n_done > limit:
         warnings.warn(
-            f"the checkpoint {path} already holds {n_done} {unit}, more than the {limit} asked "
-            "for: its fit is returned as it is",
+            f"the checkpoint {estimator.checkpoint} already holds {n_done} {unit}, more than "
+            f"the {limit} asked for: its fit is returned as it is",
             UserWarning,
             stacklevel=4,
         )

@@ -458,14 +458,7 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
-        if settings.resume:
-            warn_if_beyond(
-                settings.checkpoint,
-                result.n_iter,
-                batch=settings.solver == "batch",
-                max_iter=settings.max_iter,
-                n_epochs=settings.n_epochs,
-            )
+        warn_if_beyond(self, result.n_iter)
         self.n_features_in_ = n_features
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate

@@ -640,14 +640,7 @@ class VBNTF(Estimator):
                 for scale in params.scales
             ]
         self.shape_ = tuple(shape)
-        if self.resume:
-            warn_if_beyond(
-                self.checkpoint,
-                result.n_iter,
-                batch=self.solver == "batch",
-                max_iter=self.max_iter,
-                n_epochs=self.n_epochs,
-            )
+        warn_if_beyond(self, result.n_iter)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged

@@ -90,13 +90,19 @@ def is_dask_array(X) -> bool:
     return module is not None and isinstance(X, module.Array)
 
 
-def fit_info(adata, key: str) -> dict:
-    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
-    info = adata.uns.get(key)
-    if not isinstance(info, dict) or "obsm_key" not in info:
+def stored_record(adata, key: str, marker: str, what: str, tool: str, default_key: str) -> dict:
+    """``adata.uns[key]`` as the `vbsnmf.tl` function ``tool`` stores it (a dict holding
+    ``marker``), or a `KeyError` saying to run ``tool`` (``what``: what the record is)."""
+    record = adata.uns.get(key)
+    if not isinstance(record, dict) or marker not in record:
         raise KeyError(
-            f"adata.uns[{key!r}] holds no NMF fit; run vbsnmf.tl.nmf(adata"
-            + ("" if key == "nmf" else f", key_added={key!r}")
+            f"adata.uns[{key!r}] holds no {what}; run vbsnmf.tl.{tool}(adata"
+            + ("" if key == default_key else f", key_added={key!r}")
             + ") first"
         )
-    return info
+    return record
+
+
+def fit_info(adata, key: str) -> dict:
+    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
+    return stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
+from .._utils import stored_record
 from ..tl._stored import active_factors, fit_info
 from ..tl._top_genes import top_genes as top_genes_table
 
@@ -344,13 +345,7 @@ def select_k(
     -------
     The three axes, unless shown.
     """
-    stored = adata.uns.get(key)
-    if not isinstance(stored, dict) or "table" not in stored:
-        raise KeyError(
-            f"adata.uns[{key!r}] holds no K selection; run vbsnmf.tl.select_k(adata"
-            + ("" if key == "nmf_k_selection" else f", key_added={key!r}")
-            + ") first"
-        )
+    stored = stored_record(adata, key, "table", "K selection", "select_k", "nmf_k_selection")
     table = stored["table"]
     ks = np.asarray(table.index, dtype=np.int64)
     suggested = int(stored["suggested_k"])

@@ -124,7 +124,8 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
             continue  # a new fit replaces the old; a projection writes over its reference's
         theirs = {("uns", other), ("varm", info.get("varm_key"))}
         theirs |= {("obsm", info.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
-        theirs |= {(side, f"{other}_{name}") for side in ("obsm", "varm") for name in _ARRAYS}
+        named = FitKeys.of(other).variational
+        theirs |= {(side, named(name)) for side in ("obsm", "varm") for name in _ARRAYS}
         clash = sorted(f".{where}[{name!r}]" for where, name in mine & theirs)
         if clash:
             raise ValueError(

@@ -158,6 +158,25 @@ def test_prior_shape_outside_the_computable_range_raises(estimator, prior, shape
         estimator(2, prior=prior, prior_shape=shape).fit(X)
 
 
+@pytest.mark.parametrize("estimator", [vbsnmf.VBNMF, vbsnmf.VBNTF])
+def test_prior_rate_beyond_the_dtype_raises_and_at_its_limit_fits(estimator):
+    """A float32 fit holds the fixed prior's rate in float32: above its largest value the
+    ELBO was NaN and the fit said its parameters came from a damaged checkpoint."""
+    if estimator is vbsnmf.VBNMF:
+        X = np.arange(12.0).reshape(4, 3)
+    else:  # the coordinates of a 4 x 3 x 2 tensor's 24 entries, each a count of 1
+        X = np.indices((4, 3, 2)).reshape(3, -1).T
+    with pytest.raises(ValueError, match=r"prior_rate must be at most 3.40282e\+38 in float32"):
+        estimator(2, prior="gamma", prior_rate=1e39, dtype=np.float32).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        for dtype, rate in ((np.float32, 3e38), (np.float64, 1e300)):
+            model = estimator(2, prior="gamma", prior_rate=rate, dtype=dtype, max_iter=20)
+            model.fit(X)
+            assert np.all(np.diff(model.elbo_trace_) >= 0)
+            assert np.all(np.isfinite(model.elbo_trace_))
+
+
 @pytest.mark.parametrize("accelerate", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(

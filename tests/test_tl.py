@@ -624,6 +624,42 @@ def test_unwritable_key_added_is_refused_before_the_fit(pbmc_tiny, tmp_path, key
     assert ad.read_h5ad(path).shape == small.shape
 
 
+def test_a_refit_under_a_key_leaves_none_of_the_old_fits_entries(pbmc_tiny):
+    """A fit replaces the one under its key whole: another prior's arrays, loadings under
+    .varm["NMF"] (default) against .varm["nmf"] (key_added="nmf"), .raw's against adata's,
+    must not outlive it beside a record that no longer describes them."""
+    small = pbmc_tiny[:200].copy()
+    small.raw = small.copy()
+
+    def entries():
+        raw = small.raw
+        return {
+            "obsm": set(small.obsm),
+            "varm": set(small.varm),
+            "var": {c for c in small.var.columns if c.startswith("nmf")},
+            "raw.varm": set(raw.varm),
+            "raw.var": {c for c in raw.var.columns if c.startswith("nmf")},
+        }
+
+    _quiet_nmf(small, 2, max_iter=3, random_state=0, use_raw=True)  # learned prior, of .raw
+    assert "nmf_gene_scale_rate" in small.raw.varm and "nmf_total_counts" in small.raw.var
+    _quiet_nmf(small, 2, max_iter=3, random_state=0, key_added="nmf", prior="gamma")
+    after = entries()
+    assert after["varm"] == {"nmf", "nmf_gene_shape"}
+    assert after["obsm"] == {"X_nmf", "X_nmf_usage", "X_nmf_sqrt_usage", "nmf_cell_shape"}
+    assert after["var"] == {"nmf_total_counts"}
+    assert after["raw.varm"] == set() and after["raw.var"] == set()
+    _quiet_nmf(small, 2, max_iter=3, random_state=0, solver="mu")
+    after = entries()
+    assert after["varm"] == {"NMF"}
+    assert after["obsm"] == {"X_nmf", "X_nmf_usage", "X_nmf_sqrt_usage"}
+    assert tl.fit_info(small, "nmf")["varm_key"] == "NMF"
+    # another key's fit is left alone
+    _quiet_nmf(small, 2, max_iter=3, random_state=0, key_added="programs")
+    _quiet_nmf(small, 2, max_iter=3, random_state=1)
+    assert {"programs", "X_programs"} <= set(small.varm) | set(small.obsm)
+
+
 def test_key_added_that_would_overwrite_another_fit_is_refused(pbmc_tiny):
     small = pbmc_tiny[:200].copy()
     _quiet_nmf(small, 2, max_iter=3, random_state=0)

@@ -66,7 +66,7 @@ from ._validation import (
     check_float_dtype,
     check_iterations,
     check_n_components,
-    check_positive,
+    check_prior_rate,
     check_prior_shape,
     check_sparse_structure,
     check_step_schedule,
@@ -158,7 +158,8 @@ class VBNMF(Estimator):
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
         (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
         ``prior_shape`` lies between 1e-30 and 1e6: beyond, the ELBO's terms cannot be
-        computed to the precision of its changes (ValueError).
+        computed to the precision of its changes (ValueError); ``prior_rate`` is at most
+        the largest number of ``dtype`` (3.4e38 in float32).
     accelerate
         Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
         an extrapolated step only when its exact ELBO is at least the plain step's (the
@@ -405,7 +406,9 @@ class VBNMF(Estimator):
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         shape = None if self.prior_shape is None else check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
-            rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
+            rate = 1.0
+            if self.prior_rate is not None:
+                rate = check_prior_rate(self.prior_rate, self.dtype)
             return GammaPrior(1.0 if shape is None else shape, rate)
         if self.prior_rate is not None:
             raise ValueError(

@@ -22,7 +22,7 @@ from ._validation import (
     NonCountWarning,
     check_accelerate,
     check_callback,
-    check_positive,
+    check_prior_rate,
     check_prior_shape,
     check_step_schedule,
     check_tolerance,
@@ -209,7 +209,7 @@ class VBNTF(Estimator):
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
         them; ``prior_rate`` does not apply. ``prior_shape`` lies between 1e-30 and 1e6,
-        as in `VBNMF`.
+        ``prior_rate`` within ``dtype``'s range, as in `VBNMF`.
     accelerate
         Batch VB: extrapolate the iterations with SQUAREM (Varadhan and Roland 2008),
         keeping an extrapolated step only when its exact ELBO is at least the plain step's
@@ -396,7 +396,9 @@ class VBNTF(Estimator):
         if self.prior_shape is not None:
             shape = check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
-            rate = 1.0 if self.prior_rate is None else check_positive(self.prior_rate, "prior_rate")
+            rate = 1.0
+            if self.prior_rate is not None:
+                rate = check_prior_rate(self.prior_rate, self.dtype)
             return _model.GammaPrior(1.0 if shape is None else shape, rate)
         if self.prior_rate is not None:
             raise ValueError(

@@ -434,6 +434,18 @@ def check_prior_shape(value) -> float:
     return value
 
 
+def check_prior_rate(value, dtype) -> float:
+    """The fixed prior's rate: positive and within the range of the fit's ``dtype`` (a
+    float32 fit holds the rate in float32)."""
+    value = check_positive(value, "prior_rate")
+    largest = float(np.finfo(check_float_dtype(dtype)).max)
+    if value > largest:
+        raise ValueError(
+            f"prior_rate must be at most {largest:g} in {np.dtype(dtype).name}, got {value!r}"
+        )
+    return value
+
+
 def check_float_dtype(dtype) -> np.dtype:
     """``np.float32`` or ``np.float64``, the two dtypes the engine computes in."""
     try:

@@ -21,6 +21,7 @@ from ._stored import (
     FitKeys,
     cell_factor_arrays,
     check_key_added,
+    drop_fit,
     fit_info,
     variational_params,
 )
@@ -288,6 +289,7 @@ def nmf(
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
 
+    drop_fit(adata, keys)
     for name, values in cell_arrays.items():
         adata.obsm[name] = values
     for name, values in gene_arrays.items():

@@ -134,6 +134,27 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
             )
 
 
+def drop_fit(adata, keys: FitKeys) -> None:
+    """Remove the entries of the fit stored under ``keys.uns``, which a new fit under that key
+    replaces: those the new fit does not write (another prior's arrays, a classical fit's
+    lack of them, loadings under ``.varm['NMF']`` against ``.varm['nmf']``, ``.raw``'s
+    against ``adata``'s) would otherwise outlive it beside its record."""
+    info = adata.uns.get(keys.uns)
+    if not isinstance(info, dict) or "obsm_key" not in info:
+        return
+    genes = [adata] + ([adata.raw] if adata.raw is not None else [])
+    named = {keys.variational(name) for name in _ARRAYS}
+    cells = named | {info.get(k) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
+    for name in cells & set(adata.obsm.keys()):
+        del adata.obsm[name]
+    for holder in genes:
+        for name in (named | {info.get("varm_key")}) & set(holder.varm.keys()):
+            del holder.varm[name]
+        if keys.total_counts in holder.var.columns:
+            del holder.var[keys.total_counts]
+    del adata.uns[keys.uns]
+
+
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:
     """Indices of the factors to show: the active ones, or all."""
     info = fit_info(adata, key)

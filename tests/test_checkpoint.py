@@ -382,6 +382,29 @@ def test_a_fit_stopped_while_its_factor_shapes_are_held_resumes_bitwise(tmp_path
     assert not np.all(uninterrupted.hyperparameters_["gene_factor_shape"] == 1.0)
 
 
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_converged_fit_resumed_with_a_tighter_tol_goes_on(tmp_path, accelerate):
+    """A checkpoint of a fit converged at a loose tol, resumed with a tighter one, fits on
+    to the tighter rule (the accelerated fit returned at once, its stored state marked
+    converged); with the same tol it returns the stored fit."""
+    path = tmp_path / "loose.ckpt"
+
+    def model(tol, **more):
+        options = dict(random_state=11, n_threads=1, accelerate=accelerate, max_iter=2000)
+        return vbsnmf.VBNMF(4, tol=tol, checkpoint=path, **options, **more)
+
+    loose = _fit(model(1e-3))
+    again = _fit(model(1e-3, resume=True))
+    assert again.n_iter_ == loose.n_iter_
+    assert_array_equal(again.elbo_trace_, loose.elbo_trace_)
+    tight = _fit(model(1e-6, resume=True))
+    assert tight.n_iter_ > loose.n_iter_ + 10
+    assert_array_equal(tight.elbo_trace_[: loose.elbo_trace_.size], loose.elbo_trace_)
+    assert np.all(np.diff(tight.elbo_trace_) >= 0)
+    last, before = tight.elbo_trace_[-1], tight.elbo_trace_[-2]
+    assert abs(last - before) <= 1e-6 * abs(before)
+
+
 @pytest.mark.parametrize("kind", ["svi-cells", "svi-cells-learned"])
 def test_an_svi_fit_that_ended_at_n_epochs_resumes_with_more_as_the_longer_fit(tmp_path, kind):
     """The cells form takes its exact gene step after an evaluation only if the fit goes

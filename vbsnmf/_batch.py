@@ -291,6 +291,9 @@ def squarem(
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
     resumed = bool(state.trace)  # the first pass scores the plain step of the last kept q
+    # A state that converged at another tol (a checkpoint resumed with a tighter one) is
+    # judged again: it stopped on the trace's last two ELBOs, a q and its plain step.
+    state.converged = state.converged and has_converged(state.trace, tol)
 
     def score(params, plain: bool = True):
         """One pass: ``params``' statistics and exact ELBO."""

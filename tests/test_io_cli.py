@@ -598,6 +598,42 @@ def test_outdir_never_replaces_or_holds_an_input(tiny_h5ad, tenx_copy, tmp_path,
     assert not checkpoint.exists() and not (tmp_path / "ck").exists()
 
 
+def test_outdir_holding_the_files_a_10x_folder_links_to_is_refused(
+    tenx_copy, tmp_path, capsys, no_fit
+):
+    """Workflow managers stage a 10x folder as links to files elsewhere: OUTDIR replacing
+    the folder that holds those files (with --force) deleted the counts."""
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name in os.listdir(tenx_copy):
+        (staged / name).symlink_to(tenx_copy / name)
+    before = _snapshot(tenx_copy)
+    _refused(
+        ["fit", staged, *FIT_OPTIONS, "-o", tenx_copy, "--force"], capsys, "contains the input"
+    )
+    _refused(["fit", staged, *FIT_OPTIONS, "-o", tmp_path, "--force"], capsys, "contains the input")
+    assert _snapshot(tenx_copy) == before
+
+
+def test_demo_outdir_never_replaces_the_package_or_its_data(tmp_path, capsys, no_fit, monkeypatch):
+    """The demo reads its data set from the package: OUTDIR must not be, hold or lie in it."""
+    monkeypatch.chdir(tmp_path)
+
+    def demo_started():  # a refusal must come before the demo reads (and then replaces) data
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr(vbsnmf.datasets, "pbmc_tiny", demo_started)
+    package = Path(vbsnmf.__file__).resolve().parent
+    data = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
+    for outdir, message in (
+        (data, "lies inside the input"),
+        (package.parent, "contains the input"),
+    ):
+        argv = ["demo", "--dataset", "pbmc_tiny", "-k", "2", "-o", outdir, "--force"]
+        _refused(argv, capsys, message)
+    assert (data / "matrix.mtx.gz").is_file()
+
+
 def test_checkpoint_inside_outdir_is_refused_before_the_fit(tiny_h5ad, tmp_path, capsys, no_fit):
     outdir = tmp_path / "run1"
     _refused(

@@ -616,7 +616,8 @@ def _run_demo(args) -> int:
     from .io import atomic_directory
 
     _check_options(args)
-    outdir = _check_paths(args, [])
+    # the demo reads its data set from the package's folder, which OUTDIR must not replace
+    outdir = _check_paths(args, [Path(datasets.__file__).resolve().parents[1]])
     adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
     if not args.quiet:
         print(

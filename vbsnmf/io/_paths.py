@@ -50,8 +50,7 @@ def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]
     """Raise `UnsafePathError` if ``path`` is, lies inside or contains one of ``owned``
     (pairs of a description, e.g. ``"the input"``, and a path)."""
     real = real_path(path)
-    for description, other in owned:
-        other_real = real_path(other)
+    for description, other, other_real in _with_linked_files(owned):
         relation = _relation(real, other_real)
         if relation is None and _same_file(real, other_real):
             relation = "is"
@@ -60,6 +59,22 @@ def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]
                 f"{label} {path} {relation} {description} {other}: it would be overwritten "
                 "or removed; choose a path outside it"
             )
+
+
+def _with_linked_files(owned):
+    """``(description, path, real path)`` of each owned path and, inside an owned folder (a
+    10x folder, whose files workflow managers stage as links), of each file it holds that
+    lives elsewhere: replacing the folder those point into would remove them."""
+    for description, other in owned:
+        other_real = real_path(other)
+        yield description, other, other_real
+        if not os.path.isdir(other_real):
+            continue
+        for folder, _, names in os.walk(other_real):
+            for name in names:
+                linked = real_path(os.path.join(folder, name))
+                if _relation(linked, other_real) is None:
+                    yield description, os.path.join(folder, name), linked
 
 
 # What pathlib's exists() and is_dir() take for "no" rather than raise; the checks that

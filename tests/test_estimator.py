@@ -393,3 +393,26 @@ def test_a_masked_array_is_refused_rather_than_its_mask_dropped():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         vbsnmf.VBNMF(2, max_iter=2).fit(unmasked)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, bool])
+def test_repeated_entries_of_narrow_integer_counts_are_summed_exactly(dtype):
+    """scipy sums repeated entries in the matrix's dtype: uint8 200 + 100 was fitted as 44,
+    True + True as 1. The fit must be the float64 matrix's."""
+    rows = np.array([0, 0, 1, 2, 3, 3, 1, 2])
+    cols = np.array([0, 0, 1, 2, 3, 0, 3, 1])
+    values = np.array([200, 100, 3, 4, 5, 1, 2, 7]) if dtype is not bool else np.ones(8)
+    wide = sp.coo_array((values.astype(np.float64), (rows, cols)), shape=(4, 4))
+    narrow = sp.coo_array((values.astype(dtype), (rows, cols)), shape=(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        fits = [vbsnmf.VBNMF(2, max_iter=30, random_state=0, n_threads=1) for _ in range(2)]
+        expected = fits[0].fit_transform(wide)
+        # a CSR holding the repeats as they come (scipy's tocsr() would sum them itself)
+        order = np.argsort(rows, kind="stable")
+        indptr = np.searchsorted(rows[order], np.arange(5))
+        repeated = sp.csr_matrix((narrow.data[order], cols[order], indptr), shape=(4, 4))
+        for matrix in (narrow, repeated):
+            np.testing.assert_array_equal(fits[1].fit_transform(matrix), expected)
+            np.testing.assert_array_equal(fits[1].elbo_trace_, fits[0].elbo_trace_)
+            np.testing.assert_array_equal(fits[1].transform(matrix), fits[0].transform(wide))

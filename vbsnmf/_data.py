@@ -72,7 +72,7 @@ def as_count_data(matrix, counts_dtype=None) -> CountData:
     the indices instead of 8; the pass widens them to the same floats, so a fit is the
     same bit for bit.
     """
-    matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else matrix
+    matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else _widen_to_sum(matrix)
     shape = matrix.shape
     major = 0 if shape[0] >= shape[1] else 1
     csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
@@ -93,6 +93,17 @@ def as_count_data(matrix, counts_dtype=None) -> CountData:
     if csr.data.dtype != dtype:
         csr.data = csr.data.astype(dtype)
     return CountData.from_csr(csr, major, shape)
+
+
+def _widen_to_sum(matrix):
+    """``matrix`` in float64 if it holds repeated entries in a narrow integer or boolean
+    dtype, which scipy sums in that dtype (uint8: 200 + 100 = 44; bool: True + True = 1)."""
+    kind, size = matrix.dtype.kind, matrix.dtype.itemsize
+    if kind not in "biu" or size >= 8:
+        return matrix
+    if matrix.format in ("csr", "csc") and matrix.has_canonical_format:
+        return matrix
+    return matrix.astype(np.float64)
 
 
 def small_counts(values: np.ndarray) -> bool:

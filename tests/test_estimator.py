@@ -416,3 +416,10 @@ def test_repeated_entries_of_narrow_integer_counts_are_summed_exactly(dtype):
             np.testing.assert_array_equal(fits[1].fit_transform(matrix), expected)
             np.testing.assert_array_equal(fits[1].elbo_trace_, fits[0].elbo_trace_)
             np.testing.assert_array_equal(fits[1].transform(matrix), fits[0].transform(wide))
+
+
+def test_svi_with_several_starts_is_refused():
+    """SVI ran one start whatever n_init said (the n_init=1 fit, bit for bit)."""
+    X = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(ValueError, match="n_init > 1 applies to solver='batch'"):
+        vbsnmf.VBNMF(2, solver="svi", n_init=3).fit(X)

@@ -615,6 +615,11 @@ def test_outdir_holding_the_files_a_10x_folder_links_to_is_refused(
     assert _snapshot(tenx_copy) == before
 
 
+def test_svi_with_several_starts_is_refused_before_the_fit(tiny_h5ad, tmp_path, capsys, no_fit):
+    argv = ["fit", tiny_h5ad, "-k", "2", "--solver", "svi", "--n-init", "2", "-o", tmp_path / "o"]
+    _refused(argv, capsys, "--n-init applies to --solver batch")
+
+
 def test_demo_outdir_never_replaces_the_package_or_its_data(tmp_path, capsys, no_fit, monkeypatch):
     """The demo reads its data set from the package: OUTDIR must not be, hold or lie in it."""
     monkeypatch.chdir(tmp_path)

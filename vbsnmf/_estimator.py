@@ -177,7 +177,8 @@ class VBNMF(Estimator):
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
-        Number of random starts; the fit with the highest final ELBO is kept.
+        Number of random starts of batch VB; the fit with the highest final ELBO is kept.
+        SVI runs one start (``n_init=1``).
     random_state
         Seed (non-negative integer) or `numpy.random.Generator` for the starting values
         and SVI's minibatches. The start is drawn per fixed block of cells, so the same
@@ -364,6 +365,8 @@ class VBNMF(Estimator):
             raise ValueError(
                 "checkpoints need n_init=1: a checkpoint holds one fit to save and resume"
             )
+        if self.solver == "svi" and n_init != 1:  # VBNTF refuses it too
+            raise ValueError("n_init > 1 applies to solver='batch'; SVI runs one start")
         prior = self._prior()
         learned = isinstance(prior, HierarchicalPrior)
         if learned and self.solver == "svi" and self.svi_form != "cells":

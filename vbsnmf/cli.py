@@ -349,6 +349,8 @@ def _check_options(args) -> None:
             raise UsageError(f"{option} applies to --solver batch or svi, not {args.solver}")
     if args.checkpoint is not None and (args.n_init or 1) > 1:
         raise UsageError("--checkpoint holds one fit: drop --n-init")
+    if args.solver == "svi" and (args.n_init or 1) > 1:
+        raise UsageError("--n-init applies to --solver batch; svi runs one start")
     if args.convert_to is not None and args.solver != "svi":
         raise UsageError(f"--convert-to applies to --solver svi, not {args.solver}")
     if args.resume and args.checkpoint is None:

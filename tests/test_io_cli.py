@@ -718,6 +718,25 @@ def test_h5ad_without_x_fits_from_its_layer_or_raw(tmp_path, capsys, tiny):
     _refused(["fit", path, *FIT_OPTIONS, "-o", tmp_path / "x"], capsys, "--layer counts")
 
 
+def test_a_fit_of_raw_writes_loadings_for_every_raw_gene(tmp_path, capsys, tiny):
+    """--use-raw fits .raw's genes: the loadings table and params.json's n_genes are theirs
+    (they were .var's 200 of 507, top_genes.tsv naming genes the table lacked)."""
+    path = tmp_path / "selected.h5ad"
+    selected = tiny[:, :200].copy()
+    selected.raw = tiny
+    selected.write_h5ad(path)
+    outdir = tmp_path / "o"
+    code, _, err = _run(["fit", path, "--use-raw", *FIT_OPTIONS, "-o", outdir], capsys)
+    assert code == 0, err
+    table = pd.read_csv(outdir / "gene_loadings.tsv.gz", sep="\t", index_col=0)
+    result = ad.read_h5ad(outdir / "result.h5ad")
+    assert list(table.index) == list(tiny.var_names)
+    np.testing.assert_allclose(table.to_numpy(), result.raw.varm["NMF"], rtol=1e-5)
+    assert json.loads((outdir / "params.json").read_text())["n_genes"] == tiny.n_vars
+    top = pd.read_csv(outdir / "top_genes.tsv", sep="\t")
+    assert set(top["gene"]) <= set(table.index)
+
+
 def test_umap_of_too_few_cells_is_one_line(tmp_path, capsys, tiny):
     few = tiny[:2].copy()
     with warnings.catch_warnings():

@@ -461,7 +461,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "vbsnmf_version": __version__,
         "input": source,
         "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
+        "n_genes": int(adata.raw.n_vars if args.use_raw else adata.n_vars),
         "n_components": int(args.n_components),
         "solver": args.solver,
         "seed": int(args.seed),

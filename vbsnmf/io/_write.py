@@ -22,7 +22,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
 
     The tables have a header row ``cell``/``gene`` then ``factor_0`` ... ``factor_{K-1}``
     and one row per cell (posterior mean cell factors, ``.obsm['X_' + key]``) or gene
-    (posterior mean gene loadings, ``.varm[...]``); ``elbo.tsv`` has columns ``iteration``
+    (posterior mean gene loadings, ``.varm[...]``, ``.raw.varm[...]`` over every gene of
+    ``.raw`` for a fit with ``use_raw``); ``elbo.tsv`` has columns ``iteration``
     and ``elbo`` (nats). Each file is written atomically. Returns the paths written.
 
     Parameters
@@ -42,14 +43,16 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         ``folder`` does not exist (nothing is written).
     """
     info = fit_info(adata, key)
+    # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
+    genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
-    gene_loadings = np.asarray(adata.varm[info["varm_key"]])
+    gene_loadings = np.asarray(genes.varm[info["varm_key"]])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
     folder = Path(folder)
     written = []
     for name, values, index, label in (
         ("cell_factors.tsv.gz", cell_factors, adata.obs_names, "cell"),
-        ("gene_loadings.tsv.gz", gene_loadings, adata.var_names, "gene"),
+        ("gene_loadings.tsv.gz", gene_loadings, genes.var_names, "gene"),
     ):
         table = pd.DataFrame(values, index=pd.Index(index, name=label), columns=columns)
         with atomic_file(folder / name) as temporary:

@@ -928,6 +928,16 @@ def test_convert_to_writes_the_conversion_where_asked(tmp_path, capsys, tiny_mtx
     _refused(["fit", tiny_mtx_gz, "--genes-as-rows", *FIT_OPTIONS, *elsewhere], capsys,
              "--convert-to applies to --solver svi")  # fmt: skip
     assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+    # the same path as OUTDIR: refused before the fit (with --force the conversion vanished)
+    same = tmp_path / "same.h5ad"
+    for force in ([], ["--force"]):
+        _refused(
+            ["fit", tiny_mtx_gz, "--genes-as-rows", *SVI_OPTIONS, "--convert-to", same,
+             "-o", same, *force],
+            capsys,
+            "--convert-to and -o both name",
+        )  # fmt: skip
+    assert not same.exists()
 
 
 def test_svi_reports_epochs(tmp_path, capsys, tiny_h5ad):

@@ -605,6 +605,8 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
             raise UsageError(f"--convert-to {path} lies inside {holder}; name a file elsewhere")
     if args.checkpoint is not None and real_path(path) == real_path(args.checkpoint):
         raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
+    if real_path(path) == real_path(outdir):
+        raise UsageError(f"--convert-to and -o both name {path}; name a file beside OUTDIR")
     return path
 
 

@@ -718,6 +718,21 @@ def test_h5ad_without_x_fits_from_its_layer_or_raw(tmp_path, capsys, tiny):
     _refused(["fit", path, *FIT_OPTIONS, "-o", tmp_path / "x"], capsys, "--layer counts")
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_comment_longer_than_a_read_is_skipped(tmp_path, compress):
+    """Cell Ranger writes a metadata comment that can pass 64 KiB: its rest was taken for
+    the size line ("malformed size line")."""
+    counts = sp.random(30, 12, density=0.4, format="coo", random_state=0)
+    counts.data = np.ceil(counts.data * 9)
+    comment = "%metadata_json: " + ", ".join(f'"L{i:05d}"' for i in range(12_000)) + "\n"
+    assert len(comment) > 1 << 16
+    name = "m.mtx.gz" if compress else "m.mtx"
+    path = _write_mtx(tmp_path / name, counts, comments=comment, compress=compress)
+    for read in (vbsnmf.io.read_mtx, vbsnmf.io.read):
+        adata = read(path, genes_as_rows=False)
+        assert (sp.csr_matrix(adata.X) != counts.tocsr()).nnz == 0
+
+
 def test_a_fit_of_raw_writes_loadings_for_every_raw_gene(tmp_path, capsys, tiny):
     """--use-raw fits .raw's genes: the loadings table and params.json's n_genes are theirs
     (they were .var's 200 of 507, top_genes.tsv naming genes the table lacked)."""

@@ -752,6 +752,12 @@ def mtx_header(path: Path) -> MtxHeader:
             if not line:
                 raise ReadError(path, "truncated: the header has no size line")
             text = line.decode("ascii", errors="replace").strip()
+            # a comment of any length (Cell Ranger's metadata line can pass 64 KiB): its
+            # rest is read in pieces of the same size, not taken for the size line
+            while text.startswith("%") and not line.endswith(b"\n"):
+                line = handle.readline(1 << 16)
+                if not line:
+                    raise ReadError(path, "truncated: the header has no size line")
             if text and not text.startswith("%"):
                 break
         else:

@@ -423,3 +423,21 @@ def test_svi_with_several_starts_is_refused():
     X = np.arange(12.0).reshape(4, 3)
     with pytest.raises(ValueError, match="n_init > 1 applies to solver='batch'"):
         vbsnmf.VBNMF(2, solver="svi", n_init=3).fit(X)
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, ">f8", ">i4", np.float16])
+def test_counts_in_a_wide_or_foreign_dtype_fit_as_float64(dtype):
+    """np.longdouble and big-endian numbers (h5py, np.frombuffer) passed the checks and
+    failed in Numba's typing (dense big-endian: in scipy); they fit as the float64 counts."""
+    dense = np.random.default_rng(0).poisson(0.7, (40, 25)).astype(np.float64)
+    csr = sp.csr_matrix(dense)
+    foreign = sp.csr_matrix((csr.data.astype(dtype), csr.indices, csr.indptr), shape=csr.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = vbsnmf.VBNMF(3, max_iter=10, random_state=0, n_threads=1).fit(csr)
+        for X in (foreign, dense.astype(dtype)):
+            model = vbsnmf.VBNMF(3, max_iter=10, random_state=0, n_threads=1).fit(X)
+            np.testing.assert_array_equal(model.elbo_trace_, expected.elbo_trace_)
+            np.testing.assert_array_equal(model.transform(X), expected.transform(csr))
+            svi = vbsnmf.VBNMF(3, solver="svi", n_epochs=1, random_state=0, n_threads=1)
+            assert np.all(np.isfinite(svi.fit_transform(X)))

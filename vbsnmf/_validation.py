@@ -180,12 +180,27 @@ def check_count_dtype(dtype, name: str = "X") -> None:
         raise ValueError(f"{name} must be real counts: Complex data not supported ({dtype})")
 
 
+def _readable_dtype(dtype: np.dtype) -> np.dtype | None:
+    """The dtype numbers in ``dtype`` are converted to before scipy and the kernels read
+    them, or None when they read it as it is: float16 widened to float32 (exact; scipy
+    refuses it), wider floats (``np.longdouble``) to float64, any other number in a
+    non-native byte order (h5py, ``np.frombuffer(..., ">f8")``) to the native one."""
+    if dtype.kind not in "biuf":
+        return None
+    if dtype.kind == "f" and dtype.itemsize == 2:
+        return np.dtype(np.float32)
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return np.dtype(np.float64)
+    return None if dtype.isnative else dtype.newbyteorder("=")
+
+
 def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
-    """The stored values in a dtype the kernels read (float16 widened exactly, booleans
-    as bytes)."""
+    """The stored values in a dtype the kernels read (`_readable_dtype`, booleans as
+    bytes)."""
     check_count_dtype(data.dtype, name)
-    if data.dtype == np.float16:
-        return data.astype(np.float32)
+    readable = _readable_dtype(data.dtype)
+    if readable is not None:
+        return data.astype(readable)
     if data.dtype == bool:
         return data.view(np.uint8)
     return data
@@ -243,8 +258,9 @@ def check_counts(
         if X.format in ("csr", "csc", "coo", "bsr"):
             check_sparse_structure(X, name)
         matrix = X if X.format in ("csr", "csc", "coo") else X.tocsr()
-        if matrix.data.dtype == np.float16:  # exact in float32; scipy refuses float16
-            matrix = matrix.astype(np.float32)
+        readable = _readable_dtype(matrix.data.dtype)
+        if readable is not None:
+            matrix = matrix.astype(readable)
     else:
         try:
             dense = np.asarray(X)
@@ -264,8 +280,9 @@ def check_counts(
                 raise TypeError(f"{name} must hold numbers: {error}") from None
         if not (np.issubdtype(dense.dtype, np.number) or dense.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {dense.dtype}")
-        if dense.dtype == np.float16:  # exact in float32; scipy refuses float16
-            dense = dense.astype(np.float32)
+        readable = _readable_dtype(dense.dtype)
+        if readable is not None:
+            dense = dense.astype(readable)
         matrix = sp.coo_array(dense)
     check_count_dtype(matrix.data.dtype, name)
     n_rows, n_cols = matrix.shape

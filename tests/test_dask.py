@@ -611,3 +611,32 @@ def test_same_seed_gives_the_same_fit_in_memory_and_with_any_chunking(
             X = da.from_array(tiny_counts, chunks=(chunk, -1))
             result = vbsnmf.fit_svi_dask(X, 4, client=client, **svi_options, prior="gamma")
             np.testing.assert_allclose(result.elbo_trace, streamed.elbo_trace_, rtol=1e-9, atol=0)
+
+
+def test_an_in_memory_fit_starts_from_a_distributed_learned_fit(client, tiny_counts):
+    """A distributed fit under the learned prior (its cells' rates and scales dask arrays)
+    as the start of an in-memory fit: the arrays are computed (they reached a Numba kernel,
+    a TypingError), and the fit is the one from their computed values."""
+    X = da.from_array(tiny_counts, chunks=(400, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        distributed = vbsnmf.fit_dask(X, 3, random_state=0, max_iter=4, client=client)
+        params = distributed.params
+        scales = [
+            _model.ScaleState(
+                *(_as_numpy(a) for a in (scale.shape, scale.rate, scale.factor_shape)),
+                scale.prior_shape,
+                scale.prior_mean,
+            )
+            for scale in (params.row_scale, params.col_scale)
+        ]
+        computed = _model.VariationalParams(*map(_as_numpy, params.as_tuple()), *scales)
+        assert is_dask_array(distributed.params.row_rate)
+        fits = [vbsnmf.VBNMF(3, max_iter=3, n_threads=1, tol=0.0) for _ in range(2)]
+        fits[0].fit(tiny_counts, init=distributed.params)
+        fits[1].fit(tiny_counts, init=computed)
+    np.testing.assert_allclose(fits[0].elbo_trace_, fits[1].elbo_trace_, rtol=1e-12)
+
+
+def _as_numpy(array):
+    return np.asarray(array.compute()) if is_dask_array(array) else np.asarray(array)

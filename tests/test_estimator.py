@@ -441,3 +441,26 @@ def test_counts_in_a_wide_or_foreign_dtype_fit_as_float64(dtype):
             np.testing.assert_array_equal(model.transform(X), expected.transform(csr))
             svi = vbsnmf.VBNMF(3, solver="svi", n_epochs=1, random_state=0, n_threads=1)
             assert np.all(np.isfinite(svi.fit_transform(X)))
+
+
+def test_genes_named_at_fit_are_checked_at_transform():
+    """A DataFrame's gene names are kept (feature_names_in_) and new cells' genes must be
+    them in the same order: other or reordered genes were matched by position."""
+    pd = pytest.importorskip("pandas")
+    counts = np.random.default_rng(0).poisson(0.8, (30, 6)).astype(np.float64)
+    genes = [f"g{i}" for i in range(6)]
+    frame = pd.DataFrame(counts, columns=genes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model = vbsnmf.VBNMF(2, max_iter=20, random_state=0, n_threads=1).fit(frame)
+        np.testing.assert_array_equal(model.feature_names_in_, genes)
+        with pytest.warns(UserWarning, match="X does not have valid feature names"):
+            unnamed = model.transform(counts)
+        np.testing.assert_array_equal(model.transform(frame), unnamed)
+        with pytest.raises(ValueError, match="same order"):
+            model.transform(frame[genes[::-1]])
+        renamed = frame.rename(columns={"g0": "other"})
+        with pytest.raises(ValueError, match="unseen at fit time:\n- other"):
+            model.transform(renamed)
+        model.fit(counts)  # refitted without names: none kept
+        assert not hasattr(model, "feature_names_in_")

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from ._utils import sklearn_flavoured
+from ._utils import sklearn_flavoured, warn_user
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -35,6 +35,20 @@ def check_fitted(estimator, attribute: str) -> None:
             f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
             "appropriate arguments before using this estimator."
         )
+
+
+def feature_names(X) -> np.ndarray | None:
+    """The column names of a DataFrame ``X`` when every one is a string (scikit-learn's
+    rule), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not all(isinstance(name, str) for name in columns):
+        return None
+    return np.asarray(columns, dtype=object)
+
+
+def _listed(names) -> str:
+    shown = [f"- {name}\n" for name in names[:5]]
+    return "".join(shown) + ("- ...\n" if len(names) > 5 else "")
 
 
 class Estimator:
@@ -85,6 +99,42 @@ class Estimator:
         from sklearn.utils import estimator_html_repr
 
         return estimator_html_repr(self)
+
+    def _remember_feature_names(self, X) -> None:
+        """``feature_names_in_``: the gene names of a DataFrame fitted (none otherwise)."""
+        names = feature_names(X)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
+
+    def _check_feature_names(self, X) -> None:
+        """New data's column names against the fitted ones, as scikit-learn checks them:
+        other names or another order are a `ValueError` (the genes would be matched by
+        position), names on one side only a warning."""
+        fitted, names = getattr(self, "feature_names_in_", None), feature_names(X)
+        kind = type(self).__name__
+        if fitted is None and names is not None:
+            warn_user(
+                f"X has feature names, but {kind} was fitted without feature names", UserWarning
+            )
+        elif fitted is not None and names is None:
+            warn_user(
+                f"X does not have valid feature names, but {kind} was fitted with feature names",
+                UserWarning,
+            )
+        if fitted is None or names is None or np.array_equal(fitted, names):
+            return
+        message = "The feature names should match those that were passed during fit.\n"
+        unseen = sorted(set(names) - set(fitted))
+        missing = sorted(set(fitted) - set(names))
+        if unseen:
+            message += "Feature names unseen at fit time:\n" + _listed(unseen)
+        if missing:
+            message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
+        if not unseen and not missing:
+            message += "Feature names must be in the same order as they were in fit.\n"
+        raise ValueError(message)
 
     def __sklearn_tags__(self):
         # Only scikit-learn calls this, so it is loaded already.

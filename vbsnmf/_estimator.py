@@ -279,6 +279,9 @@ class VBNMF(Estimator):
     converged_ : bool
         Whether ``tol`` was met before ``max_iter`` (SVI: ``n_epochs``).
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        The gene names, when X was a DataFrame with string column names; `transform`
+        then requires the same names in the same order (``ValueError``).
 
     Notes
     -----
@@ -466,6 +469,7 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
         warn_if_beyond(self, result.n_iter)
         self.n_features_in_ = n_features
+        self._remember_feature_names(X)
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
         self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate
@@ -495,6 +499,7 @@ class VBNMF(Estimator):
         scale fitted with it, the hyperparameters held at their fitted values)."""
         check_fitted(self, "gene_shape_")
         settings = self._check_params()
+        self._check_feature_names(X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             X = X.compute()
         matrix = check_counts(X)
@@ -921,7 +926,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
         )
     start = None
     if init is not None:
-        start = init_params(init, X.shape, n_components, settings.dtype, settings.prior)
+        start = init_params(init, X.shape, n_components, settings.dtype, settings.prior, True)
     best = None
     for index in range(1 if init is not None else settings.n_init):
         result = _dask.fit_batch_dask(

@@ -1103,7 +1103,12 @@ HYPER_KEYS = (
 
 
 def init_params(
-    init, shape: tuple[int, int], n_components: int, dtype, prior: Prior | None = None
+    init,
+    shape: tuple[int, int],
+    n_components: int,
+    dtype,
+    prior: Prior | None = None,
+    lazy: bool = False,
 ) -> VariationalParams:
     """A given start as `VariationalParams` (rows = cells), checked.
 
@@ -1112,8 +1117,9 @@ def init_params(
     plus ``_``. Rates are per component (K,) or, for the learned prior, per entry (n x K).
     Under the learned ``prior`` the mapping (or estimator) may also hold q of the scales
     (`SCALE_KEYS`) and the hyperparameters (`HYPER_KEYS`); what is missing is completed by
-    `complete_learned`. The arrays are copied; a dask array of cell shapes (a distributed
-    fit's) is kept lazy and checked block by block when computed.
+    `complete_learned`. The arrays are copied; dask arrays (a distributed fit's) are
+    computed, or with ``lazy`` (a start for a distributed fit) kept lazy and checked block
+    by block when computed.
 
     Raises
     ------
@@ -1158,7 +1164,23 @@ def init_params(
             )
         checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
-    return complete_learned(params, prior, extra) if learned else params
+    params = complete_learned(params, prior, extra) if learned else params
+    return params if lazy else _computed(params)
+
+
+def _computed(params: VariationalParams) -> VariationalParams:
+    """``params`` with every dask array computed into memory (the kernels read numpy)."""
+
+    def value(array):
+        return np.asarray(array.compute()) if is_dask_array(array) else array
+
+    scales = []
+    for scale in (params.row_scale, params.col_scale):
+        if scale is not None:
+            arrays = (value(a) for a in (scale.shape, scale.rate, scale.factor_shape))
+            scale = ScaleState(*arrays, scale.prior_shape, scale.prior_mean)
+        scales.append(scale)
+    return VariationalParams(*(value(a) for a in params.as_tuple()), *scales)
 
 
 def _scale_entries(params: VariationalParams) -> dict:

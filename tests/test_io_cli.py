@@ -733,6 +733,26 @@ def test_a_comment_longer_than_a_read_is_skipped(tmp_path, compress):
         assert (sp.csr_matrix(adata.X) != counts.tocsr()).nnz == 0
 
 
+def test_10x_names_that_pandas_would_take_for_missing_are_kept(tenx_copy):
+    """Symbols "NA", "NULL" or empty (and such a barcode) were read as NaN by scanpy's
+    parse: names neither strings nor unique, refused by anndata's writer after the fit."""
+    features = tenx_copy / "features.tsv.gz"
+    rows = gzip.decompress(features.read_bytes()).decode().splitlines()
+    for index, symbol in enumerate(["NA", "NULL", "", "nan"]):
+        gene_id, _, kind = rows[index].split("\t")
+        rows[index] = "\t".join([gene_id, symbol, kind])
+    features.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    barcodes = tenx_copy / "barcodes.tsv.gz"
+    cells = gzip.decompress(barcodes.read_bytes()).decode().splitlines()
+    barcodes.write_bytes(gzip.compress(("\n".join(["NA", *cells[1:]]) + "\n").encode()))
+    adata = vbsnmf.io.read(tenx_copy)
+    assert list(adata.var_names[:4]) == ["NA", "NULL", "", "nan"]
+    assert adata.obs_names[0] == "NA"
+    assert adata.var_names.is_unique and adata.obs_names.is_unique
+    assert all(isinstance(name, str) for name in adata.var["gene_ids"])
+    adata.write_h5ad(tenx_copy.parent / "written.h5ad")
+
+
 def test_a_fit_of_raw_writes_loadings_for_every_raw_gene(tmp_path, capsys, tiny):
     """--use-raw fits .raw's genes: the loadings table and params.json's n_genes are theirs
     (they were .var's 200 of 507, top_genes.tsv naming genes the table lacked)."""

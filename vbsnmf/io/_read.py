@@ -227,7 +227,20 @@ def read_10x(folder: str | os.PathLike):
     if header.field not in ("integer", "pattern") or _reaches_float32_limit(counts.data):
         counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)
     adata.X = counts
+    _names_as_written(adata, features_path, barcodes_path)
     return _finish(_keep_gene_expression(adata))
+
+
+def _names_as_written(adata, features: Path, barcodes: Path) -> None:
+    """The names of the 10x files as strings: scanpy's parse turns the symbols "NA",
+    "NULL", "nan" or an empty field into NaN (names neither strings nor unique, which
+    anndata's writer then refuses), where `read_names` and the streamed route keep them."""
+    genes, cells = read_names(features), read_names(barcodes)
+    adata.var_names = pd.Index(genes[1].to_numpy(dtype=object), dtype=object)
+    adata.var["gene_ids"] = genes[0].to_numpy(dtype=object)
+    if "feature_types" in adata.var.columns and genes.shape[1] > 2:
+        adata.var["feature_types"] = genes[2].to_numpy(dtype=object)
+    adata.obs_names = pd.Index(cells[0].to_numpy(dtype=object), dtype=object)
 
 
 def tenx_files(folder: Path) -> tuple[Path, Path, Path]:

@@ -464,3 +464,13 @@ def test_genes_named_at_fit_are_checked_at_transform():
             model.transform(renamed)
         model.fit(counts)  # refitted without names: none kept
         assert not hasattr(model, "feature_names_in_")
+
+
+def test_an_anndata_in_memory_is_named_as_such(pbmc_tiny):
+    """numpy's "maximum number of dimension of 64" was the message for VBNMF.fit(adata)."""
+    for call in (
+        lambda: vbsnmf.VBNMF(2).fit(pbmc_tiny),
+        lambda: vbsnmf.VBNMF(2, solver="svi").fit(pbmc_tiny),
+    ):
+        with pytest.raises(TypeError, match=r"X is an AnnData: pass its counts \(adata.X"):
+            call()

@@ -246,6 +246,11 @@ def check_counts(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
             "vbsnmf.io.read(path), or stream it from disk with VBNMF(solver='svi')"
         )
+    if all(hasattr(X, part) for part in ("obs", "var", "X")):  # an AnnData in memory
+        raise TypeError(
+            f"{name} is an AnnData: pass its counts (adata.X, a layer) as {name}, or fit it "
+            "with vbsnmf.tl.nmf(adata), which stores the result in it"
+        )
     if isinstance(X, np.ma.MaskedArray) and np.ma.getmask(X) is not np.ma.nomask and X.mask.any():
         # np.asarray would drop the mask and fit the hidden values as counts
         raise TypeError(

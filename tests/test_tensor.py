@@ -1171,3 +1171,15 @@ def test_resuming_with_fewer_iterations_than_stored_warns_as_vbnmf(tmp_path):
     with pytest.warns(UserWarning, match="already holds 8 iterations, more than the 3"):
         resumed = _quiet(vbsnmf.VBNTF(2, max_iter=3, resume=True, **options), coords, values)
     assert resumed.n_iter_ == 8
+
+
+def test_too_many_modes_and_ragged_input_are_named():
+    """D > 101 failed in Numba's compiler (the modes' tuple of a parallel loop); ragged
+    coords or values gave numpy's bare "inhomogeneous shape" message."""
+    coords = np.random.default_rng(0).integers(0, 2, size=(20, 102))
+    with pytest.raises(ValueError, match="at most 101 modes"):
+        vbsnmf.VBNTF(2).fit(coords)
+    with pytest.raises(ValueError, match="coords must be a regular array"):
+        vbsnmf.VBNTF(2).fit([[0, 1], [1, 0, 2]])
+    with pytest.raises(ValueError, match="values must be a regular array"):
+        vbsnmf.VBNTF(2).fit([[0, 1], [1, 0]], values=[[1, 2], [3]])

@@ -37,6 +37,10 @@ def _is_pydata_sparse(X) -> bool:
     return type(X).__module__.split(".")[0] == "sparse" and hasattr(X, "nnz")
 
 
+# Numba's parallel loops take the other modes' indices as one tuple, at most 100 long
+MAX_MODES = 101
+
+
 def check_tensor(coords, values=None, shape=None):
     """Validate a count tensor given by its entries; return ``(coords, values, shape)`` as
     an (nnz, D) int64 array, float64 values and a tuple of D ints.
@@ -72,7 +76,7 @@ def check_tensor(coords, values=None, shape=None):
             "coordinates with values (for a matrix, np.stack(X.nonzero(), axis=1) and "
             "X.data of its COO form) or a pydata sparse array; or fit the matrix with VBNMF"
         )
-    coords = np.asarray(coords)
+    coords = _as_array(coords, "coords")
     if coords.ndim != 2:
         raise ValueError(
             f"coords must be an (nnz, D) array of indices, got an array of shape {coords.shape}"
@@ -83,6 +87,12 @@ def check_tensor(coords, values=None, shape=None):
     if n_modes < 2:
         raise ValueError(
             f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got D={n_modes}"
+        )
+    if n_modes > MAX_MODES:
+        raise ValueError(
+            f"a tensor has at most {MAX_MODES} modes here (Numba's parallel loops take the "
+            f"modes as one tuple, at most {MAX_MODES - 1} long besides the one updated), "
+            f"got D={n_modes}"
         )
     if coords.size and np.issubdtype(coords.dtype, np.unsignedinteger):
         beyond = coords > np.iinfo(np.int64).max  # would wrap to negative indices
@@ -98,10 +108,18 @@ def check_tensor(coords, values=None, shape=None):
     return coords, values, shape
 
 
+def _as_array(value, name: str) -> np.ndarray:
+    """``np.asarray(value)``, a ragged sequence named in the `ValueError`."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} must be a regular array, not ragged: {error}") from None
+
+
 def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
     if values is None:
         return np.ones(nnz, dtype=np.float64)
-    values = np.asarray(values)
+    values = _as_array(values, "values")
     if values.dtype == object or not (
         np.issubdtype(values.dtype, np.number) or values.dtype == bool
     ):

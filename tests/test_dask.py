@@ -640,3 +640,26 @@ def test_an_in_memory_fit_starts_from_a_distributed_learned_fit(client, tiny_cou
 
 def _as_numpy(array):
     return np.asarray(array.compute()) if is_dask_array(array) else np.asarray(array)
+
+
+def test_a_block_unlike_its_declared_chunk_is_refused(client, tiny_counts):
+    """Cells dropped inside map_blocks while the chunks still declare them: the batch fit
+    fitted fewer cells than its result claimed (every later cell off by one), SVI and a
+    block of fewer genes failed in scipy or numpy."""
+    X = da.from_array(tiny_counts[:60].toarray(), chunks=(20, -1))
+
+    def drop_first_cell(block, block_info=None):
+        start = block_info[0]["array-location"][0][0]
+        return block[1:] if start == 20 else block
+
+    def drop_last_gene(block, block_info=None):
+        start = block_info[0]["array-location"][0][0]
+        return block[:, :-1] if start == 40 else block
+
+    for damaged, first, shape in (
+        (X.map_blocks(drop_first_cell, dtype=X.dtype), 20, f"19 x {X.shape[1]}"),
+        (X.map_blocks(drop_last_gene, dtype=X.dtype), 40, f"20 x {X.shape[1] - 1}"),
+    ):
+        for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
+            with pytest.raises(ValueError, match=f"starting at cell {first}: the block is {shape}"):
+                fit(damaged, 2, max_iter=2, client=client)

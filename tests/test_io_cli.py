@@ -753,6 +753,27 @@ def test_10x_names_that_pandas_would_take_for_missing_are_kept(tenx_copy):
     adata.write_h5ad(tenx_copy.parent / "written.h5ad")
 
 
+def test_the_streamed_result_keeps_the_inputs_other_parts(tmp_path, capsys, tiny):
+    """--solver svi streams a backed .h5ad; its result.h5ad dropped the input's .layers,
+    .raw, .obsp and .varp, which the batch route's keeps ("the input as tl.nmf leaves it")."""
+    adata = tiny.copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = adata.copy()
+    adata.obsp["connectivities"] = sp.identity(adata.n_obs, format="csr")
+    adata.varp["gene_graph"] = sp.identity(adata.n_vars, format="csr") * 2.0
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    code, _, err = _run(["fit", path, *SVI_OPTIONS, "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    result = ad.read_h5ad(tmp_path / "o" / "result.h5ad")
+    assert (sp.csr_matrix(result.layers["counts"]) != adata.X).nnz == 0
+    assert (sp.csr_matrix(result.raw.X) != adata.X).nnz == 0
+    assert list(result.raw.var_names) == list(adata.var_names)
+    assert (result.obsp["connectivities"] != adata.obsp["connectivities"]).nnz == 0
+    assert (result.varp["gene_graph"] != adata.varp["gene_graph"]).nnz == 0
+    assert "X_nmf" in result.obsm
+
+
 def test_a_fit_of_raw_writes_loadings_for_every_raw_gene(tmp_path, capsys, tiny):
     """--use-raw fits .raw's genes: the loadings table and params.json's n_genes are theirs
     (they were .var's 200 of 507, top_genes.tsv naming genes the table lacked)."""

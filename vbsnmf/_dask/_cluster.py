@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -128,12 +129,30 @@ def build_chunks(client, layout: Layout, builder, X) -> list:
     pure, so a lost chunk is rebuilt from its source."""
     import dask
 
-    build = dask.delayed(builder, pure=True)
+    build = dask.delayed(partial(_build_declared, builder), pure=True)
     blocks = X.to_delayed()[:, 0]
     first_cells = chunk_bounds(X)[:-1]
-    return compute_placed(
-        client, layout, [build(block, int(first)) for block, first in zip(blocks, first_cells)]
-    )
+    n_genes = X.shape[1]
+    tasks = [
+        build(block, int(first), (int(rows), n_genes))
+        for block, first, rows in zip(blocks, first_cells, X.chunks[0])
+    ]
+    return compute_placed(client, layout, tasks)
+
+
+def _build_declared(builder, block, first_cell: int, declared: tuple[int, int]):
+    """``builder(block, first_cell)`` once the block is checked to have the shape its
+    chunk declares: a block of other cells or genes (a ``map_blocks`` that drops cells
+    without saying so in ``chunks=``) would misalign every later cell with its row."""
+    shape = tuple(getattr(block, "shape", ()))
+    if shape != declared:
+        raise ValueError(
+            f"in the chunk of cells starting at cell {first_cell}: the block is "
+            f"{' x '.join(map(str, shape)) or 'not 2-D'}, its chunk declares "
+            f"{declared[0]} x {declared[1]} (cells x genes); a map_blocks that changes "
+            "a block's shape must give it in chunks= (or call X.compute_chunk_sizes())"
+        )
+    return builder(block, first_cell)
 
 
 def start_blocks(

@@ -74,8 +74,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     """Write ``adata`` with its fit to ``path`` as a gzip-compressed ``.h5ad``, atomically.
 
     A backed AnnData's X (a CSR on disk, as a streamed fit leaves it) is copied a block of
-    entries at a time, so memory does not grow with the nonzeros; its ``obs``, ``var``,
-    ``obsm``, ``varm`` and ``uns`` are written as they are in memory. Returns ``path``.
+    entries at a time, so memory does not grow with the nonzeros, and its ``.raw`` is
+    copied from its file; the rest (``obs``, ``var``, ``obsm``, ``varm``, ``layers``,
+    ``obsp``, ``varp``, ``uns``) is written as it is in memory. Returns ``path``.
 
     Raises
     ------
@@ -98,10 +99,15 @@ def write_result(adata, path: str | os.PathLike) -> Path:
             uns=dict(adata.uns),
             obsm=dict(adata.obsm),
             varm=dict(adata.varm),
+            layers=dict(adata.layers),
+            obsp=dict(adata.obsp),
+            varp=dict(adata.varp),
         )
         without_x.write_h5ad(temporary, compression="gzip")
-        with h5py.File(temporary, "a") as out:
+        with h5py.File(temporary, "a") as out, h5py.File(adata.filename, "r") as source:
             _copy_csr(adata.file["X"], out.create_group("X"))
+            if "raw" in source:  # copied by HDF5 a chunk at a time, as X
+                source.copy(source["raw"], out, name="raw")
     return path
 
 

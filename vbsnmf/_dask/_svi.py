@@ -130,7 +130,8 @@ def fit_svi_cells_dask(
 ) -> DaskFitResult:
     """Cell-minibatch SVI on a Dask cluster (checked settings; the public
     `vbsnmf.fit_svi_dask` checks them), step for step `_svi.fit_svi_cells`: the same start
-    and the same minibatches for the same ``entropy`` and ``start``, under either prior."""
+    and the same minibatches for the same ``entropy`` and ``start``, under either prior
+    (the local fits' stopping rule applied per chunk's share of a minibatch)."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-svi-{uuid.uuid4().hex[:12]}"

@@ -663,3 +663,17 @@ def test_a_block_unlike_its_declared_chunk_is_refused(client, tiny_counts):
         for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
             with pytest.raises(ValueError, match=f"starting at cell {first}: the block is {shape}"):
                 fit(damaged, 2, max_iter=2, client=client)
+
+
+def test_a_closed_client_is_named(tiny_counts):
+    """A closed Client failed inside distributed (AttributeError: 'NoneType' ... 'ncores')."""
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    closed = Client(cluster)
+    closed.close()
+    cluster.close()
+    X = da.from_array(tiny_counts[:40], chunks=(20, -1))
+    for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
+        with pytest.raises(ValueError, match="client is closed"):
+            fit(X, 2, max_iter=2, client=closed)

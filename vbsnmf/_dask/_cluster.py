@@ -43,6 +43,8 @@ def get_client(client):
             ) from None
     if not isinstance(client, Client):
         raise TypeError(f"client must be a distributed.Client, got {type(client)}")
+    if client.status in ("closing", "closed"):  # it fails deep in distributed otherwise
+        raise ValueError("the dask.distributed client is closed: create a new one")
     return client
 
 

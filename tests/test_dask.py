@@ -677,3 +677,28 @@ def test_a_closed_client_is_named(tiny_counts):
     for fit in (vbsnmf.fit_dask, vbsnmf.fit_svi_dask):
         with pytest.raises(ValueError, match="client is closed"):
             fit(X, 2, max_iter=2, client=closed)
+
+
+def test_empty_chunks_of_a_filter_are_skipped(client, tiny_counts):
+    """Cells filtered with a dask mask, then compute_chunk_sizes() (as our message for
+    unknown chunk sizes advises), leave chunks of 0 cells: refused as "0 sample(s)"; the
+    fit is the one of the same cells without the empty chunk."""
+    dense = tiny_counts[:60].toarray()
+    dense[20:40] = 0
+    has_counts = dense.sum(axis=1) > 0
+    for blocks in (
+        da.from_array(dense, chunks=(20, -1)),
+        da.from_array(sp.csr_matrix(dense), chunks=(20, -1)),
+    ):
+        filtered = blocks[da.from_array(has_counts, chunks=20)]  # a lazy mask: unknown sizes
+        filtered.compute_chunk_sizes()
+        assert 0 in filtered.chunks[0]
+        kept = da.from_array(dense[np.r_[0:20, 40:60]], chunks=(20, -1))
+        for fit, options in (
+            (vbsnmf.fit_dask, {}),
+            (vbsnmf.fit_svi_dask, dict(batch_size=20, n_epochs=1)),
+        ):
+            options.update(max_iter=3, tol=0.0, random_state=0, client=client)
+            got = fit(filtered, 2, **options)
+            expected = fit(kept, 2, **options)
+            np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-12)

@@ -61,6 +61,10 @@ def cells_x_genes(X):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     if len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})  # a chunk must hold whole cells
+    cells = tuple(int(n) for n in X.chunks[0] if n > 0)
+    if cells and len(cells) < len(X.chunks[0]):
+        # empty chunks (a filter's, after compute_chunk_sizes) hold no cells to fit
+        X = X.rechunk({0: cells})
     return X
 
 

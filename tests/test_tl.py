@@ -566,6 +566,13 @@ def test_project_matches_genes_by_name(pbmc_tiny):
         shuffled.obsm["X_ref_usage"], usage(in_order, pbmc_tiny.varm["NMF"]), rtol=1e-10
     )
     assert shuffled.uns["ref_projection"]["n_genes_used"] == pbmc_tiny.n_vars
+    # Counts in a dask array (sparse or dense chunks): the same projection.
+    import dask.array as da
+
+    for chunks in (new.X, new.X.toarray()):
+        on_dask = ad.AnnData(da.from_array(chunks, chunks=(20, -1)), var=new.var)
+        tl.project(on_dask, pbmc_tiny, n_threads=2)
+        np.testing.assert_allclose(on_dask.obsm["X_nmf"], in_order, rtol=1e-10)
     # Fewer than half the genes: a warning; none: an error.
     with pytest.warns(UserWarning, match="only 100 of the reference's 507 genes"):
         tl.project(new[:, :100].copy(), pbmc_tiny)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
-from .._utils import numba_threads
+from .._utils import is_dask_array, numba_threads
 from .._validation import check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -44,7 +44,8 @@ def project(
     Parameters
     ----------
     adata_new
-        Cells x genes with raw counts (in ``X``, ``layers[layer]`` or ``.raw``).
+        Cells x genes with raw counts (in ``X``, ``layers[layer]`` or ``.raw``). A dask
+        ``X`` is computed into memory (sparse chunks stay sparse).
     adata_ref
         AnnData after a variational `vbsnmf.tl.nmf` fit (``solver`` ``"batch"`` or
         ``"svi"``).
@@ -130,6 +131,10 @@ def project(
             UserWarning,
             stacklevel=2,
         )
+    if is_dask_array(matrix):
+        # The projection holds the new cells in memory, as its result does; sparse chunks
+        # stay sparse.
+        matrix = matrix.compute()
     matrix = check_count_matrix(adata_new, matrix, source)
     counts = matrix.tocsr()[:, positions[shared]]
     # Cells whose counts all lie in genes the reference lacks: their factors are the prior's.

@@ -371,9 +371,9 @@ def path_cases() -> list[Case]:
             ),
         ),
         Case(
-            "checkpoint name of 250 characters",
+            "checkpoint name of 256 characters",
             refused(
-                lambda f: ["fit", h5ad(f), *FIT, "--checkpoint", "c" * 250, "-o", "o"], "c" * 20
+                lambda f: ["fit", h5ad(f), *FIT, "--checkpoint", "c" * 256, "-o", "o"], "c" * 20
             ),
         ),
         Case(

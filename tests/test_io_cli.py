@@ -663,7 +663,7 @@ def test_outdir_holding_the_working_folder_is_refused(tiny_h5ad, tmp_path, capsy
 def test_outdir_that_cannot_be_created_is_refused_before_the_fit(
     tiny_h5ad, tmp_path, capsys, no_fit
 ):
-    _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / ("x" * 250)], capsys, "x" * 20)
+    _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / ("x" * 256)], capsys, "x" * 20)
     _refused(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", "/proc/vbsnmf_out"], capsys, "/proc")
     assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
 
@@ -1263,3 +1263,24 @@ def test_read_asks_for_the_orientation_in_the_callers_words(tiny_mtx_gz, tiny_fo
         vbsnmf.io.read(tiny_mtx_gz)
     with pytest.raises(ValueError, match=r"drop genes_as_rows=False \(--cells-as-rows\)"):
         vbsnmf.io.read(tiny_folder, genes_as_rows=False)
+
+
+def test_names_near_the_length_limit_are_written(fitted, tmp_path, tiny_h5ad, capsys):
+    """A name of 240 to 255 bytes is a file's right, but the temporary name (".NAME.xxxxxxxx
+    .tmp.h5ad") passed 255: 'File name too long' for a name that fits."""
+    long = "x" * 240
+    result = tmp_path / f"{long}.h5ad"
+    vbsnmf.io.write_result(fitted, result)
+    assert ad.read_h5ad(result).obsm["X_nmf"].shape == (20, 2)
+    vbsnmf.io.write_result(fitted, result)  # and again over it
+    checkpoint = tmp_path / ("c" * 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(2, max_iter=2, checkpoint=checkpoint).fit(fitted.X)
+    assert checkpoint.is_file()
+    outdir = tmp_path / ("o" * 255)
+    for force in ([], ["--force"]):  # a new folder, then one replaced
+        code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, *force], capsys)
+        assert (code, err) == (0, "")
+        assert (outdir / "result.h5ad").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

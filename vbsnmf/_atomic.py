@@ -58,6 +58,32 @@ def owned_temporary(make: Callable[[], Made], remove: Callable[[Made], None]) ->
             remove(made)
 
 
+# Bytes in one file name on the filesystems we meet (ext4, APFS, NTFS, tmpfs).
+_NAME_MAX = 255
+
+
+def temporary_prefix(target: Path, suffix: str) -> str:
+    """The mkstemp/mkdtemp prefix ``.name.`` for a temporary beside ``target``, ``name`` cut
+    so that the temporary's name (prefix, 8 random characters, ``suffix``) is no longer
+    than a name ``target`` may have: a name near the limit is the user's right."""
+    room = max(_NAME_MAX - 10 - len(os.fsencode(suffix)), 0)
+    name = os.fsencode(target.name)[:room].decode("utf-8", errors="ignore")
+    return f".{name}."
+
+
+def file_temporary_affixes(target: Path) -> tuple[str, str]:
+    """The mkstemp ``prefix`` and ``suffix`` of `atomic_file`'s temporary for ``target``: its
+    suffix kept (writers such as matplotlib pick the format from it) unless it is long."""
+    suffix = f".tmp{target.suffix}" if len(target.suffix) <= 16 else ".tmp"
+    return temporary_prefix(target, suffix), suffix
+
+
+def check_name_length(target: Path) -> None:
+    """A name longer than a file name may be, named now: after the work, its rename fails."""
+    if len(os.fsencode(target.name)) > _NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(target))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -102,9 +128,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 
     def make() -> Path:
         with _naming(target):
-            handle, temporary = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
-            )
+            prefix, suffix = file_temporary_affixes(target)
+            handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
         os.close(handle)
         return Path(temporary)
 
@@ -126,6 +151,7 @@ def _check_target(target: Path) -> None:
         )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; name a file", str(target))
+    check_name_length(target)
 
 
 @contextlib.contextmanager
@@ -157,9 +183,14 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (use --force to replace it)")
+    check_name_length(target)
 
     def make() -> Path:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        return Path(
+            tempfile.mkdtemp(
+                prefix=temporary_prefix(target, ".tmp"), suffix=".tmp", dir=target.parent
+            )
+        )
 
     def remove(temporary: Path) -> None:
         if temporary.exists():
@@ -173,7 +204,9 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                 raise FileExistsError(f"{target} appeared while writing (use --force)")
             with held_signals():  # the old target out and the new one in, or neither
                 retired = Path(
-                    tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+                    tempfile.mkdtemp(
+                        prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent
+                    )
                 )
                 os.replace(target, retired / "previous")
                 os.replace(temporary, target)

@@ -14,7 +14,12 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .._atomic import owned_temporary
+from .._atomic import (
+    check_name_length,
+    file_temporary_affixes,
+    owned_temporary,
+    temporary_prefix,
+)
 
 
 class UnsafePathError(ValueError):
@@ -124,9 +129,11 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
+    prefix, suffix = file_temporary_affixes(path)
     try:
+        check_name_length(path)
         with owned_temporary(
-            lambda: tempfile.mkstemp(prefix=f".{path.name}.", dir=ancestor),
+            lambda: tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=ancestor),
             lambda made: (os.close(made[0]), os.unlink(made[1])),
         ):
             pass
@@ -180,9 +187,11 @@ def check_outdir(
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
+    prefix = temporary_prefix(path, ".tmp")  # as atomic_directory names its temporary
     try:
+        check_name_length(path)
         with owned_temporary(
-            lambda: tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent), os.rmdir
+            lambda: tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent), os.rmdir
         ):
             pass
     except OSError as error:

@@ -11,6 +11,7 @@ guard is exercised by replacing the available-memory reading.
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -376,6 +377,31 @@ def test_counts_above_the_maximum_are_refused(count, tmp_path):
         vbsnmf.VBNMF(3, max_iter=2, dtype=np.float32, prior="gamma").fit(
             _one_huge_count(2.0**24 + 1)
         )
+
+
+def test_the_limit_is_on_the_sum_of_repeated_entries():
+    """Repeated entries are one count, their sum: two of 9e12 (each under the limit) were
+    fitted as 1.8e13, above float64's limit; two of 2**23 + 1 above float32's."""
+    base = sp.coo_array(_one_huge_count(2.0))
+    row, col = int(base.row[0]), int(base.col[0])
+    for dtype, count in ((np.float64, 9e12), (np.float32, 2.0**23 + 1)):
+        rows, cols = np.r_[base.row, row, row], np.r_[base.col, col, col]
+        values = np.r_[base.data, count, count]
+        order = np.argsort(rows, kind="stable")  # CSR with the repeats kept, unsummed
+        pointers = np.searchsorted(rows[order], np.arange(base.shape[0] + 1))
+        repeated = (
+            sp.coo_array((values, (rows, cols)), shape=base.shape),
+            sp.csr_array((values[order], cols[order], pointers), shape=base.shape),
+        )
+        limit = f"{vbsnmf._validation.max_count(dtype):,.0f}"
+        for X in repeated:
+            with pytest.raises(ValueError, match=rf"1 count above {limit}.*\({row}, {col}\)"):
+                vbsnmf.VBNMF(2, max_iter=2, dtype=dtype, prior="gamma").fit(X)
+            halved = X.copy()
+            halved.data[halved.data == count] = count / 2  # the sum just under the limit
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                vbsnmf.VBNMF(2, max_iter=2, dtype=dtype, prior="gamma").fit(halved)
 
 
 def test_huge_count_on_the_command_line_writes_no_infinity(tmp_path, capfd):

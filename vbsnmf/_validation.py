@@ -321,6 +321,13 @@ def check_counts(
         )
     if limit is not None and bad_counts[3]:
         _refuse_large_counts(matrix, name, np.dtype(fit_dtype), bad_counts[3], first_row)
+    if limit is not None and sp.issparse(X) and _may_sum_above(matrix, limit):
+        # Repeated entries are summed into one count before the fit: the limit is the sums'.
+        summed = matrix.astype(np.float64).tocsr(copy=True)
+        summed.sum_duplicates()
+        over = int(np.count_nonzero(summed.data > limit))
+        if over:
+            _refuse_large_counts(summed, name, np.dtype(fit_dtype), over, first_row)
     if warn_non_integer and non_integer:
         warn_user(
             f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
@@ -328,6 +335,16 @@ def check_counts(
             NonCountWarning,
         )
     return matrix
+
+
+def _may_sum_above(matrix, limit: float) -> bool:
+    """Whether repeated entries of sparse ``matrix`` may sum above ``limit``: it holds
+    repeats (CSR/CSC: checked without a copy; COO: assumed) and its total exceeds it."""
+    if matrix.format in ("csr", "csc") and _kernels.csr_is_canonical(
+        matrix.indptr, matrix.indices, matrix.data
+    ):
+        return False
+    return float(np.sum(matrix.data, dtype=np.float64)) > limit
 
 
 _SCAN_BLOCK = 1 << 20  # values per block of `_scan_values`

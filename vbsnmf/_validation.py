@@ -323,7 +323,7 @@ def check_counts(
         _refuse_large_counts(matrix, name, np.dtype(fit_dtype), bad_counts[3], first_row)
     if limit is not None and sp.issparse(X) and _may_sum_above(matrix, limit):
         # Repeated entries are summed into one count before the fit: the limit is the sums'.
-        summed = matrix.astype(np.float64).tocsr(copy=True)
+        summed = matrix.astype(np.float64).tocsr()  # astype copied: summed in place
         summed.sum_duplicates()
         over = int(np.count_nonzero(summed.data > limit))
         if over:

@@ -29,7 +29,9 @@ def _scaled(elog):
 def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64):
     """`update_shapes` on X (CSR, rows major) with tables in ``dtype``: shapes 2 (1e-3
     where ``E[log]`` is below -100, so that its rate stays a float) and the rates that
-    make ``E[log] = digamma(shape) - log(rate)`` the given ones."""
+    make ``E[log] = digamma(shape) - log(rate)`` the given ones. Each part's data term
+    gets back the part the kernel leaves to its caller, ``sum x (logmax_i + logmax_j)``
+    over the part's nonzeros (computed here from X)."""
     major_scaled, major_logmax = _scaled(major_elog.astype(dtype))
     minor_scaled, minor_logmax = _scaled(minor_elog.astype(dtype))
     major_shape = np.where(major_elog < -100, 1e-3, 2.0).astype(dtype)
@@ -44,6 +46,10 @@ def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64)
         minor_scaled, minor_logmax, minor_shape, np.exp(digamma(minor_shape) - minor_elog),
         tiny, block_rows, major_stat, minor_partial, data_partial,
     )  # fmt: skip
+    coo = X.tocoo()
+    maxima = coo.data * (major_logmax[coo.row] + minor_logmax[coo.col])
+    for part in range(len(bounds) - 1):
+        data_partial[part] += maxima[(coo.row >= bounds[part]) & (coo.row < bounds[part + 1])].sum()
     return major_stat, minor_partial, data_partial, n_fallback
 
 
@@ -127,6 +133,77 @@ def test_weighted_log_sum_matches_numpy_to_an_ulp():
         np.testing.assert_allclose(got, np.sum(weights * np.log(chunk)), rtol=1e-14, atol=1e-12)
 
 
+def test_buffer_exps_matches_numpy_to_an_ulp():
+    """The whole range of float64's exp: results to an ulp where normal, libm's subnormals
+    (to the last one), zeros and infinities at the ends, NaN kept, in buffers whose
+    lengths leave one to three lanes of the last block."""
+    rng = np.random.default_rng(17)
+    values = np.concatenate(
+        [
+            rng.uniform(-750.0, 712.0, 20_000),
+            rng.uniform(-1.0, 1.0, 2_000),
+            rng.normal(0.0, 1e-10, 500),
+            [0.0, -0.0, np.nan, np.inf, -np.inf, 709.78, 709.79, -708.4, -745.13, -745.14],
+        ]
+    )
+    with np.errstate(over="ignore"):
+        expected = np.exp(values)
+    size = _kernels.LOG_BUFFER
+    out, low, high = np.empty(size), np.empty(size), np.empty(size)
+    got = np.empty_like(values)
+    for first in range(0, values.size, size - 3):
+        count = min(size - 3, values.size - first)
+        buffer = values[first : first + count].copy()
+        _kernels.buffer_exps(buffer, count, out, low, high)
+        got[first : first + count] = out[:count]
+    normal = np.isfinite(expected) & (expected >= np.finfo(np.float64).tiny)
+    assert np.all(np.abs(got[normal] - expected[normal]) <= np.spacing(expected[normal]))
+    tail = ~normal & np.isfinite(expected)  # subnormals and zeros
+    assert np.all(np.abs(got[tail] - expected[tail]) <= 5e-324) and tail.sum() > 500
+    infinite = np.isinf(expected)
+    np.testing.assert_array_equal(got[infinite], expected[infinite])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+
+
+def test_checked_logs_to_an_ulp_and_libm_for_special_values():
+    """Normal values by the vectorised log, to an ulp; a buffer holding a zero, a
+    subnormal, inf or NaN entirely by libm's, so those come out as numpy's."""
+    size = _kernels.LOG_BUFFER
+    logs, scratch = np.empty(size), np.empty(size)
+    normal = np.logspace(-300, 300, size)
+    _kernels.checked_logs(normal.copy(), size, logs, scratch)
+    assert np.all(np.abs(logs - np.log(normal)) <= np.spacing(np.abs(np.log(normal))))
+    for special in (0.0, 5e-324, 1e-310, np.inf, np.nan):
+        values = normal.copy()
+        values[size // 2] = special
+        _kernels.checked_logs(values, size, logs, scratch)
+        with np.errstate(divide="ignore"):
+            np.testing.assert_array_equal(logs, np.log(values))
+
+
+@pytest.mark.parametrize("n", [5, _kernels.SQUAREM_BLOCK + 7, 9 * _kernels.SQUAREM_BLOCK + 11])
+def test_squarem_kernels_match_numpy(n):
+    """SQUAREM's step sums and extrapolation against numpy's logs, arrays in one block, in
+    two, and over the size that runs their blocks in parallel (same blocks, same sums as
+    one thread would make); an entry driven to 0 is counted."""
+    rng = np.random.default_rng(21)
+    theta0 = rng.gamma(2.0, 1.0, n)
+    theta1 = theta0 * rng.uniform(0.9, 1.2, n)
+    theta2 = theta1 * rng.uniform(0.9, 1.2, n)
+    r = np.log(theta1) - np.log(theta0)
+    v = np.log(theta2) - 2 * np.log(theta1) + np.log(theta0)
+    r2, v2 = _kernels.squarem_sums(theta0, theta1, theta2)
+    np.testing.assert_allclose([r2, v2], [np.sum(r * r), np.sum(v * v)], rtol=1e-12)
+    out = np.empty(n)
+    assert _kernels.squarem_extrapolate(theta0, theta1, theta2, 2.5, out) == 0
+    np.testing.assert_allclose(out, np.exp(np.log(theta0) + 5.0 * r + 6.25 * v), rtol=1e-13)
+    partial = np.empty((_kernels._squarem_blocks(n), 2))
+    _kernels._squarem_sums_serial(theta0, theta1, theta2, partial)
+    assert (r2, v2) == (partial[:, 0].sum(), partial[:, 1].sum())
+    theta2[n // 2] = 1e-300  # its extrapolation underflows to 0
+    assert _kernels.squarem_extrapolate(theta0, theta1, theta2, 4.0, out) == 1
+
+
 def test_weighted_log_sum_float32_logs_to_an_ulp():
     """float32 normalisers: their logs in float32 within one float32 ulp of the exact log
     (every binade of the normal floats, mantissas on both sides of sqrt(2)), summed with
@@ -174,11 +251,11 @@ def test_gamma_moments_match_numpy(dtype, per_entry_rate):
     n, k = 2 * _kernels.MOMENT_BLOCK_ROWS + 9, 5
     shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
     rate = rng.uniform(0.1, 5.0, (n, k) if per_entry_rate else k)
-    log_rate = np.broadcast_to(np.log(rate), shape.shape)  # zero strides for a K-vector
     width = _kernels.padded_width(k, dtype)
     logmax = np.empty(n)
     scaled = np.full((n, width), np.nan, dtype)
-    _kernels.gamma_moments(shape, log_rate, scaled, logmax)
+    # zero strides for a K-vector
+    _kernels.gamma_moments(shape, np.broadcast_to(rate, shape.shape), scaled, logmax)
     elog = digamma(shape.astype(np.float64)) - np.log(rate)
     np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14, atol=1e-14)
     rtol = 1e-13 if dtype == np.float64 else 1e-6
@@ -192,7 +269,7 @@ def test_gamma_moments_log_space_rows():
     shape = np.array([[1e-4, 2e-4, 5.0], [1e-4, 1e-4, 1e-4]])
     rate = np.array([1.0, 2.0, 1e300])
     scaled, logmax = np.empty((2, 4)), np.empty(2)
-    _kernels.gamma_moments(shape, np.broadcast_to(np.log(rate), shape.shape), scaled, logmax)
+    _kernels.gamma_moments(shape, np.broadcast_to(rate, shape.shape), scaled, logmax)
     elog = digamma(shape) - np.log(rate)
     assert elog.max() < np.log(1e-290)  # the regime of the test
     np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14)
@@ -236,12 +313,14 @@ def test_gamma_sums_expected_over_a_random_prior_rate():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("per_entry", [False, True])
-def test_gamma_moments_sums_match_numpy(dtype, per_entry):
+@pytest.mark.parametrize("k", [5, _kernels.LOG_BUFFER + 3])
+def test_gamma_moments_sums_match_numpy(dtype, per_entry, k):
     """The fused kernel of an iteration's tables and ELBO terms against numpy: tables as
     `gamma_moments` (rows in the log-space regime included), sums as `gamma_sums`, over
-    two blocks and a partial one, rates and prior per component or per entry."""
+    two blocks and a partial one, rates and prior per component or per entry; chunks of
+    51 rows (K = 5, the last one partial) or of one row longer than the log buffer."""
     rng = np.random.default_rng(11)
-    n, k = 2 * _kernels.TERMS_BLOCK_ROWS + 13, 5
+    n = 2 * _kernels.TERMS_BLOCK_ROWS + 13
     shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
     shape[:2] = 1e-4  # exp(E[log]) below 1e-290 with the rate below: the log-space rows
     rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)

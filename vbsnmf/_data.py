@@ -29,6 +29,18 @@ class CountData:
     indices: np.ndarray
     counts: np.ndarray
     log_factorial: float = field(default=0.0)
+    _totals: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each major row's and each minor index's total count (float64), computed on the
+        first call (one pass over the nonzeros) and kept: the pass's data term needs them
+        every iteration."""
+        if self._totals is None:
+            major = np.empty(self.shape[self.major])
+            minor = np.empty(self.shape[1 - self.major])
+            _kernels.csr_totals(self.indptr, self.indices, self.counts, major, minor)
+            self._totals = (major, minor)
+        return self._totals
 
     @property
     def nnz(self) -> int:

@@ -100,11 +100,12 @@ def pad_components(table: np.ndarray) -> np.ndarray:
 # tables every iteration, O((rows + columns) K): with scipy's ufuncs, on one thread and
 # through numpy temporaries, that was 15-25 % of an iteration at K=10-50 on pbmc_facs
 # (benchmarks/bench_iteration.py). Here they share one recurrence, written without branches
-# so that the loops over a row's K entries vectorise, and the kernels call only one
-# transcendental function per entry: `gamma_moments` takes exp(digamma(x)) as
-# z exp(-(digamma's other terms)) without a log, `gamma_terms` needs one log (the product
-# of the recurrence's factors goes into one log per flush). Largest error of `digamma`
-# against scipy over 1e-8..1e8: 3e-15 relative to max(1, |value|) (tests/test_kernels.py).
+# so that the loops over a row's K entries vectorise, and the few transcendental functions
+# left (`gamma_moments` takes exp(digamma(x)) as z exp(-(digamma's other terms)) without a
+# log of z; `gamma_terms` takes the logs of z and of the recurrence's product) run a chunk
+# of rows at a time in loops that vectorise too (`checked_logs`, `buffer_exps`: libm's,
+# called per entry, do not). Largest error of `digamma` against scipy over 1e-8..1e8:
+# 3e-15 relative to max(1, |value|) (tests/test_kernels.py).
 _SHIFT = 8.0  # x < 8 is moved to x + 8 by the recurrence; the asymptotic series from there
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -187,54 +188,90 @@ def digamma(x):
 MOMENT_BLOCK_ROWS = 64  # rows per parallel task of `gamma_moments`
 
 
+def chunk_rows(n_components: int) -> int:
+    """Rows per chunk of the kernels that take their logs and exps a buffer at a time
+    (`checked_logs`, `buffer_exps`): about `LOG_BUFFER` entries, at least one row."""
+    return max(1, LOG_BUFFER // n_components)
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
-def _scaled_row(i, shifted, exponent, value, scaled, logmax):
-    """Row ``i`` of `gamma_moments`' outputs from its entries' ``z`` (``shifted``) and
-    ``exponent = (log z - digamma) + log_rate``; ``value`` is scratch."""
-    n_components = shifted.shape[0]
-    peak = 0.0
-    for l in range(n_components):
-        value[l] = shifted[l] * math.exp(-exponent[l])
-        peak = max(peak, value[l])
-    if peak >= 1e-290:
+def _chunk_logs(values, start, rows, flat, logs, scratch):
+    """``logs`` of rows ``start .. start + rows`` of the n x K ``values``, a row after
+    another (`checked_logs`; ``flat`` and ``scratch`` are scratch)."""
+    n_components = values.shape[1]
+    for r in range(rows):
         for l in range(n_components):
-            scaled[i, l] = value[l] / peak
-        logmax[i] = math.log(peak)
-    else:
-        peak = -np.inf
+            flat[r * n_components + l] = float(values[start + r, l])
+    checked_logs(flat, rows * n_components, logs, scratch)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _scaled_rows(start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax):
+    """Rows ``start .. start + rows`` of `gamma_moments`' outputs from their entries' ``z``
+    (``shifted``) and ``exponent = (log z - digamma) + log_rate``, the chunk's rows one
+    after another in these flat buffers; ``value``, ``low`` and ``high`` are scratch."""
+    count = rows * n_components
+    for q in range(count):
+        value[q] = -exponent[q]
+    buffer_exps(value, count, value, low, high)
+    for r in range(rows):
+        i = start + r
+        offset = r * n_components
+        peak = 0.0
         for l in range(n_components):
-            value[l] = math.log(shifted[l]) - exponent[l]
-            peak = max(peak, value[l])
-        for l in range(n_components):
-            scaled[i, l] = math.exp(value[l] - peak)
-        logmax[i] = peak
-    for l in range(n_components, scaled.shape[1]):
-        scaled[i, l] = 0.0
+            value[offset + l] *= shifted[offset + l]
+            peak = max(peak, value[offset + l])
+        if peak >= 1e-290:
+            for l in range(n_components):
+                scaled[i, l] = value[offset + l] / peak
+            logmax[i] = math.log(peak)
+        else:
+            peak = -np.inf
+            for l in range(n_components):
+                value[offset + l] = math.log(shifted[offset + l]) - exponent[offset + l]
+                peak = max(peak, value[offset + l])
+            for l in range(n_components):
+                scaled[i, l] = math.exp(value[offset + l] - peak)
+            logmax[i] = peak
+        for l in range(n_components, scaled.shape[1]):
+            scaled[i, l] = 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def gamma_moments(shape, log_rate, scaled, logmax):
+def gamma_moments(shape, rate, scaled, logmax):
     """What the pass needs of one side of q, in one pass over its rows.
 
-    With ``E[log z] = digamma(shape) - log_rate``: ``logmax`` its row maxima (float64) and
-    ``scaled = exp(E[log z] - logmax)`` (n x K', zero past column K; see `pad_components`).
-    ``exp(E[log z])`` is taken as ``z exp(-(log z - digamma) - log_rate)`` (one exp, no
-    log per entry); a row whose largest such value falls below 1e-290 (prior shapes near
-    1e-3) is redone in log space. ``log_rate`` is n x K and may be a broadcast view (zero
+    With ``E[log z] = digamma(shape) - log(rate)``: ``logmax`` its row maxima (float64)
+    and ``scaled = exp(E[log z] - logmax)`` (n x K', zero past column K; see
+    `pad_components`). ``exp(E[log z])`` is taken as ``z exp(-(log z - digamma) -
+    log(rate))`` (one exp, no log of ``z``), the logs and exps a chunk of rows at a time
+    (`checked_logs`, `buffer_exps`), as `gamma_terms` takes them, so the two give the same
+    tables; a row whose largest such value falls below 1e-290 (prior shapes near 1e-3) is
+    redone in log space. ``rate`` is float64 n x K and may be a broadcast view (zero
     strides): rates per component or per entry alike.
     """
     n_rows, n_components = shape.shape
     n_blocks = (n_rows + MOMENT_BLOCK_ROWS - 1) // MOMENT_BLOCK_ROWS
+    chunk = max(1, LOG_BUFFER // n_components)
     for block in prange(n_blocks):
-        shifted = np.empty(n_components)
-        exponent = np.empty(n_components)  # -(E[log z] - log z)
-        value = np.empty(n_components)
-        for i in range(block * MOMENT_BLOCK_ROWS, min(n_rows, (block + 1) * MOMENT_BLOCK_ROWS)):
-            for l in range(n_components):  # no call: vectorises
-                z, rest = _digamma_rest(float(shape[i, l]))
-                shifted[l] = z
-                exponent[l] = rest + float(log_rate[i, l])
-            _scaled_row(i, shifted, exponent, value, scaled, logmax)
+        size = chunk * n_components
+        shifted = np.empty(size)
+        exponent = np.empty(size)  # -(E[log z] - log z)
+        log_rates = np.empty(size)
+        value, low, high = np.empty(size), np.empty(size), np.empty(size)
+        stop = min(n_rows, (block + 1) * MOMENT_BLOCK_ROWS)
+        for start in range(block * MOMENT_BLOCK_ROWS, stop, chunk):
+            rows = min(chunk, stop - start)
+            _chunk_logs(rate, start, rows, value, log_rates, low)
+            for r in range(rows):
+                offset = r * n_components
+                for l in range(n_components):  # no call: vectorises
+                    z, rest = _digamma_rest(float(shape[start + r, l]))
+                    shifted[offset + l] = z
+                    exponent[offset + l] = rest + log_rates[offset + l]
+            _scaled_rows(
+                start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax
+            )
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
@@ -256,7 +293,7 @@ def _terms_entries(
 ):
     """Row ``i``'s entries of `gamma_terms` (arguments as there, ``log_rate_row`` the logs
     of row ``i``'s rates): ``shape / rate`` added to ``mean_row``; per entry ``z``
-    (``shifted``), ``exponent = (log z - digamma) + log_rate`` (what `_scaled_row` needs),
+    (``shifted``), ``exponent = (log z - digamma) + log_rate`` (what `_scaled_rows` needs),
     and the KL as ``log_weight * log z + rest`` plus ``log`` of ``factors``
     (`_kl_of_row`)."""
     for l in range(shifted.shape[0]):  # no call: vectorises
@@ -287,19 +324,12 @@ def _terms_entries(
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
-def _kl_of_row(shifted, log_weight, rest, factors, kl, product):
-    """``(kl, product)`` after one row of `_terms_entries`: the logs of the ``factors``
-    go into ``product``, flushed into one log when it leaves [1e-200, 1e200]."""
-    for l in range(shifted.shape[0]):
-        kl += log_weight[l] * math.log(shifted[l]) + rest[l]
-        if factors[l] < 1e-100:  # alpha below ~1e-104: its own log
-            kl += math.log(factors[l])
-        else:  # p <= 15! / 7!: the product stays finite until flushed
-            product *= factors[l]
-            if product > 1e200 or product < 1e-200:
-                kl += math.log(product)
-                product = 1.0
-    return kl, product
+def _kl_of_entries(count, log_shifted, log_weight, rest, log_factors, lanes):
+    """A chunk of `_terms_entries`' KL, ``log_weight * log z + rest + log p`` (``log_shifted``
+    and ``log_factors`` the logs of their ``z`` and ``p``), added to the four ``lanes``
+    (one chain of adds ran at the adder's latency)."""
+    for q in range(count):
+        lanes[q & 3] += log_weight[q] * log_shifted[q] + rest[q] + log_factors[q]
 
 
 # The blocks' bodies take their kernel's arguments as one tuple, so that the two-sided
@@ -311,45 +341,52 @@ def _gamma_terms_block(block, arguments):
     """Block ``block`` of `gamma_terms`, ``arguments`` the tuple of its arguments: the one
     body of it and of `gamma_terms_of_sides`, so both make the same sums."""
     (
-        shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+        shape, rate, prior_shape, prior_rate, lgamma_prior_shape,
         log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
     ) = arguments  # fmt: skip
     n_rows, n_components = shape.shape
     tables = scaled.shape[0] > 0
-    take_logs = log_rate.shape[0] == 0
-    log_rate_row = np.empty(n_components)
-    shifted = np.empty(n_components)
-    exponent = np.empty(n_components)
-    value = np.empty(n_components)
-    log_weight = np.empty(n_components)  # coefficient of log z
-    rest = np.empty(n_components)
-    factors = np.empty(n_components)  # p
+    # A chunk of rows at a time, its entries one after another in flat buffers, so that
+    # the logs and exps run in loops that vectorise (`checked_logs`, `buffer_exps`)
+    chunk = max(1, LOG_BUFFER // n_components)
+    size = chunk * n_components
+    log_rates = np.empty(size)
+    shifted = np.empty(size)
+    log_shifted = np.empty(size)
+    exponent = np.empty(size)
+    log_weight = np.empty(size)  # coefficient of log z
+    rest = np.empty(size)
+    factors, log_factors = np.empty(size), np.empty(size)  # p, log p
+    value, low, high = np.empty(size), np.empty(size), np.empty(size)
     mean_row = mean_partial[block]
     mean_row[:] = 0.0
-    kl = 0.0
-    product = 1.0
-    for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-        if take_logs:  # libm's log, apart from the loop that vectorises
-            for l in range(n_components):
-                log_rate_row[l] = math.log(float(rate[i, l]))
-        else:
-            for l in range(n_components):
-                log_rate_row[l] = float(log_rate[i, l])
-        _terms_entries(
-            shape, rate, log_rate_row, prior_shape, prior_rate, lgamma_prior_shape,
-            log_prior_rate, i, mean_row, shifted, exponent, log_weight, rest, factors,
-        )  # fmt: skip
-        kl, product = _kl_of_row(shifted, log_weight, rest, factors, kl, product)
+    lanes = np.zeros(4)
+    stop = min(n_rows, (block + 1) * block_rows)
+    for start in range(block * block_rows, stop, chunk):
+        rows = min(chunk, stop - start)
+        count = rows * n_components
+        _chunk_logs(rate, start, rows, value, log_rates, low)
+        for r in range(rows):
+            entries = slice(r * n_components, (r + 1) * n_components)
+            _terms_entries(
+                shape, rate, log_rates[entries], prior_shape, prior_rate,
+                lgamma_prior_shape, log_prior_rate, start + r, mean_row, shifted[entries],
+                exponent[entries], log_weight[entries], rest[entries], factors[entries],
+            )  # fmt: skip
+        checked_logs(shifted, count, log_shifted, low)
+        checked_logs(factors, count, log_factors, low)
+        _kl_of_entries(count, log_shifted, log_weight, rest, log_factors, lanes)
         if tables:
-            _scaled_row(i, shifted, exponent, value, scaled, logmax)
-    kl_partial[block] = kl + math.log(product)
+            _scaled_rows(
+                start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax
+            )
+    kl_partial[block] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms(
     shape,
     rate,
-    log_rate,
     prior_shape,
     prior_rate,
     lgamma_prior_shape,
@@ -368,24 +405,23 @@ def gamma_terms(
     view; ``lgamma_prior_shape`` and ``log_prior_rate`` are those functions of the prior's.
     The blocks are fixed, so the sums do not depend on the number of threads.
 
-    ``log_rate`` with 0 rows: the rates are per entry, and their logs are taken here, a row
-    at a time before the row is read, in parallel, into a row of scratch: numpy's
-    ``np.log`` of them, on one thread, took 1.3 ms of every scoring of pbmc_facs' 16,791
-    genes at K=10, and a table of them would be one more n x K float64 array alive
-    through the pass (the pass's log-space path takes its own logs of the rates).
+    The logs of the rates are taken here, a chunk of rows at a time, in parallel, into
+    scratch (`checked_logs`, as `gamma_moments` takes them): numpy's ``np.log`` of rates
+    per entry, on one thread, took 1.3 ms of every scoring of pbmc_facs' 16,791 genes at
+    K=10, and a table of them would be one more n x K float64 array alive through the
+    pass (the pass's log-space path takes its own logs of the rates).
 
     Per entry, with ``z``, ``s / p`` and ``p`` of the recurrence (`_shifted`) and
     ``d = log z - digamma(alpha)``: ``digamma(alpha) = log z - d`` and ``lgamma(alpha) =
     (z - 1/2) log z - z + log(2 pi) / 2 + Stirling(z) - log p``, so the KL is
-    ``(alpha - a - z + 1/2) log z + log p + (terms without a log)``; the logs of the
-    ``p`` go into one log of their running product.
+    ``(alpha - a - z + 1/2) log z + log p + (terms without a log)``.
 
     With ``scaled`` and ``logmax`` of n rows (as `gamma_moments`' outputs) the pass's tables
     of the same q come out too, from the same recurrence of every entry (a batch fit scores
     both sides at once, `gamma_terms_of_sides`). With 0 rows, the sums alone.
     """
     arguments = (
-        shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape,
+        shape, rate, prior_shape, prior_rate, lgamma_prior_shape,
         log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
     )  # fmt: skip
     for block in prange(kl_partial.shape[0]):
@@ -402,7 +438,7 @@ def gamma_terms_of_sides(row_arguments, col_arguments):
     Why one region: starting one was measured at ~8 ms when another process holds the
     other core (the worker thread waits for its time slice), against microseconds idle.
     """
-    row_kl_partial, col_kl_partial = row_arguments[9], col_arguments[9]  # one per block
+    row_kl_partial, col_kl_partial = row_arguments[8], col_arguments[8]  # one per block
     n_row_blocks = row_kl_partial.shape[0]
     for block in prange(n_row_blocks + col_kl_partial.shape[0]):
         if block < n_row_blocks:
@@ -417,8 +453,7 @@ TERMS_BLOCK_ROWS = 1024
 
 def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as float64 views of
-    ``shape``'s shape, and its two outputs (see `gamma_sums`). Rates per entry have their
-    logs taken by the kernel (``log_rate`` of 0 rows), others here."""
+    ``shape``'s shape, and its two outputs (see `gamma_sums`)."""
     full = shape.shape
 
     def view(values):
@@ -427,10 +462,8 @@ def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     prior_shape = np.asarray(prior_shape, dtype=np.float64)
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
     log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
-    rate = np.asarray(rate, dtype=np.float64)
-    log_rate = np.empty((0, full[1])) if rate.shape == full else view(np.log(rate))
     arguments = (
-        view(rate), log_rate,
+        view(rate),
         view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
     )  # fmt: skip
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
@@ -495,20 +528,29 @@ def _expected_log_block(block, arguments):
     the one body of it and of `expected_log_terms_of_sides`, so both make the same sums."""
     shape, rate, block_rows, partial = arguments
     n_rows, n_components = shape.shape
-    shifted = np.empty(n_components)
-    log_rate = np.empty(n_components)
-    rest = np.empty(n_components)  # log z - E[log z]
+    chunk = max(1, LOG_BUFFER // n_components)  # rows per chunk, as `_gamma_terms_block`
+    size = chunk * n_components
+    rates, log_rates = np.empty(size), np.empty(size)
+    shifted, log_shifted = np.empty(size), np.empty(size)
+    rest = np.empty(size)  # log z - E[log z]
+    scratch = np.empty(size)
     for l in range(n_components):
         partial[block, l] = 0.0
-    for i in range(block * block_rows, min(n_rows, (block + 1) * block_rows)):
-        for l in range(n_components):  # libm's log, apart from the loop that vectorises
-            log_rate[l] = math.log(float(rate[i, l]))
-        for l in range(n_components):  # no call: vectorises
-            z, digamma_rest = _digamma_rest(float(shape[i, l]))
-            shifted[l] = z
-            rest[l] = digamma_rest + log_rate[l]
-        for l in range(n_components):
-            partial[block, l] += math.log(shifted[l]) - rest[l]
+    stop = min(n_rows, (block + 1) * block_rows)
+    for start in range(block * block_rows, stop, chunk):
+        rows = min(chunk, stop - start)
+        count = rows * n_components
+        _chunk_logs(rate, start, rows, rates, log_rates, scratch)
+        for r in range(rows):
+            offset = r * n_components
+            for l in range(n_components):  # no call: vectorises
+                z, digamma_rest = _digamma_rest(float(shape[start + r, l]))
+                shifted[offset + l] = z
+                rest[offset + l] = digamma_rest + log_rates[offset + l]
+        checked_logs(shifted, count, log_shifted, scratch)
+        for r in range(rows):
+            for l in range(n_components):
+                partial[block, l] += log_shifted[r * n_components + l] - rest[r * n_components + l]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -697,6 +739,51 @@ def _buffer_logs_typed(values, count, scratch, exponent):
     return _logs32 if values.dtype == types.float32 else _logs64
 
 
+# fdlibm's e_exp.c, for `buffer_exps`.
+_INV_LN2 = 1.44269504088896338700e00
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND rounds x to an integer in its low bits
+_ROUND_BITS = 0x4338000000000000  # its bits
+_EXP_P1 = 1.66666666666666019037e-01
+_EXP_P2 = -2.77777777770155933842e-03
+_EXP_P3 = 6.61375632143793436117e-05
+_EXP_P4 = -1.65339022054652515390e-06
+_EXP_P5 = 4.13813679705723846039e-08
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def buffer_exps(values, count, out, low, high):
+    """``out[q] = exp(values[q])`` for ``q < count`` (float64 buffers; ``low`` and ``high``
+    float64 scratch of the same length), in loops that vectorise: fdlibm's algorithm
+    (``x = k ln 2 + r``, a rational approximation of ``exp(r)``, error below one ulp)
+    without its branches. ``2^k`` is applied as two factors ``2^(k // 2)`` and
+    ``2^(k - k // 2)``, each a normal number, so results under- and overflow as libm's do
+    (subnormals, 0, inf); NaN stays NaN. libm's exp, called per entry, does not vectorise
+    (3.1 against ~1 ns an entry here)."""
+    low_bits = low.view(np.int64)
+    high_bits = high.view(np.int64)
+    for q in range(count):  # no call: vectorises
+        x = values[q]
+        clamped = x if x > -746.0 else -746.0  # |k| <= 1076 keeps both factors normal
+        clamped = clamped if clamped < 710.0 else 710.0
+        rounded = clamped * _INV_LN2 + _ROUND
+        k = rounded - _ROUND
+        hi = clamped - k * _LN2_HI
+        lo = k * _LN2_LO
+        r = hi - lo
+        t = r * r
+        c = r - t * (_EXP_P1 + t * (_EXP_P2 + t * (_EXP_P3 + t * (_EXP_P4 + t * _EXP_P5))))
+        y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+        out[q] = y if x == x else x
+        low[q] = rounded
+    for q in range(count):  # integer work only: vectorises
+        k = low_bits[q] - _ROUND_BITS
+        half = k >> 1
+        low_bits[q] = (half + 1023) << 52
+        high_bits[q] = (k - half + 1023) << 52
+    for q in range(count):
+        out[q] = out[q] * low[q] * high[q]
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def weighted_log_sum(values, weights, count, scratch, exponent):
     """``sum_q weights[q] * log(values[q])`` over the first ``count`` entries (positive
@@ -861,7 +948,10 @@ def update_shapes(
 
     For each nonzero (i, j, x): responsibilities ``phi_l`` proportional to
     ``exp(E[log z_il] + E[log w_jl])``; ``x * phi`` is added to ``major_stat[i]`` and to
-    ``minor_partial[part, j]``; ``x * log(sum_l exp(...))`` to ``data_term_partial[part]``.
+    ``minor_partial[part, j]``; ``x * log(sum_l exp(...))``, less ``x`` times the two rows'
+    maxima ``major_logmax[i] + minor_logmax[j]``, to ``data_term_partial[part]``: the
+    caller adds those back as totals, ``sum_i T_i major_logmax[i] + sum_j T_j
+    minor_logmax[j]`` (`_model.pass_statistics`), one load and one add less per nonzero.
 
     Parameters
     ----------
@@ -892,7 +982,8 @@ def update_shapes(
         Output, n_parts x n_minor x K' in the tables' dtype, overwritten: per-part
         ``sum_i x_ij phi_ijl`` (zero past column K).
     data_term_partial
-        Output, n_parts float64: per-part ``sum x log(sum_l exp(E[log z] + E[log w]))``.
+        Output, n_parts float64: per-part ``sum x log(sum_l exp(E[log z] + E[log w]))``
+        less the maxima's part (above).
 
     Returns
     -------
@@ -921,7 +1012,7 @@ def update_shapes(
         scratch = np.empty(LOG_BUFFER, dtype=major_scaled.dtype)
         exponents = np.empty(LOG_BUFFER, dtype=major_scaled.dtype)
         n_buffered = 0
-        data = 0.0  # sum x log(normaliser): the terms outside the logs, then the buffers
+        data = 0.0  # sum x log(normaliser / maxima): the log-space path's, then the buffers
         n_fallback = 0
         for block_start in range(0, n_minor, minor_block):
             block_stop = block_start + minor_block
@@ -930,14 +1021,13 @@ def update_shapes(
                 stop = indptr[i + 1]
                 if n == stop or indices[n] >= block_stop:
                     continue
-                row_logmax = float(major_logmax[i])
+                row_logmax = float(major_logmax[i])  # for the log-space path
                 row_acc[:] = 0.0
                 while n < stop and indices[n] < block_stop:
                     j = indices[n]
                     x = counts[n]
                     total = row_dot(major_scaled, i, minor_scaled, j)
                     if total > tiny:
-                        data += float(x) * (float(minor_logmax[j]) + row_logmax)
                         norms[n_buffered] = total
                         weights[n_buffered] = x
                         n_buffered += 1
@@ -957,7 +1047,8 @@ def update_shapes(
                             minor_rate[j],
                             phi,
                         )
-                        data += float(x) * (math.log(exact) + peak)
+                        maxima = float(minor_logmax[j]) + row_logmax
+                        data += float(x) * (math.log(exact) + peak - maxima)
                         scale = float(x) / exact
                         for l in range(width):
                             contribution = phi[l] * scale
@@ -1756,21 +1847,29 @@ def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, co
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
-def _widened_logs(theta, first, count, widened, logs, exponent):
-    """``logs[q] = log(theta[first + q])`` in float64 for ``q < count``; `_logs64` when
-    every value is a normal number, libm's log otherwise (zeros, subnormals, inf, NaN)."""
-    for q in range(count):
-        widened[q] = np.float64(theta[first + q])
-    bits = widened.view(np.int64)
+def checked_logs(values, count, logs, exponent):
+    """``logs[q] = log(values[q])`` for ``q < count`` (float64 buffers, ``exponent``
+    scratch): `_logs64` when every value is a normal number, libm's log otherwise (zeros,
+    subnormals, inf, NaN)."""
+    bits = values.view(np.int64)
     n_special = 0
     for q in range(count):  # exponent field 0 or 0x7FF: vectorises
         field = (bits[q] >> 52) & 0x7FF
         n_special += (field == 0) | (field == 0x7FF)
     if n_special == 0:
-        _buffer_logs(widened, count, logs, exponent)
+        _buffer_logs(values, count, logs, exponent)
     else:
         for q in range(count):
-            logs[q] = math.log(widened[q])
+            logs[q] = math.log(values[q])
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _widened_logs(theta, first, count, widened, logs, exponent):
+    """``logs[q] = log(theta[first + q])`` in float64 for ``q < count`` (`checked_logs`
+    of the values widened into ``widened``)."""
+    for q in range(count):
+        widened[q] = np.float64(theta[first + q])
+    checked_logs(widened, count, logs, exponent)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
@@ -1786,40 +1885,109 @@ def _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widene
         v[q] -= log0[q] + 2.0 * r[q]
 
 
+# Entries per block of the SQUAREM kernels: fixed, so their sums are the same for any
+# number of threads, and whether an array's blocks run in parallel (`squarem_in_parallel`)
+# does not change them either.
+SQUAREM_BLOCK = 8 * LOG_BUFFER
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def squarem_sums(theta0, theta1, theta2):
-    """``(sum r^2, sum v^2)`` over three flat positive arrays, with ``r = log theta1 -
-    log theta0`` and ``v = log theta2 - 2 log theta1 + log theta0`` (float64)."""
+def _squarem_sums_block(block, theta0, theta1, theta2, partial):
+    """``partial[block] = (sum r^2, sum v^2)`` over block ``block``'s entries, each sum in
+    four lanes added as ``(0 + 1) + (2 + 3)`` (one chain of adds ran at the adder's
+    latency)."""
     n = theta0.shape[0]
     log0, r, v = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
     widened, exponent = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
-    r2 = 0.0
-    v2 = 0.0
-    for first in range(0, n, LOG_BUFFER):
-        count = min(LOG_BUFFER, n - first)
+    r_lanes = np.zeros(4)
+    v_lanes = np.zeros(4)
+    stop = min(n, (block + 1) * SQUAREM_BLOCK)
+    for first in range(block * SQUAREM_BLOCK, stop, LOG_BUFFER):
+        count = min(LOG_BUFFER, stop - first)
         _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widened, exponent)
         for q in range(count):
-            r2 += r[q] * r[q]
-            v2 += v[q] * v[q]
-    return r2, v2
+            r_lanes[q & 3] += r[q] * r[q]
+            v_lanes[q & 3] += v[q] * v[q]
+    partial[block, 0] = (r_lanes[0] + r_lanes[1]) + (r_lanes[2] + r_lanes[3])
+    partial[block, 1] = (v_lanes[0] + v_lanes[1]) + (v_lanes[2] + v_lanes[3])
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def squarem_extrapolate(theta0, theta1, theta2, step, out):
-    """``out = exp(log theta0 + 2 s r + s^2 v)`` entry by entry (``r``, ``v`` as in
-    `squarem_sums`, ``s = step``), stored in ``out``'s dtype; returns the number of
-    entries of ``out`` that are not finite and positive."""
+def _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad):
+    """Block ``block`` of `squarem_extrapolate`; ``bad[block]`` its count."""
     n = theta0.shape[0]
     twice = 2.0 * step
     square = step * step
     log0, r, v = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
     widened, exponent = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
-    bad = 0
-    for first in range(0, n, LOG_BUFFER):
-        count = min(LOG_BUFFER, n - first)
+    n_bad = 0
+    stop = min(n, (block + 1) * SQUAREM_BLOCK)
+    for first in range(block * SQUAREM_BLOCK, stop, LOG_BUFFER):
+        count = min(LOG_BUFFER, stop - first)
         _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widened, exponent)
         for q in range(count):
-            value = out.dtype.type(math.exp(log0[q] + twice * r[q] + square * v[q]))
+            log0[q] += twice * r[q] + square * v[q]
+        buffer_exps(log0, count, r, widened, exponent)
+        for q in range(count):
+            value = out.dtype.type(r[q])
             out[first + q] = value
-            bad += not (value > 0.0 and value < np.inf)
-    return bad
+            n_bad += not (value > 0.0 and value < np.inf)
+    bad[block] = n_bad
+
+
+def _squarem_blocks(n: int) -> int:
+    return max(1, -(-n // SQUAREM_BLOCK))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _squarem_sums_serial(theta0, theta1, theta2, partial):
+    for block in range(partial.shape[0]):
+        _squarem_sums_block(block, theta0, theta1, theta2, partial)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _squarem_sums_parallel(theta0, theta1, theta2, partial):
+    for block in prange(partial.shape[0]):
+        _squarem_sums_block(block, theta0, theta1, theta2, partial)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _squarem_extrapolate_serial(theta0, theta1, theta2, step, out, bad):
+    for block in range(bad.shape[0]):
+        _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def _squarem_extrapolate_parallel(theta0, theta1, theta2, step, out, bad):
+    for block in prange(bad.shape[0]):
+        _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad)
+
+
+def squarem_in_parallel(n: int) -> bool:
+    """Whether an array of ``n`` entries is worth a parallel region: a cycle has a dozen
+    arrays, mostly small, and on a busy machine a region costs milliseconds to start (a
+    loaded core delays the wake-up of its thread)."""
+    return n >= 8 * SQUAREM_BLOCK
+
+
+def squarem_sums(theta0, theta1, theta2) -> tuple[float, float]:
+    """``(sum r^2, sum v^2)`` over three flat positive arrays, with ``r = log theta1 -
+    log theta0`` and ``v = log theta2 - 2 log theta1 + log theta0`` (float64), by fixed
+    blocks summed in order."""
+    partial = np.empty((_squarem_blocks(theta0.shape[0]), 2))
+    kernel = (
+        _squarem_sums_parallel if squarem_in_parallel(theta0.shape[0]) else _squarem_sums_serial
+    )
+    kernel(theta0, theta1, theta2, partial)
+    return float(partial[:, 0].sum()), float(partial[:, 1].sum())
+
+
+def squarem_extrapolate(theta0, theta1, theta2, step: float, out) -> int:
+    """``out = exp(log theta0 + 2 s r + s^2 v)`` entry by entry (``r``, ``v`` as in
+    `squarem_sums`, ``s = step``), stored in ``out``'s dtype; returns the number of
+    entries of ``out`` that are not finite and positive."""
+    bad = np.empty(_squarem_blocks(theta0.shape[0]), dtype=np.int64)
+    parallel = squarem_in_parallel(theta0.shape[0])
+    kernel = _squarem_extrapolate_parallel if parallel else _squarem_extrapolate_serial
+    kernel(theta0, theta1, theta2, float(step), out, bad)
+    return int(bad.sum())

@@ -264,12 +264,11 @@ def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     path; ``rate`` per component or any array broadcastable to ``shape``."""
     shape = np.asarray(shape)
     n_rows, n_components = shape.shape
-    rate = np.asarray(rate, dtype=np.float64)
-    log_rate = np.broadcast_to(np.log(rate), shape.shape)
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
-    _kernels.gamma_moments(shape, log_rate, scaled, logmax)
-    return scaled, logmax, shape, np.broadcast_to(rate, shape.shape)
+    _kernels.gamma_moments(shape, rate, scaled, logmax)
+    return scaled, logmax, shape, rate
 
 
 def shape_statistics(
@@ -327,7 +326,11 @@ def pass_statistics(
     minor_stat = np.empty((minor_scaled.shape[0], n_components))
     _kernels.sum_parts(minor_partial, minor_stat)  # in part order
     stats = (major_stat, minor_stat) if data.major == 0 else (minor_stat, major_stat)
-    return stats[0], stats[1], float(data_partial.sum()) - data.log_factorial
+    # The tables' row maxima of every nonzero's log normaliser, sum_n x_n (logmax_i +
+    # logmax_j), as totals: one load and one add less per nonzero in the pass.
+    major_totals, minor_totals = data.totals()
+    logmax_term = np.sum(major_totals * major_logmax) + np.sum(minor_totals * minor_logmax)
+    return stats[0], stats[1], float(data_partial.sum() + logmax_term) - data.log_factorial
 
 
 # -- the steps ----------------------------------------------------------------------------
@@ -1069,9 +1072,7 @@ def learned_start_scale(
 
 def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
     """Each row's and each column's total count."""
-    major, minor = _csr_totals(
-        data.indptr, data.indices, data.counts, data.shape[data.major], data.shape[1 - data.major]
-    )
+    major, minor = data.totals()
     return (major, minor) if data.major == 0 else (minor, major)
 
 

@@ -112,8 +112,8 @@ def main() -> None:
             name: extract(commit, temporary / name)
             for name, commit in (("a", args.a), ("b", args.b))
         }
-        for path in paths.values():  # fills each package's Numba cache
-            run(path, data, argparse.Namespace(**{**vars(args), "max_iter": 3}))
+        for path in paths.values():  # fills each package's Numba cache (SQUAREM's too)
+            run(path, data, argparse.Namespace(**{**vars(args), "max_iter": 12}))
         runs = {"a": [], "b": []}
         for pair in range(args.pairs):
             for name in ("a", "b"):

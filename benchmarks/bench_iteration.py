@@ -11,9 +11,11 @@ nonzeros (CSR along the longer axis, float32 counts, int32 indices) that gathers
 K-rows, forms the K products and their sum (the normaliser), adds ``x log(normaliser)`` to
 the data term and scatter-adds the K scaled products into the major row and into the part's
 own minor-side accumulator; then the sum of the parts' accumulators in part order. It uses
-the engine's own primitives for the common work (`_kernels.row_dot`,
-`_kernels.add_scaled_products`, `_kernels.digamma`; tables in the fit's dtype, padded to the
-SIMD width; the log in the tables' precision), so the ratio measures what the engine does
+the engine's own primitives for the common work (`_kernels.row_dot_add_scaled`, which
+holds the products in registers between the sum and the scatter-adds, `_kernels.digamma`;
+tables in the fit's dtype, padded to the SIMD width; the log in the tables' precision; until
+2026-12-03 the proxy used the two separate primitives that this one replaced, so its
+times before then are not comparable), so the ratio measures what the engine does
 beyond it: no rate update, no ELBO terms (no lgamma), no row maxima or log-space fallback,
 no cache blocks, no float64 statistics.
 
@@ -67,7 +69,7 @@ import numpy as np
 from _common import in_fresh_process, peak_rss_mib, timed_functions
 from numba import njit, prange
 
-from vbsnmf._kernels import add_scaled_products, digamma, padded_width, row_dot
+from vbsnmf._kernels import digamma, padded_width, row_dot_add_scaled
 
 _FASTMATH = {"contract", "arcp", "nsz"}  # the engine's flags: no "reassoc"
 
@@ -92,17 +94,14 @@ def _proxy_pass(
         acc = minor_partial[part]
         acc[:] = 0
         row = np.empty(major.shape[1], dtype=major.dtype)
-        scale = np.empty(1, dtype=major.dtype)
         data = 0.0
         for i in range(bounds[part], bounds[part + 1]):
             row[:] = 0
             for n in range(indptr[i], indptr[i + 1]):
                 j = indices[n]
                 x = counts[n]
-                total = row_dot(major, i, minor, j)
+                total = row_dot_add_scaled(major, i, minor, j, float(x), 0.0, row, acc)
                 data += float(x) * float(math.log(total))
-                scale[0] = x / total
-                add_scaled_products(major, i, minor, j, scale[0], row, acc)
             for l in range(n_components):
                 major_shape[i, l] = prior + row[l]
         data_partial[part] = data

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import reference_cavi
 import scipy.sparse as sp
+from numba import njit
 from scipy.special import digamma, gammaln, logsumexp
 
 from vbsnmf import _kernels
@@ -79,6 +80,54 @@ def test_update_shapes_matches_dense_responsibilities(n_parts, block_rows, k):
     data_term = np.sum(counts * logsumexp(log_rho, axis=1))
     np.testing.assert_allclose(data_partial.sum(), data_term, rtol=1e-12)
     assert n_fallback == 0
+
+
+@njit
+def _dot_add_scaled_each(major, minor, rows, cols, xs, tiny, totals, row_acc, minor_acc):
+    for n in range(rows.shape[0]):
+        totals[n] = _kernels.row_dot_add_scaled(
+            major, rows[n], minor, cols[n], xs[n], tiny, row_acc, minor_acc
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [3, 8, 13, 17, 40])
+def test_row_dot_add_scaled_is_plain_ieee_arithmetic(dtype, k):
+    """The pass's primitive against numpy in its stated order, bit for bit: products in
+    the rows' dtype, lane sums across SIMD blocks, the lanes in a fixed tree, the scale
+    ``x / total`` rounded once to the dtype, the scaled products added to both rows; rows
+    of one to four SIMD registers (held in registers) and of five or more (read twice).
+    A total at most ``tiny`` adds nothing."""
+    rng = np.random.default_rng(31)
+    lanes = _kernels.simd_width(dtype)
+    major = _kernels.pad_components(rng.random((4, k)).astype(dtype))
+    minor = _kernels.pad_components(rng.random((6, k)).astype(dtype))
+    rows, cols = rng.integers(0, 4, 40), rng.integers(0, 6, 40)
+    xs = rng.integers(1, 30, 40).astype(np.float64)
+    tiny = float(np.quantile([np.dot(major[i], minor[j]) for i, j in zip(rows, cols)], 0.2))
+    totals = np.empty(40, dtype)
+    row_acc, minor_acc = np.zeros(major.shape[1], dtype), np.zeros(minor.shape, dtype)
+    _dot_add_scaled_each(major, minor, rows, cols, xs, tiny, totals, row_acc, minor_acc)
+    expected_row, expected_minor = np.zeros_like(row_acc), np.zeros_like(minor_acc)
+    skipped = 0
+    for n, (i, j) in enumerate(zip(rows, cols)):
+        products = major[i] * minor[j]
+        lane_sums = np.zeros(lanes, dtype)
+        for start in range(0, products.size, lanes):
+            lane_sums = lane_sums + products[start : start + lanes]
+        terms = list(lane_sums)
+        while len(terms) > 1:
+            terms = [terms[q] + terms[q + 1] for q in range(0, len(terms), 2)]
+        assert totals[n] == terms[0]
+        if float(terms[0]) <= tiny:
+            skipped += 1
+            continue
+        contribution = products * dtype(xs[n] / float(terms[0]))
+        expected_row += contribution
+        expected_minor[j] += contribution
+    assert 0 < skipped < 40
+    np.testing.assert_array_equal(row_acc, expected_row)
+    np.testing.assert_array_equal(minor_acc, expected_minor)
 
 
 def test_update_shapes_float32_tables_and_counts():

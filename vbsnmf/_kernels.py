@@ -41,7 +41,7 @@ from scipy.special import gammaln
 # summation order when it compiled a kernel in the running process than when it wrote the
 # same kernel to Numba's on-disk cache, so a fit's bits depended on whether the kernels
 # were cached (tests/test_reproducibility.py). A sum that should run in vector lanes is
-# written out lane by lane instead (`row_dot`).
+# written out lane by lane instead (`row_dot_add_scaled`).
 _FASTMATH = {"contract", "arcp", "nsz"}
 
 # Numba's default ("python") error model puts a ZeroDivisionError check on every float
@@ -814,11 +814,14 @@ def weighted_log_sum(values, weights, count, scratch, exponent):
 # -- explicit SIMD rows --------------------------------------------------------------------
 # Numba leaves LLVM's SLP vectoriser off and the loop vectoriser may not reorder a sum
 # without "reassoc", so the pass's K-long dot product ran one scalar add after another (or
-# in eight scalar chains). These two primitives are written as LLVM vector IR instead: each
-# SIMD register's lanes add element-wise across blocks of the row, and the lanes are summed
-# in a fixed tree, an order the compiler may not change, cached or not. In same-process A/B
-# runs on pbmc_facs (one thread, CPU time) they took 0.70-0.90x the time of the scalar
-# chains in float64 and 0.43-0.63x in float32 at K=5-100 (benchmarks/bench_iteration.py).
+# in eight scalar chains). The pass's primitive (`row_dot_add_scaled`, and the tensor's
+# `row_products` and `add_scaled_rows`) is written as LLVM vector IR instead: each SIMD
+# register's lanes add element-wise across blocks of the row, and the lanes are summed in a
+# fixed tree, an order the compiler may not change, cached or not. In same-process A/B runs
+# on pbmc_facs (one thread, CPU time) the dot product and the scatter-adds so written took
+# 0.70-0.90x the time of the scalar chains in float64 and 0.43-0.63x in float32 at K=5-100
+# (benchmarks/bench_iteration.py); holding the products in registers between the two cut
+# the pass to 0.76x more (2 threads, K = 10, float64, 2026-12-03).
 # Rows must be C-contiguous with a width that is a multiple of `simd_width`
 # (`pad_components`).
 
@@ -854,44 +857,35 @@ def _simd_rows_ok(*arrays) -> bool:
     )
 
 
-@intrinsic
-def row_dot(typingctx, major, i, minor, j):
-    """``sum_l major[i, l] * minor[j, l]`` over the row (a multiple of `simd_width`
-    long): products added lane-wise across the row's SIMD blocks, then the lanes in a fixed
-    tree."""
-    if not (_simd_rows_ok(major, minor) and isinstance(i, types.Integer)):
-        return None
-    dtype = major.dtype
+# Rows of up to this many SIMD registers keep their products in registers between the sum
+# and the scatter-adds of `row_dot_add_scaled` (K <= 16 in float64, 32 in float32).
+_HELD_BLOCKS = 4
 
-    def codegen(context, builder, signature, args):
-        major_type, _, minor_type, _ = signature.args
-        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
-        _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
-        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
-        lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
-        with cgutils.for_range(builder, n_blocks) as loop:
-            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
-            _, a = _simd_load(builder, major_row, offset, vector, dtype)
-            _, b = _simd_load(builder, minor_row, offset, vector, dtype)
-            builder.store(builder.fadd(builder.load(lane_sums), builder.fmul(a, b)), lane_sums)
-        sums = builder.load(lane_sums)
-        terms = [
-            builder.extract_element(sums, ir.Constant(ir.IntType(32), q)) for q in range(lanes)
-        ]
-        while len(terms) > 1:  # ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7))
-            terms = [builder.fadd(terms[q], terms[q + 1]) for q in range(0, len(terms), 2)]
-        return terms[0]
 
-    return dtype(major, types.intp, minor, types.intp), codegen
+def _lane_tree(builder, sums, lanes):
+    """The lanes of ``sums`` added in a fixed tree: ((0 + 1) + (2 + 3)) + ..."""
+    terms = [builder.extract_element(sums, ir.Constant(ir.IntType(32), q)) for q in range(lanes)]
+    while len(terms) > 1:  # ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7))
+        terms = [builder.fadd(terms[q], terms[q + 1]) for q in range(0, len(terms), 2)]
+    return terms[0]
 
 
 @intrinsic
-def add_scaled_products(typingctx, major, i, minor, j, scale, row_acc, minor_acc):
-    """``row_acc[l] += major[i, l] * minor[j, l] * scale`` and the same to
-    ``minor_acc[j, l]``, for the whole row, a SIMD register at a time (``row_acc`` 1-D,
-    ``minor_acc`` 2-D, all of one dtype)."""
+def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_acc):
+    """The pass's work on one nonzero: ``total = sum_l major[i, l] * minor[j, l]`` (the
+    products added lane-wise across the row's SIMD blocks, then the lanes in a fixed tree)
+    and, when ``total > tiny``, ``row_acc[l] += major[i, l] * minor[j, l] * scale`` and the
+    same to ``minor_acc[j, l]`` with ``scale = x / total`` (``x`` and ``tiny`` float64; the
+    quotient rounded once to the rows' dtype, as a division in that dtype rounds); returns
+    the total. Rows are a multiple of `simd_width` long, ``row_acc`` 1-D, all one dtype.
+
+    For rows of up to `_HELD_BLOCKS` SIMD registers the products are formed once and held
+    in registers between the sum and the scatter-adds (each row is read once); longer rows
+    are read again for the scatter-adds. Plain IEEE arithmetic in this order: no fast-math
+    flag applies to it."""
     if not (
         _simd_rows_ok(major, minor, minor_acc)
+        and isinstance(i, types.Integer)
         and isinstance(row_acc, types.Array)
         and row_acc.ndim == 1
         and row_acc.dtype == major.dtype
@@ -900,27 +894,78 @@ def add_scaled_products(typingctx, major, i, minor, j, scale, row_acc, minor_acc
     dtype = major.dtype
 
     def codegen(context, builder, signature, args):
-        major_type, _, minor_type, _, _, acc_type, minor_acc_type = signature.args
+        major_type, _, minor_type, _, _, _, acc_type, minor_acc_type = signature.args
         values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
         _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
-        _, acc_row = _simd_row(context, builder, minor_acc_type, args[6], args[3])
-        own_row = context.make_array(acc_type)(context, builder, args[5]).data
+        _, acc_row = _simd_row(context, builder, minor_acc_type, args[7], args[3])
+        own_row = context.make_array(acc_type)(context, builder, args[6]).data
         vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
-        scale = ir.Constant(vector, ir.Undefined)
-        for q in range(lanes):
-            scale = builder.insert_element(scale, args[4], ir.Constant(ir.IntType(32), q))
+        scalar = context.get_value_type(dtype)
+        double = ir.DoubleType()
         align = dtype.bitwidth // 8
-        with cgutils.for_range(builder, n_blocks) as loop:
-            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
+        total_slot = cgutils.alloca_once(builder, scalar)
+
+        def offset_of(block):
+            return builder.mul(block, context.get_constant(types.intp, lanes))
+
+        def product(offset):
             _, a = _simd_load(builder, major_row, offset, vector, dtype)
             _, b = _simd_load(builder, minor_row, offset, vector, dtype)
-            contribution = builder.fmul(builder.fmul(a, b), scale)
+            return builder.fmul(a, b)
+
+        def scale_of(total):
+            if dtype == types.float64:
+                quotient = builder.fdiv(args[4], total)
+            else:
+                quotient = builder.fptrunc(
+                    builder.fdiv(args[4], builder.fpext(total, double)), scalar
+                )
+            splat = ir.Constant(vector, ir.Undefined)
+            for q in range(lanes):
+                splat = builder.insert_element(splat, quotient, ir.Constant(ir.IntType(32), q))
+            return splat
+
+        def above_tiny(total):
+            wide = total if dtype == types.float64 else builder.fpext(total, double)
+            return builder.fcmp_ordered(">", wide, args[5])
+
+        def add_scaled(offset, contribution):
             for row in (own_row, acc_row):
                 pointer, current = _simd_load(builder, row, offset, vector, dtype)
                 builder.store(builder.fadd(current, contribution), pointer, align=align)
-        return context.get_dummy_value()
 
-    signature = types.void(major, types.intp, minor, types.intp, dtype, row_acc, minor_acc)
+        for held in range(1, _HELD_BLOCKS + 1):
+            count = context.get_constant(types.intp, held)
+            with builder.if_then(builder.icmp_unsigned("==", n_blocks, count)):
+                offsets = [context.get_constant(types.intp, q * lanes) for q in range(held)]
+                products = [product(offset) for offset in offsets]
+                sums = ir.Constant(vector, [0.0] * lanes)
+                for block_product in products:
+                    sums = builder.fadd(sums, block_product)
+                total = _lane_tree(builder, sums, lanes)
+                builder.store(total, total_slot)
+                with builder.if_then(above_tiny(total)):
+                    scale = scale_of(total)
+                    for offset, block_product in zip(offsets, products):
+                        add_scaled(offset, builder.fmul(block_product, scale))
+        limit = context.get_constant(types.intp, _HELD_BLOCKS)
+        with builder.if_then(builder.icmp_unsigned(">", n_blocks, limit)):
+            lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+            with cgutils.for_range(builder, n_blocks) as loop:
+                block_product = product(offset_of(loop.index))
+                builder.store(builder.fadd(builder.load(lane_sums), block_product), lane_sums)
+            total = _lane_tree(builder, builder.load(lane_sums), lanes)
+            builder.store(total, total_slot)
+            with builder.if_then(above_tiny(total)):
+                scale = scale_of(total)
+                with cgutils.for_range(builder, n_blocks) as loop:
+                    offset = offset_of(loop.index)
+                    add_scaled(offset, builder.fmul(product(offset), scale))
+        return builder.load(total_slot)
+
+    signature = dtype(
+        major, types.intp, minor, types.intp, types.float64, types.float64, row_acc, minor_acc
+    )
     return signature, codegen
 
 
@@ -1001,7 +1046,6 @@ def update_shapes(
         first, last = part_bounds[part], part_bounds[part + 1]
         phi = np.empty(width, dtype=major_scaled.dtype)
         row_acc = np.empty(width, dtype=major_scaled.dtype)
-        narrow = np.empty(1, dtype=major_scaled.dtype)
         minor_acc = minor_partial[part]
         minor_acc[:] = 0.0
         major_stat[first:last] = 0.0
@@ -1026,7 +1070,9 @@ def update_shapes(
                 while n < stop and indices[n] < block_stop:
                     j = indices[n]
                     x = counts[n]
-                    total = row_dot(major_scaled, i, minor_scaled, j)
+                    total = row_dot_add_scaled(
+                        major_scaled, i, minor_scaled, j, float(x), tiny, row_acc, minor_acc
+                    )
                     if total > tiny:
                         norms[n_buffered] = total
                         weights[n_buffered] = x
@@ -1034,10 +1080,6 @@ def update_shapes(
                         if n_buffered == LOG_BUFFER:
                             data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
                             n_buffered = 0
-                        narrow[0] = x / total
-                        add_scaled_products(
-                            major_scaled, i, minor_scaled, j, narrow[0], row_acc, minor_acc
-                        )
                     else:
                         n_fallback += 1
                         peak, exact = _exp_shifted_log_rho(
@@ -1550,9 +1592,9 @@ def _minor_rows(context, builder, table_type, table, rows_type, rows, n):
 def row_products(typingctx, major, i, minor, rows, n, phi):
     """``phi[l] = major[i, l] * prod_m minor[rows[m][n], l]`` (in that order) for the
     whole row, a SIMD register at a time, and returns ``sum_l phi[l]`` (lanes added across
-    blocks, then in `row_dot`'s fixed tree). ``rows`` is a tuple of 1-D index arrays, one
-    per minor mode, so the loop over the modes is unrolled at compile time; for one minor
-    mode ``phi`` and the sum are `row_dot`'s products and sum."""
+    blocks, then in `_lane_tree`'s fixed tree). ``rows`` is a tuple of 1-D index arrays,
+    one per minor mode, so the loop over the modes is unrolled at compile time; for one
+    minor mode ``phi`` and the sum are `row_dot_add_scaled`'s products and sum."""
     if not (
         _simd_rows_ok(major, minor)
         and isinstance(i, types.Integer)
@@ -1579,13 +1621,7 @@ def row_products(typingctx, major, i, minor, rows, n, phi):
             pointer = builder.bitcast(builder.gep(out, [offset]), vector.as_pointer())
             builder.store(product, pointer, align=dtype.bitwidth // 8)
             builder.store(builder.fadd(builder.load(lane_sums), product), lane_sums)
-        sums = builder.load(lane_sums)
-        terms = [
-            builder.extract_element(sums, ir.Constant(ir.IntType(32), q)) for q in range(lanes)
-        ]
-        while len(terms) > 1:
-            terms = [builder.fadd(terms[q], terms[q + 1]) for q in range(0, len(terms), 2)]
-        return terms[0]
+        return _lane_tree(builder, builder.load(lane_sums), lanes)
 
     return dtype(major, types.intp, minor, rows, types.intp, phi), codegen
 
@@ -1595,7 +1631,7 @@ def add_scaled_rows(typingctx, phi, scale, row_acc, minor_acc, rows, n):
     """``row_acc[l] += phi[l] * scale`` and the same to ``minor_acc[rows[m][n], l]`` for
     every minor mode m, for the whole row, a SIMD register at a time (``phi`` and
     ``row_acc`` 1-D, ``minor_acc`` 2-D, as wide, all of one dtype). For one minor mode and
-    ``phi`` from `row_products` this is `add_scaled_products`' arithmetic."""
+    ``phi`` from `row_products` this is `row_dot_add_scaled`'s scatter-adds."""
     if not (
         _simd_rows_ok(minor_acc)
         and _index_rows_ok(rows, n)

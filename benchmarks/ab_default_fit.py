@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--reference-seconds", type=float, default=None)
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
+    for name in ("a", "b"):  # named by hash in the report ("HEAD" moves)
+        command = ["git", "rev-parse", "--short", getattr(args, name)]
+        resolved = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+        setattr(args, name, resolved.stdout.strip())
 
     import scipy.sparse
 

@@ -6,9 +6,33 @@ import contextlib
 import importlib
 import multiprocessing
 import resource
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def extract_commit(commit: str, directory: Path) -> Path:
+    """The ``vbsnmf`` package of ``commit`` (``git archive``) written into ``directory``
+    (created), as ``directory / "vbsnmf"``; returns that path."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "vbsnmf"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as handle:
+        handle.write(archive)
+        handle.seek(0)
+        with tarfile.open(fileobj=handle) as tar:
+            tar.extractall(directory, filter="data")
+    return directory / "vbsnmf"
 
 
 def peak_rss_mib() -> float:

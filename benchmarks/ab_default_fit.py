@@ -22,14 +22,14 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, extract_commit
 
 CHILD = """
 import json, os, sys, time, warnings
@@ -48,23 +48,6 @@ print(json.dumps({"seconds": wall, "cpu_seconds": cpu, "iterations": int(model.n
                   "elbo": float(trace[-1]), "monotone": bool(np.all(np.diff(trace) >= 0)),
                   "package": os.path.dirname(vbsnmf.__file__)}))
 """
-
-
-def extract(commit: str, directory: Path) -> Path:
-    """``vbsnmf`` of ``commit`` under ``directory`` (the directory to put on PYTHONPATH)."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", commit, "vbsnmf"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout
-    directory.mkdir(parents=True)
-    with tempfile.TemporaryFile() as handle:
-        handle.write(archive)
-        handle.seek(0)
-        with tarfile.open(fileobj=handle) as tar:
-            tar.extractall(directory, filter="data")
-    return directory
 
 
 def run(path: Path, data: Path, args) -> dict:
@@ -113,7 +96,7 @@ def main() -> None:
         matrix = scipy.sparse.csr_matrix(vbsnmf.datasets.pbmc_facs().X, dtype=np.float64)
         scipy.sparse.save_npz(data, matrix)
         paths = {
-            name: extract(commit, temporary / name)
+            name: extract_commit(commit, temporary / name).parent
             for name, commit in (("a", args.a), ("b", args.b))
         }
         for path in paths.values():  # fills each package's Numba cache (SQUAREM's too)

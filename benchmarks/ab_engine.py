@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -34,26 +32,12 @@ import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import timed_functions
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import extract_commit, timed_functions
 
 
 def load_commit(commit: str, name: str, directory: Path):
     """``vbsnmf`` of ``commit`` imported as package ``name`` from ``directory``."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", commit, "vbsnmf"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout
-    target = directory / name
-    with tempfile.TemporaryFile() as handle:
-        handle.write(archive)
-        handle.seek(0)
-        with tarfile.open(fileobj=handle) as tar:
-            tar.extractall(directory / "extract", filter="data")
-    (directory / "extract" / "vbsnmf").rename(target)
+    extract_commit(commit, directory / "extract").rename(directory / name)
     sys.path.insert(0, str(directory))
     return importlib.import_module(name)
 

@@ -206,6 +206,20 @@ def _chunk_logs(values, start, rows, flat, logs, scratch):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest):
+    """Per entry of rows ``start .. start + rows`` of ``shape``, a row after another:
+    `_digamma_rest`'s ``z`` into ``shifted`` and ``(log z - digamma) + log(rate)`` (the
+    rates' logs in ``log_rates``) into ``rest``."""
+    n_components = shape.shape[1]
+    for r in range(rows):
+        offset = r * n_components
+        for l in range(n_components):  # no call: vectorises
+            z, digamma_rest = _digamma_rest(float(shape[start + r, l]))
+            shifted[offset + l] = z
+            rest[offset + l] = digamma_rest + log_rates[offset + l]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _scaled_rows(start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax):
     """Rows ``start .. start + rows`` of `gamma_moments`' outputs from their entries' ``z``
     (``shifted``) and ``exponent = (log z - digamma) + log_rate``, the chunk's rows one
@@ -263,12 +277,7 @@ def gamma_moments(shape, rate, scaled, logmax):
         for start in range(block * MOMENT_BLOCK_ROWS, stop, chunk):
             rows = min(chunk, stop - start)
             _chunk_logs(rate, start, rows, value, log_rates, low)
-            for r in range(rows):
-                offset = r * n_components
-                for l in range(n_components):  # no call: vectorises
-                    z, rest = _digamma_rest(float(shape[start + r, l]))
-                    shifted[offset + l] = z
-                    exponent[offset + l] = rest + log_rates[offset + l]
+            _chunk_digamma_rests(shape, start, rows, log_rates, shifted, exponent)
             _scaled_rows(
                 start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax
             )
@@ -541,12 +550,7 @@ def _expected_log_block(block, arguments):
         rows = min(chunk, stop - start)
         count = rows * n_components
         _chunk_logs(rate, start, rows, rates, log_rates, scratch)
-        for r in range(rows):
-            offset = r * n_components
-            for l in range(n_components):  # no call: vectorises
-                z, digamma_rest = _digamma_rest(float(shape[start + r, l]))
-                shifted[offset + l] = z
-                rest[offset + l] = digamma_rest + log_rates[offset + l]
+        _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest)
         checked_logs(shifted, count, log_shifted, scratch)
         for r in range(rows):
             for l in range(n_components):
@@ -557,7 +561,7 @@ def _expected_log_block(block, arguments):
 def expected_log_terms(shape, rate, block_rows, partial):
     """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log(rate[i, l])``
     over the rows of block ``b`` (float64; ``rate`` n x K, may be a broadcast view; its
-    logs are taken here, a row at a time, so no n x K array of them is made).
+    logs are taken here, a chunk of rows at a time, so no n x K array of them is made).
     Fixed blocks: the sums do not depend on the number of threads."""
     arguments = (shape, rate, block_rows, partial)
     for block in prange(partial.shape[0]):

@@ -91,13 +91,13 @@ def _dot_add_scaled_each(major, minor, rows, cols, xs, tiny, totals, row_acc, mi
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("k", [3, 8, 13, 17, 40])
+@pytest.mark.parametrize("k", [3, 8, 13, 17, 40, 100, 300])
 def test_row_dot_add_scaled_is_plain_ieee_arithmetic(dtype, k):
     """The pass's primitive against numpy in its stated order, bit for bit: products in
     the rows' dtype, lane sums across SIMD blocks, the lanes in a fixed tree, the scale
     ``x / total`` rounded once to the dtype, the scaled products added to both rows; rows
-    of one to four SIMD registers (held in registers) and of five or more (read twice).
-    A total at most ``tiny`` adds nothing."""
+    of one to 16 SIMD registers (held in registers), of 17 to 64 (in a buffer) and of
+    more (read twice). A total at most ``tiny`` adds nothing."""
     rng = np.random.default_rng(31)
     lanes = _kernels.simd_width(dtype)
     major = _kernels.pad_components(rng.random((4, k)).astype(dtype))

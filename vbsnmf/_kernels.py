@@ -188,7 +188,8 @@ def digamma(x):
 MOMENT_BLOCK_ROWS = 64  # rows per parallel task of `gamma_moments`
 
 
-def chunk_rows(n_components: int) -> int:
+@njit(cache=True, inline="always")
+def _chunk_rows(n_components):
     """Rows per chunk of the kernels that take their logs and exps a buffer at a time
     (`checked_logs`, `buffer_exps`): about `LOG_BUFFER` entries, at least one row."""
     return max(1, LOG_BUFFER // n_components)
@@ -266,7 +267,7 @@ def gamma_moments(shape, rate, scaled, logmax):
     """
     n_rows, n_components = shape.shape
     n_blocks = (n_rows + MOMENT_BLOCK_ROWS - 1) // MOMENT_BLOCK_ROWS
-    chunk = max(1, LOG_BUFFER // n_components)
+    chunk = _chunk_rows(n_components)
     for block in prange(n_blocks):
         size = chunk * n_components
         shifted = np.empty(size)
@@ -304,7 +305,7 @@ def _terms_entries(
     of row ``i``'s rates): ``shape / rate`` added to ``mean_row``; per entry ``z``
     (``shifted``), ``exponent = (log z - digamma) + log_rate`` (what `_scaled_rows` needs),
     and the KL as ``log_weight * log z + rest`` plus ``log`` of ``factors``
-    (`_kl_of_row`)."""
+    (`_kl_of_entries`)."""
     for l in range(shifted.shape[0]):  # no call: vectorises
         alpha = float(shape[i, l])
         a = float(prior_shape[i, l])
@@ -357,7 +358,7 @@ def _gamma_terms_block(block, arguments):
     tables = scaled.shape[0] > 0
     # A chunk of rows at a time, its entries one after another in flat buffers, so that
     # the logs and exps run in loops that vectorise (`checked_logs`, `buffer_exps`)
-    chunk = max(1, LOG_BUFFER // n_components)
+    chunk = _chunk_rows(n_components)
     size = chunk * n_components
     log_rates = np.empty(size)
     shifted = np.empty(size)
@@ -537,7 +538,7 @@ def _expected_log_block(block, arguments):
     the one body of it and of `expected_log_terms_of_sides`, so both make the same sums."""
     shape, rate, block_rows, partial = arguments
     n_rows, n_components = shape.shape
-    chunk = max(1, LOG_BUFFER // n_components)  # rows per chunk, as `_gamma_terms_block`
+    chunk = _chunk_rows(n_components)
     size = chunk * n_components
     rates, log_rates = np.empty(size), np.empty(size)
     shifted, log_shifted = np.empty(size), np.empty(size)

@@ -16,6 +16,17 @@ from . import _kernels
 from ._validation import exact_float_dtype
 
 
+def compressed_totals(
+    indptr, indices, counts, n_major: int, n_minor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each major row's and each minor index's total count of compressed arrays (any index
+    order, duplicates added), in float64: the counts may be stored as float32 (exact),
+    their sums not."""
+    major, minor = np.empty(n_major), np.empty(n_minor)
+    _kernels.csr_totals(indptr, indices, counts, major, minor)
+    return major, minor
+
+
 @dataclass
 class CountData:
     """A count matrix as CSR along its ``major`` axis (0 = rows, 1 = columns).
@@ -36,10 +47,10 @@ class CountData:
         first call (one pass over the nonzeros) and kept: the pass's data term needs them
         every iteration."""
         if self._totals is None:
-            major = np.empty(self.shape[self.major])
-            minor = np.empty(self.shape[1 - self.major])
-            _kernels.csr_totals(self.indptr, self.indices, self.counts, major, minor)
-            self._totals = (major, minor)
+            n_major, n_minor = self.shape[self.major], self.shape[1 - self.major]
+            self._totals = compressed_totals(
+                self.indptr, self.indices, self.counts, n_major, n_minor
+            )
         return self._totals
 
     @property

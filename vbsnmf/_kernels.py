@@ -1899,9 +1899,8 @@ def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, co
 # extrapolation), a buffer at a time by `_buffer_logs` (vectorised: 1.6 ns a log against
 # libm's and numpy's 4.7 on the 2-core EPYC), in float64 whatever the parameters' dtype.
 # The buffers are separate 1-D arrays: as rows of one 2-D array the loops over them did not
-# vectorise (22 instead of 9 ns an entry for `squarem_sums`). One thread: a cycle has a
-# dozen arrays, mostly small, and on a busy machine a parallel region cost milliseconds to
-# start (a loaded core delays the wake-up of its thread).
+# vectorise (22 instead of 9 ns an entry for `squarem_sums`). Large arrays run their fixed
+# blocks in parallel, small ones on one thread (`squarem_in_parallel`).
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels
-from ._data import CountData
+from ._data import CountData, compressed_totals
 from ._utils import is_dask_array, warn_user
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -1079,14 +1079,7 @@ def side_totals(data: CountData) -> tuple[np.ndarray, np.ndarray]:
 def csr_totals(csr) -> tuple[np.ndarray, np.ndarray]:
     """Each row's and each column's total count of a CSR matrix (any index order,
     duplicates added), without copying its arrays."""
-    return _csr_totals(csr.indptr, csr.indices, csr.data, *csr.shape)
-
-
-def _csr_totals(indptr, indices, counts, n_major: int, n_minor: int):
-    # in float64: the counts may be stored as float32 (exact), their sums not
-    major, minor = np.empty(n_major), np.empty(n_minor)
-    _kernels.csr_totals(indptr, indices, counts, major, minor)
-    return major, minor
+    return compressed_totals(csr.indptr, csr.indices, csr.data, *csr.shape)
 
 
 INIT_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")

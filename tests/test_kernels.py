@@ -342,6 +342,48 @@ def test_gamma_sums_match_numpy(per_entry):
     assert mean_sum.dtype == np.float64
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_gamma_side_and_mean_sums_match_numpy(dtype, per_entry):
+    """The fixed prior's side step: shapes ``a + statistic`` stored in the side's dtype (as
+    numpy's sum and cast), and ``sum_i shape / rate`` of the stored shapes in float64, with
+    the rate per component (a broadcast view) or per entry; `mean_sums` the same sums."""
+    rng = np.random.default_rng(8)
+    n, k = 301, 7
+    statistic = rng.gamma(0.5, 40.0, (n, k))
+    rate = rng.uniform(10.0, 500.0, (n, k) if per_entry else k).astype(dtype)
+    rates = np.broadcast_to(rate, (n, k))
+    shape, mean_sum = np.empty((n, k), dtype), np.empty(k)
+    _kernels.gamma_side(statistic, 0.3, rates, shape, mean_sum)
+    expected = (0.3 + statistic).astype(dtype)
+    np.testing.assert_array_equal(shape, expected)
+    reference = (expected.astype(np.float64) / rates.astype(np.float64)).sum(axis=0)
+    np.testing.assert_allclose(mean_sum, reference, rtol=1e-13)
+    again = np.full(k, np.nan)
+    _kernels.mean_sums(shape, rates, again)
+    np.testing.assert_array_equal(again, mean_sum)
+
+
+def test_learned_side_sums_stored_float32_values_in_float64():
+    """`learned_side` with float32 q: shapes and rates stored in float32, their quotients
+    taken and summed in float64 (Numba's ``float()`` of a float32 does not widen it)."""
+    rng = np.random.default_rng(9)
+    n, k = 211, 6
+    statistic = rng.gamma(0.5, 40.0, (n, k))
+    factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, n)
+    other = np.broadcast_to(rng.uniform(10.0, 500.0, k), (n, k))
+    shape, rate = np.empty((n, k), np.float32), np.empty((n, k), np.float32)
+    row_mean_sum, mean_sum = np.empty(n), np.empty(k)
+    _kernels.learned_side(
+        statistic, factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum
+    )
+    np.testing.assert_array_equal(shape, (factor_shape + statistic).astype(np.float32))
+    np.testing.assert_array_equal(rate, (scale_mean[:, None] + other).astype(np.float32))
+    quotients = shape.astype(np.float64) / rate.astype(np.float64)
+    np.testing.assert_allclose(mean_sum, quotients.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(row_mean_sum, quotients.sum(axis=1), rtol=1e-13)
+
+
 def test_gamma_sums_expected_over_a_random_prior_rate():
     """With ``E[xi]`` for the prior's rate and ``E[log xi]`` for its log, the KL is the
     expected KL from Gamma(a_l, xi_i) over q(xi_i) = Gamma(u_i, v_i): the learned prior's

@@ -51,6 +51,10 @@ _FASTMATH = {"contract", "arcp", "nsz"}
 # numpy's model (IEEE results, no check): 7.3 -> 3.9 ns per logarithm on the 2-core EPYC.
 _ERRORS = "numpy"
 
+# Numba's ``float(x)`` of a float32 stays a float32: a quotient meant in float64 widens its
+# operands with ``np.float64`` (``float(shape) / float(rate)`` of float32 tables divided in
+# float32, and `learned_side` summed those quotients as if they were float64's).
+
 # The K-long loops vectorise completely only when K is a multiple of the SIMD width (one
 # 32-byte AVX2 register: 4 doubles or 8 floats); otherwise a scalar remainder runs for every
 # nonzero. Padding the factor tables with zero columns measured 1.3-1.8x faster for
@@ -636,10 +640,38 @@ def learned_side(
         for l in range(n_components):
             shape[i, l] = factor_shape[l] + statistic[i, l]
             rate[i, l] = scale_mean[i] + other_mean_sum[i, l]
-            mean = float(shape[i, l]) / float(rate[i, l])
+            mean = np.float64(shape[i, l]) / np.float64(rate[i, l])
             row_total += mean
             mean_sum[l] += mean
         row_mean_sum[i] = row_total
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
+    """One side's q under the fixed prior, its shapes into ``shape`` (n x K, stored in its
+    dtype): ``shape[i, l] = prior_shape + statistic[i, l]``; and from the values stored, in
+    float64, ``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` (rows in order; ``rate`` n x K,
+    may be a broadcast view). One serial pass, as `learned_side`: numpy's sum, cast,
+    quotient and sum made n x K temporaries (5 ms a step at K = 100 on pbmc_facs)."""
+    n_rows, n_components = statistic.shape
+    for l in range(n_components):
+        mean_sum[l] = 0.0
+    for i in range(n_rows):
+        for l in range(n_components):
+            shape[i, l] = prior_shape + statistic[i, l]
+            mean_sum[l] += np.float64(shape[i, l]) / np.float64(rate[i, l])
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def mean_sums(shape, rate, mean_sum):
+    """``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` in float64, rows in order, with no
+    n x K temporary (``rate`` may be a broadcast view)."""
+    n_rows, n_components = shape.shape
+    for l in range(n_components):
+        mean_sum[l] = 0.0
+    for i in range(n_rows):
+        for l in range(n_components):
+            mean_sum[l] += np.float64(shape[i, l]) / np.float64(rate[i, l])
 
 
 # -- the pass over the nonzeros ------------------------------------------------------------

@@ -379,7 +379,8 @@ def global_step(
     """
     dtype = params.row_shape.dtype
     # The columns' means are needed only summed: not held through the step (memory).
-    row_sums = _other_sums(params.col_mean.sum(axis=0), mask and mask.row_sums(params.col_mean))
+    col_mean_sum = mean_sums(params.col_shape, params.col_rate)
+    row_sums = _other_sums(col_mean_sum, mask and mask.row_sums(params.col_mean))
     if isinstance(prior, HierarchicalPrior):
         row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
             row_stat, params.row_scale, row_sums, dtype
@@ -397,11 +398,32 @@ def global_step(
             VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale),
             in_place=True,
         )
-    row_shape, row_rate = update_side(prior, row_stat, rate_scale * row_sums, dtype)
-    row_mean = row_shape / row_rate
-    col_sums = _other_sums(row_mean.sum(axis=0), mask and mask.col_sums(row_mean))
-    col_shape, col_rate = update_side(prior, col_stat, rate_scale * col_sums, dtype)
+    row_rate = side_rate(prior, rate_scale * row_sums, dtype)
+    row_shape, row_mean_sum = gamma_side(prior, row_stat, row_rate, dtype)
+    col_sums = _other_sums(row_mean_sum, mask and mask.col_sums(row_shape / row_rate))
+    col_rate = side_rate(prior, rate_scale * col_sums, dtype)
+    col_shape, _ = gamma_side(prior, col_stat, col_rate, dtype)
     return VariationalParams(row_shape, row_rate, col_shape, col_rate)
+
+
+def mean_sums(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """``sum_i E[z_il]`` per component (float64) of one side, ``rate`` broadcastable to
+    ``shape``, with no n x K temporary (`_kernels.mean_sums`)."""
+    out = np.empty(shape.shape[1])
+    _kernels.mean_sums(shape, np.broadcast_to(rate, shape.shape), out)
+    return out
+
+
+def gamma_side(
+    prior: GammaPrior, statistic: np.ndarray, rate: np.ndarray, dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """`side_shape` of one side under the fixed prior, in ``dtype``, and its ``sum_i
+    E[z_il]`` per component (float64) with ``rate`` (`side_rate`), in one pass
+    (`_kernels.gamma_side`)."""
+    shape, mean_sum = np.empty(statistic.shape, dtype), np.empty(statistic.shape[1])
+    rate = np.broadcast_to(rate, statistic.shape)
+    _kernels.gamma_side(statistic, float(prior.shape), rate, shape, mean_sum)
+    return shape, mean_sum
 
 
 # -- the learned prior ----------------------------------------------------------------------

@@ -95,7 +95,8 @@ def _dot_add_scaled_each(major, minor, rows, cols, xs, tiny, totals, row_acc, mi
 def test_row_dot_add_scaled_is_plain_ieee_arithmetic(dtype, k):
     """The pass's primitive against numpy in its stated order, bit for bit: products in
     the rows' dtype, lane sums across SIMD blocks, the lanes in a fixed tree, the scale
-    ``x / total`` rounded once to the dtype, the scaled products added to both rows; rows
+    ``x / total`` rounded once to the dtype (x a float32 or not), the scaled products added
+    to both rows; rows
     of one to 16 SIMD registers (held in registers), of 17 to 64 (in a buffer) and of
     more (read twice). A total at most ``tiny`` adds nothing."""
     rng = np.random.default_rng(31)
@@ -104,6 +105,8 @@ def test_row_dot_add_scaled_is_plain_ieee_arithmetic(dtype, k):
     minor = _kernels.pad_components(rng.random((6, k)).astype(dtype))
     rows, cols = rng.integers(0, 4, 40), rng.integers(0, 6, 40)
     xs = rng.integers(1, 30, 40).astype(np.float64)
+    xs[::7] += 0.1  # not a float32: float32 rows divide these in float64
+    xs[3] = 2.0**25 + 1.0
     tiny = float(np.quantile([np.dot(major[i], minor[j]) for i, j in zip(rows, cols)], 0.2))
     totals = np.empty(40, dtype)
     row_acc, minor_acc = np.zeros(major.shape[1], dtype), np.zeros(minor.shape, dtype)

@@ -925,7 +925,8 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
     and, when ``total > tiny``, ``row_acc[l] += major[i, l] * minor[j, l] * scale`` and the
     same to ``minor_acc[j, l]`` with ``scale = x / total`` (``x`` and ``tiny`` float64; the
     quotient rounded once to the rows' dtype, as a division in that dtype rounds: in float32
-    when the rows and ``x`` are float32's); returns the total. Rows are a multiple of `simd_width` long, ``row_acc`` 1-D, all one dtype.
+    when the rows and ``x`` are float32's); returns the total. Rows are a multiple of
+    `simd_width` long, ``row_acc`` 1-D, all one dtype.
 
     For rows of up to `_HELD_BLOCKS` SIMD registers the products are formed once and held
     in registers between the sum and the scatter-adds (each row is read once), up to

@@ -652,7 +652,8 @@ def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
     dtype): ``shape[i, l] = prior_shape + statistic[i, l]``; and from the values stored, in
     float64, ``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` (rows in order; ``rate`` n x K,
     may be a broadcast view). One serial pass, as `learned_side`: numpy's sum, cast,
-    quotient and sum made n x K temporaries (5 ms a step at K = 100 on pbmc_facs)."""
+    quotient and sum made n x K temporaries (5.3 against 1.9 ms for pbmc_facs' genes at
+    K = 100, 1.5 against 0.19 at K = 10)."""
     n_rows, n_components = statistic.shape
     for l in range(n_components):
         mean_sum[l] = 0.0

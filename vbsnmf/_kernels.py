@@ -857,8 +857,8 @@ def weighted_log_sum(values, weights, count, scratch, exponent):
 # -- explicit SIMD rows --------------------------------------------------------------------
 # Numba leaves LLVM's SLP vectoriser off and the loop vectoriser may not reorder a sum
 # without "reassoc", so the pass's K-long dot product ran one scalar add after another (or
-# in eight scalar chains). The pass's primitive (`row_dot_add_scaled`, and the tensor's
-# `row_products` and `add_scaled_rows`) is written as LLVM vector IR instead: each SIMD
+# in eight scalar chains). The pass's primitive (`row_dot_add_scaled`, the tensor's
+# `row_products_add_scaled`, and `add_scaled_rows`) is written as LLVM vector IR instead: each SIMD
 # register's lanes add element-wise across blocks of the row, and the lanes are summed in a
 # fixed tree, an order the compiler may not change, cached or not. In same-process A/B runs
 # on pbmc_facs (one thread, CPU time) the dot product and the scatter-adds so written took
@@ -919,6 +919,106 @@ def _lane_tree(builder, sums, lanes):
     return terms[0]
 
 
+def _held_products_add_scaled(
+    context, builder, dtype, values, major_row, minor_rows, own_row, acc_rows, x, tiny
+):
+    """The code of `row_dot_add_scaled` and `row_products_add_scaled`: the products
+    ``major_row * minor_rows[0] * minor_rows[1] * ...`` (in that order) a SIMD register at
+    a time, their sum, and when it exceeds ``tiny`` the products times ``x / sum`` added to
+    ``own_row`` and to every row of ``acc_rows``; returns the sum. ``values`` is the major
+    table's struct (its width), ``x`` and ``tiny`` float64 values."""
+    vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
+    scalar = context.get_value_type(dtype)
+    double = ir.DoubleType()
+    align = dtype.bitwidth // 8
+    total_slot = cgutils.alloca_once(builder, scalar)
+
+    def offset_of(block):
+        return builder.mul(block, context.get_constant(types.intp, lanes))
+
+    def product(offset):
+        _, value = _simd_load(builder, major_row, offset, vector, dtype)
+        for row in minor_rows:
+            value = builder.fmul(value, _simd_load(builder, row, offset, vector, dtype)[1])
+        return value
+
+    def scale_of(total):
+        if dtype == types.float64:
+            quotient = builder.fdiv(x, total)
+        else:
+            # float32 when x is a float32 (a count below 2^24): the same bits as the
+            # division in float64 rounded to float32 (double rounding is harmless for a
+            # quotient when 53 >= 2 * 24 + 2), at float32's latency (0.94-0.96x the
+            # iteration at K = 5-20)
+            narrow = builder.fptrunc(x, scalar)
+            exact = builder.fcmp_ordered("==", builder.fpext(narrow, double), x)
+            with builder.if_else(exact) as (in_float32, in_float64):
+                with in_float32:
+                    narrow_block = builder.basic_block
+                    narrow_quotient = builder.fdiv(narrow, total)
+                with in_float64:
+                    wide_block = builder.basic_block
+                    wide_quotient = builder.fptrunc(
+                        builder.fdiv(x, builder.fpext(total, double)), scalar
+                    )
+            quotient = builder.phi(scalar)
+            quotient.add_incoming(narrow_quotient, narrow_block)
+            quotient.add_incoming(wide_quotient, wide_block)
+        splat = ir.Constant(vector, ir.Undefined)
+        for q in range(lanes):
+            splat = builder.insert_element(splat, quotient, ir.Constant(ir.IntType(32), q))
+        return splat
+
+    def above_tiny(total):
+        wide = total if dtype == types.float64 else builder.fpext(total, double)
+        return builder.fcmp_ordered(">", wide, tiny)
+
+    def add_scaled(offset, contribution):
+        for row in (own_row, *acc_rows):
+            pointer, current = _simd_load(builder, row, offset, vector, dtype)
+            builder.store(builder.fadd(current, contribution), pointer, align=align)
+
+    for held in range(1, _HELD_BLOCKS + 1):
+        count = context.get_constant(types.intp, held)
+        with builder.if_then(builder.icmp_unsigned("==", n_blocks, count)):
+            offsets = [context.get_constant(types.intp, q * lanes) for q in range(held)]
+            products = [product(offset) for offset in offsets]
+            sums = ir.Constant(vector, [0.0] * lanes)
+            for block_product in products:
+                sums = builder.fadd(sums, block_product)
+            total = _lane_tree(builder, sums, lanes)
+            builder.store(total, total_slot)
+            with builder.if_then(above_tiny(total)):
+                scale = scale_of(total)
+                for offset, block_product in zip(offsets, products):
+                    add_scaled(offset, builder.fmul(block_product, scale))
+    held = context.get_constant(types.intp, _HELD_BLOCKS)
+    buffered = context.get_constant(types.intp, _BUFFERED_BLOCKS)
+    buffer = cgutils.alloca_once(builder, ir.ArrayType(vector, _BUFFERED_BLOCKS))
+    zero = context.get_constant(types.intp, 0)
+    with builder.if_then(builder.icmp_unsigned(">", n_blocks, held)):
+        in_buffer = builder.icmp_unsigned("<=", n_blocks, buffered)
+        lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            block_product = product(offset_of(loop.index))
+            with builder.if_then(in_buffer):
+                builder.store(block_product, builder.gep(buffer, [zero, loop.index]))
+            builder.store(builder.fadd(builder.load(lane_sums), block_product), lane_sums)
+        total = _lane_tree(builder, builder.load(lane_sums), lanes)
+        builder.store(total, total_slot)
+        with builder.if_then(above_tiny(total)):
+            scale = scale_of(total)
+            with cgutils.for_range(builder, n_blocks) as loop:
+                offset = offset_of(loop.index)
+                with builder.if_else(in_buffer) as (kept, again):
+                    with kept:
+                        block_product = builder.load(builder.gep(buffer, [zero, loop.index]))
+                        add_scaled(offset, builder.fmul(block_product, scale))
+                    with again:
+                        add_scaled(offset, builder.fmul(product(offset), scale))
+    return builder.load(total_slot)
+
+
 @intrinsic
 def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_acc):
     """The pass's work on one nonzero: ``total = sum_l major[i, l] * minor[j, l]`` (the
@@ -949,95 +1049,10 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
         _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
         _, acc_row = _simd_row(context, builder, minor_acc_type, args[7], args[3])
         own_row = context.make_array(acc_type)(context, builder, args[6]).data
-        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
-        scalar = context.get_value_type(dtype)
-        double = ir.DoubleType()
-        align = dtype.bitwidth // 8
-        total_slot = cgutils.alloca_once(builder, scalar)
-
-        def offset_of(block):
-            return builder.mul(block, context.get_constant(types.intp, lanes))
-
-        def product(offset):
-            _, a = _simd_load(builder, major_row, offset, vector, dtype)
-            _, b = _simd_load(builder, minor_row, offset, vector, dtype)
-            return builder.fmul(a, b)
-
-        def scale_of(total):
-            if dtype == types.float64:
-                quotient = builder.fdiv(args[4], total)
-            else:
-                # float32 when x is a float32 (a count below 2^24): the same bits as the
-                # division in float64 rounded to float32 (double rounding is harmless for a
-                # quotient when 53 >= 2 * 24 + 2), at float32's latency (0.94-0.96x the
-                # iteration at K = 5-20)
-                narrow = builder.fptrunc(args[4], scalar)
-                exact = builder.fcmp_ordered("==", builder.fpext(narrow, double), args[4])
-                with builder.if_else(exact) as (in_float32, in_float64):
-                    with in_float32:
-                        narrow_block = builder.basic_block
-                        narrow_quotient = builder.fdiv(narrow, total)
-                    with in_float64:
-                        wide_block = builder.basic_block
-                        wide_quotient = builder.fptrunc(
-                            builder.fdiv(args[4], builder.fpext(total, double)), scalar
-                        )
-                quotient = builder.phi(scalar)
-                quotient.add_incoming(narrow_quotient, narrow_block)
-                quotient.add_incoming(wide_quotient, wide_block)
-            splat = ir.Constant(vector, ir.Undefined)
-            for q in range(lanes):
-                splat = builder.insert_element(splat, quotient, ir.Constant(ir.IntType(32), q))
-            return splat
-
-        def above_tiny(total):
-            wide = total if dtype == types.float64 else builder.fpext(total, double)
-            return builder.fcmp_ordered(">", wide, args[5])
-
-        def add_scaled(offset, contribution):
-            for row in (own_row, acc_row):
-                pointer, current = _simd_load(builder, row, offset, vector, dtype)
-                builder.store(builder.fadd(current, contribution), pointer, align=align)
-
-        for held in range(1, _HELD_BLOCKS + 1):
-            count = context.get_constant(types.intp, held)
-            with builder.if_then(builder.icmp_unsigned("==", n_blocks, count)):
-                offsets = [context.get_constant(types.intp, q * lanes) for q in range(held)]
-                products = [product(offset) for offset in offsets]
-                sums = ir.Constant(vector, [0.0] * lanes)
-                for block_product in products:
-                    sums = builder.fadd(sums, block_product)
-                total = _lane_tree(builder, sums, lanes)
-                builder.store(total, total_slot)
-                with builder.if_then(above_tiny(total)):
-                    scale = scale_of(total)
-                    for offset, block_product in zip(offsets, products):
-                        add_scaled(offset, builder.fmul(block_product, scale))
-        held = context.get_constant(types.intp, _HELD_BLOCKS)
-        buffered = context.get_constant(types.intp, _BUFFERED_BLOCKS)
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(vector, _BUFFERED_BLOCKS))
-        zero = context.get_constant(types.intp, 0)
-        with builder.if_then(builder.icmp_unsigned(">", n_blocks, held)):
-            in_buffer = builder.icmp_unsigned("<=", n_blocks, buffered)
-            lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
-            with cgutils.for_range(builder, n_blocks) as loop:
-                block_product = product(offset_of(loop.index))
-                with builder.if_then(in_buffer):
-                    builder.store(block_product, builder.gep(buffer, [zero, loop.index]))
-                builder.store(builder.fadd(builder.load(lane_sums), block_product), lane_sums)
-            total = _lane_tree(builder, builder.load(lane_sums), lanes)
-            builder.store(total, total_slot)
-            with builder.if_then(above_tiny(total)):
-                scale = scale_of(total)
-                with cgutils.for_range(builder, n_blocks) as loop:
-                    offset = offset_of(loop.index)
-                    with builder.if_else(in_buffer) as (kept, again):
-                        with kept:
-                            block_product = builder.load(builder.gep(buffer, [zero, loop.index]))
-                            add_scaled(offset, builder.fmul(block_product, scale))
-                        with again:
-                            add_scaled(offset, builder.fmul(product(offset), scale))
-        return builder.load(total_slot)
+        return _held_products_add_scaled(
+            context, builder, dtype, values, major_row, [minor_row], own_row, [acc_row],
+            args[4], args[5],
+        )  # fmt: skip
 
     signature = dtype(
         major, types.intp, minor, types.intp, types.float64, types.float64, row_acc, minor_acc
@@ -1665,49 +1680,51 @@ def _minor_rows(context, builder, table_type, table, rows_type, rows, n):
 
 
 @intrinsic
-def row_products(typingctx, major, i, minor, rows, n, phi):
-    """``phi[l] = major[i, l] * prod_m minor[rows[m][n], l]`` (in that order) for the
-    whole row, a SIMD register at a time, and returns ``sum_l phi[l]`` (lanes added across
-    blocks, then in `_lane_tree`'s fixed tree). ``rows`` is a tuple of 1-D index arrays,
-    one per minor mode, so the loop over the modes is unrolled at compile time; for one
-    minor mode ``phi`` and the sum are `row_dot_add_scaled`'s products and sum."""
+def row_products_add_scaled(typingctx, major, i, minor, rows, n, x, tiny, row_acc, minor_acc):
+    """`row_dot_add_scaled` for D modes: ``total = sum_l major[i, l] * prod_m
+    minor[rows[m][n], l]`` (the product in that order) and, when ``total > tiny``, the
+    products times ``x / total`` added to ``row_acc`` and to ``minor_acc[rows[m][n]]`` for
+    every minor mode m; returns the total. The products are held between the sum and the
+    scatter-adds as there (`_held_products_add_scaled`); ``rows`` is a tuple of 1-D index
+    arrays, one per minor mode, so the loops over the modes are unrolled at compile time.
+    For one minor mode this is `row_dot_add_scaled`, bit for bit."""
     if not (
-        _simd_rows_ok(major, minor)
+        _simd_rows_ok(major, minor, minor_acc)
         and isinstance(i, types.Integer)
         and _index_rows_ok(rows, n)
-        and isinstance(phi, types.Array)
-        and phi.ndim == 1
-        and phi.dtype == major.dtype
+        and isinstance(row_acc, types.Array)
+        and row_acc.ndim == 1
+        and row_acc.dtype == major.dtype
     ):
         return None
     dtype = major.dtype
 
     def codegen(context, builder, signature, args):
-        major_type, _, minor_type, rows_type, _, phi_type = signature.args
+        major_type, _, minor_type, rows_type, _, _, _, acc_type, minor_acc_type = signature.args
         values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
         minor_rows = _minor_rows(context, builder, minor_type, args[2], rows_type, args[3], args[4])
-        out = context.make_array(phi_type)(context, builder, args[5]).data
-        vector, lanes, n_blocks = _simd_blocks(context, builder, values, dtype)
-        lane_sums = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
-        with cgutils.for_range(builder, n_blocks) as loop:
-            offset = builder.mul(loop.index, context.get_constant(types.intp, lanes))
-            _, product = _simd_load(builder, major_row, offset, vector, dtype)
-            for row in minor_rows:
-                product = builder.fmul(product, _simd_load(builder, row, offset, vector, dtype)[1])
-            pointer = builder.bitcast(builder.gep(out, [offset]), vector.as_pointer())
-            builder.store(product, pointer, align=dtype.bitwidth // 8)
-            builder.store(builder.fadd(builder.load(lane_sums), product), lane_sums)
-        return _lane_tree(builder, builder.load(lane_sums), lanes)
+        acc_rows = _minor_rows(
+            context, builder, minor_acc_type, args[8], rows_type, args[3], args[4]
+        )
+        own_row = context.make_array(acc_type)(context, builder, args[7]).data
+        return _held_products_add_scaled(
+            context, builder, dtype, values, major_row, minor_rows, own_row, acc_rows,
+            args[5], args[6],
+        )  # fmt: skip
 
-    return dtype(major, types.intp, minor, rows, types.intp, phi), codegen
+    signature = dtype(
+        major, types.intp, minor, rows, types.intp, types.float64, types.float64, row_acc,
+        minor_acc,
+    )  # fmt: skip
+    return signature, codegen
 
 
 @intrinsic
 def add_scaled_rows(typingctx, phi, scale, row_acc, minor_acc, rows, n):
     """``row_acc[l] += phi[l] * scale`` and the same to ``minor_acc[rows[m][n], l]`` for
     every minor mode m, for the whole row, a SIMD register at a time (``phi`` and
-    ``row_acc`` 1-D, ``minor_acc`` 2-D, as wide, all of one dtype). For one minor mode and
-    ``phi`` from `row_products` this is `row_dot_add_scaled`'s scatter-adds."""
+    ``row_acc`` 1-D, ``minor_acc`` 2-D, as wide, all of one dtype): the tensor pass's
+    log-space path."""
     if not (
         _simd_rows_ok(minor_acc)
         and _index_rows_ok(rows, n)
@@ -1799,8 +1816,8 @@ def tensor_update_shapes(
     ``x * phi`` is added to ``major_stat[i]`` and to ``minor_partial[chunk, g_m]`` for every
     m; ``x * log(sum_l exp(...))`` to ``data_term_partial[chunk]``.
 
-    The arithmetic is `update_shapes`' for D modes: `row_products` forms the rows' product
-    (in the tables' dtype) and the normaliser, `add_scaled_rows` adds the contributions to
+    The arithmetic is `update_shapes`' for D modes: `row_products_add_scaled` forms the
+    rows' product (in the tables' dtype) and the normaliser, and adds the contributions to
     the slice's accumulator and to every minor row's; the normalisers' logs are taken a
     buffer at a time (`weighted_log_sum`). For D = 2 every product and sum is
     `update_shapes`'.
@@ -1880,7 +1897,10 @@ def tensor_update_shapes(
                     log_shift = row_logmax
                     for m in range(n_minor_modes):
                         log_shift += float(minor_logmax[minor_rows[m][n]])
-                    total = row_products(major_scaled, i, minor_scaled, minor_rows, n, phi)
+                    total = row_products_add_scaled(
+                        major_scaled, i, minor_scaled, minor_rows, n, float(x), tiny, row_acc,
+                        minor_acc,
+                    )  # fmt: skip
                     if total > tiny:
                         data += float(x) * log_shift
                         norms[n_buffered] = total
@@ -1889,7 +1909,6 @@ def tensor_update_shapes(
                         if n_buffered == LOG_BUFFER:
                             data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
                             n_buffered = 0
-                        narrow[0] = x / total
                     else:
                         n_fallback += 1
                         peak, exact = _tensor_exp_shifted_log_rho(
@@ -1899,7 +1918,7 @@ def tensor_update_shapes(
                         for l in range(width):
                             phi[l] = exact_phi[l]
                         narrow[0] = float(x) / exact
-                    add_scaled_rows(phi, narrow[0], row_acc, minor_acc, minor_rows, n)
+                        add_scaled_rows(phi, narrow[0], row_acc, minor_acc, minor_rows, n)
                     n += 1
                 next_entry[i - first] = n
                 for l in range(width):

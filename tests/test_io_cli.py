@@ -821,16 +821,43 @@ def _child(argv, **kwargs) -> subprocess.Popen:
     )
 
 
+# Imported by the child's `site` before anything else: the command's first import of numpy
+# (inside `main`, `build_parser`) takes 5 s longer, so that a Ctrl-C at 0.5 or 1 s lands
+# while the command imports its libraries on any machine. Without it an idle machine with
+# warm caches finished the whole fit of pbmc_tiny within a second, before the signal.
+SLOW_NUMPY_IMPORT = """
+import sys, time
+
+
+class _SlowNumpy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            time.sleep(5)
+        return None
+
+
+sys.meta_path.insert(0, _SlowNumpy())
+"""
+
+
 @pytest.mark.parametrize("delay", [0.5, 1.0])
 def test_ctrl_c_while_starting_exits_130_with_one_line(tiny_h5ad, tmp_path, delay):
     """Ctrl-C while the command imports its libraries (a few seconds on a busy machine)."""
-    process = _child(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"])
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_NUMPY_IMPORT)
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    process = _child(
+        ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"],
+        env={**os.environ, "PYTHONPATH": path},
+    )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.splitlines() == ["vbsnmf: interrupted; no output written"], err
-    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+    assert sorted(os.listdir(tmp_path)) == ["site", "tiny.h5ad"]
 
 
 def test_ctrl_c_that_python_cannot_raise_still_stops_the_command(monkeypatch, capsys):

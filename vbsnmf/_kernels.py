@@ -175,16 +175,19 @@ def _lgamma_series(inv, inv2):
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _digamma_rest(x):
-    """``(z, log z - digamma(x))`` with `_shifted`'s ``z``: digamma without its log."""
+    """``(z, log z - digamma(x), p, 1 / z)`` with `_shifted`'s ``z`` and ``p``: digamma
+    without its log, and the recurrence's parts that `gamma_terms`' lgamma needs too (one
+    formula for `gamma_moments`' and `gamma_terms`' tables, so they agree bit for bit)."""
     z, numerator, denominator = _shifted(x)
     inv = 1.0 / z
-    return z, numerator / denominator + 0.5 * inv + _digamma_series(inv, inv * inv)
+    rest = numerator / denominator + 0.5 * inv + _digamma_series(inv, inv * inv)
+    return z, rest, denominator, inv
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def digamma(x):
     """digamma(x) for x > 0."""
-    z, rest = _digamma_rest(x)
+    z, rest, _, _ = _digamma_rest(x)
     return math.log(z) - rest
 
 
@@ -229,7 +232,7 @@ def _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest):
     vector loop of their own)."""
     _chunk_values(shape, start, rows, shifted)
     for q in range(rows * shape.shape[1]):  # no call: vectorises
-        z, digamma_rest = _digamma_rest(shifted[q])
+        z, digamma_rest, _, _ = _digamma_rest(shifted[q])
         shifted[q] = z
         rest[q] = digamma_rest + log_rates[q]
 
@@ -311,10 +314,8 @@ def _terms_entries(
     for q in range(count):  # no call: vectorises
         alpha = shape[q]
         a = prior_shape[q]
-        z, numerator, denominator = _shifted(alpha)
-        inv = 1.0 / z
+        z, not_log, denominator, inv = _digamma_rest(alpha)
         inv2 = inv * inv
-        not_log = numerator / denominator + 0.5 * inv + _digamma_series(inv, inv2)
         mean[q] = alpha / rate[q]
         shifted[q] = z
         exponent[q] = not_log + log_rate[q]

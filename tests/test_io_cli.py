@@ -1073,6 +1073,25 @@ def test_prior_and_n_init_reach_the_fit(tmp_path, capsys, tiny, tiny_h5ad):
               tmp_path / "h"], capsys, "--prior applies to --solver batch or svi")  # fmt: skip
 
 
+def test_init_reaches_the_fit(tmp_path, capsys, tiny, tiny_h5ad):
+    options = ["-k", "3", "--max-iter", "5", "--threads", "1", "--seed", "2", "--quiet"]
+    code, _, err = _run(
+        ["fit", tiny_h5ad, *options, "--init", "nndsvda", "-o", tmp_path / "o"], capsys
+    )
+    assert code == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = vbsnmf.tl.nmf(
+            tiny, 3, max_iter=5, n_threads=1, random_state=2, init="nndsvda", copy=True
+        )
+        at_random = vbsnmf.tl.nmf(tiny, 3, max_iter=5, n_threads=1, random_state=2, copy=True)
+    result = ad.read_h5ad(tmp_path / "o" / "result.h5ad")
+    np.testing.assert_array_equal(result.obsm["X_nmf"], expected.obsm["X_nmf"])
+    assert not np.array_equal(result.obsm["X_nmf"], at_random.obsm["X_nmf"])
+    _refused(["fit", tiny_h5ad, *options, "--solver", "svi", "--init", "nndsvda", "-o",
+              tmp_path / "s"], capsys, "--init applies to --solver batch, not svi")  # fmt: skip
+
+
 def test_checkpoint_is_a_general_option():
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
     assert help_text.index("--checkpoint") < help_text.index("stochastic VB")

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import digamma, gammaln, zeta
 
-from . import _kernels
+from . import _kernels, _nndsvd
 from ._data import CountData, compressed_totals
 from ._utils import is_dask_array, warn_user
 
@@ -49,7 +49,7 @@ START_BLOCK_ROWS = 4096
 
 # Seed-sequence spawn keys of what a start draws: (start index, part, block...); a
 # tensor's modes past the first two draw under (start index, _MODES, mode, block).
-_ROWS, _COLS, _MINIBATCHES, _MODES = 0, 1, 2, 3
+_ROWS, _COLS, _MINIBATCHES, _MODES, _SVD = 0, 1, 2, 3, 4
 
 
 class ConvergenceWarning(UserWarning):
@@ -986,16 +986,57 @@ def random_start(
     if not isinstance(prior, HierarchicalPrior):
         rate = start_rate(shape, total_count, n_components, dtype)
         return VariationalParams(row_shape, rate, col_shape, rate.copy())
-    row_totals, col_totals = totals
-    row_rate = learned_start_rates(row_totals, total_count, n_components, dtype)
-    col_rate = learned_start_rates(col_totals, total_count, n_components, dtype)
+    row_rate = learned_start_rates(totals[0], total_count, n_components, dtype)
+    col_rate = learned_start_rates(totals[1], total_count, n_components, dtype)
+    return _with_start_scales(row_shape, row_rate, col_shape, col_rate, totals, total_count, prior)
+
+
+def _with_start_scales(
+    row_shape, row_rate, col_shape, col_rate, totals, total_count: float, prior
+) -> VariationalParams:
+    """The learned prior's start q: these factors' q and each side's `learned_start_scale`
+    from its ``totals``."""
     return VariationalParams(
         row_shape,
         row_rate,
         col_shape,
         col_rate,
-        learned_start_scale(row_shape, row_rate, row_totals, total_count, prior),
-        learned_start_scale(col_shape, col_rate, col_totals, total_count, prior),
+        learned_start_scale(row_shape, row_rate, totals[0], total_count, prior),
+        learned_start_scale(col_shape, col_rate, totals[1], total_count, prior),
+    )
+
+
+def svd_start(
+    data: CountData,
+    n_components: int,
+    total_count: float,
+    entropy: int,
+    dtype,
+    prior: HierarchicalPrior,
+) -> VariationalParams:
+    """The learned prior's start from NNDSVDa (`_nndsvd.nndsvda_means`) of the counts:
+    each q(z_il) and q(w_jl) an exponential (shape 1) with NNDSVDa's factor as its mean,
+    the scales' q as in `random_start`. Any common shape gives the same first
+    responsibilities (``exp(E[log z])`` is the mean times a constant), so only the means
+    matter; the SVD's test matrix is drawn from ``entropy``. Means are floored at the mean
+    count times the dtype's epsilon, so that every rate is finite in ``dtype``. The SVD
+    reads a float64 copy of the counts (8 bytes a nonzero, freed before the fit starts:
+    scipy's products would make it for each product anyway)."""
+    n_rows, n_cols = data.shape
+    stored = sp.csr_matrix(
+        (data.counts.astype(np.float64), data.indices, data.indptr),
+        shape=(data.shape[data.major], data.shape[1 - data.major]),
+    )
+    matrix = stored if data.major == 0 else stored.T
+    floor = total_count / (n_rows * n_cols) * float(np.finfo(dtype).eps)
+    row_mean, col_mean = _nndsvd.nndsvda_means(
+        matrix, n_components, _generator(entropy, 0, _SVD), floor
+    )
+    del stored, matrix
+    row_shape, col_shape = np.ones((n_rows, n_components), dtype), np.ones_like(col_mean, dtype)
+    row_rate, col_rate = (1.0 / row_mean).astype(dtype), (1.0 / col_mean).astype(dtype)
+    return _with_start_scales(
+        row_shape, row_rate, col_shape, col_rate, side_totals(data), total_count, prior
     )
 
 

@@ -285,6 +285,12 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         help="batch or svi: random starts; the fit with the best final ELBO is kept (default: 1)",
     )
     command.add_argument(
+        "--init",
+        choices=("random", "nndsvda"),
+        help="batch: the start, random (default) or NNDSVDa of the counts (deterministic; "
+        "learned prior only)",
+    )
+    command.add_argument(
         "--checkpoint",
         metavar="PATH",
         help="batch or svi: save the variational state to PATH while fitting; PATH must be "
@@ -316,6 +322,7 @@ def _fit_params(args) -> dict:
         ("checkpoint", "checkpoint"),
         ("prior", "prior"),
         ("n_init", "n_init"),
+        ("init", "init"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -351,6 +358,8 @@ def _check_options(args) -> None:
         raise UsageError("--checkpoint holds one fit: drop --n-init")
     if args.solver == "svi" and (args.n_init or 1) > 1:
         raise UsageError("--n-init applies to --solver batch; svi runs one start")
+    if args.init is not None and args.solver != "batch":
+        raise UsageError(f"--init applies to --solver batch, not {args.solver}")
     if args.convert_to is not None and args.solver != "svi":
         raise UsageError(f"--convert-to applies to --solver svi, not {args.solver}")
     if args.resume and args.checkpoint is None:

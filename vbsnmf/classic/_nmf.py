@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from .._model import ConvergenceWarning
+from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
 from .._validation import check_n_components
 from ._data import ClassicData
@@ -344,23 +345,7 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
     """
     matrix = data.dense if data.kind == "dense" else _csr(data)
     U, singular, Vt = randomized_svd(matrix, n_components, random_state=random_state)
-    n_rows, n_cols = data.shape
-    W = np.zeros((n_rows, n_components))
-    H = np.zeros((n_components, n_cols))
-    W[:, 0] = np.sqrt(singular[0]) * np.abs(U[:, 0])
-    H[0] = np.sqrt(singular[0]) * np.abs(Vt[0])
-    for k in range(1, n_components):
-        left, right = U[:, k], Vt[k]
-        candidates = []
-        for sign in (1.0, -1.0):
-            u, v = np.maximum(sign * left, 0.0), np.maximum(sign * right, 0.0)
-            u_norm, v_norm = np.linalg.norm(u), np.linalg.norm(v)
-            candidates.append((u_norm * v_norm, u, v, u_norm, v_norm))
-        mass, u, v, u_norm, v_norm = max(candidates, key=lambda item: item[0])
-        if mass > 0:
-            weight = np.sqrt(singular[k] * mass)
-            W[:, k] = weight * u / u_norm
-            H[k] = weight * v / v_norm
+    W, H = nonnegative_factors(U, singular, Vt, n_components)
     tiny = 1e-6
     W[W < tiny] = 0.0
     H[H < tiny] = 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -116,3 +118,21 @@ def test_nndsvda_on_a_dask_array_is_refused():
     X = da.from_array(np.arange(1.0, 13.0).reshape(4, 3), chunks=2)
     with pytest.raises(ValueError, match="starts batch VB on a matrix in memory"):
         vbsnmf.VBNMF(2, init="nndsvda").fit(X)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_counts_without_a_nonzero_or_with_empty_rows_start_finite(dtype):
+    """All-zero counts and empty cells and genes: every start mean and the fit finite (a
+    mean count of zero once gave infinite rates)."""
+    empty = np.zeros((5, 4))
+    sparse_rows = np.array([[0, 0, 0], [1, 2, 0], [0, 3, 1.0], [0, 0, 0]])
+    for X in (empty, sparse_rows):
+        data = as_count_data(sp.csr_matrix(X))
+        prior = _model.HierarchicalPrior()
+        start = _model.svd_start(data, 2, float(X.sum()), 0, np.dtype(dtype), prior)
+        for array in start.positive_arrays():
+            assert np.all(np.isfinite(array)) and np.all(np.asarray(array) > 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+            model = vbsnmf.VBNMF(2, init="nndsvda", random_state=0, dtype=dtype).fit(X)
+        assert np.all(np.isfinite(model.components_)) and np.all(np.isfinite(model.elbo_trace_))

@@ -1028,7 +1028,9 @@ def svd_start(
         shape=(data.shape[data.major], data.shape[1 - data.major]),
     )
     matrix = stored if data.major == 0 else stored.T
-    floor = total_count / (n_rows * n_cols) * float(np.finfo(dtype).eps)
+    # `start_rate`'s least mean count, so that counts without a nonzero start finite too
+    mean_count = max(total_count / (n_rows * n_cols), 1e-12)
+    floor = mean_count * float(np.finfo(dtype).eps)
     row_mean, col_mean = _nndsvd.nndsvda_means(
         matrix, n_components, _generator(entropy, 0, _SVD), floor
     )

@@ -31,6 +31,7 @@ FITS = {
     "svi-textbook": dict(prior="gamma", solver="svi", svi_form="nonzeros", n_epochs=200, tol=0.0),
     # The learned prior: SQUAREM-accelerated batch, and the cells form with its scales.
     "batch-learned": dict(max_iter=300, tol=0.0),
+    "batch-nndsvda": dict(init="nndsvda", max_iter=300, tol=0.0),
     "svi-cells-learned": dict(solver="svi", n_epochs=8, batch_size=200, tol=0.0, max_iter=40),
 }
 # The killed child pauses this long after every iteration (batch) or epoch (SVI), which
@@ -41,6 +42,7 @@ CHILD_PAUSE = {
     "svi-cells": 0.3,
     "svi-textbook": 0.02,
     "batch-learned": 0.015,
+    "batch-nndsvda": 0.015,
     "svi-cells-learned": 0.5,
 }
 

@@ -73,9 +73,7 @@ def test_svd_start_has_nndsvdas_factors_as_its_means(transposed, dtype):
     data = as_count_data(matrix)
     prior = _model.HierarchicalPrior()
     start = _model.svd_start(data, 4, float(matrix.sum()), 7, np.dtype(dtype), prior)
-    rows, cols = _nndsvd.nndsvda_means(
-        matrix, 4, _model._generator(7, 0, _model._SVD), start.row_rate.dtype.type(0.0)
-    )
+    rows, cols = _nndsvd.nndsvda_means(matrix, 4, _model._generator(7, 0, _model._SVD), 0.0)
     np.testing.assert_allclose(start.row_shape / start.row_rate, rows, rtol=1e-6)
     np.testing.assert_allclose(start.col_shape / start.col_rate, cols, rtol=1e-6)
     for array in start.as_tuple():

@@ -67,6 +67,13 @@ class CountData:
         bounds[0], bounds[-1] = 0, n_major
         return np.maximum.accumulate(bounds)
 
+    def rows_by_columns(self) -> sp.csr_array | sp.csc_array:
+        """The counts as a scipy matrix of ``shape`` (rows x columns: cells x genes), sharing
+        this one's arrays: CSR when the rows are major, else the transpose's CSC."""
+        stored = (self.shape[self.major], self.shape[1 - self.major])
+        csr = sp.csr_array((self.counts, self.indices, self.indptr), shape=stored)
+        return csr if self.major == 0 else csr.T
+
     @classmethod
     def from_csr(cls, matrix: sp.csr_matrix | sp.csr_array, major: int, shape) -> CountData:
         """Wrap a canonical CSR matrix whose rows are the ``major`` axis of ``shape``."""

@@ -1020,21 +1020,15 @@ def svd_start(
     responsibilities (``exp(E[log z])`` is the mean times a constant), so only the means
     matter; the SVD's test matrix is drawn from ``entropy``. Means are floored at the mean
     count times the dtype's epsilon, so that every rate is finite in ``dtype``. The SVD
-    reads a float64 copy of the counts (8 bytes a nonzero, freed before the fit starts:
-    scipy's products would make it for each product anyway)."""
+    reads the engine's counts as they are stored; scipy's products widen them to float64
+    one product at a time (8 bytes a nonzero while a product runs)."""
     n_rows, n_cols = data.shape
-    stored = sp.csr_matrix(
-        (data.counts.astype(np.float64), data.indices, data.indptr),
-        shape=(data.shape[data.major], data.shape[1 - data.major]),
-    )
-    matrix = stored if data.major == 0 else stored.T
     # `start_rate`'s least mean count, so that counts without a nonzero start finite too
     mean_count = max(total_count / (n_rows * n_cols), 1e-12)
     floor = mean_count * float(np.finfo(dtype).eps)
     row_mean, col_mean = _nndsvd.nndsvda_means(
-        matrix, n_components, _generator(entropy, 0, _SVD), floor
+        data.rows_by_columns(), n_components, _generator(entropy, 0, _SVD), floor
     )
-    del stored, matrix
     row_shape, col_shape = np.ones((n_rows, n_components), dtype), np.ones_like(col_mean, dtype)
     row_rate, col_rate = (1.0 / row_mean).astype(dtype), (1.0 / col_mean).astype(dtype)
     return _with_start_scales(

@@ -17,7 +17,8 @@ _POWER_ITERATIONS = 4
 
 def truncated_svd(matrix, rank: int, rng: np.random.Generator):
     """The ``rank`` leading singular triplets ``(left, values, right)`` of a scipy sparse
-    ``matrix`` (float64), left ``n x r``, right ``r x m``, ``r = min(rank, n, m)``."""
+    ``matrix`` (counts in any dtype: the products are float64), left ``n x r``, right
+    ``r x m``, ``r = min(rank, n, m)``."""
     n_rows, n_cols = matrix.shape
     width = min(rank + _OVERSAMPLES, n_rows, n_cols)
     basis, _ = np.linalg.qr(matrix @ rng.standard_normal((n_cols, width)))

@@ -61,9 +61,7 @@ from ._cluster import (
 def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     """The chunk as canonical float64 CSR of cells, from which minibatch rows are cut."""
     data = chunk_count_data(block, first_cell, fit_dtype)  # validated, canonical
-    major_shape = data.shape if data.major == 0 else data.shape[::-1]
-    csr = sp.csr_array((data.counts, data.indices, data.indptr), shape=major_shape)
-    return csr if data.major == 0 else csr.T.tocsr()
+    return data.rows_by_columns().tocsr()
 
 
 def _chunk_totals(rows: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:

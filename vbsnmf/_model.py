@@ -958,8 +958,14 @@ def start_rate(shape: tuple[int, ...], total_count: float, n_components: int, dt
     """The starting rate of every side: with shapes ``1 + U(0, 1)`` (mean 1.5) it puts
     ``E[z] = E[w] = sqrt(mean count / K)``, so ``sum_l E[z] E[w]`` is the mean count; for
     a tensor with D modes every mode's mean is ``(mean count / K)^(1/D)``."""
-    mean_count = max(total_count / math.prod(float(n) for n in shape), 1e-12)
+    mean_count = start_mean_count(shape, total_count)
     return np.full(n_components, 1.5 / _root(mean_count / n_components, len(shape)), dtype=dtype)
+
+
+def start_mean_count(shape: tuple[int, ...], total_count: float) -> float:
+    """The mean count per entry a start scales itself by, at least 1e-12 so that counts
+    without a nonzero start finite."""
+    return max(total_count / math.prod(float(n) for n in shape), 1e-12)
 
 
 def _root(value: float, n_sides: int) -> float:
@@ -1022,10 +1028,8 @@ def svd_start(
     count times the dtype's epsilon, so that every rate is finite in ``dtype``. The SVD
     reads the engine's counts as they are stored; scipy's products widen them to float64
     one product at a time (8 bytes a nonzero while a product runs)."""
-    n_rows, n_cols = data.shape
-    # `start_rate`'s least mean count, so that counts without a nonzero start finite too
-    mean_count = max(total_count / (n_rows * n_cols), 1e-12)
-    floor = mean_count * float(np.finfo(dtype).eps)
+    n_rows = data.shape[0]
+    floor = start_mean_count(data.shape, total_count) * float(np.finfo(dtype).eps)
     row_mean, col_mean = _nndsvd.nndsvda_means(
         data.rows_by_columns(), n_components, _generator(entropy, 0, _SVD), floor
     )

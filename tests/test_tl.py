@@ -802,6 +802,22 @@ def test_project_warns_of_cells_without_counts_in_the_reference_genes(pbmc_tiny)
     np.testing.assert_allclose(factors[:5], np.broadcast_to(factors[0], (5, 2)))
 
 
+def test_the_reference_projected_onto_itself_keeps_its_fit_and_lands_near_it(pbmc_tiny):
+    """project's docstring advises projecting the reference too (its fitted factors are not
+    what the local fit gives back): under another key, beside the fit, which stays as it
+    was; the learned prior, to convergence."""
+    tl.nmf(pbmc_tiny, 5, n_threads=2, random_state=0)
+    fitted = {name: pbmc_tiny.obsm[name].copy() for name in ("X_nmf", "X_nmf_usage")}
+    tl.project(pbmc_tiny, pbmc_tiny, key_added="again", n_threads=2)
+    for name, values in fitted.items():
+        np.testing.assert_array_equal(pbmc_tiny.obsm[name], values)
+    assert pbmc_tiny.uns["again_projection"]["reference_key"] == "nmf"
+    again = pbmc_tiny.obsm["X_again_usage"]
+    assert again.shape == fitted["X_nmf_usage"].shape and np.all(np.isfinite(again))
+    moved = np.abs(again - fitted["X_nmf_usage"]).sum(axis=1)
+    assert np.median(moved) < 0.05 and np.mean(moved < 0.1) > 0.9, np.quantile(moved, [0.5, 0.9])
+
+
 def test_project_refuses_to_write_over_another_fit_of_adata_new(pbmc_tiny):
     """A projection wrote over the cells' arrays of adata_new's own fit under the same key
     (and over a fit named '<key>_projection'); over a copy of its reference it may."""

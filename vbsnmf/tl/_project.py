@@ -58,8 +58,12 @@ def project(
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol
-        Per-cell coordinate ascent stops after ``max_iter`` passes or when the ELBO of the
-        cells changes by less than ``tol`` relative.
+        The cells' coordinate ascent stops after ``max_iter`` passes or when the ELBO of
+        all the new cells changes by less than ``tol`` relative (`vbsnmf.VBNMF.transform`:
+        a cell's factors depend slightly on the cells projected with it, and projecting
+        the reference's own cells does not give back their fitted factors exactly; to
+        compare new cells with the reference, project the reference too, under another
+        ``key_added``).
     n_threads
         Numba threads (default: all).
     copy

@@ -1,0 +1,113 @@
+"""The default fit's figures across random seeds: how far one seed's row of bench_model.py is
+from the spread of the starts.
+
+    python benchmarks/seed_spread.py --ks 10 20 --seeds 0 1 2 3 4 \
+        --out benchmarks/results/seed_spread_pbmc_facs.txt
+
+For every K and seed, ``VBNMF(K, random_state=seed, n_threads=--threads)`` with every other
+setting at its default, scored by `bench_model.py`'s code (its ``MODEL_SEED`` is seed 0):
+the fit on all the counts gives the train log-likelihood per nonzero, the active factors,
+kNN accuracy and KMeans(5) ARI; a fit with the same seed on the count-split train half
+(`bench_model.count_split`, split seed 0) gives the held-out log-likelihood per count.
+All fits run in this one process, one after the other (the first one loads the kernels).
+The table gives every fit, then the median and the range over the seeds for each K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_model
+
+FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
+DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
+
+
+def fit_row(matrix, labels, halves, k: int, seed: int, threads: int) -> dict:
+    """One seed's figures at K = ``k``."""
+    import vbsnmf
+    from vbsnmf.tl._nmf import _factor_share
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        start = time.perf_counter()
+        model = vbsnmf.VBNMF(k, random_state=seed, n_threads=threads).fit(matrix)
+        seconds = time.perf_counter() - start
+        held = vbsnmf.VBNMF(k, random_state=seed, n_threads=threads).fit(halves[0])
+    cells, genes = model.cell_shape_ / model.cell_rate_, model.components_.T
+    shares, threshold = _factor_share(cells, genes, None, None)
+    test = halves[1]
+    held_cells, held_genes = held.cell_shape_ / held.cell_rate_, held.components_.T
+    return {
+        "K": k,
+        "seed": seed,
+        "passes": int(model.n_iter_),
+        "converged": bool(model.converged_),
+        "elbo": float(model.elbo_trace_[-1]),
+        "seconds": round(seconds, 2),
+        "train": bench_model.poisson_loglik(matrix, cells, genes) / matrix.nnz,
+        "heldout": bench_model.poisson_loglik(test, held_cells, held_genes) / float(test.sum()),
+        "active": int((shares > threshold).sum()),
+        **bench_model.clustering_scores(cells, labels),
+    }
+
+
+def summary(rows: list[dict], k: int) -> str:
+    """Median (min-max) of each figure over the seeds at K = ``k``."""
+    cells = []
+    for figure in FIGURES:
+        values = [row[figure] for row in rows if row["K"] == k and figure in row]
+        if not values:
+            cells.append("")
+            continue
+        digits = DIGITS[figure]
+        median, low, high = statistics.median(values), min(values), max(values)
+        cells.append(f"{median:.{digits}f} ({low:.{digits}f} to {high:.{digits}f})")
+    return f"| {k} | median (range) | " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--data", choices=bench_model.DATASETS, default="pbmc_facs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="append the output to this file too")
+    args = parser.parse_args()
+    out = open(args.out, "a") if args.out else None
+
+    def emit(line: str) -> None:
+        bench_model.emit(line, out)
+
+    emit(f"# {' '.join(sys.argv)}")
+    emit(f"# started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+         f"load average {bench_model.load_average()}")  # fmt: skip
+    matrix, labels = bench_model.load(args.threads, args.data)
+    halves = bench_model.count_split(matrix)
+    rows = []
+    for k in args.ks:
+        for seed in args.seeds:
+            rows.append(fit_row(matrix, labels, halves, k, seed, args.threads))
+            emit("fit " + json.dumps(rows[-1]))
+    emit("| K | seed | " + " | ".join(FIGURES) + " |")
+    emit("|---|---|" + "---:|" * len(FIGURES))
+    for row in rows:
+        values = [bench_model.fmt(row.get(figure), DIGITS[figure]) for figure in FIGURES]
+        emit(f"| {row['K']} | {row['seed']} | " + " | ".join(values) + " |")
+    for k in args.ks:
+        emit(summary(rows, k))
+    emit(f"# finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+         f"load average {bench_model.load_average()}")  # fmt: skip
+    if out is not None:
+        out.close()
+
+
+if __name__ == "__main__":
+    main()

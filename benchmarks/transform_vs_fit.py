@@ -103,7 +103,7 @@ def compare(matrix, k: int, threads: int, emit) -> None:
              scale_of(model.cell_scale_shape_, model.cell_scale_rate_))  # fmt: skip
     local = fit_rows(
         as_count_data(matrix), gene_shape, gene_rate, prior, max_iter=20000, tol=1e-9,
-        n_parts=threads, row_scale=scale_of(np.empty(0), np.empty(0)),
+        row_scale=scale_of(np.empty(0), np.empty(0)),
     )  # fmt: skip
     local_q = (local.shape, local.rate, local.scale)
     every = np.arange(matrix.shape[0])

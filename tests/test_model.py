@@ -155,6 +155,85 @@ def test_transform_matches_reference_local_cavi():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_local_pass_is_the_batch_pass_row_by_row(dtype):
+    """`local_rows_pass` over some rows, compacted and in any order: each row's statistic
+    and data term are those of the batch pass (`pass_statistics`, the other kernel) on
+    that row alone, its log-factorials added back."""
+    rng = np.random.default_rng(12)
+    X = sp.csr_array(rng.poisson(1.2, (30, 21)).astype(np.float64))
+    params = _learned_params(rng, 30, 21, 5)
+    shape, rate = params.row_shape.astype(dtype), params.row_rate.astype(dtype)
+    col_moments = _model.side_moments(params.col_shape.astype(dtype), params.col_rate.astype(dtype))
+    data = as_count_data(X, major=0)
+    rows = np.array([17, 3, 29, 0, 8, 4])
+    statistic, data_term = _model._local_pass(data, rows, shape[rows], rate[rows], col_moments)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    for q, row in enumerate(rows):
+        alone = as_count_data(X[[row]])
+        moments = _model.side_moments(shape[[row]], rate[[row]])
+        row_stat, _, term = _model.pass_statistics(alone, moments, col_moments, 1)
+        np.testing.assert_allclose(statistic[q], row_stat[0], rtol=tolerance, atol=1e-300)
+        np.testing.assert_allclose(data_term[q], term + alone.log_factorial, rtol=tolerance)
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_the_local_row_terms_are_the_kl_of_each_row(learned):
+    """Each row's ``-E[z_i] . col_mean_sum - KL`` against scipy's functions entry by entry
+    (under the learned prior in expectation over q(xi), plus KL(q(xi)))."""
+    from scipy.special import digamma, gammaln
+
+    rng = np.random.default_rng(13)
+    params = _learned_params(rng, 9, 4, 3)
+    shape, rate, scale = params.row_shape, params.row_rate, params.row_scale
+    col_mean_sum = rng.uniform(1.0, 50.0, 3)
+    if learned:
+        prior = _model.HierarchicalPrior()
+        a, mean_xi = scale.factor_shape[None, :], (scale.shape / scale.rate)[:, None]
+        log_xi = (digamma(scale.shape) - np.log(scale.rate))[:, None]
+        rate0 = scale.prior_shape / scale.prior_mean
+        scale_kl = (
+            (scale.shape - scale.prior_shape) * digamma(scale.shape)
+            - gammaln(scale.shape)
+            + gammaln(scale.prior_shape)
+            + scale.prior_shape * (np.log(scale.rate) - np.log(rate0))
+            + scale.shape * (rate0 - scale.rate) / scale.rate
+        )
+    else:
+        prior, scale = _model.GammaPrior(0.4, 1.7), None
+        a, mean_xi, log_xi, scale_kl = 0.4, 1.7, np.log(1.7), 0.0
+    kl = (
+        (shape - a) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(a)
+        + a * (np.log(rate) - log_xi)
+        + shape * (mean_xi - rate) / rate
+    )
+    expected = -(shape / rate) @ col_mean_sum - kl.sum(axis=1) - scale_kl
+    got = _model._local_row_terms(shape, rate, prior, scale, col_mean_sum)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("prior", ["gamma", "hierarchical"])
+def test_a_cells_projection_does_not_depend_on_the_cells_projected_with_it(prior):
+    """Each row of a local fit stops on its own ELBO: a cell projected alone, with others
+    in another order, or on another number of threads has the same factors, bit for bit,
+    at the default tol (the rows of one call used to stop together)."""
+    rng = np.random.default_rng(14)
+    X, _ = poisson_gamma_counts(rng, 120, 40, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model = vbsnmf.VBNMF(4, prior=prior, max_iter=60, random_state=0, n_threads=2).fit(X)
+    new = rng.poisson(1.0, (25, 40)).astype(np.float64)
+    new[6] = 0
+    every = model.transform(new)
+    assert np.all(np.isfinite(every)) and np.all(every > 0)
+    for rows in ([3], [20, 1, 6, 13], rng.permutation(25)[:12]):
+        np.testing.assert_array_equal(model.transform(new[rows]), every[rows])
+    model.set_params(n_threads=1)
+    np.testing.assert_array_equal(model.transform(new), every)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_random_start_is_the_same_for_any_split_of_the_rows(dtype):
     """The start of rows a:b drawn alone equals rows a:b of the whole side, for ranges
     that cross the fixed blocks of the draw; shapes in [1, 2), components distinct."""

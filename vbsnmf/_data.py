@@ -88,8 +88,9 @@ class CountData:
         )
 
 
-def as_count_data(matrix, counts_dtype=None) -> CountData:
-    """Canonical CSR of ``matrix`` (already validated) along its longer axis.
+def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountData:
+    """Canonical CSR of ``matrix`` (already validated) along its longer axis, or along
+    ``major`` when given (0: its rows, as a local fit reads them, `_model.fit_rows`).
 
     The longer axis is major so that the pass's per-part accumulators, one n_minor x K
     slab per part, are on the shorter axis. The counts are stored as float32 where that is
@@ -104,7 +105,8 @@ def as_count_data(matrix, counts_dtype=None) -> CountData:
     """
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else _widen_to_sum(matrix)
     shape = matrix.shape
-    major = 0 if shape[0] >= shape[1] else 1
+    if major is None:
+        major = 0 if shape[0] >= shape[1] else 1
     csr = sp.csr_array(matrix if major == 0 else matrix.T)  # may share the caller's arrays
     if not _kernels.csr_is_canonical(csr.indptr, csr.indices, csr.data):
         # Sorting, summing duplicates and dropping zeros work in place: never on the

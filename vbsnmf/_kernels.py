@@ -1061,6 +1061,137 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
     return signature, codegen
 
 
+@intrinsic
+def row_dot_add_scaled_own(typingctx, major, i, minor, j, x, tiny, row_acc):
+    """`row_dot_add_scaled` with no minor accumulator: the products' sum, and when it
+    exceeds ``tiny`` the products times ``x / total`` added to ``row_acc`` alone (the same
+    arithmetic, bit for bit); for local fits, whose columns are held fixed."""
+    if not (
+        _simd_rows_ok(major, minor)
+        and isinstance(i, types.Integer)
+        and isinstance(row_acc, types.Array)
+        and row_acc.ndim == 1
+        and row_acc.dtype == major.dtype
+    ):
+        return None
+    dtype = major.dtype
+
+    def codegen(context, builder, signature, args):
+        major_type, _, minor_type, _, _, _, acc_type = signature.args
+        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
+        _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
+        own_row = context.make_array(acc_type)(context, builder, args[6]).data
+        return _held_products_add_scaled(
+            context, builder, dtype, values, major_row, [minor_row], own_row, [],
+            args[4], args[5],
+        )  # fmt: skip
+
+    signature = dtype(major, types.intp, minor, types.intp, types.float64, types.float64, row_acc)
+    return signature, codegen
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def local_rows_pass(
+    indptr,
+    indices,
+    counts,
+    rows,
+    row_scaled,
+    row_logmax,
+    row_shape,
+    row_rate,
+    col_scaled,
+    col_logmax,
+    col_shape,
+    col_rate,
+    tiny,
+    row_stat,
+    row_data,
+):
+    """`update_shapes` for a local fit, row by row: for each ``q``, row ``rows[q]`` of the
+    CSR arrays (rows major) with its tables at row ``q`` of ``row_scaled``, ``row_logmax``,
+    ``row_shape`` and ``row_rate`` (the rows still fitted, compacted), the columns' tables
+    whole; writes ``row_stat[q] = sum_j x phi`` (float64, K columns) and ``row_data[q] =
+    sum_j x log sum_l exp(E[log z] + E[log w])``, the row's whole data term less its
+    log-factorials. No column statistics (the columns are held fixed).
+
+    Each row's sums run over its own nonzeros in storage order, whichever rows are given
+    and however they are split between threads: a row's results depend on that row alone.
+    """
+    width = row_scaled.shape[1]
+    if width % (SIMD_BYTES // row_scaled.itemsize):
+        raise ValueError("local_rows_pass: tables must be padded (pad_components)")
+    n_components = row_stat.shape[1]
+    n_active = rows.shape[0]
+    n_chunks = min(n_active, 64)  # buffers allocated once per chunk, not per row
+    for chunk in prange(n_chunks):
+        phi = np.empty(width, dtype=row_scaled.dtype)
+        row_acc = np.empty(width, dtype=row_scaled.dtype)
+        norms = np.empty(LOG_BUFFER, dtype=row_scaled.dtype)
+        weights = np.empty(LOG_BUFFER)
+        scratch = np.empty(LOG_BUFFER, dtype=row_scaled.dtype)
+        exponents = np.empty(LOG_BUFFER, dtype=row_scaled.dtype)
+        for q in range(chunk * n_active // n_chunks, (chunk + 1) * n_active // n_chunks):
+            i = rows[q]
+            row_acc[:] = 0.0
+            row_logmax_q = float(row_logmax[q])
+            n_buffered = 0
+            data = 0.0
+            total_count = 0.0
+            for n in range(indptr[i], indptr[i + 1]):
+                j = indices[n]
+                x = counts[n]
+                total_count += float(x)
+                data += float(x) * float(col_logmax[j])
+                total = row_dot_add_scaled_own(
+                    row_scaled, q, col_scaled, j, float(x), tiny, row_acc
+                )
+                if total > tiny:
+                    norms[n_buffered] = total
+                    weights[n_buffered] = x
+                    n_buffered += 1
+                    if n_buffered == LOG_BUFFER:
+                        data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
+                        n_buffered = 0
+                else:
+                    peak, exact = _exp_shifted_log_rho(
+                        row_shape[q], row_rate[q], col_shape[j], col_rate[j], phi
+                    )
+                    maxima = float(col_logmax[j]) + row_logmax_q
+                    data += float(x) * (math.log(exact) + peak - maxima)
+                    scale = float(x) / exact
+                    for l in range(width):
+                        row_acc[l] += phi[l] * scale
+            data += weighted_log_sum(norms, weights, n_buffered, scratch, exponents)
+            row_data[q] = data + total_count * row_logmax_q
+            for l in range(n_components):
+                row_stat[q, l] = row_acc[l]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_mean_sum, out):
+    """Each row's ELBO terms but its data term: ``out[i] = -sum_l (E[z_il] col_mean_sum[l]
+    + KL(Gamma(shape, rate) || Gamma(prior_shape[l], prior_rate[i])))``, the prior's rate
+    possibly random (``log_prior_rate[i]`` its expected log, as in `gamma_sums`); ``rate``
+    n x K (a broadcast view for rates per component). A row at a time, for the stopping
+    rule of a local fit."""
+    n_rows, n_components = shape.shape
+    for i in prange(n_rows):
+        total = 0.0
+        b, log_b = float(prior_rate[i]), float(log_prior_rate[i])
+        for l in range(n_components):
+            alpha, beta, a = np.float64(shape[i, l]), np.float64(rate[i, l]), prior_shape[l]
+            kl = (
+                (alpha - a) * digamma(alpha)
+                - math.lgamma(alpha)
+                + math.lgamma(a)
+                + a * (math.log(beta) - log_b)
+                + alpha * (b - beta) / beta
+            )
+            total += alpha / beta * col_mean_sum[l] + kl
+        out[i] = -total
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def update_shapes(
     indptr,
@@ -1247,6 +1378,16 @@ def log_factorial_sum(counts, block_size):
             total += math.lgamma(float(counts[k]) + 1.0)
         partial[block] = total
     return partial.sum()
+
+
+@njit(parallel=True, cache=True)
+def row_log_factorials(indptr, counts, out):
+    """``out[i] = sum_n lgamma(x_n + 1)`` over the nonzeros of CSR row ``i``."""
+    for i in prange(indptr.shape[0] - 1):
+        total = 0.0
+        for n in range(indptr[i], indptr[i + 1]):
+            total += math.lgamma(float(counts[n]) + 1.0)
+        out[i] = total
 
 
 @njit(cache=True)

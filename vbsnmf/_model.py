@@ -200,6 +200,15 @@ def gamma_kl(
     q, where a parallel kernel's start costs more than the work (a side's n x K factors go
     through `_kernels.gamma_sums`). ``digamma_shape`` and ``log_rate``: those functions of
     ``shape`` and ``rate`` if the caller has them already (`expected_log`'s)."""
+    entries = gamma_kl_entries(shape, rate, prior_shape, prior_rate, digamma_shape, log_rate)
+    with np.errstate(over="ignore", invalid="ignore"):  # as in `gamma_kl_entries`
+        return float(entries.sum())
+
+
+def gamma_kl_entries(
+    shape, rate, prior_shape: float, prior_rate: float, digamma_shape=None, log_rate=None
+) -> np.ndarray:
+    """`gamma_kl`'s terms, entry by entry (``shape``'s shape)."""
     shape = np.asarray(shape, dtype=np.float64)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     digamma_shape = _elementwise(digamma, shape) if digamma_shape is None else digamma_shape
@@ -207,14 +216,13 @@ def gamma_kl(
     # Beyond the float range (a damaged checkpoint's q) the KL is inf or NaN, which the fit
     # then refuses in one message (`finite_elbo`), not after numpy's warning.
     with np.errstate(over="ignore", invalid="ignore"):
-        kl = (
+        return (
             (shape - prior_shape) * digamma_shape
             - _elementwise(gammaln, shape)
             + gammaln(prior_shape)
             + prior_shape * (log_rate - np.log(prior_rate))
             + shape * (prior_rate - rate) / rate
         )
-        return float(kl.sum())
 
 
 # -- missing entries ---------------------------------------------------------------------------
@@ -661,22 +669,27 @@ def fit_rows(
     *,
     max_iter: int,
     tol: float,
-    n_parts: int = 1,
     init_shape: np.ndarray | None = None,
     row_scale: ScaleState | None = None,
 ) -> RowFit:
     """The local step: q(z) of the rows of ``data`` with q(w) held fixed (``transform``,
     projection of new cells, cell-minibatch SVI).
 
-    Coordinate ascent alternates the responsibilities and the rows' q (under the learned
-    prior: q(z), then the scales' q(xi), with the fitted hyperparameters of
-    ``row_scale``); it stops when the rows' ELBO (data term, expected product, the rows'
-    KL) changes by less than ``tol`` relative, or after ``max_iter`` passes. Starts from
-    ``init_shape`` (not modified; with ``row_scale``'s q(xi) under the learned prior) or
-    else from `local_start_shape` (and q(xi) at its prior mean).
+    Each row is fitted on its own: coordinate ascent alternates its responsibilities and
+    its q (under the learned prior: q(z), then its scale's q(xi), with the fitted
+    hyperparameters of ``row_scale``) and stops when the row's ELBO (its data term,
+    expected product and KL) changes by less than ``tol`` relative, or after ``max_iter``
+    passes (with ``tol=0`` every row takes ``max_iter``); rows that stopped leave the
+    passes. So a row's q does not depend on the other
+    rows of ``data`` (`_kernels.local_rows_pass` sums each row's terms over its own
+    nonzeros). Starts from ``init_shape`` (not modified; with ``row_scale``'s q(xi) under
+    the learned prior) or else from `local_start_shape` (and q(xi) at its prior mean).
+    ``n_passes``: the passes of the row that took the most. The threads are the caller's
+    Numba threads; the results do not depend on their number.
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
+    data = as_rows_major(data)  # each row's nonzeros together
     col_shape = np.asarray(col_shape, dtype=dtype)
     col_rate = np.asarray(col_rate, dtype=dtype)
     col_mean_sum = (col_shape / col_rate).sum(axis=0)
@@ -691,26 +704,89 @@ def fit_rows(
         row_shape = np.array(init_shape, dtype=dtype)  # a copy: the caller's stays
     if learned:
         row_rate = (row_scale.mean[:, None] + col_mean_sum).astype(dtype)
+        scale_shape, scale_rate = row_scale.shape.copy(), row_scale.rate.copy()
     else:
         row_rate = side_rate(prior, col_mean_sum, dtype)
-    previous, n_passes = None, 0
-    for _ in range(max_iter):
-        row_stat, _, data_term = pass_statistics(
-            data, side_moments(row_shape, row_rate), col_moments, n_parts
-        )
+    log_factorials = np.empty(n_rows)
+    _kernels.row_log_factorials(data.indptr, data.counts, log_factorials)
+    active = np.arange(n_rows)
+    previous = np.full(n_rows, np.nan)  # each row's ELBO at its last pass
+    n_passes = 0
+    while n_passes < max_iter and active.size:
+        shape = row_shape[active]
+        rate = row_rate[active] if learned else np.broadcast_to(row_rate, shape.shape)
+        scale = row_scale.with_q(scale_shape[active], scale_rate[active]) if learned else None
+        statistic, current = _local_pass(data, active, shape, rate, col_moments)
+        current += _local_row_terms(shape, rate, prior, scale, col_mean_sum)
+        current -= log_factorials[active]
         n_passes += 1
-        row_mean_sum, row_kl = side_terms(row_shape, row_rate, prior, row_scale)
-        current = ElboTerms(data_term, row_mean_sum, row_kl, col_mean_sum, 0.0).value()
-        if previous is not None and abs(current - previous) <= tol * abs(previous):
-            break
-        previous = current
+        last = previous[active]
+        # NaN at the first pass; with tol = 0 no row stops before max_iter (a row's ELBO
+        # can repeat to the last bit while its q still moves in the last digits)
+        moving = ~(np.abs(current - last) <= tol * np.abs(last)) | (tol == 0)
+        previous[active] = current
+        active, statistic = active[moving], statistic[moving]
         if learned:
-            row_shape, row_rate, row_scale, _ = update_side_learned(
-                row_stat, row_scale, col_mean_sum, dtype
-            )
+            moved_shape, moved_rate, moved_scale, _ = update_side_learned(
+                statistic, row_scale.with_q(scale_shape[active], scale_rate[active]),
+                col_mean_sum, dtype,
+            )  # fmt: skip
+            row_shape[active], row_rate[active] = moved_shape, moved_rate
+            scale_shape[active], scale_rate[active] = moved_scale.shape, moved_scale.rate
         else:
-            row_shape = side_shape(prior, row_stat, dtype)
+            row_shape[active] = side_shape(prior, statistic, dtype)
+    if learned:
+        row_scale = row_scale.with_q(scale_shape, scale_rate)
     return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None)
+
+
+def as_rows_major(data: CountData) -> CountData:
+    """``data`` stored along its rows (a copy of its arrays when its columns are major)."""
+    if data.major == 0:
+        return data
+    csr = sp.csr_array(data.rows_by_columns())  # canonical: a transpose of canonical CSR
+    return CountData(data.shape, 0, csr.indptr, csr.indices, csr.data, data.log_factorial)
+
+
+def _local_pass(data: CountData, rows, shape, rate, col_moments):
+    """`_kernels.local_rows_pass` over ``rows`` of rows-major ``data``, whose q is
+    ``(shape, rate)`` (compacted to those rows): their statistics and data terms."""
+    scaled, logmax, shape, rate = side_moments(shape, rate)
+    col_scaled, col_logmax, col_shape, col_rate = col_moments
+    statistic = np.empty(shape.shape)
+    data_term = np.empty(rows.shape[0])
+    _kernels.local_rows_pass(
+        data.indptr, data.indices, data.counts, rows, scaled, logmax, shape, rate,
+        col_scaled, col_logmax, col_shape, col_rate, _TINY[scaled.dtype], statistic,
+        data_term,
+    )  # fmt: skip
+    return statistic, data_term
+
+
+def _local_row_terms(shape, rate, prior: Prior, scale: ScaleState | None, col_mean_sum):
+    """Each row's ELBO terms but the data term: ``-E[z_i] . col_mean_sum - KL`` (under the
+    learned prior the KL of q(z_i) from p(z_i | xi_i) in expectation over q(xi_i), plus
+    ``KL(q(xi_i) || p(xi_i))``)."""
+    n_rows, n_components = shape.shape
+    terms = np.empty(n_rows)
+    if isinstance(prior, HierarchicalPrior):
+        xi_digamma, xi_log_rate = _elementwise(digamma, scale.shape), np.log(scale.rate)
+        prior_shape, prior_rate = scale.factor_shape, scale.mean
+        log_prior_rate = xi_digamma - xi_log_rate
+        rate0 = scale.prior_shape / scale.prior_mean
+        scale_kl = gamma_kl_entries(
+            scale.shape, scale.rate, scale.prior_shape, rate0, xi_digamma, xi_log_rate
+        )
+    else:
+        prior_shape = np.full(n_components, float(prior.shape))
+        prior_rate = np.full(n_rows, float(prior.rate))
+        log_prior_rate = np.log(prior_rate)
+        scale_kl = 0.0
+    _kernels.local_row_terms(
+        shape, rate, np.asarray(prior_shape, dtype=np.float64), prior_rate, log_prior_rate,
+        np.asarray(col_mean_sum, dtype=np.float64), terms,
+    )  # fmt: skip
+    return terms - scale_kl
 
 
 # -- the ELBO -------------------------------------------------------------------------------

@@ -513,7 +513,6 @@ def local_fit(
         settings.prior,
         max_iter=settings.local_max_iter,
         tol=settings.local_tol,
-        n_parts=settings.n_threads,
         init_shape=init_shape,
         row_scale=row_scale,
     )

@@ -58,12 +58,11 @@ def project(
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol
-        The cells' coordinate ascent stops after ``max_iter`` passes or when the ELBO of
-        all the new cells changes by less than ``tol`` relative (`vbsnmf.VBNMF.transform`:
-        a cell's factors depend slightly on the cells projected with it, and projecting
-        the reference's own cells does not give back their fitted factors exactly; to
-        compare new cells with the reference, project the reference too, under another
-        ``key_added``).
+        Each cell's coordinate ascent stops after ``max_iter`` passes or when its ELBO
+        changes by less than ``tol`` relative (`vbsnmf.VBNMF.transform`: a cell's factors
+        do not depend on the other new cells, but projecting the reference's own cells
+        does not give back all their fitted factors; to compare new cells with the
+        reference, project the reference too, under another ``key_added``).
     n_threads
         Numba threads (default: all).
     copy
@@ -167,15 +166,14 @@ def project(
         )
     else:
         prior = GammaPrior(variational["prior_shape"], variational["prior_rate"])
-    with numba_threads(n_threads) as n_parts:
+    with numba_threads(n_threads):
         cells = fit_rows(
-            as_count_data(counts),
+            as_count_data(counts, major=0),
             gene_shape,
             gene_rate,
             prior,
             max_iter=max_iter,
             tol=tol,
-            n_parts=n_parts,
             row_scale=row_scale,
         )
     for field, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():

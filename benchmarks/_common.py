@@ -157,3 +157,30 @@ def timed_functions(package, clock=time.perf_counter):
     finally:
         for module, name, function in saved:
             setattr(module, name, function)
+
+
+@contextlib.contextmanager
+def report(path: str | None):
+    """An ``emit(line)`` that prints each line and appends it to ``path`` (when given),
+    between a header (the command, the start time and load average) and a footer."""
+    out = open(path, "a") if path else None
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+
+    def stamp(word: str) -> str:
+        with open("/proc/loadavg") as handle:
+            load = " ".join(handle.read().split()[:3])
+        return f"# {word} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load}"
+
+    try:
+        emit(f"# {' '.join(sys.argv)}")
+        emit(stamp("started"))
+        yield emit
+        emit(stamp("finished"))
+    finally:
+        if out is not None:
+            out.close()

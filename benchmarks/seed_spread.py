@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
+from _common import report
 
 FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
@@ -81,14 +82,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
-    out = open(args.out, "a") if args.out else None
+    with report(args.out) as emit:
+        _run(args, emit)
 
-    def emit(line: str) -> None:
-        bench_model.emit(line, out)
 
-    emit(f"# {' '.join(sys.argv)}")
-    emit(f"# started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-         f"load average {bench_model.load_average()}")  # fmt: skip
+def _run(args, emit) -> None:
     matrix, labels = bench_model.load(args.threads, args.data)
     halves = bench_model.count_split(matrix)
     rows = []
@@ -103,10 +101,6 @@ def main() -> None:
         emit(f"| {row['K']} | {row['seed']} | " + " | ".join(values) + " |")
     for k in args.ks:
         emit(summary(rows, k))
-    emit(f"# finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-         f"load average {bench_model.load_average()}")  # fmt: skip
-    if out is not None:
-        out.close()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
+from _common import report
 
 
 def usages(factors: np.ndarray) -> np.ndarray:
@@ -131,19 +132,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
-    out = open(args.out, "a") if args.out else None
-
-    def emit(line: str) -> None:
-        bench_model.emit(line, out)
-
-    emit(f"# {' '.join(sys.argv)}")
-    emit(f"# started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    matrix, _ = bench_model.load(args.threads, "pbmc_facs")
-    for k in args.ks:
-        compare(matrix, k, args.threads, emit)
-    emit(f"# finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    if out is not None:
-        out.close()
+    with report(args.out) as emit:
+        matrix, _ = bench_model.load(args.threads, "pbmc_facs")
+        for k in args.ks:
+            compare(matrix, k, args.threads, emit)
 
 
 if __name__ == "__main__":

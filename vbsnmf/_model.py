@@ -680,12 +680,11 @@ def fit_rows(
     hyperparameters of ``row_scale``) and stops when the row's ELBO (its data term,
     expected product and KL) changes by less than ``tol`` relative, or after ``max_iter``
     passes (with ``tol=0`` every row takes ``max_iter``); rows that stopped leave the
-    passes. So a row's q does not depend on the other
-    rows of ``data`` (`_kernels.local_rows_pass` sums each row's terms over its own
+    passes. So a row's q does not depend on the other rows of ``data``, nor on the
+    caller's Numba threads (`_kernels.local_rows_pass` sums each row's terms over its own
     nonzeros). Starts from ``init_shape`` (not modified; with ``row_scale``'s q(xi) under
     the learned prior) or else from `local_start_shape` (and q(xi) at its prior mean).
-    ``n_passes``: the passes of the row that took the most. The threads are the caller's
-    Numba threads; the results do not depend on their number.
+    ``n_passes``: the passes of the row that took the most.
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]

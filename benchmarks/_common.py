@@ -159,28 +159,34 @@ def timed_functions(package, clock=time.perf_counter):
             setattr(module, name, function)
 
 
+def load_average() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+def emit(line: str, out) -> None:
+    """Print ``line`` and append it to the open file ``out`` (when not None)."""
+    print(line, flush=True)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
+
+
 @contextlib.contextmanager
 def report(path: str | None):
-    """An ``emit(line)`` that prints each line and appends it to ``path`` (when given),
-    between a header (the command, the start time and load average) and a footer."""
+    """An ``emit(line)`` (`emit` to ``path``, when given) between a header (the command,
+    the start time and load average) and a footer."""
     out = open(path, "a") if path else None
 
-    def emit(line: str) -> None:
-        print(line, flush=True)
-        if out is not None:
-            out.write(line + "\n")
-            out.flush()
-
     def stamp(word: str) -> str:
-        with open("/proc/loadavg") as handle:
-            load = " ".join(handle.read().split()[:3])
-        return f"# {word} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load}"
+        now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        return f"# {word} {now}, load average {load_average()}"
 
     try:
-        emit(f"# {' '.join(sys.argv)}")
-        emit(stamp("started"))
-        yield emit
-        emit(stamp("finished"))
+        emit(f"# {' '.join(sys.argv)}", out)
+        emit(stamp("started"), out)
+        yield lambda line: emit(line, out)
+        emit(stamp("finished"), out)
     finally:
         if out is not None:
             out.close()

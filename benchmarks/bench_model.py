@@ -68,7 +68,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import in_fresh_process, peak_rss_mib
+from _common import emit, in_fresh_process, load_average, peak_rss_mib
 
 SPLIT_SEED = 0
 MODEL_SEED = 0
@@ -364,18 +364,6 @@ def previous_rows(path: str | None) -> list[dict]:
 
 
 # -- output ---------------------------------------------------------------------------------
-def load_average() -> str:
-    with open("/proc/loadavg") as handle:
-        return " ".join(handle.read().split()[:3])
-
-
-def emit(line: str, out) -> None:
-    print(line, flush=True)
-    if out is not None:
-        out.write(line + "\n")
-        out.flush()
-
-
 def fmt(value, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 

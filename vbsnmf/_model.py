@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels, _nndsvd
-from ._data import CountData, compressed_totals
+from ._data import CountData, as_count_data, compressed_totals
 from ._utils import is_dask_array, warn_user
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -688,7 +688,8 @@ def fit_rows(
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
-    data = as_rows_major(data)  # each row's nonzeros together
+    if data.major != 0:  # each row's nonzeros together
+        data = as_count_data(data.rows_by_columns(), major=0)
     col_shape = np.asarray(col_shape, dtype=dtype)
     col_rate = np.asarray(col_rate, dtype=dtype)
     col_mean_sum = (col_shape / col_rate).sum(axis=0)
@@ -737,14 +738,6 @@ def fit_rows(
     if learned:
         row_scale = row_scale.with_q(scale_shape, scale_rate)
     return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None)
-
-
-def as_rows_major(data: CountData) -> CountData:
-    """``data`` stored along its rows (a copy of its arrays when its columns are major)."""
-    if data.major == 0:
-        return data
-    csr = sp.csr_array(data.rows_by_columns())  # canonical: a transpose of canonical CSR
-    return CountData(data.shape, 0, csr.indptr, csr.indices, csr.data, data.log_factorial)
 
 
 def _local_pass(data: CountData, rows, shape, rate, col_moments):

@@ -1154,7 +1154,8 @@ def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_me
     + KL(Gamma(shape, rate) || Gamma(prior_shape[l], prior_rate[i])))``, the prior's rate
     possibly random (``log_prior_rate[i]`` its expected log, as in `gamma_sums`); ``rate``
     n x K (a broadcast view for rates per component). A row at a time, for the stopping
-    rule of a local fit."""
+    rule of a local fit: `_model.gamma_kl_entries`' formula, here so that a local fit of a
+    streamed block holds no n x K temporaries (`gamma_terms` sums whole blocks of rows)."""
     n_rows, n_components = shape.shape
     for i in prange(n_rows):
         total = 0.0

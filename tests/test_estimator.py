@@ -418,6 +418,35 @@ def test_repeated_entries_of_narrow_integer_counts_are_summed_exactly(dtype):
             np.testing.assert_array_equal(fits[1].transform(matrix), fits[0].transform(wide))
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.int16])
+def test_row_pointers_of_any_integer_dtype_fit_as_int32(dtype):
+    """A CSR whose row pointers are uint64 passed the checks, then failed inside the pass
+    with Numba's TypingError (uint64 and int64 indices mix to float64; a hostile pass,
+    2026-12-03). Any integer row pointers: the int32 matrix's fit, bit for bit."""
+    X = np.random.default_rng(0).poisson(1.0, (60, 40)).astype(np.float64)
+    odd = sp.csr_matrix(X)
+    odd.indptr = odd.indptr.astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        fits = [vbsnmf.VBNMF(3, max_iter=20, random_state=0, n_threads=1) for _ in range(2)]
+        expected = fits[0].fit_transform(sp.csr_matrix(X))
+        np.testing.assert_array_equal(fits[1].fit_transform(odd), expected)
+        np.testing.assert_array_equal(fits[1].transform(odd), fits[0].transform(X))
+
+
+def test_counts_on_an_extreme_scale_say_so():
+    """Values around 1e-200 pass the checks (non-integers warn) and take the learned prior's
+    ELBO to -inf: the error named only a damaged checkpoint or an extreme start (a hostile
+    pass, 2026-12-03). It names the counts' scale too, and nothing is fitted."""
+    X = np.random.default_rng(0).poisson(1.0, (60, 40)).astype(np.float64) * 1e-200
+    model = vbsnmf.VBNMF(3, max_iter=20, random_state=0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FloatingPointError, match="counts on an extreme scale"):
+            model.fit(X)
+    assert not hasattr(model, "components_")
+
+
 def test_svi_with_several_starts_is_refused():
     """SVI ran one start whatever n_init said (the n_init=1 fit, bit for bit)."""
     X = np.arange(12.0).reshape(4, 3)

@@ -3,6 +3,7 @@ one iteration, the ELBO, the log-space fallback, the local step; and the random 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 
@@ -105,6 +106,45 @@ def test_counts_copied_for_the_engine_take_two_bytes_and_the_same_pass(dtype):
     ):
         np.testing.assert_array_equal(mine, theirs)
     assert data.log_factorial == as_float.log_factorial
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_indices_copied_for_the_engine_take_two_bytes_and_the_same_pass(dtype):
+    """A copy `as_count_data` makes (here from COO or dense input) stores its indices as
+    uint16 when the minor axis has at most 65,536 entries (here up to the last index
+    65,535), keeps them wider past that, and never copies a caller's CSR's indices; the
+    pass's statistics and data term are bitwise those from int32 indices, in either dtype
+    of q."""
+    rng = np.random.default_rng(6)
+    n_minor = 1 << 16
+    rows = np.concatenate([rng.integers(0, 70000, 300), [69999, 0]])
+    cols = np.concatenate([rng.integers(0, n_minor, 300), [n_minor - 1, n_minor - 1]])
+    entries = (rng.integers(1, 9, rows.size).astype(np.float64), (rows, cols))
+    X = sp.coo_array(entries, shape=(70000, n_minor))
+    data = as_count_data(X)
+    assert data.indices.dtype == np.uint16 and data.major == 0
+    assert int(data.indices.max()) == n_minor - 1
+    wide = as_count_data(sp.coo_array(entries, shape=(70000, n_minor + 1)))
+    assert wide.indices.dtype.itemsize >= 4  # past uint16: kept as scipy gives them
+    own = sp.csr_array(X.astype(np.float32))  # canonical along its longer axis already
+    assert np.shares_memory(as_count_data(own).indices, own.indices)
+    small = rng.poisson(1.0, (30, 20)).astype(np.float64)
+    assert as_count_data(small).indices.dtype == np.uint16  # dense: the CSR is ours
+    caller = sp.csr_array(small)
+    converted = as_count_data(caller)  # its counts converted, its indices not copied
+    assert converted.counts.dtype == np.uint16
+    assert np.shares_memory(converted.indices, caller.indices)
+    as_int32 = dataclasses.replace(data, indices=data.indices.astype(np.int32))
+    params = _model.VariationalParams(
+        *(a.astype(dtype) for a in _random_params(np.random.default_rng(8), *X.shape, 3))
+    )
+    for n_parts in (1, 2):
+        for mine, theirs in zip(
+            _model.shape_statistics(data, params, n_parts),
+            _model.shape_statistics(as_int32, params, n_parts),
+        ):
+            np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(data.totals()[1], as_int32.totals()[1])
 
 
 @pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])

@@ -15,6 +15,9 @@ import scipy.sparse as sp
 from . import _kernels
 from ._validation import exact_float_dtype
 
+# Minor axes up to this length have their indices stored as uint16 in the engine's copies.
+SMALL_INDEX_LIMIT = 1 << 16
+
 
 def compressed_totals(
     indptr, indices, counts, n_major: int, n_minor: int
@@ -99,10 +102,14 @@ def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountD
     is canonical CSR along the major axis with counts stored so is used as it is, not
     copied: at the lung-atlas shape (240M nonzeros) that copy was 1.8 GiB of a 4.2 GiB peak.
     A copy made here (the matrix transposed or canonicalised, or its counts converted)
-    stores whole counts up to 65,535 as uint16 (`small_counts`), 6 bytes a nonzero with
-    the indices instead of 8; the pass widens them to the same floats, so a fit is the
-    same bit for bit.
+    stores whole counts up to 65,535 as uint16 (`small_counts`); indices made here (the
+    matrix transposed or canonicalised, or given dense or as COO; never a caller's CSR's,
+    used as they are) are stored as uint16 when the minor axis has at most 65,536 entries
+    (`SMALL_INDEX_LIMIT`: the genes of any organism, or the cells of a data set with fewer
+    cells than genes), 4 bytes a nonzero with the counts instead of 6. The pass widens
+    both as it reads them, so a fit is the same bit for bit.
     """
+    caller_indices = getattr(matrix, "indices", None)  # None: dense or COO, ours after
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else _widen_to_sum(matrix)
     shape = matrix.shape
     if major is None:
@@ -124,6 +131,11 @@ def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountD
             dtype = np.uint16
     if csr.data.dtype != dtype:
         csr.data = csr.data.astype(dtype)
+    if csr.indptr.dtype not in (np.int32, np.int64):  # uint64 mixed with int64 is float64
+        csr.indptr = csr.indptr.astype(np.int64)
+    own_indices = caller_indices is None or not np.may_share_memory(csr.indices, caller_indices)
+    if own_indices and shape[1 - major] <= SMALL_INDEX_LIMIT:
+        csr.indices = csr.indices.astype(np.uint16)
     return CountData.from_csr(csr, major, shape)
 
 

@@ -899,7 +899,8 @@ def finite_elbo(value: float) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(
             f"the ELBO of the fit's parameters is {value}: they hold values beyond the float "
-            "range (from a damaged checkpoint, or an extreme start or prior)"
+            "range (from a damaged checkpoint, an extreme start or prior, or counts on an "
+            "extreme scale: the model is for counts, and values far below 1 leave its range)"
         )
     return value
 

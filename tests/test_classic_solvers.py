@@ -436,3 +436,30 @@ def test_reconstruction_err_means_what_scikit_learns_means(loss, beta_loss):
     assert ours.loss_ == pytest.approx(residual, rel=1e-9)
     expected = np.sqrt(residual if loss == "frobenius" else 2 * residual)
     assert ours.reconstruction_err_ == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "params, scale",
+    [
+        ({"loss": "alpha", "alpha": 100.0}, 1e3),
+        ({"loss": "beta", "beta": 100.0}, 1e2),
+        ({"solver": "hals"}, 1e155),
+        ({"solver": "mu", "loss": "frobenius"}, 1e155),
+        ({"solver": "pg"}, 1e155),
+        ({"solver": "als"}, 1e155),
+        ({"solver": "gd"}, 1e155),
+    ],
+)
+def test_a_fit_that_leaves_the_float_range_raises(params, scale):
+    """Values too large for the loss's power overflowed the factors: NaN came back in W,
+    ``components_`` and ``loss_`` (ALS and GD raised numpy's LinAlgError; a hostile pass,
+    2026-12-03). A typed error now, and the same data scaled down fits."""
+    X = np.random.default_rng(0).poisson(1.0, (60, 40)).astype(np.float64)
+    model = NMF(3, max_iter=50, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's overflow warnings on the way
+        with pytest.raises(FloatingPointError, match="left the float range"):
+            model.fit_transform(X * scale)
+        W = model.fit_transform(X)
+    assert np.all(np.isfinite(W)) and np.all(np.isfinite(model.components_))
+    assert np.isfinite(model.loss_)

@@ -1303,6 +1303,16 @@ def test_writers_name_the_users_path_and_leave_nothing(fitted, tmp_path, write, 
     assert [p.name for p in tmp_path.rglob("*")] == ["held"]
 
 
+def test_tables_into_a_file_say_it_is_a_file(fitted, tmp_path):
+    """It said the folder did not exist, of a path that exists as a file (a hostile pass,
+    2026-12-03)."""
+    target = tmp_path / "tables"
+    target.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="tables is a file, not a folder"):
+        vbsnmf.io.write_nmf_tables(fitted, target)
+    assert target.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["tables"]
+
+
 def test_read_asks_for_the_orientation_in_the_callers_words(tiny_mtx_gz, tiny_folder):
     """The Python reader named only the command line's flags."""
     with pytest.raises(ValueError, match=r"genes_as_rows=True \(--genes-as-rows"):

@@ -788,6 +788,21 @@ def test_warm_start_with_another_k_names_k(pbmc_tiny):
         tl.nmf(small, 2, warm_start=True)
 
 
+def test_project_refuses_a_reference_whose_gene_names_repeat(pbmc_tiny):
+    """A reference fitted with two genes under one name: both were matched to the new
+    data's one column of that name, its counts used twice and another gene's never read,
+    while `uns` reported every gene used (a hostile pass, 2026-12-03)."""
+    reference = pbmc_tiny[:200, :60].copy()
+    reference.var_names = [reference.var_names[1], *reference.var_names[1:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's own warning about the repeated names
+        _quiet_nmf(reference, 2, max_iter=3)
+    new = pbmc_tiny[:20, :60].copy()
+    with pytest.raises(ValueError, match="the reference fit's gene names repeat"):
+        tl.project(new, reference, n_threads=1)
+    assert "X_nmf" not in new.obsm
+
+
 def test_project_warns_of_cells_without_counts_in_the_reference_genes(pbmc_tiny):
     reference = pbmc_tiny[:, :300].copy()
     _quiet_nmf(reference, 2, max_iter=3)

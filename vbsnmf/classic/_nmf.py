@@ -133,6 +133,9 @@ class NMF(TransformerMixin, BaseEstimator):
         ValueError
             Bad parameters, X negative/NaN/inf, a loss undefined at zeros of X, or custom
             factors of the wrong shape.
+        FloatingPointError
+            The factors or the loss left the float range (values too large for the loss's
+            power): nothing non-finite is returned.
         """
         spec = self._check_params()
         data = ClassicData.build(X, self.weights, spec)
@@ -200,10 +203,15 @@ class NMF(TransformerMixin, BaseEstimator):
         # (benchmarks/README.md, "Classical NMF"), so BLAS runs on one thread there.
         single_blas = data.kind != "dense"
         with threadpool_limits(1, "blas") if single_blas else contextlib.nullcontext():
-            if self.solver == "mu":
-                W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
-            else:
-                W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+            try:
+                if self.solver == "mu":
+                    W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
+                else:
+                    W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+            except np.linalg.LinAlgError as error:  # ALS's and GD's solves on an overflow
+                raise self._overflow(data) from error
+        if not (np.isfinite(trace[-1]) and np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
+            raise self._overflow(data)
         if self.tol > 0 and 0 < n_iter == self.max_iter and not converged(trace[:n_iter], self.tol):
             warn_user(
                 f"NMF stopped after max_iter={self.max_iter} iterations before the relative "
@@ -218,6 +226,15 @@ class NMF(TransformerMixin, BaseEstimator):
                 H = np.where(H <= self.epsilon, 0.0, H)
             final_loss = data.loss(spec, W, H)
         return W, H, trace, n_iter, final_loss
+
+    def _overflow(self, data: ClassicData) -> FloatingPointError:
+        """The error of a fit whose factors or loss left the float range (large values
+        under a loss of high power, or an update's products past 1e308)."""
+        return FloatingPointError(
+            f"solver={self.solver!r} left the float range on this data (loss {self.loss!r}, "
+            f"mean entry {data.mean():.3g}): scale X down, e.g. divide it by its largest "
+            "value, or use a loss of lower power"
+        )
 
     def _check_params(self) -> LossSpec:
         if self.solver not in SOLVERS:

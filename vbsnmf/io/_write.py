@@ -41,8 +41,12 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         ``adata`` holds no fit under ``key``.
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
+    NotADirectoryError
+        ``folder`` is a file (nothing is written).
     """
     info = fit_info(adata, key)
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
     # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
     genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])

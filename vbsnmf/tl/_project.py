@@ -88,9 +88,10 @@ def project(
     KeyError
         ``adata_ref`` holds no fit under ``key``.
     ValueError
-        The reference fit is not variational, no gene names are shared, names in
-        ``adata_new`` repeat, its counts are not raw counts or hold no nonzero count, or
-        ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
+        The reference fit is not variational, no gene names are shared, gene names in
+        ``adata_new`` or among the reference fit's genes repeat, its counts are not raw
+        counts or hold no nonzero count, or ``max_iter`` < 1 or ``tol`` < 0 (as
+        `vbsnmf.VBNMF` refuses them).
     TypeError
         ``max_iter`` is not an integer or ``tol`` not a number.
     """
@@ -117,6 +118,13 @@ def project(
     gene_shape = np.asarray(variational["gene_shape"])
     fitted = (gene_shape > 0).any(axis=1)
     reference_genes = gene_holder(adata_ref, key).var_names[fitted]
+    if not reference_genes.is_unique:  # a name matched twice would count its genes twice
+        repeated = reference_genes[reference_genes.duplicated()].unique()
+        raise ValueError(
+            f"the reference fit's gene names repeat ({', '.join(map(str, repeated[:3]))}"
+            f"{', ...' if len(repeated) > 3 else ''}): a new cell's counts cannot be matched "
+            "to its genes; fit the reference after adata_ref.var_names_make_unique()"
+        )
     gene_shape = gene_shape[fitted]
     # E[w] of every fitted reference gene: usages weigh each factor by its total loading,
     # as `tl.nmf`'s do (rates per factor under the fixed prior, per entry under the learned).

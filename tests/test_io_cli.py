@@ -269,15 +269,29 @@ def test_fit_with_a_classical_solver_writes_its_loss(tiny_h5ad, tmp_path, capsys
     assert json.loads((outdir / "params.json").read_text())["solver"] == "mu"
 
 
-def test_force_replaces_an_existing_outdir(tiny_h5ad, tmp_path, capsys):
+def test_force_replaces_an_earlier_output_only(tiny_h5ad, tmp_path, capsys):
+    """--force replaced any existing folder whole, the user's files with it (a hostile
+    pass, 2026-12-03: ``-o out/. --force`` wiped a folder of 200 results and a note); it
+    replaces a folder holding only what vbsnmf writes, and refuses one with anything else,
+    before the fit, leaving it as it was."""
     outdir = tmp_path / "out"
     outdir.mkdir()
-    (outdir / "old.txt").write_text("old")
+    (outdir / "params.json").write_text("{}")  # an earlier run's (a mu fit's loss.tsv too)
+    (outdir / "loss.tsv").write_text("iteration\tloss\n")
     code, _, err = _run(["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, "--force"], capsys)
     assert code == 0, err
-    assert not (outdir / "old.txt").exists()
-    assert (outdir / "result.h5ad").is_file()
+    assert not (outdir / "loss.tsv").exists() and (outdir / "result.h5ad").is_file()
+    assert json.loads((outdir / "params.json").read_text())["solver"] == "batch"
     assert sorted(os.listdir(tmp_path)) == ["out", "tiny.h5ad"]  # no temporary folders left
+    (outdir / "notes.txt").write_text("mine")
+    (outdir / "figures").mkdir()
+    before = sorted(os.listdir(outdir))
+    _refused(
+        ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, "--force"],
+        capsys,
+        "holds 2 entries vbsnmf does not write (figures, notes.txt)",
+    )
+    assert sorted(os.listdir(outdir)) == before and (outdir / "notes.txt").read_text() == "mine"
 
 
 def test_progress_bar_on_stderr_unless_quiet(tiny_h5ad, tmp_path, capsys):
@@ -363,6 +377,19 @@ def test_umap_command_and_demo(tmp_path, capsys, tiny_h5ad):
     code, _, err = _run(["umap", tiny_h5ad, "-o", tmp_path / "u3.png"], capsys)
     assert code == 2 and "vbsnmf.tl.nmf" in err
     assert not (tmp_path / "u2.png").exists() and not (tmp_path / "u3.png").exists()
+
+
+def test_a_pgf_figure_without_tex_is_refused_before_the_umap(
+    tiny_h5ad, tmp_path, capsys, monkeypatch
+):
+    """.pgf is among matplotlib's formats, but it writes through a TeX system: without
+    one the command ended with exit 1 and an internal error, after the UMAP (a hostile
+    pass, 2026-12-03)."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    _refused(["umap", tiny_h5ad, "-o", tmp_path / "u.pgf"], capsys, "a .pgf figure needs")
+    assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
 
 
 # -- command line: bad input ----------------------------------------------------------------
@@ -898,6 +925,22 @@ def test_sigterm_during_the_fit_exits_143_and_leaves_nothing(tiny_h5ad, tmp_path
     assert process.returncode == 143, seen + rest
     assert rest.strip().splitlines()[-1] == "vbsnmf: terminated (SIGTERM); no output written"
     assert sorted(os.listdir(tmp_path)) == ["tiny.h5ad"]
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_after_the_command_finished_keeps_its_exit_code(name):
+    """`main` returns a second before the process ends (the interpreter's teardown); a
+    stop signal there killed a finished run without a word, exit 143 (a hostile pass,
+    2026-12-03). The command's entry point ignores them from there on. The signal is
+    sent from an atexit handler: during the teardown, every time."""
+    script = (
+        "import atexit, os, signal, vbsnmf.cli as cli\n"
+        "cli.main = lambda argv=None: 0\n"
+        f"atexit.register(lambda: os.kill(os.getpid(), signal.{name}))\n"
+        "cli.run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_sigterm_while_writing_leaves_no_temporary_folder(tiny_h5ad, tmp_path, capsys, monkeypatch):

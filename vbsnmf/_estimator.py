@@ -171,7 +171,8 @@ class VBNMF(Estimator):
         extrapolations amplify such differences: in float64 the trace follows the in-memory
         fit's closely (1e-9 relative over 100 passes in the tests) but can part from it late
         in a long fit; in float32 it can take another path from the first cycles (equally
-        monotone and exact, to a nearby optimum).
+        monotone and exact, to a nearby optimum). SVI ignores it (its steps are not a
+        fixed-point map to extrapolate), as `VBNTF` does.
     max_iter
         Maximum number of passes over the data (batch), and of passes of each cell's local
         fit (`transform`, SVI's cells form); stopping at it warns with

@@ -300,7 +300,12 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         "--resume", action="store_true", help="continue from the state saved at --checkpoint"
     )
     command.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    command.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
+    command.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing OUTDIR that holds an earlier output (only files vbsnmf "
+        "writes; a folder with anything else is refused)",
+    )
     svi = command.add_argument_group(
         "stochastic VB (--solver svi; an .h5ad, a 10x folder or an .mtx is streamed from disk "
         "a minibatch of cells at a time)"
@@ -696,6 +701,17 @@ def _check_figure_path(output: Path) -> None:
             f"{output}: unknown figure format {output.suffix!r}; use one of "
             + ", ".join(f".{name}" for name in sorted(supported))
         )
+    if output.suffix.lower() == ".pgf":  # matplotlib writes PGF through a TeX system
+        import shutil
+
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise UsageError(
+                f"{output}: a .pgf figure needs {tex} (a TeX installation), which is not on "
+                "PATH; use .pdf, .svg or .png"
+            )
     if not output.parent.is_dir():
         raise UsageError(f"the folder {output.parent} for {output.name} does not exist")
     if output.is_dir():
@@ -827,5 +843,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(number, handler)
 
 
+def run() -> None:
+    """The ``vbsnmf`` command: `main`, then exit with its code. Once `main` has returned,
+    every output is complete and its code decided, but the interpreter's teardown takes
+    about a second more; a stop signal or Ctrl-C then killed the process without a word
+    (exit 143 for a finished run), so they are ignored from there on."""
+    code = main()
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", *STOP_SIGNALS):
+            number = getattr(signal, name, None)
+            if number is not None:
+                signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -144,6 +144,23 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     return path
 
 
+# Every name a command writes into OUTDIR (`vbsnmf.cli`, `write_nmf_tables`): --force
+# replaces a folder holding only these, so that it never deletes a file of the user's.
+OUTPUT_NAMES = frozenset(
+    {
+        "result.h5ad",
+        "cell_factors.tsv.gz",
+        "gene_loadings.tsv.gz",
+        "elbo.tsv",
+        "loss.tsv",
+        "top_genes.tsv",
+        "params.json",
+        "counts.h5ad",
+        "umap.png",
+    }
+)
+
+
 def check_outdir(
     outdir: str | os.PathLike,
     *,
@@ -155,7 +172,8 @@ def check_outdir(
 
     OUTDIR must not be, lie inside or contain an input or the checkpoint, nor be the
     current folder, one holding it, or a mount point; it may exist only with ``force``
-    (then it must be a folder, replaced once the new one is complete). A temporary folder
+    (then it must be a folder holding nothing but what a command writes, `OUTPUT_NAMES`:
+    an earlier output, replaced once the new one is complete). A temporary folder
     of the name the writer uses is created and removed beside it, so that a name too long
     for the file system, a read-only or pseudo file system (``/proc``) or a missing
     permission is reported now, not after the fit.
@@ -184,6 +202,14 @@ def check_outdir(
             raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
         if not path.is_dir():
             raise UnsafePathError(f"OUTDIR {outdir} exists and is not a folder")
+        foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in OUTPUT_NAMES)
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UnsafePathError(
+                f"OUTDIR {outdir} holds {len(foreign)} entries vbsnmf does not write "
+                f"({listed}); --force replaces only an earlier output: move them or name "
+                "another OUTDIR"
+            )
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import matplotlib
@@ -146,6 +147,17 @@ def test_umap_uses_the_usages(fitted, tmp_path):
     usage = adata.obsm["X_nmf_usage"][:, [0, 1, 3]]
     np.testing.assert_array_equal(adata.obs["nmf_dominant_factor"].cat.codes, usage.argmax(axis=1))
     assert axes.get_title().endswith("nmf_dominant_factor")
+
+
+@pytest.mark.parametrize("fill", [np.nan, "a"])
+def test_umap_of_edited_usages_names_them(fitted, fill):
+    """Strings in the usages (an edited result) gave numpy's "ufunc 'isfinite' not
+    supported" (a hostile pass, 2026-12-03); NaN was already named."""
+    adata = fitted.copy()
+    key = "X_nmf_sqrt_usage"
+    adata.obsm[key] = np.full(adata.obsm[key].shape, fill)
+    with pytest.raises(ValueError, match=re.escape(f"adata.obsm[{key!r}] holds")):
+        pl.umap(adata, show=False)
 
 
 @pytest.mark.parametrize(

@@ -788,6 +788,18 @@ def test_warm_start_with_another_k_names_k(pbmc_tiny):
         tl.nmf(small, 2, warm_start=True)
 
 
+def test_a_damaged_matrix_is_not_blamed_on_normalising(pbmc_tiny):
+    """A column index out of range got the advice to keep the raw counts before
+    normalising (a hostile pass, 2026-12-03): a damaged matrix is said to be damaged."""
+    small = pbmc_tiny[:50, :40].copy()
+    small.X = sp.csr_matrix(small.X)
+    small.X.indices[0] = 99
+    with pytest.raises(vbsnmf._validation.CorruptMatrixError, match="corrupt CSR") as raised:
+        tl.nmf(small, 2, max_iter=3)
+    assert "raw counts" not in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
 def test_project_refuses_a_reference_whose_gene_names_repeat(pbmc_tiny):
     """A reference fitted with two genes under one name: both were matched to the new
     data's one column of that name, its counts used twice and another gene's never read,

@@ -13,6 +13,11 @@ from . import _kernels
 from ._utils import warn_user
 
 
+class CorruptMatrixError(ValueError):
+    """A sparse matrix whose structure is damaged (index arrays that disagree, indices out
+    of range): a broken file or object, not a question of which values it holds."""
+
+
 class NonCountWarning(UserWarning):
     """The matrix holds non-integer values; the Poisson model expects raw counts."""
 
@@ -82,12 +87,14 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
         arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
         _check_index_arrays(name, layout, *arrays)
         if not arrays[0].shape[0] == arrays[1].shape[0] == matrix.data.shape[0]:
-            raise ValueError(f"{name}: corrupt COO matrix (row, col and data differ in length)")
+            raise CorruptMatrixError(
+                f"{name}: corrupt COO matrix (row, col and data differ in length)"
+            )
         position, fingerprint = _kernels.check_coordinates(
             arrays[0], arrays[1], _kernel_values(matrix.data, name), n_rows, n_cols, first_row
         )
         if position < matrix.data.shape[0]:
-            raise ValueError(
+            raise CorruptMatrixError(
                 f"{name}: corrupt COO matrix: the entry at stored position {position} has "
                 f"(row, column) ({int(arrays[0][position])}, {int(arrays[1][position])}) "
                 f"outside its shape {matrix.shape}"
@@ -97,7 +104,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
         raise ValueError(f"{name}: unsupported sparse format {layout!r}")
     _check_index_arrays(name, layout, matrix.indptr, matrix.indices)
     if layout != "bsr" and matrix.indices.shape[0] != matrix.data.shape[0]:
-        raise ValueError(
+        raise CorruptMatrixError(
             f"{name}: corrupt {layout.upper()} matrix: {matrix.indices.shape[0]} indices but "
             f"{matrix.data.shape[0]} values"
         )
@@ -109,7 +116,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
         n_major, n_minor = n_rows // block_rows, n_cols // block_cols
         data = np.zeros(matrix.indices.shape[0])
     if matrix.indptr.shape[0] != n_major + 1:
-        raise ValueError(
+        raise CorruptMatrixError(
             f"{name}: corrupt {layout.upper()} matrix: indptr has {matrix.indptr.shape[0]} "
             f"entries for {n_major} {'rows' if major_is_row else 'columns'} (expected "
             f"{n_major + 1})"
@@ -128,7 +135,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             4: f"the {minor} index {int(matrix.indices[position]) if problem == 4 else 0} at "
             f"stored position {position} is outside 0..{n_minor - 1}",
         }[problem]
-        raise ValueError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
+        raise CorruptMatrixError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
     return int(fingerprint)
 
 
@@ -144,17 +151,19 @@ def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str
         entries.
     """
     if indptr.ndim != 1 or indptr.shape[0] != n_rows + 1:
-        raise ValueError(
+        raise CorruptMatrixError(
             f"{name}: corrupt CSR matrix: indptr has {indptr.shape[0]} entries for {n_rows} "
             f"rows (expected {n_rows + 1})"
         )
     if indptr[0] != 0:
-        raise ValueError(f"{name}: corrupt CSR matrix: indptr starts at {indptr[0]}, not 0")
+        raise CorruptMatrixError(f"{name}: corrupt CSR matrix: indptr starts at {indptr[0]}, not 0")
     decreasing = np.flatnonzero(np.diff(indptr) < 0)
     if decreasing.size:
-        raise ValueError(f"{name}: corrupt CSR matrix: indptr decreases after row {decreasing[0]}")
+        raise CorruptMatrixError(
+            f"{name}: corrupt CSR matrix: indptr decreases after row {decreasing[0]}"
+        )
     if indptr[-1] > n_stored:
-        raise ValueError(
+        raise CorruptMatrixError(
             f"{name}: corrupt CSR matrix: indptr ends at {indptr[-1]}, beyond the {n_stored} "
             "stored entries"
         )
@@ -163,7 +172,7 @@ def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str
 def _check_index_arrays(name: str, layout: str, *arrays) -> None:
     for array in arrays:
         if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(
+            raise CorruptMatrixError(
                 f"{name}: corrupt {layout.upper()} matrix: index arrays must be 1-D "
                 f"integers, got {array.dtype} of shape {array.shape}"
             )

@@ -99,10 +99,15 @@ def umap(
 
 def _finite_obsm(adata, name: str) -> np.ndarray:
     """``adata.obsm[name]``, which the fit wrote finite: a `KeyError` if it is gone, a
-    `ValueError` if it holds NaN or infinite values (an edited result, not a fit)."""
+    `ValueError` if it holds anything but finite numbers (an edited result, not a fit)."""
     if name not in adata.obsm:
         raise KeyError(f"adata.obsm has no {name!r}, which vbsnmf.tl.nmf writes; fit again")
     values = np.asarray(adata.obsm[name])
+    if values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"adata.obsm[{name!r}] holds {values.dtype} values, not numbers, which no vbsnmf "
+            "fit writes; fit again"
+        )
     if not np.all(np.isfinite(values)):
         raise ValueError(
             f"adata.obsm[{name!r}] holds NaN or infinite values, which no vbsnmf fit "

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._validation import check_counts
+from .._validation import CorruptMatrixError, check_counts
 
 
 def in_memory(matrix):
@@ -91,6 +91,8 @@ def check_count_matrix(
         checked = check_counts(
             matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
         )
+    except CorruptMatrixError:
+        raise  # a damaged matrix: which layer holds the counts is not the question
     except ValueError as error:
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"

@@ -435,6 +435,15 @@ BAD_INPUTS = {
         "genes as rows",
     ),
     "missing layer": (lambda tmp, mtx: [_h5ad(tmp), "--layer", "counts"], "no layer"),
+    "upper-case banner": (  # passed the header's check, then "corrupt or truncated"
+        lambda tmp, mtx: [
+            _bad_file(
+                tmp, "bad.mtx", b"%%MATRIXMARKET matrix coordinate real general\n3 4 1\n1 1 2\n"
+            ),
+            "--cells-as-rows",
+        ],
+        "must be spelled '%%MatrixMarket', not '%%MATRIXMARKET'",
+    ),
 }
 
 

@@ -753,6 +753,10 @@ def mtx_header(path: Path) -> MtxHeader:
         banner = handle.readline(1024).decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
+        if banner[0] != "%%MatrixMarket":  # the format's first word is case-sensitive
+            raise ReadError(
+                path, f"the banner's first word must be spelled '%%MatrixMarket', not {banner[0]!r}"
+            )
         obj, fmt, field, symmetry = (word.lower() for word in banner[1:])
         if obj != "matrix" or fmt not in ("coordinate", "array"):
             raise ReadError(path, f"unsupported Matrix Market object/format {obj} {fmt}")

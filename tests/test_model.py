@@ -584,6 +584,9 @@ def test_masked_learned_fit_ascends_and_refuses_other_inputs():
     np.testing.assert_allclose(trace[-1], value, rtol=1e-10)
     with pytest.raises(ValueError, match="shape"):
         vbsnmf.VBNMF(2).fit(sp.csr_matrix(X), mask=np.ones((2, 2)))
+    for other in ("abc", 1.0, [1, 0]):  # scipy's message named no mask (a hostile pass)
+        with pytest.raises(ValueError, match="mask must be a matrix of X's shape"):
+            vbsnmf.VBNMF(2).fit(sp.csr_matrix(X), mask=other)
     with pytest.raises(ValueError, match="batch VB"):
         vbsnmf.VBNMF(2, solver="svi").fit(sp.csr_matrix(X), mask=mask)
 

@@ -644,6 +644,8 @@ def _fit_counts(
 def _checked_mask(mask, shape) -> Mask:
     """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
     missing ones; refused unless finite."""
+    if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
+        raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
     matrix = sp.coo_array(mask) if not sp.issparse(mask) else mask
     if matrix.shape != tuple(shape):
         raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")

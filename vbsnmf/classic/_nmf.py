@@ -209,9 +209,9 @@ class NMF(TransformerMixin, BaseEstimator):
                 else:
                     W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
             except np.linalg.LinAlgError as error:  # ALS's and GD's solves on an overflow
-                raise self._overflow(data) from error
+                raise self._overflow(data, spec) from error
         if not (np.isfinite(trace[-1]) and np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
-            raise self._overflow(data)
+            raise self._overflow(data, spec)
         if self.tol > 0 and 0 < n_iter == self.max_iter and not converged(trace[:n_iter], self.tol):
             warn_user(
                 f"NMF stopped after max_iter={self.max_iter} iterations before the relative "
@@ -227,11 +227,11 @@ class NMF(TransformerMixin, BaseEstimator):
             final_loss = data.loss(spec, W, H)
         return W, H, trace, n_iter, final_loss
 
-    def _overflow(self, data: ClassicData) -> FloatingPointError:
+    def _overflow(self, data: ClassicData, spec: LossSpec) -> FloatingPointError:
         """The error of a fit whose factors or loss left the float range (large values
         under a loss of high power, or an update's products past 1e308)."""
         return FloatingPointError(
-            f"solver={self.solver!r} left the float range on this data (loss {self.loss!r}, "
+            f"solver={self.solver!r} left the float range on this data (loss {spec.name!r}, "
             f"mean entry {data.mean():.3g}): scale X down, e.g. divide it by its largest "
             "value, or use a loss of lower power"
         )

@@ -45,14 +45,14 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         ``folder`` is a file (nothing is written).
     """
     info = fit_info(adata, key)
-    if Path(folder).exists() and not Path(folder).is_dir():
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
     # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
     genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
     gene_loadings = np.asarray(genes.varm[info["varm_key"]])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
-    folder = Path(folder)
     written = []
     for name, values, index, label in (
         ("cell_factors.tsv.gz", cell_factors, adata.obs_names, "cell"),

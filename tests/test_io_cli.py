@@ -294,6 +294,26 @@ def test_force_replaces_an_earlier_output_only(tiny_h5ad, tmp_path, capsys):
     assert sorted(os.listdir(outdir)) == before and (outdir / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--solver", "mu"], ["--solver", "svi", "--epochs", "1", "--batch-size", "300"]],
+    ids=["batch", "mu", "svi"],
+)
+def test_every_output_name_is_one_force_replaces(tiny_mtx_gz, tmp_path, capsys, options):
+    """The names a command writes are the ones --force may replace (`OUTPUT_NAMES`): a
+    writer's new file not among them would make --force refuse the command's own earlier
+    output. Each solver's output (SVI's with its converted counts.h5ad) is replaced."""
+    from vbsnmf.io._paths import OUTPUT_NAMES
+
+    outdir = tmp_path / "out"
+    argv = ["fit", tiny_mtx_gz, "--genes-as-rows", *FIT_OPTIONS, *options, "-o", outdir]
+    for run in ([], ["--force"]):
+        code, _, err = _run([*argv, *run], capsys)
+        assert code == 0, err
+        written = set(os.listdir(outdir))
+        assert "result.h5ad" in written and written <= OUTPUT_NAMES, written - OUTPUT_NAMES
+
+
 def test_progress_bar_on_stderr_unless_quiet(tiny_h5ad, tmp_path, capsys):
     options = [o for o in FIT_OPTIONS if o != "--quiet"]
     code, out, err = _run(["fit", tiny_h5ad, *options, "-o", tmp_path / "a"], capsys)

@@ -468,6 +468,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     """result.h5ad, the factor tables, top_genes.tsv, elbo.tsv and params.json into
     ``folder``."""
     from . import io, tl
+    from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
 
     info = adata.uns["nmf"]
     trace = info.get("elbo_trace", [])
@@ -489,12 +490,12 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "seconds": round(seconds, 3),
         "streamed": bool(adata.isbacked),
     }
-    io.write_result(adata, folder / "result.h5ad")
+    io.write_result(adata, folder / RESULT_FILE)
     io.write_nmf_tables(adata, folder)
     # the active factors' 10 most specific genes, seen at least twice in the data
-    tl.top_genes(adata, 10).to_csv(folder / "top_genes.tsv", sep="\t", float_format="%.6g")
+    tl.top_genes(adata, 10).to_csv(folder / TOP_GENES_FILE, sep="\t", float_format="%.6g")
     # allow_nan=False: never write Infinity or NaN, which are not JSON.
-    (folder / "params.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    (folder / PARAMS_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
@@ -576,10 +577,11 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     """`_fit_streamed`'s conversion (unless the input is an .h5ad, ``adata``), fit and
     OUTDIR; the summary."""
     from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
+    from .io._paths import COUNTS_FILE
 
     with atomic_directory(outdir, overwrite=args.force) as folder:
         if kind != "h5ad":
-            target = folder / "counts.h5ad" if converted is None else converted
+            target = folder / COUNTS_FILE if converted is None else converted
             mtx_to_h5ad(
                 source,
                 target,
@@ -632,6 +634,7 @@ def _shown(path: Path, folder: Path, outdir: Path) -> Path:
 def _run_demo(args) -> int:
     from . import datasets
     from .io import atomic_directory
+    from .io._paths import UMAP_FILE
 
     _check_options(args)
     # the demo reads its data set from the package's folder, which OUTDIR must not replace
@@ -646,10 +649,10 @@ def _run_demo(args) -> int:
     color = "subpop" if "subpop" in adata.obs else None
     with atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
-        _draw_umap(adata, folder / "umap.png", color=color, seed=args.seed)
+        _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
-        print(f"UMAP of the NMF cell factors: {outdir / 'umap.png'}")
+        print(f"UMAP of the NMF cell factors: {outdir / UMAP_FILE}")
     return EXIT_OK
 
 

@@ -144,19 +144,29 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     return path
 
 
-# Every name a command writes into OUTDIR (`vbsnmf.cli`, `write_nmf_tables`): --force
-# replaces a folder holding only these, so that it never deletes a file of the user's.
+# Every name a command writes into OUTDIR (`vbsnmf.cli`, `write_nmf_tables`), spelled once
+# here for the writers and for --force, which replaces a folder holding only these
+# (`OUTPUT_NAMES`), so that it never deletes a file of the user's.
+RESULT_FILE = "result.h5ad"
+CELL_FACTORS_FILE = "cell_factors.tsv.gz"
+GENE_LOADINGS_FILE = "gene_loadings.tsv.gz"
+ELBO_FILE = "elbo.tsv"
+LOSS_FILE = "loss.tsv"
+TOP_GENES_FILE = "top_genes.tsv"
+PARAMS_FILE = "params.json"
+COUNTS_FILE = "counts.h5ad"
+UMAP_FILE = "umap.png"
 OUTPUT_NAMES = frozenset(
     {
-        "result.h5ad",
-        "cell_factors.tsv.gz",
-        "gene_loadings.tsv.gz",
-        "elbo.tsv",
-        "loss.tsv",
-        "top_genes.tsv",
-        "params.json",
-        "counts.h5ad",
-        "umap.png",
+        RESULT_FILE,
+        CELL_FACTORS_FILE,
+        GENE_LOADINGS_FILE,
+        ELBO_FILE,
+        LOSS_FILE,
+        TOP_GENES_FILE,
+        PARAMS_FILE,
+        COUNTS_FILE,
+        UMAP_FILE,
     }
 )
 

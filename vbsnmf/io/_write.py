@@ -11,6 +11,7 @@ import pandas as pd
 
 from .._atomic import atomic_file
 from .._utils import fit_info
+from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 # Entries of a backed X copied into result.h5ad at a time (3 MB of float64 and int32).
 _COPY_ENTRIES = 1 << 18
@@ -55,8 +56,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
     written = []
     for name, values, index, label in (
-        ("cell_factors.tsv.gz", cell_factors, adata.obs_names, "cell"),
-        ("gene_loadings.tsv.gz", gene_loadings, genes.var_names, "gene"),
+        (CELL_FACTORS_FILE, cell_factors, adata.obs_names, "cell"),
+        (GENE_LOADINGS_FILE, gene_loadings, genes.var_names, "gene"),
     ):
         table = pd.DataFrame(values, index=pd.Index(index, name=label), columns=columns)
         with atomic_file(folder / name) as temporary:
@@ -64,10 +65,10 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         written.append(folder / name)
     if "elbo_trace" in info:
         trace = np.asarray(info["elbo_trace"], dtype=np.float64)
-        name, table = "elbo.tsv", {"iteration": np.arange(1, trace.size + 1), "elbo": trace}
+        name, table = ELBO_FILE, {"iteration": np.arange(1, trace.size + 1), "elbo": trace}
     else:  # a classical solver: its loss after 0, 1, ... iterations
         trace = np.asarray(info.get("loss_trace", []), dtype=np.float64)
-        name, table = "loss.tsv", {"iteration": np.arange(trace.size), "loss": trace}
+        name, table = LOSS_FILE, {"iteration": np.arange(trace.size), "loss": trace}
     with atomic_file(folder / name) as temporary:
         pd.DataFrame(table).to_csv(temporary, sep="\t", index=False, float_format="%.10g")
     written.append(folder / name)

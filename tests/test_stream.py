@@ -309,6 +309,29 @@ def test_a_damaged_file_streams_into_the_readers_error(tmp_path, make, message):
         _svi_fit(path)
 
 
+def _pointers_past_the_entries(group):
+    pointers = group["indptr"][...]
+    pointers[-1] += 100
+    del group["indptr"]
+    group["indptr"] = pointers
+
+
+@pytest.mark.parametrize("part", ["adata", "X"])
+def test_a_damaged_backed_anndata_streams_into_an_error_naming_its_file(tmp_path, part):
+    """A backed AnnData (what `vbsnmf fit --solver svi` streams an .h5ad from) was named
+    "X" in the checks' errors, the file nowhere (a hostile pass, 2026-12-03)."""
+    path = _tiny_h5ad(tmp_path, _pointers_past_the_entries)
+    message = r"t\.h5ad: X: corrupt CSR matrix: indptr ends at"
+    with pytest.raises(ReadError, match=message):
+        _svi_fit(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(ReadError, match=message):
+            _svi_fit(backed if part == "adata" else backed.X)
+    finally:
+        backed.file.close()
+
+
 def test_complex_sparse_counts_in_memory_are_refused_as_dense_ones():
     """The structure check read them with a numba kernel, which failed to compile."""
     with pytest.raises(ValueError, match="X must be real counts: Complex data not supported"):

@@ -257,11 +257,28 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
         import anndata as ad
     except ImportError:  # pragma: no cover - anndata is a dependency
         ad = None
+    filename = None
     if ad is not None and isinstance(X, ad.AnnData):
+        filename = X.filename
         X = X.X
     if hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc"):
-        return StoredRowsSource(X.group)  # a backed AnnData's X
+        return _backed_x(X.group, filename)
     return InMemorySource(check_counts(X, warn_non_integer=False))  # scanned later
 
 
 __all__ = ["CellSource", "InMemorySource", "StoredRowsSource", "open_source"]
+
+
+def _backed_x(group, filename) -> StoredRowsSource:
+    """The source of a backed AnnData's X, named by its file (the AnnData's ``filename``,
+    or the HDF5 file of its X alone) as a path's source is (`_stored_x`: its checks'
+    errors a `ReadError` naming the file)."""
+    filename = filename or getattr(getattr(group, "file", None), "filename", None)
+    if filename is None:  # a zarr group of an X alone
+        return StoredRowsSource(group)
+    try:
+        source = StoredRowsSource(group)
+    except (ValueError, TypeError) as error:
+        raise ReadError(filename, str(error)) from None
+    source.name = str(filename)
+    return source

@@ -342,6 +342,43 @@ def test_corrupt_h5ad_is_a_read_error_naming_the_file(damage, tmp_path, capfd):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"accelerate": False}, {"accelerate": True}, {"solver": "svi", "n_epochs": 3}],
+    ids=["plain", "accelerated", "svi"],
+)
+def test_a_callback_cannot_change_the_fit(_pbmc_tiny, options):
+    """A callback was handed the fit's own q and trace: writing into q put NaN into the
+    result (the cell factors of its last q), appending to the trace put entries into
+    ``elbo_trace_`` that no pass computed (a hostile pass, 2026-12-03). q is read-only
+    for the call (a write raises numpy's ValueError) and the trace a copy; what the
+    callback keeps stays as it was handed, and the fit is the one without a callback."""
+    common = {"max_iter": 6, "tol": 0, "n_threads": 1, "random_state": 0, **options}
+    seen = []
+
+    def append_to_the_trace(n_iter, params, elbo_trace):
+        seen.append((params, list(elbo_trace)))
+        elbo_trace.append(np.nan)
+
+    def write_into_q(n_iter, params, elbo_trace):
+        params.row_shape[:] = np.nan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        plain = vbsnmf.VBNMF(3, **common)
+        factors = plain.fit_transform(_pbmc_tiny.X)
+        watched = vbsnmf.VBNMF(3, **common)
+        watched_factors = watched.fit_transform(_pbmc_tiny.X, callback=append_to_the_trace)
+        with pytest.raises(ValueError, match="read-only"):
+            vbsnmf.VBNMF(3, **common).fit(_pbmc_tiny.X, callback=write_into_q)
+    np.testing.assert_array_equal(watched.elbo_trace_, plain.elbo_trace_)
+    np.testing.assert_array_equal(watched_factors, factors)
+    np.testing.assert_array_equal(watched.components_, plain.components_)
+    assert seen and np.all(np.isfinite(seen[-1][1]))
+    last = seen[-1][0]
+    assert last.row_shape.flags.writeable  # handed back to the fit as it was
+
+
 def test_a_callback_that_cannot_be_called_is_refused_before_any_pass(_pbmc_tiny):
     """callback=5 was taken silently by a fit of at most one pass and failed with "'int'
     object is not callable" after the first pass of a longer one; now a TypeError first."""

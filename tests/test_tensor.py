@@ -1163,6 +1163,26 @@ def test_a_callback_that_cannot_be_called_is_refused_before_any_pass():
     assert not hasattr(model, "elbo_trace_")
 
 
+def test_a_callback_cannot_change_the_tensor_fit():
+    """As VBNMF's (test_estimator): q read-only for the call, the trace a copy."""
+    _, coords, values = _small_tensor((12, 10, 8), 0.3, seed=2)
+    options = {"max_iter": 5, "tol": 0, "n_threads": 1, "random_state": 0}
+
+    def write_into_q(n_iter, params, elbo_trace):
+        next(a for a in params.as_tuple() if a.ndim == 2)[:] = np.nan
+
+    def append_to_the_trace(n_iter, params, elbo_trace):
+        elbo_trace.append(np.nan)
+
+    plain = _quiet(vbsnmf.VBNTF(2, **options), coords, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        watched = vbsnmf.VBNTF(2, **options).fit(coords, values, callback=append_to_the_trace)
+        with pytest.raises(ValueError, match="read-only"):
+            vbsnmf.VBNTF(2, **options).fit(coords, values, callback=write_into_q)
+    np.testing.assert_array_equal(watched.elbo_trace_, plain.elbo_trace_)
+
+
 def test_resuming_with_fewer_iterations_than_stored_warns_as_vbnmf(tmp_path):
     _, coords, values = _small_tensor((30, 12, 8), 0.2, seed=17)
     path = tmp_path / "fit.ckpt"

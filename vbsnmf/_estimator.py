@@ -473,7 +473,7 @@ class VBNMF(Estimator):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
         checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
         settings = self._check_params()
-        check_callback(callback)
+        callback = check_callback(callback)
         if mask is not None and (kind not in ("memory", "checked") or settings.solver != "batch"):
             raise ValueError(
                 "mask= (missing entries) is supported by batch VB on a matrix in memory; "
@@ -1092,7 +1092,7 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
         raise TypeError("fit_dask and fit_svi_dask choose their solver; drop solver=")
     model = VBNMF(n_components, solver=solver, **params)
     settings = model._check_params()
-    check_callback(callback)
+    callback = check_callback(callback)
     entropy = seed_entropy(model.random_state)
     X = _dask.cells_x_genes(X)
     return _dask_fit(settings, X, init, callback, entropy, client)

@@ -450,7 +450,7 @@ class VBNTF(Estimator):
             after every q kept, ``n_iter`` the passes so far; SVI: after every epoch).
         """
         checked = self._check_params()
-        check_callback(callback)
+        callback = check_callback(callback)
         if self.checkpoint is not None:  # before any work: not a folder, not another file
             check_checkpoint_path(self.checkpoint)
         coords, values, shape = check_tensor(X, values, shape)

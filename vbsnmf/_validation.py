@@ -4,6 +4,7 @@ settings into errors. Each public entry point (the estimators, `vbsnmf.fit_dask`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -409,14 +410,58 @@ def check_accelerate(value, learned: bool) -> bool:
     return bool(accelerate)
 
 
-def check_callback(callback) -> None:
+def check_callback(callback):
     """A fit's ``callback``: None or callable (checked before any pass, not at the first
-    call, which a short fit may never make)."""
+    call, which a short fit may never make); returned as the fit calls it (`_guarded`)."""
     if callback is not None and not callable(callback):
         raise TypeError(
             f"callback must be callable as callback(n_iter, params, elbo_trace) or None, "
             f"got {callback!r}"
         )
+    return None if callback is None else _guarded(callback)
+
+
+def _guarded(callback):
+    """``callback`` given q with its arrays read-only for the call and a copy of the
+    trace: it may read and keep both, but a write into q (or an append to the trace) no
+    longer changes the fit, whose result then held NaN where the callback had put them."""
+
+    def guarded(n_iter, params, elbo_trace):
+        frozen = [a for a in _arrays_of(params) if a.flags.writeable]
+        for array in frozen:
+            array.flags.writeable = False
+        try:
+            return callback(n_iter, params, list(elbo_trace))
+        finally:
+            _thaw(frozen)
+
+    return guarded
+
+
+def _thaw(arrays) -> None:
+    """Make ``arrays`` writeable again; a view only once its base is (so in rounds)."""
+    while arrays:
+        failed = []
+        for array in arrays:
+            try:
+                array.flags.writeable = True
+            except ValueError:
+                failed.append(array)
+        if len(failed) == len(arrays):
+            raise RuntimeError("the callback's arrays could not be made writeable again")
+        arrays = failed
+
+
+def _arrays_of(value):
+    """The numpy arrays a q holds, in its fields (dataclasses) and their fields."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _arrays_of(getattr(value, field.name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _arrays_of(item)
 
 
 def check_n_components(n_components, shape) -> int:

@@ -781,6 +781,23 @@ def test_top_genes_gene_specificity_and_count_split_refuse_bad_input(pbmc_tiny):
         tl.count_split(np.array([[1e19, 1.0]]))
 
 
+def test_gene_specificity_holds_at_any_scale():
+    """Shares are unchanged by scaling the loadings and the factors (a hostile pass,
+    2026-12-03: 1e200 gave NaN shares by overflow, 1e-320 a zero row by underflow);
+    checked against the plain numpy formula at scale 1."""
+    rng = np.random.default_rng(4)
+    loadings, factors = rng.gamma(0.5, size=(40, 4)), rng.gamma(0.5, size=(25, 4))
+    loadings[3], factors[:, 2] = 0.0, 0.0  # a gene and a factor that explain nothing
+    expected = loadings * factors.sum(axis=0)
+    totals = expected.sum(axis=1, keepdims=True)
+    reference = np.divide(expected, totals, out=np.zeros_like(expected), where=totals > 0)
+    np.testing.assert_allclose(tl.gene_specificity(loadings, factors), reference, atol=1e-15)
+    for scale in (1e200, 1e-160, 1e-300):
+        shares = tl.gene_specificity(loadings * scale, factors * scale)
+        np.testing.assert_allclose(shares, reference, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(tl.gene_specificity([[1e-320, 0.0]], [[1e-10, 0.0]]), [[1, 0]])
+
+
 def test_warm_start_with_another_k_names_k(pbmc_tiny):
     small = pbmc_tiny[:200].copy()
     _quiet_nmf(small, 3, max_iter=3)

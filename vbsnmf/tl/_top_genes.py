@@ -23,9 +23,27 @@ def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.
             f"gene_loadings have {gene_loadings.shape[1]} factors, cell_factors "
             f"{cell_factors.shape[1]}"
         )
-    expected = gene_loadings * cell_factors.sum(axis=0)
-    totals = expected.sum(axis=1, keepdims=True)
-    return np.divide(expected, totals, out=np.zeros_like(expected), where=totals > 0)
+    # In log space, each row shifted by its maximum: the products w_jl s_l overflowed to
+    # inf (NaN shares) or underflowed to zero for factors far from 1 that the input checks
+    # accept.
+    with np.errstate(divide="ignore"):
+        log_expected = np.log(gene_loadings) + _log_column_sums(cell_factors)
+    row_max = log_expected.max(axis=1, initial=-np.inf)
+    explained = np.isfinite(row_max)
+    shares = np.zeros_like(gene_loadings)
+    weights = np.exp(log_expected[explained] - row_max[explained, None])
+    shares[explained] = weights / weights.sum(axis=1, keepdims=True)
+    return shares
+
+
+def _log_column_sums(values: np.ndarray) -> np.ndarray:
+    """``log(values.sum(axis=0))`` without overflow (-inf for a zero column)."""
+    largest = values.max(axis=0, initial=0.0)
+    sums = np.full(values.shape[1], -np.inf)
+    positive = largest > 0
+    scaled = values[:, positive] / largest[positive]
+    sums[positive] = np.log(largest[positive]) + np.log(scaled.sum(axis=0))
+    return sums
 
 
 def _factor_matrix(values, name: str) -> np.ndarray:

@@ -852,6 +852,12 @@ def test_the_reference_projected_onto_itself_keeps_its_fit_and_lands_near_it(pbm
     was; the learned prior, to convergence."""
     tl.nmf(pbmc_tiny, 5, n_threads=2, random_state=0)
     fitted = {name: pbmc_tiny.obsm[name].copy() for name in ("X_nmf", "X_nmf_usage")}
+    # under its own key it wrote the projections over the fit, which .uns still described
+    # (a hostile pass, 2026-12-03); a copy may be written over, the reference not
+    with pytest.raises(ValueError, match="adata_new is adata_ref"):
+        tl.project(pbmc_tiny, pbmc_tiny, n_threads=2, max_iter=2)
+    projected = tl.project(pbmc_tiny, pbmc_tiny, n_threads=2, max_iter=2, copy=True)
+    assert not np.array_equal(projected.obsm["X_nmf"], fitted["X_nmf"])
     tl.project(pbmc_tiny, pbmc_tiny, key_added="again", n_threads=2)
     for name, values in fitted.items():
         np.testing.assert_array_equal(pbmc_tiny.obsm[name], values)

@@ -88,10 +88,11 @@ def project(
     KeyError
         ``adata_ref`` holds no fit under ``key``.
     ValueError
-        The reference fit is not variational, no gene names are shared, gene names in
-        ``adata_new`` or among the reference fit's genes repeat, its counts are not raw
-        counts or hold no nonzero count, or ``max_iter`` < 1 or ``tol`` < 0 (as
-        `vbsnmf.VBNMF` refuses them).
+        ``adata_new`` is ``adata_ref`` and the projection would write over its fit (same
+        ``key_added``, no ``copy``), the reference fit is not variational, no gene names
+        are shared, gene names in ``adata_new`` or among the reference fit's genes repeat,
+        its counts are not raw counts or hold no nonzero count, or ``max_iter`` < 1 or
+        ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
     TypeError
         ``max_iter`` is not an integer or ``tol`` not a number.
     """
@@ -99,6 +100,11 @@ def project(
     tol = check_tolerance(tol)
     info = fit_info(adata_ref, key)
     name = key if key_added is None else key_added
+    if adata_new is adata_ref and not copy and name == key:
+        raise ValueError(
+            f"adata_new is adata_ref: its projection under key_added={name!r} would write over "
+            "the fitted cell factors of the reference; choose another key_added (or copy=True)"
+        )
     check_key_added(name, adata_new, writes="cells", reference=info)
     keys = FitKeys.of(name)
     if "variational" not in info:

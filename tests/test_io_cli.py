@@ -729,6 +729,19 @@ def test_seed_beyond_the_generators_range_is_refused_up_front(tiny_h5ad, tmp_pat
              "--seed", str(2**32 - 1))  # fmt: skip
 
 
+def test_resume_without_a_checkpoint_says_it_starts_a_new_fit(tiny_h5ad, tmp_path, capsys):
+    """--resume with no file at --checkpoint started afresh without a word (a hostile pass,
+    2026-12-03: a mistyped path resumes nothing); a note on stderr, then the fit."""
+    checkpoint = tmp_path / "fit.ckpt"
+    options = [o for o in FIT_OPTIONS if o != "--quiet"]
+    argv = ["fit", tiny_h5ad, *options, "--checkpoint", checkpoint, "--resume"]
+    code, _, err = _run([*argv, "-o", tmp_path / "first"], capsys)
+    assert code == 0, err
+    assert f"no checkpoint at {checkpoint} yet: a new fit" in err and checkpoint.is_file()
+    code, _, err = _run([*argv, "-o", tmp_path / "again"], capsys)
+    assert code == 0 and "no checkpoint" not in err, err
+
+
 def test_truncated_or_empty_checkpoint_is_bad_input(tiny_h5ad, tmp_path, capsys):
     checkpoint = tmp_path / "fit.ckpt"
     argv = ["fit", tiny_h5ad, *FIT_OPTIONS, "--checkpoint", checkpoint, "--resume"]

@@ -388,6 +388,9 @@ def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
     from . import CheckpointMismatchError, tl
 
     params = _fit_params(args)
+    if args.resume and not quiet and not os.path.lexists(args.checkpoint):
+        # resume=True starts afresh without one: say so (a mistyped path resumes nothing)
+        print(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit", file=sys.stderr)
     defaults = _estimator_defaults()
     # The callback runs once per iteration (batch) or per epoch (svi).
     if args.solver == "batch":

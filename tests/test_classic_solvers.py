@@ -391,6 +391,12 @@ def test_estimator_errors():
             for _ in range(2)
         ]
         np.testing.assert_array_equal(fits[0].components_, fits[1].components_)
+    # seeds scikit-learn refuses, refused before any work in vbsnmf's words (its own error
+    # named randomized_svd; a hostile pass, 2026-12-03)
+    for seed, error in ((-1, ValueError), (2**32, ValueError), ("a", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="random_state must be") as raised:
+            NMF(3, random_state=seed, init="random").fit(X)
+        assert "randomized_svd" not in str(raised.value)
     # weights that select nothing: a raw ValueError (sparse) or a negative loss (dense)
     for weights in (sp.csr_matrix(X.shape), np.zeros(X.shape)):
         with pytest.raises(ValueError, match="weights select no entry"):

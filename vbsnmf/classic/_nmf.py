@@ -263,6 +263,7 @@ class NMF(TransformerMixin, BaseEstimator):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.init not in INITS and self.init is not None:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        _check_seed(self.random_state)
         return spec
 
     def _n_components(self, data: ClassicData) -> int:
@@ -334,6 +335,25 @@ def reconstruction_error(spec: LossSpec, loss: float) -> float:
     have one scale in both."""
     divergence = loss / 2 if spec.name == "frobenius" else loss
     return float(np.sqrt(2 * max(divergence, 0.0)))
+
+
+def _check_seed(random_state) -> None:
+    """``random_state`` as scikit-learn's helpers take it, or a numpy Generator; checked
+    before any work (scikit-learn's own error named its ``randomized_svd``)."""
+    if random_state is None or isinstance(
+        random_state, (np.random.Generator, np.random.RandomState)
+    ):
+        return
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise TypeError(
+            "random_state must be None, an integer, a numpy Generator or RandomState, "
+            f"got {random_state!r}"
+        )
+    if not 0 <= random_state < 2**32:
+        raise ValueError(
+            f"random_state must be an integer in [0, 2**32 - 1] (scikit-learn's seeds), "
+            f"got {random_state}"
+        )
 
 
 def _legacy_seed(random_state):

@@ -409,9 +409,12 @@ def test_mask_var_with_raw_selects_raw_genes_by_name(pbmc_tiny):
 
 def test_mask_var_errors(pbmc_tiny):
     pbmc_tiny.var["not_bool"] = 1.0
+    # pandas' nullable booleans with NA were "not boolean (dtype object)" (a hostile pass)
+    pbmc_tiny.var["with_na"] = pd.array([True, None] * 253 + [True], dtype="boolean")
     cases = [
         ("highly_variable", "not a column of adata.var"),
         ("not_bool", "is not boolean"),
+        ("with_na", r"adata.var\['with_na'\] has 253 missing values; fill them"),
         (np.ones(10, dtype=bool), "length n_vars=507"),
         (np.zeros(pbmc_tiny.n_vars), "boolean array"),
         (np.zeros(pbmc_tiny.n_vars, dtype=bool), "selects no gene"),

@@ -332,7 +332,14 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
                 f"mask_var={mask_var!r} is not a column of adata.var (run "
                 "sc.pp.highly_variable_genes first, or pass a boolean array)"
             )
-        mask = adata.var[mask_var].to_numpy()
+        column = adata.var[mask_var]
+        if pd.api.types.is_bool_dtype(column.dtype) and column.isna().any():
+            # pandas' nullable "boolean": its NA made the array object, "not boolean"
+            raise ValueError(
+                f"adata.var[{mask_var!r}] has {int(column.isna().sum())} missing values; "
+                "fill them (e.g. .fillna(False)) to say which genes to use"
+            )
+        mask = column.to_numpy()
         if not pd.api.types.is_bool_dtype(mask):
             raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {mask.dtype})")
     else:

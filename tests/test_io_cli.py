@@ -1388,6 +1388,16 @@ def test_writers_name_the_users_path_and_leave_nothing(fitted, tmp_path, write, 
     assert [p.name for p in tmp_path.rglob("*")] == ["held"]
 
 
+def test_result_with_an_unwritable_value_says_where(fitted, tmp_path):
+    """A value an .h5ad cannot hold raised anndata's IORegistryError, an Exception that
+    says where only in a note (a hostile pass, 2026-12-03): a TypeError naming the key."""
+    edited = fitted.copy()
+    edited.uns["mine"] = {"f": print}
+    with pytest.raises(TypeError, match=r"out\.h5ad: .*writing key 'f' .*/uns/mine"):
+        vbsnmf.io.write_result(edited, tmp_path / "out.h5ad")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tables_into_a_file_say_it_is_a_file(fitted, tmp_path):
     """It said the folder did not exist, of a path that exists as a file (a hostile pass,
     2026-12-03)."""

@@ -89,11 +89,31 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         The folder of ``path`` does not exist.
     IsADirectoryError
         ``path`` is a folder.
+    TypeError
+        ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``);
+        the message says where. Nothing is written.
     """
+    try:  # anndata's error of an unwritable value, not exported by it
+        from anndata._io.specs.registry import IORegistryError
+    except ImportError:  # pragma: no cover - another anndata layout: its error as it is
+        IORegistryError = ()
+
+    path = Path(path)
+    try:
+        return _write_result(adata, path)
+    except IORegistryError as error:
+        # anndata's own type (an Exception) says where only in a note, which a caller
+        # catching the error and printing it never shows
+        where = "; ".join(getattr(error, "__notes__", []))
+        raise TypeError(
+            f"cannot write {path}: {error}" + (f" ({where})" if where else "")
+        ) from None
+
+
+def _write_result(adata, path: Path) -> Path:
     import anndata as ad
     import h5py
 
-    path = Path(path)
     with atomic_file(path) as temporary:
         if not adata.isbacked:
             adata.write_h5ad(temporary, compression="gzip")

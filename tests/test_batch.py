@@ -311,6 +311,109 @@ def test_a_refused_candidate_continues_from_theta2_bit_for_bit(_pbmc_tiny, monke
     assert "refused" in outcomes and "kept" in outcomes, outcomes
 
 
+# -- compacted q (issue 18: the learned prior's rates in n + K numbers while a q waits) -------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_compacted_q_makes_its_rates_bit_for_bit(_pbmc_tiny, dtype):
+    """A learned-prior step's rates from its `FactoredRate` (the scales' means, the other
+    side's sums, the gauge's divisor), whole and by flat runs across rows, are the step's
+    arrays bit for bit; `expanded(compact(q))` is q."""
+    from vbsnmf._data import as_count_data
+    from vbsnmf._model import (
+        HierarchicalPrior,
+        compact,
+        expanded,
+        global_step,
+        init_params,
+        scored_statistics,
+    )
+
+    prior = HierarchicalPrior()
+    model = vbsnmf.VBNMF(5, random_state=2, dtype=dtype, max_iter=3, accelerate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(_pbmc_tiny.X)
+    q = init_params(model, _pbmc_tiny.X.shape, 5, np.dtype(dtype), prior)
+    data = as_count_data(_pbmc_tiny.X)
+    for _ in range(3):  # steps of this q: scales and gauge of its own
+        q = global_step(q, *scored_statistics(data, q, prior, 2)[:2], prior)
+    small = compact(q)
+    for made, rate in zip(q.rate_parts, (q.row_rate, q.col_rate), strict=True):
+        np.testing.assert_array_equal(np.asarray(made), rate, strict=True)
+        flat = rate.ravel()
+        for start, stop in ((0, 7), (3, 11), (flat.size - 9, flat.size), (0, flat.size)):
+            np.testing.assert_array_equal(made.flat_entries(start, stop), flat[start:stop])
+    assert small.row_rate is q.rate_parts[0] and small.row_shape is q.row_shape
+    whole = expanded(small)
+    for got, expected in zip(whole.positive_arrays(), q.positive_arrays(), strict=True):
+        np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_squarem_with_compacted_q_is_the_fit_without_in_less_memory(_pbmc_tiny, monkeypatch, dtype):
+    """theta0 and theta1 wait through a cycle compacted (their rates as `FactoredRate`,
+    made again a run of entries at a time for the step length and the extrapolation, and
+    whole for a refused candidate's step): the fit is the one without compaction bit for
+    bit, refusals and acceptances both occurring, and the q arrays held at any pass, step
+    or extrapolation are at most two q's worth (three before: theta0, theta1 and theta2
+    at the extrapolation, 35 MiB more at pbmc_facs and K = 100)."""
+    import gc
+
+    from vbsnmf import _batch, _kernels
+    from vbsnmf._model import FactoredRate, VariationalParams
+
+    monkeypatch.setattr(_batch, "_RUN", _kernels.SQUAREM_BLOCK)  # many runs on small data
+    n_components = 8
+    options = {"random_state": 4, "n_threads": 1, "max_iter": 80, "tol": 0, "dtype": dtype}
+
+    def fit():
+        model = vbsnmf.VBNMF(n_components, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+            model.fit(_pbmc_tiny.X)
+        return model
+
+    def q_bytes():
+        held = 0
+        for q in (o for o in gc.get_objects() if isinstance(o, VariationalParams)):
+            held += sum(a.nbytes for a in q.as_tuple() if isinstance(a, np.ndarray))
+        return held
+
+    held, restepped = [], []
+    scored, stepped, extrapolate = (
+        _batch.scored_statistics,
+        _batch.global_step,
+        _batch._extrapolate_over,
+    )
+
+    def measured(function):
+        def call(*args, **kwargs):
+            held.append(q_bytes())
+            return function(*args, **kwargs)
+
+        return call
+
+    def step(params, *args, **kwargs):
+        restepped.append(isinstance(params.row_rate, FactoredRate))  # a refused candidate's
+        held.append(q_bytes())
+        return stepped(params, *args, **kwargs)
+
+    monkeypatch.setattr(_batch, "scored_statistics", measured(scored))
+    monkeypatch.setattr(_batch, "global_step", step)
+    monkeypatch.setattr(_batch, "_extrapolate_over", measured(extrapolate))
+    compacted = fit()
+    monkeypatch.setattr(_batch, "compact", lambda q: q)
+    whole = fit()
+    assert compacted.n_iter_ == whole.n_iter_ == 80
+    np.testing.assert_array_equal(compacted.elbo_trace_, whole.elbo_trace_)
+    for name in ("cell_shape_", "cell_rate_", "gene_shape_", "gene_rate_", "components_"):
+        np.testing.assert_array_equal(getattr(compacted, name), getattr(whole, name), strict=True)
+    n_cells, n_genes = _pbmc_tiny.X.shape
+    one_q = 2 * (n_cells + n_genes) * n_components * np.dtype(dtype).itemsize
+    assert any(restepped) and not all(restepped)
+    assert max(held[: len(held) // 2]) <= 2 * one_q  # the compacted fit's calls
+    assert max(held[len(held) // 2 :]) >= 3 * one_q  # the fit without: theta0 to theta2
+
+
 # -- the hold of a random start's factor shapes (model.md, "The hold") ------------------------
 def _shapes_per_kept_q(X, n_components, init=None, **options):
     """The cells' and genes' factor shapes of every q in a default fit's trace, and the fit."""

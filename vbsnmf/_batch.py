@@ -18,10 +18,13 @@ from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError
 from ._data import CountData
 from ._model import (
     HOLD_TOL,
+    FactoredRate,
     FitResult,
     Mask,
     Prior,
     VariationalParams,
+    compact,
+    expanded,
     finite_elbo,
     global_step,
     has_converged,
@@ -247,7 +250,8 @@ def fit_batch_accelerated(
 ) -> tuple[FitResult, AcceleratedState]:
     """`squarem` on the matrix model: ``fit_batch``'s pass and step (`matrix_model`),
     accelerated; ``options`` are `squarem`'s (``max_iter``, ``tol``, ``callback``, ...)."""
-    state = squarem(state, *matrix_model(data, prior, n_parts, mask), prior, **options)
+    model = matrix_model(data, prior, n_parts, mask)
+    state = squarem(state, *model, prior, compact=compact, expand=expanded, **options)
     return FitResult(*state.outcome()), state
 
 
@@ -264,6 +268,8 @@ def squarem(
     verbose: bool = False,
     step_length: Callable | None = None,
     extrapolate: Callable | None = None,
+    compact: Callable | None = None,
+    expand: Callable | None = None,
 ) -> AcceleratedState:
     """Coordinate ascent accelerated by SQUAREM (Varadhan and Roland 2008, step SqS3),
     with a safeguard that keeps the ELBO trace monotone; ``max_iter`` bounds the passes.
@@ -273,7 +279,11 @@ def squarem(
     a q is `Extrapolable` (the matrix's `_model.VariationalParams`, the tensor's
     `_tensor.TensorParams`). A q held elsewhere (the Dask fit's, its cells on the workers)
     brings its own ``step_length(theta0, theta1, theta2)`` and ``extrapolate(theta0,
-    theta1, theta2, s)`` (default: `_step_length`, `_extrapolate_over`).
+    theta1, theta2, s)`` (default: `_step_length`, `_extrapolate_over`). ``compact(q)``:
+    the same q in less memory, for theta0 and theta1 while they wait for the extrapolation
+    (its arrays made again as the extrapolation, or a refused candidate's step, reads
+    them), and ``expand`` its inverse, for the q a fit ends with (default: q as it is;
+    `_model.compact`: the learned prior's rates as its step made them).
 
     A cycle: two plain steps (each one pass, which also scores its input exactly)
     ``theta0 -> theta1 -> theta2``; in log parameters ``r = theta1 - theta0``,
@@ -288,6 +298,8 @@ def squarem(
     """
     step_length = step_length or _step_length
     extrapolate = extrapolate or _extrapolate_over
+    compact = compact or _as_it_is
+    expand = expand or _as_it_is
     held = held_prior(prior)
     released_at = None  # the pass that released the hold: not tested by the stopping rule
     resumed = bool(state.trace)  # the first pass scores the plain step of the last kept q
@@ -345,12 +357,14 @@ def squarem(
         if state.converged or state.n_passes >= max_iter:
             state.current = theta1
             break
+        theta0 = _compacted(state, theta0, compact)  # it waits for the extrapolation
         statistics1, value1 = score(theta1)
         keep(theta1, value1)
         theta2 = take_step(theta1, statistics1)
         if state.converged or state.n_passes >= max_iter:
             state.current = theta2
             break
+        theta1 = _compacted(state, theta1, compact)
         length = min(max(step_length(theta0, theta1, theta2), 1.0), state.step_max)
         # Every q is a (cells + genes) x K array or four, so the candidate is written over
         # theta2, which a refused candidate's fit takes again from theta1 and its pass's
@@ -377,9 +391,25 @@ def squarem(
             state.current = take_step(theta1, statistics1)
             del theta1, statistics1
             state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
+    state.kept, state.current = expand(state.kept), expand(state.current)
     if not state.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
     return state
+
+
+def _as_it_is(q):
+    return q
+
+
+def _compacted(state: AcceleratedState, q, compact: Callable):
+    """``compact(q)``, which ``state`` holds instead of q from now on (a callback that kept
+    q keeps it whole)."""
+    smaller = compact(q)
+    if state.current is q:
+        state.current = smaller
+    if state.kept is q:
+        state.kept = smaller
+    return smaller
 
 
 def direction_norms(arrays0, arrays1, arrays2) -> tuple[float, float]:
@@ -387,10 +417,35 @@ def direction_norms(arrays0, arrays1, arrays2) -> tuple[float, float]:
     positive arrays, array by array in their order (`_kernels.squarem_sums`)."""
     r2 = v2 = 0.0
     for x0, x1, x2 in zip(arrays0, arrays1, arrays2):
-        array_r2, array_v2 = _kernels.squarem_sums(np.ravel(x0), np.ravel(x1), np.ravel(x2))
+        blocks = [_kernels.squarem_block_sums(*flat) for flat in _flat_runs(x0, x1, x2)]
+        array_r2, array_v2 = _kernels.block_sums_total(np.concatenate(blocks))
         r2 += array_r2
         v2 += array_v2
     return r2, v2
+
+
+# Entries of a compacted q's rates made at a time (4 MiB of float64): a run of whole
+# blocks of the SQUAREM kernels, so that their sums are those of the whole array.
+_RUN = 256 * _kernels.SQUAREM_BLOCK
+
+
+def _flat_runs(x0, x1, x2):
+    """The three arrays' entries, flat: whole, or where theta0 or theta1 holds compacted
+    rates (`_model.FactoredRate`), in runs of `_RUN` entries made as they are read (not
+    two more n x K arrays at once)."""
+    flat2 = np.ravel(x2)
+    if not isinstance(x0, FactoredRate) and not isinstance(x1, FactoredRate):
+        yield np.ravel(x0), np.ravel(x1), flat2
+        return
+    for start in range(0, max(flat2.shape[0], 1), _RUN):
+        stop = min(start + _RUN, flat2.shape[0])
+        yield _entries(x0, start, stop), _entries(x1, start, stop), flat2[start:stop]
+
+
+def _entries(array, start: int, stop: int) -> np.ndarray:
+    if isinstance(array, FactoredRate):
+        return array.flat_entries(start, stop)
+    return np.ravel(array)[start:stop]
 
 
 def step_from_norms(r2: float, v2: float) -> float:
@@ -404,10 +459,14 @@ def extrapolate_arrays(arrays0, arrays1, arrays2, step: float, n_overwritten: in
     rest new. None when an entry is not finite and positive."""
     arrays = []
     for index, (x0, x1, x2) in enumerate(zip(arrays0, arrays1, arrays2)):
-        flat = [np.ravel(x) for x in (x0, x1, x2)]  # views of contiguous arrays
-        out = flat[2] if index < n_overwritten else np.empty_like(flat[2])
-        if _kernels.squarem_extrapolate(*flat, step, out):
-            return None
+        flat2 = np.ravel(x2)  # a view of a contiguous array
+        out = flat2 if index < n_overwritten else np.empty_like(flat2)
+        start = 0
+        for flat0, flat1, run2 in _flat_runs(x0, x1, x2):
+            stop = start + run2.shape[0]
+            if _kernels.squarem_extrapolate(flat0, flat1, run2, step, out[start:stop]):
+                return None
+            start = stop
         arrays.append(out.reshape(np.shape(x2)))
     return arrays
 

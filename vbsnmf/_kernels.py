@@ -2227,11 +2227,22 @@ def squarem_sums(theta0, theta1, theta2) -> tuple[float, float]:
     """``(sum r^2, sum v^2)`` over three flat positive arrays, with ``r = log theta1 -
     log theta0`` and ``v = log theta2 - 2 log theta1 + log theta0`` (float64), by fixed
     blocks summed in order."""
+    return block_sums_total(squarem_block_sums(theta0, theta1, theta2))
+
+
+def squarem_block_sums(theta0, theta1, theta2) -> np.ndarray:
+    """`squarem_sums`' ``(sum r^2, sum v^2)`` of each fixed block (blocks x 2, in order):
+    arrays read a run of whole blocks at a time give the blocks of the whole."""
     partial = np.empty((_squarem_blocks(theta0.shape[0]), 2))
     kernel = (
         _squarem_sums_parallel if squarem_in_parallel(theta0.shape[0]) else _squarem_sums_serial
     )
     kernel(theta0, theta1, theta2, partial)
+    return partial
+
+
+def block_sums_total(partial: np.ndarray) -> tuple[float, float]:
+    """`squarem_sums` from its blocks' sums."""
     return float(partial[:, 0].sum()), float(partial[:, 1].sum())
 
 

@@ -106,6 +106,8 @@ class VariationalParams:
     col_rate: np.ndarray
     row_scale: ScaleState | None = None
     col_scale: ScaleState | None = None
+    # How a learned-prior step made the two rates (`compact`), where it kept it.
+    rate_parts: tuple[FactoredRate, FactoredRate] | None = None
 
     def copy(self) -> VariationalParams:
         arrays = (np.array(a, copy=True) for a in self.as_tuple())
@@ -145,6 +147,68 @@ class VariationalParams:
     @property
     def col_mean(self) -> np.ndarray:
         return self.col_shape / self.col_rate
+
+
+@dataclass(frozen=True)
+class FactoredRate:
+    """One side's per-entry rates as a learned-prior step makes them, ``rate[i, l] =
+    (scale_mean[i] + other_sum[l]) / divisor``: summed in float64, stored in ``dtype``,
+    then divided there (`update_side_learned`, then `fix_gauge`), which ``np.asarray``
+    repeats bit for bit. n + K numbers for the n x K array: what `compact` keeps of a q
+    that waits through a SQUAREM cycle (issue 18's peak memory)."""
+
+    scale_mean: np.ndarray
+    other_sum: np.ndarray
+    divisor: float  # a Python float, so that numpy divides in ``dtype`` as fix_gauge did
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scale_mean.shape[0], self.other_sum.shape[0]
+
+    def rows(self, first: int, stop: int) -> np.ndarray:
+        """Rows ``first .. stop`` of the rates, made alone."""
+        sums = np.add.outer(self.scale_mean[first:stop], self.other_sum)
+        rate = sums.astype(self.dtype, copy=False)
+        np.divide(rate, self.divisor, out=rate)
+        return rate
+
+    def flat_entries(self, start: int, stop: int) -> np.ndarray:
+        """Entries ``start .. stop`` of the flat (row-major) rates, made with their rows."""
+        width = self.other_sum.shape[0]
+        first = start // width
+        made = self.rows(first, -(-stop // width)).ravel()
+        return made[start - first * width : stop - first * width]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rate = self.rows(0, self.shape[0])
+        return rate if dtype is None else rate.astype(dtype, copy=False)
+
+
+def compact(params):
+    """``params`` with the rates its step made as `FactoredRate` (the same q; a q of
+    another kind, or one no learned-prior step made, as it is). Its arrays are
+    ``params``', so ``params`` itself is left whole for whoever holds it."""
+    if not isinstance(params, VariationalParams) or params.rate_parts is None:
+        return params
+    row_rate, col_rate = params.rate_parts
+    return VariationalParams(
+        params.row_shape, row_rate, params.col_shape, col_rate, params.row_scale, params.col_scale
+    )
+
+
+def expanded(params):
+    """The inverse of `compact`: the rates as arrays again."""
+    if not isinstance(params, VariationalParams) or not isinstance(params.row_rate, FactoredRate):
+        return params
+    return VariationalParams(
+        params.row_shape,
+        np.asarray(params.row_rate),
+        params.col_shape,
+        np.asarray(params.col_rate),
+        params.row_scale,
+        params.col_scale,
+    )
 
 
 @dataclass(frozen=True)
@@ -390,6 +454,7 @@ def global_step(
     col_mean_sum = mean_sums(params.col_shape, params.col_rate)
     row_sums = _other_sums(col_mean_sum, mask and mask.row_sums(params.col_mean))
     if isinstance(prior, HierarchicalPrior):
+        row_scale_mean, col_scale_mean = params.row_scale.mean, params.col_scale.mean
         row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
             row_stat, params.row_scale, row_sums, dtype
         )
@@ -402,10 +467,17 @@ def global_step(
         )
         row_scale = learn_hyperparameters(row_scale_sums, row_scale, prior)
         col_scale = learn_hyperparameters(col_scale_sums, col_scale, prior)
-        return fix_gauge(  # the rates are this step's own: rescaled where they are
+        stepped = fix_gauge(  # the rates are this step's own: rescaled where they are
             VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale),
             in_place=True,
         )
+        if mask is None:  # the rates in n + K numbers a side (with a mask they are not)
+            factor = gauge(row_scale, col_scale)[0]  # fix_gauge's: rows / s, columns * s
+            stepped.rate_parts = (
+                FactoredRate(row_scale_mean, row_sums, factor, row_rate.dtype),
+                FactoredRate(col_scale_mean, row_mean_sum, 1.0 / factor, col_rate.dtype),
+            )
+        return stepped
     row_rate = side_rate(prior, rate_scale * row_sums, dtype)
     row_shape, row_mean_sum = gamma_side(prior, row_stat, row_rate, dtype)
     col_sums = _other_sums(row_mean_sum, mask and mask.col_sums(row_shape / row_rate))
@@ -1388,7 +1460,8 @@ def check_positive_number(value) -> float:
 def params_to_arrays(params: VariationalParams) -> dict[str, np.ndarray]:
     """``params`` as named arrays (checkpoints): the four of q, and under the learned prior
     q of the scales and the hyperparameters."""
-    arrays = dict(zip(("row_shape", "row_rate", "col_shape", "col_rate"), params.as_tuple()))
+    names = ("row_shape", "row_rate", "col_shape", "col_rate")
+    arrays = {name: np.asarray(array) for name, array in zip(names, params.as_tuple())}
     for side, scale in (("row", params.row_scale), ("col", params.col_scale)):
         if scale is not None:
             arrays[f"{side}_scale_shape"] = scale.shape

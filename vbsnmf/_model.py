@@ -98,7 +98,9 @@ class VariationalParams:
     """Parameters of q: ``q(z_il) = Gamma(row_shape[i, l], row_rate[l])`` and
     ``q(w_jl) = Gamma(col_shape[j, l], col_rate[l])``; under the learned prior the rates
     are per entry, ``row_rate[i, l]``, and ``row_scale`` / ``col_scale`` hold q of the
-    scales and the learned hyperparameters (None under the fixed prior)."""
+    scales and the learned hyperparameters (None under the fixed prior). ``rate_parts``:
+    how a learned-prior step made the two rates (`FactoredRate`), which a *compacted* q
+    (`compact`, inside SQUAREM's cycle only) holds in their place."""
 
     row_shape: np.ndarray
     row_rate: np.ndarray
@@ -106,7 +108,6 @@ class VariationalParams:
     col_rate: np.ndarray
     row_scale: ScaleState | None = None
     col_scale: ScaleState | None = None
-    # How a learned-prior step made the two rates (`compact`), where it kept it.
     rate_parts: tuple[FactoredRate, FactoredRate] | None = None
 
     def copy(self) -> VariationalParams:

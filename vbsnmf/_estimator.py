@@ -449,7 +449,8 @@ class VBNMF(Estimator):
         AnnData). Returns self.
 
         ``init``: starting variational parameters (see Notes). ``callback(n_iter, params,
-        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars.
+        elbo_trace)`` runs after every iteration (SVI: epoch), e.g. for progress bars;
+        ``params``' arrays are read-only during the call and ``elbo_trace`` is a copy.
         ``mask``: a matrix of X's shape (sparse or dense) whose nonzero entries were not
         observed: they leave the likelihood (their expected counts leave the total, their
         values in X, if any, are ignored), for held-out evaluation or gene panels that

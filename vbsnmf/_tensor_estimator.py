@@ -447,7 +447,8 @@ class VBNTF(Estimator):
             The tensor's shape (default: one past the largest index of each mode).
         callback
             ``callback(n_iter, params, elbo_trace)`` after every iteration (accelerated:
-            after every q kept, ``n_iter`` the passes so far; SVI: after every epoch).
+            after every q kept, ``n_iter`` the passes so far; SVI: after every epoch);
+            ``params``' arrays are read-only during the call, ``elbo_trace`` a copy.
         """
         checked = self._check_params()
         callback = check_callback(callback)

@@ -423,8 +423,8 @@ def check_callback(callback):
 
 def _guarded(callback):
     """``callback`` given q with its arrays read-only for the call and a copy of the
-    trace: it may read and keep both, but a write into q (or an append to the trace) no
-    longer changes the fit, whose result then held NaN where the callback had put them."""
+    trace: it may read and keep both, but not change the fit (a NaN it wrote into q went
+    into the result; an entry it appended to the trace, into ``elbo_trace_``)."""
 
     def guarded(n_iter, params, elbo_trace):
         frozen = [a for a in _arrays_of(params) if a.flags.writeable]

@@ -266,9 +266,6 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
     return InMemorySource(check_counts(X, warn_non_integer=False))  # scanned later
 
 
-__all__ = ["CellSource", "InMemorySource", "StoredRowsSource", "open_source"]
-
-
 def _backed_x(group, filename) -> StoredRowsSource:
     """The source of a backed AnnData's X, named by its file (the AnnData's ``filename``,
     or the HDF5 file of its X alone) as a path's source is (`_stored_x`: its checks'
@@ -282,3 +279,6 @@ def _backed_x(group, filename) -> StoredRowsSource:
         raise ReadError(filename, str(error)) from None
     source.name = str(filename)
     return source
+
+
+__all__ = ["CellSource", "InMemorySource", "StoredRowsSource", "open_source"]

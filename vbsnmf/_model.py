@@ -457,11 +457,11 @@ def global_step(
     if isinstance(prior, HierarchicalPrior):
         row_scale_mean, col_scale_mean = params.row_scale.mean, params.col_scale.mean
         row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
-            row_stat, params.row_scale, row_sums, dtype
+            row_stat, params.row_scale, row_sums, dtype, row_scale_mean
         )
         masked = mask and mask.col_sums(row_shape / row_rate)
         col_shape, col_rate, col_scale, _ = update_side_learned(
-            col_stat, params.col_scale, _other_sums(row_mean_sum, masked), dtype
+            col_stat, params.col_scale, _other_sums(row_mean_sum, masked), dtype, col_scale_mean
         )
         row_scale_sums, col_scale_sums = scale_sums_of_sides(
             row_shape, row_rate, row_scale, col_shape, col_rate, col_scale
@@ -509,19 +509,26 @@ def gamma_side(
 
 # -- the learned prior ----------------------------------------------------------------------
 def update_side_learned(
-    statistic: np.ndarray, scale: ScaleState, other_mean_sum: np.ndarray, dtype=None
+    statistic: np.ndarray,
+    scale: ScaleState,
+    other_mean_sum: np.ndarray,
+    dtype=None,
+    scale_mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ScaleState, np.ndarray]:
     """One side's q under the learned prior, then q of its scales, each at its optimum:
     ``shape = a_l + sum x phi``, ``rate = E[xi_i] + other_mean_sum_l``; then
     ``q(xi_i) = Gamma(a' + sum_l a_l, a'/b' + sum_l E[z_il])`` with the new q(z). Also
     returns the side's ``sum_i E[z_il]`` (float64), which the other side's rates need.
-    ``other_mean_sum``: per component, or per entry (n x K) when entries are masked."""
+    ``other_mean_sum``: per component, or per entry (n x K) when entries are masked;
+    ``scale_mean``: ``E[xi_i]`` of ``scale`` if the caller has it (`global_step` keeps it
+    for the rates' `FactoredRate`)."""
     dtype = np.result_type(statistic, scale.factor_shape) if dtype is None else dtype
+    scale_mean = scale.mean if scale_mean is None else scale_mean
     shape, rate = np.empty(statistic.shape, dtype), np.empty(statistic.shape, dtype)
     row_mean_sum, mean_sum = np.empty(statistic.shape[0]), np.empty(statistic.shape[1])
     other = np.broadcast_to(np.asarray(other_mean_sum, dtype=np.float64), statistic.shape)
     _kernels.learned_side(
-        statistic, scale.factor_shape, scale.mean, other, shape, rate, row_mean_sum, mean_sum
+        statistic, scale.factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum
     )
     return shape, rate, _scale_at_optimum(row_mean_sum, scale), mean_sum
 

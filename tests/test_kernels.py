@@ -378,6 +378,43 @@ def test_gamma_moments_match_numpy(dtype, per_entry_rate):
     assert np.all(scaled[:, k:] == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [3, 10, 130])
+def test_rates_per_component_as_one_row_give_the_same_bits(dtype, k):
+    """A rate per component handed over as one row (`rows_or_row`), its logs taken once a
+    block, gives the tables, mean sums, KL and sums of E[log z] of the broadcast view,
+    whose logs are taken per entry, bit for bit (blocks and partial blocks and chunks;
+    one rate of 1e-300 sends its row of logs to libm)."""
+    rng = np.random.default_rng(12)
+    n = _kernels.TERMS_BLOCK_ROWS + 2 * _kernels.MOMENT_BLOCK_ROWS + 7
+    shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
+    for rate in (rng.uniform(0.1, 5.0, k), np.r_[1e-300, rng.uniform(0.1, 5.0, k - 1)]):
+        view, row = np.broadcast_to(rate, (n, k)), _kernels.rows_or_row(rate, (n, k))
+        assert row.shape == (1, k) and view.strides[0] == 0
+        tables = []
+        for rates in (view, row):
+            scaled = np.empty((n, _kernels.padded_width(k, dtype)), dtype)
+            logmax = np.empty(n)
+            _kernels.gamma_moments(shape, rates, scaled, logmax)
+            tables.append((scaled, logmax))
+        for got, expected in zip(tables[1], tables[0]):
+            np.testing.assert_array_equal(got, expected)
+        arguments = _kernels._moments_terms_arguments(shape, rate, 0.7, 1.3)
+        assert arguments[1].shape == (1, k)
+        by_view = (shape, view, *arguments[2:7], *(np.empty_like(a) for a in arguments[7:]))
+        _kernels.gamma_terms(*arguments)
+        _kernels.gamma_terms(*by_view)
+        for got, expected in zip(arguments[7:], by_view[7:]):
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(arguments[-2], tables[0][0])  # the same tables
+        summed = []
+        for rates in (view, row):
+            partial = np.empty((-(-n // _kernels.TERMS_BLOCK_ROWS), k))
+            _kernels.expected_log_terms(shape, rates, _kernels.TERMS_BLOCK_ROWS, partial)
+            summed.append(partial)
+        np.testing.assert_array_equal(summed[1], summed[0])
+
+
 def test_gamma_moments_log_space_rows():
     """Shapes near 1e-4: exp(E[log]) underflows float64, the row is redone in log space."""
     shape = np.array([[1e-4, 2e-4, 5.0], [1e-4, 1e-4, 1e-4]])
@@ -427,6 +464,15 @@ def test_gamma_side_and_mean_sums_match_numpy(dtype, per_entry):
     again = np.full(k, np.nan)
     _kernels.mean_sums(shape, rates, again)
     np.testing.assert_array_equal(again, mean_sum)
+    # as `_model` hands them over: one row for a rate per component, read for every row
+    compact = _kernels.rows_or_row(rate, (n, k))
+    assert compact.shape == ((n, k) if per_entry else (1, k)) and compact.flags.c_contiguous
+    shape_again, from_compact = np.empty((n, k), dtype), np.full(k, np.nan)
+    _kernels.gamma_side(statistic, 0.3, compact, shape_again, from_compact)
+    np.testing.assert_array_equal(shape_again, shape)
+    np.testing.assert_array_equal(from_compact, mean_sum)
+    _kernels.mean_sums(shape, compact, again)
+    np.testing.assert_array_equal(again, mean_sum)
 
 
 def test_learned_side_sums_stored_float32_values_in_float64():
@@ -447,6 +493,13 @@ def test_learned_side_sums_stored_float32_values_in_float64():
     quotients = shape.astype(np.float64) / rate.astype(np.float64)
     np.testing.assert_allclose(mean_sum, quotients.sum(axis=0), rtol=1e-13)
     np.testing.assert_allclose(row_mean_sum, quotients.sum(axis=1), rtol=1e-13)
+    # the other side's sums as one row (`rows_or_row`), read for every row: the same bits
+    outputs = np.empty_like(shape), np.empty_like(rate), np.empty(n), np.empty(k)
+    one_row = _kernels.rows_or_row(other, (n, k), np.float64)
+    assert one_row.shape == (1, k)
+    _kernels.learned_side(statistic, factor_shape, scale_mean, one_row, *outputs)
+    for again, first in zip(outputs, (shape, rate, row_mean_sum, mean_sum)):
+        np.testing.assert_array_equal(again, first)
 
 
 def test_gamma_sums_expected_over_a_random_prior_rate():

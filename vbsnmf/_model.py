@@ -340,7 +340,7 @@ def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
-    _kernels.gamma_moments(shape, rate, scaled, logmax)
+    _kernels.gamma_moments(shape, _kernels.rows_or_row(rate, shape.shape), scaled, logmax)
     return scaled, logmax, shape, rate
 
 
@@ -491,7 +491,7 @@ def mean_sums(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """``sum_i E[z_il]`` per component (float64) of one side, ``rate`` broadcastable to
     ``shape``, with no n x K temporary (`_kernels.mean_sums`)."""
     out = np.empty(shape.shape[1])
-    _kernels.mean_sums(shape, np.broadcast_to(rate, shape.shape), out)
+    _kernels.mean_sums(shape, _kernels.rows_or_row(rate, shape.shape), out)
     return out
 
 
@@ -502,7 +502,7 @@ def gamma_side(
     E[z_il]`` per component (float64) with ``rate`` (`side_rate`), in one pass
     (`_kernels.gamma_side`)."""
     shape, mean_sum = np.empty(statistic.shape, dtype), np.empty(statistic.shape[1])
-    rate = np.broadcast_to(rate, statistic.shape)
+    rate = _kernels.rows_or_row(rate, statistic.shape)
     _kernels.gamma_side(statistic, float(prior.shape), rate, shape, mean_sum)
     return shape, mean_sum
 
@@ -526,7 +526,7 @@ def update_side_learned(
     scale_mean = scale.mean if scale_mean is None else scale_mean
     shape, rate = np.empty(statistic.shape, dtype), np.empty(statistic.shape, dtype)
     row_mean_sum, mean_sum = np.empty(statistic.shape[0]), np.empty(statistic.shape[1])
-    other = np.broadcast_to(np.asarray(other_mean_sum, dtype=np.float64), statistic.shape)
+    other = _kernels.rows_or_row(other_mean_sum, statistic.shape, np.float64)
     _kernels.learned_side(
         statistic, scale.factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum
     )

@@ -186,7 +186,6 @@ def n_iterations(n_components: int) -> int:
     return min(200, 2000 // n_components)
 
 
-# -- the breakdown -----------------------------------------------------------------------------
 # -- the breakdown ---------------------------------------------------------------------------
 def breakdown(data, start, prior, n_iter: int, n_parts: int) -> tuple[dict, float]:
     import vbsnmf

@@ -263,6 +263,23 @@ def test_raw_with_more_genes_than_x(pbmc_tiny):
     assert set(tl.top_genes(subset, 50, min_counts=0)["gene"]) - set(subset.var_names)
 
 
+def test_repeated_gene_names_warn_and_the_fit_goes_on(pbmc_tiny):
+    """Repeated var names (scanpy only warns when such an AnnData is made): tl.nmf says
+    which repeat and what they break, and fits; unique names give no such warning."""
+    adata = pbmc_tiny[:, :60].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's own warning about the names
+        adata.var_names = [*adata.var_names[:58], adata.var_names[0], adata.var_names[1]]
+    with pytest.warns(UserWarning, match=r"2 gene names repeat \(e.g. '.+'\)"):
+        _quiet_nmf(adata, 2, **TINY_FIT)
+    assert adata.obsm["X_nmf"].shape == (adata.n_obs, 2)
+    unique = pbmc_tiny[:, :60].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(unique, 2, **TINY_FIT)
+
+
 def test_negative_and_nan_counts_are_refused(pbmc_tiny):
     for bad in (-1.0, np.nan):
         adata = pbmc_tiny.copy()

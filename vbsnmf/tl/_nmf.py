@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -205,6 +206,15 @@ def nmf(
         raise ValueError(
             "adata.raw's gene names repeat, so its loadings cannot be matched to adata's "
             "genes; make them unique before keeping them as .raw (adata.var_names_make_unique())"
+        )
+    if not var_names.is_unique:  # scanpy warns when such an AnnData is made; a fit may not
+        repeated = var_names[var_names.duplicated()].unique()
+        warnings.warn(
+            f"{len(repeated)} gene names repeat (e.g. {repeated[0]!r}): tl.top_genes lists "
+            "their genes under one name and tl.project refuses this fit as a reference; "
+            "call adata.var_names_make_unique() before fitting",
+            UserWarning,
+            stacklevel=2,
         )
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:

@@ -716,11 +716,12 @@ def mean_sums(shape, rate, mean_sum):
 
 def rows_or_row(values, shape: tuple[int, int], dtype=None) -> np.ndarray:
     """``values`` broadcastable to ``shape`` (n x K) as a C-contiguous 2-D array for the
-    serial side kernels (`gamma_side`, `mean_sums`, `learned_side`), which read row ``i``,
-    or row 0 for every ``i`` when it has one: its n rows, or the one row they all are (the
+    side kernels, which read row ``i``, or row 0 for every ``i`` when it has one: its n
+    rows (copied only if they are not C-contiguous), or the one row they all are (the
     fixed prior's rates per component, the other side's sums). A broadcast view's zero
-    stride kept those loops scalar (LLVM vectorises unit strides it can see): `gamma_side`
-    took 2.4 instead of 0.8 ms for pbmc_facs' genes at K = 100, the same sums."""
+    stride kept the serial kernels' loops scalar (LLVM vectorises unit strides it can see:
+    `gamma_side` took 2.4 instead of 0.8 ms for pbmc_facs' genes at K = 100, the same
+    sums), and one row lets the parallel ones take its K logs once a block (`_rate_logs`)."""
     full = np.broadcast_to(np.asarray(values, dtype=dtype), shape)
     return np.ascontiguousarray(full[:1] if full.strides[0] == 0 else full)
 

@@ -172,6 +172,14 @@ def nmf(
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
         without a matching stored fit.
+
+    Warns
+    -----
+    UserWarning
+        The gene names repeat (``adata.var_names_make_unique()`` mends it): `top_genes`
+        would list those genes under one name, and `project` refuses such a reference.
+    ConvergenceWarning
+        The fit stopped at ``max_iter`` before its stopping rule was met.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

@@ -6,6 +6,7 @@ solvers), so a failure names the loop that is wrong.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import reference_cavi
@@ -348,6 +349,30 @@ def test_sum_parts_sums_in_float64_up_to_k():
     np.testing.assert_allclose(out, partial.astype(np.float64).sum(axis=0)[:, :6], rtol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sum_parts_adds_the_parts_in_order_in_every_block(dtype):
+    """Rows in several `SIDE_BLOCK_ROWS` blocks, run in parallel: every entry is the parts
+    added one after another, bit for bit what numpy's in-order additions give."""
+    n = 2 * _kernels.SIDE_BLOCK_ROWS + 37
+    partial = np.random.default_rng(3).gamma(0.5, 3.0, (3, n, 12)).astype(dtype)
+    out = np.full((n, 10), np.nan)
+    _kernels.sum_parts(partial, out)
+    expected = np.zeros((n, 10))
+    for slab in partial:
+        expected += slab[:, :10].astype(np.float64)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_divide_in_place_gives_numpys_quotients(dtype):
+    values = np.random.default_rng(4).gamma(2.0, 50.0, (_kernels.SIDE_BLOCK_ROWS + 3, 7))
+    values = values.astype(dtype)
+    expected = values / 1.37  # numpy: a float32 array over a Python float stays float32
+    _kernels.divide_in_place(values, values.dtype.type(1.37))
+    assert expected.dtype == dtype
+    np.testing.assert_array_equal(values, expected)
+
+
 def test_digamma_matches_scipy():
     x = np.concatenate(
         [np.logspace(-8, 8, 20_001), np.linspace(0.5, 20.0, 10_001), np.arange(1.0, 30.0)]
@@ -499,6 +524,36 @@ def test_learned_side_sums_stored_float32_values_in_float64():
     assert one_row.shape == (1, k)
     _kernels.learned_side(statistic, factor_shape, scale_mean, one_row, *outputs)
     for again, first in zip(outputs, (shape, rate, row_mean_sum, mean_sum)):
+        np.testing.assert_array_equal(again, first)
+
+
+def test_learned_side_sums_its_blocks_in_order_whatever_the_threads():
+    """Rows in blocks of `SIDE_BLOCK_ROWS` in parallel: ``mean_sum`` is each block's rows
+    summed in order, then the blocks in order (a plain loop here), on one thread or two."""
+    rng = np.random.default_rng(10)
+    n, k = 2 * _kernels.SIDE_BLOCK_ROWS + 45, 5
+    statistic = rng.gamma(0.5, 40.0, (n, k))
+    factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, n)
+    other = rng.uniform(10.0, 500.0, (1, k))
+    quotients = (factor_shape + statistic) / (scale_mean[:, None] + other)
+    expected = np.zeros(k)
+    for first in range(0, n, _kernels.SIDE_BLOCK_ROWS):
+        block_sum = np.zeros(k)
+        for row in quotients[first : first + _kernels.SIDE_BLOCK_ROWS]:
+            block_sum += row
+        expected += block_sum
+    threads = numba.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(n_threads)
+            outputs = np.empty((n, k)), np.empty((n, k)), np.empty(n), np.empty(k)
+            _kernels.learned_side(statistic, factor_shape, scale_mean, other, *outputs)
+            results.append(outputs)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(results[0][3], expected)
+    for again, first in zip(results[1], results[0]):
         np.testing.assert_array_equal(again, first)
 
 

@@ -675,11 +675,14 @@ def rescale_side(
     """One side's share of `fix_gauge`: ``z -> factor z`` (its rates of q(z) divided by
     ``factor``, those of q(xi) multiplied by it) and its prior mean set to ``prior_mean``.
     Rows held elsewhere (Dask chunks) apply it to their own q with the same ``factor``;
-    ``in_place``: the rates divided where they are."""
+    ``in_place``: the rates (C-contiguous) divided where they are."""
     scale = ScaleState(
         scale.shape, scale.rate * factor, scale.factor_shape, scale.prior_shape, prior_mean
     )
-    return (np.divide(rate, factor, out=rate) if in_place else rate / factor), scale
+    if not in_place:
+        return rate / factor, scale
+    _kernels.divide_in_place(rate, rate.dtype.type(factor))  # numpy's quotients, in parallel
+    return rate, scale
 
 
 def gauge_factor(params: VariationalParams) -> float:

@@ -509,21 +509,24 @@ def test_learned_side_sums_stored_float32_values_in_float64():
     factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, n)
     other = np.broadcast_to(rng.uniform(10.0, 500.0, k), (n, k))
     shape, rate = np.empty((n, k), np.float32), np.empty((n, k), np.float32)
-    row_mean_sum, mean_sum = np.empty(n), np.empty(k)
+    row_mean_sum, mean_sum, log_sum = np.empty(n), np.empty(k), np.empty(k)
     _kernels.learned_side(
-        statistic, factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum
+        statistic, factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum, log_sum
     )
     np.testing.assert_array_equal(shape, (factor_shape + statistic).astype(np.float32))
     np.testing.assert_array_equal(rate, (scale_mean[:, None] + other).astype(np.float32))
-    quotients = shape.astype(np.float64) / rate.astype(np.float64)
+    shape64, rate64 = shape.astype(np.float64), rate.astype(np.float64)
+    quotients = shape64 / rate64
     np.testing.assert_allclose(mean_sum, quotients.sum(axis=0), rtol=1e-13)
     np.testing.assert_allclose(row_mean_sum, quotients.sum(axis=1), rtol=1e-13)
+    expected_logs = (digamma(shape64) - np.log(rate64)).sum(axis=0)  # of the stored values
+    np.testing.assert_allclose(log_sum, expected_logs, rtol=1e-12)
     # the other side's sums as one row (`rows_or_row`), read for every row: the same bits
-    outputs = np.empty_like(shape), np.empty_like(rate), np.empty(n), np.empty(k)
+    outputs = np.empty_like(shape), np.empty_like(rate), np.empty(n), np.empty(k), np.empty(k)
     one_row = _kernels.rows_or_row(other, (n, k), np.float64)
     assert one_row.shape == (1, k)
     _kernels.learned_side(statistic, factor_shape, scale_mean, one_row, *outputs)
-    for again, first in zip(outputs, (shape, rate, row_mean_sum, mean_sum)):
+    for again, first in zip(outputs, (shape, rate, row_mean_sum, mean_sum, log_sum)):
         np.testing.assert_array_equal(again, first)
 
 
@@ -547,7 +550,7 @@ def test_learned_side_sums_its_blocks_in_order_whatever_the_threads():
     try:
         for n_threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(n_threads)
-            outputs = np.empty((n, k)), np.empty((n, k)), np.empty(n), np.empty(k)
+            outputs = np.empty((n, k)), np.empty((n, k)), np.empty(n), np.empty(k), np.empty(k)
             _kernels.learned_side(statistic, factor_shape, scale_mean, other, *outputs)
             results.append(outputs)
     finally:
@@ -555,6 +558,34 @@ def test_learned_side_sums_its_blocks_in_order_whatever_the_threads():
     np.testing.assert_array_equal(results[0][3], expected)
     for again, first in zip(results[1], results[0]):
         np.testing.assert_array_equal(again, first)
+    # E[log z]'s sums: those `expected_log_sums` takes in its own pass (other blocks)
+    shape, rate = results[0][:2]
+    np.testing.assert_allclose(
+        results[0][4], _kernels.expected_log_sums(shape, rate), rtol=1e-13, atol=0
+    )
+    # asked for no logs (an empty ``log_sum``): the rest bit for bit
+    outputs = np.empty((n, k)), np.empty((n, k)), np.empty(n), np.empty(k), np.empty(0)
+    _kernels.learned_side(statistic, factor_shape, scale_mean, other, *outputs)
+    for again, first in zip(outputs[:4], results[0][:4]):
+        np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_learned_side_takes_the_logs_of_a_single_row_it_just_stored(dtype):
+    """One row: its rates, one row as `rows_or_row` gives a rate per component, have their
+    logs taken once stored (not before)."""
+    rng = np.random.default_rng(11)
+    k = 37
+    statistic = rng.gamma(0.5, 40.0, (1, k))
+    factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, 1)
+    other = rng.uniform(10.0, 500.0, (1, k))
+    shape, rate = np.full((1, k), np.nan, dtype), np.full((1, k), np.nan, dtype)
+    log_sum = np.empty(k)
+    _kernels.learned_side(
+        statistic, factor_shape, scale_mean, other, shape, rate, np.empty(1), np.empty(k), log_sum
+    )
+    expected = digamma(shape.astype(np.float64)) - np.log(rate.astype(np.float64))
+    np.testing.assert_allclose(log_sum, expected[0], rtol=1e-13)
 
 
 def test_gamma_sums_expected_over_a_random_prior_rate():
@@ -626,9 +657,9 @@ def _learned_prior_side(rng, n_rows, k, dtype):
     [(2 * _kernels.TERMS_BLOCK_ROWS + 13, 700), (1, 3 * _kernels.TERMS_BLOCK_ROWS), (5, 1)],
 )
 def test_two_sided_kernels_equal_the_one_sided(dtype, n_rows, n_cols):
-    """`gamma_terms_of_sides` and `expected_log_terms_of_sides` give exactly the per-side
-    kernels' outputs (every block's sums, the tables, the logs taken), with sides of
-    several blocks, under one block and of one row, in either place."""
+    """`gamma_terms_of_sides` gives exactly the per-side kernel's outputs (every block's
+    sums, the tables, the logs taken), with sides of several blocks, under one block and
+    of one row, in either place."""
     rng = np.random.default_rng(12)
     row_side = _learned_prior_side(rng, n_rows, 5, dtype)
     col_side = _learned_prior_side(rng, n_cols, 5, dtype)
@@ -639,12 +670,6 @@ def test_two_sided_kernels_equal_the_one_sided(dtype, n_rows, n_cols):
         _kernels.gamma_terms(*alone)
         for got, expected in zip(fused, alone):
             np.testing.assert_array_equal(got, expected, strict=True)
-    both = [_kernels._expected_log_arguments(*side[:2]) for side in (row_side, col_side)]
-    _kernels.expected_log_terms_of_sides(*both)
-    for side, fused in zip((row_side, col_side), both):
-        alone = _kernels._expected_log_arguments(*side[:2])
-        _kernels.expected_log_terms(*alone)
-        np.testing.assert_array_equal(fused[-1], alone[-1], strict=True)
 
 
 @pytest.mark.parametrize("per_entry", [False, True])

@@ -572,31 +572,47 @@ def gamma_moments_sums_of_sides(row_side, col_side):
     return _moments_sums(row_arguments), _moments_sums(col_arguments)
 
 
+@njit(cache=True, inline="always")
+def _log_buffers(n_components):
+    """`_add_expected_logs`' scratch, a chunk of rows' entries each: the rates, their logs,
+    the shifted shapes, their logs, ``log z - E[log z]``, and scratch."""
+    size = _chunk_rows(n_components) * n_components
+    return (
+        np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size),
+        np.empty(size),
+    )  # fmt: skip
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _add_expected_logs(shape, rate, start, rows, buffers, one_row, sums):
+    """``sums[l] += E[log z_il] = digamma(shape[i, l]) - log(rate[i, l])`` (float64) over
+    rows ``start .. start + rows`` (at most `_chunk_rows`), a row after another; ``rate``
+    as `rows_or_row` gives it, ``one_row`` its `_rate_logs`."""
+    n_components = shape.shape[1]
+    rates, log_rates, shifted, log_shifted, rest, scratch = buffers
+    _chunk_logs(rate, start, rows, rates, log_rates, scratch, one_row)
+    _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest)
+    checked_logs(shifted, rows * n_components, log_shifted, scratch)
+    for r in range(rows):
+        for l in range(n_components):
+            sums[l] += log_shifted[r * n_components + l] - rest[r * n_components + l]
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _expected_log_block(block, arguments):
-    """Block ``block`` of `expected_log_terms`, ``arguments`` the tuple of its arguments:
-    the one body of it and of `expected_log_terms_of_sides`, so both make the same sums."""
+    """Block ``block`` of `expected_log_terms`, ``arguments`` the tuple of its arguments."""
     shape, rate, block_rows, partial = arguments
     n_rows, n_components = shape.shape
     chunk = _chunk_rows(n_components)
-    size = chunk * n_components
-    rates, log_rates = np.empty(size), np.empty(size)
-    shifted, log_shifted = np.empty(size), np.empty(size)
-    rest = np.empty(size)  # log z - E[log z]
-    scratch = np.empty(size)
-    one_row = _rate_logs(rate, scratch)
+    buffers = _log_buffers(n_components)
+    one_row = _rate_logs(rate, buffers[5])
     for l in range(n_components):
         partial[block, l] = 0.0
     stop = min(n_rows, (block + 1) * block_rows)
     for start in range(block * block_rows, stop, chunk):
-        rows = min(chunk, stop - start)
-        count = rows * n_components
-        _chunk_logs(rate, start, rows, rates, log_rates, scratch, one_row)
-        _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest)
-        checked_logs(shifted, count, log_shifted, scratch)
-        for r in range(rows):
-            for l in range(n_components):
-                partial[block, l] += log_shifted[r * n_components + l] - rest[r * n_components + l]
+        _add_expected_logs(
+            shape, rate, start, min(chunk, stop - start), buffers, one_row, partial[block]
+        )
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -608,19 +624,6 @@ def expected_log_terms(shape, rate, block_rows, partial):
     arguments = (shape, rate, block_rows, partial)
     for block in prange(partial.shape[0]):
         _expected_log_block(block, arguments)
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
-def expected_log_terms_of_sides(row_arguments, col_arguments):
-    """`expected_log_terms` of the rows and of the columns in one parallel region (why:
-    `gamma_terms_of_sides`), each side's arguments as a tuple; blocks in the same order."""
-    row_partial, col_partial = row_arguments[3], col_arguments[3]
-    n_row_blocks = row_partial.shape[0]
-    for block in prange(n_row_blocks + col_partial.shape[0]):
-        if block < n_row_blocks:
-            _expected_log_block(block, row_arguments)
-        else:
-            _expected_log_block(block - n_row_blocks, col_arguments)
 
 
 def _expected_log_arguments(shape, rate):
@@ -640,57 +643,66 @@ def expected_log_sums(shape, rate) -> np.ndarray:
     return arguments[-1].sum(axis=0)
 
 
-def expected_log_sums_of_sides(
-    row_shape, row_rate, col_shape, col_rate
-) -> tuple[np.ndarray, np.ndarray]:
-    """`expected_log_sums` of the rows and of the columns by one kernel,
-    `expected_log_terms_of_sides`."""
-    row_arguments = _expected_log_arguments(row_shape, row_rate)
-    col_arguments = _expected_log_arguments(col_shape, col_rate)
-    expected_log_terms_of_sides(row_arguments, col_arguments)
-    return row_arguments[-1].sum(axis=0), col_arguments[-1].sum(axis=0)
-
-
 SIDE_BLOCK_ROWS = 256  # rows per parallel task of `learned_side` and `sum_parts`
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def learned_side(
-    statistic, factor_shape, scale_mean, other_mean_sum, shape, rate, row_mean_sum, mean_sum
-):
+    statistic, factor_shape, scale_mean, other_mean_sum, shape, rate, row_mean_sum, mean_sum,
+    log_sum,
+):  # fmt: skip
     """One side's q under the learned prior into ``shape`` and ``rate`` (n x K, stored in
     their dtype): ``shape[i, l] = factor_shape[l] + statistic[i, l]``, ``rate[i, l] =
     scale_mean[i] + other_mean_sum[i, l]`` (``other_mean_sum`` as `rows_or_row` gives it:
     n x K, or 1 x K when the other side's sums are the same for every row); and from the
-    values stored, in float64, ``row_mean_sum[i] = sum_l E[z_il]`` and ``mean_sum[l] =
-    sum_i E[z_il]``.
+    values stored, in float64, ``row_mean_sum[i] = sum_l E[z_il]``, ``mean_sum[l] =
+    sum_i E[z_il]`` and, unless ``log_sum`` is empty, ``log_sum[l] = sum_i E[log z_il]``
+    (what learning a_l needs: `expected_log_sums`' terms, taken while the rows are in
+    cache instead of in a pass of their own).
 
     One pass (numpy took six, with their n x K temporaries), over blocks of
-    `SIDE_BLOCK_ROWS` rows in parallel: ``mean_sum`` is the blocks' sums added in block
-    order, so it does not depend on the number of threads. Serial, this pass cost 6.3 ms
-    for pbmc_facs' genes at K = 100 (new output arrays: most of it their first touch) and
-    twice that in CPU time while the other thread spun; in parallel 4.1 ms."""
+    `SIDE_BLOCK_ROWS` rows in parallel: the sums are the blocks' sums added in block
+    order, so they do not depend on the number of threads. Serial, and without the logs,
+    this pass cost 6.3 ms for pbmc_facs' genes at K = 100 (new output arrays: most of it
+    their first touch) and twice that in CPU time while the other thread spun; in
+    parallel 4.1 ms."""
     n_rows, n_components = statistic.shape
     per_row = other_mean_sum.shape[0] > 1
+    with_logs = log_sum.shape[0] > 0
     n_blocks = max(1, -(-n_rows // SIDE_BLOCK_ROWS))
+    chunk = _chunk_rows(n_components)
     partial = np.zeros((n_blocks, n_components))
+    log_partial = np.zeros((n_blocks if with_logs else 0, n_components))
     for block in prange(n_blocks):
         block_sum = partial[block]
-        for i in range(block * SIDE_BLOCK_ROWS, min(n_rows, (block + 1) * SIDE_BLOCK_ROWS)):
-            r = i if per_row else 0
-            row_total = 0.0
-            for l in range(n_components):
-                shape[i, l] = factor_shape[l] + statistic[i, l]
-                rate[i, l] = scale_mean[i] + other_mean_sum[r, l]
-                mean = np.float64(shape[i, l]) / np.float64(rate[i, l])
-                row_total += mean
-                block_sum[l] += mean
-            row_mean_sum[i] = row_total
+        buffers = _log_buffers(n_components)
+        one_row = _rate_logs(rate, buffers[5])  # rate is n x K: none unless n = 1 ...
+        stop = min(n_rows, (block + 1) * SIDE_BLOCK_ROWS)
+        for start in range(block * SIDE_BLOCK_ROWS, stop, chunk):
+            rows = min(chunk, stop - start)
+            for i in range(start, start + rows):
+                r = i if per_row else 0
+                row_total = 0.0
+                for l in range(n_components):
+                    shape[i, l] = factor_shape[l] + statistic[i, l]
+                    rate[i, l] = scale_mean[i] + other_mean_sum[r, l]
+                    mean = np.float64(shape[i, l]) / np.float64(rate[i, l])
+                    row_total += mean
+                    block_sum[l] += mean
+                row_mean_sum[i] = row_total
+            if with_logs:
+                if n_rows == 1:  # ... and then of the row just stored
+                    one_row = _rate_logs(rate, buffers[5])
+                _add_expected_logs(shape, rate, start, rows, buffers, one_row, log_partial[block])
     for l in range(n_components):
         mean_sum[l] = 0.0
+        if with_logs:
+            log_sum[l] = 0.0
     for block in range(n_blocks):
         for l in range(n_components):
             mean_sum[l] += partial[block, l]
+            if with_logs:
+                log_sum[l] += log_partial[block, l]
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -698,8 +710,9 @@ def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
     """One side's q under the fixed prior, its shapes into ``shape`` (n x K, stored in its
     dtype): ``shape[i, l] = prior_shape + statistic[i, l]``; and from the values stored, in
     float64, ``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` (rows in order; ``rate`` as
-    `rows_or_row` gives it). One serial pass, as `learned_side`: numpy's sum, cast,
-    quotient and sum made n x K temporaries (5.3 against 1.9 ms for pbmc_facs' genes at
+    `rows_or_row` gives it). One serial pass (the sums in row order, as they always
+    were: the fixed prior's bits): numpy's sum, cast, quotient and sum made n x K
+    temporaries (5.3 against 1.9 ms for pbmc_facs' genes at
     K = 100, 1.5 against 0.19 at K = 10)."""
     n_rows, n_components = statistic.shape
     per_row = rate.shape[0] > 1

@@ -456,16 +456,19 @@ def global_step(
     row_sums = _other_sums(col_mean_sum, mask and mask.row_sums(params.col_mean))
     if isinstance(prior, HierarchicalPrior):
         row_scale_mean, col_scale_mean = params.row_scale.mean, params.col_scale.mean
+        # sum_i E[log z_il] of each new side, for its a_l (none when the prior fixes a_l)
+        n_logs = row_stat.shape[1] if prior.factor_shape is None else 0
+        row_log, col_log = np.zeros(n_logs), np.zeros(n_logs)
         row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
-            row_stat, params.row_scale, row_sums, dtype, row_scale_mean
+            row_stat, params.row_scale, row_sums, dtype, row_scale_mean, row_log
         )
         masked = mask and mask.col_sums(row_shape / row_rate)
+        col_sums = _other_sums(row_mean_sum, masked)
         col_shape, col_rate, col_scale, _ = update_side_learned(
-            col_stat, params.col_scale, _other_sums(row_mean_sum, masked), dtype, col_scale_mean
+            col_stat, params.col_scale, col_sums, dtype, col_scale_mean, col_log
         )
-        row_scale_sums, col_scale_sums = scale_sums_of_sides(
-            row_shape, row_rate, row_scale, col_shape, col_rate, col_scale
-        )
+        row_scale_sums = _scale_sums(row_shape.shape[0], row_scale, row_log)
+        col_scale_sums = _scale_sums(col_shape.shape[0], col_scale, col_log)
         row_scale = learn_hyperparameters(row_scale_sums, row_scale, prior)
         col_scale = learn_hyperparameters(col_scale_sums, col_scale, prior)
         stepped = fix_gauge(  # the rates are this step's own: rescaled where they are
@@ -514,6 +517,7 @@ def update_side_learned(
     other_mean_sum: np.ndarray,
     dtype=None,
     scale_mean: np.ndarray | None = None,
+    log_sum: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ScaleState, np.ndarray]:
     """One side's q under the learned prior, then q of its scales, each at its optimum:
     ``shape = a_l + sum x phi``, ``rate = E[xi_i] + other_mean_sum_l``; then
@@ -521,15 +525,18 @@ def update_side_learned(
     returns the side's ``sum_i E[z_il]`` (float64), which the other side's rates need.
     ``other_mean_sum``: per component, or per entry (n x K) when entries are masked;
     ``scale_mean``: ``E[xi_i]`` of ``scale`` if the caller has it (`global_step` keeps it
-    for the rates' `FactoredRate`)."""
+    for the rates' `FactoredRate`); ``log_sum``: if given (K, float64), filled with the
+    new q's ``sum_i E[log z_il]`` (`scale_sums`' factor logs), in the same pass."""
     dtype = np.result_type(statistic, scale.factor_shape) if dtype is None else dtype
     scale_mean = scale.mean if scale_mean is None else scale_mean
     shape, rate = np.empty(statistic.shape, dtype), np.empty(statistic.shape, dtype)
     row_mean_sum, mean_sum = np.empty(statistic.shape[0]), np.empty(statistic.shape[1])
     other = _kernels.rows_or_row(other_mean_sum, statistic.shape, np.float64)
+    log_sum = np.empty(0) if log_sum is None else log_sum
     _kernels.learned_side(
-        statistic, scale.factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum
-    )
+        statistic, scale.factor_shape, scale_mean, other, shape, rate, row_mean_sum, mean_sum,
+        log_sum,
+    )  # fmt: skip
     return shape, rate, _scale_at_optimum(row_mean_sum, scale), mean_sum
 
 
@@ -595,21 +602,12 @@ class ScaleSums:
         )
 
 
-def scale_sums(shape, rate, scale: ScaleState) -> ScaleSums:
-    """`ScaleSums` of some rows."""
-    return _scale_sums(shape.shape[0], scale, _kernels.expected_log_sums(shape, rate))
-
-
-def scale_sums_of_sides(
-    row_shape, row_rate, row_scale: ScaleState, col_shape, col_rate, col_scale: ScaleState
-) -> tuple[ScaleSums, ScaleSums]:
-    """`scale_sums` of the rows and of the columns, their ``sum_i E[log z_il]`` by one
-    kernel."""
-    row_log, col_log = _kernels.expected_log_sums_of_sides(row_shape, row_rate, col_shape, col_rate)
-    return (
-        _scale_sums(row_shape.shape[0], row_scale, row_log),
-        _scale_sums(col_shape.shape[0], col_scale, col_log),
-    )
+def scale_sums(shape, rate, scale: ScaleState, factor_log: np.ndarray | None = None) -> ScaleSums:
+    """`ScaleSums` of some rows; ``factor_log``: their ``sum_i E[log z_il]`` if the caller
+    has it (`update_side_learned` takes it in its pass), else taken here."""
+    if factor_log is None:
+        factor_log = _kernels.expected_log_sums(shape, rate)
+    return _scale_sums(shape.shape[0], scale, factor_log)
 
 
 def _scale_sums(n_rows: int, scale: ScaleState, factor_log: np.ndarray) -> ScaleSums:

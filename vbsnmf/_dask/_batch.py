@@ -222,14 +222,15 @@ def _chunk_pass_learned(
     params = VariationalParams(cell_shape, cell_rate, gene_shape, gene_rate)
     with numba_threads(n_threads) as n_parts:
         cell_stat, gene_stat, data_term = shape_statistics(data, params, n_parts)
+    log_sum = np.empty(cell_stat.shape[1])
     new_shape, new_rate, new_scale, new_mean_sum = update_side_learned(
-        cell_stat, cell_scale, params.col_mean.sum(axis=0), cell_shape.dtype
+        cell_stat, cell_scale, params.col_mean.sum(axis=0), cell_shape.dtype, log_sum=log_sum
     )
     summary = ChunkSummary(
         gene_stat=gene_stat.astype(np.float64, copy=False),
         terms=ElboTerms(data_term, *side_terms(cell_shape, cell_rate, prior, cell_scale)),
         next_cell_mean_sum=new_mean_sum,
-        cell_sums=scale_sums(new_shape, new_rate, new_scale),
+        cell_sums=scale_sums(new_shape, new_rate, new_scale, log_sum),
     )
     current = (cell_shape, cell_rate, cell_scale.shape, cell_scale.rate)
     return current, (new_shape, new_rate, new_scale.shape, new_scale.rate), summary
@@ -612,12 +613,14 @@ class _DaskModel:
                 next_cells, 1.0, VariationalParams(no_cells, next_cell_rate, gene_shape, gene_rate)
             )
         # `_model.global_step` after the rows' update (done by the chunks)
+        log_sum = np.empty(total.gene_stat.shape[1])
         gene_shape, gene_rate, gene_scale, _ = update_side_learned(
-            total.gene_stat, q.client.col_scale, total.next_cell_mean_sum, self.dtype
-        )
+            total.gene_stat, q.client.col_scale, total.next_cell_mean_sum, self.dtype,
+            log_sum=log_sum,
+        )  # fmt: skip
         cell_hyper = learn_hyperparameters(total.cell_sums, q.client.row_scale, prior)
         gene_scale = learn_hyperparameters(
-            scale_sums(gene_shape, gene_rate, gene_scale), gene_scale, prior
+            scale_sums(gene_shape, gene_rate, gene_scale, log_sum), gene_scale, prior
         )
         no_cells = q.client.row_shape
         unfixed = VariationalParams(

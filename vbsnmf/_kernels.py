@@ -710,10 +710,9 @@ def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
     """One side's q under the fixed prior, its shapes into ``shape`` (n x K, stored in its
     dtype): ``shape[i, l] = prior_shape + statistic[i, l]``; and from the values stored, in
     float64, ``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` (rows in order; ``rate`` as
-    `rows_or_row` gives it). One serial pass (the sums in row order, as they always
-    were: the fixed prior's bits): numpy's sum, cast, quotient and sum made n x K
-    temporaries (5.3 against 1.9 ms for pbmc_facs' genes at
-    K = 100, 1.5 against 0.19 at K = 10)."""
+    `rows_or_row` gives it). One serial pass (the sums in row order, as they always were:
+    the fixed prior's bits): numpy's sum, cast, quotient and sum made n x K temporaries
+    (5.3 against 1.9 ms for pbmc_facs' genes at K = 100, 1.5 against 0.19 at K = 10)."""
     n_rows, n_components = statistic.shape
     per_row = rate.shape[0] > 1
     for l in range(n_components):

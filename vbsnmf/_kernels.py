@@ -501,8 +501,10 @@ TERMS_BLOCK_ROWS = 1024
 
 
 def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
-    """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as float64 views of
-    ``shape``'s shape, and its two outputs (see `gamma_sums`)."""
+    """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as views of ``shape``'s
+    shape (the prior's in float64, the rate in its own dtype: a float32 q's n x K rates
+    copied to float64 took 3.3 of the 159 ms of a K = 100 iteration on pbmc_facs), and its
+    two outputs (see `gamma_sums`)."""
     full = shape.shape
 
     def view(values):
@@ -512,7 +514,7 @@ def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
     log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
     arguments = (
-        rows_or_row(rate, full, np.float64),
+        rows_or_row(rate, full),  # in q's dtype: the kernels widen each value as they read it
         view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
     )  # fmt: skip
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
@@ -565,7 +567,7 @@ def gamma_moments_sums_of_sides(row_side, col_side):
     """`gamma_moments`' outputs and `gamma_sums`' sums of the rows and of the columns by
     one kernel (`gamma_terms_of_sides`): each side's arguments as `gamma_sums`' in a tuple
     ``(shape, rate, prior_shape, prior_rate, log_prior_rate)``; per side ``(scaled, logmax,
-    rate, mean_sum, kl)``, ``rate`` the n x K float64 (view) the tables came from."""
+    rate, mean_sum, kl)``, ``rate`` the n x K (view, in its dtype) the tables came from."""
     row_arguments = _moments_terms_arguments(*row_side)
     col_arguments = _moments_terms_arguments(*col_side)
     gamma_terms_of_sides(row_arguments, col_arguments)
@@ -773,11 +775,11 @@ def _exp_shifted_log_rho(major_shape, major_rate, minor_shape, minor_rate, phi):
         phi[l] = 0.0
     peak = -np.inf
     for l in range(n_components):
-        value = (
+        value = (  # rates widened: Numba's float() keeps a float32 one in float32
             digamma(float(major_shape[l]))
-            - math.log(float(major_rate[l]))
+            - math.log(np.float64(major_rate[l]))
             + digamma(float(minor_shape[l]))
-            - math.log(float(minor_rate[l]))
+            - math.log(np.float64(minor_rate[l]))
         )
         phi[l] = value
         peak = max(peak, value)

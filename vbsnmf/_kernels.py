@@ -576,8 +576,9 @@ def gamma_moments_sums_of_sides(row_side, col_side):
 
 @njit(cache=True, inline="always")
 def _log_buffers(n_components):
-    """`_add_expected_logs`' scratch, a chunk of rows' entries each: the rates, their logs,
-    the shifted shapes, their logs, ``log z - E[log z]``, and scratch."""
+    """`_add_expected_logs`' scratch, a chunk of rows' entries each: the rates, the
+    shifted shapes over them, those quotients' logs, ``log z - digamma``, the shifted
+    shapes, and scratch."""
     size = _chunk_rows(n_components) * n_components
     return (
         np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size),
@@ -589,15 +590,30 @@ def _log_buffers(n_components):
 def _add_expected_logs(shape, rate, start, rows, buffers, one_row, sums):
     """``sums[l] += E[log z_il] = digamma(shape[i, l]) - log(rate[i, l])`` (float64) over
     rows ``start .. start + rows`` (at most `_chunk_rows`), a row after another; ``rate``
-    as `rows_or_row` gives it, ``one_row`` its `_rate_logs`."""
+    as `rows_or_row` gives it, ``one_row`` its `_rate_logs`.
+
+    Taken as ``log(z / rate) - (log z - digamma)`` with `_shifted`'s ``z``: one log an
+    entry instead of two (``z >= 8``, so the quotient stays a normal number unless a
+    rate is below 1e-300)."""
     n_components = shape.shape[1]
-    rates, log_rates, shifted, log_shifted, rest, scratch = buffers
-    _chunk_logs(rate, start, rows, rates, log_rates, scratch, one_row)
-    _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest)
-    checked_logs(shifted, rows * n_components, log_shifted, scratch)
+    rates, quotients, log_quotients, rest, shifted, scratch = buffers
+    count = rows * n_components
+    if rate.shape[0] == 1:
+        row = one_row[0]
+        for r in range(rows):
+            for l in range(n_components):
+                rates[r * n_components + l] = row[l]
+    else:
+        _chunk_values(rate, start, rows, rates)
+    _chunk_values(shape, start, rows, shifted)
+    for q in range(count):  # no call: vectorises
+        z, digamma_rest, _, _ = _digamma_rest(shifted[q])
+        rest[q] = digamma_rest
+        quotients[q] = z / rates[q]
+    checked_logs(quotients, count, log_quotients, scratch)
     for r in range(rows):
         for l in range(n_components):
-            sums[l] += log_shifted[r * n_components + l] - rest[r * n_components + l]
+            sums[l] += log_quotients[r * n_components + l] - rest[r * n_components + l]
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)

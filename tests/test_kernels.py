@@ -673,13 +673,16 @@ def test_two_sided_kernels_equal_the_one_sided(dtype, n_rows, n_cols):
 
 
 @pytest.mark.parametrize("per_entry", [False, True])
-def test_expected_log_sums_match_scipy(per_entry):
+@pytest.mark.parametrize("rate_range", [(0.1, 5.0), (1e-250, 1e250)])
+def test_expected_log_sums_match_scipy(per_entry, rate_range):
     """``sum_i digamma(shape) - log(rate)`` per component over three blocks and a partial
-    one, shapes from 1e-3 (the recurrence) to 1e4 (the series alone)."""
+    one, shapes from 1e-3 (the recurrence) to 1e4 (the series alone), rates of every
+    magnitude (the kernel takes ``log(z / rate)`` of the shifted shape ``z``)."""
     rng = np.random.default_rng(9)
     n, k = 3 * _kernels.TERMS_BLOCK_ROWS + 5, 4
     shape = np.exp(rng.uniform(np.log(1e-3), np.log(1e4), (n, k)))
-    rate = rng.uniform(0.1, 5.0, (n, k) if per_entry else k)
+    low, high = np.log(rate_range)
+    rate = np.exp(rng.uniform(low, high, (n, k) if per_entry else k))
     got = _kernels.expected_log_sums(shape, rate)
     expected = (digamma(shape) - np.log(rate)).sum(axis=0)
     np.testing.assert_allclose(got, expected, rtol=1e-12)

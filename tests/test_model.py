@@ -64,6 +64,32 @@ def test_one_iteration_matches_numpy_cavi(name, n_threads, prior, block_rows):
     np.testing.assert_allclose(value, reference, rtol=1e-10)
 
 
+def test_a_float32_qs_rates_reach_the_pass_as_they_are():
+    """`side_moments` hands a float32 q's rates to the pass without an n x K float64 copy,
+    and the tables and the pass's statistics are those of the rates widened first (rows
+    in the log-space regime included, where the pass reads the rates themselves)."""
+    rng = np.random.default_rng(21)
+    X = sp.random(40, 30, density=0.3, random_state=4, format="csr") * 5
+    X.data = np.ceil(X.data)
+    sides = []
+    for n in X.shape:
+        shape = (rng.gamma(1.0, 3.0, (n, 4)) + 1e-3).astype(np.float32)
+        rate = rng.uniform(0.1, 5.0, (n, 4)).astype(np.float32)
+        shape[:2], rate[:2] = 1e-4, 1e30  # exp(E[log z]) far below 1e-290: log space
+        sides.append((shape, rate))
+    kept = [_model.side_moments(shape, rate) for shape, rate in sides]
+    widened = [_model.side_moments(shape, rate.astype(np.float64)) for shape, rate in sides]
+    for (_, rate), moments, reference in zip(sides, kept, widened):
+        assert moments[3].dtype == np.float32 and np.shares_memory(moments[3], rate)
+        for got, expected in zip(moments[:2], reference[:2]):
+            np.testing.assert_array_equal(got, expected, strict=True)
+    data = as_count_data(X)
+    for got, expected in zip(
+        _model.pass_statistics(data, *kept, 2), _model.pass_statistics(data, *widened, 2)
+    ):
+        np.testing.assert_array_equal(got, expected, strict=True)
+
+
 def test_one_fit_iteration_from_a_given_start_matches_numpy_cavi():
     """Through `VBNMF`: ``max_iter=1`` from ``init`` is one iteration, and the trace holds
     the ELBO of the parameters after it."""

@@ -281,8 +281,9 @@ def data_fingerprint(data: TensorData) -> str:
 def mode_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     """The tensor kernel's tables of one mode: ``E[log]`` (its log-space path), then
     `_model.side_moments`' ``exp(E[log])`` over its row maximum (padded) and that maximum."""
-    scaled, logmax, _, rate64 = _model.side_moments(shape, rate)
-    elog = (digamma(shape) - np.log(rate64)).astype(shape.dtype, copy=False)
+    scaled, logmax, _, _ = _model.side_moments(shape, rate)
+    elog = digamma(shape) - np.log(np.asarray(rate, dtype=np.float64))
+    elog = elog.astype(shape.dtype, copy=False)
     return elog, scaled, logmax
 
 

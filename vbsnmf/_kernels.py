@@ -231,6 +231,16 @@ def _rate_logs(rate, scratch):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _repeat_row(row, rows, flat):
+    """``row`` (K entries) copied ``rows`` times into ``flat``, one after another: a chunk
+    of a 1 x K array (`rows_or_row`) as `_chunk_values` lays out an n x K one."""
+    n_components = row.shape[0]
+    for r in range(rows):
+        for l in range(n_components):
+            flat[r * n_components + l] = row[l]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_logs(values, start, rows, flat, logs, scratch, one_row):
     """``logs`` of rows ``start .. start + rows`` of the n x K ``values``, a row after
     another, and the values themselves in ``flat`` (`_chunk_values`, `checked_logs`;
@@ -238,11 +248,8 @@ def _chunk_logs(values, start, rows, flat, logs, scratch, one_row):
     copied for every row when ``values`` has one row."""
     n_components = values.shape[1]
     if values.shape[0] == 1:
-        row, row_logs = one_row
-        for r in range(rows):
-            for l in range(n_components):
-                flat[r * n_components + l] = row[l]
-                logs[r * n_components + l] = row_logs[l]
+        _repeat_row(one_row[0], rows, flat)
+        _repeat_row(one_row[1], rows, logs)
     else:
         _chunk_values(values, start, rows, flat)
         checked_logs(flat, rows * n_components, logs, scratch)
@@ -599,10 +606,7 @@ def _add_expected_logs(shape, rate, start, rows, buffers, one_row, sums):
     rates, quotients, log_quotients, rest, shifted, scratch = buffers
     count = rows * n_components
     if rate.shape[0] == 1:
-        row = one_row[0]
-        for r in range(rows):
-            for l in range(n_components):
-                rates[r * n_components + l] = row[l]
+        _repeat_row(one_row[0], rows, rates)
     else:
         _chunk_values(rate, start, rows, rates)
     _chunk_values(shape, start, rows, shifted)

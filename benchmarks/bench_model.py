@@ -188,7 +188,7 @@ def fit_vbsnmf(matrix, k: int, threads: int, prior: str, ref_passes: int, **opti
     return model.cell_shape_ / model.cell_rate_, model.components_.T, fixed, info
 
 
-def fit_hpfrec(matrix, k: int, threads: int, maxiter: int, **_):
+def fit_hpfrec(matrix, k: int, threads: int, maxiter: int, seed: int = MODEL_SEED, **_):
     import pandas as pd
     from hpfrec import HPF
 
@@ -220,7 +220,7 @@ def fit_hpfrec(matrix, k: int, threads: int, maxiter: int, **_):
         full_llk=True,
         maxiter=maxiter,
         ncores=threads,
-        random_seed=MODEL_SEED,
+        random_seed=seed,
         use_float=False,
         reindex=False,
         verbose=False,

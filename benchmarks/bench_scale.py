@@ -85,7 +85,7 @@ def _streaming_steps(h5ad: str, n_components: int, n_steps: int, batch_size: int
     opened_mib = peak_rss_mib()
     start = time.perf_counter()
     # the one validation pass over the file
-    total, _ = _svi.scan_blocks(source.iter_blocks(_svi.EVAL_BLOCK_ROWS))
+    total = _svi.scan_blocks(source.iter_blocks(_svi.EVAL_BLOCK_ROWS), source.shape).total
     scan_s = time.perf_counter() - start
     prior = _model.GammaPrior(1.0, 1.0)
     settings = _svi.SVISettings(prior, batch_size, 1.0, 0.55, 1, 1, 1e-5, 200, 1e-5, n_threads)

@@ -11,6 +11,13 @@ kNN accuracy and KMeans(5) ARI; a fit with the same seed on the count-split trai
 (`bench_model.count_split`, split seed 0) gives the held-out log-likelihood per count.
 All fits run in this one process, one after the other (the first one loads the kernels).
 The table gives every fit, then the median and the range over the seeds for each K.
+
+``--tool hpfrec`` runs `bench_model.py`'s hpfrec fit (scHPF's hyperparameters and stopping
+rule, up to ``--hpfrec-maxiter`` iterations) from each seed instead, scored by the same
+code: how far the peer's one-seed figures move with its start.
+
+    python benchmarks/seed_spread.py --tool hpfrec --ks 10 20 --seeds 0 1 2 3 4 \
+        --no-heldout --out benchmarks/results/seed_spread_pbmc_facs.txt
 """
 
 from __future__ import annotations
@@ -31,33 +38,59 @@ FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
 
 
-def fit_row(matrix, labels, halves, k: int, seed: int, threads: int) -> dict:
-    """One seed's figures at K = ``k``."""
+def fit_vbsnmf(matrix, k: int, seed: int, threads: int, **_) -> tuple:
+    """The default fit: its cell and gene factors (posterior means) and what it reports."""
     import vbsnmf
-    from vbsnmf.tl._nmf import _factor_share
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         start = time.perf_counter()
         model = vbsnmf.VBNMF(k, random_state=seed, n_threads=threads).fit(matrix)
         seconds = time.perf_counter() - start
-        held = vbsnmf.VBNMF(k, random_state=seed, n_threads=threads).fit(halves[0])
-    cells, genes = model.cell_shape_ / model.cell_rate_, model.components_.T
-    shares, threshold = _factor_share(cells, genes, None, None)
-    test = halves[1]
-    held_cells, held_genes = held.cell_shape_ / held.cell_rate_, held.components_.T
-    return {
-        "K": k,
-        "seed": seed,
+    info = {
         "passes": int(model.n_iter_),
         "converged": bool(model.converged_),
         "elbo": float(model.elbo_trace_[-1]),
         "seconds": round(seconds, 2),
+    }
+    return model.cell_shape_ / model.cell_rate_, model.components_.T, info
+
+
+def fit_hpfrec(matrix, k: int, seed: int, threads: int, hpfrec_maxiter: int) -> tuple:
+    """`bench_model.fit_hpfrec` (scHPF's settings) started from ``seed``."""
+    cells, genes, _, info = bench_model.fit_hpfrec(matrix, k, threads, hpfrec_maxiter, seed)
+    keep = ("passes", "converged")
+    return cells, genes, {**{key: info[key] for key in keep}, "seconds": round(info["seconds"], 2)}
+
+
+FITS = {"vbsnmf": fit_vbsnmf, "hpfrec": fit_hpfrec}
+
+
+def fit_row(matrix, labels, halves, k: int, seed: int, args) -> dict:
+    """One seed's figures at K = ``k`` for ``args.tool`` (the held-out one unless
+    ``args.no_heldout``)."""
+    from vbsnmf.tl._nmf import _factor_share
+
+    fit = FITS[args.tool]
+    options = {"threads": args.threads, "hpfrec_maxiter": args.hpfrec_maxiter}
+    cells, genes, info = fit(matrix, k, seed, **options)
+    shares, threshold = _factor_share(cells, genes, None, None)
+    row = {
+        "tool": args.tool,
+        "K": k,
+        "seed": seed,
+        **info,
         "train": bench_model.poisson_loglik(matrix, cells, genes) / matrix.nnz,
-        "heldout": bench_model.poisson_loglik(test, held_cells, held_genes) / float(test.sum()),
         "active": int((shares > threshold).sum()),
         **bench_model.clustering_scores(cells, labels),
     }
+    if not args.no_heldout:
+        held_cells, held_genes, _ = fit(halves[0], k, seed, **options)
+        test = halves[1]
+        row["heldout"] = bench_model.poisson_loglik(test, held_cells, held_genes) / float(
+            test.sum()
+        )
+    return row
 
 
 def summary(rows: list[dict], k: int) -> str:
@@ -80,6 +113,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data", choices=bench_model.DATASETS, default="pbmc_facs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tool", choices=sorted(FITS), default="vbsnmf")
+    parser.add_argument(
+        "--hpfrec-maxiter", type=int, default=200, help="as bench_model.py's (its default)"
+    )
+    parser.add_argument("--no-heldout", action="store_true", help="skip the count-split fits")
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
     with report(args.out) as emit:
@@ -92,8 +130,9 @@ def _run(args, emit) -> None:
     rows = []
     for k in args.ks:
         for seed in args.seeds:
-            rows.append(fit_row(matrix, labels, halves, k, seed, args.threads))
+            rows.append(fit_row(matrix, labels, halves, k, seed, args))
             emit("fit " + json.dumps(rows[-1]))
+    emit(f"tool: {args.tool}")
     emit("| K | seed | " + " | ".join(FIGURES) + " |")
     emit("|---|---|" + "---:|" * len(FIGURES))
     for row in rows:

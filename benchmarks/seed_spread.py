@@ -14,7 +14,8 @@ The table gives every fit, then the median and the range over the seeds for each
 
 ``--tool hpfrec`` runs `bench_model.py`'s hpfrec fit (scHPF's hyperparameters and stopping
 rule, up to ``--hpfrec-maxiter`` iterations) from each seed instead, scored by the same
-code: how far the peer's one-seed figures move with its start.
+code: how far the peer's one-seed figures move with its start. ``--prior-shape 0.3`` fits
+vbsnmf's learned prior with scHPF's fixed factor shapes instead of learned ones.
 
     python benchmarks/seed_spread.py --tool hpfrec --ks 10 20 --seeds 0 1 2 3 4 \
         --no-heldout --out benchmarks/results/seed_spread_pbmc_facs.txt
@@ -38,14 +39,16 @@ FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
 
 
-def fit_vbsnmf(matrix, k: int, seed: int, threads: int, **_) -> tuple:
-    """The default fit: its cell and gene factors (posterior means) and what it reports."""
+def fit_vbsnmf(matrix, k: int, seed: int, threads: int, prior_shape=None, **_) -> tuple:
+    """The default fit (with ``prior_shape``, the learned prior's factor shapes fixed to
+    it): its cell and gene factors (posterior means) and what it reports."""
     import vbsnmf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         start = time.perf_counter()
-        model = vbsnmf.VBNMF(k, random_state=seed, n_threads=threads).fit(matrix)
+        model = vbsnmf.VBNMF(k, prior_shape=prior_shape, random_state=seed, n_threads=threads)
+        model.fit(matrix)
         seconds = time.perf_counter() - start
     info = {
         "passes": int(model.n_iter_),
@@ -56,7 +59,7 @@ def fit_vbsnmf(matrix, k: int, seed: int, threads: int, **_) -> tuple:
     return model.cell_shape_ / model.cell_rate_, model.components_.T, info
 
 
-def fit_hpfrec(matrix, k: int, seed: int, threads: int, hpfrec_maxiter: int) -> tuple:
+def fit_hpfrec(matrix, k: int, seed: int, threads: int, hpfrec_maxiter: int, **_) -> tuple:
     """`bench_model.fit_hpfrec` (scHPF's settings) started from ``seed``."""
     cells, genes, _, info = bench_model.fit_hpfrec(matrix, k, threads, hpfrec_maxiter, seed)
     keep = ("passes", "converged")
@@ -72,7 +75,11 @@ def fit_row(matrix, labels, halves, k: int, seed: int, args) -> dict:
     from vbsnmf.tl._nmf import _factor_share
 
     fit = FITS[args.tool]
-    options = {"threads": args.threads, "hpfrec_maxiter": args.hpfrec_maxiter}
+    options = {
+        "threads": args.threads,
+        "hpfrec_maxiter": args.hpfrec_maxiter,
+        "prior_shape": args.prior_shape,
+    }
     cells, genes, info = fit(matrix, k, seed, **options)
     shares, threshold = _factor_share(cells, genes, None, None)
     row = {
@@ -84,6 +91,8 @@ def fit_row(matrix, labels, halves, k: int, seed: int, args) -> dict:
         "active": int((shares > threshold).sum()),
         **bench_model.clustering_scores(cells, labels),
     }
+    if args.tool == "vbsnmf" and args.prior_shape is not None:
+        row["prior_shape"] = args.prior_shape
     if not args.no_heldout:
         held_cells, held_genes, _ = fit(halves[0], k, seed, **options)
         test = halves[1]
@@ -118,6 +127,11 @@ def main() -> None:
         "--hpfrec-maxiter", type=int, default=200, help="as bench_model.py's (its default)"
     )
     parser.add_argument("--no-heldout", action="store_true", help="skip the count-split fits")
+    parser.add_argument(
+        "--prior-shape",
+        type=float,
+        help="vbsnmf: fix the factor shapes to this (scHPF's 0.3) instead of learning them",
+    )
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
     with report(args.out) as emit:
@@ -132,7 +146,10 @@ def _run(args, emit) -> None:
         for seed in args.seeds:
             rows.append(fit_row(matrix, labels, halves, k, seed, args))
             emit("fit " + json.dumps(rows[-1]))
-    emit(f"tool: {args.tool}")
+    shape = (
+        f", prior_shape={args.prior_shape}" if args.prior_shape and args.tool == "vbsnmf" else ""
+    )
+    emit(f"tool: {args.tool}{shape}")
     emit("| K | seed | " + " | ".join(FIGURES) + " |")
     emit("|---|---|" + "---:|" * len(FIGURES))
     for row in rows:

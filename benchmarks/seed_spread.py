@@ -50,7 +50,8 @@ def fit_vbsnmf(matrix, k: int, seed: int, threads: int, prior_shape=None, **_) -
         model = vbsnmf.VBNMF(k, prior_shape=prior_shape, random_state=seed, n_threads=threads)
         model.fit(matrix)
         seconds = time.perf_counter() - start
-    info = {
+    info = {} if prior_shape is None else {"prior_shape": prior_shape}
+    info |= {
         "passes": int(model.n_iter_),
         "converged": bool(model.converged_),
         "elbo": float(model.elbo_trace_[-1]),
@@ -91,8 +92,6 @@ def fit_row(matrix, labels, halves, k: int, seed: int, args) -> dict:
         "active": int((shares > threshold).sum()),
         **bench_model.clustering_scores(cells, labels),
     }
-    if args.tool == "vbsnmf" and args.prior_shape is not None:
-        row["prior_shape"] = args.prior_shape
     if not args.no_heldout:
         held_cells, held_genes, _ = fit(halves[0], k, seed, **options)
         test = halves[1]
@@ -134,6 +133,8 @@ def main() -> None:
     )
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
+    if args.prior_shape is not None and args.tool != "vbsnmf":
+        parser.error("--prior-shape applies to --tool vbsnmf only")
     with report(args.out) as emit:
         _run(args, emit)
 
@@ -146,9 +147,7 @@ def _run(args, emit) -> None:
         for seed in args.seeds:
             rows.append(fit_row(matrix, labels, halves, k, seed, args))
             emit("fit " + json.dumps(rows[-1]))
-    shape = (
-        f", prior_shape={args.prior_shape}" if args.prior_shape and args.tool == "vbsnmf" else ""
-    )
+    shape = "" if args.prior_shape is None else f", prior_shape={args.prior_shape}"
     emit(f"tool: {args.tool}{shape}")
     emit("| K | seed | " + " | ".join(FIGURES) + " |")
     emit("|---|---|" + "---:|" * len(FIGURES))

@@ -2,6 +2,7 @@
 part of the package, so nothing else notices when a private signature changes under them
 (`bench_scale.py atlas` called `_svi.scan_blocks` with its old arguments)."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -11,18 +12,23 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def _script(monkeypatch, name: str):
+    """The benchmark module ``name``, imported from benchmarks/ (and forgotten after)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    module = importlib.import_module(name)
+    monkeypatch.setitem(sys.modules, name, module)  # dropped again when the test ends
+    return module
+
+
 @pytest.fixture
 def bench_scale(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import bench_scale
-
-    yield bench_scale
-    sys.modules.pop("bench_scale", None)
+    return _script(monkeypatch, "bench_scale")
 
 
 def test_bench_scale_atlas_parts_run_on_a_small_file(bench_scale, pbmc_tiny, tmp_path):
     """Both parts of ``bench_scale.py atlas`` in this process on pbmc_tiny as an .h5ad:
-    the batch timing (its ELBO finite, one interval per iteration) and the streamed
+    the batch timing (its ELBO finite, its time per iteration positive) and the streamed
     cells-form steps, which read every cell of the file in the validation scan."""
     path = tmp_path / "tiny.h5ad"
     pbmc_tiny.write_h5ad(path)
@@ -32,3 +38,13 @@ def test_bench_scale_atlas_parts_run_on_a_small_file(bench_scale, pbmc_tiny, tmp
     stream = bench_scale._streaming_steps(str(path), 3, 2, 64, 1)
     assert stream["n_cells"] == pbmc_tiny.n_obs and stream["nnz"] == pbmc_tiny.X.nnz
     assert stream["s_per_step"] > 0 and stream["steps_per_epoch"] == -(-pbmc_tiny.n_obs // 64)
+
+
+def test_count_range_traces_run_on_todays_engine(monkeypatch):
+    """``count_range.py``'s fit (it imported the engine module the restructure removed):
+    at a count well inside the float64 range its trace is finite, negative and never
+    decreases, as the script's table reports."""
+    count_range = _script(monkeypatch, "count_range")
+    trace = count_range._trace(1e6, 0, np.float64)
+    assert trace.shape == (150,) and np.all(np.isfinite(trace)) and np.all(trace < 0)
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))

@@ -1,8 +1,10 @@
 """A plain-numpy CAVI for Poisson-Gamma NMF, written apart from the engine.
 
 Dense and slow on purpose: responsibilities for every nonzero with
-``scipy.special.logsumexp``, the KL divergences through ``scipy.stats.gamma``'s entropy
-rather than the closed form the engine uses. Only for small matrices in tests.
+``scipy.special.logsumexp``, the KL divergences as ``-H(q) - E_q[log p]`` with scipy's
+digamma and lgamma, not the engine's series: the fixed prior's entropies in closed form
+(`gamma_entropy`, checked against ``scipy.stats.gamma``'s), the learned prior's through
+``scipy.stats.gamma``. Only for small matrices in tests.
 """
 
 from __future__ import annotations
@@ -38,11 +40,18 @@ def iteration(X, row_shape, row_rate, col_shape, col_rate, a, b, mask=None):
     return new_row_shape, new_row_rate, new_col_shape, new_col_rate
 
 
+def gamma_entropy(shape, rate):
+    """H(Gamma(shape, rate)) = shape - log(rate) + lgamma(shape) + (1 - shape) digamma(shape),
+    the textbook form (`tests/test_kernels.py` checks it against ``scipy.stats.gamma``'s
+    entropy, which takes about 80 us an entry, a Python call each: 43 s for 2,061 x 259)."""
+    return shape - np.log(rate) + gammaln(shape) + (1.0 - shape) * digamma(shape)
+
+
 def gamma_kl(shape, rate, a, b):
     """KL(Gamma(shape, rate) || Gamma(a, b)) = -H(q) - E_q[log p]."""
     shape = np.asarray(shape, dtype=float)
     rate = np.broadcast_to(rate, shape.shape)
-    entropy = stats.gamma(a=shape, scale=1.0 / rate).entropy()
+    entropy = gamma_entropy(shape, rate)
     expected_log = digamma(shape) - np.log(rate)
     expected_log_prior = a * np.log(b) - gammaln(a) + (a - 1) * expected_log - b * shape / rate
     return float(np.sum(-entropy - expected_log_prior))

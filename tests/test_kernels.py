@@ -12,6 +12,7 @@ import pytest
 import reference_cavi
 import scipy.sparse as sp
 from numba import njit
+from scipy import stats
 from scipy.special import digamma, gammaln, logsumexp
 
 from vbsnmf import _kernels
@@ -450,6 +451,20 @@ def test_gamma_moments_log_space_rows():
     assert elog.max() < np.log(1e-290)  # the regime of the test
     np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14)
     np.testing.assert_allclose(scaled[:, :3], np.exp(elog - elog.max(1)[:, None]), rtol=1e-12)
+
+
+def test_reference_gamma_entropy_is_scipys():
+    """The tests' reference KL takes the Gamma entropy in closed form: it is scipy.stats'
+    over the shapes the kernels' tests draw and beyond (1e-4 .. 1e3, rates 1e-3 .. 1e300;
+    past 1e5 the two part by 1e-10, scipy's series for large shapes against cancellation)."""
+    rng = np.random.default_rng(2)
+    shape = np.concatenate([10.0 ** rng.uniform(-4, 3, 400), [1e-4, 1e-3, 0.5, 1.0, 8.0, 1e3]])
+    rate = 10.0 ** rng.uniform(-3, 3, shape.shape)
+    rate[:3] = 1e300
+    expected = stats.gamma(a=shape, scale=1.0 / rate).entropy()
+    np.testing.assert_allclose(
+        reference_cavi.gamma_entropy(shape, rate), expected, rtol=1e-12, atol=1e-11
+    )
 
 
 @pytest.mark.parametrize("per_entry", [False, True])

@@ -548,3 +548,43 @@ def test_cli_svi_with_checkpoint_and_resume(pbmc_tiny, tmp_path):
         result = ad.read_h5ad(tmp_path / name / "result.h5ad")
         assert_array_equal(result.uns["nmf"]["elbo_trace"], direct.elbo_trace_[:epochs])
     assert_array_equal(result.varm["NMF"], direct.components_.T)
+
+
+@pytest.mark.parametrize("layout", ["csr", "csc", "coo", "bsr", "dense"])
+def test_a_scan_of_row_blocks_fingerprints_the_whole_matrix_whatever_their_layout(
+    monkeypatch, layout
+):
+    """`scan_blocks` over row blocks in any layout: the fingerprint of the whole matrix
+    (what a checkpoint of an in-memory fit records), its totals and the non-integer
+    warning, with the structure of each block checked once (it was twice, the second
+    time for its fingerprint; and a CSC block numbered its columns from the block's first
+    row, so its fingerprint was another matrix's)."""
+    from vbsnmf import _kernels, _validation
+
+    X = sp.random(300, 40, density=0.2, random_state=1, format="csr")
+    X.data = np.ceil(X.data * 9)
+    X.data[7] = 2.5  # one non-integer count
+
+    def as_layout(block):
+        if layout == "dense":
+            return block.toarray()
+        if layout == "bsr":
+            return block.tobsr(blocksize=(2, 2))
+        return block.asformat(layout)
+
+    blocks = [(start, as_layout(X[start : start + 100])) for start in range(0, 300, 100)]
+    whole = _validation.data_fingerprint(as_count_data(X))
+    passes = []  # the structure checks' passes over a block
+    for kernel in ("check_compressed", "check_coordinates"):
+        original = getattr(_kernels, kernel)
+        monkeypatch.setattr(
+            _kernels, kernel, lambda *args, run=original: passes.append(1) or run(*args)
+        )
+    with pytest.warns(vbsnmf.NonCountWarning):
+        scan = _svi.scan_blocks(blocks, X.shape)
+    assert scan.fingerprint == whole
+    # one pass a block; a BSR block's checks its grid of blocks alone, then its CSR's entries
+    assert len(passes) == (6 if layout == "bsr" else 3)
+    assert_allclose(scan.row_totals, X.toarray().sum(axis=1))
+    assert_allclose(scan.col_totals, X.toarray().sum(axis=0))
+    assert scan.total == pytest.approx(X.sum())

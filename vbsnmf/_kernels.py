@@ -1786,12 +1786,14 @@ def _entry_hash(row, col, x):
 
 
 @njit(parallel=True, cache=True)
-def check_compressed(indptr, indices, data, n_minor, first_major, major_is_row):
+def check_compressed(indptr, indices, data, n_minor, first_row, major_is_row):
     """One pass over compressed sparse rows (CSR, or CSC with rows and columns swapped).
 
     Checks that ``indptr`` starts at 0, never decreases and ends within ``indices`` and
     ``data``, and that every index lies in ``[0, n_minor)``; sums the fingerprint of the
-    nonzero entries (see above), the major rows numbered from ``first_major``.
+    nonzero entries (see above), the rows numbered from ``first_row`` (the minor axis of a
+    CSC matrix: before, its columns were, so a CSC block of a streamed matrix had another
+    fingerprint than the same block in CSR).
 
     Returns
     -------
@@ -1831,11 +1833,10 @@ def check_compressed(indptr, indices, data, n_minor, first_major, major_is_row):
                     break
                 x = float(data[n])
                 if x != 0.0:
-                    major = first_major + i
                     if major_is_row:
-                        total += _entry_hash(major, j, x)
+                        total += _entry_hash(first_row + i, j, x)
                     else:
-                        total += _entry_hash(j, major, x)
+                        total += _entry_hash(first_row + j, i, x)
         hashes[c] = total
     fingerprint = np.uint64(0)
     for c in range(n_chunks):

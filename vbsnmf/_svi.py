@@ -76,8 +76,8 @@ from ._model import (
 from ._utils import warn_user
 from ._validation import (
     NonCountWarning,
-    check_counts,
     check_sparse_structure,
+    checked_counts,
     combine_fingerprints,
 )
 
@@ -440,14 +440,15 @@ def scan_blocks(
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
         block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
-        checked = check_counts(
-            block, name=block_name, warn_non_integer=False, fit_dtype=fit_dtype, first_row=start
-        )
-        fingerprints.append(check_sparse_structure(checked, block_name, first_row=start))
-        checked = sp.csr_array(checked)
+        found = checked_counts(block, name=block_name, fit_dtype=fit_dtype, first_row=start)
+        checked = sp.csr_array(found.matrix)
+        fingerprint = found.fingerprint
+        if fingerprint is None:  # a dense or BSR block
+            fingerprint = check_sparse_structure(checked, block_name, first_row=start)
+        fingerprints.append(fingerprint)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
-        non_integer = non_integer or bool(np.any(checked.data != np.round(checked.data)))
+        non_integer = non_integer or found.non_integer
     if non_integer:
         warn_user(
             "X holds non-integer values; vbsnmf's Poisson model expects raw counts "

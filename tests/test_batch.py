@@ -216,6 +216,30 @@ def test_accelerated_fit_is_monotone_exact_and_ahead_of_plain(seed, _pbmc_tiny):
     assert value == pytest.approx(trace[-1], rel=1e-12)
 
 
+def _recording_live_q(monkeypatch):
+    """Record every q (`VariationalParams`) made from now on; returns a function that gives
+    those still alive, whoever holds them (cyclic garbage not yet collected included, as
+    ``gc.get_objects()`` would: a scan of that at every pass and step took 49 of 59 s)."""
+    import weakref
+
+    from vbsnmf._model import VariationalParams
+
+    made, init = [], VariationalParams.__init__
+
+    def init_and_record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(VariationalParams, "__init__", init_and_record)
+
+    def alive():
+        held = [(ref, ref()) for ref in made]
+        made[:] = [ref for ref, q in held if q is not None]
+        return [q for _, q in held if q is not None]
+
+    return alive
+
+
 def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeypatch):
     """Each q is (cells + genes) x K arrays: while a pass runs the fit holds the q it
     keeps and the q being scored, and while a step runs the q it steps and the one before
@@ -228,20 +252,11 @@ def test_squarem_holds_at_most_two_q_during_a_pass_or_a_step(_pbmc_tiny, monkeyp
     import weakref
 
     from vbsnmf import _batch
-    from vbsnmf._model import VariationalParams
 
-    # every q alive, whoever holds it, as the compaction test below records them
-    made, init = [], VariationalParams.__init__
-
-    def init_and_record(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(weakref.ref(self))
-
-    monkeypatch.setattr(VariationalParams, "__init__", init_and_record)
+    alive_q = _recording_live_q(monkeypatch)
 
     def live_q():
-        made[:] = [ref for ref in made if ref() is not None]
-        return len(made)
+        return len(alive_q())
 
     at_passes, at_steps, at_candidate_steps, candidates = [], [], [], []
     scored, stepped = _batch.scored_statistics, _batch.global_step
@@ -365,10 +380,8 @@ def test_squarem_with_compacted_q_is_the_fit_without_in_less_memory(_pbmc_tiny, 
     bit, refusals and acceptances both occurring, and the q arrays held at any pass, step
     or extrapolation are at most two q's worth (three before: theta0, theta1 and theta2
     at the extrapolation, 35 MiB more at pbmc_facs and K = 100)."""
-    import weakref
-
     from vbsnmf import _batch, _kernels
-    from vbsnmf._model import FactoredRate, VariationalParams
+    from vbsnmf._model import FactoredRate
 
     monkeypatch.setattr(_batch, "_RUN", _kernels.SQUAREM_BLOCK)  # many runs on small data
     n_components = 8
@@ -381,20 +394,10 @@ def test_squarem_with_compacted_q_is_the_fit_without_in_less_memory(_pbmc_tiny, 
             model.fit(_pbmc_tiny.X)
         return model
 
-    # every q alive, whoever holds it (a scan of gc.get_objects() per call took 49 of the
-    # test's 59 s)
-    made, init = [], VariationalParams.__init__
-
-    def init_and_record(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(weakref.ref(self))
-
-    monkeypatch.setattr(VariationalParams, "__init__", init_and_record)
+    alive_q = _recording_live_q(monkeypatch)
 
     def q_bytes():
-        alive = [q for q in (ref() for ref in made) if q is not None]
-        made[:] = [weakref.ref(q) for q in alive]
-        return sum(a.nbytes for q in alive for a in q.as_tuple() if isinstance(a, np.ndarray))
+        return sum(a.nbytes for q in alive_q() for a in q.as_tuple() if isinstance(a, np.ndarray))
 
     held, restepped = [], []
     scored, stepped, extrapolate = (

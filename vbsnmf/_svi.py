@@ -73,12 +73,11 @@ from ._model import (
     update_side,
     warn_not_converged,
 )
-from ._utils import warn_user
 from ._validation import (
-    NonCountWarning,
     check_sparse_structure,
     checked_counts,
     combine_fingerprints,
+    warn_non_counts,
 )
 
 SVI_FORMS = ("cells", "nonzeros", "abe-shimamura")
@@ -450,11 +449,7 @@ def scan_blocks(
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
         non_integer = non_integer or found.non_integer
     if non_integer:
-        warn_user(
-            "X holds non-integer values; vbsnmf's Poisson model expects raw counts "
-            "(not normalised or log-transformed data).",
-            NonCountWarning,
-        )
+        warn_non_counts("X")
     fingerprint = combine_fingerprints(*fingerprints)
     return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
 

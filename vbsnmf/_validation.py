@@ -265,12 +265,17 @@ def check_counts(
     """
     checked = checked_counts(X, name=name, fit_dtype=fit_dtype, first_row=first_row)
     if warn_non_integer and checked.non_integer:
-        warn_user(
-            f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
-            "(not normalised or log-transformed data).",
-            NonCountWarning,
-        )
+        warn_non_counts(name)
     return checked.matrix
+
+
+def warn_non_counts(name: str = "X") -> None:
+    """The `NonCountWarning` for a matrix ``name`` that holds non-integer values."""
+    warn_user(
+        f"{name} holds non-integer values; vbsnmf's Poisson model expects raw counts "
+        "(not normalised or log-transformed data).",
+        NonCountWarning,
+    )
 
 
 def checked_counts(

@@ -104,8 +104,8 @@ from .._model import (
     update_side,
     update_side_learned,
 )
-from .._utils import numba_threads, warn_user
-from .._validation import NonCountWarning, check_counts
+from .._utils import numba_threads
+from .._validation import check_counts, warn_non_counts
 from ._cluster import (
     Layout,
     as_task,
@@ -362,11 +362,7 @@ class DaskFitResult:
 
 def _warn_non_integer(info) -> None:
     if any(i[3] for i in info):
-        warn_user(
-            "X holds non-integer values; vbsnmf's Poisson model expects raw counts "
-            "(not normalised or log-transformed data).",
-            NonCountWarning,
-        )
+        warn_non_counts("X")
 
 
 def fit_batch_dask(

@@ -481,7 +481,7 @@ def gamma_terms(
         log_prior_rate, block_rows, mean_partial, kl_partial, scaled, logmax,
     )  # fmt: skip
     for block in prange(kl_partial.shape[0]):
-        _gamma_terms_block(block, arguments)
+        _gamma_terms_block(np.int64(block), arguments)  # as `gamma_terms_of_sides` calls it
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -496,7 +496,11 @@ def gamma_terms_of_sides(row_arguments, col_arguments):
     """
     row_kl_partial, col_kl_partial = row_arguments[8], col_arguments[8]  # one per block
     n_row_blocks = row_kl_partial.shape[0]
-    for block in prange(n_row_blocks + col_kl_partial.shape[0]):
+    for task in prange(n_row_blocks + col_kl_partial.shape[0]):
+        # Numba types a prange index as int64, then compiles the loop as a gufunc whose
+        # index is uint64: a body called with it is compiled for both (5.6 s more of a
+        # first fit). One type for every call; the other prange loops do the same.
+        block = np.int64(task)
         if block < n_row_blocks:
             _gamma_terms_block(block, row_arguments)
         else:
@@ -645,7 +649,7 @@ def expected_log_terms(shape, rate, block_rows, partial):
     Fixed blocks: the sums do not depend on the number of threads."""
     arguments = (shape, rate, block_rows, partial)
     for block in prange(partial.shape[0]):
-        _expected_log_block(block, arguments)
+        _expected_log_block(np.int64(block), arguments)  # see `gamma_terms_of_sides`
 
 
 def _expected_log_arguments(shape, rate):
@@ -1222,7 +1226,7 @@ def local_rows_pass(
             i = rows[q]
             row_acc[:] = 0.0
             row_logmax_q = float(row_logmax[q])
-            n_buffered = 0
+            n_buffered = np.int64(0)
             data = 0.0
             total_count = 0.0
             for n in range(indptr[i], indptr[i + 1]):
@@ -1366,7 +1370,9 @@ def update_shapes(
         weights = np.empty(LOG_BUFFER)
         scratch = np.empty(LOG_BUFFER, dtype=major_scaled.dtype)
         exponents = np.empty(LOG_BUFFER, dtype=major_scaled.dtype)
-        n_buffered = 0
+        # int64 from the start: a literal 0 got `weighted_log_sum` compiled for
+        # Literal[int](0) as well as for int64 (the call after the loop)
+        n_buffered = np.int64(0)
         data = 0.0  # sum x log(normaliser / maxima): the log-space path's, then the buffers
         n_fallback = 0
         for block_start in range(0, n_minor, minor_block):
@@ -2117,7 +2123,7 @@ def tensor_update_shapes(
         weights = np.empty(LOG_BUFFER)
         scratch = np.empty(LOG_BUFFER)
         exponents = np.empty(LOG_BUFFER)
-        n_buffered = 0
+        n_buffered = np.int64(0)
         data = 0.0  # sum x log(normaliser): the terms outside the logs, then the buffers
         n_fallback = 0
         for block_start in range(0, n_first_minor, minor_block):
@@ -2315,7 +2321,7 @@ def _squarem_sums_serial(theta0, theta1, theta2, partial):
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_sums_parallel(theta0, theta1, theta2, partial):
     for block in prange(partial.shape[0]):
-        _squarem_sums_block(block, theta0, theta1, theta2, partial)
+        _squarem_sums_block(np.int64(block), theta0, theta1, theta2, partial)  # as the serial
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
@@ -2327,7 +2333,7 @@ def _squarem_extrapolate_serial(theta0, theta1, theta2, step, out, bad):
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_extrapolate_parallel(theta0, theta1, theta2, step, out, bad):
     for block in prange(bad.shape[0]):
-        _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad)
+        _squarem_extrapolate_block(np.int64(block), theta0, theta1, theta2, step, out, bad)
 
 
 def squarem_in_parallel(n: int) -> bool:

@@ -1,13 +1,14 @@
 """A user's first fit: how long Numba takes to compile the kernels, at two commits.
 
     python benchmarks/bench_compile.py A B [--pairs 3] [--components 10]
-        [--dtype float64] [--prior hierarchical] [--top 8]
+        [--dtype float64] [--prior hierarchical] [--solver batch] [--top 8]
 
 The ``vbsnmf`` package of each commit is extracted (``git archive``) into a temporary
 directory; each run is a fresh process with that directory first on ``PYTHONPATH`` and a
 fresh, empty ``NUMBA_CACHE_DIR``: it fits pbmc_tiny (5 iterations, ``VBNMF`` defaults but
 the ones given) twice, the first fit compiling every kernel the fit needs and writing
-the cache, the second running from memory. A and B alternate, pair by pair (A first in
+the cache, the second running from memory (``--solver svi``: one epoch of the default
+cell-minibatch SVI instead of the 5 iterations). A and B alternate, pair by pair (A first in
 even pairs, B first in odd ones). Prints, per pair, each commit's first-fit and second-fit
 wall seconds, the ratio B/A of the first fits, and the median ratio; ``--top``: the
 dispatchers that took longest to compile in B's last run (times of nested compilations
@@ -33,7 +34,8 @@ import collections, json, sys, time, warnings
 from numba.core import event
 import vbsnmf
 
-n_components, dtype, prior = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+n_components, dtype, prior, solver = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+limit = {"n_epochs": 1} if solver == "svi" else {"max_iter": 5}
 compile_seconds = collections.defaultdict(float)
 
 
@@ -56,7 +58,9 @@ for _ in range(2):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        vbsnmf.VBNMF(n_components, max_iter=5, dtype=dtype, prior=prior, random_state=0).fit(X)
+        vbsnmf.VBNMF(
+            n_components, dtype=dtype, prior=prior, solver=solver, random_state=0, **limit
+        ).fit(X)
     seconds.append(time.perf_counter() - start)
 print(json.dumps({"first": seconds[0], "second": seconds[1], "compile": compile_seconds}))
 """
@@ -71,7 +75,8 @@ def first_fit(package_parent: Path, cache: Path, args) -> dict:
         NUMBA_CACHE_DIR=str(cache),
     )
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(args.components), args.dtype, args.prior],
+        [sys.executable, "-c", _CHILD, str(args.components), args.dtype, args.prior,
+         args.solver],
         env=env, capture_output=True, text=True, check=True, cwd=package_parent,
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -85,11 +90,13 @@ def main() -> None:
     parser.add_argument("--components", type=int, default=10)
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--prior", default="hierarchical", choices=["hierarchical", "gamma"])
+    parser.add_argument("--solver", default="batch", choices=["batch", "svi"])
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args()
     print(
         f"A = {args.a}, B = {args.b}; first fit of pbmc_tiny, K = {args.components}, "
-        f"{args.dtype}, prior {args.prior}, empty Numba cache; load {load_average()}"
+        f"{args.dtype}, prior {args.prior}, solver {args.solver}, empty Numba cache; "
+        f"load {load_average()}"
     )
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

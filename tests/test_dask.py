@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 from dask.sizeof import sizeof
 from distributed import Client, LocalCluster, get_task_stream
+from numpy.testing import assert_array_equal
 
 import vbsnmf
 from vbsnmf import _dask, _model, _svi
@@ -702,3 +703,25 @@ def test_empty_chunks_of_a_filter_are_skipped(client, tiny_counts):
             got = fit(filtered, 2, **options)
             expected = fit(kept, 2, **options)
             np.testing.assert_allclose(got.elbo_trace, expected.elbo_trace, rtol=1e-12)
+
+
+def test_a_chunk_is_stored_with_narrow_indices_and_the_callers_left_as_they_were():
+    """A chunk's copy is the fit's own: its indices are stored as uint16 when the minor
+    axis allows (as a copy made by the engine's reader is), whatever their dtype was,
+    also when it is already canonical CSR along its longer axis (more cells than genes);
+    the chunk given is not modified."""
+    from vbsnmf._dask._batch import chunk_count_data
+
+    rng = np.random.default_rng(5)
+    for index_dtype in (np.int32, np.int64):
+        block = sp.csr_array(rng.poisson(0.5, (60, 20)).astype(np.float64))
+        block.indices = block.indices.astype(index_dtype)
+        block.indptr = block.indptr.astype(index_dtype)
+        before = block.copy()
+        data = chunk_count_data(block, first_cell=0)
+        assert data.major == 0 and data.indices.dtype == np.uint16
+        assert_array_equal(data.indices, before.indices)
+        assert_array_equal(data.indptr, before.indptr)
+        assert_array_equal(data.counts, before.data)
+        assert block.indices.dtype == index_dtype
+        assert_array_equal(block.indices, before.indices)

@@ -15,7 +15,7 @@ from numba import njit
 from scipy import stats
 from scipy.special import digamma, gammaln, logsumexp
 
-from vbsnmf import VBNMF, ConvergenceWarning, _kernels
+from vbsnmf import _kernels
 
 
 def _csr(rng, n_rows, n_cols, density, max_count=6):
@@ -685,45 +685,6 @@ def test_two_sided_kernels_equal_the_one_sided(dtype, n_rows, n_cols):
         _kernels.gamma_terms(*alone)
         for got, expected in zip(fused, alone):
             np.testing.assert_array_equal(got, expected, strict=True)
-
-
-def test_block_bodies_are_compiled_once_for_serial_and_parallel_callers():
-    """A body called from a prange loop gets its block number as int64 wherever it is
-    called: Numba types the loop's index as int64, then compiles the loop as a gufunc with
-    an unsigned index, and a body called with that index was compiled twice (the ELBO
-    terms' body twice over in every first fit, 5.6 s). No body has a uint64 signature."""
-    rng = np.random.default_rng(3)
-    sides = [_learned_prior_side(rng, n, 3, np.float64) for n in (7, 5)]
-    _kernels.gamma_terms_of_sides(*[_kernels._moments_terms_arguments(*side) for side in sides])
-    _kernels.gamma_terms(*_kernels._moments_terms_arguments(*sides[0]))
-    _kernels.expected_log_sums(sides[0][0], sides[0][1])
-    n = 8 * _kernels.SQUAREM_BLOCK  # blocks in parallel
-    assert _kernels.squarem_in_parallel(n)
-    theta = [rng.uniform(1.0, 2.0, n) for _ in range(3)]
-    _kernels.squarem_sums(*theta)
-    _kernels.squarem_extrapolate(*theta, 1.5, np.empty(n))
-    _kernels._squarem_sums_serial(*theta, np.empty((_kernels._squarem_blocks(n), 2)))
-    bodies = (
-        _kernels._gamma_terms_block,
-        _kernels._expected_log_block,
-        _kernels._squarem_sums_block,
-        _kernels._squarem_extrapolate_block,
-    )
-    for body in bodies:
-        block_types = {signature[0] for signature in body.signatures}
-        assert block_types == {numba.types.int64}, (body.py_func.__name__, block_types)
-
-
-def test_the_buffered_logs_are_compiled_for_an_int64_count_only():
-    """The passes' buffers of normalisers start empty with an int64 count: a literal 0 had
-    `weighted_log_sum` compiled once more, for ``Literal[int](0)``, in every first fit."""
-    counts = sp.random_array((30, 20), density=0.4, rng=4, data_sampler=lambda size: np.ones(size))
-    model = VBNMF(2, max_iter=2, random_state=0)
-    with pytest.warns(ConvergenceWarning):
-        model.fit(counts)
-    model.transform(counts[:5])
-    count_types = {signature[2] for signature in _kernels.weighted_log_sum.signatures}
-    assert count_types == {numba.types.int64}, count_types
 
 
 @pytest.mark.parametrize("per_entry", [False, True])

@@ -313,6 +313,34 @@ def test_cells_step_warm_starts_each_cell_from_its_last_optimum(pbmc_tiny):
     assert cold.n_passes >= 20 and warm.n_passes <= cold.n_passes // 4
 
 
+def test_every_block_of_a_cells_fit_reaches_the_kernels_in_one_set_of_dtypes(
+    pbmc_tiny, monkeypatch
+):
+    """The steps' minibatches (transposed: genes major) and the evaluation's blocks (cells
+    major, read as scipy gives them, int64 indices) are stored alike: uint16 counts and
+    indices, int64 pointers. One set of dtypes, so Numba compiles each kernel once for a
+    streamed fit (the evaluation's int64 indices compiled the pass and the local pass a
+    second time); and a step's count data the same, bit for bit, however stored."""
+    seen = set()
+    made = vbsnmf._data.CountData.from_csr.__func__
+
+    def recording(cls, matrix, major, shape):
+        seen.add((matrix.indptr.dtype, matrix.indices.dtype, matrix.data.dtype))
+        return made(cls, matrix, major, shape)
+
+    monkeypatch.setattr(vbsnmf._data.CountData, "from_csr", classmethod(recording))
+    _fit_quietly(vbsnmf.VBNMF(3, solver="svi", n_epochs=1, random_state=0), pbmc_tiny.X)
+    assert seen == {(np.dtype(np.int64), np.dtype(np.uint16), np.dtype(np.uint16))}, seen
+    block = _stream.InMemorySource(sp.csr_array(pbmc_tiny.X)).read_rows(np.arange(300))
+    narrowed = as_count_data(block, major=0, owned=True)
+    kept = as_count_data(block, major=0)  # cells major, as the evaluation reads a block
+    assert kept.indices.dtype == np.int64 and narrowed.indices is not block.indices
+    assert_array_equal(narrowed.indices, kept.indices)
+    assert_array_equal(block.indices, kept.indices)  # the block's own arrays untouched
+    assert_array_equal(narrowed.counts, kept.counts)
+    assert_array_equal(narrowed.indptr, kept.indptr)
+
+
 def test_cells_evaluation_is_the_full_elbo_of_the_assembled_q(pbmc_tiny):
     X = pbmc_tiny.X
     source = _stream.InMemorySource(X)

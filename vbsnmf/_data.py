@@ -91,7 +91,9 @@ class CountData:
         )
 
 
-def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountData:
+def as_count_data(
+    matrix, counts_dtype=None, major: int | None = None, owned: bool = False
+) -> CountData:
     """Canonical CSR of ``matrix`` (already validated) along its longer axis, or along
     ``major`` when given (0: its rows, as a local fit reads them, `_model.fit_rows`).
 
@@ -107,7 +109,11 @@ def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountD
     used as they are) are stored as uint16 when the minor axis has at most 65,536 entries
     (`SMALL_INDEX_LIMIT`: the genes of any organism, or the cells of a data set with fewer
     cells than genes), 4 bytes a nonzero with the counts instead of 6. The pass widens
-    both as it reads them, so a fit is the same bit for bit.
+    both as it reads them, so a fit is the same bit for bit. ``owned``: ``matrix`` is a
+    copy made for this fit (a block read from a cell source), whose indices are stored as
+    those of a copy made here: every block of a streamed fit then has the same index
+    dtype, and Numba compiles each kernel once for them, not once per dtype (a block
+    used as it was kept the int64 indices scipy gives a block with int64 pointers).
     """
     caller_indices = getattr(matrix, "indices", None)  # None: dense or COO, ours after
     matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else _widen_to_sum(matrix)
@@ -133,7 +139,9 @@ def as_count_data(matrix, counts_dtype=None, major: int | None = None) -> CountD
         csr.data = csr.data.astype(dtype)
     if csr.indptr.dtype not in (np.int32, np.int64):  # uint64 mixed with int64 is float64
         csr.indptr = csr.indptr.astype(np.int64)
-    own_indices = caller_indices is None or not np.may_share_memory(csr.indices, caller_indices)
+    own_indices = (
+        owned or caller_indices is None or not np.may_share_memory(csr.indices, caller_indices)
+    )
     if own_indices and shape[1 - major] <= SMALL_INDEX_LIMIT:
         csr.indices = csr.indices.astype(np.uint16)
     return CountData.from_csr(csr, major, shape)

@@ -540,3 +540,33 @@ def test_an_anndata_in_memory_is_named_as_such(pbmc_tiny):
     ):
         with pytest.raises(TypeError, match=r"X is an AnnData: pass its counts \(adata.X"):
             call()
+
+
+@pytest.mark.parametrize("layout", ["csr", "csc", "coo"])
+def test_a_fit_checks_the_structure_without_hashing_the_entries(monkeypatch, layout):
+    """The structure check of an in-memory fit leaves the entries' hash out (most of the
+    check's time; only checkpoints and streamed fits use the fingerprint): the fingerprint
+    asked for is the one a checkpoint records, and a corrupt matrix is refused either
+    way."""
+    from vbsnmf import _kernels, _validation
+    from vbsnmf._data import as_count_data
+
+    X = sp.random_array((60, 30), density=0.3, rng=2, format=layout)
+    X.data = np.ceil(X.data * 5)
+    hashed = []
+    for kernel in ("check_compressed", "check_coordinates"):
+        original = getattr(_kernels, kernel)
+        monkeypatch.setattr(
+            _kernels, kernel, lambda *args, run=original: hashed.append(args[-1]) or run(*args)
+        )
+    _validation.check_counts(X)
+    assert hashed == [False]
+    assert _validation.check_sparse_structure(X) is None
+    whole = _validation.data_fingerprint(as_count_data(X.tocsr()))
+    assert f"{_validation.check_sparse_structure(X, fingerprint=True):016x}" == whole
+    assert _validation.checked_counts(X, fingerprint=True).fingerprint == int(whole, 16)
+    corrupt = X.tocsr() if layout == "csr" else X.tocsc() if layout == "csc" else X.tocoo()
+    (corrupt.indices if layout != "coo" else corrupt.col)[3] = 10**6
+    for fingerprint in (False, True):
+        with pytest.raises(ValueError, match="corrupt"):
+            _validation.check_sparse_structure(corrupt, fingerprint=fingerprint)

@@ -628,7 +628,7 @@ def _fit_counts(
         csr = sp.csr_array(matrix)
         fingerprint = None
         if settings.checkpoint is not None:
-            fingerprint = combine_fingerprints(check_sparse_structure(csr))
+            fingerprint = combine_fingerprints(check_sparse_structure(csr, fingerprint=True))
         row_totals, col_totals = csr_totals(csr)
         counts = CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
@@ -722,7 +722,9 @@ def _fit_batch(
             settings, data.shape, data.nnz, total, n_threads, None, fingerprint
         )
         if mask is not None:  # a checkpoint of other missing entries is another fit
-            checkpointer.config["mask"] = combine_fingerprints(check_sparse_structure(mask.rows))
+            checkpointer.config["mask"] = combine_fingerprints(
+                check_sparse_structure(mask.rows, fingerprint=True)
+            )
         stored = checkpointer.load() if settings.resume else None
         # Generators, not lists, and each start handed over in a list the run empties:
         # no frame here holds a start while its fit runs (one q less at the peak).

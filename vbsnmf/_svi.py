@@ -439,11 +439,15 @@ def scan_blocks(
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
         block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
-        found = checked_counts(block, name=block_name, fit_dtype=fit_dtype, first_row=start)
+        found = checked_counts(
+            block, name=block_name, fit_dtype=fit_dtype, first_row=start, fingerprint=True
+        )
         checked = sp.csr_array(found.matrix)
         fingerprint = found.fingerprint
         if fingerprint is None:  # a dense or BSR block
-            fingerprint = check_sparse_structure(checked, block_name, first_row=start)
+            fingerprint = check_sparse_structure(
+                checked, block_name, first_row=start, fingerprint=True
+            )
         fingerprints.append(fingerprint)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])

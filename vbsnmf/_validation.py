@@ -62,7 +62,9 @@ def exact_float_dtype(values: np.ndarray) -> type:
     return np.float32
 
 
-def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> int:
+def check_sparse_structure(
+    matrix, name: str = "X", *, first_row: int = 0, fingerprint: bool = False
+) -> int | None:
     """Check the index arrays of a scipy sparse matrix before anything reads through them.
 
     A CSR/CSC matrix (also BSR) must have ``indptr`` of the right length, starting at 0,
@@ -73,10 +75,12 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
 
     Returns
     -------
-    int
-        The fingerprint of its nonzero entries (see `_kernels.check_compressed`), rows
-        numbered from ``first_row``: the same for the same entries whatever their
-        storage order, layout or split into row blocks (added modulo 2**64).
+    int or None
+        With ``fingerprint``, the fingerprint of its nonzero entries (see
+        `_kernels.check_compressed`), rows numbered from ``first_row``: the same for the
+        same entries whatever their storage order, layout or split into row blocks (added
+        modulo 2**64). Without, None: the hash is most of the check's time, and only
+        checkpoints and streamed fits use it.
 
     Raises
     ------
@@ -92,8 +96,9 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             raise CorruptMatrixError(
                 f"{name}: corrupt COO matrix (row, col and data differ in length)"
             )
-        position, fingerprint = _kernels.check_coordinates(
-            arrays[0], arrays[1], _kernel_values(matrix.data, name), n_rows, n_cols, first_row
+        values = _kernel_values(matrix.data, name)
+        position, hashed = _kernels.check_coordinates(
+            arrays[0], arrays[1], values, n_rows, n_cols, first_row, fingerprint
         )
         if position < matrix.data.shape[0]:
             raise CorruptMatrixError(
@@ -101,7 +106,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
                 f"(row, column) ({int(arrays[0][position])}, {int(arrays[1][position])}) "
                 f"outside its shape {matrix.shape}"
             )
-        return int(fingerprint)
+        return int(hashed) if fingerprint else None
     if layout not in ("csr", "csc", "bsr"):
         raise ValueError(f"{name}: unsupported sparse format {layout!r}")
     _check_index_arrays(name, layout, matrix.indptr, matrix.indices)
@@ -123,8 +128,14 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             f"entries for {n_major} {'rows' if major_is_row else 'columns'} (expected "
             f"{n_major + 1})"
         )
-    problem, position, fingerprint = _kernels.check_compressed(
-        matrix.indptr, matrix.indices, _kernel_values(data, name), n_minor, first_row, major_is_row
+    problem, position, hashed = _kernels.check_compressed(
+        matrix.indptr,
+        matrix.indices,
+        _kernel_values(data, name),
+        n_minor,
+        first_row,
+        major_is_row,
+        fingerprint,
     )
     if problem:
         major = "row" if major_is_row else "column"
@@ -138,7 +149,7 @@ def check_sparse_structure(matrix, name: str = "X", *, first_row: int = 0) -> in
             f"stored position {position} is outside 0..{n_minor - 1}",
         }[problem]
         raise CorruptMatrixError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
-    return int(fingerprint)
+    return int(hashed) if fingerprint else None
 
 
 def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str) -> None:
@@ -221,7 +232,7 @@ def data_fingerprint(data) -> str:
     """The fingerprint (16 hex digits) of the entries of a `_vb.CountData`, as
     `check_sparse_structure` computes it: what a checkpoint records of its data."""
     _, _, fingerprint = _kernels.check_compressed(
-        data.indptr, data.indices, data.counts, data.shape[1 - data.major], 0, data.major == 0
+        data.indptr, data.indices, data.counts, data.shape[1 - data.major], 0, data.major == 0, True
     )
     return f"{int(fingerprint):016x}"
 
@@ -279,12 +290,13 @@ def warn_non_counts(name: str = "X") -> None:
 
 
 def checked_counts(
-    X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0
+    X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
     """`check_counts` without its warning, with what its checks found on the way: a
-    streamed scan (`_svi.scan_blocks`) needs the fingerprint and the non-integer flag of
-    each block, which it took in two more passes of its own (a scan of a 25,000 x 33,514
-    file with 50.3M nonzeros: 1.53 s with them, 1.01 s without, 0.29 s of it reading)."""
+    streamed scan (`_svi.scan_blocks`) needs the fingerprint (``fingerprint=True``; None
+    otherwise, and for dense and BSR input) and the non-integer flag of each block, which
+    it took in two more passes of its own (a scan of a 25,000 x 33,514 file with 50.3M
+    nonzeros: 1.53 s with them, 1.01 s without, 0.29 s of it reading)."""
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
@@ -301,14 +313,14 @@ def checked_counts(
             f"{name} is a masked array: pass the entries to leave out as fit(X, mask=...) "
             "(a sparse or boolean matrix) and the counts as X.filled(0)"
         )
-    fingerprint = None
+    hashed = None
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got {X.ndim}-D")
         if X.format in ("csr", "csc", "coo", "bsr"):
-            fingerprint = check_sparse_structure(X, name, first_row=first_row)
-        if X.format == "bsr":  # its values are not fingerprinted
-            fingerprint = None
+            hashed = check_sparse_structure(
+                X, name, first_row=first_row, fingerprint=fingerprint and X.format != "bsr"
+            )
         matrix = X if X.format in ("csr", "csc", "coo") else X.tocsr()
         readable = _readable_dtype(matrix.data.dtype)
         if readable is not None:
@@ -375,7 +387,7 @@ def checked_counts(
         over = int(np.count_nonzero(summed.data > limit))
         if over:
             _refuse_large_counts(summed, name, np.dtype(fit_dtype), over, first_row)
-    return CheckedCounts(matrix, fingerprint, non_integer)
+    return CheckedCounts(matrix, hashed, non_integer)
 
 
 def _may_sum_above(matrix, limit: float) -> bool:

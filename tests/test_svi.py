@@ -608,8 +608,8 @@ def test_a_scan_of_row_blocks_fingerprints_the_whole_matrix_whatever_their_layou
         monkeypatch.setattr(
             _kernels, kernel, lambda *args, run=original: passes.append(1) or run(*args)
         )
-    with pytest.warns(vbsnmf.NonCountWarning):
-        scan = _svi.scan_blocks(blocks, X.shape)
+    with pytest.warns(vbsnmf.NonCountWarning, match=r"^counts\.h5ad holds non-integer"):
+        scan = _svi.scan_blocks(blocks, X.shape, "counts.h5ad")  # named as a source is
     assert scan.fingerprint == whole
     # one pass a block; a BSR block's checks its grid of blocks alone, then its CSR's entries
     assert len(passes) == (6 if layout == "bsr" else 3)

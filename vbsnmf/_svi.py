@@ -434,7 +434,7 @@ def scan_blocks(
 ) -> CountScan:
     """Validate every count of the row blocks ``(first_row, block)`` of ``name``, a matrix
     of ``shape`` (one streaming pass), for a fit of ``fit_dtype``, and total them. Warns
-    once (`NonCountWarning`) if any count is not an integer."""
+    once (`NonCountWarning`, naming ``name``) if any count is not an integer."""
     non_integer, fingerprints = False, []
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
@@ -453,7 +453,7 @@ def scan_blocks(
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
         non_integer = non_integer or found.non_integer
     if non_integer:
-        warn_non_counts("X")
+        warn_non_counts(name)  # the file's name, as the errors of its blocks
     fingerprint = combine_fingerprints(*fingerprints)
     return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
 

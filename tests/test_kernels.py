@@ -15,7 +15,7 @@ from numba import njit
 from scipy import stats
 from scipy.special import digamma, gammaln, logsumexp
 
-from vbsnmf import _kernels
+from vbsnmf import VBNMF, ConvergenceWarning, _kernels
 
 
 def _csr(rng, n_rows, n_cols, density, max_count=6):
@@ -91,6 +91,72 @@ def test_local_rows_pass_matches_dense_responsibilities_row_by_row(dtype, underf
         np.testing.assert_allclose(statistic[q], counts @ phi, rtol=tolerance, atol=1e-12)
         expected = counts @ logsumexp(log_rho, axis=1)
         np.testing.assert_allclose(data[q], expected, rtol=tolerance, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_passes_read_rates_of_one_row_as_every_rows(dtype):
+    """Rates per component (the fixed prior's) reach the passes as one row
+    (`_model.side_moments`, `rows_or_row`), not as a broadcast view, which had Numba
+    compile the passes a second time for its layout: the log-space path (every product
+    underflows here) reads that row for every row, and both passes give the bits of the
+    same rates written out row by row."""
+    from vbsnmf import _model
+
+    rng = np.random.default_rng(8)
+    X = sp.csr_array(_csr(rng, 10, 6, 0.7))
+    k = 4
+    # each row's mass on one component, each column's on another: products underflow
+    row_shape = np.where(np.arange(k) == np.arange(10)[:, None] % k, 5.0, 1e-3).astype(dtype)
+    col_shape = np.where(np.arange(k) == (np.arange(6)[:, None] + 1) % k, 5.0, 1e-3)
+    col_shape = col_shape.astype(dtype)
+    row_rate, col_rate = rng.uniform(0.5, 2.0, k), rng.uniform(0.5, 2.0, k)
+    outputs = []
+    for rates in ((row_rate, col_rate), (np.tile(row_rate, (10, 1)), np.tile(col_rate, (6, 1)))):
+        row_moments = _model.side_moments(row_shape, rates[0].astype(dtype))
+        col_moments = _model.side_moments(col_shape, rates[1].astype(dtype))
+        assert row_moments[3].shape[0] == (1 if rates[0].ndim == 1 else 10)
+        statistic = np.empty((10, k))
+        minor_partial = np.empty((1, *col_moments[0].shape), dtype=dtype)
+        data_partial = np.zeros(1)
+        n_fallback = _kernels.update_shapes(
+            X.indptr, X.indices, X.data, np.array([0, 10]), *row_moments, *col_moments,
+            _model._TINY[np.dtype(dtype)], 64, statistic, minor_partial, data_partial,
+        )  # fmt: skip
+        assert n_fallback > X.nnz // 2  # all but where a row and a column share a component
+        rows = np.array([6, 0, 3])
+        local_rate = rates[0] if rates[0].ndim == 1 else rates[0][rows]
+        local_moments = _model.side_moments(row_shape[rows], local_rate.astype(dtype))
+        local_statistic, local_data = np.empty((3, k)), np.empty(3)
+        _kernels.local_rows_pass(
+            X.indptr, X.indices, X.data, rows, *local_moments, *col_moments,
+            _model._TINY[np.dtype(dtype)], local_statistic, local_data,
+        )  # fmt: skip
+        outputs.append((statistic, minor_partial, data_partial, local_statistic, local_data))
+    for one_row, every_row in zip(*outputs):
+        np.testing.assert_array_equal(one_row, every_row)
+    assert np.isfinite(outputs[0][2]).all() and outputs[0][0].sum() > 0
+
+
+def test_both_priors_run_the_pass_compiled_for_one_layout_of_rates():
+    """A fit under the fixed prior and one under the learned prior call the pass with the
+    same types (the engine's copy of the same counts, float64 tables): the rates as
+    `rows_or_row` gives them, C-contiguous either way. A broadcast view of the fixed
+    prior's rates per component was another layout, and the pass was compiled again for
+    it (about 6 s)."""
+    from vbsnmf._data import as_count_data
+
+    X = sp.random_array((40, 25), density=0.4, rng=6, data_sampler=lambda size: np.ones(size))
+    for prior in ("gamma", "hierarchical"):
+        with pytest.warns(ConvergenceWarning):
+            VBNMF(2, max_iter=2, prior=prior, random_state=0).fit(X)
+    data = as_count_data(X)
+    arrays = tuple(numba.typeof(a) for a in (data.indptr, data.indices, data.counts))
+    layouts = {
+        (signature[7], signature[11])
+        for signature in _kernels.update_shapes.signatures
+        if tuple(signature[:3]) == arrays and signature[4].dtype == numba.types.float64
+    }
+    assert len(layouts) == 1, layouts
 
 
 def test_local_row_terms_and_row_log_factorials_match_scipy():

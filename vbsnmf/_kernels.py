@@ -569,8 +569,7 @@ def _moments_terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rat
 def _moments_sums(arguments):
     """`gamma_moments_sums_of_sides`' outputs of one side from `gamma_terms`' arguments, after the
     kernel ran."""
-    shape, rate, (mean_partial, kl_partial, scaled, logmax) = *arguments[:2], arguments[-4:]
-    rate = np.broadcast_to(rate, shape.shape)  # n x K, as the pass reads it
+    rate, (mean_partial, kl_partial, scaled, logmax) = arguments[1], arguments[-4:]
     return scaled, logmax, rate, mean_partial.sum(axis=0), float(kl_partial.sum())
 
 
@@ -578,7 +577,8 @@ def gamma_moments_sums_of_sides(row_side, col_side):
     """`gamma_moments`' outputs and `gamma_sums`' sums of the rows and of the columns by
     one kernel (`gamma_terms_of_sides`): each side's arguments as `gamma_sums`' in a tuple
     ``(shape, rate, prior_shape, prior_rate, log_prior_rate)``; per side ``(scaled, logmax,
-    rate, mean_sum, kl)``, ``rate`` the n x K (view, in its dtype) the tables came from."""
+    rate, mean_sum, kl)``, ``rate`` the rates the tables came from, in their dtype, as
+    `rows_or_row` gives them (n rows, or one for all), as the pass reads them."""
     row_arguments = _moments_terms_arguments(*row_side)
     col_arguments = _moments_terms_arguments(*col_side)
     gamma_terms_of_sides(row_arguments, col_arguments)
@@ -788,6 +788,14 @@ def divide_in_place(values, divisor):
 
 
 # -- the pass over the nonzeros ------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _rate_row(rate, i):
+    """Row ``i`` of rates given as `rows_or_row` gives them: n rows, or one for all (the
+    fixed prior's rates per component). One layout for both priors, where a broadcast view
+    had Numba compile the passes again for it."""
+    return rate[i] if rate.shape[0] > 1 else rate[0]
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _exp_shifted_log_rho(major_shape, major_rate, minor_shape, minor_rate, phi):
     """Slow path of one nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
@@ -1197,10 +1205,11 @@ def local_rows_pass(
 ):
     """`update_shapes` for a local fit, row by row: for each ``q``, row ``rows[q]`` of the
     CSR arrays (rows major) with its tables at row ``q`` of ``row_scaled``, ``row_logmax``,
-    ``row_shape`` and ``row_rate`` (the rows still fitted, compacted), the columns' tables
-    whole; writes ``row_stat[q] = sum_j x phi`` (float64, K columns) and ``row_data[q] =
-    sum_j x log sum_l exp(E[log z] + E[log w])``, the row's whole data term less its
-    log-factorials. No column statistics (the columns are held fixed).
+    ``row_shape`` and ``row_rate`` (the rows still fitted, compacted; rates of one row
+    are every row's, as in `update_shapes`), the columns' tables whole; writes
+    ``row_stat[q] = sum_j x phi`` (float64, K columns) and ``row_data[q] = sum_j x log
+    sum_l exp(E[log z] + E[log w])``, the row's whole data term less its log-factorials.
+    No column statistics (the columns are held fixed).
 
     Each row's sums run over its own nonzeros in storage order, whichever rows are given
     and however they are split between threads: a row's results depend on that row alone.
@@ -1246,8 +1255,9 @@ def local_rows_pass(
                         n_buffered = 0
                 else:
                     peak, exact = _exp_shifted_log_rho(
-                        row_shape[q], row_rate[q], col_shape[j], col_rate[j], phi
-                    )
+                        row_shape[q], _rate_row(row_rate, q), col_shape[j],
+                        _rate_row(col_rate, j), phi,
+                    )  # fmt: skip
                     maxima = float(col_logmax[j]) + row_logmax_q
                     data += float(x) * (math.log(exact) + peak - maxima)
                     scale = float(x) / exact
@@ -1325,11 +1335,11 @@ def update_shapes(
         ``exp(E[log]) / exp(max_l E[log])`` (n_major x K', K' a multiple of
         `simd_width`, zero past column K: see `pad_components`) and its row maxima
         (n_major,) of the major-side factors (`gamma_moments`), and the shapes and rates
-        they came from (n_major x K, the rates possibly a broadcast view) for the
-        log-sum-exp path, which takes the rates' logs itself (a table of them would be one
-        more n x K array through the pass); likewise ``minor_*``. The arithmetic of the
-        responsibilities, and the logs of their normalisers (`weighted_log_sum`), is in the
-        tables' dtype.
+        they came from (n_major x K; the rates n_major x K or 1 x K, as `rows_or_row`
+        gives them) for the log-sum-exp path, which takes the rates' logs itself (a table
+        of them would be one more n x K array through the pass); likewise ``minor_*``.
+        The arithmetic of the responsibilities, and the logs of their normalisers
+        (`weighted_log_sum`), is in the tables' dtype.
     tiny
         Normalisers below this take the log-sum-exp path, which recomputes ``E[log]``
         of the two rows.
@@ -1401,9 +1411,9 @@ def update_shapes(
                         n_fallback += 1
                         peak, exact = _exp_shifted_log_rho(
                             major_shape[i],
-                            major_rate[i],
+                            _rate_row(major_rate, i),
                             minor_shape[j],
-                            minor_rate[j],
+                            _rate_row(minor_rate, j),
                             phi,
                         )
                         maxima = float(minor_logmax[j]) + row_logmax

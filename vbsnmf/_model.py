@@ -333,19 +333,20 @@ def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
 def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     """What the pass needs of one side of q: ``exp(E[log])`` divided by its row maximum
     (padded with zero columns to `_kernels.padded_width`), that maximum (log scale), and
-    the shapes and rates (a view of ``shape``'s shape) for the pass's log-space path;
-    ``rate`` per component or any array broadcastable to ``shape``. The rates are float64
-    unless q is float32 and so are they: then they stay as they are (the kernels widen
-    each rate as they read it), not copied to n x K float64."""
+    the shapes and rates (as `_kernels.rows_or_row` gives them: n rows, or one row for all
+    when they are per component) for the pass's log-space path; ``rate`` per component or
+    any array broadcastable to ``shape``. The rates are float64 unless q is float32 and so
+    are they: then they stay as they are (the kernels widen each rate as they read it), not
+    copied to n x K float64."""
     shape = np.asarray(shape)
     n_rows, n_components = shape.shape
     rate = np.asarray(rate)
     if not (shape.dtype == rate.dtype == np.float32):
         rate = rate.astype(np.float64, copy=False)
-    rate = np.broadcast_to(rate, shape.shape)
+    rate = _kernels.rows_or_row(rate, shape.shape)
     scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
-    _kernels.gamma_moments(shape, _kernels.rows_or_row(rate, shape.shape), scaled, logmax)
+    _kernels.gamma_moments(shape, rate, scaled, logmax)
     return scaled, logmax, shape, rate
 
 

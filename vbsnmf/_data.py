@@ -110,8 +110,9 @@ def as_count_data(
     (`SMALL_INDEX_LIMIT`: the genes of any organism, or the cells of a data set with fewer
     cells than genes), 4 bytes a nonzero with the counts instead of 6. The pass widens
     both as it reads them, so a fit is the same bit for bit. ``owned``: ``matrix`` is a
-    copy made for this fit (a block read from a cell source), whose indices are stored as
-    those of a copy made here: every block of a streamed fit then has the same index
+    block of cells (read from a cell source, or a Dask chunk), whose indices are stored as
+    those of a copy made here even when they are its own (a copy of at most the block's
+    size, never modifying it): every block of a streamed fit then has the same index
     dtype, and Numba compiles each kernel once for them, not once per dtype (a block
     used as it was kept the int64 indices scipy gives a block with int64 pointers).
     """

@@ -505,7 +505,7 @@ def local_fit(
     from ``init_shape`` if given; under the learned prior with ``row_scale``'s q(xi) and
     hyperparameters), and the pass statistics under them:
     ``(row_shape, row_rate, col_stat, data_term, row_scale)``."""
-    data = as_count_data(block, owned=True)  # read for this step
+    data = as_count_data(block, owned=True)  # one index dtype for every block
     rows = fit_rows(
         data,
         col_shape,

@@ -717,7 +717,10 @@ def test_gamma_moments_sums_match_numpy(dtype, per_entry, k):
         np.testing.assert_allclose(scaled[:, :k], expected, rtol=rtol, atol=atol)
         assert scaled.dtype == dtype and scaled.shape[1] == _kernels.padded_width(k, dtype)
         assert np.all(scaled[:, k:] == 0)
-        np.testing.assert_array_equal(rates, np.broadcast_to(rate, shape.shape))
+        # the rates as the pass reads them (`rows_or_row`): n rows, or one for every row
+        assert rates.flags.c_contiguous and rates.shape == (n if per_entry else 1, k)
+        full = shape.shape
+        np.testing.assert_array_equal(np.broadcast_to(rates, full), np.broadcast_to(rate, full))
         np.testing.assert_allclose(mean_sum, (alpha / rate).sum(axis=0), rtol=1e-13)
         np.testing.assert_allclose(kl, expected_kl, rtol=1e-12)
 

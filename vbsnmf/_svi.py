@@ -74,7 +74,6 @@ from ._model import (
     warn_not_converged,
 )
 from ._validation import (
-    check_sparse_structure,
     checked_counts,
     combine_fingerprints,
     warn_non_counts,
@@ -443,12 +442,7 @@ def scan_blocks(
             block, name=block_name, fit_dtype=fit_dtype, first_row=start, fingerprint=True
         )
         checked = sp.csr_array(found.matrix)
-        fingerprint = found.fingerprint
-        if fingerprint is None:  # a dense or BSR block
-            fingerprint = check_sparse_structure(
-                checked, block_name, first_row=start, fingerprint=True
-            )
-        fingerprints.append(fingerprint)
+        fingerprints.append(found.fingerprint)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
         non_integer = non_integer or found.non_integer

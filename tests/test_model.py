@@ -173,6 +173,44 @@ def test_indices_copied_for_the_engine_take_two_bytes_and_the_same_pass(dtype):
     np.testing.assert_array_equal(data.totals()[1], as_int32.totals()[1])
 
 
+def test_the_pass_sees_int64_pointers_whatever_the_caller_gives(monkeypatch):
+    """scipy gives a small matrix int32 pointers and a large one int64, and SVI's
+    minibatches of nonzeros have int64 pointers: `as_count_data` stores every matrix's
+    pointers as int64 (n_major + 1 entries), so Numba compiles the pass once for them,
+    not once per pointer dtype. The caller's counts and indices are still used in place,
+    and the fits from either pointer dtype are the same bit for bit."""
+    seen = set()
+    real = _model._kernels.update_shapes
+
+    def recording(indptr, *args):
+        seen.add(indptr.dtype)
+        return real(indptr, *args)
+
+    monkeypatch.setattr(_model._kernels, "update_shapes", recording)
+    rng = np.random.default_rng(9)
+    narrow = sp.csr_array(rng.poisson(0.8, (60, 25)).astype(np.float32))
+    assert narrow.indptr.dtype == np.int32  # as scipy gives it
+    wide = narrow.copy()
+    wide.indptr, wide.indices = narrow.indptr.astype(np.int64), narrow.indices.astype(np.int64)
+    for caller in (narrow, wide):
+        data = as_count_data(caller)
+        assert data.indptr.dtype == np.int64
+        np.testing.assert_array_equal(data.indptr, caller.indptr)
+        assert np.shares_memory(data.counts, caller.data)  # no copy of the nonzeros
+        assert np.shares_memory(data.indices, caller.indices)
+    fits = []
+    for caller in (narrow, wide):
+        model = vbsnmf.VBNMF(3, random_state=0, max_iter=5, n_threads=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+            fits.append(model.fit_transform(caller))
+            vbsnmf.VBNMF(3, prior="gamma", solver="svi", svi_form="nonzeros", n_epochs=1).fit(
+                caller
+            )
+    np.testing.assert_array_equal(fits[0], fits[1])
+    assert seen == {np.dtype(np.int64)}, seen
+
+
 @pytest.mark.parametrize("name", ["plain", "empty_rows_cols"])
 def test_elbo_matches_numpy_reference(name):
     X = _small_matrices()[name]

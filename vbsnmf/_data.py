@@ -138,7 +138,10 @@ def as_count_data(
             dtype = np.uint16
     if csr.data.dtype != dtype:
         csr.data = csr.data.astype(dtype)
-    if csr.indptr.dtype not in (np.int32, np.int64):  # uint64 mixed with int64 is float64
+    if csr.indptr.dtype != np.int64:
+        # One pointer dtype for every matrix: scipy gives int32 pointers to small matrices
+        # and int64 to large ones (and SVI's minibatches are int64), and each dtype compiled
+        # every kernel again. n_major + 1 entries, so the copy is small.
         csr.indptr = csr.indptr.astype(np.int64)
     own_indices = (
         owned or caller_indices is None or not np.may_share_memory(csr.indices, caller_indices)

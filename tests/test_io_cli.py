@@ -289,7 +289,7 @@ def test_force_replaces_an_earlier_output_only(tiny_h5ad, tmp_path, capsys):
     _refused(
         ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", outdir, "--force"],
         capsys,
-        "holds 2 entries vbsnmf does not write (figures, notes.txt)",
+        "holds 2 entries vbsnmf does not write (figures/, notes.txt)",
     )
     assert sorted(os.listdir(outdir)) == before and (outdir / "notes.txt").read_text() == "mine"
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -29,15 +30,36 @@ _HELD = tuple(
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
     """Hold the interrupting signals during the block (several steps that must all happen
-    or none); one that arrives meanwhile is raised when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold
+    or none); one that arrives meanwhile is handled as it would have been when the block
+    ends.
+
+    The Python handlers are swapped for one that notes the signal: masking the signals
+    (``pthread_sigmask``) holds them in the calling thread only, and once Numba's worker
+    threads exist the kernel hands a Ctrl-C to one of them, whose interrupt the main
+    thread then raises inside the block. Handlers can be set in the main thread only;
+    elsewhere the block runs unguarded (no signal handler runs there either).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    arrived: list[int] = []
+    previous = {
+        number: signal.signal(number, lambda n, _: arrived.append(n))
+        for number in _HELD
+        if signal.getsignal(number) is not None  # None: set outside Python, not restorable
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if arrived:
+            number = arrived[0]
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(number)  # what it would have done: end the process
 
 
 @contextlib.contextmanager
@@ -173,7 +195,9 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
 
     With ``overwrite``, an existing ``target`` is replaced only once the new folder is
     complete. On any exception, including `KeyboardInterrupt`, the temporary folder is
-    removed and ``target`` is left as it was.
+    removed and ``target`` is left as it was; but for a `KeyboardInterrupt` that arrives
+    while the new folder takes ``target``'s place: it is raised once the new folder is
+    in place and the old one deleted, with ``written`` set to ``target``.
 
     Raises
     ------
@@ -199,17 +223,26 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     with owned_temporary(make, remove) as temporary:
         yield temporary
         _default_permissions(temporary, folder=True)
-        if target.exists() or target.is_symlink():
-            if not overwrite:
-                raise FileExistsError(f"{target} appeared while writing (use --force)")
-            with held_signals():  # the old target out and the new one in, or neither
-                retired = Path(
-                    tempfile.mkdtemp(
-                        prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent
+        replacing = target.exists() or target.is_symlink()
+        if replacing and not overwrite:
+            raise FileExistsError(f"{target} appeared while writing (use --force)")
+        try:
+            # The old target out, the new one in and the old one deleted, or none of it: a
+            # signal that arrives meanwhile is raised once all is done (then `written`
+            # tells the caller that the new folder is complete).
+            with held_signals():
+                if replacing:
+                    retired = Path(
+                        tempfile.mkdtemp(
+                            prefix=temporary_prefix(target, ".old"),
+                            suffix=".old",
+                            dir=target.parent,
+                        )
                     )
-                )
-                os.replace(target, retired / "previous")
+                    os.replace(target, retired / "previous")
                 os.replace(temporary, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, target)
+                if replacing:
+                    shutil.rmtree(retired, ignore_errors=True)
+        except KeyboardInterrupt as stop:
+            stop.written = target
+            raise

@@ -76,6 +76,9 @@ def _reading(path):
     """``np.load`` of ``path`` with every way it fails on a foreign or damaged file
     turned into a `CheckpointError` naming it."""
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        # np.load of a FIFO waits for a writer for ever; a device streams for ever
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a pipe, device or socket)")
     try:
         stored = np.load(path, allow_pickle=False)
         if not isinstance(stored, np.lib.npyio.NpzFile):

@@ -89,9 +89,15 @@ def check_sparse_structure(
     """
     layout = matrix.format
     n_rows, n_cols = matrix.shape
+    if layout != "bsr" and matrix.data.ndim != 1:  # BSR stores blocks, (n_blocks, r, c)
+        raise CorruptMatrixError(
+            f"{name}: corrupt {layout.upper()} matrix: its values must be 1-D, got shape "
+            f"{matrix.data.shape}"
+        )
     if layout == "coo":
         arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
-        _check_index_arrays(name, layout, *arrays)
+        check_index_arrays(name, layout, *arrays)
+        arrays = tuple(_native(array) for array in arrays)
         if not arrays[0].shape[0] == arrays[1].shape[0] == matrix.data.shape[0]:
             raise CorruptMatrixError(
                 f"{name}: corrupt COO matrix (row, col and data differ in length)"
@@ -109,7 +115,8 @@ def check_sparse_structure(
         return int(hashed) if fingerprint else None
     if layout not in ("csr", "csc", "bsr"):
         raise ValueError(f"{name}: unsupported sparse format {layout!r}")
-    _check_index_arrays(name, layout, matrix.indptr, matrix.indices)
+    check_index_arrays(name, layout, matrix.indptr, matrix.indices)
+    indptr, indices = _native(matrix.indptr), _native(matrix.indices)
     if layout != "bsr" and matrix.indices.shape[0] != matrix.data.shape[0]:
         raise CorruptMatrixError(
             f"{name}: corrupt {layout.upper()} matrix: {matrix.indices.shape[0]} indices but "
@@ -129,8 +136,8 @@ def check_sparse_structure(
             f"{n_major + 1})"
         )
     problem, position, hashed = _kernels.check_compressed(
-        matrix.indptr,
-        matrix.indices,
+        indptr,
+        indices,
         _kernel_values(data, name),
         n_minor,
         first_row,
@@ -182,13 +189,53 @@ def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str
         )
 
 
-def _check_index_arrays(name: str, layout: str, *arrays) -> None:
+def check_index_arrays(name: str, layout: str, *arrays) -> None:
+    """`CorruptMatrixError` unless every array of indices is 1-D integers (a cast of float
+    indices would truncate them: 0.7 to 0)."""
     for array in arrays:
         if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
             raise CorruptMatrixError(
                 f"{name}: corrupt {layout.upper()} matrix: index arrays must be 1-D "
                 f"integers, got {array.dtype} of shape {array.shape}"
             )
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order (h5py gives a big-endian file's arrays as
+    stored; the kernels read native numbers only)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+def _native_index_arrays(matrix):
+    """``matrix`` (a checked scipy sparse matrix) with its index arrays in the machine's
+    byte order: itself when they are, else a matrix sharing its values."""
+    if matrix.format == "coo":
+        arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
+        if all(array.dtype.isnative for array in arrays):
+            return matrix
+        return type(matrix)(
+            (matrix.data, tuple(_native(array) for array in arrays)), shape=matrix.shape
+        )
+    if matrix.indptr.dtype.isnative and matrix.indices.dtype.isnative:
+        return matrix
+    arrays = (matrix.data, _native(matrix.indices), _native(matrix.indptr))
+    return type(matrix)(arrays, shape=matrix.shape)
+
+
+def repeated_negative(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> int | None:
+    """The stored position of a negative value among entries whose (row, column) repeats,
+    or None. Readers sum repeated entries, as scipy does, and a sum can hide a negative
+    count (-1 + 2 = 1) from the check of the counts; sorts only when a value is negative."""
+    negative = values < 0
+    if not negative.any():
+        return None
+    order = np.lexsort((cols, rows))
+    same = (np.diff(rows[order]) == 0) & (np.diff(cols[order]) == 0)
+    repeated = np.zeros(order.shape[0], dtype=bool)
+    repeated[1:] |= same
+    repeated[:-1] |= same
+    hidden = order[repeated & negative[order]]
+    return int(hidden.min()) if hidden.size else None
 
 
 def check_count_dtype(dtype, name: str = "X") -> None:
@@ -321,7 +368,7 @@ def checked_counts(
             hashed = check_sparse_structure(
                 X, name, first_row=first_row, fingerprint=fingerprint and X.format != "bsr"
             )
-        matrix = X if X.format in ("csr", "csc", "coo") else X.tocsr()
+        matrix = _native_index_arrays(X) if X.format in ("csr", "csc", "coo") else X.tocsr()
         readable = _readable_dtype(matrix.data.dtype)
         if readable is not None:
             matrix = matrix.astype(readable)

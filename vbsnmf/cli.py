@@ -812,12 +812,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK
     except KeyboardInterrupt as stop:
+        what, code = "interrupted", EXIT_INTERRUPTED
         if isinstance(stop, Stopped):
             what = STOP_SIGNALS[signal.Signals(stop.signum).name]
-            print(f"vbsnmf: {what}; no output written", file=sys.stderr)
-            return 128 + stop.signum
-        print("vbsnmf: interrupted; no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            code = 128 + stop.signum
+        written = getattr(stop, "written", None)  # arrived as the output took its place
+        outcome = f"{written} was written in full" if written else "no output written"
+        print(f"vbsnmf: {what}; {outcome}", file=sys.stderr)
+        return code
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice
     # (--solver svi) or a header declaring billions of cells; not an internal error.
     # ValueError includes vbsnmf.io.ReadError and the checkpoint and path errors;

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
+from .._validation import repeated_negative
 from ._errors import ReadError, describe_error
 from ._paths import check_apart
 from ._read import (
@@ -282,6 +283,13 @@ def _check_indices(cells, genes, n_cells, n_genes) -> None:
 def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
     """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell and
     repeated entries of a cell and gene summed, as `vbsnmf.io.read_mtx` sums them."""
+    hidden = repeated_negative(cells, genes, values)
+    if hidden is not None:
+        raise ValueError(
+            f"the entry of cell {cells[hidden] + 1}, gene {genes[hidden] + 1} (numbered as in "
+            f"the file) is negative ({values[hidden]:g}) and repeated: the sum of the "
+            "repeats would hide it; NMF needs raw counts"
+        )
     genes = gene_index[genes]
     kept = genes >= 0
     cells, genes, values = cells[kept], genes[kept], values[kept]

@@ -182,8 +182,8 @@ def check_outdir(
 
     OUTDIR must not be, lie inside or contain an input or the checkpoint, nor be the
     current folder, one holding it, or a mount point; it may exist only with ``force``
-    (then it must be a folder holding nothing but what a command writes, `OUTPUT_NAMES`:
-    an earlier output, replaced once the new one is complete). A temporary folder
+    (then it must be a folder holding nothing but files of the names a command writes,
+    `OUTPUT_NAMES`: an earlier output, replaced once the new one is complete). A temporary folder
     of the name the writer uses is created and removed beside it, so that a name too long
     for the file system, a read-only or pseudo file system (``/proc``) or a missing
     permission is reported now, not after the fit.
@@ -212,7 +212,13 @@ def check_outdir(
             raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
         if not path.is_dir():
             raise UnsafePathError(f"OUTDIR {outdir} exists and is not a folder")
-        foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in OUTPUT_NAMES)
+        # Every output is a file: a folder of an output's name is the user's (and what it
+        # holds would go with it).
+        foreign = sorted(
+            entry.name + "/" if entry.is_dir() and not entry.is_symlink() else entry.name
+            for entry in path.iterdir()
+            if entry.name not in OUTPUT_NAMES or (entry.is_dir() and not entry.is_symlink())
+        )
         if foreign:
             listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise UnsafePathError(

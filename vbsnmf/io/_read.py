@@ -9,7 +9,10 @@ adds what they leave to the caller:
   are), else float64. scanpy reads 10x counts into float32, which rounds 16,777,217 to
   16,777,216; such files are read again in float64.
 - Matrix Market text is checked as it is parsed (`CheckedText`): scipy's parser crashes
-  the interpreter on a NUL byte and reads ``1.5`` in an integer field as 1.
+  the interpreter on a NUL byte and reads a valid prefix of a malformed number (``1.5``
+  in an integer field as 1, ``7e`` as 7, ``3.0.0`` as 3), so every entry line must hold
+  exactly its fields, each a well-formed number. Repeated entries, which the readers
+  sum as scipy does, may not include a negative count (a sum would hide it).
 - every problem with a file (missing, unreadable, truncated, corrupt, names that do not
   fit the matrix) raises `ReadError` naming the file; nothing else escapes a reader.
 
@@ -24,6 +27,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._validation import check_sparse_structure, exact_float_dtype
+from .._validation import check_sparse_structure, exact_float_dtype, repeated_negative
 from ._errors import ReadError, describe_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -223,8 +227,14 @@ def read_10x(folder: str | os.PathLike):
         _explain_10x_failure(folder, header, features_path, barcodes_path)
         raise ReadError(folder, f"not a readable 10x folder ({describe_error(error)})") from None
     counts = sp.csr_matrix(adata.X)
-    # scanpy's float32 is exact for integers below 2**24; anything else is read again.
-    if header.field not in ("integer", "pattern") or _reaches_float32_limit(counts.data):
+    # scanpy's float32 is exact for integers below 2**24, and its sums of repeated entries
+    # (fewer entries than the file's) can hide a negative count: anything else is read
+    # again, and checked.
+    if (
+        header.field not in ("integer", "pattern")
+        or counts.nnz != n_entries
+        or _reaches_float32_limit(counts.data)
+    ):
         counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)
     adata.X = counts
     _names_as_written(adata, features_path, barcodes_path)
@@ -400,10 +410,13 @@ def read_h5ad(path: str | os.PathLike):
 def read_h5ad_backed(path: str | os.PathLike):
     """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
     disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
-    it with `read_h5ad`). `ReadError` if it cannot be opened; row pointers and indices are
-    checked as they stream."""
+    it with `read_h5ad`). `ReadError` if it cannot be opened, or if X does not fit obs and
+    var or its index arrays are not integers (checked here, before anything is fitted);
+    row pointers are checked here too, indices as they stream."""
     import anndata as ad
     import h5py
+
+    from ._stream import _stored_x
 
     path = Path(path)
     check_hdf5(path, "h5ad")
@@ -411,6 +424,10 @@ def read_h5ad_backed(path: str | os.PathLike):
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
             encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
+            if encoding == "csr_matrix":
+                # anndata opens it backed trusting X's shape attribute (a phantom
+                # [30, 10**6] would fit a million genes) and casts its indices to integers
+                _stored_x(handle, path)
         if encoding != "csr_matrix":
             return None
         with warnings.catch_warnings():
@@ -802,17 +819,98 @@ def _character_classes(field: str) -> bytes:
     return bytes(table)
 
 
+# Classes of the bytes of entry lines for `CheckedText`'s check of their shape: white space,
+# newline, sign, decimal point, digit, exponent mark, a letter of nan or inf, anything else
+# (``class & 4``: a digit, an exponent mark or a byte no tidy line holds).
+_WS, _NL, _SIGN, _POINT, _DIGIT, _EXP, _LETTER, _OTHER = range(8)
+_DIGITS = b"0123456789"
+# An entry line holds at most three numbers: a longer line is not one.
+_LONGEST_LINE = 1 << 16
+# The fields of entry lines, for the lines that are not tidy (`CheckedText._untidy`): an
+# index is a plain decimal integer, a value a whole number of the header's field.
+_SPACE = rb"[ \t\r]"
+_INDEX = rb"\d++"
+_INTEGER = rb"[+-]?+\d++"
+_REAL = rb"[+-]?+(?:(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][+-]?+\d++)?+|(?i:nan|inf))"
+
+
+def _shape_classes(field: str) -> bytes:
+    """A `bytes.translate` table: each byte to its class (above) in an entry line of a
+    ``field`` file (a decimal point, an exponent mark or a letter only in a real one)."""
+    table = bytearray([_OTHER]) * 256
+    for code in b" \t\r":
+        table[code] = _WS
+    table[ord("\n")] = _NL
+    for code in _DIGITS:
+        table[code] = _DIGIT
+    if field != "pattern":
+        for code in b"+-":
+            table[code] = _SIGN
+    if field in ("real", "double"):
+        table[ord(".")] = _POINT
+        for code in b"eE":
+            table[code] = _EXP
+        for code in b"nNaAiIfF":
+            table[code] = _LETTER
+    return bytes(table)
+
+
+def _neighbour_table() -> bytes:
+    """A `bytes.translate` table of the pairs of neighbouring bytes of tidy entry lines (one
+    white space between fields, none at either end, no blank line, no nan or inf): 1 for a
+    pair that may occur, 0 for one that may not. A pair is ``(after << 6) | (first << 3) |
+    second``: the bytes' classes, ``after`` 1 when the byte before the pair is a digit or
+    an exponent mark. Then the pairs alone hold each field to
+    ``[+-]?(\\d+\\.?\\d*|\\.\\d+)([eE][+-]?\\d+)?`` but for a second decimal point or
+    exponent (`CheckedText._tidy` checks those)."""
+    table = bytearray(256)
+    for code in range(16):
+        kind, after_digit = code & 7, code >= 8
+        if kind in (_WS, _NL):
+            following = (_DIGIT, _SIGN, _POINT)
+        elif kind == _DIGIT:
+            following = (_WS, _NL, _DIGIT, _POINT, _EXP)
+        elif kind == _SIGN:  # after an exponent mark only a digit
+            following = (_DIGIT,) if after_digit else (_DIGIT, _POINT)
+        elif kind == _POINT:  # "5." and ".5", not "." nor ".e5"
+            following = (_WS, _NL, _DIGIT, _EXP) if after_digit else (_DIGIT,)
+        elif kind == _EXP:
+            following = (_DIGIT, _SIGN)
+        else:
+            following = ()
+        for second in following:
+            table[(after_digit << 6) | (kind << 3) | second] = 1
+    return bytes(table)
+
+
+_NEIGHBOURS = _neighbour_table()
+
+
+def _field_patterns(header: MtxHeader) -> list[bytes]:
+    """Regular expressions of the fields of an entry line, in order."""
+    value = _REAL if header.field in ("real", "double") else _INTEGER
+    if header.fmt == "array":
+        return [value]
+    return [_INDEX, _INDEX] + ([] if header.field == "pattern" else [value])
+
+
 class CheckedText(io.RawIOBase):
     """The text of a Matrix Market file, checked as it is read.
 
     scipy's parser (fast_matrix_market) crashes the interpreter (segmentation fault) on a
-    NUL byte right after a number, and reads ``1.5`` or ``1e3`` in an integer field as 1,
-    ``16abc`` as 16 and ignores a fourth field. So no byte may be NUL, the entry lines
-    (everything after the size line) may hold only the characters of their field's numbers,
-    and they must hold exactly ``n_fields * n_entries`` numbers; `finish` checks the count
-    once the parser is done. Each block is checked by `bytes.translate` and `bytes.count`
-    (loops in C); wrapped in a 1 MiB `io.BufferedReader`, the parser's small reads cost no
-    Python call each.
+    NUL byte right after a number, and reads a valid prefix of a malformed number: ``1.5``
+    or ``1e3`` in an integer field as 1, ``16abc`` as 16, ``7e`` as 7, ``3.0.0`` as 3; it
+    ignores a fourth field. So no byte may be NUL, the entry lines (everything after the
+    size line) may hold only the characters of their field's numbers, each line exactly
+    its fields (two indexes, plain decimal integers, and a value of the header's field;
+    the value alone in an array; blank lines aside), each a whole number, and the lines
+    must hold ``n_fields * n_entries`` numbers; `finish` checks the count once the parser
+    is done. A line is checked once its newline is read.
+
+    The check runs in C and numpy over whole blocks (`_tidy`: no loop per line): files as
+    writers write them, one space or tab between fields and none at either end, take it;
+    other lines are matched by a regular expression (`_untidy`, slower). Wrapped in a
+    1 MiB `io.BufferedReader`, the parser's small reads cost no Python call each.
     """
 
     _BLOCK = 1 << 20
@@ -821,10 +919,19 @@ class CheckedText(io.RawIOBase):
         super().__init__()
         self._handle, self._path, self._header = handle, path, header
         self._classes = _character_classes(header.field)
-        self._expected = header.n_fields * n_entries
+        self._shapes = _shape_classes(header.field)
+        self._fields = [re.compile(field) for field in _field_patterns(header)]
+        line = _SPACE + rb"*+(?:" + (_SPACE + rb"++").join(_field_patterns(header))
+        self._lines = re.compile(rb"(?:" + line + _SPACE + rb"*+)?+\n)*+")
+        n_fields = header.n_fields
+        self._separators = b" " * (n_fields - 1) + b"\n"
+        self._skeleton = bytes([_WS] * (n_fields - 1) + [_NL])
+        self._n_indexes = 0 if header.fmt == "array" else 2
+        self._expected = n_fields * n_entries
         self._numbers = 0
         self._offset = 0  # bytes of text read so far
-        self._previous = b" "  # the class of the last body byte checked
+        self._line = 1  # the line of the file that self._pending starts
+        self._pending = b""  # the start of a line whose newline is not read yet
 
     def readable(self) -> bool:
         return True
@@ -853,20 +960,138 @@ class CheckedText(io.RawIOBase):
     def _check(self, chunk: bytes) -> None:
         if b"\x00" in chunk:
             raise ReadError(self._path, "contains a NUL byte: not a text Matrix Market file")
-        start, self._offset = self._offset, self._offset + len(chunk)
-        body = chunk[max(self._header.body_offset - start, 0) :]
-        if not body:
+        if not chunk:  # the end of the file, whose last line may lack its newline
+            pending, self._pending = self._pending, b""
+            if pending:
+                self._check_lines(pending + b"\n")
             return
-        classes = body.translate(self._classes)
+        start, self._offset = self._offset, self._offset + len(chunk)
+        skip = max(self._header.body_offset - start, 0)
+        if skip:
+            self._line += chunk.count(b"\n", 0, skip)
+        body = chunk[skip:]
+        end = body.rfind(b"\n") + 1
+        if end:  # the lines ending in this chunk, copied once
+            lines = b"".join((self._pending, memoryview(body)[:end]))
+            self._pending = body[end:]
+            self._check_lines(lines)
+        else:
+            self._pending += body
+        if len(self._pending) > _LONGEST_LINE:
+            raise ReadError(
+                self._path,
+                f"line {self._line} is longer than {_LONGEST_LINE} bytes: not an entry line",
+            )
+
+    def _check_lines(self, text: bytes) -> None:
+        """Check whole entry lines (``text`` ends with a newline) and count their numbers."""
+        if b"\r" in text:  # Windows line ends
+            text = text.replace(b"\r\n", b"\n")
+        lines = self._tidy(text)
+        if lines is not None:
+            self._numbers += self._header.n_fields * lines
+        else:
+            lines = self._untidy(text)
+        self._line += lines
+
+    def _tidy(self, text: bytes) -> int | None:
+        """The number of lines of ``text`` when they are tidy (one space or tab between
+        fields, none at either end, no blank line, no nan or inf) and well formed, else
+        None (then `_untidy` decides)."""
+        marks = text.translate(None, _DIGITS)
+        lines, rest = divmod(len(marks), len(self._separators))
+        if not rest and marks == self._separators * lines:
+            # digits, one space between fields and newlines, unless two are side by side
+            gaps = np.frombuffer(text, np.uint8) < ord("0")
+            return None if gaps[0] or (gaps[1:] & gaps[:-1]).any() else lines
+        # the pairs of neighbouring bytes' classes (`_neighbour_table`; the first line's
+        # first byte follows a newline). Products, not shifts: numpy shifts bytes slowly.
+        classes = np.frombuffer((b"\n\n" + text).translate(self._shapes), np.uint8)
+        pairs = (classes[:-2] & 4) * np.uint8(16) | classes[1:-1] * np.uint8(8) | classes[2:]
+        if b"\x00" in pairs.tobytes().translate(_NEIGHBOURS):
+            return None
+        # The bytes but digits, each line's in order (then only white space, newlines,
+        # signs, decimal points and exponent marks): only a line's last field may hold
+        # anything but digits, and a number at most one decimal point and one exponent,
+        # in that order (a sign between them only after the exponent mark).
+        marks = marks.translate(self._shapes)
+        classes = np.frombuffer(marks, np.uint8)
+        first, second = classes[:-1], classes[1:]
+        if self._n_indexes and ((first >= _SIGN) & (second == _WS)).any():
+            return None
+        point_or_exp = second >= _POINT  # no digit among them
+        if (((first == _POINT) & (second == _POINT)) | ((first == _EXP) & point_or_exp)).any() or (
+            (classes[:-2] == _EXP) & (classes[1:-1] == _SIGN) & point_or_exp[1:]
+        ).any():
+            return None
+        # and each line holds its number of fields
+        marks = marks.translate(None, bytes([_SIGN, _POINT, _EXP]))
+        lines, rest = divmod(len(marks), len(self._skeleton))
+        return lines if not rest and marks == self._skeleton * lines else None
+
+    def _untidy(self, text: bytes) -> int:
+        """Check entry lines that are not tidy (``text``, ending with a newline) with a
+        regular expression, count their numbers; their number of lines."""
+        classes = text.translate(self._classes)
+        self._refuse_stray(text, classes)
+        match = self._lines.match(text)
+        if match.end() < len(text):
+            self._refuse_line(text, match.end())
+        self._numbers += classes.count(b" x") + (classes[:1] == b"x")
+        return text.count(b"\n")
+
+    def _refuse_stray(self, text: bytes, classes: bytes) -> None:
         stray = classes.find(b"!")
         if stray >= 0:
             raise ReadError(
                 self._path,
-                f"entry lines hold characters that are not numbers ({body[stray : stray + 10]!r})",
+                f"entry lines hold characters that are not numbers ({text[stray : stray + 10]!r})",
             )
-        # A number starts where a number character follows white space.
-        self._numbers += classes.count(b" x") + (self._previous == b" " and classes[:1] == b"x")
-        self._previous = classes[-1:]
+
+    def _refuse_line(self, text: bytes, start: int) -> None:
+        """`ReadError` for the malformed entry line at ``start`` of ``text``."""
+        line = text[start : text.index(b"\n", start)]
+        where = "line " + str(self._line + text.count(b"\n", 0, start))
+        shown = line.decode("ascii", errors="replace").strip()
+        shown = repr(shown if len(shown) <= 80 else shown[:80] + "...")
+        fields = line.split()
+        if len(fields) != len(self._fields):
+            # a missing or an extra field on every line: the count of numbers says so
+            numbers = self._numbers + self._numbers_to_end(text + self._pending)
+            if numbers != self._expected:
+                raise ReadError(
+                    self._path,
+                    f"entry lines hold {numbers} numbers where the size line implies "
+                    f"{self._expected} ({where} holds {len(fields)}: {shown})",
+                )
+            raise ReadError(
+                self._path,
+                f"{where} holds {len(fields)} fields where an entry of a {self._header.fmt} "
+                f"{self._header.field} file has {len(self._fields)}: {shown}",
+            )
+        for field, pattern in zip(fields, self._fields):
+            if not pattern.fullmatch(field):
+                what = {_INDEX: "row or column index", _INTEGER: "integer", _REAL: "number"}
+                raise ReadError(
+                    self._path,
+                    f"{where} holds {field.decode('ascii', errors='replace')[:40]!r}, not a "
+                    f"well-formed {what[pattern.pattern]}: {shown}",
+                )
+        raise ReadError(self._path, f"{where} is not a well-formed entry line: {shown}")
+
+    def _numbers_to_end(self, text: bytes) -> int:
+        """The numbers in ``text``, which starts a line, and in the rest of the file, read
+        to its end (a NUL byte or a stray character refused as `_check` refuses them)."""
+        numbers, previous = 0, b" "
+        while text:
+            if b"\x00" in text:
+                raise ReadError(self._path, "contains a NUL byte: not a text Matrix Market file")
+            classes = text.translate(self._classes)
+            self._refuse_stray(text, classes)
+            numbers += classes.count(b" x") + (previous == b" " and classes[:1] == b"x")
+            previous = classes[-1:]
+            text = self._handle.read(self._BLOCK)
+        return numbers
 
 
 def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
@@ -882,6 +1107,14 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
             matrix = scipy.io.mmread(text.buffered())
             text.finish()
     matrix = sp.coo_matrix(matrix)
+    hidden = repeated_negative(matrix.row, matrix.col, matrix.data)
+    if hidden is not None:
+        raise ReadError(
+            path,
+            f"the entry at row {matrix.row[hidden] + 1}, column {matrix.col[hidden] + 1} is "
+            f"negative ({matrix.data[hidden]:g}) and repeated: the sum of the repeats would "
+            "hide it; NMF needs raw counts",
+        )
     return matrix.astype(exact_float_dtype(matrix.data))
 
 

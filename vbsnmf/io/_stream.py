@@ -25,7 +25,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_count_dtype, check_counts, check_row_pointers
+from .._validation import (
+    check_count_dtype,
+    check_counts,
+    check_index_arrays,
+    check_row_pointers,
+)
 from ._errors import ReadError, describe_error
 
 
@@ -110,7 +115,15 @@ class StoredRowsSource(CellSource):
                 "(write the file with anndata)"
             )
         check_count_dtype(group["data"].dtype)
-        self.shape = tuple(int(n) for n in group.attrs["shape"])
+        # as `check_sparse_structure` checks a matrix in memory: the casts to integers below
+        # and in `_block` would truncate float indices (0.7 to 0) into a wrong fit
+        check_index_arrays(self.name, "csr", group["indptr"], group["indices"])
+        if group["data"].ndim != 1:
+            raise ValueError(
+                f"{self.name}: corrupt CSR matrix: its values must be 1-D, got shape "
+                f"{group['data'].shape}"
+            )
+        self.shape = _stored_shape(group.attrs["shape"], self.name)
         self.indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         n_stored = min(group["indices"].shape[0], group["data"].shape[0])
         # before anndata slices with these pointers
@@ -143,6 +156,35 @@ class StoredRowsSource(CellSource):
             ),
             shape=block.shape,
         )
+
+
+def _stored_shape(shape, name: str) -> tuple[int, int]:
+    """The ``shape`` attribute of a stored sparse matrix: two counts, which must be whole
+    non-negative numbers (a cast would truncate them)."""
+    values = np.asarray(shape)
+    if (
+        values.shape != (2,)
+        or not np.issubdtype(values.dtype, np.integer)
+        or bool(np.any(values < 0))
+    ):
+        raise ValueError(
+            f"{name}: corrupt CSR matrix: its shape attribute {values.tolist()} is not two "
+            "non-negative integers"
+        )
+    return int(values[0]), int(values[1])
+
+
+def _check_fits(shape, n_obs: int, n_vars: int, name: str = "X") -> None:
+    """`ValueError` unless the matrix shape ``shape`` fits the ``n_obs`` rows of obs and
+    the ``n_vars`` rows of var (anndata checks this when it reads a file into memory, not
+    when it opens it backed; a phantom shape would fit a million genes that are not
+    there)."""
+    for axis, (table, length) in enumerate((("obs", n_obs), ("var", n_vars))):
+        if int(length) != int(shape[axis]):
+            raise ValueError(
+                f"{name}'s shape {[int(n) for n in shape]} does not fit the {int(length)} "
+                f"rows of {table}"
+            )
 
 
 def _converted(path: Path, genes_as_rows: bool) -> StoredRowsSource:
@@ -259,8 +301,15 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
         ad = None
     filename = None
     if ad is not None and isinstance(X, ad.AnnData):
-        filename = X.filename
+        filename, backed, n_obs, n_vars = X.filename, X.isbacked, X.n_obs, X.n_vars
         X = X.X
+        if backed and X is not None:
+            # anndata opens a file backed without checking its X (sparse or dense) against
+            # obs and var, as it does when it reads one into memory
+            try:
+                _check_fits(X.shape, n_obs, n_vars)
+            except ValueError as error:
+                raise ReadError(filename, str(error)) from None
     if hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc"):
         return _backed_x(X.group, filename)
     return InMemorySource(check_counts(X, warn_non_integer=False))  # scanned later

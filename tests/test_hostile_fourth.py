@@ -1,0 +1,255 @@
+"""A hostile user's fourth pass: what a session's search found after the first three
+(tests/test_hostile.py), each case built and checked as there."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from test_hostile import (
+    FIT,
+    SVI,
+    Case,
+    _counts,
+    _main,
+    _patched,
+    _tree,
+    damaged_h5ad,
+    h5ad,
+    mtx,
+    raises,
+    refused,
+    returns,
+    succeeds,
+    tenx,
+)
+
+import vbsnmf
+from vbsnmf import _atomic, _checkpoint
+
+# a negative count that a repeat of its entry would hide once summed: -1 + 2 = 1
+NEGATIVE_REPEATED = "1 1 -1\n1 1 2\n2 2 3\n"
+
+
+def _earlier_output(folder: Path) -> Path:
+    """An OUTDIR of an earlier fit, to replace with --force."""
+    outdir = folder / "out"
+    assert main_quietly(["fit", h5ad(folder), *FIT, "-o", outdir]) == 0
+    return outdir
+
+
+def main_quietly(argv) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return vbsnmf.cli.main([str(a) for a in argv])
+
+
+def _user_folder_named_like_an_output(name: str):
+    def build(folder: Path) -> list:
+        outdir = _earlier_output(folder)
+        (outdir / name).unlink(missing_ok=True)
+        (outdir / name).mkdir()
+        (outdir / name / "notes.txt").write_text("the user's only copy\n")
+        return ["fit", "small.h5ad", *FIT, "-o", "out", "--force"]
+
+    return build
+
+
+def _tenx_by_cell(folder: Path, entries: list[tuple[int, int, int]]) -> Path:
+    """`tenx` with its entries sorted by cell, as Cell Ranger writes them (streaming needs
+    them so), the repeats in their given order."""
+    path = tenx(folder, entries)
+    lines = gzip.decompress((path / "matrix.mtx.gz").read_bytes()).decode().splitlines()
+    body = sorted(lines[2:], key=lambda line: int(line.split()[1]))
+    text = "\n".join([*lines[:2], *body]) + "\n"
+    (path / "matrix.mtx.gz").write_bytes(gzip.compress(text.encode()))
+    return path
+
+
+def _fifo(folder: Path) -> Path:
+    path = folder / "ck.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _big_endian(key: str, dtype: str):
+    def edit(group) -> None:
+        values = group[key][:].astype(dtype)
+        del group[key]
+        group.create_dataset(key, data=values)
+
+    return edit
+
+
+def _as_column(group) -> None:
+    values = group["data"][:].reshape(-1, 1)
+    del group["data"]
+    group.create_dataset("data", data=values)
+
+
+def _fits_as_native(matrix) -> str | None:
+    """A fit of ``matrix`` (index arrays byte-swapped) equals the fit of its native copy."""
+    native = sp.csr_matrix(_counts())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        expected = vbsnmf.VBNMF(2, max_iter=3, random_state=0, n_threads=1).fit_transform(native)
+        got = vbsnmf.VBNMF(2, max_iter=3, random_state=0, n_threads=1).fit_transform(matrix)
+    return None if np.array_equal(got, expected) else "another fit than the native matrix's"
+
+
+def _swapped(layout: str):
+    matrix = _counts().asformat(layout).copy()
+    if layout == "coo":
+        matrix.row, matrix.col = matrix.row.astype(">i4"), matrix.col.astype(">i4")
+    else:
+        matrix.indices, matrix.indptr = matrix.indices.astype(">i4"), matrix.indptr.astype(">i8")
+    return matrix
+
+
+def _two_d_values(folder: Path):
+    matrix = _counts()
+    matrix.data = matrix.data.reshape(-1, 1)
+    return vbsnmf.VBNMF(2, max_iter=2).fit(matrix)
+
+
+def cases() -> list[Case]:
+    return [
+        # --force replaced OUTDIR when it held a folder named like an output, and deleted
+        # what the folder held
+        Case(
+            "--force with a folder of the user's named result.h5ad",
+            refused(_user_folder_named_like_an_output("result.h5ad"), "result.h5ad/"),
+        ),
+        Case(
+            "--force with a folder of the user's named umap.png",
+            refused(_user_folder_named_like_an_output("umap.png"), "umap.png/"),
+        ),
+        # a negative count with a repeat of its entry was summed into a valid count
+        Case(
+            "a negative count repeated in an .mtx",
+            refused(
+                lambda f: ["fit", mtx(f, NEGATIVE_REPEATED), "--cells-as-rows", *FIT, "-o", "o"],
+                "row 1, column 1 is negative (-1) and repeated",
+            ),
+        ),
+        Case(
+            "a negative count repeated in an .mtx, streamed",
+            refused(
+                lambda f: [
+                    "fit",
+                    mtx(f, NEGATIVE_REPEATED),
+                    "--cells-as-rows",
+                    *FIT,
+                    *SVI,
+                    "-o",
+                    "o",
+                ],
+                "cell 1, gene 1 (numbered as in the file) is negative (-1) and repeated",
+            ),
+        ),
+        Case(
+            "a negative count repeated in a 10x folder",
+            refused(
+                lambda f: ["fit", _tenx_by_cell(f, [(1, 1, -2), (1, 1, 5)]), *FIT, "-o", "o"],
+                "row 1, column 1 is negative (-2) and repeated",
+            ),
+        ),
+        Case(
+            "a negative count repeated in a 10x folder, streamed",
+            refused(
+                lambda f: ["fit", _tenx_by_cell(f, [(1, 1, -2), (1, 1, 5)]), *FIT, *SVI, "-o", "o"],
+                "cell 1, gene 1 (numbered as in the file) is negative (-2) and repeated",
+            ),
+        ),
+        Case(
+            "positive repeats in a 10x folder are summed",
+            succeeds(lambda f: ["fit", _tenx_by_cell(f, [(1, 1, 2), (1, 1, 5)]), *FIT]),
+        ),
+        # a big-endian index array (h5py gives it as stored) reached a kernel: TypingError
+        Case(
+            "big-endian indices in an .h5ad",
+            succeeds(lambda f: ["fit", damaged_h5ad(f, "X", _big_endian("indices", ">i4")), *FIT]),
+        ),
+        Case(
+            "big-endian indptr in an .h5ad",
+            succeeds(lambda f: ["fit", damaged_h5ad(f, "X", _big_endian("indptr", ">i8")), *FIT]),
+        ),
+        *(
+            Case(
+                f"big-endian {layout.upper()} index arrays",
+                returns(lambda f, layout=layout: _swapped(layout), _fits_as_native),
+            )
+            for layout in ("csr", "csc", "coo")
+        ),
+        # values stored as a column, (nnz, 1): TypingError in the check's kernel
+        Case(
+            "an .h5ad whose X values are a column",
+            refused(
+                lambda f: ["fit", damaged_h5ad(f, "X", _as_column), *FIT, "-o", "o"],
+                "values must be 1-D",
+            ),
+        ),
+        Case(
+            "CSR values as a column",
+            raises(_two_d_values, ValueError, "values must be 1-D, got shape"),
+        ),
+        # np.load of a FIFO waited for a writer for ever
+        Case(
+            "a FIFO as the checkpoint",
+            refused(
+                lambda f: ["fit", h5ad(f), *FIT, "--checkpoint", _fifo(f), "-o", "o"],
+                "is not a regular file",
+            ),
+        ),
+        Case(
+            "a FIFO to resume from",
+            raises(
+                lambda f: vbsnmf.VBNMF(2, checkpoint=_fifo(f), resume=True).fit(_counts()),
+                _checkpoint.CheckpointError,
+                "is not a regular file",
+            ),
+        ),
+    ]
+
+
+def test_hostile_inputs_of_the_fourth_pass_are_handled(tmp_path, capfd):
+    built = cases()
+    assert len({case.name for case in built}) == len(built)
+    failures = []
+    for index, case in enumerate(built):
+        folder = tmp_path / f"case{index}"
+        folder.mkdir()
+        problem = case.run(folder, capfd)
+        if problem:
+            failures.append(f"{case.name}: {problem}")
+    assert not failures, f"{len(failures)} of {len(built)} cases failed:\n" + "\n".join(failures)
+
+
+def test_a_signal_during_the_swap_of_outdir_leaves_the_new_output_and_says_so(tmp_path, capfd):
+    """Ctrl-C while --force puts the new OUTDIR in the old one's place: the signal is held
+    until the new folder is in and the old one deleted, and the command says that the
+    output was written (it said "no output written" and left the old folder beside it)."""
+    outdir = _earlier_output(tmp_path)
+    replace = os.replace
+
+    def interrupted(source, target):
+        replace(source, target)
+        if (
+            Path(target).resolve() == outdir.resolve()
+        ):  # the new folder in: the moment a Ctrl-C may come
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with _patched(_atomic.os, "replace", interrupted):
+        code, _, err, _ = _main(
+            ["fit", "small.h5ad", *FIT, "--seed", "1", "-o", "out", "--force"], capfd, tmp_path
+        )
+    assert code == 130, err
+    assert err == f"vbsnmf: interrupted; {Path('out')} was written in full\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.h5ad"]
+    assert "params.json" in _tree(outdir)
+    assert '"seed": 1' in (outdir / "params.json").read_text()

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from test_hostile import (
     FIT,
@@ -253,3 +254,60 @@ def test_a_signal_during_the_swap_of_outdir_leaves_the_new_output_and_says_so(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.h5ad"]
     assert "params.json" in _tree(outdir)
     assert '"seed": 1' in (outdir / "params.json").read_text()
+
+
+def _quoted_symbol(folder: Path) -> Path:
+    """A 10x folder whose first gene symbol holds a double quote, as text does."""
+    path = _tenx_by_cell(folder, [])
+    lines = gzip.decompress((path / "features.tsv.gz").read_bytes()).decode().splitlines()
+    lines[0] = 'g0\t"CH507-9B2.8\tGene Expression'
+    (path / "features.tsv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    return path
+
+
+def _version_2_gzipped_without_the_name(folder: Path) -> Path:
+    """A Cell Ranger 2 folder whose matrix.mtx is gzip-compressed under its plain name."""
+    path = _tenx_by_cell(folder, [])
+    (path / "matrix.mtx.gz").rename(path / "matrix.mtx")
+    features = gzip.decompress((path / "features.tsv.gz").read_bytes()).decode()
+    (path / "genes.tsv").write_text(
+        "".join(line.rsplit("\t", 1)[0] + "\n" for line in features.splitlines())
+    )
+    (path / "barcodes.tsv").write_bytes(gzip.decompress((path / "barcodes.tsv.gz").read_bytes()))
+    for name in ("features.tsv.gz", "barcodes.tsv.gz"):
+        (path / name).unlink()
+    return path
+
+
+@pytest.mark.parametrize("build", [_quoted_symbol, _version_2_gzipped_without_the_name])
+def test_both_routes_read_a_10x_folder_alike(build, tmp_path):
+    """A ``"`` in a gene symbol, and a version 2 matrix gzip-compressed under its plain
+    name: scanpy's reader refused both folders, which the streamed route read. Both
+    routes now read them, with the same names and counts."""
+    folder = build(tmp_path)
+    in_memory = vbsnmf.io.read_10x(folder)
+    streamed = vbsnmf.io.mtx_to_h5ad(folder, tmp_path / "s.h5ad")
+    import anndata as ad
+
+    converted = ad.read_h5ad(streamed)
+    assert list(in_memory.var_names) == list(converted.var_names)
+    assert list(in_memory.obs_names) == list(converted.obs_names)
+    np.testing.assert_array_equal(in_memory.X.toarray(), converted.X.toarray())
+    np.testing.assert_array_equal(in_memory.X.toarray(), _counts().toarray())
+    if build is _quoted_symbol:
+        assert in_memory.var_names[0] == '"CH507-9B2.8'
+
+
+def test_read_10x_is_scanpys_reader_on_cell_ranger_folders(tmp_path):
+    """On the folders scanpy reads, `read_10x` gives its counts, names and var columns."""
+    import scanpy as sc
+
+    for folder in (vbsnmf.datasets.data_dir("pbmc_tiny_v3"), tenx(tmp_path)):
+        ours = vbsnmf.io.read_10x(folder)
+        theirs = sc.read_10x_mtx(folder, gex_only=True, cache=False)
+        np.testing.assert_array_equal(ours.X.toarray(), theirs.X.toarray())
+        assert list(ours.var_names) == list(theirs.var_names)
+        assert list(ours.obs_names) == list(theirs.obs_names)
+        assert list(ours.var.columns) == list(theirs.var.columns)
+        for column in theirs.var.columns:
+            assert list(ours.var[column]) == list(theirs.var[column])

@@ -34,7 +34,7 @@ _LAZY = {
     "read_10x": "._read",
     "read_10x_h5": "._read",
     "read_h5ad": "._read",
-    "read_h5ad_backed": "._read",
+    "read_h5ad_backed": "._stream",
     "read_mtx": "._read",
     "read_zarr": "._read",
     "write_nmf_tables": "._write",
@@ -71,10 +71,10 @@ if TYPE_CHECKING:  # what static tools see
         read_10x,
         read_10x_h5,
         read_h5ad,
-        read_h5ad_backed,
         read_mtx,
         read_zarr,
     )
+    from ._stream import read_h5ad_backed
     from ._write import write_nmf_tables, write_result
 
 

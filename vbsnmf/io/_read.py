@@ -1,13 +1,14 @@
 """Readers for count matrices: a 10x folder, a Cell Ranger ``.h5``, ``.h5ad``, ``.zarr``,
 ``.mtx`` / ``.mtx.gz``.
 
-The ecosystem's readers parse: scanpy's `read_10x_mtx` and `read_10x_h5`, anndata's
-`read_h5ad` and `read_zarr`, scipy's Matrix Market parser (fast_matrix_market). vbsnmf
-adds what they leave to the caller:
+The ecosystem's readers parse: scanpy's `read_10x_h5`, anndata's `read_h5ad` and
+`read_zarr`, scipy's Matrix Market parser (fast_matrix_market; also a 10x folder's
+matrix, whose name files are read as plain text: scanpy's `read_10x_mtx` read a ``"`` in a
+gene symbol as a quote and refused the folder). vbsnmf adds what they leave to the caller:
 
 - counts are stored exactly: float32 when every count is exact in it (counts up to 2**24
-  are), else float64. scanpy reads 10x counts into float32, which rounds 16,777,217 to
-  16,777,216; such files are read again in float64.
+  are), else float64. scanpy reads a Cell Ranger ``.h5``'s counts into float32, which
+  rounds 16,777,217 to 16,777,216; such files are read again in float64.
 - Matrix Market text is checked as it is parsed (`CheckedText`): scipy's parser crashes
   the interpreter on a NUL byte and reads a valid prefix of a malformed number (``1.5``
   in an integer field as 1, ``7e`` as 7, ``3.0.0`` as 3), so every entry line must hold
@@ -190,13 +191,16 @@ def _hdf5_kind(path: Path) -> str:
 
 def read_10x(folder: str | os.PathLike):
     """Read a 10x Genomics feature-barcode folder as Cell Ranger writes it, cells x genes,
-    with `scanpy.read_10x_mtx`.
+    as `scanpy.read_10x_mtx` reads it.
 
     Cell Ranger 3 and later: ``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``;
-    Cell Ranger 2: ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``. ``var_names`` are
-    gene symbols made unique, ``var['gene_ids']`` the ids (and ``var['feature_types']``);
-    only ``Gene Expression`` features are kept when there are others, as scanpy does;
-    ``obs_names`` are the barcodes made unique. Counts are exact (see the module).
+    Cell Ranger 2: ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv`` (either compressed or
+    not, whatever the name says). ``var_names`` are gene symbols made unique,
+    ``var['gene_ids']`` the ids (and ``var['feature_types']``); only ``Gene Expression``
+    features are kept when there are others, as scanpy does; ``obs_names`` are the
+    barcodes made unique. Counts are exact (see the module); names are the files' text as
+    written (scanpy's parse reads a ``"`` as a quote, and "NA" or an empty field as NaN),
+    as the streamed route (`mtx_to_h5ad`) reads them.
 
     Raises
     ------
@@ -205,52 +209,36 @@ def read_10x(folder: str | os.PathLike):
         the matrix, or the files are named in neither Cell Ranger layout (then read the
         matrix with `read_mtx` and the name files).
     """
-    import scanpy as sc
+    import anndata as ad
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ReadError(folder, "not a folder")
     matrix_path, features_path, barcodes_path = tenx_files(folder)
-    # scanpy hands the file to scipy's parser, which crashes on a NUL byte: check it first.
-    with _mtx_errors(matrix_path):
-        header = mtx_header(matrix_path)
-        n_entries = check_mtx_size(matrix_path, header.fmt, header.size)
-        with open_binary(matrix_path) as handle:
-            CheckedText(handle, matrix_path, header, n_entries).finish()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # duplicate barcodes: made unique below
-            adata = sc.read_10x_mtx(folder, gex_only=False, cache=False)
-    except MemoryError:
-        raise ReadError(folder, "too large to load into memory") from None
-    except Exception as error:  # scanpy, pandas, scipy and anndata raise several types
-        _explain_10x_failure(folder, header, features_path, barcodes_path)
-        raise ReadError(folder, f"not a readable 10x folder ({describe_error(error)})") from None
-    counts = sp.csr_matrix(adata.X)
-    # scanpy's float32 is exact for integers below 2**24, and its sums of repeated entries
-    # (fewer entries than the file's) can hide a negative count: anything else is read
-    # again, and checked.
-    if (
-        header.field not in ("integer", "pattern")
-        or counts.nnz != n_entries
-        or _reaches_float32_limit(counts.data)
+    counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)  # checked, exact
+    genes, cells = read_names(features_path), read_names(barcodes_path)
+    n_cells, n_genes = counts.shape
+    for path, table, expected, what in (
+        (features_path, genes, n_genes, "genes"),
+        (barcodes_path, cells, n_cells, "cells"),
     ):
-        counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)
-    adata.X = counts
-    _names_as_written(adata, features_path, barcodes_path)
+        if len(table) != expected:
+            raise ReadError(path, f"has {len(table)} lines but the matrix has {expected} {what}")
+    check_feature_columns(features_path, genes)
+    if genes.shape[1] >= 2:  # id, symbol[, type]: symbols name the genes
+        var = pd.DataFrame(
+            {"gene_ids": genes[0].to_numpy(dtype=object)},
+            index=pd.Index(genes[1].to_numpy(dtype=object), dtype=object),
+        )
+        if genes.shape[1] > 2:
+            var["feature_types"] = genes[2].to_numpy(dtype=object)
+    else:  # ids alone, as the streamed route names them
+        var = pd.DataFrame(index=pd.Index(genes[0].to_numpy(dtype=object), dtype=object))
+    obs = pd.DataFrame(index=pd.Index(cells[0].to_numpy(dtype=object), dtype=object))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # names not unique yet: `_finish`
+        adata = ad.AnnData(X=counts, obs=obs, var=var)
     return _finish(_keep_gene_expression(adata))
-
-
-def _names_as_written(adata, features: Path, barcodes: Path) -> None:
-    """The names of the 10x files as strings: scanpy's parse turns the symbols "NA",
-    "NULL", "nan" or an empty field into NaN (names neither strings nor unique, which
-    anndata's writer then refuses), where `read_names` and the streamed route keep them."""
-    genes, cells = read_names(features), read_names(barcodes)
-    adata.var_names = pd.Index(genes[1].to_numpy(dtype=object), dtype=object)
-    adata.var["gene_ids"] = genes[0].to_numpy(dtype=object)
-    if "feature_types" in adata.var.columns and genes.shape[1] > 2:
-        adata.var["feature_types"] = genes[2].to_numpy(dtype=object)
-    adata.obs_names = pd.Index(cells[0].to_numpy(dtype=object), dtype=object)
 
 
 def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
@@ -277,22 +265,9 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
     )
 
 
-def _explain_10x_failure(folder: Path, header: MtxHeader, features: Path, barcodes: Path):
-    """After scanpy failed: a `ReadError` naming the name file that does not fit the
-    matrix, if one does not (the usual mistake); otherwise nothing."""
-    n_genes, n_cells = header.size[:2]
-    for path, expected, what in ((features, n_genes, "genes"), (barcodes, n_cells, "cells")):
-        table = read_names(path)
-        if len(table) != expected:
-            raise ReadError(
-                path, f"has {len(table)} lines but the matrix has {expected} {what}"
-            ) from None
-    check_feature_columns(features, read_names(features))
-
-
 def check_feature_columns(path: Path, table: pd.DataFrame) -> None:
     """`ReadError` for a Cell Ranger 3 features file (``table``, read from ``path``) of
-    fewer than its 3 columns, which scanpy cannot read."""
+    fewer than its 3 columns."""
     if path.name.startswith("features") and table.shape[1] < 3:
         raise ReadError(
             path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
@@ -405,42 +380,6 @@ def read_h5ad(path: str | os.PathLike):
     with anndata_errors(path, ".h5ad file"):
         adata = ad.read_h5ad(path)
     return _checked_anndata(path, adata)
-
-
-def read_h5ad_backed(path: str | os.PathLike):
-    """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
-    disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
-    it with `read_h5ad`). `ReadError` if it cannot be opened, or if X does not fit obs and
-    var or its index arrays are not integers (checked here, before anything is fitted);
-    row pointers are checked here too, indices as they stream."""
-    import anndata as ad
-    import h5py
-
-    from ._stream import _stored_x
-
-    path = Path(path)
-    check_hdf5(path, "h5ad")
-    with anndata_errors(path, ".h5ad file"):
-        with h5py.File(path, "r") as handle:
-            stored = handle.get("X")
-            encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
-            if encoding == "csr_matrix":
-                # anndata opens it backed trusting X's shape attribute (a phantom
-                # [30, 10**6] would fit a million genes) and casts its indices to integers
-                _stored_x(handle, path)
-        if encoding != "csr_matrix":
-            return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata = ad.read_h5ad(path, backed="r")
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        adata.file.close()
-        raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata.obs_names_make_unique()
-        adata.var_names_make_unique()
-    return adata
 
 
 def read_zarr(path: str | os.PathLike):

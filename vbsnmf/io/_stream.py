@@ -13,12 +13,15 @@ array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row
   converted once by `vbsnmf.io.mtx_to_h5ad` (gzip cannot seek, so random minibatches of
   cells need one sequential pass), here into a temporary folder; convert it yourself to
   reuse the ``.h5ad``, as ``vbsnmf fit --solver svi`` does.
+
+`read_h5ad_backed` opens an ``.h5ad`` for streaming, its X checked against obs and var.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +269,42 @@ def _stored_x(store, path: Path) -> StoredRowsSource:
     except (ValueError, TypeError) as error:
         raise ReadError(path, str(error)) from None
     return source
+
+
+def read_h5ad_backed(path: str | os.PathLike):
+    """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
+    disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
+    it with `read_h5ad`). `ReadError` if it cannot be opened, or if X does not fit obs and
+    var or its index arrays are not integers (checked here, before anything is fitted);
+    row pointers are checked here too, indices as they stream."""
+    import anndata as ad
+    import h5py
+
+    from ._read import anndata_errors, check_hdf5
+
+    path = Path(path)
+    check_hdf5(path, "h5ad")
+    with anndata_errors(path, ".h5ad file"):
+        with h5py.File(path, "r") as handle:
+            stored = handle.get("X")
+            encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
+            if encoding == "csr_matrix":
+                # anndata opens it backed trusting X's shape attribute (a phantom
+                # [30, 10**6] would fit a million genes) and casts its indices to integers
+                _stored_x(handle, path)
+        if encoding != "csr_matrix":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = ad.read_h5ad(path, backed="r")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        adata.file.close()
+        raise ReadError(path, f"holds an empty matrix of shape {adata.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
+    return adata
 
 
 def _table_length(store, name: str) -> int | None:

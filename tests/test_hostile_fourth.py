@@ -20,6 +20,7 @@ from test_hostile import (
     _main,
     _patched,
     _tree,
+    check_cases,
     damaged_h5ad,
     h5ad,
     mtx,
@@ -219,16 +220,7 @@ def cases() -> list[Case]:
 
 
 def test_hostile_inputs_of_the_fourth_pass_are_handled(tmp_path, capfd):
-    built = cases()
-    assert len({case.name for case in built}) == len(built)
-    failures = []
-    for index, case in enumerate(built):
-        folder = tmp_path / f"case{index}"
-        folder.mkdir()
-        problem = case.run(folder, capfd)
-        if problem:
-            failures.append(f"{case.name}: {problem}")
-    assert not failures, f"{len(failures)} of {len(built)} cases failed:\n" + "\n".join(failures)
+    check_cases(cases(), tmp_path, capfd)
 
 
 def test_a_signal_during_the_swap_of_outdir_leaves_the_new_output_and_says_so(tmp_path, capfd):

@@ -183,10 +183,10 @@ def check_outdir(
     OUTDIR must not be, lie inside or contain an input or the checkpoint, nor be the
     current folder, one holding it, or a mount point; it may exist only with ``force``
     (then it must be a folder holding nothing but files of the names a command writes,
-    `OUTPUT_NAMES`: an earlier output, replaced once the new one is complete). A temporary folder
-    of the name the writer uses is created and removed beside it, so that a name too long
-    for the file system, a read-only or pseudo file system (``/proc``) or a missing
-    permission is reported now, not after the fit.
+    `OUTPUT_NAMES`: an earlier output, replaced once the new one is complete). A temporary
+    folder of the name the writer uses is created and removed beside it, so that a name
+    too long for the file system, a read-only or pseudo file system (``/proc``) or a
+    missing permission is reported now, not after the fit.
 
     Raises
     ------

@@ -89,11 +89,8 @@ def check_sparse_structure(
     """
     layout = matrix.format
     n_rows, n_cols = matrix.shape
-    if layout != "bsr" and matrix.data.ndim != 1:  # BSR stores blocks, (n_blocks, r, c)
-        raise CorruptMatrixError(
-            f"{name}: corrupt {layout.upper()} matrix: its values must be 1-D, got shape "
-            f"{matrix.data.shape}"
-        )
+    if layout != "bsr":  # BSR stores blocks, (n_blocks, r, c)
+        check_value_array(name, layout, matrix.data)
     if layout == "coo":
         arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
         check_index_arrays(name, layout, *arrays)
@@ -198,6 +195,16 @@ def check_index_arrays(name: str, layout: str, *arrays) -> None:
                 f"{name}: corrupt {layout.upper()} matrix: index arrays must be 1-D "
                 f"integers, got {array.dtype} of shape {array.shape}"
             )
+
+
+def check_value_array(name: str, layout: str, values) -> None:
+    """`CorruptMatrixError` unless the stored values are 1-D (one per index; a column of
+    them, (nnz, 1), is no layout the kernels read)."""
+    if values.ndim != 1:
+        raise CorruptMatrixError(
+            f"{name}: corrupt {layout.upper()} matrix: its values must be 1-D, got shape "
+            f"{values.shape}"
+        )
 
 
 def _native(array: np.ndarray) -> np.ndarray:
@@ -341,9 +348,9 @@ def checked_counts(
 ) -> CheckedCounts:
     """`check_counts` without its warning, with what its checks found on the way: a
     streamed scan (`_svi.scan_blocks`) needs the fingerprint (``fingerprint=True``; None
-    otherwise) and the non-integer flag of each block, which
-    it took in two more passes of its own (a scan of a 25,000 x 33,514 file with 50.3M
-    nonzeros: 1.53 s with them, 1.01 s without, 0.29 s of it reading)."""
+    otherwise) and the non-integer flag of each block, which it took in two more passes
+    of its own (a scan of a 25,000 x 33,514 file with 50.3M nonzeros: 1.53 s with them,
+    1.01 s without, 0.29 s of it reading)."""
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "

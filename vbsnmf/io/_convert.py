@@ -28,6 +28,7 @@ from ._read import (
     check_feature_columns,
     check_file,
     check_mtx_size,
+    feature_var,
     mtx_header,
     open_binary,
     read_names,
@@ -151,15 +152,9 @@ def _write(src, header: MtxHeader, out_path, genes_as_rows, nnz, cells, genes, v
     gene_index = np.arange(len(genes)) if keep is None else np.cumsum(keep) - 1
     if keep is not None:
         gene_index[~keep] = -1
-    if var_extra is not None and var_extra.shape[1] >= 2:
-        # 10x features: id, symbol[, type]: symbols name the genes, as scanpy does
-        selected = var_extra if keep is None else var_extra[keep]
-        var = pd.DataFrame(
-            {"gene_ids": selected[0].to_numpy()},
-            index=make_index_unique(pd.Index(selected[1].to_numpy())),
-        )
-        if selected.shape[1] >= 3:
-            var["feature_types"] = selected[2].to_numpy()
+    if var_extra is not None:  # 10x features: named as vbsnmf.io.read_10x names them
+        var = feature_var(var_extra if keep is None else var_extra[keep])
+        var.index = make_index_unique(var.index)
     else:
         var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))

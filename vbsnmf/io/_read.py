@@ -225,20 +225,27 @@ def read_10x(folder: str | os.PathLike):
         if len(table) != expected:
             raise ReadError(path, f"has {len(table)} lines but the matrix has {expected} {what}")
     check_feature_columns(features_path, genes)
-    if genes.shape[1] >= 2:  # id, symbol[, type]: symbols name the genes
-        var = pd.DataFrame(
-            {"gene_ids": genes[0].to_numpy(dtype=object)},
-            index=pd.Index(genes[1].to_numpy(dtype=object), dtype=object),
-        )
-        if genes.shape[1] > 2:
-            var["feature_types"] = genes[2].to_numpy(dtype=object)
-    else:  # ids alone, as the streamed route names them
-        var = pd.DataFrame(index=pd.Index(genes[0].to_numpy(dtype=object), dtype=object))
+    var = feature_var(genes)
     obs = pd.DataFrame(index=pd.Index(cells[0].to_numpy(dtype=object), dtype=object))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # names not unique yet: `_finish`
         adata = ad.AnnData(X=counts, obs=obs, var=var)
     return _finish(_keep_gene_expression(adata))
+
+
+def feature_var(table: pd.DataFrame) -> pd.DataFrame:
+    """The var table of a 10x features (or genes) file read by `read_names`: id, symbol
+    and type columns give symbols as names, ``gene_ids`` and ``feature_types``, as scanpy
+    names them; a file of ids alone gives the ids as names. Names not yet unique."""
+    if table.shape[1] < 2:
+        return pd.DataFrame(index=pd.Index(table[0].to_numpy(dtype=object), dtype=object))
+    var = pd.DataFrame(
+        {"gene_ids": table[0].to_numpy(dtype=object)},
+        index=pd.Index(table[1].to_numpy(dtype=object), dtype=object),
+    )
+    if table.shape[1] > 2:
+        var["feature_types"] = table[2].to_numpy(dtype=object)
+    return var
 
 
 def tenx_files(folder: Path) -> tuple[Path, Path, Path]:

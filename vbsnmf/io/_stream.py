@@ -33,6 +33,7 @@ from .._validation import (
     check_counts,
     check_index_arrays,
     check_row_pointers,
+    check_value_array,
 )
 from ._errors import ReadError, describe_error
 
@@ -121,11 +122,7 @@ class StoredRowsSource(CellSource):
         # as `check_sparse_structure` checks a matrix in memory: the casts to integers below
         # and in `_block` would truncate float indices (0.7 to 0) into a wrong fit
         check_index_arrays(self.name, "csr", group["indptr"], group["indices"])
-        if group["data"].ndim != 1:
-            raise ValueError(
-                f"{self.name}: corrupt CSR matrix: its values must be 1-D, got shape "
-                f"{group['data'].shape}"
-            )
+        check_value_array(self.name, "csr", group["data"])
         self.shape = _stored_shape(group.attrs["shape"], self.name)
         self.indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         n_stored = min(group["indices"].shape[0], group["data"].shape[0])
@@ -177,16 +174,15 @@ def _stored_shape(shape, name: str) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
-def _check_fits(shape, n_obs: int, n_vars: int, name: str = "X") -> None:
+def _check_fits(shape, n_obs: int | None, n_vars: int | None, what: str = "X's shape") -> None:
     """`ValueError` unless the matrix shape ``shape`` fits the ``n_obs`` rows of obs and
-    the ``n_vars`` rows of var (anndata checks this when it reads a file into memory, not
-    when it opens it backed; a phantom shape would fit a million genes that are not
-    there)."""
+    the ``n_vars`` rows of var (None: not known, not checked). anndata checks this when it
+    reads a file into memory, not when it opens it backed; a phantom shape would fit a
+    million genes that are not there."""
     for axis, (table, length) in enumerate((("obs", n_obs), ("var", n_vars))):
-        if int(length) != int(shape[axis]):
+        if length is not None and int(length) != int(shape[axis]):
             raise ValueError(
-                f"{name}'s shape {[int(n) for n in shape]} does not fit the {int(length)} "
-                f"rows of {table}"
+                f"{what} {[int(n) for n in shape]} does not fit the {int(length)} rows of {table}"
             )
 
 
@@ -259,13 +255,8 @@ def _stored_x(store, path: Path) -> StoredRowsSource:
         raise ReadError(path, "has no X matrix to stream")
     try:
         source = StoredRowsSource(store["X"], owner=store)
-        for axis, table in enumerate(("obs", "var")):
-            length = _table_length(store, table)
-            if length is not None and length != source.shape[axis]:
-                raise ValueError(
-                    f"X's shape attribute {list(source.shape)} does not fit the {length} "
-                    f"rows of {table}"
-                )
+        lengths = (_table_length(store, "obs"), _table_length(store, "var"))
+        _check_fits(source.shape, *lengths, what="X's shape attribute")
     except (ValueError, TypeError) as error:
         raise ReadError(path, str(error)) from None
     return source

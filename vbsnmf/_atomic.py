@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -117,6 +118,35 @@ def _default_permissions(path: Path, *, folder: bool) -> None:
     path.chmod((0o777 if folder else 0o666) & ~_umask())
 
 
+def _permissions_of(target: Path, temporary: Path) -> None:
+    """``temporary`` given what ``open(target, "w")`` would leave: the mode of the file it
+    replaces (a user's private 0600 stays private), or the default for a new file."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        _default_permissions(temporary, folder=False)
+    else:
+        temporary.chmod(mode)
+
+
+# The errors of a failed write (a full disk, a file-size limit), which `atomic_file` names
+# by its target.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _failed_write(error: BaseException | None, temporary: Path) -> OSError | None:
+    """The failed write behind ``error``, if that is what it is: an `OSError` of a write
+    naming no file or only ``temporary`` (numpy's and h5py's writers into an open file
+    name none), itself or in its context (matplotlib's PDF writer, its write failed,
+    flushes its compressor again and raises zlib.error)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            unnamed = error.filename is None or str(error.filename) == str(temporary)
+            return error if error.errno in _WRITE_ERRORS and unnamed else None
+        error = error.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
@@ -156,11 +186,17 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         return Path(temporary)
 
     with owned_temporary(make, lambda path: path.unlink(missing_ok=True)) as temporary:
-        yield temporary
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        _default_permissions(temporary, folder=False)
+        try:
+            yield temporary
+        except Exception as error:
+            failed = _failed_write(error, temporary)
+            if failed is None:
+                raise
+            raise OSError(failed.errno, failed.strerror, str(target)) from None
         with _naming(target):
+            with open(temporary, "rb+") as written:
+                os.fsync(written.fileno())
+            _permissions_of(target, temporary)
             os.replace(temporary, target)
 
 
@@ -173,6 +209,10 @@ def _check_target(target: Path) -> None:
         )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; name a file", str(target))
+    if target.exists() and not os.access(target, os.W_OK):
+        # open(target, "w") would refuse it; the rename would not, and would undo the
+        # protection the user gave the file.
+        raise PermissionError(errno.EACCES, "the file is read-only", str(target))
     check_name_length(target)
 
 
@@ -221,7 +261,14 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             shutil.rmtree(temporary, ignore_errors=True)
 
     with owned_temporary(make, remove) as temporary:
-        yield temporary
+        try:
+            yield temporary
+        except OSError as error:
+            inside = _inside(error.filename, temporary)
+            if inside is None:
+                raise
+            # name the file the user will look for, not its place in the temporary folder
+            raise OSError(error.errno, error.strerror, str(target / inside)) from None
         _default_permissions(temporary, folder=True)
         replacing = target.exists() or target.is_symlink()
         if replacing and not overwrite:
@@ -232,17 +279,48 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             # tells the caller that the new folder is complete).
             with held_signals():
                 if replacing:
-                    retired = Path(
-                        tempfile.mkdtemp(
-                            prefix=temporary_prefix(target, ".old"),
-                            suffix=".old",
-                            dir=target.parent,
-                        )
-                    )
-                    os.replace(target, retired / "previous")
+                    retired = _move_aside(target)
                 os.replace(temporary, target)
                 if replacing:
-                    shutil.rmtree(retired, ignore_errors=True)
+                    _remove_retired(retired, target)
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
+
+
+def _inside(filename, folder: Path) -> Path | None:
+    """``filename``'s path relative to ``folder``, if it lies inside it."""
+    if not isinstance(filename, (str, os.PathLike)):
+        return None
+    try:
+        return Path(os.path.abspath(filename)).relative_to(os.path.abspath(folder))
+    except ValueError:
+        return None
+
+
+def _move_aside(target: Path) -> Path:
+    """Move the folder ``target`` into a new hidden folder beside it, returned; if it
+    cannot be moved, nothing is left behind and the error names ``target``."""
+    retired = Path(
+        tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
+    )
+    try:
+        os.replace(target, retired / "previous")
+    except OSError as error:
+        retired.rmdir()
+        raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None
+    return retired
+
+
+def _remove_retired(retired: Path, target: Path) -> None:
+    """Delete the output ``target`` replaced; one that cannot be deleted is named, not
+    left behind in silence (the new ``target`` is complete either way)."""
+    try:
+        shutil.rmtree(retired)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"{target} was written in full, but the output it replaced could not be deleted "
+            f"({error.strerror}); it is left in",
+            str(retired),
+        ) from None

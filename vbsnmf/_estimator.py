@@ -503,6 +503,8 @@ class VBNMF(Estimator):
             setattr(self, f"{side}_scale_shape_", None if scale is None else scale.shape)
             setattr(self, f"{side}_scale_rate_", None if scale is None else scale.rate)
         self.hyperparameters_ = hyperparameters(params)
+        # `transform` projects onto the model as fitted, whatever set_params did since.
+        self._fitted_prior = settings.prior
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
         self.n_iter_ = result.n_iter
@@ -521,7 +523,8 @@ class VBNMF(Estimator):
         above 0.1 in usage, most of them to a higher ELBO than the fit's:
         ``benchmarks/transform_vs_fit.py``), so compare new cells with the reference's
         cells projected the same way. X must have the fitted genes. A dask X is computed
-        into memory first.
+        into memory first. The projection is onto the model as fitted: of the parameters
+        `set_params` changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here.
         """
         cell_shape, cell_rate = self.transform_posterior(X)
         return cell_shape / cell_rate
@@ -535,18 +538,21 @@ class VBNMF(Estimator):
         self._check_feature_names(X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             X = X.compute()
-        matrix = check_counts(X)
+        # The fitted dtype's count range, as `fit` checks it (float32: at most 2**24).
+        matrix = check_counts(X, fit_dtype=self.gene_shape_.dtype)
         if matrix.shape[1] != self.n_features_in_:
             # scikit-learn's wording, which its estimator checks match.
             raise ValueError(
                 f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
             )
+        # The prior as fitted; a model whose attributes were set by hand has the current one.
+        prior = getattr(self, "_fitted_prior", settings.prior)
         hyper = getattr(self, "hyperparameters_", None)
-        if (hyper is not None) != isinstance(settings.prior, HierarchicalPrior):
+        if (hyper is not None) != isinstance(prior, HierarchicalPrior):
             raise ValueError(
-                "the model was fitted with another prior than prior="
-                f"{self.prior!r}; fit it again after changing the prior"
+                f"the model's attributes do not fit prior={self.prior!r}: the learned prior "
+                "needs hyperparameters_, the fixed one none; fit it again"
             )
         row_scale = None
         if hyper is not None:
@@ -562,7 +568,7 @@ class VBNMF(Estimator):
                 as_count_data(matrix, major=0),
                 self.gene_shape_,
                 self.gene_rate_,
-                settings.prior,
+                prior,
                 max_iter=max(settings.max_iter, 1),
                 tol=settings.tol,
                 row_scale=row_scale,

@@ -308,7 +308,8 @@ def end_of_epoch(
             state.converged = True
     state.finished = state.converged or last_epoch
     if callback is not None:
-        callback(state.epoch, state.params, state.elbo_trace)
+        # A copy: the cells form updates q in place, and a callback may keep what it gets.
+        callback(state.epoch, state.params.copy(), state.elbo_trace)
     if evaluated and not state.finished and after_evaluation is not None:
         after_evaluation()
     if on_epoch is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import reprlib
 import sys
 import warnings
 from collections.abc import Iterator
@@ -104,5 +105,67 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
 
 
 def fit_info(adata, key: str) -> dict:
-    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run."""
-    return stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
+    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run;
+    a record without an entry the tools read (a `KeyError`) or with one they cannot read
+    (a `ValueError`) is refused naming the entry (`check_fit_record`)."""
+    record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
+    check_fit_record(record, f"adata.uns[{key!r}]")
+    return record
+
+
+def check_fit_record(record: dict, where: str) -> None:
+    """Refuse a `vbsnmf.tl.nmf` record ``where`` whose entries the tools cannot read: one
+    missing (a `KeyError`) or not as the fit writes it (a `ValueError`), saying to fit
+    again. The ``variational`` entry's parameters are checked where they are read
+    (`vbsnmf.tl._stored.variational_params`)."""
+    for name in ("params", "usage_key", "sqrt_usage_key", "varm_key", "active", "n_iter"):
+        record_entry(record, name, where)
+    params = record["params"]
+    if not isinstance(params, dict):
+        raise damaged_record(
+            f"{where}['params']", f"{reprlib.repr(params)}, not a dict of settings"
+        )
+    n_components = record_entry(params, "n_components", f"{where}['params']")
+    if not _is_integer(n_components) or n_components < 1:
+        raise damaged_record(f"{where}['params']['n_components']", reprlib.repr(n_components))
+    for name in ("obsm_key", "usage_key", "sqrt_usage_key", "varm_key"):
+        if not isinstance(record[name], str):
+            raise damaged_record(f"{where}[{name!r}]", f"{reprlib.repr(record[name])}, not a key")
+    active = np.asarray(record["active"])
+    if active.dtype != bool or active.shape != (n_components,):
+        raise damaged_record(
+            f"{where}['active']",
+            f"not {n_components} booleans, one per factor: {reprlib.repr(active)}",
+        )
+    if not _is_integer(record["n_iter"]):
+        raise damaged_record(
+            f"{where}['n_iter']", f"{reprlib.repr(record['n_iter'])}, not an integer"
+        )
+    for name in ("elbo_trace", "loss_trace", "factor_share"):
+        if name in record:
+            values = np.asarray(record[name])
+            if values.ndim != 1 or values.dtype.kind not in "biuf":
+                raise damaged_record(
+                    f"{where}[{name!r}]", f"{reprlib.repr(record[name])}, not a list of numbers"
+                )
+    if "variational" in record and not isinstance(record["variational"], dict):
+        raise damaged_record(f"{where}['variational']", "not a dict of parameters")
+
+
+def record_entry(record: dict, name: str, where: str):
+    """``record[name]``, or a `KeyError` saying that the record ``where`` lacks it."""
+    if name not in record:
+        raise KeyError(
+            f"{where} has no {name!r} entry, so the record of the fit is damaged; fit again "
+            "with vbsnmf.tl.nmf"
+        )
+    return record[name]
+
+
+def damaged_record(where: str, problem: str) -> ValueError:
+    """The `ValueError` for an entry ``where`` of a stored fit that no fit writes."""
+    return ValueError(f"{where} is damaged ({problem}); fit again with vbsnmf.tl.nmf")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))

@@ -22,6 +22,7 @@ Only the standard library is imported here at start-up; numpy, scipy, Numba and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -314,6 +315,69 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
     svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
 
 
+# -- output streams -------------------------------------------------------------------------
+def _tell(message: str) -> None:
+    """``message`` as one line on stderr, if stderr takes it. A closed stderr (then
+    ``sys.stderr`` is None, and print would write to stdout instead) or a full one loses
+    the message but neither the command's work nor its exit code."""
+    if sys.stderr is None:
+        return
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        pass
+
+
+class _ProgressStream:
+    """stderr for the progress bar, a convenience that must not stop the fit: once a
+    write fails (stderr closed or full) the bar writes nothing more. Anything else
+    (``fileno``, ``isatty``: the bar's width) is stderr's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._failed = False
+
+    def write(self, text: str) -> None:
+        self._attempt(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._attempt(self._stream.flush)
+
+    def _attempt(self, call, *args) -> None:
+        if self._failed:
+            return
+        try:
+            call(*args)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._failed = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _print_result(line: str, written: Path) -> None:
+    """``line`` on stdout once ``written`` (OUTDIR or a figure) is in place. When stdout
+    fails (a closed pipe, a full disk) the error carries ``written``, and `main` says
+    that it is complete and only its summary was lost."""
+    try:
+        print(line, flush=True)  # flushed now: a failure at exit could not be reported
+    except OSError as error:
+        error.written = written
+        raise
+
+
+@contextlib.contextmanager
+def _doing(what: str) -> Iterator[None]:
+    """A MemoryError in the block carries ``what`` was being done, which `main` tells
+    (a failed allocation's own MemoryError says nothing). The innermost stage is kept."""
+    try:
+        yield
+    except MemoryError as error:
+        if getattr(error, "doing", None) is None:
+            error.doing = what
+        raise
+
+
 # -- commands -------------------------------------------------------------------------------
 def _fit_params(args) -> dict:
     """Estimator parameters from the options; optional ones only when given."""
@@ -380,6 +444,7 @@ def _check_paths(args, inputs) -> Path:
     return io.check_outdir(args.outdir, force=args.force, inputs=inputs, checkpoint=args.checkpoint)
 
 
+@_doing("fitting")
 def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
     ``matrix_file``: the input, when it holds one matrix and no AnnData (`_as_options`)."""
@@ -390,7 +455,7 @@ def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
     params = _fit_params(args)
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
         # resume=True starts afresh without one: say so (a mistyped path resumes nothing)
-        print(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit", file=sys.stderr)
+        _tell(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
     defaults = _estimator_defaults()
     # The callback runs once per iteration (batch) or per epoch (svi).
     if args.solver == "batch":
@@ -406,8 +471,8 @@ def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
                     total=total,
                     desc=f"{args.solver} K={args.n_components}",
                     unit="epoch" if args.solver == "svi" else "it",
-                    file=sys.stderr,
-                    disable=quiet,
+                    file=_ProgressStream(sys.stderr),
+                    disable=quiet or sys.stderr is None,  # None: fd 2 was closed at start
                     dynamic_ncols=True,
                 )
             )
@@ -448,7 +513,7 @@ def _print_warnings(caught) -> None:
     notices are not for the person running the command."""
     ours = (w for w in caught if issubclass(w.category, UserWarning))
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
-        print(f"vbsnmf: warning: {message}", file=sys.stderr)
+        _tell(f"vbsnmf: warning: {message}")
 
 
 def _as_options(message: str, matrix_file: str | None = None) -> str:
@@ -508,11 +573,12 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
     elbo = summary["final_elbo"]
     state = "converged" if summary["converged"] else "not converged"
     passes = "epochs" if summary["solver"] == "svi" else "iterations"
-    print(
+    _print_result(
         f"wrote {outdir}: {summary['n_cells']} cells x {summary['n_genes']} genes, "
         f"K={summary['n_components']}, {summary['n_iter']} {passes} ({state})"
         + (f", ELBO {elbo:.8g}" if elbo is not None else "")
-        + f", {summary['seconds']:.1f} s"
+        + f", {summary['seconds']:.1f} s",
+        outdir,
     )
 
 
@@ -532,12 +598,13 @@ def _run_fit(args) -> int:
         done = _fit_streamed(args, source, kind, outdir, inputs)
         if done:
             return EXIT_OK
-    adata = read(
-        source,
-        genes_as_rows=args.genes_as_rows,
-        row_names=args.row_names,
-        col_names=args.col_names,
-    )
+    with _doing(f"reading {source}"):
+        adata = read(
+            source,
+            genes_as_rows=args.genes_as_rows,
+            row_names=args.row_names,
+            col_names=args.col_names,
+        )
     if adata.X is None and args.layer is None and not args.use_raw:
         stored = [f"--layer {name}" for name in adata.layers] + (
             ["--use-raw"] if adata.raw is not None else []
@@ -545,7 +612,7 @@ def _run_fit(args) -> int:
         raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
     matrix_file = None if kind in ("h5ad", "zarr") else str(source)
     seconds = _fit(adata, args, args.quiet, matrix_file)
-    with atomic_directory(outdir, overwrite=args.force) as folder:
+    with _doing(f"writing {outdir}"), atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
     return EXIT_OK
@@ -585,23 +652,22 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     with atomic_directory(outdir, overwrite=args.force) as folder:
         if kind != "h5ad":
             target = folder / COUNTS_FILE if converted is None else converted
-            mtx_to_h5ad(
-                source,
-                target,
-                genes_as_rows=args.genes_as_rows is not False,
-                row_names=args.row_names,
-                col_names=args.col_names,
-            )
-            if not args.quiet:
-                print(
-                    f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}",
-                    file=sys.stderr,
+            with _doing(f"converting {source}"):
+                mtx_to_h5ad(
+                    source,
+                    target,
+                    genes_as_rows=args.genes_as_rows is not False,
+                    row_names=args.row_names,
+                    col_names=args.col_names,
                 )
+            if not args.quiet:
+                _tell(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
             adata = read_h5ad_backed(target)
         try:
             matrix_file = None if kind == "h5ad" else str(source)
             seconds = _fit(adata, args, args.quiet, matrix_file)
-            return _write_fit(adata, args, folder, str(source), seconds)
+            with _doing(f"writing {outdir}"):
+                return _write_fit(adata, args, folder, str(source), seconds)
         finally:
             adata.file.close()
 
@@ -642,20 +708,18 @@ def _run_demo(args) -> int:
     _check_options(args)
     # the demo reads its data set from the package's folder, which OUTDIR must not replace
     outdir = _check_paths(args, [Path(datasets.__file__).resolve().parents[1]])
-    adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
+    with _doing(f"loading {args.dataset}"):
+        adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
     if not args.quiet:
-        print(
-            f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros",
-            file=sys.stderr,
-        )
+        _tell(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros")
     seconds = _fit(adata, args, args.quiet)
     color = "subpop" if "subpop" in adata.obs else None
-    with atomic_directory(outdir, overwrite=args.force) as folder:
+    with _doing(f"writing {outdir}"), atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
         _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
-        print(f"UMAP of the NMF cell factors: {outdir / UMAP_FILE}")
+        _print_result(f"UMAP of the NMF cell factors: {outdir / UMAP_FILE}", outdir)
     return EXIT_OK
 
 
@@ -668,7 +732,8 @@ def _run_umap(args) -> int:
     _check_figure_path(output)
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
-    adata = read_h5ad(args.result)
+    with _doing(f"reading {args.result}"):
+        adata = read_h5ad(args.result)
     tl.fit_info(adata, args.key)  # a KeyError that says to run the fit first
     known = args.color is None or args.color in adata.obs or args.color in adata.var_names
     if not known and args.color != LEIDEN:
@@ -694,7 +759,7 @@ def _run_umap(args) -> int:
         raise UsageError(str(error)) from None
     except (KeyError, ValueError) as error:  # an edited result: name the file
         raise UsageError(f"{args.result}: {_one_line(error)}") from None
-    print(f"wrote {output}")
+    _print_result(f"wrote {output}", output)
     return EXIT_OK
 
 
@@ -734,7 +799,7 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
     from . import pl
 
     # scanpy's, umap's and matplotlib's notices are not for the person running the command.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _doing(f"drawing {output}"):
         warnings.simplefilter("ignore")
         axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)
     plt.close(axes.figure)
@@ -759,6 +824,22 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, KeyError) and len(error.args) == 1:
         text = " ".join(str(error.args[0]).split())
     return text or type(error).__name__
+
+
+def _error_message(error: BaseException) -> str:
+    """What `main` says of an error it reports with exit code 2."""
+    written = getattr(error, "written", None)
+    if written is not None:  # `_print_result`: the output is complete, only stdout failed
+        return f"cannot print the summary ({_one_line(error)}); {written} was written in full"
+    if isinstance(error, MemoryError):  # a failed allocation's says nothing; the guard's does
+        doing = getattr(error, "doing", None)
+        message = " ".join(str(error).split())
+        return (
+            "out of memory"
+            + (f" while {doing}" if doing else "")
+            + (f": {message}" if message else "")
+        )
+    return _one_line(error)
 
 
 def _stop(signum, frame) -> None:
@@ -802,7 +883,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = partial(_keep_interrupts, swallowed, unraisable_hook)
     try:
         previous = _handle_stop_signals()
-        parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
+        with _doing("loading numpy, scipy and Numba"):
+            parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
         if swallowed:  # Ctrl-C or a stop signal that the imports could not raise
             raise swallowed[0]
         args = parser.parse_args(argv)
@@ -818,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 128 + stop.signum
         written = getattr(stop, "written", None)  # arrived as the output took its place
         outcome = f"{written} was written in full" if written else "no output written"
-        print(f"vbsnmf: {what}; {outcome}", file=sys.stderr)
+        _tell(f"vbsnmf: {what}; {outcome}")
         return code
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice
     # (--solver svi) or a header declaring billions of cells; not an internal error.
@@ -834,15 +916,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         MemoryError,
         FloatingPointError,
     ) as error:
-        print(f"vbsnmf: error: {_one_line(error)}", file=sys.stderr)
+        _tell(f"vbsnmf: error: {_error_message(error)}")
         return EXIT_USAGE
     except Exception as error:
         if os.environ.get("VBSNMF_DEBUG"):
             raise
-        print(
+        _tell(
             f"vbsnmf: internal error ({type(error).__name__}: {_one_line(error)}); "
-            "rerun with VBSNMF_DEBUG=1 for the traceback",
-            file=sys.stderr,
+            "rerun with VBSNMF_DEBUG=1 for the traceback"
         )
         return EXIT_INTERNAL
     finally:
@@ -856,13 +937,45 @@ def run() -> None:
     every output is complete and its code decided, but the interpreter's teardown takes
     about a second more; a stop signal or Ctrl-C then killed the process without a word
     (exit 143 for a finished run), so they are ignored from there on."""
+    _reserve_std_descriptors()
     code = main()
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGINT", *STOP_SIGNALS):
             number = getattr(signal, name, None)
             if number is not None:
                 signal.signal(number, signal.SIG_IGN)
+    _settle_std_streams()
     sys.exit(code)
+
+
+def _reserve_std_descriptors() -> None:
+    """Point a standard descriptor closed at start (``2>&-``) at os.devnull: the next file
+    opened would otherwise take its number, and what a C library writes to stderr would
+    land in that file, an output being written say."""
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != descriptor:
+                os.dup2(devnull, descriptor)
+                os.close(devnull)
+
+
+def _settle_std_streams() -> None:
+    """Flush stdout and stderr before the interpreter does; one that cannot take what it
+    holds (a closed pipe, a full disk: `main` has said so, or could not) is pointed at
+    os.devnull, as the Python docs advise after a BrokenPipeError. The interpreter's own
+    flush would fail again, print "Exception ignored ..." and exit with 120."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # its descriptor was closed at start
+            continue
+        try:
+            stream.flush()
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 if __name__ == "__main__":

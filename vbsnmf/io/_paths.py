@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,12 +103,12 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
 
     It must not be, lie inside or contain an input, nor be a folder or a broken link; if
     a file is there it must be a vbsnmf checkpoint (it will be overwritten, or resumed
-    from). An absent path is fine: it is created.
+    from) that the user may write. An absent path is fine: it is created.
 
     Raises
     ------
     UnsafePathError
-        The path is an input, inside one, or a folder.
+        The path is an input, inside one, a folder, or a read-only file.
     vbsnmf._checkpoint.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
     """
@@ -122,6 +123,11 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
     if path.exists():
         read_checkpoint_meta(path)
+        if not os.access(path, os.W_OK):
+            raise UnsafePathError(
+                f"checkpoint {path} is read-only: the fit could not save to it; make it "
+                "writable or name another file"
+            )
     # Where it will be written: its folder, or the nearest existing folder above (the
     # writer creates the rest). A temporary file of the writer's name is made and removed
     # there, so that a name too long or a folder that cannot be written (read-only, /proc)
@@ -129,14 +135,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
-    prefix, suffix = file_temporary_affixes(path)
     try:
         check_name_length(path)
-        with owned_temporary(
-            lambda: tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=ancestor),
-            lambda made: (os.close(made[0]), os.unlink(made[1])),
-        ):
-            pass
+        _try_file(file_temporary_affixes(path), ancestor)
     except OSError as error:
         raise UnsafePathError(
             f"cannot write checkpoint {path}: {error.strerror or error} (in {ancestor})"
@@ -183,10 +184,12 @@ def check_outdir(
     OUTDIR must not be, lie inside or contain an input or the checkpoint, nor be the
     current folder, one holding it, or a mount point; it may exist only with ``force``
     (then it must be a folder holding nothing but files of the names a command writes,
-    `OUTPUT_NAMES`: an earlier output, replaced once the new one is complete). A temporary
-    folder of the name the writer uses is created and removed beside it, so that a name
-    too long for the file system, a read-only or pseudo file system (``/proc``) or a
-    missing permission is reported now, not after the fit.
+    `OUTPUT_NAMES`: an earlier output, replaced once the new one is complete, which needs
+    the permission to move it aside and delete its files). A temporary folder of the name
+    the writer uses, with a file of the longest name written into it, is created and
+    removed beside it, so that a name or path too long for the file system, a read-only
+    or pseudo file system (``/proc``) or a missing permission is reported now, not after
+    the fit.
 
     Raises
     ------
@@ -226,21 +229,69 @@ def check_outdir(
                 f"({listed}); --force replaces only an earlier output: move them or name "
                 "another OUTDIR"
             )
+        _check_replaceable(outdir, path)
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
-    prefix = temporary_prefix(path, ".tmp")  # as atomic_directory names its temporary
     try:
         check_name_length(path)
-        with owned_temporary(
-            lambda: tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent), os.rmdir
-        ):
-            pass
+        _try_writing(path)
     except OSError as error:
         raise UnsafePathError(
             f"cannot create {outdir}: {error.strerror or error} (in {parent})"
         ) from None
     return path
+
+
+def _try_writing(path: Path) -> None:
+    """Create and remove, beside ``path``, a temporary folder of the name `atomic_directory`
+    gives it and, in it, the longest-named temporary file an output is written to: a name or
+    path too long for the file system, a read-only or pseudo file system (``/proc``) or a
+    missing permission is met now, not after the fit."""
+    prefix = temporary_prefix(path, ".tmp")
+    longest = max(
+        (file_temporary_affixes(Path(name)) for name in OUTPUT_NAMES),
+        key=lambda affixes: len(os.fsencode("".join(affixes))),
+    )
+    with owned_temporary(
+        lambda: tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent), os.rmdir
+    ) as folder:
+        _try_file(longest, folder)
+
+
+def _try_file(affixes: tuple[str, str], folder) -> None:
+    """Create and remove a temporary file named with ``affixes`` (prefix, suffix) in
+    ``folder``, as `atomic_file` would."""
+    prefix, suffix = affixes
+    with owned_temporary(
+        lambda: tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder),
+        lambda made: (os.close(made[0]), os.unlink(made[1])),
+    ):
+        pass
+
+
+def _check_replaceable(outdir, path: Path) -> None:
+    """`UnsafePathError` now when ``--force`` could not replace the existing folder ``path``
+    once the fit is done: moving a folder to another parent, as `atomic_directory` moves
+    the old output aside, and deleting its files need write permission on it, and a folder
+    with the sticky bit (``/tmp``) lets only their owners move or delete what it holds."""
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UnsafePathError(
+            f"cannot replace OUTDIR {outdir}: it is not writable (its files could not be "
+            "deleted); name another OUTDIR"
+        )
+    user = os.geteuid()
+    for entry, folder in ((path, path.parent), *((e, path) for e in path.iterdir())):
+        held_in = folder.stat()
+        if (
+            user
+            and held_in.st_mode & stat.S_ISVTX
+            and user not in (held_in.st_uid, entry.lstat().st_uid)
+        ):
+            raise UnsafePathError(
+                f"cannot replace OUTDIR {outdir}: {entry} belongs to another user in a folder "
+                f"that lets only owners move or delete ({folder}, sticky); name another OUTDIR"
+            )
 
 
 __all__ = [

@@ -158,6 +158,10 @@ def input_kind(path: str | os.PathLike) -> str:
     ``path`` (an existing path), told by its name; `ReadError` for anything else."""
     path = Path(path)
     name = path.name.lower()
+    if path.is_dir() and not os.access(path, os.X_OK):
+        # Nothing in a folder without search permission can be opened or even looked at:
+        # the first look (for .zgroup) failed naming a file that is not there.
+        raise ReadError(path, "cannot read this folder (permission denied)")
     if name.endswith(".zarr") or (path / ".zgroup").is_file() or (path / "zarr.json").is_file():
         return "zarr"
     if path.is_dir():

@@ -4,7 +4,10 @@ and the ELBO trace as plain text."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,9 @@ import pandas as pd
 from .._atomic import atomic_file
 from .._utils import fit_info
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
+
+if TYPE_CHECKING:
+    import h5py
 
 # Entries of a backed X copied into result.h5ad at a time (3 MB of float64 and int32).
 _COPY_ENTRIES = 1 << 18
@@ -78,10 +84,11 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
 def write_result(adata, path: str | os.PathLike) -> Path:
     """Write ``adata`` with its fit to ``path`` as a gzip-compressed ``.h5ad``, atomically.
 
-    A backed AnnData's X (a CSR on disk, as a streamed fit leaves it) is copied a block of
-    entries at a time, so memory does not grow with the nonzeros, and its ``.raw`` is
-    copied from its file; the rest (``obs``, ``var``, ``obsm``, ``varm``, ``layers``,
-    ``obsp``, ``varp``, ``uns``) is written as it is in memory. Returns ``path``.
+    A backed AnnData's X (sparse, as a streamed fit leaves it, or dense) is copied from its
+    file a block of entries at a time, so memory does not grow with the nonzeros, and so is
+    the X of its ``.raw``; the rest (``obs``, ``var``, ``obsm``, ``varm``, ``layers``,
+    ``obsp``, ``varp``, ``uns``, and ``.raw``'s ``var`` and ``varm``, where a fit of
+    ``.raw`` puts its gene side) is written as it is in memory. Returns ``path``.
 
     Raises
     ------
@@ -92,6 +99,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     TypeError
         ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``);
         the message says where. Nothing is written.
+    OSError
+        A write failed (a full disk, a file-size limit); it names ``path``, which is left as
+        it was.
     """
     try:  # anndata's error of an unwritable value, not exported by it
         from anndata._io.specs.registry import IORegistryError
@@ -114,9 +124,9 @@ def _write_result(adata, path: Path) -> Path:
     import anndata as ad
     import h5py
 
-    with atomic_file(path) as temporary:
+    with atomic_hdf5(path) as (out, check):
         if not adata.isbacked:
-            adata.write_h5ad(temporary, compression="gzip")
+            _write_anndata(out, adata, check)
             return path
         without_x = ad.AnnData(
             obs=adata.obs,
@@ -128,22 +138,185 @@ def _write_result(adata, path: Path) -> Path:
             obsp=dict(adata.obsp),
             varp=dict(adata.varp),
         )
-        without_x.write_h5ad(temporary, compression="gzip")
-        with h5py.File(temporary, "a") as out, h5py.File(adata.filename, "r") as source:
-            _copy_csr(adata.file["X"], out.create_group("X"))
-            if "raw" in source:  # copied by HDF5 a chunk at a time, as X
-                source.copy(source["raw"], out, name="raw")
+        _write_anndata(out, without_x, check)
+        with h5py.File(adata.filename, "r") as source:
+            _copy_x(source["X"], out, "X", check)
+            if "raw" in source:
+                _copy_raw(adata.raw, source["raw"], out, check)
     return path
 
 
-def _copy_csr(source, target) -> None:
-    """The CSR group ``source`` (anndata's encoding) into the empty group ``target``."""
-    for name, value in source.attrs.items():
+def _write_anndata(out, adata, check: Callable[[], None]) -> None:
+    """``adata`` into the open file ``out`` as `anndata.AnnData.write_h5ad` writes it
+    (strings as categoricals, gzip), ``check`` called before each element."""
+    from anndata.experimental import write_dispatched
+
+    adata.strings_to_categoricals()
+    if adata.raw is not None:
+        adata.strings_to_categoricals(adata.raw.var)
+
+    def write(write_elem, store, key, elem, *, dataset_kwargs, iospec) -> None:
+        check()  # once a write failed, the rest would only be discarded
+        if elem is None and key == "/raw":  # write_h5ad writes no .raw when there is none
+            return
+        write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
+
+    write_dispatched(out, "/", adata, callback=write, dataset_kwargs={"compression": "gzip"})
+
+
+def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:
+    """A backed AnnData's ``.raw``: its X copied from its file a block at a time, its
+    ``var`` and ``varm`` written as they are in memory, where a fit of ``.raw``
+    (``use_raw=True``) put its gene side."""
+    from anndata.io import write_elem
+
+    target = out.create_group("raw")
+    for name, value in stored.attrs.items():
         target.attrs[name] = value
-    for name in ("indptr", "indices", "data"):
-        stored = source[name]
-        copy = target.create_dataset(
-            name, shape=stored.shape, dtype=stored.dtype, compression="gzip"
-        )
-        for start in range(0, stored.shape[0], _COPY_ENTRIES):
-            copy[start : start + _COPY_ENTRIES] = stored[start : start + _COPY_ENTRIES]
+    _copy_x(stored["X"], target, "X", check)
+    write_elem(target, "var", raw.var)
+    write_elem(target, "varm", dict(raw.varm))
+
+
+def _copy_x(stored, parent, name: str, check: Callable[[], None]) -> None:
+    """The X ``stored`` (a CSR or CSC group in anndata's encoding, or a dense dataset) into
+    ``parent[name]``, a block of entries at a time, so memory does not grow with it."""
+    import h5py
+
+    if isinstance(stored, h5py.Group):
+        target = parent.create_group(name)
+        for array in ("indptr", "indices", "data"):
+            _copy_array(stored[array], target, array, check)
+    else:
+        target = _copy_array(stored, parent, name, check)
+    for key, value in stored.attrs.items():
+        target.attrs[key] = value
+
+
+def _copy_array(stored, parent, name: str, check: Callable[[], None]):
+    """The dataset ``stored`` into ``parent[name]``, gzip-compressed, about `_COPY_ENTRIES`
+    entries (whole rows) at a time, ``check`` called before each block; returns the copy."""
+    copy = parent.create_dataset(name, shape=stored.shape, dtype=stored.dtype, compression="gzip")
+    rows = max(_COPY_ENTRIES // max(int(np.prod(stored.shape[1:])), 1), 1)
+    for start in range(0, stored.shape[0], rows):
+        check()
+        copy[start : start + rows] = stored[start : start + rows]
+    return copy
+
+
+@contextmanager
+def atomic_hdf5(target: Path) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
+    """An HDF5 file (`h5py.File`) written atomically to ``target`` (`atomic_file`) through
+    `_Sink`, and ``check``, to call between blocks of work: it raises the first failed
+    write (a full disk, a size limit) as an `OSError` naming ``target``.
+
+    An exception in the block after a failed write becomes that `OSError` (the write
+    explains it); whatever fails, the temporary file is removed and the process lives.
+    """
+    import h5py
+
+    with atomic_file(target) as temporary, open(temporary, "r+b", buffering=0) as handle:
+        sink = _Sink(handle.fileno(), target)
+        try:
+            with h5py.File(sink, "w") as out:
+                yield out, sink.check
+        except Exception:
+            sink.check()
+            raise
+        sink.check()
+
+
+class _Sink:
+    """The file behind h5py's file-object driver (``h5py.File(sink)``): HDF5's writes never
+    fail here.
+
+    HDF5 does not survive a failed write: closing an object (a dataset flushes its chunks
+    when closed) that fails has already freed part of it but leaves it open, and its next
+    close (h5py's garbage collection, HDF5's shutdown at exit) reads the freed memory and the
+    process dies of SIGSEGV (h5py issues 914 and 2160). So the first failure is kept in
+    `error`, and every write after it is kept in memory instead of the file, where HDF5
+    reads it back: HDF5 sees a consistent file, every close succeeds, and the writer stops at
+    its next ``check``; what it kept meanwhile (a block of a copy, or the rest of an
+    in-memory element, compressed) is freed with the sink.
+    """
+
+    def __init__(self, fd: int, target: Path):
+        self._fd = fd
+        self._target = target
+        self._position = 0
+        self._size = 0  # the file's size as HDF5 sees it, once a write failed
+        self._kept: dict[int, bytes] = {}  # offset: bytes, in the order written
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        """Raise the first failed write as an `OSError` naming the target."""
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror, str(self._target))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:  # how the driver asks the size
+            offset += os.fstat(self._fd).st_size if self.error is None else self._size
+        elif whence == os.SEEK_CUR:
+            offset += self._position
+        self._position = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int) -> bytes:
+        """h5py takes an object with ``read`` and ``seek`` for a file; it reads with
+        `readinto`."""
+        buffer = bytearray(size)
+        self.readinto(buffer)
+        return bytes(buffer)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            count = os.preadv(self._fd, [view[done:]], self._position + done)
+            if count == 0:
+                break
+            done += count
+        view[done:] = bytes(len(view) - done)  # past the end: zeros, as HDF5's own driver
+        end = self._position + len(view)
+        for start, data in self._kept.items():
+            if start < end and self._position < start + len(data):
+                low, high = max(start, self._position), min(start + len(data), end)
+                view[low - self._position : high - self._position] = data[
+                    low - start : high - start
+                ]
+        return len(view)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._position + done)
+                return len(view)
+            except OSError as error:
+                self._fail(error)
+        self._kept.pop(self._position, None)  # re-added last: a later write wins on reads
+        self._kept[self._position] = bytes(view)
+        self._size = max(self._size, self._position + len(view))
+        return len(view)
+
+    def truncate(self, size: int) -> int:
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+                return size
+            except OSError as error:
+                self._fail(error)
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to flush: writes go to the file unbuffered (`atomic_file` syncs it)."""
+
+    def _fail(self, error: OSError) -> None:
+        self.error = error
+        self._size = os.fstat(self._fd).st_size

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
+from .._validation import check_iterations
 from ..tl._stored import active_factors, fit_info
 from ._plots import _finish
 
 LEIDEN = "leiden"
+# UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
+MIN_CELLS = 4
 
 
 def leiden(adata, random_state: int = 0) -> None:
@@ -56,7 +60,8 @@ def umap(
         clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
         igraph package), stored as ``.obs['leiden']``.
     n_neighbors
-        Neighbours per cell (at most the number of cells minus one).
+        Neighbours per cell, at least 2; more than the number of cells minus one is
+        lowered to it.
     random_state
         Seed of the neighbour search and of UMAP.
     show, save
@@ -71,30 +76,56 @@ def umap(
     KeyError
         No fit under ``key``, or its usages are gone from ``.obsm``.
     ValueError
-        The usages hold NaN or infinite values (an edited result: no fit writes them).
+        The usages hold NaN or infinite values (an edited result: no fit writes them);
+        ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells.
+    TypeError
+        ``n_neighbors`` is not an integer.
+
+    Any failure leaves ``adata`` as it was.
     """
     import pandas as pd
     import scanpy as sc
 
     info = fit_info(adata, key)
-    if color is None:
-        color = f"{key}_dominant_factor"
-        active = active_factors(adata, key)
-        if active.size == 0:
-            active = active_factors(adata, key, include_inactive=True)
-        usages = _finite_obsm(adata, info["usage_key"])[:, active]
-        names = [f"factor {factor}" for factor in active]
-        adata.obs[color] = pd.Categorical.from_codes(usages.argmax(axis=1), categories=names)
-    n_neighbors = min(n_neighbors, adata.n_obs - 1)
+    n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
+    if adata.n_obs < MIN_CELLS:
+        raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
+    usages = _finite_obsm(adata, info["usage_key"])
     _finite_obsm(adata, info["sqrt_usage_key"])
-    sc.pp.neighbors(
-        adata, n_neighbors=n_neighbors, use_rep=info["sqrt_usage_key"], random_state=random_state
-    )
-    if color == LEIDEN and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
-        leiden(adata, random_state)
-    sc.tl.umap(adata, random_state=random_state)
-    axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
-    return _finish(axes.figure, axes, show, save, "umap")
+    with _unchanged_on_failure(adata):
+        if color is None:
+            color = f"{key}_dominant_factor"
+            active = active_factors(adata, key)
+            if active.size == 0:
+                active = active_factors(adata, key, include_inactive=True)
+            dominant = usages[:, active].argmax(axis=1)
+            names = [f"factor {factor}" for factor in active]
+            adata.obs[color] = pd.Categorical.from_codes(dominant, categories=names)
+        sc.pp.neighbors(
+            adata,
+            n_neighbors=min(n_neighbors, adata.n_obs - 1),
+            use_rep=info["sqrt_usage_key"],
+            random_state=random_state,
+        )
+        if color == LEIDEN and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
+            leiden(adata, random_state)
+        sc.tl.umap(adata, random_state=random_state)
+        axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
+        return _finish(axes.figure, axes, show, save, "umap")
+
+
+@contextlib.contextmanager
+def _unchanged_on_failure(adata):
+    """Put back what scanpy's steps store in ``adata`` as they go (.obs, .var, .obsm,
+    .obsp, .uns) when the block fails, so that a failed UMAP leaves it as it was."""
+    saved = {name: getattr(adata, name).copy() for name in ("obs", "var")}
+    saved |= {name: dict(getattr(adata, name)) for name in ("obsm", "obsp", "uns")}
+    try:
+        yield
+    except BaseException:
+        for name, value in saved.items():
+            setattr(adata, name, value)
+        raise
 
 
 def _finite_obsm(adata, name: str) -> np.ndarray:

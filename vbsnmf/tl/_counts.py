@@ -6,10 +6,13 @@ hands them log-normalised ``X`` the error says where the counts probably are.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._utils import is_dask_array
 from .._validation import CorruptMatrixError, check_counts
 
 
@@ -25,6 +28,10 @@ def in_memory(matrix):
 
 def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, pd.Index, str]:
     """The matrix to factorise, its gene names, and a label saying where it came from."""
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"layer must be a string or None, got {layer!r}")
+    if not isinstance(use_raw, (bool, np.bool_)):  # "no" is truthy: it would read .raw
+        raise TypeError(f"use_raw must be True or False, got {use_raw!r}")
     if layer is not None and use_raw:
         raise ValueError("pass either layer= or use_raw=True, not both")
     if layer is not None:
@@ -80,34 +87,86 @@ def check_count_matrix(
     largest count included), with at least one nonzero count unless ``require_counts`` is
     False (a block of a streamed matrix: `check_has_counts` then takes the total; its
     ``first_row`` places the positions in messages in the whole matrix); `ValueError`
-    otherwise.
+    otherwise. A dask array is checked chunk by chunk where its chunks are computed
+    (`_dask_tallies`), with the errors the same matrix gets in memory, and returned as it
+    is.
 
     Unlike `VBNMF`, which only warns on non-integers and, as scikit-learn's NMF, fits a
     matrix of zeros, the scanpy tools refuse both: on an AnnData, non-integer values almost
     always mean normalised or log-transformed ``X``, and no counts at all a matrix other
     than the counts (``X`` left empty while they sit in a layer).
     """
-    try:
-        checked = check_counts(
-            matrix, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
+    if is_dask_array(matrix):
+        checked, (fractional, nonzero) = matrix, _dask_tallies(adata, matrix, source, fit_dtype)
+    else:
+        with _advised(adata, matrix, source):
+            checked = check_counts(
+                matrix,
+                name=source,
+                warn_non_integer=False,
+                fit_dtype=fit_dtype,
+                first_row=first_row,
+            )
+        fractional, nonzero = _tallies(checked)
+    if fractional:
+        raise ValueError(
+            f"{source} holds {fractional} non-integer values (normalised or "
+            f"log-transformed data?); NMF needs raw counts: {_where_counts_are(adata, source)}"
         )
-    except CorruptMatrixError:
-        raise  # a damaged matrix: which layer holds the counts is not the question
+    if require_counts:
+        check_has_counts(adata, float(nonzero), source)
+    return checked
+
+
+def _tallies(checked) -> np.ndarray:
+    """How many of the stored values of counts checked by `check_counts` are not integers,
+    and how many are nonzero."""
+    values = checked.data
+    integers = np.issubdtype(values.dtype, np.integer)
+    fractional = 0 if integers else np.count_nonzero(values % 1)
+    return np.array([fractional, np.count_nonzero(values)], dtype=np.int64)
+
+
+def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray:
+    """`_tallies` of one chunk of cells, checked as `check_counts` checks a block of a
+    streamed matrix (positions in messages are the whole matrix's), as a 1 x 2 block."""
+    first_row = block_info[0]["array-location"][0][0]
+    checked = check_counts(
+        block, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
+    )
+    return _tallies(checked).reshape(1, 2)
+
+
+def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
+    """`_tallies` of a dask array, summed over its chunks of cells: each chunk is checked
+    where it is computed, and only two numbers per chunk reach the client."""
+    from .._dask import cells_x_genes  # dask: loaded only for a dask array
+
+    matrix = cells_x_genes(matrix)  # one chunk along genes: a row's position is its cell's
+    per_chunk = matrix.map_blocks(
+        _chunk_tallies,
+        source,
+        fit_dtype,
+        dtype=np.int64,
+        chunks=((1,) * matrix.numblocks[0], (2,)),
+    )
+    with _advised(adata, matrix, source):
+        return per_chunk.sum(axis=0).compute()
+
+
+@contextlib.contextmanager
+def _advised(adata, matrix, source: str):
+    """A `ValueError` about the values of ``matrix`` with where the raw counts probably
+    are added; one about a damaged matrix, or one without cells or genes, as it is (which
+    layer holds the counts is not the question)."""
+    try:
+        yield
     except ValueError as error:
+        if isinstance(error, CorruptMatrixError) or 0 in matrix.shape:
+            raise
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"
         ) from None
-    values = checked.data
-    if values.size and not np.issubdtype(values.dtype, np.integer):
-        fractional = np.count_nonzero(values % 1)
-        if fractional:
-            raise ValueError(
-                f"{source} holds {fractional} non-integer values (normalised or "
-                f"log-transformed data?); NMF needs raw counts: {_where_counts_are(adata, source)}"
-            )
-    if require_counts:
-        check_has_counts(adata, float(np.count_nonzero(values)), source)
-    return checked
 
 
 def check_has_counts(adata, total: float, source: str) -> None:

@@ -80,8 +80,8 @@ def nmf(
     key_added
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]``,
         ``.uns[key_added]`` (and the other keys below with ``key_added`` for ``nmf``)
-        instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/`` (not allowed in ``.h5ad``
-        keys).
+        instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/``, NUL character or lone
+        surrogate, and no leading ``.`` (an ``.h5ad`` cannot store them).
     solver
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
@@ -230,13 +230,12 @@ def nmf(
         source = f"{source} (genes in mask_var)"
     on_dask = is_dask_array(matrix)
     kind = "dask" if on_dask else "stream" if streamed else "checked"
-    if on_dask:
-        # Fitted on the Dask cluster (vbsnmf.fit_dask); each chunk is checked on its worker,
-        # so the client never loads the matrix. .obsm holds dask arrays.
-        if solver not in VB_SOLVERS:
-            raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
-    elif not streamed:  # streamed counts are checked a block at a time as they are read
+    if on_dask and solver not in VB_SOLVERS:
+        # fitted on the Dask cluster (vbsnmf.fit_dask): .obsm holds dask arrays
+        raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
+    if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
+        # a dask array is checked chunk by chunk on its workers: the client never loads it
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         check_n_components(n_components, matrix.shape)

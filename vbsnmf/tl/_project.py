@@ -86,13 +86,14 @@ def project(
     Raises
     ------
     KeyError
-        ``adata_ref`` holds no fit under ``key``.
+        ``adata_ref`` holds no fit under ``key``, or its record lacks an entry.
     ValueError
-        ``adata_new`` is ``adata_ref`` and the projection would write over its fit (same
-        ``key_added``, no ``copy``), the reference fit is not variational, no gene names
-        are shared, gene names in ``adata_new`` or among the reference fit's genes repeat,
-        its counts are not raw counts or hold no nonzero count, or ``max_iter`` < 1 or
-        ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
+        An entry of the reference's record is damaged; ``adata_new`` is ``adata_ref``
+        and the projection would write over its fit (same ``key_added``, no ``copy``),
+        the reference fit is not variational, no gene names are shared, gene names in
+        ``adata_new`` or among the reference fit's genes repeat, its counts are not raw
+        counts or hold no nonzero count, or ``max_iter`` < 1 or ``tol`` < 0 (as
+        `vbsnmf.VBNMF` refuses them).
     TypeError
         ``max_iter`` is not an integer or ``tol`` not a number.
     """

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .._model import seed_entropy
+
 
 def count_split(counts, fraction: float = 0.5, random_state=0):
     """Split counts into ``train ~ Binomial(counts, fraction)`` and ``test = counts - train``.
@@ -24,7 +26,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     fraction
         The expected share of each count that goes to ``train``, in (0, 1).
     random_state
-        Seed or `numpy.random.Generator` of the Binomial draws.
+        Seed of the Binomial draws, as `vbsnmf.VBNMF`'s: a non-negative integer, None or a
+        `numpy.random.Generator`.
 
     Returns
     -------
@@ -35,10 +38,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     Raises
     ------
     ValueError
-        ``fraction`` outside (0, 1); counts that are negative, not finite, not whole or
-        2**63 or more.
+        ``fraction`` outside (0, 1); ``counts`` not 2-D, or counts that are negative, not
+        finite, not whole or 2**63 or more; a negative ``random_state``.
     TypeError
-        ``counts`` is not numeric, or is an AnnData.
+        ``counts`` is not numeric, is an AnnData or a masked array with masked entries;
+        ``random_state`` is not one of the above.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
@@ -48,8 +52,15 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         raise TypeError(
             "counts must be a matrix (e.g. adata.X or adata.layers['counts']), not an AnnData"
         )
+    if np.ma.is_masked(counts):  # np.array would drop the mask and split the hidden values
+        raise TypeError(
+            "counts is a masked array: pass the counts to split, e.g. counts.filled(0) to "
+            "split the masked entries as zeros"
+        )
     sparse = sp.issparse(counts)
     matrix = sp.csr_matrix(counts, copy=True) if sparse else np.array(counts, copy=True)
+    if matrix.ndim != 2:
+        raise ValueError(f"counts must be 2-D (cells x genes), got shape {matrix.shape}")
     values = matrix.data if sparse else matrix
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
         values.dtype, np.complexfloating
@@ -61,7 +72,7 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
     if values.size and values.max() >= 2.0**63:  # numpy's binomial takes int64 counts
         raise ValueError(f"counts must be below 2**63, got {values.max():.6g}")
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed_entropy(random_state))
     drawn = rng.binomial(values.astype(np.int64), fraction).astype(values.dtype)
     if not sparse:
         return drawn, matrix - drawn

@@ -7,12 +7,13 @@ genes keeps a fit that ``warm_start`` and `project` can use.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import fit_info, is_dask_array
+from .._utils import damaged_record, fit_info, is_dask_array, record_entry
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
 # the per-cell and per-gene arrays a fit stores as "<key>_<name>"
@@ -87,18 +88,18 @@ def _same_fit(info: dict, other: dict | None) -> bool:
 
 def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
     """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
-    through the file on an empty key, a key starting with "." or one holding "/"), or
+    through the file on an empty key, a key starting with "." or one holding "/", a NUL
+    character or a lone surrogate, which UTF-8 cannot encode), or
     whose entries would overwrite those of another fit stored in ``adata`` (``writes``:
     ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm`` entries,
     ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s default keys.
     ``reference``: `tl.project`'s reference fit, whose copy in ``adata`` the projection may
     write over (another fit under the same key it may not)."""
-    writable = isinstance(key_added, str) and key_added and not key_added.startswith(".")
     default = key_added is None and writes == "fit"
-    if not default and not (writable and "/" not in key_added):
+    if not default and not _writable_key(key_added):
         raise ValueError(
-            "key_added must be a non-empty string without '/' that does not start with '.', "
-            f"got {key_added!r}"
+            "key_added must be a non-empty string that does not start with '.' and holds no "
+            f"'/', NUL or lone surrogate character (an .h5ad cannot store them), got {key_added!r}"
         )
     keys = FitKeys.of(key_added)
     if writes == "uns":
@@ -134,6 +135,17 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
             )
 
 
+def _writable_key(key) -> bool:
+    """Whether an ``.h5ad`` can hold ``key`` (see `check_key_added`)."""
+    if not isinstance(key, str) or not key or key.startswith(".") or "/" in key or "\0" in key:
+        return False
+    try:
+        key.encode("utf-8")  # a lone surrogate has no UTF-8 form
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def drop_fit(adata, keys: FitKeys) -> None:
     """Remove the entries of the fit stored under ``keys.uns``, which a new fit under that key
     replaces: those the new fit does not write (another prior's arrays, a classical fit's
@@ -162,6 +174,18 @@ def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarra
     return np.arange(active.size) if include_inactive else np.flatnonzero(active)
 
 
+def _stored_numbers(stored: dict, name: str, where: str, n_components: int | None) -> np.ndarray:
+    """``stored[name]`` of the record ``where`` as an array: finite numbers, one per factor
+    (``n_components`` of them) or a single one (None); a `KeyError` if it is missing, a
+    `ValueError` if it is not such numbers."""
+    value = np.asarray(record_entry(stored, name, where))
+    shape = () if n_components is None else (n_components,)
+    if value.dtype.kind not in "biuf" or value.shape != shape or not np.isfinite(value).all():
+        what = "a number" if n_components is None else f"{n_components} numbers, one per factor"
+        raise damaged_record(f"{where}[{name!r}]", f"{reprlib.repr(stored[name])}, not {what}")
+    return value
+
+
 def variational_params(adata, key: str) -> dict:
     """The Gamma parameters of a variational fit as ``VBNMF``'s ``init`` takes them
     (``gene_shape`` over every gene of the fit's gene holder; zero rows: genes not fitted),
@@ -175,25 +199,27 @@ def variational_params(adata, key: str) -> dict:
             "variational parameters (fitted by solver='batch' or 'svi' only)"
         )
     keys, stored = FitKeys.of(key), info["variational"]
+    where, n_components = f"adata.uns[{key!r}]['variational']", info["params"]["n_components"]
     genes = gene_holder(adata, key)
-    learned = "cell_factor_shape" in stored
+    learned = stored.get("prior", "gamma") == "hierarchical"  # as `nmf` reads it
     params = {}
     for name in VARIATIONAL_KEYS + (SCALE_KEYS if learned else ()):
         side = adata.obsm if name.startswith("cell") else genes.varm
         if name in stored:  # one value per factor
-            params[name] = np.asarray(stored[name])
+            params[name] = _stored_numbers(stored, name, where, n_components)
         elif keys.variational(name) in side:
             params[name] = side[keys.variational(name)]
             if name in SCALE_KEYS:  # one per cell or gene, stored as a column
                 params[name] = params[name][:, 0]
         else:
-            where = ".obsm" if name.startswith("cell") else ".varm"
+            side_name = ".obsm" if name.startswith("cell") else ".varm"
             raise KeyError(
-                f"the fit {key!r} has no {where}[{keys.variational(name)!r}]; was the AnnData "
-                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+                f"the fit {key!r} has no {side_name}[{keys.variational(name)!r}]; was the "
+                "AnnData built anew after the fit? Fit again with vbsnmf.tl.nmf"
             )
     names = HYPER_KEYS if learned else ("prior_shape", "prior_rate")
     for name in names:
-        value = np.asarray(stored[name], dtype=np.float64)
-        params[name] = float(value) if value.ndim == 0 else value
+        per_factor = name.endswith("factor_shape")  # the hyperparameters a_l and c_l
+        value = _stored_numbers(stored, name, where, n_components if per_factor else None)
+        params[name] = value.astype(np.float64) if per_factor else float(value)
     return params

@@ -334,3 +334,31 @@ def test_a_failed_write_in_outdir_names_outdir_not_its_temporary(tmp_path):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert raised.value.filename == str(outdir / "result.h5ad")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: vbsnmf.fit_triplets([0, 1], [0, 1], [1.0, 2.0], None, n_components=1),
+        lambda: vbsnmf.fit_triplets([0, 1], [0, 1], ["1", "2"], (2, 2), n_components=1),
+    ],
+    ids=["shape=None", "string counts"],
+)
+def test_fit_triplets_names_a_wrong_type(call):
+    """`fit_triplets` gave "object of type 'NoneType' has no len()" for ``shape=None`` and
+    scipy's list of sparse dtypes for string counts."""
+    with pytest.raises(TypeError, match=r"shape must be|counts must be numbers"):
+        call()
+
+
+@pytest.mark.parametrize("save", [["x.png"], b"x.png", 0, 1.0])
+def test_a_plot_refuses_a_save_it_would_take_as_a_flag(save, tmp_path, monkeypatch):
+    """scanpy takes any ``save`` by its truth: a list, bytes or 0 was taken as a flag."""
+    adata = vbsnmf.datasets.pbmc_tiny()[:60].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vbsnmf.tl.nmf(adata, 2, max_iter=3, n_threads=1, random_state=0)
+    monkeypatch.chdir(tmp_path)  # where scanpy's relative figdir would have put the file
+    with pytest.raises(TypeError, match="save must be"):
+        vbsnmf.pl.elbo(adata, show=False, save=save)
+    assert list(tmp_path.iterdir()) == []

@@ -73,6 +73,22 @@ def _one_clean_error(done: subprocess.CompletedProcess) -> str | None:
     return None
 
 
+def _assert_one_oserror(code: str, target: Path) -> None:
+    """``code`` (``vbsnmf.io`` imported as ``io``), run in a process under the size limit
+    in ``target``'s folder, raises one OSError naming ``target``, and the process lives."""
+    code = textwrap.indent(textwrap.dedent(code).strip(), "    ")
+    done = _python(
+        "import vbsnmf.io as io\n"
+        f"try:\n{code}\n"
+        "except OSError as error:\n"
+        "    print(type(error).__name__, error.filename, error.strerror, flush=True)\n",
+        target.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["OSError", str(target), "File", "too", "large"]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
 @pytest.mark.parametrize("backed", [False, True], ids=["in_memory", "backed"])
 def test_write_result_on_a_full_disk_raises_one_oserror_and_keeps_the_old_file(tmp_path, backed):
     """`write_result` past a size limit: h5py's "Can't decrement id ref count" tracebacks,
@@ -81,21 +97,15 @@ def test_write_result_on_a_full_disk_raises_one_oserror_and_keeps_the_old_file(t
     target = tmp_path / "result.h5ad"
     target.write_bytes(b"the old result")
     before = _tree(tmp_path)
-    done = _python(
+    _assert_one_oserror(
         f"""
-        import anndata as ad, vbsnmf.io as io
+        import anndata as ad
         # backed: X in the file, the fit in memory, as a streamed fit leaves it
         adata = ad.read_h5ad({str(fitted)!r}, backed={"'r'" if backed else None})
-        try:
-            io.write_result(adata, {str(target)!r})
-        except OSError as error:
-            print(type(error).__name__, error.filename, error.strerror, flush=True)
+        io.write_result(adata, {str(target)!r})
         """,
-        tmp_path,
+        target,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["OSError", str(target), "File", "too", "large"]
-    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
     assert _tree(tmp_path) == before
 
 
@@ -129,19 +139,7 @@ def test_mtx_to_h5ad_on_a_full_disk_raises_one_oserror_and_leaves_nothing(tmp_pa
     tenx(tmp_path)
     target = tmp_path / "counts.h5ad"
     before = _tree(tmp_path)
-    done = _python(
-        f"""
-        import vbsnmf.io as io
-        try:
-            io.mtx_to_h5ad("tenx", {str(target)!r})
-        except OSError as error:
-            print(type(error).__name__, error.filename, error.strerror, flush=True)
-        """,
-        tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["OSError", str(target), "File", "too", "large"]
-    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    _assert_one_oserror(f'io.mtx_to_h5ad("tenx", {str(target)!r})', target)
     assert _tree(tmp_path) == before
 
 

@@ -1141,12 +1141,18 @@ def fit_triplets(
     ValueError
         The three arrays differ in length, an index is out of ``shape``, or a count is
         negative, NaN or infinite.
+    TypeError
+        ``shape`` is not two integers, the indices not integers or the counts not numbers.
     """
     rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
-    if len(shape) != 2 or not all(
-        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape)
     ):
         raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
+    if counts.size and counts.dtype.kind not in "biuf":  # scipy's message lists its dtypes
+        raise TypeError(f"counts must be numbers, got dtype {counts.dtype}")
     if not (rows.shape == cols.shape == counts.shape):
         raise ValueError(
             f"rows, cols and counts differ in length: {rows.size}, {cols.size}, {counts.size}"

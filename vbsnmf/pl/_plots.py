@@ -6,8 +6,8 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 ``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
 suffix chooses the format). A `pathlib.Path` as ``save`` is the output file itself,
-written atomically (what the command line uses). The axes are returned when the figure is
-not shown.
+written atomically (what the command line uses); any other ``save`` is a `TypeError`.
+The axes are returned when the figure is not shown.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     # scanpy's own rule for save=True / a string (figdir, the plot's name, the format).
     from scanpy.plotting._utils import savefig_or_show
 
+    if save is not None and not isinstance(save, (bool, np.bool_, str, os.PathLike)):
+        # scanpy would take any other value by its truth: a list or 0 as a flag
+        raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
     if isinstance(save, os.PathLike):
         with atomic_file(save) as temporary:
             figure.savefig(temporary, dpi=150, bbox_inches="tight")

@@ -362,3 +362,24 @@ def test_a_plot_refuses_a_save_it_would_take_as_a_flag(save, tmp_path, monkeypat
     with pytest.raises(TypeError, match="save must be"):
         vbsnmf.pl.elbo(adata, show=False, save=save)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rename_is_synced_to_disk(tmp_path, monkeypatch):
+    """The file was synced before its rename, but not the folder after it: a power loss
+    could bring back the old file (or no OUTDIR) after the new one was reported written."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with vbsnmf.io.atomic_file(tmp_path / "fit.npz") as temporary:
+        temporary.write_text("new")
+    # the file (under its temporary name, before the rename), then its folder
+    assert synced[-2].name.startswith(".fit.npz.") and synced[-1] == tmp_path
+    synced.clear()
+    with vbsnmf.io.atomic_directory(tmp_path / "out") as temporary:
+        (temporary / "elbo.tsv").write_text("new")
+    assert synced == [tmp_path]

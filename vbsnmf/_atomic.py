@@ -152,11 +152,11 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
 
     The suffix of ``target`` is kept (writers such as matplotlib pick the format from it).
-    The file is flushed to disk before the rename, so even a crash of the machine leaves
-    the old file or the complete new one. On any exception, including `KeyboardInterrupt`,
-    the temporary file is removed. Every output of vbsnmf, checkpoints included, is
-    written through this. A symbolic link as ``target`` stays: the file it points to is
-    replaced.
+    The file is flushed to disk before the rename and its folder after it, so even a
+    crash of the machine leaves the old file or the complete new one. On any exception,
+    including `KeyboardInterrupt`, the temporary file is removed. Every output of vbsnmf,
+    checkpoints included, is written through this. A symbolic link as ``target`` stays:
+    the file it points to is replaced.
 
     Raises
     ------
@@ -198,6 +198,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
                 os.fsync(written.fileno())
             _permissions_of(target, temporary)
             os.replace(temporary, target)
+        _sync_folder(target.parent)
 
 
 def _check_target(target: Path) -> None:
@@ -281,11 +282,29 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                 if replacing:
                     retired = _move_aside(target)
                 os.replace(temporary, target)
+                _sync_folder(target.parent)
                 if replacing:
                     _remove_retired(retired, target)
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: a rename is durable only once its folder is
+    synced, and without it a power loss could bring back the old file after the new one
+    was reported written. A file system that cannot sync a folder is left as it is."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a folder the user may write but not read
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def _inside(filename, folder: Path) -> Path | None:

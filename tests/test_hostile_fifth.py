@@ -383,3 +383,28 @@ def test_a_rename_is_synced_to_disk(tmp_path, monkeypatch):
     with vbsnmf.io.atomic_directory(tmp_path / "out") as temporary:
         (temporary / "elbo.tsv").write_text("new")
     assert synced == [tmp_path]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("Resource temporarily unavailable"),  # the parser's threads refused
+        OSError(errno.EIO, os.strerror(errno.EIO)),
+    ],
+    ids=["threads refused", "I/O error"],
+)
+def test_a_machine_that_refuses_the_reader_is_not_a_corrupt_file(failure, tmp_path, monkeypatch):
+    """Under a limit on memory or processes the Matrix Market parser could not start its
+    threads, and an I/O error of the disk, were both reported as "corrupt or truncated
+    Matrix Market file": the user would look for a fault in a sound file."""
+    import scipy.io
+
+    path = tmp_path / "counts.mtx"
+    scipy.io.mmwrite(path, np.array([[1.0, 2.0], [0.0, 3.0]]), symmetry="general")
+
+    def refused(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(scipy.io, "mmread", refused)
+    with pytest.raises(vbsnmf.io.ReadError, match="could not be read: the system refused"):
+        vbsnmf.io.read_mtx(path, genes_as_rows=True)

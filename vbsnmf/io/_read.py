@@ -25,6 +25,7 @@ Every reader returns an AnnData with cells as rows (``obs``) and genes as column
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import io
 import os
@@ -1081,9 +1082,22 @@ def _mtx_errors(path: Path):
     except EOFError:
         raise ReadError(path, "truncated: the compressed stream ends early") from None
     except Exception as error:  # scipy, gzip and zlib raise several types on corrupt input
+        if _refused_by_the_machine(error):
+            raise ReadError(
+                path, f"could not be read: the system refused ({describe_error(error)})"
+            ) from None
         raise ReadError(
             path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
         ) from None
+
+
+def _refused_by_the_machine(error: Exception) -> bool:
+    """An error of the machine, not of the file: an I/O error of the system (gzip's
+    BadGzipFile, an OSError about the content, has no errno), or the parser's threads
+    refused (C++'s system_error as a RuntimeError, under a limit on processes or memory)."""
+    if isinstance(error, OSError):
+        return error.errno is not None
+    return isinstance(error, RuntimeError) and os.strerror(errno.EAGAIN) in str(error)
 
 
 def read_names(path: Path) -> pd.DataFrame:

@@ -216,7 +216,11 @@ def test_force_refuses_an_outdir_it_could_not_move_or_empty(tmp_path, monkeypatc
 
 def test_force_leaves_nothing_behind_when_the_old_outdir_cannot_move(tmp_path, monkeypatch):
     """The last line of defence behind `check_outdir`: a failed move left an empty
-    ``.out.XXXX.old`` folder, and its error named no file."""
+    ``.out.XXXX.old`` folder, and its error named no file (where two folders cannot be
+    swapped in one step, and the old one is moved aside first)."""
+    from vbsnmf import _atomic
+
+    monkeypatch.setattr(_atomic, "_exchange", lambda first, second: False, raising=False)
     outdir = _earlier_outdir(tmp_path)
     real_replace = os.replace
 
@@ -408,3 +412,97 @@ def test_a_machine_that_refuses_the_reader_is_not_a_corrupt_file(failure, tmp_pa
     monkeypatch.setattr(scipy.io, "mmread", refused)
     with pytest.raises(vbsnmf.io.ReadError, match="could not be read: the system refused"):
         vbsnmf.io.read_mtx(path, genes_as_rows=True)
+
+
+def test_force_never_leaves_outdir_missing(tmp_path, monkeypatch):
+    """--force moved the old OUTDIR aside, then moved the new one in: a kill -9 between
+    the two renames left no OUTDIR at all (both outputs hidden in ``.out.XXXX.old`` and
+    ``.out.XXXX.tmp``). The two are swapped in one step, then the old one is removed."""
+    from vbsnmf import _atomic
+
+    outdir = _earlier_outdir(tmp_path)
+    seen = []
+    move_aside = _atomic._move_aside
+
+    def watched(path):
+        seen.append((outdir / "result.h5ad").read_text())  # what a kill here would leave
+        return move_aside(path)
+
+    monkeypatch.setattr(_atomic, "_move_aside", watched)
+    with vbsnmf.io.atomic_directory(outdir, overwrite=True) as temporary:
+        (temporary / "result.h5ad").write_text("new output\n")
+    assert seen == ["new output\n"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_every_file_of_outdir_is_on_disk_before_it_replaces_the_old(tmp_path, monkeypatch):
+    """params.json and top_genes.tsv were written with a plain open and no sync, after the
+    others: a power loss right after "wrote OUT" could leave them empty, the old OUTDIR
+    already gone."""
+    from test_hostile import FIT, h5ad
+
+    h5ad(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert vbsnmf.cli.main(["fit", "small.h5ad", *FIT, "-o", "out"]) == 0
+    written = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert "params.json" in written and "top_genes.tsv" in written
+    synced_names = {Path(path).name for path in synced}
+    for name in written:  # each synced under its temporary name, ".NAME.XXXXXXXX.tmp..."
+        assert any(synced.startswith(f".{name}.") for synced in synced_names), name
+
+
+def test_leftovers_of_killed_runs_are_reported(tmp_path):
+    """A run killed with SIGKILL leaves its temporary folder (a converted counts.h5ad: 34
+    MB each on pbmc_facs) or checkpoint; later runs said nothing, and 564 MB piled up
+    beside one OUTDIR. Killed between --force's two renames (before they became one
+    swap), the old output was left hidden and OUTDIR missing."""
+    (tmp_path / ".out.ab12cd34.tmp").mkdir()
+    (tmp_path / ".out.ab12cd34.tmp" / "counts.h5ad").write_bytes(b"x" * 2**20)
+    (tmp_path / ".out.ef56gh78.old" / "previous").mkdir(parents=True)
+    (tmp_path / ".out.notours").mkdir()  # not a name vbsnmf gives
+    (tmp_path / ".fit.npz.ij90kl12.tmp.npz").write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"2 leftovers of interrupted runs.*1\.0 MiB") as seen:
+        vbsnmf.io.check_outdir(tmp_path / "out")
+    message = str(seen[0].message)
+    assert ".out.ab12cd34.tmp" in message and ".out.notours" not in message
+    assert "previous holds the output a run was replacing" in message
+    with pytest.warns(UserWarning, match=r"1 leftover of.*\.fit\.npz\.ij90kl12\.tmp\.npz"):
+        vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
+    assert len(list(tmp_path.iterdir())) == 4  # reported, not deleted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vbsnmf.io.check_outdir(tmp_path / "other")  # nothing of its own left: no warning
+
+
+def test_an_input_changed_during_a_streamed_fit_is_not_fitted(tmp_path, monkeypatch, capfd):
+    """An .h5ad truncated while `fit --solver svi` streamed it: the missing bytes were read
+    as zeros, and the command wrote a result without a single count (exit 0)."""
+    from test_hostile import FIT, SVI, h5ad
+
+    source = h5ad(tmp_path)
+    fit = vbsnmf.cli._fit
+
+    def fit_then_change(*args, **kwargs):
+        seconds = fit(*args, **kwargs)
+        with open(source, "ab") as handle:  # another program writes the input meanwhile
+            handle.write(b"\0" * 10)
+        return seconds
+
+    monkeypatch.setattr(vbsnmf.cli, "_fit", fit_then_change)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = vbsnmf.cli.main(["fit", "small.h5ad", *FIT, *SVI, "-o", "out"])
+    assert code == 2
+    assert "small.h5ad changed while it was read" in capfd.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["small.h5ad"]

@@ -228,16 +228,15 @@ def test_a_signal_during_the_swap_of_outdir_leaves_the_new_output_and_says_so(tm
     until the new folder is in and the old one deleted, and the command says that the
     output was written (it said "no output written" and left the old folder beside it)."""
     outdir = _earlier_output(tmp_path)
-    replace = os.replace
+    exchange = _atomic._exchange
 
     def interrupted(source, target):
-        replace(source, target)
-        if (
-            Path(target).resolve() == outdir.resolve()
-        ):  # the new folder in: the moment a Ctrl-C may come
-            os.kill(os.getpid(), signal.SIGINT)
+        swapped = exchange(source, target)
+        if swapped and Path(target).resolve() == outdir.resolve():
+            os.kill(os.getpid(), signal.SIGINT)  # the new folder in: when a Ctrl-C may come
+        return swapped
 
-    with _patched(_atomic.os, "replace", interrupted):
+    with _patched(_atomic, "_exchange", interrupted):
         code, _, err, _ = _main(
             ["fit", "small.h5ad", *FIT, "--seed", "1", "-o", "out", "--force"], capfd, tmp_path
         )

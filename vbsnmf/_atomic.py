@@ -8,6 +8,7 @@ the command line turns into the same exception) or fails.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -279,15 +280,43 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             # signal that arrives meanwhile is raised once all is done (then `written`
             # tells the caller that the new folder is complete).
             with held_signals():
-                if replacing:
-                    retired = _move_aside(target)
-                os.replace(temporary, target)
-                _sync_folder(target.parent)
-                if replacing:
-                    _remove_retired(retired, target)
+                if replacing and _exchange(temporary, target):
+                    # the new output in, the old one out in one step: a kill -9 can no longer
+                    # fall between two renames and leave no target at all
+                    _sync_folder(target.parent)
+                    _remove_retired(_move_aside(temporary), target)
+                else:
+                    if replacing:
+                        retired = _move_aside(target)
+                    os.replace(temporary, target)
+                    _sync_folder(target.parent)
+                    if replacing:
+                        _remove_retired(retired, target)
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
+
+
+# Linux's renameat2: its RENAME_EXCHANGE swaps two paths atomically.
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap the paths ``first`` and ``second`` in one step; False where the system (not
+    Linux) or the file system cannot, and nothing was changed."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # another C library or system
+        return False
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if done == 0:
+        return True
+    number = ctypes.get_errno()
+    if number in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(number, os.strerror(number), str(second))
 
 
 def _sync_folder(folder: Path) -> None:

@@ -560,10 +560,13 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     }
     io.write_result(adata, folder / RESULT_FILE)
     io.write_nmf_tables(adata, folder)
-    # the active factors' 10 most specific genes, seen at least twice in the data
-    tl.top_genes(adata, 10).to_csv(folder / TOP_GENES_FILE, sep="\t", float_format="%.6g")
-    # allow_nan=False: never write Infinity or NaN, which are not JSON.
-    (folder / PARAMS_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
+    # the old one: the active factors' 10 most specific genes, seen twice in the data ...
+    with io.atomic_file(folder / TOP_GENES_FILE) as temporary:
+        tl.top_genes(adata, 10).to_csv(temporary, sep="\t", float_format="%.6g")
+    # ... and the settings (allow_nan=False: never Infinity or NaN, which are not JSON).
+    with io.atomic_file(folder / PARAMS_FILE) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
@@ -649,6 +652,9 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
     from .io._paths import COUNTS_FILE
 
+    # An .h5ad is read as the fit goes, and again when result.h5ad copies its X: a file
+    # truncated or overwritten meanwhile read as zeros and gave a result of no counts.
+    before = _file_state(source) if kind == "h5ad" else None
     with atomic_directory(outdir, overwrite=args.force) as folder:
         if kind != "h5ad":
             target = folder / COUNTS_FILE if converted is None else converted
@@ -667,9 +673,21 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
             matrix_file = None if kind == "h5ad" else str(source)
             seconds = _fit(adata, args, args.quiet, matrix_file)
             with _doing(f"writing {outdir}"):
-                return _write_fit(adata, args, folder, str(source), seconds)
+                summary = _write_fit(adata, args, folder, str(source), seconds)
+            if before is not None and _file_state(source) != before:
+                raise UsageError(
+                    f"{source} changed while it was read (its size or modification time "
+                    "moved); no output written: run again once it is complete"
+                )
+            return summary
         finally:
             adata.file.close()
+
+
+def _file_state(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is replaced, truncated or written: inode, size, time."""
+    state = os.stat(path)
+    return state.st_ino, state.st_size, state.st_mtime_ns
 
 
 def _check_convert_path(args, outdir: Path, inputs) -> Path | None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -135,6 +137,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
+    if ancestor == path.parent:
+        warn_of_leftovers(path, [file_temporary_affixes(path)])
     try:
         check_name_length(path)
         _try_file(file_temporary_affixes(path), ancestor)
@@ -233,6 +237,7 @@ def check_outdir(
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
+    warn_of_leftovers(path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old")))
     try:
         check_name_length(path)
         _try_writing(path)
@@ -241,6 +246,52 @@ def check_outdir(
             f"cannot create {outdir}: {error.strerror or error} (in {parent})"
         ) from None
     return path
+
+
+def warn_of_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
+    """Warn of the temporaries a killed run left beside ``path``: entries named as
+    `_atomic` names them (``affixes``: prefix and suffix around its 8 random characters).
+    They are not removed: a run still writing could own them."""
+    patterns = [
+        re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+        for prefix, suffix in affixes
+    ]
+    try:
+        found = sorted(
+            entry
+            for entry in path.parent.iterdir()
+            if any(pattern.match(entry.name) for pattern in patterns)
+        )
+    except OSError:  # an unreadable folder: the checks that follow say what is wrong
+        return
+    if not found:
+        return
+    size = sum(_size_of(entry) for entry in found)
+    listed = ", ".join(entry.name for entry in found[:3]) + (", ..." if len(found) > 3 else "")
+    held = [entry for entry in found if (entry / "previous").is_dir()]
+    note = (
+        f"; {held[0] / 'previous'} holds the output a run was replacing when it stopped"
+        if held
+        else ""
+    )
+    warnings.warn(
+        f"{len(found)} leftover{'s' if len(found) > 1 else ''} of interrupted runs beside "
+        f"{path} ({size / 2**20:.1f} MiB: {listed}){note}; vbsnmf does not delete them, as a "
+        "run still writing could own them: delete them once none is running",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _size_of(entry: Path) -> int:
+    """Bytes in the file or folder ``entry``."""
+    if not entry.is_dir() or entry.is_symlink():
+        return entry.lstat().st_size
+    return sum(
+        (Path(folder) / name).lstat().st_size
+        for folder, _, names in os.walk(entry)
+        for name in names
+    )
 
 
 def _try_writing(path: Path) -> None:

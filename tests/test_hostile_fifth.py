@@ -424,9 +424,11 @@ def test_force_never_leaves_outdir_missing(tmp_path, monkeypatch):
     seen = []
     move_aside = _atomic._move_aside
 
-    def watched(path):
+    def watched(old, target):
         seen.append((outdir / "result.h5ad").read_text())  # what a kill here would leave
-        return move_aside(path)
+        retired = move_aside(old, target)
+        assert retired.name.startswith(".out.") and retired.name.endswith(".old")
+        return retired
 
     monkeypatch.setattr(_atomic, "_move_aside", watched)
     with vbsnmf.io.atomic_directory(outdir, overwrite=True) as temporary:

@@ -284,10 +284,10 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                     # the new output in, the old one out in one step: a kill -9 can no longer
                     # fall between two renames and leave no target at all
                     _sync_folder(target.parent)
-                    _remove_retired(_move_aside(temporary), target)
+                    _remove_retired(_move_aside(temporary, target), target)
                 else:
                     if replacing:
-                        retired = _move_aside(target)
+                        retired = _move_aside(target, target)
                     os.replace(temporary, target)
                     _sync_folder(target.parent)
                     if replacing:
@@ -346,14 +346,15 @@ def _inside(filename, folder: Path) -> Path | None:
         return None
 
 
-def _move_aside(target: Path) -> Path:
-    """Move the folder ``target`` into a new hidden folder beside it, returned; if it
-    cannot be moved, nothing is left behind and the error names ``target``."""
+def _move_aside(old: Path, target: Path) -> Path:
+    """Move ``old``, the output ``target`` replaces, into a new hidden folder beside
+    ``target`` named for it (as `vbsnmf.io.check_outdir` looks for leftovers), returned;
+    if it cannot be moved, nothing is left behind and the error names ``target``."""
     retired = Path(
         tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
     )
     try:
-        os.replace(target, retired / "previous")
+        os.replace(old, retired / "previous")
     except OSError as error:
         retired.rmdir()
         raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None

@@ -43,8 +43,6 @@ VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
 # Seeds up to 2**32 - 1: what every method's generator takes (scikit-learn's RandomState).
 MAX_SEED = 2**32 - 1
-# UMAP's spectral start needs at least this many cells (3 failed inside scipy).
-MIN_UMAP_CELLS = 4
 # Handled like Ctrl-C, exit code 128 + the signal's number.
 STOP_SIGNALS = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}
 
@@ -744,7 +742,7 @@ def _run_demo(args) -> int:
 def _run_umap(args) -> int:
     from . import tl
     from .io import read_h5ad, real_path
-    from .pl._umap import LEIDEN
+    from .pl._umap import LEIDEN, MIN_CELLS
 
     output = Path(args.output)
     _check_figure_path(output)
@@ -760,9 +758,9 @@ def _run_umap(args) -> int:
             f"--color {args.color!r} is neither an .obs column ({columns}), a gene, nor "
             f"{LEIDEN!r} (Leiden clusters of the graph)"
         )
-    if adata.n_obs < MIN_UMAP_CELLS:
+    if adata.n_obs < MIN_CELLS:
         raise UsageError(
-            f"{args.result} holds {adata.n_obs} cells; a UMAP needs at least {MIN_UMAP_CELLS}"
+            f"{args.result} holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}"
         )
     try:
         _draw_umap(

@@ -171,8 +171,7 @@ def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:
     from anndata.io import write_elem
 
     target = out.create_group("raw")
-    for name, value in stored.attrs.items():
-        target.attrs[name] = value
+    _copy_attributes(stored, target)
     _copy_x(stored["X"], target, "X", check)
     write_elem(target, "var", raw.var)
     write_elem(target, "varm", dict(raw.varm))
@@ -189,6 +188,11 @@ def _copy_x(stored, parent, name: str, check: Callable[[], None]) -> None:
             _copy_array(stored[array], target, array, check)
     else:
         target = _copy_array(stored, parent, name, check)
+    _copy_attributes(stored, target)
+
+
+def _copy_attributes(stored, target) -> None:
+    """The HDF5 attributes of ``stored`` (anndata's encoding of an element) onto ``target``."""
     for key, value in stored.attrs.items():
         target.attrs[key] = value
 

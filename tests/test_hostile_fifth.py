@@ -426,9 +426,9 @@ def test_force_never_leaves_outdir_missing(tmp_path, monkeypatch):
 
     def watched(old, target):
         seen.append((outdir / "result.h5ad").read_text())  # what a kill here would leave
-        retired = move_aside(old, target)
+        retired, lock = move_aside(old, target)
         assert retired.name.startswith(".out.") and retired.name.endswith(".old")
-        return retired
+        return retired, lock
 
     monkeypatch.setattr(_atomic, "_move_aside", watched)
     with vbsnmf.io.atomic_directory(outdir, overwrite=True) as temporary:

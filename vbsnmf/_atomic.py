@@ -16,9 +16,15 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; leftovers are reported, never removed
+    fcntl = None
 
 Made = TypeVar("Made")
 # Signals whose handlers raise (Ctrl-C; SIGTERM and SIGHUP in vbsnmf.cli): held while a
@@ -251,18 +257,21 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
         raise FileExistsError(f"{target} already exists (use --force to replace it)")
     check_name_length(target)
 
-    def make() -> Path:
-        return Path(
+    def make() -> tuple[Path, int | None]:
+        folder = Path(
             tempfile.mkdtemp(
                 prefix=temporary_prefix(target, ".tmp"), suffix=".tmp", dir=target.parent
             )
         )
+        return folder, _lock_folder(folder)
 
-    def remove(temporary: Path) -> None:
+    def remove(made: tuple[Path, int | None]) -> None:
+        temporary, lock = made
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
+        _release(lock)
 
-    with owned_temporary(make, remove) as temporary:
+    with owned_temporary(make, remove) as (temporary, _):
         try:
             yield temporary
         except OSError as error:
@@ -284,14 +293,19 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                     # the new output in, the old one out in one step: a kill -9 can no longer
                     # fall between two renames and leave no target at all
                     _sync_folder(target.parent)
-                    _remove_retired(_move_aside(temporary, target), target)
+                    _remove_retired(*_move_aside(temporary, target), target)
+                elif replacing:
+                    retired, lock = _move_aside(target, target)
+                    try:
+                        os.replace(temporary, target)
+                        _sync_folder(target.parent)
+                    except BaseException:
+                        _release(lock)
+                        raise
+                    _remove_retired(retired, lock, target)
                 else:
-                    if replacing:
-                        retired = _move_aside(target, target)
                     os.replace(temporary, target)
                     _sync_folder(target.parent)
-                    if replacing:
-                        _remove_retired(retired, target)
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
@@ -346,24 +360,28 @@ def _inside(filename, folder: Path) -> Path | None:
         return None
 
 
-def _move_aside(old: Path, target: Path) -> Path:
+def _move_aside(old: Path, target: Path) -> tuple[Path, int | None]:
     """Move ``old``, the output ``target`` replaces, into a new hidden folder beside
-    ``target`` named for it (as `vbsnmf.io.check_outdir` looks for leftovers), returned;
-    if it cannot be moved, nothing is left behind and the error names ``target``."""
+    ``target`` named for it (as `vbsnmf.io.check_outdir` looks for leftovers), returned
+    with the lock held on it (`_lock_folder`); if it cannot be moved, nothing is left
+    behind and the error names ``target``."""
     retired = Path(
         tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
     )
+    lock = _lock_folder(retired)
     try:
         os.replace(old, retired / "previous")
     except OSError as error:
         retired.rmdir()
+        _release(lock)
         raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None
-    return retired
+    return retired, lock
 
 
-def _remove_retired(retired: Path, target: Path) -> None:
-    """Delete the output ``target`` replaced; one that cannot be deleted is named, not
-    left behind in silence (the new ``target`` is complete either way)."""
+def _remove_retired(retired: Path, lock: int | None, target: Path) -> None:
+    """Delete the output ``target`` replaced and release its lock; one that cannot be
+    deleted is named, not left behind in silence (the new ``target`` is complete either
+    way)."""
     try:
         shutil.rmtree(retired)
     except OSError as error:
@@ -373,3 +391,59 @@ def _remove_retired(retired: Path, target: Path) -> None:
             f"({error.strerror}); it is left in",
             str(retired),
         ) from None
+    finally:
+        _release(lock)
+
+
+# How a later run tells a killed run's temporary folder from one still being written: the
+# writer holds an advisory lock (flock) on the folder from the moment it makes it until it
+# is gone, and the system drops the lock when the process ends, however it ends.
+def _lock_folder(folder: Path) -> int | None:
+    """Lock the temporary ``folder`` for as long as the descriptor returned stays open
+    (`_release` closes it); None where the system or file system has no such locks, whose
+    leftovers are then reported, never removed."""
+    if fcntl is None:
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # e.g. NFS, whose emulated locks need a descriptor open for writing
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _release(lock: int | None) -> None:
+    if lock is not None:
+        os.close(lock)
+
+
+# A folder is locked an instant after it is made; one found unlocked counts as abandoned
+# only if it has also not changed for this long, which that instant cannot reach.
+_SETTLE_SECONDS = 60.0
+
+
+def remove_if_abandoned(entry: Path) -> bool:
+    """Delete the temporary folder ``entry`` if its writer is gone: nothing holds its lock
+    (`_lock_folder`) and it has not changed for a minute. False, with nothing deleted, if
+    a process may still be writing it, if ``entry`` is not a folder, or where this system
+    cannot tell (no advisory locks)."""
+    if fcntl is None:
+        return False
+    try:
+        if time.time() - entry.lstat().st_mtime < _SETTLE_SECONDS:
+            return False
+        descriptor = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(entry)  # with the lock held: a writer of it would be alive
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True

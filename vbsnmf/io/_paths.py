@@ -21,6 +21,7 @@ from .._atomic import (
     check_name_length,
     file_temporary_affixes,
     owned_temporary,
+    remove_if_abandoned,
     temporary_prefix,
 )
 
@@ -138,7 +139,7 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
     if ancestor == path.parent:
-        warn_of_leftovers(path, [file_temporary_affixes(path)])
+        clear_leftovers(path, [file_temporary_affixes(path)])
     try:
         check_name_length(path)
         _try_file(file_temporary_affixes(path), ancestor)
@@ -195,6 +196,9 @@ def check_outdir(
     or pseudo file system (``/proc``) or a missing permission is reported now, not after
     the fit.
 
+    Temporary folders that killed runs left beside OUTDIR are removed once their writer is
+    gone, with a warning saying so; the others are reported (`clear_leftovers`).
+
     Raises
     ------
     UnsafePathError
@@ -237,7 +241,7 @@ def check_outdir(
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
-    warn_of_leftovers(path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old")))
+    clear_leftovers(path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old")))
     try:
         check_name_length(path)
         _try_writing(path)
@@ -248,10 +252,16 @@ def check_outdir(
     return path
 
 
-def warn_of_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
-    """Warn of the temporaries a killed run left beside ``path``: entries named as
-    `_atomic` names them (``affixes``: prefix and suffix around its 8 random characters).
-    They are not removed: a run still writing could own them."""
+def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
+    """Clear what killed runs left beside ``path``: entries named as `_atomic` names its
+    temporaries (``affixes``: prefix and suffix around its 8 random characters).
+
+    A temporary folder whose writer is gone (`_atomic.remove_if_abandoned`: its lock is
+    free) is removed; the others are reported, as a run still writing could own them, as
+    are files (a checkpoint's temporary, which its writer does not lock) and everything
+    while ``path`` is missing and an earlier output a killed ``--force`` moved aside is all
+    that is left of it. One warning says what was removed, one what is left.
+    """
     patterns = [
         re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
         for prefix, suffix in affixes
@@ -264,34 +274,60 @@ def warn_of_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
         )
     except OSError:  # an unreadable folder: the checks that follow say what is wrong
         return
-    if not found:
+    hidden = [entry for entry in found if (entry / "previous").is_dir()]
+    removed, size_removed = [], 0
+    if path.exists() or not hidden:
+        for entry in found:
+            size = _size_of(entry)
+            if remove_if_abandoned(entry):
+                removed.append(entry)
+                size_removed += size
+    if removed:
+        warnings.warn(
+            f"removed {_counted(removed)} of killed runs beside {path} "
+            f"({size_removed / 2**20:.1f} MiB: {_listed(removed)})",
+            UserWarning,
+            stacklevel=3,
+        )
+    left = [entry for entry in found if entry not in removed]
+    if not left:
         return
-    size = sum(_size_of(entry) for entry in found)
-    listed = ", ".join(entry.name for entry in found[:3]) + (", ..." if len(found) > 3 else "")
-    held = [entry for entry in found if (entry / "previous").is_dir()]
+    size = sum(_size_of(entry) for entry in left)
+    held = [entry for entry in left if entry in hidden]
     note = (
         f"; {held[0] / 'previous'} holds the output a run was replacing when it stopped"
         if held
         else ""
     )
     warnings.warn(
-        f"{len(found)} leftover{'s' if len(found) > 1 else ''} of interrupted runs beside "
-        f"{path} ({size / 2**20:.1f} MiB: {listed}){note}; vbsnmf does not delete them, as a "
-        "run still writing could own them: delete them once none is running",
+        f"{_counted(left)} of interrupted runs beside {path} ({size / 2**20:.1f} MiB: "
+        f"{_listed(left)}){note}; vbsnmf does not delete them, as a run still writing "
+        "could own them: delete them once none is running",
         UserWarning,
         stacklevel=3,
     )
 
 
+def _counted(entries: list[Path]) -> str:
+    return f"{len(entries)} leftover{'s' if len(entries) > 1 else ''}"
+
+
+def _listed(entries: list[Path]) -> str:
+    return ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
+
+
 def _size_of(entry: Path) -> int:
-    """Bytes in the file or folder ``entry``."""
-    if not entry.is_dir() or entry.is_symlink():
-        return entry.lstat().st_size
-    return sum(
-        (Path(folder) / name).lstat().st_size
-        for folder, _, names in os.walk(entry)
-        for name in names
-    )
+    """Bytes in the file or folder ``entry`` (what another process removes meanwhile, 0)."""
+    try:
+        if not entry.is_dir() or entry.is_symlink():
+            return entry.lstat().st_size
+        return sum(
+            (Path(folder) / name).lstat().st_size
+            for folder, _, names in os.walk(entry)
+            for name in names
+        )
+    except OSError:
+        return 0
 
 
 def _try_writing(path: Path) -> None:

@@ -1,0 +1,204 @@
+"""Leftovers of killed runs: a run killed with SIGKILL leaves its temporary OUTDIR folder
+(a converted counts.h5ad in it: 34 MB a run on pbmc_facs; 564 MB piled up beside one
+OUTDIR in the sixth hostile pass). They were only reported, as a run still writing could
+own them; now every writer locks its temporary folders, and `check_outdir` removes the
+ones whose lock is free."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+import vbsnmf
+from vbsnmf import _atomic
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
+
+_AN_HOUR_AGO = time.time() - 3600
+
+# A run that writes OUTDIR and stops half-way: it prints its temporary folder, then waits.
+_WRITER = """
+import sys, time
+from vbsnmf.io import atomic_directory
+with atomic_directory(sys.argv[1], overwrite=True) as folder:
+    (folder / "counts.h5ad").write_bytes(b"x" * 2**20)
+    print(folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def _aged(entry: Path) -> None:
+    """As a temporary untouched for an hour (a run killed long ago, or a slow one)."""
+    os.utime(entry, (_AN_HOUR_AGO, _AN_HOUR_AGO))
+
+
+def _check(outdir: Path, **kwargs) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vbsnmf.io.check_outdir(outdir, **kwargs)
+    return [str(warning.message) for warning in caught]
+
+
+@pytest.fixture
+def writer(tmp_path):
+    """A run writing tmp_path/out, stopped inside its atomic_directory; its temporary."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process, Path(process.stdout.readline().strip())
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def test_a_killed_runs_temporary_is_removed_a_running_ones_kept(tmp_path, writer):
+    process, temporary = writer
+    assert temporary.name.startswith(".out.") and temporary.name.endswith(".tmp")
+    _aged(temporary)  # a fit can run for hours: age alone says nothing
+    messages = _check(tmp_path / "out")
+    assert temporary.is_dir(), "the folder of a run still writing was deleted"
+    assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
+    assert "does not delete them" in messages[0]
+
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    messages = _check(tmp_path / "out")
+    assert not temporary.exists()
+    assert len(messages) == 1
+    assert messages[0].startswith("removed 1 leftover of killed runs beside")
+    assert "(1.0 MiB: " in messages[0] and temporary.name in messages[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_temporary_this_process_is_writing_is_kept(tmp_path):
+    """A lock is held per open file, so a second check in the writer's own process (a
+    notebook running two fits) sees it held too."""
+    with vbsnmf.io.atomic_directory(tmp_path / "out") as temporary:
+        _aged(temporary)
+        messages = _check(tmp_path / "out")
+        assert temporary.is_dir()
+        assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
+    assert (tmp_path / "out").is_dir()
+
+
+def test_a_new_unlocked_folder_is_kept_for_a_minute(tmp_path):
+    """Between mkdtemp and its lock a writer's folder is unlocked for an instant: a folder
+    changed less than a minute ago is never removed."""
+    (tmp_path / ".out.ab12cd34.tmp").mkdir()
+    messages = _check(tmp_path / "out")
+    assert (tmp_path / ".out.ab12cd34.tmp").is_dir()
+    assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
+    _aged(tmp_path / ".out.ab12cd34.tmp")
+    assert _check(tmp_path / "out")[0].startswith("removed 1 leftover")
+    assert not (tmp_path / ".out.ab12cd34.tmp").exists()
+
+
+def test_an_earlier_output_left_hidden_is_kept_while_outdir_is_missing(tmp_path):
+    """Killed between the two renames of --force where the swap is not available, the old
+    output is in ``.out.XXXX.old/previous`` and OUTDIR is missing: that is the user's
+    output, kept (and named) with everything else of the run. Once OUTDIR exists again
+    (the new output, or the old one put back), the hidden copy is a leftover."""
+    retired = tmp_path / ".out.ef56gh78.old"
+    (retired / "previous").mkdir(parents=True)
+    (retired / "previous" / "result.h5ad").write_text("earlier output\n")
+    new = tmp_path / ".out.ab12cd34.tmp"
+    new.mkdir()
+    for entry in (retired, new):
+        _aged(entry)
+    messages = _check(tmp_path / "out")
+    assert retired.is_dir() and new.is_dir()
+    assert len(messages) == 1 and "2 leftovers of interrupted runs" in messages[0]
+    assert "previous holds the output a run was replacing" in messages[0]
+
+    os.replace(retired / "previous", tmp_path / "out")  # the user puts it back
+    _aged(retired)
+    messages = _check(tmp_path / "out", force=True)
+    assert not retired.exists() and not new.exists()
+    assert len(messages) == 1 and messages[0].startswith("removed 2 leftovers")
+    assert (tmp_path / "out" / "result.h5ad").read_text() == "earlier output\n"
+
+
+def test_a_checkpoints_temporary_file_is_reported_not_removed(tmp_path):
+    """atomic_file does not lock its temporary file (HDF5 locks the files it opens, and a
+    lock of ours would refuse it), so a temporary file is never known to be abandoned."""
+    leftover = tmp_path / ".fit.npz.ij90kl12.tmp.npz"
+    leftover.write_bytes(b"x")
+    _aged(leftover)
+    with pytest.warns(UserWarning, match=r"1 leftover of interrupted runs"):
+        vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
+    assert leftover.exists()
+
+
+def test_force_over_an_old_output_leaves_nothing_locked_or_behind(tmp_path):
+    """The swap's folders (the new output, the old one moved aside) are locked while
+    they exist and released after: no descriptor is left open."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "result.h5ad").write_text("earlier output\n")
+    before = set(os.listdir("/proc/self/fd"))
+    for replace in (True, False):  # the swap, and the two renames of other systems
+        exchange = _atomic._exchange
+        if not replace:
+            _atomic._exchange = lambda first, second: False
+        try:
+            with vbsnmf.io.atomic_directory(outdir, overwrite=True) as temporary:
+                (temporary / "result.h5ad").write_text(f"new output {replace}\n")
+        finally:
+            _atomic._exchange = exchange
+        assert (outdir / "result.h5ad").read_text() == f"new output {replace}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+# The command line, stopped in its fit: the streamed route has converted the input into
+# OUTDIR's temporary folder by then.
+_HUNG_COMMAND = """
+import sys, time
+import vbsnmf.cli
+
+def hang(*args, **kwargs):
+    print("fitting", flush=True)
+    time.sleep(600)
+
+vbsnmf.cli._fit = hang
+sys.exit(vbsnmf.cli.main(sys.argv[1:]))
+"""
+
+
+def test_the_next_command_removes_what_a_killed_one_left(tmp_path, capfd, monkeypatch):
+    from test_hostile import FIT, SVI, h5ad, tenx
+
+    source = tenx(tmp_path)
+    h5ad(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HUNG_COMMAND, "fit", str(source), *FIT, *SVI, "-o", "out"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "fitting\n"
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    (left,) = tmp_path.glob(".out.*.tmp")
+    assert (left / "counts.h5ad").is_file()
+    _aged(left)
+    monkeypatch.chdir(tmp_path)
+    loud = [option for option in FIT if option != "--quiet"]
+    assert vbsnmf.cli.main(["fit", "small.h5ad", *loud, "-o", "out"]) == 0
+    err = capfd.readouterr().err
+    assert "vbsnmf: warning: removed 1 leftover of killed runs beside out " in err, err
+    assert not left.exists() and (tmp_path / "out" / "result.h5ad").is_file()

@@ -202,3 +202,20 @@ def test_the_next_command_removes_what_a_killed_one_left(tmp_path, capfd, monkey
     err = capfd.readouterr().err
     assert "vbsnmf: warning: removed 1 leftover of killed runs beside out " in err, err
     assert not left.exists() and (tmp_path / "out" / "result.h5ad").is_file()
+
+
+def test_a_folder_that_cannot_be_locked_for_want_of_descriptors_is_not_left(tmp_path, monkeypatch):
+    """Out of file descriptors, the new folder could not be opened to lock it: left
+    unlocked, a later run would take it for a killed run's a minute on. It is removed and
+    the error raised before any work."""
+    import errno
+
+    def no_descriptors(path, flags, *args, **kwargs):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    with pytest.raises(OSError, match="Too many open files"):
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "open", no_descriptors)
+            with vbsnmf.io.atomic_directory(tmp_path / "out"):
+                pytest.fail("the block ran with its folder unlocked")
+    assert list(tmp_path.iterdir()) == []

@@ -263,7 +263,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                 prefix=temporary_prefix(target, ".tmp"), suffix=".tmp", dir=target.parent
             )
         )
-        return folder, _lock_folder(folder)
+        return folder, _lock_folder(folder)  # which removes it if it fails
 
     def remove(made: tuple[Path, int | None]) -> None:
         temporary, lock = made
@@ -368,7 +368,10 @@ def _move_aside(old: Path, target: Path) -> tuple[Path, int | None]:
     retired = Path(
         tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
     )
-    lock = _lock_folder(retired)
+    try:
+        lock = _lock_folder(retired)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None
     try:
         os.replace(old, retired / "previous")
     except OSError as error:
@@ -399,17 +402,22 @@ def _remove_retired(retired: Path, lock: int | None, target: Path) -> None:
 # writer holds an advisory lock (flock) on the folder from the moment it makes it until it
 # is gone, and the system drops the lock when the process ends, however it ends.
 def _lock_folder(folder: Path) -> int | None:
-    """Lock the temporary ``folder`` for as long as the descriptor returned stays open
-    (`_release` closes it); None where the system or file system has no such locks, whose
-    leftovers are then reported, never removed."""
+    """Lock the temporary ``folder``, just made, for as long as the descriptor returned
+    stays open (`_release` closes it). None where the file system has no such locks (its
+    leftovers are then reported, never removed); if the folder cannot even be opened (no
+    descriptors left), it is removed and the error raised, as a folder left unlocked could
+    be taken for a killed run's."""
     if fcntl is None:
         return None
     try:
         descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        return None
+        folder.rmdir()
+        raise
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Blocking: a later run's check holds the lock of a folder this new only for an
+        # instant (it removes none changed in the last minute).
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
     except OSError:  # e.g. NFS, whose emulated locks need a descriptor open for writing
         os.close(descriptor)
         return None

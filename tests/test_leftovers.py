@@ -62,14 +62,17 @@ def writer(tmp_path):
         process.stdout.close()
 
 
-def test_a_killed_runs_temporary_is_removed_a_running_ones_kept(tmp_path, writer):
+def test_a_killed_runs_temporary_is_removed_a_running_ones_refused(tmp_path, writer):
+    """A temporary that a live run holds means that run writes OUTDIR now: a second run
+    would fit to the end, then fail, or with --force delete the first's output."""
     process, temporary = writer
     assert temporary.name.startswith(".out.") and temporary.name.endswith(".tmp")
     _aged(temporary)  # a fit can run for hours: age alone says nothing
-    messages = _check(tmp_path / "out")
+    for force in (False, True):
+        with pytest.raises(vbsnmf.io.UnsafePathError, match="another run is writing OUTDIR"):
+            _check(tmp_path / "out", force=force)
     assert temporary.is_dir(), "the folder of a run still writing was deleted"
-    assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
-    assert "does not delete them" in messages[0]
+    assert _check(tmp_path / "elsewhere") == []  # other OUTDIRs beside it are free
 
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -81,15 +84,36 @@ def test_a_killed_runs_temporary_is_removed_a_running_ones_kept(tmp_path, writer
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_temporary_this_process_is_writing_is_kept(tmp_path):
-    """A lock is held per open file, so a second check in the writer's own process (a
-    notebook running two fits) sees it held too."""
+def test_a_temporary_this_process_is_writing_is_in_use(tmp_path):
+    """A lock is held per open file, so a check in the writer's own process (a notebook
+    running two commands) sees it held too."""
     with vbsnmf.io.atomic_directory(tmp_path / "out") as temporary:
-        _aged(temporary)
-        messages = _check(tmp_path / "out")
+        with pytest.raises(vbsnmf.io.UnsafePathError, match=temporary.name):
+            _check(tmp_path / "out")
         assert temporary.is_dir()
-        assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
     assert (tmp_path / "out").is_dir()
+
+
+def test_the_old_output_being_deleted_is_in_use_too(tmp_path, monkeypatch):
+    """--force's old output, moved aside and being deleted (a large one takes a while),
+    is locked until it is gone."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "result.h5ad").write_text("earlier output\n")
+    seen = []
+    remove_retired = _atomic._remove_retired
+
+    def checked_meanwhile(retired, lock, target):
+        with pytest.raises(vbsnmf.io.UnsafePathError, match=retired.name):
+            _check(outdir, force=True)
+        seen.append(retired.name)
+        remove_retired(retired, lock, target)
+
+    monkeypatch.setattr(_atomic, "_remove_retired", checked_meanwhile)
+    with vbsnmf.io.atomic_directory(outdir, overwrite=True) as temporary:
+        (temporary / "result.h5ad").write_text("new output\n")
+    assert len(seen) == 1 and seen[0].endswith(".old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_new_unlocked_folder_is_kept_for_a_minute(tmp_path):
@@ -187,17 +211,22 @@ def test_the_next_command_removes_what_a_killed_one_left(tmp_path, capfd, monkey
         stdout=subprocess.PIPE,
         text=True,
     )
+    monkeypatch.chdir(tmp_path)
+    loud = [option for option in FIT if option != "--quiet"]
     try:
         assert process.stdout.readline() == "fitting\n"
+        (left,) = tmp_path.glob(".out.*.tmp")
+        _aged(left)
+        # while it runs, a second command into the same OUTDIR is refused before its fit
+        assert vbsnmf.cli.main(["fit", "small.h5ad", *loud, "-o", "out", "--force"]) == 2
+        err = capfd.readouterr().err
+        assert err.startswith("vbsnmf: error: another run is writing OUTDIR out now"), err
+        assert err.count("\n") == 1
     finally:
         process.kill()
         process.wait()
         process.stdout.close()
-    (left,) = tmp_path.glob(".out.*.tmp")
     assert (left / "counts.h5ad").is_file()
-    _aged(left)
-    monkeypatch.chdir(tmp_path)
-    loud = [option for option in FIT if option != "--quiet"]
     assert vbsnmf.cli.main(["fit", "small.h5ad", *loud, "-o", "out"]) == 0
     err = capfd.readouterr().err
     assert "vbsnmf: warning: removed 1 leftover of killed runs beside out " in err, err

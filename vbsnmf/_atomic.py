@@ -434,24 +434,31 @@ def _release(lock: int | None) -> None:
 _SETTLE_SECONDS = 60.0
 
 
-def remove_if_abandoned(entry: Path) -> bool:
+# What `clear_temporary` did with a temporary folder.
+REMOVED, IN_USE, KEPT = "removed", "in use", "kept"
+
+
+def clear_temporary(entry: Path) -> str:
     """Delete the temporary folder ``entry`` if its writer is gone: nothing holds its lock
-    (`_lock_folder`) and it has not changed for a minute. False, with nothing deleted, if
-    a process may still be writing it, if ``entry`` is not a folder, or where this system
-    cannot tell (no advisory locks)."""
+    (`_lock_folder`) and it has not changed for a minute (`REMOVED`). `IN_USE` if a live
+    process holds its lock; `KEPT`, with nothing deleted, if it changed within the minute,
+    is not a folder, or where this system cannot tell (no advisory locks)."""
     if fcntl is None:
-        return False
+        return KEPT
     try:
-        if time.time() - entry.lstat().st_mtime < _SETTLE_SECONDS:
-            return False
         descriptor = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        return False
+        return KEPT
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return IN_USE
+        if time.time() - os.fstat(descriptor).st_mtime < _SETTLE_SECONDS:
+            return KEPT
         shutil.rmtree(entry)  # with the lock held: a writer of it would be alive
     except OSError:
-        return False
+        return KEPT
     finally:
         os.close(descriptor)
-    return True
+    return REMOVED

@@ -18,10 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .._atomic import (
+    IN_USE,
+    REMOVED,
     check_name_length,
+    clear_temporary,
     file_temporary_affixes,
     owned_temporary,
-    remove_if_abandoned,
     temporary_prefix,
 )
 
@@ -197,12 +199,13 @@ def check_outdir(
     the fit.
 
     Temporary folders that killed runs left beside OUTDIR are removed once their writer is
-    gone, with a warning saying so; the others are reported (`clear_leftovers`).
+    gone, with a warning saying so; the others are reported (`clear_leftovers`). One that a
+    live process is writing means another run writes OUTDIR now: refused.
 
     Raises
     ------
     UnsafePathError
-        Any of the above, with the reason.
+        Any of the above, with the reason, or another run writing OUTDIR now.
     """
     path = Path(outdir)
     _check_lookup("OUTDIR", path)
@@ -241,7 +244,15 @@ def check_outdir(
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
-    clear_leftovers(path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old")))
+    writing = clear_leftovers(
+        path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old"))
+    )
+    if writing:
+        # Both runs would fit to the end; then one fails, or --force deletes the other's.
+        raise UnsafePathError(
+            f"another run is writing OUTDIR {outdir} now ({writing[0].name} beside it is "
+            "in use); wait for it to finish or name another OUTDIR"
+        )
     try:
         check_name_length(path)
         _try_writing(path)
@@ -252,15 +263,16 @@ def check_outdir(
     return path
 
 
-def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
+def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> list[Path]:
     """Clear what killed runs left beside ``path``: entries named as `_atomic` names its
-    temporaries (``affixes``: prefix and suffix around its 8 random characters).
+    temporaries (``affixes``: prefix and suffix around its 8 random characters); return
+    the ones a live process is writing now.
 
-    A temporary folder whose writer is gone (`_atomic.remove_if_abandoned`: its lock is
-    free) is removed; the others are reported, as a run still writing could own them, as
-    are files (a checkpoint's temporary, which its writer does not lock) and everything
-    while ``path`` is missing and an earlier output a killed ``--force`` moved aside is all
-    that is left of it. One warning says what was removed, one what is left.
+    A temporary folder whose writer is gone (`_atomic.clear_temporary`: its lock is free)
+    is removed; the others are reported, as a run still writing could own them, as are
+    files (a checkpoint's temporary, which its writer does not lock) and everything while
+    ``path`` is missing and an earlier output a killed ``--force`` moved aside is all that
+    is left of it. One warning says what was removed, one what is left.
     """
     patterns = [
         re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
@@ -273,15 +285,18 @@ def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
             if any(pattern.match(entry.name) for pattern in patterns)
         )
     except OSError:  # an unreadable folder: the checks that follow say what is wrong
-        return
+        return []
     hidden = [entry for entry in found if (entry / "previous").is_dir()]
-    removed, size_removed = [], 0
+    removed, in_use, size_removed = [], [], 0
     if path.exists() or not hidden:
         for entry in found:
             size = _size_of(entry)
-            if remove_if_abandoned(entry):
+            state = clear_temporary(entry)
+            if state == REMOVED:
                 removed.append(entry)
                 size_removed += size
+            elif state == IN_USE:
+                in_use.append(entry)
     if removed:
         warnings.warn(
             f"removed {_counted(removed)} of killed runs beside {path} "
@@ -289,23 +304,23 @@ def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> None:
             UserWarning,
             stacklevel=3,
         )
-    left = [entry for entry in found if entry not in removed]
-    if not left:
-        return
-    size = sum(_size_of(entry) for entry in left)
-    held = [entry for entry in left if entry in hidden]
-    note = (
-        f"; {held[0] / 'previous'} holds the output a run was replacing when it stopped"
-        if held
-        else ""
-    )
-    warnings.warn(
-        f"{_counted(left)} of interrupted runs beside {path} ({size / 2**20:.1f} MiB: "
-        f"{_listed(left)}){note}; vbsnmf does not delete them, as a run still writing "
-        "could own them: delete them once none is running",
-        UserWarning,
-        stacklevel=3,
-    )
+    left = [entry for entry in found if entry not in removed and entry not in in_use]
+    if left:
+        size = sum(_size_of(entry) for entry in left)
+        held = [entry for entry in left if entry in hidden]
+        note = (
+            f"; {held[0] / 'previous'} holds the output a run was replacing when it stopped"
+            if held
+            else ""
+        )
+        warnings.warn(
+            f"{_counted(left)} of interrupted runs beside {path} ({size / 2**20:.1f} MiB: "
+            f"{_listed(left)}){note}; vbsnmf does not delete them, as a run still writing "
+            "could own them: delete them once none is running",
+            UserWarning,
+            stacklevel=3,
+        )
+    return in_use
 
 
 def _counted(entries: list[Path]) -> str:

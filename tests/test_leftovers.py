@@ -248,3 +248,22 @@ def test_a_folder_that_cannot_be_locked_for_want_of_descriptors_is_not_left(tmp_
             with vbsnmf.io.atomic_directory(tmp_path / "out"):
                 pytest.fail("the block ran with its folder unlocked")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_where_folders_cannot_be_locked_leftovers_are_only_reported(tmp_path, monkeypatch):
+    """NFS emulates flock with byte-range locks, which a folder's read-only descriptor
+    cannot take (EBADF): the writer goes on unlocked, and a check that cannot lock either
+    cannot tell a live run's folder from a killed one's, so it removes nothing."""
+    import errno
+
+    def unsupported(descriptor, operation):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(_atomic.fcntl, "flock", unsupported)
+    with vbsnmf.io.atomic_directory(tmp_path / "out") as temporary:
+        (temporary / "result.h5ad").write_text("new output\n")
+        _aged(temporary)
+        messages = _check(tmp_path / "out")  # a live run's, but it cannot be told
+        assert temporary.is_dir()
+        assert len(messages) == 1 and "1 leftover of interrupted runs" in messages[0]
+    assert (tmp_path / "out" / "result.h5ad").read_text() == "new output\n"

@@ -822,6 +822,40 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
 
 
 # -- entry point ----------------------------------------------------------------------------
+COMPILING = (
+    "vbsnmf: compiling numerical kernels (Numba): up to a minute the first time after "
+    "installing that a kind of run needs them; later runs load them from Numba's cache"
+)
+
+
+@contextlib.contextmanager
+def _compile_notice(quiet: bool) -> Iterator[None]:
+    """`COMPILING` on stderr once, when Numba starts compiling one of vbsnmf's kernels in
+    the block (a miss of its cache, not a load from it): the first fit of a kind after
+    installing otherwise sat silent for up to a minute before its progress bar appeared.
+    Other packages' kernels are not counted: umap-learn compiles some in every process."""
+    if quiet:
+        yield
+        return
+    from numba.core import event
+
+    class Notice(event.Listener):
+        told = False
+
+        def on_start(self, compiling):
+            kernel = getattr(compiling.data["dispatcher"], "py_func", None)
+            ours = getattr(kernel, "__module__", "").startswith(f"{__package__}.")
+            if ours and not self.told:
+                self.told = True
+                _tell(COMPILING)
+
+        def on_end(self, _):
+            pass
+
+    with event.install_listener("numba:compile", Notice()):
+        yield
+
+
 def _run_reporting_warnings(args) -> int:
     """``args.run(args)``, the warnings of the libraries it calls (a reader's "names are
     not unique") shown after a success as one ``vbsnmf: warning:`` line each, not in
@@ -829,7 +863,8 @@ def _run_reporting_warnings(args) -> int:
     own warnings are shown by `_fit`, where they happen."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = args.run(args)
+        with _compile_notice(getattr(args, "quiet", False)):
+            code = args.run(args)
     if not getattr(args, "quiet", False):
         _print_warnings(caught)
     return code

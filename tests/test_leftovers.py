@@ -153,15 +153,57 @@ def test_an_earlier_output_left_hidden_is_kept_while_outdir_is_missing(tmp_path)
     assert (tmp_path / "out" / "result.h5ad").read_text() == "earlier output\n"
 
 
-def test_a_checkpoints_temporary_file_is_reported_not_removed(tmp_path):
-    """atomic_file does not lock its temporary file (HDF5 locks the files it opens, and a
-    lock of ours would refuse it), so a temporary file is never known to be abandoned."""
-    leftover = tmp_path / ".fit.npz.ij90kl12.tmp.npz"
-    leftover.write_bytes(b"x")
-    _aged(leftover)
-    with pytest.warns(UserWarning, match=r"1 leftover of interrupted runs"):
+# A save stopped half-way: it prints its temporary file, then waits.
+_SAVING = """
+import sys, time
+from vbsnmf._atomic import atomic_file
+with atomic_file(sys.argv[1], lock=True) as temporary:
+    temporary.write_bytes(b"x" * 2**20)
+    print(temporary, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_checkpoint_saves_temporary_is_removed_a_running_ones_refused(tmp_path):
+    """A checkpoint is saved by `atomic_file(lock=True)`: its temporary file is locked as
+    OUTDIR's folders are. A save in progress means another run uses the checkpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SAVING, str(tmp_path / "fit.npz")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        temporary = Path(process.stdout.readline().strip())
+        assert temporary.name.startswith(".fit.npz.") and temporary.name.endswith(".tmp.npz")
+        _aged(temporary)
+        with pytest.raises(vbsnmf.io.UnsafePathError, match="another run is saving checkpoint"):
+            vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    with pytest.warns(UserWarning, match=r"removed 1 leftover of killed runs.*1\.0 MiB"):
         vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
-    assert leftover.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_checkpoints_kind_of_temporary_is_removed_beside_it(tmp_path):
+    """Beside a checkpoint the temporaries are files: an old one that nothing locks is a
+    killed save's (of this version or an earlier one, which did not lock) and goes; a
+    folder of such a name is not vbsnmf's and is only reported."""
+    file = tmp_path / ".fit.npz.ij90kl12.tmp.npz"
+    file.write_bytes(b"x")
+    folder = tmp_path / ".fit.npz.mn34op56.tmp.npz"
+    folder.mkdir()
+    for entry in (file, folder):
+        _aged(entry)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
+    assert not file.exists() and folder.is_dir()
+    removed, left = [str(warning.message) for warning in caught]
+    assert removed.startswith("removed 1 leftover") and file.name in removed
+    assert left.startswith("1 leftover of interrupted runs") and folder.name in left
 
 
 def test_force_over_an_old_output_leaves_nothing_locked_or_behind(tmp_path):

@@ -155,7 +155,7 @@ def _failed_write(error: BaseException | None, temporary: Path) -> OSError | Non
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | Path) -> Iterator[Path]:
+def atomic_file(target: str | Path, *, lock: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
 
     The suffix of ``target`` is kept (writers such as matplotlib pick the format from it).
@@ -163,7 +163,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     crash of the machine leaves the old file or the complete new one. On any exception,
     including `KeyboardInterrupt`, the temporary file is removed. Every output of vbsnmf,
     checkpoints included, is written through this. A symbolic link as ``target`` stays:
-    the file it points to is replaced.
+    the file it points to is replaced. With ``lock``, the temporary file is locked while
+    it exists, as `atomic_directory`'s folders are (`clear_temporary`); not for files
+    that HDF5 writes: it locks the files it opens, and would be refused.
 
     Raises
     ------
@@ -185,14 +187,20 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
             raise OSError(errno.ELOOP, "a loop of symbolic links", str(target)) from None
     _check_target(target)
 
-    def make() -> Path:
+    def make() -> tuple[Path, int | None]:
         with _naming(target):
             prefix, suffix = file_temporary_affixes(target)
             handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
-        os.close(handle)
-        return Path(temporary)
+        if not lock:
+            os.close(handle)
+            return Path(temporary), None
+        return Path(temporary), _locked(handle)
 
-    with owned_temporary(make, lambda path: path.unlink(missing_ok=True)) as temporary:
+    def remove(made: tuple[Path, int | None]) -> None:
+        made[0].unlink(missing_ok=True)
+        _release(made[1])
+
+    with owned_temporary(make, remove) as (temporary, _):
         try:
             yield temporary
         except Exception as error:
@@ -403,10 +411,9 @@ def _remove_retired(retired: Path, lock: int | None, target: Path) -> None:
 # is gone, and the system drops the lock when the process ends, however it ends.
 def _lock_folder(folder: Path) -> int | None:
     """Lock the temporary ``folder``, just made, for as long as the descriptor returned
-    stays open (`_release` closes it). None where the file system has no such locks (its
-    leftovers are then reported, never removed); if the folder cannot even be opened (no
-    descriptors left), it is removed and the error raised, as a folder left unlocked could
-    be taken for a killed run's."""
+    stays open (`_release` closes it); None where the file system has no such locks. If
+    the folder cannot even be opened (no descriptors left), it is removed and the error
+    raised, as a folder left unlocked could be taken for a killed run's."""
     if fcntl is None:
         return None
     try:
@@ -414,8 +421,18 @@ def _lock_folder(folder: Path) -> int | None:
     except OSError:
         folder.rmdir()
         raise
+    return _locked(descriptor)
+
+
+def _locked(descriptor: int) -> int | None:
+    """``descriptor``, of a temporary just made, with the lock taken on it; None (and
+    closed) where the file system has no such locks, whose leftovers are then reported,
+    never removed."""
+    if fcntl is None:
+        os.close(descriptor)
+        return None
     try:
-        # Blocking: a later run's check holds the lock of a folder this new only for an
+        # Blocking: a later run's check holds the lock of a temporary this new only for an
         # instant (it removes none changed in the last minute).
         fcntl.flock(descriptor, fcntl.LOCK_EX)
     except OSError:  # e.g. NFS, whose emulated locks need a descriptor open for writing
@@ -438,25 +455,32 @@ _SETTLE_SECONDS = 60.0
 REMOVED, IN_USE, KEPT = "removed", "in use", "kept"
 
 
-def clear_temporary(entry: Path) -> str:
-    """Delete the temporary folder ``entry`` if its writer is gone: nothing holds its lock
-    (`_lock_folder`) and it has not changed for a minute (`REMOVED`). `IN_USE` if a live
-    process holds its lock; `KEPT`, with nothing deleted, if it changed within the minute,
-    is not a folder, or where this system cannot tell (no advisory locks)."""
+def clear_temporary(entry: Path, *, folder: bool = True) -> str:
+    """Delete the temporary ``entry`` (a folder, or with ``folder=False`` a file of
+    `atomic_file(lock=True)`) if its writer is gone: nothing holds its lock and it has not
+    changed for a minute (`REMOVED`). `IN_USE` if a live process holds its lock; `KEPT`,
+    with nothing deleted, if it changed within the minute, is not of the kind expected,
+    or where this system cannot tell (no advisory locks)."""
     if fcntl is None:
         return KEPT
     try:
-        descriptor = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if folder else 0))
     except OSError:
         return KEPT
     try:
+        details = os.fstat(descriptor)
+        if not folder and not stat.S_ISREG(details.st_mode):
+            return KEPT
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return IN_USE
-        if time.time() - os.fstat(descriptor).st_mtime < _SETTLE_SECONDS:
+        if time.time() - details.st_mtime < _SETTLE_SECONDS:
             return KEPT
-        shutil.rmtree(entry)  # with the lock held: a writer of it would be alive
+        if folder:  # with the lock held: a writer of it would be alive
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     except OSError:
         return KEPT
     finally:

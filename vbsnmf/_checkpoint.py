@@ -44,7 +44,8 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     the previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+    # locked: a later run removes the temporary of a save killed midway (`check_checkpoint_path`)
+    with atomic_file(path, lock=True) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, __meta__=np.array(json.dumps({**meta, "format": FORMAT})), **arrays)
 
 

@@ -113,7 +113,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     Raises
     ------
     UnsafePathError
-        The path is an input, inside one, a folder, or a read-only file.
+        The path is an input, inside one, a folder, or a read-only file, or another run
+        is saving to it now.
     vbsnmf._checkpoint.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
     """
@@ -141,7 +142,12 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
     if ancestor == path.parent:
-        clear_leftovers(path, [file_temporary_affixes(path)])
+        saving = clear_leftovers(path, [file_temporary_affixes(path)], folders=False)
+        if saving:
+            raise UnsafePathError(
+                f"another run is saving checkpoint {path} now ({saving[0].name} beside it "
+                "is in use); wait for it to finish or name another checkpoint"
+            )
     try:
         check_name_length(path)
         _try_file(file_temporary_affixes(path), ancestor)
@@ -263,16 +269,18 @@ def check_outdir(
     return path
 
 
-def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> list[Path]:
+def clear_leftovers(
+    path: Path, affixes: Iterable[tuple[str, str]], *, folders: bool = True
+) -> list[Path]:
     """Clear what killed runs left beside ``path``: entries named as `_atomic` names its
-    temporaries (``affixes``: prefix and suffix around its 8 random characters); return
-    the ones a live process is writing now.
+    temporaries (``affixes``: prefix and suffix around its 8 random characters), folders
+    (OUTDIR's) or files (``folders=False``: a checkpoint's); return the ones a live
+    process is writing now.
 
-    A temporary folder whose writer is gone (`_atomic.clear_temporary`: its lock is free)
-    is removed; the others are reported, as a run still writing could own them, as are
-    files (a checkpoint's temporary, which its writer does not lock) and everything while
-    ``path`` is missing and an earlier output a killed ``--force`` moved aside is all that
-    is left of it. One warning says what was removed, one what is left.
+    A temporary whose writer is gone (`_atomic.clear_temporary`: its lock is free) is
+    removed; the others are reported, as a run still writing could own them, as is
+    everything while ``path`` is missing and an earlier output a killed ``--force`` moved
+    aside is all that is left of it. One warning says what was removed, one what is left.
     """
     patterns = [
         re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
@@ -291,7 +299,7 @@ def clear_leftovers(path: Path, affixes: Iterable[tuple[str, str]]) -> list[Path
     if path.exists() or not hidden:
         for entry in found:
             size = _size_of(entry)
-            state = clear_temporary(entry)
+            state = clear_temporary(entry, folder=folders)
             if state == REMOVED:
                 removed.append(entry)
                 size_removed += size

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -190,20 +191,31 @@ def test_a_killed_checkpoint_saves_temporary_is_removed_a_running_ones_refused(t
 def test_only_a_checkpoints_kind_of_temporary_is_removed_beside_it(tmp_path):
     """Beside a checkpoint the temporaries are files: an old one that nothing locks is a
     killed save's (of this version or an earlier one, which did not lock) and goes; a
-    folder of such a name is not vbsnmf's and is only reported."""
+    folder or a FIFO of such a name is not vbsnmf's and is only reported."""
     file = tmp_path / ".fit.npz.ij90kl12.tmp.npz"
     file.write_bytes(b"x")
     folder = tmp_path / ".fit.npz.mn34op56.tmp.npz"
     folder.mkdir()
-    for entry in (file, folder):
+    fifo = tmp_path / ".fit.npz.qr78st90.tmp.npz"
+    os.mkfifo(fifo)  # opened to be locked, it would wait for a writer
+    for entry in (file, folder, fifo):
         _aged(entry)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
-    assert not file.exists() and folder.is_dir()
+    caught = []
+
+    def check():
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            vbsnmf.io.check_checkpoint_path(tmp_path / "fit.npz")
+        caught.extend(seen)
+
+    checking = threading.Thread(target=check, daemon=True)  # a hang fails, not stalls
+    checking.start()
+    checking.join(timeout=60)
+    assert not checking.is_alive(), "the check is waiting on the FIFO"
+    assert not file.exists() and folder.is_dir() and fifo.exists()
     removed, left = [str(warning.message) for warning in caught]
     assert removed.startswith("removed 1 leftover") and file.name in removed
-    assert left.startswith("1 leftover of interrupted runs") and folder.name in left
+    assert left.startswith("2 leftovers of interrupted runs") and folder.name in left
 
 
 def test_force_over_an_old_output_leaves_nothing_locked_or_behind(tmp_path):

@@ -406,9 +406,10 @@ def _remove_retired(retired: Path, lock: int | None, target: Path) -> None:
         _release(lock)
 
 
-# How a later run tells a killed run's temporary folder from one still being written: the
-# writer holds an advisory lock (flock) on the folder from the moment it makes it until it
-# is gone, and the system drops the lock when the process ends, however it ends.
+# How a later run tells a killed run's temporary (folder, or checkpoint file) from one
+# still being written: the writer holds an advisory lock (flock) on it from the moment it
+# makes it until it is gone, and the system drops the lock when the process ends, however
+# it ends.
 def _lock_folder(folder: Path) -> int | None:
     """Lock the temporary ``folder``, just made, for as long as the descriptor returned
     stays open (`_release` closes it); None where the file system has no such locks. If
@@ -446,12 +447,12 @@ def _release(lock: int | None) -> None:
         os.close(lock)
 
 
-# A folder is locked an instant after it is made; one found unlocked counts as abandoned
-# only if it has also not changed for this long, which that instant cannot reach.
+# A temporary is locked an instant after it is made; one found unlocked counts as
+# abandoned only if it has also not changed for this long, which that instant cannot reach.
 _SETTLE_SECONDS = 60.0
 
 
-# What `clear_temporary` did with a temporary folder.
+# What `clear_temporary` did with a temporary.
 REMOVED, IN_USE, KEPT = "removed", "in use", "kept"
 
 
@@ -464,7 +465,9 @@ def clear_temporary(entry: Path, *, folder: bool = True) -> str:
     if fcntl is None:
         return KEPT
     try:
-        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if folder else 0))
+        # O_NONBLOCK: opening a FIFO of such a name would otherwise wait for a writer
+        kind = os.O_DIRECTORY if folder else os.O_NONBLOCK
+        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | kind)
     except OSError:
         return KEPT
     try:

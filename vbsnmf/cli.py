@@ -843,9 +843,10 @@ def _compile_notice(quiet: bool) -> Iterator[None]:
         told = False
 
         def on_start(self, compiling):
-            kernel = getattr(compiling.data["dispatcher"], "py_func", None)
-            ours = getattr(kernel, "__module__", "").startswith(f"{__package__}.")
-            if ours and not self.told:
+            # Read with care: an exception here would fail the compile it announces.
+            data = compiling.data if isinstance(compiling.data, dict) else {}
+            module = getattr(getattr(data.get("dispatcher"), "py_func", None), "__module__", None)
+            if not self.told and isinstance(module, str) and module.startswith("vbsnmf."):
                 self.told = True
                 _tell(COMPILING)
 

@@ -377,14 +377,14 @@ def _move_aside(old: Path, target: Path) -> tuple[Path, int | None]:
         tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
     )
     try:
-        lock = _lock_folder(retired)
+        lock = _lock_folder(retired)  # which removes it if it fails
+        try:
+            os.replace(old, retired / "previous")
+        except OSError:
+            retired.rmdir()
+            _release(lock)
+            raise
     except OSError as error:
-        raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None
-    try:
-        os.replace(old, retired / "previous")
-    except OSError as error:
-        retired.rmdir()
-        _release(lock)
         raise OSError(error.errno, f"cannot move it aside: {error.strerror}", str(target)) from None
     return retired, lock
 

@@ -295,26 +295,25 @@ def clear_leftovers(
     except OSError:  # an unreadable folder: the checks that follow say what is wrong
         return []
     hidden = [entry for entry in found if (entry / "previous").is_dir()]
-    removed, in_use, size_removed = [], [], 0
+    sizes = {entry: _size_of(entry) for entry in found}  # before any is removed
+    removed, in_use = [], []
     if path.exists() or not hidden:
         for entry in found:
-            size = _size_of(entry)
             state = clear_temporary(entry, folder=folders)
             if state == REMOVED:
                 removed.append(entry)
-                size_removed += size
             elif state == IN_USE:
                 in_use.append(entry)
     if removed:
         warnings.warn(
             f"removed {_counted(removed)} of killed runs beside {path} "
-            f"({size_removed / 2**20:.1f} MiB: {_listed(removed)})",
+            f"({sum(sizes[entry] for entry in removed) / 2**20:.1f} MiB: {_listed(removed)})",
             UserWarning,
             stacklevel=3,
         )
     left = [entry for entry in found if entry not in removed and entry not in in_use]
     if left:
-        size = sum(_size_of(entry) for entry in left)
+        size = sum(sizes[entry] for entry in left)
         held = [entry for entry in left if entry in hidden]
         note = (
             f"; {held[0] / 'previous'} holds the output a run was replacing when it stopped"

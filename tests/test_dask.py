@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import warnings
@@ -27,14 +28,21 @@ N_ITER = 30
 FACS_CHUNKS = (100, 900, 350, 1024, 600, 300, 500)  # 7 uneven chunks, 3,774 cells
 
 
-@pytest.fixture(scope="module")
-def client():
+@contextlib.contextmanager
+def local_client(n_workers: int, *, processes: bool):
+    """A client of a LocalCluster of single-threaded workers, closed when the block ends."""
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=":0"
     )
     with Client(cluster) as dask_client:
         yield dask_client
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_client(2, processes=True) as dask_client:
+        yield dask_client
 
 
 def _reference(counts, init: _model.VariationalParams, max_iter=N_ITER) -> _model.FitResult:

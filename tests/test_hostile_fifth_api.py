@@ -53,14 +53,10 @@ def _assert_unchanged(adata, before: tuple) -> None:
 # -- 1: tl.nmf refuses on a dask array what it refuses in memory ----------------------------
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from test_dask import local_client
 
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
+    with local_client(1, processes=False) as dask_client:
         yield dask_client
-    cluster.close()
 
 
 def _poisson_counts() -> np.ndarray:

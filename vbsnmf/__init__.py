@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "NMF": (".classic", "NMF"),
     "CheckpointError": ("._checkpoint", "CheckpointError"),
+    "CheckpointInUseError": ("._checkpoint", "CheckpointInUseError"),
     "CheckpointMismatchError": ("._checkpoint", "CheckpointMismatchError"),
     "VBNMF": ("._estimator", "VBNMF"),
     "VBNTF": ("._tensor_estimator", "VBNTF"),
@@ -42,6 +43,7 @@ __all__ = [
     "VBNMF",
     "VBNTF",
     "CheckpointError",
+    "CheckpointInUseError",
     "CheckpointMismatchError",
     "ConvergenceWarning",
     "DaskFitResult",
@@ -59,7 +61,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # what static tools see
     from . import classic, datasets, io, pl, tl
-    from ._checkpoint import CheckpointError, CheckpointMismatchError
+    from ._checkpoint import CheckpointError, CheckpointInUseError, CheckpointMismatchError
     from ._dask import DaskFitResult
     from ._estimator import VBNMF, fit_dask, fit_svi_dask, fit_triplets
     from ._model import ConvergenceWarning, VariationalParams

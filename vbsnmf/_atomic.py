@@ -447,6 +447,115 @@ def _release(lock: int | None) -> None:
         os.close(lock)
 
 
+# A checkpoint's fit holds a lock file beside it from start to end (`Checkpointer`), as a
+# checkpoint itself is replaced at every save and cannot carry a lock.
+def lock_file_of(target: Path) -> Path:
+    """The lock file ``.name.lock`` beside ``target``, its name cut as a temporary's is."""
+    return target.with_name(temporary_prefix(target, "lock") + "lock")
+
+
+def _names(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open at ``descriptor``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    details = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (details.st_dev, details.st_ino)
+
+
+def take_lock_file(lock: Path) -> int | None:
+    """Create (or reuse a killed run's) ``lock`` and lock it for as long as the returned
+    descriptor stays open (`drop_lock_file`); None, with nothing held, where it cannot be
+    made or locked (no advisory locks, a read-only folder, something not a file there).
+
+    Raises
+    ------
+    BlockingIOError
+        A live process holds it.
+    """
+    if fcntl is None:
+        return None
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    # a check (`clear_lock_file`) holds it for an instant: a live holder holds it longer
+    patience = time.monotonic() + 0.2
+    while True:
+        try:
+            descriptor = os.open(lock, flags, 0o666)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                os.close(descriptor)
+                return None
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = _names(descriptor, lock)
+            os.close(descriptor)
+            if held and time.monotonic() > patience:
+                raise
+            time.sleep(0.02 if held else 0)
+            continue  # or its holder removed it as it finished: make a new one
+        except OSError:
+            os.close(descriptor)
+            return None
+        if _names(descriptor, lock):
+            # who holds it, for the message of a run refused (`lock_holder`)
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, str(os.getpid()).encode())
+            return descriptor
+        os.close(descriptor)  # removed by its holder between open and lock: again
+
+
+def drop_lock_file(lock: Path, descriptor: int | None) -> None:
+    """Remove ``lock`` and release it (a descriptor of `take_lock_file`); a run that
+    opened it meanwhile sees it gone and makes its own."""
+    if descriptor is None:
+        return
+    try:
+        if _names(descriptor, lock):
+            lock.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def lock_holder(lock: Path) -> str:
+    """The process id written in a held ``lock``, or '' if it cannot be read."""
+    try:
+        with open(lock, "rb") as handle:
+            text = handle.read(32).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return text if text.isdigit() else ""
+
+
+def clear_lock_file(lock: Path) -> bool:
+    """Remove ``lock`` if a killed run left it (nobody holds it); False if a live process
+    holds it. Anything else of that name, or where locks are not to be had, is left."""
+    if fcntl is None:
+        return True
+    try:
+        descriptor = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return True
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return not _names(descriptor, lock)
+        if _names(descriptor, lock):
+            lock.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+    return True
+
+
 # A temporary is locked an instant after it is made; one found unlocked counts as
 # abandoned only if it has also not changed for this long, which that instant cannot reach.
 _SETTLE_SECONDS = 60.0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_file
+from ._atomic import atomic_file, drop_lock_file, lock_file_of, lock_holder, take_lock_file
 
 # Written into every checkpoint's metadata: what tells a checkpoint from other .npz files.
 FORMAT = "vbsnmf-checkpoint"
@@ -36,6 +36,21 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointError(ValueError):
     """A file given as a checkpoint is not a vbsnmf checkpoint, or is damaged."""
+
+
+class CheckpointInUseError(ValueError):
+    """Another live fit saves to the same checkpoint: the two would overwrite each other's
+    saves, and a resume would continue whichever saved last."""
+
+
+def in_use_message(path, lock: Path) -> str:
+    """Why a fit may not use checkpoint ``path``: another holds its lock file ``lock``."""
+    holder = lock_holder(lock)
+    by = f"process {holder}" if holder else "another process"
+    return (
+        f"checkpoint {path} belongs to a fit running now ({by} holds {lock.name} beside "
+        "it); wait for it to finish or name another checkpoint"
+    )
 
 
 def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -330,6 +345,11 @@ class Checkpointer:
     ``path=None`` disables saving and loading, so fits without checkpoints share the code.
     ``check(arrays, meta, config, path)`` vets a loaded state (default `check_state`, the
     matrix engine's; the tensor engine passes its own).
+
+    Used as a context manager around the whole fit: it holds a lock file beside the
+    checkpoint (`_atomic.take_lock_file`) from the start, or from the first save if the
+    folder does not exist yet, to the end, so that a second fit given the same path is
+    refused (`CheckpointInUseError`) instead of overwriting the first's saves.
     """
 
     def __init__(self, path, every: int, config: dict, check=None):
@@ -337,6 +357,24 @@ class Checkpointer:
         self.every = every
         self.config = config
         self.check = check_state if check is None else check
+        self._lock = None
+
+    def __enter__(self) -> Checkpointer:
+        if self.path is not None and self.path.parent.is_dir():
+            self._hold()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock is not None:
+            drop_lock_file(lock_file_of(self.path), self._lock)
+            self._lock = None
+
+    def _hold(self) -> None:
+        lock = lock_file_of(self.path)
+        try:
+            self._lock = take_lock_file(lock)
+        except BlockingIOError:
+            raise CheckpointInUseError(in_use_message(self.path, lock)) from None
 
     def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
         """The stored checkpoint, or None when there is none (a fresh start)."""
@@ -351,6 +389,9 @@ class Checkpointer:
         """Save when ``counter`` (iterations or epochs done) is a multiple of ``every``, or
         when ``force`` (the end of the fit)."""
         if self.path is not None and (force or counter % self.every == 0):
+            if self._lock is None:  # its folder made by this save, or no locks there
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._hold()
             save_checkpoint(self.path, arrays, {**meta, "config": self.config})
 
 
@@ -371,6 +412,7 @@ def rng_from_json(text: str) -> np.random.Generator:
 
 __all__ = [
     "CheckpointError",
+    "CheckpointInUseError",
     "CheckpointMismatchError",
     "Checkpointer",
     "check_config",

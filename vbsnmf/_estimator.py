@@ -731,36 +731,43 @@ def _fit_batch(
             checkpointer.config["mask"] = combine_fingerprints(
                 check_sparse_structure(mask.rows, fingerprint=True)
             )
-        stored = checkpointer.load() if settings.resume else None
-        # Generators, not lists, and each start handed over in a list the run empties:
-        # no frame here holds a start while its fit runs (one q less at the peak).
-        if stored is not None:
-            starts = (stored for _ in range(1))
-        elif init is not None:
-            starts = (init_params(init, data.shape, n_components, dtype, prior) for _ in range(1))
-        elif settings.init == "nndsvda":
-            starts = (svd_start(data, n_components, total, entropy, dtype, prior) for _ in range(1))
-        else:
-            totals = side_totals(data) if isinstance(prior, HierarchicalPrior) else None
-            starts = (
-                random_start(data.shape, n_components, total, entropy, dtype, index, prior, totals)
-                for index in range(settings.n_init)
-            )
-        run = _run_accelerated if settings.accelerate else _run_plain
-        best = None
-        for start in starts:
-            if mask is not None and not isinstance(start, tuple):  # rates per entry from here
-                start = _per_entry_rates(start)
-            handed = [start]
-            del start
-            # a start of its own (random or NNDSVDa) holds the factor shapes a learned
-            # prior learns
-            hold_shapes = stored is None and init is None and held_prior(prior) is not None
-            result = run(
-                settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
-            )
-            if best is None or _final_elbo(result) > _final_elbo(best):
-                best = result
+        with checkpointer:
+            stored = checkpointer.load() if settings.resume else None
+            # Generators, not lists, and each start handed over in a list the run empties:
+            # no frame here holds a start while its fit runs (one q less at the peak).
+            if stored is not None:
+                starts = (stored for _ in range(1))
+            elif init is not None:
+                starts = (
+                    init_params(init, data.shape, n_components, dtype, prior) for _ in range(1)
+                )
+            elif settings.init == "nndsvda":
+                starts = (
+                    svd_start(data, n_components, total, entropy, dtype, prior) for _ in range(1)
+                )
+            else:
+                totals = side_totals(data) if isinstance(prior, HierarchicalPrior) else None
+                starts = (
+                    random_start(
+                        data.shape, n_components, total, entropy, dtype, index, prior, totals
+                    )
+                    for index in range(settings.n_init)
+                )
+            run = _run_accelerated if settings.accelerate else _run_plain
+            best = None
+            for start in starts:
+                if mask is not None and not isinstance(start, tuple):  # rates per entry from here
+                    start = _per_entry_rates(start)
+                handed = [start]
+                del start
+                # a start of its own (random or NNDSVDa) holds the factor shapes a learned
+                # prior learns
+                hold_shapes = stored is None and init is None and held_prior(prior) is not None
+                result = run(
+                    settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
+                )
+                if best is None or _final_elbo(result) > _final_elbo(best):
+                    best = result
     return best, data.shape[1]
 
 
@@ -933,18 +940,19 @@ def _run_svi(
     with numba_threads(settings.n_threads) as n_threads:
         svi_settings = settings.svi(batch, n_threads, shape[0])
         checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch, fingerprint)
-        stored = checkpointer.load() if settings.resume else None
-        if stored is not None:
-            state = SVIState.from_arrays(*stored)
-            # A fit that ended at n_epochs continues when resumed with more epochs.
-            state.finished = state.converged or state.epoch >= svi_settings.n_epochs
-        else:
-            state = start_state()
+        with checkpointer:
+            stored = checkpointer.load() if settings.resume else None
+            if stored is not None:
+                state = SVIState.from_arrays(*stored)
+                # A fit that ended at n_epochs continues when resumed with more epochs.
+                state.finished = state.converged or state.epoch >= svi_settings.n_epochs
+            else:
+                state = start_state()
 
-        def save(state: SVIState) -> None:
-            checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
+            def save(state: SVIState) -> None:
+                checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
 
-        state = run(state, svi_settings, save)
+            state = run(state, svi_settings, save)
     trace = np.asarray(state.elbo_trace, dtype=np.float64)
     return FitResult(state.params, trace, state.epoch, state.converged)
 

@@ -552,44 +552,47 @@ class VBNTF(Estimator):
         checkpointer = Checkpointer(
             self.checkpoint, checked["checkpoint_every"], config, _tensor.check_checkpoint
         )
-        stored = checkpointer.load() if self.resume else None
-        entropy = _model.seed_entropy(seed)
-        if not svi:
-            return self._fit_batch_resumable(
-                data, stored, checkpointer, checked, entropy, n_threads, callback
+        with checkpointer:
+            stored = checkpointer.load() if self.resume else None
+            entropy = _model.seed_entropy(seed)
+            if not svi:
+                return self._fit_batch_resumable(
+                    data, stored, checkpointer, checked, entropy, n_threads, callback
+                )
+            settings = _tensor.TensorSVISettings(
+                prior=checked["prior"],
+                form=form,
+                batch_size=batch_size,
+                tau=checked["tau"],
+                kappa=checked["kappa"],
+                n_epochs=_tensor.default_n_epochs(form, data, checked["batch_size"] is not None)
+                if checked["n_epochs"] is None
+                else checked["n_epochs"],
+                tol=checked["tol"],
+                local_max_iter=max(checked["max_iter"], 1),
+                local_tol=checked["tol"],
+                n_chunks=n_threads,
             )
-        settings = _tensor.TensorSVISettings(
-            prior=checked["prior"],
-            form=form,
-            batch_size=batch_size,
-            tau=checked["tau"],
-            kappa=checked["kappa"],
-            n_epochs=_tensor.default_n_epochs(form, data, checked["batch_size"] is not None)
-            if checked["n_epochs"] is None
-            else checked["n_epochs"],
-            tol=checked["tol"],
-            local_max_iter=max(checked["max_iter"], 1),
-            local_tol=checked["tol"],
-            n_chunks=n_threads,
-        )
-        if stored is not None:
-            state = _tensor.TensorSVIState.from_arrays(*stored)
-            # a fit that ended at n_epochs continues when resumed with more epochs
-            state.finished = state.converged or state.epoch >= settings.n_epochs
-        elif isinstance(prior, _model.HierarchicalPrior):
-            state = _tensor.learned_slices_start(
-                data, checked["n_components"], entropy, checked["dtype"], prior
-            )
-        else:
-            start = _tensor.random_start(data, checked["n_components"], entropy, checked["dtype"])
-            state = _tensor.TensorSVIState(start, _model.minibatch_generator(entropy))
+            if stored is not None:
+                state = _tensor.TensorSVIState.from_arrays(*stored)
+                # a fit that ended at n_epochs continues when resumed with more epochs
+                state.finished = state.converged or state.epoch >= settings.n_epochs
+            elif isinstance(prior, _model.HierarchicalPrior):
+                state = _tensor.learned_slices_start(
+                    data, checked["n_components"], entropy, checked["dtype"], prior
+                )
+            else:
+                start = _tensor.random_start(
+                    data, checked["n_components"], entropy, checked["dtype"]
+                )
+                state = _tensor.TensorSVIState(start, _model.minibatch_generator(entropy))
 
-        def save(state: _tensor.TensorSVIState) -> None:
-            checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
+            def save(state: _tensor.TensorSVIState) -> None:
+                checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
 
-        state = _tensor.fit_svi(data, state, settings, callback=callback, on_epoch=save)
-        trace = np.asarray(state.elbo_trace, dtype=np.float64)
-        return _tensor.TensorFitResult(state.params, trace, state.epoch, state.converged)
+            state = _tensor.fit_svi(data, state, settings, callback=callback, on_epoch=save)
+            trace = np.asarray(state.elbo_trace, dtype=np.float64)
+            return _tensor.TensorFitResult(state.params, trace, state.epoch, state.converged)
 
     def _fit_batch_resumable(
         self, data, stored, checkpointer, checked, entropy, n_threads, callback

@@ -21,8 +21,10 @@ from .._atomic import (
     IN_USE,
     REMOVED,
     check_name_length,
+    clear_lock_file,
     clear_temporary,
     file_temporary_affixes,
+    lock_file_of,
     owned_temporary,
     temporary_prefix,
 )
@@ -115,10 +117,13 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     UnsafePathError
         The path is an input, inside one, a folder, or a read-only file, or another run
         is saving to it now.
-    vbsnmf._checkpoint.CheckpointError
+    vbsnmf.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
+    vbsnmf.CheckpointInUseError
+        A fit running now uses it (and holds its lock file); a killed fit's lock file is
+        removed.
     """
-    from .._checkpoint import read_checkpoint_meta
+    from .._checkpoint import CheckpointInUseError, in_use_message, read_checkpoint_meta
 
     path = Path(checkpoint)
     _check_lookup("checkpoint", path)
@@ -142,6 +147,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     if not ancestor.is_dir():
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
     if ancestor == path.parent:
+        lock = lock_file_of(path)
+        if not clear_lock_file(lock):
+            raise CheckpointInUseError(in_use_message(path, lock))
         saving = clear_leftovers(path, [file_temporary_affixes(path)], folders=False)
         if saving:
             raise UnsafePathError(

@@ -477,9 +477,11 @@ def take_lock_file(lock: Path) -> int | None:
     if fcntl is None:
         return None
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    # a check (`clear_lock_file`) holds it for an instant: a live holder holds it longer
+    # A check (`clear_lock_file`) holds it for an instant, a live holder for longer; and
+    # tries are counted: where a file's name and its descriptor never agree on its inode
+    # (some FUSE systems), no lock is had rather than a loop forever.
     patience = time.monotonic() + 0.2
-    while True:
+    for _ in range(1000):
         try:
             descriptor = os.open(lock, flags, 0o666)
         except OSError:
@@ -500,11 +502,12 @@ def take_lock_file(lock: Path) -> int | None:
             os.close(descriptor)
             return None
         if _names(descriptor, lock):
-            # who holds it, for the message of a run refused (`lock_holder`)
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, str(os.getpid()).encode())
+            with contextlib.suppress(OSError):  # who holds it, for a refused run's message
+                os.ftruncate(descriptor, 0)
+                os.write(descriptor, str(os.getpid()).encode())
             return descriptor
         os.close(descriptor)  # removed by its holder between open and lock: again
+    return None
 
 
 def drop_lock_file(lock: Path, descriptor: int | None) -> None:

@@ -36,10 +36,11 @@ _HELD = tuple(
 
 
 @contextlib.contextmanager
-def held_signals() -> Iterator[None]:
+def held_signals() -> Iterator[Callable[[], None]]:
     """Hold the interrupting signals during the block (several steps that must all happen
     or none); one that arrives meanwhile is handled as it would have been when the block
-    ends.
+    ends, or earlier where the block calls the ``deliver`` it is given (a point where an
+    exception is safe).
 
     The Python handlers are swapped for one that notes the signal: masking the signals
     (``pthread_sigmask``) holds them in the calling thread only, and once Numba's worker
@@ -48,26 +49,46 @@ def held_signals() -> Iterator[None]:
     elsewhere the block runs unguarded (no signal handler runs there either).
     """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
     arrived: list[int] = []
+
+    def note(number: int, _) -> None:
+        arrived.append(number)
+
     previous = {
-        number: signal.signal(number, lambda n, _: arrived.append(n))
+        number: signal.signal(number, note)
         for number in _HELD
         if signal.getsignal(number) is not None  # None: set outside Python, not restorable
     }
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+    def deliver() -> None:
         if arrived:
-            number = arrived[0]
-            handler = previous[number]
-            if callable(handler):
-                handler(number, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(number)  # what it would have done: end the process
+            restore()
+            _handle(arrived.pop(0), previous)
+            arrived.clear()
+            for number in previous:  # its handler returned: hold them again
+                signal.signal(number, note)
+
+    try:
+        yield deliver
+    finally:
+        restore()
+        if arrived:
+            _handle(arrived[0], previous)
+
+
+def _handle(number: int, handlers: dict) -> None:
+    """Signal ``number`` handled as ``handlers`` (the ones held) would have handled it."""
+    handler = handlers[number]
+    if callable(handler):
+        handler(number, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(number)  # what it would have done: end the process
 
 
 @contextlib.contextmanager

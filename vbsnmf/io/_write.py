@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_file
+from .._atomic import atomic_file, held_signals
 from .._utils import fit_info
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
@@ -216,18 +216,29 @@ def atomic_hdf5(target: Path) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
 
     An exception in the block after a failed write becomes that `OSError` (the write
     explains it); whatever fails, the temporary file is removed and the process lives.
+
+    Ctrl-C and the stop signals are held (`held_signals`) while the file is written and
+    handled at ``check`` or at the end, before the rename: HDF5 calls the sink's Python
+    methods, and an exception raised in one by a signal's handler was printed and dropped
+    by h5py, which left a block of the file unwritten and went on to publish it.
     """
     import h5py
 
     with atomic_file(target) as temporary, open(temporary, "r+b", buffering=0) as handle:
         sink = _Sink(handle.fileno(), target)
-        try:
-            with h5py.File(sink, "w") as out:
-                yield out, sink.check
-        except Exception:
+        with held_signals() as deliver:
+
+            def check() -> None:
+                deliver()
+                sink.check()
+
+            try:
+                with h5py.File(sink, "w") as out:
+                    yield out, check
+            except Exception:
+                sink.check()
+                raise
             sink.check()
-            raise
-        sink.check()
 
 
 class _Sink:

@@ -22,7 +22,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from test_hostile import FIT, SVI, _main, _tree, tenx
+from test_hostile import FIT, N_CELLS, SVI, _counts, _main, _tree, tenx
 
 import vbsnmf
 from vbsnmf.io import _write
@@ -114,3 +114,98 @@ def test_ctrl_c_while_the_api_writes_a_result_raises_and_writes_nothing(tmp_path
     monkeypatch.undo()
     vbsnmf.io.write_result(adata, tmp_path / "result.h5ad")  # and the handlers are back
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# -- smaller defects of the same pass: what the command line says -------------------------
+def test_params_json_records_the_threads_used_not_those_asked(tmp_path, capfd):
+    import json
+
+    import numba
+
+    code, _, err, _ = _main(
+        ["fit", tenx(tmp_path), *FIT[:-3], "--threads", "100000", "--quiet", "-o", "out"],
+        capfd,
+        tmp_path,
+    )
+    assert code == 0, err
+    params = json.loads((tmp_path / "out" / "params.json").read_text())
+    assert params["threads"] == numba.config.NUMBA_NUM_THREADS  # capped at the cores
+
+
+def test_a_loop_of_links_is_named_as_such_not_as_missing(tmp_path, capfd):
+    (tmp_path / "loop.h5ad").symlink_to("loop.h5ad")
+    with pytest.raises(vbsnmf.io.ReadError, match="too many levels of symbolic links"):
+        vbsnmf.io.read(tmp_path / "loop.h5ad")
+    for solver in ("batch", "svi"):
+        argv = ["fit", "loop.h5ad", "-k", "2", "--solver", solver, "-o", "out"]
+        code, _, err, _ = _main(argv, capfd, tmp_path)
+        assert (code, err) == (2, "vbsnmf: error: loop.h5ad: too many levels of symbolic links\n")
+
+
+def test_a_blank_line_in_a_name_file_is_not_counted_as_a_name(tmp_path):
+    import gzip
+
+    folder = tenx(tmp_path)
+    barcodes = folder / "barcodes.tsv.gz"
+    names = gzip.decompress(barcodes.read_bytes()).decode().splitlines()
+    names[N_CELLS // 2] = ""  # one of the lines blank: N_CELLS lines, N_CELLS - 1 names
+    barcodes.write_bytes(gzip.compress(("\n".join(names) + "\n").encode()))
+    said = f"has {N_CELLS - 1} names but the matrix has {N_CELLS} cells"
+    with pytest.raises(vbsnmf.io.ReadError, match=said):
+        vbsnmf.io.read(folder)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (
+            ["--layer", "counts"],
+            "--layer applies to an .h5ad or .zarr input; tenx holds one matrix",
+        ),
+        (["--use-raw"], "--use-raw applies to an .h5ad or .zarr input; tenx holds one matrix"),
+    ],
+)
+def test_anndata_options_on_a_matrix_input_are_refused_in_the_options_words(
+    options, said, tmp_path, capfd
+):
+    tenx(tmp_path)
+    code, _, err, _ = _main(["fit", "tenx", *FIT, *options, "-o", "out"], capfd, tmp_path)
+    assert (code, err) == (2, f"vbsnmf: error: {said}\n")
+
+
+def test_errors_of_an_h5ad_read_into_memory_name_the_file_and_the_options(tmp_path, capfd):
+    counts = sp.random(30, 20, density=0.3, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 5)
+    counts.data[0] = -1
+    adata = ad.AnnData(counts, layers={"counts": counts.copy()})
+    adata.write_h5ad(tmp_path / "neg.h5ad")
+    for options, element in (([], "X"), (["--layer", "counts"], "layers['counts']")):
+        code, _, err, _ = _main(["fit", "neg.h5ad", *FIT, *options, "-o", "o"], capfd, tmp_path)
+        assert code == 2 and err.startswith(f"vbsnmf: error: neg.h5ad ({element}) must hold"), err
+    argv = ["fit", "neg.h5ad", *FIT, "--layer", "counts", "--use-raw", "-o", "o"]
+    code, _, err, _ = _main(argv, capfd, tmp_path)
+    assert (code, err) == (2, "vbsnmf: error: pass either --layer or --use-raw, not both\n")
+
+
+def test_umap_of_a_file_without_a_fit_names_the_file_and_the_command(tmp_path, capfd):
+    ad.AnnData(_counts()).write_h5ad(tmp_path / "plain.h5ad")
+    code, _, err, _ = _main(["umap", "plain.h5ad", "-o", "u.png"], capfd, tmp_path)
+    assert (code, err) == (
+        2,
+        "vbsnmf: error: plain.h5ad holds no NMF fit under --key nmf; make one with "
+        "'vbsnmf fit' (OUTDIR/result.h5ad)\n",
+    )
+
+
+def test_umap_replaces_a_stored_neighbour_graph_without_its_parameters():
+    adata = ad.AnnData(_counts())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vbsnmf.tl.nmf(adata, n_components=2, max_iter=5, random_state=0)
+    adata.uns["neighbors"] = {"params": {"method": "umap"}}  # an edited or older file
+    import matplotlib
+
+    matplotlib.use("Agg")
+    vbsnmf.pl.umap(adata, show=False)
+    assert adata.uns["neighbors"]["params"]["n_neighbors"] == 15
+    assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)

@@ -443,9 +443,12 @@ def _check_paths(args, inputs) -> Path:
 
 
 @_doing("fitting")
-def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
+def _fit(
+    adata, args, quiet: bool, matrix_file: str | None = None, anndata_file: str | None = None
+) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
-    ``matrix_file``: the input, when it holds one matrix and no AnnData (`_as_options`)."""
+    ``matrix_file``: the input, when it holds one matrix and no AnnData; ``anndata_file``:
+    the input, when it is an AnnData read into memory (`_as_options`)."""
     from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
@@ -496,7 +499,7 @@ def _fit(adata, args, quiet: bool, matrix_file: str | None = None) -> float:
         except CheckpointMismatchError as error:
             raise UsageError(f"{error} (drop --resume)") from None
         except ValueError as error:  # say the options, not tl.nmf's parameters
-            raise UsageError(_as_options(str(error), matrix_file)) from None
+            raise UsageError(_as_options(str(error), matrix_file, anndata_file)) from None
         finally:
             for bar in bars:
                 bar.close()
@@ -514,19 +517,27 @@ def _print_warnings(caught) -> None:
         _tell(f"vbsnmf: warning: {message}")
 
 
-def _as_options(message: str, matrix_file: str | None = None) -> str:
+def _as_options(
+    message: str, matrix_file: str | None = None, anndata_file: str | None = None
+) -> str:
     """``tl.nmf``'s advice in the command line's words: ``--layer counts``, ``--use-raw``.
 
     For an input of one matrix (``matrix_file``: a Matrix Market file, a 10x folder or
     .h5, not an AnnData) the matrix is named by that input, not as ``adata.X`` or as the
     .h5ad it was converted into for streaming (removed when the fit fails), and the advice
-    about layers, which such an input cannot have, is left out."""
+    about layers, which such an input cannot have, is left out. For an AnnData input
+    (``anndata_file``) its element is named with the file, as the streamed route does:
+    ``in.h5ad (layers['counts'])``, not ``adata.layers['counts']``."""
     message = message.removeprefix("Negative values in data: ")  # scikit-learn's phrase
     if matrix_file is not None:
         # `tl.nmf` names the matrix "adata.X", a streamed block "<file> (X) (cells i..j)"
         message = re.sub(r"^(adata\.X|.*? \(X\))", lambda _: matrix_file, message)
         message = re.sub(r"; NMF needs raw counts: .*", "; NMF needs raw counts", message)
+    if anndata_file is not None:
+        element = r"^adata\.(X|raw\.X|layers\[[^\]]*\])"
+        message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
     message = re.sub(r"\blayer=(['\"])(.*?)\1", lambda m: f"--layer {m.group(2)}", message)
+    message = re.sub(r"\blayer=(?!\w)", "--layer", message)
     return message.replace("use_raw=True", "--use-raw")
 
 
@@ -534,6 +545,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     """result.h5ad, the factor tables, top_genes.tsv, elbo.tsv and params.json into
     ``folder``."""
     from . import io, tl
+    from ._utils import check_n_threads
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
 
     info = adata.uns["nmf"]
@@ -547,7 +559,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "solver": args.solver,
         "seed": int(args.seed),
         "fit_params": {k: v for k, v in _fit_params(args).items() if k != "n_threads"},
-        "threads": args.threads,
+        "threads": check_n_threads(args.threads),  # those used: --threads is capped at the cores
         "layer": args.layer,
         "use_raw": bool(args.use_raw),
         "n_iter": int(info["n_iter"]),
@@ -592,6 +604,9 @@ def _run_fit(args) -> int:
     inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
     outdir = _check_paths(args, inputs)
     kind = check_read_options(source, args.genes_as_rows, args.row_names, args.col_names)
+    if kind not in ("h5ad", "zarr") and (args.layer is not None or args.use_raw):
+        option = "--use-raw" if args.use_raw else "--layer"
+        raise UsageError(f"{option} applies to an .h5ad or .zarr input; {source} holds one matrix")
     streamed = args.solver == "svi" and args.layer is None and not args.use_raw
     if args.convert_to is not None and kind not in ("10x", "mtx"):
         raise UsageError("--convert-to converts a 10x folder or an .mtx; the input is neither")
@@ -611,8 +626,10 @@ def _run_fit(args) -> int:
             ["--use-raw"] if adata.raw is not None else []
         )
         raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
-    matrix_file = None if kind in ("h5ad", "zarr") else str(source)
-    seconds = _fit(adata, args, args.quiet, matrix_file)
+    if kind in ("h5ad", "zarr"):
+        seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
+    else:
+        seconds = _fit(adata, args, args.quiet, matrix_file=str(source))
     with _doing(f"writing {outdir}"), atomic_directory(outdir, overwrite=args.force) as folder:
         summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
@@ -750,7 +767,13 @@ def _run_umap(args) -> int:
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):
         adata = read_h5ad(args.result)
-    tl.fit_info(adata, args.key)  # a KeyError that says to run the fit first
+    try:
+        tl.fit_info(adata, args.key)
+    except KeyError:
+        raise UsageError(
+            f"{args.result} holds no NMF fit under --key {args.key}; make one with "
+            "'vbsnmf fit' (OUTDIR/result.h5ad)"
+        ) from None
     known = args.color is None or args.color in adata.obs or args.color in adata.var_names
     if not known and args.color != LEIDEN:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .._validation import repeated_negative
-from ._errors import ReadError, describe_error
+from ._errors import ReadError, check_exists, describe_error
 from ._paths import check_apart
 from ._read import (
     CheckedText,
@@ -94,8 +94,7 @@ def mtx_to_h5ad(
         left behind.
     """
     src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise ReadError(src, "no such file or directory")
+    check_exists(src)
     # before anything is written: dst (links and hard links resolved) must not replace
     # the counts, a file of the 10x folder, or a name file
     check_apart("dst", dst, _inputs(src, row_names, col_names))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -22,3 +23,17 @@ def describe_error(error: BaseException) -> str:
     """``error``'s type and the first line of its message, for a `ReadError`'s reason."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def check_exists(path: Path) -> None:
+    """A `ReadError` if ``path`` cannot be found, saying why: missing, or a loop of
+    symbolic links, a component that is not a folder, no permission to search one."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise ReadError(path, "no such file or directory") from None
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise ReadError(path, reason) from None
+    except ValueError as error:  # a NUL byte in the name
+        raise ReadError(path, str(error)) from None

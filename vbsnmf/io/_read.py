@@ -40,7 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._validation import check_sparse_structure, exact_float_dtype, repeated_negative
-from ._errors import ReadError, describe_error
+from ._errors import ReadError, check_exists, describe_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Deflate never expands text by more than this factor (RFC 1951's limit is about 1032).
@@ -123,8 +123,7 @@ def read(
 def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
     """The kind of input ``path`` is (`input_kind`), after checking that the options of
     `read` fit it (`ReadError` for a missing path, ValueError for options)."""
-    if not path.exists():
-        raise ReadError(path, "no such file or directory")
+    check_exists(path)
     kind = input_kind(path)
     if kind == "10x" and genes_as_rows is False:
         raise ValueError(
@@ -228,7 +227,7 @@ def read_10x(folder: str | os.PathLike):
         (barcodes_path, cells, n_cells, "cells"),
     ):
         if len(table) != expected:
-            raise ReadError(path, f"has {len(table)} lines but the matrix has {expected} {what}")
+            raise ReadError(path, f"has {len(table)} names but the matrix has {expected} {what}")
     check_feature_columns(features_path, genes)
     var = feature_var(genes)
     obs = pd.DataFrame(index=pd.Index(cells[0].to_numpy(dtype=object), dtype=object))

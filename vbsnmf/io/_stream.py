@@ -35,7 +35,7 @@ from .._validation import (
     check_row_pointers,
     check_value_array,
 )
-from ._errors import ReadError, describe_error
+from ._errors import ReadError, check_exists, describe_error
 
 
 class CellSource:
@@ -317,8 +317,7 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
     """
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
-        if not path.exists():
-            raise ReadError(path, "no such file or directory")
+        check_exists(path)
         from ._read import input_kind  # pandas: loaded only for a path
 
         kind = input_kind(path)

@@ -101,6 +101,9 @@ def umap(
             dominant = usages[:, active].argmax(axis=1)
             names = [f"factor {factor}" for factor in active]
             adata.obs[color] = pd.Categorical.from_codes(dominant, categories=names)
+        # replaced by the graph below; scanpy reads a stored one first, and one without
+        # its parameters (an edited file) failed with a bare KeyError: 'n_neighbors'
+        adata.uns.pop("neighbors", None)
         sc.pp.neighbors(
             adata,
             n_neighbors=min(n_neighbors, adata.n_obs - 1),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import vbsnmf
 from vbsnmf import _kernels
 from vbsnmf.classic import choose_alpha_beta, factor_loss, losses, score_matching_objective
 
@@ -105,6 +106,106 @@ def test_alpha_beta_families_continuous_at_their_limits(family, value, limit_fn)
     exact = limit_fn(P, Q)
     for delta in (1e-4, -1e-4):
         np.testing.assert_allclose(family(P, Q, value + delta), exact, rtol=2e-3, atol=1e-6)
+
+
+# Paths to every limit of d_AB: (the limit pair, the pair at distance delta from it).
+AB_LIMIT_PATHS = [
+    ((0.0, 1.3), lambda d: (d, 1.3)),  # alpha -> 0
+    ((0.0, -0.7), lambda d: (d, -0.7)),
+    ((1.0, 0.0), lambda d: (1.0, d)),  # beta -> 0
+    ((-0.5, 0.0), lambda d: (-0.5, d)),
+    ((0.8, -0.8), lambda d: (0.8 + d, -0.8)),  # alpha + beta -> 0
+    ((-1.2, 1.2), lambda d: (-1.2, 1.2 + d)),
+    ((0.0, 0.0), lambda d: (d, 2 * d)),  # both -> 0
+    ((0.0, 0.0), lambda d: (d, -3 * d)),
+    ((0.0, 0.0), lambda d: (0.0, d)),
+    ((0.0, 0.0), lambda d: (d, 0.0)),
+]
+LIMIT_IDS = [f"{limit}-{near(1)}" for limit, near in AB_LIMIT_PATHS]
+NEAR_DELTAS = (1e-15, -1e-15, 1e-12, -1e-12, 1e-9, -1e-9, 1e-6, -1e-6)
+
+
+@pytest.mark.parametrize(("limit", "near"), AB_LIMIT_PATHS, ids=LIMIT_IDS)
+def test_ab_divergence_close_to_its_limit_within_distance(limit, near):
+    # d_AB is smooth in (alpha, beta): at distance delta from a limit it differs from the
+    # limit's value by O(delta), about 5 delta relative on P, Q. The general formula divided
+    # by alpha beta (alpha + beta) lost every digit here. (The limit values themselves are
+    # checked against the case table above and against high precision below.)
+    at_limit = losses.ab_divergence(P, Q, *limit)
+    for delta in NEAR_DELTAS:
+        np.testing.assert_allclose(
+            losses.ab_divergence(P, Q, *near(delta)),
+            at_limit,
+            rtol=20 * abs(delta) + 1e-13,
+            err_msg=f"delta={delta}",
+        )
+
+
+def test_ab_divergence_non_negative_and_finite_near_the_limits():
+    values = np.array([1e-8, 1e-3, 0.37, 1.0, 1.0 + 1e-9, 1.0 + 1e-4, 3.0, 52.0, 1e4])
+    p, q = (grid.ravel() for grid in np.meshgrid(values, values))
+    for _, near in AB_LIMIT_PATHS:
+        for delta in (*NEAR_DELTAS, 1e-3, -1e-3):
+            a, b = near(delta)
+            value = losses.ab_divergence(p, q, a, b)
+            assert np.all(np.isfinite(value)), (a, b)
+            assert np.all(value >= 0), (a, b, p[value < 0], q[value < 0])
+            assert np.all(value[p == q] == 0), (a, b)
+
+
+@pytest.mark.parametrize(("limit", "near"), AB_LIMIT_PATHS, ids=LIMIT_IDS)
+def test_ab_divergence_numba_kernel_agrees_near_the_limits(limit, near):
+    at_limit = losses.ab_divergence(P[:60], Q[:60], *limit)
+    for delta in (0.0, 1e-12, -1e-9, 1e-6):
+        a, b = near(delta)
+        scalar = np.array([_kernels.ab_divergence_scalar(p, q, a, b) for p, q in zip(P, Q)])
+        # Same formula entry by entry: equal to rounding.
+        np.testing.assert_allclose(scalar, losses.ab_divergence(P, Q, a, b), rtol=1e-13)
+        np.testing.assert_allclose(scalar[:60], at_limit, rtol=20 * abs(delta) + 1e-13)
+    # The solver kernels pass counts stored as float32: still evaluated in float64.
+    counts = np.ceil(P[:20] * 3)
+    as_float32 = [_kernels.ab_divergence_scalar(np.float32(x), y, a, b) for x, y in zip(counts, Q)]
+    as_float64 = [_kernels.ab_divergence_scalar(x, y, a, b) for x, y in zip(counts, Q)]
+    np.testing.assert_array_equal(as_float32, as_float64)
+
+
+def test_ab_divergence_matches_high_precision_near_the_limits():
+    import mpmath  # a test dependency (pyproject's dev extra): the independent reference
+
+    mpmath.mp.dps = 80
+
+    def exact(p, q, a, b):  # the general formula, cancellation absorbed by 80 digits
+        p, q, a, b = (mpmath.mpf(float(v)) for v in (p, q, a, b))
+        s = a + b
+        return float((a / s * p**s + b / s * q**s - p**a * q**b) / (a * b))
+
+    values = [1e-6, 0.02, 0.9, 1.0 + 2e-7, 1.7, 40.0, 3e4]
+    pairs = [(p, q) for p in values for q in values if p != q]
+    for _, near in AB_LIMIT_PATHS:
+        for delta in (1e-13, -1e-10, 1e-7, -1e-4, 0.03):
+            a, b = near(delta)
+            if a == 0 or b == 0:
+                continue  # the exact general formula needs a, b, a + b nonzero
+            p, q = np.array(pairs).T
+            reference = np.array([exact(x, y, a, b) for x, y in pairs])
+            np.testing.assert_allclose(
+                losses.ab_divergence(p, q, a, b), reference, rtol=5e-14, err_msg=f"{a}, {b}"
+            )
+
+
+def test_ab_nmf_near_the_log_limit_reports_the_log_loss():
+    # alpha = 1e-12, beta = 0 is the log loss 0.5 (ln p - ln q)**2 up to O(1e-12): the
+    # trace and the final loss must say so (they were 0, from the cancelling formula).
+    X = np.random.default_rng(0).poisson(3.0, (20, 10)) + 1.0
+    model = vbsnmf.NMF(2, loss="ab", alpha=1e-12, beta=0.0, random_state=0)
+    W = model.fit_transform(X)
+    log_loss = losses.ab_divergence(X, W @ model.components_, 0.0, 0.0).sum()
+    assert model.reconstruction_err_ > 0
+    np.testing.assert_allclose(model.loss_trace_[-1], log_loss, rtol=1e-9)
+    nearby = vbsnmf.NMF(2, loss="ab", alpha=1e-9, beta=0.0, random_state=0).fit(X)
+    n = min(len(model.loss_trace_), len(nearby.loss_trace_))
+    np.testing.assert_allclose(model.loss_trace_[:n], nearby.loss_trace_[:n], rtol=1e-7)
+    assert np.all(np.diff(model.loss_trace_) <= 1e-9 * log_loss)  # never increases
 
 
 @pytest.mark.parametrize("key", list(DIRECT), ids=lambda key: f"{key[0]}-{key[1]}-{key[2]}")

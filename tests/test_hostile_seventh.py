@@ -209,3 +209,76 @@ def test_umap_replaces_a_stored_neighbour_graph_without_its_parameters():
     vbsnmf.pl.umap(adata, show=False)
     assert adata.uns["neighbors"]["params"]["n_neighbors"] == 15
     assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+
+
+# -- the Python API -----------------------------------------------------------------------
+def _poisson(shape=(30, 8), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(3.0, shape).astype(float)
+
+
+def test_the_classical_nmf_matches_genes_by_their_names_as_scikit_learn():
+    import pandas as pd
+
+    columns = [f"g{i}" for i in range(8)]
+    frame = pd.DataFrame(_poisson(), columns=columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model = vbsnmf.NMF(2, max_iter=50, random_state=0).fit(frame)
+    assert list(model.feature_names_in_) == columns
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        model.transform(frame[columns[::-1]])  # before, factors of the columns as they lay
+    with pytest.raises(ValueError, match="Feature names unseen at fit time"):
+        model.transform(frame.rename(columns={"g0": "other"}))
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        model.transform(frame.to_numpy())
+
+
+def test_masked_arrays_are_refused_by_the_classical_nmf_and_the_tensor_model():
+    counts = np.ma.masked_array(_poisson(), mask=np.zeros((30, 8), bool))
+    counts.data[0, :4], counts.mask[0, :4] = 1e6, True  # hidden values, fitted before
+    with pytest.raises(TypeError, match=r"masked array: pass the values as X\.filled"):
+        vbsnmf.NMF(2, max_iter=5).fit(counts)
+    values = np.ma.masked_array([1.0, 2.0, 1e6], mask=[False, False, True])
+    with pytest.raises(TypeError, match="values is a masked array"):
+        vbsnmf.VBNTF(2).fit(np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]]), values, (3, 3, 3))
+
+
+def test_a_large_fixed_prior_rate_is_stored_not_an_overflow():
+    from vbsnmf.tl._nmf import prior_floor
+
+    adata = ad.AnnData(_poisson((40, 20)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(adata, 3, prior="gamma", prior_rate=1e100, max_iter=5)
+    assert np.all(np.isfinite(adata.obsm["X_nmf"]))
+    # the floor's closed form, where the plain one does not overflow
+    n, m, a, b = 3774, 16791, 1.0, 3.0
+    B = (n + m) * a + b**2
+    assert prior_floor(n, m, (a, b)) == pytest.approx((B - np.sqrt(B**2 - 4 * n * m * a**2)) / 2)
+    assert prior_floor(n, m, (a, 1e300)) == 0.0
+
+
+def test_top_genes_by_a_column_without_groups_says_so(pbmc_tiny):
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(pbmc_tiny, 3, max_iter=5, random_state=0)
+    pbmc_tiny.obs["g"] = pd.Categorical([np.nan] * pbmc_tiny.n_obs, categories=["x"])
+    with pytest.raises(ValueError, match=r"adata.obs\['g'\] puts no cell in a group"):
+        vbsnmf.pl.top_genes(pbmc_tiny, "g", show=False)
+
+
+def test_count_split_of_a_backed_x_says_to_load_it(tmp_path):
+    ad.AnnData(sp.csr_matrix(_poisson())).write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    with pytest.raises(TypeError, match="counts are stored on disk"):
+        vbsnmf.tl.count_split(backed.X)
+    backed.file.close()
+
+
+def test_tl_nmf_given_a_mask_points_to_the_estimator():
+    adata = ad.AnnData(_poisson())
+    with pytest.raises(ValueError, match=r"tl.nmf takes no mask .*VBNMF\(\.\.\.\)\.fit\(X, mask"):
+        vbsnmf.tl.nmf(adata, 2, mask=np.zeros((30, 8)))
+    assert "nmf" not in adata.uns

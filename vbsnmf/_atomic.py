@@ -534,15 +534,17 @@ def take_lock_file(lock: Path) -> int | None:
 def drop_lock_file(lock: Path, descriptor: int | None) -> None:
     """Remove ``lock`` and release it (a descriptor of `take_lock_file`); a run that
     opened it meanwhile sees it gone and makes its own."""
-    if descriptor is None:
-        return
-    try:
+    if descriptor is not None:
+        _remove_named(lock, descriptor)
+        os.close(descriptor)
+
+
+def _remove_named(lock: Path, descriptor: int) -> None:
+    """Remove ``lock`` if it still names the file open at ``descriptor``, whose lock is
+    held (a file another run made in its place is not ours)."""
+    with contextlib.suppress(OSError):
         if _names(descriptor, lock):
             lock.unlink()
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def lock_holder(lock: Path) -> str:
@@ -565,14 +567,11 @@ def clear_lock_file(lock: Path) -> bool:
     except OSError:
         return True
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            return True
-        try:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return not _names(descriptor, lock)
-        if _names(descriptor, lock):
-            lock.unlink()
+            _remove_named(lock, descriptor)
+    except BlockingIOError:
+        return not _names(descriptor, lock)
     except OSError:
         pass
     finally:

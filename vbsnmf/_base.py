@@ -51,6 +51,44 @@ def _listed(names) -> str:
     return "".join(shown) + ("- ...\n" if len(names) > 5 else "")
 
 
+def remember_feature_names(estimator, X) -> None:
+    """``estimator.feature_names_in_``: the gene names of a DataFrame fitted (none
+    otherwise). Functions, not methods: the classical `NMF` is a scikit-learn
+    ``BaseEstimator``, whose own ``_check_feature_names`` method older versions call."""
+    names = feature_names(X)
+    if names is None:
+        estimator.__dict__.pop("feature_names_in_", None)
+    else:
+        estimator.feature_names_in_ = names
+
+
+def check_feature_names(estimator, X) -> None:
+    """New data's column names against the fitted ones, as scikit-learn checks them:
+    other names or another order are a `ValueError` (the genes would be matched by
+    position), names on one side only a warning."""
+    fitted, names = getattr(estimator, "feature_names_in_", None), feature_names(X)
+    kind = type(estimator).__name__
+    if fitted is None and names is not None:
+        warn_user(f"X has feature names, but {kind} was fitted without feature names", UserWarning)
+    elif fitted is not None and names is None:
+        warn_user(
+            f"X does not have valid feature names, but {kind} was fitted with feature names",
+            UserWarning,
+        )
+    if fitted is None or names is None or np.array_equal(fitted, names):
+        return
+    message = "The feature names should match those that were passed during fit.\n"
+    unseen = sorted(set(names) - set(fitted))
+    missing = sorted(set(fitted) - set(names))
+    if unseen:
+        message += "Feature names unseen at fit time:\n" + _listed(unseen)
+    if missing:
+        message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
+    if not unseen and not missing:
+        message += "Feature names must be in the same order as they were in fit.\n"
+    raise ValueError(message)
+
+
 class Estimator:
     """Parameters from ``__init__``'s signature, as scikit-learn's ``BaseEstimator``
     reads them; subclasses store every parameter under its own name and nothing else in
@@ -99,42 +137,6 @@ class Estimator:
         from sklearn.utils import estimator_html_repr
 
         return estimator_html_repr(self)
-
-    def _remember_feature_names(self, X) -> None:
-        """``feature_names_in_``: the gene names of a DataFrame fitted (none otherwise)."""
-        names = feature_names(X)
-        if names is None:
-            self.__dict__.pop("feature_names_in_", None)
-        else:
-            self.feature_names_in_ = names
-
-    def _check_feature_names(self, X) -> None:
-        """New data's column names against the fitted ones, as scikit-learn checks them:
-        other names or another order are a `ValueError` (the genes would be matched by
-        position), names on one side only a warning."""
-        fitted, names = getattr(self, "feature_names_in_", None), feature_names(X)
-        kind = type(self).__name__
-        if fitted is None and names is not None:
-            warn_user(
-                f"X has feature names, but {kind} was fitted without feature names", UserWarning
-            )
-        elif fitted is not None and names is None:
-            warn_user(
-                f"X does not have valid feature names, but {kind} was fitted with feature names",
-                UserWarning,
-            )
-        if fitted is None or names is None or np.array_equal(fitted, names):
-            return
-        message = "The feature names should match those that were passed during fit.\n"
-        unseen = sorted(set(names) - set(fitted))
-        missing = sorted(set(fitted) - set(names))
-        if unseen:
-            message += "Feature names unseen at fit time:\n" + _listed(unseen)
-        if missing:
-            message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
-        if not unseen and not missing:
-            message += "Feature names must be in the same order as they were in fit.\n"
-        raise ValueError(message)
 
     def __sklearn_tags__(self):
         # Only scikit-learn calls this, so it is loaded already.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import Estimator, check_fitted
+from ._base import Estimator, check_feature_names, check_fitted, remember_feature_names
 from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer, warn_if_beyond
 from ._data import CountData, as_count_data
@@ -453,7 +453,8 @@ class VBNMF(Estimator):
         ``params``' arrays are read-only during the call and ``elbo_trace`` is a copy.
         ``mask``: a matrix of X's shape (sparse or dense) whose nonzero entries were not
         observed: they leave the likelihood (their expected counts leave the total, their
-        values in X, if any, are ignored), for held-out evaluation or gene panels that
+        values in X, if any, are not fitted, but must be valid counts like every entry of
+        X: write 0 there, not NaN), for held-out evaluation or gene panels that
         differ between samples; the zeros of X are still never visited. Batch VB on a
         matrix in memory only."""
         self.fit_transform(X, init=init, callback=callback, mask=mask)
@@ -495,7 +496,7 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
         warn_if_beyond(self, result.n_iter)
         self.n_features_in_ = n_features
-        self._remember_feature_names(X)
+        remember_feature_names(self, X)
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
         self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate
@@ -535,7 +536,7 @@ class VBNMF(Estimator):
         scale fitted with it, the hyperparameters held at their fitted values)."""
         check_fitted(self, "gene_shape_")
         settings = self._check_params()
-        self._check_feature_names(X)
+        check_feature_names(self, X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             X = X.compute()
         # The fitted dtype's count range, as `fit` checks it (float32: at most 2**24).

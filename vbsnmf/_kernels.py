@@ -1525,34 +1525,114 @@ def csr_totals(indptr, indices, counts, major_totals, minor_totals):
 # q = dot(W[i], H[:, j]) is computed at the stored entries only; nothing n x m is formed.
 
 
+# d_AB written as a divided difference of exp. With a = alpha, b = beta, s = a + b and
+# L = ln(q / p), the general formula
+#     d_AB = (a/s p**s + b/s q**s - p**a q**b) / (a b)
+# equals, after factoring p**s and multiplying through by L**2,
+#     d_AB = L**2 exp[s ln p, a ln p + b ln q, s ln q]
+#          = L**2 p**s exp[0, b L, s L],
+# where exp[y0, y1, y2] is the second divided difference of exp at the three nodes (the
+# logarithms of p**s, p**a q**b and q**s). Nothing divides by a, b or s any more: every
+# limit (a -> 0, b -> 0, s -> 0, a = b = 0) is just nodes coming together, where the
+# divided difference tends to exp''/2 smoothly, and the Hermite-Genocchi formula
+# (exp[y0, y1, y2] = the integral of exp over a simplex) shows it is positive, so d_AB >= 0.
+# The divided difference is evaluated two ways, both accurate to a few ulps:
+# - nodes spread out (range R >= _AB_SERIES_RANGE), sorted lo <= mid <= hi and shifted by hi:
+#       exp[lo, mid, hi] = e**hi (phi(mid - hi) - e**(mid - hi) phi(lo - mid)) / R,
+#   phi(z) = (e**z - 1)/z = expm1(z)/z on z <= 0 (values in (0, 1], no overflow); the
+#   difference loses at most about log2(2e/R) bits (6 at R = 0.1);
+# - nodes close together: the Taylor series about their mean c, with deviations d_i,
+#       exp[y0, y1, y2] = e**c sum_k h_k(d_0, d_1, d_2) / (k + 2)!,
+#   h_k the complete homogeneous symmetric polynomials (h_1 = 0 about the mean); with
+#   |d_i| <= 2R/3 < 0.067 the terms past k = _AB_SERIES_TERMS are below 1e-17 of the sum.
+_AB_SERIES_RANGE = 0.1
+_AB_SERIES_TERMS = 9
+
+
+@njit(cache=True)
+def _phi_scalar(z):
+    """``(e**z - 1) / z`` (1 at z = 0)."""
+    if z == 0.0:
+        return 1.0
+    return math.expm1(z) / z
+
+
+@njit(cache=True)
+def _exp_divided_difference(y0, y1, y2):
+    """``(shift, core)`` with ``exp[y0, y1, y2] = e**shift * core``, accurate to a few
+    ulps however close the nodes are (differences when spread, Taylor series when close)."""
+    lo = min(y0, y1, y2)
+    hi = max(y0, y1, y2)
+    mid = max(min(y0, y1), min(max(y0, y1), y2))
+    spread = hi - lo
+    if spread >= _AB_SERIES_RANGE:
+        upper = mid - hi  # <= 0
+        lower = lo - mid  # <= 0
+        expm1_upper = math.expm1(upper)
+        phi_upper = expm1_upper / upper if upper != 0.0 else 1.0
+        return hi, (phi_upper - (expm1_upper + 1.0) * _phi_scalar(lower)) / spread
+    centre = (y0 + y1 + y2) / 3.0
+    d0 = y0 - centre
+    d1 = y1 - centre
+    d2 = y2 - centre
+    # The complete homogeneous symmetric polynomials h_k of the deviations follow
+    # h_k = e1 h_(k-1) - e2 h_(k-2) + e3 h_(k-3) (elementary e_i), with e1 = 0 about the mean.
+    e2 = -0.5 * (d0 * d0 + d1 * d1 + d2 * d2)
+    e3 = d0 * d1 * d2
+    h_km3, h_km2, h_km1 = 0.0, 1.0, 0.0  # h_(k-3), h_(k-2), h_(k-1) at k = 2 (h_(-1) = 0)
+    series = 0.5
+    factorial = 6.0  # (k + 2)! at k = 1
+    for k in range(2, _AB_SERIES_TERMS + 1):
+        h_k = e3 * h_km3 - e2 * h_km2
+        factorial *= k + 2
+        series += h_k / factorial
+        h_km3, h_km2, h_km1 = h_km2, h_km1, h_k
+    return centre, series
+
+
 @njit(cache=True)
 def ab_divergence_scalar(p, q, alpha, beta):
-    """The alpha-beta divergence ``d_AB(p, q)`` (Cichocki et al. 2011) with its limits.
+    """The alpha-beta divergence ``d_AB(p, q)`` (Cichocki et al. 2011) with its limits,
+    continuous in (alpha, beta) and accurate near every limit.
 
-    ``inf`` where it is undefined (p = 0 with alpha <= 0 or alpha + beta <= 0).
+    ``inf`` where it is undefined (p = 0 with alpha <= 0 or alpha + beta <= 0; q = 0 with
+    beta <= 0 or alpha + beta <= 0).
     """
-    if p == 0.0:
-        if alpha > 0.0 and alpha + beta > 0.0:
-            return q ** (alpha + beta) / (alpha * (alpha + beta))
-        return math.inf
-    if alpha == 0.0 and beta == 0.0:
-        log_ratio = math.log(p) - math.log(q)
-        return 0.5 * log_ratio * log_ratio
-    if alpha == 0.0:
-        q_b = q**beta
-        p_b = p**beta
-        return (q_b * beta * (math.log(q) - math.log(p)) - q_b + p_b) / (beta * beta)
-    if beta == 0.0:
-        p_a = p**alpha
-        q_a = q**alpha
-        return (p_a * alpha * (math.log(p) - math.log(q)) - p_a + q_a) / (alpha * alpha)
-    if alpha + beta == 0.0:
-        ratio = (q / p) ** alpha
-        return (math.log(ratio) + 1.0 / ratio - 1.0) / (alpha * alpha)
+    # In float64 whatever the caller passes: the counts arrive as float32 from the tiles,
+    # and math.log of a float32 is a float32 in Numba (1e-8 relative in d_AB).
+    p = np.float64(p)
+    q = np.float64(q)
     total = alpha + beta
-    return (alpha / total * p**total + beta / total * q**total - p**alpha * q**beta) / (
-        alpha * beta
-    )
+    if p == 0.0:
+        if alpha > 0.0 and total > 0.0:
+            return q**total / (alpha * total)
+        return math.inf
+    if q == 0.0:
+        if beta > 0.0 and total > 0.0:
+            return p**total / (beta * total)
+        return math.inf
+    # ln(q / p): log1p((q - p) / p) from q / p >= 1/2 on (q - p exact, Sterbenz) keeps the
+    # digits that log(q / p) rounds away near 1; logarithms apart if q / p under/overflows.
+    ratio = q / p
+    if ratio == 0.0 or ratio == math.inf:
+        log_ratio = math.log(q) - math.log(p)
+    elif ratio < 0.5:
+        log_ratio = math.log(ratio)
+    else:
+        log_ratio = math.log1p((q - p) / p)
+    shift, core = _exp_divided_difference(0.0, beta * log_ratio, total * log_ratio)
+    return log_ratio * log_ratio * math.exp(total * math.log(p) + shift) * core
+
+
+@njit(parallel=True, cache=True)
+def ab_divergence_array(p, q, alpha, beta, out):
+    """``out[i] = d_AB(p[i], q[i])`` (`ab_divergence_scalar`); NaN where p or q is
+    negative or NaN (`vbsnmf.classic.losses.ab_divergence`)."""
+    for index in prange(p.size):
+        if p[index] >= 0.0 and q[index] >= 0.0:
+            out[index] = ab_divergence_scalar(p[index], q[index], alpha, beta)
+        else:
+            out[index] = math.nan
 
 
 # ---- classical NMF ----------------------------------------------------------------------

@@ -141,6 +141,11 @@ class EntryPair:
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
+    if np.ma.is_masked(X):  # np.asarray would drop the mask and fit the hidden values
+        raise TypeError(
+            "X is a masked array: pass the values as X.filled(0) and leave the masked "
+            "entries out with weights=... (0 there, 1 elsewhere; solver='mu')"
+        )
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
         check_sparse_structure(X, "X")
     X = check_array(

@@ -16,6 +16,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from .._base import check_feature_names, remember_feature_names
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
@@ -72,6 +73,9 @@ class NMF(TransformerMixin, BaseEstimator):
         H.
     n_components_ : int
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        The column names of a DataFrame X, when all are strings (as scikit-learn);
+        `transform` refuses other names or another order.
     n_iter_ : int
     loss_trace_ : ndarray
         The loss after 0, 1, ..., ``n_iter_`` iterations.
@@ -157,6 +161,7 @@ class NMF(TransformerMixin, BaseEstimator):
         self.components_ = H
         self.n_components_ = n_components
         self.n_features_in_ = n_cols
+        remember_feature_names(self, X)
         self.n_iter_ = n_iter
         self.loss_trace_ = np.asarray(loss_trace)
         self.loss_ = float(final_loss)
@@ -167,6 +172,7 @@ class NMF(TransformerMixin, BaseEstimator):
         """W for new rows X with H = ``components_`` held fixed (same solver and loss)."""
         check_is_fitted(self, "components_")
         spec = self._check_params()
+        check_feature_names(self, X)  # columns in another order would be fitted as they lie
         data = ClassicData.build(X, None, spec)
         if data.shape[1] != self.n_features_in_:
             raise ValueError(

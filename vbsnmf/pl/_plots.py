@@ -292,6 +292,8 @@ def top_genes(
     if groupby not in adata.obs:
         raise KeyError(f"adata.obs has no column {groupby!r} to group the cells by")
     column = adata.obs[groupby]
+    if column.isna().all():  # scanpy's dotplot then fails deep in pandas (a KeyError)
+        raise ValueError(f"adata.obs[{groupby!r}] puts no cell in a group: every value is missing")
     if not isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(column):
         # scanpy would cut a numeric column into bins (and then fail to find them)
         kind = "boolean" if pd.api.types.is_bool_dtype(column) else "numeric"

@@ -536,10 +536,12 @@ def prior_floor(n_cells: int, n_genes: int, prior: tuple[float, float]) -> float
     ``Z (b + W) = n a`` and ``W (b + Z) = m a``, so ``P = Z W`` solves
     ``P^2 - ((n + m) a + b^2) P + n m a^2 = 0``; its smaller root (``P < min(n, m) a``)."""
     shape, rate = prior
-    linear = (n_cells + n_genes) * shape + rate**2
-    # The smaller root in the form that does not cancel: 2c / (B + sqrt(B^2 - 4c)).
+    with np.errstate(over="ignore"):  # a rate past 1e154: B is inf and the floor 0
+        linear = (n_cells + n_genes) * shape + np.square(np.float64(rate))
+    # The smaller root in the form that does not cancel, 2c / (B + sqrt(B^2 - 4c)), with
+    # B factored out so that B^2 cannot overflow (a Python float raised OverflowError).
     constant = n_cells * n_genes * shape**2
-    return 2 * constant / (linear + np.sqrt(linear**2 - 4 * constant))
+    return float(2 * constant / linear / (1 + np.sqrt(1 - 4 * (constant / linear) / linear)))
 
 
 def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) -> np.ndarray:
@@ -564,6 +566,11 @@ def _check_fit_params(solver: str, fit_params: dict) -> None:
         accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
         accepted.add("n_threads")
     unknown = sorted(set(fit_params) - accepted)
+    if "mask" in unknown:  # VBNMF.fit's argument, not a parameter of any estimator
+        raise ValueError(
+            "tl.nmf takes no mask of missing entries: fit them with "
+            "vbsnmf.VBNMF(...).fit(X, mask=...); to fit a subset of genes, pass mask_var"
+        )
     if unknown:
         raise ValueError(
             f"fit parameter {unknown[0]!r} does not apply to solver {solver!r}; it takes "

@@ -41,8 +41,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         ``fraction`` outside (0, 1); ``counts`` not 2-D, or counts that are negative, not
         finite, not whole or 2**63 or more; a negative ``random_state``.
     TypeError
-        ``counts`` is not numeric, is an AnnData or a masked array with masked entries;
-        ``random_state`` is not one of the above.
+        ``counts`` is not numeric, is an AnnData, a backed AnnData's X or a masked array
+        with masked entries; ``random_state`` is not one of the above.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
@@ -51,6 +51,12 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     if hasattr(counts, "obs_names"):  # an AnnData: its counts are a matrix of it
         raise TypeError(
             "counts must be a matrix (e.g. adata.X or adata.layers['counts']), not an AnnData"
+        )
+    if hasattr(counts, "to_memory") or type(counts).__module__.split(".")[0] in ("h5py", "zarr"):
+        # a backed AnnData's X: np.array made a 0-d array of it ("got shape ()")
+        raise TypeError(
+            "counts are stored on disk (the X of an AnnData read with backed='r'): read "
+            "them into memory first, e.g. counts.to_memory() or adata.to_memory().X"
         )
     if np.ma.is_masked(counts):  # np.array would drop the mask and split the hidden values
         raise TypeError(

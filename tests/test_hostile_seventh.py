@@ -282,3 +282,30 @@ def test_tl_nmf_given_a_mask_points_to_the_estimator():
     with pytest.raises(ValueError, match=r"tl.nmf takes no mask .*VBNMF\(\.\.\.\)\.fit\(X, mask"):
         vbsnmf.tl.nmf(adata, 2, mask=np.zeros((30, 8)))
     assert "nmf" not in adata.uns
+
+
+def test_count_split_keeps_a_sparse_arrays_kind_and_takes_float16_quietly():
+    counts = _poisson()
+    train, test = vbsnmf.tl.count_split(sp.csr_array(counts), random_state=0)
+    assert isinstance(train, sp.csr_array) and isinstance(test, sp.csr_array)
+    np.testing.assert_array_equal((train + test).toarray(), counts)
+    train, _ = vbsnmf.tl.count_split(sp.csr_matrix(counts), random_state=0)
+    assert isinstance(train, sp.csr_matrix) and not isinstance(train, sp.sparray)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "overflow encountered in cast" before
+        train, test = vbsnmf.tl.count_split(counts.astype(np.float16), random_state=0)
+    assert train.dtype == np.float16 and np.array_equal(train + test, counts)
+
+
+@pytest.mark.parametrize("grid", [[], [0.5, np.nan], [[0.5]]])
+def test_choose_alpha_beta_refuses_an_empty_or_non_finite_grid(grid):
+    from vbsnmf.classic import choose_alpha_beta
+
+    counts = _poisson() + 1.0
+    with pytest.raises(ValueError, match="alphas must be a non-empty 1-D grid of finite"):
+        choose_alpha_beta(counts, Q=counts, alphas=grid)
+
+
+def test_data_dir_names_a_name_that_is_not_a_string():
+    with pytest.raises(TypeError, match="name must be a data set's name"):
+        vbsnmf.datasets.data_dir(5)

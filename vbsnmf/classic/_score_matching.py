@@ -108,8 +108,8 @@ def choose_alpha_beta(
     ScoreMatchingResult
     """
     p, q = _values(X, W, H, Q)
-    alphas = np.linspace(-2.0, 3.0, 21) if alphas is None else np.asarray(alphas, float)
-    betas = np.linspace(-2.0, 3.0, 21) if betas is None else np.asarray(betas, float)
+    alphas = _grid(alphas, "alphas")
+    betas = _grid(betas, "betas")
     surface = np.array([[score_matching_objective(p, q, a, b) for b in betas] for a in alphas])
     if not np.isfinite(surface).any():
         raise ValueError("J is not finite anywhere on the grid; narrow alphas/betas")
@@ -125,6 +125,16 @@ def choose_alpha_beta(
         if np.isfinite(result.fun) and result.fun < objective:
             alpha, beta, objective = float(result.x[0]), float(result.x[1]), float(result.fun)
     return ScoreMatchingResult(float(alpha), float(beta), float(objective), alphas, betas, surface)
+
+
+def _grid(values, name: str) -> np.ndarray:
+    """A grid of ``alphas`` or ``betas``: the default, or finite numbers, at least one."""
+    if values is None:
+        return np.linspace(-2.0, 3.0, 21)
+    grid = np.asarray(values, dtype=float)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+        raise ValueError(f"{name} must be a non-empty 1-D grid of finite numbers, got {values!r}")
+    return grid
 
 
 def _values(X, W, H, Q) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,8 @@ _DATA = Path(__file__).parent / "data"
 
 def data_dir(name: str) -> Path:
     """Folder of a bundled data set: ``"pbmc_facs"``, ``"pbmc_facs/test"`` or ``"pbmc_tiny_v3"``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a data set's name (a str), got {name!r}")
     folder = _DATA / name
     if not (folder / "matrix.mtx.gz").is_file():
         raise FileNotFoundError(f"no bundled data set {name!r} in {_DATA}")

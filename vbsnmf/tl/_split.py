@@ -32,8 +32,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     Returns
     -------
     train, test
-        Of the input's kind (CSR for sparse input, with explicit zeros removed; an ndarray
-        otherwise) and dtype; ``train + test == counts``.
+        Of the input's kind (CSR for sparse input, a ``csr_array`` for a scipy sparse
+        array and a ``csr_matrix`` for a sparse matrix, with explicit zeros removed; an
+        ndarray otherwise) and dtype; ``train + test == counts``.
 
     Raises
     ------
@@ -64,7 +65,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
             "split the masked entries as zeros"
         )
     sparse = sp.issparse(counts)
-    matrix = sp.csr_matrix(counts, copy=True) if sparse else np.array(counts, copy=True)
+    # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
+    as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
+    matrix = as_csr(counts, copy=True) if sparse else np.array(counts, copy=True)
     if matrix.ndim != 2:
         raise ValueError(f"counts must be 2-D (cells x genes), got shape {matrix.shape}")
     values = matrix.data if sparse else matrix
@@ -76,7 +79,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         raise ValueError("counts must be non-negative and finite")
     if values.size and np.any(values % 1):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
-    if values.size and values.max() >= 2.0**63:  # numpy's binomial takes int64 counts
+    # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64
+    if values.size and float(values.max()) >= 2.0**63:
         raise ValueError(f"counts must be below 2**63, got {values.max():.6g}")
     rng = np.random.default_rng(seed_entropy(random_state))
     drawn = rng.binomial(values.astype(np.int64), fraction).astype(values.dtype)

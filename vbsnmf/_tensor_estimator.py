@@ -28,6 +28,7 @@ from ._validation import (
     check_tolerance,
     large_count_advice,
     max_count,
+    refuse_masked,
 )
 from .io._paths import check_checkpoint_path
 
@@ -119,10 +120,7 @@ def _as_array(value, name: str) -> np.ndarray:
 def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
     if values is None:
         return np.ones(nnz, dtype=np.float64)
-    if np.ma.is_masked(values):  # np.asarray would drop the mask and fit the hidden values
-        raise TypeError(
-            "values is a masked array: leave the masked entries out of coords and values"
-        )
+    refuse_masked(values, "values", "leave the masked entries out of coords and values")
     values = _as_array(values, "values")
     if values.dtype == object or not (
         np.issubdtype(values.dtype, np.number) or values.dtype == bool

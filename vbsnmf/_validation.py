@@ -361,12 +361,12 @@ def checked_counts(
             f"{name} is an AnnData: pass its counts (adata.X, a layer) as {name}, or fit it "
             "with vbsnmf.tl.nmf(adata), which stores the result in it"
         )
-    if isinstance(X, np.ma.MaskedArray) and np.ma.getmask(X) is not np.ma.nomask and X.mask.any():
-        # np.asarray would drop the mask and fit the hidden values as counts
-        raise TypeError(
-            f"{name} is a masked array: pass the entries to leave out as fit(X, mask=...) "
-            "(a sparse or boolean matrix) and the counts as X.filled(0)"
-        )
+    refuse_masked(
+        X,
+        name,
+        "pass the entries to leave out as fit(X, mask=...) (a sparse or boolean matrix) and "
+        "the counts as X.filled(0)",
+    )
     hashed = None
     if sp.issparse(X):
         if X.ndim != 2:
@@ -561,6 +561,13 @@ def _arrays_of(value):
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _arrays_of(item)
+
+
+def refuse_masked(values, name: str, advice: str) -> None:
+    """A `TypeError` ("``name`` is a masked array: ``advice``") for a masked array with
+    masked entries: np.asarray drops the mask, and the hidden values would be fitted."""
+    if np.ma.is_masked(values):
+        raise TypeError(f"{name} is a masked array: {advice}")
 
 
 def check_n_components(n_components, shape) -> int:

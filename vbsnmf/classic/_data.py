@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
-from .._validation import check_sparse_structure, exact_float_dtype
+from .._validation import check_sparse_structure, exact_float_dtype, refuse_masked
 from .losses import (
     Q_FLOOR,
     LossSpec,
@@ -141,11 +141,12 @@ class EntryPair:
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
-    if np.ma.is_masked(X):  # np.asarray would drop the mask and fit the hidden values
-        raise TypeError(
-            "X is a masked array: pass the values as X.filled(0) and leave the masked "
-            "entries out with weights=... (0 there, 1 elsewhere; solver='mu')"
-        )
+    refuse_masked(
+        X,
+        "X",
+        "pass the values as X.filled(0) and leave the masked entries out with weights=... "
+        "(0 there, 1 elsewhere; solver='mu')",
+    )
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
         check_sparse_structure(X, "X")
     X = check_array(

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._model import seed_entropy
+from .._validation import refuse_masked
 
 
 def count_split(counts, fraction: float = 0.5, random_state=0):
@@ -59,11 +60,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
             "counts are stored on disk (the X of an AnnData read with backed='r'): read "
             "them into memory first, e.g. counts.to_memory() or adata.to_memory().X"
         )
-    if np.ma.is_masked(counts):  # np.array would drop the mask and split the hidden values
-        raise TypeError(
-            "counts is a masked array: pass the counts to split, e.g. counts.filled(0) to "
-            "split the masked entries as zeros"
-        )
+    refuse_masked(
+        counts,
+        "counts",
+        "pass the counts to split, e.g. counts.filled(0) to split the masked entries as zeros",
+    )
     sparse = sp.issparse(counts)
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix

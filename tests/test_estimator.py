@@ -424,7 +424,7 @@ def test_a_masked_array_is_refused_rather_than_its_mask_dropped():
     X = np.ma.masked_array(np.ones((6, 4)), mask=np.zeros((6, 4), dtype=bool))
     X.mask[0, 0] = True
     X.data[0, 0] = 1e6  # a hidden value that np.asarray would have fitted
-    with pytest.raises(TypeError, match=r"masked array: pass the entries to leave out"):
+    with pytest.raises(TypeError, match=r"masked array: pass the counts as X\.filled\(0\)"):
         vbsnmf.VBNMF(2).fit(X)
     unmasked = np.ma.masked_array(np.ones((6, 4)))  # no entry masked: an ordinary array
     with warnings.catch_warnings():

@@ -117,7 +117,7 @@ def as_count_data(
     used as it was kept the int64 indices scipy gives a block with int64 pointers).
     """
     caller_indices = getattr(matrix, "indices", None)  # None: dense or COO, ours after
-    matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else _widen_to_sum(matrix)
+    matrix = sp.csr_array(matrix) if not sp.issparse(matrix) else widen_to_sum(matrix)
     shape = matrix.shape
     if major is None:
         major = 0 if shape[0] >= shape[1] else 1
@@ -151,9 +151,12 @@ def as_count_data(
     return CountData.from_csr(csr, major, shape)
 
 
-def _widen_to_sum(matrix):
-    """``matrix`` in float64 if it holds repeated entries in a narrow integer or boolean
-    dtype, which scipy sums in that dtype (uint8: 200 + 100 = 44; bool: True + True = 1)."""
+def widen_to_sum(matrix):
+    """``matrix`` in float64 if it is sparse and may hold repeated entries in a narrow
+    integer or boolean dtype, which scipy sums in that dtype when it converts the matrix
+    (uint8: 200 + 100 = 44; bool: True + True = 1); else ``matrix`` itself."""
+    if not sp.issparse(matrix):
+        return matrix
     kind, size = matrix.dtype.kind, matrix.dtype.itemsize
     if kind not in "biu" or size >= 8:
         return matrix

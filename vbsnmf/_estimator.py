@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from ._base import Estimator, check_feature_names, check_fitted, remember_feature_names
 from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer, warn_if_beyond
-from ._data import CountData, as_count_data
+from ._data import CountData, as_count_data, widen_to_sum
 from ._memory import check_fit_memory
 from ._model import (
     FitResult,
@@ -64,6 +64,7 @@ from ._validation import (
     check_accelerate,
     check_callback,
     check_counts,
+    check_flag,
     check_float_dtype,
     check_iterations,
     check_n_components,
@@ -74,6 +75,7 @@ from ._validation import (
     check_tolerance,
     combine_fingerprints,
     data_fingerprint,
+    readable_values,
 )
 from .io._paths import check_checkpoint_path
 from .io._stream import InMemorySource, open_source
@@ -261,7 +263,9 @@ class VBNMF(Estimator):
         of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
         fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
         (as the longer fit would, except an accelerated one, which goes on from its last
-        step with a new SQUAREM cycle where the longer fit was inside one); resumed with
+        step with a new SQUAREM cycle where the longer fit was inside one, and an SVI fit
+        whose ``n_epochs`` is not a multiple of ``eval_every``: it evaluated at its end,
+        which the longer fit did not, and goes on from that evaluation); resumed with
         fewer, the checkpoint's fit is returned with a warning. ``init`` is not used when a
         checkpoint is resumed (the checkpoint is the later state of that fit).
 
@@ -379,7 +383,8 @@ class VBNMF(Estimator):
         checkpoint = self.checkpoint
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
-        if self.resume and checkpoint is None:
+        resume = check_flag(self.resume, "resume")
+        if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
         n_init = check_iterations(self.n_init, "n_init", 1)
         if checkpoint is not None and n_init != 1:
@@ -422,7 +427,7 @@ class VBNMF(Estimator):
             eval_every=check_iterations(self.eval_every, "eval_every", 1),
             checkpoint=None if checkpoint is None else Path(checkpoint),
             checkpoint_every=check_iterations(self.checkpoint_every, "checkpoint_every", 1),
-            resume=bool(self.resume),
+            resume=resume,
             verbose=bool(self.verbose),
             random_state=self.random_state,
         )
@@ -530,17 +535,41 @@ class VBNMF(Estimator):
         cell_shape, cell_rate = self.transform_posterior(X)
         return cell_shape / cell_rate
 
+    def _fitted_gene_side(self) -> tuple[np.ndarray, np.ndarray]:
+        """``gene_shape_`` and ``gene_rate_`` as `fit` leaves them, checked: attributes
+        edited by hand gave NaN cell factors (a NaN shape) or a bare KeyError (integers)."""
+        gene_shape, gene_rate = np.asarray(self.gene_shape_), np.asarray(self.gene_rate_)
+        n_components = gene_shape.shape[-1] if gene_shape.ndim == 2 else None
+        for name, value in (("gene_shape_", gene_shape), ("gene_rate_", gene_rate)):
+            if value.dtype not in (np.float32, np.float64) or value.dtype != gene_shape.dtype:
+                raise ValueError(
+                    f"{name} holds {value.dtype} values; a fit leaves float32 or float64 in "
+                    "both gene_shape_ and gene_rate_: fit again"
+                )
+            if not np.all(np.isfinite(value)) or np.any(value <= 0):
+                raise ValueError(
+                    f"{name} must be positive and finite, as a fit leaves it: fit again"
+                )
+        shapes = (self.n_features_in_, n_components)
+        if gene_shape.shape != shapes or gene_rate.shape not in (shapes, shapes[1:]):
+            raise ValueError(
+                f"gene_shape_ {gene_shape.shape} and gene_rate_ {gene_rate.shape} do not fit "
+                f"each other and the {self.n_features_in_} genes fitted: fit again"
+            )
+        return gene_shape, gene_rate
+
     def transform_posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
         """``q(z)`` of new cells, the gene side held fixed: ``(shape (n x K), rate)``, the
         rate (K,) under the fixed prior, (n x K) under the learned one (each new cell's
         scale fitted with it, the hyperparameters held at their fitted values)."""
         check_fitted(self, "gene_shape_")
         settings = self._check_params()
+        gene_shape, gene_rate = self._fitted_gene_side()
         check_feature_names(self, X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             X = X.compute()
         # The fitted dtype's count range, as `fit` checks it (float32: at most 2**24).
-        matrix = check_counts(X, fit_dtype=self.gene_shape_.dtype)
+        matrix = check_counts(X, fit_dtype=gene_shape.dtype)
         if matrix.shape[1] != self.n_features_in_:
             # scikit-learn's wording, which its estimator checks match.
             raise ValueError(
@@ -567,8 +596,8 @@ class VBNMF(Estimator):
         with numba_threads(settings.n_threads):
             rows = fit_rows(
                 as_count_data(matrix, major=0),
-                self.gene_shape_,
-                self.gene_rate_,
+                gene_shape,
+                gene_rate,
                 prior,
                 max_iter=max(settings.max_iter, 1),
                 tol=settings.tol,
@@ -632,7 +661,7 @@ def _fit_counts(
 ) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
-        csr = sp.csr_array(matrix)
+        csr = sp.csr_array(widen_to_sum(matrix))
         fingerprint = None
         if settings.checkpoint is not None:
             fingerprint = combine_fingerprints(check_sparse_structure(csr, fingerprint=True))
@@ -641,7 +670,7 @@ def _fit_counts(
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     if mask is not None:
         mask = _checked_mask(mask, matrix.shape)
-        csr = sp.csr_array(matrix)
+        csr = sp.csr_array(widen_to_sum(matrix))
         matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
     data = as_count_data(matrix)
     if settings.solver == "svi":
@@ -651,7 +680,7 @@ def _fit_counts(
 
 def _checked_mask(mask, shape) -> Mask:
     """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
-    missing ones; refused unless finite."""
+    missing ones; refused unless finite, or if it leaves no entry observed."""
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
     matrix = sp.coo_array(mask) if not sp.issparse(mask) else mask
@@ -661,7 +690,12 @@ def _checked_mask(mask, shape) -> Mask:
     values = matrix.data
     if values.dtype == object or not np.all(np.isfinite(values.astype(np.float64))):
         raise ValueError("mask must hold finite numbers (nonzero: not observed)")
-    return Mask.of(matrix)
+    checked = Mask.of(matrix)
+    if checked.rows.nnz == shape[0] * shape[1]:
+        # nothing observed: the total term would be the difference of two equal sums,
+        # whose rounding alone gave positive, decreasing ELBOs
+        raise ValueError("mask leaves no entry of X observed: there is nothing to fit")
+    return checked
 
 
 def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
@@ -1176,5 +1210,5 @@ def fit_triplets(
                 f"{np.count_nonzero(outside)} {name} indices outside [0, {bound}), "
                 f"first at position {int(np.flatnonzero(outside)[0])}"
             )
-    matrix = sp.coo_array((counts, (rows, cols)), shape=(n_rows, n_cols))
+    matrix = sp.coo_array((readable_values(counts), (rows, cols)), shape=(n_rows, n_cols))
     return VBNMF(n_components, **params).fit(matrix)

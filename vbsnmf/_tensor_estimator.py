@@ -22,6 +22,7 @@ from ._validation import (
     NonCountWarning,
     check_accelerate,
     check_callback,
+    check_flag,
     check_prior_rate,
     check_prior_shape,
     check_step_schedule,
@@ -85,6 +86,12 @@ def check_tensor(coords, values=None, shape=None):
     if coords.dtype == bool or not (np.issubdtype(coords.dtype, np.integer) or coords.size == 0):
         raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}")
     nnz, n_modes = coords.shape
+    if n_modes != nnz and values is not None and np.shape(values) == (n_modes,):
+        raise ValueError(
+            f"values must have shape ({nnz},) to match coords, got ({n_modes},); coords of "
+            f"shape {coords.shape} has one column per value: if its rows are the modes, pass "
+            "coords.T"
+        )
     if n_modes < 2:
         raise ValueError(
             f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got D={n_modes}"
@@ -289,7 +296,9 @@ class VBNTF(Estimator):
         fingerprint of the nonzeros differs) is refused
         (`vbsnmf._checkpoint.CheckpointMismatchError`). A fit that stopped at ``max_iter``
         or ``n_epochs`` continues when resumed with more (as the longer fit would, except
-        an accelerated one, which goes on from its last step with a new SQUAREM cycle).
+        an accelerated one, which goes on from its last step with a new SQUAREM cycle, and
+        an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``, which goes on
+        from the evaluation it made at its end and the longer fit did not).
     verbose
         Print the ELBO after every iteration or pass (batch).
 
@@ -383,7 +392,7 @@ class VBNTF(Estimator):
         checkpoint = self.checkpoint
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
-        if self.resume and checkpoint is None:
+        if check_flag(self.resume, "resume") and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=PATH (where to resume from)")
         n_init = _check_integer(self.n_init, "n_init", 1)
         prior = self._prior()

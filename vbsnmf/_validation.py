@@ -270,6 +270,13 @@ def _readable_dtype(dtype: np.dtype) -> np.dtype | None:
     return None if dtype.isnative else dtype.newbyteorder("=")
 
 
+def readable_values(values: np.ndarray) -> np.ndarray:
+    """``values`` in a dtype scipy and the kernels read (`_readable_dtype`: float16 and
+    non-native byte orders, which scipy.sparse refuses, converted exactly)."""
+    readable = _readable_dtype(values.dtype)
+    return values if readable is None else values.astype(readable)
+
+
 def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
     """The stored values in a dtype the kernels read (`_readable_dtype`, booleans as
     bytes)."""
@@ -364,8 +371,8 @@ def checked_counts(
     refuse_masked(
         X,
         name,
-        "pass the entries to leave out as fit(X, mask=...) (a sparse or boolean matrix) and "
-        "the counts as X.filled(0)",
+        "pass the counts as X.filled(0); to leave the masked entries out of a fit, give "
+        "them to VBNMF.fit(X, mask=...) (a sparse or boolean matrix)",
     )
     hashed = None
     if sp.issparse(X):
@@ -500,13 +507,22 @@ def large_count_advice(fit_dtype) -> str:
     return "counts of molecules or reads are far smaller: check the input"
 
 
+def check_flag(value, name: str, allow_none: bool = False) -> bool | None:
+    """A True/False parameter (or None where ``allow_none``): a string such as "no" is
+    truthy and would silently mean True, so only booleans pass."""
+    if allow_none and value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        options = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"{name} must be {options}, got {value!r}")
+    return bool(value)
+
+
 def check_accelerate(value, learned: bool) -> bool:
     """The estimators' ``accelerate``: True, False, or None for the default (SQUAREM for
     the ``learned`` prior, plain ascent for the fixed one)."""
-    accelerate = learned if value is None else value
-    if not isinstance(accelerate, (bool, np.bool_)):
-        raise TypeError(f"accelerate must be True, False or None, got {value!r}")
-    return bool(accelerate)
+    accelerate = check_flag(value, "accelerate", allow_none=True)
+    return learned if accelerate is None else accelerate
 
 
 def check_callback(callback):

@@ -30,6 +30,7 @@ from .losses import (
     LossSpec,
     ab_divergence,
     check_defined_at_zeros,
+    check_factors,
     resolve_loss,
     sum_q_power,
 )
@@ -257,18 +258,8 @@ class ClassicData:
     # ---- shapes -------------------------------------------------------------------------
 
     def check_factors(self, W, H) -> tuple[np.ndarray, np.ndarray]:
-        """W (n x K) and H (K x m) as float64, checked against X (ValueError)."""
-        W = np.array(W, dtype=np.float64, copy=True)
-        H = np.array(H, dtype=np.float64, copy=True)
-        n_rows, n_cols = self.shape
-        if W.ndim != 2 or H.ndim != 2 or W.shape[0] != n_rows or H.shape[1] != n_cols:
-            raise ValueError(f"W {W.shape} and H {H.shape} do not factor X of shape {self.shape}")
-        if W.shape[1] != H.shape[0]:
-            raise ValueError(f"W has {W.shape[1]} components, H has {H.shape[0]}")
-        for name, factor in (("W", W), ("H", H)):
-            if not np.all(np.isfinite(factor)) or factor.min(initial=0.0) < 0:
-                raise ValueError(f"{name} must be finite and non-negative")
-        return W, H
+        """W (n x K) and H (K x m) as float64 copies, checked against X (`check_factors`)."""
+        return check_factors(W, H, self.shape)
 
     @property
     def is_weighted(self) -> bool:

@@ -118,7 +118,7 @@ def fit_multiplicative(
             H_t = multiplicative_step(H_t, numerator, denominator, exponent, epsilon, h_mask)
             if poisson:
                 W, H_t = _normalise_modules(W, H_t)
-        if converged(loss_trace, tol):
+        if should_stop(loss_trace, tol):
             break
     n_iter = len(loss_trace)
     # The final loss by the same route as the trace (no nonzero-sized temporaries).
@@ -127,11 +127,20 @@ def fit_multiplicative(
 
 
 def converged(loss_trace: list[float], tol: float) -> bool:
-    """Relative change of the last two losses at most ``tol``."""
+    """Relative change of the last two losses at most ``tol``; never for a loss out of the
+    float range (``|inf - x| <= tol * inf`` would read as converged)."""
     if len(loss_trace) < 2:
         return False
     previous, current = loss_trace[-2], loss_trace[-1]
+    if not (np.isfinite(previous) and np.isfinite(current)):
+        return False
     return abs(previous - current) <= tol * max(abs(previous), Q_FLOOR)
+
+
+def should_stop(loss_trace: list[float], tol: float) -> bool:
+    """`converged`, or the last loss out of the float range (the caller raises: further
+    iterations would not bring it back)."""
+    return not np.isfinite(loss_trace[-1]) or converged(loss_trace, tol)
 
 
 def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import contextlib
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
@@ -20,7 +21,7 @@ from .._base import check_feature_names, remember_feature_names
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
-from .._validation import check_n_components
+from .._validation import check_flag, check_n_components
 from ._data import ClassicData
 from ._mu import converged, fit_multiplicative
 from ._options import INITS, SOLVERS
@@ -216,7 +217,8 @@ class NMF(TransformerMixin, BaseEstimator):
                     W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
             except np.linalg.LinAlgError as error:  # ALS's and GD's solves on an overflow
                 raise self._overflow(data, spec) from error
-        if not (np.isfinite(trace[-1]) and np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
+        # Every entry of the trace: a solver stops at the first loss out of the float range.
+        if not (np.all(np.isfinite(trace)) and np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
             raise self._overflow(data, spec)
         if self.tol > 0 and 0 < n_iter == self.max_iter and not converged(trace[:n_iter], self.tol):
             warn_user(
@@ -267,6 +269,7 @@ class NMF(TransformerMixin, BaseEstimator):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_flag(self.thin, "thin")
         if self.init not in INITS and self.init is not None:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         _check_seed(self.random_state)
@@ -309,7 +312,7 @@ class NMF(TransformerMixin, BaseEstimator):
                 raise ValueError(f"factor_mask keys must be 'W' and/or 'H', got {sorted(unknown)}")
             w_mask, h_mask = mask.get("W"), mask.get("H")
         else:
-            mask = np.asarray(mask)
+            mask = _dense_mask(mask)
             w_shape, h_shape = (n_rows, n_components), (n_components, n_cols)
             if w_shape == h_shape and mask.shape == w_shape:
                 raise ValueError("factor_mask fits both W and H; pass {'W': ...} or {'H': ...}")
@@ -327,11 +330,22 @@ class NMF(TransformerMixin, BaseEstimator):
             if value is None:
                 checked.append(None)
                 continue
-            value = np.asarray(value, dtype=np.float64)
+            value = _dense_mask(value).astype(np.float64)
             if value.shape != shape or not np.isin(value, (0.0, 1.0)).all():
                 raise ValueError(f"factor_mask[{name!r}] must be a 0/1 array of shape {shape}")
             checked.append(value if name == "W" else np.ascontiguousarray(value.T))
         return checked[0], checked[1]
+
+
+def _dense_mask(mask) -> np.ndarray:
+    """A factor mask as a dense array (it is factor-sized; np.asarray of a scipy.sparse
+    mask is a 0-d object array)."""
+    if sp.issparse(mask):
+        return mask.toarray()
+    try:
+        return np.asarray(mask)
+    except ValueError:  # ragged
+        raise ValueError("factor_mask must be a 0/1 array, not a ragged sequence") from None
 
 
 def reconstruction_error(spec: LossSpec, loss: float) -> float:

@@ -23,6 +23,7 @@ from scipy.optimize import minimize
 
 from .. import _kernels
 from ._data import check_data
+from .losses import check_factors
 
 # Below this |beta| the beta = 0 formula is used (the general one divides by beta).
 _BETA_ZERO = 1e-10
@@ -106,6 +107,14 @@ def choose_alpha_beta(
     Returns
     -------
     ScoreMatchingResult
+
+    Raises
+    ------
+    ValueError
+        X negative, NaN or infinite; W and H not finite, non-negative factors of X
+        (`losses.check_factors`), or Q not of X's shape; a grid empty or not finite.
+    TypeError
+        W or H not an array of real numbers.
     """
     p, q = _values(X, W, H, Q)
     alphas = _grid(alphas, "alphas")
@@ -150,13 +159,15 @@ def _values(X, W, H, Q) -> tuple[np.ndarray, np.ndarray]:
             rows, cols = X.nonzero()
             return X.data, Q[rows, cols]
         return X[X > 0], Q[X > 0]
+    # The kernel indexes W and H by X's rows and columns without bounds checks.
+    W, H = check_factors(W, H, X.shape)
     X_csr = sp.csr_matrix(X)
     q = np.empty(X_csr.nnz)
     _kernels.classic_wh_at_nonzeros(
         X_csr.indptr.astype(np.int64)[None, :],  # one column tile
         np.asarray(X_csr.indices, dtype=np.int32),
-        np.ascontiguousarray(W, dtype=np.float64),
-        np.ascontiguousarray(np.asarray(H, dtype=np.float64).T),
+        W,
+        np.ascontiguousarray(H.T),
         q,
     )
     return X_csr.data, q

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import ClassicData
-from ._mu import converged
+from ._mu import should_stop
 
 IPG_TAU = 0.99
 
@@ -118,7 +118,7 @@ def fit_frobenius(
         if update_h:
             XC = data.data_times(W, "cols")
             H_t = _project(step(H_t, XC, W.T @ W), epsilon, h_mask)
-        if converged(loss_trace, tol):
+        if should_stop(loss_trace, tol):
             break
     n_iter = len(loss_trace)
     XC = data.data_times(H_t, "rows")

@@ -12,7 +12,8 @@ A loss is a separable divergence ``D(P, Q) = sum_ij d(p_ij, q_ij)`` with ``d >= 
   alpha = 0, beta = 0 and alpha = beta = 0.
 
 Every named loss except l1 is a multiple of one AB-divergence (`resolve_loss` gives the pair
-and the factor), which is what the multiplicative updates and the sparse evaluation use.
+and the factor), which is what the multiplicative updates and the sparse evaluation use
+(Hellinger's values by its direct formula: d_AB is twice it and overflows first).
 
 Sparse evaluation (`factor_loss`): for X sparse and Q = W H the loss is the sum over the
 nonzeros of ``d(x, q) - d(0, q)`` plus the zeros' part ``sum_ij d(0, q_ij)`` over every
@@ -24,10 +25,10 @@ at a time. Where ``d(0, q)`` is undefined (Itakura-Saito, Neyman, alpha <= 0, ..
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import xlogy
 
 from .. import _kernels
 
@@ -70,37 +71,116 @@ def frobenius(p, q):
 
 
 def kullback_leibler(p, q):
-    """Generalised Kullback-Leibler ``p ln(p / q) - p + q`` (``0 ln 0 = 0``)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return xlogy(p, p) - xlogy(p, q) - p + q
+    """Generalised Kullback-Leibler ``p ln(p / q) - p + q``: ``q`` at p = 0 (``0 ln 0 = 0``),
+    ``inf`` at q = 0 < p; accurate where p and q are close."""
+
+    def both_positive(p, q):
+        value = p * _log_ratio_gap(q, p)
+        # Where q > 2 p, q / p may overflow: there the terms apart (p ln(q / p) <= q - p, so
+        # neither overflows where d(p, q) is finite), which cancel little (ln 2 < 1).
+        far = q > 2.0 * p
+        p, q = p[far], q[far]
+        value[far] = (q - p) - p * _log_of_ratio(q, p)
+        return value
+
+    return _by_cases(p, q, both_positive, at_zero_p=lambda q: q, at_zero_q=_infinite)
 
 
 def itakura_saito(p, q):
-    """Itakura-Saito ``ln(q / p) + p / q - 1`` (undefined at p = 0: ``inf``)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(q) - np.log(p) + p / q - 1.0
+    """Itakura-Saito ``ln(q / p) + p / q - 1`` (undefined at p = 0 or q = 0: ``inf``);
+    accurate where p and q are close."""
+    return _by_cases(p, q, _log_ratio_gap, at_zero_p=_infinite, at_zero_q=_infinite)
 
 
 def hellinger(p, q):
-    """Squared Hellinger distance ``(sqrt(p) - sqrt(q))**2``."""
-    return np.square(np.sqrt(p) - np.sqrt(q))
+    """Squared Hellinger distance ``(sqrt(p) - sqrt(q))**2``, as
+    ``((p - q) / (sqrt(p) + sqrt(q)))**2``: the difference of the roots cancels where p and q
+    are close, ``p - q`` is exact there."""
+
+    def both_positive(p, q):
+        return np.square((p - q) / (np.sqrt(p) + np.sqrt(q)))
+
+    return _by_cases(p, q, both_positive, at_zero_p=lambda q: q, at_zero_q=lambda p: p)
 
 
 def pearson(p, q):
-    """Pearson chi-squared ``(p - q)**2 / q``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.square(np.subtract(p, q)) / np.asarray(q, dtype=np.float64)
+    """Pearson chi-squared ``(p - q)**2 / q``: ``q`` at p = 0 (0 at p = q = 0), ``inf`` at
+    q = 0 < p."""
+
+    def both_positive(p, q):
+        # not (p - q)**2 / q: the square or the quotient can overflow where d(p, q) does not
+        return np.square((p - q) / np.sqrt(q))
+
+    return _by_cases(p, q, both_positive, at_zero_p=lambda q: q, at_zero_q=_infinite)
 
 
 def neyman(p, q):
-    """Neyman chi-squared ``(p - q)**2 / p`` (undefined at p = 0: ``inf``)."""
-    p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p > 0, np.square(p - q) / np.where(p > 0, p, 1.0), np.inf)
+    """Neyman chi-squared ``(p - q)**2 / p`` (undefined at p = 0: ``inf``), ``p`` at q = 0."""
+
+    def both_positive(p, q):
+        # not (p - q)**2 / p: the square or the quotient can overflow where d(p, q) does not
+        return np.square((p - q) / np.sqrt(p))
+
+    return _by_cases(p, q, both_positive, at_zero_p=_infinite, at_zero_q=lambda p: p)
+
+
+def _infinite(values: np.ndarray) -> np.ndarray:
+    return np.full(values.shape, np.inf)
+
+
+def _by_cases(p, q, both_positive, at_zero_p, at_zero_q):
+    """``d(p, q)`` over the broadcast p and q, case by case as `ab_divergence` evaluates it.
+
+    ``both_positive(p, q)`` gives it where p, q > 0, ``at_zero_p(q)`` where p = 0 <= q,
+    ``at_zero_q(p)`` where q = 0 < p (each on 1-D arrays); NaN where p or q is negative or
+    NaN.
+    """
+    p, q = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
+    value = np.full(p.shape, np.nan)
+    with np.errstate(all="ignore"):  # overflow to inf is the value where d(p, q) overflows
+        positive = (p > 0) & (q > 0)
+        value[positive] = both_positive(p[positive], q[positive])
+        zero_p = (p == 0) & (q >= 0)
+        value[zero_p] = at_zero_p(q[zero_p])
+        zero_q = (q == 0) & (p > 0)
+        value[zero_q] = at_zero_q(p[zero_q])
+    return value[()] if value.ndim == 0 else value
+
+
+def _log_of_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``ln(a / b)`` (a, b > 0): ``ln a - ln b`` only where ``a / b`` under- or overflows (a
+    difference of large logarithms keeps fewer digits)."""
+    with np.errstate(all="ignore"):
+        ratio = a / b
+        normal = (ratio >= np.finfo(np.float64).tiny) & (ratio < np.inf)
+        return np.where(normal, np.log(ratio), np.log(a) - np.log(b))
+
+
+# Terms of the series of u - log1p(u) below: the tail after them is under 1e-17 relative
+# for |z| <= 1/3 ((1/9)**16 / 35).
+_GAP_TERMS = 16
+
+
+def _log_ratio_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``r - 1 - ln r`` for ``r = a / b`` (a, b > 0, 1-D), accurate where r is near 1.
+
+    There the three terms cancel, so for r in [1/2, 2] it is ``u - log1p(u)`` with
+    ``u = (a - b) / b`` (``a - b`` exact, Sterbenz) summed as
+    ``u**2 / (2 + u) - 2 z**3 (1/3 + z**2/5 + z**4/7 + ...)``, ``z = u / (2 + u)`` (from
+    ``log1p(u) = 2 atanh(z)``; |z| <= 1/3). Elsewhere `_log_of_ratio`.
+    """
+    with np.errstate(all="ignore"):
+        ratio = a / b
+        value = ratio - 1.0 - _log_of_ratio(a, b)
+        near = (ratio >= 0.5) & (ratio <= 2.0)
+        u = (a[near] - b[near]) / b[near]
+        z = u / (2.0 + u)
+        z_squared = z * z
+        series = np.zeros_like(z)
+        for k in range(_GAP_TERMS, 0, -1):
+            series = series * z_squared + 1.0 / (2 * k + 1)
+        value[near] = u * u / (2.0 + u) - 2.0 * z * z_squared * series
+    return value
 
 
 def alpha_divergence(p, q, alpha: float):
@@ -180,6 +260,10 @@ class LossSpec:
         """``d(p, q)`` of this loss, vectorised."""
         if self.alpha is None:
             return l1(p, q)
+        if self.name == "hellinger":
+            # d_AB(1/2, 1/2) is twice the squared Hellinger distance: it overflows where the
+            # distance does not (both near the largest float); the direct formula does not.
+            return hellinger(p, q)
         return self.scale * ab_divergence(p, q, self.alpha, self.beta)
 
 
@@ -273,8 +357,61 @@ def check_defined_at_zeros(spec: LossSpec, has_zeros: bool) -> None:
         )
 
 
+def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """W (n x K) and H (K x m) as float64 copies, finite and non-negative.
+
+    Parameters
+    ----------
+    W, H
+        The factors.
+    shape
+        ``(n, m)`` of the X they factor, or None to check only that they multiply.
+
+    Raises
+    ------
+    TypeError
+        A factor does not hold real numbers.
+    ValueError
+        A factor is not 2-D, the shapes do not match, or an entry is negative, NaN or
+        infinite.
+    """
+    factors = []
+    for name, factor in (("W", W), ("H", H)):
+        try:
+            array = np.asarray(factor)
+        except ValueError:  # numpy's words for a ragged sequence
+            raise ValueError(f"{name} must be a 2-D array, not a ragged sequence") from None
+        if array.dtype.kind not in "biuf":  # also a scipy sparse matrix (an object array)
+            raise TypeError(
+                f"{name} must be a dense array of real numbers, got {type(factor).__name__} "
+                f"of dtype {array.dtype}"
+            )
+        factors.append(np.array(array, dtype=np.float64, copy=True))
+    W, H = factors
+    if W.ndim != 2 or H.ndim != 2:
+        raise ValueError(f"W {W.shape} and H {H.shape} must both be 2-D")
+    if W.shape[1] != H.shape[0]:
+        raise ValueError(f"W has {W.shape[1]} components, H has {H.shape[0]}")
+    if shape is not None and (W.shape[0], H.shape[1]) != tuple(shape):
+        raise ValueError(f"W {W.shape} and H {H.shape} do not factor X of shape {tuple(shape)}")
+    for name, factor in (("W", W), ("H", H)):
+        if not np.all(np.isfinite(factor)) or factor.min(initial=0.0) < 0:
+            raise ValueError(f"{name} must be finite and non-negative")
+    return W, H
+
+
 def sum_q_power(W: np.ndarray, H: np.ndarray, power: float) -> float:
-    """``sum_ij (W H)_ij**power`` over every entry; closed form for power 1 and 2."""
+    """``sum_ij (W H)_ij**power`` over every entry; closed form for power 1 and 2.
+
+    Raises
+    ------
+    ValueError
+        W and H are not non-negative factors that multiply (`check_factors`), or ``power``
+        is not a finite number > 0.
+    """
+    W, H = check_factors(W, H)
+    if not (isinstance(power, numbers.Real) and np.isfinite(power) and power > 0):
+        raise ValueError(f"power must be a finite number > 0, got {power!r}")
     if power == 1.0:
         return float(W.sum(axis=0) @ H.sum(axis=1))
     if power == 2.0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._validation import repeated_negative
+from .._validation import check_flag, repeated_negative
 from ._errors import ReadError, check_exists, describe_error
 from ._paths import check_apart
 from ._read import (
@@ -93,6 +93,7 @@ def mtx_to_h5ad(
         A write failed (a full disk, a file-size limit); it names ``dst``, and nothing is
         left behind.
     """
+    genes_as_rows = check_flag(genes_as_rows, "genes_as_rows")
     src, dst = Path(src), Path(dst)
     check_exists(src)
     # before anything is written: dst (links and hard links resolved) must not replace

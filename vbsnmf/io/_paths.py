@@ -28,6 +28,7 @@ from .._atomic import (
     owned_temporary,
     temporary_prefix,
 )
+from .._validation import check_flag
 
 
 class UnsafePathError(ValueError):
@@ -221,6 +222,7 @@ def check_outdir(
     UnsafePathError
         Any of the above, with the reason, or another run writing OUTDIR now.
     """
+    force = check_flag(force, "force")
     path = Path(outdir)
     _check_lookup("OUTDIR", path)
     real = real_path(path)

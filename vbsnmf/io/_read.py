@@ -24,6 +24,7 @@ Every reader returns an AnnData with cells as rows (``obs``) and genes as column
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import gzip
@@ -39,7 +40,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._validation import check_sparse_structure, exact_float_dtype, repeated_negative
+from .._validation import (
+    check_flag,
+    check_sparse_structure,
+    exact_float_dtype,
+    repeated_negative,
+)
 from ._errors import ReadError, check_exists, describe_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -123,6 +129,7 @@ def read(
 def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
     """The kind of input ``path`` is (`input_kind`), after checking that the options of
     `read` fit it (`ReadError` for a missing path, ValueError for options)."""
+    check_flag(genes_as_rows, "genes_as_rows", allow_none=True)
     check_exists(path)
     kind = input_kind(path)
     if kind == "10x" and genes_as_rows is False:
@@ -355,6 +362,7 @@ def read_mtx(
         Missing, unreadable, truncated or malformed file, or name files whose length does
         not match the matrix.
     """
+    genes_as_rows = check_flag(genes_as_rows, "genes_as_rows")
     path = Path(path)
     matrix = _read_mtx_matrix(path)
     names = []
@@ -717,7 +725,9 @@ class MtxHeader:
 def mtx_header(path: Path) -> MtxHeader:
     """The header of a Matrix Market file, checked (`ReadError`)."""
     with open_binary(path) as handle:
-        banner = handle.readline(1024).decode("ascii", errors="replace").split()
+        # a byte-order mark is what editors on Windows write before UTF-8 text
+        banner = handle.readline(1024).removeprefix(codecs.BOM_UTF8)
+        banner = banner.decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
         if banner[0] != "%%MatrixMarket":  # the format's first word is case-sensitive
@@ -865,7 +875,7 @@ class CheckedText(io.RawIOBase):
 
     _BLOCK = 1 << 20
 
-    def __init__(self, handle, path: Path, header: MtxHeader, n_entries: int):
+    def __init__(self, handle, path: Path, header: MtxHeader, n_entries: int, start: int = 0):
         super().__init__()
         self._handle, self._path, self._header = handle, path, header
         self._classes = _character_classes(header.field)
@@ -879,7 +889,7 @@ class CheckedText(io.RawIOBase):
         self._n_indexes = 0 if header.fmt == "array" else 2
         self._expected = n_fields * n_entries
         self._numbers = 0
-        self._offset = 0  # bytes of text read so far
+        self._offset = start  # bytes of the file read so far (``handle`` is at ``start``)
         self._line = 1  # the line of the file that self._pending starts
         self._pending = b""  # the start of a line whose newline is not read yet
 
@@ -1053,7 +1063,10 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
         header = mtx_header(path)
         n_entries = check_mtx_size(path, header.fmt, header.size)
         with open_binary(path) as handle:
-            text = CheckedText(handle, path, header, n_entries)
+            # scipy reads no byte-order mark (mtx_header takes one): start after it
+            start = len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
+            handle.seek(start)
+            text = CheckedText(handle, path, header, n_entries, start)
             matrix = scipy.io.mmread(text.buffered())
             text.finish()
     matrix = sp.coo_matrix(matrix)

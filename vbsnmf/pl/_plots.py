@@ -51,6 +51,25 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     return None if show else axes
 
 
+def _finite_obsm(adata, name: str) -> np.ndarray:
+    """``adata.obsm[name]``, which the fit wrote finite: a `KeyError` if it is gone, a
+    `ValueError` if it holds anything but finite numbers (an edited result, not a fit)."""
+    if name not in adata.obsm:
+        raise KeyError(f"adata.obsm has no {name!r}, which vbsnmf.tl.nmf writes; fit again")
+    values = np.asarray(adata.obsm[name])
+    if values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"adata.obsm[{name!r}] holds {values.dtype} values, not numbers, which no vbsnmf "
+            "fit writes; fit again"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"adata.obsm[{name!r}] holds NaN or infinite values, which no vbsnmf fit "
+            "writes; fit again"
+        )
+    return values
+
+
 def _check_components(components, n_components: int) -> list[int]:
     """``components``: distinct factor indices in [0, K), or a boolean mask of length K."""
     values = np.asarray(components)
@@ -205,8 +224,11 @@ def factors(
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     if np.ndim(adata.obsm[basis_key]) != 2 or np.shape(adata.obsm[basis_key])[1] < 2:
         raise ValueError(f"adata.obsm[{basis_key!r}] is not a 2-D embedding (cells x 2 or more)")
+    if adata.n_obs == 0:  # np.percentile of nothing failed with numpy's IndexError
+        raise ValueError("adata holds no cells to draw")
     field = info["usage_key"] if values == "usage" else info["obsm_key"]
-    shown = np.asarray(adata.obsm[field])[:, components]
+    # NaN made the percentile scale NaN, and matplotlib drew a broken one silently
+    shown = _finite_obsm(adata, field)[:, components]
     if isinstance(vmax, str):
         percent = vmax[1:].replace(".", "", 1)
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
@@ -243,7 +265,7 @@ def factors(
 
 def top_genes(
     adata,
-    groupby: str,
+    groupby: str | Sequence[str],
     n_genes: int = 5,
     key: str = "nmf",
     *,
@@ -268,7 +290,9 @@ def top_genes(
     adata
         AnnData after `vbsnmf.tl.nmf`.
     groupby
-        The ``.obs`` column of groups (clusters, cell types).
+        The ``.obs`` column of groups (clusters, cell types), or a list of columns (their
+        combinations are the groups, as in ``sc.pl.dotplot``). Categories without cells
+        are refused (scanpy's dot plot cannot draw them).
     n_genes, sort_by, min_counts, include_inactive
         As in `vbsnmf.tl.top_genes`.
     key
@@ -289,18 +313,20 @@ def top_genes(
     """
     import scanpy as sc
 
-    if groupby not in adata.obs:
-        raise KeyError(f"adata.obs has no column {groupby!r} to group the cells by")
-    column = adata.obs[groupby]
-    if column.isna().all():  # scanpy's dotplot then fails deep in pandas (a KeyError)
-        raise ValueError(f"adata.obs[{groupby!r}] puts no cell in a group: every value is missing")
-    if not isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(column):
-        # scanpy would cut a numeric column into bins (and then fail to find them)
-        kind = "boolean" if pd.api.types.is_bool_dtype(column) else "numeric"
-        raise ValueError(
-            f"adata.obs[{groupby!r}] is {kind}; make it categorical to group by it "
-            f"(adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype('category'))"
-        )
+    info = fit_info(adata, key)
+    if adata.n_obs == 0:
+        raise ValueError("adata holds no cells to group")
+    for name in [groupby] if isinstance(groupby, str) else _names(groupby):
+        _check_group_column(adata, name)
+    if (
+        adata.X is None
+        and "layer" not in kwds
+        and (adata.raw is None or kwds.get("use_raw") is False)
+    ):
+        # scanpy's dotplot would fail on X with a bare TypeError
+        if "layer" not in info["params"]:
+            raise ValueError("adata.X is None: pass layer= naming the expression to show")
+        kwds["layer"] = info["params"]["layer"]
     table = top_genes_table(
         adata,
         n_genes,
@@ -321,6 +347,41 @@ def top_genes(
         return dot_plot
     dot_plot.make_figure()
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+
+
+def _names(groupby) -> list[str]:
+    """``groupby`` given as several ``.obs`` columns: a non-empty list of names."""
+    if not isinstance(groupby, (list, tuple)) or not groupby:
+        raise TypeError(f"groupby must be an .obs column or a list of them, got {groupby!r}")
+    for name in groupby:
+        if not isinstance(name, str):
+            raise TypeError(f"groupby must name .obs columns, got {name!r} in it")
+    return list(groupby)
+
+
+def _check_group_column(adata, groupby: str) -> None:
+    """An ``.obs`` column scanpy's dot plot can group by (its own failures on the others
+    are pandas' KeyErrors, or bins it then cannot find)."""
+    if groupby not in adata.obs:
+        raise KeyError(f"adata.obs has no column {groupby!r} to group the cells by")
+    column = adata.obs[groupby]
+    if column.isna().all():
+        raise ValueError(f"adata.obs[{groupby!r}] puts no cell in a group: every value is missing")
+    if not isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_numeric_dtype(column):
+        kind = "boolean" if pd.api.types.is_bool_dtype(column) else "numeric"
+        raise ValueError(
+            f"adata.obs[{groupby!r}] is {kind}; make it categorical to group by it "
+            f"(adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype('category'))"
+        )
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        unused = column.cat.categories.difference(column.unique().dropna())
+        if len(unused):
+            listed = ", ".join(map(str, unused[:5]))
+            raise ValueError(
+                f"adata.obs[{groupby!r}] has categories without cells ({listed}), "
+                "which scanpy's dot plot cannot draw: drop them with "
+                f"adata.obs[{groupby!r}] = adata.obs[{groupby!r}].cat.remove_unused_categories()"
+            )
 
 
 def select_k(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-
-import numpy as np
+from collections.abc import Sequence
 
 from .._validation import check_iterations
-from ..tl._stored import active_factors, fit_info
-from ._plots import _finish
+from ..tl._stored import active_factors, check_writable, fit_info
+from ._plots import _finish, _finite_obsm
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -35,7 +34,7 @@ def umap(
     adata,
     *,
     key: str = "nmf",
-    color: str | None = None,
+    color: str | Sequence[str] | None = None,
     n_neighbors: int = 15,
     random_state: int = 0,
     show: bool | None = None,
@@ -55,8 +54,9 @@ def umap(
     key
         ``key_added`` of the fit.
     color
-        An ``.obs`` column or a gene; default: each cell's dominant active factor, stored
-        as ``.obs[key + '_dominant_factor']``. ``"leiden"`` without such a column: Leiden
+        An ``.obs`` column or a gene, or a list of them (one panel each, as in
+        ``sc.pl.umap``); default: each cell's dominant active factor, stored as
+        ``.obs[key + '_dominant_factor']``. ``"leiden"`` without such a column: Leiden
         clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
         igraph package), stored as ``.obs['leiden']``.
     n_neighbors
@@ -69,7 +69,7 @@ def umap(
 
     Returns
     -------
-    The matplotlib axes, unless shown.
+    The matplotlib axes (a list of them for a list of colours), unless shown.
 
     Raises
     ------
@@ -77,9 +77,10 @@ def umap(
         No fit under ``key``, or its usages are gone from ``.obsm``.
     ValueError
         The usages hold NaN or infinite values (an edited result: no fit writes them);
-        ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells.
+        ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells; ``adata`` is a
+        view of a backed AnnData, which cannot store the graph.
     TypeError
-        ``n_neighbors`` is not an integer.
+        ``n_neighbors`` is not an integer; ``color`` is not a name or a list of names.
 
     Any failure leaves ``adata`` as it was.
     """
@@ -88,19 +89,21 @@ def umap(
 
     info = fit_info(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
+    colors = _check_colors(color)
+    check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
     usages = _finite_obsm(adata, info["usage_key"])
     _finite_obsm(adata, info["sqrt_usage_key"])
     with _unchanged_on_failure(adata):
-        if color is None:
-            color = f"{key}_dominant_factor"
+        if colors is None:
+            colors = [f"{key}_dominant_factor"]
             active = active_factors(adata, key)
             if active.size == 0:
                 active = active_factors(adata, key, include_inactive=True)
             dominant = usages[:, active].argmax(axis=1)
             names = [f"factor {factor}" for factor in active]
-            adata.obs[color] = pd.Categorical.from_codes(dominant, categories=names)
+            adata.obs[colors[0]] = pd.Categorical.from_codes(dominant, categories=names)
         # replaced by the graph below; scanpy reads a stored one first, and one without
         # its parameters (an edited file) failed with a bare KeyError: 'n_neighbors'
         adata.uns.pop("neighbors", None)
@@ -110,11 +113,33 @@ def umap(
             use_rep=info["sqrt_usage_key"],
             random_state=random_state,
         )
-        if color == LEIDEN and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
+        if LEIDEN in colors and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
             leiden(adata, random_state)
         sc.tl.umap(adata, random_state=random_state)
-        axes = sc.pl.umap(adata, color=color, show=False, title=f"UMAP of NMF usages: {color}")
-        return _finish(axes.figure, axes, show, save, "umap")
+        titles = [f"UMAP of NMF usages: {name}" for name in colors]
+        one = isinstance(color, str) or color is None
+        axes = sc.pl.umap(
+            adata,
+            color=colors[0] if one else colors,
+            show=False,
+            title=titles[0] if one else titles,
+        )
+        # a list of axes for several panels, as scanpy returns them
+        first = axes[0] if isinstance(axes, list) else axes
+        return _finish(first.figure, axes, show, save, "umap")
+
+
+def _check_colors(color) -> list[str] | None:
+    """``color`` as a list of names (None for the default)."""
+    if color is None:
+        return None
+    names = [color] if isinstance(color, str) else color
+    if not isinstance(names, (list, tuple)) or not names:
+        raise TypeError(f"color must be a name or a non-empty list of names, got {color!r}")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"color must be a name or a list of names, got {name!r} in it")
+    return list(names)
 
 
 @contextlib.contextmanager
@@ -129,22 +154,3 @@ def _unchanged_on_failure(adata):
         for name, value in saved.items():
             setattr(adata, name, value)
         raise
-
-
-def _finite_obsm(adata, name: str) -> np.ndarray:
-    """``adata.obsm[name]``, which the fit wrote finite: a `KeyError` if it is gone, a
-    `ValueError` if it holds anything but finite numbers (an edited result, not a fit)."""
-    if name not in adata.obsm:
-        raise KeyError(f"adata.obsm has no {name!r}, which vbsnmf.tl.nmf writes; fit again")
-    values = np.asarray(adata.obsm[name])
-    if values.dtype.kind not in "biuf":
-        raise ValueError(
-            f"adata.obsm[{name!r}] holds {values.dtype} values, not numbers, which no vbsnmf "
-            "fit writes; fit again"
-        )
-    if not np.all(np.isfinite(values)):
-        raise ValueError(
-            f"adata.obsm[{name!r}] holds NaN or infinite values, which no vbsnmf fit "
-            "writes; fit again"
-        )
-    return values

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import is_dask_array
-from .._validation import CorruptMatrixError, check_counts
+from .._validation import CorruptMatrixError, check_counts, check_flag
 
 
 def in_memory(matrix):
@@ -30,8 +30,7 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
     """The matrix to factorise, its gene names, and a label saying where it came from."""
     if layer is not None and not isinstance(layer, str):
         raise TypeError(f"layer must be a string or None, got {layer!r}")
-    if not isinstance(use_raw, (bool, np.bool_)):  # "no" is truthy: it would read .raw
-        raise TypeError(f"use_raw must be True or False, got {use_raw!r}")
+    use_raw = check_flag(use_raw, "use_raw")
     if layer is not None and use_raw:
         raise ValueError("pass either layer= or use_raw=True, not both")
     if layer is not None:

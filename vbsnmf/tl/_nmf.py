@@ -13,7 +13,7 @@ from .._estimator import VBNMF
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import is_dask_array, numba_threads
-from .._validation import check_float_dtype, check_n_components
+from .._validation import check_flag, check_float_dtype, check_n_components
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
 from ._counts import check_count_matrix, check_has_counts, select_counts
@@ -22,6 +22,7 @@ from ._stored import (
     FitKeys,
     cell_factor_arrays,
     check_key_added,
+    check_writable,
     drop_fit,
     fit_info,
     variational_params,
@@ -61,7 +62,9 @@ def nmf(
         Cells x genes. Sparse, dense, backed or dask ``X`` (never densified). A backed
         AnnData (``anndata.read_h5ad(path, backed="r")``) with ``solver="svi"`` is
         streamed from disk a minibatch of cells at a time (its ``X``, stored as CSR;
-        memory does not grow with the nonzeros); otherwise it is read into memory.
+        memory does not grow with the nonzeros). A dask ``X`` is fitted where its chunks
+        are (`vbsnmf.fit_dask`), and only the results come into memory (the ``.obsm``
+        arrays below, cells x K). Otherwise ``X`` is read into memory.
     n_components
         Number of factors K. With the Gamma prior, K is an upper bound: factors the data
         do not need are switched off (see ``active`` below).
@@ -185,17 +188,14 @@ def nmf(
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
     check_key_added(key_added, adata)
+    copy = check_flag(copy, "copy")
+    warm_start = check_flag(warm_start, "warm_start")
     if min_share is not None:
         min_share = check_share(min_share)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    elif adata.isbacked and adata.is_view:
-        # anndata cannot store the result into it (it would need a copy to a file), so the
-        # fit would be lost at its end
-        raise ValueError(
-            "adata is a view of a backed AnnData, which cannot hold the result: pass "
-            "copy=True, or call .to_memory() on the view first"
-        )
+    else:
+        check_writable(adata)
     keys = FitKeys.of(key_added)
     streamed = solver == "svi" and adata.isbacked and layer is None and not use_raw
     if streamed:
@@ -231,7 +231,7 @@ def nmf(
     on_dask = is_dask_array(matrix)
     kind = "dask" if on_dask else "stream" if streamed else "checked"
     if on_dask and solver not in VB_SOLVERS:
-        # fitted on the Dask cluster (vbsnmf.fit_dask): .obsm holds dask arrays
+        # fitted on the Dask cluster (vbsnmf.fit_dask); its cells' results come into memory
         raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
     if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
@@ -240,7 +240,6 @@ def nmf(
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         check_n_components(n_components, matrix.shape)
 
-    genes = adata.raw if use_raw else adata
     if solver in VB_SOLVERS:
         init, previous_trace, previous_passes = None, np.empty(0), 0
         if warm_start:
@@ -264,6 +263,8 @@ def nmf(
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
+    if on_dask:
+        cell_factors, info["variational"] = _into_memory(cell_factors, info["variational"])
     if not streamed:
         gene_totals = _column_sums(matrix)
 
@@ -306,7 +307,8 @@ def nmf(
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
 
-    drop_fit(adata, keys)
+    drop_fit(adata, keys)  # makes a view its own AnnData first, with its own .raw
+    genes = adata.raw if use_raw else adata
     for name, values in cell_arrays.items():
         adata.obsm[name] = values
     for name, values in gene_arrays.items():
@@ -434,6 +436,18 @@ def _fit_variational(matrix, kind, n_components, solver, random_state, init, cal
         "variational": _variational(model),
     }
     return cell_factors, model.components_.T, info
+
+
+def _into_memory(cell_factors, variational: dict) -> tuple[np.ndarray, dict]:
+    """The cells' arrays of a fit on a Dask cluster, computed together into memory: as
+    dask arrays they read the cluster's futures, so they failed when written to an
+    ``.h5ad`` (anndata computes them with threads, which cannot reach the futures) and
+    once the client closed."""
+    import dask
+
+    lazy = [name for name, value in variational.items() if is_dask_array(value)]
+    cell_factors, *values = dask.compute(cell_factors, *(variational[name] for name in lazy))
+    return np.asarray(cell_factors), {**variational, **dict(zip(lazy, values))}
 
 
 def _variational(model: VBNMF) -> dict:

@@ -9,12 +9,13 @@ import numpy as np
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
 from .._utils import is_dask_array, numba_threads
-from .._validation import check_iterations, check_tolerance
+from .._validation import check_flag, check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
     FitKeys,
     cell_factor_arrays,
     check_key_added,
+    check_writable,
     fit_info,
     gene_holder,
     variational_params,
@@ -99,6 +100,7 @@ def project(
     """
     max_iter = check_iterations(max_iter, "max_iter")
     tol = check_tolerance(tol)
+    copy = check_flag(copy, "copy")
     info = fit_info(adata_ref, key)
     name = key if key_added is None else key_added
     if adata_new is adata_ref and not copy and name == key:
@@ -116,6 +118,8 @@ def project(
     variational = variational_params(adata_ref, key)
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
+    else:
+        check_writable(adata_new, "adata_new")
     matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
     if not new_genes.is_unique:
         raise ValueError(

@@ -16,7 +16,7 @@ from .._utils import is_dask_array
 from ._counts import check_count_matrix, select_counts
 from ._nmf import _storable, _storable_int, gene_mask, nmf
 from ._split import count_split
-from ._stored import check_key_added
+from ._stored import check_key_added, check_writable
 
 # Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
 BLOCK_NONZEROS = 1 << 18
@@ -122,6 +122,7 @@ def select_k(
         if not (np.isfinite(tolerance) and tolerance >= 0):
             raise ValueError(f"tolerance must be non-negative and finite, got {tolerance!r}")
     check_key_added(key_added, adata, writes="uns")
+    check_writable(adata, advice="call .to_memory() on the view first")
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
         if name in fit_params:
             raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import damaged_record, fit_info, is_dask_array, record_entry
+from .._validation import check_flag
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
 # the per-cell and per-gene arrays a fit stores as "<key>_<name>"
@@ -146,11 +147,34 @@ def _writable_key(key) -> bool:
     return True
 
 
+def check_writable(
+    adata,
+    name: str = "adata",
+    advice: str = "pass copy=True, or call .to_memory() on the view first",
+) -> None:
+    """A `ValueError` for a view of a backed AnnData, which anndata cannot store anything
+    into (it would need a copy to a file): asked before the work, not after it."""
+    if adata.isbacked and adata.is_view:
+        raise ValueError(
+            f"{name} is a view of a backed AnnData, which cannot hold the result: {advice}"
+        )
+
+
+def view_to_actual(adata) -> None:
+    """Make a view of an AnnData in memory its own object, before anything is written into
+    it. anndata does this at the first write, and replaces ``.raw`` then: arrays written to
+    a ``.raw`` taken before it went to a detached object and were lost."""
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
+
+
 def drop_fit(adata, keys: FitKeys) -> None:
     """Remove the entries of the fit stored under ``keys.uns``, which a new fit under that key
     replaces: those the new fit does not write (another prior's arrays, a classical fit's
     lack of them, loadings under ``.varm['NMF']`` against ``.varm['nmf']``, ``.raw``'s
-    against ``adata``'s) would otherwise outlive it beside its record."""
+    against ``adata``'s) would otherwise outlive it beside its record. A view is made its own
+    AnnData first (`view_to_actual`)."""
+    view_to_actual(adata)
     info = adata.uns.get(keys.uns)
     if not isinstance(info, dict) or "obsm_key" not in info:
         return
@@ -169,6 +193,7 @@ def drop_fit(adata, keys: FitKeys) -> None:
 
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:
     """Indices of the factors to show: the active ones, or all."""
+    include_inactive = check_flag(include_inactive, "include_inactive")
     info = fit_info(adata, key)
     active = np.asarray(info["active"], dtype=bool)
     return np.arange(active.size) if include_inactive else np.flatnonzero(active)

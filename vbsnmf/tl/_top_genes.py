@@ -111,6 +111,11 @@ def top_genes(
     if not np.isfinite(min_counts):
         raise ValueError(f"min_counts must be finite, got {min_counts!r}")
     info = fit_info(adata, key)
+    if adata.n_obs == 0:  # the specificities are weighed by the cells' factors: all 0 here
+        raise ValueError(
+            "adata holds no cells, whose factors weigh each gene's specificity; list the top "
+            "genes of the AnnData that was fitted"
+        )
     genes = gene_holder(adata, key)
     stored = (
         ("varm", genes.varm, info["varm_key"]),

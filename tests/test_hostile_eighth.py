@@ -219,7 +219,7 @@ def test_top_genes_dot_plot_groups_and_expression(grouped):
     grouped.obs["kind"] = grouped.obs["kind"].cat.add_categories(["NK"])
     with pytest.raises(ValueError, match=r"categories without cells \(NK\).*remove_unused"):
         vbsnmf.pl.top_genes(grouped, "kind", show=False)
-    with pytest.raises(TypeError, match=r"groupby must be an \.obs column or a list"):
+    with pytest.raises(TypeError, match="groupby must be a name or a non-empty list of names"):
         vbsnmf.pl.top_genes(grouped, 3, show=False)
     layered = ad.AnnData(obs=grouped.obs, var=grouped.var, layers={"counts": grouped.X})
     with warnings.catch_warnings():

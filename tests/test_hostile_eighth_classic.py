@@ -196,3 +196,44 @@ def test_hellinger_by_divergence_does_not_overflow():
     )
     with np.errstate(over="ignore"):  # X's squared norm, which this loss does not use
         assert factor_loss(X, W, H, "hellinger") == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("p", "q", "loss", "expected"),
+    [
+        (1e300, 1e300, "frobenius", 0.0),
+        (0.5, 1e308, "kl", 1e308),  # q - p + p ln(p / q), the last two terms negligible
+        (1e308, 1.0, "itakura-saito", 1e308),  # p / q - ln(p / q) - 1
+        (1.0, 1e308, "pearson", 1e308),  # (p - q)**2 / q
+        (1e308, 1.0, "neyman", 1e308),  # (p - q)**2 / p
+    ],
+)
+def test_the_ab_kernel_does_not_overflow_where_the_divergence_is_finite(p, q, loss, expected):
+    """`_kernels.ab_divergence_scalar` multiplied ln(q/p)**2, a power and the divided
+    difference from left to right, so a factor overflowed (inf) or 0 times inf (NaN) where
+    their product is finite."""
+    value = float(losses.divergence(p, q, loss))
+    assert value == pytest.approx(expected, rel=1e-12, abs=0.0)
+
+
+@pytest.mark.parametrize("loss", ["itakura-saito", "neyman"])
+def test_a_sparse_x_with_every_entry_stored_is_fitted_as_its_dense_form(loss):
+    """Under a loss undefined at p = 0 the sparse route's split into d(x, q) - d(0, q) and
+    d(0, q) everywhere failed even without a zero: ZeroDivisionError (Itakura-Saito), a
+    bare TypeError or a FloatingPointError blaming the scale (Neyman)."""
+    dense = np.random.default_rng(0).poisson(3, (6, 5)).astype(float) + 1.0
+    W = np.random.default_rng(1).random((6, 2)) + 0.1
+    H = np.random.default_rng(2).random((2, 5)) + 0.1
+    stored = sp.csr_matrix(dense)
+    assert factor_loss(stored, W, H, loss=loss) == pytest.approx(
+        factor_loss(dense, W, H, loss=loss), rel=1e-13
+    )
+    settings = {"loss": loss, "solver": "mu", "max_iter": 20, "random_state": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparse_fit = NMF(2, **settings).fit(stored)
+        dense_fit = NMF(2, **settings).fit(dense)
+    np.testing.assert_allclose(sparse_fit.components_, dense_fit.components_, rtol=1e-10)
+    stored.data[0] = 0.0  # a stored zero: the loss is undefined there
+    with pytest.raises(ValueError, match="undefined where the data is zero"):
+        factor_loss(stored, W, H, loss=loss)

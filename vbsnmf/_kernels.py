@@ -1620,8 +1620,16 @@ def ab_divergence_scalar(p, q, alpha, beta):
         log_ratio = math.log(ratio)
     else:
         log_ratio = math.log1p((q - p) / p)
+    if log_ratio == 0.0:  # p = q (below, 0 times an overflowed power would be NaN)
+        return 0.0
     shift, core = _exp_divided_difference(0.0, beta * log_ratio, total * log_ratio)
-    return log_ratio * log_ratio * math.exp(total * math.log(p) + shift) * core
+    exponent = total * math.log(p) + shift
+    value = log_ratio * log_ratio * math.exp(exponent) * core
+    if value == math.inf or (value == 0.0 and core > 0.0):
+        # A factor over- or underflowed where the product need not: the product in logs
+        # (fewer digits: the exponent's rounding scales with its size), kept for these cases.
+        return math.exp(2.0 * math.log(abs(log_ratio)) + exponent + math.log(core))
+    return value
 
 
 @njit(parallel=True, cache=True)

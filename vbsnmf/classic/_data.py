@@ -209,6 +209,12 @@ class ClassicData:
             )
             if positive == 0:
                 raise ValueError("weights select no entry (all zero): there is nothing to fit")
+        every_entry = sp.issparse(X) and X.nnz == shape[0] * shape[1]
+        if weights is None and every_entry and spec is not None and spec.zero_power is None:
+            # A sparse X with every entry stored, under a loss undefined at p = 0: the loss
+            # is a sum over the stored entries, not the sparse route's split into
+            # d(x, q) - d(0, q) and d(0, q) everywhere (a ZeroDivisionError or TypeError).
+            weights = sp.coo_matrix((np.ones(X.nnz), X.nonzero()), shape=shape)
         if weights is not None and sp.issparse(weights):
             coo = sp.coo_matrix(weights)
             keep = coo.data > 0

@@ -316,8 +316,8 @@ def top_genes(
     info = fit_info(adata, key)
     if adata.n_obs == 0:
         raise ValueError("adata holds no cells to group")
-    for name in [groupby] if isinstance(groupby, str) else _names(groupby):
-        _check_group_column(adata, name)
+    for column in _name_list(groupby, "groupby"):
+        _check_group_column(adata, column)
     if (
         adata.X is None
         and "layer" not in kwds
@@ -349,14 +349,16 @@ def top_genes(
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
 
 
-def _names(groupby) -> list[str]:
-    """``groupby`` given as several ``.obs`` columns: a non-empty list of names."""
-    if not isinstance(groupby, (list, tuple)) or not groupby:
-        raise TypeError(f"groupby must be an .obs column or a list of them, got {groupby!r}")
-    for name in groupby:
-        if not isinstance(name, str):
-            raise TypeError(f"groupby must name .obs columns, got {name!r} in it")
-    return list(groupby)
+def _name_list(value, name: str) -> list[str]:
+    """A parameter that takes a name or a non-empty list of names (``groupby``, ``color``)
+    as a list."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names:
+        raise TypeError(f"{name} must be a name or a non-empty list of names, got {value!r}")
+    for item in names:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must be a name or a list of names, got {item!r} in it")
+    return list(names)
 
 
 def _check_group_column(adata, groupby: str) -> None:

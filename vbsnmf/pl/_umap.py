@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .._validation import check_iterations
 from ..tl._stored import active_factors, check_writable, fit_info
-from ._plots import _finish, _finite_obsm
+from ._plots import _finish, _finite_obsm, _name_list
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -89,7 +89,7 @@ def umap(
 
     info = fit_info(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
-    colors = _check_colors(color)
+    colors = None if color is None else _name_list(color, "color")
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
@@ -127,19 +127,6 @@ def umap(
         # a list of axes for several panels, as scanpy returns them
         first = axes[0] if isinstance(axes, list) else axes
         return _finish(first.figure, axes, show, save, "umap")
-
-
-def _check_colors(color) -> list[str] | None:
-    """``color`` as a list of names (None for the default)."""
-    if color is None:
-        return None
-    names = [color] if isinstance(color, str) else color
-    if not isinstance(names, (list, tuple)) or not names:
-        raise TypeError(f"color must be a name or a non-empty list of names, got {color!r}")
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"color must be a name or a list of names, got {name!r} in it")
-    return list(names)
 
 
 @contextlib.contextmanager

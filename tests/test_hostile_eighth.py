@@ -386,3 +386,53 @@ def test_fit_triplets_reads_every_count_dtype_fit_reads(dtype):
         expected = vbsnmf.fit_triplets(rows, cols, np.array([1.0, 2, 3, 4]), (3, 3), 2, **settings)
         got = vbsnmf.fit_triplets(rows, cols, np.array([1, 2, 3, 4], dtype), (3, 3), 2, **settings)
     np.testing.assert_array_equal(got.elbo_trace_, expected.elbo_trace_)
+
+
+def _counts_at_the_limit(dtype):
+    """Counts the fit accepts whose ELBO's terms are so large that rounding moves it by
+    more than its changes: one count of 1e13 (float64), 25 of 2**24 (float32)."""
+    if dtype == np.float64:
+        counts = np.zeros((40, 30))
+        counts[3, 4] = 1e13
+        return counts, {"n_components": 3, "max_iter": 300}
+    rng = np.random.default_rng(0)
+    counts = np.zeros((30, 20), np.float32)
+    counts.flat[rng.choice(600, 25, replace=False)] = 2.0**24
+    counts.flat[rng.choice(600, 10, replace=False)] = rng.integers(1, 5, 10)
+    return counts, {"n_components": 20, "max_iter": 150, "dtype": np.float32}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_fit_at_the_count_limit_resumes_from_its_own_checkpoint(tmp_path, dtype):
+    """The fit's own trace fell by rounding (0.08 nats of 143; 7.8 of 1172 in float32), and
+    resuming its checkpoint was refused as "damaged: its ELBO trace decreases" (or "its
+    parameters score an ELBO ... below" the trace's last)."""
+    counts, settings = _counts_at_the_limit(dtype)
+    path = tmp_path / "fit.ckpt"
+    longer = {**settings, "max_iter": settings["max_iter"] + 20}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        first = vbsnmf.VBNMF(random_state=0, checkpoint=path, **settings).fit(counts)
+        assert np.diff(first.elbo_trace_).min() < 0  # the rounding the check must allow
+        resumed = vbsnmf.VBNMF(random_state=0, checkpoint=path, resume=True, **longer)
+        resumed.fit(counts)
+        unbroken = vbsnmf.VBNMF(random_state=0, **longer).fit(counts)
+    np.testing.assert_array_equal(resumed.elbo_trace_, unbroken.elbo_trace_)
+
+
+def test_learned_shapes_stay_within_the_range_of_a_given_prior_shape():
+    """On cells all alike the learned a' grew without end (3e7 after 3,000 passes, 4e7 after
+    6,000), past the 1e6 a given prior_shape may take, and SQUAREM's extrapolation scored
+    shapes the next step could not keep (a fall of 0.36 nats once a bound was imposed on
+    the steps alone)."""
+    counts = np.repeat(np.random.default_rng(0).poisson(3, (1, 25)).astype(float), 40, axis=0)
+    model = vbsnmf.VBNMF(2, random_state=0, tol=0, max_iter=2000)  # SQUAREM, the default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(counts)
+    largest = vbsnmf._validation.PRIOR_SHAPE_RANGE[1]
+    for side in ("cell", "gene"):
+        assert model.hyperparameters_[f"{side}_scale_prior_shape"] <= largest
+        assert np.all(np.asarray(model.hyperparameters_[f"{side}_factor_shape"]) <= largest)
+    trace = model.elbo_trace_
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))

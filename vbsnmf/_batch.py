@@ -87,9 +87,12 @@ def check_resumed(value: float, trace) -> None:
     """The first pass of a fit resumed with ``trace`` scores the stored q (plain ascent) or
     its plain step (SQUAREM): by coordinate ascent at least the trace's last ELBO. Lower,
     the stored parameters are not those the trace was recorded from (a damaged
-    checkpoint), and going on would put a decrease into the trace."""
+    checkpoint), and going on would put a decrease into the trace. Lower by no more than
+    the trace itself fell (rounding, at counts near the dtype's limit:
+    `_checkpoint.rounding_of_elbo`) is that rounding again."""
     last = trace[-1]
-    if not value >= last - BATCH_TRACE_SLACK * abs(last):
+    fallen = max(float(-np.min(np.diff(trace), initial=0.0)), 0.0)
+    if not value >= last - (BATCH_TRACE_SLACK * abs(last) + fallen):
         raise CheckpointError(
             f"the checkpoint is damaged: its parameters score an ELBO of {value:.10g}, below "
             f"the {last:.10g} its trace ends with; remove it to start over"

@@ -261,7 +261,8 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 check_array(f"{prefix}{side}_scale_rate", [(n,)], np.float64)
                 check_array(f"{prefix}{side}_factor_shape", [(k,)], np.float64)
                 check_array(f"{prefix}{side}_scale_prior", [(2,)], np.float64)
-    trace = checked_trace(arrays, meta, damaged, batch=config["solver"] == "batch")
+    batch = config["solver"] == "batch"
+    trace = checked_trace(arrays, meta, damaged, batch, rounding_of_elbo(config))
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
@@ -286,12 +287,26 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
 BATCH_TRACE_SLACK = 1e-6
 
 
+def rounding_of_elbo(config: dict) -> float:
+    """How far rounding alone can move a batch fit's ELBO (nats), from the checkpoint's
+    ``config``: its data term and log(x!) are each about ``total log(total / nnz)``, held
+    to the precision of the fit's dtype. Counts near the dtype's limit (one count of 1e13
+    in float64, of 2**24 in float32) make that larger than the ELBO's changes, and the
+    fit's own trace decreased by more than `BATCH_TRACE_SLACK`: its checkpoint was then
+    refused as damaged."""
+    total, nnz = config.get("total_count"), config.get("nnz")
+    if not (_finite_number(total) and isinstance(nnz, int) and total > 0 and nnz > 0):
+        return 0.0
+    epsilon = float(np.finfo(np.dtype(config.get("dtype", "float64"))).eps)
+    return 64.0 * epsilon * total * (1.0 + math.log1p(total / nnz))
+
+
 def checked_trace(
-    arrays: dict[str, np.ndarray], meta: dict, damaged, batch: bool = False
+    arrays: dict[str, np.ndarray], meta: dict, damaged, batch: bool = False, rounding=0.0
 ) -> np.ndarray:
     """A loaded checkpoint's ELBO trace (1-D, float, finite; for a ``batch`` fit never
-    decreasing) after checking it and the 'finished' flag; ``damaged(what)`` builds the
-    error raised."""
+    decreasing, beyond `BATCH_TRACE_SLACK` and ``rounding``, `rounding_of_elbo`) after
+    checking it and the 'finished' flag; ``damaged(what)`` builds the error raised."""
     trace = arrays.get("elbo_trace")
     if trace is None or trace.ndim != 1 or not np.issubdtype(trace.dtype, np.floating):
         raise damaged("elbo_trace is missing or not a 1-D float array")
@@ -299,7 +314,7 @@ def checked_trace(
         raise damaged("elbo_trace holds values that are not finite")
     if np.any(trace > 0):  # the ELBO bounds log p(x) <= 0, the log-probability of counts
         raise damaged("elbo_trace holds positive values, which no ELBO of counts takes")
-    if batch and np.any(np.diff(trace) < -BATCH_TRACE_SLACK * np.abs(trace[1:])):
+    if batch and np.any(np.diff(trace) < -(BATCH_TRACE_SLACK * np.abs(trace[1:]) + rounding)):
         raise damaged("its ELBO trace decreases, which coordinate ascent's never does")
     if not isinstance(meta.get("finished"), bool):
         raise damaged("its 'finished' flag is missing")

@@ -66,6 +66,7 @@ from ._checkpoint import (
     check_step_statistics,
     check_svi_progress,
     checked_trace,
+    rounding_of_elbo,
 )
 from ._model import GammaPrior
 from ._svi import default_batch_size as matrix_default_batch_size
@@ -127,7 +128,7 @@ class TensorParams:
         if self.scales is not None:
             rest = arrays[2 * n_modes :]
             scales = [
-                _model.ScaleState(shape, rate, factor, float(pair[0]), float(pair[1]))
+                _model.ScaleState.extrapolated(shape, rate, factor, pair)
                 for shape, rate, factor, pair in zip(*(rest[i::4] for i in range(4)))
             ]
         return TensorParams(main[0::2], main[1::2], scales)
@@ -774,7 +775,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         {f"step_stat_{d}": (n_rows, k) for d, n_rows in enumerate(config["shape"])},
         damaged,
     )
-    trace = checked_trace(arrays, meta, damaged, batch=config["solver"] == "batch")
+    batch = config["solver"] == "batch"
+    trace = checked_trace(arrays, meta, damaged, batch, rounding_of_elbo(config))
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":

@@ -203,7 +203,9 @@ class VBNMF(Estimator):
         ``max_iter`` passes, ``tol=0``; see `fit_svi_dask`).
     n_threads
         Numba threads (default: all; for a dask X, threads per chunk task, default 1).
-        Results are bitwise reproducible for a given ``random_state`` and ``n_threads``.
+        More than the machine's are capped to its count (``NUMBA_NUM_THREADS``).
+        Results are bitwise reproducible for a given ``random_state`` and the number of
+        threads used (the capped one, which checkpoints and ``params.json`` record).
     dtype
         ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
         to 2**24 = 16,777,216 only, see Notes).

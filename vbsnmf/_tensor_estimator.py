@@ -256,8 +256,9 @@ class VBNTF(Estimator):
     random_state
         Seed or `numpy.random.Generator` for the start (and the SVI minibatches).
     n_threads
-        Numba threads (default: all). Results are bitwise reproducible for a given
-        ``random_state`` and ``n_threads``.
+        Numba threads (default: all; more than the machine's are capped to its count).
+        Results are bitwise reproducible for a given ``random_state`` and the number of
+        threads used.
     dtype
         ``np.float64`` (default) or ``np.float32``.
     solver

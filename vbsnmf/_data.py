@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
-from ._validation import exact_float_dtype
+from ._validation import exact_float_dtype, widen_to_sum
 
 # Minor axes up to this length have their indices stored as uint16 in the engine's copies.
 SMALL_INDEX_LIMIT = 1 << 16
@@ -149,20 +149,6 @@ def as_count_data(
     if own_indices and shape[1 - major] <= SMALL_INDEX_LIMIT:
         csr.indices = csr.indices.astype(np.uint16)
     return CountData.from_csr(csr, major, shape)
-
-
-def widen_to_sum(matrix):
-    """``matrix`` in float64 if it is sparse and may hold repeated entries in a narrow
-    integer or boolean dtype, which scipy sums in that dtype when it converts the matrix
-    (uint8: 200 + 100 = 44; bool: True + True = 1); else ``matrix`` itself."""
-    if not sp.issparse(matrix):
-        return matrix
-    kind, size = matrix.dtype.kind, matrix.dtype.itemsize
-    if kind not in "biu" or size >= 8:
-        return matrix
-    if matrix.format in ("csr", "csc") and matrix.has_canonical_format:
-        return matrix
-    return matrix.astype(np.float64)
 
 
 def small_counts(values: np.ndarray) -> bool:

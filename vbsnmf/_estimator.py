@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from ._base import Estimator, check_feature_names, check_fitted, remember_feature_names
 from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
 from ._checkpoint import Checkpointer, warn_if_beyond
-from ._data import CountData, as_count_data, widen_to_sum
+from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
     FitResult,
@@ -663,7 +663,7 @@ def _fit_counts(
 ) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
     if settings.solver == "svi" and settings.svi_form == "cells":
-        csr = sp.csr_array(widen_to_sum(matrix))
+        csr = sp.csr_array(matrix)
         fingerprint = None
         if settings.checkpoint is not None:
             fingerprint = combine_fingerprints(check_sparse_structure(csr, fingerprint=True))
@@ -672,7 +672,7 @@ def _fit_counts(
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     if mask is not None:
         mask = _checked_mask(mask, matrix.shape)
-        csr = sp.csr_array(widen_to_sum(matrix))
+        csr = sp.csr_array(matrix)
         matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
     data = as_count_data(matrix)
     if settings.solver == "svi":

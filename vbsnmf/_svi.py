@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from . import _kernels
 from ._checkpoint import rng_from_json, rng_state_json
-from ._data import CountData, as_count_data, widen_to_sum
+from ._data import CountData, as_count_data
 from ._model import (
     ElboTerms,
     HierarchicalPrior,
@@ -442,7 +442,7 @@ def scan_blocks(
         found = checked_counts(
             block, name=block_name, fit_dtype=fit_dtype, first_row=start, fingerprint=True
         )
-        checked = sp.csr_array(widen_to_sum(found.matrix))
+        checked = sp.csr_array(found.matrix)
         fingerprints.append(found.fingerprint)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])

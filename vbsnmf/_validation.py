@@ -270,6 +270,20 @@ def _readable_dtype(dtype: np.dtype) -> np.dtype | None:
     return None if dtype.isnative else dtype.newbyteorder("=")
 
 
+def widen_to_sum(matrix):
+    """``matrix`` in float64 if it is sparse and may hold repeated entries in a narrow
+    integer or boolean dtype, which scipy sums in that dtype when it converts the matrix
+    (uint8: 200 + 100 = 44; bool: True + True = 1); else ``matrix`` itself."""
+    if not sp.issparse(matrix):
+        return matrix
+    kind, size = matrix.dtype.kind, matrix.dtype.itemsize
+    if kind not in "biu" or size >= 8:
+        return matrix
+    if matrix.format in ("csr", "csc") and matrix.has_canonical_format:
+        return matrix
+    return matrix.astype(np.float64)
+
+
 def readable_values(values: np.ndarray) -> np.ndarray:
     """``values`` in a dtype scipy and the kernels read (`_readable_dtype`: float16 and
     non-native byte orders, which scipy.sparse refuses, converted exactly)."""
@@ -386,6 +400,7 @@ def checked_counts(
         readable = _readable_dtype(matrix.data.dtype)
         if readable is not None:
             matrix = matrix.astype(readable)
+        matrix = widen_to_sum(matrix)  # every route's conversion to CSR sums the repeats
     else:
         try:
             dense = np.asarray(X)

@@ -73,7 +73,7 @@ from .._batch import (
     start_accelerated,
     step_from_norms,
 )
-from .._data import CountData, as_count_data, widen_to_sum
+from .._data import CountData, as_count_data
 from .._model import (
     ElboTerms,
     GammaPrior,
@@ -131,7 +131,7 @@ def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
     except ValueError as error:
         raise ValueError(f"in the chunk of cells starting at cell {first_cell}: {error}") from None
     # A copy: as_count_data canonicalises in place, and the block may be shared.
-    return as_count_data(sp.csr_array(widen_to_sum(matrix), copy=True), owned=True)
+    return as_count_data(sp.csr_array(matrix, copy=True), owned=True)
 
 
 def _chunk_info(data: CountData) -> tuple[int, int, float, bool]:

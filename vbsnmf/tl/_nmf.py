@@ -531,8 +531,6 @@ def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.nda
     gene_sums = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
     cell_totals = cell_factors @ gene_sums  # each cell's fitted count
     cell_sums = cell_factors.sum(axis=0)
-    if is_dask_array(cell_factors):
-        cell_totals, cell_sums = cell_totals.compute(), cell_sums.compute()
     expected = np.asarray(cell_sums, dtype=np.float64) * gene_sums
     total = float(expected.sum())
     share = expected / total if total > 0 else np.zeros_like(expected)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import damaged_record, fit_info, is_dask_array, record_entry
+from .._utils import damaged_record, fit_info, record_entry
 from .._validation import check_flag
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
@@ -62,12 +62,10 @@ def usage(cell_factors, gene_loadings):
     any): ``z_il t_l / sum_k z_ik t_k`` with ``t_l = sum_j w_jl``, the factor's expected
     count per unit of ``z_il``; rows sum to one. Unchanged when a factor is rescaled
     (``z_l s``, ``w_l / s``: the same fit), as fastTopics' ``poisson2multinom`` and cNMF's
-    ``usage_norm`` (whose spectra sum to one); a dask array stays lazy."""
+    ``usage_norm`` (whose spectra sum to one)."""
     loading_totals = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
     counts = cell_factors * loading_totals.astype(cell_factors.dtype)
     totals = counts.sum(axis=1, keepdims=True)
-    if is_dask_array(counts):
-        return counts / (totals + (totals == 0))
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 

@@ -11,7 +11,7 @@ model (`_model`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -68,14 +68,19 @@ from ._validation import (
     check_float_dtype,
     check_iterations,
     check_n_components,
+    check_not_empty,
     check_prior_rate,
     check_prior_shape,
     check_sparse_structure,
     check_step_schedule,
     check_tolerance,
+    check_verbose,
     combine_fingerprints,
     data_fingerprint,
+    numbers_from_objects,
+    readable_dtype,
     readable_values,
+    widen_to_sum,
 )
 from .io._paths import check_checkpoint_path
 from .io._stream import InMemorySource, open_source
@@ -162,8 +167,9 @@ class VBNMF(Estimator):
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
         (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
         ``prior_shape`` lies between 1e-30 and 1e6: beyond, the ELBO's terms cannot be
-        computed to the precision of its changes (ValueError); ``prior_rate`` is at most
-        the largest number of ``dtype`` (3.4e38 in float32).
+        computed to the precision of its changes (ValueError); ``prior_rate`` is a normal
+        number of ``dtype`` (1.2e-38 to 3.4e38 in float32), and the prior mean
+        ``prior_shape / prior_rate`` at most the largest.
     accelerate
         Extrapolate the batch iterations with SQUAREM (Varadhan and Roland 2008), keeping
         an extrapolated step only when its exact ELBO is at least the plain step's (the
@@ -430,7 +436,7 @@ class VBNMF(Estimator):
             checkpoint=None if checkpoint is None else Path(checkpoint),
             checkpoint_every=check_iterations(self.checkpoint_every, "checkpoint_every", 1),
             resume=resume,
-            verbose=bool(self.verbose),
+            verbose=check_verbose(self.verbose),
             random_state=self.random_state,
         )
 
@@ -439,10 +445,11 @@ class VBNMF(Estimator):
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         shape = None if self.prior_shape is None else check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
+            shape = 1.0 if shape is None else shape
             rate = 1.0
             if self.prior_rate is not None:
-                rate = check_prior_rate(self.prior_rate, self.dtype)
-            return GammaPrior(1.0 if shape is None else shape, rate)
+                rate = check_prior_rate(self.prior_rate, self.dtype, shape)
+            return GammaPrior(shape, rate)
         if self.prior_rate is not None:
             raise ValueError(
                 "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
@@ -469,7 +476,7 @@ class VBNMF(Estimator):
 
     def fit_transform(self, X, y=None, *, init=None, callback=None, mask=None):
         """Fit and return the posterior mean cell factors ``E[z]`` (cells x K); see `fit`.
-        For a dask X they are a dask array."""
+        For a dask X too they are a numpy array (the counts stay on the cluster)."""
         if is_dask_array(X):
             kind = "dask"
         elif _is_streamed(X):
@@ -570,6 +577,12 @@ class VBNMF(Estimator):
         check_feature_names(self, X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             X = X.compute()
+        elif _is_streamed(X):  # numpy saw a backed X as a 0-d array ("must be 2-D")
+            raise TypeError(
+                f"{_describe_stream(X)} is read from disk; transform projects cells held in "
+                "memory: read them first (adata.to_memory(), adata.X[:] or "
+                "vbsnmf.io.read(path))"
+            )
         # The fitted dtype's count range, as `fit` checks it (float32: at most 2**24).
         matrix = check_counts(X, fit_dtype=gene_shape.dtype)
         if matrix.shape[1] != self.n_features_in_:
@@ -685,12 +698,22 @@ def _checked_mask(mask, shape) -> Mask:
     missing ones; refused unless finite, or if it leaves no entry observed."""
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
-    matrix = sp.coo_array(mask) if not sp.issparse(mask) else mask
+    matrix = mask if sp.issparse(mask) else np.asarray(mask)
+    if matrix.dtype == object and not sp.issparse(matrix):  # numbers from pandas, say
+        matrix = numbers_from_objects(matrix, "mask")
+    if matrix.dtype.kind not in "biuf":  # scipy's own message names no mask
+        raise TypeError(
+            f"mask must hold real numbers (nonzero: not observed), got dtype {matrix.dtype}"
+        )
+    readable = readable_dtype(matrix.dtype)  # float16, which scipy refuses, and the like
+    matrix = matrix if readable is None else matrix.astype(readable)
+    # repeated entries summed wide: uint8 128 + 128 would be 0, an observed entry
+    matrix = widen_to_sum(matrix) if sp.issparse(matrix) else sp.coo_array(matrix)
     if matrix.shape != tuple(shape):
         raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")
     check_sparse_structure(sp.csr_array(matrix), "mask")
     values = matrix.data
-    if values.dtype == object or not np.all(np.isfinite(values.astype(np.float64))):
+    if not np.all(np.isfinite(values.astype(np.float64))):
         raise ValueError("mask must hold finite numbers (nonzero: not observed)")
     checked = Mask.of(matrix)
     if checked.rows.nnz == shape[0] * shape[1]:
@@ -717,7 +740,9 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
 
 
 def _describe_stream(X) -> str:
-    return str(X) if isinstance(X, (str, os.PathLike)) else "a backed AnnData"
+    if isinstance(X, (str, os.PathLike)):
+        return str(X)
+    return "a backed AnnData" if hasattr(X, "isbacked") else "a backed AnnData's X"
 
 
 def _checkpointer(
@@ -995,13 +1020,24 @@ def _run_svi(
 
 
 def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
-    """A dask array of cells x genes (or an AnnData whose X is one), on the default client;
-    the cell shapes of the result stay a dask array on the cluster."""
+    """A dask array of cells x genes (or an AnnData whose X is one), on the default client.
+    The cells' arrays of the result are computed into memory (cells x K, where the counts
+    stay on the cluster): as dask arrays they read the cluster's futures, so a fitted
+    estimator failed once its client closed, and after unpickling."""
+    import dask
+
     from . import _dask
 
     X = _dask.cells_x_genes(X)
     result = _dask_fit(settings, X, init, callback, entropy, None)
-    return _as_fit_result(result), X.shape[1]
+    params, scale = result.params, result.params.row_scale
+    lazy = [params.row_shape, params.row_rate]
+    lazy += [] if scale is None else [scale.shape, scale.rate]
+    computed = [np.asarray(value) for value in dask.compute(*lazy)]
+    params = replace(params, row_shape=computed[0], row_rate=computed[1])
+    if scale is not None:
+        params.row_scale = replace(scale, shape=computed[2], rate=computed[3])
+    return FitResult(params, result.elbo_trace, result.n_iter, result.converged), X.shape[1]
 
 
 def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
@@ -1013,6 +1049,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             "checkpoints are not supported for a dask X (a lost worker is recomputed by Dask "
             "instead)"
         )
+    check_not_empty(X.shape)  # before n_components, whose range it would otherwise explain
     n_components = check_n_components(settings.n_components, X.shape)
     # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
     n_threads = 1 if settings.n_threads is None else settings.n_threads
@@ -1158,10 +1195,6 @@ _FITS = {
     "stream": _fit_stream,
     "dask": _fit_dask,
 }
-
-
-def _as_fit_result(result) -> FitResult:
-    return FitResult(result.params, result.elbo_trace, result.n_iter, result.converged)
 
 
 def _final_elbo(result) -> float:

@@ -256,7 +256,19 @@ def check_count_dtype(dtype, name: str = "X") -> None:
         raise ValueError(f"{name} must be real counts: Complex data not supported ({dtype})")
 
 
-def _readable_dtype(dtype: np.dtype) -> np.dtype | None:
+def numbers_from_objects(array: np.ndarray, name: str) -> np.ndarray:
+    """An object array of numbers (e.g. from pandas) in float64. Text is refused: numpy
+    would parse ``"3"`` as 3, so a column of strings passed for counts."""
+    text = next((value for value in array.flat if isinstance(value, (str, bytes))), None)
+    if text is not None:
+        raise TypeError(f"{name} must hold numbers, not text (it holds {text!r:.40})")
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise TypeError(f"{name} must hold numbers: {error}") from None
+
+
+def readable_dtype(dtype: np.dtype) -> np.dtype | None:
     """The dtype numbers in ``dtype`` are converted to before scipy and the kernels read
     them, or None when they read it as it is: float16 widened to float32 (exact; scipy
     refuses it), wider floats (``np.longdouble``) to float64, any other number in a
@@ -285,17 +297,17 @@ def widen_to_sum(matrix):
 
 
 def readable_values(values: np.ndarray) -> np.ndarray:
-    """``values`` in a dtype scipy and the kernels read (`_readable_dtype`: float16 and
+    """``values`` in a dtype scipy and the kernels read (`readable_dtype`: float16 and
     non-native byte orders, which scipy.sparse refuses, converted exactly)."""
-    readable = _readable_dtype(values.dtype)
+    readable = readable_dtype(values.dtype)
     return values if readable is None else values.astype(readable)
 
 
 def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
-    """The stored values in a dtype the kernels read (`_readable_dtype`, booleans as
+    """The stored values in a dtype the kernels read (`readable_dtype`, booleans as
     bytes)."""
     check_count_dtype(data.dtype, name)
-    readable = _readable_dtype(data.dtype)
+    readable = readable_dtype(data.dtype)
     if readable is not None:
         return data.astype(readable)
     if data.dtype == bool:
@@ -364,6 +376,18 @@ def warn_non_counts(name: str = "X") -> None:
     )
 
 
+def check_not_empty(shape: tuple[int, ...], name: str = "X") -> None:
+    """At least one row and one column (a matrix in memory, or a dask array's shape)."""
+    n_rows, n_cols = shape
+    if n_rows == 0 or n_cols == 0:
+        # Worded as scikit-learn words it, so that its estimator checks recognise it.
+        axis = "sample" if n_rows == 0 else "feature"
+        raise ValueError(
+            f"{name} has 0 {axis}(s) (shape={tuple(shape)}) while a minimum of 1 is "
+            "required: it needs at least one row and column"
+        )
+
+
 def checked_counts(
     X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
@@ -397,7 +421,7 @@ def checked_counts(
                 X, name, first_row=first_row, fingerprint=fingerprint and X.format != "bsr"
             )
         matrix = _native_index_arrays(X) if X.format in ("csr", "csc", "coo") else X.tocsr()
-        readable = _readable_dtype(matrix.data.dtype)
+        readable = readable_dtype(matrix.data.dtype)
         if readable is not None:
             matrix = matrix.astype(readable)
         matrix = widen_to_sum(matrix)  # every route's conversion to CSR sums the repeats
@@ -413,26 +437,15 @@ def checked_counts(
                 "with X.reshape(1, -1) for one row or X.reshape(-1, 1) for one column"
             )
         if dense.dtype == object:
-            # Object arrays of numbers (e.g. from pandas) are fine; anything else is not.
-            try:
-                dense = dense.astype(np.float64)
-            except (TypeError, ValueError) as error:
-                raise TypeError(f"{name} must hold numbers: {error}") from None
+            dense = numbers_from_objects(dense, name)
         if not (np.issubdtype(dense.dtype, np.number) or dense.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {dense.dtype}")
-        readable = _readable_dtype(dense.dtype)
+        readable = readable_dtype(dense.dtype)
         if readable is not None:
             dense = dense.astype(readable)
         matrix = sp.coo_array(dense)
     check_count_dtype(matrix.data.dtype, name)
-    n_rows, n_cols = matrix.shape
-    if n_rows == 0 or n_cols == 0:
-        # Worded as scikit-learn words it, so that its estimator checks recognise it.
-        axis = "sample" if n_rows == 0 else "feature"
-        raise ValueError(
-            f"{name} has 0 {axis}(s) (shape={matrix.shape}) while a minimum of 1 is "
-            "required: it needs at least one row and column"
-        )
+    check_not_empty(matrix.shape, name)
     data = matrix.data
     tests = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
     limit = None if fit_dtype is None else max_count(fit_dtype)
@@ -533,6 +546,16 @@ def check_flag(value, name: str, allow_none: bool = False) -> bool | None:
     return bool(value)
 
 
+def check_verbose(value) -> bool:
+    """``verbose``: True/False, or a level as scikit-learn takes it (an int >= 0, any level
+    above 0 printing); a string such as "no" is refused, not taken as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value >= 0:
+        return value > 0
+    raise TypeError(f"verbose must be True, False or an int >= 0, got {value!r}")
+
+
 def check_accelerate(value, learned: bool) -> bool:
     """The estimators' ``accelerate``: True, False, or None for the default (SQUAREM for
     the ``learned`` prior, plain ascent for the fixed one)."""
@@ -626,6 +649,8 @@ def check_tolerance(value, name: str = "tol") -> float:
     """A finite, non-negative float parameter (a relative tolerance)."""
     try:
         value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be a finite number >= 0, got one beyond floats") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not np.isfinite(value) or value < 0:
@@ -637,6 +662,10 @@ def check_positive(value, name: str) -> float:
     """A finite, strictly positive float parameter."""
     try:
         value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(
+            f"{name} must be a positive finite number, got one beyond floats"
+        ) from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a positive number, got {value!r}") from None
     if not np.isfinite(value) or value <= 0:
@@ -664,14 +693,22 @@ def check_prior_shape(value) -> float:
     return value
 
 
-def check_prior_rate(value, dtype) -> float:
-    """The fixed prior's rate: positive and within the range of the fit's ``dtype`` (a
-    float32 fit holds the rate in float32)."""
+def check_prior_rate(value, dtype, shape: float = 1.0) -> float:
+    """The fixed prior's rate: a normal number of the fit's ``dtype`` (a float32 fit holds
+    the rate in float32), and the prior mean ``shape / rate`` within its range."""
     value = check_positive(value, "prior_rate")
-    largest = float(np.finfo(check_float_dtype(dtype)).max)
-    if value > largest:
+    limits = np.finfo(check_float_dtype(dtype))
+    name = np.dtype(dtype).name
+    if value > float(limits.max):
+        raise ValueError(f"prior_rate must be at most {limits.max:g} in {name}, got {value!r}")
+    # Below: a float32 rate of 1e-46 is 0, and a prior mean beyond the range made
+    # SQUAREM's steps overflow (NaN ELBO in float32 at shape 1e3, rate 2e-38).
+    if value < float(limits.tiny):
+        raise ValueError(f"prior_rate must be at least {limits.tiny:g} in {name}, got {value!r}")
+    if shape / value > float(limits.max):
         raise ValueError(
-            f"prior_rate must be at most {largest:g} in {np.dtype(dtype).name}, got {value!r}"
+            f"the prior mean prior_shape / prior_rate = {shape:g} / {value:g} is beyond "
+            f"{name}'s range ({limits.max:g}): raise prior_rate"
         )
     return value
 
@@ -693,7 +730,10 @@ def check_step_schedule(tau, kappa) -> tuple[float, float]:
     tau = check_tolerance(tau, "tau")
     if isinstance(kappa, (bool, np.bool_)) or not isinstance(kappa, (int, float, np.number)):
         raise TypeError(f"kappa must be a number, got {kappa!r}")
-    kappa_value = float(kappa)
+    try:
+        kappa_value = float(kappa)
+    except OverflowError:  # an int beyond the float range
+        kappa_value = np.inf
     if not 0.5 < kappa_value <= 1.0:  # NaN included
-        raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
+        raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r:.40}")
     return tau, kappa_value

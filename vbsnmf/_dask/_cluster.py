@@ -38,8 +38,9 @@ def get_client(client):
             return default_client()
         except ValueError:
             raise ValueError(
-                "no dask.distributed client: pass client=... or create one first, e.g. "
-                "Client(LocalCluster()) or Client('tcp://scheduler:8786')"
+                "no dask.distributed client: create one first, e.g. Client(LocalCluster()) "
+                "or Client('tcp://scheduler:8786') (fit_dask and fit_svi_dask also take "
+                "client=)"
             ) from None
     if not isinstance(client, Client):
         raise TypeError(f"client must be a distributed.Client, got {type(client)}")

@@ -230,9 +230,13 @@ def nmf(
         source = f"{source} (genes in mask_var)"
     on_dask = is_dask_array(matrix)
     kind = "dask" if on_dask else "stream" if streamed else "checked"
-    if on_dask and solver not in VB_SOLVERS:
+    if on_dask:
+        from .._dask._cluster import get_client
+
         # fitted on the Dask cluster (vbsnmf.fit_dask); its cells' results come into memory
-        raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
+        if solver not in VB_SOLVERS:
+            raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
+        get_client(None)  # before the count check computes every chunk
     if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
         # a dask array is checked chunk by chunk on its workers: the client never loads it
@@ -263,8 +267,6 @@ def nmf(
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
-    if on_dask:
-        cell_factors, info["variational"] = _into_memory(cell_factors, info["variational"])
     if not streamed:
         gene_totals = _column_sums(matrix)
 
@@ -436,18 +438,6 @@ def _fit_variational(matrix, kind, n_components, solver, random_state, init, cal
         "variational": _variational(model),
     }
     return cell_factors, model.components_.T, info
-
-
-def _into_memory(cell_factors, variational: dict) -> tuple[np.ndarray, dict]:
-    """The cells' arrays of a fit on a Dask cluster, computed together into memory: as
-    dask arrays they read the cluster's futures, so they failed when written to an
-    ``.h5ad`` (anndata computes them with threads, which cannot reach the futures) and
-    once the client closed."""
-    import dask
-
-    lazy = [name for name, value in variational.items() if is_dask_array(value)]
-    cell_factors, *values = dask.compute(cell_factors, *(variational[name] for name in lazy))
-    return np.asarray(cell_factors), {**variational, **dict(zip(lazy, values))}
 
 
 def _variational(model: VBNMF) -> dict:

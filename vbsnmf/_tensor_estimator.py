@@ -23,10 +23,12 @@ from ._validation import (
     check_accelerate,
     check_callback,
     check_flag,
+    check_float_dtype,
     check_prior_rate,
     check_prior_shape,
     check_step_schedule,
     check_tolerance,
+    check_verbose,
     large_count_advice,
     max_count,
     refuse_masked,
@@ -56,12 +58,16 @@ def check_tensor(coords, values=None, shape=None):
     Raises
     ------
     TypeError
-        Coordinates that are not integers, values that are not real numbers, a shape that
-        is not a sequence of integers, or ``values``/``shape`` given with a sparse array.
+        Coordinates that are not integers (booleans and timedelta64 are not), values that
+        are not real numbers, a shape that is not a sequence of integers, or
+        ``values``/``shape`` given with a sparse array.
     ValueError
         Fewer than 2 modes, mismatched lengths, an index outside the shape, a shape
         without room for its indices, negative/NaN/infinite values (the message says how
-        many and where the first ones are), or a nonzero fill value.
+        many and where the first ones are), or a nonzero fill value. Coordinates that
+        look like the (D, nnz) layout (``np.nonzero``'s, a sparse array's ``.coords``):
+        values of the length of a row, or without values and shape more columns than
+        rows (give the values or the shape to fit fewer entries than modes).
     """
     if _is_pydata_sparse(coords):
         if values is not None or shape is not None:
@@ -83,7 +89,8 @@ def check_tensor(coords, values=None, shape=None):
         raise ValueError(
             f"coords must be an (nnz, D) array of indices, got an array of shape {coords.shape}"
         )
-    if coords.dtype == bool or not (np.issubdtype(coords.dtype, np.integer) or coords.size == 0):
+    # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
+    if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
         raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}")
     nnz, n_modes = coords.shape
     if n_modes != nnz and values is not None and np.shape(values) == (n_modes,):
@@ -92,15 +99,20 @@ def check_tensor(coords, values=None, shape=None):
             f"shape {coords.shape} has one column per value: if its rows are the modes, pass "
             "coords.T"
         )
+    # Without values, (D, nnz) coordinates (np.nonzero's, a sparse array's .coords) read
+    # as D entries of nnz modes: possible only for 2 to MAX_MODES rows.
+    may_be_transposed = values is None and 2 <= nnz <= MAX_MODES
+    transposed_hint = "; if its rows are the modes, pass coords.T" if may_be_transposed else ""
     if n_modes < 2:
         raise ValueError(
-            f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got D={n_modes}"
+            f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got "
+            f"D={n_modes}{transposed_hint}"
         )
     if n_modes > MAX_MODES:
         raise ValueError(
             f"a tensor has at most {MAX_MODES} modes here (Numba's parallel loops take the "
             f"modes as one tuple, at most {MAX_MODES - 1} long besides the one updated), "
-            f"got D={n_modes}"
+            f"got D={n_modes}{transposed_hint}"
         )
     if coords.size and np.issubdtype(coords.dtype, np.unsignedinteger):
         beyond = coords > np.iinfo(np.int64).max  # would wrap to negative indices
@@ -112,7 +124,7 @@ def check_tensor(coords, values=None, shape=None):
             )
     coords = coords.astype(np.int64, copy=False)
     values = _check_values(values, nnz, coords)
-    shape = _check_shape(shape, coords, n_modes)
+    shape = _check_shape(shape, coords, n_modes, may_be_transposed)
     return coords, values, shape
 
 
@@ -129,9 +141,7 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
         return np.ones(nnz, dtype=np.float64)
     refuse_masked(values, "values", "leave the masked entries out of coords and values")
     values = _as_array(values, "values")
-    if values.dtype == object or not (
-        np.issubdtype(values.dtype, np.number) or values.dtype == bool
-    ):
+    if values.dtype.kind not in "biufc":  # timedelta64 is an np.number: its kind is "m"
         raise TypeError(f"values must be real numbers, got dtype {values.dtype}")
     if np.iscomplexobj(values):
         raise TypeError("values must be real counts, got complex numbers")
@@ -161,7 +171,13 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
     return values
 
 
-def _check_shape(shape, coords: np.ndarray, n_modes: int) -> tuple[int, ...]:
+def _check_shape(
+    shape, coords: np.ndarray, n_modes: int, may_be_transposed: bool = False
+) -> tuple[int, ...]:
+    """``shape``, or one past the largest index of each mode; ``may_be_transposed``:
+    ``coords`` (without values) may be (D, nnz), told apart by ``shape`` if given, else
+    refused when it has fewer rows than columns."""
+    nnz = coords.shape[0]
     if coords.size and coords.min() < 0:
         mode, position = _first_bad(coords < 0)
         raise ValueError(
@@ -169,8 +185,15 @@ def _check_shape(shape, coords: np.ndarray, n_modes: int) -> tuple[int, ...]:
             f"in mode {mode}"
         )
     if shape is None:
-        if coords.shape[0] == 0:
+        if nnz == 0:
             raise ValueError("shape is needed when there are no coordinates")
+        if may_be_transposed and nnz < n_modes:
+            raise ValueError(
+                f"coords of shape {coords.shape} has more columns than rows: read as (nnz, D), "
+                f"it is {nnz} entries of a {n_modes}-mode tensor. If its rows are the modes "
+                "(np.nonzero's arrays, a sparse array's .coords), pass coords.T; if it is "
+                f"{nnz} entries, pass their values (np.ones({nnz}) for counts of 1) or the shape"
+            )
         return tuple(int(n) + 1 for n in coords.max(axis=0))
     if isinstance(shape, (set, frozenset, dict)):  # no order of the modes
         raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
@@ -181,7 +204,10 @@ def _check_shape(shape, coords: np.ndarray, n_modes: int) -> tuple[int, ...]:
     if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in shape):
         raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
     if len(shape) != n_modes:
-        raise ValueError(f"shape has {len(shape)} modes but coords have {n_modes}")
+        hint = ""
+        if may_be_transposed and len(shape) == nnz:
+            hint = " (one per column); if its rows are the modes, pass coords.T"
+        raise ValueError(f"shape has {len(shape)} modes but coords have {n_modes}{hint}")
     if any(n < 1 for n in shape):
         raise ValueError(f"every mode needs at least one index, got shape {shape}")
     shape = tuple(int(n) for n in shape)
@@ -301,7 +327,7 @@ class VBNTF(Estimator):
         an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``, which goes on
         from the evaluation it made at its end and the longer fit did not).
     verbose
-        Print the ELBO after every iteration or pass (batch).
+        True to print the ELBO after every iteration or pass (batch).
 
     Attributes
     ----------
@@ -381,9 +407,7 @@ class VBNTF(Estimator):
         self.verbose = verbose
 
     def _check_params(self) -> dict:
-        dtype = np.dtype(self.dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"dtype must be np.float32 or np.float64, got {self.dtype!r}")
+        dtype = check_float_dtype(self.dtype)
         tol = check_tolerance(self.tol)
         if self.solver not in ("batch", "svi"):
             raise ValueError(f"solver must be 'batch' or 'svi', got {self.solver!r}")
@@ -417,6 +441,7 @@ class VBNTF(Estimator):
             "tol": tol,
             "tau": tau,
             "kappa": kappa,
+            "verbose": check_verbose(self.verbose),
         }
 
     def _prior(self) -> _model.Prior:
@@ -426,10 +451,11 @@ class VBNTF(Estimator):
         if self.prior_shape is not None:
             shape = check_prior_shape(self.prior_shape)
         if self.prior == "gamma":
+            shape = 1.0 if shape is None else shape
             rate = 1.0
             if self.prior_rate is not None:
-                rate = check_prior_rate(self.prior_rate, self.dtype)
-            return _model.GammaPrior(1.0 if shape is None else shape, rate)
+                rate = check_prior_rate(self.prior_rate, self.dtype, shape)
+            return _model.GammaPrior(shape, rate)
         if self.prior_rate is not None:
             raise ValueError(
                 "prior_rate applies to prior='gamma'; the hierarchical prior learns its rates"
@@ -450,8 +476,10 @@ class VBNTF(Estimator):
         Parameters
         ----------
         X
-            An (nnz, D) integer array of coordinates, or a pydata ``sparse`` array (COO,
-            GCXS, DOK; fill value 0), D >= 2.
+            An (nnz, D) integer array of coordinates (for ``np.nonzero``'s arrays or a
+            sparse array's ``.coords``, (D, nnz), their transpose), or a pydata ``sparse``
+            array (COO, GCXS, DOK; fill value 0), D >= 2. Without ``values`` and ``shape``,
+            fewer entries than modes are taken for transposed coordinates and refused.
         values
             The nnz counts at ``X``'s coordinates (non-negative, finite; default 1 each).
             Repeated coordinates are summed.
@@ -515,7 +543,7 @@ class VBNTF(Estimator):
             "tol": checked["tol"],
             "n_chunks": n_threads,
             "callback": callback,
-            "verbose": self.verbose,
+            "verbose": checked["verbose"],
         }
 
     def _fit_batch(self, data, start, checked, n_threads, callback, trace=None):

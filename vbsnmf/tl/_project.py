@@ -93,7 +93,8 @@ def project(
         and the projection would write over its fit (same ``key_added``, no ``copy``),
         the reference fit is not variational, no gene names are shared, gene names in
         ``adata_new`` or among the reference fit's genes repeat, its counts are not raw
-        counts or hold no nonzero count, or ``max_iter`` < 1 or ``tol`` < 0 (as
+        counts, hold no nonzero count or one above what the reference's dtype resolves
+        (2**24 in float32, as `vbsnmf.VBNMF.transform`), or ``max_iter`` < 1 or ``tol`` < 0 (as
         `vbsnmf.VBNMF` refuses them).
     TypeError
         ``max_iter`` is not an integer or ``tol`` not a number.
@@ -157,7 +158,9 @@ def project(
         # The projection holds the new cells in memory, as its result does; sparse chunks
         # stay sparse.
         matrix = matrix.compute()
-    matrix = check_count_matrix(adata_new, matrix, source)
+    # the projection computes in the reference's dtype: a float32 one resolves counts to 2**24
+    fit_dtype = np.float32 if gene_shape.dtype == np.float32 else np.float64
+    matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)
     counts = matrix.tocsr()[:, positions[shared]]
     # Cells whose counts all lie in genes the reference lacks: their factors are the prior's.
     without = np.asarray(counts.sum(axis=1)).ravel() == 0

@@ -13,6 +13,7 @@ from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._utils import is_dask_array
+from .._validation import check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._nmf import _storable, _storable_int, gene_mask, nmf
 from ._split import count_split
@@ -63,7 +64,8 @@ def select_k(
     adata
         Cells x genes with raw counts (in memory: sparse or dense; not dask).
     ks
-        The numbers of factors to try (distinct positive integers, fitted in ascending
+        The numbers of factors to try (distinct integers between 1 and min(n_cells,
+        n_genes) of the fitted counts, checked before the first fit; fitted in ascending
         order).
     layer, use_raw, mask_var
         Which counts and genes to fit, as in `nmf`.
@@ -79,7 +81,8 @@ def select_k(
     key_added
         The results go to ``adata.uns[key_added]``.
     **fit_params
-        Passed to `nmf` (e.g. ``max_iter``, ``tol``, ``n_threads``, ``prior``).
+        Passed to `nmf` (e.g. ``max_iter``, ``tol``, ``n_threads``, ``prior``; not
+        ``checkpoint`` or ``resume``).
 
     Returns
     -------
@@ -110,22 +113,28 @@ def select_k(
     ------
     ValueError
         ``ks`` empty, not distinct positive integers or out of range for the data;
-        ``solver`` not variational; ``tolerance`` negative or not finite; dask counts;
-        bad counts, layer or mask (as `nmf`).
+        ``solver`` not variational; ``tolerance`` negative or not finite; ``checkpoint``
+        or ``resume`` given (the fits cannot share a checkpoint); dask counts; bad counts,
+        layer or mask (as `nmf`).
     """
     ks = _check_ks(ks)
     if solver not in VB_SOLVERS:
         raise ValueError(f"select_k needs a variational solver ({VB_SOLVERS}), got {solver!r}")
     if tolerance is not None:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)):
-            raise TypeError(f"tolerance must be a number or None, got {type(tolerance).__name__}")
-        if not (np.isfinite(tolerance) and tolerance >= 0):
-            raise ValueError(f"tolerance must be non-negative and finite, got {tolerance!r}")
+        _check_tolerance(tolerance)
     check_key_added(key_added, adata, writes="uns")
     check_writable(adata, advice="call .to_memory() on the view first")
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
         if name in fit_params:
             raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")
+    for name in ("checkpoint", "resume"):
+        if name in fit_params:
+            # one path for every fit: a resume finds another K's or half's checkpoint
+            raise ValueError(
+                f"select_k cannot take {name!r}: its {2 * len(ks)} fits (all the counts and a "
+                "train half at each K) cannot share one checkpoint; fit a single K with "
+                "vbsnmf.tl.nmf to checkpoint it"
+            )
 
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     fitted_genes = gene_mask(adata, mask_var, var_names)
@@ -135,6 +144,7 @@ def select_k(
     if is_dask_array(matrix):
         raise ValueError("select_k needs the counts in memory, not a dask array")
     counts = sp.csr_matrix(check_count_matrix(adata, matrix, source))
+    _check_ks_fit(ks, counts.shape, source)
     train, test = count_split(counts, 0.5, random_state=random_state)
     test_total = float(test.sum())
     if test_total == 0:
@@ -247,6 +257,28 @@ def _check_ks(ks) -> list[int]:
     if len(set(ks)) != len(ks):
         raise ValueError(f"ks must be distinct, got {ks}")
     return sorted(int(k) for k in ks)
+
+
+def _check_ks_fit(ks: list[int], shape: tuple[int, int], source: str) -> None:
+    """Every K of the sorted ``ks`` at most min(n_cells, n_genes), as `nmf` requires
+    (`vbsnmf._validation.check_n_components`): checked before the first fit, not when the
+    K's turn comes after the smaller Ks' fits."""
+    largest = min(shape)
+    above = [k for k in ks if k > largest]
+    if above:
+        raise ValueError(
+            f"ks holds {', '.join(map(str, above))}, above min(n_cells, n_genes) = {largest} "
+            f"of {source} (shape {tuple(shape)}): K must be between 1 and {largest}; drop "
+            "the larger Ks"
+        )
+
+
+def _check_tolerance(tolerance) -> None:
+    """``tolerance`` a finite number >= 0 (`check_tolerance`, numbers only: not a string,
+    not a boolean)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)):
+        raise TypeError(f"tolerance must be a number or None, got {type(tolerance).__name__}")
+    check_tolerance(tolerance, "tolerance")
 
 
 def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance) -> str:

@@ -85,13 +85,37 @@ def _same_fit(info: dict, other: dict | None) -> bool:
     return bool(np.array_equal(*traces) and np.array_equal(*shares))
 
 
+# What a record of each tool holds that the others' do not (`vbsnmf.pl` reads them by it),
+# what each tool writes (`check_key_added`'s ``writes``) and the others' names in messages.
+_RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection": "table"}
+_RECORD_WRITTEN = {"fit": "fit", "cells": "projection", "uns": "k_selection"}
+_RECORD_NAMES = {
+    "projection": "a projection (tl.project)",
+    "k_selection": "a K selection (tl.select_k)",
+}
+
+
+def _record_kind(record) -> str | None:
+    """Which tool wrote the ``.uns`` entry ``record``: ``"fit"`` (`tl.nmf`),
+    ``"projection"`` (`tl.project`), ``"k_selection"`` (`tl.select_k`), or None (not a
+    record of theirs)."""
+    if not isinstance(record, dict):
+        return None
+    for kind, marker in _RECORD_MARKERS.items():
+        if marker in record:
+            return kind
+    return None
+
+
 def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
     """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
     through the file on an empty key, a key starting with "." or one holding "/", a NUL
     character or a lone surrogate, which UTF-8 cannot encode), or
-    whose entries would overwrite those of another fit stored in ``adata`` (``writes``:
-    ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm`` entries,
-    ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s default keys.
+    whose entries would overwrite those of another fit stored in ``adata``, or whose ``.uns``
+    record would overwrite another tool's record (a projection's, a K selection's; each tool
+    replaces its own) (``writes``: ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for
+    `tl.project`'s ``.obsm`` entries and record, ``"uns"`` for `tl.select_k`'s ``.uns``
+    entry). None: `tl.nmf`'s default keys.
     ``reference``: `tl.project`'s reference fit, whose copy in ``adata`` the projection may
     write over (another fit under the same key it may not)."""
     default = key_added is None and writes == "fit"
@@ -101,19 +125,21 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
             f"'/', NUL or lone surrogate character (an .h5ad cannot store them), got {key_added!r}"
         )
     keys = FitKeys.of(key_added)
+    record_key = {"fit": keys.uns, "cells": f"{keys.uns}_projection", "uns": key_added}[writes]
+    existing = _record_kind(adata.uns.get(record_key))
+    # another tool's record; a fit's is named with the other entries it would overwrite, below
+    if existing not in (None, "fit", _RECORD_WRITTEN[writes]):
+        raise ValueError(
+            f"key_added={key_added!r} would overwrite adata.uns[{record_key!r}], the record "
+            f"of {_RECORD_NAMES[existing]}; choose another key_added"
+        )
     if writes == "uns":
         mine = {("uns", key_added)}
     else:
         mine = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
     if writes == "cells":
-        mine.add(("uns", f"{keys.uns}_projection"))
+        mine.add(("uns", record_key))
     if writes == "fit":
-        record = adata.uns.get(keys.uns)
-        if isinstance(record, dict) and "reference_key" in record:
-            raise ValueError(
-                f"key_added={key_added!r} would overwrite adata.uns[{keys.uns!r}], the record "
-                "of a projection; choose another key_added"
-            )
         mine |= {("uns", keys.uns), ("varm", keys.loadings)}
         mine |= {(side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS}
     for other, info in adata.uns.items():

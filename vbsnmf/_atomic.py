@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -116,10 +118,19 @@ _NAME_MAX = 255
 def temporary_prefix(target: Path, suffix: str) -> str:
     """The mkstemp/mkdtemp prefix ``.name.`` for a temporary beside ``target``, ``name`` cut
     so that the temporary's name (prefix, 8 random characters, ``suffix``) is no longer
-    than a name ``target`` may have: a name near the limit is the user's right."""
+    than a name ``target`` may have: a name near the limit is the user's right.
+
+    A name cut ends in ``-`` and 8 hex digits of a hash of the whole name: two targets
+    whose long names begin alike would otherwise share their temporaries' names, and a
+    run for one took the other's (an earlier output kept aside) for its own leftover.
+    """
     room = max(_NAME_MAX - 10 - len(os.fsencode(suffix)), 0)
-    name = os.fsencode(target.name)[:room].decode("utf-8", errors="ignore")
-    return f".{name}."
+    whole = os.fsencode(target.name)
+    if len(whole) <= room:
+        return f".{target.name}."
+    digest = hashlib.sha256(whole).hexdigest()[:8]
+    name = whole[: max(room - 9, 0)].decode("utf-8", errors="ignore")
+    return f".{name}-{digest}."
 
 
 def file_temporary_affixes(target: Path) -> tuple[str, str]:
@@ -176,7 +187,13 @@ def _failed_write(error: BaseException | None, temporary: Path) -> OSError | Non
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | Path, *, lock: bool = False) -> Iterator[Path]:
+def atomic_file(
+    target: str | Path,
+    *,
+    lock: bool = False,
+    exclusive: bool = False,
+    created: list | None = None,
+) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
 
     The suffix of ``target`` is kept (writers such as matplotlib pick the format from it).
@@ -188,8 +205,17 @@ def atomic_file(target: str | Path, *, lock: bool = False) -> Iterator[Path]:
     it exists, as `atomic_directory`'s folders are (`clear_temporary`); not for files
     that HDF5 writes: it locks the files it opens, and would be refused.
 
+    With ``exclusive``, ``target`` is made as a new file and never replaces one (nor
+    follows a link there): the complete file is linked to its name, which fails if
+    another process made a file of that name meanwhile. ``created``, a list, then gets
+    the (device, inode) of the file written before it takes the name, so that the caller
+    can later remove it only while it is still its own (`remove_own`).
+
     Raises
     ------
+    FileExistsError
+        With ``exclusive``: something is at ``target`` (before the block runs), or was made
+        there while the block ran (nothing of this writer's is left then).
     FileNotFoundError
         The folder of ``target`` does not exist (before the block runs).
     IsADirectoryError
@@ -199,6 +225,8 @@ def atomic_file(target: str | Path, *, lock: bool = False) -> Iterator[Path]:
         folder), or ``target`` is a loop of symbolic links; it names ``target``.
     """
     target = Path(target)
+    if exclusive and os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "a file is there; name a new file", str(target))
     if target.is_symlink():
         # Write where the link points, as open(target, "w") would: the rename would
         # otherwise replace the link by a file and leave its target as it was.
@@ -233,8 +261,48 @@ def atomic_file(target: str | Path, *, lock: bool = False) -> Iterator[Path]:
             with open(temporary, "rb+") as written:
                 os.fsync(written.fileno())
             _permissions_of(target, temporary)
-            os.replace(temporary, target)
+            if exclusive:
+                _link_new(temporary, target, created)
+            else:
+                os.replace(temporary, target)
         _sync_folder(target.parent)
+
+
+def _link_new(temporary: Path, target: Path, created: list | None) -> None:
+    """``temporary`` given the new name ``target`` (`atomic_file`'s ``exclusive``): a hard
+    link, which fails if ``target`` exists where a rename would replace it; its identity
+    added to ``created`` first. A file system without hard links gets a rename after a
+    check, exclusive but for a writer that makes ``target`` in between."""
+    details = os.stat(temporary)
+    if created is not None:
+        created.append((details.st_dev, details.st_ino))
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        os.replace(temporary, target)
+
+
+def remove_own(path: Path, created: list | None) -> bool:
+    """Remove ``path`` if it is still the file whose (device, inode) is the last of
+    ``created`` (`atomic_file`'s): a file another process made or put there is left.
+    Returns whether it was removed."""
+    if not created:
+        return False
+    try:
+        details = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    if (details.st_dev, details.st_ino) != created[-1]:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True
 
 
 def _check_target(target: Path) -> None:
@@ -468,6 +536,10 @@ def _release(lock: int | None) -> None:
         os.close(lock)
 
 
+# What `clear_temporary` did with a temporary, and what `clear_lock_file` found.
+REMOVED, IN_USE, KEPT, FOREIGN, FREE = "removed", "in use", "kept", "not vbsnmf's", "free"
+
+
 # A checkpoint's fit holds a lock file beside it from start to end (`Checkpointer`), as a
 # checkpoint itself is replaced at every save and cannot carry a lock.
 def lock_file_of(target: Path) -> Path:
@@ -485,26 +557,57 @@ def _names(descriptor: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (details.st_dev, details.st_ino)
 
 
+# What `take_lock_file` writes into a lock file: its holder's process id and nothing else.
+# A file of a lock file's name is taken for vbsnmf's (reused, or removed as a killed run's)
+# only if it holds that, or nothing (a run killed between making the file and writing
+# it): anything else there is the user's, and is left as it is.
+_LOCK_CONTENT = re.compile(rb"[0-9]{0,20}")
+
+
+def _holds_lock_content(descriptor: int) -> bool:
+    """Whether the regular file open at ``descriptor`` holds what a lock file of vbsnmf's
+    holds (`_LOCK_CONTENT`)."""
+    try:
+        data = os.pread(descriptor, 64, 0)
+    except OSError:
+        return False
+    return _LOCK_CONTENT.fullmatch(data) is not None
+
+
 def take_lock_file(lock: Path) -> int | None:
     """Create (or reuse a killed run's) ``lock`` and lock it for as long as the returned
     descriptor stays open (`drop_lock_file`); None, with nothing held, where it cannot be
     made or locked (no advisory locks, a read-only folder, something not a file there).
 
+    A file is created exclusively; one already there is reused only if it is a lock file
+    of vbsnmf's (`_LOCK_CONTENT`), never truncated otherwise.
+
     Raises
     ------
     BlockingIOError
         A live process holds it.
+    FileExistsError
+        A file is there that is not a lock file of vbsnmf's (nothing was changed).
     """
     if fcntl is None:
         return None
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     # A check (`clear_lock_file`) holds it for an instant, a live holder for longer; and
     # tries are counted: where a file's name and its descriptor never agree on its inode
     # (some FUSE systems), no lock is had rather than a loop forever.
     patience = time.monotonic() + 0.2
     for _ in range(1000):
+        made = True
         try:
-            descriptor = os.open(lock, flags, 0o666)
+            descriptor = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            made = False
+            try:
+                descriptor = os.open(lock, flags)
+            except FileNotFoundError:
+                continue  # its holder removed it as it finished: make a new one
+            except OSError:
+                return None
         except OSError:
             return None
         try:
@@ -523,6 +626,11 @@ def take_lock_file(lock: Path) -> int | None:
             os.close(descriptor)
             return None
         if _names(descriptor, lock):
+            if not made and not _holds_lock_content(descriptor):
+                os.close(descriptor)
+                raise FileExistsError(
+                    errno.EEXIST, "a file there is not a lock file of vbsnmf's", str(lock)
+                )
             with contextlib.suppress(OSError):  # who holds it, for a refused run's message
                 os.ftruncate(descriptor, 0)
                 os.write(descriptor, str(os.getpid()).encode())
@@ -557,26 +665,31 @@ def lock_holder(lock: Path) -> str:
     return text if text.isdigit() else ""
 
 
-def clear_lock_file(lock: Path) -> bool:
-    """Remove ``lock`` if a killed run left it (nobody holds it); False if a live process
-    holds it. Anything else of that name, or where locks are not to be had, is left."""
+def clear_lock_file(lock: Path) -> str:
+    """Remove ``lock`` if a killed run left it (nobody holds it, and it holds what vbsnmf
+    writes into its lock files: `_LOCK_CONTENT`); return `FREE` then, when there is none,
+    or where what is there cannot be a lock (not a file) or locks are not to be had.
+    `IN_USE` if a live process holds it; `FOREIGN`, with nothing changed, if it is a
+    file of the user's (other content), which `take_lock_file` would refuse to take."""
     if fcntl is None:
-        return True
+        return FREE
     try:
         descriptor = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return True
+        return FREE
     try:
         if stat.S_ISREG(os.fstat(descriptor).st_mode):
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _holds_lock_content(descriptor):
+                return FOREIGN
             _remove_named(lock, descriptor)
     except BlockingIOError:
-        return not _names(descriptor, lock)
+        return IN_USE if _names(descriptor, lock) else FREE
     except OSError:
         pass
     finally:
         os.close(descriptor)
-    return True
+    return FREE
 
 
 # A temporary is locked an instant after it is made; one found unlocked counts as
@@ -584,16 +697,16 @@ def clear_lock_file(lock: Path) -> bool:
 _SETTLE_SECONDS = 60.0
 
 
-# What `clear_temporary` did with a temporary.
-REMOVED, IN_USE, KEPT = "removed", "in use", "kept"
-
-
-def clear_temporary(entry: Path, *, folder: bool = True) -> str:
+def clear_temporary(
+    entry: Path, *, folder: bool = True, ours: Callable[[Path], bool] | None = None
+) -> str:
     """Delete the temporary ``entry`` (a folder, or with ``folder=False`` a file of
     `atomic_file(lock=True)`) if its writer is gone: nothing holds its lock and it has not
-    changed for a minute (`REMOVED`). `IN_USE` if a live process holds its lock; `KEPT`,
-    with nothing deleted, if it changed within the minute, is not of the kind expected,
-    or where this system cannot tell (no advisory locks)."""
+    changed for a minute (`REMOVED`). `IN_USE` if a live process holds its lock;
+    `FOREIGN`, with nothing deleted, if ``ours(entry)`` (asked with the lock held) says
+    it does not hold what vbsnmf writes there; `KEPT`, with nothing deleted, if it changed
+    within the minute, is not of the kind expected, or where this system cannot tell (no
+    advisory locks)."""
     if fcntl is None:
         return KEPT
     try:
@@ -610,6 +723,8 @@ def clear_temporary(entry: Path, *, folder: bool = True) -> str:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return IN_USE
+        if ours is not None and not ours(entry):
+            return FOREIGN
         if time.time() - details.st_mtime < _SETTLE_SECONDS:
             return KEPT
         if folder:  # with the lock held: a writer of it would be alive

@@ -35,7 +35,8 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A file given as a checkpoint is not a vbsnmf checkpoint, or is damaged."""
+    """A file given as a checkpoint is not a vbsnmf checkpoint, or is damaged; or a file
+    of the user's is where the fit would keep its lock file."""
 
 
 class CheckpointInUseError(ValueError):
@@ -50,6 +51,16 @@ def in_use_message(path, lock: Path) -> str:
     return (
         f"checkpoint {path} belongs to a fit running now ({by} holds {lock.name} beside "
         "it); wait for it to finish or name another checkpoint"
+    )
+
+
+def foreign_lock_message(path, lock: Path) -> str:
+    """Why a fit may not use checkpoint ``path``: a file of the user's is where it keeps its
+    lock file, ``lock``."""
+    return (
+        f"checkpoint {path} needs the lock file {lock} beside it, but a file of that name "
+        "is there that is not a lock file of vbsnmf's; vbsnmf leaves it as it is: move it, "
+        "or name another checkpoint"
     )
 
 
@@ -390,6 +401,8 @@ class Checkpointer:
             self._lock = take_lock_file(lock)
         except BlockingIOError:
             raise CheckpointInUseError(in_use_message(self.path, lock)) from None
+        except FileExistsError:  # a file of the user's: never truncated nor removed
+            raise CheckpointError(foreign_lock_message(self.path, lock)) from None
 
     def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
         """The stored checkpoint, or None when there is none (a fresh start)."""

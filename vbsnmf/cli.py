@@ -498,7 +498,9 @@ def _fit(
             )
         except CheckpointMismatchError as error:
             raise UsageError(f"{error} (drop --resume)") from None
-        except ValueError as error:  # say the options, not tl.nmf's parameters
+        except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
+            # TypeError too: an X of strings is refused as one, and its message named
+            # "adata.X", not the file
             raise UsageError(_as_options(str(error), matrix_file, anndata_file)) from None
         finally:
             for bar in bars:
@@ -596,12 +598,20 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
 
 
 def _run_fit(args) -> int:
+    from .io._paths import command_inputs
+
+    inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
+    # protected from every check of the run, the estimator's too, which knows only X
+    with command_inputs(inputs):
+        return _fit_command(args, inputs)
+
+
+def _fit_command(args, inputs) -> int:
     from .io import atomic_directory, read
     from .io._read import check_read_options
 
     _check_options(args)
     source = Path(args.input)
-    inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
     outdir = _check_paths(args, inputs)
     kind = check_read_options(source, args.genes_as_rows, args.row_names, args.col_names)
     if kind not in ("h5ad", "zarr") and (args.layer is not None or args.use_raw):
@@ -640,9 +650,11 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     """``fit --solver svi`` streamed from disk: an .h5ad whose X is CSR as it is, a 10x
     folder or .mtx converted once into OUTDIR/counts.h5ad (or --convert-to). False, with
     nothing done, for an .h5ad whose X does not stream (read into memory instead)."""
+    from ._atomic import remove_own
     from .io import read_h5ad_backed
 
     adata, converted = None, None
+    created: list = []  # (device, inode) of the --convert-to file this run made
     if kind == "h5ad":
         adata = read_h5ad_backed(source)
         if adata is None:
@@ -650,20 +662,21 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     else:
         converted = _check_convert_path(args, outdir, inputs)
     try:
-        summary = _convert_and_fit(args, source, kind, outdir, adata, converted)
+        summary = _convert_and_fit(args, source, kind, outdir, adata, converted, created)
     except BaseException:
-        # --convert-to named a new file (`_check_convert_path`): what is there now, this
-        # run wrote, and a run that fails leaves nothing new (the same command reconverts)
+        # a run that fails leaves nothing new (the same command reconverts); but only the
+        # file it made goes: another run given the same --convert-to may have made it
         if converted is not None:
-            converted.unlink(missing_ok=True)
+            remove_own(converted, created)
         raise
     _report(outdir, summary, args.quiet)
     return True
 
 
-def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted):
+def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted, created):
     """`_fit_streamed`'s conversion (unless the input is an .h5ad, ``adata``), fit and
-    OUTDIR; the summary."""
+    OUTDIR; the summary. --convert-to (``converted``) is made as a new file, never
+    replacing one, its identity appended to ``created``."""
     from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
     from .io._paths import COUNTS_FILE
 
@@ -673,14 +686,24 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     with atomic_directory(outdir, overwrite=args.force) as folder:
         if kind != "h5ad":
             target = folder / COUNTS_FILE if converted is None else converted
-            with _doing(f"converting {source}"):
-                mtx_to_h5ad(
-                    source,
-                    target,
-                    genes_as_rows=args.genes_as_rows is not False,
-                    row_names=args.row_names,
-                    col_names=args.col_names,
-                )
+            try:
+                with _doing(f"converting {source}"):
+                    mtx_to_h5ad(
+                        source,
+                        target,
+                        genes_as_rows=args.genes_as_rows is not False,
+                        row_names=args.row_names,
+                        col_names=args.col_names,
+                        created=None if converted is None else created,
+                    )
+            except FileExistsError:
+                if converted is None:
+                    raise
+                # another run given the same --convert-to made it first: its file, kept
+                raise UsageError(
+                    f"--convert-to {converted} was made by another process while this run "
+                    "converted; vbsnmf leaves it as it is: name a new file"
+                ) from None
             if not args.quiet:
                 _tell(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
             adata = read_h5ad_backed(target)

@@ -51,6 +51,7 @@ def mtx_to_h5ad(
     genes_as_rows: bool = True,
     row_names: str | os.PathLike | None = None,
     col_names: str | os.PathLike | None = None,
+    created: list | None = None,
 ) -> Path:
     """Convert a Matrix Market file, or a 10x folder, into an ``.h5ad`` of cells x genes
     without loading it.
@@ -75,6 +76,11 @@ def mtx_to_h5ad(
     row_names, col_names
         Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
         the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).
+    created
+        A list: ``dst`` is made as a new file and never replaces one, and the (device,
+        inode) of the file written is appended to it, so that a caller removes it later
+        only while it is its own (``vbsnmf fit --convert-to``). Without it, an existing
+        ``dst`` is replaced.
 
     Returns
     -------
@@ -89,6 +95,8 @@ def mtx_to_h5ad(
     UnsafePathError
         ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
         (symbolic and hard links resolved), checked before anything is written.
+    FileExistsError
+        With ``created``: ``dst`` exists, or another process made it while converting.
     OSError
         A write failed (a full disk, a file-size limit); it names ``dst``, and nothing is
         left behind.
@@ -109,8 +117,12 @@ def mtx_to_h5ad(
         raise ValueError(f"the folder {dst.parent} for {dst.name} does not exist")
     with _errors(src):
         header = mtx_header(src)
-        if header.fmt != "coordinate" or header.field not in ("integer", "real", "double"):
-            raise ReadError(src, f"converts coordinate integer or real files, not {header.field}")
+        if header.fmt != "coordinate":  # name what is refused: the format, not the field
+            raise ReadError(
+                src, f"converts coordinate files (integer or real), not the {header.fmt} format"
+            )
+        if header.field not in ("integer", "real", "double"):
+            raise ReadError(src, f"converts integer or real files, not {header.field}")
         nnz = check_mtx_size(src, header.fmt, header.size, bytes_per_index=_BYTES_PER_NAME)
     n_rows, n_cols = header.size[:2]
     rows, row_extra = _names(row_names, n_rows, src, "rows")
@@ -122,7 +134,7 @@ def mtx_to_h5ad(
     # other name files give one name a line (the first field), as read_mtx reads them
     var_extra = (row_extra if genes_as_rows else col_extra) if is_folder else None
     keep_genes = _gene_expression(var_extra)
-    with atomic_hdf5(dst) as (out, check):
+    with atomic_hdf5(dst, created=created) as (out, check):
         _write(src, header, out, check, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
     return dst
 

@@ -8,16 +8,19 @@ input; an input may be a file or a folder (a 10x folder).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from .._atomic import (
+    FOREIGN,
     IN_USE,
     REMOVED,
     check_name_length,
@@ -33,6 +36,28 @@ from .._validation import check_flag
 
 class UnsafePathError(ValueError):
     """An output path would overwrite, remove or write into something the user owns."""
+
+
+# The inputs of the command running now (`vbsnmf.cli`): protected also where a check runs
+# again without them. The estimator checks its checkpoint path with its matrix as the only
+# input, and swept a --col-names file named as a checkpoint's temporary that the command
+# line's own check had spared.
+_COMMAND_INPUTS: ContextVar[tuple] = ContextVar("vbsnmf_command_inputs", default=())
+
+
+@contextlib.contextmanager
+def command_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """In the block, every check of this module counts ``inputs`` among the inputs."""
+    token = _COMMAND_INPUTS.set((*_COMMAND_INPUTS.get(), *inputs))
+    try:
+        yield
+    finally:
+        _COMMAND_INPUTS.reset(token)
+
+
+def _with_command_inputs(inputs: Iterable) -> list[tuple[str, str | os.PathLike]]:
+    """``inputs`` and the command's (`command_inputs`), as pairs for `check_apart`."""
+    return [("the input", i) for i in (*inputs, *_COMMAND_INPUTS.get())]
 
 
 def real_path(path: str | os.PathLike) -> Path:
@@ -63,16 +88,26 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]) -> None:
     """Raise `UnsafePathError` if ``path`` is, lies inside or contains one of ``owned``
     (pairs of a description, e.g. ``"the input"``, and a path)."""
+    overlap = _overlap(path, owned)
+    if overlap is not None:
+        relation, description, other = overlap
+        raise UnsafePathError(
+            f"{label} {path} {relation} {description} {other}: it would be overwritten "
+            "or removed; choose a path outside it"
+        )
+
+
+def _overlap(path, owned: Iterable[tuple[str, str | os.PathLike]]):
+    """``(relation, description, other)`` of the first of ``owned`` that ``path`` is, lies
+    inside or contains (`check_apart`), or None."""
     real = real_path(path)
     for description, other, other_real in _with_linked_files(owned):
         relation = _relation(real, other_real)
         if relation is None and _same_file(real, other_real):
             relation = "is"
         if relation is not None:
-            raise UnsafePathError(
-                f"{label} {path} {relation} {description} {other}: it would be overwritten "
-                "or removed; choose a path outside it"
-            )
+            return relation, description, other
+    return None
 
 
 def _with_linked_files(owned):
@@ -124,13 +159,19 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         A fit running now uses it (and holds its lock file); a killed fit's lock file is
         removed.
     """
-    from .._checkpoint import CheckpointInUseError, in_use_message, read_checkpoint_meta
+    from .._checkpoint import (
+        CheckpointInUseError,
+        foreign_lock_message,
+        in_use_message,
+        read_checkpoint_meta,
+    )
 
     path = Path(checkpoint)
+    inputs = _with_command_inputs(inputs)
     _check_lookup("checkpoint", path)
     if path.is_dir():
         raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
-    check_apart("checkpoint", path, (("the input", i) for i in inputs))
+    check_apart("checkpoint", path, inputs)
     if path.is_symlink() and not path.exists():
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
     if path.exists():
@@ -149,9 +190,20 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
     if ancestor == path.parent:
         lock = lock_file_of(path)
-        if not clear_lock_file(lock):
+        # the fit makes, holds and removes this file: an input of its name was removed
+        overlap = _overlap(lock, inputs)
+        if overlap is not None:
+            relation, _, other = overlap
+            raise UnsafePathError(
+                f"checkpoint {path} needs the lock file {lock} beside it, which {relation} "
+                f"the input {other}; name another checkpoint"
+            )
+        state = clear_lock_file(lock)
+        if state == IN_USE:
             raise CheckpointInUseError(in_use_message(path, lock))
-        saving = clear_leftovers(path, [file_temporary_affixes(path)], folders=False)
+        if state == FOREIGN:
+            raise UnsafePathError(foreign_lock_message(path, lock))
+        saving = clear_leftovers(path, [file_temporary_affixes(path)], folders=False, owned=inputs)
         if saving:
             raise UnsafePathError(
                 f"another run is saving checkpoint {path} now ({saving[0].name} beside it "
@@ -214,7 +266,9 @@ def check_outdir(
     the fit.
 
     Temporary folders that killed runs left beside OUTDIR are removed once their writer is
-    gone, with a warning saying so; the others are reported (`clear_leftovers`). One that a
+    gone, with a warning saying so, if they hold only what vbsnmf writes there and are no
+    input; the others are reported, or left unmentioned if they are not vbsnmf's
+    (`clear_leftovers`). One that a
     live process is writing means another run writes OUTDIR now: refused.
 
     Raises
@@ -231,7 +285,7 @@ def check_outdir(
         raise UnsafePathError(
             f"OUTDIR {outdir} is the current folder or holds it; name a new folder"
         )
-    owned = [("the input", i) for i in inputs]
+    owned = _with_command_inputs(inputs)
     if checkpoint is not None:
         owned.append(("the checkpoint", checkpoint))
     check_apart("OUTDIR", path, owned)
@@ -261,7 +315,10 @@ def check_outdir(
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
     writing = clear_leftovers(
-        path, ((temporary_prefix(path, end), end) for end in (".tmp", ".old"))
+        path,
+        ((temporary_prefix(path, end), end) for end in (".tmp", ".old")),
+        owned=owned,
+        ours=_written_by_vbsnmf,
     )
     if writing:
         # Both runs would fit to the end; then one fails, or --force deletes the other's.
@@ -280,7 +337,12 @@ def check_outdir(
 
 
 def clear_leftovers(
-    path: Path, affixes: Iterable[tuple[str, str]], *, folders: bool = True
+    path: Path,
+    affixes: Iterable[tuple[str, str]],
+    *,
+    folders: bool = True,
+    owned: Iterable[tuple[str, str | os.PathLike]] = (),
+    ours=None,
 ) -> list[Path]:
     """Clear what killed runs left beside ``path``: entries named as `_atomic` names its
     temporaries (``affixes``: prefix and suffix around its 8 random characters), folders
@@ -291,7 +353,13 @@ def clear_leftovers(
     removed; the others are reported, as a run still writing could own them, as is
     everything while ``path`` is missing and an earlier output a killed ``--force`` moved
     aside is all that is left of it. One warning says what was removed, one what is left.
+
+    A name is not enough: an entry that is, holds or lies inside one of ``owned`` (pairs
+    of a description and a path: the inputs) is never touched nor reported, and with
+    ``ours`` (a test of an entry) one it says vbsnmf did not write is left and not
+    reported either: it is the user's.
     """
+    owned = list(owned)
     patterns = [
         re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
         for prefix, suffix in affixes
@@ -304,16 +372,22 @@ def clear_leftovers(
         )
     except OSError:  # an unreadable folder: the checks that follow say what is wrong
         return []
+    found = [entry for entry in found if _overlap(entry, owned) is None]
     hidden = [entry for entry in found if (entry / "previous").is_dir()]
     sizes = {entry: _size_of(entry) for entry in found}  # before any is removed
-    removed, in_use = [], []
+    removed, in_use, foreign = [], [], []
     if path.exists() or not hidden:
         for entry in found:
-            state = clear_temporary(entry, folder=folders)
+            state = clear_temporary(entry, folder=folders, ours=ours)
             if state == REMOVED:
                 removed.append(entry)
             elif state == IN_USE:
                 in_use.append(entry)
+            elif state == FOREIGN:
+                foreign.append(entry)
+    elif ours is not None:
+        foreign = [entry for entry in found if not ours(entry)]
+    found = [entry for entry in found if entry not in foreign]
     if removed:
         warnings.warn(
             f"removed {_counted(removed)} of killed runs beside {path} "
@@ -338,6 +412,42 @@ def clear_leftovers(
             stacklevel=3,
         )
     return in_use
+
+
+def _output_patterns() -> list[re.Pattern]:
+    """The names of the files a command writes into OUTDIR (`OUTPUT_NAMES`) and of their
+    temporaries while they are written (`atomic_file`)."""
+    patterns = [re.compile(re.escape(name) + r"\Z") for name in OUTPUT_NAMES]
+    for name in OUTPUT_NAMES:
+        prefix, suffix = file_temporary_affixes(Path(name))
+        patterns.append(re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z"))
+    return patterns
+
+
+def _written_by_vbsnmf(folder: Path) -> bool:
+    """Whether ``folder``, named as `atomic_directory` names its temporaries, holds only what
+    vbsnmf puts there: files of the output names or their temporaries (`_output_patterns`)
+    in a ``.tmp`` folder, nothing or an earlier output in ``previous`` in an ``.old`` one.
+    Its name alone took a folder of the user's (a staged input, a backup) for a killed
+    run's and deleted it. Leftovers of runs that wrote other names through the API's
+    `atomic_directory` are left alone."""
+    patterns = _output_patterns()
+    try:
+        entries = list(os.scandir(folder))
+        if folder.name.endswith(".old") and entries:
+            previous = entries[0]
+            if len(entries) != 1 or previous.name != "previous":
+                return False
+            if not previous.is_dir(follow_symlinks=False):
+                return False
+            entries = list(os.scandir(previous.path))
+        return all(
+            entry.is_file(follow_symlinks=False)
+            and any(pattern.match(entry.name) for pattern in patterns)
+            for entry in entries
+        )
+    except OSError:
+        return False
 
 
 def _counted(entries: list[Path]) -> str:

@@ -283,6 +283,9 @@ def read_h5ad_backed(path: str | os.PathLike):
                 # anndata opens it backed trusting X's shape attribute (a phantom
                 # [30, 10**6] would fit a million genes) and casts its indices to integers
                 _stored_x(handle, path)
+                # result.h5ad copies .raw as it is: one anndata cannot read made a
+                # result nothing could open, reported as a success
+                _check_raw(handle, path)
         if encoding != "csr_matrix":
             return None
         with warnings.catch_warnings():
@@ -296,6 +299,38 @@ def read_h5ad_backed(path: str | os.PathLike):
         adata.obs_names_make_unique()
         adata.var_names_make_unique()
     return adata
+
+
+def _check_raw(store, path: Path) -> None:
+    """A `ReadError` unless the ``.raw`` of the open ``.h5ad`` ``store`` (if any) has an X
+    whose shape fits obs and raw's var, with row (CSR) or column (CSC) pointers of that
+    length, as anndata requires when it reads the file (a backed open does not look)."""
+    import h5py
+
+    raw = store.get("raw")
+    if not isinstance(raw, h5py.Group) or "X" not in raw:
+        return
+    stored = raw["X"]
+    try:
+        if isinstance(stored, h5py.Group):
+            if "shape" not in stored.attrs or "indptr" not in stored:
+                raise ValueError("raw/X is not a sparse matrix as anndata stores one")
+            shape = _stored_shape(stored.attrs["shape"], "raw/X")
+        elif isinstance(stored, h5py.Dataset) and stored.ndim == 2:
+            shape = stored.shape
+        else:
+            raise ValueError("raw/X is not a matrix")
+        lengths = (_table_length(store, "obs"), _table_length(raw, "var"))
+        _check_fits(shape, *lengths, what="raw/X's shape")
+        if isinstance(stored, h5py.Group):
+            axis = 1 if stored.attrs.get("encoding-type", "") == "csc_matrix" else 0
+            if stored["indptr"].shape != (shape[axis] + 1,):
+                raise ValueError(
+                    f"raw/X: corrupt sparse matrix: {stored['indptr'].shape[0]} pointers "
+                    f"for its shape {list(shape)}"
+                )
+    except (ValueError, TypeError) as error:
+        raise ReadError(path, str(error)) from None
 
 
 def _table_length(store, name: str) -> int | None:

@@ -209,10 +209,14 @@ def _copy_array(stored, parent, name: str, check: Callable[[], None]):
 
 
 @contextmanager
-def atomic_hdf5(target: Path) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
+def atomic_hdf5(
+    target: Path, *, created: list | None = None
+) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
     """An HDF5 file (`h5py.File`) written atomically to ``target`` (`atomic_file`) through
     `_Sink`, and ``check``, to call between blocks of work: it raises the first failed
-    write (a full disk, a size limit) as an `OSError` naming ``target``.
+    write (a full disk, a size limit) as an `OSError` naming ``target``. With ``created``
+    (a list), ``target`` is made as a new file, never replacing one (`atomic_file`'s
+    ``exclusive``, whose ``created`` it is).
 
     An exception in the block after a failed write becomes that `OSError` (the write
     explains it); whatever fails, the temporary file is removed and the process lives.
@@ -224,7 +228,11 @@ def atomic_hdf5(target: Path) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
     """
     import h5py
 
-    with atomic_file(target) as temporary, open(temporary, "r+b", buffering=0) as handle:
+    exclusive = created is not None
+    with (
+        atomic_file(target, exclusive=exclusive, created=created) as temporary,
+        open(temporary, "r+b", buffering=0) as handle,
+    ):
         sink = _Sink(handle.fileno(), target)
         with held_signals() as deliver:
 

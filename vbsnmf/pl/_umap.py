@@ -76,7 +76,8 @@ def umap(
     KeyError
         No fit under ``key``, or its usages are gone from ``.obsm``.
     ValueError
-        The usages hold NaN or infinite values (an edited result: no fit writes them);
+        The usages hold NaN or infinite values, or not one column per factor of the fit
+        (an edited result: no fit writes them);
         ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells; ``adata`` is a
         view of a backed AnnData, which cannot store the graph.
     TypeError
@@ -93,8 +94,9 @@ def umap(
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
-    usages = _finite_obsm(adata, info["usage_key"])
-    _finite_obsm(adata, info["sqrt_usage_key"])
+    n_factors = len(info["active"])
+    usages = _usages(adata, info["usage_key"], n_factors)
+    _usages(adata, info["sqrt_usage_key"], n_factors)
     with _unchanged_on_failure(adata):
         if colors is None:
             colors = [f"{key}_dominant_factor"]
@@ -127,6 +129,19 @@ def umap(
         # a list of axes for several panels, as scanpy returns them
         first = axes[0] if isinstance(axes, list) else axes
         return _finish(first.figure, axes, show, save, "umap")
+
+
+def _usages(adata, name: str, n_factors: int):
+    """``adata.obsm[name]``, finite (`_finite_obsm`) and of one column per factor of the
+    fit: an edited result with fewer columns failed with an IndexError (exit 1 on the
+    command line) when the dominant factors were picked."""
+    values = _finite_obsm(adata, name)
+    if values.ndim != 2 or values.shape[1] != n_factors:
+        raise ValueError(
+            f"adata.obsm[{name!r}] has shape {values.shape}, not one column per factor of "
+            f"the fit's {n_factors}, which no vbsnmf fit writes; fit again"
+        )
+    return values
 
 
 @contextlib.contextmanager

@@ -472,7 +472,7 @@ def test_leftovers_of_killed_runs_are_reported(tmp_path):
     (tmp_path / ".out.ab12cd34.tmp" / "counts.h5ad").write_bytes(b"x" * 2**20)
     (tmp_path / ".out.ef56gh78.old" / "previous").mkdir(parents=True)
     (tmp_path / ".out.notours").mkdir()  # not a name vbsnmf gives
-    (tmp_path / ".fit.npz.ij90kl12.tmp.npz").write_bytes(b"x")
+    (tmp_path / ".fit.npz.ij90kl12.tmp.npz").write_bytes(b"PK\x03\x04")  # the start of an .npz
     with pytest.warns(UserWarning, match=r"2 leftovers of interrupted runs.*1\.0 MiB") as seen:
         vbsnmf.io.check_outdir(tmp_path / "out")
     message = str(seen[0].message)

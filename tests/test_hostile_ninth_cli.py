@@ -278,3 +278,106 @@ def test_a_matrix_market_array_file_is_refused_for_its_format(tmp_path, capfd):
     assert _error(err) == (
         "vbsnmf: error: arr.mtx: converts coordinate files (integer or real), not the array format"
     )
+
+
+# -- a second look at the fixes above ---------------------------------------------------------
+def test_a_users_file_named_as_a_checkpoint_temporary_is_left(tmp_path):
+    """Through the API (no input list of a command line), a user's old notes named as a
+    killed save's temporary were deleted by name and age; a killed save's temporary (the
+    start of an .npz, a zip archive) still goes."""
+    notes = tmp_path / ".ck.notes001.tmp"
+    notes.write_text("the user's notes\n")
+    killed = tmp_path / ".ck.k1ll3d00.tmp"
+    killed.write_bytes(b"PK\x03\x04 a killed save's first bytes")
+    _aged(notes, killed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vbsnmf.VBNMF(2, max_iter=2, n_threads=1, checkpoint=tmp_path / "ck").fit(_counts())
+    assert notes.read_text() == "the user's notes\n"
+    assert not killed.exists()
+
+
+def test_a_backed_x_named_as_a_checkpoint_temporary_is_not_deleted(tmp_path, monkeypatch):
+    """``VBNMF(checkpoint="ck").fit(backed)``: only a path X counted as an input, so with
+    HDF5's file locking off (as on many clusters) the backed file being fitted,
+    ``.ck.sample01.tmp``, was deleted as a killed save's temporary before the fit."""
+    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
+    source = h5ad(tmp_path, ".ck.sample01.tmp")
+    _aged(source)
+    expected = source.read_bytes()
+    backed = ad.read_h5ad(source, backed="r")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = vbsnmf.VBNMF(
+                2, solver="svi", n_epochs=1, n_threads=1, checkpoint=tmp_path / "ck"
+            )
+            for X in (backed, backed.X):
+                assert source.exists()
+                model.fit(X)
+    finally:
+        backed.file.close()
+    assert source.read_bytes() == expected
+
+
+def test_a_stop_as_outdir_takes_its_place_keeps_the_convert_to_file(tmp_path, capfd, monkeypatch):
+    """A SIGINT held while OUTDIR took its place ends a run whose output is complete
+    ("written in full"); the --convert-to file it made was removed all the same."""
+    tenx(tmp_path)
+    convert_and_fit = cli._convert_and_fit
+
+    def stopped_as_written(args, *rest):
+        convert_and_fit(args, *rest)
+        stop = KeyboardInterrupt()
+        stop.written = Path(args.outdir)
+        raise stop
+
+    monkeypatch.setattr(cli, "_convert_and_fit", stopped_as_written)
+    argv = ["fit", "tenx", *FIT, *SVI, "--convert-to", "conv.h5ad", "-o", "out"]
+    code, _, err, _ = _main(argv, capfd, tmp_path)
+    assert code == 130, err
+    assert (tmp_path / "conv.h5ad").stat().st_size > 0
+    assert ad.read_h5ad(tmp_path / "conv.h5ad").shape == (N_CELLS, 25)
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "link", "folder", "fifo"])
+def test_something_not_a_lock_file_at_its_name_is_refused(tmp_path, kind):
+    """A symbolic link (dangling or not), a folder or a FIFO at ``.ck.lock`` was taken as
+    "no lock to be had": the fit ran without one, and two fits could hold one checkpoint."""
+    lock = tmp_path / ".ck.lock"
+    if kind == "dangling link":
+        lock.symlink_to(tmp_path / "nowhere")
+    elif kind == "link":
+        (tmp_path / "mine.txt").write_text("the user's\n")
+        lock.symlink_to(tmp_path / "mine.txt")
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(ValueError, match="not a lock file of vbsnmf's"):
+        vbsnmf.VBNMF(2, max_iter=2, n_threads=1, checkpoint=tmp_path / "ck").fit(_counts())
+    assert os.path.lexists(lock) and not (tmp_path / "ck").exists()
+
+
+def test_convert_to_at_the_checkpoints_lock_file_name_is_refused_first(tmp_path, capfd):
+    """``--convert-to .ck.lock --checkpoint ck`` converted, then failed with "checkpoint ck
+    belongs to a fit running now": the other process was this run's own converted file."""
+    tenx(tmp_path)
+    argv = ["fit", "tenx", *FIT, *SVI, "--convert-to", ".ck.lock", "--checkpoint", "ck"]
+    code, _, err, _ = _main([*argv, "-o", "out"], capfd, tmp_path)
+    assert code == 2
+    assert "is the name of --checkpoint's lock file" in _error(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tenx"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names are UTF-8 only")
+def test_a_checkpoint_name_that_is_not_utf8_is_refused_before_the_fit(tmp_path, capfd):
+    """The fit ran and saved its checkpoints, then writing result.h5ad (which records the
+    path) failed with "'utf-8' codec can't encode characters", naming neither the option
+    nor the file."""
+    _mtx(tmp_path)
+    name = os.fsdecode(b"ck\xff\xfe")
+    argv = ["fit", "m.mtx", "--genes-as-rows", *FIT, "--checkpoint", name, "-o", "out"]
+    code, _, err, _ = _main(argv, capfd, tmp_path)
+    assert code == 2 and "--checkpoint" in _error(err) and "not valid UTF-8" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mtx"]

@@ -159,7 +159,7 @@ _SAVING = """
 import sys, time
 from vbsnmf._atomic import atomic_file
 with atomic_file(sys.argv[1], lock=True) as temporary:
-    temporary.write_bytes(b"x" * 2**20)
+    temporary.write_bytes(b"PK\x03\x04" + b"x" * (2**20 - 4))  # an .npz begins so
     print(temporary, flush=True)
     time.sleep(600)
 """
@@ -193,7 +193,7 @@ def test_only_a_checkpoints_kind_of_temporary_is_removed_beside_it(tmp_path):
     killed save's (of this version or an earlier one, which did not lock) and goes; a
     folder or a FIFO of such a name is not vbsnmf's and is only reported."""
     file = tmp_path / ".fit.npz.ij90kl12.tmp.npz"
-    file.write_bytes(b"x")
+    file.write_bytes(b"PK\x03\x04 a killed save's first bytes")
     folder = tmp_path / ".fit.npz.mn34op56.tmp.npz"
     folder.mkdir()
     fifo = tmp_path / ".fit.npz.qr78st90.tmp.npz"

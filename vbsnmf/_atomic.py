@@ -668,21 +668,24 @@ def lock_holder(lock: Path) -> str:
 def clear_lock_file(lock: Path) -> str:
     """Remove ``lock`` if a killed run left it (nobody holds it, and it holds what vbsnmf
     writes into its lock files: `_LOCK_CONTENT`); return `FREE` then, when there is none,
-    or where what is there cannot be a lock (not a file) or locks are not to be had.
-    `IN_USE` if a live process holds it; `FOREIGN`, with nothing changed, if it is a
-    file of the user's (other content), which `take_lock_file` would refuse to take."""
+    or where locks are not to be had. `IN_USE` if a live process holds it; `FOREIGN`,
+    with nothing changed, if something of the user's is there: a file of other content,
+    which `take_lock_file` would refuse to take, a symbolic link, a folder or a FIFO."""
     if fcntl is None:
         return FREE
     try:
         descriptor = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return FREE
+    except OSError as error:
+        # a symbolic link there (dangling or not) is never vbsnmf's, and took no lock: two
+        # fits then held one checkpoint
+        return FOREIGN if error.errno == errno.ELOOP else FREE
     try:
-        if stat.S_ISREG(os.fstat(descriptor).st_mode):
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not _holds_lock_content(descriptor):
-                return FOREIGN
-            _remove_named(lock, descriptor)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return FOREIGN  # a folder or a FIFO: no lock to be had there either
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _holds_lock_content(descriptor):
+            return FOREIGN
+        _remove_named(lock, descriptor)
     except BlockingIOError:
         return IN_USE if _names(descriptor, lock) else FREE
     except OSError:

@@ -58,7 +58,7 @@ def foreign_lock_message(path, lock: Path) -> str:
     """Why a fit may not use checkpoint ``path``: a file of the user's is where it keeps its
     lock file, ``lock``."""
     return (
-        f"checkpoint {path} needs the lock file {lock} beside it, but a file of that name "
+        f"checkpoint {path} needs the lock file {lock} beside it, but something of that name "
         "is there that is not a lock file of vbsnmf's; vbsnmf leaves it as it is: move it, "
         "or name another checkpoint"
     )

@@ -496,8 +496,7 @@ class VBNMF(Estimator):
                 f"not by solver={settings.solver!r} on this input"
             )
         if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
-            inputs = [X] if isinstance(X, (str, os.PathLike)) else []
-            check_checkpoint_path(settings.checkpoint, inputs)
+            check_checkpoint_path(settings.checkpoint, _input_files(X))
         if settings.init != "random" and kind not in ("memory", "checked"):
             raise ValueError(
                 f"init={settings.init!r} starts batch VB on a matrix in memory; a {kind} "
@@ -737,6 +736,17 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
         source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
     )
     return _fit_svi_cells(settings, source, counts, init, callback, entropy)
+
+
+def _input_files(X) -> list:
+    """The files ``X`` is read from: a path, a backed AnnData's file or its X's (that a
+    checkpoint's check may never take one for a leftover of its own)."""
+    if isinstance(X, (str, os.PathLike)):
+        return [X]
+    if getattr(X, "isbacked", False):
+        return [X.filename]
+    file = getattr(getattr(X, "group", None), "file", None)  # a backed X
+    return [] if file is None else [file.filename]
 
 
 def _describe_stream(X) -> str:

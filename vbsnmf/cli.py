@@ -438,6 +438,13 @@ def _check_paths(args, inputs) -> Path:
     from . import io
 
     if args.checkpoint is not None:
+        try:  # result.h5ad records it as text: writing failed after the whole fit
+            os.fsdecode(args.checkpoint).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"--checkpoint {args.checkpoint!r}: its name is not valid UTF-8, which "
+                "result.h5ad records; name another file"
+            ) from None
         io.check_checkpoint_path(args.checkpoint, inputs)
     return io.check_outdir(args.outdir, force=args.force, inputs=inputs, checkpoint=args.checkpoint)
 
@@ -663,10 +670,11 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
         converted = _check_convert_path(args, outdir, inputs)
     try:
         summary = _convert_and_fit(args, source, kind, outdir, adata, converted, created)
-    except BaseException:
+    except BaseException as error:
         # a run that fails leaves nothing new (the same command reconverts); but only the
-        # file it made goes: another run given the same --convert-to may have made it
-        if converted is not None:
+        # file it made goes: another run given the same --convert-to may have made it. A
+        # stop that arrived as OUTDIR took its place (``written``) ends a run that is done.
+        if converted is not None and getattr(error, "written", None) is None:
             remove_own(converted, created)
         raise
     _report(outdir, summary, args.quiet)
@@ -730,6 +738,7 @@ def _file_state(path: Path) -> tuple[int, int, int]:
 
 def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     """--convert-to: a new file in an existing folder, not inside OUTDIR or an input."""
+    from ._atomic import lock_file_of
     from .io import real_path
 
     if args.convert_to is None:
@@ -744,8 +753,15 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
         held = real_path(holder)
         if inside == held or held in inside.parents:
             raise UsageError(f"--convert-to {path} lies inside {holder}; name a file elsewhere")
-    if args.checkpoint is not None and real_path(path) == real_path(args.checkpoint):
-        raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
+    if args.checkpoint is not None:
+        checkpoint = Path(args.checkpoint)
+        if real_path(path) == real_path(checkpoint):
+            raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
+        # the fit's lock file there was then "held by another process": this run's file
+        if real_path(path) == real_path(lock_file_of(checkpoint)):
+            raise UsageError(
+                f"--convert-to {path} is the name of --checkpoint's lock file; name another file"
+            )
     if real_path(path) == real_path(outdir):
         raise UsageError(f"--convert-to and -o both name {path}; name a file beside OUTDIR")
     return path

@@ -203,7 +203,13 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
             raise CheckpointInUseError(in_use_message(path, lock))
         if state == FOREIGN:
             raise UnsafePathError(foreign_lock_message(path, lock))
-        saving = clear_leftovers(path, [file_temporary_affixes(path)], folders=False, owned=inputs)
+        saving = clear_leftovers(
+            path,
+            [file_temporary_affixes(path)],
+            folders=False,
+            owned=inputs,
+            ours=_partial_checkpoint,
+        )
         if saving:
             raise UnsafePathError(
                 f"another run is saving checkpoint {path} now ({saving[0].name} beside it "
@@ -422,6 +428,22 @@ def _output_patterns() -> list[re.Pattern]:
         prefix, suffix = file_temporary_affixes(Path(name))
         patterns.append(re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z"))
     return patterns
+
+
+# A checkpoint is an .npz, a zip archive: a killed save's temporary begins as one does.
+_ZIP_START = b"PK\x03\x04"
+
+
+def _partial_checkpoint(file: Path) -> bool:
+    """Whether ``file``, named as a checkpoint's temporary, holds what a killed save of one
+    leaves: nothing yet, or the start of a zip archive (`numpy.savez`). Its name alone took
+    a user's notes of such a name for a killed save's and deleted them."""
+    try:
+        with open(file, "rb") as handle:
+            start = handle.read(len(_ZIP_START))
+    except OSError:
+        return False
+    return _ZIP_START.startswith(start)
 
 
 def _written_by_vbsnmf(folder: Path) -> bool:

@@ -143,7 +143,7 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         mine |= {("uns", keys.uns), ("varm", keys.loadings)}
         mine |= {(side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS}
     for other, info in adata.uns.items():
-        if not isinstance(info, dict) or "obsm_key" not in info:
+        if _record_kind(info) != "fit":
             continue
         replaced = writes == "fit" or _same_fit(info, reference)
         if writes != "uns" and other == keys.uns and replaced:
@@ -200,7 +200,7 @@ def drop_fit(adata, keys: FitKeys) -> None:
     AnnData first (`view_to_actual`)."""
     view_to_actual(adata)
     info = adata.uns.get(keys.uns)
-    if not isinstance(info, dict) or "obsm_key" not in info:
+    if _record_kind(info) != "fit":
         return
     genes = [adata] + ([adata.raw] if adata.raw is not None else [])
     named = {keys.variational(name) for name in _ARRAYS}

@@ -26,7 +26,19 @@ def _csr(rng, n_rows, n_cols, density, max_count=6):
 
 def _scaled(elog):
     logmax = elog.max(axis=1)
-    return _kernels.pad_components(np.exp(elog - logmax[:, None])), logmax
+    return _kernels.pad_components(np.exp(elog - logmax[:, None])), logmax.astype(np.float64)
+
+
+def _engine_arrays(X):
+    """X's arrays as the engine hands them to the passes (`_data.as_count_data`): int64
+    row pointers, whatever scipy gave."""
+    return X.indptr.astype(np.int64), X.indices, X.data
+
+
+def _side(shape, rate, dtype):
+    """A side's shapes and rates as the passes take them (`_model.side_moments`): the
+    shapes read-only, the rates as `rows_or_row` gives them, in q's dtype."""
+    return _kernels.read_only(shape), _kernels.rows_or_row(rate, shape.shape, dtype)
 
 
 def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64):
@@ -44,9 +56,10 @@ def _pass(X, bounds, major_elog, minor_elog, block_rows, tiny, dtype=np.float64)
     minor_partial = np.full((len(bounds) - 1, *minor_scaled.shape), np.nan, dtype=dtype)
     data_partial = np.zeros(len(bounds) - 1)
     n_fallback = _kernels.update_shapes(
-        X.indptr, X.indices, X.data, np.asarray(bounds),
-        major_scaled, major_logmax, major_shape, np.exp(digamma(major_shape) - major_elog),
-        minor_scaled, minor_logmax, minor_shape, np.exp(digamma(minor_shape) - minor_elog),
+        *_engine_arrays(X), np.asarray(bounds, dtype=np.int64), major_scaled, major_logmax,
+        *_side(major_shape, np.exp(digamma(major_shape) - major_elog), dtype),
+        minor_scaled, minor_logmax,
+        *_side(minor_shape, np.exp(digamma(minor_shape) - minor_elog), dtype),
         tiny, block_rows, major_stat, minor_partial, data_partial,
     )  # fmt: skip
     coo = X.tocoo()
@@ -65,6 +78,7 @@ def test_local_rows_pass_matches_dense_responsibilities_row_by_row(dtype, underf
     (the log-space path)."""
     rng = np.random.default_rng(4)
     X = _csr(rng, 12, 9, 0.6)
+    X.data = X.data.astype(np.float32)  # whole counts: stored so by the engine
     k = 5
     row_elog, col_elog = rng.normal(0.0, 1.0, (12, k)), rng.normal(0.0, 1.0, (9, k))
     if underflow:  # rows 3 and 7 peaked where the columns are not
@@ -79,9 +93,9 @@ def test_local_rows_pass_matches_dense_responsibilities_row_by_row(dtype, underf
     col_rate = np.exp(digamma(col_shape.astype(np.float64)) - col_elog)
     statistic, data = np.full((len(rows), k), np.nan), np.full(len(rows), np.nan)
     _kernels.local_rows_pass(
-        X.indptr, X.indices, X.data, rows, row_scaled, row_logmax, row_shape, row_rate,
-        col_scaled, col_logmax, col_shape, col_rate, 1e-200 if dtype == np.float64 else 1e-30,
-        statistic, data,
+        *_engine_arrays(X), rows, row_scaled, row_logmax, *_side(row_shape, row_rate, dtype),
+        col_scaled, col_logmax, *_side(col_shape, col_rate, dtype),
+        1e-200 if dtype == np.float64 else 1e-30, statistic, data,
     )  # fmt: skip
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
     for q, row in enumerate(rows):
@@ -119,7 +133,7 @@ def test_the_passes_read_rates_of_one_row_as_every_rows(dtype):
         minor_partial = np.empty((1, *col_moments[0].shape), dtype=dtype)
         data_partial = np.zeros(1)
         n_fallback = _kernels.update_shapes(
-            X.indptr, X.indices, X.data, np.array([0, 10]), *row_moments, *col_moments,
+            *_engine_arrays(X), np.array([0, 10]), *row_moments, *col_moments,
             _model._TINY[np.dtype(dtype)], 64, statistic, minor_partial, data_partial,
         )  # fmt: skip
         assert n_fallback > X.nnz // 2  # all but where a row and a column share a component
@@ -128,7 +142,7 @@ def test_the_passes_read_rates_of_one_row_as_every_rows(dtype):
         local_moments = _model.side_moments(row_shape[rows], local_rate.astype(dtype))
         local_statistic, local_data = np.empty((3, k)), np.empty(3)
         _kernels.local_rows_pass(
-            X.indptr, X.indices, X.data, rows, *local_moments, *col_moments,
+            *_engine_arrays(X), rows, *local_moments, *col_moments,
             _model._TINY[np.dtype(dtype)], local_statistic, local_data,
         )  # fmt: skip
         outputs.append((statistic, minor_partial, data_partial, local_statistic, local_data))
@@ -452,7 +466,7 @@ def test_digamma_matches_scipy():
 @pytest.mark.parametrize("per_entry_rate", [False, True])
 def test_gamma_moments_match_numpy(dtype, per_entry_rate):
     """Shapes from 1e-3 to tens (both sides of the recurrence's threshold), rates per
-    component (a broadcast view) or per entry."""
+    component (one row for every row, as `rows_or_row` gives them) or per entry."""
     rng = np.random.default_rng(3)
     n, k = 2 * _kernels.MOMENT_BLOCK_ROWS + 9, 5
     shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
@@ -460,8 +474,8 @@ def test_gamma_moments_match_numpy(dtype, per_entry_rate):
     width = _kernels.padded_width(k, dtype)
     logmax = np.empty(n)
     scaled = np.full((n, width), np.nan, dtype)
-    # zero strides for a K-vector
-    _kernels.gamma_moments(shape, np.broadcast_to(rate, shape.shape), scaled, logmax)
+    rates = _kernels.rows_or_row(rate, shape.shape)
+    _kernels.gamma_moments(_kernels.read_only(shape), rates, scaled, logmax)
     elog = digamma(shape.astype(np.float64)) - np.log(rate)
     np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14, atol=1e-14)
     rtol = 1e-13 if dtype == np.float64 else 1e-6
@@ -474,17 +488,19 @@ def test_gamma_moments_match_numpy(dtype, per_entry_rate):
 @pytest.mark.parametrize("k", [3, 10, 130])
 def test_rates_per_component_as_one_row_give_the_same_bits(dtype, k):
     """A rate per component handed over as one row (`rows_or_row`), its logs taken once a
-    block, gives the tables, mean sums, KL and sums of E[log z] of the broadcast view,
-    whose logs are taken per entry, bit for bit (blocks and partial blocks and chunks;
-    one rate of 1e-300 sends its row of logs to libm)."""
+    block, gives the tables, mean sums, KL and sums of E[log z] of the same rates written
+    out row by row, whose logs are taken per entry, bit for bit (blocks and partial blocks
+    and chunks; one rate of 1e-300 sends its row of logs to libm). So do the prior's
+    arrays, one row or n rows."""
     rng = np.random.default_rng(12)
     n = _kernels.TERMS_BLOCK_ROWS + 2 * _kernels.MOMENT_BLOCK_ROWS + 7
-    shape = (rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype)
+    shape = _kernels.read_only((rng.gamma(1.0, 3.0, (n, k)) + 1e-3).astype(dtype))
     for rate in (rng.uniform(0.1, 5.0, k), np.r_[1e-300, rng.uniform(0.1, 5.0, k - 1)]):
-        view, row = np.broadcast_to(rate, (n, k)), _kernels.rows_or_row(rate, (n, k))
-        assert row.shape == (1, k) and view.strides[0] == 0
+        every_row = _kernels.rows_or_row(np.tile(rate, (n, 1)), (n, k))
+        row = _kernels.rows_or_row(rate, (n, k))
+        assert row.shape == (1, k) and every_row.shape == (n, k)
         tables = []
-        for rates in (view, row):
+        for rates in (every_row, row):
             scaled = np.empty((n, _kernels.padded_width(k, dtype)), dtype)
             logmax = np.empty(n)
             _kernels.gamma_moments(shape, rates, scaled, logmax)
@@ -492,15 +508,18 @@ def test_rates_per_component_as_one_row_give_the_same_bits(dtype, k):
         for got, expected in zip(tables[1], tables[0]):
             np.testing.assert_array_equal(got, expected)
         arguments = _kernels._moments_terms_arguments(shape, rate, 0.7, 1.3)
-        assert arguments[1].shape == (1, k)
-        by_view = (shape, view, *arguments[2:7], *(np.empty_like(a) for a in arguments[7:]))
+        assert arguments[1].shape == (1, k) and arguments[2].shape == (1, k)
+        prior = (_kernels.rows_or_row(np.tile(a, (n, 1)), (n, k)) for a in arguments[2:6])
+        by_rows = (
+            shape, every_row, *prior, arguments[6], *(np.empty_like(a) for a in arguments[7:]),
+        )  # fmt: skip
         _kernels.gamma_terms(*arguments)
-        _kernels.gamma_terms(*by_view)
-        for got, expected in zip(arguments[7:], by_view[7:]):
+        _kernels.gamma_terms(*by_rows)
+        for got, expected in zip(arguments[7:], by_rows[7:]):
             np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(arguments[-2], tables[0][0])  # the same tables
         summed = []
-        for rates in (view, row):
+        for rates in (every_row, row):
             partial = np.empty((-(-n // _kernels.TERMS_BLOCK_ROWS), k))
             _kernels.expected_log_terms(shape, rates, _kernels.TERMS_BLOCK_ROWS, partial)
             summed.append(partial)
@@ -512,7 +531,9 @@ def test_gamma_moments_log_space_rows():
     shape = np.array([[1e-4, 2e-4, 5.0], [1e-4, 1e-4, 1e-4]])
     rate = np.array([1.0, 2.0, 1e300])
     scaled, logmax = np.empty((2, 4)), np.empty(2)
-    _kernels.gamma_moments(shape, np.broadcast_to(rate, shape.shape), scaled, logmax)
+    _kernels.gamma_moments(
+        _kernels.read_only(shape), _kernels.rows_or_row(rate, shape.shape), scaled, logmax
+    )
     elog = digamma(shape) - np.log(rate)
     assert elog.max() < np.log(1e-290)  # the regime of the test
     np.testing.assert_allclose(logmax, elog.max(axis=1), rtol=1e-14)
@@ -588,7 +609,8 @@ def test_learned_side_sums_stored_float32_values_in_float64():
     n, k = 211, 6
     statistic = rng.gamma(0.5, 40.0, (n, k))
     factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, n)
-    other = np.broadcast_to(rng.uniform(10.0, 500.0, k), (n, k))
+    other_row = rng.uniform(10.0, 500.0, k)
+    other = _kernels.rows_or_row(np.tile(other_row, (n, 1)), (n, k))  # n rows, as masked
     shape, rate = np.empty((n, k), np.float32), np.empty((n, k), np.float32)
     row_mean_sum, mean_sum, log_sum = np.empty(n), np.empty(k), np.empty(k)
     _kernels.learned_side(
@@ -604,7 +626,7 @@ def test_learned_side_sums_stored_float32_values_in_float64():
     np.testing.assert_allclose(log_sum, expected_logs, rtol=1e-12)
     # the other side's sums as one row (`rows_or_row`), read for every row: the same bits
     outputs = np.empty_like(shape), np.empty_like(rate), np.empty(n), np.empty(k), np.empty(k)
-    one_row = _kernels.rows_or_row(other, (n, k), np.float64)
+    one_row = _kernels.rows_or_row(other_row, (n, k), np.float64)
     assert one_row.shape == (1, k)
     _kernels.learned_side(statistic, factor_shape, scale_mean, one_row, *outputs)
     for again, first in zip(outputs, (shape, rate, row_mean_sum, mean_sum, log_sum)):
@@ -618,7 +640,7 @@ def test_learned_side_sums_its_blocks_in_order_whatever_the_threads():
     n, k = 2 * _kernels.SIDE_BLOCK_ROWS + 45, 5
     statistic = rng.gamma(0.5, 40.0, (n, k))
     factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, n)
-    other = rng.uniform(10.0, 500.0, (1, k))
+    other = _kernels.rows_or_row(rng.uniform(10.0, 500.0, k), (n, k))
     quotients = (factor_shape + statistic) / (scale_mean[:, None] + other)
     expected = np.zeros(k)
     for first in range(0, n, _kernels.SIDE_BLOCK_ROWS):
@@ -659,7 +681,7 @@ def test_learned_side_takes_the_logs_of_a_single_row_it_just_stored(dtype):
     k = 37
     statistic = rng.gamma(0.5, 40.0, (1, k))
     factor_shape, scale_mean = rng.uniform(0.1, 1.0, k), rng.uniform(0.5, 2.0, 1)
-    other = rng.uniform(10.0, 500.0, (1, k))
+    other = _kernels.rows_or_row(rng.uniform(10.0, 500.0, k), (1, k))
     shape, rate = np.full((1, k), np.nan, dtype), np.full((1, k), np.nan, dtype)
     log_sum = np.empty(k)
     _kernels.learned_side(

@@ -6,16 +6,20 @@ more than a batch fit of pbmc_facs allocates, and most of a small command's run 
 use: parameters read from the constructor's signature (`get_params`, `set_params`, so
 ``clone``, pipelines and grid searches work), a repr of the parameters set (and
 scikit-learn's HTML diagram in notebooks where it is loaded), and tags built when
-scikit-learn asks for them (it is loaded then). Errors and warnings that scikit-learn has a
-class for (`NotFittedError`, the convergence warning) are raised as subclasses of
-scikit-learn's too whenever scikit-learn is loaded, so an ``except`` or a warnings filter
-on either class catches them.
+scikit-learn asks for them (it is loaded then). A transformer (`VBNMF`) also gets what
+scikit-learn's ``TransformerMixin`` adds: `get_feature_names_out` and `set_output`, the
+container of `transform`'s output (pandas inside a pipeline). Errors and warnings that
+scikit-learn has a class for (`NotFittedError`, the convergence warning) are raised as
+subclasses of scikit-learn's too whenever scikit-learn is loaded, so an ``except`` or a
+warnings filter on either class catches them.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
+import types
 
 import numpy as np
 
@@ -89,12 +93,111 @@ def check_feature_names(estimator, X) -> None:
     raise ValueError(message)
 
 
+class _TransformerMethod:
+    """A method only transformers (``_transformer = True``) have: scikit-learn asks
+    ``hasattr(estimator, "set_output")`` (its ``available_if``), so elsewhere the name
+    raises `AttributeError`."""
+
+    def __init__(self, method):
+        self.method = method
+        functools.update_wrapper(self, method)
+
+    def __get__(self, instance, owner=None):
+        cls = owner if instance is None else type(instance)
+        if not cls._transformer:
+            raise AttributeError(
+                f"{cls.__name__} is not a transformer: it has no {self.method.__name__!r}"
+            )
+        return self.method if instance is None else types.MethodType(self.method, instance)
+
+
+def _configured_output(method):
+    """``method`` (``transform`` or ``fit_transform``) returning the container that
+    `set_output` or scikit-learn's global ``transform_output`` asks for, as scikit-learn's
+    ``_SetOutputMixin`` wraps its transformers' methods. Neither can ask for anything but
+    the array itself while scikit-learn is not loaded and `set_output` was not called."""
+
+    @functools.wraps(method)
+    def wrapped(self, X, *args, **kwargs):
+        data = method(self, X, *args, **kwargs)
+        if "sklearn" not in sys.modules and not hasattr(self, "_sklearn_output_config"):
+            return data
+        # scikit-learn's own wrapping (private, unchanged since 1.2): the same containers,
+        # index and checks as its transformers'.
+        from sklearn.utils._set_output import _wrap_data_with_container
+
+        return _wrap_data_with_container("transform", data, X, self)
+
+    return wrapped
+
+
 class Estimator:
     """Parameters from ``__init__``'s signature, as scikit-learn's ``BaseEstimator``
     reads them; subclasses store every parameter under its own name and nothing else in
-    ``__init__``. ``_transformer = True`` marks a transformer (scikit-learn's tags)."""
+    ``__init__``. ``_transformer = True`` marks a transformer (scikit-learn's tags): one
+    whose fitted ``components_`` (K x features) make K output columns, named by
+    `get_feature_names_out`, in the container `set_output` chooses."""
 
     _transformer = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls._transformer:
+            # What scikit-learn's set_output machinery reads (its _SetOutputMixin).
+            cls._sklearn_auto_wrap_output_keys = {"transform"}
+            for name in ("transform", "fit_transform"):
+                if name in cls.__dict__:
+                    setattr(cls, name, _configured_output(cls.__dict__[name]))
+
+    @_TransformerMethod
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the output columns, as scikit-learn names a decomposition's: the
+        class name in lower case and the component's index (``vbnmf0``, ``vbnmf1``, ...).
+
+        ``input_features``, if given, must be the fitted features: ``feature_names_in_``
+        when fitted with names, else any names of length ``n_features_in_``.
+
+        Raises
+        ------
+        NotFittedError
+            Before `fit`.
+        ValueError
+            ``input_features`` other than the fitted features (scikit-learn's messages).
+        """
+        check_fitted(self, "components_")
+        if input_features is not None:
+            input_features = np.asarray(input_features, dtype=object)
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and not np.array_equal(fitted, input_features):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            if len(input_features) != self.n_features_in_:
+                raise ValueError(
+                    "input_features should have length equal to number of features "
+                    f"({self.n_features_in_}), got {len(input_features)}"
+                )
+        prefix = type(self).__name__.lower()
+        n_components = np.asarray(self.components_).shape[0]
+        return np.asarray([f"{prefix}{k}" for k in range(n_components)], dtype=object)
+
+    @_TransformerMethod
+    def set_output(self, *, transform=None):
+        """Set the container of `transform`'s and `fit_transform`'s output, as
+        scikit-learn's ``set_output``.
+
+        Parameters
+        ----------
+        transform
+            ``"default"`` (a numpy array), ``"pandas"`` or ``"polars"`` (a DataFrame with
+            the columns of `get_feature_names_out`, checked by scikit-learn when it is
+            used), or None: unchanged.
+
+        Returns
+        -------
+        self
+        """
+        if transform is not None:
+            self.__dict__.setdefault("_sklearn_output_config", {})["transform"] = transform
+        return self
 
     @classmethod
     def _get_param_names(cls) -> list[str]:

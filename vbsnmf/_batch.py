@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from . import _kernels
-from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError
+from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError, restored_elbo_iter
 from ._data import CountData
 from ._model import (
     HOLD_TOL,
@@ -47,6 +47,7 @@ def fit_batch(
     tol: float,
     n_parts: int = 1,
     elbo_trace: list[float] | None = None,
+    elbo_iter: list[int] | None = None,
     callback: IterationCallback | None = None,
     verbose: bool = False,
     mask: Mask | None = None,
@@ -58,14 +59,21 @@ def fit_batch(
 
     ``n_parts`` is the number of parallel parts of the pass (normally the thread count);
     ``mask``: entries of X that were not observed (dropped from ``data`` by the caller);
-    ``elbo_trace``, ``callback``, ``verbose`` and ``hold_shapes`` are `plain_ascent`'s.
+    ``elbo_trace``, ``elbo_iter``, ``callback``, ``verbose`` and ``hold_shapes`` are
+    `plain_ascent`'s.
     """
     scored, step = matrix_model(data, prior, n_parts, mask)
-    params, trace, converged = plain_ascent(
+    params, trace, iters, converged = plain_ascent(
         start, scored, step, prior, max_iter=max_iter, tol=tol, elbo_trace=elbo_trace,
-        hold_shapes=hold_shapes, callback=callback, verbose=verbose,
+        elbo_iter=elbo_iter, hold_shapes=hold_shapes, callback=callback, verbose=verbose,
     )  # fmt: skip
-    return FitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+    return FitResult(params, *trace_arrays(trace, iters), len(trace), converged)
+
+
+def trace_arrays(trace: list[float], iters: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's ELBO trace and the iteration of each value as a result holds them: float64
+    and int64 arrays."""
+    return np.asarray(trace, dtype=np.float64), np.asarray(iters, dtype=np.int64)
 
 
 def matrix_model(data: CountData, prior: Prior, n_parts: int = 1, mask: Mask | None = None):
@@ -108,24 +116,27 @@ def plain_ascent(
     max_iter: int,
     tol: float,
     elbo_trace: list[float] | None = None,
+    elbo_iter: list[int] | None = None,
     hold_shapes: bool = False,
     callback: Callable | None = None,
     verbose: bool = False,
-) -> tuple[object, list[float], bool]:
+) -> tuple[object, list[float], list[int], bool]:
     """Coordinate ascent from ``start`` (the model's ``scored`` and ``step`` as `squarem`
     takes them) until the relative ELBO change is below ``tol`` or ``max_iter`` steps are
-    done (then a `ConvergenceWarning`); returns the last q scored, its trace and whether it
-    converged. The loop of the matrix, the tensor and the Dask batch fits.
+    done (then a `ConvergenceWarning`); returns the last q scored, its trace, the iteration
+    of each trace value (the steps applied to its q: value i is iteration i's) and whether
+    it converged. The loop of the matrix, the tensor and the Dask batch fits.
 
     ``elbo_trace`` continues a previous fit's trace (resume from a checkpoint of the
-    parameters after ``len(elbo_trace)`` iterations); ``callback(n_iter, q, trace)`` runs
-    after every iteration with the ELBO of ``q`` already in ``trace``; ``hold_shapes``: a
-    random start's hold (`_model.held_prior`): the learned prior's factor shapes stay as
-    they are until a pass changes the ELBO by at most `_model.HOLD_TOL` (the stopping rule
-    applies from the pass after).
+    parameters after ``len(elbo_trace)`` iterations), ``elbo_iter`` its iterations;
+    ``callback(n_iter, q, trace)`` runs after every iteration with the ELBO of ``q``
+    already in ``trace``; ``hold_shapes``: a random start's hold (`_model.held_prior`):
+    the learned prior's factor shapes stay as they are until a pass changes the ELBO by at
+    most `_model.HOLD_TOL` (the stopping rule applies from the pass after).
     """
     params = start
     trace = list(elbo_trace or [])
+    iters = list(elbo_iter or [])
     n_done = len(trace)  # iterations already applied to ``start``; its ELBO is trace[-1]
     held = held_prior(prior) if hold_shapes and not hold_released(trace) else None
     converged = False
@@ -137,6 +148,7 @@ def plain_ascent(
             resumed = False
         if n_done > len(trace):
             trace.append(finite_elbo(value))
+            iters.append(n_done)
             if verbose:
                 print(f"iteration {n_done:4d}  ELBO {trace[-1]:.10g}", flush=True)
             if callback is not None:
@@ -150,7 +162,7 @@ def plain_ascent(
         n_done += 1
     if not converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol)
-    return params, trace, converged
+    return params, trace, iters, converged
 
 
 # -- SQUAREM acceleration -------------------------------------------------------------------
@@ -177,13 +189,15 @@ class Extrapolable(Protocol):
 class AcceleratedState:
     """Where an accelerated fit stands between two SQUAREM cycles, enough to continue it
     bitwise (checkpoints): the next q to score, the ELBO of the q whose plain step it is,
-    the step bound, the trace, the passes done, the last q scored (the result so far),
-    and whether the factor shapes are still held (`fit_batch`'s ``hold_shapes``)."""
+    the step bound, the trace and the pass that scored each of its values, the passes
+    done, the last q scored (the result so far), and whether the factor shapes are still
+    held (`fit_batch`'s ``hold_shapes``)."""
 
     current: Extrapolable
     previous: float | None
     step_max: float
     trace: list[float]
+    elbo_iter: list[int]
     n_passes: int
     kept: Extrapolable
     converged: bool = False
@@ -198,10 +212,10 @@ class AcceleratedState:
 
     def to_arrays(self, params_to_arrays: Callable) -> tuple[dict[str, np.ndarray], dict]:
         """The state as a checkpoint's arrays (``current_`` and ``kept_`` q, each by
-        ``params_to_arrays``, and the trace) and its counters."""
+        ``params_to_arrays``, the trace and its passes) and its counters."""
         arrays = {f"current_{k}": v for k, v in params_to_arrays(self.current).items()}
         arrays.update({f"kept_{k}": v for k, v in params_to_arrays(self.kept).items()})
-        arrays["elbo_trace"] = np.asarray(self.trace, dtype=np.float64)
+        arrays["elbo_trace"], arrays["elbo_iter"] = trace_arrays(self.trace, self.elbo_iter)
         meta = {
             "previous": self.previous,
             "step_max": self.step_max,
@@ -220,26 +234,27 @@ class AcceleratedState:
                 {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             )
 
+        n_passes = int(meta["n_passes"])
         return cls(
             part("current_"),
             meta["previous"],
             float(meta["step_max"]),
             [float(v) for v in arrays["elbo_trace"]],
-            int(meta["n_passes"]),
+            restored_elbo_iter(arrays, n_passes),
+            n_passes,
             part("kept_"),
             bool(meta["converged"]),
             bool(meta.get("holding", False)),  # checkpoints before the hold have none
         )
 
-    def outcome(self) -> tuple[Extrapolable, np.ndarray, int, bool]:
-        """The fit so far, as a result holds it: the last q kept, its ELBO trace, the
-        passes and whether it converged."""
-        trace = np.asarray(self.trace, dtype=np.float64)
-        return self.kept, trace, self.n_passes, self.converged
+    def outcome(self) -> tuple[Extrapolable, np.ndarray, np.ndarray, int, bool]:
+        """The fit so far, as a result holds it: the last q kept, its ELBO trace and the
+        pass of each value, the passes and whether it converged."""
+        return self.kept, *trace_arrays(self.trace, self.elbo_iter), self.n_passes, self.converged
 
 
 def start_accelerated(start: Extrapolable, hold_shapes: bool = False) -> AcceleratedState:
-    return AcceleratedState(start, None, _STEP_MAX_START, [], 0, start, holding=hold_shapes)
+    return AcceleratedState(start, None, _STEP_MAX_START, [], [], 0, start, holding=hold_shapes)
 
 
 def fit_batch_accelerated(
@@ -294,10 +309,11 @@ def squarem(
     ``theta' = theta0 + 2 s r + s^2 v``; one pass scores theta' and makes its plain step.
     theta' is kept only if its exact ELBO is at least theta1's; otherwise the fit goes on
     from theta2, the plain path. Every kept q's ELBO goes into the trace (the start's is not,
-    as in `fit_batch`), so the trace never decreases. The stopping rule is `fit_batch`'s,
-    applied to a q and its plain step, so "converged" means the same with and without
-    acceleration, and so does the hold of the factor shapes (``state.holding``, released
-    by a plain step). ``on_cycle(state)`` runs at the start of every cycle (checkpoints).
+    as in `fit_batch`), so the trace never decreases, and the pass that scored it into
+    ``state.elbo_iter``. The stopping rule is `fit_batch`'s, applied to a q and its plain
+    step, so "converged" means the same with and without acceleration, and so does the
+    hold of the factor shapes (``state.holding``, released by a plain step).
+    ``on_cycle(state)`` runs at the start of every cycle (checkpoints).
     """
     step_length = step_length or _step_length
     extrapolate = extrapolate or _extrapolate_over
@@ -339,6 +355,7 @@ def squarem(
         step of (not an extrapolated q with the one before it)."""
         if state.previous is not None:
             state.trace.append(finite_elbo(value))
+            state.elbo_iter.append(state.n_passes)
             state.kept = params
             if verbose:
                 print(f"pass {state.n_passes:4d}  ELBO {value:.10g}", flush=True)

@@ -1,13 +1,14 @@
 """Checkpoints of a fit in progress: written atomically, read back for ``resume=True``.
 
-A checkpoint is one ``.npz`` file: the variational parameters, the ELBO trace, the
-iteration or epoch counters, the random generator's state (SVI draws a fresh permutation
-every epoch) and a ``config`` record of everything that changes the arithmetic (shape,
-K, method, priors, thread count, a fingerprint of the counts, ...). Resuming from it
-replays exactly the computation an uninterrupted fit would have done, so the final ELBO
-trace is bitwise the same; a checkpoint written under a different configuration or for
-other data is refused rather than silently mixed, and so is a damaged one (every array is
-checked for its shape, finiteness and sign before a kernel sees it).
+A checkpoint is one ``.npz`` file: the variational parameters, the ELBO trace and the
+iteration of each of its values, the iteration or epoch counters, the random generator's
+state (SVI draws a fresh permutation every epoch) and a ``config`` record of everything
+that changes the arithmetic (shape, K, method, priors, thread count, a fingerprint of the
+counts, ...). Resuming from it replays exactly the computation an uninterrupted fit would
+have done, so the final ELBO trace is bitwise the same; a checkpoint written under a
+different configuration or for other data is refused rather than silently mixed, and so is
+a damaged one (every array is checked for its shape, finiteness and sign before a kernel
+sees it).
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def _meta(stored, path) -> dict:
 # is taken to match (its fit ran with the settings the resume gives, or the user changed
 # them unrecorded, as that version allowed).
 LATER_KEYS = frozenset({"local_fit", "eval_every"})
+# Settings recorded since, with the value a checkpoint written before meant: every start
+# was random until NNDSVDa came.
+LATER_KEY_VALUES = {"init": "random"}
 
 
 def warn_if_beyond(estimator, n_done: int) -> None:
@@ -178,6 +182,7 @@ def check_config(meta: dict, config: dict, path) -> None:
         raise CheckpointError(
             f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
         )
+    stored = {**{k: v for k, v in LATER_KEY_VALUES.items() if k in config}, **stored}
     differing = sorted(
         key
         for key in set(stored) | set(config)
@@ -235,9 +240,9 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
     fit of ``config`` could have saved: every parameter array present with its shape and
     dtype, finite and positive (under the learned prior also the scales' q and the
     hyperparameters; an accelerated fit holds two such sets, ``current_`` and ``kept_``);
-    a finite ELBO trace; whole counters. Its config is checked first (`check_config`), so a
-    damaged file that kept its settings is caught here, before a kernel reads out of
-    bounds or a fit runs on NaN."""
+    a finite ELBO trace and the iterations of its values; whole counters. Its config is
+    checked first (`check_config`), so a damaged file that kept its settings is caught
+    here, before a kernel reads out of bounds or a fit runs on NaN."""
     n_rows, n_cols = config["shape"]
     k = config["n_components"]
     learned = "Hierarchical" in str(config.get("prior"))
@@ -278,6 +283,9 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
+    last = last_iteration(meta, trace, accelerated, config["solver"] == "svi")
+    check_elbo_iter(arrays, trace, last, damaged)
+    if config["solver"] == "svi":
         check_step_statistics(
             arrays,
             "gene_step_",
@@ -330,6 +338,56 @@ def checked_trace(
     if not isinstance(meta.get("finished"), bool):
         raise damaged("its 'finished' flag is missing")
     return trace
+
+
+def last_iteration(meta: dict, trace: np.ndarray, accelerated: bool, svi: bool) -> int:
+    """The iteration a checkpoint's fit had reached, from its checked counters: the
+    passes of an accelerated fit, the epochs of SVI, else (plain ascent, one ELBO value
+    per iteration) the trace's length."""
+    if accelerated:
+        return meta["n_passes"]
+    return meta["epoch"] if svi else trace.size
+
+
+def check_elbo_iter(arrays: dict[str, np.ndarray], trace: np.ndarray, last: int, damaged) -> None:
+    """Raise ``damaged(what)`` unless the checkpoint's ``elbo_iter`` (the iteration of each
+    ELBO value) is one integer per value of ``trace``, strictly increasing from at least 1
+    to at most ``last`` (`last_iteration`). Checkpoints written before it was recorded
+    hold none (`restored_elbo_iter` derives it)."""
+    iters = arrays.get("elbo_iter")
+    if iters is None:
+        return
+    if iters.shape != trace.shape or not np.issubdtype(iters.dtype, np.integer):
+        raise damaged(f"elbo_iter is not {trace.size} integers, one per ELBO value")
+    if iters.size and not (iters[0] >= 1 and np.all(np.diff(iters) > 0) and iters[-1] <= last):
+        raise damaged(f"elbo_iter does not increase strictly from 1 to at most {last}")
+
+
+def restored_elbo_iter(
+    arrays: dict[str, np.ndarray], last: int, eval_every: int | None = None
+) -> list[int]:
+    """The iteration (pass or epoch) of each ELBO value of a checked checkpoint whose fit
+    had reached iteration ``last`` (`last_iteration`): as stored.
+
+    A checkpoint written before they were recorded holds the values only; then the
+    iterations are derived, exact where they are determined. SVI (``eval_every``)
+    evaluated every ``eval_every``-th epoch and at the last one of a run: the values
+    take those epochs in order (exact unless an earlier run ended between two multiples
+    and was resumed). A batch fit (no ``eval_every``), and SVI when the trace holds more
+    values than that schedule, puts them at the latest iterations up to ``last``: plain
+    ascent's 1..n (exact), SQUAREM's passes (exact unless an extrapolation was refused:
+    its pass kept no q, and the values before it are then placed a pass or more late)."""
+    stored = arrays.get("elbo_iter")
+    if stored is not None:
+        return [int(i) for i in stored]
+    n_values = arrays["elbo_trace"].size
+    if eval_every is not None:
+        schedule = list(range(eval_every, last + 1, eval_every))
+        if last % eval_every:
+            schedule.append(last)
+        if n_values <= len(schedule):
+            return schedule[:n_values]
+    return list(range(last - n_values + 1, last + 1))
 
 
 def check_step_statistics(

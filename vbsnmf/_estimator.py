@@ -19,8 +19,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._base import Estimator, check_feature_names, check_fitted, remember_feature_names
-from ._batch import AcceleratedState, fit_batch, fit_batch_accelerated, start_accelerated
-from ._checkpoint import Checkpointer, warn_if_beyond
+from ._batch import (
+    AcceleratedState,
+    fit_batch,
+    fit_batch_accelerated,
+    start_accelerated,
+    trace_arrays,
+)
+from ._checkpoint import Checkpointer, restored_elbo_iter, warn_if_beyond
 from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
@@ -301,7 +307,19 @@ class VBNMF(Estimator):
         of plain coordinate ascent (``n_iter_`` values); with ``accelerate`` one per q
         kept, which is fewer than the passes (the start's pass records none, a refused
         extrapolation's pass none: empty after ``max_iter=1``); for SVI after every
-        evaluated epoch (every ``eval_every``-th and the last). It never decreases.
+        evaluated epoch (every ``eval_every``-th and the last). Batch VB's never
+        decreases (coordinate ascent); SVI's is a stochastic ascent's and can fall
+        between evaluations, most in the nonzeros forms on few cells or heavy-tailed
+        counts.
+    elbo_iter_ : ndarray of int64, of the shape of ``elbo_trace_``
+        The iteration at which each value of ``elbo_trace_`` was taken, in the units of
+        ``n_iter_``: 1, 2, ..., ``n_iter_`` for plain coordinate ascent; with
+        ``accelerate`` the pass that scored the q kept (the ``n_iter`` its ``callback``
+        received); for SVI the epoch evaluated. Strictly increasing, at most ``n_iter_``:
+        the x axis of the trace. Resumed from a checkpoint of a version that did not record
+        it, the checkpoint's part is derived: exactly for plain ascent, from
+        ``eval_every`` for SVI, and with ``accelerate`` as the passes before the
+        checkpoint's last (exact unless an extrapolation had been refused there).
     n_iter_ : int
         Number of iterations run: passes over the data (SVI: epochs).
     converged_ : bool
@@ -521,6 +539,7 @@ class VBNMF(Estimator):
         self._fitted_prior = settings.prior
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
+        self.elbo_iter_ = result.elbo_iter
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         return params.row_shape / params.row_rate
@@ -779,6 +798,7 @@ def _checkpointer(
         "local_fit": [settings.max_iter, settings.tol] if cells_form else None,
         "eval_every": settings.eval_every if svi else None,
         "prior": repr(settings.prior),
+        "init": settings.init,
         "accelerate": settings.accelerate,
         "dtype": settings.dtype.name,
         "n_threads": n_threads,
@@ -885,6 +905,8 @@ def _run_plain(
 
     def save(n_iter, params, trace, finished=False):
         arrays = {**params_to_arrays(params), "elbo_trace": np.asarray(trace)}
+        # plain ascent's i-th value is iteration i's (`_batch.plain_ascent`)
+        arrays["elbo_iter"] = np.arange(1, len(trace) + 1, dtype=np.int64)
         meta = {"finished": finished, "hold_shapes": hold_shapes}
         checkpointer.save(n_iter, arrays, meta, force=finished)
 
@@ -894,15 +916,17 @@ def _run_plain(
         save(n_iter, params, trace)
 
     trace: list[float] = []
+    iters: list[int] = []
     start = handed.pop()
     if isinstance(start, tuple):  # a checkpoint
         arrays, meta = start
         start = params_from_arrays(arrays)
         trace = [float(v) for v in arrays["elbo_trace"]]
+        iters = restored_elbo_iter(arrays, len(trace))
         hold_shapes = bool(meta.get("hold_shapes", False))
         done = resumed_converged(trace, settings.tol, hold_shapes)
         if done or len(trace) >= settings.max_iter:
-            return FitResult(start, np.asarray(trace), len(trace), bool(done))
+            return FitResult(start, *trace_arrays(trace, iters), len(trace), bool(done))
     result = fit_batch(
         data,
         start,
@@ -911,6 +935,7 @@ def _run_plain(
         tol=settings.tol,
         n_parts=n_threads,
         elbo_trace=trace,
+        elbo_iter=iters,
         callback=after_iteration,
         verbose=settings.verbose,
         mask=mask,
@@ -1015,7 +1040,7 @@ def _run_svi(
         with checkpointer:
             stored = checkpointer.load() if settings.resume else None
             if stored is not None:
-                state = SVIState.from_arrays(*stored)
+                state = SVIState.from_arrays(*stored, svi_settings.eval_every)
                 # A fit that ended at n_epochs continues when resumed with more epochs.
                 state.finished = state.converged or state.epoch >= svi_settings.n_epochs
             else:
@@ -1025,8 +1050,9 @@ def _run_svi(
                 checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
 
             state = run(state, svi_settings, save)
-    trace = np.asarray(state.elbo_trace, dtype=np.float64)
-    return FitResult(state.params, trace, state.epoch, state.converged)
+    return FitResult(
+        state.params, *trace_arrays(state.elbo_trace, state.elbo_iter), state.epoch, state.converged
+    )
 
 
 def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
@@ -1047,7 +1073,8 @@ def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitRes
     params = replace(params, row_shape=computed[0], row_rate=computed[1])
     if scale is not None:
         params.row_scale = replace(scale, shape=computed[2], rate=computed[3])
-    return FitResult(params, result.elbo_trace, result.n_iter, result.converged), X.shape[1]
+    fitted = FitResult(params, result.elbo_trace, result.elbo_iter, result.n_iter, result.converged)
+    return fitted, X.shape[1]
 
 
 def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
@@ -1138,7 +1165,7 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
     -------
     DaskFitResult
         The final q (the cells' arrays stay on the cluster as dask arrays), the ELBO trace
-        and the bytes moved per pass.
+        with the iteration of each value (``elbo_iter``) and the bytes moved per pass.
 
     Raises
     ------
@@ -1180,8 +1207,8 @@ def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **par
     Returns
     -------
     DaskFitResult
-        The ELBO trace has one entry per evaluation; the cells' arrays of ``params`` (dask
-        arrays) are the last evaluation's cell side.
+        The ELBO trace has one entry per evaluation, ``elbo_iter`` its epoch; the cells'
+        arrays of ``params`` (dask arrays) are the last evaluation's cell side.
     """
     return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
 

@@ -241,6 +241,19 @@ def _repeat_row(row, rows, flat):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+def _chunk_row_values(values, start, rows, flat):
+    """`_chunk_values` of ``values`` as `rows_or_row` gives them: n rows, or one for every
+    row (copied ``rows`` times)."""
+    if values.shape[0] > 1:
+        _chunk_values(values, start, rows, flat)
+        return
+    n_components = values.shape[1]
+    for r in range(rows):
+        for l in range(n_components):
+            flat[r * n_components + l] = float(values[0, l])
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_logs(values, start, rows, flat, logs, scratch, one_row):
     """``logs`` of rows ``start .. start + rows`` of the n x K ``values``, a row after
     another, and the values themselves in ``flat`` (`_chunk_values`, `checked_logs`;
@@ -311,8 +324,8 @@ def gamma_moments(shape, rate, scaled, logmax):
     log(rate))`` (one exp, no log of ``z``), the logs and exps a chunk of rows at a time
     (`checked_logs`, `buffer_exps`), as `gamma_terms` takes them, so the two give the same
     tables; a row whose largest such value falls below 1e-290 (prior shapes near 1e-3) is
-    redone in log space. ``rate`` is float64, n x K or 1 x K (`rows_or_row`: rates per
-    component, whose logs are then taken once a block), or an n x K broadcast view.
+    redone in log space. ``rate`` is n x K or 1 x K, as `rows_or_row` gives it (rates per
+    component, whose logs are then taken once a block); ``shape`` read-only (`read_only`).
     """
     n_rows, n_components = shape.shape
     n_blocks = (n_rows + MOMENT_BLOCK_ROWS - 1) // MOMENT_BLOCK_ROWS
@@ -416,10 +429,10 @@ def _gamma_terms_block(block, arguments):
         count = rows * n_components
         _chunk_values(shape, start, rows, shapes)
         _chunk_logs(rate, start, rows, rates, log_rates, low, one_row)
-        _chunk_values(prior_shape, start, rows, prior_shapes)
-        _chunk_values(prior_rate, start, rows, prior_rates)
-        _chunk_values(lgamma_prior_shape, start, rows, lgamma_prior_shapes)
-        _chunk_values(log_prior_rate, start, rows, log_prior_rates)
+        _chunk_row_values(prior_shape, start, rows, prior_shapes)
+        _chunk_row_values(prior_rate, start, rows, prior_rates)
+        _chunk_row_values(lgamma_prior_shape, start, rows, lgamma_prior_shapes)
+        _chunk_row_values(log_prior_rate, start, rows, log_prior_rates)
         _terms_entries(
             count, shapes, rates, log_rates, prior_shapes, prior_rates, lgamma_prior_shapes,
             log_prior_rates, means, shifted, exponent, log_weight, rest, factors,
@@ -455,10 +468,10 @@ def gamma_terms(
 
     ``mean_partial[b, l] = sum_i shape[i, l] / rate[i, l]`` and ``kl_partial[b] =
     sum_il KL(Gamma(shape, rate) || Gamma(prior_shape, prior_rate))`` over the rows of
-    block ``b``, in float64. Every argument after ``shape`` is n x K and may be a broadcast
-    view, but ``rate`` may also be 1 x K (`rows_or_row`: rates per component, whose logs are
-    then taken once a block); ``lgamma_prior_shape`` and ``log_prior_rate`` are those
-    functions of the prior's.
+    block ``b``, in float64. Every argument after ``shape`` up to ``log_prior_rate`` is n x K
+    or 1 x K, as `rows_or_row` gives it (one row for every row: rates per component, whose
+    logs are then taken once a block); ``lgamma_prior_shape`` and ``log_prior_rate`` are
+    those functions of the prior's.
     The blocks are fixed, so the sums do not depend on the number of threads.
 
     The logs of the rates are taken here, a chunk of rows at a time, in parallel, into
@@ -512,21 +525,22 @@ TERMS_BLOCK_ROWS = 1024
 
 
 def _terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate):
-    """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as views of ``shape``'s
-    shape (the prior's in float64, the rate in its own dtype: a float32 q's n x K rates
-    copied to float64 were 15 MiB of a float32 fit's peak at K = 100 on pbmc_facs), and
-    its two outputs (see `gamma_sums`)."""
+    """`gamma_terms`' arguments from ``rate`` to ``log_prior_rate`` as `rows_or_row` gives
+    them for ``shape``'s shape (the prior's in float64, the rate in its own dtype: a float32
+    q's n x K rates copied to float64 were 15 MiB of a float32 fit's peak at K = 100 on
+    pbmc_facs), and its two outputs (see `gamma_sums`)."""
     full = shape.shape
 
-    def view(values):
-        return np.broadcast_to(np.asarray(values, dtype=np.float64), full)
+    def rows(values):
+        # one layout whatever the prior (per component, per row, per entry): one compile
+        return rows_or_row(values, full, np.float64)
 
     prior_shape = np.asarray(prior_shape, dtype=np.float64)
     prior_rate = np.asarray(prior_rate, dtype=np.float64)
     log_prior_rate = np.log(prior_rate) if log_prior_rate is None else log_prior_rate
     arguments = (
         rows_or_row(rate, full),  # in q's dtype: the kernels widen each value as they read it
-        view(prior_shape), view(prior_rate), view(gammaln(prior_shape)), view(log_prior_rate),
+        rows(prior_shape), rows(prior_rate), rows(gammaln(prior_shape)), rows(log_prior_rate),
     )  # fmt: skip
     n_blocks = max(1, -(-full[0] // TERMS_BLOCK_ROWS))
     return arguments, np.empty((n_blocks, full[1])), np.empty(n_blocks)
@@ -544,7 +558,7 @@ def gamma_sums(
     ``log_prior_rate = E[log xi]`` it is the KL from Gamma(prior_shape, xi) in expectation
     over q(xi) (the learned prior's q(z) from p(z | xi)).
     """
-    shape = np.asarray(shape)
+    shape = read_only(np.ascontiguousarray(shape))
     arguments, mean_partial, kl_partial = _terms_arguments(
         shape, rate, prior_shape, prior_rate, log_prior_rate
     )
@@ -556,7 +570,7 @@ def gamma_sums(
 def _moments_terms_arguments(shape, rate, prior_shape, prior_rate, log_prior_rate=None):
     """`gamma_terms`' arguments for one side with tables (`gamma_moments_sums_of_sides`), its
     outputs included."""
-    shape = np.asarray(shape)
+    shape = read_only(np.ascontiguousarray(shape))
     arguments, mean_partial, kl_partial = _terms_arguments(
         shape, rate, prior_shape, prior_rate, log_prior_rate
     )
@@ -655,7 +669,7 @@ def expected_log_terms(shape, rate, block_rows, partial):
 def _expected_log_arguments(shape, rate):
     """`expected_log_terms`' arguments for ``shape`` and ``rate`` (as `expected_log_sums`),
     its output last."""
-    shape = np.asarray(shape)
+    shape = read_only(np.ascontiguousarray(shape))
     rate = rows_or_row(rate, shape.shape, np.float64)
     partial = np.empty((max(1, -(-shape.shape[0] // TERMS_BLOCK_ROWS)), shape.shape[1]))
     return shape, rate, TERMS_BLOCK_ROWS, partial
@@ -771,9 +785,19 @@ def rows_or_row(values, shape: tuple[int, int], dtype=None) -> np.ndarray:
     fixed prior's rates per component, the other side's sums). A broadcast view's zero
     stride kept the serial kernels' loops scalar (LLVM vectorises unit strides it can see:
     `gamma_side` took 2.4 instead of 0.8 ms for pbmc_facs' genes at K = 100, the same
-    sums), and one row lets the parallel ones take its K logs once a block (`_rate_logs`)."""
+    sums), and one row lets the parallel ones take its K logs once a block (`_rate_logs`).
+    Read-only (`read_only`), as the kernels read it."""
     full = np.broadcast_to(np.asarray(values, dtype=dtype), shape)
-    return np.ascontiguousarray(full[:1] if full.strides[0] == 0 else full)
+    return read_only(np.ascontiguousarray(full[:1] if full.strides[0] == 0 else full))
+
+
+def read_only(values: np.ndarray) -> np.ndarray:
+    """A read-only view of ``values``. The kernels take every array they only read so,
+    whatever its owner's flag: Numba compiles a kernel once per writeable flag of each
+    argument, and the ELBO's terms take about 7.5 s to compile (docs/performance.md)."""
+    view = values.view()
+    view.flags.writeable = False
+    return view
 
 
 @njit(parallel=True, cache=True)  # no fastmath: a true quotient (arcp may use 1 / divisor)
@@ -1274,15 +1298,16 @@ def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_me
     """Each row's ELBO terms but its data term: ``out[i] = -sum_l (E[z_il] col_mean_sum[l]
     + KL(Gamma(shape, rate) || Gamma(prior_shape[l], prior_rate[i])))``, the prior's rate
     possibly random (``log_prior_rate[i]`` its expected log, as in `gamma_sums`); ``rate``
-    n x K (a broadcast view for rates per component). A row at a time, for the stopping
+    as `rows_or_row` gives it (one row for rates per component). A row at a time, for the stopping
     rule of a local fit: `_model.gamma_kl_entries`' formula, here so that a local fit of a
     streamed block holds no n x K temporaries (`gamma_terms` sums whole blocks of rows)."""
     n_rows, n_components = shape.shape
     for i in prange(n_rows):
         total = 0.0
         b, log_b = float(prior_rate[i]), float(log_prior_rate[i])
+        rate_row = _rate_row(rate, i)
         for l in range(n_components):
-            alpha, beta, a = np.float64(shape[i, l]), np.float64(rate[i, l]), prior_shape[l]
+            alpha, beta, a = np.float64(shape[i, l]), np.float64(rate_row[l]), prior_shape[l]
             kl = (
                 (alpha - a) * digamma(alpha)
                 - math.lgamma(alpha)
@@ -1737,6 +1762,71 @@ def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
                 for l in range(n_components):
                     q += row_factor[i, l] * col_factor[j, l]
                 out[n] = q
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_frobenius_stored(indptr, indices, data, row_factor, col_factor, residual, squares):
+    """The stored entries' part of ``||X - W H||^2``, per row of X (in column tiles).
+
+    For row ``i`` and its stored entries (j, x) with ``q = dot(W[i], H[:, j])``:
+    ``residual[i] = sum (x - q)**2`` and ``squares[i] = sum q**2`` (both overwritten).
+
+    Four entries' dot products per pass over the K components: one alone is a chain of
+    dependent adds that left the kernel at 2.5x the time of `classic_sparse_dot`.
+    """
+    n_rows = indptr.shape[1] - 1
+    n_components = row_factor.shape[1]
+    for i in prange(n_rows):
+        row_residual = 0.0
+        row_squares = 0.0
+        for t in range(indptr.shape[0]):
+            n = indptr[t, i]
+            stop = indptr[t, i + 1]
+            while n < stop:
+                count = min(4, stop - n)
+                j0 = indices[n]
+                j1 = indices[n + 1] if count > 1 else j0
+                j2 = indices[n + 2] if count > 2 else j0
+                j3 = indices[n + 3] if count > 3 else j0
+                q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+                for l in range(n_components):
+                    w = row_factor[i, l]
+                    q0 += w * col_factor[j0, l]
+                    q1 += w * col_factor[j1, l]
+                    q2 += w * col_factor[j2, l]
+                    q3 += w * col_factor[j3, l]
+                for offset, q in enumerate((q0, q1, q2, q3)):
+                    if offset < count:
+                        difference = float(data[n + offset]) - q
+                        row_residual += difference * difference
+                        row_squares += q * q
+                n += count
+        residual[i] = row_residual
+        squares[i] = row_squares
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def classic_zero_squares(indptr, indices, row_factor, col_factor, rows, out):
+    """``out[r] = sum q_ij**2`` over the columns j *not* stored in row ``i = rows[r]`` of X
+    (in column tiles), ``q_ij = dot(W[i], H[:, j])``: the zeros' part of ``||X - W H||^2``
+    of single rows, summed term by term (m K per row)."""
+    n_cols = col_factor.shape[0]
+    n_components = row_factor.shape[1]
+    for r in prange(rows.shape[0]):
+        i = rows[r]
+        stored = np.zeros(n_cols, dtype=np.bool_)
+        for t in range(indptr.shape[0]):
+            for n in range(indptr[t, i], indptr[t, i + 1]):
+                stored[indices[n]] = True
+        total = 0.0
+        for j in range(n_cols):
+            if stored[j]:
+                continue
+            q = 0.0
+            for l in range(n_components):
+                q += row_factor[i, l] * col_factor[j, l]
+            total += q * q
+        out[r] = total
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)

@@ -362,6 +362,7 @@ def side_moments(shape: np.ndarray, rate: np.ndarray) -> tuple[np.ndarray, ...]:
     if not (shape.dtype == rate.dtype == np.float32):
         rate = rate.astype(np.float64, copy=False)
     rate = _kernels.rows_or_row(rate, shape.shape)
+    shape = _kernels.read_only(shape)  # the kernels only read it
     scaled = np.empty((n_rows, _kernels.padded_width(n_components, shape.dtype)), shape.dtype)
     logmax = np.empty(n_rows)
     _kernels.gamma_moments(shape, rate, scaled, logmax)
@@ -886,7 +887,8 @@ def _local_row_terms(shape, rate, prior: Prior, scale: ScaleState | None, col_me
         log_prior_rate = np.log(prior_rate)
         scale_kl = 0.0
     _kernels.local_row_terms(
-        shape, rate, np.asarray(prior_shape, dtype=np.float64), prior_rate, log_prior_rate,
+        shape, _kernels.rows_or_row(rate, shape.shape), np.asarray(prior_shape, dtype=np.float64),
+        prior_rate, log_prior_rate,
         np.asarray(col_mean_sum, dtype=np.float64), terms,
     )  # fmt: skip
     return terms - scale_kl
@@ -959,7 +961,7 @@ def moments_and_terms(params: VariationalParams, prior: Prior):
 
 def _moments_and_terms(shape, scaled, logmax, rate, mean_sum, kl, scale_kl):
     """One side's `side_moments` and `side_terms` from `moments_and_terms`' kernel."""
-    return (scaled, logmax, np.asarray(shape), rate), (mean_sum, kl + scale_kl)
+    return (scaled, logmax, _kernels.read_only(shape), rate), (mean_sum, kl + scale_kl)
 
 
 def elbo_terms(
@@ -1076,11 +1078,14 @@ def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
 
 @dataclass
 class FitResult:
-    """A finished fit: the final q, its ELBO trace (one value per iteration or evaluated
-    epoch), the number of iterations or epochs, and whether ``tol`` was met."""
+    """A finished fit: the final q, its ELBO trace (one value per kept q or evaluated
+    epoch), the iteration (pass, or epoch) at which each value was taken (int64, strictly
+    increasing, at most ``n_iter``), the number of iterations or epochs, and whether
+    ``tol`` was met."""
 
     params: VariationalParams
     elbo_trace: np.ndarray
+    elbo_iter: np.ndarray
     n_iter: int
     converged: bool
 

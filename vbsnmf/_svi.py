@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
-from ._checkpoint import rng_from_json, rng_state_json
+from ._checkpoint import restored_elbo_iter, rng_from_json, rng_state_json
 from ._data import CountData, as_count_data
 from ._model import (
     ElboTerms,
@@ -144,7 +144,8 @@ def learning_rate(step: int, tau: float, kappa: float, n_steps: int = 1) -> floa
 @dataclass
 class SVIState:
     """Everything an SVI fit needs to continue bitwise: the parameters, the step and epoch
-    counters, the ELBO trace and the minibatch generator (the next epoch's permutation).
+    counters, the ELBO trace with the epoch of each value (``elbo_iter``) and the minibatch
+    generator (the next epoch's permutation).
 
     For the cells form ``params``' row side holds every cell's latest local optimum (from
     its last minibatch or the last evaluation), where its next local fit starts; under the
@@ -159,6 +160,7 @@ class SVIState:
     step: int = 0
     epoch: int = 0
     elbo_trace: list[float] = field(default_factory=list)
+    elbo_iter: list[int] = field(default_factory=list)
     converged: bool = False
     finished: bool = False
     cell_sums: ScaleSums | None = None
@@ -172,8 +174,10 @@ class SVIState:
         return progress_to_arrays(self, arrays, self.cell_sums, CELL_SUMS)
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> SVIState:
-        progress, cell_sums = progress_from_arrays(arrays, meta, CELL_SUMS)
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict, eval_every: int) -> SVIState:
+        """The inverse of `to_arrays`, for a fit that evaluates every ``eval_every``
+        epochs (which a checkpoint without ``elbo_iter`` needs)."""
+        progress, cell_sums = progress_from_arrays(arrays, meta, CELL_SUMS, eval_every)
         statistics = None
         if GENE_STATISTICS[0] in arrays:
             statistics = tuple(arrays[key] for key in GENE_STATISTICS)
@@ -195,9 +199,11 @@ def progress_to_arrays(
     state, arrays: dict[str, np.ndarray], sums: ScaleSums | None, sums_keys: tuple[str, str]
 ) -> tuple[dict[str, np.ndarray], dict]:
     """An SVI state's checkpoint (matrix or tensor): the parameters' ``arrays`` with the
-    ELBO trace and the stored local ``sums`` (under ``sums_keys``) added, and the JSON
-    metadata of its progress (generator, step, epoch, flags)."""
+    ELBO trace, the epoch of each value and the stored local ``sums`` (under
+    ``sums_keys``) added, and the JSON metadata of its progress (generator, step, epoch,
+    flags)."""
     arrays["elbo_trace"] = np.asarray(state.elbo_trace, dtype=np.float64)
+    arrays["elbo_iter"] = np.asarray(state.elbo_iter, dtype=np.int64)
     if sums is not None:
         arrays[sums_keys[0]] = np.array([sums.n_rows, sums.scale_mean, sums.scale_log])
         arrays[sums_keys[1]] = sums.factor_log
@@ -212,19 +218,23 @@ def progress_to_arrays(
 
 
 def progress_from_arrays(
-    arrays: dict[str, np.ndarray], meta: dict, sums_keys: tuple[str, str]
+    arrays: dict[str, np.ndarray], meta: dict, sums_keys: tuple[str, str], eval_every: int
 ) -> tuple[dict, ScaleSums | None]:
     """The inverse of `progress_to_arrays`: the state's progress fields as keyword
-    arguments, and the stored sums (None if the checkpoint has none)."""
+    arguments, and the stored sums (None if the checkpoint has none); the fit's
+    ``eval_every`` derives the epochs of the ELBO values when the checkpoint predates
+    them (`_checkpoint.restored_elbo_iter`)."""
     sums = None
     if sums_keys[0] in arrays:
         n_rows, scale_mean, scale_log = arrays[sums_keys[0]]
         sums = ScaleSums(int(n_rows), float(scale_mean), float(scale_log), arrays[sums_keys[1]])
+    epoch = int(meta["epoch"])
     progress = {
         "rng": rng_from_json(meta["rng"]),
         "step": int(meta["step"]),
-        "epoch": int(meta["epoch"]),
+        "epoch": epoch,
         "elbo_trace": [float(v) for v in arrays["elbo_trace"]],
+        "elbo_iter": restored_elbo_iter(arrays, epoch, eval_every),
         "converged": bool(meta["converged"]),
         "finished": bool(meta["finished"]),
     }
@@ -294,16 +304,18 @@ def end_of_epoch(
     on_epoch,
     after_evaluation: Callable[[], None] | None = None,
 ) -> None:
-    """Count the finished epoch, evaluate the ELBO when due, decide convergence, then
-    call ``callback(epoch, params, trace)``, ``after_evaluation()`` if the ELBO was
-    evaluated and the fit goes on, and ``on_epoch(state)`` (checkpoints: of the state the
-    fit goes on from). The tensor fit's state and settings (`_tensor.TensorSVIState`,
-    `_tensor.TensorSVISettings`) have the same fields and go through here too."""
+    """Count the finished epoch, evaluate the ELBO when due (into the trace, with the
+    epoch into ``elbo_iter``), decide convergence, then call ``callback(epoch, params,
+    trace)``, ``after_evaluation()`` if the ELBO was evaluated and the fit goes on, and
+    ``on_epoch(state)`` (checkpoints: of the state the fit goes on from). The tensor
+    fit's state and settings (`_tensor.TensorSVIState`, `_tensor.TensorSVISettings`) have
+    the same fields and go through here too."""
     state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
     evaluated = state.epoch % settings.eval_every == 0 or last_epoch
     if evaluated:
         state.elbo_trace.append(evaluate())
+        state.elbo_iter.append(state.epoch)
         if svi_has_converged(state.elbo_trace, settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch

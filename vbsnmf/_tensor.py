@@ -59,13 +59,15 @@ import numpy as np
 from scipy.special import digamma
 
 from . import _kernels, _model
-from ._batch import AcceleratedState, plain_ascent, squarem
+from ._batch import AcceleratedState, plain_ascent, squarem, trace_arrays
 from ._checkpoint import (
     CheckpointError,
     check_accelerated_progress,
+    check_elbo_iter,
     check_step_statistics,
     check_svi_progress,
     checked_trace,
+    last_iteration,
     rounding_of_elbo,
 )
 from ._model import GammaPrior
@@ -548,11 +550,13 @@ def learned_slices_start(
 # -- batch VB -----------------------------------------------------------------------------
 @dataclass
 class TensorFitResult:
-    """The final q, its ELBO trace (the ELBO after each iteration or evaluated epoch), the
-    number of iterations (epochs) and whether ``tol`` was met."""
+    """The final q, its ELBO trace (the ELBO after each iteration, kept q or evaluated
+    epoch) and the iteration (pass, epoch) of each value, the number of iterations
+    (epochs) and whether ``tol`` was met."""
 
     params: TensorParams
     elbo_trace: np.ndarray
+    elbo_iter: np.ndarray
     n_iter: int
     converged: bool
 
@@ -566,6 +570,7 @@ def fit_batch(
     tol: float,
     n_chunks: int = 1,
     elbo_trace: list[float] | None = None,
+    elbo_iter: list[int] | None = None,
     callback: Callable[[int, TensorParams, list[float]], None] | None = None,
     verbose: bool = False,
     hold_shapes: bool = False,
@@ -573,14 +578,15 @@ def fit_batch(
     """Batch coordinate ascent from ``init`` until `_model.has_converged` (relative ELBO change
     at most ``tol``) or ``max_iter`` iterations: `_batch.plain_ascent` (the matrix's loop)
     on the tensor's pass and step (`tensor_model`), with its hold of a random start's factor
-    shapes (``hold_shapes``), its continued ``elbo_trace`` and its ``callback``.
+    shapes (``hold_shapes``), its continued ``elbo_trace`` and ``elbo_iter`` and its
+    ``callback``.
     """
     scored, step = tensor_model(data, prior, n_chunks)
-    params, trace, converged = plain_ascent(
+    params, trace, iters, converged = plain_ascent(
         init, scored, step, prior, max_iter=max_iter, tol=tol, elbo_trace=elbo_trace,
-        hold_shapes=hold_shapes, callback=callback, verbose=verbose,
+        elbo_iter=elbo_iter, hold_shapes=hold_shapes, callback=callback, verbose=verbose,
     )  # fmt: skip
-    return TensorFitResult(params, np.asarray(trace, dtype=np.float64), len(trace), converged)
+    return TensorFitResult(params, *trace_arrays(trace, iters), len(trace), converged)
 
 
 def tensor_model(data: TensorData, prior: _model.Prior, n_chunks: int = 1):
@@ -651,6 +657,7 @@ class TensorSVIState:
     step: int = 0
     epoch: int = 0
     elbo_trace: list[float] = field(default_factory=list)
+    elbo_iter: list[int] = field(default_factory=list)
     converged: bool = False
     finished: bool = False
     local_sums: _model.ScaleSums | None = None
@@ -664,8 +671,11 @@ class TensorSVIState:
         return progress_to_arrays(self, arrays, self.local_sums, LOCAL_SUMS)
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> TensorSVIState:
-        progress, local_sums = progress_from_arrays(arrays, meta, LOCAL_SUMS)
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], meta: dict, eval_every: int
+    ) -> TensorSVIState:
+        """The inverse of `to_arrays` (``eval_every``: `_svi.progress_from_arrays`'s)."""
+        progress, local_sums = progress_from_arrays(arrays, meta, LOCAL_SUMS, eval_every)
         n_stats = sum(1 for name in arrays if name.startswith("step_stat_"))
         statistics = [arrays[f"step_stat_{d}"] for d in range(n_stats)] or None
         return cls(
@@ -723,7 +733,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     """Raise `_checkpoint.CheckpointError` unless a loaded checkpoint is a state the fit of
     ``config`` could have saved (`_checkpoint.check_state` for tensors): every mode's
     shapes (n_d x K) and rate (K,) present, of the fit's dtype, positive and finite; a
-    finite ELBO trace; the ``finished`` flag; for SVI whole counters and a readable
+    finite ELBO trace and the iterations of its values (`_checkpoint.check_elbo_iter`);
+    the ``finished`` flag; for SVI whole counters and a readable
     generator state; under the learned prior rates per entry and every mode's scales and
     hyperparameters (and for SVI the local mode's sums); for an accelerated fit two such
     q (``current_`` and ``kept_``) and whole SQUAREM counters. Its config was checked
@@ -781,6 +792,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
         check_svi_progress(meta, trace, damaged)
+    last = last_iteration(meta, trace, accelerated, config["solver"] == "svi")
+    check_elbo_iter(arrays, trace, last, damaged)
 
 
 def _blend(old: np.ndarray, new: np.ndarray, rho: float, name: str) -> np.ndarray:

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 
 from . import _model, _tensor
 from ._base import Estimator
-from ._batch import AcceleratedState, start_accelerated
-from ._checkpoint import Checkpointer, warn_if_beyond
+from ._batch import AcceleratedState, start_accelerated, trace_arrays
+from ._checkpoint import Checkpointer, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._utils import numba_threads, warn_user
 from ._validation import (
@@ -345,6 +345,11 @@ class VBNTF(Estimator):
     elbo_trace_ : ndarray of shape (n_iter_,), or (at most n_iter_,) when accelerated
         ELBO in nats after each iteration (SVI: after each epoch; accelerated: of each q
         kept, never decreasing).
+    elbo_iter_ : ndarray of int64, of the shape of ``elbo_trace_``
+        The iteration at which each value of ``elbo_trace_`` was taken, in the units of
+        ``n_iter_`` (accelerated: the pass that scored the q kept, as the ``n_iter`` its
+        ``callback`` received; SVI: the epoch), strictly increasing, at most ``n_iter_``:
+        the x axis of the trace.
     n_iter_ : int
         Iterations (accelerated: passes; SVI: epochs) run.
     converged_ : bool
@@ -546,11 +551,14 @@ class VBNTF(Estimator):
             "verbose": checked["verbose"],
         }
 
-    def _fit_batch(self, data, start, checked, n_threads, callback, trace=None):
-        """Plain coordinate ascent from ``start``, continuing ``trace``."""
+    def _fit_batch(self, data, start, checked, n_threads, callback, trace=None, iters=None):
+        """Plain coordinate ascent from ``start``, continuing ``trace`` (taken at the
+        iterations ``iters``)."""
         options = self._batch_options(checked, n_threads, callback)
         # every batch start here is random: its factor shapes are held at first
-        return _tensor.fit_batch(data, start, elbo_trace=trace, hold_shapes=True, **options)
+        return _tensor.fit_batch(
+            data, start, elbo_trace=trace, elbo_iter=iters, hold_shapes=True, **options
+        )
 
     def _fit_accelerated(self, data, state, checked, n_threads, callback, on_cycle=None):
         """SQUAREM from ``state`` (`_batch.start_accelerated` or a checkpoint's)."""
@@ -614,7 +622,7 @@ class VBNTF(Estimator):
                 n_chunks=n_threads,
             )
             if stored is not None:
-                state = _tensor.TensorSVIState.from_arrays(*stored)
+                state = _tensor.TensorSVIState.from_arrays(*stored, settings.eval_every)
                 # a fit that ended at n_epochs continues when resumed with more epochs
                 state.finished = state.converged or state.epoch >= settings.n_epochs
             elif isinstance(prior, _model.HierarchicalPrior):
@@ -631,8 +639,12 @@ class VBNTF(Estimator):
                 checkpointer.save(state.epoch, *state.to_arrays(), force=state.finished)
 
             state = _tensor.fit_svi(data, state, settings, callback=callback, on_epoch=save)
-            trace = np.asarray(state.elbo_trace, dtype=np.float64)
-            return _tensor.TensorFitResult(state.params, trace, state.epoch, state.converged)
+            return _tensor.TensorFitResult(
+                state.params,
+                *trace_arrays(state.elbo_trace, state.elbo_iter),
+                state.epoch,
+                state.converged,
+            )
 
     def _fit_batch_resumable(
         self, data, stored, checkpointer, checked, entropy, n_threads, callback
@@ -643,7 +655,13 @@ class VBNTF(Estimator):
             )
 
         def arrays_of(params, trace):
-            return {**_tensor.params_to_arrays(params), "elbo_trace": np.asarray(trace)}
+            # plain ascent's i-th value is iteration i's (`_batch.plain_ascent`)
+            iters = np.arange(1, len(trace) + 1, dtype=np.int64)
+            return {
+                **_tensor.params_to_arrays(params),
+                "elbo_trace": np.asarray(trace),
+                "elbo_iter": iters,
+            }
 
         def save(n_iter, params, trace):
             if callback is not None:
@@ -651,19 +669,23 @@ class VBNTF(Estimator):
             checkpointer.save(n_iter, arrays_of(params, trace), {"finished": False})
 
         trace: list[float] = []
+        iters: list[int] = []
         if stored is not None:
             arrays, _ = stored
             start = _tensor.params_from_arrays(arrays)
             trace = [float(v) for v in arrays["elbo_trace"]]
+            iters = restored_elbo_iter(arrays, len(trace))
             held = _model.held_prior(checked["prior"]) is not None  # its start was random
             done = _model.resumed_converged(trace, checked["tol"], held)
             if done or len(trace) >= checked["max_iter"]:
-                return _tensor.TensorFitResult(start, np.asarray(trace), len(trace), bool(done))
+                return _tensor.TensorFitResult(
+                    start, *trace_arrays(trace, iters), len(trace), bool(done)
+                )
         else:
             start = _tensor.random_start(
                 data, checked["n_components"], entropy, checked["dtype"], prior=checked["prior"]
             )
-        result = self._fit_batch(data, start, checked, n_threads, save, trace)
+        result = self._fit_batch(data, start, checked, n_threads, save, trace, iters)
         checkpointer.save(
             result.n_iter, arrays_of(result.params, result.elbo_trace), {"finished": True}, True
         )
@@ -706,6 +728,7 @@ class VBNTF(Estimator):
         self.shape_ = tuple(shape)
         warn_if_beyond(self, result.n_iter)
         self.elbo_trace_ = result.elbo_trace
+        self.elbo_iter_ = result.elbo_iter
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
 

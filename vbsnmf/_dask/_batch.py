@@ -72,6 +72,7 @@ from .._batch import (
     squarem,
     start_accelerated,
     step_from_norms,
+    trace_arrays,
 )
 from .._data import CountData, as_count_data
 from .._model import (
@@ -312,6 +313,9 @@ class DaskFitResult:
         are numpy arrays on the client.
     elbo_trace
         ELBO (nats) after each iteration (evaluated epoch for SVI).
+    elbo_iter
+        The iteration of each ``elbo_trace`` value (int64, strictly increasing, at most
+        ``n_iter``): as `vbsnmf.VBNMF.elbo_iter_`.
     n_iter, converged
         Iterations (epochs) run and whether ``tol`` was met.
     gathered_bytes, sent_bytes
@@ -321,6 +325,7 @@ class DaskFitResult:
 
     params: VariationalParams
     elbo_trace: np.ndarray
+    elbo_iter: np.ndarray
     n_iter: int
     converged: bool
     gathered_bytes: list[int] = field(default_factory=list)
@@ -477,15 +482,22 @@ def fit_batch_dask(
             step_length=model.step_length,
             extrapolate=model.extrapolate,
         )
-        final, trace, n_iter, converged = state.outcome()
+        final, trace, iters, n_iter, converged = state.outcome()
     else:
-        final, trace, converged = plain_ascent(
+        final, trace, iters, converged = plain_ascent(
             start_q, model.scored, model.step, prior, max_iter=max_iter, tol=tol,
             hold_shapes=init is None, callback=model.with_params(callback), verbose=verbose,
         )  # fmt: skip
-        trace, n_iter = np.asarray(trace, dtype=np.float64), len(trace)
+        n_iter = len(trace)
+        trace, iters = trace_arrays(trace, iters)
     return DaskFitResult(
-        model.params(final), trace, n_iter, converged, model.gathered_bytes, model.sent_bytes
+        model.params(final),
+        trace,
+        iters,
+        n_iter,
+        converged,
+        model.gathered_bytes,
+        model.sent_bytes,
     )
 
 

@@ -25,6 +25,7 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 
+from .._batch import trace_arrays
 from .._model import (
     ElboTerms,
     HierarchicalPrior,
@@ -289,7 +290,7 @@ def fit_svi_cells_dask(
         cells = VariationalParams(lazy[0], params.row_rate, params.col_shape, params.col_rate)
     return DaskFitResult(
         cells,
-        np.asarray(state.elbo_trace, dtype=np.float64),
+        *trace_arrays(state.elbo_trace, state.elbo_iter),
         state.epoch,
         state.converged,
         gathered_bytes,

@@ -179,7 +179,6 @@ class ClassicData:
     entries: EntryPair | None = None
     exclusion: EntryPair | None = None
     row_totals: np.ndarray | None = None
-    squared_norm: float = 0.0
 
     @classmethod
     def build(cls, X, weights=None, spec: LossSpec | None = None) -> ClassicData:
@@ -234,7 +233,6 @@ class ClassicData:
                 dense=X,
                 dense_weights=weights,
                 row_totals=row_totals,
-                squared_norm=float(np.sum(X * X)),
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
@@ -258,7 +256,6 @@ class ClassicData:
             entries=entries,
             exclusion=exclusion,
             row_totals=row_totals,
-            squared_norm=float(X.data @ X.data),
         )
 
     # ---- shapes -------------------------------------------------------------------------
@@ -297,8 +294,12 @@ class ClassicData:
         row_factor = np.ascontiguousarray(W)
         if self.kind == "pattern":
             return _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, False)
-        total = _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, True)
-        total += spec.zero_coef * sum_q_power(row_factor, H, spec.zero_power)
+        if spec.alpha == 1.0 and spec.beta == 1.0:
+            # Frobenius: d(x, q) - d(0, q) at the entries plus sum q**2 would cancel.
+            total = 0.5 * spec.scale * float(self.squared_residuals(row_factor, col_factor).sum())
+        else:
+            total = _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, True)
+            total += spec.zero_coef * sum_q_power(row_factor, H, spec.zero_power)
         if self.exclusion is not None:
             total -= _entries_loss(spec, self.exclusion.by_rows, row_factor, col_factor, False)
         return total
@@ -313,13 +314,14 @@ class ClassicData:
         col_factor: np.ndarray,
         side: str,
         with_loss: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Numerator, denominator and current AB loss of one multiplicative half-step.
 
         ``numerator = (w X**alpha Q**(beta-1)) @ col_factor``,
-        ``denominator = (w Q**(alpha+beta-1)) @ col_factor`` and ``sum w d_AB(X, Q)`` for
-        ``Q = row_factor @ col_factor.T`` (X transposed when ``side == "cols"``). Without
-        ``with_loss`` the returned loss is meaningless (the H step skips its logarithms).
+        ``denominator = (w Q**(alpha+beta-1)) @ col_factor`` and the loss of each row,
+        ``sum_j w d_AB(X, Q)``, for ``Q = row_factor @ col_factor.T`` (X transposed when
+        ``side == "cols"``). Without ``with_loss`` the returned losses are meaningless (the
+        H step skips its logarithms).
         """
         gamma = alpha + beta - 1.0
         if self.kind == "dense":
@@ -333,65 +335,74 @@ class ClassicData:
             if weights is not None:
                 ratio *= weights
                 q_gamma *= weights
-            loss = 0.0
+            row_loss = np.zeros(X.shape[0])
             if with_loss:
                 values = ab_divergence(X, Q, alpha, beta)
                 if weights is not None:
                     values = np.where(weights > 0, values, 0.0) * weights
-                loss = float(values.sum())
-            return ratio @ col_factor, q_gamma @ col_factor, loss
+                row_loss = values.sum(axis=1)
+            return ratio @ col_factor, q_gamma @ col_factor, row_loss
 
         n_rows, n_components = row_factor.shape
         entries = self.entries.side(side)
         if self.kind == "pattern":
-            numerator, denominator, row_loss = _ab_mu_terms(
-                entries, row_factor, col_factor, alpha, beta, True, with_loss
-            )
-            return numerator, denominator, float(row_loss.sum())
+            return _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, True, with_loss)
 
         if alpha == 1.0 and beta == 1.0:
-            # Frobenius: the numerator is X @ H^T and the loss follows from Gram matrices.
+            # Frobenius: the numerator is X @ H^T, the denominator from the Gram matrix.
             numerator = _sparse_dot(entries, col_factor)
-            col_gram = col_factor.T @ col_factor
-            denominator = row_factor @ col_gram
-            loss = 0.0
+            denominator = row_factor @ (col_factor.T @ col_factor)
+            row_loss = np.zeros(n_rows)
             if with_loss:
-                loss = 0.5 * (
-                    self.squared_norm
-                    - 2.0 * float(np.vdot(row_factor, numerator))
-                    + float(np.vdot(row_factor.T @ row_factor, col_gram))
-                )
+                row_loss = 0.5 * _sparse_squared_residuals(entries, row_factor, col_factor)
         else:
             numerator, _, row_loss = _ab_mu_terms(
                 entries, row_factor, col_factor, alpha, beta, False, with_loss
             )
+            # the zeros' part d(0, q) = q**(alpha + beta) / (alpha (alpha + beta)), per row
             power = alpha + beta
             if gamma == 0.0:
                 denominator = np.repeat(col_factor.sum(axis=0)[None, :], n_rows, axis=0)
-                power_sum = float(row_factor.sum(axis=0) @ col_factor.sum(axis=0))
+                row_power = row_factor @ col_factor.sum(axis=0)
             elif gamma == 1.0:
-                col_gram = col_factor.T @ col_factor
-                denominator = row_factor @ col_gram
-                power_sum = float(np.sum((row_factor.T @ row_factor) * col_gram))
+                denominator = row_factor @ (col_factor.T @ col_factor)
+                row_power = np.einsum("ik,ik->i", denominator, row_factor)
             else:
                 denominator = np.empty((n_rows, n_components))
                 row_power = np.empty(n_rows)
                 _kernels.classic_dense_power_pass(
                     row_factor, col_factor, gamma, Q_FLOOR, denominator, row_power
                 )
-                power_sum = float(row_power.sum())
-            loss = float(row_loss.sum()) + power_sum / (alpha * power)
+            row_loss += row_power / (alpha * power)
         if self.exclusion is not None:
             excluded = self.exclusion.side(side)
-            numerator_e, denominator_e, row_loss = _ab_mu_terms(
+            numerator_e, denominator_e, row_loss_e = _ab_mu_terms(
                 excluded, row_factor, col_factor, alpha, beta, True, with_loss
             )
             numerator -= numerator_e
             denominator -= denominator_e
-            loss -= float(row_loss.sum())
-        return numerator, denominator, loss
+            row_loss -= row_loss_e
+        return numerator, denominator, row_loss
 
     # ---- terms of the Frobenius solvers -------------------------------------------------
+
+    def squared_residuals(
+        self, row_factor: np.ndarray, col_factor: np.ndarray, side: str = "rows"
+    ) -> np.ndarray:
+        """``||X - row_factor @ col_factor.T||^2`` of each row, over every entry (weights
+        not applied; X transposed when ``side == "cols"``), never forming ``W H`` for
+        sparse X.
+
+        Not ``||X||^2 - 2 <W, X H^T> + <W^T W, H H^T>``: that cancels catastrophically
+        where X has a large entry (a count of 2**31 left the loss off by 1e3 and the trace
+        moving in steps of 256), see `_sparse_squared_residuals`.
+        """
+        if self.kind == "dense":
+            X, _ = self.dense_side(side)
+            residual = row_factor @ col_factor.T
+            np.subtract(X, residual, out=residual)
+            return np.einsum("ij,ij->i", residual, residual)
+        return _sparse_squared_residuals(self.entries.side(side), row_factor, col_factor)
 
     def data_times(self, col_factor: np.ndarray, side: str) -> np.ndarray:
         """``X @ col_factor`` (``side="rows"``) or ``X.T @ col_factor`` (``"cols"``)."""
@@ -411,6 +422,49 @@ def _sparse_dot(entries: SparseEntries, col_factor: np.ndarray) -> np.ndarray:
     out = np.empty((entries.n_rows, padded.shape[1]))
     _kernels.classic_sparse_dot(entries.indptr, entries.indices, entries.data, padded, out)
     return np.ascontiguousarray(out[:, : col_factor.shape[1]])
+
+
+# A row's zeros' part ``sum q**2`` is summed term by term when subtracting its stored
+# entries' part from its total left less than this fraction: more than 10 of the 53 bits
+# lost to cancellation.
+_CANCELLATION_LIMIT = 2.0**-10
+
+
+def _sparse_squared_residuals(entries: SparseEntries, row_factor, col_factor) -> np.ndarray:
+    """``||X - R C^T||^2`` of each row, X's stored ``entries`` and zeros elsewhere, in
+    O(nnz K + (n + m) K^2).
+
+    The stored entries give ``sum (x - q)**2`` directly. Each row's zeros give
+    ``sum q**2``: the row's total over every column, ``r^T (C^T C) r``, minus its stored
+    entries' ``sum q**2``. That difference is exact enough unless the stored entries carry
+    nearly all of the row's total (a huge entry); such rows are summed term by term over
+    their zeros (`_kernels.classic_zero_squares`), the worst first, within about nnz
+    entries' work so the cost stays that of one pass. A difference that is still below
+    zero is rounding: it counts zero.
+    """
+    n_rows, n_cols = entries.n_rows, entries.n_cols
+    row_factor = np.ascontiguousarray(row_factor, dtype=np.float64)
+    col_factor = np.ascontiguousarray(col_factor, dtype=np.float64)
+    residual = np.empty(n_rows)
+    stored_squares = np.empty(n_rows)
+    _kernels.classic_frobenius_stored(
+        entries.indptr, entries.indices, entries.data, row_factor, col_factor,
+        residual, stored_squares,
+    )  # fmt: skip
+    row_squares = np.einsum("ik,ik->i", row_factor @ (col_factor.T @ col_factor), row_factor)
+    zero_squares = row_squares - stored_squares
+    has_zeros = np.diff(entries.indptr, axis=1).sum(axis=0) < n_cols
+    zero_squares[~has_zeros] = 0.0
+    lossy = np.flatnonzero(has_zeros & (zero_squares < _CANCELLATION_LIMIT * row_squares))
+    if lossy.size:
+        budget = max(1, entries.data.shape[0] // max(n_cols, 1))
+        rows = lossy[np.argsort(-row_squares[lossy], kind="stable")[:budget]]
+        exact = np.empty(rows.shape[0])
+        _kernels.classic_zero_squares(
+            entries.indptr, entries.indices, row_factor, col_factor, rows, exact
+        )
+        zero_squares[rows] = exact
+    return residual + np.maximum(zero_squares, 0.0)
 
 
 def _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, pattern_only, with_loss):

@@ -91,7 +91,8 @@ def fit_multiplicative(
     max_iter: int = 200,
     tol: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray, list[float], int]:
-    """Multiplicative updates until the relative change of the loss is below ``tol``.
+    """Multiplicative updates until the relative change of the loss is below ``tol``;
+    without ``update_h`` every row of W stops on its own loss (`still_moving`).
 
     Returns
     -------
@@ -109,20 +110,34 @@ def fit_multiplicative(
     if poisson:
         W, H_t = _normalise_modules(W, H_t)
     loss_trace: list[float] = []
+    moving, previous = np.ones(W.shape[0], dtype=bool), None
     for _ in range(max_iter):
-        numerator, denominator, loss = data.ab_terms(alpha, beta, W, H_t, "rows")
-        loss_trace.append(spec.scale * loss)
-        W = multiplicative_step(W, numerator, denominator, exponent, epsilon, w_mask)
+        numerator, denominator, row_losses = data.ab_terms(alpha, beta, W, H_t, "rows")
+        row_losses *= spec.scale
+        loss_trace.append(float(row_losses.sum()))
         if update_h:
+            W = multiplicative_step(W, numerator, denominator, exponent, epsilon, w_mask)
             numerator, denominator, _ = data.ab_terms(alpha, beta, H_t, W, "cols", False)
             H_t = multiplicative_step(H_t, numerator, denominator, exponent, epsilon, h_mask)
             if poisson:
                 W, H_t = _normalise_modules(W, H_t)
-        if should_stop(loss_trace, tol):
+        else:
+            moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
+            if not moving.any():
+                break
+            W[moving] = multiplicative_step(
+                W[moving],
+                numerator[moving],
+                denominator[moving],
+                exponent,
+                epsilon,
+                None if w_mask is None else w_mask[moving],
+            )
+        if should_stop(loss_trace, tol, update_h):
             break
     n_iter = len(loss_trace)
     # The final loss by the same route as the trace (no nonzero-sized temporaries).
-    loss_trace.append(spec.scale * data.ab_terms(alpha, beta, W, H_t, "rows")[2])
+    loss_trace.append(spec.scale * float(data.ab_terms(alpha, beta, W, H_t, "rows")[2].sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter
 
 
@@ -137,10 +152,29 @@ def converged(loss_trace: list[float], tol: float) -> bool:
     return abs(previous - current) <= tol * max(abs(previous), Q_FLOOR)
 
 
-def should_stop(loss_trace: list[float], tol: float) -> bool:
-    """`converged`, or the last loss out of the float range (the caller raises: further
-    iterations would not bring it back)."""
-    return not np.isfinite(loss_trace[-1]) or converged(loss_trace, tol)
+def should_stop(loss_trace: list[float], tol: float, whole: bool = True) -> bool:
+    """The last loss out of the float range (the caller raises: further iterations would
+    not bring it back), or, for a ``whole`` run (not rows stopping on their own,
+    `still_moving`), `converged`."""
+    return not np.isfinite(loss_trace[-1]) or (whole and converged(loss_trace, tol))
+
+
+def still_moving(
+    moving: np.ndarray, previous: np.ndarray | None, current: np.ndarray, tol: float
+) -> np.ndarray:
+    """The rows of W that go on iterating when H is held fixed (`NMF.transform`):
+    ``moving`` less the rows whose own loss changed by at most ``tol`` relative from
+    ``previous`` to ``current`` (`converged`, row by row).
+
+    Given H the rows are separate problems, and a row that stops stays as it is: so a row's
+    result does not depend on the rows transformed with it (a stop on the batch's loss,
+    and one start for the batch, moved a row's factors by up to 10 %).
+    """
+    if previous is None:
+        return moving
+    finite = np.isfinite(previous) & np.isfinite(current)
+    settled = np.abs(previous - current) <= tol * np.maximum(np.abs(previous), Q_FLOOR)
+    return moving & ~(finite & settled)
 
 
 def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

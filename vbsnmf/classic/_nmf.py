@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
@@ -29,7 +29,7 @@ from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
 
 
-class NMF(TransformerMixin, BaseEstimator):
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Non-negative matrix factorisation ``X ~ W H`` by the classical algorithms.
 
     Parameters
@@ -170,7 +170,13 @@ class NMF(TransformerMixin, BaseEstimator):
         return W
 
     def transform(self, X) -> np.ndarray:
-        """W for new rows X with H = ``components_`` held fixed (same solver and loss)."""
+        """W for new rows X with H = ``components_`` held fixed (same solver and loss).
+
+        Each row is fitted on its own: it starts flat, at the scale of its own total, and
+        iterates until its own loss changes by at most ``tol`` relative (at most
+        ``max_iter`` iterations), so a row's W does not depend on the rows transformed
+        with it.
+        """
         check_is_fitted(self, "components_")
         spec = self._check_params()
         check_feature_names(self, X)  # columns in another order would be fitted as they lie
@@ -180,13 +186,17 @@ class NMF(TransformerMixin, BaseEstimator):
                 f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the columns it was fitted with)"
             )
-        n_components = self.components_.shape[0]
-        # A flat start, as scikit-learn's transform: every row starts from the data scale.
-        W = np.full((data.shape[0], n_components), np.sqrt(data.mean() / n_components))
+        W = _flat_start(data.row_totals, self.components_)
         W, _, _, _, _ = self._run(data, spec, W, self.components_, False, None, None)
         if spec.name == "poisson":
             W = _divide_rows(W, data.row_totals)
         return W
+
+    @property
+    def _n_features_out(self) -> int:
+        """The output columns' count, which names them (``nmf0``, ``nmf1``, ...: scikit-learn's
+        ``get_feature_names_out``)."""
+        return self.components_.shape[0]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -416,6 +426,15 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
         W[W == 0] = np.abs(mean * rng.standard_normal(int(np.sum(W == 0))) / 100)
         H[H == 0] = np.abs(mean * rng.standard_normal(int(np.sum(H == 0))) / 100)
     return W, H
+
+
+def _flat_start(row_totals: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The start of `NMF.transform`: each row of W flat, ``W H`` summing to the row's total
+    (scikit-learn's flat start from the mean of the whole batch tied every row's result to
+    the rows transformed with it). A row of zeros starts at zero."""
+    total = float(H.sum())
+    scale = row_totals / total if total > 0 else np.zeros_like(row_totals)
+    return np.repeat(scale[:, None], H.shape[0], axis=1)
 
 
 def _csr(data: ClassicData):

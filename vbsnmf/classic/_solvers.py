@@ -12,7 +12,8 @@ Gram matrix ``G = C^T C`` of the fixed factor C, so nothing n x m is formed:
   ``1 / rowsum(G)`` per component (``diag(rowsum(G)) >= G`` for ``G >= 0``, so the step
   minimises a separable majoriser: the loss does not increase);
 - ``ipg``: interior point gradient: scaled direction ``-R / (R G) * grad``, exact line
-  search, cut to ``tau = 0.99`` of the largest step that stays non-negative;
+  search, cut to ``tau = 0.99`` of the largest step that stays non-negative, per row of
+  R (each row is its own non-negative least squares problem);
 - ``gd``: projected gradient descent with the fixed step ``1 / L``, L the largest
   eigenvalue of G (the Lipschitz constant of the gradient: sufficient decrease).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import ClassicData
-from ._mu import should_stop
+from ._mu import should_stop, still_moving
 
 IPG_TAU = 0.99
 
@@ -52,22 +53,23 @@ def pg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 
 def ipg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """Interior point gradient step (Merritt-Zhang)."""
+    """Interior point gradient step (Merritt-Zhang), one step length per row.
+
+    Given the fixed factor the loss is a sum over the rows of R, each a non-negative
+    least squares problem of its own: each row takes its own exact line search and
+    boundary cut, so a row's step does not depend on the other rows (`NMF.transform`).
+    """
     gradient = R @ G - XC
     scale_denominator = R @ G
     scaling = np.divide(R, scale_denominator, out=np.zeros_like(R), where=scale_denominator > 0)
     direction = -scaling * gradient
-    curvature = float(np.sum((direction @ G) * direction))
-    if curvature <= 0:
-        return R
-    best_step = -float(np.sum(direction * gradient)) / curvature
-    negative = direction < 0
-    if np.any(negative):
-        boundary_step = float(np.min(-R[negative] / direction[negative]))
-        step = min(IPG_TAU * boundary_step, best_step)
-    else:
-        step = best_step
-    return np.maximum(R + step * direction, 0.0)
+    curvature = np.einsum("ik,ik->i", direction @ G, direction)
+    descent = -np.einsum("ik,ik->i", direction, gradient)
+    curved = curvature > 0  # elsewhere the direction is zero: the row stays
+    best_step = np.divide(descent, curvature, out=np.zeros_like(curvature), where=curved)
+    ratios = np.divide(-R, direction, out=np.full_like(R, np.inf), where=direction < 0)
+    step = np.minimum(IPG_TAU * ratios.min(axis=1), best_step)
+    return np.maximum(R + step[:, None] * direction, 0.0)
 
 
 def gd_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -97,7 +99,8 @@ def fit_frobenius(
     """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``.
 
     ``epsilon > 0`` projects onto ``[epsilon, inf)`` instead of ``[0, inf)`` after each
-    half-step; masks zero the masked entries after each half-step.
+    half-step; masks zero the masked entries after each half-step. Without ``update_h``
+    every row of W stops on its own loss (`still_moving`).
 
     Returns
     -------
@@ -110,26 +113,26 @@ def fit_frobenius(
     W = np.ascontiguousarray(W, dtype=np.float64)
     H_t = np.ascontiguousarray(H.T, dtype=np.float64)
     loss_trace: list[float] = []
+    moving, previous = np.ones(W.shape[0], dtype=bool), None
     for _ in range(max_iter):
+        row_losses = data.squared_residuals(W, H_t)
+        loss_trace.append(float(row_losses.sum()))
         XC = data.data_times(H_t, "rows")
-        G = H_t.T @ H_t
-        loss_trace.append(_frobenius_loss(data, W, XC, G))
-        W = _project(step(W, XC, G), epsilon, w_mask)
         if update_h:
+            W = _project(step(W, XC, H_t.T @ H_t), epsilon, w_mask)
             XC = data.data_times(W, "cols")
             H_t = _project(step(H_t, XC, W.T @ W), epsilon, h_mask)
-        if should_stop(loss_trace, tol):
+        else:
+            moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
+            if not moving.any():
+                break
+            mask = None if w_mask is None else w_mask[moving]
+            W[moving] = _project(step(W[moving], XC[moving], H_t.T @ H_t), epsilon, mask)
+        if should_stop(loss_trace, tol, update_h):
             break
     n_iter = len(loss_trace)
-    XC = data.data_times(H_t, "rows")
-    loss_trace.append(_frobenius_loss(data, W, XC, H_t.T @ H_t))
+    loss_trace.append(float(data.squared_residuals(W, H_t).sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter
-
-
-def _frobenius_loss(data: ClassicData, W: np.ndarray, XH_t: np.ndarray, HH_t: np.ndarray):
-    """``||X||^2 - 2 <W, X H^T> + <W^T W, H H^T>``, clipped at zero against rounding."""
-    value = data.squared_norm - 2.0 * float(np.sum(W * XH_t)) + float(np.sum((W.T @ W) * HH_t))
-    return max(value, 0.0)
 
 
 def _project(factor: np.ndarray, epsilon: float, mask: np.ndarray | None) -> np.ndarray:

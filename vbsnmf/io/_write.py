@@ -14,6 +14,7 @@ import pandas as pd
 
 from .._atomic import atomic_file, held_signals
 from .._utils import fit_info
+from ..tl._stored import check_fit_entries, elbo_iterations
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     Raises
     ------
     KeyError
-        ``adata`` holds no fit under ``key``.
+        ``adata`` holds no fit under ``key``, or its ``.obsm`` or ``.varm`` entry is gone
+        (nothing is written).
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
     NotADirectoryError
@@ -57,6 +59,9 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
     # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
     genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
+    check_fit_entries(
+        key, ("obsm", adata.obsm, info["obsm_key"]), ("varm", genes.varm, info["varm_key"])
+    )
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
     gene_loadings = np.asarray(genes.varm[info["varm_key"]])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
@@ -71,7 +76,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         written.append(folder / name)
     if "elbo_trace" in info:
         trace = np.asarray(info["elbo_trace"], dtype=np.float64)
-        name, table = ELBO_FILE, {"iteration": np.arange(1, trace.size + 1), "elbo": trace}
+        # the pass (SVI: epoch) of each value: SQUAREM and SVI record fewer than passes
+        name, table = ELBO_FILE, {"iteration": elbo_iterations(info), "elbo": trace}
     else:  # a classical solver: its loss after 0, 1, ... iterations
         trace = np.asarray(info.get("loss_trace", []), dtype=np.float64)
         name, table = LOSS_FILE, {"iteration": np.arange(trace.size), "loss": trace}
@@ -88,7 +94,8 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     file a block of entries at a time, so memory does not grow with the nonzeros, and so is
     the X of its ``.raw``; the rest (``obs``, ``var``, ``obsm``, ``varm``, ``layers``,
     ``obsp``, ``varp``, ``uns``, and ``.raw``'s ``var`` and ``varm``, where a fit of
-    ``.raw`` puts its gene side) is written as it is in memory. Returns ``path``.
+    ``.raw`` puts its gene side) is written as it is in memory; a ``.raw`` deleted in
+    memory (``del adata.raw``) is not written. Returns ``path``.
 
     Raises
     ------
@@ -96,6 +103,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         The folder of ``path`` does not exist.
     IsADirectoryError
         ``path`` is a folder.
+    ValueError
+        ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
+        on it first. Nothing is written.
     TypeError
         ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``);
         the message says where. Nothing is written.
@@ -109,6 +119,12 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         IORegistryError = ()
 
     path = Path(path)
+    if adata.isbacked and adata.is_view:
+        # its X is copied from the file, which holds every cell and gene, not the view's
+        raise ValueError(
+            "adata is a view of a backed AnnData, whose X write_result would copy whole "
+            "from its file: call .to_memory() on the view first and write that"
+        )
     try:
         return _write_result(adata, path)
     except IORegistryError as error:
@@ -141,7 +157,7 @@ def _write_result(adata, path: Path) -> Path:
         _write_anndata(out, without_x, check)
         with h5py.File(adata.filename, "r") as source:
             _copy_x(source["X"], out, "X", check)
-            if "raw" in source:
+            if "raw" in source and adata.raw is not None:  # not one deleted in memory
                 _copy_raw(adata.raw, source["raw"], out, check)
     return path
 

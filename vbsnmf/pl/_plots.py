@@ -20,7 +20,7 @@ import pandas as pd
 
 from .._atomic import atomic_file
 from .._utils import stored_record
-from ..tl._stored import active_factors, fit_info
+from ..tl._stored import active_factors, cell_factors_record, elbo_iterations, own_fit_info
 from ..tl._top_genes import top_genes as top_genes_table
 
 
@@ -125,7 +125,7 @@ def elbo(
     -------
     The two axes, unless shown.
     """
-    info = fit_info(adata, key)
+    info = own_fit_info(adata, key, "the ELBO trace")
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     if trace.size == 0 and "variational" in info:
         raise ValueError(
@@ -140,7 +140,7 @@ def elbo(
     else:
         _check_axes(axes, 2)
         figure = axes[0].figure
-    iterations = np.arange(1, trace.size + 1)
+    iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
     axes[0].plot(iterations, trace, marker=".", markersize=3)
     axes[0].set(xlabel="iteration", ylabel="ELBO (nats)", title="ELBO")
     gap = trace[-1] - trace
@@ -174,13 +174,15 @@ def factors(
     Parameters
     ----------
     adata
-        AnnData after `vbsnmf.tl.nmf` and an embedding (e.g. ``sc.tl.umap``).
+        AnnData after `vbsnmf.tl.nmf`, or after `vbsnmf.tl.project` (new cells on a
+        reference fit), and an embedding (e.g. ``sc.tl.umap``).
     basis
         The embedding: ``.obsm['X_' + basis]`` (or ``.obsm[basis]``).
     key
-        ``key_added`` of the fit.
+        ``key_added`` of the fit or projection.
     components
-        The factors to draw (default: the active ones, ``.uns['nmf']['active']``).
+        The factors to draw (default: the active ones, ``.uns['nmf']['active']``; of a
+        projection, the reference's as it recorded them).
     values
         ``"usage"`` (default): each cell's share of its fitted counts from each factor
         (``.obsm['X_nmf_usage']``), independent of its library size; ``"factors"``: the
@@ -208,7 +210,7 @@ def factors(
     import anndata as ad
     import scanpy as sc
 
-    info = fit_info(adata, key)
+    info = cell_factors_record(adata, key)
     if values not in ("usage", "factors"):
         raise ValueError(f"values must be 'usage' or 'factors', got {values!r}")
     basis_key = basis if basis in adata.obsm else f"X_{basis}"
@@ -313,7 +315,7 @@ def top_genes(
     """
     import scanpy as sc
 
-    info = fit_info(adata, key)
+    info = own_fit_info(adata, key, "the gene loadings")
     if adata.n_obs == 0:
         raise ValueError("adata holds no cells to group")
     for column in _name_list(groupby, "groupby"):

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 
 from .._validation import check_iterations
-from ..tl._stored import active_factors, check_writable, fit_info
+from ..tl._stored import active_factors, cell_factors_record, check_writable
 from ._plots import _finish, _finite_obsm, _name_list
 
 LEIDEN = "leiden"
@@ -50,9 +50,10 @@ def umap(
     Parameters
     ----------
     adata
-        AnnData after `vbsnmf.tl.nmf`.
+        AnnData after `vbsnmf.tl.nmf`, or after `vbsnmf.tl.project` (new cells on a
+        reference fit, whose usages are in the same space).
     key
-        ``key_added`` of the fit.
+        ``key_added`` of the fit or projection.
     color
         An ``.obs`` column or a gene, or a list of them (one panel each, as in
         ``sc.pl.umap``); default: each cell's dominant active factor, stored as
@@ -74,7 +75,7 @@ def umap(
     Raises
     ------
     KeyError
-        No fit under ``key``, or its usages are gone from ``.obsm``.
+        No fit or projection under ``key``, or its usages are gone from ``.obsm``.
     ValueError
         The usages hold NaN or infinite values, or not one column per factor of the fit
         (an edited result: no fit writes them);
@@ -88,7 +89,7 @@ def umap(
     import pandas as pd
     import scanpy as sc
 
-    info = fit_info(adata, key)
+    info = cell_factors_record(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
     colors = None if color is None else _name_list(color, "color")
     check_writable(adata, advice="call .to_memory() on the view first")

@@ -24,6 +24,7 @@ from ._stored import (
     check_key_added,
     check_writable,
     drop_fit,
+    elbo_iterations,
     fit_info,
     variational_params,
 )
@@ -157,14 +158,15 @@ def nmf(
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
         threshold used;
-        variational solvers: ``elbo_trace``, the ELBO in nats of each kept q (one per
-        iteration of plain ascent, fewer with SQUAREM: see `vbsnmf.VBNMF.elbo_trace_`),
-        and ``variational``: ``prior`` (``"hierarchical"`` or ``"gamma"``); under the
-        learned prior its hyperparameters ``cell_factor_shape`` (K,),
-        ``cell_scale_prior_shape``, ``cell_scale_prior_mean`` and the same for ``gene``;
-        under the fixed prior ``cell_rate`` (K,), ``gene_rate`` (K,), ``prior_shape``,
-        ``prior_rate``; classical solvers: ``loss_trace``, ``loss`` (the final loss) and
-        ``reconstruction_err`` (as scikit-learn's ``NMF.reconstruction_err_``).
+        variational solvers: ``elbo_trace``, the ELBO in nats of each kept q (one per iteration of
+        plain ascent, fewer with SQUAREM: see `vbsnmf.VBNMF.elbo_trace_`), ``elbo_iter``, the pass
+        (SVI: epoch) at which each was taken, counted on from the stored fit's by ``warm_start``
+        (`vbsnmf.VBNMF.elbo_iter_`), and ``variational``: ``prior`` (``"hierarchical"`` or
+        ``"gamma"``); under the learned prior its hyperparameters ``cell_factor_shape`` (K,),
+        ``cell_scale_prior_shape``, ``cell_scale_prior_mean`` and the same for ``gene``; under the
+        fixed prior ``cell_rate`` (K,), ``gene_rate`` (K,), ``prior_shape``, ``prior_rate``;
+        classical solvers: ``loss_trace``, ``loss`` (the final loss) and ``reconstruction_err`` (as
+        scikit-learn's ``NMF.reconstruction_err_``).
 
     Raises
     ------
@@ -181,6 +183,8 @@ def nmf(
     UserWarning
         The gene names repeat (``adata.var_names_make_unique()`` mends it): `top_genes`
         would list those genes under one name, and `project` refuses such a reference.
+        Cells have no counts in the fitted genes: their factors are the prior's, the same
+        for each (``sc.pp.filter_cells(adata, min_counts=1)`` drops them).
     ConvergenceWarning
         The fit stopped at ``max_iter`` before its stopping rule was met.
     """
@@ -206,7 +210,7 @@ def nmf(
                 "genes to fit in their own file"
             )
         matrix, var_names, source = adata, adata.var_names, f"{adata.filename} (X)"
-        gene_totals = _streamed_column_sums(adata, source)
+        gene_totals, n_without = _streamed_column_sums(adata, source)
     else:
         matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     if use_raw and not var_names.is_unique and not var_names.equals(adata.var_names):
@@ -243,11 +247,22 @@ def nmf(
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         check_n_components(n_components, matrix.shape)
+        n_without = _count_cells_without_counts(matrix)
+    if n_without:
+        # as tl.project warns: nothing in the data places such a cell, the prior does
+        wider = " or fit more genes (a wider mask_var)" if fitted_genes is not None else ""
+        warnings.warn(
+            f"{n_without} of the {adata.n_obs} cells have no counts in the fitted genes; "
+            "their factors are the prior's (the same for each): drop them with "
+            f"sc.pp.filter_cells(adata, min_counts=1){wider}",
+            UserWarning,
+            stacklevel=2,
+        )
 
     if solver in VB_SOLVERS:
-        init, previous_trace, previous_passes = None, np.empty(0), 0
+        init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
         if warm_start:
-            init, previous_trace, previous_passes = _stored_start(
+            init, previous_trace, previous_iter, previous_passes = _stored_start(
                 adata, keys, use_raw, fitted_genes, n_components
             )
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
@@ -261,6 +276,9 @@ def nmf(
             matrix, kind, n_components, solver, random_state, init, callback, fit_params
         )
         fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
+        # the continued fit's passes count on from the stored fit's, as n_iter does
+        later_iter = fitted[2]["elbo_iter"] + previous_passes
+        fitted[2]["elbo_iter"] = np.concatenate([previous_iter, later_iter]).astype(np.int64)
         fitted[2]["n_iter"] += previous_passes
     else:
         if warm_start:
@@ -380,9 +398,9 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
 
 def _stored_start(
     adata, keys: FitKeys, use_raw: bool, fitted_genes, n_components: int
-) -> tuple[dict, np.ndarray, int]:
-    """The stored fit's parameters as a start for the genes fitted now, its trace and its
-    passes."""
+) -> tuple[dict, np.ndarray, np.ndarray, int]:
+    """The stored fit's parameters as a start for the genes fitted now, its trace, the
+    iteration of each value (`elbo_iterations`) and its passes."""
     if keys.uns not in adata.uns:
         raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
     info = fit_info(adata, keys.uns)
@@ -413,7 +431,7 @@ def _stored_start(
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
-    return init, trace, int(info["n_iter"])
+    return init, trace, elbo_iterations(info), int(info["n_iter"])
 
 
 def _stored_prior(info: dict) -> dict:
@@ -433,6 +451,7 @@ def _fit_variational(matrix, kind, n_components, solver, random_state, init, cal
     cell_factors = model.cell_shape_ / model.cell_rate_
     info = {
         "elbo_trace": np.asarray(model.elbo_trace_, np.float64),
+        "elbo_iter": np.asarray(model.elbo_iter_, np.int64),
         "n_iter": int(model.n_iter_),
         "converged": bool(model.converged_),
         "variational": _variational(model),
@@ -492,16 +511,34 @@ def _column_sums(matrix) -> np.ndarray:
     return np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
 
 
-def _streamed_column_sums(adata, source: str) -> np.ndarray:
-    """Each gene's total count of a backed AnnData's X, read a block of cells at a time;
-    the counts are checked as `check_count_matrix` checks them in memory."""
+def _streamed_column_sums(adata, source: str) -> tuple[np.ndarray, int]:
+    """Each gene's total count of a backed AnnData's X, read a block of cells at a time,
+    and the number of cells without counts; the counts are checked as `check_count_matrix`
+    checks them in memory."""
     totals = np.zeros(adata.n_vars)
+    n_without = 0
     for start, block in open_source(adata).iter_blocks(EVAL_BLOCK_ROWS):
         name = f"{source} (cells {start}..{start + block.shape[0] - 1})"
         block = check_count_matrix(adata, block, name, require_counts=False, first_row=start)
         totals += np.bincount(block.indices, block.data, minlength=adata.n_vars)
+        n_without += int(np.count_nonzero(np.asarray(block.sum(axis=1)).ravel() == 0))
     check_has_counts(adata, float(totals.sum()), source)
-    return totals
+    return totals, n_without
+
+
+def _count_cells_without_counts(matrix) -> int:
+    """How many cells (rows of ``matrix``) hold no count; a dask array is summed chunk by
+    chunk on its workers, as `_column_sums` sums it."""
+    if is_dask_array(matrix):
+        per_chunk = matrix.map_blocks(
+            lambda block: np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1, 1),
+            dtype=np.float64,
+            chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
+        )
+        cell_totals = np.asarray(per_chunk.sum(axis=1).compute())
+    else:
+        cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return int(np.count_nonzero(cell_totals == 0))
 
 
 def _scatter_rows(values, fitted_genes, n_genes: int):

@@ -80,9 +80,10 @@ def project(
         reference's loadings) and the usages' square roots, as `vbsnmf.tl.nmf` stores
         them.
     ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
-        ``reference_key``, ``n_genes_used``, ``n_genes_missing`` and
+        ``reference_key``, ``n_genes_used``, ``n_genes_missing``,
         ``n_cells_without_counts`` (cells with no counts in the reference's genes, whose
-        factors are the prior's; a warning says so).
+        factors are the prior's; a warning says so) and ``active`` (K,) bool, the
+        reference's active factors, which `vbsnmf.pl.factors` and `vbsnmf.pl.umap` show.
 
     Raises
     ------
@@ -205,5 +206,7 @@ def project(
         "n_genes_used": n_shared,
         "n_genes_missing": len(reference_genes) - n_shared,
         "n_cells_without_counts": n_without,
+        # the reference's switched-off factors are noise here too (`vbsnmf.pl` leaves them out)
+        "active": np.array(info["active"], dtype=bool),
     }
     return adata_new if copy else None

@@ -76,6 +76,17 @@ def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings) -> dict:
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
 
 
+def elbo_iterations(info: dict) -> np.ndarray:
+    """The iteration (pass, or SVI's epoch) of each ``elbo_trace`` value of the fit record
+    ``info``: its ``elbo_iter``; a record written before it was kept numbers its values
+    1, 2, ... (right for plain ascent, not for SQUAREM or SVI, which record fewer)."""
+    trace = np.asarray(info.get("elbo_trace", []))
+    iterations = np.asarray(info.get("elbo_iter", []), dtype=np.int64)
+    if iterations.shape != trace.shape:
+        return np.arange(1, trace.size + 1)
+    return iterations
+
+
 def _same_fit(info: dict, other: dict | None) -> bool:
     """Whether two ``.uns`` records are of one fit (a copy of an AnnData carries its fit)."""
     if other is None:
@@ -86,9 +97,10 @@ def _same_fit(info: dict, other: dict | None) -> bool:
 
 
 # What a record of each tool holds that the others' do not (`vbsnmf.pl` reads them by it),
-# what each tool writes (`check_key_added`'s ``writes``) and the others' names in messages.
+# what each tool writes (`check_key_added`'s ``writes``), its name and the others' in messages.
 _RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection": "table"}
 _RECORD_WRITTEN = {"fit": "fit", "cells": "projection", "uns": "k_selection"}
+_TOOLS = {"fit": "vbsnmf.tl.nmf", "cells": "vbsnmf.tl.project", "uns": "vbsnmf.tl.select_k"}
 _RECORD_NAMES = {
     "projection": "a projection (tl.project)",
     "k_selection": "a K selection (tl.select_k)",
@@ -110,12 +122,14 @@ def _record_kind(record) -> str | None:
 def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
     """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
     through the file on an empty key, a key starting with "." or one holding "/", a NUL
-    character or a lone surrogate, which UTF-8 cannot encode), or
-    whose entries would overwrite those of another fit stored in ``adata``, or whose ``.uns``
-    record would overwrite another tool's record (a projection's, a K selection's; each tool
-    replaces its own) (``writes``: ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for
-    `tl.project`'s ``.obsm`` entries and record, ``"uns"`` for `tl.select_k`'s ``.uns``
-    entry). None: `tl.nmf`'s default keys.
+    character or a lone surrogate, which UTF-8 cannot encode), or one under which the tool
+    would overwrite an entry it did not write: those of another fit or projection stored in
+    ``adata``, another tool's ``.uns`` record (a projection's, a K selection's), or anything
+    else already there (scanpy's ``.obsm['X_pca']`` and ``.uns['pca']`` for
+    ``key_added="pca"``). Each tool replaces its own earlier result under the same key
+    (``writes``: ``"fit"`` for `tl.nmf`'s keys, ``"cells"`` for `tl.project`'s ``.obsm``
+    entries and record, ``"uns"`` for `tl.select_k`'s ``.uns`` entry). None: `tl.nmf`'s
+    default keys.
     ``reference``: `tl.project`'s reference fit, whose copy in ``adata`` the projection may
     write over (another fit under the same key it may not)."""
     default = key_added is None and writes == "fit"
@@ -141,23 +155,65 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         mine.add(("uns", record_key))
     if writes == "fit":
         mine |= {("uns", keys.uns), ("varm", keys.loadings)}
-        mine |= {(side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS}
-    for other, info in adata.uns.items():
-        if _record_kind(info) != "fit":
-            continue
-        replaced = writes == "fit" or _same_fit(info, reference)
-        if writes != "uns" and other == keys.uns and replaced:
-            continue  # a new fit replaces the old; a projection writes over its reference's
-        theirs = {("uns", other), ("varm", info.get("varm_key"))}
-        theirs |= {("obsm", info.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
-        named = FitKeys.of(other).variational
-        theirs |= {(side, named(name)) for side in ("obsm", "varm") for name in _ARRAYS}
-        clash = sorted(f".{where}[{name!r}]" for where, name in mine & theirs)
+        mine |= {(_array_side(name), keys.variational(name)) for name in _ARRAYS}
+    records = {other: record for other, record in adata.uns.items() if _record_kind(record)}
+    # The entries of this tool's own earlier result under this key, which it replaces, and
+    # those of the reference's copy, whose cells a projection writes over (another fit's not).
+    replaced = set()
+    for other, record in records.items():
+        own = other == record_key and _record_kind(record) == _RECORD_WRITTEN[writes]
+        onto_reference = writes == "cells" and other == keys.uns and _same_fit(record, reference)
+        if own or onto_reference:
+            replaced |= _record_entries(other, record)
+    for other, record in records.items():
+        theirs = _record_entries(other, record)
+        clash = sorted(f".{where}[{name!r}]" for where, name in (mine & theirs) - replaced)
         if clash:
+            owner = "the fit" if _record_kind(record) == "fit" else "the projection"
             raise ValueError(
-                f"key_added={key_added!r} would overwrite {', '.join(clash)} of the fit "
+                f"key_added={key_added!r} would overwrite {', '.join(clash)} of {owner} "
                 f"adata.uns[{other!r}]; choose another key_added"
             )
+    # Entries no vbsnmf record owns (scanpy's PCA under key_added="pca", the user's own):
+    # overwritten, they were lost, and what other tools stored beside them left stale.
+    holders = {"obsm": [adata.obsm], "uns": [adata.uns], "varm": [adata.varm]}
+    if adata.raw is not None:  # a fit of .raw writes its gene side there
+        holders["varm"].append(adata.raw.varm)
+    foreign = sorted(
+        f".{where}[{name!r}]"
+        for where, name in mine - replaced
+        if any(name in holder for holder in holders[where])
+    )
+    if foreign:
+        them = "it" if len(foreign) == 1 else "them"
+        raise ValueError(
+            f"key_added={key_added!r} would overwrite {', '.join(foreign)}, which adata holds "
+            f"from elsewhere (not from an earlier {_TOOLS[writes]} under this key); choose "
+            f"another key_added, or delete {them} from adata first"
+        )
+
+
+def _array_side(name: str) -> str:
+    """Where a fit stores its per-cell or per-gene array ``name`` (`_ARRAYS`)."""
+    return "obsm" if name.startswith("cell") else "varm"
+
+
+def _record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
+    """The entries (``(where, name)``, where ``"obsm"``, ``"varm"`` or ``"uns"``)
+    of the fit, projection or K selection whose record is ``adata.uns[uns_key]``."""
+    kind = _record_kind(record)
+    if kind == "k_selection":  # its table is all in the record
+        return {("uns", uns_key)}
+    if kind == "projection":  # tl.project names its record "<key>_projection"
+        keys = FitKeys.of(uns_key.removesuffix("_projection"))
+        cells = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
+        return cells | {("uns", uns_key)}
+    keys = FitKeys.of(uns_key)
+    entries = {("uns", uns_key), ("varm", record.get("varm_key"))}
+    entries |= {("obsm", record.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
+    return entries | {
+        (side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS
+    }
 
 
 def _writable_key(key) -> bool:
@@ -215,10 +271,68 @@ def drop_fit(adata, keys: FitKeys) -> None:
     del adata.uns[keys.uns]
 
 
+def check_fit_entries(key: str, *entries: tuple) -> None:
+    """A `KeyError` naming the first of ``entries`` that is gone from the AnnData of the fit
+    ``key`` (removed, or the AnnData built anew after the fit), saying to fit again; each is
+    ``(where, mapping, name)``, e.g. ``("obsm", adata.obsm, "X_nmf")``."""
+    for where, mapping, name in entries:
+        if name not in mapping:
+            raise KeyError(
+                f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
+                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+            )
+
+
+def cell_factors_record(adata, key: str) -> dict:
+    """Where the cell factors under ``key`` are and which factors are active: the record of
+    the fit (`fit_info`), or for cells projected onto a reference fit (`vbsnmf.tl.project`,
+    whose record is ``adata.uns[key + '_projection']``) ``obsm_key``, ``usage_key`` and
+    ``sqrt_usage_key`` (the ``.obsm`` entries it wrote) and ``active``: the reference's
+    active factors as the projection recorded them, or, in a record without them, every
+    factor (as many as the entries' columns)."""
+    projection_key = f"{key}_projection"
+    projection = adata.uns.get(projection_key)
+    if _record_kind(adata.uns.get(key)) == "fit" or _record_kind(projection) != "projection":
+        return fit_info(adata, key)
+    keys = FitKeys.of(key)
+    record = {"obsm_key": keys.factors, "usage_key": keys.usage, "sqrt_usage_key": keys.sqrt_usage}
+    if "active" in projection:
+        active = np.asarray(projection["active"])
+        if active.dtype != bool or active.ndim != 1 or active.size == 0:
+            raise ValueError(
+                f"adata.uns[{projection_key!r}]['active'] is damaged (not booleans, one per "
+                f"factor: {reprlib.repr(active)}); project again with vbsnmf.tl.project"
+            )
+        return {**record, "active": active}
+    written = [name for name in record.values() if name in adata.obsm]
+    if not written:
+        raise KeyError(
+            f"adata.obsm has no {keys.usage!r}, which vbsnmf.tl.project writes with "
+            f"adata.uns[{projection_key!r}]; project again"
+        )
+    return {**record, "active": np.ones(np.shape(adata.obsm[written[0]])[1], dtype=bool)}
+
+
+def own_fit_info(adata, key: str, needs: str) -> dict:
+    """`fit_info`, or for cells that hold only a projection under ``key``
+    (`vbsnmf.tl.project`) a `KeyError` saying that ``needs`` (what the caller reads of the
+    fit, e.g. "the ELBO trace") is the reference fit's."""
+    projection_key = f"{key}_projection"
+    projected = _record_kind(adata.uns.get(projection_key)) == "projection"
+    if _record_kind(adata.uns.get(key)) is None and projected:
+        raise KeyError(
+            f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
+            f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the reference's: "
+            "pass the reference AnnData (tl.project's adata_ref) instead"
+        )
+    return fit_info(adata, key)
+
+
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:
-    """Indices of the factors to show: the active ones, or all."""
+    """Indices of the factors to show: the active ones, or all; of a fit or a projection
+    (`cell_factors_record`)."""
     include_inactive = check_flag(include_inactive, "include_inactive")
-    info = fit_info(adata, key)
+    info = cell_factors_record(adata, key)
     active = np.asarray(info["active"], dtype=bool)
     return np.arange(active.size) if include_inactive else np.flatnonzero(active)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._stored import FitKeys, active_factors, fit_info, gene_holder
+from ._stored import FitKeys, active_factors, check_fit_entries, fit_info, gene_holder
 
 
 def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.ndarray:
@@ -117,17 +117,12 @@ def top_genes(
             "genes of the AnnData that was fitted"
         )
     genes = gene_holder(adata, key)
-    stored = (
+    check_fit_entries(
+        key,
         ("varm", genes.varm, info["varm_key"]),
         ("obsm", adata.obsm, info["obsm_key"]),
         ("var", genes.var, FitKeys.of(key).total_counts),
     )
-    for where, mapping, name in stored:
-        if name not in mapping:
-            raise KeyError(
-                f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
-                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
-            )
     gene_loadings = np.asarray(genes.varm[info["varm_key"]], dtype=np.float64)
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]], dtype=np.float64)
     totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)

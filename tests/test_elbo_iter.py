@@ -404,7 +404,7 @@ def test_a_warm_start_counts_its_iterations_on_from_the_stored_fit(pbmc_tiny):
 def test_a_record_from_before_elbo_iter_numbers_its_values_from_one(pbmc_tiny):
     """An AnnData fitted by a version that kept no ``elbo_iter`` still plots: its values
     numbered 1, 2, ..., as that version drew them."""
-    from vbsnmf.tl._stored import elbo_iterations
+    from vbsnmf._utils import elbo_iterations
 
     info = dict(_tool_fit(pbmc_tiny, max_iter=8, accelerate=False))
     info.pop("elbo_iter")

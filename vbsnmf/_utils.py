@@ -169,3 +169,26 @@ def damaged_record(where: str, problem: str) -> ValueError:
 
 def _is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def elbo_iterations(info: dict) -> np.ndarray:
+    """The iteration (pass, or SVI's epoch) of each ``elbo_trace`` value of the fit record
+    ``info``: its ``elbo_iter``; a record written before it was kept numbers its values
+    1, 2, ... (right for plain ascent, not for SQUAREM or SVI, which record fewer)."""
+    trace = np.asarray(info.get("elbo_trace", []))
+    iterations = np.asarray(info.get("elbo_iter", []), dtype=np.int64)
+    if iterations.shape != trace.shape:
+        return np.arange(1, trace.size + 1)
+    return iterations
+
+
+def check_fit_entries(key: str, *entries: tuple) -> None:
+    """A `KeyError` naming the first of ``entries`` that is gone from the AnnData of the fit
+    ``key`` (removed, or the AnnData built anew after the fit), saying to fit again; each is
+    ``(where, mapping, name)``, e.g. ``("obsm", adata.obsm, "X_nmf")``."""
+    for where, mapping, name in entries:
+        if name not in mapping:
+            raise KeyError(
+                f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
+                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+            )

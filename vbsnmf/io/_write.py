@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, held_signals
-from .._utils import fit_info
-from ..tl._stored import check_fit_entries, elbo_iterations
+from .._utils import check_fit_entries, elbo_iterations, fit_info
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
-from .._utils import stored_record
-from ..tl._stored import active_factors, cell_factors_record, elbo_iterations, own_fit_info
+from .._utils import elbo_iterations, stored_record
+from ..tl._stored import active_factors, cell_factors_record, own_fit_info
 from ..tl._top_genes import top_genes as top_genes_table
 
 

@@ -12,7 +12,7 @@ from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
-from .._utils import is_dask_array, numba_threads
+from .._utils import elbo_iterations, is_dask_array, numba_threads
 from .._validation import check_flag, check_float_dtype, check_n_components
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
@@ -24,7 +24,6 @@ from ._stored import (
     check_key_added,
     check_writable,
     drop_fit,
-    elbo_iterations,
     fit_info,
     variational_params,
 )

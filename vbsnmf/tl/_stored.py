@@ -76,17 +76,6 @@ def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings) -> dict:
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
 
 
-def elbo_iterations(info: dict) -> np.ndarray:
-    """The iteration (pass, or SVI's epoch) of each ``elbo_trace`` value of the fit record
-    ``info``: its ``elbo_iter``; a record written before it was kept numbers its values
-    1, 2, ... (right for plain ascent, not for SQUAREM or SVI, which record fewer)."""
-    trace = np.asarray(info.get("elbo_trace", []))
-    iterations = np.asarray(info.get("elbo_iter", []), dtype=np.int64)
-    if iterations.shape != trace.shape:
-        return np.arange(1, trace.size + 1)
-    return iterations
-
-
 def _same_fit(info: dict, other: dict | None) -> bool:
     """Whether two ``.uns`` records are of one fit (a copy of an AnnData carries its fit)."""
     if other is None:
@@ -269,18 +258,6 @@ def drop_fit(adata, keys: FitKeys) -> None:
         if keys.total_counts in holder.var.columns:
             del holder.var[keys.total_counts]
     del adata.uns[keys.uns]
-
-
-def check_fit_entries(key: str, *entries: tuple) -> None:
-    """A `KeyError` naming the first of ``entries`` that is gone from the AnnData of the fit
-    ``key`` (removed, or the AnnData built anew after the fit), saying to fit again; each is
-    ``(where, mapping, name)``, e.g. ``("obsm", adata.obsm, "X_nmf")``."""
-    for where, mapping, name in entries:
-        if name not in mapping:
-            raise KeyError(
-                f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
-                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
-            )
 
 
 def cell_factors_record(adata, key: str) -> dict:

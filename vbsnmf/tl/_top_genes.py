@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._stored import FitKeys, active_factors, check_fit_entries, fit_info, gene_holder
+from .._utils import check_fit_entries
+from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
 
 def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.ndarray:

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit NMF to a count matrix and write to OUTDIR: result.h5ad (the input "
         "with .obsm['X_nmf'], .varm['NMF'], .uns['nmf'], as vbsnmf.tl.nmf leaves it), "
         "cell_factors.tsv.gz and gene_loadings.tsv.gz (posterior means, with names), "
-        "elbo.tsv (ELBO per iteration; loss.tsv for a classical solver) and params.json "
+        "elbo.tsv (the ELBO and its pass; loss.tsv for a classical solver) and params.json "
         "(settings and summary).",
     )
     fit.add_argument(

@@ -115,9 +115,9 @@ def fit_frobenius(
     loss_trace: list[float] = []
     moving, previous = np.ones(W.shape[0], dtype=bool), None
     for _ in range(max_iter):
-        row_losses = data.squared_residuals(W, H_t)
-        loss_trace.append(float(row_losses.sum()))
         XC = data.data_times(H_t, "rows")
+        row_losses = data.squared_residuals(W, H_t, data_times=XC)
+        loss_trace.append(float(row_losses.sum()))
         if update_h:
             W = _project(step(W, XC, H_t.T @ H_t), epsilon, w_mask)
             XC = data.data_times(W, "cols")

@@ -195,6 +195,7 @@ def test_the_expansion_serves_where_it_keeps_its_digits_and_only_there(huge):
     nonzeros fewer: HALS took 1.7x the time per iteration without it) and the direct sums
     elsewhere: both agree with numpy's ``||X - W H||^2`` row by row."""
     from vbsnmf.classic._data import ClassicData
+    from vbsnmf.classic.losses import resolve_loss
 
     rng = np.random.default_rng(3)
     X = sp.random(40, 30, density=0.3, random_state=3, format="csr")
@@ -204,7 +205,8 @@ def test_the_expansion_serves_where_it_keeps_its_digits_and_only_there(huge):
     W, H_t = rng.uniform(0.1, 1.0, (40, 4)), rng.uniform(0.1, 1.0, (30, 4))
     if huge:  # fitted to within a few counts: the expansion's terms cancel
         W[0, 0] = H_t[0, 0] = np.sqrt(2.0**31 - 7.5)
-    data = ClassicData.build(X)
+    data = ClassicData.build(X, None, resolve_loss("frobenius"))
+    np.testing.assert_allclose(data.row_squares, (X.toarray() ** 2).sum(axis=1), rtol=1e-15)
     expected = ((X.toarray() - W @ H_t.T) ** 2).sum(axis=1)
     with_product = data.squared_residuals(W, H_t, data_times=data.data_times(H_t, "rows"))
     direct = data.squared_residuals(W, H_t)

@@ -179,7 +179,8 @@ class ClassicData:
     entries: EntryPair | None = None
     exclusion: EntryPair | None = None
     row_totals: np.ndarray | None = None
-    row_squares: np.ndarray | None = None  # sparse: sum_j x_ij**2 per row, float64
+    # sparse X under the Frobenius loss: sum_j x_ij**2 per row, float64 (`squared_residuals`)
+    row_squares: np.ndarray | None = None
 
     @classmethod
     def build(cls, X, weights=None, spec: LossSpec | None = None) -> ClassicData:
@@ -251,14 +252,14 @@ class ClassicData:
             if rows.size:
                 values = _values_at(X, rows, cols)
                 exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - weights[rows, cols], shape)
-        squares = sp.csr_matrix((np.square(X.data, dtype=np.float64), X.indices, X.indptr), shape)
+        frobenius = spec is not None and spec.alpha == 1.0 and spec.beta == 1.0
         return cls(
             shape,
             "sparse",
             entries=entries,
             exclusion=exclusion,
             row_totals=row_totals,
-            row_squares=np.asarray(squares.sum(axis=1)).ravel(),
+            row_squares=_row_squares(X) if frobenius else None,
         )
 
     # ---- shapes -------------------------------------------------------------------------
@@ -444,6 +445,20 @@ def _sparse_dot(entries: SparseEntries, col_factor: np.ndarray) -> np.ndarray:
 # entries' part from its total left less than this fraction: more than 10 of the 53 bits
 # lost to cancellation.
 _CANCELLATION_LIMIT = 2.0**-10
+
+
+def _row_squares(X: sp.csr_matrix) -> np.ndarray:
+    """``sum_j x_ij**2`` of every row of X in float64, a block of rows at a time (the
+    squares of every nonzero at once would be a float64 copy of them)."""
+    step = 1 << 14
+    out = np.empty(X.shape[0])
+    for start in range(0, X.shape[0], step):
+        block = X[start : start + step]
+        squares = sp.csr_matrix(
+            (np.square(block.data, dtype=np.float64), block.indices, block.indptr), block.shape
+        )
+        out[start : start + step] = np.asarray(squares.sum(axis=1)).ravel()
+    return out
 
 
 # The expansion ``||x||^2 - 2 x.q + ||q||^2`` of a row's squared residual is kept where it

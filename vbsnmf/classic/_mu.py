@@ -146,10 +146,16 @@ def converged(loss_trace: list[float], tol: float) -> bool:
     float range (``|inf - x| <= tol * inf`` would read as converged)."""
     if len(loss_trace) < 2:
         return False
-    previous, current = loss_trace[-2], loss_trace[-1]
-    if not (np.isfinite(previous) and np.isfinite(current)):
-        return False
-    return abs(previous - current) <= tol * max(abs(previous), Q_FLOOR)
+    return bool(_settled(np.float64(loss_trace[-2]), np.float64(loss_trace[-1]), tol))
+
+
+def _settled(previous, current, tol: float):
+    """`converged`'s test, elementwise: finite losses whose relative change is at most
+    ``tol``."""
+    finite = np.isfinite(previous) & np.isfinite(current)
+    with np.errstate(invalid="ignore"):  # inf - inf: not finite, never settled
+        change = np.abs(previous - current)
+    return finite & (change <= tol * np.maximum(np.abs(previous), Q_FLOOR))
 
 
 def should_stop(loss_trace: list[float], tol: float, whole: bool = True) -> bool:
@@ -172,9 +178,7 @@ def still_moving(
     """
     if previous is None:
         return moving
-    finite = np.isfinite(previous) & np.isfinite(current)
-    settled = np.abs(previous - current) <= tol * np.maximum(np.abs(previous), Q_FLOOR)
-    return moving & ~(finite & settled)
+    return moving & ~_settled(previous, current, tol)
 
 
 def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -246,7 +246,7 @@ def nmf(
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         check_n_components(n_components, matrix.shape)
-        n_without = _count_cells_without_counts(matrix)
+        gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
         wider = " or fit more genes (a wider mask_var)" if fitted_genes is not None else ""
@@ -284,8 +284,6 @@ def nmf(
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
-    if not streamed:
-        gene_totals = _column_sums(matrix)
 
     # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns;
     # all computed before any is stored, so that a failure leaves the AnnData as it was.
@@ -497,17 +495,30 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     return np.asarray(cell_factors), np.asarray(model.components_).T, info
 
 
-def _column_sums(matrix) -> np.ndarray:
-    """Each gene's total count; a dask array is summed chunk by chunk on its workers (its
-    chunks may be sparse, whose ``sum`` dask's own reduction cannot call)."""
+def _column_sums(matrix) -> tuple[np.ndarray, int]:
+    """Each gene's total count and the number of cells without counts (as
+    `_streamed_column_sums` gives them); a dask array is summed chunk by chunk on its
+    workers (its chunks may be sparse, whose ``sum`` dask's own reduction cannot call), both
+    sums in one computation, which reads each chunk once."""
     if is_dask_array(matrix):
-        per_chunk = matrix.map_blocks(
+        import dask
+
+        gene_parts = matrix.map_blocks(
             lambda block: np.asarray(block.sum(axis=0), dtype=np.float64).reshape(1, -1),
             dtype=np.float64,
             chunks=((1,) * matrix.numblocks[0], matrix.chunks[1]),
         )
-        return np.asarray(per_chunk.sum(axis=0).compute())
-    return np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+        cell_parts = matrix.map_blocks(
+            lambda block: np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1, 1),
+            dtype=np.float64,
+            chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
+        )
+        gene_totals, cell_totals = dask.compute(gene_parts.sum(axis=0), cell_parts.sum(axis=1))
+    else:
+        gene_totals = matrix.sum(axis=0)
+        cell_totals = matrix.sum(axis=1)
+    gene_totals = np.asarray(gene_totals, dtype=np.float64).ravel()
+    return gene_totals, int(np.count_nonzero(np.asarray(cell_totals).ravel() == 0))
 
 
 def _streamed_column_sums(adata, source: str) -> tuple[np.ndarray, int]:
@@ -523,21 +534,6 @@ def _streamed_column_sums(adata, source: str) -> tuple[np.ndarray, int]:
         n_without += int(np.count_nonzero(np.asarray(block.sum(axis=1)).ravel() == 0))
     check_has_counts(adata, float(totals.sum()), source)
     return totals, n_without
-
-
-def _count_cells_without_counts(matrix) -> int:
-    """How many cells (rows of ``matrix``) hold no count; a dask array is summed chunk by
-    chunk on its workers, as `_column_sums` sums it."""
-    if is_dask_array(matrix):
-        per_chunk = matrix.map_blocks(
-            lambda block: np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1, 1),
-            dtype=np.float64,
-            chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
-        )
-        cell_totals = np.asarray(per_chunk.sum(axis=1).compute())
-    else:
-        cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
-    return int(np.count_nonzero(cell_totals == 0))
 
 
 def _scatter_rows(values, fitted_genes, n_genes: int):

@@ -636,6 +636,7 @@ class VBNMF(Estimator):
                 tol=settings.tol,
                 row_scale=row_scale,
             )
+        rows.warn_unsettled(settings.tol)
         return rows.shape, rows.rate
 
     def __sklearn_tags__(self):

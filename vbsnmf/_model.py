@@ -765,12 +765,25 @@ def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np
 @dataclass
 class RowFit:
     """What `fit_rows` returns: the rows' q, q of their scales under the learned prior
-    (else None), and the passes it took."""
+    (else None), the passes it took, and how many rows were still moving when it stopped
+    (at ``max_iter``)."""
 
     shape: np.ndarray
     rate: np.ndarray
     n_passes: int
     scale: ScaleState | None = None
+    n_unsettled: int = 0
+
+    def warn_unsettled(self, tol: float) -> None:
+        """The `ConvergenceWarning` of `transform` and `tl.project` when rows stopped at
+        ``max_iter`` (SVI's local steps, a fit's inner loop, stay quiet)."""
+        if self.n_unsettled:
+            warn_user(
+                f"the local fit stopped {self.n_unsettled} of {self.shape.shape[0]} cells after "
+                f"max_iter={self.n_passes} passes before their relative ELBO change fell below "
+                f"tol={tol}; raise max_iter or tol.",
+                ConvergenceWarning,
+            )
 
 
 def fit_rows(
@@ -796,7 +809,8 @@ def fit_rows(
     caller's Numba threads (`_kernels.local_rows_pass` sums each row's terms over its own
     nonzeros). Starts from ``init_shape`` (not modified; with ``row_scale``'s q(xi) under
     the learned prior) or else from `local_start_shape` (and q(xi) at its prior mean).
-    ``n_passes``: the passes of the row that took the most.
+    ``n_passes``: the passes of the row that took the most; ``n_unsettled``: the rows
+    still moving at ``max_iter`` (`RowFit.warn_unsettled`).
     """
     dtype = col_shape.dtype
     n_rows, n_components = data.shape[0], col_shape.shape[1]
@@ -849,7 +863,7 @@ def fit_rows(
             row_shape[active] = side_shape(prior, statistic, dtype)
     if learned:
         row_scale = row_scale.with_q(scale_shape, scale_rate)
-    return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None)
+    return RowFit(row_shape, row_rate, n_passes, row_scale if learned else None, active.size)
 
 
 def _local_pass(data: CountData, rows, shape, rate, col_moments):

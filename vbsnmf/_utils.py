@@ -104,10 +104,22 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
     return record
 
 
-def fit_info(adata, key: str) -> dict:
+def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings") -> dict:
     """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run;
     a record without an entry the tools read (a `KeyError`) or with one they cannot read
-    (a `ValueError`) is refused naming the entry (`check_fit_record`)."""
+    (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
+    a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
+    (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
+    record = adata.uns.get(key)
+    projection_key = f"{key}_projection"
+    projection = adata.uns.get(projection_key)
+    if not isinstance(record, dict) and isinstance(projection, dict):
+        if "reference_key" in projection:  # tl.project's record (tl._stored._RECORD_MARKERS)
+            raise KeyError(
+                f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
+                f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the "
+                "reference's: pass the reference AnnData (tl.project's adata_ref) instead"
+            )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
     return record

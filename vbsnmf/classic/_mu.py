@@ -90,15 +90,17 @@ def fit_multiplicative(
     h_mask: np.ndarray | None = None,
     max_iter: int = 200,
     tol: float = 1e-4,
-) -> tuple[np.ndarray, np.ndarray, list[float], int]:
+) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
     """Multiplicative updates until the relative change of the loss is below ``tol``;
     without ``update_h`` every row of W stops on its own loss (`still_moving`).
 
     Returns
     -------
-    W, H, loss_trace, n_iter
+    W, H, loss_trace, n_iter, unsettled
         ``loss_trace[t]`` is the loss after ``t`` iterations (``loss_trace[0]``: at the
         start). For ``spec.name == "poisson"``, ``W`` is ``diag(c) W`` (the caller divides).
+        ``unsettled``: per row of W, whether it stopped at ``max_iter`` before its loss (the
+        whole loss, with ``update_h``) settled (`unsettled_rows`).
     """
     if spec.alpha is None:
         raise ValueError("loss 'l1' has no multiplicative update; use another solver or loss")
@@ -137,8 +139,9 @@ def fit_multiplicative(
             break
     n_iter = len(loss_trace)
     # The final loss by the same route as the trace (no nonzero-sized temporaries).
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h)
     loss_trace.append(spec.scale * float(data.ab_terms(alpha, beta, W, H_t, "rows")[2].sum()))
-    return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter
+    return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 
 
 def converged(loss_trace: list[float], tol: float) -> bool:
@@ -179,6 +182,17 @@ def still_moving(
     if previous is None:
         return moving
     return moving & ~_settled(previous, current, tol)
+
+
+def unsettled_rows(
+    moving: np.ndarray, loss_trace: list[float], tol: float, update_h: bool
+) -> np.ndarray:
+    """The rows of W whose loss had not settled when the iterations stopped: with
+    ``update_h`` all or none, as the whole loss's last change (`converged`); without it
+    (`NMF.transform`) the rows still ``moving`` (`still_moving`), each judged on its own."""
+    if update_h:
+        return np.full(moving.shape, not converged(loss_trace, tol))
+    return moving.copy()
 
 
 def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

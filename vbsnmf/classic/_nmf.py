@@ -23,7 +23,7 @@ from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
 from .._validation import check_flag, check_n_components
 from ._data import ClassicData
-from ._mu import converged, fit_multiplicative
+from ._mu import fit_multiplicative
 from ._options import INITS, SOLVERS
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
@@ -222,18 +222,21 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         with threadpool_limits(1, "blas") if single_blas else contextlib.nullcontext():
             try:
                 if self.solver == "mu":
-                    W, H, trace, n_iter = fit_multiplicative(data, spec, W, H, **options)
+                    fitted = fit_multiplicative(data, spec, W, H, **options)
                 else:
-                    W, H, trace, n_iter = fit_frobenius(data, self.solver, W, H, **options)
+                    fitted = fit_frobenius(data, self.solver, W, H, **options)
+                W, H, trace, n_iter, unsettled = fitted
             except np.linalg.LinAlgError as error:  # ALS's and GD's solves on an overflow
                 raise self._overflow(data, spec) from error
         # Every entry of the trace: a solver stops at the first loss out of the float range.
         if not (np.all(np.isfinite(trace)) and np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
             raise self._overflow(data, spec)
-        if self.tol > 0 and 0 < n_iter == self.max_iter and not converged(trace[:n_iter], self.tol):
+        if self.tol > 0 and unsettled.any():
+            # transform: each row stops on its own loss, and is judged on it
+            which = "" if update_h else f" for {np.count_nonzero(unsettled)} of {W.shape[0]} rows"
             warn_user(
-                f"NMF stopped after max_iter={self.max_iter} iterations before the relative "
-                f"loss change fell below tol={self.tol}; raise max_iter or tol.",
+                f"NMF stopped after max_iter={self.max_iter} iterations{which} before the "
+                f"relative loss change fell below tol={self.tol}; raise max_iter or tol.",
                 ConvergenceWarning,
             )
         final_loss = trace[-1]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import ClassicData
-from ._mu import should_stop, still_moving
+from ._mu import should_stop, still_moving, unsettled_rows
 
 IPG_TAU = 0.99
 
@@ -95,7 +95,7 @@ def fit_frobenius(
     h_mask: np.ndarray | None = None,
     max_iter: int = 200,
     tol: float = 1e-4,
-) -> tuple[np.ndarray, np.ndarray, list[float], int]:
+) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
     """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``.
 
     ``epsilon > 0`` projects onto ``[epsilon, inf)`` instead of ``[0, inf)`` after each
@@ -104,8 +104,9 @@ def fit_frobenius(
 
     Returns
     -------
-    W, H, loss_trace, n_iter
-        ``loss_trace[t]``: ``||X - W H||_F^2`` after ``t`` iterations.
+    W, H, loss_trace, n_iter, unsettled
+        ``loss_trace[t]``: ``||X - W H||_F^2`` after ``t`` iterations; ``unsettled`` as
+        `vbsnmf.classic._mu.fit_multiplicative`'s.
     """
     if data.is_weighted:
         raise ValueError(f"entry weights are supported by solver='mu' only, not {solver!r}")
@@ -131,8 +132,9 @@ def fit_frobenius(
         if should_stop(loss_trace, tol, update_h):
             break
     n_iter = len(loss_trace)
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h)
     loss_trace.append(float(data.squared_residuals(W, H_t).sum()))
-    return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter
+    return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 
 
 def _project(factor: np.ndarray, epsilon: float, mask: np.ndarray | None) -> np.ndarray:

@@ -22,14 +22,15 @@ from .._validation import check_flag, repeated_negative
 from ._errors import ReadError, check_exists, describe_error
 from ._paths import check_apart
 from ._read import (
+    BEYOND_INT64,
     CheckedText,
     MtxHeader,
-    check_feature_columns,
     check_file,
     check_mtx_size,
     feature_var,
     mtx_header,
     open_binary,
+    read_features,
     read_names,
     tenx_files,
 )
@@ -125,17 +126,16 @@ def mtx_to_h5ad(
             raise ReadError(src, f"converts integer or real files, not {header.field}")
         nnz = check_mtx_size(src, header.fmt, header.size, bytes_per_index=_BYTES_PER_NAME)
     n_rows, n_cols = header.size[:2]
-    rows, row_extra = _names(row_names, n_rows, src, "rows")
-    cols, col_extra = _names(col_names, n_cols, src, "columns")
-    if is_folder:  # its features file as vbsnmf.io.read_10x reads it
-        check_feature_columns(row_names, row_extra)
+    # a 10x folder's features file (its rows) names genes by symbol, with ids and types
+    # beside them, as vbsnmf.io.read_10x reads it; other name files give one name a line
+    # (the first field), as read_mtx reads them
+    features = read_features(row_names, n_rows, src.name, "rows") if is_folder else None
+    rows = features[0].to_numpy() if is_folder else _names(row_names, n_rows, src, "rows")
+    cols = _names(col_names, n_cols, src, "columns")
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
-    # a 10x folder's features file names genes by symbol, with ids and types beside them;
-    # other name files give one name a line (the first field), as read_mtx reads them
-    var_extra = (row_extra if genes_as_rows else col_extra) if is_folder else None
-    keep_genes = _gene_expression(var_extra)
+    keep_genes = _gene_expression(features)
     with atomic_hdf5(dst, created=created) as (out, check):
-        _write(src, header, out, check, genes_as_rows, nnz, cells, genes, var_extra, keep_genes)
+        _write(src, header, out, check, genes_as_rows, nnz, cells, genes, features, keep_genes)
     return dst
 
 
@@ -145,14 +145,11 @@ def _inputs(src: Path, row_names, col_names) -> list[tuple[str, Path]]:
     return [(what, Path(path)) for what, path in named if path is not None]
 
 
-def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, pd.DataFrame | None]:
-    """Names for one axis (``"0"``, ``"1"``, ... without a file) and the file's table."""
+def _names(path, expected: int, matrix: Path, side: str) -> np.ndarray:
+    """Names for one axis from the name file ``path`` (``"0"``, ``"1"``, ... without one)."""
     if path is None:  # as Python strings at once: numpy's str array of them is 84 bytes a name
-        return np.fromiter(map(str, range(expected)), dtype=object, count=expected), None
-    table = read_names(path)
-    if len(table) != expected:
-        raise ReadError(path, f"has {len(table)} names but {matrix.name} has {expected} {side}")
-    return table[0].to_numpy(), table
+        return np.fromiter(map(str, range(expected)), dtype=object, count=expected)
+    return read_names(Path(path), expected, matrix.name, side)
 
 
 def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:
@@ -192,7 +189,14 @@ def _write(src, header: MtxHeader, out, check, genes_as_rows, nnz, cells, genes,
         group = out.create_group("X")
         with _numbers_checked(checked):
             _copy_entries(
-                text, group, check, genes_as_rows, len(cells), len(genes), gene_index, nnz
+                _blocks(text, header.field),
+                group,
+                check,
+                genes_as_rows,
+                len(cells),
+                len(genes),
+                gene_index,
+                nnz,
             )
 
 
@@ -223,16 +227,16 @@ def _skip_header(handle) -> None:
         line = handle.readline()
 
 
-def _copy_entries(handle, group, check, genes_as_rows, n_cells, n_genes, gene_index, nnz):
-    """The entry lines of ``handle`` into the h5py group ``group`` as a CSR of cells x
-    genes (``indices``, ``data``, ``indptr``), ``check`` (`atomic_hdf5`'s) called before
-    each block; ValueError on a bad entry or count."""
+def _copy_entries(blocks, group, check, genes_as_rows, n_cells, n_genes, gene_index, nnz):
+    """The entries of ``blocks`` (`_blocks`) into the h5py group ``group`` as a CSR of
+    cells x genes (``indices``, ``data``, ``indptr``), ``check`` (`atomic_hdf5`'s) called
+    before each block; ValueError on a bad entry or count."""
     n_kept = int(gene_index.max()) + 1 if len(gene_index) else 0
     indices = group.create_dataset("indices", (nnz,), maxshape=(None,), dtype=np.int32)
     data = group.create_dataset("data", (nnz,), maxshape=(None,), dtype=np.float64)
     row_counts = np.zeros(n_cells, dtype=np.int64)
     read, written, last_cell, pending = 0, 0, -1, None
-    for block in _blocks(handle):
+    for block in blocks:
         check()
         cells, genes = (block[1], block[0]) if genes_as_rows else (block[0], block[1])
         cells, genes, values = cells - 1, genes - 1, block[2]
@@ -276,19 +280,29 @@ def _copy_entries(handle, group, check, genes_as_rows, n_cells, n_genes, gene_in
     group.attrs["shape"] = np.array([n_cells, n_kept])
 
 
-def _blocks(handle) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Triplet columns (1-based row, 1-based column, value) in chunks of lines."""
+def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Triplet columns (1-based row, 1-based column, value as float64) in chunks of the
+    entry lines of ``handle``, the values of a Matrix Market file of the field ``field``
+    read as `vbsnmf.io.read_mtx` reads them: an integer file's as 64-bit integers
+    (OverflowError beyond), a real file's as floats, infinite beyond float64's range.
+
+    pandas reads the values without a dtype: with float64 it refused a column holding
+    ``1e400``, which it reads as text then, and Python's float reads that as scipy does.
+    """
     reader = pd.read_csv(
         handle,
         sep=r"\s+",
         header=None,
         names=["row", "col", "value"],
-        dtype={"row": np.int64, "col": np.int64, "value": np.float64},
+        dtype={"row": np.int64, "col": np.int64},
         chunksize=_LINES_PER_CHUNK,
         engine="c",
     )
     for frame in reader:
-        yield frame["row"].to_numpy(), frame["col"].to_numpy(), frame["value"].to_numpy()
+        values = frame["value"]
+        if field == "integer" and values.dtype != np.int64:  # uint64 or text: beyond int64
+            raise OverflowError(BEYOND_INT64)
+        yield frame["row"].to_numpy(), frame["col"].to_numpy(), values.to_numpy(np.float64)
 
 
 def _check_indices(cells, genes, n_cells, n_genes) -> None:
@@ -326,13 +340,16 @@ def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, w
 
 @contextmanager
 def _errors(path: Path):
-    """Converting ``path``: our checks (ValueError), pandas' parser on a bad line and a
-    damaged compressed stream become a `ReadError` naming the file."""
+    """Converting ``path``: our checks (ValueError), pandas' parser on a bad line or an
+    integer beyond 64 bits, and a damaged compressed stream become a `ReadError` naming
+    the file."""
     try:
         yield
     except ReadError:
         raise
     except ValueError as error:
         raise ReadError(path, str(error)) from None
-    except (EOFError, OverflowError, zlib.error, gzip.BadGzipFile) as error:
+    except OverflowError:  # pandas' parser, or `_blocks`, on an integer beyond 64 bits
+        raise ReadError(path, BEYOND_INT64) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise ReadError(path, f"corrupt or truncated file ({describe_error(error)})") from None

@@ -269,7 +269,8 @@ def check_outdir(
     the writer uses, with a file of the longest name written into it, is created and
     removed beside it, so that a name or path too long for the file system, a read-only
     or pseudo file system (``/proc``) or a missing permission is reported now, not after
-    the fit.
+    the fit. A symbolic link is followed: the output is written where it points (the path
+    returned; made there if missing), and the link stays.
 
     Temporary folders that killed runs left beside OUTDIR are removed once their writer is
     gone, with a warning saying so, if they hold only what vbsnmf writes there and are no
@@ -286,6 +287,11 @@ def check_outdir(
     path = Path(outdir)
     _check_lookup("OUTDIR", path)
     real = real_path(path)
+    if path.is_symlink():
+        # Written where it points (made there if it is missing), as atomic_file writes
+        # through a link to a file: the folder swap replaced the link itself, deleting it
+        # and leaving the old output stale where it pointed.
+        path = real
     working = real_path(os.getcwd())
     if real == working or real in working.parents:
         raise UnsafePathError(

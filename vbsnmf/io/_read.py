@@ -25,7 +25,6 @@ Every reader returns an AnnData with cells as rows (``obs``) and genes as column
 from __future__ import annotations
 
 import codecs
-import csv
 import errno
 import gzip
 import io
@@ -216,9 +215,10 @@ def read_10x(folder: str | os.PathLike):
     Raises
     ------
     ReadError
-        A file is missing, unreadable or malformed, the name files' lengths disagree with
-        the matrix, or the files are named in neither Cell Ranger layout (then read the
-        matrix with `read_mtx` and the name files).
+        A file is missing, unreadable or malformed (a name file holding a NUL byte, a
+        features line of fewer or more fields than the others or without its type), the
+        name files' lengths disagree with the matrix, or the files are named in neither
+        Cell Ranger layout (then read the matrix with `read_mtx` and the name files).
     """
     import anndata as ad
 
@@ -227,17 +227,10 @@ def read_10x(folder: str | os.PathLike):
         raise ReadError(folder, "not a folder")
     matrix_path, features_path, barcodes_path = tenx_files(folder)
     counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)  # checked, exact
-    genes, cells = read_names(features_path), read_names(barcodes_path)
     n_cells, n_genes = counts.shape
-    for path, table, expected, what in (
-        (features_path, genes, n_genes, "genes"),
-        (barcodes_path, cells, n_cells, "cells"),
-    ):
-        if len(table) != expected:
-            raise ReadError(path, f"has {len(table)} names but the matrix has {expected} {what}")
-    check_feature_columns(features_path, genes)
-    var = feature_var(genes)
-    obs = pd.DataFrame(index=pd.Index(cells[0].to_numpy(dtype=object), dtype=object))
+    var = feature_var(read_features(features_path, n_genes, "the matrix", "genes"))
+    cells = read_names(barcodes_path, n_cells, "the matrix", "cells")
+    obs = pd.DataFrame(index=pd.Index(cells, dtype=object))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # names not unique yet: `_finish`
         adata = ad.AnnData(X=counts, obs=obs, var=var)
@@ -245,7 +238,7 @@ def read_10x(folder: str | os.PathLike):
 
 
 def feature_var(table: pd.DataFrame) -> pd.DataFrame:
-    """The var table of a 10x features (or genes) file read by `read_names`: id, symbol
+    """The var table of a 10x features (or genes) file read by `read_features`: id, symbol
     and type columns give symbols as names, ``gene_ids`` and ``feature_types``, as scanpy
     names them; a file of ids alone gives the ids as names. Names not yet unique."""
     if table.shape[1] < 2:
@@ -281,15 +274,6 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
         "files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX --genes-as-rows --row-names GENES "
         "--col-names BARCODES)",
     )
-
-
-def check_feature_columns(path: Path, table: pd.DataFrame) -> None:
-    """`ReadError` for a Cell Ranger 3 features file (``table``, read from ``path``) of
-    fewer than its 3 columns."""
-    if path.name.startswith("features") and table.shape[1] < 3:
-        raise ReadError(
-            path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)"
-        ) from None
 
 
 def read_10x_h5(path: str | os.PathLike):
@@ -366,18 +350,11 @@ def read_mtx(
     path = Path(path)
     matrix = _read_mtx_matrix(path)
     names = []
-    for axis, names_path in ((0, row_names), (1, col_names)):
+    for axis, names_path, side in ((0, row_names, "rows"), (1, col_names, "columns")):
         if names_path is None:
             names.append(np.arange(matrix.shape[axis]).astype(str))
-            continue
-        table = read_names(Path(names_path))
-        if len(table) != matrix.shape[axis]:
-            side = "rows" if axis == 0 else "columns"
-            raise ReadError(
-                names_path,
-                f"has {len(table)} names but {path.name} has {matrix.shape[axis]} {side}",
-            )
-        names.append(table[0].to_numpy())
+        else:
+            names.append(read_names(Path(names_path), matrix.shape[axis], path.name, side))
     if genes_as_rows:
         return _anndata(sp.csr_matrix(matrix.T), names[1], names[0])
     return _anndata(sp.csr_matrix(matrix), names[0], names[1])
@@ -390,13 +367,17 @@ def read_h5ad(path: str | os.PathLike):
     X is returned as stored; names are made unique. X may be missing when layers or
     ``.raw`` hold the counts. The index arrays of every sparse matrix among X, the layers
     and ``.raw`` are checked (`vbsnmf._validation.check_sparse_structure`): a damaged one
-    is a `ReadError`, where it would crash the interpreter later.
+    is a `ReadError`, where it would crash the interpreter later; so is a file without its
+    obs or var table (`check_obs_var`).
     """
     import anndata as ad
+    import h5py
 
     path = Path(path)
     check_hdf5(path, "h5ad")
     with anndata_errors(path, ".h5ad file"):
+        with h5py.File(path, "r") as handle:
+            check_obs_var(path, handle)
         adata = ad.read_h5ad(path)
     return _checked_anndata(path, adata)
 
@@ -412,7 +393,9 @@ def read_zarr(path: str | os.PathLike):
         raise ReadError(path, "not a .zarr store (a folder)")
     with anndata_errors(path, ".zarr store"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's format notices
-        check_zarr_chunks(path, zarr.open_group(str(path), mode="r").get("X"))
+        store = zarr.open_group(str(path), mode="r")
+        check_zarr_chunks(path, store.get("X"))
+        check_obs_var(path, store)
         adata = ad.read_zarr(path)
     return _checked_anndata(path, adata)
 
@@ -437,6 +420,28 @@ def anndata_errors(path: Path, what: str):
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # h5py, zarr, numcodecs and anndata raise many types
         raise ReadError(path, _anndata_failure(error, what)) from None
+
+
+def check_obs_var(path: Path, store) -> None:
+    """`ReadError` unless the AnnData store ``store`` (an h5py file or a zarr group, open,
+    of ``path``) holds its obs and var tables with their indexes, the cells' and the
+    genes' names. anndata reads a file without var as genes named '0', '1', ... and opens
+    it backed as a matrix of no genes. A table stored as anndata stored one before 0.7 (a
+    dataset, not a group encoded as a dataframe) is left to anndata."""
+    for table, named in (("obs", "cells"), ("var", "genes")):
+        stored = store.get(table)
+        if stored is None:
+            raise ReadError(path, f"has no {table} table, which names the {named}: {_DAMAGED}")
+        if stored.attrs.get("encoding-type") != "dataframe":
+            continue
+        index = stored.attrs.get("_index")
+        if index is None or index not in stored:
+            raise ReadError(
+                path, f"its {table} table has no index, which names the {named}: {_DAMAGED}"
+            )
+
+
+_DAMAGED = "a damaged file, or one not written by anndata"
 
 
 def check_zarr_chunks(path: Path, matrix) -> None:
@@ -727,6 +732,7 @@ def mtx_header(path: Path) -> MtxHeader:
     with open_binary(path) as handle:
         # a byte-order mark is what editors on Windows write before UTF-8 text
         banner = handle.readline(1024).removeprefix(codecs.BOM_UTF8)
+        _check_line_endings(path, banner)
         banner = banner.decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
@@ -757,14 +763,39 @@ def mtx_header(path: Path) -> MtxHeader:
         else:
             raise ReadError(path, "more than 100,000 comment lines before the size line")
         body_offset = handle.tell()
-    try:
-        size = tuple(int(word) for word in text.split())
-    except ValueError:
-        raise ReadError(path, f"malformed size line {text[:80]!r}") from None
-    expected = 3 if fmt == "coordinate" else 2
-    if len(size) != expected or min(size) < 0:
-        raise ReadError(path, f"malformed size line {text[:80]!r}")
-    return MtxHeader(fmt, field, size, body_offset)
+    return MtxHeader(fmt, field, _size_line(path, text, fmt), body_offset)
+
+
+def _check_line_endings(path: Path, first_line: bytes) -> None:
+    """`ReadError` for a file whose lines end in CR alone (classic Mac OS), told by a CR
+    followed by text in ``first_line`` (read up to LF): the whole file would read as one
+    line, whose banner seems missing."""
+    if _CR_LINE_END.search(first_line):
+        raise ReadError(
+            path,
+            "uses CR (classic Mac) line endings: convert them to LF "
+            "(e.g. tr '\\r' '\\n' < OLD > NEW)",
+        )
+
+
+_CR_LINE_END = re.compile(rb"\r[^\r\n]")
+
+
+def _size_line(path: Path, text: str, fmt: str) -> tuple[int, ...]:
+    """The numbers of the size line ``text``: rows, columns and (coordinate format)
+    entries, plain decimal integers as scipy's parser reads them (Python's `int` also
+    reads ``1_0``, and ``+3``, which scipy's parser refuses)."""
+    words = text.split()
+    if len(words) != (3 if fmt == "coordinate" else 2) or not all(map(_DECIMAL.fullmatch, words)):
+        raise ReadError(
+            path,
+            f"malformed size line {text[:80]!r} (expected the numbers of rows, columns"
+            f"{' and entries' if fmt == 'coordinate' else ''}, plain decimal integers)",
+        )
+    return tuple(int(word) for word in words)
+
+
+_DECIMAL = re.compile(r"[0-9]+")
 
 
 def _character_classes(field: str) -> bytes:
@@ -1093,6 +1124,8 @@ def _mtx_errors(path: Path):
         raise ReadError(path, "too large to load into memory") from None
     except EOFError:
         raise ReadError(path, "truncated: the compressed stream ends early") from None
+    except OverflowError as error:  # scipy's parser: "Line 5: Integer out of range."
+        raise ReadError(path, f"{BEYOND_INT64} ({error})") from None
     except Exception as error:  # scipy, gzip and zlib raise several types on corrupt input
         if _refused_by_the_machine(error):
             raise ReadError(
@@ -1101,6 +1134,11 @@ def _mtx_errors(path: Path):
         raise ReadError(
             path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
         ) from None
+
+
+# Both readers of a Matrix Market file parse its integers (indexes; the counts of an
+# integer file) as 64-bit, and refuse one beyond that range.
+BEYOND_INT64 = "holds an integer beyond the 64-bit range (an index, or a count of an integer file)"
 
 
 def _refused_by_the_machine(error: Exception) -> bool:
@@ -1112,26 +1150,126 @@ def _refused_by_the_machine(error: Exception) -> bool:
     return isinstance(error, RuntimeError) and os.strerror(errno.EAGAIN) in str(error)
 
 
-def read_names(path: Path) -> pd.DataFrame:
-    """A headerless tab-separated text file (plain or gzip) as strings; one row per line."""
+def read_names(path: Path, expected: int, matrix: str, side: str) -> np.ndarray:
+    """The names of a name file (plain or gzip UTF-8 text): the first tab-separated field
+    of each line that is not blank, as strings (`ReadError` unless there are ``expected``
+    of them, the ``side`` of ``matrix``, e.g. "cells" of "the matrix")."""
+    lines, blank = _name_lines(path)
+    _check_name_count(path, len(lines), blank, expected, matrix, side)
+    return np.array([line.partition("\t")[0] for line in lines], dtype=object)
+
+
+def read_features(path: Path, expected: int, matrix: str, side: str) -> pd.DataFrame:
+    """A 10x features (or genes) file as `read_names` reads it, but every field of each
+    line, a column each, as strings.
+
+    Every line must hold the same number of fields, and a feature type when there is one
+    (`ReadError`): a line short of its type, or with an empty one, would read as a
+    feature that is not 'Gene Expression', dropped with its counts (`_keep_gene_expression`).
+    """
+    lines, blank = _name_lines(path)
+    rows = [line.split("\t") for line in lines]
+    # first: a line split in two is named here, not counted as an extra name
+    _check_same_fields(path, rows, blank)
+    _check_name_count(path, len(rows), blank, expected, matrix, side)
+    table = pd.DataFrame(rows, dtype=object)
+    if path.name.startswith("features") and table.shape[1] < 3:
+        raise ReadError(path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)")
+    if table.shape[1] > 2:
+        untyped = np.flatnonzero(table[2].to_numpy() == "")
+        if len(untyped):
+            line = _line_number(int(untyped[0]), blank)
+            raise ReadError(path, f"line {line} has no feature type (its third field is empty)")
+    return table
+
+
+def _name_lines(path: Path) -> tuple[list[str], list[int]]:
+    """The lines of the name file ``path`` that are not blank (white space at most), and
+    the numbers of the blank ones; `ReadError` for a file that cannot be read, is empty,
+    holds a NUL byte (pandas' parser ended a name there) or is not UTF-8."""
     path = Path(path)
     check_file(path)
     try:
-        table = pd.read_csv(
-            path,
-            sep="\t",
-            header=None,
-            dtype=str,
-            quoting=csv.QUOTE_NONE,
-            keep_default_na=False,
-            compression="gzip" if _is_gzip(path) else None,
-            skip_blank_lines=True,
-        )
-    except pd.errors.EmptyDataError:
-        raise ReadError(path, "is empty") from None
-    except Exception as error:  # pandas, gzip, zlib and codecs raise several types
+        with open_binary(path) as handle:
+            data = handle.read()
+    except MemoryError:
+        raise ReadError(path, "too large to load into memory") from None
+    except EOFError:
+        raise ReadError(path, "truncated: the compressed stream ends early") from None
+    except Exception as error:  # gzip, zlib and the system raise several types
         raise ReadError(path, f"unreadable name file ({describe_error(error)})") from None
-    return table
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = _line_of(data, nul)
+        raise ReadError(path, f"contains a NUL byte (line {line}): not a text name file")
+    try:
+        text = data.decode("utf-8-sig")  # without the byte-order mark editors may write
+    except UnicodeDecodeError as error:
+        line = _line_of(data, error.start)
+        raise ReadError(
+            path, f"is not UTF-8 text (byte {data[error.start]:#04x} on line {line})"
+        ) from None
+    del data  # before the lines are made: a barcodes file may hold millions
+    if "\r" in text:  # Windows (CR LF) and classic Mac (CR) line ends
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if lines[-1] == "":  # after the last line's newline
+        lines.pop()
+    blank = [number for number, line in enumerate(lines, 1) if not line.strip(" \t")]
+    if blank:
+        lines = [line for line in lines if line.strip(" \t")]
+    if not lines:
+        raise ReadError(path, "is empty" if not blank else "holds only blank lines")
+    return lines, blank
+
+
+def _line_of(data: bytes, position: int) -> int:
+    """The number of the line of ``data`` (a file's bytes) that holds byte ``position``."""
+    return len(re.findall(rb"\r\n|\r|\n", data[:position])) + 1
+
+
+def _line_number(index: int, blank: list[int]) -> int:
+    """The number in its file of the ``index``-th line that is not blank (from 0), the
+    file's blank lines numbered ``blank`` (in order)."""
+    number = index + 1
+    for line in blank:
+        if line > number:
+            break
+        number += 1
+    return number
+
+
+def _check_name_count(
+    path: Path, count: int, blank: list[int], expected: int, matrix: str, side: str
+) -> None:
+    """`ReadError` unless a name file's ``count`` names are ``expected``; the message
+    names the blank lines that were not counted."""
+    if count == expected:
+        return
+    if len(blank) == 1:
+        skipped = f" (line {blank[0]} is blank, not a name)"
+    elif blank:
+        first = ", ".join(map(str, blank[:3])) + (", ..." if len(blank) > 3 else "")
+        skipped = f" ({len(blank)} lines are blank, not names: {first})"
+    else:
+        skipped = ""
+    raise ReadError(path, f"has {count} names but {matrix} has {expected} {side}{skipped}")
+
+
+def _check_same_fields(path: Path, rows: list[list[str]], blank: list[int]) -> None:
+    """`ReadError` unless the lines split into ``rows`` hold the same number of fields,
+    naming the first line that holds another number than most."""
+    counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    usual = int(np.bincount(counts).argmax())
+    other = np.flatnonzero(counts != usual)
+    if len(other):
+        index = int(other[0])
+        raise ReadError(
+            path,
+            f"line {_line_number(index, blank)} has {counts[index]} tab-separated "
+            f"field{'s' if counts[index] != 1 else ''} where most lines have {usual}: "
+            "a damaged line",
+        )
 
 
 def _anndata(counts, obs_names, var_names, var: pd.DataFrame | None = None):

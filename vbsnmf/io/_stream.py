@@ -250,9 +250,13 @@ def _open_store(path: Path, kind: str):
 
 def _stored_x(store, path: Path) -> StoredRowsSource:
     """The source of ``store``'s X, whose shape must fit its obs and var tables (as
-    anndata requires when it reads the file); our checks' errors as `ReadError`."""
+    anndata requires when it reads the file), which must be there (`check_obs_var`); our
+    checks' errors as `ReadError`."""
+    from ._read import check_obs_var
+
     if "X" not in store:
         raise ReadError(path, "has no X matrix to stream")
+    check_obs_var(path, store)
     try:
         source = StoredRowsSource(store["X"], owner=store)
         lengths = (_table_length(store, "obs"), _table_length(store, "var"))
@@ -335,7 +339,9 @@ def _check_raw(store, path: Path) -> None:
 
 def _table_length(store, name: str) -> int | None:
     """Rows of the obs or var table ``name`` as anndata stores it (its index array, named
-    by the ``_index`` attribute); None when the store has no such table."""
+    by the ``_index`` attribute); None when the store has no such table (X's obs and var
+    are checked to be there: `vbsnmf.io._read.check_obs_var`), or stores it as anndata
+    did before 0.7."""
     table = store.get(name)
     index = None if table is None else table.attrs.get("_index")
     if index is None or index not in table:

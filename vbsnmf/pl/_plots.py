@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file
-from .._utils import elbo_iterations, stored_record
-from ..tl._stored import active_factors, cell_factors_record, own_fit_info
+from .._utils import elbo_iterations, fit_info, stored_record
+from ..tl._stored import active_factors, cell_factors_record
 from ..tl._top_genes import top_genes as top_genes_table
 
 
@@ -51,21 +51,29 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     return None if show else axes
 
 
-def _finite_obsm(adata, name: str) -> np.ndarray:
-    """``adata.obsm[name]``, which the fit wrote finite: a `KeyError` if it is gone, a
-    `ValueError` if it holds anything but finite numbers (an edited result, not a fit)."""
+def _writer(info: dict) -> tuple[str, str]:
+    """The tool that wrote the cell factors of ``info`` (`cell_factors_record`) and what to
+    do when they are damaged."""
+    tool = info.get("written_by", "vbsnmf.tl.nmf")
+    return tool, "project again" if tool == "vbsnmf.tl.project" else "fit again"
+
+
+def _finite_obsm(adata, name: str, info: dict) -> np.ndarray:
+    """``adata.obsm[name]``, which the fit or projection whose record is ``info``
+    (`cell_factors_record`) wrote finite: a `KeyError` if it is gone, a `ValueError` if it
+    holds anything but finite numbers (an edited result, not a fit)."""
+    tool, again = _writer(info)
     if name not in adata.obsm:
-        raise KeyError(f"adata.obsm has no {name!r}, which vbsnmf.tl.nmf writes; fit again")
+        raise KeyError(f"adata.obsm has no {name!r}, which {tool} writes; {again}")
     values = np.asarray(adata.obsm[name])
     if values.dtype.kind not in "biuf":
         raise ValueError(
-            f"adata.obsm[{name!r}] holds {values.dtype} values, not numbers, which no vbsnmf "
-            "fit writes; fit again"
+            f"adata.obsm[{name!r}] holds {values.dtype} values, not numbers, which {tool} "
+            f"never writes; {again}"
         )
     if not np.all(np.isfinite(values)):
         raise ValueError(
-            f"adata.obsm[{name!r}] holds NaN or infinite values, which no vbsnmf fit "
-            "writes; fit again"
+            f"adata.obsm[{name!r}] holds NaN or infinite values, which {tool} never writes; {again}"
         )
     return values
 
@@ -125,7 +133,7 @@ def elbo(
     -------
     The two axes, unless shown.
     """
-    info = own_fit_info(adata, key, "the ELBO trace")
+    info = fit_info(adata, key, "the ELBO trace")
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     if trace.size == 0 and "variational" in info:
         raise ValueError(
@@ -230,7 +238,7 @@ def factors(
         raise ValueError("adata holds no cells to draw")
     field = info["usage_key"] if values == "usage" else info["obsm_key"]
     # NaN made the percentile scale NaN, and matplotlib drew a broken one silently
-    shown = _finite_obsm(adata, field)[:, components]
+    shown = _finite_obsm(adata, field, info)[:, components]
     if isinstance(vmax, str):
         percent = vmax[1:].replace(".", "", 1)
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
@@ -315,7 +323,7 @@ def top_genes(
     """
     import scanpy as sc
 
-    info = own_fit_info(adata, key, "the gene loadings")
+    info = fit_info(adata, key, "the gene loadings")
     if adata.n_obs == 0:
         raise ValueError("adata holds no cells to group")
     for column in _name_list(groupby, "groupby"):

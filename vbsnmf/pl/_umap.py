@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .._validation import check_iterations
 from ..tl._stored import active_factors, cell_factors_record, check_writable
-from ._plots import _finish, _finite_obsm, _name_list
+from ._plots import _finish, _finite_obsm, _name_list, _writer
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -95,9 +95,8 @@ def umap(
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
-    n_factors = len(info["active"])
-    usages = _usages(adata, info["usage_key"], n_factors)
-    _usages(adata, info["sqrt_usage_key"], n_factors)
+    usages = _usages(adata, info["usage_key"], info)
+    _usages(adata, info["sqrt_usage_key"], info)
     with _unchanged_on_failure(adata):
         if colors is None:
             colors = [f"{key}_dominant_factor"]
@@ -132,15 +131,17 @@ def umap(
         return _finish(first.figure, axes, show, save, "umap")
 
 
-def _usages(adata, name: str, n_factors: int):
+def _usages(adata, name: str, info: dict):
     """``adata.obsm[name]``, finite (`_finite_obsm`) and of one column per factor of the
-    fit: an edited result with fewer columns failed with an IndexError (exit 1 on the
-    command line) when the dominant factors were picked."""
-    values = _finite_obsm(adata, name)
+    fit or projection ``info``: an edited result with fewer columns failed with an
+    IndexError (exit 1 on the command line) when the dominant factors were picked."""
+    values = _finite_obsm(adata, name, info)
+    n_factors = len(info["active"])
     if values.ndim != 2 or values.shape[1] != n_factors:
+        tool, again = _writer(info)
         raise ValueError(
             f"adata.obsm[{name!r}] has shape {values.shape}, not one column per factor of "
-            f"the fit's {n_factors}, which no vbsnmf fit writes; fit again"
+            f"the fit's {n_factors}, which {tool} never writes; {again}"
         )
     return values
 

@@ -31,6 +31,23 @@ from ._stored import (
 SOLVERS = VB_SOLVERS + CLASSIC_SOLVERS
 
 
+class _EmptyCellsWarning(UserWarning):
+    """`warn_empty_cells`' warning: `tl.select_k` gives it once, not from each inner fit."""
+
+
+def warn_empty_cells(n_without: int, n_cells: int, masked: bool, stacklevel: int = 2) -> None:
+    """Warn that ``n_without`` of the ``n_cells`` have no counts in the fitted genes (as
+    `tl.project` does): nothing in the data places such a cell, the prior does."""
+    wider = " or fit more genes (a wider mask_var)" if masked else ""
+    warnings.warn(
+        f"{n_without} of the {n_cells} cells have no counts in the fitted genes; "
+        "their factors are the prior's (the same for each): drop them with "
+        f"sc.pp.filter_cells(adata, min_counts=1){wider}",
+        _EmptyCellsWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def nmf(
     adata,
     n_components: int = 15,
@@ -249,14 +266,7 @@ def nmf(
         gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
-        wider = " or fit more genes (a wider mask_var)" if fitted_genes is not None else ""
-        warnings.warn(
-            f"{n_without} of the {adata.n_obs} cells have no counts in the fitted genes; "
-            "their factors are the prior's (the same for each): drop them with "
-            f"sc.pp.filter_cells(adata, min_counts=1){wider}",
-            UserWarning,
-            stacklevel=2,
-        )
+        warn_empty_cells(n_without, adata.n_obs, fitted_genes is not None)
 
     if solver in VB_SOLVERS:
         init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0

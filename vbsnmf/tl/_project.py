@@ -19,6 +19,7 @@ from ._stored import (
     fit_info,
     gene_holder,
     variational_params,
+    view_to_actual,
 )
 
 
@@ -63,7 +64,8 @@ def project(
         changes by less than ``tol`` relative (`vbsnmf.VBNMF.transform`: a cell's factors
         do not depend on the other new cells, but projecting the reference's own cells
         does not give back all their fitted factors; to compare new cells with the
-        reference, project the reference too, under another ``key_added``).
+        reference, project the reference too, under another ``key_added``). Cells stopped
+        at ``max_iter`` are counted in a `vbsnmf.ConvergenceWarning`.
     n_threads
         Numba threads (default: all).
     copy
@@ -199,6 +201,8 @@ def project(
             tol=tol,
             row_scale=row_scale,
         )
+    cells.warn_unsettled(tol)
+    view_to_actual(adata_new)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
     for field, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
         adata_new.obsm[field] = values
     adata_new.uns[f"{name}_projection"] = {

@@ -3,6 +3,7 @@ and fastTopics' likelihood against rank."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import anndata as ad
@@ -12,12 +13,21 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
+from .._estimator import VBNMF
 from .._utils import is_dask_array
 from .._validation import check_tolerance
 from ._counts import check_count_matrix, select_counts
-from ._nmf import _storable, _storable_int, gene_mask, nmf
+from ._nmf import (
+    _check_fit_params,
+    _EmptyCellsWarning,
+    _storable,
+    _storable_int,
+    gene_mask,
+    nmf,
+    warn_empty_cells,
+)
 from ._split import count_split
-from ._stored import check_key_added, check_writable
+from ._stored import check_key_added, check_writable, view_to_actual
 
 # Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
 BLOCK_NONZEROS = 1 << 18
@@ -136,6 +146,8 @@ def select_k(
                 "vbsnmf.tl.nmf to checkpoint it"
             )
 
+    _check_scored(solver, fit_params)
+
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
@@ -150,19 +162,26 @@ def select_k(
     if test_total == 0:
         raise ValueError(f"{source}: the count split left no test counts (too few counts)")
 
+    n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
+    if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
+        warn_empty_cells(n_without, counts.shape[0], fitted_genes is not None)
+
     rows, per_cell = [], []
+    options = {"solver": solver, "random_state": random_state, "min_share": min_share}
     for k in ks:
-        full = ad.AnnData(counts)
-        nmf(full, k, solver=solver, random_state=random_state, min_share=min_share, **fit_params)
-        half = ad.AnnData(train)
-        nmf(half, k, solver=solver, random_state=random_state, min_share=min_share, **fit_params)
+        full, half = ad.AnnData(counts), ad.AnnData(train)
+        with warnings.catch_warnings():
+            # the train half leaves more cells empty: a property of the split, not the data
+            warnings.simplefilter("ignore", _EmptyCellsWarning)
+            for fitted in (full, half):
+                nmf(fitted, k, **options, **fit_params)
         cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
         per_cell.append(cell_ll)
         info, half_info = full.uns["nmf"], half.uns["nmf"]
-        if len(info["elbo_trace"]) == 0:
+        if len(info["elbo_trace"]) == 0:  # `_check_scored` should have refused the settings
             raise ValueError(
-                f"the fit at K={k} recorded no ELBO in its {info['n_iter']} pass(es) (SQUAREM's "
-                "first pass scores only the start); raise max_iter"
+                f"the fit at K={k} recorded no ELBO in its {info['n_iter']} pass(es); raise "
+                "max_iter"
             )
         rows.append(
             {
@@ -213,6 +232,7 @@ def select_k(
             params[name] = value
     params["use_raw"] = bool(use_raw)
     params.update(_storable(fit_params))
+    view_to_actual(adata)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
     adata.uns[key_added] = {
         "table": table.copy(),
         "suggested_k": int(suggested_k),
@@ -242,6 +262,28 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
         terms = values * np.log(np.maximum(mu, tiny)) - gammaln(values + 1.0)
         loglik += np.bincount(rows, weights=terms, minlength=loglik.size)
     return loglik
+
+
+def _check_scored(solver: str, fit_params: dict) -> None:
+    """Refuse, before the first fit, settings under which a batch fit records no ELBO to
+    compare: ``max_iter=0`` runs no pass, and SQUAREM's first pass scores only its start,
+    so an accelerated fit needs two (SVI evaluates at its last epoch, and `VBNMF` refuses
+    ``n_epochs=0``)."""
+    _check_fit_params(solver, fit_params)
+    settings = VBNMF(1, solver=solver, **fit_params)._check_params()
+    if solver == "svi":
+        return
+    needed = 2 if settings.accelerate else 1
+    if settings.max_iter < needed:
+        why = (
+            "runs no pass"
+            if settings.max_iter == 0
+            else "is SQUAREM's first pass, which scores only its start"
+        )
+        raise ValueError(
+            f"max_iter={settings.max_iter} {why}, so no fit has an ELBO to compare; "
+            f"select_k needs max_iter >= {needed}"
+        )
 
 
 def _check_ks(ks) -> list[int]:

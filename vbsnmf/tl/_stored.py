@@ -143,7 +143,7 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
     if writes == "cells":
         mine.add(("uns", record_key))
     if writes == "fit":
-        mine |= {("uns", keys.uns), ("varm", keys.loadings)}
+        mine |= {("uns", keys.uns), ("varm", keys.loadings), ("var", keys.total_counts)}
         mine |= {(_array_side(name), keys.variational(name)) for name in _ARRAYS}
     records = {other: record for other, record in adata.uns.items() if _record_kind(record)}
     # The entries of this tool's own earlier result under this key, which it replaces, and
@@ -165,9 +165,10 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
             )
     # Entries no vbsnmf record owns (scanpy's PCA under key_added="pca", the user's own):
     # overwritten, they were lost, and what other tools stored beside them left stale.
-    holders = {"obsm": [adata.obsm], "uns": [adata.uns], "varm": [adata.varm]}
+    holders = {"obsm": [adata.obsm], "uns": [adata.uns], "varm": [adata.varm], "var": [adata.var]}
     if adata.raw is not None:  # a fit of .raw writes its gene side there
         holders["varm"].append(adata.raw.varm)
+        holders["var"].append(adata.raw.var)
     foreign = sorted(
         f".{where}[{name!r}]"
         for where, name in mine - replaced
@@ -188,7 +189,7 @@ def _array_side(name: str) -> str:
 
 
 def _record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
-    """The entries (``(where, name)``, where ``"obsm"``, ``"varm"`` or ``"uns"``)
+    """The entries (``(where, name)``, where ``"obsm"``, ``"varm"``, ``"var"`` or ``"uns"``)
     of the fit, projection or K selection whose record is ``adata.uns[uns_key]``."""
     kind = _record_kind(record)
     if kind == "k_selection":  # its table is all in the record
@@ -198,7 +199,7 @@ def _record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
         cells = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
         return cells | {("uns", uns_key)}
     keys = FitKeys.of(uns_key)
-    entries = {("uns", uns_key), ("varm", record.get("varm_key"))}
+    entries = {("uns", uns_key), ("varm", record.get("varm_key")), ("var", keys.total_counts)}
     entries |= {("obsm", record.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
     return entries | {
         (side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS
@@ -264,15 +265,21 @@ def cell_factors_record(adata, key: str) -> dict:
     """Where the cell factors under ``key`` are and which factors are active: the record of
     the fit (`fit_info`), or for cells projected onto a reference fit (`vbsnmf.tl.project`,
     whose record is ``adata.uns[key + '_projection']``) ``obsm_key``, ``usage_key`` and
-    ``sqrt_usage_key`` (the ``.obsm`` entries it wrote) and ``active``: the reference's
-    active factors as the projection recorded them, or, in a record without them, every
-    factor (as many as the entries' columns)."""
+    ``sqrt_usage_key`` (the ``.obsm`` entries it wrote), ``written_by`` (the tool, for
+    messages; a fit's record has none) and ``active``: the reference's active factors as the
+    projection recorded them, or, in a record without them, every factor (as many as the
+    entries' columns)."""
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
     if _record_kind(adata.uns.get(key)) == "fit" or _record_kind(projection) != "projection":
         return fit_info(adata, key)
     keys = FitKeys.of(key)
-    record = {"obsm_key": keys.factors, "usage_key": keys.usage, "sqrt_usage_key": keys.sqrt_usage}
+    record = {
+        "obsm_key": keys.factors,
+        "usage_key": keys.usage,
+        "sqrt_usage_key": keys.sqrt_usage,
+        "written_by": "vbsnmf.tl.project",
+    }
     if "active" in projection:
         active = np.asarray(projection["active"])
         if active.dtype != bool or active.ndim != 1 or active.size == 0:
@@ -281,28 +288,14 @@ def cell_factors_record(adata, key: str) -> dict:
                 f"factor: {reprlib.repr(active)}); project again with vbsnmf.tl.project"
             )
         return {**record, "active": active}
-    written = [name for name in record.values() if name in adata.obsm]
+    entries = (record[name] for name in ("obsm_key", "usage_key", "sqrt_usage_key"))
+    written = [name for name in entries if name in adata.obsm]
     if not written:
         raise KeyError(
             f"adata.obsm has no {keys.usage!r}, which vbsnmf.tl.project writes with "
             f"adata.uns[{projection_key!r}]; project again"
         )
     return {**record, "active": np.ones(np.shape(adata.obsm[written[0]])[1], dtype=bool)}
-
-
-def own_fit_info(adata, key: str, needs: str) -> dict:
-    """`fit_info`, or for cells that hold only a projection under ``key``
-    (`vbsnmf.tl.project`) a `KeyError` saying that ``needs`` (what the caller reads of the
-    fit, e.g. "the ELBO trace") is the reference fit's."""
-    projection_key = f"{key}_projection"
-    projected = _record_kind(adata.uns.get(projection_key)) == "projection"
-    if _record_kind(adata.uns.get(key)) is None and projected:
-        raise KeyError(
-            f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
-            f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the reference's: "
-            "pass the reference AnnData (tl.project's adata_ref) instead"
-        )
-    return fit_info(adata, key)
 
 
 def active_factors(adata, key: str, include_inactive: bool = False) -> np.ndarray:

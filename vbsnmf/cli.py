@@ -41,6 +41,8 @@ from . import __version__
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
+# --key's default: tl.nmf's default keys (.obsm['X_nmf'], .varm['NMF'], .uns['nmf'])
+DEFAULT_KEY = "nmf"
 # Seeds up to 2**32 - 1: what every method's generator takes (scikit-learn's RandomState).
 MAX_SEED = 2**32 - 1
 # Handled like Ctrl-C, exit code 128 + the signal's number.
@@ -110,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="factorise a count matrix; write factors, ELBO trace and result.h5ad",
         description="Fit NMF to a count matrix and write to OUTDIR: result.h5ad (the input "
-        "with .obsm['X_nmf'], .varm['NMF'], .uns['nmf'], as vbsnmf.tl.nmf leaves it), "
+        "with .obsm['X_nmf'], .varm['NMF'], .uns['nmf'] (or those of --key), as "
+        "vbsnmf.tl.nmf leaves it), "
         "cell_factors.tsv.gz and gene_loadings.tsv.gz (posterior means, with names), "
         "elbo.tsv (the ELBO and its pass; loss.tsv for a classical solver) and params.json "
         "(settings and summary).",
@@ -155,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--use-raw", action="store_true", help=".h5ad input: take the counts from .raw"
     )
     fit.add_argument(
+        "--key",
+        default=DEFAULT_KEY,
+        metavar="NAME",
+        help="store the fit under NAME: .obsm['X_NAME'], .varm[NAME], .uns[NAME], beside "
+        "what the input holds under other keys; 'vbsnmf umap --key NAME' draws it "
+        f"(default: {DEFAULT_KEY}, with the loadings in .varm['NMF'])",
+    )
+    fit.add_argument(
         "--convert-to",
         metavar="PATH",
         help="--solver svi on a 10x folder or .mtx: the .h5ad the matrix is converted into "
@@ -184,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour cells by this .obs column or gene, or by 'leiden' (Leiden clusters of the "
         "graph, computed when not stored; needs igraph) (default: each cell's dominant factor)",
     )
-    umap.add_argument("--key", default="nmf", help="key_added of the fit (default: nmf)")
+    umap.add_argument(
+        "--key",
+        default=DEFAULT_KEY,
+        metavar="NAME",
+        help=f"the fit's --key, as given to 'vbsnmf fit' (default: {DEFAULT_KEY})",
+    )
     umap.add_argument(
         "--n-neighbors",
         type=_integer(2),
@@ -215,15 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundled data set (default: pbmc_facs)",
     )
     _add_fit_options(demo, outdir_required=False, default_k=15)
-    demo.set_defaults(run=_run_demo, layer=None, use_raw=False, convert_to=None)
+    demo.set_defaults(run=_run_demo, layer=None, use_raw=False, convert_to=None, key=DEFAULT_KEY)
     return parser
 
 
 def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = None) -> None:
     """Options shared by ``fit`` and ``demo``."""
     from . import tl
+    from .classic._options import MAX_ITER as CLASSIC_MAX_ITER
+    from .classic._options import TOL as CLASSIC_TOL
 
-    defaults = _estimator_defaults()
+    variational = _estimator_defaults()
 
     command.add_argument(
         "-k",
@@ -254,13 +272,15 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         "--max-iter",
         type=_integer(1),
         metavar="N",
-        help=f"maximum iterations (default: {defaults['max_iter']})",
+        help=f"maximum iterations (default: {variational['max_iter']}; a classical solver: "
+        f"{CLASSIC_MAX_ITER})",
     )
     command.add_argument(
         "--tol",
         type=_tolerance,
         metavar="T",
-        help=f"stop when the relative ELBO change is below T (default: {defaults['tol']})",
+        help="stop when the relative change of the ELBO (a classical solver: of the loss) "
+        f"is below T (default: {variational['tol']}; a classical solver: {CLASSIC_TOL})",
     )
     command.add_argument(
         "--seed",
@@ -281,7 +301,8 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         "--n-init",
         type=_integer(1),
         metavar="N",
-        help="batch or svi: random starts; the fit with the best final ELBO is kept (default: 1)",
+        help="batch: random starts; the fit with the best final ELBO is kept (default: "
+        f"{variational['n_init']})",
     )
     command.add_argument(
         "--init",
@@ -399,6 +420,12 @@ def _fit_params(args) -> dict:
     return params
 
 
+def _key_added(key: str) -> str | None:
+    """``tl.nmf``'s ``key_added`` for ``--key``: None, its default keys, for the default
+    (``key_added="nmf"`` would name the loadings ``.varm['nmf']``, not ``.varm['NMF']``)."""
+    return None if key == DEFAULT_KEY else key
+
+
 def _estimator_defaults() -> dict:
     """`vbsnmf.VBNMF`'s defaults, read from its signature (not copies of them)."""
     import inspect
@@ -414,19 +441,16 @@ def _check_options(args) -> None:
         for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
             if value is not None:
                 raise UsageError(f"{option} applies to --solver svi, not {args.solver}")
-    for option, value in (
-        ("--checkpoint", args.checkpoint),
-        ("--prior", args.prior),
-        ("--n-init", args.n_init),
-    ):
+    for option, value in (("--checkpoint", args.checkpoint), ("--prior", args.prior)):
         if args.solver not in VB_SOLVERS and value is not None:
             raise UsageError(f"{option} applies to --solver batch or svi, not {args.solver}")
-    if args.checkpoint is not None and (args.n_init or 1) > 1:
+    for option, value in (("--n-init", args.n_init), ("--init", args.init)):
+        if args.solver != "batch" and value is not None:  # SVI runs one start, at random
+            raise UsageError(f"{option} applies to --solver batch, not {args.solver}")
+    if (args.n_init or 1) > 1 and args.checkpoint is not None:
         raise UsageError("--checkpoint holds one fit: drop --n-init")
-    if args.solver == "svi" and (args.n_init or 1) > 1:
-        raise UsageError("--n-init applies to --solver batch; svi runs one start")
-    if args.init is not None and args.solver != "batch":
-        raise UsageError(f"--init applies to --solver batch, not {args.solver}")
+    if (args.n_init or 1) > 1 and args.init == "nndsvda":
+        raise UsageError("--init nndsvda is one start: drop --n-init")
     if args.convert_to is not None and args.solver != "svi":
         raise UsageError(f"--convert-to applies to --solver svi, not {args.solver}")
     if args.resume and args.checkpoint is None:
@@ -455,7 +479,7 @@ def _fit(
 ) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
     ``matrix_file``: the input, when it holds one matrix and no AnnData; ``anndata_file``:
-    the input, when it is an AnnData read into memory (`_as_options`)."""
+    the input, when it is an AnnData (`_as_options`)."""
     from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
@@ -498,6 +522,7 @@ def _fit(
                 args.n_components,
                 layer=args.layer,
                 use_raw=args.use_raw,
+                key_added=_key_added(args.key),
                 solver=args.solver,
                 random_state=args.seed,
                 callback=progress if args.solver in VB_SOLVERS else None,
@@ -523,20 +548,79 @@ def _print_warnings(caught) -> None:
     notices are not for the person running the command."""
     ours = (w for w in caught if issubclass(w.category, UserWarning))
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in ours):
-        _tell(f"vbsnmf: warning: {message}")
+        _tell(f"vbsnmf: warning: {_option_names(message)}")
+
+
+# tl.nmf's parameters that the command line sets, by the options that set them
+PARAMETER_OPTIONS = {
+    "n_components": "-k",
+    "max_iter": "--max-iter",
+    "n_epochs": "--epochs",
+    "tol": "--tol",
+    "batch_size": "--batch-size",
+    "n_threads": "--threads",
+    "random_state": "--seed",
+    "n_init": "--n-init",
+    "init": "--init",
+    "prior": "--prior",
+    "checkpoint": "--checkpoint",
+    "layer": "--layer",
+    "key_added": "--key",
+}
+_PARAMETER = "|".join(PARAMETER_OPTIONS)
+# a setting: max_iter=5, init='nndsvda', layer= (a quoted value's text without its quotes)
+_SETTING = re.compile(rf"\b(?P<name>{_PARAMETER})=(?:(?P<quote>['\"])(?P<text>.*?)(?P=quote))?")
+# a requirement on the parameter the message opens with: "key_added must be ..." (not
+# "checkpoint PATH is damaged", where the word names the file)
+_REQUIREMENT = re.compile(rf"^({_PARAMETER})(?= must )")
+# advice: "raise max_iter or tol", "choose another key_added"
+_ADVICE = re.compile(r"\b(raise|choose another) (\w+)(?: or (\w+))?")
+
+
+def _option_names(message: str) -> str:
+    """``message`` (an error or warning of `tl.nmf`) with its parameters named by the
+    options that set them, where they are parameters: in a setting (``max_iter=5``:
+    ``--max-iter 5``), in a requirement that opens the message (``key_added must be``) and
+    in advice (``raise max_iter or tol``). Elsewhere such a word ("the prior", "checkpoint
+    PATH") is the message's own."""
+    message = message.replace("key_added=None", f"--key {DEFAULT_KEY}")  # its default keys
+    message = message.replace("use_raw=True", "--use-raw")
+    message = _SETTING.sub(_setting_as_option, message)
+    message = _REQUIREMENT.sub(lambda match: PARAMETER_OPTIONS[match.group(1)], message)
+    return _ADVICE.sub(_advice_as_options, message)
+
+
+def _setting_as_option(match: re.Match) -> str:
+    """``--max-iter 5`` for ``max_iter=5``, ``--init nndsvda`` for ``init='nndsvda'``, and
+    ``--layer`` alone for ``layer=`` followed by nothing (``pass layer= to name ...``)."""
+    import shlex
+
+    option = PARAMETER_OPTIONS[match["name"]]
+    if match["quote"]:
+        return f"{option} {shlex.quote(match['text'])}"
+    value_follows = match.string[match.end() : match.end() + 1].strip()
+    return f"{option} " if value_follows else option
+
+
+def _advice_as_options(match: re.Match) -> str:
+    """``raise --max-iter or --tol`` for ``raise max_iter or tol``; other words kept."""
+    verb, *names = match.groups()
+    return f"{verb} " + " or ".join(PARAMETER_OPTIONS.get(name, name) for name in names if name)
 
 
 def _as_options(
     message: str, matrix_file: str | None = None, anndata_file: str | None = None
 ) -> str:
-    """``tl.nmf``'s advice in the command line's words: ``--layer counts``, ``--use-raw``.
+    """``tl.nmf``'s error in the command line's words: ``--layer counts``, ``--use-raw``,
+    ``-k 5`` (`_option_names`).
 
     For an input of one matrix (``matrix_file``: a Matrix Market file, a 10x folder or
     .h5, not an AnnData) the matrix is named by that input, not as ``adata.X`` or as the
     .h5ad it was converted into for streaming (removed when the fit fails), and the advice
     about layers, which such an input cannot have, is left out. For an AnnData input
     (``anndata_file``) its element is named with the file, as the streamed route does:
-    ``in.h5ad (layers['counts'])``, not ``adata.layers['counts']``."""
+    ``in.h5ad (layers['counts'])``, not ``adata.layers['counts']``, and so is the AnnData
+    itself: ``which in.h5ad holds``, not ``which adata holds``."""
     message = message.removeprefix("Negative values in data: ")  # scikit-learn's phrase
     if matrix_file is not None:
         # `tl.nmf` names the matrix "adata.X", a streamed block "<file> (X) (cells i..j)"
@@ -545,9 +629,8 @@ def _as_options(
     if anndata_file is not None:
         element = r"^adata\.(X|raw\.X|layers\[[^\]]*\])"
         message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
-    message = re.sub(r"\blayer=(['\"])(.*?)\1", lambda m: f"--layer {m.group(2)}", message)
-    message = re.sub(r"\blayer=(?!\w)", "--layer", message)
-    return message.replace("use_raw=True", "--use-raw")
+        message = re.sub(r"\badata\b(?!\.)", lambda _: anndata_file, message)
+    return _option_names(message)
 
 
 def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
@@ -557,7 +640,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     from ._utils import check_n_threads
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
 
-    info = adata.uns["nmf"]
+    info = adata.uns[args.key]
     trace = info.get("elbo_trace", [])
     summary = {
         "vbsnmf_version": __version__,
@@ -571,6 +654,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "threads": check_n_threads(args.threads),  # those used: --threads is capped at the cores
         "layer": args.layer,
         "use_raw": bool(args.use_raw),
+        "key": args.key,
         "n_iter": int(info["n_iter"]),
         "converged": bool(info["converged"]),
         "final_elbo": float(trace[-1]) if len(trace) else None,
@@ -578,11 +662,11 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "streamed": bool(adata.isbacked),
     }
     io.write_result(adata, folder / RESULT_FILE)
-    io.write_nmf_tables(adata, folder)
+    io.write_nmf_tables(adata, folder, key=args.key)
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
     # the old one: the active factors' 10 most specific genes, seen twice in the data ...
     with io.atomic_file(folder / TOP_GENES_FILE) as temporary:
-        tl.top_genes(adata, 10).to_csv(temporary, sep="\t", float_format="%.6g")
+        tl.top_genes(adata, 10, key=args.key).to_csv(temporary, sep="\t", float_format="%.6g")
     # ... and the settings (allow_nan=False: never Infinity or NaN, which are not JSON).
     with io.atomic_file(folder / PARAMS_FILE) as temporary:
         temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -716,8 +800,8 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
                 _tell(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
             adata = read_h5ad_backed(target)
         try:
-            matrix_file = None if kind == "h5ad" else str(source)
-            seconds = _fit(adata, args, args.quiet, matrix_file)
+            input_file = {"anndata_file" if kind == "h5ad" else "matrix_file": str(source)}
+            seconds = _fit(adata, args, args.quiet, **input_file)
             with _doing(f"writing {outdir}"):
                 summary = _write_fit(adata, args, folder, str(source), seconds)
             if before is not None and _file_state(source) != before:
@@ -813,11 +897,15 @@ def _run_umap(args) -> int:
             f"{args.result} holds no NMF fit under --key {args.key}; make one with "
             "'vbsnmf fit' (OUTDIR/result.h5ad)"
         ) from None
-    known = args.color is None or args.color in adata.obs or args.color in adata.var_names
+    # scanpy colours by a gene of .raw when the result has one (use_raw's default), and
+    # looks for it nowhere else; .raw holds every gene that 'fit --use-raw' fitted
+    genes = adata if adata.raw is None else adata.raw
+    known = args.color is None or args.color in adata.obs or args.color in genes.var_names
     if not known and args.color != LEIDEN:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"
+        gene = "a gene" if adata.raw is None else "a gene of .raw"
         raise UsageError(
-            f"--color {args.color!r} is neither an .obs column ({columns}), a gene, nor "
+            f"--color {args.color!r} is neither an .obs column ({columns}), {gene}, nor "
             f"{LEIDEN!r} (Leiden clusters of the graph)"
         )
     if adata.n_obs < MIN_CELLS:

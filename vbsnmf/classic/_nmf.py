@@ -24,7 +24,7 @@ from .._utils import warn_user
 from .._validation import check_flag, check_n_components
 from ._data import ClassicData
 from ._mu import fit_multiplicative
-from ._options import INITS, SOLVERS
+from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
 
@@ -102,8 +102,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         thin: bool = False,
         weights=None,
         factor_mask=None,
-        max_iter: int = 200,
-        tol: float = 1e-4,
+        max_iter: int = MAX_ITER,
+        tol: float = TOL,
         init: str = "nndsvda",
         random_state=None,
     ):

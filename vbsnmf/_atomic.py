@@ -222,18 +222,13 @@ def atomic_file(
         ``target`` is a folder (before the block runs).
     OSError
         The temporary file cannot be made or renamed (a name too long, a read-only
-        folder), or ``target`` is a loop of symbolic links; it names ``target``.
+        folder), ``target`` is not a regular file (a pipe, a device or a socket, checked
+        before the block runs) or a loop of symbolic links; it names ``target``.
     """
     target = Path(target)
     if exclusive and os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "a file is there; name a new file", str(target))
-    if target.is_symlink():
-        # Write where the link points, as open(target, "w") would: the rename would
-        # otherwise replace the link by a file and leave its target as it was.
-        try:
-            target = target.resolve()
-        except RuntimeError:  # Python before 3.13 raises this on a loop of links
-            raise OSError(errno.ELOOP, "a loop of symbolic links", str(target)) from None
+    target = link_followed(target)
     _check_target(target)
 
     def make() -> tuple[Path, int | None]:
@@ -305,6 +300,24 @@ def remove_own(path: Path, created: list | None) -> bool:
     return True
 
 
+def link_followed(target: Path) -> Path:
+    """``target``, or the path it leads to if it is a symbolic link: an output is written
+    where the link points, as ``open(target, "w")`` would write, and the link stays. The
+    rename onto the link itself would replace the link and leave its target as it was.
+
+    Raises
+    ------
+    OSError
+        ``target`` is a loop of symbolic links; it names ``target``.
+    """
+    if not target.is_symlink():
+        return target
+    followed = Path(os.path.realpath(target))
+    if followed.is_symlink():  # realpath stops at a loop (pathlib raised, or not, by version)
+        raise OSError(errno.ELOOP, "a loop of symbolic links", str(target))
+    return followed
+
+
 def _check_target(target: Path) -> None:
     """Before the work: the errors the rename onto ``target`` would meet after it, naming
     ``target`` or its folder (the rename's own errors name the temporary file)."""
@@ -314,6 +327,10 @@ def _check_target(target: Path) -> None:
         )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; name a file", str(target))
+    if target.exists() and not target.is_file():
+        # open(target, "w") would write into the pipe or device; the rename would replace
+        # the node itself by a regular file (as root, /dev/null)
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, device or socket)", str(target))
     if target.exists() and not os.access(target, os.W_OK):
         # open(target, "w") would refuse it; the rename would not, and would undo the
         # protection the user gave the file.
@@ -344,13 +361,18 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     while the new folder takes ``target``'s place: it is raised once the new folder is
     in place and the old one deleted, with ``written`` set to ``target``.
 
+    A symbolic link as ``target`` stays: the folder it points to is written (made there if
+    it is missing), as `vbsnmf.io.check_outdir` says.
+
     Raises
     ------
     FileExistsError
         ``target`` exists and ``overwrite`` is false (checked before and after the work).
+    OSError
+        ``target`` is a loop of symbolic links (before the block runs).
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
+    target = link_followed(Path(target))
+    if os.path.lexists(target) and not overwrite:
         raise FileExistsError(f"{target} already exists (use --force to replace it)")
     check_name_length(target)
 
@@ -378,7 +400,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             # name the file the user will look for, not its place in the temporary folder
             raise OSError(error.errno, error.strerror, str(target / inside)) from None
         _default_permissions(temporary, folder=True)
-        replacing = target.exists() or target.is_symlink()
+        replacing = os.path.lexists(target)
         if replacing and not overwrite:
             raise FileExistsError(f"{target} appeared while writing (use --force)")
         try:

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_file, drop_lock_file, lock_file_of, lock_holder, take_lock_file
+from ._atomic import (
+    atomic_file,
+    drop_lock_file,
+    link_followed,
+    lock_file_of,
+    lock_holder,
+    take_lock_file,
+)
 
 # Written into every checkpoint's metadata: what tells a checkpoint from other .npz files.
 FORMAT = "vbsnmf-checkpoint"
@@ -433,11 +440,14 @@ class Checkpointer:
     Used as a context manager around the whole fit: it holds a lock file beside the
     checkpoint (`_atomic.take_lock_file`) from the start, or from the first save if the
     folder does not exist yet, to the end, so that a second fit given the same path is
-    refused (`CheckpointInUseError`) instead of overwriting the first's saves.
+    refused (`CheckpointInUseError`) instead of overwriting the first's saves. A symbolic
+    link as ``path`` is followed once, here: the saves go where it points, and so does
+    the lock file, which a fit given the link would otherwise take beside the link while
+    saving into the file another fit holds.
     """
 
     def __init__(self, path, every: int, config: dict, check=None):
-        self.path = None if path is None else Path(path)
+        self.path = None if path is None else link_followed(Path(path))
         self.every = every
         self.config = config
         self.check = check_state if check is None else check

@@ -27,6 +27,7 @@ from .._atomic import (
     clear_lock_file,
     clear_temporary,
     file_temporary_affixes,
+    link_followed,
     lock_file_of,
     owned_temporary,
     temporary_prefix,
@@ -146,7 +147,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
 
     It must not be, lie inside or contain an input, nor be a folder or a broken link; if
     a file is there it must be a vbsnmf checkpoint (it will be overwritten, or resumed
-    from) that the user may write. An absent path is fine: it is created.
+    from) that the user may write. An absent path is fine: it is created. A symbolic link
+    is followed, as the fit saves through it: the lock file and the leftovers checked
+    are those beside the file it points to, the path returned.
 
     Raises
     ------
@@ -174,6 +177,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     check_apart("checkpoint", path, inputs)
     if path.is_symlink() and not path.exists():
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
+    # A link is saved through (`Checkpointer`): its lock file and a killed save's
+    # temporaries are beside the file it points to, not beside the link.
+    path = link_followed(path)
     if path.exists():
         read_checkpoint_meta(path)
         if not os.access(path, os.W_OK):
@@ -287,11 +293,13 @@ def check_outdir(
     path = Path(outdir)
     _check_lookup("OUTDIR", path)
     real = real_path(path)
-    if path.is_symlink():
-        # Written where it points (made there if it is missing), as atomic_file writes
-        # through a link to a file: the folder swap replaced the link itself, deleting it
-        # and leaving the old output stale where it pointed.
-        path = real
+    try:
+        # Written where a link points (made there if it is missing), as atomic_directory
+        # writes: the folder swap replaced the link itself, deleting it and leaving the old
+        # output stale where it pointed.
+        path = link_followed(path)
+    except OSError as error:  # a loop of links
+        raise UnsafePathError(f"OUTDIR {outdir}: {error.strerror}") from None
     working = real_path(os.getcwd())
     if real == working or real in working.parents:
         raise UnsafePathError(

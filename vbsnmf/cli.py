@@ -639,6 +639,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     from . import io, tl
     from ._utils import check_n_threads
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
+    from .io._write import write_tsv
 
     info = adata.uns[args.key]
     trace = info.get("elbo_trace", [])
@@ -666,7 +667,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
     # the old one: the active factors' 10 most specific genes, seen twice in the data ...
     with io.atomic_file(folder / TOP_GENES_FILE) as temporary:
-        tl.top_genes(adata, 10, key=args.key).to_csv(temporary, sep="\t", float_format="%.6g")
+        write_tsv(tl.top_genes(adata, 10, key=args.key), temporary, float_format="%.6g")
     # ... and the settings (allow_nan=False: never Infinity or NaN, which are not JSON).
     with io.atomic_file(folder / PARAMS_FILE) as temporary:
         temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -11,25 +11,75 @@ import pandas as pd
 from anndata.utils import make_index_unique
 
 from ..io import read_10x
+from ..io._errors import ReadError, check_exists, describe_error
 
 _DATA = Path(__file__).parent / "data"
+# The bundled data sets, by the names `data_dir` takes.
+_BUNDLED = ("pbmc_facs", "pbmc_facs/test", "pbmc_tiny_v3")
+# The columns of a pbmc_facs folder's cells.csv, one row per barcode.
+_CELL_COLUMNS = ("barcode", "celltype", "subpop")
 
 
 def data_dir(name: str) -> Path:
-    """Folder of a bundled data set: ``"pbmc_facs"``, ``"pbmc_facs/test"`` or ``"pbmc_tiny_v3"``."""
+    """Folder of a bundled data set: ``"pbmc_facs"``, ``"pbmc_facs/test"`` or ``"pbmc_tiny_v3"``.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str.
+    ValueError
+        ``name`` is none of the bundled data sets.
+    vbsnmf.io.ReadError
+        The data set's matrix is missing: the installed copy is damaged.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a data set's name (a str), got {name!r}")
+    if name not in _BUNDLED:
+        raise ValueError(
+            f"no bundled data set {name!r}; the bundled ones are "
+            + ", ".join(repr(bundled) for bundled in _BUNDLED)
+        )
     folder = _DATA / name
-    if not (folder / "matrix.mtx.gz").is_file():
-        raise FileNotFoundError(f"no bundled data set {name!r} in {_DATA}")
+    matrix = folder / "matrix.mtx.gz"
+    if not matrix.is_file():
+        # a name of the package's own: its copy lost the file, not a wrong name
+        raise ReadError(
+            matrix, f"missing: the bundled data set {name!r} is damaged; reinstall vbsnmf"
+        )
     return folder
+
+
+def _read_cells(folder: Path) -> pd.DataFrame:
+    """The ``cells.csv`` of a pbmc_facs folder, indexed by barcode (in file order), with
+    ``celltype`` and ``subpop`` as categoricals; a `ReadError` naming the file if it is
+    missing, unreadable or lacks one of its columns."""
+    path = folder / "cells.csv"
+    check_exists(path)
+    try:
+        cells = pd.read_csv(path, dtype=str)
+    except (OSError, ValueError) as error:  # unreadable, not CSV text (pandas' errors)
+        raise ReadError(path, describe_error(error)) from None
+    missing = [column for column in _CELL_COLUMNS if column not in cells.columns]
+    if missing:
+        raise ReadError(
+            path,
+            f"lacks columns it has when installed: {', '.join(missing)}; the bundled copy "
+            "is damaged: reinstall vbsnmf",
+        )
+    cells = cells.set_index("barcode")
+    cells.index.name = None
+    for column in ("celltype", "subpop"):
+        cells[column] = pd.Categorical(cells[column])
+    return cells
 
 
 def _with_obs(adata: ad.AnnData, folder: Path, obs: pd.DataFrame) -> ad.AnnData:
     """``adata`` with ``obs`` (one row per barcode, in file order) attached."""
     barcodes = make_index_unique(pd.Index(obs.index.to_numpy()))
     if not np.array_equal(barcodes.to_numpy(), adata.obs_names.to_numpy()):
-        raise RuntimeError(f"{folder}: cells.csv and barcodes.tsv.gz disagree on the cell order")
+        raise ReadError(
+            folder / "cells.csv", "its barcodes disagree with barcodes.tsv.gz (order or number)"
+        )
     obs.index = barcodes
     adata.obs = obs
     return adata
@@ -49,16 +99,23 @@ def pbmc_facs(test: bool = False) -> ad.AnnData:
     symbols (made unique), ``.var['gene_ids']``, and ``.obs['celltype']`` (10 FACS gates)
     and ``.obs['subpop']`` (B cell, CD14+, CD34+, NK cell, T cell) as categoricals.
     Barcodes repeat across sorts, so ``.obs_names`` are made unique.
+
+    Raises
+    ------
+    vbsnmf.io.ReadError
+        A file of the bundled copy is missing or damaged; the message names it.
     """
     folder = data_dir("pbmc_facs/test" if test else "pbmc_facs")
-    cells = pd.read_csv(folder / "cells.csv", dtype=str).set_index("barcode")
-    cells.index.name = None
-    for column in ("celltype", "subpop"):
-        cells[column] = pd.Categorical(cells[column])
-    return _with_obs(read_10x(folder), folder, cells)
+    return _with_obs(read_10x(folder), folder, _read_cells(folder))
 
 
 def pbmc_tiny() -> ad.AnnData:
     """A tiny 10x v3 PBMC example (1,107 cells x 507 genes, scanpy test data): raw counts,
-    cells x genes, CSR float32."""
+    cells x genes, CSR float32.
+
+    Raises
+    ------
+    vbsnmf.io.ReadError
+        A file of the bundled copy is missing or damaged; the message names it.
+    """
     return read_10x(data_dir("pbmc_tiny_v3"))

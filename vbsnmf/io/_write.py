@@ -3,17 +3,19 @@ and the ELBO trace as plain text."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, held_signals
-from .._utils import check_fit_entries, elbo_iterations, fit_info
+from .._utils import check_fit_entries, elbo_iterations, fit_info, warn_user
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 if TYPE_CHECKING:
@@ -31,7 +33,20 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     and one row per cell (posterior mean cell factors, ``.obsm['X_' + key]``) or gene
     (posterior mean gene loadings, ``.varm[...]``, ``.raw.varm[...]`` over every gene of
     ``.raw`` for a fit with ``use_raw``); ``elbo.tsv`` has columns ``iteration``
-    and ``elbo`` (nats). Each file is written atomically. Returns the paths written.
+    and ``elbo`` (nats). A name holding a tab, a line break or a quote is quoted
+    (`write_tsv`). Returns the paths written.
+
+    The files are replaced together: every target is checked and every table written to a
+    temporary file before the first is renamed into place: a failure, or an interruption
+    (Ctrl-C, or SIGTERM / SIGHUP in the command line) while the tables are written, leaves
+    the folder's earlier tables as they were; an interruption during the renames is raised
+    once all are done. Only a rename that fails (the folder changed meanwhile) or a crash
+    of the machine between the three renames can leave some replaced.
+
+    A trace of the other kind left by an earlier fit (an ``elbo.tsv`` beside a classical
+    fit's ``loss.tsv``, or the reverse) is not this fit's: it is kept, as vbsnmf removes
+    nothing it did not just write (a file of that name may be the user's), with a
+    `UserWarning` naming it.
 
     Parameters
     ----------
@@ -51,11 +66,45 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         ``folder`` does not exist (nothing is written).
     NotADirectoryError
         ``folder`` is a file (nothing is written).
+    IsADirectoryError
+        A folder is where one of the tables goes (nothing is written).
+    OSError
+        A write failed (a full disk); it names the table, and no table is replaced.
     """
     info = fit_info(adata, key)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
+    tables = [*_factor_tables(adata, info, key), _trace_table(info)]
+    with held_signals() as deliver, ExitStack() as replacements:
+        # atomic_file checks its target on entry, before anything is written; the
+        # renames happen as the stack unwinds, only once every table is complete
+        temporaries = [replacements.enter_context(atomic_file(folder / t.name)) for t in tables]
+        for table, temporary in zip(tables, temporaries):
+            write_tsv(
+                table.values,
+                temporary,
+                float_format=table.float_format,
+                index=table.index,
+                compress=table.name.endswith(".gz"),
+                check=deliver,
+            )
+    _warn_of_another_trace(folder, tables[-1].name)
+    return [folder / table.name for table in tables]
+
+
+class _Table(NamedTuple):
+    """One file of `write_nmf_tables`: its name, its values and how they are written."""
+
+    name: str
+    values: pd.DataFrame
+    float_format: str
+    index: bool
+
+
+def _factor_tables(adata, info: dict, key: str) -> list[_Table]:
+    """The cell factors and gene loadings of the fit ``info`` (``adata.uns[key]``) as
+    tables named by cell and gene; a `KeyError` if their entry is gone."""
     # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
     genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
     check_fit_entries(
@@ -64,26 +113,129 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
     gene_loadings = np.asarray(genes.varm[info["varm_key"]])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
-    written = []
-    for name, values, index, label in (
-        (CELL_FACTORS_FILE, cell_factors, adata.obs_names, "cell"),
-        (GENE_LOADINGS_FILE, gene_loadings, genes.var_names, "gene"),
-    ):
-        table = pd.DataFrame(values, index=pd.Index(index, name=label), columns=columns)
-        with atomic_file(folder / name) as temporary:
-            table.to_csv(temporary, sep="\t", compression="gzip", float_format="%.6g")
-        written.append(folder / name)
+    return [
+        _Table(
+            name,
+            pd.DataFrame(values, index=pd.Index(index, name=label), columns=columns),
+            "%.6g",
+            True,
+        )
+        for name, values, index, label in (
+            (CELL_FACTORS_FILE, cell_factors, adata.obs_names, "cell"),
+            (GENE_LOADINGS_FILE, gene_loadings, genes.var_names, "gene"),
+        )
+    ]
+
+
+def _trace_table(info: dict) -> _Table:
+    """The ELBO per pass of the fit ``info`` (``elbo.tsv``), or a classical solver's loss per
+    iteration (``loss.tsv``)."""
     if "elbo_trace" in info:
         trace = np.asarray(info["elbo_trace"], dtype=np.float64)
         # the pass (SVI: epoch) of each value: SQUAREM and SVI record fewer than passes
-        name, table = ELBO_FILE, {"iteration": elbo_iterations(info), "elbo": trace}
+        name, columns = ELBO_FILE, {"iteration": elbo_iterations(info), "elbo": trace}
     else:  # a classical solver: its loss after 0, 1, ... iterations
         trace = np.asarray(info.get("loss_trace", []), dtype=np.float64)
-        name, table = LOSS_FILE, {"iteration": np.arange(trace.size), "loss": trace}
-    with atomic_file(folder / name) as temporary:
-        pd.DataFrame(table).to_csv(temporary, sep="\t", index=False, float_format="%.10g")
-    written.append(folder / name)
-    return written
+        name, columns = LOSS_FILE, {"iteration": np.arange(trace.size), "loss": trace}
+    return _Table(name, pd.DataFrame(columns), "%.10g", False)
+
+
+def _warn_of_another_trace(folder: Path, written: str) -> None:
+    """A `UserWarning` if ``folder`` holds the trace of the other kind than ``written``
+    (``elbo.tsv`` or ``loss.tsv``): an earlier fit's, which no longer matches the tables.
+
+    It is kept: a file of that name may be the user's, and vbsnmf removes nothing it did
+    not just write."""
+    other = LOSS_FILE if written == ELBO_FILE else ELBO_FILE
+    if (folder / other).exists():
+        warn_user(
+            f"{folder / other} is left from an earlier fit: the tables and {written} just "
+            f"written are of another kind of fit; delete {other} if it is not wanted",
+            UserWarning,
+        )
+
+
+# Rows of a table formatted at a time by `write_tsv`: memory stays bounded for a million
+# cells, and ``check`` runs often enough to stop a long write.
+_TSV_ROWS = 1 << 14
+# The characters that make a field quoted: the separator, line breaks, the quote itself.
+_NEEDS_QUOTES = re.compile('[\t\n\r"]')
+
+
+def write_tsv(
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    float_format: str,
+    index: bool = True,
+    compress: bool = False,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Write ``table`` to ``path`` as tab-separated text, as ``table.to_csv(path, sep="\\t",
+    float_format=float_format, index=index)`` writes it, but with every field that holds a
+    tab, a line break (``\\n`` or ``\\r``) or a quote put in quotes (its quotes doubled).
+
+    `pandas.DataFrame.to_csv` leaves a lone ``\\r`` unquoted (Python's csv writer before
+    3.11.9 and 3.12.3 quotes only the line terminator's characters), and readers take it
+    for the end of a row: a name cut in two and a row more. Here `pandas.read_csv` (and
+    any reader of quoted CSV fields) reads back every name as it was. Floats are written with
+    ``float_format``, missing values as empty fields, anything else as its text.
+
+    Parameters
+    ----------
+    table
+        A table with one row of column names (flat columns).
+    path
+        The file to write (the caller's temporary file: it is written in place).
+    float_format
+        A ``%`` format for the floats, e.g. ``"%.6g"``.
+    index
+        Write the index (its levels) as the first columns.
+    compress
+        Gzip-compress the file.
+    check
+        Called before each block of rows (e.g. `vbsnmf._atomic.held_signals`' ``deliver``).
+    """
+    header = [*table.index.names, *table.columns] if index else list(table.columns)
+    opener = gzip.open if compress else open
+    # newline="": a name's own "\n" is written as it is, never as the platform's line end
+    with opener(path, "wt", encoding="utf-8", newline="") as out:
+        out.write("\t".join("" if name is None else _tsv_field(str(name)) for name in header))
+        out.write("\n")
+        for start in range(0, len(table), _TSV_ROWS):
+            if check is not None:
+                check()
+            columns = _tsv_columns(table.iloc[start : start + _TSV_ROWS], float_format, index)
+            out.writelines("\t".join(fields) + "\n" for fields in zip(*columns))
+
+
+def _tsv_columns(block: pd.DataFrame, float_format: str, index: bool) -> list[list[str]]:
+    """The fields of ``block`` column by column (`_tsv_column`), with ``index`` its index's
+    levels first."""
+    columns = [block.iloc[:, column] for column in range(block.shape[1])]
+    if index:
+        levels = [block.index.get_level_values(level) for level in range(block.index.nlevels)]
+        columns = [*levels, *columns]
+    return [_tsv_column(values, float_format) for values in columns]
+
+
+def _tsv_column(values: pd.Series | pd.Index, float_format: str) -> list[str]:
+    """The fields of one column: floats formatted with ``float_format``, anything else as
+    its text (`_tsv_field`); missing values empty, as `pandas.DataFrame.to_csv` writes them."""
+    missing = np.asarray(pd.isna(values)).tolist()
+    floats = values.dtype.kind == "f"
+    return [
+        "" if gone else (float_format % value if floats else _tsv_field(str(value)))
+        for gone, value in zip(missing, values.tolist())
+    ]
+
+
+def _tsv_field(text: str) -> str:
+    """``text`` as one field of a tab-separated file: in quotes, its own quotes doubled, when
+    it holds a tab, a line break or a quote."""
+    if _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def write_result(adata, path: str | os.PathLike) -> Path:

@@ -6,7 +6,9 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 ``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
 suffix chooses the format). A `pathlib.Path` as ``save`` is the output file itself,
-written atomically (what the command line uses); any other ``save`` is a `TypeError`.
+written atomically (what the command line uses; one without a suffix gets matplotlib's
+default format and its suffix, ``figure.png``, as ``savefig`` names it); any other
+``save`` is a `TypeError`.
 The axes are returned when the figure is not shown.
 """
 
@@ -32,7 +34,8 @@ def _pyplot():
 
 def _finish(figure, axes, show: bool | None, save, writekey: str):
     """Save and/or show ``figure`` as scanpy does (see the module docstring); return
-    ``axes`` unless the figure was shown."""
+    ``axes`` unless the figure was shown. A path as ``save`` is written in the format its
+    suffix names, or as matplotlib writes a path without one (`_figure_file`)."""
     import scanpy as sc
 
     # scanpy's own rule for save=True / a string (figdir, the plot's name, the format).
@@ -42,13 +45,35 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
         # scanpy would take any other value by its truth: a list or 0 as a flag
         raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
     if isinstance(save, os.PathLike):
-        with atomic_file(save) as temporary:
-            figure.savefig(temporary, dpi=150, bbox_inches="tight")
+        target, file_format = _figure_file(figure, save)
+        with atomic_file(target) as temporary:
+            # the format named, not left to the temporary's suffix (".tmp" for "figure")
+            figure.savefig(temporary, format=file_format, dpi=150, bbox_inches="tight")
         save = False
     show = sc.settings.autoshow if show is None else show
     _pyplot().figure(figure.number)  # savefig_or_show acts on the current figure
     savefig_or_show(writekey, show=show, save=save)
     return None if show else axes
+
+
+def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
+    """The file ``save`` names and its format, as matplotlib's ``savefig`` picks them: the
+    suffix, in any case, names the format; a path without one gets the default format
+    (``rcParams["savefig.format"]``, PNG unless set) and its suffix appended, as
+    ``savefig("figure")`` writes ``figure.png``. A format matplotlib cannot write is a
+    `ValueError` naming ``save``, before anything is written."""
+    path = os.fspath(save)
+    file_format = os.path.splitext(path)[1][1:].lower()
+    if not file_format:
+        file_format = figure.canvas.get_default_filetype()
+        path = f"{path.rstrip('.')}.{file_format}"
+    supported = figure.canvas.get_supported_filetypes()
+    if file_format not in supported:
+        raise ValueError(
+            f"cannot save the figure as {save}: matplotlib writes no {file_format!r} files; "
+            f"end the name in one of {', '.join('.' + name for name in sorted(supported))}"
+        )
+    return path, file_format
 
 
 def _writer(info: dict) -> tuple[str, str]:

@@ -488,7 +488,11 @@ _MTX_GOOD = _MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n3 2 1\n"
         (_MTX_BANNER + b"2000000000 2000000000 1\n1 1 4\n", False, "indexes alone"),
         (_MTX_BANNER + b"3 2 5\n1 1 4\n2 1 1\n", False, "hold 6 numbers where .* implies 15"),
         (_MTX_BANNER + b"3 2 3\n1 1 4\n", False, "hold 3 numbers where .* implies 9"),
-        (_MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n3 99999999999999999999999 1\n", False, "corrupt"),
+        (
+            _MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n3 99999999999999999999999 1\n",
+            False,
+            "64-bit range",
+        ),
         (_MTX_BANNER + b"3 2 3\n1 1 4\n2 x 1\n3 2 1\n", False, "not numbers .*'x 1"),
         (_MTX_BANNER + b"3 2 3\n1 1 4\n2 1 1\n4 2 1\n", False, "gene index is outside"),
     ],

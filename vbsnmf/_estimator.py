@@ -139,6 +139,7 @@ class FitSettings:
             local_max_iter=max(self.max_iter, 1),
             local_tol=self.tol,
             n_threads=n_threads,
+            verbose=self.verbose,
         )
 
 
@@ -222,7 +223,7 @@ class VBNMF(Estimator):
         ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
         to 2**24 = 16,777,216 only, see Notes).
     verbose
-        Print the ELBO after every iteration.
+        Print the ELBO after every iteration (SVI: after every evaluated epoch).
     solver
         ``"batch"`` (coordinate ascent on all the data) or ``"svi"`` (stochastic VB,
         Hoffman et al. 2013: steps from minibatches blended with weight
@@ -286,11 +287,12 @@ class VBNMF(Estimator):
     Attributes
     ----------
     cell_shape_ : ndarray of shape (n_cells, K)
-    cell_rate_ : ndarray of shape (K,), or (n_cells, K) under the learned prior
+    cell_rate_ : ndarray of shape (K,), or (n_cells, K) (learned prior, or a fit with ``mask``)
         ``q(z_il) = Gamma(cell_shape_[i, l], cell_rate_[l])`` (``cell_rate_[i, l]``), the
-        cell factors.
+        cell factors. A fit with ``mask`` keeps rates per entry under either prior (each
+        cell's sum runs over its observed genes only).
     gene_shape_ : ndarray of shape (n_genes, K)
-    gene_rate_ : ndarray of shape (K,), or (n_genes, K) under the learned prior
+    gene_rate_ : ndarray of shape (K,), or (n_genes, K) (learned prior, or a fit with ``mask``)
         ``q(w_jl) = Gamma(gene_shape_[j, l], gene_rate_[l])``, the gene loadings.
     cell_scale_shape_, cell_scale_rate_ : ndarray of shape (n_cells,) or None
         Under the learned prior, ``q(xi_i)`` of each cell's scale; None otherwise.
@@ -339,8 +341,12 @@ class VBNMF(Estimator):
 
     Warm starts: ``fit(X, init=...)`` starts from given variational parameters: a fitted
     `VBNMF`, or a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
-    ``gene_rate``; with ``max_iter=1`` this runs exactly one iteration from them. ``n_init``
-    is ignored when ``init`` is given.
+    ``gene_rate``. With ``accelerate=False`` and ``max_iter=1`` this runs exactly one
+    iteration from them; with SQUAREM (``accelerate``, the default under the learned
+    prior) the first pass scores the start, so ``max_iter=1`` returns the start itself
+    (``n_iter_ == 1``, an empty ``elbo_trace_``). Per-entry rates (a fit with ``mask``
+    under ``prior='gamma'``) start only another fit with ``mask``. ``n_init`` is ignored
+    when ``init`` is given.
     """
 
     _transformer = True
@@ -489,12 +495,17 @@ class VBNMF(Estimator):
         X: write 0 there, not NaN), for held-out evaluation or gene panels that
         differ between samples; the zeros of X are still never visited. Batch VB on a
         matrix in memory only."""
-        self.fit_transform(X, init=init, callback=callback, mask=mask)
+        # not fit_transform, which `set_output`'s container wraps: fit builds no output
+        self._fit_input(X, init, callback, mask)
         return self
 
     def fit_transform(self, X, y=None, *, init=None, callback=None, mask=None):
         """Fit and return the posterior mean cell factors ``E[z]`` (cells x K); see `fit`.
         For a dask X too they are a numpy array (the counts stay on the cluster)."""
+        return self._fit_input(X, init, callback, mask)
+
+    def _fit_input(self, X, init, callback, mask):
+        """Fit ``X`` of any kind `fit` takes; returns ``E[z]`` (cells x K)."""
         if is_dask_array(X):
             kind = "dask"
         elif _is_streamed(X):
@@ -715,9 +726,14 @@ def _fit_counts(
 def _checked_mask(mask, shape) -> Mask:
     """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
     missing ones; refused unless finite, or if it leaves no entry observed."""
+    if isinstance(mask, np.ma.MaskedArray):  # np.asarray would read its hidden data
+        raise TypeError(
+            "mask is a masked array, whose data would be read as the mask: pass "
+            "np.ma.getmaskarray(X) to leave X's masked entries out of the fit"
+        )
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
-    matrix = mask if sp.issparse(mask) else np.asarray(mask)
+    matrix = _entry_format(mask) if sp.issparse(mask) else np.asarray(mask)
     if matrix.dtype == object and not sp.issparse(matrix):  # numbers from pandas, say
         matrix = numbers_from_objects(matrix, "mask")
     if matrix.dtype.kind not in "biuf":  # scipy's own message names no mask
@@ -740,6 +756,12 @@ def _checked_mask(mask, shape) -> Mask:
         # whose rounding alone gave positive, decreasing ELBOs
         raise ValueError("mask leaves no entry of X observed: there is nothing to fit")
     return checked
+
+
+def _entry_format(matrix):
+    """Sparse ``matrix`` in a format whose ``data`` holds its stored entries: LIL's is an
+    object array of lists, DOK has none, and DIA's pads its diagonals (COO for these)."""
+    return matrix if matrix.format in ("csr", "csc", "coo", "bsr") else matrix.tocoo()
 
 
 def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitResult, int]:
@@ -831,8 +853,10 @@ def _fit_batch(
             if stored is not None:
                 starts = (stored for _ in range(1))
             elif init is not None:
+                masked = mask is not None  # a masked fit's per-entry rates may start it
                 starts = (
-                    init_params(init, data.shape, n_components, dtype, prior) for _ in range(1)
+                    init_params(init, data.shape, n_components, dtype, prior, masked=masked)
+                    for _ in range(1)
                 )
             elif settings.init == "nndsvda":
                 starts = (

@@ -1365,12 +1365,15 @@ def init_params(
     dtype,
     prior: Prior | None = None,
     lazy: bool = False,
+    masked: bool = False,
 ) -> VariationalParams:
     """A given start as `VariationalParams` (rows = cells), checked.
 
     ``init`` is a `VariationalParams`, a mapping with keys ``cell_shape``, ``cell_rate``,
     ``gene_shape``, ``gene_rate``, or a fitted estimator with attributes of those names
-    plus ``_``. Rates are per component (K,) or, for the learned prior, per entry (n x K).
+    plus ``_``. Rates are per component (K,) or, for the learned prior or a fit with
+    missing entries (``masked``, whose rates are per entry under any prior), per entry
+    (n x K).
     Under the learned ``prior`` the mapping (or estimator) may also hold q of the scales
     (`SCALE_KEYS`) and the hyperparameters (`HYPER_KEYS`); what is missing is completed by
     `complete_learned`. The arrays are copied; dask arrays (a distributed fit's) are
@@ -1408,20 +1411,33 @@ def init_params(
         )
     n_rows, n_cols = shape
     learned = isinstance(prior, HierarchicalPrior)
+    entry_rates = learned or masked
     checked = []
     for name, array, side in zip(INIT_KEYS, arrays, (n_rows, n_rows, n_cols, n_cols)):
         wants = [(side, n_components)]
         if name.endswith("rate"):
-            wants = [(n_components,), (side, n_components)] if learned else [(n_components,)]
+            wants = [(n_components,), (side, n_components)] if entry_rates else [(n_components,)]
         if tuple(np.shape(array)) not in wants:
             raise ValueError(
                 f"init {name} has shape {tuple(np.shape(array))}, expected "
                 + " or ".join(map(str, wants))
+                + _entry_rates_advice(name, np.shape(array), (side, n_components))
             )
         checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
     params = complete_learned(params, prior, extra) if learned else params
     return params if lazy else _computed(params)
+
+
+def _entry_rates_advice(name: str, given: tuple, per_entry: tuple) -> str:
+    """Why per-entry rates (a masked fit's, under the fixed prior) were refused, if they
+    were: only a fit with missing entries keeps rates per entry under the fixed prior."""
+    if not name.endswith("rate") or tuple(given) != per_entry:
+        return ""
+    return (
+        " (per-entry rates under prior='gamma', as a fit with mask= leaves them, start only "
+        "another batch fit with a mask=)"
+    )
 
 
 def _computed(params: VariationalParams) -> VariationalParams:
@@ -1481,17 +1497,23 @@ def complete_learned(
         rate = np.broadcast_to(rate, shape.shape).astype(shape.dtype)  # a copy, per entry
         n_rows, n_components = shape.shape
         default_factor = START_FACTOR_SHAPE if prior.factor_shape is None else prior.factor_shape
-        factor = np.asarray(given.get(f"{side}_factor_shape", default_factor), dtype=np.float64)
-        factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), f"{side}_factor")
+        factor_key = f"{side}_factor_shape"
+        factor = _hyper_numbers(given.get(factor_key, default_factor), factor_key)
+        if factor.shape not in ((), (n_components,)):
+            raise ValueError(
+                f"init {factor_key} has shape {factor.shape}, expected ({n_components},)"
+            )
+        factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), factor_key)
         prior_mean = given.get(f"{side}_scale_prior_mean")
         if prior_mean is None:
             prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        prior_shape_key = f"{side}_scale_prior_shape"
         scale = ScaleState(
             np.empty(0),
             np.empty(0),
             factor,
-            check_positive_number(given.get(f"{side}_scale_prior_shape", 1.0)),
-            check_positive_number(prior_mean),
+            check_positive_number(given.get(prior_shape_key, 1.0), prior_shape_key),
+            check_positive_number(prior_mean, f"{side}_scale_prior_mean"),
         )
         if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
             q = [
@@ -1508,11 +1530,24 @@ def complete_learned(
     return VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
 
 
-def check_positive_number(value) -> float:
-    value = float(np.asarray(value))
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"init hyperparameters must be positive and finite, got {value}")
-    return value
+def check_positive_number(value, key: str) -> float:
+    """The number an init hyperparameter ``key`` holds, positive and finite."""
+    array = _hyper_numbers(value, key)
+    if array.size != 1:  # float() of a longer array is numpy's error
+        raise ValueError(f"init {key} must be one number, got shape {array.shape}")
+    number = float(array.reshape(()))
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"init {key} must be positive and finite, got {number}")
+    return number
+
+
+def _hyper_numbers(value, key: str) -> np.ndarray:
+    """``value`` of an init hyperparameter ``key`` as float64; a `TypeError` naming it
+    unless it holds real numbers (text or booleans would be converted by numpy)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"init {key} must hold real numbers, got {value!r:.80}")
+    return array.astype(np.float64)
 
 
 def params_to_arrays(params: VariationalParams) -> dict[str, np.ndarray]:
@@ -1555,7 +1590,11 @@ def _checked_array(array, name: str, dtype):
     one machine: a distributed fit's) stays lazy and is checked block by block."""
     if is_dask_array(array):
         return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
-    return _checked_block(np.array(array, dtype=dtype, copy=True), name)
+    try:
+        copy = np.array(array, dtype=dtype, copy=True)
+    except (TypeError, ValueError):  # numpy's message names no key
+        raise TypeError(f"init {name} must hold real numbers, got {array!r:.80}") from None
+    return _checked_block(copy, name)
 
 
 def _checked_block(block: np.ndarray, name: str) -> np.ndarray:

@@ -256,6 +256,7 @@ class SVISettings:
     local_max_iter: int
     local_tol: float
     n_threads: int = 1
+    verbose: bool = False
 
 
 EpochCallback = Callable[[int, VariationalParams, list[float]], None]
@@ -303,19 +304,23 @@ def end_of_epoch(
     callback,
     on_epoch,
     after_evaluation: Callable[[], None] | None = None,
+    *,
+    verbose: bool = False,
 ) -> None:
     """Count the finished epoch, evaluate the ELBO when due (into the trace, with the
-    epoch into ``elbo_iter``), decide convergence, then call ``callback(epoch, params,
-    trace)``, ``after_evaluation()`` if the ELBO was evaluated and the fit goes on, and
-    ``on_epoch(state)`` (checkpoints: of the state the fit goes on from). The tensor
-    fit's state and settings (`_tensor.TensorSVIState`, `_tensor.TensorSVISettings`) have
-    the same fields and go through here too."""
+    epoch into ``elbo_iter``; printed with ``verbose``), decide convergence, then call
+    ``callback(epoch, params, trace)``, ``after_evaluation()`` if the ELBO was evaluated
+    and the fit goes on, and ``on_epoch(state)`` (checkpoints: of the state the fit goes
+    on from). The tensor fit's state and settings (`_tensor.TensorSVIState`,
+    `_tensor.TensorSVISettings`) have the same fields and go through here too."""
     state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
     evaluated = state.epoch % settings.eval_every == 0 or last_epoch
     if evaluated:
         state.elbo_trace.append(evaluate())
         state.elbo_iter.append(state.epoch)
+        if verbose:
+            print(f"epoch {state.epoch:4d}  ELBO {state.elbo_trace[-1]:.10g}", flush=True)
         if svi_has_converged(state.elbo_trace, settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch
@@ -423,7 +428,7 @@ def fit_svi_nonzeros(
                 data, minibatch, state.params, rho, form, settings.prior, settings.n_threads
             )
         del order
-        end_of_epoch(state, evaluate, settings, callback, on_epoch)
+        end_of_epoch(state, evaluate, settings, callback, on_epoch, verbose=settings.verbose)
     warn_if_not_converged(state.converged, settings)
     return state
 
@@ -774,7 +779,15 @@ def run_cells_epochs(
             state.step += 1
             rho = learning_rate(state.step, settings.tau, settings.kappa, n_steps)
             step(np.sort(order[start : start + batch_size]), rho)
-        end_of_epoch(state, evaluate_and_hold, settings, callback, on_epoch, gene_step)
+        end_of_epoch(
+            state,
+            evaluate_and_hold,
+            settings,
+            callback,
+            on_epoch,
+            gene_step,
+            verbose=settings.verbose,
+        )
     warn_if_not_converged(state.converged, settings)
     return state
 

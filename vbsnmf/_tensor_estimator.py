@@ -711,6 +711,9 @@ class VBNTF(Estimator):
         return result
 
     def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:
+        """Store ``result``'s fit of a tensor of ``shape`` as the fitted attributes."""
+        # first: a warning raised as an error must leave the earlier fit whole
+        warn_if_beyond(self, result.n_iter)
         params = result.params
         self.shapes_ = list(params.shapes)
         self.rates_ = list(params.rates)
@@ -726,7 +729,6 @@ class VBNTF(Estimator):
                 for scale in params.scales
             ]
         self.shape_ = tuple(shape)
-        warn_if_beyond(self, result.n_iter)
         self.elbo_trace_ = result.elbo_trace
         self.elbo_iter_ = result.elbo_iter
         self.n_iter_ = result.n_iter

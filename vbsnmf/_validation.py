@@ -645,14 +645,20 @@ def check_iterations(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def refuse_non_number(value, name: str) -> None:
+    """A `TypeError` unless ``value`` is a real number: float() would take True as 1.0 and
+    text such as "1e-3" as a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r:.80}")
+
+
 def check_tolerance(value, name: str = "tol") -> float:
     """A finite, non-negative float parameter (a relative tolerance)."""
+    refuse_non_number(value, name)
     try:
         value = float(value)
     except OverflowError:  # an int beyond the float range
         raise ValueError(f"{name} must be a finite number >= 0, got one beyond floats") from None
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return value
@@ -660,14 +666,13 @@ def check_tolerance(value, name: str = "tol") -> float:
 
 def check_positive(value, name: str) -> float:
     """A finite, strictly positive float parameter."""
+    refuse_non_number(value, name)
     try:
         value = float(value)
     except OverflowError:  # an int beyond the float range
         raise ValueError(
             f"{name} must be a positive finite number, got one beyond floats"
         ) from None
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value
@@ -728,8 +733,7 @@ def check_float_dtype(dtype) -> np.dtype:
 def check_step_schedule(tau, kappa) -> tuple[float, float]:
     """SVI's step size ``rho_t = (t + tau)^(-kappa)``: ``tau >= 0``, ``kappa`` in (0.5, 1]."""
     tau = check_tolerance(tau, "tau")
-    if isinstance(kappa, (bool, np.bool_)) or not isinstance(kappa, (int, float, np.number)):
-        raise TypeError(f"kappa must be a number, got {kappa!r}")
+    refuse_non_number(kappa, "kappa")
     try:
         kappa_value = float(kappa)
     except OverflowError:  # an int beyond the float range

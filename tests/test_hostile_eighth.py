@@ -221,7 +221,9 @@ def test_top_genes_dot_plot_groups_and_expression(grouped):
         vbsnmf.pl.top_genes(grouped, "kind", show=False)
     with pytest.raises(TypeError, match="groupby must be a name or a non-empty list of names"):
         vbsnmf.pl.top_genes(grouped, 3, show=False)
-    layered = ad.AnnData(obs=grouped.obs, var=grouped.var, layers={"counts": grouped.X})
+    # grouped's fit wrote .var['nmf_total_counts'], which a new fit will not overwrite
+    var = grouped.var.drop(columns="nmf_total_counts")
+    layered = ad.AnnData(obs=grouped.obs, var=var, layers={"counts": grouped.X})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         tl.nmf(layered, 3, layer="counts", **TINY_FIT)

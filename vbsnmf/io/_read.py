@@ -1090,7 +1090,7 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
     float32 where that is exact, else float64."""
     import scipy.io
 
-    with _mtx_errors(path):
+    with _read_errors(path, "corrupt or truncated Matrix Market file"):
         header = mtx_header(path)
         n_entries = check_mtx_size(path, header.fmt, header.size)
         with open_binary(path) as handle:
@@ -1113,8 +1113,10 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
 
 
 @contextmanager
-def _mtx_errors(path: Path):
-    """Reading the Matrix Market file ``path``: every failure becomes a `ReadError`."""
+def _read_errors(path: Path, damaged: str):
+    """Reading the file ``path`` (a Matrix Market file, a name file): every failure becomes
+    a `ReadError`, one the file's content caused saying ``damaged`` ("corrupt or truncated
+    Matrix Market file") and why."""
     check_file(path)
     try:
         yield
@@ -1131,9 +1133,7 @@ def _mtx_errors(path: Path):
             raise ReadError(
                 path, f"could not be read: the system refused ({describe_error(error)})"
             ) from None
-        raise ReadError(
-            path, f"corrupt or truncated Matrix Market file ({describe_error(error)})"
-        ) from None
+        raise ReadError(path, f"{damaged} ({describe_error(error)})") from None
 
 
 # Both readers of a Matrix Market file parse its integers (indexes; the counts of an
@@ -1188,16 +1188,8 @@ def _name_lines(path: Path) -> tuple[list[str], list[int]]:
     the numbers of the blank ones; `ReadError` for a file that cannot be read, is empty,
     holds a NUL byte (pandas' parser ended a name there) or is not UTF-8."""
     path = Path(path)
-    check_file(path)
-    try:
-        with open_binary(path) as handle:
-            data = handle.read()
-    except MemoryError:
-        raise ReadError(path, "too large to load into memory") from None
-    except EOFError:
-        raise ReadError(path, "truncated: the compressed stream ends early") from None
-    except Exception as error:  # gzip, zlib and the system raise several types
-        raise ReadError(path, f"unreadable name file ({describe_error(error)})") from None
+    with _read_errors(path, "unreadable name file"), open_binary(path) as handle:
+        data = handle.read()
     nul = data.find(b"\x00")
     if nul >= 0:
         line = _line_of(data, nul)

@@ -104,22 +104,36 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
     return record
 
 
+# What a record of each tool holds that the others' do not (`vbsnmf.pl` reads them by it).
+RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection": "table"}
+
+
+def record_kind(record) -> str | None:
+    """Which tool wrote the ``.uns`` entry ``record``: ``"fit"`` (`tl.nmf`),
+    ``"projection"`` (`tl.project`), ``"k_selection"`` (`tl.select_k`), or None (not a
+    record of theirs)."""
+    if not isinstance(record, dict):
+        return None
+    for kind, marker in RECORD_MARKERS.items():
+        if marker in record:
+            return kind
+    return None
+
+
 def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings") -> dict:
     """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run;
     a record without an entry the tools read (a `KeyError`) or with one they cannot read
     (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
     (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
-    record = adata.uns.get(key)
     projection_key = f"{key}_projection"
-    projection = adata.uns.get(projection_key)
-    if not isinstance(record, dict) and isinstance(projection, dict):
-        if "reference_key" in projection:  # tl.project's record (tl._stored._RECORD_MARKERS)
-            raise KeyError(
-                f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
-                f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the "
-                "reference's: pass the reference AnnData (tl.project's adata_ref) instead"
-            )
+    projected = record_kind(adata.uns.get(projection_key)) == "projection"
+    if record_kind(adata.uns.get(key)) is None and projected:
+        raise KeyError(
+            f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
+            f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the "
+            "reference's: pass the reference AnnData (tl.project's adata_ref) instead"
+        )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
     return record

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import damaged_record, fit_info, record_entry
+from .._utils import damaged_record, fit_info, record_entry, record_kind
 from .._validation import check_flag
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
@@ -85,27 +85,14 @@ def _same_fit(info: dict, other: dict | None) -> bool:
     return bool(np.array_equal(*traces) and np.array_equal(*shares))
 
 
-# What a record of each tool holds that the others' do not (`vbsnmf.pl` reads them by it),
-# what each tool writes (`check_key_added`'s ``writes``), its name and the others' in messages.
-_RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection": "table"}
+# What each tool writes (`check_key_added`'s ``writes``: the kinds of `record_kind`), its
+# name and the others' in messages.
 _RECORD_WRITTEN = {"fit": "fit", "cells": "projection", "uns": "k_selection"}
 _TOOLS = {"fit": "vbsnmf.tl.nmf", "cells": "vbsnmf.tl.project", "uns": "vbsnmf.tl.select_k"}
 _RECORD_NAMES = {
     "projection": "a projection (tl.project)",
     "k_selection": "a K selection (tl.select_k)",
 }
-
-
-def _record_kind(record) -> str | None:
-    """Which tool wrote the ``.uns`` entry ``record``: ``"fit"`` (`tl.nmf`),
-    ``"projection"`` (`tl.project`), ``"k_selection"`` (`tl.select_k`), or None (not a
-    record of theirs)."""
-    if not isinstance(record, dict):
-        return None
-    for kind, marker in _RECORD_MARKERS.items():
-        if marker in record:
-            return kind
-    return None
 
 
 def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
@@ -129,7 +116,7 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         )
     keys = FitKeys.of(key_added)
     record_key = {"fit": keys.uns, "cells": f"{keys.uns}_projection", "uns": key_added}[writes]
-    existing = _record_kind(adata.uns.get(record_key))
+    existing = record_kind(adata.uns.get(record_key))
     # another tool's record; a fit's is named with the other entries it would overwrite, below
     if existing not in (None, "fit", _RECORD_WRITTEN[writes]):
         raise ValueError(
@@ -145,12 +132,12 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
     if writes == "fit":
         mine |= {("uns", keys.uns), ("varm", keys.loadings), ("var", keys.total_counts)}
         mine |= {(_array_side(name), keys.variational(name)) for name in _ARRAYS}
-    records = {other: record for other, record in adata.uns.items() if _record_kind(record)}
+    records = {other: record for other, record in adata.uns.items() if record_kind(record)}
     # The entries of this tool's own earlier result under this key, which it replaces, and
     # those of the reference's copy, whose cells a projection writes over (another fit's not).
     replaced = set()
     for other, record in records.items():
-        own = other == record_key and _record_kind(record) == _RECORD_WRITTEN[writes]
+        own = other == record_key and record_kind(record) == _RECORD_WRITTEN[writes]
         onto_reference = writes == "cells" and other == keys.uns and _same_fit(record, reference)
         if own or onto_reference:
             replaced |= _record_entries(other, record)
@@ -158,7 +145,7 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         theirs = _record_entries(other, record)
         clash = sorted(f".{where}[{name!r}]" for where, name in (mine & theirs) - replaced)
         if clash:
-            owner = "the fit" if _record_kind(record) == "fit" else "the projection"
+            owner = "the fit" if record_kind(record) == "fit" else "the projection"
             raise ValueError(
                 f"key_added={key_added!r} would overwrite {', '.join(clash)} of {owner} "
                 f"adata.uns[{other!r}]; choose another key_added"
@@ -191,7 +178,7 @@ def _array_side(name: str) -> str:
 def _record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
     """The entries (``(where, name)``, where ``"obsm"``, ``"varm"``, ``"var"`` or ``"uns"``)
     of the fit, projection or K selection whose record is ``adata.uns[uns_key]``."""
-    kind = _record_kind(record)
+    kind = record_kind(record)
     if kind == "k_selection":  # its table is all in the record
         return {("uns", uns_key)}
     if kind == "projection":  # tl.project names its record "<key>_projection"
@@ -246,7 +233,7 @@ def drop_fit(adata, keys: FitKeys) -> None:
     AnnData first (`view_to_actual`)."""
     view_to_actual(adata)
     info = adata.uns.get(keys.uns)
-    if _record_kind(info) != "fit":
+    if record_kind(info) != "fit":
         return
     genes = [adata] + ([adata.raw] if adata.raw is not None else [])
     named = {keys.variational(name) for name in _ARRAYS}
@@ -271,7 +258,7 @@ def cell_factors_record(adata, key: str) -> dict:
     entries' columns)."""
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
-    if _record_kind(adata.uns.get(key)) == "fit" or _record_kind(projection) != "projection":
+    if record_kind(adata.uns.get(key)) == "fit" or record_kind(projection) != "projection":
         return fit_info(adata, key)
     keys = FitKeys.of(key)
     record = {

@@ -638,6 +638,7 @@ class TensorSVISettings:
     local_tol: float
     n_chunks: int = 1
     eval_every: int = 1  # the full ELBO after every epoch (`_svi.end_of_epoch`)
+    verbose: bool = False
 
 
 @dataclass
@@ -1113,6 +1114,7 @@ def fit_svi(
             callback,
             on_epoch,
             (lambda: full_data_step(state, data, settings)) if slices_form else None,
+            verbose=settings.verbose,
         )
     warn_if_not_converged(state.converged, settings)
     return state

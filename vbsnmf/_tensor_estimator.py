@@ -327,7 +327,8 @@ class VBNTF(Estimator):
         an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``, which goes on
         from the evaluation it made at its end and the longer fit did not).
     verbose
-        True to print the ELBO after every iteration or pass (batch).
+        True to print the ELBO after every iteration or pass (batch), or after every
+        evaluated epoch (SVI).
 
     Attributes
     ----------
@@ -620,6 +621,7 @@ class VBNTF(Estimator):
                 local_max_iter=max(checked["max_iter"], 1),
                 local_tol=checked["tol"],
                 n_chunks=n_threads,
+                verbose=checked["verbose"],
             )
             if stored is not None:
                 state = _tensor.TensorSVIState.from_arrays(*stored, settings.eval_every)

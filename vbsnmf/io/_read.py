@@ -427,7 +427,12 @@ def check_obs_var(path: Path, store) -> None:
     of ``path``) holds its obs and var tables with their indexes, the cells' and the
     genes' names. anndata reads a file without var as genes named '0', '1', ... and opens
     it backed as a matrix of no genes. A table stored as anndata stored one before 0.7 (a
-    dataset, not a group encoded as a dataframe) is left to anndata."""
+    dataset, not a group encoded as a dataframe) is left to anndata.
+
+    In a zarr store (a folder) the index's chunks must be there too: zarr reads a missing
+    chunk as its fill value, so a store whose var folder was deleted, but whose
+    consolidated metadata still lists it, read as genes named '', '-1', ...
+    """
     for table, named in (("obs", "cells"), ("var", "genes")):
         stored = store.get(table)
         if stored is None:
@@ -439,6 +444,15 @@ def check_obs_var(path: Path, store) -> None:
             raise ReadError(
                 path, f"its {table} table has no index, which names the {named}: {_DAMAGED}"
             )
+        if path.is_dir():
+            array = stored[index]
+            for start, stop, key in _missing_chunks(path, array):
+                raise ReadError(
+                    path,
+                    f"chunk {array.path}/{key} (the names of {named} {start} to {stop - 1}) "
+                    "is missing from the store, and zarr would read them as '': copy the "
+                    "store again",
+                )
 
 
 _DAMAGED = "a damaged file, or one not written by anndata"

@@ -250,11 +250,16 @@ def factors(
     if basis_key not in adata.obsm:
         raise KeyError(f"adata.obsm has no {basis_key!r}; compute the embedding first")
     n_components = len(np.asarray(info["active"]))
-    if components is None:
+    chosen = components is not None
+    if not chosen:
         components = active_factors(adata, key, include_inactive)
     components = _check_components(components, n_components)
     if not components:
-        raise ValueError("no factor to draw (none is active; pass components= to choose)")
+        raise ValueError(
+            "components= names no factor: pass at least one"
+            if chosen
+            else "no factor to draw (none is active; pass components= to choose)"
+        )
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     if np.ndim(adata.obsm[basis_key]) != 2 or np.shape(adata.obsm[basis_key])[1] < 2:

@@ -131,7 +131,7 @@ def select_k(
     if solver not in VB_SOLVERS:
         raise ValueError(f"select_k needs a variational solver ({VB_SOLVERS}), got {solver!r}")
     if tolerance is not None:
-        _check_tolerance(tolerance)
+        check_tolerance(tolerance, "tolerance")
     check_key_added(key_added, adata, writes="uns")
     check_writable(adata, advice="call .to_memory() on the view first")
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
@@ -313,14 +313,6 @@ def _check_ks_fit(ks: list[int], shape: tuple[int, int], source: str) -> None:
             f"of {source} (shape {tuple(shape)}): K must be between 1 and {largest}; drop "
             "the larger Ks"
         )
-
-
-def _check_tolerance(tolerance) -> None:
-    """``tolerance`` a finite number >= 0 (`check_tolerance`, numbers only: not a string,
-    not a boolean)."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)):
-        raise TypeError(f"tolerance must be a number or None, got {type(tolerance).__name__}")
-    check_tolerance(tolerance, "tolerance")
 
 
 def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance) -> str:

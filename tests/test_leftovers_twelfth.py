@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import vbsnmf
 from vbsnmf import VBNMF, VBNTF
@@ -97,3 +98,26 @@ def test_select_k_refuses_a_tolerance_that_is_not_a_number_before_fitting(fitted
     """One check of the tolerance (`check_tolerance`), not a second copy of its type test."""
     with pytest.raises(TypeError, match="tolerance must be a number"):
         vbsnmf.tl.select_k(fitted.copy(), [2], tolerance=tolerance)
+
+
+@pytest.mark.parametrize(
+    "dtype, count", [(np.float16, 4096.0), (np.float32, 2.0**25), (np.float64, 2.0**54)]
+)
+def test_count_split_refuses_counts_beyond_their_dtypes_whole_numbers(dtype, count):
+    """Beyond 2**(nmant + 1) a float dtype skips whole numbers: float16 4096 split into
+    halves such as 2049 + 2047 came back with 2049 rounded to 2048 or 2050, so the train
+    half was not a Binomial draw. Such counts are refused, with the dtype to use."""
+    counts = np.array([[count, 3.0], [1.0, 0.0]], dtype=dtype)
+    with pytest.raises(ValueError, match="cannot hold every whole number"):
+        vbsnmf.tl.count_split(counts)
+    if dtype != np.float16:  # scipy.sparse holds no float16
+        with pytest.raises(ValueError, match="cannot hold every whole number"):
+            vbsnmf.tl.count_split(sp.csr_matrix(counts))
+
+
+@pytest.mark.parametrize("dtype, count", [(np.float16, 2048.0), (np.float32, 2.0**24)])
+def test_count_split_keeps_the_dtype_up_to_its_last_exact_count(dtype, count):
+    counts = np.array([[count, 3.0], [1.0, 0.0]], dtype=dtype)
+    train, test = vbsnmf.tl.count_split(counts, random_state=1)
+    assert train.dtype == dtype and test.dtype == dtype
+    np.testing.assert_array_equal(train.astype(np.float64) + test, counts.astype(np.float64))

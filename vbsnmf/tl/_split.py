@@ -41,7 +41,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     ------
     ValueError
         ``fraction`` outside (0, 1); ``counts`` not 2-D, or counts that are negative, not
-        finite, not whole or 2**63 or more; a negative ``random_state``.
+        finite, not whole or 2**63 or more, or beyond the whole numbers their float dtype
+        holds every one of (2**11 in float16, 2**24 in float32, 2**53 in float64); a
+        negative ``random_state``.
     TypeError
         ``counts`` is not numeric, is an AnnData, a backed AnnData's X or a masked array
         with masked entries; ``random_state`` is not one of the above.
@@ -83,6 +85,15 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64
     if values.size and float(values.max()) >= 2.0**63:
         raise ValueError(f"counts must be below 2**63, got {values.max():.6g}")
+    if values.size and np.issubdtype(values.dtype, np.floating):
+        # beyond 2**(nmant + 1) the dtype skips whole numbers: a half would be rounded
+        exact = 2.0 ** (np.finfo(values.dtype).nmant + 1)
+        if float(values.max()) > exact:
+            raise ValueError(
+                f"counts reach {float(values.max()):.6g}, beyond {exact:.0f}, where "
+                f"{values.dtype} cannot hold every whole number, so the halves would be "
+                "rounded: pass the counts as float64 or int64 (e.g. counts.astype('int64'))"
+            )
     rng = np.random.default_rng(seed_entropy(random_state))
     drawn = rng.binomial(values.astype(np.int64), fraction).astype(values.dtype)
     if not sparse:

@@ -8,7 +8,8 @@ Three layouts, chosen once per fit:
   transposed) so both half-steps are parallel over their own rows without write races.
   Sums over the zeros use closed forms (`losses.sum_q_power`) or one row of Q at a time.
   Dense weights that differ from 1 somewhere become an *exclusion* list: the loss and the
-  update terms of those entries are subtracted, weighted by ``1 - w``;
+  update terms of those entries are subtracted, weighted by ``1 - w`` (negative where
+  w > 1: the entry's terms are then added);
 - ``pattern``: sparse weights: only the stored entries of the weight matrix count.
 
 Notation: a half-step updates ``row_factor`` (W, n x K, or H transposed, m x K) given
@@ -289,8 +290,7 @@ class ClassicData:
     def loss(self, spec: LossSpec, W: np.ndarray, H: np.ndarray) -> float:
         """``D(X, W H)`` by the layout's route (never dense ``W H`` for sparse X)."""
         if self.kind == "dense":
-            Q = np.maximum(W @ H, Q_FLOOR)
-            values = spec.pointwise(self.dense, Q)
+            values = spec.pointwise(self.dense, _floored_at_nonzeros(self.dense, W @ H))
             if self.dense_weights is not None:
                 values = np.where(self.dense_weights > 0, values, 0.0) * self.dense_weights
             return _finite_sum(values, spec)
@@ -330,7 +330,8 @@ class ClassicData:
         gamma = alpha + beta - 1.0
         if self.kind == "dense":
             X, weights = self.dense_side(side)
-            Q = np.maximum(row_factor @ col_factor.T, Q_FLOOR)
+            product = row_factor @ col_factor.T
+            Q = np.maximum(product, Q_FLOOR)
             counts = X > 0 if weights is None else (X > 0) & (weights > 0)
             x_alpha = np.zeros_like(X)
             x_alpha[counts] = X[counts] ** alpha
@@ -341,7 +342,8 @@ class ClassicData:
                 q_gamma *= weights
             row_loss = np.zeros(X.shape[0])
             if with_loss:
-                values = ab_divergence(X, Q, alpha, beta)
+                # the update's floor everywhere, the loss's at the nonzeros only (`loss`)
+                values = ab_divergence(X, _floored_at_nonzeros(X, product), alpha, beta)
                 if weights is not None:
                     values = np.where(weights > 0, values, 0.0) * weights
                 row_loss = values.sum(axis=1)
@@ -543,15 +545,25 @@ def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.asarray(X[rows, cols], dtype=np.float64)
 
 
+def _floored_at_nonzeros(X: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """``W H`` as the loss sees it: floored at `Q_FLOOR` where X is nonzero, as the sparse
+    route does (and scikit-learn), so that d(x, q) never divides by a zero q; left as it is
+    at X's zeros, where d(0, q) is finite and a floor would overstate it."""
+    return np.where(X > 0, np.maximum(product, Q_FLOOR), np.maximum(product, 0.0))
+
+
 def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor, minus_zero):
-    """``sum w d(x, q)`` over stored entries; with ``minus_zero``: ``sum d(x, q) - d(0, q)``."""
+    """``sum w d(x, q)`` over stored entries; with ``minus_zero``: ``sum d(x, q) - d(0, q)``.
+
+    The weights may be negative: the exclusion list's ``1 - w`` for a weight w > 1."""
     q = np.empty(entries.data.shape[0])
     _kernels.classic_wh_at_nonzeros(entries.indptr, entries.indices, row_factor, col_factor, q)
     values = spec.pointwise(entries.data.astype(np.float64, copy=False), np.maximum(q, Q_FLOOR))
     if minus_zero:
         values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
     if entries.weights.shape[0]:
-        values = np.where(entries.weights > 0, values, 0.0) * entries.weights
+        # a weight of 0 drops the entry even where d is infinite (0 * inf would be NaN)
+        values = np.where(entries.weights != 0, values, 0.0) * entries.weights
     return _finite_sum(values, spec)
 
 
@@ -586,8 +598,10 @@ def factor_loss(
         The loss, see `resolve_loss`. ``"poisson"`` is KL against
         ``diag(sum(X, axis=1)) W H`` (per-sample totals).
     weights
-        Optional entry weights of X's shape (0/1 mask, dense or sparse): the loss is
-        ``sum_ij weights_ij d(x_ij, q_ij)``. A *sparse* mask counts only its stored entries.
+        Optional non-negative entry weights of X's shape, dense or sparse (a 0/1 mask is the
+        common case; any finite weights >= 0 are exact): the loss is
+        ``sum_ij weights_ij d(x_ij, q_ij)``. *Sparse* weights count only their stored
+        entries.
 
     Returns
     -------

@@ -16,7 +16,9 @@ Poisson form (rows are the samples here): ``X_ij ~ Poisson(c_i (W H)_ij)`` with
 step the rows of H are normalised and the scale moved into ``W~`` (the course notes that
 derive it drop it, which changes ``W H``; moving it keeps ``W H`` and hence the monotone
 decrease). At a fixed point
-the rows of ``W`` then sum to one (module proportions per sample).
+the rows of ``W`` then sum to one (module proportions per sample). With epsilon the bound
+is on the returned W (``diag(c) W >= epsilon c``) and H, and a module's rescaling is held
+to the range that keeps both above it (`_normalise_modules`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def multiplicative_step(
 ) -> np.ndarray:
     """``mask * max(epsilon, factor * (numerator / denominator) ** exponent)``.
 
-    ``numerator`` and ``denominator`` are scratch: overwritten (each half-step makes them
+    ``epsilon`` is a number, or a column (one bound per row of ``factor``: the Poisson
+    form's ``epsilon c_i``, `fit_multiplicative`). ``numerator`` and ``denominator`` are
+    scratch: overwritten (each half-step makes them
     afresh, and in place saves three factor-sized temporaries per half-step).
     """
     denominator[denominator == 0.0] = _SAFE
@@ -71,7 +75,7 @@ def multiplicative_step(
     if exponent != 1.0:
         ratio **= exponent
     factor = factor * ratio
-    if epsilon > 0:
+    if np.ndim(epsilon) or epsilon > 0:
         np.maximum(factor, epsilon, out=factor)
     if mask is not None:
         factor *= mask
@@ -109,8 +113,15 @@ def fit_multiplicative(
     poisson = spec.name == "poisson"
     W = np.ascontiguousarray(W, dtype=np.float64)
     H_t = np.ascontiguousarray(H.T, dtype=np.float64)
-    if poisson:
-        W, H_t = _normalise_modules(W, H_t)
+    w_epsilon = epsilon
+    if poisson and epsilon > 0:
+        # The solver's W is diag(c) W: W >= epsilon is diag(c) W >= epsilon c, row by row.
+        w_epsilon = poisson_bound(data.row_totals, epsilon)
+        W = _floored(W, w_epsilon)
+    if poisson and (update_h or not epsilon > 0):
+        # Not with H held fixed under a bound: rows of components_ that the bound kept from
+        # summing one would be rescaled, and W returned for another H.
+        W, H_t = _normalise_modules(W, H_t, w_epsilon, epsilon)
     loss_trace: list[float] = []
     moving, previous = np.ones(W.shape[0], dtype=bool), None
     for _ in range(max_iter):
@@ -118,11 +129,11 @@ def fit_multiplicative(
         row_losses *= spec.scale
         loss_trace.append(float(row_losses.sum()))
         if update_h:
-            W = multiplicative_step(W, numerator, denominator, exponent, epsilon, w_mask)
+            W = multiplicative_step(W, numerator, denominator, exponent, w_epsilon, w_mask)
             numerator, denominator, _ = data.ab_terms(alpha, beta, H_t, W, "cols", False)
             H_t = multiplicative_step(H_t, numerator, denominator, exponent, epsilon, h_mask)
             if poisson:
-                W, H_t = _normalise_modules(W, H_t)
+                W, H_t = _normalise_modules(W, H_t, w_epsilon, epsilon)
         else:
             moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
             if not moving.any():
@@ -132,7 +143,7 @@ def fit_multiplicative(
                 numerator[moving],
                 denominator[moving],
                 exponent,
-                epsilon,
+                w_epsilon[moving] if np.ndim(w_epsilon) else w_epsilon,
                 None if w_mask is None else w_mask[moving],
             )
         if should_stop(loss_trace, tol, update_h):
@@ -195,8 +206,38 @@ def unsettled_rows(
     return moving.copy()
 
 
-def _normalise_modules(W: np.ndarray, H_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of H (columns of ``H_t``) to sum one, the scale moved into W: W H unchanged."""
+def poisson_bound(row_totals: np.ndarray, epsilon: float) -> np.ndarray:
+    """The lower bound of the Poisson solver's ``diag(c) W`` for ``W >= epsilon``: the
+    column ``epsilon c`` (0 in rows of total 0, where W does not enter the model)."""
+    return epsilon * row_totals[:, None]
+
+
+def _floored(factor: np.ndarray, bound) -> np.ndarray:
+    """``factor`` raised to ``bound`` where it is nonzero (zeros are masked entries: every
+    other entry is at or above the bound already, up to the rounding of a rescaling)."""
+    return np.where(factor > 0, np.maximum(factor, bound), factor)
+
+
+def _normalise_modules(
+    W: np.ndarray, H_t: np.ndarray, w_epsilon=0.0, h_epsilon: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of H (columns of ``H_t``) to sum one, the scale moved into W: W H unchanged.
+
+    With lower bounds (``w_epsilon``, a number or a column, for W; ``h_epsilon`` for H) a
+    module's scale is held to the range that keeps both factors above their bounds: the row
+    sums one where the bounds allow it (a row of H of total t > 1 divided by t could fall
+    below epsilon). The factors stay feasible and W H unchanged, so the epsilon-modified
+    updates stay monotone.
+    """
     totals = H_t.sum(axis=0)
     totals = np.where(totals > 0, totals, 1.0)
-    return W * totals, H_t / totals
+    if not (np.ndim(w_epsilon) or w_epsilon > 0 or h_epsilon > 0):
+        return W * totals, H_t / totals
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # scale s of module k: W[:, k] s >= w_epsilon and H_t[:, k] / s >= h_epsilon at the
+        # entries not masked (nonzero)
+        lowest = np.where(W > 0, np.broadcast_to(w_epsilon, W.shape) / W, 0.0).max(axis=0)
+        highest = np.where(H_t > 0, H_t / h_epsilon, np.inf).min(axis=0)
+    scales = np.clip(totals, np.maximum(lowest, 0.0), np.maximum(highest, lowest))
+    scales = np.where((scales > 0) & np.isfinite(scales), scales, 1.0)
+    return _floored(W * scales, w_epsilon), _floored(H_t / scales, h_epsilon)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from .._base import check_feature_names, remember_feature_names
@@ -23,7 +23,7 @@ from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
 from .._validation import check_flag, check_n_components
 from ._data import ClassicData
-from ._mu import fit_multiplicative
+from ._mu import fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, resolve_loss
@@ -49,12 +49,19 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``"pg"`` (projected gradient, OPL step), ``"ipg"`` (interior point gradient), ``"gd"``
         (projected gradient descent, step 1/L).
     epsilon
-        Lower bound of the factors (epsilon-modified updates, Gillis-Glineur 2012).
+        Lower bound of the factors (epsilon-modified updates, Gillis-Glineur 2012): every
+        entry of the returned W and H that is not masked (``factor_mask``) is at least
+        ``epsilon``, also for ``loss="poisson"`` (whose rows of H then sum to one only as
+        far as the bound allows). At most ``sqrt(max float / n_components)``: above it
+        every entry of ``W H`` overflows.
     thin
-        After fitting, set the entries equal to ``epsilon`` to zero (epsilon-thinning).
+        After fitting, set the entries equal to ``epsilon`` (at the bound) to zero
+        (epsilon-thinning).
     weights
-        Optional entry weights of X's shape (a 0/1 mask, dense or sparse; a sparse mask
-        counts only its stored entries). ``solver="mu"`` only; ignored by `transform`.
+        Optional non-negative entry weights of X's shape, dense or sparse (a 0/1 mask is
+        the common case; any finite weights >= 0 are exact; sparse weights count only
+        their stored entries): the loss is ``sum_ij weights_ij d(x_ij, q_ij)``.
+        ``solver="mu"`` only; ignored by `transform`.
     factor_mask
         Optional 0/1 mask of W (n x K) or of H (K x m), or a dict ``{"W": ..., "H": ...}``:
         masked entries are held at zero.
@@ -146,6 +153,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         data = ClassicData.build(X, self.weights, spec)
         n_rows, n_cols = data.shape
         n_components = self._n_components(data)
+        self._check_epsilon(n_components)
         if self.weights is not None and self.solver != "mu":
             raise ValueError(f"weights are supported by solver='mu' only, not {self.solver!r}")
         W, H = self._initial_factors(data, n_components, W, H)
@@ -158,7 +166,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             H = H * h_mask_t.T
         W, H, loss_trace, n_iter, final_loss = self._run(data, spec, W, H, True, w_mask, h_mask_t)
         if spec.name == "poisson":
-            W = _divide_rows(W, data.row_totals)
+            W = self._poisson_rows(W, data.row_totals, w_mask)
         self.components_ = H
         self.n_components_ = n_components
         self.n_features_in_ = n_cols
@@ -186,11 +194,44 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the columns it was fitted with)"
             )
+        self._check_epsilon(self.components_.shape[0])
         W = _flat_start(data.row_totals, self.components_)
         W, _, _, _, _ = self._run(data, spec, W, self.components_, False, None, None)
         if spec.name == "poisson":
-            W = _divide_rows(W, data.row_totals)
+            W = self._poisson_rows(W, data.row_totals, None)
         return W
+
+    def inverse_transform(self, X) -> np.ndarray:
+        """Data back from its transformed rows: ``X @ components_`` (``W H``), as
+        scikit-learn's ``NMF.inverse_transform``.
+
+        Parameters
+        ----------
+        X : array-like or scipy sparse matrix of shape (n_samples, n_components)
+            Transformed rows W (what `transform` or `fit_transform` returns).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            ``W H``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before `fit`.
+        ValueError
+            X is not 2-D, has NaN or infinite entries, or has another number of columns
+            than ``n_components_``.
+        """
+        check_is_fitted(self, "components_")
+        W = check_array(X, accept_sparse=("csr", "csc"), dtype=np.float64, input_name="X")
+        n_components = self.components_.shape[0]
+        if W.shape[1] != n_components:
+            raise ValueError(
+                f"X has {W.shape[1]} columns, but {type(self).__name__} has {n_components} "
+                "components: inverse_transform takes the transformed rows W"
+            )
+        return np.asarray(W @ self.components_)
 
     @property
     def _n_features_out(self) -> int:
@@ -242,19 +283,66 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         final_loss = trace[-1]
         if self.thin and self.epsilon > 0:
             # Thinning is not an iteration: the trace keeps the epsilon-problem's losses.
-            W = np.where(W <= self.epsilon, 0.0, W)
+            W = np.where(self._at_bound(W, data, spec, True), 0.0, W)
             if update_h:
-                H = np.where(H <= self.epsilon, 0.0, H)
+                H = np.where(self._at_bound(H, data, spec, False), 0.0, H)
             final_loss = data.loss(spec, W, H)
         return W, H, trace, n_iter, final_loss
+
+    def _at_bound(self, factor, data: ClassicData, spec: LossSpec, is_w: bool) -> np.ndarray:
+        """The entries of a fitted factor (the solver's scale) at the epsilon bound.
+
+        For ``loss="poisson"`` the solver's W is ``diag(c) W``, whose bound is
+        ``epsilon c`` (`_mu.poisson_bound`), and the module rescaling and the division by c
+        round: an entry within a few ulps of its bound is at it.
+        """
+        if spec.name != "poisson":
+            return factor <= self.epsilon
+        bound = poisson_bound(data.row_totals, self.epsilon) if is_w else self.epsilon
+        return factor <= bound * (1.0 + _BOUND_ROUNDING)
+
+    def _poisson_rows(self, W_scaled, totals, mask) -> np.ndarray:
+        """W from the Poisson solver's ``diag(c) W``; with ``epsilon``, the entries at the
+        bound (`_at_bound`) are exactly ``epsilon`` (0 when thinned, which zeroed them
+        already) and the others at least ``epsilon`` (the division rounds). Rows of total
+        0 do not enter the model: their W is at the bound."""
+        W = _divide_rows(W_scaled, totals)
+        if self.epsilon > 0:
+            at_bound = W_scaled <= poisson_bound(totals, self.epsilon) * (1.0 + _BOUND_ROUNDING)
+            W = np.where(at_bound, 0.0 if self.thin else self.epsilon, np.maximum(W, self.epsilon))
+            if mask is not None:
+                W = W * mask
+        return W
+
+    def _check_epsilon(self, n_components: int) -> None:
+        """Refuse an epsilon under which every entry of ``W H`` overflows.
+
+        Every unmasked entry of W and H is at least epsilon, so ``(W H)_ij >= K epsilon**2``
+        (K products; a factor mask may leave one): past ``sqrt(max float / K)`` the fit
+        overflows whatever X is.
+        """
+        n_products = n_components if self.factor_mask is None else 1
+        largest = float(np.sqrt(np.finfo(np.float64).max / n_products))
+        if self.epsilon > largest:
+            raise ValueError(
+                f"epsilon={self.epsilon!r} is too large: every entry of W H is at least "
+                f"{n_products} * epsilon**2, past the largest float; epsilon must be at most "
+                f"sqrt(max float / {n_products}) = {largest:.4g} (and is meant small against "
+                "the factors' scale)"
+            )
 
     def _overflow(self, data: ClassicData, spec: LossSpec) -> FloatingPointError:
         """The error of a fit whose factors or loss left the float range (large values
         under a loss of high power, or an update's products past 1e308)."""
+        cause = (
+            "scale X down, e.g. divide it by its largest value, or use a loss of lower power"
+            if self.epsilon == 0
+            else f"lower epsilon={self.epsilon!r} (every entry of W H is at least "
+            f"n_components * epsilon**2), scale X down, or use a loss of lower power"
+        )
         return FloatingPointError(
             f"solver={self.solver!r} left the float range on this data (loss {spec.name!r}, "
-            f"mean entry {data.mean():.3g}): scale X down, e.g. divide it by its largest "
-            "value, or use a loss of lower power"
+            f"mean entry {data.mean():.3g}): {cause}"
         )
 
     def _check_params(self) -> LossSpec:
@@ -348,6 +436,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"factor_mask[{name!r}] must be a 0/1 array of shape {shape}")
             checked.append(value if name == "W" else np.ascontiguousarray(value.T))
         return checked[0], checked[1]
+
+
+# Relative rounding of the Poisson factors' rescalings (module scale, division by the row
+# totals): an entry this close to its epsilon bound is at it (`NMF._at_bound`).
+_BOUND_ROUNDING = 4 * float(np.finfo(np.float64).eps)
 
 
 def _dense_mask(mask) -> np.ndarray:

@@ -30,13 +30,43 @@ from ._mu import should_stop, still_moving, unsettled_rows
 IPG_TAU = 0.99
 
 
-def hals_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """One sweep of exact column-wise minimisation (fast HALS)."""
+def hals_step(
+    R: np.ndarray,
+    XC: np.ndarray,
+    G: np.ndarray,
+    epsilon: float = 0.0,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """One sweep of exact column-wise minimisation (fast HALS).
+
+    Parameters
+    ----------
+    R, XC, G
+        The row factor, ``X @ C`` and ``C^T C`` of the half-step (module docstring).
+    epsilon
+        Lower bound of the entries of R.
+    mask
+        0/1 array of R's shape or None: masked entries are held at zero.
+
+    Returns
+    -------
+    ndarray
+        R after the sweep. Each column is the exact minimiser over ``[epsilon, inf)`` (0
+        where masked) given the others, the bound and the mask applied within the column's
+        update: the next columns are fitted against the values R keeps, so the loss does
+        not increase (applied after the sweep, they were fitted against values then
+        discarded).
+    """
     R = R.copy()
     for k in range(R.shape[1]):
         if G[k, k] > 0:
             column = R[:, k] + (XC[:, k] - R @ G[:, k]) / G[k, k]
-            R[:, k] = np.maximum(column, 0.0)
+            column = np.maximum(column, epsilon)
+        else:  # C's column k is zero: R's column k does not change the loss
+            column = np.maximum(R[:, k], epsilon)
+        if mask is not None:
+            column = column * mask[:, k]
+        R[:, k] = column
     return R
 
 
@@ -99,8 +129,9 @@ def fit_frobenius(
     """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``.
 
     ``epsilon > 0`` projects onto ``[epsilon, inf)`` instead of ``[0, inf)`` after each
-    half-step; masks zero the masked entries after each half-step. Without ``update_h``
-    every row of W stops on its own loss (`still_moving`).
+    half-step; masks zero the masked entries after each half-step. HALS applies both within
+    each column's update (`hals_step`), where the projection after it changes nothing.
+    Without ``update_h`` every row of W stops on its own loss (`still_moving`).
 
     Returns
     -------
@@ -110,7 +141,18 @@ def fit_frobenius(
     """
     if data.is_weighted:
         raise ValueError(f"entry weights are supported by solver='mu' only, not {solver!r}")
-    step = STEPS[solver]
+    # HALS takes the bound and the mask into each column's update (`hals_step`)
+    if solver == "hals":
+
+        def step(R, XC, G, mask):
+            return hals_step(R, XC, G, epsilon, mask)
+
+    else:
+        plain_step = STEPS[solver]
+
+        def step(R, XC, G, mask):
+            return plain_step(R, XC, G)
+
     W = np.ascontiguousarray(W, dtype=np.float64)
     H_t = np.ascontiguousarray(H.T, dtype=np.float64)
     loss_trace: list[float] = []
@@ -120,15 +162,15 @@ def fit_frobenius(
         row_losses = data.squared_residuals(W, H_t, data_times=XC)
         loss_trace.append(float(row_losses.sum()))
         if update_h:
-            W = _project(step(W, XC, H_t.T @ H_t), epsilon, w_mask)
+            W = _project(step(W, XC, H_t.T @ H_t, w_mask), epsilon, w_mask)
             XC = data.data_times(W, "cols")
-            H_t = _project(step(H_t, XC, W.T @ W), epsilon, h_mask)
+            H_t = _project(step(H_t, XC, W.T @ W, h_mask), epsilon, h_mask)
         else:
             moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
             if not moving.any():
                 break
             mask = None if w_mask is None else w_mask[moving]
-            W[moving] = _project(step(W[moving], XC[moving], H_t.T @ H_t), epsilon, mask)
+            W[moving] = _project(step(W[moving], XC[moving], H_t.T @ H_t, mask), epsilon, mask)
         if should_stop(loss_trace, tol, update_h):
             break
     n_iter = len(loss_trace)

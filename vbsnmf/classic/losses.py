@@ -29,6 +29,7 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import _kernels
 
@@ -212,7 +213,14 @@ def ab_divergence(p, q, alpha: float, beta: float):
     ``inf`` where undefined: p = 0 with alpha <= 0 or alpha + beta <= 0 (and q = 0 with
     beta <= 0 or alpha + beta <= 0, p > 0). ``d_AB(0, q) = q**s / (a s)``,
     ``d_AB(p, 0) = p**s / (b s)``; NaN where p or q is negative or NaN.
+
+    Raises
+    ------
+    ValueError
+        alpha, beta, s, ``alpha s`` or ``beta s`` is nonzero but below the smallest normal
+        float (e.g. alpha = beta = 1e-200): the divisions by them would be by zero.
     """
+    _check_divisors("ab", float(alpha), float(beta))
     p, q = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
     value = np.empty(p.shape)
     _kernels.ab_divergence_array(
@@ -319,7 +327,39 @@ def resolve_loss(loss: str, alpha: float | None = None, beta: float | None = Non
         a, b, scale = 1.0, float(beta), 1.0
     else:
         a, b, scale = float(alpha), float(beta), 1.0
+    if a is not None:  # l1 is no AB-divergence
+        _check_divisors(name, a, b)
     return LossSpec(name, a, b, scale)
+
+
+def _check_divisors(name: str, alpha: float, beta: float) -> None:
+    """Refuse an (alpha, beta) whose divisors underflow.
+
+    ``d_AB(0, q) = q**s / (alpha s)`` and ``d_AB(p, 0) = p**s / (beta s)`` (s = alpha +
+    beta), and the multiplicative update's exponent is ``1 / alpha`` or ``1 / (alpha + beta -
+    1)``: each of alpha, beta, s and these products is either exactly zero (a limit, handled
+    apart) or must be a normal float, else the division by it is by zero or overflows (a
+    subnormal's reciprocal exceeds the largest float).
+    """
+    total = alpha + beta
+    # each divisor with the factors it is the product of: a product of nonzero factors
+    # that is zero underflowed too
+    divisors = {
+        "alpha": (alpha, (alpha,)),
+        "beta": (beta, (beta,)),
+        "alpha + beta": (total, (total,)),
+        "alpha * (alpha + beta)": (alpha * total, (alpha, total)),
+        "beta * (alpha + beta)": (beta * total, (beta, total)),
+    }
+    tiny = np.finfo(np.float64).tiny
+    for label, (value, factors) in divisors.items():
+        if all(factor != 0.0 for factor in factors) and abs(value) < tiny:
+            raise ValueError(
+                f"loss={name!r} with alpha={alpha!r}, beta={beta!r}: {label} = {value!r} "
+                f"underflows (below the smallest normal float, {tiny:.3g}), and the loss "
+                "divides by it; give alpha and beta of larger magnitude, or exactly 0 for the "
+                "limiting case"
+            )
 
 
 def divergence(p, q, loss: str = "kl", alpha: float | None = None, beta: float | None = None):
@@ -335,13 +375,42 @@ def total_divergence(
 
     Raises
     ------
+    TypeError
+        P or Q is a scipy sparse matrix (use `vbsnmf.classic.factor_loss` for a sparse X
+        and its factors, or pass ``P.toarray()``), or does not hold real numbers.
     ValueError
-        The loss is undefined at some entry (e.g. Itakura-Saito where P has zeros).
+        P and Q differ in shape (no broadcasting), an entry is negative or NaN, or the
+        loss is undefined at some entry (e.g. Itakura-Saito where P has zeros).
     """
-    value = float(np.sum(divergence(np.asarray(P), np.asarray(Q), loss, alpha, beta)))
+    P = _dense_operand(P, "P")
+    Q = _dense_operand(Q, "Q")
+    if P.shape != Q.shape:
+        raise ValueError(f"P has shape {P.shape} and Q has shape {Q.shape}: they must match")
+    value = float(np.sum(divergence(P, Q, loss, alpha, beta)))
     if not np.isfinite(value):
         raise ValueError(f"loss {loss!r} is undefined at some entries of P, Q (p = 0 or q = 0)")
     return value
+
+
+def _dense_operand(array, name: str) -> np.ndarray:
+    """``array`` as a float64 ndarray of `total_divergence`, with the checks it needs."""
+    if sp.issparse(array):
+        raise TypeError(
+            f"{name} is a scipy sparse matrix; total_divergence takes dense arrays: use "
+            f"{name}.toarray(), or vbsnmf.classic.factor_loss(X, W, H) for a sparse X"
+        )
+    try:
+        values = np.asarray(array)
+    except ValueError:  # numpy's words for a ragged sequence
+        raise ValueError(f"{name} must be an array, not a ragged sequence") from None
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float64, copy=False)
+    if np.isnan(values).any():
+        raise ValueError(f"{name} has NaN entries")
+    if (values < 0).any():
+        raise ValueError(f"{name} has negative entries; the divergences take p, q >= 0")
+    return values
 
 
 # ---- D(X, W H) without forming W H ------------------------------------------------------

@@ -517,6 +517,8 @@ class VBNMF(Estimator):
     def _fit(self, kind: str, X, init, callback, mask=None):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
         checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
+        if kind == "dask":  # before the prior's advice, which names forms a dask X refuses
+            _check_dask_svi_form(self.solver, self.svi_form)
         settings = self._check_params()
         callback = check_callback(callback)
         if mask is not None and (kind not in ("memory", "checked") or settings.solver != "batch"):
@@ -605,7 +607,9 @@ class VBNMF(Estimator):
         gene_shape, gene_rate = self._fitted_gene_side()
         check_feature_names(self, X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
-            X = X.compute()
+            from ._dask._cluster import computed_as_declared
+
+            X = computed_as_declared(X)
         elif _is_streamed(X):  # numpy saw a backed X as a 0-d array ("must be 2-D")
             raise TypeError(
                 f"{_describe_stream(X)} is read from disk; transform projects cells held in "
@@ -1116,10 +1120,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
     n_threads = 1 if settings.n_threads is None else settings.n_threads
     if settings.solver == "svi":
-        if settings.svi_form != "cells":
-            raise ValueError(
-                f"a dask X is fitted by the cells form of SVI, not svi_form={settings.svi_form!r}"
-            )
+        _check_dask_svi_form(settings.solver, settings.svi_form)
         if init is not None:
             raise ValueError("init is not supported for solver='svi' on a dask X")
         batch = settings.batch_size or default_batch_size("cells", X.shape[0], 0)
@@ -1156,6 +1157,17 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
         if best is None or _final_elbo(result) > _final_elbo(best):
             best = result
     return best
+
+
+def _check_dask_svi_form(solver, svi_form) -> None:
+    """A dask X is fitted by the cells form of SVI only: refused before `_check_params`,
+    whose advice for the learned prior (``prior='gamma'``, a fixed-prior form) would only
+    lead to this refusal. An unknown form is left to `_check_params`."""
+    if solver == "svi" and svi_form in SVI_FORMS and svi_form != "cells":
+        raise ValueError(
+            f"a dask X is fitted by the cells form of SVI, not svi_form={svi_form!r}: use "
+            "svi_form='cells' (the default), or compute X into memory for the other forms"
+        )
 
 
 def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None, **params):
@@ -1244,6 +1256,7 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
     if "solver" in params:
         raise TypeError("fit_dask and fit_svi_dask choose their solver; drop solver=")
     model = VBNMF(n_components, solver=solver, **params)
+    _check_dask_svi_form(model.solver, model.svi_form)
     settings = model._check_params()
     callback = check_callback(callback)
     entropy = seed_entropy(model.random_state)

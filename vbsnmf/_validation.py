@@ -388,6 +388,21 @@ def check_not_empty(shape: tuple[int, ...], name: str = "X") -> None:
         )
 
 
+def refuse_pydata_sparse(X, name: str = "X") -> None:
+    """Refuse an array of the pydata `sparse` library (dask's sparse chunks) by name: numpy
+    cannot read it, and its own error advised densifying it (``todense``)."""
+    kind = type(X)
+    if kind.__module__.split(".")[0] != "sparse" or not hasattr(X, "to_scipy_sparse"):
+        return
+    method = "tocsr" if hasattr(X, "tocsr") else "to_scipy_sparse"  # GCXS has no tocsr
+    raise TypeError(
+        f"{name} is a pydata sparse array ({kind.__module__}.{kind.__qualname__}), which "
+        "vbsnmf does not read: convert it to scipy sparse without densifying it, with "
+        f"X.{method}() in memory, or for a dask array of such chunks "
+        f"X.map_blocks(lambda b: b.{method}())"
+    )
+
+
 def checked_counts(
     X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
@@ -412,6 +427,7 @@ def checked_counts(
         "pass the counts as X.filled(0); to leave the masked entries out of a fit, give "
         "them to VBNMF.fit(X, mask=...) (a sparse or boolean matrix)",
     )
+    refuse_pydata_sparse(X, name)
     hashed = None
     if sp.issparse(X):
         if X.ndim != 2:

@@ -55,6 +55,7 @@ every iteration's gene-side task (genes x K x 2 floats each) while the fit runs.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 import uuid
@@ -115,6 +116,7 @@ from ._cluster import (
     get_client,
     lazy_rows,
     reduce_chunks,
+    released_on_failure,
     start_blocks,
     submit_at,
 )
@@ -129,8 +131,8 @@ def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
         matrix = check_counts(
             block, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_cell
         )
-    except ValueError as error:
-        raise ValueError(f"in the chunk of cells starting at cell {first_cell}: {error}") from None
+    except (TypeError, ValueError) as error:  # the same type, naming the chunk
+        raise type(error)(f"in the chunk of cells starting at cell {first_cell}: {error}") from None
     # A copy: as_count_data canonicalises in place, and the block may be shared.
     return as_count_data(sp.csr_array(matrix, copy=True), owned=True)
 
@@ -370,6 +372,7 @@ def _warn_non_integer(info) -> None:
         warn_non_counts("X")
 
 
+@released_on_failure
 def fit_batch_dask(
     X,
     n_components: int,
@@ -412,6 +415,7 @@ def fit_batch_dask(
     # hyperparameters (learned prior); each chunk holds the rest of its cells' q.
     cell_rate = gene_scale = cell_hyper = None
     if init is not None:
+        init = _client_side_in_memory(init, learned)
         cells = _start_cells(init, chunk_sizes, client, layout, prefix)
         gene_shape, gene_rate, cell_rate = init.col_shape, init.col_rate, init.row_rate
         if learned:
@@ -711,6 +715,38 @@ def _gauged_tuple(cells, gauges):
 def _without_q(scale: ScaleState) -> ScaleState:
     """A side's hyperparameters with an empty q(xi) (the client's copy of the cells')."""
     return scale.with_q(np.empty(0), np.empty(0))
+
+
+def _client_side_in_memory(init: VariationalParams, learned: bool) -> VariationalParams:
+    """A given start with the client's side of q computed into numpy (one computation):
+    the genes' arrays and scales, the cells' rate (fixed prior) and hyperparameters. Only
+    the cells' per-cell arrays stay distributed (`_start_cells`): the client's steps and
+    SQUAREM's kernels read numpy (a dask gene side failed in Numba's typing), and a fit of
+    ``max_iter=0`` returns this side as the fitted attributes."""
+    import dask
+
+    def client_arrays(params: VariationalParams) -> list:
+        arrays = [params.col_shape, params.col_rate]
+        if not learned:  # the cells' rate is (K,) under the fixed prior, per cell otherwise
+            arrays.append(params.row_rate)
+        if params.row_scale is not None:
+            arrays.append(params.row_scale.factor_shape)
+        if params.col_scale is not None:
+            scale = params.col_scale
+            arrays += [scale.shape, scale.rate, scale.factor_shape]
+        return arrays
+
+    computed = iter(np.asarray(a) for a in dask.compute(*client_arrays(init)))
+    gene_shape, gene_rate = next(computed), next(computed)
+    row_rate = init.row_rate if learned else next(computed)
+    row_scale = col_scale = None
+    if init.row_scale is not None:
+        row_scale = dataclasses.replace(init.row_scale, factor_shape=next(computed))
+    if init.col_scale is not None:
+        col_scale = dataclasses.replace(
+            init.col_scale, shape=next(computed), rate=next(computed), factor_shape=next(computed)
+        )
+    return VariationalParams(init.row_shape, row_rate, gene_shape, gene_rate, row_scale, col_scale)
 
 
 def _start_cells(init: VariationalParams, chunk_sizes, client, layout, prefix) -> list:

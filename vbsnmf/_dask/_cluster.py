@@ -8,11 +8,50 @@ genes x K array per pass and the floating-point order does not depend on where t
 
 from __future__ import annotations
 
+import functools
 import itertools
+import traceback
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+
+
+def released_on_failure(driver):
+    """``driver`` (a fit on the cluster) whose failure releases the futures it made.
+
+    distributed keeps an erred task's exception with its future; raising it through the
+    driver added the driver's frames to that exception's traceback (and distributed's
+    gather frames to the traceback of the exception it was raised from), and those frames
+    hold the fit's futures (the chunks' counts and summaries), so the workers kept them
+    for as long as the client lived. Clearing the finished frames' locals of every
+    exception in the chain before it leaves breaks that cycle (at the price of those
+    locals in a post-mortem debugger).
+    """
+
+    @functools.wraps(driver)
+    def run(*args, **kwargs):
+        try:
+            return driver(*args, **kwargs)
+        except BaseException as error:
+            _clear_chained_frames(error)
+            raise
+
+    return run
+
+
+def _clear_chained_frames(error: BaseException) -> None:
+    """`traceback.clear_frames` on ``error`` and the exceptions it was raised from or
+    during (frames still running, as the caller's, are skipped by it)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
 
 
 def dask_array_module():
@@ -52,10 +91,18 @@ def get_client(client):
 def cells_x_genes(X):
     """``X`` (a dask array, or an AnnData whose ``X`` is one) with one chunk along genes."""
     da = dask_array_module()
+    in_memory = "counts in memory are fitted by VBNMF.fit (or vbsnmf.tl.nmf for an AnnData)"
     if not isinstance(X, da.Array) and hasattr(X, "obs_names") and hasattr(X, "X"):
+        if not isinstance(X.X, da.Array):  # name what was passed: the AnnData, not its X
+            raise TypeError(
+                f"the AnnData's X is in memory ({_type_name(X.X)}), not a dask array: "
+                "fit it with vbsnmf.tl.nmf(adata) or VBNMF.fit(adata.X)"
+            )
         X = X.X
     if not isinstance(X, da.Array):
-        raise TypeError(f"expected a dask array or an AnnData with a dask X, got {type(X)}")
+        raise TypeError(
+            f"expected a dask array or an AnnData with a dask X, got {_type_name(X)}; " + in_memory
+        )
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (cells x genes), got shape {X.shape}")
     if any(np.isnan(n) for n in X.shape):
@@ -67,6 +114,11 @@ def cells_x_genes(X):
         # empty chunks (a filter's, after compute_chunk_sizes) hold no cells to fit
         X = X.rechunk({0: cells})
     return X
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def chunk_bounds(X) -> np.ndarray:
@@ -160,6 +212,26 @@ def _build_declared(builder, block, first_cell: int, declared: tuple[int, int]):
             "a block's shape must give it in chunks= (or call X.compute_chunk_sizes())"
         )
     return builder(block, first_cell)
+
+
+def computed_as_declared(X):
+    """A dask array ``X`` computed into memory (sparse chunks stay sparse), each block first
+    checked to have the shape its chunk declares, with the fit's error (`_build_declared`):
+    a block of fewer cells than declared gave fewer rows, every later cell on another's."""
+    if X.ndim != 2 or any(np.isnan(n) for n in X.shape):
+        return X.compute()  # nothing declared to check against; the count check explains
+    return X.map_blocks(_block_as_declared, dtype=X.dtype, meta=X._meta).compute()
+
+
+def _block_as_declared(block, block_info=None):
+    """``block`` once checked against its chunk (`computed_as_declared`'s task)."""
+    (first_cell, last_cell), (first_gene, last_gene) = block_info[0]["array-location"]
+    declared = (last_cell - first_cell, last_gene - first_gene)
+    return _build_declared(_same_block, block, first_cell, declared)
+
+
+def _same_block(block, first_cell: int):
+    return block
 
 
 def start_blocks(

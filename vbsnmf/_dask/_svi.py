@@ -47,6 +47,7 @@ from .._svi import (
     store_rows,
 )
 from .._utils import numba_threads
+from .._validation import warn_non_counts
 from ._batch import ChunkSummary, DaskFitResult, add_summaries, chunk_count_data
 from ._cluster import (
     Layout,
@@ -56,6 +57,7 @@ from ._cluster import (
     get_client,
     lazy_rows,
     reduce_chunks,
+    released_on_failure,
 )
 
 
@@ -65,10 +67,13 @@ def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     return data.rows_by_columns().tocsr()
 
 
-def _chunk_totals(rows: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
-    """The chunk's cell totals and its share of the gene totals."""
-    return np.asarray(rows.sum(axis=1)).ravel(), np.bincount(
-        rows.indices, rows.data, minlength=rows.shape[1]
+def _chunk_totals(rows: sp.csr_array) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The chunk's cell totals, its share of the gene totals and whether it holds
+    non-integer values (for `NonCountWarning`, as `_batch._chunk_info` gives it)."""
+    return (
+        np.asarray(rows.sum(axis=1)).ravel(),
+        np.bincount(rows.indices, rows.data, minlength=rows.shape[1]),
+        bool(np.any(rows.data != np.round(rows.data))),
     )
 
 
@@ -116,6 +121,7 @@ def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape, start
     return *_cells(fitted.row_shape, fitted.row_rate, fitted.row_scale), summary
 
 
+@released_on_failure
 def fit_svi_cells_dask(
     X,
     n_components: int,
@@ -143,8 +149,10 @@ def fit_svi_cells_dask(
             _chunk_totals, chunk_rows, key=[f"{prefix}-totals-{i}" for i in range(len(chunk_rows))]
         )
     )
-    row_totals = np.concatenate([cells for cells, _ in totals])
-    col_totals = np.sum([genes for _, genes in totals], axis=0)
+    if any(non_integer for _, _, non_integer in totals):  # as the batch driver warns
+        warn_non_counts("X")
+    row_totals = np.concatenate([cells for cells, _, _ in totals])
+    col_totals = np.sum([genes for _, genes, _ in totals], axis=0)
     n_cells, n_genes = X.shape
     state = init_cells_state(
         (n_cells, n_genes),

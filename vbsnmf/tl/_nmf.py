@@ -256,6 +256,14 @@ def nmf(
         # fitted on the Dask cluster (vbsnmf.fit_dask); its cells' results come into memory
         if solver not in VB_SOLVERS:
             raise ValueError(f"a dask array of counts is fitted by {VB_SOLVERS}, not {solver!r}")
+        if warm_start and solver == "svi":
+            # the distributed SVI starts at random; refused here, where warm_start is known,
+            # rather than by the fit as an init the caller never passed
+            raise ValueError(
+                "warm_start is not supported for solver='svi' on a dask X: continue the fit "
+                "with solver='batch' (which takes warm_start on a dask X), or compute X into "
+                "memory (adata.X = adata.X.compute()) to continue it by SVI"
+            )
         get_client(None)  # before the count check computes every chunk
     if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
@@ -509,17 +517,19 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
     """Each gene's total count and the number of cells without counts (as
     `_streamed_column_sums` gives them); a dask array is summed chunk by chunk on its
     workers (its chunks may be sparse, whose ``sum`` dask's own reduction cannot call), both
-    sums in one computation, which reads each chunk once."""
+    sums in one computation, which reads each chunk once. Each block is summed in float64:
+    its own dtype (float16) rounded totals above 2048 and overflowed above 65504, where the
+    counts in memory (checked into a wider dtype) gave exact totals."""
     if is_dask_array(matrix):
         import dask
 
         gene_parts = matrix.map_blocks(
-            lambda block: np.asarray(block.sum(axis=0), dtype=np.float64).reshape(1, -1),
+            lambda block: np.asarray(block.sum(axis=0, dtype=np.float64)).reshape(1, -1),
             dtype=np.float64,
             chunks=((1,) * matrix.numblocks[0], matrix.chunks[1]),
         )
         cell_parts = matrix.map_blocks(
-            lambda block: np.asarray(block.sum(axis=1), dtype=np.float64).reshape(-1, 1),
+            lambda block: np.asarray(block.sum(axis=1, dtype=np.float64)).reshape(-1, 1),
             dtype=np.float64,
             chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
         )

@@ -159,8 +159,10 @@ def project(
         )
     if is_dask_array(matrix):
         # The projection holds the new cells in memory, as its result does; sparse chunks
-        # stay sparse.
-        matrix = matrix.compute()
+        # stay sparse. Each block is checked to hold the cells its chunk declares.
+        from .._dask._cluster import computed_as_declared
+
+        matrix = computed_as_declared(matrix)
     # the projection computes in the reference's dtype: a float32 one resolves counts to 2**24
     fit_dtype = np.float32 if gene_shape.dtype == np.float32 else np.float64
     matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)

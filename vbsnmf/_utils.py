@@ -127,16 +127,50 @@ def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings")
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
     (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
     projection_key = f"{key}_projection"
-    projected = record_kind(adata.uns.get(projection_key)) == "projection"
-    if record_kind(adata.uns.get(key)) is None and projected:
-        raise KeyError(
-            f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
-            f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the "
-            "reference's: pass the reference AnnData (tl.project's adata_ref) instead"
-        )
+    projection = adata.uns.get(projection_key)
+    if record_kind(adata.uns.get(key)) is None and record_kind(projection) == "projection":
+        stated = f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
+        stated += f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the reference's"
+        reference_key = _held_reference_key(adata, projection)
+        if reference_key is not None:  # the reference projected onto itself, as advised
+            raise KeyError(
+                f"{stated}, which adata holds under adata.uns[{reference_key!r}] (the "
+                f"projection's reference_key): pass key={reference_key!r} instead"
+            )
+        raise KeyError(f"{stated}: pass the reference AnnData (tl.project's adata_ref) instead")
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
     return record
+
+
+def _held_reference_key(adata, projection: dict) -> str | None:
+    """The projection record ``projection``'s ``reference_key`` when ``adata`` holds a fit
+    under it with the reference's factors (as many, the same ones active: the projection
+    records no more of its reference), as when the reference was projected onto itself;
+    else None."""
+    reference_key = projection.get("reference_key")
+    if not isinstance(reference_key, str):
+        return None
+    reference = adata.uns.get(reference_key)
+    if record_kind(reference) != "fit" or "active" not in reference or "active" not in projection:
+        return None
+    reference_active = np.asarray(reference["active"])
+    projected_active = np.asarray(projection["active"])
+    same_factors = reference_active.shape == projected_active.shape and bool(
+        np.array_equal(reference_active, projected_active)
+    )
+    return reference_key if same_factors else None
+
+
+def gene_holder(adata, key: str):
+    """``adata.raw`` for a fit of ``.raw`` (its genes, ``.varm`` and ``.var``), else
+    ``adata``; a `ValueError` when the fit was of a ``.raw`` that ``adata`` no longer has.
+    Here, not in `vbsnmf.tl`, so that `vbsnmf.io` refuses such a fit as the tools do."""
+    if fit_info(adata, key)["params"].get("use_raw"):
+        if adata.raw is None:
+            raise ValueError(f"the fit {key!r} was of adata.raw, which adata no longer has")
+        return adata.raw
+    return adata
 
 
 def check_fit_record(record: dict, where: str) -> None:

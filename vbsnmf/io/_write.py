@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, held_signals
-from .._utils import check_fit_entries, elbo_iterations, fit_info, warn_user
+from .._utils import check_fit_entries, elbo_iterations, fit_info, gene_holder, warn_user
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     KeyError
         ``adata`` holds no fit under ``key``, or its ``.obsm`` or ``.varm`` entry is gone
         (nothing is written).
+    ValueError
+        The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has (nothing
+        is written).
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
     NotADirectoryError
@@ -105,8 +108,9 @@ class _Table(NamedTuple):
 def _factor_tables(adata, info: dict, key: str) -> list[_Table]:
     """The cell factors and gene loadings of the fit ``info`` (``adata.uns[key]``) as
     tables named by cell and gene; a `KeyError` if their entry is gone."""
-    # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's)
-    genes = adata.raw if info["params"].get("use_raw") and adata.raw is not None else adata
+    # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's);
+    # one whose .raw is gone is refused, as the tools refuse it, not written with .var's genes
+    genes = gene_holder(adata, key)
     check_fit_entries(
         key, ("obsm", adata.obsm, info["obsm_key"]), ("varm", genes.varm, info["varm_key"])
     )

@@ -381,12 +381,43 @@ def top_genes(
         f"factor {factor}": list(listed)
         for factor, listed in table["gene"].groupby(level="factor", sort=True)
     }
+    _check_genes_readable(adata, info, table["gene"], kwds)
     kwds.setdefault("standard_scale", "var")
     dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
     if return_fig:
         return dot_plot
     dot_plot.make_figure()
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+
+
+def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> None:
+    """A `ValueError` when the dot plot would read the fit's listed ``genes`` where some of
+    them are not (scanpy's bare KeyError): ``adata.raw`` when scanpy uses it (``use_raw``
+    as given in ``kwds``, else whether adata has ``.raw``), else adata's genes, which a
+    ``layer`` shares. With ``gene_symbols`` scanpy looks the names up itself."""
+    if "gene_symbols" in kwds:
+        return
+    use_raw = kwds.get("use_raw")
+    reads_raw = adata.raw is not None if use_raw is None else bool(use_raw)
+    if reads_raw and adata.raw is None:  # scanpy's own error says so
+        return
+    readable = adata.raw.var_names if reads_raw else adata.var_names
+    absent = pd.Index(genes.unique()).difference(readable, sort=False)
+    if absent.empty:
+        return
+    listed = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
+    if info["params"].get("use_raw") and not reads_raw:
+        raise ValueError(
+            f"the fit's genes are adata.raw's (use_raw=True), and the dot plot would read "
+            f"adata.X{'' if 'layer' not in kwds else ' (its layer)'}, which lacks "
+            f"{len(absent)} of its top genes ({listed}); drop use_raw=False to show .raw"
+        )
+    where = "adata.raw" if reads_raw else "adata"
+    raise ValueError(
+        f"the dot plot would read {where}, which lacks {len(absent)} of the fit's top genes "
+        f"({listed}); pass use_raw={not reads_raw} to read "
+        f"{'adata.X' if reads_raw else 'adata.raw'}"
+    )
 
 
 def _name_list(value, name: str) -> list[str]:

@@ -7,7 +7,14 @@ import os
 from collections.abc import Sequence
 
 from .._validation import check_iterations
-from ..tl._stored import active_factors, cell_factors_record, check_writable
+from ..tl._stored import (
+    DOMINANT_FACTOR_ENTRY,
+    active_factors,
+    cell_factors_record,
+    check_writable,
+    dominant_factor_column,
+    view_to_actual,
+)
 from ._plots import _finish, _finite_obsm, _name_list, _writer
 
 LEIDEN = "leiden"
@@ -57,9 +64,11 @@ def umap(
     color
         An ``.obs`` column or a gene, or a list of them (one panel each, as in
         ``sc.pl.umap``); default: each cell's dominant active factor, stored as
-        ``.obs[key + '_dominant_factor']``. ``"leiden"`` without such a column: Leiden
+        ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and absent; a
+        new fit under ``key`` drops it). ``"leiden"`` without such a column: Leiden
         clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
-        igraph package), stored as ``.obs['leiden']``.
+        igraph package), stored as ``.obs['leiden']``. Checked before any work, as
+        ``sc.pl.umap`` looks the names up (a gene of ``.raw`` when adata has one).
     n_neighbors
         Neighbours per cell, at least 2; more than the number of cells minus one is
         lowered to it.
@@ -75,7 +84,8 @@ def umap(
     Raises
     ------
     KeyError
-        No fit or projection under ``key``, or its usages are gone from ``.obsm``.
+        No fit or projection under ``key``, or its usages are gone from ``.obsm``; a
+        ``color`` that is neither an ``.obs`` column nor a gene where scanpy looks.
     ValueError
         The usages hold NaN or infinite values, or not one column per factor of the fit
         (an edited result: no fit writes them);
@@ -84,7 +94,8 @@ def umap(
     TypeError
         ``n_neighbors`` is not an integer; ``color`` is not a name or a list of names.
 
-    Any failure leaves ``adata`` as it was.
+    Any failure leaves ``adata`` as it was; a view stays a view when a check fails, and
+    is made its own AnnData (as anndata does at a write) only once they all passed.
     """
     import pandas as pd
     import scanpy as sc
@@ -97,15 +108,26 @@ def umap(
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
     usages = _usages(adata, info["usage_key"], info)
     _usages(adata, info["sqrt_usage_key"], info)
+    dominant_column = dominant_factor_column(key)
+    named = colors is not None and dominant_column in colors and dominant_column not in adata.obs
+    write_dominant = color is None or named
+    colors = [dominant_column] if colors is None else colors
+    # before the graph and the UMAP, which scanpy's refusal of a colour came after
+    _check_colors(adata, colors, addable={dominant_column, LEIDEN})
+    # only now, every check passed: the graph and UMAP are stored into its own AnnData
+    view_to_actual(adata)
     with _unchanged_on_failure(adata):
-        if colors is None:
-            colors = [f"{key}_dominant_factor"]
+        if write_dominant:
             active = active_factors(adata, key)
             if active.size == 0:
                 active = active_factors(adata, key, include_inactive=True)
             dominant = usages[:, active].argmax(axis=1)
             names = [f"factor {factor}" for factor in active]
-            adata.obs[colors[0]] = pd.Categorical.from_codes(dominant, categories=names)
+            adata.obs[dominant_column] = pd.Categorical.from_codes(dominant, categories=names)
+            if "written_by" not in info:  # a fit's record (a projection's is not replaced)
+                # named in the fit's record, so that a new fit under the key drops it
+                # (`drop_fit`); a new record, not an edit of it, which a failure puts back
+                adata.uns[key] = {**adata.uns[key], DOMINANT_FACTOR_ENTRY: dominant_column}
         # replaced by the graph below; scanpy reads a stored one first, and one without
         # its parameters (an edited file) failed with a bare KeyError: 'n_neighbors'
         adata.uns.pop("neighbors", None)
@@ -129,6 +151,36 @@ def umap(
         # a list of axes for several panels, as scanpy returns them
         first = axes[0] if isinstance(axes, list) else axes
         return _finish(first.figure, axes, show, save, "umap")
+
+
+def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
+    """A `KeyError` naming the ``colors`` that ``sc.pl.umap`` would not find, as it looks
+    them up: an ``.obs`` column, else a gene of ``adata.raw`` when adata has one (scanpy's
+    default ``use_raw`` without a layer), else of ``adata``; ``addable``: the columns
+    `umap` adds itself (the dominant factors, Leiden clusters)."""
+    genes, where = (
+        (adata.raw.var_names, "adata.raw.var_names")
+        if adata.raw is not None
+        else (adata.var_names, "adata.var_names")
+    )
+    missing = [
+        name
+        for name in colors
+        if name not in adata.obs.columns and name not in addable and name not in genes
+    ]
+    if not missing:
+        return
+    in_x = [name for name in missing if adata.raw is not None and name in adata.var_names]
+    note = (
+        f" ({', '.join(map(repr, in_x))} in adata.var_names, but scanpy colours by the genes "
+        "of adata.raw when adata has it)"
+        if in_x
+        else ""
+    )
+    raise KeyError(
+        f"color {', '.join(map(repr, missing))}: neither a column of adata.obs nor a gene of "
+        f"{where}{note}"
+    )
 
 
 def _usages(adata, name: str, info: dict):

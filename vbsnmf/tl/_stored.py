@@ -7,13 +7,15 @@ genes keeps a fit that ``warm_start`` and `project` can use.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import damaged_record, fit_info, record_entry, record_kind
+from .._utils import damaged_record, fit_info, gene_holder, record_entry, record_kind
 from .._validation import check_flag
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
@@ -45,16 +47,6 @@ class FitKeys:
     def total_counts(self) -> str:
         """``.var`` column: each fitted gene's total count."""
         return f"{self.uns}_total_counts"
-
-
-def gene_holder(adata, key: str):
-    """``adata.raw`` for a fit of ``.raw`` (its genes, ``.varm`` and ``.var``), else
-    ``adata``."""
-    if fit_info(adata, key)["params"].get("use_raw"):
-        if adata.raw is None:
-            raise ValueError(f"the fit {key!r} was of adata.raw, which adata no longer has")
-        return adata.raw
-    return adata
 
 
 def usage(cell_factors, gene_loadings):
@@ -225,12 +217,40 @@ def view_to_actual(adata) -> None:
         adata._init_as_actual(adata.copy())
 
 
+# The fit record's entry naming the .obs column of each cell's dominant factor that
+# `vbsnmf.pl.umap` wrote for it (scanpy stores that column's colours in .uns).
+DOMINANT_FACTOR_ENTRY = "dominant_factor_key"
+_FACTOR_NAME = re.compile(r"factor \d+")
+
+
+def dominant_factor_column(key: str) -> str:
+    """The ``.obs`` column of each cell's dominant factor of the fit or projection ``key``,
+    as `vbsnmf.pl.umap` names it."""
+    return f"{key}_dominant_factor"
+
+
+def _drop_dominant_factors(adata, info: dict) -> None:
+    """Remove the dominant-factor column that `vbsnmf.pl.umap` wrote for the fit ``info``
+    and its colours: only one the record names (as the fit's other entries), still holding
+    the factors umap writes (not a column of the same name put there since)."""
+    column = info.get(DOMINANT_FACTOR_ENTRY)
+    if not isinstance(column, str) or column not in adata.obs.columns:
+        return
+    values = adata.obs[column]
+    if not isinstance(values.dtype, pd.CategoricalDtype) or not all(
+        isinstance(name, str) and _FACTOR_NAME.fullmatch(name) for name in values.cat.categories
+    ):
+        return
+    del adata.obs[column]
+    adata.uns.pop(f"{column}_colors", None)
+
+
 def drop_fit(adata, keys: FitKeys) -> None:
     """Remove the entries of the fit stored under ``keys.uns``, which a new fit under that key
     replaces: those the new fit does not write (another prior's arrays, a classical fit's
     lack of them, loadings under ``.varm['NMF']`` against ``.varm['nmf']``, ``.raw``'s
-    against ``adata``'s) would otherwise outlive it beside its record. A view is made its own
-    AnnData first (`view_to_actual`)."""
+    against ``adata``'s, the dominant factors `vbsnmf.pl.umap` drew) would otherwise outlive
+    it beside its record. A view is made its own AnnData first (`view_to_actual`)."""
     view_to_actual(adata)
     info = adata.uns.get(keys.uns)
     if record_kind(info) != "fit":
@@ -245,6 +265,7 @@ def drop_fit(adata, keys: FitKeys) -> None:
             del holder.varm[name]
         if keys.total_counts in holder.var.columns:
             del holder.var[keys.total_counts]
+    _drop_dominant_factors(adata, info)
     del adata.uns[keys.uns]
 
 

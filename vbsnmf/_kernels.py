@@ -778,6 +778,77 @@ def mean_sums(shape, rate, mean_sum):
             mean_sum[l] += np.float64(shape[i, l]) / np.float64(rate[r, l])
 
 
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def observed_mean_sums(mask_indptr, mask_indices, never_observed, other_shape, other_rate, out):
+    """``out[i, l] = sum_j E[w_jl]`` over the columns ``j`` observed in row ``i``, those not
+    in the row of the mask (CSR ``mask_indptr``, ``mask_indices``, indices sorted within
+    each row), in float64: ``E[w_jl] = other_shape[j, l] / other_rate[j or 0, l]`` (``rate``
+    as `rows_or_row` gives it), zero where ``never_observed[j]`` (masked in every row).
+
+    Each row's sum is the total less its masked sum, T_l - m_il, unless that cancels:
+    T_l and m_il are each rounded by about eps T_l and eps m_il, which relative to the
+    difference is (T_l + m_il) / (T_l - m_il) times a direct sum's error (the subtraction's
+    condition number): at most 3, under two bits, while m_il <= T_l / 2, and without bound
+    as m_il -> T_l. A row past half in any component is summed directly over its observed
+    columns, O(n_other x K) for that row instead of O(its masked entries x K): only rows
+    dominated by their masked entries (most of the row masked, or masked entries of far
+    larger means than the observed ones) pay it. The other side's entries masked in every
+    row (a gene with nothing observed, whose mean is the prior's) are in no row's sum and
+    are left out of T and m_i alike, so they make no row cancel. Serial (rows in order):
+    scipy's product of the mask and the means it replaces was serial too."""
+    n_rows = mask_indptr.shape[0] - 1
+    n_other, n_components = other_shape.shape
+    per_row = other_rate.shape[0] > 1
+    means = np.zeros((n_other, n_components))
+    total = np.zeros(n_components)
+    for j in range(n_other):
+        if never_observed[j]:
+            continue
+        r = j if per_row else 0
+        for l in range(n_components):
+            means[j, l] = np.float64(other_shape[j, l]) / np.float64(other_rate[r, l])
+            total[l] += means[j, l]
+    row_sum = np.empty(n_components)  # a row's sum, apart from ``out`` (no aliasing)
+    for i in range(n_rows):
+        start, stop = mask_indptr[i], mask_indptr[i + 1]
+        row_sum[:] = 0.0
+        for position in range(start, stop):
+            mean = means[mask_indices[position]]
+            for l in range(n_components):
+                row_sum[l] += mean[l]
+        cancelling = False
+        for l in range(n_components):
+            cancelling |= 2.0 * row_sum[l] > total[l]
+        if cancelling:
+            row_sum[:] = 0.0
+            position = start
+            for j in range(n_other):
+                if position < stop and mask_indices[position] == j:
+                    position += 1  # masked in this row
+                    continue
+                mean = means[j]
+                for l in range(n_components):
+                    row_sum[l] += mean[l]
+            out[i] = row_sum
+        else:
+            for l in range(n_components):
+                out[i, l] = max(total[l] - row_sum[l], 0.0)  # max: a guard against rounding
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+def mean_weighted_sum(shape, rate, weights):
+    """``sum_il E[z_il] weights[i, l]`` in float64, ``E[z_il] = shape[i, l] / rate[i or 0,
+    l]`` (``rate`` as `rows_or_row` gives it), rows in order, with no n x K temporary."""
+    n_rows, n_components = shape.shape
+    per_row = rate.shape[0] > 1
+    result = 0.0
+    for i in range(n_rows):
+        r = i if per_row else 0
+        for l in range(n_components):
+            result += np.float64(shape[i, l]) / np.float64(rate[r, l]) * weights[i, l]
+    return result
+
+
 def rows_or_row(values, shape: tuple[int, int], dtype=None) -> np.ndarray:
     """``values`` broadcastable to ``shape`` (n x K) as a C-contiguous 2-D array for the
     side kernels, which read row ``i``, or row 0 for every ``i`` when it has one: its n

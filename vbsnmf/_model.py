@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -313,12 +313,16 @@ def gamma_kl_entries(
 class Mask:
     """Entries of X that were not observed (model.md, "Missing entries"): their terms
     leave the likelihood. The pass never sees them (the caller drops them from the data);
-    what remains is their share of the expected counts, taken out of the total term and
-    of the rates: ``sum_{j in M_i} E[w_jl]`` for row i and ``sum_{i in M_j} E[z_il]`` for
-    column j. ``rows`` is the mask as CSR (rows x columns, ones), ``cols`` its transpose."""
+    what remains is each row's sum of the other side's means over its *observed* entries,
+    ``sum_{j not in M_i} E[w_jl]`` for row i and ``sum_{i not in M_j} E[z_il]`` for
+    column j, in the rates and the expected product (`observed_sums`). ``rows`` is the mask
+    as canonical CSR (rows x columns, ones, indices sorted), ``cols`` its transpose."""
 
     rows: sp.csr_array
     cols: sp.csr_array
+    # The last `observed_row_sums` and the column q they are of: a batch iteration asks
+    # for the same q's twice (its ELBO, then its step's row rates).
+    _row_sums_memo: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, matrix) -> Mask:
@@ -327,24 +331,58 @@ class Mask:
         rows.sum_duplicates()
         rows.eliminate_zeros()
         rows.data[:] = 1.0
-        return cls(rows, sp.csr_array(rows.T))
+        cols = sp.csr_array(rows.T)
+        cols.sort_indices()
+        return cls(rows, cols)
 
-    def row_sums(self, col_mean: np.ndarray) -> np.ndarray:
-        """``sum_{j in M_i} E[w_j]`` for every row (rows x K)."""
-        return np.asarray(self.rows @ col_mean)
+    def observed_row_sums(self, col_shape: np.ndarray, col_rate) -> np.ndarray:
+        """``sum_{j not in M_i} E[w_j]`` for every row (rows x K, float64, read only)."""
+        col_rate = np.asarray(col_rate)
+        memo = self._row_sums_memo
+        if memo is not None and all(map(_same_array, memo[:2], (col_shape, col_rate))):
+            return memo[2]
+        sums = observed_sums(self.rows, self.cols, col_shape, col_rate)
+        sums.flags.writeable = False  # shared with the memo
+        self._row_sums_memo = (col_shape.copy(), col_rate.copy(), sums)
+        return sums
 
-    def col_sums(self, row_mean: np.ndarray) -> np.ndarray:
-        """``sum_{i in M_j} E[z_i]`` for every column (columns x K)."""
-        return np.asarray(self.cols @ row_mean)
+    def observed_col_sums(self, row_shape: np.ndarray, row_rate) -> np.ndarray:
+        """``sum_{i not in M_j} E[z_i]`` for every column (columns x K, float64)."""
+        return observed_sums(self.cols, self.rows, row_shape, row_rate)
 
-    def product(self, row_mean: np.ndarray, col_mean: np.ndarray) -> float:
-        """``sum_{(i, j) in M} sum_l E[z_il] E[w_jl]``."""
-        return float(np.sum(row_mean * self.row_sums(col_mean)))
+    def observed_product(self, params: VariationalParams) -> float:
+        """``sum_{(i, j) not in M} sum_l E[z_il] E[w_jl]``, the expected product of the
+        observed entries, as ``sum_i E[z_i] . observed_row_sums_i``: a sum of nonnegative
+        terms, so it keeps its precision however large the masked entries' means are
+        (the full product less the masked one cancelled when they dwarf it)."""
+        row_sums = self.observed_row_sums(params.col_shape, params.col_rate)
+        row_rate = _kernels.rows_or_row(params.row_rate, params.row_shape.shape)
+        return float(_kernels.mean_weighted_sum(params.row_shape, row_rate, row_sums))
 
 
-def _other_sums(mean_sum: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
-    """The other side's sums seen by each row: all of them, less the masked ones."""
-    return mean_sum if masked is None else mean_sum - masked
+def _same_array(kept: np.ndarray, given: np.ndarray) -> bool:
+    """Whether ``given`` holds what ``kept`` does (dtype, shape, values)."""
+    return kept.dtype == given.dtype and np.array_equal(kept, given)
+
+
+def observed_sums(masked: sp.csr_array, masked_t: sp.csr_array, other_shape, other_rate):
+    """``sum_{j not in masked_i} E[w_j]`` for every row i of ``masked`` (n x K, float64),
+    the other side's q being ``(other_shape, other_rate)`` and ``masked_t`` ``masked``'s
+    transpose as CSR (its rows' lengths tell the other side's entries masked in every row).
+
+    Formed as the sum over the whole other side less the row's masked sum, in
+    O(masked entries x K + n_other x K), and directly, in O(n_other x K), for the rows
+    where that difference would cancel: those whose masked entries carry more than half
+    the total (`_kernels.observed_mean_sums`, which says why half)."""
+    if not masked.has_sorted_indices:
+        masked.sort_indices()  # the kernel walks each row's indices in order
+    never_observed = np.diff(masked_t.indptr) == masked.shape[0]
+    rate = _kernels.rows_or_row(other_rate, other_shape.shape)
+    sums = np.empty((masked.shape[0], other_shape.shape[1]))
+    _kernels.observed_mean_sums(
+        masked.indptr, masked.indices, never_observed, other_shape, rate, sums
+    )
+    return sums
 
 
 # -- the pass over the nonzeros (updateA) -------------------------------------------------
@@ -476,9 +514,10 @@ def global_step(
     column's the masked rows), so the rates are per entry.
     """
     dtype = params.row_shape.dtype
-    # The columns' means are needed only summed: not held through the step (memory).
-    col_mean_sum = mean_sums(params.col_shape, params.col_rate)
-    row_sums = _other_sums(col_mean_sum, mask and mask.row_sums(params.col_mean))
+    if mask is None:  # the columns' means are needed only summed: not held (memory)
+        row_sums = mean_sums(params.col_shape, params.col_rate)
+    else:
+        row_sums = mask.observed_row_sums(params.col_shape, params.col_rate)
     if isinstance(prior, HierarchicalPrior):
         row_scale_mean, col_scale_mean = params.row_scale.mean, params.col_scale.mean
         # sum_i E[log z_il] of each new side, for its a_l (none when the prior fixes a_l)
@@ -487,8 +526,10 @@ def global_step(
         row_shape, row_rate, row_scale, row_mean_sum = update_side_learned(
             row_stat, params.row_scale, row_sums, dtype, row_scale_mean, row_log
         )
-        masked = mask and mask.col_sums(row_shape / row_rate)
-        col_sums = _other_sums(row_mean_sum, masked)
+        if mask is None:
+            col_sums = row_mean_sum
+        else:
+            col_sums = mask.observed_col_sums(row_shape, row_rate)
         col_shape, col_rate, col_scale, _ = update_side_learned(
             col_stat, params.col_scale, col_sums, dtype, col_scale_mean, col_log
         )
@@ -509,7 +550,10 @@ def global_step(
         return stepped
     row_rate = side_rate(prior, rate_scale * row_sums, dtype)
     row_shape, row_mean_sum = gamma_side(prior, row_stat, row_rate, dtype)
-    col_sums = _other_sums(row_mean_sum, mask and mask.col_sums(row_shape / row_rate))
+    if mask is None:
+        col_sums = row_mean_sum
+    else:
+        col_sums = mask.observed_col_sums(row_shape, row_rate)
     col_rate = side_rate(prior, rate_scale * col_sums, dtype)
     col_shape, _ = gamma_side(prior, col_stat, col_rate, dtype)
     return VariationalParams(row_shape, row_rate, col_shape, col_rate)
@@ -921,15 +965,16 @@ class ElboTerms:
     row_kl: float
     col_mean_sum: np.ndarray | None = None
     col_kl: float = 0.0
-    masked_product: float = 0.0
+    observed_product: float | None = None
 
     def value(self) -> float:
         """``data - sum_l (sum_i E[z_il])(sum_j E[w_jl]) - KL(q(z)) - KL(q(w))`` (nats);
-        with missing entries their share of the expected product, ``masked_product``, is
-        taken out of the total term."""
-        expected_product = float(self.row_mean_sum @ self.col_mean_sum)
-        if self.masked_product:
-            expected_product -= self.masked_product
+        with missing entries the expected product is the observed entries' own,
+        ``observed_product`` (`Mask.observed_product`)."""
+        if self.observed_product is None:
+            expected_product = float(self.row_mean_sum @ self.col_mean_sum)
+        else:
+            expected_product = self.observed_product
         return self.data_term - expected_product - self.row_kl - self.col_kl
 
     def __add__(self, other: ElboTerms) -> ElboTerms:
@@ -990,7 +1035,7 @@ def elbo_terms(
 
 def _with_mask(terms: ElboTerms, params: VariationalParams, mask: Mask | None) -> ElboTerms:
     if mask is not None:
-        terms.masked_product = mask.product(params.row_mean, params.col_mean)
+        terms.observed_product = mask.observed_product(params)
     return terms
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import warnings
 import zipfile
 import zlib
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import (
+    _names,
     atomic_file,
     drop_lock_file,
     link_followed,
@@ -146,7 +148,13 @@ def _meta(stored, path) -> dict:
             f"{path} is not a vbsnmf checkpoint (an archive without vbsnmf's metadata); "
             "name another path or remove it"
         )
-    meta = json.loads(str(stored["__meta__"]))
+    try:
+        meta = json.loads(str(stored["__meta__"]))
+    except RecursionError:  # JSON nested deeper than Python's stack: damaged, not a crash
+        raise CheckpointError(
+            f"{path} is not a vbsnmf checkpoint (its metadata nests deeper than any "
+            "checkpoint's); name another path or remove it"
+        ) from None
     if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
         raise CheckpointError(
             f"{path} is not a vbsnmf checkpoint (its metadata is not vbsnmf's); name "
@@ -162,6 +170,24 @@ LATER_KEYS = frozenset({"local_fit", "eval_every"})
 # Settings recorded since, with the value a checkpoint written before meant: every start
 # was random until NNDSVDa came.
 LATER_KEY_VALUES = {"init": "random"}
+# Settings a solver does not use (SVI never accelerates), which checkpoints written before
+# recorded whatever they were set to: not compared for a fit of that solver.
+UNUSED_BY_SOLVER = {"accelerate": "svi"}
+# Config keys that record several parameters, by the parameters' names (as the user sets
+# them), so that a mismatch names the parameter: the local fits' [max_iter, tol].
+COMBINED_KEYS = {"local_fit": ("max_iter", "tol")}
+
+
+def recorded_seed(random_state, entropy: int) -> int | None:
+    """What a checkpoint records of ``random_state``: an integer as it is; for a
+    Generator or RandomState the ``entropy`` the fit drew from it (`_model.seed_entropy`), which
+    the same generator in the same state gives again and another does not; None for None
+    (fresh entropy, which the checkpoint's generator state carries on)."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state)
+    return int(entropy)
 
 
 def warn_if_beyond(estimator, n_done: int) -> None:
@@ -193,7 +219,9 @@ def check_config(meta: dict, config: dict, path) -> None:
     differing = sorted(
         key
         for key in set(stored) | set(config)
-        if stored.get(key) != config.get(key) and not (key in LATER_KEYS and key not in stored)
+        if stored.get(key) != config.get(key)
+        and not (key in LATER_KEYS and key not in stored)
+        and UNUSED_BY_SOLVER.get(key, "") != config.get("solver")
     )
     if not differing:
         return
@@ -205,11 +233,26 @@ def check_config(meta: dict, config: dict, path) -> None:
             f"another order); {start_over}"
         )
     details = ", ".join(
-        f"{key}: checkpoint {stored.get(key)!r} vs now {config.get(key)!r}" for key in differing
+        f"{name}: checkpoint {then!r} vs now {now!r}"
+        for key in differing
+        for name, then, now in _by_parameter(key, stored.get(key), config.get(key))
     )
     raise CheckpointMismatchError(
         f"checkpoint {path} was written by a different fit ({details}); {start_over}"
     )
+
+
+def _by_parameter(key: str, then, now) -> list[tuple[str, object, object]]:
+    """``(name, checkpoint's value, current value)`` of config ``key``, split into the
+    parameters it records (`COMBINED_KEYS`) where both values hold one each, so that the
+    differing ones are named as the user sets them (``tol``, not ``local_fit``)."""
+    names = COMBINED_KEYS.get(key)
+    split = names is not None and all(
+        isinstance(value, list) and len(value) == len(names) for value in (then, now)
+    )
+    if not split:
+        return [(key, then, now)]
+    return [(name, a, b) for name, a, b in zip(names, then, now) if a != b]
 
 
 def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
@@ -452,6 +495,7 @@ class Checkpointer:
         self.config = config
         self.check = check_state if check is None else check
         self._lock = None
+        self._saved = None  # `_identity` of this fit's last save
 
     def __enter__(self) -> Checkpointer:
         if self.path is not None and self.path.parent.is_dir():
@@ -483,12 +527,57 @@ class Checkpointer:
 
     def save(self, counter: int, arrays: dict[str, np.ndarray], meta: dict, force=False) -> None:
         """Save when ``counter`` (iterations or epochs done) is a multiple of ``every``, or
-        when ``force`` (the end of the fit)."""
+        when ``force`` (the end of the fit).
+
+        A lock file removed during the fit (with the checkpoint's folder, say) is taken
+        again when nothing was saved at the path since this fit's last save; another fit's
+        checkpoint there, or its lock, stops this one (`CheckpointError`,
+        `CheckpointInUseError`) rather than overwrite it."""
         if self.path is not None and (force or counter % self.every == 0):
+            if self._lock is not None and not _names(self._lock, lock_file_of(self.path)):
+                self._lock_lost()
             if self._lock is None:  # its folder made by this save, or no locks there
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._make_folder()
                 self._hold()
             save_checkpoint(self.path, arrays, {**meta, "config": self.config})
+            self._saved = _identity(self.path)
+
+    def _lock_lost(self) -> None:
+        """The lock file this fit holds no longer names the file it holds: released, and
+        refused if another fit may have saved at the path since (its checkpoint would be
+        overwritten)."""
+        lock = lock_file_of(self.path)
+        os.close(self._lock)  # a file no name reaches any more: nothing to remove
+        self._lock = None
+        if _identity(self.path) not in (None, self._saved):
+            raise CheckpointError(
+                f"the lock file {lock} of checkpoint {self.path} was removed during the fit "
+                "(with the checkpoint's folder?), and the checkpoint there now is not this "
+                "fit's last save: another fit may be saving there; this fit stops rather "
+                "than overwrite it"
+            )
+
+    def _make_folder(self) -> None:
+        """The checkpoint's folder, made if it is not there (removed during the fit, say);
+        `CheckpointError` naming it when something else has its name."""
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise CheckpointError(
+                f"checkpoint {self.path} cannot be saved: {folder} is not a folder (was the "
+                "checkpoint's folder replaced by a file during the fit?); move that file, or "
+                "name another checkpoint"
+            ) from None
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file at ``path`` is replaced or rewritten (None: no file)."""
+    try:
+        state = os.stat(path)
+    except OSError:
+        return None
+    return state.st_dev, state.st_ino, state.st_mtime_ns
 
 
 def rng_state_json(rng: np.random.Generator) -> str:
@@ -515,6 +604,7 @@ __all__ = [
     "check_state",
     "load_checkpoint",
     "read_checkpoint_meta",
+    "recorded_seed",
     "rng_from_json",
     "rng_state_json",
     "save_checkpoint",

@@ -26,7 +26,7 @@ from ._batch import (
     start_accelerated,
     trace_arrays,
 )
-from ._checkpoint import Checkpointer, restored_elbo_iter, warn_if_beyond
+from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._data import CountData, as_count_data
 from ._memory import check_fit_memory
 from ._model import (
@@ -63,6 +63,8 @@ from ._svi import (
     fit_svi_nonzeros,
     init_cells_state,
     init_nonzeros_state,
+    nonzero_count,
+    resumed_svi_progress,
     scan_blocks,
 )
 from ._utils import check_n_threads, is_dask_array, numba_threads
@@ -282,7 +284,15 @@ class VBNMF(Estimator):
         whose ``n_epochs`` is not a multiple of ``eval_every``: it evaluated at its end,
         which the longer fit did not, and goes on from that evaluation); resumed with
         fewer, the checkpoint's fit is returned with a warning. ``init`` is not used when a
-        checkpoint is resumed (the checkpoint is the later state of that fit).
+        checkpoint is resumed (the checkpoint is the later state of that fit). ``tol`` may
+        change on resume (the other settings may not, bar ``max_iter`` / ``n_epochs``; for
+        the cells form of SVI ``tol`` and ``max_iter`` also run each cell's local fit, and
+        are then refused): the checkpoint's convergence is judged again under it, so a fit
+        that converged under a looser ``tol`` goes on under a tighter one, and one that
+        meets a looser ``tol`` stops (plain batch ascent: at once, ``converged_=True``;
+        accelerated, SVI: at the next check). A ``random_state`` Generator resumes only when
+        given in the state it had at the first fit (a fresh ``np.random.default_rng(seed)``
+        of the same seed): the checkpoint records the entropy the fit drew from it.
 
     Attributes
     ----------
@@ -715,7 +725,9 @@ def _fit_counts(
         if settings.checkpoint is not None:
             fingerprint = combine_fingerprints(check_sparse_structure(csr, fingerprint=True))
         row_totals, col_totals = csr_totals(csr)
-        counts = CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
+        counts = CountScan(
+            float(row_totals.sum()), row_totals, col_totals, fingerprint, nonzero_count(csr)
+        )
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     if mask is not None:
         mask = _checked_mask(mask, matrix.shape)
@@ -802,14 +814,20 @@ def _describe_stream(X) -> str:
 
 
 def _checkpointer(
-    settings: FitSettings, shape, nnz: int, total: float, n_threads: int, batch, fingerprint
+    settings: FitSettings,
+    shape,
+    nnz: int,
+    total: float,
+    n_threads: int,
+    batch,
+    fingerprint,
+    entropy: int,
 ):
     """The checkpoint of this fit (inactive without a path) and the record of everything
     that changes its arithmetic (the data's fingerprint among them), which a checkpoint
     must match to be resumed."""
     svi = settings.solver == "svi"
     cells_form = svi and settings.svi_form == "cells"
-    seed = settings.random_state
     config = {
         "shape": [int(n) for n in shape],
         "nnz": int(nnz),
@@ -826,10 +844,11 @@ def _checkpointer(
         "eval_every": settings.eval_every if svi else None,
         "prior": repr(settings.prior),
         "init": settings.init,
-        "accelerate": settings.accelerate,
+        # SVI never accelerates: None, which a checkpoint's value is not compared with
+        "accelerate": None if svi else settings.accelerate,
         "dtype": settings.dtype.name,
         "n_threads": n_threads,
-        "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
+        "random_state": recorded_seed(settings.random_state, entropy),
     }
     return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
@@ -844,7 +863,7 @@ def _fit_batch(
     with numba_threads(settings.n_threads) as n_threads:
         fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
         checkpointer = _checkpointer(
-            settings, data.shape, data.nnz, total, n_threads, None, fingerprint
+            settings, data.shape, data.nnz, total, n_threads, None, fingerprint, entropy
         )
         if mask is not None:  # a checkpoint of other missing entries is another fit
             checkpointer.config["mask"] = combine_fingerprints(
@@ -1026,7 +1045,9 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
         )
 
     fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
-    result = _run_svi(settings, data.shape, data.nnz, total, fingerprint, batch, start_state, run)
+    result = _run_svi(
+        settings, data.shape, data.nnz, total, fingerprint, batch, start_state, run, entropy
+    )
     return result, data.shape[1]
 
 
@@ -1053,25 +1074,28 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
     def run(state, svi_settings, save):
         return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
 
+    # the nonzeros the scan counted (stored zeros and repeats not), as the fingerprint
+    nnz = source.nnz if counts.nnz is None else counts.nnz
     result = _run_svi(
-        settings, shape, source.nnz, total, counts.fingerprint, batch, start_state, run
+        settings, shape, nnz, total, counts.fingerprint, batch, start_state, run, entropy
     )
     return result, shape[1]
 
 
 def _run_svi(
-    settings: FitSettings, shape, nnz, total, fingerprint, batch, start_state, run
+    settings: FitSettings, shape, nnz, total, fingerprint, batch, start_state, run, entropy
 ) -> FitResult:
     """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
     with numba_threads(settings.n_threads) as n_threads:
         svi_settings = settings.svi(batch, n_threads, shape[0])
-        checkpointer = _checkpointer(settings, shape, nnz, total, n_threads, batch, fingerprint)
+        checkpointer = _checkpointer(
+            settings, shape, nnz, total, n_threads, batch, fingerprint, entropy
+        )
         with checkpointer:
             stored = checkpointer.load() if settings.resume else None
             if stored is not None:
                 state = SVIState.from_arrays(*stored, svi_settings.eval_every)
-                # A fit that ended at n_epochs continues when resumed with more epochs.
-                state.finished = state.converged or state.epoch >= svi_settings.n_epochs
+                resumed_svi_progress(state, svi_settings)
             else:
                 state = start_state()
 

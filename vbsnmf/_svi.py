@@ -314,6 +314,21 @@ def end_of_epoch(
     on from). The tensor fit's state and settings (`_tensor.TensorSVIState`,
     `_tensor.TensorSVISettings`) have the same fields and go through here too."""
     state.epoch += 1
+    close_epoch(state, evaluate, settings, callback, on_epoch, after_evaluation, verbose=verbose)
+
+
+def close_epoch(
+    state: SVIState,
+    evaluate: Callable[[], float],
+    settings: SVISettings,
+    callback,
+    on_epoch,
+    after_evaluation: Callable[[], None] | None = None,
+    *,
+    verbose: bool = False,
+) -> None:
+    """`end_of_epoch` once ``state.epoch`` counts the epoch: its evaluation when due,
+    the decision to stop, the callback, the save."""
     last_epoch = state.epoch >= settings.n_epochs
     evaluated = state.epoch % settings.eval_every == 0 or last_epoch
     if evaluated:
@@ -331,6 +346,24 @@ def end_of_epoch(
         after_evaluation()
     if on_epoch is not None:
         on_epoch(state)
+
+
+def resumed_svi_progress(state: SVIState, settings: SVISettings) -> None:
+    """Whether a fit resumed from a checkpoint (``state``, matrix or tensor) under
+    ``settings`` is done (``state.finished``): its stored convergence judged again under
+    the current ``tol`` (a tighter one goes on); one that ended at ``n_epochs`` goes on
+    when resumed with more, and one stopped at exactly ``n_epochs`` before that epoch was
+    evaluated still evaluates it (`owes_last_evaluation`), as the uninterrupted fit did."""
+    state.converged = state.converged and svi_has_converged(state.elbo_trace, settings.tol)
+    evaluated = bool(state.elbo_iter) and state.elbo_iter[-1] == state.epoch
+    at_end = state.epoch > settings.n_epochs or (state.epoch == settings.n_epochs and evaluated)
+    state.finished = state.converged or at_end
+
+
+def owes_last_evaluation(state: SVIState, settings: SVISettings) -> bool:
+    """A resumed fit at its last epoch, ``n_epochs``, not yet evaluated (its checkpoint was
+    saved by a longer fit between two evaluations): `close_epoch` evaluates it."""
+    return not state.finished and 0 < state.epoch == settings.n_epochs
 
 
 def warn_if_not_converged(converged: bool, settings: SVISettings) -> None:
@@ -414,6 +447,8 @@ def fit_svi_nonzeros(
         return elbo(data, state.params, settings.prior, settings.n_threads)
 
     n_steps = steps_per_epoch(n_nonzeros, batch_size)
+    if owes_last_evaluation(state, settings):
+        close_epoch(state, evaluate, settings, callback, on_epoch, verbose=settings.verbose)
     while not state.finished and state.epoch < settings.n_epochs:
         order = np.arange(n_nonzeros, dtype=index_dtype)
         state.rng.shuffle(order)
@@ -444,6 +479,18 @@ class CountScan:
     row_totals: np.ndarray
     col_totals: np.ndarray
     fingerprint: str
+    # the nonzero counts (repeats summed, stored zeros not counted, as the fingerprint
+    # counts them): what checkpoints record, whichever way the same counts are stored
+    nnz: int | None = None
+
+
+def nonzero_count(csr: sp.csr_array) -> int:
+    """The nonzero counts of ``csr`` once repeated entries are summed: stored zeros, and
+    repeats that sum to one entry, do not count."""
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    return int(np.count_nonzero(csr.data))
 
 
 def scan_blocks(
@@ -452,7 +499,7 @@ def scan_blocks(
     """Validate every count of the row blocks ``(first_row, block)`` of ``name``, a matrix
     of ``shape`` (one streaming pass), for a fit of ``fit_dtype``, and total them. Warns
     once (`NonCountWarning`, naming ``name``) if any count is not an integer."""
-    non_integer, fingerprints = False, []
+    non_integer, fingerprints, nnz = False, [], 0
     row_totals, col_totals = np.zeros(shape[0]), np.zeros(shape[1])
     for start, block in blocks:
         block_name = f"{name} (rows {start}..{start + block.shape[0] - 1})"
@@ -461,13 +508,14 @@ def scan_blocks(
         )
         checked = sp.csr_array(found.matrix)
         fingerprints.append(found.fingerprint)
+        nnz += nonzero_count(checked)
         row_totals[start : start + block.shape[0]] = checked.sum(axis=1)
         col_totals += np.bincount(checked.indices, checked.data, minlength=shape[1])
         non_integer = non_integer or found.non_integer
     if non_integer:
         warn_non_counts(name)  # the file's name, as the errors of its blocks
     fingerprint = combine_fingerprints(*fingerprints)
-    return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint)
+    return CountScan(float(row_totals.sum()), row_totals, col_totals, fingerprint, nnz)
 
 
 def init_cells_state(
@@ -772,6 +820,10 @@ def run_cells_epochs(
 
     if state.gene_statistics is not None and not state.finished:  # resumed with more epochs
         gene_step()
+    if owes_last_evaluation(state, settings):
+        close_epoch(
+            state, evaluate_and_hold, settings, callback, on_epoch, verbose=settings.verbose
+        )
 
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_rows)

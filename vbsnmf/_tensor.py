@@ -71,17 +71,19 @@ from ._checkpoint import (
     rounding_of_elbo,
 )
 from ._model import GammaPrior
-from ._svi import default_batch_size as matrix_default_batch_size
-from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._svi import (
+    close_epoch,
     end_of_epoch,
     learning_rate,
+    owes_last_evaluation,
     progress_from_arrays,
     progress_to_arrays,
     relearn_global_side,
     steps_per_epoch,
     warn_if_not_converged,
 )
+from ._svi import default_batch_size as matrix_default_batch_size
+from ._svi import default_n_epochs as matrix_default_n_epochs
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -1096,6 +1098,15 @@ def fit_svi(
     n_steps = steps_per_epoch(n_items, batch_size)
     if state.step_statistics is not None and not state.finished:
         full_data_step(state, data, settings)
+    if owes_last_evaluation(state, settings):
+        close_epoch(
+            state,
+            lambda: evaluate_epoch(state, data, settings),
+            settings,
+            callback,
+            on_epoch,
+            verbose=settings.verbose,
+        )
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_items)
         for start in range(0, n_items, batch_size):

@@ -15,8 +15,9 @@ import scipy.sparse as sp
 from . import _model, _tensor
 from ._base import Estimator
 from ._batch import AcceleratedState, start_accelerated, trace_arrays
-from ._checkpoint import Checkpointer, restored_elbo_iter, warn_if_beyond
+from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
+from ._svi import resumed_svi_progress
 from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
@@ -325,7 +326,14 @@ class VBNTF(Estimator):
         or ``n_epochs`` continues when resumed with more (as the longer fit would, except
         an accelerated one, which goes on from its last step with a new SQUAREM cycle, and
         an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``, which goes on
-        from the evaluation it made at its end and the longer fit did not).
+        from the evaluation it made at its end and the longer fit did not). ``tol`` may
+        change on resume (except for the slices form of SVI, whose local fits run to it, as
+        to ``max_iter``): the checkpoint's convergence is judged again under it, so a fit
+        that converged under a looser ``tol`` goes on under a tighter one, and one that
+        meets a looser ``tol`` stops (plain batch ascent: at once, ``converged_=True``;
+        accelerated, SVI: at the next check). A ``random_state`` Generator resumes only when
+        given in the state it had at the first fit (a fresh ``np.random.default_rng(seed)``
+        of the same seed): the checkpoint records the entropy the fit drew from it.
     verbose
         True to print the ELBO after every iteration or pass (batch), or after every
         evaluated epoch (SVI).
@@ -574,6 +582,8 @@ class VBNTF(Estimator):
         if svi and batch_size is None:
             batch_size = _tensor.default_batch_size(form, data)
         seed = self.random_state
+        # drawn before the config: a Generator's draw is what its checkpoint records
+        entropy = _model.seed_entropy(seed)
         prior = checked["prior"]
         config = {
             "shape": list(data.shape),
@@ -596,14 +606,13 @@ class VBNTF(Estimator):
             "accelerate": True if checked["accelerate"] else None,
             "dtype": checked["dtype"].name,
             "n_threads": n_threads,
-            "random_state": int(seed) if isinstance(seed, (int, np.integer)) else None,
+            "random_state": recorded_seed(seed, entropy),
         }
         checkpointer = Checkpointer(
             self.checkpoint, checked["checkpoint_every"], config, _tensor.check_checkpoint
         )
         with checkpointer:
             stored = checkpointer.load() if self.resume else None
-            entropy = _model.seed_entropy(seed)
             if not svi:
                 return self._fit_batch_resumable(
                     data, stored, checkpointer, checked, entropy, n_threads, callback
@@ -625,8 +634,7 @@ class VBNTF(Estimator):
             )
             if stored is not None:
                 state = _tensor.TensorSVIState.from_arrays(*stored, settings.eval_every)
-                # a fit that ended at n_epochs continues when resumed with more epochs
-                state.finished = state.converged or state.epoch >= settings.n_epochs
+                resumed_svi_progress(state, settings)
             elif isinstance(prior, _model.HierarchicalPrior):
                 state = _tensor.learned_slices_start(
                     data, checked["n_components"], entropy, checked["dtype"], prior

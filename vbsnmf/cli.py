@@ -529,7 +529,8 @@ def _fit(
                 **params,
             )
         except CheckpointMismatchError as error:
-            raise UsageError(f"{error} (drop --resume)") from None
+            # the settings named as the options that set them (--tol, not tol)
+            raise UsageError(f"{_option_names(str(error))} (drop --resume)") from None
         except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
             # TypeError too: an X of strings is refused as one, and its message named
             # "adata.X", not the file
@@ -573,6 +574,8 @@ _SETTING = re.compile(rf"\b(?P<name>{_PARAMETER})=(?:(?P<quote>['\"])(?P<text>.*
 # a requirement on the parameter the message opens with: "key_added must be ..." (not
 # "checkpoint PATH is damaged", where the word names the file)
 _REQUIREMENT = re.compile(rf"^({_PARAMETER})(?= must )")
+# a setting a checkpoint was written with: "tol: checkpoint 1e-05 vs now 0.001"
+_MISMATCH = re.compile(rf"\b({_PARAMETER})(?=: checkpoint )")
 # advice: "raise max_iter or tol", "choose another key_added"
 _ADVICE = re.compile(r"\b(raise|choose another) (\w+)(?: or (\w+))?")
 
@@ -581,12 +584,14 @@ def _option_names(message: str) -> str:
     """``message`` (an error or warning of `tl.nmf`) with its parameters named by the
     options that set them, where they are parameters: in a setting (``max_iter=5``:
     ``--max-iter 5``), in a requirement that opens the message (``key_added must be``) and
-    in advice (``raise max_iter or tol``). Elsewhere such a word ("the prior", "checkpoint
-    PATH") is the message's own."""
+    in advice (``raise max_iter or tol``) and in a checkpoint's mismatch (``tol: checkpoint
+    1e-05 vs now 0.001``). Elsewhere such a word ("the prior", "checkpoint PATH") is the
+    message's own."""
     message = message.replace("key_added=None", f"--key {DEFAULT_KEY}")  # its default keys
     message = message.replace("use_raw=True", "--use-raw")
     message = _SETTING.sub(_setting_as_option, message)
     message = _REQUIREMENT.sub(lambda match: PARAMETER_OPTIONS[match.group(1)], message)
+    message = _MISMATCH.sub(lambda match: PARAMETER_OPTIONS[match.group(1)], message)
     return _ADVICE.sub(_advice_as_options, message)
 
 
@@ -829,6 +834,14 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     if args.convert_to is None:
         return None
     path = Path(args.convert_to)
+    if (path.exists() or path.is_symlink()) and args.resume:
+        # likely the conversion of the run being resumed, but nothing here proves it: say
+        # how to resume (the checkpoint's fingerprint then checks the counts)
+        raise UsageError(
+            f"--convert-to {path} exists; to resume, give {path} as the input instead "
+            "(without --convert-to and the .mtx options: orientation, --row-names, "
+            "--col-names), or drop --convert-to to convert again into OUTDIR"
+        )
     if path.exists() or path.is_symlink():
         raise UsageError(f"--convert-to {path} exists; name a new file")
     if not path.parent.is_dir():

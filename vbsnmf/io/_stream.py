@@ -158,6 +158,89 @@ class StoredRowsSource(CellSource):
         )
 
 
+# Bytes of a dense matrix read at once (a block of rows): the counting pass and the blocks
+# `DenseRowsSource` converts to CSR hold no more of the file than this (and the CSR).
+DENSE_READ_BYTES = 1 << 22
+
+
+class DenseRowsSource(CellSource):
+    """A dense matrix as AnnData stores a dense ``X`` (a 2-D h5py or zarr array), read a
+    few rows at a time, each read converted to CSR (its zeros left out). One pass at open
+    counts the nonzeros of every row into ``indptr`` (one integer per cell, as
+    `StoredRowsSource` holds); ``owner`` keeps what the array lives in open as long as the
+    source."""
+
+    def __init__(self, array, owner=None):
+        check_count_dtype(array.dtype)
+        if len(array.shape) != 2:
+            raise ValueError(f"X is an array of {len(array.shape)} axes, not a matrix")
+        self.shape = (int(array.shape[0]), int(array.shape[1]))
+        self._array = array
+        self._owner = owner
+        row_bytes = max(self.shape[1] * np.dtype(array.dtype).itemsize, 1)
+        self._read_rows = max(1, DENSE_READ_BYTES // row_bytes)
+        counts = np.zeros(self.shape[0] + 1, dtype=np.int64)
+        for start in range(0, self.shape[0], self._read_rows):
+            stop = min(start + self._read_rows, self.shape[0])
+            counts[start + 1 : stop + 1] = np.count_nonzero(self._read(slice(start, stop)), axis=1)
+        self.indptr = np.cumsum(counts)
+
+    def _read(self, rows) -> np.ndarray:
+        """Rows ``rows`` (a slice, or sorted unique row numbers) as a dense array; a chunk
+        that cannot be read is a `ReadError` naming the file."""
+        try:
+            if isinstance(rows, slice) or not hasattr(self._array, "oindex"):
+                return np.asarray(self._array[rows])
+            return np.asarray(self._array.oindex[rows, :])  # zarr: orthogonal selection
+        except MemoryError:
+            raise
+        except Exception as error:  # h5py, zarr and numcodecs raise many types
+            raise ReadError(self.name, f"cannot read X ({describe_error(error)})") from None
+
+    def read_rows(self, rows: np.ndarray) -> sp.csr_array:
+        """Rows ``rows`` (sorted, unique) as a float64 CSR, read a bounded piece at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pieces = [
+            self._csr(self._read(rows[first : first + self._read_rows]))
+            for first in range(0, len(rows), self._read_rows)
+        ]
+        return self._stacked(pieces, len(rows))
+
+    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, sp.csr_array]]:
+        for start in range(0, self.n_cells, block_rows):
+            stop = min(start + block_rows, self.n_cells)
+            pieces = [
+                self._csr(self._read(slice(first, min(first + self._read_rows, stop))))
+                for first in range(start, stop, self._read_rows)
+            ]
+            yield start, self._stacked(pieces, stop - start)
+
+    def _csr(self, dense: np.ndarray) -> sp.csr_array:
+        """A dense block as CSR (its zeros left out)."""
+        return _float_csr(sp.csr_array(dense))
+
+    def _stacked(self, pieces: list, n_rows: int) -> sp.csr_array:
+        """The CSR pieces of consecutive rows as one block of ``n_rows`` rows."""
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return sp.csr_array((n_rows, self.shape[1]), dtype=np.float64)
+        return _float_csr(sp.vstack(pieces, format="csr"))
+
+
+def _float_csr(block) -> sp.csr_array:
+    """``block`` in the dtypes every source gives: float64 values, int32 indices, int64
+    row pointers."""
+    return sp.csr_array(
+        (
+            block.data.astype(np.float64, copy=False),
+            block.indices.astype(np.int32, copy=False),
+            block.indptr.astype(np.int64, copy=False),
+        ),
+        shape=block.shape,
+    )
+
+
 def _stored_shape(shape, name: str) -> tuple[int, int]:
     """The ``shape`` attribute of a stored sparse matrix: two counts, which must be whole
     non-negative numbers (a cast would truncate them)."""
@@ -258,12 +341,26 @@ def _stored_x(store, path: Path) -> StoredRowsSource:
         raise ReadError(path, "has no X matrix to stream")
     check_obs_var(path, store)
     try:
-        source = StoredRowsSource(store["X"], owner=store)
+        source = _source_of(store["X"], owner=store)
         lengths = (_table_length(store, "obs"), _table_length(store, "var"))
         _check_fits(source.shape, *lengths, what="X's shape attribute")
     except (ValueError, TypeError) as error:
         raise ReadError(path, str(error)) from None
     return source
+
+
+def _source_of(stored, owner=None) -> CellSource:
+    """The source of a stored X: a sparse group (`StoredRowsSource`, CSR only) or a dense
+    array (`DenseRowsSource`), streamed either way."""
+    if _is_dense_array(stored):
+        return DenseRowsSource(stored, owner=owner)
+    return StoredRowsSource(stored, owner=owner)
+
+
+def _is_dense_array(stored) -> bool:
+    """An h5py Dataset or zarr Array (anything with a shape and a dtype but no group's
+    ``indptr``): a dense X as AnnData stores it."""
+    return hasattr(stored, "shape") and hasattr(stored, "dtype") and not hasattr(stored, "keys")
 
 
 def read_h5ad_backed(path: str | os.PathLike):
@@ -369,7 +466,7 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
         import anndata as ad
     except ImportError:  # pragma: no cover - anndata is a dependency
         ad = None
-    filename = None
+    filename, backed = None, False
     if ad is not None and isinstance(X, ad.AnnData):
         filename, backed, n_obs, n_vars = X.filename, X.isbacked, X.n_obs, X.n_vars
         X = X.X
@@ -382,6 +479,9 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
                 raise ReadError(filename, str(error)) from None
     if hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc"):
         return _backed_x(X.group, filename)
+    if backed and X is not None and _is_dense_array(X) and not isinstance(X, np.ndarray):
+        # a backed dense X (an h5py Dataset): streamed as a path's is, never read whole
+        return _backed_x(X, filename)
     return InMemorySource(check_counts(X, warn_non_integer=False))  # scanned later
 
 
@@ -391,9 +491,9 @@ def _backed_x(group, filename) -> StoredRowsSource:
     errors a `ReadError` naming the file)."""
     filename = filename or getattr(getattr(group, "file", None), "filename", None)
     if filename is None:  # a zarr group of an X alone
-        return StoredRowsSource(group)
+        return _source_of(group)
     try:
-        source = StoredRowsSource(group)
+        source = _source_of(group)
     except (ValueError, TypeError) as error:
         raise ReadError(filename, str(error)) from None
     source.name = str(filename)

@@ -441,7 +441,8 @@ def path_cases() -> list[Case]:
                     "-o",
                     "o",
                 ],
-                "random_state",
+                # the command line names the setting by its option (`cli._option_names`)
+                "--seed",
                 "--resume",
             ),
         ),

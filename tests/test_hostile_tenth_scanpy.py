@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import scanpy as sc
@@ -29,12 +28,6 @@ def _quiet_nmf(adata, n_components, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         tl.nmf(adata, n_components, **TINY_FIT, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def test_write_result_refuses_a_view_of_a_backed_anndata(pbmc_tiny, tmp_path):

@@ -31,12 +31,6 @@ def _quiet_nmf(adata, n_components, **kwargs):
         tl.nmf(adata, n_components, **TINY_FIT, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def fitted():
     """200 cells and 300 genes of pbmc_tiny with a K=3 fit under the default key."""

@@ -37,12 +37,6 @@ def fitted():
     return adata
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture
 def figdir(tmp_path):
     """scanpy's figure folder pointed at a temporary one."""

@@ -306,29 +306,17 @@ def end_of_epoch(
     after_evaluation: Callable[[], None] | None = None,
     *,
     verbose: bool = False,
+    counted: bool = False,
 ) -> None:
-    """Count the finished epoch, evaluate the ELBO when due (into the trace, with the
-    epoch into ``elbo_iter``; printed with ``verbose``), decide convergence, then call
-    ``callback(epoch, params, trace)``, ``after_evaluation()`` if the ELBO was evaluated
-    and the fit goes on, and ``on_epoch(state)`` (checkpoints: of the state the fit goes
-    on from). The tensor fit's state and settings (`_tensor.TensorSVIState`,
-    `_tensor.TensorSVISettings`) have the same fields and go through here too."""
-    state.epoch += 1
-    close_epoch(state, evaluate, settings, callback, on_epoch, after_evaluation, verbose=verbose)
-
-
-def close_epoch(
-    state: SVIState,
-    evaluate: Callable[[], float],
-    settings: SVISettings,
-    callback,
-    on_epoch,
-    after_evaluation: Callable[[], None] | None = None,
-    *,
-    verbose: bool = False,
-) -> None:
-    """`end_of_epoch` once ``state.epoch`` counts the epoch: its evaluation when due,
-    the decision to stop, the callback, the save."""
+    """Count the finished epoch (unless ``counted``: `close_owed_epoch`), evaluate the
+    ELBO when due (into the trace, with the epoch into ``elbo_iter``; printed with
+    ``verbose``), decide convergence, then call ``callback(epoch, params, trace)``,
+    ``after_evaluation()`` if the ELBO was evaluated and the fit goes on, and
+    ``on_epoch(state)`` (checkpoints: of the state the fit goes on from). The tensor fit's
+    state and settings (`_tensor.TensorSVIState`, `_tensor.TensorSVISettings`) have the
+    same fields and go through here too."""
+    if not counted:
+        state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
     evaluated = state.epoch % settings.eval_every == 0 or last_epoch
     if evaluated:
@@ -353,17 +341,21 @@ def resumed_svi_progress(state: SVIState, settings: SVISettings) -> None:
     ``settings`` is done (``state.finished``): its stored convergence judged again under
     the current ``tol`` (a tighter one goes on); one that ended at ``n_epochs`` goes on
     when resumed with more, and one stopped at exactly ``n_epochs`` before that epoch was
-    evaluated still evaluates it (`owes_last_evaluation`), as the uninterrupted fit did."""
+    evaluated still evaluates it (`close_owed_epoch`), as the uninterrupted fit did."""
     state.converged = state.converged and svi_has_converged(state.elbo_trace, settings.tol)
     evaluated = bool(state.elbo_iter) and state.elbo_iter[-1] == state.epoch
     at_end = state.epoch > settings.n_epochs or (state.epoch == settings.n_epochs and evaluated)
     state.finished = state.converged or at_end
 
 
-def owes_last_evaluation(state: SVIState, settings: SVISettings) -> bool:
-    """A resumed fit at its last epoch, ``n_epochs``, not yet evaluated (its checkpoint was
-    saved by a longer fit between two evaluations): `close_epoch` evaluates it."""
-    return not state.finished and 0 < state.epoch == settings.n_epochs
+def close_owed_epoch(
+    state: SVIState, evaluate, settings: SVISettings, callback, on_epoch, *, verbose=False
+) -> None:
+    """The end of a resumed fit's last epoch, ``n_epochs``, when its checkpoint was saved
+    before that epoch was evaluated (by a longer fit, between two evaluations): evaluated
+    now (`end_of_epoch`, the epoch counted already), as the uninterrupted fit did."""
+    if not state.finished and 0 < state.epoch == settings.n_epochs:
+        end_of_epoch(state, evaluate, settings, callback, on_epoch, verbose=verbose, counted=True)
 
 
 def warn_if_not_converged(converged: bool, settings: SVISettings) -> None:
@@ -447,8 +439,7 @@ def fit_svi_nonzeros(
         return elbo(data, state.params, settings.prior, settings.n_threads)
 
     n_steps = steps_per_epoch(n_nonzeros, batch_size)
-    if owes_last_evaluation(state, settings):
-        close_epoch(state, evaluate, settings, callback, on_epoch, verbose=settings.verbose)
+    close_owed_epoch(state, evaluate, settings, callback, on_epoch, verbose=settings.verbose)
     while not state.finished and state.epoch < settings.n_epochs:
         order = np.arange(n_nonzeros, dtype=index_dtype)
         state.rng.shuffle(order)
@@ -820,10 +811,9 @@ def run_cells_epochs(
 
     if state.gene_statistics is not None and not state.finished:  # resumed with more epochs
         gene_step()
-    if owes_last_evaluation(state, settings):
-        close_epoch(
-            state, evaluate_and_hold, settings, callback, on_epoch, verbose=settings.verbose
-        )
+    close_owed_epoch(
+        state, evaluate_and_hold, settings, callback, on_epoch, verbose=settings.verbose
+    )
 
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_rows)

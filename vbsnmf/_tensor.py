@@ -72,10 +72,9 @@ from ._checkpoint import (
 )
 from ._model import GammaPrior
 from ._svi import (
-    close_epoch,
+    close_owed_epoch,
     end_of_epoch,
     learning_rate,
-    owes_last_evaluation,
     progress_from_arrays,
     progress_to_arrays,
     relearn_global_side,
@@ -1098,15 +1097,14 @@ def fit_svi(
     n_steps = steps_per_epoch(n_items, batch_size)
     if state.step_statistics is not None and not state.finished:
         full_data_step(state, data, settings)
-    if owes_last_evaluation(state, settings):
-        close_epoch(
-            state,
-            lambda: evaluate_epoch(state, data, settings),
-            settings,
-            callback,
-            on_epoch,
-            verbose=settings.verbose,
-        )
+    close_owed_epoch(
+        state,
+        lambda: evaluate_epoch(state, data, settings),
+        settings,
+        callback,
+        on_epoch,
+        verbose=settings.verbose,
+    )
     while not state.finished and state.epoch < settings.n_epochs:
         order = state.rng.permutation(n_items)
         for start in range(0, n_items, batch_size):

@@ -299,7 +299,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if spec.name != "poisson":
             return factor <= self.epsilon
         bound = poisson_bound(data.row_totals, self.epsilon) if is_w else self.epsilon
-        return factor <= bound * (1.0 + _BOUND_ROUNDING)
+        return _within_rounding_of(factor, bound)
 
     def _poisson_rows(self, W_scaled, totals, mask) -> np.ndarray:
         """W from the Poisson solver's ``diag(c) W``; with ``epsilon``, the entries at the
@@ -308,7 +308,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         0 do not enter the model: their W is at the bound."""
         W = _divide_rows(W_scaled, totals)
         if self.epsilon > 0:
-            at_bound = W_scaled <= poisson_bound(totals, self.epsilon) * (1.0 + _BOUND_ROUNDING)
+            at_bound = _within_rounding_of(W_scaled, poisson_bound(totals, self.epsilon))
             W = np.where(at_bound, 0.0 if self.thin else self.epsilon, np.maximum(W, self.epsilon))
             if mask is not None:
                 W = W * mask
@@ -441,6 +441,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 # Relative rounding of the Poisson factors' rescalings (module scale, division by the row
 # totals): an entry this close to its epsilon bound is at it (`NMF._at_bound`).
 _BOUND_ROUNDING = 4 * float(np.finfo(np.float64).eps)
+
+
+def _within_rounding_of(factor: np.ndarray, bound) -> np.ndarray:
+    """The entries of the Poisson solver's ``factor`` at ``bound`` up to its rounding."""
+    return factor <= bound * (1.0 + _BOUND_ROUNDING)
 
 
 def _dense_mask(mask) -> np.ndarray:

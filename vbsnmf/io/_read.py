@@ -444,15 +444,15 @@ def check_obs_var(path: Path, store) -> None:
             raise ReadError(
                 path, f"its {table} table has no index, which names the {named}: {_DAMAGED}"
             )
-        if path.is_dir():
-            array = stored[index]
-            for start, stop, key in _missing_chunks(path, array):
-                raise ReadError(
-                    path,
-                    f"chunk {array.path}/{key} (the names of {named} {start} to {stop - 1}) "
-                    "is missing from the store, and zarr would read them as '': copy the "
-                    "store again",
-                )
+        missing = _missing_chunks(path, stored[index]) if path.is_dir() else []
+        if missing:
+            start, stop, key = missing[0]
+            raise ReadError(
+                path,
+                f"chunk {stored[index].path}/{key} (the names of {named} {start} to "
+                f"{stop - 1}) is missing from the store, and zarr would read them as '': "
+                "copy the store again",
+            )
 
 
 _DAMAGED = "a damaged file, or one not written by anndata"

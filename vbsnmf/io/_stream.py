@@ -23,6 +23,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -142,20 +143,9 @@ class StoredRowsSource(CellSource):
     def _block(self, rows) -> sp.csr_array:
         """Rows ``rows`` (an index array or a slice) as a float64 CSR; a chunk that cannot
         be read (damaged on disk, mid-fit) is a `ReadError` naming the file."""
-        try:
+        with _x_read_errors(self.name):
             block = sp.csr_array(self._dataset[rows])
-        except MemoryError:
-            raise
-        except Exception as error:  # h5py, zarr and numcodecs raise many types
-            raise ReadError(self.name, f"cannot read X ({describe_error(error)})") from None
-        return sp.csr_array(
-            (
-                block.data.astype(np.float64, copy=False),
-                block.indices.astype(np.int32, copy=False),
-                block.indptr.astype(np.int64, copy=False),
-            ),
-            shape=block.shape,
-        )
+        return _float_csr(block)
 
 
 # Bytes of a dense matrix read at once (a block of rows): the counting pass and the blocks
@@ -188,14 +178,10 @@ class DenseRowsSource(CellSource):
     def _read(self, rows) -> np.ndarray:
         """Rows ``rows`` (a slice, or sorted unique row numbers) as a dense array; a chunk
         that cannot be read is a `ReadError` naming the file."""
-        try:
+        with _x_read_errors(self.name):
             if isinstance(rows, slice) or not hasattr(self._array, "oindex"):
                 return np.asarray(self._array[rows])
             return np.asarray(self._array.oindex[rows, :])  # zarr: orthogonal selection
-        except MemoryError:
-            raise
-        except Exception as error:  # h5py, zarr and numcodecs raise many types
-            raise ReadError(self.name, f"cannot read X ({describe_error(error)})") from None
 
     def read_rows(self, rows: np.ndarray) -> sp.csr_array:
         """Rows ``rows`` (sorted, unique) as a float64 CSR, read a bounded piece at a time."""
@@ -226,6 +212,19 @@ class DenseRowsSource(CellSource):
         if not pieces:
             return sp.csr_array((n_rows, self.shape[1]), dtype=np.float64)
         return _float_csr(sp.vstack(pieces, format="csr"))
+
+
+@contextmanager
+def _x_read_errors(name):
+    """Reading rows of the stored X of ``name``: a chunk that cannot be read (damaged on
+    disk, or changed mid-fit) is a `ReadError` naming the file; running out of memory
+    stays a `MemoryError`."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as error:  # h5py, zarr and numcodecs raise many types
+        raise ReadError(name, f"cannot read X ({describe_error(error)})") from None
 
 
 def _float_csr(block) -> sp.csr_array:

@@ -397,8 +397,7 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
     ``layer`` shares. With ``gene_symbols`` scanpy looks the names up itself."""
     if "gene_symbols" in kwds:
         return
-    use_raw = kwds.get("use_raw")
-    reads_raw = adata.raw is not None if use_raw is None else bool(use_raw)
+    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"))
     if reads_raw and adata.raw is None:  # scanpy's own error says so
         return
     readable = adata.raw.var_names if reads_raw else adata.var_names
@@ -418,6 +417,12 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
         f"({listed}); pass use_raw={not reads_raw} to read "
         f"{'adata.X' if reads_raw else 'adata.raw'}"
     )
+
+
+def reads_raw_genes(adata, use_raw: bool | None = None) -> bool:
+    """Whether scanpy's plots look gene names up in ``adata.raw``: ``use_raw`` as given,
+    else (scanpy's default, without a layer) whether adata has ``.raw``."""
+    return adata.raw is not None if use_raw is None else bool(use_raw)
 
 
 def _name_list(value, name: str) -> list[str]:

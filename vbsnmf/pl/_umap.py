@@ -15,7 +15,7 @@ from ..tl._stored import (
     dominant_factor_column,
     view_to_actual,
 )
-from ._plots import _finish, _finite_obsm, _name_list, _writer
+from ._plots import _finish, _finite_obsm, _name_list, _writer, reads_raw_genes
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -160,7 +160,7 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     `umap` adds itself (the dominant factors, Leiden clusters)."""
     genes, where = (
         (adata.raw.var_names, "adata.raw.var_names")
-        if adata.raw is not None
+        if reads_raw_genes(adata)
         else (adata.var_names, "adata.var_names")
     )
     missing = [

@@ -91,9 +91,35 @@ def is_dask_array(X) -> bool:
     return module is not None and isinstance(X, module.Array)
 
 
+def check_anndata(adata, name: str = "adata") -> None:
+    """A `TypeError` for anything but an AnnData (a matrix of counts, a path, a ``.raw``),
+    which the `vbsnmf.tl` and `vbsnmf.pl` functions failed on with a bare AttributeError
+    ("'csr_matrix' object has no attribute 'uns'"). Looked up among the loaded modules, as
+    `is_dask_array` does: without anndata loaded nothing is an AnnData."""
+    module = sys.modules.get("anndata")
+    if module is not None and isinstance(adata, module.AnnData):
+        return
+    if module is not None and isinstance(adata, getattr(module, "Raw", ())):
+        raise TypeError(
+            f"{name} is an AnnData's .raw, not an AnnData: pass the AnnData itself (use_raw=True "
+            "reads its .raw where a tool takes it)"
+        )
+    if isinstance(adata, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name} is a path ({os.fsdecode(adata)!r}), not an AnnData: read it first, e.g. "
+            "vbsnmf.io.read(path) or anndata.read_h5ad(path)"
+        )
+    raise TypeError(
+        f"{name} must be an AnnData, got {type(adata).__name__}: wrap a matrix of counts as "
+        "anndata.AnnData(X), or fit the matrix itself with vbsnmf.VBNMF"
+    )
+
+
 def stored_record(adata, key: str, marker: str, what: str, tool: str, default_key: str) -> dict:
     """``adata.uns[key]`` as the `vbsnmf.tl` function ``tool`` stores it (a dict holding
-    ``marker``), or a `KeyError` saying to run ``tool`` (``what``: what the record is)."""
+    ``marker``), or a `KeyError` saying to run ``tool`` (``what``: what the record is); a
+    `TypeError` when ``adata`` is not an AnnData (`check_anndata`)."""
+    check_anndata(adata)
     record = adata.uns.get(key)
     if not isinstance(record, dict) or marker not in record:
         raise KeyError(
@@ -126,6 +152,7 @@ def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings")
     (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
     (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
+    check_anndata(adata)
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
     if record_kind(adata.uns.get(key)) is None and record_kind(projection) == "projection":

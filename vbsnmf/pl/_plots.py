@@ -489,10 +489,7 @@ def select_k(
     -------
     The three axes, unless shown.
     """
-    stored = stored_record(adata, key, "table", "K selection", "select_k", "nmf_k_selection")
-    table = stored["table"]
-    ks = np.asarray(table.index, dtype=np.int64)
-    suggested = int(stored["suggested_k"])
+    table, ks, suggested = _k_selection(adata, key)
     plt = _pyplot()
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -520,3 +517,42 @@ def select_k(
     )
     figure.tight_layout()
     return _finish(figure, axes, show, save, "select_k")
+
+
+# The columns of `vbsnmf.tl.select_k`'s table that `select_k` draws.
+_K_SELECTION_COLUMNS = ("heldout_ll_per_count", "heldout_se", "elbo", "n_active")
+
+
+def _k_selection(adata, key: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The table, its Ks and the suggested K of the `vbsnmf.tl.select_k` record
+    ``adata.uns[key]``, as the tool writes them: a `KeyError` naming an entry or column that
+    is gone, a `ValueError` naming one it never writes (an edited record failed with pandas'
+    bare KeyError, or numpy's "invalid literal for int()", or was drawn with gaps for NaN)."""
+    stored = stored_record(adata, key, "table", "K selection", "select_k", "nmf_k_selection")
+    where = f"adata.uns[{key!r}]"
+    again = "run vbsnmf.tl.select_k again"
+    table = stored["table"]
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{where}['table'] is a {type(table).__name__}, not a table; {again}")
+    for name in _K_SELECTION_COLUMNS:
+        if name not in table.columns:
+            raise KeyError(f"{where}['table'] has no column {name!r}; {again}")
+    try:  # an index written as text ("2", "3") reads as its numbers
+        ks = np.asarray(table.index, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        ks = np.empty(0, dtype=np.int64)
+    if table.empty or ks.size == 0:
+        raise ValueError(f"{where}['table'] is not indexed by the Ks tried; {again}")
+    values = table[list(_K_SELECTION_COLUMNS)]
+    numeric = all(pd.api.types.is_numeric_dtype(dtype) for dtype in values.dtypes)
+    if not numeric or not np.isfinite(values.to_numpy(dtype=np.float64)).all():
+        raise ValueError(f"{where}['table'] holds values other than finite numbers; {again}")
+    if "suggested_k" not in stored:
+        raise KeyError(f"{where} has no 'suggested_k' entry; {again}")
+    suggested = stored["suggested_k"]
+    integer = isinstance(suggested, (int, np.integer)) and not isinstance(suggested, bool)
+    if not integer or suggested not in ks:
+        raise ValueError(
+            f"{where}['suggested_k'] is {suggested!r}, not one of the Ks of its table; {again}"
+        )
+    return table, ks, int(suggested)

@@ -47,6 +47,11 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
     return in_memory(adata.X), adata.var_names, "adata.X"
 
 
+# Appended to the label of the counts (`select_counts`) when only the genes in mask_var are
+# fitted: the matrix checked is then part of the one the label names.
+MASKED = " (genes in mask_var)"
+
+
 def _looks_like_counts(matrix) -> bool:
     """Non-negative, finite integers (checked on the stored values only)."""
     matrix = in_memory(matrix)
@@ -58,6 +63,7 @@ def _looks_like_counts(matrix) -> bool:
 
 def _other_counts(adata, source: str) -> list[str]:
     """The layers (and ``.raw``) other than ``source`` that hold counts, as arguments."""
+    source = source.removesuffix(MASKED)  # the matrix the masked genes are part of
     hints = [
         f"layer={name!r}"
         for name in adata.layers
@@ -171,6 +177,12 @@ def _advised(adata, matrix, source: str):
 def check_has_counts(adata, total: float, source: str) -> None:
     """`ValueError` when ``total`` (the matrix's count, or its number of nonzeros) is 0."""
     if total == 0:
+        if source.endswith(MASKED):
+            # the mask's genes are empty there, not the matrix: another matrix is no answer
+            raise ValueError(
+                f"{source} holds no nonzero count: the genes mask_var selects have no counts "
+                f"in {source.removesuffix(MASKED)}; select genes that do"
+            )
         hints = _other_counts(adata, source)
         where = f"; the counts appear to be in {' or '.join(hints)}" if hints else ""
         raise ValueError(f"{source} holds no nonzero count: nothing to factorise{where}")

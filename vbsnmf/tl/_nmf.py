@@ -12,11 +12,11 @@ from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
-from .._utils import elbo_iterations, is_dask_array, numba_threads
+from .._utils import check_anndata, elbo_iterations, is_dask_array, numba_threads
 from .._validation import check_flag, check_float_dtype, check_n_components
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
-from ._counts import check_count_matrix, check_has_counts, select_counts
+from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (
     VARIATIONAL_KEYS,
     FitKeys,
@@ -127,8 +127,8 @@ def nmf(
         0.15 % and the smallest active factor 2.3 %. Classical solvers have no prior:
         five typical cells' share.
     callback
-        ``callback(n_iter, params, elbo_trace)`` after every iteration (variational
-        solvers), e.g. for a progress bar.
+        ``callback(n_iter, params, elbo_trace)`` after every iteration, e.g. for a progress
+        bar; variational solvers only (refused with a classical one).
     copy
         Return a copy of ``adata`` with the results instead of writing into ``adata``.
     **fit_params
@@ -186,13 +186,16 @@ def nmf(
 
     Raises
     ------
+    TypeError
+        ``adata`` is not an AnnData (a matrix: wrap it as ``anndata.AnnData(X)``).
     ValueError
         The selected matrix is not non-negative integer counts, or holds no nonzero count
         (the message says where the counts probably are, e.g. ``layer="counts"`` or
         ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
-        without a matching stored fit.
+        without a matching stored fit; ``warm_start`` or ``callback`` with a classical
+        solver.
 
     Warns
     -----
@@ -204,9 +207,15 @@ def nmf(
     ConvergenceWarning
         The fit stopped at ``max_iter`` before its stopping rule was met.
     """
+    check_anndata(adata)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
+    if callback is not None and solver not in VB_SOLVERS:
+        # the classical solvers take none: it was dropped without a word
+        raise ValueError(
+            f"callback applies to the variational solvers {VB_SOLVERS}, not {solver!r}"
+        )
     check_key_added(key_added, adata)
     copy = check_flag(copy, "copy")
     warm_start = check_flag(warm_start, "warm_start")
@@ -247,7 +256,7 @@ def nmf(
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]
-        source = f"{source} (genes in mask_var)"
+        source += MASKED
     on_dask = is_dask_array(matrix)
     kind = "dask" if on_dask else "stream" if streamed else "checked"
     if on_dask:
@@ -280,7 +289,7 @@ def nmf(
         init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
         if warm_start:
             init, previous_trace, previous_iter, previous_passes = _stored_start(
-                adata, keys, use_raw, fitted_genes, n_components
+                adata, keys, use_raw, layer, fitted_genes, n_components
             )
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
             stored = fit_info(adata, keys.uns)["variational"].get("prior", "gamma")
@@ -412,7 +421,7 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
 
 
 def _stored_start(
-    adata, keys: FitKeys, use_raw: bool, fitted_genes, n_components: int
+    adata, keys: FitKeys, use_raw: bool, layer: str | None, fitted_genes, n_components: int
 ) -> tuple[dict, np.ndarray, np.ndarray, int]:
     """The stored fit's parameters as a start for the genes fitted now, its trace, the
     iteration of each value (`elbo_iterations`) and its passes."""
@@ -427,6 +436,12 @@ def _stored_start(
         )
     if bool(info["params"].get("use_raw")) != use_raw:
         raise ValueError(f"warm_start: the stored fit was made with use_raw={not use_raw}")
+    # another layer is other counts: continuing would join two data sets' ELBO traces
+    if info["params"].get("layer") != layer:
+        raise ValueError(
+            f"warm_start: the stored fit was made with layer={info['params'].get('layer')!r}, "
+            f"not {layer!r}; fit without warm_start to change the counts"
+        )
     try:
         stored = variational_params(adata, keys.uns)
     except KeyError as missing:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
-from .._utils import is_dask_array, numba_threads
+from .._utils import check_anndata, is_dask_array, numba_threads
 from .._validation import check_flag, check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -100,8 +100,11 @@ def project(
         (2**24 in float32, as `vbsnmf.VBNMF.transform`), or ``max_iter`` < 1 or ``tol`` < 0 (as
         `vbsnmf.VBNMF` refuses them).
     TypeError
-        ``max_iter`` is not an integer or ``tol`` not a number.
+        ``adata_new`` or ``adata_ref`` is not an AnnData; ``max_iter`` is not an integer or
+        ``tol`` not a number.
     """
+    check_anndata(adata_new, "adata_new")
+    check_anndata(adata_ref, "adata_ref")
     max_iter = check_iterations(max_iter, "max_iter")
     tol = check_tolerance(tol)
     copy = check_flag(copy, "copy")

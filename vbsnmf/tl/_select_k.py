@@ -14,14 +14,15 @@ from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
-from .._utils import is_dask_array
+from .._utils import check_anndata, is_dask_array
 from .._validation import check_tolerance
-from ._counts import check_count_matrix, select_counts
+from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
     _check_fit_params,
     _EmptyCellsWarning,
     _storable,
     _storable_int,
+    check_share,
     gene_mask,
     nmf,
     warn_empty_cells,
@@ -121,17 +122,23 @@ def select_k(
 
     Raises
     ------
+    TypeError
+        ``adata`` is not an AnnData.
     ValueError
         ``ks`` empty, not distinct positive integers or out of range for the data;
         ``solver`` not variational; ``tolerance`` negative or not finite; ``checkpoint``
         or ``resume`` given (the fits cannot share a checkpoint); dask counts; bad counts,
-        layer or mask (as `nmf`).
+        layer or mask (as `nmf`); too few counts for the count split to leave some in each
+        half.
     """
+    check_anndata(adata)
     ks = _check_ks(ks)
     if solver not in VB_SOLVERS:
         raise ValueError(f"select_k needs a variational solver ({VB_SOLVERS}), got {solver!r}")
     if tolerance is not None:
         check_tolerance(tolerance, "tolerance")
+    if min_share is not None:  # a float, so that the record's params keep any number given
+        min_share = check_share(min_share)
     check_key_added(key_added, adata, writes="uns")
     check_writable(adata, advice="call .to_memory() on the view first")
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
@@ -152,15 +159,20 @@ def select_k(
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]
-        source = f"{source} (genes in mask_var)"
+        source += MASKED
     if is_dask_array(matrix):
         raise ValueError("select_k needs the counts in memory, not a dask array")
     counts = sp.csr_matrix(check_count_matrix(adata, matrix, source))
     _check_ks_fit(ks, counts.shape, source)
     train, test = count_split(counts, 0.5, random_state=random_state)
     test_total = float(test.sum())
-    if test_total == 0:
-        raise ValueError(f"{source}: the count split left no test counts (too few counts)")
+    # an empty train half failed in the first inner fit, as if adata's own counts were none
+    for half, total in (("test", test_total), ("train", float(train.sum()))):
+        if total == 0:
+            raise ValueError(
+                f"{source}: the count split left no {half} counts (too few counts: "
+                f"{float(counts.sum()):g} in all)"
+            )
 
     n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
     if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
@@ -328,6 +340,11 @@ def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, toleranc
         f"({heldout[chosen]:.5f}) is within {rule} of the best ({heldout[best]:.5f} at "
         f"K={ks[best]}; tolerance {table['tolerance'].iloc[chosen]:.5f})"
     )
+    if len(ks) == 1:
+        text += "; the only K tried, so nothing was compared: pass a grid of K"
     if best == len(ks) - 1 and len(ks) > 1:
         text += "; the best is the largest K tried, so a larger K may fit better still"
+    if chosen == 0 and len(ks) > 1 and ks[0] > 1:
+        # the rule asks for the smallest K within tolerance, which the grid may not reach
+        text += "; it is the smallest K tried, so a smaller K may do as well"
     return text

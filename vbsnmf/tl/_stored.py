@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 
 from .._model import HYPER_KEYS, SCALE_KEYS
-from .._utils import damaged_record, fit_info, gene_holder, record_entry, record_kind
+from .._utils import (
+    check_anndata,
+    damaged_record,
+    fit_info,
+    gene_holder,
+    record_entry,
+    record_kind,
+)
 from .._validation import check_flag
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
@@ -277,6 +284,7 @@ def cell_factors_record(adata, key: str) -> dict:
     messages; a fit's record has none) and ``active``: the reference's active factors as the
     projection recorded them, or, in a record without them, every factor (as many as the
     entries' columns)."""
+    check_anndata(adata)
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
     if record_kind(adata.uns.get(key)) == "fit" or record_kind(projection) != "projection":

@@ -107,7 +107,10 @@ def top_genes(
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
     if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
-    if isinstance(min_counts, bool) or not isinstance(min_counts, (int, np.integer, float)):
+    # numpy's floats too: np.float32(2) was refused as "not a number"
+    if isinstance(min_counts, bool) or not isinstance(
+        min_counts, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"min_counts must be a number, got {type(min_counts).__name__}")
     if not np.isfinite(min_counts):
         raise ValueError(f"min_counts must be finite, got {min_counts!r}")

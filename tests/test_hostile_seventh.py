@@ -192,8 +192,8 @@ def test_umap_of_a_file_without_a_fit_names_the_file_and_the_command(tmp_path, c
     code, _, err, _ = _main(["umap", "plain.h5ad", "-o", "u.png"], capfd, tmp_path)
     assert (code, err) == (
         2,
-        "vbsnmf: error: plain.h5ad holds no NMF fit under --key nmf; make one with "
-        "'vbsnmf fit' (OUTDIR/result.h5ad)\n",
+        "vbsnmf: error: plain.h5ad holds no NMF fit or projection under --key nmf; make "
+        "one with 'vbsnmf fit' (OUTDIR/result.h5ad)\n",
     )
 
 

@@ -395,7 +395,10 @@ def test_umap_command_and_demo(tmp_path, capsys, tiny_h5ad):
         code, _, err = _run(full, capsys)
         assert code == 2 and message in err and err.count("\n") == 1
     code, _, err = _run(["umap", tiny_h5ad, "-o", tmp_path / "u3.png"], capsys)
-    assert code == 2 and "holds no NMF fit under --key nmf; make one with 'vbsnmf fit'" in err
+    assert (
+        code == 2
+        and "holds no NMF fit or projection under --key nmf; make one with 'vbsnmf fit'" in err
+    )
     assert not (tmp_path / "u2.png").exists() and not (tmp_path / "u3.png").exists()
 
 

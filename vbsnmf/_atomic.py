@@ -229,7 +229,7 @@ def atomic_file(
     if exclusive and os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, "a file is there; name a new file", str(target))
     target = link_followed(target)
-    _check_target(target)
+    check_target(target)
 
     def make() -> tuple[Path, int | None]:
         with _naming(target):
@@ -318,7 +318,7 @@ def link_followed(target: Path) -> Path:
     return followed
 
 
-def _check_target(target: Path) -> None:
+def check_target(target: Path) -> None:
     """Before the work: the errors the rename onto ``target`` would meet after it, naming
     ``target`` or its folder (the rename's own errors name the temporary file)."""
     if not target.parent.is_dir():

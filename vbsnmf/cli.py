@@ -181,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with use_rep='X_nmf_sqrt_usage', the square roots of each cell's share of its fitted "
         "counts from each factor), embed it with UMAP and draw it to a figure.",
     )
-    umap.add_argument("result", metavar="RESULT.h5ad", help="result.h5ad written by 'vbsnmf fit'")
+    umap.add_argument(
+        "result",
+        metavar="RESULT.h5ad",
+        help="result.h5ad written by 'vbsnmf fit', or an .h5ad of cells projected onto a fit "
+        "(vbsnmf.tl.project)",
+    )
     umap.add_argument(
         "-o",
         "--output",
@@ -625,7 +630,8 @@ def _as_options(
     about layers, which such an input cannot have, is left out. For an AnnData input
     (``anndata_file``) its element is named with the file, as the streamed route does:
     ``in.h5ad (layers['counts'])``, not ``adata.layers['counts']``, and so is the AnnData
-    itself: ``which in.h5ad holds``, not ``which adata holds``."""
+    itself: ``which in.h5ad holds``, not ``which adata holds``; ``in.h5ad holds no .raw``,
+    not ``adata.raw is None``."""
     message = message.removeprefix("Negative values in data: ")  # scikit-learn's phrase
     if matrix_file is not None:
         # `tl.nmf` names the matrix "adata.X", a streamed block "<file> (X) (cells i..j)"
@@ -634,6 +640,7 @@ def _as_options(
     if anndata_file is not None:
         element = r"^adata\.(X|raw\.X|layers\[[^\]]*\])"
         message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
+        message = message.replace("adata.raw is None", f"{anndata_file} holds no .raw")
         message = re.sub(r"\badata\b(?!\.)", lambda _: anndata_file, message)
     return _option_names(message)
 
@@ -830,11 +837,13 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     """--convert-to: a new file in an existing folder, not inside OUTDIR or an input."""
     from ._atomic import lock_file_of
     from .io import real_path
+    from .io._paths import check_output_file
 
     if args.convert_to is None:
         return None
     path = Path(args.convert_to)
-    if (path.exists() or path.is_symlink()) and args.resume:
+    exists = os.path.lexists(path)  # a link too; a name too long is told below
+    if exists and args.resume:
         # likely the conversion of the run being resumed, but nothing here proves it: say
         # how to resume (the checkpoint's fingerprint then checks the counts)
         raise UsageError(
@@ -842,10 +851,12 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
             "(without --convert-to and the .mtx options: orientation, --row-names, "
             "--col-names), or drop --convert-to to convert again into OUTDIR"
         )
-    if path.exists() or path.is_symlink():
+    if exists:
         raise UsageError(f"--convert-to {path} exists; name a new file")
     if not path.parent.is_dir():
         raise UsageError(f"the folder {path.parent} for --convert-to does not exist")
+    # a folder that cannot be written or a name too long: met now, not by the conversion
+    check_output_file("--convert-to", args.convert_to)
     inside = real_path(path.parent)
     for holder in [outdir, *inputs]:
         held = real_path(holder)
@@ -894,23 +905,26 @@ def _run_demo(args) -> int:
 
 
 def _run_umap(args) -> int:
-    from . import tl
     from .io import read_h5ad, real_path
     from .pl._umap import LEIDEN, MIN_CELLS
+    from .tl._stored import cell_factors_record
 
     output = Path(args.output)
-    _check_figure_path(output)
+    _check_figure_path(args.output)
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):
         adata = read_h5ad(args.result)
     try:
-        tl.fit_info(adata, args.key)
+        # a fit, or cells projected onto one (vbsnmf.tl.project), as vbsnmf.pl.umap takes
+        cell_factors_record(adata, args.key)
     except KeyError:
         raise UsageError(
-            f"{args.result} holds no NMF fit under --key {args.key}; make one with "
-            "'vbsnmf fit' (OUTDIR/result.h5ad)"
+            f"{args.result} holds no NMF fit or projection under --key {args.key}; make "
+            "one with 'vbsnmf fit' (OUTDIR/result.h5ad)"
         ) from None
+    except ValueError as error:  # an edited record: name the file
+        raise UsageError(f"{args.result}: {_one_line(error)}") from None
     # scanpy colours by a gene of .raw when the result has one (use_raw's default), and
     # looks for it nowhere else; .raw holds every gene that 'fit --use-raw' fitted
     genes = adata if adata.raw is None else adata.raw
@@ -943,9 +957,12 @@ def _run_umap(args) -> int:
     return EXIT_OK
 
 
-def _check_figure_path(output: Path) -> None:
+def _check_figure_path(name: str) -> None:
     from matplotlib.figure import Figure
 
+    from .io._paths import check_output_file
+
+    output = Path(name)
     supported = Figure().canvas.get_supported_filetypes()
     if output.suffix.lstrip(".").lower() not in supported:
         raise UsageError(
@@ -965,8 +982,9 @@ def _check_figure_path(output: Path) -> None:
             )
     if not output.parent.is_dir():
         raise UsageError(f"the folder {output.parent} for {output.name} does not exist")
-    if output.is_dir():
-        raise UsageError(f"{output} is a folder")
+    # a folder that cannot be written, a name too long or a pipe at the name: met now,
+    # not once the graph and the embedding are computed
+    check_output_file("-o", name)
 
 
 def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:

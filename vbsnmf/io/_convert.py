@@ -67,9 +67,10 @@ def mtx_to_h5ad(
     ----------
     src
         ``.mtx`` / ``.mtx.gz`` (coordinate format, integer or real field) with entries
-        sorted by cell, as 10x and ``scipy.io.mmwrite`` of a CSC write them; or a 10x
-        folder as Cell Ranger writes it (names from its features and barcodes files; only
-        ``Gene Expression`` features when there are others, as `vbsnmf.io.read_10x`).
+        sorted by cell, as 10x and ``scipy.io.mmwrite`` of a CSC of genes x cells (or of a
+        CSR of cells x genes) write them; or a 10x folder as Cell Ranger writes it (names
+        from its features and barcodes files; only ``Gene Expression`` features when there
+        are others, as `vbsnmf.io.read_10x`).
     dst
         The ``.h5ad`` to write, atomically (a temporary file beside it, then renamed).
     genes_as_rows
@@ -249,9 +250,11 @@ def _copy_entries(blocks, group, check, genes_as_rows, n_cells, n_genes, gene_in
                 np.concatenate([p, b]) for p, b in zip(pending, (cells, genes, values))
             )
         if np.any(np.diff(cells) < 0) or (len(cells) and cells[0] < last_cell):
+            # mmwrite writes a CSC column by column and a CSR row by row: the cells' axis
+            sorted_by_cell = "CSC of genes x cells" if genes_as_rows else "CSR of cells x genes"
             raise ValueError(
                 "entries are not sorted by cell; streaming reads cells in file order (10x "
-                "writes them sorted; re-save with scipy.io.mmwrite of a CSC)"
+                f"writes them sorted; re-save with scipy.io.mmwrite of a {sorted_by_cell})"
             )
         tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
         pending = (cells[tail:], genes[tail:], values[tail:])

@@ -24,6 +24,7 @@ from .._atomic import (
     IN_USE,
     REMOVED,
     check_name_length,
+    check_target,
     clear_lock_file,
     clear_temporary,
     file_temporary_affixes,
@@ -229,6 +230,34 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
             f"cannot write checkpoint {path}: {error.strerror or error} (in {ancestor})"
         ) from None
     return path
+
+
+def check_output_file(label: str, path: str | os.PathLike) -> Path:
+    """Check, before any work, that `atomic_file` can write the file ``path``; return the
+    path it writes (a symbolic link followed).
+
+    What the writer would meet only once the work is done is met now: a missing folder,
+    a folder, pipe or device at ``path``, a read-only file, a name too long, or a folder
+    that cannot be written (read-only, ``/proc``): a temporary file of the writer's name is
+    made and removed beside the file. A name ending with a separator names a folder, which
+    `pathlib` would drop to write a file of the folder's name.
+
+    Raises
+    ------
+    UnsafePathError
+        Any of the above, naming ``label`` and ``path`` with the reason.
+    """
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise UnsafePathError(f"{label} {os.fspath(path)} names a folder; name a file")
+    path = Path(path)
+    _check_lookup(label, path)
+    try:
+        target = link_followed(path)
+        check_target(target)
+        _try_file(file_temporary_affixes(target), target.parent)
+    except OSError as error:
+        raise UnsafePathError(f"cannot write {label} {path}: {error.strerror or error}") from None
+    return target
 
 
 # Every name a command writes into OUTDIR (`vbsnmf.cli`, `write_nmf_tables`), spelled once
@@ -564,5 +593,6 @@ __all__ = [
     "check_apart",
     "check_checkpoint_path",
     "check_outdir",
+    "check_output_file",
     "real_path",
 ]

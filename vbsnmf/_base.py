@@ -42,12 +42,31 @@ def check_fitted(estimator, attribute: str) -> None:
 
 
 def feature_names(X) -> np.ndarray | None:
-    """The column names of a DataFrame ``X`` when every one is a string (scikit-learn's
-    rule), else None."""
+    """The column names of a DataFrame ``X`` when every one is a string, None when none is
+    (scikit-learn's rule).
+
+    Raises
+    ------
+    TypeError
+        Some names are strings and some are not (scikit-learn's message): neither taking
+        them nor dropping them would check the genes by name.
+    """
     columns = getattr(X, "columns", None)
-    if columns is None or not all(isinstance(name, str) for name in columns):
+    if columns is None:
         return None
-    return np.asarray(columns, dtype=object)
+    kinds = sorted({type(name).__name__ for name in columns})
+    if kinds == ["str"]:
+        return np.asarray(columns, dtype=object)
+    if "str" in kinds:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, but "
+            f"your input has {kinds} as feature name / column name types. If you want "
+            "feature names to be stored and validated, you must convert them all to "
+            "strings, by using X.columns = X.columns.astype(str) for example. Otherwise you "
+            "can remove feature / column names from your input data, or convert them all to "
+            "a non-string data type."
+        )
+    return None
 
 
 def _listed(names) -> str:

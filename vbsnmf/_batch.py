@@ -412,7 +412,9 @@ def squarem(
             del theta1, statistics1
             state.step_max = max(1.0, state.step_max / _STEP_GROWTH)
     state.kept, state.current = expand(state.kept), expand(state.current)
-    if not state.converged and max_iter > 0:
+    # A checkpoint of more passes than max_iter is returned as it is (`warn_if_beyond` says
+    # so); it did not stop at max_iter.
+    if not state.converged and 0 < max_iter and state.n_passes <= max_iter:
         warn_not_converged("max_iter", max_iter, tol)
     return state
 

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import Estimator, check_feature_names, check_fitted, remember_feature_names
+from ._base import (
+    Estimator,
+    check_feature_names,
+    check_fitted,
+    feature_names,
+    remember_feature_names,
+)
 from ._batch import (
     AcceleratedState,
     fit_batch,
@@ -50,6 +56,7 @@ from ._model import (
     seed_entropy,
     side_totals,
     svd_start,
+    warn_not_converged,
 )
 from ._svi import (
     EVAL_BLOCK_ROWS,
@@ -544,6 +551,10 @@ class VBNMF(Estimator):
                 "input starts at random (init='random')"
             )
         entropy = seed_entropy(self.random_state)
+        # Before the fit, as scikit-learn validates X: mixed column names are refused.
+        names = feature_names(X)
+        if init is not None:
+            _check_init_genes(init, names)
         if kind in ("memory", "checked"):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
@@ -613,7 +624,11 @@ class VBNMF(Estimator):
         rate (K,) under the fixed prior, (n x K) under the learned one (each new cell's
         scale fitted with it, the hyperparameters held at their fitted values)."""
         check_fitted(self, "gene_shape_")
-        settings = self._check_params()
+        # Only the local fit's settings: the others are the next fit's, which `set_params`
+        # may have begun to change (n_init=3 before adding a checkpoint, say).
+        max_iter = check_iterations(self.max_iter, "max_iter", 0)
+        tol = check_tolerance(self.tol)
+        n_threads = None if self.n_threads is None else check_n_threads(self.n_threads)
         gene_shape, gene_rate = self._fitted_gene_side()
         check_feature_names(self, X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
@@ -635,7 +650,7 @@ class VBNMF(Estimator):
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
             )
         # The prior as fitted; a model whose attributes were set by hand has the current one.
-        prior = getattr(self, "_fitted_prior", settings.prior)
+        prior = self._fitted_prior if hasattr(self, "_fitted_prior") else self._prior()
         hyper = getattr(self, "hyperparameters_", None)
         if (hyper is not None) != isinstance(prior, HierarchicalPrior):
             raise ValueError(
@@ -651,17 +666,17 @@ class VBNMF(Estimator):
                 float(hyper["cell_scale_prior_shape"]),
                 float(hyper["cell_scale_prior_mean"]),
             )
-        with numba_threads(settings.n_threads):
+        with numba_threads(n_threads):
             rows = fit_rows(
                 as_count_data(matrix, major=0),
                 gene_shape,
                 gene_rate,
                 prior,
-                max_iter=max(settings.max_iter, 1),
-                tol=settings.tol,
+                max_iter=max(max_iter, 1),
+                tol=tol,
                 row_scale=row_scale,
             )
-        rows.warn_unsettled(settings.tol)
+        rows.warn_unsettled(tol)
         return rows.shape, rows.rate
 
     def __sklearn_tags__(self):
@@ -911,6 +926,25 @@ def _fit_batch(
     return best, data.shape[1]
 
 
+def _check_init_genes(init, names) -> None:
+    """A warm start from an estimator fitted with gene names, on X with other names or
+    another order (``names``: X's), is refused: its gene side would start X's genes by
+    position, silently another start than the fit it continues."""
+    fitted = getattr(init, "feature_names_in_", None)
+    if fitted is None or names is None or np.array_equal(fitted, names):
+        return
+    unseen = sorted(set(names) - set(fitted))
+    missing = sorted(set(fitted) - set(names))
+    detail = f"{len(unseen)} of X's genes are not init's, {len(missing)} of init's not X's"
+    if not unseen and not missing:
+        detail = "the same genes in another order"
+    raise ValueError(
+        f"init was fitted with other feature names than X's: {detail}. Its gene side would "
+        "start X's genes by position: pass X's columns in init's order, "
+        "X[init.feature_names_in_]"
+    )
+
+
 INITS = ("random", "nndsvda")
 
 
@@ -974,6 +1008,8 @@ def _run_plain(
         hold_shapes = bool(meta.get("hold_shapes", False))
         done = resumed_converged(trace, settings.tol, hold_shapes)
         if done or len(trace) >= settings.max_iter:
+            if not done and 0 < len(trace) == settings.max_iter:  # as the fit itself warned
+                warn_not_converged("max_iter", settings.max_iter, settings.tol)
             return FitResult(start, *trace_arrays(trace, iters), len(trace), bool(done))
     result = fit_batch(
         data,
@@ -1316,18 +1352,25 @@ def fit_triplets(
     Raises
     ------
     ValueError
-        The three arrays differ in length, an index is out of ``shape``, or a count is
-        negative, NaN or infinite.
+        The three arrays differ in length, ``shape`` is negative or beyond int64, an index
+        is out of ``shape``, or a count is negative, NaN or infinite.
     TypeError
-        ``shape`` is not two integers, the indices not integers or the counts not numbers.
+        ``shape`` is not two integers, the indices not integers, the counts not numbers, or
+        an array is ragged.
     """
-    rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
+    try:
+        rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
+    except ValueError as error:  # numpy's message for ragged nested lists names none
+        raise TypeError(f"rows, cols and counts must be flat sequences: {error}") from None
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2
         or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape)
     ):
         raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
+    # scipy's sizes are int64: beyond, numpy's OverflowError; below 0, scipy's own message
+    if not all(0 <= n <= np.iinfo(np.int64).max for n in shape):
+        raise ValueError(f"shape must be two integers from 0 to 2**63 - 1, got {tuple(shape)}")
     if counts.size and counts.dtype.kind not in "biuf":  # scipy's message lists its dtypes
         raise TypeError(f"counts must be numbers, got dtype {counts.dtype}")
     if not (rows.shape == cols.shape == counts.shape):

@@ -1466,7 +1466,7 @@ def init_params(
             raise ValueError(
                 f"init {name} has shape {tuple(np.shape(array))}, expected "
                 + " or ".join(map(str, wants))
-                + _entry_rates_advice(name, np.shape(array), (side, n_components))
+                + _entry_rates_advice(name, np.shape(array), (side, n_components), bool(extra))
             )
         checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
@@ -1474,11 +1474,17 @@ def init_params(
     return params if lazy else _computed(params)
 
 
-def _entry_rates_advice(name: str, given: tuple, per_entry: tuple) -> str:
-    """Why per-entry rates (a masked fit's, under the fixed prior) were refused, if they
-    were: only a fit with missing entries keeps rates per entry under the fixed prior."""
+def _entry_rates_advice(name: str, given: tuple, per_entry: tuple, learned: bool) -> str:
+    """Why per-entry rates were refused, if they were: a start from the learned prior
+    (``learned``: it came with scales or hyperparameters) or a masked fit's under the fixed
+    prior; only the learned prior and a fit with missing entries keep rates per entry."""
     if not name.endswith("rate") or tuple(given) != per_entry:
         return ""
+    if learned:
+        return (
+            " (init is a fit under the learned prior, prior='hierarchical', whose rates are "
+            "per cell and gene: it starts only another fit under that prior)"
+        )
     return (
         " (per-entry rates under prior='gamma', as a fit with mask= leaves them, start only "
         "another batch fit with a mask=)"

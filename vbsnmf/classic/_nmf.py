@@ -17,7 +17,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_array, check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .._base import check_feature_names, remember_feature_names
+from .._base import check_feature_names, feature_names, remember_feature_names
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
@@ -150,6 +150,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             power): nothing non-finite is returned.
         """
         spec = self._check_params()
+        feature_names(X)  # mixed column names are refused before the fit, as scikit-learn does
         data = ClassicData.build(X, self.weights, spec)
         n_rows, n_cols = data.shape
         n_components = self._n_components(data)

@@ -86,13 +86,21 @@ def check_tensor(coords, values=None, shape=None):
             "X.data of its COO form) or a pydata sparse array; or fit the matrix with VBNMF"
         )
     coords = _as_array(coords, "coords")
+    # a dense tensor (or a dense count matrix) passed as X: say how to give its entries
+    dense_hint = (
+        "; for a dense array of counts T, fit np.argwhere(T) with values T[T != 0] and "
+        "shape T.shape"
+    )
     if coords.ndim != 2:
+        hint = dense_hint if coords.ndim > 2 else ""
         raise ValueError(
-            f"coords must be an (nnz, D) array of indices, got an array of shape {coords.shape}"
+            f"coords must be an (nnz, D) array of indices, got an array of shape "
+            f"{coords.shape}{hint}"
         )
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
-        raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}")
+        hint = dense_hint if coords.dtype.kind == "f" else ""
+        raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}{hint}")
     nnz, n_modes = coords.shape
     if n_modes != nnz and values is not None and np.shape(values) == (n_modes,):
         raise ValueError(
@@ -263,7 +271,10 @@ class VBNTF(Estimator):
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
         them; ``prior_rate`` does not apply. ``prior_shape`` lies between 1e-30 and 1e6,
-        ``prior_rate`` within ``dtype``'s range, as in `VBNMF`.
+        ``prior_rate`` within ``dtype``'s range, as in `VBNMF`. The fixed prior's optimum
+        puts the shortest mode's rates above ``prod_{d != m} a (n_d - n_m) / b``, about
+        ``b^-(D-1)``; a fit where that exceeds ``dtype``'s range (float32, D = 3, b below
+        about 1e-19) is refused with a `ValueError` that names the least ``prior_rate``.
     accelerate
         Batch VB: extrapolate the iterations with SQUAREM (Varadhan and Roland 2008),
         keeping an extrapolated step only when its exact ELBO is at least the plain step's
@@ -517,6 +528,7 @@ class VBNTF(Estimator):
                 raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
         slices_form = self.solver == "svi" and self.svi_form == "slices"
         _check_table_memory(shape, checked["n_components"], checked["dtype"])
+        _check_fixed_prior_range(shape, checked["prior"], checked["dtype"])
         data = _tensor.as_tensor_data(
             coords, values, shape, major=local_mode if slices_form else None
         )
@@ -764,6 +776,32 @@ def _check_table_memory(shape: tuple[int, ...], n_components: int, dtype: np.dty
             "index of each mode when not given) or lower n_components; set "
             "VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
         )
+
+
+def _check_fixed_prior_range(shape: tuple[int, ...], prior: _model.Prior, dtype: np.dtype) -> None:
+    """`ValueError` before any pass when the fixed prior's optimum has a rate beyond the
+    largest number of ``dtype`` (`_tensor.fixed_prior_least_log_rate`): the ascent went
+    there and ended in a `FloatingPointError` (a 5 x 5 x 2 tensor, float32, ``prior_rate``
+    1e-20, after about 100 passes)."""
+    if not isinstance(prior, _model.GammaPrior):
+        return
+    mode, log_rate = _tensor.fixed_prior_least_log_rate(shape, prior)
+    largest = float(np.finfo(dtype).max)
+    if log_rate <= np.log(largest):
+        return
+    # the bound falls as b^(D - 1): the least rate that brings it down to the largest float
+    n_others = len(shape) - 1
+    least_rate = prior.rate * np.exp((log_rate - np.log(largest)) / n_others)
+    in_float64 = dtype == np.float32 and log_rate <= np.log(np.finfo(np.float64).max)
+    other = " or fit with dtype=np.float64" if in_float64 else ""
+    bound = f"10^{log_rate / np.log(10):.1f}"
+    raise ValueError(
+        f"under the fixed prior Gamma({prior.shape:g}, {prior.rate:g}) the fit of a tensor "
+        f"of shape {shape} has its optimum beyond {dtype.name}'s range: mode {mode}'s rates "
+        f"would exceed {bound} (its factors near 0, the other modes' near their prior mean; "
+        f"the bound grows as prior_rate^-{n_others}); raise prior_rate to at least "
+        f"{least_rate:.3g}{other}, or use prior='hierarchical'"
+    )
 
 
 def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:

@@ -61,8 +61,9 @@ class ConvergenceWarning(UserWarning):
     _sklearn_name = "ConvergenceWarning"
 
 
-# The largest shape a learned hyperparameter takes: that of a given prior shape.
-LARGEST_SHAPE = PRIOR_SHAPE_RANGE[1]
+# The largest shape a learned hyperparameter takes: that of a given prior shape (and the
+# smallest a scale's prior shape a' takes).
+SMALLEST_SHAPE, LARGEST_SHAPE = PRIOR_SHAPE_RANGE
 
 
 # -- the variational family and the prior --------------------------------------------------
@@ -689,6 +690,13 @@ def _scale_sums(n_rows: int, scale: ScaleState, factor_log: np.ndarray) -> Scale
     )
 
 
+# ``log a - digamma(a)`` at the ends of the range: it decreases in a, so a gap outside
+# theirs has its root outside the range, where `gamma_shape_mle` is not solved (from a
+# start with a' = 1e15 it never returned; with a' = 1e-20 it gave NaN).
+_LARGEST_SHAPE_GAP = float(np.log(LARGEST_SHAPE) - digamma(LARGEST_SHAPE))
+_SMALLEST_SHAPE_GAP = float(np.log(SMALLEST_SHAPE) - digamma(SMALLEST_SHAPE))
+
+
 def learn_hyperparameters(sums: ScaleSums, scale: ScaleState, prior: HierarchicalPrior):
     """Empirical Bayes for one side, q held fixed; each value the exact maximiser:
 
@@ -697,15 +705,23 @@ def learn_hyperparameters(sums: ScaleSums, scale: ScaleState, prior: Hierarchica
       moments; the right side is positive by Jensen's inequality);
     - ``digamma(a_l) = mean_i (E[log z_il] + E[log xi_i])``, unless the prior fixes a_l.
 
-    Each within (0, `LARGEST_SHAPE`]: on rows all alike a' grew without end (4e7 after
-    6,000 passes), where the ELBO's terms outgrow its changes and its trace fell by
-    rounding. Each objective is concave in its shape, so the bound is the maximiser over
-    the range, and the steps stay coordinate ascent.
+    Each within (0, `LARGEST_SHAPE`], a' within [`SMALLEST_SHAPE`, `LARGEST_SHAPE`]: on
+    rows all alike a' grew without end (4e7 after 6,000 passes), where the ELBO's terms
+    outgrow its changes and its trace fell by rounding. Each objective is concave in its
+    shape, so the bound is the maximiser over the range, and the steps stay coordinate
+    ascent.
     """
     prior_mean = sums.scale_mean / sums.n_rows
     mean_log = sums.scale_log / sums.n_rows
     gap = np.log(prior_mean) - mean_log
-    prior_shape = min(gamma_shape_mle(gap), LARGEST_SHAPE) if gap > 0 else scale.prior_shape
+    if not gap > 0:  # no root (rounding of rows all alike): a' kept
+        prior_shape = scale.prior_shape
+    elif gap <= _LARGEST_SHAPE_GAP:
+        prior_shape = LARGEST_SHAPE
+    elif gap >= _SMALLEST_SHAPE_GAP:
+        prior_shape = SMALLEST_SHAPE
+    else:
+        prior_shape = min(gamma_shape_mle(gap), LARGEST_SHAPE)
     if prior.factor_shape is None:
         factor_shape = inverse_digamma(sums.factor_log / sums.n_rows + mean_log)
         factor_shape = np.minimum(factor_shape, LARGEST_SHAPE)
@@ -775,8 +791,13 @@ def inverse_digamma(y, n_newton: int = 8) -> np.ndarray:
 
 def gamma_shape_mle(gap: float, n_newton: int = 10) -> float:
     """``a > 0`` with ``log a - digamma(a) = gap`` (``gap > 0``): the Gamma maximum-
-    likelihood shape, by Minka (2002)'s start and generalised Newton step on 1/a."""
-    a = (3.0 - gap + np.sqrt((gap - 3.0) ** 2 + 24.0 * gap)) / (12.0 * gap)
+    likelihood shape, by Minka (2002)'s start and generalised Newton step on 1/a. Above
+    gap 3 the start is taken in its form without cancellation (``3 - gap + root`` lost
+    every digit from gap 1e16, and the square overflowed from 1e154)."""
+    if gap > 3.0:
+        a = 2.0 / (math.hypot(gap - 3.0, math.sqrt(24.0 * gap)) + gap - 3.0)
+    else:
+        a = (3.0 - gap + np.sqrt((gap - 3.0) ** 2 + 24.0 * gap)) / (12.0 * gap)
     for _ in range(n_newton):
         excess = np.log(a) - digamma(a) - gap
         a = 1.0 / (1.0 / a + excess / (a * a * (1.0 / a - zeta(2, a))))
@@ -1431,7 +1452,7 @@ def init_params(
         ``init`` is none of these.
     ValueError
         A key is missing, or an array has the wrong shape or non-positive or non-finite
-        entries.
+        entries, or a given factor or scale prior shape lies outside `PRIOR_SHAPE_RANGE`.
     """
     if isinstance(init, VariationalParams):
         arrays, extra = init.as_tuple(), _scale_entries(init)
@@ -1555,6 +1576,7 @@ def complete_learned(
                 f"init {factor_key} has shape {factor.shape}, expected ({n_components},)"
             )
         factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), factor_key)
+        _check_shape_range(factor, factor_key)
         prior_mean = given.get(f"{side}_scale_prior_mean")
         if prior_mean is None:
             prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
@@ -1563,7 +1585,10 @@ def complete_learned(
             np.empty(0),
             np.empty(0),
             factor,
-            check_positive_number(given.get(prior_shape_key, 1.0), prior_shape_key),
+            _check_shape_range(
+                check_positive_number(given.get(prior_shape_key, 1.0), prior_shape_key),
+                prior_shape_key,
+            ),
             check_positive_number(prior_mean, f"{side}_scale_prior_mean"),
         )
         if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
@@ -1579,6 +1604,21 @@ def complete_learned(
         sides.append((shape, rate, scale))
     (row_shape, row_rate, row_scale), (col_shape, col_rate, col_scale) = sides
     return VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
+
+
+def _check_shape_range(shapes, key: str):
+    """``shapes`` of an init hyperparameter ``key`` (a', a_l), within `PRIOR_SHAPE_RANGE`
+    as every learned one is: from a' = 1e15 the first step's ELBO was off by hundreds of
+    nats (its terms outgrow its precision) and the trace fell, and the next update of a'
+    (held to the range) could not keep the ELBO either."""
+    low, high = PRIOR_SHAPE_RANGE
+    if np.any(np.asarray(shapes) < low) or np.any(np.asarray(shapes) > high):
+        raise ValueError(
+            f"init {key} must be between {low:g} and {high:g}, as a learned shape is "
+            f"(beyond, the ELBO's terms cannot be computed to the precision of its changes), "
+            f"got {np.ravel(shapes)[:3]!r:.80}"
+        )
+    return shapes
 
 
 def check_positive_number(value, key: str) -> float:

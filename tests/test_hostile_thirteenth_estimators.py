@@ -27,7 +27,7 @@ def _quiet_fit(model, X, **kwargs):
 def test_mixed_column_names_are_refused_before_the_fit_and_by_transform(counts):
     mixed = pd.DataFrame(counts, columns=[0, "b", "c", "d", "e", "f"])
     passes = []
-    with pytest.raises(TypeError, match="only supported if all input features have string"):
+    with pytest.raises(TypeError, match="only supported if all of them are strings"):
         VBNMF(2, random_state=0, max_iter=5).fit(mixed, callback=lambda *a: passes.append(a))
     assert passes == []  # refused before any pass, as scikit-learn validates X first
     model = _quiet_fit(
@@ -35,7 +35,7 @@ def test_mixed_column_names_are_refused_before_the_fit_and_by_transform(counts):
     )
     with pytest.raises(TypeError, match=r"\['int', 'str'\]"):
         model.transform(mixed)
-    with pytest.raises(TypeError, match="only supported if all input features have string"):
+    with pytest.raises(TypeError, match="only supported if all of them are strings"):
         NMF(2, max_iter=5).fit(mixed)  # the classical NMF shares the rule
     # names of one other type only are no names, as scikit-learn has it
     unnamed = _quiet_fit(VBNMF(2, random_state=0, max_iter=5), pd.DataFrame(counts))

@@ -48,7 +48,7 @@ def feature_names(X) -> np.ndarray | None:
     Raises
     ------
     TypeError
-        Some names are strings and some are not (scikit-learn's message): neither taking
+        Some names are strings and some are not (as scikit-learn refuses them): neither taking
         them nor dropping them would check the genes by name.
     """
     columns = getattr(X, "columns", None)
@@ -59,12 +59,9 @@ def feature_names(X) -> np.ndarray | None:
         return np.asarray(columns, dtype=object)
     if "str" in kinds:
         raise TypeError(
-            "Feature names are only supported if all input features have string names, but "
-            f"your input has {kinds} as feature name / column name types. If you want "
-            "feature names to be stored and validated, you must convert them all to "
-            "strings, by using X.columns = X.columns.astype(str) for example. Otherwise you "
-            "can remove feature / column names from your input data, or convert them all to "
-            "a non-string data type."
+            f"X's column names mix types {kinds}: gene names are only supported if all of "
+            "them are strings; convert them (X.columns = X.columns.astype(str)) or give "
+            "none, so that the genes are checked by name or not at all"
         )
     return None
 

@@ -126,3 +126,30 @@ def test_warm_start_shapes_at_the_ends_of_the_range_fit_monotone():
         model = vbsnmf.VBNMF(3, random_state=0, n_threads=1, max_iter=20).fit(X, init=init)
     trace = model.elbo_trace_
     assert np.all(np.isfinite(trace)) and np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+
+
+def _one_count(n_rows: int, n_cols: int):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(([1.0], ([1], [2])), shape=(n_rows, n_cols))
+
+
+def test_a_fixed_prior_whose_matrix_optimum_is_beyond_float32_is_refused_before_any_pass():
+    """The tensor model's bound at D = 2 (docs/model.md): the shorter side's rates exceed
+    (n_long - n_short) a / b at the optimum, 990 / 1e-36 = 9.9e38 above float32's 3.4e38.
+    The fit ended in a FloatingPointError after its passes; now refused before them, with
+    the least rate 990 / 3.4e38 = 2.91e-36, and fitted at 1e-35 and in float64."""
+    X = _one_count(1000, 10)
+    passes = []
+    with pytest.raises(ValueError, match=r"the genes' rates would .* at least 2\.91e-36"):
+        vbsnmf.VBNMF(
+            2, prior="gamma", prior_rate=1e-36, dtype=np.float32, random_state=0
+        ).fit(X, callback=lambda *args: passes.append(args))
+    assert passes == []
+    for dtype, rate in ((np.float32, 1e-35), (np.float64, 1e-36)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+            model = vbsnmf.VBNMF(
+                2, prior="gamma", prior_rate=rate, dtype=dtype, random_state=0, max_iter=300
+            ).fit(X)
+        assert np.all(np.isfinite(model.elbo_trace_)) and np.all(np.isfinite(model.components_))

@@ -4,7 +4,7 @@ test here failed on the code before its fix, unless its docstring says otherwise
 Under the fixed prior Gamma(a, b) the ELBO of a component is not flat along the modes'
 scales: its optimum puts every mode but the shortest near the prior mean a / b and the
 shortest mode's rates above ``prod_{d != m} a (n_d - n_m) / b``, of the order of
-``b^-(D-1)`` (`_tensor.fixed_prior_least_log_rate`). With a tiny ``prior_rate`` (float32 at
+``b^-(D-1)`` (`_model.fixed_prior_least_log_rate`). With a tiny ``prior_rate`` (float32 at
 D = 3, b = 1e-20; float64 at b = 1e-200) the ascent went there and ended, after about a
 hundred passes, in a `FloatingPointError`; a fit whose optimum lies beyond its dtype's
 range is now refused with a `ValueError` before any pass.
@@ -19,7 +19,7 @@ import pytest
 from scipy.special import digamma, gammaln
 
 import vbsnmf
-from vbsnmf import _model, _tensor
+from vbsnmf import _model
 
 ONE_COUNT = np.array([[1, 2, 0]])
 
@@ -113,11 +113,11 @@ def test_the_shortest_modes_rates_sit_at_the_bound_at_an_optimum(shape, factor_s
     bound = np.prod([factor_shape * (n - shape[shortest]) / prior_rate for d, n in
                      enumerate(shape) if d != shortest])  # fmt: skip
     prior = _model.GammaPrior(factor_shape, prior_rate)
-    mode, log_bound = _tensor.fixed_prior_least_log_rate(shape, prior)
+    mode, log_bound = _model.fixed_prior_least_log_rate(shape, prior)
     assert mode == shortest
     assert log_bound == pytest.approx(np.log(bound), rel=1e-12)
     assert model.rates_[shortest] == pytest.approx(np.full(2, bound), rel=1e-4)
-    assert _tensor.fixed_prior_least_log_rate((5, 2, 2), prior)[1] == -np.inf
+    assert _model.fixed_prior_least_log_rate((5, 2, 2), prior)[1] == -np.inf
 
 
 def test_a_tie_for_the_shortest_mode_is_not_refused():

@@ -43,6 +43,7 @@ from ._model import (
     Prior,
     ScaleState,
     VariationalParams,
+    check_fixed_prior_range,
     csr_totals,
     fit_rows,
     held_prior,
@@ -734,6 +735,8 @@ def _fit_counts(
     settings: FitSettings, matrix, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
+    if mask is None:  # the masked entries leave the total term, which the bound rests on
+        check_fixed_prior_range(matrix.shape, settings.prior, settings.dtype)
     if settings.solver == "svi" and settings.svi_form == "cells":
         csr = sp.csr_array(matrix)
         fingerprint = None
@@ -805,6 +808,7 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
         )
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
+    check_fixed_prior_range(source.shape, settings.prior, settings.dtype)
     counts = scan_blocks(
         source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
     )
@@ -1177,6 +1181,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
         )
     check_not_empty(X.shape)  # before n_components, whose range it would otherwise explain
     n_components = check_n_components(settings.n_components, X.shape)
+    check_fixed_prior_range(X.shape, settings.prior, settings.dtype)
     # Dask's worker threads parallelise over chunks; n_threads is Numba's per chunk task.
     n_threads = 1 if settings.n_threads is None else settings.n_threads
     if settings.solver == "svi":

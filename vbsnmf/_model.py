@@ -260,6 +260,59 @@ class HierarchicalPrior:
 Prior = GammaPrior | HierarchicalPrior
 
 
+def fixed_prior_least_log_rate(shape: tuple[int, ...], prior: GammaPrior) -> tuple[int, float]:
+    """The shortest mode m (of a matrix: its shorter side) and the log of a lower bound on
+    its rates at every optimum of the fixed prior: ``sum_{d != m} log(a (n_d - n_m) / b)``;
+    ``-inf`` when another mode is as short (no bound).
+
+    At an optimum each mode's rate is ``b + prod_{e != d} u_e`` with u_e = sum_i E[v^(e)_il],
+    so ``b u_d = A_d - P`` (P = prod_d u_d, A_d = sum_i shape^(d)_il = a n_d + the
+    component's count, the same count in every mode): P < A_m and A_d - P > a (n_d - n_m).
+    The rate of mode m, ``b + prod_{d != m} u_d``, is then above ``prod_{d != m} a (n_d -
+    n_m) / b``, of the order of ``b^-(D-1)``: under a tiny b (or at many long modes) the
+    ascent drives one mode's factors towards 0 and the others' towards their prior mean a
+    / b, and that rate leaves the float range (float32 at D = 3, b = 1e-20). No gauge pins
+    this: the fixed prior, unlike the learned one, changes with the modes' scales.
+    """
+    shortest = int(np.argmin(shape))
+    gaps = [n - shape[shortest] for d, n in enumerate(shape) if d != shortest]
+    if min(gaps) == 0:
+        return shortest, -np.inf
+    logs = [np.log(prior.shape * gap) - np.log(prior.rate) for gap in gaps]
+    return shortest, float(np.sum(logs))
+
+
+def check_fixed_prior_range(
+    shape: tuple[int, ...], prior: Prior, dtype: np.dtype, kind: str = "matrix"
+) -> None:
+    """`ValueError` before any pass when the fixed prior's optimum has a rate beyond the
+    largest number of ``dtype`` (`fixed_prior_least_log_rate`; ``kind``: "matrix" or
+    "tensor", for the message): the ascent went there and ended in a `FloatingPointError`
+    (a 5 x 5 x 2 tensor, float32, ``prior_rate`` 1e-20, after about 100 passes; a 1000 x
+    10 matrix at 1e-36)."""
+    if not isinstance(prior, GammaPrior):
+        return
+    mode, log_rate = fixed_prior_least_log_rate(shape, prior)
+    largest = float(np.finfo(dtype).max)
+    if log_rate <= np.log(largest):
+        return
+    # the bound falls as b^(D - 1): the least rate that brings it down to the largest float
+    n_others = len(shape) - 1
+    least_rate = prior.rate * np.exp((log_rate - np.log(largest)) / n_others)
+    in_float64 = dtype == np.float32 and log_rate <= np.log(np.finfo(np.float64).max)
+    other = " or fit with dtype=np.float64" if in_float64 else ""
+    bound = f"10^{log_rate / np.log(10):.1f}"
+    side = f"mode {mode}'s" if kind == "tensor" else ("the cells'", "the genes'")[mode]
+    others = "the other modes'" if kind == "tensor" else "the other side's"
+    raise ValueError(
+        f"under the fixed prior Gamma({prior.shape:g}, {prior.rate:g}) the fit of a {kind} "
+        f"of shape {tuple(shape)} has its optimum beyond {np.dtype(dtype).name}'s range: "
+        f"{side} rates would exceed {bound} (its factors near 0, {others} near their prior "
+        f"mean; the bound grows as prior_rate^-{n_others}); raise prior_rate to at least "
+        f"{least_rate:.3g}{other}, or use prior='hierarchical'"
+    )
+
+
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """``E[log z] = digamma(shape) - log(rate)`` for Gamma(shape, rate)."""
     return _elementwise(digamma, shape) - np.log(rate)

@@ -429,28 +429,6 @@ def fix_gauge(params: TensorParams) -> TensorParams:
     return TensorParams(params.shapes, rates, scales)
 
 
-def fixed_prior_least_log_rate(shape: tuple[int, ...], prior: GammaPrior) -> tuple[int, float]:
-    """The shortest mode m and the log of a lower bound on its rates at every optimum of
-    the fixed prior: ``sum_{d != m} log(a (n_d - n_m) / b)``; ``-inf`` when another mode
-    is as short (no bound).
-
-    At an optimum each mode's rate is ``b + prod_{e != d} u_e`` with u_e = sum_i E[v^(e)_il],
-    so ``b u_d = A_d - P`` (P = prod_d u_d, A_d = sum_i shape^(d)_il = a n_d + the
-    component's count, the same count in every mode): P < A_m and A_d - P > a (n_d - n_m).
-    The rate of mode m, ``b + prod_{d != m} u_d``, is then above ``prod_{d != m} a (n_d -
-    n_m) / b``, of the order of ``b^-(D-1)``: under a tiny b (or at many long modes) the
-    ascent drives one mode's factors towards 0 and the others' towards their prior mean a
-    / b, and that rate leaves the float range (float32 at D = 3, b = 1e-20). No gauge pins
-    this: the fixed prior, unlike the learned one, changes with the modes' scales.
-    """
-    shortest = int(np.argmin(shape))
-    gaps = [n - shape[shortest] for d, n in enumerate(shape) if d != shortest]
-    if min(gaps) == 0:
-        return shortest, -np.inf
-    logs = [np.log(prior.shape * gap) - np.log(prior.rate) for gap in gaps]
-    return shortest, float(np.sum(logs))
-
-
 def expected_total(params: TensorParams) -> float:
     """``sum over all entries of the tensor of sum_l prod_d E[v^(d)_{i_d l}]``, which is
     ``sum_l prod_d sum_i E[v^(d)_il]``: the total term, without visiting an entry."""

@@ -528,7 +528,7 @@ class VBNTF(Estimator):
                 raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
         slices_form = self.solver == "svi" and self.svi_form == "slices"
         _check_table_memory(shape, checked["n_components"], checked["dtype"])
-        _check_fixed_prior_range(shape, checked["prior"], checked["dtype"])
+        _model.check_fixed_prior_range(shape, checked["prior"], checked["dtype"], "tensor")
         data = _tensor.as_tensor_data(
             coords, values, shape, major=local_mode if slices_form else None
         )
@@ -776,32 +776,6 @@ def _check_table_memory(shape: tuple[int, ...], n_components: int, dtype: np.dty
             "index of each mode when not given) or lower n_components; set "
             "VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
         )
-
-
-def _check_fixed_prior_range(shape: tuple[int, ...], prior: _model.Prior, dtype: np.dtype) -> None:
-    """`ValueError` before any pass when the fixed prior's optimum has a rate beyond the
-    largest number of ``dtype`` (`_tensor.fixed_prior_least_log_rate`): the ascent went
-    there and ended in a `FloatingPointError` (a 5 x 5 x 2 tensor, float32, ``prior_rate``
-    1e-20, after about 100 passes)."""
-    if not isinstance(prior, _model.GammaPrior):
-        return
-    mode, log_rate = _tensor.fixed_prior_least_log_rate(shape, prior)
-    largest = float(np.finfo(dtype).max)
-    if log_rate <= np.log(largest):
-        return
-    # the bound falls as b^(D - 1): the least rate that brings it down to the largest float
-    n_others = len(shape) - 1
-    least_rate = prior.rate * np.exp((log_rate - np.log(largest)) / n_others)
-    in_float64 = dtype == np.float32 and log_rate <= np.log(np.finfo(np.float64).max)
-    other = " or fit with dtype=np.float64" if in_float64 else ""
-    bound = f"10^{log_rate / np.log(10):.1f}"
-    raise ValueError(
-        f"under the fixed prior Gamma({prior.shape:g}, {prior.rate:g}) the fit of a tensor "
-        f"of shape {shape} has its optimum beyond {dtype.name}'s range: mode {mode}'s rates "
-        f"would exceed {bound} (its factors near 0, the other modes' near their prior mean; "
-        f"the bound grows as prior_rate^-{n_others}); raise prior_rate to at least "
-        f"{least_rate:.3g}{other}, or use prior='hierarchical'"
-    )
 
 
 def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:

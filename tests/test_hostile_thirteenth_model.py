@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference_cavi as ref
+import scipy.sparse as sp
 from scipy.optimize import brentq
 from scipy.special import digamma
 
@@ -129,8 +130,6 @@ def test_warm_start_shapes_at_the_ends_of_the_range_fit_monotone():
 
 
 def _one_count(n_rows: int, n_cols: int):
-    import scipy.sparse as sp
-
     return sp.csr_matrix(([1.0], ([1], [2])), shape=(n_rows, n_cols))
 
 
@@ -142,9 +141,9 @@ def test_a_fixed_prior_whose_matrix_optimum_is_beyond_float32_is_refused_before_
     X = _one_count(1000, 10)
     passes = []
     with pytest.raises(ValueError, match=r"the genes' rates would .* at least 2\.91e-36"):
-        vbsnmf.VBNMF(
-            2, prior="gamma", prior_rate=1e-36, dtype=np.float32, random_state=0
-        ).fit(X, callback=lambda *args: passes.append(args))
+        vbsnmf.VBNMF(2, prior="gamma", prior_rate=1e-36, dtype=np.float32, random_state=0).fit(
+            X, callback=lambda *args: passes.append(args)
+        )
     assert passes == []
     for dtype, rate in ((np.float32, 1e-35), (np.float64, 1e-36)):
         with warnings.catch_warnings():

@@ -7,9 +7,11 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
 suffix chooses the format). A `pathlib.Path` as ``save`` is the output file itself,
 written atomically (what the command line uses; one without a suffix gets matplotlib's
-default format and its suffix, ``figure.png``, as ``savefig`` names it); any other
-``save`` is a `TypeError`.
-The axes are returned when the figure is not shown.
+default format and its suffix, ``figure.png``, as ``savefig`` names it; the figure is
+then closed, as scanpy closes a figure it saved); any other ``save`` is a `TypeError`.
+The axes are returned when the figure is not shown. Axes given by the user may be of a
+subfigure, or of a figure pyplot does not hold (``matplotlib.figure.Figure()``), which
+only a `pathlib.Path` as ``save`` can write.
 """
 
 from __future__ import annotations
@@ -44,15 +46,30 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     if save is not None and not isinstance(save, (bool, np.bool_, str, os.PathLike)):
         # scanpy would take any other value by its truth: a list or 0 as a flag
         raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
-    if isinstance(save, os.PathLike):
+    # axes of a subfigure: the figure that holds it is the one saved and shown
+    figure = figure.figure
+    # no manager: a figure pyplot does not hold (``matplotlib.figure.Figure()``, as an
+    # application embedding matplotlib makes), and scanpy saves and shows pyplot's current one
+    in_pyplot = figure.canvas.manager is not None
+    if not in_pyplot and not isinstance(save, os.PathLike):
+        if sc.settings.autosave if save is None else save:
+            raise ValueError(
+                "the axes are of a figure pyplot does not hold, which scanpy's save cannot "
+                "write: pass save as a pathlib.Path naming the output file"
+            )
+    saved_to_path = isinstance(save, os.PathLike)
+    if saved_to_path:
         target, file_format = _figure_file(figure, save)
         with atomic_file(target) as temporary:
             # the format named, not left to the temporary's suffix (".tmp" for "figure")
             figure.savefig(temporary, format=file_format, dpi=150, bbox_inches="tight")
         save = False
     show = sc.settings.autoshow if show is None else show
-    _pyplot().figure(figure.number)  # savefig_or_show acts on the current figure
-    savefig_or_show(writekey, show=show, save=save)
+    if in_pyplot:
+        _pyplot().figure(figure.number)  # savefig_or_show acts on the current figure
+        savefig_or_show(writekey, show=show, save=save)
+        if saved_to_path:  # closed once saved, as scanpy closes its saved figures
+            _pyplot().close(figure)
     return None if show else axes
 
 
@@ -172,7 +189,7 @@ def elbo(
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     else:
         _check_axes(axes, 2)
-        figure = axes[0].figure
+        figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
     iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
     axes[0].plot(iterations, trace, marker=".", markersize=3)
     axes[0].set(xlabel="iteration", ylabel="ELBO (nats)", title="ELBO")
@@ -182,8 +199,9 @@ def elbo(
     if positive.any():
         axes[1].set_yscale("log")
     axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title="gap to final")
-    figure.tight_layout()
-    return _finish(figure, axes, show, save, "elbo")
+    if figure is not None:
+        figure.tight_layout()
+    return _finish(axes[0].figure, axes, show, save, "elbo")
 
 
 def factors(
@@ -377,11 +395,13 @@ def top_genes(
     )
     if table.empty:
         raise ValueError("no factor has genes to show (none is active, or min_counts is high)")
+    _check_genes_readable(adata, info, table["gene"], kwds)
+    # with gene_symbols scanpy looks each name up in that column, not in the var_names
+    names = _gene_symbols(adata, table["gene"], kwds) if "gene_symbols" in kwds else table["gene"]
     genes = {
         f"factor {factor}": list(listed)
-        for factor, listed in table["gene"].groupby(level="factor", sort=True)
+        for factor, listed in names.groupby(level="factor", sort=True)
     }
-    _check_genes_readable(adata, info, table["gene"], kwds)
     kwds.setdefault("standard_scale", "var")
     dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
     if return_fig:
@@ -393,11 +413,9 @@ def top_genes(
 def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> None:
     """A `ValueError` when the dot plot would read the fit's listed ``genes`` where some of
     them are not (scanpy's bare KeyError): ``adata.raw`` when scanpy uses it (``use_raw``
-    as given in ``kwds``, else whether adata has ``.raw``), else adata's genes, which a
-    ``layer`` shares. With ``gene_symbols`` scanpy looks the names up itself."""
-    if "gene_symbols" in kwds:
-        return
-    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"))
+    as given in ``kwds``, else whether adata has ``.raw`` and no ``layer`` is named), else
+    adata's genes, which a ``layer`` shares."""
+    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
     if reads_raw and adata.raw is None:  # scanpy's own error says so
         return
     readable = adata.raw.var_names if reads_raw else adata.var_names
@@ -419,10 +437,38 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
     )
 
 
-def reads_raw_genes(adata, use_raw: bool | None = None) -> bool:
+def reads_raw_genes(adata, use_raw: bool | None = None, layer: str | None = None) -> bool:
     """Whether scanpy's plots look gene names up in ``adata.raw``: ``use_raw`` as given,
-    else (scanpy's default, without a layer) whether adata has ``.raw``."""
-    return adata.raw is not None if use_raw is None else bool(use_raw)
+    else (scanpy's default) whether adata has ``.raw`` and no ``layer`` is named."""
+    if use_raw is None:
+        return adata.raw is not None and layer is None
+    return bool(use_raw)
+
+
+def _gene_symbols(adata, genes: pd.Series, kwds: dict) -> pd.Series:
+    """The fit's ``genes`` (var_names) as their names in the ``.var`` column
+    ``kwds["gene_symbols"]`` (of ``adata.raw`` when scanpy reads it), by which scanpy's dot
+    plot looks them up: a `KeyError` without the column, a `ValueError` when a gene has
+    no name there or one that other genes share (scanpy's bare KeyErrors)."""
+    column = kwds["gene_symbols"]
+    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
+    if reads_raw and adata.raw is None:  # scanpy's own error says so
+        return genes
+    var, where = (adata.raw.var, "adata.raw.var") if reads_raw else (adata.var, "adata.var")
+    if column not in var.columns:
+        raise KeyError(f"{where} has no column {column!r} (gene_symbols) to name the genes by")
+    symbols = var[column]
+    names = symbols.reindex(genes.to_numpy())
+    unnamed = genes[names.isna().to_numpy()].unique()
+    shared = symbols[symbols.isin(names.dropna()) & symbols.duplicated(keep=False)].unique()
+    if len(unnamed) or len(shared):
+        listed = ", ".join(map(str, [*unnamed, *shared][:5]))
+        raise ValueError(
+            f"{where}[{column!r}] (gene_symbols) gives some of the fit's top genes no name, "
+            f"or one that other genes share ({listed}); drop gene_symbols= to show the "
+            "var_names"
+        )
+    return pd.Series(names.to_numpy(), index=genes.index, name=genes.name)
 
 
 def _name_list(value, name: str) -> list[str]:
@@ -495,7 +541,7 @@ def select_k(
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     else:
         _check_axes(axes, 3)
-        figure = axes[0].figure
+        figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
     axes[0].errorbar(
         ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
     )
@@ -515,8 +561,9 @@ def select_k(
         xycoords="axes fraction",
         color="tab:red",
     )
-    figure.tight_layout()
-    return _finish(figure, axes, show, save, "select_k")
+    if figure is not None:
+        figure.tight_layout()
+    return _finish(axes[0].figure, axes, show, save, "select_k")
 
 
 # The columns of `vbsnmf.tl.select_k`'s table that `select_k` draws.

@@ -90,7 +90,8 @@ def umap(
         The usages hold NaN or infinite values, or not one column per factor of the fit
         (an edited result: no fit writes them);
         ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells; ``adata`` is a
-        view of a backed AnnData, which cannot store the graph.
+        view of a backed AnnData, which cannot store the graph; a ``color`` is both an
+        ``.obs`` column and a gene of ``adata.var_names``.
     TypeError
         ``n_neighbors`` is not an integer; ``color`` is not a name or a list of names.
 
@@ -157,12 +158,20 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     """A `KeyError` naming the ``colors`` that ``sc.pl.umap`` would not find, as it looks
     them up: an ``.obs`` column, else a gene of ``adata.raw`` when adata has one (scanpy's
     default ``use_raw`` without a layer), else of ``adata``; ``addable``: the columns
-    `umap` adds itself (the dominant factors, Leiden clusters)."""
+    `umap` adds itself (the dominant factors, Leiden clusters). A `ValueError` naming those
+    that are both an ``.obs`` column and a gene of ``adata``, which anndata refuses."""
     genes, where = (
         (adata.raw.var_names, "adata.raw.var_names")
         if reads_raw_genes(adata)
         else (adata.var_names, "adata.var_names")
     )
+    # anndata refuses to pick one (its ValueError came after the graph and the UMAP)
+    ambiguous = [name for name in colors if name in adata.obs.columns and name in adata.var_names]
+    if ambiguous:
+        raise ValueError(
+            f"color {', '.join(map(repr, ambiguous))}: both a column of adata.obs and a gene "
+            "of adata.var_names, which scanpy cannot tell apart; rename the column"
+        )
     missing = [
         name
         for name in colors

@@ -186,7 +186,8 @@ def _write(src, header: MtxHeader, out, check, genes_as_rows, nnz, cells, genes,
         # the text read_mtx accepts, checked as read_mtx checks it, as pandas reads it
         checked = CheckedText(raw, src, header, nnz)
         text = checked.buffered()
-        _skip_header(text)
+        # past the header as mtx_header read it (an indented comment line is one of it)
+        text.read(header.body_offset)
         group = out.create_group("X")
         with _numbers_checked(checked):
             _copy_entries(
@@ -218,14 +219,6 @@ def _numbers_checked(checked: CheckedText):
     checked.finish()
     if failure is not None:
         raise failure
-
-
-def _skip_header(handle) -> None:
-    """Move ``handle`` past the banner, comments and size line (checked beforehand)."""
-    handle.readline()
-    line = handle.readline()
-    while line.startswith(b"%") or not line.strip():
-        line = handle.readline()
 
 
 def _copy_entries(blocks, group, check, genes_as_rows, n_cells, n_genes, gene_index, nnz):
@@ -303,7 +296,8 @@ def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.nda
     )
     for frame in reader:
         values = frame["value"]
-        if field == "integer" and values.dtype != np.int64:  # uint64 or text: beyond int64
+        # uint64 or text: beyond int64 (a file of no entries reads as an empty text column)
+        if field == "integer" and values.dtype != np.int64 and len(values):
             raise OverflowError(BEYOND_INT64)
         yield frame["row"].to_numpy(), frame["col"].to_numpy(), values.to_numpy(np.float64)
 

@@ -937,6 +937,7 @@ class CheckedText(io.RawIOBase):
         self._offset = start  # bytes of the file read so far (``handle`` is at ``start``)
         self._line = 1  # the line of the file that self._pending starts
         self._pending = b""  # the start of a line whose newline is not read yet
+        self._last = b"\n"  # the last byte passed on (`_unsigned`)
 
     def readable(self) -> bool:
         return True
@@ -944,8 +945,22 @@ class CheckedText(io.RawIOBase):
     def readinto(self, buffer) -> int:
         chunk = self._handle.read(len(buffer))
         self._check(chunk)
+        if b"+" in chunk:
+            chunk = self._unsigned(chunk)
+        self._last = chunk[-1:] or self._last
         buffer[: len(chunk)] = chunk
         return len(chunk)
+
+    def _unsigned(self, chunk: bytes) -> bytes:
+        """``chunk`` with the ``+`` signs of values (checked: they start a field) made
+        spaces. scipy's parser refuses ``+5``, which the format allows (C's ``scanf``
+        reads it) and pandas reads, as `vbsnmf.io.mtx_to_h5ad` does; an exponent's sign
+        follows no white space and stays."""
+        for space in (b" ", b"\t", b"\n"):
+            chunk = chunk.replace(space + b"+", space + b" ")
+        if chunk.startswith(b"+") and self._last in (b" ", b"\t", b"\n"):
+            chunk = b" " + chunk[1:]
+        return chunk
 
     def buffered(self) -> io.BufferedReader:
         """This stream behind a 1 MiB buffer, for the parser."""

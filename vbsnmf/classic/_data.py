@@ -108,12 +108,10 @@ class SparseEntries:
             n_cols,
         )
 
-    def to_csr(self, weighted: bool = False) -> sp.csr_matrix:
-        """The entries as a float64 CSR matrix, times their weights if ``weighted``."""
+    def to_csr(self) -> sp.csr_matrix:
+        """The entries as a float64 CSR matrix (their values, not times their weights)."""
         n_tiles, n_rows = self.indptr.shape[0], self.n_rows
         values = self.data.astype(np.float64)
-        if weighted and self.weights.shape[0]:
-            values *= self.weights
         if n_tiles == 1:
             indptr = self.indptr[0]
             return sp.csr_matrix((values, self.indices, indptr), shape=(n_rows, self.n_cols))
@@ -179,7 +177,13 @@ class ClassicData:
     dense_weights: np.ndarray | None = None
     entries: EntryPair | None = None
     exclusion: EntryPair | None = None
+    # per row, the total of the entries that count (weight > 0): a masked entry has no
+    # influence on the initialisation or the Poisson form
     row_totals: np.ndarray | None = None
+    # how many entries count (weight > 0); None: all of them
+    n_counted: int | None = None
+    # sparse X with dense weights: X at the entries of weight 0, as CSR (`counted_matrix`)
+    uncounted: sp.csr_matrix | None = None
     # sparse X under the Frobenius loss: sum_j x_ij**2 per row, float64 (`squared_residuals`)
     row_squares: np.ndarray | None = None
 
@@ -225,17 +229,26 @@ class ClassicData:
             if spec is not None:
                 check_defined_at_zeros(spec, bool(np.any(values == 0)))
             entries = EntryPair.from_coo(rows, cols, values, w, shape)
-            return cls(shape, "pattern", entries=entries, row_totals=row_totals)
+            row_totals = np.bincount(rows, weights=values, minlength=shape[0])
+            return cls(
+                shape, "pattern", entries=entries, row_totals=row_totals, n_counted=rows.size
+            )
         if not sp.issparse(X):
             if spec is not None:
                 counting = X == 0 if weights is None else (X == 0) & (weights > 0)
                 check_defined_at_zeros(spec, bool(counting.any()))
+            n_counted = None
+            if weights is not None:
+                counted = weights > 0
+                row_totals = np.where(counted, X, 0.0).sum(axis=1, dtype=np.float64)
+                n_counted = int(np.count_nonzero(counted))
             return cls(
                 shape,
                 "dense",
                 dense=X,
                 dense_weights=weights,
                 row_totals=row_totals,
+                n_counted=n_counted,
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
@@ -247,12 +260,18 @@ class ClassicData:
         )
         del values
         entries = EntryPair(SparseEntries.from_csr(X, dtype), by_cols)
-        exclusion = None
+        exclusion = uncounted = n_counted = None
         if weights is not None:
             rows, cols = np.nonzero(weights != 1.0)
             if rows.size:
                 values = _values_at(X, rows, cols)
                 exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - weights[rows, cols], shape)
+            rows, cols = np.nonzero(weights == 0.0)
+            if rows.size:
+                values = _values_at(X, rows, cols)
+                uncounted = sp.csr_matrix((values, (rows, cols)), shape=shape)
+                row_totals = row_totals - np.bincount(rows, weights=values, minlength=shape[0])
+                n_counted = shape[0] * shape[1] - rows.size
         frobenius = spec is not None and spec.alpha == 1.0 and spec.beta == 1.0
         return cls(
             shape,
@@ -260,6 +279,8 @@ class ClassicData:
             entries=entries,
             exclusion=exclusion,
             row_totals=row_totals,
+            n_counted=n_counted,
+            uncounted=uncounted,
             row_squares=_row_squares(X) if frobenius else None,
         )
 
@@ -276,8 +297,22 @@ class ClassicData:
         )
 
     def mean(self) -> float:
-        """Mean of X over every entry (the scale used by the initialisations)."""
-        return float(self.row_totals.sum()) / (self.shape[0] * self.shape[1])
+        """Mean of X over the entries that count (the scale used by the initialisations)."""
+        n_counted = self.shape[0] * self.shape[1] if self.n_counted is None else self.n_counted
+        return float(self.row_totals.sum()) / n_counted
+
+    def counted_matrix(self) -> np.ndarray | sp.csr_matrix:
+        """X with the entries of weight 0 set to zero, dense or CSR as X: what the
+        initialisations factorise, so that a masked entry has no influence on the fit."""
+        if self.kind == "dense":
+            if self.dense_weights is None:
+                return self.dense
+            return np.where(self.dense_weights > 0, self.dense, 0.0)
+        matrix = self.entries.by_rows.to_csr()
+        if self.uncounted is not None:
+            matrix = matrix - self.uncounted
+            matrix.eliminate_zeros()
+        return matrix
 
     def dense_side(self, side: str) -> tuple[np.ndarray, np.ndarray | None]:
         if side == "rows":

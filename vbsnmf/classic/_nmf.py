@@ -60,8 +60,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     weights
         Optional non-negative entry weights of X's shape, dense or sparse (a 0/1 mask is
         the common case; any finite weights >= 0 are exact; sparse weights count only
-        their stored entries): the loss is ``sum_ij weights_ij d(x_ij, q_ij)``.
-        ``solver="mu"`` only; ignored by `transform`.
+        their stored entries): the loss is ``sum_ij weights_ij d(x_ij, q_ij)``. An entry
+        of weight 0 has no influence on the fit: the initialisation and the row totals of
+        ``loss="poisson"`` leave it out too. ``solver="mu"`` only; ignored by `transform`.
     factor_mask
         Optional 0/1 mask of W (n x K) or of H (K x m), or a dict ``{"W": ..., "H": ...}``:
         masked entries are held at zero.
@@ -512,7 +513,7 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
     ``"nndsvda"`` fills the zeros with the mean of X, ``"nndsvdar"`` with small random
     values (both keep multiplicative updates from being stuck at zero).
     """
-    matrix = data.dense if data.kind == "dense" else _csr(data)
+    matrix = data.counted_matrix()
     U, singular, Vt = randomized_svd(matrix, n_components, random_state=random_state)
     W, H = nonnegative_factors(U, singular, Vt, n_components)
     tiny = 1e-6
@@ -537,10 +538,6 @@ def _flat_start(row_totals: np.ndarray, H: np.ndarray) -> np.ndarray:
     total = float(H.sum())
     scale = row_totals / total if total > 0 else np.zeros_like(row_totals)
     return np.repeat(scale[:, None], H.shape[0], axis=1)
-
-
-def _csr(data: ClassicData):
-    return data.entries.by_rows.to_csr(weighted=data.kind == "pattern")
 
 
 def _divide_rows(W: np.ndarray, totals: np.ndarray) -> np.ndarray:

@@ -82,24 +82,32 @@ def pg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
     return np.maximum(R - (R @ G - XC) * rates, 0.0)
 
 
-def ipg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
+def ipg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray, epsilon: float = 0.0) -> np.ndarray:
     """Interior point gradient step (Merritt-Zhang), one step length per row.
 
     Given the fixed factor the loss is a sum over the rows of R, each a non-negative
     least squares problem of its own: each row takes its own exact line search and
     boundary cut, so a row's step does not depend on the other rows (`NMF.transform`).
+
+    The boundary cut is at ``epsilon``: the step stays on ``[epsilon, inf)`` and the loss
+    does not increase (cut at 0 and then projected onto ``[epsilon, inf)``, the step left
+    its line search and could raise the loss). An entry at the bound moves only up, so
+    the cut does not stop its row.
     """
     gradient = R @ G - XC
     scale_denominator = R @ G
     scaling = np.divide(R, scale_denominator, out=np.zeros_like(R), where=scale_denominator > 0)
     direction = -scaling * gradient
+    slack = R - epsilon
+    # still a descent direction: each remaining entry is its scaled negative gradient
+    direction[(slack <= 0) & (direction < 0)] = 0.0
     curvature = np.einsum("ik,ik->i", direction @ G, direction)
     descent = -np.einsum("ik,ik->i", direction, gradient)
     curved = curvature > 0  # elsewhere the direction is zero: the row stays
     best_step = np.divide(descent, curvature, out=np.zeros_like(curvature), where=curved)
-    ratios = np.divide(-R, direction, out=np.full_like(R, np.inf), where=direction < 0)
+    ratios = np.divide(-slack, direction, out=np.full_like(R, np.inf), where=direction < 0)
     step = np.minimum(IPG_TAU * ratios.min(axis=1), best_step)
-    return np.maximum(R + step[:, None] * direction, 0.0)
+    return np.maximum(R + step[:, None] * direction, epsilon)
 
 
 def gd_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -141,11 +149,17 @@ def fit_frobenius(
     """
     if data.is_weighted:
         raise ValueError(f"entry weights are supported by solver='mu' only, not {solver!r}")
-    # HALS takes the bound and the mask into each column's update (`hals_step`)
+    # HALS takes the bound and the mask into each column's update (`hals_step`), IPG the
+    # bound into its interior (`ipg_step`)
     if solver == "hals":
 
         def step(R, XC, G, mask):
             return hals_step(R, XC, G, epsilon, mask)
+
+    elif solver == "ipg":
+
+        def step(R, XC, G, mask):
+            return ipg_step(R, XC, G, epsilon)
 
     else:
         plain_step = STEPS[solver]

@@ -127,3 +127,21 @@ def test_a_plot_saved_to_a_path_is_closed_as_scanpys_saved_plots_are(fitted, tmp
     axes = pl.elbo(fitted, show=False)
     assert plt.fignum_exists(axes[0].figure.number)
     plt.close("all")
+
+
+@pytest.mark.parametrize("with_raw", [False, True])
+def test_top_genes_refuses_a_top_gene_that_is_also_an_obs_column(fitted, with_raw):
+    """scanpy's dot plot failed with a bare KeyError ("found in both adata.obs and
+    adata.var_names"), of .raw's names too; now a ValueError naming the gene."""
+    adata = fitted.copy()
+    if with_raw:
+        adata.raw = adata.copy()
+    gene = tl.top_genes(adata, n_genes=3)["gene"].iloc[0]
+    adata.obs[gene] = 1.0
+    with pytest.raises(ValueError, match=f"'{gene}': among the fit's top genes and a column"):
+        pl.top_genes(adata, groupby="cluster", n_genes=3, show=False)
+    # the same genes by their symbols are other names: no clash to refuse
+    adata.var["symbol"] = [f"sym_{name}" for name in adata.var_names]
+    if with_raw:
+        adata.raw = adata.copy()
+    assert pl.top_genes(adata, groupby="cluster", n_genes=3, show=False, gene_symbols="symbol")

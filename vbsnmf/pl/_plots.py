@@ -421,6 +421,7 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
     readable = adata.raw.var_names if reads_raw else adata.var_names
     absent = pd.Index(genes.unique()).difference(readable, sort=False)
     if absent.empty:
+        _check_genes_not_columns(adata, genes, kwds)
         return
     listed = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
     if info["params"].get("use_raw") and not reads_raw:
@@ -435,6 +436,20 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
         f"({listed}); pass use_raw={not reads_raw} to read "
         f"{'adata.X' if reads_raw else 'adata.raw'}"
     )
+
+
+def _check_genes_not_columns(adata, genes: pd.Series, kwds: dict) -> None:
+    """A `ValueError` naming the fit's listed ``genes`` that are also ``.obs`` columns,
+    which scanpy's dot plot refuses with a bare KeyError ("found in both adata.obs and
+    adata.var_names"). With ``gene_symbols`` it looks up other names."""
+    if "gene_symbols" in kwds:
+        return
+    both = pd.Index(genes.unique()).intersection(adata.obs.columns, sort=False)
+    if len(both):
+        raise ValueError(
+            f"{', '.join(map(repr, both[:5]))}: among the fit's top genes and a column of "
+            "adata.obs, which scanpy's dot plot cannot tell apart; rename the column"
+        )
 
 
 def reads_raw_genes(adata, use_raw: bool | None = None, layer: str | None = None) -> bool:

@@ -395,9 +395,15 @@ def top_genes(
     )
     if table.empty:
         raise ValueError("no factor has genes to show (none is active, or min_counts is high)")
-    _check_genes_readable(adata, info, table["gene"], kwds)
-    # with gene_symbols scanpy looks each name up in that column, not in the var_names
-    names = _gene_symbols(adata, table["gene"], kwds) if "gene_symbols" in kwds else table["gene"]
+    names = table["gene"]
+    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
+    if not (reads_raw and adata.raw is None):  # else scanpy's own error says so
+        _check_genes_readable(adata, info, names, kwds, reads_raw)
+        if "gene_symbols" in kwds:
+            # scanpy looks each name up in that column, not in the var_names
+            names = _gene_symbols(adata, names, kwds["gene_symbols"], reads_raw)
+        else:
+            _check_genes_not_columns(adata, names)
     genes = {
         f"factor {factor}": list(listed)
         for factor, listed in names.groupby(level="factor", sort=True)
@@ -410,18 +416,13 @@ def top_genes(
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
 
 
-def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> None:
+def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict, reads_raw: bool) -> None:
     """A `ValueError` when the dot plot would read the fit's listed ``genes`` where some of
-    them are not (scanpy's bare KeyError): ``adata.raw`` when scanpy uses it (``use_raw``
-    as given in ``kwds``, else whether adata has ``.raw`` and no ``layer`` is named), else
-    adata's genes, which a ``layer`` shares."""
-    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
-    if reads_raw and adata.raw is None:  # scanpy's own error says so
-        return
+    them are not (scanpy's bare KeyError): ``adata.raw`` when scanpy uses it
+    (``reads_raw``, `reads_raw_genes`), else adata's genes, which a ``layer`` shares."""
     readable = adata.raw.var_names if reads_raw else adata.var_names
     absent = pd.Index(genes.unique()).difference(readable, sort=False)
     if absent.empty:
-        _check_genes_not_columns(adata, genes, kwds)
         return
     listed = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
     if info["params"].get("use_raw") and not reads_raw:
@@ -438,12 +439,10 @@ def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict) -> No
     )
 
 
-def _check_genes_not_columns(adata, genes: pd.Series, kwds: dict) -> None:
+def _check_genes_not_columns(adata, genes: pd.Series) -> None:
     """A `ValueError` naming the fit's listed ``genes`` that are also ``.obs`` columns,
     which scanpy's dot plot refuses with a bare KeyError ("found in both adata.obs and
-    adata.var_names"). With ``gene_symbols`` it looks up other names."""
-    if "gene_symbols" in kwds:
-        return
+    adata.var_names")."""
     both = pd.Index(genes.unique()).intersection(adata.obs.columns, sort=False)
     if len(both):
         raise ValueError(
@@ -460,15 +459,11 @@ def reads_raw_genes(adata, use_raw: bool | None = None, layer: str | None = None
     return bool(use_raw)
 
 
-def _gene_symbols(adata, genes: pd.Series, kwds: dict) -> pd.Series:
-    """The fit's ``genes`` (var_names) as their names in the ``.var`` column
-    ``kwds["gene_symbols"]`` (of ``adata.raw`` when scanpy reads it), by which scanpy's dot
-    plot looks them up: a `KeyError` without the column, a `ValueError` when a gene has
-    no name there or one that other genes share (scanpy's bare KeyErrors)."""
-    column = kwds["gene_symbols"]
-    reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
-    if reads_raw and adata.raw is None:  # scanpy's own error says so
-        return genes
+def _gene_symbols(adata, genes: pd.Series, column: str, reads_raw: bool) -> pd.Series:
+    """The fit's ``genes`` (var_names) as their names in the ``.var`` column ``column`` (of
+    ``adata.raw`` when scanpy reads it, ``reads_raw``), by which scanpy's dot plot looks
+    them up: a `KeyError` without the column, a `ValueError` when a gene has no name there
+    or one that other genes share (scanpy's bare KeyErrors)."""
     var, where = (adata.raw.var, "adata.raw.var") if reads_raw else (adata.var, "adata.var")
     if column not in var.columns:
         raise KeyError(f"{where} has no column {column!r} (gene_symbols) to name the genes by")

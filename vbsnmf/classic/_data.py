@@ -265,10 +265,12 @@ class ClassicData:
             rows, cols = np.nonzero(weights != 1.0)
             if rows.size:
                 values = _values_at(X, rows, cols)
-                exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - weights[rows, cols], shape)
-            rows, cols = np.nonzero(weights == 0.0)
+                entry_weights = weights[rows, cols]
+                exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - entry_weights, shape)
+                # the entries of weight 0 are among them: the ones that do not count
+                zero = entry_weights == 0.0
+                rows, cols, values = rows[zero], cols[zero], values[zero]
             if rows.size:
-                values = _values_at(X, rows, cols)
                 uncounted = sp.csr_matrix((values, (rows, cols)), shape=shape)
                 row_totals = row_totals - np.bincount(rows, weights=values, minlength=shape[0])
                 n_counted = shape[0] * shape[1] - rows.size

@@ -677,7 +677,7 @@ class VBNMF(Estimator):
                 tol=tol,
                 row_scale=row_scale,
             )
-        rows.warn_unsettled(tol)
+        rows.warn_unsettled(tol, max_iter)
         return rows.shape, rows.rate
 
     def __sklearn_tags__(self):

@@ -892,13 +892,17 @@ class RowFit:
     scale: ScaleState | None = None
     n_unsettled: int = 0
 
-    def warn_unsettled(self, tol: float) -> None:
+    def warn_unsettled(self, tol: float, max_iter: int | None = None) -> None:
         """The `ConvergenceWarning` of `transform` and `tl.project` when rows stopped at
-        ``max_iter`` (SVI's local steps, a fit's inner loop, stay quiet)."""
+        ``max_iter`` (SVI's local steps, a fit's inner loop, stay quiet). ``max_iter``: the
+        caller's setting, when it asked for fewer passes than the one a projection runs."""
         if self.n_unsettled:
+            limit = f"max_iter={self.n_passes} passes"
+            if max_iter is not None and max_iter < self.n_passes:
+                limit = f"{self.n_passes} pass (max_iter={max_iter} still runs one)"
             warn_user(
                 f"the local fit stopped {self.n_unsettled} of {self.shape.shape[0]} cells after "
-                f"max_iter={self.n_passes} passes before their relative ELBO change fell below "
+                f"{limit} before their relative ELBO change fell below "
                 f"tol={tol}; raise max_iter or tol.",
                 ConvergenceWarning,
             )

@@ -494,19 +494,31 @@ def _fit(
         # resume=True starts afresh without one: say so (a mistyped path resumes nothing)
         _tell(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
     defaults = _estimator_defaults()
-    # The callback runs once per iteration (batch) or per epoch (svi).
+    # The callback runs once per iteration (batch) or per epoch (svi); --n-init's starts
+    # each count theirs from 1, so the bar adds them up rather than running backwards.
+    n_starts = params.get("n_init", 1) if args.solver == "batch" else 1
     if args.solver == "batch":
-        total = params.get("max_iter", defaults["max_iter"])
+        total = n_starts * params.get("max_iter", defaults["max_iter"])
     else:
         total = params.get("n_epochs", defaults["n_epochs"])
+    description = f"{args.solver} K={args.n_components}"
     bars = []  # created at the first iteration, so input errors print no bar
+    starts = {"index": 1, "before": 0, "last": 0}  # the current start, the iterations before
 
     def progress(n_iter, params, elbo_trace):
+        if n_iter <= starts["last"]:  # the next of --n-init's starts
+            starts["index"] += 1
+            starts["before"] += starts["last"]
+            if bars:
+                bars[0].set_description_str(
+                    f"{description} start {starts['index']}/{n_starts}", refresh=False
+                )
+        starts["last"] = n_iter
         if not bars:
             bars.append(
                 tqdm(
                     total=total,
-                    desc=f"{args.solver} K={args.n_components}",
+                    desc=description if n_starts == 1 else f"{description} start 1/{n_starts}",
                     unit="epoch" if args.solver == "svi" else "it",
                     file=_ProgressStream(sys.stderr),
                     disable=quiet or sys.stderr is None,  # None: fd 2 was closed at start
@@ -514,7 +526,7 @@ def _fit(
                 )
             )
         bar = bars[0]
-        bar.update(n_iter - bar.n)
+        bar.update(starts["before"] + n_iter - bar.n)
         if len(elbo_trace):
             bar.set_postfix_str(f"ELBO {elbo_trace[-1]:.8g}", refresh=False)
 

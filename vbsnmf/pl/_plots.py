@@ -291,7 +291,14 @@ def factors(
         percent = vmax[1:].replace(".", "", 1)
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
             raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
-        vmax = float(np.percentile(shown, float(vmax[1:])))
+        percentile = float(np.percentile(shown, float(vmax[1:])))
+        # At or below every drawn value, matplotlib drew each cell in one colour silently.
+        if not percentile > shown.min():
+            raise ValueError(
+                f"vmax={vmax!r} is the smallest drawn value here ({percentile:.3g}), which "
+                "draws every cell in one colour: choose a higher percentile or a number"
+            )
+        vmax = percentile
     elif vmax is None:  # scanpy's automatic scale
         pass
     elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.number)):

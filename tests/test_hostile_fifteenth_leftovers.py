@@ -1,0 +1,83 @@
+"""Leftovers of the thirteenth and fourteenth hostile passes, fixed in the fifteenth:
+``transform``'s warning named ``max_iter=1`` when the user had set ``max_iter=0``;
+``pl.factors(vmax="p0")`` (a percentile at or below every drawn value) drew every cell in
+one colour without a word; and the command line's progress bar ran backwards at each of
+``--n-init``'s starts (each counts its iterations from 1)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from test_hostile import _counts, _main, h5ad
+
+import vbsnmf
+from vbsnmf import pl, tl
+
+
+def test_transform_warning_names_the_max_iter_the_user_set():
+    X = _counts()
+    model = vbsnmf.VBNMF(2, max_iter=5, random_state=0, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(X)
+    model.set_params(max_iter=0, tol=0.0)  # tol=0: every cell runs to the limit
+    with pytest.warns(vbsnmf.ConvergenceWarning) as caught:
+        projected = model.transform(X)
+    message = str(caught[0].message)
+    assert "max_iter=0" in message and "max_iter=1" not in message, message
+    assert f"stopped {X.shape[0]} of {X.shape[0]} cells after 1 pass" in message
+    # the one pass a projection runs: max_iter=1 gives the same factors
+    model.set_params(max_iter=1)
+    with pytest.warns(vbsnmf.ConvergenceWarning, match=r"after max_iter=1 passes"):
+        np.testing.assert_array_equal(model.transform(X), projected)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata = vbsnmf.datasets.pbmc_tiny()[:150, :200].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 10 passes; two cells without counts here
+        tl.nmf(adata, 3, max_iter=10, n_threads=1)
+    adata.obsm["X_umap"] = np.log1p(adata.obsm["X_nmf"][:, :2])
+    return adata
+
+
+@pytest.mark.parametrize("vmax", ["p0", "p0.0"])
+def test_factors_refuses_a_percentile_at_the_smallest_value(fitted, vmax):
+    with pytest.raises(ValueError, match=r"smallest drawn value.*one colour"):
+        pl.factors(fitted, components=[0, 1], vmax=vmax, show=False)
+    plt.close("all")
+
+
+def test_factors_refuses_a_percentile_of_zeros(fitted):
+    adata = fitted.copy()
+    usage_key = adata.uns["nmf"]["usage_key"]
+    usage = np.array(adata.obsm[usage_key])
+    usage[: int(0.6 * adata.n_obs), 0] = 0.0  # 60 % of the cells without factor 0
+    adata.obsm[usage_key] = usage
+    with pytest.raises(ValueError, match=r"smallest drawn value here \(0\)"):
+        pl.factors(adata, components=[0], vmax="p50", show=False)
+    # a percentile above the zeros still draws, its scale at that percentile
+    axes = pl.factors(adata, components=[0], vmax="p90", show=False)
+    scale = axes[0].collections[0].get_clim()
+    assert scale == pytest.approx((0.0, np.percentile(usage[:, 0], 90)))
+    plt.close("all")
+
+
+def test_progress_bar_adds_up_the_starts_of_n_init(tmp_path, capfd):
+    path = h5ad(tmp_path)
+    argv = ["fit", path, "-k", "2", "--max-iter", "4", "--tol", "0", "--threads", "1"]
+    code, _, err, _ = _main([*argv, "--n-init", "3", "-o", tmp_path / "out"], capfd, tmp_path)
+    assert code == 0, err
+    shown = [int(done) for done in re.findall(r"\| *(\d+)/12 \[", err)]
+    assert shown and shown[-1] == 12, err  # 3 starts x 4 iterations
+    assert shown == sorted(shown), shown  # never backwards
+    assert "start 3/3" in err

@@ -2,10 +2,12 @@
 ``transform``'s warning named ``max_iter=1`` when the user had set ``max_iter=0``;
 ``pl.factors(vmax="p0")`` (a percentile at or below every drawn value) drew every cell in
 one colour without a word; and the command line's progress bar ran backwards at each of
-``--n-init``'s starts (each counts its iterations from 1)."""
+``--n-init``'s starts (each counts its iterations from 1); and a classical solver's
+``params.json`` held no final loss (``final_elbo`` null, nothing in its place)."""
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -15,6 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from test_hostile import _counts, _main, h5ad
 
@@ -81,3 +84,15 @@ def test_progress_bar_adds_up_the_starts_of_n_init(tmp_path, capfd):
     assert shown and shown[-1] == 12, err  # 3 starts x 4 iterations
     assert shown == sorted(shown), shown  # never backwards
     assert "start 3/3" in err
+
+
+def test_params_json_of_a_classical_solver_holds_its_final_loss(tmp_path, capfd):
+    path = h5ad(tmp_path)
+    argv = ["fit", path, "-k", "2", "--max-iter", "6", "--threads", "1", "--solver", "mu"]
+    code, out, err, _ = _main([*argv, "-o", tmp_path / "mu"], capfd, tmp_path)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "mu" / "params.json").read_text())
+    losses = pd.read_csv(tmp_path / "mu" / "loss.tsv", sep="\t")["loss"]
+    assert summary["final_loss"] == pytest.approx(losses.iloc[-1], rel=1e-8)  # the table: 9 digits
+    assert summary["final_elbo"] is None
+    assert f"loss {summary['final_loss']:.8g}" in out

@@ -686,6 +686,8 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "seconds": round(seconds, 3),
         "streamed": bool(adata.isbacked),
     }
+    if "loss" in info:  # a classical solver: its final loss, as final_elbo for VB
+        summary["final_loss"] = float(info["loss"])
     io.write_result(adata, folder / RESULT_FILE)
     io.write_nmf_tables(adata, folder, key=args.key)
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
@@ -708,6 +710,7 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
         f"wrote {outdir}: {summary['n_cells']} cells x {summary['n_genes']} genes, "
         f"K={summary['n_components']}, {summary['n_iter']} {passes} ({state})"
         + (f", ELBO {elbo:.8g}" if elbo is not None else "")
+        + (f", loss {summary['final_loss']:.8g}" if "final_loss" in summary else "")
         + f", {summary['seconds']:.1f} s",
         outdir,
     )

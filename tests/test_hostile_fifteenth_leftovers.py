@@ -3,7 +3,9 @@
 ``pl.factors(vmax="p0")`` (a percentile at or below every drawn value) drew every cell in
 one colour without a word; and the command line's progress bar ran backwards at each of
 ``--n-init``'s starts (each counts its iterations from 1); and a classical solver's
-``params.json`` held no final loss (``final_elbo`` null, nothing in its place)."""
+``params.json`` held no final loss (``final_elbo`` null, nothing in its place); and
+`classic.NMF`'s ``factor_mask`` of text failed with numpy's ``could not convert string to
+float`` or, of the texts '0' and '1', was taken as numbers."""
 
 from __future__ import annotations
 
@@ -96,3 +98,19 @@ def test_params_json_of_a_classical_solver_holds_its_final_loss(tmp_path, capfd)
     assert summary["final_loss"] == pytest.approx(losses.iloc[-1], rel=1e-8)  # the table: 9 digits
     assert summary["final_elbo"] is None
     assert f"loss {summary['final_loss']:.8g}" in out
+
+
+@pytest.mark.parametrize(
+    "factor_mask",
+    [np.array([["a", "b"]] * 6), {"W": [["1", "0"]] * 6}, {"H": np.array([["x"] * 5] * 2)}],
+    ids=["text", "text digits", "text H"],
+)
+def test_classic_factor_mask_of_text_is_refused(factor_mask):
+    from vbsnmf.classic import NMF
+
+    X = np.random.default_rng(0).poisson(1.0, (6, 5)).astype(np.float64)
+    with pytest.raises(ValueError, match=r"factor_mask\['[WH]'\] must hold 0/1 numbers"):
+        NMF(2, factor_mask=factor_mask, max_iter=3).fit(X)
+    # the same mask as numbers fits
+    numbers = {"W": np.tile([1.0, 0.0], (6, 1))}
+    assert NMF(2, factor_mask=numbers, max_iter=3).fit_transform(X)[:, 1].max() == 0.0

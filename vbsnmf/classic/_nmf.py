@@ -433,7 +433,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if value is None:
                 checked.append(None)
                 continue
-            value = _dense_mask(value).astype(np.float64)
+            value = _dense_mask(value)
+            if value.dtype.kind not in "biuf":  # text: numpy's float() message, or '1' taken
+                raise ValueError(
+                    f"factor_mask[{name!r}] must hold 0/1 numbers or booleans, got "
+                    f"{value.dtype} values"
+                )
+            value = value.astype(np.float64)
             if value.shape != shape or not np.isin(value, (0.0, 1.0)).all():
                 raise ValueError(f"factor_mask[{name!r}] must be a 0/1 array of shape {shape}")
             checked.append(value if name == "W" else np.ascontiguousarray(value.T))

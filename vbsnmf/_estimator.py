@@ -57,6 +57,7 @@ from ._model import (
     seed_entropy,
     side_totals,
     svd_start,
+    warn_float32_rounding,
     warn_not_converged,
 )
 from ._svi import (
@@ -231,7 +232,9 @@ class VBNMF(Estimator):
         threads used (the capped one, which checkpoints and ``params.json`` record).
     dtype
         ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
-        to 2**24 = 16,777,216 only, see Notes).
+        to 2**24 = 16,777,216 only, see Notes). On pseudobulk-scale counts float32's
+        rounding of the ELBO can exceed what ``tol`` resolves and stop a batch fit early;
+        it then warns (`ConvergenceWarning`).
     verbose
         Print the ELBO after every iteration (SVI: after every evaluated epoch).
     solver
@@ -927,6 +930,7 @@ def _fit_batch(
                 )
                 if best is None or _final_elbo(result) > _final_elbo(best):
                     best = result
+    warn_float32_rounding(best, settings.tol, total)
     return best, data.shape[1]
 
 

@@ -1213,6 +1213,26 @@ def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     )
 
 
+def warn_float32_rounding(result: FitResult, tol: float, total_count: float) -> None:
+    """The `ConvergenceWarning` of a float32 fit that met ``tol`` although its ELBO's
+    rounding may be larger than the change ``tol`` resolves: float32 tables hold each
+    count's data term to about 2**-24 nats, so counts in the hundreds of millions
+    (pseudobulk) round the ELBO by more than a pass changes it near the end, and the
+    stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO)."""
+    trace = result.elbo_trace
+    if result.params.row_shape.dtype != np.float32 or not result.converged or not len(trace):
+        return
+    rounding = total_count * 2.0**-24
+    resolved = tol * abs(float(trace[-1]))
+    if rounding > resolved:
+        warn_user(
+            f"float32 holds this fit's ELBO to about {rounding:.2g} nats ({total_count:.3g} "
+            f"counts), more than the {resolved:.2g} nats that tol={tol} resolves, so the "
+            "fit may have stopped early: fit these counts with dtype=np.float64",
+            ConvergenceWarning,
+        )
+
+
 @dataclass
 class FitResult:
     """A finished fit: the final q, its ELBO trace (one value per kept q or evaluated

@@ -149,3 +149,22 @@ def test_float32_fit_of_ordinary_counts_does_not_warn():
         warnings.simplefilter("error")
         model = vbsnmf.VBNMF(3, random_state=0, n_threads=1, dtype=np.float32).fit(X)
     assert model.converged_ and X.sum() * 2.0**-24 < 1e-5 * abs(model.elbo_trace_[-1])
+
+
+def test_float32_tensor_fit_of_pseudobulk_counts_warns_too():
+    rng = np.random.default_rng(4)
+    factors = [rng.gamma(0.5, 1, (n, 3)) for n in (10, 200, 4)]
+    Y = rng.poisson(1e5 * np.einsum("il,jl,kl->ijk", *factors))
+    coords = np.argwhere(Y)
+    values = Y[tuple(coords.T)].astype(np.float64)
+    ends = {}
+    for dtype in (np.float64, np.float32):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = vbsnmf.VBNTF(3, random_state=0, n_threads=1, dtype=dtype)
+            model.fit(coords, values, shape=Y.shape)
+        ends[dtype] = model.elbo_trace_[-1]
+        rounding = [w for w in caught if "float32 holds" in str(w.message)]
+        expected = dtype == np.float32 and Y.sum() * 2.0**-24 > 1e-5 * abs(ends[dtype])
+        assert len(rounding) == int(expected) and model.converged_
+    assert ends[np.float64] - ends[np.float32] > 1e-3 * abs(ends[np.float64])

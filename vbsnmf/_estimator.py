@@ -930,7 +930,7 @@ def _fit_batch(
                 )
                 if best is None or _final_elbo(result) > _final_elbo(best):
                     best = result
-    warn_float32_rounding(best, settings.tol, total)
+    warn_float32_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total)
     return best, data.shape[1]
 
 

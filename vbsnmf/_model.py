@@ -1213,14 +1213,16 @@ def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     )
 
 
-def warn_float32_rounding(result: FitResult, tol: float, total_count: float) -> None:
-    """The `ConvergenceWarning` of a float32 fit that met ``tol`` although its ELBO's
-    rounding may be larger than the change ``tol`` resolves: float32 tables hold each
-    count's data term to about 2**-24 nats, so counts in the hundreds of millions
-    (pseudobulk) round the ELBO by more than a pass changes it near the end, and the
-    stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO)."""
-    trace = result.elbo_trace
-    if result.params.row_shape.dtype != np.float32 or not result.converged or not len(trace):
+def warn_float32_rounding(
+    elbo_trace, converged: bool, dtype, tol: float, total_count: float
+) -> None:
+    """The `ConvergenceWarning` of a float32 batch fit (matrix or tensor) that met ``tol``
+    although its ELBO's rounding may be larger than the change ``tol`` resolves: float32
+    tables hold each count's data term to about 2**-24 nats, so counts in the hundreds of
+    millions (pseudobulk) round the ELBO by more than a pass changes it near the end, and
+    the stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO)."""
+    trace = elbo_trace
+    if np.dtype(dtype) != np.float32 or not converged or not len(trace):
         return
     rounding = total_count * 2.0**-24
     resolved = tol * abs(float(trace[-1]))

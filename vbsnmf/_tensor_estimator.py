@@ -558,6 +558,14 @@ class VBNTF(Estimator):
                     if best is None or _final_elbo(result) > _final_elbo(best):
                         best = result
                 result = best
+        if self.solver == "batch":
+            _model.warn_float32_rounding(
+                result.elbo_trace,
+                result.converged,
+                checked["dtype"],
+                checked["tol"],
+                float(np.sum(data.counts, dtype=np.float64)),
+            )
         self._set_fitted(result, shape)
         return self
 

@@ -115,11 +115,24 @@ def check_anndata(adata, name: str = "adata") -> None:
     )
 
 
+def check_record_key(key, default_key: str = "nmf") -> None:
+    """A `TypeError` for a ``key`` of a stored record that is not a string: None was looked
+    up as ``adata.uns[None]`` and the advice was to run the tool with ``key_added=None``,
+    which stores its record under ``default_key``; a list failed as Python's "unhashable
+    type"."""
+    if not isinstance(key, str):
+        raise TypeError(
+            "key must be the key_added of the stored result, a string (the default "
+            f"key_added=None stores it under {default_key!r}), got {key!r}"
+        )
+
+
 def stored_record(adata, key: str, marker: str, what: str, tool: str, default_key: str) -> dict:
     """``adata.uns[key]`` as the `vbsnmf.tl` function ``tool`` stores it (a dict holding
     ``marker``), or a `KeyError` saying to run ``tool`` (``what``: what the record is); a
     `TypeError` when ``adata`` is not an AnnData (`check_anndata`)."""
     check_anndata(adata)
+    check_record_key(key, default_key)
     record = adata.uns.get(key)
     if not isinstance(record, dict) or marker not in record:
         raise KeyError(
@@ -153,12 +166,13 @@ def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings")
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
     (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
     check_anndata(adata)
+    check_record_key(key)
     projection_key = f"{key}_projection"
-    projection = adata.uns.get(projection_key)
-    if record_kind(adata.uns.get(key)) is None and record_kind(projection) == "projection":
+    projection = held_projection(adata, key)
+    if projection is not None:
         stated = f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
         stated += f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the reference's"
-        reference_key = _held_reference_key(adata, projection)
+        reference_key = held_reference_key(adata, projection)
         if reference_key is not None:  # the reference projected onto itself, as advised
             raise KeyError(
                 f"{stated}, which adata holds under adata.uns[{reference_key!r}] (the "
@@ -170,7 +184,16 @@ def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings")
     return record
 
 
-def _held_reference_key(adata, projection: dict) -> str | None:
+def held_projection(adata, key: str) -> dict | None:
+    """``adata.uns[key + '_projection']`` when ``adata`` holds only cells projected under
+    ``key`` by `vbsnmf.tl.project` (no fit of its own under ``key``); else None."""
+    projection = adata.uns.get(f"{key}_projection")
+    if record_kind(adata.uns.get(key)) is None and record_kind(projection) == "projection":
+        return projection
+    return None
+
+
+def held_reference_key(adata, projection: dict) -> str | None:
     """The projection record ``projection``'s ``reference_key`` when ``adata`` holds a fit
     under it with the reference's factors (as many, the same ones active: the projection
     records no more of its reference), as when the reference was projected onto itself;
@@ -279,3 +302,29 @@ def check_fit_entries(key: str, *entries: tuple) -> None:
                 f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
                 "built anew after the fit? Fit again with vbsnmf.tl.nmf"
             )
+
+
+def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
+    """``mapping[name]``, an array the fit ``key`` stored in ``adata.<where>`` (``"obsm"``,
+    ``"varm"``, ``"raw.varm"``), or a `ValueError` naming it if it holds anything but finite
+    numbers. A fit writes none; ``anndata.concat(..., join="outer")`` pads the fit's arrays
+    with NaN rows for the cells or genes it joins that the fit never saw, which the tables
+    and tools would otherwise carry on as empty fields or a bare "must be finite"."""
+    values = np.asarray(mapping[name])
+    if values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"adata.{where}[{name!r}] of the fit {key!r} holds {values.dtype} values, not "
+            "numbers, which vbsnmf.tl.nmf never writes; fit again"
+        )
+    finite = np.isfinite(values).all(axis=tuple(range(1, values.ndim)))  # per row
+    if not finite.all():
+        side = "cells" if where == "obsm" else "genes"
+        raise ValueError(
+            f"adata.{where}[{name!r}] of the fit {key!r} holds NaN or infinite values in "
+            f"{np.count_nonzero(~finite)} of its {len(values)} rows, which vbsnmf.tl.nmf never "
+            f"writes: {side} the fit did not see (anndata.concat(..., join='outer') pads "
+            f"their rows with NaN)? Keep the fitted {side}"
+            + (", project new cells with vbsnmf.tl.project," if side == "cells" else "")
+            + " or fit again"
+        )
+    return values

@@ -15,7 +15,18 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, held_signals
-from .._utils import check_fit_entries, elbo_iterations, fit_info, gene_holder, warn_user
+from .._utils import (
+    check_anndata,
+    check_fit_entries,
+    check_record_key,
+    elbo_iterations,
+    finite_fit_array,
+    fit_info,
+    gene_holder,
+    held_projection,
+    held_reference_key,
+    warn_user,
+)
 from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
 
 if TYPE_CHECKING:
@@ -60,11 +71,13 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     Raises
     ------
     KeyError
-        ``adata`` holds no fit under ``key``, or its ``.obsm`` or ``.varm`` entry is gone
-        (nothing is written).
+        ``adata`` holds no fit under ``key`` (cells projected onto a reference by
+        `vbsnmf.tl.project` are told where their factors are), or its ``.obsm`` or
+        ``.varm`` entry is gone (nothing is written).
     ValueError
-        The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has (nothing
-        is written).
+        The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has, or its cell
+        factors or gene loadings hold NaN rows (cells or genes that
+        ``anndata.concat(..., join="outer")`` joined to the fit); nothing is written.
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
     NotADirectoryError
@@ -74,6 +87,7 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     OSError
         A write failed (a full disk); it names the table, and no table is replaced.
     """
+    _refuse_a_projection(adata, key)
     info = fit_info(adata, key)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -96,6 +110,29 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     return [folder / table.name for table in tables]
 
 
+def _refuse_a_projection(adata, key: str) -> None:
+    """A `KeyError` for cells that hold only a projection under ``key`` (`vbsnmf.tl.project`)
+    that says where their factors are. `fit_info`'s advice, to pass the reference AnnData,
+    would write the reference's cells, not these."""
+    check_anndata(adata)
+    check_record_key(key)
+    projection = held_projection(adata, key)
+    if projection is None:
+        return
+    reference_key = held_reference_key(adata, projection)
+    if reference_key is None:
+        reference = "write them from tl.project's adata_ref"
+    else:  # the reference projected onto itself
+        reference = f"pass key={reference_key!r} instead, the projection's reference_key"
+    factors = f"X_{key}"
+    raise KeyError(
+        f"adata holds a projection onto a reference fit (adata.uns[{key + '_projection'!r}], "
+        "from vbsnmf.tl.project), not a fit of its own: write_nmf_tables writes the tables "
+        f"of a fit (the reference's: {reference}); the projected cells' factors are "
+        f"adata.obsm[{factors!r}], their usages adata.obsm[{factors + '_usage'!r}]"
+    )
+
+
 class _Table(NamedTuple):
     """One file of `write_nmf_tables`: its name, its values and how they are written."""
 
@@ -111,11 +148,14 @@ def _factor_tables(adata, info: dict, key: str) -> list[_Table]:
     # a fit of .raw has its loadings over every raw gene in .raw.varm (adata.varm: .var's);
     # one whose .raw is gone is refused, as the tools refuse it, not written with .var's genes
     genes = gene_holder(adata, key)
+    gene_side = "varm" if genes is adata else "raw.varm"
     check_fit_entries(
-        key, ("obsm", adata.obsm, info["obsm_key"]), ("varm", genes.varm, info["varm_key"])
+        key, ("obsm", adata.obsm, info["obsm_key"]), (gene_side, genes.varm, info["varm_key"])
     )
-    cell_factors = np.asarray(adata.obsm[info["obsm_key"]])
-    gene_loadings = np.asarray(genes.varm[info["varm_key"]])
+    # refused rather than written as rows of empty fields (NaN rows of cells or genes the fit
+    # never saw, which anndata.concat(join="outer") adds)
+    cell_factors = finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"])
+    gene_loadings = finite_fit_array(key, gene_side, genes.varm, info["varm_key"])
     columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
     return [
         _Table(

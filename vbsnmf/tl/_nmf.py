@@ -12,7 +12,13 @@ from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
-from .._utils import check_anndata, elbo_iterations, is_dask_array, numba_threads
+from .._utils import (
+    check_anndata,
+    elbo_iterations,
+    finite_fit_array,
+    is_dask_array,
+    numba_threads,
+)
 from .._validation import check_flag, check_float_dtype, check_n_components
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
@@ -447,6 +453,15 @@ def _stored_start(
     except KeyError as missing:
         raise ValueError(f"warm_start: {missing.args[0]}") from None
     init = {key: stored[key] for key in VARIATIONAL_KEYS + SCALE_KEYS + HYPER_KEYS if key in stored}
+    # Cells the stored fit never saw (NaN rows that anndata.concat(join="outer") adds) are
+    # named here, not refused by the estimator as an init the caller never passed.
+    cell_entries = [keys.variational(name) for name in init if name.startswith("cell")]
+    for entry in cell_entries:
+        if entry in adata.obsm and not is_dask_array(adata.obsm[entry]):
+            try:
+                finite_fit_array(keys.uns, "obsm", adata.obsm, entry)
+            except ValueError as damaged:
+                raise ValueError(f"warm_start: {damaged}") from None
     per_gene = [key for key in ("gene_shape", "gene_rate") if np.ndim(init[key]) == 2]
     per_gene += [key for key in ("gene_scale_shape", "gene_scale_rate") if key in init]
     if fitted_genes is not None:

@@ -17,6 +17,7 @@ import pandas as pd
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
+    check_record_key,
     damaged_record,
     fit_info,
     gene_holder,
@@ -285,6 +286,7 @@ def cell_factors_record(adata, key: str) -> dict:
     projection recorded them, or, in a record without them, every factor (as many as the
     entries' columns)."""
     check_anndata(adata)
+    check_record_key(key)
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
     if record_kind(adata.uns.get(key)) == "fit" or record_kind(projection) != "projection":
@@ -361,7 +363,8 @@ def variational_params(adata, key: str) -> dict:
             if name in SCALE_KEYS:  # one per cell or gene, stored as a column
                 params[name] = params[name][:, 0]
         else:
-            side_name = ".obsm" if name.startswith("cell") else ".varm"
+            gene_side = ".varm" if genes is adata else ".raw.varm"
+            side_name = ".obsm" if name.startswith("cell") else gene_side
             raise KeyError(
                 f"the fit {key!r} has no {side_name}[{keys.variational(name)!r}]; was the "
                 "AnnData built anew after the fit? Fit again with vbsnmf.tl.nmf"

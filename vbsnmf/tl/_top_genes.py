@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._utils import check_fit_entries
+from .._utils import check_fit_entries, finite_fit_array
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
 
@@ -121,14 +121,20 @@ def top_genes(
             "genes of the AnnData that was fitted"
         )
     genes = gene_holder(adata, key)
+    # a fit of .raw keeps its gene side there: named so, not as adata's .varm and .var
+    where = "" if genes is adata else "raw."
     check_fit_entries(
         key,
-        ("varm", genes.varm, info["varm_key"]),
+        (f"{where}varm", genes.varm, info["varm_key"]),
         ("obsm", adata.obsm, info["obsm_key"]),
-        ("var", genes.var, FitKeys.of(key).total_counts),
+        (f"{where}var", genes.var, FitKeys.of(key).total_counts),
     )
-    gene_loadings = np.asarray(genes.varm[info["varm_key"]], dtype=np.float64)
-    cell_factors = np.asarray(adata.obsm[info["obsm_key"]], dtype=np.float64)
+    gene_loadings = np.asarray(
+        finite_fit_array(key, f"{where}varm", genes.varm, info["varm_key"]), dtype=np.float64
+    )
+    cell_factors = np.asarray(
+        finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"]), dtype=np.float64
+    )
     totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)
     specificity = gene_specificity(gene_loadings, cell_factors)
     rows = []

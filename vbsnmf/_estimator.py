@@ -76,7 +76,7 @@ from ._svi import (
     resumed_svi_progress,
     scan_blocks,
 )
-from ._utils import check_n_threads, is_dask_array, numba_threads
+from ._utils import check_n_threads, compute_dask, is_dask_array, numba_threads
 from ._validation import (
     check_accelerate,
     check_callback,
@@ -547,13 +547,11 @@ class VBNMF(Estimator):
                 "mask= (missing entries) is supported by batch VB on a matrix in memory; "
                 f"not by solver={settings.solver!r} on this input"
             )
+        if kind == "dask":  # before the path's check, whose advice would not help
+            _check_no_dask_checkpoint(settings.checkpoint)
         if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
             check_checkpoint_path(settings.checkpoint, _input_files(X))
-        if settings.init != "random" and kind not in ("memory", "checked"):
-            raise ValueError(
-                f"init={settings.init!r} starts batch VB on a matrix in memory; a {kind} "
-                "input starts at random (init='random')"
-            )
+        _check_random_start(settings.init, kind)
         entropy = seed_entropy(self.random_state)
         # Before the fit, as scikit-learn validates X: mixed column names are refused.
         names = feature_names(X)
@@ -1157,8 +1155,6 @@ def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitRes
     The cells' arrays of the result are computed into memory (cells x K, where the counts
     stay on the cluster): as dask arrays they read the cluster's futures, so a fitted
     estimator failed once its client closed, and after unpickling."""
-    import dask
-
     from . import _dask
 
     X = _dask.cells_x_genes(X)
@@ -1166,7 +1162,7 @@ def _fit_dask(settings: FitSettings, X, init, callback, entropy) -> tuple[FitRes
     params, scale = result.params, result.params.row_scale
     lazy = [params.row_shape, params.row_rate]
     lazy += [] if scale is None else [scale.shape, scale.rate]
-    computed = [np.asarray(value) for value in dask.compute(*lazy)]
+    computed = compute_dask(*lazy)  # by the fit's client, whatever dask's scheduler
     params = replace(params, row_shape=computed[0], row_rate=computed[1])
     if scale is not None:
         params.row_scale = replace(scale, shape=computed[2], rate=computed[3])
@@ -1178,11 +1174,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     """`_dask`'s batch or SVI driver for ``settings``; the best of ``n_init`` starts."""
     from . import _dask
 
-    if settings.checkpoint is not None:
-        raise ValueError(
-            "checkpoints are not supported for a dask X (a lost worker is recomputed by Dask "
-            "instead)"
-        )
+    _check_no_dask_checkpoint(settings.checkpoint)
     check_not_empty(X.shape)  # before n_components, whose range it would otherwise explain
     n_components = check_n_components(settings.n_components, X.shape)
     check_fixed_prior_range(X.shape, settings.prior, settings.dtype)
@@ -1222,10 +1214,32 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
             callback=callback,
             verbose=settings.verbose,
             accelerate=settings.accelerate,
+            warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
         )
         if best is None or _final_elbo(result) > _final_elbo(best):
             best = result
     return best
+
+
+def _check_no_dask_checkpoint(checkpoint) -> None:
+    """A dask X is fitted without checkpoints: refused before the checkpoint's path is
+    checked (a file of the user's there was answered "name another path or remove it")
+    and before `vbsnmf.tl.nmf` reads the chunks to check the counts."""
+    if checkpoint is not None:
+        raise ValueError(
+            "checkpoints are not supported for a dask X (a lost worker is recomputed by Dask "
+            "instead)"
+        )
+
+
+def _check_random_start(init: str, kind: str) -> None:
+    """VBNMF's ``init`` other than ``"random"`` starts batch VB on a matrix in memory only:
+    refused for a ``kind`` of input other than ``"memory"`` or ``"checked"``."""
+    if init != "random" and kind not in ("memory", "checked"):
+        raise ValueError(
+            f"init={init!r} starts batch VB on a matrix in memory; a {kind} "
+            "input starts at random (init='random')"
+        )
 
 
 def _check_dask_svi_form(solver, svi_form) -> None:
@@ -1250,9 +1264,10 @@ def fit_dask(X, n_components: int = 10, *, init=None, client=None, callback=None
     n_components
         Number of factors K.
     init
-        Starting q, as for `VBNMF.fit`; ``cell_shape`` may be a dask array (e.g. a previous
-        distributed fit's ``params.row_shape``). Default: random, as `VBNMF` draws it, so
-        any chunking gives the same fit for the same ``random_state``.
+        Starting q, as for `VBNMF.fit`, or a previous `DaskFitResult` (its ``params``);
+        ``cell_shape`` may be a dask array (e.g. a previous distributed fit's
+        ``params.row_shape``). Default (or ``"random"``, `VBNMF`'s ``init``): random, as
+        `VBNMF` draws it, so any chunking gives the same fit for the same ``random_state``.
     client
         A `distributed.Client`; default: the current default client.
     callback
@@ -1324,9 +1339,12 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
 
     if "solver" in params:
         raise TypeError("fit_dask and fit_svi_dask choose their solver; drop solver=")
+    if isinstance(init, str):  # VBNMF's init= (how to start), as fit_svi_dask takes it
+        params, init = {**params, "init": init}, None
     model = VBNMF(n_components, solver=solver, **params)
     _check_dask_svi_form(model.solver, model.svi_form)
     settings = model._check_params()
+    _check_random_start(settings.init, "dask")
     callback = check_callback(callback)
     entropy = seed_entropy(model.random_state)
     X = _dask.cells_x_genes(X)

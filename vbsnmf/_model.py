@@ -38,7 +38,7 @@ from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels, _nndsvd
 from ._data import CountData, as_count_data, compressed_totals
-from ._utils import is_dask_array, warn_user
+from ._utils import compute_dask, is_dask_array, warn_user
 from ._validation import PRIOR_SHAPE_RANGE
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -1514,11 +1514,11 @@ def init_params(
 ) -> VariationalParams:
     """A given start as `VariationalParams` (rows = cells), checked.
 
-    ``init`` is a `VariationalParams`, a mapping with keys ``cell_shape``, ``cell_rate``,
-    ``gene_shape``, ``gene_rate``, or a fitted estimator with attributes of those names
-    plus ``_``. Rates are per component (K,) or, for the learned prior or a fit with
-    missing entries (``masked``, whose rates are per entry under any prior), per entry
-    (n x K).
+    ``init`` is a `VariationalParams` (or a distributed fit's result, whose ``params``
+    is one), a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
+    ``gene_rate``, or a fitted estimator with attributes of those names plus ``_``. Rates
+    are per component (K,) or, for the learned prior or a fit with missing entries
+    (``masked``, whose rates are per entry under any prior), per entry (n x K).
     Under the learned ``prior`` the mapping (or estimator) may also hold q of the scales
     (`SCALE_KEYS`) and the hyperparameters (`HYPER_KEYS`); what is missing is completed by
     `complete_learned`. The arrays are copied; dask arrays (a distributed fit's) are
@@ -1533,6 +1533,8 @@ def init_params(
         A key is missing, or an array has the wrong shape or non-positive or non-finite
         entries, or a given factor or scale prior shape lies outside `PRIOR_SHAPE_RANGE`.
     """
+    if isinstance(getattr(init, "params", None), VariationalParams):  # a `DaskFitResult`
+        init = init.params
     if isinstance(init, VariationalParams):
         arrays, extra = init.as_tuple(), _scale_entries(init)
     elif isinstance(init, Mapping):
@@ -1551,7 +1553,8 @@ def init_params(
         extra.update(getattr(init, "hyperparameters_", None) or {})
     else:
         raise TypeError(
-            "init must be a fitted VBNMF, a VariationalParams or a mapping with keys "
+            "init must be a fitted VBNMF, a VariationalParams, a DaskFitResult or a mapping "
+            "with keys "
             f"{', '.join(INIT_KEYS)}; got {type(init).__name__}"
         )
     n_rows, n_cols = shape
@@ -1595,7 +1598,7 @@ def _computed(params: VariationalParams) -> VariationalParams:
     """``params`` with every dask array computed into memory (the kernels read numpy)."""
 
     def value(array):
-        return np.asarray(array.compute()) if is_dask_array(array) else array
+        return compute_dask(array)[0] if is_dask_array(array) else array
 
     scales = []
     for scale in (params.row_scale, params.col_scale):

@@ -91,6 +91,22 @@ def is_dask_array(X) -> bool:
     return module is not None and isinstance(X, module.Array)
 
 
+def compute_dask(*arrays) -> list[np.ndarray]:
+    """``arrays`` (dask arrays) computed into numpy arrays in one computation, by the
+    client holding the futures they read (a distributed fit's cells) when they read any:
+    dask's configured scheduler (another client, or ``dask.config.set(scheduler=
+    "threads")``) knows none of them and failed with "Missing dependency"."""
+    import dask
+
+    scheduler = None
+    if "distributed" in sys.modules:  # futures exist only once distributed is loaded
+        from distributed import futures_of
+
+        futures = futures_of(arrays)
+        scheduler = futures[0].client if futures else None
+    return [np.asarray(array) for array in dask.compute(*arrays, scheduler=scheduler)]
+
+
 def check_anndata(adata, name: str = "adata") -> None:
     """A `TypeError` for anything but an AnnData (a matrix of counts, a path, a ``.raw``),
     which the `vbsnmf.tl` and `vbsnmf.pl` functions failed on with a bare AttributeError

@@ -106,7 +106,7 @@ from .._model import (
     update_side,
     update_side_learned,
 )
-from .._utils import numba_threads
+from .._utils import compute_dask, numba_threads
 from .._validation import check_counts, warn_non_counts
 from ._cluster import (
     Layout,
@@ -345,17 +345,15 @@ class DaskFitResult:
 
     def gather(self) -> VariationalParams:
         """The final q with the cells' arrays (shapes; under the learned prior also their
-        rates and q(xi)) computed into numpy arrays."""
-        import dask
-
+        rates and q(xi)) computed into numpy arrays, by the fit's client (`client=` or the
+        default one at the fit) whatever dask's scheduler is now."""
         params = self.params
         scale = params.row_scale
         if scale is None:
-            row_shape = np.asarray(params.row_shape.compute())
+            (row_shape,) = compute_dask(params.row_shape)
             return VariationalParams(row_shape, params.row_rate, params.col_shape, params.col_rate)
-        row_shape, row_rate, shape, rate = (
-            np.asarray(a)
-            for a in dask.compute(params.row_shape, params.row_rate, scale.shape, scale.rate)
+        row_shape, row_rate, shape, rate = compute_dask(
+            params.row_shape, params.row_rate, scale.shape, scale.rate
         )
         return VariationalParams(
             row_shape,
@@ -389,13 +387,16 @@ def fit_batch_dask(
     callback: Callable[[int, VariationalParams, list[float]], None] | None = None,
     verbose: bool = False,
     accelerate: bool = False,
+    warn_non_counts: bool = True,
 ) -> DaskFitResult:
     """Batch VB on a Dask cluster, chunk by chunk of cells (checked settings; the public
     `vbsnmf.fit_dask` checks them). The random start is `_model.random_start`'s, each
     chunk drawing its own cells, so any chunking gives the same fit. ``accelerate``:
     `_batch.squarem` (its trace and passes are those of `_batch.fit_batch_accelerated` in
     memory), else `_batch.fit_batch`'s plain loop; a random start under the learned prior
-    holds its factor shapes as there."""
+    holds its factor shapes as there. ``warn_non_counts``: `NonCountWarning` for
+    non-integer values (off for the later of ``n_init`` starts: one warning per fit, as
+    in memory)."""
     client = get_client(client)
     X = cells_x_genes(X)
     prefix = f"vbsnmf-{uuid.uuid4().hex[:12]}"
@@ -408,7 +409,8 @@ def fit_batch_dask(
         )
     )
     n_cells, n_genes = int(sum(i[0] for i in info)), int(info[0][1])
-    _warn_non_integer(info)
+    if warn_non_counts:
+        _warn_non_integer(info)
     learned = isinstance(prior, HierarchicalPrior)
 
     # The client's side of q: the genes, and the cells' rates (fixed prior) or their
@@ -723,7 +725,6 @@ def _client_side_in_memory(init: VariationalParams, learned: bool) -> Variationa
     the cells' per-cell arrays stay distributed (`_start_cells`): the client's steps and
     SQUAREM's kernels read numpy (a dask gene side failed in Numba's typing), and a fit of
     ``max_iter=0`` returns this side as the fitted attributes."""
-    import dask
 
     def client_arrays(params: VariationalParams) -> list:
         arrays = [params.col_shape, params.col_rate]
@@ -736,7 +737,7 @@ def _client_side_in_memory(init: VariationalParams, learned: bool) -> Variationa
             arrays += [scale.shape, scale.rate, scale.factor_shape]
         return arrays
 
-    computed = iter(np.asarray(a) for a in dask.compute(*client_arrays(init)))
+    computed = iter(compute_dask(*client_arrays(init)))
     gene_shape, gene_rate = next(computed), next(computed)
     row_rate = init.row_rate if learned else next(computed)
     row_scale = col_scale = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import traceback
 from dataclasses import dataclass
 from functools import partial
@@ -91,6 +92,14 @@ def get_client(client):
 def cells_x_genes(X):
     """``X`` (a dask array, or an AnnData whose ``X`` is one) with one chunk along genes."""
     da = dask_array_module()
+    on_disk = _on_disk(X)
+    if on_disk is not None:  # "in memory" and VBNMF.fit(adata.X) were no answer for these
+        raise TypeError(
+            f"{on_disk} is read from disk, not a dask array: read its X lazily as one "
+            "(anndata.experimental.read_elem_lazy(h5py.File(path)['X'], chunks=(n, -1))), "
+            "or stream it by SVI's cells form (VBNMF(solver='svi').fit(path), or "
+            "vbsnmf.tl.nmf(adata, solver='svi') for a backed AnnData)"
+        )
     in_memory = "counts in memory are fitted by VBNMF.fit (or vbsnmf.tl.nmf for an AnnData)"
     if not isinstance(X, da.Array) and hasattr(X, "obs_names") and hasattr(X, "X"):
         if not isinstance(X.X, da.Array):  # name what was passed: the AnnData, not its X
@@ -114,6 +123,20 @@ def cells_x_genes(X):
         # empty chunks (a filter's, after compute_chunk_sizes) hold no cells to fit
         X = X.rechunk({0: cells})
     return X
+
+
+def _on_disk(X) -> str | None:
+    """How to name ``X`` when it is data on disk: a path, a backed AnnData or its X (an
+    h5py dataset, or anndata's backed sparse matrix, which holds its h5py group)."""
+    if isinstance(X, (str, os.PathLike)):
+        return f"path {os.fspath(X)!r}"
+    if getattr(X, "isbacked", False):
+        return "a backed AnnData"
+    if hasattr(X, "obs_names"):  # an AnnData in memory, which has a `file` manager too
+        return None
+    if hasattr(X, "group") or hasattr(X, "file"):
+        return "a backed AnnData's X"
+    return None
 
 
 def _type_name(value) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._estimator import SOLVERS as VB_SOLVERS
-from .._estimator import VBNMF
+from .._estimator import VBNMF, _check_no_dask_checkpoint
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
@@ -280,6 +280,7 @@ def nmf(
                 "memory (adata.X = adata.X.compute()) to continue it by SVI"
             )
         get_client(None)  # before the count check computes every chunk
+        _check_no_dask_checkpoint(fit_params.get("checkpoint"))  # as early
     if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
         # a dask array is checked chunk by chunk on its workers: the client never loads it

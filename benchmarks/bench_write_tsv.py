@@ -23,7 +23,7 @@ from vbsnmf.io._write import write_tsv
 
 
 def _ours(table: pd.DataFrame, path: Path) -> None:
-    write_tsv(table, path, float_format="%.6g", compress=True)
+    write_tsv(table, path, float_format="%.6g", compressed_name=path.name)
 
 
 def _pandas(table: pd.DataFrame, path: Path) -> None:

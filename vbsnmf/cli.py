@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with .obsm['X_nmf'], .varm['NMF'], .uns['nmf'] (or those of --key), as "
         "vbsnmf.tl.nmf leaves it), "
         "cell_factors.tsv.gz and gene_loadings.tsv.gz (posterior means, with names), "
-        "elbo.tsv (the ELBO and its pass; loss.tsv for a classical solver) and params.json "
-        "(settings and summary).",
+        "top_genes.tsv (the 10 most specific genes of each active factor), elbo.tsv (the "
+        "ELBO and its pass; loss.tsv for a classical solver) and params.json (settings and "
+        "summary).",
     )
     fit.add_argument(
         "input",
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer(2),
         default=15,
         metavar="N",
-        help="neighbours per cell (default: 15)",
+        help="neighbours per cell, at most the cells less one (a larger N is lowered to "
+        "it) (default: 15)",
     )
     umap.add_argument(
         "--seed",
@@ -226,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the bundled pbmc_facs data and draw its UMAP coloured by cell population",
         description="Fit NMF to a bundled data set (default pbmc_facs: 3,774 FACS-sorted "
         "PBMCs x 16,791 genes) and write to OUTDIR everything 'vbsnmf fit' writes, plus "
-        "umap.png (UMAP of the cell factors, coloured by the sorted population when known) "
-        "and top_genes.tsv (the 10 most specific genes of each factor).",
+        "umap.png: the UMAP of the NMF usages' square roots (as 'vbsnmf umap' draws it), "
+        "coloured by the sorted population when known.",
     )
     demo.add_argument(
         "--dataset",
@@ -243,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = None) -> None:
     """Options shared by ``fit`` and ``demo``."""
     from . import tl
+    from ._svi import CELL_STEPS_PER_EPOCH, DEFAULT_EPOCHS, EVAL_BLOCK_ROWS, MIN_CELL_BATCH
     from .classic._options import MAX_ITER as CLASSIC_MAX_ITER
     from .classic._options import TOL as CLASSIC_TOL
 
@@ -278,14 +281,16 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         type=_integer(1),
         metavar="N",
         help=f"maximum iterations (default: {variational['max_iter']}; a classical solver: "
-        f"{CLASSIC_MAX_ITER})",
+        f"{CLASSIC_MAX_ITER}); svi: passes of each minibatch's local fit, the passes over "
+        "the cells being --epochs",
     )
     command.add_argument(
         "--tol",
         type=_tolerance,
         metavar="T",
         help="stop when the relative change of the ELBO (a classical solver: of the loss) "
-        f"is below T (default: {variational['tol']}; a classical solver: {CLASSIC_TOL})",
+        f"is below T (default: {variational['tol']}; a classical solver: {CLASSIC_TOL}); "
+        "svi: also each minibatch's local fit, which with T = 0 runs --max-iter passes",
     )
     command.add_argument(
         "--seed",
@@ -335,8 +340,21 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         "stochastic VB (--solver svi; an .h5ad, a 10x folder or an .mtx is streamed from disk "
         "a minibatch of cells at a time)"
     )
-    svi.add_argument("--batch-size", type=_integer(1), metavar="N", help="cells per minibatch")
-    svi.add_argument("--epochs", type=_integer(1), metavar="N", help="passes over the cells")
+    svi.add_argument(
+        "--batch-size",
+        type=_integer(1),
+        metavar="N",
+        help=f"cells per minibatch (default: the cells in {CELL_STEPS_PER_EPOCH} minibatches "
+        f"of {MIN_CELL_BATCH:,} to {EVAL_BLOCK_ROWS:,} cells)",
+    )
+    svi.add_argument(
+        "--epochs",
+        type=_integer(1),
+        metavar="N",
+        help=f"passes over the cells (default: {DEFAULT_EPOCHS}; without --batch-size on "
+        f"fewer than {MIN_CELL_BATCH * CELL_STEPS_PER_EPOCH:,} cells, as many as make "
+        f"{DEFAULT_EPOCHS * CELL_STEPS_PER_EPOCH:,} minibatches)",
+    )
 
 
 # -- output streams -------------------------------------------------------------------------
@@ -488,6 +506,7 @@ def _fit(
     from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
+    from ._svi import default_n_epochs
 
     params = _fit_params(args)
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
@@ -499,8 +518,10 @@ def _fit(
     n_starts = params.get("n_init", 1) if args.solver == "batch" else 1
     if args.solver == "batch":
         total = n_starts * params.get("max_iter", defaults["max_iter"])
-    else:
-        total = params.get("n_epochs", defaults["n_epochs"])
+    elif "n_epochs" in params:
+        total = params["n_epochs"]
+    else:  # VBNMF's default epochs, which depend on the cells (None would hide the end)
+        total = default_n_epochs("cells", adata.n_obs, batch_given="batch_size" in params)
     description = f"{args.solver} K={args.n_components}"
     bars = []  # created at the first iteration, so input errors print no bar
     starts = {"index": 1, "before": 0, "last": 0}  # the current start, the iterations before
@@ -915,7 +936,7 @@ def _run_demo(args) -> int:
         _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
-        _print_result(f"UMAP of the NMF cell factors: {outdir / UMAP_FILE}", outdir)
+        _print_result(f"UMAP of the NMF usages: {outdir / UMAP_FILE}", outdir)
     return EXIT_OK
 
 

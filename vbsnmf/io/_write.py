@@ -4,6 +4,7 @@ and the ELBO trace as plain text."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -103,7 +104,7 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
                 temporary,
                 float_format=table.float_format,
                 index=table.index,
-                compress=table.name.endswith(".gz"),
+                compressed_name=table.name if table.name.endswith(".gz") else None,
                 check=deliver,
             )
     _warn_of_another_trace(folder, tables[-1].name)
@@ -212,7 +213,7 @@ def write_tsv(
     *,
     float_format: str,
     index: bool = True,
-    compress: bool = False,
+    compressed_name: str | None = None,
     check: Callable[[], None] | None = None,
 ) -> None:
     """Write ``table`` to ``path`` as tab-separated text, as ``table.to_csv(path, sep="\\t",
@@ -235,15 +236,22 @@ def write_tsv(
         A ``%`` format for the floats, e.g. ``"%.6g"``.
     index
         Write the index (its levels) as the first columns.
-    compress
-        Gzip-compress the file.
+    compressed_name
+        Gzip-compress the file, recording this name (the table's own, e.g.
+        ``"cell_factors.tsv.gz"``) in the gzip header: ``gunzip -N`` and archive tools
+        name the file they extract by it, which would otherwise be the temporary's.
     check
         Called before each block of rows (e.g. `vbsnmf._atomic.held_signals`' ``deliver``).
     """
     header = [*table.index.names, *table.columns] if index else list(table.columns)
-    opener = gzip.open if compress else open
-    # newline="": a name's own "\n" is written as it is, never as the platform's line end
-    with opener(path, "wt", encoding="utf-8", newline="") as out:
+    with ExitStack() as files:
+        # newline="": a name's own "\n" is written as it is, never as the platform's line end
+        if compressed_name is None:
+            out = files.enter_context(open(path, "w", encoding="utf-8", newline=""))
+        else:
+            raw = files.enter_context(open(path, "wb"))
+            packed = files.enter_context(gzip.GzipFile(compressed_name, "wb", fileobj=raw))
+            out = files.enter_context(io.TextIOWrapper(packed, encoding="utf-8", newline=""))
         out.write("\t".join("" if name is None else _tsv_field(str(name)) for name in header))
         out.write("\n")
         for start in range(0, len(table), _TSV_ROWS):

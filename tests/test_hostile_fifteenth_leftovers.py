@@ -7,7 +7,8 @@ one colour without a word; and the command line's progress bar ran backwards at 
 `classic.NMF`'s ``factor_mask`` of text failed with numpy's ``could not convert string to
 float`` or, of the texts '0' and '1', was taken as numbers; and a float32 fit of
 pseudobulk-scale counts met ``tol`` on its ELBO's rounding, 1.3 % below float64's ELBO,
-without a word (the thirteenth pass's unfixed defect: now a warning)."""
+without a word (the thirteenth pass's unfixed defect: now a warning); and
+``datasets.pbmc_facs(test="False")`` returned the test cells."""
 
 from __future__ import annotations
 
@@ -168,3 +169,9 @@ def test_float32_tensor_fit_of_pseudobulk_counts_warns_too():
         expected = dtype == np.float32 and Y.sum() * 2.0**-24 > 1e-5 * abs(ends[dtype])
         assert len(rounding) == int(expected) and model.converged_
     assert ends[np.float64] - ends[np.float32] > 1e-3 * abs(ends[np.float64])
+
+
+def test_pbmc_facs_takes_only_a_boolean_test_flag():
+    with pytest.raises(TypeError, match=r"test must be True or False, got 'False'"):
+        vbsnmf.datasets.pbmc_facs(test="False")
+    assert vbsnmf.datasets.pbmc_facs(test=np.bool_(True)).n_obs == 100

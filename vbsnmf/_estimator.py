@@ -201,8 +201,9 @@ class VBNMF(Estimator):
         fixed-point map to extrapolate), as `VBNTF` does.
     max_iter
         Maximum number of passes over the data (batch), and of passes of each cell's local
-        fit (`transform`, SVI's cells form); stopping at it warns with
-        `ConvergenceWarning`.
+        fit (`transform`, SVI's cells form); a batch fit or a `transform` that stops at
+        it warns with `ConvergenceWarning` (SVI's local fits stop at it quietly: the next
+        epoch continues them).
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init

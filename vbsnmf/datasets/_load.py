@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata.utils import make_index_unique
 
+from .._validation import check_flag
 from ..io import read_10x
 from ..io._errors import ReadError, check_exists, describe_error
 
@@ -104,7 +105,10 @@ def pbmc_facs(test: bool = False) -> ad.AnnData:
     ------
     vbsnmf.io.ReadError
         A file of the bundled copy is missing or damaged; the message names it.
+    TypeError
+        ``test`` is not True or False (the string "False" was taken as True).
     """
+    test = check_flag(test, "test")
     folder = data_dir("pbmc_facs/test" if test else "pbmc_facs")
     return _with_obs(read_10x(folder), folder, _read_cells(folder))
 

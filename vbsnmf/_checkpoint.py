@@ -190,14 +190,17 @@ def recorded_seed(random_state, entropy: int) -> int | None:
     return int(entropy)
 
 
-def warn_if_beyond(estimator, n_done: int) -> None:
+def warn_if_beyond(estimator, n_done: int, limit: int | None = None) -> None:
     """Warn when a resumed fit of ``estimator`` (`VBNMF`, `VBNTF`) returns a checkpoint of
     more iterations (batch) or epochs (SVI) than its ``max_iter`` or ``n_epochs`` ask for
-    (the checkpoint's fit is returned as it is)."""
+    (the checkpoint's fit is returned as it is); ``limit``: the epochs the fit ran to when
+    ``n_epochs`` is None (its default, which depends on the data)."""
     if not estimator.resume:
         return
     batch = estimator.solver == "batch"
-    limit, unit = (estimator.max_iter, "iterations") if batch else (estimator.n_epochs, "epochs")
+    unit = "iterations" if batch else "epochs"
+    if limit is None:
+        limit = estimator.max_iter if batch else estimator.n_epochs
     if limit is not None and n_done > limit:
         warnings.warn(
             f"the checkpoint {estimator.checkpoint} already holds {n_done} {unit}, more than "

@@ -134,17 +134,13 @@ class FitSettings:
 
     def svi(self, batch_size: int, n_threads: int, n_rows: int) -> SVISettings:
         """The SVI drivers' settings; each cell's local fit runs to ``tol`` within
-        ``max_iter`` passes, as `VBNMF.transform` does; ``n_epochs`` when not given from
-        `_svi.default_n_epochs` (with the default batch) on ``n_rows`` cells."""
-        n_epochs = self.n_epochs
-        if n_epochs is None:
-            n_epochs = default_n_epochs(self.svi_form, n_rows, self.batch_size is not None)
+        ``max_iter`` passes, as `VBNMF.transform` does; the epochs of `epochs`."""
         return SVISettings(
             prior=self.prior,
             batch_size=batch_size,
             tau=self.tau,
             kappa=self.kappa,
-            n_epochs=n_epochs,
+            n_epochs=self.epochs(n_rows),
             eval_every=self.eval_every,
             tol=self.tol,
             local_max_iter=max(self.max_iter, 1),
@@ -152,6 +148,13 @@ class FitSettings:
             n_threads=n_threads,
             verbose=self.verbose,
         )
+
+    def epochs(self, n_rows: int) -> int:
+        """``n_epochs``, or when not given `_svi.default_n_epochs` (with the default batch
+        unless ``batch_size`` is given) on ``n_rows`` cells."""
+        if self.n_epochs is not None:
+            return self.n_epochs
+        return default_n_epochs(self.svi_form, n_rows, self.batch_size is not None)
 
 
 class VBNMF(Estimator):
@@ -246,9 +249,10 @@ class VBNMF(Estimator):
         Which SVI: ``"cells"`` (default), minibatches of cells: each batch's cell factors
         are fitted to convergence with the gene side fixed (the code of `transform`, with
         ``max_iter`` and ``tol``), then the gene side steps with the batch statistics scaled
-        by C / |batch|. ``X`` may then also be a path (``.h5ad``, ``.zarr``,
-        ``.mtx``/``.mtx.gz``, a 10x folder) or a backed AnnData: cells are streamed from
-        disk and memory holds a batch, the factors and a block, not the file.
+        by C / |batch|. ``X`` may then also be a path (``.h5ad``, ``.zarr``, a 10x folder;
+        a lone ``.mtx``/``.mtx.gz`` is refused, as its orientation is not known: convert it
+        with `vbsnmf.io.mtx_to_h5ad`) or a backed AnnData: cells are streamed from disk and
+        memory holds a batch, the factors and a block, not the file.
         ``"nonzeros"``: minibatches of nonzeros with all of q global, statistics scaled by
         N1 / S and exact rates. ``"abe-shimamura"``: Abe and Shimamura's minibatch form
         (rates scaled by S / (R C)). The cells form is the default because it is the one
@@ -562,7 +566,10 @@ class VBNMF(Estimator):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
             result, n_features = _FITS[kind](settings, X, init, callback, entropy)
-        warn_if_beyond(self, result.n_iter)
+        if settings.solver == "svi":  # n_epochs' default depends on the cells
+            warn_if_beyond(self, result.n_iter, settings.epochs(result.params.row_shape.shape[0]))
+        else:
+            warn_if_beyond(self, result.n_iter)
         self.n_features_in_ = n_features
         remember_feature_names(self, X)
         params = result.params

@@ -239,7 +239,7 @@ def check_fit_memory(
         f"{X.shape[0]} x {X.shape[1]} with K={n_components}, per-thread accumulators "
         f"{_gib(estimate['accumulators'])} for {threads} threads) but only "
         f"{_gib(available)} is available. Use the streaming stochastic fit "
-        '(solver="svi" reading from a file: a backed .h5ad, a 10x folder or .mtx.gz), '
+        '(solver="svi" reading from a file: a backed .h5ad or a 10x folder), '
         "which holds only a minibatch of cells in memory, or lower n_components or "
         "n_threads; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
     )

@@ -12,7 +12,8 @@ array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row
 - A Matrix Market file (``.mtx`` or ``.mtx.gz``, a 10x folder's ``matrix.mtx.gz``) is
   converted once by `vbsnmf.io.mtx_to_h5ad` (gzip cannot seek, so random minibatches of
   cells need one sequential pass), here into a temporary folder; convert it yourself to
-  reuse the ``.h5ad``, as ``vbsnmf fit --solver svi`` does.
+  reuse the ``.h5ad``, as ``vbsnmf fit --solver svi`` does. A lone ``.mtx`` needs its
+  orientation (`open_source`'s ``genes_as_rows``); a 10x folder holds genes as rows.
 
 `read_h5ad_backed` opens an ``.h5ad`` for streaming, its X checked against obs and var.
 """
@@ -358,8 +359,14 @@ def _source_of(stored, owner=None) -> CellSource:
 
 def _is_dense_array(stored) -> bool:
     """An h5py Dataset or zarr Array (anything with a shape and a dtype but no group's
-    ``indptr``): a dense X as AnnData stores it."""
-    return hasattr(stored, "shape") and hasattr(stored, "dtype") and not hasattr(stored, "keys")
+    ``indptr``, and not a scipy matrix in memory, which a backed view's X is): a dense X as
+    AnnData stores it."""
+    return (
+        hasattr(stored, "shape")
+        and hasattr(stored, "dtype")
+        and not hasattr(stored, "keys")
+        and not sp.issparse(stored)
+    )
 
 
 def read_h5ad_backed(path: str | os.PathLike):
@@ -445,12 +452,14 @@ def _table_length(store, name: str) -> int | None:
     return int(table[index].shape[0])
 
 
-def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
+def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
     """A `CellSource` for ``X``: a path (``.h5ad``, ``.zarr``, ``.mtx``/``.mtx.gz``, a 10x
     folder), a backed AnnData or its ``X``, an AnnData in memory, or a matrix.
 
-    ``genes_as_rows`` applies to Matrix Market files only (10x: True); they are converted
-    by `vbsnmf.io.mtx_to_h5ad` into a temporary folder, removed with the source.
+    Matrix Market files are converted by `vbsnmf.io.mtx_to_h5ad` into a temporary folder,
+    removed with the source: a 10x folder holds genes as rows; a lone ``.mtx`` needs
+    ``genes_as_rows`` (True: rows are genes, False: rows are cells), which nothing in the
+    file says (`ValueError` without it, as `vbsnmf.io.read` refuses it).
     """
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
@@ -458,8 +467,16 @@ def open_source(X, *, genes_as_rows: bool = True) -> CellSource:
         from ._read import input_kind  # pandas: loaded only for a path
 
         kind = input_kind(path)
+        if kind == "mtx" and genes_as_rows is None:
+            # guessed as 10x's genes x cells, a cells x genes file was fitted transposed
+            raise ValueError(
+                f"{path}: a Matrix Market file does not say which axis holds the genes; "
+                "convert it once with vbsnmf.io.mtx_to_h5ad(path, 'counts.h5ad', "
+                "genes_as_rows=True) (rows are genes, the 10x convention) or "
+                "genes_as_rows=False (rows are cells) and fit the .h5ad, or fit its 10x folder"
+            )
         if kind in ("10x", "mtx"):
-            return _converted(path, genes_as_rows)
+            return _converted(path, kind == "10x" or genes_as_rows)
         return _open_stored(path, kind)
     try:
         import anndata as ad

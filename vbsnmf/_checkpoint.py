@@ -352,6 +352,20 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
                 raise damaged("the sums over cells of the learned prior are missing")
             if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(factor_log))):
                 raise damaged("the sums over cells of the learned prior are not finite")
+            check_scale_sums(sums, n_rows, "cells", damaged)
+
+
+def check_scale_sums(sums: np.ndarray, n_local: int, rows: str, damaged) -> None:
+    """Raise ``damaged(what)`` unless the stored sums over the local rows of the learned
+    prior (`_model.ScaleSums`: their number, sum E[xi], sum E[log xi]), finite, are over
+    all ``n_local`` of them and their scales' means sum above 0: the hyperparameters'
+    update divides by both, and damaged ones made the next step's q non-finite, reported
+    as a step too long."""
+    if sums[0] != n_local or not sums[1] > 0:
+        raise damaged(
+            f"the sums over {rows} of the learned prior are over {sums[0]:g} {rows} with "
+            f"scales' means summing to {sums[1]:g}, expected {n_local} {rows} and a sum above 0"
+        )
 
 
 # A batch fit's trace never decreases; by more than this (relative) it is not the fit's:
@@ -499,10 +513,13 @@ class Checkpointer:
         self.check = check_state if check is None else check
         self._lock = None
         self._saved = None  # `_identity` of this fit's last save
+        self._found = None  # `_identity` of the file at the path when the fit began
 
     def __enter__(self) -> Checkpointer:
-        if self.path is not None and self.path.parent.is_dir():
-            self._hold()
+        if self.path is not None:
+            self._found = _identity(self.path)
+            if self.path.parent.is_dir():
+                self._hold()
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -532,18 +549,32 @@ class Checkpointer:
         """Save when ``counter`` (iterations or epochs done) is a multiple of ``every``, or
         when ``force`` (the end of the fit).
 
-        A lock file removed during the fit (with the checkpoint's folder, say) is taken
-        again when nothing was saved at the path since this fit's last save; another fit's
-        checkpoint there, or its lock, stops this one (`CheckpointError`,
-        `CheckpointInUseError`) rather than overwrite it."""
+        The lock of a fit whose checkpoint's folder did not exist at its start is taken at
+        its first save, which another fit's checkpoint saved there meanwhile stops
+        (`CheckpointError`) rather than be overwritten. A lock file removed during the fit
+        (with the checkpoint's folder, say) is taken again when nothing was saved at the
+        path since this fit's last save; another fit's checkpoint there, or its lock, stops
+        this one (`CheckpointError`, `CheckpointInUseError`) rather than overwrite it."""
         if self.path is not None and (force or counter % self.every == 0):
             if self._lock is not None and not _names(self._lock, lock_file_of(self.path)):
                 self._lock_lost()
             if self._lock is None:  # its folder made by this save, or no locks there
                 self._make_folder()
                 self._hold()
+                self._refuse_foreign_save()
             save_checkpoint(self.path, arrays, {**meta, "config": self.config})
             self._saved = _identity(self.path)
+
+    def _refuse_foreign_save(self) -> None:
+        """Raise `CheckpointError` if the file at the path is neither the one there when the
+        fit began nor its last save: another fit given the path saved there while this one
+        held no lock (its folder did not exist yet), and would be overwritten."""
+        if _identity(self.path) not in (None, self._found, self._saved):
+            raise CheckpointError(
+                f"checkpoint {self.path} was saved by another fit while this one ran (its "
+                "folder did not exist yet when this fit began, so it held no lock there); "
+                "this fit stops rather than overwrite it: name another checkpoint"
+            )
 
     def _lock_lost(self) -> None:
         """The lock file this fit holds no longer names the file it holds: released, and
@@ -604,6 +635,7 @@ __all__ = [
     "CheckpointMismatchError",
     "Checkpointer",
     "check_config",
+    "check_scale_sums",
     "check_state",
     "load_checkpoint",
     "read_checkpoint_meta",

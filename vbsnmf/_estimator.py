@@ -555,7 +555,8 @@ class VBNMF(Estimator):
         if kind == "dask":  # before the path's check, whose advice would not help
             _check_no_dask_checkpoint(settings.checkpoint)
         if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
-            check_checkpoint_path(settings.checkpoint, _input_files(X))
+            # as given: a trailing separator (a folder) is lost in settings' Path
+            check_checkpoint_path(self.checkpoint, _input_files(X))
         _check_random_start(settings.init, kind)
         entropy = seed_entropy(self.random_state)
         # Before the fit, as scikit-learn validates X: mixed column names are refused.

@@ -64,6 +64,7 @@ from ._checkpoint import (
     CheckpointError,
     check_accelerated_progress,
     check_elbo_iter,
+    check_scale_sums,
     check_step_statistics,
     check_svi_progress,
     checked_trace,
@@ -782,6 +783,9 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
                 raise damaged(f"{name} is missing")
             if array.shape != shape or not np.all(np.isfinite(array)):
                 raise damaged(f"{name} is not a finite array of shape {shape}")
+        if config.get("svi_mode") is not None:  # the slices form: sums over its slices
+            n_slices = config["shape"][config["svi_mode"]]
+            check_scale_sums(arrays[LOCAL_SUMS[0]], n_slices, "slices", damaged)
     check_step_statistics(
         arrays,
         "step_stat_",

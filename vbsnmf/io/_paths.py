@@ -146,17 +146,18 @@ def _check_lookup(label: str, path: Path) -> None:
 def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) -> Path:
     """Check a checkpoint path before a fit writes to it; return it as a `Path`.
 
-    It must not be, lie inside or contain an input, nor be a folder or a broken link; if
-    a file is there it must be a vbsnmf checkpoint (it will be overwritten, or resumed
-    from) that the user may write. An absent path is fine: it is created. A symbolic link
-    is followed, as the fit saves through it: the lock file and the leftovers checked
-    are those beside the file it points to, the path returned.
+    It must not be, lie inside or contain an input, nor be a folder (nor end in a path
+    separator, which names one) or a broken link; if a file is there it must be a vbsnmf
+    checkpoint (it will be overwritten, or resumed from) that the user may write. An
+    absent path is fine: it is created. A symbolic link is followed, as the fit saves
+    through it: the lock file and the leftovers checked are those beside the file it
+    points to, the path returned.
 
     Raises
     ------
     UnsafePathError
-        The path is an input, inside one, a folder, or a read-only file, or another run
-        is saving to it now.
+        The path is an input, inside one, a folder (or ends in a separator), or a
+        read-only file, or another run is saving to it now.
     vbsnmf.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
     vbsnmf.CheckpointInUseError
@@ -175,6 +176,14 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     _check_lookup("checkpoint", path)
     if path.is_dir():
         raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
+    name = os.fspath(checkpoint)
+    if isinstance(name, str) and os.path.basename(name) in ("", "."):
+        # "new/" or "new/.", a folder not made yet: Path drops the ending, and the saves
+        # made a file of the folder's name
+        raise UnsafePathError(
+            f"checkpoint {name} ends in {name[-1]!r}, which names a folder; name a file in it "
+            "instead"
+        )
     check_apart("checkpoint", path, inputs)
     if path.is_symlink() and not path.exists():
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")

@@ -215,18 +215,30 @@ def _native(array: np.ndarray) -> np.ndarray:
 
 def _native_index_arrays(matrix):
     """``matrix`` (a checked scipy sparse matrix) with its index arrays in the machine's
-    byte order: itself when they are, else a matrix sharing its values."""
+    byte order and signed: itself when they are, else a matrix sharing its values."""
     if matrix.format == "coo":
         arrays = (matrix.row, matrix.col) if hasattr(matrix, "row") else matrix.coords
-        if all(array.dtype.isnative for array in arrays):
+        if all(_scipy_index_dtype(array) for array in arrays):
             return matrix
         return type(matrix)(
-            (matrix.data, tuple(_native(array) for array in arrays)), shape=matrix.shape
+            (matrix.data, tuple(_signed(_native(array)) for array in arrays)), shape=matrix.shape
         )
-    if matrix.indptr.dtype.isnative and matrix.indices.dtype.isnative:
+    if _scipy_index_dtype(matrix.indptr) and _scipy_index_dtype(matrix.indices):
         return matrix
-    arrays = (matrix.data, _native(matrix.indices), _native(matrix.indptr))
+    arrays = (matrix.data, _signed(_native(matrix.indices)), _signed(_native(matrix.indptr)))
     return type(matrix)(arrays, shape=matrix.shape)
+
+
+def _scipy_index_dtype(array: np.ndarray) -> bool:
+    """Whether scipy's sparse routines take ``array`` as an index array as it is: native
+    and signed. Unsigned ones (BPCells wrote ``indptr`` as uint64 until 2024, and anndata
+    reads it as stored) they refuse, with "unsupported data types in input"."""
+    return array.dtype.isnative and array.dtype.kind != "u"
+
+
+def _signed(array: np.ndarray) -> np.ndarray:
+    """The (checked, in range) index array ``array`` in int64 if it is unsigned."""
+    return array.astype(np.int64) if array.dtype.kind == "u" else array
 
 
 def repeated_negative(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> int | None:

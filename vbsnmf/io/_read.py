@@ -368,7 +368,8 @@ def read_h5ad(path: str | os.PathLike):
     ``.raw`` hold the counts. The index arrays of every sparse matrix among X, the layers
     and ``.raw`` are checked (`vbsnmf._validation.check_sparse_structure`): a damaged one
     is a `ReadError`, where it would crash the interpreter later; so is a file without its
-    obs or var table (`check_obs_var`).
+    obs or var table (`check_obs_var`). Index arrays stored unsigned are made signed, as
+    scipy needs them.
     """
     import anndata as ad
     import h5py
@@ -384,7 +385,9 @@ def read_h5ad(path: str | os.PathLike):
 
 def read_zarr(path: str | os.PathLike):
     """Read a ``.zarr`` store (cells x genes) into memory with `anndata.read_zarr`;
-    `ReadError` if it cannot be read. Checked as `read_h5ad` checks."""
+    `ReadError` if it cannot be read. Checked as `read_h5ad` checks, and for chunks
+    missing from the store (`check_zarr_chunks`: of X, each layer and raw's X, any of
+    which may hold the counts to fit; `check_obs_var`)."""
     import anndata as ad
     import zarr
 
@@ -394,10 +397,24 @@ def read_zarr(path: str | os.PathLike):
     with anndata_errors(path, ".zarr store"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's format notices
         store = zarr.open_group(str(path), mode="r")
-        check_zarr_chunks(path, store.get("X"))
+        for matrix in _count_matrices(store):
+            check_zarr_chunks(path, matrix)
         check_obs_var(path, store)
         adata = ad.read_zarr(path)
     return _checked_anndata(path, adata)
+
+
+def _count_matrices(store) -> list:
+    """The stored matrices of the AnnData ``store`` a fit may read its counts from: X, each
+    layer (``--layer``) and raw's X (``--use-raw``); None for an X that is not there."""
+    matrices = [store.get("X")]
+    layers = store.get("layers")
+    if hasattr(layers, "keys"):
+        matrices.extend(layers[name] for name in layers.keys())
+    raw = store.get("raw")
+    if hasattr(raw, "keys") and "X" in raw:
+        matrices.append(raw["X"])
+    return matrices
 
 
 def check_hdf5(path: Path, kind: str) -> None:
@@ -431,7 +448,8 @@ def check_obs_var(path: Path, store) -> None:
 
     In a zarr store (a folder) the index's chunks must be there too: zarr reads a missing
     chunk as its fill value, so a store whose var folder was deleted, but whose
-    consolidated metadata still lists it, read as genes named '', '-1', ...
+    consolidated metadata still lists it, read as genes named '', '-1', ... So must the
+    chunks of raw's var index, the names of the genes a ``--use-raw`` fit loads.
     """
     for table, named in (("obs", "cells"), ("var", "genes")):
         stored = store.get(table)
@@ -444,15 +462,25 @@ def check_obs_var(path: Path, store) -> None:
             raise ReadError(
                 path, f"its {table} table has no index, which names the {named}: {_DAMAGED}"
             )
-        missing = _missing_chunks(path, stored[index]) if path.is_dir() else []
-        if missing:
-            start, stop, key = missing[0]
-            raise ReadError(
-                path,
-                f"chunk {stored[index].path}/{key} (the names of {named} {start} to "
-                f"{stop - 1}) is missing from the store, and zarr would read them as '': "
-                "copy the store again",
-            )
+        _check_name_chunks(path, stored[index], named)
+    raw = store.get("raw")
+    raw_var = raw.get("var") if hasattr(raw, "keys") else None
+    index = raw_var.attrs.get("_index") if hasattr(raw_var, "keys") else None
+    if index is not None and index in raw_var:
+        _check_name_chunks(path, raw_var[index], "the genes of .raw")
+
+
+def _check_name_chunks(path: Path, index, named: str) -> None:
+    """`ReadError` naming a chunk of the names array ``index`` (of ``named``) missing from
+    the zarr store ``path`` (nothing to check in an HDF5 file)."""
+    missing = _missing_chunks(path, index) if path.is_dir() else []
+    if missing:
+        start, stop, key = missing[0]
+        raise ReadError(
+            path,
+            f"chunk {index.path}/{key} (the names of {named} {start} to {stop - 1}) is "
+            "missing from the store, and zarr would read them as '': copy the store again",
+        )
 
 
 _DAMAGED = "a damaged file, or one not written by anndata"
@@ -560,6 +588,7 @@ def _checked_anndata(path: Path, adata):
                 check_sparse_structure(matrix, name)
             except (ValueError, TypeError) as error:
                 raise ReadError(path, str(error)) from None
+            _signed_index_arrays(matrix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata.obs_names_make_unique()
@@ -568,6 +597,19 @@ def _checked_anndata(path: Path, adata):
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _signed_index_arrays(matrix) -> None:
+    """Give the checked sparse ``matrix`` signed index arrays, in place, when it was stored
+    with unsigned ones (BPCells wrote ``indptr`` as uint64 until 2024; anndata reads them
+    as stored): scipy's sparse routines take int32 or int64 only, and refused the counts
+    with "unsupported data types in input"."""
+    if matrix.indices.dtype.kind != "u" and matrix.indptr.dtype.kind != "u":
+        return
+    largest = max(matrix.nnz, *matrix.shape)
+    signed = np.int32 if largest <= np.iinfo(np.int32).max else np.int64
+    matrix.indices = matrix.indices.astype(signed)
+    matrix.indptr = matrix.indptr.astype(signed)
+
+
 def _reaches_float32_limit(values: np.ndarray) -> bool:
     """Whether float32 ``values`` may hold a count it rounded (2**24 and beyond)."""
     return bool(values.size) and float(np.max(values)) >= _FLOAT32_EXACT

@@ -36,6 +36,7 @@ from .._validation import (
     check_index_arrays,
     check_row_pointers,
     check_value_array,
+    readable_values,
 )
 from ._errors import ReadError, check_exists, describe_error
 
@@ -203,8 +204,9 @@ class DenseRowsSource(CellSource):
             yield start, self._stacked(pieces, stop - start)
 
     def _csr(self, dense: np.ndarray) -> sp.csr_array:
-        """A dense block as CSR (its zeros left out)."""
-        return _float_csr(sp.csr_array(dense))
+        """A dense block as CSR (its zeros left out); float16 and big-endian values, which
+        scipy.sparse refuses and anndata stores as they came, converted exactly first."""
+        return _float_csr(sp.csr_array(readable_values(dense)))
 
     def _stacked(self, pieces: list, n_rows: int) -> sp.csr_array:
         """The CSR pieces of consecutive rows as one block of ``n_rows`` rows."""

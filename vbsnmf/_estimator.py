@@ -134,7 +134,7 @@ class FitSettings:
 
     def svi(self, batch_size: int, n_threads: int, n_rows: int) -> SVISettings:
         """The SVI drivers' settings; each cell's local fit runs to ``tol`` within
-        ``max_iter`` passes, as `VBNMF.transform` does; the epochs of `epochs`."""
+        ``max_iter`` passes, as `VBNMF.transform` does; ``n_epochs`` as `epochs` gives it."""
         return SVISettings(
             prior=self.prior,
             batch_size=batch_size,

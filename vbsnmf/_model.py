@@ -1221,11 +1221,10 @@ def warn_float32_rounding(
     tables hold each count's data term to about 2**-24 nats, so counts in the hundreds of
     millions (pseudobulk) round the ELBO by more than a pass changes it near the end, and
     the stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO)."""
-    trace = elbo_trace
-    if np.dtype(dtype) != np.float32 or not converged or not len(trace):
+    if np.dtype(dtype) != np.float32 or not converged or not len(elbo_trace):
         return
     rounding = total_count * 2.0**-24
-    resolved = tol * abs(float(trace[-1]))
+    resolved = tol * abs(float(elbo_trace[-1]))
     if rounding > resolved:
         warn_user(
             f"float32 holds this fit's ELBO to about {rounding:.2g} nats ({total_count:.3g} "

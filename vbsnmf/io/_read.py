@@ -178,6 +178,8 @@ def input_kind(path: str | os.PathLike) -> str:
         return _hdf5_kind(path)
     if name.endswith((".mtx", ".mtx.gz")):
         return "mtx"
+    if name.endswith((".h5ad.gz", ".h5.gz")):  # as GEO serves them
+        raise ReadError(path, _GZIPPED_HDF5)
     raise ReadError(
         path,
         "unrecognised input: expected a 10x folder, a Cell Ranger .h5, an .h5ad file, a "
@@ -730,6 +732,13 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
     raise ReadError(path, f"an HDF5 file, but {what}: {holds}")
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIPPED_HDF5 = (
+    "is gzip-compressed (a download kept packed?): decompress it first, e.g. "
+    "gunzip -c FILE > counts.h5ad, and read that"
+)
+
+
 def _probe_hdf5(path: Path) -> None:
     """Open ``path``'s HDF5 structure in a child process first.
 
@@ -741,6 +750,9 @@ def _probe_hdf5(path: Path) -> None:
     import subprocess
     import sys
 
+    with open(path, "rb") as head:
+        if head.read(2) == _GZIP_MAGIC:  # HDF5's own "file signature not found" said nothing
+            raise ReadError(path, _GZIPPED_HDF5)
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _HDF5_PROBE, str(path)],

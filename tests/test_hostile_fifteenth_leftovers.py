@@ -8,7 +8,9 @@ one colour without a word; and the command line's progress bar ran backwards at 
 float`` or, of the texts '0' and '1', was taken as numbers; and a float32 fit of
 pseudobulk-scale counts met ``tol`` on its ELBO's rounding, 1.3 % below float64's ELBO,
 without a word (the thirteenth pass's unfixed defect: now a warning); and
-``datasets.pbmc_facs(test="False")`` returned the test cells."""
+``datasets.pbmc_facs(test="False")`` returned the test cells; and a streamed fit of a 10x
+folder refused an out-of-range K only after converting the whole folder (the SVI helper's
+"left" list)."""
 
 from __future__ import annotations
 
@@ -175,3 +177,25 @@ def test_pbmc_facs_takes_only_a_boolean_test_flag():
     with pytest.raises(TypeError, match=r"test must be True or False, got 'False'"):
         vbsnmf.datasets.pbmc_facs(test="False")
     assert vbsnmf.datasets.pbmc_facs(test=np.bool_(True)).n_obs == 100
+
+
+def test_streamed_fit_of_a_10x_folder_refuses_k_before_converting(monkeypatch, tmp_path):
+    from vbsnmf.io import _stream
+
+    folder = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
+    converted = []
+    real = _stream._converted
+    monkeypatch.setattr(_stream, "_converted", lambda *a: converted.append(a) or real(*a))
+    with pytest.raises(ValueError, match=r"n_components=600 is out of range.*\(1107, 507\)"):
+        vbsnmf.VBNMF(600, solver="svi", n_epochs=1).fit(folder)
+    assert converted == []
+    # a K in range still converts and fits, and so does a damaged folder's own message
+    with pytest.warns(vbsnmf.ConvergenceWarning):  # one epoch
+        model = vbsnmf.VBNMF(2, solver="svi", n_epochs=1, n_threads=1, random_state=0)
+        model.fit(folder)
+    assert len(converted) == 1 and model.components_.shape == (2, 507)
+    (tmp_path / "matrix.mtx.gz").write_bytes(b"not gzip")
+    for name in ("features.tsv.gz", "barcodes.tsv.gz"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(vbsnmf.io.ReadError):
+        vbsnmf.VBNMF(600, solver="svi", n_epochs=1).fit(tmp_path)

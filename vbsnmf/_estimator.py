@@ -100,7 +100,7 @@ from ._validation import (
     widen_to_sum,
 )
 from .io._paths import check_checkpoint_path
-from .io._stream import InMemorySource, open_source
+from .io._stream import InMemorySource, declared_shape, open_source
 
 SOLVERS = ("batch", "svi")
 PRIORS = ("hierarchical", "gamma")
@@ -816,6 +816,9 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
             "a time, which needs solver='svi' (svi_form='cells'); for batch VB read it into "
             "memory first with vbsnmf.io.read(path)"
         )
+    declared = declared_shape(X)
+    if declared is not None:  # a K out of range refused before minutes of conversion
+        check_n_components(settings.n_components, declared)
     source = open_source(X)
     check_n_components(settings.n_components, source.shape)
     check_fixed_prior_range(source.shape, settings.prior, settings.dtype)

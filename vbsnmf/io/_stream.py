@@ -454,6 +454,24 @@ def _table_length(store, name: str) -> int | None:
     return int(table[index].shape[0])
 
 
+def declared_shape(X) -> tuple[int, int] | None:
+    """Cells x genes as a 10x folder's ``matrix.mtx`` header declares them (before the
+    conversion `open_source` makes, which takes minutes on a large folder); None for any
+    other ``X``, or a folder the conversion will refuse with its own message. The genes
+    may be fewer once converted (Gene Expression features only), never more."""
+    if not isinstance(X, (str, os.PathLike)) or not Path(X).is_dir():
+        return None
+    from ._read import input_kind, mtx_header, tenx_files
+
+    try:
+        if input_kind(X) != "10x":
+            return None
+        n_genes, n_cells = mtx_header(tenx_files(Path(X))[0]).size[:2]
+    except (ReadError, OSError, ValueError):
+        return None
+    return int(n_cells), int(n_genes)
+
+
 def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
     """A `CellSource` for ``X``: a path (``.h5ad``, ``.zarr``, ``.mtx``/``.mtx.gz``, a 10x
     folder), a backed AnnData or its ``X``, an AnnData in memory, or a matrix.

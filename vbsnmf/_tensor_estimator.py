@@ -534,9 +534,10 @@ class VBNTF(Estimator):
         )
         del coords, values
         _check_largest_count(data, checked["dtype"])
+        total_count = float(data.counts.sum())  # a checkpoint's record, float32's rounding
         with numba_threads(self.n_threads) as n_threads:
             if self.solver == "svi" or self.checkpoint is not None:
-                result = self._fit_resumable(data, checked, n_threads, callback)
+                result = self._fit_resumable(data, total_count, checked, n_threads, callback)
             else:
                 entropy = _model.seed_entropy(self.random_state)
                 best = None
@@ -564,7 +565,7 @@ class VBNTF(Estimator):
                 result.converged,
                 checked["dtype"],
                 checked["tol"],
-                float(np.sum(data.counts, dtype=np.float64)),
+                total_count,
             )
         self._set_fitted(result, shape)
         return self
@@ -594,8 +595,11 @@ class VBNTF(Estimator):
         options = self._batch_options(checked, n_threads, callback)
         return _tensor.fit_batch_accelerated(data, state, on_cycle=on_cycle, **options)
 
-    def _fit_resumable(self, data, checked, n_threads, callback) -> _tensor.TensorFitResult:
-        """SVI, and batch fits that write checkpoints (one start, resumable bitwise)."""
+    def _fit_resumable(
+        self, data, total_count, checked, n_threads, callback
+    ) -> _tensor.TensorFitResult:
+        """SVI, and batch fits that write checkpoints (one start, resumable bitwise);
+        ``total_count``: the sum of ``data``'s counts."""
         svi = self.solver == "svi"
         form = self.svi_form if svi else None
         batch_size = checked["batch_size"]
@@ -608,7 +612,7 @@ class VBNTF(Estimator):
         config = {
             "shape": list(data.shape),
             "nnz": data.nnz,
-            "total_count": float(data.counts.sum()),
+            "total_count": total_count,
             "data_fingerprint": None if self.checkpoint is None else _tensor.data_fingerprint(data),
             "n_components": checked["n_components"],
             "solver": self.solver,

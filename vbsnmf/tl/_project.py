@@ -92,13 +92,13 @@ def project(
     KeyError
         ``adata_ref`` holds no fit under ``key``, or its record lacks an entry.
     ValueError
-        An entry of the reference's record is damaged; ``adata_new`` is ``adata_ref``
-        and the projection would write over its fit (same ``key_added``, no ``copy``),
-        the reference fit is not variational, no gene names are shared, gene names in
-        ``adata_new`` or among the reference fit's genes repeat, its counts are not raw
-        counts, hold no nonzero count or one above what the reference's dtype resolves
-        (2**24 in float32, as `vbsnmf.VBNMF.transform`), or ``max_iter`` < 1 or ``tol`` < 0 (as
-        `vbsnmf.VBNMF` refuses them).
+        An entry of the reference's record is damaged; ``adata_new`` is ``adata_ref`` (or
+        ``adata_ref`` a view of it) and the projection would write over its fit (same
+        ``key_added``, no ``copy``), the reference fit is not variational, no gene names
+        are shared, gene names in ``adata_new`` or among the reference fit's genes repeat,
+        its counts are not raw counts, hold no nonzero count or one above what the
+        reference's dtype resolves (2**24 in float32, as `vbsnmf.VBNMF.transform`), or
+        ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
     TypeError
         ``adata_new`` or ``adata_ref`` is not an AnnData; ``max_iter`` is not an integer or
         ``tol`` not a number.
@@ -110,9 +110,17 @@ def project(
     copy = check_flag(copy, "copy")
     info = fit_info(adata_ref, key)
     name = key if key_added is None else key_added
-    if adata_new is adata_ref and not copy and name == key:
+    # A view's writes go to its own copy, but adata_ref a view of adata_new holds the fit
+    # whose cell factors a projection into adata_new writes over.
+    ref_root = adata_ref._adata_ref if adata_ref.is_view else adata_ref
+    if ref_root is adata_new and not copy and name == key:
+        which = (
+            "adata_new is adata_ref"
+            if adata_ref is adata_new
+            else "adata_ref is a view of adata_new"
+        )
         raise ValueError(
-            f"adata_new is adata_ref: its projection under key_added={name!r} would write over "
+            f"{which}: its projection under key_added={name!r} would write over "
             "the fitted cell factors of the reference; choose another key_added (or copy=True)"
         )
     check_key_added(name, adata_new, writes="cells", reference=info)

@@ -1,0 +1,42 @@
+"""Leftovers of the fifteenth and sixteenth hostile passes, fixed in the seventeenth:
+``tl.project(adata, adata[:, genes])`` wrote the projection over the fitted cell factors
+of ``adata`` (the guard against projecting a fit onto itself compared the objects, and a
+view of ``adata`` is another object that holds the same fit)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import vbsnmf
+from vbsnmf import tl
+
+
+def _fitted(adata):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(adata, 3, max_iter=5, random_state=0, n_threads=1)
+    return {name: adata.obsm[name].copy() for name in ("X_nmf", "X_nmf_usage")}
+
+
+def test_projecting_a_fit_onto_a_view_of_itself_keeps_the_fit(pbmc_tiny):
+    fitted = _fitted(pbmc_tiny)
+    genes = pbmc_tiny.var_names[: pbmc_tiny.n_vars // 2]
+    with pytest.raises(ValueError, match="adata_ref is a view of adata_new"):
+        tl.project(pbmc_tiny, pbmc_tiny[:, genes], n_threads=1, max_iter=2)
+    for name, values in fitted.items():
+        np.testing.assert_array_equal(pbmc_tiny.obsm[name], values)
+    # under another key, or into a view of it (anndata writes a view's results into its own
+    # copy), the fit stays as it was and the projection is written
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        with pytest.warns(UserWarning, match="no counts in the reference's genes"):
+            tl.project(pbmc_tiny, pbmc_tiny[:, genes], key_added="half", n_threads=1, max_iter=2)
+        cells = pbmc_tiny[:100]
+        tl.project(cells, pbmc_tiny, n_threads=1, max_iter=2)
+    assert pbmc_tiny.obsm["X_half"].shape == fitted["X_nmf"].shape
+    assert cells.obsm["X_nmf"].shape == (100, 3)
+    for name, values in fitted.items():
+        np.testing.assert_array_equal(pbmc_tiny.obsm[name], values)

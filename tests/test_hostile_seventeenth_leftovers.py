@@ -1,7 +1,8 @@
 """Leftovers of the fifteenth and sixteenth hostile passes, fixed in the seventeenth:
 ``tl.project(adata, adata[:, genes])`` wrote the projection over the fitted cell factors
 of ``adata`` (the guard against projecting a fit onto itself compared the objects, and a
-view of ``adata`` is another object that holds the same fit)."""
+view of ``adata`` is another object that holds the same fit); and ``tl.project`` refused new
+cells whose gene names repeat outside the reference's genes."""
 
 from __future__ import annotations
 
@@ -40,3 +41,25 @@ def test_projecting_a_fit_onto_a_view_of_itself_keeps_the_fit(pbmc_tiny):
     assert cells.obsm["X_nmf"].shape == (100, 3)
     for name, values in fitted.items():
         np.testing.assert_array_equal(pbmc_tiny.obsm[name], values)
+
+
+def test_gene_names_repeated_outside_the_reference_do_not_stop_a_projection(pbmc_tiny):
+    """New cells whose gene names repeat (10x gene symbols do) were refused even when the
+    repeats lay outside the reference's genes, which the projection leaves out anyway."""
+    reference = pbmc_tiny[:, :300].copy()
+    _fitted(reference)
+    new = pbmc_tiny[:50].copy()
+    names = new.var_names.to_numpy().copy()
+    names[-2:] = "REPEATED"  # two genes the reference does not hold
+    unique = new.copy()
+    new.var_names = names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.project(new, reference, n_threads=1, max_iter=3)
+        tl.project(unique, reference, n_threads=1, max_iter=3)
+    np.testing.assert_array_equal(new.obsm["X_nmf"], unique.obsm["X_nmf"])
+    # a repeat among the reference's genes cannot be matched to one gene: refused by name
+    names[1] = names[0]
+    new.var_names = names
+    with pytest.raises(ValueError, match=f"repeat among the reference's genes \\({names[0]}\\)"):
+        tl.project(new, reference, n_threads=1, max_iter=3)

@@ -95,7 +95,7 @@ def project(
         An entry of the reference's record is damaged; ``adata_new`` is ``adata_ref`` (or
         ``adata_ref`` a view of it) and the projection would write over its fit (same
         ``key_added``, no ``copy``), the reference fit is not variational, no gene names
-        are shared, gene names in ``adata_new`` or among the reference fit's genes repeat,
+        are shared, the reference fit's gene names repeat or those of ``adata_new`` among them,
         its counts are not raw counts, hold no nonzero count or one above what the
         reference's dtype resolves (2**24 in float32, as `vbsnmf.VBNMF.transform`), or
         ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
@@ -136,10 +136,6 @@ def project(
     else:
         check_writable(adata_new, "adata_new")
     matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
-    if not new_genes.is_unique:
-        raise ValueError(
-            f"{source}'s gene names repeat; make them unique (adata.var_names_make_unique())"
-        )
     # The reference's genes: those of its gene holder that the fit used (nonzero shapes).
     gene_shape = np.asarray(variational["gene_shape"])
     fitted = (gene_shape > 0).any(axis=1)
@@ -156,7 +152,20 @@ def project(
     # as `tl.nmf`'s do (rates per factor under the fixed prior, per entry under the learned).
     all_rates = np.asarray(variational["gene_rate"])
     loadings = gene_shape / (all_rates[fitted] if all_rates.ndim == 2 else all_rates)
-    positions = new_genes.get_indexer(reference_genes)
+    # Names that repeat in adata_new matter only among the reference's genes, where a
+    # count could not be matched to one gene; elsewhere (10x gene symbols repeat) they are
+    # left out as any gene the reference lacks.
+    repeated = new_genes[new_genes.duplicated()].unique().intersection(reference_genes)
+    if len(repeated):
+        raise ValueError(
+            f"{source}'s gene names repeat among the reference's genes "
+            f"({', '.join(map(str, repeated[:3]))}{', ...' if len(repeated) > 3 else ''}); "
+            "make them unique (adata.var_names_make_unique())"
+        )
+    single = ~new_genes.duplicated(keep=False)
+    found = new_genes[single].get_indexer(reference_genes)
+    positions = np.full(len(reference_genes), -1, dtype=np.intp)
+    positions[found >= 0] = np.flatnonzero(single)[found[found >= 0]]
     shared = positions >= 0
     n_shared = int(shared.sum())
     if n_shared == 0:

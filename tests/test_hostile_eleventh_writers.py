@@ -57,7 +57,7 @@ def _refitted(adata: ad.AnnData) -> ad.AnnData:
 
 def _contents(folder: Path) -> dict[str, bytes]:
     """Every file of ``folder`` by name (temporaries included) with its bytes, decompressed
-    (a gzip header holds the time and the temporary's name, new at each write)."""
+    (a gzip header holds the temporary's name, new at each write)."""
     return {
         path.name: gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         for path in folder.iterdir()

@@ -2,10 +2,13 @@
 ``tl.project(adata, adata[:, genes])`` wrote the projection over the fitted cell factors
 of ``adata`` (the guard against projecting a fit onto itself compared the objects, and a
 view of ``adata`` is another object that holds the same fit); and ``tl.project`` refused new
-cells whose gene names repeat outside the reference's genes."""
+cells whose gene names repeat outside the reference's genes; and each gzip table recorded
+the time of its write, so the same fit's tables differed in bytes."""
 
 from __future__ import annotations
 
+import gzip
+import time
 import warnings
 
 import numpy as np
@@ -63,3 +66,26 @@ def test_gene_names_repeated_outside_the_reference_do_not_stop_a_projection(pbmc
     new.var_names = names
     with pytest.raises(ValueError, match=f"repeat among the reference's genes \\({names[0]}\\)"):
         tl.project(new, reference, n_threads=1, max_iter=3)
+
+
+def test_the_same_fit_writes_the_same_table_bytes(tmp_path, monkeypatch):
+    """Each gzip table recorded the time of its write in its header: two writes of one fit
+    differed in bytes (a checksum, a build cache or a diff saw a change)."""
+    adata = vbsnmf.datasets.pbmc_tiny()[:60].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(adata, 2, max_iter=3, n_threads=1)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    written = vbsnmf.io.write_nmf_tables(adata, first)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 3600.0)  # gzip takes its time from here
+    vbsnmf.io.write_nmf_tables(adata, second)
+    tables = [path.name for path in written if path.name.endswith(".gz")]
+    assert len(tables) == 2
+    for name in tables:
+        stored = (first / name).read_bytes()
+        assert stored == (second / name).read_bytes(), name
+        assert stored[4:8] == b"\0\0\0\0"  # the header's MTIME: none recorded
+        assert gzip.decompress(stored).startswith(name.split("_")[0].encode())

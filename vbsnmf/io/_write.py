@@ -239,7 +239,8 @@ def write_tsv(
     compressed_name
         Gzip-compress the file, recording this name (the table's own, e.g.
         ``"cell_factors.tsv.gz"``) in the gzip header: ``gunzip -N`` and archive tools
-        name the file they extract by it, which would otherwise be the temporary's.
+        name the file they extract by it, which would otherwise be the temporary's. No
+        time is recorded, so the same table is the same bytes at every write.
     check
         Called before each block of rows (e.g. `vbsnmf._atomic.held_signals`' ``deliver``).
     """
@@ -250,7 +251,8 @@ def write_tsv(
             out = files.enter_context(open(path, "w", encoding="utf-8", newline=""))
         else:
             raw = files.enter_context(open(path, "wb"))
-            packed = files.enter_context(gzip.GzipFile(compressed_name, "wb", fileobj=raw))
+            # mtime=0 ("no time stamp", as gzip -n): the same table is the same bytes
+            packed = files.enter_context(gzip.GzipFile(compressed_name, "wb", fileobj=raw, mtime=0))
             out = files.enter_context(io.TextIOWrapper(packed, encoding="utf-8", newline=""))
         out.write("\t".join("" if name is None else _tsv_field(str(name)) for name in header))
         out.write("\n")

@@ -3,19 +3,23 @@
 of ``adata`` (the guard against projecting a fit onto itself compared the objects, and a
 view of ``adata`` is another object that holds the same fit); and ``tl.project`` refused new
 cells whose gene names repeat outside the reference's genes; and each gzip table recorded
-the time of its write, so the same fit's tables differed in bytes."""
+the time of its write, so the same fit's tables differed in bytes; and a plot's ``save`` given
+a path as a string (``save="/results/elbo.png"``) failed with a bare FileNotFoundError for
+``figures/elbo/results/elbo.png`` (scanpy appends a string to the plot's name), in
+``pl.umap`` after the whole neighbour graph and UMAP."""
 
 from __future__ import annotations
 
 import gzip
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import vbsnmf
-from vbsnmf import tl
+from vbsnmf import pl, tl
 
 
 def _fitted(adata):
@@ -89,3 +93,32 @@ def test_the_same_fit_writes_the_same_table_bytes(tmp_path, monkeypatch):
         assert stored == (second / name).read_bytes(), name
         assert stored[4:8] == b"\0\0\0\0"  # the header's MTIME: none recorded
         assert gzip.decompress(stored).startswith(name.split("_")[0].encode())
+
+
+def test_a_path_as_a_string_is_refused_before_the_plot_and_a_suffix_saves(tmp_path):
+    import scanpy as sc
+
+    adata = vbsnmf.datasets.pbmc_tiny()[:120].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(adata, 2, max_iter=3, n_threads=1)
+    stored = set(adata.obsm)
+    wanted = tmp_path / "out" / "elbo.png"
+    wanted.parent.mkdir()
+    figures = tmp_path / "figures"
+    old_figdir = sc.settings.figdir
+    sc.settings.figdir = figures
+    try:
+        with pytest.raises(ValueError, match=r"pass pathlib\.Path\("):
+            pl.elbo(adata, show=False, save=str(wanted))
+        with pytest.raises(ValueError, match=r"sc\.settings\.figdir \(umap\.\.\.\)"):
+            pl.umap(adata, show=False, save=str(tmp_path / "out" / "umap.png"))
+        assert len(adata.obsp) == 0 and set(adata.obsm) == stored  # nothing computed
+        assert not wanted.exists() and not figures.exists()
+        # scanpy's rule for a suffix, and a Path, as before
+        pl.elbo(adata, show=False, save="_fit.png")
+        assert (figures / "elbo_fit.png").stat().st_size > 0
+        pl.elbo(adata, show=False, save=Path(wanted))
+        assert wanted.stat().st_size > 0
+    finally:
+        sc.settings.figdir = old_figdir

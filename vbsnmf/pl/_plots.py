@@ -5,10 +5,11 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 `top_genes`: ``sc.pl.dotplot``), so they look, save and show as scanpy's plots do:
 ``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
-suffix chooses the format). A `pathlib.Path` as ``save`` is the output file itself,
-written atomically (what the command line uses; one without a suffix gets matplotlib's
-default format and its suffix, ``figure.png``, as ``savefig`` names it; the figure is
-then closed, as scanpy closes a figure it saved); any other ``save`` is a `TypeError`.
+suffix chooses the format; one holding a path separator, a path meant, is a `ValueError`).
+A `pathlib.Path` as ``save`` is the output file itself, written atomically (what the
+command line uses; one without a suffix gets matplotlib's default format and its suffix,
+``figure.png``, as ``savefig`` names it; the figure is then closed, as scanpy closes a
+figure it saved); any other ``save`` is a `TypeError`.
 The axes are returned when the figure is not shown. Axes given by the user may be of a
 subfigure, or of a figure pyplot does not hold (``matplotlib.figure.Figure()``), which
 only a `pathlib.Path` as ``save`` can write.
@@ -43,9 +44,7 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     # scanpy's own rule for save=True / a string (figdir, the plot's name, the format).
     from scanpy.plotting._utils import savefig_or_show
 
-    if save is not None and not isinstance(save, (bool, np.bool_, str, os.PathLike)):
-        # scanpy would take any other value by its truth: a list or 0 as a flag
-        raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
+    check_save(save, writekey)
     # axes of a subfigure: the figure that holds it is the one saved and shown
     figure = figure.figure
     # no manager: a figure pyplot does not hold (``matplotlib.figure.Figure()``, as an
@@ -71,6 +70,22 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
         if saved_to_path:  # closed once saved, as scanpy closes its saved figures
             _pyplot().close(figure)
     return None if show else axes
+
+
+def check_save(save, writekey: str) -> None:
+    """``save`` as the plots take it (see the module docstring): a `TypeError` for any
+    other kind of value, a `ValueError` for a string holding a path separator, a path
+    meant, which scanpy would append to ``writekey`` and fail to write for want of the
+    folder that makes."""
+    if save is not None and not isinstance(save, (bool, np.bool_, str, os.PathLike)):
+        # scanpy would take any other value by its truth: a list or 0 as a flag
+        raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
+    if isinstance(save, str) and any(sep and sep in save for sep in (os.sep, os.altsep)):
+        raise ValueError(
+            f"save={save!r} is a string, which scanpy appends to the plot's name in "
+            f"sc.settings.figdir ({writekey}...); to write to that path, pass "
+            f"pathlib.Path({save!r})"
+        )
 
 
 def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:

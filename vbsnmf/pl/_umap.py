@@ -15,7 +15,7 @@ from ..tl._stored import (
     dominant_factor_column,
     view_to_actual,
 )
-from ._plots import _finish, _finite_obsm, _name_list, _writer, reads_raw_genes
+from ._plots import _finish, _finite_obsm, _name_list, _writer, check_save, reads_raw_genes
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -104,6 +104,7 @@ def umap(
     info = cell_factors_record(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
     colors = None if color is None else _name_list(color, "color")
+    check_save(save, "umap")  # before the graph and the UMAP, not after them
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")

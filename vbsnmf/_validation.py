@@ -20,6 +20,10 @@ class CorruptMatrixError(ValueError):
     of range): a broken file or object, not a question of which values it holds."""
 
 
+class CountRangeError(ValueError):
+    """Counts above the largest a fit of its dtype resolves (`MAX_COUNT`)."""
+
+
 class NonCountWarning(UserWarning):
     """The matrix holds non-integer values; the Poisson model expects raw counts."""
 
@@ -547,7 +551,7 @@ def _refuse_large_counts(
     data = matrix.data
     coo = matrix.tocoo() if matrix.format != "coo" else matrix
     where = np.flatnonzero(data > limit)
-    raise ValueError(
+    raise CountRangeError(
         f"{name} holds {count} count{'s' if count > 1 else ''} above {limit:,.0f}, the "
         f"largest a {fit_dtype.name} fit resolves (the largest is {float(data.max())!r}, at "
         f"(row, column) {_first_positions(coo.row[where] + first_row, coo.col[where])}); "

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import is_dask_array
-from .._validation import CorruptMatrixError, check_counts, check_flag
+from .._validation import CorruptMatrixError, CountRangeError, check_counts, check_flag
 
 
 def in_memory(matrix):
@@ -34,6 +34,8 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
     if layer is not None and use_raw:
         raise ValueError("pass either layer= or use_raw=True, not both")
     if layer is not None:
+        # a numpy string as text: its repr ("np.str_('counts')") named another layer
+        layer = str(layer)
         if layer not in adata.layers:
             available = ", ".join(repr(name) for name in adata.layers) or "none"
             raise ValueError(f"adata has no layer {layer!r} (layers: {available})")
@@ -52,9 +54,39 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
 MASKED = " (genes in mask_var)"
 
 
+# Stored values of a backed matrix that `_looks_like_counts` reads at a time.
+_HINT_BLOCK_VALUES = 1 << 22
+
+
+def _stored_blocks(matrix):
+    """The stored values of a backed matrix (anndata's sparse dataset: its ``data``; an
+    h5py array: blocks of rows), about `_HINT_BLOCK_VALUES` at a time."""
+    if hasattr(matrix, "group"):  # anndata's backed CSR or CSC
+        data = matrix.group["data"]
+        for start in range(0, data.shape[0], _HINT_BLOCK_VALUES):
+            yield data[start : start + _HINT_BLOCK_VALUES]
+        return
+    rows = max(1, _HINT_BLOCK_VALUES // max(1, matrix.shape[1]))
+    for start in range(0, matrix.shape[0], rows):
+        yield matrix[start : start + rows]
+
+
 def _looks_like_counts(matrix) -> bool:
-    """Non-negative, finite integers (checked on the stored values only)."""
+    """Non-negative, finite integers (checked on the stored values only: a backed matrix's
+    a block at a time, a dask array's chunk by chunk, where they are)."""
+    if hasattr(matrix, "group") or type(matrix).__module__.startswith("h5py"):
+        # read whole, a backed .raw as large as the streamed X came into memory for a hint
+        return all(_looks_like_counts(block) for block in _stored_blocks(matrix))
     matrix = in_memory(matrix)
+    if is_dask_array(matrix):
+        # np.asarray computed a dense dask array whole, and made a 0-d object array of one
+        # of sparse chunks (never taken for counts)
+        per_chunk = matrix.map_blocks(
+            lambda block: np.full((1, 1), _looks_like_counts(block)),
+            dtype=bool,
+            chunks=((1,) * matrix.numblocks[0], (1,) * matrix.numblocks[1]),
+        )
+        return bool(per_chunk.all().compute())
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     if not np.issubdtype(values.dtype, np.number):
         return False
@@ -104,7 +136,7 @@ def check_count_matrix(
     if is_dask_array(matrix):
         checked, (fractional, nonzero) = matrix, _dask_tallies(adata, matrix, source, fit_dtype)
     else:
-        with _advised(adata, matrix, source):
+        with _advised(adata, matrix, source, fit_dtype):
             checked = check_counts(
                 matrix,
                 name=source,
@@ -155,19 +187,21 @@ def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
         dtype=np.int64,
         chunks=((1,) * matrix.numblocks[0], (2,)),
     )
-    with _advised(adata, matrix, source):
+    with _advised(adata, matrix, source, fit_dtype):
         return per_chunk.sum(axis=0).compute()
 
 
 @contextlib.contextmanager
-def _advised(adata, matrix, source: str):
+def _advised(adata, matrix, source: str, fit_dtype):
     """A `ValueError` about the values of ``matrix`` with where the raw counts probably
-    are added; one about a damaged matrix, or one without cells or genes, as it is (which
-    layer holds the counts is not the question)."""
+    are added; one about a damaged matrix, one without cells or genes, or one about counts
+    a float32 fit cannot resolve (its advice is a float64 fit) as it is (which layer holds
+    the counts is not the question)."""
     try:
         yield
     except ValueError as error:
-        if isinstance(error, CorruptMatrixError) or 0 in matrix.shape:
+        beyond_float32 = isinstance(error, CountRangeError) and np.dtype(fit_dtype) == np.float32
+        if isinstance(error, CorruptMatrixError) or beyond_float32 or 0 in matrix.shape:
             raise
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"

@@ -153,7 +153,7 @@ def select_k(
                 "vbsnmf.tl.nmf to checkpoint it"
             )
 
-    _check_scored(solver, fit_params)
+    fit_dtype = _check_scored(solver, fit_params)
 
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     fitted_genes = gene_mask(adata, mask_var, var_names)
@@ -162,7 +162,11 @@ def select_k(
         source += MASKED
     if is_dask_array(matrix):
         raise ValueError("select_k needs the counts in memory, not a dask array")
-    counts = sp.csr_matrix(check_count_matrix(adata, matrix, source))
+    # Checked for the fits' dtype, naming the user's matrix (the inner fits know it only as
+    # "adata.X"), then in float64, which holds every count a fit takes: booleans and float32
+    # counts above 2**24, which `nmf` fits, were refused by the count split.
+    counts = sp.csr_matrix(check_count_matrix(adata, matrix, source, fit_dtype))
+    counts = counts.astype(np.float64, copy=False)
     _check_ks_fit(ks, counts.shape, source)
     train, test = count_split(counts, 0.5, random_state=random_state)
     test_total = float(test.sum())
@@ -276,15 +280,15 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
     return loglik
 
 
-def _check_scored(solver: str, fit_params: dict) -> None:
+def _check_scored(solver: str, fit_params: dict) -> np.dtype:
     """Refuse, before the first fit, settings under which a batch fit records no ELBO to
     compare: ``max_iter=0`` runs no pass, and SQUAREM's first pass scores only its start,
     so an accelerated fit needs two (SVI evaluates at its last epoch, and `VBNMF` refuses
-    ``n_epochs=0``)."""
+    ``n_epochs=0``). Returns the fits' dtype."""
     _check_fit_params(solver, fit_params)
     settings = VBNMF(1, solver=solver, **fit_params)._check_params()
     if solver == "svi":
-        return
+        return settings.dtype
     needed = 2 if settings.accelerate else 1
     if settings.max_iter < needed:
         why = (
@@ -296,6 +300,7 @@ def _check_scored(solver: str, fit_params: dict) -> None:
             f"max_iter={settings.max_iter} {why}, so no fit has an ELBO to compare; "
             f"select_k needs max_iter >= {needed}"
         )
+    return settings.dtype
 
 
 def _check_ks(ks) -> list[int]:

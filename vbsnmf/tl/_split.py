@@ -23,7 +23,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     Parameters
     ----------
     counts
-        Non-negative integer counts, cells x genes: a scipy sparse matrix or a dense array.
+        Non-negative integer counts, cells x genes: a scipy sparse matrix or a dense array
+        (booleans count as 0 and 1, as `vbsnmf.tl.nmf` fits them).
     fraction
         The expected share of each count that goes to ``train``, in (0, 1).
     random_state
@@ -34,8 +35,10 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     -------
     train, test
         Of the input's kind (CSR for sparse input, a ``csr_array`` for a scipy sparse
-        array and a ``csr_matrix`` for a sparse matrix, with explicit zeros removed; an
-        ndarray otherwise) and dtype; ``train + test == counts``.
+        array and a ``csr_matrix`` for a sparse matrix, in canonical form: duplicate
+        entries summed, indices sorted, explicit zeros removed; an ndarray otherwise) and
+        dtype; ``train + test == counts``. The halves depend only on the counts and
+        ``random_state``, not on how the counts are stored (dense, CSR, CSC, ...).
 
     Raises
     ------
@@ -45,8 +48,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         holds every one of (2**11 in float16, 2**24 in float32, 2**53 in float64); a
         negative ``random_state``.
     TypeError
-        ``counts`` is not numeric, is an AnnData, a backed AnnData's X or a masked array
-        with masked entries; ``random_state`` is not one of the above.
+        ``counts`` is not numeric (nor boolean), is an AnnData, a backed AnnData's X or a
+        masked array with masked entries; ``random_state`` is not one of the above.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
@@ -73,10 +76,14 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     matrix = as_csr(counts, copy=True) if sparse else np.array(counts, copy=True)
     if matrix.ndim != 2:
         raise ValueError(f"counts must be 2-D (cells x genes), got shape {matrix.shape}")
+    if sparse:
+        # Each count stored once, in order: duplicate entries of one count were split
+        # apart (halves holding duplicates, whose log-factorials do not add up to the
+        # count's), and a row's entries split in storage order, not the counts' own.
+        matrix.sum_duplicates()
     values = matrix.data if sparse else matrix
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
-        values.dtype, np.complexfloating
-    ):
+    numeric = values.dtype == bool or np.issubdtype(values.dtype, np.number)
+    if not numeric or np.issubdtype(values.dtype, np.complexfloating):
         raise TypeError(f"counts must be numeric, got dtype {values.dtype}")
     if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
         raise ValueError("counts must be non-negative and finite")
@@ -95,12 +102,15 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
                 "rounded: pass the counts as float64 or int64 (e.g. counts.astype('int64'))"
             )
     rng = np.random.default_rng(seed_entropy(random_state))
-    drawn = rng.binomial(values.astype(np.int64), fraction).astype(values.dtype)
+    whole = values.astype(np.int64)
+    drawn = rng.binomial(whole, fraction)
+    # in int64, then each half in the input's dtype: booleans cannot be subtracted
+    train_values, test_values = (half.astype(values.dtype) for half in (drawn, whole - drawn))
     if not sparse:
-        return drawn, matrix - drawn
+        return train_values, test_values
     test = matrix.copy()
-    test.data = matrix.data - drawn
-    matrix.data = drawn
+    test.data = test_values
+    matrix.data = train_values
     for part in (matrix, test):
         part.eliminate_zeros()
     return matrix, test

@@ -112,7 +112,11 @@ def top_genes(
         min_counts, (int, float, np.integer, np.floating)
     ):
         raise TypeError(f"min_counts must be a number, got {type(min_counts).__name__}")
-    if not np.isfinite(min_counts):
+    try:
+        finite = np.isfinite(float(min_counts))
+    except OverflowError:  # an int beyond the float range (numpy's isfinite has no loop)
+        raise ValueError("min_counts must be finite, got one beyond floats") from None
+    if not finite:
         raise ValueError(f"min_counts must be finite, got {min_counts!r}")
     info = fit_info(adata, key)
     if adata.n_obs == 0:  # the specificities are weighed by the cells' factors: all 0 here

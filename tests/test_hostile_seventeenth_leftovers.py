@@ -6,7 +6,9 @@ cells whose gene names repeat outside the reference's genes; and each gzip table
 the time of its write, so the same fit's tables differed in bytes; and a plot's ``save`` given
 a path as a string (``save="/results/elbo.png"``) failed with a bare FileNotFoundError for
 ``figures/elbo/results/elbo.png`` (scanpy appends a string to the plot's name), in
-``pl.umap`` after the whole neighbour graph and UMAP."""
+``pl.umap`` after the whole neighbour graph and UMAP; and ``VBNTF(n_init=3)`` warned a
+`ConvergenceWarning` from each start that stopped at ``max_iter`` (the model helper fixed it
+for ``VBNMF`` and left the tensor's)."""
 
 from __future__ import annotations
 
@@ -122,3 +124,25 @@ def test_a_path_as_a_string_is_refused_before_the_plot_and_a_suffix_saves(tmp_pa
         assert wanted.stat().st_size > 0
     finally:
         sc.settings.figdir = old_figdir
+
+
+@pytest.mark.parametrize("accelerate", [True, False])
+def test_a_tensor_fit_of_several_starts_warns_once_for_the_start_kept(accelerate):
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(2.0, size=(8, 7, 6)).astype(float)
+    coords, values = np.argwhere(dense), dense[dense != 0]
+    options = {"random_state": 0, "n_threads": 1, "accelerate": accelerate}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = vbsnmf.VBNTF(2, n_init=3, max_iter=3, **options).fit(coords, values, dense.shape)
+    warned = [w for w in caught if issubclass(w.category, vbsnmf.ConvergenceWarning)]
+    assert not kept.converged_ and len(warned) == 1, [str(w.message) for w in warned]
+    assert "max_iter=3" in str(warned[0].message) and warned[0].filename == __file__
+    # a kept start that converged: no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = vbsnmf.VBNTF(2, n_init=3, max_iter=4000, tol=1e-4, **options).fit(
+            coords, values, dense.shape
+        )
+    assert kept.converged_
+    assert not [w for w in caught if issubclass(w.category, vbsnmf.ConvergenceWarning)]

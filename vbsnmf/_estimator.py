@@ -49,6 +49,7 @@ from ._model import (
     held_prior,
     hyperparameters,
     init_params,
+    one_of_starts,
     params_from_arrays,
     params_to_arrays,
     random_start,
@@ -58,6 +59,7 @@ from ._model import (
     side_totals,
     svd_start,
     warn_float32_rounding,
+    warn_kept_start,
     warn_not_converged,
 )
 from ._svi import (
@@ -186,7 +188,8 @@ class VBNMF(Estimator):
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
-        (scHPF fixes 0.3) instead of learning them; ``prior_rate`` does not apply.
+        (scHPF fixes 0.3) instead of learning them, from the start (a warm start's own
+        factor shapes give way to it); ``prior_rate`` does not apply.
         ``prior_shape`` lies between 1e-30 and 1e6: beyond, the ELBO's terms cannot be
         computed to the precision of its changes (ValueError); ``prior_rate`` is a normal
         number of ``dtype`` (1.2e-38 to 3.4e38 in float32), and the prior mean
@@ -210,7 +213,8 @@ class VBNMF(Estimator):
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
-        Number of random starts of batch VB; the fit with the highest final ELBO is kept.
+        Number of random starts of batch VB; the fit with the highest final ELBO is kept
+        (and warns `ConvergenceWarning` if it stopped at ``max_iter``; the others do not).
         SVI runs one start (``n_init=1``).
     init
         The start of batch VB: ``"random"`` (default) or ``"nndsvda"``, the learned
@@ -926,6 +930,7 @@ def _fit_batch(
                     for index in range(settings.n_init)
                 )
             run = _run_accelerated if settings.accelerate else _run_plain
+            n_starts = settings.n_init if stored is None and init is None else 1
             best = None
             for start in starts:
                 if mask is not None and not isinstance(start, tuple):  # rates per entry from here
@@ -935,11 +940,13 @@ def _fit_batch(
                 # a start of its own (random or NNDSVDa) holds the factor shapes a learned
                 # prior learns
                 hold_shapes = stored is None and init is None and held_prior(prior) is not None
-                result = run(
-                    settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
-                )
+                with one_of_starts(n_starts):
+                    result = run(
+                        settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
+                    )
                 if best is None or _final_elbo(result) > _final_elbo(best):
                     best = result
+    warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
     warn_float32_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total)
     return best, data.shape[1]
 
@@ -1209,27 +1216,30 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     start = None
     if init is not None:
         start = init_params(init, X.shape, n_components, settings.dtype, settings.prior, True)
+    n_starts = 1 if init is not None else settings.n_init
     best = None
-    for index in range(1 if init is not None else settings.n_init):
-        result = _dask.fit_batch_dask(
-            X,
-            n_components,
-            prior=settings.prior,
-            max_iter=settings.max_iter,
-            tol=settings.tol,
-            entropy=entropy,
-            dtype=settings.dtype,
-            init=start,
-            start=index,
-            n_threads=n_threads,
-            client=client,
-            callback=callback,
-            verbose=settings.verbose,
-            accelerate=settings.accelerate,
-            warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
-        )
+    for index in range(n_starts):
+        with one_of_starts(n_starts):
+            result = _dask.fit_batch_dask(
+                X,
+                n_components,
+                prior=settings.prior,
+                max_iter=settings.max_iter,
+                tol=settings.tol,
+                entropy=entropy,
+                dtype=settings.dtype,
+                init=start,
+                start=index,
+                n_threads=n_threads,
+                client=client,
+                callback=callback,
+                verbose=settings.verbose,
+                accelerate=settings.accelerate,
+                warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
+            )
         if best is None or _final_elbo(result) > _final_elbo(best):
             best = result
+    warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
     return best
 
 

@@ -28,7 +28,9 @@ call these over their own data layout and sum the statistics.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -1213,6 +1215,26 @@ def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     )
 
 
+@contextlib.contextmanager
+def one_of_starts(n_starts: int):
+    """The context of one of ``n_starts`` fits, of which the best is kept: with more than
+    one, their own `ConvergenceWarning` is silenced and `warn_kept_start` gives the kept
+    fit's (each start warned that it stopped at max_iter, also when the fit kept had
+    converged, and a fit of three starts warned three times)."""
+    if n_starts == 1:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        yield
+
+
+def warn_kept_start(best, n_starts: int, max_iter: int, tol: float) -> None:
+    """The `ConvergenceWarning` of the start kept of several, had it stopped at max_iter."""
+    if n_starts > 1 and not best.converged and max_iter > 0:
+        warn_not_converged("max_iter", max_iter, tol)
+
+
 def warn_float32_rounding(
     elbo_trace, converged: bool, dtype, tol: float, total_count: float
 ) -> None:
@@ -1639,8 +1661,9 @@ def complete_learned(
 ) -> VariationalParams:
     """``params`` as a start under the learned prior: rates per entry; the hyperparameters
     and q of the scales from ``given`` (`SCALE_KEYS`, `HYPER_KEYS`) where there, else as
-    `learned_start_scale` sets them from the means of q: a_l = 1 (or the prior's fixed
-    value), a' = 1, b' the mean of ``1 / mean_l E[z_il]``, q(xi) at its optimum."""
+    `learned_start_scale` sets them from the means of q: a_l = 1, a' = 1, b' the mean of
+    ``1 / mean_l E[z_il]``, q(xi) at its optimum. A prior that fixes the factor shapes
+    a_l, c_l sets them whatever ``given`` holds (a given value is still checked)."""
     given = given or {}
     sides = []
     for side, shape, rate in (
@@ -1658,6 +1681,11 @@ def complete_learned(
             )
         factor = _checked_block(np.broadcast_to(factor, (n_components,)).copy(), factor_key)
         _check_shape_range(factor, factor_key)
+        if prior.factor_shape is not None:
+            # the prior fixes them: a start from a fit that learned them (its
+            # hyperparameters_) scored its first pass under those, and SQUAREM's
+            # max_iter=1, which returns the start, returned them as the fit's
+            factor = np.full(n_components, float(prior.factor_shape))
         prior_mean = given.get(f"{side}_scale_prior_mean")
         if prior_mean is None:
             prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))

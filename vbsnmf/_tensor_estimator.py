@@ -290,7 +290,8 @@ class VBNTF(Estimator):
     tol
         Stop when ``|ELBO_t - ELBO_{t-1}| <= tol * |ELBO_{t-1}|``.
     n_init
-        Number of random starts (batch without checkpoint); the best final ELBO is kept.
+        Number of random starts (batch without checkpoint); the best final ELBO is kept
+        (and warns `ConvergenceWarning` if it stopped at ``max_iter``; the others do not).
     random_state
         Seed or `numpy.random.Generator` for the start (and the SVI minibatches).
     n_threads
@@ -541,7 +542,8 @@ class VBNTF(Estimator):
             else:
                 entropy = _model.seed_entropy(self.random_state)
                 best = None
-                for index in range(checked["n_init"]):
+                n_starts = checked["n_init"]
+                for index in range(n_starts):
                     start = _tensor.random_start(
                         data,
                         checked["n_components"],
@@ -550,15 +552,19 @@ class VBNTF(Estimator):
                         index,
                         checked["prior"],
                     )
-                    if checked["accelerate"]:
-                        state = _start_accelerated(start, checked)
-                        del start
-                        result, _ = self._fit_accelerated(data, state, checked, n_threads, callback)
-                    else:
-                        result = self._fit_batch(data, start, checked, n_threads, callback)
+                    with _model.one_of_starts(n_starts):
+                        if checked["accelerate"]:
+                            state = _start_accelerated(start, checked)
+                            del start
+                            result, _ = self._fit_accelerated(
+                                data, state, checked, n_threads, callback
+                            )
+                        else:
+                            result = self._fit_batch(data, start, checked, n_threads, callback)
                     if best is None or _final_elbo(result) > _final_elbo(best):
                         best = result
                 result = best
+                _model.warn_kept_start(result, n_starts, checked["max_iter"], checked["tol"])
         if self.solver == "batch":
             _model.warn_float32_rounding(
                 result.elbo_trace,

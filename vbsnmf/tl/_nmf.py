@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF, _check_no_dask_checkpoint
-from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior
+from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior, HierarchicalPrior
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
     check_anndata,
@@ -116,9 +116,10 @@ def nmf(
         Seed of the starting values.
     warm_start
         Continue a previous variational fit stored under the same key (same K, the same
-        genes): its parameters start the fit, its ELBO trace is extended. The fit may have
-        been made on more cells: its cell parameters follow the AnnData when it is
-        subset (``adata[:500].copy()``).
+        genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
+        stored fit's, and others are refused): its parameters start the fit, its ELBO
+        trace is extended. The fit may have been made on more cells: its cell parameters
+        follow the AnnData when it is subset (``adata[:500].copy()``).
     min_share
         A factor is *active* when its share of the fitted counts (``factor_share``)
         exceeds this. Default: the share a factor reaches when it explains five typical
@@ -299,12 +300,7 @@ def nmf(
                 adata, keys, use_raw, layer, fitted_genes, n_components
             )
             fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
-            stored = fit_info(adata, keys.uns)["variational"].get("prior", "gamma")
-            if fit_params["prior"] != stored:
-                raise ValueError(
-                    f"warm_start: the stored fit used prior={stored!r}, not "
-                    f"{fit_params['prior']!r}; fit without warm_start to change the prior"
-                )
+            _check_stored_prior(fit_info(adata, keys.uns), fit_params)
         fitted = _fit_variational(
             matrix, kind, n_components, solver, random_state, init, callback, fit_params
         )
@@ -487,6 +483,40 @@ def _stored_prior(info: dict) -> dict:
         {key: info["params"][key] for key in ("prior_shape", "prior_rate") if key in info["params"]}
     )
     return settings
+
+
+def _check_stored_prior(info: dict, fit_params: dict) -> None:
+    """A warm start continues the stored fit's model: another prior, or the same with
+    another ``prior_shape`` or ``prior_rate``, is refused (the continued ELBO trace would
+    join the traces of two models, and fall where they meet)."""
+    stored = info["variational"].get("prior", "gamma")
+    if fit_params["prior"] != stored:
+        raise ValueError(
+            f"warm_start: the stored fit used prior={stored!r}, not "
+            f"{fit_params['prior']!r}; fit without warm_start to change the prior"
+        )
+    names = ("prior", "prior_shape", "prior_rate")
+    wanted = VBNMF(**{name: fit_params.get(name) for name in names})._prior()
+    if stored == "gamma":
+        variational = info["variational"]
+        fitted = GammaPrior(float(variational["prior_shape"]), float(variational["prior_rate"]))
+    else:  # the learned prior: its factor shapes fixed by prior_shape, or learned
+        shape = info["params"].get("prior_shape")
+        fitted = HierarchicalPrior(factor_shape=None if shape is None else float(shape))
+    if wanted != fitted:
+        raise ValueError(
+            f"warm_start: the stored fit's prior is {_described(fitted)}, not "
+            f"{_described(wanted)}; fit without warm_start to change the prior"
+        )
+
+
+def _described(prior) -> str:
+    """A prior as `VBNMF`'s parameters give it."""
+    if isinstance(prior, GammaPrior):
+        return f"Gamma(prior_shape={prior.shape:g}, prior_rate={prior.rate:g})"
+    if prior.factor_shape is None:
+        return "the learned prior with learned factor shapes (no prior_shape)"
+    return f"the learned prior with prior_shape={prior.factor_shape:g}"
 
 
 def _fit_variational(matrix, kind, n_components, solver, random_state, init, callback, params):

@@ -41,9 +41,9 @@ def check_fitted(estimator, attribute: str) -> None:
         )
 
 
-def feature_names(X) -> np.ndarray | None:
-    """The column names of a DataFrame ``X`` when every one is a string, None when none is
-    (scikit-learn's rule).
+def feature_names(X, name: str = "X") -> np.ndarray | None:
+    """The column names of a DataFrame ``X`` (called ``name`` in messages) when every one is
+    a string, None when none is (scikit-learn's rule).
 
     Raises
     ------
@@ -54,16 +54,34 @@ def feature_names(X) -> np.ndarray | None:
     columns = getattr(X, "columns", None)
     if columns is None:
         return None
-    kinds = sorted({type(name).__name__ for name in columns})
+    kinds = sorted({type(column).__name__ for column in columns})
     if kinds == ["str"]:
         return np.asarray(columns, dtype=object)
     if "str" in kinds:
         raise TypeError(
-            f"X's column names mix types {kinds}: gene names are only supported if all of "
-            "them are strings; convert them (X.columns = X.columns.astype(str)) or give "
-            "none, so that the genes are checked by name or not at all"
+            f"{name}'s column names mix types {kinds}: gene names are only supported if all "
+            f"of them are strings; convert them ({name}.columns = {name}.columns.astype(str)) "
+            "or give none, so that the genes are checked by name or not at all"
         )
     return None
+
+
+def check_entry_columns(X, entries, name: str) -> None:
+    """``entries`` (``mask``, ``weights``: a value per entry of X) against X's column names
+    when both have names (DataFrames): other names or another order are a `ValueError`, as
+    the entries would be matched with X's genes by position."""
+    names, given = feature_names(X), feature_names(entries, name)
+    if names is None or given is None or np.array_equal(names, given):
+        return
+    unseen = sorted(set(given) - set(names))
+    missing = sorted(set(names) - set(given))
+    detail = f"{len(unseen)} of its columns are not X's, {len(missing)} of X's not its"
+    if not unseen and not missing:
+        detail = "the same columns in another order"
+    raise ValueError(
+        f"{name} has other column names than X ({detail}): its entries would be matched "
+        f"with X's by position; pass them in X's order, {name}[X.columns]"
+    )
 
 
 def _listed(names) -> str:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from ._base import (
     Estimator,
+    check_entry_columns,
     check_feature_names,
     check_fitted,
     feature_names,
@@ -99,6 +100,7 @@ from ._validation import (
     numbers_from_objects,
     readable_dtype,
     readable_values,
+    sparse_frame_as_coo,
     widen_to_sum,
 )
 from .io._paths import check_checkpoint_path
@@ -567,6 +569,8 @@ class VBNMF(Estimator):
         names = feature_names(X)
         if init is not None:
             _check_init_genes(init, names)
+        if mask is not None:
+            check_entry_columns(X, mask, "mask")
         if kind in ("memory", "checked"):
             result, n_features = _FITS[kind](settings, X, init, callback, entropy, mask)
         else:
@@ -716,6 +720,7 @@ def _fit_in_memory(
     settings: FitSettings, X, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
     """A matrix in memory: batch VB or any form of SVI."""
+    X = sparse_frame_as_coo(X)  # the memory guard reads a sparse matrix's nonzeros
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
     matrix = check_counts(X, fit_dtype=settings.dtype)
@@ -779,6 +784,7 @@ def _checked_mask(mask, shape) -> Mask:
             "mask is a masked array, whose data would be read as the mask: pass "
             "np.ma.getmaskarray(X) to leave X's masked entries out of the fit"
         )
+    mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
     matrix = _entry_format(mask) if sp.issparse(mask) else np.asarray(mask)

@@ -419,6 +419,20 @@ def refuse_pydata_sparse(X, name: str = "X") -> None:
     )
 
 
+def sparse_frame_as_coo(X):
+    """A pandas DataFrame whose columns are all sparse with fill value 0 as a scipy COO
+    matrix, as scikit-learn reads it (``np.asarray`` would make it dense: cells x genes x 8
+    bytes, which no memory check sees); any other ``X`` as it is (another fill value is the
+    value of every entry not stored)."""
+    # the accessor exists only when every column is sparse (pandas is not imported here)
+    if getattr(X, "ndim", None) != 2 or not hasattr(X, "dtypes") or not hasattr(X, "sparse"):
+        return X
+    # no columns: pandas' conversion fails ("no types given"), the empty check explains it
+    if X.shape[1] == 0 or not all(dtype.fill_value == 0 for dtype in X.dtypes):
+        return X
+    return X.sparse.to_coo()
+
+
 def checked_counts(
     X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
@@ -444,6 +458,7 @@ def checked_counts(
         "them to VBNMF.fit(X, mask=...) (a sparse or boolean matrix)",
     )
     refuse_pydata_sparse(X, name)
+    X = sparse_frame_as_coo(X)
     hashed = None
     if sp.issparse(X):
         if X.ndim != 2:

@@ -25,7 +25,12 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
-from .._validation import check_sparse_structure, exact_float_dtype, refuse_masked
+from .._validation import (
+    check_sparse_structure,
+    exact_float_dtype,
+    refuse_masked,
+    sparse_frame_as_coo,
+)
 from .losses import (
     Q_FLOOR,
     LossSpec,
@@ -147,6 +152,11 @@ def check_data(X):
         "pass the values as X.filled(0) and leave the masked entries out with weights=... "
         "(0 there, 1 elsewhere; solver='mu')",
     )
+    X = sparse_frame_as_coo(X)
+    if getattr(X, "ndim", None) == 2 and hasattr(X, "sparse") and X.shape[1]:
+        # sparse columns filled with another value than 0, which is every unstored entry's
+        # value (scikit-learn's conversion refused them in pandas' words)
+        X = X.sparse.to_dense()
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
         check_sparse_structure(X, "X")
     X = check_array(

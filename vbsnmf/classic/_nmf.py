@@ -17,7 +17,12 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_array, check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from .._base import check_feature_names, feature_names, remember_feature_names
+from .._base import (
+    check_entry_columns,
+    check_feature_names,
+    feature_names,
+    remember_feature_names,
+)
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
@@ -131,9 +136,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     # ---- scikit-learn contract ----------------------------------------------------------
 
-    def fit(self, X, y=None, **params) -> NMF:
-        """Fit to X (n x m, non-negative, dense or sparse); returns self."""
-        self.fit_transform(X, **params)
+    def fit(self, X, y=None, W=None, H=None) -> NMF:
+        """Fit to X (n x m, non-negative, dense or sparse); returns self. ``W`` and ``H``:
+        the starting factors of ``init="custom"``, as `fit_transform` takes them."""
+        # not fit_transform, which `set_output`'s container wraps: fit builds no output
+        self._fit(X, W, H)
         return self
 
     def fit_transform(self, X, y=None, W=None, H=None) -> np.ndarray:
@@ -150,8 +157,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             The factors or the loss left the float range (values too large for the loss's
             power): nothing non-finite is returned.
         """
+        return self._fit(X, W, H)
+
+    def _fit(self, X, W=None, H=None) -> np.ndarray:
+        """Fit to X from the custom ``W`` and ``H`` if given; return W (`fit_transform`)."""
         spec = self._check_params()
         feature_names(X)  # mixed column names are refused before the fit, as scikit-learn does
+        if self.weights is not None:
+            check_entry_columns(X, self.weights, "weights")
         data = ClassicData.build(X, self.weights, spec)
         n_rows, n_cols = data.shape
         n_components = self._n_components(data)
@@ -223,9 +236,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             Before `fit`.
         ValueError
             X is not 2-D, has NaN or infinite entries, or has another number of columns
-            than ``n_components_``.
+            than ``n_components_``; or ``loss="poisson"``, under which ``W H`` holds each
+            row's proportions, not its data (``X ~ diag(row totals) W H``): the data's
+            expected values are ``X.sum(axis=1)[:, None] * (W @ components_)``.
         """
         check_is_fitted(self, "components_")
+        if self.loss == "poisson":  # the rows' totals, which W H leaves out, are X's
+            raise ValueError(
+                "loss='poisson' models each row's proportions: W @ components_ sums to about "
+                "one per row, and the data back are the row totals times it, "
+                "X.sum(axis=1)[:, None] * (W @ model.components_); inverse_transform has no "
+                "row totals to give it"
+            )
         W = check_array(X, accept_sparse=("csr", "csc"), dtype=np.float64, input_name="X")
         n_components = self.components_.shape[0]
         if W.shape[1] != n_components:

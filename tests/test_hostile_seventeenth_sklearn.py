@@ -118,7 +118,7 @@ def test_mask_and_weights_frames_in_another_gene_order_are_refused():
     with pytest.raises(ValueError, match=r"same columns in another order.*weights\[X.col"):
         NMF(2, max_iter=5, weights=weights).fit(X)
     renamed = missing.rename(columns={"g0": "other"})
-    with pytest.raises(ValueError, match="1 of its columns are not X's, 1 of X's not its"):
+    with pytest.raises(ValueError, match="1 of mask's columns are not X's, 1 of X's not mask's"):
         VBNMF(2, **options).fit(X, mask=renamed)
     # in X's order they are taken, entry for entry as the arrays themselves
     np.testing.assert_array_equal(

@@ -66,18 +66,26 @@ def feature_names(X, name: str = "X") -> np.ndarray | None:
     return None
 
 
+def names_differ(names, other_names, noun: str, other: str, own: str = "X") -> str | None:
+    """How ``other_names`` (``other``'s ``noun``, e.g. a mask's columns) differ from
+    ``names`` (``own``'s), in a message's words; None when they are the same or either is
+    missing (no names to compare)."""
+    if names is None or other_names is None or np.array_equal(names, other_names):
+        return None
+    extra = len(set(other_names) - set(names))
+    missing = len(set(names) - set(other_names))
+    if not extra and not missing:
+        return f"the same {noun} in another order"
+    return f"{extra} of {other}'s {noun} are not {own}'s, {missing} of {own}'s not {other}'s"
+
+
 def check_entry_columns(X, entries, name: str) -> None:
     """``entries`` (``mask``, ``weights``: a value per entry of X) against X's column names
     when both have names (DataFrames): other names or another order are a `ValueError`, as
     the entries would be matched with X's genes by position."""
-    names, given = feature_names(X), feature_names(entries, name)
-    if names is None or given is None or np.array_equal(names, given):
+    detail = names_differ(feature_names(X), feature_names(entries, name), "columns", name)
+    if detail is None:
         return
-    unseen = sorted(set(given) - set(names))
-    missing = sorted(set(names) - set(given))
-    detail = f"{len(unseen)} of its columns are not X's, {len(missing)} of X's not its"
-    if not unseen and not missing:
-        detail = "the same columns in another order"
     raise ValueError(
         f"{name} has other column names than X ({detail}): its entries would be matched "
         f"with X's by position; pass them in X's order, {name}[X.columns]"

@@ -24,6 +24,7 @@ from ._base import (
     check_feature_names,
     check_fitted,
     feature_names,
+    names_differ,
     remember_feature_names,
 )
 from ._batch import (
@@ -961,14 +962,9 @@ def _check_init_genes(init, names) -> None:
     """A warm start from an estimator fitted with gene names, on X with other names or
     another order (``names``: X's), is refused: its gene side would start X's genes by
     position, silently another start than the fit it continues."""
-    fitted = getattr(init, "feature_names_in_", None)
-    if fitted is None or names is None or np.array_equal(fitted, names):
+    detail = names_differ(getattr(init, "feature_names_in_", None), names, "genes", "X", "init")
+    if detail is None:
         return
-    unseen = sorted(set(names) - set(fitted))
-    missing = sorted(set(fitted) - set(names))
-    detail = f"{len(unseen)} of X's genes are not init's, {len(missing)} of init's not X's"
-    if not unseen and not missing:
-        detail = "the same genes in another order"
     raise ValueError(
         f"init was fitted with other feature names than X's: {detail}. Its gene side would "
         "start X's genes by position: pass X's columns in init's order, "

@@ -1323,14 +1323,39 @@ def start_rate(shape: tuple[int, ...], total_count: float, n_components: int, dt
     """The starting rate of every side: with shapes ``1 + U(0, 1)`` (mean 1.5) it puts
     ``E[z] = E[w] = sqrt(mean count / K)``, so ``sum_l E[z] E[w]`` is the mean count; for
     a tensor with D modes every mode's mean is ``(mean count / K)^(1/D)``."""
+    return np.full(n_components, 1.5 / start_factor_mean(shape, total_count, n_components), dtype)
+
+
+def start_factor_mean(shape: tuple[int, ...], total_count: float, n_components: int) -> float:
+    """``(mean count / K)^(1/D)``, the mean of every factor at the start (`start_rate`), with
+    `start_mean_count`'s floor on the mean count.
+
+    A tensor's start expects at most the total count plus K times its shortest mode, an
+    upper bound of the expected total at the optimum of the default fixed prior
+    (`fixed_prior_least_log_rate`: below ``a n_m`` plus the count per component), taken in
+    logs (the product of a tensor's modes may be beyond the float range: 30^60). From the
+    floor alone the start of 60 modes of 30 with 200 nonzeros expected 1e-12 * 30^60, and
+    the product of the other modes' column sums in its first rates overflowed float32. A
+    matrix keeps its arithmetic: `VBNMF`'s start, which `VBNTF` reproduces at D = 2.
+    """
+    n_modes = len(shape)
     mean_count = start_mean_count(shape, total_count)
-    return np.full(n_components, 1.5 / _root(mean_count / n_components, len(shape)), dtype=dtype)
+    if n_modes == 2:
+        return _root(mean_count / n_components, n_modes)
+    log_size = sum(math.log(n) for n in shape)
+    log_bound = math.log(total_count + n_components * min(shape))
+    if math.log(mean_count) + log_size <= log_bound:
+        return _root(mean_count / n_components, n_modes)
+    return math.exp((log_bound - log_size - math.log(n_components)) / n_modes)
 
 
 def start_mean_count(shape: tuple[int, ...], total_count: float) -> float:
-    """The mean count per entry a start scales itself by, at least 1e-12 so that counts
-    without a nonzero start finite."""
-    return max(total_count / math.prod(float(n) for n in shape), 1e-12)
+    """The mean count per entry a start scales itself by, at least `START_MEAN_FLOOR` so
+    that counts without a nonzero start finite."""
+    return max(total_count / math.prod(float(n) for n in shape), START_MEAN_FLOOR)
+
+
+START_MEAN_FLOOR = 1e-12
 
 
 def _root(value: float, n_sides: int) -> float:

@@ -244,7 +244,10 @@ def as_tensor_data(
         starts = np.flatnonzero(np.any(coords[1:] != coords[:-1], axis=1)) + 1
         starts = np.concatenate([[0], starts])
         if starts.size < coords.shape[0]:  # duplicates: sum them
-            counts = np.add.reduceat(counts, starts)
+            # a sum beyond float64 is refused by the caller (`_check_largest_count`) as a
+            # count of inf: no numpy warning first, which warnings as errors would raise
+            with np.errstate(over="ignore"):
+                counts = np.add.reduceat(counts, starts)
             coords = coords[starts]
     keep = counts != 0
     if not np.all(keep):
@@ -485,7 +488,8 @@ def random_start(
     Mode d's shapes are ``1 + U(0, 1)`` (mean 1.5) drawn as `_model.random_shapes` draws
     side d, and every rate is `_model.start_rate`'s ``1.5 / (mean / K)^(1/D)``, so
     ``E[v^(d)_il]`` is about ``(mean / K)^(1/D)`` and ``sum_l prod_d E[v^(d)]`` about the
-    mean count ``sum y / prod_d n_d``. Under the learned ``prior`` each index's rates come
+    mean count ``sum y / prod_d n_d`` (floored, the start's expected total bounded:
+    `_model.start_factor_mean`). Under the learned ``prior`` each index's rates come
     from its total instead (`_model.learned_start_rates` for D modes: the start's mean is
     the independence fit) with its scales at their optimum (`_model.learned_start_scale`).
     For D = 2 this is `_model.random_start`, bitwise, under either prior.

@@ -156,7 +156,9 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
         raise TypeError("values must be real counts, got complex numbers")
     if values.shape != (nnz,):
         raise ValueError(f"values must have shape ({nnz},) to match coords, got {values.shape}")
-    values = values.astype(np.float64)
+    # longdouble values beyond float64 become inf, refused below by name: no numpy warning
+    with np.errstate(over="ignore"):
+        values = values.astype(np.float64)
     problems = []
     for label, bad in (
         ("NaN", np.isnan(values)),

@@ -146,3 +146,27 @@ def test_a_tensor_fit_of_several_starts_warns_once_for_the_start_kept(accelerate
         )
     assert kept.converged_
     assert not [w for w in caught if issubclass(w.category, vbsnmf.ConvergenceWarning)]
+
+
+@pytest.mark.parametrize("form", ["dense", "csr", "mask"])
+def test_longdouble_counts_beyond_float64_are_refused_without_numpy_s_warning(form):
+    """The cast of longdouble counts (or a mask) to float64 warned numpy's "overflow
+    encountered in cast" before vbsnmf's own error: under warnings as errors the user got
+    numpy's RuntimeWarning in its place (the tensor helper found it in VBNTF's reader)."""
+    import scipy.sparse as sp
+
+    huge = np.longdouble(1e308) * 100  # beyond float64
+    X = np.zeros((5, 4), dtype=np.longdouble)
+    X[1, 1], X[2, 3] = 3, 1
+    kwargs = {}
+    if form == "mask":
+        mask = np.zeros_like(X)
+        mask[0, 0] = huge
+        kwargs["mask"] = mask
+    else:
+        X[0, 0] = huge
+    data = sp.csr_matrix(X) if form == "csr" else X
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="finite"):
+            vbsnmf.VBNMF(2, max_iter=3, n_threads=1).fit(data, **kwargs)

@@ -99,7 +99,6 @@ from ._validation import (
     combine_fingerprints,
     data_fingerprint,
     numbers_from_objects,
-    readable_dtype,
     readable_values,
     sparse_frame_as_coo,
     widen_to_sum,
@@ -795,8 +794,7 @@ def _checked_mask(mask, shape) -> Mask:
         raise TypeError(
             f"mask must hold real numbers (nonzero: not observed), got dtype {matrix.dtype}"
         )
-    readable = readable_dtype(matrix.dtype)  # float16, which scipy refuses, and the like
-    matrix = matrix if readable is None else matrix.astype(readable)
+    matrix = readable_values(matrix)  # float16, which scipy refuses, and the like
     # repeated entries summed wide: uint8 128 + 128 would be 0, an observed entry
     matrix = widen_to_sum(matrix) if sp.issparse(matrix) else sp.coo_array(matrix)
     if matrix.shape != tuple(shape):

@@ -170,3 +170,20 @@ def test_longdouble_counts_beyond_float64_are_refused_without_numpy_s_warning(fo
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="finite"):
             vbsnmf.VBNMF(2, max_iter=3, n_threads=1).fit(data, **kwargs)
+
+
+def test_nullable_integer_coordinates_are_told_how_to_convert():
+    """A DataFrame of pandas' nullable Int64 indices reaches numpy as objects: "got dtype
+    object" said nothing of how to pass them; the advice given works."""
+    import pandas as pd
+
+    coords = pd.DataFrame([[0, 0, 0], [1, 2, 1], [2, 1, 3]]).astype("Int64")
+    values, shape = np.array([1.0, 2.0, 3.0]), (3, 3, 4)
+    with pytest.raises(TypeError, match=r"pass coords\.to_numpy\(dtype=np\.int64\)"):
+        vbsnmf.VBNTF(2, max_iter=3, n_threads=1).fit(coords, values, shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        fitted = vbsnmf.VBNTF(2, max_iter=3, n_threads=1).fit(
+            coords.to_numpy(dtype=np.int64), values, shape
+        )
+    assert all(np.all(np.isfinite(factor)) for factor in fitted.factors_)

@@ -100,6 +100,8 @@ def check_tensor(coords, values=None, shape=None):
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
         hint = dense_hint if coords.dtype.kind == "f" else ""
+        if coords.dtype == object:  # pandas' nullable Int64 columns come out as objects
+            hint = "; a DataFrame of indices: pass coords.to_numpy(dtype=np.int64)"
         raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}{hint}")
     nnz, n_modes = coords.shape
     if n_modes != nnz and values is not None and np.shape(values) == (n_modes,):

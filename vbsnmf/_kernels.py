@@ -1925,7 +1925,8 @@ def classic_ab_mu_terms(
 
     - ``numerator[i] += w x**alpha q**(beta - 1) H[:, j]``;
     - if ``pattern_only`` (only the stored entries count): ``denominator[i] +=
-      w q**(alpha + beta - 1) H[:, j]`` and ``row_loss[i] += w d_AB(x, q)``;
+      w q**(alpha + beta - 1) H[:, j]`` and ``row_loss[i] += w d_AB(x, q)``, with q not
+      floored where x = 0 (d_AB(0, q) is finite there);
     - otherwise (every entry of X counts, the zeros are handled in closed form by the
       caller): ``row_loss[i] += d_AB(x, q) - d_AB(0, q)`` and ``denominator`` is untouched.
 
@@ -1972,7 +1973,10 @@ def classic_ab_mu_terms(
                 if not with_loss:
                     continue
                 if pattern_only:
-                    loss += weight * ab_divergence_scalar(x, q_safe, alpha, beta)
+                    # at a stored zero d(0, q) is finite: the ratios' floor would overstate
+                    # it (the dense route's loss floors q at X's nonzeros only)
+                    q_loss = q_safe if x > 0.0 else max(q, 0.0)
+                    loss += weight * ab_divergence_scalar(x, q_loss, alpha, beta)
                 elif kl:
                     # d(x, q) - d(0, q) of KL in one log: the hot case, kept free of powers.
                     loss += x * math.log(x / q_safe) - x + (q_safe - q)

@@ -605,7 +605,10 @@ def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor
     The weights may be negative: the exclusion list's ``1 - w`` for a weight w > 1."""
     q = np.empty(entries.data.shape[0])
     _kernels.classic_wh_at_nonzeros(entries.indptr, entries.indices, row_factor, col_factor, q)
-    values = spec.pointwise(entries.data.astype(np.float64, copy=False), np.maximum(q, Q_FLOOR))
+    data = entries.data.astype(np.float64, copy=False)
+    # floored at the nonzeros only, as the dense route (`_floored_at_nonzeros`): the stored
+    # zeros of weighted data have the finite d(0, q), which a floor would overstate
+    values = spec.pointwise(data, _floored_at_nonzeros(data, q))
     if minus_zero:
         values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
     if entries.weights.shape[0]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import ClassicData
-from .losses import Q_FLOOR, LossSpec
+from .losses import LossSpec
 
 # Zero denominators of a ratio are replaced by this, as scikit-learn does (its EPSILON).
 _SAFE = float(np.finfo(np.float32).eps)
@@ -123,7 +123,7 @@ def fit_multiplicative(
         # summing one would be rescaled, and W returned for another H.
         W, H_t = _normalise_modules(W, H_t, w_epsilon, epsilon)
     loss_trace: list[float] = []
-    moving, previous = np.ones(W.shape[0], dtype=bool), None
+    moving, previous, start = np.ones(W.shape[0], dtype=bool), None, None
     for _ in range(max_iter):
         numerator, denominator, row_losses = data.ab_terms(alpha, beta, W, H_t, "rows")
         row_losses *= spec.scale
@@ -135,7 +135,9 @@ def fit_multiplicative(
             if poisson:
                 W, H_t = _normalise_modules(W, H_t, w_epsilon, epsilon)
         else:
-            moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
+            start = row_losses if start is None else start  # the rows' first losses
+            moving = still_moving(moving, previous, row_losses, tol, start)
+            previous = row_losses
             if not moving.any():
                 break
             W[moving] = multiplicative_step(
@@ -155,21 +157,31 @@ def fit_multiplicative(
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 
 
+# A loss below this fraction of the start's (an exact factorisation, whose loss falls
+# towards 0 at a steady relative rate) is settled by its change relative to the start's.
+_START_FRACTION = float(np.finfo(np.float32).eps)
+
+
 def converged(loss_trace: list[float], tol: float) -> bool:
-    """Relative change of the last two losses at most ``tol``; never for a loss out of the
-    float range (``|inf - x| <= tol * inf`` would read as converged)."""
+    """Relative change of the last two losses at most ``tol`` (`_settled`, ``loss_trace[0]``
+    the start); never for a loss out of the float range (``|inf - x| <= tol * inf`` would
+    read as converged)."""
     if len(loss_trace) < 2:
         return False
-    return bool(_settled(np.float64(loss_trace[-2]), np.float64(loss_trace[-1]), tol))
+    previous, current, start = (np.float64(loss_trace[i]) for i in (-2, -1, 0))
+    return bool(_settled(previous, current, tol, start))
 
 
-def _settled(previous, current, tol: float):
+def _settled(previous, current, tol: float, start):
     """`converged`'s test, elementwise: finite losses whose relative change is at most
-    ``tol``."""
+    ``tol``, relative to at least `_START_FRACTION` of the ``start`` loss (a floor of the
+    data's scale: a fixed one stopped every fit of data scaled to a total loss below it
+    after 2 or 3 iterations)."""
     finite = np.isfinite(previous) & np.isfinite(current)
     with np.errstate(invalid="ignore"):  # inf - inf: not finite, never settled
         change = np.abs(previous - current)
-    return finite & (change <= tol * np.maximum(np.abs(previous), Q_FLOOR))
+    floor = _START_FRACTION * np.abs(start)
+    return finite & (change <= tol * np.maximum(np.abs(previous), floor))
 
 
 def should_stop(loss_trace: list[float], tol: float, whole: bool = True) -> bool:
@@ -180,11 +192,15 @@ def should_stop(loss_trace: list[float], tol: float, whole: bool = True) -> bool
 
 
 def still_moving(
-    moving: np.ndarray, previous: np.ndarray | None, current: np.ndarray, tol: float
+    moving: np.ndarray,
+    previous: np.ndarray | None,
+    current: np.ndarray,
+    tol: float,
+    start: np.ndarray,
 ) -> np.ndarray:
     """The rows of W that go on iterating when H is held fixed (`NMF.transform`):
     ``moving`` less the rows whose own loss changed by at most ``tol`` relative from
-    ``previous`` to ``current`` (`converged`, row by row).
+    ``previous`` to ``current`` (`converged`, row by row, ``start`` the rows' first losses).
 
     Given H the rows are separate problems, and a row that stops stays as it is: so a row's
     result does not depend on the rows transformed with it (a stop on the batch's loss,
@@ -192,7 +208,7 @@ def still_moving(
     """
     if previous is None:
         return moving
-    return moving & ~_settled(previous, current, tol)
+    return moving & ~_settled(previous, current, tol, start)
 
 
 def unsettled_rows(

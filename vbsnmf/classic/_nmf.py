@@ -152,7 +152,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ------
         ValueError
             Bad parameters, X negative/NaN/inf, a loss undefined at zeros of X, or custom
-            factors of the wrong shape.
+            factors of the wrong shape or all zero (with ``epsilon=0``).
         FloatingPointError
             The factors or the loss left the float range (values too large for the loss's
             power): nothing non-finite is returned.
@@ -416,6 +416,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             W, H = data.check_factors(W, H)
             if W.shape[1] != n_components:
                 raise ValueError(f"W and H have {W.shape[1]} components, not {n_components}")
+            for name, factor in (("W", W), ("H", H)):
+                # as scikit-learn's "full of zeros"; epsilon lifts it off zero
+                if self.epsilon == 0 and not factor.any():
+                    raise ValueError(
+                        f"the custom {name} is all zero: the multiplicative and interior "
+                        "point updates cannot leave zero (the fit would return W H = 0); "
+                        f"start {name} from positive values, or use another init"
+                    )
         elif W is not None or H is not None:
             raise ValueError("W and H are used with init='custom' only")
         elif init == "random":

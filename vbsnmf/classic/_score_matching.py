@@ -52,9 +52,16 @@ def score_matching_objective(p: np.ndarray, q: np.ndarray, alpha: float, beta: f
         are left out.
     alpha, beta
         The AB-divergence parameters.
+
+    Raises
+    ------
+    ValueError
+        p and q have different numbers of entries, or no entry of p is positive.
     """
     p = np.asarray(p, dtype=np.float64).ravel()
     q = np.asarray(q, dtype=np.float64).ravel()
+    if p.size != q.size:
+        raise ValueError(f"p has {p.size} entries and q {q.size}: they must be paired")
     positive = p > 0
     p, q = p[positive], np.maximum(q[positive], np.finfo(np.float64).tiny)
     if p.size == 0:
@@ -112,9 +119,10 @@ def choose_alpha_beta(
     ------
     ValueError
         X negative, NaN or infinite; W and H not finite, non-negative factors of X
-        (`losses.check_factors`), or Q not of X's shape; a grid empty or not finite.
+        (`losses.check_factors`), or Q not finite, non-negative and of X's shape; a grid
+        empty or not finite.
     TypeError
-        W or H not an array of real numbers.
+        W, H or Q not an array of real numbers.
     """
     p, q = _values(X, W, H, Q)
     alphas = _grid(alphas, "alphas")
@@ -152,7 +160,7 @@ def _values(X, W, H, Q) -> tuple[np.ndarray, np.ndarray]:
     if (Q is None) == (W is None or H is None):
         raise ValueError("give either W and H, or Q")
     if Q is not None:
-        Q = np.asarray(Q, dtype=np.float64)
+        Q = _model_matrix(Q)
         if Q.shape != X.shape:
             raise ValueError(f"Q has shape {Q.shape}, X has shape {X.shape}")
         if sp.issparse(X):
@@ -171,3 +179,17 @@ def _values(X, W, H, Q) -> tuple[np.ndarray, np.ndarray]:
         q,
     )
     return X_csr.data, q
+
+
+def _model_matrix(Q) -> np.ndarray:
+    """Q as a dense float64 array, checked as `losses.check_factors` checks W and H (J
+    floors q at the smallest float, which would take a negative Q silently)."""
+    if sp.issparse(Q):
+        Q = Q.toarray()
+    array = np.asarray(Q)
+    if array.dtype.kind not in "biuf":  # complex would lose its imaginary part silently
+        raise TypeError(f"Q must be an array of real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)) or array.min(initial=0.0) < 0:
+        raise ValueError("Q must be finite and non-negative (the model matrix W H)")
+    return array

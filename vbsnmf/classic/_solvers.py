@@ -170,7 +170,7 @@ def fit_frobenius(
     W = np.ascontiguousarray(W, dtype=np.float64)
     H_t = np.ascontiguousarray(H.T, dtype=np.float64)
     loss_trace: list[float] = []
-    moving, previous = np.ones(W.shape[0], dtype=bool), None
+    moving, previous, start = np.ones(W.shape[0], dtype=bool), None, None
     for _ in range(max_iter):
         XC = data.data_times(H_t, "rows")
         row_losses = data.squared_residuals(W, H_t, data_times=XC)
@@ -180,7 +180,9 @@ def fit_frobenius(
             XC = data.data_times(W, "cols")
             H_t = _project(step(H_t, XC, W.T @ W, h_mask), epsilon, h_mask)
         else:
-            moving, previous = still_moving(moving, previous, row_losses, tol), row_losses
+            start = row_losses if start is None else start  # the rows' first losses
+            moving = still_moving(moving, previous, row_losses, tol, start)
+            previous = row_losses
             if not moving.any():
                 break
             mask = None if w_mask is None else w_mask[moving]

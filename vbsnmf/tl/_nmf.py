@@ -557,6 +557,7 @@ def _variational(model: VBNMF) -> dict:
 
 def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     from ..classic import NMF  # scikit-learn: loaded only for a classical solver
+    from ..classic._mu import converged
 
     options = dict(fit_params)
     n_threads = options.pop("n_threads", None)
@@ -566,7 +567,9 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     n_iter = int(model.n_iter_)
     info = {
         "n_iter": n_iter,
-        "converged": n_iter < model.max_iter,  # the solvers stop early only on ``tol``
+        # the losses the stopping rule saw (the trace's last is the final loss): a fit may
+        # meet it at its last allowed iteration, n_iter == max_iter
+        "converged": converged(list(model.loss_trace_[:n_iter]), model.tol),
         "loss_trace": np.asarray(model.loss_trace_, dtype=np.float64),
         "loss": float(model.loss_),
         "reconstruction_err": float(model.reconstruction_err_),

@@ -275,10 +275,10 @@ def path_cases() -> list[Case]:
         return h5ad(_subdir(f, "data"))
 
     return [
-        Case("OUTDIR empty string", refused(lambda f: ["fit", h5ad(f), *FIT, "-o", ""], "folder")),
+        Case("OUTDIR empty string", refused(lambda f: ["fit", h5ad(f), *FIT, "-o", ""], "empty")),
         Case(
             "OUTDIR empty string with --force",
-            refused(lambda f: ["fit", h5ad(f), *FIT, "-o", "", "--force"], "folder"),
+            refused(lambda f: ["fit", h5ad(f), *FIT, "-o", "", "--force"], "empty"),
         ),
         Case(
             "OUTDIR ../ from a subfolder",
@@ -334,7 +334,7 @@ def path_cases() -> list[Case]:
         ),
         Case(
             "checkpoint empty string",
-            refused(lambda f: ["fit", h5ad(f), *FIT, "--checkpoint", "", "-o", "o"], "folder"),
+            refused(lambda f: ["fit", h5ad(f), *FIT, "--checkpoint", "", "-o", "o"], "empty"),
         ),
         Case(
             "checkpoint the --row-names file",

@@ -96,6 +96,15 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """A path argument, as given; an empty one is refused: the operating system takes ""
+    for no file, but `pathlib` for the current folder, and the checks then named that
+    folder ("OUTDIR lies inside the input ") rather than the empty argument."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of all commands (``vbsnmf --help`` shows it)."""
     parser = _Parser(
@@ -121,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "input",
+        type=_path,
         metavar="INPUT",
         help="a 10x folder as Cell Ranger writes it, a Cell Ranger .h5, an .h5ad file or a "
         ".zarr store (cells x genes), or an .mtx / .mtx.gz file (then give --genes-as-rows "
@@ -145,12 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--row-names",
+        type=_path,
         metavar="FILE",
         help=".mtx input: text file (plain or .gz), one name per line for the matrix rows "
         "(first tab-separated field)",
     )
     fit.add_argument(
-        "--col-names", metavar="FILE", help=".mtx input: the same for the matrix columns"
+        "--col-names",
+        type=_path,
+        metavar="FILE",
+        help=".mtx input: the same for the matrix columns",
     )
     fit.add_argument(
         "--layer", metavar="NAME", help=".h5ad input: take the counts from .layers[NAME]"
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--convert-to",
+        type=_path,
         metavar="PATH",
         help="--solver svi on a 10x folder or .mtx: the .h5ad the matrix is converted into "
         "once (vbsnmf.io.mtx_to_h5ad), to stream from and to fit again later; it must not "
@@ -184,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     umap.add_argument(
         "result",
+        type=_path,
         metavar="RESULT.h5ad",
         help="result.h5ad written by 'vbsnmf fit', or an .h5ad of cells projected onto a fit "
         "(vbsnmf.tl.project)",
@@ -191,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     umap.add_argument(
         "-o",
         "--output",
+        type=_path,
         required=True,
         metavar="FILE",
         help="figure to write; the format follows the suffix (.png, .pdf, .svg)",
@@ -263,6 +280,7 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
     command.add_argument(
         "-o",
         "--outdir",
+        type=_path,
         required=outdir_required,
         default=None if outdir_required else "vbsnmf_demo",
         metavar="OUTDIR",
@@ -322,6 +340,7 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
     )
     command.add_argument(
         "--checkpoint",
+        type=_path,
         metavar="PATH",
         help="batch or svi: save the variational state to PATH while fitting; PATH must be "
         "absent or a vbsnmf checkpoint, outside the input and OUTDIR",
@@ -337,8 +356,9 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         "writes; a folder with anything else is refused)",
     )
     svi = command.add_argument_group(
-        "stochastic VB (--solver svi; an .h5ad, a 10x folder or an .mtx is streamed from disk "
-        "a minibatch of cells at a time)"
+        "stochastic VB (--solver svi; a 10x folder, an .mtx or the X of an .h5ad stored as "
+        "CSR is streamed from disk a minibatch of cells at a time, any other input or "
+        "--layer/--use-raw read into memory)"
     )
     svi.add_argument(
         "--batch-size",
@@ -675,6 +695,10 @@ def _as_options(
         message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
         message = message.replace("adata.raw is None", f"{anndata_file} holds no .raw")
         message = re.sub(r"\badata\b(?!\.)", lambda _: anndata_file, message)
+        # the record of an earlier fit that --key would overwrite: "of the fit in.h5ad
+        # (uns['nmf'])", not "of the fit adata.uns['nmf']"
+        record = r"\badata\.(uns\[[^\]]*\])"
+        message = re.sub(record, lambda m: f"{anndata_file} ({m.group(1)})", message)
     return _option_names(message)
 
 

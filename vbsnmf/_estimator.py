@@ -77,6 +77,7 @@ from ._svi import (
     init_cells_state,
     init_nonzeros_state,
     nonzero_count,
+    refuse_no_nonzeros,
     resumed_svi_progress,
     scan_blocks,
 )
@@ -1087,6 +1088,7 @@ def _run_accelerated(
 def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, entropy):
     """SVI over minibatches of nonzeros (the ``"nonzeros"`` and ``"abe-shimamura"``
     forms)."""
+    refuse_no_nonzeros(data.nnz, settings.svi_form, "cells")
     total = float(np.sum(data.counts, dtype=np.float64))
     batch = settings.batch_size or default_batch_size(settings.svi_form, data.shape[0], data.nnz)
 

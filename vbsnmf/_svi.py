@@ -462,6 +462,17 @@ def fit_svi_nonzeros(
     return state
 
 
+def refuse_no_nonzeros(nnz: int, form: str, local_form: str) -> None:
+    """A `ValueError` for an SVI form over minibatches of nonzeros on data without one: it
+    takes no step, and its random start read as converged (on a 6 x 5 matrix of zeros an
+    ELBO of -290 against batch VB's -16)."""
+    if nnz == 0:
+        raise ValueError(
+            f"the counts hold no nonzero, which svi_form={form!r} samples its minibatches "
+            f"from: fit them with solver='batch' or svi_form={local_form!r}"
+        )
+
+
 # -- minibatches of cells -----------------------------------------------------------------
 @dataclass
 class CountScan:

@@ -17,7 +17,7 @@ from ._base import Estimator
 from ._batch import AcceleratedState, start_accelerated, trace_arrays
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
-from ._svi import resumed_svi_progress
+from ._svi import refuse_no_nonzeros, resumed_svi_progress
 from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
@@ -538,6 +538,8 @@ class VBNTF(Estimator):
             coords, values, shape, major=local_mode if slices_form else None
         )
         del coords, values
+        if self.solver == "svi" and not slices_form:
+            refuse_no_nonzeros(data.nnz, self.svi_form, "slices")
         _check_largest_count(data, checked["dtype"])
         total_count = float(data.counts.sum())  # a checkpoint's record, float32's rounding
         with numba_threads(self.n_threads) as n_threads:

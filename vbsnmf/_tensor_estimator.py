@@ -21,6 +21,7 @@ from ._svi import refuse_no_nonzeros, resumed_svi_progress
 from ._utils import numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
+    cast_quietly,
     check_accelerate,
     check_callback,
     check_flag,
@@ -158,9 +159,7 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
         raise TypeError("values must be real counts, got complex numbers")
     if values.shape != (nnz,):
         raise ValueError(f"values must have shape ({nnz},) to match coords, got {values.shape}")
-    # longdouble values beyond float64 become inf, refused below by name: no numpy warning
-    with np.errstate(over="ignore"):
-        values = values.astype(np.float64)
+    values = cast_quietly(values, np.float64)  # beyond float64: inf, refused below by name
     problems = []
     for label, bad in (
         ("NaN", np.isnan(values)),

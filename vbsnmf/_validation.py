@@ -316,13 +316,13 @@ def readable_values(values: np.ndarray) -> np.ndarray:
     """``values`` in a dtype scipy and the kernels read (`readable_dtype`: float16 and
     non-native byte orders, which scipy.sparse refuses, converted exactly)."""
     readable = readable_dtype(values.dtype)
-    return values if readable is None else _converted(values, readable)
+    return values if readable is None else cast_quietly(values, readable)
 
 
-def _converted(values, dtype: np.dtype):
-    """``values`` (an array or sparse matrix) as ``dtype`` (`readable_dtype`'s). A
-    longdouble beyond float64 becomes inf, which the count checks refuse by name: without
-    numpy's overflow warning before it (under warnings as errors, instead of it)."""
+def cast_quietly(values, dtype):
+    """``values`` (an array or sparse matrix) as ``dtype``. A longdouble beyond float64
+    becomes inf, which the count checks refuse by name: without numpy's overflow warning
+    before it (under warnings as errors, instead of it)."""
     with np.errstate(over="ignore"):
         return values.astype(dtype)
 
@@ -333,7 +333,7 @@ def _kernel_values(data: np.ndarray, name: str) -> np.ndarray:
     check_count_dtype(data.dtype, name)
     readable = readable_dtype(data.dtype)
     if readable is not None:
-        return _converted(data, readable)
+        return cast_quietly(data, readable)
     if data.dtype == bool:
         return data.view(np.uint8)
     return data
@@ -478,7 +478,7 @@ def checked_counts(
         matrix = _native_index_arrays(X) if X.format in ("csr", "csc", "coo") else X.tocsr()
         readable = readable_dtype(matrix.data.dtype)
         if readable is not None:
-            matrix = _converted(matrix, readable)
+            matrix = cast_quietly(matrix, readable)
         matrix = widen_to_sum(matrix)  # every route's conversion to CSR sums the repeats
     else:
         try:
@@ -497,7 +497,7 @@ def checked_counts(
             raise TypeError(f"{name} must hold numbers, got dtype {dense.dtype}")
         readable = readable_dtype(dense.dtype)
         if readable is not None:
-            dense = _converted(dense, readable)
+            dense = cast_quietly(dense, readable)
         matrix = sp.coo_array(dense)
     check_count_dtype(matrix.data.dtype, name)
     check_not_empty(matrix.shape, name)

@@ -16,14 +16,17 @@ from .._utils import is_dask_array
 from .._validation import CorruptMatrixError, CountRangeError, check_counts, check_flag
 
 
+def _is_backed(matrix) -> bool:
+    """A matrix on disk: anndata's backed CSR/CSC dataset, or an h5py dataset."""
+    return hasattr(matrix, "to_memory") or type(matrix).__module__.startswith("h5py")
+
+
 def in_memory(matrix):
-    """A backed matrix (anndata's sparse dataset or an h5py dataset) read into memory as
-    stored (sparse stays sparse); in-memory matrices are returned unchanged."""
-    if hasattr(matrix, "to_memory"):  # anndata's backed CSR/CSC dataset
-        return matrix.to_memory()
-    if type(matrix).__module__.startswith("h5py"):
-        return matrix[()]
-    return matrix
+    """A backed matrix (`_is_backed`) read into memory as stored (sparse stays sparse);
+    in-memory matrices are returned unchanged."""
+    if not _is_backed(matrix):
+        return matrix
+    return matrix.to_memory() if hasattr(matrix, "to_memory") else matrix[()]
 
 
 def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, pd.Index, str]:
@@ -59,9 +62,9 @@ _HINT_BLOCK_VALUES = 1 << 22
 
 
 def _stored_blocks(matrix):
-    """The stored values of a backed matrix (anndata's sparse dataset: its ``data``; an
-    h5py array: blocks of rows), about `_HINT_BLOCK_VALUES` at a time."""
-    if hasattr(matrix, "group"):  # anndata's backed CSR or CSC
+    """The stored values of a backed matrix (`_is_backed`; anndata's sparse dataset: its
+    ``data``; an h5py array: blocks of rows), about `_HINT_BLOCK_VALUES` at a time."""
+    if hasattr(matrix, "to_memory"):  # anndata's backed CSR or CSC
         data = matrix.group["data"]
         for start in range(0, data.shape[0], _HINT_BLOCK_VALUES):
             yield data[start : start + _HINT_BLOCK_VALUES]
@@ -74,10 +77,9 @@ def _stored_blocks(matrix):
 def _looks_like_counts(matrix) -> bool:
     """Non-negative, finite integers (checked on the stored values only: a backed matrix's
     a block at a time, a dask array's chunk by chunk, where they are)."""
-    if hasattr(matrix, "group") or type(matrix).__module__.startswith("h5py"):
+    if _is_backed(matrix):
         # read whole, a backed .raw as large as the streamed X came into memory for a hint
         return all(_looks_like_counts(block) for block in _stored_blocks(matrix))
-    matrix = in_memory(matrix)
     if is_dask_array(matrix):
         # np.asarray computed a dense dask array whole, and made a 0-d object array of one
         # of sparse chunks (never taken for counts)

@@ -299,8 +299,9 @@ def nmf(
             init, previous_trace, previous_iter, previous_passes = _stored_start(
                 adata, keys, use_raw, layer, fitted_genes, n_components
             )
-            fit_params = {**_stored_prior(fit_info(adata, keys.uns)), **fit_params}
-            _check_stored_prior(fit_info(adata, keys.uns), fit_params)
+            stored = fit_info(adata, keys.uns)
+            fit_params = {**_stored_prior(stored), **fit_params}
+            _check_stored_prior(stored, fit_params)
         fitted = _fit_variational(
             matrix, kind, n_components, solver, random_state, init, callback, fit_params
         )

@@ -84,7 +84,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
-        H.
+        H; float32 for float32 X (the solvers work in float64), float64 otherwise, as
+        scikit-learn's `NMF` (as is W, which `fit_transform` and `transform` return).
     n_components_ : int
     n_features_in_ : int
     feature_names_in_ : ndarray of str
@@ -182,6 +183,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         W, H, loss_trace, n_iter, final_loss = self._run(data, spec, W, H, True, w_mask, h_mask_t)
         if spec.name == "poisson":
             W = self._poisson_rows(W, data.row_totals, w_mask)
+        W, H = _as_result(W, X), _as_result(H, X)
         self.components_ = H
         self.n_components_ = n_components
         self.n_features_in_ = n_cols
@@ -210,11 +212,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"{self.n_features_in_} features as input (the columns it was fitted with)"
             )
         self._check_epsilon(self.components_.shape[0])
-        W = _flat_start(data.row_totals, self.components_)
-        W, _, _, _, _ = self._run(data, spec, W, self.components_, False, None, None)
+        H = np.asarray(self.components_, dtype=np.float64)  # the solvers work in float64
+        W = _flat_start(data.row_totals, H)
+        W, _, _, _, _ = self._run(data, spec, W, H, False, None, None)
         if spec.name == "poisson":
             W = self._poisson_rows(W, data.row_totals, None)
-        return W
+        return _as_result(W, X)
 
     def inverse_transform(self, X) -> np.ndarray:
         """Data back from its transformed rows: ``X @ components_`` (``W H``), as
@@ -248,7 +251,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 "X.sum(axis=1)[:, None] * (W @ model.components_); inverse_transform has no "
                 "row totals to give it"
             )
-        W = check_array(X, accept_sparse=("csr", "csc"), dtype=np.float64, input_name="X")
+        W = check_array(
+            X, accept_sparse=("csr", "csc"), dtype=(np.float64, np.float32), input_name="X"
+        )
         n_components = self.components_.shape[0]
         if W.shape[1] != n_components:
             raise ValueError(
@@ -479,6 +484,26 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 # Relative rounding of the Poisson factors' rescalings (module scale, division by the row
 # totals): an entry this close to its epsilon bound is at it (`NMF._at_bound`).
 _BOUND_ROUNDING = 4 * float(np.finfo(np.float64).eps)
+
+
+def _as_result(factor: np.ndarray, X) -> np.ndarray:
+    """``factor`` (float64, as the solvers work) in float32 for float32 data, as
+    scikit-learn's `NMF` returns its factors; float64 for any other data."""
+    dtypes = getattr(X, "dtypes", None)  # a DataFrame's columns, sparse ones by their values
+    if dtypes is None:
+        dtypes = [getattr(X, "dtype", None)]
+    else:
+        dtypes = [getattr(dtype, "subtype", dtype) for dtype in dtypes]
+    if not (len(dtypes) and all(dtype == np.float32 for dtype in dtypes)):
+        return factor
+    with np.errstate(over="ignore"):
+        result = factor.astype(np.float32)
+    if not np.isfinite(result).all():
+        raise FloatingPointError(
+            "the factors of this float32 data lie beyond the float32 range; pass the data "
+            "as float64"
+        )
+    return result
 
 
 def _within_rounding_of(factor: np.ndarray, bound) -> np.ndarray:

@@ -575,7 +575,10 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
         "loss": float(model.loss_),
         "reconstruction_err": float(model.reconstruction_err_),
     }
-    return np.asarray(cell_factors), np.asarray(model.components_).T, info
+    # stored in float64 whatever the counts' dtype: a classical fit has no dtype setting (the
+    # estimator returns float32 factors for float32 counts, as scikit-learn's NMF)
+    cell_factors = np.asarray(cell_factors, dtype=np.float64)
+    return cell_factors, np.asarray(model.components_, dtype=np.float64).T, info
 
 
 def _column_sums(matrix) -> tuple[np.ndarray, int]:
@@ -674,9 +677,10 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
-def _check_fit_params(solver: str, fit_params: dict) -> None:
+def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = ()) -> None:
     """Refuse a parameter the solver's estimator does not take, naming the solver (rather
-    than the estimator's ``__init__() got an unexpected keyword argument``)."""
+    than the estimator's ``__init__() got an unexpected keyword argument``); the message
+    lists what it takes, less ``refused`` (parameters the caller refuses itself)."""
     if solver in VB_SOLVERS:
         accepted = set(VBNMF._get_param_names()) - {"n_components", "random_state", "solver"}
     else:
@@ -684,6 +688,7 @@ def _check_fit_params(solver: str, fit_params: dict) -> None:
 
         accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
         accepted.add("n_threads")
+    accepted -= set(refused)
     unknown = sorted(set(fit_params) - accepted)
     if "mask" in unknown:  # VBNMF.fit's argument, not a parameter of any estimator
         raise ValueError(

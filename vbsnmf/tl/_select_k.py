@@ -32,6 +32,9 @@ from ._stored import check_key_added, check_writable, view_to_actual
 
 # Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
 BLOCK_NONZEROS = 1 << 18
+# Fit parameters its fits cannot take: one path for every fit, and a resume would find
+# another K's or half's checkpoint.
+_NOT_SHARED = ("checkpoint", "resume")
 
 
 def select_k(
@@ -144,9 +147,8 @@ def select_k(
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
         if name in fit_params:
             raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")
-    for name in ("checkpoint", "resume"):
+    for name in _NOT_SHARED:
         if name in fit_params:
-            # one path for every fit: a resume finds another K's or half's checkpoint
             raise ValueError(
                 f"select_k cannot take {name!r}: its {2 * len(ks)} fits (all the counts and a "
                 "train half at each K) cannot share one checkpoint; fit a single K with "
@@ -285,7 +287,7 @@ def _check_scored(solver: str, fit_params: dict) -> np.dtype:
     compare: ``max_iter=0`` runs no pass, and SQUAREM's first pass scores only its start,
     so an accelerated fit needs two (SVI evaluates at its last epoch, and `VBNMF` refuses
     ``n_epochs=0``). Returns the fits' dtype."""
-    _check_fit_params(solver, fit_params)
+    _check_fit_params(solver, fit_params, refused=_NOT_SHARED)
     settings = VBNMF(1, solver=solver, **fit_params)._check_params()
     if solver == "svi":
         return settings.dtype

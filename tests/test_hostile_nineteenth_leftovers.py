@@ -1,0 +1,79 @@
+"""Leftovers of earlier hostile passes, fixed in the nineteenth: ``classic.NMF`` returned
+float64 factors for float32 data (scikit-learn's ``NMF`` returns float32, and a pipeline
+that swaps one for the other saw its dtype change); and ``tl.select_k`` with a parameter its
+fits do not take listed ``checkpoint`` and ``resume`` among those they take, which it refuses."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.decomposition import NMF as ScikitNMF
+
+from vbsnmf import tl
+from vbsnmf.classic import NMF
+
+
+def _counts(dtype) -> np.ndarray:
+    return np.random.default_rng(0).poisson(1.5, size=(30, 12)).astype(dtype)
+
+
+def _quiet_fit(estimator, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
+        return estimator.fit_transform(X)
+
+
+@pytest.mark.parametrize("as_input", [np.asarray, sp.csr_matrix, pd.DataFrame])
+def test_classic_nmf_keeps_float32_as_scikit_learn(as_input):
+    X = as_input(_counts(np.float32))
+    reference = ScikitNMF(3, max_iter=20, random_state=0)
+    reference_factors = _quiet_fit(reference, X)
+    model = NMF(3, max_iter=20, random_state=0)
+    cell_factors = _quiet_fit(model, X)
+    assert cell_factors.dtype == reference_factors.dtype == np.float32
+    assert model.components_.dtype == reference.components_.dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert model.transform(X).dtype == reference.transform(X).dtype == np.float32
+    assert model.inverse_transform(cell_factors).dtype == np.float32
+
+
+def test_classic_nmf_in_float32_is_its_float64_fit_rounded():
+    """The solvers work in float64: the float32 factors are the float64 fit's, rounded."""
+    wide = NMF(3, max_iter=20, random_state=0)
+    wide_factors = _quiet_fit(wide, _counts(np.float64))
+    narrow = NMF(3, max_iter=20, random_state=0)
+    narrow_factors = _quiet_fit(narrow, _counts(np.float32))
+    assert wide_factors.dtype == wide.components_.dtype == np.float64
+    np.testing.assert_array_equal(narrow_factors, wide_factors.astype(np.float32))
+    np.testing.assert_array_equal(narrow.components_, wide.components_.astype(np.float32))
+
+
+def test_classic_nmf_gives_float64_for_integer_data():
+    model = NMF(3, max_iter=5, random_state=0)
+    assert _quiet_fit(model, _counts(np.int64)).dtype == np.float64
+    assert model.components_.dtype == np.float64
+
+
+def test_tl_nmf_stores_a_classical_fit_of_float32_counts_in_float64():
+    adata = ad.AnnData(_counts(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl.nmf(adata, 3, solver="mu", max_iter=5, random_state=0, n_threads=1)
+    assert adata.obsm["X_nmf"].dtype == np.float64
+    assert adata.varm["NMF"].dtype == np.float64
+
+
+def test_select_k_does_not_offer_the_parameters_it_refuses():
+    adata = ad.AnnData(_counts(np.float64))
+    with pytest.raises(ValueError, match="does not apply") as refused:
+        tl.select_k(adata, [2, 3], no_such_parameter=1)
+    taken = str(refused.value).split("it takes ", 1)[1].split(", ")
+    assert "max_iter" in taken
+    assert "checkpoint" not in taken
+    assert "resume" not in taken

@@ -246,6 +246,16 @@ def check_fit_record(record: dict, where: str) -> None:
     (`vbsnmf.tl._stored.variational_params`)."""
     for name in ("params", "usage_key", "sqrt_usage_key", "varm_key", "active", "n_iter"):
         record_entry(record, name, where)
+    if "factor_share" not in record:
+        # Every fit writes it, and two fits never share it: anndata.concat(uns_merge="same")
+        # of AnnData fitted apart keeps the entries their records share and drops it, which
+        # left a record that passed as one fit over the cell factors of two.
+        raise KeyError(
+            f"{where} has no 'factor_share' entry, which every fit writes: is the AnnData an "
+            "anndata.concat of AnnData fitted apart? uns_merge='same' keeps the entries "
+            "their fits share, but their cell factors are of different fits; fit the "
+            "concatenated AnnData again with vbsnmf.tl.nmf"
+        )
     params = record["params"]
     if not isinstance(params, dict):
         raise damaged_record(

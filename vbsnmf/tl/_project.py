@@ -8,14 +8,17 @@ import numpy as np
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
-from .._utils import check_anndata, is_dask_array, numba_threads
+from .._utils import check_anndata, is_dask_array, numba_threads, record_kind
 from .._validation import check_flag, check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
+    DOMINANT_FACTOR_ENTRY,
     FitKeys,
     cell_factor_arrays,
     check_key_added,
     check_writable,
+    dominant_factor_column,
+    drop_dominant_factors,
     fit_info,
     gene_holder,
     variational_params,
@@ -87,6 +90,10 @@ def project(
         factors are the prior's; a warning says so) and ``active`` (K,) bool, the
         reference's active factors, which `vbsnmf.pl.factors` and `vbsnmf.pl.umap` show.
 
+    The ``.obs`` column of dominant factors that `vbsnmf.pl.umap` drew from the cell
+    factors replaced (an earlier projection under the same key, or the reference's own
+    cells in a copy of it) is removed with its colours, as `vbsnmf.tl.nmf` removes its own.
+
     Raises
     ------
     KeyError
@@ -130,7 +137,9 @@ def project(
             f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "
             "variational parameters; project needs solver='batch' or 'svi'"
         )
-    variational = variational_params(adata_ref, key)
+    # the gene side and the prior: the reference's cells need not be there (anndata.concat
+    # of the reference with cells projected onto it drops their per-cell arrays)
+    variational = variational_params(adata_ref, key, cells=False)
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     else:
@@ -225,6 +234,11 @@ def project(
         )
     cells.warn_unsettled(tol)
     view_to_actual(adata_new)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
+    replaced = adata_new.uns.get(f"{name}_projection"), adata_new.uns.get(name)
+    if record_kind(replaced[0]) == "projection" or record_kind(replaced[1]) == "fit":
+        # The dominant factors vbsnmf.pl.umap drew from the cells replaced here (an earlier
+        # projection under this key, or the reference's own in its copy) would outlive them.
+        drop_dominant_factors(adata_new, {DOMINANT_FACTOR_ENTRY: dominant_factor_column(name)})
     for field, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
         adata_new.obsm[field] = values
     adata_new.uns[f"{name}_projection"] = {

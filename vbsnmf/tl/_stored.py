@@ -237,10 +237,11 @@ def dominant_factor_column(key: str) -> str:
     return f"{key}_dominant_factor"
 
 
-def _drop_dominant_factors(adata, info: dict) -> None:
+def drop_dominant_factors(adata, info: dict) -> None:
     """Remove the dominant-factor column that `vbsnmf.pl.umap` wrote for the fit ``info``
-    and its colours: only one the record names (as the fit's other entries), still holding
-    the factors umap writes (not a column of the same name put there since)."""
+    and its colours: only one the record names (as the fit's other entries; `project`
+    names that of the cells it replaces), still holding the factors umap writes (not a
+    column of the same name put there since)."""
     column = info.get(DOMINANT_FACTOR_ENTRY)
     if not isinstance(column, str) or column not in adata.obs.columns:
         return
@@ -273,7 +274,7 @@ def drop_fit(adata, keys: FitKeys) -> None:
             del holder.varm[name]
         if keys.total_counts in holder.var.columns:
             del holder.var[keys.total_counts]
-    _drop_dominant_factors(adata, info)
+    drop_dominant_factors(adata, info)
     del adata.uns[keys.uns]
 
 
@@ -337,12 +338,14 @@ def _stored_numbers(stored: dict, name: str, where: str, n_components: int | Non
     return value
 
 
-def variational_params(adata, key: str) -> dict:
+def variational_params(adata, key: str, cells: bool = True) -> dict:
     """The Gamma parameters of a variational fit as ``VBNMF``'s ``init`` takes them
     (``gene_shape`` over every gene of the fit's gene holder; zero rows: genes not fitted),
     plus the prior: ``prior_shape`` and ``prior_rate`` of the fixed prior, or under the
     learned prior q of the cell and gene scales (`SCALE_KEYS`) and the hyperparameters
-    (`HYPER_KEYS`)."""
+    (`HYPER_KEYS`). ``cells=False``: the gene side and the prior only, for `project`,
+    which reads nothing of the fit's cells (an ``anndata.concat`` of the reference with
+    projected cells keeps no per-cell array of the fit)."""
     info = fit_info(adata, key)
     if "variational" not in info:
         raise ValueError(
@@ -355,6 +358,8 @@ def variational_params(adata, key: str) -> dict:
     learned = stored.get("prior", "gamma") == "hierarchical"  # as `nmf` reads it
     params = {}
     for name in VARIATIONAL_KEYS + (SCALE_KEYS if learned else ()):
+        if not cells and name.startswith("cell"):
+            continue
         side = adata.obsm if name.startswith("cell") else genes.varm
         if name in stored:  # one value per factor
             params[name] = _stored_numbers(stored, name, where, n_components)

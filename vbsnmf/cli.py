@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cell_factors.tsv.gz and gene_loadings.tsv.gz (posterior means, with names), "
         "top_genes.tsv (the 10 most specific genes of each active factor), elbo.tsv (the "
         "ELBO and its pass; loss.tsv for a classical solver) and params.json (settings and "
-        "summary).",
+        "summary, with the active factors).",
     )
     fit.add_argument(
         "input",
@@ -705,6 +705,8 @@ def _as_options(
 def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     """result.h5ad, the factor tables, top_genes.tsv, elbo.tsv and params.json into
     ``folder``."""
+    import numpy as np
+
     from . import io, tl
     from ._utils import check_n_threads
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
@@ -727,6 +729,9 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
         "key": args.key,
         "n_iter": int(info["n_iter"]),
         "converged": bool(info["converged"]),
+        # the columns of the tables that are programs: the others were switched off (the
+        # tables hold every factor, and nothing else in OUTDIR's text files told them apart)
+        "active_factors": np.flatnonzero(info["active"]).tolist(),
         "final_elbo": float(trace[-1]) if len(trace) else None,
         "seconds": round(seconds, 3),
         "streamed": bool(adata.isbacked),
@@ -737,8 +742,11 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     io.write_nmf_tables(adata, folder, key=args.key)
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
     # the old one: the active factors' 10 most specific genes, seen twice in the data ...
+    top_genes = tl.top_genes(adata, 10, key=args.key)
+    # counts are integers: as floats, "%.6g" rounded those above 999,999 (1.23457e+06)
+    top_genes["total_counts"] = top_genes["total_counts"].astype(np.int64)
     with io.atomic_file(folder / TOP_GENES_FILE) as temporary:
-        write_tsv(tl.top_genes(adata, 10, key=args.key), temporary, float_format="%.6g")
+        write_tsv(top_genes, temporary, float_format="%.6g")
     # ... and the settings (allow_nan=False: never Infinity or NaN, which are not JSON).
     with io.atomic_file(folder / PARAMS_FILE) as temporary:
         temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -312,8 +312,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
         on it first. Nothing is written.
     TypeError
-        ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``);
-        the message says where. Nothing is written.
+        ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
+        an ``.obs`` column mixing numbers and text); the message says where. Nothing is
+        written.
     OSError
         A write failed (a full disk, a file-size limit); it names ``path``, which is left as
         it was.
@@ -332,10 +333,13 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         )
     try:
         return _write_result(adata, path)
-    except IORegistryError as error:
-        # anndata's own type (an Exception) says where only in a note, which a caller
-        # catching the error and printing it never shows
+    except (IORegistryError, TypeError) as error:
+        # anndata says where only in a note, which a caller catching the error and printing
+        # it never shows: on its own type (an Exception) and on h5py's TypeError for an
+        # object column it cannot store ("Can't implicitly convert non-string objects")
         where = "; ".join(getattr(error, "__notes__", []))
+        if not isinstance(error, IORegistryError) and not where:
+            raise
         raise TypeError(
             f"cannot write {path}: {error}" + (f" ({where})" if where else "")
         ) from None

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_file
+from .._atomic import atomic_file, check_target, link_followed
 from .._utils import elbo_iterations, fit_info, stored_record
 from ..tl._stored import active_factors, cell_factors_record
 from ..tl._top_genes import top_genes as top_genes_table
@@ -61,7 +62,7 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
         target, file_format = _figure_file(figure, save)
         with atomic_file(target) as temporary:
             # the format named, not left to the temporary's suffix (".tmp" for "figure")
-            figure.savefig(temporary, format=file_format, dpi=150, bbox_inches="tight")
+            figure.savefig(temporary, format=file_format, dpi=_save_dpi(), bbox_inches="tight")
         save = False
     show = sc.settings.autoshow if show is None else show
     if in_pyplot:
@@ -72,11 +73,24 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     return None if show else axes
 
 
+def _save_dpi() -> float:
+    """The resolution of a figure saved to a path: ``rcParams["savefig.dpi"]``, which
+    scanpy's ``save`` honours and ``sc.set_figure_params(dpi_save=...)`` sets (a fixed 150
+    wrote a figure meant for print at half the resolution asked), or 150 while it is
+    matplotlib's default, ``"figure"`` (the screen's resolution)."""
+    from matplotlib import rcParams
+
+    dpi = rcParams["savefig.dpi"]
+    return 150.0 if isinstance(dpi, str) else float(dpi)
+
+
 def check_save(save, writekey: str) -> None:
     """``save`` as the plots take it (see the module docstring): a `TypeError` for any
     other kind of value, a `ValueError` for a string holding a path separator, a path
     meant, which scanpy would append to ``writekey`` and fail to write for want of the
-    folder that makes."""
+    folder that makes. A path is checked as its writer will meet it (`_figure_file`'s
+    format, `atomic_file`'s missing folder, a folder or a read-only file at the name): now,
+    before the work (`umap`'s graph and embedding), not once it is done."""
     if save is not None and not isinstance(save, (bool, np.bool_, str, os.PathLike)):
         # scanpy would take any other value by its truth: a list or 0 as a flag
         raise TypeError(f"save must be True/False, a suffix (str) or a path, got {save!r}")
@@ -86,6 +100,11 @@ def check_save(save, writekey: str) -> None:
             f"sc.settings.figdir ({writekey}...); to write to that path, pass "
             f"pathlib.Path({save!r})"
         )
+    if isinstance(save, os.PathLike):
+        from matplotlib.figure import Figure
+
+        target, _ = _figure_file(Figure(), save)
+        check_target(link_followed(Path(target)))
 
 
 def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
@@ -307,8 +326,11 @@ def factors(
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
             raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
         percentile = float(np.percentile(shown, float(vmax[1:])))
-        # At or below every drawn value, matplotlib drew each cell in one colour silently.
-        if not percentile > shown.min():
+        # At or below every drawn value, matplotlib drew each cell in one colour silently;
+        # but values that are all one positive number (the usages of a fit with one factor,
+        # 1 in every cell) are rightly drawn in one colour, at the top of the scale.
+        constant = shown.min() == shown.max() and percentile > 0
+        if not (percentile > shown.min() or constant):
             raise ValueError(
                 f"vmax={vmax!r} is the smallest drawn value here ({percentile:.3g}), which "
                 "draws every cell in one colour: choose a higher percentile or a number"
@@ -378,7 +400,8 @@ def top_genes(
     key
         ``key_added`` of the fit.
     return_fig
-        Return the ``sc.pl.DotPlot`` (to style it further) instead of drawing.
+        Return the ``sc.pl.DotPlot`` (to style it further) instead of drawing; ``save`` is
+        then refused (a `ValueError`): the plot is not drawn yet.
     show, save
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file. The writekey
         is scanpy's ``dotplot_``.
@@ -394,6 +417,12 @@ def top_genes(
     import scanpy as sc
 
     info = fit_info(adata, key, "the gene loadings")
+    if return_fig and save is not None and save is not False:
+        # the DotPlot is returned undrawn, and scanpy drops save then: a path went unwritten
+        raise ValueError(
+            "return_fig=True returns the DotPlot undrawn, which save= cannot write: drop "
+            "return_fig, or save the figure from the DotPlot (dot_plot.savefig(path))"
+        )
     if adata.n_obs == 0:
         raise ValueError("adata holds no cells to group")
     for column in _name_list(groupby, "groupby"):

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 
+from .._utils import record_kind
 from .._validation import check_iterations
 from ..tl._stored import (
     DOMINANT_FACTOR_ENTRY,
@@ -13,6 +14,8 @@ from ..tl._stored import (
     cell_factors_record,
     check_writable,
     dominant_factor_column,
+    holds_dominant_factors,
+    record_entries,
     view_to_actual,
 )
 from ._plots import _finish, _finite_obsm, _name_list, _writer, check_save, reads_raw_genes
@@ -91,7 +94,10 @@ def umap(
         (an edited result: no fit writes them);
         ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells; ``adata`` is a
         view of a backed AnnData, which cannot store the graph; a ``color`` is both an
-        ``.obs`` column and a gene of ``adata.var_names``.
+        ``.obs`` column and a gene of ``adata.var_names``; the graph, the UMAP or the
+        Leiden clusters would be stored over a fit, projection or K selection in
+        ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or ``"leiden"``);
+        ``.obs[key + '_dominant_factor']``, to be written, holds values it did not write.
     TypeError
         ``n_neighbors`` is not an integer; ``color`` is not a name or a list of names.
 
@@ -113,9 +119,13 @@ def umap(
     dominant_column = dominant_factor_column(key)
     named = colors is not None and dominant_column in colors and dominant_column not in adata.obs
     write_dominant = color is None or named
+    if write_dominant and dominant_column in adata.obs:
+        _check_dominant_column(adata, dominant_column)
     colors = [dominant_column] if colors is None else colors
     # before the graph and the UMAP, which scanpy's refusal of a colour came after
     _check_colors(adata, colors, addable={dominant_column, LEIDEN})
+    computes_leiden = LEIDEN in colors and LEIDEN not in adata.obs and LEIDEN not in adata.var_names
+    _check_records_kept(adata, computes_leiden)
     # only now, every check passed: the graph and UMAP are stored into its own AnnData
     view_to_actual(adata)
     with _unchanged_on_failure(adata):
@@ -139,7 +149,7 @@ def umap(
             use_rep=info["sqrt_usage_key"],
             random_state=random_state,
         )
-        if LEIDEN in colors and LEIDEN not in adata.obs and LEIDEN not in adata.var_names:
+        if computes_leiden:
             leiden(adata, random_state)
         sc.tl.umap(adata, random_state=random_state)
         titles = [f"UMAP of NMF usages: {name}" for name in colors]
@@ -153,6 +163,53 @@ def umap(
         # a list of axes for several panels, as scanpy returns them
         first = axes[0] if isinstance(axes, list) else axes
         return _finish(first.figure, axes, show, save, "umap")
+
+
+def _check_dominant_column(adata, column: str) -> None:
+    """A `ValueError` when the ``.obs`` column ``column``, which `umap` (re)writes with
+    each cell's dominant factor, holds something else: a column of the user's of that
+    name was replaced without a word (one an earlier `umap` wrote is written anew)."""
+    if not holds_dominant_factors(adata.obs[column]):
+        raise ValueError(
+            f"adata.obs[{column!r}] holds values that vbsnmf.pl.umap did not write (it "
+            "writes there each cell's dominant factor, as categories 'factor 0', ...): "
+            "rename that column, or pass color= to colour by it"
+        )
+
+
+# Where scanpy's neighbours and UMAP store their results in `umap` (``(where, name)``, as
+# `vbsnmf.tl._stored.record_entries` names a record's entries), and its Leiden clusters.
+_SCANPY_ENTRIES = frozenset(
+    {
+        ("obsm", "X_umap"),
+        ("uns", "umap"),
+        ("uns", "neighbors"),
+        ("obsp", "distances"),
+        ("obsp", "connectivities"),
+    }
+)
+_LEIDEN_ENTRIES = frozenset({("obs", LEIDEN), ("uns", LEIDEN)})
+
+
+def _check_records_kept(adata, computes_leiden: bool) -> None:
+    """A `ValueError`, before any work, when scanpy's steps would store their results over
+    a fit, projection or K selection of vbsnmf's in ``adata``: one made with
+    ``key_added="umap"`` keeps its cell factors in ``.obsm['X_umap']`` and its record in
+    ``.uns['umap']``, which the UMAP replaced without a word (``"neighbors"``: its record
+    was dropped for the graph's; ``"leiden"`` with ``computes_leiden``)."""
+    written = _SCANPY_ENTRIES | (_LEIDEN_ENTRIES if computes_leiden else frozenset())
+    for name, record in adata.uns.items():
+        if record_kind(record) is None:
+            continue
+        clash = sorted(
+            f".{where}[{entry!r}]" for where, entry in written & record_entries(name, record)
+        )
+        if clash:
+            raise ValueError(
+                f"the UMAP would overwrite {', '.join(clash)}, which hold the vbsnmf result "
+                f"adata.uns[{name!r}] (key_added={name.removesuffix('_projection')!r}); make "
+                "it again under another key_added"
+            )
 
 
 def _check_colors(adata, colors: list[str], addable: set[str]) -> None:

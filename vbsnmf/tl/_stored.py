@@ -140,9 +140,9 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         own = other == record_key and record_kind(record) == _RECORD_WRITTEN[writes]
         onto_reference = writes == "cells" and other == keys.uns and _same_fit(record, reference)
         if own or onto_reference:
-            replaced |= _record_entries(other, record)
+            replaced |= record_entries(other, record)
     for other, record in records.items():
-        theirs = _record_entries(other, record)
+        theirs = record_entries(other, record)
         clash = sorted(f".{where}[{name!r}]" for where, name in (mine & theirs) - replaced)
         if clash:
             owner = "the fit" if record_kind(record) == "fit" else "the projection"
@@ -175,7 +175,7 @@ def _array_side(name: str) -> str:
     return "obsm" if name.startswith("cell") else "varm"
 
 
-def _record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
+def record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
     """The entries (``(where, name)``, where ``"obsm"``, ``"varm"``, ``"var"`` or ``"uns"``)
     of the fit, projection or K selection whose record is ``adata.uns[uns_key]``."""
     kind = record_kind(record)
@@ -237,6 +237,14 @@ def dominant_factor_column(key: str) -> str:
     return f"{key}_dominant_factor"
 
 
+def holds_dominant_factors(values: pd.Series) -> bool:
+    """Whether the ``.obs`` column ``values`` holds what `vbsnmf.pl.umap` writes as each
+    cell's dominant factor: categories named ``factor 0``, ``factor 1``, ..."""
+    return isinstance(values.dtype, pd.CategoricalDtype) and all(
+        isinstance(name, str) and _FACTOR_NAME.fullmatch(name) for name in values.cat.categories
+    )
+
+
 def drop_dominant_factors(adata, info: dict) -> None:
     """Remove the dominant-factor column that `vbsnmf.pl.umap` wrote for the fit ``info``
     and its colours: only one the record names (as the fit's other entries; `project`
@@ -245,10 +253,7 @@ def drop_dominant_factors(adata, info: dict) -> None:
     column = info.get(DOMINANT_FACTOR_ENTRY)
     if not isinstance(column, str) or column not in adata.obs.columns:
         return
-    values = adata.obs[column]
-    if not isinstance(values.dtype, pd.CategoricalDtype) or not all(
-        isinstance(name, str) and _FACTOR_NAME.fullmatch(name) for name in values.cat.categories
-    ):
+    if not holds_dominant_factors(adata.obs[column]):
         return
     del adata.obs[column]
     adata.uns.pop(f"{column}_colors", None)

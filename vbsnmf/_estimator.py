@@ -785,6 +785,10 @@ def _checked_mask(mask, shape) -> Mask:
             "mask is a masked array, whose data would be read as the mask: pass "
             "np.ma.getmaskarray(X) to leave X's masked entries out of the fit"
         )
+    if is_dask_array(mask):  # as transform takes a dask X: sparse chunks stay sparse
+        from ._dask._cluster import computed_as_declared
+
+        mask = computed_as_declared(mask)
     mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
@@ -1355,7 +1359,9 @@ def fit_svi_dask(X, n_components: int = 10, *, client=None, callback=None, **par
         The ELBO trace has one entry per evaluation, ``elbo_iter`` its epoch; the cells'
         arrays of ``params`` (dask arrays) are the last evaluation's cell side.
     """
-    return _fit_dask_result(X, n_components, None, client, callback, params, solver="svi")
+    # a start given as fit_dask takes it is refused as such, not as VBNMF's init= string
+    init = params.pop("init", None)
+    return _fit_dask_result(X, n_components, init, client, callback, params, solver="svi")
 
 
 def _fit_dask_result(X, n_components, init, client, callback, params, solver):

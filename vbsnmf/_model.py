@@ -1814,6 +1814,10 @@ def _checked_array(array, name: str, dtype):
     """A copy of ``array`` in ``dtype``, positive and finite; a dask array (too large for
     one machine: a distributed fit's) stays lazy and is checked block by block."""
     if is_dask_array(array):
+        # refused here as in memory: numpy's messages when the blocks are computed name no key
+        if array.dtype.kind not in "biuf" or sp.issparse(array._meta):
+            kind = "sparse chunks" if sp.issparse(array._meta) else f"dtype {array.dtype}"
+            raise TypeError(f"init {name} must hold real numbers in dense chunks, got {kind}")
         return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
     try:
         copy = np.array(array, dtype=dtype, copy=True)

@@ -11,6 +11,7 @@ import functools
 import os
 import reprlib
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -83,6 +84,38 @@ def numba_threads(n_threads: int | None) -> Iterator[int]:
         yield n_threads
     finally:
         numba.set_num_threads(previous)
+
+
+# Held by tasks that run Numba's parallel kernels where launches must not overlap.
+_KERNEL_LAUNCHES = threading.RLock()
+
+
+def _overlapping_launches_safe() -> bool:
+    """Whether threads of this process may launch Numba's parallel kernels at once: not
+    under the workqueue threading layer (Numba's fallback when neither TBB nor OpenMP
+    loads), which aborts the process when two launches overlap. Unknown until a kernel has
+    run (then False: the first task takes the lock)."""
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel kernel has run in this process yet
+        return False
+
+
+def one_launch_at_a_time(task):
+    """``task`` (a Dask task that runs Numba's parallel kernels: a worker runs several at
+    once, one per thread) holding a lock of the process when the threading layer needs
+    it (`_overlapping_launches_safe`): otherwise two chunks' tasks aborted the worker
+    ("Concurrent access has been detected"). Tasks still run side by side under OpenMP
+    and TBB."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        if _overlapping_launches_safe():
+            return task(*args, **kwargs)
+        with _KERNEL_LAUNCHES:
+            return task(*args, **kwargs)
+
+    return run
 
 
 def is_dask_array(X) -> bool:

@@ -106,8 +106,8 @@ from .._model import (
     update_side,
     update_side_learned,
 )
-from .._utils import compute_dask, numba_threads
-from .._validation import check_counts, warn_non_counts
+from .._utils import compute_dask, numba_threads, one_launch_at_a_time
+from .._validation import check_counts, refuse_masked, warn_non_counts
 from ._cluster import (
     Layout,
     as_task,
@@ -123,11 +123,19 @@ from ._cluster import (
 
 
 # -- tasks that run on the workers ---------------------------------------------------------
+@one_launch_at_a_time
 def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
     """The chunk's counts as the engine stores them (`_data.as_count_data`: canonical CSR
     along the chunk's longer axis), checked for a fit of ``fit_dtype``; errors name the
     chunk's first cell, and positions in the whole matrix."""
     try:
+        # before check_counts, whose advice (VBNMF.fit(X, mask=...)) a dask X cannot take
+        refuse_masked(
+            block,
+            "X",
+            "pass its counts as da.ma.filled(X, 0); a dask X is fitted without mask= "
+            "(compute X into memory to leave the masked entries out of a fit)",
+        )
         matrix = check_counts(
             block, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_cell
         )
@@ -186,6 +194,7 @@ def add_summaries(*summaries: ChunkSummary) -> ChunkSummary:
     return ChunkSummary(gene_stat, terms, next_sum, cell_sums)
 
 
+@one_launch_at_a_time
 def _chunk_pass(
     data: CountData,
     cell_shape: np.ndarray,
@@ -208,6 +217,7 @@ def _chunk_pass(
     return next_cell_shape, summary
 
 
+@one_launch_at_a_time
 def _chunk_pass_learned(
     data: CountData,
     cells: tuple[np.ndarray, ...],
@@ -251,6 +261,7 @@ class ChunkTotals:
         return ChunkTotals(self.cells + other.cells, self.genes + other.genes)
 
 
+@one_launch_at_a_time
 def _chunk_totals(data: CountData) -> ChunkTotals:
     cell_totals, gene_totals = side_totals(data)
     return ChunkTotals(totals_summary(cell_totals), gene_totals)
@@ -263,6 +274,7 @@ def _add_totals(*totals: ChunkTotals) -> ChunkTotals:
     return first
 
 
+@one_launch_at_a_time
 def _learned_chunk_start(
     data: CountData,
     entropy: int,
@@ -543,6 +555,7 @@ def _gauged_cells(cells, factor: float, hyper: ScaleState | None) -> list[np.nda
     return [shape, rate, scale.shape, scale.rate]
 
 
+@one_launch_at_a_time
 def _chunk_direction_norms(cells0, cells1, cells2, gauges) -> tuple[float, float]:
     """One chunk's share of SQUAREM's ``(|r|^2, |v|^2)`` (`_batch.direction_norms`);
     ``gauges``: each q's ``(factor, cells' hyperparameters)``."""
@@ -550,6 +563,7 @@ def _chunk_direction_norms(cells0, cells1, cells2, gauges) -> tuple[float, float
     return direction_norms(*(_gauged_cells(c, *g) for c, g in zip(thetas, gauges)))
 
 
+@one_launch_at_a_time
 def _chunk_extrapolate(cells0, cells1, cells2, gauges, step: float):
     """One chunk's cells of SQUAREM's extrapolated q, gauged (`_batch.extrapolate_arrays`),
     and 1 when an entry is not finite and positive (then no cells), else 0."""
@@ -707,6 +721,7 @@ class _DaskModel:
         return lambda n, q, trace: callback(n, self.params(q), trace)
 
 
+@one_launch_at_a_time
 def _gauged_tuple(cells, gauges):
     """A chunk's cells as the fit stores them (`_per_chunk`'s task for one q), gauged."""
     ((factor, hyper),) = gauges

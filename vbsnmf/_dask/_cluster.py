@@ -102,6 +102,12 @@ def cells_x_genes(X):
         )
     in_memory = "counts in memory are fitted by VBNMF.fit (or vbsnmf.tl.nmf for an AnnData)"
     if not isinstance(X, da.Array) and hasattr(X, "obs_names") and hasattr(X, "X"):
+        if X.X is None:  # the counts in a layer: neither way below would find them
+            layers = [f"adata.layers[{name!r}]" for name in X.layers] or ["its counts"]
+            raise TypeError(
+                f"the AnnData has no X: pass {' or '.join(layers)} as X, or fit it with "
+                "vbsnmf.tl.nmf(adata, layer=...)"
+            )
         if not isinstance(X.X, da.Array):  # name what was passed: the AnnData, not its X
             raise TypeError(
                 f"the AnnData's X is in memory ({_type_name(X.X)}), not a dask array: "

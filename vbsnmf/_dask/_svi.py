@@ -46,7 +46,7 @@ from .._svi import (
     step_cols,
     store_rows,
 )
-from .._utils import numba_threads
+from .._utils import numba_threads, one_launch_at_a_time
 from .._validation import warn_non_counts
 from ._batch import ChunkSummary, DaskFitResult, add_summaries, chunk_count_data
 from ._cluster import (
@@ -61,6 +61,7 @@ from ._cluster import (
 )
 
 
+@one_launch_at_a_time
 def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
     """The chunk as canonical float64 CSR of cells, from which minibatch rows are cut."""
     data = chunk_count_data(block, first_cell, fit_dtype)  # validated, canonical
@@ -89,6 +90,7 @@ def _without_summary(output: tuple) -> tuple:
     return output[:-1]
 
 
+@one_launch_at_a_time
 def _chunk_step(rows, local_cells, gene_side, settings: SVISettings, start_shape, start_scale):
     """The local step of `_svi.svi_step_cells` on the chunk's cells ``local_cells``, from
     ``start_shape`` (and, under the learned prior, their q(xi) and hyperparameters
@@ -104,6 +106,7 @@ def _chunk_step(rows, local_cells, gene_side, settings: SVISettings, start_shape
     return *_cells(cell_shape, cell_rate, scale), summary
 
 
+@one_launch_at_a_time
 def _chunk_evaluation(rows, gene_side, settings: SVISettings, start_shape, start_scale):
     """Every cell of the chunk at its optimum given the gene side (`_svi.evaluate_rows`,
     in its blocks); returns the cells' q (`_cells`) and a summary of the chunk's ELBO

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import is_dask_array
+from .._utils import is_dask_array, one_launch_at_a_time
 from .._validation import CorruptMatrixError, CountRangeError, check_counts, check_flag
 
 
@@ -166,6 +166,7 @@ def _tallies(checked) -> np.ndarray:
     return np.array([fractional, np.count_nonzero(values)], dtype=np.int64)
 
 
+@one_launch_at_a_time  # a Dask task: workers run several at once
 def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray:
     """`_tallies` of one chunk of cells, checked as `check_counts` checks a block of a
     streamed matrix (positions in messages are the whole matrix's), as a 1 x 2 block."""

@@ -1,7 +1,8 @@
 """Leftovers of earlier hostile passes, fixed in the nineteenth: ``classic.NMF`` returned
 float64 factors for float32 data (scikit-learn's ``NMF`` returns float32, and a pipeline
 that swaps one for the other saw its dtype change); and ``tl.select_k`` with a parameter its
-fits do not take listed ``checkpoint`` and ``resume`` among those they take, which it refuses."""
+fits do not take listed ``checkpoint`` and ``resume`` among those they take, which it refuses;
+and ``pl.top_genes`` of a backed AnnData whose file holds no X failed with h5py's KeyError."""
 
 from __future__ import annotations
 
@@ -77,3 +78,36 @@ def test_select_k_does_not_offer_the_parameters_it_refuses():
     assert "max_iter" in taken
     assert "checkpoint" not in taken
     assert "resume" not in taken
+
+
+def test_top_genes_plot_of_a_backed_anndata_without_x_draws_the_fits_layer(tmp_path):
+    """A backed AnnData whose file holds no X: ``adata.X`` raised h5py's bare KeyError in
+    `pl.top_genes`' check for a missing X (the SVI helper's `anndata_x` case, in the plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vbsnmf import pl
+
+    counts = sp.csr_matrix(_counts(np.float64))
+    adata = ad.AnnData(
+        obs=pd.DataFrame(
+            {"group": pd.Categorical(["a", "b"] * 15)}, index=[f"c{i}" for i in range(30)]
+        ),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(12)]),
+        layers={"counts": counts},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl.nmf(adata, 2, layer="counts", max_iter=5, random_state=0, n_threads=1)
+    adata.write_h5ad(tmp_path / "no_x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "no_x.h5ad", backed="r")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pl.top_genes(backed, "group", show=False)
+        assert plt.get_fignums()  # drawn
+    finally:
+        backed.file.close()
+        plt.close("all")

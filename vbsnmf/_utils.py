@@ -164,6 +164,18 @@ def check_anndata(adata, name: str = "adata") -> None:
     )
 
 
+def anndata_x(adata):
+    """``adata.X``, None when there is none, backed or not: a backed AnnData reads X from
+    its file at every access, and for a file without one anndata's ``X`` raises h5py's
+    bare KeyError ("Unable to synchronously open object") where one in memory gives None."""
+    try:
+        return adata.X
+    except KeyError:
+        if getattr(adata, "isbacked", False):
+            return None
+        raise
+
+
 def check_record_key(key, default_key: str = "nmf") -> None:
     """A `TypeError` for a ``key`` of a stored record that is not a string: None was looked
     up as ``adata.uns[None]`` and the advice was to run the tool with ``key_added=None``,

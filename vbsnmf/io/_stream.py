@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from .._utils import anndata_x
 from .._validation import (
     check_count_dtype,
     check_counts,
@@ -505,8 +506,10 @@ def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
     filename, backed = None, False
     if ad is not None and isinstance(X, ad.AnnData):
         filename, backed, n_obs, n_vars = X.filename, X.isbacked, X.n_obs, X.n_vars
-        X = X.X
-        if backed and X is not None:
+        X = anndata_x(X)
+        if backed and X is None:  # as a path to the file is refused (`_stored_x`)
+            raise ReadError(filename, "has no X matrix to stream")
+        if backed:
             # anndata opens a file backed without checking its X (sparse or dense) against
             # obs and var, as it does when it reads one into memory
             try:
@@ -515,7 +518,7 @@ def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
                 raise ReadError(filename, str(error)) from None
     if hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc"):
         return _backed_x(X.group, filename)
-    if backed and X is not None and _is_dense_array(X) and not isinstance(X, np.ndarray):
+    if backed and _is_dense_array(X) and not isinstance(X, np.ndarray):
         # a backed dense X (an h5py Dataset): streamed as a path's is, never read whole
         return _backed_x(X, filename)
     return InMemorySource(check_counts(X, warn_non_integer=False))  # scanned later

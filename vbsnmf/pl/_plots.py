@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, check_target, link_followed
-from .._utils import elbo_iterations, fit_info, stored_record
+from .._utils import anndata_x, elbo_iterations, fit_info, stored_record
 from ..tl._stored import active_factors, cell_factors_record
 from ..tl._top_genes import top_genes as top_genes_table
 
@@ -428,7 +428,7 @@ def top_genes(
     for column in _name_list(groupby, "groupby"):
         _check_group_column(adata, column)
     if (
-        adata.X is None
+        anndata_x(adata) is None
         and "layer" not in kwds
         and (adata.raw is None or kwds.get("use_raw") is False)
     ):

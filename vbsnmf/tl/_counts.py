@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import is_dask_array, one_launch_at_a_time
+from .._utils import anndata_x, is_dask_array, one_launch_at_a_time
 from .._validation import CorruptMatrixError, CountRangeError, check_counts, check_flag
 
 
@@ -47,9 +47,10 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
         if adata.raw is None:
             raise ValueError("use_raw=True but adata.raw is None")
         return in_memory(adata.raw.X), adata.raw.var_names, "adata.raw.X"
-    if adata.X is None:
+    matrix = anndata_x(adata)
+    if matrix is None:
         raise ValueError("adata.X is None; pass layer= to name the counts")
-    return in_memory(adata.X), adata.var_names, "adata.X"
+    return in_memory(matrix), adata.var_names, "adata.X"
 
 
 # Appended to the label of the counts (`select_counts`) when only the genes in mask_var are

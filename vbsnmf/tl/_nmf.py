@@ -13,6 +13,7 @@ from .._estimator import VBNMF, _check_no_dask_checkpoint
 from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior, HierarchicalPrior
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
+    anndata_x,
     check_anndata,
     elbo_iterations,
     finite_fit_array,
@@ -235,6 +236,8 @@ def nmf(
     keys = FitKeys.of(key_added)
     streamed = solver == "svi" and adata.isbacked and layer is None and not use_raw
     if streamed:
+        if anndata_x(adata) is None:  # as select_counts refuses an AnnData in memory
+            raise ValueError("adata.X is None; pass layer= to name the counts")
         if mask_var is not None:
             raise ValueError(
                 "mask_var subsets the genes of counts in memory; a backed AnnData is "

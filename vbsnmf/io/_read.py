@@ -41,6 +41,7 @@ import scipy.sparse as sp
 
 from .._validation import (
     check_flag,
+    check_index_arrays,
     check_sparse_structure,
     exact_float_dtype,
     repeated_negative,
@@ -195,10 +196,21 @@ def _hdf5_kind(path: Path) -> str:
     _probe_hdf5(path)
     try:
         with h5py.File(path, "r") as handle:
-            encoding = handle.attrs.get("encoding-type", "")
+            is_anndata = _is_anndata(handle)
     except Exception as error:  # h5py raises several types for files it cannot open
         raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
-    return "h5ad" if encoding == "anndata" else "10x_h5"
+    return "h5ad" if is_anndata else "10x_h5"
+
+
+def _is_anndata(handle) -> bool:
+    """Whether the open HDF5 file ``handle`` holds an AnnData, as anndata reads one: its
+    encoding says so (a str, or bytes as writers of fixed-length strings store it), or it
+    holds obs and var (files of anndata before 0.7 have no encoding). Read as Cell
+    Ranger's, such a file named ``.h5`` was refused as "not a Cell Ranger .h5"."""
+    encoding = handle.attrs.get("encoding-type", "")
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode("utf-8", errors="replace")
+    return encoding == "anndata" or {"obs", "var"} <= set(handle.keys())
 
 
 def read_10x(folder: str | os.PathLike):
@@ -296,6 +308,7 @@ def read_10x_h5(path: str | os.PathLike):
 
     path = Path(path)
     check_hdf5(path, "10x_h5")
+    _check_10x_h5_index_arrays(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -312,14 +325,38 @@ def read_10x_h5(path: str | os.PathLike):
         check_sparse_structure(counts, "matrix")
         if _reaches_float32_limit(counts.data):  # scanpy's int32 -> float32 rounded them
             with h5py.File(path, "r") as handle:
-                group = handle["matrix"] if "matrix" in handle else next(iter(handle.values()))
-                stored = np.asarray(group["data"][...], dtype=np.float64)
+                stored = np.asarray(_10x_h5_matrix(handle)["data"][...], dtype=np.float64)
             values = stored.astype(exact_float_dtype(stored))
             counts = sp.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape)
     except (ValueError, TypeError) as error:
         raise ReadError(path, str(error)) from None
     adata.X = counts
     return _finish(_keep_gene_expression(adata))
+
+
+def _10x_h5_matrix(handle):
+    """The matrix group of the open Cell Ranger ``.h5`` ``handle`` that scanpy reads:
+    ``matrix`` (version 3 and later), else the genome's group (version 2)."""
+    return handle["matrix"] if "matrix" in handle else next(iter(handle.values()))
+
+
+def _check_10x_h5_index_arrays(path: Path) -> None:
+    """`ReadError` unless the stored ``indices`` and ``indptr`` of the Cell Ranger ``.h5``
+    ``path`` are 1-D integers: scanpy's matrix casts float ones to integers, which moved
+    a count stored at gene 1.9 to gene 1 (the ``.h5ad`` reader refuses them too)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = _10x_h5_matrix(handle)
+            arrays = [group[name] for name in ("indptr", "indices")]
+            check_index_arrays("matrix", "csc", *arrays)
+    except ValueError as error:  # check_index_arrays's CorruptMatrixError
+        raise ReadError(path, str(error)) from None
+    except Exception as error:  # h5py raises several types for a damaged file
+        raise ReadError(
+            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
+        ) from None
 
 
 def read_mtx(
@@ -709,8 +746,7 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
         with h5py.File(path, "r") as handle:
             keys = sorted(handle.keys())
             if kind == "h5ad":
-                encoded = handle.attrs.get("encoding-type", "") == "anndata"
-                fits = encoded or {"obs", "var"} <= set(keys)  # older files: no encoding
+                fits = _is_anndata(handle)
             else:
                 fits = any(
                     isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())

@@ -11,6 +11,7 @@ model (`_model`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -83,6 +84,7 @@ from ._svi import (
 )
 from ._utils import check_n_threads, compute_dask, is_dask_array, numba_threads
 from ._validation import (
+    PRIOR_SHAPE_RANGE,
     check_accelerate,
     check_callback,
     check_counts,
@@ -679,13 +681,7 @@ class VBNMF(Estimator):
             )
         row_scale = None
         if hyper is not None:
-            row_scale = ScaleState(
-                np.empty(0),
-                np.empty(0),
-                np.asarray(hyper["cell_factor_shape"]),
-                float(hyper["cell_scale_prior_shape"]),
-                float(hyper["cell_scale_prior_mean"]),
-            )
+            row_scale = _fitted_cell_scale(hyper, gene_shape.shape[1])
         with numba_threads(n_threads):
             rows = fit_rows(
                 as_count_data(matrix, major=0),
@@ -705,6 +701,49 @@ class VBNMF(Estimator):
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+def _fitted_cell_scale(hyper, n_components: int) -> ScaleState:
+    """The cells' learned prior of ``hyperparameters_`` as `fit` leaves it (a_l, a', b'),
+    checked: set by hand, a factor shape of another length made the kernels read past its
+    end (silently wrong factors), a NaN one NaN factors, a missing key a bare KeyError."""
+    numbers = {}
+    for key, shape in (
+        ("cell_factor_shape", (n_components,)),
+        ("cell_scale_prior_shape", ()),
+        ("cell_scale_prior_mean", ()),
+    ):
+        if not isinstance(hyper, Mapping) or key not in hyper:
+            raise ValueError(f"hyperparameters_ has no {key!r}, which a fit leaves: fit again")
+        value = np.asarray(hyper[key])
+        if value.dtype.kind not in "iuf" or value.shape != shape:
+            wanted = f"{shape[0]} real numbers, one per factor" if shape else "one real number"
+            raise ValueError(
+                f"hyperparameters_[{key!r}] must be {wanted}, as a fit leaves it, got "
+                f"{hyper[key]!r:.80}: fit again"
+            )
+        value = value.astype(np.float64)
+        if not np.all(np.isfinite(value)) or np.any(value <= 0):
+            raise ValueError(
+                f"hyperparameters_[{key!r}] must be positive and finite, as a fit leaves it, "
+                f"got {hyper[key]!r:.80}: fit again"
+            )
+        # a fit holds the learned shapes below it (`_model.learn_hyperparameters`): beyond,
+        # the local fit's terms are not computed to the precision of their changes
+        largest = PRIOR_SHAPE_RANGE[1]
+        if key.endswith("shape") and np.any(value > largest):
+            raise ValueError(
+                f"hyperparameters_[{key!r}] must be at most {largest:g}, as a fit leaves it, "
+                f"got {hyper[key]!r:.80}: fit again"
+            )
+        numbers[key] = value
+    return ScaleState(
+        np.empty(0),
+        np.empty(0),
+        numbers["cell_factor_shape"],
+        float(numbers["cell_scale_prior_shape"]),
+        float(numbers["cell_scale_prior_mean"]),
+    )
 
 
 # -- one function per kind of input --------------------------------------------------------

@@ -4,6 +4,7 @@ settings into errors. Each public entry point (the estimators, `vbsnmf.fit_dask`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import NamedTuple
@@ -630,20 +631,35 @@ def check_callback(callback):
 
 
 def _guarded(callback):
-    """``callback`` given q with its arrays read-only for the call and a copy of the
-    trace: it may read and keep both, but not change the fit (a NaN it wrote into q went
-    into the result; an entry it appended to the trace, into ``elbo_trace_``)."""
+    """``callback`` given a copy of q holding its arrays, read-only for the call, and a
+    copy of the trace: it may read and keep both, but not change the fit (a NaN it wrote
+    into q went into the result; an array it bound to a field of q, ``params.row_shape =
+    ...``, became the fit's q; an entry it appended to the trace, into ``elbo_trace_``)."""
 
     def guarded(n_iter, params, elbo_trace):
         frozen = [a for a in _arrays_of(params) if a.flags.writeable]
         for array in frozen:
             array.flags.writeable = False
         try:
-            return callback(n_iter, params, list(elbo_trace))
+            return callback(n_iter, _fields_copied(params), list(elbo_trace))
         finally:
             _thaw(frozen)
 
     return guarded
+
+
+def _fields_copied(value):
+    """``value`` with every dataclass and list in it copied, field by field and item by
+    item (the arrays shared): a tensor's q holds its modes' arrays in lists."""
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_fields_copied(item) for item in value)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    copied = copy.copy(value)
+    for field in dataclasses.fields(value):
+        # object.__setattr__: a frozen dataclass's copy is set the same way
+        object.__setattr__(copied, field.name, _fields_copied(getattr(value, field.name)))
+    return copied
 
 
 def _thaw(arrays) -> None:

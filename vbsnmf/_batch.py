@@ -7,6 +7,8 @@ trace is the exact ELBO of a q the fit actually held.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +20,7 @@ from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError, restored_elbo_iter
 from ._data import CountData
 from ._model import (
     HOLD_TOL,
+    ConvergenceWarning,
     FactoredRate,
     FitResult,
     Mask,
@@ -203,12 +206,15 @@ class AcceleratedState:
     converged: bool = False
     holding: bool = False
 
-    def save(self, checkpointer, params_to_arrays: Callable, finished: bool = False) -> None:
+    def save(
+        self, checkpointer, params_to_arrays: Callable, finished: bool = False, more=None
+    ) -> None:
         """Write the state by ``checkpointer`` (`_checkpoint.Checkpointer`, at its interval
         of passes; ``finished``: the fit's last save, written whatever the interval), the q
-        by ``params_to_arrays``."""
+        by ``params_to_arrays``; ``more``: metadata to record with it."""
         arrays, meta = self.to_arrays(params_to_arrays)
-        checkpointer.save(self.n_passes, arrays, {**meta, "finished": finished}, force=finished)
+        meta = {**meta, **(more or {}), "finished": finished}
+        checkpointer.save(self.n_passes, arrays, meta, force=finished)
 
     def to_arrays(self, params_to_arrays: Callable) -> tuple[dict[str, np.ndarray], dict]:
         """The state as a checkpoint's arrays (``current_`` and ``kept_`` q, each by
@@ -251,6 +257,60 @@ class AcceleratedState:
         """The fit so far, as a result holds it: the last q kept, its ELBO trace and the
         pass of each value, the passes and whether it converged."""
         return self.kept, *trace_arrays(self.trace, self.elbo_iter), self.n_passes, self.converged
+
+
+# The most passes a SQUAREM cycle takes: its two plain steps' and its candidate's.
+CYCLE_PASSES = 3
+
+
+class AcceleratedSaves:
+    """The checkpoint saves of an accelerated fit of ``max_iter`` passes: called as
+    `squarem`'s ``on_cycle`` (the state at the start of every ``checkpoint_every``-th
+    cycle, by ``checkpointer``, the q by ``params_to_arrays``), and `at_end`.
+
+    A cycle that ``max_iter`` may cut short stops between its plain steps, where no saved
+    state can go on with the cycle: a resume with a larger ``max_iter`` began a new cycle
+    there, and its fit was not the longer fit's. That cycle's start is saved instead, the
+    fit's last save unless it converged, with the ``max_iter`` the fit ran to, and a resume
+    runs the cycle again, pass for pass, to at least that ``max_iter`` (``self.max_iter``,
+    from ``stored``, the checkpoint's metadata): a smaller one returns the stored fit as
+    it was returned (`warn_if_beyond` says so; `replaying` silences the replay's
+    `ConvergenceWarning`, which the fit gave).
+    """
+
+    def __init__(
+        self, checkpointer, params_to_arrays: Callable, max_iter: int, stored: dict | None = None
+    ):
+        self.checkpointer = checkpointer
+        self.params_to_arrays = params_to_arrays
+        stopped_at = None if stored is None else stored.get("max_iter")
+        self.max_iter = max_iter if stopped_at is None else max(max_iter, stopped_at)
+        self._replay = self.max_iter > max_iter
+        self._last_cycle_saved = False
+
+    @contextlib.contextmanager
+    def replaying(self):
+        """The fit's block: without `ConvergenceWarning` when it replays a stored fit to
+        the ``max_iter`` that fit ran to, beyond the one asked for (only then are the
+        warning filters touched: they are global, shared by threads fitting meanwhile)."""
+        if not self._replay:
+            yield
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            yield
+
+    def __call__(self, state: AcceleratedState) -> None:
+        last = self.max_iter - state.n_passes < CYCLE_PASSES
+        more = {"max_iter": self.max_iter} if last else None
+        state.save(self.checkpointer, self.params_to_arrays, finished=last, more=more)
+        self._last_cycle_saved = last
+
+    def at_end(self, state: AcceleratedState) -> None:
+        """The fit's last save: its end when it converged or ran no cycle that
+        ``max_iter`` may have cut short (the last cycle's start is on disk then)."""
+        if state.converged or not self._last_cycle_saved:
+            state.save(self.checkpointer, self.params_to_arrays, finished=True)
 
 
 def start_accelerated(start: Extrapolable, hold_shapes: bool = False) -> AcceleratedState:

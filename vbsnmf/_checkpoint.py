@@ -276,6 +276,13 @@ def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
         raise damaged(f"{n_kept} ELBO values for {passes} passes")
     if not isinstance(meta.get("holding", False), bool):
         raise damaged(f"its hold flag is {meta['holding']!r}")
+    # the max_iter of a fit saved at the start of the cycle it cut short
+    # (`_batch.AcceleratedSaves`): one or two passes on, as a cycle takes up to three
+    stopped_at = meta.get("max_iter", passes + 1)
+    if isinstance(stopped_at, bool) or not isinstance(stopped_at, int):
+        raise damaged(f"its max_iter is {stopped_at!r}")
+    if not passes < stopped_at <= passes + 2:
+        raise damaged(f"its max_iter {stopped_at} is not one or two passes after {passes}")
 
 
 def _finite_number(value) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from ._base import (
     remember_feature_names,
 )
 from ._batch import (
+    AcceleratedSaves,
     AcceleratedState,
     fit_batch,
     fit_batch_accelerated,
@@ -1103,28 +1103,30 @@ def _run_accelerated(
 ) -> FitResult:
     """SQUAREM-accelerated coordinate ascent from a start or a checkpoint, taken out of the
     list ``handed``; saves the state at the start of every ``checkpoint_every``-th
-    cycle's pass and at the end. ``hold_shapes``: a random start's (`fit_batch`)."""
+    cycle's pass and at the end (`AcceleratedSaves`). ``hold_shapes``: a random start's
+    (`fit_batch`)."""
     start = handed.pop()
+    stored = None
     if isinstance(start, tuple):  # a checkpoint
-        state = AcceleratedState.from_arrays(*start, params_from_arrays)
+        state, stored = AcceleratedState.from_arrays(*start, params_from_arrays), start[1]
     else:
         state = start_accelerated(start, hold_shapes)
     del start
-    result, state = fit_batch_accelerated(
-        data,
-        state,
-        settings.prior,
-        max_iter=settings.max_iter,
-        tol=settings.tol,
-        n_parts=n_threads,
-        callback=callback,
-        on_cycle=partial(
-            AcceleratedState.save, checkpointer=checkpointer, params_to_arrays=params_to_arrays
-        ),
-        verbose=settings.verbose,
-        mask=mask,
-    )
-    state.save(checkpointer, params_to_arrays, finished=True)
+    saves = AcceleratedSaves(checkpointer, params_to_arrays, settings.max_iter, stored)
+    with saves.replaying():
+        result, state = fit_batch_accelerated(
+            data,
+            state,
+            settings.prior,
+            max_iter=saves.max_iter,
+            tol=settings.tol,
+            n_parts=n_threads,
+            callback=callback,
+            on_cycle=saves,
+            verbose=settings.verbose,
+            mask=mask,
+        )
+    saves.at_end(state)
     return result
 
 

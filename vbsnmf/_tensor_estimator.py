@@ -7,14 +7,13 @@ values and shape, or a pydata ``sparse`` array (imported only when one is passed
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _model, _tensor
 from ._base import Estimator
-from ._batch import AcceleratedState, start_accelerated, trace_arrays
+from ._batch import AcceleratedSaves, AcceleratedState, start_accelerated, trace_arrays
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._svi import refuse_no_nonzeros, resumed_svi_progress
@@ -740,7 +739,8 @@ class VBNTF(Estimator):
         self, data, stored, checkpointer, checked, entropy, n_threads, callback
     ) -> _tensor.TensorFitResult:
         """SQUAREM from a random start or a checkpoint's state, saving the state at the
-        start of every ``checkpoint_every``-th cycle's pass and at the end (as `VBNMF`)."""
+        start of every ``checkpoint_every``-th cycle's pass and at the end (`AcceleratedSaves`,
+        as `VBNMF`)."""
         to_arrays = _tensor.params_to_arrays
         if stored is not None:
             state = AcceleratedState.from_arrays(*stored, _tensor.params_from_arrays)
@@ -750,9 +750,13 @@ class VBNTF(Estimator):
             )
             state = _start_accelerated(start, checked)
             del start
-        save = partial(AcceleratedState.save, checkpointer=checkpointer, params_to_arrays=to_arrays)
-        result, state = self._fit_accelerated(data, state, checked, n_threads, callback, save)
-        state.save(checkpointer, to_arrays, finished=True)
+        saves = AcceleratedSaves(
+            checkpointer, to_arrays, checked["max_iter"], None if stored is None else stored[1]
+        )
+        replay = {**checked, "max_iter": saves.max_iter}
+        with saves.replaying():
+            result, state = self._fit_accelerated(data, state, replay, n_threads, callback, saves)
+        saves.at_end(state)
         return result
 
     def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:

@@ -2,7 +2,9 @@
 float64 factors for float32 data (scikit-learn's ``NMF`` returns float32, and a pipeline
 that swaps one for the other saw its dtype change); and ``tl.select_k`` with a parameter its
 fits do not take listed ``checkpoint`` and ``resume`` among those they take, which it refuses;
-and ``pl.top_genes`` of a backed AnnData whose file holds no X failed with h5py's KeyError."""
+and ``pl.top_genes`` of a backed AnnData whose file holds no X failed with h5py's KeyError;
+and a bad ``random_state`` was told to be None, an integer or a Generator, omitting the
+``RandomState`` a fit takes too."""
 
 from __future__ import annotations
 
@@ -111,3 +113,20 @@ def test_top_genes_plot_of_a_backed_anndata_without_x_draws_the_fits_layer(tmp_p
     finally:
         backed.file.close()
         plt.close("all")
+
+
+def test_the_random_state_message_names_every_kind_a_fit_takes():
+    """The refusal listed None, integers and Generators, not the RandomState it takes."""
+    from vbsnmf import VBNMF
+
+    counts = _counts(np.float64)
+    with pytest.raises(TypeError, match="RandomState") as refused:
+        VBNMF(2, max_iter=2, random_state="seed").fit(counts)
+    assert "Generator" in str(refused.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = [
+            VBNMF(2, max_iter=2, random_state=np.random.RandomState(3)).fit_transform(counts)
+            for _ in range(2)
+        ]
+    np.testing.assert_array_equal(fitted[0], fitted[1])  # as the message says: taken

@@ -1283,8 +1283,8 @@ def seed_entropy(random_state) -> int:
         return int(random_state.randint(0, 2**62))
     if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
         raise TypeError(
-            f"random_state must be None, a non-negative integer or a numpy Generator, "
-            f"got {random_state!r}"
+            "random_state must be None, a non-negative integer, a numpy Generator or a "
+            f"RandomState, got {random_state!r}"
         )
     if random_state < 0:
         raise ValueError(f"random_state must be non-negative, got {random_state}")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from distributed import Client, LocalCluster
+from test_dask import local_client
 
 import vbsnmf
 from vbsnmf import _utils
@@ -29,12 +29,8 @@ FAST = dict(max_iter=3, tol=0.0, random_state=0, n_threads=1)
 @pytest.fixture(scope="module")
 def client():
     """One in-process worker with one thread: quick to start, enough for the tests here."""
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
+    with local_client(1, processes=False) as dask_client:
         yield dask_client
-    cluster.close()
 
 
 def _counts(n_cells: int = 60, n_genes: int = 20, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,6 @@ trace is the exact ELBO of a q the fit actually held.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +18,6 @@ from ._checkpoint import BATCH_TRACE_SLACK, CheckpointError, restored_elbo_iter
 from ._data import CountData
 from ._model import (
     HOLD_TOL,
-    ConvergenceWarning,
     FactoredRate,
     FitResult,
     Mask,
@@ -34,6 +31,7 @@ from ._model import (
     held_prior,
     hold_released,
     plain_stop,
+    quiet_convergence,
     scored_statistics,
     warn_not_converged,
 )
@@ -288,17 +286,10 @@ class AcceleratedSaves:
         self._replay = self.max_iter > max_iter
         self._last_cycle_saved = False
 
-    @contextlib.contextmanager
     def replaying(self):
         """The fit's block: without `ConvergenceWarning` when it replays a stored fit to
-        the ``max_iter`` that fit ran to, beyond the one asked for (only then are the
-        warning filters touched: they are global, shared by threads fitting meanwhile)."""
-        if not self._replay:
-            yield
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            yield
+        the ``max_iter`` that fit ran to, beyond the one asked for."""
+        return quiet_convergence(self._replay)
 
     def __call__(self, state: AcceleratedState) -> None:
         last = self.max_iter - state.n_passes < CYCLE_PASSES

@@ -1216,17 +1216,23 @@ def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
 
 
 @contextlib.contextmanager
-def one_of_starts(n_starts: int):
-    """The context of one of ``n_starts`` fits, of which the best is kept: with more than
-    one, their own `ConvergenceWarning` is silenced and `warn_kept_start` gives the kept
-    fit's (each start warned that it stopped at max_iter, also when the fit kept had
-    converged, and a fit of three starts warned three times)."""
-    if n_starts == 1:
+def quiet_convergence(quiet: bool):
+    """A block whose `ConvergenceWarning` is silenced when ``quiet`` (only then are the
+    warning filters touched: they are global, shared by threads fitting meanwhile)."""
+    if not quiet:
         yield
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         yield
+
+
+def one_of_starts(n_starts: int):
+    """The context of one of ``n_starts`` fits, of which the best is kept: with more than
+    one, their own `ConvergenceWarning` is silenced and `warn_kept_start` gives the kept
+    fit's (each start warned that it stopped at max_iter, also when the fit kept had
+    converged, and a fit of three starts warned three times)."""
+    return quiet_convergence(n_starts > 1)
 
 
 def warn_kept_start(best, n_starts: int, max_iter: int, tol: float) -> None:

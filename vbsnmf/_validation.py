@@ -450,6 +450,8 @@ def checked_counts(
     otherwise) and the non-integer flag of each block, which it took in two more passes
     of its own (a scan of a 25,000 x 33,514 file with 50.3M nonzeros: 1.53 s with them,
     1.01 s without, 0.29 s of it reading)."""
+    if X is None:  # np.asarray(None) is a 0-D object array: "shape ()" would say nothing
+        raise TypeError(f"{name} is None: pass a count matrix (cells x genes)")
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "

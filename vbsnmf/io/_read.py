@@ -274,6 +274,15 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
     missing = [path.name for path in paths if not path.is_file()]
     if not missing:
         return paths
+    for path in paths:
+        # "holds ... but not barcodes.tsv.gz" would send the user looking for a file
+        # that is there by name
+        if path.is_symlink() and not path.exists():
+            raise ReadError(
+                folder, f"{path.name} is a broken symbolic link (to {os.readlink(path)})"
+            )
+        if path.exists() and not path.is_file():
+            raise ReadError(folder, f"{path.name} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
         raise ReadError(

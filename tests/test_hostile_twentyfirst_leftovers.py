@@ -2,17 +2,24 @@
 told "X must be 2-D, got an array of shape ()" (numpy's view of None), and a 10x folder
 whose barcodes (or genes) file is a broken symbolic link or a folder was said to hold
 "matrix.mtx.gz, features.tsv.gz but not barcodes.tsv.gz", which sent the user looking
-for a file that is there by name."""
+for a file that is there by name. On Dask: a zarr array was called "in memory" (the advice
+was ``VBNMF.fit``, which would read it whole); ``DaskFitResult.gather()`` after its client
+closed failed with distributed's "Client is closed. Can't send update-graph message"."""
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from test_dask import local_client
 from test_hostile import FIT, _main, tenx
 
 import vbsnmf
 from vbsnmf.io import ReadError
+
+# short fits on purpose: their ConvergenceWarning says nothing here
+pytestmark = pytest.mark.filterwarnings("ignore:(VB|SVI) stopped after")
 
 
 @pytest.mark.parametrize("solver", ["batch", "svi"])
@@ -21,7 +28,6 @@ def test_fit_of_none_says_none(solver):
         vbsnmf.VBNMF(2, solver=solver).fit(None)
 
 
-@pytest.mark.filterwarnings("ignore:VB stopped after max_iter")
 def test_transform_of_none_says_none():
     counts = sp.csr_matrix(np.random.default_rng(0).poisson(1.5, (20, 8)).astype(np.float64))
     model = vbsnmf.VBNMF(2, max_iter=5, tol=0, random_state=0, n_threads=1).fit(counts)
@@ -46,3 +52,33 @@ def test_a_name_file_that_is_no_file_is_named_as_such(tmp_path, capfd, damage, n
     code, _, err, _ = _main(["fit", folder, *FIT, "-o", tmp_path / "out"], capfd, tmp_path)
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fit", ["fit_dask", "fit_svi_dask"])
+def test_a_zarr_array_is_told_to_read_as_dask(fit):
+    import zarr  # anndata's dependency, so installed wherever vbsnmf is
+
+    counts = np.random.default_rng(0).poisson(1.5, (20, 8)).astype(np.float64)
+    stored = zarr.array(counts)
+    with local_client(1, processes=False):
+        with pytest.raises(TypeError, match=r"X is a zarr array .*dask\.array\.from_zarr\(X\)"):
+            getattr(vbsnmf, fit)(stored, 2)
+        # the advice fits, as the counts themselves do
+        lazy = da.from_zarr(stored).rechunk((10, 8))
+        advised = vbsnmf.fit_dask(lazy, 2, max_iter=3, tol=0, random_state=0).gather()
+        direct = vbsnmf.fit_dask(da.from_array(counts, chunks=(10, 8)), 2, max_iter=3, tol=0,
+                                 random_state=0).gather()  # fmt: skip
+    np.testing.assert_array_equal(advised.col_shape, direct.col_shape)
+
+
+@pytest.mark.parametrize("fit", ["fit_dask", "fit_svi_dask"])
+def test_gather_after_the_client_closed_says_so(fit):
+    counts = np.random.default_rng(0).poisson(1.5, (20, 8)).astype(np.float64)
+    with local_client(1, processes=False) as client:
+        passes = {"fit_dask": {"max_iter": 3}, "fit_svi_dask": {"n_epochs": 2}}[fit]
+        result = getattr(vbsnmf, fit)(da.from_array(counts, chunks=(10, 8)), 2, random_state=0,
+                                      client=client, **passes)  # fmt: skip
+        open_gathered = result.gather()
+    assert open_gathered.row_shape.shape == (20, 2)  # gathered while open: numpy
+    with pytest.raises(ValueError, match=r"client that holds the fit's cells is closed"):
+        result.gather()

@@ -137,6 +137,13 @@ def compute_dask(*arrays) -> list[np.ndarray]:
 
         futures = futures_of(arrays)
         scheduler = futures[0].client if futures else None
+        if scheduler is not None and scheduler.status in ("closing", "closed"):
+            # distributed says only "Client is closed"; the arrays went with its workers
+            raise ValueError(
+                "the dask.distributed client that holds the fit's cells is closed, and the "
+                "cells' arrays went with it: gather them (DaskFitResult.gather()) before "
+                "closing the client, or fit again"
+            )
     return [np.asarray(array) for array in dask.compute(*arrays, scheduler=scheduler)]
 
 

@@ -100,6 +100,11 @@ def cells_x_genes(X):
             "or stream it by SVI's cells form (VBNMF(solver='svi').fit(path), or "
             "vbsnmf.tl.nmf(adata, solver='svi') for a backed AnnData)"
         )
+    if type(X).__module__.split(".")[0] == "zarr":  # zarr is optional: no isinstance
+        raise TypeError(
+            f"X is a zarr array ({_type_name(X)}), not a dask array: read it lazily as one "
+            "with dask.array.from_zarr(X)"
+        )
     in_memory = "counts in memory are fitted by VBNMF.fit (or vbsnmf.tl.nmf for an AnnData)"
     if not isinstance(X, da.Array) and hasattr(X, "obs_names") and hasattr(X, "X"):
         if X.X is None:  # the counts in a layer: neither way below would find them

@@ -197,19 +197,39 @@ def check_record_key(key, default_key: str = "nmf") -> None:
 
 def stored_record(adata, key: str, marker: str, what: str, tool: str, default_key: str) -> dict:
     """``adata.uns[key]`` as the `vbsnmf.tl` function ``tool`` stores it (a dict holding
-    ``marker``), or a `KeyError` saying to run ``tool`` (``what``: what the record is); a
-    `TypeError` when ``adata`` is not an AnnData (`check_anndata`)."""
+    ``marker``), or a `KeyError` (``what``: what the record is) naming the keys of the
+    records of that kind that adata holds, and saying to run ``tool`` when ``key`` holds
+    nothing, or what it holds instead (another tool's record, which running ``tool`` under
+    ``key`` would overwrite, and the tools refuse that); a `TypeError` when ``adata`` is
+    not an AnnData (`check_anndata`)."""
     check_anndata(adata)
     check_record_key(key, default_key)
     record = adata.uns.get(key)
-    if not isinstance(record, dict) or marker not in record:
-        raise KeyError(
-            f"adata.uns[{key!r}] holds no {what}; run vbsnmf.tl.{tool}(adata"
-            + ("" if key == default_key else f", key_added={key!r}")
-            + ") first"
+    if isinstance(record, dict) and marker in record:
+        return record
+    kind = next(name for name, held in RECORD_MARKERS.items() if held == marker)
+    stored = ", ".join(
+        repr(name) for name, entry in adata.uns.items() if record_kind(entry) == kind
+    )
+    if key in adata.uns:
+        held = _HELD_RECORDS.get(record_kind(record), "an entry no vbsnmf tool wrote")
+        advice = (
+            f"pass the key_added of one: {stored}"
+            if stored
+            else f"adata holds none; run vbsnmf.tl.{tool} under another key_added"
         )
-    return record
+        raise KeyError(f"adata.uns[{key!r}] holds {held}, not the {what} asked for; {advice}")
+    run = f"run vbsnmf.tl.{tool}(adata" + ("" if key == default_key else f", key_added={key!r}")
+    held_elsewhere = f", or pass the key_added of one adata holds: {stored}" if stored else ""
+    raise KeyError(f"adata.uns[{key!r}] holds no {what}; {run}) first{held_elsewhere}")
 
+
+# Each record kind (`record_kind`) as `stored_record` names it.
+_HELD_RECORDS = {
+    "fit": "an NMF fit (vbsnmf.tl.nmf)",
+    "projection": "a projection (vbsnmf.tl.project)",
+    "k_selection": "a K selection (vbsnmf.tl.select_k)",
+}
 
 # What a record of each tool holds that the others' do not (`vbsnmf.pl` reads them by it).
 RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection": "table"}

@@ -172,6 +172,26 @@ def _check_components(components, n_components: int) -> list[int]:
     return chosen
 
 
+def _check_passed_on(kwds: dict, set_here: dict[str, str], plot: str) -> None:
+    """A `TypeError` for a keyword argument to pass on to scanpy that ``plot`` sets itself
+    (``set_here``: its name -> what to pass instead), rather than scanpy's bare "got
+    multiple values for keyword argument", or its error about the plot's own AnnData."""
+    for name, instead in set_here.items():
+        if name in kwds:
+            raise TypeError(f"{plot} sets {name!r} itself: {instead}")
+
+
+# The keyword arguments `factors` sets for sc.pl.embedding and `top_genes` for sc.pl.dotplot.
+_FACTORS_SET = {
+    "color": "choose the factors to draw with components=",
+    "vmin": "the colour scale starts at 0; set its top with vmax=",
+}
+_TOP_GENES_SET = {
+    "var_names": "the columns are the fit's top genes; choose them with n_genes=, sort_by= "
+    "and min_counts=",
+}
+
+
 def _check_axes(axes, count: int) -> None:
     """``axes``: a sequence of ``count`` matplotlib axes."""
     from matplotlib.axes import Axes
@@ -286,7 +306,8 @@ def factors(
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file. The writekey
         is the basis, as in ``sc.pl.embedding``.
     **kwds
-        Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``).
+        Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``); not
+        ``color`` or ``vmin``, which the plot sets, nor ``use_raw=True`` (a `TypeError`).
 
     Returns
     -------
@@ -295,6 +316,12 @@ def factors(
     import anndata as ad
     import scanpy as sc
 
+    _check_passed_on(kwds, _FACTORS_SET, "vbsnmf.pl.factors")
+    if kwds.get("use_raw"):  # scanpy said its frame of the factors "does not have raw"
+        raise TypeError(
+            "vbsnmf.pl.factors draws the fit's usages or factors, not expression: use_raw "
+            "does not apply"
+        )
     info = cell_factors_record(adata, key)
     if values not in ("usage", "factors"):
         raise ValueError(f"values must be 'usage' or 'factors', got {values!r}")
@@ -407,7 +434,7 @@ def top_genes(
         is scanpy's ``dotplot_``.
     **kwds
         Passed to ``sc.pl.dotplot`` (e.g. ``layer``, ``use_raw``, ``standard_scale=None``,
-        ``cmap``, ``dendrogram``).
+        ``cmap``, ``dendrogram``); not ``var_names``, which the plot sets (a `TypeError`).
 
     Returns
     -------
@@ -416,6 +443,7 @@ def top_genes(
     """
     import scanpy as sc
 
+    _check_passed_on(kwds, _TOP_GENES_SET, "vbsnmf.pl.top_genes")
     info = fit_info(adata, key, "the gene loadings")
     if return_fig and save is not None and save is not False:
         # the DotPlot is returned undrawn, and scanpy drops save then: a path went unwritten

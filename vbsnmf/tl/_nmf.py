@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF, _check_no_dask_checkpoint
@@ -101,7 +102,8 @@ def nmf(
     mask_var
         Fit only these genes, as ``scanpy.pp.pca``'s ``mask_var``: the name of a boolean
         ``.var`` column (e.g. ``"highly_variable"``) or a boolean array over
-        ``adata.var_names``. With ``use_raw=True`` the raw genes with these names are
+        ``adata.var_names`` (a pandas Series indexed by those names in another order is
+        read by name). With ``use_raw=True`` the raw genes with these names are
         fitted. The AnnData is not copied; genes outside the mask get zero loadings.
         Unlike ``scanpy.pp.pca``, a ``highly_variable`` column is not used unless named.
     key_added
@@ -413,6 +415,9 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
         if not pd.api.types.is_bool_dtype(mask):
             raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {mask.dtype})")
     else:
+        if isinstance(mask_var, pd.Series) and _names_in_other_order(mask_var.index, adata):
+            # read by position, the Series marked other genes than it names
+            mask_var = mask_var.reindex(adata.var_names)
         mask = np.asarray(mask_var)
         if mask.dtype != bool or mask.shape != (adata.n_vars,):
             raise ValueError(
@@ -425,6 +430,14 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
     if not mask.any():
         raise ValueError("mask_var selects no gene")
     return mask
+
+
+def _names_in_other_order(index: pd.Index, adata) -> bool:
+    """Whether ``index`` holds ``adata.var_names`` (each once) in another order."""
+    names = adata.var_names
+    if index.equals(names) or not (index.is_unique and names.is_unique):
+        return False
+    return len(index) == len(names) and bool(names.isin(index).all())
 
 
 def _stored_start(
@@ -588,14 +601,13 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
     """Each gene's total count and the number of cells without counts (as
     `_streamed_column_sums` gives them); a dask array is summed chunk by chunk on its
     workers (its chunks may be sparse, whose ``sum`` dask's own reduction cannot call), both
-    sums in one computation, which reads each chunk once. Each block is summed in float64:
-    its own dtype (float16) rounded totals above 2048 and overflowed above 65504, where the
-    counts in memory (checked into a wider dtype) gave exact totals."""
+    sums in one computation, which reads each chunk once. The gene totals are added in
+    float64 (`_gene_sums`)."""
     if is_dask_array(matrix):
         import dask
 
         gene_parts = matrix.map_blocks(
-            lambda block: np.asarray(block.sum(axis=0, dtype=np.float64)).reshape(1, -1),
+            lambda block: _gene_sums(block).reshape(1, -1),
             dtype=np.float64,
             chunks=((1,) * matrix.numblocks[0], matrix.chunks[1]),
         )
@@ -606,10 +618,21 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
         )
         gene_totals, cell_totals = dask.compute(gene_parts.sum(axis=0), cell_parts.sum(axis=1))
     else:
-        gene_totals = matrix.sum(axis=0)
-        cell_totals = matrix.sum(axis=1)
+        gene_totals = _gene_sums(matrix)
+        cell_totals = matrix.sum(axis=1)  # only compared with zero
     gene_totals = np.asarray(gene_totals, dtype=np.float64).ravel()
     return gene_totals, int(np.count_nonzero(np.asarray(cell_totals).ravel() == 0))
+
+
+def _gene_sums(block) -> np.ndarray:
+    """The column sums of ``block`` (cells x genes), added in float64: in the block's own
+    dtype float16 counts rounded totals above 2048 and float32 counts, anndata's usual X,
+    above 2**24. A scipy sparse block is summed by `numpy.bincount`: its ``sum`` adds in the
+    block's dtype even when asked for float64."""
+    if sp.issparse(block):
+        stored = block if block.format == "csr" else sp.csr_matrix(block)
+        return np.bincount(stored.indices, weights=stored.data, minlength=block.shape[1])
+    return np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
 
 
 def _streamed_column_sums(adata, source: str) -> tuple[np.ndarray, int]:
@@ -680,6 +703,13 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
+# scanpy.pp.pca's parameters that the tools take under another name
+_SCANPY_PCA_NAMES = {
+    "use_highly_variable": "mask_var='highly_variable' (as scanpy.pp.pca's mask_var)",
+    "n_comps": "n_components (tl.nmf) or ks (tl.select_k)",
+}
+
+
 def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = ()) -> None:
     """Refuse a parameter the solver's estimator does not take, naming the solver (rather
     than the estimator's ``__init__() got an unexpected keyword argument``); the message
@@ -698,6 +728,11 @@ def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = 
             "tl.nmf takes no mask of missing entries: fit them with "
             "vbsnmf.VBNMF(...).fit(X, mask=...); to fit a subset of genes, pass mask_var"
         )
+    for name in unknown:  # not another solver's: said as the tools say it
+        if name in _SCANPY_PCA_NAMES:
+            raise ValueError(
+                f"{name!r} is scanpy.pp.pca's parameter; here pass {_SCANPY_PCA_NAMES[name]}"
+            )
     if unknown:
         raise ValueError(
             f"fit parameter {unknown[0]!r} does not apply to solver {solver!r}; it takes "

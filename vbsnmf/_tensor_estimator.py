@@ -1,7 +1,8 @@
 """`VBNTF`, the scikit-learn face of the tensor engine in `_tensor.py`.
 
 Input is told apart once, in `check_tensor`: an (nnz, D) coordinate array with optional
-values and shape, or a pydata ``sparse`` array (imported only when one is passed).
+values and shape, a pydata ``sparse`` array (imported only when one is passed) or an n-D
+scipy.sparse ``coo_array``.
 """
 
 from __future__ import annotations
@@ -51,16 +52,18 @@ def check_tensor(coords, values=None, shape=None):
     an (nnz, D) int64 array, float64 values and a tuple of D ints.
 
     ``coords`` is an (nnz, D) integer array (``values`` None means a count of 1 at every
-    coordinate; ``shape`` None means one past the largest index of each mode) or a pydata
-    ``sparse`` array (COO, GCXS, DOK) with fill value 0, in which case ``values`` and
-    ``shape`` must be None. Repeated coordinates are allowed (their counts are summed
-    later) and so are zero values (dropped later).
+    coordinate; ``shape`` None means one past the largest index of each mode), a pydata
+    ``sparse`` array (COO, GCXS, DOK) with fill value 0 or a scipy.sparse ``coo_array`` of
+    3 or more dimensions, in which case ``values`` and ``shape`` must be None. Repeated
+    coordinates are allowed (their counts are summed later) and so are zero values
+    (dropped later).
 
     Raises
     ------
     TypeError
-        Coordinates that are not integers (booleans and timedelta64 are not), values that
-        are not real numbers, a shape that is not a sequence of integers, or
+        Coordinates that are not integers (booleans and timedelta64 are not) or are a
+        masked array with masked entries, a 2-D scipy.sparse matrix, values that are not
+        real numbers or are a sparse array, a shape that is not a sequence of integers, or
         ``values``/``shape`` given with a sparse array.
     ValueError
         Fewer than 2 modes, mismatched lengths, an index outside the shape, a shape
@@ -70,21 +73,32 @@ def check_tensor(coords, values=None, shape=None):
         values of the length of a row, or without values and shape more columns than
         rows (give the values or the shape to fit fewer entries than modes).
     """
-    if _is_pydata_sparse(coords):
+    # scipy (1.15 and later) holds an n-D tensor in coo_array; a 2-D one is refused below
+    scipy_tensor = sp.issparse(coords) and coords.ndim != 2
+    if _is_pydata_sparse(coords) or scipy_tensor:
         if values is not None or shape is not None:
             raise TypeError("values and shape go with a coordinate array, not a sparse array")
-        import sparse
+        if scipy_tensor:
+            tensor = coords.tocoo()
+            coords = np.stack(tensor.coords, axis=1)
+        else:
+            import sparse
 
-        tensor = coords if isinstance(coords, sparse.COO) else sparse.COO(coords)
-        if tensor.fill_value != 0:
-            raise ValueError(f"the sparse array's fill_value must be 0, got {tensor.fill_value}")
-        coords, values, shape = tensor.coords.T, tensor.data, tensor.shape
+            tensor = coords if isinstance(coords, sparse.COO) else sparse.COO(coords)
+            if tensor.fill_value != 0:
+                raise ValueError(
+                    f"the sparse array's fill_value must be 0, got {tensor.fill_value}"
+                )
+            coords = tensor.coords.T
+        values, shape = tensor.data, tensor.shape
     if sp.issparse(coords):
         raise TypeError(
             "coords is a scipy.sparse matrix: a tensor is given as an (nnz, D) array of "
             "coordinates with values (for a matrix, np.stack(X.nonzero(), axis=1) and "
             "X.data of its COO form) or a pydata sparse array; or fit the matrix with VBNMF"
         )
+    # np.asarray drops the mask: the masked entries would be fitted
+    refuse_masked(coords, "coords", "leave the masked entries out of coords and values")
     coords = _as_array(coords, "coords")
     # a dense tensor (or a dense count matrix) passed as X: say how to give its entries
     dense_hint = (
@@ -151,6 +165,11 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
     if values is None:
         return np.ones(nnz, dtype=np.float64)
     refuse_masked(values, "values", "leave the masked entries out of coords and values")
+    if sp.issparse(values) or _is_pydata_sparse(values):  # pydata's asarray raises its own
+        raise TypeError(
+            "values must be a dense array of the counts at coords, got a sparse array; a "
+            "sparse tensor goes in coords alone"
+        )
     values = _as_array(values, "values")
     if values.dtype.kind not in "biufc":  # timedelta64 is an np.number: its kind is "m"
         raise TypeError(f"values must be real numbers, got dtype {values.dtype}")
@@ -505,9 +524,10 @@ class VBNTF(Estimator):
         ----------
         X
             An (nnz, D) integer array of coordinates (for ``np.nonzero``'s arrays or a
-            sparse array's ``.coords``, (D, nnz), their transpose), or a pydata ``sparse``
-            array (COO, GCXS, DOK; fill value 0), D >= 2. Without ``values`` and ``shape``,
-            fewer entries than modes are taken for transposed coordinates and refused.
+            sparse array's ``.coords``, (D, nnz), their transpose), a pydata ``sparse``
+            array (COO, GCXS, DOK; fill value 0), D >= 2, or a scipy.sparse ``coo_array``
+            of D >= 3 dimensions. Without ``values`` and ``shape``, fewer entries than
+            modes are taken for transposed coordinates and refused.
         values
             The nnz counts at ``X``'s coordinates (non-negative, finite; default 1 each).
             Repeated coordinates are summed.

@@ -152,20 +152,52 @@ def _umask() -> int:
     return mask
 
 
-def _default_permissions(path: Path, *, folder: bool) -> None:
-    """What ``open``/``mkdir`` would have given (mkstemp/mkdtemp make private 0600/0700)."""
-    path.chmod((0o777 if folder else 0o666) & ~_umask())
+def _default_permissions(path: Path) -> None:
+    """What ``open`` would have given a new file (mkstemp makes a private 0600)."""
+    path.chmod(0o666 & ~_umask())
 
 
 def _permissions_of(target: Path, temporary: Path) -> None:
-    """``temporary`` given what ``open(target, "w")`` would leave: the mode of the file it
-    replaces (a user's private 0600 stays private), or the default for a new file."""
+    """``temporary`` given what ``open(target, "w")`` would leave: the group and mode of
+    the file it replaces (a user's private 0600 stays private, a lab's group keeps its
+    access; `_keep_permissions`), or the default for a new file."""
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        replaced = os.stat(target)
     except FileNotFoundError:
-        _default_permissions(temporary, folder=False)
+        _default_permissions(temporary)
     else:
-        temporary.chmod(mode)
+        _keep_permissions(temporary, replaced)
+
+
+def _folder_permissions(target: Path, temporary: Path, *, replacing: bool) -> None:
+    """``temporary``, the folder that becomes ``target``, given the group and mode of the
+    folder it replaces and each of its files those of the file of the same name there (a
+    private 0700 OUTDIR and its 0600 files stay private after ``--force``, a lab's group
+    keeps its access), or what ``mkdir`` gives a new folder: the default mode, and the
+    set-group-ID bit that a shared folder passes on to the folders made in it (mkdtemp's
+    private 0700 keeps it, a plain chmod cleared it)."""
+    if not replacing:
+        inherited = stat.S_IMODE(temporary.stat().st_mode) & stat.S_ISGID
+        temporary.chmod((0o777 & ~_umask()) | inherited)
+        return
+    _keep_permissions(temporary, os.stat(target))
+    for entry in temporary.iterdir():
+        try:
+            replaced = os.stat(target / entry.name)
+        except OSError:  # a file the old output did not have
+            continue
+        if stat.S_ISREG(replaced.st_mode) and entry.is_file():
+            _keep_permissions(entry, replaced)
+
+
+def _keep_permissions(path: Path, replaced: os.stat_result) -> None:
+    """``path`` given the group and mode of the ``replaced`` file or folder. The group
+    first: a change of group clears a file's set-group-ID bit. A group the user is not in
+    cannot be given (only root may): the mode is kept all the same."""
+    if path.stat().st_gid != replaced.st_gid:
+        with contextlib.suppress(PermissionError):
+            os.chown(path, -1, replaced.st_gid)
+    path.chmod(stat.S_IMODE(replaced.st_mode))
 
 
 # The errors of a failed write (a full disk, a file-size limit), which `atomic_file` names
@@ -362,7 +394,8 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     in place and the old one deleted, with ``written`` set to ``target``.
 
     A symbolic link as ``target`` stays: the folder it points to is written (made there if
-    it is missing), as `vbsnmf.io.check_outdir` says.
+    it is missing), as `vbsnmf.io.check_outdir` says. A replaced ``target`` passes its
+    permissions on to the new folder and its files (`_folder_permissions`).
 
     Raises
     ------
@@ -399,8 +432,8 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
                 raise
             # name the file the user will look for, not its place in the temporary folder
             raise OSError(error.errno, error.strerror, str(target / inside)) from None
-        _default_permissions(temporary, folder=True)
         replacing = os.path.lexists(target)
+        _folder_permissions(target, temporary, replacing=replacing)
         if replacing and not overwrite:
             raise FileExistsError(f"{target} appeared while writing (use --force)")
         try:

@@ -61,8 +61,7 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
     if saved_to_path:
         target, file_format = _figure_file(figure, save)
         with atomic_file(target) as temporary:
-            # the format named, not left to the temporary's suffix (".tmp" for "figure")
-            figure.savefig(temporary, format=file_format, dpi=_save_dpi(), bbox_inches="tight")
+            _save_figure(figure, temporary, Path(target).name, file_format)
         save = False
     show = sc.settings.autoshow if show is None else show
     if in_pyplot:
@@ -71,6 +70,25 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
         if saved_to_path:  # closed once saved, as scanpy closes its saved figures
             _pyplot().close(figure)
     return None if show else axes
+
+
+def _save_figure(figure, temporary: Path, name: str, file_format: str) -> None:
+    """``figure`` written to the file ``temporary`` that becomes ``name``, in the format
+    ``file_format`` (named, not left to the temporary's suffix: ".tmp" for "figure").
+
+    Through an open file, not the path: matplotlib records the name of a path it writes
+    to, which was the hidden temporary's (``%%Title: .umap.eps.x1y2z3w4.tmp.eps`` in
+    PostScript, and in the gzip header of an ``.svgz``, which ``gunzip -N`` restores).
+    PostScript written through an open file has no ``%%Title`` (an optional comment); an
+    ``.svgz`` records ``name``, as matplotlib records the name of a path."""
+    import gzip
+
+    with open(temporary, "wb") as handle:
+        if file_format == "svgz":  # matplotlib's own svgz writer takes the handle's name
+            with gzip.GzipFile(name, "wb", fileobj=handle) as packed:
+                figure.savefig(packed, format="svg", dpi=_save_dpi(), bbox_inches="tight")
+        else:
+            figure.savefig(handle, format=file_format, dpi=_save_dpi(), bbox_inches="tight")
 
 
 def _save_dpi() -> float:

@@ -22,10 +22,15 @@ from vbsnmf.io import ReadError
 pytestmark = pytest.mark.filterwarnings("ignore:(VB|SVI) stopped after")
 
 
-@pytest.mark.parametrize("solver", ["batch", "svi"])
-def test_fit_of_none_says_none(solver):
+@pytest.mark.parametrize(
+    "estimator",
+    [vbsnmf.VBNMF(2), vbsnmf.VBNMF(2, solver="svi"), vbsnmf.NMF(2)],
+    ids=["batch", "svi", "classic"],
+)
+def test_fit_of_none_says_none(estimator):
+    # the classical NMF went through scikit-learn's check: "got scalar array ... array=nan"
     with pytest.raises(TypeError, match=r"^X is None: pass a count matrix \(cells x genes\)$"):
-        vbsnmf.VBNMF(2, solver=solver).fit(None)
+        estimator.fit(None)
 
 
 def test_transform_of_none_says_none():

@@ -1921,14 +1921,20 @@ def classic_ab_mu_terms(
     column tiles).
 
     For each stored entry (i, j, x) with weight w (1 when ``weights`` is empty) and
-    ``q = max(dot(W[i], H[:, j]), floor)``:
+    ``q = dot(W[i], H[:, j])``, floored under a negative power or a logarithm only (as
+    scikit-learn does: under a positive one the floor overstated the terms of a small q, and
+    the sparse route's Gram form has none); in the numerator and the loss at ``floor *
+    min(x, 1)`` for x > 0 (`losses.entry_floor`: the floor scales with data below 1):
 
     - ``numerator[i] += w x**alpha q**(beta - 1) H[:, j]``;
     - if ``pattern_only`` (only the stored entries count): ``denominator[i] +=
-      w q**(alpha + beta - 1) H[:, j]`` and ``row_loss[i] += w d_AB(x, q)``, with q not
-      floored where x = 0 (d_AB(0, q) is finite there);
+      w q**(alpha + beta - 1) H[:, j]`` and ``row_loss[i] += w d_AB(x, q)``, with q floored
+      where x > 0 and d_AB(x, 0) is infinite only (`losses.loss_is_floored`);
     - otherwise (every entry of X counts, the zeros are handled in closed form by the
-      caller): ``row_loss[i] += d_AB(x, q) - d_AB(0, q)`` and ``denominator`` is untouched.
+      caller): ``row_loss[i] += d_AB(x, q) - d_AB(0, q)``; ``denominator`` (if it has rows:
+      alpha + beta - 1 < 0) gets the stored entries' correction ``(max(q, floor min(x,
+      1))**gamma - max(q, floor)**gamma) H[:, j]`` of `classic_dense_power_pass`'s sum, which
+      floors every entry at ``floor``.
 
     ``numerator`` and ``row_loss`` (and ``denominator`` if ``pattern_only``) are overwritten;
     ``row_loss`` is left at zero unless ``with_loss``.
@@ -1938,6 +1944,9 @@ def classic_ab_mu_terms(
     weighted = weights.shape[0] > 0
     gamma = alpha + beta - 1.0
     kl = alpha == 1.0 and beta == 0.0
+    # d_AB(x, 0) is infinite for beta <= 0 or alpha + beta <= 0 (`losses.loss_is_floored`)
+    singular = beta <= 0.0 or alpha + beta <= 0.0
+    correction = not pattern_only and denominator.shape[0] > 0
     for i in prange(n_rows):
         numerator_row = np.zeros(n_components, dtype=np.float64)
         denominator_row = np.zeros(n_components, dtype=np.float64)
@@ -1949,7 +1958,9 @@ def classic_ab_mu_terms(
                 q = 0.0
                 for l in range(n_components):
                     q += row_factor[i, l] * col_factor[j, l]
-                q_safe = max(q, floor)
+                x_floor = floor * min(x, 1.0) if x > 0.0 else floor
+                q_safe = max(q, x_floor)
+                q_loss = q_safe if x > 0.0 and singular else max(q, 0.0)
                 weight = weights[n] if weighted else 1.0
                 if kl:
                     ratio = weight * x / q_safe
@@ -1958,35 +1969,39 @@ def classic_ab_mu_terms(
                     if beta == 1.0:
                         ratio = weight * x_alpha
                     else:
-                        ratio = weight * x_alpha * q_safe ** (beta - 1.0)
+                        q_ratio = q_safe if beta < 1.0 else max(q, 0.0)
+                        ratio = weight * x_alpha * q_ratio ** (beta - 1.0)
                 for l in range(n_components):
                     numerator_row[l] += ratio * col_factor[j, l]
                 if pattern_only:
                     if gamma == 0.0:
                         q_gamma = weight
                     elif gamma == 1.0:
-                        q_gamma = weight * q_safe
+                        q_gamma = weight * max(q, 0.0)
                     else:
-                        q_gamma = weight * q_safe**gamma
+                        q_gamma = weight * (q_safe if gamma < 0.0 else max(q, 0.0)) ** gamma
+                    for l in range(n_components):
+                        denominator_row[l] += q_gamma * col_factor[j, l]
+                elif correction:
+                    q_gamma = q_safe**gamma - max(q, floor) ** gamma
                     for l in range(n_components):
                         denominator_row[l] += q_gamma * col_factor[j, l]
                 if not with_loss:
                     continue
                 if pattern_only:
-                    # at a stored zero d(0, q) is finite: the ratios' floor would overstate
-                    # it (the dense route's loss floors q at X's nonzeros only)
-                    q_loss = q_safe if x > 0.0 else max(q, 0.0)
+                    # at a stored zero d(0, q) is finite: a floor would overstate it (the
+                    # dense route's loss floors q at X's nonzeros only)
                     loss += weight * ab_divergence_scalar(x, q_loss, alpha, beta)
                 elif kl:
                     # d(x, q) - d(0, q) of KL in one log: the hot case, kept free of powers.
-                    loss += x * math.log(x / q_safe) - x + (q_safe - q)
+                    loss += x * math.log(x / q_loss) - x + (q_loss - q)
                 else:
-                    loss += ab_divergence_scalar(x, q_safe, alpha, beta) - ab_divergence_scalar(
+                    loss += ab_divergence_scalar(x, q_loss, alpha, beta) - ab_divergence_scalar(
                         0.0, q, alpha, beta
                     )
         for l in range(n_components):
             numerator[i, l] = numerator_row[l]
-            if pattern_only:
+            if pattern_only or correction:
                 denominator[i, l] = denominator_row[l]
         row_loss[i] = loss
 
@@ -1995,8 +2010,9 @@ def classic_ab_mu_terms(
 def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, row_power_sum):
     """Sums over *every* entry, one row of Q = W H at a time (memory: K per thread).
 
-    ``denominator[i] = sum_j max(q_ij, floor)**gamma H[:, j]`` (skipped when
-    ``denominator`` has no rows) and ``row_power_sum[i] = sum_j q_ij**(gamma + 1)``.
+    ``denominator[i] = sum_j q_ij**gamma H[:, j]``, q floored at ``floor`` for a negative
+    gamma only (skipped when ``denominator`` has no rows), and
+    ``row_power_sum[i] = sum_j q_ij**(gamma + 1)``.
     Used where no closed form exists (the AB denominator for alpha + beta - 1 not in
     {0, 1}); costs n m K like the dense update, without the n x m matrix.
     """
@@ -2004,6 +2020,7 @@ def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, 
     n_cols = col_factor.shape[0]
     n_components = row_factor.shape[1]
     with_denominator = denominator.shape[0] > 0
+    power_floor = floor if gamma < 0.0 else 0.0
     for i in prange(n_rows):
         acc = np.zeros(n_components, dtype=np.float64)
         power_sum = 0.0
@@ -2014,7 +2031,7 @@ def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, 
             q = max(q, 0.0)
             power_sum += q ** (gamma + 1.0)
             if with_denominator:
-                q_gamma = max(q, floor) ** gamma
+                q_gamma = max(q, power_floor) ** gamma
                 for l in range(n_components):
                     acc[l] += q_gamma * col_factor[j, l]
         if with_denominator:

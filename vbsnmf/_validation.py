@@ -442,6 +442,25 @@ def sparse_frame_as_coo(X):
     return X.sparse.to_coo()
 
 
+def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
+    """A `TypeError` naming a path or an AnnData given where a matrix is expected (numpy's
+    conversion said "could not convert string to float" or "setting an array element with
+    a sequence"); ``reading`` and ``fitting`` end the advice on each (how else to read the
+    file, which arguments of `vbsnmf.tl.nmf` fit the AnnData); None is named as such."""
+    if X is None:  # np.asarray(None) is a 0-D object array: "shape ()" would say nothing
+        raise TypeError(f"{name} is None: pass a count matrix (cells x genes)")
+    if isinstance(X, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
+            f"vbsnmf.io.read(path){', ' + reading if reading else ''}"
+        )
+    if all(hasattr(X, part) for part in ("obs", "var", "X")):  # an AnnData in memory
+        raise TypeError(
+            f"{name} is an AnnData: pass its counts (adata.X, a layer) as {name}, or fit it "
+            f"with vbsnmf.tl.nmf(adata{fitting}), which stores the result in it"
+        )
+
+
 def checked_counts(
     X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
@@ -450,18 +469,9 @@ def checked_counts(
     otherwise) and the non-integer flag of each block, which it took in two more passes
     of its own (a scan of a 25,000 x 33,514 file with 50.3M nonzeros: 1.53 s with them,
     1.01 s without, 0.29 s of it reading)."""
-    if X is None:  # np.asarray(None) is a 0-D object array: "shape ()" would say nothing
-        raise TypeError(f"{name} is None: pass a count matrix (cells x genes)")
-    if isinstance(X, (str, os.PathLike)):
-        raise TypeError(
-            f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "
-            "vbsnmf.io.read(path), or stream it from disk with VBNMF(solver='svi')"
-        )
-    if all(hasattr(X, part) for part in ("obs", "var", "X")):  # an AnnData in memory
-        raise TypeError(
-            f"{name} is an AnnData: pass its counts (adata.X, a layer) as {name}, or fit it "
-            "with vbsnmf.tl.nmf(adata), which stores the result in it"
-        )
+    refuse_path_or_anndata(
+        X, name, reading="or stream it from disk with VBNMF(solver='svi')", fitting=""
+    )
     refuse_masked(
         X,
         name,

@@ -29,6 +29,7 @@ from .._validation import (
     check_sparse_structure,
     exact_float_dtype,
     refuse_masked,
+    refuse_path_or_anndata,
     sparse_frame_as_coo,
 )
 from .losses import (
@@ -37,6 +38,8 @@ from .losses import (
     ab_divergence,
     check_defined_at_zeros,
     check_factors,
+    entry_floor,
+    loss_is_floored,
     resolve_loss,
     sum_q_power,
 )
@@ -146,6 +149,7 @@ class EntryPair:
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
+    refuse_path_or_anndata(X, "X", reading="", fitting=", solver='mu'")
     refuse_masked(
         X,
         "X",
@@ -337,7 +341,8 @@ class ClassicData:
     def loss(self, spec: LossSpec, W: np.ndarray, H: np.ndarray) -> float:
         """``D(X, W H)`` by the layout's route (never dense ``W H`` for sparse X)."""
         if self.kind == "dense":
-            values = spec.pointwise(self.dense, _floored_at_nonzeros(self.dense, W @ H))
+            Q = _floored_at_nonzeros(self.dense, W @ H, loss_is_floored(spec.alpha, spec.beta))
+            values = spec.pointwise(self.dense, Q)
             if self.dense_weights is not None:
                 values = np.where(self.dense_weights > 0, values, 0.0) * self.dense_weights
             return _finite_sum(values, spec)
@@ -378,19 +383,27 @@ class ClassicData:
         if self.kind == "dense":
             X, weights = self.dense_side(side)
             product = row_factor @ col_factor.T
-            Q = np.maximum(product, Q_FLOOR)
+            Q = np.maximum(product, 0.0)
             counts = X > 0 if weights is None else (X > 0) & (weights > 0)
-            x_alpha = np.zeros_like(X)
-            x_alpha[counts] = X[counts] ** alpha
-            ratio = x_alpha * Q ** (beta - 1.0)
-            q_gamma = Q**gamma
+            x_counted, q_counted = X[counts], Q[counts]
+            # Q floored under a negative power only, as scikit-learn does (under a positive
+            # one the floor overstated the denominator of data of scale 1e-8, whose fit
+            # shrank to zero, unlike the sparse route's Gram form), relative to the entry
+            # (`entry_floor`)
+            if beta < 1.0:
+                q_counted = np.maximum(q_counted, entry_floor(x_counted))
+            ratio = np.zeros_like(X)
+            ratio[counts] = x_counted**alpha * q_counted ** (beta - 1.0)
+            q_gamma = (np.maximum(Q, entry_floor(X)) if gamma < 0.0 else Q) ** gamma
             if weights is not None:
                 ratio *= weights
                 q_gamma *= weights
             row_loss = np.zeros(X.shape[0])
             if with_loss:
-                # the update's floor everywhere, the loss's at the nonzeros only (`loss`)
-                values = ab_divergence(X, _floored_at_nonzeros(X, product), alpha, beta)
+                # the loss's floor at the nonzeros only, and only where d(x, 0) is infinite
+                # (`loss`)
+                floored = _floored_at_nonzeros(X, product, loss_is_floored(alpha, beta))
+                values = ab_divergence(X, floored, alpha, beta)
                 if weights is not None:
                     values = np.where(weights > 0, values, 0.0) * weights
                 row_loss = values.sum(axis=1)
@@ -409,7 +422,8 @@ class ClassicData:
             if with_loss:
                 row_loss = 0.5 * self.squared_residuals(row_factor, col_factor, side, numerator)
         else:
-            numerator, _, row_loss = _ab_mu_terms(
+            # with gamma < 0: the stored entries' correction of the floor of the power pass
+            numerator, correction, row_loss = _ab_mu_terms(
                 entries, row_factor, col_factor, alpha, beta, False, with_loss
             )
             # the zeros' part d(0, q) = q**(alpha + beta) / (alpha (alpha + beta)), per row
@@ -426,6 +440,8 @@ class ClassicData:
                 _kernels.classic_dense_power_pass(
                     row_factor, col_factor, gamma, Q_FLOOR, denominator, row_power
                 )
+                if correction is not None:
+                    denominator += correction
             row_loss += row_power / (alpha * power)
         if self.exclusion is not None:
             excluded = self.exclusion.side(side)
@@ -567,12 +583,14 @@ def _sparse_squared_residuals(entries: SparseEntries, row_factor, col_factor) ->
 
 def _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, pattern_only, with_loss):
     """`_kernels.classic_ab_mu_terms` on ``entries``: (numerator, denominator or None,
-    per-row loss). The denominator is computed only with ``pattern_only``."""
+    per-row loss). The denominator is computed with ``pattern_only``; without it, for
+    ``alpha + beta - 1 < 0``, the stored entries' correction of the power pass's floor."""
     n_rows, n_components = row_factor.shape
     row_padded = _kernels.pad_components(row_factor)
     col_padded = _kernels.pad_components(col_factor)
     numerator = np.empty(row_padded.shape)
-    denominator = np.empty(row_padded.shape if pattern_only else (0, row_padded.shape[1]))
+    with_denominator = pattern_only or alpha + beta - 1.0 < 0.0
+    denominator = np.empty(row_padded.shape if with_denominator else (0, row_padded.shape[1]))
     row_loss = np.empty(n_rows)
     _kernels.classic_ab_mu_terms(
         entries.indptr, entries.indices, entries.data, entries.weights,
@@ -580,7 +598,7 @@ def _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, pattern_only, wit
         numerator, denominator, row_loss,
     )  # fmt: skip
     numerator = np.ascontiguousarray(numerator[:, :n_components])
-    if not pattern_only:
+    if not with_denominator:
         return numerator, None, row_loss
     return numerator, np.ascontiguousarray(denominator[:, :n_components]), row_loss
 
@@ -592,11 +610,15 @@ def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.asarray(X[rows, cols], dtype=np.float64)
 
 
-def _floored_at_nonzeros(X: np.ndarray, product: np.ndarray) -> np.ndarray:
-    """``W H`` as the loss sees it: floored at `Q_FLOOR` where X is nonzero, as the sparse
-    route does (and scikit-learn), so that d(x, q) never divides by a zero q; left as it is
-    at X's zeros, where d(0, q) is finite and a floor would overstate it."""
-    return np.where(X > 0, np.maximum(product, Q_FLOOR), np.maximum(product, 0.0))
+def _floored_at_nonzeros(X: np.ndarray, product: np.ndarray, floored: bool) -> np.ndarray:
+    """``W H`` as the loss sees it: if ``floored`` (`losses.loss_is_floored`), floored at
+    `losses.entry_floor` where X is nonzero, as the sparse route does, so that d(x, q) never
+    divides by a zero q; left as it is at X's zeros, where d(0, q) is finite and a floor
+    would overstate it."""
+    product = np.maximum(product, 0.0)
+    if not floored:
+        return product
+    return np.where(X > 0, np.maximum(product, entry_floor(X)), product)
 
 
 def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor, minus_zero):
@@ -608,7 +630,9 @@ def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor
     data = entries.data.astype(np.float64, copy=False)
     # floored at the nonzeros only, as the dense route (`_floored_at_nonzeros`): the stored
     # zeros of weighted data have the finite d(0, q), which a floor would overstate
-    values = spec.pointwise(data, _floored_at_nonzeros(data, q))
+    values = spec.pointwise(
+        data, _floored_at_nonzeros(data, q, loss_is_floored(spec.alpha, spec.beta))
+    )
     if minus_zero:
         values = values - spec.zero_coef * np.maximum(q, 0.0) ** spec.zero_power
     if entries.weights.shape[0]:

@@ -244,7 +244,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             expected values are ``X.sum(axis=1)[:, None] * (W @ components_)``.
         """
         check_is_fitted(self, "components_")
-        if self.loss == "poisson":  # the rows' totals, which W H leaves out, are X's
+        # the rows' totals, which W H leaves out, are X's; the loss by its resolved name
+        # ("Poisson" is fitted as "poisson")
+        if self._check_params().name == "poisson":
             raise ValueError(
                 "loss='poisson' models each row's proportions: W @ components_ sums to about "
                 "one per row, and the data back are the row totals times it, "
@@ -577,7 +579,10 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
     matrix = data.counted_matrix()
     U, singular, Vt = randomized_svd(matrix, n_components, random_state=random_state)
     W, H = nonnegative_factors(U, singular, Vt, n_components)
-    tiny = 1e-6
+    # scikit-learn's threshold 1e-6, scaled down with data below 1: the factors scale with
+    # the square root of X, and the fixed threshold zeroed every entry of data of scale
+    # 1e-14 (init="nndsvd" then returned W = H = 0)
+    tiny = 1e-6 * min(1.0, np.sqrt(float(matrix.max())))
     W[W < tiny] = 0.0
     H[H < tiny] = 0.0
     if variant == "nndsvda":

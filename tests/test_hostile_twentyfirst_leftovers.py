@@ -4,10 +4,16 @@ whose barcodes (or genes) file is a broken symbolic link or a folder was said to
 "matrix.mtx.gz, features.tsv.gz but not barcodes.tsv.gz", which sent the user looking
 for a file that is there by name. On Dask: a zarr array was called "in memory" (the advice
 was ``VBNMF.fit``, which would read it whole); ``DaskFitResult.gather()`` after its client
-closed failed with distributed's "Client is closed. Can't send update-graph message"."""
+closed failed with distributed's "Client is closed. Can't send update-graph message". And
+``tl.nmf`` with the "ipg" or "gd" solver left a cell without counts at factors near zero
+(1e-21), whose usages were an arbitrary mix, under a warning that called them the prior's
+(a classical solver has none)."""
 
 from __future__ import annotations
 
+import warnings
+
+import anndata as ad
 import dask.array as da
 import numpy as np
 import pytest
@@ -87,3 +93,31 @@ def test_gather_after_the_client_closed_says_so(fit):
     assert open_gathered.row_shape.shape == (20, 2)  # gathered while open: numpy
     with pytest.raises(ValueError, match=r"client that holds the fit's cells is closed"):
         result.gather()
+
+
+@pytest.mark.parametrize("solver", ["ipg", "gd", "mu", "hals", "als"])
+def test_classical_fits_leave_cells_without_counts_at_zero(solver):
+    """The factors: "mu", "hals" and "als" reached zero before, "ipg" and "gd" did not;
+    and all five were told their factors were the prior's."""
+    counts = np.random.default_rng(0).poisson(1.5, (30, 12)).astype(np.float32)
+    counts[:2] = 0
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vbsnmf.tl.nmf(adata, 3, solver=solver, random_state=0, max_iter=50)
+    (empty,) = [str(w.message) for w in caught if "no counts in the fitted genes" in str(w.message)]
+    assert empty.startswith("2 of the 30 cells have no counts in the fitted genes; their "
+                            "factors and usages are zero: drop them")  # fmt: skip
+    for entry in ("X_nmf", "X_nmf_usage", "X_nmf_sqrt_usage"):
+        assert not adata.obsm[entry][:2].any(), entry
+    # the cells with counts: usages that sum to one, as before
+    np.testing.assert_allclose(adata.obsm["X_nmf_usage"][2:].sum(axis=1), 1.0)
+
+
+def test_variational_fits_still_call_them_the_priors():
+    counts = np.random.default_rng(0).poisson(1.5, (30, 12)).astype(np.float32)
+    counts[:2] = 0
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    with pytest.warns(UserWarning, match=r"their factors are the prior's \(the same for each\)"):
+        vbsnmf.tl.nmf(adata, 3, random_state=0, max_iter=20)
+    np.testing.assert_array_equal(adata.obsm["X_nmf"][0], adata.obsm["X_nmf"][1])

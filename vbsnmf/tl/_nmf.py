@@ -43,14 +43,21 @@ class _EmptyCellsWarning(UserWarning):
     """`warn_empty_cells`' warning: `tl.select_k` gives it once, not from each inner fit."""
 
 
-def warn_empty_cells(n_without: int, n_cells: int, masked: bool, stacklevel: int = 2) -> None:
+def warn_empty_cells(
+    n_without: int, n_cells: int, masked: bool, solver: str, stacklevel: int = 2
+) -> None:
     """Warn that ``n_without`` of the ``n_cells`` have no counts in the fitted genes (as
-    `tl.project` does): nothing in the data places such a cell, the prior does."""
+    `tl.project` does): nothing in the data places such a cell; the prior does under the
+    variational ``solver``s, and a classical one leaves it at zero (`_fit_classic`)."""
     wider = " or fit more genes (a wider mask_var)" if masked else ""
+    placed = (
+        "their factors are the prior's (the same for each)"
+        if solver in VB_SOLVERS
+        else "their factors and usages are zero"
+    )
     warnings.warn(
-        f"{n_without} of the {n_cells} cells have no counts in the fitted genes; "
-        "their factors are the prior's (the same for each): drop them with "
-        f"sc.pp.filter_cells(adata, min_counts=1){wider}",
+        f"{n_without} of the {n_cells} cells have no counts in the fitted genes; {placed}: "
+        f"drop them with sc.pp.filter_cells(adata, min_counts=1){wider}",
         _EmptyCellsWarning,
         stacklevel=stacklevel + 1,
     )
@@ -296,7 +303,7 @@ def nmf(
         gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
-        warn_empty_cells(n_without, adata.n_obs, fitted_genes is not None)
+        warn_empty_cells(n_without, adata.n_obs, fitted_genes is not None, solver)
 
     if solver in VB_SOLVERS:
         init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
@@ -594,6 +601,9 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     # stored in float64 whatever the counts' dtype: a classical fit has no dtype setting (the
     # estimator returns float32 factors for float32 counts, as scikit-learn's NMF)
     cell_factors = np.asarray(cell_factors, dtype=np.float64)
+    # A cell without counts fits best at zero factors, where "mu", "hals" and "als" leave
+    # it; "ipg" and "gd" stop near it (1e-21), and its usages were an arbitrary mix.
+    cell_factors[np.asarray(matrix.sum(axis=1)).ravel() == 0] = 0.0
     return cell_factors, np.asarray(model.components_, dtype=np.float64).T, info
 
 

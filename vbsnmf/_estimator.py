@@ -304,10 +304,10 @@ class VBNMF(Estimator):
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
         fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
-        (as the longer fit would, except an accelerated one, which goes on from its last
-        step with a new SQUAREM cycle where the longer fit was inside one, and an SVI fit
-        whose ``n_epochs`` is not a multiple of ``eval_every``: it evaluated at its end,
-        which the longer fit did not, and goes on from that evaluation); resumed with
+        (as the longer fit would: an accelerated fit's last save is the start of the
+        SQUAREM cycle ``max_iter`` cut short; except an SVI fit whose ``n_epochs`` is not a
+        multiple of ``eval_every``: it evaluated at its end, which the longer fit did not,
+        and goes on from that evaluation); resumed with
         fewer, the checkpoint's fit is returned with a warning. ``init`` is not used when a
         checkpoint is resumed (the checkpoint is the later state of that fit). ``tol`` may
         change on resume (the other settings may not, bar ``max_iter`` / ``n_epochs``; for

@@ -356,10 +356,11 @@ class VBNTF(Estimator):
         of an uninterrupted one; a checkpoint of other settings or other data (its
         fingerprint of the nonzeros differs) is refused
         (`vbsnmf._checkpoint.CheckpointMismatchError`). A fit that stopped at ``max_iter``
-        or ``n_epochs`` continues when resumed with more (as the longer fit would, except
-        an accelerated one, which goes on from its last step with a new SQUAREM cycle, and
-        an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``, which goes on
-        from the evaluation it made at its end and the longer fit did not). ``tol`` may
+        or ``n_epochs`` continues when resumed with more (as the longer fit would: an
+        accelerated fit's last save is the start of the SQUAREM cycle ``max_iter`` cut
+        short; except an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``,
+        which goes on from the evaluation it made at its end and the longer fit did not).
+        ``tol`` may
         change on resume (except for the slices form of SVI, whose local fits run to it, as
         to ``max_iter``): the checkpoint's convergence is judged again under it, so a fit
         that converged under a looser ``tol`` goes on under a tighter one, and one that

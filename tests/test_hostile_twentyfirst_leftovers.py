@@ -121,3 +121,51 @@ def test_variational_fits_still_call_them_the_priors():
     with pytest.warns(UserWarning, match=r"their factors are the prior's \(the same for each\)"):
         vbsnmf.tl.nmf(adata, 3, random_state=0, max_iter=20)
     np.testing.assert_array_equal(adata.obsm["X_nmf"][0], adata.obsm["X_nmf"][1])
+
+
+def _small_counts() -> sp.csr_matrix:
+    return sp.csr_matrix(np.random.default_rng(0).poisson(1.5, (30, 12)).astype(np.float64))
+
+
+@pytest.mark.parametrize("solver", ["batch", "svi"])
+def test_a_fresh_fit_over_a_saved_checkpoint_warns_at_the_users_line(tmp_path, solver):
+    path = tmp_path / "fit.ckpt"
+    settings = dict(solver=solver, max_iter=5, n_epochs=2, random_state=0, checkpoint=path)
+    vbsnmf.VBNMF(2, **settings).fit(_small_counts())
+    with pytest.warns(
+        UserWarning,
+        match=r"holds a saved fit, which this fit overwrites \(resume=False\): pass resume=True",
+    ) as caught:
+        vbsnmf.VBNMF(2, **settings).fit(_small_counts())
+    (overwrite,) = [w for w in caught if "holds a saved fit" in str(w.message)]
+    assert overwrite.filename == __file__
+    # resumed: no such warning, and the fit is the saved one's continuation
+    with warnings.catch_warnings(record=True) as resumed:
+        warnings.simplefilter("always")
+        vbsnmf.VBNMF(2, **settings, resume=True).fit(_small_counts())
+    assert not [w for w in resumed if "holds a saved fit" in str(w.message)]
+
+
+def test_a_fresh_tensor_fit_over_a_saved_checkpoint_warns(tmp_path):
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.integers(0, n, 200) for n in (10, 8, 4)], axis=1)
+    settings = dict(max_iter=5, random_state=0, checkpoint=tmp_path / "fit.ckpt")
+    vbsnmf.VBNTF(2, **settings).fit(coords)
+    with pytest.warns(UserWarning, match=r"holds a saved fit, which this fit overwrites"):
+        vbsnmf.VBNTF(2, **settings).fit(coords)
+
+
+def test_the_command_line_names_the_option(tmp_path, capfd):
+    folder = tenx(tmp_path)
+    fit = ["fit", folder, "-k", "2", "--max-iter", "3", "--threads", "1"]
+    checkpoint = ["--checkpoint", tmp_path / "fit.ckpt"]
+    code, _, err, _ = _main([*fit, *checkpoint, "-o", tmp_path / "a"], capfd, tmp_path)
+    assert code == 0 and "holds a saved fit" not in err, err
+    code, _, err, _ = _main([*fit, *checkpoint, "-o", tmp_path / "b"], capfd, tmp_path)
+    assert code == 0, err
+    assert (
+        "vbsnmf: warning: checkpoint " in err
+        and "holds a saved fit, which this fit overwrites (without --resume): pass --resume to "
+        "continue that fit instead"
+        in err
+    ), err

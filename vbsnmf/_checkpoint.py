@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import warnings
 import zipfile
 import zlib
@@ -543,9 +544,19 @@ class Checkpointer:
         except FileExistsError:  # a file of the user's: never truncated nor removed
             raise CheckpointError(foreign_lock_message(self.path, lock)) from None
 
-    def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        """The stored checkpoint, or None when there is none (a fresh start)."""
+    def load(self, resume: bool) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The stored checkpoint, or None when there is none or not ``resume`` (a fresh
+        start, which warns that it overwrites the checkpoint found: a fit run again without
+        ``resume`` lost the saved one's hours silently)."""
         if self.path is None or not self.path.exists():
+            return None
+        if not resume:
+            warnings.warn(
+                f"checkpoint {self.path} holds a saved fit, which this fit overwrites "
+                "(resume=False): pass resume=True to continue that fit instead",
+                UserWarning,
+                stacklevel=_outside_vbsnmf(),
+            )
             return None
         arrays, meta = load_checkpoint(self.path)
         check_config(meta, self.config, self.path)
@@ -610,6 +621,17 @@ class Checkpointer:
                 "checkpoint's folder replaced by a file during the fit?); move that file, or "
                 "name another checkpoint"
             ) from None
+
+
+def _outside_vbsnmf() -> int:
+    """The ``stacklevel`` that names, in a warning given by this function's caller, the
+    first frame outside the package (the user's call of ``fit``, however deep the fit's
+    route is)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

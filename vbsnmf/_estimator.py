@@ -300,7 +300,8 @@ class VBNMF(Estimator):
     checkpoint_every
         Iterations or epochs between checkpoints.
     resume
-        Continue from ``checkpoint`` if it exists (else start afresh). For the same data,
+        Continue from ``checkpoint`` if it exists (else start afresh; without ``resume``
+        a saved checkpoint there is overwritten, with a UserWarning). For the same data,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
         fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
@@ -955,7 +956,7 @@ def _fit_batch(
                 check_sparse_structure(mask.rows, fingerprint=True)
             )
         with checkpointer:
-            stored = checkpointer.load() if settings.resume else None
+            stored = checkpointer.load(settings.resume)
             # Generators, not lists, and each start handed over in a list the run empties:
             # no frame here holds a start while its fit runs (one q less at the peak).
             if stored is not None:
@@ -1200,7 +1201,7 @@ def _run_svi(
             settings, shape, nnz, total, n_threads, batch, fingerprint, entropy
         )
         with checkpointer:
-            stored = checkpointer.load() if settings.resume else None
+            stored = checkpointer.load(settings.resume)
             if stored is not None:
                 state = SVIState.from_arrays(*stored, svi_settings.eval_every)
                 resumed_svi_progress(state, svi_settings)

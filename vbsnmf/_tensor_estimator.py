@@ -351,7 +351,8 @@ class VBNTF(Estimator):
     checkpoint_every
         Iterations or epochs between checkpoints.
     resume
-        Continue from ``checkpoint`` if it exists: for the same data, settings,
+        Continue from ``checkpoint`` if it exists (without ``resume`` a saved checkpoint
+        there is overwritten, with a UserWarning): for the same data, settings,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of other settings or other data (its
         fingerprint of the nonzeros differs) is refused
@@ -667,7 +668,7 @@ class VBNTF(Estimator):
             self.checkpoint, checked["checkpoint_every"], config, _tensor.check_checkpoint
         )
         with checkpointer:
-            stored = checkpointer.load() if self.resume else None
+            stored = checkpointer.load(self.resume)
             if not svi:
                 return self._fit_batch_resumable(
                     data, stored, checkpointer, checked, entropy, n_threads, callback

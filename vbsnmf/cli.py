@@ -647,6 +647,8 @@ def _option_names(message: str) -> str:
     message's own."""
     message = message.replace("key_added=None", f"--key {DEFAULT_KEY}")  # its default keys
     message = message.replace("use_raw=True", "--use-raw")
+    message = message.replace("(resume=False)", "(without --resume)")
+    message = message.replace("resume=True", "--resume")
     message = _SETTING.sub(_setting_as_option, message)
     message = _REQUIREMENT.sub(lambda match: PARAMETER_OPTIONS[match.group(1)], message)
     message = _MISMATCH.sub(lambda match: PARAMETER_OPTIONS[match.group(1)], message)

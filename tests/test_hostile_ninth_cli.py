@@ -276,7 +276,7 @@ def test_a_matrix_market_array_file_is_refused_for_its_format(tmp_path, capfd):
     code, _, err, _ = _main(argv, capfd, tmp_path)
     assert code == 2
     assert _error(err) == (
-        "vbsnmf: error: arr.mtx: converts coordinate files (integer or real), not the array format"
+        "vbsnmf: error: arr.mtx: converts coordinate files, not the array format"
     )
 
 

@@ -66,7 +66,8 @@ def mtx_to_h5ad(
     Parameters
     ----------
     src
-        ``.mtx`` / ``.mtx.gz`` (coordinate format, integer or real field) with entries
+        ``.mtx`` / ``.mtx.gz`` (coordinate format; integer or real field, or pattern, whose
+        entries are counts of 1 as `vbsnmf.io.read_mtx` reads them) with entries
         sorted by cell, as 10x and ``scipy.io.mmwrite`` of a CSC of genes x cells (or of a
         CSR of cells x genes) write them; or a 10x folder as Cell Ranger writes it (names
         from its features and barcodes files; only ``Gene Expression`` features when there
@@ -120,11 +121,7 @@ def mtx_to_h5ad(
     with _errors(src):
         header = mtx_header(src)
         if header.fmt != "coordinate":  # name what is refused: the format, not the field
-            raise ReadError(
-                src, f"converts coordinate files (integer or real), not the {header.fmt} format"
-            )
-        if header.field not in ("integer", "real", "double"):
-            raise ReadError(src, f"converts integer or real files, not {header.field}")
+            raise ReadError(src, f"converts coordinate files, not the {header.fmt} format")
         nnz = check_mtx_size(src, header.fmt, header.size, bytes_per_index=_BYTES_PER_NAME)
     n_rows, n_cols = header.size[:2]
     # a 10x folder's features file (its rows) names genes by symbol, with ids and types
@@ -280,21 +277,26 @@ def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.nda
     """Triplet columns (1-based row, 1-based column, value as float64) in chunks of the
     entry lines of ``handle``, the values of a Matrix Market file of the field ``field``
     read as `vbsnmf.io.read_mtx` reads them: an integer file's as 64-bit integers
-    (OverflowError beyond), a real file's as floats, infinite beyond float64's range.
+    (OverflowError beyond), a real file's as floats, infinite beyond float64's range, and
+    each entry of a pattern file (no value) as a count of 1.
 
     pandas reads the values without a dtype: with float64 it refused a column holding
     ``1e400``, which it reads as text then, and Python's float reads that as scipy does.
     """
+    pattern = field == "pattern"
     reader = pd.read_csv(
         handle,
         sep=r"\s+",
         header=None,
-        names=["row", "col", "value"],
+        names=["row", "col"] if pattern else ["row", "col", "value"],
         dtype={"row": np.int64, "col": np.int64},
         chunksize=_LINES_PER_CHUNK,
         engine="c",
     )
     for frame in reader:
+        if pattern:
+            yield frame["row"].to_numpy(), frame["col"].to_numpy(), np.ones(len(frame))
+            continue
         values = frame["value"]
         # uint64 or text: beyond int64 (a file of no entries reads as an empty text column)
         if field == "integer" and values.dtype != np.int64 and len(values):

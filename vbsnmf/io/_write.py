@@ -7,7 +7,7 @@ import gzip
 import io
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -300,7 +300,8 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     the X of its ``.raw``; the rest (``obs``, ``var``, ``obsm``, ``varm``, ``layers``,
     ``obsp``, ``varp``, ``uns``, and ``.raw``'s ``var`` and ``varm``, where a fit of
     ``.raw`` puts its gene side) is written as it is in memory; a ``.raw`` deleted in
-    memory (``del adata.raw``) is not written. Returns ``path``.
+    memory (``del adata.raw``) is not written, nor an X its file does not hold (counts in
+    its layers only). Returns ``path``.
 
     Raises
     ------
@@ -313,8 +314,8 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         on it first. Nothing is written.
     TypeError
         ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
-        an ``.obs`` column mixing numbers and text); the message says where. Nothing is
-        written.
+        an ``.obs`` column mixing numbers and text, a key in ``.uns`` or ``.obsm`` that is not
+        a string or holds ``/``); the message says where. Nothing is written.
     OSError
         A write failed (a full disk, a file-size limit); it names ``path``, which is left as
         it was.
@@ -365,7 +366,8 @@ def _write_result(adata, path: Path) -> Path:
         )
         _write_anndata(out, without_x, check)
         with h5py.File(adata.filename, "r") as source:
-            _copy_x(source["X"], out, "X", check)
+            if "X" in source:  # none in a file of layers only (a fit of one of them)
+                _copy_x(source["X"], out, "X", check)
             if "raw" in source and adata.raw is not None:  # not one deleted in memory
                 _copy_raw(adata.raw, source["raw"], out, check)
     return path
@@ -384,9 +386,31 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
         check()  # once a write failed, the rest would only be discarded
         if elem is None and key == "/raw":  # write_h5ad writes no .raw when there is none
             return
+        if isinstance(elem, Mapping):
+            _check_keys(key, elem)
         write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
 
     write_dispatched(out, "/", adata, callback=write, dataset_kwargs={"compression": "gzip"})
+
+
+def _check_keys(where: str, mapping: Mapping) -> None:
+    """A `TypeError` naming the first key of ``mapping`` (the element ``where`` of the
+    file, e.g. ``/uns/names``) that an ``.h5ad`` cannot store as it is: one that is not a
+    string, which anndata met with a bare "'int' object has no attribute 'rsplit'" (a dict
+    of cluster names by number in ``.uns``), or one holding ``/``, which HDF5 takes for a
+    path: ``.uns['a/b']`` read back as ``.uns['a']['b']``, and an ``.obsm['a/b']`` made a
+    file that anndata cannot read."""
+    for name in mapping:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"the mapping at {where} has the key {name!r} ({type(name).__name__}), and an "
+                ".h5ad stores only string keys: make them strings (str(key)) first"
+            )
+        if "/" in name:
+            raise TypeError(
+                f"the mapping at {where} has the key {name!r}, and an .h5ad stores a '/' in "
+                "a key as a path of nested groups (not read back as it was): rename it"
+            )
 
 
 def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import warnings
 import zipfile
 import zlib
@@ -34,6 +33,7 @@ from ._atomic import (
     lock_holder,
     take_lock_file,
 )
+from ._utils import warn_user
 
 # Written into every checkpoint's metadata: what tells a checkpoint from other .npz files.
 FORMAT = "vbsnmf-checkpoint"
@@ -551,11 +551,10 @@ class Checkpointer:
         if self.path is None or not self.path.exists():
             return None
         if not resume:
-            warnings.warn(
+            warn_user(
                 f"checkpoint {self.path} holds a saved fit, which this fit overwrites "
                 "(resume=False): pass resume=True to continue that fit instead",
                 UserWarning,
-                stacklevel=_outside_vbsnmf(),
             )
             return None
         arrays, meta = load_checkpoint(self.path)
@@ -621,17 +620,6 @@ class Checkpointer:
                 "checkpoint's folder replaced by a file during the fit?); move that file, or "
                 "name another checkpoint"
             ) from None
-
-
-def _outside_vbsnmf() -> int:
-    """The ``stacklevel`` that names, in a warning given by this function's caller, the
-    first frame outside the package (the user's call of ``fit``, however deep the fit's
-    route is)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

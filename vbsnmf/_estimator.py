@@ -82,7 +82,7 @@ from ._svi import (
     resumed_svi_progress,
     scan_blocks,
 )
-from ._utils import check_n_threads, compute_dask, is_dask_array, numba_threads
+from ._utils import check_n_threads, compute_dask, is_dask_array, numba_threads, warn_user
 from ._validation import (
     PRIOR_SHAPE_RANGE,
     check_accelerate,
@@ -382,7 +382,9 @@ class VBNMF(Estimator):
     prior) the first pass scores the start, so ``max_iter=1`` returns the start itself
     (``n_iter_ == 1``, an empty ``elbo_trace_``). Per-entry rates (a fit with ``mask``
     under ``prior='gamma'``) start only another fit with ``mask``. ``n_init`` is ignored
-    when ``init`` is given.
+    when ``init`` is given. A `VBNMF` fitted with gene names (a DataFrame) starts only X
+    with the same names in the same order (``ValueError`` otherwise); on X without names it
+    starts the genes by position and warns (``UserWarning``), as `transform` does.
     """
 
     _transformer = True
@@ -1004,8 +1006,17 @@ def _fit_batch(
 def _check_init_genes(init, names) -> None:
     """A warm start from an estimator fitted with gene names, on X with other names or
     another order (``names``: X's), is refused: its gene side would start X's genes by
-    position, silently another start than the fit it continues."""
-    detail = names_differ(getattr(init, "feature_names_in_", None), names, "genes", "X", "init")
+    position, silently another start than the fit it continues. On X without names the
+    genes cannot be checked: a warning says so, as `transform` warns on such X."""
+    init_names = getattr(init, "feature_names_in_", None)
+    if init_names is not None and names is None:
+        warn_user(
+            "X does not have valid feature names, but init was fitted with feature names: "
+            "its gene side starts X's genes by position, unchecked; pass X as a DataFrame "
+            "with init's genes as columns to have them checked",
+            UserWarning,
+        )
+    detail = names_differ(init_names, names, "genes", "X", "init")
     if detail is None:
         return
     raise ValueError(

@@ -274,6 +274,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
+        # float32 X gives float32 factors (`_as_result`), as scikit-learn's NMF declares
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
     # ---- internals ----------------------------------------------------------------------

@@ -61,7 +61,7 @@ from ._model import (
     seed_entropy,
     side_totals,
     svd_start,
-    warn_float32_rounding,
+    warn_elbo_rounding,
     warn_kept_start,
     warn_not_converged,
 )
@@ -372,8 +372,13 @@ class VBNMF(Estimator):
     Counts: X holds non-negative, finite counts of at most 1e13 (float64 factors) or
     2**24 (``dtype=np.float32``); a larger count is refused with `ValueError`, because
     past it the ELBO is no longer resolved (it stops increasing monotonically, then turns
-    positive or infinite; measured by ``benchmarks/count_range.py``). X may also not be a
-    sparse matrix whose index arrays are damaged (checked before any kernel reads them).
+    positive or infinite; measured by ``benchmarks/count_range.py``). Below it many large
+    counts can still round the ELBO by more than ``tol`` resolves (float64 holds each
+    count's terms, of size x log x, to 2**-53 relative: a cell of twelve counts of 1e12
+    rounded an ELBO of -1,000 by 0.1 nats); a batch fit that stops then warns
+    (`ConvergenceWarning`, naming the ``tol`` that the rounding allows), as float32's do.
+    X may also not be a sparse matrix whose index arrays are damaged (checked before any
+    kernel reads them).
 
     Warm starts: ``fit(X, init=...)`` starts from given variational parameters: a fitted
     `VBNMF`, or a mapping with keys ``cell_shape``, ``cell_rate``, ``gene_shape``,
@@ -999,7 +1004,8 @@ def _fit_batch(
                 if best is None or _final_elbo(result) > _final_elbo(best):
                     best = result
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
-    warn_float32_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total)
+    largest = float(data.counts.max(initial=0.0))
+    warn_elbo_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total, largest)
     return best, data.shape[1]
 
 
@@ -1299,6 +1305,14 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
         if best is None or _final_elbo(result) > _final_elbo(best):
             best = result
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
+    warn_elbo_rounding(
+        best.elbo_trace,
+        best.converged,
+        settings.dtype,
+        settings.tol,
+        best.total_count,
+        best.largest_count,
+    )
     return best
 
 

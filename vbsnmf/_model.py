@@ -1241,23 +1241,36 @@ def warn_kept_start(best, n_starts: int, max_iter: int, tol: float) -> None:
         warn_not_converged("max_iter", max_iter, tol)
 
 
-def warn_float32_rounding(
-    elbo_trace, converged: bool, dtype, tol: float, total_count: float
+def warn_elbo_rounding(
+    elbo_trace, converged: bool, dtype, tol: float, total_count: float, largest_count: float
 ) -> None:
-    """The `ConvergenceWarning` of a float32 batch fit (matrix or tensor) that met ``tol``
-    although its ELBO's rounding may be larger than the change ``tol`` resolves: float32
-    tables hold each count's data term to about 2**-24 nats, so counts in the hundreds of
-    millions (pseudobulk) round the ELBO by more than a pass changes it near the end, and
-    the stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO)."""
-    if np.dtype(dtype) != np.float32 or not converged or not len(elbo_trace):
+    """The `ConvergenceWarning` of a batch fit (matrix or tensor) that met ``tol`` although
+    its ELBO's rounding may be larger than the change ``tol`` resolves. float32 tables hold
+    each count's data term to about 2**-24 nats, so counts in the hundreds of millions
+    (pseudobulk) round the ELBO by more than a pass changes it near the end, and the
+    stopping rule can fire early (counts near 1e6: 1.3 % below float64's ELBO). In float64
+    each count's terms (``x log(sum_l ...)``, ``lgamma(x + 1)``, of size ``x log x``) are
+    held to 2**-53 relative: a cell of twelve counts of 1e12 (each below the count limit)
+    rounded an ELBO of -1,000 by 0.1 nats, its trace fell and the fit stopped on the
+    rounding (``largest_count``: the largest count, for that ``log x``)."""
+    if not converged or not len(elbo_trace):
         return
-    rounding = total_count * 2.0**-24
-    resolved = tol * abs(float(elbo_trace[-1]))
+    last = abs(float(elbo_trace[-1]))
+    resolved = tol * last
+    if np.dtype(dtype) == np.float32:
+        rounding = total_count * 2.0**-24
+        advice = "fit these counts with dtype=np.float64"
+    else:
+        if tol == 0:  # asked to run until the ELBO repeats exactly: only rounding ends that
+            return
+        rounding = total_count * math.log(max(largest_count, math.e)) * 2.0**-53
+        advice = f"raise tol to at least {rounding / max(last, rounding):.1g}"
     if rounding > resolved:
         warn_user(
-            f"float32 holds this fit's ELBO to about {rounding:.2g} nats ({total_count:.3g} "
-            f"counts), more than the {resolved:.2g} nats that tol={tol} resolves, so the "
-            "fit may have stopped early: fit these counts with dtype=np.float64",
+            f"{np.dtype(dtype).name} holds this fit's ELBO to about {rounding:.2g} nats "
+            f"({total_count:.3g} counts), more than the {resolved:.2g} nats that tol={tol} "
+            f"resolves, so its trace can fall by rounding and the fit may have stopped "
+            f"early: {advice}",
             ConvergenceWarning,
         )
 

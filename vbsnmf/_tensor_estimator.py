@@ -592,12 +592,13 @@ class VBNTF(Estimator):
                 result = best
                 _model.warn_kept_start(result, n_starts, checked["max_iter"], checked["tol"])
         if self.solver == "batch":
-            _model.warn_float32_rounding(
+            _model.warn_elbo_rounding(
                 result.elbo_trace,
                 result.converged,
                 checked["dtype"],
                 checked["tol"],
                 total_count,
+                float(data.counts.max(initial=0.0)),
             )
         self._set_fitted(result, shape)
         return self
@@ -830,7 +831,7 @@ def _check_table_memory(shape: tuple[int, ...], n_components: int, dtype: np.dty
 def _check_largest_count(data: _tensor.TensorData, dtype: np.dtype) -> None:
     """`ValueError` when a count (repeated coordinates summed) is above `max_count` of the
     fit's dtype, as `VBNMF` refuses it: its factors would overflow to NaN."""
-    largest = float(data.counts.max()) if data.nnz else 0.0
+    largest = float(data.counts.max(initial=0.0))
     limit = max_count(dtype)
     if largest > limit:
         raise ValueError(

@@ -145,14 +145,16 @@ def chunk_count_data(block, first_cell: int, fit_dtype=np.float64) -> CountData:
     return as_count_data(sp.csr_array(matrix, copy=True), owned=True)
 
 
-def _chunk_info(data: CountData) -> tuple[int, int, float, bool]:
-    """``(n_cells, n_genes, total count, holds non-integers)`` of one chunk."""
+def _chunk_info(data: CountData) -> tuple[int, int, float, bool, float]:
+    """``(n_cells, n_genes, total count, holds non-integers, largest count)`` of one
+    chunk."""
     counts = data.counts
     return (
         data.shape[0],
         data.shape[1],
         float(np.sum(counts, dtype=np.float64)),
         bool(np.any(counts != np.round(counts))),
+        float(counts.max(initial=0.0)),
     )
 
 
@@ -335,6 +337,9 @@ class DaskFitResult:
     gathered_bytes, sent_bytes
         Per pass: bytes the client received (the reduced summary) and bytes it put into the
         graph (the gene side and rates). Both are O(genes x K), independent of nonzeros.
+    total_count, largest_count
+        The sum and the largest of the counts (batch VB; 0 for SVI), what the ELBO's
+        rounding depends on (`_model.warn_elbo_rounding`).
     """
 
     params: VariationalParams
@@ -344,6 +349,8 @@ class DaskFitResult:
     converged: bool
     gathered_bytes: list[int] = field(default_factory=list)
     sent_bytes: list[int] = field(default_factory=list)
+    total_count: float = 0.0
+    largest_count: float = 0.0
 
     @property
     def cell_factors(self):
@@ -516,6 +523,8 @@ def fit_batch_dask(
         converged,
         model.gathered_bytes,
         model.sent_bytes,
+        float(sum(i[2] for i in info)),
+        max(i[4] for i in info),
     )
 
 

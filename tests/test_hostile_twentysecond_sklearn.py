@@ -20,20 +20,10 @@ import pandas as pd
 import pytest
 import sklearn.decomposition
 from sklearn.utils.estimator_checks import check_transformer_preserve_dtypes
+from test_hostile_seventeenth_sklearn import GENES, _counts, pytestmark  # noqa: F401
 
 from vbsnmf import VBNMF
 from vbsnmf.classic import NMF
-
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning"),
-    pytest.mark.filterwarnings("ignore::vbsnmf.NonCountWarning"),
-]
-
-GENES = [f"g{i}" for i in range(6)]
-
-
-def _counts(n_rows: int = 40, n_cols: int = 6, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(2.0, (n_rows, n_cols)).astype(np.float64)
 
 
 def test_nmf_declares_the_float32_it_returns_and_scikit_learn_checks_it():

@@ -22,7 +22,7 @@ from test_dask import local_client
 from test_hostile import FIT, _main, tenx
 
 import vbsnmf
-from vbsnmf.io import ReadError
+from vbsnmf.io import ReadError, UnsafePathError
 
 # short fits on purpose: their ConvergenceWarning says nothing here
 pytestmark = pytest.mark.filterwarnings("ignore:(VB|SVI) stopped after")
@@ -169,3 +169,17 @@ def test_the_command_line_names_the_option(tmp_path, capfd):
         "continue that fit instead"
         in err
     ), err
+
+
+def test_a_file_name_ending_with_a_separator_is_refused(tmp_path):
+    """``write_result("new/")`` wrote a file ``new`` (pathlib drops the separator)."""
+    adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(UnsafePathError, match=r"names a folder; name a file"):
+        vbsnmf.io.write_result(adata, f"{tmp_path}/new/")
+    counts = tmp_path / "counts.mtx"
+    counts.write_text("%%MatrixMarket matrix coordinate integer general\n2 2 1\n1 1 3\n")
+    with pytest.raises(UnsafePathError, match=r"names a folder; name a file"):
+        vbsnmf.io.mtx_to_h5ad(counts, f"{tmp_path}/converted/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.mtx"]
+    # a file's name writes as before
+    assert vbsnmf.io.write_result(adata, tmp_path / "new.h5ad").is_file()

@@ -308,17 +308,17 @@ class VBNMF(Estimator):
         (as the longer fit would: an accelerated fit's last save is the start of the
         SQUAREM cycle ``max_iter`` cut short; except an SVI fit whose ``n_epochs`` is not a
         multiple of ``eval_every``: it evaluated at its end, which the longer fit did not,
-        and goes on from that evaluation); resumed with
-        fewer, the checkpoint's fit is returned with a warning. ``init`` is not used when a
-        checkpoint is resumed (the checkpoint is the later state of that fit). ``tol`` may
-        change on resume (the other settings may not, bar ``max_iter`` / ``n_epochs``; for
-        the cells form of SVI ``tol`` and ``max_iter`` also run each cell's local fit, and
-        are then refused): the checkpoint's convergence is judged again under it, so a fit
-        that converged under a looser ``tol`` goes on under a tighter one, and one that
-        meets a looser ``tol`` stops (plain batch ascent: at once, ``converged_=True``;
-        accelerated, SVI: at the next check). A ``random_state`` Generator resumes only when
-        given in the state it had at the first fit (a fresh ``np.random.default_rng(seed)``
-        of the same seed): the checkpoint records the entropy the fit drew from it.
+        and goes on from that evaluation); resumed with fewer, the checkpoint's fit is
+        returned with a warning. ``init`` is not used when a checkpoint is resumed (the
+        checkpoint is the later state of that fit). ``tol`` may change on resume (the
+        other settings may not, bar ``max_iter`` / ``n_epochs``; for the cells form of SVI
+        ``tol`` and ``max_iter`` also run each cell's local fit, and are then refused): the
+        checkpoint's convergence is judged again under it, so a fit that converged under a
+        looser ``tol`` goes on under a tighter one, and one that meets a looser ``tol``
+        stops (plain batch ascent: at once, ``converged_=True``; accelerated, SVI: at the
+        next check). A ``random_state`` Generator resumes only when given in the state it
+        had at the first fit (a fresh ``np.random.default_rng(seed)`` of the same seed):
+        the checkpoint records the entropy the fit drew from it.
 
     Attributes
     ----------

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .._validation import check_flag, repeated_negative
 from ._errors import ReadError, check_exists, describe_error
-from ._paths import check_apart
+from ._paths import check_apart, check_file_name
 from ._read import (
     BEYOND_INT64,
     CheckedText,
@@ -97,7 +97,8 @@ def mtx_to_h5ad(
         refuses it, with its messages), or entries not sorted by cell.
     UnsafePathError
         ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
-        (symbolic and hard links resolved), checked before anything is written.
+        (symbolic and hard links resolved), or ends with a path separator (a folder's
+        name), checked before anything is written.
     FileExistsError
         With ``created``: ``dst`` exists, or another process made it while converting.
     OSError
@@ -105,6 +106,7 @@ def mtx_to_h5ad(
         left behind.
     """
     genes_as_rows = check_flag(genes_as_rows, "genes_as_rows")
+    check_file_name("dst", dst)
     src, dst = Path(src), Path(dst)
     check_exists(src)
     # before anything is written: dst (links and hard links resolved) must not replace

@@ -241,6 +241,14 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     return path
 
 
+def check_file_name(label: str, path: str | os.PathLike) -> None:
+    """`UnsafePathError` for a name ending with a separator: it names a folder, which
+    `pathlib` would drop to write a file of the folder's name (``new/`` written as a file
+    ``new``)."""
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise UnsafePathError(f"{label} {os.fspath(path)} names a folder; name a file")
+
+
 def check_output_file(label: str, path: str | os.PathLike) -> Path:
     """Check, before any work, that `atomic_file` can write the file ``path``; return the
     path it writes (a symbolic link followed).
@@ -256,8 +264,7 @@ def check_output_file(label: str, path: str | os.PathLike) -> Path:
     UnsafePathError
         Any of the above, naming ``label`` and ``path`` with the reason.
     """
-    if os.fspath(path).endswith(("/", os.sep)):
-        raise UnsafePathError(f"{label} {os.fspath(path)} names a folder; name a file")
+    check_file_name(label, path)
     path = Path(path)
     _check_lookup(label, path)
     try:

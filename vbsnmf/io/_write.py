@@ -28,7 +28,13 @@ from .._utils import (
     held_reference_key,
     warn_user,
 )
-from ._paths import CELL_FACTORS_FILE, ELBO_FILE, GENE_LOADINGS_FILE, LOSS_FILE
+from ._paths import (
+    CELL_FACTORS_FILE,
+    ELBO_FILE,
+    GENE_LOADINGS_FILE,
+    LOSS_FILE,
+    check_file_name,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -309,6 +315,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         The folder of ``path`` does not exist.
     IsADirectoryError
         ``path`` is a folder.
+    UnsafePathError
+        ``path`` ends with a path separator (a folder's name, which `pathlib` would drop
+        to write a file of the folder's name). Nothing is written.
     ValueError
         ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
         on it first. Nothing is written.
@@ -325,6 +334,7 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     except ImportError:  # pragma: no cover - another anndata layout: its error as it is
         IORegistryError = ()
 
+    check_file_name("path", path)
     path = Path(path)
     if adata.isbacked and adata.is_view:
         # its X is copied from the file, which holds every cell and gene, not the view's

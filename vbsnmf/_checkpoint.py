@@ -220,6 +220,7 @@ def check_config(meta: dict, config: dict, path) -> None:
             f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
         )
     stored = {**{k: v for k, v in LATER_KEY_VALUES.items() if k in config}, **stored}
+    stored, config = _batch_as_run(stored), _batch_as_run(config)
     differing = sorted(
         key
         for key in set(stored) | set(config)
@@ -244,6 +245,19 @@ def check_config(meta: dict, config: dict, path) -> None:
     raise CheckpointMismatchError(
         f"checkpoint {path} was written by a different fit ({details}); {start_over}"
     )
+
+
+def _batch_as_run(config: dict) -> dict:
+    """``config`` with its SVI ``batch_size`` as the fit runs it: one past the items it
+    draws from (cells or slices of ``svi_mode``, or nonzeros) is all of them, the same fit
+    (`_svi.fit_svi_cells`, `_tensor.fit_svi`), whichever larger size was given."""
+    batch, shape, nnz = config.get("batch_size"), config.get("shape"), config.get("nnz")
+    form, mode = config.get("svi_form"), config.get("svi_mode") or 0
+    if not (isinstance(batch, int) and isinstance(shape, list) and isinstance(nnz, int)):
+        return config  # batch fits, and damaged records, which compare as they are
+    sliced = form in ("cells", "slices") and isinstance(mode, int) and mode < len(shape)
+    whole = shape[mode] if sliced else nnz
+    return {**config, "batch_size": min(batch, max(whole, 1))} if isinstance(whole, int) else config
 
 
 def _by_parameter(key: str, then, now) -> list[tuple[str, object, object]]:

@@ -529,6 +529,7 @@ def _fit(
     from ._svi import default_n_epochs
 
     params = _fit_params(args)
+    _check_var_index_name(adata, args, anndata_file)
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
         # resume=True starts afresh without one: say so (a mistyped path resumes nothing)
         _tell(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
@@ -601,6 +602,23 @@ def _fit(
     return time.perf_counter() - start
 
 
+def _check_var_index_name(adata, args, anndata_file: str | None) -> None:
+    """Refuse, before the fit, genes whose index is named as the column of total counts
+    the fit adds: anndata cannot write the two into result.h5ad, which failed after the
+    whole fit."""
+    from .tl._stored import FitKeys
+
+    column = FitKeys.of(_key_added(args.key)).total_counts
+    genes = adata.raw if args.use_raw else adata
+    if genes is not None and genes.var.index.name == column:
+        where = "raw.var" if args.use_raw else "var"
+        raise UsageError(
+            f"{anndata_file}: its {where} index is named {column!r}, the column of total "
+            "counts the fit adds, which result.h5ad cannot hold beside it: rename the index "
+            "(adata.var.index.name = None) or pass another --key"
+        )
+
+
 def _print_warnings(caught) -> None:
     """Each distinct UserWarning of ``caught`` as one ``vbsnmf: warning:`` line: vbsnmf's
     own (ConvergenceWarning, NonCountWarning) and the readers'; libraries' deprecation
@@ -645,7 +663,14 @@ def _option_names(message: str) -> str:
     in advice (``raise max_iter or tol``) and in a checkpoint's mismatch (``tol: checkpoint
     1e-05 vs now 0.001``). Elsewhere such a word ("the prior", "checkpoint PATH") is the
     message's own."""
+    from .tl._nmf import NO_ACTIVE_ADVICE
+
     message = message.replace("key_added=None", f"--key {DEFAULT_KEY}")  # its default keys
+    message = message.replace(
+        NO_ACTIVE_ADVICE,
+        "top_genes.tsv lists none; vbsnmf.tl.top_genes(adata, include_inactive=True) on "
+        "result.h5ad lists every factor",
+    )
     message = message.replace("use_raw=True", "--use-raw")
     message = message.replace("(resume=False)", "(without --resume)")
     message = message.replace("resume=True", "--resume")

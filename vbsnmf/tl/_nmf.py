@@ -43,6 +43,10 @@ class _EmptyCellsWarning(UserWarning):
     """`warn_empty_cells`' warning: `tl.select_k` gives it once, not from each inner fit."""
 
 
+class _NoActiveFactorWarning(UserWarning):
+    """`nmf`'s warning that no factor is active; `tl.select_k` reports ``n_active``."""
+
+
 def warn_empty_cells(
     n_without: int, n_cells: int, masked: bool, solver: str, stacklevel: int = 2
 ) -> None:
@@ -358,6 +362,8 @@ def nmf(
     if variational is not None and "prior_shape" in variational:
         prior = (variational["prior_shape"], variational["prior_rate"])
     share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
+    if not (share > threshold).any():
+        _warn_no_active(threshold, min_share is None, adata.n_obs)
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
@@ -389,6 +395,24 @@ def nmf(
         **({} if variational is None else {"variational": variational}),
     }
     return adata if copy else None
+
+
+# the command line, which has no min_share, says its own (`cli._option_names`)
+NO_ACTIVE_ADVICE = (
+    "pass a smaller min_share, or include_inactive=True to tl.top_genes and pl.factors"
+)
+
+
+def _warn_no_active(threshold: float, default: bool, n_cells: int) -> None:
+    """Warn that no factor's share exceeds ``threshold``: `top_genes` would list nothing
+    and `vbsnmf.pl.factors` draw nothing, without a word."""
+    why = f" (the default: five typical cells' counts, of {n_cells} cells)" if default else ""
+    warnings.warn(
+        f"no factor is active: none holds more than min_share = {threshold:.3g} of the "
+        f"fitted counts{why}; {NO_ACTIVE_ADVICE}",
+        _NoActiveFactorWarning,
+        stacklevel=3,
+    )
 
 
 def check_share(value) -> float:

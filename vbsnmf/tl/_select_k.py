@@ -20,6 +20,7 @@ from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
     _check_fit_params,
     _EmptyCellsWarning,
+    _NoActiveFactorWarning,
     _storable,
     _storable_int,
     check_share,
@@ -191,6 +192,7 @@ def select_k(
         with warnings.catch_warnings():
             # the train half leaves more cells empty: a property of the split, not the data
             warnings.simplefilter("ignore", _EmptyCellsWarning)
+            warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
             for fitted in (full, half):
                 nmf(fitted, k, **options, **fit_params)
         cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])

@@ -1,0 +1,164 @@
+"""Twenty-third pass, items earlier notes left: a fit with no active factor says so, an
+SVI checkpoint's batch larger than the data is the whole data, and the command line
+refuses a var index it could not write beside the fit's column before fitting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+import vbsnmf
+from vbsnmf import CheckpointMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_ACTIVE = "no factor is active"
+
+
+def _counts(n_cells: int, n_genes: int = 30, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sp.csr_matrix(rng.poisson(3.0, (n_cells, n_genes)).astype(np.float32))
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "vbsnmf.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def _fit(adata, n_components=3, **params) -> list[str]:
+    """``tl.nmf``'s warnings other than the iteration cap's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vbsnmf.tl.nmf(adata, n_components, random_state=0, max_iter=60, **params)
+    return [str(w.message) for w in caught if w.category is not vbsnmf.ConvergenceWarning]
+
+
+def test_few_cells_no_active_factor_warns():
+    """Four cells: the default threshold (five typical cells' fitted counts) is the whole
+    fit, so no factor is active and `top_genes` lists nothing: the fit said nothing."""
+    adata = ad.AnnData(_counts(4))
+    messages = _fit(adata)
+    info = adata.uns["nmf"]
+    assert not np.asarray(info["active"]).any()
+    # independent: five median cells' fitted counts against the total, capped at 1
+    fitted = adata.obsm["X_nmf"] @ adata.varm["NMF"].sum(axis=0)
+    assert info["min_share"] == pytest.approx(min(5 * np.median(fitted) / fitted.sum(), 1.0))
+    warned = [m for m in messages if NO_ACTIVE in m]
+    assert len(warned) == 1, messages
+    assert "of 4 cells" in warned[0] and "include_inactive=True" in warned[0]
+    assert vbsnmf.tl.top_genes(adata).empty  # what the warning explains
+    assert not vbsnmf.tl.top_genes(adata, include_inactive=True).empty
+
+
+def test_explicit_min_share_above_every_factor_warns():
+    adata = ad.AnnData(_counts(60))
+    messages = _fit(adata, min_share=0.9)
+    assert not np.asarray(adata.uns["nmf"]["active"]).any()
+    (warned,) = [m for m in messages if NO_ACTIVE in m]
+    assert "min_share = 0.9 " in warned and "pass a smaller min_share" in warned
+    assert "default" not in warned
+
+
+def test_active_factors_no_warning():
+    """Guard (passes before the change too): a fit with an active factor stays quiet."""
+    adata = ad.AnnData(_counts(60))
+    messages = _fit(adata)
+    assert np.asarray(adata.uns["nmf"]["active"]).any()
+    assert not [m for m in messages if NO_ACTIVE in m]
+
+
+def test_cli_no_active_factor_names_its_outputs(tmp_path):
+    """The command line has no min_share: its warning names top_genes.tsv and the Python
+    call on result.h5ad, not a parameter it cannot set."""
+    matrix = tmp_path / "x.mtx"
+    scipy.io.mmwrite(matrix, _counts(4).T.tocoo())
+    out = tmp_path / "out"
+    done = _cli("fit", matrix, "--genes-as-rows", "-k", 3, "-o", out, "--max-iter", 60)
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if NO_ACTIVE in x]
+    assert line.startswith("vbsnmf: warning: ")
+    assert "top_genes.tsv lists none" in line and "result.h5ad" in line
+    assert "min_share," not in line  # the Python advice, replaced
+    assert (out / "top_genes.tsv").read_text().count("\n") == 1  # the header alone
+
+
+@pytest.mark.parametrize("form", ["cells", "nonzeros"])
+def test_oversized_batch_resumes_as_the_whole_data(tmp_path, form):
+    """``batch_size`` past the cells (nonzeros) is all of them, the same fit: a checkpoint
+    written with 10**6 resumes with the exact size, which it refused as another fit, and
+    gives the uninterrupted fit's trace."""
+    X = _counts(40, 25, seed=3)
+    whole = X.shape[0] if form == "cells" else X.nnz
+    params = dict(solver="svi", svi_form=form, random_state=5, n_threads=1, tol=0.0)
+    # the cells form's local fits run max_iter passes; the nonzeros form fits the fixed prior
+    params.update(dict(max_iter=20) if form == "cells" else dict(prior="gamma"))
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(3, batch_size=10**6, n_epochs=3, checkpoint=path, **params).fit(X)
+        resumed = vbsnmf.VBNMF(
+            3, batch_size=whole, n_epochs=6, checkpoint=path, resume=True, **params
+        ).fit(X)
+        straight = vbsnmf.VBNMF(3, batch_size=whole, n_epochs=6, **params).fit(X)
+    np.testing.assert_array_equal(resumed.elbo_trace_, straight.elbo_trace_)
+
+
+def test_oversized_tensor_batch_resumes_as_the_whole_data(tmp_path):
+    """The same for `VBNTF`'s slices form: a batch past the slices of ``svi_mode``."""
+    rng = np.random.default_rng(4)
+    tensor = rng.poisson(1.0, (12, 8, 5))
+    coords, values = np.argwhere(tensor), tensor[tensor > 0].astype(np.float64)
+    params = dict(solver="svi", random_state=5, n_threads=1, tol=0.0, max_iter=10)
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNTF(2, batch_size=10**6, n_epochs=3, checkpoint=path, **params).fit(coords, values)
+        resumed = vbsnmf.VBNTF(
+            2, batch_size=12, n_epochs=6, checkpoint=path, resume=True, **params
+        ).fit(coords, values)
+        straight = vbsnmf.VBNTF(2, batch_size=12, n_epochs=6, **params).fit(coords, values)
+    np.testing.assert_array_equal(resumed.elbo_trace_, straight.elbo_trace_)
+
+
+def test_smaller_batch_still_refused(tmp_path):
+    """Guard (passes before the change too): a batch smaller than the data is another fit."""
+    X = _counts(40, 25, seed=3)
+    params = dict(solver="svi", random_state=5, n_threads=1, tol=0.0, max_iter=20)
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(3, batch_size=10**6, n_epochs=2, checkpoint=path, **params).fit(X)
+        resume = vbsnmf.VBNMF(3, batch_size=20, n_epochs=4, checkpoint=path, resume=True, **params)
+        with pytest.raises(CheckpointMismatchError, match="batch_size"):
+            resume.fit(X)
+
+
+@pytest.mark.parametrize("solver", ["batch", "svi"])
+def test_cli_var_index_named_like_the_totals_refused_before_the_fit(tmp_path, solver):
+    """An .h5ad whose var index is named ``nmf_total_counts`` (the column the fit adds):
+    result.h5ad cannot hold both, and the run failed after the whole fit with anndata's
+    message; now refused first, exit 2, no OUTDIR. Another ``--key`` fits it."""
+    adata = ad.AnnData(_counts(50))
+    adata.var.index.name = "nmf_total_counts"
+    source = tmp_path / "in.h5ad"
+    adata.write_h5ad(source)
+    options = ["-k", 2, "--quiet", "--solver", solver, "--max-iter", 20]
+    options += ["--epochs", 2] if solver == "svi" else []  # svi streams the .h5ad
+    out = tmp_path / "out"
+    done = _cli("fit", source, "-o", out, *options)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "its var index is named 'nmf_total_counts'" in done.stderr
+    assert "--key" in done.stderr and not out.exists()
+    done = _cli("fit", source, "-o", out, *options, "--key", "other")
+    assert done.returncode == 0, done.stderr
+    assert ad.read_h5ad(out / "result.h5ad").var.index.name == "nmf_total_counts"

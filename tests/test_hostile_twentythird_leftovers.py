@@ -162,3 +162,26 @@ def test_cli_var_index_named_like_the_totals_refused_before_the_fit(tmp_path, so
     done = _cli("fit", source, "-o", out, *options, "--key", "other")
     assert done.returncode == 0, done.stderr
     assert ad.read_h5ad(out / "result.h5ad").var.index.name == "nmf_total_counts"
+
+
+@pytest.mark.parametrize("where", ["obs_names", "obs column", "uns"])
+def test_write_result_names_a_lone_surrogate(tmp_path, where):
+    """A name decoded with errors='surrogateescape' (``'\\udcff'``): h5py's bare
+    UnicodeEncodeError said neither where nor what to do; now the element is named.
+    Nothing is written either way."""
+    adata = ad.AnnData(_counts(5, 4))
+    bad = "cell\udcff"
+    if where == "obs_names":
+        adata.obs_names = [*map(str, range(4)), bad]
+        element = "/obs/_index"
+    elif where == "obs column":
+        adata.obs["note"] = ["x"] * 4 + [bad]
+        element = "/obs/note"
+    else:
+        adata.uns["note"] = bad
+        element = "/uns/note"
+    path = tmp_path / "out.h5ad"
+    with pytest.raises(ValueError, match=f"element at {element}.*not valid Unicode") as caught:
+        vbsnmf.io.write_result(adata, path)
+    assert not isinstance(caught.value, UnicodeError)
+    assert list(tmp_path.iterdir()) == []

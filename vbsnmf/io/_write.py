@@ -398,7 +398,16 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
             return
         if isinstance(elem, Mapping):
             _check_keys(key, elem)
-        write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
+        try:
+            write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
+        except UnicodeEncodeError as error:  # the innermost element: its key says where
+            bad = error.object[error.start : error.end]
+            raise ValueError(
+                f"the element at {key} holds text that is not valid Unicode ({bad!r}: a lone "
+                "surrogate, as a name decoded with errors='surrogateescape' has), which an "
+                ".h5ad cannot store: replace it first (e.g. name.encode('utf-8', "
+                "'surrogateescape').decode('utf-8', 'replace'))"
+            ) from None
 
     write_dispatched(out, "/", adata, callback=write, dataset_kwargs={"compression": "gzip"})
 

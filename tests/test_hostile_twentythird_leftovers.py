@@ -185,3 +185,23 @@ def test_write_result_names_a_lone_surrogate(tmp_path, where):
         vbsnmf.io.write_result(adata, path)
     assert not isinstance(caught.value, UnicodeError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_umap_of_one_factor_warns():
+    """K = 1: every cell's usage is 1 (checked), so the graph and the UMAP are noise; it
+    was drawn without a word. K = 2 stays quiet (a guard)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for n_components in (1, 2):
+        adata = ad.AnnData(_counts(40, 20, seed=1))
+        _fit(adata, n_components)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vbsnmf.pl.umap(adata, show=False)
+        warned = [w for w in caught if "one factor" in str(w.message)]
+        if n_components == 1:
+            np.testing.assert_allclose(adata.obsm["X_nmf_usage"], 1.0)
+            assert len(warned) == 1 and warned[0].filename == __file__
+        else:
+            assert warned == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 
 from .._utils import record_kind
@@ -116,6 +117,13 @@ def umap(
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
     usages = _usages(adata, info["usage_key"], info)
     _usages(adata, info["sqrt_usage_key"], info)
+    if usages.shape[1] == 1:
+        warnings.warn(
+            "the fit has one factor, so every cell's usage is 1: the neighbour graph and "
+            "the UMAP hold no structure of the data; fit two or more factors",
+            UserWarning,
+            stacklevel=2,
+        )
     dominant_column = dominant_factor_column(key)
     named = colors is not None and dominant_column in colors and dominant_column not in adata.obs
     write_dominant = color is None or named

@@ -205,3 +205,20 @@ def test_umap_of_one_factor_warns():
             assert len(warned) == 1 and warned[0].filename == __file__
         else:
             assert warned == []
+
+
+def test_cli_umap_shows_the_one_factor_warning_only(tmp_path):
+    """`vbsnmf umap` hides scanpy's, umap's and matplotlib's notices; it hid vbsnmf's own
+    too. What it lets through is what `_run_reporting_warnings` prints."""
+    import matplotlib
+
+    from vbsnmf import cli
+
+    matplotlib.use("Agg")
+    adata = ad.AnnData(_counts(40, 20, seed=1))
+    _fit(adata, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._draw_umap(adata, tmp_path / "umap.png", seed=0)
+    assert (tmp_path / "umap.png").stat().st_size > 0
+    assert [str(w.message)[:22] for w in caught] == ["the fit has one factor"]

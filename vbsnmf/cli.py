@@ -1091,9 +1091,11 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
 
     from . import pl
 
-    # scanpy's, umap's and matplotlib's notices are not for the person running the command.
+    # scanpy's, umap's and matplotlib's notices are not for the person running the command;
+    # vbsnmf's own (a one-factor fit's) are, attributed to this module by their stacklevel.
     with warnings.catch_warnings(), _doing(f"drawing {output}"):
         warnings.simplefilter("ignore")
+        warnings.filterwarnings("always", category=UserWarning, module=__name__)
         axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)
     plt.close(axes.figure)
 

@@ -1205,6 +1205,11 @@ def resumed_converged(trace, tol: float, held: bool) -> bool:
     return released_before_last and has_converged(trace, tol)
 
 
+# How `warn_not_converged`'s message starts: `tl.select_k` silences it in its fits by this
+# (the other `ConvergenceWarning`s, e.g. `warn_elbo_rounding`'s, pass) and gives one of its own.
+NOT_CONVERGED_MESSAGE = r"(VB|SVI) stopped after "
+
+
 def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``."""
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")

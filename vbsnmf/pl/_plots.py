@@ -439,7 +439,9 @@ def top_genes(
     groupby
         The ``.obs`` column of groups (clusters, cell types), or a list of columns (their
         combinations are the groups, as in ``sc.pl.dotplot``). Categories without cells
-        are refused (scanpy's dot plot cannot draw them).
+        are refused (scanpy's dot plot cannot draw them); so are, of several columns, one
+        named twice, one with cells without a value or with values other than text (it
+        cannot name their groups).
     n_genes, sort_by, min_counts, include_inactive
         As in `vbsnmf.tl.top_genes`.
     key
@@ -471,8 +473,11 @@ def top_genes(
         )
     if adata.n_obs == 0:
         raise ValueError("adata holds no cells to group")
-    for column in _name_list(groupby, "groupby"):
+    columns = _name_list(groupby, "groupby")
+    for column in columns:
         _check_group_column(adata, column)
+    if len(columns) > 1:
+        _check_combinable(adata, columns)
     if (
         anndata_x(adata) is None
         and "layer" not in kwds
@@ -612,6 +617,37 @@ def _check_group_column(adata, groupby: str) -> None:
                 f"adata.obs[{groupby!r}] has categories without cells ({listed}), "
                 "which scanpy's dot plot cannot draw: drop them with "
                 f"adata.obs[{groupby!r}] = adata.obs[{groupby!r}].cat.remove_unused_categories()"
+            )
+
+
+def _check_combinable(adata, columns: list[str]) -> None:
+    """A `ValueError` when scanpy's dot plot cannot combine the ``.obs`` ``columns`` (several)
+    into groups: it joins each cell's values into its group's name, and failed with bare
+    errors on a column named twice (AttributeError: 'DataFrame' object has no attribute
+    'cat'), a cell without a value or a value that is not text (TypeError: "sequence item
+    0: expected str instance, float found"); one column alone leaves such cells out, and
+    takes any values."""
+    repeated = [column for column in columns if columns.count(column) > 1]
+    if repeated:
+        raise ValueError(f"groupby names {repeated[0]!r} more than once; name each column once")
+    for column in columns:
+        values = adata.obs[column]
+        if values.isna().any():
+            raise ValueError(
+                f"adata.obs[{column!r}] has cells without a value, which scanpy's dot plot "
+                f"cannot combine with the other groupby columns ({', '.join(map(repr, columns))}) "
+                "into a group: give them a value (e.g. a category 'unknown'), or group by one "
+                "column"
+            )
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.cat.categories
+        not_text = [value for value in pd.unique(np.asarray(values)) if not isinstance(value, str)]
+        if not_text:
+            raise ValueError(
+                f"adata.obs[{column!r}] holds values that are not text ({not_text[0]}), "
+                "which scanpy's dot plot cannot join with the other groupby columns into a "
+                f"group's name: make them text (adata.obs[{column!r}] = "
+                f"adata.obs[{column!r}].astype(str).astype('category'))"
             )
 
 

@@ -14,7 +14,8 @@ from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
-from .._utils import check_anndata, is_dask_array
+from .._model import NOT_CONVERGED_MESSAGE, ConvergenceWarning
+from .._utils import check_anndata, is_dask_array, warn_user
 from .._validation import check_tolerance
 from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
@@ -134,6 +135,12 @@ def select_k(
         or ``resume`` given (the fits cannot share a checkpoint); dask counts; bad counts,
         layer or mask (as `nmf`); too few counts for the count split to leave some in each
         half.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Once, naming the Ks whose fit on all the counts or on the train half stopped at
+        ``max_iter`` (``n_epochs`` for SVI) before converging.
     """
     check_anndata(adata)
     ks = _check_ks(ks)
@@ -193,6 +200,11 @@ def select_k(
             # the train half leaves more cells empty: a property of the split, not the data
             warnings.simplefilter("ignore", _EmptyCellsWarning)
             warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
+            # one warning for the grid (`_warn_not_converged`), not the same one from each of
+            # the 2 x len(ks) fits without saying which
+            warnings.filterwarnings(
+                "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+            )
             for fitted in (full, half):
                 nmf(fitted, k, **options, **fit_params)
         cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
@@ -215,6 +227,7 @@ def select_k(
             }
         )
     table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
+    _warn_not_converged(table, solver)
     best = int(np.argmax(table["heldout_ll_per_count"].to_numpy()))
     differences = [per_cell[best] - cell_ll for cell_ll in per_cell]
     n_cells = counts.shape[0]
@@ -307,10 +320,31 @@ def _check_scored(solver: str, fit_params: dict) -> np.dtype:
     return settings.dtype
 
 
+def _warn_not_converged(table: pd.DataFrame, solver: str) -> None:
+    """One `ConvergenceWarning` naming the Ks whose fit on all the counts or on the train
+    half stopped at ``max_iter`` (``n_epochs``) before converging, if any."""
+    limit = "n_epochs" if solver == "svi" else "max_iter"
+    stopped = [
+        f"K={', '.join(map(str, table.index[~table[column]]))} ({fitted})"
+        for column, fitted in (("converged", "all the counts"), ("heldout_converged", "train half"))
+        if not table[column].all()
+    ]
+    if stopped:
+        warn_user(
+            f"the fits at {' and '.join(stopped)} stopped at {limit} before the relative ELBO "
+            f"change fell below tol (columns converged and heldout_converged); raise {limit} "
+            "or tol",
+            ConvergenceWarning,
+        )
+
+
 def _check_ks(ks) -> list[int]:
     """``ks`` as a sorted list of distinct positive integers."""
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
-        raise TypeError(f"ks must be a sequence of integers, got {type(ks).__name__}")
+    # a 0-d array is an Iterable whose iteration fails ("iteration over a 0-d array")
+    zero_d = isinstance(ks, np.ndarray) and ks.ndim == 0
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable) or zero_d:
+        given = f"a 0-d array ({ks!r})" if zero_d else type(ks).__name__
+        raise TypeError(f"ks must be a sequence of integers, got {given}")
     ks = list(ks)
     if not ks:
         raise ValueError("ks is empty; give the numbers of factors to try")

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._model import seed_entropy
+from .._utils import is_dask_array
 from .._validation import refuse_masked
 
 
@@ -24,7 +25,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     ----------
     counts
         Non-negative integer counts, cells x genes: a scipy sparse matrix or a dense array
-        (booleans count as 0 and 1, as `vbsnmf.tl.nmf` fits them).
+        (booleans count as 0 and 1, as `vbsnmf.tl.nmf` fits them). A dask array is computed
+        into memory first (sparse chunks stay sparse).
     fraction
         The expected share of each count that goes to ``train``, in (0, 1).
     random_state
@@ -65,6 +67,12 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
             "counts are stored on disk (the X of an AnnData read with backed='r'): read "
             "them into memory first, e.g. counts.to_memory() or adata.to_memory().X"
         )
+    if is_dask_array(counts):
+        # np.array computed dense chunks whole, but made a 0-d object array of sparse ones
+        # ("counts must be 2-D ..., got shape ()")
+        from .._dask._cluster import computed_as_declared
+
+        counts = computed_as_declared(counts)
     refuse_masked(
         counts,
         "counts",

@@ -222,3 +222,30 @@ def test_cli_umap_shows_the_one_factor_warning_only(tmp_path):
         cli._draw_umap(adata, tmp_path / "umap.png", seed=0)
     assert (tmp_path / "umap.png").stat().st_size > 0
     assert [str(w.message)[:22] for w in caught] == ["the fit has one factor"]
+
+
+def test_top_genes_plot_refuses_groups_scanpy_would_merge():
+    """Grouped by two columns, scanpy names each group by its values joined with "_":
+    ("a_b", "c") and ("a", "b_c") were drawn as one row. Groups whose joined names differ
+    are still drawn (a guard)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    adata = ad.AnnData(_counts(40, 20, seed=2))
+    _fit(adata, 2)
+    adata.obs["first"] = pd.Categorical(["a_b"] * 20 + ["a"] * 20)
+    adata.obs["second"] = pd.Categorical(["c"] * 20 + ["b_c"] * 20)
+    with pytest.raises(ValueError, match=r"\('a_b', 'c'\) and \('a', 'b_c'\).*'a_b_c'"):
+        vbsnmf.pl.top_genes(adata, ["first", "second"], show=False)
+    adata.obs["second"] = pd.Categorical(["c"] * 20 + ["d"] * 20)
+    assert vbsnmf.pl.top_genes(adata, ["first", "second"], show=False) is not None
+
+
+def test_select_k_of_dask_counts_says_how_to_compute_them():
+    import dask.array as da
+
+    adata = ad.AnnData(da.from_array(_counts(30).toarray(), chunks=(10, 30)))
+    with pytest.raises(ValueError, match=r"adata\.X = adata\.X\.compute\(\)"):
+        vbsnmf.tl.select_k(adata, [1, 2])

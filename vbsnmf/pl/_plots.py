@@ -441,7 +441,8 @@ def top_genes(
         combinations are the groups, as in ``sc.pl.dotplot``). Categories without cells
         are refused (scanpy's dot plot cannot draw them); so are, of several columns, one
         named twice, one with cells without a value or with values other than text (it
-        cannot name their groups).
+        cannot name their groups), and groups it would name alike (their values joined
+        with ``_``: ``("a_b", "c")`` and ``("a", "b_c")``).
     n_genes, sort_by, min_counts, include_inactive
         As in `vbsnmf.tl.top_genes`.
     key
@@ -649,6 +650,18 @@ def _check_combinable(adata, columns: list[str]) -> None:
                 f"group's name: make them text (adata.obs[{column!r}] = "
                 f"adata.obs[{column!r}].astype(str).astype('category'))"
             )
+    # scanpy names each group by its values joined with "_": two groups of one name, such
+    # as ("a_b", "c") and ("a", "b_c"), it drew as one row without a word
+    groups = adata.obs[columns].drop_duplicates()
+    names = groups.astype(str).agg("_".join, axis=1)
+    if names.duplicated().any():
+        name = names[names.duplicated()].iloc[0]
+        same = [tuple(row) for row in groups[names == name].itertuples(index=False)]
+        raise ValueError(
+            f"the groups {same[0]!r} and {same[1]!r} of groupby {columns!r} are both named "
+            f"{name!r} (their values joined with '_'), which scanpy's dot plot would draw "
+            "as one group: rename values so that no '_' makes two groups alike"
+        )
 
 
 def select_k(

@@ -171,7 +171,10 @@ def select_k(
         matrix = matrix[:, fitted_genes]
         source += MASKED
     if is_dask_array(matrix):
-        raise ValueError("select_k needs the counts in memory, not a dask array")
+        raise ValueError(
+            f"select_k needs the counts in memory, not a dask array ({source}): compute "
+            "them first, e.g. adata.X = adata.X.compute()"
+        )
     # Checked for the fits' dtype, naming the user's matrix (the inner fits know it only as
     # "adata.X"), then in float64, which holds every count a fit takes: booleans and float32
     # counts above 2**24, which `nmf` fits, were refused by the count split.

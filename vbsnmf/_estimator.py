@@ -103,6 +103,7 @@ from ._validation import (
     data_fingerprint,
     numbers_from_objects,
     readable_values,
+    refuse_closed_file,
     sparse_frame_as_coo,
     widen_to_sum,
 )
@@ -549,6 +550,7 @@ class VBNMF(Estimator):
 
     def _fit_input(self, X, init, callback, mask):
         """Fit ``X`` of any kind `fit` takes; returns ``E[z]`` (cells x K)."""
+        refuse_closed_file(X)
         if is_dask_array(X):
             kind = "dask"
         elif _is_streamed(X):
@@ -661,6 +663,7 @@ class VBNMF(Estimator):
         n_threads = None if self.n_threads is None else check_n_threads(self.n_threads)
         gene_shape, gene_rate = self._fitted_gene_side()
         check_feature_names(self, X)
+        refuse_closed_file(X)
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             from ._dask._cluster import computed_as_declared
 
@@ -880,13 +883,13 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
     declared = declared_shape(X)
     if declared is not None:  # a K out of range refused before minutes of conversion
         check_n_components(settings.n_components, declared)
-    source = open_source(X)
-    check_n_components(settings.n_components, source.shape)
-    check_fixed_prior_range(source.shape, settings.prior, settings.dtype)
-    counts = scan_blocks(
-        source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
-    )
-    return _fit_svi_cells(settings, source, counts, init, callback, entropy)
+    with open_source(X) as source:
+        check_n_components(settings.n_components, source.shape)
+        check_fixed_prior_range(source.shape, settings.prior, settings.dtype)
+        counts = scan_blocks(
+            source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype
+        )
+        return _fit_svi_cells(settings, source, counts, init, callback, entropy)
 
 
 def _input_files(X) -> list:

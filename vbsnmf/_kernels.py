@@ -1570,6 +1570,19 @@ def csr_is_canonical(indptr, indices, data):
 
 
 @njit(parallel=True, cache=True)
+def indices_increase(indptr, indices):
+    """Whether the indices of every row of a CSR (column of a CSC) strictly increase:
+    sorted and none repeated (stored zeros allowed, unlike `csr_is_canonical`)."""
+    n_rows = indptr.shape[0] - 1
+    bad = 0
+    for i in prange(n_rows):
+        for n in range(indptr[i] + 1, indptr[i + 1]):
+            if indices[n] <= indices[n - 1]:
+                bad += 1
+    return bad == 0
+
+
+@njit(parallel=True, cache=True)
 def log_factorial_sum(counts, block_size):
     """``sum_n lgamma(x_n + 1)``, the constant part of the ELBO's data term.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -83,9 +84,9 @@ def check_sparse_structure(
     int or None
         With ``fingerprint``, the fingerprint of its nonzero entries (see
         `_kernels.check_compressed`), rows numbered from ``first_row``: the same for the
-        same entries whatever their storage order, layout or split into row blocks (added
-        modulo 2**64). Without, None: the hash is most of the check's time, and only
-        checkpoints and streamed fits use it.
+        same entries whatever their storage order, layout, repeats (summed, as the fits
+        sum them) or split into row blocks (added modulo 2**64). Without, None: the hash
+        is most of the check's time, and only checkpoints and streamed fits use it.
 
     Raises
     ------
@@ -137,14 +138,9 @@ def check_sparse_structure(
             f"entries for {n_major} {'rows' if major_is_row else 'columns'} (expected "
             f"{n_major + 1})"
         )
+    values = _kernel_values(data, name)
     problem, position, hashed = _kernels.check_compressed(
-        indptr,
-        indices,
-        _kernel_values(data, name),
-        n_minor,
-        first_row,
-        major_is_row,
-        fingerprint,
+        indptr, indices, values, n_minor, first_row, major_is_row, fingerprint
     )
     if problem:
         major = "row" if major_is_row else "column"
@@ -158,7 +154,25 @@ def check_sparse_structure(
             f"stored position {position} is outside 0..{n_minor - 1}",
         }[problem]
         raise CorruptMatrixError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
+    if fingerprint and layout != "bsr" and not _kernels.indices_increase(indptr, indices):
+        hashed = _summed_fingerprint(indptr, indices, values, matrix.shape, major_is_row, first_row)
     return int(hashed) if fingerprint else None
+
+
+def _summed_fingerprint(indptr, indices, values, shape, major_is_row: bool, first_row: int):
+    """The fingerprint of a checked CSR (CSC: ``major_is_row`` False) with its repeated
+    entries summed, as every fit reads them: hashed one by one, a count stored as 1 + 2
+    had another fingerprint than the same count stored as 3, and a checkpoint of the one
+    was refused for the other as written for other data. Copies, so the caller's arrays
+    are not sorted in place."""
+    layout = sp.csr_array if major_is_row else sp.csc_array
+    summed = layout((values.astype(np.float64), indices.copy(), indptr.copy()), shape=shape)
+    summed.sum_duplicates()
+    n_minor = shape[1] if major_is_row else shape[0]
+    _, _, hashed = _kernels.check_compressed(
+        summed.indptr, summed.indices, summed.data, n_minor, first_row, major_is_row, True
+    )
+    return hashed
 
 
 def check_row_pointers(indptr: np.ndarray, n_rows: int, n_stored: int, name: str) -> None:
@@ -461,6 +475,21 @@ def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
         )
 
 
+def refuse_closed_file(X, name: str = "X") -> None:
+    """A `ValueError` for a backed AnnData's X (or an h5py dataset) whose file was closed
+    (``adata.file.close()``, the X kept): h5py's own answer, ValueError "Not an id of a
+    file object" or RuntimeError "identifier is not of specified type", named neither."""
+    h5py = sys.modules.get("h5py")
+    if h5py is None:  # never imported: X is no h5py object
+        return
+    stored = getattr(X, "group", X)  # anndata's backed sparse matrix keeps its h5py group
+    if isinstance(stored, (h5py.Dataset, h5py.Group)) and not stored.id.valid:
+        raise ValueError(
+            f"{name} is stored in an HDF5 file that was closed: open it again "
+            "(anndata.read_h5ad(path, backed='r')) and pass that AnnData or its X"
+        )
+
+
 def checked_counts(
     X, *, name: str = "X", fit_dtype=np.float64, first_row: int = 0, fingerprint: bool = False
 ) -> CheckedCounts:
@@ -488,7 +517,13 @@ def checked_counts(
             hashed = check_sparse_structure(
                 X, name, first_row=first_row, fingerprint=fingerprint and X.format != "bsr"
             )
-        matrix = _native_index_arrays(X) if X.format in ("csr", "csc", "coo") else X.tocsr()
+        if X.format in ("csr", "csc", "coo"):
+            matrix = _native_index_arrays(X)
+        else:
+            # a copy of our own, its indices sorted in place: a BSR's CSR comes unsorted, and
+            # its fingerprint would then be taken again on a sorted copy
+            matrix = X.tocsr()
+            matrix.sort_indices()
         readable = readable_dtype(matrix.data.dtype)
         if readable is not None:
             matrix = cast_quietly(matrix, readable)

@@ -50,6 +50,9 @@ class CellSource:
     shape: tuple[int, int]
     indptr: np.ndarray
     name: str = "X"
+    # What the source opened itself and `close` closes: a path's file, or the file and
+    # temporary folder of a conversion (None: the caller's, a backed AnnData's file).
+    _owner = None
 
     @property
     def n_cells(self) -> int:
@@ -89,6 +92,25 @@ class CellSource:
             stop = min(start + block_rows, self.n_cells)
             yield start, self.read_rows(np.arange(start, stop))
 
+    def close(self) -> None:
+        """Close what the source opened itself (a path's file; a conversion's file, its
+        temporary folder removed), at once: left to the garbage collector, a failed fit's
+        exception, which IPython keeps, kept the file open (rewriting it failed) and the
+        converted copy on disk. A backed AnnData's file stays open."""
+        owned = self._owner if isinstance(self._owner, tuple) else (self._owner,)
+        self._owner = None
+        for item in owned:
+            if isinstance(item, tempfile.TemporaryDirectory):
+                item.cleanup()
+            elif hasattr(item, "close"):  # an h5py File (a zarr group has nothing to close)
+                item.close()
+
+    def __enter__(self) -> CellSource:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 class InMemorySource(CellSource):
     """A CSR matrix (cells x genes) in memory."""
@@ -106,7 +128,7 @@ class InMemorySource(CellSource):
 class StoredRowsSource(CellSource):
     """A CSR matrix as AnnData stores it (an h5py or zarr group with ``indptr``,
     ``indices``, ``data`` and a ``shape`` attribute), read with anndata's
-    `sparse_dataset`; ``owner`` keeps what the group lives in open as long as the source."""
+    `sparse_dataset`; ``owner`` keeps what the group lives in open until `close`."""
 
     def __init__(self, group, owner=None):
         from anndata.io import sparse_dataset
@@ -160,8 +182,7 @@ class DenseRowsSource(CellSource):
     """A dense matrix as AnnData stores a dense ``X`` (a 2-D h5py or zarr array), read a
     few rows at a time, each read converted to CSR (its zeros left out). One pass at open
     counts the nonzeros of every row into ``indptr`` (one integer per cell, as
-    `StoredRowsSource` holds); ``owner`` keeps what the array lives in open as long as the
-    source."""
+    `StoredRowsSource` holds); ``owner`` keeps what the array lives in open until `close`."""
 
     def __init__(self, array, owner=None):
         check_count_dtype(array.dtype)
@@ -478,9 +499,11 @@ def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
     folder), a backed AnnData or its ``X``, an AnnData in memory, or a matrix.
 
     Matrix Market files are converted by `vbsnmf.io.mtx_to_h5ad` into a temporary folder,
-    removed with the source: a 10x folder holds genes as rows; a lone ``.mtx`` needs
-    ``genes_as_rows`` (True: rows are genes, False: rows are cells), which nothing in the
-    file says (`ValueError` without it, as `vbsnmf.io.read` refuses it).
+    removed when the source is closed (`CellSource.close`, or a ``with`` block; a source
+    of a path closes its file then, one of a backed AnnData leaves it open): a 10x folder
+    holds genes as rows; a lone ``.mtx`` needs ``genes_as_rows`` (True: rows are genes,
+    False: rows are cells), which nothing in the file says (`ValueError` without it, as
+    `vbsnmf.io.read` refuses it).
     """
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)

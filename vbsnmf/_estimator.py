@@ -838,7 +838,7 @@ def _checked_mask(mask, shape) -> Mask:
     if is_dask_array(mask):  # as transform takes a dask X: sparse chunks stay sparse
         from ._dask._cluster import computed_as_declared
 
-        mask = computed_as_declared(mask)
+        mask = computed_as_declared(mask, "mask")
     mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
     if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
         raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")

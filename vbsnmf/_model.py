@@ -1635,6 +1635,11 @@ def init_params(
         wants = [(side, n_components)]
         if name.endswith("rate"):
             wants = [(n_components,), (side, n_components)] if entry_rates else [(n_components,)]
+        if any(np.isnan(n) for n in np.shape(array)):  # "(nan, 3), expected (60, 3)" before
+            raise ValueError(
+                f"init {name} is a dask array of unknown chunk sizes; call its "
+                "compute_chunk_sizes() first"
+            )
         if tuple(np.shape(array)) not in wants:
             raise ValueError(
                 f"init {name} has shape {tuple(np.shape(array))}, expected "
@@ -1736,7 +1741,16 @@ def complete_learned(
             # max_iter=1, which returns the start, returned them as the fit's
             factor = np.full(n_components, float(prior.factor_shape))
         prior_mean = given.get(f"{side}_scale_prior_mean")
-        if prior_mean is None:
+        given_q = f"{side}_scale_shape" in given and f"{side}_scale_rate" in given
+        row_mean_sum = None  # a lazy start's sum_l E[z_il] per row, computed once if needed
+        lazy = is_dask_array(shape) or is_dask_array(rate)
+        if lazy and (prior_mean is None or not given_q):
+            # by the client holding the futures it reads (a distributed fit's cells): dask's
+            # default scheduler may be another ("Missing dependency")
+            (row_mean_sum,) = compute_dask((shape / rate).sum(axis=1, dtype=np.float64))
+        if prior_mean is None and row_mean_sum is not None:
+            prior_mean = float(np.mean(n_components / row_mean_sum))
+        elif prior_mean is None:
             prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
         prior_shape_key = f"{side}_scale_prior_shape"
         scale = ScaleState(
@@ -1749,7 +1763,7 @@ def complete_learned(
             ),
             check_positive_number(prior_mean, f"{side}_scale_prior_mean"),
         )
-        if f"{side}_scale_shape" in given and f"{side}_scale_rate" in given:
+        if given_q:
             q = [
                 _checked_array(given[key], key, np.float64)
                 for key in (f"{side}_scale_shape", f"{side}_scale_rate")
@@ -1757,6 +1771,8 @@ def complete_learned(
             if any(a.shape != (n_rows,) for a in q):
                 raise ValueError(f"init {side}_scale_shape/_rate must have shape ({n_rows},)")
             scale = scale.with_q(*q)
+        elif row_mean_sum is not None:
+            scale = _scale_at_optimum(row_mean_sum, scale)
         else:
             scale = scale_optimum(shape, rate, scale)
         sides.append((shape, rate, scale))

@@ -709,12 +709,13 @@ class _DaskModel:
                 shapes, q.client.row_rate, q.client.col_shape, q.client.col_rate
             )
         name = next(self.names)
+        # q(z) in the fit's dtype, q(xi) (one value per cell) in float64 whatever it is
         parts = [
             lazy_rows(
                 self._getitems(cells, i, f"{name}-{i}"),
                 self.chunk_sizes,
                 n_components if i < 2 else None,
-                dtype,
+                dtype if i < 2 else np.float64,
             )
             for i in range(4)
         ]

@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+
+from .._utils import compute_dask
 
 
 def released_on_failure(driver):
@@ -127,6 +130,7 @@ def cells_x_genes(X):
         raise ValueError(f"X must be 2-D (cells x genes), got shape {X.shape}")
     if any(np.isnan(n) for n in X.shape):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    futures_holder(X)  # a closed one is named here, before a chunk is read
     if len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})  # a chunk must hold whole cells
     cells = tuple(int(n) for n in X.chunks[0] if n > 0)
@@ -134,6 +138,28 @@ def cells_x_genes(X):
         # empty chunks (a filter's, after compute_chunk_sizes) hold no cells to fit
         X = X.rechunk({0: cells})
     return X
+
+
+def futures_holder(X, name: str = "X"):
+    """The dask.distributed client holding the futures the dask array ``X`` reads (the
+    chunks of ``X.persist()``), or None when it reads none. A closed one is a `ValueError`
+    naming ``X`` as ``name``: the chunks went with it, and reading them failed with dask's
+    "Missing dependency" or distributed's "lost dependencies"."""
+    if "distributed" not in sys.modules:  # futures exist only once distributed is loaded
+        return None
+    from distributed import futures_of
+
+    futures = futures_of(X)
+    if not futures:
+        return None
+    holder = futures[0].client
+    if holder.status in ("closing", "closed"):
+        raise ValueError(
+            f"{name} reads chunks persisted on a dask.distributed client that is closed, and "
+            f"the chunks went with it: build {name} again from its source (persist it, if at "
+            "all, on an open client)"
+        )
+    return holder
 
 
 def _on_disk(X) -> str | None:
@@ -222,6 +248,13 @@ def build_chunks(client, layout: Layout, builder, X) -> list:
     pure, so a lost chunk is rebuilt from its source."""
     import dask
 
+    holder = futures_holder(X)
+    if holder is not None and not _on_scheduler_of(holder, client):
+        # that scheduler holds X's chunks, this one knows none of them ("lost dependencies")
+        raise ValueError(
+            "X is persisted on another dask.distributed cluster than the fit's client: fit "
+            "on that one (client=), or persist X on this one"
+        )
     build = dask.delayed(partial(_build_declared, builder), pure=True)
     blocks = X.to_delayed()[:, 0]
     first_cells = chunk_bounds(X)[:-1]
@@ -248,13 +281,17 @@ def _build_declared(builder, block, first_cell: int, declared: tuple[int, int]):
     return builder(block, first_cell)
 
 
-def computed_as_declared(X):
+def computed_as_declared(X, name: str = "X"):
     """A dask array ``X`` computed into memory (sparse chunks stay sparse), each block first
     checked to have the shape its chunk declares, with the fit's error (`_build_declared`):
-    a block of fewer cells than declared gave fewer rows, every later cell on another's."""
+    a block of fewer cells than declared gave fewer rows, every later cell on another's.
+    ``name``: how errors name ``X``."""
+    # by the client holding X's persisted chunks: dask's default scheduler may be another,
+    # which knows none of them ("Missing dependency")
+    holder = futures_holder(X, name)
     if X.ndim != 2 or any(np.isnan(n) for n in X.shape):
-        return X.compute()  # nothing declared to check against; the count check explains
-    return X.map_blocks(_block_as_declared, dtype=X.dtype, meta=X._meta).compute()
+        return X.compute(scheduler=holder)  # nothing declared to check; the count check explains
+    return X.map_blocks(_block_as_declared, dtype=X.dtype, meta=X._meta).compute(scheduler=holder)
 
 
 def _block_as_declared(block, block_info=None):
@@ -274,6 +311,11 @@ def start_blocks(
     """Futures of a given start's per-cell array (cells x K, or one value per cell) per
     chunk, from a numpy or dask array; keys ``{prefix}-{name}-{chunk}``."""
     da = dask_array_module()
+    if isinstance(init_array, da.Array) and _reads_futures_of_another(init_array, client):
+        # A result of another client (a fit on another cluster, or one since closed): this
+        # client's scheduler knows none of its keys and cancelled the fit's first sums
+        # ("lost dependencies"). That client computes it (`compute_dask` names a closed one).
+        (init_array,) = compute_dask(init_array)
     if isinstance(init_array, da.Array):
         chunks = (tuple(chunk_sizes),) + (-1,) * (init_array.ndim - 1)
         blocks = init_array.rechunk(chunks).to_delayed().reshape(-1)
@@ -285,6 +327,21 @@ def start_blocks(
         )
         for index, (start, stop) in enumerate(itertools.pairwise(bounds))
     ]
+
+
+def _reads_futures_of_another(array, client) -> bool:
+    """Whether the dask ``array`` reads futures that ``client``'s scheduler does not hold."""
+    from distributed import futures_of
+
+    return any(not _on_scheduler_of(future.client, client) for future in futures_of(array))
+
+
+def _on_scheduler_of(holder, client) -> bool:
+    """Whether the client ``holder`` is open on ``client``'s scheduler, which then knows the
+    futures it holds."""
+    if holder.status in ("closing", "closed"):
+        return False
+    return holder is client or holder.scheduler.address == client.scheduler.address
 
 
 def reduce_chunks(client, futures: dict, layout: Layout, add, prefix: str):

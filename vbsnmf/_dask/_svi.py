@@ -286,9 +286,12 @@ def fit_svi_cells_dask(
 
     state = run_cells_epochs(state, settings, n_cells, step, evaluate, callback=callback)
     params = state.params
-    lazy = [
+    lazy = [  # q(z) in the fit's dtype, q(xi) (one value per cell) in float64 whatever it is
         lazy_rows(
-            [parts[i] for parts in evaluated], chunk_sizes, n_components if i < 2 else None, dtype
+            [parts[i] for parts in evaluated],
+            chunk_sizes,
+            n_components if i < 2 else None,
+            dtype if i < 2 else np.float64,
         )
         for i in range(n_parts)
     ]

@@ -84,12 +84,15 @@ def _looks_like_counts(matrix) -> bool:
     if is_dask_array(matrix):
         # np.asarray computed a dense dask array whole, and made a 0-d object array of one
         # of sparse chunks (never taken for counts)
+        from .._dask._cluster import futures_holder  # dask: loaded only for a dask array
+
         per_chunk = matrix.map_blocks(
             lambda block: np.full((1, 1), _looks_like_counts(block)),
             dtype=bool,
             chunks=((1,) * matrix.numblocks[0], (1,) * matrix.numblocks[1]),
         )
-        return bool(per_chunk.all().compute())
+        # by the client of persisted chunks, whatever dask's configured scheduler
+        return bool(per_chunk.all().compute(scheduler=futures_holder(matrix)))
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     if not np.issubdtype(values.dtype, np.number):
         return False
@@ -181,7 +184,7 @@ def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray
 def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
     """`_tallies` of a dask array, summed over its chunks of cells: each chunk is checked
     where it is computed, and only two numbers per chunk reach the client."""
-    from .._dask import cells_x_genes  # dask: loaded only for a dask array
+    from .._dask._cluster import cells_x_genes, futures_holder  # dask: only for a dask array
 
     matrix = cells_x_genes(matrix)  # one chunk along genes: a row's position is its cell's
     per_chunk = matrix.map_blocks(
@@ -192,7 +195,9 @@ def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
         chunks=((1,) * matrix.numblocks[0], (2,)),
     )
     with _advised(adata, matrix, source, fit_dtype):
-        return per_chunk.sum(axis=0).compute()
+        # by the client of persisted chunks: dask's configured scheduler may be another,
+        # whose "Missing dependency" was answered with advice about raw counts
+        return per_chunk.sum(axis=0).compute(scheduler=futures_holder(matrix))
 
 
 @contextlib.contextmanager

@@ -640,6 +640,8 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
     if is_dask_array(matrix):
         import dask
 
+        from .._dask._cluster import futures_holder
+
         gene_parts = matrix.map_blocks(
             lambda block: _gene_sums(block).reshape(1, -1),
             dtype=np.float64,
@@ -650,7 +652,9 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
             dtype=np.float64,
             chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
         )
-        gene_totals, cell_totals = dask.compute(gene_parts.sum(axis=0), cell_parts.sum(axis=1))
+        gene_totals, cell_totals = dask.compute(  # by the client of persisted chunks
+            gene_parts.sum(axis=0), cell_parts.sum(axis=1), scheduler=futures_holder(matrix)
+        )
     else:
         gene_totals = _gene_sums(matrix)
         cell_totals = matrix.sum(axis=1)  # only compared with zero

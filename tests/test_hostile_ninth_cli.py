@@ -269,15 +269,20 @@ def test_an_x_of_strings_is_named_by_its_file(tmp_path, capfd):
 
 def test_a_matrix_market_array_file_is_refused_for_its_format(tmp_path, capfd):
     """--solver svi on an *array* file said "converts coordinate integer or real files,
-    not integer": it is integer; its format, array, is what is refused."""
+    not integer": it is integer; its format, array, is what is refused. (Twenty-third
+    pass: refused only when --convert-to asks for its conversion; without it, the dense
+    matrix is read into memory and fitted, as an .h5ad whose X does not stream.)"""
     array = "%%MatrixMarket matrix array integer general\n3 2\n1\n2\n3\n4\n5\n6\n"
     (tmp_path / "arr.mtx").write_text(array)
     argv = ["fit", "arr.mtx", "--cells-as-rows", *FIT, "-k", "1", *SVI, "-o", "out"]
-    code, _, err, _ = _main(argv, capfd, tmp_path)
+    code, _, err, _ = _main([*argv, "--convert-to", "arr.h5ad"], capfd, tmp_path)
     assert code == 2
-    assert _error(err) == (
+    assert _error(err).startswith(
         "vbsnmf: error: arr.mtx: converts coordinate files, not the array format"
     )
+    assert not (tmp_path / "arr.h5ad").exists()
+    code, _, err, _ = _main(argv, capfd, tmp_path)
+    assert code == 0, err
 
 
 # -- a second look at the fixes above ---------------------------------------------------------

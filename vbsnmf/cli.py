@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="--solver svi on a 10x folder or .mtx: the .h5ad the matrix is converted into "
         "once (vbsnmf.io.mtx_to_h5ad), to stream from and to fit again later; it must not "
-        "exist (default: OUTDIR/counts.h5ad)",
+        "exist (default: OUTDIR/counts.h5ad; a dense, array-format matrix is read into "
+        "memory instead)",
     )
     fit.set_defaults(run=_run_fit)
 
@@ -848,7 +849,9 @@ def _fit_command(args, inputs) -> int:
 def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     """``fit --solver svi`` streamed from disk: an .h5ad whose X is CSR as it is, a 10x
     folder or .mtx converted once into OUTDIR/counts.h5ad (or --convert-to). False, with
-    nothing done, for an .h5ad whose X does not stream (read into memory instead)."""
+    nothing done, for an .h5ad whose X does not stream, or a Matrix Market file in the
+    array format (a dense matrix, which `mtx_to_h5ad` does not convert) when no
+    --convert-to asks for its conversion (read into memory instead)."""
     from ._atomic import remove_own
     from .io import read_h5ad_backed
 
@@ -858,6 +861,8 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
         adata = read_h5ad_backed(source)
         if adata is None:
             return False
+    elif args.convert_to is None and _is_dense_matrix_market(source, kind):
+        return False
     else:
         converted = _check_convert_path(args, outdir, inputs)
     try:
@@ -871,6 +876,18 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
         raise
     _report(outdir, summary, args.quiet)
     return True
+
+
+def _is_dense_matrix_market(source: Path, kind: str) -> bool:
+    """Whether the matrix of the .mtx or 10x folder ``source`` is in Matrix Market's array
+    format."""
+    from .io._read import mtx_header, tenx_files
+
+    try:
+        matrix = tenx_files(source)[0] if kind == "10x" else source
+        return mtx_header(matrix).fmt == "array"
+    except Exception:  # a damaged file: the reader that reads it next says what is wrong
+        return False
 
 
 def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted, created):

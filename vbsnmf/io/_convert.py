@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._atomic import check_target, link_followed
 from .._validation import check_flag, repeated_negative
 from ._errors import ReadError, check_exists, describe_error
 from ._paths import check_apart, check_file_name
@@ -99,6 +100,10 @@ def mtx_to_h5ad(
         ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
         (symbolic and hard links resolved), or ends with a path separator (a folder's
         name), checked before anything is written.
+    FileNotFoundError
+        The folder of ``dst`` does not exist (as `vbsnmf.io.write_result` says it).
+    IsADirectoryError
+        ``dst`` is a folder.
     FileExistsError
         With ``created``: ``dst`` exists, or another process made it while converting.
     OSError
@@ -118,12 +123,18 @@ def mtx_to_h5ad(
             raise ValueError("a 10x folder holds genes as rows with its own name files")
         src, row_names, col_names = tenx_files(src)
     check_file(src)
-    if not dst.parent.is_dir():
-        raise ValueError(f"the folder {dst.parent} for {dst.name} does not exist")
+    # a missing folder, or a folder at dst, as every writer refuses them (`atomic_file`),
+    # before the names are read
+    check_target(link_followed(dst))
     with _errors(src):
         header = mtx_header(src)
         if header.fmt != "coordinate":  # name what is refused: the format, not the field
-            raise ReadError(src, f"converts coordinate files, not the {header.fmt} format")
+            raise ReadError(
+                src,
+                f"converts coordinate files, not the {header.fmt} format (a dense matrix: "
+                "read it into memory with vbsnmf.io.read_mtx, or write it as a sparse one, "
+                "scipy.io.mmwrite of a scipy.sparse matrix)",
+            )
         nnz = check_mtx_size(src, header.fmt, header.size, bytes_per_index=_BYTES_PER_NAME)
     n_rows, n_cols = header.size[:2]
     # a 10x folder's features file (its rows) names genes by symbol, with ids and types

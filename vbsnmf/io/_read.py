@@ -309,8 +309,8 @@ def read_10x_h5(path: str | os.PathLike):
     Raises
     ------
     ReadError
-        The file is missing, not HDF5, not Cell Ranger's layout, corrupt, or holds more
-        than one genome (Cell Ranger 2).
+        The file is missing, not HDF5, not Cell Ranger's layout, corrupt, holds no cells
+        or no features, or more than one genome (Cell Ranger 2).
     """
     import h5py
     import scanpy as sc
@@ -330,6 +330,8 @@ def read_10x_h5(path: str | os.PathLike):
             path, f"not a readable Cell Ranger .h5 file ({describe_error(cause)})"
         ) from None
     counts = sp.csr_matrix(adata.X)
+    if 0 in counts.shape:  # as the other readers refuse one (a run that called no cells)
+        raise ReadError(path, f"holds an empty matrix of shape {counts.shape}")
     try:
         check_sparse_structure(counts, "matrix")
         if _reaches_float32_limit(counts.data):  # scanpy's int32 -> float32 rounded them
@@ -844,9 +846,10 @@ def mtx_header(path: Path) -> MtxHeader:
     """The header of a Matrix Market file, checked (`ReadError`)."""
     with open_binary(path) as handle:
         # a byte-order mark is what editors on Windows write before UTF-8 text
-        banner = handle.readline(1024).removeprefix(codecs.BOM_UTF8)
-        _check_line_endings(path, banner)
-        banner = banner.decode("ascii", errors="replace").split()
+        first_line = handle.readline(1024).removeprefix(codecs.BOM_UTF8)
+        _check_text(path, first_line)
+        _check_line_endings(path, first_line)
+        banner = first_line.decode("ascii", errors="replace").split()
         if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
         if banner[0] != "%%MatrixMarket":  # the format's first word is case-sensitive
@@ -877,6 +880,36 @@ def mtx_header(path: Path) -> MtxHeader:
             raise ReadError(path, "more than 100,000 comment lines before the size line")
         body_offset = handle.tell()
     return MtxHeader(fmt, field, _size_line(path, text, fmt), body_offset)
+
+
+# bzip2's stream header (a block size, 1-9) and the magic of its first block, or of its end
+# when it holds nothing: "BZh" alone starts names too.
+_BZIP2_MAGIC = tuple(
+    b"BZh%d%s" % (level, block) for level in range(1, 10) for block in (b"1AY&SY", b"\x17rE8P\x90")
+)
+# What a download may hold instead of text, told by its first bytes (read after gzip's
+# decompression, if any), and what to do about it.
+_NOT_TEXT = (
+    (b"\x1f\x8b", "is gzip-compressed twice: decompress it once (gunzip)"),
+    (_BZIP2_MAGIC, "is bzip2-compressed: decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "is xz-compressed: decompress it first (unxz)"),
+    (b"\x28\xb5\x2f\xfd", "is zstd-compressed: decompress it first (unzstd)"),
+    (b"PK\x03\x04", "is a zip archive: unpack it first (unzip)"),
+    (b"\x89HDF", "is an HDF5 file (an .h5ad or a Cell Ranger .h5? name it so)"),
+    (codecs.BOM_UTF16_LE, "is UTF-16 text: save it as UTF-8 or ASCII"),
+    (codecs.BOM_UTF16_BE, "is UTF-16 text: save it as UTF-8 or ASCII"),
+)
+
+
+def _check_text(path: Path, first_bytes: bytes, what: str = "a Matrix Market file") -> None:
+    """`ReadError` for a file (``what``) that is empty, or whose ``first_bytes`` start as
+    another format does (`_NOT_TEXT`): "no '%%MatrixMarket' banner line" or "not UTF-8
+    text (byte 0x8b on line 1)" sent users looking at text they could not read."""
+    if not first_bytes:
+        raise ReadError(path, f"is empty: not {what}")
+    for magic, reason in _NOT_TEXT:
+        if first_bytes.startswith(magic):
+            raise ReadError(path, f"not {what}: it {reason}")
 
 
 def _check_line_endings(path: Path, first_line: bytes) -> None:
@@ -1009,7 +1042,8 @@ class CheckedText(io.RawIOBase):
     its fields (two indexes, plain decimal integers, and a value of the header's field;
     the value alone in an array; blank lines aside), each a whole number, and the lines
     must hold ``n_fields * n_entries`` numbers; `finish` checks the count once the parser
-    is done. A line is checked once its newline is read.
+    is done. A line is checked once its newline is read; the parser is given a newline
+    after a last line without one, which it crashes on when the line ends in white space.
 
     The check runs in C and numpy over whole blocks (`_tidy`: no loop per line): files as
     writers write them, one space or tab between fields and none at either end, take it;
@@ -1044,6 +1078,10 @@ class CheckedText(io.RawIOBase):
     def readinto(self, buffer) -> int:
         chunk = self._handle.read(len(buffer))
         self._check(chunk)
+        if not chunk and self._last != b"\n":
+            # the file's last line lacks its newline: scipy's parser reads past the end
+            # of a last line ending in white space (``1 1 4 ``, a CR) and crashes
+            chunk = b"\n"
         if b"+" in chunk:
             chunk = self._unsigned(chunk)
         self._last = chunk[-1:] or self._last
@@ -1314,10 +1352,13 @@ def read_features(path: Path, expected: int, matrix: str, side: str) -> pd.DataF
 def _name_lines(path: Path) -> tuple[list[str], list[int]]:
     """The lines of the name file ``path`` that are not blank (white space at most), and
     the numbers of the blank ones; `ReadError` for a file that cannot be read, is empty,
-    holds a NUL byte (pandas' parser ended a name there) or is not UTF-8."""
+    is compressed or encoded as it cannot be read as text (`_check_text`), holds a NUL byte
+    (pandas' parser ended a name there) or is not UTF-8."""
     path = Path(path)
     with _read_errors(path, "unreadable name file"), open_binary(path) as handle:
         data = handle.read()
+    if data:  # an empty one is named below, with the file of blank lines
+        _check_text(path, data, "a text name file")
     nul = data.find(b"\x00")
     if nul >= 0:
         line = _line_of(data, nul)

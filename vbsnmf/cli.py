@@ -514,7 +514,26 @@ def _check_paths(args, inputs) -> Path:
                 "result.h5ad records; name another file"
             ) from None
         io.check_checkpoint_path(args.checkpoint, inputs)
+        _check_resumed_solver(args)
     return io.check_outdir(args.outdir, force=args.force, inputs=inputs, checkpoint=args.checkpoint)
+
+
+def _check_resumed_solver(args) -> None:
+    """--resume of a checkpoint of the other variational solver, refused before any work
+    with the option that resumes it: the fit's own check came after the input was read
+    (or converted, for svi), listing settings that are no options (kappa, tau) and
+    advising to remove the checkpoint, the state the user meant to resume."""
+    from ._checkpoint import read_checkpoint_meta
+
+    if not (args.resume and os.path.exists(args.checkpoint)):
+        return
+    config = read_checkpoint_meta(args.checkpoint).get("config")
+    saved = config.get("solver") if isinstance(config, dict) else None
+    if saved in VB_SOLVERS and saved != args.solver:
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} holds a fit of --solver {saved}, not "
+            f"{args.solver}: pass --solver {saved} to resume it"
+        )
 
 
 @_doing("fitting")
@@ -1153,14 +1172,41 @@ def _compile_notice(quiet: bool) -> Iterator[None]:
         yield
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names now (a link followed), or None."""
+    try:
+        details = os.stat(path)
+    except OSError:
+        return None
+    return details.st_dev, details.st_ino
+
+
+@contextlib.contextmanager
+def _telling_if_written(output: Path) -> Iterator[None]:
+    """A stop (Ctrl-C, SIGTERM, SIGHUP) in the block that arrives once ``output`` (OUTDIR
+    or the figure) has taken its place carries ``written``, so that `main` says the output
+    is complete: one arriving as the summary line was printed said "no output written"
+    beside a complete OUTDIR. The output is written as a new folder or file that replaces
+    what was there, so its identity tells it from an earlier one."""
+    before = _identity(output)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        now = _identity(output)
+        if getattr(stop, "written", None) is None and now is not None and now != before:
+            stop.written = output
+        raise
+
+
 def _run_reporting_warnings(args) -> int:
     """``args.run(args)``, the warnings of the libraries it calls (a reader's "names are
     not unique") shown after a success as one ``vbsnmf: warning:`` line each, not in
     Python's two-line form; none with --quiet, none beside an error's one line. The fit's
     own warnings are shown by `_fit`, where they happen."""
+    output = Path(args.outdir if args.command in ("fit", "demo") else args.output)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with _compile_notice(getattr(args, "quiet", False)):
+        with _compile_notice(getattr(args, "quiet", False)), _telling_if_written(output):
             code = args.run(args)
     if not getattr(args, "quiet", False):
         _print_warnings(caught)

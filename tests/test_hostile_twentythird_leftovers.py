@@ -249,3 +249,40 @@ def test_select_k_of_dask_counts_says_how_to_compute_them():
     adata = ad.AnnData(da.from_array(_counts(30).toarray(), chunks=(10, 30)))
     with pytest.raises(ValueError, match=r"adata\.X = adata\.X\.compute\(\)"):
         vbsnmf.tl.select_k(adata, [1, 2])
+
+
+@pytest.mark.parametrize("solver", ["batch", "svi"])
+def test_a_checkpoint_of_another_thread_count_resumes_with_a_warning(tmp_path, solver):
+    """A fit checkpointed with 2 threads could not be resumed on a machine of one core
+    (`n_threads` is capped at the machine's): refused as another fit, its hours lost. It
+    continues with a warning, and ends as the uninterrupted fit to rounding."""
+    X = _counts(60, 30, seed=6)
+    params = dict(random_state=3, tol=0.0, prior="gamma", solver=solver)
+    steps = "max_iter" if solver == "batch" else "n_epochs"
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(3, n_threads=2, checkpoint=path, **{steps: 4}, **params).fit(X)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            resumed = vbsnmf.VBNMF(
+                3, n_threads=1, checkpoint=path, resume=True, **{steps: 8}, **params
+            ).fit(X)
+        straight = vbsnmf.VBNMF(3, n_threads=2, **{steps: 8}, **params).fit(X)
+    (warned,) = [str(w.message) for w in caught if "n_threads" in str(w.message)]
+    assert "n_threads=2" in warned and "this fit runs n_threads=1" in warned
+    assert resumed.n_iter_ == straight.n_iter_ == 8
+    np.testing.assert_allclose(resumed.elbo_trace_, straight.elbo_trace_, rtol=1e-10)
+    np.testing.assert_allclose(resumed.components_, straight.components_, rtol=1e-7)
+
+
+def test_another_thread_count_and_another_setting_is_still_refused(tmp_path):
+    """Guard (passes before the change too): the thread count is forgiven, nothing else."""
+    X = _counts(60, 30, seed=6)
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(3, n_threads=2, checkpoint=path, max_iter=3, random_state=3).fit(X)
+        resume = vbsnmf.VBNMF(3, n_threads=1, checkpoint=path, resume=True, max_iter=6)
+        with pytest.raises(CheckpointMismatchError, match="random_state"):
+            resume.set_params(random_state=4).fit(X)

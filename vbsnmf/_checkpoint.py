@@ -6,9 +6,10 @@ state (SVI draws a fresh permutation every epoch) and a ``config`` record of eve
 that changes the arithmetic (shape, K, method, priors, thread count, a fingerprint of the
 counts, ...). Resuming from it replays exactly the computation an uninterrupted fit would
 have done, so the final ELBO trace is bitwise the same; a checkpoint written under a
-different configuration or for other data is refused rather than silently mixed, and so is
-a damaged one (every array is checked for its shape, finiteness and sign before a kernel
-sees it).
+different configuration or for other data is refused rather than silently mixed (one of
+another thread count, as a smaller machine has, is resumed with a warning: the same fit to
+rounding), and so is a damaged one (every array is checked for its shape, finiteness and
+sign before a kernel sees it).
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def warn_if_beyond(estimator, n_done: int, limit: int | None = None) -> None:
 
 def check_config(meta: dict, config: dict, path) -> None:
     """Raise `CheckpointMismatchError` unless the checkpoint's config equals ``config``
-    (`CheckpointError` when it has none that can be read)."""
+    (`CheckpointError` when it has none that can be read); warn when only the thread count
+    differs, which changes the order of sums, not the fit."""
     stored = meta.get("config", {})
     if not isinstance(stored, dict):
         raise CheckpointError(
@@ -228,7 +230,16 @@ def check_config(meta: dict, config: dict, path) -> None:
         and not (key in LATER_KEYS and key not in stored)
         and UNUSED_BY_SOLVER.get(key, "") != config.get("solver")
     )
+    threads = "n_threads" in differing
+    differing = [key for key in differing if key != "n_threads"]
     if not differing:
+        if threads:  # a resume on a machine of fewer cores was refused: hours of fit lost
+            warn_user(
+                f"checkpoint {path} was written with n_threads={stored.get('n_threads')!r}; "
+                f"this fit runs n_threads={config.get('n_threads')!r}: it continues, the same "
+                "fit to rounding, not bit for bit the uninterrupted one",
+                UserWarning,
+            )
         return
     start_over = "remove it, or start over without resuming"
     if differing == ["data_fingerprint"]:

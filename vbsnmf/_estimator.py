@@ -304,7 +304,9 @@ class VBNMF(Estimator):
         Continue from ``checkpoint`` if it exists (else start afresh; without ``resume``
         a saved checkpoint there is overwritten, with a UserWarning). For the same data,
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
-        of an uninterrupted one; a checkpoint of a fit with other settings is refused. A
+        of an uninterrupted one; a checkpoint of a fit with other settings is refused, but
+        one of another thread count (a smaller machine) is resumed with a UserWarning: the
+        same fit to rounding, not bit for bit. A
         fit that stopped at ``max_iter`` / ``n_epochs`` continues when resumed with more
         (as the longer fit would: an accelerated fit's last save is the start of the
         SQUAREM cycle ``max_iter`` cut short; except an SVI fit whose ``n_epochs`` is not a

@@ -356,19 +356,20 @@ class VBNTF(Estimator):
         ``random_state`` and ``n_threads`` the resumed fit ends with exactly the ELBO trace
         of an uninterrupted one; a checkpoint of other settings or other data (its
         fingerprint of the nonzeros differs) is refused
-        (`vbsnmf._checkpoint.CheckpointMismatchError`). A fit that stopped at ``max_iter``
-        or ``n_epochs`` continues when resumed with more (as the longer fit would: an
-        accelerated fit's last save is the start of the SQUAREM cycle ``max_iter`` cut
-        short; except an SVI fit whose ``n_epochs`` is not a multiple of ``eval_every``,
-        which goes on from the evaluation it made at its end and the longer fit did not).
-        ``tol`` may
-        change on resume (except for the slices form of SVI, whose local fits run to it, as
-        to ``max_iter``): the checkpoint's convergence is judged again under it, so a fit
-        that converged under a looser ``tol`` goes on under a tighter one, and one that
-        meets a looser ``tol`` stops (plain batch ascent: at once, ``converged_=True``;
-        accelerated, SVI: at the next check). A ``random_state`` Generator resumes only when
-        given in the state it had at the first fit (a fresh ``np.random.default_rng(seed)``
-        of the same seed): the checkpoint records the entropy the fit drew from it.
+        (`vbsnmf._checkpoint.CheckpointMismatchError`), but one of another thread count (a
+        smaller machine) is resumed with a UserWarning: the same fit to rounding. A fit that
+        stopped at ``max_iter`` or ``n_epochs`` continues when resumed with more (as the
+        longer fit would: an accelerated fit's last save is the start of the SQUAREM cycle
+        ``max_iter`` cut short; except an SVI fit whose ``n_epochs`` is not a multiple of
+        ``eval_every``, which goes on from the evaluation it made at its end and the longer
+        fit did not). ``tol`` may change on resume (except for the slices form of SVI, whose
+        local fits run to it, as to ``max_iter``): the checkpoint's convergence is judged
+        again under it, so a fit that converged under a looser ``tol`` goes on under a
+        tighter one, and one that meets a looser ``tol`` stops (plain batch ascent: at once,
+        ``converged_=True``; accelerated, SVI: at the next check). A ``random_state``
+        Generator resumes only when given in the state it had at the first fit (a fresh
+        ``np.random.default_rng(seed)`` of the same seed): the checkpoint records the
+        entropy the fit drew from it.
     verbose
         True to print the ELBO after every iteration or pass (batch), or after every
         evaluated epoch (SVI).

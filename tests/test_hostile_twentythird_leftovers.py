@@ -286,3 +286,25 @@ def test_another_thread_count_and_another_setting_is_still_refused(tmp_path):
         resume = vbsnmf.VBNMF(3, n_threads=1, checkpoint=path, resume=True, max_iter=6)
         with pytest.raises(CheckpointMismatchError, match="random_state"):
             resume.set_params(random_state=4).fit(X)
+
+
+def test_a_closed_backed_x_is_named_by_the_classical_nmf_and_vbntf(tmp_path):
+    """The streamed pass named a closed backed X for `VBNMF`; the classical `NMF` and
+    `VBNTF` still raised h5py's RuntimeError ("identifier is not of specified type")."""
+    import h5py
+
+    adata = ad.AnnData(_counts(20, 10).toarray())
+    adata.write_h5ad(tmp_path / "dense.h5ad")
+    backed = ad.read_h5ad(tmp_path / "dense.h5ad", backed="r")
+    X = backed.X
+    backed.file.close()
+    assert isinstance(X, h5py.Dataset) and not X.id.valid
+    with pytest.raises(ValueError, match="HDF5 file that was closed"):
+        vbsnmf.NMF(2, max_iter=5).fit(X)
+    with h5py.File(tmp_path / "coords.h5", "w") as handle:
+        handle["coords"] = np.array([[0, 0, 0], [1, 1, 1]])
+    handle = h5py.File(tmp_path / "coords.h5", "r")
+    coords = handle["coords"]
+    handle.close()
+    with pytest.raises(ValueError, match="X is stored in an HDF5 file that was closed"):
+        vbsnmf.VBNTF(2, max_iter=3).fit(coords, np.array([1.0, 2.0]))

@@ -33,6 +33,7 @@ from ._validation import (
     check_verbose,
     large_count_advice,
     max_count,
+    refuse_closed_file,
     refuse_masked,
 )
 from .io._paths import check_checkpoint_path
@@ -543,6 +544,8 @@ class VBNTF(Estimator):
         """
         checked = self._check_params()
         callback = check_callback(callback)
+        for given, name in ((X, "X"), (values, "values")):  # h5py's errors named neither
+            refuse_closed_file(given, name)
         if self.checkpoint is not None:  # before any work: not a folder, not another file
             check_checkpoint_path(self.checkpoint)
         coords, values, shape = check_tensor(X, values, shape)

@@ -473,12 +473,14 @@ def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
             f"{name} is an AnnData: pass its counts (adata.X, a layer) as {name}, or fit it "
             f"with vbsnmf.tl.nmf(adata{fitting}), which stores the result in it"
         )
+    refuse_closed_file(X, name)
 
 
 def refuse_closed_file(X, name: str = "X") -> None:
     """A `ValueError` for a backed AnnData's X (or an h5py dataset) whose file was closed
     (``adata.file.close()``, the X kept): h5py's own answer, ValueError "Not an id of a
-    file object" or RuntimeError "identifier is not of specified type", named neither."""
+    file object" or RuntimeError "identifier is not of specified type", named neither.
+    `refuse_path_or_anndata` asks it of every matrix the estimators take."""
     h5py = sys.modules.get("h5py")
     if h5py is None:  # never imported: X is no h5py object
         return

@@ -308,3 +308,50 @@ def test_a_closed_backed_x_is_named_by_the_classical_nmf_and_vbntf(tmp_path):
     handle.close()
     with pytest.raises(ValueError, match="X is stored in an HDF5 file that was closed"):
         vbsnmf.VBNTF(2, max_iter=3).fit(coords, np.array([1.0, 2.0]))
+
+
+def test_a_10x_folder_of_cells_as_rows_is_told_so_and_reads_as_advised(tmp_path):
+    """A 10x folder whose matrix holds cells as rows (R's ``writeMM(t(counts))``) was
+    refused as "has 30 names but the matrix has 50 genes", which hid the cause; the
+    message says it and its advice reads the same files."""
+    import gzip
+
+    counts = _counts(50, 30, seed=7)  # cells x genes, as 10x never writes it
+    with gzip.open(tmp_path / "matrix.mtx.gz", "wb") as handle:
+        scipy.io.mmwrite(handle, counts.tocoo())
+    genes = "".join(f"ENSG{i}\tgene{i}\tGene Expression\n" for i in range(30))
+    (tmp_path / "features.tsv.gz").write_bytes(gzip.compress(genes.encode()))
+    cells = "".join(f"CELL{i}\n" for i in range(50))
+    (tmp_path / "barcodes.tsv.gz").write_bytes(gzip.compress(cells.encode()))
+    for read in (
+        lambda: vbsnmf.io.read(tmp_path),
+        lambda: vbsnmf.io.mtx_to_h5ad(tmp_path, tmp_path.parent / "out.h5ad"),
+    ):
+        with pytest.raises(vbsnmf.io.ReadError, match="holds cells as rows"):
+            read()
+    adata = vbsnmf.io.read_mtx(
+        tmp_path / "matrix.mtx.gz",
+        genes_as_rows=False,
+        row_names=tmp_path / "barcodes.tsv.gz",
+        col_names=tmp_path / "features.tsv.gz",
+    )
+    assert adata.shape == (50, 30) and adata.obs_names[0] == "CELL0"
+    np.testing.assert_array_equal(adata.X.toarray(), counts.toarray())
+
+
+def test_a_resume_under_another_prior_names_it_as_the_user_sets_it(tmp_path):
+    """The mismatch showed the prior's repr ('HierarchicalPrior(factor_shape=None)' vs
+    'GammaPrior(shape=1.0, rate=1.0)'): named by the parameters now."""
+    X = _counts(40, 20, seed=8)
+    path = tmp_path / "fit.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.VBNMF(2, max_iter=3, checkpoint=path, random_state=0, prior="gamma").fit(X)
+        resume = vbsnmf.VBNMF(2, max_iter=3, checkpoint=path, resume=True, random_state=0)
+        with pytest.raises(CheckpointMismatchError) as caught:
+            resume.fit(X)
+        message = str(caught.value)
+        assert "prior: checkpoint 'gamma' (prior_shape=1.0, prior_rate=1.0) vs now " in message
+        assert "now 'hierarchical')" in message and "Prior(" not in message
+        with pytest.raises(CheckpointMismatchError, match=r"prior_rate=1\.0\) vs now 'gamma'"):
+            resume.set_params(prior="gamma", prior_rate=2.0).fit(X)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -271,10 +272,38 @@ def _batch_as_run(config: dict) -> dict:
     return {**config, "batch_size": min(batch, max(whole, 1))} if isinstance(whole, int) else config
 
 
+_RECORDED_PRIOR = re.compile(
+    r"HierarchicalPrior\(factor_shape=(?P<factor>[^)]*)\)"
+    r"|GammaPrior\(shape=(?P<shape>[^,]*), rate=(?P<rate>[^)]*)\)"
+)
+
+
+def _prior_words(recorded):
+    """A prior as a checkpoint records it (``repr`` of `_model.GammaPrior` or
+    `_model.HierarchicalPrior`) in the parameters that set it: ``'gamma' (prior_shape=1.0,
+    prior_rate=1.0)``, ``'hierarchical'``; anything else as it is."""
+    match = _RECORDED_PRIOR.fullmatch(recorded) if isinstance(recorded, str) else None
+    if match is None:
+        return recorded
+    if match["shape"] is not None:
+        return _Words(f"'gamma' (prior_shape={match['shape']}, prior_rate={match['rate']})")
+    factor = match["factor"]
+    return _Words("'hierarchical'" + ("" if factor == "None" else f" (prior_shape={factor})"))
+
+
+class _Words(str):
+    """Text shown as it is in a mismatch's ``{value!r}``."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _by_parameter(key: str, then, now) -> list[tuple[str, object, object]]:
     """``(name, checkpoint's value, current value)`` of config ``key``, split into the
     parameters it records (`COMBINED_KEYS`) where both values hold one each, so that the
     differing ones are named as the user sets them (``tol``, not ``local_fit``)."""
+    if key == "prior":  # recorded as the prior's repr: named as the user sets it
+        return [("prior", _prior_words(then), _prior_words(now))]
     names = COMBINED_KEYS.get(key)
     split = names is not None and all(
         isinstance(value, list) and len(value) == len(names) for value in (then, now)

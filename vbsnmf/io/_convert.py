@@ -140,7 +140,7 @@ def mtx_to_h5ad(
     # a 10x folder's features file (its rows) names genes by symbol, with ids and types
     # beside them, as vbsnmf.io.read_10x reads it; other name files give one name a line
     # (the first field), as read_mtx reads them
-    features = read_features(row_names, n_rows, src.name, "rows") if is_folder else None
+    features = read_features(row_names, n_rows, src.name, "rows", n_cols) if is_folder else None
     rows = features[0].to_numpy() if is_folder else _names(row_names, n_rows, src, "rows")
     cols = _names(col_names, n_cols, src, "columns")
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)

@@ -242,7 +242,7 @@ def read_10x(folder: str | os.PathLike):
     matrix_path, features_path, barcodes_path = tenx_files(folder)
     counts = sp.csr_matrix(_read_mtx_matrix(matrix_path).T)  # checked, exact
     n_cells, n_genes = counts.shape
-    var = feature_var(read_features(features_path, n_genes, "the matrix", "genes"))
+    var = feature_var(read_features(features_path, n_genes, "the matrix", "genes", n_cells))
     cells = read_names(barcodes_path, n_cells, "the matrix", "cells")
     obs = pd.DataFrame(index=pd.Index(cells, dtype=object))
     with warnings.catch_warnings():
@@ -1325,7 +1325,9 @@ def read_names(path: Path, expected: int, matrix: str, side: str) -> np.ndarray:
     return np.array([line.partition("\t")[0] for line in lines], dtype=object)
 
 
-def read_features(path: Path, expected: int, matrix: str, side: str) -> pd.DataFrame:
+def read_features(
+    path: Path, expected: int, matrix: str, side: str, n_other: int | None = None
+) -> pd.DataFrame:
     """A 10x features (or genes) file as `read_names` reads it, but every field of each
     line, a column each, as strings.
 
@@ -1337,7 +1339,7 @@ def read_features(path: Path, expected: int, matrix: str, side: str) -> pd.DataF
     rows = [line.split("\t") for line in lines]
     # first: a line split in two is named here, not counted as an extra name
     _check_same_fields(path, rows, blank)
-    _check_name_count(path, len(rows), blank, expected, matrix, side)
+    _check_name_count(path, len(rows), blank, expected, matrix, side, n_other)
     table = pd.DataFrame(rows, dtype=object)
     if path.name.startswith("features") and table.shape[1] < 3:
         raise ReadError(path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)")
@@ -1401,12 +1403,30 @@ def _line_number(index: int, blank: list[int]) -> int:
 
 
 def _check_name_count(
-    path: Path, count: int, blank: list[int], expected: int, matrix: str, side: str
+    path: Path,
+    count: int,
+    blank: list[int],
+    expected: int,
+    matrix: str,
+    side: str,
+    n_other: int | None = None,
 ) -> None:
     """`ReadError` unless a name file's ``count`` names are ``expected``; the message
-    names the blank lines that were not counted."""
+    names the blank lines that were not counted, and, for a 10x features file whose count
+    is the matrix's columns (``n_other``), a matrix written with cells as rows."""
     if count == expected:
         return
+    if count == n_other and count != expected:
+        # R's Matrix::writeMM(t(counts)) and the like: the names fit the other axis
+        raise ReadError(
+            path,
+            f"has {count} names, as many as {matrix}'s columns, but it has {expected} rows: "
+            "the matrix holds cells as rows, where a 10x folder holds genes as rows: write "
+            "it transposed, or read it as a Matrix Market file with cells as rows "
+            "(vbsnmf.io.read_mtx(MATRIX, genes_as_rows=False, row_names=BARCODES, "
+            "col_names=FEATURES); vbsnmf fit MATRIX --cells-as-rows --row-names BARCODES "
+            "--col-names FEATURES)",
+        )
     if len(blank) == 1:
         skipped = f" (line {blank[0]} is blank, not a name)"
     elif blank:

@@ -355,3 +355,17 @@ def test_a_resume_under_another_prior_names_it_as_the_user_sets_it(tmp_path):
         assert "now 'hierarchical')" in message and "Prior(" not in message
         with pytest.raises(CheckpointMismatchError, match=r"prior_rate=1\.0\) vs now 'gamma'"):
             resume.set_params(prior="gamma", prior_rate=2.0).fit(X)
+
+
+def test_a_cell_ranger_h5_named_h5ad_is_told_what_it_is(tmp_path):
+    """A Cell Ranger .h5 saved as .h5ad was refused naming only its keys; the message now
+    says it is Cell Ranger's layout and how to read it (which works)."""
+    from test_hostile_twentythird_readers import _cell_ranger_h5
+
+    path = _cell_ranger_h5(tmp_path / "sample.h5ad", 2)
+    with pytest.raises(vbsnmf.io.ReadError, match="Cell Ranger's feature-barcode layout"):
+        vbsnmf.io.read(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = vbsnmf.io.read_10x_h5(path)
+    assert adata.shape == (2, 3)

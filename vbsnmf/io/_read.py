@@ -756,13 +756,11 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
     try:
         with h5py.File(path, "r") as handle:
             keys = sorted(handle.keys())
-            if kind == "h5ad":
-                fits = _is_anndata(handle)
-            else:
-                fits = any(
-                    isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
-                    for item in handle.values()
-                )
+            cell_ranger = any(
+                isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
+                for item in handle.values()
+            )
+            fits = _is_anndata(handle) if kind == "h5ad" else cell_ranger
     except Exception as error:  # h5py raises several types for files it cannot open
         raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
     if fits:
@@ -770,6 +768,11 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
     holds = f"it holds {', '.join(map(repr, keys[:8]))}{', ...' if len(keys) > 8 else ''}"
     if not keys:
         holds = "it is empty"
+    if kind == "h5ad" and cell_ranger:  # a Cell Ranger .h5 renamed, which read_10x_h5 reads
+        holds += (
+            ": Cell Ranger's feature-barcode layout, read by vbsnmf.io.read_10x_h5 (name it "
+            ".h5 for vbsnmf.io.read and the command line)"
+        )
     if kind == "h5ad":
         what = "not an AnnData .h5ad file (no AnnData encoding, no obs and var)"
     else:

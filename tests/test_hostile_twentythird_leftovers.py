@@ -5,6 +5,7 @@ refuses a var index it could not write beside the fit's column before fitting.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -369,3 +370,20 @@ def test_a_cell_ranger_h5_named_h5ad_is_told_what_it_is(tmp_path):
         warnings.simplefilter("ignore")
         adata = vbsnmf.io.read_10x_h5(path)
     assert adata.shape == (2, 3)
+
+
+def test_project_names_the_new_cells_anndata_as_adata_new():
+    """`tl.project` reads two AnnDatas; its count errors said "adata" (the shared checks'
+    name), which named neither ``adata_new`` nor ``adata_ref``."""
+    reference = ad.AnnData(_counts(40, 20, seed=9))
+    _fit(reference, 2)
+    new = ad.AnnData(_counts(10, 20, seed=10), var=reference.var.copy())
+    with pytest.raises(ValueError, match=r"^use_raw=True but adata_new\.raw is None$"):
+        vbsnmf.tl.project(new, reference, use_raw=True)
+    with pytest.raises(ValueError, match=r"^adata_new has no layer 'counts'"):
+        vbsnmf.tl.project(new, reference, layer="counts")
+    new.X = new.X * 0.5
+    with pytest.raises(ValueError, match=r"^adata_new\.X holds \d+ non-integer") as caught:
+        vbsnmf.tl.project(new, reference)
+    assert "adata_new.layers['counts'] = adata_new.X.copy()" in str(caught.value)
+    assert re.search(r"\badata\b", str(caught.value)) is None

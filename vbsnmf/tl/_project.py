@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import warnings
 
 import numpy as np
@@ -24,6 +26,21 @@ from ._stored import (
     variational_params,
     view_to_actual,
 )
+
+# "adata" as a name of its own ("adata.X", "adata.layers[...]"), not adata_new or adata_ref
+_ADATA = re.compile(r"\badata\b")
+
+
+@contextlib.contextmanager
+def _as_adata_new():
+    """Errors of `select_counts` and `check_count_matrix`, which call the AnnData they
+    read "adata", naming it ``adata_new``: beside ``adata_ref``, "adata" said neither."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):  # a subclass keeps its own message
+            raise
+        raise type(error)(_ADATA.sub("adata_new", str(error))) from None
 
 
 def project(
@@ -144,7 +161,8 @@ def project(
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     else:
         check_writable(adata_new, "adata_new")
-    matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
+    with _as_adata_new():
+        matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
     # The reference's genes: those of its gene holder that the fit used (nonzero shapes).
     gene_shape = np.asarray(variational["gene_shape"])
     fitted = (gene_shape > 0).any(axis=1)
@@ -167,9 +185,9 @@ def project(
     repeated = new_genes[new_genes.duplicated()].unique().intersection(reference_genes)
     if len(repeated):
         raise ValueError(
-            f"{source}'s gene names repeat among the reference's genes "
-            f"({', '.join(map(str, repeated[:3]))}{', ...' if len(repeated) > 3 else ''}); "
-            "make them unique (adata.var_names_make_unique())"
+            f"{_ADATA.sub('adata_new', source)}'s gene names repeat among the reference's "
+            f"genes ({', '.join(map(str, repeated[:3]))}{', ...' if len(repeated) > 3 else ''}); "
+            "make them unique (adata_new.var_names_make_unique())"
         )
     single = ~new_genes.duplicated(keep=False)
     found = new_genes[single].get_indexer(reference_genes)
@@ -194,7 +212,8 @@ def project(
         matrix = computed_as_declared(matrix)
     # the projection computes in the reference's dtype: a float32 one resolves counts to 2**24
     fit_dtype = np.float32 if gene_shape.dtype == np.float32 else np.float64
-    matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)
+    with _as_adata_new():
+        matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)
     counts = matrix.tocsr()[:, positions[shared]]
     # Cells whose counts all lie in genes the reference lacks: their factors are the prior's.
     without = np.asarray(counts.sum(axis=1)).ravel() == 0

@@ -387,3 +387,13 @@ def test_project_names_the_new_cells_anndata_as_adata_new():
         vbsnmf.tl.project(new, reference)
     assert "adata_new.layers['counts'] = adata_new.X.copy()" in str(caught.value)
     assert re.search(r"\badata\b", str(caught.value)) is None
+
+
+def test_select_k_reason_shows_a_small_tolerance():
+    """The reason printed the tolerance with five decimals: 1e-6 read "tolerance 0.00000"."""
+    adata = ad.AnnData(_counts(40, 20, seed=11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = vbsnmf.tl.select_k(adata, [1, 2], tolerance=1e-6, max_iter=30, n_threads=1)
+    assert "tolerance 1e-06)" in table.attrs["reason"]
+    assert "0.00000" not in table.attrs["reason"]

@@ -384,7 +384,7 @@ def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, toleranc
     text = (
         f"K={ks[chosen]}: the smallest K whose held-out log-likelihood per count "
         f"({heldout[chosen]:.5f}) is within {rule} of the best ({heldout[best]:.5f} at "
-        f"K={ks[best]}; tolerance {table['tolerance'].iloc[chosen]:.5f})"
+        f"K={ks[best]}; tolerance {table['tolerance'].iloc[chosen]:.3g})"  # may be ~1e-5
     )
     if len(ks) == 1:
         text += "; the only K tried, so nothing was compared: pass a grid of K"

@@ -397,3 +397,22 @@ def test_select_k_reason_shows_a_small_tolerance():
         table = vbsnmf.tl.select_k(adata, [1, 2], tolerance=1e-6, max_iter=30, n_threads=1)
     assert "tolerance 1e-06)" in table.attrs["reason"]
     assert "0.00000" not in table.attrs["reason"]
+
+
+def test_a_streamed_float16_csr_gets_the_readers_advice(tmp_path):
+    """A streamed fit of an .h5ad whose sparse X holds float16 said "cannot read X
+    (ValueError: scipy.sparse does not support dtype float16 ...)"; it now gives the advice
+    `vbsnmf.io.read` gives for the same file."""
+    import h5py
+
+    path = tmp_path / "half.h5ad"
+    ad.AnnData(_counts(30, 10)).write_h5ad(path)
+    with h5py.File(path, "r+") as handle:
+        values = handle["X/data"][...].astype(np.float16)
+        del handle["X/data"]
+        handle["X/data"] = values
+    advice = r"float16 values, which scipy\.sparse cannot hold; store it as float32"
+    with pytest.raises(vbsnmf.io.ReadError, match=advice):
+        vbsnmf.io.read(path)  # the reader's advice, as before
+    with pytest.raises(ValueError, match=advice):
+        vbsnmf.VBNMF(2, solver="svi", n_epochs=1).fit(path)

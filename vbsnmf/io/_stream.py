@@ -145,6 +145,12 @@ class StoredRowsSource(CellSource):
                 "(write the file with anndata)"
             )
         check_count_dtype(group["data"].dtype)
+        if group["data"].dtype == np.float16:  # as `vbsnmf.io.read` says, not scipy's error
+            raise ValueError(
+                f"{self.name} holds a sparse matrix of float16 values, which scipy.sparse "
+                "cannot hold; store it as float32 (exact for every float16 value), e.g. "
+                "adata.X = adata.X.astype('float32') where it was written"
+            )
         # as `check_sparse_structure` checks a matrix in memory: the casts to integers below
         # and in `_block` would truncate float indices (0.7 to 0) into a wrong fit
         check_index_arrays(self.name, "csr", group["indptr"], group["indices"])

@@ -52,6 +52,7 @@ from ._model import (
     held_prior,
     hyperparameters,
     init_params,
+    observed_share,
     one_of_starts,
     params_from_arrays,
     params_to_arrays,
@@ -807,8 +808,10 @@ def _fit_counts(
     settings: FitSettings, matrix, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
     check_n_components(settings.n_components, matrix.shape)
-    if mask is None:  # the masked entries leave the total term, which the bound rests on
-        check_fixed_prior_range(matrix.shape, settings.prior, settings.dtype)
+    if mask is not None:  # batch VB only (`VBNMF._fit`)
+        mask = _checked_mask(mask, matrix.shape)
+    observed = 1.0 if mask is None else observed_share(matrix.shape, mask)
+    check_fixed_prior_range(matrix.shape, settings.prior, settings.dtype, observed=observed)
     if settings.solver == "svi" and settings.svi_form == "cells":
         csr = sp.csr_array(matrix)
         fingerprint = None
@@ -820,7 +823,6 @@ def _fit_counts(
         )
         return _fit_svi_cells(settings, InMemorySource(csr), counts, init, callback, entropy)
     if mask is not None:
-        mask = _checked_mask(mask, matrix.shape)
         csr = sp.csr_array(matrix)
         matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
     data = as_count_data(matrix)

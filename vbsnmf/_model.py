@@ -285,16 +285,28 @@ def fixed_prior_least_log_rate(shape: tuple[int, ...], prior: GammaPrior) -> tup
 
 
 def check_fixed_prior_range(
-    shape: tuple[int, ...], prior: Prior, dtype: np.dtype, kind: str = "matrix"
+    shape: tuple[int, ...],
+    prior: Prior,
+    dtype: np.dtype,
+    kind: str = "matrix",
+    observed: float = 1.0,
 ) -> None:
     """`ValueError` before any pass when the fixed prior's optimum has a rate beyond the
     largest number of ``dtype`` (`fixed_prior_least_log_rate`; ``kind``: "matrix" or
     "tensor", for the message): the ascent went there and ended in a `FloatingPointError`
     (a 5 x 5 x 2 tensor, float32, ``prior_rate`` 1e-20, after about 100 passes; a 1000 x
-    10 matrix at 1e-36)."""
-    if not isinstance(prior, GammaPrior):
+    10 matrix at 1e-36).
+
+    ``observed``: for a matrix with missing entries, the least share of the shorter side's
+    entries observed in a line of the longer side (`observed_share`). The bound on the sum
+    ``u`` of the longer side's means still holds (its proof takes the total term over the
+    observed entries as well), but each rate of the shorter side sums the means of its
+    observed entries only: their mean over the shorter side is at least ``observed * u``.
+    """
+    if not isinstance(prior, GammaPrior) or observed <= 0:
         return
     mode, log_rate = fixed_prior_least_log_rate(shape, prior)
+    log_rate += np.log(observed)
     largest = float(np.finfo(dtype).max)
     if log_rate <= np.log(largest):
         return
@@ -313,6 +325,16 @@ def check_fixed_prior_range(
         f"mean; the bound grows as prior_rate^-{n_others}); raise prior_rate to at least "
         f"{least_rate:.3g}{other}, or use prior='hierarchical'"
     )
+
+
+def observed_share(shape: tuple[int, int], mask: Mask) -> float:
+    """The least share of the shorter side's entries that ``mask`` leaves observed in a line
+    of the longer side (a cell's genes when the genes are fewer): the ``observed`` of
+    `check_fixed_prior_range`; 0 when a line is all missing."""
+    shortest = int(np.argmin(shape))
+    lines = mask.rows if shortest == 1 else mask.cols  # a line of the longer side per row
+    missing = np.diff(lines.indptr)
+    return 1.0 - float(missing.max(initial=0)) / shape[shortest]
 
 
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:

@@ -114,9 +114,11 @@ def nmf(
         Fit only these genes, as ``scanpy.pp.pca``'s ``mask_var``: the name of a boolean
         ``.var`` column (e.g. ``"highly_variable"``) or a boolean array over
         ``adata.var_names`` (a pandas Series indexed by those names in another order is
-        read by name). With ``use_raw=True`` the raw genes with these names are
-        fitted. The AnnData is not copied; genes outside the mask get zero loadings.
-        Unlike ``scanpy.pp.pca``, a ``highly_variable`` column is not used unless named.
+        read by name; one naming some of those genes but not each of them once is
+        refused, and one naming none of them is read by position). With ``use_raw=True``
+        the raw genes with these names are fitted. The AnnData is not copied; genes
+        outside the mask get zero loadings. Unlike ``scanpy.pp.pca``, a
+        ``highly_variable`` column is not used unless named.
     key_added
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]``,
         ``.uns[key_added]`` (and the other keys below with ``key_added`` for ``nmf``)
@@ -232,6 +234,13 @@ def nmf(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
+    if solver in CLASSIC_SOLVERS and fit_params.get("init") == "custom":
+        # the estimator's "needs both W and H" named arguments tl.nmf does not take
+        raise ValueError(
+            "init='custom' starts from the W and H given to vbsnmf.classic.NMF's "
+            "fit_transform(X, W=..., H=...), which tl.nmf does not take: fit the counts with "
+            "vbsnmf.classic.NMF, or pass another init"
+        )
     if callback is not None and solver not in VB_SOLVERS:
         # the classical solvers take none: it was dropped without a word
         raise ValueError(
@@ -436,19 +445,14 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
                 "sc.pp.highly_variable_genes first, or pass a boolean array)"
             )
         column = adata.var[mask_var]
-        if pd.api.types.is_bool_dtype(column.dtype) and column.isna().any():
-            # pandas' nullable "boolean": its NA made the array object, "not boolean"
-            raise ValueError(
-                f"adata.var[{mask_var!r}] has {int(column.isna().sum())} missing values; "
-                "fill them (e.g. .fillna(False)) to say which genes to use"
-            )
+        _check_no_missing(column, f"adata.var[{mask_var!r}]")
         mask = column.to_numpy()
         if not pd.api.types.is_bool_dtype(mask):
             raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {mask.dtype})")
     else:
-        if isinstance(mask_var, pd.Series) and _names_in_other_order(mask_var.index, adata):
-            # read by position, the Series marked other genes than it names
-            mask_var = mask_var.reindex(adata.var_names)
+        if isinstance(mask_var, pd.Series):
+            mask_var = _series_over_genes(mask_var, adata)
+            _check_no_missing(mask_var, "mask_var")
         mask = np.asarray(mask_var)
         if mask.dtype != bool or mask.shape != (adata.n_vars,):
             raise ValueError(
@@ -456,11 +460,50 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
                 f"dtype {mask.dtype} and shape {mask.shape}"
             )
     mask = mask.astype(bool)
-    if not var_names.equals(adata.var_names):  # .raw: the raw genes of the masked names
-        mask = var_names.isin(adata.var_names[mask])
     if not mask.any():
         raise ValueError("mask_var selects no gene")
+    if not var_names.equals(adata.var_names):  # .raw: the raw genes of the masked names
+        marked = int(np.count_nonzero(mask))
+        mask = var_names.isin(adata.var_names[mask])
+        if not mask.any():  # "selects no gene" said it marked none
+            raise ValueError(
+                f"mask_var marks {marked} genes of adata.var_names, none of which is in "
+                "adata.raw, whose counts use_raw=True fits; mark genes that adata.raw holds"
+            )
     return mask
+
+
+def _check_no_missing(values: pd.Series, name: str) -> None:
+    """Refuse a mask with missing values (pandas' nullable "boolean" NA), which made the
+    array object: "not boolean" did not say why."""
+    if pd.api.types.is_bool_dtype(values.dtype) and values.isna().any():
+        raise ValueError(
+            f"{name} has {int(values.isna().sum())} missing values; fill them (e.g. "
+            ".fillna(False)) to say which genes to use"
+        )
+
+
+def _series_over_genes(mask_var: pd.Series, adata) -> pd.Series:
+    """A ``mask_var`` Series in the order of ``adata.var_names``: one indexed by those names
+    in another order is read by name, one naming none of them (a RangeIndex, other gene
+    ids) by position; one naming some genes of adata but not as ``adata.var_names`` (a mask
+    made on another AnnData) is refused: read by position, it marked other genes than it
+    names."""
+    index = mask_var.index
+    if _names_in_other_order(index, adata):
+        return mask_var.reindex(adata.var_names)
+    if index.equals(adata.var_names) or not index.isin(adata.var_names).any():
+        return mask_var
+    lacking = int(np.count_nonzero(~index.isin(adata.var_names)))
+    missing = int(np.count_nonzero(~adata.var_names.isin(index)))
+    stated = "mask_var is a Series whose index names genes of adata but is not adata.var_names"
+    if not (lacking or missing):  # by name it cannot be read either
+        raise ValueError(f"{stated} (its names or adata's repeat): pass a boolean array")
+    raise ValueError(
+        f"{stated} ({lacking} of its names are not genes of adata, {missing} genes of adata "
+        "are not in it): pass mask_var.reindex(adata.var_names, fill_value=False) to read it "
+        "by gene name, or a boolean array"
+    )
 
 
 def _names_in_other_order(index: pd.Index, adata) -> bool:

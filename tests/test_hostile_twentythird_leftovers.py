@@ -416,3 +416,27 @@ def test_a_streamed_float16_csr_gets_the_readers_advice(tmp_path):
         vbsnmf.io.read(path)  # the reader's advice, as before
     with pytest.raises(ValueError, match=advice):
         vbsnmf.VBNMF(2, solver="svi", n_epochs=1).fit(path)
+
+
+def test_a_start_with_a_misspelt_key_warns():
+    """A key of ``init={...}`` that the start does not read ("cell_scale_shpe") was dropped
+    without a word; the keys `tl.nmf`'s stored fits hold stay quiet (a guard)."""
+    X = _counts(40, 20, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        fitted = vbsnmf.VBNMF(2, max_iter=5, random_state=0).fit(X)
+        start = {k: getattr(fitted, k + "_") for k in _INIT}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            vbsnmf.VBNMF(2, max_iter=5).fit(X, init={**start, "cell_scale_shpe": np.ones(40)})
+            fixed = vbsnmf.VBNMF(2, max_iter=5, prior="gamma", random_state=0).fit(X)
+            start = {k: getattr(fixed, k + "_") for k in _INIT}
+            vbsnmf.VBNMF(2, max_iter=5, prior="gamma").fit(
+                X, init={**start, "prior_shape": 1.0, "prior_rate": 1.0}
+            )
+    unread = [w for w in caught if "does not read" in str(w.message)]
+    assert len(unread) == 1 and "'cell_scale_shpe'" in str(unread[0].message)
+    assert unread[0].filename == __file__
+
+
+_INIT = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")

@@ -1595,6 +1595,10 @@ HYPER_KEYS = (
 )
 
 
+# The keys a start's mapping may hold: `tl.nmf`'s stored fits add the fixed prior's.
+_READ_INIT_KEYS = frozenset(INIT_KEYS + SCALE_KEYS + HYPER_KEYS + ("prior_shape", "prior_rate"))
+
+
 def init_params(
     init,
     shape: tuple[int, int],
@@ -1635,6 +1639,15 @@ def init_params(
         except KeyError as missing:
             raise ValueError(f"init is missing {missing}") from None
         extra = {key: init[key] for key in SCALE_KEYS + HYPER_KEYS if init.get(key) is not None}
+        unread = [key for key in init if key not in _READ_INIT_KEYS]
+        if unread:  # a misspelt key ("cell_scale_shpe") left its value out without a word
+            warn_user(
+                f"init has keys it does not read: {', '.join(map(repr, unread[:5]))}"
+                f"{', ...' if len(unread) > 5 else ''} (it reads {', '.join(INIT_KEYS)}, "
+                "and under the learned prior the scales' and hyperparameters' keys: "
+                "vbsnmf._model.SCALE_KEYS, HYPER_KEYS)",
+                UserWarning,
+            )
     elif all(hasattr(init, key + "_") for key in INIT_KEYS):
         arrays = tuple(getattr(init, key + "_") for key in INIT_KEYS)
         extra = {

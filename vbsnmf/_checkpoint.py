@@ -222,6 +222,14 @@ def check_config(meta: dict, config: dict, path) -> None:
         raise CheckpointError(
             f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
         )
+    start_over = "remove it, or start over without resuming"
+    written_by, fitting = _estimator_of(stored), _estimator_of(config)
+    # the two estimators record some settings by other names: say whose checkpoint it is
+    if stored and written_by != fitting:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was written by {written_by}, and this is a {fitting} fit; "
+            f"{start_over}"
+        )
     stored = {**{k: v for k, v in LATER_KEY_VALUES.items() if k in config}, **stored}
     stored, config = _batch_as_run(stored), _batch_as_run(config)
     differing = sorted(
@@ -242,7 +250,6 @@ def check_config(meta: dict, config: dict, path) -> None:
                 UserWarning,
             )
         return
-    start_over = "remove it, or start over without resuming"
     if differing == ["data_fingerprint"]:
         raise CheckpointMismatchError(
             f"checkpoint {path} was written for other data (the same shape, nonzeros and "
@@ -257,6 +264,12 @@ def check_config(meta: dict, config: dict, path) -> None:
     raise CheckpointMismatchError(
         f"checkpoint {path} was written by a different fit ({details}); {start_over}"
     )
+
+
+def _estimator_of(config: dict) -> str:
+    """The estimator whose fit ``config`` records: `VBNTF`'s records its ``svi_mode``
+    (since its first checkpoint), `VBNMF`'s never does."""
+    return "VBNTF (a tensor)" if "svi_mode" in config else "VBNMF (a matrix)"
 
 
 def _batch_as_run(config: dict) -> dict:

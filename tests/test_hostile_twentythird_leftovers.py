@@ -260,6 +260,8 @@ def test_a_checkpoint_of_another_thread_count_resumes_with_a_warning(tmp_path, s
     X = _counts(60, 30, seed=6)
     params = dict(random_state=3, tol=0.0, prior="gamma", solver=solver)
     steps = "max_iter" if solver == "batch" else "n_epochs"
+    if solver == "svi":  # its cells' local fits run max_iter passes at tol=0
+        params["max_iter"] = 20
     path = tmp_path / "fit.ckpt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
@@ -440,3 +442,23 @@ def test_a_start_with_a_misspelt_key_warns():
 
 
 _INIT = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
+
+
+def test_an_h5ad_held_open_for_writing_is_named_so(tmp_path):
+    """An .h5ad held with h5py's 'r+' (a notebook's backed='r+', another process) read as
+    damaged: "not a readable HDF5 file (BlockingIOError ... unable to lock file)"."""
+    import h5py
+
+    path = tmp_path / "held.h5ad"
+    ad.AnnData(_counts(30, 10)).write_h5ad(path)
+    held = h5py.File(path, "r+")
+    try:
+        for read in (
+            lambda: vbsnmf.io.read(path),
+            lambda: vbsnmf.VBNMF(2, solver="svi", n_epochs=1).fit(path),
+        ):
+            with pytest.raises(vbsnmf.io.ReadError, match="is open for writing elsewhere"):
+                read()
+    finally:
+        held.close()
+    assert vbsnmf.io.read(path).shape == (30, 10)  # once closed, read as ever

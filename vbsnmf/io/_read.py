@@ -188,6 +188,20 @@ def input_kind(path: str | os.PathLike) -> str:
     )
 
 
+def _unreadable_hdf5(path: Path, reason: str) -> ReadError:
+    """The `ReadError` of an HDF5 file h5py could not open for ``reason``: a file held
+    open for writing is named so, where "not a readable HDF5 file (BlockingIOError ...
+    unable to lock file)" read as a damaged one."""
+    if "unable to lock file" in reason:
+        return ReadError(
+            path,
+            "is open for writing elsewhere (HDF5's file lock refused reading it: another "
+            "process, or this one, holds it with h5py's mode 'r+' or 'w' or anndata's "
+            "backed='r+'): close it there, or wait until its write ends",
+        )
+    return ReadError(path, f"not a readable HDF5 file ({reason})")
+
+
 def _hdf5_kind(path: Path) -> str:
     """An ``.h5`` file: an AnnData written under another name, or Cell Ranger's."""
     import h5py
@@ -198,7 +212,7 @@ def _hdf5_kind(path: Path) -> str:
         with h5py.File(path, "r") as handle:
             is_anndata = _is_anndata(handle)
     except Exception as error:  # h5py raises several types for files it cannot open
-        raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
+        raise _unreadable_hdf5(path, describe_error(error)) from None
     return "h5ad" if is_anndata else "10x_h5"
 
 
@@ -762,7 +776,7 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
             )
             fits = _is_anndata(handle) if kind == "h5ad" else cell_ranger
     except Exception as error:  # h5py raises several types for files it cannot open
-        raise ReadError(path, f"not a readable HDF5 file ({describe_error(error)})") from None
+        raise _unreadable_hdf5(path, describe_error(error)) from None
     if fits:
         return
     holds = f"it holds {', '.join(map(repr, keys[:8]))}{', ...' if len(keys) > 8 else ''}"
@@ -815,7 +829,7 @@ def _probe_hdf5(path: Path) -> None:
     if probe.returncode != 0:
         lines = probe.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit code {probe.returncode}"
-        raise ReadError(path, f"not a readable HDF5 file ({reason})")
+        raise _unreadable_hdf5(path, reason)
 
 
 def _is_gzip(path: Path) -> bool:

@@ -131,20 +131,31 @@ def compute_dask(*arrays) -> list[np.ndarray]:
     "threads")``) knows none of them and failed with "Missing dependency"."""
     import dask
 
-    scheduler = None
-    if "distributed" in sys.modules:  # futures exist only once distributed is loaded
-        from distributed import futures_of
-
-        futures = futures_of(arrays)
-        scheduler = futures[0].client if futures else None
-        if scheduler is not None and scheduler.status in ("closing", "closed"):
-            # distributed says only "Client is closed"; the arrays went with its workers
-            raise ValueError(
-                "the dask.distributed client that holds the fit's cells is closed, and the "
-                "cells' arrays went with it: gather them (DaskFitResult.gather()) before "
-                "closing the client, or fit again"
-            )
+    # distributed says only "Client is closed"; the arrays went with its workers
+    scheduler = futures_holder(
+        arrays,
+        "the dask.distributed client that holds the fit's cells is closed, and the cells' "
+        "arrays went with it: gather them (DaskFitResult.gather()) before closing the "
+        "client, or fit again",
+    )
     return [np.asarray(array) for array in dask.compute(*arrays, scheduler=scheduler)]
+
+
+def futures_holder(arrays, closed: str):
+    """The dask.distributed client holding the futures that ``arrays`` (a dask array or a
+    tuple of them) read, or None when they read none; a closed one is a `ValueError` saying
+    ``closed``, as the arrays' chunks went with it."""
+    if "distributed" not in sys.modules:  # futures exist only once distributed is loaded
+        return None
+    from distributed import futures_of
+
+    futures = futures_of(arrays)
+    if not futures:
+        return None
+    holder = futures[0].client
+    if holder.status in ("closing", "closed"):
+        raise ValueError(closed)
+    return holder
 
 
 def check_anndata(adata, name: str = "adata") -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import sys
 import traceback
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
-from .._utils import compute_dask
+from .. import _utils
 
 
 def released_on_failure(driver):
@@ -145,21 +144,12 @@ def futures_holder(X, name: str = "X"):
     chunks of ``X.persist()``), or None when it reads none. A closed one is a `ValueError`
     naming ``X`` as ``name``: the chunks went with it, and reading them failed with dask's
     "Missing dependency" or distributed's "lost dependencies"."""
-    if "distributed" not in sys.modules:  # futures exist only once distributed is loaded
-        return None
-    from distributed import futures_of
-
-    futures = futures_of(X)
-    if not futures:
-        return None
-    holder = futures[0].client
-    if holder.status in ("closing", "closed"):
-        raise ValueError(
-            f"{name} reads chunks persisted on a dask.distributed client that is closed, and "
-            f"the chunks went with it: build {name} again from its source (persist it, if at "
-            "all, on an open client)"
-        )
-    return holder
+    return _utils.futures_holder(
+        X,
+        f"{name} reads chunks persisted on a dask.distributed client that is closed, and "
+        f"the chunks went with it: build {name} again from its source (persist it, if at "
+        "all, on an open client)",
+    )
 
 
 def _on_disk(X) -> str | None:
@@ -315,7 +305,7 @@ def start_blocks(
         # A result of another client (a fit on another cluster, or one since closed): this
         # client's scheduler knows none of its keys and cancelled the fit's first sums
         # ("lost dependencies"). That client computes it (`compute_dask` names a closed one).
-        (init_array,) = compute_dask(init_array)
+        (init_array,) = _utils.compute_dask(init_array)
     if isinstance(init_array, da.Array):
         chunks = (tuple(chunk_sizes),) + (-1,) * (init_array.ndim - 1)
         blocks = init_array.rechunk(chunks).to_delayed().reshape(-1)

@@ -132,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         type=_path,
         metavar="INPUT",
-        help="a 10x folder as Cell Ranger writes it, a Cell Ranger .h5, an .h5ad file or a "
-        ".zarr store (cells x genes), or an .mtx / .mtx.gz file (then give --genes-as-rows "
-        "or --cells-as-rows)",
+        help="a 10x folder as Cell Ranger or STARsolo writes it, a Cell Ranger .h5, an .h5ad "
+        "file or a .zarr store (cells x genes), or an .mtx / .mtx.gz file (then give "
+        "--genes-as-rows or --cells-as-rows)",
     )
     _add_fit_options(fit, outdir_required=True)
     orientation = fit.add_mutually_exclusive_group()

@@ -70,9 +70,9 @@ def mtx_to_h5ad(
         ``.mtx`` / ``.mtx.gz`` (coordinate format; integer or real field, or pattern, whose
         entries are counts of 1 as `vbsnmf.io.read_mtx` reads them) with entries
         sorted by cell, as 10x and ``scipy.io.mmwrite`` of a CSC of genes x cells (or of a
-        CSR of cells x genes) write them; or a 10x folder as Cell Ranger writes it (names
-        from its features and barcodes files; only ``Gene Expression`` features when there
-        are others, as `vbsnmf.io.read_10x`).
+        CSR of cells x genes) write them; or a 10x folder as Cell Ranger or STARsolo
+        writes it (names from its features and barcodes files; only ``Gene Expression``
+        features when there are others, as `vbsnmf.io.read_10x`).
     dst
         The ``.h5ad`` to write, atomically (a temporary file beside it, then renamed).
     genes_as_rows

@@ -62,9 +62,11 @@ _INDEX_BYTES = 256
 _FLOAT32_EXACT = 2**24
 
 # The two layouts Cell Ranger writes, which scanpy.read_10x_mtx reads: (matrix, genes,
-# barcodes). Version 2 is told by its plain genes.tsv, as scanpy tells it.
+# barcodes). Version 2 is told by its plain genes.tsv, as scanpy tells it; version 3's
+# names uncompressed are STARsolo's (Solo.out/Gene/filtered/; scanpy's compressed=False).
 _TENX_V3 = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
 _TENX_V2 = ("matrix.mtx", "genes.tsv", "barcodes.tsv")
+_STARSOLO = ("matrix.mtx", "features.tsv", "barcodes.tsv")
 _TENX_ANY = (
     "matrix.mtx.gz",
     "matrix.mtx",
@@ -232,8 +234,9 @@ def read_10x(folder: str | os.PathLike):
     as `scanpy.read_10x_mtx` reads it.
 
     Cell Ranger 3 and later: ``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``;
-    Cell Ranger 2: ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv`` (either compressed or
-    not, whatever the name says). ``var_names`` are gene symbols made unique,
+    Cell Ranger 2: ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``; STARsolo:
+    ``matrix.mtx``, ``features.tsv``, ``barcodes.tsv`` (either compressed or not, whatever
+    the name says). ``var_names`` are gene symbols made unique,
     ``var['gene_ids']`` the ids (and ``var['feature_types']``); only ``Gene Expression``
     features are kept when there are others, as scanpy does; ``obs_names`` are the
     barcodes made unique. Counts are exact (see the module); names are the files' text as
@@ -245,8 +248,8 @@ def read_10x(folder: str | os.PathLike):
     ReadError
         A file is missing, unreadable or malformed (a name file holding a NUL byte, a
         features line of fewer or more fields than the others or without its type), the
-        name files' lengths disagree with the matrix, or the files are named in neither
-        Cell Ranger layout (then read the matrix with `read_mtx` and the name files).
+        name files' lengths disagree with the matrix, or the files are named in none of
+        these layouts (then read the matrix with `read_mtx` and the name files).
     """
     import anndata as ad
 
@@ -282,8 +285,14 @@ def feature_var(table: pd.DataFrame) -> pd.DataFrame:
 
 def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
     """The matrix, genes and barcodes files of a 10x folder in one of Cell Ranger's
-    layouts (scanpy's test: a plain genes.tsv means version 2)."""
-    layout = _TENX_V2 if (folder / "genes.tsv").is_file() else _TENX_V3
+    layouts or STARsolo's (scanpy's test: a plain genes.tsv means version 2; a plain
+    features.tsv without a compressed one, STARsolo)."""
+    if (folder / "genes.tsv").is_file():
+        layout = _TENX_V2
+    elif (folder / "features.tsv").is_file() and not (folder / "features.tsv.gz").exists():
+        layout = _STARSOLO
+    else:
+        layout = _TENX_V3
     paths = tuple(folder / name for name in layout)
     missing = [path.name for path in paths if not path.is_file()]
     if not missing:
@@ -299,17 +308,16 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
             raise ReadError(folder, f"{path.name} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
-        raise ReadError(
-            folder, f"not a 10x folder: none of {', '.join(_TENX_V3 + _TENX_V2)} found in it"
-        )
+        expected = dict.fromkeys(_TENX_V3 + _TENX_V2 + _STARSOLO)
+        raise ReadError(folder, f"not a 10x folder: none of {', '.join(expected)} found in it")
     raise ReadError(
         folder,
         f"holds {', '.join(present)} but not {', '.join(missing)}: Cell Ranger writes "
         f"{', '.join(_TENX_V3)} (version 3 and later) or {', '.join(_TENX_V2)} (version 2), "
-        "the layouts scanpy.read_10x_mtx reads. Rename or (un)compress the files to one of "
-        "them, or read the matrix as a Matrix Market file with genes as rows and the name "
-        "files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX --genes-as-rows --row-names GENES "
-        "--col-names BARCODES)",
+        f"STARsolo {', '.join(_STARSOLO)}: the layouts scanpy.read_10x_mtx reads. Rename "
+        "or (un)compress the files to one of them, or read the matrix as a Matrix Market "
+        "file with genes as rows and the name files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX "
+        "--genes-as-rows --row-names GENES --col-names BARCODES)",
     )
 
 

@@ -1,0 +1,79 @@
+"""Twenty-fifth pass, items earlier notes left: STARsolo's feature-barcode folder (the
+version 3 names, uncompressed) is read as the 10x folder it is, not refused."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import vbsnmf
+from vbsnmf.io import ReadError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT.parent / "shared" / "data" / "pbmc_tiny_v3"
+TENX_NAMES = ("matrix.mtx", "features.tsv", "barcodes.tsv")
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "vbsnmf.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def starsolo(tmp_path) -> Path:
+    """pbmc_tiny's three files uncompressed, as STARsolo writes Solo.out/Gene/filtered/."""
+    folder = tmp_path / "filtered"
+    folder.mkdir()
+    for name in TENX_NAMES:
+        with gzip.open(TINY / f"{name}.gz", "rb") as source, open(folder / name, "wb") as out:
+            shutil.copyfileobj(source, out)
+    return folder
+
+
+def test_starsolo_folder_reads_as_its_compressed_copy(starsolo):
+    """Refused before ("holds matrix.mtx, features.tsv, barcodes.tsv but not
+    matrix.mtx.gz, ..."): the same counts and names as the Cell Ranger folder."""
+    read = vbsnmf.io.read(starsolo)
+    reference = vbsnmf.io.read_10x(TINY)
+    assert read.shape == reference.shape == (1107, 507)
+    assert (read.X != reference.X).nnz == 0
+    assert read.obs_names.equals(reference.obs_names)
+    assert read.var.equals(reference.var)
+
+
+def test_starsolo_folder_missing_file_is_named(starsolo):
+    """The layout is told by its plain features.tsv: a missing barcodes file is named as
+    STARsolo names it, and the message lists STARsolo's layout."""
+    (starsolo / "barcodes.tsv").unlink()
+    with pytest.raises(ReadError, match=r"but not barcodes\.tsv:") as caught:
+        vbsnmf.io.read(starsolo)
+    assert "STARsolo matrix.mtx, features.tsv, barcodes.tsv" in str(caught.value)
+
+
+def test_compressed_features_keep_the_cell_ranger_layout(starsolo):
+    """A folder with features.tsv.gz is Cell Ranger's layout even beside a plain
+    features.tsv: its missing matrix.mtx.gz is named."""
+    shutil.copy(TINY / "features.tsv.gz", starsolo / "features.tsv.gz")
+    with pytest.raises(ReadError, match=r"but not matrix\.mtx\.gz, barcodes\.tsv\.gz"):
+        vbsnmf.io.read(starsolo)
+
+
+def test_cli_fits_a_starsolo_folder(starsolo, tmp_path):
+    """The command line fits the folder and records its cells and genes."""
+    outdir = tmp_path / "out"
+    done = _cli("fit", starsolo, "-k", 2, "-o", outdir, "--max-iter", 5, "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = ad.read_h5ad(outdir / "result.h5ad")
+    assert result.shape == (1107, 507)
+    reference = vbsnmf.io.read_10x(TINY)
+    assert np.array_equal(result.obs_names, reference.obs_names)
+    assert sorted(p.name for p in starsolo.iterdir()) == sorted(TENX_NAMES)  # input untouched

@@ -1,5 +1,6 @@
 """Twenty-fifth pass, items earlier notes left: STARsolo's feature-barcode folder (the
-version 3 names, uncompressed) is read as the 10x folder it is, not refused."""
+version 3 names, uncompressed) is read as the 10x folder it is, not refused; a truncated
+checkpoint is refused without keeping it open."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import psutil
 import pytest
+import scipy.sparse as sp
 
 import vbsnmf
+from vbsnmf import CheckpointError
 from vbsnmf.io import ReadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +81,20 @@ def test_cli_fits_a_starsolo_folder(starsolo, tmp_path):
     reference = vbsnmf.io.read_10x(TINY)
     assert np.array_equal(result.obs_names, reference.obs_names)
     assert sorted(p.name for p in starsolo.iterdir()) == sorted(TENX_NAMES)  # input untouched
+
+
+def test_truncated_checkpoint_is_not_left_open(tmp_path):
+    """numpy opened the file and its zip reader failed: the handle stayed open as long as
+    the error lived, on the file the message says to remove (Windows cannot remove it)."""
+    X = sp.csr_matrix(np.random.default_rng(0).poisson(1.0, (30, 20)).astype(float))
+    whole, cut = tmp_path / "whole.npz", tmp_path / "cut.npz"
+    model = vbsnmf.VBNMF(2, random_state=0, max_iter=3, checkpoint=whole, n_threads=1)
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        model.fit(X)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    model.set_params(checkpoint=cut, resume=True)
+    with pytest.raises(CheckpointError, match="truncated") as caught:
+        model.fit(X)
+    assert caught.value is not None  # the error is still alive here
+    held = [f.path for f in psutil.Process().open_files()]
+    assert str(cut) not in held

@@ -120,11 +120,14 @@ def _reading(path):
         # np.load of a FIFO waits for a writer for ever; a device streams for ever
         raise CheckpointError(f"checkpoint {path} is not a regular file (a pipe, device or socket)")
     try:
-        stored = np.load(path, allow_pickle=False)
-        if not isinstance(stored, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an archive")
-        with stored:
-            yield stored
+        # opened here, not by np.load: a truncated archive left numpy's handle open (the
+        # error's traceback held it) on the file the message asks the user to remove
+        with open(path, "rb") as handle:
+            stored = np.load(handle, allow_pickle=False)
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an archive")
+            with stored:
+                yield stored
     except CheckpointError:
         raise
     except IsADirectoryError:

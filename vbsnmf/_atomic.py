@@ -384,7 +384,12 @@ def _naming(target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | Path,
+    *,
+    overwrite: bool = False,
+    replaceable: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it becomes ``target``.
 
     With ``overwrite``, an existing ``target`` is replaced only once the new folder is
@@ -396,6 +401,9 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     A symbolic link as ``target`` stays: the folder it points to is written (made there if
     it is missing), as `vbsnmf.io.check_outdir` says. A replaced ``target`` passes its
     permissions on to the new folder and its files (`_folder_permissions`).
+    ``replaceable``, if given, is called with an existing ``target`` once the block is
+    done, just before it is replaced: an exception it raises leaves ``target`` as it is
+    (the new folder is removed), e.g. when it no longer holds only an earlier output.
 
     Raises
     ------
@@ -433,9 +441,11 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             # name the file the user will look for, not its place in the temporary folder
             raise OSError(error.errno, error.strerror, str(target / inside)) from None
         replacing = os.path.lexists(target)
-        _folder_permissions(target, temporary, replacing=replacing)
         if replacing and not overwrite:
             raise FileExistsError(f"{target} appeared while writing (use --force)")
+        if replacing and replaceable is not None:
+            replaceable(target)
+        _folder_permissions(target, temporary, replacing=replacing)
         try:
             # The old target out, the new one in and the old one deleted, or none of it: a
             # signal that arrives meanwhile is raised once all is done (then `written`

@@ -816,6 +816,17 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
     )
 
 
+def _outdir_writer(outdir: Path, force: bool):
+    """`atomic_directory` for OUTDIR: an earlier OUTDIR that ``--force`` replaces is checked
+    again as the new output takes its place (`check_earlier_output`), not only before the
+    work: what the user saved there meanwhile was deleted with it."""
+    from .io import atomic_directory
+    from .io._paths import check_earlier_output
+
+    earlier = partial(check_earlier_output, outdir=outdir, done=True)
+    return atomic_directory(outdir, overwrite=force, replaceable=earlier)
+
+
 def _run_fit(args) -> int:
     from .io._paths import command_inputs
 
@@ -826,7 +837,7 @@ def _run_fit(args) -> int:
 
 
 def _fit_command(args, inputs) -> int:
-    from .io import atomic_directory, read
+    from .io import read
     from .io._read import check_read_options
 
     _check_options(args)
@@ -859,7 +870,7 @@ def _fit_command(args, inputs) -> int:
         seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
     else:
         seconds = _fit(adata, args, args.quiet, matrix_file=str(source))
-    with _doing(f"writing {outdir}"), atomic_directory(outdir, overwrite=args.force) as folder:
+    with _doing(f"writing {outdir}"), _outdir_writer(outdir, args.force) as folder:
         summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
     return EXIT_OK
@@ -913,13 +924,13 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     """`_fit_streamed`'s conversion (unless the input is an .h5ad, ``adata``), fit and
     OUTDIR; the summary. --convert-to (``converted``) is made as a new file, never
     replacing one, its identity appended to ``created``."""
-    from .io import atomic_directory, mtx_to_h5ad, read_h5ad_backed
+    from .io import mtx_to_h5ad, read_h5ad_backed
     from .io._paths import COUNTS_FILE
 
     # An .h5ad is read as the fit goes, and again when result.h5ad copies its X: a file
     # truncated or overwritten meanwhile read as zeros and gave a result of no counts.
     before = _file_state(source) if kind == "h5ad" else None
-    with atomic_directory(outdir, overwrite=args.force) as folder:
+    with _outdir_writer(outdir, args.force) as folder:
         if kind != "h5ad":
             target = folder / COUNTS_FILE if converted is None else converted
             try:
@@ -1014,7 +1025,6 @@ def _shown(path: Path, folder: Path, outdir: Path) -> Path:
 
 def _run_demo(args) -> int:
     from . import datasets
-    from .io import atomic_directory
     from .io._paths import UMAP_FILE
 
     _check_options(args)
@@ -1026,7 +1036,7 @@ def _run_demo(args) -> int:
         _tell(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros")
     seconds = _fit(adata, args, args.quiet)
     color = "subpop" if "subpop" in adata.obs else None
-    with _doing(f"writing {outdir}"), atomic_directory(outdir, overwrite=args.force) as folder:
+    with _doing(f"writing {outdir}"), _outdir_writer(outdir, args.force) as folder:
         summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
         _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)

@@ -98,8 +98,8 @@ def mtx_to_h5ad(
         refuses it, with its messages), or entries not sorted by cell.
     UnsafePathError
         ``dst`` is ``src``, one of its name files, or lies inside a 10x folder ``src``
-        (symbolic and hard links resolved), or ends with a path separator (a folder's
-        name), checked before anything is written.
+        (symbolic and hard links resolved), ends with a path separator (a folder's
+        name) or is empty, checked before anything is written.
     FileNotFoundError
         The folder of ``dst`` does not exist (as `vbsnmf.io.write_result` says it).
     IsADirectoryError

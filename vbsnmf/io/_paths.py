@@ -244,9 +244,19 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
 def check_file_name(label: str, path: str | os.PathLike) -> None:
     """`UnsafePathError` for a name ending with a separator: it names a folder, which
     `pathlib` would drop to write a file of the folder's name (``new/`` written as a file
-    ``new``)."""
+    ``new``); and for an empty name, which the system takes for no file but `pathlib` for
+    the current folder."""
+    if not os.fspath(path):
+        raise UnsafePathError(f"{label} is an empty name; name a file")
     if os.fspath(path).endswith(("/", os.sep)):
         raise UnsafePathError(f"{label} {os.fspath(path)} names a folder; name a file")
+
+
+def check_folder_name(label: str, folder: str | os.PathLike) -> None:
+    """`UnsafePathError` for an empty folder name, which `pathlib` takes for the current
+    folder (an unset variable then wrote into wherever the process runs)."""
+    if not os.fspath(folder):
+        raise UnsafePathError(f"{label} is an empty name; name a folder ('.' for the current one)")
 
 
 def check_output_file(label: str, path: str | os.PathLike) -> Path:
@@ -361,20 +371,7 @@ def check_outdir(
             raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
         if not path.is_dir():
             raise UnsafePathError(f"OUTDIR {outdir} exists and is not a folder")
-        # Every output is a file: a folder of an output's name is the user's (and what it
-        # holds would go with it).
-        foreign = sorted(
-            entry.name + "/" if entry.is_dir() and not entry.is_symlink() else entry.name
-            for entry in path.iterdir()
-            if entry.name not in OUTPUT_NAMES or (entry.is_dir() and not entry.is_symlink())
-        )
-        if foreign:
-            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise UnsafePathError(
-                f"OUTDIR {outdir} holds {len(foreign)} entries vbsnmf does not write "
-                f"({listed}); --force replaces only an earlier output: move them or name "
-                "another OUTDIR"
-            )
+        check_earlier_output(path, outdir=outdir)
         _check_replaceable(outdir, path)
     parent = path.parent
     if not parent.is_dir():
@@ -399,6 +396,39 @@ def check_outdir(
             f"cannot create {outdir}: {error.strerror or error} (in {parent})"
         ) from None
     return path
+
+
+def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None:
+    """`UnsafePathError` unless the folder ``path`` (OUTDIR, given as ``outdir``) holds
+    nothing but files of the names a command writes (`OUTPUT_NAMES`): an earlier output,
+    which ``--force`` replaces. Every output is a file: a folder of an output's name is
+    the user's (and what it holds would go with it).
+
+    Checked before the work (`check_outdir`) and again, with ``done``, as the new output
+    is about to replace ``path`` (`vbsnmf._atomic.atomic_directory`'s ``replaceable``): a
+    file the user saved there while the fit ran (a figure of the earlier result) was
+    deleted with it."""
+    outdir = path if outdir is None else outdir
+    foreign = sorted(
+        entry.name + "/" if entry.is_dir() and not entry.is_symlink() else entry.name
+        for entry in path.iterdir()
+        if entry.name not in OUTPUT_NAMES or (entry.is_dir() and not entry.is_symlink())
+    )
+    if not foreign:
+        return
+    listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    if done:
+        raise UnsafePathError(
+            f"OUTDIR {outdir} now holds {len(foreign)} entries vbsnmf does not write "
+            f"({listed}), put there while this run worked; --force replaces only an earlier "
+            "output, so it was left as it is and the new output discarded: move them and "
+            "run again, or name another OUTDIR"
+        )
+    raise UnsafePathError(
+        f"OUTDIR {outdir} holds {len(foreign)} entries vbsnmf does not write "
+        f"({listed}); --force replaces only an earlier output: move them or name "
+        "another OUTDIR"
+    )
 
 
 def clear_leftovers(

@@ -34,6 +34,7 @@ from ._paths import (
     GENE_LOADINGS_FILE,
     LOSS_FILE,
     check_file_name,
+    check_folder_name,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has, or its cell
         factors or gene loadings hold NaN rows (cells or genes that
         ``anndata.concat(..., join="outer")`` joined to the fit); nothing is written.
+    UnsafePathError
+        ``folder`` is an empty name, which `pathlib` takes for the current folder (nothing
+        is written).
     FileNotFoundError
         ``folder`` does not exist (nothing is written).
     NotADirectoryError
@@ -96,6 +100,7 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     """
     _refuse_a_projection(adata, key)
     info = fit_info(adata, key)
+    check_folder_name("folder", folder)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
@@ -317,14 +322,16 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         ``path`` is a folder.
     UnsafePathError
         ``path`` ends with a path separator (a folder's name, which `pathlib` would drop
-        to write a file of the folder's name). Nothing is written.
+        to write a file of the folder's name) or is empty. Nothing is written.
     ValueError
         ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
-        on it first. Nothing is written.
+        on it first; or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
+        surrogate), the message says where. Nothing is written.
     TypeError
         ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
         an ``.obs`` column mixing numbers and text, a key in ``.uns`` or ``.obsm`` that is not
-        a string or holds ``/``); the message says where. Nothing is written.
+        a string or holds ``/``, a key, column or index name that is ``""``, ``"."`` or holds
+        a NUL character); the message says where. Nothing is written.
     OSError
         A write failed (a full disk, a file-size limit); it names ``path``, which is left as
         it was.
@@ -358,7 +365,6 @@ def write_result(adata, path: str | os.PathLike) -> Path:
 
 def _write_result(adata, path: Path) -> Path:
     import anndata as ad
-    import h5py
 
     with atomic_hdf5(path) as (out, check):
         if not adata.isbacked:
@@ -375,12 +381,27 @@ def _write_result(adata, path: Path) -> Path:
             varp=dict(adata.varp),
         )
         _write_anndata(out, without_x, check)
-        with h5py.File(adata.filename, "r") as source:
+        with _backing_file(adata) as source:
             if "X" in source:  # none in a file of layers only (a fit of one of them)
                 _copy_x(source["X"], out, "X", check)
             if "raw" in source and adata.raw is not None:  # not one deleted in memory
                 _copy_raw(adata.raw, source["raw"], out, check)
     return path
+
+
+@contextmanager
+def _backing_file(adata) -> Iterator[h5py.File]:
+    """The HDF5 file behind the backed ``adata``: the one it holds open, or its file opened
+    anew if it was closed. Not the file named ``adata.filename`` now: a conversion or write
+    into that path since replaces it by a new file (atomically), and result.h5ad took its X,
+    other counts, beside this fit's factors."""
+    import h5py
+
+    if adata.file.is_open:
+        yield adata.file["/"].file
+        return
+    with h5py.File(adata.filename, "r") as source:
+        yield source
 
 
 def _write_anndata(out, adata, check: Callable[[], None]) -> None:
@@ -398,6 +419,8 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
             return
         if isinstance(elem, Mapping):
             _check_keys(key, elem)
+        elif isinstance(elem, pd.DataFrame):
+            _check_frame_names(key, elem)
         try:
             write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
         except UnicodeEncodeError as error:  # the innermost element: its key says where
@@ -407,6 +430,13 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
                 "surrogate, as a name decoded with errors='surrogateescape' has), which an "
                 ".h5ad cannot store: replace it first (e.g. name.encode('utf-8', "
                 "'surrogateescape').decode('utf-8', 'replace'))"
+            ) from None
+        except ValueError as error:
+            if "embedded NULL" not in str(error):  # h5py's, naming no element
+                raise
+            raise ValueError(
+                f"the element at {key} holds text with a NUL character ('\\x00'), which an "
+                ".h5ad cannot store: remove it first"
             ) from None
 
     write_dispatched(out, "/", adata, callback=write, dataset_kwargs={"compression": "gzip"})
@@ -430,6 +460,42 @@ def _check_keys(where: str, mapping: Mapping) -> None:
                 f"the mapping at {where} has the key {name!r}, and an .h5ad stores a '/' in "
                 "a key as a path of nested groups (not read back as it was): rename it"
             )
+        _check_member_name(f"the mapping at {where} has the key", name)
+
+
+def _check_frame_names(where: str, frame: pd.DataFrame) -> None:
+    """A `TypeError` naming a column or the index name of the table ``frame`` (the element
+    ``where``, e.g. ``/obs``) that an ``.h5ad`` cannot store as the name of its member
+    (`_check_member_name`), or a column whose ``/`` makes it a member of another column:
+    anndata writes ``"a/b"`` as the group ``a`` holding ``b`` (read back as it was, with a
+    warning), but beside a column ``"a"`` the file could not be read."""
+    if frame.index.name is not None:
+        _check_member_name(f"the table at {where} has the index name", frame.index.name)
+    columns = set(frame.columns)
+    for name in frame.columns:
+        _check_member_name(f"the table at {where} has the column", name)
+        if not isinstance(name, str):
+            continue
+        parts = name.split("/")
+        held_in = ["/".join(parts[:end]) for end in range(1, len(parts))]
+        clash = next((column for column in held_in if column in columns), None)
+        if clash is not None:
+            raise TypeError(
+                f"the table at {where} has the columns {clash!r} and {name!r}, and an .h5ad "
+                f"stores the '/' of {name!r} as a path into {clash!r}: rename one"
+            )
+
+
+def _check_member_name(what: str, name) -> None:
+    """A `TypeError` (``what`` says where) for ``name`` when HDF5 cannot name a member of a
+    group by it: ``""`` and ``"."`` name the group itself, so its element was written over
+    the group (a file anndata then failed to read, its ``.uns`` or ``.obs`` lost), and a
+    NUL character ends a name (``"a\\x00b"`` read back as ``"a"``)."""
+    if isinstance(name, str) and (name in ("", ".") or "\x00" in name):
+        raise TypeError(
+            f"{what} {name!r}, which an .h5ad cannot store as a name (it would not be read "
+            "back as it was): rename it"
+        )
 
 
 def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:
@@ -441,6 +507,8 @@ def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:
     target = out.create_group("raw")
     _copy_attributes(stored, target)
     _copy_x(stored["X"], target, "X", check)
+    _check_frame_names("/raw/var", raw.var)
+    _check_keys("/raw/varm", raw.varm)
     write_elem(target, "var", raw.var)
     write_elem(target, "varm", dict(raw.varm))
 

@@ -1,6 +1,7 @@
 """Twenty-fifth pass, items earlier notes left: STARsolo's feature-barcode folder (the
 version 3 names, uncompressed) is read as the 10x folder it is, not refused; a truncated
-checkpoint is refused without keeping it open."""
+checkpoint is refused without keeping it open; a plot saved to a folder's name (``Path("")``
+is ``.``) is refused, not written as a hidden ``.png``."""
 
 from __future__ import annotations
 
@@ -98,3 +99,21 @@ def test_truncated_checkpoint_is_not_left_open(tmp_path):
     assert caught.value is not None  # the error is still alive here
     held = [f.path for f in psutil.Process().open_files()]
     assert str(cut) not in held
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "sub/.."])
+def test_plot_saved_to_a_folders_name_is_refused(tmp_path, monkeypatch, name):
+    """``save=Path("")`` wrote the figure to ``.png`` in the current folder, hidden."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata = ad.AnnData(sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (40, 15))))
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        vbsnmf.tl.nmf(adata, 2, random_state=0, max_iter=5)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="names a folder, not a figure file"):
+        vbsnmf.pl.elbo(adata, save=Path(name), show=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+    vbsnmf.pl.elbo(adata, save=Path("figure"), show=False)  # a name without suffix: .png
+    assert (tmp_path / "figure.png").is_file()

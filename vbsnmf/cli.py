@@ -1046,6 +1046,7 @@ def _run_demo(args) -> int:
 
 
 def _run_umap(args) -> int:
+    from ._utils import record_kind
     from .io import read_h5ad, real_path
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
@@ -1060,6 +1061,13 @@ def _run_umap(args) -> int:
         # a fit, or cells projected onto one (vbsnmf.tl.project), as vbsnmf.pl.umap takes
         cell_factors_record(adata, args.key)
     except KeyError:
+        if record_kind(adata.uns.get(args.key)) == "projection":
+            # the key of the projection's record, not its key_added, under which it is read
+            raise UsageError(
+                f"{args.result}: --key {args.key} names the record of a projection "
+                f"(vbsnmf.tl.project); pass its key_added, --key "
+                f"{args.key.removesuffix('_projection')}"
+            ) from None
         raise UsageError(
             f"{args.result} holds no NMF fit or projection under --key {args.key}; make "
             "one with 'vbsnmf fit' (OUTDIR/result.h5ad)"
@@ -1102,6 +1110,7 @@ def _check_figure_path(name: str) -> None:
     from matplotlib.figure import Figure
 
     from .io._paths import check_output_file
+    from .pl._plots import check_tex
 
     output = Path(name)
     supported = Figure().canvas.get_supported_filetypes()
@@ -1110,17 +1119,10 @@ def _check_figure_path(name: str) -> None:
             f"{output}: unknown figure format {output.suffix!r}; use one of "
             + ", ".join(f".{name}" for name in sorted(supported))
         )
-    if output.suffix.lower() == ".pgf":  # matplotlib writes PGF through a TeX system
-        import shutil
-
-        import matplotlib
-
-        tex = matplotlib.rcParams["pgf.texsystem"]
-        if shutil.which(tex) is None:
-            raise UsageError(
-                f"{output}: a .pgf figure needs {tex} (a TeX installation), which is not on "
-                "PATH; use .pdf, .svg or .png"
-            )
+    try:  # matplotlib writes PGF through a TeX system
+        check_tex(name, output.suffix.lstrip(".").lower())
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if not output.parent.is_dir():
         raise UsageError(f"the folder {output.parent} for {output.name} does not exist")
     # a folder that cannot be written, a name too long or a pipe at the name: met now,

@@ -121,8 +121,25 @@ def check_save(save, writekey: str) -> None:
     if isinstance(save, os.PathLike):
         from matplotlib.figure import Figure
 
-        target, _ = _figure_file(Figure(), save)
+        target, file_format = _figure_file(Figure(), save)
+        check_tex(target, file_format)
         check_target(link_followed(Path(target)))
+
+
+def check_tex(path: str, file_format: str) -> None:
+    """A `ValueError` for a PGF figure (``file_format``) without the TeX system matplotlib
+    writes it through (``rcParams["pgf.texsystem"]``): matplotlib's bare RuntimeError came
+    once the figure was drawn, after `umap`'s graph and embedding."""
+    import shutil
+
+    from matplotlib import rcParams
+
+    tex = rcParams["pgf.texsystem"]
+    if file_format == "pgf" and shutil.which(tex) is None:
+        raise ValueError(
+            f"{path}: a .pgf figure needs {tex} (a TeX installation), which is not on "
+            "PATH; use .pdf, .svg or .png"
+        )
 
 
 def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
@@ -130,8 +147,14 @@ def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
     suffix, in any case, names the format; a path without one gets the default format
     (``rcParams["savefig.format"]``, PNG unless set) and its suffix appended, as
     ``savefig("figure")`` writes ``figure.png``. A format matplotlib cannot write is a
-    `ValueError` naming ``save``, before anything is written."""
+    `ValueError` naming ``save``, before anything is written, as is a folder's name
+    (``Path("")`` is ``.``, whose figure was the hidden ``.png`` of the current folder)."""
     path = os.fspath(save)
+    if Path(path).name in ("", ".."):
+        raise ValueError(
+            f"save={save!r} names a folder, not a figure file: name a file, e.g. "
+            "pathlib.Path('figure.png')"
+        )
     file_format = os.path.splitext(path)[1][1:].lower()
     if not file_format:
         file_format = figure.canvas.get_default_filetype()
@@ -172,6 +195,22 @@ def _finite_obsm(adata, name: str, info: dict) -> np.ndarray:
     return values
 
 
+def _factor_columns(adata, name: str, info: dict) -> np.ndarray:
+    """``adata.obsm[name]``, finite (`_finite_obsm`) and of one column per factor of the
+    fit or projection ``info``: an edited result with fewer columns failed with numpy's
+    IndexError when the factors were picked (exit 1 from ``vbsnmf umap``), and `factors`
+    drew one with more without a word."""
+    values = _finite_obsm(adata, name, info)
+    n_factors = len(info["active"])
+    if values.ndim != 2 or values.shape[1] != n_factors:
+        tool, again = _writer(info)
+        raise ValueError(
+            f"adata.obsm[{name!r}] has shape {values.shape}, not one column per factor of "
+            f"the fit's {n_factors}, which {tool} never writes; {again}"
+        )
+    return values
+
+
 def _check_components(components, n_components: int) -> list[int]:
     """``components``: distinct factor indices in [0, K), or a boolean mask of length K."""
     values = np.asarray(components)
@@ -203,6 +242,7 @@ def _check_passed_on(kwds: dict, set_here: dict[str, str], plot: str) -> None:
 _FACTORS_SET = {
     "color": "choose the factors to draw with components=",
     "vmin": "the colour scale starts at 0; set its top with vmax=",
+    "return_fig": "the panels' axes are returned; their figure is axes[0].figure",
 }
 _TOP_GENES_SET = {
     "var_names": "the columns are the fit's top genes; choose them with n_genes=, sort_by= "
@@ -210,8 +250,11 @@ _TOP_GENES_SET = {
 }
 
 
-def _check_axes(axes, count: int) -> None:
-    """``axes``: a sequence of ``count`` matplotlib axes."""
+def _check_axes(axes, count: int, save) -> None:
+    """``axes``: a sequence of ``count`` matplotlib axes, of one figure when the plot is
+    saved (``save``, or scanpy's autosave): the figure of the first was written alone,
+    the other panels left out of the file without a word."""
+    import scanpy as sc
     from matplotlib.axes import Axes
 
     try:
@@ -220,6 +263,12 @@ def _check_axes(axes, count: int) -> None:
         ok = False
     if not ok:
         raise ValueError(f"axes must be a sequence of {count} matplotlib axes, got {axes!r}")
+    figures = {id(ax.figure.figure) for ax in axes}  # of a subfigure: the one saved
+    if len(figures) > 1 and (sc.settings.autosave if save is None else save):
+        raise ValueError(
+            f"the axes are of {len(figures)} figures, and save= writes one: draw into axes "
+            "of one figure, or save each figure yourself (figure.savefig)"
+        )
 
 
 def elbo(
@@ -256,11 +305,16 @@ def elbo(
         )
     if trace.size == 0:
         raise ValueError(f"adata.uns[{key!r}] has no ELBO trace (not a variational fit?)")
+    if not np.isfinite(trace).all():  # no fit records one; matplotlib drew gaps silently
+        raise ValueError(
+            f"adata.uns[{key!r}]['elbo_trace'] holds NaN or infinite values, which no fit "
+            "records; fit again with vbsnmf.tl.nmf"
+        )
     plt = _pyplot()
     if axes is None:
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     else:
-        _check_axes(axes, 2)
+        _check_axes(axes, 2, save)
         figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
     iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
     axes[0].plot(iterations, trace, marker=".", markersize=3)
@@ -325,7 +379,8 @@ def factors(
         is the basis, as in ``sc.pl.embedding``.
     **kwds
         Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``); not
-        ``color`` or ``vmin``, which the plot sets, nor ``use_raw=True`` (a `TypeError`).
+        ``color``, ``vmin`` or ``return_fig``, which the plot sets, nor ``use_raw=True``
+        (a `TypeError`).
 
     Returns
     -------
@@ -359,13 +414,27 @@ def factors(
         )
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
-    if np.ndim(adata.obsm[basis_key]) != 2 or np.shape(adata.obsm[basis_key])[1] < 2:
-        raise ValueError(f"adata.obsm[{basis_key!r}] is not a 2-D embedding (cells x 2 or more)")
+    # a sparse matrix reads as one object (anndata's bare IndexError), and matplotlib drew
+    # text as categories, one tick per distinct value
+    embedding = np.asarray(adata.obsm[basis_key])
+    if embedding.ndim != 2 or embedding.shape[1] < 2 or embedding.dtype.kind not in "biuf":
+        raise ValueError(
+            f"adata.obsm[{basis_key!r}] is not a 2-D embedding of numbers (cells x 2 or more)"
+        )
+    # matplotlib left such cells out of every panel without a word (all of them: an empty
+    # figure); anndata.concat(join="outer") pads an embedding with NaN for cells without it
+    unplaced = int((~np.isfinite(embedding)).any(axis=1).sum())
+    if unplaced:
+        raise ValueError(
+            f"adata.obsm[{basis_key!r}] places {unplaced} of the {adata.n_obs} cells at NaN or "
+            "infinite coordinates, which would be left out of the panels: compute the "
+            "embedding for every cell"
+        )
     if adata.n_obs == 0:  # np.percentile of nothing failed with numpy's IndexError
         raise ValueError("adata holds no cells to draw")
     field = info["usage_key"] if values == "usage" else info["obsm_key"]
     # NaN made the percentile scale NaN, and matplotlib drew a broken one silently
-    shown = _finite_obsm(adata, field, info)[:, components]
+    shown = _factor_columns(adata, field, info)[:, components]
     if isinstance(vmax, str):
         percent = vmax[1:].replace(".", "", 1)
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
@@ -393,7 +462,7 @@ def factors(
     name = basis_key.removeprefix("X_")
     panels = ad.AnnData(
         obs=pd.DataFrame(shown, index=adata.obs_names, columns=names),
-        obsm={f"X_{name}": np.asarray(adata.obsm[basis_key])},
+        obsm={f"X_{name}": embedding},
     )
     axes = sc.pl.embedding(
         panels,
@@ -488,6 +557,12 @@ def top_genes(
         if "layer" not in info["params"]:
             raise ValueError("adata.X is None: pass layer= naming the expression to show")
         kwds["layer"] = info["params"]["layer"]
+    if kwds.get("layer") is not None and kwds["layer"] not in adata.layers:
+        # anndata's bare KeyError named only the layer
+        raise KeyError(
+            f"adata.layers has no {kwds['layer']!r} (layer=) to show; it holds: "
+            f"{', '.join(map(repr, adata.layers)) or 'none'}"
+        )
     table = top_genes_table(
         adata,
         n_genes,
@@ -696,7 +771,7 @@ def select_k(
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     else:
-        _check_axes(axes, 3)
+        _check_axes(axes, 3, save)
         figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
     axes[0].errorbar(
         ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
 
-from .._utils import record_kind
+import numpy as np
+
+from .._utils import anndata_x, record_kind
 from .._validation import check_iterations
 from ..tl._stored import (
     DOMINANT_FACTOR_ENTRY,
@@ -19,7 +22,7 @@ from ..tl._stored import (
     record_entries,
     view_to_actual,
 )
-from ._plots import _finish, _finite_obsm, _name_list, _writer, check_save, reads_raw_genes
+from ._plots import _factor_columns, _finish, _name_list, check_save, reads_raw_genes
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -93,14 +96,17 @@ def umap(
     ValueError
         The usages hold NaN or infinite values, or not one column per factor of the fit
         (an edited result: no fit writes them);
-        ``n_neighbors`` is below 2; ``adata`` holds fewer than 4 cells; ``adata`` is a
-        view of a backed AnnData, which cannot store the graph; a ``color`` is both an
-        ``.obs`` column and a gene of ``adata.var_names``; the graph, the UMAP or the
-        Leiden clusters would be stored over a fit, projection or K selection in
-        ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or ``"leiden"``);
-        ``.obs[key + '_dominant_factor']``, to be written, holds values it did not write.
+        ``n_neighbors`` is below 2; ``random_state`` is outside [0, 2**32 - 1];
+        ``adata`` holds fewer than 4 cells; ``adata`` is a view of a backed AnnData,
+        which cannot store the graph; a ``color`` is both an ``.obs`` column and a gene
+        of ``adata.var_names``, or a gene of ``adata.X`` when that is None; the graph,
+        the UMAP or the Leiden clusters would be stored over a fit, projection or K
+        selection in ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or
+        ``"leiden"``); ``.obs[key + '_dominant_factor']``, to be written, holds values it
+        did not write.
     TypeError
-        ``n_neighbors`` is not an integer; ``color`` is not a name or a list of names.
+        ``n_neighbors`` is not an integer; ``random_state`` is not None, an integer or a
+        numpy RandomState; ``color`` is not a name or a list of names.
 
     Any failure leaves ``adata`` as it was; a view stays a view when a check fails, and
     is made its own AnnData (as anndata does at a write) only once they all passed.
@@ -110,13 +116,14 @@ def umap(
 
     info = cell_factors_record(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
+    _check_seed(random_state)
     colors = None if color is None else _name_list(color, "color")
     check_save(save, "umap")  # before the graph and the UMAP, not after them
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
         raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
-    usages = _usages(adata, info["usage_key"], info)
-    _usages(adata, info["sqrt_usage_key"], info)
+    usages = _factor_columns(adata, info["usage_key"], info)
+    _factor_columns(adata, info["sqrt_usage_key"], info)
     if usages.shape[1] == 1:
         warnings.warn(
             "the fit has one factor, so every cell's usage is 1: the neighbour graph and "
@@ -173,6 +180,22 @@ def umap(
         return _finish(first.figure, axes, show, save, "umap")
 
 
+def _check_seed(random_state) -> None:
+    """``random_state`` as scanpy's neighbours, UMAP and Leiden take it: None, an integer
+    in [0, 2**32 - 1] or a numpy RandomState. Checked before any work: numpy's or
+    scikit-learn's bare error came from inside ``sc.pp.neighbors``, once a view had been
+    made its own AnnData."""
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        return
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral):
+        raise TypeError(
+            "random_state must be None, an integer or a numpy RandomState (scanpy's seeds), "
+            f"got {random_state!r}"
+        )
+    if not 0 <= random_state < 2**32:
+        raise ValueError(f"random_state must be an integer in [0, 2**32 - 1], got {random_state}")
+
+
 def _check_dominant_column(adata, column: str) -> None:
     """A `ValueError` when the ``.obs`` column ``column``, which `umap` (re)writes with
     each cell's dominant factor, holds something else: a column of the user's of that
@@ -225,7 +248,8 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     them up: an ``.obs`` column, else a gene of ``adata.raw`` when adata has one (scanpy's
     default ``use_raw`` without a layer), else of ``adata``; ``addable``: the columns
     `umap` adds itself (the dominant factors, Leiden clusters). A `ValueError` naming those
-    that are both an ``.obs`` column and a gene of ``adata``, which anndata refuses."""
+    that are both an ``.obs`` column and a gene of ``adata``, which anndata refuses, and
+    the genes to read from an ``adata.X`` that is None."""
     genes, where = (
         (adata.raw.var_names, "adata.raw.var_names")
         if reads_raw_genes(adata)
@@ -243,6 +267,19 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
         for name in colors
         if name not in adata.obs.columns and name not in addable and name not in genes
     ]
+    from_x = [
+        name
+        for name in colors
+        if name not in adata.obs.columns and name not in addable and name not in missing
+    ]
+    if from_x and not reads_raw_genes(adata) and anndata_x(adata) is None:
+        # anndata's bare TypeError ("'NoneType' object is not subscriptable") came after
+        # the graph and the UMAP
+        raise ValueError(
+            f"color {', '.join(map(repr, from_x))}: a gene, which scanpy colours by its "
+            "expression in adata.X, and adata.X is None: colour by an .obs column, or set "
+            "adata.X (e.g. adata.X = adata.layers[name])"
+        )
     if not missing:
         return
     in_x = [name for name in missing if adata.raw is not None and name in adata.var_names]
@@ -256,21 +293,6 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
         f"color {', '.join(map(repr, missing))}: neither a column of adata.obs nor a gene of "
         f"{where}{note}"
     )
-
-
-def _usages(adata, name: str, info: dict):
-    """``adata.obsm[name]``, finite (`_finite_obsm`) and of one column per factor of the
-    fit or projection ``info``: an edited result with fewer columns failed with an
-    IndexError (exit 1 on the command line) when the dominant factors were picked."""
-    values = _finite_obsm(adata, name, info)
-    n_factors = len(info["active"])
-    if values.ndim != 2 or values.shape[1] != n_factors:
-        tool, again = _writer(info)
-        raise ValueError(
-            f"adata.obsm[{name!r}] has shape {values.shape}, not one column per factor of "
-            f"the fit's {n_factors}, which {tool} never writes; {again}"
-        )
-    return values
 
 
 @contextlib.contextmanager

@@ -293,6 +293,13 @@ def cell_factors_record(adata, key: str) -> dict:
     entries' columns)."""
     check_anndata(adata)
     check_record_key(key)
+    if key.endswith("_projection") and record_kind(adata.uns.get(key)) == "projection":
+        # the record's own key: `fit_info` said to fit anew, where the projection's cells
+        # are read under its key_added
+        raise KeyError(
+            f"adata.uns[{key!r}] is the record of a projection (vbsnmf.tl.project); pass "
+            f"its key_added, key={key.removesuffix('_projection')!r}"
+        )
     projection_key = f"{key}_projection"
     projection = adata.uns.get(projection_key)
     if record_kind(adata.uns.get(key)) == "fit" or record_kind(projection) != "projection":

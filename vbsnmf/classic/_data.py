@@ -9,8 +9,9 @@ Three layouts, chosen once per fit:
   Sums over the zeros use closed forms (`losses.sum_q_power`) or one row of Q at a time.
   Dense weights that differ from 1 somewhere become an *exclusion* list: the loss and the
   update terms of those entries are subtracted, weighted by ``1 - w`` (negative where
-  w > 1: the entry's terms are then added);
-- ``pattern``: sparse weights: only the stored entries of the weight matrix count.
+  w > 1: the entry's terms are then added), X's entries of weight 0 taken as zeros;
+- ``pattern``: sparse weights: only the stored entries of the weight matrix count (also
+  for dense weights on sparse X under a loss undefined at zero, which count only nonzeros).
 
 Notation: a half-step updates ``row_factor`` (W, n x K, or H transposed, m x K) given
 ``col_factor`` (H transposed, or W); ``side`` is ``"rows"`` or ``"cols"``.
@@ -196,8 +197,6 @@ class ClassicData:
     row_totals: np.ndarray | None = None
     # how many entries count (weight > 0); None: all of them
     n_counted: int | None = None
-    # sparse X with dense weights: X at the entries of weight 0, as CSR (`counted_matrix`)
-    uncounted: sp.csr_matrix | None = None
     # sparse X under the Frobenius loss: sum_j x_ij**2 per row, float64 (`squared_residuals`)
     row_squares: np.ndarray | None = None
 
@@ -235,6 +234,22 @@ class ClassicData:
             # is a sum over the stored entries, not the sparse route's split into
             # d(x, q) - d(0, q) and d(0, q) everywhere (a ZeroDivisionError or TypeError).
             weights = sp.coo_matrix((np.ones(X.nnz), X.nonzero()), shape=shape)
+        if (
+            sp.issparse(X)
+            and weights is not None
+            and not sp.issparse(weights)
+            and spec is not None
+            and spec.zero_power is None
+        ):
+            # A loss undefined at p = 0 counts X's nonzeros only, which the weights must
+            # select (checked before the entries of weight > 0 are listed: at most nnz then):
+            # summed exactly by the pattern route (the sparse route's split into
+            # d(x, q) - d(0, q) and d(0, q) everywhere needs d(0, q))
+            counted = weights > 0
+            n_counted_nonzeros = np.count_nonzero(counted[X.nonzero()])
+            check_defined_at_zeros(spec, np.count_nonzero(counted) > n_counted_nonzeros)
+            del counted
+            weights = sp.coo_matrix(weights)
         if weights is not None and sp.issparse(weights):
             coo = sp.coo_matrix(weights)
             keep = coo.data > 0
@@ -266,6 +281,19 @@ class ClassicData:
             )
         if spec is not None:
             check_defined_at_zeros(spec, X.nnz < shape[0] * shape[1])
+        n_counted = None
+        if weights is not None:
+            counted = weights > 0
+            n_uncounted = counted.size - np.count_nonzero(counted)
+            if n_uncounted:
+                n_counted = counted.size - n_uncounted
+                # X's entries of weight 0 are taken as zeros of X, whose exclusion then
+                # takes back d(0, q), finite: as X's values they entered both the sums and
+                # the exclusion as d(x, q), huge where q is near 0 under a loss with
+                # d(x, 0) infinite, and their difference was rounding (loss_ 0.6 off)
+                X = _without_uncounted(X, counted)
+                row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+            del counted
         dtype = exact_float_dtype(X.data)
         # transposed with the stored (possibly float32) values: a smaller temporary
         values = X.data.astype(dtype, copy=False)
@@ -274,20 +302,12 @@ class ClassicData:
         )
         del values
         entries = EntryPair(SparseEntries.from_csr(X, dtype), by_cols)
-        exclusion = uncounted = n_counted = None
+        exclusion = None
         if weights is not None:
             rows, cols = np.nonzero(weights != 1.0)
             if rows.size:
                 values = _values_at(X, rows, cols)
-                entry_weights = weights[rows, cols]
-                exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - entry_weights, shape)
-                # the entries of weight 0 are among them: the ones that do not count
-                zero = entry_weights == 0.0
-                rows, cols, values = rows[zero], cols[zero], values[zero]
-            if rows.size:
-                uncounted = sp.csr_matrix((values, (rows, cols)), shape=shape)
-                row_totals = row_totals - np.bincount(rows, weights=values, minlength=shape[0])
-                n_counted = shape[0] * shape[1] - rows.size
+                exclusion = EntryPair.from_coo(rows, cols, values, 1.0 - weights[rows, cols], shape)
         frobenius = spec is not None and spec.alpha == 1.0 and spec.beta == 1.0
         return cls(
             shape,
@@ -296,7 +316,6 @@ class ClassicData:
             exclusion=exclusion,
             row_totals=row_totals,
             n_counted=n_counted,
-            uncounted=uncounted,
             row_squares=_row_squares(X) if frobenius else None,
         )
 
@@ -324,11 +343,8 @@ class ClassicData:
             if self.dense_weights is None:
                 return self.dense
             return np.where(self.dense_weights > 0, self.dense, 0.0)
-        matrix = self.entries.by_rows.to_csr()
-        if self.uncounted is not None:
-            matrix = matrix - self.uncounted
-            matrix.eliminate_zeros()
-        return matrix
+        # sparse X with dense weights holds its entries of weight 0 as zeros (`build`)
+        return self.entries.by_rows.to_csr()
 
     def dense_side(self, side: str) -> tuple[np.ndarray, np.ndarray | None]:
         if side == "rows":
@@ -451,6 +467,11 @@ class ClassicData:
             numerator -= numerator_e
             denominator -= denominator_e
             row_loss -= row_loss_e
+            # Both are sums of terms >= 0, taken as every entry's less the excluded entries':
+            # where the excluded carry all of it (a row of weight 0), the difference is
+            # rounding, which must not turn a factor negative.
+            np.maximum(numerator, 0.0, out=numerator)
+            np.maximum(denominator, 0.0, out=denominator)
         return numerator, denominator, row_loss
 
     # ---- terms of the Frobenius solvers -------------------------------------------------
@@ -601,6 +622,15 @@ def _ab_mu_terms(entries, row_factor, col_factor, alpha, beta, pattern_only, wit
     if not with_denominator:
         return numerator, None, row_loss
     return numerator, np.ascontiguousarray(denominator[:, :n_components]), row_loss
+
+
+def _without_uncounted(X: sp.csr_matrix, counted: np.ndarray) -> sp.csr_matrix:
+    """X (CSR) less its stored entries where ``counted`` (dense, X's shape) is False."""
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    keep = counted[rows, X.indices]
+    indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=X.shape[0]), out=indptr[1:])
+    return sp.csr_matrix((X.data[keep], X.indices[keep], indptr), shape=X.shape)
 
 
 def _values_at(X, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from .. import _kernels
+from .._validation import check_flag
 from ._data import check_data
 from .losses import check_factors
 
@@ -122,8 +123,10 @@ def choose_alpha_beta(
         (`losses.check_factors`), or Q not finite, non-negative and of X's shape; a grid
         empty or not finite.
     TypeError
-        W, H or Q not an array of real numbers.
+        W, H or Q not an array of real numbers; a grid not of real numbers; ``refine`` not
+        True or False.
     """
+    refine = check_flag(refine, "refine")  # a string such as "no" would mean True
     p, q = _values(X, W, H, Q)
     alphas = _grid(alphas, "alphas")
     betas = _grid(betas, "betas")
@@ -148,7 +151,13 @@ def _grid(values, name: str) -> np.ndarray:
     """A grid of ``alphas`` or ``betas``: the default, or finite numbers, at least one."""
     if values is None:
         return np.linspace(-2.0, 3.0, 21)
-    grid = np.asarray(values, dtype=float)
+    try:
+        grid = np.asarray(values)
+    except ValueError:  # numpy's words for a ragged sequence
+        raise ValueError(f"{name} must be a 1-D grid, not a ragged sequence") from None
+    if grid.dtype.kind not in "biuf":  # text or complex: said here, not by numpy's float()
+        raise TypeError(f"{name} must be a 1-D grid of real numbers, got {values!r}")
+    grid = grid.astype(np.float64)
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
         raise ValueError(f"{name} must be a non-empty 1-D grid of finite numbers, got {values!r}")
     return grid

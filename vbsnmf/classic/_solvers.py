@@ -92,15 +92,19 @@ def ipg_step(R: np.ndarray, XC: np.ndarray, G: np.ndarray, epsilon: float = 0.0)
     The boundary cut is at ``epsilon``: the step stays on ``[epsilon, inf)`` and the loss
     does not increase (cut at 0 and then projected onto ``[epsilon, inf)``, the step left
     its line search and could raise the loss). An entry at the bound moves only up, so
-    the cut does not stop its row.
+    the cut does not stop its row. An entry that moves down is scaled by its distance to
+    the bound, ``R - epsilon`` (what ``R`` is for the bound 0): scaled by ``R``, an entry
+    near the bound cut the whole row's step to a sliver of it, and the iterations stalled
+    about 1 % above the optimum.
     """
     gradient = R @ G - XC
     scale_denominator = R @ G
-    scaling = np.divide(R, scale_denominator, out=np.zeros_like(R), where=scale_denominator > 0)
-    direction = -scaling * gradient
     slack = R - epsilon
-    # still a descent direction: each remaining entry is its scaled negative gradient
-    direction[(slack <= 0) & (direction < 0)] = 0.0
+    # down as far as the bound (a masked entry, 0 below it, not at all), or up without limit;
+    # still a descent direction: each entry is its negative gradient scaled by room >= 0
+    room = np.where(gradient > 0, np.maximum(slack, 0.0), R)
+    scaling = np.divide(room, scale_denominator, out=np.zeros_like(R), where=scale_denominator > 0)
+    direction = -scaling * gradient
     curvature = np.einsum("ik,ik->i", direction @ G, direction)
     descent = -np.einsum("ik,ik->i", direction, gradient)
     curved = curvature > 0  # elsewhere the direction is zero: the row stays

@@ -401,8 +401,8 @@ def total_divergence(
         P or Q is a scipy sparse matrix (use `vbsnmf.classic.factor_loss` for a sparse X
         and its factors, or pass ``P.toarray()``), or does not hold real numbers.
     ValueError
-        P and Q differ in shape (no broadcasting), an entry is negative or NaN, or the
-        loss is undefined at some entry (e.g. Itakura-Saito where P has zeros).
+        P and Q differ in shape (no broadcasting), an entry is negative, NaN or infinite,
+        or the loss is undefined at some entry (e.g. Itakura-Saito where P has zeros).
     """
     P = _dense_operand(P, "P")
     Q = _dense_operand(Q, "Q")
@@ -430,6 +430,8 @@ def _dense_operand(array, name: str) -> np.ndarray:
     values = values.astype(np.float64, copy=False)
     if np.isnan(values).any():
         raise ValueError(f"{name} has NaN entries")
+    if np.isinf(values).any():  # d(p, q) is NaN there, which read as "p = 0 or q = 0"
+        raise ValueError(f"{name} has infinite entries; the divergences take finite p, q")
     if (values < 0).any():
         raise ValueError(f"{name} has negative entries; the divergences take p, q >= 0")
     return values

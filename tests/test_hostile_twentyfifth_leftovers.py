@@ -1,7 +1,8 @@
 """Twenty-fifth pass, items earlier notes left: STARsolo's feature-barcode folder (the
 version 3 names, uncompressed) is read as the 10x folder it is, not refused; a truncated
 checkpoint is refused without keeping it open; a plot saved to a folder's name (``Path("")``
-is ``.``) is refused, not written as a hidden ``.png``."""
+is ``.``) is refused, not written as a hidden ``.png``; a classical fit's cells without
+counts keep its lower bound ``epsilon``."""
 
 from __future__ import annotations
 
@@ -117,3 +118,19 @@ def test_plot_saved_to_a_folders_name_is_refused(tmp_path, monkeypatch, name):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
     vbsnmf.pl.elbo(adata, save=Path("figure"), show=False)  # a name without suffix: .png
     assert (tmp_path / "figure.png").is_file()
+
+
+@pytest.mark.parametrize("thin", [False, True])
+def test_classic_cells_without_counts_keep_the_lower_bound(thin):
+    """`tl.nmf` set the factors of cells without counts to 0, below ``epsilon``, which
+    bounds every factor the solver returns (0 is right once thinned, as for the others)."""
+    counts = np.random.default_rng(0).poisson(2.0, (30, 12)).astype(float)
+    counts[3] = 0
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    with pytest.warns(UserWarning, match="1 of the 30 cells have no counts"):
+        vbsnmf.tl.nmf(adata, 2, solver="hals", random_state=0, epsilon=1e-3, thin=thin)
+    factors = adata.obsm["X_nmf"]
+    expected = 0.0 if thin else 1e-3
+    np.testing.assert_array_equal(factors[3], [expected, expected])
+    if not thin:
+        assert factors.min() >= 1e-3  # the bound the solver keeps, for every cell

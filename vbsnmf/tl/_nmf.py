@@ -57,7 +57,7 @@ def warn_empty_cells(
     placed = (
         "their factors are the prior's (the same for each)"
         if solver in VB_SOLVERS
-        else "their factors and usages are zero"
+        else "their factors and usages are zero (their factors the bound epsilon, if set)"
     )
     warnings.warn(
         f"{n_without} of the {n_cells} cells have no counts in the fitted genes; {placed}: "
@@ -669,8 +669,10 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     # estimator returns float32 factors for float32 counts, as scikit-learn's NMF)
     cell_factors = np.asarray(cell_factors, dtype=np.float64)
     # A cell without counts fits best at zero factors, where "mu", "hals" and "als" leave
-    # it; "ipg" and "gd" stop near it (1e-21), and its usages were an arbitrary mix.
-    cell_factors[np.asarray(matrix.sum(axis=1)).ravel() == 0] = 0.0
+    # it; "ipg" and "gd" stop near it (1e-21), and its usages were an arbitrary mix. With a
+    # lower bound epsilon the best is the bound (zero once thinned), not below it.
+    floor = 0.0 if model.thin else float(model.epsilon)
+    cell_factors[np.asarray(matrix.sum(axis=1)).ravel() == 0] = floor
     return cell_factors, np.asarray(model.components_, dtype=np.float64).T, info
 
 

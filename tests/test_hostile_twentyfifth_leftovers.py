@@ -2,7 +2,8 @@
 version 3 names, uncompressed) is read as the 10x folder it is, not refused; a truncated
 checkpoint is refused without keeping it open; a plot saved to a folder's name (``Path("")``
 is ``.``) is refused, not written as a hidden ``.png``; a classical fit's cells without
-counts keep its lower bound ``epsilon``."""
+counts keep its lower bound ``epsilon``, and its weights over every gene under
+``mask_var`` are named so."""
 
 from __future__ import annotations
 
@@ -134,3 +135,23 @@ def test_classic_cells_without_counts_keep_the_lower_bound(thin):
     np.testing.assert_array_equal(factors[3], [expected, expected])
     if not thin:
         assert factors.min() >= 1e-3  # the bound the solver keeps, for every cell
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_classic_weights_over_every_gene_under_mask_var_are_named(sparse):
+    """The solver's "weights have shape (40, 25), X has shape (40, 20)" named a matrix
+    the user never passed; weights over the fitted genes still fit (a guard)."""
+    counts = np.random.default_rng(0).poisson(2.0, (40, 25)).astype(float)
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    adata.var["hv"] = np.arange(25) < 20
+    weights = np.ones((40, 25))
+    given = sp.csr_matrix(weights) if sparse else weights
+    with pytest.raises(ValueError, match=r"over every gene, and mask_var fits 20 of them"):
+        vbsnmf.tl.nmf(adata, 2, solver="mu", mask_var="hv", weights=given, random_state=0)
+    assert "X_nmf" not in adata.obsm
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        vbsnmf.tl.nmf(
+            adata, 2, solver="mu", mask_var="hv", weights=weights[:, :20], random_state=0,
+            max_iter=5,
+        )  # fmt: skip
+    assert adata.obsm["X_nmf"].shape == (40, 2)

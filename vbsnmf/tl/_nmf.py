@@ -338,6 +338,8 @@ def nmf(
     else:
         if warm_start:
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
+        if fitted_genes is not None:
+            _check_masked_weights(fit_params.get("weights"), fitted_genes, matrix.shape)
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
 
@@ -431,6 +433,19 @@ def check_share(value) -> float:
     if not 0 <= value < 1:
         raise ValueError(f"min_share must be in [0, 1), got {value!r}")
     return float(value)
+
+
+def _check_masked_weights(weights, fitted_genes: np.ndarray, shape: tuple[int, int]) -> None:
+    """A `ValueError` for ``weights`` over every gene when ``mask_var`` fits fewer (the
+    fit's X has ``shape``): the solver's "X has shape ..." named a matrix the user never
+    passed."""
+    weights_shape = np.shape(weights) if weights is not None else None
+    if weights_shape == (shape[0], fitted_genes.size) and fitted_genes.size != shape[1]:
+        raise ValueError(
+            f"weights has shape {weights_shape}, over every gene, and mask_var fits "
+            f"{shape[1]} of them: pass the weights of the fitted genes, "
+            "weights[:, mask] with mask the boolean array of mask_var"
+        )
 
 
 def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:

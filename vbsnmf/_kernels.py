@@ -1320,7 +1320,10 @@ def local_rows_pass(
     n_active = rows.shape[0]
     n_chunks = min(n_active, 64)  # buffers allocated once per chunk, not per row
     for chunk in prange(n_chunks):
-        phi = np.empty(width, dtype=row_scaled.dtype)
+        # the log-sum-exp path's phi in float64, as `tensor_update_shapes` keeps it: log rho
+        # near -1e11 (shapes near 1e-11) rounded to float32 by thousands, and every phi
+        # fell to 0 (a 0/0 step)
+        phi = np.empty(width, dtype=np.float64)
         row_acc = np.empty(width, dtype=row_scaled.dtype)
         norms = np.empty(LOG_BUFFER, dtype=row_scaled.dtype)
         weights = np.empty(LOG_BUFFER)
@@ -1435,7 +1438,7 @@ def update_shapes(
         gives them) for the log-sum-exp path, which takes the rates' logs itself (a table
         of them would be one more n x K array through the pass); likewise ``minor_*``.
         The arithmetic of the responsibilities, and the logs of their normalisers
-        (`weighted_log_sum`), is in the tables' dtype.
+        (`weighted_log_sum`), is in the tables' dtype; the log-sum-exp path's in float64.
     tiny
         Normalisers below this take the log-sum-exp path, which recomputes ``E[log]``
         of the two rows.
@@ -1465,7 +1468,8 @@ def update_shapes(
     fallbacks = np.zeros(n_parts, dtype=np.int64)
     for part in prange(n_parts):
         first, last = part_bounds[part], part_bounds[part + 1]
-        phi = np.empty(width, dtype=major_scaled.dtype)
+        # the log-sum-exp path's phi in float64 (`local_rows_pass` says why)
+        phi = np.empty(width, dtype=np.float64)
         row_acc = np.empty(width, dtype=major_scaled.dtype)
         minor_acc = minor_partial[part]
         minor_acc[:] = 0.0

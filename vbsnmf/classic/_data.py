@@ -147,6 +147,16 @@ class EntryPair:
         return self.by_rows if side == "rows" else self.by_cols
 
 
+def _sparse_frame_read(X):
+    """A DataFrame of sparse columns as scikit-learn cannot read it: a COO with fill value
+    0, dense with another (every unstored entry's value; scikit-learn's conversion refused
+    it in pandas' words, "fill value must be 0"); any other ``X`` as it is."""
+    X = sparse_frame_as_coo(X)
+    if getattr(X, "ndim", None) == 2 and hasattr(X, "sparse") and X.shape[1]:
+        X = X.sparse.to_dense()
+    return X
+
+
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
@@ -157,11 +167,9 @@ def check_data(X):
         "pass the values as X.filled(0) and leave the masked entries out with weights=... "
         "(0 there, 1 elsewhere; solver='mu')",
     )
-    X = sparse_frame_as_coo(X)
-    if getattr(X, "ndim", None) == 2 and hasattr(X, "sparse") and X.shape[1]:
-        # sparse columns filled with another value than 0, which is every unstored entry's
-        # value (scikit-learn's conversion refused them in pandas' words)
-        X = X.sparse.to_dense()
+    X = _sparse_frame_read(X)
+    if sp.issparse(X) and X.ndim != 2:  # a 1-D or n-D coo_array: the checks below unpack 2
+        raise ValueError(f"X must be 2-D, got {X.ndim}-D")
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
         check_sparse_structure(X, "X")
     X = check_array(
@@ -214,12 +222,16 @@ class ClassicData:
         shape = X.shape
         row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         if weights is not None:
+            weights = _sparse_frame_read(weights)
             weights = check_array(
                 weights,
                 accept_sparse=("csr", "csc", "coo"),
                 dtype=np.float64,
                 ensure_non_negative=True,
                 input_name="weights",
+                # scipy's count_nonzero sums repeats and sorts indices in place: the caller's
+                # sparse weights are not modified
+                copy=sp.issparse(weights),
             )
             if weights.shape != shape:
                 raise ValueError(f"weights have shape {weights.shape}, X has shape {shape}")

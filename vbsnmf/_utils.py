@@ -258,8 +258,9 @@ def record_kind(record) -> str | None:
     return None
 
 
-def fit_info(adata, key: str, needs: str = "the fit's record and gene loadings") -> dict:
-    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit, or a `KeyError` saying what to run;
+def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene loadings") -> dict:
+    """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit (``key``: its ``key_added``, by default
+    ``"nmf"`` as the other tools'), or a `KeyError` saying what to run;
     a record without an entry the tools read (a `KeyError`) or with one they cannot read
     (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``

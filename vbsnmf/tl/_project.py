@@ -10,7 +10,7 @@ import numpy as np
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
-from .._utils import check_anndata, is_dask_array, numba_threads, record_kind
+from .._utils import check_anndata, damaged_record, is_dask_array, numba_threads, record_kind
 from .._validation import check_flag, check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -38,9 +38,44 @@ def _as_adata_new():
     try:
         yield
     except (ValueError, TypeError) as error:
-        if type(error) not in (ValueError, TypeError):  # a subclass keeps its own message
-            raise
-        raise type(error)(_ADATA.sub("adata_new", str(error))) from None
+        message = _ADATA.sub("adata_new", str(error))
+        if type(error) in (ValueError, TypeError):
+            raise type(error)(message) from None
+        if len(error.args) == 1 and isinstance(error.args[0], str):
+            # a subclass (a corrupt matrix, a count beyond the reference's dtype) keeps its
+            # type, which callers catch, and is renamed too: it said "adata.X"
+            error.args = (message,)
+        raise
+
+
+def _fitted_genes(adata_ref, key: str, arrays: dict) -> np.ndarray:
+    """Which genes of the reference fit ``key``'s gene holder the fit used (nonzero
+    shapes), with a `ValueError` naming a per-gene array (``arrays``: ``gene_shape``,
+    ``gene_rate`` as read) that no fit writes: not one column per factor (numpy's broadcast
+    error), or not finite and positive in a fitted gene, whose NaN went on into every new
+    cell's factors. Rows of genes not fitted (zero, or the NaN of
+    ``anndata.concat(..., join="outer")``) are left out, as the projection leaves them."""
+    n_components = fit_info(adata_ref, key)["params"]["n_components"]
+    side = "varm" if gene_holder(adata_ref, key) is adata_ref else "raw.varm"
+    # the fixed prior's rates, one per factor, are in the record, checked as they were read
+    per_gene = {
+        name: values for name, values in arrays.items() if name == "gene_shape" or values.ndim != 1
+    }
+    for name, values in per_gene.items():
+        if values.ndim != 2 or values.shape[1] != n_components:
+            raise damaged_record(
+                f"adata_ref.{side}[{FitKeys.of(key).variational(name)!r}]",
+                f"shape {values.shape}, not one column per factor of the fit's {n_components}",
+            )
+    fitted = (arrays["gene_shape"] > 0).any(axis=1)
+    for name, values in per_gene.items():
+        rows = values[fitted]
+        if not (np.isfinite(rows).all() and (rows > 0).all()):
+            raise damaged_record(
+                f"adata_ref.{side}[{FitKeys.of(key).variational(name)!r}]",
+                "values of fitted genes that are not finite and positive",
+            )
+    return fitted
 
 
 def project(
@@ -165,7 +200,8 @@ def project(
         matrix, new_genes, source = select_counts(adata_new, layer=layer, use_raw=use_raw)
     # The reference's genes: those of its gene holder that the fit used (nonzero shapes).
     gene_shape = np.asarray(variational["gene_shape"])
-    fitted = (gene_shape > 0).any(axis=1)
+    all_rates = np.asarray(variational["gene_rate"])
+    fitted = _fitted_genes(adata_ref, key, {"gene_shape": gene_shape, "gene_rate": all_rates})
     reference_genes = gene_holder(adata_ref, key).var_names[fitted]
     if not reference_genes.is_unique:  # a name matched twice would count its genes twice
         repeated = reference_genes[reference_genes.duplicated()].unique()
@@ -177,7 +213,6 @@ def project(
     gene_shape = gene_shape[fitted]
     # E[w] of every fitted reference gene: usages weigh each factor by its total loading,
     # as `tl.nmf`'s do (rates per factor under the fixed prior, per entry under the learned).
-    all_rates = np.asarray(variational["gene_rate"])
     loadings = gene_shape / (all_rates[fitted] if all_rates.ndim == 2 else all_rates)
     # Names that repeat in adata_new matter only among the reference's genes, where a
     # count could not be matched to one gene; elsewhere (10x gene symbols repeat) they are

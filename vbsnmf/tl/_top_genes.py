@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from .._utils import check_fit_entries, finite_fit_array
+from .._utils import check_fit_entries, damaged_record, finite_fit_array
+from .._validation import refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
 
@@ -15,7 +17,7 @@ def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.
     ``E[x_j] = sum_i sum_l z_il w_jl``, so factor l's share of gene j is
     ``w_jl s_l / sum_l' w_jl' s_l'`` with ``s_l = sum_i z_il``; rows sum to one (zero for a
     gene no factor explains). Unlike the raw loading it does not favour genes that every
-    cell expresses highly.
+    cell expresses highly. Either may be a scipy sparse matrix.
     """
     gene_loadings = _factor_matrix(gene_loadings, "gene_loadings")
     cell_factors = _factor_matrix(cell_factors, "cell_factors")
@@ -48,7 +50,15 @@ def _log_column_sums(values: np.ndarray) -> np.ndarray:
 
 
 def _factor_matrix(values, name: str) -> np.ndarray:
-    """A 2-D, finite, non-negative float array (factors or loadings)."""
+    """A 2-D, finite, non-negative float array (factors or loadings); a sparse matrix is
+    made dense (K columns)."""
+    # np.asarray took a masked array's hidden values and dropped a complex one's imaginary
+    # part, and called a sparse matrix not numeric
+    refuse_masked(values, name, f"pass the values to use, e.g. {name}.filled(0)")
+    if sp.issparse(values):
+        values = values.toarray()
+    if np.iscomplexobj(values):
+        raise TypeError(f"{name} must be real numbers, got complex values")
     try:
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -139,6 +149,18 @@ def top_genes(
     cell_factors = np.asarray(
         finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"]), dtype=np.float64
     )
+    n_components = info["params"]["n_components"]
+    for side, name, values in (
+        (f"{where}varm", info["varm_key"], gene_loadings),
+        ("obsm", info["obsm_key"], cell_factors),
+    ):
+        # cut to fewer factors by hand (the inactive ones dropped), a factor's column was
+        # picked past the end: numpy's IndexError
+        if values.ndim != 2 or values.shape[1] != n_components:
+            raise damaged_record(
+                f"adata.{side}[{name!r}]",
+                f"shape {values.shape}, not one column per factor of the fit's {n_components}",
+            )
     totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)
     specificity = gene_specificity(gene_loadings, cell_factors)
     rows = []

@@ -277,8 +277,9 @@ def test_a_matrix_market_array_file_is_refused_for_its_format(tmp_path, capfd):
     argv = ["fit", "arr.mtx", "--cells-as-rows", *FIT, "-k", "1", *SVI, "-o", "out"]
     code, _, err, _ = _main([*argv, "--convert-to", "arr.h5ad"], capfd, tmp_path)
     assert code == 2
-    assert _error(err).startswith(
-        "vbsnmf: error: arr.mtx: converts coordinate files, not the array format"
+    assert _error(err).startswith(  # in the command's words (twenty-sixth pass)
+        "vbsnmf: error: --convert-to converts a sparse (coordinate) Matrix Market file; "
+        "arr.mtx holds a dense one (the array format)"
     )
     assert not (tmp_path / "arr.h5ad").exists()
     code, _, err, _ = _main(argv, capfd, tmp_path)

@@ -238,7 +238,8 @@ def test_svi_on_a_dense_matrix_market_file_fits_it_in_memory(tmp_path, capfd, as
     argv = [*argv[:-1], tmp_path / "out2", "--convert-to", tmp_path / "dense.h5ad"]
     code, _, err, _ = _main(argv, capfd, tmp_path)
     assert code == 2
-    assert "not the array format (a dense matrix: read it into memory" in err
+    # the command's advice, not Python's (twenty-sixth pass)
+    assert "(the array format), which --solver svi reads into memory: drop --convert-to" in err
     assert not (tmp_path / "dense.h5ad").exists() and not (tmp_path / "out2").exists()
 
 

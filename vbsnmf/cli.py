@@ -136,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "file or a .zarr store (cells x genes), or an .mtx / .mtx.gz file (then give "
         "--genes-as-rows or --cells-as-rows)",
     )
-    _add_fit_options(fit, outdir_required=True)
+    _add_fit_options(
+        fit,
+        outdir_required=True,
+        svi_title="stochastic VB (--solver svi; a 10x folder, an .mtx or the X of an .h5ad "
+        "stored as CSR is streamed from disk a minibatch of cells at a time, any other input "
+        "or --layer/--use-raw read into memory)",
+    )
     orientation = fit.add_mutually_exclusive_group()
     orientation.add_argument(
         "--genes-as-rows",
@@ -255,13 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="pbmc_facs",
         help="bundled data set (default: pbmc_facs)",
     )
-    _add_fit_options(demo, outdir_required=False, default_k=15)
+    _add_fit_options(
+        demo,
+        outdir_required=False,
+        default_k=15,
+        svi_title="stochastic VB (--solver svi; the data set is held in memory)",
+    )
     demo.set_defaults(run=_run_demo, layer=None, use_raw=False, convert_to=None, key=DEFAULT_KEY)
     return parser
 
 
-def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = None) -> None:
-    """Options shared by ``fit`` and ``demo``."""
+def _add_fit_options(
+    command, *, outdir_required: bool, svi_title: str, default_k: int | None = None
+) -> None:
+    """Options shared by ``fit`` and ``demo``; ``svi_title`` heads the SVI options (what
+    streams from disk: the demo's data set is in memory, and it has no --layer/--use-raw)."""
     from . import tl
     from ._svi import CELL_STEPS_PER_EPOCH, DEFAULT_EPOCHS, EVAL_BLOCK_ROWS, MIN_CELL_BATCH
     from .classic._options import MAX_ITER as CLASSIC_MAX_ITER
@@ -356,11 +370,7 @@ def _add_fit_options(command, *, outdir_required: bool, default_k: int | None = 
         help="replace an existing OUTDIR that holds an earlier output (only files vbsnmf "
         "writes; a folder with anything else is refused)",
     )
-    svi = command.add_argument_group(
-        "stochastic VB (--solver svi; a 10x folder, an .mtx or the X of an .h5ad stored as "
-        "CSR is streamed from disk a minibatch of cells at a time, any other input or "
-        "--layer/--use-raw read into memory)"
-    )
+    svi = command.add_argument_group(svi_title)
     svi.add_argument(
         "--batch-size",
         type=_integer(1),
@@ -485,8 +495,14 @@ def _check_options(args) -> None:
         for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
             if value is not None:
                 raise UsageError(f"{option} applies to --solver svi, not {args.solver}")
-    for option, value in (("--checkpoint", args.checkpoint), ("--prior", args.prior)):
-        if args.solver not in VB_SOLVERS and value is not None:
+    # --resume too: "--resume needs --checkpoint PATH" sent the user to an option that
+    # a classical solver refuses
+    for option, given in (
+        ("--checkpoint", args.checkpoint is not None),
+        ("--resume", args.resume),
+        ("--prior", args.prior is not None),
+    ):
+        if args.solver not in VB_SOLVERS and given:
             raise UsageError(f"{option} applies to --solver batch or svi, not {args.solver}")
     for option, value in (("--n-init", args.n_init), ("--init", args.init)):
         if args.solver != "batch" and value is not None:  # SVI runs one start, at random
@@ -891,9 +907,18 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
         adata = read_h5ad_backed(source)
         if adata is None:
             return False
-    elif args.convert_to is None and _is_dense_matrix_market(source, kind):
-        return False
     else:
+        header = _matrix_market_header(source, kind)
+        if header is not None:
+            _check_n_components_fits(args, header)
+            if header.fmt == "array":
+                if args.convert_to is not None:
+                    raise UsageError(
+                        f"--convert-to converts a sparse (coordinate) Matrix Market file; "
+                        f"{source} holds a dense one (the array format), which --solver svi "
+                        "reads into memory: drop --convert-to"
+                    )
+                return False
         converted = _check_convert_path(args, outdir, inputs)
     try:
         summary = _convert_and_fit(args, source, kind, outdir, adata, converted, created)
@@ -908,16 +933,29 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     return True
 
 
-def _is_dense_matrix_market(source: Path, kind: str) -> bool:
-    """Whether the matrix of the .mtx or 10x folder ``source`` is in Matrix Market's array
-    format."""
+def _matrix_market_header(source: Path, kind: str):
+    """The header (`vbsnmf.io._read.MtxHeader`) of the matrix of the .mtx or 10x folder
+    ``source``, or None for a damaged one."""
     from .io._read import mtx_header, tenx_files
 
     try:
-        matrix = tenx_files(source)[0] if kind == "10x" else source
-        return mtx_header(matrix).fmt == "array"
+        return mtx_header(tenx_files(source)[0] if kind == "10x" else source)
     except Exception:  # a damaged file: the reader that reads it next says what is wrong
-        return False
+        return None
+
+
+def _check_n_components_fits(args, header) -> None:
+    """-k against the cells and genes that the Matrix Market ``header`` declares, before
+    the conversion: the fit refused it only once the whole matrix was converted (minutes
+    for a large one), after saying it was converted into an OUTDIR that never appeared."""
+    from ._validation import check_n_components
+
+    n_rows, n_cols = header.size[:2]
+    cells_by_genes = (n_cols, n_rows) if args.genes_as_rows is not False else (n_rows, n_cols)
+    try:
+        check_n_components(args.n_components, cells_by_genes)
+    except ValueError as error:
+        raise UsageError(_option_names(str(error))) from None
 
 
 def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted, created):
@@ -1216,12 +1254,16 @@ def _run_reporting_warnings(args) -> int:
     Python's two-line form; none with --quiet, none beside an error's one line. The fit's
     own warnings are shown by `_fit`, where they happen."""
     output = Path(args.outdir if args.command in ("fit", "demo") else args.output)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with _compile_notice(getattr(args, "quiet", False)), _telling_if_written(output):
-            code = args.run(args)
-    if not getattr(args, "quiet", False):
-        _print_warnings(caught)
+    quiet = getattr(args, "quiet", False)
+    # the warnings are printed inside _telling_if_written too: a stop while they were
+    # (a full stderr pipe blocks) said "no output written" beside a complete output
+    with _telling_if_written(output):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _compile_notice(quiet):
+                code = args.run(args)
+        if not quiet:
+            _print_warnings(caught)
     return code
 
 

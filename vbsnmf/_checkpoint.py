@@ -176,9 +176,10 @@ LATER_KEYS = frozenset({"local_fit", "eval_every"})
 # Settings recorded since, with the value a checkpoint written before meant: every start
 # was random until NNDSVDa came.
 LATER_KEY_VALUES = {"init": "random"}
-# Settings a solver does not use (SVI never accelerates), which checkpoints written before
-# recorded whatever they were set to: not compared for a fit of that solver.
-UNUSED_BY_SOLVER = {"accelerate": "svi"}
+# Settings a solver does not use (SVI never accelerates, batch VB draws no minibatches),
+# which checkpoints written before recorded whatever they were set to: not compared for a
+# fit of that solver.
+UNUSED_BY_SOLVER = {"accelerate": "svi", "batch_size": "batch"}
 # Config keys that record several parameters, by the parameters' names (as the user sets
 # them), so that a mismatch names the parameter: the local fits' [max_iter, tol].
 COMBINED_KEYS = {"local_fit": ("max_iter", "tol")}
@@ -538,10 +539,11 @@ def restored_elbo_iter(
 def check_step_statistics(
     arrays: dict[str, np.ndarray], prefix: str, expected: dict[str, tuple[int, ...]], damaged
 ) -> None:
-    """An SVI fit that ended at ``n_epochs`` keeps the statistics of the exact step it is
-    still to take (`_svi.SVIState.gene_statistics`, `_tensor.TensorSVIState.step_statistics`),
-    the arrays whose names start with ``prefix``: none, or every one of ``expected`` (name:
-    shape) and no other, each finite and >= 0 (sums of counts and means)."""
+    """An SVI fit saved at an evaluation (or that ended at ``n_epochs``) keeps the
+    statistics of the exact step it is still to take (`_svi.SVIState.gene_statistics`,
+    `_tensor.TensorSVIState.step_statistics`), the arrays whose names start with
+    ``prefix``: none, or every one of ``expected`` (name: shape) and no other, each finite
+    and >= 0 (sums of counts and means)."""
     present = sorted(name for name in arrays if name.startswith(prefix))
     if not present:
         return

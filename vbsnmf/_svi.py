@@ -152,8 +152,9 @@ class SVIState:
     learned prior ``cell_sums`` are the sums over all cells that their hyperparameters are
     learned from, kept up to date step by step. ``gene_statistics``: the last evaluation's
     gene-side statistics while the exact gene step they give (`full_data_gene_step`) is
-    still to be taken, as when the fit ended at ``n_epochs``: resumed with more epochs, it
-    takes that step first, as the longer fit did."""
+    still to be taken, as when the fit ended at ``n_epochs`` or a checkpoint is saved after
+    an evaluation: resumed with more epochs, it takes that step first, as the longer fit
+    did."""
 
     params: VariationalParams
     rng: np.random.Generator
@@ -311,10 +312,10 @@ def end_of_epoch(
     """Count the finished epoch (unless ``counted``: `close_owed_epoch`), evaluate the
     ELBO when due (into the trace, with the epoch into ``elbo_iter``; printed with
     ``verbose``), decide convergence, then call ``callback(epoch, params, trace)``,
-    ``after_evaluation()`` if the ELBO was evaluated and the fit goes on, and
-    ``on_epoch(state)`` (checkpoints: of the state the fit goes on from). The tensor fit's
-    state and settings (`_tensor.TensorSVIState`, `_tensor.TensorSVISettings`) have the
-    same fields and go through here too."""
+    ``on_epoch(state)`` (checkpoints: of the evaluated state, the step the evaluation
+    gives still to take), and ``after_evaluation()`` (that step) if the ELBO was evaluated
+    and the fit goes on. The tensor fit's state and settings (`_tensor.TensorSVIState`,
+    `_tensor.TensorSVISettings`) have the same fields and go through here too."""
     if not counted:
         state.epoch += 1
     last_epoch = state.epoch >= settings.n_epochs
@@ -330,10 +331,13 @@ def end_of_epoch(
     if callback is not None:
         # A copy: the cells form updates q in place, and a callback may keep what it gets.
         callback(state.epoch, state.params.copy(), state.elbo_trace)
-    if evaluated and not state.finished and after_evaluation is not None:
-        after_evaluation()
+    # Saved before the step its evaluation gives: resumed with n_epochs at this epoch, the
+    # fit is returned as evaluated, as the fit of that many epochs ended; with more, it
+    # takes that step first (`run_cells_epochs`), as this fit does now.
     if on_epoch is not None:
         on_epoch(state)
+    if evaluated and not state.finished and after_evaluation is not None:
+        after_evaluation()
 
 
 def resumed_svi_progress(state: SVIState, settings: SVISettings) -> None:

@@ -604,7 +604,12 @@ class VBNTF(Estimator):
                 total_count,
                 float(data.counts.max(initial=0.0)),
             )
-        self._set_fitted(result, shape)
+        epochs = None  # n_epochs' default depends on the data: `warn_if_beyond` needs it
+        if self.solver == "svi" and checked["n_epochs"] is None:
+            epochs = _tensor.default_n_epochs(
+                self.svi_form, data, checked["batch_size"] is not None
+            )
+        self._set_fitted(result, shape, epochs)
         return self
 
     def _batch_options(self, checked, n_threads, callback) -> dict:
@@ -655,7 +660,8 @@ class VBNTF(Estimator):
             "solver": self.solver,
             "svi_form": form,
             "svi_mode": data.major if form == "slices" else None,
-            "batch_size": batch_size,
+            # batch VB draws no minibatches: None, whatever batch_size says
+            "batch_size": batch_size if svi else None,
             "tau": checked["tau"] if svi else None,
             "kappa": checked["kappa"] if svi else None,
             # each slice's local fit runs to tol within max_iter passes: the steps depend on them
@@ -786,10 +792,11 @@ class VBNTF(Estimator):
         saves.at_end(state)
         return result
 
-    def _set_fitted(self, result: _tensor.TensorFitResult, shape) -> None:
-        """Store ``result``'s fit of a tensor of ``shape`` as the fitted attributes."""
+    def _set_fitted(self, result: _tensor.TensorFitResult, shape, epochs=None) -> None:
+        """Store ``result``'s fit of a tensor of ``shape`` as the fitted attributes;
+        ``epochs``: the epochs an SVI fit ran to when ``n_epochs`` is None (its default)."""
         # first: a warning raised as an error must leave the earlier fit whole
-        warn_if_beyond(self, result.n_iter)
+        warn_if_beyond(self, result.n_iter, epochs)
         params = result.params
         self.shapes_ = list(params.shapes)
         self.rates_ = list(params.rates)

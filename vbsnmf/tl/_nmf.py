@@ -48,17 +48,27 @@ class _NoActiveFactorWarning(UserWarning):
 
 
 def warn_empty_cells(
-    n_without: int, n_cells: int, masked: bool, solver: str, stacklevel: int = 2
+    n_without: int,
+    n_cells: int,
+    masked: bool,
+    solver: str,
+    stacklevel: int = 2,
+    fit_params: dict | None = None,
 ) -> None:
     """Warn that ``n_without`` of the ``n_cells`` have no counts in the fitted genes (as
     `tl.project` does): nothing in the data places such a cell; the prior does under the
-    variational ``solver``s, and a classical one leaves it at zero (`_fit_classic`)."""
+    variational ``solver``s, and a classical one leaves it at zero, or at its lower bound
+    ``epsilon`` of ``fit_params`` unless thinned (`_fit_classic`)."""
     wider = " or fit more genes (a wider mask_var)" if masked else ""
-    placed = (
-        "their factors are the prior's (the same for each)"
-        if solver in VB_SOLVERS
-        else "their factors and usages are zero (their factors the bound epsilon, if set)"
-    )
+    fit_params = fit_params or {}
+    # as given: the solver checks it after this warning (a bad value is its error)
+    bound = 0.0 if fit_params.get("thin") is True else fit_params.get("epsilon", 0.0)
+    if solver in VB_SOLVERS:
+        placed = "their factors are the prior's (the same for each)"
+    elif isinstance(bound, (int, float, np.integer, np.floating)) and bound > 0:
+        placed = f"their factors are the lower bound epsilon={bound:g}"
+    else:
+        placed = "their factors and usages are zero"
     warnings.warn(
         f"{n_without} of the {n_cells} cells have no counts in the fitted genes; {placed}: "
         f"drop them with sc.pp.filter_cells(adata, min_counts=1){wider}",
@@ -316,7 +326,9 @@ def nmf(
         gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
-        warn_empty_cells(n_without, adata.n_obs, fitted_genes is not None, solver)
+        warn_empty_cells(
+            n_without, adata.n_obs, fitted_genes is not None, solver, fit_params=fit_params
+        )
 
     if solver in VB_SOLVERS:
         init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0

@@ -193,7 +193,9 @@ def select_k(
 
     n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
     if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
-        warn_empty_cells(n_without, counts.shape[0], fitted_genes is not None, solver)
+        warn_empty_cells(
+            n_without, counts.shape[0], fitted_genes is not None, solver, fit_params=fit_params
+        )
 
     rows, per_cell = [], []
     options = {"solver": solver, "random_state": random_state, "min_share": min_share}

@@ -804,7 +804,6 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
     raise ReadError(path, f"an HDF5 file, but {what}: {holds}")
 
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _GZIPPED_HDF5 = (
     "is gzip-compressed (a download kept packed?): decompress it first, e.g. "
     "gunzip -c FILE > counts.h5ad, and read that"
@@ -915,7 +914,7 @@ _BZIP2_MAGIC = tuple(
 # What a download may hold instead of text, told by its first bytes (read after gzip's
 # decompression, if any), and what to do about it.
 _NOT_TEXT = (
-    (b"\x1f\x8b", "is gzip-compressed twice: decompress it once (gunzip)"),
+    (_GZIP_MAGIC, "is gzip-compressed twice: decompress it once (gunzip)"),
     (_BZIP2_MAGIC, "is bzip2-compressed: decompress it first (bunzip2)"),
     (b"\xfd7zXZ\x00", "is xz-compressed: decompress it first (unxz)"),
     (b"\x28\xb5\x2f\xfd", "is zstd-compressed: decompress it first (unzstd)"),

@@ -5,8 +5,6 @@ gene, and figures left open after saving to a path."""
 
 from __future__ import annotations
 
-import warnings
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -18,23 +16,15 @@ import pytest
 import scanpy as sc
 from matplotlib.figure import Figure
 
-import vbsnmf
 from vbsnmf import pl, tl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    """200 cells and 300 genes of pbmc_tiny with a K=3 fit, an embedding and clusters."""
-    adata = vbsnmf.datasets.pbmc_tiny()[:200, :300].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, max_iter=10, n_threads=1)
-    adata.obsm["X_umap"] = np.log1p(adata.obsm["X_nmf"][:, :2])
-    dominant = adata.obsm["X_nmf"].argmax(axis=1)
-    adata.obs["cluster"] = pd.Categorical([f"c{factor}" for factor in dominant])
-    return adata
+def fitted(plotted_fit):
+    """`conftest.plotted_fit`: pbmc_tiny cells with a K=3 fit, an embedding and clusters."""
+    return plotted_fit
 
 
 def test_elbo_draws_into_axes_of_a_figure_pyplot_does_not_hold(fitted, tmp_path):

@@ -9,6 +9,7 @@ there while the fit ran."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -132,7 +133,12 @@ def test_force_keeps_a_file_saved_into_outdir_while_the_fit_ran(tmp_path, monkey
     assert "umap_old.png" in error and "put there while this run worked" in error
     assert (tmp_path / "out" / "umap_old.png").read_bytes() == b"the user's figure"
     assert (tmp_path / "out" / "params.json").read_text() == earlier
-    assert sorted(os.listdir(tmp_path)) == ["in.h5ad", "out"]  # no temporary left
+    # the new output kept beside it (it was discarded before the twenty-seventh pass)
+    assert "the new output is in" in error and "out.new" in error
+    assert sorted(os.listdir(tmp_path)) == ["in.h5ad", "out", "out.new"]  # no temporary left
+    written = set(os.listdir(tmp_path / "out")) - {"umap_old.png"}
+    assert set(os.listdir(tmp_path / "out.new")) == written
+    assert json.loads((tmp_path / "out.new" / "params.json").read_text())["seed"] == 1
 
 
 def test_atomic_directory_leaves_a_target_its_check_refuses(tmp_path):
@@ -149,9 +155,10 @@ def test_atomic_directory_leaves_a_target_its_check_refuses(tmp_path):
         ) as temporary:
             (temporary / "result.h5ad").write_text("new")
             (outdir / "notes.txt").write_text("mine")
-    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert sorted(os.listdir(tmp_path)) == ["out", "out.new"]  # the new output kept
     assert (outdir / "notes.txt").read_text() == "mine"
     assert (outdir / "result.h5ad").read_text() == "earlier"
+    assert (tmp_path / "out.new" / "result.h5ad").read_text() == "new"
 
 
 @pytest.fixture(scope="module")

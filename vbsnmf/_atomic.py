@@ -402,8 +402,11 @@ def atomic_directory(
     it is missing), as `vbsnmf.io.check_outdir` says. A replaced ``target`` passes its
     permissions on to the new folder and its files (`_folder_permissions`).
     ``replaceable``, if given, is called with an existing ``target`` once the block is
-    done, just before it is replaced: an exception it raises leaves ``target`` as it is
-    (the new folder is removed), e.g. when it no longer holds only an earlier output.
+    done, just before it is replaced: a `ValueError` it raises (e.g. ``target`` no longer
+    holds only an earlier output) leaves ``target`` as it is, and the new folder is kept
+    beside it under a visible name (``NAME.new``, ``NAME.new-2``, ...), which the error,
+    raised again with the same type, names at its end. Any other exception removes the new
+    folder.
 
     Raises
     ------
@@ -444,7 +447,13 @@ def atomic_directory(
         if replacing and not overwrite:
             raise FileExistsError(f"{target} appeared while writing (use --force)")
         if replacing and replaceable is not None:
-            replaceable(target)
+            try:
+                replaceable(target)
+            except ValueError as refused:
+                # the work is done: lose neither the user's files nor hours of fit
+                _folder_permissions(target, temporary, replacing=True)
+                kept = _keep_beside(temporary, target)
+                raise type(refused)(f"{refused}; the new output is in {kept}") from None
         _folder_permissions(target, temporary, replacing=replacing)
         try:
             # The old target out, the new one in and the old one deleted, or none of it: a
@@ -471,6 +480,30 @@ def atomic_directory(
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
+
+
+def _keep_beside(temporary: Path, target: Path) -> Path:
+    """Move the complete folder ``temporary`` to a new visible name beside ``target``
+    (``NAME.new``, then ``NAME.new-2``, ...; a random one where those are too long) and
+    return it. The name is taken by an exclusive ``mkdir`` first, so no folder of the
+    user's is replaced: a rename onto an empty folder replaces it."""
+    for number in range(1, 100):
+        kept = target.with_name(f"{target.name}.new" + (f"-{number}" if number > 1 else ""))
+        try:
+            kept.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            break
+        os.replace(temporary, kept)
+        _sync_folder(target.parent)
+        return kept
+    kept = Path(tempfile.mkdtemp(prefix="vbsnmf-new-", dir=target.parent))
+    os.replace(temporary, kept)
+    _sync_folder(target.parent)
+    return kept
 
 
 # Linux's renameat2: its RENAME_EXCHANGE swaps two paths atomically.

@@ -583,6 +583,8 @@ class VBNMF(Estimator):
         entropy = seed_entropy(self.random_state)
         # Before the fit, as scikit-learn validates X: mixed column names are refused.
         names = feature_names(X)
+        if isinstance(init, VBNMF):  # scikit-learn's error for an estimator not fitted yet
+            check_fitted(init, "cell_shape_")
         if init is not None:
             _check_init_genes(init, names)
         if mask is not None:

@@ -368,7 +368,8 @@ def _add_fit_options(
         "--force",
         action="store_true",
         help="replace an existing OUTDIR that holds an earlier output (only files vbsnmf "
-        "writes; a folder with anything else is refused)",
+        "writes; a folder with anything else is refused, and if such files appear while "
+        "the fit runs, the new output is kept beside it as OUTDIR.new)",
     )
     svi = command.add_argument_group(svi_title)
     svi.add_argument(
@@ -835,7 +836,8 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
 def _outdir_writer(outdir: Path, force: bool):
     """`atomic_directory` for OUTDIR: an earlier OUTDIR that ``--force`` replaces is checked
     again as the new output takes its place (`check_earlier_output`), not only before the
-    work: what the user saved there meanwhile was deleted with it."""
+    work: what the user saved there meanwhile was deleted with it. If it is refused then,
+    the new output is kept beside OUTDIR (`atomic_directory`)."""
     from .io import atomic_directory
     from .io._paths import check_earlier_output
 

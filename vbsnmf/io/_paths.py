@@ -417,15 +417,15 @@ def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None
     if not foreign:
         return
     listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    entries = f"{len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'}"
     if done:
         raise UnsafePathError(
-            f"OUTDIR {outdir} now holds {len(foreign)} entries vbsnmf does not write "
+            f"OUTDIR {outdir} now holds {entries} vbsnmf does not write "
             f"({listed}), put there while this run worked; --force replaces only an earlier "
-            "output, so it was left as it is and the new output discarded: move them and "
-            "run again, or name another OUTDIR"
+            "output, so it was left as it is"
         )
     raise UnsafePathError(
-        f"OUTDIR {outdir} holds {len(foreign)} entries vbsnmf does not write "
+        f"OUTDIR {outdir} holds {entries} vbsnmf does not write "
         f"({listed}); --force replaces only an earlier output: move them or name "
         "another OUTDIR"
     )

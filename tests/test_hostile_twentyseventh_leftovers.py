@@ -7,20 +7,31 @@
 - ``VBNMF().fit(X, init=VBNMF())``, an unfitted donor, raised a TypeError; scikit-learn
   raises ``NotFittedError`` for an estimator used before ``fit``.
 - "holds 1 entries" read as a slip.
+- A conversion (``mtx_to_h5ad``, ``--convert-to``) or ``write_result`` killed by SIGKILL
+  left its hidden temporary, as large as the file, beside the target for good: the next
+  write of the same file removes it (its temporary is locked while it is written).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pytest
+import scipy.io
 import scipy.sparse as sp
 
 from vbsnmf import VBNMF, io
 from vbsnmf._base import NotFittedError
 from vbsnmf.io import UnsafePathError
-from vbsnmf.io._paths import check_earlier_output
+from vbsnmf.io._paths import check_earlier_output, clear_hdf5_leftovers
+from vbsnmf.io._write import atomic_hdf5
 
 
 def _refused_swap(tmp_path, user_files=("notes.txt",)):
@@ -81,3 +92,71 @@ def test_an_unfitted_vbnmf_as_init_is_scikit_learns_not_fitted_error():
     # anything else that is no start keeps its TypeError, which lists what init takes
     with pytest.raises(TypeError, match="init must be a fitted VBNMF"):
         VBNMF(n_components=2).fit(counts, init=object())
+
+
+# -- a killed write of an .h5ad left its temporary, as large as the file, for good -----------
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from vbsnmf.io._write import atomic_hdf5
+
+with atomic_hdf5(Path(sys.argv[1])) as (out, check):
+    out.create_dataset("x", data=np.arange(100_000.0))
+    out.flush()
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+def _aged(path: Path) -> None:
+    """``path`` last changed two minutes ago: leftovers younger than a minute are kept."""
+    old = time.time() - 120
+    os.utime(path, (old, old))
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("write", ["mtx_to_h5ad", "write_result"])
+def test_the_next_write_removes_a_killed_writes_temporary(tmp_path, write):
+    target = tmp_path / "counts.h5ad"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.kill()
+        writer.communicate()
+    (left,) = _temporaries(tmp_path)
+    assert left.startswith(".counts.h5ad.") and left.endswith(".tmp.h5ad")
+    _aged(tmp_path / left)
+    matrix = sp.random(5, 4, density=0.5, format="csc", random_state=0)
+    matrix.data = np.ceil(matrix.data * 10)
+    with pytest.warns(UserWarning, match=rf"removed 1 leftover of killed runs .*{left}"):
+        if write == "mtx_to_h5ad":
+            scipy.io.mmwrite(tmp_path / "m.mtx", matrix)
+            io.mtx_to_h5ad(tmp_path / "m.mtx", target)
+        else:
+            io.write_result(ad.AnnData(matrix.T.tocsr()), target)
+    assert _temporaries(tmp_path) == []
+    assert ad.read_h5ad(target).shape == (4, 5)
+
+
+def test_a_live_writes_temporary_and_a_users_file_of_that_name_are_left(tmp_path):
+    target = tmp_path / "counts.h5ad"
+    users = tmp_path / ".counts.h5ad.abcdefgh.tmp.h5ad"
+    users.write_text("the user's notes")
+    _aged(users)
+    with atomic_hdf5(target) as (out, _):
+        out.create_dataset("x", data=np.arange(10.0))
+        (live,) = set(_temporaries(tmp_path)) - {users.name}
+        _aged(tmp_path / live)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # neither is reported as a leftover
+            clear_hdf5_leftovers(target)
+        assert sorted(_temporaries(tmp_path)) == sorted([live, users.name])
+    assert users.read_text() == "the user's notes"
+    assert _temporaries(tmp_path) == [users.name]

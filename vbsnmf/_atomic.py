@@ -235,7 +235,8 @@ def atomic_file(
     checkpoints included, is written through this. A symbolic link as ``target`` stays:
     the file it points to is replaced. With ``lock``, the temporary file is locked while
     it exists, as `atomic_directory`'s folders are (`clear_temporary`); not for files
-    that HDF5 writes: it locks the files it opens, and would be refused.
+    that HDF5 opens by name: it locks them itself, and would be refused (`atomic_hdf5`
+    hands HDF5 a Python file, which it does not lock).
 
     With ``exclusive``, ``target`` is made as a new file and never replaces one (nor
     follows a link there): the complete file is linked to its name, which fails if

@@ -519,20 +519,51 @@ def _output_patterns() -> list[re.Pattern]:
     return patterns
 
 
-# A checkpoint is an .npz, a zip archive: a killed save's temporary begins as one does.
+# A checkpoint is an .npz, a zip archive; an .h5ad an HDF5 file: a killed write's temporary
+# begins as one does.
 _ZIP_START = b"PK\x03\x04"
+_HDF5_START = b"\x89HDF\r\n\x1a\n"
 
 
 def _partial_checkpoint(file: Path) -> bool:
     """Whether ``file``, named as a checkpoint's temporary, holds what a killed save of one
     leaves: nothing yet, or the start of a zip archive (`numpy.savez`). Its name alone took
     a user's notes of such a name for a killed save's and deleted them."""
+    return _begins_as(file, _ZIP_START)
+
+
+def _partial_hdf5(file: Path) -> bool:
+    """Whether ``file`` holds what a killed write of an HDF5 file leaves: nothing yet, the
+    start of one (h5py writes no user block), or zeros where its superblock goes, which
+    HDF5 writes last, as it closes the file."""
+    return _begins_as(file, _HDF5_START, unwritten=True)
+
+
+def _begins_as(file: Path, signature: bytes, *, unwritten: bool = False) -> bool:
+    """Whether ``file`` is empty or its first bytes are those of ``signature`` (or, with
+    ``unwritten``, zeros)."""
     try:
         with open(file, "rb") as handle:
-            start = handle.read(len(_ZIP_START))
+            start = handle.read(len(signature))
     except OSError:
         return False
-    return _ZIP_START.startswith(start)
+    return signature.startswith(start) or (unwritten and start == bytes(len(start)))
+
+
+def clear_hdf5_leftovers(target: Path) -> None:
+    """Remove the temporaries that killed writes of the HDF5 file ``target`` left beside
+    it (`atomic_file` with ``lock``: its writer gone, unchanged for a minute, holding the
+    start of an HDF5 file; a warning names them): each is as large as the file, and a
+    killed conversion of a large matrix left gigabytes that nothing removed. The
+    command's inputs are never touched; temporaries of live writes are left to them."""
+    target = link_followed(Path(target))
+    clear_leftovers(
+        target,
+        [file_temporary_affixes(target)],
+        folders=False,
+        owned=_with_command_inputs(()),
+        ours=_partial_hdf5,
+    )
 
 
 def _written_by_vbsnmf(folder: Path) -> bool:

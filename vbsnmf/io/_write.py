@@ -35,6 +35,7 @@ from ._paths import (
     LOSS_FILE,
     check_file_name,
     check_folder_name,
+    clear_hdf5_leftovers,
 )
 
 if TYPE_CHECKING:
@@ -555,7 +556,9 @@ def atomic_hdf5(
     ``exclusive``, whose ``created`` it is).
 
     An exception in the block after a failed write becomes that `OSError` (the write
-    explains it); whatever fails, the temporary file is removed and the process lives.
+    explains it); whatever fails, the temporary file is removed and the process lives. A
+    temporary of ``target`` that a killed write left (SIGKILL, a power loss) is removed by
+    the next write of ``target`` (`clear_hdf5_leftovers`).
 
     Ctrl-C and the stop signals are held (`held_signals`) while the file is written and
     handled at ``check`` or at the end, before the rename: HDF5 calls the sink's Python
@@ -565,8 +568,12 @@ def atomic_hdf5(
     import h5py
 
     exclusive = created is not None
+    clear_hdf5_leftovers(target)
+    # Locked while it exists, so that a later write tells a killed one's temporary from a
+    # live one's. h5py writes through `_Sink`, a Python file, so HDF5 takes no lock of its
+    # own on it that this one would meet.
     with (
-        atomic_file(target, exclusive=exclusive, created=created) as temporary,
+        atomic_file(target, lock=True, exclusive=exclusive, created=created) as temporary,
         open(temporary, "r+b", buffering=0) as handle,
     ):
         sink = _Sink(handle.fileno(), target)

@@ -10,6 +10,8 @@
 - A conversion (``mtx_to_h5ad``, ``--convert-to``) or ``write_result`` killed by SIGKILL
   left its hidden temporary, as large as the file, beside the target for good: the next
   write of the same file removes it (its temporary is locked while it is written).
+- A classical `NMF.transform` of zeros under a loss undefined there advised "use weights",
+  which transform does not take.
 """
 
 from __future__ import annotations
@@ -160,3 +162,22 @@ def test_a_live_writes_temporary_and_a_users_file_of_that_name_are_left(tmp_path
         assert sorted(_temporaries(tmp_path)) == sorted([live, users.name])
     assert users.read_text() == "the user's notes"
     assert _temporaries(tmp_path) == [users.name]
+
+
+# -- transform under a loss undefined at zero advised weights, which it does not take -------
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_transform_of_zeros_under_itakura_saito_does_not_advise_weights(kind):
+    from vbsnmf import NMF
+
+    rows = np.random.default_rng(0).uniform(1.0, 2.0, (20, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged in 20 iterations
+        model = NMF(2, loss="itakura-saito", max_iter=20, random_state=0).fit(rows)
+    rows[0, 0] = 0.0
+    new = rows if kind == "dense" else sp.csr_matrix(rows)
+    with pytest.raises(ValueError, match="transform takes no weights") as raised:
+        model.transform(new)
+    assert "use weights" not in str(raised.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rows not converged in 20 iterations
+        assert model.transform(rows[1:]).shape == (19, 2)  # rows without zeros: transformed

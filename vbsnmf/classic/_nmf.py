@@ -31,7 +31,7 @@ from ._data import ClassicData
 from ._mu import fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
-from .losses import LossSpec, resolve_loss
+from .losses import LossSpec, UndefinedAtZeroError, resolve_loss
 
 
 class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -205,7 +205,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         spec = self._check_params()
         check_feature_names(self, X)  # columns in another order would be fitted as they lie
-        data = ClassicData.build(X, None, spec)
+        try:
+            data = ClassicData.build(X, None, spec)
+        except UndefinedAtZeroError:  # its advice, weights, is not for transform
+            raise UndefinedAtZeroError(
+                f"X has zeros, where loss {spec.name!r} (alpha={spec.alpha}, "
+                f"beta={spec.beta}) is undefined (p = 0); transform takes no weights to "
+                "exclude them: transform rows without zeros, or fit a loss defined at zero"
+            ) from None
         if data.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "

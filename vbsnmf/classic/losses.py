@@ -440,10 +440,15 @@ def _dense_operand(array, name: str) -> np.ndarray:
 # ---- D(X, W H) without forming W H ------------------------------------------------------
 
 
+class UndefinedAtZeroError(ValueError):
+    """The data has zeros that count, and the loss is undefined at p = 0."""
+
+
 def check_defined_at_zeros(spec: LossSpec, has_zeros: bool) -> None:
-    """Raise if the data has zeros that count and the loss is undefined at p = 0."""
+    """Raise `UndefinedAtZeroError` if the data has zeros that count and the loss is
+    undefined at p = 0."""
     if has_zeros and spec.zero_power is None:
-        raise ValueError(
+        raise UndefinedAtZeroError(
             f"loss {spec.name!r} (alpha={spec.alpha}, beta={spec.beta}) is undefined where "
             "the data is zero (p = 0): it needs alpha > 0 and alpha + beta > 0; use weights "
             "to exclude the zeros or choose another loss"

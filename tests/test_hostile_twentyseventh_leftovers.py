@@ -12,6 +12,8 @@
   write of the same file removes it (its temporary is locked while it is written).
 - A classical `NMF.transform` of zeros under a loss undefined there advised "use weights",
   which transform does not take.
+- Counts near 1e-250 under the learned prior let numpy's "divide by zero" RuntimeWarning
+  through before the typed FloatingPointError.
 """
 
 from __future__ import annotations
@@ -181,3 +183,13 @@ def test_transform_of_zeros_under_itakura_saito_does_not_advise_weights(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rows not converged in 20 iterations
         assert model.transform(rows[1:]).shape == (19, 2)  # rows without zeros: transformed
+
+
+def test_counts_near_1e_250_are_one_typed_error_without_numpys_warning():
+    counts = sp.random(30, 12, density=0.5, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10) * 1e-250
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # not counts; not converged
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "divide by zero in log"
+        with pytest.raises(FloatingPointError, match="counts on an extreme scale"):
+            VBNMF(2, max_iter=5).fit(counts)

@@ -373,10 +373,11 @@ def gamma_kl_entries(
     shape = np.asarray(shape, dtype=np.float64)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), shape.shape)
     digamma_shape = _elementwise(digamma, shape) if digamma_shape is None else digamma_shape
-    log_rate = np.log(rate) if log_rate is None else log_rate
-    # Beyond the float range (a damaged checkpoint's q) the KL is inf or NaN, which the fit
-    # then refuses in one message (`finite_elbo`), not after numpy's warning.
-    with np.errstate(over="ignore", invalid="ignore"):
+    # Beyond the float range (a damaged checkpoint's q, a rate of 0 learned from counts near
+    # 1e-250) the KL is inf or NaN, which the fit then refuses in one message
+    # (`finite_elbo`), not after numpy's warning.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        log_rate = np.log(rate) if log_rate is None else log_rate
         return (
             (shape - prior_shape) * digamma_shape
             - _elementwise(gammaln, shape)

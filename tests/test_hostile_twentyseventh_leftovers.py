@@ -14,6 +14,7 @@
   which transform does not take.
 - Counts near 1e-250 under the learned prior let numpy's "divide by zero" RuntimeWarning
   through before the typed FloatingPointError.
+- ``write_nmf_tables`` wrote a name holding NUL as it is; readers cut it there.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from vbsnmf import VBNMF, io
+from vbsnmf import VBNMF, io, tl
 from vbsnmf._base import NotFittedError
 from vbsnmf.io import UnsafePathError
 from vbsnmf.io._paths import check_earlier_output, clear_hdf5_leftovers
@@ -193,3 +195,23 @@ def test_counts_near_1e_250_are_one_typed_error_without_numpys_warning():
         warnings.simplefilter("error", RuntimeWarning)  # numpy's "divide by zero in log"
         with pytest.raises(FloatingPointError, match="counts on an extreme scale"):
             VBNMF(2, max_iter=5).fit(counts)
+
+
+def test_tables_refuse_a_name_with_a_nul_that_would_be_read_back_cut(tmp_path):
+    counts = sp.random(30, 12, density=0.5, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    adata = ad.AnnData(counts)
+    names = [f"c{i}" for i in range(30)]
+    names[1] = 'x\ny\tz"'  # quoted, and read back as it was: a guard
+    adata.obs_names = names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged in 3 iterations
+        tl.nmf(adata, 2, max_iter=3)
+    io.write_nmf_tables(adata, tmp_path)
+    table = pd.read_csv(tmp_path / "cell_factors.tsv.gz", sep="\t", index_col=0)
+    assert table.index.tolist() == names
+    (tmp_path / "tables").mkdir()
+    adata.obs_names = ["a\x00b", *names[1:]]  # pandas read it back as "a"
+    with pytest.raises(ValueError, match="holds a NUL character"):
+        io.write_nmf_tables(adata, tmp_path / "tables")
+    assert os.listdir(tmp_path / "tables") == []

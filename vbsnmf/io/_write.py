@@ -86,7 +86,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     ValueError
         The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has, or its cell
         factors or gene loadings hold NaN rows (cells or genes that
-        ``anndata.concat(..., join="outer")`` joined to the fit); nothing is written.
+        ``anndata.concat(..., join="outer")`` joined to the fit), or a cell or gene name
+        holds a NUL character, which a text table cannot carry; nothing is written.
     UnsafePathError
         ``folder`` is an empty name, which `pathlib` takes for the current folder (nothing
         is written).
@@ -215,8 +216,9 @@ def _warn_of_another_trace(folder: Path, written: str) -> None:
 # Rows of a table formatted at a time by `write_tsv`: memory stays bounded for a million
 # cells, and ``check`` runs often enough to stop a long write.
 _TSV_ROWS = 1 << 14
-# The characters that make a field quoted: the separator, line breaks, the quote itself.
-_NEEDS_QUOTES = re.compile('[\t\n\r"]')
+# The characters that make a field quoted: the separator, line breaks, the quote itself;
+# and NUL, which `_tsv_field` refuses.
+_NEEDS_QUOTES = re.compile('[\t\n\r"\x00]')
 
 
 def write_tsv(
@@ -298,9 +300,21 @@ def _tsv_column(values: pd.Series | pd.Index, float_format: str) -> list[str]:
 
 def _tsv_field(text: str) -> str:
     """``text`` as one field of a tab-separated file: in quotes, its own quotes doubled, when
-    it holds a tab, a line break or a quote."""
+    it holds a tab, a line break or a quote.
+
+    Raises
+    ------
+    ValueError
+        ``text`` holds a NUL character: readers (pandas, R) end the field there, so the
+        name would be read back cut (``"a\x00b"`` as ``"a"``), as no quoting prevents.
+    """
     if _NEEDS_QUOTES.search(text) is None:
         return text
+    if "\x00" in text:
+        raise ValueError(
+            f"the name {text!r} holds a NUL character, which a text table cannot carry "
+            "(readers end the name there): rename it"
+        )
     return '"' + text.replace('"', '""') + '"'
 
 

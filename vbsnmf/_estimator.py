@@ -1445,6 +1445,11 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
 
     if "solver" in params:
         raise TypeError("fit_dask and fit_svi_dask choose their solver; drop solver=")
+    if "mask" in params:  # VBNMF.fit's argument: VBNMF(mask=...) failed as "unexpected keyword"
+        raise ValueError(
+            "mask= (missing entries) is supported by batch VB on a matrix in memory, not on "
+            "a dask X: compute X into memory and fit it by VBNMF.fit(X, mask=...)"
+        )
     if isinstance(init, str):  # VBNMF's init= (how to start), as fit_svi_dask takes it
         params, init = {**params, "init": init}, None
     model = VBNMF(n_components, solver=solver, **params)
@@ -1453,8 +1458,19 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
     _check_random_start(settings.init, "dask")
     callback = check_callback(callback)
     entropy = seed_entropy(model.random_state)
+    names = _anndata_gene_names(X)
     X = _dask.cells_x_genes(X)
+    if init is not None and solver == "batch":  # as VBNMF.fit checks a warm start's genes
+        _check_init_genes(init, names)  # (SVI on Dask refuses a start, in `_dask_fit`)
     return _dask_fit(settings, X, init, callback, entropy, client)
+
+
+def _anndata_gene_names(X) -> np.ndarray | None:
+    """The gene names of `fit_dask`'s ``X``: an AnnData's ``var_names`` (its X a dask
+    array), None for a dask array, which has none."""
+    if hasattr(X, "obs_names") and hasattr(X, "var_names"):
+        return np.asarray(X.var_names, dtype=object)
+    return None
 
 
 _FITS = {

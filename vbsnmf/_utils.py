@@ -131,20 +131,30 @@ def compute_dask(*arrays) -> list[np.ndarray]:
     "threads")``) knows none of them and failed with "Missing dependency"."""
     import dask
 
-    # distributed says only "Client is closed"; the arrays went with its workers
-    scheduler = futures_holder(
-        arrays,
-        "the dask.distributed client that holds the fit's cells is closed, and the cells' "
-        "arrays went with it: gather them (DaskFitResult.gather()) before closing the "
-        "client, or fit again",
-    )
+    # distributed says only "Client is closed" or "lost dependencies"
+    scheduler = futures_holder(arrays, CELLS_CLOSED, CELLS_DROPPED)
     return [np.asarray(array) for array in dask.compute(*arrays, scheduler=scheduler)]
 
 
-def futures_holder(arrays, closed: str):
+# What `compute_dask` says of a distributed fit's cells that its cluster no longer holds.
+CELLS_CLOSED = (
+    "the dask.distributed client that holds the fit's cells is closed, and the cells' "
+    "arrays went with it: gather them (DaskFitResult.gather()) before closing the "
+    "client, or fit again"
+)
+CELLS_DROPPED = (
+    "the fit's cells were dropped from the dask.distributed cluster since (client.restart() "
+    "drops every result it holds): gather them (DaskFitResult.gather()) before restarting "
+    "the workers, or fit again"
+)
+
+
+def futures_holder(arrays, closed: str, dropped: str):
     """The dask.distributed client holding the futures that ``arrays`` (a dask array or a
     tuple of them) read, or None when they read none; a closed one is a `ValueError` saying
-    ``closed``, as the arrays' chunks went with it."""
+    ``closed``, as the arrays' chunks went with it, and so is a cancelled future (by
+    ``client.restart()``: distributed's FutureCancelledError "lost dependencies" named
+    neither), saying ``dropped``."""
     if "distributed" not in sys.modules:  # futures exist only once distributed is loaded
         return None
     from distributed import futures_of
@@ -155,6 +165,8 @@ def futures_holder(arrays, closed: str):
     holder = futures[0].client
     if holder.status in ("closing", "closed"):
         raise ValueError(closed)
+    if any(future.cancelled() for future in futures):
+        raise ValueError(dropped)
     return holder
 
 

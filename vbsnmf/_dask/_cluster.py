@@ -141,14 +141,17 @@ def cells_x_genes(X):
 
 def futures_holder(X, name: str = "X"):
     """The dask.distributed client holding the futures the dask array ``X`` reads (the
-    chunks of ``X.persist()``), or None when it reads none. A closed one is a `ValueError`
-    naming ``X`` as ``name``: the chunks went with it, and reading them failed with dask's
-    "Missing dependency" or distributed's "lost dependencies"."""
+    chunks of ``X.persist()``), or None when it reads none. A closed one, or chunks it
+    dropped (``client.restart()``), is a `ValueError` naming ``X`` as ``name``: reading
+    them failed with dask's "Missing dependency" or distributed's "lost dependencies"."""
     return _utils.futures_holder(
         X,
         f"{name} reads chunks persisted on a dask.distributed client that is closed, and "
         f"the chunks went with it: build {name} again from its source (persist it, if at "
         "all, on an open client)",
+        f"{name} reads chunks persisted on a dask.distributed cluster that dropped them "
+        f"since (client.restart() drops every persisted chunk): build {name} again from "
+        "its source (and persist it again)",
     )
 
 
@@ -301,6 +304,8 @@ def start_blocks(
     """Futures of a given start's per-cell array (cells x K, or one value per cell) per
     chunk, from a numpy or dask array; keys ``{prefix}-{name}-{chunk}``."""
     da = dask_array_module()
+    if isinstance(init_array, da.Array):  # cells the cluster dropped: named, not "lost"
+        _utils.futures_holder(init_array, _utils.CELLS_CLOSED, _utils.CELLS_DROPPED)
     if isinstance(init_array, da.Array) and _reads_futures_of_another(init_array, client):
         # A result of another client (a fit on another cluster, or one since closed): this
         # client's scheduler knows none of its keys and cancelled the fit's first sums

@@ -13,7 +13,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import anndata_x, is_dask_array, one_launch_at_a_time
-from .._validation import CorruptMatrixError, CountRangeError, check_counts, check_flag
+from .._validation import (
+    CorruptMatrixError,
+    CountRangeError,
+    check_counts,
+    check_flag,
+    refuse_masked,
+)
 
 
 def _is_backed(matrix) -> bool:
@@ -175,6 +181,9 @@ def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray
     """`_tallies` of one chunk of cells, checked as `check_counts` checks a block of a
     streamed matrix (positions in messages are the whole matrix's), as a 1 x 2 block."""
     first_row = block_info[0]["array-location"][0][0]
+    # before check_counts, whose advice (X.filled(0), VBNMF.fit(X, mask=...)) a dask X
+    # cannot take: it has no filled method, and its fits take no mask
+    refuse_masked(block, source, f"pass its counts as dask.array.ma.filled({source}, 0)")
     checked = check_counts(
         block, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
     )

@@ -106,11 +106,12 @@ def nmf(
     ----------
     adata
         Cells x genes. Sparse, dense, backed or dask ``X`` (never densified). A backed
-        AnnData (``anndata.read_h5ad(path, backed="r")``) with ``solver="svi"`` is
-        streamed from disk a minibatch of cells at a time (its ``X``, stored as CSR;
-        memory does not grow with the nonzeros). A dask ``X`` is fitted where its chunks
-        are (`vbsnmf.fit_dask`), and only the results come into memory (the ``.obsm``
-        arrays below, cells x K). Otherwise ``X`` is read into memory.
+        AnnData (``anndata.read_h5ad(path, backed="r")``) with ``solver="svi"`` (its
+        default ``svi_form="cells"``) is streamed from disk a minibatch of cells at a time
+        (its ``X``, stored as CSR; memory does not grow with the nonzeros). A dask ``X``
+        is fitted where its chunks are (`vbsnmf.fit_dask`), and only the results come
+        into memory (the ``.obsm`` arrays below, cells x K). Otherwise ``X`` is read into
+        memory.
     n_components
         Number of factors K. With the Gamma prior, K is an upper bound: factors the data
         do not need are switched off (see ``active`` below).
@@ -266,10 +267,25 @@ def nmf(
     else:
         check_writable(adata)
     keys = FitKeys.of(key_added)
-    streamed = solver == "svi" and adata.isbacked and layer is None and not use_raw
+    gene_side = adata.raw if use_raw else adata  # None: select_counts says so
+    if gene_side is not None and gene_side.var.index.name == keys.total_counts:
+        # anndata cannot write a column named as the index: the fit's AnnData could not be
+        # saved (as the command line refuses it)
+        where = "adata.raw.var" if use_raw else "adata.var"
+        raise ValueError(
+            f"{where}'s index is named {keys.total_counts!r}, the column of total counts the "
+            "fit adds, which an .h5ad cannot hold beside it: rename the index "
+            f"({where}.index.name = None) or pass another key_added"
+        )
+    # SVI's cells form reads a minibatch of cells at a time; its nonzeros forms, as batch
+    # VB, fit counts in memory (they refused a file: "for batch VB read it into memory").
+    cells_form = solver == "svi" and fit_params.get("svi_form", "cells") == "cells"
+    streamed = cells_form and adata.isbacked and layer is None and not use_raw
     if streamed:
         if anndata_x(adata) is None:  # as select_counts refuses an AnnData in memory
             raise ValueError("adata.X is None; pass layer= to name the counts")
+        # before the pass over the file that sums the genes, as in memory before the check
+        check_n_components(n_components, adata.shape)
         if mask_var is not None:
             raise ValueError(
                 "mask_var subsets the genes of counts in memory; a backed AnnData is "
@@ -322,7 +338,7 @@ def nmf(
         # a dask array is checked chunk by chunk on its workers: the client never loads it
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
-        check_n_components(n_components, matrix.shape)
+        _check_masked_n_components(n_components, matrix.shape, fitted_genes)
         gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
@@ -458,6 +474,21 @@ def _check_masked_weights(weights, fitted_genes: np.ndarray, shape: tuple[int, i
             f"{shape[1]} of them: pass the weights of the fitted genes, "
             "weights[:, mask] with mask the boolean array of mask_var"
         )
+
+
+def _check_masked_n_components(n_components, shape: tuple[int, int], fitted_genes) -> None:
+    """`check_n_components` on the counts fitted (cells x the genes of ``fitted_genes``, the
+    mask_var, when given): a K only the mask puts out of range is said to be so; "a matrix of
+    shape (n, 4)" named a matrix the user never passed."""
+    try:
+        check_n_components(n_components, shape)
+    except ValueError as error:
+        if fitted_genes is None or n_components > min(fitted_genes.size, shape[0]):
+            raise
+        raise ValueError(
+            f"{error}: the cells x the {shape[1]} genes mask_var selects (of "
+            f"{fitted_genes.size}); select more genes or fit fewer factors"
+        ) from None
 
 
 def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
@@ -698,8 +729,11 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     # A cell without counts fits best at zero factors, where "mu", "hals" and "als" leave
     # it; "ipg" and "gd" stop near it (1e-21), and its usages were an arbitrary mix. With a
     # lower bound epsilon the best is the bound (zero once thinned), not below it.
+    # Entries a factor_mask over W holds at zero stay there: the bound is of the others.
     floor = 0.0 if model.thin else float(model.epsilon)
-    cell_factors[np.asarray(matrix.sum(axis=1)).ravel() == 0] = floor
+    empty = np.asarray(matrix.sum(axis=1)).ravel() == 0
+    w_mask, _ = model._factor_masks(*matrix.shape, model.n_components_)
+    cell_factors[empty] = floor if w_mask is None else floor * w_mask[empty]
     return cell_factors, np.asarray(model.components_, dtype=np.float64).T, info
 
 

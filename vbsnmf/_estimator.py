@@ -37,7 +37,7 @@ from ._batch import (
 )
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._data import CountData, as_count_data
-from ._memory import check_fit_memory
+from ._memory import check_cells_form_memory, check_fit_memory
 from ._model import (
     FitResult,
     GammaPrior,
@@ -793,8 +793,11 @@ def _fit_checked(
 
 def _check_memory(settings: FitSettings, X, init) -> None:
     """The memory guard of a fit that copies all the counts (batch VB, the nonzero forms of
-    SVI); the cells form reads a minibatch of cells at a time."""
+    SVI); the cells form reads a minibatch of cells at a time, but holds every cell's
+    factors (`_check_cells_form_memory`)."""
     if settings.solver == "svi" and settings.svi_form == "cells":
+        if sp.issparse(X) or isinstance(X, np.ndarray):  # others: the validation explains
+            _check_cells_form_memory(settings, X.shape)
         return
     check_fit_memory(
         X,
@@ -804,6 +807,18 @@ def _check_memory(settings: FitSettings, X, init) -> None:
         n_init=settings.n_init if init is None else 1,
         learned_prior=isinstance(settings.prior, HierarchicalPrior),
     )
+
+
+def _check_cells_form_memory(settings: FitSettings, shape) -> None:
+    """`vbsnmf._memory.check_cells_form_memory` for a fit of ``settings`` on cells x genes
+    ``shape``."""
+    if len(shape) == 2 and 1 <= settings.n_components <= min(shape):  # else: K's own error
+        check_cells_form_memory(
+            shape,
+            settings.n_components,
+            dtype=settings.dtype,
+            learned_prior=isinstance(settings.prior, HierarchicalPrior),
+        )
 
 
 def _fit_counts(
@@ -888,9 +903,15 @@ def _fit_stream(settings: FitSettings, X, init, callback, entropy) -> tuple[FitR
         )
     declared = declared_shape(X)
     if declared is not None:  # a K out of range refused before minutes of conversion
+        # an empty matrix as such, not as a K out of range (as `_fit_dask` checks it)
+        check_not_empty(declared, str(X))
         check_n_components(settings.n_components, declared)
+        _check_cells_form_memory(settings, declared)
     with open_source(X) as source:
+        check_not_empty(source.shape, source.name)
         check_n_components(settings.n_components, source.shape)
+        # before the pass over the file (minutes on an atlas), not by the OOM killer after
+        _check_cells_form_memory(settings, source.shape)
         check_fixed_prior_range(source.shape, settings.prior, settings.dtype)
         counts = scan_blocks(
             source.iter_blocks(EVAL_BLOCK_ROWS), source.shape, source.name, settings.dtype

@@ -457,10 +457,11 @@ def sparse_frame_as_coo(X):
 
 
 def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
-    """A `TypeError` naming a path or an AnnData given where a matrix is expected (numpy's
-    conversion said "could not convert string to float" or "setting an array element with
-    a sequence"); ``reading`` and ``fitting`` end the advice on each (how else to read the
-    file, which arguments of `vbsnmf.tl.nmf` fit the AnnData); None is named as such."""
+    """A `TypeError` naming a path, an AnnData or a sparse matrix's stored group given
+    where a matrix is expected (numpy's conversion said "could not convert string to
+    float", "setting an array element with a sequence" or "must be 2-D"); ``reading``
+    and ``fitting`` end the advice on each (how else to read the file, which arguments of
+    `vbsnmf.tl.nmf` fit the AnnData); None is named as such."""
     if X is None:  # np.asarray(None) is a 0-D object array: "shape ()" would say nothing
         raise TypeError(f"{name} is None: pass a count matrix (cells x genes)")
     if isinstance(X, (str, os.PathLike)):
@@ -474,6 +475,20 @@ def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
             f"with vbsnmf.tl.nmf(adata{fitting}), which stores the result in it"
         )
     refuse_closed_file(X, name)
+    if _is_stored_sparse_group(X):
+        raise TypeError(
+            f"{name} is a sparse matrix stored in a file (an HDF5 or zarr group), not a "
+            "matrix: read it into memory with anndata.io.read_elem(group), or stream it "
+            "with VBNMF(solver='svi').fit(anndata.io.sparse_dataset(group))"
+        )
+
+
+def _is_stored_sparse_group(X) -> bool:
+    """An h5py or zarr group holding a sparse matrix as anndata stores one (numpy read it
+    as the array of its member names, "must be 2-D, got an array of shape (3,)")."""
+    if type(X).__module__.split(".")[0] not in ("h5py", "zarr") or not hasattr(X, "keys"):
+        return False
+    return {"data", "indices", "indptr"} <= set(X.keys())
 
 
 def refuse_closed_file(X, name: str = "X") -> None:

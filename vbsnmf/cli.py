@@ -947,9 +947,11 @@ def _matrix_market_header(source: Path, kind: str):
 
 
 def _check_n_components_fits(args, header) -> None:
-    """-k against the cells and genes that the Matrix Market ``header`` declares, before
-    the conversion: the fit refused it only once the whole matrix was converted (minutes
-    for a large one), after saying it was converted into an OUTDIR that never appeared."""
+    """-k, and the memory of every cell's factors, against the cells and genes that the
+    Matrix Market ``header`` declares, before the conversion: the fit refused it only once
+    the whole matrix was converted (minutes for a large one), after saying it was
+    converted into an OUTDIR that never appeared."""
+    from ._memory import check_cells_form_memory
     from ._validation import check_n_components
 
     n_rows, n_cols = header.size[:2]
@@ -958,6 +960,10 @@ def _check_n_components_fits(args, header) -> None:
         check_n_components(args.n_components, cells_by_genes)
     except ValueError as error:
         raise UsageError(_option_names(str(error))) from None
+    # every cell's factors must fit in memory (the fit checks it after the conversion)
+    check_cells_form_memory(
+        cells_by_genes, args.n_components, dtype="float64", learned_prior=args.prior != "gamma"
+    )
 
 
 def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted, created):

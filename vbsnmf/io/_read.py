@@ -223,10 +223,17 @@ def _is_anndata(handle) -> bool:
     encoding says so (a str, or bytes as writers of fixed-length strings store it), or it
     holds obs and var (files of anndata before 0.7 have no encoding). Read as Cell
     Ranger's, such a file named ``.h5`` was refused as "not a Cell Ranger .h5"."""
-    encoding = handle.attrs.get("encoding-type", "")
+    return encoding_of(handle) == "anndata" or {"obs", "var"} <= set(handle.keys())
+
+
+def encoding_of(element, default: str = "") -> str:
+    """The ``encoding-type`` attribute of a stored AnnData element (``default`` without
+    one), as a str: writers of fixed-length strings store it as bytes, which anndata
+    reads as the same encoding and a comparison with a str took for another."""
+    encoding = element.attrs.get("encoding-type", default)
     if isinstance(encoding, bytes):
         encoding = encoding.decode("utf-8", errors="replace")
-    return encoding == "anndata" or {"obs", "var"} <= set(handle.keys())
+    return encoding
 
 
 def read_10x(folder: str | os.PathLike):
@@ -527,7 +534,7 @@ def check_obs_var(path: Path, store) -> None:
         stored = store.get(table)
         if stored is None:
             raise ReadError(path, f"has no {table} table, which names the {named}: {_DAMAGED}")
-        if stored.attrs.get("encoding-type") != "dataframe":
+        if encoding_of(stored) != "dataframe":
             continue
         index = stored.attrs.get("_index")
         if index is None or index not in stored:

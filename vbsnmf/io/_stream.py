@@ -133,7 +133,9 @@ class StoredRowsSource(CellSource):
     def __init__(self, group, owner=None):
         from anndata.io import sparse_dataset
 
-        encoding = group.attrs.get("encoding-type", "csr_matrix")
+        from ._read import encoding_of
+
+        encoding = encoding_of(group, "csr_matrix")
         if encoding != "csr_matrix":
             raise ValueError(
                 f"streaming needs cells as CSR rows; the stored matrix is {encoding!r} "
@@ -259,12 +261,14 @@ def _x_read_errors(name):
 
 
 def _float_csr(block) -> sp.csr_array:
-    """``block`` in the dtypes every source gives: float64 values, int32 indices, int64
-    row pointers."""
+    """``block`` in the dtypes every source gives: float64 values, int64 indices and row
+    pointers (scipy gives indices the pointers' dtype). Cast to int32 first, a stored
+    index of 2**32 + j wrapped to the valid gene j and was fitted as it; as int64 the
+    count check (`scan_blocks`) refuses it as outside the matrix."""
     return sp.csr_array(
         (
             block.data.astype(np.float64, copy=False),
-            block.indices.astype(np.int32, copy=False),
+            block.indices.astype(np.int64, copy=False),
             block.indptr.astype(np.int64, copy=False),
         ),
         shape=block.shape,
@@ -408,14 +412,14 @@ def read_h5ad_backed(path: str | os.PathLike):
     import anndata as ad
     import h5py
 
-    from ._read import anndata_errors, check_hdf5
+    from ._read import anndata_errors, check_hdf5, encoding_of
 
     path = Path(path)
     check_hdf5(path, "h5ad")
     with anndata_errors(path, ".h5ad file"):
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
-            encoding = stored.attrs.get("encoding-type", "") if stored is not None else ""
+            encoding = encoding_of(stored) if stored is not None else ""
             if encoding == "csr_matrix":
                 # anndata opens it backed trusting X's shape attribute (a phantom
                 # [30, 10**6] would fit a million genes) and casts its indices to integers
@@ -444,6 +448,8 @@ def _check_raw(store, path: Path) -> None:
     length, as anndata requires when it reads the file (a backed open does not look)."""
     import h5py
 
+    from ._read import encoding_of
+
     raw = store.get("raw")
     if not isinstance(raw, h5py.Group) or "X" not in raw:
         return
@@ -460,7 +466,7 @@ def _check_raw(store, path: Path) -> None:
         lengths = (_table_length(store, "obs"), _table_length(raw, "var"))
         _check_fits(shape, *lengths, what="raw/X's shape")
         if isinstance(stored, h5py.Group):
-            axis = 1 if stored.attrs.get("encoding-type", "") == "csc_matrix" else 0
+            axis = 1 if encoding_of(stored) == "csc_matrix" else 0
             if stored["indptr"].shape != (shape[axis] + 1,):
                 raise ValueError(
                     f"raw/X: corrupt sparse matrix: {stored['indptr'].shape[0]} pointers "

@@ -491,8 +491,9 @@ def random_start(
     mean count ``sum y / prod_d n_d`` (floored, the start's expected total bounded:
     `_model.start_factor_mean`). Under the learned ``prior`` each index's rates come
     from its total instead (`_model.learned_start_rates` for D modes: the start's mean is
-    the independence fit) with its scales at their optimum (`_model.learned_start_scale`).
-    For D = 2 this is `_model.random_start`, bitwise, under either prior.
+    the independence fit; a tensor without counts: `learned_start_total`) with its scales
+    at their optimum (`_model.learned_start_scale`). For D = 2 this is
+    `_model.random_start`, bitwise, under either prior.
     """
     total = float(data.counts.sum())
     shapes = [
@@ -503,6 +504,7 @@ def random_start(
         rate = _model.start_rate(data.shape, total, n_components, dtype)
         return TensorParams(shapes, [rate.copy() for _ in data.shape])
     n_modes = data.n_modes
+    total = learned_start_total(data, n_components)
     rates, scales = [], []
     for shape, totals in zip(shapes, mode_totals(data)):
         rate = _model.learned_start_rates(totals, total, n_components, dtype, n_sides=n_modes)
@@ -511,6 +513,23 @@ def random_start(
             _model.learned_start_scale(shape, rate, totals, total, prior, n_sides=n_modes)
         )
     return TensorParams(shapes, rates, scales)
+
+
+def learned_start_total(data: TensorData, n_components: int) -> float:
+    """The grand total T the learned prior's start divides each index's total by
+    (`_model.learned_start_rates`): the tensor's, or for a tensor of 3 or more modes
+    without counts the T that puts every factor's mean where the fixed prior's start puts
+    it (`_model.start_factor_mean`, bounded). Each index's total is then 1
+    (`_model.TotalsSummary.floor`), so its factors' mean is ``1 / (K T^((D - 1) / D))``;
+    from T's floor of 1e-12 that start expected some 1e49 counts of a 4 x 4 x 4 x 4 x 4
+    tensor, beyond float32, and the fit ended in a FloatingPointError. A matrix keeps
+    `VBNMF`'s start."""
+    total = float(data.counts.sum())
+    n_modes = data.n_modes
+    if total > 0 or n_modes == 2:
+        return total
+    mean = _model.start_factor_mean(data.shape, total, n_components)
+    return (1.0 / (n_components * mean)) ** (n_modes / (n_modes - 1))
 
 
 def learned_slices_start(
@@ -526,7 +545,7 @@ def learned_slices_start(
     at the prior mean b' of `_model.start_scale_template`, with the rates that go with
     them; the sums its hyperparameters are learned from; the minibatch generator."""
     local, n_modes = data.major, data.n_modes
-    total = float(data.counts.sum())
+    total = learned_start_total(data, n_components)
     totals = mode_totals(data)
     shapes, rates, scales = [None] * n_modes, [None] * n_modes, [None] * n_modes
     for d, n_rows in enumerate(data.shape):

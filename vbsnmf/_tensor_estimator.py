@@ -62,10 +62,11 @@ def check_tensor(coords, values=None, shape=None):
     Raises
     ------
     TypeError
-        Coordinates that are not integers (booleans and timedelta64 are not) or are a
-        masked array with masked entries, a 2-D scipy.sparse matrix, values that are not
-        real numbers or are a sparse array, a shape that is not a sequence of integers, or
-        ``values``/``shape`` given with a sparse array.
+        None, a path or an AnnData given as ``coords``; coordinates that are not integers
+        (booleans and timedelta64 are not) or are a masked array with masked entries, a
+        2-D scipy.sparse matrix, values that are not real numbers or are a sparse array, a
+        shape that is not a sequence of integers, or ``values``/``shape`` given with a
+        sparse array.
     ValueError
         Fewer than 2 modes, mismatched lengths, an index outside the shape, a shape
         without room for its indices, negative/NaN/infinite values (the message says how
@@ -74,6 +75,7 @@ def check_tensor(coords, values=None, shape=None):
         values of the length of a row, or without values and shape more columns than
         rows (give the values or the shape to fit fewer entries than modes).
     """
+    _refuse_no_tensor(coords)
     # scipy (1.15 and later) holds an n-D tensor in coo_array; a 2-D one is refused below
     scipy_tensor = sp.issparse(coords) and coords.ndim != 2
     if _is_pydata_sparse(coords) or scipy_tensor:
@@ -100,6 +102,7 @@ def check_tensor(coords, values=None, shape=None):
         )
     # np.asarray drops the mask: the masked entries would be fitted
     refuse_masked(coords, "coords", "leave the masked entries out of coords and values")
+    given = coords
     coords = _as_array(coords, "coords")
     # a dense tensor (or a dense count matrix) passed as X: say how to give its entries
     dense_hint = (
@@ -115,8 +118,11 @@ def check_tensor(coords, values=None, shape=None):
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
         hint = dense_hint if coords.dtype.kind == "f" else ""
-        if coords.dtype == object:  # pandas' nullable Int64 columns come out as objects
+        if coords.dtype == object and hasattr(given, "dtypes"):
+            # pandas' nullable Int64 columns come out as objects
             hint = "; a DataFrame of indices: pass coords.to_numpy(dtype=np.int64)"
+        elif coords.dtype == object:  # Python ints beyond int64, None among the indices
+            hint = "; every index must be an integer between 0 and 2**63 - 1"
         raise TypeError(f"coords must be integer indices, got dtype {coords.dtype}{hint}")
     nnz, n_modes = coords.shape
     if n_modes != nnz and values is not None and np.shape(values) == (n_modes,):
@@ -152,6 +158,26 @@ def check_tensor(coords, values=None, shape=None):
     values = _check_values(values, nnz, coords)
     shape = _check_shape(shape, coords, n_modes, may_be_transposed)
     return coords, values, shape
+
+
+def _refuse_no_tensor(coords) -> None:
+    """A `TypeError` for None, a path or an AnnData given as the tensor, which numpy read as
+    a 0-D array ("got an array of shape ()") or a ragged one ("the maximum number of
+    dimension of 64")."""
+    how = (
+        "a tensor is given as an (nnz, D) integer array of coordinates with their values, "
+        "or as a pydata sparse array"
+    )
+    if coords is None:
+        raise TypeError(f"coords is None: {how}")
+    if isinstance(coords, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"coords is a path ({os.fsdecode(coords)!r}), not a tensor: load it first; {how}"
+        )
+    if all(hasattr(coords, part) for part in ("obs", "var", "X")):  # an AnnData in memory
+        raise TypeError(
+            f"coords is an AnnData, a matrix: fit it with vbsnmf.VBNMF or vbsnmf.tl.nmf; {how}"
+        )
 
 
 def _as_array(value, name: str) -> np.ndarray:

@@ -15,6 +15,7 @@
 - Counts near 1e-250 under the learned prior let numpy's "divide by zero" RuntimeWarning
   through before the typed FloatingPointError.
 - ``write_nmf_tables`` wrote a name holding NUL as it is; readers cut it there.
+- ``VBNMF().fit(b"counts.h5ad")`` said "X must be 2-D, got an array of shape ()".
 """
 
 from __future__ import annotations
@@ -215,3 +216,9 @@ def test_tables_refuse_a_name_with_a_nul_that_would_be_read_back_cut(tmp_path):
     with pytest.raises(ValueError, match="holds a NUL character"):
         io.write_nmf_tables(adata, tmp_path / "tables")
     assert os.listdir(tmp_path / "tables") == []
+
+
+@pytest.mark.parametrize("solver", ["batch", "svi"])
+def test_a_path_given_as_bytes_is_named_not_read_as_a_0d_array(solver):
+    with pytest.raises(TypeError, match=r"X is bytes .*a path is given as a str"):
+        VBNMF(2, solver=solver).fit(b"counts.h5ad")

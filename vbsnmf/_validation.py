@@ -464,6 +464,11 @@ def refuse_path_or_anndata(X, name: str, *, reading: str, fitting: str) -> None:
     `vbsnmf.tl.nmf` fit the AnnData); None is named as such."""
     if X is None:  # np.asarray(None) is a 0-D object array: "shape ()" would say nothing
         raise TypeError(f"{name} is None: pass a count matrix (cells x genes)")
+    if isinstance(X, bytes):  # numpy's 0-D array: "shape ()" would say nothing
+        raise TypeError(
+            f"{name} is bytes ({X[:60]!r}), not a matrix; a path is given as a str or a "
+            "pathlib.Path"
+        )
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
             f"{name} is a path ({os.fspath(X)!r}), not a matrix: read it with "

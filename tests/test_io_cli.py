@@ -898,17 +898,21 @@ def _child(argv, **kwargs) -> subprocess.Popen:
 
 
 # Imported by the child's `site` before anything else: the command's first import of numpy
-# (inside `main`, `build_parser`) takes 5 s longer, so that a Ctrl-C at 0.5 or 1 s lands
-# while the command imports its libraries on any machine. Without it an idle machine with
-# warm caches finished the whole fit of pbmc_tiny within a second, before the signal.
+# (inside `main`, `build_parser`) takes 5 s longer, so that a Ctrl-C 0.5 or 1 s after it
+# began lands while the command imports its libraries on any machine. Without it an idle
+# machine with warm caches finished the whole fit of pbmc_tiny within a second, before the
+# signal. It marks the file VBSNMF_TEST_IMPORTING when the import begins: the test counts
+# its delay from there, as on a loaded machine the interpreter itself could take longer
+# than the delay to start, and a signal before Python handles SIGINT killed it (-2).
 SLOW_NUMPY_IMPORT = """
-import sys, time
+import os, sys, time
 
 
 class _SlowNumpy:
     def find_spec(self, name, path=None, target=None):
         if name == "numpy":
             sys.meta_path.remove(self)
+            open(os.environ["VBSNMF_TEST_IMPORTING"], "w").close()
             time.sleep(5)
         return None
 
@@ -924,10 +928,15 @@ def test_ctrl_c_while_starting_exits_130_with_one_line(tiny_h5ad, tmp_path, dela
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_NUMPY_IMPORT)
     path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    importing = site / "importing"
     process = _child(
         ["fit", tiny_h5ad, *FIT_OPTIONS, "-o", tmp_path / "out"],
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, "VBSNMF_TEST_IMPORTING": str(importing)},
     )
+    deadline = time.monotonic() + 60
+    while not importing.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert importing.exists(), "the command never began to import numpy"
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

@@ -902,8 +902,8 @@ def _child(argv, **kwargs) -> subprocess.Popen:
 # began lands while the command imports its libraries on any machine. Without it an idle
 # machine with warm caches finished the whole fit of pbmc_tiny within a second, before the
 # signal. It marks the file VBSNMF_TEST_IMPORTING when the import begins: the test counts
-# its delay from there, as on a loaded machine the interpreter itself could take longer
-# than the delay to start, and a signal before Python handles SIGINT killed it (-2).
+# its delay from there: on a loaded machine the interpreter itself may take longer than
+# the delay to start, and a signal before Python handles SIGINT kills it (-2).
 SLOW_NUMPY_IMPORT = """
 import os, sys, time
 

@@ -410,7 +410,8 @@ def factors(
         raise ValueError(
             "components= names no factor: pass at least one"
             if chosen
-            else "no factor to draw (none is active; pass components= to choose)"
+            else "no factor to draw: none is active; pass include_inactive=True to draw them "
+            "all, or components= to choose"
         )
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
@@ -572,7 +573,15 @@ def top_genes(
         include_inactive=include_inactive,
     )
     if table.empty:
-        raise ValueError("no factor has genes to show (none is active, or min_counts is high)")
+        # said which of the two it is: "none is active, or min_counts is high"
+        if active_factors(adata, key, include_inactive).size == 0:
+            raise ValueError(
+                "no factor to show: none is active; pass include_inactive=True to show them all"
+            )
+        raise ValueError(
+            f"no gene of the factors shown has a positive loading and min_counts={min_counts} "
+            "counts or more; lower min_counts"
+        )
     names = table["gene"]
     reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
     if not (reads_raw and adata.raw is None):  # else scanpy's own error says so
@@ -748,8 +757,9 @@ def select_k(
     save: bool | str | os.PathLike | None = None,
 ):
     """The K grid of `vbsnmf.tl.select_k`: held-out log-likelihood per count (with one
-    standard error of the difference to the best K), final ELBO and active factors against
-    K, the suggested K marked, as cNMF's ``k_selection_plot``.
+    standard error of the difference to the best K, and the line a K must reach when
+    ``select_k`` was given a ``tolerance``), final ELBO and active factors against K, the
+    suggested K marked, as cNMF's ``k_selection_plot``.
 
     Parameters
     ----------
@@ -766,6 +776,8 @@ def select_k(
     -------
     The three axes, unless shown.
     """
+    from matplotlib.ticker import MaxNLocator
+
     table, ks, suggested = _k_selection(adata, key)
     plt = _pyplot()
     if axes is None:
@@ -777,11 +789,22 @@ def select_k(
         ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
     )
     axes[0].set(xlabel="K", ylabel="nats per count", title="held-out log-likelihood")
+    params = adata.uns[key].get("params")
+    tolerance = params.get("tolerance") if isinstance(params, dict) else None
+    given = isinstance(tolerance, (int, float, np.number)) and not isinstance(tolerance, bool)
+    if given and np.isfinite(tolerance):
+        # a given tolerance, not the standard errors drawn, chose the K: drawn too
+        best = table["heldout_ll_per_count"].max()
+        axes[0].axhline(
+            best - tolerance, color="0.5", linestyle=":", label=f"best - tolerance {tolerance:g}"
+        )
+        axes[0].legend(frameon=False)
     axes[1].plot(ks, table["elbo"], marker="o")
     axes[1].set(xlabel="K", ylabel="nats", title="ELBO")
     axes[2].plot(ks, ks, color="0.7", linestyle=":", label="all K active")
     axes[2].plot(ks, table["n_active"], marker="o", label="active")
     axes[2].set(xlabel="K", ylabel="factors", title="active factors")
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))  # not 2.5 factors
     axes[2].legend(frameon=False)
     for ax in axes:
         ax.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)

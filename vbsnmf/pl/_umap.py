@@ -72,10 +72,12 @@ def umap(
         An ``.obs`` column or a gene, or a list of them (one panel each, as in
         ``sc.pl.umap``); default: each cell's dominant active factor, stored as
         ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and absent; a
-        new fit under ``key`` drops it). ``"leiden"`` without such a column: Leiden
-        clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
-        igraph package), stored as ``.obs['leiden']``. Checked before any work, as
-        ``sc.pl.umap`` looks the names up (a gene of ``.raw`` when adata has one).
+        new fit under ``key`` drops it), whose categories are the factors that dominate
+        some cell; missing for a cell without usage (no counts, under a classical
+        solver). ``"leiden"`` without such a column: Leiden clusters of the same graph
+        (``sc.tl.leiden(flavor="igraph")``, which needs the igraph package), stored as
+        ``.obs['leiden']``. Checked before any work, as ``sc.pl.umap`` looks the names up
+        (a gene of ``.raw`` when adata has one).
     n_neighbors
         Neighbours per cell, at least 2; more than the number of cells minus one is
         lowered to it.
@@ -148,9 +150,16 @@ def umap(
             active = active_factors(adata, key)
             if active.size == 0:
                 active = active_factors(adata, key, include_inactive=True)
-            dominant = usages[:, active].argmax(axis=1)
+            shown = usages[:, active]
+            # -1 (missing) where no active factor has usage (a cell without counts under a
+            # classical solver), which argmax named factor 0
+            dominant = np.where(shown.max(axis=1) > 0, shown.argmax(axis=1), -1)
             names = [f"factor {factor}" for factor in active]
-            adata.obs[dominant_column] = pd.Categorical.from_codes(dominant, categories=names)
+            # only the factors that dominate some cell: the legend listed colours no cell
+            # has, and scanpy's rank_genes_groups and pl.top_genes refused to group by them
+            adata.obs[dominant_column] = pd.Categorical.from_codes(
+                dominant, categories=names
+            ).remove_unused_categories()
             if "written_by" not in info:  # a fit's record (a projection's is not replaced)
                 # named in the fit's record, so that a new fit under the key drops it
                 # (`drop_fit`); a new record, not an edit of it, which a failure puts back

@@ -383,11 +383,25 @@ def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, toleranc
         if tolerance is None
         else f"the given tolerance {tolerance:g}"
     )
+    tolerances = table["tolerance"].to_numpy()
+    # the best's own standard error is 0, which said nothing of the rule ("tolerance 0")
+    applied = (
+        "" if chosen == best and tolerance is None else f"; tolerance {tolerances[chosen]:.3g}"
+    )
     text = (
         f"K={ks[chosen]}: the smallest K whose held-out log-likelihood per count "
         f"({heldout[chosen]:.5f}) is within {rule} of the best ({heldout[best]:.5f} at "
-        f"K={ks[best]}; tolerance {table['tolerance'].iloc[chosen]:.3g})"  # may be ~1e-5
+        f"K={ks[best]}{applied})"  # :.3g, not :.5f: a tolerance may be ~1e-5
     )
+    if chosen > 0:  # why the next smaller K was not suggested
+        below = chosen - 1
+        text += (
+            f"; K={ks[below]} is {heldout[best] - heldout[below]:.3g} below the best, beyond "
+            f"its tolerance {tolerances[below]:.3g}"
+        )
+    n_active = int(table["n_active"].iloc[chosen])
+    if n_active < ks[chosen]:  # the K to fit is not the number of programmes it finds
+        text += f"; {n_active} of its {ks[chosen]} factors are active (the others switched off)"
     if len(ks) == 1:
         text += "; the only K tried, so nothing was compared: pass a grid of K"
     if best == len(ks) - 1 and len(ks) > 1:

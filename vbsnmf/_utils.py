@@ -283,7 +283,7 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
     projection = held_projection(adata, key)
     if projection is not None:
         stated = f"adata holds a projection onto a reference fit (adata.uns[{projection_key!r}], "
-        stated += f"from vbsnmf.tl.project), not a fit of its own, and {needs} is the reference's"
+        stated += f"from vbsnmf.tl.project), not a fit of its own; the reference holds {needs}"
         reference_key = held_reference_key(adata, projection)
         if reference_key is not None:  # the reference projected onto itself, as advised
             raise KeyError(

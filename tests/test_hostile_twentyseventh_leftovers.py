@@ -16,6 +16,8 @@
   through before the typed FloatingPointError.
 - ``write_nmf_tables`` wrote a name holding NUL as it is; readers cut it there.
 - ``VBNMF().fit(b"counts.h5ad")`` said "X must be 2-D, got an array of shape ()".
+- ``pl.elbo``'s gap panel left out the points of a noisy (SVI) trace above its final value
+  without a word (noted by the twenty-eighth pass).
 """
 
 from __future__ import annotations
@@ -222,3 +224,28 @@ def test_tables_refuse_a_name_with_a_nul_that_would_be_read_back_cut(tmp_path):
 def test_a_path_given_as_bytes_is_named_not_read_as_a_0d_array(solver):
     with pytest.raises(TypeError, match=r"X is bytes .*a path is given as a str"):
         VBNMF(2, solver=solver).fit(b"counts.h5ad")
+
+
+def test_pl_elbo_says_how_many_points_above_the_final_value_it_leaves_out():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vbsnmf import pl
+
+    counts = sp.random(30, 12, density=0.5, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    adata = ad.AnnData(counts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged in 6 iterations
+        tl.nmf(adata, 2, max_iter=6, accelerate=False)
+    trace = np.asarray(adata.uns["nmf"]["elbo_trace"], dtype=float)
+    assert np.all(np.diff(trace) > 0)
+    axes = pl.elbo(adata, show=False)
+    assert axes[1].get_title() == "gap to final"  # a monotone trace: every point drawn
+    assert len(axes[1].lines[0].get_xdata()) == trace.size - 1
+    # an SVI-like trace that passes above its final value twice
+    adata.uns["nmf"]["elbo_trace"] = trace[[0, 1, 5, 2, 5, 3]] + np.array([0, 0, 1, 0, 2, 0])
+    axes = pl.elbo(adata, show=False)
+    assert axes[1].get_title() == "gap to final (2 above it, not drawn)"
+    assert len(axes[1].lines[0].get_xdata()) == 3
+    matplotlib.pyplot.close("all")

@@ -279,7 +279,8 @@ def elbo(
     show: bool | None = None,
     save: str | os.PathLike | None = None,
 ):
-    """The ELBO per iteration and, log-scaled, its gap to the final value.
+    """The ELBO per iteration and, log-scaled, its gap to the final value (points of a
+    noisy SVI trace above the final value have none: the panel's title counts them).
 
     Parameters
     ----------
@@ -324,7 +325,11 @@ def elbo(
     axes[1].plot(iterations[positive], gap[positive], marker=".", markersize=3)
     if positive.any():
         axes[1].set_yscale("log")
-    axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title="gap to final")
+    # a noisy (SVI) trace passes above its final value: such points have no log gap, and
+    # leaving them out without a word read as a monotone trace
+    above = int(np.count_nonzero(gap < 0))
+    title = "gap to final" + (f" ({above} above it, not drawn)" if above else "")
+    axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title=title)
     if figure is not None:
         figure.tight_layout()
     return _finish(axes[0].figure, axes, show, save, "elbo")

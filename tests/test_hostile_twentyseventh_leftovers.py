@@ -18,6 +18,8 @@
 - ``VBNMF().fit(b"counts.h5ad")`` said "X must be 2-D, got an array of shape ()".
 - ``pl.elbo``'s gap panel left out the points of a noisy (SVI) trace above its final value
   without a word (noted by the twenty-eighth pass).
+- SVI on counts far below 1 advised only a smaller step or larger minibatches (noted by
+  the twenty-eighth pass); the batch path's message names the count scale.
 """
 
 from __future__ import annotations
@@ -249,3 +251,12 @@ def test_pl_elbo_says_how_many_points_above_the_final_value_it_leaves_out():
     assert axes[1].get_title() == "gap to final (2 above it, not drawn)"
     assert len(axes[1].lines[0].get_xdata()) == 3
     matplotlib.pyplot.close("all")
+
+
+def test_svi_on_counts_far_below_one_names_the_scale_not_only_the_step():
+    counts = sp.random(60, 12, density=0.5, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10) * 1e-180
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not counts
+        with pytest.raises(FloatingPointError, match="counts on an extreme scale, far below 1"):
+            VBNMF(2, solver="svi", n_epochs=3).fit(counts)

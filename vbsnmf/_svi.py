@@ -269,7 +269,8 @@ def _check_finite(arrays: dict[str, np.ndarray]) -> None:
         if array.size and not np.all(np.isfinite(array)):
             raise FloatingPointError(
                 f"an SVI step produced non-finite {name}; lower kappa's step (raise tau) or "
-                "use a larger batch_size"
+                "use a larger batch_size (or, for counts on an extreme scale, far below 1, "
+                "fit raw counts: the model is for counts)"
             )
 
 

@@ -306,7 +306,7 @@ def _tsv_field(text: str) -> str:
     ------
     ValueError
         ``text`` holds a NUL character: readers (pandas, R) end the field there, so the
-        name would be read back cut (``"a\x00b"`` as ``"a"``), as no quoting prevents.
+        name would be read back cut (``"a\\x00b"`` as ``"a"``), as no quoting prevents.
     """
     if _NEEDS_QUOTES.search(text) is None:
         return text

@@ -41,6 +41,9 @@ from . import __version__
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
+# --convert-to's names that `vbsnmf.io.read` reads back as an AnnData (an .h5 holding one
+# is read as such, not as Cell Ranger's)
+CONVERTED_SUFFIXES = (".h5ad", ".h5")
 # --key's default: tl.nmf's default keys (.obsm['X_nmf'], .varm['NMF'], .uns['nmf'])
 DEFAULT_KEY = "nmf"
 # Seeds up to 2**32 - 1: what every method's generator takes (scikit-learn's RandomState).
@@ -192,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="--solver svi on a 10x folder or .mtx: the .h5ad the matrix is converted into "
         "once (vbsnmf.io.mtx_to_h5ad), to stream from and to fit again later; it must not "
-        "exist (default: OUTDIR/counts.h5ad; a dense, array-format matrix is read into "
-        "memory instead)",
+        "exist, and its name ends with .h5ad (default: OUTDIR/counts.h5ad; a dense, "
+        "array-format matrix is read into memory instead)",
     )
     fit.set_defaults(run=_run_fit)
 
@@ -567,9 +570,13 @@ def _fit(
 
     params = _fit_params(args)
     _check_var_index_name(adata, args, anndata_file)
+    # resume=True starts afresh without a checkpoint: say so (a mistyped path resumes
+    # nothing), at the first iteration (or the end of a fit that reported none): said
+    # before, an input the fit then refused left two lines on stderr, the first
+    # announcing a fit that never ran
+    notes = []
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
-        # resume=True starts afresh without one: say so (a mistyped path resumes nothing)
-        _tell(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
+        notes.append(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
     defaults = _estimator_defaults()
     # The callback runs once per iteration (batch) or per epoch (svi); --n-init's starts
     # each count theirs from 1, so the bar adds them up rather than running backwards.
@@ -594,6 +601,7 @@ def _fit(
                 )
         starts["last"] = n_iter
         if not bars:
+            _tell_notes(notes)
             bars.append(
                 tqdm(
                     total=total,
@@ -634,9 +642,16 @@ def _fit(
         finally:
             for bar in bars:
                 bar.close()
+    _tell_notes(notes)
     if not quiet:
         _print_warnings(caught)
     return time.perf_counter() - start
+
+
+def _tell_notes(notes: list) -> None:
+    """Each of ``notes`` on stderr, once: they are emptied."""
+    while notes:
+        _tell(notes.pop(0))
 
 
 def _check_var_index_name(adata, args, anndata_file: str | None) -> None:
@@ -1061,6 +1076,13 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
             )
     if real_path(path) == real_path(outdir):
         raise UsageError(f"--convert-to and -o both name {path}; name a file beside OUTDIR")
+    if not path.name.lower().endswith(CONVERTED_SUFFIXES):
+        # the file is an .h5ad whatever its name, and the readers tell an input's kind by
+        # its name: one named conv.txt was converted, then refused as input by 'vbsnmf fit'
+        raise UsageError(
+            f"--convert-to {path}: name an .h5ad file, which 'vbsnmf fit' can read again "
+            "(the matrix is written as one)"
+        )
     return path
 
 

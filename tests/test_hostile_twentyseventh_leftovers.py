@@ -20,6 +20,8 @@
   without a word (noted by the twenty-eighth pass).
 - SVI on counts far below 1 advised only a smaller step or larger minibatches (noted by
   the twenty-eighth pass); the batch path's message names the count scale.
+- The command line said "the folder F for out does not exist" of a file F, and "1
+  iterations" (both noted by the twenty-eighth pass).
 """
 
 from __future__ import annotations
@@ -260,3 +262,30 @@ def test_svi_on_counts_far_below_one_names_the_scale_not_only_the_step():
         warnings.simplefilter("ignore")  # not counts
         with pytest.raises(FloatingPointError, match="counts on an extreme scale, far below 1"):
             VBNMF(2, solver="svi", n_epochs=3).fit(counts)
+
+
+def test_cli_names_a_file_where_a_folder_should_be_and_counts_one_iteration(
+    tmp_path, monkeypatch, capsys
+):
+    from vbsnmf import cli
+
+    monkeypatch.chdir(tmp_path)
+    counts = sp.random(40, 20, density=0.5, format="csr", random_state=0)
+    counts.data = np.ceil(counts.data * 10)
+    ad.AnnData(counts).write_h5ad("in.h5ad")
+    (tmp_path / "afile").write_text("the user's")
+    for argv in (
+        ["fit", "in.h5ad", "-k", "2", "-o", "afile/out"],
+        ["umap", "in.h5ad", "-o", "afile/u.png"],
+    ):
+        assert cli.main(argv) == 2
+        name = "out" if argv[0] == "fit" else "u.png"
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(f"the folder afile for {name} is a file, not a folder")
+        )
+    assert cli.main(["fit", "in.h5ad", "-k", "2", "-o", "nodir/out"]) == 2
+    assert capsys.readouterr().err.strip().endswith("the folder nodir for out does not exist")
+    assert cli.main(["fit", "in.h5ad", "-k", "2", "-o", "out", "--max-iter", "1"]) == 0
+    assert ", 1 iteration (not converged)" in capsys.readouterr().out

@@ -837,7 +837,8 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
         return
     elbo = summary["final_elbo"]
     state = "converged" if summary["converged"] else "not converged"
-    passes = "epochs" if summary["solver"] == "svi" else "iterations"
+    passes = "epoch" if summary["solver"] == "svi" else "iteration"
+    passes += "" if summary["n_iter"] == 1 else "s"
     _print_result(
         f"wrote {outdir}: {summary['n_cells']} cells x {summary['n_genes']} genes, "
         f"K={summary['n_components']}, {summary['n_iter']} {passes} ({state})"
@@ -1040,7 +1041,7 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     """--convert-to: a new file in an existing folder, not inside OUTDIR or an input."""
     from ._atomic import lock_file_of
     from .io import real_path
-    from .io._paths import check_output_file
+    from .io._paths import check_output_file, not_a_folder
 
     if args.convert_to is None:
         return None
@@ -1057,7 +1058,7 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     if exists:
         raise UsageError(f"--convert-to {path} exists; name a new file")
     if not path.parent.is_dir():
-        raise UsageError(f"the folder {path.parent} for --convert-to does not exist")
+        raise UsageError(f"the folder {path.parent} for --convert-to {not_a_folder(path.parent)}")
     # a folder that cannot be written or a name too long: met now, not by the conversion
     check_output_file("--convert-to", args.convert_to)
     inside = real_path(path.parent)
@@ -1177,7 +1178,7 @@ def _run_umap(args) -> int:
 def _check_figure_path(name: str) -> None:
     from matplotlib.figure import Figure
 
-    from .io._paths import check_output_file
+    from .io._paths import check_output_file, not_a_folder
     from .pl._plots import check_tex
 
     output = Path(name)
@@ -1192,7 +1193,9 @@ def _check_figure_path(name: str) -> None:
     except ValueError as error:
         raise UsageError(str(error)) from None
     if not output.parent.is_dir():
-        raise UsageError(f"the folder {output.parent} for {output.name} does not exist")
+        raise UsageError(
+            f"the folder {output.parent} for {output.name} {not_a_folder(output.parent)}"
+        )
     # a folder that cannot be written, a name too long or a pipe at the name: met now,
     # not once the graph and the embedding are computed
     check_output_file("-o", name)

@@ -375,7 +375,7 @@ def check_outdir(
         _check_replaceable(outdir, path)
     parent = path.parent
     if not parent.is_dir():
-        raise UnsafePathError(f"the folder {parent} for {path.name} does not exist")
+        raise UnsafePathError(f"the folder {parent} for {path.name} {not_a_folder(parent)}")
     writing = clear_leftovers(
         path,
         ((temporary_prefix(path, end), end) for end in (".tmp", ".old")),
@@ -396,6 +396,12 @@ def check_outdir(
             f"cannot create {outdir}: {error.strerror or error} (in {parent})"
         ) from None
     return path
+
+
+def not_a_folder(path: Path) -> str:
+    """Why ``path``, named as a folder, is none: it does not exist, or it is a file (said
+    to "not exist", a file the user could see made the message look wrong)."""
+    return "is a file, not a folder" if os.path.lexists(path) else "does not exist"
 
 
 def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None:

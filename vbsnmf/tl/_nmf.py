@@ -66,7 +66,11 @@ def warn_empty_cells(
     if solver in VB_SOLVERS:
         placed = "their factors are the prior's (the same for each)"
     elif isinstance(bound, (int, float, np.integer, np.floating)) and bound > 0:
-        placed = f"their factors are the lower bound epsilon={bound:g}"
+        # a factor_mask over W holds its masked factors at zero (`_fit_classic`)
+        held = fit_params.get("factor_mask") is not None
+        placed = f"their factors are the lower bound epsilon={bound:g}" + (
+            " (entries factor_mask holds at zero stay zero)" if held else ""
+        )
     else:
         placed = "their factors and usages are zero"
     warnings.warn(

@@ -399,6 +399,16 @@ def damaged_record(where: str, problem: str) -> ValueError:
     return ValueError(f"{where} is damaged ({problem}); fit again with vbsnmf.tl.nmf")
 
 
+def check_factor_columns(where: str, values: np.ndarray, n_components: int) -> None:
+    """`damaged_record` for the stored array ``where`` unless it is 2-D with one column per
+    factor of the fit's ``n_components`` (an array cut by hand to fewer factors: numpy's
+    IndexError or broadcast error when a factor's column was picked)."""
+    if values.ndim != 2 or values.shape[1] != n_components:
+        raise damaged_record(
+            where, f"shape {values.shape}, not one column per factor of the fit's {n_components}"
+        )
+
+
 def _is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 

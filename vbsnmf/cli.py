@@ -658,11 +658,11 @@ def _check_var_index_name(adata, args, anndata_file: str | None) -> None:
     """Refuse, before the fit, genes whose index is named as the column of total counts
     the fit adds: anndata cannot write the two into result.h5ad, which failed after the
     whole fit."""
-    from .tl._stored import FitKeys
+    from .tl._stored import FitKeys, index_named_as_totals
 
-    column = FitKeys.of(_key_added(args.key)).total_counts
-    genes = adata.raw if args.use_raw else adata
-    if genes is not None and genes.var.index.name == column:
+    key_added = _key_added(args.key)
+    if index_named_as_totals(adata, key_added, args.use_raw):
+        column = FitKeys.of(key_added).total_counts
         where = "raw.var" if args.use_raw else "var"
         raise UsageError(
             f"{anndata_file}: its {where} index is named {column!r}, the column of total "

@@ -33,6 +33,7 @@ from ._stored import (
     check_writable,
     drop_fit,
     fit_info,
+    index_named_as_totals,
     variational_params,
 )
 
@@ -271,10 +272,7 @@ def nmf(
     else:
         check_writable(adata)
     keys = FitKeys.of(key_added)
-    gene_side = adata.raw if use_raw else adata  # None: select_counts says so
-    if gene_side is not None and gene_side.var.index.name == keys.total_counts:
-        # anndata cannot write a column named as the index: the fit's AnnData could not be
-        # saved (as the command line refuses it)
+    if index_named_as_totals(adata, key_added, use_raw):
         where = "adata.raw.var" if use_raw else "adata.var"
         raise ValueError(
             f"{where}'s index is named {keys.total_counts!r}, the column of total counts the "

@@ -10,7 +10,14 @@ import numpy as np
 
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
-from .._utils import check_anndata, damaged_record, is_dask_array, numba_threads, record_kind
+from .._utils import (
+    check_anndata,
+    check_factor_columns,
+    damaged_record,
+    is_dask_array,
+    numba_threads,
+    record_kind,
+)
 from .._validation import check_flag, check_iterations, check_tolerance
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -62,11 +69,8 @@ def _fitted_genes(adata_ref, key: str, arrays: dict) -> np.ndarray:
         name: values for name, values in arrays.items() if name == "gene_shape" or values.ndim != 1
     }
     for name, values in per_gene.items():
-        if values.ndim != 2 or values.shape[1] != n_components:
-            raise damaged_record(
-                f"adata_ref.{side}[{FitKeys.of(key).variational(name)!r}]",
-                f"shape {values.shape}, not one column per factor of the fit's {n_components}",
-            )
+        where = f"adata_ref.{side}[{FitKeys.of(key).variational(name)!r}]"
+        check_factor_columns(where, values, n_components)
     fitted = (arrays["gene_shape"] > 0).any(axis=1)
     for name, values in per_gene.items():
         rows = values[fitted]

@@ -57,6 +57,15 @@ class FitKeys:
         return f"{self.uns}_total_counts"
 
 
+def index_named_as_totals(adata, key_added: str | None, use_raw: bool) -> bool:
+    """Whether the genes' index (``.var``'s, or ``.raw.var``'s with ``use_raw``) is named
+    as the column of total counts a fit under ``key_added`` adds (`FitKeys.total_counts`):
+    anndata cannot write the two into an ``.h5ad``, so the fit's AnnData could not be
+    saved. Asked by `vbsnmf.tl.nmf` and, naming the file, by the command line."""
+    genes = adata.raw if use_raw else adata  # None: the caller's reader says so
+    return genes is not None and genes.var.index.name == FitKeys.of(key_added).total_counts
+
+
 def usage(cell_factors, gene_loadings):
     """Each cell's share of its fitted counts from each factor (zero for a cell without
     any): ``z_il t_l / sum_k z_ik t_k`` with ``t_l = sum_j w_jl``, the factor's expected

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_fit_entries, damaged_record, finite_fit_array
+from .._utils import check_factor_columns, check_fit_entries, finite_fit_array
 from .._validation import refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
@@ -150,17 +150,10 @@ def top_genes(
         finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"]), dtype=np.float64
     )
     n_components = info["params"]["n_components"]
-    for side, name, values in (
-        (f"{where}varm", info["varm_key"], gene_loadings),
-        ("obsm", info["obsm_key"], cell_factors),
-    ):
-        # cut to fewer factors by hand (the inactive ones dropped), a factor's column was
-        # picked past the end: numpy's IndexError
-        if values.ndim != 2 or values.shape[1] != n_components:
-            raise damaged_record(
-                f"adata.{side}[{name!r}]",
-                f"shape {values.shape}, not one column per factor of the fit's {n_components}",
-            )
+    # cut to fewer factors by hand (the inactive ones dropped), a factor's column was
+    # picked past the end: numpy's IndexError
+    check_factor_columns(f"adata.{where}varm[{info['varm_key']!r}]", gene_loadings, n_components)
+    check_factor_columns(f"adata.obsm[{info['obsm_key']!r}]", cell_factors, n_components)
     totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)
     specificity = gene_specificity(gene_loadings, cell_factors)
     rows = []

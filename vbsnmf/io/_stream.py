@@ -20,6 +20,7 @@ array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -188,8 +189,8 @@ DENSE_READ_BYTES = 1 << 22
 
 class DenseRowsSource(CellSource):
     """A dense matrix as AnnData stores a dense ``X`` (a 2-D h5py or zarr array), read a
-    few rows at a time, each read converted to CSR (its zeros left out). One pass at open
-    counts the nonzeros of every row into ``indptr`` (one integer per cell, as
+    few rows at a time, each read converted to CSR (its zeros left out). One pass, when
+    first needed, counts the nonzeros of every row into ``indptr`` (one integer per cell, as
     `StoredRowsSource` holds); ``owner`` keeps what the array lives in open until `close`."""
 
     def __init__(self, array, owner=None):
@@ -201,11 +202,16 @@ class DenseRowsSource(CellSource):
         self._owner = owner
         row_bytes = max(self.shape[1] * np.dtype(array.dtype).itemsize, 1)
         self._read_rows = max(1, DENSE_READ_BYTES // row_bytes)
+
+    @functools.cached_property
+    def indptr(self) -> np.ndarray:
+        # counted when first asked for: a source opened only to check a file's X (the
+        # command line's `read_h5ad_backed`) reads none of it
         counts = np.zeros(self.shape[0] + 1, dtype=np.int64)
         for start in range(0, self.shape[0], self._read_rows):
             stop = min(start + self._read_rows, self.shape[0])
             counts[start + 1 : stop + 1] = np.count_nonzero(self._read(slice(start, stop)), axis=1)
-        self.indptr = np.cumsum(counts)
+        return np.cumsum(counts)
 
     def _read(self, rows) -> np.ndarray:
         """Rows ``rows`` (a slice, or sorted unique row numbers) as a dense array; a chunk
@@ -403,12 +409,17 @@ def _is_dense_array(stored) -> bool:
     )
 
 
+# X's encodings that stream by cells: a CSC X would read every stored column for each block
+_STREAMED_ENCODINGS = ("csr_matrix", "array")
+
+
 def read_h5ad_backed(path: str | os.PathLike):
     """Open an ``.h5ad`` file backed (``anndata.read_h5ad(path, backed="r")``: X stays on
-    disk) when its X is a CSR matrix of cells, which streams; None when it is not (read
-    it with `read_h5ad`). `ReadError` if it cannot be opened, or if X does not fit obs and
-    var or its index arrays are not integers (checked here, before anything is fitted);
-    row pointers are checked here too, indices as they stream."""
+    disk) when its X streams by cells: a CSR matrix, or a dense array (read a block of
+    rows at a time); None when it does not (read it with `read_h5ad`). `ReadError` if it
+    cannot be opened, or if X does not fit obs and var or its index arrays are not
+    integers (checked here, before anything is fitted); row pointers are checked here
+    too, indices as they stream."""
     import anndata as ad
     import h5py
 
@@ -420,14 +431,14 @@ def read_h5ad_backed(path: str | os.PathLike):
         with h5py.File(path, "r") as handle:
             stored = handle.get("X")
             encoding = encoding_of(stored) if stored is not None else ""
-            if encoding == "csr_matrix":
+            if encoding in _STREAMED_ENCODINGS:
                 # anndata opens it backed trusting X's shape attribute (a phantom
                 # [30, 10**6] would fit a million genes) and casts its indices to integers
                 _stored_x(handle, path)
                 # result.h5ad copies .raw as it is: one anndata cannot read made a
                 # result nothing could open, reported as a success
                 _check_raw(handle, path)
-        if encoding != "csr_matrix":
+        if encoding not in _STREAMED_ENCODINGS:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,0 +1,87 @@
+"""Items the twenty-eighth session's closing note left, fixed in the twenty-ninth.
+
+- ``vbsnmf fit --solver svi`` on an ``.h5ad`` whose X is dense (the array encoding) read
+  the whole matrix into memory, where one whose X is CSR streams; the library streamed a
+  backed dense X already (`tl.nmf` on ``read_h5ad(path, backed="r")``). It streams now, a
+  block of rows at a time, and the fit is the CSR file's.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import vbsnmf.cli as cli
+from vbsnmf.io._stream import DenseRowsSource, read_h5ad_backed
+
+SVI = ["-k", "3", "--solver", "svi", "--threads", "1", "--epochs", "2", "--seed", "0"]
+
+
+@pytest.fixture
+def dense_and_csr_files(tmp_path):
+    """The same counts stored twice: X dense (the array encoding) and X as CSR."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.6, size=(60, 25)).astype(np.float32)
+    counts[:, 0] += 1  # every cell has counts
+    dense, csr = tmp_path / "dense.h5ad", tmp_path / "csr.h5ad"
+    ad.AnnData(counts).write_h5ad(dense)
+    ad.AnnData(sp.csr_matrix(counts)).write_h5ad(csr)
+    return dense, csr
+
+
+def test_command_line_svi_streams_a_dense_x_as_its_csr_twin(
+    dense_and_csr_files, tmp_path, monkeypatch, capsys
+):
+    """The dense file is opened backed (`read_h5ad_backed` returned None for it, and the
+    command line read X whole with `anndata.read_h5ad`), and fitted as the CSR file is."""
+    dense, csr = dense_and_csr_files
+    backed = read_h5ad_backed(dense)
+    assert backed is not None and backed.isbacked
+    backed.file.close()
+
+    whole_reads = []
+    original = ad.read_h5ad
+
+    def recording_read(path, *args, **kwargs):
+        if kwargs.get("backed") is None:
+            whole_reads.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(ad, "read_h5ad", recording_read)
+    for source in (dense, csr):
+        code = cli.main(["fit", str(source), *SVI, "--quiet", "-o", str(tmp_path / source.stem)])
+        assert code == 0, capsys.readouterr().err
+    assert str(dense) not in whole_reads
+    monkeypatch.undo()
+    fits = [ad.read_h5ad(tmp_path / name / "result.h5ad") for name in ("dense", "csr")]
+    np.testing.assert_array_equal(fits[0].obsm["X_nmf"], fits[1].obsm["X_nmf"])
+    np.testing.assert_array_equal(fits[0].varm["NMF"], fits[1].varm["NMF"])
+
+
+def test_a_dense_source_reads_nothing_until_its_row_counts_are_asked_for(
+    dense_and_csr_files, monkeypatch
+):
+    """Opening a dense X to check it (the command line's `read_h5ad_backed`) read the
+    whole matrix once to count each row's nonzeros; the count waits for its first use
+    and is right then (against numpy's)."""
+    import h5py
+
+    dense, _ = dense_and_csr_files
+    reads = []
+    original = DenseRowsSource._read
+
+    def recording(self, rows):
+        reads.append(rows)
+        return original(self, rows)
+
+    monkeypatch.setattr(DenseRowsSource, "_read", recording)
+    with h5py.File(dense, "r") as handle:
+        source = DenseRowsSource(handle["X"])
+        assert reads == []
+        counts = handle["X"][...]
+        expected = np.concatenate([[0], np.cumsum(np.count_nonzero(counts, axis=1))])
+        np.testing.assert_array_equal(source.indptr, expected)
+        assert source.nnz == np.count_nonzero(counts)
+        assert len(reads) >= 1

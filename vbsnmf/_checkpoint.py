@@ -111,6 +111,15 @@ def read_checkpoint_meta(path) -> dict:
         return _meta(stored, path)
 
 
+def read_checkpoint_trace(path) -> np.ndarray | None:
+    """The ELBO trace of the checkpoint at ``path`` (None when it holds none), reading no
+    other array (a check of which fit a checkpoint holds, before the fit loads it).
+    `CheckpointError` if it is not a checkpoint."""
+    with _reading(path) as stored:
+        _meta(stored, path)
+        return stored["elbo_trace"] if "elbo_trace" in stored.files else None
+
+
 @contextlib.contextmanager
 def _reading(path):
     """``np.load`` of ``path`` with every way it fails on a foreign or damaged file
@@ -728,6 +737,7 @@ __all__ = [
     "check_state",
     "load_checkpoint",
     "read_checkpoint_meta",
+    "read_checkpoint_trace",
     "recorded_seed",
     "rng_from_json",
     "rng_state_json",

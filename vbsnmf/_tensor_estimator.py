@@ -781,6 +781,8 @@ class VBNTF(Estimator):
             held = _model.held_prior(checked["prior"]) is not None  # its start was random
             done = _model.resumed_converged(trace, checked["tol"], held)
             if done or len(trace) >= checked["max_iter"]:
+                if not done and 0 < len(trace) == checked["max_iter"]:  # as the fit itself warned
+                    _model.warn_not_converged("max_iter", checked["max_iter"], checked["tol"])
                 return _tensor.TensorFitResult(
                     start, *trace_arrays(trace, iters), len(trace), bool(done)
                 )

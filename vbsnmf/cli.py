@@ -543,11 +543,19 @@ def _check_resumed_solver(args) -> None:
     with the option that resumes it: the fit's own check came after the input was read
     (or converted, for svi), listing settings that are no options (kappa, tau) and
     advising to remove the checkpoint, the state the user meant to resume."""
-    from ._checkpoint import read_checkpoint_meta
+    from ._checkpoint import _estimator_of, read_checkpoint_meta
 
     if not (args.resume and os.path.exists(args.checkpoint)):
         return
     config = read_checkpoint_meta(args.checkpoint).get("config")
+    if isinstance(config, dict) and _estimator_of(config) != _estimator_of({}):
+        # a tensor's (VBNTF) fit, which no --solver resumes: "pass --solver svi" sent the
+        # user to the fit's own refusal of it
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} was written by {_estimator_of(config)}, which "
+            "the command line does not fit: name another checkpoint (or drop --resume to "
+            "overwrite it)"
+        )
     saved = config.get("solver") if isinstance(config, dict) else None
     if saved in VB_SOLVERS and saved != args.solver:
         raise UsageError(

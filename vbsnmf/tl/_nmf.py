@@ -151,7 +151,10 @@ def nmf(
         genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
         stored fit's, and others are refused): its parameters start the fit, its ELBO
         trace is extended. The fit may have been made on more cells: its cell parameters
-        follow the AnnData when it is subset (``adata[:500].copy()``).
+        follow the AnnData when it is subset (``adata[:500].copy()``). With
+        ``resume=True`` it resumes the checkpoint of a warm-started fit that was
+        interrupted; the checkpoint of the stored fit itself is refused (its passes would
+        be counted twice).
     min_share
         A factor is *active* when its share of the fitted counts (``factor_share``)
         exceeds this. Default: the share a factor reaches when it explains five typical
@@ -233,8 +236,8 @@ def nmf(
         ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
-        without a matching stored fit; ``warm_start`` or ``callback`` with a classical
-        solver.
+        without a matching stored fit, or with ``resume=True`` on the stored fit's own
+        checkpoint; ``warm_start`` or ``callback`` with a classical solver.
 
     Warns
     -----
@@ -354,6 +357,7 @@ def nmf(
             init, previous_trace, previous_iter, previous_passes = _stored_start(
                 adata, keys, use_raw, layer, fitted_genes, n_components
             )
+            _check_resumed_after(fit_params, previous_trace)
             stored = fit_info(adata, keys.uns)
             fit_params = {**_stored_prior(stored), **fit_params}
             _check_stored_prior(stored, fit_params)
@@ -625,6 +629,37 @@ def _stored_start(
         init = {name: np.asarray(value) for name, value in init.items()}
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     return init, trace, elbo_iterations(info), int(info["n_iter"])
+
+
+def _check_resumed_after(fit_params: dict, stored_trace: np.ndarray) -> None:
+    """``warm_start`` with ``resume=True`` continues the checkpoint of a fit that began at
+    the stored fit (and was interrupted), whose trace the stored one's precedes. A
+    checkpoint of the stored fit itself (the checkpoint of the call that stored it, its
+    trace a part of the stored trace) holds the stored passes already: they were counted
+    twice (the trace repeated, ``n_iter`` and ``elbo_iter`` beyond the passes run), so it
+    is refused. A checkpoint that cannot be read is left to the fit to report."""
+    from .._checkpoint import CheckpointError, read_checkpoint_trace
+
+    checkpoint = fit_params.get("checkpoint")
+    if not fit_params.get("resume") or checkpoint is None:
+        return
+    try:
+        trace = read_checkpoint_trace(checkpoint)
+    except (CheckpointError, OSError, TypeError):
+        return
+    if trace is None or trace.ndim != 1 or not 0 < trace.size <= stored_trace.size:
+        return
+    # a part of the stored trace, bit for bit (an accelerated fit's last save can be the
+    # start of the cycle its max_iter cut short, some values before the stored end)
+    starts = np.flatnonzero(stored_trace[: stored_trace.size - trace.size + 1] == trace[0])
+    if any(np.array_equal(stored_trace[i : i + trace.size], trace) for i in starts):
+        raise ValueError(
+            f"warm_start with resume=True: checkpoint {checkpoint} holds the stored fit "
+            "itself (its ELBO trace is a part of the stored fit's), whose passes the warm "
+            "start would count twice; continue the stored fit with warm_start=True and "
+            "without resume (the checkpoint is overwritten), or resume the checkpoint "
+            "without warm_start"
+        )
 
 
 def _stored_prior(info: dict) -> dict:

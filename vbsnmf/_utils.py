@@ -206,16 +206,18 @@ def anndata_x(adata):
         raise
 
 
-def check_record_key(key, default_key: str = "nmf") -> None:
-    """A `TypeError` for a ``key`` of a stored record that is not a string: None was looked
-    up as ``adata.uns[None]`` and the advice was to run the tool with ``key_added=None``,
-    which stores its record under ``default_key``; a list failed as Python's "unhashable
-    type"."""
+def check_record_key(key, default_key: str = "nmf") -> str:
+    """``key`` of a stored record as a plain `str` (a numpy string, from an array of keys,
+    was named "np.str_('nmf')" in messages), or a `TypeError` for one that is not a
+    string: None was looked up as ``adata.uns[None]`` and the advice was to run the tool
+    with ``key_added=None``, which stores its record under ``default_key``; a list failed
+    as Python's "unhashable type"."""
     if not isinstance(key, str):
         raise TypeError(
             "key must be the key_added of the stored result, a string (the default "
             f"key_added=None stores it under {default_key!r}), got {key!r}"
         )
+    return str(key)
 
 
 def stored_record(adata, key: str, marker: str, what: str, tool: str, default_key: str) -> dict:
@@ -226,7 +228,7 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
     ``key`` would overwrite, and the tools refuse that); a `TypeError` when ``adata`` is
     not an AnnData (`check_anndata`)."""
     check_anndata(adata)
-    check_record_key(key, default_key)
+    key = check_record_key(key, default_key)
     record = adata.uns.get(key)
     if isinstance(record, dict) and marker in record:
         return record
@@ -278,7 +280,7 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
     (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
     check_anndata(adata)
-    check_record_key(key)
+    key = check_record_key(key)
     projection_key = f"{key}_projection"
     projection = held_projection(adata, key)
     if projection is not None:
@@ -291,9 +293,38 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
                 f"projection's reference_key): pass key={reference_key!r} instead"
             )
         raise KeyError(f"{stated}: pass the reference AnnData (tl.project's adata_ref) instead")
+    orphaned = orphaned_cell_arrays(adata, key)
+    if orphaned:
+        raise KeyError(
+            f"adata.uns[{key!r}] holds no NMF fit, but adata.obsm holds the cell factors "
+            f"that a fit or projection under this key writes ({', '.join(orphaned)}) "
+            f"without its record (adata.uns[{key!r}] or [{key + '_projection'!r}]): was it "
+            "dropped by anndata.concat, which keeps .uns only with uns_merge='same' (and "
+            ".varm only with merge='same')? Concatenate keeping them, or delete those "
+            "arrays and fit (vbsnmf.tl.nmf) or project (vbsnmf.tl.project) again"
+        )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
     return record
+
+
+def orphaned_cell_arrays(adata, key: str) -> list[str]:
+    """The ``.obsm`` arrays that a `vbsnmf.tl.nmf` fit or `vbsnmf.tl.project` under ``key``
+    writes (``X_<key>``, its usages, ``<key>_cell_shape``, ...), when ``adata.uns`` holds
+    no record under ``key`` (nor ``key + '_projection'``) but both usage arrays are there:
+    no other tool names them so. ``anndata.concat`` drops ``.uns`` by default and keeps
+    ``.obsm``; the tools then advised running `vbsnmf.tl.nmf`, which refused the arrays as
+    "held from elsewhere"."""
+    if key in adata.uns or f"{key}_projection" in adata.uns:
+        return []
+    usages = (f"X_{key}_usage", f"X_{key}_sqrt_usage")
+    if not all(name in adata.obsm for name in usages):
+        return []
+    return sorted(
+        f".obsm[{name!r}]"
+        for name in adata.obsm
+        if name in (f"X_{key}", *usages) or name.startswith(f"{key}_cell_")
+    )
 
 
 def held_projection(adata, key: str) -> dict | None:
@@ -432,8 +463,18 @@ def check_fit_entries(key: str, *entries: tuple) -> None:
         if name not in mapping:
             raise KeyError(
                 f"the fit {key!r} has no .{where}[{name!r}]; was it removed, or the AnnData "
-                "built anew after the fit? Fit again with vbsnmf.tl.nmf"
+                f"built anew after the fit{concat_dropped(where)}? Fit again with vbsnmf.tl.nmf"
             )
+
+
+def concat_dropped(where: str) -> str:
+    """For a message about a fit's entry missing from ``adata.<where>``: that
+    ``anndata.concat`` of cells keeps ``.varm`` and ``.var`` columns only with
+    ``merge='same'`` (it keeps the record itself with ``uns_merge='same'``, and the first
+    AnnData's ``.raw``), where the message advised only a refit; empty for other places."""
+    if where in ("varm", "var"):
+        return f" (anndata.concat keeps .{where} only with merge='same')"
+    return ""
 
 
 def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:

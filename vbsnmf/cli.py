@@ -778,9 +778,13 @@ def _as_options(
         message = re.sub(r"^(adata\.X|.*? \(X\))", lambda _: matrix_file, message)
         message = re.sub(r"; NMF needs raw counts: .*", "; NMF needs raw counts", message)
     if anndata_file is not None:
+        from .tl._counts import X_HINT  # loaded with tl, whose error this is
+
         element = r"^adata\.(X|raw\.X|layers\[[^\]]*\])"
         message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
         message = message.replace("adata.raw is None", f"{anndata_file} holds no .raw")
+        # where the counts are: the file's X (the advice's Python code keeps "adata.X")
+        message = message.replace(X_HINT, f"{anndata_file} (X) {X_HINT.removeprefix('adata.X ')}")
         message = re.sub(r"\badata\b(?!\.)", lambda _: anndata_file, message)
         # the record of an earlier fit that --key would overwrite: "of the fit in.h5ad
         # (uns['nmf'])", not "of the fit adata.uns['nmf']"

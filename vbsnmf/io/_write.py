@@ -129,7 +129,7 @@ def _refuse_a_projection(adata, key: str) -> None:
     that says where their factors are. `fit_info`'s advice, to pass the reference AnnData,
     would write the reference's cells, not these."""
     check_anndata(adata)
-    check_record_key(key)
+    key = check_record_key(key)
     projection = held_projection(adata, key)
     if projection is None:
         return

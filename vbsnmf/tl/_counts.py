@@ -64,6 +64,9 @@ def select_counts(adata, *, layer: str | None, use_raw: bool) -> tuple[object, p
 MASKED = " (genes in mask_var)"
 
 
+# `adata.X` among the places `_other_counts` names (the command line names its file's X).
+X_HINT = "adata.X (no layer= nor use_raw=True)"
+
 # Stored values of a backed matrix that `_looks_like_counts` reads at a time.
 _HINT_BLOCK_VALUES = 1 << 22
 
@@ -82,33 +85,57 @@ def _stored_blocks(matrix):
 
 
 def _looks_like_counts(matrix) -> bool:
-    """Non-negative, finite integers (checked on the stored values only: a backed matrix's
-    a block at a time, a dask array's chunk by chunk, where they are)."""
+    """Non-negative, finite integers, at least one of them nonzero (checked on the stored
+    values only: a backed matrix's a block at a time, a dask array's chunk by chunk, where
+    they are). A matrix of zeros holds no counts: named as where they are, it was then
+    refused as holding no nonzero count."""
+    is_counts, has_nonzero = _count_flags(matrix)
+    return is_counts and has_nonzero
+
+
+def _count_flags(matrix) -> tuple[bool, bool]:
+    """Whether the stored values of ``matrix`` are all non-negative, finite integers, and
+    whether one of them is nonzero (`_looks_like_counts`)."""
     if _is_backed(matrix):
         # read whole, a backed .raw as large as the streamed X came into memory for a hint
-        return all(_looks_like_counts(block) for block in _stored_blocks(matrix))
+        has_nonzero = False
+        for block in _stored_blocks(matrix):
+            block_counts, block_nonzero = _count_flags(block)
+            if not block_counts:
+                return False, has_nonzero
+            has_nonzero = has_nonzero or block_nonzero
+        return True, has_nonzero
     if is_dask_array(matrix):
         # np.asarray computed a dense dask array whole, and made a 0-d object array of one
         # of sparse chunks (never taken for counts)
         from .._dask._cluster import futures_holder  # dask: loaded only for a dask array
 
         per_chunk = matrix.map_blocks(
-            lambda block: np.full((1, 1), _looks_like_counts(block)),
+            lambda block: np.array([_count_flags(block)]),
             dtype=bool,
-            chunks=((1,) * matrix.numblocks[0], (1,) * matrix.numblocks[1]),
+            chunks=((1,) * matrix.numblocks[0], (2,) * matrix.numblocks[1]),
         )
         # by the client of persisted chunks, whatever dask's configured scheduler
-        return bool(per_chunk.all().compute(scheduler=futures_holder(matrix)))
+        flags = np.asarray(per_chunk.compute(scheduler=futures_holder(matrix)))
+        return bool(flags[:, 0::2].all()), bool(flags[:, 1::2].any())
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     if not np.issubdtype(values.dtype, np.number):
-        return False
-    return bool(np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values % 1 == 0))
+        return False, False
+    is_counts = np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values % 1 == 0)
+    return bool(is_counts), bool(np.any(values))
 
 
 def _other_counts(adata, source: str) -> list[str]:
-    """The layers (and ``.raw``) other than ``source`` that hold counts, as arguments."""
+    """Where else than ``source`` counts are: ``adata.X`` (the default of the tools), the
+    layers and ``.raw``, as what to pass. X was never named, though the usual slip is to
+    pass a layer of normalised values (or a normalised ``.raw``) beside counts in X."""
     source = source.removesuffix(MASKED)  # the matrix the masked genes are part of
-    hints = [
+    hints = []
+    if source != "adata.X":
+        matrix = anndata_x(adata)
+        if matrix is not None and _looks_like_counts(matrix):
+            hints.append(X_HINT)
+    hints += [
         f"layer={name!r}"
         for name in adata.layers
         if f"adata.layers[{name!r}]" != source and _looks_like_counts(adata.layers[name])

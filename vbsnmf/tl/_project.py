@@ -41,11 +41,16 @@ _ADATA = re.compile(r"\badata\b")
 @contextlib.contextmanager
 def _as_adata_new():
     """Errors of `select_counts` and `check_count_matrix`, which call the AnnData they
-    read "adata", naming it ``adata_new``: beside ``adata_ref``, "adata" said neither."""
+    read "adata", naming it ``adata_new``: beside ``adata_ref``, "adata" said neither; and
+    advising a float64 fit of the reference, not "fit with dtype=", which project lacks."""
     try:
         yield
     except (ValueError, TypeError) as error:
         message = _ADATA.sub("adata_new", str(error))
+        # a count beyond a float32 reference: project has no dtype, the reference's fit does
+        message = message.replace(
+            "; fit with dtype=np.float64", "; fit the reference (adata_ref) with dtype=np.float64"
+        )
         if type(error) in (ValueError, TypeError):
             raise type(error)(message) from None
         if len(error.args) == 1 and isinstance(error.args[0], str):
@@ -172,6 +177,7 @@ def project(
     tol = check_tolerance(tol)
     copy = check_flag(copy, "copy")
     info = fit_info(adata_ref, key)
+    key = str(key)  # a numpy string as text in messages and the record (checked a string)
     name = key if key_added is None else key_added
     # A view's writes go to its own copy, but adata_ref a view of adata_new holds the fit
     # whose cell factors a projection into adata_new writes over.
@@ -187,6 +193,7 @@ def project(
             "the fitted cell factors of the reference; choose another key_added (or copy=True)"
         )
     check_key_added(name, adata_new, writes="cells", reference=info)
+    name = str(name)  # checked a string: a numpy one as text
     keys = FitKeys.of(name)
     if "variational" not in info:
         raise ValueError(
@@ -214,7 +221,11 @@ def project(
             f"{', ...' if len(repeated) > 3 else ''}): a new cell's counts cannot be matched "
             "to its genes; fit the reference after adata_ref.var_names_make_unique()"
         )
-    gene_shape = gene_shape[fitted]
+    # The projection computes in the reference's dtype, float32 or float64 as a fit leaves
+    # it: a gene side stored in another (float16 to save room, say) reached the Numba
+    # kernels, which have no loop for it (a bare TypingError); float64 holds its values.
+    fit_dtype = np.float32 if gene_shape.dtype == np.float32 else np.float64
+    gene_shape = gene_shape[fitted].astype(fit_dtype, copy=False)
     # E[w] of every fitted reference gene: usages weigh each factor by its total loading,
     # as `tl.nmf`'s do (rates per factor under the fixed prior, per entry under the learned).
     loadings = gene_shape / (all_rates[fitted] if all_rates.ndim == 2 else all_rates)
@@ -249,8 +260,7 @@ def project(
         from .._dask._cluster import computed_as_declared
 
         matrix = computed_as_declared(matrix)
-    # the projection computes in the reference's dtype: a float32 one resolves counts to 2**24
-    fit_dtype = np.float32 if gene_shape.dtype == np.float32 else np.float64
+    # in the reference's dtype: a float32 one resolves counts to 2**24
     with _as_adata_new():
         matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)
     counts = matrix.tocsr()[:, positions[shared]]

@@ -18,9 +18,11 @@ from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
     check_record_key,
+    concat_dropped,
     damaged_record,
     fit_info,
     gene_holder,
+    orphaned_cell_arrays,
     record_entry,
     record_kind,
 )
@@ -172,10 +174,18 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
     )
     if foreign:
         them = "it" if len(foreign) == 1 else "them"
+        held = f"from elsewhere (not from an earlier {_TOOLS[writes]} under this key)"
+        if writes != "uns" and orphaned_cell_arrays(adata, keys.uns):
+            # a fit's arrays whose record is gone (anndata.concat drops .uns by default):
+            # not "from elsewhere", as the tools reading them had said to run tl.nmf
+            held = (
+                "without the record of the fit or projection they came from (no "
+                f"adata.uns[{keys.uns!r}] nor [{keys.uns + '_projection'!r}]: dropped by "
+                "anndata.concat?)"
+            )
         raise ValueError(
             f"key_added={key_added!r} would overwrite {', '.join(foreign)}, which adata holds "
-            f"from elsewhere (not from an earlier {_TOOLS[writes]} under this key); choose "
-            f"another key_added, or delete {them} from adata first"
+            f"{held}; choose another key_added, or delete {them} from adata first"
         )
 
 
@@ -195,11 +205,32 @@ def record_entries(uns_key: str, record: dict) -> set[tuple[str, str]]:
         cells = {("obsm", keys.factors), ("obsm", keys.usage), ("obsm", keys.sqrt_usage)}
         return cells | {("uns", uns_key)}
     keys = FitKeys.of(uns_key)
-    entries = {("uns", uns_key), ("varm", record.get("varm_key")), ("var", keys.total_counts)}
-    entries |= {("obsm", record.get(k)) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
+    entries = {("uns", uns_key), ("var", keys.total_counts)}
+    entries |= {("varm", name) for name in _named_keys(uns_key, record, _GENE_KEY_ENTRIES)}
+    entries |= {("obsm", name) for name in _named_keys(uns_key, record, _CELL_KEY_ENTRIES)}
     return entries | {
         (side, keys.variational(name)) for side in ("obsm", "varm") for name in _ARRAYS
     }
+
+
+# The entries of a fit's record naming its arrays, and the `FitKeys` field each names.
+_CELL_KEY_ENTRIES = {"obsm_key": "factors", "usage_key": "usage", "sqrt_usage_key": "sqrt_usage"}
+_GENE_KEY_ENTRIES = {"varm_key": "loadings"}
+
+
+def _named_keys(uns_key: str, record: dict, entries: dict) -> set[str]:
+    """The keys of the arrays that the entries ``entries`` (`_CELL_KEY_ENTRIES` or
+    `_GENE_KEY_ENTRIES`) of the fit record ``adata.uns[uns_key]`` name. An entry that is
+    not a string (damaged, or missing) stands for the names a fit under ``uns_key`` writes
+    (``.varm['NMF']`` too under the default key): a list made every tool writing into the
+    AnnData fail with Python's "unhashable type", and the refit that the tools reading it
+    advise was refused for overwriting arrays "held from elsewhere"."""
+    written = [FitKeys.of(uns_key)] + ([FitKeys.of(None)] if uns_key == "nmf" else [])
+    names = set()
+    for entry, field in entries.items():
+        name = record.get(entry)
+        names |= {name} if isinstance(name, str) else {getattr(k, field) for k in written}
+    return names
 
 
 def _writable_key(key) -> bool:
@@ -280,11 +311,11 @@ def drop_fit(adata, keys: FitKeys) -> None:
         return
     genes = [adata] + ([adata.raw] if adata.raw is not None else [])
     named = {keys.variational(name) for name in _ARRAYS}
-    cells = named | {info.get(k) for k in ("obsm_key", "usage_key", "sqrt_usage_key")}
+    cells = named | _named_keys(keys.uns, info, _CELL_KEY_ENTRIES)
     for name in cells & set(adata.obsm.keys()):
         del adata.obsm[name]
     for holder in genes:
-        for name in (named | {info.get("varm_key")}) & set(holder.varm.keys()):
+        for name in (named | _named_keys(keys.uns, info, _GENE_KEY_ENTRIES)) & set(holder.varm):
             del holder.varm[name]
         if keys.total_counts in holder.var.columns:
             del holder.var[keys.total_counts]
@@ -301,7 +332,7 @@ def cell_factors_record(adata, key: str) -> dict:
     projection recorded them, or, in a record without them, every factor (as many as the
     entries' columns)."""
     check_anndata(adata)
-    check_record_key(key)
+    key = check_record_key(key)
     if key.endswith("_projection") and record_kind(adata.uns.get(key)) == "projection":
         # the record's own key: `fit_info` said to fit anew, where the projection's cells
         # are read under its key_added
@@ -393,7 +424,8 @@ def variational_params(adata, key: str, cells: bool = True) -> dict:
             side_name = ".obsm" if name.startswith("cell") else gene_side
             raise KeyError(
                 f"the fit {key!r} has no {side_name}[{keys.variational(name)!r}]; was the "
-                "AnnData built anew after the fit? Fit again with vbsnmf.tl.nmf"
+                f"AnnData built anew after the fit{concat_dropped(side_name[1:])}? Fit again "
+                "with vbsnmf.tl.nmf"
             )
     names = HYPER_KEYS if learned else ("prior_shape", "prior_rate")
     for name in names:

@@ -129,6 +129,7 @@ def top_genes(
     if not finite:
         raise ValueError(f"min_counts must be finite, got {min_counts!r}")
     info = fit_info(adata, key)
+    key = str(key)  # a numpy string as text in messages (fit_info checked it is a string)
     if adata.n_obs == 0:  # the specificities are weighed by the cells' factors: all 0 here
         raise ValueError(
             "adata holds no cells, whose factors weigh each gene's specificity; list the top "
@@ -173,4 +174,8 @@ def top_genes(
     table = pd.DataFrame(
         rows, columns=["factor", "rank", "gene", "loading", "specificity", "total_counts"]
     )
-    return table.set_index(["factor", "rank"])
+    # the same dtypes when no gene is listed (no active factor, or min_counts above every
+    # gene's total): pandas made every column of an empty table an object column
+    dtypes = {"factor": np.int64, "rank": np.int64, "gene": object}
+    dtypes |= dict.fromkeys(["loading", "specificity", "total_counts"], np.float64)
+    return table.astype(dtypes).set_index(["factor", "rank"])

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -153,51 +154,137 @@ def _umask() -> int:
 
 
 def _default_permissions(path: Path) -> None:
-    """What ``open`` would have given a new file (mkstemp makes a private 0600)."""
+    """What ``open`` would have given a new file where the folder has no default ACL, for a
+    temporary made private (`_make_file`) whose target has gone meanwhile."""
     path.chmod(0o666 & ~_umask())
 
 
-def _permissions_of(target: Path, temporary: Path) -> None:
+# Characters of the random part of a temporary's name, as `tempfile` picks them (and as
+# `vbsnmf.io.check_outdir` recognises a killed run's leftovers by them).
+_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_RANDOM = random.SystemRandom()
+
+
+def _make_temporary(make: Callable[[str], Made], prefix: str, suffix: str, folder: Path) -> Made:
+    """``make(path)`` of a new name ``prefix`` + 8 random characters + ``suffix`` in
+    ``folder``, tried again with another name while one exists (as `tempfile` does)."""
+    for _ in range(10_000):
+        name = prefix + "".join(_RANDOM.choices(_NAME_CHARACTERS, k=8)) + suffix
+        try:
+            return make(os.path.join(folder, name))
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name found", str(folder))
+
+
+def _make_file(prefix: str, suffix: str, folder: Path, *, private: bool) -> tuple[int, str]:
+    """`tempfile.mkstemp`, but a temporary that is not ``private`` is made with the mode
+    ``open`` makes a new file with (0666), from which the system takes what the folder's
+    default ACL or else the umask removes: mkstemp's 0600 then chmod to ``0666 & ~umask``
+    gave 0600 in a lab folder whose default ACL grants its group read and write, where
+    ``open`` gives 0660, and a chmod recomputes the ACL's mask from the mode. A private
+    one (0600) replaces a file, whose permissions it takes once written."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    mode = 0o600 if private else 0o666
+
+    def make(path: str) -> tuple[int, str]:
+        return os.open(path, flags, mode), os.path.abspath(path)
+
+    return _make_temporary(make, prefix, suffix, folder)
+
+
+def _make_folder(prefix: str, suffix: str, folder: Path, *, private: bool) -> str:
+    """`tempfile.mkdtemp`, but a folder that is not ``private`` is made as ``mkdir`` makes
+    one (0777 less the default ACL or the umask; the set-group-ID bit of a shared folder
+    passed on), as `_make_file` makes a file. A private one (0700) replaces a folder."""
+
+    def make(path: str) -> str:
+        os.mkdir(path, 0o700 if private else 0o777)
+        return os.path.abspath(path)
+
+    return _make_temporary(make, prefix, suffix, folder)
+
+
+def _permissions_of(target: Path, temporary: Path, *, private: bool) -> None:
     """``temporary`` given what ``open(target, "w")`` would leave: the group and mode of
     the file it replaces (a user's private 0600 stays private, a lab's group keeps its
-    access; `_keep_permissions`), or the default for a new file."""
+    access; `_keep_permissions`), or for a new file what it was made with (`_make_file`),
+    or the default if it was made ``private`` for a target that has gone since."""
     try:
         replaced = os.stat(target)
     except FileNotFoundError:
-        _default_permissions(temporary)
+        if private:
+            _default_permissions(temporary)
     else:
-        _keep_permissions(temporary, replaced)
+        _keep_permissions(temporary, replaced, target)
 
 
-def _folder_permissions(target: Path, temporary: Path, *, replacing: bool) -> None:
+def _folder_permissions(
+    target: Path, temporary: Path, *, replacing: bool, private: bool = True
+) -> None:
     """``temporary``, the folder that becomes ``target``, given the group and mode of the
     folder it replaces and each of its files those of the file of the same name there (a
     private 0700 OUTDIR and its 0600 files stay private after ``--force``, a lab's group
-    keeps its access), or what ``mkdir`` gives a new folder: the default mode, and the
-    set-group-ID bit that a shared folder passes on to the folders made in it (mkdtemp's
-    private 0700 keeps it, a plain chmod cleared it)."""
-    if not replacing:
-        inherited = stat.S_IMODE(temporary.stat().st_mode) & stat.S_ISGID
-        temporary.chmod((0o777 & ~_umask()) | inherited)
+    keeps its access), or what ``mkdir`` gives a new folder: as it was made if not
+    ``private`` (`_make_folder`), else the default mode and the set-group-ID bit that a
+    shared folder passes on to the folders made in it (the private 0700 keeps it, a
+    plain chmod cleared it)."""
+    replaced = os.stat(target) if replacing else None
+    if replaced is None or not stat.S_ISDIR(replaced.st_mode):
+        # a new folder, or one that replaces a file: a file's mode (0644) lacked the
+        # search bits, and the folder made could not be entered by its own user
+        if private:
+            inherited = stat.S_IMODE(temporary.stat().st_mode) & stat.S_ISGID
+            temporary.chmod((0o777 & ~_umask()) | inherited)
         return
-    _keep_permissions(temporary, os.stat(target))
+    _keep_permissions(temporary, replaced, target)
     for entry in temporary.iterdir():
         try:
             replaced = os.stat(target / entry.name)
         except OSError:  # a file the old output did not have
             continue
         if stat.S_ISREG(replaced.st_mode) and entry.is_file():
-            _keep_permissions(entry, replaced)
+            _keep_permissions(entry, replaced, target / entry.name)
 
 
-def _keep_permissions(path: Path, replaced: os.stat_result) -> None:
-    """``path`` given the group and mode of the ``replaced`` file or folder. The group
-    first: a change of group clears a file's set-group-ID bit. A group the user is not in
-    cannot be given (only root may): the mode is kept all the same."""
+def _keep_permissions(path: Path, replaced: os.stat_result, replaced_path: Path) -> None:
+    """``path`` given the group, the ACLs (`_keep_acls`) and the mode of the file or folder
+    at ``replaced_path`` (whose `os.stat` is ``replaced``). The group first: a change of
+    group clears a file's set-group-ID bit. A group the user is not in cannot be given
+    (only root may): the mode is kept all the same. The mode last, as setting an ACL sets
+    the mode's group bits to its mask."""
     if path.stat().st_gid != replaced.st_gid:
         with contextlib.suppress(PermissionError):
             os.chown(path, -1, replaced.st_gid)
+    _keep_acls(path, replaced_path, folder=stat.S_ISDIR(replaced.st_mode))
     path.chmod(stat.S_IMODE(replaced.st_mode))
+
+
+# The extended attributes holding a POSIX ACL (Linux): the access ACL of a file or folder,
+# and the default ACL a folder passes on to what is made in it.
+_ACCESS_ACL, _DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
+
+
+def _keep_acls(path: Path, replaced: Path, *, folder: bool) -> None:
+    """``path`` given the POSIX ACLs of ``replaced`` (its access ACL, and a folder's default
+    ACL), as ``open(replaced, "w")`` would have kept them: a file shared with a colleague
+    by ``setfacl -m u:NAME:rw`` lost that entry when replaced, and its owning group took
+    the rights of the ACL's mask. An ACL ``path`` inherited from its folder's default
+    ACL, where ``replaced`` has none, is removed. Nothing is done where the system or the
+    file system has no ACLs."""
+    if not hasattr(os, "getxattr"):
+        return
+    for name in (_ACCESS_ACL, _DEFAULT_ACL) if folder else (_ACCESS_ACL,):
+        try:
+            entries = os.getxattr(replaced, name)
+        except OSError:  # none there (ENODATA), or no ACLs on this file system
+            entries = None
+        with contextlib.suppress(OSError):
+            if entries is not None:
+                os.setxattr(path, name, entries)
+            elif name in os.listxattr(path):
+                os.removexattr(path, name)
 
 
 # The errors of a failed write (a full disk, a file-size limit), which `atomic_file` names
@@ -205,7 +292,7 @@ def _keep_permissions(path: Path, replaced: os.stat_result) -> None:
 _WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
-def _failed_write(error: BaseException | None, temporary: Path) -> OSError | None:
+def failed_write(error: BaseException | None, temporary: Path) -> OSError | None:
     """The failed write behind ``error``, if that is what it is: an `OSError` of a write
     naming no file or only ``temporary`` (numpy's and h5py's writers into an open file
     name none), itself or in its context (matplotlib's PDF writer, its write failed,
@@ -264,10 +351,13 @@ def atomic_file(
     target = link_followed(target)
     check_target(target)
 
+    # made private (0600) while it replaces a file, whose permissions it takes at the end
+    private = os.path.lexists(target)
+
     def make() -> tuple[Path, int | None]:
         with _naming(target):
             prefix, suffix = file_temporary_affixes(target)
-            handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+            handle, temporary = _make_file(prefix, suffix, target.parent, private=private)
         if not lock:
             os.close(handle)
             return Path(temporary), None
@@ -281,14 +371,14 @@ def atomic_file(
         try:
             yield temporary
         except Exception as error:
-            failed = _failed_write(error, temporary)
+            failed = failed_write(error, temporary)
             if failed is None:
                 raise
             raise OSError(failed.errno, failed.strerror, str(target)) from None
         with _naming(target):
             with open(temporary, "rb+") as written:
                 os.fsync(written.fileno())
-            _permissions_of(target, temporary)
+            _permissions_of(target, temporary, private=private)
             if exclusive:
                 _link_new(temporary, target, created)
             else:
@@ -368,7 +458,33 @@ def check_target(target: Path) -> None:
         # open(target, "w") would refuse it; the rename would not, and would undo the
         # protection the user gave the file.
         raise PermissionError(errno.EACCES, "the file is read-only", str(target))
+    if target.exists() and not may_replace(target):
+        raise PermissionError(errno.EPERM, STICKY_REFUSAL, str(target))
     check_name_length(target)
+
+
+# Why the rename onto another user's file in a sticky folder (/tmp, a shared scratch) fails.
+STICKY_REFUSAL = (
+    "another user's file, in a folder that lets only its owners replace their files (the "
+    "sticky bit); name another file"
+)
+
+
+def may_replace(target: Path) -> bool:
+    """Whether a rename may replace the file ``target``: not where its folder has the sticky
+    bit (/tmp, a shared scratch folder) and neither the file nor the folder is the user's
+    (root excepted), though the file itself is writable (a group's or everyone's): there
+    ``open(target, "w")`` would write, but the rename `atomic_file` ends with fails, once
+    the work is done."""
+    user = os.geteuid() if hasattr(os, "geteuid") else 0
+    if user == 0:
+        return True
+    try:
+        folder = os.stat(target.parent)
+        owner = os.stat(target).st_uid
+    except OSError:
+        return True  # the writer meets and names what is wrong
+    return not folder.st_mode & stat.S_ISVTX or user in (folder.st_uid, owner)
 
 
 @contextlib.contextmanager
@@ -412,7 +528,10 @@ def atomic_directory(
     Raises
     ------
     FileExistsError
-        ``target`` exists and ``overwrite`` is false (checked before and after the work).
+        ``target`` exists and ``overwrite`` is false: checked before the block runs, and
+        after it, when ``target`` was made meanwhile (by another run, or the user): it is
+        left as it is, the new folder kept beside it as ``replaceable``'s refusal keeps
+        it, and the error names that folder at its end.
     OSError
         ``target`` is a loop of symbolic links (before the block runs).
     """
@@ -421,12 +540,12 @@ def atomic_directory(
         raise FileExistsError(f"{target} already exists (use --force to replace it)")
     check_name_length(target)
 
+    # made private (0700) while it replaces a folder, whose permissions it takes at the end
+    private = os.path.lexists(target)
+
     def make() -> tuple[Path, int | None]:
-        folder = Path(
-            tempfile.mkdtemp(
-                prefix=temporary_prefix(target, ".tmp"), suffix=".tmp", dir=target.parent
-            )
-        )
+        prefix = temporary_prefix(target, ".tmp")
+        folder = Path(_make_folder(prefix, ".tmp", target.parent, private=private))
         return folder, _lock_folder(folder)  # which removes it if it fails
 
     def remove(made: tuple[Path, int | None]) -> None:
@@ -446,7 +565,14 @@ def atomic_directory(
             raise OSError(error.errno, error.strerror, str(target / inside)) from None
         replacing = os.path.lexists(target)
         if replacing and not overwrite:
-            raise FileExistsError(f"{target} appeared while writing (use --force)")
+            # made by another run or the user while the block ran: left as it is, and the
+            # work, done, kept beside it (as a refused swap keeps it), not deleted
+            _folder_permissions(target, temporary, replacing=False, private=private)
+            kept = _keep_beside(temporary, target)
+            raise FileExistsError(
+                f"{target} appeared while writing, and was left as it is; the new output is "
+                f"in {kept}"
+            )
         if replacing and replaceable is not None:
             try:
                 replaceable(target)
@@ -455,7 +581,7 @@ def atomic_directory(
                 _folder_permissions(target, temporary, replacing=True)
                 kept = _keep_beside(temporary, target)
                 raise type(refused)(f"{refused}; the new output is in {kept}") from None
-        _folder_permissions(target, temporary, replacing=replacing)
+        _folder_permissions(target, temporary, replacing=replacing, private=private)
         try:
             # The old target out, the new one in and the old one deleted, or none of it: a
             # signal that arrives meanwhile is raised once all is done (then `written`

@@ -912,12 +912,16 @@ def _fit_command(args, inputs) -> int:
             ["--use-raw"] if adata.raw is not None else []
         )
         raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
-    if kind in ("h5ad", "zarr"):
-        seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
-    else:
-        seconds = _fit(adata, args, args.quiet, matrix_file=str(source))
-    with _doing(f"writing {outdir}"), _outdir_writer(outdir, args.force) as folder:
-        summary = _write_fit(adata, args, folder, str(source), seconds)
+    # OUTDIR's temporary folder is made before the fit, not after it (as the streamed fit
+    # makes it): another run given the same OUTDIR meanwhile is refused at its start, and
+    # an OUTDIR made while this one fits no longer costs the fit (`atomic_directory`)
+    with _outdir_writer(outdir, args.force) as folder:
+        if kind in ("h5ad", "zarr"):
+            seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
+        else:
+            seconds = _fit(adata, args, args.quiet, matrix_file=str(source))
+        with _doing(f"writing {outdir}"):
+            summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
     return EXIT_OK
 
@@ -1115,11 +1119,12 @@ def _run_demo(args) -> int:
         adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
     if not args.quiet:
         _tell(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros")
-    seconds = _fit(adata, args, args.quiet)
     color = "subpop" if "subpop" in adata.obs else None
-    with _doing(f"writing {outdir}"), _outdir_writer(outdir, args.force) as folder:
-        summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
-        _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
+    with _outdir_writer(outdir, args.force) as folder:  # before the fit, as `_fit_command`
+        seconds = _fit(adata, args, args.quiet)
+        with _doing(f"writing {outdir}"):
+            summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
+            _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
         _print_result(f"UMAP of the NMF usages: {outdir / UMAP_FILE}", outdir)

@@ -23,6 +23,7 @@ from .._atomic import (
     FOREIGN,
     IN_USE,
     REMOVED,
+    STICKY_REFUSAL,
     check_name_length,
     check_target,
     clear_lock_file,
@@ -30,6 +31,7 @@ from .._atomic import (
     file_temporary_affixes,
     link_followed,
     lock_file_of,
+    may_replace,
     owned_temporary,
     temporary_prefix,
 )
@@ -156,8 +158,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     Raises
     ------
     UnsafePathError
-        The path is an input, inside one, a folder (or ends in a separator), or a
-        read-only file, or another run is saving to it now.
+        The path is an input, inside one, a folder (or ends in a separator), a
+        read-only file or another user's file in a sticky folder (each save replaces
+        it, which the system refuses there), or another run is saving to it now.
     vbsnmf.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
     vbsnmf.CheckpointInUseError
@@ -197,6 +200,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
                 f"checkpoint {path} is read-only: the fit could not save to it; make it "
                 "writable or name another file"
             )
+        if not may_replace(path):  # each save replaces it: the first failed after the work
+            raise UnsafePathError(f"checkpoint {path} is {STICKY_REFUSAL}")
     # Where it will be written: its folder, or the nearest existing folder above (the
     # writer creates the rest). A temporary file of the writer's name is made and removed
     # there, so that a name too long or a folder that cannot be written (read-only, /proc)
@@ -264,7 +269,8 @@ def check_output_file(label: str, path: str | os.PathLike) -> Path:
     path it writes (a symbolic link followed).
 
     What the writer would meet only once the work is done is met now: a missing folder,
-    a folder, pipe or device at ``path``, a read-only file, a name too long, or a folder
+    a folder, pipe or device at ``path``, a read-only file, another user's file in a
+    sticky folder (which the final rename may not replace), a name too long, or a folder
     that cannot be written (read-only, ``/proc``): a temporary file of the writer's name is
     made and removed beside the file. A name ending with a separator names a folder, which
     `pathlib` would drop to write a file of the folder's name.
@@ -569,6 +575,30 @@ def clear_hdf5_leftovers(target: Path) -> None:
         folders=False,
         owned=_with_command_inputs(()),
         ours=_partial_hdf5,
+    )
+
+
+# What a table of `vbsnmf.io.write_nmf_tables` begins with: gzip's magic number and method
+# (the factor tables), or the trace's header (``elbo.tsv``, ``loss.tsv``).
+_GZIP_START = b"\x1f\x8b\x08"
+_TRACE_START = b"iteration\t"
+
+
+def clear_table_leftovers(target: Path) -> None:
+    """Remove the temporaries that killed writes of the table ``target`` (`write_nmf_tables`,
+    through `atomic_file` with ``lock``) left beside it, as `clear_hdf5_leftovers` removes
+    an HDF5 file's: its writer gone, unchanged for a minute, holding the start of such a
+    table (a gzip stream, or the trace's header), with a warning naming them. A fit of a
+    million cells leaves a cell-factors temporary of some hundred megabytes, hidden, that
+    nothing removed."""
+    target = link_followed(Path(target))
+    start = _GZIP_START if target.name.endswith(".gz") else _TRACE_START
+    clear_leftovers(
+        target,
+        [file_temporary_affixes(target)],
+        folders=False,
+        owned=_with_command_inputs(()),
+        ours=lambda file: _begins_as(file, start),
     )
 
 

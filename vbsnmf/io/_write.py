@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_file, held_signals
+from .._atomic import atomic_file, failed_write, held_signals
 from .._utils import (
     check_anndata,
     check_fit_entries,
@@ -36,6 +36,7 @@ from ._paths import (
     check_file_name,
     check_folder_name,
     clear_hdf5_leftovers,
+    clear_table_leftovers,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     (Ctrl-C, or SIGTERM / SIGHUP in the command line) while the tables are written, leaves
     the folder's earlier tables as they were; an interruption during the renames is raised
     once all are done. Only a rename that fails (the folder changed meanwhile) or a crash
-    of the machine between the three renames can leave some replaced.
+    of the machine between the three renames can leave some replaced. The hidden
+    temporaries a killed write (SIGKILL, a power loss) left beside the tables are removed
+    by the next write, once unchanged for a minute (`clear_table_leftovers`).
 
     A trace of the other kind left by an earlier fit (an ``elbo.tsv`` beside a classical
     fit's ``loss.tsv``, or the reverse) is not this fit's: it is kept, as vbsnmf removes
@@ -107,19 +110,36 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
     tables = [*_factor_tables(adata, info, key), _trace_table(info)]
+    for table in tables:
+        if folder.is_dir():
+            clear_table_leftovers(folder / table.name)
     with held_signals() as deliver, ExitStack() as replacements:
         # atomic_file checks its target on entry, before anything is written; the
-        # renames happen as the stack unwinds, only once every table is complete
-        temporaries = [replacements.enter_context(atomic_file(folder / t.name)) for t in tables]
+        # renames happen as the stack unwinds, only once every table is complete. Each
+        # temporary is locked while it exists, so that a later write tells a killed
+        # one's (`clear_table_leftovers`) from a live one's.
+        temporaries = [
+            replacements.enter_context(atomic_file(folder / table.name, lock=True))
+            for table in tables
+        ]
         for table, temporary in zip(tables, temporaries):
-            write_tsv(
-                table.values,
-                temporary,
-                float_format=table.float_format,
-                index=table.index,
-                compressed_name=table.name if table.name.endswith(".gz") else None,
-                check=deliver,
-            )
+            try:
+                write_tsv(
+                    table.values,
+                    temporary,
+                    float_format=table.float_format,
+                    index=table.index,
+                    compressed_name=table.name if table.name.endswith(".gz") else None,
+                    check=deliver,
+                )
+            except OSError as error:
+                # named here by the table that failed: the error otherwise reached the
+                # innermost atomic_file first, the last table's, which named elbo.tsv for a
+                # full disk met while writing cell_factors.tsv.gz
+                failed = failed_write(error, temporary)
+                if failed is None:
+                    raise
+                raise OSError(failed.errno, failed.strerror, str(folder / table.name)) from None
     _warn_of_another_trace(folder, tables[-1].name)
     return [folder / table.name for table in tables]
 

@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         fit,
         outdir_required=True,
         svi_title="stochastic VB (--solver svi; a 10x folder, an .mtx or the X of an .h5ad "
-        "stored as CSR is streamed from disk a minibatch of cells at a time, any other input "
-        "or --layer/--use-raw read into memory)",
+        "stored as CSR or dense is streamed from disk a minibatch of cells at a time, any "
+        "other input or --layer/--use-raw read into memory)",
     )
     orientation = fit.add_mutually_exclusive_group()
     orientation.add_argument(

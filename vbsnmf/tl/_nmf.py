@@ -113,7 +113,7 @@ def nmf(
         Cells x genes. Sparse, dense, backed or dask ``X`` (never densified). A backed
         AnnData (``anndata.read_h5ad(path, backed="r")``) with ``solver="svi"`` (its
         default ``svi_form="cells"``) is streamed from disk a minibatch of cells at a time
-        (its ``X``, stored as CSR; memory does not grow with the nonzeros). A dask ``X``
+        (its ``X``, stored as CSR or dense; memory does not grow with the nonzeros). A dask ``X``
         is fitted where its chunks are (`vbsnmf.fit_dask`), and only the results come
         into memory (the ``.obsm`` arrays below, cells x K). Otherwise ``X`` is read into
         memory.

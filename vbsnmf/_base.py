@@ -80,16 +80,34 @@ def names_differ(names, other_names, noun: str, other: str, own: str = "X") -> s
 
 
 def check_entry_columns(X, entries, name: str) -> None:
-    """``entries`` (``mask``, ``weights``: a value per entry of X) against X's column names
-    when both have names (DataFrames): other names or another order are a `ValueError`, as
-    the entries would be matched with X's genes by position."""
+    """``entries`` (``mask``, ``weights``: a value per entry of X) against X's column names,
+    and its row names, when both have names (DataFrames; rows named by strings, as cells
+    are): other names or another order are a `ValueError`, as the entries would be matched
+    with X's genes and cells by position."""
     detail = names_differ(feature_names(X), feature_names(entries, name), "columns", name)
-    if detail is None:
-        return
-    raise ValueError(
-        f"{name} has other column names than X ({detail}): its entries would be matched "
-        f"with X's by position; pass them in X's order, {name}[X.columns]"
-    )
+    if detail is not None:
+        raise ValueError(
+            f"{name} has other column names than X ({detail}): its entries would be matched "
+            f"with X's by position; pass them in X's order, {name}[X.columns]"
+        )
+    # the cells too: a frame of weights in another cell order moved one cell's weights
+    # onto another's without a word
+    detail = names_differ(_row_names(X), _row_names(entries), "rows", name)
+    if detail is not None:
+        raise ValueError(
+            f"{name} has other row names than X ({detail}): its entries would be matched "
+            f"with X's cells by position; pass them in X's order, {name}.loc[X.index]"
+        )
+
+
+def _row_names(frame) -> np.ndarray | None:
+    """The index of a DataFrame when its labels are strings (cell names), else None (a
+    default range index, numbers: nothing to match by)."""
+    if not hasattr(frame, "columns") or not hasattr(frame, "index"):
+        return None
+    if getattr(frame.index, "inferred_type", None) != "string":
+        return None
+    return np.asarray(frame.index, dtype=object)
 
 
 def _listed(names) -> str:

@@ -31,6 +31,7 @@ from .._validation import (
     exact_float_dtype,
     refuse_masked,
     refuse_path_or_anndata,
+    refuse_pydata_sparse,
     sparse_frame_as_coo,
 )
 from .losses import (
@@ -157,6 +158,20 @@ def _sparse_frame_read(X):
     return X
 
 
+def refuse_unread_sparse(value, name: str) -> None:
+    """A `TypeError` naming a sparse matrix that numpy cannot read: a pydata `sparse` array
+    (its own RuntimeError advised densifying it) or a backed AnnData's X, anndata's sparse
+    dataset on disk (numpy said "setting an array element with a sequence")."""
+    refuse_pydata_sparse(value, name)
+    if hasattr(value, "group") and getattr(value, "format", None) in ("csr", "csc"):
+        raise TypeError(
+            f"{name} is a backed AnnData's sparse X (read from disk), which the classical "
+            "solvers do not stream: read it into memory first (adata.X[:] or "
+            "adata.to_memory())"
+            + (", or fit the counts with vbsnmf.VBNMF(solver='svi')" if name == "X" else "")
+        )
+
+
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
@@ -167,6 +182,7 @@ def check_data(X):
         "pass the values as X.filled(0) and leave the masked entries out with weights=... "
         "(0 there, 1 elsewhere; solver='mu')",
     )
+    refuse_unread_sparse(X, "X")
     X = _sparse_frame_read(X)
     if sp.issparse(X) and X.ndim != 2:  # a 1-D or n-D coo_array: the checks below unpack 2
         raise ValueError(f"X must be 2-D, got {X.ndim}-D")
@@ -222,6 +238,7 @@ class ClassicData:
         shape = X.shape
         row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         if weights is not None:
+            refuse_unread_sparse(weights, "weights")
             weights = _sparse_frame_read(weights)
             weights = check_array(
                 weights,
@@ -711,8 +728,9 @@ def factor_loss(
     W, H
         Factors, n x K and K x m (``H`` is scikit-learn's ``components_``).
     loss, alpha, beta
-        The loss, see `resolve_loss`. ``"poisson"`` is KL against
-        ``diag(sum(X, axis=1)) W H`` (per-sample totals).
+        The loss, see `resolve_loss`. ``"poisson"`` is KL against ``diag(c) W H`` with
+        ``c`` the per-sample totals ``sum(X, axis=1)``, over the entries of weight > 0 when
+        ``weights`` are given (as `NMF` fits it, so this is its ``loss_``).
     weights
         Optional non-negative entry weights of X's shape, dense or sparse (a 0/1 mask is the
         common case; any finite weights >= 0 are exact): the loss is

@@ -386,8 +386,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
 
     def _check_params(self) -> LossSpec:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}")
+        # not an array: `in` compares it elementwise, and numpy's "truth value of an
+        # array is ambiguous" named neither the parameter nor the choices
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {_short(self.solver)}; choose one of {SOLVERS}")
         loss = self.loss
         if loss == "auto":
             loss = "kl" if self.solver == "mu" else "frobenius"
@@ -411,8 +413,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         check_flag(self.thin, "thin")
-        if self.init not in INITS and self.init is not None:
-            raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        if self.init is not None and (not isinstance(self.init, str) or self.init not in INITS):
+            raise ValueError(f"unknown init {_short(self.init)}; choose one of {INITS}")
         _check_seed(self.random_state)
         return spec
 
@@ -515,6 +517,14 @@ def _as_result(factor: np.ndarray, X) -> np.ndarray:
             "as float64"
         )
     return result
+
+
+def _short(value) -> str:
+    """``repr(value)`` of a parameter in a message, or its type and shape for an array
+    (a starting W passed as ``init`` would fill the message with its numbers)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {value.shape}"
+    return repr(value)
 
 
 def _within_rounding_of(factor: np.ndarray, bound) -> np.ndarray:

@@ -184,7 +184,10 @@ def nmf(
 
     ``.obsm['X_nmf']`` : ndarray (n_obs, K)
         Posterior mean cell factors ``E[z]``; a cell's row sums to (about) its library
-        size over the mean loadings.
+        size over the mean loadings. A classical ``loss="poisson"`` fit's are its
+        proportions times the cell's total, ``diag(c) W`` (``X ~ diag(c) W H``; the
+        estimator returns ``W``), so that ``X_nmf @ varm.T`` is the expected counts as for
+        every fit.
     ``.obsm['X_nmf_usage']`` : ndarray (n_obs, K)
         Usages: each cell's share of its fitted counts from each factor,
         ``z_il t_l / sum_k z_ik t_k`` with ``t_l`` the factor's total loading (rows sum
@@ -250,10 +253,15 @@ def nmf(
         The fit stopped at ``max_iter`` before its stopping rule was met.
     """
     check_anndata(adata)
-    if solver not in SOLVERS:
+    if not isinstance(solver, str) or solver not in SOLVERS:  # an array: numpy's "ambiguous"
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     _check_fit_params(solver, fit_params)
-    if solver in CLASSIC_SOLVERS and fit_params.get("init") == "custom":
+    # "custom" compared as a string: an array compared elementwise (numpy's "ambiguous")
+    if (
+        solver in CLASSIC_SOLVERS
+        and isinstance(fit_params.get("init"), str)
+        and (fit_params["init"] == "custom")
+    ):
         # the estimator's "needs both W and H" named arguments tl.nmf does not take
         raise ValueError(
             "init='custom' starts from the W and H given to vbsnmf.classic.NMF's "
@@ -374,6 +382,11 @@ def nmf(
             raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
         if fitted_genes is not None:
             _check_masked_weights(fit_params.get("weights"), fitted_genes, matrix.shape)
+            _check_masked_factor_mask(
+                fit_params.get("factor_mask"), fitted_genes, n_components, matrix.shape
+            )
+        fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
+        _check_named_weights(fit_params.get("weights"), adata.obs_names, fitted_names)
         fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
 
@@ -479,6 +492,51 @@ def _check_masked_weights(weights, fitted_genes: np.ndarray, shape: tuple[int, i
             f"weights has shape {weights_shape}, over every gene, and mask_var fits "
             f"{shape[1]} of them: pass the weights of the fitted genes, "
             "weights[:, mask] with mask the boolean array of mask_var"
+        )
+
+
+def _check_named_weights(weights, cells: pd.Index, genes: pd.Index) -> None:
+    """A DataFrame of ``weights`` against the fitted cells and genes by name
+    (`_base.check_entry_columns`): the counts reach the solver without names, and a frame
+    in another cell or gene order was matched with them by position."""
+    if not hasattr(weights, "columns"):
+        return
+    from types import SimpleNamespace
+
+    from .._base import _row_names, feature_names, names_differ
+
+    named = SimpleNamespace(columns=genes, index=cells)  # the counts' names, no values
+    for noun, names, own, order in (
+        ("columns", feature_names, "the fitted genes", "weights[fitted_gene_names]"),
+        ("rows", _row_names, "adata.obs_names", "weights.loc[adata.obs_names]"),
+    ):
+        detail = names_differ(names(named), names(weights), noun, "weights", own="adata")
+        if detail is not None:
+            raise ValueError(
+                f"weights' {noun[:-1]} names are not those of {own} ({detail}): its entries "
+                f"would be matched with the counts by position; pass them in adata's order, "
+                f"{order}"
+            )
+
+
+def _check_masked_factor_mask(
+    factor_mask, fitted_genes: np.ndarray, n_components: int, shape: tuple[int, int]
+) -> None:
+    """As `_check_masked_weights`, for a ``factor_mask`` of H over every gene when
+    ``mask_var`` fits fewer: the solver's "must be a 0/1 array of shape (K, m)" did not say
+    that m counts the fitted genes only."""
+    h_mask = factor_mask.get("H") if isinstance(factor_mask, dict) else factor_mask
+    if h_mask is None:
+        return
+    try:
+        h_shape = np.shape(h_mask)
+    except ValueError:  # ragged: the estimator names it
+        return
+    if h_shape == (n_components, fitted_genes.size) and fitted_genes.size != shape[1]:
+        raise ValueError(
+            f"factor_mask's H mask has shape {h_shape}, over every gene, and mask_var fits "
+            f"{shape[1]} of them: pass the mask of the fitted genes, h_mask[:, mask] with "
+            "mask the boolean array of mask_var"
         )
 
 
@@ -763,6 +821,12 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     # stored in float64 whatever the counts' dtype: a classical fit has no dtype setting (the
     # estimator returns float32 factors for float32 counts, as scikit-learn's NMF)
     cell_factors = np.asarray(cell_factors, dtype=np.float64)
+    if model._check_params().name == "poisson":
+        # X ~ diag(c) W H with W the cells' proportions: stored in counts, c W, as every
+        # other fit's, so that X_nmf @ varm.T is the expected counts. As proportions a
+        # cell of 10 counts weighed as much as one of 10,000 in factor_share, `active` and
+        # tl.top_genes' specificity.
+        cell_factors *= _poisson_totals(matrix, options.get("weights"))[:, None]
     # A cell without counts fits best at zero factors, where "mu", "hals" and "als" leave
     # it; "ipg" and "gd" stop near it (1e-21), and its usages were an arbitrary mix. With a
     # lower bound epsilon the best is the bound (zero once thinned), not below it.
@@ -772,6 +836,15 @@ def _fit_classic(matrix, n_components, solver, random_state, fit_params):
     w_mask, _ = model._factor_masks(*matrix.shape, model.n_components_)
     cell_factors[empty] = floor if w_mask is None else floor * w_mask[empty]
     return cell_factors, np.asarray(model.components_, dtype=np.float64).T, info
+
+
+def _poisson_totals(matrix, weights) -> np.ndarray:
+    """The per-cell totals ``c`` of a ``loss="poisson"`` fit as the fit takes them
+    (`classic.NMF`): added in float64 (scipy adds float32 counts in float32), over the
+    entries of weight > 0 when ``weights`` are given."""
+    from ..classic._data import ClassicData
+
+    return ClassicData.build(matrix, weights).row_totals
 
 
 def _column_sums(matrix) -> tuple[np.ndarray, int]:

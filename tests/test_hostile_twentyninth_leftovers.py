@@ -4,6 +4,8 @@
   the whole matrix into memory, where one whose X is CSR streams; the library streamed a
   backed dense X already (`tl.nmf` on ``read_h5ad(path, backed="r")``). It streams now, a
   block of rows at a time, and the fit is the CSR file's.
+- ``io.write_nmf_tables(..., key=np.str_("nmf"))`` named the fit ``np.str_('nmf')`` in its
+  messages (the tools name it as text since the twenty-ninth pass; noticed by it).
 """
 
 from __future__ import annotations
@@ -85,3 +87,21 @@ def test_a_dense_source_reads_nothing_until_its_row_counts_are_asked_for(
         np.testing.assert_array_equal(source.indptr, expected)
         assert source.nnz == np.count_nonzero(counts)
         assert len(reads) >= 1
+
+
+def test_write_nmf_tables_names_a_numpy_string_key_as_text(tmp_path):
+    """A key from an array of keys (a numpy string) is named as the text it is."""
+    import warnings
+
+    import vbsnmf
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (40, 15)).astype(np.float32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        vbsnmf.tl.nmf(adata, n_components=2, max_iter=5)
+    del adata.varm["NMF"]
+    with pytest.raises(KeyError) as raised:
+        vbsnmf.io.write_nmf_tables(adata, tmp_path, key=np.str_("nmf"))
+    assert "the fit 'nmf' has no .varm['NMF']" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []

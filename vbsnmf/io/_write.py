@@ -105,6 +105,7 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     """
     _refuse_a_projection(adata, key)
     info = fit_info(adata, key)
+    key = str(key)  # checked a string (fit_info): a numpy one as text in messages
     check_folder_name("folder", folder)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -5,8 +5,10 @@ more than a batch fit of pbmc_facs allocates, and most of a small command's run 
 `Estimator` gives `VBNMF` and `VBNTF` the parts of scikit-learn's ``BaseEstimator`` they
 use: parameters read from the constructor's signature (`get_params`, `set_params`, so
 ``clone``, pipelines and grid searches work), a repr of the parameters set (and
-scikit-learn's HTML diagram in notebooks where it is loaded), and tags built when
-scikit-learn asks for them (it is loaded then). A transformer (`VBNMF`) also gets what
+scikit-learn's HTML diagram in notebooks where it is loaded), tags built when
+scikit-learn asks for them (it is loaded then), and metadata routing
+(``set_fit_request``, ``get_metadata_routing``: scikit-learn's own code, run when it is
+enabled). A transformer (`VBNMF`) also gets what
 scikit-learn's ``TransformerMixin`` adds: `get_feature_names_out` and `set_output`, the
 container of `transform`'s output (pandas inside a pipeline). Errors and warnings that
 scikit-learn has a class for (`NotFittedError`, the convergence warning) are raised as
@@ -301,6 +303,52 @@ class Estimator:
 
         return estimator_html_repr(self)
 
+    # -- scikit-learn's metadata routing (its ``_MetadataRequester``, which BaseEstimator
+    # inherits): with ``enable_metadata_routing`` set, a pipeline or a search passes `fit`'s
+    # keyword arguments (``mask``, ``init``, ``callback``; a tensor's ``values``) only to an
+    # estimator that requests them, and refused them all while these were missing. The
+    # requests are kept in ``_metadata_request``, which scikit-learn's ``clone`` copies.
+    def set_fit_request(self, **requests):
+        """Request `fit`'s keyword arguments from a meta-estimator (a pipeline, a search)
+        under scikit-learn's metadata routing, as scikit-learn's ``set_fit_request``:
+        ``True`` to receive one, ``False`` not to, a string to receive it under another
+        name. Needs ``sklearn.set_config(enable_metadata_routing=True)`` (`RuntimeError`
+        otherwise). Returns self."""
+        from sklearn.utils._metadata_requests import RequestMethod
+
+        parameters = list(inspect.signature(type(self).fit).parameters.values())[1:]
+        keys = [
+            p.name
+            for p in parameters
+            if p.name not in ("X", "y") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        return RequestMethod("fit", sorted(keys)).__get__(self, type(self))(**requests)
+
+    def get_metadata_routing(self):
+        """scikit-learn's ``MetadataRequest`` of this estimator: the requests
+        `set_fit_request` made, by default none (a meta-estimator given one of `fit`'s
+        keyword arguments then asks for a request, as for scikit-learn's estimators)."""
+        return self._get_metadata_request()
+
+    # scikit-learn's own code, run on this class: the instance's requests, and the defaults
+    # it reads from the methods' signatures (by the first two classmethods before 1.9, by
+    # the third since)
+    def _get_metadata_request(self):
+        return _requester()._get_metadata_request(self)
+
+    @classmethod
+    def _get_default_requests(cls):
+        return _requester()._get_default_requests.__func__(cls)
+
+    @classmethod
+    def _build_request_for_signature(cls, router, method):
+        return _requester()._build_request_for_signature.__func__(cls, router, method)
+
+    @classmethod
+    def _get_class_level_metadata_request_values(cls, *args, **kwargs):
+        method = _requester()._get_class_level_metadata_request_values.__func__
+        return method(cls, *args, **kwargs)
+
     def __sklearn_tags__(self):
         # Only scikit-learn calls this, so it is loaded already.
         from sklearn.utils import Tags, TargetTags, TransformerTags
@@ -314,11 +362,22 @@ class Estimator:
         )
 
 
+def _requester():
+    """scikit-learn's ``_MetadataRequester`` (only routing calls for it: it is loaded)."""
+    from sklearn.utils.metadata_routing import _MetadataRequester
+
+    return _MetadataRequester
+
+
 def _is_default(value, default) -> bool:
     if default is inspect.Parameter.empty:
         return False
     if value is default:
         return True
+    if type(value) is not type(default):
+        # max_iter=1000.0 or verbose=0 equal the default in value, not as a fit reads them
+        # (it refuses the float): shown, as scikit-learn shows them (it compares reprs)
+        return False
     try:
         return bool(np.array_equal(value, default))
     except (TypeError, ValueError):

@@ -287,15 +287,30 @@ def check_count_dtype(dtype, name: str = "X") -> None:
         raise ValueError(f"{name} must be real counts: Complex data not supported ({dtype})")
 
 
+def _is_pandas_missing(value) -> bool:
+    """pandas' missing value ``pd.NA`` (of its nullable dtypes), known without importing
+    pandas."""
+    kind = type(value)
+    return kind.__name__ == "NAType" and kind.__module__.split(".")[0] == "pandas"
+
+
 def numbers_from_objects(array: np.ndarray, name: str) -> np.ndarray:
     """An object array of numbers (e.g. from pandas) in float64. Text is refused: numpy
-    would parse ``"3"`` as 3, so a column of strings passed for counts."""
+    would parse ``"3"`` as 3, so a column of strings passed for counts. pandas' missing
+    value ``pd.NA`` (an Int64 or Float64 column's) becomes NaN, as None does, so the
+    counts' check names it and where it is (as scikit-learn reads it: "contains NaN");
+    numpy's cast raised Python's own TypeError on it."""
     text = next((value for value in array.flat if isinstance(value, (str, bytes))), None)
     if text is not None:
         raise TypeError(f"{name} must hold numbers, not text (it holds {text!r:.40})")
     try:
         return array.astype(np.float64)
     except (TypeError, ValueError, OverflowError) as error:
+        missing = np.frompyfunc(_is_pandas_missing, 1, 1)(array).astype(bool)
+        if missing.any():
+            filled = array.copy()
+            filled[missing] = np.nan
+            return numbers_from_objects(filled, name)
         raise TypeError(f"{name} must hold numbers: {error}") from None
 
 

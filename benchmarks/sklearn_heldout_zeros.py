@@ -11,6 +11,7 @@ figure, and scores the same factors floored at 1e-10 and 1e-6 for comparison.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -53,4 +54,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # no options, but --help says what the script does instead of running the fit
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

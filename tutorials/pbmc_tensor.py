@@ -34,6 +34,9 @@ Run it from the repository root::
 
     python tutorials/pbmc_tensor.py            # full run, writes into tutorials/
     python tutorials/pbmc_tensor.py --quick    # 2,000 genes, fewer iterations (what CI runs)
+
+``--quick`` may also be set by the environment variable ``VBSNMF_TUTORIAL_QUICK=1``, as for
+``tutorials/pbmc_nmf_umap.py``; ``--outdir`` writes the figure and table elsewhere.
 """
 
 from __future__ import annotations
@@ -264,12 +267,18 @@ also its own sort and library, so gate, cell type and batch are confounded.
     os.replace(temporary, path)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced setting (CI)")
-    parser.add_argument("--outdir", type=Path, default=HERE)
-    args = parser.parse_args()
-    run(quick=args.quick or os.environ.get("VBSNMF_TUTORIAL_QUICK") == "1", outdir=args.outdir)
+    # the environment variable read as pbmc_nmf_umap.py reads it (any value but "" or "0")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("VBSNMF_TUTORIAL_QUICK", "") not in ("", "0"),
+        help="reduced setting for CI (also VBSNMF_TUTORIAL_QUICK=1)",
+    )
+    parser.add_argument("--outdir", type=Path, default=HERE, help="where the figure and table go")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, outdir=args.outdir)
 
 
 if __name__ == "__main__":

@@ -188,10 +188,10 @@ class VBNMF(Estimator):
     prior
         ``"hierarchical"`` (default): learned priors, ``z_il | xi_i ~ Gamma(a_l, xi_i)``,
         ``xi_i ~ Gamma(a', a'/b')`` and the same for the genes, every hyperparameter
-        learned by empirical Bayes (``hyperparameters_``); a batch fit from a random start
-        holds the factor shapes a_l, c_l at 1 for its first passes (docs/model.md, "The
-        hold"). ``"gamma"``: the fixed prior Gamma(``prior_shape``, ``prior_rate``) on
-        every entry of both factor matrices.
+        learned by empirical Bayes (``hyperparameters_``); a batch fit from a start of its
+        own (random or NNDSVDa's; not a warm start) holds the factor shapes a_l, c_l at 1
+        for its first passes (docs/model.md, "The hold"). ``"gamma"``: the fixed prior
+        Gamma(``prior_shape``, ``prior_rate``) on every entry of both factor matrices.
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes the factor shapes a_l and c_l
@@ -286,10 +286,10 @@ class VBNMF(Estimator):
         Maximum number of passes over the data (SVI). The default (None) is 40, what the
         cells form's defaults needed to end within 1 % of batch VB's converged ELBO on the
         data of ``docs/performance.md`` (at 20, 4 of 30 fits ended 1.1-1.3 % below): 40
-        epochs of 32 steps. On fewer than 4,096 cells with the default ``batch_size`` (at
-        least 128 cells, so fewer than 32 steps an epoch) it is as many epochs as make the
-        same 1,280 steps (pbmc_tiny's 1,107 cells: 143): the gene side needs the steps,
-        and such epochs are cheap.
+        epochs of 32 steps (the nonzero forms: 40 epochs). For the cells form on fewer
+        than 4,096 cells with the default ``batch_size`` (at least 128 cells, so fewer than
+        32 steps an epoch) it is as many epochs as make the same 1,280 steps (pbmc_tiny's
+        1,107 cells: 143): the gene side needs the steps, and such epochs are cheap.
     eval_every
         Evaluate the full ELBO every this many epochs (one more pass over the data; for the
         cells form every cell's factors are refitted to the current gene side) and stop when
@@ -1517,7 +1517,24 @@ def fit_triplets(
     """Fit `VBNMF` to a count matrix given as triplets ``(rows[n], cols[n], counts[n])``.
 
     For callers that hold coordinates, not a matrix. Duplicate coordinates are summed.
-    ``params`` are `VBNMF`'s keyword arguments. Returns the fitted estimator.
+
+    Parameters
+    ----------
+    rows, cols
+        Integer row (cell) and column (gene) index of each count, from 0.
+    counts
+        The counts, non-negative and finite, one per (row, column) pair.
+    shape
+        ``(n_rows, n_cols)`` of the matrix.
+    n_components
+        Number of factors K, as `VBNMF`'s (default 10).
+    **params
+        `VBNMF`'s other keyword arguments.
+
+    Returns
+    -------
+    VBNMF
+        The fitted estimator.
 
     Raises
     ------

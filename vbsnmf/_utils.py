@@ -278,7 +278,23 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
     a record without an entry the tools read (a `KeyError`) or with one they cannot read
     (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
     a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
-    (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's."""
+    (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's.
+
+    Parameters
+    ----------
+    adata
+        AnnData after `vbsnmf.tl.nmf`.
+    key
+        ``key_added`` of the fit.
+    needs
+        What the caller reads of the fit, named in the error for cells that hold only a
+        projection.
+
+    Returns
+    -------
+    dict
+        The fit's record, ``adata.uns[key]``.
+    """
     check_anndata(adata)
     key = check_record_key(key)
     projection_key = f"{key}_projection"

@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer(2),
         default=15,
         metavar="N",
-        help="neighbours per cell, at most the cells less one (a larger N is lowered to "
-        "it) (default: 15)",
+        help="neighbours per cell, at least 2 and at most the cells less one (a larger N "
+        "is lowered to it) (default: 15)",
     )
     umap.add_argument(
         "--seed",
@@ -353,8 +353,8 @@ def _add_fit_options(
     command.add_argument(
         "--init",
         choices=("random", "nndsvda"),
-        help="batch: the start, random (default) or NNDSVDa of the counts (deterministic; "
-        "learned prior only)",
+        help="batch: the start, random (default) or NNDSVDa of the counts (one start, its "
+        "truncated SVD drawn from --seed; learned prior only)",
     )
     command.add_argument(
         "--checkpoint",

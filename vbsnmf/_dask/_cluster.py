@@ -57,13 +57,19 @@ def _clear_chained_frames(error: BaseException) -> None:
         pending += [current.__cause__, current.__context__]
 
 
+# vbsnmf is installed from its repository, not from PyPI: "pip install 'vbsnmf[dask]'"
+# would fetch whatever PyPI holds under that name, so the advice names the packages.
+DASK_INSTALL = (
+    "install it with python -m pip install 'dask[array]>=2024.1' 'distributed>=2024.1' "
+    "(the [dask] extra: python -m pip install -e '.[dask]' in vbsnmf's repository)"
+)
+
+
 def dask_array_module():
     try:
         import dask.array as da
     except ImportError as error:  # pragma: no cover - dask is an optional extra
-        raise ImportError(
-            "the distributed fit needs dask; install it with pip install 'vbsnmf[dask]'"
-        ) from error
+        raise ImportError(f"the distributed fit needs dask; {DASK_INSTALL}") from error
     return da
 
 
@@ -72,9 +78,7 @@ def get_client(client):
     try:
         from distributed import Client, default_client
     except ImportError as error:  # pragma: no cover - dask is an optional extra
-        raise ImportError(
-            "the distributed fit needs dask.distributed; install it with pip install 'vbsnmf[dask]'"
-        ) from error
+        raise ImportError(f"the distributed fit needs dask.distributed; {DASK_INSTALL}") from error
     if client is None:
         try:
             return default_client()

@@ -3,11 +3,15 @@
 `read` picks the reader by the path: a 10x folder (`read_10x`), a Cell Ranger ``.h5``
 (`read_10x_h5`), an ``.h5ad`` file (`read_h5ad`), a ``.zarr`` store (`read_zarr`) or a
 Matrix Market ``.mtx`` / ``.mtx.gz`` file (`read_mtx`). `mtx_to_h5ad` converts a Matrix
-Market file once into an ``.h5ad`` that streams. Every problem with an input file raises
-`ReadError` (a `ValueError`) whose message names the file.
-`atomic_file` and `atomic_directory` write an output so that it appears only complete;
-`check_outdir` and `check_checkpoint_path` refuse, before any work, an output or checkpoint
-path that would overwrite or remove what the user owns.
+Market file once into an ``.h5ad`` that streams, and `read_h5ad_backed` opens one whose X
+streams by cells. Every problem with an input file raises `ReadError` (a `ValueError`)
+whose message names the file.
+`write_result` writes an AnnData with its fit as a compressed ``.h5ad`` and
+`write_nmf_tables` the fit's tables, both atomically; `atomic_file` and
+`atomic_directory` write any output so that it appears only complete; `check_outdir` and
+`check_checkpoint_path` refuse, before any work, an output or checkpoint path that would
+overwrite or remove what the user owns (`UnsafePathError`; `real_path` resolves the
+symbolic links they follow).
 
 The names are imported on first use (PEP 562), as in the package's ``__init__``: the
 estimator needs `check_checkpoint_path` and the streamed sources, not the readers (which

@@ -76,7 +76,9 @@ def mtx_to_h5ad(
     dst
         The ``.h5ad`` to write, atomically (a temporary file beside it, then renamed).
     genes_as_rows
-        True when the file's rows are genes (the 10x convention), False when rows are cells.
+        True (default) when the file's rows are genes (the 10x convention), False when rows
+        are cells. A cells x genes file converted with the default is refused as not
+        sorted by cell, unless its entries happen to be sorted both ways.
     row_names, col_names
         Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
         the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).

@@ -277,7 +277,7 @@ def elbo(
     *,
     axes: Sequence | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ):
     """The ELBO per iteration and, log-scaled, its gap to the final value (points of a
     noisy SVI trace above the final value have none: the panel's title counts them).

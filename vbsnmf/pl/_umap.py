@@ -59,7 +59,9 @@ def umap(
     Runs ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")`` (the square roots of the
     fit's usages: the recommended route, see `vbsnmf.tl.nmf`) and ``sc.tl.umap``, so
     ``adata`` gains what they set (``.obsp['distances']``, ``.obsp['connectivities']``,
-    ``.obsm['X_umap']``), and draws ``sc.pl.umap`` coloured by ``color``.
+    ``.obsm['X_umap']``, ``.uns['neighbors']``, ``.uns['umap']``), replacing a graph or
+    UMAP stored there before (of PCs, say: copy them first to keep them), and draws
+    ``sc.pl.umap`` coloured by ``color``.
 
     Parameters
     ----------

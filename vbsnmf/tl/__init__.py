@@ -1,6 +1,7 @@
-"""scanpy-style tools: `nmf` (factorise an AnnData), `top_genes`, `project`, `fit_info`
-(the stored fit, or an error saying to run `nmf`), `select_k` (the number of factors by
-held-out likelihood), `count_split`; `SOLVERS` lists what ``nmf`` accepts.
+"""scanpy-style tools: `nmf` (factorise an AnnData), `top_genes` (with `gene_specificity`,
+each factor's share of a gene's expected counts), `project`, `fit_info` (the stored fit,
+or an error saying to run `nmf`), `select_k` (the number of factors by held-out
+likelihood), `count_split`; `SOLVERS` lists what ``nmf`` accepts.
 
 The names are imported on first use (PEP 562), as in the package's ``__init__``: the
 command line builds its options from `SOLVERS` without loading the other tools.

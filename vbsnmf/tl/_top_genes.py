@@ -17,7 +17,20 @@ def gene_specificity(gene_loadings: np.ndarray, cell_factors: np.ndarray) -> np.
     ``E[x_j] = sum_i sum_l z_il w_jl``, so factor l's share of gene j is
     ``w_jl s_l / sum_l' w_jl' s_l'`` with ``s_l = sum_i z_il``; rows sum to one (zero for a
     gene no factor explains). Unlike the raw loading it does not favour genes that every
-    cell expresses highly. Either may be a scipy sparse matrix.
+    cell expresses highly.
+
+    Parameters
+    ----------
+    gene_loadings
+        Genes x K, non-negative (``adata.varm['NMF']`` of a `vbsnmf.tl.nmf` fit); dense or
+        a scipy sparse matrix.
+    cell_factors
+        Cells x K, non-negative (``adata.obsm['X_nmf']``); dense or a scipy sparse matrix.
+
+    Returns
+    -------
+    ndarray of shape (n_genes, K)
+        Each gene's shares, rows summing to one (zero for a gene no factor explains).
     """
     gene_loadings = _factor_matrix(gene_loadings, "gene_loadings")
     cell_factors = _factor_matrix(cell_factors, "cell_factors")

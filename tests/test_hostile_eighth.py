@@ -58,7 +58,8 @@ def test_estimator_and_io_flags_take_booleans_only(tmp_path, word):
         vbsnmf.io.read(path, genes_as_rows=word)
     with pytest.raises(TypeError, match="genes_as_rows must be True or False"):
         vbsnmf.io.read_mtx(path, genes_as_rows=word)
-    with pytest.raises(TypeError, match="genes_as_rows must be True or False"):
+    # None (its default) takes genes as rows, as told since the twenty-ninth session
+    with pytest.raises(TypeError, match="genes_as_rows must be True, False or None"):
         vbsnmf.io.mtx_to_h5ad(path, tmp_path / "m.h5ad", genes_as_rows=word)
     assert not (tmp_path / "m.h5ad").exists()
     with pytest.raises(TypeError, match="force must be True or False"):

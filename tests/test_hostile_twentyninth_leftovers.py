@@ -6,6 +6,12 @@
   block of rows at a time, and the fit is the CSR file's.
 - ``io.write_nmf_tables(..., key=np.str_("nmf"))`` named the fit ``np.str_('nmf')`` in its
   messages (the tools name it as text since the twenty-ninth pass; noticed by it).
+- Each SVI step of the cells form summed lgamma over the minibatch's counts for a copy
+  whose constant nothing read (`fit_rows` makes the block's rows major again): the
+  constant is computed when first read now.
+- ``io.mtx_to_h5ad`` takes genes as rows by default; a cells x genes file (sorted by cell,
+  its rows) converted so was refused as "not sorted by cell" with the advice to re-save
+  it, where ``genes_as_rows=False`` is the remedy (noticed by the docs pass).
 """
 
 from __future__ import annotations
@@ -105,3 +111,47 @@ def test_write_nmf_tables_names_a_numpy_string_key_as_text(tmp_path):
         vbsnmf.io.write_nmf_tables(adata, tmp_path, key=np.str_("nmf"))
     assert "the fit 'nmf' has no .varm['NMF']" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_log_factorial_constant_is_computed_when_first_read():
+    """Against scipy's gammaln; a count matrix made for a local fit (whose rows' own terms
+    `fit_rows` computes) no longer pays for it up front."""
+    from scipy.special import gammaln
+
+    from vbsnmf._data import as_count_data
+
+    rng = np.random.default_rng(1)
+    counts = sp.csr_array(rng.poisson(2.0, size=(30, 50)).astype(np.float64))
+    data = as_count_data(counts, major=0)
+    assert data._log_factorial is None
+    expected = float(np.sum(gammaln(counts.data + 1)))
+    assert data.log_factorial == pytest.approx(expected, rel=1e-12)
+    assert data._log_factorial == data.log_factorial
+
+
+def test_a_cells_by_genes_file_converted_as_genes_by_cells_is_told_its_orientation(tmp_path):
+    """mmwrite of a CSR of cells x genes writes its entries by row (cell): converted with
+    the default genes_as_rows=True, the error names genes_as_rows=False; a file of genes x
+    cells out of order is told only to re-save (a guard)."""
+    import scipy.io
+
+    from vbsnmf.io import mtx_to_h5ad
+
+    rng = np.random.default_rng(2)
+    counts = sp.random(40, 12, density=0.4, random_state=rng, format="csr")
+    counts.data = np.ceil(counts.data * 5)
+    scipy.io.mmwrite(tmp_path / "cells_by_genes.mtx", counts)
+    with pytest.raises(ValueError, match=r"if its rows are cells, pass genes_as_rows=False"):
+        mtx_to_h5ad(tmp_path / "cells_by_genes.mtx", tmp_path / "a.h5ad")
+    converted = mtx_to_h5ad(
+        tmp_path / "cells_by_genes.mtx", tmp_path / "b.h5ad", genes_as_rows=False
+    )
+    assert (sp.csr_matrix(ad.read_h5ad(converted).X) != counts).nnz == 0
+    # genes x cells, entries shuffled: neither axis sorted, no orientation hint
+    coo = counts.T.tocoo()
+    order = rng.permutation(coo.nnz)
+    shuffled = sp.coo_matrix((coo.data[order], (coo.row[order], coo.col[order])), coo.shape)
+    scipy.io.mmwrite(tmp_path / "shuffled.mtx", shuffled)
+    with pytest.raises(ValueError, match="not sorted by cell") as raised:
+        mtx_to_h5ad(tmp_path / "shuffled.mtx", tmp_path / "c.h5ad")
+    assert "genes_as_rows=False" not in str(raised.value)

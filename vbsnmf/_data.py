@@ -42,8 +42,17 @@ class CountData:
     indptr: np.ndarray
     indices: np.ndarray
     counts: np.ndarray
-    log_factorial: float = field(default=0.0)
+    _log_factorial: float | None = field(default=None, repr=False, compare=False)
     _totals: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def log_factorial(self) -> float:
+        """``sum_n lgamma(x_n + 1)``, computed on first use and kept: a cell minibatch's
+        local fit makes the block's rows major again (`_model.fit_rows`) and never needs
+        that copy's, which cost a pass of lgamma over the block every SVI step."""
+        if self._log_factorial is None:
+            self._log_factorial = float(_kernels.log_factorial_sum(self.counts, 1 << 16))
+        return self._log_factorial
 
     def totals(self) -> tuple[np.ndarray, np.ndarray]:
         """Each major row's and each minor index's total count (float64), computed on the
@@ -80,14 +89,12 @@ class CountData:
     @classmethod
     def from_csr(cls, matrix: sp.csr_matrix | sp.csr_array, major: int, shape) -> CountData:
         """Wrap a canonical CSR matrix whose rows are the ``major`` axis of ``shape``."""
-        counts = matrix.data
         return cls(
             shape=(int(shape[0]), int(shape[1])),
             major=major,
             indptr=matrix.indptr,
             indices=matrix.indices,
-            counts=counts,
-            log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
+            counts=matrix.data,
         )
 
 

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from . import _kernels
 from ._checkpoint import restored_elbo_iter, rng_from_json, rng_state_json
 from ._data import CountData, as_count_data
 from ._model import (
@@ -394,7 +393,6 @@ def nonzero_minibatch(data: CountData, positions: np.ndarray) -> CountData:
         indptr=indptr,
         indices=data.indices[positions],
         counts=counts,
-        log_factorial=float(_kernels.log_factorial_sum(counts, 1 << 16)),
     )
 
 

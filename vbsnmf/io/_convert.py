@@ -50,7 +50,7 @@ def mtx_to_h5ad(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    genes_as_rows: bool = True,
+    genes_as_rows: bool | None = None,
     row_names: str | os.PathLike | None = None,
     col_names: str | os.PathLike | None = None,
     created: list | None = None,
@@ -76,9 +76,10 @@ def mtx_to_h5ad(
     dst
         The ``.h5ad`` to write, atomically (a temporary file beside it, then renamed).
     genes_as_rows
-        True (default) when the file's rows are genes (the 10x convention), False when rows
-        are cells. A cells x genes file converted with the default is refused as not
-        sorted by cell, unless its entries happen to be sorted both ways.
+        True when the file's rows are genes (the 10x convention, taken when None, the
+        default), False when rows are cells. A cells x genes file converted with the
+        default is refused as not sorted by cell, the error naming ``genes_as_rows=False``,
+        unless its entries happen to be sorted both ways.
     row_names, col_names
         Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
         the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).
@@ -112,7 +113,8 @@ def mtx_to_h5ad(
         A write failed (a full disk, a file-size limit); it names ``dst``, and nothing is
         left behind.
     """
-    genes_as_rows = check_flag(genes_as_rows, "genes_as_rows")
+    flag = check_flag(genes_as_rows, "genes_as_rows", allow_none=True)
+    stated, genes_as_rows = flag is not None, flag is None or bool(flag)
     check_file_name("dst", dst)
     src, dst = Path(src), Path(dst)
     check_exists(src)
@@ -148,7 +150,19 @@ def mtx_to_h5ad(
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
     keep_genes = _gene_expression(features)
     with atomic_hdf5(dst, created=created) as (out, check):
-        _write(src, header, out, check, genes_as_rows, nnz, cells, genes, features, keep_genes)
+        _write(
+            src,
+            header,
+            out,
+            check,
+            genes_as_rows,
+            nnz,
+            cells,
+            genes,
+            features,
+            keep_genes,
+            stated=stated or is_folder,
+        )
     return dst
 
 
@@ -174,7 +188,9 @@ def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:
     return is_gene if is_gene.any() and not is_gene.all() else None
 
 
-def _write(src, header: MtxHeader, out, check, genes_as_rows, nnz, cells, genes, var_extra, keep):
+def _write(
+    src, header: MtxHeader, out, check, genes_as_rows, nnz, cells, genes, var_extra, keep, *, stated
+):
     from anndata.io import write_elem
     from anndata.utils import make_index_unique
 
@@ -211,6 +227,7 @@ def _write(src, header: MtxHeader, out, check, genes_as_rows, nnz, cells, genes,
                 len(genes),
                 gene_index,
                 nnz,
+                stated=stated,
             )
 
 
@@ -233,10 +250,13 @@ def _numbers_checked(checked: CheckedText):
         raise failure
 
 
-def _copy_entries(blocks, group, check, genes_as_rows, n_cells, n_genes, gene_index, nnz):
+def _copy_entries(
+    blocks, group, check, genes_as_rows, n_cells, n_genes, gene_index, nnz, *, stated=True
+):
     """The entries of ``blocks`` (`_blocks`) into the h5py group ``group`` as a CSR of
     cells x genes (``indices``, ``data``, ``indptr``), ``check`` (`atomic_hdf5`'s) called
-    before each block; ValueError on a bad entry or count."""
+    before each block; ValueError on a bad entry or count (one sorted by row, when genes as
+    rows was not ``stated`` but the default, names the other orientation)."""
     n_kept = int(gene_index.max()) + 1 if len(gene_index) else 0
     indices = group.create_dataset("indices", (nnz,), maxshape=(None,), dtype=np.int32)
     data = group.create_dataset("data", (nnz,), maxshape=(None,), dtype=np.float64)
@@ -257,9 +277,17 @@ def _copy_entries(blocks, group, check, genes_as_rows, n_cells, n_genes, gene_in
         if np.any(np.diff(cells) < 0) or (len(cells) and cells[0] < last_cell):
             # mmwrite writes a CSC column by column and a CSR row by row: the cells' axis
             sorted_by_cell = "CSC of genes x cells" if genes_as_rows else "CSR of cells x genes"
+            # sorted by row with genes taken as rows by default, not as told: most likely a
+            # file of cells x genes, for which re-saving is not the remedy
+            transposed = (
+                " or, if its rows are cells, pass genes_as_rows=False"
+                if not stated and not np.any(np.diff(block[0]) < 0)
+                else ""
+            )
             raise ValueError(
                 "entries are not sorted by cell; streaming reads cells in file order (10x "
-                f"writes them sorted; re-save with scipy.io.mmwrite of a {sorted_by_cell})"
+                f"writes them sorted; re-save with scipy.io.mmwrite of a {sorted_by_cell}"
+                f"{transposed})"
             )
         tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
         pending = (cells[tail:], genes[tail:], values[tail:])

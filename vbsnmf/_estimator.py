@@ -102,6 +102,7 @@ from ._validation import (
     check_verbose,
     combine_fingerprints,
     data_fingerprint,
+    is_backed_sparse,
     numbers_from_objects,
     readable_values,
     refuse_closed_file,
@@ -769,7 +770,7 @@ def _is_streamed(X) -> bool:
         return True
     if getattr(X, "isbacked", False):
         return True
-    return hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc")
+    return is_backed_sparse(X)
 
 
 def _fit_in_memory(

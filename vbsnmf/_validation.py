@@ -442,6 +442,12 @@ def check_not_empty(shape: tuple[int, ...], name: str = "X") -> None:
         )
 
 
+def is_backed_sparse(X) -> bool:
+    """anndata's sparse dataset on disk (a backed AnnData's X, CSR or CSC): a ``group`` of
+    the stored arrays and a ``format``, read a block at a time, never by numpy."""
+    return hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc")
+
+
 def refuse_pydata_sparse(X, name: str = "X") -> None:
     """Refuse an array of the pydata `sparse` library (dask's sparse chunks) by name: numpy
     cannot read it, and its own error advised densifying it (``todense``)."""

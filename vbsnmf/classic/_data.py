@@ -29,6 +29,7 @@ from .. import _kernels
 from .._validation import (
     check_sparse_structure,
     exact_float_dtype,
+    is_backed_sparse,
     refuse_masked,
     refuse_path_or_anndata,
     refuse_pydata_sparse,
@@ -163,7 +164,7 @@ def refuse_unread_sparse(value, name: str) -> None:
     (its own RuntimeError advised densifying it) or a backed AnnData's X, anndata's sparse
     dataset on disk (numpy said "setting an array element with a sequence")."""
     refuse_pydata_sparse(value, name)
-    if hasattr(value, "group") and getattr(value, "format", None) in ("csr", "csc"):
+    if is_backed_sparse(value):
         raise TypeError(
             f"{name} is a backed AnnData's sparse X (read from disk), which the classical "
             "solvers do not stream: read it into memory first (adata.X[:] or "

@@ -15,7 +15,7 @@ import re
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -568,14 +568,7 @@ def clear_hdf5_leftovers(target: Path) -> None:
     start of an HDF5 file; a warning names them): each is as large as the file, and a
     killed conversion of a large matrix left gigabytes that nothing removed. The
     command's inputs are never touched; temporaries of live writes are left to them."""
-    target = link_followed(Path(target))
-    clear_leftovers(
-        target,
-        [file_temporary_affixes(target)],
-        folders=False,
-        owned=_with_command_inputs(()),
-        ours=_partial_hdf5,
-    )
+    _clear_killed_writes(link_followed(Path(target)), _partial_hdf5)
 
 
 # What a table of `vbsnmf.io.write_nmf_tables` begins with: gzip's magic number and method
@@ -593,12 +586,18 @@ def clear_table_leftovers(target: Path) -> None:
     nothing removed."""
     target = link_followed(Path(target))
     start = _GZIP_START if target.name.endswith(".gz") else _TRACE_START
+    _clear_killed_writes(target, lambda file: _begins_as(file, start))
+
+
+def _clear_killed_writes(target: Path, ours: Callable[[Path], bool]) -> None:
+    """`clear_leftovers` of the file temporaries of ``target`` (links followed) that
+    ``ours`` takes for a killed write of it, the command's inputs never touched."""
     clear_leftovers(
         target,
         [file_temporary_affixes(target)],
         folders=False,
         owned=_with_command_inputs(()),
-        ours=lambda file: _begins_as(file, start),
+        ours=ours,
     )
 
 

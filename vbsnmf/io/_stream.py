@@ -38,6 +38,7 @@ from .._validation import (
     check_index_arrays,
     check_row_pointers,
     check_value_array,
+    is_backed_sparse,
     readable_values,
 )
 from ._errors import ReadError, check_exists, describe_error
@@ -562,7 +563,7 @@ def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
                 _check_fits(X.shape, n_obs, n_vars)
             except ValueError as error:
                 raise ReadError(filename, str(error)) from None
-    if hasattr(X, "group") and getattr(X, "format", None) in ("csr", "csc"):
+    if is_backed_sparse(X):
         return _backed_x(X.group, filename)
     if backed and _is_dense_array(X) and not isinstance(X, np.ndarray):
         # a backed dense X (an h5py Dataset): streamed as a path's is, never read whole

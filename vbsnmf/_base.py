@@ -86,15 +86,28 @@ def check_entry_columns(X, entries, name: str) -> None:
     and its row names, when both have names (DataFrames; rows named by strings, as cells
     are): other names or another order are a `ValueError`, as the entries would be matched
     with X's genes and cells by position."""
-    detail = names_differ(feature_names(X), feature_names(entries, name), "columns", name)
+    check_column_names(X, entries, name)
+    # the cells too: a frame of weights in another cell order moved one cell's weights
+    # onto another's without a word
+    check_row_names(X, entries, name)
+
+
+def check_column_names(X, frame, name: str) -> None:
+    """``frame``'s column names (genes: a mask of X's shape, or of the gene side) against
+    X's when both have them: other names or another order are a `ValueError`."""
+    detail = names_differ(feature_names(X), feature_names(frame, name), "columns", name)
     if detail is not None:
         raise ValueError(
             f"{name} has other column names than X ({detail}): its entries would be matched "
             f"with X's by position; pass them in X's order, {name}[X.columns]"
         )
-    # the cells too: a frame of weights in another cell order moved one cell's weights
-    # onto another's without a word
-    detail = names_differ(_row_names(X), _row_names(entries), "rows", name)
+
+
+def check_row_names(X, frame, name: str) -> None:
+    """``frame``'s row names (cells: a mask of X's shape, or of the cell side) against X's
+    when both are DataFrames with string row names: other names or another order are a
+    `ValueError`."""
+    detail = names_differ(_row_names(X), _row_names(frame), "rows", name)
     if detail is not None:
         raise ValueError(
             f"{name} has other row names than X ({detail}): its entries would be matched "

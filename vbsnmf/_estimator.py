@@ -299,7 +299,9 @@ class VBNMF(Estimator):
     checkpoint
         Path of a checkpoint file, written atomically every ``checkpoint_every`` iterations
         (batch) or epochs (SVI) and at the end; None (default) writes none. Needs
-        ``n_init=1`` (a checkpoint holds one fit).
+        ``n_init=1`` (a checkpoint holds one fit). A clone (``sklearn.base.clone``, so
+        every fit of a ``GridSearchCV`` or ``cross_validate``) keeps the path: its fits
+        overwrite each other's checkpoints, so leave it None there.
     checkpoint_every
         Iterations or epochs between checkpoints.
     resume

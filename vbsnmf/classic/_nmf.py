@@ -18,8 +18,10 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from .._base import (
+    check_column_names,
     check_entry_columns,
     check_feature_names,
+    check_row_names,
     feature_names,
     remember_feature_names,
 )
@@ -70,7 +72,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``loss="poisson"`` leave it out too. ``solver="mu"`` only; ignored by `transform`.
     factor_mask
         Optional 0/1 mask of W (n x K) or of H (K x m), or a dict ``{"W": ..., "H": ...}``:
-        masked entries are held at zero.
+        masked entries are held at zero. A DataFrame mask of W whose rows are named, or of
+        H whose columns are, must name X's cells or genes in X's order.
     max_iter, tol
         Stop after ``max_iter`` iterations or when the relative change of the loss between
         two iterations is at most ``tol``.
@@ -175,7 +178,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         W, H = self._initial_factors(data, n_components, W, H)
         if spec.name == "poisson" and self.init == "custom":
             W = W * data.row_totals[:, None]  # the solver works on diag(c) W
-        w_mask, h_mask_t = self._factor_masks(n_rows, n_cols, n_components)
+        w_mask, h_mask_t = self._factor_masks(n_rows, n_cols, n_components, X)
         if w_mask is not None:
             W = W * w_mask
         if h_mask_t is not None:
@@ -200,7 +203,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Each row is fitted on its own: it starts flat, at the scale of its own total, and
         iterates until its own loss changes by at most ``tol`` relative (at most
         ``max_iter`` iterations), so a row's W does not depend on the rows transformed
-        with it.
+        with it. For the rows fitted, it agrees with `fit_transform`'s W to about ``tol``,
+        not exactly (the two stop by different losses, as scikit-learn's `NMF` does).
         """
         check_is_fitted(self, "components_")
         spec = self._check_params()
@@ -452,8 +456,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             W, H = np.maximum(W, self.epsilon), np.maximum(H, self.epsilon)
         return W, H
 
-    def _factor_masks(self, n_rows, n_cols, n_components):
-        """The W mask (n x K) and the H mask *transposed* (m x K), or None."""
+    def _factor_masks(self, n_rows, n_cols, n_components, X=None):
+        """The W mask (n x K) and the H mask *transposed* (m x K), or None; a DataFrame
+        mask's cell (W) or gene (H) names checked against X's when X is given."""
         mask = self.factor_mask
         if mask is None:
             return None, None
@@ -463,16 +468,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"factor_mask keys must be 'W' and/or 'H', got {sorted(unknown)}")
             w_mask, h_mask = mask.get("W"), mask.get("H")
         else:
-            mask = _dense_mask(mask)
+            shape = _dense_mask(mask).shape
             w_shape, h_shape = (n_rows, n_components), (n_components, n_cols)
-            if w_shape == h_shape and mask.shape == w_shape:
+            if w_shape == h_shape and shape == w_shape:
                 raise ValueError("factor_mask fits both W and H; pass {'W': ...} or {'H': ...}")
-            if mask.shape == w_shape:
+            if shape == w_shape:
                 w_mask, h_mask = mask, None
-            elif mask.shape == h_shape:
+            elif shape == h_shape:
                 w_mask, h_mask = None, mask
             else:
-                raise ValueError(f"factor_mask has shape {mask.shape}; W is {w_shape}, H {h_shape}")
+                raise ValueError(f"factor_mask has shape {shape}; W is {w_shape}, H {h_shape}")
         checked = []
         for name, value, shape in (
             ("W", w_mask, (n_rows, n_components)),
@@ -481,6 +486,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if value is None:
                 checked.append(None)
                 continue
+            if X is not None:  # a frame of cells or genes in another order than X's
+                check_names = check_row_names if name == "W" else check_column_names
+                check_names(X, value, f"factor_mask[{name!r}]")
             value = _dense_mask(value)
             if value.dtype.kind not in "biuf":  # text: numpy's float() message, or '1' taken
                 raise ValueError(

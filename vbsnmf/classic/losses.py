@@ -461,7 +461,7 @@ def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     Parameters
     ----------
     W, H
-        The factors.
+        The factors, dense or scipy.sparse.
     shape
         ``(n, m)`` of the X they factor, or None to check only that they multiply.
 
@@ -475,13 +475,15 @@ def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     """
     factors = []
     for name, factor in (("W", W), ("H", H)):
+        if sp.issparse(factor):  # factor-sized (n x K, K x m): dense costs nothing
+            factor = factor.toarray()
         try:
             array = np.asarray(factor)
         except ValueError:  # numpy's words for a ragged sequence
             raise ValueError(f"{name} must be a 2-D array, not a ragged sequence") from None
-        if array.dtype.kind not in "biuf":  # also a scipy sparse matrix (an object array)
+        if array.dtype.kind not in "biuf":
             raise TypeError(
-                f"{name} must be a dense array of real numbers, got {type(factor).__name__} "
+                f"{name} must be an array of real numbers, got {type(factor).__name__} "
                 f"of dtype {array.dtype}"
             )
         factors.append(np.array(array, dtype=np.float64, copy=True))

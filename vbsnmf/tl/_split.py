@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from .._model import seed_entropy
 from .._utils import is_dask_array
-from .._validation import refuse_masked
+from .._validation import refuse_masked, sparse_frame_as_coo
 
 
 def count_split(counts, fraction: float = 0.5, random_state=0):
@@ -38,7 +38,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     train, test
         Of the input's kind (CSR for sparse input, a ``csr_array`` for a scipy sparse
         array and a ``csr_matrix`` for a sparse matrix, in canonical form: duplicate
-        entries summed, indices sorted, explicit zeros removed; an ndarray otherwise) and
+        entries summed, indices sorted, explicit zeros removed; a ``csr_matrix`` for a
+        pandas DataFrame of sparse columns with fill value 0; an ndarray otherwise) and
         dtype; ``train + test == counts``. The halves depend only on the counts and
         ``random_state``, not on how the counts are stored (dense, CSR, CSC, ...).
 
@@ -78,6 +79,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         "counts",
         "pass the counts to split, e.g. counts.filled(0) to split the masked entries as zeros",
     )
+    # a DataFrame of sparse columns: np.array made it dense, cells x genes x 8 bytes
+    counts = sparse_frame_as_coo(counts)
     sparse = sp.issparse(counts)
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix

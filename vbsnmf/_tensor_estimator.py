@@ -63,17 +63,20 @@ def check_tensor(coords, values=None, shape=None):
     ------
     TypeError
         None, a path or an AnnData given as ``coords``; coordinates that are not integers
-        (booleans and timedelta64 are not) or are a masked array with masked entries, a
-        2-D scipy.sparse matrix, values that are not real numbers or are a sparse array, a
-        shape that is not a sequence of integers, or ``values``/``shape`` given with a
-        sparse array.
+        (booleans and timedelta64 are not; labels and indices held as floats are told
+        how to pass them) or are a masked array with masked entries, a 2-D scipy.sparse
+        matrix, values that are not real numbers or are a sparse array, a shape that is
+        not a sequence of integers, ``values`` numpy takes for one object (a set, a
+        generator), or ``values``/``shape`` given with a sparse array.
     ValueError
-        Fewer than 2 modes, mismatched lengths, an index outside the shape, a shape
-        without room for its indices, negative/NaN/infinite values (the message says how
-        many and where the first ones are), or a nonzero fill value. Coordinates that
-        look like the (D, nnz) layout (``np.nonzero``'s, a sparse array's ``.coords``):
-        values of the length of a row, or without values and shape more columns than
-        rows (give the values or the shape to fit fewer entries than modes).
+        Coordinates not of two dimensions (records, a MultiIndex and a set of rows are told
+        how to pass them), fewer than 2 modes, mismatched lengths, an index outside the
+        shape, a shape without room for its indices, negative/NaN/infinite values (the
+        message says how many and where the first ones are), or a nonzero fill value.
+        Coordinates that look like the (D, nnz) layout (``np.nonzero``'s, a sparse
+        array's ``.coords``): values of the length of a row, or without values and shape
+        more columns than rows (give the values or the shape to fit fewer entries than
+        modes); ``np.nonzero``'s tuple of as many entries as modes, which reads both ways.
     """
     _refuse_no_tensor(coords)
     # scipy (1.15 and later) holds an n-D tensor in coo_array; a 2-D one is refused below
@@ -103,6 +106,9 @@ def check_tensor(coords, values=None, shape=None):
     # np.asarray drops the mask: the masked entries would be fitted
     refuse_masked(coords, "coords", "leave the masked entries out of coords and values")
     given = coords
+    # how to transpose what was given: a tuple (np.nonzero's) or a list has no .T
+    transpose = "coords.T" if hasattr(given, "T") else "coords.T (np.transpose(coords) here)"
+    _refuse_square_nonzero(given)
     coords = _as_array(coords, "coords")
     # a dense tensor (or a dense count matrix) passed as X: say how to give its entries
     dense_hint = (
@@ -111,6 +117,25 @@ def check_tensor(coords, values=None, shape=None):
     )
     if coords.ndim != 2:
         hint = dense_hint if coords.ndim > 2 else ""
+        index = getattr(given, "index", given)  # a Series' MultiIndex, or the index itself
+        if hasattr(index, "codes") and hasattr(index, "levels"):  # a pandas MultiIndex
+            counts = " and the Series' values as values" if index is not given else ""
+            hint = (
+                "; a pandas MultiIndex (one level per mode): pass np.stack(index.codes, "
+                f"axis=1) as coords{counts}, with shape tuple(len(level) for level in "
+                "index.levels)"
+            )
+        elif coords.dtype.names:  # a table of records (np.genfromtxt(names=True)'s)
+            hint = (
+                f"; a structured array (fields {', '.join(coords.dtype.names)}): pass the "
+                "modes' fields as columns, numpy.lib.recfunctions.structured_to_unstructured"
+                "(coords[[...]]), and the counts' field as values"
+            )
+        elif coords.ndim == 0 and coords.dtype == object:  # a set, a dict, a generator
+            hint = (
+                f" (numpy took the {type(given).__name__} for one object); pass a list or an "
+                "array of index rows, in the order of the values"
+            )
         raise ValueError(
             f"coords must be an (nnz, D) array of indices, got an array of shape "
             f"{coords.shape}{hint}"
@@ -118,7 +143,16 @@ def check_tensor(coords, values=None, shape=None):
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
         hint = dense_hint if coords.dtype.kind == "f" else ""
-        if coords.dtype == object and hasattr(given, "dtypes"):
+        if coords.dtype.kind == "f" and _whole_numbers(coords):
+            # np.loadtxt and pandas (a column with a missing value) read indices as floats
+            hint = "; if they are indices read as floats, pass coords.astype(np.int64)" + hint
+        if _holds_labels(coords):
+            hint = (
+                "; coords hold labels (strings), not indices: number each mode's labels "
+                "(pd.factorize(column)[0], or column.cat.codes for a categorical column) and "
+                "pass shape, each mode's number of labels"
+            )
+        elif coords.dtype == object and hasattr(given, "dtypes"):
             # pandas' nullable Int64 columns come out as objects
             hint = "; a DataFrame of indices: pass coords.to_numpy(dtype=np.int64)"
         elif coords.dtype == object:  # Python ints beyond int64, None among the indices
@@ -129,12 +163,12 @@ def check_tensor(coords, values=None, shape=None):
         raise ValueError(
             f"values must have shape ({nnz},) to match coords, got ({n_modes},); coords of "
             f"shape {coords.shape} has one column per value: if its rows are the modes, pass "
-            "coords.T"
+            f"{transpose}"
         )
     # Without values, (D, nnz) coordinates (np.nonzero's, a sparse array's .coords) read
     # as D entries of nnz modes: possible only for 2 to MAX_MODES rows.
     may_be_transposed = values is None and 2 <= nnz <= MAX_MODES
-    transposed_hint = "; if its rows are the modes, pass coords.T" if may_be_transposed else ""
+    transposed_hint = f"; if its rows are the modes, pass {transpose}" if may_be_transposed else ""
     if n_modes < 2:
         raise ValueError(
             f"a tensor needs at least 2 modes (coords of shape (nnz, D >= 2)), got "
@@ -156,7 +190,7 @@ def check_tensor(coords, values=None, shape=None):
             )
     coords = coords.astype(np.int64, copy=False)
     values = _check_values(values, nnz, coords)
-    shape = _check_shape(shape, coords, n_modes, may_be_transposed)
+    shape = _check_shape(shape, coords, n_modes, may_be_transposed, transpose)
     return coords, values, shape
 
 
@@ -180,6 +214,33 @@ def _refuse_no_tensor(coords) -> None:
         )
 
 
+def _refuse_square_nonzero(given) -> None:
+    """A `ValueError` for `np.nonzero`'s tuple (one 1-D index array per mode) of as many
+    entries as modes: read as (nnz, D) it is a tensor of its transpose, fitted without a
+    word (other lengths are refused below as (D, nnz) coordinates)."""
+    if not (isinstance(given, tuple) and len(given) >= 2):
+        return
+    if all(isinstance(a, np.ndarray) and a.shape == (len(given),) for a in given):
+        raise ValueError(
+            f"coords is a tuple of {len(given)} index arrays of {len(given)} entries each, "
+            "np.nonzero's layout (one array per mode) or one entry per array: pass "
+            "np.transpose(coords) for np.nonzero's, np.asarray(coords) for one entry per array"
+        )
+
+
+def _whole_numbers(array: np.ndarray) -> bool:
+    """Whether a float array holds non-negative whole numbers only (indices as floats)."""
+    with np.errstate(invalid="ignore"):
+        return bool(array.size) and bool(np.all((array >= 0) & (array == np.floor(array))))
+
+
+def _holds_labels(array: np.ndarray) -> bool:
+    """Whether ``array`` holds strings: labels (cell, gene, sample names), not indices."""
+    if array.dtype.kind in "US":
+        return True
+    return array.dtype == object and any(isinstance(a, (str, bytes)) for a in array.flat)
+
+
 def _as_array(value, name: str) -> np.ndarray:
     """``np.asarray(value)``, a ragged sequence named in the `ValueError`."""
     try:
@@ -197,7 +258,13 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
             "values must be a dense array of the counts at coords, got a sparse array; a "
             "sparse tensor goes in coords alone"
         )
+    given = values
     values = _as_array(values, "values")
+    if values.ndim == 0 and values.dtype == object:  # a set, a generator: one object
+        raise TypeError(
+            f"values must be an array of the {nnz} counts at coords, got a "
+            f"{type(given).__name__}; pass a list or an array in the order of coords"
+        )
     if values.dtype.kind not in "biufc":  # timedelta64 is an np.number: its kind is "m"
         raise TypeError(f"values must be real numbers, got dtype {values.dtype}")
     if np.iscomplexobj(values):
@@ -229,11 +296,15 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
 
 
 def _check_shape(
-    shape, coords: np.ndarray, n_modes: int, may_be_transposed: bool = False
+    shape,
+    coords: np.ndarray,
+    n_modes: int,
+    may_be_transposed: bool = False,
+    transpose: str = "coords.T",
 ) -> tuple[int, ...]:
     """``shape``, or one past the largest index of each mode; ``may_be_transposed``:
     ``coords`` (without values) may be (D, nnz), told apart by ``shape`` if given, else
-    refused when it has fewer rows than columns."""
+    refused when it has fewer rows than columns (``transpose``: how to pass them)."""
     nnz = coords.shape[0]
     if coords.size and coords.min() < 0:
         mode, position = _first_bad(coords < 0)
@@ -248,7 +319,7 @@ def _check_shape(
             raise ValueError(
                 f"coords of shape {coords.shape} has more columns than rows: read as (nnz, D), "
                 f"it is {nnz} entries of a {n_modes}-mode tensor. If its rows are the modes "
-                "(np.nonzero's arrays, a sparse array's .coords), pass coords.T; if it is "
+                f"(np.nonzero's arrays, a sparse array's .coords), pass {transpose}; if it is "
                 f"{nnz} entries, pass their values (np.ones({nnz}) for counts of 1) or the shape"
             )
         return tuple(int(n) + 1 for n in coords.max(axis=0))
@@ -263,7 +334,7 @@ def _check_shape(
     if len(shape) != n_modes:
         hint = ""
         if may_be_transposed and len(shape) == nnz:
-            hint = " (one per column); if its rows are the modes, pass coords.T"
+            hint = f" (one per column); if its rows are the modes, pass {transpose}"
         raise ValueError(f"shape has {len(shape)} modes but coords have {n_modes}{hint}")
     if any(n < 1 for n in shape):
         raise ValueError(f"every mode needs at least one index, got shape {shape}")
@@ -353,7 +424,9 @@ class VBNTF(Estimator):
         minibatch steps blended with weight ``rho_t = min(1, (t + tau)^(-kappa))``).
     svi_form
         ``"slices"`` (default): minibatches of slices of mode ``svi_mode``; each batch's
-        factors of that mode are fitted to convergence with the other modes fixed, then the
+        factors of that mode are fitted to convergence with the other modes fixed (its
+        slices stop together, on the batch's local ELBO: `VBNMF`'s cells form stops each
+        cell on its own, so at D = 2 the two agree only with ``tol=0``), then the
         other modes take a natural-gradient step with the batch statistics scaled by
         n_slices / |batch|. ``"nonzeros"``: minibatches of nonzeros, every mode global,
         statistics scaled by N / S, exact rates.

@@ -143,8 +143,8 @@ def test_conversion_never_overwrites_what_it_reads(tmp_path, target):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("1 1 5\n2 2 2.5\n3 1 1\n", "characters that are not numbers"),
-        ("1 1 5\n2 2 1e3\n3 1 1\n", "characters that are not numbers"),
+        ("1 1 5\n2 2 2.5\n3 1 1\n", "line 4 holds '2.5', not an integer"),
+        ("1 1 5\n2 2 1e3\n3 1 1\n", "line 4 holds '1e3', not an integer"),
         ("1 1 5 1\n2 2 3 1\n3 1 1 1\n", "hold 12 numbers where the size line implies 9"),
         ("1 1\n2 2\n3 1\n", "hold 6 numbers where the size line implies 9"),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from functools import partial
@@ -133,6 +134,7 @@ def cells_x_genes(X):
         raise ValueError(f"X must be 2-D (cells x genes), got shape {X.shape}")
     if any(np.isnan(n) for n in X.shape):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    refuse_closed_source(X)
     futures_holder(X)  # a closed one is named here, before a chunk is read
     if len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})  # a chunk must hold whole cells
@@ -141,6 +143,32 @@ def cells_x_genes(X):
         # empty chunks (a filter's, after compute_chunk_sizes) hold no cells to fit
         X = X.rechunk({0: cells})
     return X
+
+
+def refuse_closed_source(X, name: str = "X") -> None:
+    """A `ValueError` for a dask array that reads an h5py dataset whose file was closed (the
+    usual ``with h5py.File(path) as f: X = da.from_array(f["X"])``, fitted after the
+    block): distributed failed to send such a graph with "Could not serialize object of
+    type _HLGExprSequence", dask's own schedulers with h5py's "identifier is not of
+    specified type", neither naming the file. The graph's values are looked at, and the
+    arguments of its tasks (``from_array(..., inline_array=True)`` holds the dataset
+    there); h5py is looked up among the loaded modules: never imported, X reads none."""
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    for value in X.__dask_graph__().values():
+        arguments = getattr(value, "args", ())  # a dask Task's; a literal's may be anything
+        for held in (value, *(arguments if isinstance(arguments, tuple) else ())):
+            if type(held).__name__ == "DataNode":  # dask's wrapper of a literal argument
+                held = held.value
+            stored = getattr(held, "group", held)  # anndata's backed sparse matrix
+            if isinstance(stored, (h5py.Dataset, h5py.Group)) and not stored.id.valid:
+                raise ValueError(
+                    f"{name} reads an HDF5 file that was closed (a dask array made inside "
+                    "'with h5py.File(...)' and used after it): build it again from the "
+                    "file opened for the fit's duration, or read it lazily with "
+                    "anndata.experimental.read_elem_lazy, which opens the file per chunk"
+                )
 
 
 def futures_holder(X, name: str = "X"):
@@ -267,15 +295,26 @@ def _build_declared(builder, block, first_cell: int, declared: tuple[int, int]):
     """``builder(block, first_cell)`` once the block is checked to have the shape its
     chunk declares: a block of other cells or genes (a ``map_blocks`` that drops cells
     without saying so in ``chunks=``) would misalign every later cell with its row."""
-    shape = tuple(getattr(block, "shape", ()))
-    if shape != declared:
+    shape = getattr(block, "shape", None)
+    if shape is None or tuple(shape) != declared:
         raise ValueError(
             f"in the chunk of cells starting at cell {first_cell}: the block is "
-            f"{' x '.join(map(str, shape)) or 'not 2-D'}, its chunk declares "
+            f"{_described_shape(block, shape)}, its chunk declares "
             f"{declared[0]} x {declared[1]} (cells x genes); a map_blocks that changes "
             "a block's shape must give it in chunks= (or call X.compute_chunk_sizes())"
         )
     return builder(block, first_cell)
+
+
+def _described_shape(block, shape) -> str:
+    """``block``'s shape as `_build_declared` names it: "cells x genes" for a 2-D block; a
+    1-D block of 500 values was "500", read as 500 cells."""
+    if shape is None:
+        return f"a {_type_name(block)}, not an array"
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return " x ".join(map(str, shape))
+    return f"{len(shape)}-D (shape {shape}), not 2-D"
 
 
 def computed_as_declared(X, name: str = "X"):
@@ -285,6 +324,7 @@ def computed_as_declared(X, name: str = "X"):
     ``name``: how errors name ``X``."""
     # by the client holding X's persisted chunks: dask's default scheduler may be another,
     # which knows none of them ("Missing dependency")
+    refuse_closed_source(X, name)
     holder = futures_holder(X, name)
     if X.ndim != 2 or any(np.isnan(n) for n in X.shape):
         return X.compute(scheduler=holder)  # nothing declared to check; the count check explains

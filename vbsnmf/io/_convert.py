@@ -325,6 +325,10 @@ def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.nda
 
     pandas reads the values without a dtype: with float64 it refused a column holding
     ``1e400``, which it reads as text then, and Python's float reads that as scipy does.
+    A real file's values are parsed correctly rounded (``float_precision="round_trip"``),
+    as scipy's parser and Python's float parse them: pandas' default parser put a third
+    of full-precision values one unit in the last place away, so a converted file did
+    not fit as the ``.mtx`` does.
     """
     pattern = field == "pattern"
     reader = pd.read_csv(
@@ -335,6 +339,7 @@ def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.nda
         dtype={"row": np.int64, "col": np.int64},
         chunksize=_LINES_PER_CHUNK,
         engine="c",
+        float_precision="round_trip" if field in ("real", "double") else None,
     )
     for frame in reader:
         if pattern:
@@ -350,7 +355,12 @@ def _blocks(handle, field: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.nda
 def _check_indices(cells, genes, n_cells, n_genes) -> None:
     """Counts are checked where the fit reads them; indices here, before they are used."""
     for name, index, bound in (("cell", cells, n_cells), ("gene", genes, n_genes)):
-        if len(index) and (index.min() < 0 or index.max() >= bound):
+        if len(index) and index.min() < 0:  # as read_mtx names one
+            raise ValueError(
+                f"a {name} index is 0, where Matrix Market indexes start at 1 (a file written "
+                "with 0-based indexes: add 1 to every row and column index)"
+            )
+        if len(index) and index.max() >= bound:
             raise ValueError(f"a {name} index is outside 1..{bound}")
 
 

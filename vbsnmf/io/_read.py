@@ -28,6 +28,7 @@ import codecs
 import errno
 import gzip
 import io
+import itertools
 import os
 import re
 import warnings
@@ -315,6 +316,19 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
             raise ReadError(folder, f"{path.name} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
+        prefixed = _prefixed_tenx_files(folder)
+        if prefixed:
+            shown = ", ".join(prefixed[:6]) + (", ..." if len(prefixed) > 6 else "")
+            raise ReadError(
+                folder,
+                f"not a 10x folder as Cell Ranger names its files: it holds {shown}, whose "
+                "names have a prefix (as GEO serves them): rename a sample's files to "
+                f"{', '.join(_TENX_V3)} (or version 2's {', '.join(_TENX_V2)}) in a folder "
+                "of their own, or read the matrix as a Matrix Market file with genes as "
+                "rows and the name files (vbsnmf.io.read_mtx(MATRIX, genes_as_rows=True, "
+                "row_names=FEATURES, col_names=BARCODES); vbsnmf fit MATRIX --genes-as-rows "
+                "--row-names FEATURES --col-names BARCODES)",
+            )
         expected = dict.fromkeys(_TENX_V3 + _TENX_V2 + _STARSOLO)
         raise ReadError(folder, f"not a 10x folder: none of {', '.join(expected)} found in it")
     raise ReadError(
@@ -326,6 +340,17 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
         "file with genes as rows and the name files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX "
         "--genes-as-rows --row-names GENES --col-names BARCODES)",
     )
+
+
+def _prefixed_tenx_files(folder: Path) -> list[str]:
+    """The files of ``folder`` named as a 10x folder's files with a prefix
+    (``GSM123_matrix.mtx.gz``, as GEO serves them), sorted; "none of matrix.mtx.gz, ...
+    found" did not say that they were there under another name."""
+    try:
+        names = [entry.name for entry in folder.iterdir() if entry.is_file()]
+    except OSError:  # a folder that cannot be listed: the plain message
+        return []
+    return sorted(name for name in names if name.endswith(_TENX_ANY) and name not in _TENX_ANY)
 
 
 def read_10x_h5(path: str | os.PathLike):
@@ -753,8 +778,10 @@ def _check_index_memory(
 
 
 def check_file(path: Path) -> None:
-    if not path.exists():
-        raise ReadError(path, "no such file")
+    """`ReadError` unless ``path`` is a regular file this process may read; one that
+    cannot be found says why (`check_exists`: a loop of symbolic links read as "no such
+    file")."""
+    check_exists(path)
     if not path.is_file():
         raise ReadError(path, "not a regular file")
     if not os.access(path, os.R_OK):
@@ -828,9 +855,10 @@ def _probe_hdf5(path: Path) -> None:
     import subprocess
     import sys
 
-    with open(path, "rb") as head:
-        if head.read(2) == _GZIP_MAGIC:  # HDF5's own "file signature not found" said nothing
-            raise ReadError(path, _GZIPPED_HDF5)
+    with system_errors(path), open(path, "rb") as head:
+        gzipped = head.read(2) == _GZIP_MAGIC
+    if gzipped:  # HDF5's own "file signature not found" said nothing
+        raise ReadError(path, _GZIPPED_HDF5)
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _HDF5_PROBE, str(path)],
@@ -847,12 +875,48 @@ def _probe_hdf5(path: Path) -> None:
 
 
 def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as handle:
+    with system_errors(path), open(path, "rb") as handle:
         return handle.read(2) == _GZIP_MAGIC
 
 
 def open_binary(path: Path):
-    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+    gzipped = _is_gzip(path)
+    with system_errors(path):
+        return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+@contextmanager
+def system_errors(path: Path):
+    """Reading ``path``: an I/O error of the system (an OSError with an errno: a failing
+    disk, a network file system) is a `ReadError` naming the file, where the command line
+    said "[Errno 5] Input/output error" of no file. gzip's BadGzipFile (no errno) is about
+    the content: left to the caller, which names the file as damaged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise refused_by_the_system(path, error) from None
+
+
+def read_or_refuse(handle, size: int, path: Path) -> bytes:
+    """``handle.read(size)`` of the file ``path``, an I/O error of the system a `ReadError`
+    (`system_errors`) raised outside the handler: its OSError is then not its context,
+    which a writer's `atomic_file` took for a failed write of its output
+    (`vbsnmf._atomic.failed_write`: `mtx_to_h5ad` blamed the ``.h5ad`` it was writing for
+    its input's I/O error)."""
+    try:
+        return handle.read(size)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        refused = refused_by_the_system(path, error)
+    raise refused
+
+
+def refused_by_the_system(path: Path, error: BaseException) -> ReadError:
+    """The `ReadError` of a file the system could not read (`system_errors`)."""
+    return ReadError(path, f"could not be read: the system refused ({describe_error(error)})")
 
 
 @dataclass(frozen=True)
@@ -875,14 +939,23 @@ class MtxHeader:
 
 def mtx_header(path: Path) -> MtxHeader:
     """The header of a Matrix Market file, checked (`ReadError`)."""
-    with open_binary(path) as handle:
+    with open_binary(path) as handle, system_errors(path):
         # a byte-order mark is what editors on Windows write before UTF-8 text
         first_line = handle.readline(1024).removeprefix(codecs.BOM_UTF8)
         _check_text(path, first_line)
         _check_line_endings(path, first_line)
         banner = first_line.decode("ascii", errors="replace").split()
-        if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
+        if not banner or banner[0].lower() != "%%matrixmarket":
             raise ReadError(path, "not a Matrix Market file (no '%%MatrixMarket' banner line)")
+        if len(banner) != 5:  # a banner, but of other words: "no banner line" said it was not
+            shown = " ".join(banner)
+            raise ReadError(
+                path,
+                f"malformed banner line {shown[:100]!r}: it holds {len(banner)} "
+                f"word{'s' if len(banner) != 1 else ''} where "
+                "the format has 5, '%%MatrixMarket matrix FORMAT FIELD SYMMETRY' (e.g. "
+                "'%%MatrixMarket matrix coordinate integer general')",
+            )
         if banner[0] != "%%MatrixMarket":  # the format's first word is case-sensitive
             raise ReadError(
                 path, f"the banner's first word must be spelled '%%MatrixMarket', not {banner[0]!r}"
@@ -1107,7 +1180,7 @@ class CheckedText(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        chunk = self._handle.read(len(buffer))
+        chunk = read_or_refuse(self._handle, len(buffer), self._path)
         self._check(chunk)
         if not chunk and self._last != b"\n":
             # the file's last line lacks its newline: scipy's parser reads past the end
@@ -1221,20 +1294,51 @@ class CheckedText(io.RawIOBase):
         """Check entry lines that are not tidy (``text``, ending with a newline) with a
         regular expression, count their numbers; their number of lines."""
         classes = text.translate(self._classes)
-        self._refuse_stray(text, classes)
+        self._refuse_stray(text, classes, self._line)
         match = self._lines.match(text)
         if match.end() < len(text):
             self._refuse_line(text, match.end())
         self._numbers += classes.count(b" x") + (classes[:1] == b"x")
         return text.count(b"\n")
 
-    def _refuse_stray(self, text: bytes, classes: bytes) -> None:
+    def _refuse_stray(self, text: bytes, classes: bytes, first_line: int | None = None) -> None:
+        """`ReadError` for a byte of ``text`` that no number of the header's field holds,
+        naming its line when ``first_line`` (the file's line ``text`` starts) is known: a
+        decimal point or an exponent in an integer file's value as the number it is
+        (``2.0``, ``1e3``: the header should say 'real'), a comment among the entry lines
+        as a comment. "characters that are not numbers (b'.5\\n3 1 1')" named neither
+        the line nor what was wrong with it."""
         stray = classes.find(b"!")
-        if stray >= 0:
+        if stray < 0:
+            return
+        found = f"entry lines hold characters that are not numbers ({text[stray : stray + 10]!r})"
+        if first_line is None:
+            raise ReadError(self._path, found)
+        start = text.rfind(b"\n", 0, stray) + 1
+        end = text.find(b"\n", stray)
+        line = text[start : end if end >= 0 else len(text)]
+        where = "line " + str(first_line + text.count(b"\n", 0, start))
+        shown = repr(line.decode("ascii", errors="replace").strip()[:80])
+        fields = line.split()
+        # in the value, the line's last field (an index with a decimal point is damage)
+        in_value = len(fields) == len(self._fields) and stray - start >= len(line.rstrip()) - len(
+            fields[-1]
+        )
+        if self._header.field == "integer" and line[stray - start] in b".eE" and in_value:
+            number = fields[-1].decode("ascii", errors="replace")[:40]
             raise ReadError(
                 self._path,
-                f"entry lines hold characters that are not numbers ({text[stray : stray + 10]!r})",
+                f"{where} holds {number!r}, not an integer, where the header declares the "
+                f"integer field ({shown}): if the values are not whole counts, the header "
+                "should say 'real' (%%MatrixMarket matrix coordinate real general)",
             )
+        if line.lstrip().startswith(b"%"):
+            raise ReadError(
+                self._path,
+                f"{where} is a comment ({shown}) among the entry lines: the format allows "
+                "comments only before the size line",
+            )
+        raise ReadError(self._path, f"{found}: {where} is {shown}")
 
     def _refuse_line(self, text: bytes, start: int) -> None:
         """`ReadError` for the malformed entry line at ``start`` of ``text``."""
@@ -1278,13 +1382,13 @@ class CheckedText(io.RawIOBase):
             self._refuse_stray(text, classes)
             numbers += classes.count(b" x") + (previous == b" " and classes[:1] == b"x")
             previous = classes[-1:]
-            text = self._handle.read(self._BLOCK)
+            text = read_or_refuse(self._handle, self._BLOCK, self._path)
         return numbers
 
 
-def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
-    """The matrix of a Matrix Market file as stored (rows x columns), checked; values
-    float32 where that is exact, else float64."""
+def _read_mtx_matrix(path: Path) -> sp.csr_matrix:
+    """The matrix of a Matrix Market file as stored (rows x columns), checked, repeated
+    entries summed; values float32 where that is exact, else float64."""
     import scipy.io
 
     with _read_errors(path, "corrupt or truncated Matrix Market file"):
@@ -1295,7 +1399,13 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
             start = len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
             handle.seek(start)
             text = CheckedText(handle, path, header, n_entries, start)
-            matrix = scipy.io.mmread(text.buffered())
+            try:
+                matrix = scipy.io.mmread(text.buffered())
+            except ValueError as error:
+                refused = _index_out_of_range(path, header, str(error))
+                if refused is None:
+                    raise
+                raise refused from None
             text.finish()
     matrix = sp.coo_matrix(matrix)
     hidden = repeated_negative(matrix.row, matrix.col, matrix.data)
@@ -1306,7 +1416,40 @@ def _read_mtx_matrix(path: Path) -> sp.coo_matrix:
             f"negative ({matrix.data[hidden]:g}) and repeated: the sum of the repeats would "
             "hide it; NMF needs raw counts",
         )
-    return matrix.astype(exact_float_dtype(matrix.data))
+    # repeats summed in the parsed dtype (int64 or float64) before the exact one is chosen:
+    # summed in float32, 16,777,216 + 1 (each exact in it) rounded to 16,777,216
+    counts = matrix.tocsr()
+    return counts.astype(exact_float_dtype(counts.data), copy=False)
+
+
+# scipy's parser's words for an index outside the size line's shape (its line of the file)
+_OUT_OF_RANGE = re.compile(r"Line (\d+): (Row|Column) index out of bounds")
+
+
+def _index_out_of_range(path: Path, header: MtxHeader, message: str) -> ReadError | None:
+    """The `ReadError` of scipy's parser's ``message`` when it says an index is out of
+    bounds, naming the line, its index and the range the size line declares, and an
+    index 0 as what a file written with 0-based indexes holds; None for another message.
+    "corrupt or truncated Matrix Market file (ValueError: Line 7: Row index out of
+    bounds)" named neither. The line is read again (the failure's cost only)."""
+    found = _OUT_OF_RANGE.match(message)
+    if found is None:
+        return None
+    number, axis = int(found.group(1)), found.group(2).lower()
+    bound = header.size[0 if axis == "row" else 1]
+    with open_binary(path) as handle:
+        line = next(itertools.islice(handle, number - 1, None), b"")
+    fields = line.split()
+    shown = line.decode("ascii", errors="replace").strip()[:80]
+    index = fields[0 if axis == "row" else 1] if len(fields) >= 2 else b""
+    if index.strip(b"0") == b"":  # 0, 00: an index of 0
+        why = (
+            "an index of 0, where Matrix Market indexes start at 1 (a file written with "
+            "0-based indexes: add 1 to every row and column index)"
+        )
+    else:
+        why = f"a {axis} index outside 1..{bound}, the {axis}s its size line declares"
+    return ReadError(path, f"line {number} ({shown!r}) holds {why}")
 
 
 @contextmanager
@@ -1327,9 +1470,7 @@ def _read_errors(path: Path, damaged: str):
         raise ReadError(path, f"{BEYOND_INT64} ({error})") from None
     except Exception as error:  # scipy, gzip and zlib raise several types on corrupt input
         if _refused_by_the_machine(error):
-            raise ReadError(
-                path, f"could not be read: the system refused ({describe_error(error)})"
-            ) from None
+            raise refused_by_the_system(path, error) from None
         raise ReadError(path, f"{damaged} ({describe_error(error)})") from None
 
 

@@ -111,7 +111,7 @@ def _count_flags(matrix) -> tuple[bool, bool]:
         from .._dask._cluster import futures_holder  # dask: loaded only for a dask array
 
         per_chunk = matrix.map_blocks(
-            lambda block: np.array([_count_flags(block)]),
+            _count_flags_block,  # not a lambda: see `tl._nmf._column_sums`
             dtype=bool,
             chunks=((1,) * matrix.numblocks[0], (2,) * matrix.numblocks[1]),
         )
@@ -123,6 +123,11 @@ def _count_flags(matrix) -> tuple[bool, bool]:
         return False, False
     is_counts = np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values % 1 == 0)
     return bool(is_counts), bool(np.any(values))
+
+
+def _count_flags_block(block) -> np.ndarray:
+    """`_count_flags` of a dask chunk as a 1 x 2 block (`_count_flags`' task)."""
+    return np.array([_count_flags(block)])
 
 
 def _other_counts(adata, source: str) -> list[str]:
@@ -220,8 +225,10 @@ def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray
 def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
     """`_tallies` of a dask array, summed over its chunks of cells: each chunk is checked
     where it is computed, and only two numbers per chunk reach the client."""
-    from .._dask._cluster import cells_x_genes, futures_holder  # dask: only for a dask array
+    # dask: only for a dask array
+    from .._dask._cluster import cells_x_genes, futures_holder, refuse_closed_source
 
+    refuse_closed_source(matrix, source)  # named as the AnnData's, not as a bare "X"
     matrix = cells_x_genes(matrix)  # one chunk along genes: a row's position is its cell's
     per_chunk = matrix.map_blocks(
         _chunk_tallies,

@@ -858,13 +858,16 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
 
         from .._dask._cluster import futures_holder
 
+        # module functions, not lambdas: pickle refuses a lambda, and distributed's
+        # fallback, cloudpickle, then met an h5py dataset in the graph (from_array of an
+        # open file), which only distributed's own serialiser sends
         gene_parts = matrix.map_blocks(
-            lambda block: _gene_sums(block).reshape(1, -1),
+            _gene_sums_row,
             dtype=np.float64,
             chunks=((1,) * matrix.numblocks[0], matrix.chunks[1]),
         )
         cell_parts = matrix.map_blocks(
-            lambda block: np.asarray(block.sum(axis=1, dtype=np.float64)).reshape(-1, 1),
+            _cell_sums_column,
             dtype=np.float64,
             chunks=(matrix.chunks[0], (1,) * matrix.numblocks[1]),
         )
@@ -876,6 +879,17 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
         cell_totals = matrix.sum(axis=1)  # only compared with zero
     gene_totals = np.asarray(gene_totals, dtype=np.float64).ravel()
     return gene_totals, int(np.count_nonzero(np.asarray(cell_totals).ravel() == 0))
+
+
+def _gene_sums_row(block) -> np.ndarray:
+    """`_gene_sums` of a dask chunk as a 1 x genes block (`_column_sums`' task)."""
+    return _gene_sums(block).reshape(1, -1)
+
+
+def _cell_sums_column(block) -> np.ndarray:
+    """A dask chunk's cell totals as a cells x 1 block (`_column_sums`' task; only compared
+    with zero)."""
+    return np.asarray(block.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
 
 
 def _gene_sums(block) -> np.ndarray:

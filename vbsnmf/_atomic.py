@@ -338,6 +338,8 @@ def atomic_file(
         there while the block ran (nothing of this writer's is left then).
     FileNotFoundError
         The folder of ``target`` does not exist (before the block runs).
+    NotADirectoryError
+        The folder of ``target`` is a file (before the block runs).
     IsADirectoryError
         ``target`` is a folder (before the block runs).
     OSError
@@ -445,6 +447,12 @@ def check_target(target: Path) -> None:
     """Before the work: the errors the rename onto ``target`` would meet after it, naming
     ``target`` or its folder (the rename's own errors name the temporary file)."""
     if not target.parent.is_dir():
+        if os.path.lexists(target.parent):  # said to "not exist", a file the user could see
+            raise NotADirectoryError(
+                errno.ENOTDIR,
+                f"the folder for {target.name} is a file, not a folder",
+                str(target.parent),
+            )
         raise FileNotFoundError(
             errno.ENOENT, f"the folder for {target.name} does not exist", str(target.parent)
         )

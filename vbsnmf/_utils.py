@@ -427,8 +427,22 @@ def check_fit_record(record: dict, where: str) -> None:
                 raise damaged_record(
                     f"{where}[{name!r}]", f"{reprlib.repr(record[name])}, not a list of numbers"
                 )
+    if "elbo_iter" in record and not _whole_numbers(np.asarray(record["elbo_iter"])):
+        # the iteration of each ELBO value (`elbo_iterations`): text failed there with
+        # numpy's "invalid literal for int()", fractions and NaN were cast to other ones
+        raise damaged_record(
+            f"{where}['elbo_iter']",
+            f"{reprlib.repr(record['elbo_iter'])}, not a list of iteration numbers",
+        )
     if "variational" in record and not isinstance(record["variational"], dict):
         raise damaged_record(f"{where}['variational']", "not a dict of parameters")
+
+
+def _whole_numbers(values: np.ndarray) -> bool:
+    """Whether ``values`` is a 1-D array of finite whole numbers (of any numeric dtype)."""
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        return False
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
 
 
 def record_entry(record: dict, name: str, where: str):

@@ -335,7 +335,12 @@ def _add_fit_options(
         help=f"random seed, 0 to {MAX_SEED} (default: 0)",
     )
     command.add_argument(
-        "--threads", type=_integer(1), metavar="T", help="Numba threads (default: all cores)"
+        "--threads",
+        type=_integer(1),
+        metavar="T",
+        # "all cores" was not what ran under NUMBA_NUM_THREADS, which also caps --threads
+        help="Numba threads, at most the cores or NUMBA_NUM_THREADS where it is set (a "
+        "larger T is lowered to it; params.json records the threads used) (default: all)",
     )
     command.add_argument(
         "--prior",
@@ -435,9 +440,16 @@ class _ProgressStream:
 def _print_result(line: str, written: Path) -> None:
     """``line`` on stdout once ``written`` (OUTDIR or a figure) is in place. When stdout
     fails (a closed pipe, a full disk) the error carries ``written``, and `main` says
-    that it is complete and only its summary was lost."""
+    that it is complete and only its summary was lost. A name that stdout's encoding
+    cannot hold (a file name of other bytes than UTF-8 under a strict UTF-8 locale, a
+    character beyond a Windows code page) is printed escaped, as on stderr: its error
+    said "vbsnmf: error:" with exit code 2 beside a complete output."""
     try:
-        print(line, flush=True)  # flushed now: a failure at exit could not be reported
+        try:
+            print(line, flush=True)  # flushed now: a failure at exit could not be reported
+        except UnicodeEncodeError:  # raised before anything of the line was written
+            encoding = sys.stdout.encoding
+            print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
     except OSError as error:
         error.written = written
         raise
@@ -642,7 +654,12 @@ def _fit(
             )
         except CheckpointMismatchError as error:
             # the settings named as the options that set them (--tol, not tol)
-            raise UsageError(f"{_option_names(str(error))} (drop --resume)") from None
+            message = str(error)
+            if "prior: checkpoint " in message:
+                # SQUAREM's acceleration follows --prior here, no option sets it: its line
+                # ("accelerate: checkpoint True vs now False") named a Python parameter
+                message = re.sub(r"\baccelerate: checkpoint \w+ vs now \w+, ", "", message)
+            raise UsageError(f"{_option_names(message)} (drop --resume)") from None
         except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
             # TypeError too: an X of strings is refused as one, and its message named
             # "adata.X", not the file
@@ -1340,6 +1357,59 @@ def _error_message(error: BaseException) -> str:
     return _one_line(error)
 
 
+def _check_numba_threads_variable() -> None:
+    """Refuse a NUMBA_NUM_THREADS that Numba cannot use, naming it, before Numba loads: 0
+    or less failed every command with Numba's "Number of threads specified must be > 0."
+    (naming neither the variable nor anything --threads could change), and text printed
+    Numba's warning with a traceback in it."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None:
+        return
+    try:
+        threads = int(text)  # as Numba reads it
+    except ValueError:
+        threads = None
+    if threads is None or threads < 1:
+        raise UsageError(
+            f"the environment variable NUMBA_NUM_THREADS={text!r} is not a whole number "
+            ">= 1 (the most threads Numba starts); unset it, and choose a run's threads "
+            "with --threads"
+        )
+
+
+def _check_working_folder() -> None:
+    """Refuse to run from a current folder that was deleted (by another shell, while this
+    one was in it): every path check asks for it, and its error was "vbsnmf: error:
+    [Errno 2] No such file or directory", naming nothing, also with absolute paths."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UsageError(
+            "the current folder no longer exists (deleted or moved away while this shell "
+            "was in it); change to an existing folder and run again"
+        ) from None
+
+
+def _check_numba_threading_layer() -> None:
+    """Load the threading layer that NUMBA_THREADING_LAYER asks for now, before any input
+    is read: loaded at the first parallel kernel, which checks a sparse input as it is
+    read, its failure was reported as the input's ("in.h5ad: The threading layer
+    requested 'bogus' is unknown to Numba.")."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    layer = numba.config.THREADING_LAYER
+    if layer == "default":  # Numba's own choice, which falls back to its workqueue
+        return
+    try:
+        parallel._launch_threads()
+    except ValueError as error:
+        raise UsageError(
+            f"the environment variable NUMBA_THREADING_LAYER={layer!r} names a threading "
+            f"layer that Numba cannot load ({_one_line(error)}); unset it or name another"
+        ) from None
+
+
 def _stop(signum, frame) -> None:
     raise Stopped(signum)
 
@@ -1381,13 +1451,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = partial(_keep_interrupts, swallowed, unraisable_hook)
     try:
         previous = _handle_stop_signals()
+        _check_numba_threads_variable()
         with _doing("loading numpy, scipy and Numba"):
             parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
         if swallowed:  # Ctrl-C or a stop signal that the imports could not raise
             raise swallowed[0]
-        args = parser.parse_args(argv)
+        # parse_args said a command's stray arguments with the top level's help ("see
+        # vbsnmf --help"), which does not list the options of the command
+        args, stray = parser.parse_known_args(argv)
+        if stray:
+            help_of = "vbsnmf" if args.command is None else f"vbsnmf {args.command}"
+            raise UsageError(f"unrecognized arguments: {' '.join(stray)} (see {help_of} --help)")
         if args.command is None:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
+        _check_working_folder()
+        _check_numba_threading_layer()
         return _run_reporting_warnings(args)
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK

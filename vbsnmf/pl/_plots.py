@@ -5,11 +5,12 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 `top_genes`: ``sc.pl.dotplot``), so they look, save and show as scanpy's plots do:
 ``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
-suffix chooses the format; one holding a path separator, a path meant, is a `ValueError`).
+suffix chooses the format, any that matplotlib writes, where scanpy knows .svg, .pdf and
+.png; one holding a path separator, a path meant, is a `ValueError`).
 A `pathlib.Path` as ``save`` is the output file itself, written atomically (what the
 command line uses; one without a suffix gets matplotlib's default format and its suffix,
-``figure.png``, as ``savefig`` names it; the figure is then closed, as scanpy closes a
-figure it saved); any other ``save`` is a `TypeError`.
+``figure.png``, as ``savefig`` names it; an existing folder is a `ValueError`; the figure
+is then closed, as scanpy closes a figure it saved); any other ``save`` is a `TypeError`.
 The axes are returned when the figure is not shown. Axes given by the user may be of a
 subfigure, or of a figure pyplot does not hold (``matplotlib.figure.Figure()``), which
 only a `pathlib.Path` as ``save`` can write.
@@ -25,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, check_target, link_followed
-from .._utils import anndata_x, elbo_iterations, fit_info, stored_record
-from ..tl._stored import active_factors, cell_factors_record
+from .._utils import anndata_x, elbo_iterations, fit_info, is_dask_array, stored_record
+from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
 from ..tl._top_genes import top_genes as top_genes_table
 
 
@@ -64,12 +65,27 @@ def _finish(figure, axes, show: bool | None, save, writekey: str):
             _save_figure(figure, temporary, Path(target).name, file_format)
         save = False
     show = sc.settings.autoshow if show is None else show
+    save, extension = _suffix_format(figure, save)
     if in_pyplot:
         _pyplot().figure(figure.number)  # savefig_or_show acts on the current figure
-        savefig_or_show(writekey, show=show, save=save)
+        savefig_or_show(writekey, show=show, save=save, ext=extension)
         if saved_to_path:  # closed once saved, as scanpy closes its saved figures
             _pyplot().close(figure)
     return None if show else axes
+
+
+def _suffix_format(figure, save):
+    """``save`` as scanpy's ``savefig_or_show`` takes it, and the format a string's suffix
+    names (else None): scanpy knows ``.svg``, ``.pdf`` and ``.png`` only, in lower case,
+    and wrote ``"_name.jpg"`` or ``"_name.PNG"`` as a PDF named ``umap_name.jpg.pdf``. A
+    suffix matplotlib writes no format of is kept in the name, as scanpy keeps it."""
+    if not isinstance(save, str) or "." not in save:
+        return save, None
+    # not os.path.splitext, which takes ".jpg" alone for a hidden file's name
+    stem, _, extension = save.rpartition(".")
+    if extension.lower() not in figure.canvas.get_supported_filetypes():
+        return save, None
+    return stem, extension
 
 
 def _save_figure(figure, temporary: Path, name: str, file_format: str) -> None:
@@ -118,6 +134,12 @@ def check_save(save, writekey: str) -> None:
             f"sc.settings.figdir ({writekey}...); to write to that path, pass "
             f"pathlib.Path({save!r})"
         )
+    if isinstance(save, str):
+        from matplotlib.figure import Figure
+
+        _, extension = _suffix_format(Figure(), save)
+        if extension is not None:
+            check_tex(save, extension.lower())
     if isinstance(save, os.PathLike):
         from matplotlib.figure import Figure
 
@@ -148,9 +170,12 @@ def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
     (``rcParams["savefig.format"]``, PNG unless set) and its suffix appended, as
     ``savefig("figure")`` writes ``figure.png``. A format matplotlib cannot write is a
     `ValueError` naming ``save``, before anything is written, as is a folder's name
-    (``Path("")`` is ``.``, whose figure was the hidden ``.png`` of the current folder)."""
+    (``Path("")`` is ``.``, whose figure was the hidden ``.png`` of the current folder; an
+    existing folder's, whose figure was written beside it)."""
     path = os.fspath(save)
-    if Path(path).name in ("", ".."):
+    # an existing folder without a suffix ("figures", where a scanpy user keeps them) was
+    # written beside itself as "figures.png"; with one, `check_target` refuses it
+    if Path(path).name in ("", "..") or (not Path(path).suffix and Path(path).is_dir()):
         raise ValueError(
             f"save={save!r} names a folder, not a figure file: name a file, e.g. "
             "pathlib.Path('figure.png')"
@@ -383,9 +408,10 @@ def factors(
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file. The writekey
         is the basis, as in ``sc.pl.embedding``.
     **kwds
-        Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``); not
-        ``color``, ``vmin`` or ``return_fig``, which the plot sets, nor ``use_raw=True``
-        (a `TypeError`).
+        Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``,
+        ``mask_obs``: an array or the name of a boolean ``.obs`` column); not ``color``,
+        ``vmin`` or ``return_fig``, which the plot sets, nor ``use_raw=True`` (a
+        `TypeError`).
 
     Returns
     -------
@@ -462,6 +488,13 @@ def factors(
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
     elif not (np.isfinite(vmax) and vmax > 0):
         raise ValueError(f"vmax must be positive and finite (the scale starts at 0), got {vmax!r}")
+    if isinstance(kwds.get("mask_obs"), str):
+        # scanpy looked the column up in the panels' frame below, which holds the factors
+        # only, and said "Did not find adata.obs['keep']" of a column adata has
+        column = kwds["mask_obs"]
+        if column not in adata.obs:
+            raise KeyError(f"adata.obs has no column {column!r} (mask_obs=) to mask cells by")
+        kwds["mask_obs"] = adata.obs[column].to_numpy()
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
     # Stored as X_<name> so that scanpy names the axes as its own (UMAP1, UMAP2).
@@ -531,6 +564,9 @@ def top_genes(
     **kwds
         Passed to ``sc.pl.dotplot`` (e.g. ``layer``, ``use_raw``, ``standard_scale=None``,
         ``cmap``, ``dendrogram``); not ``var_names``, which the plot sets (a `TypeError`).
+        ``dendrogram=True`` without a stored one computes scanpy's dendrogram into
+        ``adata``: a view is made its own AnnData first, as anndata does at a write (a
+        view of a backed one is refused).
 
     Returns
     -------
@@ -554,6 +590,12 @@ def top_genes(
         _check_group_column(adata, column)
     if len(columns) > 1:
         _check_combinable(adata, columns)
+    if kwds.get("use_raw") and adata.raw is None:
+        # scanpy's own error was a bare AttributeError: 'NoneType' object has no attribute 'var'
+        raise ValueError(
+            "use_raw=True shows the expression of adata.raw, and adata has no .raw: drop "
+            "use_raw to show adata.X (or layer=)"
+        )
     if (
         anndata_x(adata) is None
         and "layer" not in kwds
@@ -589,18 +631,35 @@ def top_genes(
         )
     names = table["gene"]
     reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
-    if not (reads_raw and adata.raw is None):  # else scanpy's own error says so
-        _check_genes_readable(adata, info, names, kwds, reads_raw)
-        if "gene_symbols" in kwds:
-            # scanpy looks each name up in that column, not in the var_names
-            names = _gene_symbols(adata, names, kwds["gene_symbols"], reads_raw)
-        else:
-            _check_genes_not_columns(adata, names)
+    _check_genes_readable(adata, info, names, kwds, reads_raw)
+    genes_read = adata.raw if reads_raw else adata
+    layer = None if reads_raw else kwds.get("layer")
+    check_expression_readable(
+        genes_read.X if layer is None else adata.layers[layer],
+        "adata.raw.X" if reads_raw else "adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        "dot plot",
+    )
+    if "gene_symbols" in kwds:
+        # scanpy looks each name up in that column, not in the var_names
+        names = _gene_symbols(adata, names, kwds["gene_symbols"], reads_raw)
+        gene_names = pd.Index(genes_read.var[kwds["gene_symbols"]])
+    else:
+        gene_names = genes_read.var_names
+    _check_genes_not_columns(adata, names)
+    _check_groups_not_genes(columns, gene_names)
     genes = {
         f"factor {factor}": list(listed)
         for factor, listed in names.groupby(level="factor", sort=True)
     }
     kwds.setdefault("standard_scale", "var")
+    dendrogram = kwds.get("dendrogram")
+    # scanpy's key of the dendrogram: named, else of the groupby columns
+    stored = dendrogram if isinstance(dendrogram, str) else f"dendrogram_{'_'.join(columns)}"
+    if dendrogram and adata.is_view and stored not in adata.uns:
+        # scanpy stores the dendrogram it computes into adata, which anndata makes its own
+        # object, and read it back from the view: a bare KeyError 'dendrogram_<groupby>'
+        check_writable(adata, advice="call .to_memory() on the view first")
+        view_to_actual(adata)
     dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
     if return_fig:
         return dot_plot
@@ -640,6 +699,33 @@ def _check_genes_not_columns(adata, genes: pd.Series) -> None:
         raise ValueError(
             f"{', '.join(map(repr, both[:5]))}: among the fit's top genes and a column of "
             "adata.obs, which scanpy's dot plot cannot tell apart; rename the column"
+        )
+
+
+def check_expression_readable(matrix, where: str, plot: str) -> None:
+    """A `ValueError` when the expression ``matrix`` (``where``) a scanpy ``plot`` reads
+    is a dask array of sparse chunks (``anndata.experimental.read_elem_lazy`` of a sparse
+    X, which `vbsnmf.tl.nmf` fits), which scanpy reads as one object: pandas' bare
+    TypeError "len() of unsized object", or scipy's "'csr_matrix' object has no attribute
+    'item'" after the graph and the UMAP. Dense chunks scanpy reads."""
+    import scipy.sparse as sp
+
+    if is_dask_array(matrix) and sp.issparse(getattr(matrix, "_meta", None)):
+        raise ValueError(
+            f"{where} is a dask array of sparse chunks, which scanpy's {plot} cannot read: "
+            "plot an AnnData in memory (adata.to_memory())"
+        )
+
+
+def _check_groups_not_genes(columns: list[str], gene_names: pd.Index) -> None:
+    """A `ValueError` naming the groupby ``columns`` that are also names of the genes the
+    dot plot reads (``gene_names``), which scanpy's dot plot refuses with a bare KeyError
+    ("found in both adata.obs and adata.var_names"), whether the gene is shown or not."""
+    both = [column for column in columns if column in gene_names]
+    if both:
+        raise ValueError(
+            f"groupby {', '.join(map(repr, both))}: a column of adata.obs and the name of a "
+            "gene, which scanpy's dot plot cannot tell apart; rename the column"
         )
 
 

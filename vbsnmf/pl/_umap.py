@@ -22,7 +22,14 @@ from ..tl._stored import (
     record_entries,
     view_to_actual,
 )
-from ._plots import _factor_columns, _finish, _name_list, check_save, reads_raw_genes
+from ._plots import (
+    _factor_columns,
+    _finish,
+    _name_list,
+    check_expression_readable,
+    check_save,
+    reads_raw_genes,
+)
 
 LEIDEN = "leiden"
 # UMAP's spectral start needs at least this many cells (3 failed inside scipy's eigh).
@@ -103,11 +110,11 @@ def umap(
         ``n_neighbors`` is below 2; ``random_state`` is outside [0, 2**32 - 1];
         ``adata`` holds fewer than 4 cells; ``adata`` is a view of a backed AnnData,
         which cannot store the graph; a ``color`` is both an ``.obs`` column and a gene
-        of ``adata.var_names``, or a gene of ``adata.X`` when that is None; the graph,
-        the UMAP or the Leiden clusters would be stored over a fit, projection or K
-        selection in ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or
-        ``"leiden"``); ``.obs[key + '_dominant_factor']``, to be written, holds values it
-        did not write.
+        of ``adata.var_names``, a gene of ``adata.X`` when that is None or a dask array
+        of sparse chunks, or a gene whose name other genes share; the graph, the UMAP
+        or the Leiden clusters would be stored over a fit, projection or K selection in
+        ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or ``"leiden"``);
+        ``.obs[key + '_dominant_factor']``, to be written, holds values it did not write.
     TypeError
         ``n_neighbors`` is not an integer; ``random_state`` is not None, an integer or a
         numpy RandomState; ``color`` is not a name or a list of names.
@@ -260,7 +267,8 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     default ``use_raw`` without a layer), else of ``adata``; ``addable``: the columns
     `umap` adds itself (the dominant factors, Leiden clusters). A `ValueError` naming those
     that are both an ``.obs`` column and a gene of ``adata``, which anndata refuses, and
-    the genes to read from an ``adata.X`` that is None."""
+    the genes to read from an ``adata.X`` that is None, and genes whose name other genes
+    share."""
     genes, where = (
         (adata.raw.var_names, "adata.raw.var_names")
         if reads_raw_genes(adata)
@@ -283,6 +291,23 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
         for name in colors
         if name not in adata.obs.columns and name not in addable and name not in missing
     ]
+    # a name two genes share (anndata warns, and keeps them) gave scanpy a colour per cell
+    # per gene, and its bare IndexError came after the graph and the UMAP
+    shared = [name for name in from_x if np.count_nonzero(genes == name) > 1]
+    if shared:
+        raise ValueError(
+            f"color {', '.join(map(repr, shared))}: a name several genes of {where} share, "
+            "which scanpy cannot colour by; make the names unique ("
+            + (
+                "raw = adata.raw.to_adata(); raw.var_names_make_unique(); adata.raw = raw)"
+                if where.startswith("adata.raw")
+                else "adata.var_names_make_unique())"
+            )
+        )
+    if from_x and reads_raw_genes(adata):
+        check_expression_readable(adata.raw.X, "adata.raw.X", "UMAP coloured by a gene")
+    elif from_x:
+        check_expression_readable(anndata_x(adata), "adata.X", "UMAP coloured by a gene")
     if from_x and not reads_raw_genes(adata) and anndata_x(adata) is None:
         # anndata's bare TypeError ("'NoneType' object is not subscriptable") came after
         # the graph and the UMAP

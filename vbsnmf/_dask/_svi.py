@@ -63,7 +63,9 @@ from ._cluster import (
 
 @one_launch_at_a_time
 def _chunk_rows(block, first_cell: int, fit_dtype=np.float64) -> sp.csr_array:
-    """The chunk as canonical float64 CSR of cells, from which minibatch rows are cut."""
+    """The chunk as canonical CSR of cells, from which minibatch rows are cut; its values
+    as `CountData` keeps them, in the narrowest dtype that holds them exactly (uint16 for
+    small counts)."""
     data = chunk_count_data(block, first_cell, fit_dtype)  # validated, canonical
     return data.rows_by_columns().tocsr()
 

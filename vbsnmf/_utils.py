@@ -213,9 +213,11 @@ def check_record_key(key, default_key: str = "nmf") -> str:
     with ``key_added=None``, which stores its record under ``default_key``; a list failed
     as Python's "unhashable type"."""
     if not isinstance(key, str):
+        # tl.select_k's default key_added is its key itself, and it refuses None
+        default = "None" if default_key == "nmf" else repr(default_key)
         raise TypeError(
             "key must be the key_added of the stored result, a string (the default "
-            f"key_added=None stores it under {default_key!r}), got {key!r}"
+            f"key_added={default} stores it under {default_key!r}), got {key!r}"
         )
     return str(key)
 

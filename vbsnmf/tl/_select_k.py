@@ -400,7 +400,13 @@ def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, toleranc
             f"its tolerance {tolerances[below]:.3g}"
         )
     n_active = int(table["n_active"].iloc[chosen])
-    if n_active < ks[chosen]:  # the K to fit is not the number of programmes it finds
+    if n_active == 0:  # "the others switched off" said so of factors the threshold missed
+        text += (
+            f"; none of its {ks[chosen]} factors is active: none holds more than min_share of "
+            "the fitted counts (by default five typical cells' counts, a large share when "
+            "there are few cells)"
+        )
+    elif n_active < ks[chosen]:  # the K to fit is not the number of programmes it finds
         text += f"; {n_active} of its {ks[chosen]} factors are active (the others switched off)"
     if len(ks) == 1:
         text += "; the only K tried, so nothing was compared: pass a grid of K"

@@ -12,7 +12,12 @@ import scipy.sparse as sp
 
 from .._model import seed_entropy
 from .._utils import is_dask_array
-from .._validation import refuse_masked, sparse_frame_as_coo
+from .._validation import (
+    numbers_from_objects,
+    refuse_masked,
+    sparse_frame_as_coo,
+    widen_to_sum,
+)
 
 
 def count_split(counts, fraction: float = 0.5, random_state=0):
@@ -25,8 +30,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     ----------
     counts
         Non-negative integer counts, cells x genes: a scipy sparse matrix or a dense array
-        (booleans count as 0 and 1, as `vbsnmf.tl.nmf` fits them). A dask array is computed
-        into memory first (sparse chunks stay sparse).
+        (booleans count as 0 and 1, as `vbsnmf.tl.nmf` fits them), or a pandas DataFrame
+        (of pandas' nullable Int64 or Float64 columns too, as `vbsnmf.VBNMF` takes it). A
+        dask array is computed into memory first (sparse chunks stay sparse).
     fraction
         The expected share of each count that goes to ``train``, in (0, 1).
     random_state
@@ -40,8 +46,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         array and a ``csr_matrix`` for a sparse matrix, in canonical form: duplicate
         entries summed, indices sorted, explicit zeros removed; a ``csr_matrix`` for a
         pandas DataFrame of sparse columns with fill value 0; an ndarray otherwise) and
-        dtype; ``train + test == counts``. The halves depend only on the counts and
-        ``random_state``, not on how the counts are stored (dense, CSR, CSC, ...).
+        dtype (float64 for an object array, e.g. a DataFrame of pandas' nullable Int64
+        columns, and for a sparse matrix of narrow integers or booleans whose repeated
+        entries sum beyond its dtype); ``train + test == counts``. The halves depend only
+        on the counts and ``random_state``, not on how the counts are stored (dense, CSR,
+        CSC, ...).
 
     Raises
     ------
@@ -49,12 +58,15 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         ``fraction`` outside (0, 1); ``counts`` not 2-D, or counts that are negative, not
         finite, not whole or 2**63 or more, or beyond the whole numbers their float dtype
         holds every one of (2**11 in float16, 2**24 in float32, 2**53 in float64); a
-        negative ``random_state``.
+        negative ``random_state``; missing values (``pd.NA``).
     TypeError
-        ``counts`` is not numeric (nor boolean), is an AnnData, a backed AnnData's X or a
-        masked array with masked entries; ``random_state`` is not one of the above.
+        ``counts`` is not numeric (nor boolean, nor an object array of numbers), is an
+        AnnData, a backed AnnData's X or a masked array with masked entries;
+        ``random_state`` is not one of the above.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)):
+    numeric = isinstance(fraction, (int, float, np.number)) and not isinstance(fraction, bool)
+    # a numpy complex passed the check: numpy dropped its imaginary part (ComplexWarning)
+    if not numeric or isinstance(fraction, np.complexfloating):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
@@ -82,8 +94,15 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     # a DataFrame of sparse columns: np.array made it dense, cells x genes x 8 bytes
     counts = sparse_frame_as_coo(counts)
     sparse = sp.issparse(counts)
+    if sparse and len(counts.shape) != 2:  # scipy's n-D COO: "CSR must be 1D or 2D. Got 3D"
+        raise ValueError(f"counts must be 2-D (cells x genes), got shape {counts.shape}")
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
+    given = counts.dtype if sparse else None
+    if sparse:
+        # repeated entries summed in float64: scipy summed them in the dtype (uint8 ones:
+        # 144 for a count of 400; booleans: 1), where VBNMF.fit and tl.nmf read the sums
+        counts = widen_to_sum(counts)
     matrix = as_csr(counts, copy=True) if sparse else np.array(counts, copy=True)
     if matrix.ndim != 2:
         raise ValueError(f"counts must be 2-D (cells x genes), got shape {matrix.shape}")
@@ -92,6 +111,14 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # apart (halves holding duplicates, whose log-factorials do not add up to the
         # count's), and a row's entries split in storage order, not the counts' own.
         matrix.sum_duplicates()
+    if sparse and matrix.dtype != given:  # widened: back to the caller's dtype if it holds them
+        low, high = (0, 1) if given.kind == "b" else (np.iinfo(given).min, np.iinfo(given).max)
+        if matrix.nnz == 0 or low <= matrix.data.min() <= matrix.data.max() <= high:
+            matrix = matrix.astype(given)
+    if not sparse and matrix.dtype == object:
+        # a DataFrame of pandas' nullable dtypes (Int64, Float64) is an object array, which
+        # was refused as "dtype object" (VBNMF.fit takes it); pd.NA becomes NaN, refused below
+        matrix = numbers_from_objects(matrix, "counts")
     values = matrix.data if sparse else matrix
     numeric = values.dtype == bool or np.issubdtype(values.dtype, np.number)
     if not numeric or np.issubdtype(values.dtype, np.complexfloating):

@@ -16,6 +16,9 @@ array as a CSR block (`CellSource.read_rows`), and the matrix as consecutive row
   orientation (`open_source`'s ``genes_as_rows``); a 10x folder holds genes as rows.
 
 `read_h5ad_backed` opens an ``.h5ad`` for streaming, its X checked against obs and var.
+An HDF5 file written while a source reads it (truncated, or overwritten in place) is
+refused with a `ReadError` at the next read: HDF5 reads such a file's chunks as zeros or
+as other data, without an error.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ from .._validation import (
 )
 from ._errors import ReadError, check_exists, describe_error
 
+# Why a read of a file written since the source opened it is refused (`CellSource`).
+CHANGED_MID_READ = (
+    "the file changed while it was being read (its size or modification time is not what "
+    "it was when opened): a streamed fit reads it until its last epoch; fit it again once "
+    "nothing writes to it, or fit a copy"
+)
+
 
 class CellSource:
     """A cells x genes count matrix readable by rows; subclasses implement `_read_range`.
@@ -55,6 +65,10 @@ class CellSource:
     # What the source opened itself and `close` closes: a path's file, or the file and
     # temporary folder of a conversion (None: the caller's, a backed AnnData's file).
     _owner = None
+    # The open HDF5 file X is read from and its (size, modification time) when the source
+    # was opened (`_watch_file`); None for a matrix in memory or a zarr store.
+    _watched_file = None
+    _file_stamp = None
 
     @property
     def n_cells(self) -> int:
@@ -106,6 +120,30 @@ class CellSource:
                 item.cleanup()
             elif hasattr(item, "close"):  # an h5py File (a zarr group has nothing to close)
                 item.close()
+
+    def _watch_file(self, stored) -> None:
+        """Remember the (size, modification time) of the open HDF5 file holding ``stored``
+        (an h5py group or dataset), which `_check_unchanged` compares after every read."""
+        file = getattr(stored, "file", None)
+        stamp = _file_stamp(file)
+        if stamp is not None:
+            self._watched_file, self._file_stamp = file, stamp
+
+    def _check_unchanged(self) -> None:
+        """A `ReadError` if the file X is read from was written since the source opened it.
+        Truncated or overwritten in place (``cp``, a rerun pipeline) while a fit streamed
+        it, HDF5 read the missing chunks as zeros and the rewritten ones as whatever now
+        lay at their offsets: the fit went on silently on other counts than the ones
+        checked, or failed on non-finite steps blamed on the step size."""
+        if self._changed_since_opened():
+            raise ReadError(self.name, CHANGED_MID_READ)
+
+    def _changed_since_opened(self) -> bool:
+        """Whether the watched file's (size, modification time) differs from its open's."""
+        if self._file_stamp is None:
+            return False
+        stamp = _file_stamp(self._watched_file)
+        return stamp is not None and stamp != self._file_stamp
 
     def __enter__(self) -> CellSource:
         return self
@@ -166,6 +204,7 @@ class StoredRowsSource(CellSource):
         check_row_pointers(self.indptr, self.shape[0], n_stored, self.name)
         self._dataset = sparse_dataset(group)
         self._owner = owner
+        self._watch_file(group)
 
     def read_rows(self, rows: np.ndarray) -> sp.csr_array:
         """Rows ``rows`` (sorted, unique) as a float64 CSR."""
@@ -178,8 +217,9 @@ class StoredRowsSource(CellSource):
     def _block(self, rows) -> sp.csr_array:
         """Rows ``rows`` (an index array or a slice) as a float64 CSR; a chunk that cannot
         be read (damaged on disk, mid-fit) is a `ReadError` naming the file."""
-        with _x_read_errors(self.name):
+        with _x_read_errors(self.name, self._changed_since_opened):
             block = sp.csr_array(self._dataset[rows])
+        self._check_unchanged()
         return _float_csr(block)
 
 
@@ -201,6 +241,7 @@ class DenseRowsSource(CellSource):
         self.shape = (int(array.shape[0]), int(array.shape[1]))
         self._array = array
         self._owner = owner
+        self._watch_file(array)
         row_bytes = max(self.shape[1] * np.dtype(array.dtype).itemsize, 1)
         self._read_rows = max(1, DENSE_READ_BYTES // row_bytes)
 
@@ -217,10 +258,13 @@ class DenseRowsSource(CellSource):
     def _read(self, rows) -> np.ndarray:
         """Rows ``rows`` (a slice, or sorted unique row numbers) as a dense array; a chunk
         that cannot be read is a `ReadError` naming the file."""
-        with _x_read_errors(self.name):
+        with _x_read_errors(self.name, self._changed_since_opened):
             if isinstance(rows, slice) or not hasattr(self._array, "oindex"):
-                return np.asarray(self._array[rows])
-            return np.asarray(self._array.oindex[rows, :])  # zarr: orthogonal selection
+                dense = np.asarray(self._array[rows])
+            else:
+                dense = np.asarray(self._array.oindex[rows, :])  # zarr: orthogonal selection
+        self._check_unchanged()
+        return dense
 
     def read_rows(self, rows: np.ndarray) -> sp.csr_array:
         """Rows ``rows`` (sorted, unique) as a float64 CSR, read a bounded piece at a time."""
@@ -254,17 +298,34 @@ class DenseRowsSource(CellSource):
         return _float_csr(sp.vstack(pieces, format="csr"))
 
 
+def _file_stamp(file) -> tuple[int, int] | None:
+    """The (size, modification time in ns) of the open h5py ``file``, from its file
+    descriptor: the file being read, even once another file is moved to its path
+    (which changes nothing the fit reads). None for a zarr store, a file object, a
+    closed file or a driver without a descriptor."""
+    try:
+        descriptor = file.id.get_vfd_handle()
+        status = os.fstat(descriptor)
+    except Exception:  # not h5py, closed, or a driver (fileobj, core) with no descriptor
+        return None
+    return int(status.st_size), int(status.st_mtime_ns)
+
+
 @contextmanager
-def _x_read_errors(name):
+def _x_read_errors(name, changed=None):
     """Reading rows of the stored X of ``name``: a chunk that cannot be read (damaged on
-    disk, or changed mid-fit) is a `ReadError` naming the file; running out of memory
-    stays a `MemoryError`."""
+    disk, or changed mid-fit) is a `ReadError` naming the file, said to have changed when
+    ``changed()`` is true (the cause, where HDF5 names a B-tree signature); running out
+    of memory stays a `MemoryError`."""
     try:
         yield
     except MemoryError:
         raise
     except Exception as error:  # h5py, zarr and numcodecs raise many types
-        raise ReadError(name, f"cannot read X ({describe_error(error)})") from None
+        reason = f"cannot read X ({describe_error(error)})"
+        if changed is not None and changed():
+            reason = CHANGED_MID_READ
+        raise ReadError(name, reason) from None
 
 
 def _float_csr(block) -> sp.csr_array:

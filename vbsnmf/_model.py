@@ -1283,14 +1283,14 @@ def warn_elbo_rounding(
     rounding (``largest_count``: the largest count, for that ``log x``)."""
     if not converged or not len(elbo_trace):
         return
+    if tol == 0:  # asked to run until the ELBO repeats exactly: only rounding ends that, in
+        return  # either dtype (float32's warned every such fit, of 3 counts too)
     last = abs(float(elbo_trace[-1]))
     resolved = tol * last
     if np.dtype(dtype) == np.float32:
         rounding = total_count * 2.0**-24
         advice = "fit these counts with dtype=np.float64"
     else:
-        if tol == 0:  # asked to run until the ELBO repeats exactly: only rounding ends that
-            return
         rounding = total_count * math.log(max(largest_count, math.e)) * 2.0**-53
         advice = f"raise tol to at least {rounding / max(last, rounding):.1g}"
     if rounding > resolved:
@@ -1671,16 +1671,22 @@ def init_params(
         wants = [(side, n_components)]
         if name.endswith("rate"):
             wants = [(n_components,), (side, n_components)] if entry_rates else [(n_components,)]
-        if any(np.isnan(n) for n in np.shape(array)):  # "(nan, 3), expected (60, 3)" before
+        try:
+            given_shape = np.shape(array)
+        except ValueError:  # numpy's "inhomogeneous shape" names no key
+            raise ValueError(
+                f"init {name} is a ragged sequence (rows of different lengths); give an array"
+            ) from None
+        if any(np.isnan(n) for n in given_shape):  # "(nan, 3), expected (60, 3)" before
             raise ValueError(
                 f"init {name} is a dask array of unknown chunk sizes; call its "
                 "compute_chunk_sizes() first"
             )
-        if tuple(np.shape(array)) not in wants:
+        if tuple(given_shape) not in wants:
             raise ValueError(
-                f"init {name} has shape {tuple(np.shape(array))}, expected "
+                f"init {name} has shape {tuple(given_shape)}, expected "
                 + " or ".join(map(str, wants))
-                + _entry_rates_advice(name, np.shape(array), (side, n_components), bool(extra))
+                + _entry_rates_advice(name, given_shape, (side, n_components), bool(extra))
             )
         checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
@@ -1784,11 +1790,21 @@ def complete_learned(
             # by the client holding the futures it reads (a distributed fit's cells): dask's
             # default scheduler may be another ("Missing dependency")
             (row_mean_sum,) = compute_dask((shape / rate).sum(axis=1, dtype=np.float64))
-        if prior_mean is None and row_mean_sum is not None:
-            prior_mean = float(np.mean(n_components / row_mean_sum))
-        elif prior_mean is None:
-            prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        derived = prior_mean is None
+        with np.errstate(over="ignore", divide="ignore"):  # checked below, by name
+            if derived and row_mean_sum is not None:
+                prior_mean = float(np.mean(n_components / row_mean_sum))
+            elif derived:
+                prior_mean = float(np.mean(1.0 / (shape / rate).mean(axis=1)))
+        if derived and not (math.isfinite(prior_mean) and prior_mean > 0):
+            # b' is the start's, not a key given: name the keys it came from
+            raise ValueError(
+                f"init {side}_shape / {side}_rate give means of q beyond the float range "
+                f"(their prior mean of the scales, the mean of 1 / mean_l E[z_il], is "
+                f"{prior_mean:g}); give a start whose means are finite and positive"
+            )
         prior_shape_key = f"{side}_scale_prior_shape"
+        prior_mean_key = f"{side}_scale_prior_mean"
         scale = ScaleState(
             np.empty(0),
             np.empty(0),
@@ -1797,8 +1813,16 @@ def complete_learned(
                 check_positive_number(given.get(prior_shape_key, 1.0), prior_shape_key),
                 prior_shape_key,
             ),
-            check_positive_number(prior_mean, f"{side}_scale_prior_mean"),
+            check_positive_number(prior_mean, prior_mean_key),
         )
+        if not math.isfinite(scale.prior_shape / scale.prior_mean):
+            # the scales' prior rate a'/b' overflowed: q(xi) at its optimum would have an
+            # infinite rate, E[xi] = 0, and the first step's gauge divided by zero
+            raise ValueError(
+                f"init {prior_mean_key}={scale.prior_mean:g} is too small for "
+                f"{prior_shape_key}={scale.prior_shape:g}: the scales' prior rate a'/b' is "
+                "beyond the float range"
+            )
         if given_q:
             q = [
                 _checked_array(given[key], key, np.float64)
@@ -1896,9 +1920,13 @@ def _checked_array(array, name: str, dtype):
             raise TypeError(f"init {name} must hold real numbers in dense chunks, got {kind}")
         return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
     try:
-        copy = np.array(array, dtype=dtype, copy=True)
+        given_dtype = np.asarray(array).dtype
+        # complex: numpy would drop the imaginary parts, with a ComplexWarning only
+        copy = None if given_dtype.kind == "c" else np.array(array, dtype=dtype, copy=True)
     except (TypeError, ValueError):  # numpy's message names no key
         raise TypeError(f"init {name} must hold real numbers, got {array!r:.80}") from None
+    if copy is None:
+        raise TypeError(f"init {name} must hold real numbers, got dtype {given_dtype}")
     return _checked_block(copy, name)
 
 

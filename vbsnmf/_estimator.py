@@ -586,6 +586,12 @@ class VBNMF(Estimator):
         entropy = seed_entropy(self.random_state)
         # Before the fit, as scikit-learn validates X: mixed column names are refused.
         names = feature_names(X)
+        if isinstance(init, str):  # VBNMF's init= (how to start) given to fit
+            raise TypeError(
+                f"fit's init is a start to continue (a fitted VBNMF or its parameters), not "
+                f"{init!r}: how to start is VBNMF's own init parameter, "
+                f"VBNMF(init={init!r}).fit(X)"
+            )
         if isinstance(init, VBNMF):  # scikit-learn's error for an estimator not fitted yet
             check_fitted(init, "cell_shape_")
         if init is not None:

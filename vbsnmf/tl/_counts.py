@@ -178,7 +178,8 @@ def check_count_matrix(
     than the counts (``X`` left empty while they sit in a layer).
     """
     if is_dask_array(matrix):
-        checked, (fractional, nonzero) = matrix, _dask_tallies(adata, matrix, source, fit_dtype)
+        tallies = _dask_tallies(adata, matrix, source, fit_dtype)
+        checked, (fractional, nonzero, near) = matrix, tallies
     else:
         with _advised(adata, matrix, source, fit_dtype):
             checked = check_counts(
@@ -188,7 +189,17 @@ def check_count_matrix(
                 fit_dtype=fit_dtype,
                 first_row=first_row,
             )
-        fractional, nonzero = _tallies(checked)
+        fractional, nonzero, near = _tallies(checked)
+    if fractional and near == fractional:
+        # whole counts off by float rounding (arithmetic on them, or counts rebuilt from
+        # normalised data): "normalised or log-transformed data?" sent the user looking
+        # for counts they hold
+        raise ValueError(
+            f"{source} holds {fractional} non-integer values, each within "
+            f"{_NEAR_INTEGER:g} (relative) of a whole number: counts with rounding noise "
+            "(from arithmetic on them, or counts rebuilt from normalised data)? NMF needs "
+            "integer counts: round them first (numpy.rint; of a sparse matrix, its .data)"
+        )
     if fractional:
         raise ValueError(
             f"{source} holds {fractional} non-integer values (normalised or "
@@ -199,19 +210,35 @@ def check_count_matrix(
     return checked
 
 
+# How far (relative to the value) a stored value may lie from a whole number of at least 1 to
+# be told as a count with rounding noise rather than as normalised data: float32 arithmetic
+# on counts below 1e5 leaves them within a few units in the last place (1.2e-7 relative).
+_NEAR_INTEGER = 1e-5
+
+
 def _tallies(checked) -> np.ndarray:
     """How many of the stored values of counts checked by `check_counts` are not integers,
-    and how many are nonzero."""
+    how many are nonzero, and how many of the non-integers lie within `_NEAR_INTEGER`
+    (relative) of a whole number of at least 1."""
     values = checked.data
-    integers = np.issubdtype(values.dtype, np.integer)
-    fractional = 0 if integers else np.count_nonzero(values % 1)
-    return np.array([fractional, np.count_nonzero(values)], dtype=np.int64)
+    nonzero = np.count_nonzero(values)
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
+        return np.array([0, nonzero, 0], dtype=np.int64)
+    fractional = np.count_nonzero(values % 1)  # one temporary, as large as the values
+    near = 0
+    if fractional:  # only then the distances, which take more
+        # near a count of at least one: values that round to zero (1e-7 where a count is 0)
+        # are rather a matrix of small normalised values, which rounding would empty
+        whole = np.rint(values)
+        off = np.abs(values - whole)
+        near = np.count_nonzero((off > 0) & (whole >= 1) & (off <= _NEAR_INTEGER * whole))
+    return np.array([fractional, nonzero, near], dtype=np.int64)
 
 
 @one_launch_at_a_time  # a Dask task: workers run several at once
 def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray:
     """`_tallies` of one chunk of cells, checked as `check_counts` checks a block of a
-    streamed matrix (positions in messages are the whole matrix's), as a 1 x 2 block."""
+    streamed matrix (positions in messages are the whole matrix's), as a 1 x 3 block."""
     first_row = block_info[0]["array-location"][0][0]
     # before check_counts, whose advice (X.filled(0), VBNMF.fit(X, mask=...)) a dask X
     # cannot take: it has no filled method, and its fits take no mask
@@ -219,12 +246,12 @@ def _chunk_tallies(block, source: str, fit_dtype, block_info=None) -> np.ndarray
     checked = check_counts(
         block, name=source, warn_non_integer=False, fit_dtype=fit_dtype, first_row=first_row
     )
-    return _tallies(checked).reshape(1, 2)
+    return _tallies(checked).reshape(1, 3)
 
 
 def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
     """`_tallies` of a dask array, summed over its chunks of cells: each chunk is checked
-    where it is computed, and only two numbers per chunk reach the client."""
+    where it is computed, and only three numbers per chunk reach the client."""
     # dask: only for a dask array
     from .._dask._cluster import cells_x_genes, futures_holder, refuse_closed_source
 
@@ -235,7 +262,7 @@ def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
         source,
         fit_dtype,
         dtype=np.int64,
-        chunks=((1,) * matrix.numblocks[0], (2,)),
+        chunks=((1,) * matrix.numblocks[0], (3,)),
     )
     with _advised(adata, matrix, source, fit_dtype):
         # by the client of persisted chunks: dask's configured scheduler may be another,

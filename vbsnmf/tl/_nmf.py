@@ -16,6 +16,7 @@ from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
     anndata_x,
     check_anndata,
+    check_n_threads,
     elbo_iterations,
     finite_fit_array,
     is_dask_array,
@@ -213,8 +214,10 @@ def nmf(
         Each fitted gene's total count in the data (zero for genes not fitted);
         `top_genes`' ``min_counts`` reads it (in ``.raw.var`` for ``use_raw=True``).
     ``.uns['nmf']`` : dict
-        ``params`` (the settings), ``obsm_key``, ``usage_key``, ``sqrt_usage_key``,
-        ``varm_key`` (the keys above), ``n_iter``, ``converged``;
+        ``params`` (the settings; ``n_threads``: the Numba threads the fit ran on, capped at
+        the machine's, on which its rounding depends; as given for a dask X), ``obsm_key``,
+        ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_iter``,
+        ``converged``;
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
@@ -430,6 +433,11 @@ def nmf(
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
+    if not on_dask:
+        # the threads the fit ran on, on which its rounding depends (None: all the cores):
+        # as given, a rerun on a machine of other cores was another fit and the record did
+        # not say so (the command line's params.json records the same count)
+        settings["n_threads"] = check_n_threads(fit_params.get("n_threads"))
 
     drop_fit(adata, keys)  # makes a view its own AnnData first, with its own .raw
     genes = adata.raw if use_raw else adata
@@ -669,9 +677,11 @@ def _stored_start(
     for entry in cell_entries:
         if entry in adata.obsm and not is_dask_array(adata.obsm[entry]):
             try:
-                finite_fit_array(keys.uns, "obsm", adata.obsm, entry)
+                values = finite_fit_array(keys.uns, "obsm", adata.obsm, entry)
             except ValueError as damaged:
                 raise ValueError(f"warm_start: {damaged}") from None
+            n_columns = 1 if entry.removeprefix(f"{keys.uns}_") in SCALE_KEYS else n_components
+            _check_stored_cells(values, entry, keys.uns, n_columns)
     per_gene = [key for key in ("gene_shape", "gene_rate") if np.ndim(init[key]) == 2]
     per_gene += [key for key in ("gene_scale_shape", "gene_scale_rate") if key in init]
     if fitted_genes is not None:
@@ -687,6 +697,29 @@ def _stored_start(
         init = {name: np.asarray(value) for name, value in init.items()}
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     return init, trace, elbo_iterations(info), int(info["n_iter"])
+
+
+def _check_stored_cells(values: np.ndarray, entry: str, key: str, n_columns: int) -> None:
+    """A `ValueError` naming ``adata.obsm[entry]``, a stored Gamma parameter of the fit
+    ``key`` that ``warm_start`` starts from, when it is not what a fit writes: ``n_columns``
+    columns (K, or one for a scale) of positive numbers. ``anndata.concat(..., join="outer",
+    fill_value=0)`` pads the rows of the cells it joins with zeros, and the estimator's
+    "init cell_shape must be positive and finite" named an ``init`` never passed."""
+    if values.ndim != 2 or values.shape[1] != n_columns:
+        raise ValueError(
+            f"warm_start: adata.obsm[{entry!r}] of the fit {key!r} has shape {values.shape}, "
+            f"not (n_obs, {n_columns}), which vbsnmf.tl.nmf never writes; fit again without "
+            "warm_start"
+        )
+    not_positive = ~(values > 0).all(axis=1)
+    if not_positive.any():
+        raise ValueError(
+            f"warm_start: adata.obsm[{entry!r}] of the fit {key!r} holds zero or negative "
+            f"values in {np.count_nonzero(not_positive)} of its {len(values)} rows, which "
+            "vbsnmf.tl.nmf never writes: cells the fit did not see (anndata.concat(..., "
+            "join='outer', fill_value=0) pads their rows with zeros)? Keep the fitted cells, "
+            "project new cells with vbsnmf.tl.project, or fit again without warm_start"
+        )
 
 
 def _check_resumed_after(fit_params: dict, stored_trace: np.ndarray) -> None:

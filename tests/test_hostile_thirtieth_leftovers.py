@@ -106,3 +106,17 @@ def test_count_split_of_a_dense_frame_is_dense():
     train, test = vbsnmf.tl.count_split(frame, random_state=0)
     assert isinstance(train, np.ndarray)
     np.testing.assert_array_equal(train + test, frame.to_numpy())
+
+
+def test_threading_layer_check_leaves_a_numba_without_the_private_loader(monkeypatch):
+    """The command line loads a named NUMBA_THREADING_LAYER early through Numba's private
+    ``_launch_threads``: a Numba without it (renamed) must leave the check to the first
+    kernel, as before, not fail with an AttributeError as an internal error."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    from vbsnmf import cli
+
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
+    monkeypatch.delattr(parallel, "_launch_threads")
+    assert cli._check_numba_threading_layer() is None

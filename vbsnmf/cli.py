@@ -1399,10 +1399,12 @@ def _check_numba_threading_layer() -> None:
     from numba.np.ufunc import parallel
 
     layer = numba.config.THREADING_LAYER
-    if layer == "default":  # Numba's own choice, which falls back to its workqueue
+    # private: a Numba that renamed it reports the failure at the first kernel, as before
+    launch_threads = getattr(parallel, "_launch_threads", None)
+    if layer == "default" or launch_threads is None:  # "default": Numba's own choice
         return
     try:
-        parallel._launch_threads()
+        launch_threads()
     except ValueError as error:
         raise UsageError(
             f"the environment variable NUMBA_THREADING_LAYER={layer!r} names a threading "

@@ -18,7 +18,7 @@ from ._batch import AcceleratedSaves, AcceleratedState, start_accelerated, trace
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._svi import refuse_no_nonzeros, resumed_svi_progress
-from ._utils import numba_threads, warn_user
+from ._utils import numba_threads, warn_user, whole_numbers
 from ._validation import (
     NonCountWarning,
     cast_quietly,
@@ -143,7 +143,8 @@ def check_tensor(coords, values=None, shape=None):
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
         hint = dense_hint if coords.dtype.kind == "f" else ""
-        if coords.dtype.kind == "f" and _whole_numbers(coords):
+        # whole_numbers first: NaN and inf are no indices, and min() then compares numbers
+        if coords.dtype.kind == "f" and coords.size and whole_numbers(coords) and coords.min() >= 0:
             # np.loadtxt and pandas (a column with a missing value) read indices as floats
             hint = "; if they are indices read as floats, pass coords.astype(np.int64)" + hint
         if _holds_labels(coords):
@@ -226,12 +227,6 @@ def _refuse_square_nonzero(given) -> None:
             "np.nonzero's layout (one array per mode) or one entry per array: pass "
             "np.transpose(coords) for np.nonzero's, np.asarray(coords) for one entry per array"
         )
-
-
-def _whole_numbers(array: np.ndarray) -> bool:
-    """Whether a float array holds non-negative whole numbers only (indices as floats)."""
-    with np.errstate(invalid="ignore"):
-        return bool(array.size) and bool(np.all((array >= 0) & (array == np.floor(array))))
 
 
 def _holds_labels(array: np.ndarray) -> bool:

@@ -429,9 +429,12 @@ def check_fit_record(record: dict, where: str) -> None:
                 raise damaged_record(
                     f"{where}[{name!r}]", f"{reprlib.repr(record[name])}, not a list of numbers"
                 )
-    if "elbo_iter" in record and not _whole_numbers(np.asarray(record["elbo_iter"])):
-        # the iteration of each ELBO value (`elbo_iterations`): text failed there with
-        # numpy's "invalid literal for int()", fractions and NaN were cast to other ones
+    # the iteration of each ELBO value (`elbo_iterations`): text failed there with numpy's
+    # "invalid literal for int()", fractions and NaN were cast to other ones
+    elbo_iter = np.asarray(record["elbo_iter"]) if "elbo_iter" in record else None
+    if elbo_iter is not None and not (
+        elbo_iter.ndim == 1 and elbo_iter.dtype.kind in "iuf" and whole_numbers(elbo_iter)
+    ):
         raise damaged_record(
             f"{where}['elbo_iter']",
             f"{reprlib.repr(record['elbo_iter'])}, not a list of iteration numbers",
@@ -440,11 +443,10 @@ def check_fit_record(record: dict, where: str) -> None:
         raise damaged_record(f"{where}['variational']", "not a dict of parameters")
 
 
-def _whole_numbers(values: np.ndarray) -> bool:
-    """Whether ``values`` is a 1-D array of finite whole numbers (of any numeric dtype)."""
-    if values.ndim != 1 or values.dtype.kind not in "iuf":
-        return False
-    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+def whole_numbers(values: np.ndarray) -> bool:
+    """Whether every value of the numeric array ``values`` is a finite whole number."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
 
 
 def record_entry(record: dict, name: str, where: str):

@@ -96,8 +96,9 @@ def get_client(client):
     return client
 
 
-def cells_x_genes(X):
-    """``X`` (a dask array, or an AnnData whose ``X`` is one) with one chunk along genes."""
+def cells_x_genes(X, name: str = "X"):
+    """``X`` (a dask array, or an AnnData whose ``X`` is one) with one chunk along genes;
+    ``name``: how the checks of its source (a closed file, a closed client) name it."""
     da = dask_array_module()
     on_disk = _on_disk(X)
     if on_disk is not None:  # "in memory" and VBNMF.fit(adata.X) were no answer for these
@@ -134,8 +135,8 @@ def cells_x_genes(X):
         raise ValueError(f"X must be 2-D (cells x genes), got shape {X.shape}")
     if any(np.isnan(n) for n in X.shape):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
-    refuse_closed_source(X)
-    futures_holder(X)  # a closed one is named here, before a chunk is read
+    refuse_closed_source(X, name)
+    futures_holder(X, name)  # a closed one is named here, before a chunk is read
     if len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})  # a chunk must hold whole cells
     cells = tuple(int(n) for n in X.chunks[0] if n > 0)

@@ -134,18 +134,19 @@ def check_save(save, writekey: str) -> None:
             f"sc.settings.figdir ({writekey}...); to write to that path, pass "
             f"pathlib.Path({save!r})"
         )
-    if isinstance(save, str):
-        from matplotlib.figure import Figure
+    if not isinstance(save, (str, os.PathLike)):
+        return
+    from matplotlib.figure import Figure
 
-        _, extension = _suffix_format(Figure(), save)
+    figure = Figure()  # its canvas says which formats matplotlib writes
+    if isinstance(save, str):
+        _, extension = _suffix_format(figure, save)
         if extension is not None:
             check_tex(save, extension.lower())
-    if isinstance(save, os.PathLike):
-        from matplotlib.figure import Figure
-
-        target, file_format = _figure_file(Figure(), save)
-        check_tex(target, file_format)
-        check_target(link_followed(Path(target)))
+        return
+    target, file_format = _figure_file(figure, save)
+    check_tex(target, file_format)
+    check_target(link_followed(Path(target)))
 
 
 def check_tex(path: str, file_format: str) -> None:

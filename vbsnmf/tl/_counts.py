@@ -253,10 +253,11 @@ def _dask_tallies(adata, matrix, source: str, fit_dtype) -> np.ndarray:
     """`_tallies` of a dask array, summed over its chunks of cells: each chunk is checked
     where it is computed, and only three numbers per chunk reach the client."""
     # dask: only for a dask array
-    from .._dask._cluster import cells_x_genes, futures_holder, refuse_closed_source
+    from .._dask._cluster import cells_x_genes, futures_holder
 
-    refuse_closed_source(matrix, source)  # named as the AnnData's, not as a bare "X"
-    matrix = cells_x_genes(matrix)  # one chunk along genes: a row's position is its cell's
+    # one chunk along genes: a row's position is its cell's; a closed source named as the
+    # AnnData's, not as a bare "X"
+    matrix = cells_x_genes(matrix, source)
     per_chunk = matrix.map_blocks(
         _chunk_tallies,
         source,

@@ -894,7 +894,7 @@ def system_errors(path: Path):
     try:
         yield
     except OSError as error:
-        if error.errno is None:
+        if not _refused_by_the_machine(error):
             raise
         raise refused_by_the_system(path, error) from None
 
@@ -908,7 +908,7 @@ def read_or_refuse(handle, size: int, path: Path) -> bytes:
     try:
         return handle.read(size)
     except OSError as error:
-        if error.errno is None:
+        if not _refused_by_the_machine(error):
             raise
         refused = refused_by_the_system(path, error)
     raise refused

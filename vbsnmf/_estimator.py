@@ -191,7 +191,8 @@ class VBNMF(Estimator):
         ``xi_i ~ Gamma(a', a'/b')`` and the same for the genes, every hyperparameter
         learned by empirical Bayes (``hyperparameters_``); a batch fit from a start of its
         own (random or NNDSVDa's; not a warm start) holds the factor shapes a_l, c_l at 1
-        for its first passes (docs/model.md, "The hold"). ``"gamma"``: the fixed prior
+        for its first passes, and an SVI fit's cells form from a random start for its
+        first epochs (docs/model.md, "The hold"). ``"gamma"``: the fixed prior
         Gamma(``prior_shape``, ``prior_rate``) on every entry of both factor matrices.
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
@@ -1230,6 +1231,7 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
             state.params = init_params(
                 init, shape, settings.n_components, settings.dtype, settings.prior
             )
+            state.held = False  # a warm start is not held, as in batch VB
             if state.params.row_scale is not None:
                 state.cell_sums = scale_sums(
                     state.params.row_shape, state.params.row_rate, state.params.row_scale

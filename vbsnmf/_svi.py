@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from ._checkpoint import restored_elbo_iter, rng_from_json, rng_state_json
 from ._data import CountData, as_count_data
 from ._model import (
+    HOLD_TOL,
     ElboTerms,
     HierarchicalPrior,
     Prior,
@@ -52,6 +53,8 @@ from ._model import (
     gauge_factor,
     global_step,
     has_converged,
+    held_prior,
+    hold_released,
     learn_hyperparameters,
     learned_start_rates,
     learned_start_scale,
@@ -153,7 +156,8 @@ class SVIState:
     gene-side statistics while the exact gene step they give (`full_data_gene_step`) is
     still to be taken, as when the fit ended at ``n_epochs`` or a checkpoint is saved after
     an evaluation: resumed with more epochs, it takes that step first, as the longer fit
-    did."""
+    did. ``held``: the fit started held (`holding`), as a batch fit from a random start
+    does."""
 
     params: VariationalParams
     rng: np.random.Generator
@@ -165,6 +169,7 @@ class SVIState:
     finished: bool = False
     cell_sums: ScaleSums | None = None
     gene_statistics: tuple[np.ndarray, np.ndarray] | None = None
+    held: bool = False
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.save_checkpoint`."""
@@ -213,6 +218,7 @@ def progress_to_arrays(
         "epoch": state.epoch,
         "converged": state.converged,
         "finished": state.finished,
+        "held": state.held,
     }
     return arrays, meta
 
@@ -236,6 +242,7 @@ def progress_from_arrays(
         "elbo_trace": [float(v) for v in arrays["elbo_trace"]],
         "elbo_iter": restored_elbo_iter(arrays, epoch, eval_every),
         "converged": bool(meta["converged"]),
+        "held": bool(meta.get("held", False)),  # checkpoints before the hold: not held
         "finished": bool(meta["finished"]),
     }
     return progress, sums
@@ -298,6 +305,30 @@ def svi_has_converged(trace, tol: float) -> bool:
     )
 
 
+def holding(state) -> bool:
+    """Whether an SVI fit (``state`` of the matrix or tensor forms) still holds its factor
+    shapes at `_model.START_FACTOR_SHAPE`: it started held (``state.held``: a random start
+    under the learned prior with shapes to learn) and no evaluation has changed the ELBO
+    by at most `_model.HOLD_TOL` (`_model.hold_released`). As in batch VB (docs/model.md,
+    "The hold"): learned from the first minibatches, the shapes can take the fit to a far
+    poorer optimum (cells whose depths span four orders of magnitude, K = 5: 34 % below
+    batch VB, docs/performance.md)."""
+    return state.held and not hold_released(state.elbo_trace)
+
+
+def stopping_trace(state) -> list[float]:
+    """The ELBO values SVI's stopping rule reads: a held fit's from the value that
+    released its shapes on (the shapes change after it), as batch VB's rule waits for the
+    pass after the release; none while it holds."""
+    trace = state.elbo_trace
+    if not state.held:
+        return trace
+    for i in range(1, len(trace)):
+        if has_converged(trace[i - 1 : i + 1], HOLD_TOL):
+            return trace[i:]
+    return []
+
+
 def end_of_epoch(
     state: SVIState,
     evaluate: Callable[[], float],
@@ -325,7 +356,7 @@ def end_of_epoch(
         state.elbo_iter.append(state.epoch)
         if verbose:
             print(f"epoch {state.epoch:4d}  ELBO {state.elbo_trace[-1]:.10g}", flush=True)
-        if svi_has_converged(state.elbo_trace, settings.tol):
+        if svi_has_converged(stopping_trace(state), settings.tol):
             state.converged = True
     state.finished = state.converged or last_epoch
     if callback is not None:
@@ -346,7 +377,7 @@ def resumed_svi_progress(state: SVIState, settings: SVISettings) -> None:
     the current ``tol`` (a tighter one goes on); one that ended at ``n_epochs`` goes on
     when resumed with more, and one stopped at exactly ``n_epochs`` before that epoch was
     evaluated still evaluates it (`close_owed_epoch`), as the uninterrupted fit did."""
-    state.converged = state.converged and svi_has_converged(state.elbo_trace, settings.tol)
+    state.converged = state.converged and svi_has_converged(stopping_trace(state), settings.tol)
     evaluated = bool(state.elbo_iter) and state.elbo_iter[-1] == state.epoch
     at_end = state.epoch > settings.n_epochs or (state.epoch == settings.n_epochs and evaluated)
     state.finished = state.converged or at_end
@@ -538,8 +569,8 @@ def init_cells_state(
 ) -> SVIState:
     """The gene (column) side drawn as `_model.random_start` draws it; the cell side where
     `_model.fit_rows` starts (under the learned prior: q(xi) at the prior mean b' of
-    `_model.learned_start_scale`, which needs the row and column ``totals``); the
-    minibatch generator."""
+    `_model.learned_start_scale`, which needs the row and column ``totals``, and its
+    factor shapes held: `holding`); the minibatch generator."""
     n_rows, n_cols = shape
     col_shape = random_shapes(entropy, 1, 0, n_cols, n_components, dtype, start)
     row_shape = local_start_shape(prior, n_rows, n_components, dtype)
@@ -558,6 +589,7 @@ def init_cells_state(
     params = VariationalParams(row_shape, row_rate, col_shape, col_rate, row_scale, col_scale)
     state = SVIState(params, minibatch_generator(entropy, start))
     state.cell_sums = scale_sums(row_shape, row_rate, row_scale)
+    state.held = held_prior(prior) is not None
     return state
 
 
@@ -784,8 +816,10 @@ def relearn_global_side(
 def learned_global_update(state: SVIState, prior: HierarchicalPrior) -> VariationalParams:
     """After the gene side's step under the learned prior: the gene side relearned
     (`relearn_global_side`), the cells' hyperparameters learned from every cell's stored
-    local optimum, then the gauge (`_model.fix_gauge`), whose rescaling of the cells is
-    carried into the stored sums."""
+    local optimum (the factor shapes held while `holding`), then the gauge
+    (`_model.fix_gauge`), whose rescaling of the cells is carried into the stored sums."""
+    if holding(state):
+        prior = held_prior(prior)
     params = state.params
     col_shape, col_rate, col_scale = relearn_global_side(
         params.col_shape, params.col_rate, params.col_scale, prior

@@ -75,6 +75,7 @@ from ._model import GammaPrior
 from ._svi import (
     close_owed_epoch,
     end_of_epoch,
+    holding,
     learning_rate,
     progress_from_arrays,
     progress_to_arrays,
@@ -569,6 +570,7 @@ def learned_slices_start(
     rates[local] = (scales[local].mean[:, None] + _product_except(sums, local)).astype(dtype)
     state = TensorSVIState(TensorParams(shapes, rates, scales), _model.minibatch_generator(entropy))
     state.local_sums = _model.scale_sums(shapes[local], rates[local], scales[local])
+    state.held = _model.held_prior(prior) is not None
     return state
 
 
@@ -676,7 +678,7 @@ class TensorSVIState:
     are learned from, kept up to date step by step (`_svi.SVIState.cell_sums`).
     ``step_statistics``: every mode's statistics from the last evaluation while the exact
     step of the other modes they give (`full_data_step`) is still to be taken
-    (`_svi.SVIState.gene_statistics`)."""
+    (`_svi.SVIState.gene_statistics`). ``held``: `_svi.SVIState.held`."""
 
     params: TensorParams
     rng: np.random.Generator
@@ -688,6 +690,7 @@ class TensorSVIState:
     finished: bool = False
     local_sums: _model.ScaleSums | None = None
     step_statistics: list[np.ndarray] | None = None
+    held: bool = False
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for `_checkpoint.Checkpointer.save`."""
@@ -1006,7 +1009,9 @@ def learned_global_update(
     (`_svi.relearn_global_side`), the local mode's hyperparameters learned from every
     slice's stored optimum (`state.local_sums`), then the gauge (`fix_gauge`), whose
     rescaling of the local mode is carried into the stored sums
-    (`_svi.learned_global_update`)."""
+    (`_svi.learned_global_update`; the factor shapes held while `_svi.holding`)."""
+    if holding(state):
+        prior = _model.held_prior(prior)
     params = state.params
     shapes, rates, scales = list(params.shapes), list(params.rates), list(params.scales)
     for d in range(params.n_modes):

@@ -106,6 +106,7 @@ from ._validation import (
     numbers_from_objects,
     readable_values,
     refuse_closed_file,
+    refuse_masked,
     sparse_frame_as_coo,
     widen_to_sum,
 )
@@ -720,6 +721,60 @@ class VBNMF(Estimator):
             )
         rows.warn_unsettled(tol, max_iter)
         return rows.shape, rows.rate
+
+    def inverse_transform(self, X) -> np.ndarray:
+        """Expected counts back from cell factors: ``X @ components_``, as scikit-learn's
+        ``NMF.inverse_transform``. Of the posterior mean factors `transform` returns, this
+        is each entry's posterior expected count ``E[x_ij] = sum_l E[z_il] E[w_jl]``
+        (q(z) and q(w) are independent).
+
+        Parameters
+        ----------
+        X : array-like or scipy sparse matrix of shape (n_cells, n_components)
+            Cell factors (what `transform` or `fit_transform` returns).
+
+        Returns
+        -------
+        ndarray of shape (n_cells, n_features_in_)
+            ``X @ components_``, in the fitted dtype.
+
+        Raises
+        ------
+        NotFittedError
+            Before `fit`.
+        TypeError
+            X is not numeric (complex numbers, strings, missing values).
+        ValueError
+            X is not 2-D, has NaN or infinite entries, or has another number of columns
+            than the fitted ``n_components``.
+        """
+        check_fitted(self, "components_")
+        # a masked array's hidden values, and a complex one's imaginary part, would be
+        # taken silently by np.asarray; a sparse matrix would be a 0-d object array
+        refuse_masked(X, "X", "pass the values to use, e.g. X.filled(0)")
+        if sp.issparse(X):
+            X = X.toarray()
+        if np.iscomplexobj(X):
+            raise TypeError("X must be real numbers (cell factors), got complex values")
+        try:
+            factors = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError("X must be a numeric array of cell factors") from None
+        components = np.asarray(self.components_)
+        if factors.ndim != 2:
+            raise ValueError(
+                f"X must be 2-D (cells x factors), got an array of shape {factors.shape}"
+            )
+        if factors.shape[1] != components.shape[0]:
+            raise ValueError(
+                f"X has {factors.shape[1]} columns, but {type(self).__name__} has "
+                f"{components.shape[0]} components: inverse_transform takes the cell "
+                "factors that transform returns"
+            )
+        if not np.all(np.isfinite(factors)):
+            raise ValueError("X must be finite (cell factors), got NaN or infinite values")
+        # in float64, returned in the fitted dtype as transform's factors are
+        return (factors @ components.astype(np.float64)).astype(components.dtype, copy=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

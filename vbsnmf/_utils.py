@@ -318,8 +318,8 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
             f"that a fit or projection under this key writes ({', '.join(orphaned)}) "
             f"without its record (adata.uns[{key!r}] or [{key + '_projection'!r}]): was it "
             "dropped by anndata.concat, which keeps .uns only with uns_merge='same' (and "
-            ".varm only with merge='same')? Concatenate keeping them, or delete those "
-            "arrays and fit (vbsnmf.tl.nmf) or project (vbsnmf.tl.project) again"
+            f".varm only with merge='same'){_CONCAT_FIRST}? Concatenate keeping them, or "
+            "delete those arrays and fit (vbsnmf.tl.nmf) or project (vbsnmf.tl.project) again"
         )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
@@ -507,8 +507,27 @@ def concat_dropped(where: str) -> str:
     ``merge='same'`` (it keeps the record itself with ``uns_merge='same'``, and the first
     AnnData's ``.raw``), where the message advised only a refit; empty for other places."""
     if where in ("varm", "var"):
-        return f" (anndata.concat keeps .{where} only with merge='same')"
+        return f" (anndata.concat keeps .{where} only with merge='same'{_CONCAT_FIRST})"
     return ""
+
+
+# How `anndata.concat` keeps a fit beside cells projected onto it, which hold no record of
+# the fit nor gene side: the "same" merges drop what only one AnnData holds, and advising
+# them alone sent the user who had passed them round again.
+_CONCAT_FIRST = (
+    " when every AnnData holds the same; of the reference and cells projected onto it "
+    "(vbsnmf.tl.project), with uns_merge='first' and merge='first', the reference first"
+)
+
+
+def stored_array(values) -> np.ndarray:
+    """An array a fit stored in ``.obsm`` or ``.varm`` as a numpy array: one kept as a
+    scipy sparse matrix (anndata stores and reads it back so) made dense, whose numbers
+    ``np.asarray`` wrapped in a 0-d object array (refused as "object values" or "shape
+    ()", though it held the fit's numbers)."""
+    import scipy.sparse as sp  # scipy: loaded by the tools that read a fit anyway
+
+    return values.toarray() if sp.issparse(values) else np.asarray(values)
 
 
 def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
@@ -517,7 +536,7 @@ def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
     numbers. A fit writes none; ``anndata.concat(..., join="outer")`` pads the fit's arrays
     with NaN rows for the cells or genes it joins that the fit never saw, which the tables
     and tools would otherwise carry on as empty fields or a bare "must be finite"."""
-    values = np.asarray(mapping[name])
+    values = stored_array(mapping[name])
     if values.dtype.kind not in "biuf":
         raise ValueError(
             f"adata.{where}[{name!r}] of the fit {key!r} holds {values.dtype} values, not "

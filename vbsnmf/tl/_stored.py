@@ -25,6 +25,7 @@ from .._utils import (
     orphaned_cell_arrays,
     record_entry,
     record_kind,
+    stored_array,
 )
 from .._validation import check_flag
 
@@ -416,7 +417,7 @@ def variational_params(adata, key: str, cells: bool = True) -> dict:
         if name in stored:  # one value per factor
             params[name] = _stored_numbers(stored, name, where, n_components)
         elif keys.variational(name) in side:
-            params[name] = side[keys.variational(name)]
+            params[name] = stored_array(side[keys.variational(name)])
             if name in SCALE_KEYS:  # one per cell or gene, stored as a column
                 params[name] = params[name][:, 0]
         else:

@@ -92,7 +92,8 @@ def test_a_fresh_svi_fit_holds_its_factor_shapes_at_one_until_the_release():
 
 def test_fixed_factor_shapes_and_warm_starts_are_not_held():
     """A prior_shape fixes the shapes from the first step; a warm start (`fit(X,
-    init=...)`) learns them from its first step, as batch VB's warm starts do."""
+    init=...)`) learns them from its first step, as batch VB's warm starts do. (A guard:
+    it passes before the hold too.)"""
     _, seen = _shapes_by_epoch(prior_shape=0.3, n_epochs=2)
     for shapes, _ in seen:
         assert all(np.all(side == 0.3) for side in shapes)

@@ -305,6 +305,21 @@ def failed_write(error: BaseException | None, temporary: Path) -> OSError | None
     return None
 
 
+def flush_to_disk(temporary: Path, target: str | Path) -> None:
+    """Flush the written file ``temporary`` to disk; a failed write met there (a full disk
+    or quota found only now, as delayed allocation and NFS report it) names ``target``,
+    the file the user asked for, as a failed write while the file was written does (the
+    flush's error names no file, and reached the user as a bare "No space left on device",
+    or named whichever file the writer of several replaced next)."""
+    try:
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+    except OSError as error:
+        if failed_write(error, temporary) is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(target)) from None
+
+
 @contextlib.contextmanager
 def atomic_file(
     target: str | Path,
@@ -345,7 +360,8 @@ def atomic_file(
     OSError
         The temporary file cannot be made or renamed (a name too long, a read-only
         folder), ``target`` is not a regular file (a pipe, a device or a socket, checked
-        before the block runs) or a loop of symbolic links; it names ``target``.
+        before the block runs) or a loop of symbolic links; it names ``target``, as does a
+        failed write (a full disk) in the block or while the file is flushed to disk.
     """
     target = Path(target)
     if exclusive and os.path.lexists(target):
@@ -378,8 +394,7 @@ def atomic_file(
                 raise
             raise OSError(failed.errno, failed.strerror, str(target)) from None
         with _naming(target):
-            with open(temporary, "rb+") as written:
-                os.fsync(written.fileno())
+            flush_to_disk(temporary, target)
             _permissions_of(target, temporary, private=private)
             if exclusive:
                 _link_new(temporary, target, created)

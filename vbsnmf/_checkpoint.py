@@ -189,6 +189,9 @@ LATER_KEY_VALUES = {"init": "random"}
 # which checkpoints written before recorded whatever they were set to: not compared for a
 # fit of that solver.
 UNUSED_BY_SOLVER = {"accelerate": "svi", "batch_size": "batch"}
+# Config keys that record the data, not a setting: a checkpoint differing in these alone was
+# written for other data.
+DATA_KEYS = frozenset({"shape", "nnz", "total_count", "data_fingerprint"})
 # Config keys that record several parameters, by the parameters' names (as the user sets
 # them), so that a mismatch names the parameter: the local fits' [max_iter, tol].
 COMBINED_KEYS = {"local_fit": ("max_iter", "tol")}
@@ -269,14 +272,33 @@ def check_config(meta: dict, config: dict, path) -> None:
             f"total count, but other counts or counts at other positions, such as cells in "
             f"another order); {start_over}"
         )
+    # the fingerprint is a hash, which says nothing a user can check: other counts are
+    # told by the shape, nonzeros and total that differ, or in words
+    data_keys = [key for key in differing if key in DATA_KEYS]
+    shown = [key for key in differing if key != "data_fingerprint" or data_keys == [key]]
     details = ", ".join(
-        f"{name}: checkpoint {then!r} vs now {now!r}"
-        for key in differing
+        _difference(key, name, then, now)
+        for key in shown
         for name, then, now in _by_parameter(key, stored.get(key), config.get(key))
     )
+    written = "for other data" if data_keys == differing else "by a different fit"
     raise CheckpointMismatchError(
-        f"checkpoint {path} was written by a different fit ({details}); {start_over}"
+        f"checkpoint {path} was written {written} ({details}); {start_over}"
     )
+
+
+def _difference(key: str, name: str, then, now) -> str:
+    """One setting (or record of the data) ``name`` of config ``key`` in which a checkpoint
+    (``then``) differs from the fit (``now``), in words where the record is a hash (of
+    the counts, of ``mask``'s entries), whose hex digits say nothing a user can check."""
+    if key == "data_fingerprint":
+        return "counts: other counts or counts at other positions (the same shape and total)"
+    if key == "mask":
+        if then is None or now is None:
+            then_words, now_words = ("without", "with") if then is None else ("with", "without")
+            return f"mask: the checkpoint's fit ran {then_words} one, this fit {now_words}"
+        return "mask: other missing entries than the checkpoint's fit"
+    return f"{name}: checkpoint {then!r} vs now {now!r}"
 
 
 def _estimator_of(config: dict) -> str:

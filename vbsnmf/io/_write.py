@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_file, failed_write, held_signals
+from .._atomic import atomic_file, failed_write, flush_to_disk, held_signals
 from .._utils import (
     check_anndata,
     check_fit_entries,
@@ -133,6 +133,10 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
                     compressed_name=table.name if table.name.endswith(".gz") else None,
                     check=deliver,
                 )
+                # on disk before any table is renamed: a full disk met by the flush
+                # (atomic_file's, as the stack unwinds) came after elbo.tsv had replaced
+                # the earlier one, which then stood beside the earlier factor tables
+                flush_to_disk(temporary, folder / table.name)
             except OSError as error:
                 # named here by the table that failed: the error otherwise reached the
                 # innermost atomic_file first, the last table's, which named elbo.tsv for a

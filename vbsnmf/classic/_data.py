@@ -376,6 +376,13 @@ class ClassicData:
         # sparse X with dense weights holds its entries of weight 0 as zeros (`build`)
         return self.entries.by_rows.to_csr()
 
+    def col_totals(self) -> np.ndarray:
+        """Per column, the total of the entries that count (weight > 0), as `row_totals`."""
+        if self.kind == "dense":
+            return np.asarray(self.counted_matrix().sum(axis=0), dtype=np.float64)
+        # the stored entries are the counted ones (`build`: entries of weight 0 left out)
+        return self.data_times(np.ones((self.shape[0], 1)), "cols")[:, 0]
+
     def dense_side(self, side: str) -> tuple[np.ndarray, np.ndarray | None]:
         if side == "rows":
             return self.dense, self.dense_weights

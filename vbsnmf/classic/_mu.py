@@ -94,9 +94,11 @@ def fit_multiplicative(
     h_mask: np.ndarray | None = None,
     max_iter: int = 200,
     tol: float = 1e-4,
+    scale: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
     """Multiplicative updates until the relative change of the loss is below ``tol``;
-    without ``update_h`` every row of W stops on its own loss (`still_moving`).
+    without ``update_h`` every row of W stops on its own loss (`still_moving`). ``scale``:
+    a loss of the data's own scale for the stopping rule's floor (`converged`), or None.
 
     Returns
     -------
@@ -107,7 +109,7 @@ def fit_multiplicative(
         whole loss, with ``update_h``) settled (`unsettled_rows`).
     """
     if spec.alpha is None:
-        raise ValueError("loss 'l1' has no multiplicative update; use another solver or loss")
+        raise ValueError("loss 'l1' has no multiplicative update (nor another solver here)")
     alpha, beta = spec.alpha, spec.beta
     exponent = omega(alpha, beta)
     poisson = spec.name == "poisson"
@@ -148,11 +150,11 @@ def fit_multiplicative(
                 w_epsilon[moving] if np.ndim(w_epsilon) else w_epsilon,
                 None if w_mask is None else w_mask[moving],
             )
-        if should_stop(loss_trace, tol, update_h):
+        if should_stop(loss_trace, tol, update_h, scale):
             break
     n_iter = len(loss_trace)
     # The final loss by the same route as the trace (no nonzero-sized temporaries).
-    unsettled = unsettled_rows(moving, loss_trace, tol, update_h)
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale)
     loss_trace.append(spec.scale * float(data.ab_terms(alpha, beta, W, H_t, "rows")[2].sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 
@@ -162,13 +164,22 @@ def fit_multiplicative(
 _START_FRACTION = float(np.finfo(np.float32).eps)
 
 
-def converged(loss_trace: list[float], tol: float) -> bool:
+def converged(loss_trace: list[float], tol: float, scale: float | None = None) -> bool:
     """Relative change of the last two losses at most ``tol`` (`_settled`, ``loss_trace[0]``
     the start); never for a loss out of the float range (``|inf - x| <= tol * inf`` would
-    read as converged)."""
+    read as converged).
+
+    ``scale``, if given, is a loss of the data's own scale (`vbsnmf.classic._nmf.
+    independence_loss`): the floor is taken from the smaller of it and the start's loss. A
+    start far off the data's scale (``nndsvda`` on counts of 1e4, a custom start 1000 times
+    too large) has a loss 1e10 times the fitted one or more, and a floor from it alone
+    stopped every solver after 3 or 4 iterations at up to 11 times the converged loss.
+    """
     if len(loss_trace) < 2:
         return False
     previous, current, start = (np.float64(loss_trace[i]) for i in (-2, -1, 0))
+    if scale is not None and np.isfinite(scale):
+        start = min(start, np.float64(scale))
     return bool(_settled(previous, current, tol, start))
 
 
@@ -184,11 +195,13 @@ def _settled(previous, current, tol: float, start):
     return finite & (change <= tol * np.maximum(np.abs(previous), floor))
 
 
-def should_stop(loss_trace: list[float], tol: float, whole: bool = True) -> bool:
+def should_stop(
+    loss_trace: list[float], tol: float, whole: bool = True, scale: float | None = None
+) -> bool:
     """The last loss out of the float range (the caller raises: further iterations would
     not bring it back), or, for a ``whole`` run (not rows stopping on their own,
-    `still_moving`), `converged`."""
-    return not np.isfinite(loss_trace[-1]) or (whole and converged(loss_trace, tol))
+    `still_moving`), `converged` (with ``scale``)."""
+    return not np.isfinite(loss_trace[-1]) or (whole and converged(loss_trace, tol, scale))
 
 
 def still_moving(
@@ -212,13 +225,18 @@ def still_moving(
 
 
 def unsettled_rows(
-    moving: np.ndarray, loss_trace: list[float], tol: float, update_h: bool
+    moving: np.ndarray,
+    loss_trace: list[float],
+    tol: float,
+    update_h: bool,
+    scale: float | None = None,
 ) -> np.ndarray:
     """The rows of W whose loss had not settled when the iterations stopped: with
-    ``update_h`` all or none, as the whole loss's last change (`converged`); without it
-    (`NMF.transform`) the rows still ``moving`` (`still_moving`), each judged on its own."""
+    ``update_h`` all or none, as the whole loss's last change (`converged`, with
+    ``scale``); without it (`NMF.transform`) the rows still ``moving`` (`still_moving`),
+    each judged on its own."""
     if update_h:
-        return np.full(moving.shape, not converged(loss_trace, tol))
+        return np.full(moving.shape, not converged(loss_trace, tol, scale))
     return moving.copy()
 
 

@@ -299,6 +299,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             "h_mask": h_mask,
             "max_iter": int(self.max_iter),
             "tol": float(self.tol),
+            # the stopping rule's floor from the data's scale, not the start's alone (a start
+            # far off it stopped the fit after 3 iterations); transform's rows start flat at
+            # their own totals' scale
+            "scale": independence_loss(data, spec) if update_h else None,
         }
         # On sparse data the Numba kernels do the heavy work and BLAS only K x K-sized
         # products; OpenBLAS threads left spinning after those halved the kernels' speed
@@ -398,13 +402,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if loss == "auto":
             loss = "kl" if self.solver == "mu" else "frobenius"
         spec = resolve_loss(loss, self.alpha, self.beta)
+        if spec.alpha is None:  # checked first: each solver's message sent to the other
+            raise ValueError(
+                "loss='l1' has no solver here: solver='mu' needs an alpha-beta family loss "
+                "and the other solvers minimise the Frobenius loss; l1 evaluates a fit "
+                "(vbsnmf.classic.factor_loss(X, W, H, loss='l1'))"
+            )
         if self.solver in STEPS and spec.name != "frobenius":
             raise ValueError(
                 f"solver={self.solver!r} minimises the Frobenius loss only; got loss={loss!r} "
                 "(use solver='mu' for the other losses)"
             )
-        if self.solver == "mu" and spec.alpha is None:
-            raise ValueError("loss 'l1' has no multiplicative update")
         if self.solver == "mu" and spec.alpha == 0.0:
             raise ValueError("the AB multiplicative update needs alpha != 0")
         max_iter = self.max_iter
@@ -622,6 +630,26 @@ def nndsvd_init(data: ClassicData, n_components: int, variant: str, random_state
         W[W == 0] = np.abs(mean * rng.standard_normal(int(np.sum(W == 0))) / 100)
         H[H == 0] = np.abs(mean * rng.standard_normal(int(np.sum(H == 0))) / 100)
     return W, H
+
+
+def independence_loss(data: ClassicData, spec: LossSpec) -> float:
+    """The loss of the rank-one model ``Q_ij = r_i c_j / T`` (row totals r, column totals c,
+    total T of the entries that count): a loss of the data's own scale, which no start
+    changes, for the stopping rule (`_mu.converged`); ``inf`` (no floor from it) for data
+    of total 0 or a loss out of the float range. For ``loss="poisson"`` in the solver's
+    scale (``diag(c) W`` with rows of H summing to one)."""
+    row_totals = data.row_totals
+    total = float(row_totals.sum())
+    if not (np.isfinite(total) and total > 0):
+        return np.inf
+    W = row_totals[:, None]
+    H = (data.col_totals() / total)[None, :]
+    try:
+        with np.errstate(all="ignore"):
+            value = data.loss(spec, W, H)
+    except ValueError:  # not finite: a loss of high power on large values
+        return np.inf
+    return value if np.isfinite(value) else np.inf
 
 
 def _flat_start(row_totals: np.ndarray, H: np.ndarray) -> np.ndarray:

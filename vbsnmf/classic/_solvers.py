@@ -137,8 +137,10 @@ def fit_frobenius(
     h_mask: np.ndarray | None = None,
     max_iter: int = 200,
     tol: float = 1e-4,
+    scale: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
-    """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``.
+    """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``
+    (``scale``: the stopping rule's loss of the data's scale, `_mu.converged`).
 
     ``epsilon > 0`` projects onto ``[epsilon, inf)`` instead of ``[0, inf)`` after each
     half-step; masks zero the masked entries after each half-step. HALS applies both within
@@ -173,6 +175,12 @@ def fit_frobenius(
 
     W = np.ascontiguousarray(W, dtype=np.float64)
     H_t = np.ascontiguousarray(H.T, dtype=np.float64)
+    # the modules whose other factor is held at zero: by the masks, or (H fixed) a profile
+    # of zeros (`_idle_at_bound`)
+    w_idle = _masked_everywhere(h_mask)
+    if not update_h:
+        w_idle = ~H_t.any(axis=0) if w_idle is None else w_idle | ~H_t.any(axis=0)
+    h_idle = _masked_everywhere(w_mask)
     loss_trace: list[float] = []
     moving, previous, start = np.ones(W.shape[0], dtype=bool), None, None
     for _ in range(max_iter):
@@ -180,9 +188,13 @@ def fit_frobenius(
         row_losses = data.squared_residuals(W, H_t, data_times=XC)
         loss_trace.append(float(row_losses.sum()))
         if update_h:
-            W = _project(step(W, XC, H_t.T @ H_t, w_mask), epsilon, w_mask)
+            W = _project(
+                _idle_at_bound(step(W, XC, H_t.T @ H_t, w_mask), w_idle, epsilon), epsilon, w_mask
+            )
             XC = data.data_times(W, "cols")
-            H_t = _project(step(H_t, XC, W.T @ W, h_mask), epsilon, h_mask)
+            H_t = _project(
+                _idle_at_bound(step(H_t, XC, W.T @ W, h_mask), h_idle, epsilon), epsilon, h_mask
+            )
         else:
             start = row_losses if start is None else start  # the rows' first losses
             moving = still_moving(moving, previous, row_losses, tol, start)
@@ -190,13 +202,43 @@ def fit_frobenius(
             if not moving.any():
                 break
             mask = None if w_mask is None else w_mask[moving]
-            W[moving] = _project(step(W[moving], XC[moving], H_t.T @ H_t, mask), epsilon, mask)
-        if should_stop(loss_trace, tol, update_h):
+            stepped = _idle_at_bound(
+                step(W[moving], XC[moving], H_t.T @ H_t, mask), w_idle, epsilon
+            )
+            W[moving] = _project(stepped, epsilon, mask)
+        if should_stop(loss_trace, tol, update_h, scale):
             break
     n_iter = len(loss_trace)
-    unsettled = unsettled_rows(moving, loss_trace, tol, update_h)
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale)
     loss_trace.append(float(data.squared_residuals(W, H_t).sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
+
+
+def _masked_everywhere(mask: np.ndarray | None) -> np.ndarray | None:
+    """Per component, whether the factor ``mask`` (n x K or m x K) holds it at zero in
+    every row: the other factor's column of that component is then idle."""
+    if mask is None:
+        return None
+    return ~mask.any(axis=0)
+
+
+def _idle_at_bound(R: np.ndarray, idle: np.ndarray | None, epsilon: float) -> np.ndarray:
+    """R with the ``idle`` components' columns at the bound: those whose other factor is
+    held at zero (a row of H masked over every gene, a column of W over every cell, or in
+    `NMF.transform` a profile of zeros).
+
+    Such a column does not change the loss, and the Frobenius steps left it as it started:
+    usage of a module of no genes, or a profile never fitted, which `NMF.transform` then
+    gave new rows usage of. At the bound it is what the multiplicative updates and ALS
+    make of it. Only where a mask or the fixed H holds the other factor at zero: a column
+    that is zero for one half-step of a fit (clipped there) can come back, and a stale
+    profile is what lets it (HALS then fits the next sweep from it).
+    """
+    if idle is None or not idle.any():
+        return R
+    R = R.copy()
+    R[:, idle] = epsilon
+    return R
 
 
 def _project(factor: np.ndarray, epsilon: float, mask: np.ndarray | None) -> np.ndarray:

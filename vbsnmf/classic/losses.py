@@ -207,7 +207,14 @@ def _log_ratio_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def alpha_divergence(p, q, alpha: float):
-    """Amari's alpha-divergence, with the limits alpha = 1 (KL) and alpha = 0 (KL(q, p))."""
+    """Amari's alpha-divergence, with the limits alpha = 1 (KL) and alpha = 0 (KL(q, p)).
+
+    Raises
+    ------
+    TypeError, ValueError
+        alpha is not a finite real number (`check_parameter`).
+    """
+    alpha = check_parameter(alpha, "alpha")
     if alpha == 1.0:
         return kullback_leibler(p, q)
     if alpha == 0.0:
@@ -216,7 +223,14 @@ def alpha_divergence(p, q, alpha: float):
 
 
 def beta_divergence(p, q, beta: float):
-    """Minami-Eguchi beta-divergence: beta = 0 KL, beta = -1 Itakura-Saito."""
+    """Minami-Eguchi beta-divergence: beta = 0 KL, beta = -1 Itakura-Saito.
+
+    Raises
+    ------
+    TypeError, ValueError
+        beta is not a finite real number (`check_parameter`).
+    """
+    beta = check_parameter(beta, "beta")
     if beta == 0.0:
         return kullback_leibler(p, q)
     if beta == -1.0:
@@ -238,11 +252,16 @@ def ab_divergence(p, q, alpha: float, beta: float):
 
     Raises
     ------
+    TypeError
+        alpha or beta is not a real number (`check_parameter`).
     ValueError
-        alpha, beta, s, ``alpha s`` or ``beta s`` is nonzero but below the smallest normal
-        float (e.g. alpha = beta = 1e-200): the divisions by them would be by zero.
+        alpha or beta is NaN or infinite (the kernel's comparisons read NaN as "undefined"
+        at p = 0 and an infinite alpha gave d(0, q) = 0); alpha, beta, s, ``alpha s`` or
+        ``beta s`` is nonzero but below the smallest normal float (e.g. alpha = beta =
+        1e-200): the divisions by them would be by zero.
     """
-    _check_divisors("ab", float(alpha), float(beta))
+    alpha, beta = check_parameter(alpha, "alpha"), check_parameter(beta, "beta")
+    _check_divisors("ab", alpha, beta)
     p, q = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64))
     value = np.empty(p.shape)
     _kernels.ab_divergence_array(
@@ -325,12 +344,8 @@ def resolve_loss(loss: str, alpha: float | None = None, beta: float | None = Non
             raise ValueError(f"loss={name!r} needs {parameter}")
         if parameter not in needs and value is not None:
             raise ValueError(f"{parameter} has no meaning for loss={name!r}")
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-        ):
-            raise TypeError(f"{parameter} must be a number, got {value!r}")
-        if value is not None and not np.isfinite(value):
-            raise ValueError(f"{parameter} must be finite, got {value!r}")
+        if value is not None:
+            check_parameter(value, parameter)
     fixed = {
         "l1": (None, None, 1.0),
         "frobenius": (1.0, 1.0, 2.0),
@@ -352,6 +367,24 @@ def resolve_loss(loss: str, alpha: float | None = None, beta: float | None = Non
     if a is not None:  # l1 is no AB-divergence
         _check_divisors(name, a, b)
     return LossSpec(name, a, b, scale)
+
+
+def check_parameter(value, name: str) -> float:
+    """``value`` of the loss parameter ``name`` (alpha or beta) as a float: a real number,
+    not a bool, and finite.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (a string, an array, a bool).
+    ValueError
+        NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _check_divisors(name: str, alpha: float, beta: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import multiprocessing
@@ -15,6 +16,46 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1 (factors, threads, cells, rounds,
+    iterations), so that 0 or a negative count is argparse's usage error, not a traceback
+    from deep in the benchmark or a result built from nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 0 (a seed, an optional count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated whole numbers of at least 1 (``"1,2,4,8"``)."""
+    return [positive_int(part.strip()) for part in text.split(",")]
+
+
+def require_files(parser: argparse.ArgumentParser, **paths) -> None:
+    """Stop with ``parser``'s usage error unless each given path (or list of paths) names a
+    file that exists: data or saved results to read, checked before any work. Keyed by the
+    option's name with ``_`` for ``-`` (``table_only=args.table_only``); None is not given.
+    """
+    for option, given in paths.items():
+        for path in [given] if isinstance(given, (str, Path)) else given or []:
+            if not Path(path).is_file():
+                parser.error(f"argument --{option.replace('_', '-')}: no such file: {path}")
 
 
 def extract_commit(commit: str, directory: Path) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, extract_commit
+from _common import ROOT, extract_commit, positive_int
 
 CHILD = """
 import json, os, sys, time, warnings
@@ -70,10 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a")
     parser.add_argument("b")
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--pairs", type=positive_int, default=8)
+    parser.add_argument("--components", type=positive_int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--max-iter", type=positive_int, default=1000)
     parser.add_argument("--reference-seconds", type=float, default=None)
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()

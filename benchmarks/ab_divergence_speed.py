@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from _common import positive_int
 
 from vbsnmf.classic import losses
 
@@ -48,7 +49,7 @@ def _old_losses(commit: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default="5398652", help="the commit to compare against")
-    parser.add_argument("--entries", type=int, default=10**6)
+    parser.add_argument("--entries", type=positive_int, default=10**6)
     args = parser.parse_args()
     old = _old_losses(args.old)
     rng = np.random.default_rng(0)

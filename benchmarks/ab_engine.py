@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import extract_commit, timed_functions
+from _common import extract_commit, positive_int, require_files, timed_functions
 
 
 def load_commit(commit: str, name: str, directory: Path):
@@ -46,18 +46,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a")
     parser.add_argument("b")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
-    parser.add_argument("--components", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--components", type=positive_int, nargs="+", default=[10, 50])
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["float64", "float32"], default=["float64", "float32"]
+    )
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--iters", type=positive_int, default=20)
     parser.add_argument("--data", help="an .h5ad to fit instead of pbmc_facs (loaded in memory)")
     parser.add_argument(
         "--breakdown", action="store_true", help="also ms/iteration per kernel and model function"
     )
     parser.add_argument("--prior", choices=["gamma", "hierarchical"], default="gamma")
     args = parser.parse_args()
+    require_files(parser, data=args.data)
     numba.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 

@@ -20,7 +20,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, peak_rss_mib, positive_int
 
 
 def _load(threads: int):
@@ -83,10 +83,10 @@ def run_sklearn(threads: int, n_components: int, iters: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--components", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--sk-iters", type=int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--components", type=positive_int, nargs="+", default=[10, 20])
+    parser.add_argument("--iters", type=positive_int, default=30)
+    parser.add_argument("--sk-iters", type=positive_int, default=10)
     args = parser.parse_args()
 
     base = in_fresh_process(baseline, args.threads)

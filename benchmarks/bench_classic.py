@@ -29,7 +29,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, peak_rss_mib, positive_int
 
 METHODS = {
     "vbsnmf mu frobenius": ("vbsnmf", {"solver": "mu", "loss": "frobenius"}),
@@ -82,11 +82,13 @@ def run_fit(threads: int, library: str, params: dict, n_components: int, n_iter:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--iters", type=int, default=30, help="timed Frobenius/HALS/cd iterations")
-    parser.add_argument("--kl-iters", type=int, default=8, help="timed KL iterations")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of every pair")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--components", type=positive_int, default=10)
+    parser.add_argument(
+        "--iters", type=positive_int, default=30, help="timed Frobenius/HALS/cd iterations"
+    )
+    parser.add_argument("--kl-iters", type=positive_int, default=8, help="timed KL iterations")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="runs of every pair")
     args = parser.parse_args()
 
     base = in_fresh_process(baseline, args.threads)

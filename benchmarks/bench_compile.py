@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import extract_commit, load_average
+from _common import extract_commit, load_average, positive_int
 
 _CHILD = """
 import collections, json, sys, time, warnings
@@ -86,12 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a")
     parser.add_argument("b")
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--components", type=int, default=10)
+    parser.add_argument("--pairs", type=positive_int, default=3)
+    parser.add_argument("--components", type=positive_int, default=10)
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--prior", default="hierarchical", choices=["hierarchical", "gamma"])
     parser.add_argument("--solver", default="batch", choices=["batch", "svi"])
-    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--top", type=positive_int, default=8)
     args = parser.parse_args()
     print(
         f"A = {args.a}, B = {args.b}; first fit of pbmc_tiny, K = {args.components}, "

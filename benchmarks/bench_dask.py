@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, non_negative_int, peak_rss_mib, positive_int
 
 PBMC_FACS_NNZ, PBMC_FACS_CELLS, PBMC_FACS_GENES = 2_702_861, 3_774, 16_791
 
@@ -228,12 +228,12 @@ def run_converge(rounds: int, n_chunks: int, n_components: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=50_000)
-    parser.add_argument("--chunks", type=int, default=10)
-    parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--cells", type=positive_int, default=50_000)
+    parser.add_argument("--chunks", type=positive_int, default=10)
+    parser.add_argument("--components", type=positive_int, default=10)
+    parser.add_argument("--iters", type=positive_int, default=6)
     parser.add_argument("--data", type=Path, default=Path("/tmp/bench_dask_data"))
-    parser.add_argument("--converge", type=int, default=0, metavar="ROUNDS")
+    parser.add_argument("--converge", type=non_negative_int, default=0, metavar="ROUNDS")
     args = parser.parse_args()
     if args.converge:
         run_converge(args.converge, args.chunks, args.components)

@@ -66,7 +66,14 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
 import numba
 import numpy as np
-from _common import in_fresh_process, peak_rss_mib, timed_functions
+from _common import (
+    in_fresh_process,
+    non_negative_int,
+    peak_rss_mib,
+    positive_int,
+    require_files,
+    timed_functions,
+)
 from numba import njit, prange
 
 from vbsnmf._kernels import digamma, padded_width, row_dot_add_scaled
@@ -323,28 +330,34 @@ def rounds(args, cases, setups, data) -> None:
 # -- main ------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--components", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--components", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["float64", "float32"], default=["float64", "float32"]
+    )
     parser.add_argument(
         "--priors", nargs="+", choices=["gamma", "hierarchical"], default=["gamma"],
         help="the engine's prior: fixed Gamma, or learned (hierarchical; plain coordinate "
         "ascent, no SQUAREM, so that iterations compare)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=non_negative_int, default=5)  # 0: no timing
     parser.add_argument(
-        "--iters", type=int, default=None, help="iterations per fit (default: 200, 2000 // K)"
+        "--iters",
+        type=positive_int,
+        default=None,
+        help="iterations per fit (default: 200, 2000 // K)",
     )
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: CPU time of all threads"
     )
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--memory", action="store_true")
-    parser.add_argument("--memory-iters", type=int, default=30)
+    parser.add_argument("--memory-iters", type=positive_int, default=30)
     parser.add_argument(
         "--data", help="--memory: an .h5ad (or scipy .npz) of counts instead of pbmc_facs"
     )
     args = parser.parse_args()
+    require_files(parser, data=args.data)
     if args.threads > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
     numba.set_num_threads(args.threads)

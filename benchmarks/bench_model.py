@@ -68,7 +68,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import emit, in_fresh_process, load_average, peak_rss_mib
+from _common import (
+    emit,
+    in_fresh_process,
+    load_average,
+    non_negative_int,
+    peak_rss_mib,
+    positive_int,
+)
 
 SPLIT_SEED = 0
 MODEL_SEED = 0
@@ -399,22 +406,28 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="pbmc_facs", choices=DATASETS)
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument(
-        "--extra-ks", type=int, nargs="*", default=[], help="Ks fitted by vbsnmf's priors only"
+        "--extra-ks",
+        type=positive_int,
+        nargs="*",
+        default=[],
+        help="Ks fitted by vbsnmf's priors only",
     )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--hpfrec-maxiter", type=int, default=200)
-    parser.add_argument("--sklearn-maxiter", type=int, default=200)
-    parser.add_argument("--ref-passes", type=int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--hpfrec-maxiter", type=positive_int, default=200)
+    parser.add_argument("--sklearn-maxiter", type=positive_int, default=200)
+    parser.add_argument("--ref-passes", type=positive_int, default=5)
     parser.add_argument(
         "--no-heldout", nargs="*", default=[], choices=TOOLS, help="skip these held-out fits"
     )
     parser.add_argument(
         "--resume", action="store_true", help="keep the fits already in --out, run the rest"
     )
-    parser.add_argument("--timing", type=int, default=0, help="repeats of the K=10 timing")
+    parser.add_argument(
+        "--timing", type=non_negative_int, default=0, help="repeats of the K=10 timing"
+    )
     parser.add_argument("--out", default=None, help="append the output here")
     args = parser.parse_args()
     out = open(args.out, "a") if args.out else None

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, peak_rss_mib, positive_int, positive_int_list, require_files
 
 
 def _batch_timing(h5ad: str, n_components: int, n_iter: int, n_threads: int) -> dict:
@@ -123,7 +123,7 @@ def series(args) -> None:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vbsnmf-scale-"))
     rows = []
-    for factor in (int(f) for f in args.factors.split(",")):
+    for factor in args.factors:
         out = workdir / f"x{factor}"
         if not (out / "big.h5ad").exists():
             build(3774 * factor, 16791, 2702861 * factor, out, seed=factor)
@@ -245,18 +245,23 @@ def forms(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=["series", "atlas", "forms", "converge"])
-    parser.add_argument("--k", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--factors", default="1,2,4,8")
+    parser.add_argument("--k", type=positive_int, default=15)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--iters", type=positive_int, default=5)
+    parser.add_argument("--factors", type=positive_int_list, default=[1, 2, 4, 8])
     parser.add_argument("--workdir", help="where series writes its matrices (a temp dir)")
     parser.add_argument("--data", help="atlas, converge: the .h5ad written by make_big.py")
-    parser.add_argument("--svi-steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--nonzero-epochs", type=int, default=20)
-    parser.add_argument("--max-iter", type=int, default=200, help="converge: batch VB's cap")
+    parser.add_argument("--svi-steps", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--nonzero-epochs", type=positive_int, default=20)
+    parser.add_argument(
+        "--max-iter", type=positive_int, default=200, help="converge: batch VB's cap"
+    )
     args = parser.parse_args()
+    require_files(parser, data=args.data)
+    if args.part in ("atlas", "converge") and args.data is None:
+        parser.error(f"{args.part} needs --data (the .h5ad that make_big.py writes)")
     parts = {"series": series, "atlas": atlas, "forms": forms, "converge": converge}
     parts[args.part](args)
 

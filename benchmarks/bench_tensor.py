@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from _common import in_fresh_process, peak_rss_mib
+from _common import in_fresh_process, non_negative_int, peak_rss_mib, positive_int
 
 
 def _set_threads(threads: int) -> None:
@@ -333,15 +333,22 @@ def squarem_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
 # -- report -------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--components", type=int, nargs="+", default=[10, 16])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--components", type=positive_int, nargs="+", default=[10, 16])
+    parser.add_argument("--rounds", type=positive_int, default=30)
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     parser.add_argument(
-        "--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which parts to run"
+        "--sections",
+        type=int,
+        choices=[1, 2, 3, 4, 5],
+        nargs="+",
+        default=[1, 2, 3, 4, 5],
+        help="which parts to run",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="section 5")
+    parser.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="section 5"
+    )
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     lines: list[str] = []

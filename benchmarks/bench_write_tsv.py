@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import positive_int
 
 from vbsnmf.io._write import write_tsv
 
@@ -40,9 +41,9 @@ def _peak_mib(write, table: pd.DataFrame, path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--factors", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=positive_int, default=100_000)
+    parser.add_argument("--factors", type=positive_int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     table = pd.DataFrame(

@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
+from _common import positive_int
 
 from vbsnmf import _batch, _data, _model
 
@@ -50,7 +51,7 @@ def _trace(count: float, seed: int, dtype) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seeds", type=positive_int, default=4)
     seeds = range(parser.parse_args().seeds)
     print("float64: count, finite, any ELBO > 0, fits whose ELBO decreased, worst decrease")
     for count in FLOAT64_COUNTS:

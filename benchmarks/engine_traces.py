@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from _common import require_files
 
 import vbsnmf
 
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--save", metavar="NPZ", help="save the traces to this file")
     parser.add_argument("--compare", metavar="NPZ", help="compare with traces saved earlier")
     args = parser.parse_args()
+    require_files(parser, compare=args.compare)
     warnings.simplefilter("ignore")
     counts = sp.csr_matrix(vbsnmf.datasets.pbmc_tiny().X, dtype=np.float64)
     start = _start(counts.shape, float(counts.sum()))

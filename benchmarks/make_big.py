@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from _common import non_negative_int, positive_int
 
 import vbsnmf
 
@@ -178,11 +179,13 @@ def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", type=int, required=True)
-    parser.add_argument("--genes", type=int, default=16791)
-    parser.add_argument("--nnz", type=int, help="target nonzeros (default: pbmc_facs' density)")
+    parser.add_argument("--cells", type=positive_int, required=True)
+    parser.add_argument("--genes", type=positive_int, default=16791)
+    parser.add_argument(
+        "--nnz", type=positive_int, help="target nonzeros (default: pbmc_facs' density)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="a temporary directory")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--mtx", action="store_true", help="also write matrix.mtx.gz")
     args = parser.parse_args()
     nnz = args.nnz or round(2702861 * args.cells / 3774 * args.genes / 16791)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from _common import non_negative_int, positive_int, require_files
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -182,13 +183,14 @@ def summary_table(runs: pd.DataFrame) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-iter", type=int, default=300)
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-iter", type=positive_int, default=300)
     parser.add_argument("--out", type=Path, help="write the table (Markdown) here")
     parser.add_argument(
         "--table-only", type=Path, metavar="CSV", help="only remake the table from a runs CSV"
     )
     args = parser.parse_args(argv)
+    require_files(parser, table_only=args.table_only)
     runs = pd.read_csv(args.table_only) if args.table_only else run(args.seeds, args.max_iter)
     table = summary_table(runs)
     print(table)

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from _common import non_negative_int, positive_int, require_files
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
 ROWS = (100, 1000, 5000)
@@ -501,23 +502,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small grid for CI (seconds)")
     parser.add_argument("--densities", type=float, nargs="+", help=f"default {DENSITIES}")
-    parser.add_argument("--rows", type=int, nargs="+", help=f"default {ROWS}")
-    parser.add_argument("--ranks", type=int, nargs="+", help=f"default {RANKS}")
-    parser.add_argument("--cols", type=int, default=N_COLS)
-    parser.add_argument("--iterations", type=int, help=f"default {N_ITER} (--quick: 30)")
-    parser.add_argument("--reps", type=int, help=f"repetitions per cell (default {REPS})")
+    parser.add_argument("--rows", type=positive_int, nargs="+", help=f"default {ROWS}")
+    parser.add_argument("--ranks", type=positive_int, nargs="+", help=f"default {RANKS}")
+    parser.add_argument("--cols", type=positive_int, default=N_COLS)
+    parser.add_argument("--iterations", type=positive_int, help=f"default {N_ITER} (--quick: 30)")
+    parser.add_argument("--reps", type=positive_int, help=f"repetitions per cell (default {REPS})")
     parser.add_argument(
         "--first-rep",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="index of the first repetition (to add repetitions to an earlier run)",
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=non_negative_int, default=1)
     parser.add_argument("--poisson-mean", type=float, default=1.0, help="nonzero = 1 + Pois(.)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="Numba and BLAS threads of every method (default 1: compares algorithms, "
         "not thread pools, and stays stable on a shared machine)",
@@ -532,6 +533,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="merge these runs files into --out and redraw summary and figures (no fitting)",
     )
     args = parser.parse_args(argv)
+    require_files(parser, plot_only=args.plot_only)
     for name in ("rows", "ranks", "reps"):
         values = getattr(args, name)
         if values is not None and min(np.atleast_1d(values)) < 1:

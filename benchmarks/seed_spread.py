@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
-from _common import report
+from _common import non_negative_int, positive_int, report
 
 FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
@@ -117,13 +117,13 @@ def summary(rows: list[dict], k: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--data", choices=bench_model.DATASETS, default="pbmc_facs")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--tool", choices=sorted(FITS), default="vbsnmf")
     parser.add_argument(
-        "--hpfrec-maxiter", type=int, default=200, help="as bench_model.py's (its default)"
+        "--hpfrec-maxiter", type=positive_int, default=200, help="as bench_model.py's (its default)"
     )
     parser.add_argument("--no-heldout", action="store_true", help="skip the count-split fits")
     parser.add_argument(

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import svi_default_gap as gap
+from _common import positive_int
 
 import vbsnmf
 
@@ -53,8 +54,11 @@ def main() -> None:
     parser.add_argument(
         "--data", nargs="+", default=["small"], help="names of DATA, or 'small' (all but pbmc_facs)"
     )
-    parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20])
     args = parser.parse_args()
+    unknown = sorted(set(args.data) - set(DATA) - {"small"})
+    if unknown:
+        parser.error(f"--data: no data set {', '.join(unknown)} (choose from {', '.join(DATA)})")
     names = [name for name in DATA if name != "pbmc_facs"] if args.data == ["small"] else args.data
     for name in names:
         X = DATA[name]()

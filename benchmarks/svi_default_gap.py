@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
+from _common import positive_int
 
 import vbsnmf
 
@@ -92,7 +93,7 @@ DATA = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--k", type=positive_int, nargs="+", default=[5, 10])
     parser.add_argument(
         "--data", nargs="+", choices=list(DATA), default=list(DATA), help="data sets to run"
     )

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
-from _common import report
+from _common import positive_int, report
 
 
 def usages(factors: np.ndarray) -> np.ndarray:
@@ -128,8 +128,8 @@ def compare(matrix, k: int, threads: int, emit) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
     with report(args.out) as emit:

@@ -24,11 +24,13 @@ with the sorted population ``subpop``) this script
 Run it from the repository root (Leiden needs igraph: ``python -m pip install -e '.[tutorial]'``)::
 
     python tutorials/pbmc_nmf_umap.py            # full run, writes into tutorials/
-    python tutorials/pbmc_nmf_umap.py --quick    # reduced setting (what CI runs)
+    python tutorials/pbmc_nmf_umap.py --quick    # reduced setting, into tutorials/quick/
 
 ``--quick`` (or the environment variable ``VBSNMF_TUTORIAL_QUICK=1``) caps the NMF at 30
-iterations and the UMAP layout at 100 epochs; ``--outdir`` chooses where the figures and the
-results table go.
+iterations and the UMAP layout at 100 epochs (what CI runs), and writes into
+``tutorials/quick/``, so that it never replaces the full run's figures and results that the
+repository keeps in ``tutorials/``; ``--outdir`` chooses where the figures and the results
+table go.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ from sklearn.neighbors import KNeighborsClassifier
 import vbsnmf
 
 HERE = Path(__file__).resolve().parent
+# --quick's output, apart from the full run's figures and results kept in the repository
+QUICK_OUTDIR = HERE / "quick"
+
+
+def default_outdir(quick: bool) -> Path:
+    """Where a run writes unless told: ``tutorials/``, or ``tutorials/quick/`` for
+    ``--quick``."""
+    return QUICK_OUTDIR if quick else HERE
+
+
 N_COMPONENTS = 15
 SEED = 0
 
@@ -124,10 +136,11 @@ def graph_umap_leiden(adata, rep: str, name: str, umap_epochs: int | None) -> No
     )
 
 
-def run(quick: bool = False, outdir: Path = HERE) -> pd.DataFrame:
+def run(quick: bool = False, outdir: Path | None = None) -> pd.DataFrame:
     """Run the tutorial; write the figures and ``pbmc_nmf_umap_results.md`` into ``outdir``
-    and return the table of scores (one row per neighbour-graph route)."""
-    outdir = Path(outdir)
+    (default: ``tutorials/``, or ``tutorials/quick/`` when ``quick``) and return the table of
+    scores (one row per neighbour-graph route)."""
+    outdir = Path(default_outdir(quick) if outdir is None else outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     max_iter = 30 if quick else 300
     umap_epochs = 100 if quick else None
@@ -275,9 +288,16 @@ def main(argv=None) -> None:
         default=os.environ.get("VBSNMF_TUTORIAL_QUICK", "") not in ("", "0"),
         help="reduced setting for CI (also VBSNMF_TUTORIAL_QUICK=1)",
     )
-    parser.add_argument("--outdir", type=Path, default=HERE, help="where figures and table go")
+    parser.add_argument(
+        "--outdir",
+        type=Path,
+        default=None,
+        help="where figures and table go (default: tutorials/, with --quick tutorials/quick/)",
+    )
     args = parser.parse_args(argv)
-    run(quick=args.quick, outdir=args.outdir)
+    if args.outdir is not None and args.outdir.exists() and not args.outdir.is_dir():
+        parser.error(f"--outdir {args.outdir} is a file, not a folder")  # before the fit
+    run(quick=args.quick, outdir=default_outdir(args.quick) if args.outdir is None else args.outdir)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ donor-level design; for that, pass a real donor x cell type x gene pseudobulk th
 Run it from the repository root::
 
     python tutorials/pbmc_tensor.py            # full run, writes into tutorials/
-    python tutorials/pbmc_tensor.py --quick    # 2,000 genes, fewer iterations (what CI runs)
+    python tutorials/pbmc_tensor.py --quick    # 2,000 genes, fewer iterations: tutorials/quick/
 
-``--quick`` may also be set by the environment variable ``VBSNMF_TUTORIAL_QUICK=1``, as for
-``tutorials/pbmc_nmf_umap.py``; ``--outdir`` writes the figure and table elsewhere.
+``--quick`` (what CI runs) may also be set by the environment variable
+``VBSNMF_TUTORIAL_QUICK=1``, as for ``tutorials/pbmc_nmf_umap.py``; it writes into
+``tutorials/quick/``, never over the full run's figure and table that the repository keeps
+in ``tutorials/``; ``--outdir`` writes the figure and table elsewhere.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ import scipy.sparse as sp
 import vbsnmf
 
 HERE = Path(__file__).resolve().parent
+# --quick's output, apart from the full run's figure and table kept in the repository
+QUICK_OUTDIR = HERE / "quick"
+
+
+def default_outdir(quick: bool) -> Path:
+    """Where a run writes unless told: ``tutorials/``, or ``tutorials/quick/`` for
+    ``--quick``."""
+    return QUICK_OUTDIR if quick else HERE
+
+
 N_COMPONENTS = 8
 N_REPLICATES = 4
 SEED = 0
@@ -173,13 +185,14 @@ def plot(gate_profile, replicate_profile, weight, gates, path: Path) -> None:
     plt.close(fig)
 
 
-def run(quick: bool = False, outdir: Path = HERE):
+def run(quick: bool = False, outdir: Path | None = None):
     """Build the tensor, fit, write ``pbmc_tensor.png`` and ``pbmc_tensor_results.md`` into
-    ``outdir``. Returns the per-component table and the gate (gates x K, as a DataFrame
-    indexed by gate) and replicate (replicates x K) profiles."""
+    ``outdir`` (default: ``tutorials/``, or ``tutorials/quick/`` when ``quick``). Returns
+    the per-component table and the gate (gates x K, as a DataFrame indexed by gate) and
+    replicate (replicates x K) profiles."""
     import sparse
 
-    outdir = Path(outdir)
+    outdir = Path(default_outdir(quick) if outdir is None else outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     adata = vbsnmf.datasets.pbmc_facs()
     if quick:  # the 2,000 genes with the most counts
@@ -276,9 +289,16 @@ def main(argv=None) -> None:
         default=os.environ.get("VBSNMF_TUTORIAL_QUICK", "") not in ("", "0"),
         help="reduced setting for CI (also VBSNMF_TUTORIAL_QUICK=1)",
     )
-    parser.add_argument("--outdir", type=Path, default=HERE, help="where the figure and table go")
+    parser.add_argument(
+        "--outdir",
+        type=Path,
+        default=None,
+        help="where the figure and table go (default: tutorials/, with --quick tutorials/quick/)",
+    )
     args = parser.parse_args(argv)
-    run(quick=args.quick, outdir=args.outdir)
+    if args.outdir is not None and args.outdir.exists() and not args.outdir.is_dir():
+        parser.error(f"--outdir {args.outdir} is a file, not a folder")  # before the fit
+    run(quick=args.quick, outdir=default_outdir(args.quick) if args.outdir is None else args.outdir)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
   ``pbmc_facs(test=True)`` gives 100 further cells of the same populations.
 - `pbmc_tiny`: a tiny 10x v3 example (1,107 cells x 507 genes) from the scanpy test data
   (BSD-3).
+
+`data_dir` gives a bundled data set's 10x folder (``"pbmc_facs"``, ``"pbmc_facs/test"``,
+``"pbmc_tiny_v3"``), to pass to the command line or `vbsnmf.io.read_10x`.
 """
 
 from ._load import data_dir, pbmc_facs, pbmc_tiny

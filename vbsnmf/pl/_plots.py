@@ -553,7 +553,8 @@ def top_genes(
         cannot name their groups), and groups it would name alike (their values joined
         with ``_``: ``("a_b", "c")`` and ``("a", "b_c")``).
     n_genes, sort_by, min_counts, include_inactive
-        As in `vbsnmf.tl.top_genes`.
+        As in `vbsnmf.tl.top_genes`, but ``n_genes`` is 5 by default here (20 there): a dot
+        plot of every active factor's genes stays readable.
     key
         ``key_added`` of the fit.
     return_fig

@@ -3,8 +3,18 @@ tests need nothing beside a fresh clone."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+
+# Numba's parallel kernels run on OpenMP (libgomp), whose idle threads spin before they
+# sleep: with the suite's worker per core (or any other load), an n_threads=2 fit's
+# spinning threads take the core its other thread, or the other worker, waits for; on a
+# loaded machine a fit was 10 to 40 times slower than with passive waiting, and
+# tests/test_batch.py took 78 s instead of 13 s. The policy changes no number (the same
+# bits), only how idle threads wait; set before libgomp loads, and inherited by the
+# xdist workers and the tests' subprocesses. An OMP_WAIT_POLICY already set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pandas as pd

@@ -208,7 +208,9 @@ def test_pydata_sparse_arrays_are_refused_with_the_conversion_that_works(client)
     naming the type and the conversion to scipy; that conversion fits as in memory."""
     sparse = pytest.importorskip("sparse")
     counts = _counts()
-    lazy = da.from_array(sparse.COO.from_numpy(counts), chunks=(40, -1))
+    # pydata sparse chunks made per block: slicing one COO (da.from_array of it) runs
+    # sparse's Numba indexing, 3 s to load from its cache, 10 to 20 s to compile it
+    lazy = da.from_array(counts, chunks=(40, -1)).map_blocks(sparse.COO.from_numpy)
     with pytest.raises(TypeError, match=r"pydata sparse array \(sparse\.") as on_dask:
         vbsnmf.fit_dask(lazy, 3, max_iter=2)
     assert "map_blocks(lambda b: b.tocsr())" in str(on_dask.value)

@@ -636,11 +636,12 @@ def top_genes(
     _check_genes_readable(adata, info, names, kwds, reads_raw)
     genes_read = adata.raw if reads_raw else adata
     layer = None if reads_raw else kwds.get("layer")
-    check_expression_readable(
-        genes_read.X if layer is None else adata.layers[layer],
-        "adata.raw.X" if reads_raw else "adata.X" if layer is None else f"adata.layers[{layer!r}]",
-        "dot plot",
+    expression = genes_read.X if layer is None else adata.layers[layer]
+    where = (
+        "adata.raw.X" if reads_raw else "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     )
+    check_expression_readable(expression, where, "dot plot")
+    _check_sparse_array_readable(expression, where)
     if "gene_symbols" in kwds:
         # scanpy looks each name up in that column, not in the var_names
         names = _gene_symbols(adata, names, kwds["gene_symbols"], reads_raw)
@@ -717,6 +718,33 @@ def check_expression_readable(matrix, where: str, plot: str) -> None:
             f"{where} is a dask array of sparse chunks, which scanpy's {plot} cannot read: "
             "plot an AnnData in memory (adata.to_memory())"
         )
+
+
+def _check_sparse_array_readable(matrix, where: str) -> None:
+    """A `ValueError` when the expression ``matrix`` (``where``) of the dot plot is a scipy
+    sparse array (``csr_array``, which anndata holds as it was given) that scanpy's dot plot
+    passes on to pandas as it is: its genes, picked out of order, failed with pandas' bare
+    "15 columns passed, passed data had 30 columns" (scanpy makes only its sparse matrix
+    types dense). A scanpy that makes this type dense is left to draw it."""
+    import scipy.sparse as sp
+
+    if not sp.issparse(matrix) or isinstance(matrix, sp.spmatrix):
+        return
+    try:  # the sparse types scanpy makes dense before pandas sees them
+        from scanpy._compat import CSBase
+    except ImportError:
+        return
+    if isinstance(matrix, CSBase):
+        return
+    advice = (
+        "raw = adata.raw.to_adata(); raw.X = scipy.sparse.csr_matrix(raw.X); adata.raw = raw"
+        if where == "adata.raw.X"
+        else f"{where} = scipy.sparse.csr_matrix({where})"
+    )
+    raise ValueError(
+        f"{where} is a scipy sparse array ({type(matrix).__name__}), which scanpy's dot plot "
+        f"cannot read (it hands it to pandas as it is): store it as a sparse matrix, {advice}"
+    )
 
 
 def _check_groups_not_genes(columns: list[str], gene_names: pd.Index) -> None:

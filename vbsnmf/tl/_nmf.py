@@ -242,7 +242,8 @@ def nmf(
         ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
-        without a matching stored fit, or with ``resume=True`` on the stored fit's own
+        without a matching stored fit (a ``mask_var`` that selects other genes than it
+        fitted, more or fewer), or with ``resume=True`` on the stored fit's own
         checkpoint; ``warm_start`` or ``callback`` with a classical solver.
 
     Warns
@@ -685,6 +686,7 @@ def _stored_start(
     per_gene = [key for key in ("gene_shape", "gene_rate") if np.ndim(init[key]) == 2]
     per_gene += [key for key in ("gene_scale_shape", "gene_scale_rate") if key in init]
     if fitted_genes is not None:
+        _check_mask_keeps_stored_genes(info, keys.uns, np.asarray(init["gene_shape"]), fitted_genes)
         init.update({key: np.asarray(init[key])[fitted_genes] for key in per_gene})
     gene_shape = np.asarray(init["gene_shape"])
     not_fitted = int(np.count_nonzero(~(gene_shape > 0).any(axis=1)))
@@ -697,6 +699,27 @@ def _stored_start(
         init = {name: np.asarray(value) for name, value in init.items()}
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     return init, trace, elbo_iterations(info), int(info["n_iter"])
+
+
+def _check_mask_keeps_stored_genes(
+    info: dict, key: str, gene_shape: np.ndarray, fitted_genes: np.ndarray
+) -> None:
+    """A `ValueError` when ``warm_start``'s ``mask_var`` (``fitted_genes``) leaves out genes
+    the stored fit ``key`` fitted (the rows of its ``gene_shape`` that are not zero): the
+    continued fit's ELBO, over fewer genes' counts, was joined to the stored trace without a
+    word, as another layer's would be (a mask with genes the stored fit did not fit is
+    refused after this)."""
+    stored_fitted = (gene_shape > 0).any(axis=1)
+    left_out = int(np.count_nonzero(stored_fitted & ~fitted_genes))
+    if not left_out:
+        return
+    stored_mask = info["params"].get("mask_var")
+    made = f" (made with mask_var={stored_mask!r})" if isinstance(stored_mask, str) else ""
+    raise ValueError(
+        f"warm_start: mask_var leaves out {left_out} of the {int(stored_fitted.sum())} genes "
+        f"the stored fit {key!r} fitted{made}, whose ELBO trace would be joined to one over "
+        "other counts; pass the stored fit's mask_var, or fit without warm_start"
+    )
 
 
 def _check_stored_cells(values: np.ndarray, entry: str, key: str, n_columns: int) -> None:

@@ -83,7 +83,14 @@ from ._svi import (
     resumed_svi_progress,
     scan_blocks,
 )
-from ._utils import check_n_threads, compute_dask, is_dask_array, numba_threads, warn_user
+from ._utils import (
+    check_n_threads,
+    compute_dask,
+    is_dask_array,
+    numba_threads,
+    warn_user,
+    whole_numbers,
+)
 from ._validation import (
     PRIOR_SHAPE_RANGE,
     check_accelerate,
@@ -844,7 +851,16 @@ def _fit_in_memory(
     X = sparse_frame_as_coo(X)  # the memory guard reads a sparse matrix's nonzeros
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
-    matrix = check_counts(X, fit_dtype=settings.dtype)
+    try:
+        matrix = check_counts(X, fit_dtype=settings.dtype)
+    except ValueError as error:
+        # mask=np.isnan(X) is the natural way to give missing entries: say what to write
+        if mask is None or "non-negative finite counts" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. Entries that mask= leaves out of the fit still need a count in X: "
+            "write 0 there (e.g. np.nan_to_num(X, nan=0.0)), the mask says they are missing"
+        ) from None
     return _fit_counts(settings, matrix, init, callback, entropy, mask)
 
 
@@ -950,6 +966,17 @@ def _checked_mask(mask, shape) -> Mask:
         # whose rounding alone gave positive, decreasing ELBOs
         raise ValueError("mask leaves no entry of X observed: there is nothing to fit")
     return checked
+
+
+def _index_hint(index: np.ndarray, name: str) -> str:
+    """Advice for ``fit_triplets``' indices of another dtype than integers, as `VBNTF`'s
+    coordinates get: whole floats (``np.loadtxt``, a pandas column with a missing value)
+    or objects (pandas' nullable Int64, Python ints beyond int64, None)."""
+    if index.dtype.kind == "f" and whole_numbers(index) and index.min() >= 0:
+        return f"; if they are indices read as floats, pass {name}.astype(np.int64)"
+    if index.dtype == object:
+        return "; every index must be an integer from 0 to 2**63 - 1 (none missing)"
+    return ""
 
 
 def _entry_format(matrix):
@@ -1589,13 +1616,16 @@ def fit_triplets(
     rows, cols
         Integer row (cell) and column (gene) index of each count, from 0.
     counts
-        The counts, non-negative and finite, one per (row, column) pair.
+        The counts, non-negative and finite, one per (row, column) pair. Numbers held as
+        objects (a pandas object column) are read as float64, a missing one (None,
+        ``pd.NA``) as the NaN it stands for, which is refused.
     shape
         ``(n_rows, n_cols)`` of the matrix.
     n_components
         Number of factors K, as `VBNMF`'s (default 10).
     **params
-        `VBNMF`'s other keyword arguments.
+        `VBNMF`'s other keyword arguments (not `VBNMF.fit`'s ``mask``, ``init`` or
+        ``callback``: fit the matrix for those).
 
     Returns
     -------
@@ -1608,8 +1638,9 @@ def fit_triplets(
         The three arrays differ in length, ``shape`` is negative or beyond int64, an index
         is out of ``shape``, or a count is negative, NaN or infinite.
     TypeError
-        ``shape`` is not two integers, the indices not integers, the counts not numbers, or
-        an array is ragged.
+        ``shape`` is not two integers, the indices not integers (a float or timedelta64
+        array too), the counts not numbers, an array is ragged, or ``params`` holds an
+        argument of `VBNMF.fit`.
     """
     try:
         rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
@@ -1624,6 +1655,8 @@ def fit_triplets(
     # scipy's sizes are int64: beyond, numpy's OverflowError; below 0, scipy's own message
     if not all(0 <= n <= np.iinfo(np.int64).max for n in shape):
         raise ValueError(f"shape must be two integers from 0 to 2**63 - 1, got {tuple(shape)}")
+    if counts.dtype == object:  # numbers from pandas (pd.NA as NaN, named below), not text
+        counts = numbers_from_objects(counts, "counts")
     if counts.size and counts.dtype.kind not in "biuf":  # scipy's message lists its dtypes
         raise TypeError(f"counts must be numbers, got dtype {counts.dtype}")
     if not (rows.shape == cols.shape == counts.shape):
@@ -1632,13 +1665,24 @@ def fit_triplets(
         )
     n_rows, n_cols = (int(n) for n in shape)
     for name, index, bound in (("rows", rows, n_rows), ("cols", cols, n_cols)):
-        if index.size and not np.issubdtype(index.dtype, np.integer):
-            raise TypeError(f"{name} must be integer indices, got dtype {index.dtype}")
+        # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which
+        if index.size and index.dtype.kind not in "iu":
+            raise TypeError(
+                f"{name} must be integer indices, got dtype {index.dtype}"
+                + _index_hint(index, name)
+            )
         outside = (index < 0) | (index >= bound)
         if np.any(outside):
             raise ValueError(
                 f"{np.count_nonzero(outside)} {name} indices outside [0, {bound}), "
                 f"first at position {int(np.flatnonzero(outside)[0])}"
+            )
+    for name in ("mask", "init", "callback"):  # VBNMF.fit's, which VBNMF called unexpected
+        if name in params:
+            raise TypeError(
+                f"fit_triplets takes no {name}= ({name} is an argument of VBNMF.fit): build "
+                "the matrix, scipy.sparse.coo_array((counts, (rows, cols)), shape=shape), and "
+                f"fit it by VBNMF(...).fit(matrix, {name}=...)"
             )
     matrix = sp.coo_array((readable_values(counts), (rows, cols)), shape=(n_rows, n_cols))
     return VBNMF(n_components, **params).fit(matrix)

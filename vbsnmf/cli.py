@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_path,
         metavar="FILE",
         help=".mtx input: text file (plain or .gz), one name per line for the matrix rows "
-        "(first tab-separated field)",
+        "(first tab-separated field; of a 10x features file as the genes' names, only the "
+        "Gene Expression features are fitted when it lists others, as in a 10x folder)",
     )
     fit.add_argument(
         "--col-names",
@@ -176,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=".mtx input: the same for the matrix columns",
     )
     fit.add_argument(
-        "--layer", metavar="NAME", help=".h5ad input: take the counts from .layers[NAME]"
+        "--layer", metavar="NAME", help=".h5ad or .zarr input: take the counts from .layers[NAME]"
     )
     fit.add_argument(
-        "--use-raw", action="store_true", help=".h5ad input: take the counts from .raw"
+        "--use-raw", action="store_true", help=".h5ad or .zarr input: take the counts from .raw"
     )
     fit.add_argument(
         "--key",
@@ -961,7 +962,7 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     else:
         header = _matrix_market_header(source, kind)
         if header is not None:
-            _check_n_components_fits(args, header)
+            _check_n_components_fits(args, header, _genes_kept(args, source, kind, header))
             if header.fmt == "array":
                 if args.convert_to is not None:
                     raise UsageError(
@@ -995,16 +996,41 @@ def _matrix_market_header(source: Path, kind: str):
         return None
 
 
-def _check_n_components_fits(args, header) -> None:
+def _genes_kept(args, source: Path, kind: str, header) -> int | None:
+    """How many genes the conversion of the 10x folder or .mtx ``source`` (of Matrix
+    Market ``header``) keeps when its features file names other feature types too
+    (`vbsnmf.io._read.read_gene_names`); None for all of the header's, or for a names
+    file the conversion refuses (it says why)."""
+    from .io import ReadError
+    from .io._read import read_gene_names, tenx_files
+
+    genes_as_rows = args.genes_as_rows is not False
+    names = args.row_names if genes_as_rows else args.col_names
+    if kind == "10x":
+        names = tenx_files(source)[1]
+    if names is None:
+        return None
+    n_genes = header.size[0] if genes_as_rows else header.size[1]
+    try:
+        _, keep = read_gene_names(Path(names), n_genes, source.name, "genes")
+    except ReadError:
+        return None
+    return None if keep is None else int(keep.sum())
+
+
+def _check_n_components_fits(args, header, n_genes_kept: int | None = None) -> None:
     """-k, and the memory of every cell's factors, against the cells and genes that the
-    Matrix Market ``header`` declares, before the conversion: the fit refused it only once
-    the whole matrix was converted (minutes for a large one), after saying it was
-    converted into an OUTDIR that never appeared."""
+    Matrix Market ``header`` declares (its Gene Expression features, ``n_genes_kept``,
+    when the conversion keeps those alone), before the conversion: the fit refused it
+    only once the whole matrix was converted (minutes for a large one), after saying it
+    was converted into an OUTDIR that never appeared."""
     from ._memory import check_cells_form_memory
     from ._validation import check_n_components
 
     n_rows, n_cols = header.size[:2]
     cells_by_genes = (n_cols, n_rows) if args.genes_as_rows is not False else (n_rows, n_cols)
+    if n_genes_kept is not None:
+        cells_by_genes = (cells_by_genes[0], n_genes_kept)
     try:
         check_n_components(args.n_components, cells_by_genes)
     except ValueError as error:

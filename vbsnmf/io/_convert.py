@@ -32,7 +32,7 @@ from ._read import (
     mtx_header,
     open_binary,
     read_features,
-    read_names,
+    read_gene_names,
     tenx_files,
 )
 from ._write import atomic_hdf5
@@ -82,7 +82,8 @@ def mtx_to_h5ad(
         unless its entries happen to be sorted both ways.
     row_names, col_names
         Optional name files for the rows and columns of an ``.mtx`` file (one name a line,
-        the first tab-separated field, as `vbsnmf.io.read_mtx` reads them).
+        the first tab-separated field, as `vbsnmf.io.read_mtx` reads them; a 10x features
+        file as the genes' keeps its ``Gene Expression`` features when it names others).
     created
         A list: ``dst`` is made as a new file and never replaces one, and the (device,
         inode) of the file written is appended to it, so that a caller removes it later
@@ -145,10 +146,16 @@ def mtx_to_h5ad(
     # beside them, as vbsnmf.io.read_10x reads it; other name files give one name a line
     # (the first field), as read_mtx reads them
     features = read_features(row_names, n_rows, src.name, "rows", n_cols) if is_folder else None
-    rows = features[0].to_numpy() if is_folder else _names(row_names, n_rows, src, "rows")
-    cols = _names(col_names, n_cols, src, "columns")
+    rows, keep_rows = (
+        (features[0].to_numpy(), _gene_expression(features))
+        if is_folder
+        else _names(row_names, n_rows, src, "rows")
+    )
+    cols, keep_cols = _names(col_names, n_cols, src, "columns")
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
-    keep_genes = _gene_expression(features)
+    # a 10x features file as the genes' names keeps its Gene Expression features, as
+    # read_mtx and read_10x keep them
+    keep_genes = keep_rows if genes_as_rows else keep_cols
     with atomic_hdf5(dst, created=created) as (out, check):
         _write(
             src,
@@ -172,11 +179,12 @@ def _inputs(src: Path, row_names, col_names) -> list[tuple[str, Path]]:
     return [(what, Path(path)) for what, path in named if path is not None]
 
 
-def _names(path, expected: int, matrix: Path, side: str) -> np.ndarray:
-    """Names for one axis from the name file ``path`` (``"0"``, ``"1"``, ... without one)."""
+def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Names for one axis from the name file ``path`` (``"0"``, ``"1"``, ... without one),
+    and which to keep if they are genes (`vbsnmf.io._read.read_gene_names`)."""
     if path is None:  # as Python strings at once: numpy's str array of them is 84 bytes a name
-        return np.fromiter(map(str, range(expected)), dtype=object, count=expected)
-    return read_names(Path(path), expected, matrix.name, side)
+        return np.fromiter(map(str, range(expected)), dtype=object, count=expected), None
+    return read_gene_names(Path(path), expected, matrix.name, side)
 
 
 def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:
@@ -201,7 +209,8 @@ def _write(
         var = feature_var(var_extra if keep is None else var_extra[keep])
         var.index = make_index_unique(var.index)
     else:
-        var = pd.DataFrame(index=make_index_unique(pd.Index(genes)))
+        kept = genes if keep is None else genes[keep]
+        var = pd.DataFrame(index=make_index_unique(pd.Index(kept)))
     obs = pd.DataFrame(index=make_index_unique(pd.Index(cells)))
     with _errors(src), open_binary(src) as raw:
         # an AnnData without X, then X written as its CSR group, a chunk at a time

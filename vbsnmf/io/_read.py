@@ -149,9 +149,43 @@ def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
         raise ValueError(
             f"{path}: say which axis of the matrix holds the genes: "
             "genes_as_rows=True (--genes-as-rows, the 10x convention) or False "
-            "(--cells-as-rows)"
+            "(--cells-as-rows)" + _folder_advice(path)
         )
     return kind
+
+
+def _folder_advice(matrix: Path) -> str:
+    """Advice to read the 10x folder whose matrix file ``matrix`` is, instead of the file:
+    read alone, as the message asking for its orientation led to, it has no names (genes
+    "0", "1", ...) and keeps the antibody counts of its features file."""
+    folder = matrix.parent
+    try:
+        if tenx_files(folder)[0].name == matrix.name:
+            return (
+                f"; or read the 10x folder {folder} that holds it, which names its genes "
+                "and cells (its features and barcodes files)"
+            )
+    except (ReadError, OSError):
+        pass
+    # a GEO sample's GSM1_matrix.mtx.gz beside GSM1_features.tsv.gz, GSM1_barcodes.tsv.gz
+    prefix, found, _ = matrix.name.rpartition("matrix.mtx")
+    if not found or not prefix:
+        return ""
+    names = []
+    for stems in (("features.tsv", "genes.tsv"), ("barcodes.tsv",)):
+        present = [
+            folder / f"{prefix}{stem}{gz}"
+            for stem in stems
+            for gz in (".gz", "")
+            if (folder / f"{prefix}{stem}{gz}").is_file()
+        ]
+        if not present:
+            return ""
+        names.append(present[0])
+    return (
+        f"; its 10x names are beside it: --genes-as-rows --row-names {names[0]} "
+        f"--col-names {names[1]} (genes_as_rows=True, row_names=..., col_names=...)"
+    )
 
 
 _KIND_NAMES = {
@@ -329,6 +363,26 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
                 "row_names=FEATURES, col_names=BARCODES); vbsnmf fit MATRIX --genes-as-rows "
                 "--row-names FEATURES --col-names BARCODES)",
             )
+        inner = _inner_tenx_folders(folder)
+        if inner:
+            shown = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
+            raise ReadError(
+                folder,
+                f"not a 10x folder itself, but it holds 10x folders: {shown}: name one of "
+                "them (Cell Ranger's filtered matrix holds the cells it called, its raw "
+                "one every barcode)",
+            )
+        matrices = sorted(
+            entry.name
+            for entry in _listed_files(folder)
+            if entry.name.lower().endswith(("_bc_matrix.h5", "_bc_matrices_h5.h5"))
+        )
+        if matrices:  # an outs folder whose matrix folders were not kept
+            raise ReadError(
+                folder,
+                f"not a 10x folder, but it holds Cell Ranger .h5 matrices: "
+                f"{', '.join(matrices[:4])}: name one of them",
+            )
         expected = dict.fromkeys(_TENX_V3 + _TENX_V2 + _STARSOLO)
         raise ReadError(folder, f"not a 10x folder: none of {', '.join(expected)} found in it")
     raise ReadError(
@@ -340,6 +394,34 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
         "file with genes as rows and the name files (vbsnmf.io.read_mtx; vbsnmf fit MATRIX "
         "--genes-as-rows --row-names GENES --col-names BARCODES)",
     )
+
+
+def _inner_tenx_folders(folder: Path, depth: int = 2) -> list[str]:
+    """The folders within ``depth`` levels under ``folder`` that hold a 10x layout's
+    three files, as paths relative to it, sorted: Cell Ranger's ``outs`` (version 3:
+    ``filtered_feature_bc_matrix``; version 2: ``filtered_gene_bc_matrices/GENOME``)
+    given for its matrix folder was told "none of matrix.mtx.gz, ... found in it"."""
+    found = []
+    try:
+        subfolders = sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    except OSError:  # a folder that cannot be listed: the plain message
+        return []
+    for subfolder in subfolders:
+        names = {entry.name for entry in _listed_files(subfolder)}
+        if any(set(layout) <= names for layout in (_TENX_V3, _TENX_V2, _STARSOLO)):
+            found.append(subfolder.name)
+        elif depth > 1:
+            inner = _inner_tenx_folders(subfolder, depth - 1)
+            found.extend(f"{subfolder.name}{os.sep}{name}" for name in inner)
+    return found
+
+
+def _listed_files(folder: Path) -> list[Path]:
+    """The files of ``folder``, none when it cannot be listed."""
+    try:
+        return [entry for entry in folder.iterdir() if entry.is_file()]
+    except OSError:
+        return []
 
 
 def _prefixed_tenx_files(folder: Path) -> list[str]:
@@ -442,7 +524,10 @@ def read_mtx(
         True when the file's rows are genes (10x convention), False when they are cells.
     row_names, col_names
         Optional name files for the file's rows and columns (one name per line, first
-        tab-separated field); without them names are ``"0"``, ``"1"``, ...
+        tab-separated field); without them names are ``"0"``, ``"1"``, ... When the genes'
+        file is a 10x features file naming ``Gene Expression`` and other feature types
+        (Antibody Capture, CRISPR Guide Capture, ...), only the ``Gene Expression``
+        features are kept, as `read_10x` keeps them.
 
     Raises
     ------
@@ -453,15 +538,20 @@ def read_mtx(
     genes_as_rows = check_flag(genes_as_rows, "genes_as_rows")
     path = Path(path)
     matrix = _read_mtx_matrix(path)
-    names = []
+    names, keep_genes = [], None
     for axis, names_path, side in ((0, row_names, "rows"), (1, col_names, "columns")):
         if names_path is None:
             names.append(np.arange(matrix.shape[axis]).astype(str))
-        else:
-            names.append(read_names(Path(names_path), matrix.shape[axis], path.name, side))
-    if genes_as_rows:
-        return _anndata(sp.csr_matrix(matrix.T), names[1], names[0])
-    return _anndata(sp.csr_matrix(matrix), names[0], names[1])
+            continue
+        axis_names, keep = read_gene_names(Path(names_path), matrix.shape[axis], path.name, side)
+        names.append(axis_names)
+        if axis == (0 if genes_as_rows else 1):  # the genes' names: a 10x features file?
+            keep_genes = keep
+    counts, cells, genes = (matrix.T, names[1], names[0]) if genes_as_rows else (matrix, *names)
+    counts = sp.csr_matrix(counts)
+    if keep_genes is not None:  # names made unique among the genes kept, as read_10x
+        counts, genes = counts[:, np.flatnonzero(keep_genes)], genes[keep_genes]
+    return _anndata(counts, cells, genes)
 
 
 def read_h5ad(path: str | os.PathLike):
@@ -1492,9 +1582,38 @@ def read_names(path: Path, expected: int, matrix: str, side: str) -> np.ndarray:
     """The names of a name file (plain or gzip UTF-8 text): the first tab-separated field
     of each line that is not blank, as strings (`ReadError` unless there are ``expected``
     of them, the ``side`` of ``matrix``, e.g. "cells" of "the matrix")."""
+    return read_gene_names(path, expected, matrix, side)[0]
+
+
+def read_gene_names(
+    path: Path, expected: int, matrix: str, side: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The names of the genes' name file ``path`` as `read_names` reads them, and which
+    of them to keep: when it is a 10x features file (a feature type third on every line)
+    naming ``Gene Expression`` and other types, a boolean mask of the ``Gene Expression``
+    features, as `read_10x` keeps them; else None (all).
+
+    A GEO sample's ``GSM..._features.tsv.gz`` given as a Matrix Market file's names
+    (the route the message of a folder of prefixed 10x names advises) fitted its
+    Antibody Capture counts with the genes, where the same files in a 10x folder do not.
+    """
     lines, blank = _name_lines(path)
     _check_name_count(path, len(lines), blank, expected, matrix, side)
-    return np.array([line.partition("\t")[0] for line in lines], dtype=object)
+    names = np.array([line.partition("\t")[0] for line in lines], dtype=object)
+    return names, _gene_expression_lines(lines)
+
+
+def _gene_expression_lines(lines: list[str]) -> np.ndarray | None:
+    """Which lines of a name file are ``Gene Expression`` features of a 10x features
+    file (id, name, type, ...), when it names other types too; None keeps all."""
+    types = []
+    for line in lines:
+        fields = line.split("\t", 3)
+        if len(fields) < 3:  # not a features file: names only
+            return None
+        types.append(fields[2])
+    is_gene = np.array(types, dtype=object) == "Gene Expression"
+    return is_gene if is_gene.any() and not is_gene.all() else None
 
 
 def read_features(

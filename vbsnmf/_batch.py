@@ -162,7 +162,7 @@ def plain_ascent(
         params = step(params, statistics, held or prior)
         n_done += 1
     if not converged and max_iter > 0:
-        warn_not_converged("max_iter", max_iter, tol)
+        warn_not_converged("max_iter", max_iter, tol, holding=held is not None)
     return params, trace, iters, converged
 
 
@@ -466,7 +466,7 @@ def squarem(
     # A checkpoint of more passes than max_iter is returned as it is (`warn_if_beyond` says
     # so); it did not stop at max_iter.
     if not state.converged and 0 < max_iter and state.n_passes <= max_iter:
-        warn_not_converged("max_iter", max_iter, tol)
+        warn_not_converged("max_iter", max_iter, tol, holding=state.holding)
     return state
 
 

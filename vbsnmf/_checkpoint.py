@@ -377,8 +377,7 @@ def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
     plausible = passes == n_kept == 0 or n_kept + 1 <= passes <= 1.5 * (n_kept + 1)
     if not plausible or not isinstance(meta.get("converged"), bool):
         raise damaged(f"{n_kept} ELBO values for {passes} passes")
-    if not isinstance(meta.get("holding", False), bool):
-        raise damaged(f"its hold flag is {meta['holding']!r}")
+    check_hold_flag(meta, "holding", damaged)
     # the max_iter of a fit saved at the start of the cycle it cut short
     # (`_batch.AcceleratedSaves`): one or two passes on, as a cycle takes up to three
     stopped_at = meta.get("max_iter", passes + 1)
@@ -386,6 +385,31 @@ def check_accelerated_progress(meta: dict, trace: np.ndarray, damaged) -> None:
         raise damaged(f"its max_iter is {stopped_at!r}")
     if not passes < stopped_at <= passes + 2:
         raise damaged(f"its max_iter {stopped_at} is not one or two passes after {passes}")
+
+
+def check_hold_flag(meta: dict, name: str, damaged, can_hold: bool = True) -> None:
+    """Raise ``damaged(what)`` unless the checkpoint's hold flag ``name`` (plain batch's
+    ``hold_shapes``, SQUAREM's ``holding``, SVI's ``held``: whether the fit holds a random
+    start's factor shapes, docs/model.md "The hold") is a bool or absent (checkpoints saved
+    before the hold), and false unless the fit's prior learns factor shapes (``can_hold``).
+    Read with ``bool()``, a hand-edited ``"false"`` would hold the fit; a true flag under
+    a prior without shapes to learn failed with an AttributeError, or kept the fit from
+    stopping (the fixed prior)."""
+    flag = meta.get(name, False)
+    if not isinstance(flag, bool):
+        raise damaged(f"its hold flag is {flag!r} ({name!r}), not true or false")
+    if flag and not can_hold:
+        raise damaged(
+            f"its hold flag is true ({name!r}), but its prior has no factor shapes to learn"
+        )
+
+
+def learns_factor_shapes(recorded_prior) -> bool:
+    """Whether the prior a matrix checkpoint's config records (``repr`` of
+    `_model.HierarchicalPrior` or `_model.GammaPrior`) learns its factor shapes, which
+    only then a fit holds (`_model.held_prior`)."""
+    recorded = str(recorded_prior)
+    return recorded.startswith("HierarchicalPrior(") and "factor_shape=None" in recorded
 
 
 def _finite_number(value) -> bool:
@@ -444,8 +468,10 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
     trace = checked_trace(arrays, meta, damaged, batch, rounding_of_elbo(config))
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
+    elif batch:
+        check_hold_flag(meta, "hold_shapes", damaged, learns_factor_shapes(config.get("prior")))
     if config["solver"] == "svi":
-        check_svi_progress(meta, trace, damaged)
+        check_svi_progress(meta, trace, damaged, learns_factor_shapes(config.get("prior")))
     last = last_iteration(meta, trace, accelerated, config["solver"] == "svi")
     check_elbo_iter(arrays, trace, last, damaged)
     if config["solver"] == "svi":
@@ -588,8 +614,10 @@ def check_step_statistics(
             )
 
 
-def check_svi_progress(meta: dict, trace: np.ndarray, damaged) -> None:
-    """An SVI checkpoint's step and epoch counters, converged flag and generator state."""
+def check_svi_progress(meta: dict, trace: np.ndarray, damaged, can_hold: bool = True) -> None:
+    """An SVI checkpoint's step and epoch counters, converged and hold flags (``can_hold``:
+    its prior learns factor shapes, `check_hold_flag`) and generator state."""
+    check_hold_flag(meta, "held", damaged, can_hold)
     counters = [meta.get(name) for name in ("step", "epoch")]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
         raise damaged(f"its step and epoch counters are {counters}")

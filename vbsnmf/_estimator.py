@@ -50,6 +50,7 @@ from ._model import (
     csr_totals,
     fit_rows,
     held_prior,
+    hold_released,
     hyperparameters,
     init_params,
     observed_share,
@@ -1218,7 +1219,8 @@ def _run_plain(
         done = resumed_converged(trace, settings.tol, hold_shapes)
         if done or len(trace) >= settings.max_iter:
             if not done and 0 < len(trace) == settings.max_iter:  # as the fit itself warned
-                warn_not_converged("max_iter", settings.max_iter, settings.tol)
+                still_holding = hold_shapes and not hold_released(trace)
+                warn_not_converged("max_iter", settings.max_iter, settings.tol, still_holding)
             return FitResult(start, *trace_arrays(trace, iters), len(trace), bool(done))
     result = fit_batch(
         data,

@@ -1233,9 +1233,20 @@ def resumed_converged(trace, tol: float, held: bool) -> bool:
 NOT_CONVERGED_MESSAGE = r"(VB|SVI) stopped after "
 
 
-def warn_not_converged(limit_name: str, limit: int, tol: float) -> None:
-    """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``."""
+def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = False) -> None:
+    """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``;
+    ``holding``: still holding a random start's factor shapes (`hold_released` not yet),
+    which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already."""
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
+    if holding:
+        warn_user(
+            f"{what} stopped after {limit_name}={limit} {unit} while it still held its factor "
+            f"shapes at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
+            f"HOLD_TOL={HOLD_TOL:.2g} relative, whatever the stopping tolerance "
+            f'(docs/model.md, "The hold"); raise {limit_name}.',
+            ConvergenceWarning,
+        )
+        return
     warn_user(
         f"{what} stopped after {limit_name}={limit} {unit} before the relative ELBO change "
         f"fell below tol={tol}; raise {limit_name} or tol.",

@@ -393,12 +393,15 @@ def close_owed_epoch(
         end_of_epoch(state, evaluate, settings, callback, on_epoch, verbose=verbose, counted=True)
 
 
-def warn_if_not_converged(converged: bool, settings: SVISettings, epoch: int = 0) -> None:
-    """The `ConvergenceWarning` of a fit that ran out of ``n_epochs``; not of one resumed
-    from a checkpoint of more epochs (``epoch``), which is returned as it is and did not
-    stop there (`_checkpoint.warn_if_beyond` says so)."""
+def warn_if_not_converged(
+    converged: bool, settings: SVISettings, epoch: int = 0, still_holding: bool = False
+) -> None:
+    """The `ConvergenceWarning` of a fit that ran out of ``n_epochs`` (``still_holding``
+    its factor shapes: `holding`, which says so); not of one resumed from a checkpoint of
+    more epochs (``epoch``), which is returned as it is and did not stop there
+    (`_checkpoint.warn_if_beyond` says so)."""
     if not converged and 0 < settings.n_epochs and epoch <= settings.n_epochs:
-        warn_not_converged("n_epochs", settings.n_epochs, settings.tol)
+        warn_not_converged("n_epochs", settings.n_epochs, settings.tol, still_holding)
 
 
 # -- minibatches of nonzeros --------------------------------------------------------------
@@ -881,7 +884,7 @@ def run_cells_epochs(
             gene_step,
             verbose=settings.verbose,
         )
-    warn_if_not_converged(state.converged, settings, state.epoch)
+    warn_if_not_converged(state.converged, settings, state.epoch, holding(state))
     return state
 
 

@@ -823,7 +823,8 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     if accelerated:
         check_accelerated_progress(meta, trace, damaged)
     if config["solver"] == "svi":
-        check_svi_progress(meta, trace, damaged)
+        can_hold = config["prior"] == "hierarchical" and config.get("prior_shape") is None
+        check_svi_progress(meta, trace, damaged, can_hold)
     last = last_iteration(meta, trace, accelerated, config["solver"] == "svi")
     check_elbo_iter(arrays, trace, last, damaged)
 
@@ -1157,7 +1158,7 @@ def fit_svi(
             (lambda: full_data_step(state, data, settings)) if slices_form else None,
             verbose=settings.verbose,
         )
-    warn_if_not_converged(state.converged, settings, state.epoch)
+    warn_if_not_converged(state.converged, settings, state.epoch, holding(state))
     return state
 
 

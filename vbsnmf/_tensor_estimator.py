@@ -380,7 +380,9 @@ class VBNTF(Estimator):
         ``xi^(d)_i ~ Gamma(a'_d, a'_d / b'_d)``, hyperparameters learned by empirical Bayes
         (``hyperparameters_``); batch VB, or SVI in the slices form (each batch's slices
         fitted with their scales, the other modes stepped, then every mode's
-        hyperparameters learned, as `VBNMF`'s cells form).
+        hyperparameters learned, as `VBNMF`'s cells form). A fit holds its random start's
+        factor shapes a^(d)_l at 1 for its first passes or epochs, until one changes the
+        ELBO by at most sqrt(1e-5) relative (docs/model.md, "The hold").
     prior_shape, prior_rate
         ``prior="gamma"``: shape a and rate b of the fixed prior (default 1 and 1).
         ``prior="hierarchical"``: ``prior_shape`` fixes every a^(d)_l instead of learning
@@ -850,7 +852,10 @@ class VBNTF(Estimator):
             done = _model.resumed_converged(trace, checked["tol"], held)
             if done or len(trace) >= checked["max_iter"]:
                 if not done and 0 < len(trace) == checked["max_iter"]:  # as the fit itself warned
-                    _model.warn_not_converged("max_iter", checked["max_iter"], checked["tol"])
+                    still_holding = held and not _model.hold_released(trace)
+                    _model.warn_not_converged(
+                        "max_iter", checked["max_iter"], checked["tol"], still_holding
+                    )
                 return _tensor.TensorFitResult(
                     start, *trace_arrays(trace, iters), len(trace), bool(done)
                 )

@@ -1473,6 +1473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 success, 2 bad input or options (one line on stderr), 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM), 129 hung up (SIGHUP), 1 an unexpected internal error.
     """
+    # Numba's OpenMP threads spin while they wait for work: on a machine shared with other
+    # jobs they take the cores the fit's own threads need (pbmc_facs, K = 10, 2 threads at
+    # load ~9: 41.5 s spinning, 12.3 s passive; idle: the same to the noise, docs/
+    # performance.md). Read by OpenMP when Numba first starts its threads, which is later.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     previous = {}
     swallowed: list[KeyboardInterrupt] = []
     unraisable_hook = sys.unraisablehook

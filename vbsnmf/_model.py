@@ -1206,10 +1206,20 @@ def held_prior(prior: Prior) -> HierarchicalPrior | None:
     return None
 
 
+def release_index(trace) -> int | None:
+    """The position in a held fit's ELBO ``trace`` of the first value that changed the ELBO
+    by at most `HOLD_TOL` (relative) from the one before: the value that released its
+    factor shapes; None while they are held."""
+    for i in range(1, len(trace)):
+        if has_converged(trace[i - 1 : i + 1], HOLD_TOL):
+            return i
+    return None
+
+
 def hold_released(trace) -> bool:
     """Whether a held fit with this ELBO trace has released its factor shapes: some pass
-    changed the ELBO by at most `HOLD_TOL` (relative)."""
-    return any(has_converged(trace[i - 1 : i + 1], HOLD_TOL) for i in range(1, len(trace)))
+    changed the ELBO by at most `HOLD_TOL` (relative, `release_index`)."""
+    return release_index(trace) is not None
 
 
 def plain_stop(trace, tol: float, held: Prior | None) -> tuple[Prior | None, bool]:

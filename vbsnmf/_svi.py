@@ -40,7 +40,6 @@ import scipy.sparse as sp
 from ._checkpoint import restored_elbo_iter, rng_from_json, rng_state_json
 from ._data import CountData, as_count_data
 from ._model import (
-    HOLD_TOL,
     ElboTerms,
     HierarchicalPrior,
     Prior,
@@ -64,6 +63,7 @@ from ._model import (
     params_to_arrays,
     random_shapes,
     random_start,
+    release_index,
     scale_optimum,
     scale_sums,
     shape_statistics,
@@ -320,13 +320,10 @@ def stopping_trace(state) -> list[float]:
     """The ELBO values SVI's stopping rule reads: a held fit's from the value that
     released its shapes on (the shapes change after it), as batch VB's rule waits for the
     pass after the release; none while it holds."""
-    trace = state.elbo_trace
     if not state.held:
-        return trace
-    for i in range(1, len(trace)):
-        if has_converged(trace[i - 1 : i + 1], HOLD_TOL):
-            return trace[i:]
-    return []
+        return state.elbo_trace
+    released = release_index(state.elbo_trace)
+    return [] if released is None else state.elbo_trace[released:]
 
 
 def end_of_epoch(

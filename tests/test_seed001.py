@@ -17,7 +17,12 @@ def _load_script():
     spec = importlib.util.spec_from_file_location("seed001_experiment", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    # the script imports benchmarks/_common.py, found beside it when run as a script
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 

@@ -29,6 +29,7 @@ from ._read import (
     check_file,
     check_mtx_size,
     feature_var,
+    gene_expression_mask,
     mtx_header,
     open_binary,
     read_features,
@@ -192,8 +193,7 @@ def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:
     others too (`vbsnmf.io.read_10x` does the same); None keeps all."""
     if table is None or table.shape[1] < 3:
         return None
-    is_gene = (table[2] == "Gene Expression").to_numpy()
-    return is_gene if is_gene.any() and not is_gene.all() else None
+    return gene_expression_mask(table[2])
 
 
 def _write(

@@ -814,10 +814,17 @@ def _keep_gene_expression(adata):
     ``gex_only``); all of them when none is labelled so."""
     if "feature_types" not in adata.var:
         return adata
-    is_gene = (adata.var["feature_types"] == "Gene Expression").to_numpy()
-    if is_gene.any() and not is_gene.all():
-        return adata[:, is_gene].copy()
-    return adata
+    is_gene = gene_expression_mask(adata.var["feature_types"])
+    return adata if is_gene is None else adata[:, is_gene].copy()
+
+
+def gene_expression_mask(feature_types) -> np.ndarray | None:
+    """Which features to keep by their 10x feature ``types``: the ``Gene Expression``
+    ones when there are others too; None keeps all (none labelled so, or all of them).
+    Every reader's rule (a 10x folder, its ``.h5``, a features file as an ``.mtx``'s
+    names, the conversion)."""
+    is_gene = np.asarray(feature_types, dtype=object) == "Gene Expression"
+    return is_gene if is_gene.any() and not is_gene.all() else None
 
 
 def _finish(adata):
@@ -1612,8 +1619,7 @@ def _gene_expression_lines(lines: list[str]) -> np.ndarray | None:
         if len(fields) < 3:  # not a features file: names only
             return None
         types.append(fields[2])
-    is_gene = np.array(types, dtype=object) == "Gene Expression"
-    return is_gene if is_gene.any() and not is_gene.all() else None
+    return gene_expression_mask(types)
 
 
 def read_features(

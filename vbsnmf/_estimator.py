@@ -87,10 +87,10 @@ from ._svi import (
 from ._utils import (
     check_n_threads,
     compute_dask,
+    float_indices_hint,
     is_dask_array,
     numba_threads,
     warn_user,
-    whole_numbers,
 )
 from ._validation import (
     PRIOR_SHAPE_RANGE,
@@ -973,8 +973,8 @@ def _index_hint(index: np.ndarray, name: str) -> str:
     """Advice for ``fit_triplets``' indices of another dtype than integers, as `VBNTF`'s
     coordinates get: whole floats (``np.loadtxt``, a pandas column with a missing value)
     or objects (pandas' nullable Int64, Python ints beyond int64, None)."""
-    if index.dtype.kind == "f" and whole_numbers(index) and index.min() >= 0:
-        return f"; if they are indices read as floats, pass {name}.astype(np.int64)"
+    if index.dtype.kind == "f":
+        return float_indices_hint(index, name)
     if index.dtype == object:
         return "; every index must be an integer from 0 to 2**63 - 1 (none missing)"
     return ""

@@ -18,7 +18,7 @@ from ._batch import AcceleratedSaves, AcceleratedState, start_accelerated, trace
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._svi import refuse_no_nonzeros, resumed_svi_progress
-from ._utils import numba_threads, warn_user, whole_numbers
+from ._utils import float_indices_hint, numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
     cast_quietly,
@@ -142,11 +142,8 @@ def check_tensor(coords, values=None, shape=None):
         )
     # timedelta64 is a subtype of np.integer, and bool of neither: the kinds say which is which
     if coords.dtype.kind in "bmM" or not (coords.dtype.kind in "iu" or coords.size == 0):
-        hint = dense_hint if coords.dtype.kind == "f" else ""
-        # whole_numbers first: NaN and inf are no indices, and min() then compares numbers
-        if coords.dtype.kind == "f" and coords.size and whole_numbers(coords) and coords.min() >= 0:
-            # np.loadtxt and pandas (a column with a missing value) read indices as floats
-            hint = "; if they are indices read as floats, pass coords.astype(np.int64)" + hint
+        hint = float_indices_hint(coords, "coords")
+        hint += dense_hint if coords.dtype.kind == "f" else ""
         if _holds_labels(coords):
             hint = (
                 "; coords hold labels (strings), not indices: number each mode's labels "

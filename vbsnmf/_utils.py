@@ -449,6 +449,16 @@ def whole_numbers(values: np.ndarray) -> bool:
         return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
 
 
+def float_indices_hint(index: np.ndarray, name: str) -> str:
+    """Advice for indices ``name`` that arrived as whole, non-negative floats (np.loadtxt,
+    a pandas column with a missing value read them so): cast them; empty otherwise (NaN
+    and inf are no indices)."""
+    # whole_numbers first: min() then compares numbers
+    if index.dtype.kind == "f" and index.size and whole_numbers(index) and index.min() >= 0:
+        return f"; if they are indices read as floats, pass {name}.astype(np.int64)"
+    return ""
+
+
 def record_entry(record: dict, name: str, where: str):
     """``record[name]``, or a `KeyError` saying that the record ``where`` lacks it."""
     if name not in record:

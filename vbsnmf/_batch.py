@@ -29,10 +29,10 @@ from ._model import (
     global_step,
     has_converged,
     held_prior,
-    hold_released,
     plain_stop,
     quiet_convergence,
     scored_statistics,
+    still_held,
     warn_not_converged,
 )
 
@@ -139,7 +139,7 @@ def plain_ascent(
     trace = list(elbo_trace or [])
     iters = list(elbo_iter or [])
     n_done = len(trace)  # iterations already applied to ``start``; its ELBO is trace[-1]
-    held = held_prior(prior) if hold_shapes and not hold_released(trace) else None
+    held = held_prior(prior) if still_held(hold_shapes, trace) else None
     converged = False
     resumed = bool(trace)  # the first pass scores the q whose ELBO is trace[-1]
     while True:

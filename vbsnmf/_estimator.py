@@ -50,7 +50,6 @@ from ._model import (
     csr_totals,
     fit_rows,
     held_prior,
-    hold_released,
     hyperparameters,
     init_params,
     observed_share,
@@ -62,6 +61,7 @@ from ._model import (
     scale_sums,
     seed_entropy,
     side_totals,
+    still_held,
     svd_start,
     warn_elbo_rounding,
     warn_kept_start,
@@ -1219,7 +1219,7 @@ def _run_plain(
         done = resumed_converged(trace, settings.tol, hold_shapes)
         if done or len(trace) >= settings.max_iter:
             if not done and 0 < len(trace) == settings.max_iter:  # as the fit itself warned
-                still_holding = hold_shapes and not hold_released(trace)
+                still_holding = still_held(hold_shapes, trace)
                 warn_not_converged("max_iter", settings.max_iter, settings.tol, still_holding)
             return FitResult(start, *trace_arrays(trace, iters), len(trace), bool(done))
     result = fit_batch(

@@ -1222,6 +1222,12 @@ def hold_released(trace) -> bool:
     return release_index(trace) is not None
 
 
+def still_held(held: bool, trace) -> bool:
+    """Whether a fit that started ``held`` (a random start's factor shapes held at
+    `START_FACTOR_SHAPE`) holds them still after the ELBO ``trace``: not `hold_released`."""
+    return bool(held) and not hold_released(trace)
+
+
 def plain_stop(trace, tol: float, held: Prior | None) -> tuple[Prior | None, bool]:
     """The stopping rule of plain coordinate ascent with a hold, after a q's ELBO joined
     ``trace``: ``(held, converged)``. While ``held`` (`held_prior`), a change of at most

@@ -53,7 +53,6 @@ from ._model import (
     global_step,
     has_converged,
     held_prior,
-    hold_released,
     learn_hyperparameters,
     learned_start_rates,
     learned_start_scale,
@@ -71,6 +70,7 @@ from ._model import (
     side_terms,
     start_rate,
     start_scale_template,
+    still_held,
     totals_summary,
     update_side,
     warn_not_converged,
@@ -313,7 +313,7 @@ def holding(state) -> bool:
     "The hold"): learned from the first minibatches, the shapes can take the fit to a far
     poorer optimum (cells whose depths span four orders of magnitude, K = 5: 34 % below
     batch VB, docs/performance.md)."""
-    return state.held and not hold_released(state.elbo_trace)
+    return still_held(state.held, state.elbo_trace)
 
 
 def stopping_trace(state) -> list[float]:

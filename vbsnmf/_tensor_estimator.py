@@ -849,7 +849,7 @@ class VBNTF(Estimator):
             done = _model.resumed_converged(trace, checked["tol"], held)
             if done or len(trace) >= checked["max_iter"]:
                 if not done and 0 < len(trace) == checked["max_iter"]:  # as the fit itself warned
-                    still_holding = held and not _model.hold_released(trace)
+                    still_holding = _model.still_held(held, trace)
                     _model.warn_not_converged(
                         "max_iter", checked["max_iter"], checked["tol"], still_holding
                     )

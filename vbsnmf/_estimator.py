@@ -554,7 +554,9 @@ class VBNMF(Estimator):
         values in X, if any, are not fitted, but must be valid counts like every entry of
         X: write 0 there, not NaN), for held-out evaluation or gene panels that
         differ between samples; the zeros of X are still never visited. Batch VB on a
-        matrix in memory only."""
+        matrix in memory only. Genes masked in every cell are fitted to no count (under
+        ``prior="gamma"`` their q is the prior, ``components_`` its mean) and `transform`
+        leaves them out, as the fit did."""
         # not fit_transform, which `set_output`'s container wraps: fit builds no output
         self._fit_input(X, init, callback, mask)
         return self
@@ -582,11 +584,8 @@ class VBNMF(Estimator):
             _check_dask_svi_form(self.solver, self.svi_form)
         settings = self._check_params()
         callback = check_callback(callback)
-        if mask is not None and (kind not in ("memory", "checked") or settings.solver != "batch"):
-            raise ValueError(
-                "mask= (missing entries) is supported by batch VB on a matrix in memory; "
-                f"not by solver={settings.solver!r} on this input"
-            )
+        if mask is not None:
+            _check_masked_input(kind, settings.solver, X)
         if kind == "dask":  # before the path's check, whose advice would not help
             _check_no_dask_checkpoint(settings.checkpoint)
         if settings.checkpoint is not None:  # before any work: never an input, nor a foreign file
@@ -627,6 +626,12 @@ class VBNMF(Estimator):
         self.hyperparameters_ = hyperparameters(params)
         # `transform` projects onto the model as fitted, whatever set_params did since.
         self._fitted_prior = settings.prior
+        # Genes a mask left unobserved in every cell: their q is fitted to no count (the
+        # fixed prior's own), and a new cell's counts there, fitted against the prior's
+        # mean (huge under a small prior_rate), drove its factors where the fit without
+        # them would not.
+        unobserved = result.unobserved_cols
+        self._unobserved_genes = unobserved if unobserved is not None and unobserved.any() else None
         self.components_ = np.ascontiguousarray(params.col_mean.T)
         self.elbo_trace_ = result.elbo_trace
         self.elbo_iter_ = result.elbo_iter
@@ -645,9 +650,11 @@ class VBNMF(Estimator):
         cells reach another one (on pbmc_facs 4-13 % of the cells move by an L1 distance
         above 0.1 in usage, most of them to a higher ELBO than the fit's:
         ``benchmarks/transform_vs_fit.py``), so compare new cells with the reference's
-        cells projected the same way. X must have the fitted genes. A dask X is computed
-        into memory first. The projection is onto the model as fitted: of the parameters
-        `set_params` changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here.
+        cells projected the same way. X must have the fitted genes; those a fit with
+        ``mask`` never observed (masked in every cell) are left out of the new cells'
+        likelihood, as that fit left them out. A dask X is computed into memory first.
+        The projection is onto the model as fitted: of the parameters `set_params`
+        changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here.
         """
         cell_shape, cell_rate = self.transform_posterior(X)
         return cell_shape / cell_rate
@@ -717,6 +724,15 @@ class VBNMF(Estimator):
         row_scale = None
         if hyper is not None:
             row_scale = _fitted_cell_scale(hyper, gene_shape.shape[1])
+        unobserved = getattr(self, "_unobserved_genes", None)
+        if unobserved is not None and unobserved.shape == (matrix.shape[1],):
+            # left out of the likelihood, as the fit left them (docs/model.md, "Missing
+            # entries": a column masked entirely is the fit without it)
+            observed = ~unobserved
+            matrix = sp.csr_array(matrix)[:, observed]
+            gene_shape = np.ascontiguousarray(gene_shape[observed])
+            if gene_rate.ndim == 2:
+                gene_rate = np.ascontiguousarray(gene_rate[observed])
         with numba_threads(n_threads):
             rows = fit_rows(
                 as_count_data(matrix, major=0),
@@ -927,7 +943,10 @@ def _fit_counts(
     data = as_count_data(matrix)
     if settings.solver == "svi":
         return _fit_svi_nonzeros(settings, data, init, callback, entropy)
-    return _fit_batch(settings, data, init, callback, entropy, mask)
+    result, n_features = _fit_batch(settings, data, init, callback, entropy, mask)
+    if mask is not None:  # genes the fit never observed, which `transform` leaves out
+        result = replace(result, unobserved_cols=mask.unobserved_cols())
+    return result, n_features
 
 
 def _checked_mask(mask, shape) -> Mask:
@@ -943,9 +962,15 @@ def _checked_mask(mask, shape) -> Mask:
 
         mask = computed_as_declared(mask, "mask")
     mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
-    if not sp.issparse(mask) and np.ndim(mask) != 2:  # scipy's own message names no mask
-        raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
-    matrix = _entry_format(mask) if sp.issparse(mask) else np.asarray(mask)
+    if sp.issparse(mask):
+        matrix = _entry_format(mask)
+    else:
+        try:
+            matrix = np.asarray(mask)
+        except ValueError as error:  # ragged lists: numpy's message named no mask (as X's)
+            raise TypeError(f"mask must be a matrix of X's shape {tuple(shape)}: {error}") from None
+        if matrix.ndim != 2:  # scipy's own message names no mask
+            raise ValueError(f"mask must be a matrix of X's shape {tuple(shape)}, got {mask!r:.80}")
     if matrix.dtype == object and not sp.issparse(matrix):  # numbers from pandas, say
         matrix = numbers_from_objects(matrix, "mask")
     if matrix.dtype.kind not in "biuf":  # scipy's own message names no mask
@@ -953,11 +978,15 @@ def _checked_mask(mask, shape) -> Mask:
             f"mask must hold real numbers (nonzero: not observed), got dtype {matrix.dtype}"
         )
     matrix = readable_values(matrix)  # float16, which scipy refuses, and the like
+    if sp.issparse(matrix):
+        # its index arrays as given, before a conversion reads through them (as X's): a
+        # COO whose row lies beyond its shape crashed the interpreter in scipy's CSR, and
+        # a CSC's row beyond it passed as a mask
+        check_sparse_structure(matrix, "mask")
     # repeated entries summed wide: uint8 128 + 128 would be 0, an observed entry
     matrix = widen_to_sum(matrix) if sp.issparse(matrix) else sp.coo_array(matrix)
     if matrix.shape != tuple(shape):
         raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")
-    check_sparse_structure(sp.csr_array(matrix), "mask")
     values = matrix.data
     if not np.all(np.isfinite(values.astype(np.float64))):
         raise ValueError("mask must hold finite numbers (nonzero: not observed)")
@@ -1021,6 +1050,28 @@ def _input_files(X) -> list:
         return [X.filename]
     file = getattr(getattr(X, "group", None), "file", None)  # a backed X
     return [] if file is None else [file.filename]
+
+
+def _check_masked_input(kind: str, solver: str, X) -> None:
+    """A `ValueError` for ``mask`` given to a fit that cannot leave entries out: SVI, or
+    input not in memory, named by what stands in the way ("not by solver='batch' on this
+    input" read as batch VB refusing itself when X was a dask array or a file)."""
+    if kind in ("memory", "checked") and solver == "batch":
+        return
+    refused, steps = [], []
+    if kind == "dask":
+        refused.append("on a dask X")
+        steps.append("compute X into memory (X.compute())")
+    elif kind == "stream":
+        refused.append(f"on {_describe_stream(X)} (read from disk)")
+        steps.append("read it into memory (vbsnmf.io.read(path), adata.to_memory())")
+    if solver != "batch":
+        refused.append(f"by solver={solver!r}")
+        steps.append("fit with solver='batch'")
+    raise ValueError(
+        "mask= (missing entries) is supported by batch VB on a matrix in memory, not "
+        f"{', nor '.join(refused)}: {' and '.join(steps)}"
+    )
 
 
 def _describe_stream(X) -> str:

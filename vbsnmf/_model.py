@@ -429,6 +429,11 @@ class Mask:
         """``sum_{i not in M_j} E[z_i]`` for every column (columns x K, float64)."""
         return observed_sums(self.cols, self.rows, row_shape, row_rate)
 
+    def unobserved_cols(self) -> np.ndarray:
+        """Which columns are masked in every row (bool, one per column): the fit never
+        observes them (under the fixed prior their q stays the prior's)."""
+        return np.diff(self.cols.indptr) == self.rows.shape[0]
+
     def observed_product(self, params: VariationalParams) -> float:
         """``sum_{(i, j) not in M} sum_l E[z_il] E[w_jl]``, the expected product of the
         observed entries, as ``sum_i E[z_i] . observed_row_sums_i``: a sum of nonnegative
@@ -1335,13 +1340,15 @@ class FitResult:
     """A finished fit: the final q, its ELBO trace (one value per kept q or evaluated
     epoch), the iteration (pass, or epoch) at which each value was taken (int64, strictly
     increasing, at most ``n_iter``), the number of iterations or epochs, and whether
-    ``tol`` was met."""
+    ``tol`` was met. ``unobserved_cols``: a fit with a mask's columns masked in every row
+    (`Mask.unobserved_cols`), None for a fit without one."""
 
     params: VariationalParams
     elbo_trace: np.ndarray
     elbo_iter: np.ndarray
     n_iter: int
     converged: bool
+    unobserved_cols: np.ndarray | None = None
 
 
 # -- the start ------------------------------------------------------------------------------

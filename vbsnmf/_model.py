@@ -1249,9 +1249,13 @@ def resumed_converged(trace, tol: float, held: bool) -> bool:
     return released_before_last and has_converged(trace, tol)
 
 
-# How `warn_not_converged`'s message starts: `tl.select_k` silences it in its fits by this
-# (the other `ConvergenceWarning`s, e.g. `warn_elbo_rounding`'s, pass) and gives one of its own.
+# How `warn_not_converged`'s message starts: `tl.select_k` keeps it back from its fits by this
+# (the other `ConvergenceWarning`s, e.g. `warn_elbo_rounding`'s, pass), reads whether the fit
+# was held (`STILL_HELD_MESSAGE`) and gives one of its own.
 NOT_CONVERGED_MESSAGE = r"(VB|SVI) stopped after "
+# What that warning says of a fit that ran out while it still held its factor shapes: the
+# advice is then max_iter (n_epochs) alone, no tol stops it; `tl.select_k` reads it so.
+STILL_HELD_MESSAGE = "while it still held its factor shapes"
 
 
 def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = False) -> None:
@@ -1261,8 +1265,8 @@ def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = 
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
     if holding:
         warn_user(
-            f"{what} stopped after {limit_name}={limit} {unit} while it still held its factor "
-            f"shapes at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
+            f"{what} stopped after {limit_name}={limit} {unit} {STILL_HELD_MESSAGE} "
+            f"at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
             f"HOLD_TOL={HOLD_TOL:.2g} relative, whatever the stopping tolerance "
             f'(docs/model.md, "The hold"); raise {limit_name}.',
             ConvergenceWarning,

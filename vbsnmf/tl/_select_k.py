@@ -3,6 +3,7 @@ and fastTopics' likelihood against rank."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable
 
@@ -14,7 +15,13 @@ from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF
-from .._model import NOT_CONVERGED_MESSAGE, ConvergenceWarning
+from .._model import (
+    HOLD_TOL,
+    NOT_CONVERGED_MESSAGE,
+    START_FACTOR_SHAPE,
+    STILL_HELD_MESSAGE,
+    ConvergenceWarning,
+)
 from .._utils import check_anndata, is_dask_array, warn_user
 from .._validation import check_tolerance
 from ._counts import MASKED, check_count_matrix, select_counts
@@ -115,9 +122,12 @@ def select_k(
         The tolerance applied at this K (``heldout_se``, or the given ``tolerance``).
     ``n_active``
         Active factors of the fit on all the counts (`nmf`'s ``active``).
-    ``n_iter``, ``converged``
-        Of the fit on all the counts; ``heldout_n_iter``, ``heldout_converged`` of the fit
-        on the train half.
+    ``n_iter``, ``converged``, ``shapes_held``
+        Of the fit on all the counts; ``heldout_n_iter``, ``heldout_converged``,
+        ``heldout_shapes_held`` of the fit on the train half. ``shapes_held``: the fit
+        stopped at ``max_iter`` (``n_epochs``) while it still held its factor shapes at 1,
+        as a fit from its own start under the learned prior does for its first passes
+        (docs/model.md, "The hold"); no ``tol`` stops such a fit.
     ``suggested``
         True at the suggested K.
 
@@ -140,7 +150,8 @@ def select_k(
     -----
     ConvergenceWarning
         Once, naming the Ks whose fit on all the counts or on the train half stopped at
-        ``max_iter`` (``n_epochs`` for SVI) before converging.
+        ``max_iter`` (``n_epochs`` for SVI) before converging, those that still held their
+        factor shapes apart (raising ``max_iter`` is the advice for them, not ``tol``).
     """
     check_anndata(adata)
     ks = _check_ks(ks)
@@ -205,13 +216,9 @@ def select_k(
             # the train half leaves more cells empty: a property of the split, not the data
             warnings.simplefilter("ignore", _EmptyCellsWarning)
             warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
-            # one warning for the grid (`_warn_not_converged`), not the same one from each of
-            # the 2 x len(ks) fits without saying which
-            warnings.filterwarnings(
-                "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+            full_held, half_held = (
+                _fit_holding(fitted, k, options, fit_params) for fitted in (full, half)
             )
-            for fitted in (full, half):
-                nmf(fitted, k, **options, **fit_params)
         cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
         per_cell.append(cell_ll)
         info, half_info = full.uns["nmf"], half.uns["nmf"]
@@ -227,8 +234,10 @@ def select_k(
                 "n_active": int(np.count_nonzero(info["active"])),
                 "n_iter": int(info["n_iter"]),
                 "converged": bool(info["converged"]),
+                "shapes_held": full_held,
                 "heldout_n_iter": int(half_info["n_iter"]),
                 "heldout_converged": bool(half_info["converged"]),
+                "heldout_shapes_held": half_held,
             }
         )
     table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
@@ -255,8 +264,10 @@ def select_k(
             "n_active",
             "n_iter",
             "converged",
+            "shapes_held",
             "heldout_n_iter",
             "heldout_converged",
+            "heldout_shapes_held",
             "suggested",
         ]
     ]
@@ -302,6 +313,49 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
     return loglik
 
 
+def _fit_holding(adata, k: int, options: dict, fit_params: dict) -> bool:
+    """`nmf` of ``adata`` at ``k``; whether it stopped at ``max_iter`` (``n_epochs``) while
+    it still held its factor shapes at 1 (docs/model.md, "The hold"), as its own
+    not-converged `ConvergenceWarning` says (`_model.warn_not_converged`). That warning is
+    kept back: `_warn_not_converged` gives one for the grid, naming the Ks, not the same one
+    from each of the 2 x len(ks) fits without saying which. The fit's other warnings are
+    shown as they were (the filters in force chose them when they were raised), also when
+    the fit fails: they may say why."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            # recorded, whatever the filters in force, to be read here (not shown)
+            warnings.filterwarnings(
+                "always", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+            )
+            nmf(adata, k, **options, **fit_params)
+    finally:
+        held = _show_but_not_converged(caught)
+    return held
+
+
+def _show_but_not_converged(caught: list) -> bool:
+    """Show the recorded warnings ``caught`` of a fit but its not-converged one; whether
+    that one said the fit still held its factor shapes (`_fit_holding`)."""
+    held = False
+    for caught_warning in caught:
+        message = str(caught_warning.message)
+        if issubclass(caught_warning.category, ConvergenceWarning) and re.match(
+            NOT_CONVERGED_MESSAGE, message
+        ):
+            held = held or STILL_HELD_MESSAGE in message
+            continue
+        warnings.showwarning(
+            caught_warning.message,
+            caught_warning.category,
+            caught_warning.filename,
+            caught_warning.lineno,
+            caught_warning.file,
+            caught_warning.line,
+        )
+    return held
+
+
 def _check_scored(solver: str, fit_params: dict) -> np.dtype:
     """Refuse, before the first fit, settings under which a batch fit records no ELBO to
     compare: ``max_iter=0`` runs no pass, and SQUAREM's first pass scores only its start,
@@ -327,20 +381,39 @@ def _check_scored(solver: str, fit_params: dict) -> np.dtype:
 
 def _warn_not_converged(table: pd.DataFrame, solver: str) -> None:
     """One `ConvergenceWarning` naming the Ks whose fit on all the counts or on the train
-    half stopped at ``max_iter`` (``n_epochs``) before converging, if any."""
+    half stopped at ``max_iter`` (``n_epochs``) before converging, if any: those that still
+    held their factor shapes apart (columns ``shapes_held``, ``heldout_shapes_held``), as
+    no ``tol`` stops a held fit (`_model.warn_not_converged`): raising ``tol`` was no advice
+    for them."""
     limit = "n_epochs" if solver == "svi" else "max_iter"
-    stopped = [
-        f"K={', '.join(map(str, table.index[~table[column]]))} ({fitted})"
-        for column, fitted in (("converged", "all the counts"), ("heldout_converged", "train half"))
-        if not table[column].all()
-    ]
+    fits = (
+        ("converged", "shapes_held", "all the counts"),
+        ("heldout_converged", "heldout_shapes_held", "train half"),
+    )
+    stopped, held = [], []
+    for converged, shapes_held, fitted in fits:
+        for named, ks in (
+            (stopped, table.index[~table[converged] & ~table[shapes_held]]),
+            (held, table.index[~table[converged] & table[shapes_held]]),
+        ):
+            if len(ks):
+                named.append(f"K={', '.join(map(str, ks))} ({fitted})")
+    sentences = []
     if stopped:
-        warn_user(
+        sentences.append(
             f"the fits at {' and '.join(stopped)} stopped at {limit} before the relative ELBO "
             f"change fell below tol (columns converged and heldout_converged); raise {limit} "
-            "or tol",
-            ConvergenceWarning,
+            "or tol"
         )
+    if held:
+        sentences.append(
+            f"the fits at {' and '.join(held)} stopped at {limit} while they still held their "
+            f"factor shapes at {START_FACTOR_SHAPE:g}, which they learn once an ELBO change is "
+            f"at most HOLD_TOL={HOLD_TOL:.2g} relative, whatever tol (columns shapes_held and "
+            f'heldout_shapes_held; docs/model.md, "The hold"); raise {limit}'
+        )
+    if sentences:
+        warn_user("; ".join(sentences), ConvergenceWarning)
 
 
 def _check_ks(ks) -> list[int]:
@@ -355,10 +428,18 @@ def _check_ks(ks) -> list[int]:
         raise ValueError("ks is empty; give the numbers of factors to try")
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"ks must hold positive integers, got {k!r}")
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"ks must be distinct, got {ks}")
-    return sorted(int(k) for k in ks)
+            # a numpy number as a Python one: np.linspace's grid was named "np.float64(2.0)"
+            shown = k.item() if isinstance(k, np.generic) else k
+            raise ValueError(f"ks must hold positive integers, got {shown!r}")
+    # as Python integers: numpy's were named "[np.int64(2), np.int64(2), np.int64(3)]"
+    ks = [int(k) for k in ks]
+    repeated = sorted({k for k in ks if ks.count(k) > 1})
+    if repeated:
+        raise ValueError(
+            f"ks must be distinct, got {ks} ({', '.join(map(str, repeated))} repeated); "
+            "drop the repeated Ks"
+        )
+    return sorted(ks)
 
 
 def _check_ks_fit(ks: list[int], shape: tuple[int, int], source: str) -> None:

@@ -60,8 +60,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         holds every one of (2**11 in float16, 2**24 in float32, 2**53 in float64); a
         negative ``random_state``; missing values (``pd.NA``).
     TypeError
-        ``counts`` is not numeric (nor boolean, nor an object array of numbers), is an
-        AnnData, a backed AnnData's X or a masked array with masked entries;
+        ``counts`` is not numeric (nor boolean, nor an object array of numbers), not an
+        array (ragged lists), is an AnnData, a backed AnnData's X or a masked array with
+        masked entries;
         ``random_state`` is not one of the above.
     """
     numeric = isinstance(fraction, (int, float, np.number)) and not isinstance(fraction, bool)
@@ -69,6 +70,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     if not numeric or isinstance(fraction, np.complexfloating):
         raise TypeError(f"fraction must be a number, got {type(fraction).__name__}")
     if not 0 < fraction < 1:
+        # as a Python number: a numpy one was named by its repr ("np.float64(1.0)")
+        if isinstance(fraction, np.generic):
+            fraction = (float if isinstance(fraction, np.floating) else int)(fraction)
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
     if hasattr(counts, "obs_names"):  # an AnnData: its counts are a matrix of it
         raise TypeError(
@@ -103,7 +107,12 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # repeated entries summed in float64: scipy summed them in the dtype (uint8 ones:
         # 144 for a count of 400; booleans: 1), where VBNMF.fit and tl.nmf read the sums
         counts = widen_to_sum(counts)
-    matrix = as_csr(counts, copy=True) if sparse else np.array(counts, copy=True)
+    try:
+        matrix = as_csr(counts, copy=True) if sparse else np.array(counts, copy=True)
+    except ValueError as error:  # e.g. ragged lists: numpy's words named no counts
+        if sparse:
+            raise
+        raise TypeError(f"counts must be a 2-D array or scipy sparse matrix: {error}") from None
     if matrix.ndim != 2:
         raise ValueError(f"counts must be 2-D (cells x genes), got shape {matrix.shape}")
     if sparse:
@@ -120,8 +129,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # was refused as "dtype object" (VBNMF.fit takes it); pd.NA becomes NaN, refused below
         matrix = numbers_from_objects(matrix, "counts")
     values = matrix.data if sparse else matrix
-    numeric = values.dtype == bool or np.issubdtype(values.dtype, np.number)
-    if not numeric or np.issubdtype(values.dtype, np.complexfloating):
+    # by kind: numpy counts timedelta64 among its numbers, whose `% 1` below then failed
+    # with numpy's bare UFuncTypeError
+    if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must be numeric, got dtype {values.dtype}")
     if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
         raise ValueError("counts must be non-negative and finite")

@@ -57,7 +57,8 @@ def check_tensor(coords, values=None, shape=None):
     ``sparse`` array (COO, GCXS, DOK) with fill value 0 or a scipy.sparse ``coo_array`` of
     3 or more dimensions, in which case ``values`` and ``shape`` must be None. Repeated
     coordinates are allowed (their counts are summed later) and so are zero values
-    (dropped later).
+    (dropped later). An empty list of coordinates with ``shape`` is the tensor without
+    entries.
 
     Raises
     ------
@@ -67,11 +68,15 @@ def check_tensor(coords, values=None, shape=None):
         how to pass them) or are a masked array with masked entries, a 2-D scipy.sparse
         matrix, values that are not real numbers or are a sparse array, a shape that is
         not a sequence of integers, ``values`` numpy takes for one object (a set, a
-        generator), or ``values``/``shape`` given with a sparse array.
+        generator) or a string (a column's name), or ``values``/``shape`` given with a
+        sparse array.
     ValueError
         Coordinates not of two dimensions (records, a MultiIndex and a set of rows are told
-        how to pass them), fewer than 2 modes, mismatched lengths, an index outside the
-        shape, a shape without room for its indices, negative/NaN/infinite values (the
+        how to pass them), a table (DataFrame) with a column named as counts
+        (`COUNT_COLUMNS`: told to pass it as ``values``), ``values`` whose pandas index
+        holds the coordinates' labels in another order, fewer than 2 modes, mismatched
+        lengths (values of one column told to ravel), an index outside the shape, a shape
+        without room for its indices, negative/NaN/infinite values (the
         message says how many and where the first ones are), or a nonzero fill value.
         Coordinates that look like the (D, nnz) layout (``np.nonzero``'s, a sparse
         array's ``.coords``): values of the length of a row, or without values and shape
@@ -109,7 +114,12 @@ def check_tensor(coords, values=None, shape=None):
     # how to transpose what was given: a tuple (np.nonzero's) or a list has no .T
     transpose = "coords.T" if hasattr(given, "T") else "coords.T (np.transpose(coords) here)"
     _refuse_square_nonzero(given)
+    _refuse_count_column(given)
+    _refuse_reordered_values(given, values)
     coords = _as_array(coords, "coords")
+    if coords.shape == (0,) and _n_modes_of(shape):
+        # an empty list of entries (a subset without counts): no entries of len(shape) modes
+        coords = coords.reshape(0, _n_modes_of(shape))
     # a dense tensor (or a dense count matrix) passed as X: say how to give its entries
     dense_hint = (
         "; for a dense array of counts T, fit np.argwhere(T) with values T[T != 0] and "
@@ -131,6 +141,8 @@ def check_tensor(coords, values=None, shape=None):
                 "modes' fields as columns, numpy.lib.recfunctions.structured_to_unstructured"
                 "(coords[[...]]), and the counts' field as values"
             )
+        elif coords.shape == (0,):  # an empty list: its modes are unknown
+            hint = "; for a tensor without entries pass its shape, a sequence of one size per mode"
         elif coords.ndim == 0 and coords.dtype == object:  # a set, a dict, a generator
             hint = (
                 f" (numpy took the {type(given).__name__} for one object); pass a list or an "
@@ -226,6 +238,82 @@ def _refuse_square_nonzero(given) -> None:
         )
 
 
+# Column names a long table gives its counts (compared in lower case): such a table passed
+# whole as coords was fitted with its counts as one more mode, every entry a count of 1.
+COUNT_COLUMNS = frozenset(
+    {
+        "count",
+        "counts",
+        "n_counts",
+        "total_counts",
+        "value",
+        "values",
+        "umi",
+        "umis",
+        "umi_count",
+        "umi_counts",
+        "reads",
+        "read_count",
+        "read_counts",
+    }
+)
+
+
+def _refuse_count_column(given) -> None:
+    """A `ValueError` for a table (a pandas or polars DataFrame) given as ``coords`` with a
+    column named as counts (`COUNT_COLUMNS`): its counts would be fitted as the indices of
+    one more mode, with or without ``values``, and nothing else tells them apart."""
+    columns = getattr(given, "columns", None)
+    if columns is None:
+        return
+    names = [name for name in columns if isinstance(name, str)]
+    counts = [name for name in names if name.strip().lower() in COUNT_COLUMNS]
+    if not counts:
+        return
+    modes = [name for name in columns if name not in counts]
+    raise ValueError(
+        f"coords is a table with a column named {counts[0]!r}, which reads as counts, not "
+        "as a mode's indices: fitted, its counts would be one more mode of the tensor. Pass "
+        f"the modes' columns as coords and the counts as values, coords=table[{modes!r}], "
+        f"values=table[{counts[0]!r}] (or rename the column if it is a mode)"
+    )
+
+
+def _refuse_reordered_values(given, values) -> None:
+    """A `ValueError` when ``coords`` and ``values`` are pandas objects whose indices hold
+    the same labels in another order (one of them sorted or shuffled, not the other):
+    numpy pairs them by position, so each count went to another entry without a word.
+    Indices with other labels are left alone: a reset index may well be in order."""
+    index, values_index = getattr(given, "index", None), getattr(values, "index", None)
+    # pandas' in-memory indices only (a lazy frame's index would be computed here)
+    if not all(type(i).__module__.startswith("pandas.") for i in (index, values_index)):
+        return
+    if len(index) != len(values_index) or index.equals(values_index) or not index.is_unique:
+        return
+    try:  # labels of mixed types do not sort: nothing to compare then
+        same_labels = index.sort_values().equals(values_index.sort_values())
+    except TypeError:
+        return
+    if not (same_labels and values_index.is_unique):
+        return
+    raise ValueError(
+        "values' index holds coords' labels in another order: the counts would be paired "
+        "with the entries by position, not by label; pass values.loc[coords.index] (or "
+        "both as arrays, .to_numpy(), if their positions match)"
+    )
+
+
+def _n_modes_of(shape) -> int:
+    """The number of modes ``shape`` gives, 0 when it is None or not a sequence
+    (`_check_shape` then refuses it by name)."""
+    if shape is None or isinstance(shape, (set, frozenset, dict, str, bytes)):
+        return 0
+    try:
+        return len(shape)
+    except TypeError:
+        return 0
+
+
 def _holds_labels(array: np.ndarray) -> bool:
     """Whether ``array`` holds strings: labels (cell, gene, sample names), not indices."""
     if array.dtype.kind in "US":
@@ -250,6 +338,11 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
             "values must be a dense array of the counts at coords, got a sparse array; a "
             "sparse tensor goes in coords alone"
         )
+    if isinstance(values, (str, bytes)):  # a column's name, as plotting libraries take it
+        raise TypeError(
+            f"values is a string ({values!r}), not the counts: pass the counts themselves, "
+            f"e.g. a table's column, table[{values!r}]"
+        )
     given = values
     values = _as_array(values, "values")
     if values.ndim == 0 and values.dtype == object:  # a set, a generator: one object
@@ -262,7 +355,15 @@ def _check_values(values, nnz: int, coords: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(values):
         raise TypeError("values must be real counts, got complex numbers")
     if values.shape != (nnz,):
-        raise ValueError(f"values must have shape ({nnz},) to match coords, got {values.shape}")
+        hint = ""
+        if values.ndim == 2 and 1 in values.shape and values.size == nnz:
+            # a one-column DataFrame (table[["count"]]) or a column cut as X[:, [j]]
+            hint = (
+                "; pass them as a 1-D array (values.ravel(), or a table's column: table['count'])"
+            )
+        raise ValueError(
+            f"values must have shape ({nnz},) to match coords, got {values.shape}{hint}"
+        )
     values = cast_quietly(values, np.float64)  # beyond float64: inf, refused below by name
     problems = []
     for label, bad in (
@@ -624,7 +725,9 @@ class VBNTF(Estimator):
             sparse array's ``.coords``, (D, nnz), their transpose), a pydata ``sparse``
             array (COO, GCXS, DOK; fill value 0), D >= 2, or a scipy.sparse ``coo_array``
             of D >= 3 dimensions. Without ``values`` and ``shape``, fewer entries than
-            modes are taken for transposed coordinates and refused.
+            modes are taken for transposed coordinates and refused. A table (DataFrame) gives
+            one column per mode; one named as counts (``"count"``, ``"umi_counts"``, ...)
+            is refused: pass it as ``values``.
         values
             The nnz counts at ``X``'s coordinates (non-negative, finite; default 1 each).
             Repeated coordinates are summed.

@@ -1355,7 +1355,10 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
 def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callback, entropy):
     """SVI over minibatches of cells read from ``source`` (in memory or on disk)."""
     shape, total = source.shape, counts.total
-    batch = settings.batch_size or default_batch_size("cells", shape[0], source.nnz)
+    # the nonzeros the scan counted (stored zeros and repeats not), as the fingerprint; a
+    # dense file's source counts its own only by reading the whole file once more
+    nnz = source.nnz if counts.nnz is None else counts.nnz
+    batch = settings.batch_size or default_batch_size("cells", shape[0], nnz)
 
     def start_state() -> SVIState:
         totals = (counts.row_totals, counts.col_totals)
@@ -1376,8 +1379,6 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
     def run(state, svi_settings, save):
         return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
 
-    # the nonzeros the scan counted (stored zeros and repeats not), as the fingerprint
-    nnz = source.nnz if counts.nnz is None else counts.nnz
     result = _run_svi(
         settings, shape, nnz, total, counts.fingerprint, batch, start_state, run, entropy
     )

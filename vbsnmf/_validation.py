@@ -151,12 +151,23 @@ def check_sparse_structure(
             3: f"indptr ends at {int(matrix.indptr[-1])}, beyond the "
             f"{min(matrix.indices.shape[0], data.shape[0])} stored entries",
             4: f"the {minor} index {int(matrix.indices[position]) if problem == 4 else 0} at "
-            f"stored position {position} is outside 0..{n_minor - 1}",
+            f"stored position {position} is outside 0..{n_minor - 1}"
+            + _entry_major(indptr, position, major, first_row if major_is_row else 0, layout),
         }[problem]
         raise CorruptMatrixError(f"{name}: corrupt {layout.upper()} matrix: {reason}")
     if fingerprint and layout != "bsr" and not _kernels.indices_increase(indptr, indices):
         hashed = _summed_fingerprint(indptr, indices, values, matrix.shape, major_is_row, first_row)
     return int(hashed) if fingerprint else None
+
+
+def _entry_major(indptr: np.ndarray, position: int, major: str, first: int, layout: str) -> str:
+    """`` (in row i)`` for the stored entry at ``position`` of a CSR (CSC: column), rows
+    numbered from ``first``: a streamed block's stored positions start again at 0 in each
+    block, so the position alone pointed at another entry of the file. Nothing for a BSR,
+    whose pointers count blocks of rows."""
+    if layout == "bsr" or position >= indptr[-1]:
+        return ""
+    return f" (in {major} {int(np.searchsorted(indptr, position, side='right')) - 1 + first})"
 
 
 def _summed_fingerprint(indptr, indices, values, shape, major_is_row: bool, first_row: int):

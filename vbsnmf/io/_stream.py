@@ -177,9 +177,13 @@ class StoredRowsSource(CellSource):
 
         encoding = encoding_of(group, "csr_matrix")
         if encoding != "csr_matrix":
+            # scipy cannot convert a backed X (its csr_matrix(adata.X) on one failed as "dtype
+            # object"): the file is rewritten from a copy in memory, or fitted in memory
             raise ValueError(
-                f"streaming needs cells as CSR rows; the stored matrix is {encoding!r} "
-                "(rewrite it as CSR, e.g. adata.X = scipy.sparse.csr_matrix(adata.X))"
+                f"streaming needs cells as CSR rows; the stored matrix is {encoding!r}: "
+                "rewrite the file from a copy in memory (adata = vbsnmf.io.read(path); "
+                "adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(new_path)), "
+                "or fit that copy in memory (a backed AnnData's: adata.to_memory())"
             )
         if "shape" not in group.attrs:
             raise ValueError(

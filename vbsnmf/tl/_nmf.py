@@ -22,7 +22,12 @@ from .._utils import (
     is_dask_array,
     numba_threads,
 )
-from .._validation import check_flag, check_float_dtype, check_n_components
+from .._validation import (
+    check_flag,
+    check_float_dtype,
+    check_n_components,
+    check_not_empty,
+)
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
@@ -301,6 +306,8 @@ def nmf(
     if streamed:
         if anndata_x(adata) is None:  # as select_counts refuses an AnnData in memory
             raise ValueError("adata.X is None; pass layer= to name the counts")
+        # an empty file as such (as in memory), not as a K out of range of min(shape) = 0
+        check_not_empty(adata.shape, f"{adata.filename} (X)")
         # before the pass over the file that sums the genes, as in memory before the check
         check_n_components(n_components, adata.shape)
         if mask_var is not None:

@@ -1171,13 +1171,13 @@ def _fit_batch(
                 # a start of its own (random or NNDSVDa) holds the factor shapes a learned
                 # prior learns
                 hold_shapes = stored is None and init is None and held_prior(prior) is not None
-                with one_of_starts(n_starts):
+                with one_of_starts(n_starts) as outcome:
                     result = run(
                         settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
                     )
                 if best is None or _final_elbo(result) > _final_elbo(best):
-                    best = result
-    warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
+                    best, best_outcome = result, outcome
+    warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     largest = float(data.counts.max(initial=0.0))
     warn_elbo_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total, largest)
     return best, data.shape[1]
@@ -1461,7 +1461,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     n_starts = 1 if init is not None else settings.n_init
     best = None
     for index in range(n_starts):
-        with one_of_starts(n_starts):
+        with one_of_starts(n_starts) as outcome:
             result = _dask.fit_batch_dask(
                 X,
                 n_components,
@@ -1480,8 +1480,8 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
                 warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
             )
         if best is None or _final_elbo(result) > _final_elbo(best):
-            best = result
-    warn_kept_start(best, n_starts, settings.max_iter, settings.tol)
+            best, best_outcome = result, outcome
+    warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     warn_elbo_rounding(
         best.elbo_trace,
         best.converged,

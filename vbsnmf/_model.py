@@ -29,6 +29,7 @@ call these over their own data layout and sum the statistics.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import warnings
 from collections.abc import Mapping
@@ -1262,6 +1263,9 @@ def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = 
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``;
     ``holding``: still holding a random start's factor shapes (`hold_released` not yet),
     which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already."""
+    outcome = _START_OUTCOME.get()
+    if outcome is not None:  # one of several starts, silenced: `warn_kept_start` tells it
+        outcome.held = holding
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
     if holding:
         warn_user(
@@ -1291,18 +1295,43 @@ def quiet_convergence(quiet: bool):
         yield
 
 
+@dataclass
+class StartOutcome:
+    """What `warn_not_converged` would have told of one of several starts: ``held``, whether
+    it ran out while it still held its factor shapes (`warn_kept_start` then says so of the
+    start kept; it advised "raise max_iter or tol", and no tol stops a held fit)."""
+
+    held: bool = False
+
+
+# The outcome of the start `one_of_starts` is fitting (None outside one of several): per
+# context, as fits run in threads meanwhile.
+_START_OUTCOME: contextvars.ContextVar[StartOutcome | None] = contextvars.ContextVar(
+    "start_outcome", default=None
+)
+
+
+@contextlib.contextmanager
 def one_of_starts(n_starts: int):
     """The context of one of ``n_starts`` fits, of which the best is kept: with more than
     one, their own `ConvergenceWarning` is silenced and `warn_kept_start` gives the kept
     fit's (each start warned that it stopped at max_iter, also when the fit kept had
-    converged, and a fit of three starts warned three times)."""
-    return quiet_convergence(n_starts > 1)
+    converged, and a fit of three starts warned three times). Yields the start's
+    `StartOutcome`, for `warn_kept_start`."""
+    outcome = StartOutcome()
+    token = _START_OUTCOME.set(outcome if n_starts > 1 else None)
+    try:
+        with quiet_convergence(n_starts > 1):
+            yield outcome
+    finally:
+        _START_OUTCOME.reset(token)
 
 
-def warn_kept_start(best, n_starts: int, max_iter: int, tol: float) -> None:
-    """The `ConvergenceWarning` of the start kept of several, had it stopped at max_iter."""
+def warn_kept_start(best, n_starts: int, max_iter: int, tol: float, held: bool = False) -> None:
+    """The `ConvergenceWarning` of the start kept of several, had it stopped at max_iter
+    (``held``: its `StartOutcome`'s)."""
     if n_starts > 1 and not best.converged and max_iter > 0:
-        warn_not_converged("max_iter", max_iter, tol)
+        warn_not_converged("max_iter", max_iter, tol, holding=held)
 
 
 def warn_elbo_rounding(

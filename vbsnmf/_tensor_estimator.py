@@ -778,7 +778,7 @@ class VBNTF(Estimator):
                         index,
                         checked["prior"],
                     )
-                    with _model.one_of_starts(n_starts):
+                    with _model.one_of_starts(n_starts) as outcome:
                         if checked["accelerate"]:
                             state = _start_accelerated(start, checked)
                             del start
@@ -788,9 +788,11 @@ class VBNTF(Estimator):
                         else:
                             result = self._fit_batch(data, start, checked, n_threads, callback)
                     if best is None or _final_elbo(result) > _final_elbo(best):
-                        best = result
+                        best, best_outcome = result, outcome
                 result = best
-                _model.warn_kept_start(result, n_starts, checked["max_iter"], checked["tol"])
+                _model.warn_kept_start(
+                    result, n_starts, checked["max_iter"], checked["tol"], best_outcome.held
+                )
         if self.solver == "batch":
             _model.warn_elbo_rounding(
                 result.elbo_trace,

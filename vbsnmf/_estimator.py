@@ -97,6 +97,7 @@ from ._validation import (
     check_accelerate,
     check_callback,
     check_counts,
+    check_finite_product,
     check_flag,
     check_float_dtype,
     check_iterations,
@@ -767,10 +768,11 @@ class VBNMF(Estimator):
         NotFittedError
             Before `fit`.
         TypeError
-            X is not numeric (complex numbers, strings, missing values).
+            X is not numeric (complex numbers, text, timedelta64).
         ValueError
-            X is not 2-D, has NaN or infinite entries, or has another number of columns
-            than the fitted ``n_components``.
+            X is not 2-D, has NaN (also missing values: ``None``, ``pd.NA``) or infinite
+            entries, or has another number of columns than the fitted ``n_components``; or
+            ``X @ components_`` passes the largest number of the fitted dtype.
         """
         check_fitted(self, "components_")
         # a masked array's hidden values, and a complex one's imaginary part, would be
@@ -781,8 +783,17 @@ class VBNMF(Estimator):
         if np.iscomplexobj(X):
             raise TypeError("X must be real numbers (cell factors), got complex values")
         try:
-            factors = np.asarray(X, dtype=np.float64)
-        except (TypeError, ValueError):
+            factors = np.asarray(X)
+            # numpy parsed text ("2.5") as numbers and took timedelta64 as its integers
+            # (`transform` refuses both as counts)
+            if factors.dtype == object:
+                factors = numbers_from_objects(factors, "X")
+            elif factors.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"X must be a numeric array of cell factors, got dtype {factors.dtype}"
+                )
+            factors = factors.astype(np.float64, copy=False)
+        except ValueError:  # ragged lists
             raise TypeError("X must be a numeric array of cell factors") from None
         components = np.asarray(self.components_)
         if factors.ndim != 2:
@@ -798,7 +809,11 @@ class VBNMF(Estimator):
         if not np.all(np.isfinite(factors)):
             raise ValueError("X must be finite (cell factors), got NaN or infinite values")
         # in float64, returned in the fitted dtype as transform's factors are
-        return (factors @ components.astype(np.float64)).astype(components.dtype, copy=False)
+        with np.errstate(over="ignore"):
+            product = (factors @ components.astype(np.float64)).astype(components.dtype)
+        # finite factors whose expected counts pass the dtype's range gave inf entries
+        check_finite_product(product, "X @ components_")
+        return product
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -325,6 +325,16 @@ def numbers_from_objects(array: np.ndarray, name: str) -> np.ndarray:
         raise TypeError(f"{name} must hold numbers: {error}") from None
 
 
+def check_finite_product(product: np.ndarray, what: str) -> None:
+    """A `ValueError` when an ``inverse_transform``'s ``product`` left the float range of
+    its dtype: finite factors too large for it gave inf entries without a word."""
+    if not np.all(np.isfinite(product)):
+        raise ValueError(
+            f"{what} passes the largest {product.dtype} ({np.finfo(product.dtype).max:.3g}): "
+            "X's factors are too large for it"
+        )
+
+
 def readable_dtype(dtype: np.dtype) -> np.dtype | None:
     """The dtype numbers in ``dtype`` are converted to before scipy and the kernels read
     them, or None when they read it as it is: float16 widened to float32 (exact; scipy

@@ -159,6 +159,18 @@ def _sparse_frame_read(X):
     return X
 
 
+def positional_columns(frame):
+    """A DataFrame whose column names repeat, relabelled 0..m-1 (the same columns, not
+    copied); any other value as it is. scikit-learn's conversion refused such a frame in
+    narwhals' words ("DuplicateError: Expected unique column names") where `VBNMF` fits
+    it, and gene symbols repeat (``adata.to_df()`` before ``var_names_make_unique``). The
+    names themselves are checked and remembered by the estimator (`check_feature_names`)."""
+    columns = getattr(frame, "columns", None)
+    if getattr(frame, "ndim", None) != 2 or getattr(columns, "is_unique", True):
+        return frame
+    return frame.set_axis(range(frame.shape[1]), axis=1)
+
+
 def refuse_unread_sparse(value, name: str) -> None:
     """A `TypeError` naming a sparse matrix that numpy cannot read: a pydata `sparse` array
     (its own RuntimeError advised densifying it) or a backed AnnData's X, anndata's sparse
@@ -184,7 +196,7 @@ def check_data(X):
         "(0 there, 1 elsewhere; solver='mu')",
     )
     refuse_unread_sparse(X, "X")
-    X = _sparse_frame_read(X)
+    X = positional_columns(_sparse_frame_read(X))
     if sp.issparse(X) and X.ndim != 2:  # a 1-D or n-D coo_array: the checks below unpack 2
         raise ValueError(f"X must be 2-D, got {X.ndim}-D")
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
@@ -240,7 +252,7 @@ class ClassicData:
         row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         if weights is not None:
             refuse_unread_sparse(weights, "weights")
-            weights = _sparse_frame_read(weights)
+            weights = positional_columns(_sparse_frame_read(weights))
             weights = check_array(
                 weights,
                 accept_sparse=("csr", "csc", "coo"),

@@ -28,8 +28,8 @@ from .._base import (
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
-from .._validation import check_flag, check_n_components
-from ._data import ClassicData
+from .._validation import check_finite_product, check_flag, check_n_components
+from ._data import ClassicData, positional_columns
 from ._mu import fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
@@ -250,9 +250,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             Before `fit`.
         ValueError
             X is not 2-D, has NaN or infinite entries, or has another number of columns
-            than ``n_components_``; or ``loss="poisson"``, under which ``W H`` holds each
-            row's proportions, not its data (``X ~ diag(row totals) W H``): the data's
-            expected values are ``X.sum(axis=1)[:, None] * (W @ components_)``.
+            than ``n_components_``; ``W H`` passes the float range; or ``loss="poisson"``,
+            under which ``W H`` holds each row's proportions, not its data
+            (``X ~ diag(row totals) W H``): the data's expected values are
+            ``X.sum(axis=1)[:, None] * (W @ components_)``.
         """
         check_is_fitted(self, "components_")
         # the rows' totals, which W H leaves out, are X's; the loss by its resolved name
@@ -265,7 +266,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 "row totals to give it"
             )
         W = check_array(
-            X, accept_sparse=("csr", "csc"), dtype=(np.float64, np.float32), input_name="X"
+            positional_columns(X),
+            accept_sparse=("csr", "csc"),
+            dtype=(np.float64, np.float32),
+            input_name="X",
         )
         n_components = self.components_.shape[0]
         if W.shape[1] != n_components:
@@ -273,7 +277,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"X has {W.shape[1]} columns, but {type(self).__name__} has {n_components} "
                 "components: inverse_transform takes the transformed rows W"
             )
-        return np.asarray(W @ self.components_)
+        with np.errstate(over="ignore"):
+            product = np.asarray(W @ self.components_)
+        # finite W whose products pass the float range gave inf entries without a word
+        check_finite_product(product, "W @ components_")
+        return product
 
     @property
     def _n_features_out(self) -> int:
@@ -432,7 +440,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _n_components(self, data: ClassicData) -> int:
         n_components = self.n_components
-        if not isinstance(n_components, numbers.Integral) or n_components < 1:
+        # a TypeError for a non-integer, as VBNMF and tl.nmf (also with a classical solver)
+        # give it: 2.0 was a ValueError here and True a TypeError; the range is a ValueError
+        if isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral):
+            raise TypeError(f"n_components must be an integer, got {n_components!r}")
+        if n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
         # More than min(n, m) components cannot lower the loss (X = X I already has rank
         # min(n, m)), and a huge K would only fill memory.

@@ -1063,7 +1063,17 @@ def mtx_header(path: Path) -> MtxHeader:
         if field not in ("integer", "real", "double", "pattern"):
             raise ReadError(path, f"unsupported Matrix Market field {field!r} (counts are real)")
         if symmetry != "general":
-            raise ReadError(path, f"{symmetry} matrices are not count tables; expected 'general'")
+            # scipy.io.mmwrite chooses 'symmetric' itself for any symmetric matrix, so a
+            # 1 x 1 count table written with it was refused with no hint of how to fix it
+            hint = (
+                " (scipy.io.mmwrite writes 'symmetric' for a symmetric matrix, even 1 x 1, "
+                "unless given symmetry='general')"
+                if symmetry == "symmetric"
+                else ""
+            )
+            raise ReadError(
+                path, f"{symmetry} matrices are not count tables; expected 'general'{hint}"
+            )
         for _ in range(100_000):
             line = handle.readline(1 << 16)
             if not line:

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from sklearn.utils.validation import check_array
 
 from .. import _kernels
+from .._utils import is_dask_array
 from .._validation import (
     check_sparse_structure,
     exact_float_dtype,
@@ -185,14 +186,29 @@ def refuse_unread_sparse(value, name: str) -> None:
         )
 
 
+def _in_memory(values, name: str):
+    """``values`` computed into memory when a dask array (sparse chunks stay sparse, each
+    block checked against its chunk); as given otherwise. scikit-learn's check_array
+    computed dense chunks whole, but made a 0-d object array of sparse ones, which numpy
+    refused as "setting an array element with a sequence"."""
+    if not is_dask_array(values):
+        return values
+    from .._dask._cluster import computed_as_declared  # dask: only for a dask array
+
+    return computed_as_declared(values, name)
+
+
 def check_data(X):
     """X as float64 CSR or C-ordered dense, non-negative and finite (typed errors); the
     index arrays of a sparse X are checked before scipy reads through them."""
     refuse_path_or_anndata(X, "X", reading="", fitting=", solver='mu'")
+    # a dask X has no filled method: the advice names dask's
+    filled = "dask.array.ma.filled(X, 0)" if is_dask_array(X) else "X.filled(0)"
+    X = _in_memory(X, "X")  # before the masked check: its chunks may be masked arrays
     refuse_masked(
         X,
         "X",
-        "pass the values as X.filled(0) and leave the masked entries out with weights=... "
+        f"pass the values as {filled} and leave the masked entries out with weights=... "
         "(0 there, 1 elsewhere; solver='mu')",
     )
     refuse_unread_sparse(X, "X")
@@ -252,7 +268,7 @@ class ClassicData:
         row_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         if weights is not None:
             refuse_unread_sparse(weights, "weights")
-            weights = positional_columns(_sparse_frame_read(weights))
+            weights = positional_columns(_sparse_frame_read(_in_memory(weights, "weights")))
             weights = check_array(
                 weights,
                 accept_sparse=("csr", "csc", "coo"),

@@ -83,3 +83,20 @@ def test_select_k_records_held_kept_start(counts):
         warnings.simplefilter("ignore", ConvergenceWarning)
         table = tl.select_k(ad.AnnData(counts), [2, 3], max_iter=3, n_init=2, n_threads=1)
     assert table["shapes_held"].all() and table["heldout_shapes_held"].all(), table
+
+
+def test_dask_kept_start_held_advises_max_iter(counts):
+    """The Dask driver's starts, on a cluster of one in-process worker."""
+    import dask.array as da  # the [dask] extra, in [dev]
+    import distributed
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        model = vbsnmf.VBNMF(3, max_iter=3, n_init=2, random_state=0)
+        messages = convergence_messages(lambda: model.fit(da.from_array(counts, chunks=(20, 30))))
+    assert len(messages) == 1, messages
+    assert "still held its factor shapes" in messages[0], messages

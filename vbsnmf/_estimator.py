@@ -700,6 +700,8 @@ class VBNMF(Estimator):
             from ._dask._cluster import computed_as_declared
 
             X = computed_as_declared(X)
+            # check_counts' advice, X.filled(0), is no method of a dask array
+            refuse_masked(X, "X", "pass dask.array.ma.filled(X, 0), its chunks filled with 0")
         elif _is_streamed(X):  # numpy saw a backed X as a 0-d array ("must be 2-D")
             raise TypeError(
                 f"{_describe_stream(X)} is read from disk; transform projects cells held in "
@@ -976,6 +978,8 @@ def _checked_mask(mask, shape) -> Mask:
         from ._dask._cluster import computed_as_declared
 
         mask = computed_as_declared(mask, "mask")
+    if hasattr(mask, "obs_names"):  # numpy read an AnnData as an object of 64 dimensions
+        raise TypeError("mask is an AnnData; pass its matrix (e.g. mask_adata.X) of X's shape")
     mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
     if sp.issparse(mask):
         matrix = _entry_format(mask)

@@ -128,7 +128,10 @@ def top_genes(
     """
     if sort_by not in ("loading", "specificity", "score"):
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
-    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
+    # a TypeError for a non-integer (5.0), as n_components gets it; the range a ValueError
+    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)):
+        raise TypeError(f"n_genes must be an integer, got {n_genes!r}")
+    if n_genes < 1:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
     # numpy's floats too: np.float32(2) was refused as "not a number"
     if isinstance(min_counts, bool) or not isinstance(

@@ -1177,11 +1177,16 @@ def _run_demo(args) -> int:
 def _run_umap(args) -> int:
     from ._utils import record_kind
     from .io import read_h5ad, real_path
+    from .io._paths import RESULT_FILE
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
 
     output = Path(args.output)
     _check_figure_path(args.output)
+    result = Path(args.result)
+    if result.is_dir() and (result / RESULT_FILE).is_file():
+        # an OUTDIR of 'vbsnmf fit' given for its result: "not a regular file" said nothing
+        raise UsageError(f"{result} is a folder; name the result in it: {result / RESULT_FILE}")
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):
@@ -1189,13 +1194,26 @@ def _run_umap(args) -> int:
     try:
         # a fit, or cells projected onto one (vbsnmf.tl.project), as vbsnmf.pl.umap takes
         cell_factors_record(adata, args.key)
-    except KeyError:
+    except KeyError as error:
         if record_kind(adata.uns.get(args.key)) == "projection":
             # the key of the projection's record, not its key_added, under which it is read
             raise UsageError(
                 f"{args.result}: --key {args.key} names the record of a projection "
                 f"(vbsnmf.tl.project); pass its key_added, --key "
                 f"{args.key.removesuffix('_projection')}"
+            ) from None
+        projection = adata.uns.get(f"{args.key}_projection")
+        if record_kind(adata.uns.get(args.key)) == "fit" or record_kind(projection):
+            # a damaged record (an entry deleted): its message names what is missing, where
+            # "holds no NMF fit" sent the user to fit again a file that holds one
+            raise UsageError(f"{args.result}: {_one_line(error)}") from None
+        stored = _stored_keys(adata)
+        if stored:  # a fit of 'vbsnmf fit --key NAME', drawn without --key
+            named = ", ".join(f"--key {name}" for name in stored)
+            raise UsageError(
+                f"{args.result} holds no NMF fit or projection under --key {args.key}, but "
+                f"{'one' if len(stored) == 1 else 'some'} under {named}: pass "
+                f"{'it' if len(stored) == 1 else 'one of them'}"
             ) from None
         raise UsageError(
             f"{args.result} holds no NMF fit or projection under --key {args.key}; make "
@@ -1233,6 +1251,21 @@ def _run_umap(args) -> int:
         raise UsageError(f"{args.result}: {_one_line(error)}") from None
     _print_result(f"wrote {output}", output)
     return EXIT_OK
+
+
+def _stored_keys(adata) -> list[str]:
+    """The --key of each fit (`vbsnmf.tl.nmf`) and projection (`vbsnmf.tl.project`, whose
+    record is ``.uns[key + '_projection']``) that ``adata`` holds, sorted."""
+    from ._utils import record_kind
+
+    keys = set()
+    for name, record in adata.uns.items():
+        kind = record_kind(record)
+        if kind == "fit":
+            keys.add(str(name))
+        elif kind == "projection":
+            keys.add(str(name).removesuffix("_projection"))
+    return sorted(keys)
 
 
 def _check_figure_path(name: str) -> None:
@@ -1358,6 +1391,51 @@ def _run_reporting_warnings(args) -> int:
         if not quiet:
             _print_warnings(caught)
     return code
+
+
+def _with_dashed_path_advice(
+    message: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> str:
+    """``message``, argparse's error, with advice when an argument begins with '-' but
+    is no option of any command: argparse reads it as an option, so a file named so
+    (``-r.h5ad``) was "required" though given ("the following arguments are required:
+    RESULT.h5ad"), and ``-o -x.png`` "expected one argument"."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if "--" in arguments:  # what follows is taken as given
+        arguments = arguments[: arguments.index("--")]
+    known = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    long_options = [name for name in known if name.startswith("--")]
+    dashed = []
+    for argument in map(str, arguments):
+        if not argument.startswith("-") or argument in ("-", "--"):
+            continue
+        if re.fullmatch(r"-\d+|-\d*\.\d+", argument):  # a negative number: an argument
+            continue
+        name = argument.split("=", 1)[0]
+        if argument.startswith("--") and any(o.startswith(name) for o in long_options):
+            continue  # argparse takes an unambiguous prefix of an option
+        if not argument.startswith("--") and argument[:2] in known:
+            continue  # a short option with its value attached (-k5)
+        # a mistyped option (--colour, -K) is told no more than argparse tells it: only
+        # what exists, or has a suffix or a folder as a path has, is advised as one
+        if os.path.lexists(argument) or re.search(r"[./]", argument[1:]):
+            dashed.append(argument)
+    if not dashed:
+        return message
+    core, see, rest = message.rpartition(" (see ")
+    if not see:
+        core, rest = message, ""
+    advice = (
+        f"; {dashed[0]} was read as an option: write a path that begins with '-' as ./{dashed[0]}"
+    )
+    return core + advice + (f" (see {rest}" if see else "")
 
 
 def _one_line(error: BaseException) -> str:
@@ -1491,10 +1569,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise swallowed[0]
         # parse_args said a command's stray arguments with the top level's help ("see
         # vbsnmf --help"), which does not list the options of the command
-        args, stray = parser.parse_known_args(argv)
-        if stray:
-            help_of = "vbsnmf" if args.command is None else f"vbsnmf {args.command}"
-            raise UsageError(f"unrecognized arguments: {' '.join(stray)} (see {help_of} --help)")
+        try:
+            args, stray = parser.parse_known_args(argv)
+            if stray:
+                help_of = "vbsnmf" if args.command is None else f"vbsnmf {args.command}"
+                raise UsageError(
+                    f"unrecognized arguments: {' '.join(stray)} (see {help_of} --help)"
+                )
+        except UsageError as error:
+            raise UsageError(_with_dashed_path_advice(str(error), parser, argv)) from None
         if args.command is None:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
         _check_working_folder()

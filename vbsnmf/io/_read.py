@@ -32,6 +32,7 @@ import itertools
 import os
 import re
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def input_kind(path: str | os.PathLike) -> str:
     if name.endswith((".mtx", ".mtx.gz")):
         return "mtx"
     if name.endswith((".h5ad.gz", ".h5.gz")):  # as GEO serves them
-        raise ReadError(path, _GZIPPED_HDF5)
+        raise _gzipped_hdf5_error(path)
     raise ReadError(
         path,
         "unrecognised input: expected a 10x folder, a Cell Ranger .h5, an .h5ad file, a "
@@ -350,7 +351,24 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
             raise ReadError(folder, f"{path.name} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
+        anndata_files = sorted(
+            entry.name for entry in _listed_files(folder) if entry.name.lower().endswith(".h5ad")
+        )
         prefixed = _prefixed_tenx_files(folder)
+        if "result.h5ad" in anndata_files or (anndata_files and not prefixed):
+            # an OUTDIR of 'vbsnmf fit' (its top_genes.tsv was taken for a genes file that
+            # GEO had prefixed, and renaming files was advised) or a folder of .h5ad files;
+            # a GEO sample's prefixed files beside an .h5ad keep the advice below
+            shown = ", ".join(anndata_files[:4]) + (", ..." if len(anndata_files) > 4 else "")
+            output = (
+                " (an output folder of 'vbsnmf fit': result.h5ad holds the counts it fitted)"
+                if "result.h5ad" in anndata_files
+                else ""
+            )
+            raise ReadError(
+                folder,
+                f"not a 10x folder, but it holds .h5ad files: {shown}: name one of them" + output,
+            )
         if prefixed:
             shown = ", ".join(prefixed[:6]) + (", ..." if len(prefixed) > 6 else "")
             raise ReadError(
@@ -939,6 +957,25 @@ _GZIPPED_HDF5 = (
     "is gzip-compressed (a download kept packed?): decompress it first, e.g. "
     "gunzip -c FILE > counts.h5ad, and read that"
 )
+# A gzip file that does not hold an HDF5 file: decompressing it gives no .h5ad.
+_GZIPPED_OTHER = (
+    "is gzip-compressed, and what it holds is not an HDF5 file either (a table, such as "
+    "the cell_factors.tsv.gz that vbsnmf fit writes?): name an .h5ad file"
+)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _gzipped_hdf5_error(path: Path) -> ReadError:
+    """The `ReadError` of the gzip-compressed file ``path`` read as HDF5: the advice to
+    decompress it only when it holds an HDF5 file. A factor table of 'vbsnmf fit'
+    (``cell_factors.tsv.gz``) given to 'vbsnmf umap' was told to be gunzipped into
+    ``counts.h5ad``, which then held a table."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            start = handle.read(len(_HDF5_SIGNATURE))
+    except (OSError, EOFError, zlib.error):  # a damaged or cut stream: unknown content
+        start = _HDF5_SIGNATURE
+    return ReadError(path, _GZIPPED_HDF5 if start == _HDF5_SIGNATURE else _GZIPPED_OTHER)
 
 
 def _probe_hdf5(path: Path) -> None:
@@ -955,7 +992,7 @@ def _probe_hdf5(path: Path) -> None:
     with system_errors(path), open(path, "rb") as head:
         gzipped = head.read(2) == _GZIP_MAGIC
     if gzipped:  # HDF5's own "file signature not found" said nothing
-        raise ReadError(path, _GZIPPED_HDF5)
+        raise _gzipped_hdf5_error(path)
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _HDF5_PROBE, str(path)],

@@ -52,6 +52,7 @@ from ._model import (
     held_prior,
     hyperparameters,
     init_params,
+    kept_if_failed,
     observed_share,
     one_of_starts,
     params_from_arrays,
@@ -247,11 +248,13 @@ class VBNMF(Estimator):
         learned prior, batch VB on a matrix in memory; a warm start ``fit(X, init=...)``
         takes precedence.
     random_state
-        Seed (non-negative integer) or `numpy.random.Generator` for the starting values
-        and SVI's minibatches. The start is drawn per fixed block of cells, so the same
-        seed gives the same start and minibatches in memory, streamed from disk and on Dask
-        with any chunks (SVI on Dask: the same fit when the local fits run their
-        ``max_iter`` passes, ``tol=0``; see `fit_svi_dask`).
+        Seed (non-negative integer) or `numpy.random.Generator` (or ``RandomState``) for
+        the starting values and SVI's minibatches; None (default): fresh entropy. A
+        Generator gives one draw to each fit, so a second fit with it is another fit; a fit
+        that raises (or is interrupted) leaves it as it was. The start is drawn per fixed
+        block of cells, so the same seed gives the same start and minibatches in memory,
+        streamed from disk and on Dask with any chunks (SVI on Dask: the same fit when the
+        local fits run their ``max_iter`` passes, ``tol=0``; see `fit_svi_dask`).
     n_threads
         Numba threads (default: all; for a dask X, threads per chunk task, default 1).
         More than the machine's are capped to its count (``NUMBA_NUM_THREADS``).
@@ -335,7 +338,8 @@ class VBNMF(Estimator):
         looser ``tol`` goes on under a tighter one, and one that meets a looser ``tol``
         stops (plain batch ascent: at once, ``converged_=True``; accelerated, SVI: at the
         next check). A ``random_state`` Generator resumes only when given in the state it
-        had at the first fit (a fresh ``np.random.default_rng(seed)`` of the same seed):
+        had at the first fit (a fresh ``np.random.default_rng(seed)`` of the same seed, or
+        the same estimator's after the fit was interrupted, which leaves it as it was):
         the checkpoint records the entropy the fit drew from it.
 
     Attributes
@@ -580,7 +584,13 @@ class VBNMF(Estimator):
 
     def _fit(self, kind: str, X, init, callback, mask=None):
         """Fit input of a known ``kind``: ``"memory"``, ``"checked"`` (counts already
-        checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``."""
+        checked, as `vbsnmf.tl.nmf` passes them), ``"stream"`` or ``"dask"``; a Generator
+        ``random_state`` is left as it was if the fit raises (`kept_if_failed`)."""
+        with kept_if_failed(self.random_state):
+            return self._fit_drawn(kind, X, init, callback, mask)
+
+    def _fit_drawn(self, kind: str, X, init, callback, mask=None):
+        """`_fit`, which draws the fit's entropy from ``random_state``."""
         if kind == "dask":  # before the prior's advice, which names forms a dask X refuses
             _check_dask_svi_form(self.solver, self.svi_form)
         settings = self._check_params()
@@ -1644,12 +1654,13 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
     settings = model._check_params()
     _check_random_start(settings.init, "dask")
     callback = check_callback(callback)
-    entropy = seed_entropy(model.random_state)
-    names = _anndata_gene_names(X)
-    X = _dask.cells_x_genes(X)
-    if init is not None and solver == "batch":  # as VBNMF.fit checks a warm start's genes
-        _check_init_genes(init, names)  # (SVI on Dask refuses a start, in `_dask_fit`)
-    return _dask_fit(settings, X, init, callback, entropy, client)
+    with kept_if_failed(model.random_state):  # as VBNMF.fit
+        entropy = seed_entropy(model.random_state)
+        names = _anndata_gene_names(X)
+        X = _dask.cells_x_genes(X)
+        if init is not None and solver == "batch":  # as VBNMF.fit checks a warm start's genes
+            _check_init_genes(init, names)  # (SVI on Dask refuses a start, in `_dask_fit`)
+        return _dask_fit(settings, X, init, callback, entropy, client)
 
 
 def _anndata_gene_names(X) -> np.ndarray | None:

@@ -1405,6 +1405,34 @@ def seed_entropy(random_state) -> int:
     return int(random_state)
 
 
+@contextlib.contextmanager
+def kept_if_failed(random_state):
+    """Leave a `numpy.random.Generator` or ``RandomState`` ``random_state`` in the state it
+    had before the block (in which a fit draws its `seed_entropy`) when the block raises.
+
+    A fit that fails or is interrupted then leaves the generator as it found it: fitted
+    again (an interrupted fit resumed from its checkpoint by the same estimator, or a
+    fit retried after a refused X) it draws the entropy the first attempt drew, as a
+    fresh generator of the same seed does. Advanced by the failed attempt, the resume was
+    refused as "written by a different fit" and the retry was another fit.
+    """
+    if isinstance(random_state, np.random.Generator):
+        state = random_state.bit_generator.state
+    elif isinstance(random_state, np.random.RandomState):
+        state = random_state.get_state()
+    else:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        if isinstance(random_state, np.random.Generator):
+            random_state.bit_generator.state = state
+        else:
+            random_state.set_state(state)
+        raise
+
+
 def _generator(entropy: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 

@@ -563,7 +563,8 @@ class VBNTF(Estimator):
         tighter one, and one that meets a looser ``tol`` stops (plain batch ascent: at once,
         ``converged_=True``; accelerated, SVI: at the next check). A ``random_state``
         Generator resumes only when given in the state it had at the first fit (a fresh
-        ``np.random.default_rng(seed)`` of the same seed): the checkpoint records the
+        ``np.random.default_rng(seed)`` of the same seed, or the same estimator's after the
+        fit was interrupted, which leaves it as it was): the checkpoint records the
         entropy the fit drew from it.
     verbose
         True to print the ELBO after every iteration or pass (batch), or after every
@@ -738,6 +739,12 @@ class VBNTF(Estimator):
             after every q kept, ``n_iter`` the passes so far; SVI: after every epoch);
             ``params``' arrays are read-only during the call, ``elbo_trace`` a copy.
         """
+        # a Generator left as it was if the fit raises, as VBNMF leaves it
+        with _model.kept_if_failed(self.random_state):
+            return self._fit_drawn(X, values, shape, callback)
+
+    def _fit_drawn(self, X, values, shape, callback) -> VBNTF:
+        """`fit`, which draws the fit's entropy from ``random_state``."""
         checked = self._check_params()
         callback = check_callback(callback)
         for given, name in ((X, "X"), (values, "values")):  # h5py's errors named neither

@@ -11,7 +11,14 @@ import scipy.sparse as sp
 
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF, _check_no_dask_checkpoint
-from .._model import HYPER_KEYS, SCALE_KEYS, GammaPrior, HierarchicalPrior
+from .._model import (
+    HYPER_KEYS,
+    SCALE_KEYS,
+    GammaPrior,
+    HierarchicalPrior,
+    kept_if_failed,
+    seed_entropy,
+)
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
     anndata_x,
@@ -151,7 +158,13 @@ def nmf(
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
         ``"ipg"``, ``"gd"``.
     random_state
-        Seed of the starting values.
+        Seed of the starting values (and of SVI's minibatches): a non-negative integer, a
+        `numpy.random.Generator` or ``RandomState`` (advanced by the fit, so a second fit
+        with it is another fit), or None (fresh entropy, not recorded). For a Generator
+        (and a ``RandomState`` under ``"batch"`` and ``"svi"``) ``.uns['nmf']['params']``
+        records the integer the fit drew from it, which as ``random_state`` gives the
+        same fit. A seed from 2**63 on, beyond what ``.h5ad`` stores as a number, is
+        recorded as its decimal digits, which ``random_state`` also takes.
     warm_start
         Continue a previous variational fit stored under the same key (same K, the same
         genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
@@ -370,35 +383,40 @@ def nmf(
             n_without, adata.n_obs, fitted_genes is not None, solver, fit_params=fit_params
         )
 
-    if solver in VB_SOLVERS:
-        init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
-        if warm_start:
-            init, previous_trace, previous_iter, previous_passes = _stored_start(
-                adata, keys, use_raw, layer, fitted_genes, n_components
+    # The integer a Generator's fit draws, drawn here so that .uns records it: unrecorded, a
+    # replay of the record (tl.nmf(adata, **params)) fitted the default seed 0 instead.
+    # Left as it was if the fit raises, as VBNMF leaves it (an interrupted fit resumes).
+    with kept_if_failed(random_state):
+        random_state = _drawn_seed(random_state, solver)
+        if solver in VB_SOLVERS:
+            init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
+            if warm_start:
+                init, previous_trace, previous_iter, previous_passes = _stored_start(
+                    adata, keys, use_raw, layer, fitted_genes, n_components
+                )
+                _check_resumed_after(fit_params, previous_trace)
+                stored = fit_info(adata, keys.uns)
+                fit_params = {**_stored_prior(stored), **fit_params}
+                _check_stored_prior(stored, fit_params)
+            fitted = _fit_variational(
+                matrix, kind, n_components, solver, random_state, init, callback, fit_params
             )
-            _check_resumed_after(fit_params, previous_trace)
-            stored = fit_info(adata, keys.uns)
-            fit_params = {**_stored_prior(stored), **fit_params}
-            _check_stored_prior(stored, fit_params)
-        fitted = _fit_variational(
-            matrix, kind, n_components, solver, random_state, init, callback, fit_params
-        )
-        fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
-        # the continued fit's passes count on from the stored fit's, as n_iter does
-        later_iter = fitted[2]["elbo_iter"] + previous_passes
-        fitted[2]["elbo_iter"] = np.concatenate([previous_iter, later_iter]).astype(np.int64)
-        fitted[2]["n_iter"] += previous_passes
-    else:
-        if warm_start:
-            raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
-        if fitted_genes is not None:
-            _check_masked_weights(fit_params.get("weights"), fitted_genes, matrix.shape)
-            _check_masked_factor_mask(
-                fit_params.get("factor_mask"), fitted_genes, n_components, matrix.shape
-            )
-        fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
-        _check_named_weights(fit_params.get("weights"), adata.obs_names, fitted_names)
-        fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
+            fitted[2]["elbo_trace"] = np.concatenate([previous_trace, fitted[2]["elbo_trace"]])
+            # the continued fit's passes count on from the stored fit's, as n_iter does
+            later_iter = fitted[2]["elbo_iter"] + previous_passes
+            fitted[2]["elbo_iter"] = np.concatenate([previous_iter, later_iter]).astype(np.int64)
+            fitted[2]["n_iter"] += previous_passes
+        else:
+            if warm_start:
+                raise ValueError("warm_start applies to the variational solvers 'batch' and 'svi'")
+            if fitted_genes is not None:
+                _check_masked_weights(fit_params.get("weights"), fitted_genes, matrix.shape)
+                _check_masked_factor_mask(
+                    fit_params.get("factor_mask"), fitted_genes, n_components, matrix.shape
+                )
+            fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
+            _check_named_weights(fit_params.get("weights"), adata.obs_names, fitted_names)
+            fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
 
     # Per-cell arrays in .obsm, per-gene in .varm (over the fit's genes), K-sized in .uns;
@@ -824,6 +842,28 @@ def _described(prior) -> str:
     if prior.factor_shape is None:
         return "the learned prior with learned factor shapes (no prior_shape)"
     return f"the learned prior with prior_shape={prior.factor_shape:g}"
+
+
+def _drawn_seed(random_state, solver: str):
+    """``random_state`` as the integer seed the fit takes from it: for a
+    `numpy.random.Generator` (and a ``RandomState`` under the variational solvers) the
+    integer `VBNMF` (`vbsnmf.classic.NMF`) would draw from it, which as ``random_state``
+    gives the same fit; anything else as it is (a classical solver draws a ``RandomState``
+    many times, in scikit-learn's manner). The decimal digits of a seed from 2**63 on, as
+    ``.uns`` records one (`_storable_int`), are that seed: the record replays (numpy's
+    own advice for a fresh seed, ``secrets.randbits(128)``, gives such seeds)."""
+    if isinstance(random_state, str) and random_state.isascii() and random_state.isdecimal():
+        if int(random_state) >= 2**63:  # what `_storable_int` writes; "3" stays refused
+            return int(random_state)
+    if solver in VB_SOLVERS:
+        if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+            return seed_entropy(random_state)
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        from ..classic._nmf import _legacy_seed  # scikit-learn: only for a classical solver
+
+        return _legacy_seed(random_state)
+    return random_state
 
 
 def _fit_variational(matrix, kind, n_components, solver, random_state, init, callback, params):

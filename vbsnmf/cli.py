@@ -801,6 +801,9 @@ def _as_options(
         element = r"^adata\.(X|raw\.X|layers\[[^\]]*\])"
         message = re.sub(element, lambda m: f"{anndata_file} ({m.group(1)})", message)
         message = message.replace("adata.raw is None", f"{anndata_file} holds no .raw")
+        message = message.replace(
+            "adata.raw's gene names", f"the gene names of {anndata_file}'s .raw"
+        )
         # where the counts are: the file's X (the advice's Python code keeps "adata.X")
         message = message.replace(X_HINT, f"{anndata_file} (X) {X_HINT.removeprefix('adata.X ')}")
         message = re.sub(r"\badata\b(?!\.)", lambda _: anndata_file, message)
@@ -1177,16 +1180,11 @@ def _run_demo(args) -> int:
 def _run_umap(args) -> int:
     from ._utils import record_kind
     from .io import read_h5ad, real_path
-    from .io._paths import RESULT_FILE
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
 
     output = Path(args.output)
     _check_figure_path(args.output)
-    result = Path(args.result)
-    if result.is_dir() and (result / RESULT_FILE).is_file():
-        # an OUTDIR of 'vbsnmf fit' given for its result: "not a regular file" said nothing
-        raise UsageError(f"{result} is a folder; name the result in it: {result / RESULT_FILE}")
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):

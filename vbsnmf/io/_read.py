@@ -49,6 +49,14 @@ from .._validation import (
     repeated_negative,
 )
 from ._errors import ReadError, check_exists, describe_error
+from ._paths import (
+    CELL_FACTORS_FILE,
+    COUNTS_FILE,
+    GENE_LOADINGS_FILE,
+    OUTPUT_NAMES,
+    PARAMS_FILE,
+    RESULT_FILE,
+)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Deflate never expands text by more than this factor (RFC 1951's limit is about 1032).
@@ -351,23 +359,19 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
             raise ReadError(folder, f"{path.name} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
+        output = _output_folder_advice(folder)
+        if output is not None:
+            raise ReadError(folder, output)
         anndata_files = sorted(
             entry.name for entry in _listed_files(folder) if entry.name.lower().endswith(".h5ad")
         )
         prefixed = _prefixed_tenx_files(folder)
-        if "result.h5ad" in anndata_files or (anndata_files and not prefixed):
-            # an OUTDIR of 'vbsnmf fit' (its top_genes.tsv was taken for a genes file that
-            # GEO had prefixed, and renaming files was advised) or a folder of .h5ad files;
-            # a GEO sample's prefixed files beside an .h5ad keep the advice below
+        if anndata_files and not prefixed:
+            # a folder of .h5ad files (an OUTDIR of 'vbsnmf fit' is named above); a GEO
+            # sample's prefixed files beside an .h5ad keep the advice below
             shown = ", ".join(anndata_files[:4]) + (", ..." if len(anndata_files) > 4 else "")
-            output = (
-                " (an output folder of 'vbsnmf fit': result.h5ad holds the counts it fitted)"
-                if "result.h5ad" in anndata_files
-                else ""
-            )
             raise ReadError(
-                folder,
-                f"not a 10x folder, but it holds .h5ad files: {shown}: name one of them" + output,
+                folder, f"not a 10x folder, but it holds .h5ad files: {shown}: name one of them"
             )
         if prefixed:
             shown = ", ".join(prefixed[:6]) + (", ..." if len(prefixed) > 6 else "")
@@ -445,12 +449,43 @@ def _listed_files(folder: Path) -> list[Path]:
 def _prefixed_tenx_files(folder: Path) -> list[str]:
     """The files of ``folder`` named as a 10x folder's files with a prefix
     (``GSM123_matrix.mtx.gz``, as GEO serves them), sorted; "none of matrix.mtx.gz, ...
-    found" did not say that they were there under another name."""
+    found" did not say that they were there under another name. vbsnmf's own
+    ``top_genes.tsv`` is not one: an output folder holding it was told to rename it."""
     try:
         names = [entry.name for entry in folder.iterdir() if entry.is_file()]
     except OSError:  # a folder that cannot be listed: the plain message
         return []
-    return sorted(name for name in names if name.endswith(_TENX_ANY) and name not in _TENX_ANY)
+    return sorted(
+        name
+        for name in names
+        if name.endswith(_TENX_ANY) and name not in _TENX_ANY and name not in OUTPUT_NAMES
+    )
+
+
+def output_folder_files(folder: Path) -> list[str]:
+    """The ``.h5ad`` files of ``folder`` that a ``vbsnmf fit`` OUTDIR holds
+    (``result.h5ad``, and ``counts.h5ad`` under ``--solver svi``), when it is one: it holds
+    ``params.json`` or the factor tables beside them. Empty otherwise, or when it cannot be
+    listed."""
+    try:
+        names = {entry.name for entry in folder.iterdir() if entry.is_file()}
+    except OSError:
+        return []
+    if not names & {PARAMS_FILE, CELL_FACTORS_FILE, GENE_LOADINGS_FILE}:
+        return []
+    return [name for name in (RESULT_FILE, COUNTS_FILE) if name in names]
+
+
+def _output_folder_advice(folder: Path) -> str | None:
+    """What to read in ``folder`` when it is an OUTDIR of ``vbsnmf fit``
+    (`output_folder_files`), whose ``top_genes.tsv`` was taken for a 10x file with a GEO
+    prefix ("rename a sample's files to matrix.mtx.gz, ..."); None when it is not one."""
+    files = output_folder_files(folder)
+    if not files:
+        return None
+    what = {RESULT_FILE: "the counts with that fit", COUNTS_FILE: "the counts converted"}
+    named = " or ".join(f"{folder / name} ({what[name]})" for name in files)
+    return f"not a 10x folder but the output of a vbsnmf fit: give its {named} as the input"
 
 
 def read_10x_h5(path: str | os.PathLike):
@@ -475,7 +510,15 @@ def read_10x_h5(path: str | os.PathLike):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
-            adata = sc.read_10x_h5(path, gex_only=False)
+            try:
+                adata = sc.read_10x_h5(path, gex_only=False)
+            except Exception as error:
+                cause = error.__cause__ if error.__cause__ is not None else error
+                if not isinstance(cause, UnicodeDecodeError):
+                    raise
+                # scanpy decodes the names as ASCII: a gene or barcode name in UTF-8
+                # (the text a 10x folder's files hold, which read_10x reads) was refused
+                adata = _read_10x_h5_utf8(path)
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # scanpy and h5py raise several types
@@ -497,6 +540,54 @@ def read_10x_h5(path: str | os.PathLike):
         raise ReadError(path, str(error)) from None
     adata.X = counts
     return _finish(_keep_gene_expression(adata))
+
+
+def _read_10x_h5_utf8(path: Path):
+    """The Cell Ranger ``.h5`` ``path`` as `scanpy.read_10x_h5` (``gex_only=False``) reads
+    it, but its names decoded as UTF-8, where scanpy decodes them as ASCII (a
+    `UnicodeDecodeError` for any other character). The counts as stored (float64 here:
+    `read_10x_h5` then gives them their exact dtype)."""
+    import anndata as ad
+    import h5py
+
+    def text(dataset) -> np.ndarray:
+        values = dataset[()]
+        if values.dtype.kind == "S" or values.dtype == object:
+            values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+        return np.asarray(values, dtype=object).astype(str)
+
+    with h5py.File(path, "r") as handle:
+        group = _10x_h5_matrix(handle)
+        if "matrix" not in handle and len(handle) > 1:  # version 2: one group per genome
+            raise ValueError(f"it holds more than one genome: {', '.join(handle)}")
+        n_genes, n_cells = (int(n) for n in group["shape"][()])
+        counts = sp.csc_matrix(
+            (
+                np.asarray(group["data"][()], dtype=np.float64),
+                group["indices"][()],
+                group["indptr"][()],
+            ),
+            shape=(n_genes, n_cells),
+        ).T.tocsr()  # cells x genes
+        obs = pd.DataFrame(index=pd.Index(text(group["barcodes"]), dtype=object))
+        if "filtered_barcodes" in group:
+            obs["filtered_barcodes"] = group["filtered_barcodes"][()].astype(bool)
+        if "features" in group:  # version 3 and later
+            features = group["features"]
+            columns = {"gene_ids": text(features["id"])}
+            if "gene_id" in features:  # a probe-barcode matrix: ids of probes, of genes
+                columns = {"gene_ids": text(features["gene_id"]), "probe_ids": columns["gene_ids"]}
+            columns["feature_types"] = text(features["feature_type"])
+            for name, item in features.items():
+                skipped = ("name", "feature_type", "id", "gene_id", "_all_tag_keys")
+                if isinstance(item, h5py.Dataset) and name not in skipped:
+                    columns[name] = item[()].astype(bool) if item.dtype.kind == "b" else text(item)
+            names = text(features["name"])
+        else:  # version 2
+            columns = {"gene_ids": text(group["genes"])}
+            names = text(group["gene_names"])
+        var = pd.DataFrame(columns, index=pd.Index(names, dtype=object))
+    return ad.AnnData(X=counts, obs=obs, var=var)
 
 
 def _10x_h5_matrix(handle):
@@ -833,7 +924,13 @@ def _keep_gene_expression(adata):
     if "feature_types" not in adata.var:
         return adata
     is_gene = gene_expression_mask(adata.var["feature_types"])
-    return adata if is_gene is None else adata[:, is_gene].copy()
+    if is_gene is None:
+        return adata
+    with warnings.catch_warnings():
+        # anndata's "Variable names are not unique ... call .var_names_make_unique" for
+        # repeated symbols (GRCh38 has some): the readers make them unique next (`_finish`)
+        warnings.simplefilter("ignore")
+        return adata[:, is_gene].copy()
 
 
 def gene_expression_mask(feature_types) -> np.ndarray | None:
@@ -898,6 +995,9 @@ def check_file(path: Path) -> None:
     file")."""
     check_exists(path)
     if not path.is_file():
+        outputs = output_folder_files(path) if path.is_dir() else []
+        if outputs:  # `vbsnmf umap OUTDIR`: the result file in it is meant
+            raise ReadError(path, f"a folder, not a file: give {path / outputs[0]}")
         raise ReadError(path, "not a regular file")
     if not os.access(path, os.R_OK):
         raise ReadError(path, "permission denied")
@@ -1652,7 +1752,7 @@ def read_gene_names(
     Antibody Capture counts with the genes, where the same files in a 10x folder do not.
     """
     lines, blank = _name_lines(path)
-    _check_name_count(path, len(lines), blank, expected, matrix, side)
+    _check_name_count(path, len(lines), blank, expected, matrix, side, first_line=lines[0])
     names = np.array([line.partition("\t")[0] for line in lines], dtype=object)
     return names, _gene_expression_lines(lines)
 
@@ -1683,7 +1783,7 @@ def read_features(
     rows = [line.split("\t") for line in lines]
     # first: a line split in two is named here, not counted as an extra name
     _check_same_fields(path, rows, blank)
-    _check_name_count(path, len(rows), blank, expected, matrix, side, n_other)
+    _check_name_count(path, len(rows), blank, expected, matrix, side, n_other, lines[0])
     table = pd.DataFrame(rows, dtype=object)
     if path.name.startswith("features") and table.shape[1] < 3:
         raise ReadError(path, "has fewer than 3 columns (Cell Ranger 3 writes id, name and type)")
@@ -1754,10 +1854,14 @@ def _check_name_count(
     matrix: str,
     side: str,
     n_other: int | None = None,
+    first_line: str | None = None,
 ) -> None:
     """`ReadError` unless a name file's ``count`` names are ``expected``; the message
-    names the blank lines that were not counted, and, for a 10x features file whose count
-    is the matrix's columns (``n_other``), a matrix written with cells as rows."""
+    names the blank lines that were not counted, for a 10x features file whose count
+    is the matrix's columns (``n_other``), a matrix written with cells as rows, and for
+    one name too many, the file's ``first_line``, which may be a header (R's
+    ``write.csv(names)`` writes ``"","x"``; pandas' ``to_csv`` its column's name): "has 21
+    names but the matrix has 20 genes" did not say which line was not a name."""
     if count == expected:
         return
     if count == n_other and count != expected:
@@ -1776,6 +1880,8 @@ def _check_name_count(
     elif blank:
         first = ", ".join(map(str, blank[:3])) + (", ..." if len(blank) > 3 else "")
         skipped = f" ({len(blank)} lines are blank, not names: {first})"
+    elif count == expected + 1 and first_line is not None:
+        skipped = f" (is its first line, {first_line!r}, a header? a name file holds names only)"
     else:
         skipped = ""
     raise ReadError(path, f"has {count} names but {matrix} has {expected} {side}{skipped}")

@@ -55,7 +55,18 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     (posterior mean gene loadings, ``.varm[...]``, ``.raw.varm[...]`` over every gene of
     ``.raw`` for a fit with ``use_raw``); ``elbo.tsv`` has columns ``iteration``
     and ``elbo`` (nats). A name holding a tab, a line break or a quote is quoted
-    (`write_tsv`). Returns the paths written.
+    (`write_tsv`). The factors are written to 6 significant digits, the ELBO to 10
+    (``result.h5ad``, `write_result`, holds them exactly). Returns the paths written.
+
+    Read a table back with its names as text::
+
+        pandas.read_csv(path, sep="\t", index_col=0, keep_default_na=False,
+                        dtype={"cell": str})  # "gene" for gene_loadings.tsv.gz
+
+    `pandas.read_csv`'s defaults read a name ``NA``, ``nan``, ``NULL`` or an empty one as
+    NaN, and names that are all numbers (``0``, ``1``, ... of a matrix read without name
+    files) or all ``TRUE``/``FALSE`` as numbers or booleans, which no longer match
+    ``adata.obs_names``.
 
     The files are replaced together: every target is checked and every table written to a
     temporary file before the first is renamed into place: a failure, or an interruption
@@ -90,7 +101,8 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
         The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has, or its cell
         factors or gene loadings hold NaN rows (cells or genes that
         ``anndata.concat(..., join="outer")`` joined to the fit), or a cell or gene name
-        holds a NUL character, which a text table cannot carry; nothing is written.
+        holds a NUL character or a lone surrogate, which a text table cannot carry;
+        nothing is written.
     UnsafePathError
         ``folder`` is an empty name, which `pathlib` takes for the current folder (nothing
         is written).
@@ -242,8 +254,9 @@ def _warn_of_another_trace(folder: Path, written: str) -> None:
 # cells, and ``check`` runs often enough to stop a long write.
 _TSV_ROWS = 1 << 14
 # The characters that make a field quoted: the separator, line breaks, the quote itself;
-# and NUL, which `_tsv_field` refuses.
-_NEEDS_QUOTES = re.compile('[\t\n\r"\x00]')
+# and NUL and lone surrogates, which `_tsv_field` refuses.
+_NEEDS_QUOTES = re.compile('[\t\n\r"\x00\ud800-\udfff]')
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def write_tsv(
@@ -332,6 +345,9 @@ def _tsv_field(text: str) -> str:
     ValueError
         ``text`` holds a NUL character: readers (pandas, R) end the field there, so the
         name would be read back cut (``"a\\x00b"`` as ``"a"``), as no quoting prevents.
+        Or a lone surrogate (a byte of another encoding decoded with
+        ``errors="surrogateescape"``), which UTF-8 cannot encode: the write failed with a
+        bare `UnicodeEncodeError` naming neither the name nor the table.
     """
     if _NEEDS_QUOTES.search(text) is None:
         return text
@@ -339,6 +355,11 @@ def _tsv_field(text: str) -> str:
         raise ValueError(
             f"the name {text!r} holds a NUL character, which a text table cannot carry "
             "(readers end the name there): rename it"
+        )
+    if _SURROGATE.search(text) is not None:
+        raise ValueError(
+            f"the name {text!r} holds a lone surrogate character, which UTF-8 text cannot "
+            "carry (text decoded from another encoding): rename it"
         )
     return '"' + text.replace('"', '""') + '"'
 

@@ -568,7 +568,8 @@ def atomic_directory(
 
     def make() -> tuple[Path, int | None]:
         prefix = temporary_prefix(target, ".tmp")
-        folder = Path(_make_folder(prefix, ".tmp", target.parent, private=private))
+        with _naming(target):  # a folder that cannot be made is named as OUTDIR, not hidden
+            folder = Path(_make_folder(prefix, ".tmp", target.parent, private=private))
         return folder, _lock_folder(folder)  # which removes it if it fails
 
     def remove(made: tuple[Path, int | None]) -> None:
@@ -614,22 +615,59 @@ def atomic_directory(
                     # the new output in, the old one out in one step: a kill -9 can no longer
                     # fall between two renames and leave no target at all
                     _sync_folder(target.parent)
-                    _remove_retired(*_move_aside(temporary, target), target)
+                    _retire_exchanged(temporary, target)
                 elif replacing:
                     retired, lock = _move_aside(target, target)
                     try:
-                        os.replace(temporary, target)
+                        _rename_into(temporary, target)
                         _sync_folder(target.parent)
                     except BaseException:
+                        _put_back(retired, target)
                         _release(lock)
                         raise
                     _remove_retired(retired, lock, target)
                 else:
-                    os.replace(temporary, target)
+                    _rename_into(temporary, target)
                     _sync_folder(target.parent)
         except KeyboardInterrupt as stop:
             stop.written = target
             raise
+
+
+def _rename_into(temporary: Path, target: Path) -> None:
+    """Rename the complete folder ``temporary`` to ``target``; a failure names ``target``,
+    the folder the user asked for (the rename's own error showed both paths as
+    ``PosixPath(...)`` reprs, the first a hidden temporary)."""
+    try:
+        os.replace(temporary, target)
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot move the new output into place: {error.strerror}", str(target)
+        ) from None
+
+
+def _put_back(retired: Path, target: Path) -> None:
+    """The earlier output, moved aside into ``retired`` (`_move_aside`), back at ``target``
+    after the new one failed to take its place: it was left hidden in ``retired``, with
+    ``target`` gone, and the next run removed that folder as a killed run's leftover. If
+    it cannot be put back, the error already raised stands and ``retired`` stays."""
+    with contextlib.suppress(OSError):
+        os.replace(retired / "previous", target)
+        retired.rmdir()
+        _sync_folder(target.parent)
+
+
+def _retire_exchanged(old: Path, target: Path) -> None:
+    """Delete the earlier output, at ``old`` (the temporary's name) once the new one took
+    ``target``'s place by an exchange, through a locked folder (`_move_aside`). If no such
+    folder can be made (a full disk or quota: a new folder needs a block), it is left at
+    ``old``, which the temporary's owner removes (`atomic_directory`): the new output is
+    complete, and a failure to tidy the old one is no failed run."""
+    try:
+        retired, lock = _move_aside(old, target)
+    except OSError:
+        return
+    _remove_retired(retired, lock, target)
 
 
 def _keep_beside(temporary: Path, target: Path) -> Path:
@@ -710,10 +748,10 @@ def _move_aside(old: Path, target: Path) -> tuple[Path, int | None]:
     ``target`` named for it (as `vbsnmf.io.check_outdir` looks for leftovers), returned
     with the lock held on it (`_lock_folder`); if it cannot be moved, nothing is left
     behind and the error names ``target``."""
-    retired = Path(
-        tempfile.mkdtemp(prefix=temporary_prefix(target, ".old"), suffix=".old", dir=target.parent)
-    )
+    prefix = temporary_prefix(target, ".old")
     try:
+        # in the try: a folder that cannot be made (a full disk) was named by its hidden name
+        retired = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=target.parent))
         lock = _lock_folder(retired)  # which removes it if it fails
         try:
             os.replace(old, retired / "previous")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._atomic import held_signals
 from .._estimator import SOLVERS as VB_SOLVERS
 from .._estimator import VBNMF, _check_no_dask_checkpoint
 from .._model import (
@@ -465,27 +466,31 @@ def nmf(
         # not say so (the command line's params.json records the same count)
         settings["n_threads"] = check_n_threads(fit_params.get("n_threads"))
 
-    drop_fit(adata, keys)  # makes a view its own AnnData first, with its own .raw
-    genes = adata.raw if use_raw else adata
-    for name, values in cell_arrays.items():
-        adata.obsm[name] = values
-    for name, values in gene_arrays.items():
-        genes.varm[name] = values
-    genes.var[keys.total_counts] = total_counts
-    if use_raw:
-        adata.varm[keys.loadings] = aligned
-    adata.uns[keys.uns] = {
-        "params": settings,
-        "obsm_key": keys.factors,
-        "usage_key": keys.usage,
-        "sqrt_usage_key": keys.sqrt_usage,
-        "varm_key": keys.loadings,
-        "factor_share": share,
-        "active": share > threshold,
-        "min_share": threshold,
-        **info,
-        **({} if variational is None else {"variational": variational}),
-    }
+    # The earlier fit out and the new one in, or none of it: a Ctrl-C (or the command line's
+    # SIGTERM) that arrives meanwhile is raised once all is stored. Between the two it left
+    # the AnnData with the earlier fit dropped and the new one half stored.
+    with held_signals():
+        drop_fit(adata, keys)  # makes a view its own AnnData first, with its own .raw
+        genes = adata.raw if use_raw else adata
+        for name, values in cell_arrays.items():
+            adata.obsm[name] = values
+        for name, values in gene_arrays.items():
+            genes.varm[name] = values
+        genes.var[keys.total_counts] = total_counts
+        if use_raw:
+            adata.varm[keys.loadings] = aligned
+        adata.uns[keys.uns] = {
+            "params": settings,
+            "obsm_key": keys.factors,
+            "usage_key": keys.usage,
+            "sqrt_usage_key": keys.sqrt_usage,
+            "varm_key": keys.loadings,
+            "factor_share": share,
+            "active": share > threshold,
+            "min_share": threshold,
+            **info,
+            **({} if variational is None else {"variational": variational}),
+        }
     return adata if copy else None
 
 

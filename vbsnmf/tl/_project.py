@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from .._atomic import held_signals
 from .._data import as_count_data
 from .._model import GammaPrior, HierarchicalPrior, ScaleState, fit_rows
 from .._utils import (
@@ -302,19 +303,26 @@ def project(
         )
     cells.warn_unsettled(tol)
     view_to_actual(adata_new)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
-    replaced = adata_new.uns.get(f"{name}_projection"), adata_new.uns.get(name)
-    if record_kind(replaced[0]) == "projection" or record_kind(replaced[1]) == "fit":
-        # The dominant factors vbsnmf.pl.umap drew from the cells replaced here (an earlier
-        # projection under this key, or the reference's own in its copy) would outlive them.
-        drop_dominant_factors(adata_new, {DOMINANT_FACTOR_ENTRY: dominant_factor_column(name)})
-    for field, values in cell_factor_arrays(keys, cells.shape / cells.rate, loadings).items():
-        adata_new.obsm[field] = values
-    adata_new.uns[f"{name}_projection"] = {
-        "reference_key": key,
-        "n_genes_used": n_shared,
-        "n_genes_missing": len(reference_genes) - n_shared,
-        "n_cells_without_counts": n_without,
-        # the reference's switched-off factors are noise here too (`vbsnmf.pl` leaves them out)
-        "active": np.array(info["active"], dtype=bool),
-    }
+    # The earlier projection out and the new one in, or none of it: a Ctrl-C (or the command
+    # line's SIGTERM) that arrives meanwhile is raised once all is stored (it left the new
+    # .obsm['X_nmf'] beside the earlier usages and record).
+    arrays = cell_factor_arrays(keys, cells.shape / cells.rate, loadings)
+    with held_signals():
+        replaced = adata_new.uns.get(f"{name}_projection"), adata_new.uns.get(name)
+        if record_kind(replaced[0]) == "projection" or record_kind(replaced[1]) == "fit":
+            # The dominant factors vbsnmf.pl.umap drew from the cells replaced here (an
+            # earlier projection under this key, or the reference's own in its copy) would
+            # outlive them.
+            drop_dominant_factors(adata_new, {DOMINANT_FACTOR_ENTRY: dominant_factor_column(name)})
+        for field, values in arrays.items():
+            adata_new.obsm[field] = values
+        adata_new.uns[f"{name}_projection"] = {
+            "reference_key": key,
+            "n_genes_used": n_shared,
+            "n_genes_missing": len(reference_genes) - n_shared,
+            "n_cells_without_counts": n_without,
+            # the reference's switched-off factors are noise here too (`vbsnmf.pl` leaves them
+            # out)
+            "active": np.array(info["active"], dtype=bool),
+        }
     return adata_new if copy else None

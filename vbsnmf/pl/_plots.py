@@ -255,6 +255,18 @@ def _check_components(components, n_components: int) -> list[int]:
     return chosen
 
 
+def _coloured_cells(shown: np.ndarray, mask_obs) -> np.ndarray:
+    """The rows of ``shown`` (cells x factors drawn) that `factors` draws in colour: those
+    ``mask_obs`` keeps when it is a boolean array of one value per cell (a column's name
+    is made one first), else all of them (scanpy refuses any other mask itself)."""
+    if mask_obs is None:
+        return shown
+    mask = np.asarray(mask_obs)
+    if mask.dtype != bool or mask.shape != (shown.shape[0],):
+        return shown
+    return shown[mask]
+
+
 def _check_passed_on(kwds: dict, set_here: dict[str, str], plot: str) -> None:
     """A `TypeError` for a keyword argument to pass on to scanpy that ``plot`` sets itself
     (``set_here``: its name -> what to pass instead), rather than scanpy's bare "got
@@ -269,10 +281,16 @@ _FACTORS_SET = {
     "color": "choose the factors to draw with components=",
     "vmin": "the colour scale starts at 0; set its top with vmax=",
     "return_fig": "the panels' axes are returned; their figure is axes[0].figure",
+    # scanpy's own refusals named the plot's cmap, vmin and vmax as the user's
+    "color_map": "choose the colour map with cmap=",
+    "norm": "the colour scale runs from 0 to vmax= on a linear scale",
 }
 _TOP_GENES_SET = {
     "var_names": "the columns are the fit's top genes; choose them with n_genes=, sort_by= "
     "and min_counts=",
+    # scanpy's own refusal said "cannot be set if var_names is a dict", a dict it never saw
+    "var_group_labels": "the brackets are the factors, labelled 'factor 0', ...",
+    "var_group_positions": "the brackets are the factors, one over each factor's genes",
 }
 
 
@@ -337,6 +355,7 @@ def elbo(
             f"adata.uns[{key!r}]['elbo_trace'] holds NaN or infinite values, which no fit "
             "records; fit again with vbsnmf.tl.nmf"
         )
+    check_save(save, "elbo")  # before the figure is drawn, which a refusal left open
     plt = _pyplot()
     if axes is None:
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -401,7 +420,8 @@ def factors(
     vmax
         Top of the shared colour scale: a number, or ``"pNN"``, the NN-th percentile of
         the values of all drawn panels together (scanpy takes each panel's own, which
-        would make a flat, switched-off factor look as bright as a real one). The bottom
+        would make a flat, switched-off factor look as bright as a real one), of the
+        cells drawn in colour (those ``mask_obs`` keeps, as scanpy takes it). The bottom
         is 0.
     ncols, cmap
         As ``sc.pl.embedding``'s.
@@ -410,9 +430,10 @@ def factors(
         is the basis, as in ``sc.pl.embedding``.
     **kwds
         Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``,
-        ``mask_obs``: an array or the name of a boolean ``.obs`` column); not ``color``,
-        ``vmin`` or ``return_fig``, which the plot sets, nor ``use_raw=True`` (a
-        `TypeError`).
+        ``mask_obs``: an array or the name of a boolean ``.obs`` column; ``ax``, with one
+        factor in ``components``); not ``color``,
+        ``vmin``, ``norm``, ``color_map`` (``cmap`` here) or ``return_fig``, which the plot
+        sets, nor ``use_raw=True`` (a `TypeError`).
 
     Returns
     -------
@@ -445,6 +466,12 @@ def factors(
             else "no factor to draw: none is active; pass include_inactive=True to draw them "
             "all, or components= to choose"
         )
+    if kwds.get("ax") is not None and len(components) > 1:
+        # scanpy's own refusal named 'color', which the plot sets, not the user
+        raise ValueError(
+            f"ax= holds one panel, and {len(components)} factors are to be drawn: choose "
+            "one with components=[factor], or leave ax out"
+        )
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     # a sparse matrix reads as one object (anndata's bare IndexError), and matplotlib drew
@@ -468,16 +495,35 @@ def factors(
     field = info["usage_key"] if values == "usage" else info["obsm_key"]
     # NaN made the percentile scale NaN, and matplotlib drew a broken one silently
     shown = _factor_columns(adata, field, info)[:, components]
+    if isinstance(kwds.get("mask_obs"), str):
+        # scanpy looked the column up in the panels' frame below, which holds the factors
+        # only, and said "Did not find adata.obs['keep']" of a column adata has
+        column = kwds["mask_obs"]
+        if column not in adata.obs:
+            raise KeyError(f"adata.obs has no column {column!r} (mask_obs=) to mask cells by")
+        kwds["mask_obs"] = adata.obs[column].to_numpy()
+    elif kwds.get("mask_obs") is not None:
+        # scanpy reads the mask's dtype: a list of booleans failed with its bare
+        # AttributeError "'list' object has no attribute 'dtype'"
+        kwds["mask_obs"] = np.asarray(kwds["mask_obs"])
+    coloured = _coloured_cells(shown, kwds.get("mask_obs"))
     if isinstance(vmax, str):
         percent = vmax[1:].replace(".", "", 1)
         if not (vmax.startswith("p") and percent.isdigit() and float(vmax[1:]) <= 100):
             raise ValueError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
-        percentile = float(np.percentile(shown, float(vmax[1:])))
+        if coloured.size == 0:  # numpy's bare IndexError
+            raise ValueError(
+                f"mask_obs= keeps no cell, so vmax={vmax!r} is the percentile of no value: "
+                "keep some cells, or give vmax as a number"
+            )
+        # of the cells drawn in colour, as scanpy takes it: masked cells, drawn grey, set
+        # the scale of the subset shown
+        percentile = float(np.percentile(coloured, float(vmax[1:])))
         # At or below every drawn value, matplotlib drew each cell in one colour silently;
         # but values that are all one positive number (the usages of a fit with one factor,
         # 1 in every cell) are rightly drawn in one colour, at the top of the scale.
-        constant = shown.min() == shown.max() and percentile > 0
-        if not (percentile > shown.min() or constant):
+        constant = coloured.min() == coloured.max() and percentile > 0
+        if not (percentile > coloured.min() or constant):
             raise ValueError(
                 f"vmax={vmax!r} is the smallest drawn value here ({percentile:.3g}), which "
                 "draws every cell in one colour: choose a higher percentile or a number"
@@ -489,13 +535,7 @@ def factors(
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
     elif not (np.isfinite(vmax) and vmax > 0):
         raise ValueError(f"vmax must be positive and finite (the scale starts at 0), got {vmax!r}")
-    if isinstance(kwds.get("mask_obs"), str):
-        # scanpy looked the column up in the panels' frame below, which holds the factors
-        # only, and said "Did not find adata.obs['keep']" of a column adata has
-        column = kwds["mask_obs"]
-        if column not in adata.obs:
-            raise KeyError(f"adata.obs has no column {column!r} (mask_obs=) to mask cells by")
-        kwds["mask_obs"] = adata.obs[column].to_numpy()
+    check_save(save, basis)  # before the figure is drawn, which a refusal left open
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
     # Stored as X_<name> so that scanpy names the axes as its own (UMAP1, UMAP2).
@@ -565,10 +605,11 @@ def top_genes(
         is scanpy's ``dotplot_``.
     **kwds
         Passed to ``sc.pl.dotplot`` (e.g. ``layer``, ``use_raw``, ``standard_scale=None``,
-        ``cmap``, ``dendrogram``); not ``var_names``, which the plot sets (a `TypeError`).
+        ``cmap``, ``dendrogram``); not ``var_names``, ``var_group_labels`` or
+        ``var_group_positions``, which the plot sets (a `TypeError`).
         ``dendrogram=True`` without a stored one computes scanpy's dendrogram into
         ``adata``: a view is made its own AnnData first, as anndata does at a write (a
-        view of a backed one is refused).
+        backed AnnData, or a view of one, is refused: scanpy cannot read its X).
 
     Returns
     -------
@@ -655,6 +696,8 @@ def top_genes(
         for factor, listed in names.groupby(level="factor", sort=True)
     }
     kwds.setdefault("standard_scale", "var")
+    # before the figure is drawn (which a refusal left open) and a dendrogram computed
+    check_save(save, "dotplot_")
     dendrogram = kwds.get("dendrogram")
     # scanpy's key of the dendrogram: named, else of the groupby columns
     stored = dendrogram if isinstance(dendrogram, str) else f"dendrogram_{'_'.join(columns)}"
@@ -663,7 +706,17 @@ def top_genes(
         # object, and read it back from the view: a bare KeyError 'dendrogram_<groupby>'
         check_writable(adata, advice="call .to_memory() on the view first")
         view_to_actual(adata)
-    dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
+    try:
+        dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
+    except NotImplementedError as error:
+        if not (dendrogram and adata.isbacked and stored not in adata.uns):
+            raise
+        # scanpy's dendrogram reads adata.X, and said only "dendrogram is not implemented
+        # for matrices of type <class '..._CSRDataset'>"
+        raise ValueError(
+            f"dendrogram=True computes scanpy's dendrogram ({stored!r}), which cannot read the "
+            "X of a backed AnnData: plot adata.to_memory(), or drop dendrogram"
+        ) from error
     if return_fig:
         return dot_plot
     dot_plot.make_figure()
@@ -900,6 +953,7 @@ def select_k(
     from matplotlib.ticker import MaxNLocator
 
     table, ks, suggested = _k_selection(adata, key)
+    check_save(save, "select_k")  # before the figure is drawn, which a refusal left open
     plt = _pyplot()
     if axes is None:
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))

@@ -97,7 +97,8 @@ def umap(
 
     Returns
     -------
-    The matplotlib axes (a list of them for a list of colours), unless shown.
+    The matplotlib axes (a list of them for several colours, as ``sc.pl.umap``
+    returns them: one for a list of one), unless shown.
 
     Raises
     ------
@@ -111,7 +112,10 @@ def umap(
         ``adata`` holds fewer than 4 cells; ``adata`` is a view of a backed AnnData,
         which cannot store the graph; a ``color`` is both an ``.obs`` column and a gene
         of ``adata.var_names``, a gene of ``adata.X`` when that is None or a dask array
-        of sparse chunks, or a gene whose name other genes share; the graph, the UMAP
+        of sparse chunks, a gene whose name other genes share, or an ``.obs`` column of
+        values scanpy colours by neither as groups nor as numbers (objects of text beside
+        numbers, a None among booleans or numbers; nullable booleans, dates: make it
+        categorical); the graph, the UMAP
         or the Leiden clusters would be stored over a fit, projection or K selection in
         ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or ``"leiden"``);
         ``.obs[key + '_dominant_factor']``, to be written, holds values it did not write.
@@ -281,6 +285,9 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
             f"color {', '.join(map(repr, ambiguous))}: both a column of adata.obs and a gene "
             "of adata.var_names, which scanpy cannot tell apart; rename the column"
         )
+    for name in colors:
+        if name in adata.obs.columns:
+            _check_colourable_column(adata.obs[name], name)
     missing = [
         name
         for name in colors
@@ -328,6 +335,46 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     raise KeyError(
         f"color {', '.join(map(repr, missing))}: neither a column of adata.obs nor a gene of "
         f"{where}{note}"
+    )
+
+
+def _check_colourable_column(column, name: str) -> None:
+    """A `ValueError` for an ``.obs`` ``column`` that scanpy can colour by neither as
+    groups nor as numbers: scanpy makes a column of text (and missing values)
+    categorical, and draws one of numbers on a colour scale; others (objects of text
+    beside numbers, a None among booleans or numbers, bytes; pandas' nullable booleans,
+    dates, periods) failed with its bare TypeError ("bad operand type for unary -:
+    'str'", "The numpy boolean negative, the `-` operator, is not supported") after the
+    graph and the UMAP."""
+    import pandas as pd
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return
+    if pd.api.types.is_object_dtype(dtype):
+        if pd.api.types.infer_dtype(column, skipna=True) == "string":
+            return
+        if all(isinstance(value, numbers.Real) for value in column):  # NaN is a float
+            return
+        kinds = ", ".join(sorted({type(value).__name__ for value in column}))
+        held = f"objects ({kinds})"
+        numbers_and_none = all(isinstance(value, numbers.Real) for value in column.dropna())
+        numeric = numbers_and_none and column.notna().any()
+    elif isinstance(dtype, pd.BooleanDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        held, numeric = f"{dtype} values", False
+    elif isinstance(dtype, pd.PeriodDtype):
+        held, numeric = f"{dtype} values", False
+    else:
+        return
+    raise ValueError(
+        f"color {name!r}: adata.obs[{name!r}] holds {held} that scanpy can colour by "
+        f"neither as groups nor as numbers: make it categorical (adata.obs[{name!r}] = "
+        f"adata.obs[{name!r}].astype('category'))"
+        + (
+            f", or numbers with NaN where one is missing (pd.to_numeric(adata.obs[{name!r}]))"
+            if numeric
+            else ""
+        )
     )
 
 

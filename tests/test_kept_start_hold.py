@@ -2,7 +2,7 @@
 still held its factor shapes (docs/model.md, "The hold"): it advises ``max_iter`` alone, as
 the same fit of one start does, not "raise max_iter or tol" (no tol stops a held fit).
 Each start's own warning is silenced; `_model.warn_kept_start` tells the kept one's from
-its `_model.StartOutcome`. The held cases fail on the code before the change (they said
+its `_model.FitOutcome`. The held cases fail on the code before the change (they said
 "or tol"); the released case is a guard that passes on both."""
 
 from __future__ import annotations

@@ -1250,27 +1250,24 @@ def resumed_converged(trace, tol: float, held: bool) -> bool:
     return released_before_last and has_converged(trace, tol)
 
 
-# How `warn_not_converged`'s message starts: `tl.select_k` keeps it back from its fits by this
-# (the other `ConvergenceWarning`s, e.g. `warn_elbo_rounding`'s, pass), reads whether the fit
-# was held (`STILL_HELD_MESSAGE`) and gives one of its own.
+# How `warn_not_converged`'s message starts: `tl.select_k` silences it in its fits by this
+# (the other `ConvergenceWarning`s, e.g. `warn_elbo_rounding`'s, pass), reads whether each fit
+# was held from its `FitOutcome` and gives one warning of its own.
 NOT_CONVERGED_MESSAGE = r"(VB|SVI) stopped after "
-# What that warning says of a fit that ran out while it still held its factor shapes: the
-# advice is then max_iter (n_epochs) alone, no tol stops it; `tl.select_k` reads it so.
-STILL_HELD_MESSAGE = "while it still held its factor shapes"
 
 
 def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = False) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``;
     ``holding``: still holding a random start's factor shapes (`hold_released` not yet),
     which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already."""
-    outcome = _START_OUTCOME.get()
-    if outcome is not None:  # one of several starts, silenced: `warn_kept_start` tells it
+    outcome = _FIT_OUTCOME.get()
+    if outcome is not None:  # told also when the warning is silenced (`recording_outcome`)
         outcome.held = holding
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
     if holding:
         warn_user(
-            f"{what} stopped after {limit_name}={limit} {unit} {STILL_HELD_MESSAGE} "
-            f"at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
+            f"{what} stopped after {limit_name}={limit} {unit} while it still held its factor "
+            f"shapes at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
             f"HOLD_TOL={HOLD_TOL:.2g} relative, whatever the stopping tolerance "
             f'(docs/model.md, "The hold"); raise {limit_name}.',
             ConvergenceWarning,
@@ -1296,19 +1293,32 @@ def quiet_convergence(quiet: bool):
 
 
 @dataclass
-class StartOutcome:
-    """What `warn_not_converged` would have told of one of several starts: ``held``, whether
-    it ran out while it still held its factor shapes (`warn_kept_start` then says so of the
-    start kept; it advised "raise max_iter or tol", and no tol stops a held fit)."""
+class FitOutcome:
+    """What `warn_not_converged` told, or would have told, of the fit run under
+    `recording_outcome`: ``held``, whether it ran out while it still held its factor
+    shapes. `warn_kept_start` says so of the start kept of several (it advised "raise
+    max_iter or tol", and no tol stops a held fit), and `tl.select_k` records it."""
 
     held: bool = False
 
 
-# The outcome of the start `one_of_starts` is fitting (None outside one of several): per
-# context, as fits run in threads meanwhile.
-_START_OUTCOME: contextvars.ContextVar[StartOutcome | None] = contextvars.ContextVar(
-    "start_outcome", default=None
+# The outcome of the fit `recording_outcome` runs (None outside one): per context, as fits
+# run in threads meanwhile.
+_FIT_OUTCOME: contextvars.ContextVar[FitOutcome | None] = contextvars.ContextVar(
+    "fit_outcome", default=None
 )
+
+
+@contextlib.contextmanager
+def recording_outcome():
+    """A block whose fit's `FitOutcome` is recorded; yields it (the innermost such block
+    records a fit's own `warn_not_converged`)."""
+    outcome = FitOutcome()
+    token = _FIT_OUTCOME.set(outcome)
+    try:
+        yield outcome
+    finally:
+        _FIT_OUTCOME.reset(token)
 
 
 @contextlib.contextmanager
@@ -1317,19 +1327,17 @@ def one_of_starts(n_starts: int):
     one, their own `ConvergenceWarning` is silenced and `warn_kept_start` gives the kept
     fit's (each start warned that it stopped at max_iter, also when the fit kept had
     converged, and a fit of three starts warned three times). Yields the start's
-    `StartOutcome`, for `warn_kept_start`."""
-    outcome = StartOutcome()
-    token = _START_OUTCOME.set(outcome if n_starts > 1 else None)
-    try:
-        with quiet_convergence(n_starts > 1):
-            yield outcome
-    finally:
-        _START_OUTCOME.reset(token)
+    `FitOutcome`, for `warn_kept_start`."""
+    if n_starts <= 1:  # its own warning stands, and a caller's `recording_outcome` hears it
+        yield FitOutcome()
+        return
+    with recording_outcome() as outcome, quiet_convergence(True):
+        yield outcome
 
 
 def warn_kept_start(best, n_starts: int, max_iter: int, tol: float, held: bool = False) -> None:
     """The `ConvergenceWarning` of the start kept of several, had it stopped at max_iter
-    (``held``: its `StartOutcome`'s)."""
+    (``held``: its `FitOutcome`'s)."""
     if n_starts > 1 and not best.converged and max_iter > 0:
         warn_not_converged("max_iter", max_iter, tol, holding=held)
 

@@ -3,7 +3,6 @@ and fastTopics' likelihood against rank."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable
 
@@ -19,8 +18,8 @@ from .._model import (
     HOLD_TOL,
     NOT_CONVERGED_MESSAGE,
     START_FACTOR_SHAPE,
-    STILL_HELD_MESSAGE,
     ConvergenceWarning,
+    recording_outcome,
 )
 from .._utils import check_anndata, is_dask_array, warn_user
 from .._validation import check_tolerance
@@ -216,6 +215,11 @@ def select_k(
             # the train half leaves more cells empty: a property of the split, not the data
             warnings.simplefilter("ignore", _EmptyCellsWarning)
             warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
+            # one warning for the grid (`_warn_not_converged`), not the same one from each of
+            # the 2 x len(ks) fits without saying which
+            warnings.filterwarnings(
+                "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+            )
             full_held, half_held = (
                 _fit_holding(fitted, k, options, fit_params) for fitted in (full, half)
             )
@@ -315,45 +319,11 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
 
 def _fit_holding(adata, k: int, options: dict, fit_params: dict) -> bool:
     """`nmf` of ``adata`` at ``k``; whether it stopped at ``max_iter`` (``n_epochs``) while
-    it still held its factor shapes at 1 (docs/model.md, "The hold"), as its own
-    not-converged `ConvergenceWarning` says (`_model.warn_not_converged`). That warning is
-    kept back: `_warn_not_converged` gives one for the grid, naming the Ks, not the same one
-    from each of the 2 x len(ks) fits without saying which. The fit's other warnings are
-    shown as they were (the filters in force chose them when they were raised), also when
-    the fit fails: they may say why."""
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # recorded, whatever the filters in force, to be read here (not shown)
-            warnings.filterwarnings(
-                "always", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
-            )
-            nmf(adata, k, **options, **fit_params)
-    finally:
-        held = _show_but_not_converged(caught)
-    return held
-
-
-def _show_but_not_converged(caught: list) -> bool:
-    """Show the recorded warnings ``caught`` of a fit but its not-converged one; whether
-    that one said the fit still held its factor shapes (`_fit_holding`)."""
-    held = False
-    for caught_warning in caught:
-        message = str(caught_warning.message)
-        if issubclass(caught_warning.category, ConvergenceWarning) and re.match(
-            NOT_CONVERGED_MESSAGE, message
-        ):
-            held = held or STILL_HELD_MESSAGE in message
-            continue
-        warnings.showwarning(
-            caught_warning.message,
-            caught_warning.category,
-            caught_warning.filename,
-            caught_warning.lineno,
-            caught_warning.file,
-            caught_warning.line,
-        )
-    return held
+    it still held its factor shapes at 1 (docs/model.md, "The hold"), as its `FitOutcome`
+    says (`_model.warn_not_converged`)."""
+    with recording_outcome() as outcome:
+        nmf(adata, k, **options, **fit_params)
+    return outcome.held
 
 
 def _check_scored(solver: str, fit_params: dict) -> np.dtype:

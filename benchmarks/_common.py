@@ -18,28 +18,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _whole_number(text: str, minimum: int) -> int:
+    """``text`` as a whole number of at least ``minimum``, else argparse's usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type``: a whole number of at least 1 (factors, threads, cells, rounds,
     iterations), so that 0 or a negative count is argparse's usage error, not a traceback
     from deep in the benchmark or a result built from nothing."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse ``type``: a whole number of at least 0 (a seed, an optional count)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def positive_int_list(text: str) -> list[int]:

@@ -73,6 +73,18 @@ def check_n_threads(n_threads: int | None) -> int:
     return int(min(n_threads, available))
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of vbsnmf and of the libraries a fit's bits depend on (Numba and its
+    LLVM compile the kernels; numpy and scipy run the rest), which a record keeps so that a
+    rerun giving other bits can be told apart from another fit."""
+    from importlib.metadata import version
+
+    from . import __version__
+
+    names = ("numpy", "scipy", "numba", "llvmlite", "anndata")
+    return {"vbsnmf": __version__} | {name: version(name) for name in names}
+
+
 @contextlib.contextmanager
 def numba_threads(n_threads: int | None) -> Iterator[int]:
     """Run the block with ``n_threads`` Numba threads (see `check_n_threads`); yields the

@@ -820,7 +820,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     import numpy as np
 
     from . import io, tl
-    from ._utils import check_n_threads
+    from ._utils import check_n_threads, library_versions
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
 
@@ -828,6 +828,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     trace = info.get("elbo_trace", [])
     summary = {
         "vbsnmf_version": __version__,
+        "versions": library_versions(),  # the libraries the fit's bits depend on, with vbsnmf
         "input": source,
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.raw.n_vars if args.use_raw else adata.n_vars),

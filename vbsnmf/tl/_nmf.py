@@ -28,6 +28,7 @@ from .._utils import (
     elbo_iterations,
     finite_fit_array,
     is_dask_array,
+    library_versions,
     numba_threads,
 )
 from .._validation import (
@@ -236,7 +237,8 @@ def nmf(
         ``params`` (the settings; ``n_threads``: the Numba threads the fit ran on, capped at
         the machine's, on which its rounding depends; as given for a dask X), ``obsm_key``,
         ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_iter``,
-        ``converged``;
+        ``converged``; ``versions``, those of vbsnmf and of the libraries its bits depend on
+        (numpy, scipy, numba, llvmlite, anndata);
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
@@ -488,6 +490,7 @@ def nmf(
             "factor_share": share,
             "active": share > threshold,
             "min_share": threshold,
+            "versions": library_versions(),
             **info,
             **({} if variational is None else {"variational": variational}),
         }

@@ -16,6 +16,7 @@ from .._utils import (
     check_factor_columns,
     damaged_record,
     is_dask_array,
+    library_versions,
     numba_threads,
     record_kind,
 )
@@ -150,7 +151,8 @@ def project(
         ``reference_key``, ``n_genes_used``, ``n_genes_missing``,
         ``n_cells_without_counts`` (cells with no counts in the reference's genes, whose
         factors are the prior's; a warning says so) and ``active`` (K,) bool, the
-        reference's active factors, which `vbsnmf.pl.factors` and `vbsnmf.pl.umap` show.
+        reference's active factors, which `vbsnmf.pl.factors` and `vbsnmf.pl.umap` show;
+        ``versions``, as `vbsnmf.tl.nmf` records them.
 
     The ``.obs`` column of dominant factors that `vbsnmf.pl.umap` drew from the cell
     factors replaced (an earlier projection under the same key, or the reference's own
@@ -324,5 +326,6 @@ def project(
             # the reference's switched-off factors are noise here too (`vbsnmf.pl` leaves them
             # out)
             "active": np.array(info["active"], dtype=bool),
+            "versions": library_versions(),
         }
     return adata_new if copy else None

@@ -21,7 +21,7 @@ from .._model import (
     ConvergenceWarning,
     recording_outcome,
 )
-from .._utils import check_anndata, is_dask_array, warn_user
+from .._utils import check_anndata, is_dask_array, library_versions, warn_user
 from .._validation import check_tolerance
 from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
@@ -132,7 +132,8 @@ def select_k(
 
     ``DataFrame.attrs`` holds ``suggested_k`` and ``reason`` (a sentence saying why).
     ``adata.uns[key_added]`` holds ``table`` (the DataFrame), ``suggested_k``, ``reason``
-    and ``params``. `vbsnmf.pl.select_k` plots it.
+    ``params`` and ``versions`` (as `vbsnmf.tl.nmf` records them). `vbsnmf.pl.select_k`
+    plots it.
 
     Raises
     ------
@@ -291,6 +292,7 @@ def select_k(
         "suggested_k": int(suggested_k),
         "reason": reason,
         "params": params,
+        "versions": library_versions(),
     }
     table.attrs = {"suggested_k": int(suggested_k), "reason": reason}
     return table

@@ -19,6 +19,7 @@ from .._model import (
     NOT_CONVERGED_MESSAGE,
     START_FACTOR_SHAPE,
     ConvergenceWarning,
+    kept_if_failed,
     recording_outcome,
 )
 from .._utils import check_anndata, is_dask_array, library_versions, warn_user
@@ -26,6 +27,7 @@ from .._validation import check_tolerance
 from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
     _check_fit_params,
+    _drawn_seed,
     _EmptyCellsWarning,
     _NoActiveFactorWarning,
     _storable,
@@ -94,7 +96,9 @@ def select_k(
     solver
         ``"batch"`` or ``"svi"`` (variational solvers: the ELBO is one of the columns).
     random_state
-        Seed of the count split and of every fit.
+        Seed of the count split and of every fit. A `numpy.random.Generator` (or
+        ``RandomState``) gives one integer seed, drawn once, which ``params`` records; it
+        is left as it was if the grid raises.
     tolerance
         How far below the best held-out log-likelihood per count a K may be and still be
         suggested, in nats per count; default: one standard error (above).
@@ -192,110 +196,116 @@ def select_k(
     counts = sp.csr_matrix(check_count_matrix(adata, matrix, source, fit_dtype))
     counts = counts.astype(np.float64, copy=False)
     _check_ks_fit(ks, counts.shape, source)
-    train, test = count_split(counts, 0.5, random_state=random_state)
-    test_total = float(test.sum())
-    # an empty train half failed in the first inner fit, as if adata's own counts were none
-    for half, total in (("test", test_total), ("train", float(train.sum()))):
-        if total == 0:
-            raise ValueError(
-                f"{source}: the count split left no {half} counts (too few counts: "
-                f"{float(counts.sum()):g} in all)"
+    # A Generator (or RandomState) gives the split and every fit one integer seed, drawn
+    # here, as an integer random_state does, and the record names it: each fit drew its own
+    # before, and the record named none, so the table could not be replayed. Left as it was
+    # if the grid raises, as tl.nmf leaves it.
+    with kept_if_failed(random_state):
+        random_state = _drawn_seed(random_state, solver)
+        train, test = count_split(counts, 0.5, random_state=random_state)
+        test_total = float(test.sum())
+        # an empty train half failed in the first inner fit, as if adata's own counts were none
+        for half, total in (("test", test_total), ("train", float(train.sum()))):
+            if total == 0:
+                raise ValueError(
+                    f"{source}: the count split left no {half} counts (too few counts: "
+                    f"{float(counts.sum()):g} in all)"
+                )
+
+        n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
+        if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
+            warn_empty_cells(
+                n_without, counts.shape[0], fitted_genes is not None, solver, fit_params=fit_params
             )
 
-    n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
-    if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
-        warn_empty_cells(
-            n_without, counts.shape[0], fitted_genes is not None, solver, fit_params=fit_params
-        )
-
-    rows, per_cell = [], []
-    options = {"solver": solver, "random_state": random_state, "min_share": min_share}
-    for k in ks:
-        full, half = ad.AnnData(counts), ad.AnnData(train)
-        with warnings.catch_warnings():
-            # the train half leaves more cells empty: a property of the split, not the data
-            warnings.simplefilter("ignore", _EmptyCellsWarning)
-            warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
-            # one warning for the grid (`_warn_not_converged`), not the same one from each of
-            # the 2 x len(ks) fits without saying which
-            warnings.filterwarnings(
-                "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+        rows, per_cell = [], []
+        options = {"solver": solver, "random_state": random_state, "min_share": min_share}
+        for k in ks:
+            full, half = ad.AnnData(counts), ad.AnnData(train)
+            with warnings.catch_warnings():
+                # the train half leaves more cells empty: a property of the split, not the data
+                warnings.simplefilter("ignore", _EmptyCellsWarning)
+                warnings.simplefilter("ignore", _NoActiveFactorWarning)  # its n_active says it
+                # one warning for the grid (`_warn_not_converged`), not the same one from each of
+                # the 2 x len(ks) fits without saying which
+                warnings.filterwarnings(
+                    "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
+                )
+                full_held, half_held = (
+                    _fit_holding(fitted, k, options, fit_params) for fitted in (full, half)
+                )
+            cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
+            per_cell.append(cell_ll)
+            info, half_info = full.uns["nmf"], half.uns["nmf"]
+            if len(info["elbo_trace"]) == 0:  # `_check_scored` should have refused the settings
+                raise ValueError(
+                    f"the fit at K={k} recorded no ELBO in its {info['n_iter']} pass(es); raise "
+                    "max_iter"
+                )
+            rows.append(
+                {
+                    "elbo": float(info["elbo_trace"][-1]),
+                    "heldout_ll_per_count": float(cell_ll.sum()) / test_total,
+                    "n_active": int(np.count_nonzero(info["active"])),
+                    "n_iter": int(info["n_iter"]),
+                    "converged": bool(info["converged"]),
+                    "shapes_held": full_held,
+                    "heldout_n_iter": int(half_info["n_iter"]),
+                    "heldout_converged": bool(half_info["converged"]),
+                    "heldout_shapes_held": half_held,
+                }
             )
-            full_held, half_held = (
-                _fit_holding(fitted, k, options, fit_params) for fitted in (full, half)
-            )
-        cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
-        per_cell.append(cell_ll)
-        info, half_info = full.uns["nmf"], half.uns["nmf"]
-        if len(info["elbo_trace"]) == 0:  # `_check_scored` should have refused the settings
-            raise ValueError(
-                f"the fit at K={k} recorded no ELBO in its {info['n_iter']} pass(es); raise "
-                "max_iter"
-            )
-        rows.append(
-            {
-                "elbo": float(info["elbo_trace"][-1]),
-                "heldout_ll_per_count": float(cell_ll.sum()) / test_total,
-                "n_active": int(np.count_nonzero(info["active"])),
-                "n_iter": int(info["n_iter"]),
-                "converged": bool(info["converged"]),
-                "shapes_held": full_held,
-                "heldout_n_iter": int(half_info["n_iter"]),
-                "heldout_converged": bool(half_info["converged"]),
-                "heldout_shapes_held": half_held,
-            }
-        )
-    table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
-    _warn_not_converged(table, solver)
-    best = int(np.argmax(table["heldout_ll_per_count"].to_numpy()))
-    differences = [per_cell[best] - cell_ll for cell_ll in per_cell]
-    n_cells = counts.shape[0]
-    table["heldout_se"] = [
-        float(np.sqrt(n_cells) * np.std(diff, ddof=1)) / test_total if n_cells > 1 else 0.0
-        for diff in differences
-    ]
-    table["tolerance"] = table["heldout_se"] if tolerance is None else float(tolerance)
-    gap = table["heldout_ll_per_count"].iloc[best] - table["heldout_ll_per_count"]
-    within = (gap <= table["tolerance"]).to_numpy()
-    chosen = int(np.flatnonzero(within)[0])  # the best K itself is always within
-    table["suggested"] = np.arange(len(ks)) == chosen
-    suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance)
-    table = table[
-        [
-            "elbo",
-            "heldout_ll_per_count",
-            "heldout_se",
-            "tolerance",
-            "n_active",
-            "n_iter",
-            "converged",
-            "shapes_held",
-            "heldout_n_iter",
-            "heldout_converged",
-            "heldout_shapes_held",
-            "suggested",
+        table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
+        _warn_not_converged(table, solver)
+        best = int(np.argmax(table["heldout_ll_per_count"].to_numpy()))
+        differences = [per_cell[best] - cell_ll for cell_ll in per_cell]
+        n_cells = counts.shape[0]
+        table["heldout_se"] = [
+            float(np.sqrt(n_cells) * np.std(diff, ddof=1)) / test_total if n_cells > 1 else 0.0
+            for diff in differences
         ]
-    ]
-    params = {"ks": np.asarray(ks), "solver": solver}
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        params["random_state"] = _storable_int(int(random_state))
-    if tolerance is not None:
-        params["tolerance"] = float(tolerance)
-    for name, value in (("layer", layer), ("mask_var", mask_var), ("min_share", min_share)):
-        if isinstance(value, (str, float, int)):
-            params[name] = value
-    params["use_raw"] = bool(use_raw)
-    params.update(_storable(fit_params))
-    view_to_actual(adata)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
-    adata.uns[key_added] = {
-        "table": table.copy(),
-        "suggested_k": int(suggested_k),
-        "reason": reason,
-        "params": params,
-        "versions": library_versions(),
-    }
-    table.attrs = {"suggested_k": int(suggested_k), "reason": reason}
-    return table
+        table["tolerance"] = table["heldout_se"] if tolerance is None else float(tolerance)
+        gap = table["heldout_ll_per_count"].iloc[best] - table["heldout_ll_per_count"]
+        within = (gap <= table["tolerance"]).to_numpy()
+        chosen = int(np.flatnonzero(within)[0])  # the best K itself is always within
+        table["suggested"] = np.arange(len(ks)) == chosen
+        suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance)
+        table = table[
+            [
+                "elbo",
+                "heldout_ll_per_count",
+                "heldout_se",
+                "tolerance",
+                "n_active",
+                "n_iter",
+                "converged",
+                "shapes_held",
+                "heldout_n_iter",
+                "heldout_converged",
+                "heldout_shapes_held",
+                "suggested",
+            ]
+        ]
+        params = {"ks": np.asarray(ks), "solver": solver}
+        if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+            params["random_state"] = _storable_int(int(random_state))
+        if tolerance is not None:
+            params["tolerance"] = float(tolerance)
+        for name, value in (("layer", layer), ("mask_var", mask_var), ("min_share", min_share)):
+            if isinstance(value, (str, float, int)):
+                params[name] = value
+        params["use_raw"] = bool(use_raw)
+        params.update(_storable(fit_params))
+        view_to_actual(adata)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
+        adata.uns[key_added] = {
+            "table": table.copy(),
+            "suggested_k": int(suggested_k),
+            "reason": reason,
+            "params": params,
+            "versions": library_versions(),
+        }
+        table.attrs = {"suggested_k": int(suggested_k), "reason": reason}
+        return table
 
 
 def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:

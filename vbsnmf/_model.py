@@ -1635,9 +1635,11 @@ def learned_start_rates(
     n_sides: int = 2,
 ) -> np.ndarray:
     """Per-row starting rates under the learned prior: with shapes of mean 1.5 each row's
-    factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), so the start's mean
-    is the independence fit ``r_i c_j / T``, the rank-one Poisson maximum-likelihood fit
-    (for a tensor's ``n_sides`` = D modes ``r_i / T^((D - 1) / D)``).
+    factors sum to ``r_i / sqrt(T)`` (r_i its total, T the grand total), ``r_i / (K
+    sqrt(T))`` each, so the start's mean ``sum_l E[z_il] E[w_jl]`` is ``r_i c_j / (K T)``:
+    the independence fit ``r_i c_j / T`` (the rank-one Poisson maximum-likelihood fit)
+    divided by K (for a tensor's ``n_sides`` = D modes each factor is ``r_i / (K T^((D -
+    1) / D))`` and the mean the independence fit divided by ``K^(D - 1)``).
     An empty row is given the total ``floor`` (default: the smallest positive total of these
     rows; pass the whole side's `TotalsSummary.floor` for a piece of the rows)."""
     totals = np.asarray(side_totals, dtype=np.float64)

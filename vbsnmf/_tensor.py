@@ -492,7 +492,8 @@ def random_start(
     mean count ``sum y / prod_d n_d`` (floored, the start's expected total bounded:
     `_model.start_factor_mean`). Under the learned ``prior`` each index's rates come
     from its total instead (`_model.learned_start_rates` for D modes: the start's mean is
-    the independence fit; a tensor without counts: `learned_start_total`) with its scales
+    the independence fit divided by ``K^(D - 1)``; a tensor without counts:
+    `learned_start_total`) with its scales
     at their optimum (`_model.learned_start_scale`). For D = 2 this is
     `_model.random_start`, bitwise, under either prior.
     """

@@ -99,7 +99,7 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     """
     with _reading(path) as stored:
         meta = _meta(stored, path)
-        arrays = {name: stored[name] for name in stored.files if name != "__meta__"}
+        arrays = {name: _array(stored, name, path) for name in stored.files if name != "__meta__"}
     return arrays, meta
 
 
@@ -117,7 +117,7 @@ def read_checkpoint_trace(path) -> np.ndarray | None:
     `CheckpointError` if it is not a checkpoint."""
     with _reading(path) as stored:
         _meta(stored, path)
-        return stored["elbo_trace"] if "elbo_trace" in stored.files else None
+        return _array(stored, "elbo_trace", path) if "elbo_trace" in stored.files else None
 
 
 @contextlib.contextmanager
@@ -157,6 +157,32 @@ def _reading(path):
         ) from None
 
 
+def _array(stored, name: str, path) -> np.ndarray:
+    """Member ``name`` of the open archive ``stored``, read; `CheckpointError` when its
+    header claims more values than the member holds (numpy allocates the claimed array
+    before reading: a damaged header of 10**13 rows raised numpy's MemoryError, which the
+    command line reported as the machine's memory running out)."""
+    try:
+        return stored[name]
+    except MemoryError:
+        member = name if name in stored.zip.namelist() else f"{name}.npy"
+        with stored.zip.open(member) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):  # np.savez writes these
+                raise
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, _, dtype = read_header(handle)
+        claimed = math.prod(shape) * dtype.itemsize
+        stored_bytes = stored.zip.getinfo(member).file_size
+        if claimed <= stored_bytes:  # a real array too large for this machine
+            raise
+        raise CheckpointError(
+            f"{path} is not a vbsnmf checkpoint (damaged: its array {name} claims "
+            f"{claimed:,} bytes, and the file holds {stored_bytes:,} for it); name another "
+            "path or remove it"
+        ) from None
+
+
 def _meta(stored, path) -> dict:
     if "__meta__" not in stored.files:
         raise CheckpointError(
@@ -164,7 +190,7 @@ def _meta(stored, path) -> dict:
             "name another path or remove it"
         )
     try:
-        meta = json.loads(str(stored["__meta__"]))
+        meta = json.loads(str(_array(stored, "__meta__", path)))
     except RecursionError:  # JSON nested deeper than Python's stack: damaged, not a crash
         raise CheckpointError(
             f"{path} is not a vbsnmf checkpoint (its metadata nests deeper than any "
@@ -269,8 +295,8 @@ def check_config(meta: dict, config: dict, path) -> None:
     if differing == ["data_fingerprint"]:
         raise CheckpointMismatchError(
             f"checkpoint {path} was written for other data (the same shape, nonzeros and "
-            f"total count, but other counts or counts at other positions, such as cells in "
-            f"another order); {start_over}"
+            f"total count, but other counts or counts at other positions, such as cells or "
+            f"genes in another order); {start_over}"
         )
     # the fingerprint is a hash, which says nothing a user can check: other counts are
     # told by the shape, nonzeros and total that differ, or in words
@@ -422,11 +448,20 @@ def _finite_number(value) -> bool:
         return False
 
 
+# Names of the arrays only a learned prior's checkpoint holds (with or without SQUAREM's
+# ``current_`` / ``kept_``): each side's scales and hyperparameters, SVI's sums over cells.
+_LEARNED_ONLY = re.compile(
+    r"(?:row|col)_(?:scale_shape|scale_rate|factor_shape|scale_prior)$|^cell_sums_"
+)
+
+
 def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -> None:
     """Raise `CheckpointError` unless the checkpoint's arrays and counters are a state the
     fit of ``config`` could have saved: every parameter array present with its shape and
     dtype, finite and positive (under the learned prior also the scales' q and the
-    hyperparameters; an accelerated fit holds two such sets, ``current_`` and ``kept_``);
+    hyperparameters, under the fixed prior none of them nor SVI's sums over cells, which
+    read when present failed with a KeyError or numpy's unpacking error; an accelerated
+    fit holds two such sets, ``current_`` and ``kept_``);
     a finite ELBO trace and the iterations of its values; whole counters. Its config is
     checked first (`check_config`), so a damaged file that kept its settings is caught
     here, before a kernel reads out of bounds or a fit runs on NaN."""
@@ -452,6 +487,13 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
 
     # the fit's config says what it saved (its arrays may be damaged)
     accelerated = config.get("accelerate") is True and config["solver"] == "batch"
+    if not learned:  # read when present (`params_from_arrays`, `_svi.progress_from_arrays`)
+        foreign = sorted(name for name in arrays if _LEARNED_ONLY.search(name))
+        if foreign:
+            raise damaged(
+                f"it holds {foreign[0]}, an array of the learned prior, which the fixed "
+                "prior has not"
+            )
     for prefix in ("current_", "kept_") if accelerated else ("",):
         for name, side in zip(PARAMETERS, (n_rows, n_rows, n_cols, n_cols)):
             shapes = [(side, k)]

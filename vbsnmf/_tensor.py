@@ -766,9 +766,10 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     finite ELBO trace and the iterations of its values (`_checkpoint.check_elbo_iter`);
     the ``finished`` flag; for SVI whole counters and a readable
     generator state; under the learned prior rates per entry and every mode's scales and
-    hyperparameters (and for SVI the local mode's sums); for an accelerated fit two such
-    q (``current_`` and ``kept_``) and whole SQUAREM counters. Its config was checked
-    first, so a kernel never reads a damaged one."""
+    hyperparameters (and for SVI the local mode's sums), under the fixed prior none of
+    them (read when present, they failed with numpy's unpacking error); for an
+    accelerated fit two such q (``current_`` and ``kept_``) and whole SQUAREM counters.
+    Its config was checked first, so a kernel never reads a damaged one."""
     k, dtype = config["n_components"], np.dtype(config["dtype"])
     learned = config.get("prior") == "hierarchical"
 
@@ -785,6 +786,10 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
             raise damaged(f"it holds {extra[0]}, and the tensor has {n_modes} modes")
         if not learned and any(name.startswith(prefix + "scale_") for name in arrays):
             raise damaged(f"it holds {prefix}scale arrays, which the fixed prior has not")
+    if not learned and any(name in LOCAL_SUMS for name in arrays):  # read when present
+        raise damaged(
+            "it holds sums over slices of the learned prior, which the fixed prior has not"
+        )
     for prefix, (d, n_rows) in product(prefixes, enumerate(config["shape"])):
         wanted = [(f"shape_{d}", (n_rows, k), dtype)]
         wanted.append((f"rate_{d}", (n_rows, k) if learned else (k,), dtype))

@@ -660,6 +660,9 @@ def _fit(
                 # SQUAREM's acceleration follows --prior here, no option sets it: its line
                 # ("accelerate: checkpoint True vs now False") named a Python parameter
                 message = re.sub(r"\baccelerate: checkpoint \w+ vs now \w+, ", "", message)
+                # --prior gamma is Gamma(1, 1), which no option changes: its parameters
+                # (prior_shape=1.0, prior_rate=1.0) named Python parameters the user cannot set
+                message = message.replace(f"'gamma' ({DEFAULT_GAMMA})", "'gamma'")
             raise UsageError(f"{_option_names(message)} (drop --resume)") from None
         except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
             # TypeError too: an X of strings is refused as one, and its message named
@@ -672,6 +675,10 @@ def _fit(
     if not quiet:
         _print_warnings(caught)
     return time.perf_counter() - start
+
+
+# How a checkpoint's mismatch names the command line's Gamma(1, 1) prior (`_checkpoint`).
+DEFAULT_GAMMA = "prior_shape=1.0, prior_rate=1.0"
 
 
 def _tell_notes(notes: list) -> None:

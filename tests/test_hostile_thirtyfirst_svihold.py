@@ -141,15 +141,20 @@ def test_a_batch_fit_that_ends_while_held_says_so():
     assert "raise max_iter." in str(caught[0].message)
 
 
-def test_a_released_fit_that_ends_unconverged_keeps_the_tol_advice():
-    """A guard (passes before the fix too): after the release the old words hold."""
+def test_a_released_fit_that_ends_unconverged_names_its_evaluations():
+    """After the release the warning does not speak of the hold; with fewer than four
+    evaluations since the release no tol could have stopped the fit, so it advises
+    n_epochs alone (the thirty-third pass: it advised "raise n_epochs or tol" here)."""
     held, model = _held_epochs()
     assert held[0] and not held[-1]
     release = _released(model.elbo_trace_)
     n_epochs = release + 2  # released, fewer than three evaluations after it
-    with pytest.warns(vbsnmf.ConvergenceWarning, match="raise n_epochs or tol") as caught:
+    with pytest.warns(vbsnmf.ConvergenceWarning, match="since its factor shapes were") as caught:
         _svi(n_epochs=n_epochs).fit(_spread())
-    assert "held" not in str(caught[0].message)
+    message = str(caught[0].message)
+    assert "held" not in message and message.endswith(
+        "no tol could have stopped it; raise n_epochs."
+    )
 
 
 # -- the rule, on every route -------------------------------------------------------------------

@@ -1256,14 +1256,24 @@ def resumed_converged(trace, tol: float, held: bool) -> bool:
 NOT_CONVERGED_MESSAGE = r"(VB|SVI) stopped after "
 
 
-def warn_not_converged(limit_name: str, limit: int, tol: float, holding: bool = False) -> None:
+def warn_not_converged(
+    limit_name: str, limit: int, tol: float, holding: bool = False, untestable: str | None = None
+) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``max_iter`` or ``n_epochs``;
     ``holding``: still holding a random start's factor shapes (`hold_released` not yet),
-    which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already."""
+    which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already.
+    ``untestable``: why the stopping rule could not have been met whatever ``tol`` (too few
+    ELBO values to judge, `_svi.too_few_evaluations`), said instead of advising ``tol``."""
     outcome = _FIT_OUTCOME.get()
     if outcome is not None:  # told also when the warning is silenced (`recording_outcome`)
         outcome.held = holding
     what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
+    if untestable is not None and not holding:
+        warn_user(
+            f"{what} stopped after {limit_name}={limit} {unit} {untestable}; raise {limit_name}.",
+            ConvergenceWarning,
+        )
+        return
     if holding:
         warn_user(
             f"{what} stopped after {limit_name}={limit} {unit} while it still held its factor "

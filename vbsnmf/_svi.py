@@ -391,14 +391,44 @@ def close_owed_epoch(
 
 
 def warn_if_not_converged(
-    converged: bool, settings: SVISettings, epoch: int = 0, still_holding: bool = False
+    converged: bool,
+    settings: SVISettings,
+    epoch: int = 0,
+    still_holding: bool = False,
+    judged: tuple[int, bool] | None = None,
 ) -> None:
     """The `ConvergenceWarning` of a fit that ran out of ``n_epochs`` (``still_holding``
     its factor shapes: `holding`, which says so); not of one resumed from a checkpoint of
     more epochs (``epoch``), which is returned as it is and did not stop there
-    (`_checkpoint.warn_if_beyond` says so)."""
+    (`_checkpoint.warn_if_beyond` says so). ``judged`` (`evaluations_judged`): the ELBO
+    values the stopping rule read, too few of which no ``tol`` could have stopped on, so
+    the warning then advises ``n_epochs`` alone (`too_few_evaluations`)."""
     if not converged and 0 < settings.n_epochs and epoch <= settings.n_epochs:
-        warn_not_converged("n_epochs", settings.n_epochs, settings.tol, still_holding)
+        untestable = None
+        if judged is not None and judged[0] <= STOP_RUN:
+            untestable = too_few_evaluations(*judged, settings.eval_every)
+        warn_not_converged("n_epochs", settings.n_epochs, settings.tol, still_holding, untestable)
+
+
+def evaluations_judged(state) -> tuple[int, bool]:
+    """For `warn_if_not_converged`: how many ELBO values SVI's stopping rule read
+    (`stopping_trace`), and whether they are those since the hold's release (``state``
+    started held)."""
+    return len(stopping_trace(state)), state.held
+
+
+def too_few_evaluations(n_values: int, since_release: bool, eval_every: int) -> str:
+    """Why a fit that ended with ``n_values`` ELBO evaluations for its stopping rule (at
+    most `STOP_RUN`) could not have stopped, whatever ``tol``: the rule reads `STOP_RUN`
+    relative changes, which take one evaluation more. "raise n_epochs or tol" advised a
+    ``tol`` that could not have stopped it (3 epochs at tol=1e9 still ran out)."""
+    since = " since its factor shapes were released" if since_release else ""
+    every = "" if eval_every == 1 else f" (every eval_every={eval_every} epochs and at the last)"
+    return (
+        f"with {n_values} ELBO evaluation{'' if n_values == 1 else 's'}{since}{every}; it "
+        f"stops on {STOP_RUN} relative changes in a row of at most tol, which take "
+        f"{STOP_RUN + 1} evaluations, so no tol could have stopped it"
+    )
 
 
 # -- minibatches of nonzeros --------------------------------------------------------------
@@ -492,7 +522,7 @@ def fit_svi_nonzeros(
             )
         del order
         end_of_epoch(state, evaluate, settings, callback, on_epoch, verbose=settings.verbose)
-    warn_if_not_converged(state.converged, settings, state.epoch)
+    warn_if_not_converged(state.converged, settings, state.epoch, judged=evaluations_judged(state))
     return state
 
 
@@ -881,7 +911,9 @@ def run_cells_epochs(
             gene_step,
             verbose=settings.verbose,
         )
-    warn_if_not_converged(state.converged, settings, state.epoch, holding(state))
+    warn_if_not_converged(
+        state.converged, settings, state.epoch, holding(state), evaluations_judged(state)
+    )
     return state
 
 

@@ -75,6 +75,7 @@ from ._model import GammaPrior
 from ._svi import (
     close_owed_epoch,
     end_of_epoch,
+    evaluations_judged,
     holding,
     learning_rate,
     progress_from_arrays,
@@ -1164,7 +1165,9 @@ def fit_svi(
             (lambda: full_data_step(state, data, settings)) if slices_form else None,
             verbose=settings.verbose,
         )
-    warn_if_not_converged(state.converged, settings, state.epoch, holding(state))
+    warn_if_not_converged(
+        state.converged, settings, state.epoch, holding(state), evaluations_judged(state)
+    )
     return state
 
 

@@ -432,8 +432,11 @@ class ClassicData:
         if self.kind == "pattern":
             return _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, False)
         if spec.alpha == 1.0 and spec.beta == 1.0:
-            # Frobenius: d(x, q) - d(0, q) at the entries plus sum q**2 would cancel.
-            total = 0.5 * spec.scale * float(self.squared_residuals(row_factor, col_factor).sum())
+            # Frobenius: d(x, q) - d(0, q) at the entries plus sum q**2 would cancel. Past the
+            # float range its squares' difference is NaN, which was returned as the loss.
+            with np.errstate(over="ignore", invalid="ignore"):
+                residuals = self.squared_residuals(row_factor, col_factor)
+            total = _finite(0.5 * spec.scale * float(residuals.sum()), spec)
         else:
             total = _entries_loss(spec, self.entries.by_rows, row_factor, col_factor, True)
             total += spec.zero_coef * sum_q_power(row_factor, H, spec.zero_power)
@@ -605,9 +608,9 @@ def _row_squares(X: sp.csr_matrix) -> np.ndarray:
     out = np.empty(X.shape[0])
     for start in range(0, X.shape[0], step):
         block = X[start : start + step]
-        squares = sp.csr_matrix(
-            (np.square(block.data, dtype=np.float64), block.indices, block.indptr), block.shape
-        )
+        with np.errstate(over="ignore"):  # inf past the float range: the loss says so
+            block_squares = np.square(block.data, dtype=np.float64)
+        squares = sp.csr_matrix((block_squares, block.indices, block.indptr), block.shape)
         out[start : start + step] = np.asarray(squares.sum(axis=1)).ravel()
     return out
 
@@ -737,11 +740,20 @@ def _entries_loss(spec: LossSpec, entries: SparseEntries, row_factor, col_factor
 
 
 def _finite_sum(values: np.ndarray, spec: LossSpec) -> float:
-    total = float(np.sum(values))
+    """The sum of a loss's terms (`_finite`)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _finite(float(np.sum(values)), spec)
+
+
+def _finite(total: float, spec: LossSpec) -> float:
+    """``total``, a loss, or a ValueError that names both ways it can fail to be finite (a
+    loss of high power on large values overflowed, and was said to be undefined at a
+    zero)."""
     if not np.isfinite(total):
         raise ValueError(
-            f"loss {spec.name!r} is undefined at some entries (a zero of X where the loss "
-            "needs p > 0, or a zero reconstruction)"
+            f"loss {spec.name!r} is undefined or past the float range at some entries (a zero "
+            "of X where the loss needs p > 0, a zero reconstruction, or values too large for "
+            "the loss's power: scale X and the factors down)"
         )
     return total
 
@@ -780,12 +792,13 @@ def factor_loss(
     Raises
     ------
     ValueError
-        The loss is undefined at a zero of X (Itakura-Saito, Neyman, alpha <= 0, ...), or
-        shapes do not match.
+        The loss is undefined at a zero of X (Itakura-Saito, Neyman, alpha <= 0, ...) or
+        past the float range (values too large for its power), or shapes do not match.
     """
     spec = resolve_loss(loss, alpha, beta)
     data = ClassicData.build(X, weights, spec)
     W, H = data.check_factors(W, H)
     if spec.name == "poisson":
         W = W * data.row_totals[:, None]
-    return data.loss(spec, W, H)
+    with np.errstate(over="ignore", invalid="ignore"):  # a loss out of range is an error
+        return data.loss(spec, W, H)

@@ -7,7 +7,8 @@ Gram matrix ``G = C^T C`` of the fixed factor C, so nothing n x m is formed:
 - ``hals``: fast HALS (Cichocki-Phan), exact minimisation over one column of R at a time,
   ``R[:, k] <- max(0, R[:, k] + (XC[:, k] - R G[:, k]) / G[k, k])``; the same coordinate
   descent as scikit-learn's solver="cd" without shuffling;
-- ``als``: alternating least squares with truncation, ``R <- max(0, XC G^+)``;
+- ``als``: alternating least squares with truncation, ``R <- max(0, XC G^+)``, each
+  module's scale shared equally between W and H after each iteration (`balance_modules`);
 - ``pg``: projected gradient with the oblique projected Landweber (OPL) step
   ``1 / rowsum(G)`` per component (``diag(rowsum(G)) >= G`` for ``G >= 0``, so the step
   minimises a separable majoriser: the loss does not increase);
@@ -195,6 +196,8 @@ def fit_frobenius(
             H_t = _project(
                 _idle_at_bound(step(H_t, XC, W.T @ W, h_mask), h_idle, epsilon), epsilon, h_mask
             )
+            if solver == "als":  # nothing else holds its modules' scale (`balance_modules`)
+                W, H_t = balance_modules(W, H_t, epsilon)
         else:
             start = row_losses if start is None else start  # the rows' first losses
             moving = still_moving(moving, previous, row_losses, tol, start)
@@ -212,6 +215,41 @@ def fit_frobenius(
     unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale)
     loss_trace.append(float(data.squared_residuals(W, H_t).sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
+
+
+def balance_modules(
+    W: np.ndarray, H_t: np.ndarray, epsilon: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """W and ``H_t`` (H transposed) with each module's scale shared equally: column k of W
+    times ``s_k``, column k of ``H_t`` divided by it, ``s_k = sqrt(|H_t[:, k]| / |W[:, k]|)``
+    (both columns then have one norm; 1 for a module whose column is zero in either).
+    ``W H`` is unchanged, but for the entries at ``epsilon``: those stay at it (where the
+    projection put them, and where ``thin`` finds them), and entries scaled below it are
+    raised to it. Masked entries (zero) stay zero.
+
+    ALS solves each half-step's least squares afresh, and its result scales inversely
+    with the fixed factor's modules: nothing held a module's scale, which drifted (in 2000
+    iterations a row of H grew to 1e15 times the norm of its column of W), until the Gram
+    matrices' conditioning cost accuracy, and under ``epsilon`` the bound, fixed while a
+    factor shrank, weighed ever more against it: the fits ended at 1.1 (``epsilon=1e-9``)
+    to 3.4 (``epsilon=1e-3``) times the lowest loss of their own iterations.
+    """
+    w_norms = np.linalg.norm(W, axis=0)
+    h_norms = np.linalg.norm(H_t, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scales = np.sqrt(h_norms / w_norms)
+    usable = (w_norms > 0) & (h_norms > 0) & np.isfinite(scales) & (scales > 0)
+    scales = np.where(usable, scales, 1.0)
+    return _rescaled(W, scales, epsilon), _rescaled(H_t, 1.0 / scales, epsilon)
+
+
+def _rescaled(factor: np.ndarray, scales: np.ndarray, epsilon: float) -> np.ndarray:
+    """``factor``'s columns times ``scales``; with ``epsilon > 0`` the entries at it left
+    there and the others held at or above it (zeros, masked, stay zero)."""
+    scaled = factor * scales
+    if epsilon > 0:
+        scaled = np.where(factor <= epsilon, factor, np.maximum(scaled, epsilon))
+    return scaled
 
 
 def _masked_everywhere(mask: np.ndarray | None) -> np.ndarray | None:

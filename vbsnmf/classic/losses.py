@@ -435,15 +435,22 @@ def total_divergence(
         and its factors, or pass ``P.toarray()``), or does not hold real numbers.
     ValueError
         P and Q differ in shape (no broadcasting), an entry is negative, NaN or infinite,
-        or the loss is undefined at some entry (e.g. Itakura-Saito where P has zeros).
+        or the loss is undefined at some entry (e.g. Itakura-Saito where P has zeros) or
+        its sum is past the float range.
     """
     P = _dense_operand(P, "P")
     Q = _dense_operand(Q, "Q")
     if P.shape != Q.shape:
         raise ValueError(f"P has shape {P.shape} and Q has shape {Q.shape}: they must match")
-    value = float(np.sum(divergence(P, Q, loss, alpha, beta)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(np.sum(divergence(P, Q, loss, alpha, beta)))
     if not np.isfinite(value):
-        raise ValueError(f"loss {loss!r} is undefined at some entries of P, Q (p = 0 or q = 0)")
+        # both ways: Frobenius on entries of 1e160 overflowed, and was said to be undefined
+        raise ValueError(
+            f"loss {loss!r} is undefined or past the float range at some entries of P, Q "
+            "(p = 0 or q = 0 where the loss needs them positive, or values too large for the "
+            "loss's power: scale P and Q down)"
+        )
     return value
 
 

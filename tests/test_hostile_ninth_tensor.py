@@ -183,7 +183,9 @@ def test_uns_records_are_not_overwritten_by_another_tool():
         ValueError, match=rf"overwrite adata\.uns\['nmf_k_selection'\], {selection}"
     ):
         tl.nmf(new, 2, key_added="nmf_k_selection", **TINY_FIT)
-    with pytest.raises(ValueError, match=rf"overwrite adata\.uns\['k_projection'\], {selection}"):
+    with pytest.raises(
+        ValueError, match=rf"overwrite adata_new\.uns\['k_projection'\], {selection}"
+    ):
         tl.project(new, reference, key_added="k")
     assert {key: sorted(record) for key, record in new.uns.items()} == records
     assert "X_k" not in new.obsm

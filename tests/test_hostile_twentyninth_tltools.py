@@ -88,7 +88,9 @@ def test_arrays_of_another_record_are_still_refused_under_a_damaged_entry(refere
     adata = reference.copy()
     _quiet(tl.nmf, adata, 2, key_added="second", **FIT)
     adata.uns["second"]["obsm_key"] = None
-    with pytest.raises(ValueError, match=r"would overwrite .* of the fit adata.uns\['second'\]"):
+    with pytest.raises(
+        ValueError, match=r"would overwrite .* of the fit adata_new.uns\['second'\]"
+    ):
         _quiet(tl.project, adata, reference, key_added="second", n_threads=1)
 
 
@@ -194,7 +196,9 @@ def test_projected_cells_without_their_record_are_named_as_such(reference):
     joined = ad.concat([new[:20], new[20:]])
     with pytest.raises(KeyError, match=r"without its record \(adata.uns\['p'\] or \['p_projection"):
         tl.top_genes(joined, key="p")
-    with pytest.raises(ValueError, match=r"no adata.uns\['p'\] nor \['p_projection'\]: dropped"):
+    with pytest.raises(
+        ValueError, match=r"no adata_new.uns\['p'\] nor \['p_projection'\]: dropped"
+    ):
         tl.project(joined, reference, key_added="p", n_threads=1)
 
 

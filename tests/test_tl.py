@@ -899,7 +899,7 @@ def test_project_refuses_to_write_over_another_fit_of_adata_new(pbmc_tiny):
         tl.project(query, reference, n_threads=1)
     assert query.obsm["X_nmf"].shape[1] == 2
     _quiet_nmf(query, 2, max_iter=4, key_added="mine_projection")
-    with pytest.raises(ValueError, match=re.escape("adata.uns['mine_projection']")):
+    with pytest.raises(ValueError, match=re.escape("adata_new.uns['mine_projection']")):
         tl.project(query, reference, key_added="mine", n_threads=1)
     tl.project(query, reference, key_added="ref", n_threads=1)  # writes uns['ref_projection']
     with pytest.raises(ValueError, match="the record of a projection"):

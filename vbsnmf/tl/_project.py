@@ -62,6 +62,21 @@ def _as_adata_new():
         raise
 
 
+@contextlib.contextmanager
+def _naming(name: str, errors: tuple = (ValueError, TypeError)):
+    """Errors of the shared record and key checks (`fit_info`, `variational_params`,
+    `check_key_added`), which call the AnnData they read "adata", naming it ``name``
+    (``adata_ref`` or ``adata_new``): beside the two, "adata.uns['nmf'] holds no NMF fit;
+    run vbsnmf.tl.nmf(adata, ...)" or "delete it from adata first" said neither. The
+    error keeps its type (callers catch `KeyError` and the typed subclasses)."""
+    try:
+        yield
+    except errors as error:
+        if len(error.args) == 1 and isinstance(error.args[0], str):
+            error.args = (_ADATA.sub(name, error.args[0]),)
+        raise
+
+
 def _fitted_genes(adata_ref, key: str, arrays: dict) -> np.ndarray:
     """Which genes of the reference fit ``key``'s gene holder the fit used (nonzero
     shapes), with a `ValueError` naming a per-gene array (``arrays``: ``gene_shape``,
@@ -179,7 +194,8 @@ def project(
     max_iter = check_iterations(max_iter, "max_iter")
     tol = check_tolerance(tol)
     copy = check_flag(copy, "copy")
-    info = fit_info(adata_ref, key)
+    with _naming("adata_ref", (KeyError, ValueError, TypeError)):
+        info = fit_info(adata_ref, key)
     key = str(key)  # a numpy string as text in messages and the record (checked a string)
     name = key if key_added is None else key_added
     # A view's writes go to its own copy, but adata_ref a view of adata_new holds the fit
@@ -195,7 +211,8 @@ def project(
             f"{which}: its projection under key_added={name!r} would write over "
             "the fitted cell factors of the reference; choose another key_added (or copy=True)"
         )
-    check_key_added(name, adata_new, writes="cells", reference=info)
+    with _naming("adata_new"):
+        check_key_added(name, adata_new, writes="cells", reference=info)
     name = str(name)  # checked a string: a numpy one as text
     keys = FitKeys.of(name)
     if "variational" not in info:
@@ -205,7 +222,8 @@ def project(
         )
     # the gene side and the prior: the reference's cells need not be there (anndata.concat
     # of the reference with cells projected onto it drops their per-cell arrays)
-    variational = variational_params(adata_ref, key, cells=False)
+    with _naming("adata_ref", (KeyError, ValueError, TypeError)):
+        variational = variational_params(adata_ref, key, cells=False)
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     else:

@@ -18,6 +18,7 @@ from .._validation import (
     CountRangeError,
     check_counts,
     check_flag,
+    numbers_from_objects,
     refuse_masked,
 )
 
@@ -119,6 +120,13 @@ def _count_flags(matrix) -> tuple[bool, bool]:
         flags = np.asarray(per_chunk.compute(scheduler=futures_holder(matrix)))
         return bool(flags[:, 0::2].all()), bool(flags[:, 1::2].any())
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.dtype == object:
+        # a layer of pandas' nullable Int64 (anndata keeps it as an object array), which
+        # the tools fit: left out, the advice was to keep counts the user already kept
+        try:
+            values = numbers_from_objects(values, "counts")
+        except TypeError:  # text, or objects that are not numbers: no counts
+            return False, False
     # by kind: numpy counts timedelta64 and complex among its numbers, and a layer of them
     # beside normalised X replaced the error naming X with numpy's about `% 1`
     if values.dtype.kind not in "iuf":

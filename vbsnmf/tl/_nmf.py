@@ -612,7 +612,9 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
         _check_no_missing(column, f"adata.var[{mask_var!r}]")
         mask = column.to_numpy()
         if not pd.api.types.is_bool_dtype(mask):
-            raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {mask.dtype})")
+            # the column's dtype: its values' (object for a categorical) named a dtype the
+            # user's column does not have
+            raise ValueError(f"adata.var[{mask_var!r}] is not boolean (dtype {column.dtype})")
     else:
         if isinstance(mask_var, pd.Series):
             mask_var = _series_over_genes(mask_var, adata)

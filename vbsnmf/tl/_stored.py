@@ -227,11 +227,38 @@ def _named_keys(uns_key: str, record: dict, entries: dict) -> set[str]:
     AnnData fail with Python's "unhashable type", and the refit that the tools reading it
     advise was refused for overwriting arrays "held from elsewhere"."""
     written = [FitKeys.of(uns_key)] + ([FitKeys.of(None)] if uns_key == "nmf" else [])
+    # Entries that do not name the arrays together as a fit names them (another tool's
+    # dict holding an "obsm_key" of its own, e.g. "X_pca") stand for the fit's names too:
+    # taken as they were, tl.nmf under that key deleted .obsm['X_pca'] with the record.
+    named_as_written = _names_as_a_fit_writes(record)
     names = set()
     for entry, field in entries.items():
         name = record.get(entry)
-        names |= {name} if isinstance(name, str) else {getattr(k, field) for k in written}
+        if isinstance(name, str) and named_as_written:
+            names.add(name)
+        else:
+            names |= {getattr(k, field) for k in written}
     return names
+
+
+def _names_as_a_fit_writes(record: dict) -> bool:
+    """Whether ``record`` names a fit's arrays (`_CELL_KEY_ENTRIES`, `_GENE_KEY_ENTRIES`)
+    each, as `nmf` names them under one ``key_added`` (`FitKeys`): a record moved to
+    another ``.uns`` key still names its own arrays. One missing an entry or holding a
+    damaged one is not taken at its word (its entries stand for the names a fit under its
+    key writes, `_named_keys`)."""
+    entries = [record.get(entry) for entry in (*_CELL_KEY_ENTRIES, *_GENE_KEY_ENTRIES)]
+    if not all(isinstance(name, str) for name in entries):
+        return False
+    factors, usage, sqrt_usage, loadings = entries
+    if not factors.startswith("X_"):
+        return False
+    name = factors.removeprefix("X_")
+    candidates = [FitKeys.of(name)] + ([FitKeys.of(None)] if name == "nmf" else [])
+    return any(
+        (usage, sqrt_usage, loadings) == (keys.usage, keys.sqrt_usage, keys.loadings)
+        for keys in candidates
+    )
 
 
 def _writable_key(key) -> bool:

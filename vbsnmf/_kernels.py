@@ -37,6 +37,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from scipy.special import gammaln
 
+# Every parallel kernel is a `ParallelKernel`: one launch at a time under Numba's workqueue
+# layer, and a clear error in a child forked from a GNU OpenMP process.
+from ._utils import ParallelKernel
+
 # No flag assumes away NaN or inf. Not "reassoc": with it, LLVM chose a different
 # summation order when it compiled a kernel in the running process than when it wrote the
 # same kernel to Numba's on-disk cache, so a fit's bits depended on whether the kernels
@@ -314,6 +318,7 @@ def _scaled_rows(start, rows, n_components, shifted, exponent, value, low, high,
             scaled[i, l] = 0.0
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_moments(shape, rate, scaled, logmax):
     """What the pass needs of one side of q, in one pass over its rows.
@@ -450,6 +455,7 @@ def _gamma_terms_block(block, arguments):
     kl_partial[block] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms(
     shape,
@@ -497,6 +503,7 @@ def gamma_terms(
         _gamma_terms_block(np.int64(block), arguments)  # as `gamma_terms_of_sides` calls it
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms_of_sides(row_arguments, col_arguments):
     """`gamma_terms` of the rows and of the columns in one parallel region:
@@ -655,6 +662,7 @@ def _expected_log_block(block, arguments):
         )
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def expected_log_terms(shape, rate, block_rows, partial):
     """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log(rate[i, l])``
@@ -686,6 +694,7 @@ def expected_log_sums(shape, rate) -> np.ndarray:
 SIDE_BLOCK_ROWS = 256  # rows per parallel task of `learned_side` and `sum_parts`
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def learned_side(
     statistic, factor_shape, scale_mean, other_mean_sum, shape, rate, row_mean_sum, mean_sum,
@@ -871,6 +880,7 @@ def read_only(values: np.ndarray) -> np.ndarray:
     return view
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)  # no fastmath: a true quotient (arcp may use 1 / divisor)
 def divide_in_place(values, divisor):
     """``values /= divisor`` (n x K, C-contiguous), rows in parallel: numpy's bits when
@@ -1280,6 +1290,7 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
     return signature, codegen
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def local_rows_pass(
     indptr,
@@ -1367,6 +1378,7 @@ def local_rows_pass(
                 row_stat[q, l] = row_acc[l]
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_mean_sum, out):
     """Each row's ELBO terms but its data term: ``out[i] = -sum_l (E[z_il] col_mean_sum[l]
@@ -1393,6 +1405,7 @@ def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_me
         out[i] = -total
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def update_shapes(
     indptr,
@@ -1534,6 +1547,7 @@ def update_shapes(
     return fallbacks.sum()
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def sum_parts(partial, out):
     """``out[j, l] = sum_c partial[c, j, l]`` for the first ``out.shape[1]`` components, in
@@ -1558,6 +1572,7 @@ def sum_parts(partial, out):
                     out[j, l] += float(slab[j, l])
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def csr_is_canonical(indptr, indices, data):
     """Whether a CSR matrix has strictly increasing indices within every row (sorted, no
@@ -1573,6 +1588,7 @@ def csr_is_canonical(indptr, indices, data):
     return bad == 0
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def indices_increase(indptr, indices):
     """Whether the indices of every row of a CSR (column of a CSC) strictly increase:
@@ -1586,6 +1602,7 @@ def indices_increase(indptr, indices):
     return bad == 0
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def log_factorial_sum(counts, block_size):
     """``sum_n lgamma(x_n + 1)``, the constant part of the ELBO's data term.
@@ -1603,6 +1620,7 @@ def log_factorial_sum(counts, block_size):
     return partial.sum()
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def row_log_factorials(indptr, counts, out):
     """``out[i] = sum_n lgamma(x_n + 1)`` over the nonzeros of CSR row ``i``."""
@@ -1745,6 +1763,7 @@ def ab_divergence_scalar(p, q, alpha, beta):
     return value
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def ab_divergence_array(p, q, alpha, beta, out):
     """``out[i] = d_AB(p[i], q[i])`` (`ab_divergence_scalar`); NaN where p or q is
@@ -1775,6 +1794,7 @@ def tile_count(n_cols: int) -> int:
     return 1 if n_cols <= 2 * TILE_COLUMNS else -(-n_cols // TILE_COLUMNS)
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def tile_run_lengths(indptr, indices, counts):
     """``counts[t, i]``: stored entries of CSR row ``i`` in column tile ``t`` (column
@@ -1792,6 +1812,7 @@ def tile_run_lengths(indptr, indices, counts):
             counts[t, i] = n - start
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def tile_values(indptr, tiled_indptr, source, target):
     """Copy each CSR row's runs of ``source`` to their places in the tiles."""
@@ -1805,6 +1826,7 @@ def tile_values(indptr, tiled_indptr, source, target):
             n += tiled_indptr[t, i + 1] - start
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_sparse_dot(indptr, indices, data, col_factor, out):
     """``out = X @ col_factor`` for X in column tiles (n x m) and a dense m x K table.
@@ -1837,6 +1859,7 @@ def classic_sparse_dot(indptr, indices, data, col_factor, out):
                     out[i, l] += x * col_factor[j, l]
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
     """``out[n] = dot(W[i], H[:, j])`` for the stored entry ``n`` at (i, j)."""
@@ -1852,6 +1875,7 @@ def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
                 out[n] = q
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_frobenius_stored(indptr, indices, data, row_factor, col_factor, residual, squares):
     """The stored entries' part of ``||X - W H||^2``, per row of X (in column tiles).
@@ -1893,6 +1917,7 @@ def classic_frobenius_stored(indptr, indices, data, row_factor, col_factor, resi
         squares[i] = row_squares
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_zero_squares(indptr, indices, row_factor, col_factor, rows, out):
     """``out[r] = sum q_ij**2`` over the columns j *not* stored in row ``i = rows[r]`` of X
@@ -1917,6 +1942,7 @@ def classic_zero_squares(indptr, indices, row_factor, col_factor, rows, out):
         out[r] = total
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_ab_mu_terms(
     indptr,
@@ -2023,6 +2049,7 @@ def classic_ab_mu_terms(
         row_loss[i] = loss
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, row_power_sum):
     """Sums over *every* entry, one row of Q = W H at a time (memory: K per thread).
@@ -2088,6 +2115,7 @@ def _entry_hash(row, col, x):
     return _mix64(key ^ value_bits)
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def check_compressed(indptr, indices, data, n_minor, first_row, major_is_row, fingerprinted):
     """One pass over compressed sparse rows (CSR, or CSC with rows and columns swapped).
@@ -2153,6 +2181,7 @@ def check_compressed(indptr, indices, data, n_minor, first_row, major_is_row, fi
     return 0, 0, fingerprint
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def check_coordinates(rows, cols, data, n_rows, n_cols, first_row, fingerprinted):
     """`check_compressed` for coordinates (COO): the first stored position whose row or
@@ -2336,6 +2365,7 @@ def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, minor_rows, n, phi):
     return peak, total
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def tensor_update_shapes(
     indptr,
@@ -2477,6 +2507,7 @@ def tensor_update_shapes(
     return fallbacks.sum()
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True)
 def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, counts):
     """The fingerprint of a tensor's nonzeros (`check_compressed`'s, for D modes): the sum
@@ -2622,6 +2653,7 @@ def _squarem_sums_serial(theta0, theta1, theta2, partial):
         _squarem_sums_block(block, theta0, theta1, theta2, partial)
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_sums_parallel(theta0, theta1, theta2, partial):
     for block in prange(partial.shape[0]):
@@ -2634,6 +2666,7 @@ def _squarem_extrapolate_serial(theta0, theta1, theta2, step, out, bad):
         _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad)
 
 
+@ParallelKernel
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_extrapolate_parallel(theta0, theta1, theta2, step, out, bad):
     for block in prange(bad.shape[0]):

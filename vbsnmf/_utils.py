@@ -113,6 +113,77 @@ def _overlapping_launches_safe() -> bool:
         return False
 
 
+# The threading layer this process inherited when it was forked from a process that had
+# loaded one (None otherwise): GNU OpenMP's threads do not survive a fork.
+_INHERITED_LAYER: str | None = None
+
+
+def _note_inherited_layer() -> None:
+    """Run in a forked child: which threading layer its parent had loaded, if any."""
+    global _INHERITED_LAYER
+    try:
+        _INHERITED_LAYER = numba.threading_layer()
+    except ValueError:  # the parent had run no parallel kernel
+        _INHERITED_LAYER = None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_note_inherited_layer)
+
+FORKED_OPENMP = (
+    "vbsnmf cannot run Numba's parallel kernels in this process: it was forked (os.fork, or "
+    "multiprocessing's 'fork' start method) from a process that had already run them under "
+    "Numba's GNU OpenMP threading layer, which does not survive a fork (Numba would "
+    "terminate this process). Start worker processes with multiprocessing's 'spawn' or "
+    "'forkserver' method (multiprocessing.get_context('spawn'), or joblib's default loky "
+    "backend), fork them before the first fit, or set NUMBA_THREADING_LAYER=workqueue "
+    "before the first fit"
+)
+
+
+def _check_not_forked_from_openmp() -> None:
+    """A `RuntimeError` (`FORKED_OPENMP`) in a child forked after its parent loaded GNU
+    OpenMP: Numba killed such a child with SIGTERM at its first parallel kernel, so a
+    ``multiprocessing.Pool`` of them waited forever for results that never came."""
+    if _INHERITED_LAYER == "omp":
+        from numba.np.ufunc import omppool
+
+        if getattr(omppool, "openmp_vendor", "GNU") == "GNU":  # Intel's OpenMP survives
+            raise RuntimeError(FORKED_OPENMP)
+
+
+class ParallelKernel:
+    """A Numba ``parallel=True`` kernel launched as this process allows: one launch at a
+    time under the workqueue layer (`_overlapping_launches_safe`), where two threads'
+    overlapping launches aborted the interpreter ("Concurrent access has been detected":
+    two fits from a ``ThreadPoolExecutor`` or joblib's threading backend), and a clear
+    `RuntimeError` in a child forked from a GNU OpenMP process
+    (`_check_not_forked_from_openmp`). Every other attribute (``signatures``,
+    ``py_func``) is the dispatcher's. Only Python calls it: a jitted caller would need
+    the dispatcher itself."""
+
+    def __init__(self, dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.__doc__ = dispatcher.__doc__
+        self.__name__ = dispatcher.__name__
+        self.__qualname__ = dispatcher.__qualname__
+
+    def __call__(self, *args, **kwargs):
+        _check_not_forked_from_openmp()
+        if _overlapping_launches_safe():
+            return self.dispatcher(*args, **kwargs)
+        with _KERNEL_LAUNCHES:
+            return self.dispatcher(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "dispatcher":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self) -> str:
+        return f"ParallelKernel({self.dispatcher!r})"
+
+
 def one_launch_at_a_time(task):
     """``task`` (a Dask task that runs Numba's parallel kernels: a worker runs several at
     once, one per thread) holding a lock of the process when the threading layer needs

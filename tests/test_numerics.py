@@ -262,7 +262,7 @@ def test_memory_guard_refuses_early_with_advice(monkeypatch):
     assert isinstance(raised.value, MemoryError)
     message = str(raised.value)
     assert 'solver="svi"' in message and "VBSNMF_NO_MEMORY_GUARD" in message
-    assert f"{needed / 2**30:.2f} GiB" in message
+    assert f"about {_memory.format_bytes(needed)} of memory" in message
     assert calls == [] and not hasattr(model, "cell_shape_")  # nothing ran, nothing was set
 
     monkeypatch.setattr(_memory, "available_memory", lambda: needed)

@@ -50,6 +50,15 @@ _COO_STAGE_BYTES = 24  # per nonzero: dense input becomes int64 COO before CSR
 # under the learned prior and 2.2 under the fixed one (200,000 cells, K=50, float64).
 _CELLS_FORM_ARRAYS = {True: 4, False: 2}
 _DISABLE_VARIABLE = "VBSNMF_NO_MEMORY_GUARD"
+# What to do instead, in the Python API's words (the command line says it with its options).
+BATCH_ADVICE = (
+    'Use the streaming stochastic fit (solver="svi" reading from a file: a backed .h5ad or a '
+    "10x folder), which holds only a minibatch of cells in memory, or lower n_components or "
+    "n_threads"
+)
+CELLS_FORM_ADVICE = (
+    "Lower n_components, fit in float32 (dtype='float32'), or fit a subset of the cells"
+)
 
 
 class InsufficientMemoryError(MemoryError):
@@ -68,30 +77,87 @@ def _system_available() -> int | None:
         return None
 
 
-def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The cgroup's memory limit minus its usage (reclaimable page cache not counted as
-    used), or None without a limit. cgroup v2 first, then v1."""
-    layouts = (
-        (root, "memory.max", "memory.current", "inactive_file"),
-        (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
-    )
-    for directory, limit_name, usage_name, cache_key in layouts:
-        try:
-            limit_text = (directory / limit_name).read_text().strip()
-            usage = int((directory / usage_name).read_text().strip())
-        except (OSError, ValueError):
+def _membership_paths(membership: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup paths, v2's and v1's memory controller's, as
+    ``/proc/self/cgroup`` lists them (``0::/path`` and ``N:...memory...:/path``); None
+    for one it does not list or that leads outside the mounted tree (``/..``)."""
+    v2_path = v1_path = None
+    try:
+        lines = membership.read_text().splitlines()
+    except (OSError, ValueError):
+        return None, None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path.startswith("/") or ".." in path.split("/"):
             continue
-        if limit_text == "max" or int(limit_text) >= 1 << 60:  # unlimited
-            return None
-        reclaimable = 0
-        try:
-            for line in (directory / "memory.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == cache_key:
-                    reclaimable = int(value)
-        except (OSError, ValueError):
-            pass
-        return max(int(limit_text) - usage + reclaimable, 0)
+        if hierarchy == "0" and controllers == "":
+            v2_path = path
+        elif "memory" in controllers.split(","):
+            v1_path = path
+    return v2_path, v1_path
+
+
+def _enclosing_folders(base: Path, own: str | None) -> list[Path]:
+    """``base`` joined with the cgroup path ``own`` and each folder above it up to
+    ``base`` itself, deepest first: a limit set on any of them binds this process."""
+    parts = [] if own is None else [part for part in own.split("/") if part]
+    return [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _read_limit(text: str) -> int | None:
+    """A cgroup memory limit's text as bytes, or None for no limit (``max``, v1's
+    near-2**63 or ``-1``) and for text that is not a number (an emulated or damaged file,
+    which must not stop every fit)."""
+    try:
+        limit = int(text)
+    except ValueError:
+        return None
+    return None if limit < 0 or limit >= 1 << 60 else limit
+
+
+def _cgroup_headroom(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The smallest memory limit minus usage (reclaimable page cache not counted as used)
+    of this process's cgroup (named in ``membership``) and of each cgroup above it, or None
+    without a limit. cgroup v2 first, then v1. A batch scheduler's or a systemd unit's limit
+    is set on a cgroup below the root (Slurm's ``job_N``), which the root's files do not
+    show."""
+    v2_path, v1_path = _membership_paths(membership)
+    layouts = (
+        (root, v2_path, "memory.max", "memory.current", "inactive_file"),
+        (
+            root / "memory",
+            v1_path,
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "total_inactive_file",
+        ),
+    )
+    for base, own, limit_name, usage_name, cache_key in layouts:
+        headrooms, found = [], False
+        for directory in _enclosing_folders(base, own):
+            try:
+                limit_text = (directory / limit_name).read_text().strip()
+                usage = int((directory / usage_name).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            found = True
+            limit = _read_limit(limit_text)
+            if limit is None:
+                continue
+            reclaimable = 0
+            try:
+                for line in (directory / "memory.stat").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == cache_key:
+                        reclaimable = int(value)
+            except (OSError, ValueError):
+                pass
+            headrooms.append(max(limit - usage + reclaimable, 0))
+        if found:
+            return min(headrooms) if headrooms else None
     return None
 
 
@@ -149,7 +215,9 @@ def estimate_fit_memory(
     dict
         ``counts``, ``factors``, ``accumulators`` and their ``total``, in bytes.
     """
+    # Python integers: numpy's int64 (a matrix's .nnz) wraps past 2**63 without a word
     n_rows, n_cols = (int(n) for n in shape)
+    nnz, n_components = int(nnz), int(n_components)
     n_major, n_minor = max(n_rows, n_cols), min(n_rows, n_cols)
     itemsize = np.dtype(dtype).itemsize
     index_itemsize = 4 if max(nnz, n_major) < 2**31 else 8
@@ -176,10 +244,6 @@ def estimate_fit_memory(
         "accumulators": accumulators,
         "total": counts + factors + accumulators,
     }
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
 
 
 def format_bytes(n_bytes: int) -> str:
@@ -211,11 +275,20 @@ def check_cells_form_memory(
     if available is None or needed <= available:
         return
     raise InsufficientMemoryError(
-        f"this fit needs about {_gib(needed)} of memory for the factors of {shape[0]} cells "
-        f"x {shape[1]} genes with K={n_components} (SVI reads a minibatch of cells at a "
-        f"time, but holds every cell's factors) but only {_gib(available)} is available. "
-        "Lower n_components, fit in float32 (dtype='float32'), or fit a subset of the "
-        "cells; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+        f"this fit needs about {format_bytes(needed)} of memory for the factors of "
+        f"{shape[0]} cells x {shape[1]} genes with K={n_components} (SVI reads a minibatch of "
+        f"cells at a time, but holds every cell's factors) but only {format_bytes(available)} "
+        f"is available. {CELLS_FORM_ADVICE}; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+    )
+
+
+def _is_numeric_frame(X) -> bool:
+    """True for a dense pandas DataFrame of numpy numbers (bool, integer, float) alone;
+    sparse and nullable columns, text and others are left to the validation."""
+    if type(X).__name__ != "DataFrame" or not hasattr(X, "dtypes") or X.ndim != 2:
+        return False
+    return len(X.dtypes) > 0 and all(
+        isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in X.dtypes
     )
 
 
@@ -232,9 +305,9 @@ def check_fit_memory(
     available; return the estimate (None when it was not checked). ``learned_prior`` as
     `estimate_fit_memory`'s.
 
-    Inputs that are not a 2-D array or sparse matrix, or an ``n_components`` that is not
-    an integer between 1 and min(X.shape), are left to the validation that follows, which
-    explains them.
+    Inputs that are not a 2-D array, sparse matrix or numeric pandas DataFrame, or an
+    ``n_components`` that is not an integer between 1 and min(X.shape), are left to the
+    validation that follows, which explains them.
     """
     if guard_disabled():
         return None
@@ -243,35 +316,40 @@ def check_fit_memory(
     if sp.issparse(X) and X.ndim == 2:
         major_layout = "csr" if X.shape[0] >= X.shape[1] else "csc"
         nnz, input_kind = int(X.nnz), ("csr" if X.format == major_layout else "sparse")
+        count_itemsize = X.dtype.itemsize
     elif isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
         nnz, input_kind = int(np.count_nonzero(X)), "dense"
+        count_itemsize = X.dtype.itemsize
+    elif _is_numeric_frame(X):  # a table of counts read with pandas (read_csv)
+        # column by column: no copy of the whole table before the guard has spoken
+        nnz = sum(int(np.count_nonzero(column.to_numpy())) for _, column in X.items())
+        input_kind, count_itemsize = "dense", max(dtype.itemsize for dtype in X.dtypes)
     else:
         return None
-    if not 1 <= n_components <= min(X.shape):  # the K-range error says it better
+    shape = tuple(int(n) for n in X.shape)
+    if not 1 <= n_components <= min(shape):  # the K-range error says it better
         return None
     threads = numba.config.NUMBA_NUM_THREADS if n_threads is None else n_threads
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     estimate = estimate_fit_memory(
-        X.shape,
+        shape,
         nnz,
         int(n_components),
         n_threads=threads,
         dtype=dtype,
         n_init=n_init,
         input_kind=input_kind,
-        count_itemsize=4 if X.dtype.itemsize <= 4 else _COUNT_ITEMSIZE,
+        count_itemsize=4 if count_itemsize <= 4 else _COUNT_ITEMSIZE,
         learned_prior=learned_prior,
     )
     available = available_memory()
     if available is None or estimate["total"] <= available:
         return estimate
     raise InsufficientMemoryError(
-        f"this fit needs about {_gib(estimate['total'])} of memory (count matrix "
-        f"{_gib(estimate['counts'])}, factors {_gib(estimate['factors'])} for "
-        f"{X.shape[0]} x {X.shape[1]} with K={n_components}, per-thread accumulators "
-        f"{_gib(estimate['accumulators'])} for {threads} threads) but only "
-        f"{_gib(available)} is available. Use the streaming stochastic fit "
-        '(solver="svi" reading from a file: a backed .h5ad or a 10x folder), '
-        "which holds only a minibatch of cells in memory, or lower n_components or "
-        "n_threads; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+        f"this fit needs about {format_bytes(estimate['total'])} of memory (count matrix "
+        f"{format_bytes(estimate['counts'])}, factors {format_bytes(estimate['factors'])} for "
+        f"{shape[0]} x {shape[1]} with K={n_components}, per-thread accumulators "
+        f"{format_bytes(estimate['accumulators'])} for {threads} "
+        f"thread{'s' if threads > 1 else ''}) but only {format_bytes(available)} is "
+        f"available. {BATCH_ADVICE}; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
     )

@@ -1451,6 +1451,20 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _memory_advice_as_options(message: str) -> str:
+    """The memory guard's ``message`` with its advice in this command line's options: the
+    Python API's told to set ``solver="svi"``, ``dtype='float32'`` (no option here) and
+    ``n_threads``."""
+    from ._memory import BATCH_ADVICE, CELLS_FORM_ADVICE
+
+    message = message.replace(
+        BATCH_ADVICE,
+        "Use the streaming stochastic fit (--solver svi), which reads a minibatch of cells "
+        "at a time from the file, or lower -k or --threads",
+    )
+    return message.replace(CELLS_FORM_ADVICE, "Lower -k, or fit a subset of the cells")
+
+
 def _error_message(error: BaseException) -> str:
     """What `main` says of an error it reports with exit code 2."""
     written = getattr(error, "written", None)
@@ -1458,7 +1472,7 @@ def _error_message(error: BaseException) -> str:
         return f"cannot print the summary ({_one_line(error)}); {written} was written in full"
     if isinstance(error, MemoryError):  # a failed allocation's says nothing; the guard's does
         doing = getattr(error, "doing", None)
-        message = " ".join(str(error).split())
+        message = _memory_advice_as_options(" ".join(str(error).split()))
         return (
             "out of memory"
             + (f" while {doing}" if doing else "")

@@ -1272,7 +1272,7 @@ def test_bad_counts_in_a_matrix_file_are_named_by_the_file_without_layer_advice(
     ``adata.X``, nor the .h5ad it was converted into for streaming, which is gone by then)
     and gives no advice about layers, which an .mtx cannot have; an .h5ad keeps it."""
     header = "%%MatrixMarket matrix coordinate real general\n3 4 4\n"
-    bad = {"nan": "NaN entry", "-3": "negative entry", "1.5": "non-integer values"}
+    bad = {"nan": "NaN entry", "-3": "negative entry", "1.5": "1 non-integer value "}
     for value, problem in bad.items():
         path = tmp_path / f"bad{len(problem)}.mtx"
         path.write_text(header + f"1 1 1\n1 4 5\n2 2 {value}\n3 3 2\n")  # sorted by cell

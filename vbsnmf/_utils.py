@@ -60,6 +60,11 @@ def _joint_class(ours: type, theirs: type) -> type:
     return type(ours.__name__, (ours, theirs), {"__module__": ours.__module__})
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 cell", "3 cells") for messages."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def check_n_threads(n_threads: int | None) -> int:
     """``n_threads`` as the number of Numba threads to use: None means all of them, more
     than there are is capped; anything but a positive integer is refused."""

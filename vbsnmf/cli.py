@@ -1186,7 +1186,7 @@ def _run_demo(args) -> int:
 
 
 def _run_umap(args) -> int:
-    from ._utils import record_kind
+    from ._utils import counted, record_kind
     from .io import read_h5ad, real_path
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
@@ -1240,7 +1240,7 @@ def _run_umap(args) -> int:
         )
     if adata.n_obs < MIN_CELLS:
         raise UsageError(
-            f"{args.result} holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}"
+            f"{args.result} holds {counted(adata.n_obs, 'cell')}; a UMAP needs at least {MIN_CELLS}"
         )
     try:
         _draw_umap(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import anndata_x, record_kind
+from .._utils import anndata_x, counted, record_kind
 from .._validation import check_iterations
 from ..tl._stored import (
     DOMINANT_FACTOR_ENTRY,
@@ -136,7 +136,9 @@ def umap(
     check_save(save, "umap")  # before the graph and the UMAP, not after them
     check_writable(adata, advice="call .to_memory() on the view first")
     if adata.n_obs < MIN_CELLS:
-        raise ValueError(f"adata holds {adata.n_obs} cells; a UMAP needs at least {MIN_CELLS}")
+        raise ValueError(
+            f"adata holds {counted(adata.n_obs, 'cell')}; a UMAP needs at least {MIN_CELLS}"
+        )
     usages = _factor_columns(adata, info["usage_key"], info)
     _factor_columns(adata, info["sqrt_usage_key"], info)
     if usages.shape[1] == 1:

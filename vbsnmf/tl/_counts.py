@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import anndata_x, is_dask_array, one_launch_at_a_time
+from .._utils import anndata_x, counted, is_dask_array, one_launch_at_a_time
 from .._validation import (
     CorruptMatrixError,
     CountRangeError,
@@ -205,14 +205,14 @@ def check_count_matrix(
         # normalised data): "normalised or log-transformed data?" sent the user looking
         # for counts they hold
         raise ValueError(
-            f"{source} holds {fractional} non-integer values, each within "
+            f"{source} holds {counted(fractional, 'non-integer value')}, each within "
             f"{_NEAR_INTEGER:g} (relative) of a whole number: counts with rounding noise "
             "(from arithmetic on them, or counts rebuilt from normalised data)? NMF needs "
             "integer counts: round them first (numpy.rint; of a sparse matrix, its .data)"
         )
     if fractional:
         raise ValueError(
-            f"{source} holds {fractional} non-integer values (normalised or "
+            f"{source} holds {counted(fractional, 'non-integer value')} (normalised or "
             f"log-transformed data?); NMF needs raw counts: {_where_counts_are(adata, source)}"
         )
     if require_counts:

@@ -298,19 +298,22 @@ class Estimator:
 
     def __repr__(self) -> str:
         """``Name(param=value, ...)`` with the parameters that differ from their defaults,
-        in the signature's order (as scikit-learn prints its estimators)."""
+        in the signature's order (as scikit-learn prints its estimators); every parameter
+        under scikit-learn's ``set_config(print_changed_only=False)``."""
         names = set(self._get_param_names())
+        every = not _sklearn_config("print_changed_only", True)
         changed = [
             f"{name}={getattr(self, name)!r}"
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
-            if name in names and not _is_default(getattr(self, name), parameter.default)
+            if name in names and (every or not _is_default(getattr(self, name), parameter.default))
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _repr_html_(self) -> str | None:
         """scikit-learn's HTML diagram in a notebook when scikit-learn is loaded (scanpy
-        loads it); otherwise None, and the notebook shows the text repr."""
-        if "sklearn" not in sys.modules:
+        loads it) and its ``display`` setting is ``"diagram"`` (its default); otherwise
+        None, and the notebook shows the text repr."""
+        if _sklearn_config("display", "text") != "diagram":
             return None
         from sklearn.utils import estimator_html_repr
 
@@ -373,6 +376,16 @@ class Estimator:
             regressor_tags=None,
             classifier_tags=None,
         )
+
+
+def _sklearn_config(key: str, default):
+    """scikit-learn's setting ``key`` (``sklearn.get_config``) when scikit-learn is loaded
+    (only then can it have been set), else ``default``."""
+    if "sklearn" not in sys.modules:
+        return default
+    from sklearn import get_config
+
+    return get_config().get(key, default)
 
 
 def _requester():

@@ -57,7 +57,28 @@ def sklearn_flavoured(ours: type, name: str) -> type:
 
 @functools.cache
 def _joint_class(ours: type, theirs: type) -> type:
-    return type(ours.__name__, (ours, theirs), {"__module__": ours.__module__})
+    """The subclass of ``ours`` and scikit-learn's ``theirs``, under ``ours``' name and
+    module (as tracebacks show it), its instances picklable (`_flavoured_instance`)."""
+
+    def __reduce__(self):
+        # pickle finds a class by its module and name, which give ``ours``, not this class
+        # ("not the same object"): a multiprocessing worker's NotFittedError reached its
+        # parent as MaybeEncodingError. Rebuilt by (ours, scikit-learn's name) instead.
+        return _flavoured_instance, (ours, theirs.__name__, self.args), self.__dict__ or None
+
+    namespace = {"__module__": ours.__module__, "__reduce__": __reduce__}
+    return type(ours.__name__, (ours, theirs), namespace)
+
+
+def _flavoured_instance(ours: type, name: str, args: tuple) -> BaseException:
+    """An unpickled `sklearn_flavoured` error or warning: of the joint class again
+    (scikit-learn is imported for it, as the process that raised it had it loaded), so
+    ``except`` clauses on either class still catch it."""
+    try:
+        import sklearn.exceptions  # noqa: F401  (loaded for `sklearn_flavoured`)
+    except ImportError:  # unpickled where scikit-learn is missing: vbsnmf's class alone
+        return ours(*args)
+    return sklearn_flavoured(ours, name)(*args)
 
 
 def counted(n: int, noun: str) -> str:

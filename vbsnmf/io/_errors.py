@@ -18,6 +18,12 @@ class ReadError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):
+        # BaseException's own pickles the message alone, which this __init__ does not
+        # take: unpickling raised TypeError, and multiprocessing's Pool.map(read, paths)
+        # hung on a missing file (its result thread died unpickling the error)
+        return type(self), (self.path, self.reason), self.__dict__
+
 
 def describe_error(error: BaseException) -> str:
     """``error``'s type and the first line of its message, for a `ReadError`'s reason."""

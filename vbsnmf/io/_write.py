@@ -18,6 +18,7 @@ import pandas as pd
 from .._atomic import atomic_file, failed_write, flush_to_disk, held_signals
 from .._utils import (
     check_anndata,
+    check_factor_columns,
     check_fit_entries,
     check_record_key,
     elbo_iterations,
@@ -100,9 +101,10 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     ValueError
         The fit was of ``.raw`` (``use_raw=True``), which ``adata`` no longer has, or its cell
         factors or gene loadings hold NaN rows (cells or genes that
-        ``anndata.concat(..., join="outer")`` joined to the fit), or a cell or gene name
-        holds a NUL character or a lone surrogate, which a text table cannot carry;
-        nothing is written.
+        ``anndata.concat(..., join="outer")`` joined to the fit) or not one column per
+        factor of the fit (cut by hand, as `vbsnmf.tl.top_genes` refuses them), or a cell
+        or gene name holds a NUL character or a lone surrogate, which a text table cannot
+        carry; nothing is written.
     UnsafePathError
         ``folder`` is an empty name, which `pathlib` takes for the current folder (nothing
         is written).
@@ -207,7 +209,14 @@ def _factor_tables(adata, info: dict, key: str) -> list[_Table]:
     # never saw, which anndata.concat(join="outer") adds)
     cell_factors = finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"])
     gene_loadings = finite_fit_array(key, gene_side, genes.varm, info["varm_key"])
-    columns = [f"factor_{factor}" for factor in range(cell_factors.shape[1])]
+    # refused as tl.top_genes refuses them: arrays cut by hand to some factors (the active
+    # ones, say) were written as factor_0, factor_1, ..., numbers that named other factors
+    # than top_genes and params.json do, and arrays cut to different widths met pandas'
+    # "Shape of passed values is (507, 3), indices imply (507, 4)"
+    n_components = info["params"]["n_components"]
+    check_factor_columns(f"adata.obsm[{info['obsm_key']!r}]", cell_factors, n_components)
+    check_factor_columns(f"adata.{gene_side}[{info['varm_key']!r}]", gene_loadings, n_components)
+    columns = [f"factor_{factor}" for factor in range(n_components)]
     return [
         _Table(
             name,

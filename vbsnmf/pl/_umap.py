@@ -82,11 +82,12 @@ def umap(
         ``sc.pl.umap``); default: each cell's dominant active factor, stored as
         ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and absent; a
         new fit under ``key`` drops it), whose categories are the factors that dominate
-        some cell; missing for a cell without usage (no counts, under a classical
-        solver). ``"leiden"`` without such a column: Leiden clusters of the same graph
-        (``sc.tl.leiden(flavor="igraph")``, which needs the igraph package), stored as
-        ``.obs['leiden']``. Checked before any work, as ``sc.pl.umap`` looks the names up
-        (a gene of ``.raw`` when adata has one).
+        some cell; missing for a cell without usage in any active factor (no counts,
+        under a classical solver; or, where a classical solver leaves exact zeros, a cell
+        of a switched-off factor alone). ``"leiden"`` without such a column: Leiden
+        clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
+        igraph package), stored as ``.obs['leiden']``. Checked before any work, as
+        ``sc.pl.umap`` looks the names up (a gene of ``.raw`` when adata has one).
     n_neighbors
         Neighbours per cell, at least 2; more than the number of cells minus one is
         lowered to it.

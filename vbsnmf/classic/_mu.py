@@ -95,10 +95,12 @@ def fit_multiplicative(
     max_iter: int = 200,
     tol: float = 1e-4,
     scale: float | None = None,
+    exact: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
     """Multiplicative updates until the relative change of the loss is below ``tol``;
     without ``update_h`` every row of W stops on its own loss (`still_moving`). ``scale``:
-    a loss of the data's own scale for the stopping rule's floor (`converged`), or None.
+    a loss of the data's own scale for the stopping rule's floor (`converged`), or None;
+    ``exact``: the loss at or below which the fit is exact and stops (`converged`).
 
     Returns
     -------
@@ -137,8 +139,11 @@ def fit_multiplicative(
             if poisson:
                 W, H_t = _normalise_modules(W, H_t, w_epsilon, epsilon)
         else:
-            start = row_losses if start is None else start  # the rows' first losses
-            moving = still_moving(moving, previous, row_losses, tol, start)
+            if start is None:  # the rows' first losses, and each row's exact loss (that of
+                start = row_losses  # twice its flat start is one of the row's size)
+                doubled = data.ab_terms(alpha, beta, 2.0 * W, H_t, "rows")[2]
+                exact_rows = exact_row_losses(spec.scale * doubled)
+            moving = still_moving(moving, previous, row_losses, tol, start, exact_rows)
             previous = row_losses
             if not moving.any():
                 break
@@ -150,11 +155,11 @@ def fit_multiplicative(
                 w_epsilon[moving] if np.ndim(w_epsilon) else w_epsilon,
                 None if w_mask is None else w_mask[moving],
             )
-        if should_stop(loss_trace, tol, update_h, scale):
+        if should_stop(loss_trace, tol, update_h, scale, exact):
             break
     n_iter = len(loss_trace)
     # The final loss by the same route as the trace (no nonzero-sized temporaries).
-    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale)
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale, exact)
     loss_trace.append(spec.scale * float(data.ab_terms(alpha, beta, W, H_t, "rows")[2].sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 
@@ -163,8 +168,16 @@ def fit_multiplicative(
 # towards 0 at a steady relative rate) is settled by its change relative to the start's.
 _START_FRACTION = float(np.finfo(np.float32).eps)
 
+# Losses at most this fraction of a loss of the data's size are exact factorisations
+# (`converged`, `still_moving`): float32's precision squared (residuals within float32's
+# rounding of the data), far above float64's rounding of the loss (at most 6e-16 of it,
+# measured) and far below any inexact fit's.
+_EXACT_FRACTION = _START_FRACTION**2
 
-def converged(loss_trace: list[float], tol: float, scale: float | None = None) -> bool:
+
+def converged(
+    loss_trace: list[float], tol: float, scale: float | None = None, exact: float = 0.0
+) -> bool:
     """Relative change of the last two losses at most ``tol`` (`_settled`, ``loss_trace[0]``
     the start); never for a loss out of the float range (``|inf - x| <= tol * inf`` would
     read as converged).
@@ -174,10 +187,17 @@ def converged(loss_trace: list[float], tol: float, scale: float | None = None) -
     start far off the data's scale (``nndsvda`` on counts of 1e4, a custom start 1000 times
     too large) has a loss 1e10 times the fitted one or more, and a floor from it alone
     stopped every solver after 3 or 4 iterations at up to 11 times the converged loss.
+
+    A last loss at most ``exact`` (`vbsnmf.classic._nmf.exact_loss`) is an exact
+    factorisation, settled whatever its change: its losses are rounding, and so are their
+    changes (the floor does not catch them when the start or the data's scale is itself
+    exact, as on X of rank one).
     """
     if len(loss_trace) < 2:
         return False
     previous, current, start = (np.float64(loss_trace[i]) for i in (-2, -1, 0))
+    if current <= exact:
+        return True
     if scale is not None and np.isfinite(scale):
         start = min(start, np.float64(scale))
     return bool(_settled(previous, current, tol, start))
@@ -196,12 +216,24 @@ def _settled(previous, current, tol: float, start):
 
 
 def should_stop(
-    loss_trace: list[float], tol: float, whole: bool = True, scale: float | None = None
+    loss_trace: list[float],
+    tol: float,
+    whole: bool = True,
+    scale: float | None = None,
+    exact: float = 0.0,
 ) -> bool:
     """The last loss out of the float range (the caller raises: further iterations would
     not bring it back), or, for a ``whole`` run (not rows stopping on their own,
-    `still_moving`), `converged` (with ``scale``)."""
-    return not np.isfinite(loss_trace[-1]) or (whole and converged(loss_trace, tol, scale))
+    `still_moving`), `converged` (with ``scale`` and ``exact``)."""
+    return not np.isfinite(loss_trace[-1]) or (whole and converged(loss_trace, tol, scale, exact))
+
+
+def exact_row_losses(doubled: np.ndarray) -> np.ndarray:
+    """Each row's exact loss (`still_moving`) from ``doubled``, its loss at twice its
+    start: `_EXACT_FRACTION` of it, 0 (only a loss of 0 is exact) where it is out of the
+    float range (a loss of high power on large values)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(np.isfinite(doubled), _EXACT_FRACTION * doubled, 0.0)
 
 
 def still_moving(
@@ -210,10 +242,13 @@ def still_moving(
     current: np.ndarray,
     tol: float,
     start: np.ndarray,
+    exact: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """The rows of W that go on iterating when H is held fixed (`NMF.transform`):
     ``moving`` less the rows whose own loss changed by at most ``tol`` relative from
-    ``previous`` to ``current`` (`converged`, row by row, ``start`` the rows' first losses).
+    ``previous`` to ``current`` (`converged`, row by row, ``start`` the rows' first losses)
+    or is at most their ``exact`` loss (an exact factorisation of the row: rounding, whose
+    changes no ``tol`` resolves; on X of rank one they ran to ``max_iter``).
 
     Given H the rows are separate problems, and a row that stops stays as it is: so a row's
     result does not depend on the rows transformed with it (a stop on the batch's loss,
@@ -221,7 +256,7 @@ def still_moving(
     """
     if previous is None:
         return moving
-    return moving & ~_settled(previous, current, tol, start)
+    return moving & ~(_settled(previous, current, tol, start) | (current <= exact))
 
 
 def unsettled_rows(
@@ -230,13 +265,14 @@ def unsettled_rows(
     tol: float,
     update_h: bool,
     scale: float | None = None,
+    exact: float = 0.0,
 ) -> np.ndarray:
     """The rows of W whose loss had not settled when the iterations stopped: with
     ``update_h`` all or none, as the whole loss's last change (`converged`, with
-    ``scale``); without it (`NMF.transform`) the rows still ``moving`` (`still_moving`),
-    each judged on its own."""
+    ``scale`` and ``exact``); without it (`NMF.transform`) the rows still ``moving``
+    (`still_moving`), each judged on its own."""
     if update_h:
-        return np.full(moving.shape, not converged(loss_trace, tol, scale))
+        return np.full(moving.shape, not converged(loss_trace, tol, scale, exact))
     return moving.copy()
 
 

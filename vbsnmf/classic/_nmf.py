@@ -30,7 +30,7 @@ from .._nndsvd import nonnegative_factors
 from .._utils import warn_user
 from .._validation import check_finite_product, check_flag, check_n_components
 from ._data import ClassicData, positional_columns
-from ._mu import fit_multiplicative, poisson_bound
+from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
 from .losses import LossSpec, UndefinedAtZeroError, resolve_loss
@@ -76,7 +76,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         H whose columns are, must name X's cells or genes in X's order.
     max_iter, tol
         Stop after ``max_iter`` iterations or when the relative change of the loss between
-        two iterations is at most ``tol``.
+        two iterations is at most ``tol``, or at an exact factorisation (a loss at most
+        float32's precision squared of a loss of the data's size, whose changes are
+        rounding).
     init
         ``"nndsvda"`` (default), ``"nndsvd"``, ``"nndsvdar"``, ``"random"`` or ``"custom"``
         (``W`` and ``H`` given to `fit_transform`).
@@ -311,6 +313,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             # far off it stopped the fit after 3 iterations); transform's rows start flat at
             # their own totals' scale
             "scale": independence_loss(data, spec) if update_h else None,
+            # an exact factorisation's loss is rounding, whose changes no tol resolves
+            "exact": exact_loss(data, spec) if update_h else 0.0,
         }
         # On sparse data the Numba kernels do the heavy work and BLAS only K x K-sized
         # products; OpenBLAS threads left spinning after those halved the kernels' speed
@@ -662,6 +666,29 @@ def independence_loss(data: ClassicData, spec: LossSpec) -> float:
     except ValueError:  # not finite: a loss of high power on large values
         return np.inf
     return value if np.isfinite(value) else np.inf
+
+
+def exact_loss(data: ClassicData, spec: LossSpec) -> float:
+    """The loss at or below which a fit is an exact factorisation, settled whatever its
+    last change (`_mu.converged`): `_EXACT_FRACTION` of the loss of twice the rank-one
+    model of `independence_loss`, a loss of the data's size (``||X||^2`` for Frobenius and
+    ``(1 - log 2) sum X`` for KL when X is of rank one). An exact fit's loss is rounding
+    (1e-31 of that size dense, 6e-16 in the sums over a sparse X's entries), its changes
+    too, and a change relative to it never fell below ``tol``: ``n_components=1`` on an
+    outer product of whole numbers ran to ``max_iter`` at a loss of 1e-26 and warned to
+    raise it. 0 (only a loss of 0 is exact) for data of total 0 or a loss out of range."""
+    row_totals = data.row_totals
+    total = float(row_totals.sum())
+    if not (np.isfinite(total) and total > 0):
+        return 0.0
+    W = 2.0 * row_totals[:, None]
+    H = (data.col_totals() / total)[None, :]
+    try:
+        with np.errstate(all="ignore"):
+            value = data.loss(spec, W, H)
+    except ValueError:  # not finite: a loss of high power on large values
+        return 0.0
+    return _EXACT_FRACTION * value if np.isfinite(value) else 0.0
 
 
 def _flat_start(row_totals: np.ndarray, H: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._data import ClassicData
-from ._mu import should_stop, still_moving, unsettled_rows
+from ._mu import exact_row_losses, should_stop, still_moving, unsettled_rows
 
 IPG_TAU = 0.99
 
@@ -139,9 +139,11 @@ def fit_frobenius(
     max_iter: int = 200,
     tol: float = 1e-4,
     scale: float | None = None,
+    exact: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[float], int, np.ndarray]:
     """Alternate half-steps of ``solver`` until the relative loss change is below ``tol``
-    (``scale``: the stopping rule's loss of the data's scale, `_mu.converged`).
+    (``scale``: the stopping rule's loss of the data's scale; ``exact``: the loss of an
+    exact factorisation, which stops; `_mu.converged`).
 
     ``epsilon > 0`` projects onto ``[epsilon, inf)`` instead of ``[0, inf)`` after each
     half-step; masks zero the masked entries after each half-step. HALS applies both within
@@ -199,8 +201,10 @@ def fit_frobenius(
             if solver == "als":  # nothing else holds its modules' scale (`balance_modules`)
                 W, H_t = balance_modules(W, H_t, epsilon)
         else:
-            start = row_losses if start is None else start  # the rows' first losses
-            moving = still_moving(moving, previous, row_losses, tol, start)
+            if start is None:  # the rows' first losses, and each row's exact loss
+                start = row_losses  # (`_mu.fit_multiplicative`)
+                exact_rows = exact_row_losses(data.squared_residuals(2.0 * W, H_t))
+            moving = still_moving(moving, previous, row_losses, tol, start, exact_rows)
             previous = row_losses
             if not moving.any():
                 break
@@ -209,10 +213,10 @@ def fit_frobenius(
                 step(W[moving], XC[moving], H_t.T @ H_t, mask), w_idle, epsilon
             )
             W[moving] = _project(stepped, epsilon, mask)
-        if should_stop(loss_trace, tol, update_h, scale):
+        if should_stop(loss_trace, tol, update_h, scale, exact):
             break
     n_iter = len(loss_trace)
-    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale)
+    unsettled = unsettled_rows(moving, loss_trace, tol, update_h, scale, exact)
     loss_trace.append(float(data.squared_residuals(W, H_t).sum()))
     return W, np.ascontiguousarray(H_t.T), loss_trace, n_iter, unsettled
 

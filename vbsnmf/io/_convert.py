@@ -3,7 +3,9 @@
 Gzip cannot seek, so a minibatch of random cells cannot be read from an ``.mtx.gz``; one
 sequential pass copies the entries, a chunk of lines at a time, into the CSR layout
 anndata reads (`anndata.io.sparse_dataset`), with the names beside it. Memory stays at a
-chunk plus one integer per cell, whatever the size of the file.
+chunk plus one integer per cell, whatever the size of the file; a cell whose lines run on
+over many chunks is held summed, one entry per gene (but every line of a real file whose
+values are not whole numbers, which must be summed together, in one order).
 """
 
 from __future__ import annotations
@@ -300,6 +302,11 @@ def _copy_entries(
             )
         tail = np.searchsorted(cells, cells[-1]) if len(cells) else 0
         pending = (cells[tail:], genes[tail:], values[tail:])
+        if len(pending[0]) > _LINES_PER_CHUNK and _exact_sums(pending[2]):
+            # a cell running on over many blocks: held summed, a line per gene, not every
+            # line it has (it was concatenated anew each block). Only whole numbers, whose
+            # sums do not depend on the order: the result does not depend on the blocks.
+            pending = _summed(*pending)
         written = _append_cells(
             indices,
             data,
@@ -373,9 +380,10 @@ def _check_indices(cells, genes, n_cells, n_genes) -> None:
             raise ValueError(f"a {name} index is outside 1..{bound}")
 
 
-def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
-    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell and
-    repeated entries of a cell and gene summed, as `vbsnmf.io.read_mtx` sums them."""
+def _summed(cells, genes, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries sorted by cell then gene, repeated entries of a cell and gene summed, as
+    `vbsnmf.io.read_mtx` sums them; ValueError for a negative value among repeats, whose
+    sum would hide it."""
     hidden = repeated_negative(cells, genes, values)
     if hidden is not None:
         raise ValueError(
@@ -383,22 +391,36 @@ def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, w
             f"the file) is negative ({values[hidden]:g}) and repeated: the sum of the "
             "repeats would hide it; NMF needs raw counts"
         )
+    if len(cells) == 0:
+        return cells, genes, values
+    order = np.lexsort((genes, cells))
+    cells, genes, values = cells[order], genes[order], values[order]
+    first = np.concatenate([[True], (np.diff(cells) != 0) | (np.diff(genes) != 0)])
+    starts = np.flatnonzero(first)
+    return cells[starts], genes[starts], np.add.reduceat(values, starts)
+
+
+def _exact_sums(values: np.ndarray) -> bool:
+    """Whether ``values`` are whole numbers whose float64 sums are exact in any order."""
+    return bool(np.all((values == np.floor(values)) & (np.abs(values) <= 2.0**53)))
+
+
+def _append_cells(indices, data, row_counts, gene_index, cells, genes, values, written) -> int:
+    """Append whole cells (sorted by cell) to the CSR, genes sorted within each cell and
+    repeated entries of a cell and gene summed (`_summed`)."""
+    cells, genes, values = _summed(cells, genes, values)
+    # the kept genes' new numbers rise with the file's: the order of `_summed` holds
     genes = gene_index[genes]
     kept = genes >= 0
     cells, genes, values = cells[kept], genes[kept], values[kept]
     if len(cells) == 0:
         return written
-    order = np.lexsort((genes, cells))
-    cells, genes, values = cells[order], genes[order], values[order]
-    first = np.concatenate([[True], (np.diff(cells) != 0) | (np.diff(genes) != 0)])
-    starts = np.flatnonzero(first)
-    stop = written + len(starts)
-    indices[written:stop] = genes[starts].astype(np.int32)
-    data[written:stop] = np.add.reduceat(values, starts)
+    stop = written + len(cells)
+    indices[written:stop] = genes.astype(np.int32)
+    data[written:stop] = values
     # the block's cells are sorted: counted over their own span, not over every cell (a
     # pass over all the cells per block of 250,000 lines: 11 ms a block at 10^7 cells)
-    kept_cells = cells[starts]
-    row_counts[kept_cells[0] : kept_cells[-1] + 1] += np.bincount(kept_cells - kept_cells[0])
+    row_counts[cells[0] : cells[-1] + 1] += np.bincount(cells - cells[0])
     return stop
 
 

@@ -297,6 +297,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.outdir is not None and args.outdir.exists() and not args.outdir.is_dir():
         parser.error(f"--outdir {args.outdir} is a file, not a folder")  # before the fit
+    try:  # Leiden comes after the fit and the UMAPs: say what is missing before them
+        import igraph  # noqa: F401
+    except ImportError:
+        parser.error(
+            "the Leiden clusters need the igraph package: python -m pip install -e "
+            "'.[tutorial]' (or python -m pip install igraph)"
+        )
     run(quick=args.quick, outdir=default_outdir(args.quick) if args.outdir is None else args.outdir)
 
 

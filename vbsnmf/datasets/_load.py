@@ -67,6 +67,17 @@ def _read_cells(folder: Path) -> pd.DataFrame:
             f"lacks columns it has when installed: {', '.join(missing)}; the bundled copy "
             "is damaged: reinstall vbsnmf",
         )
+    # an empty field reads as NaN: a cell without its gate or group would load as a cell of
+    # no population, and every score against the sorted populations would leave it out
+    empty = cells[list(_CELL_COLUMNS)].isna()
+    if empty.to_numpy().any():
+        line = int(np.flatnonzero(empty.any(axis=1).to_numpy())[0]) + 2  # after the header
+        columns = ", ".join(empty.columns[empty.any(axis=0)])
+        raise ReadError(
+            path,
+            f"has empty {columns} fields (the first on line {line}); the bundled copy is "
+            "damaged: reinstall vbsnmf",
+        )
     cells = cells.set_index("barcode")
     cells.index.name = None
     for column in ("celltype", "subpop"):

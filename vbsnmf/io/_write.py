@@ -61,7 +61,7 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
 
     Read a table back with its names as text::
 
-        pandas.read_csv(path, sep="\t", index_col=0, keep_default_na=False,
+        pandas.read_csv(path, sep="\\t", index_col=0, keep_default_na=False,
                         dtype={"cell": str})  # "gene" for gene_loadings.tsv.gz
 
     `pandas.read_csv`'s defaults read a name ``NA``, ``nan``, ``NULL`` or an empty one as

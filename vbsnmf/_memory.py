@@ -29,6 +29,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from ._utils import counted
+
 # The arrays of (rows + columns) x K alive at the peak of an iteration, measured with
 # tracemalloc (tests/test_numerics.py checks the estimate against a measured peak).
 _FACTOR_ARRAYS = 4  # in the fit's dtype
@@ -349,7 +351,7 @@ def check_fit_memory(
         f"this fit needs about {format_bytes(estimate['total'])} of memory (count matrix "
         f"{format_bytes(estimate['counts'])}, factors {format_bytes(estimate['factors'])} for "
         f"{shape[0]} x {shape[1]} with K={n_components}, per-thread accumulators "
-        f"{format_bytes(estimate['accumulators'])} for {threads} "
-        f"thread{'s' if threads > 1 else ''}) but only {format_bytes(available)} is "
+        f"{format_bytes(estimate['accumulators'])} for {counted(threads, 'thread')}) but only "
+        f"{format_bytes(available)} is "
         f"available. {BATCH_ADVICE}; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
     )

@@ -75,6 +75,7 @@ from ._model import (
     update_side,
     warn_not_converged,
 )
+from ._utils import counted
 from ._validation import (
     checked_counts,
     combine_fingerprints,
@@ -425,7 +426,7 @@ def too_few_evaluations(n_values: int, since_release: bool, eval_every: int) -> 
     since = " since its factor shapes were released" if since_release else ""
     every = "" if eval_every == 1 else f" (every eval_every={eval_every} epochs and at the last)"
     return (
-        f"with {n_values} ELBO evaluation{'' if n_values == 1 else 's'}{since}{every}; it "
+        f"with {counted(n_values, 'ELBO evaluation')}{since}{every}; it "
         f"stops on {STOP_RUN} relative changes in a row of at most tol, which take "
         f"{STOP_RUN + 1} evaluations, so no tol could have stopped it"
     )

@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # re-exported: vbsnmf.__version__
 
 # name -> (module, attribute); attribute None for a subpackage.
 _LAZY = {

@@ -105,7 +105,7 @@ def library_versions() -> dict[str, str]:
     rerun giving other bits can be told apart from another fit."""
     from importlib.metadata import version
 
-    from . import __version__
+    from ._version import __version__
 
     names = ("numpy", "scipy", "numba", "llvmlite", "anndata")
     return {"vbsnmf": __version__} | {name: version(name) for name in names}

@@ -178,6 +178,15 @@ def _check_not_forked_from_openmp() -> None:
             raise RuntimeError(FORKED_OPENMP)
 
 
+def _in_turn(function, args: tuple, kwargs: dict):
+    """``function(*args, **kwargs)``, holding the process's launch lock when the threading
+    layer needs it (`_overlapping_launches_safe`); a plain call under OpenMP and TBB."""
+    if _overlapping_launches_safe():
+        return function(*args, **kwargs)
+    with _KERNEL_LAUNCHES:
+        return function(*args, **kwargs)
+
+
 class ParallelKernel:
     """A Numba ``parallel=True`` kernel launched as this process allows: one launch at a
     time under the workqueue layer (`_overlapping_launches_safe`), where two threads'
@@ -196,10 +205,7 @@ class ParallelKernel:
 
     def __call__(self, *args, **kwargs):
         _check_not_forked_from_openmp()
-        if _overlapping_launches_safe():
-            return self.dispatcher(*args, **kwargs)
-        with _KERNEL_LAUNCHES:
-            return self.dispatcher(*args, **kwargs)
+        return _in_turn(self.dispatcher, args, kwargs)
 
     def __getattr__(self, name):
         if name == "dispatcher":  # not set yet (a copy being made): no recursion
@@ -219,10 +225,7 @@ def one_launch_at_a_time(task):
 
     @functools.wraps(task)
     def run(*args, **kwargs):
-        if _overlapping_launches_safe():
-            return task(*args, **kwargs)
-        with _KERNEL_LAUNCHES:
-            return task(*args, **kwargs)
+        return _in_turn(task, args, kwargs)
 
     return run
 

@@ -148,13 +148,13 @@ def test_errors_name_the_options(tmp_path, capfd, options, expected):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (["--max-iter", "1"], "VB stopped after --max-iter 1 iterations"),
-        (SVI, "SVI stopped after --epochs 1 epochs"),
-        (["--solver", "mu", "--max-iter", "1"], "NMF stopped after --max-iter 1 iterations"),
+        (["--max-iter", "1"], "VB stopped after --max-iter 1 iteration"),
+        (SVI, "SVI stopped after --epochs 1 epoch"),
+        (["--solver", "mu", "--max-iter", "1"], "NMF stopped after --max-iter 1 iteration"),
     ],
 )
 def test_convergence_warnings_name_the_options(tmp_path, capfd, options, expected):
-    """ "VB stopped after max_iter=1 iterations ... below tol=1e-05; raise max_iter or tol"
+    """ "VB stopped after max_iter=2 iterations ... below tol=1e-05; raise max_iter or tol"
     (SVI: n_epochs; a fit still holding its factor shapes: "raise max_iter"): the command
     line's options are --max-iter, --epochs and --tol."""
     h5ad(tmp_path)

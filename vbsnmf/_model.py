@@ -41,7 +41,7 @@ from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels, _nndsvd
 from ._data import CountData, as_count_data, compressed_totals
-from ._utils import compute_dask, is_dask_array, warn_user
+from ._utils import compute_dask, counted, is_dask_array, warn_user
 from ._validation import PRIOR_SHAPE_RANGE
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -1263,20 +1263,28 @@ def warn_not_converged(
     ``holding``: still holding a random start's factor shapes (`hold_released` not yet),
     which no ``tol`` stops: its ELBO changes may have fallen below ``tol`` already.
     ``untestable``: why the stopping rule could not have been met whatever ``tol`` (too few
-    ELBO values to judge, `_svi.too_few_evaluations`), said instead of advising ``tol``."""
+    ELBO values to judge, `_svi.too_few_evaluations`), said instead of advising ``tol``;
+    batch VB's at ``max_iter=1`` is said here."""
+    if limit_name == "max_iter" and limit == 1 and untestable is None:
+        # "raise max_iter or tol" advised a tol that could not have stopped it (tol=1e9 too)
+        untestable = (
+            "and no tol could have stopped it: its stopping rule compares the ELBOs of two "
+            "passes in a row"
+        )
     outcome = _FIT_OUTCOME.get()
     if outcome is not None:  # told also when the warning is silenced (`recording_outcome`)
         outcome.held = holding
-    what, unit = ("SVI", "epochs") if limit_name == "n_epochs" else ("VB", "iterations")
+        outcome.untestable = untestable is not None and not holding
+    what, unit = ("SVI", "epoch") if limit_name == "n_epochs" else ("VB", "iteration")
+    ran = f"{limit_name}={counted(limit, unit)}"
     if untestable is not None and not holding:
         warn_user(
-            f"{what} stopped after {limit_name}={limit} {unit} {untestable}; raise {limit_name}.",
-            ConvergenceWarning,
+            f"{what} stopped after {ran} {untestable}; raise {limit_name}.", ConvergenceWarning
         )
         return
     if holding:
         warn_user(
-            f"{what} stopped after {limit_name}={limit} {unit} while it still held its factor "
+            f"{what} stopped after {ran} while it still held its factor "
             f"shapes at {START_FACTOR_SHAPE:g}, which it learns once an ELBO change is at most "
             f"HOLD_TOL={HOLD_TOL:.2g} relative, whatever the stopping tolerance "
             f'(docs/model.md, "The hold"); raise {limit_name}.',
@@ -1284,7 +1292,7 @@ def warn_not_converged(
         )
         return
     warn_user(
-        f"{what} stopped after {limit_name}={limit} {unit} before the relative ELBO change "
+        f"{what} stopped after {ran} before the relative ELBO change "
         f"fell below tol={tol}; raise {limit_name} or tol.",
         ConvergenceWarning,
     )
@@ -1307,9 +1315,12 @@ class FitOutcome:
     """What `warn_not_converged` told, or would have told, of the fit run under
     `recording_outcome`: ``held``, whether it ran out while it still held its factor
     shapes. `warn_kept_start` says so of the start kept of several (it advised "raise
-    max_iter or tol", and no tol stops a held fit), and `tl.select_k` records it."""
+    max_iter or tol", and no tol stops a held fit), and `tl.select_k` records it.
+    ``untestable``: it ran out with too few ELBO values for the stopping rule to judge, so
+    no ``tol`` could have stopped it either (`tl.select_k`'s warning says so)."""
 
     held: bool = False
+    untestable: bool = False
 
 
 # The outcome of the fit `recording_outcome` runs (None outside one): per context, as fits

@@ -27,7 +27,7 @@ from .._base import (
 )
 from .._model import ConvergenceWarning
 from .._nndsvd import nonnegative_factors
-from .._utils import warn_user
+from .._utils import counted, warn_user
 from .._validation import check_finite_product, check_flag, check_n_components
 from ._data import ClassicData, positional_columns
 from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
@@ -336,8 +336,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             # transform: each row stops on its own loss, and is judged on it
             which = "" if update_h else f" for {np.count_nonzero(unsettled)} of {W.shape[0]} rows"
             warn_user(
-                f"NMF stopped after max_iter={self.max_iter} iterations{which} before the "
-                f"relative loss change fell below tol={self.tol}; raise max_iter or tol.",
+                f"NMF stopped after max_iter={counted(self.max_iter, 'iteration')}{which} "
+                f"before the relative loss change fell below tol={self.tol}; raise max_iter or "
+                "tol.",
                 ConvergenceWarning,
             )
         final_loss = trace[-1]

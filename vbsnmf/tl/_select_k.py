@@ -19,6 +19,7 @@ from .._model import (
     NOT_CONVERGED_MESSAGE,
     START_FACTOR_SHAPE,
     ConvergenceWarning,
+    FitOutcome,
     kept_if_failed,
     recording_outcome,
 )
@@ -219,6 +220,7 @@ def select_k(
             )
 
         rows, per_cell = [], []
+        untestable: dict[str, list[int]] = {}  # the Ks whose fit no tol could have stopped
         options = {"solver": solver, "random_state": random_state, "min_share": min_share}
         for k in ks:
             full, half = ad.AnnData(counts), ad.AnnData(train)
@@ -231,9 +233,12 @@ def select_k(
                 warnings.filterwarnings(
                     "ignore", message=NOT_CONVERGED_MESSAGE, category=ConvergenceWarning
                 )
-                full_held, half_held = (
-                    _fit_holding(fitted, k, options, fit_params) for fitted in (full, half)
+                full_outcome, half_outcome = (
+                    _fit_outcome(fitted, k, options, fit_params) for fitted in (full, half)
                 )
+            for outcome, fitted in ((full_outcome, "all the counts"), (half_outcome, "train half")):
+                if outcome.untestable:
+                    untestable.setdefault(fitted, []).append(k)
             cell_ll = poisson_loglik_per_cell(test, half.obsm["X_nmf"], half.varm["NMF"])
             per_cell.append(cell_ll)
             info, half_info = full.uns["nmf"], half.uns["nmf"]
@@ -249,14 +254,14 @@ def select_k(
                     "n_active": int(np.count_nonzero(info["active"])),
                     "n_iter": int(info["n_iter"]),
                     "converged": bool(info["converged"]),
-                    "shapes_held": full_held,
+                    "shapes_held": full_outcome.held,
                     "heldout_n_iter": int(half_info["n_iter"]),
                     "heldout_converged": bool(half_info["converged"]),
-                    "heldout_shapes_held": half_held,
+                    "heldout_shapes_held": half_outcome.held,
                 }
             )
         table = pd.DataFrame(rows, index=pd.Index(ks, name="n_components"))
-        _warn_not_converged(table, solver)
+        _warn_not_converged(table, solver, untestable)
         best = int(np.argmax(table["heldout_ll_per_count"].to_numpy()))
         differences = [per_cell[best] - cell_ll for cell_ll in per_cell]
         n_cells = counts.shape[0]
@@ -329,13 +334,13 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
     return loglik
 
 
-def _fit_holding(adata, k: int, options: dict, fit_params: dict) -> bool:
-    """`nmf` of ``adata`` at ``k``; whether it stopped at ``max_iter`` (``n_epochs``) while
-    it still held its factor shapes at 1 (docs/model.md, "The hold"), as its `FitOutcome`
-    says (`_model.warn_not_converged`)."""
+def _fit_outcome(adata, k: int, options: dict, fit_params: dict) -> FitOutcome:
+    """`nmf` of ``adata`` at ``k``; its `FitOutcome` (`_model.warn_not_converged`): whether
+    it stopped at ``max_iter`` (``n_epochs``) while it still held its factor shapes at 1
+    (docs/model.md, "The hold"), or with too few ELBO values for the stopping rule."""
     with recording_outcome() as outcome:
         nmf(adata, k, **options, **fit_params)
-    return outcome.held
+    return outcome
 
 
 def _check_scored(solver: str, fit_params: dict) -> np.dtype:
@@ -361,26 +366,37 @@ def _check_scored(solver: str, fit_params: dict) -> np.dtype:
     return settings.dtype
 
 
-def _warn_not_converged(table: pd.DataFrame, solver: str) -> None:
+def _warn_not_converged(
+    table: pd.DataFrame, solver: str, untestable: dict[str, list[int]] | None = None
+) -> None:
     """One `ConvergenceWarning` naming the Ks whose fit on all the counts or on the train
     half stopped at ``max_iter`` (``n_epochs``) before converging, if any: those that still
-    held their factor shapes apart (columns ``shapes_held``, ``heldout_shapes_held``), as
-    no ``tol`` stops a held fit (`_model.warn_not_converged`): raising ``tol`` was no advice
-    for them."""
+    held their factor shapes apart (columns ``shapes_held``, ``heldout_shapes_held``), and
+    those with too few ELBO values for the stopping rule (``untestable``: the Ks per fit),
+    as no ``tol`` stops either (`_model.warn_not_converged`): raising ``tol`` was no
+    advice for them."""
     limit = "n_epochs" if solver == "svi" else "max_iter"
+    untestable = untestable or {}
     fits = (
         ("converged", "shapes_held", "all the counts"),
         ("heldout_converged", "heldout_shapes_held", "train half"),
     )
-    stopped, held = [], []
+    stopped, held, too_few = [], [], []
     for converged, shapes_held, fitted in fits:
+        few = table.index.isin(untestable.get(fitted, []))
         for named, ks in (
-            (stopped, table.index[~table[converged] & ~table[shapes_held]]),
+            (stopped, table.index[~table[converged] & ~table[shapes_held] & ~few]),
             (held, table.index[~table[converged] & table[shapes_held]]),
+            (too_few, table.index[~table[converged] & ~table[shapes_held] & few]),
         ):
             if len(ks):
                 named.append(f"K={', '.join(map(str, ks))} ({fitted})")
     sentences = []
+    if too_few:
+        sentences.append(
+            f"the fits at {' and '.join(too_few)} stopped at {limit} with too few ELBO values "
+            f"for the stopping rule to judge, so no tol could have stopped them; raise {limit}"
+        )
     if stopped:
         sentences.append(
             f"the fits at {' and '.join(stopped)} stopped at {limit} before the relative ELBO "

@@ -303,8 +303,10 @@ def _add_fit_options(
         required=outdir_required,
         default=None if outdir_required else "vbsnmf_demo",
         metavar="OUTDIR",
-        help="output folder; must not exist unless --force, nor be or hold the input, the "
-        "checkpoint or the current folder" + ("" if outdir_required else " (default: vbsnmf_demo)"),
+        # "lie inside" the input too (refused), but not the current folder (-o run1 is)
+        help="output folder; must not exist unless --force, nor be, hold or lie inside the "
+        "input, nor be or hold the checkpoint or the current folder"
+        + ("" if outdir_required else " (default: vbsnmf_demo)"),
     )
     command.add_argument(
         "--solver",
@@ -579,11 +581,17 @@ def _check_resumed_solver(args) -> None:
 
 @_doing("fitting")
 def _fit(
-    adata, args, quiet: bool, matrix_file: str | None = None, anndata_file: str | None = None
+    adata,
+    args,
+    quiet: bool,
+    matrix_file: str | None = None,
+    anndata_file: str | None = None,
+    notes: Sequence[str] = (),
 ) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
     ``matrix_file``: the input, when it holds one matrix and no AnnData; ``anndata_file``:
-    the input, when it is an AnnData (`_as_options`)."""
+    the input, when it is an AnnData (`_as_options`); ``notes``: lines told once the fit
+    runs, as the note below."""
     from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
@@ -595,7 +603,7 @@ def _fit(
     # nothing), at the first iteration (or the end of a fit that reported none): said
     # before, an input the fit then refused left two lines on stderr, the first
     # announcing a fit that never ran
-    notes = []
+    notes = list(notes)
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
         notes.append(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
     defaults = _estimator_defaults()
@@ -654,16 +662,7 @@ def _fit(
                 **params,
             )
         except CheckpointMismatchError as error:
-            # the settings named as the options that set them (--tol, not tol)
-            message = str(error)
-            if "prior: checkpoint " in message:
-                # SQUAREM's acceleration follows --prior here, no option sets it: its line
-                # ("accelerate: checkpoint True vs now False") named a Python parameter
-                message = re.sub(r"\baccelerate: checkpoint \w+ vs now \w+, ", "", message)
-                # --prior gamma is Gamma(1, 1), which no option changes: its parameters
-                # (prior_shape=1.0, prior_rate=1.0) named Python parameters the user cannot set
-                message = message.replace(f"'gamma' ({DEFAULT_GAMMA})", "'gamma'")
-            raise UsageError(f"{_option_names(message)} (drop --resume)") from None
+            raise _mismatch_as_usage(error) from None
         except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
             # TypeError too: an X of strings is refused as one, and its message named
             # "adata.X", not the file
@@ -679,6 +678,20 @@ def _fit(
 
 # How a checkpoint's mismatch names the command line's Gamma(1, 1) prior (`_checkpoint`).
 DEFAULT_GAMMA = "prior_shape=1.0, prior_rate=1.0"
+
+
+def _mismatch_as_usage(error: Exception) -> UsageError:
+    """A checkpoint's mismatch (`vbsnmf.CheckpointMismatchError`) in the command line's
+    words: the settings named as the options that set them (--tol, not tol)."""
+    message = str(error)
+    if "prior: checkpoint " in message:
+        # SQUAREM's acceleration follows --prior here, no option sets it: its line
+        # ("accelerate: checkpoint True vs now False") named a Python parameter
+        message = re.sub(r"\baccelerate: checkpoint \w+ vs now \w+, ", "", message)
+        # --prior gamma is Gamma(1, 1), which no option changes: its parameters
+        # (prior_shape=1.0, prior_rate=1.0) named Python parameters the user cannot set
+        message = message.replace(f"'gamma' ({DEFAULT_GAMMA})", "'gamma'")
+    return UsageError(f"{_option_names(message)} (drop --resume)")
 
 
 def _tell_notes(notes: list) -> None:
@@ -973,7 +986,8 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
     else:
         header = _matrix_market_header(source, kind)
         if header is not None:
-            _check_n_components_fits(args, header, _genes_kept(args, source, kind, header))
+            cells_by_genes = _header_shape(args, header, _genes_kept(args, source, kind, header))
+            _check_n_components_fits(args, cells_by_genes)
             if header.fmt == "array":
                 if args.convert_to is not None:
                     raise UsageError(
@@ -982,6 +996,7 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
                         "reads into memory: drop --convert-to"
                     )
                 return False
+            _check_resumed_settings(args, cells_by_genes)
         converted = _check_convert_path(args, outdir, inputs)
     try:
         summary = _convert_and_fit(args, source, kind, outdir, adata, converted, created)
@@ -1029,19 +1044,24 @@ def _genes_kept(args, source: Path, kind: str, header) -> int | None:
     return None if keep is None else int(keep.sum())
 
 
-def _check_n_components_fits(args, header, n_genes_kept: int | None = None) -> None:
-    """-k, and the memory of every cell's factors, against the cells and genes that the
-    Matrix Market ``header`` declares (its Gene Expression features, ``n_genes_kept``,
-    when the conversion keeps those alone), before the conversion: the fit refused it
-    only once the whole matrix was converted (minutes for a large one), after saying it
-    was converted into an OUTDIR that never appeared."""
-    from ._memory import check_cells_form_memory
-    from ._validation import check_n_components
-
+def _header_shape(args, header, n_genes_kept: int | None = None) -> tuple[int, int]:
+    """(cells, genes) of the matrix that the conversion of a Matrix Market ``header``
+    makes: its Gene Expression features, ``n_genes_kept``, when it keeps those alone."""
     n_rows, n_cols = header.size[:2]
     cells_by_genes = (n_cols, n_rows) if args.genes_as_rows is not False else (n_rows, n_cols)
     if n_genes_kept is not None:
         cells_by_genes = (cells_by_genes[0], n_genes_kept)
+    return cells_by_genes
+
+
+def _check_n_components_fits(args, cells_by_genes: tuple[int, int]) -> None:
+    """-k, and the memory of every cell's factors, against the cells and genes that a
+    Matrix Market header declares (`_header_shape`), before the conversion: the fit
+    refused it only once the whole matrix was converted (minutes for a large one), after
+    saying it was converted into an OUTDIR that never appeared."""
+    from ._memory import check_cells_form_memory
+    from ._validation import check_n_components
+
     try:
         check_n_components(args.n_components, cells_by_genes)
     except ValueError as error:
@@ -1052,6 +1072,52 @@ def _check_n_components_fits(args, header, n_genes_kept: int | None = None) -> N
     )
 
 
+def _check_resumed_settings(args, cells_by_genes: tuple[int, int]) -> None:
+    """--resume of a checkpoint written by another fit (-k, --seed, --prior, --batch-size,
+    --max-iter or --tol) or for a matrix of other cells or genes than the Matrix Market
+    header declares (``cells_by_genes``, `_header_shape`), refused before the conversion:
+    the fit's own check came once the whole matrix was converted (minutes for a large
+    one), after a line saying it was converted into an OUTDIR that never appeared. Only
+    what the options and the header decide is compared here; the fit checks the rest (the
+    counts themselves) as it starts."""
+    from . import VBNMF, CheckpointMismatchError
+    from ._checkpoint import check_config, read_checkpoint_meta
+    from ._svi import default_batch_size
+
+    if not (args.resume and os.path.exists(args.checkpoint)):
+        return
+    stored = read_checkpoint_meta(args.checkpoint).get("config")
+    if not isinstance(stored, dict):
+        return  # a damaged record: the fit says what is wrong with it
+    params, defaults = _fit_params(args), _estimator_defaults()
+    n_cells = cells_by_genes[0]
+    batch = params.get("batch_size") or default_batch_size("cells", n_cells, 0)
+    prior = VBNMF(prior=params.get("prior", defaults["prior"]))._prior()
+    now = {
+        "shape": [int(n) for n in cells_by_genes],
+        "n_components": args.n_components,
+        "solver": args.solver,
+        "svi_form": "cells",
+        # as the fit compares it: a batch past the cells is all of them, the same fit
+        "batch_size": min(batch, max(n_cells, 1)),
+        "local_fit": [
+            params.get("max_iter", defaults["max_iter"]),
+            params.get("tol", defaults["tol"]),
+        ],
+        "prior": repr(prior),
+        "random_state": args.seed,
+    }
+    then = {key: stored[key] for key in now if key in stored}  # older ones lack local_fit
+    shape = then.get("shape")
+    if isinstance(then.get("batch_size"), int) and isinstance(shape, list) and shape:
+        if isinstance(shape[0], int):
+            then["batch_size"] = min(then["batch_size"], max(shape[0], 1))
+    try:
+        check_config({"config": then}, {key: now[key] for key in then}, args.checkpoint)
+    except CheckpointMismatchError as error:
+        raise _mismatch_as_usage(error) from None
+
+
 def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, converted, created):
     """`_fit_streamed`'s conversion (unless the input is an .h5ad, ``adata``), fit and
     OUTDIR; the summary. --convert-to (``converted``) is made as a new file, never
@@ -1059,6 +1125,7 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
     from .io import mtx_to_h5ad, read_h5ad_backed
     from .io._paths import COUNTS_FILE
 
+    notes = []
     # An .h5ad is read as the fit goes, and again when result.h5ad copies its X: a file
     # truncated or overwritten meanwhile read as zeros and gave a result of no counts.
     before = _file_state(source) if kind == "h5ad" else None
@@ -1083,12 +1150,15 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
                     f"--convert-to {converted} was made by another process while this run "
                     "converted; vbsnmf leaves it as it is: name a new file"
                 ) from None
+            # told once the fit runs (`_fit`): said now, counts the fit then refused (a
+            # negative or non-integer one) left it above the error, naming an OUTDIR that
+            # never appeared, or a --convert-to file removed with the failed run
             if not args.quiet:
-                _tell(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
+                notes.append(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
             adata = read_h5ad_backed(target)
         try:
             input_file = {"anndata_file" if kind == "h5ad" else "matrix_file": str(source)}
-            seconds = _fit(adata, args, args.quiet, **input_file)
+            seconds = _fit(adata, args, args.quiet, notes=notes, **input_file)
             with _doing(f"writing {outdir}"):
                 summary = _write_fit(adata, args, folder, str(source), seconds)
             if before is not None and _file_state(source) != before:

@@ -174,3 +174,36 @@ def test_svi_conversion_is_still_told_once_the_fit_runs(fitted, tmp_path, capsys
         f"vbsnmf: no checkpoint at {checkpoint} yet: a new fit",
     ]
     assert captured.out.startswith(f"wrote {outdir}: 60 cells x 15 genes")
+
+
+def test_svi_resume_of_a_python_setting_is_refused_before_the_conversion(fitted, tmp_path, capsys):
+    """A checkpoint written from Python with a setting no option sets (``tau``) is refused
+    before the conversion too (the check compares the fit's own record of its settings,
+    `_estimator.settings_config`); it was refused only after converting the matrix."""
+    import vbsnmf
+
+    matrix, _ = fitted
+    checkpoint = tmp_path / "python.ckpt"
+    model = vbsnmf.VBNMF(
+        2,
+        solver="svi",
+        random_state=3,
+        tol=1e-4,
+        max_iter=50,
+        tau=2.0,
+        n_epochs=1,
+        checkpoint=str(checkpoint),
+        n_threads=1,
+    )
+    with pytest.warns(vbsnmf.ConvergenceWarning):
+        model.fit(sp.csr_matrix(COUNTS))
+    argv = ["fit", str(matrix), "--cells-as-rows", *FIRST, "--epochs", "2", "--quiet"]
+    with mock.patch("vbsnmf.io.mtx_to_h5ad", side_effect=AssertionError("converted")) as convert:
+        code = cli.main(
+            [*argv, "--checkpoint", str(checkpoint), "--resume", "-o", str(tmp_path / "o")]
+        )
+    assert code == cli.EXIT_USAGE
+    assert not convert.called
+    err = _error(capsys)
+    assert "tau: checkpoint 2.0 vs now 1.0" in err and "(drop --resume)" in err, err
+    assert not (tmp_path / "o").exists()

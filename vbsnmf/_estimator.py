@@ -1122,13 +1122,24 @@ def _checkpointer(
     """The checkpoint of this fit (inactive without a path) and the record of everything
     that changes its arithmetic (the data's fingerprint among them), which a checkpoint
     must match to be resumed."""
-    svi = settings.solver == "svi"
-    cells_form = svi and settings.svi_form == "cells"
     config = {
-        "shape": [int(n) for n in shape],
+        **settings_config(settings, shape, batch, entropy),
         "nnz": int(nnz),
         "total_count": float(total),
         "data_fingerprint": fingerprint,
+        "n_threads": n_threads,
+    }
+    return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
+
+
+def settings_config(settings: FitSettings, shape, batch, entropy: int) -> dict:
+    """The part of a fit's checkpoint record (`_checkpointer`) that its settings, the
+    data's ``shape`` and the SVI ``batch`` decide, without the counts: the command line
+    compares it with a checkpoint before it converts a matrix (`cli`)."""
+    svi = settings.solver == "svi"
+    cells_form = svi and settings.svi_form == "cells"
+    return {
+        "shape": [int(n) for n in shape],
         "n_components": settings.n_components,
         "solver": settings.solver,
         "svi_form": settings.svi_form if svi else None,
@@ -1143,10 +1154,8 @@ def _checkpointer(
         # SVI never accelerates: None, which a checkpoint's value is not compared with
         "accelerate": None if svi else settings.accelerate,
         "dtype": settings.dtype.name,
-        "n_threads": n_threads,
         "random_state": recorded_seed(settings.random_state, entropy),
     }
-    return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
 
 def _fit_batch(

@@ -1074,14 +1074,16 @@ def _check_n_components_fits(args, cells_by_genes: tuple[int, int]) -> None:
 
 def _check_resumed_settings(args, cells_by_genes: tuple[int, int]) -> None:
     """--resume of a checkpoint written by another fit (-k, --seed, --prior, --batch-size,
-    --max-iter or --tol) or for a matrix of other cells or genes than the Matrix Market
-    header declares (``cells_by_genes``, `_header_shape`), refused before the conversion:
-    the fit's own check came once the whole matrix was converted (minutes for a large
-    one), after a line saying it was converted into an OUTDIR that never appeared. Only
-    what the options and the header decide is compared here; the fit checks the rest (the
-    counts themselves) as it starts."""
+    --max-iter or --tol, or a setting only Python sets) or for a matrix of other cells or
+    genes than the Matrix Market header declares (``cells_by_genes``, `_header_shape`),
+    refused before the conversion: the fit's own check came once the whole matrix was
+    converted (minutes for a large one), after a line saying it was converted into an
+    OUTDIR that never appeared. What the settings and the header decide is compared here
+    (`_estimator.settings_config`, the fit's own record of them); the fit checks the rest
+    (the counts themselves and the threads) as it starts."""
     from . import VBNMF, CheckpointMismatchError
     from ._checkpoint import check_config, read_checkpoint_meta
+    from ._estimator import settings_config
     from ._svi import default_batch_size
 
     if not (args.resume and os.path.exists(args.checkpoint)):
@@ -1089,24 +1091,17 @@ def _check_resumed_settings(args, cells_by_genes: tuple[int, int]) -> None:
     stored = read_checkpoint_meta(args.checkpoint).get("config")
     if not isinstance(stored, dict):
         return  # a damaged record: the fit says what is wrong with it
-    params, defaults = _fit_params(args), _estimator_defaults()
+    model = VBNMF(args.n_components, solver=args.solver, random_state=args.seed)
+    try:
+        settings = model.set_params(**_fit_params(args))._check_params()
+    except (ValueError, TypeError):
+        return  # the fit refuses them, in the command line's words
     n_cells = cells_by_genes[0]
-    batch = params.get("batch_size") or default_batch_size("cells", n_cells, 0)
-    prior = VBNMF(prior=params.get("prior", defaults["prior"]))._prior()
-    now = {
-        "shape": [int(n) for n in cells_by_genes],
-        "n_components": args.n_components,
-        "solver": args.solver,
-        "svi_form": "cells",
-        # as the fit compares it: a batch past the cells is all of them, the same fit
-        "batch_size": min(batch, max(n_cells, 1)),
-        "local_fit": [
-            params.get("max_iter", defaults["max_iter"]),
-            params.get("tol", defaults["tol"]),
-        ],
-        "prior": repr(prior),
-        "random_state": args.seed,
-    }
+    batch = settings.batch_size or default_batch_size(settings.svi_form, n_cells, 0)
+    # the fit's own record, less the counts (an integer --seed records itself)
+    now = settings_config(settings, cells_by_genes, batch, entropy=0)
+    # as the fit compares it: a batch past the cells is all of them, the same fit
+    now["batch_size"] = min(batch, max(n_cells, 1))
     then = {key: stored[key] for key in now if key in stored}  # older ones lack local_fit
     shape = then.get("shape")
     if isinstance(then.get("batch_size"), int) and isinstance(shape, list) and shape:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._utils import counted
 from .._validation import (
     check_flag,
     check_index_arrays,
@@ -227,11 +228,24 @@ def input_kind(path: str | os.PathLike) -> str:
         return "mtx"
     if name.endswith((".h5ad.gz", ".h5.gz")):  # as GEO serves them
         raise _gzipped_hdf5_error(path)
+    if name.endswith(".loom"):
+        raise ReadError(path, _LOOM)
     raise ReadError(
         path,
         "unrecognised input: expected a 10x folder, a Cell Ranger .h5, an .h5ad file, a "
         ".zarr store, or an .mtx / .mtx.gz file",
     )
+
+
+# velocyto writes its counts as .loom: "unrecognised input" said nothing of how to read one.
+_LOOM = (
+    "a .loom file (loompy's format, as velocyto writes it), which vbsnmf does not read: "
+    "write it as an .h5ad with anndata (which needs loompy: "
+    "anndata.io.read_loom(PATH).write_h5ad('counts.h5ad'); its X is the main matrix, "
+    "cells x genes, its layers the others) and read that"
+)
+# The datasets and groups every .loom file holds at its root.
+_LOOM_KEYS = frozenset({"matrix", "row_attrs", "col_attrs"})
 
 
 def _unreadable_hdf5(path: Path, reason: str) -> ReadError:
@@ -499,7 +513,9 @@ def read_10x_h5(path: str | os.PathLike):
     ------
     ReadError
         The file is missing, not HDF5, not Cell Ranger's layout, corrupt, holds no cells
-        or no features, or more than one genome (Cell Ranger 2).
+        or no features, barcodes or feature arrays of other lengths than its ``shape``
+        declares, a feature without its type, or more than one genome (Cell Ranger 2: the
+        message names them and how to read one).
     """
     import h5py
     import scanpy as sc
@@ -507,6 +523,8 @@ def read_10x_h5(path: str | os.PathLike):
     path = Path(path)
     check_hdf5(path, "10x_h5")
     _check_10x_h5_index_arrays(path)
+    _check_one_genome(path)
+    _check_10x_h5_name_lengths(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -539,7 +557,102 @@ def read_10x_h5(path: str | os.PathLike):
     except (ValueError, TypeError) as error:
         raise ReadError(path, str(error)) from None
     adata.X = counts
+    _check_feature_types(path, adata.var)
     return _finish(_keep_gene_expression(adata))
+
+
+def _check_one_genome(path: Path) -> None:
+    """`ReadError` for a Cell Ranger 2 ``.h5`` of more than one genome (a run on mixed
+    species: one matrix per genome), naming them and how to read one. scanpy's
+    refusal, passed on, told the user to "specify the genome", which neither
+    `vbsnmf.io.read` nor the command line can."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if "matrix" in handle:  # version 3 and later: one matrix of all genomes' genes
+                return
+            genomes = [
+                name
+                for name, item in handle.items()
+                if isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
+            ]
+    except Exception as error:  # h5py raises several types for a damaged file
+        raise ReadError(
+            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
+        ) from None
+    if len(genomes) > 1:
+        first = genomes[0]
+        raise ReadError(
+            path,
+            f"holds more than one genome ({', '.join(genomes)}), a matrix each, as Cell "
+            f"Ranger 2 writes a run on mixed species; vbsnmf reads one matrix: read one "
+            f"genome's 10x folder (filtered_gene_bc_matrices{os.sep}{first}), or write one "
+            f"genome as an .h5ad (scanpy.read_10x_h5(PATH, genome='{first}')"
+            f".write_h5ad('{first}.h5ad')) and read that",
+        )
+
+
+def _check_10x_h5_name_lengths(path: Path) -> None:
+    """`ReadError` unless the barcodes and each feature array of the Cell Ranger ``.h5``
+    ``path`` hold as many names as its ``shape`` declares cells and features. anndata's
+    words for them, passed on, were "Observations annot. `var` must have as many rows as
+    `X` has columns (6), but has 5 rows" (of the genes). A ``shape`` that is not two
+    numbers is left to the reader."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = _10x_h5_matrix(handle)
+            shape = group["shape"][()] if "shape" in group else None
+            if shape is None or np.shape(shape) != (2,) or np.asarray(shape).dtype.kind not in "iu":
+                return
+            n_genes, n_cells = (int(n) for n in shape)
+            if "features" in group:  # version 3 and later: every array is a var column
+                features = group["features"]
+                arrays = [
+                    item
+                    for name, item in features.items()
+                    if isinstance(item, h5py.Dataset) and name != "_all_tag_keys"
+                ]
+            else:  # version 2
+                arrays = [group[name] for name in ("genes", "gene_names") if name in group]
+            named = [(item, n_genes, "features") for item in arrays]
+            if "barcodes" in group:
+                named.insert(0, (group["barcodes"], n_cells, "cells"))
+            for item, expected, what in named:
+                length = item.shape[0] if item.ndim else 1
+                if length != expected:
+                    raise ReadError(
+                        path,
+                        f"{item.name} holds {counted(length, 'value')} but "
+                        f"{group.name}/shape declares {expected} {what}: a damaged file",
+                    )
+    except ReadError:
+        raise
+    except Exception as error:  # h5py raises several types for a damaged file
+        raise ReadError(
+            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
+        ) from None
+
+
+def _check_feature_types(path: Path, var: pd.DataFrame) -> None:
+    """`ReadError` for a feature of the Cell Ranger ``.h5`` ``path`` whose stored type is
+    empty (``var``: its features as scanpy reads them): it would be dropped with its
+    counts as not ``Gene Expression`` (`_keep_gene_expression`), where `read_features`
+    refuses the same line of a features file."""
+    if "feature_types" not in var:
+        return
+    untyped = np.flatnonzero(var["feature_types"].to_numpy(dtype=object) == "")
+    if len(untyped):
+        index = int(untyped[0])
+        raise ReadError(
+            path,
+            f"feature {var['gene_ids'].iloc[index]!s} ({var.index[index]!s}) has no feature "
+            f"type (matrix/features/feature_type[{index}] is empty"
+            f"{f', as for {len(untyped)} features' if len(untyped) > 1 else ''}): a damaged "
+            "file",
+        )
 
 
 def _read_10x_h5_utf8(path: Path):
@@ -1044,6 +1157,8 @@ def _check_hdf5_layout(path: Path, kind: str) -> None:
             ": Cell Ranger's feature-barcode layout, read by vbsnmf.io.read_10x_h5 (name it "
             ".h5 for vbsnmf.io.read and the command line)"
         )
+    if _LOOM_KEYS <= set(keys):  # a .loom file renamed
+        raise ReadError(path, _LOOM)
     if kind == "h5ad":
         what = "not an AnnData .h5ad file (no AnnData encoding, no obs and var)"
     else:
@@ -1452,14 +1567,29 @@ class CheckedText(io.RawIOBase):
         return io.BufferedReader(self, buffer_size=self._BLOCK)
 
     def finish(self) -> None:
-        """Read what the parser left and check the number of values."""
+        """Read what the parser left and check the number of values.
+
+        Every line read was checked to hold its fields (a line of another number of
+        fields is refused as it is read), so a count that differs is a size line that
+        does not fit the file: the message says how many entries each gives. scipy's
+        parser said "Line 13: Too many lines in file (file too long)" or "Truncated
+        file. Expected another 1 lines." of no declared count."""
         while self.read(self._BLOCK):
             pass
         if self._numbers != self._expected:
+            n_fields = self._header.n_fields
+            what = "values" if self._header.fmt == "array" else "entries"
+            declared, held = self._expected // n_fields, self._numbers // n_fields
+            why = (
+                "truncated, or lines were removed without rewriting the size line"
+                if held < declared
+                else "lines were added without rewriting the size line"
+            )
             raise ReadError(
                 self._path,
-                f"entry lines hold {self._numbers} numbers where the size line implies "
-                f"{self._expected}",
+                f"its size line declares {declared} {what} but the file holds {held} "
+                f"(entry lines hold {self._numbers} numbers where the size line implies "
+                f"{self._expected}): {why}",
             )
 
     def _check(self, chunk: bytes) -> None:
@@ -1645,9 +1775,14 @@ def _read_mtx_matrix(path: Path) -> sp.csr_matrix:
             text = CheckedText(handle, path, header, n_entries, start)
             try:
                 matrix = scipy.io.mmread(text.buffered())
+            except ReadError:  # the text's own check, raised through the parser
+                raise
             except ValueError as error:
                 refused = _index_out_of_range(path, header, str(error))
                 if refused is None:
+                    # the parser's "Too many lines in file" or "Truncated file": the
+                    # count of entries the size line declares, against the file's
+                    text.finish()
                     raise
                 raise refused from None
             text.finish()

@@ -663,7 +663,9 @@ class VBNMF(Estimator):
         ``benchmarks/transform_vs_fit.py``), so compare new cells with the reference's
         cells projected the same way. X must have the fitted genes; those a fit with
         ``mask`` never observed (masked in every cell) are left out of the new cells'
-        likelihood, as that fit left them out. A dask X is computed into memory first.
+        likelihood, as that fit left them out. A dask X is computed into memory first, as a
+        sparse matrix (dense chunks are made CSR where they are computed, never one dense
+        block).
         The projection is onto the model as fitted: of the parameters `set_params`
         changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here.
         """
@@ -709,7 +711,8 @@ class VBNMF(Estimator):
         if is_dask_array(X):  # fitted cell by cell in memory, as any X here
             from ._dask._cluster import computed_as_declared
 
-            X = computed_as_declared(X)
+            # dense chunks made sparse where they are computed: never one dense block
+            X = computed_as_declared(X, sparse=True)
             # check_counts' advice, X.filled(0), is no method of a dask array
             refuse_masked(X, "X", "pass dask.array.ma.filled(X, 0), its chunks filled with 0")
         elif _is_streamed(X):  # numpy saw a backed X as a 0-d array ("must be 2-D")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import _utils
 
@@ -318,29 +319,56 @@ def _described_shape(block, shape) -> str:
     return f"{len(shape)}-D (shape {shape}), not 2-D"
 
 
-def computed_as_declared(X, name: str = "X"):
+def computed_as_declared(X, name: str = "X", sparse: bool = False):
     """A dask array ``X`` computed into memory (sparse chunks stay sparse), each block first
     checked to have the shape its chunk declares, with the fit's error (`_build_declared`):
     a block of fewer cells than declared gave fewer rows, every later cell on another's.
-    ``name``: how errors name ``X``."""
+    ``name``: how errors name ``X``. ``sparse``: dense numeric blocks are made CSR where
+    they are computed (`_sparse_block`), for a caller that makes the whole matrix sparse
+    anyway: computed dense, it was cells x genes x 8 bytes in one block first."""
     # by the client holding X's persisted chunks: dask's default scheduler may be another,
     # which knows none of them ("Missing dependency")
     refuse_closed_source(X, name)
     holder = futures_holder(X, name)
     if X.ndim != 2 or any(np.isnan(n) for n in X.shape):
+        if sparse and X.ndim == 2:  # nothing declared to check, but dense blocks still made CSR
+            X = X.map_blocks(_sparse_block, dtype=X.dtype)
         return X.compute(scheduler=holder)  # nothing declared to check; the count check explains
-    return X.map_blocks(_block_as_declared, dtype=X.dtype, meta=X._meta).compute(scheduler=holder)
+    task = partial(_block_as_declared, sparse=sparse)
+    return X.map_blocks(task, dtype=X.dtype, meta=X._meta).compute(scheduler=holder)
 
 
-def _block_as_declared(block, block_info=None):
-    """``block`` once checked against its chunk (`computed_as_declared`'s task)."""
+def _block_as_declared(block, block_info=None, sparse: bool = False):
+    """``block`` once checked against its chunk (`computed_as_declared`'s task), made CSR
+    by `_sparse_block` when ``sparse``."""
     (first_cell, last_cell), (first_gene, last_gene) = block_info[0]["array-location"]
     declared = (last_cell - first_cell, last_gene - first_gene)
-    return _build_declared(_same_block, block, first_cell, declared)
+    block = _build_declared(_same_block, block, first_cell, declared)
+    return _sparse_block(block) if sparse else block
 
 
 def _same_block(block, first_cell: int):
     return block
+
+
+# Dense blocks `_sparse_block` makes CSR: numbers scipy.sparse stores exactly as they are
+# (float16, which it does not store, as float32, which holds each float16 value exactly).
+_SPARSE_DTYPES = frozenset(
+    np.dtype(kind) for kind in (bool, "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8")
+)
+
+
+def _sparse_block(block):
+    """A dense numeric 2-D ``block`` as a scipy CSR matrix of the same values (NaN, infinite
+    and negative entries stay stored, for the count check to name); any other block (sparse,
+    masked, of objects, text or complex numbers) as it is, for that check to judge."""
+    if type(block) not in (np.ndarray, np.matrix) or block.ndim != 2:
+        return block
+    if block.dtype == np.float16:
+        block = block.astype(np.float32)
+    if block.dtype not in _SPARSE_DTYPES:
+        return block
+    return sp.csr_matrix(block)
 
 
 def start_blocks(

@@ -128,7 +128,8 @@ def project(
     ----------
     adata_new
         Cells x genes with raw counts (in ``X``, ``layers[layer]`` or ``.raw``). A dask
-        ``X`` is computed into memory (sparse chunks stay sparse).
+        ``X`` is computed into memory as a sparse matrix (dense chunks are made CSR where
+        they are computed).
     adata_ref
         AnnData after a variational `vbsnmf.tl.nmf` fit (``solver`` ``"batch"`` or
         ``"svi"``).
@@ -276,11 +277,12 @@ def project(
             stacklevel=2,
         )
     if is_dask_array(matrix):
-        # The projection holds the new cells in memory, as its result does; sparse chunks
-        # stay sparse. Each block is checked to hold the cells its chunk declares.
+        # The projection holds the new cells in memory, as its result does, sparse: dense
+        # chunks are made CSR where they are computed (the counts are made CSR below
+        # anyway). Each block is checked to hold the cells its chunk declares.
         from .._dask._cluster import computed_as_declared
 
-        matrix = computed_as_declared(matrix)
+        matrix = computed_as_declared(matrix, sparse=True)
     # in the reference's dtype: a float32 one resolves counts to 2**24
     with _as_adata_new():
         matrix = check_count_matrix(adata_new, matrix, source, fit_dtype)

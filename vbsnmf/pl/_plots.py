@@ -6,7 +6,10 @@ Drawn by scanpy where scanpy draws the kind of plot (`factors`: ``sc.pl.embeddin
 ``show=None`` follows ``sc.settings.autoshow``; ``save=True`` or a string writes into
 ``sc.settings.figdir`` by scanpy's rule (a string is appended to the plot's name, its
 suffix chooses the format, any that matplotlib writes, where scanpy knows .svg, .pdf and
-.png; one holding a path separator, a path meant, is a `ValueError`).
+.png; one holding a path separator, a path meant, is a `ValueError`; a ``figdir`` that
+is a file, a `NotADirectoryError` before any work; ``sc.settings.autosave`` saves each
+figure once). The formats are those matplotlib's ``savefig`` writes, also under a vector
+backend (``MPLBACKEND=pdf``), whose own canvas writes one.
 A `pathlib.Path` as ``save`` is the output file itself, written atomically (what the
 command line uses; one without a suffix gets matplotlib's default format and its suffix,
 ``figure.png``, as ``savefig`` names it; an existing folder is a `ValueError`; the figure
@@ -83,9 +86,21 @@ def _suffix_format(figure, save):
         return save, None
     # not os.path.splitext, which takes ".jpg" alone for a hidden file's name
     stem, _, extension = save.rpartition(".")
-    if extension.lower() not in figure.canvas.get_supported_filetypes():
+    if extension.lower() not in _writable_formats(figure):
         return save, None
     return stem, extension
+
+
+def _writable_formats(figure) -> dict[str, str]:
+    """The formats matplotlib's ``savefig`` writes ``figure`` in (name -> description):
+    every format matplotlib registers, which it writes through that format's backend, and
+    those of the figure's own canvas. Not the canvas's alone: under a vector backend
+    (``MPLBACKEND=pdf``, ``matplotlib.use("svg")``) that is one format, and a ``.png``
+    that ``savefig`` writes was refused once the figure was drawn, or a string's ``.jpg``
+    written by scanpy as a PDF named ``elbo_x.jpg.pdf``."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return {**FigureCanvasBase.get_supported_filetypes(), **figure.canvas.get_supported_filetypes()}
 
 
 def _save_figure(figure, temporary: Path, name: str, file_format: str) -> None:
@@ -134,6 +149,14 @@ def check_save(save, writekey: str) -> None:
             f"sc.settings.figdir ({writekey}...); to write to that path, pass "
             f"pathlib.Path({save!r})"
         )
+    if save is None:
+        import scanpy as sc
+
+        scanpy_saves = bool(sc.settings.autosave)
+    else:  # a string, even "", is appended to the plot's name; a flag by its truth
+        scanpy_saves = isinstance(save, str) or (not isinstance(save, os.PathLike) and bool(save))
+    if scanpy_saves:
+        _check_figdir(save)
     if not isinstance(save, (str, os.PathLike)):
         return
     from matplotlib.figure import Figure
@@ -147,6 +170,28 @@ def check_save(save, writekey: str) -> None:
     target, file_format = _figure_file(figure, save)
     check_tex(target, file_format)
     check_target(link_followed(Path(target)))
+
+
+def _check_figdir(save) -> None:
+    """A `NotADirectoryError` when ``sc.settings.figdir``, where scanpy writes a figure
+    saved by ``save`` (True, a string, or None under ``sc.settings.autosave``), is a file
+    or a broken link, or lies under one: scanpy's bare "FileExistsError: [Errno 17] File
+    exists" came once the figure was drawn (and `umap`'s graph and embedding computed),
+    the figure left open in pyplot."""
+    import scanpy as sc
+
+    figdir = Path(sc.settings.figdir)
+    folder = figdir
+    # scanpy makes the missing folders; a broken link it cannot make ("File exists")
+    while not (folder.exists() or folder.is_symlink()) and folder != folder.parent:
+        folder = folder.parent
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        kind = "a file" if folder.exists() else "a broken link"
+        raise NotADirectoryError(
+            f"sc.settings.figdir ({figdir}), where save={save!r} writes the figure, is not "
+            f"a folder: {folder} is {kind}; set sc.settings.figdir to a folder, or pass "
+            "save as a pathlib.Path naming the output file"
+        )
 
 
 def check_tex(path: str, file_format: str) -> None:
@@ -185,7 +230,7 @@ def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
     if not file_format:
         file_format = figure.canvas.get_default_filetype()
         path = f"{path.rstrip('.')}.{file_format}"
-    supported = figure.canvas.get_supported_filetypes()
+    supported = _writable_formats(figure)
     if file_format not in supported:
         raise ValueError(
             f"cannot save the figure as {save}: matplotlib writes no {file_format!r} files; "
@@ -553,6 +598,9 @@ def factors(
         ncols=ncols,
         cmap=cmap,
         show=False,
+        # saved by `_finish`: under sc.settings.autosave scanpy saved and closed the figure
+        # here, and `_finish` then refused it as one pyplot does not hold
+        save=False,
         **kwds,
     )
     axes = axes if isinstance(axes, list) else [axes]
@@ -586,8 +634,9 @@ def top_genes(
     adata
         AnnData after `vbsnmf.tl.nmf`.
     groupby
-        The ``.obs`` column of groups (clusters, cell types), or a list of columns (their
-        combinations are the groups, as in ``sc.pl.dotplot``). Categories without cells
+        The ``.obs`` column of groups (clusters, cell types), or a list of columns (or an
+        array or `pandas.Index`; their combinations are the groups, as in
+        ``sc.pl.dotplot``). Categories without cells
         are refused (scanpy's dot plot cannot draw them); so are, of several columns, one
         named twice, one with cells without a value or with values other than text (it
         cannot name their groups), and groups it would name alike (their values joined
@@ -706,8 +755,10 @@ def top_genes(
         # object, and read it back from the view: a bare KeyError 'dendrogram_<groupby>'
         check_writable(adata, advice="call .to_memory() on the view first")
         view_to_actual(adata)
+    # the columns checked above (of an array or Index given, scanpy's own list)
+    groups = columns[0] if isinstance(groupby, str) else columns
     try:
-        dot_plot = sc.pl.dotplot(adata, genes, groupby, return_fig=True, show=False, **kwds)
+        dot_plot = sc.pl.dotplot(adata, genes, groups, return_fig=True, show=False, **kwds)
     except NotImplementedError as error:
         if not (dendrogram and adata.isbacked and stored not in adata.uns):
             raise
@@ -844,14 +895,28 @@ def _gene_symbols(adata, genes: pd.Series, column: str, reads_raw: bool) -> pd.S
 
 def _name_list(value, name: str) -> list[str]:
     """A parameter that takes a name or a non-empty list of names (``groupby``, ``color``)
-    as a list."""
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not names:
+    as a list: a list, a tuple, or a one-dimensional array or `pandas.Index` of names, as
+    scanpy takes them (``color=adata.var_names[:4]`` was a `TypeError`). Not a `Series`:
+    one is a column's values (``adata.obs['leiden']``), not names."""
+    if isinstance(value, pd.Series):
+        raise TypeError(
+            f"{name} takes names, not a column's values (a Series): pass the name of the "
+            f"column, e.g. {name}={value.name!r}"
+        )
+    if isinstance(value, str):
+        names = [value]
+    elif isinstance(value, (list, tuple)):
+        names = list(value)
+    elif isinstance(value, (np.ndarray, pd.Index)) and np.ndim(value) == 1:
+        names = list(np.asarray(value, dtype=object))
+    else:
+        names = []
+    if not names:
         raise TypeError(f"{name} must be a name or a non-empty list of names, got {value!r}")
     for item in names:
         if not isinstance(item, str):
             raise TypeError(f"{name} must be a name or a list of names, got {item!r} in it")
-    return list(names)
+    return [str(item) for item in names]  # not numpy's str_, which prints as np.str_('a')
 
 
 def _check_group_column(adata, groupby: str) -> None:

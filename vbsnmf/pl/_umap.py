@@ -78,13 +78,13 @@ def umap(
     key
         ``key_added`` of the fit or projection.
     color
-        An ``.obs`` column or a gene, or a list of them (one panel each, as in
-        ``sc.pl.umap``); default: each cell's dominant active factor, stored as
-        ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and absent; a
-        new fit under ``key`` drops it), whose categories are the factors that dominate
-        some cell; missing for a cell without usage in any active factor (no counts,
-        under a classical solver; or, where a classical solver leaves exact zeros, a cell
-        of a switched-off factor alone). ``"leiden"`` without such a column: Leiden
+        An ``.obs`` column or a gene, or a list of them (or an array or `pandas.Index`; one
+        panel each, as in ``sc.pl.umap``); default: each cell's dominant active factor,
+        stored as ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and
+        absent; a new fit under ``key`` drops it), whose categories are the factors that
+        dominate some cell; missing for a cell without usage in any active factor (no
+        counts, under a classical solver; or, where a classical solver leaves exact zeros, a
+        cell of a switched-off factor alone). ``"leiden"`` without such a column: Leiden
         clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
         igraph package), stored as ``.obs['leiden']``. Checked before any work, as
         ``sc.pl.umap`` looks the names up (a gene of ``.raw`` when adata has one).
@@ -198,6 +198,7 @@ def umap(
             adata,
             color=colors[0] if one else colors,
             show=False,
+            save=False,  # saved by `_finish`, not autosaved and closed here (sc.settings.autosave)
             title=titles[0] if one else titles,
         )
         # a list of axes for several panels, as scanpy returns them

@@ -287,11 +287,21 @@ def _is_anndata(handle) -> bool:
 def encoding_of(element, default: str = "") -> str:
     """The ``encoding-type`` attribute of a stored AnnData element (``default`` without
     one), as a str: writers of fixed-length strings store it as bytes, which anndata
-    reads as the same encoding and a comparison with a str took for another."""
-    encoding = element.attrs.get("encoding-type", default)
-    if isinstance(encoding, bytes):
-        encoding = encoding.decode("utf-8", errors="replace")
-    return encoding
+    reads as the same encoding and a comparison with a str took for another. A sparse
+    matrix as anndata stored one before 0.7 (``h5sparse_format`` "csr" or "csc", which
+    anndata still reads) is its encoding's ``"csr_matrix"`` or ``"csc_matrix"``."""
+    encoding = element.attrs.get("encoding-type")
+    if encoding is None:
+        legacy = element.attrs.get("h5sparse_format")
+        if legacy is None:
+            return default
+        encoding = f"{_as_str(legacy)}_matrix"
+    return _as_str(encoding)
+
+
+def _as_str(value) -> str:
+    """An attribute's text as a str (bytes decoded)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def read_10x(folder: str | os.PathLike):
@@ -795,8 +805,31 @@ def read_h5ad(path: str | os.PathLike):
     with anndata_errors(path, ".h5ad file"):
         with h5py.File(path, "r") as handle:
             check_obs_var(path, handle)
+            for matrix in _count_matrices(handle):
+                check_encoded(path, matrix)
         adata = ad.read_h5ad(path)
     return _checked_anndata(path, adata)
+
+
+def check_encoded(path: str | Path, stored) -> None:
+    """A `ReadError` for the stored sparse matrix ``stored`` (a group of ``path``: X, a
+    layer, raw's X) with no attribute saying its format: neither the ``encoding-type`` of
+    anndata 0.7 and later nor the ``h5sparse_format`` of anndata before 0.7 (which anndata
+    still reads), as a tool that writes its own layout stores one. anndata cannot read
+    it (its message a list of types, not the attribute), and a backed AnnData's X read as
+    missing ("adata.X is None; pass layer=")."""
+    if stored is None or not hasattr(stored, "keys"):
+        return
+    if "encoding-type" in stored.attrs or "h5sparse_format" in stored.attrs:
+        return
+    name = stored.name.lstrip("/")
+    raise ReadError(
+        path,
+        f"{name} is a group without the 'encoding-type' attribute that says a matrix's "
+        "format (nor the 'h5sparse_format' of anndata before 0.7), which anndata cannot "
+        "read: write the file again with anndata (adata.write_h5ad), from the tool that "
+        "made it",
+    )
 
 
 def read_zarr(path: str | os.PathLike):
@@ -815,6 +848,7 @@ def read_zarr(path: str | os.PathLike):
         store = zarr.open_group(str(path), mode="r")
         for matrix in _count_matrices(store):
             check_zarr_chunks(path, matrix)
+            check_encoded(path, matrix)
         check_obs_var(path, store)
         adata = ad.read_zarr(path)
     return _checked_anndata(path, adata)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -52,6 +53,11 @@ CHANGED_MID_READ = (
     "it was when opened): a streamed fit reads it until its last epoch; fit it again once "
     "nothing writes to it, or fit a copy"
 )
+# Why a read of a backed AnnData's file closed since the source opened it fails.
+CLOSED_MID_READ = (
+    "the file was closed while it was being read (adata.file.close() during the fit): a "
+    "streamed fit reads it until its last epoch; keep it open until the fit returns"
+)
 
 
 class CellSource:
@@ -69,6 +75,9 @@ class CellSource:
     # was opened (`_watch_file`); None for a matrix in memory or a zarr store.
     _watched_file = None
     _file_stamp = None
+    # The h5py group or dataset X is read from (None: in memory or zarr), whose file a
+    # caller may close mid-fit (`_read_failure`).
+    _stored = None
 
     @property
     def n_cells(self) -> int:
@@ -124,10 +133,24 @@ class CellSource:
     def _watch_file(self, stored) -> None:
         """Remember the (size, modification time) of the open HDF5 file holding ``stored``
         (an h5py group or dataset), which `_check_unchanged` compares after every read."""
+        self._stored = stored
         file = getattr(stored, "file", None)
         stamp = _file_stamp(file)
         if stamp is not None:
             self._watched_file, self._file_stamp = file, stamp
+
+    def _read_failure(self) -> str | None:
+        """Why a read of X failed, when the file explains it: changed or closed since the
+        source opened it (h5py's own errors then name a B-tree signature, or "invalid
+        identifier type to function"); None otherwise."""
+        if self._changed_since_opened():
+            return CHANGED_MID_READ
+        stored = self._stored
+        h5py = sys.modules.get("h5py")
+        if h5py is not None and isinstance(stored, (h5py.Group, h5py.Dataset)):
+            if not stored.id.valid:
+                return CLOSED_MID_READ
+        return None
 
     def _check_unchanged(self) -> None:
         """A `ReadError` if the file X is read from was written since the source opened it.
@@ -185,7 +208,7 @@ class StoredRowsSource(CellSource):
                 "adata.X = scipy.sparse.csr_matrix(adata.X); adata.write_h5ad(new_path)), "
                 "or fit that copy in memory (a backed AnnData's: adata.to_memory())"
             )
-        if "shape" not in group.attrs:
+        if _shape_attribute(group) is None:
             raise ValueError(
                 "X has no 'shape' attribute, where anndata records a sparse matrix's shape "
                 "(write the file with anndata)"
@@ -201,7 +224,7 @@ class StoredRowsSource(CellSource):
         # and in `_block` would truncate float indices (0.7 to 0) into a wrong fit
         check_index_arrays(self.name, "csr", group["indptr"], group["indices"])
         check_value_array(self.name, "csr", group["data"])
-        self.shape = _stored_shape(group.attrs["shape"], self.name)
+        self.shape = _stored_shape(_shape_attribute(group), self.name)
         self.indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         n_stored = min(group["indices"].shape[0], group["data"].shape[0])
         # before anndata slices with these pointers
@@ -221,7 +244,7 @@ class StoredRowsSource(CellSource):
     def _block(self, rows) -> sp.csr_array:
         """Rows ``rows`` (an index array or a slice) as a float64 CSR; a chunk that cannot
         be read (damaged on disk, mid-fit) is a `ReadError` naming the file."""
-        with _x_read_errors(self.name, self._changed_since_opened):
+        with _x_read_errors(self.name, self._read_failure):
             block = sp.csr_array(self._dataset[rows])
         self._check_unchanged()
         return _float_csr(block)
@@ -262,7 +285,7 @@ class DenseRowsSource(CellSource):
     def _read(self, rows) -> np.ndarray:
         """Rows ``rows`` (a slice, or sorted unique row numbers) as a dense array; a chunk
         that cannot be read is a `ReadError` naming the file."""
-        with _x_read_errors(self.name, self._changed_since_opened):
+        with _x_read_errors(self.name, self._read_failure):
             if isinstance(rows, slice) or not hasattr(self._array, "oindex"):
                 dense = np.asarray(self._array[rows])
             else:
@@ -316,19 +339,19 @@ def _file_stamp(file) -> tuple[int, int] | None:
 
 
 @contextmanager
-def _x_read_errors(name, changed=None):
+def _x_read_errors(name, failure=None):
     """Reading rows of the stored X of ``name``: a chunk that cannot be read (damaged on
-    disk, or changed mid-fit) is a `ReadError` naming the file, said to have changed when
-    ``changed()`` is true (the cause, where HDF5 names a B-tree signature); running out
-    of memory stays a `MemoryError`."""
+    disk, or changed or closed mid-fit) is a `ReadError` naming the file, for the reason
+    ``failure()`` gives when it gives one (the cause, where HDF5 names a B-tree signature
+    or an identifier); running out of memory stays a `MemoryError`."""
     try:
         yield
     except MemoryError:
         raise
     except Exception as error:  # h5py, zarr and numcodecs raise many types
-        reason = f"cannot read X ({describe_error(error)})"
-        if changed is not None and changed():
-            reason = CHANGED_MID_READ
+        reason = (failure() if failure is not None else None) or (
+            f"cannot read X ({describe_error(error)})"
+        )
         raise ReadError(name, reason) from None
 
 
@@ -345,6 +368,16 @@ def _float_csr(block) -> sp.csr_array:
         ),
         shape=block.shape,
     )
+
+
+def _shape_attribute(group):
+    """The ``shape`` attribute of a stored sparse matrix, or the ``h5sparse_shape`` of
+    one anndata stored before 0.7 (which anndata still reads: its streamed fit was refused
+    as "no 'shape' attribute ... write the file with anndata"); None without either."""
+    for name in ("shape", "h5sparse_shape"):
+        if name in group.attrs:
+            return group.attrs[name]
+    return None
 
 
 def _stored_shape(shape, name: str) -> tuple[int, int]:
@@ -441,10 +474,11 @@ def _stored_x(store, path: Path) -> StoredRowsSource:
     """The source of ``store``'s X, whose shape must fit its obs and var tables (as
     anndata requires when it reads the file), which must be there (`check_obs_var`); our
     checks' errors as `ReadError`."""
-    from ._read import check_obs_var
+    from ._read import check_encoded, check_obs_var
 
     if "X" not in store:
         raise ReadError(path, "has no X matrix to stream")
+    check_encoded(path, store["X"])
     check_obs_var(path, store)
     try:
         source = _source_of(store["X"], owner=store)
@@ -533,9 +567,9 @@ def _check_raw(store, path: Path) -> None:
     stored = raw["X"]
     try:
         if isinstance(stored, h5py.Group):
-            if "shape" not in stored.attrs or "indptr" not in stored:
+            if _shape_attribute(stored) is None or "indptr" not in stored:
                 raise ValueError("raw/X is not a sparse matrix as anndata stores one")
-            shape = _stored_shape(stored.attrs["shape"], "raw/X")
+            shape = _stored_shape(_shape_attribute(stored), "raw/X")
         elif isinstance(stored, h5py.Dataset) and stored.ndim == 2:
             shape = stored.shape
         else:

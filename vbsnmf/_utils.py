@@ -306,25 +306,6 @@ def check_anndata(adata, name: str = "adata") -> None:
     )
 
 
-def anndata_x(adata):
-    """``adata.X``, None when there is none, backed or not: a backed AnnData reads X from
-    its file at every access, and for a file without one anndata's ``X`` raises h5py's
-    bare KeyError ("Unable to synchronously open object") where one in memory gives None.
-    A file whose X anndata cannot read for want of an attribute saying its format (h5py's
-    KeyError too: `vbsnmf.io._read.check_encoded`) is a `vbsnmf.io.ReadError` saying so:
-    read as None, it was called missing ("adata.X is None; pass layer=")."""
-    try:
-        return adata.X
-    except KeyError:
-        if getattr(adata, "isbacked", False):
-            from .io._read import check_encoded
-
-            if "X" in adata.file:
-                check_encoded(adata.filename, adata.file["X"])
-            return None
-        raise
-
-
 def check_record_key(key, default_key: str = "nmf") -> str:
     """``key`` of a stored record as a plain `str` (a numpy string, from an array of keys,
     was named "np.str_('nmf')" in messages), or a `TypeError` for one that is not a

@@ -58,6 +58,7 @@ from ._paths import (
     PARAMS_FILE,
     RESULT_FILE,
 )
+from ._stored import check_encoded
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Deflate never expands text by more than this factor (RFC 1951's limit is about 1032).
@@ -809,27 +810,6 @@ def read_h5ad(path: str | os.PathLike):
                 check_encoded(path, matrix)
         adata = ad.read_h5ad(path)
     return _checked_anndata(path, adata)
-
-
-def check_encoded(path: str | Path, stored) -> None:
-    """A `ReadError` for the stored sparse matrix ``stored`` (a group of ``path``: X, a
-    layer, raw's X) with no attribute saying its format: neither the ``encoding-type`` of
-    anndata 0.7 and later nor the ``h5sparse_format`` of anndata before 0.7 (which anndata
-    still reads), as a tool that writes its own layout stores one. anndata cannot read
-    it (its message a list of types, not the attribute), and a backed AnnData's X read as
-    missing ("adata.X is None; pass layer=")."""
-    if stored is None or not hasattr(stored, "keys"):
-        return
-    if "encoding-type" in stored.attrs or "h5sparse_format" in stored.attrs:
-        return
-    name = stored.name.lstrip("/")
-    raise ReadError(
-        path,
-        f"{name} is a group without the 'encoding-type' attribute that says a matrix's "
-        "format (nor the 'h5sparse_format' of anndata before 0.7), which anndata cannot "
-        "read: write the file again with anndata (adata.write_h5ad), from the tool that "
-        "made it",
-    )
 
 
 def read_zarr(path: str | os.PathLike):

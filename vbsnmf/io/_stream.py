@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .._utils import anndata_x
 from .._validation import (
     check_count_dtype,
     check_counts,
@@ -46,6 +45,7 @@ from .._validation import (
     readable_values,
 )
 from ._errors import ReadError, check_exists, describe_error
+from ._stored import anndata_x
 
 # Why a read of a file written since the source opened it is refused (`CellSource`).
 CHANGED_MID_READ = (
@@ -474,7 +474,8 @@ def _stored_x(store, path: Path) -> StoredRowsSource:
     """The source of ``store``'s X, whose shape must fit its obs and var tables (as
     anndata requires when it reads the file), which must be there (`check_obs_var`); our
     checks' errors as `ReadError`."""
-    from ._read import check_encoded, check_obs_var
+    from ._read import check_obs_var
+    from ._stored import check_encoded
 
     if "X" not in store:
         raise ReadError(path, "has no X matrix to stream")

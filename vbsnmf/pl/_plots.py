@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, check_target, link_followed
-from .._utils import anndata_x, elbo_iterations, fit_info, is_dask_array, stored_record
+from .._utils import elbo_iterations, fit_info, is_dask_array, stored_record
+from ..io._stored import anndata_x
 from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
 from ..tl._top_genes import top_genes as top_genes_table
 

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import anndata_x, counted, record_kind
+from .._utils import counted, record_kind
 from .._validation import check_iterations
+from ..io._stored import anndata_x
 from ..tl._stored import (
     DOMINANT_FACTOR_ENTRY,
     active_factors,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import anndata_x, counted, is_dask_array, one_launch_at_a_time
+from .._utils import counted, is_dask_array, one_launch_at_a_time
 from .._validation import (
     CorruptMatrixError,
     CountRangeError,
@@ -21,6 +21,7 @@ from .._validation import (
     numbers_from_objects,
     refuse_masked,
 )
+from ..io._stored import anndata_x
 
 
 def _is_backed(matrix) -> bool:

@@ -22,7 +22,6 @@ from .._model import (
 )
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
-    anndata_x,
     check_anndata,
     check_n_threads,
     elbo_iterations,
@@ -38,6 +37,7 @@ from .._validation import (
     check_not_empty,
 )
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
+from ..io._stored import anndata_x
 from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (

@@ -1,0 +1,48 @@
+"""What a stored AnnData's elements say of themselves: its X as anndata reads it
+(`anndata_x`) and a sparse matrix without the attribute saying its format
+(`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
+backed AnnData does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._errors import ReadError
+
+
+def anndata_x(adata):
+    """``adata.X``, None when there is none, backed or not: a backed AnnData reads X from
+    its file at every access, and for a file without one anndata's ``X`` raises h5py's
+    bare KeyError ("Unable to synchronously open object") where one in memory gives None.
+    A file whose X anndata cannot read for want of an attribute saying its format (h5py's
+    KeyError too: `check_encoded`) is a `vbsnmf.io.ReadError` saying so:
+    read as None, it was called missing ("adata.X is None; pass layer=")."""
+    try:
+        return adata.X
+    except KeyError:
+        if getattr(adata, "isbacked", False):
+            if "X" in adata.file:
+                check_encoded(adata.filename, adata.file["X"])
+            return None
+        raise
+
+
+def check_encoded(path: str | Path, stored) -> None:
+    """A `ReadError` for the stored sparse matrix ``stored`` (a group of ``path``: X, a
+    layer, raw's X) with no attribute saying its format: neither the ``encoding-type`` of
+    anndata 0.7 and later nor the ``h5sparse_format`` of anndata before 0.7 (which anndata
+    still reads), as a tool that writes its own layout stores one. anndata cannot read
+    it (its message a list of types, not the attribute), and a backed AnnData's X read as
+    missing ("adata.X is None; pass layer=")."""
+    if stored is None or not hasattr(stored, "keys"):
+        return
+    if "encoding-type" in stored.attrs or "h5sparse_format" in stored.attrs:
+        return
+    name = stored.name.lstrip("/")
+    raise ReadError(
+        path,
+        f"{name} is a group without the 'encoding-type' attribute that says a matrix's "
+        "format (nor the 'h5sparse_format' of anndata before 0.7), which anndata cannot "
+        "read: write the file again with anndata (adata.write_h5ad), from the tool that "
+        "made it",
+    )

@@ -195,7 +195,7 @@ def _configured_output(method):
     @functools.wraps(method)
     def wrapped(self, X, *args, **kwargs):
         data = method(self, X, *args, **kwargs)
-        if "sklearn" not in sys.modules and not hasattr(self, "_sklearn_output_config"):
+        if sys.modules.get("sklearn") is None and not hasattr(self, "_sklearn_output_config"):
             return data
         # scikit-learn's own wrapping (private, unchanged since 1.2): the same containers,
         # index and checks as its transformers'.
@@ -381,7 +381,7 @@ class Estimator:
 def _sklearn_config(key: str, default):
     """scikit-learn's setting ``key`` (``sklearn.get_config``) when scikit-learn is loaded
     (only then can it have been set), else ``default``."""
-    if "sklearn" not in sys.modules:
+    if sys.modules.get("sklearn") is None:  # not loaded (None: blocked from loading)
         return default
     from sklearn import get_config
 

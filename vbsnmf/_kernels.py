@@ -41,6 +41,27 @@ from scipy.special import gammaln
 # layer, and a clear error in a child forked from a GNU OpenMP process.
 from ._utils import ParallelKernel
 
+
+def _cache_probe() -> None:
+    """Never called: `_disk_cache_available` wraps it to ask Numba for a cache folder."""
+
+
+def _disk_cache_available() -> bool:
+    """Whether Numba can keep this file's compiled kernels on disk: in ``__pycache__``
+    beside it, or in its user-wide cache (``NUMBA_CACHE_DIR``, else ``~/.cache/numba``).
+    Where neither is writable (a read-only install in a container whose HOME is read-only)
+    Numba raised "cannot cache function ...: no locator available" when wrapping each
+    ``cache=True`` kernel, so importing this module, and every fit, failed."""
+    try:
+        njit(cache=True)(_cache_probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+# Without a writable cache folder the kernels are compiled in every process instead.
+DISK_CACHE = _disk_cache_available()
+
 # No flag assumes away NaN or inf. Not "reassoc": with it, LLVM chose a different
 # summation order when it compiled a kernel in the running process than when it wrote the
 # same kernel to Numba's on-disk cache, so a fit's bits depended on whether the kernels
@@ -118,7 +139,7 @@ _SHIFT = 8.0  # x < 8 is moved to x + 8 by the recurrence; the asymptotic series
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _shifted(x):
     """``(z, s, p)`` with ``z = x + 8``, ``s / p = sum_k 1 / (x + k)`` and
     ``p = prod_k (x + k)``, k = 0..7, when ``x < 8``; ``(x, 0, 1)`` otherwise. No branch:
@@ -133,7 +154,7 @@ def _shifted(x):
     return z, numerator, denominator
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _digamma_series(inv, inv2):
     """``sum_k B_2k / (2k z^2k)``, k = 1..8, of the asymptotic digamma series."""
     return inv2 * (
@@ -155,7 +176,7 @@ def _digamma_series(inv, inv2):
     )
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _lgamma_series(inv, inv2):
     """``sum_k B_2k / (2k (2k - 1) z^(2k - 1))``, k = 1..8, of Stirling's series."""
     return inv * (
@@ -177,7 +198,7 @@ def _lgamma_series(inv, inv2):
     )
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _digamma_rest(x):
     """``(z, log z - digamma(x), p, 1 / z)`` with `_shifted`'s ``z`` and ``p``: digamma
     without its log, and the recurrence's parts that `gamma_terms`' lgamma needs too (one
@@ -188,7 +209,7 @@ def _digamma_rest(x):
     return z, rest, denominator, inv
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def digamma(x):
     """digamma(x) for x > 0."""
     z, rest, _, _ = _digamma_rest(x)
@@ -199,14 +220,14 @@ def digamma(x):
 MOMENT_BLOCK_ROWS = 64  # rows per parallel task of `gamma_moments`
 
 
-@njit(cache=True, inline="always")
+@njit(cache=DISK_CACHE, inline="always")
 def _chunk_rows(n_components):
     """Rows per chunk of the kernels that take their logs and exps a buffer at a time
     (`checked_logs`, `buffer_exps`): about `LOG_BUFFER` entries, at least one row."""
     return max(1, LOG_BUFFER // n_components)
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_values(values, start, rows, flat):
     """Rows ``start .. start + rows`` of the n x K ``values`` into ``flat`` (float64), a row
     after another: a broadcast view (a prior's scalar, a rate per row) read in a loop over
@@ -218,7 +239,7 @@ def _chunk_values(values, start, rows, flat):
             flat[r * n_components + l] = float(values[start + r, l])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _rate_logs(rate, scratch):
     """``(row, logs)``: when ``rate`` is one row read for every row (`rows_or_row`: the
     fixed prior's rates per component), that row (float64) and its logs, taken once for a
@@ -234,7 +255,7 @@ def _rate_logs(rate, scratch):
     return row, logs
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _repeat_row(row, rows, flat):
     """``row`` (K entries) copied ``rows`` times into ``flat``, one after another: a chunk
     of a 1 x K array (`rows_or_row`) as `_chunk_values` lays out an n x K one."""
@@ -244,7 +265,7 @@ def _repeat_row(row, rows, flat):
             flat[r * n_components + l] = row[l]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_row_values(values, start, rows, flat):
     """`_chunk_values` of ``values`` as `rows_or_row` gives them: n rows, or one for every
     row (copied ``rows`` times)."""
@@ -257,7 +278,7 @@ def _chunk_row_values(values, start, rows, flat):
             flat[r * n_components + l] = float(values[0, l])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_logs(values, start, rows, flat, logs, scratch, one_row):
     """``logs`` of rows ``start .. start + rows`` of the n x K ``values``, a row after
     another, and the values themselves in ``flat`` (`_chunk_values`, `checked_logs`;
@@ -272,7 +293,7 @@ def _chunk_logs(values, start, rows, flat, logs, scratch, one_row):
         checked_logs(flat, rows * n_components, logs, scratch)
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest):
     """Per entry of rows ``start .. start + rows`` of ``shape``, a row after another:
     `_digamma_rest`'s ``z`` into ``shifted`` and ``(log z - digamma) + log(rate)`` (the
@@ -286,7 +307,7 @@ def _chunk_digamma_rests(shape, start, rows, log_rates, shifted, rest):
         rest[q] = digamma_rest + log_rates[q]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _scaled_rows(start, rows, n_components, shifted, exponent, value, low, high, scaled, logmax):
     """Rows ``start .. start + rows`` of `gamma_moments`' outputs from their entries' ``z``
     (``shifted``) and ``exponent = (log z - digamma) + log_rate``, the chunk's rows one
@@ -319,7 +340,7 @@ def _scaled_rows(start, rows, n_components, shifted, exponent, value, low, high,
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_moments(shape, rate, scaled, logmax):
     """What the pass needs of one side of q, in one pass over its rows.
 
@@ -352,7 +373,7 @@ def gamma_moments(shape, rate, scaled, logmax):
             )
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _terms_entries(
     count, shape, rate, log_rate, prior_shape, prior_rate, lgamma_prior_shape, log_prior_rate,
     mean, shifted, exponent, log_weight, rest, factors,
@@ -386,7 +407,7 @@ def _terms_entries(
         )
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _kl_of_entries(count, log_shifted, log_weight, rest, log_factors, lanes):
     """A chunk of `_terms_entries`' KL, ``log_weight * log z + rest + log p`` (``log_shifted``
     and ``log_factors`` the logs of their ``z`` and ``p``), added to the four ``lanes``
@@ -399,7 +420,7 @@ def _kl_of_entries(count, log_shifted, log_weight, rest, log_factors, lanes):
 # kernels pass a side's as they got them. Not inline="always": a body inlined into a
 # prange loop lost its writes to the arrays it unpacked from the tuple (Numba 0.68's
 # parfor pass took them for dead stores); called, it costs a call per block.
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _gamma_terms_block(block, arguments):
     """Block ``block`` of `gamma_terms`, ``arguments`` the tuple of its arguments: the one
     body of it and of `gamma_terms_of_sides`, so both make the same sums."""
@@ -456,7 +477,7 @@ def _gamma_terms_block(block, arguments):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms(
     shape,
     rate,
@@ -504,7 +525,7 @@ def gamma_terms(
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_terms_of_sides(row_arguments, col_arguments):
     """`gamma_terms` of the rows and of the columns in one parallel region:
     ``row_arguments`` and ``col_arguments`` are each side's arguments of `gamma_terms`, as
@@ -606,7 +627,7 @@ def gamma_moments_sums_of_sides(row_side, col_side):
     return _moments_sums(row_arguments), _moments_sums(col_arguments)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=DISK_CACHE, inline="always")
 def _log_buffers(n_components):
     """`_add_expected_logs`' scratch, a chunk of rows' entries each: the rates, the
     shifted shapes over them, those quotients' logs, ``log z - digamma``, the shifted
@@ -618,7 +639,7 @@ def _log_buffers(n_components):
     )  # fmt: skip
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _add_expected_logs(shape, rate, start, rows, buffers, one_row, sums):
     """``sums[l] += E[log z_il] = digamma(shape[i, l]) - log(rate[i, l])`` (float64) over
     rows ``start .. start + rows`` (at most `_chunk_rows`), a row after another; ``rate``
@@ -645,7 +666,7 @@ def _add_expected_logs(shape, rate, start, rows, buffers, one_row, sums):
             sums[l] += log_quotients[r * n_components + l] - rest[r * n_components + l]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _expected_log_block(block, arguments):
     """Block ``block`` of `expected_log_terms`, ``arguments`` the tuple of its arguments."""
     shape, rate, block_rows, partial = arguments
@@ -663,7 +684,7 @@ def _expected_log_block(block, arguments):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def expected_log_terms(shape, rate, block_rows, partial):
     """``partial[b, l] = sum_i E[log z_il] = sum_i digamma(shape[i, l]) - log(rate[i, l])``
     over the rows of block ``b`` (float64; ``rate`` as in `gamma_terms`; its logs are
@@ -695,7 +716,7 @@ SIDE_BLOCK_ROWS = 256  # rows per parallel task of `learned_side` and `sum_parts
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def learned_side(
     statistic, factor_shape, scale_mean, other_mean_sum, shape, rate, row_mean_sum, mean_sum,
     log_sum,
@@ -754,7 +775,7 @@ def learned_side(
                 log_sum[l] += log_partial[block, l]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
     """One side's q under the fixed prior, its shapes into ``shape`` (n x K, stored in its
     dtype): ``shape[i, l] = prior_shape + statistic[i, l]``; and from the values stored, in
@@ -773,7 +794,7 @@ def gamma_side(statistic, prior_shape, rate, shape, mean_sum):
             mean_sum[l] += np.float64(shape[i, l]) / np.float64(rate[r, l])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def mean_sums(shape, rate, mean_sum):
     """``mean_sum[l] = sum_i shape[i, l] / rate[i, l]`` in float64, rows in order, with no
     n x K temporary (``rate`` as `rows_or_row` gives it)."""
@@ -787,7 +808,7 @@ def mean_sums(shape, rate, mean_sum):
             mean_sum[l] += np.float64(shape[i, l]) / np.float64(rate[r, l])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def observed_mean_sums(mask_indptr, mask_indices, never_observed, other_shape, other_rate, out):
     """``out[i, l] = sum_j E[w_jl]`` over the columns ``j`` observed in row ``i``, those not
     in the row of the mask (CSR ``mask_indptr``, ``mask_indices``, indices sorted within
@@ -844,7 +865,7 @@ def observed_mean_sums(mask_indptr, mask_indices, never_observed, other_shape, o
                 out[i, l] = max(total[l] - row_sum[l], 0.0)  # max: a guard against rounding
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def mean_weighted_sum(shape, rate, weights):
     """``sum_il E[z_il] weights[i, l]`` in float64, ``E[z_il] = shape[i, l] / rate[i or 0,
     l]`` (``rate`` as `rows_or_row` gives it), rows in order, with no n x K temporary."""
@@ -881,7 +902,7 @@ def read_only(values: np.ndarray) -> np.ndarray:
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)  # no fastmath: a true quotient (arcp may use 1 / divisor)
+@njit(parallel=True, cache=DISK_CACHE)  # no fastmath: a true quotient (arcp may use 1 / divisor)
 def divide_in_place(values, divisor):
     """``values /= divisor`` (n x K, C-contiguous), rows in parallel: numpy's bits when
     ``divisor`` has ``values``' dtype (numpy divides a float32 array by a Python float in
@@ -893,7 +914,7 @@ def divide_in_place(values, divisor):
 
 
 # -- the pass over the nonzeros ------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=DISK_CACHE, inline="always")
 def _rate_row(rate, i):
     """Row ``i`` of rates given as `rows_or_row` gives them: n rows, or one for all (the
     fixed prior's rates per component). One layout for both priors, where a broadcast view
@@ -901,7 +922,7 @@ def _rate_row(rate, i):
     return rate[i] if rate.shape[0] > 1 else rate[0]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _exp_shifted_log_rho(major_shape, major_rate, minor_shape, minor_rate, phi):
     """Slow path of one nonzero: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
     ``log rho_l = E[log z_il] + E[log w_jl]``, ``E[log] = digamma(shape) - log(rate)``
@@ -1018,7 +1039,7 @@ _EXP_P4 = -1.65339022054652515390e-06
 _EXP_P5 = 4.13813679705723846039e-08
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def buffer_exps(values, count, out, low, high):
     """``out[q] = exp(values[q])`` for ``q < count`` (float64 buffers; ``low`` and ``high``
     float64 scratch of the same length), in loops that vectorise: fdlibm's algorithm
@@ -1052,7 +1073,7 @@ def buffer_exps(values, count, out, low, high):
         out[q] = out[q] * low[q] * high[q]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def weighted_log_sum(values, weights, count, scratch, exponent):
     """``sum_q weights[q] * log(values[q])`` over the first ``count`` entries (positive
     normal float64 or float32 values, float64 weights), in four float64 lanes summed as
@@ -1291,7 +1312,7 @@ def row_dot_add_scaled(typingctx, major, i, minor, j, x, tiny, row_acc, minor_ac
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def local_rows_pass(
     indptr,
     indices,
@@ -1379,7 +1400,7 @@ def local_rows_pass(
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_mean_sum, out):
     """Each row's ELBO terms but its data term: ``out[i] = -sum_l (E[z_il] col_mean_sum[l]
     + KL(Gamma(shape, rate) || Gamma(prior_shape[l], prior_rate[i])))``, the prior's rate
@@ -1406,7 +1427,7 @@ def local_row_terms(shape, rate, prior_shape, prior_rate, log_prior_rate, col_me
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def update_shapes(
     indptr,
     indices,
@@ -1548,7 +1569,7 @@ def update_shapes(
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def sum_parts(partial, out):
     """``out[j, l] = sum_c partial[c, j, l]`` for the first ``out.shape[1]`` components, in
     part order and in float64 (``out`` is float64).
@@ -1573,7 +1594,7 @@ def sum_parts(partial, out):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def csr_is_canonical(indptr, indices, data):
     """Whether a CSR matrix has strictly increasing indices within every row (sorted, no
     duplicates) and no stored zeros. scipy's ``has_canonical_format`` first copies
@@ -1589,7 +1610,7 @@ def csr_is_canonical(indptr, indices, data):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def indices_increase(indptr, indices):
     """Whether the indices of every row of a CSR (column of a CSC) strictly increase:
     sorted and none repeated (stored zeros allowed, unlike `csr_is_canonical`)."""
@@ -1602,7 +1623,7 @@ def indices_increase(indptr, indices):
     return bad == 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=DISK_CACHE, inline="always")
 def _compensated_add(total, compensation, term):
     """Neumaier's step: ``total + term`` and the running sum of what that rounding lost.
     (No fastmath here: it would cancel the compensation away.)"""
@@ -1615,7 +1636,7 @@ def _compensated_add(total, compensation, term):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def log_factorial_sum(counts, block_size):
     """``sum_n lgamma(x_n + 1)``, the constant part of the ELBO's data term.
 
@@ -1638,7 +1659,7 @@ def log_factorial_sum(counts, block_size):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def row_log_factorials(indptr, counts, out):
     """``out[i] = sum_n lgamma(x_n + 1)`` over the nonzeros of CSR row ``i`` (compensated,
     as `log_factorial_sum`)."""
@@ -1651,7 +1672,7 @@ def row_log_factorials(indptr, counts, out):
         out[i] = total + compensation
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def csr_totals(indptr, indices, counts, major_totals, minor_totals):
     """Each major row's and each minor index's total count, in float64, over the CSR
     arrays in storage order on one thread (outputs overwritten).
@@ -1700,7 +1721,7 @@ _AB_SERIES_RANGE = 0.1
 _AB_SERIES_TERMS = 9
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def _phi_scalar(z):
     """``(e**z - 1) / z`` (1 at z = 0)."""
     if z == 0.0:
@@ -1708,7 +1729,7 @@ def _phi_scalar(z):
     return math.expm1(z) / z
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def _exp_divided_difference(y0, y1, y2):
     """``(shift, core)`` with ``exp[y0, y1, y2] = e**shift * core``, accurate to a few
     ulps however close the nodes are (differences when spread, Taylor series when close)."""
@@ -1741,7 +1762,7 @@ def _exp_divided_difference(y0, y1, y2):
     return centre, series
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def ab_divergence_scalar(p, q, alpha, beta):
     """The alpha-beta divergence ``d_AB(p, q)`` (Cichocki et al. 2011) with its limits,
     continuous in (alpha, beta) and accurate near every limit.
@@ -1784,7 +1805,7 @@ def ab_divergence_scalar(p, q, alpha, beta):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def ab_divergence_array(p, q, alpha, beta, out):
     """``out[i] = d_AB(p[i], q[i])`` (`ab_divergence_scalar`); NaN where p or q is
     negative or NaN (`vbsnmf.classic.losses.ab_divergence`)."""
@@ -1815,7 +1836,7 @@ def tile_count(n_cols: int) -> int:
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def tile_run_lengths(indptr, indices, counts):
     """``counts[t, i]``: stored entries of CSR row ``i`` in column tile ``t`` (column
     indices sorted within rows; ``counts.shape[0]`` tiles of `TILE_COLUMNS`)."""
@@ -1833,7 +1854,7 @@ def tile_run_lengths(indptr, indices, counts):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def tile_values(indptr, tiled_indptr, source, target):
     """Copy each CSR row's runs of ``source`` to their places in the tiles."""
     n_rows = indptr.shape[0] - 1
@@ -1847,7 +1868,7 @@ def tile_values(indptr, tiled_indptr, source, target):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_sparse_dot(indptr, indices, data, col_factor, out):
     """``out = X @ col_factor`` for X in column tiles (n x m) and a dense m x K table.
 
@@ -1880,7 +1901,7 @@ def classic_sparse_dot(indptr, indices, data, col_factor, out):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
     """``out[n] = dot(W[i], H[:, j])`` for the stored entry ``n`` at (i, j)."""
     n_rows = indptr.shape[1] - 1
@@ -1896,7 +1917,7 @@ def classic_wh_at_nonzeros(indptr, indices, row_factor, col_factor, out):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_frobenius_stored(indptr, indices, data, row_factor, col_factor, residual, squares):
     """The stored entries' part of ``||X - W H||^2``, per row of X (in column tiles).
 
@@ -1938,7 +1959,7 @@ def classic_frobenius_stored(indptr, indices, data, row_factor, col_factor, resi
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_zero_squares(indptr, indices, row_factor, col_factor, rows, out):
     """``out[r] = sum q_ij**2`` over the columns j *not* stored in row ``i = rows[r]`` of X
     (in column tiles), ``q_ij = dot(W[i], H[:, j])``: the zeros' part of ``||X - W H||^2``
@@ -1963,7 +1984,7 @@ def classic_zero_squares(indptr, indices, row_factor, col_factor, rows, out):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_ab_mu_terms(
     indptr,
     indices,
@@ -2070,7 +2091,7 @@ def classic_ab_mu_terms(
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def classic_dense_power_pass(row_factor, col_factor, gamma, floor, denominator, row_power_sum):
     """Sums over *every* entry, one row of Q = W H at a time (memory: K per thread).
 
@@ -2115,7 +2136,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MANTISSA = 9007199254740992.0  # 2**53: frexp's mantissa times this is an exact integer
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def _mix64(value):
     """splitmix64's finaliser: a bijection of uint64 whose every output bit depends on
     every input bit."""
@@ -2124,7 +2145,7 @@ def _mix64(value):
     return value ^ (value >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def _entry_hash(row, col, x):
     """The hash of one nonzero entry (``x`` finite)."""
     mantissa, exponent = math.frexp(x)
@@ -2136,7 +2157,7 @@ def _entry_hash(row, col, x):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def check_compressed(indptr, indices, data, n_minor, first_row, major_is_row, fingerprinted):
     """One pass over compressed sparse rows (CSR, or CSC with rows and columns swapped).
 
@@ -2202,7 +2223,7 @@ def check_compressed(indptr, indices, data, n_minor, first_row, major_is_row, fi
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def check_coordinates(rows, cols, data, n_rows, n_cols, first_row, fingerprinted):
     """`check_compressed` for coordinates (COO): the first stored position whose row or
     column is out of range (``len(data)`` when none) and the fingerprint (if
@@ -2360,7 +2381,7 @@ def add_scaled_rows(typingctx, phi, scale, row_acc, minor_acc, rows, n):
     return signature, codegen
 
 
-@njit(cache=True)
+@njit(cache=DISK_CACHE)
 def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, minor_rows, n, phi):
     """Slow path of nonzero ``n``: ``phi_l = exp(log rho_l - max_l log rho_l)`` with
     ``log rho_l = E[log v^(major)_l] + sum_m E[log v^(m)_l]`` (rows ``minor_rows[m][n]``
@@ -2386,7 +2407,7 @@ def _tensor_exp_shifted_log_rho(major_elog_row, minor_elog, minor_rows, n, phi):
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH)
 def tensor_update_shapes(
     indptr,
     minor_rows,
@@ -2538,7 +2559,7 @@ def tensor_update_shapes(
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=DISK_CACHE)
 def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, counts):
     """The fingerprint of a tensor's nonzeros (`check_compressed`'s, for D modes): the sum
     modulo 2**64 of a hash of every entry, its coordinates in mode order
@@ -2584,7 +2605,7 @@ def tensor_fingerprint(indptr, minor_rows, minor_modes, minor_offsets, major, co
 # blocks in parallel, small ones on one thread (`squarem_in_parallel`).
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def checked_logs(values, count, logs, exponent):
     """``logs[q] = log(values[q])`` for ``q < count`` (float64 buffers, ``exponent``
     scratch): `_logs64` when every value is a normal number, libm's log otherwise (zeros,
@@ -2601,7 +2622,7 @@ def checked_logs(values, count, logs, exponent):
             logs[q] = math.log(values[q])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _widened_logs(theta, first, count, widened, logs, exponent):
     """``logs[q] = log(theta[first + q])`` in float64 for ``q < count`` (`checked_logs`
     of the values widened into ``widened``)."""
@@ -2610,7 +2631,7 @@ def _widened_logs(theta, first, count, widened, logs, exponent):
     checked_logs(widened, count, logs, exponent)
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS, inline="always")
 def _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widened, exponent):
     """``log0 = log theta0``, ``r = log theta1 - log theta0``, ``v = log theta2 -
     2 log theta1 + log theta0`` for entries ``first .. first + count`` (into buffers;
@@ -2629,7 +2650,7 @@ def _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widene
 SQUAREM_BLOCK = 8 * LOG_BUFFER
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_sums_block(block, theta0, theta1, theta2, partial):
     """``partial[block] = (sum r^2, sum v^2)`` over block ``block``'s entries, each sum in
     four lanes added as ``(0 + 1) + (2 + 3)`` (one chain of adds ran at the adder's
@@ -2650,7 +2671,7 @@ def _squarem_sums_block(block, theta0, theta1, theta2, partial):
     partial[block, 1] = (v_lanes[0] + v_lanes[1]) + (v_lanes[2] + v_lanes[3])
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad):
     """Block ``block`` of `squarem_extrapolate`; ``bad[block]`` its count."""
     n = theta0.shape[0]
@@ -2677,27 +2698,27 @@ def _squarem_blocks(n: int) -> int:
     return max(1, -(-n // SQUAREM_BLOCK))
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_sums_serial(theta0, theta1, theta2, partial):
     for block in range(partial.shape[0]):
         _squarem_sums_block(block, theta0, theta1, theta2, partial)
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_sums_parallel(theta0, theta1, theta2, partial):
     for block in prange(partial.shape[0]):
         _squarem_sums_block(np.int64(block), theta0, theta1, theta2, partial)  # as the serial
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_extrapolate_serial(theta0, theta1, theta2, step, out, bad):
     for block in range(bad.shape[0]):
         _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad)
 
 
 @ParallelKernel
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model=_ERRORS)
+@njit(parallel=True, cache=DISK_CACHE, fastmath=_FASTMATH, error_model=_ERRORS)
 def _squarem_extrapolate_parallel(theta0, theta1, theta2, step, out, bad):
     for block in prange(bad.shape[0]):
         _squarem_extrapolate_block(np.int64(block), theta0, theta1, theta2, step, out, bad)

@@ -48,7 +48,7 @@ def warn_user(message: str, category: type[Warning]) -> None:
 def sklearn_flavoured(ours: type, name: str) -> type:
     """``ours``, or when scikit-learn is loaded a subclass of ``ours`` and of
     ``sklearn.exceptions.<name>`` (one per pair, so warnings registries see one class)."""
-    if "sklearn" not in sys.modules:
+    if sys.modules.get("sklearn") is None:  # not loaded (None: blocked from loading)
         return ours
     from sklearn import exceptions  # the package is loaded: this is a lookup
 
@@ -79,6 +79,24 @@ def _flavoured_instance(ours: type, name: str, args: tuple) -> BaseException:
     except ImportError:  # unpickled where scikit-learn is missing: vbsnmf's class alone
         return ours(*args)
     return sklearn_flavoured(ours, name)(*args)
+
+
+# The packages to install for the modules whose package is named otherwise: "pip install
+# umap" installs another project than the umap-learn that scanpy's UMAP imports as umap.
+_PACKAGE_OF_MODULE = {"umap": "umap-learn", "sklearn": "scikit-learn"}
+
+
+def missing_package_advice(error: ImportError) -> str:
+    """``error``'s message, and for a module that is not installed (a `ModuleNotFoundError`
+    naming it) the package that holds it and the command that installs it."""
+    name = getattr(error, "name", None)
+    if not isinstance(error, ModuleNotFoundError) or not name:
+        return str(error)
+    package = _PACKAGE_OF_MODULE.get(name.partition(".")[0], name.partition(".")[0])
+    return (
+        f"the Python package {package} is not installed ({error}); install it with "
+        f"python -m pip install {package}"
+    )
 
 
 def counted(n: int, noun: str) -> str:
@@ -116,6 +134,7 @@ def numba_threads(n_threads: int | None) -> Iterator[int]:
     """Run the block with ``n_threads`` Numba threads (see `check_n_threads`); yields the
     count used."""
     n_threads = check_n_threads(n_threads)
+    launch_threading_layer()  # Numba's get_num_threads loads it, failing with a bare error
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
@@ -187,15 +206,55 @@ def _in_turn(function, args: tuple, kwargs: dict):
         return function(*args, **kwargs)
 
 
+def launch_threading_layer() -> None:
+    """Load Numba's threading layer now, if no parallel kernel has loaded it yet; a
+    `RuntimeError` naming the environment variable when Numba cannot load the layer it
+    asks for (``NUMBA_THREADING_LAYER=bogus``, or a ``NUMBA_THREADING_LAYER_PRIORITY``
+    that is not an order of Numba's three layers). Loaded by the first kernel, Numba's bare
+    ValueError was read as a problem of the counts checked by it ("...; NMF needs raw
+    counts: keep the raw counts before normalising")."""
+    from numba.np.ufunc import parallel
+
+    # private: a Numba that renamed them reports the failure at the first kernel, as before
+    launch = getattr(parallel, "_launch_threads", None)
+    if launch is None or getattr(parallel, "_is_initialized", True):
+        return
+    try:
+        launch()
+    except ValueError as error:
+        raise RuntimeError(threading_layer_failure(error)) from None
+
+
+def threading_layer_failure(error: ValueError) -> str:
+    """What Numba's ``error`` at loading its threading layer means: the environment
+    variable that chose the layer, and what to do."""
+    reason = " ".join(str(error).split())
+    layer = os.environ.get("NUMBA_THREADING_LAYER", "")
+    order = os.environ.get("NUMBA_THREADING_LAYER_PRIORITY")
+    if "PRIORITY" in reason and order is not None:
+        return (
+            f"the environment variable NUMBA_THREADING_LAYER_PRIORITY={order!r} is not an "
+            f"order of Numba's threading layers tbb, omp and workqueue ({reason}); unset it "
+            "or name all three, separated by spaces ('omp tbb workqueue')"
+        )
+    if layer and layer != "default":
+        return (
+            f"the environment variable NUMBA_THREADING_LAYER={layer!r} names a threading "
+            f"layer that Numba cannot load ({reason}); unset it or name another"
+        )
+    return f"Numba cannot load a threading layer ({reason})"
+
+
 class ParallelKernel:
     """A Numba ``parallel=True`` kernel launched as this process allows: one launch at a
     time under the workqueue layer (`_overlapping_launches_safe`), where two threads'
     overlapping launches aborted the interpreter ("Concurrent access has been detected":
     two fits from a ``ThreadPoolExecutor`` or joblib's threading backend), and a clear
     `RuntimeError` in a child forked from a GNU OpenMP process
-    (`_check_not_forked_from_openmp`). Every other attribute (``signatures``,
-    ``py_func``) is the dispatcher's. Only Python calls it: a jitted caller would need
-    the dispatcher itself."""
+    (`_check_not_forked_from_openmp`), and one naming the environment variable that asks
+    for a threading layer Numba cannot load (`launch_threading_layer`). Every other
+    attribute (``signatures``, ``py_func``) is the dispatcher's. Only Python calls it: a
+    jitted caller would need the dispatcher itself."""
 
     def __init__(self, dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -205,6 +264,7 @@ class ParallelKernel:
 
     def __call__(self, *args, **kwargs):
         _check_not_forked_from_openmp()
+        launch_threading_layer()
         return _in_turn(self.dispatcher, args, kwargs)
 
     def __getattr__(self, name):
@@ -267,7 +327,7 @@ def futures_holder(arrays, closed: str, dropped: str):
     ``closed``, as the arrays' chunks went with it, and so is a cancelled future (by
     ``client.restart()``: distributed's FutureCancelledError "lost dependencies" named
     neither), saying ``dropped``."""
-    if "distributed" not in sys.modules:  # futures exist only once distributed is loaded
+    if sys.modules.get("distributed") is None:  # futures exist only once it is loaded
         return None
     from distributed import futures_of
 

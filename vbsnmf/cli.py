@@ -592,7 +592,8 @@ def _fit(
     ``matrix_file``: the input, when it holds one matrix and no AnnData; ``anndata_file``:
     the input, when it is an AnnData (`_as_options`); ``notes``: lines told once the fit
     runs, as the note below."""
-    from tqdm.auto import tqdm
+    if not quiet:  # the progress bar's; a --quiet fit shows none and runs without tqdm
+        from tqdm.auto import tqdm
 
     from . import CheckpointMismatchError, tl
     from ._svi import default_n_epochs
@@ -621,6 +622,8 @@ def _fit(
     starts = {"index": 1, "before": 0, "last": 0}  # the current start, the iterations before
 
     def progress(n_iter, params, elbo_trace):
+        if quiet:  # no bar, and no notes to show before it
+            return
         if n_iter <= starts["last"]:  # the next of --n-init's starts
             starts["index"] += 1
             starts["before"] += starts["last"]
@@ -637,7 +640,7 @@ def _fit(
                     desc=description if n_starts == 1 else f"{description} start 1/{n_starts}",
                     unit="epoch" if args.solver == "svi" else "it",
                     file=_ProgressStream(sys.stderr),
-                    disable=quiet or sys.stderr is None,  # None: fd 2 was closed at start
+                    disable=sys.stderr is None,  # None: fd 2 was closed at start
                     dynamic_ncols=True,
                 )
             )
@@ -1251,7 +1254,7 @@ def _run_demo(args) -> int:
 
 
 def _run_umap(args) -> int:
-    from ._utils import counted, record_kind
+    from ._utils import counted, missing_package_advice, record_kind
     from .io import read_h5ad, real_path
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
@@ -1316,8 +1319,8 @@ def _run_umap(args) -> int:
             n_neighbors=args.n_neighbors,
             seed=args.seed,
         )
-    except ImportError as error:  # igraph, for --color leiden
-        raise UsageError(str(error)) from None
+    except ImportError as error:  # igraph, for --color leiden; umap-learn
+        raise UsageError(missing_package_advice(error)) from None
     except (KeyError, ValueError) as error:  # an edited result: name the file
         raise UsageError(f"{args.result}: {_one_line(error)}") from None
     _print_result(f"wrote {output}", output)
@@ -1388,6 +1391,12 @@ COMPILING = (
     "vbsnmf: compiling numerical kernels (Numba): up to a minute the first time after "
     "installing that a kind of run needs them; later runs load them from Numba's cache"
 )
+# Where Numba finds no writable cache folder (`vbsnmf._kernels.DISK_CACHE`).
+COMPILING_UNCACHED = (
+    "vbsnmf: compiling numerical kernels (Numba): up to a minute, in every run, as Numba "
+    "can write its cache neither beside vbsnmf nor in ~/.cache; set NUMBA_CACHE_DIR to a "
+    "writable folder to keep them"
+)
 
 
 @contextlib.contextmanager
@@ -1410,7 +1419,9 @@ def _compile_notice(quiet: bool) -> Iterator[None]:
             module = getattr(getattr(data.get("dispatcher"), "py_func", None), "__module__", None)
             if not self.told and isinstance(module, str) and module.startswith("vbsnmf."):
                 self.told = True
-                _tell(COMPILING)
+                from ._kernels import DISK_CACHE  # loaded: its kernels are compiling
+
+                _tell(COMPILING if DISK_CACHE else COMPILING_UNCACHED)
 
         def on_end(self, _):
             pass
@@ -1580,25 +1591,20 @@ def _check_working_folder() -> None:
 
 
 def _check_numba_threading_layer() -> None:
-    """Load the threading layer that NUMBA_THREADING_LAYER asks for now, before any input
-    is read: loaded at the first parallel kernel, which checks a sparse input as it is
-    read, its failure was reported as the input's ("in.h5ad: The threading layer
-    requested 'bogus' is unknown to Numba.")."""
-    import numba
-    from numba.np.ufunc import parallel
+    """Load the threading layer that NUMBA_THREADING_LAYER or
+    NUMBA_THREADING_LAYER_PRIORITY asks for now, before any input is read: loaded at the
+    first parallel kernel, which checks a sparse input as it is read, its failure was
+    reported as the input's ("in.h5ad: The threading layer requested 'bogus' is unknown
+    to Numba.", or "THREADING_LAYER_PRIORITY invalid ...; NMF needs raw counts")."""
+    from ._utils import launch_threading_layer
 
-    layer = numba.config.THREADING_LAYER
-    # private: a Numba that renamed it reports the failure at the first kernel, as before
-    launch_threads = getattr(parallel, "_launch_threads", None)
-    if layer == "default" or launch_threads is None:  # "default": Numba's own choice
+    variables = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
+    if not any(name in os.environ for name in variables):  # Numba's own choice
         return
     try:
-        launch_threads()
-    except ValueError as error:
-        raise UsageError(
-            f"the environment variable NUMBA_THREADING_LAYER={layer!r} names a threading "
-            f"layer that Numba cannot load ({_one_line(error)}); unset it or name another"
-        ) from None
+        launch_threading_layer()
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
 
 
 def _stop(signum, frame) -> None:
@@ -1633,8 +1639,9 @@ def _handle_stop_signals() -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    0 success, 2 bad input or options (one line on stderr), 130 interrupted (Ctrl-C),
-    143 terminated (SIGTERM), 129 hung up (SIGHUP), 1 an unexpected internal error.
+    0 success, 2 bad input or options or a library not installed (one line on stderr),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP), 1 an
+    unexpected internal error.
     """
     # Numba's OpenMP threads spin while they wait for work: on a machine shared with other
     # jobs they take the cores the fit's own threads need (pbmc_facs, K = 10, 2 threads at
@@ -1696,6 +1703,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tell(f"vbsnmf: error: {_error_message(error)}")
         return EXIT_USAGE
     except Exception as error:
+        if _library_missing(error):  # the install's fault, not ours
+            from ._utils import missing_package_advice
+
+            _tell(f"vbsnmf: error: {' '.join(missing_package_advice(error).split())}")
+            return EXIT_USAGE
         if os.environ.get("VBSNMF_DEBUG"):
             raise
         _tell(
@@ -1707,6 +1719,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.unraisablehook = unraisable_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _library_missing(error: Exception) -> bool:
+    """Whether ``error`` is a library that is not installed (or one a tool says to install,
+    `_utils.missing_package_advice`), not vbsnmf's own import failing: that stays an
+    internal error."""
+    if not isinstance(error, ImportError):
+        return False
+    name = getattr(error, "name", None) or ""
+    return not (name == "vbsnmf" or name.startswith("vbsnmf."))
 
 
 def run() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import counted, record_kind
+from .._utils import counted, missing_package_advice, record_kind
 from .._validation import check_iterations
 from ..io._stored import anndata_x
 from ..tl._stored import (
@@ -50,6 +50,16 @@ def leiden(adata, random_state: int = 0) -> None:
             "(or install vbsnmf with its [tutorial] extra)"
         ) from None
     sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, random_state=random_state)
+
+
+def _check_umap_installed() -> None:
+    """An `ImportError` naming umap-learn, the package scanpy's neighbours and UMAP need,
+    before anything is computed: scanpy's own error, "No module named 'umap'" from inside
+    ``sc.pp.neighbors``, sent users to ``pip install umap``, another project."""
+    try:
+        import umap  # noqa: F401
+    except ImportError as error:
+        raise ImportError(missing_package_advice(error)) from None
 
 
 def umap(
@@ -124,6 +134,9 @@ def umap(
     TypeError
         ``n_neighbors`` is not an integer; ``random_state`` is not None, an integer or a
         numpy RandomState; ``color`` is not a name or a list of names.
+    ImportError
+        umap-learn, which scanpy's neighbours and UMAP need, is not installed (igraph, for
+        Leiden clusters): the message says what to install.
 
     Any failure leaves ``adata`` as it was; a view stays a view when a check fails, and
     is made its own AnnData (as anndata does at a write) only once they all passed.
@@ -131,6 +144,7 @@ def umap(
     import pandas as pd
     import scanpy as sc
 
+    _check_umap_installed()
     info = cell_factors_record(adata, key)
     n_neighbors = check_iterations(n_neighbors, "n_neighbors", minimum=2)
     _check_seed(random_state)

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from vbsnmf import VBNMF
-from vbsnmf._model import Mask, observed_share
+from vbsnmf._model import Mask, observed_extent
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -65,12 +65,17 @@ def test_the_observed_share_is_the_least_of_a_longer_sides_line(transposed):
     missing[5, :3] = False
     if transposed:
         missing = missing.T
-    share = observed_share(missing.shape, Mask.of(sp.csr_array(missing.astype(float))))
-    assert share == 0.0
-    missing[(4, slice(None)) if not transposed else (slice(None), 4)] = False
     axis = 1 if not transposed else 0
+    # the cell masked whole leaves the bound's matrix (`observed_extent`): the share is of
+    # the others (its 0 had switched the range check off)
+    extent, share = observed_extent(missing.shape, Mask.of(sp.csr_array(missing.astype(float))))
+    kept = np.delete(missing, 4, axis=1 - axis)
+    assert extent == kept.shape
+    assert share == pytest.approx(1.0 - kept.sum(axis=axis).max() / kept.shape[axis])
+    missing[(4, slice(None)) if not transposed else (slice(None), 4)] = False
     expected = 1.0 - missing.sum(axis=axis).max() / missing.shape[axis]
-    share = observed_share(missing.shape, Mask.of(sp.csr_array(missing.astype(float))))
+    extent, share = observed_extent(missing.shape, Mask.of(sp.csr_array(missing.astype(float))))
+    assert extent == missing.shape
     assert share == pytest.approx(expected) and 0 < share < 1
 
 

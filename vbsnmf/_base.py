@@ -86,10 +86,27 @@ def check_entry_columns(X, entries, name: str) -> None:
     and its row names, when both have names (DataFrames; rows named by strings, as cells
     are): other names or another order are a `ValueError`, as the entries would be matched
     with X's genes and cells by position."""
+    if _is_transposed(X, entries, name):  # else told to reorder it by X's genes, mask[X.columns]
+        raise ValueError(
+            f"{name} is X's transpose (genes x cells: its columns are X's cells, its rows "
+            f"X's genes); pass it as cells x genes, {name}.T"
+        )
     check_column_names(X, entries, name)
     # the cells too: a frame of weights in another cell order moved one cell's weights
     # onto another's without a word
     check_row_names(X, entries, name)
+
+
+def _is_transposed(X, frame, name: str) -> bool:
+    """Whether ``frame`` names X's cells as its columns and X's genes as its rows (X and
+    ``frame`` DataFrames whose names are strings; not when X's cells and genes share
+    their names, where either reading fits)."""
+    x_genes, x_cells = feature_names(X), _row_names(X)
+    columns, rows = feature_names(frame, name), _row_names(frame)
+    if any(names is None for names in (x_genes, x_cells, columns, rows)):
+        return False
+    x_genes, x_cells = set(x_genes), set(x_cells)
+    return x_genes != x_cells and set(columns) == x_cells and set(rows) == x_genes
 
 
 def check_column_names(X, frame, name: str) -> None:

@@ -53,7 +53,7 @@ from ._model import (
     hyperparameters,
     init_params,
     kept_if_failed,
-    observed_share,
+    observed_extent,
     one_of_starts,
     params_from_arrays,
     params_to_arrays,
@@ -118,6 +118,7 @@ from ._validation import (
     refuse_closed_file,
     refuse_masked,
     sparse_frame_as_coo,
+    warn_non_counts,
     widen_to_sum,
 )
 from .io._paths import check_checkpoint_path
@@ -899,7 +900,8 @@ def _fit_in_memory(
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
     try:
-        matrix = check_counts(X, fit_dtype=settings.dtype)
+        # with a mask, the non-integer warning is of the entries fitted (`_fit_counts`)
+        matrix = check_counts(X, fit_dtype=settings.dtype, warn_non_integer=mask is None)
     except ValueError as error:
         # mask=np.isnan(X) is the natural way to give missing entries: say what to write
         if mask is None or "non-negative finite counts" not in str(error):
@@ -955,8 +957,10 @@ def _fit_counts(
     check_n_components(settings.n_components, matrix.shape)
     if mask is not None:  # batch VB only (`VBNMF._fit`)
         mask = _checked_mask(mask, matrix.shape)
-    observed = 1.0 if mask is None else observed_share(matrix.shape, mask)
-    check_fixed_prior_range(matrix.shape, settings.prior, settings.dtype, observed=observed)
+    extent, observed = (None, 1.0) if mask is None else observed_extent(matrix.shape, mask)
+    check_fixed_prior_range(
+        matrix.shape, settings.prior, settings.dtype, observed=observed, observed_shape=extent
+    )
     if settings.solver == "svi" and settings.svi_form == "cells":
         csr = sp.csr_array(matrix)
         fingerprint = None
@@ -970,6 +974,10 @@ def _fit_counts(
     if mask is not None:
         csr = sp.csr_array(matrix)
         matrix = csr - csr.multiply(mask.rows).tocsr()  # the masked entries' values go
+        # Values under the mask (an imputed mean, say) are not fitted: warned of, they were
+        # said to look normalised when every count fitted was whole.
+        if np.any(matrix.data != np.round(matrix.data)):
+            warn_non_counts("X")
     data = as_count_data(matrix)
     if settings.solver == "svi":
         return _fit_svi_nonzeros(settings, data, init, callback, entropy)
@@ -982,15 +990,18 @@ def _fit_counts(
 def _checked_mask(mask, shape) -> Mask:
     """``mask`` as a `_model.Mask`: any matrix of X's shape, its nonzero entries the
     missing ones; refused unless finite, or if it leaves no entry observed."""
-    if isinstance(mask, np.ma.MaskedArray):  # np.asarray would read its hidden data
-        raise TypeError(
-            "mask is a masked array, whose data would be read as the mask: pass "
-            "np.ma.getmaskarray(X) to leave X's masked entries out of the fit"
-        )
+    module = "np"
     if is_dask_array(mask):  # as transform takes a dask X: sparse chunks stay sparse
         from ._dask._cluster import computed_as_declared
 
-        mask = computed_as_declared(mask, "mask")
+        # computed first: a dask masked array computes to a numpy one, whose hidden data
+        # np.asarray read as the mask (the masked entries' mark lost)
+        mask, module = computed_as_declared(mask, "mask"), "da"
+    if isinstance(mask, np.ma.MaskedArray):  # np.asarray would read its hidden data
+        raise TypeError(
+            "mask is a masked array, whose data would be read as the mask: pass "
+            f"{module}.ma.getmaskarray(X) to leave X's masked entries out of the fit"
+        )
     if hasattr(mask, "obs_names"):  # numpy read an AnnData as an object of 64 dimensions
         raise TypeError("mask is an AnnData; pass its matrix (e.g. mask_adata.X) of X's shape")
     mask = sparse_frame_as_coo(mask)  # a DataFrame of sparse columns: not densified
@@ -1018,7 +1029,12 @@ def _checked_mask(mask, shape) -> Mask:
     # repeated entries summed wide: uint8 128 + 128 would be 0, an observed entry
     matrix = widen_to_sum(matrix) if sp.issparse(matrix) else sp.coo_array(matrix)
     if matrix.shape != tuple(shape):
-        raise ValueError(f"mask has shape {matrix.shape}, X has {tuple(shape)}")
+        # genes x cells, as 10x files and R hold a matrix: say so, not only the shapes
+        flipped = ", transposed: if its rows are genes and its columns cells, pass mask.T"
+        transposed = matrix.shape == tuple(shape)[::-1]
+        raise ValueError(
+            f"mask has shape {matrix.shape}, X has {tuple(shape)}{flipped if transposed else ''}"
+        )
     values = matrix.data
     if not np.all(np.isfinite(values.astype(np.float64))):
         raise ValueError("mask must hold finite numbers (nonzero: not observed)")

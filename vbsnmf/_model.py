@@ -300,6 +300,7 @@ def check_fixed_prior_range(
     dtype: np.dtype,
     kind: str = "matrix",
     observed: float = 1.0,
+    observed_shape: tuple[int, ...] | None = None,
 ) -> None:
     """`ValueError` before any pass when the fixed prior's optimum has a rate beyond the
     largest number of ``dtype`` (`fixed_prior_least_log_rate`; ``kind``: "matrix" or
@@ -308,14 +309,17 @@ def check_fixed_prior_range(
     10 matrix at 1e-36; a 5 x 5 x 2 x 2 tensor, its shortest modes tied, at 1e-20).
 
     ``observed``: for a matrix with missing entries, the least share of the shorter side's
-    entries observed in a line of the longer side (`observed_share`). The bound on the sum
+    entries observed in a line of the longer side (`observed_extent`). The bound on the sum
     ``u`` of the longer side's means still holds (its proof takes the total term over the
     observed entries as well), but each rate of the shorter side sums the means of its
     observed entries only: their mean over the shorter side is at least ``observed * u``.
+    ``observed_shape``: the shape the bound is taken on, when not ``shape`` (a matrix
+    without the lines a mask leaves out whole, `observed_extent`); messages name ``shape``.
     """
     if not isinstance(prior, GammaPrior) or observed <= 0:
         return
-    mode, log_rate = fixed_prior_least_log_rate(shape, prior)
+    bounded = shape if observed_shape is None else observed_shape
+    mode, log_rate = fixed_prior_least_log_rate(bounded, prior)
     log_rate += np.log(observed)
     largest = float(np.finfo(dtype).max)
     if log_rate <= np.log(largest):
@@ -343,14 +347,32 @@ def check_fixed_prior_range(
     )
 
 
-def observed_share(shape: tuple[int, int], mask: Mask) -> float:
-    """The least share of the shorter side's entries that ``mask`` leaves observed in a line
-    of the longer side (a cell's genes when the genes are fewer): the ``observed`` of
-    `check_fixed_prior_range`; 0 when a line is all missing."""
-    shortest = int(np.argmin(shape))
-    lines = mask.rows if shortest == 1 else mask.cols  # a line of the longer side per row
-    missing = np.diff(lines.indptr)
-    return 1.0 - float(missing.max(initial=0)) / shape[shortest]
+def observed_extent(shape: tuple[int, int], mask: Mask) -> tuple[tuple[int, int], float]:
+    """The shape of the matrix of the rows and columns in which ``mask`` leaves an entry
+    observed, and the least share of that matrix's shorter side that ``mask`` leaves
+    observed in a line of its longer side (a cell's genes when the genes are fewer): the
+    ``observed_shape`` and ``observed`` of `check_fixed_prior_range` for a fit with ``mask``.
+
+    A line masked whole is fitted to no count and enters no rate of the other side (its
+    q is the fixed prior's own), so the bound holds for the matrix without it
+    (`fixed_prior_least_log_rate`, whose proof sums only the lines left). Its share of 0
+    had switched the check off: a 1000 x 10 float32 fit at ``prior_rate`` 1e-36 with one
+    cell masked whole ran until its ELBO was -inf (`FloatingPointError`), where the fit
+    without that cell is refused before any pass."""
+    n_rows, n_cols = shape
+    row_missing, col_missing = np.diff(mask.rows.indptr), np.diff(mask.cols.indptr)
+    whole_rows, whole_cols = row_missing == n_cols, col_missing == n_rows
+    n_whole_rows, n_whole_cols = int(whole_rows.sum()), int(whole_cols.sum())
+    extent = (n_rows - n_whole_rows, n_cols - n_whole_cols)
+    shortest = int(np.argmin(extent))
+    # a line left misses every line of the other side masked whole: not counted again
+    if shortest == 1:
+        missing = row_missing[~whole_rows] - n_whole_cols
+    else:
+        missing = col_missing[~whole_cols] - n_whole_rows
+    if extent[shortest] == 0:  # nothing observed (refused before the fit: `_checked_mask`)
+        return extent, 0.0
+    return extent, 1.0 - float(missing.max(initial=0)) / extent[shortest]
 
 
 def expected_log(shape: np.ndarray, rate: np.ndarray) -> np.ndarray:

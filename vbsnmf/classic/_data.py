@@ -280,7 +280,15 @@ class ClassicData:
                 copy=sp.issparse(weights),
             )
             if weights.shape != shape:
-                raise ValueError(f"weights have shape {weights.shape}, X has shape {shape}")
+                # genes x cells, as 10x files and R hold a matrix: say so, not only the shapes
+                transposed = weights.shape == tuple(shape)[::-1]
+                flipped = (
+                    ", transposed: if its rows are genes and its columns cells, pass weights.T"
+                )
+                raise ValueError(
+                    f"weights have shape {weights.shape}, X has shape {shape}"
+                    + (flipped if transposed else "")
+                )
             positive = (
                 weights.count_nonzero() if sp.issparse(weights) else np.count_nonzero(weights)
             )

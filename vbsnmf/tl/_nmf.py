@@ -548,9 +548,14 @@ def _check_named_weights(weights, cells: pd.Index, genes: pd.Index) -> None:
         return
     from types import SimpleNamespace
 
-    from .._base import _row_names, feature_names, names_differ
+    from .._base import _is_transposed, _row_names, feature_names, names_differ
 
     named = SimpleNamespace(columns=genes, index=cells)  # the counts' names, no values
+    if _is_transposed(named, weights, "weights"):  # else told to reorder it by the genes
+        raise ValueError(
+            "weights is genes x cells (its columns are adata.obs_names, its rows the fitted "
+            "genes): pass it as cells x genes, weights.T"
+        )
     for noun, names, own, order in (
         ("columns", feature_names, "the fitted genes", "weights[fitted_gene_names]"),
         ("rows", _row_names, "adata.obs_names", "weights.loc[adata.obs_names]"),
@@ -1108,9 +1113,16 @@ def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = 
     accepted -= set(refused)
     unknown = sorted(set(fit_params) - accepted)
     if "mask" in unknown:  # VBNMF.fit's argument, not a parameter of any estimator
+        if solver in VB_SOLVERS:
+            how = "fit them with vbsnmf.VBNMF(...).fit(X, mask=...)"
+        else:  # a classical fit leaves entries out by weight: tl.nmf passes weights on
+            how = (
+                "a classical fit leaves them out by weights= of 0 there (1 elsewhere, e.g. "
+                "weights=1 - mask, the opposite of VBNMF.fit's mask), which solver='mu' takes"
+            )
         raise ValueError(
-            "tl.nmf takes no mask of missing entries: fit them with "
-            "vbsnmf.VBNMF(...).fit(X, mask=...); to fit a subset of genes, pass mask_var"
+            f"tl.nmf takes no mask of missing entries: {how}; to fit a subset of genes, "
+            "pass mask_var"
         )
     for name in unknown:  # not another solver's: said as the tools say it
         if name in _SCANPY_PCA_NAMES:

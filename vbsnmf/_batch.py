@@ -205,14 +205,20 @@ class AcceleratedState:
     holding: bool = False
 
     def save(
-        self, checkpointer, params_to_arrays: Callable, finished: bool = False, more=None
+        self,
+        checkpointer,
+        params_to_arrays: Callable,
+        finished: bool = False,
+        more=None,
+        due: bool = False,
     ) -> None:
         """Write the state by ``checkpointer`` (`_checkpoint.Checkpointer`, at its interval
-        of passes; ``finished``: the fit's last save, written whatever the interval), the q
-        by ``params_to_arrays``; ``more``: metadata to record with it."""
+        of passes; ``finished``: the fit's last save, and ``due``: one its caller found due,
+        written whatever the interval), the q by ``params_to_arrays``; ``more``: metadata
+        to record with it."""
         arrays, meta = self.to_arrays(params_to_arrays)
         meta = {**meta, **(more or {}), "finished": finished}
-        checkpointer.save(self.n_passes, arrays, meta, force=finished)
+        checkpointer.save(self.n_passes, arrays, meta, force=finished or due)
 
     def to_arrays(self, params_to_arrays: Callable) -> tuple[dict[str, np.ndarray], dict]:
         """The state as a checkpoint's arrays (``current_`` and ``kept_`` q, each by
@@ -285,6 +291,7 @@ class AcceleratedSaves:
         self.max_iter = max_iter if stopped_at is None else max(max_iter, stopped_at)
         self._replay = self.max_iter > max_iter
         self._last_cycle_saved = False
+        self._next_save = None  # the pass from which a cycle's start is saved
 
     def replaying(self):
         """The fit's block: without `ConvergenceWarning` when it replays a stored fit to
@@ -292,9 +299,21 @@ class AcceleratedSaves:
         return quiet_convergence(self._replay)
 
     def __call__(self, state: AcceleratedState) -> None:
+        """Save the start of the first cycle ``checkpoint_every`` passes or more after the
+        last save (the first: at a multiple of it). Cycles start every three passes, from
+        wherever the hold of the factor shapes released: saved only at a multiple of
+        ``checkpoint_every``, a fit saved every 15 passes for 5, and for 3 none from the
+        hold's end to the fit's when it released off a multiple of 3."""
+        every = self.checkpointer.every
+        if self._next_save is None:
+            self._next_save = -(-state.n_passes // every) * every
+        due = state.n_passes >= self._next_save
+        if due:
+            self._next_save = state.n_passes + every
         last = self.max_iter - state.n_passes < CYCLE_PASSES
         more = {"max_iter": self.max_iter} if last else None
-        state.save(self.checkpointer, self.params_to_arrays, finished=last, more=more)
+        if due or last:
+            state.save(self.checkpointer, self.params_to_arrays, last, more, due=due)
         self._last_cycle_saved = last
 
     def at_end(self, state: AcceleratedState) -> None:

@@ -207,7 +207,9 @@ def _meta(stored, path) -> dict:
 # Settings recorded from 2026-12-02 on: a checkpoint written before holds none of them and
 # is taken to match (its fit ran with the settings the resume gives, or the user changed
 # them unrecorded, as that version allowed).
-LATER_KEYS = frozenset({"local_fit", "eval_every"})
+# ``warm_start`` (`VBNMF.fit` given ``init``) from 2026-12-07 on: that version resumed a
+# checkpoint whatever the start.
+LATER_KEYS = frozenset({"local_fit", "eval_every", "warm_start"})
 # Settings recorded since, with the value a checkpoint written before meant: every start
 # was random until NNDSVDa came.
 LATER_KEY_VALUES = {"init": "random"}
@@ -319,6 +321,17 @@ def _difference(key: str, name: str, then, now) -> str:
     the counts, of ``mask``'s entries), whose hex digits say nothing a user can check."""
     if key == "data_fingerprint":
         return "counts: other counts or counts at other positions (the same shape and total)"
+    if key == "warm_start":
+        warm = "a warm start (VBNMF.fit's init, tl.nmf's warm_start)"
+        if then:
+            return (
+                f"start: the checkpoint's fit began at {warm}, this fit at its own start: "
+                "give the same start to resume it"
+            )
+        return (
+            f"start: the checkpoint's fit began at its own start, this fit at {warm}, which "
+            "resuming it would drop"
+        )
     if key == "mask":
         if then is None or now is None:
             then_words, now_words = ("without", "with") if then is None else ("with", "without")

@@ -267,7 +267,9 @@ class VBNMF(Estimator):
         rounding of the ELBO can exceed what ``tol`` resolves and stop a batch fit early;
         it then warns (`ConvergenceWarning`).
     verbose
-        Print the ELBO after every iteration (SVI: after every evaluated epoch).
+        Print the ELBO after every iteration (``accelerate``: of every q kept, with the
+        pass that scored it; SVI: after every evaluated epoch); with ``n_init`` > 1 each
+        start's lines are headed ``start i of n`` and the start kept is named at the end.
     solver
         ``"batch"`` (coordinate ascent on all the data) or ``"svi"`` (stochastic VB,
         Hoffman et al. 2013: steps from minibatches blended with weight
@@ -318,7 +320,9 @@ class VBNMF(Estimator):
         every fit of a ``GridSearchCV`` or ``cross_validate``) keeps the path: its fits
         overwrite each other's checkpoints, so leave it None there.
     checkpoint_every
-        Iterations or epochs between checkpoints.
+        Iterations or epochs between checkpoints. An accelerated fit saves at the start of
+        a SQUAREM cycle (three passes; the state it resumes from bit for bit): the first
+        that many passes or more after its last save.
     resume
         Continue from ``checkpoint`` if it exists (else start afresh; without ``resume``
         a saved checkpoint there is overwritten, with a UserWarning). For the same data,
@@ -332,7 +336,9 @@ class VBNMF(Estimator):
         multiple of ``eval_every``: it evaluated at its end, which the longer fit did not,
         and goes on from that evaluation); resumed with fewer, the checkpoint's fit is
         returned with a warning. ``init`` is not used when a checkpoint is resumed (the
-        checkpoint is the later state of that fit). ``tol`` may change on resume (the
+        checkpoint is the later state of that fit); a warm start ``fit(X, init=...)``
+        resumes only a warm start's checkpoint (given the same start again), and a fit
+        without one only a checkpoint of a fit from its own start. ``tol`` may change on resume (the
         other settings may not, bar ``max_iter`` / ``n_epochs``; for the cells form of SVI
         ``tol`` and ``max_iter`` also run each cell's local fit, and are then refused): the
         checkpoint's convergence is judged again under it, so a fit that converged under a
@@ -1137,12 +1143,13 @@ def _checkpointer(
     batch,
     fingerprint,
     entropy: int,
+    warm_start: bool,
 ):
     """The checkpoint of this fit (inactive without a path) and the record of everything
     that changes its arithmetic (the data's fingerprint among them), which a checkpoint
-    must match to be resumed."""
+    must match to be resumed. ``warm_start``: `VBNMF.fit` was given ``init``."""
     config = {
-        **settings_config(settings, shape, batch, entropy),
+        **settings_config(settings, shape, batch, entropy, warm_start),
         "nnz": int(nnz),
         "total_count": float(total),
         "data_fingerprint": fingerprint,
@@ -1151,10 +1158,13 @@ def _checkpointer(
     return Checkpointer(settings.checkpoint, settings.checkpoint_every, config)
 
 
-def settings_config(settings: FitSettings, shape, batch, entropy: int) -> dict:
+def settings_config(
+    settings: FitSettings, shape, batch, entropy: int, warm_start: bool = False
+) -> dict:
     """The part of a fit's checkpoint record (`_checkpointer`) that its settings, the
-    data's ``shape`` and the SVI ``batch`` decide, without the counts: the command line
-    compares it with a checkpoint before it converts a matrix (`cli`)."""
+    data's ``shape``, the SVI ``batch`` and whether it was given a start (``warm_start``)
+    decide, without the counts: the command line, which gives no start, compares it with a
+    checkpoint before it converts a matrix (`cli`)."""
     svi = settings.solver == "svi"
     cells_form = svi and settings.svi_form == "cells"
     return {
@@ -1170,6 +1180,9 @@ def settings_config(settings: FitSettings, shape, batch, entropy: int) -> dict:
         "eval_every": settings.eval_every if svi else None,
         "prior": repr(settings.prior),
         "init": settings.init,
+        # a start given to fit: a checkpoint of a fit from its own start, resumed, dropped it
+        # silently (and the reverse continued a start the fit was not given)
+        "warm_start": warm_start,
         # SVI never accelerates: None, which a checkpoint's value is not compared with
         "accelerate": None if svi else settings.accelerate,
         "dtype": settings.dtype.name,
@@ -1187,7 +1200,15 @@ def _fit_batch(
     with numba_threads(settings.n_threads) as n_threads:
         fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
         checkpointer = _checkpointer(
-            settings, data.shape, data.nnz, total, n_threads, None, fingerprint, entropy
+            settings,
+            data.shape,
+            data.nnz,
+            total,
+            n_threads,
+            None,
+            fingerprint,
+            entropy,
+            init is not None,
         )
         if mask is not None:  # a checkpoint of other missing entries is another fit
             checkpointer.config["mask"] = combine_fingerprints(
@@ -1219,8 +1240,10 @@ def _fit_batch(
                 )
             run = _run_accelerated if settings.accelerate else _run_plain
             n_starts = settings.n_init if stored is None and init is None else 1
-            best = None
+            best, index = None, -1
+            # not enumerate(starts), whose reused result tuple holds the start it yielded
             for start in starts:
+                index += 1
                 if mask is not None and not isinstance(start, tuple):  # rates per entry from here
                     start = _per_entry_rates(start)
                 handed = [start]
@@ -1228,12 +1251,14 @@ def _fit_batch(
                 # a start of its own (random or NNDSVDa) holds the factor shapes a learned
                 # prior learns
                 hold_shapes = stored is None and init is None and held_prior(prior) is not None
+                _print_start(settings.verbose, index, n_starts)
                 with one_of_starts(n_starts) as outcome:
                     result = run(
                         settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
                     )
                 if best is None or _final_elbo(result) > _final_elbo(best):
-                    best, best_outcome = result, outcome
+                    best, best_outcome, best_index = result, outcome, index
+    _print_kept(settings.verbose, best, best_index, n_starts)
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     largest = float(data.counts.max(initial=0.0))
     warn_elbo_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total, largest)
@@ -1352,9 +1377,9 @@ def _run_accelerated(
     settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
 ) -> FitResult:
     """SQUAREM-accelerated coordinate ascent from a start or a checkpoint, taken out of the
-    list ``handed``; saves the state at the start of every ``checkpoint_every``-th
-    cycle's pass and at the end (`AcceleratedSaves`). ``hold_shapes``: a random start's
-    (`fit_batch`)."""
+    list ``handed``; saves the state at the start of the first cycle ``checkpoint_every``
+    passes or more after the last save, and at the end (`AcceleratedSaves`).
+    ``hold_shapes``: a random start's (`fit_batch`)."""
     start = handed.pop()
     stored = None
     if isinstance(start, tuple):  # a checkpoint
@@ -1404,7 +1429,16 @@ def _fit_svi_nonzeros(settings: FitSettings, data: CountData, init, callback, en
 
     fingerprint = data_fingerprint(data) if settings.checkpoint is not None else None
     result = _run_svi(
-        settings, data.shape, data.nnz, total, fingerprint, batch, start_state, run, entropy
+        settings,
+        data.shape,
+        data.nnz,
+        total,
+        fingerprint,
+        batch,
+        start_state,
+        run,
+        entropy,
+        init is not None,
     )
     return result, data.shape[1]
 
@@ -1437,19 +1471,38 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
         return fit_svi_cells(source, state, svi_settings, callback=callback, on_epoch=save)
 
     result = _run_svi(
-        settings, shape, nnz, total, counts.fingerprint, batch, start_state, run, entropy
+        settings,
+        shape,
+        nnz,
+        total,
+        counts.fingerprint,
+        batch,
+        start_state,
+        run,
+        entropy,
+        init is not None,
     )
     return result, shape[1]
 
 
 def _run_svi(
-    settings: FitSettings, shape, nnz, total, fingerprint, batch, start_state, run, entropy
+    settings: FitSettings,
+    shape,
+    nnz,
+    total,
+    fingerprint,
+    batch,
+    start_state,
+    run,
+    entropy,
+    warm_start: bool,
 ) -> FitResult:
-    """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked."""
+    """An SVI fit from a fresh state or its checkpoint, saved after every epoch when asked;
+    ``warm_start``: ``start_state`` starts from `VBNMF.fit`'s ``init``."""
     with numba_threads(settings.n_threads) as n_threads:
         svi_settings = settings.svi(batch, n_threads, shape[0])
         checkpointer = _checkpointer(
-            settings, shape, nnz, total, n_threads, batch, fingerprint, entropy
+            settings, shape, nnz, total, n_threads, batch, fingerprint, entropy, warm_start
         )
         with checkpointer:
             stored = checkpointer.load(settings.resume)
@@ -1518,6 +1571,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     n_starts = 1 if init is not None else settings.n_init
     best = None
     for index in range(n_starts):
+        _print_start(settings.verbose, index, n_starts)
         with one_of_starts(n_starts) as outcome:
             result = _dask.fit_batch_dask(
                 X,
@@ -1537,7 +1591,8 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
                 warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
             )
         if best is None or _final_elbo(result) > _final_elbo(best):
-            best, best_outcome = result, outcome
+            best, best_outcome, best_index = result, outcome, index
+    _print_kept(settings.verbose, best, best_index, n_starts)
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     warn_elbo_rounding(
         best.elbo_trace,
@@ -1705,6 +1760,22 @@ _FITS = {
     "stream": _fit_stream,
     "dask": _fit_dask,
 }
+
+
+def _print_start(verbose: bool, index: int, n_starts: int) -> None:
+    """With ``verbose``, the start whose ELBOs follow, when there are several (``n_init``):
+    each start's lines counted their passes from 1 again, and which one was kept was not
+    said."""
+    if verbose and n_starts > 1:
+        print(f"start {index + 1} of {n_starts}", flush=True)
+
+
+def _print_kept(verbose: bool, best, index: int, n_starts: int) -> None:
+    """With ``verbose``, which of several starts the fit keeps (the highest final ELBO)."""
+    if verbose and n_starts > 1:
+        # a start of max_iter=0 (SQUAREM: 1) records no ELBO: "-inf" read as a failed fit
+        value = f"ELBO {best.elbo_trace[-1]:.10g}" if len(best.elbo_trace) else "no ELBO recorded"
+        print(f"kept start {index + 1} of {n_starts}  {value}", flush=True)
 
 
 def _final_elbo(result) -> float:

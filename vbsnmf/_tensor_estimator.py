@@ -544,7 +544,8 @@ class VBNTF(Estimator):
         Path of a checkpoint, written atomically every ``checkpoint_every`` iterations
         (batch) or epochs (SVI) and at the end; None (default) writes none.
     checkpoint_every
-        Iterations or epochs between checkpoints.
+        Iterations or epochs between checkpoints (accelerated: as `VBNMF`'s, at the start
+        of the first SQUAREM cycle that many passes or more after the last save).
     resume
         Continue from ``checkpoint`` if it exists (without ``resume`` a saved checkpoint
         there is overwritten, with a UserWarning): for the same data, settings,
@@ -982,8 +983,8 @@ class VBNTF(Estimator):
         self, data, stored, checkpointer, checked, entropy, n_threads, callback
     ) -> _tensor.TensorFitResult:
         """SQUAREM from a random start or a checkpoint's state, saving the state at the
-        start of every ``checkpoint_every``-th cycle's pass and at the end (`AcceleratedSaves`,
-        as `VBNMF`)."""
+        start of the first cycle ``checkpoint_every`` passes or more after the last save,
+        and at the end (`AcceleratedSaves`, as `VBNMF`)."""
         to_arrays = _tensor.params_to_arrays
         if stored is not None:
             state = AcceleratedState.from_arrays(*stored, _tensor.params_from_arrays)

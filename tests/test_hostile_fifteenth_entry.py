@@ -145,7 +145,8 @@ def test_svi_progress_bar_counts_to_the_epochs_the_fit_runs(tmp_path, monkeypatc
     # one epoch, once the bar's total is set from the options (which give none)
     monkeypatch.setattr(vbsnmf.tl, "nmf", lambda *a, **k: real_nmf(*a, **{**k, "n_epochs": 1}))
     monkeypatch.chdir(tmp_path)
-    argv = ["fit", TINY, "-k", "2", "--solver", "svi", "-o", "out", "--quiet"]
+    # not --quiet, which shows no bar (and since the thirty-fourth pass makes none)
+    argv = ["fit", TINY, "-k", "2", "--solver", "svi", "-o", "out"]
     assert cli.main(argv) == 0
     # pbmc_tiny's 1,107 cells: minibatches of max(128, ceil(1107 / 32)) = 128 cells, 9 an
     # epoch, and max(40, ceil(40 * 32 / 9)) = 143 epochs

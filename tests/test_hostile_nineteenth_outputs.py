@@ -259,6 +259,9 @@ def test_umap_writes_its_own_dominant_factors_anew(fitted):
     first = adata.obs["nmf_dominant_factor"].copy()
     usage = np.asarray(adata.obsm["X_nmf_usage"])
     adata.obsm["X_nmf_usage"] = usage[:, ::-1].copy()  # the factors' order reversed
+    # with the factors they weigh, as a fit of that order stores them (usages alone
+    # reversed are no fit's, and the tools refuse them)
+    adata.obsm["X_nmf"] = np.asarray(adata.obsm["X_nmf"])[:, ::-1].copy()
     adata.obsm["X_nmf_sqrt_usage"] = np.sqrt(adata.obsm["X_nmf_usage"])
     pl.umap(adata, show=False)  # its own column, from the earlier call: replaced
     expected = [f"factor {factor}" for factor in usage[:, ::-1].argmax(axis=1)]

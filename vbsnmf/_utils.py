@@ -483,7 +483,79 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
         )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
+    _check_cells_of_one_fit(adata, key, record)
     return record
+
+
+# How far (relative) a cell's factor totals read from its usages may lie from another
+# cell's and still be of the same fit: float32 usages round to about 1e-7 relative (arrays
+# stored in a coarser dtype get 64 of its epsilons).
+_SAME_TOTALS = 1e-4
+
+
+def _check_cells_of_one_fit(adata, key: str, record: dict) -> None:
+    """A `ValueError` when the cells of ``adata`` hold the factors of more than one fit under
+    ``key``. A fit stores each cell's usages as ``z_il t_l / sum_k z_ik t_k`` from its
+    factors ``z`` and the fit's factor totals ``t``, so ``usage / z`` is the same vector up
+    to a factor for every cell of one fit (of any subset of its cells or genes, and of
+    cells projected onto it); ``anndata.concat(..., uns_merge='first', merge='first')`` of
+    AnnData fitted apart keeps the first fit's record and gene side over the cells of
+    both, which the tools read as one fit without a word. Arrays the other checks refuse
+    (missing, of another shape, not finite) are left to them."""
+    factors = adata.obsm.get(record["obsm_key"]) if hasattr(adata, "obsm") else None
+    usages = adata.obsm.get(record["usage_key"]) if hasattr(adata, "obsm") else None
+    if factors is None or usages is None or is_dask_array(factors) or is_dask_array(usages):
+        return
+    factors, usages = stored_array(factors), stored_array(usages)
+    if (
+        factors.shape != usages.shape
+        or factors.ndim != 2
+        or factors.shape[1] < 2
+        or factors.dtype.kind not in "iuf"
+        or usages.dtype.kind not in "iuf"
+    ):
+        return
+    # the coarser of the two dtypes sets how closely one fit's cells agree, and how far from
+    # underflow a value keeps that precision (arrays stored in float16 to save room, say)
+    coarse = max(
+        (np.finfo(a.dtype if a.dtype.kind == "f" else np.float64) for a in (factors, usages)),
+        key=lambda info: info.eps,
+    )
+    tolerance = max(_SAME_TOTALS, 64 * float(coarse.eps))
+    floor = max(1e-30, 1024 * float(coarse.tiny))
+    with np.errstate(all="ignore"):
+        kept = (factors > floor) & (usages > floor) & np.isfinite(factors) & np.isfinite(usages)
+        totals = np.divide(usages, factors, out=np.zeros(usages.shape), where=kept)
+    # each cell's totals t_l / sum_k z_ik t_k over one factor's (the one read for the most
+    # cells), which cancels the cell's own sum, against those of the cell read the widest
+    anchor = int(np.argmax(kept.sum(axis=0)))
+    rows = np.flatnonzero(kept[:, anchor])
+    if rows.size < 2:
+        return
+    if rows.size < len(kept):  # a copy only when some cells are left out
+        totals, kept = totals[rows], kept[rows]
+    with np.errstate(all="ignore"):  # in place: n_obs x K temporaries are the cost
+        totals /= totals[:, anchor : anchor + 1]
+        widest = int(np.argmax(kept.sum(axis=1)))
+        totals /= totals[widest].copy()
+        totals -= 1
+        np.abs(totals, out=totals)
+    totals[~(kept & kept[widest])] = 0.0
+    off = totals.max(axis=1)
+    n_other = int(np.count_nonzero(off > tolerance))
+    if n_other:
+        raise ValueError(
+            f"adata's cell factors under {key!r} are not those of one fit: in "
+            f"{n_other} of the {counted(rows.size, 'cell')} the usages "
+            f"(adata.obsm[{record['usage_key']!r}]) weigh the factors "
+            f"(adata.obsm[{record['obsm_key']!r}]) otherwise than in cell "
+            f"{adata.obs_names[rows[widest]]!r}, which no single fit (nor cells projected onto "
+            "it) leaves. Is adata an anndata.concat of AnnData fitted apart with "
+            "uns_merge='first' (which keeps the first fit's record over the cells of every "
+            "fit), or were these arrays edited? Fit the AnnData again with vbsnmf.tl.nmf (a "
+            "new fit under this key replaces them), or fit one AnnData and project the "
+            "others onto it with vbsnmf.tl.project"
+        )
 
 
 def orphaned_cell_arrays(adata, key: str) -> list[str]:

@@ -63,10 +63,25 @@ class _NoActiveFactorWarning(UserWarning):
     """`nmf`'s warning that no factor is active; `tl.select_k` reports ``n_active``."""
 
 
+def kept_cells_advice(source: str, mask_var, use_raw: bool) -> str:
+    """The line that keeps the cells with counts in the genes ``mask_var`` marks, in the
+    matrix ``source`` (`select_counts`' label) that a fit of them reads: scanpy's
+    ``sc.pp.filter_cells(adata, min_counts=1)`` sums every gene of ``adata.X``, so it kept
+    the cells whose counts lie outside the mask."""
+    counts = source.removesuffix(MASKED)
+    marked = f"adata.var[{mask_var!r}].to_numpy()" if isinstance(mask_var, str) else "mask"
+    # .raw's genes are matched by name, as `gene_mask` matches them
+    genes = f"adata.raw.var_names.isin(adata.var_names[{marked}])" if use_raw else marked
+    kept = f"adata = adata[np.asarray({counts}[:, {genes}].sum(axis=1)).ravel() > 0].copy()"
+    if not isinstance(mask_var, str):
+        kept += " (mask: mask_var as a boolean array over adata.var_names)"
+    return kept
+
+
 def warn_empty_cells(
     n_without: int,
     n_cells: int,
-    masked: bool,
+    masked: bool | str,
     solver: str,
     stacklevel: int = 2,
     fit_params: dict | None = None,
@@ -74,8 +89,17 @@ def warn_empty_cells(
     """Warn that ``n_without`` of the ``n_cells`` have no counts in the fitted genes (as
     `tl.project` does): nothing in the data places such a cell; the prior does under the
     variational ``solver``s, and a classical one leaves it at zero, or at its lower bound
-    ``epsilon`` of ``fit_params`` unless thinned (`_fit_classic`)."""
-    wider = " or fit more genes (a wider mask_var)" if masked else ""
+    ``epsilon`` of ``fit_params`` unless thinned (`_fit_classic`). ``masked``: False for a
+    fit of every gene, else the line keeping the cells with counts in the masked genes
+    (`kept_cells_advice`), which ``sc.pp.filter_cells`` does not drop."""
+    if masked:
+        kept = f" with {masked}" if isinstance(masked, str) else ""
+        drop = (
+            f"keep the other cells{kept} (sc.pp.filter_cells counts every gene, not those of "
+            "mask_var), or fit more genes (a wider mask_var)"
+        )
+    else:
+        drop = "drop them with sc.pp.filter_cells(adata, min_counts=1)"
     fit_params = fit_params or {}
     # as given: the solver checks it after this warning (a bad value is its error)
     bound = 0.0 if fit_params.get("thin") is True else fit_params.get("epsilon", 0.0)
@@ -90,8 +114,7 @@ def warn_empty_cells(
     else:
         placed = "their factors and usages are zero"
     warnings.warn(
-        f"{n_without} of the {n_cells} cells have no counts in the fitted genes; {placed}: "
-        f"drop them with sc.pp.filter_cells(adata, min_counts=1){wider}",
+        f"{n_without} of the {n_cells} cells have no counts in the fitted genes; {placed}: {drop}",
         _EmptyCellsWarning,
         stacklevel=stacklevel + 1,
     )
@@ -268,7 +291,8 @@ def nmf(
         layer, ``.raw`` or mask column; a mask that selects no gene; ``warm_start``
         without a matching stored fit (a ``mask_var`` that selects other genes than it
         fitted, more or fewer), or with ``resume=True`` on the stored fit's own
-        checkpoint; ``warm_start`` or ``callback`` with a classical solver.
+        checkpoint, or over cells whose usages are not one fit's (an ``anndata.concat`` of
+        AnnData fitted apart); ``warm_start`` or ``callback`` with a classical solver.
 
     Warns
     -----
@@ -276,7 +300,8 @@ def nmf(
         The gene names repeat (``adata.var_names_make_unique()`` mends it): `top_genes`
         would list those genes under one name, and `project` refuses such a reference.
         Cells have no counts in the fitted genes: their factors are the prior's, the same
-        for each (``sc.pp.filter_cells(adata, min_counts=1)`` drops them).
+        for each (``sc.pp.filter_cells(adata, min_counts=1)`` drops them; it sums every gene,
+        so with ``mask_var`` the warning gives the line that drops them).
     ConvergenceWarning
         The fit stopped at ``max_iter`` before its stopping rule was met.
     """
@@ -385,9 +410,8 @@ def nmf(
         gene_totals, n_without = _column_sums(matrix)
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
-        warn_empty_cells(
-            n_without, adata.n_obs, fitted_genes is not None, solver, fit_params=fit_params
-        )
+        masked = fitted_genes is not None and kept_cells_advice(source, mask_var, use_raw)
+        warn_empty_cells(n_without, adata.n_obs, masked, solver, fit_params=fit_params)
 
     # The integer a Generator's fit draws, drawn here so that .uns records it: unrecorded, a
     # replay of the record (tl.nmf(adata, **params)) fitted the default seed 0 instead.

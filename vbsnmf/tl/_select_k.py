@@ -35,6 +35,7 @@ from ._nmf import (
     _storable_int,
     check_share,
     gene_mask,
+    kept_cells_advice,
     nmf,
     warn_empty_cells,
 )
@@ -158,7 +159,8 @@ def select_k(
     -----
     UserWarning
         Once, not from each fit: cells have no counts in the fitted genes (their factors
-        are the prior's; ``sc.pp.filter_cells(adata, min_counts=1)`` drops them).
+        are the prior's; ``sc.pp.filter_cells(adata, min_counts=1)`` drops them, and with
+        ``mask_var`` the line the warning gives).
     ConvergenceWarning
         Once, naming the Ks whose fit on all the counts or on the train half stopped at
         ``max_iter`` (``n_epochs`` for SVI) before converging, those that still held their
@@ -221,9 +223,8 @@ def select_k(
 
         n_without = int(np.count_nonzero(np.asarray(counts.sum(axis=1)).ravel() == 0))
         if n_without:  # once here; the 2 x len(ks) inner fits would each give it again
-            warn_empty_cells(
-                n_without, counts.shape[0], fitted_genes is not None, solver, fit_params=fit_params
-            )
+            masked = fitted_genes is not None and kept_cells_advice(source, mask_var, use_raw)
+            warn_empty_cells(n_without, counts.shape[0], masked, solver, fit_params=fit_params)
 
         rows, per_cell = [], []
         untestable: dict[str, list[int]] = {}  # the Ks whose fit no tol could have stopped

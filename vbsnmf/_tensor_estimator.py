@@ -912,6 +912,10 @@ class VBNTF(Estimator):
                 state = _tensor.learned_slices_start(
                     data, checked["n_components"], entropy, checked["dtype"], prior
                 )
+            elif form == "slices":  # the local mode where `fit_local` starts, as VBNMF's cells
+                state = _tensor.fixed_slices_start(
+                    data, checked["n_components"], entropy, checked["dtype"], prior
+                )
             else:
                 start = _tensor.random_start(
                     data, checked["n_components"], entropy, checked["dtype"]

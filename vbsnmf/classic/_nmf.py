@@ -25,7 +25,7 @@ from .._base import (
     feature_names,
     remember_feature_names,
 )
-from .._model import ConvergenceWarning
+from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
 from .._utils import counted, warn_user
 from .._validation import check_finite_product, check_flag, check_n_components
@@ -84,7 +84,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         (``W`` and ``H`` given to `fit_transform`).
     random_state
         Seed of the initialisation: None, an int, a `numpy.random.RandomState` or a
-        `numpy.random.Generator` (which gives the seed).
+        `numpy.random.Generator` (which gives the seed). A fit that raises (or is
+        interrupted) leaves a Generator or RandomState as it was.
 
     Attributes
     ----------
@@ -166,7 +167,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self._fit(X, W, H)
 
     def _fit(self, X, W=None, H=None) -> np.ndarray:
-        """Fit to X from the custom ``W`` and ``H`` if given; return W (`fit_transform`)."""
+        """Fit to X from the custom ``W`` and ``H`` if given; return W (`fit_transform`).
+        A Generator or ``RandomState`` ``random_state`` is left as it was if the fit raises
+        (`kept_if_failed`), as `vbsnmf.VBNMF` and `vbsnmf.tl.nmf` leave it: the start drew
+        from it before the factor mask was checked and before the solver ran, so a fit
+        retried after a refused mask or Ctrl-C was another fit than a fresh generator's."""
+        with kept_if_failed(self.random_state):
+            return self._fit_drawn(X, W, H)
+
+    def _fit_drawn(self, X, W=None, H=None) -> np.ndarray:
+        """`_fit`, which draws the start from ``random_state``."""
         spec = self._check_params()
         feature_names(X)  # mixed column names are refused before the fit, as scikit-learn does
         if self.weights is not None:

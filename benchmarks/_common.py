@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import multiprocessing
 import resource
 import subprocess
@@ -41,6 +42,30 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _finite_number(text: str, *, zero: bool) -> float:
+    """``text`` as a finite number above 0 (or at least 0 with ``zero``), else argparse's
+    usage error: a bare ``type=float`` let "nan", "inf" and negatives through to a
+    ValueError traceback after the data were loaded, or into a printed estimate."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "at least 0" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0 (a shape, a time in seconds)."""
+    return _finite_number(text, zero=False)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type``: a finite number of at least 0 (a Poisson mean)."""
+    return _finite_number(text, zero=True)
+
+
 def positive_int_list(text: str) -> list[int]:
     """An argparse ``type``: comma-separated whole numbers of at least 1 (``"1,2,4,8"``)."""
     return [positive_int(part.strip()) for part in text.split(",")]
@@ -55,6 +80,39 @@ def require_files(parser: argparse.ArgumentParser, **paths) -> None:
         for path in [given] if isinstance(given, (str, Path)) else given or []:
             if not Path(path).is_file():
                 parser.error(f"argument --{option.replace('_', '-')}: no such file: {path}")
+
+
+def require_commits(parser: argparse.ArgumentParser, **commits: str) -> None:
+    """Stop with ``parser``'s usage error unless each given name (``a="HEAD~1"``, keyed by
+    the argument's name) is a commit of this repository, checked before any work: a typo
+    was git's CalledProcessError traceback, after the data had been loaded."""
+    for argument, commit in commits.items():
+        try:
+            found = (
+                subprocess.run(
+                    ["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                    cwd=ROOT,
+                    capture_output=True,
+                ).returncode
+                == 0
+            )
+        except OSError as error:  # no git: the commit cannot be read either
+            parser.error(f"argument {argument}: cannot run git to read {commit!r}: {error}")
+        if not found:
+            parser.error(f"argument {argument}: not a commit of {ROOT}: {commit!r}")
+
+
+def require_numba_threads(parser: argparse.ArgumentParser, threads: int) -> None:
+    """Stop with ``parser``'s usage error when ``--threads`` asks for more threads than
+    Numba has (NUMBA_NUM_THREADS, by default the cores): ``numba.set_num_threads`` raised
+    a ValueError traceback instead."""
+    import numba
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        parser.error(
+            f"argument --threads: {threads} above the {numba.config.NUMBA_NUM_THREADS} "
+            "Numba has (NUMBA_NUM_THREADS)"
+        )
 
 
 def extract_commit(commit: str, directory: Path) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, extract_commit, positive_int
+from _common import ROOT, extract_commit, positive_float, positive_int, require_commits
 
 CHILD = """
 import json, os, sys, time, warnings
@@ -74,9 +74,10 @@ def main() -> None:
     parser.add_argument("--components", type=positive_int, default=10)
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--max-iter", type=positive_int, default=1000)
-    parser.add_argument("--reference-seconds", type=float, default=None)
+    parser.add_argument("--reference-seconds", type=positive_float, default=None)
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
+    require_commits(parser, a=args.a, b=args.b)
     for name in ("a", "b"):  # named by hash in the report ("HEAD" moves)
         command = ["git", "rev-parse", "--short", getattr(args, name)]
         resolved = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)

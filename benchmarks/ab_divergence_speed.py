@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from _common import positive_int
+from _common import positive_int, require_commits
 
 from vbsnmf.classic import losses
 
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--old", default="5398652", help="the commit to compare against")
     parser.add_argument("--entries", type=positive_int, default=10**6)
     args = parser.parse_args()
+    require_commits(parser, **{"--old": args.old})
     old = _old_losses(args.old)
     rng = np.random.default_rng(0)
     p = rng.poisson(3.0, args.entries) + 1.0
@@ -58,6 +59,9 @@ def main() -> None:
     for function in (old.ab_divergence, losses.ab_divergence):  # compile and warm up
         function(p[:10], q[:10], *PAIRS[0])
     for threads in (1, 2):
+        if threads > numba.config.NUMBA_NUM_THREADS:  # one core, or NUMBA_NUM_THREADS=1
+            print(f"threads={threads}: skipped, Numba has {numba.config.NUMBA_NUM_THREADS}")
+            continue
         numba.set_num_threads(threads)
         for alpha, beta in PAIRS:
             medians = {}

@@ -32,7 +32,14 @@ import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import extract_commit, positive_int, require_files, timed_functions
+from _common import (
+    extract_commit,
+    positive_int,
+    require_commits,
+    require_files,
+    require_numba_threads,
+    timed_functions,
+)
 
 
 def load_commit(commit: str, name: str, directory: Path):
@@ -61,6 +68,8 @@ def main() -> None:
     parser.add_argument("--prior", choices=["gamma", "hierarchical"], default="gamma")
     args = parser.parse_args()
     require_files(parser, data=args.data)
+    require_commits(parser, a=args.a, b=args.b)
+    require_numba_threads(parser, args.threads)
     numba.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 

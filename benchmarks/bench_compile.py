@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import extract_commit, load_average, positive_int
+from _common import extract_commit, load_average, positive_int, require_commits
 
 _CHILD = """
 import collections, json, sys, time, warnings
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--solver", default="batch", choices=["batch", "svi"])
     parser.add_argument("--top", type=positive_int, default=8)
     args = parser.parse_args()
+    require_commits(parser, a=args.a, b=args.b)
     print(
         f"A = {args.a}, B = {args.b}; first fit of pbmc_tiny, K = {args.components}, "
         f"{args.dtype}, prior {args.prior}, solver {args.solver}, empty Numba cache; "

@@ -57,6 +57,7 @@ medians, the passes and the two final ELBOs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -83,6 +84,22 @@ TOOLS = ("vbsnmf", "vbsnmf-nndsvda", "vbsnmf-gamma", "hpfrec", "sklearn")
 # pbmc_facs, on which the defaults were developed, and two data sets no test and no choice
 # of a default has seen: text counts and pixel intensities.
 DATASETS = ("pbmc_facs", "reuters", "digits")
+# What a tool or a data set needs beyond vbsnmf's own dependencies: the module imported and
+# the pip package that gives it.
+OPTIONAL = {"hpfrec": ("hpfrec", "hpfrec"), "reuters": ("lda", "lda")}
+
+
+def not_installed(name: str) -> str | None:
+    """The install advice when tool or data set ``name`` needs a package this environment
+    does not have (found, not imported), else None."""
+    import importlib.util
+
+    if name not in OPTIONAL:
+        return None
+    module, package = OPTIONAL[name]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs the {package} package, not installed (pip install {package})"
 
 
 # -- data and scores ------------------------------------------------------------------------
@@ -294,7 +311,8 @@ def run_fit(tool: str, k: int, part: str, threads: int, options: dict) -> dict:
         cells, genes, fixed, info = fit_hpfrec(fitted, k, threads, options["hpfrec_maxiter"])
     else:
         cells, genes, fixed, info = fit_sklearn(fitted, k, threads, options["sklearn_maxiter"])
-    row = {"tool": tool, "K": k, "part": part, **info, "peak_mib": peak_rss_mib()}
+    row = {"tool": tool, "K": k, "part": part, "data": options["data"], **info,
+           "peak_mib": peak_rss_mib()}  # fmt: skip
     if part == "full":
         row["train_ll_per_nnz"] = poisson_loglik(matrix, cells, genes) / matrix.nnz
         shares, threshold = _factor_share(cells, genes, None, fixed)
@@ -315,8 +333,10 @@ def baseline(threads: int, dataset: str) -> dict:
     peak = peak_rss_mib()
     import vbsnmf
 
-    for prior in ("hierarchical", "gamma"):
-        vbsnmf.VBNMF(2, prior=prior, max_iter=3, n_threads=threads).fit(matrix[:200, :300])
+    with warnings.catch_warnings():  # three iterations do not converge, by design
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        for prior in ("hierarchical", "gamma"):
+            vbsnmf.VBNMF(2, prior=prior, max_iter=3, n_threads=threads).fit(matrix[:200, :300])
     return {"shape": list(matrix.shape), "nnz": int(matrix.nnz), "peak_mib": peak}
 
 
@@ -362,12 +382,34 @@ def plan(ks: list[int], extra_ks: list[int], tools: list[str]) -> list[tuple[str
     return order
 
 
-def previous_rows(path: str | None) -> list[dict]:
-    """The ``fit`` rows an earlier run wrote to ``path`` (``--resume``)."""
+def previous_rows(path: str | None, dataset: str = "pbmc_facs") -> list[dict]:
+    """The ``fit`` rows an earlier run wrote to ``path`` on ``dataset`` (``--resume``).
+
+    Rows of another data set in the same file are not this run's fits (a row written
+    before rows named their data set has the ``--data`` of the command line heading its
+    run); a line cut short by a killed run or a full disk is left out (its fit runs again)
+    with a note on stderr.
+    """
     if path is None or not os.path.exists(path):
         return []
+    rows, heading = [], "pbmc_facs"
     with open(path) as handle:
-        return [json.loads(line[4:]) for line in handle if line.startswith("fit ")]
+        for number, line in enumerate(handle, 1):
+            if line.startswith("# ") and "bench_model.py" in line:
+                words = line.split()
+                given = [w.split("=", 1)[1] for w in words if w.startswith("--data=")]
+                given += [after for w, after in itertools.pairwise(words) if w == "--data"]
+                heading = given[-1] if given else "pbmc_facs"
+            if not line.startswith("fit "):
+                continue
+            try:
+                row = json.loads(line[4:])
+            except json.JSONDecodeError:
+                print(f"{path}:{number}: not a whole fit row, left out", file=sys.stderr)
+                continue
+            if row.get("data", heading) == dataset:
+                rows.append(row)
+    return rows
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -430,10 +472,20 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None, help="append the output here")
     args = parser.parse_args()
+    if advice := not_installed(args.data):
+        parser.error(f"argument --data: {args.data} {advice}")
+    # A peer that is not installed is left out by name before any fit, not found missing
+    # by a traceback after an hour of the others' fits.
+    skipped = {tool: advice for tool in args.tools if (advice := not_installed(tool))}
+    args.tools = [tool for tool in args.tools if tool not in skipped]
+    if not args.tools and not args.timing:
+        parser.error(f"argument --tools: {'; '.join(f'{t} {a}' for t, a in skipped.items())}")
     out = open(args.out, "a") if args.out else None
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     emit(f"# {' '.join(sys.argv)}", out)
     emit(f"# started {started}, load average {load_average()}", out)
+    for tool, advice in skipped.items():
+        emit(f"# {tool}: skipped, {advice}", out)
     base = in_fresh_process(baseline, args.threads, args.data)
     emit(f"# baseline (data loaded) peak RSS {base['peak_mib']:.0f} MiB, {base}", out)
     if args.timing:
@@ -462,7 +514,7 @@ def main() -> None:
             "sklearn_maxiter": args.sklearn_maxiter,
             "ref_passes": args.ref_passes,
         }
-        rows = previous_rows(args.out) if args.resume else []
+        rows = previous_rows(args.out, args.data) if args.resume else []
         done = {(row["tool"], row["K"], row["part"]) for row in rows}
         for tool, k, part in plan(args.ks, args.extra_ks, args.tools):
             if (tool, k, part) in done or (part == "heldout" and tool in args.no_heldout):

@@ -228,11 +228,36 @@ def fit_in_child(method: str, path: str, n_components: int, max_iter: int) -> di
 def baseline_in_child(path: str) -> dict:
     _set_threads(1)
     _load(path)
-    import tensorly  # noqa: F401
+    if _installed("tensorly"):
+        import tensorly  # noqa: F401
 
     import vbsnmf  # noqa: F401
 
     return {"peak_mib": peak_rss_mib()}
+
+
+# The optional peers of section 3: each method's modules, and the pip packages that give them.
+DENSE_PEERS = {
+    "gcp": (("tensorly", "tlgcp"), "tensorly tensorly-gcp"),
+    "nncp": (("tensorly",), "tensorly"),
+}
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_dense_peers() -> dict[str, str]:
+    """Section 3's methods whose packages are not installed: method name -> install advice,
+    so that the section skips them by name instead of failing after VBNTF's fit."""
+    return {
+        method: f"pip install {packages}"
+        for method, (modules, packages) in DENSE_PEERS.items()
+        if not all(_installed(module) for module in modules)
+    }
 
 
 # -- 4. SVI forms against batch VB --------------------------------------------------------
@@ -376,22 +401,29 @@ def main() -> None:
             "nnz": 3_000_000 // scale,
         },
     }
-    if 1 in args.sections:
-        section_kernel_ratio(args, configs, say)
-    if 2 in args.sections:
-        section_linearity(args, scale, say)
-    if 3 in args.sections:
-        section_dense(args, say)
-    if 4 in args.sections:
-        section_svi(args, say)
-    if 5 in args.sections:
-        section_squarem(args, say)
+    sections = {
+        1: lambda: section_kernel_ratio(args, configs, say),
+        2: lambda: section_linearity(args, scale, say),
+        3: lambda: section_dense(args, say),
+        4: lambda: section_svi(args, say),
+        5: lambda: section_squarem(args, say),
+    }
+    for number, section in sections.items():
+        if number in args.sections:
+            section()
+            # Saved after every section, so that a later section's failure (or Ctrl-C)
+            # keeps the hours of the ones before it in --out, not only on the screen.
+            save(args.out, lines)
 
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.out.with_name(f".{args.out.name}.tmp")
-        temporary.write_text("\n".join(lines) + "\n")
-        os.replace(temporary, args.out)
+
+def save(out: Path | None, lines: list[str]) -> None:
+    """Replace ``out`` (when given) by ``lines``, atomically."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, out)
 
 
 def section_kernel_ratio(args, configs, say) -> None:
@@ -462,6 +494,8 @@ def section_dense(args, say) -> None:
         "| growth in fit MiB | Poisson deviance |"
     )
     say("|---|---|---|---|---|---|---|---|---|")
+    missing = missing_dense_peers()
+    methods = [method for method in ("vbntf", "gcp", "nncp") if method not in missing]
     with tempfile.TemporaryDirectory() as tmp:
         base = None
         for density in densities:
@@ -470,7 +504,7 @@ def section_dense(args, say) -> None:
             np.savez(path, coords=coords, values=values, shape=np.array(shape))
             if base is None:
                 base = in_fresh_process(baseline_in_child, path)
-            for method in ("vbntf", "gcp", "nncp"):
+            for method in methods:
                 r = in_fresh_process(fit_in_child, method, path, 5, 500)
                 say(
                     f"| {density} | {len(values):,} | {method} | {r['seconds']:.2f} "
@@ -481,7 +515,10 @@ def section_dense(args, say) -> None:
         say(
             "baseline peak RSS (Python, numpy, vbsnmf, tensorly, the data): "
             f"{base['peak_mib']:.0f} MiB"
+            + ("" if _installed("tensorly") else " (tensorly not installed: not counted)")
         )
+    for method, advice in missing.items():
+        say(f"{method}: skipped, not installed ({advice})")
 
 
 def section_svi(args, say) -> None:

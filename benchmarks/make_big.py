@@ -21,6 +21,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -103,8 +104,15 @@ def make_block(counts, codes, members, n_cells, n_genes, pool, p, rng) -> sp.csr
 
 
 def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
-    """Write ``out/big.h5ad`` (and ``out/matrix.mtx.gz``); return a summary dict."""
+    """Write ``out/big.h5ad`` (and ``out/matrix.mtx.gz``); return a summary dict.
+
+    Each file is built under a temporary name and renamed when whole, and ``summary.json``
+    (which `bench_dask.py` reads to reuse a matrix) is removed first and written last: a
+    build killed after minutes leaves no ``big.h5ad`` that `bench_scale.py` or
+    `bench_dask.py` would take for a finished one (nor an old summary describing it).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)
     start = time.perf_counter()
     source = vbsnmf.datasets.pbmc_facs()
     counts = sp.csr_array(source.X, dtype=np.float64)
@@ -114,12 +122,14 @@ def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
     rng = np.random.default_rng(seed)
     pool, p = choose_pool_and_thinning(counts, codes, members, n_genes, nnz / n_cells, rng)
     path = out / "big.h5ad"
+    building = out / ".big.h5ad.tmp"
+    mtx_path, mtx_building = out / "matrix.mtx.gz", out / ".matrix.mtx.gz.tmp"
     written = 0
     indptr = [np.zeros(1, dtype=np.int64)]
-    mtx_handle = gzip.open(out / "matrix.mtx.gz", "wt", compresslevel=1) if mtx else None
+    mtx_handle = gzip.open(mtx_building, "wt", compresslevel=1) if mtx else None
     mtx_body = out / "matrix.body.tmp"
     body_handle = gzip.open(mtx_body, "wt", compresslevel=1) if mtx else None
-    with h5py.File(path, "w") as handle:
+    with h5py.File(building, "w") as handle:
         handle.attrs["encoding-type"] = "anndata"
         handle.attrs["encoding-version"] = "0.1.0"
         group = handle.create_group("X")
@@ -152,9 +162,10 @@ def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
         group.create_dataset("indptr", data=np.concatenate(indptr))
     obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
-    with h5py.File(path, "a") as handle:
+    with h5py.File(building, "a") as handle:
         ad.io.write_elem(handle, "obs", obs)
         ad.io.write_elem(handle, "var", var)
+    os.replace(building, path)
     if mtx_handle is not None:
         body_handle.close()
         mtx_handle.write("%%MatrixMarket matrix coordinate integer general\n")
@@ -164,6 +175,7 @@ def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
                 mtx_handle.write(line)
         mtx_handle.close()
         mtx_body.unlink()
+        os.replace(mtx_building, mtx_path)
     summary = {
         "path": str(path),
         "n_cells": n_cells,
@@ -173,7 +185,8 @@ def build(n_cells, n_genes, nnz, out: Path, *, seed=0, mtx=False) -> dict:
         "thinning_p": p,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / ".summary.json.tmp").write_text(json.dumps(summary, indent=1))
+    os.replace(out / ".summary.json.tmp", out / "summary.json")
     return summary
 
 

@@ -30,6 +30,7 @@ means the graph splits T cells by sequencing depth rather than biology.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -191,20 +192,39 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     require_files(parser, table_only=args.table_only)
+    if args.out is not None and args.out.suffix == ".csv":
+        # the runs are written beside the table with the suffix .csv: the same file
+        parser.error(f"argument --out: the Markdown table, not a .csv: {args.out}")
     runs = pd.read_csv(args.table_only) if args.table_only else run(args.seeds, args.max_iter)
     table = summary_table(runs)
     print(table)
     if args.out is not None:
-        command = "python benchmarks/neighbour_graph_routes.py --seeds " + " ".join(
-            map(str, args.seeds)
-        )
-        if args.max_iter != 300:
-            command += f" --max-iter {args.max_iter}"
-        args.out.write_text(
+        if args.table_only:
+            # the seeds are the CSV's, not --seeds' default: say what the table was made of
+            seeds = sorted(int(seed) for seed in runs["seed"].unique())
+            command = f"python benchmarks/neighbour_graph_routes.py --table-only {args.table_only}"
+        else:
+            seeds = args.seeds
+            command = "python benchmarks/neighbour_graph_routes.py --seeds " + " ".join(
+                map(str, seeds)
+            )
+            if args.max_iter != 300:
+                command += f" --max-iter {args.max_iter}"
+        runs_path = args.out.with_suffix(".csv")
+        if not (args.table_only and runs_path.resolve() == args.table_only.resolve()):
+            _write_atomically(runs_path, runs.to_csv(index=False))
+        _write_atomically(
+            args.out,
             f"# Neighbour-graph routes on pbmc_facs (K={N_COMPONENTS}, seeds "
-            f"{', '.join(map(str, args.seeds))}; mean (min-max))\n\n`{command}`\n\n{table}\n"
+            f"{', '.join(map(str, seeds))}; mean (min-max))\n\n`{command}`\n\n{table}\n",
         )
-        runs.to_csv(args.out.with_suffix(".csv"), index=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` replaced by ``text`` in one step: a killed run leaves the old file whole."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

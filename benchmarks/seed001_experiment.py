@@ -34,7 +34,7 @@ grid run in parts, e.g. with ``--first-rep``) and redraws the summary and figure
 Examples::
 
     python benchmarks/seed001_experiment.py --quick --out /tmp/seed001
-    python benchmarks/seed001_experiment.py --reps 3 --out benchmarks/results/seed001
+    python benchmarks/seed001_experiment.py --reps 3 --out benchmarks/results/seed001 --replace
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import non_negative_int, positive_int, require_files
+from _common import (
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    require_files,
+    require_numba_threads,
+)
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
 ROWS = (100, 1000, 5000)
@@ -515,7 +521,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seed", type=non_negative_int, default=1)
-    parser.add_argument("--poisson-mean", type=float, default=1.0, help="nonzero = 1 + Pois(.)")
+    parser.add_argument(
+        "--poisson-mean", type=non_negative_float, default=1.0, help="nonzero = 1 + Pois(.)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -524,7 +532,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "not thread pools, and stays stable on a shared machine)",
     )
     parser.add_argument("--no-memory", action="store_true", help="do not run tracemalloc")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed001"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder of the results; a new one unless --plot-only (benchmarks/results/seed001 "
+        "holds the published results)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused without it)",
+    )
     parser.add_argument(
         "--plot-only",
         type=Path,
@@ -534,6 +553,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     require_files(parser, plot_only=args.plot_only)
+    if not args.plot_only and not args.replace and (args.out / "runs.csv").exists():
+        # runs.csv is rewritten after every fit: a second run (say, --first-rep to add
+        # repetitions) would replace the first one's fits at its first fit, not add to them
+        parser.error(
+            f"argument --out: {args.out} holds the runs.csv of an earlier run; give a new "
+            "folder and merge the two with --plot-only, or --replace to replace it"
+        )
     for name in ("rows", "ranks", "reps"):
         values = getattr(args, name)
         if values is not None and min(np.atleast_1d(values)) < 1:
@@ -550,6 +576,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--cols and --iterations must be positive, --poisson-mean >= 0")
     if args.threads < 1:
         parser.error("--threads must be positive")
+    require_numba_threads(parser, args.threads)
     return args
 
 

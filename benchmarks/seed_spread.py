@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
-from _common import non_negative_int, positive_int, report
+from _common import non_negative_int, positive_float, positive_int, report
 
 FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
@@ -128,13 +128,16 @@ def main() -> None:
     parser.add_argument("--no-heldout", action="store_true", help="skip the count-split fits")
     parser.add_argument(
         "--prior-shape",
-        type=float,
+        type=positive_float,
         help="vbsnmf: fix the factor shapes to this (scHPF's 0.3) instead of learning them",
     )
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
     if args.prior_shape is not None and args.tool != "vbsnmf":
         parser.error("--prior-shape applies to --tool vbsnmf only")
+    for option, name in (("--tool", args.tool), ("--data", args.data)):
+        if advice := bench_model.not_installed(name):
+            parser.error(f"argument {option}: {name} {advice}")
     with report(args.out) as emit:
         _run(args, emit)
 

@@ -65,6 +65,17 @@ def reuters() -> sp.csr_array:
     return sp.csr_array(lda.datasets.load_reuters().astype(np.float64))
 
 
+def lda_missing() -> bool:
+    """Whether the `lda` package (Reuters news) cannot be imported here (found, not
+    imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("lda") is None
+
+
+LDA_ADVICE = "needs the lda package, not installed (pip install lda)"
+
+
 def spread_depths(seed=0, n_cells=400, n_genes=150, n_components=5) -> sp.csr_array:
     """A Poisson NMF draw whose cells' depths span 3 to 45,837 counts (each cell's factors
     scaled by exp(U(-3, 4)), each gene's by exp(U(-2, 3))); empty cells and genes dropped."""
@@ -94,10 +105,15 @@ DATA = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=positive_int, nargs="+", default=[5, 10])
-    parser.add_argument(
-        "--data", nargs="+", choices=list(DATA), default=list(DATA), help="data sets to run"
-    )
+    parser.add_argument("--data", nargs="+", choices=list(DATA), help="data sets to run (all)")
     args = parser.parse_args()
+    if args.data is None:
+        args.data = list(DATA)
+        if lda_missing():  # the default runs the others, saying so, not a late traceback
+            args.data.remove("reuters")
+            print(f"reuters: skipped, {LDA_ADVICE}", flush=True)
+    elif "reuters" in args.data and lda_missing():
+        parser.error(f"argument --data: reuters {LDA_ADVICE}")
     warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
     vbsnmf.VBNMF(2, max_iter=2, n_threads=1).fit(model_draw())  # compile outside the timings
     for name, load in (DATA[key] for key in args.data):

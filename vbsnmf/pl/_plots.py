@@ -394,6 +394,14 @@ def elbo(
             f"the fit adata.uns[{key!r}] recorded no ELBO in its {info.get('n_iter')} pass(es) "
             "(SQUAREM's first pass scores only the start); fit with a larger max_iter"
         )
+    if trace.size == 0 and "loss_trace" in info:  # the record says what it is: no question
+        solver = info.get("params", {}).get("solver")
+        by = f" (solver={solver!r})" if isinstance(solver, str) else ""
+        raise ValueError(
+            f"adata.uns[{key!r}] is a classical fit{by}, which records its loss per iteration "
+            f"(adata.uns[{key!r}]['loss_trace']), not an ELBO; pl.elbo plots a variational "
+            "fit's (solver='batch' or 'svi')"
+        )
     if trace.size == 0:
         raise ValueError(f"adata.uns[{key!r}] has no ELBO trace (not a variational fit?)")
     if not np.isfinite(trace).all():  # no fit records one; matplotlib drew gaps silently

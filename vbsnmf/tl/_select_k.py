@@ -281,7 +281,7 @@ def select_k(
         within = (gap <= table["tolerance"]).to_numpy()
         chosen = int(np.flatnonzero(within)[0])  # the best K itself is always within
         table["suggested"] = np.arange(len(ks)) == chosen
-        suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance)
+        suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance, min_share)
         table = table[
             [
                 "elbo",
@@ -465,8 +465,11 @@ def _check_ks_fit(ks: list[int], shape: tuple[int, int], source: str) -> None:
         )
 
 
-def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance) -> str:
-    """The sentence that says why ``ks[chosen]`` is suggested."""
+def _reason(
+    table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance, min_share=None
+) -> str:
+    """The sentence that says why ``ks[chosen]`` is suggested (``min_share``: as given to
+    `select_k`, None for `nmf`'s default)."""
     heldout = table["heldout_ll_per_count"].to_numpy()
     rule = (
         "one standard error (paired over cells)"
@@ -494,10 +497,15 @@ def _reason(table: pd.DataFrame, ks: list[int], chosen: int, best: int, toleranc
         text += f"; K={ks[below]} is {gap} below the best, beyond its tolerance {beyond}"
     n_active = int(table["n_active"].iloc[chosen])
     if n_active == 0:  # "the others switched off" said so of factors the threshold missed
+        # the default's meaning said only of the default: a given min_share is named
+        threshold = (
+            "(by default five typical cells' counts, a large share when there are few cells)"
+            if min_share is None
+            else f"(min_share={min_share:g})"
+        )
         text += (
             f"; none of its {ks[chosen]} factors is active: none holds more than min_share of "
-            "the fitted counts (by default five typical cells' counts, a large share when "
-            "there are few cells)"
+            f"the fitted counts {threshold}"
         )
     elif n_active < ks[chosen]:  # the K to fit is not the number of programmes it finds
         text += f"; {n_active} of its {ks[chosen]} factors are active (the others switched off)"

@@ -48,6 +48,7 @@ from ._model import (
     VariationalParams,
     check_fixed_prior_range,
     csr_totals,
+    final_elbo,
     fit_rows,
     held_prior,
     hyperparameters,
@@ -57,6 +58,8 @@ from ._model import (
     one_of_starts,
     params_from_arrays,
     params_to_arrays,
+    print_kept,
+    print_start,
     random_start,
     resumed_converged,
     scale_sums,
@@ -1251,14 +1254,14 @@ def _fit_batch(
                 # a start of its own (random or NNDSVDa) holds the factor shapes a learned
                 # prior learns
                 hold_shapes = stored is None and init is None and held_prior(prior) is not None
-                _print_start(settings.verbose, index, n_starts)
+                print_start(settings.verbose, index, n_starts)
                 with one_of_starts(n_starts) as outcome:
                     result = run(
                         settings, data, handed, checkpointer, callback, n_threads, mask, hold_shapes
                     )
-                if best is None or _final_elbo(result) > _final_elbo(best):
+                if best is None or final_elbo(result) > final_elbo(best):
                     best, best_outcome, best_index = result, outcome, index
-    _print_kept(settings.verbose, best, best_index, n_starts)
+    print_kept(settings.verbose, best, best_index, n_starts)
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     largest = float(data.counts.max(initial=0.0))
     warn_elbo_rounding(best.elbo_trace, best.converged, dtype, settings.tol, total, largest)
@@ -1571,7 +1574,7 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
     n_starts = 1 if init is not None else settings.n_init
     best = None
     for index in range(n_starts):
-        _print_start(settings.verbose, index, n_starts)
+        print_start(settings.verbose, index, n_starts)
         with one_of_starts(n_starts) as outcome:
             result = _dask.fit_batch_dask(
                 X,
@@ -1590,9 +1593,9 @@ def _dask_fit(settings: FitSettings, X, init, callback, entropy, client):
                 accelerate=settings.accelerate,
                 warn_non_counts=index == 0,  # the same chunks: once per fit, as in memory
             )
-        if best is None or _final_elbo(result) > _final_elbo(best):
+        if best is None or final_elbo(result) > final_elbo(best):
             best, best_outcome, best_index = result, outcome, index
-    _print_kept(settings.verbose, best, best_index, n_starts)
+    print_kept(settings.verbose, best, best_index, n_starts)
     warn_kept_start(best, n_starts, settings.max_iter, settings.tol, best_outcome.held)
     warn_elbo_rounding(
         best.elbo_trace,
@@ -1760,26 +1763,6 @@ _FITS = {
     "stream": _fit_stream,
     "dask": _fit_dask,
 }
-
-
-def _print_start(verbose: bool, index: int, n_starts: int) -> None:
-    """With ``verbose``, the start whose ELBOs follow, when there are several (``n_init``):
-    each start's lines counted their passes from 1 again, and which one was kept was not
-    said."""
-    if verbose and n_starts > 1:
-        print(f"start {index + 1} of {n_starts}", flush=True)
-
-
-def _print_kept(verbose: bool, best, index: int, n_starts: int) -> None:
-    """With ``verbose``, which of several starts the fit keeps (the highest final ELBO)."""
-    if verbose and n_starts > 1:
-        # a start of max_iter=0 (SQUAREM: 1) records no ELBO: "-inf" read as a failed fit
-        value = f"ELBO {best.elbo_trace[-1]:.10g}" if len(best.elbo_trace) else "no ELBO recorded"
-        print(f"kept start {index + 1} of {n_starts}  {value}", flush=True)
-
-
-def _final_elbo(result) -> float:
-    return result.elbo_trace[-1] if len(result.elbo_trace) else -np.inf
 
 
 def fit_triplets(

@@ -1400,6 +1400,28 @@ def warn_kept_start(best, n_starts: int, max_iter: int, tol: float, held: bool =
         warn_not_converged("max_iter", max_iter, tol, holding=held)
 
 
+def print_start(verbose: bool, index: int, n_starts: int) -> None:
+    """With ``verbose``, the start whose ELBOs follow, when there are several (``n_init``):
+    each start's lines counted their passes from 1 again, and which one was kept was not
+    said."""
+    if verbose and n_starts > 1:
+        print(f"start {index + 1} of {n_starts}", flush=True)
+
+
+def print_kept(verbose: bool, best, index: int, n_starts: int) -> None:
+    """With ``verbose``, which of several starts the fit keeps (the highest final ELBO)."""
+    if verbose and n_starts > 1:
+        # a start of max_iter=0 (SQUAREM: 1) records no ELBO: "-inf" read as a failed fit
+        value = f"ELBO {best.elbo_trace[-1]:.10g}" if len(best.elbo_trace) else "no ELBO recorded"
+        print(f"kept start {index + 1} of {n_starts}  {value}", flush=True)
+
+
+def final_elbo(result) -> float:
+    """The last ELBO of a fit's ``elbo_trace``, -inf when it recorded none: what the
+    starts of ``n_init`` are compared by, the highest kept."""
+    return result.elbo_trace[-1] if len(result.elbo_trace) else -np.inf
+
+
 def warn_elbo_rounding(
     elbo_trace, converged: bool, dtype, tol: float, total_count: float, largest_count: float
 ) -> None:

@@ -778,6 +778,7 @@ class VBNTF(Estimator):
                 best = None
                 n_starts = checked["n_init"]
                 for index in range(n_starts):
+                    _model.print_start(checked["verbose"], index, n_starts)
                     start = _tensor.random_start(
                         data,
                         checked["n_components"],
@@ -795,8 +796,9 @@ class VBNTF(Estimator):
                             )
                         else:
                             result = self._fit_batch(data, start, checked, n_threads, callback)
-                    if best is None or _final_elbo(result) > _final_elbo(best):
-                        best, best_outcome = result, outcome
+                    if best is None or _model.final_elbo(result) > _model.final_elbo(best):
+                        best, best_outcome, best_index = result, outcome, index
+                _model.print_kept(checked["verbose"], best, best_index, n_starts)
                 result = best
                 _model.warn_kept_start(
                     result, n_starts, checked["max_iter"], checked["tol"], best_outcome.held
@@ -1070,10 +1072,6 @@ def _start_accelerated(start: _tensor.TensorParams, checked: dict) -> Accelerate
     """A random start's SQUAREM state: the learned prior's factor shapes held at first, as
     plain ascent holds them (`_tensor.fit_batch`'s ``hold_shapes``)."""
     return start_accelerated(start, hold_shapes=_model.held_prior(checked["prior"]) is not None)
-
-
-def _final_elbo(result: _tensor.TensorFitResult) -> float:
-    return result.elbo_trace[-1] if len(result.elbo_trace) else -np.inf
 
 
 __all__ = ["VBNTF", "check_tensor"]

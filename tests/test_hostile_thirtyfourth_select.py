@@ -235,7 +235,7 @@ def test_masked_counts_refused_with_advice():
     count_split); one with none masked is split as its values."""
     counts = _counts()
     masked = np.ma.masked_array(counts, mask=counts > 5)
-    with pytest.raises(TypeError, match=r"masked array: pass the counts as X\.filled\(0\)"):
+    with pytest.raises(TypeError, match=r"masked array: pass the counts as adata\.X\.filled\(0\)"):
         tl.select_k(ad.AnnData(masked), [1])
     adata = ad.AnnData(counts.copy())
     adata.layers["counts"] = masked

@@ -1005,7 +1005,9 @@ def _checked_mask(mask, shape) -> Mask:
 
         # computed first: a dask masked array computes to a numpy one, whose hidden data
         # np.asarray read as the mask (the masked entries' mark lost)
-        mask, module = computed_as_declared(mask, "mask"), "da"
+        # dense chunks made CSR where they are computed (`computed_as_declared`): the mask
+        # is made sparse below anyway, and computed whole it was cells x genes dense first
+        mask, module = computed_as_declared(mask, "mask", sparse=True), "da"
     if isinstance(mask, np.ma.MaskedArray):  # np.asarray would read its hidden data
         raise TypeError(
             "mask is a masked array, whose data would be read as the mask: pass "

@@ -565,11 +565,14 @@ def checked_counts(
     refuse_path_or_anndata(
         X, name, reading="or stream it from disk with VBNMF(solver='svi')", fitting=""
     )
+    # the matrix as named (a layer's advice named X), without a label's note ("adata.X
+    # (genes in mask_var)")
+    shown = name.split(" (")[0]
     refuse_masked(
         X,
         name,
-        "pass the counts as X.filled(0); to leave the masked entries out of a fit, give "
-        "them to VBNMF.fit(X, mask=...) (a sparse or boolean matrix)",
+        f"pass the counts as {shown}.filled(0); to leave the masked entries out of a fit, "
+        "give them to VBNMF.fit(X, mask=...) (a sparse or boolean matrix)",
     )
     refuse_pydata_sparse(X, name)
     X = sparse_frame_as_coo(X)

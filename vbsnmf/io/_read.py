@@ -533,9 +533,7 @@ def read_10x_h5(path: str | os.PathLike):
 
     path = Path(path)
     check_hdf5(path, "10x_h5")
-    _check_10x_h5_index_arrays(path)
-    _check_one_genome(path)
-    _check_10x_h5_name_lengths(path)
+    _check_10x_h5_layout(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicate names: made unique below
@@ -572,26 +570,40 @@ def read_10x_h5(path: str | os.PathLike):
     return _finish(_keep_gene_expression(adata))
 
 
-def _check_one_genome(path: Path) -> None:
+def _check_10x_h5_layout(path: Path) -> None:
+    """The Cell Ranger ``.h5`` ``path``'s arrays checked in one opening of the file, before
+    scanpy reads it (`_check_10x_h5_index_arrays`, `_check_one_genome`,
+    `_check_10x_h5_name_lengths`): a `ReadError` naming what is wrong, or that h5py could
+    not read it."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            _check_10x_h5_index_arrays(path, handle)
+            _check_one_genome(path, handle)
+            _check_10x_h5_name_lengths(path, handle)
+    except ReadError:
+        raise
+    except Exception as error:  # h5py raises several types for a damaged file
+        raise ReadError(
+            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
+        ) from None
+
+
+def _check_one_genome(path: Path, handle) -> None:
     """`ReadError` for a Cell Ranger 2 ``.h5`` of more than one genome (a run on mixed
     species: one matrix per genome), naming them and how to read one. scanpy's
     refusal, passed on, told the user to "specify the genome", which neither
     `vbsnmf.io.read` nor the command line can."""
     import h5py
 
-    try:
-        with h5py.File(path, "r") as handle:
-            if "matrix" in handle:  # version 3 and later: one matrix of all genomes' genes
-                return
-            genomes = [
-                name
-                for name, item in handle.items()
-                if isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
-            ]
-    except Exception as error:  # h5py raises several types for a damaged file
-        raise ReadError(
-            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
-        ) from None
+    if "matrix" in handle:  # version 3 and later: one matrix of all genomes' genes
+        return
+    genomes = [
+        name
+        for name, item in handle.items()
+        if isinstance(item, h5py.Group) and _CELL_RANGER_ARRAYS <= set(item.keys())
+    ]
     if len(genomes) > 1:
         first = genomes[0]
         raise ReadError(
@@ -604,47 +616,39 @@ def _check_one_genome(path: Path) -> None:
         )
 
 
-def _check_10x_h5_name_lengths(path: Path) -> None:
+def _check_10x_h5_name_lengths(path: Path, handle) -> None:
     """`ReadError` unless the barcodes and each feature array of the Cell Ranger ``.h5``
-    ``path`` hold as many names as its ``shape`` declares cells and features. anndata's
-    words for them, passed on, were "Observations annot. `var` must have as many rows as
-    `X` has columns (6), but has 5 rows" (of the genes). A ``shape`` that is not two
-    numbers is left to the reader."""
+    ``path`` (open as ``handle``) hold as many names as its ``shape`` declares cells and
+    features. anndata's words for them, passed on, were "Observations annot. `var` must
+    have as many rows as `X` has columns (6), but has 5 rows" (of the genes). A ``shape``
+    that is not two numbers is left to the reader."""
     import h5py
 
-    try:
-        with h5py.File(path, "r") as handle:
-            group = _10x_h5_matrix(handle)
-            shape = group["shape"][()] if "shape" in group else None
-            if shape is None or np.shape(shape) != (2,) or np.asarray(shape).dtype.kind not in "iu":
-                return
-            n_genes, n_cells = (int(n) for n in shape)
-            if "features" in group:  # version 3 and later: every array is a var column
-                features = group["features"]
-                arrays = [
-                    item
-                    for name, item in features.items()
-                    if isinstance(item, h5py.Dataset) and name != "_all_tag_keys"
-                ]
-            else:  # version 2
-                arrays = [group[name] for name in ("genes", "gene_names") if name in group]
-            named = [(item, n_genes, "features") for item in arrays]
-            if "barcodes" in group:
-                named.insert(0, (group["barcodes"], n_cells, "cells"))
-            for item, expected, what in named:
-                length = item.shape[0] if item.ndim else 1
-                if length != expected:
-                    raise ReadError(
-                        path,
-                        f"{item.name} holds {counted(length, 'value')} but "
-                        f"{group.name}/shape declares {expected} {what}: a damaged file",
-                    )
-    except ReadError:
-        raise
-    except Exception as error:  # h5py raises several types for a damaged file
-        raise ReadError(
-            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
-        ) from None
+    group = _10x_h5_matrix(handle)
+    shape = group["shape"][()] if "shape" in group else None
+    if shape is None or np.shape(shape) != (2,) or np.asarray(shape).dtype.kind not in "iu":
+        return
+    n_genes, n_cells = (int(n) for n in shape)
+    if "features" in group:  # version 3 and later: every array is a var column
+        features = group["features"]
+        arrays = [
+            item
+            for name, item in features.items()
+            if isinstance(item, h5py.Dataset) and name != "_all_tag_keys"
+        ]
+    else:  # version 2
+        arrays = [group[name] for name in ("genes", "gene_names") if name in group]
+    named = [(item, n_genes, "features") for item in arrays]
+    if "barcodes" in group:
+        named.insert(0, (group["barcodes"], n_cells, "cells"))
+    for item, expected, what in named:
+        length = item.shape[0] if item.ndim else 1
+        if length != expected:
+            raise ReadError(
+                path,
+                f"{item.name} holds {counted(length, 'value')} but "
+                f"{group.name}/shape declares {expected} {what}: a damaged file",
+            )
 
 
 def _check_feature_types(path: Path, var: pd.DataFrame) -> None:
@@ -720,23 +724,17 @@ def _10x_h5_matrix(handle):
     return handle["matrix"] if "matrix" in handle else next(iter(handle.values()))
 
 
-def _check_10x_h5_index_arrays(path: Path) -> None:
+def _check_10x_h5_index_arrays(path: Path, handle) -> None:
     """`ReadError` unless the stored ``indices`` and ``indptr`` of the Cell Ranger ``.h5``
-    ``path`` are 1-D integers: scanpy's matrix casts float ones to integers, which moved
-    a count stored at gene 1.9 to gene 1 (the ``.h5ad`` reader refuses them too)."""
-    import h5py
-
+    ``path`` (open as ``handle``) are 1-D integers: scanpy's matrix casts float ones to
+    integers, which moved a count stored at gene 1.9 to gene 1 (the ``.h5ad`` reader
+    refuses them too)."""
     try:
-        with h5py.File(path, "r") as handle:
-            group = _10x_h5_matrix(handle)
-            arrays = [group[name] for name in ("indptr", "indices")]
-            check_index_arrays("matrix", "csc", *arrays)
+        group = _10x_h5_matrix(handle)
+        arrays = [group[name] for name in ("indptr", "indices")]
+        check_index_arrays("matrix", "csc", *arrays)
     except ValueError as error:  # check_index_arrays's CorruptMatrixError
         raise ReadError(path, str(error)) from None
-    except Exception as error:  # h5py raises several types for a damaged file
-        raise ReadError(
-            path, f"not a readable Cell Ranger .h5 file ({describe_error(error)})"
-        ) from None
 
 
 def read_mtx(

@@ -352,9 +352,11 @@ def _batch_as_run(config: dict) -> dict:
     (`_svi.fit_svi_cells`, `_tensor.fit_svi`), whichever larger size was given."""
     batch, shape, nnz = config.get("batch_size"), config.get("shape"), config.get("nnz")
     form, mode = config.get("svi_form"), config.get("svi_mode") or 0
-    if not (isinstance(batch, int) and isinstance(shape, list) and isinstance(nnz, int)):
+    if not (isinstance(batch, int) and isinstance(shape, list)):
         return config  # batch fits, and damaged records, which compare as they are
     sliced = form in ("cells", "slices") and isinstance(mode, int) and mode < len(shape)
+    # the items drawn from: a form of cells or slices needs no nnz (the command line's
+    # check before a conversion has none), the nonzero forms do
     whole = shape[mode] if sliced else nnz
     return {**config, "batch_size": min(batch, max(whole, 1))} if isinstance(whole, int) else config
 

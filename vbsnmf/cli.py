@@ -1099,17 +1099,11 @@ def _check_resumed_settings(args, cells_by_genes: tuple[int, int]) -> None:
         settings = model.set_params(**_fit_params(args))._check_params()
     except (ValueError, TypeError):
         return  # the fit refuses them, in the command line's words
-    n_cells = cells_by_genes[0]
-    batch = settings.batch_size or default_batch_size(settings.svi_form, n_cells, 0)
-    # the fit's own record, less the counts (an integer --seed records itself)
+    batch = settings.batch_size or default_batch_size(settings.svi_form, cells_by_genes[0], 0)
+    # the fit's own record, less the counts (an integer --seed records itself); a batch
+    # past the cells is all of them, as `check_config` compares it (`_batch_as_run`)
     now = settings_config(settings, cells_by_genes, batch, entropy=0)
-    # as the fit compares it: a batch past the cells is all of them, the same fit
-    now["batch_size"] = min(batch, max(n_cells, 1))
     then = {key: stored[key] for key in now if key in stored}  # older ones lack local_fit
-    shape = then.get("shape")
-    if isinstance(then.get("batch_size"), int) and isinstance(shape, list) and shape:
-        if isinstance(shape[0], int):
-            then["batch_size"] = min(then["batch_size"], max(shape[0], 1))
     try:
         check_config({"config": then}, {key: now[key] for key in then}, args.checkpoint)
     except CheckpointMismatchError as error:

@@ -945,6 +945,12 @@ def _fit_command(args, inputs) -> int:
         done = _fit_streamed(args, source, kind, outdir, inputs)
         if done:
             return EXIT_OK
+    if args.resume:
+        # a checkpoint of another fit refused before the input is read (minutes for a large
+        # one), as the streamed route refuses it before converting
+        cells_by_genes = _declared_shape(args, source, kind)
+        if cells_by_genes is not None:
+            _check_resumed_settings(args, cells_by_genes)
     with _doing(f"reading {source}"):
         adata = read(
             source,
@@ -1055,6 +1061,32 @@ def _header_shape(args, header, n_genes_kept: int | None = None) -> tuple[int, i
     if n_genes_kept is not None:
         cells_by_genes = (cells_by_genes[0], n_genes_kept)
     return cells_by_genes
+
+
+def _declared_shape(args, source: Path, kind: str) -> tuple[int, int] | None:
+    """(cells, genes) of the matrix the fit reads from ``source``, from a Matrix Market
+    header or the shape an ``.h5ad`` stores for the element read (X, --layer or --use-raw),
+    without reading the counts; None for a ``.zarr`` or a file that does not say (the
+    reader says what is wrong with a damaged one)."""
+    if kind in ("10x", "mtx"):
+        header = _matrix_market_header(source, kind)
+        if header is None:
+            return None
+        return _header_shape(args, header, _genes_kept(args, source, kind, header))
+    if kind != "h5ad":
+        return None
+    import h5py
+
+    name = "raw/X" if args.use_raw else "X" if args.layer is None else f"layers/{args.layer}"
+    try:
+        with h5py.File(source, "r") as handle:
+            stored = handle.get(name)
+            # a sparse matrix is a group that records its shape; a dense one is a dataset
+            shape = stored.attrs["shape"] if isinstance(stored, h5py.Group) else stored.shape
+            shape = tuple(int(n) for n in shape)
+    except Exception:  # h5py raises several types; the reader reports a damaged file
+        return None
+    return shape if len(shape) == 2 else None
 
 
 def _check_n_components_fits(args, cells_by_genes: tuple[int, int]) -> None:

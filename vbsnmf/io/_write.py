@@ -394,6 +394,8 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         ``path`` ends with a path separator (a folder's name, which `pathlib` would drop
         to write a file of the folder's name) or is empty. Nothing is written.
     ValueError
+        ``path``'s name says it is another format (ends in ``.zarr``, ``.mtx``,
+        ``.mtx.gz``, ``.loom``, ``.h5ad.gz`` or ``.h5.gz``, which `read` reads as that);
         ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
         on it first; or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
         surrogate), the message says where. Nothing is written.
@@ -413,6 +415,7 @@ def write_result(adata, path: str | os.PathLike) -> Path:
 
     check_file_name("path", path)
     path = Path(path)
+    _check_result_name(path)
     if adata.isbacked and adata.is_view:
         # its X is copied from the file, which holds every cell and gene, not the view's
         raise ValueError(
@@ -431,6 +434,31 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         raise TypeError(
             f"cannot write {path}: {error}" + (f" ({where})" if where else "")
         ) from None
+
+
+# Names `vbsnmf.io.read` reads as another format than an .h5ad (`input_kind`): an .h5ad
+# written under one was a file that neither it nor anndata's reader of that format opens.
+_OTHER_FORMATS = {
+    ".zarr": "a .zarr store (adata.write_zarr writes one)",
+    ".mtx": "a Matrix Market file",
+    ".mtx.gz": "a gzip-compressed Matrix Market file",
+    ".loom": "a .loom file",
+    ".h5ad.gz": "a gzip-compressed .h5ad",
+    ".h5.gz": "a gzip-compressed .h5",
+}
+
+
+def _check_result_name(path: Path) -> None:
+    """A `ValueError`, before anything is written, for a ``path`` whose name says it is
+    another format than the ``.h5ad`` `write_result` writes (`_OTHER_FORMATS`)."""
+    name = path.name.lower()
+    for suffix, what in _OTHER_FORMATS.items():
+        if name.endswith(suffix):
+            raise ValueError(
+                f"{path}: write_result writes an .h5ad (HDF5) file, but to vbsnmf.io.read a "
+                f"name ending in {suffix} is {what}, so the file would not read back: name "
+                f"it {path.name[: -len(suffix)] or 'result'}.h5ad"
+            )
 
 
 def _write_result(adata, path: Path) -> Path:

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -843,18 +844,29 @@ def _names(descriptor: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (details.st_dev, details.st_ino)
 
 
-# What `take_lock_file` writes into a lock file: its holder's process id and nothing else.
-# A file of a lock file's name is taken for vbsnmf's (reused, or removed as a killed run's)
-# only if it holds that, or nothing (a run killed between making the file and writing
-# it): anything else there is the user's, and is left as it is.
-_LOCK_CONTENT = re.compile(rb"[0-9]{0,20}")
+# What `take_lock_file` writes into a lock file: its holder's process id and, after an
+# ``@``, the name of its machine (`_lock_text`), and nothing else; earlier versions wrote
+# the id alone. A file of a lock file's name is taken for vbsnmf's (reused, or removed as a
+# killed run's) only if it holds that, or nothing (a run killed between making the file
+# and writing it): anything else there is the user's, and is left as it is.
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_LOCK_CONTENT = re.compile(rb"([0-9]{0,20})(?:(?<=[0-9])@(" + _HOST_NAME.pattern.encode() + rb"))?")
+
+
+def _lock_text() -> str:
+    """What a lock file holds: this process's id and its machine's name. On a folder that
+    several machines share (a cluster's home or scratch), a process id alone sent a refused
+    user to look for, or kill, a process of that id on their own machine. A name that
+    `_HOST_NAME` does not take (none, or odd characters) is left out."""
+    host = socket.gethostname()
+    return f"{os.getpid()}@{host}" if _HOST_NAME.fullmatch(host) else str(os.getpid())
 
 
 def _holds_lock_content(descriptor: int) -> bool:
     """Whether the regular file open at ``descriptor`` holds what a lock file of vbsnmf's
     holds (`_LOCK_CONTENT`)."""
     try:
-        data = os.pread(descriptor, 64, 0)
+        data = os.pread(descriptor, 512, 0)  # more than the longest content
     except OSError:
         return False
     return _LOCK_CONTENT.fullmatch(data) is not None
@@ -919,7 +931,7 @@ def take_lock_file(lock: Path) -> int | None:
                 )
             with contextlib.suppress(OSError):  # who holds it, for a refused run's message
                 os.ftruncate(descriptor, 0)
-                os.write(descriptor, str(os.getpid()).encode())
+                os.write(descriptor, _lock_text().encode())
             return descriptor
         os.close(descriptor)  # removed by its holder between open and lock: again
     return None
@@ -942,13 +954,40 @@ def _remove_named(lock: Path, descriptor: int) -> None:
 
 
 def lock_holder(lock: Path) -> str:
-    """The process id written in a held ``lock``, or '' if it cannot be read."""
+    """Who holds ``lock``, as written in it: ``process ID`` (on this machine, or a lock file
+    of an earlier version, which names none), ``process ID on the machine NAME``, or this
+    very process (a fit in another thread: its id sent a notebook's user to kill their
+    own kernel); '' if it cannot be read."""
     try:
         with open(lock, "rb") as handle:
-            text = handle.read(32).decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
+            found = _LOCK_CONTENT.fullmatch(handle.read(512).strip())
+    except OSError:
         return ""
-    return text if text.isdigit() else ""
+    if found is None or not found[1]:
+        return ""
+    process = found[1].decode("ascii")
+    host = found[2].decode("ascii") if found[2] else None
+    if host is not None and host != socket.gethostname():
+        return f"process {process} on the machine {host}"
+    if host is not None and process == str(os.getpid()):
+        return f"a fit in this very process, {process},"
+    return f"process {process}"
+
+
+def _open_to_lock(path: Path, flags: int, *, writable: bool = True) -> int:
+    """A descriptor of ``path`` (opened with ``flags``) that a check can lock: open for
+    writing where it may be (``writable``), as NFS emulates flock with a byte-range lock,
+    whose exclusive kind a read-only descriptor cannot take (EBADF): a fit or a save running
+    on a shared folder was taken for none, and a killed one's file never removed. Read-only
+    where it may not be (a folder, another user's file, a read-only file system); the
+    error of that open (`OSError`) if neither can be had."""
+    if writable:
+        try:
+            return os.open(path, os.O_RDWR | flags)
+        except OSError as error:
+            if error.errno == errno.ELOOP:  # a symbolic link: no other open does better
+                raise
+    return os.open(path, os.O_RDONLY | flags)
 
 
 def clear_lock_file(lock: Path) -> str:
@@ -960,7 +999,7 @@ def clear_lock_file(lock: Path) -> str:
     if fcntl is None:
         return FREE
     try:
-        descriptor = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        descriptor = _open_to_lock(lock, os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
         # a symbolic link there (dangling or not) is never vbsnmf's, and took no lock: two
         # fits then held one checkpoint
@@ -1001,7 +1040,7 @@ def clear_temporary(
     try:
         # O_NONBLOCK: opening a FIFO of such a name would otherwise wait for a writer
         kind = os.O_DIRECTORY if folder else os.O_NONBLOCK
-        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | kind)
+        descriptor = _open_to_lock(entry, os.O_NOFOLLOW | kind, writable=not folder)
     except OSError:
         return KEPT
     try:

@@ -59,8 +59,7 @@ class CheckpointInUseError(ValueError):
 
 def in_use_message(path, lock: Path) -> str:
     """Why a fit may not use checkpoint ``path``: another holds its lock file ``lock``."""
-    holder = lock_holder(lock)
-    by = f"process {holder}" if holder else "another process"
+    by = lock_holder(lock) or "another process"
     return (
         f"checkpoint {path} belongs to a fit running now ({by} holds {lock.name} beside "
         "it); wait for it to finish or name another checkpoint"
@@ -699,11 +698,15 @@ class Checkpointer:
     refused (`CheckpointInUseError`) instead of overwriting the first's saves. A symbolic
     link as ``path`` is followed once, here: the saves go where it points, and so does
     the lock file, which a fit given the link would otherwise take beside the link while
-    saving into the file another fit holds.
+    saving into the file another fit holds. A relative ``path`` is taken from the current
+    folder at the start, once: a fit run in a thread of a notebook whose folder changed
+    (``%cd``, ``os.chdir``) meanwhile saved its later iterations into the new folder,
+    leaving the checkpoint named at the start behind, and its lock file with it.
     """
 
     def __init__(self, path, every: int, config: dict, check=None):
-        self.path = None if path is None else link_followed(Path(path))
+        # absolute() keeps '..' as given (a link's parent is the kernel's, not the text's)
+        self.path = None if path is None else link_followed(Path(path).absolute())
         self.every = every
         self.config = config
         self.check = check_state if check is None else check

@@ -951,22 +951,24 @@ def _fit_command(args, inputs) -> int:
         cells_by_genes = _declared_shape(args, source, kind)
         if cells_by_genes is not None:
             _check_resumed_settings(args, cells_by_genes)
-    with _doing(f"reading {source}"):
-        adata = read(
-            source,
-            genes_as_rows=args.genes_as_rows,
-            row_names=args.row_names,
-            col_names=args.col_names,
-        )
-    if adata.X is None and args.layer is None and not args.use_raw:
-        stored = [f"--layer {name}" for name in adata.layers] + (
-            ["--use-raw"] if adata.raw is not None else []
-        )
-        raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
-    # OUTDIR's temporary folder is made before the fit, not after it (as the streamed fit
-    # makes it): another run given the same OUTDIR meanwhile is refused at its start, and
-    # an OUTDIR made while this one fits no longer costs the fit (`atomic_directory`)
+    # OUTDIR's temporary folder is made before the input is read and fitted, as the
+    # streamed fit makes it: another run given the same OUTDIR meanwhile is refused at its
+    # start (made after the read, a second run started while the first read a large .mtx
+    # passed its check, and with --force deleted the first's output at its end), and an
+    # OUTDIR made while this one fits no longer costs the fit (`atomic_directory`)
     with _outdir_writer(outdir, args.force) as folder:
+        with _doing(f"reading {source}"):
+            adata = read(
+                source,
+                genes_as_rows=args.genes_as_rows,
+                row_names=args.row_names,
+                col_names=args.col_names,
+            )
+        if adata.X is None and args.layer is None and not args.use_raw:
+            stored = [f"--layer {name}" for name in adata.layers] + (
+                ["--use-raw"] if adata.raw is not None else []
+            )
+            raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
         if kind in ("h5ad", "zarr"):
             seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
         else:

@@ -373,12 +373,19 @@ def check_outdir(
     if os.path.ismount(real):
         raise UnsafePathError(f"OUTDIR {outdir} is a mount point; name a folder inside it")
     if path.exists() or path.is_symlink():
+        # What --force would refuse is told first, without --force too: "already exists
+        # (use --force to replace it)" sent the user to an option refused at once (a file,
+        # a folder of the user's files, one that cannot be replaced).
+        if not path.is_dir():
+            named = f"OUTDIR {outdir} exists" if force else f"{outdir} already exists"
+            raise UnsafePathError(
+                f"{named} and is not a folder; --force replaces only a folder holding an "
+                "earlier output: name another OUTDIR"
+            )
+        check_earlier_output(path, outdir=outdir, forced=force)
+        _check_replaceable(outdir, path)
         if not force:
             raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
-        if not path.is_dir():
-            raise UnsafePathError(f"OUTDIR {outdir} exists and is not a folder")
-        check_earlier_output(path, outdir=outdir)
-        _check_replaceable(outdir, path)
     parent = path.parent
     if not parent.is_dir():
         raise UnsafePathError(f"the folder {parent} for {path.name} {not_a_folder(parent)}")
@@ -410,7 +417,9 @@ def not_a_folder(path: Path) -> str:
     return "is a file, not a folder" if os.path.lexists(path) else "does not exist"
 
 
-def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None:
+def check_earlier_output(
+    path: Path, *, outdir=None, done: bool = False, forced: bool = True
+) -> None:
     """`UnsafePathError` unless the folder ``path`` (OUTDIR, given as ``outdir``) holds
     nothing but files of the names a command writes (`OUTPUT_NAMES`): an earlier output,
     which ``--force`` replaces. Every output is a file: a folder of an output's name is
@@ -419,7 +428,8 @@ def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None
     Checked before the work (`check_outdir`) and again, with ``done``, as the new output
     is about to replace ``path`` (`vbsnmf._atomic.atomic_directory`'s ``replaceable``): a
     file the user saved there while the fit ran (a figure of the earlier result) was
-    deleted with it."""
+    deleted with it. Not ``forced`` (asked without ``--force``), it says so: that --force
+    would not replace it either."""
     outdir = path if outdir is None else outdir
     foreign = sorted(
         entry.name + "/" if entry.is_dir() and not entry.is_symlink() else entry.name
@@ -435,6 +445,12 @@ def check_earlier_output(path: Path, *, outdir=None, done: bool = False) -> None
             f"OUTDIR {outdir} now holds {entries} vbsnmf does not write "
             f"({listed}), put there while this run worked; --force replaces only an earlier "
             "output, so it was left as it is"
+        )
+    if not forced:
+        raise UnsafePathError(
+            f"{outdir} already exists and holds {entries} vbsnmf does not write ({listed}), "
+            "which --force would not replace either (it replaces only an earlier output): "
+            "name another OUTDIR"
         )
     raise UnsafePathError(
         f"OUTDIR {outdir} holds {entries} vbsnmf does not write "

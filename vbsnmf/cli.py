@@ -13,7 +13,7 @@ mistakes are refused before any work. Ctrl-C exits with 130, SIGTERM (sent by
 ``timeout``, SLURM, Docker) with 143 and SIGHUP with 129 (128 + the signal's number, as a
 shell reports a process killed by it), each with one line and no partial outputs, also
 while the command is still starting. Set ``VBSNMF_DEBUG=1`` to see the traceback of an
-unexpected error (exit 1).
+unexpected error (exit 1; ``0`` or empty: off).
 
 Only the standard library is imported here at start-up; numpy, scipy, Numba and the rest
 (seconds to import) load inside `main`, where an interruption is handled.
@@ -70,6 +70,19 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def _print_message(self, message: str, file=None) -> None:
+        """argparse's, which ignores a failed write: the text of --help or --version lost
+        on a full disk (``vbsnmf --version > /dev/full``) exited 0 without a word. A reader
+        that stopped reading (``vbsnmf fit --help | head -3``) is still no error."""
+        if not message:
+            return
+        try:
+            (file or sys.stderr).write(message)
+        except BrokenPipeError:
+            pass
+        except (OSError, ValueError) as error:  # ValueError: the stream was closed
+            raise UsageError(f"cannot print to stdout ({_one_line(error)})") from None
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_path,
         metavar="RESULT.h5ad",
         help="result.h5ad written by 'vbsnmf fit', or an .h5ad of cells projected onto a fit "
-        "(vbsnmf.tl.project)",
+        "(vbsnmf.tl.project); also such an AnnData saved as a .zarr store",
     )
     umap.add_argument(
         "-o",
@@ -1283,7 +1296,8 @@ def _run_demo(args) -> int:
 
 def _run_umap(args) -> int:
     from ._utils import counted, missing_package_advice, record_kind
-    from .io import read_h5ad, real_path
+    from .io import read_h5ad, read_zarr, real_path
+    from .io._read import input_kind
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
 
@@ -1292,7 +1306,12 @@ def _run_umap(args) -> int:
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):
-        adata = read_h5ad(args.result)
+        # a fit saved with adata.write_zarr, as 'vbsnmf fit' reads its inputs: refused as
+        # "not a regular file", which named no format
+        if Path(args.result).is_dir() and input_kind(args.result) == "zarr":
+            adata = read_zarr(args.result)
+        else:
+            adata = read_h5ad(args.result)
     try:
         # a fit, or cells projected onto one (vbsnmf.tl.project), as vbsnmf.pl.umap takes
         cell_factors_record(adata, args.key)
@@ -1350,9 +1369,25 @@ def _run_umap(args) -> int:
     except ImportError as error:  # igraph, for --color leiden; umap-learn
         raise UsageError(missing_package_advice(error)) from None
     except (KeyError, ValueError) as error:  # an edited result: name the file
-        raise UsageError(f"{args.result}: {_one_line(error)}") from None
+        raise UsageError(f"{args.result}: {_umap_options(_one_line(error))}") from None
     _print_result(f"wrote {output}", output)
     return EXIT_OK
+
+
+def _umap_options(message: str) -> str:
+    """`vbsnmf.pl.umap`'s ``message`` in the command line's words: its advice named the
+    parameters ``key_added`` (``vbsnmf fit --key``) and ``color=`` (``--color``), which
+    the command has not ("make it again under another key_added" of a result that
+    ``vbsnmf fit --key umap`` wrote)."""
+    import shlex
+
+    message = re.sub(r"\(key_added='([^']*)'\)", lambda match: f"(--key {match[1]})", message)
+    message = message.replace(
+        "make it again under another key_added", "fit it again under another --key"
+    )
+    column = re.search(r"adata\.obs\['([^']*)'\] holds values", message)
+    named = shlex.quote(column[1]) if column else "COLUMN"
+    return message.replace("pass color= to", f"pass --color {named} to")
 
 
 def _stored_keys(adata) -> list[str]:
@@ -1676,6 +1711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # load ~9: 41.5 s spinning, 12.3 s passive; idle: the same to the noise, docs/
     # performance.md). Read by OpenMP when Numba first starts its threads, which is later.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    backend = _draw_into_files()
     previous = {}
     swallowed: list[KeyboardInterrupt] = []
     unraisable_hook = sys.unraisablehook
@@ -1704,7 +1740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_numba_threading_layer()
         return _run_reporting_warnings(args)
     except SystemExit as done:  # --help and --version
-        return done.code if isinstance(done.code, int) else EXIT_OK
+        return _printed(done.code if isinstance(done.code, int) else EXIT_OK)
     except KeyboardInterrupt as stop:
         what, code = "interrupted", EXIT_INTERRUPTED
         if isinstance(stop, Stopped):
@@ -1736,7 +1772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _tell(f"vbsnmf: error: {' '.join(missing_package_advice(error).split())}")
             return EXIT_USAGE
-        if os.environ.get("VBSNMF_DEBUG"):
+        # "0" is off, as for VBSNMF_NO_MEMORY_GUARD: any value printed the traceback, and
+        # VBSNMF_DEBUG=0 in a job's settings broke the one line a script reads
+        if os.environ.get("VBSNMF_DEBUG", "").strip() not in ("", "0"):
             raise
         _tell(
             f"vbsnmf: internal error ({type(error).__name__}: {_one_line(error)}); "
@@ -1747,6 +1785,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.unraisablehook = unraisable_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
+        _restore_variable("MPLBACKEND", backend)
+
+
+def _draw_into_files() -> str | None:
+    """Set MPLBACKEND to Agg for the command; returns the value it had (None: unset). The
+    command line draws into files only (`_draw_umap`), never a window, but matplotlib
+    reads the variable as it loads and refuses a name it does not know: ``vbsnmf demo``
+    under ``MPLBACKEND=bogus`` failed after its whole fit, writing nothing, with "Key
+    backend: 'bogus' is not a valid value for backend", which named no variable."""
+    backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "agg"
+    return backend
+
+
+def _restore_variable(name: str, value: str | None) -> None:
+    """The environment variable ``name`` back to ``value`` (None: unset)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _printed(code: int) -> int:
+    """``code``, the exit code of --help or --version, once their text has left stdout;
+    argparse ignores a failed write, and stdout on a full disk (``vbsnmf --version >
+    /dev/full``) lost the text without a word, with exit code 0. A reader that stopped
+    reading (``vbsnmf fit --help | head -3``) is no error."""
+    if sys.stdout is None:  # closed at start: argparse wrote to stderr instead
+        return code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return code
+    except (OSError, ValueError) as error:  # ValueError: the stream was closed
+        _tell(f"vbsnmf: error: cannot print to stdout ({_one_line(error)})")
+        return EXIT_USAGE
+    return code
 
 
 def _library_missing(error: Exception) -> bool:

@@ -3,6 +3,8 @@ read by `vbsnmf.io.read_10x` (scanpy's reader, with vbsnmf's checks)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +21,9 @@ _DATA = Path(__file__).parent / "data"
 _BUNDLED = ("pbmc_facs", "pbmc_facs/test", "pbmc_tiny_v3")
 # The columns of a pbmc_facs folder's cells.csv, one row per barcode.
 _CELL_COLUMNS = ("barcode", "celltype", "subpop")
+# The files of each bundled folder (a 10x folder; pbmc_facs's also its cells.csv).
+_FILES = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
+_CELLS_FILE = "cells.csv"
 
 
 def data_dir(name: str) -> Path:
@@ -31,7 +36,7 @@ def data_dir(name: str) -> Path:
     ValueError
         ``name`` is none of the bundled data sets.
     vbsnmf.io.ReadError
-        The data set's matrix is missing: the installed copy is damaged.
+        One of the data set's files is missing: the installed copy is damaged.
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a data set's name (a str), got {name!r}")
@@ -41,20 +46,38 @@ def data_dir(name: str) -> Path:
             + ", ".join(repr(bundled) for bundled in _BUNDLED)
         )
     folder = _DATA / name
-    matrix = folder / "matrix.mtx.gz"
-    if not matrix.is_file():
-        # a name of the package's own: its copy lost the file, not a wrong name
-        raise ReadError(
-            matrix, f"missing: the bundled data set {name!r} is damaged; reinstall vbsnmf"
-        )
+    files = _FILES + ((_CELLS_FILE,) if name.startswith("pbmc_facs") else ())
+    for file in files:
+        if not (folder / file).is_file():
+            # a name of the package's own: its copy lost the file, not a wrong name (a lost
+            # features file got the 10x reader's advice to rename the folder's files)
+            raise ReadError(
+                folder / file,
+                f"missing: the bundled data set {name!r} is damaged; reinstall vbsnmf",
+            )
     return folder
+
+
+@contextlib.contextmanager
+def _bundled(name: str) -> Iterator[None]:
+    """A `ReadError` in the block (a file of the bundled data set ``name`` truncated or
+    malformed) says that the installed copy is damaged, as a missing file's does
+    (`data_dir`): the reader's own reason alone ("truncated: the compressed stream ends
+    early") read as a fault of the user's file."""
+    try:
+        yield
+    except ReadError as error:
+        raise ReadError(
+            error.path,
+            f"{error.reason}; the bundled data set {name!r} is damaged; reinstall vbsnmf",
+        ) from None
 
 
 def _read_cells(folder: Path) -> pd.DataFrame:
     """The ``cells.csv`` of a pbmc_facs folder, indexed by barcode (in file order), with
     ``celltype`` and ``subpop`` as categoricals; a `ReadError` naming the file if it is
     missing, unreadable or lacks one of its columns."""
-    path = folder / "cells.csv"
+    path = folder / _CELLS_FILE
     check_exists(path)
     try:
         cells = pd.read_csv(path, dtype=str)
@@ -64,8 +87,7 @@ def _read_cells(folder: Path) -> pd.DataFrame:
     if missing:
         raise ReadError(
             path,
-            f"lacks columns it has when installed: {', '.join(missing)}; the bundled copy "
-            "is damaged: reinstall vbsnmf",
+            f"lacks columns it has when installed: {', '.join(missing)}",
         )
     # an empty field reads as NaN: a cell without its gate or group would load as a cell of
     # no population, and every score against the sorted populations would leave it out
@@ -75,8 +97,7 @@ def _read_cells(folder: Path) -> pd.DataFrame:
         columns = ", ".join(empty.columns[empty.any(axis=0)])
         raise ReadError(
             path,
-            f"has empty {columns} fields (the first on line {line}); the bundled copy is "
-            "damaged: reinstall vbsnmf",
+            f"has empty {columns} fields (the first on line {line})",
         )
     cells = cells.set_index("barcode")
     cells.index.name = None
@@ -90,7 +111,7 @@ def _with_obs(adata: ad.AnnData, folder: Path, obs: pd.DataFrame) -> ad.AnnData:
     barcodes = make_index_unique(pd.Index(obs.index.to_numpy()))
     if not np.array_equal(barcodes.to_numpy(), adata.obs_names.to_numpy()):
         raise ReadError(
-            folder / "cells.csv", "its barcodes disagree with barcodes.tsv.gz (order or number)"
+            folder / _CELLS_FILE, "its barcodes disagree with barcodes.tsv.gz (order or number)"
         )
     obs.index = barcodes
     adata.obs = obs
@@ -120,8 +141,10 @@ def pbmc_facs(test: bool = False) -> ad.AnnData:
         ``test`` is not True or False (the string "False" was taken as True).
     """
     test = check_flag(test, "test")
-    folder = data_dir("pbmc_facs/test" if test else "pbmc_facs")
-    return _with_obs(read_10x(folder), folder, _read_cells(folder))
+    name = "pbmc_facs/test" if test else "pbmc_facs"
+    folder = data_dir(name)
+    with _bundled(name):
+        return _with_obs(read_10x(folder), folder, _read_cells(folder))
 
 
 def pbmc_tiny() -> ad.AnnData:
@@ -133,4 +156,6 @@ def pbmc_tiny() -> ad.AnnData:
     vbsnmf.io.ReadError
         A file of the bundled copy is missing or damaged; the message names it.
     """
-    return read_10x(data_dir("pbmc_tiny_v3"))
+    folder = data_dir("pbmc_tiny_v3")
+    with _bundled("pbmc_tiny_v3"):
+        return read_10x(folder)

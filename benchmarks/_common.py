@@ -82,6 +82,44 @@ def require_files(parser: argparse.ArgumentParser, **paths) -> None:
                 parser.error(f"argument --{option.replace('_', '-')}: no such file: {path}")
 
 
+def require_out_file(parser: argparse.ArgumentParser, *, make_folder: bool = False, **paths):
+    """Stop with ``parser``'s usage error unless each given path (keyed as in
+    `require_files`; None is not given) can be written as a file, checked before any work:
+    an ``--out`` naming a folder, or in a folder that does not exist, was open's or
+    os.replace's traceback, for some scripts after the whole run. With ``make_folder`` the
+    script makes the path's folder: it is made here, and a folder that cannot be made (a
+    file on its way) is the usage error."""
+    for option, given in paths.items():
+        if given is None:
+            continue
+        path, argument = Path(given), f"argument --{option.replace('_', '-')}"
+        if path.is_dir():
+            parser.error(f"{argument}: a folder, not a file: {path}")
+        if make_folder:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                parser.error(f"{argument}: cannot make the folder of {path}: {error.strerror}")
+        elif not path.parent.is_dir():
+            parser.error(f"{argument}: no such folder: {path.parent}")
+
+
+def require_out_folder(parser: argparse.ArgumentParser, **paths) -> None:
+    """Stop with ``parser``'s usage error unless each given path (keyed as in
+    `require_files`; None is not given) is a folder or can be made one, made here before any
+    work: a file of that name was mkdir's traceback, for some scripts after the first fit."""
+    for option, given in paths.items():
+        if given is None:
+            continue
+        path, argument = Path(given), f"argument --{option.replace('_', '-')}"
+        if path.exists() and not path.is_dir():
+            parser.error(f"{argument}: a file, not a folder: {path}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"{argument}: cannot make the folder {path}: {error.strerror}")
+
+
 def require_commits(parser: argparse.ArgumentParser, **commits: str) -> None:
     """Stop with ``parser``'s usage error unless each given name (``a="HEAD~1"``, keyed by
     the argument's name) is a commit of this repository, checked before any work: a typo
@@ -262,6 +300,23 @@ def load_average() -> str:
         return " ".join(handle.read().split()[:3])
 
 
+def open_to_append(path):
+    """``path`` opened to append text lines, a newline written first when its last line has
+    none: a run killed mid-line (or a full disk) left such a line, and the next run's
+    header, its command line, was glued onto it, unreadable as a header (``--resume``)."""
+    handle = open(path, "a")
+    try:
+        if handle.tell() > 0:
+            with open(path, "rb") as existing:
+                existing.seek(-1, 2)
+                if existing.read(1) != b"\n":
+                    handle.write("\n")
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def emit(line: str, out) -> None:
     """Print ``line`` and append it to the open file ``out`` (when not None)."""
     print(line, flush=True)
@@ -274,7 +329,7 @@ def emit(line: str, out) -> None:
 def report(path: str | None):
     """An ``emit(line)`` (`emit` to ``path``, when given) between a header (the command,
     the start time and load average) and a footer."""
-    out = open(path, "a") if path else None
+    out = open_to_append(path) if path else None
 
     def stamp(word: str) -> str:
         now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -29,7 +29,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, extract_commit, positive_float, positive_int, require_commits
+from _common import (
+    ROOT,
+    extract_commit,
+    open_to_append,
+    positive_float,
+    positive_int,
+    require_commits,
+    require_out_file,
+)
 
 CHILD = """
 import json, os, sys, time, warnings
@@ -78,6 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append the report to this file")
     args = parser.parse_args()
     require_commits(parser, a=args.a, b=args.b)
+    require_out_file(parser, out=args.out)  # appended to after the whole run
     for name in ("a", "b"):  # named by hash in the report ("HEAD" moves)
         command = ["git", "rev-parse", "--short", getattr(args, name)]
         resolved = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
@@ -138,7 +147,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.out:
-        with open(args.out, "a") as handle:
+        with open_to_append(args.out) as handle:
             handle.write(report + "\n")
 
 

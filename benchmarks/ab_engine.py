@@ -84,7 +84,10 @@ def main() -> None:
         if args.data:
             import anndata
 
-            X = anndata.read_h5ad(args.data).X
+            try:  # a file that is not an .h5ad was h5py's traceback after the extractions
+                X = anndata.read_h5ad(args.data).X
+            except (OSError, KeyError, ValueError) as error:
+                parser.error(f"argument --data: cannot read {args.data} as an .h5ad: {error}")
         else:
             X = versions["a"].datasets.pbmc_facs().X
         data = {label: v._data.as_count_data(X) for label, v in versions.items()}

@@ -44,7 +44,13 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import in_fresh_process, non_negative_int, peak_rss_mib, positive_int
+from _common import (
+    in_fresh_process,
+    non_negative_int,
+    peak_rss_mib,
+    positive_int,
+    require_out_folder,
+)
 
 PBMC_FACS_NNZ, PBMC_FACS_CELLS, PBMC_FACS_GENES = 2_702_861, 3_774, 16_791
 
@@ -251,6 +257,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/bench_dask_data"))
     parser.add_argument("--converge", type=non_negative_int, default=0, metavar="ROUNDS")
     args = parser.parse_args()
+    if not args.converge:  # --converge reads no --data
+        require_out_folder(parser, data=args.data)
     if args.converge:
         run_converge(args.converge, args.chunks, args.components)
         return

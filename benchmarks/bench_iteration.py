@@ -358,6 +358,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     require_files(parser, data=args.data)
+    if args.data is not None:  # read by the memory children, after every timing round
+        import zipfile
+
+        import h5py
+
+        npz = args.data.endswith(".npz")
+        if not (zipfile.is_zipfile(args.data) if npz else h5py.is_hdf5(args.data)):
+            kind = "a scipy .npz" if npz else "an .h5ad (HDF5) file"
+            parser.error(f"argument --data: not {kind}: {args.data}")
     if args.threads > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"--threads above NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
     numba.set_num_threads(args.threads)

@@ -74,8 +74,10 @@ from _common import (
     in_fresh_process,
     load_average,
     non_negative_int,
+    open_to_append,
     peak_rss_mib,
     positive_int,
+    require_out_file,
 )
 
 SPLIT_SEED = 0
@@ -480,7 +482,10 @@ def main() -> None:
     args.tools = [tool for tool in args.tools if tool not in skipped]
     if not args.tools and not args.timing:
         parser.error(f"argument --tools: {'; '.join(f'{t} {a}' for t, a in skipped.items())}")
-    out = open(args.out, "a") if args.out else None
+    require_out_file(parser, out=args.out)
+    if args.resume and args.out is None:  # there is no earlier run to keep: it reran them all
+        parser.error("argument --resume: needs --out, the file of the run to resume")
+    out = open_to_append(args.out) if args.out else None
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     emit(f"# {' '.join(sys.argv)}", out)
     emit(f"# started {started}, load average {load_average()}", out)

@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import in_fresh_process, peak_rss_mib, positive_int, positive_int_list, require_files
+from _common import (
+    in_fresh_process,
+    peak_rss_mib,
+    positive_int,
+    positive_int_list,
+    require_files,
+    require_out_folder,
+)
 
 
 def _batch_timing(h5ad: str, n_components: int, n_iter: int, n_threads: int) -> dict:
@@ -278,8 +285,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     require_files(parser, data=args.data)
+    if args.part == "series":  # its matrices are built there, in a child, fit by fit
+        require_out_folder(parser, workdir=args.workdir)
     if args.part in ("atlas", "converge") and args.data is None:
         parser.error(f"{args.part} needs --data (the .h5ad that make_big.py writes)")
+    if args.part in ("atlas", "converge"):
+        import h5py
+
+        # checked here: the children read it, and ended in "benchmark child failed" with
+        # h5py's error in a traceback
+        if not h5py.is_hdf5(args.data):
+            parser.error(f"argument --data: not an .h5ad (HDF5) file: {args.data}")
     parts = {"series": series, "atlas": atlas, "forms": forms, "converge": converge}
     parts[args.part](args)
 

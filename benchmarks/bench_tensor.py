@@ -40,7 +40,13 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from _common import in_fresh_process, non_negative_int, peak_rss_mib, positive_int
+from _common import (
+    in_fresh_process,
+    non_negative_int,
+    peak_rss_mib,
+    positive_int,
+    require_out_file,
+)
 
 
 def _set_threads(threads: int) -> None:
@@ -375,6 +381,7 @@ def main() -> None:
         "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="section 5"
     )
     args = parser.parse_args()
+    require_out_file(parser, make_folder=True, out=args.out)  # saved after each section
     scale = 10 if args.quick else 1
     lines: list[str] = []
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from _common import require_files
+from _common import require_files, require_out_file
 
 import vbsnmf
 
@@ -57,7 +57,7 @@ def _line(name: str, trace) -> str:
 
 def _compared(name: str, saved) -> str:
     trace = TRACES[name]
-    if name not in saved.files:
+    if name not in saved:
         return "not in the saved traces"
     old = saved[name]
     if old.shape != trace.shape:
@@ -86,6 +86,20 @@ def main() -> None:
     parser.add_argument("--compare", metavar="NPZ", help="compare with traces saved earlier")
     args = parser.parse_args()
     require_files(parser, compare=args.compare)
+    require_out_file(parser, save=args.save)
+    saved = None
+    if args.compare:  # read before the fits: a file that is not saved traces was np.load's
+        # traceback after every fit, the traces computed and lost unprinted
+        try:
+            traces = np.load(args.compare)
+        except OSError as error:
+            parser.error(f"argument --compare: cannot read {args.compare}: {error.strerror}")
+        except (ValueError, EOFError):  # numpy's advice on pickles would mislead here
+            traces = None
+        if not isinstance(traces, np.lib.npyio.NpzFile):  # not numpy's, or a lone .npy array
+            parser.error(f"argument --compare: not traces saved by --save: {args.compare}")
+        with traces:
+            saved = {name: traces[name] for name in traces.files}
     warnings.simplefilter("ignore")
     counts = sp.csr_matrix(vbsnmf.datasets.pbmc_tiny().X, dtype=np.float64)
     start = _start(counts.shape, float(counts.sum()))
@@ -130,9 +144,8 @@ def main() -> None:
     # The SVI drivers from the same start and the same minibatch generator.
     lines += _svi_traces(new, model, counts, start)
     lines += _dask_traces(new, counts, init)
-    if args.compare:
-        with np.load(args.compare) as saved:
-            lines = [f"{line}  {_compared(line[:28].strip(), saved)}" for line in lines]
+    if saved is not None:
+        lines = [f"{line}  {_compared(line[:28].strip(), saved)}" for line in lines]
     print("\n".join(lines))
     if args.save:
         np.savez(args.save, **TRACES)

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import non_negative_int, positive_int
+from _common import non_negative_int, positive_int, require_out_folder
 
 import vbsnmf
 
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--mtx", action="store_true", help="also write matrix.mtx.gz")
     args = parser.parse_args()
+    require_out_folder(parser, out=args.out)
     nnz = args.nnz or round(2702861 * args.cells / 3774 * args.genes / 16791)
     print(json.dumps(build(args.cells, args.genes, nnz, args.out, seed=args.seed, mtx=args.mtx)))
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import non_negative_int, positive_int, require_files
+from _common import non_negative_int, positive_int, require_files, require_out_file
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -195,7 +195,14 @@ def main(argv=None) -> None:
     if args.out is not None and args.out.suffix == ".csv":
         # the runs are written beside the table with the suffix .csv: the same file
         parser.error(f"argument --out: the Markdown table, not a .csv: {args.out}")
-    runs = pd.read_csv(args.table_only) if args.table_only else run(args.seeds, args.max_iter)
+    # written after every seed's fits; the runs beside it, as .csv
+    require_out_file(parser, out=args.out)
+    if args.out is not None:
+        require_out_file(parser, out=args.out.with_suffix(".csv"))
+    if args.table_only:
+        runs = _read_runs(parser, args.table_only)
+    else:
+        runs = run(args.seeds, args.max_iter)
     table = summary_table(runs)
     print(table)
     if args.out is not None:
@@ -218,6 +225,22 @@ def main(argv=None) -> None:
             f"# Neighbour-graph routes on pbmc_facs (K={N_COMPONENTS}, seeds "
             f"{', '.join(map(str, seeds))}; mean (min-max))\n\n`{command}`\n\n{table}\n",
         )
+
+
+def _read_runs(parser: argparse.ArgumentParser, path: Path) -> pd.DataFrame:
+    """The runs CSV ``--table-only`` names, else ``parser``'s usage error: an empty CSV or
+    another table was pandas' EmptyDataError or KeyError traceback."""
+    try:
+        runs = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        parser.error(f"argument --table-only: cannot read {path}: {error}")
+    missing = [column for column in ("route", "seed") if column not in runs.columns]
+    if missing or len(runs.columns) < 3:
+        parser.error(
+            f"argument --table-only: {path} is not the runs CSV of this script (columns "
+            "route, seed and the scores)"
+        )
+    return runs
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -59,6 +59,7 @@ from _common import (
     positive_int,
     require_files,
     require_numba_threads,
+    require_out_folder,
 )
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -384,6 +385,13 @@ def run_experiment(config: Config, on_progress: Callable[[pd.DataFrame], None] |
     return pd.DataFrame.from_records(records)
 
 
+# The columns of runs.csv that the summary and the figures read (--plot-only checks them).
+RUNS_COLUMNS = (
+    "method", "rows", "cols", "rank", "density", "rep",
+    "rmse", "seconds", "cpu_seconds", "peak_traced_mib", "input_mib",
+)  # fmt: skip
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Median and 10 %/90 % quantiles of RMSE, time and memory per cell and method."""
     keys = ["method", "rows", "cols", "rank", "density"]
@@ -577,6 +585,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.threads < 1:
         parser.error("--threads must be positive")
     require_numba_threads(parser, args.threads)
+    require_out_folder(parser, out=args.out)  # its runs.csv rewritten after each fit
     return args
 
 
@@ -602,11 +611,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out
     if args.plot_only:
-        try:
-            runs = pd.concat([pd.read_csv(path) for path in args.plot_only], ignore_index=True)
-        except (OSError, pd.errors.ParserError) as error:
-            print(f"seed001_experiment: cannot read runs: {error}", file=sys.stderr)
-            return 2
+        parts = []
+        for path in args.plot_only:
+            try:
+                parts.append(pd.read_csv(path))
+            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+                print(f"seed001_experiment: cannot read runs {path}: {error}", file=sys.stderr)
+                return 2
+            # another CSV (or an empty one) was pandas' KeyError traceback in the summary
+            missing = [column for column in RUNS_COLUMNS if column not in parts[-1].columns]
+            if missing:
+                print(
+                    f"seed001_experiment: {path} is not a runs.csv of this script: no "
+                    f"{', '.join(missing)} column{'s' if len(missing) > 1 else ''}",
+                    file=sys.stderr,
+                )
+                return 2
+        runs = pd.concat(parts, ignore_index=True)
         # parts of a grid run separately: one line per fit, the first file's if repeated
         runs = runs.drop_duplicates(["method", "rows", "cols", "rank", "density", "rep"])
         runs = runs.sort_values(["rep", "rows", "density", "rank", "method"], kind="stable")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
-from _common import non_negative_int, positive_float, positive_int, report
+from _common import non_negative_int, positive_float, positive_int, report, require_out_file
 
 FIGURES = ("train", "heldout", "knn", "ari", "active", "passes")
 DIGITS = {"train": 4, "heldout": 4, "knn": 4, "ari": 3, "active": 0, "passes": 0}
@@ -138,6 +138,7 @@ def main() -> None:
     for option, name in (("--tool", args.tool), ("--data", args.data)):
         if advice := bench_model.not_installed(name):
             parser.error(f"argument {option}: {name} {advice}")
+    require_out_file(parser, out=args.out)
     with report(args.out) as emit:
         _run(args, emit)
 

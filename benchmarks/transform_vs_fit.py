@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model
-from _common import positive_int, report
+from _common import positive_int, report, require_out_file
 
 
 def usages(factors: np.ndarray) -> np.ndarray:
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--out", help="append the output to this file too")
     args = parser.parse_args()
+    require_out_file(parser, out=args.out)
     with report(args.out) as emit:
         matrix, _ = bench_model.load(args.threads, "pbmc_facs")
         for k in args.ks:

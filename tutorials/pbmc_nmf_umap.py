@@ -67,6 +67,21 @@ def default_outdir(quick: bool) -> Path:
     return QUICK_OUTDIR if quick else HERE
 
 
+def replace_atomically(path: Path, write) -> None:
+    """Write ``path`` by ``write(temporary)`` beside it, then move it into place in one step:
+    a run killed or failing mid-write (a full disk) leaves the file of the run before whole,
+    such as the full run's kept in ``tutorials/``, and no temporary behind. The temporary
+    is this process's (two runs into one folder do not share it) and keeps the suffix,
+    from which matplotlib takes the figure's format."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 N_COMPONENTS = 15
 SEED = 0
 
@@ -207,7 +222,7 @@ def run(quick: bool = False, outdir: Path | None = None) -> pd.DataFrame:
             )
             axes[row, column].set(xlabel="UMAP1", ylabel="UMAP2")
     figure.tight_layout()
-    figure.savefig(outdir / "pbmc_nmf_umap.png", dpi=110)
+    replace_atomically(outdir / "pbmc_nmf_umap.png", lambda path: figure.savefig(path, dpi=110))
     plt.close(figure)
 
     labels = adata.obs["subpop"]
@@ -276,7 +291,8 @@ def run(quick: bool = False, outdir: Path | None = None) -> pd.DataFrame:
         "![The active factors' usages on the NMF UMAP, one colour scale](pbmc_nmf_factors.png)",
         "",
     ]
-    (outdir / "pbmc_nmf_umap_results.md").write_text("\n".join(lines))
+    text = "\n".join(lines)
+    replace_atomically(outdir / "pbmc_nmf_umap_results.md", lambda path: path.write_text(text))
     return table
 
 
@@ -304,7 +320,19 @@ def main(argv=None) -> None:
             "the Leiden clusters need the igraph package: python -m pip install -e "
             "'.[tutorial]' (or python -m pip install igraph)"
         )
-    run(quick=args.quick, outdir=default_outdir(args.quick) if args.outdir is None else args.outdir)
+    outdir = default_outdir(args.quick) if args.outdir is None else args.outdir
+    try:  # a damaged install: its ReadError named the file in a traceback, after the outdir
+        vbsnmf.datasets.data_dir("pbmc_facs")
+    except vbsnmf.io.ReadError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    try:  # before the fit: a folder that cannot be made was mkdir's traceback
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--outdir {outdir}: cannot make the folder: {error.strerror or error}")
+    try:
+        run(quick=args.quick, outdir=outdir)
+    except vbsnmf.io.ReadError as error:  # a damaged cells.csv, features or barcodes file
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

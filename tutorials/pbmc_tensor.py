@@ -72,6 +72,21 @@ def default_outdir(quick: bool) -> Path:
     return QUICK_OUTDIR if quick else HERE
 
 
+def replace_atomically(path: Path, write) -> None:
+    """Write ``path`` by ``write(temporary)`` beside it, then move it into place in one step:
+    a run killed or failing mid-write (a full disk) leaves the file of the run before whole,
+    such as the full run's kept in ``tutorials/``, and no temporary behind. The temporary
+    is this process's (two runs into one folder do not share it) and keeps the suffix,
+    from which matplotlib takes the figure's format."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 N_COMPONENTS = 8
 N_REPLICATES = 4
 SEED = 0
@@ -183,8 +198,10 @@ def plot(gate_profile, replicate_profile, weight, gates, path: Path) -> None:
     axes[1].set_xticks(range(1, replicate_profile.shape[0] + 1))
     axes[1].set_xlabel("pseudo-replicate")
     axes[1].set_title("replicate profiles (flat = 1/4)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        replace_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def run(quick: bool = False, outdir: Path | None = None):
@@ -289,9 +306,7 @@ also its own sort and library, so gate, cell type and batch are confounded.
 ![gate and replicate profiles](pbmc_tensor.png)
 """
     path = Path(outdir) / "pbmc_tensor_results.md"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    replace_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def main(argv=None) -> None:
@@ -319,7 +334,19 @@ def main(argv=None) -> None:
             "the tensor needs pydata sparse: python -m pip install -e '.[tensor]' "
             "(or python -m pip install sparse)"
         )
-    run(quick=args.quick, outdir=default_outdir(args.quick) if args.outdir is None else args.outdir)
+    outdir = default_outdir(args.quick) if args.outdir is None else args.outdir
+    try:  # a damaged install: its ReadError named the file in a traceback, after the outdir
+        vbsnmf.datasets.data_dir("pbmc_facs")
+    except vbsnmf.io.ReadError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    try:  # before the fit: a folder that cannot be made was mkdir's traceback
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--outdir {outdir}: cannot make the folder: {error.strerror or error}")
+    try:
+        run(quick=args.quick, outdir=outdir)
+    except vbsnmf.io.ReadError as error:  # a damaged cells.csv, features or barcodes file
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

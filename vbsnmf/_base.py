@@ -22,6 +22,7 @@ import functools
 import inspect
 import sys
 import types
+from collections import Counter
 
 import numpy as np
 
@@ -77,8 +78,27 @@ def names_differ(names, other_names, noun: str, other: str, own: str = "X") -> s
     extra = len(set(other_names) - set(names))
     missing = len(set(names) - set(other_names))
     if not extra and not missing:
+        repeated = repeated_otherwise(names, other_names)
+        if repeated:  # not another order: no reordering matches them
+            return (
+                f"the same {noun}, but {other} repeats {_quoted(repeated)} another number "
+                f"of times than {own}"
+            )
         return f"the same {noun} in another order"
     return f"{extra} of {other}'s {noun} are not {own}'s, {missing} of {own}'s not {other}'s"
+
+
+def repeated_otherwise(names, other_names) -> list:
+    """The names that ``other_names`` holds another number of times than ``names`` (both
+    holding the same set of names), sorted: a repeated gene column (an AnnData's
+    ``to_df()`` before ``var_names_make_unique``) is no other order of the genes."""
+    counts, other_counts = Counter(names), Counter(other_names)
+    return sorted(name for name in counts if counts[name] != other_counts[name])
+
+
+def _quoted(names, limit: int = 3) -> str:
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (", ..." if len(names) > limit else "")
 
 
 def check_entry_columns(X, entries, name: str) -> None:
@@ -112,11 +132,13 @@ def _is_transposed(X, frame, name: str) -> bool:
 def check_column_names(X, frame, name: str) -> None:
     """``frame``'s column names (genes: a mask of X's shape, or of the gene side) against
     X's when both have them: other names or another order are a `ValueError`."""
-    detail = names_differ(feature_names(X), feature_names(frame, name), "columns", name)
+    genes, columns = feature_names(X), feature_names(frame, name)
+    detail = names_differ(genes, columns, "columns", name)
     if detail is not None:
+        advice = _matching_advice(genes, columns, "column", f"{name}[X.columns]")
         raise ValueError(
             f"{name} has other column names than X ({detail}): its entries would be matched "
-            f"with X's by position; pass them in X's order, {name}[X.columns]"
+            f"with X's by position; {advice}"
         )
 
 
@@ -124,12 +146,24 @@ def check_row_names(X, frame, name: str) -> None:
     """``frame``'s row names (cells: a mask of X's shape, or of the cell side) against X's
     when both are DataFrames with string row names: other names or another order are a
     `ValueError`."""
-    detail = names_differ(_row_names(X), _row_names(frame), "rows", name)
+    cells, rows = _row_names(X), _row_names(frame)
+    detail = names_differ(cells, rows, "rows", name)
     if detail is not None:
+        advice = _matching_advice(cells, rows, "row", f"{name}.loc[X.index]")
         raise ValueError(
             f"{name} has other row names than X ({detail}): its entries would be matched "
-            f"with X's cells by position; pass them in X's order, {name}.loc[X.index]"
+            f"with X's cells by position; {advice}"
         )
+
+
+def _matching_advice(names, other_names, kind: str, reordered: str) -> str:
+    """How to match a frame's ``kind`` (``"row"``, ``"column"``) names ``other_names`` to
+    X's ``names``: ``reordered`` (the frame in X's order), unless the two hold the same
+    names repeated another number of times, which no order matches (and which
+    ``reordered`` takes once for each time X names them)."""
+    if set(names) == set(other_names) and repeated_otherwise(names, other_names):
+        return f"make the {kind} names unique in both"
+    return f"pass them in X's order, {reordered}"
 
 
 def _row_names(frame) -> np.ndarray | None:
@@ -180,7 +214,16 @@ def check_feature_names(estimator, X) -> None:
         message += "Feature names unseen at fit time:\n" + _listed(unseen)
     if missing:
         message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
-    if not unseen and not missing:
+    repeated = [] if unseen or missing else repeated_otherwise(fitted, names)
+    if repeated:
+        # the same names, one repeated: "in the same order" sent the user reordering
+        # columns that no order matches
+        message += "Feature names repeated another number of times than in fit:\n" + "".join(
+            f"- {name}: {list(names).count(name)} in X, {list(fitted).count(name)} at fit time\n"
+            for name in repeated[:5]
+        )
+        message += "- ...\n" if len(repeated) > 5 else ""
+    elif not unseen and not missing:
         message += "Feature names must be in the same order as they were in fit.\n"
     raise ValueError(message)
 

@@ -7,6 +7,7 @@ import re
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from .._atomic import held_signals
 from .._data import as_count_data
@@ -104,6 +105,56 @@ def _fitted_genes(adata_ref, key: str, arrays: dict) -> np.ndarray:
     return fitted
 
 
+def _name_column(var, names) -> tuple[str, int] | None:
+    """The column of ``var`` (a ``.var`` frame) that holds the most of ``names``, with how
+    many it holds; None when none holds any (columns of numbers are not names)."""
+    best = None
+    for column in var.columns:
+        values = var[column]
+        if values.dtype.kind in "biufcmM":  # numbers, flags, dates: not gene names
+            continue
+        shared = len(pd.Index(values.astype(str)).intersection(names))
+        if shared and (best is None or shared > best[1]):
+            best = (str(column), shared)
+    return best
+
+
+def _renaming_hint(adata_new, adata_ref, use_raw: bool, new_genes, key: str, fitted) -> str:
+    """Where the names of ``adata_new`` and of the reference fit ``key`` (``fitted``: which
+    of its gene holder's genes it used) meet, when they share none: genes the fit left out
+    (``mask_var``), or a ``.var`` column of one holding the other's names (Ensembl ids
+    against gene symbols, as 10x files give both), named with the renaming that lets
+    `project` match them; "" when neither."""
+    new_side = "adata_new.raw" if use_raw else "adata_new"
+    holder = gene_holder(adata_ref, key)
+    unfitted = holder.var_names[~fitted].intersection(new_genes)
+    if len(unfitted):  # the genes are there, but the fit left them out
+        return (
+            f" (its {int(fitted.sum())} fitted genes); {len(unfitted)} of {new_side}'s genes "
+            "are genes of adata_ref that the fit left out (outside its mask_var), which a "
+            "projection cannot use"
+        )
+    found = _name_column((adata_new.raw if use_raw else adata_new).var, holder.var_names[fitted])
+    if found is not None:
+        column, shared = found
+        return (
+            f"; {new_side}.var[{column!r}] holds {shared} of the reference's gene names: name "
+            f"its genes by it, "
+            f"{new_side}.var_names = {new_side}.var[{column!r}].astype(str) (and "
+            f"{new_side}.var_names_make_unique() if they repeat)"
+        )
+    # a fit of .raw: its names are not renamed through adata_ref.var_names
+    found = None if holder is not adata_ref else _name_column(adata_ref.var, new_genes)
+    if found is not None:
+        column, shared = found
+        return (
+            f"; {shared} of {new_side}'s var_names are in adata_ref.var[{column!r}]: name the "
+            f"reference's genes by it, adata_ref.var_names = "
+            f"adata_ref.var[{column!r}].astype(str) (its fit follows its genes)"
+        )
+    return ""
+
+
 def project(
     adata_new,
     adata_ref,
@@ -182,7 +233,9 @@ def project(
         An entry of the reference's record is damaged; ``adata_new`` is ``adata_ref`` (or
         ``adata_ref`` a view of it) and the projection would write over its fit (same
         ``key_added``, no ``copy``), the reference fit is not variational, no gene names
-        are shared, the reference fit's gene names repeat or those of ``adata_new`` among them,
+        are shared (the message names a ``.var`` column of either that holds the other's
+        names, such as ``gene_symbols`` beside Ensembl ids, and the renaming that matches
+        them), the reference fit's gene names repeat or those of ``adata_new`` among them,
         its counts are not raw counts, hold no nonzero count or one above what the
         reference's dtype resolves (2**24 in float32, as `vbsnmf.VBNMF.transform`), or
         ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
@@ -268,7 +321,10 @@ def project(
     shared = positions >= 0
     n_shared = int(shared.sum())
     if n_shared == 0:
-        raise ValueError("adata_new shares no gene names with the reference fit")
+        raise ValueError(
+            "adata_new shares no gene names with the reference fit"
+            + _renaming_hint(adata_new, adata_ref, use_raw, new_genes, key, fitted)
+        )
     if n_shared < 0.5 * len(reference_genes):
         warnings.warn(
             f"only {n_shared} of the reference's {len(reference_genes)} genes are in "

@@ -189,8 +189,17 @@ def test_umap_checks_its_save_path_before_the_graph(fitted, tmp_path, monkeypatc
     assert "X_umap" in adata.obsm and "neighbors" not in adata.uns  # left as it was
 
 
+def _earlier_version_keys(monkeypatch):
+    """Let tl.nmf and tl.project store under scanpy's keys, as versions before the
+    thirty-fifth pass did (they refuse them now): such results are still read."""
+    from vbsnmf.tl import _stored
+
+    monkeypatch.setattr(_stored, "_SCANPY_ENTRIES", {})
+
+
 @pytest.mark.parametrize("key", ["umap", "neighbors"])
 def test_umap_refuses_to_store_over_a_fit_under_its_keys(monkeypatch, key):
+    _earlier_version_keys(monkeypatch)
     adata = _adata()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -210,7 +219,8 @@ def test_umap_refuses_to_store_over_a_fit_under_its_keys(monkeypatch, key):
     assert adata.uns[key]["obsm_key"] == f"X_{key}"
 
 
-def test_umap_refuses_to_store_over_a_projection_under_key_umap(fitted):
+def test_umap_refuses_to_store_over_a_projection_under_key_umap(fitted, monkeypatch):
+    _earlier_version_keys(monkeypatch)
     new = _adata(n_cells=20, seed=3)
     tl.project(new, fitted, key_added="umap")
     projected = np.array(new.obsm["X_umap"])
@@ -220,6 +230,7 @@ def test_umap_refuses_to_store_over_a_projection_under_key_umap(fitted):
 
 
 def test_umap_with_leiden_refuses_to_store_over_a_fit_under_key_leiden(monkeypatch):
+    _earlier_version_keys(monkeypatch)
     adata = _adata()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

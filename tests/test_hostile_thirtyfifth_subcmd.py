@@ -235,10 +235,14 @@ def _fit(tmp_path, *options) -> Path:
 
 
 @pytest.mark.parametrize("key", ["umap", "neighbors"])
-def test_umap_of_a_fit_under_a_scanpy_key_advises_fit_key(key, tmp_path, capsys):
+def test_umap_of_a_fit_under_a_scanpy_key_advises_fit_key(key, tmp_path, capsys, monkeypatch):
     """Before: ``vbsnmf umap --key umap`` of a result of ``vbsnmf fit --key umap``, whose
     entries the UMAP would overwrite, advised "make it again under another key_added", a
-    Python parameter; now "(--key umap); fit it again under another --key"."""
+    Python parameter; now "(--key umap); fit it again under another --key". Such a result
+    is an earlier version's: ``fit --key umap`` is refused now (scanpy's keys)."""
+    from vbsnmf.tl import _stored
+
+    monkeypatch.setattr(_stored, "_SCANPY_ENTRIES", {})
     result = _fit(tmp_path, "--key", key)
     capsys.readouterr()
     assert cli.main(["umap", str(result), "--key", key, "-o", str(tmp_path / "u.png")]) == 2

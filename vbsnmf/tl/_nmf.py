@@ -177,7 +177,9 @@ def nmf(
         Store the results under ``.obsm['X_' + key_added]``, ``.varm[key_added]``,
         ``.uns[key_added]`` (and the other keys below with ``key_added`` for ``nmf``)
         instead of ``X_nmf``, ``NMF`` and ``nmf``; no ``/``, NUL character or lone
-        surrogate, and no leading ``.`` (an ``.h5ad`` cannot store them).
+        surrogate, and no leading ``.`` (an ``.h5ad`` cannot store them); none of the keys
+        scanpy's tools store their results under (``"pca"``, ``"umap"``, ``"neighbors"``,
+        ``"leiden"``...: their next run would overwrite the fit).
     solver
         ``"batch"`` (batch variational Bayes, default), ``"svi"`` (stochastic variational
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,

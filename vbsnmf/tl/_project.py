@@ -189,7 +189,8 @@ def project(
     key_added
         Write to ``.obsm['X_' + key_added]`` (and ``..._usage``, ``..._sqrt_usage``);
         default: the reference's keys (``X_nmf``, ...), so the new cells sit in the same
-        space.
+        space. Not a key scanpy's tools store their embeddings under (``"pca"``,
+        ``"umap"``...), as `vbsnmf.tl.nmf`.
     layer, use_raw
         Where the counts of ``adata_new`` are, as in `vbsnmf.tl.nmf`.
     max_iter, tol

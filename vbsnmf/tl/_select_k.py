@@ -108,7 +108,8 @@ def select_k(
     min_share
         Passed to `nmf`: the share of the fitted counts that makes a factor active.
     key_added
-        The results go to ``adata.uns[key_added]``.
+        The results go to ``adata.uns[key_added]``; not a key scanpy's tools store their
+        results under (``"pca"``, ``"umap"``, ``"neighbors"``...), as `vbsnmf.tl.nmf`.
     **fit_params
         Passed to `nmf` (e.g. ``max_iter``, ``tol``, ``n_threads``, ``prior``; not
         ``checkpoint`` or ``resume``).

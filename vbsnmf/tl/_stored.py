@@ -107,6 +107,31 @@ _RECORD_NAMES = {
 }
 
 
+# Where scanpy's own tools store their results, and the tool: a vbsnmf result stored there
+# (``key_added="umap"`` puts the cell factors in ``.obsm['X_umap']`` and the record in
+# ``.uns['umap']``) is overwritten by that tool's next run without a word, and read as its
+# result by the tools that read it (``sc.pl.umap``, ``sc.pp.neighbors`` of ``X_pca``).
+_SCANPY_ENTRIES = {
+    ("obsm", "X_pca"): "sc.pp.pca",
+    ("uns", "pca"): "sc.pp.pca",
+    ("varm", "PCs"): "sc.pp.pca",
+    ("obsm", "X_umap"): "sc.tl.umap",
+    ("uns", "umap"): "sc.tl.umap",
+    ("obsm", "X_tsne"): "sc.tl.tsne",
+    ("uns", "tsne"): "sc.tl.tsne",
+    ("obsm", "X_diffmap"): "sc.tl.diffmap",
+    ("obsm", "X_draw_graph_fa"): "sc.tl.draw_graph",
+    ("obsm", "X_draw_graph_fr"): "sc.tl.draw_graph",
+    ("uns", "draw_graph"): "sc.tl.draw_graph",
+    ("uns", "neighbors"): "sc.pp.neighbors",
+    ("uns", "leiden"): "sc.tl.leiden",
+    ("uns", "louvain"): "sc.tl.louvain",
+    ("uns", "rank_genes_groups"): "sc.tl.rank_genes_groups",
+    ("uns", "paga"): "sc.tl.paga",
+    ("uns", "spatial"): "sc.read_visium",
+}
+
+
 def check_key_added(key_added, adata, writes: str = "fit", reference: dict | None = None) -> None:
     """Refuse a ``key_added`` that an ``.h5ad`` cannot hold (anndata's writer fails part-way
     through the file on an empty key, a key starting with "." or one holding "/", a NUL
@@ -187,6 +212,17 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
         raise ValueError(
             f"key_added={key_added!r} would overwrite {', '.join(foreign)}, which adata holds "
             f"{held}; choose another key_added, or delete {them} from adata first"
+        )
+    reserved = sorted(entry for entry in mine - replaced if entry in _SCANPY_ENTRIES)
+    if reserved:
+        tools = sorted({_SCANPY_ENTRIES[entry] for entry in reserved})
+        written = {"fit": "the fit", "cells": "the projection", "uns": "the K selection"}
+        raise ValueError(
+            f"key_added={key_added!r} would store {written[writes]} where scanpy's "
+            f"{' and '.join(tools)} stores its result "
+            f"({', '.join(f'.{where}[{name!r}]' for where, name in reserved)}): its next run "
+            "would overwrite it without a word, and scanpy would read it as its own; choose "
+            "another key_added"
         )
 
 

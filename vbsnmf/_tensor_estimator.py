@@ -507,7 +507,10 @@ class VBNTF(Estimator):
         Number of random starts (batch without checkpoint); the best final ELBO is kept
         (and warns `ConvergenceWarning` if it stopped at ``max_iter``; the others do not).
     random_state
-        Seed or `numpy.random.Generator` for the start (and the SVI minibatches).
+        Seed (non-negative integer), `numpy.random.Generator` or ``RandomState`` for the
+        start (and the SVI minibatches); None (default): fresh entropy, so two fits differ.
+        A Generator or ``RandomState`` gives one draw to each fit, so a second fit with it
+        is another fit.
     n_threads
         Numba threads (default: all; more than the machine's are capped to its count).
         Results are bitwise reproducible for a given ``random_state`` and the number of
@@ -556,12 +559,11 @@ class VBNTF(Estimator):
         smaller machine) is resumed with a UserWarning: the same fit to rounding. A fit that
         stopped at ``max_iter`` or ``n_epochs`` continues when resumed with more (as the
         longer fit would: an accelerated fit's last save is the start of the SQUAREM cycle
-        ``max_iter`` cut short; except an SVI fit whose ``n_epochs`` is not a multiple of
-        ``eval_every``, which goes on from the evaluation it made at its end and the longer
-        fit did not). ``tol`` may change on resume (except for the slices form of SVI, whose
-        local fits run to it, as to ``max_iter``): the checkpoint's convergence is judged
-        again under it, so a fit that converged under a looser ``tol`` goes on under a
-        tighter one, and one that meets a looser ``tol`` stops (plain batch ascent: at once,
+        ``max_iter`` cut short; SVI evaluates every epoch, so its resumed fit is the longer
+        fit's, epoch for epoch). ``tol`` may change on resume (except for the slices form of
+        SVI, whose local fits run to it, as to ``max_iter``): the checkpoint's convergence
+        is judged again under it, so a fit that converged under a looser ``tol`` goes on
+        under a tighter one, and one that meets a looser ``tol`` stops (plain batch ascent: at once,
         ``converged_=True``; accelerated, SVI: at the next check). A ``random_state``
         Generator resumes only when given in the state it had at the first fit (a fresh
         ``np.random.default_rng(seed)`` of the same seed, or the same estimator's after the

@@ -335,8 +335,14 @@ class DaskFitResult:
     n_iter, converged
         Iterations (epochs) run and whether ``tol`` was met.
     gathered_bytes, sent_bytes
-        Per pass: bytes the client received (the reduced summary) and bytes it put into the
-        graph (the gene side and rates). Both are O(genes x K), independent of nonzeros.
+        Bytes the client received and put into the graph, per round trip. Batch VB: one
+        per pass over the data, the reduced summary received and the gene side and rates
+        sent, both O(genes x K), independent of the nonzeros and the cells. SVI
+        (`fit_svi_dask`): ``gathered_bytes`` one per minibatch step and one per evaluation,
+        ``sent_bytes`` one per step (the gene side and the batch's cell indices); the client
+        keeps the cells' shapes (and rates and scales under the learned prior), so it also
+        receives those of the batch's cells at a step and of every cell at an evaluation
+        (O(cells x K)).
     total_count, largest_count
         The sum and the largest of the counts (batch VB; 0 for SVI), what the ELBO's
         rounding depends on (`_model.warn_elbo_rounding`).

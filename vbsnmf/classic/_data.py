@@ -801,7 +801,10 @@ def factor_loss(
     ------
     ValueError
         The loss is undefined at a zero of X (Itakura-Saito, Neyman, alpha <= 0, ...) or
-        past the float range (values too large for its power), or shapes do not match.
+        past the float range (values too large for its power), or shapes do not match; X
+        not 2-D, negative, NaN or infinite; W or H not finite and non-negative; weights
+        negative or not finite; an unknown loss, or ``alpha`` / ``beta`` missing or given
+        where the loss has none (`resolve_loss`).
     """
     spec = resolve_loss(loss, alpha, beta)
     data = ClassicData.build(X, weights, spec)

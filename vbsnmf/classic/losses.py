@@ -436,7 +436,8 @@ def total_divergence(
     ValueError
         P and Q differ in shape (no broadcasting), an entry is negative, NaN or infinite,
         or the loss is undefined at some entry (e.g. Itakura-Saito where P has zeros) or
-        its sum is past the float range.
+        its sum is past the float range; an unknown loss, or ``alpha`` / ``beta`` missing
+        or given where the loss has none (`resolve_loss`).
     """
     P = _dense_operand(P, "P")
     Q = _dense_operand(Q, "Q")

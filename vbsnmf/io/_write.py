@@ -400,7 +400,8 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         on it first; or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
         surrogate), the message says where. Nothing is written.
     TypeError
-        ``adata`` holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
+        ``adata`` is not an AnnData (a matrix, a path, an AnnData's ``.raw``); or it
+        holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
         an ``.obs`` column mixing numbers and text, a key in ``.uns`` or ``.obsm`` that is not
         a string or holds ``/``, a key, column or index name that is ``""``, ``"."`` or holds
         a NUL character); the message says where. Nothing is written.
@@ -413,6 +414,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     except ImportError:  # pragma: no cover - another anndata layout: its error as it is
         IORegistryError = ()
 
+    # anything but an AnnData failed with a bare AttributeError ("'numpy.ndarray' object has
+    # no attribute 'isbacked'"), as write_nmf_tables' adata no longer does
+    check_anndata(adata)
     check_file_name("path", path)
     path = Path(path)
     _check_result_name(path)

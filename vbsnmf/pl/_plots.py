@@ -666,8 +666,11 @@ def top_genes(
         ``cmap``, ``dendrogram``); not ``var_names``, ``var_group_labels`` or
         ``var_group_positions``, which the plot sets (a `TypeError`).
         ``dendrogram=True`` without a stored one computes scanpy's dendrogram into
-        ``adata``: a view is made its own AnnData first, as anndata does at a write (a
-        backed AnnData, or a view of one, is refused: scanpy cannot read its X).
+        ``adata`` (``.uns['dendrogram_<groupby>']``), on ``.obsm['X_pca']``: where there
+        is none and ``adata`` has more than 50 genes (``sc.settings.N_PCS``), scanpy first
+        runs ``sc.pp.pca`` of ``X`` into it (``.obsm['X_pca']``, ``.varm['PCs']``,
+        ``.uns['pca']``). A view is made its own AnnData first, as anndata does at a write
+        (a backed AnnData, or a view of one, is refused: scanpy cannot read its X).
 
     Returns
     -------

@@ -92,13 +92,17 @@ def umap(
         An ``.obs`` column or a gene, or a list of them (or an array or `pandas.Index`; one
         panel each, as in ``sc.pl.umap``); default: each cell's dominant active factor,
         stored as ``.obs[key + '_dominant_factor']`` (also when named in ``color`` and
-        absent; a new fit under ``key`` drops it), whose categories are the factors that
+        absent; a new fit under ``key`` drops it, which a fit's record names for it,
+        ``.uns[key]['dominant_factor_key']``), whose categories are the factors that
         dominate some cell; missing for a cell without usage in any active factor (no
         counts, under a classical solver; or, where a classical solver leaves exact zeros, a
         cell of a switched-off factor alone). ``"leiden"`` without such a column: Leiden
         clusters of the same graph (``sc.tl.leiden(flavor="igraph")``, which needs the
-        igraph package), stored as ``.obs['leiden']``. Checked before any work, as
-        ``sc.pl.umap`` looks the names up (a gene of ``.raw`` when adata has one).
+        igraph package), stored as ``.obs['leiden']`` with its parameters in
+        ``.uns['leiden']``. Checked before any work, as ``sc.pl.umap`` looks the names up
+        (a gene of ``.raw`` when adata has one). ``sc.pl.umap`` stores the colours of each
+        categorical column it draws in ``.uns[column + '_colors']`` (the dominant factor's
+        and Leiden's too), unless colours for its categories are there already.
     n_neighbors
         Neighbours per cell, at least 2; more than the number of cells minus one is
         lowered to it.

@@ -239,10 +239,14 @@ def project(
         them), the reference fit's gene names repeat or those of ``adata_new`` among them,
         its counts are not raw counts, hold no nonzero count or one above what the
         reference's dtype resolves (2**24 in float32, as `vbsnmf.VBNMF.transform`), or
-        ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF` refuses them).
+        are in no such layer or ``.raw``; ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF`
+        refuses them); ``key_added`` that an ``.h5ad`` cannot store, or under which the
+        projection would overwrite another fit's or a K selection's entries in
+        ``adata_new``, or what another tool stored there (as `vbsnmf.tl.nmf` refuses it).
     TypeError
         ``adata_new`` or ``adata_ref`` is not an AnnData; ``max_iter`` is not an integer or
-        ``tol`` not a number.
+        ``tol`` not a number; ``key`` or ``layer`` not a string, ``use_raw`` or ``copy``
+        not True or False, ``n_threads`` not an integer or None.
     """
     check_anndata(adata_new, "adata_new")
     check_anndata(adata_ref, "adata_ref")

@@ -139,7 +139,7 @@ def select_k(
         True at the suggested K.
 
     ``DataFrame.attrs`` holds ``suggested_k`` and ``reason`` (a sentence saying why).
-    ``adata.uns[key_added]`` holds ``table`` (the DataFrame), ``suggested_k``, ``reason``
+    ``adata.uns[key_added]`` holds ``table`` (the DataFrame), ``suggested_k``, ``reason``,
     ``params`` (the settings; ``n_threads``: the Numba threads the fits ran on, capped at the
     machine's, on which their rounding depends) and ``versions`` (as `vbsnmf.tl.nmf`
     records them). `vbsnmf.pl.select_k` plots it.
@@ -148,13 +148,16 @@ def select_k(
     ------
     TypeError
         ``adata`` is not an AnnData; ``ks`` not a sequence (a number, a string, a 0-d
-        array); ``tolerance`` or ``min_share`` not a number.
+        array); ``tolerance`` or ``min_share`` not a number; ``layer``, ``use_raw`` or
+        ``random_state`` of the wrong type (as `nmf`).
     ValueError
         ``ks`` empty, not distinct positive integers or out of range for the data;
         ``solver`` not variational; ``tolerance`` negative or not finite; ``checkpoint``
         or ``resume`` given (the fits cannot share a checkpoint); dask counts; bad counts,
-        layer or mask (as `nmf`); too few counts for the count split to leave some in each
-        half.
+        layer or mask (as `nmf`); ``min_share`` outside [0, 1) or a negative
+        ``random_state`` (as `nmf`); ``key_added`` that an ``.h5ad`` cannot store, or
+        naming another tool's record (a fit's, a projection's); too few counts for the
+        count split to leave some in each half.
 
     Warns
     -----

@@ -36,8 +36,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     fraction
         The expected share of each count that goes to ``train``, in (0, 1).
     random_state
-        Seed of the Binomial draws, as `vbsnmf.VBNMF`'s: a non-negative integer, None or a
-        `numpy.random.Generator`.
+        Seed of the Binomial draws, as `vbsnmf.VBNMF`'s: a non-negative integer, None, a
+        `numpy.random.Generator` or a ``RandomState`` (each of these two advanced by the
+        split, so a second split with it is another split).
 
     Returns
     -------

@@ -195,6 +195,11 @@ def umap(
             adata.obs[dominant_column] = pd.Categorical.from_codes(
                 dominant, categories=names
             ).remove_unused_categories()
+            n_dominant = adata.obs[dominant_column].cat.categories.size
+            if n_dominant > len(sc.plotting.palettes.default_102):
+                # past scanpy's largest palette (102 colours) it drew every cell and every
+                # legend entry in one grey, and said so only at its info level
+                adata.uns[f"{dominant_column}_colors"] = _spread_colours(n_dominant)
             if "written_by" not in info:  # a fit's record (a projection's is not replaced)
                 # named in the fit's record, so that a new fit under the key drops it
                 # (`drop_fit`); a new record, not an edit of it, which a failure puts back
@@ -223,6 +228,24 @@ def umap(
         # a list of axes for several panels, as scanpy returns them
         first = axes[0] if isinstance(axes, list) else axes
         return _finish(first.figure, axes, show, save, "umap")
+
+
+def _spread_colours(count: int) -> list[str]:
+    """``count`` colours as hex strings, evenly spaced along matplotlib's ``turbo`` colour
+    map and taken in an order that puts colours far apart on it next to each other (a
+    stride near ``count`` / 2.6, coprime to it), so that factors listed together in the
+    legend are told apart: for more categories than scanpy's palettes hold. Distinct up to
+    256, the colour map's entries."""
+    from math import gcd
+
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    shades = colormaps["turbo"](np.linspace(0.0, 1.0, count))
+    stride = max(1, round(count / 2.6))
+    while gcd(stride, count) != 1:
+        stride += 1
+    return [to_hex(shades[(index * stride) % count]) for index in range(count)]
 
 
 def _check_seed(random_state) -> None:

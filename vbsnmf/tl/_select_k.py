@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 from .._estimator import SOLVERS as VB_SOLVERS
-from .._estimator import VBNMF
+from .._estimator import VBNMF, _check_memory
 from .._model import (
     HOLD_TOL,
     NOT_CONVERGED_MESSAGE,
@@ -42,8 +42,12 @@ from ._nmf import (
 from ._split import count_split
 from ._stored import check_key_added, check_writable, view_to_actual
 
-# Nonzeros scored at a time: bounds the block x K temporaries of the held-out score.
+# Nonzeros scored at a time: bounds the block x K temporaries of the held-out score. At
+# most BLOCK_NONZEROS, and fewer at large K: a block of a fixed 262,144 nonzeros held two
+# float64 arrays of 4 MiB per factor (800 MiB at K=200) beside the fit, which the memory
+# guard does not count; BLOCK_FACTOR_ENTRIES keeps each at 32 MiB.
 BLOCK_NONZEROS = 1 << 18
+BLOCK_FACTOR_ENTRIES = 1 << 22
 # Fit parameters its fits cannot take: one path for every fit, and a resume would find
 # another K's or half's checkpoint.
 _NOT_SHARED = ("checkpoint", "resume")
@@ -158,6 +162,9 @@ def select_k(
         ``random_state`` (as `nmf`); ``key_added`` that an ``.h5ad`` cannot store, or
         naming another tool's record (a fit's, a projection's); too few counts for the
         count split to leave some in each half.
+    vbsnmf._memory.InsufficientMemoryError (a MemoryError)
+        The fit at the largest K would need more memory than is available (`nmf`'s guard),
+        before any fit runs.
 
     Warns
     -----
@@ -209,6 +216,9 @@ def select_k(
     counts = sp.csr_matrix(check_count_matrix(adata, matrix, source, fit_dtype))
     counts = counts.astype(np.float64, copy=False)
     _check_ks_fit(ks, counts.shape, source)
+    # The largest K's fit needs the most memory: refused now, not when its turn came after
+    # the smaller Ks' fits (both halves of each, hours on a large data set) had run
+    _check_memory(VBNMF(max(ks), solver=solver, **fit_params)._check_params(), counts, None)
     # A Generator (or RandomState) gives the split and every fit one integer seed, drawn
     # here, as an integer random_state does, and the record names it: each fit drew its own
     # before, and the record named none, so the table could not be replayed. Left as it was
@@ -339,8 +349,9 @@ def poisson_loglik_per_cell(counts, cell_factors, gene_loadings) -> np.ndarray:
     gene_loadings = np.asarray(gene_loadings, dtype=np.float64)
     loglik = -(cell_factors @ gene_loadings.sum(axis=0))
     tiny = np.finfo(np.float64).tiny
-    for start in range(0, counts.nnz, BLOCK_NONZEROS):
-        block = slice(start, start + BLOCK_NONZEROS)
+    block_size = max(1, min(BLOCK_NONZEROS, BLOCK_FACTOR_ENTRIES // max(1, cell_factors.shape[1])))
+    for start in range(0, counts.nnz, block_size):
+        block = slice(start, start + block_size)
         rows, cols = counts.row[block], counts.col[block]
         values = counts.data[block].astype(np.float64)
         mu = np.einsum("nk,nk->n", cell_factors[rows], gene_loadings[cols])

@@ -70,6 +70,7 @@ from ._model import (
     svd_start,
     warn_elbo_rounding,
     warn_kept_start,
+    warn_local_rounding,
     warn_not_converged,
 )
 from ._svi import (
@@ -268,8 +269,9 @@ class VBNMF(Estimator):
     dtype
         ``np.float64`` (default) or ``np.float32`` (halves the factor memory; counts up
         to 2**24 = 16,777,216 only, see Notes). On pseudobulk-scale counts float32's
-        rounding of the ELBO can exceed what ``tol`` resolves and stop a batch fit early;
-        it then warns (`ConvergenceWarning`).
+        rounding of the ELBO can exceed what ``tol`` resolves and stop a batch fit early,
+        or the local fits of SVI's cells form and of `transform` (each cell's, stopped by
+        ``tol`` on its own ELBO); it then warns (`ConvergenceWarning`).
     verbose
         Print the ELBO after every iteration (``accelerate``: of every q kept, with the
         pass that scored it; SVI: after every evaluated epoch); with ``n_init`` > 1 each
@@ -684,7 +686,10 @@ class VBNMF(Estimator):
         sparse matrix (dense chunks are made CSR where they are computed, never one dense
         block).
         The projection is onto the model as fitted: of the parameters `set_params`
-        changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here.
+        changed since, only ``max_iter``, ``tol`` and ``n_threads`` apply here. Cells still
+        moving at ``max_iter`` are counted in a `ConvergenceWarning`, as are, for a float32
+        model, cells that stopped on a change below their ELBO's rounding (counts x 2**-24
+        nats: pseudobulk depths; see ``dtype``).
         """
         cell_shape, cell_rate = self.transform_posterior(X)
         return cell_shape / cell_rate
@@ -1499,6 +1504,7 @@ def _fit_svi_cells(settings: FitSettings, source, counts: CountScan, init, callb
         entropy,
         init is not None,
     )
+    warn_local_rounding(result.elbo_trace, settings.dtype, settings.tol, total)
     return result, shape[1]
 
 

@@ -2679,16 +2679,20 @@ def _squarem_extrapolate_block(block, theta0, theta1, theta2, step, out, bad):
     square = step * step
     log0, r, v = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
     widened, exponent = np.empty(LOG_BUFFER), np.empty(LOG_BUFFER)
+    unchanged = np.empty(LOG_BUFFER, dtype=np.bool_)
     n_bad = 0
     stop = min(n, (block + 1) * SQUAREM_BLOCK)
     for first in range(block * SQUAREM_BLOCK, stop, LOG_BUFFER):
         count = min(LOG_BUFFER, stop - first)
         _squarem_directions(theta0, theta1, theta2, first, count, log0, r, v, widened, exponent)
         for q in range(count):
+            unchanged[q] = r[q] == 0.0 and v[q] == 0.0
             log0[q] += twice * r[q] + square * v[q]
         buffer_exps(log0, count, r, widened, exponent)
         for q in range(count):
-            value = out.dtype.type(r[q])
+            # an entry both steps left as it was (a prior_shape the learned prior holds
+            # fixed) is theta0 itself: exp(log 0.3) is 0.29999999999999993
+            value = out.dtype.type(theta0[first + q] if unchanged[q] else r[q])
             out[first + q] = value
             n_bad += not (value > 0.0 and value < np.inf)
     bad[block] = n_bad
@@ -2756,8 +2760,9 @@ def block_sums_total(partial: np.ndarray) -> tuple[float, float]:
 
 def squarem_extrapolate(theta0, theta1, theta2, step: float, out) -> int:
     """``out = exp(log theta0 + 2 s r + s^2 v)`` entry by entry (``r``, ``v`` as in
-    `squarem_sums`, ``s = step``), stored in ``out``'s dtype; returns the number of
-    entries of ``out`` that are not finite and positive."""
+    `squarem_sums`, ``s = step``), stored in ``out``'s dtype, and ``theta0`` itself where
+    ``r = v = 0``; returns the number of entries of ``out`` that are not finite and
+    positive."""
     bad = np.empty(_squarem_blocks(theta0.shape[0]), dtype=np.int64)
     parallel = squarem_in_parallel(theta0.shape[0])
     kernel = _squarem_extrapolate_parallel if parallel else _squarem_extrapolate_serial

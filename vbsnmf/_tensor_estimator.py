@@ -516,7 +516,10 @@ class VBNTF(Estimator):
         Results are bitwise reproducible for a given ``random_state`` and the number of
         threads used.
     dtype
-        ``np.float64`` (default) or ``np.float32``.
+        ``np.float64`` (default) or ``np.float32``. On pseudobulk-scale counts float32's
+        rounding of the ELBO can exceed what ``tol`` resolves and stop a batch fit, or the
+        slices' local fits of SVI's slices form, early; it then warns (`ConvergenceWarning`),
+        as `VBNMF` does.
     solver
         ``"batch"`` (coordinate ascent on all nonzeros) or ``"svi"`` (stochastic VB:
         minibatch steps blended with weight ``rho_t = min(1, (t + tau)^(-kappa))``).
@@ -813,6 +816,10 @@ class VBNTF(Estimator):
                 checked["tol"],
                 total_count,
                 float(data.counts.max(initial=0.0)),
+            )
+        elif self.svi_form == "slices":  # its slices' local fits, as VBNMF's cells form warns
+            _model.warn_local_rounding(
+                result.elbo_trace, checked["dtype"], checked["tol"], total_count, "slices"
             )
         epochs = None  # n_epochs' default depends on the data: `warn_if_beyond` needs it
         if self.solver == "svi" and checked["n_epochs"] is None:

@@ -352,15 +352,36 @@ def readable_dtype(dtype: np.dtype) -> np.dtype | None:
 def widen_to_sum(matrix):
     """``matrix`` in float64 if it is sparse and may hold repeated entries in a narrow
     integer or boolean dtype, which scipy sums in that dtype when it converts the matrix
-    (uint8: 200 + 100 = 44; bool: True + True = 1); else ``matrix`` itself."""
+    (uint8: 200 + 100 = 44; bool: True + True = 1), or in float32 (float16) with a total
+    beyond the whole numbers that dtype holds, 2**24 (2**11): scipy's sums of such repeats
+    were rounded (2**24 and a thousand repeats of 1 summed to 2**24 + 660); else
+    ``matrix`` itself."""
     if not sp.issparse(matrix):
         return matrix
     kind, size = matrix.dtype.kind, matrix.dtype.itemsize
-    if kind not in "biu" or size >= 8:
+    if kind not in "biuf" or size >= 8:
         return matrix
     if matrix.format in ("csr", "csc") and matrix.has_canonical_format:
         return matrix
+    if kind == "f":
+        # below the dtype's whole-number range every partial sum of whole counts is exact
+        exact = 2.0 ** (np.finfo(matrix.dtype).nmant + 1)
+        if not float(np.sum(matrix.data, dtype=np.float64)) > exact:
+            return matrix
+        if _sorted_without_repeats(matrix):  # only stored zeros or the like: nothing summed
+            return matrix
     return matrix.astype(np.float64)
+
+
+def _sorted_without_repeats(matrix) -> bool:
+    """Whether CSR/CSC ``matrix`` has sorted indices and no repeated entry (a COO, or
+    indices out of order, may hold repeats: not checked, which would take a sorted copy)."""
+    if matrix.format not in ("csr", "csc") or not matrix.has_sorted_indices:
+        return False
+    indptr, indices = matrix.indptr, matrix.indices
+    repeated = indices[1:] == indices[:-1]
+    repeated[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < indices.size)] - 1] = False
+    return not repeated.any()
 
 
 def readable_values(values: np.ndarray) -> np.ndarray:

@@ -707,7 +707,22 @@ def _mismatch_as_usage(error: Exception) -> UsageError:
         # --prior gamma is Gamma(1, 1), which no option changes: its parameters
         # (prior_shape=1.0, prior_rate=1.0) named Python parameters the user cannot set
         message = message.replace(f"'gamma' ({DEFAULT_GAMMA})", "'gamma'")
-    return UsageError(f"{_option_names(message)} (drop --resume)")
+    resumed_in_python = ""
+    if FLOAT32_CHECKPOINT in message:
+        # no option sets dtype: "remove it" alone threw away a float32 fit (of
+        # tl.nmf(dtype=np.float32, checkpoint=...)) that only Python can go on with
+        message = message.replace(
+            FLOAT32_CHECKPOINT, f"{FLOAT32_CHECKPOINT}, the only dtype the command line fits"
+        )
+        resumed_in_python = (
+            "; or resume it in Python with the settings it was written with, e.g. "
+            "vbsnmf.tl.nmf(adata, K, dtype=np.float32, checkpoint=PATH, resume=True)"
+        )
+    return UsageError(f"{_option_names(message)} (drop --resume){resumed_in_python}")
+
+
+# A checkpoint of a float32 fit (Python's dtype=np.float32) in `check_config`'s words.
+FLOAT32_CHECKPOINT = "dtype: checkpoint 'float32' vs now 'float64'"
 
 
 def _tell_notes(notes: list) -> None:

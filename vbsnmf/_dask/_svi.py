@@ -33,6 +33,7 @@ from .._model import (
     VariationalParams,
     side_rate,
     side_terms,
+    warn_local_rounding,
 )
 from .._svi import (
     EVAL_BLOCK_ROWS,
@@ -304,6 +305,8 @@ def fit_svi_cells_dask(
         )
     else:
         cells = VariationalParams(lazy[0], params.row_rate, params.col_shape, params.col_rate)
+    # as the fit in memory warns (`_estimator._fit_svi_cells`)
+    warn_local_rounding(state.elbo_trace, dtype, settings.local_tol, float(row_totals.sum()))
     return DaskFitResult(
         cells,
         *trace_arrays(state.elbo_trace, state.elbo_iter),

@@ -1181,14 +1181,14 @@ def _storable(params: dict) -> dict:
     """The fit parameters that ``.h5ad`` can store (numbers, strings, booleans)."""
     stored = {}
     for name, value in params.items():
-        if isinstance(value, (bool, np.bool_)):
+        if name == "dtype":  # by its name: 'f4', 'single' or np.float32 were three records
+            stored[name] = np.dtype(value).name
+        elif isinstance(value, (bool, np.bool_)):
             stored[name] = bool(value)
         elif isinstance(value, (int, np.integer)):
             stored[name] = _storable_int(int(value))
         elif isinstance(value, (float, str, np.floating)):
             stored[name] = value.item() if isinstance(value, np.generic) else value
-        elif name == "dtype":
-            stored[name] = np.dtype(value).name
         elif hasattr(value, "__fspath__"):
             stored[name] = str(value)
     return stored

@@ -199,7 +199,9 @@ def project(
         do not depend on the other new cells, but projecting the reference's own cells
         does not give back all their fitted factors; to compare new cells with the
         reference, project the reference too, under another ``key_added``). Cells stopped
-        at ``max_iter`` are counted in a `vbsnmf.ConvergenceWarning`.
+        at ``max_iter`` are counted in a `vbsnmf.ConvergenceWarning`, as are, onto a float32
+        reference, cells that stopped on a change below their ELBO's rounding (counts x
+        2**-24 nats, pseudobulk depths).
     n_threads
         Numba threads (default: all).
     copy
@@ -384,7 +386,7 @@ def project(
             tol=tol,
             row_scale=row_scale,
         )
-    cells.warn_unsettled(tol)
+    cells.warn_unsettled(tol, refit="fit the reference (adata_ref) with dtype=np.float64")
     view_to_actual(adata_new)  # as tl.nmf: anndata's ImplicitModificationWarning otherwise
     # The earlier projection out and the new one in, or none of it: a Ctrl-C (or the command
     # line's SIGTERM) that arrives meanwhile is raised once all is stored (it left the new

@@ -49,7 +49,8 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         pandas DataFrame of sparse columns with fill value 0; an ndarray otherwise) and
         dtype (float64 for an object array, e.g. a DataFrame of pandas' nullable Int64
         columns, and for a sparse matrix of narrow integers or booleans whose repeated
-        entries sum beyond its dtype); ``train + test == counts``. The halves depend only
+        entries sum beyond its dtype, or of float32 whose repeated entries sum beyond
+        2**24); ``train + test == counts``, the repeats summed exactly. The halves depend only
         on the counts and ``random_state``, not on how the counts are stored (dense, CSR,
         CSC, ...).
 
@@ -122,7 +123,12 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # count's), and a row's entries split in storage order, not the counts' own.
         matrix.sum_duplicates()
     if sparse and matrix.dtype != given:  # widened: back to the caller's dtype if it holds them
-        low, high = (0, 1) if given.kind == "b" else (np.iinfo(given).min, np.iinfo(given).max)
+        if given.kind == "f":  # float32 (float16): the whole numbers it holds every one of
+            low, high = 0, 2.0 ** (np.finfo(given).nmant + 1)
+        elif given.kind == "b":
+            low, high = 0, 1
+        else:
+            low, high = np.iinfo(given).min, np.iinfo(given).max
         if matrix.nnz == 0 or low <= matrix.data.min() <= matrix.data.max() <= high:
             matrix = matrix.astype(given)
     if not sparse and matrix.dtype == object:

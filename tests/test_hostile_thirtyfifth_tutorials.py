@@ -152,23 +152,21 @@ def test_umap_tutorial_writes_its_figure_and_table_atomically(monkeypatch, tmp_p
     """`run` of the UMAP tutorial saved ``pbmc_nmf_umap.png`` and wrote
     ``pbmc_nmf_umap_results.md`` straight over the files kept in tutorials/ (the tensor
     tutorial replaced its table atomically): a killed run cut them short. Both go through
-    `replace_atomically` now, which keeps the old file whole when the write fails."""
+    `vbsnmf.io.atomic_file` now, which keeps the old file whole when the write fails."""
     module = _tutorial("pbmc_nmf_umap")
     source = inspect.getsource(module.run)
-    assert 'replace_atomically(outdir / "pbmc_nmf_umap.png"' in source
-    assert 'replace_atomically(outdir / "pbmc_nmf_umap_results.md"' in source
-    assert ".write_text(" not in source.replace("path.write_text(text)", "")
+    assert 'vbsnmf.io.atomic_file(outdir / "pbmc_nmf_umap.png")' in source
+    assert 'vbsnmf.io.atomic_file(outdir / "pbmc_nmf_umap_results.md")' in source
+    assert ".write_text(" not in source.replace("temporary.write_text(text)", "")
+    assert ".savefig(" not in source.replace("figure.savefig(temporary, dpi=110)", "")
     path = tmp_path / "pbmc_nmf_umap.png"
     path.write_bytes(b"the full run's figure")
     _failing_savefig(monkeypatch)
     figure = Figure()
-    with pytest.raises(OSError):
-        module.replace_atomically(path, lambda temporary: figure.savefig(temporary))
+    with pytest.raises(OSError), module.vbsnmf.io.atomic_file(path) as temporary:
+        figure.savefig(temporary)
     assert path.read_bytes() == b"the full run's figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pbmc_nmf_umap.png"]
-    monkeypatch.undo()
-    module.replace_atomically(path, lambda temporary: Figure().savefig(temporary))
-    assert path.read_bytes().startswith(b"\x89PNG") and len(list(tmp_path.iterdir())) == 1
 
 
 # -- the benchmarks: an output path that cannot be written ---------------------------------------

@@ -67,21 +67,6 @@ def default_outdir(quick: bool) -> Path:
     return QUICK_OUTDIR if quick else HERE
 
 
-def replace_atomically(path: Path, write) -> None:
-    """Write ``path`` by ``write(temporary)`` beside it, then move it into place in one step:
-    a run killed or failing mid-write (a full disk) leaves the file of the run before whole,
-    such as the full run's kept in ``tutorials/``, and no temporary behind. The temporary
-    is this process's (two runs into one folder do not share it) and keeps the suffix,
-    from which matplotlib takes the figure's format."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 N_COMPONENTS = 15
 SEED = 0
 
@@ -222,7 +207,8 @@ def run(quick: bool = False, outdir: Path | None = None) -> pd.DataFrame:
             )
             axes[row, column].set(xlabel="UMAP1", ylabel="UMAP2")
     figure.tight_layout()
-    replace_atomically(outdir / "pbmc_nmf_umap.png", lambda path: figure.savefig(path, dpi=110))
+    with vbsnmf.io.atomic_file(outdir / "pbmc_nmf_umap.png") as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
 
     labels = adata.obs["subpop"]
@@ -292,7 +278,8 @@ def run(quick: bool = False, outdir: Path | None = None) -> pd.DataFrame:
         "",
     ]
     text = "\n".join(lines)
-    replace_atomically(outdir / "pbmc_nmf_umap_results.md", lambda path: path.write_text(text))
+    with vbsnmf.io.atomic_file(outdir / "pbmc_nmf_umap_results.md") as temporary:
+        temporary.write_text(text)
     return table
 
 

@@ -72,21 +72,6 @@ def default_outdir(quick: bool) -> Path:
     return QUICK_OUTDIR if quick else HERE
 
 
-def replace_atomically(path: Path, write) -> None:
-    """Write ``path`` by ``write(temporary)`` beside it, then move it into place in one step:
-    a run killed or failing mid-write (a full disk) leaves the file of the run before whole,
-    such as the full run's kept in ``tutorials/``, and no temporary behind. The temporary
-    is this process's (two runs into one folder do not share it) and keeps the suffix,
-    from which matplotlib takes the figure's format."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 N_COMPONENTS = 8
 N_REPLICATES = 4
 SEED = 0
@@ -199,7 +184,8 @@ def plot(gate_profile, replicate_profile, weight, gates, path: Path) -> None:
     axes[1].set_xlabel("pseudo-replicate")
     axes[1].set_title("replicate profiles (flat = 1/4)")
     try:
-        replace_atomically(path, lambda temporary: fig.savefig(temporary, dpi=110))
+        with vbsnmf.io.atomic_file(path) as temporary:
+            fig.savefig(temporary, dpi=110)
     finally:
         plt.close(fig)
 
@@ -306,7 +292,8 @@ also its own sort and library, so gate, cell type and batch are confounded.
 ![gate and replicate profiles](pbmc_tensor.png)
 """
     path = Path(outdir) / "pbmc_tensor_results.md"
-    replace_atomically(path, lambda temporary: temporary.write_text(text))
+    with vbsnmf.io.atomic_file(path) as temporary:
+        temporary.write_text(text)
 
 
 def main(argv=None) -> None:

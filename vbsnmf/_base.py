@@ -379,6 +379,21 @@ class Estimator:
 
         return estimator_html_repr(self)
 
+    # The diagram's tables of parameters (scikit-learn 1.7 on) and fitted attributes (1.8
+    # on), which it draws for an estimator that has these methods; scikit-learn's own code,
+    # run on this class (it reads `get_params`, the signature's defaults and the public
+    # attributes ending in "_"), with the arguments its version passes. Without them a
+    # notebook showed the bare repr in the box.
+    def _get_params_html(self, *args, **kwargs):
+        from sklearn.base import BaseEstimator
+
+        return BaseEstimator._get_params_html(self, *args, **kwargs)
+
+    def _get_fitted_attr_html(self, *args, **kwargs):
+        from sklearn.base import BaseEstimator
+
+        return BaseEstimator._get_fitted_attr_html(self, *args, **kwargs)
+
     # -- scikit-learn's metadata routing (its ``_MetadataRequester``, which BaseEstimator
     # inherits): with ``enable_metadata_routing`` set, a pipeline or a search passes `fit`'s
     # keyword arguments (``mask``, ``init``, ``callback``; a tensor's ``values``) only to an

@@ -336,6 +336,26 @@ def _difference(key: str, name: str, then, now) -> str:
             then_words, now_words = ("without", "with") if then is None else ("with", "without")
             return f"mask: the checkpoint's fit ran {then_words} one, this fit {now_words}"
         return "mask: other missing entries than the checkpoint's fit"
+    if key == "random_state":
+        # A Generator's or RandomState's record is the entropy its fit drew from it (no seed
+        # the user gave; below 2**32 only by a chance of 2**-31): a generator drawn from
+        # since (by another fit, or pickled inside the fit's callback) was refused with two
+        # numbers of no meaning to its user.
+        drawn = [isinstance(seed, int) and seed >= 2**32 for seed in (then, now)]
+        if drawn == [False, True]:
+            return (
+                f"random_state: the checkpoint's fit was given random_state={then!r}, this "
+                f"fit a Generator or RandomState (which gave it the entropy {now!r}): give "
+                f"random_state={then!r} again to resume it"
+            )
+        if drawn[0]:
+            return (
+                f"random_state: checkpoint {then!r} vs now {now!r}, the entropy a "
+                "Generator or RandomState gave the checkpoint's fit: such a generator "
+                "resumes only in the state it had when that fit began (a fresh "
+                "np.random.default_rng(seed) of that fit's seed), not once it gave a fit "
+                "its entropy"
+            )
     return f"{name}: checkpoint {then!r} vs now {now!r}"
 
 

@@ -1315,6 +1315,19 @@ INITS = ("random", "nndsvda")
 
 def _check_init(init, solver: str, n_init: int, learned: bool) -> str:
     """``VBNMF``'s ``init``, checked against the settings it needs."""
+    if init is not None and not isinstance(init, str):
+        # a start to continue, given where fit's is meant: the message printed whole arrays
+        if hasattr(init, "shape") and hasattr(init, "dtype"):
+            shown = f"{type(init).__name__} of shape {init.shape}"
+        elif isinstance(init, dict):
+            shown = f"a dict with keys {sorted(map(str, init))}"
+        else:
+            shown = repr(init)
+        raise ValueError(
+            f"init must be one of {INITS} (how to start), got {shown}: a start to continue "
+            "(a fitted VBNMF or a dict of cell_shape, cell_rate, gene_shape, gene_rate) is "
+            "given to fit, VBNMF(...).fit(X, init=start)"
+        )
     if not isinstance(init, str) or init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if init == "nndsvda":

@@ -304,7 +304,7 @@ def compute_dask(*arrays) -> list[np.ndarray]:
     import dask
 
     # distributed says only "Client is closed" or "lost dependencies"
-    scheduler = futures_holder(arrays, CELLS_CLOSED, CELLS_DROPPED)
+    scheduler = futures_holder(arrays, CELLS_CLOSED, CELLS_DROPPED, CELLS_ELSEWHERE)
     return [np.asarray(array) for array in dask.compute(*arrays, scheduler=scheduler)]
 
 
@@ -319,14 +319,22 @@ CELLS_DROPPED = (
     "drops every result it holds): gather them (DaskFitResult.gather()) before restarting "
     "the workers, or fit again"
 )
+CELLS_ELSEWHERE = (
+    "the fit's cells are held by a dask.distributed client of another process or session: "
+    "this result was pickled, and a pickle of a dask array keeps the keys of the cluster's "
+    "data, not the data: gather them (DaskFitResult.gather()) before pickling, or fit again"
+)
 
 
-def futures_holder(arrays, closed: str, dropped: str):
+def futures_holder(arrays, closed: str, dropped: str, elsewhere: str):
     """The dask.distributed client holding the futures that ``arrays`` (a dask array or a
     tuple of them) read, or None when they read none; a closed one is a `ValueError` saying
     ``closed``, as the arrays' chunks went with it, and so is a cancelled future (by
     ``client.restart()``: distributed's FutureCancelledError "lost dependencies" named
-    neither), saying ``dropped``."""
+    neither), saying ``dropped``, and futures unpickled in a process that holds none of
+    them (a pickled fit result or persisted X, loaded in a new session: distributed binds
+    them to no client, and reading them raised a bare AttributeError on None), saying
+    ``elsewhere``."""
     if sys.modules.get("distributed") is None:  # futures exist only once it is loaded
         return None
     from distributed import futures_of
@@ -335,6 +343,8 @@ def futures_holder(arrays, closed: str, dropped: str):
     if not futures:
         return None
     holder = futures[0].client
+    if holder is None:
+        raise ValueError(elsewhere)
     if holder.status in ("closing", "closed"):
         raise ValueError(closed)
     if any(future.cancelled() for future in futures):

@@ -186,6 +186,9 @@ def futures_holder(X, name: str = "X"):
         f"{name} reads chunks persisted on a dask.distributed cluster that dropped them "
         f"since (client.restart() drops every persisted chunk): build {name} again from "
         "its source (and persist it again)",
+        f"{name} reads chunks persisted on a dask.distributed client of another process or "
+        f"session ({name} was pickled, and a pickle of a persisted dask array keeps the keys "
+        f"of the cluster's chunks, not the chunks): build {name} again from its source",
     )
 
 
@@ -378,7 +381,9 @@ def start_blocks(
     chunk, from a numpy or dask array; keys ``{prefix}-{name}-{chunk}``."""
     da = dask_array_module()
     if isinstance(init_array, da.Array):  # cells the cluster dropped: named, not "lost"
-        _utils.futures_holder(init_array, _utils.CELLS_CLOSED, _utils.CELLS_DROPPED)
+        _utils.futures_holder(
+            init_array, _utils.CELLS_CLOSED, _utils.CELLS_DROPPED, _utils.CELLS_ELSEWHERE
+        )
     if isinstance(init_array, da.Array) and _reads_futures_of_another(init_array, client):
         # A result of another client (a fit on another cluster, or one since closed): this
         # client's scheduler knows none of its keys and cancelled the fit's first sums

@@ -210,7 +210,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return W
 
     def transform(self, X) -> np.ndarray:
-        """W for new rows X with H = ``components_`` held fixed (same solver and loss).
+        """W for new rows X with H = ``components_`` held fixed, by the solver and loss of
+        the parameters as they are now, as scikit-learn's `NMF` does: after `set_params`
+        changed ``solver``, ``loss``, ``alpha``, ``beta``, ``epsilon``, ``max_iter`` or
+        ``tol``, the new ones (unlike `vbsnmf.VBNMF.transform`, which projects onto the
+        model as fitted); ``n_components``, ``weights``, ``factor_mask``, ``thin`` and
+        ``init`` do not apply.
 
         Each row is fitted on its own: it starts flat, at the scale of its own total, and
         iterates until its own loss changes by at most ``tol`` relative (at most
@@ -449,7 +454,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         check_flag(self.thin, "thin")
         if self.init is not None and (not isinstance(self.init, str) or self.init not in INITS):
-            raise ValueError(f"unknown init {_short(self.init)}; choose one of {INITS}")
+            advice = ""
+            if not isinstance(self.init, str):  # starting factors, where fit takes them
+                advice = " (starting factors are given to fit: init='custom', fit(X, W=W, H=H))"
+            raise ValueError(f"unknown init {_short(self.init)}; choose one of {INITS}{advice}")
         _check_seed(self.random_state)
         return spec
 

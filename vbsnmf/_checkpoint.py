@@ -705,6 +705,65 @@ def check_svi_progress(meta: dict, trace: np.ndarray, damaged, can_hold: bool = 
         raise damaged(f"its random generator state is unreadable ({error})") from None
 
 
+# Lock files that this process took before its fit began (`held_for_fit`, the command
+# line's, at its start), keyed by the lock file's absolute path: the fit's `Checkpointer`
+# adopts the one of its checkpoint rather than take it again, which the lock already held
+# refused as in use.
+_HANDED_LOCKS: dict[Path, int] = {}
+
+
+def holds_handed_lock(lock: Path) -> bool:
+    """Whether ``lock`` is a lock file this process holds for a fit about to begin
+    (`held_for_fit`), which the fit's checks must not take for another fit's."""
+    descriptor = _HANDED_LOCKS.get(Path(lock).absolute())
+    return descriptor is not None and _names(descriptor, lock)
+
+
+@contextlib.contextmanager
+def held_for_fit(path):
+    """Hold the lock file of checkpoint ``path`` (None: nothing) from now to the end of the
+    block, and hand it to the first fit of that checkpoint begun in the block. The command
+    line takes it at its start: taken by the fit only once the input was read (or
+    converted, minutes for a large .mtx), a second run given the same checkpoint meanwhile
+    passed its checks and was refused only then. Nothing is held where the fit would hold
+    nothing at its start (the checkpoint's folder does not exist yet, no locks there).
+
+    Raises
+    ------
+    CheckpointInUseError
+        Another live fit holds the lock file.
+    CheckpointError
+        A file of the user's is where the lock file goes.
+    """
+    if path is None:
+        yield
+        return
+    path = link_followed(Path(path).absolute())
+    lock = lock_file_of(path)
+    descriptor = None
+    if path.parent.is_dir():
+        descriptor = _take(path, lock)
+    if descriptor is not None:
+        _HANDED_LOCKS[lock] = descriptor
+    try:
+        yield
+    finally:
+        # not taken by a fit (the run failed before it began): released here
+        if descriptor is not None and _HANDED_LOCKS.get(lock) == descriptor:
+            del _HANDED_LOCKS[lock]
+            drop_lock_file(lock, descriptor)
+
+
+def _take(path: Path, lock: Path) -> int | None:
+    """`take_lock_file` of checkpoint ``path``'s ``lock``, its refusals said as a fit's."""
+    try:
+        return take_lock_file(lock)
+    except BlockingIOError:
+        raise CheckpointInUseError(in_use_message(path, lock)) from None
+    except FileExistsError:  # a file of the user's: never truncated nor removed
+        raise CheckpointError(foreign_lock_message(path, lock)) from None
+
+
 class Checkpointer:
     """Where and how often a fit saves itself, and the config it must match on resume.
 
@@ -748,12 +807,13 @@ class Checkpointer:
 
     def _hold(self) -> None:
         lock = lock_file_of(self.path)
-        try:
-            self._lock = take_lock_file(lock)
-        except BlockingIOError:
-            raise CheckpointInUseError(in_use_message(self.path, lock)) from None
-        except FileExistsError:  # a file of the user's: never truncated nor removed
-            raise CheckpointError(foreign_lock_message(self.path, lock)) from None
+        handed = _HANDED_LOCKS.pop(lock, None)  # taken for this fit at the command's start
+        if handed is not None:
+            if _names(handed, lock):
+                self._lock = handed
+                return
+            os.close(handed)  # removed meanwhile (with its folder?): taken again below
+        self._lock = _take(self.path, lock)
 
     def load(self, resume: bool) -> tuple[dict[str, np.ndarray], dict] | None:
         """The stored checkpoint, or None when there is none or not ``resume`` (a fresh

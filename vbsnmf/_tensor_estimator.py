@@ -765,7 +765,9 @@ class VBNTF(Estimator):
             if local_mode >= n_modes:
                 raise ValueError(f"svi_mode must be below the tensor's {n_modes} modes")
         slices_form = self.solver == "svi" and self.svi_form == "slices"
-        _check_table_memory(shape, checked["n_components"], checked["dtype"])
+        _check_table_memory(
+            shape, len(values), checked["n_components"], checked["dtype"], checked["n_init"]
+        )
         _model.check_fixed_prior_range(shape, checked["prior"], checked["dtype"], "tensor")
         data = _tensor.as_tensor_data(
             coords, values, shape, major=local_mode if slices_form else None
@@ -1044,24 +1046,51 @@ class VBNTF(Estimator):
         self.converged_ = result.converged
 
 
-# Arrays of sum_d n_d x K a fit holds at the least: q's shapes and rates, the pass's tables
-# and statistics (SQUAREM and the per-thread accumulators hold more).
-_TABLES_AT_LEAST = 4
+# What a fit holds at its peak, measured with tracemalloc (tests/
+# test_hostile_thirtyfifth_followups.py checks the estimate against the traced peak): per
+# entry of the factor tables (every mode's indices x K), q's shapes and rates, the pass's
+# tables and statistics and SQUAREM's q's, in the fit's dtype, and a float64 sum beside
+# them (measured 65-82 bytes per entry in float64, 33 in float32, on shapes of 2 to 4
+# modes and K up to 800); n_init > 1 keeps the best fit's tables beside the running one.
+# Per nonzero: its coordinates and count, as given, sorted and as the kernels take them
+# (measured 46, 80 and 112 bytes for 2, 3 and 5 modes).
+_TABLE_ARRAYS = 11  # in the fit's dtype
+_TABLE_FLOAT64_ARRAYS = 1
+_BEST_TABLE_ARRAYS = 2  # in the fit's dtype, when n_init > 1
 
 
-def _check_table_memory(shape: tuple[int, ...], n_components: int, dtype: np.dtype) -> None:
-    """`InsufficientMemoryError` before any allocation when the factor tables alone
-    (every mode's indices x K, a few of them) exceed the memory available: a tensor with
-    a mode of 10**12 indices raised a bare MemoryError from deep inside."""
+def estimate_tensor_memory(
+    shape: tuple[int, ...], nnz: int, n_components: int, dtype, n_init: int = 1
+) -> int:
+    """Bytes a `VBNTF` fit of a tensor of ``shape`` with ``nnz`` given entries (an upper
+    bound of its nonzeros) needs at its peak: an upper bound of the traced peak, within
+    ~2x of it, for every prior, solver and thread count."""
+    itemsize = np.dtype(dtype).itemsize
+    per_entry = _TABLE_ARRAYS * itemsize + _TABLE_FLOAT64_ARRAYS * 8
+    if n_init > 1:
+        per_entry += _BEST_TABLE_ARRAYS * itemsize
+    # Python integers: numpy's int64 wraps past 2**63 without a word
+    tables = sum(int(n) for n in shape) * int(n_components) * per_entry
+    return tables + int(nnz) * 16 * (len(shape) + 3)
+
+
+def _check_table_memory(
+    shape: tuple[int, ...], nnz: int, n_components: int, dtype: np.dtype, n_init: int
+) -> None:
+    """`InsufficientMemoryError` before any allocation when the fit's peak
+    (`estimate_tensor_memory`) exceeds the memory available: a tensor with a mode of
+    10**12 indices raised a bare MemoryError from deep inside. The four tables it counted
+    before were a lower bound, under half of the peak (14 MB against 36 MB traced at K=800
+    on a small tensor)."""
     available = None if guard_disabled() else available_memory()
-    needed = _TABLES_AT_LEAST * sum(shape) * n_components * max(dtype.itemsize, 8)
+    needed = estimate_tensor_memory(shape, nnz, n_components, dtype, n_init)
     if available is not None and needed > available:
         raise InsufficientMemoryError(
-            f"a tensor of shape {shape} with K={n_components} needs at least "
-            f"{format_bytes(needed)} for its factor tables (every mode's indices x K), and "
-            f"{format_bytes(available)} is available; check the shape (one past the largest "
-            "index of each mode when not given) or lower n_components; set "
-            "VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
+            f"a tensor of shape {shape} with K={n_components} needs about "
+            f"{format_bytes(needed)} for its factor tables (every mode's indices x K) and "
+            f"its nonzeros, and {format_bytes(available)} is available; check the shape "
+            "(one past the largest index of each mode when not given) or lower "
+            "n_components; set VBSNMF_NO_MEMORY_GUARD=1 to fit anyway."
         )
 
 

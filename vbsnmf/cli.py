@@ -956,12 +956,23 @@ def _run_fit(args) -> int:
 
 
 def _fit_command(args, inputs) -> int:
-    from .io import read
-    from .io._read import check_read_options
+    from ._checkpoint import held_for_fit
 
     _check_options(args)
     source = Path(args.input)
     outdir = _check_paths(args, inputs)
+    # the checkpoint's lock file taken now, and handed to the fit: taken by the fit, after
+    # the input was read (or converted), a second run given the same --checkpoint
+    # meanwhile passed its checks and was refused only minutes later
+    with held_for_fit(args.checkpoint):
+        return _fit_checked(args, inputs, source, outdir)
+
+
+def _fit_checked(args, inputs, source: Path, outdir: Path) -> int:
+    """`_fit_command` once the options and paths are checked."""
+    from .io import read
+    from .io._read import check_read_options
+
     kind = check_read_options(source, args.genes_as_rows, args.row_names, args.col_names)
     if kind not in ("h5ad", "zarr") and (args.layer is not None or args.use_raw):
         option = "--use-raw" if args.use_raw else "--layer"
@@ -1240,6 +1251,14 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
     if args.convert_to is None:
         return None
     path = Path(args.convert_to)
+    # the fit's lock file there was then "held by another process": this run's file; told
+    # before "exists", as the lock file is there from the run's start (`held_for_fit`)
+    if args.checkpoint is not None and real_path(path) == real_path(
+        lock_file_of(Path(args.checkpoint))
+    ):
+        raise UsageError(
+            f"--convert-to {path} is the name of --checkpoint's lock file; name another file"
+        )
     exists = os.path.lexists(path)  # a link too; a name too long is told below
     if exists and args.resume:
         # likely the conversion of the run being resumed, but nothing here proves it: say
@@ -1264,11 +1283,6 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
         checkpoint = Path(args.checkpoint)
         if real_path(path) == real_path(checkpoint):
             raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
-        # the fit's lock file there was then "held by another process": this run's file
-        if real_path(path) == real_path(lock_file_of(checkpoint)):
-            raise UsageError(
-                f"--convert-to {path} is the name of --checkpoint's lock file; name another file"
-            )
     if real_path(path) == real_path(outdir):
         raise UsageError(f"--convert-to and -o both name {path}; name a file beside OUTDIR")
     if not path.name.lower().endswith(CONVERTED_SUFFIXES):
@@ -1288,21 +1302,28 @@ def _shown(path: Path, folder: Path, outdir: Path) -> Path:
 
 def _run_demo(args) -> int:
     from . import datasets
+    from ._checkpoint import held_for_fit
     from .io._paths import UMAP_FILE
 
     _check_options(args)
     # the demo reads its data set from the package's folder, which OUTDIR must not replace
     outdir = _check_paths(args, [Path(datasets.__file__).resolve().parents[1]])
-    with _doing(f"loading {args.dataset}"):
-        adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
-    if not args.quiet:
-        _tell(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, {adata.X.nnz} nonzeros")
-    color = "subpop" if "subpop" in adata.obs else None
-    with _outdir_writer(outdir, args.force) as folder:  # before the fit, as `_fit_command`
-        seconds = _fit(adata, args, args.quiet)
-        with _doing(f"writing {outdir}"):
-            summary = _write_fit(adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds)
-            _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
+    with held_for_fit(args.checkpoint):  # from the start, as `_fit_command`
+        with _doing(f"loading {args.dataset}"):
+            adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()
+        if not args.quiet:
+            _tell(
+                f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes, "
+                f"{adata.X.nnz} nonzeros"
+            )
+        color = "subpop" if "subpop" in adata.obs else None
+        with _outdir_writer(outdir, args.force) as folder:  # before the fit, as `_fit_command`
+            seconds = _fit(adata, args, args.quiet)
+            with _doing(f"writing {outdir}"):
+                summary = _write_fit(
+                    adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds
+                )
+                _draw_umap(adata, folder / UMAP_FILE, color=color, seed=args.seed)
     _report(outdir, summary, args.quiet)
     if not args.quiet:
         _print_result(f"UMAP of the NMF usages: {outdir / UMAP_FILE}", outdir)

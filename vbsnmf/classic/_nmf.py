@@ -222,6 +222,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``max_iter`` iterations), so a row's W does not depend on the rows transformed
         with it. For the rows fitted, it agrees with `fit_transform`'s W to about ``tol``,
         not exactly (the two stop by different losses, as scikit-learn's `NMF` does).
+
+        W is float32 for float32 X and float64 for any other X, whatever the dtype of the
+        fitted data (``components_``): the dtype of the rows transformed is kept, as
+        scikit-learn's `MiniBatchNMF` keeps it (its `NMF` refuses X of another dtype than
+        ``components_``' with a TypeError; the solvers here work in float64 either way).
         """
         check_is_fitted(self, "components_")
         spec = self._check_params()

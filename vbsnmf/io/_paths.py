@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .._atomic import (
     FOREIGN,
+    FREE,
     IN_USE,
     REMOVED,
     STICKY_REFUSAL,
@@ -170,6 +171,7 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     from .._checkpoint import (
         CheckpointInUseError,
         foreign_lock_message,
+        holds_handed_lock,
         in_use_message,
         read_checkpoint_meta,
     )
@@ -219,7 +221,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
                 f"checkpoint {path} needs the lock file {lock} beside it, which {relation} "
                 f"the input {other}; name another checkpoint"
             )
-        state = clear_lock_file(lock)
+        # this process's own, taken at the command's start for the fit (`held_for_fit`)
+        state = FREE if holds_handed_lock(lock) else clear_lock_file(lock)
         if state == IN_USE:
             raise CheckpointInUseError(in_use_message(path, lock))
         if state == FOREIGN:

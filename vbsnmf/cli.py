@@ -73,12 +73,15 @@ class _Parser(argparse.ArgumentParser):
 
     def _print_message(self, message: str, file=None) -> None:
         """argparse's, which ignores a failed write: the text of --help or --version lost
-        on a full disk (``vbsnmf --version > /dev/full``) exited 0 without a word. A reader
-        that stopped reading (``vbsnmf fit --help | head -3``) is still no error."""
+        on a full disk (``vbsnmf --version > /dev/full``, where a buffered stream fails
+        only as it is flushed) exited 0 without a word. A reader that stopped reading
+        (``vbsnmf fit --help | head -3``) is still no error."""
         if not message:
             return
+        stream = file or sys.stderr
         try:
-            (file or sys.stderr).write(message)
+            stream.write(message)
+            stream.flush()
         except BrokenPipeError:
             pass
         except (OSError, ValueError) as error:  # ValueError: the stream was closed
@@ -1776,7 +1779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_numba_threading_layer()
         return _run_reporting_warnings(args)
     except SystemExit as done:  # --help and --version
-        return _printed(done.code if isinstance(done.code, int) else EXIT_OK)
+        return done.code if isinstance(done.code, int) else EXIT_OK
     except KeyboardInterrupt as stop:
         what, code = "interrupted", EXIT_INTERRUPTED
         if isinstance(stop, Stopped):
@@ -1841,23 +1844,6 @@ def _restore_variable(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
-
-
-def _printed(code: int) -> int:
-    """``code``, the exit code of --help or --version, once their text has left stdout;
-    argparse ignores a failed write, and stdout on a full disk (``vbsnmf --version >
-    /dev/full``) lost the text without a word, with exit code 0. A reader that stopped
-    reading (``vbsnmf fit --help | head -3``) is no error."""
-    if sys.stdout is None:  # closed at start: argparse wrote to stderr instead
-        return code
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return code
-    except (OSError, ValueError) as error:  # ValueError: the stream was closed
-        _tell(f"vbsnmf: error: cannot print to stdout ({_one_line(error)})")
-        return EXIT_USAGE
-    return code
 
 
 def _library_missing(error: Exception) -> bool:

@@ -948,6 +948,12 @@ def local_start_shape(prior: Prior, n_rows: int, n_components: int, dtype) -> np
     return np.full((n_rows, n_components), shape + 1.0, dtype=dtype)
 
 
+# Nats by which float32 tables round each count's data term, per count: an ELBO of N
+# counts is held to about N times this (`warn_elbo_rounding`, `warn_local_rounding`, and
+# each row's local fit in `fit_rows`).
+FLOAT32_ROUNDING_PER_COUNT = 2.0**-24
+
+
 @dataclass
 class RowFit:
     """What `fit_rows` returns: the rows' q, q of their scales under the learned prior
@@ -1042,14 +1048,14 @@ def fit_rows(
     active = np.arange(n_rows)
     previous = np.full(n_rows, np.nan)  # each row's ELBO at its last pass
     n_passes = 0
-    # float32 tables hold each count's data term to about 2**-24 nats (as in
-    # `warn_elbo_rounding`): a row of many counts can stop on its ELBO's rounding
+    # float32 rounds a row's ELBO by about its counts x FLOAT32_ROUNDING_PER_COUNT: a row of
+    # many counts can stop on that rounding
     rounding, rounded = None, 0
     if dtype == np.float32:
         row_totals, _ = compressed_totals(
             data.indptr, data.indices, data.counts, n_rows, data.shape[1]
         )
-        rounding = row_totals * 2.0**-24
+        rounding = row_totals * FLOAT32_ROUNDING_PER_COUNT
     while n_passes < max_iter and active.size:
         shape = row_shape[active]
         rate = row_rate[active] if learned else np.broadcast_to(row_rate, shape.shape)
@@ -1472,7 +1478,7 @@ def warn_elbo_rounding(
     last = abs(float(elbo_trace[-1]))
     resolved = tol * last
     if np.dtype(dtype) == np.float32:
-        rounding = total_count * 2.0**-24
+        rounding = total_count * FLOAT32_ROUNDING_PER_COUNT
         advice = "fit these counts with dtype=np.float64"
     else:
         rounding = total_count * math.log(max(largest_count, math.e)) * 2.0**-53
@@ -1500,7 +1506,7 @@ def warn_local_rounding(
     if np.dtype(dtype) != np.float32 or tol == 0 or not len(elbo_trace):
         return
     resolved = tol * abs(float(elbo_trace[-1]))
-    rounding = total_count * 2.0**-24
+    rounding = total_count * FLOAT32_ROUNDING_PER_COUNT
     if rounding > resolved:
         warn_user(
             f"float32 holds this fit's ELBO to about {rounding:.2g} nats ({total_count:.3g} "

@@ -114,7 +114,7 @@ def test_sorted_float32_csr_without_repeats_is_not_copied_to_sum():
     counts = sp.csr_matrix(_repeats_beyond_float32(np.float32))
     assert widen_to_sum(counts) is counts
     zeros = counts.copy()
-    zeros.data[1] = 0  # a stored zero: not canonical by vbsnmf's test, nothing to sum
+    zeros.data[1] = 0  # a stored zero: still canonical to scipy, nothing to sum
     assert widen_to_sum(zeros) is zeros
 
 

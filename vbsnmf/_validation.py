@@ -368,20 +368,7 @@ def widen_to_sum(matrix):
         exact = 2.0 ** (np.finfo(matrix.dtype).nmant + 1)
         if not float(np.sum(matrix.data, dtype=np.float64)) > exact:
             return matrix
-        if _sorted_without_repeats(matrix):  # only stored zeros or the like: nothing summed
-            return matrix
     return matrix.astype(np.float64)
-
-
-def _sorted_without_repeats(matrix) -> bool:
-    """Whether CSR/CSC ``matrix`` has sorted indices and no repeated entry (a COO, or
-    indices out of order, may hold repeats: not checked, which would take a sorted copy)."""
-    if matrix.format not in ("csr", "csc") or not matrix.has_sorted_indices:
-        return False
-    indptr, indices = matrix.indptr, matrix.indices
-    repeated = indices[1:] == indices[:-1]
-    repeated[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < indices.size)] - 1] = False
-    return not repeated.any()
 
 
 def readable_values(values: np.ndarray) -> np.ndarray:

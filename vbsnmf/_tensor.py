@@ -687,7 +687,7 @@ class TensorSVISettings:
     local_max_iter: int
     local_tol: float
     n_chunks: int = 1
-    eval_every: int = 1  # the full ELBO after every epoch (`_svi.end_of_epoch`)
+    eval_every: int = 1  # the full ELBO every this many epochs and the last (`_svi.end_of_epoch`)
     verbose: bool = False
 
 
@@ -1143,7 +1143,8 @@ def fit_svi(
     on_epoch: Callable[[TensorSVIState], None] | None = None,
 ) -> TensorSVIState:
     """SVI from ``state`` (a fresh start or a checkpoint) until the relative change of the
-    full ELBO, evaluated after every epoch, is at most ``tol``, or ``n_epochs`` epochs.
+    full ELBO, evaluated every ``eval_every`` epochs and after the last, is at most ``tol``
+    three evaluations in a row, or ``n_epochs`` epochs.
 
     For ``form="slices"`` the local mode is ``data.major``. Every epoch visits the slices
     (or the nonzeros) in a fresh random order, in batches of ``settings.batch_size``.

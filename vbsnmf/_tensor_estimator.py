@@ -541,11 +541,18 @@ class VBNTF(Estimator):
         Step-size schedule, ``tau >= 0``, ``kappa`` in (0.5, 1]; t counts epochs (after the
         n-th of an epoch's m steps, t = n / m), as in `VBNMF`.
     n_epochs
-        Maximum number of passes over the data (SVI); the full ELBO is evaluated after
-        every epoch, and the fit stops when its relative change has been at most ``tol``
-        three evaluations in a row (as `VBNMF`'s SVI). The default (None): `VBNMF`'s, 40,
+        Maximum number of passes over the data (SVI); the full ELBO is evaluated every
+        ``eval_every`` epochs, and the fit stops when its relative change has been at most
+        ``tol`` three evaluations in a row (as `VBNMF`'s SVI). The default (None): `VBNMF`'s, 40,
         or for the slices form with its default ``batch_size`` on fewer than 4,096 slices
         as many epochs as make 1,280 steps.
+    eval_every
+        Evaluate the full ELBO every this many epochs (SVI; default 1) and after the last,
+        the three-in-a-row stopping rule counting evaluations, as `VBNMF`'s. The nonzeros
+        form's evaluation is one more pass over the nonzeros and changes nothing else, so
+        a fit to a given epoch is the same whatever ``eval_every``; the slices form's also
+        takes the other modes' exact step from the statistics it gathers, so between
+        evaluations they move by the minibatch steps alone.
     checkpoint
         Path of a checkpoint, written atomically every ``checkpoint_every`` iterations
         (batch) or epochs (SVI) and at the end; None (default) writes none.
@@ -630,6 +637,7 @@ class VBNTF(Estimator):
         tau: float = 1.0,
         kappa: float = 0.7,
         n_epochs: int | None = None,
+        eval_every: int = 1,
         checkpoint=None,
         checkpoint_every: int = 1,
         resume: bool = False,
@@ -653,6 +661,7 @@ class VBNTF(Estimator):
         self.tau = tau
         self.kappa = kappa
         self.n_epochs = n_epochs
+        self.eval_every = eval_every
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -685,6 +694,7 @@ class VBNTF(Estimator):
             "n_epochs": None
             if self.n_epochs is None
             else _check_integer(self.n_epochs, "n_epochs", 1),
+            "eval_every": _check_integer(self.eval_every, "eval_every", 1),
             "checkpoint_every": _check_integer(self.checkpoint_every, "checkpoint_every", 1),
             "batch_size": None
             if self.batch_size is None
@@ -883,6 +893,9 @@ class VBNTF(Estimator):
             "batch_size": batch_size if svi else None,
             "tau": checked["tau"] if svi else None,
             "kappa": checked["kappa"] if svi else None,
+            # the slices form's evaluations take the other modes' exact steps; recorded for
+            # both forms, as `VBNMF`'s (a tensor checkpoint written before holds none)
+            "eval_every": checked["eval_every"] if svi else None,
             # each slice's local fit runs to tol within max_iter passes: the steps depend on them
             "local_fit": [checked["max_iter"], checked["tol"]] if form == "slices" else None,
             "prior": self.prior,
@@ -916,6 +929,7 @@ class VBNTF(Estimator):
                 local_max_iter=max(checked["max_iter"], 1),
                 local_tol=checked["tol"],
                 n_chunks=n_threads,
+                eval_every=checked["eval_every"],
                 verbose=checked["verbose"],
             )
             if stored is not None:

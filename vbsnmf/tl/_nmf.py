@@ -288,15 +288,15 @@ def nmf(
         parameter of the wrong type: ``n_components`` (or ``max_iter``) not an integer,
         ``layer`` not a string, ``use_raw``, ``warm_start`` or ``copy`` not True or False,
         ``min_share`` not a number, ``random_state`` none of the kinds above, ``callback``
-        not callable.
+        not callable, ``key_added`` neither a string nor None.
     ValueError
         The selected matrix is not non-negative integer counts, or holds no nonzero count
         (the message says where the counts probably are, e.g. ``layer="counts"`` or
         ``use_raw=True``); ``n_components``
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene, or is not a boolean
-        array over the genes; ``key_added`` that an ``.h5ad`` cannot store (not a
-        non-empty string, see above) or under which the results would overwrite another
+        array over the genes; ``key_added`` that an ``.h5ad`` cannot store (empty, or
+        see above) or under which the results would overwrite another
         fit's, a projection's or a K selection's, or what another tool stored or stores
         (scanpy's ``.obsm['X_pca']`` for ``key_added="pca"``); ``min_share`` outside [0, 1); a
         negative ``random_state``; ``warm_start``

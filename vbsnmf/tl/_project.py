@@ -248,7 +248,8 @@ def project(
     TypeError
         ``adata_new`` or ``adata_ref`` is not an AnnData; ``max_iter`` is not an integer or
         ``tol`` not a number; ``key`` or ``layer`` not a string, ``use_raw`` or ``copy``
-        not True or False, ``n_threads`` not an integer or None.
+        not True or False, ``n_threads`` not an integer or None, ``key_added`` neither a
+        string nor None.
     """
     check_anndata(adata_new, "adata_new")
     check_anndata(adata_ref, "adata_ref")

@@ -153,7 +153,7 @@ def select_k(
     TypeError
         ``adata`` is not an AnnData; ``ks`` not a sequence (a number, a string, a 0-d
         array); ``tolerance`` or ``min_share`` not a number; ``layer``, ``use_raw`` or
-        ``random_state`` of the wrong type (as `nmf`).
+        ``random_state`` of the wrong type (as `nmf`); ``key_added`` not a string.
     ValueError
         ``ks`` empty, not distinct positive integers or out of range for the data;
         ``solver`` not variational; ``tolerance`` negative or not finite; ``checkpoint``

@@ -146,6 +146,9 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
     ``reference``: `tl.project`'s reference fit, whose copy in ``adata`` the projection may
     write over (another fit under the same key it may not)."""
     default = key_added is None and writes == "fit"
+    if not default and not isinstance(key_added, str):  # as `fit_info`'s ``key``
+        allowed = "a string or None" if writes == "fit" else "a string"
+        raise TypeError(f"key_added must be {allowed}, got {type(key_added).__name__}")
     if not default and not _writable_key(key_added):
         raise ValueError(
             "key_added must be a non-empty string that does not start with '.' and holds no "

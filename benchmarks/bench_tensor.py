@@ -24,6 +24,9 @@ linearity in the nonzeros and in D, and dense tensorly alternatives as density f
    (gate x gene x replicate, `tutorials/pbmc_tensor.py`), K = 8, 2 threads, one process,
    the two fits of a seed back to back: passes, seconds, final ELBO, and the ratio of
    seconds (plain / SQUAREM) within each pair.
+6. **eval_every**: SVI of the same tensor, K = 10, 20 epochs with ``tol=0``, both forms,
+   evaluating every epoch and every fifth (``VBNTF(eval_every=5)``), the two fits of a seed
+   back to back (2 threads): seconds, final ELBO, and the ratio of seconds within each pair.
 """
 
 from __future__ import annotations
@@ -320,15 +323,8 @@ def squarem_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
     _set_threads(2)
     import vbsnmf
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tutorials"))
-    from pbmc_tensor import pseudobulk_tensor
-
+    coords, counts, shape = _tutorial_tensor(quick)
     warnings.simplefilter("ignore")
-    adata = vbsnmf.datasets.pbmc_facs()
-    if quick:  # the tutorial's --quick tensor: the 2,000 genes with the most counts
-        totals = np.asarray(adata.X.sum(axis=0)).ravel()
-        adata = adata[:, np.sort(np.argsort(-totals)[:2000])].copy()
-    coords, counts, shape, *_ = pseudobulk_tensor(adata)
     vbsnmf.VBNTF(n_components, max_iter=2, accelerate=True).fit(coords, counts, shape)  # compile
     rows = []
     for seed in seeds:
@@ -361,6 +357,56 @@ def squarem_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
     return rows
 
 
+# -- 6. evaluating every fifth epoch ------------------------------------------------------
+def eval_every_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
+    """SVI fits of the tutorial tensor evaluating every epoch and every fifth, seed by seed
+    and form by form, in pairs (2 threads)."""
+    _set_threads(2)
+    import vbsnmf
+
+    coords, counts, shape = _tutorial_tensor(quick)
+    warnings.simplefilter("ignore")
+    rows = []
+    for form in ("nonzeros", "slices"):
+        common = dict(solver="svi", svi_form=form, n_epochs=20, tol=0.0, n_threads=2)
+        vbsnmf.VBNTF(n_components, **{**common, "n_epochs": 1}).fit(coords, counts, shape)
+        for seed in seeds:
+            for eval_every in (1, 5):
+                model = vbsnmf.VBNTF(
+                    n_components, eval_every=eval_every, random_state=seed, **common
+                )
+                start = time.perf_counter()
+                model.fit(coords, counts, shape)
+                rows.append(
+                    {
+                        "shape": shape,
+                        "nnz": len(counts),
+                        "form": form,
+                        "seed": seed,
+                        "eval_every": eval_every,
+                        "elbo": model.elbo_trace_[-1],
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+    return rows
+
+
+def _tutorial_tensor(quick: bool):
+    """The tutorial's gate x gene x replicate tensor of pbmc_facs (``quick``: its 2,000
+    genes with the most counts, as the tutorial's --quick)."""
+    import vbsnmf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tutorials"))
+    from pbmc_tensor import pseudobulk_tensor
+
+    adata = vbsnmf.datasets.pbmc_facs()
+    if quick:
+        totals = np.asarray(adata.X.sum(axis=0)).ravel()
+        adata = adata[:, np.sort(np.argsort(-totals)[:2000])].copy()
+    coords, counts, shape, *_ = pseudobulk_tensor(adata)
+    return coords, counts, shape
+
+
 # -- report -------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -372,13 +418,13 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         type=int,
-        choices=[1, 2, 3, 4, 5],
+        choices=[1, 2, 3, 4, 5, 6],
         nargs="+",
-        default=[1, 2, 3, 4, 5],
+        default=[1, 2, 3, 4, 5, 6],
         help="which parts to run",
     )
     parser.add_argument(
-        "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="section 5"
+        "--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="sections 5, 6"
     )
     args = parser.parse_args()
     require_out_file(parser, make_folder=True, out=args.out)  # saved after each section
@@ -414,6 +460,7 @@ def main() -> None:
         3: lambda: section_dense(args, say),
         4: lambda: section_svi(args, say),
         5: lambda: section_squarem(args, say),
+        6: lambda: section_eval_every(args, say),
     }
     for number, section in sections.items():
         if number in args.sections:
@@ -565,6 +612,26 @@ def section_squarem(args, say) -> None:
         )
     for prior, values in ratios.items():
         say(f"{prior}: median seconds plain / SQUAREM {np.median(values):.2f}")
+
+
+def section_eval_every(args, say) -> None:
+    rows = in_fresh_process(eval_every_pairs, args.seeds, 10, args.quick)
+    say(
+        f"\n## 6. eval_every: tutorial tensor {rows[0]['shape']}, {rows[0]['nnz']:,} nonzeros, "
+        "K=10, SVI 20 epochs with tol=0, 2 threads"
+    )
+    say("| form | seed | every epoch: s | ELBO | every fifth: s | ELBO | seconds 1 / 5 |")
+    say("|---|---|---|---|---|---|---|")
+    ratios = {"nonzeros": [], "slices": []}
+    for every, fifth in zip(rows[0::2], rows[1::2]):
+        ratio = every["seconds"] / fifth["seconds"]
+        ratios[every["form"]].append(ratio)
+        say(
+            f"| {every['form']} | {every['seed']} | {every['seconds']:.2f} | {every['elbo']:.2f} "
+            f"| {fifth['seconds']:.2f} | {fifth['elbo']:.2f} | **{ratio:.2f}** |"
+        )
+    for form, values in ratios.items():
+        say(f"{form}: median seconds every epoch / every fifth {np.median(values):.2f}")
 
 
 if __name__ == "__main__":

@@ -131,8 +131,11 @@ def temporary_prefix(target: Path, suffix: str) -> str:
     if len(whole) <= room:
         return f".{target.name}."
     digest = hashlib.sha256(whole).hexdigest()[:8]
-    name = whole[: max(room - 9, 0)].decode("utf-8", errors="ignore")
-    return f".{name}-{digest}."
+    # cut between characters (a UTF-8 one cut in two is dropped), then decoded as the file
+    # system encodes names: a str of the decoded characters could not be encoded back under
+    # an ASCII one (LC_ALL=C with PYTHONUTF8=0), and a long accented name was refused
+    cut = whole[: max(room - 9, 0)].decode("utf-8", errors="ignore").encode("utf-8")
+    return f".{os.fsdecode(cut)}-{digest}."
 
 
 def file_temporary_affixes(target: Path) -> tuple[str, str]:

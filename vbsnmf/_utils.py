@@ -104,6 +104,21 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def utf8_text(text: str | os.PathLike) -> str:
+    """``text`` from the operating system (a path, a command-line argument) as its bytes
+    decoded as UTF-8, the encoding of names on Linux and macOS: the text to record (an
+    ``.h5ad``'s ``.uns``, ``params.json``) or to look up by.
+
+    It is ``str(text)`` under a UTF-8 locale; under an ASCII one (``LC_ALL=C`` with
+    ``PYTHONUTF8=0``) Python holds UTF-8 bytes as lone surrogates, which an ``.h5ad``
+    cannot store and no stored name equals. Bytes that are not UTF-8 stay surrogate
+    escapes, as Python holds them."""
+    try:
+        return os.fsencode(text).decode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # text the file system's encoding cannot hold: as given
+        return os.fspath(text)
+
+
 def check_n_threads(n_threads: int | None) -> int:
     """``n_threads`` as the number of Numba threads to use: None means all of them, more
     than there are is capped; anything but a positive integer is refused."""

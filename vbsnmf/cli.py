@@ -124,6 +124,16 @@ def _path(text: str) -> str:
     return text
 
 
+def _name(text: str) -> str:
+    """A name argument (``--key``, ``--layer``, ``--color``) as the text typed, its bytes
+    decoded as UTF-8 (`vbsnmf._utils.utf8_text`): under ``LC_ALL=C`` with ``PYTHONUTF8=0``
+    Python holds them as surrogate escapes, so ``--layer c\u00f6unts`` named no layer of a
+    file holding it and ``--key \u00e9`` was refused as a lone surrogate."""
+    from ._utils import utf8_text
+
+    return utf8_text(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of all commands (``vbsnmf --help`` shows it)."""
     parser = _Parser(
@@ -193,13 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=".mtx input: the same for the matrix columns",
     )
     fit.add_argument(
-        "--layer", metavar="NAME", help=".h5ad or .zarr input: take the counts from .layers[NAME]"
+        "--layer",
+        type=_name,
+        metavar="NAME",
+        help=".h5ad or .zarr input: take the counts from .layers[NAME]",
     )
     fit.add_argument(
         "--use-raw", action="store_true", help=".h5ad or .zarr input: take the counts from .raw"
     )
     fit.add_argument(
         "--key",
+        type=_name,
         default=DEFAULT_KEY,
         metavar="NAME",
         help="store the fit under NAME: .obsm['X_NAME'], .varm[NAME], .uns[NAME], beside "
@@ -241,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     umap.add_argument(
         "--color",
+        type=_name,
         metavar="COLUMN",
         help="colour cells by this .obs column or gene, or by 'leiden' (Leiden clusters of the "
         "graph, computed when not stored; needs igraph) (default: each cell's dominant factor)",
     )
     umap.add_argument(
         "--key",
+        type=_name,
         default=DEFAULT_KEY,
         metavar="NAME",
         help=f"the fit's --key, as given to 'vbsnmf fit' (default: {DEFAULT_KEY})",
@@ -555,10 +571,13 @@ def _check_options(args) -> None:
 def _check_paths(args, inputs) -> Path:
     """The checkpoint and OUTDIR against the inputs (`vbsnmf.io`); returns OUTDIR."""
     from . import io
+    from ._utils import utf8_text
 
     if args.checkpoint is not None:
         try:  # result.h5ad records it as text: writing failed after the whole fit
-            os.fsdecode(args.checkpoint).encode("utf-8")
+            # its bytes, not Python's text of them: under LC_ALL=C a UTF-8 name is held
+            # as surrogate escapes, and "ck_\u00e9.npz" was refused as not UTF-8
+            utf8_text(args.checkpoint).encode("utf-8")
         except UnicodeEncodeError:
             raise UsageError(
                 f"--checkpoint {args.checkpoint!r}: its name is not valid UTF-8, which "
@@ -874,7 +893,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     import numpy as np
 
     from . import io, tl
-    from ._utils import check_n_threads, library_versions
+    from ._utils import check_n_threads, library_versions, utf8_text
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
 
@@ -883,7 +902,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     summary = {
         "vbsnmf_version": __version__,
         "versions": library_versions(),  # the libraries the fit's bits depend on, with vbsnmf
-        "input": source,
+        "input": utf8_text(source),  # its name's text, also under LC_ALL=C (`utf8_text`)
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.raw.n_vars if args.use_raw else adata.n_vars),
         "n_components": int(args.n_components),

@@ -546,6 +546,8 @@ def read_10x_h5(path: str | os.PathLike):
                 # scanpy decodes the names as ASCII: a gene or barcode name in UTF-8
                 # (the text a 10x folder's files hold, which read_10x reads) was refused
                 adata = _read_10x_h5_utf8(path)
+    except ReadError:  # names that are not UTF-8, named by `_read_10x_h5_utf8`
+        raise
     except MemoryError:
         raise ReadError(path, "too large to load into memory") from None
     except Exception as error:  # scanpy and h5py raise several types
@@ -681,7 +683,13 @@ def _read_10x_h5_utf8(path: Path):
     def text(dataset) -> np.ndarray:
         values = dataset[()]
         if values.dtype.kind == "S" or values.dtype == object:
-            values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+            try:
+                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+            except UnicodeDecodeError as error:
+                # named as a name file's other encoding is (`_name_lines`): "not a readable
+                # Cell Ranger .h5 file (UnicodeDecodeError: 'utf-8' codec can't decode
+                # byte 0xe8 in position 1)" said neither which array nor which entry
+                raise _not_utf8_name(path, dataset, values, error) from None
         return np.asarray(values, dtype=object).astype(str)
 
     with h5py.File(path, "r") as handle:
@@ -716,6 +724,19 @@ def _read_10x_h5_utf8(path: Path):
             names = text(group["gene_names"])
         var = pd.DataFrame(columns, index=pd.Index(names, dtype=object))
     return ad.AnnData(X=counts, obs=obs, var=var)
+
+
+def _not_utf8_name(path: Path, dataset, values, error: UnicodeDecodeError) -> ReadError:
+    """The `ReadError` of a Cell Ranger ``.h5`` whose name array ``dataset`` (its
+    ``values``, decoded in order) holds a name that is not UTF-8 (``error``, its decoding's):
+    the array, the entry and the byte, as a name file's is named."""
+    # the first entry equal to the one that failed: any earlier would have failed first
+    index = next(number for number, value in enumerate(values) if value == error.object)
+    return ReadError(
+        path,
+        f"{dataset.name}[{index}] is not UTF-8 text (byte {error.object[error.start]:#04x} "
+        f"in {error.object!r}): write the names as UTF-8",
+    )
 
 
 def _10x_h5_matrix(handle):

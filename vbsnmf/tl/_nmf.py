@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ from .._utils import (
     is_dask_array,
     library_versions,
     numba_threads,
+    utf8_text,
 )
 from .._validation import (
     check_flag,
@@ -1187,6 +1189,10 @@ def _storable(params: dict) -> dict:
             stored[name] = bool(value)
         elif isinstance(value, (int, np.integer)):
             stored[name] = _storable_int(int(value))
+        elif name == "checkpoint" and isinstance(value, (str, os.PathLike)):
+            # its name's text: str() of a name from the command line under LC_ALL=C held
+            # lone surrogates, which write_result refused once the fit was done
+            stored[name] = utf8_text(value)
         elif isinstance(value, (float, str, np.floating)):
             stored[name] = value.item() if isinstance(value, np.generic) else value
         elif hasattr(value, "__fspath__"):

@@ -99,6 +99,17 @@ def missing_package_advice(error: ImportError) -> str:
     )
 
 
+def booleans_as_objects(values: np.ndarray) -> np.ndarray:
+    """``values`` as booleans when they are an object array holding only True and False
+    (what pandas leaves of a column that held missing values once they are filled:
+    ``.fillna(False)`` of anndata.concat's outer join); else as they are."""
+    if values.dtype != object or values.size == 0:
+        return values
+    if all(isinstance(value, (bool, np.bool_)) for value in values.ravel()):
+        return values.astype(bool)
+    return values
+
+
 def counted(n: int, noun: str) -> str:
     """``n`` and ``noun``, plural unless ``n`` is 1 ("1 cell", "3 cells") for messages."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -508,7 +519,7 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
         )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
-    _check_cells_of_one_fit(adata, key, record)
+    check_cells_of_one_fit(adata, key, record)
     return record
 
 
@@ -518,7 +529,7 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
 _SAME_TOTALS = 1e-4
 
 
-def _check_cells_of_one_fit(adata, key: str, record: dict) -> None:
+def check_cells_of_one_fit(adata, key: str, record: dict, projection: bool = False) -> None:
     """A `ValueError` when the cells of ``adata`` hold the factors of more than one fit under
     ``key``. A fit stores each cell's usages as ``z_il t_l / sum_k z_ik t_k`` from its
     factors ``z`` and the fit's factor totals ``t``, so ``usage / z`` is the same vector up
@@ -526,7 +537,10 @@ def _check_cells_of_one_fit(adata, key: str, record: dict) -> None:
     cells projected onto it); ``anndata.concat(..., uns_merge='first', merge='first')`` of
     AnnData fitted apart keeps the first fit's record and gene side over the cells of
     both, which the tools read as one fit without a word. Arrays the other checks refuse
-    (missing, of another shape, not finite) are left to them."""
+    (missing, of another shape, not finite) are left to them. ``projection``: ``record``
+    is that of cells projected onto a reference (`vbsnmf.tl._stored.cell_factors_record`),
+    whose totals ``t`` are the reference's: cells projected onto different references and
+    joined so were drawn as one projection."""
     factors = adata.obsm.get(record["obsm_key"]) if hasattr(adata, "obsm") else None
     usages = adata.obsm.get(record["usage_key"]) if hasattr(adata, "obsm") else None
     if factors is None or usages is None or is_dask_array(factors) or is_dask_array(usages):
@@ -568,6 +582,19 @@ def _check_cells_of_one_fit(adata, key: str, record: dict) -> None:
     totals[~(kept & kept[widest])] = 0.0
     off = totals.max(axis=1)
     n_other = int(np.count_nonzero(off > tolerance))
+    if n_other and projection:
+        raise ValueError(
+            f"adata's cell factors under {key!r} are not those of one projection: in "
+            f"{n_other} of the {counted(rows.size, 'cell')} the usages "
+            f"(adata.obsm[{record['usage_key']!r}]) weigh the factors "
+            f"(adata.obsm[{record['obsm_key']!r}]) otherwise than in cell "
+            f"{adata.obs_names[rows[widest]]!r}, which cells projected onto one reference "
+            "fit never do. Is adata an anndata.concat of cells projected onto different "
+            "reference fits with uns_merge='first' (which keeps the first projection's "
+            "record over the cells of every one), or were these arrays edited? Project the "
+            "cells onto one reference with vbsnmf.tl.project (a new projection under this "
+            "key replaces them)"
+        )
     if n_other:
         raise ValueError(
             f"adata's cell factors under {key!r} are not those of one fit: in "

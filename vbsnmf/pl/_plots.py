@@ -29,7 +29,14 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, check_target, link_followed
-from .._utils import elbo_iterations, fit_info, is_dask_array, stored_record
+from .._utils import (
+    booleans_as_objects,
+    counted,
+    elbo_iterations,
+    fit_info,
+    is_dask_array,
+    stored_record,
+)
 from ..io._stored import anndata_x
 from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
 from ..tl._top_genes import top_genes as top_genes_table
@@ -301,6 +308,27 @@ def _check_components(components, n_components: int) -> list[int]:
     return chosen
 
 
+def _cell_mask(values, where: str | None) -> np.ndarray:
+    """``mask_obs`` (``where``: its ``.obs`` column, or None for values given) as the array
+    scanpy reads: booleans held as objects read as booleans. A `ValueError` for missing
+    values among booleans, the ``<NA>`` that ``anndata.concat`` gives the cells of an
+    AnnData without the column: scanpy's bare "Mask array must be boolean." named neither
+    the column nor them. Other values are left to scanpy, which refuses them."""
+    values = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    if values.ndim != 1 or values.dtype != object:  # a nullable column's <NA>: objects
+        return values
+    missing = pd.isna(values)
+    if missing.any() and booleans_as_objects(values[~missing]).dtype == bool:
+        fill = f"{where} = {where}.fillna(False)" if where else "with False"
+        named = f"{where} (mask_obs=)" if where else "mask_obs"
+        raise ValueError(
+            f"{named} has {counted(int(missing.sum()), 'cell')} "
+            "without a value (anndata.concat gives <NA> to the cells of an AnnData without "
+            f"the column), which it neither keeps nor masks: fill them, e.g. {fill}"
+        )
+    return booleans_as_objects(values)
+
+
 def _coloured_cells(shown: np.ndarray, mask_obs) -> np.ndarray:
     """The rows of ``shown`` (cells x factors drawn) that `factors` draws in colour: those
     ``mask_obs`` keeps when it is a boolean array of one value per cell (a column's name
@@ -484,7 +512,9 @@ def factors(
         is the basis, as in ``sc.pl.embedding``.
     **kwds
         Passed to ``sc.pl.embedding`` (e.g. ``size``, ``frameon``, ``wspace``,
-        ``mask_obs``: an array or the name of a boolean ``.obs`` column; ``ax``, with one
+        ``mask_obs``: an array or the name of a boolean ``.obs`` column, where True and
+        False held as objects are read as booleans and missing values, such as the
+        ``<NA>`` of ``anndata.concat``, are refused (a `ValueError`); ``ax``, with one
         factor in ``components``); not ``color``,
         ``vmin``, ``norm``, ``color_map`` (``cmap`` here) or ``return_fig``, which the plot
         sets, nor ``use_raw=True`` (a `TypeError`).
@@ -555,11 +585,11 @@ def factors(
         column = kwds["mask_obs"]
         if column not in adata.obs:
             raise KeyError(f"adata.obs has no column {column!r} (mask_obs=) to mask cells by")
-        kwds["mask_obs"] = adata.obs[column].to_numpy()
+        kwds["mask_obs"] = _cell_mask(adata.obs[column], f"adata.obs[{column!r}]")
     elif kwds.get("mask_obs") is not None:
         # scanpy reads the mask's dtype: a list of booleans failed with its bare
         # AttributeError "'list' object has no attribute 'dtype'"
-        kwds["mask_obs"] = np.asarray(kwds["mask_obs"])
+        kwds["mask_obs"] = _cell_mask(kwds["mask_obs"], None)
     coloured = _coloured_cells(shown, kwds.get("mask_obs"))
     if isinstance(vmax, str):
         percent = vmax[1:].replace(".", "", 1)
@@ -671,6 +701,9 @@ def top_genes(
         runs ``sc.pp.pca`` of ``X`` into it (``.obsm['X_pca']``, ``.varm['PCs']``,
         ``.uns['pca']``). A view is made its own AnnData first, as anndata does at a write
         (a backed AnnData, or a view of one, is refused: scanpy cannot read its X).
+        Scanpy's dot plot also makes ``.obs`` and ``.var`` columns of text categorical in
+        ``adata``: a view holding such a column is made its own AnnData first too (a view
+        of a backed AnnData is refused, a `ValueError`: it cannot be changed).
 
     Returns
     -------
@@ -767,6 +800,20 @@ def top_genes(
         # object, and read it back from the view: a bare KeyError 'dendrogram_<groupby>'
         check_writable(adata, advice="call .to_memory() on the view first")
         view_to_actual(adata)
+    text = _text_columns(adata) if adata.is_view else []
+    if text and adata.isbacked:
+        # scanpy's dot plot makes them categorical in adata, which a backed view cannot
+        # take: anndata's bare RuntimeError "Please call `.strings_to_categoricals()` on
+        # full AnnData, not on this view"
+        raise ValueError(
+            f"adata is a view of a backed AnnData, and {', '.join(text[:3])} "
+            f"hold{'s' if len(text) == 1 else ''} text, which scanpy's dot plot makes "
+            "categorical in adata; a backed view cannot be changed: make them categorical "
+            "in the AnnData it views (its .strings_to_categoricals()), or plot "
+            "adata.to_memory()"
+        )
+    if text:  # as anndata does at that write, without its ImplicitModificationWarning
+        view_to_actual(adata)
     # the columns checked above (of an array or Index given, scanpy's own list)
     groups = columns[0] if isinstance(groupby, str) else columns
     try:
@@ -784,6 +831,24 @@ def top_genes(
         return dot_plot
     dot_plot.make_figure()
     return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+
+
+def _text_columns(adata) -> list[str]:
+    """The ``.obs`` and ``.var`` columns of text that scanpy's plots make categorical in
+    ``adata`` (``sanitize_anndata``: anndata's ``strings_to_categoricals``, which converts
+    a column of text whose values repeat), named as ``adata.obs['name']``."""
+    from pandas.api.types import infer_dtype
+
+    found = []
+    for side in ("obs", "var"):
+        frame = getattr(adata, side)
+        for name in frame.columns:
+            values = frame[name]
+            if infer_dtype(values) != "string":
+                continue
+            if len(pd.Categorical(values).categories) < len(values):
+                found.append(f"adata.{side}[{name!r}]")
+    return found
 
 
 def _check_genes_readable(adata, info: dict, genes: pd.Series, kwds: dict, reads_raw: bool) -> None:

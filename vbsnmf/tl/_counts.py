@@ -294,9 +294,34 @@ def _advised(adata, matrix, source: str, fit_dtype):
         beyond_float32 = isinstance(error, CountRangeError) and np.dtype(fit_dtype) == np.float32
         if isinstance(error, CorruptMatrixError) or beyond_float32 or 0 in matrix.shape:
             raise
+        if _missing_among_counts(matrix):
+            # not normalised data: "keep the raw counts before normalising" sent the user
+            # looking for counts they hold
+            raise ValueError(
+                f"{error}: missing values among whole counts, not normalised data "
+                "(anndata.concat(join='outer') fills the genes a sample lacks with NaN in a "
+                "dense X); join the samples with join='inner' to keep the genes they share, "
+                "or fit (or project) each sample apart"
+            ) from None
         raise ValueError(
             f"{error}; NMF needs raw counts: {_where_counts_are(adata, source)}"
         ) from None
+
+
+def _missing_among_counts(matrix) -> bool:
+    """Whether ``matrix`` (in memory) holds NaN and otherwise only whole non-negative counts:
+    missing values, as ``anndata.concat(join="outer")`` gives a dense X for the genes a
+    sample lacks, not normalised data. Read only once the counts were refused."""
+    if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
+        return False  # backed or another array type: not read again for a message
+    values = matrix.data if sp.issparse(matrix) else matrix
+    if values.dtype.kind != "f":
+        return False
+    missing = np.isnan(values)
+    if not missing.any():
+        return False
+    given = values[~missing]
+    return bool(np.isfinite(given).all() and (given >= 0).all() and (given == np.rint(given)).all())
 
 
 def check_has_counts(adata, total: float, source: str) -> None:

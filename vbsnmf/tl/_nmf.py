@@ -23,6 +23,7 @@ from .._model import (
 )
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
+    booleans_as_objects,
     check_anndata,
     check_n_threads,
     elbo_iterations,
@@ -168,7 +169,9 @@ def nmf(
         loadings of the genes in ``adata.var_names`` (zero for those not in ``.raw``).
     mask_var
         Fit only these genes, as ``scanpy.pp.pca``'s ``mask_var``: the name of a boolean
-        ``.var`` column (e.g. ``"highly_variable"``) or a boolean array over
+        ``.var`` column (e.g. ``"highly_variable"``; one of objects that are all True or
+        False, as pandas leaves a column filled with ``.fillna(False)``, is read as one;
+        missing values are refused) or a boolean array over
         ``adata.var_names`` (a pandas Series indexed by those names in another order is
         read by name; one naming some of those genes but not each of them once is
         refused, and one naming none of them is read by position). With ``use_raw=True``
@@ -655,7 +658,7 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
             )
         column = adata.var[mask_var]
         _check_no_missing(column, f"adata.var[{mask_var!r}]")
-        mask = column.to_numpy()
+        mask = booleans_as_objects(column.to_numpy())
         if not pd.api.types.is_bool_dtype(mask):
             # the column's dtype: its values' (object for a categorical) named a dtype the
             # user's column does not have
@@ -664,7 +667,7 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
         if isinstance(mask_var, pd.Series):
             mask_var = _series_over_genes(mask_var, adata)
             _check_no_missing(mask_var, "mask_var")
-        mask = np.asarray(mask_var)
+        mask = booleans_as_objects(np.asarray(mask_var))
         if mask.dtype != bool or mask.shape != (adata.n_vars,):
             raise ValueError(
                 f"mask_var must be a boolean array of length n_vars={adata.n_vars}, got "
@@ -685,11 +688,24 @@ def gene_mask(adata, mask_var, var_names: pd.Index) -> np.ndarray | None:
 
 
 def _check_no_missing(values: pd.Series, name: str) -> None:
-    """Refuse a mask with missing values (pandas' nullable "boolean" NA), which made the
-    array object: "not boolean" did not say why."""
-    if pd.api.types.is_bool_dtype(values.dtype) and values.isna().any():
+    """Refuse a mask with missing values, which made the array object: "not boolean" did
+    not say why. Pandas' nullable "boolean" NA, and the NaN of genes that
+    ``anndata.concat(join="outer", merge="first")`` added from an AnnData without the
+    column, beside the True and False of the others (an object column)."""
+    missing = values.isna().to_numpy()
+    if not missing.any():
+        return
+    given = values.to_numpy()[~missing]
+    if pd.api.types.is_bool_dtype(values.dtype) or (
+        values.dtype == object and booleans_as_objects(given).dtype == bool
+    ):
+        joined = (
+            " (genes that anndata.concat(join='outer') added from an AnnData without it?)"
+            if values.dtype == object and name.startswith("adata.var")
+            else ""
+        )
         raise ValueError(
-            f"{name} has {int(values.isna().sum())} missing values; fill them (e.g. "
+            f"{name} has {int(missing.sum())} missing values{joined}; fill them (e.g. "
             ".fillna(False)) to say which genes to use"
         )
 

@@ -17,6 +17,7 @@ import pandas as pd
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
+    check_cells_of_one_fit,
     check_record_key,
     concat_dropped,
     damaged_record,
@@ -418,6 +419,9 @@ def cell_factors_record(adata, key: str) -> dict:
         "sqrt_usage_key": keys.sqrt_usage,
         "written_by": "vbsnmf.tl.project",
     }
+    # the cells of projections onto different references, joined by anndata.concat under
+    # the first one's record, were drawn as one projection (a fit's are refused by fit_info)
+    check_cells_of_one_fit(adata, key, record, projection=True)
     if "active" in projection:
         active = np.asarray(projection["active"])
         if active.dtype != bool or active.ndim != 1 or active.size == 0:

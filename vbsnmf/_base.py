@@ -195,7 +195,8 @@ def remember_feature_names(estimator, X) -> None:
 def check_feature_names(estimator, X) -> None:
     """New data's column names against the fitted ones, as scikit-learn checks them:
     other names or another order are a `ValueError` (the genes would be matched by
-    position), names on one side only a warning."""
+    position; X whose row names hold the fitted genes is named as the transpose), names on
+    one side only a warning."""
     fitted, names = getattr(estimator, "feature_names_in_", None), feature_names(X)
     kind = type(estimator).__name__
     if fitted is None and names is not None:
@@ -225,7 +226,28 @@ def check_feature_names(estimator, X) -> None:
         message += "- ...\n" if len(repeated) > 5 else ""
     elif not unseen and not missing:
         message += "Feature names must be in the same order as they were in fit.\n"
+    rows = _row_names(X)
+    if missing and rows is not None and set(fitted) <= set(rows):
+        # every fitted gene names a row: X is genes x cells (a table of genes as rows read
+        # whole), whose cells were listed as unseen features and genes as missing ones
+        message += (
+            "X's row names are the feature names seen at fit time: X is genes x cells, the "
+            "transpose of what was fitted; pass X.T (cells x genes).\n"
+        )
     raise ValueError(message)
+
+
+def transposed_hint(shape, n_features: int) -> str:
+    """The advice added to `transform`'s "X has m features, but ... is expecting n" when
+    X of ``shape`` has ``n_features`` rows (the fitted genes) and not as many columns: a
+    genes x cells matrix, as Seurat and 10x store counts, whose cells were counted as its
+    features; "" otherwise."""
+    if len(shape) != 2 or shape[0] != n_features or shape[1] == n_features:
+        return ""
+    return (
+        f"; X has {n_features} rows, as many as the fitted features: if its rows are the "
+        "genes (genes x cells), pass X.T"
+    )
 
 
 class _TransformerMethod:

@@ -309,9 +309,29 @@ def check_config(meta: dict, config: dict, path) -> None:
         for name, then, now in _by_parameter(key, stored.get(key), config.get(key))
     )
     written = "for other data" if data_keys == differing else "by a different fit"
+    if "shape" in data_keys and _transposed(stored.get("shape"), config.get("shape")):
+        # the same cells and genes read the other way round (X.T, an .mtx read with the
+        # other orientation): "remove it" alone threw away a fit the data as first read
+        # resume
+        details += f"; {TRANSPOSED_DATA}"
+        start_over = f"pass the data as the checkpoint's fit read them, or {start_over}"
     raise CheckpointMismatchError(
         f"checkpoint {path} was written {written} ({details}); {start_over}"
     )
+
+
+# How `check_config` says that the data are the transpose of the checkpoint's.
+TRANSPOSED_DATA = "the data now have the shape of its transpose, cells and genes swapped"
+
+
+def _transposed(stored_shape, shape) -> bool:
+    """Whether the checkpoint's recorded ``stored_shape`` is ``shape`` (the data now)
+    transposed, and not square (where the transpose has the same shape)."""
+    try:
+        stored_shape, shape = [int(n) for n in stored_shape], [int(n) for n in shape]
+    except (TypeError, ValueError):  # a damaged record: the shapes are shown as they are
+        return False
+    return len(shape) == 2 and shape[0] != shape[1] and stored_shape == shape[::-1]
 
 
 def _difference(key: str, name: str, then, now) -> str:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from ._base import (
     Estimator,
+    _row_names,
     check_entry_columns,
     check_feature_names,
     check_fitted,
@@ -27,6 +28,7 @@ from ._base import (
     names_differ,
     remember_feature_names,
     repeated_otherwise,
+    transposed_hint,
 )
 from ._batch import (
     AcceleratedSaves,
@@ -630,7 +632,7 @@ class VBNMF(Estimator):
         if isinstance(init, VBNMF):  # scikit-learn's error for an estimator not fitted yet
             check_fitted(init, "cell_shape_")
         if init is not None:
-            _check_init_genes(init, names)
+            _check_init_genes(init, names, _row_names(X))
         if mask is not None:
             check_entry_columns(X, mask, "mask")
         if kind in ("memory", "checked"):
@@ -750,6 +752,7 @@ class VBNMF(Estimator):
             raise ValueError(
                 f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the genes it was fitted with)"
+                + transposed_hint(matrix.shape, self.n_features_in_)
             )
         # The prior as fitted; a model whose attributes were set by hand has the current one.
         prior = self._fitted_prior if hasattr(self, "_fitted_prior") else self._prior()
@@ -1282,11 +1285,12 @@ def _fit_batch(
     return best, data.shape[1]
 
 
-def _check_init_genes(init, names) -> None:
+def _check_init_genes(init, names, rows=None) -> None:
     """A warm start from an estimator fitted with gene names, on X with other names or
     another order (``names``: X's), is refused: its gene side would start X's genes by
-    position, silently another start than the fit it continues. On X without names the
-    genes cannot be checked: a warning says so, as `transform` warns on such X."""
+    position, silently another start than the fit it continues (``rows``, X's row names,
+    holding init's genes: X is genes x cells, said so). On X without names the genes
+    cannot be checked: a warning says so, as `transform` warns on such X."""
     init_names = getattr(init, "feature_names_in_", None)
     if init_names is not None and names is None:
         warn_user(
@@ -1304,6 +1308,9 @@ def _check_init_genes(init, names) -> None:
         if set(init_names) == set(names) and repeated_otherwise(init_names, names)
         else "pass X's columns in init's order, X[init.feature_names_in_]"
     )
+    if rows is not None and set(init_names) <= set(rows) and not set(init_names) <= set(names):
+        # X[init.feature_names_in_] raised pandas' KeyError: X's columns are its cells
+        advice = "X's row names are init's genes: X is genes x cells; pass X.T"
     raise ValueError(
         f"init was fitted with other feature names than X's: {detail}. Its gene side would "
         f"start X's genes by position: {advice}"

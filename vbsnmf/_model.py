@@ -1913,6 +1913,7 @@ def init_params(
             f"{', '.join(INIT_KEYS)}; got {type(init).__name__}"
         )
     n_rows, n_cols = shape
+    _check_init_not_transposed(arrays, shape, n_components)
     learned = isinstance(prior, HierarchicalPrior)
     entry_rates = learned or masked
     checked = []
@@ -1941,6 +1942,23 @@ def init_params(
     params = VariationalParams(*checked)
     params = complete_learned(params, prior, extra) if learned else params
     return params if lazy else _computed(params)
+
+
+def _check_init_not_transposed(arrays, shape, n_components: int) -> None:
+    """A `ValueError` for a warm start whose cells are X's genes and genes X's cells (X the
+    transpose of the data it was fitted on, ``shape`` not square): "init cell_shape has
+    shape (80, 3), expected (30, 3)" did not say so."""
+    n_rows, n_cols = shape
+    try:
+        cells, genes = np.shape(arrays[0]), np.shape(arrays[2])
+    except ValueError:  # ragged: named by the caller's checks
+        return
+    if n_rows != n_cols and cells == (n_cols, n_components) and genes == (n_rows, n_components):
+        raise ValueError(
+            f"init holds {n_cols} cells and {n_rows} genes, X {n_rows} cells and {n_cols} "
+            "genes: X is the transpose of the data init was fitted on (genes x cells); "
+            "pass X.T"
+        )
 
 
 def _entry_rates_advice(name: str, given: tuple, per_entry: tuple, learned: bool) -> str:

@@ -474,9 +474,11 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
     """``adata.uns[key]`` of a `vbsnmf.tl.nmf` fit (``key``: its ``key_added``, by default
     ``"nmf"`` as the other tools'), or a `KeyError` saying what to run;
     a record without an entry the tools read (a `KeyError`) or with one they cannot read
-    (a `ValueError`) is refused naming the entry (`check_fit_record`). Cells that hold only
-    a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError` saying that ``needs``
-    (what the caller reads of the fit, e.g. "the ELBO trace") is the reference fit's.
+    (a `ValueError`) is refused naming the entry (`check_fit_record`), as is an AnnData
+    transposed after the fit (``adata.T``: its cell factors in ``.varm``, a `ValueError`).
+    Cells that hold only a projection under ``key`` (`vbsnmf.tl.project`) get a `KeyError`
+    saying that ``needs`` (what the caller reads of the fit, e.g. "the ELBO trace") is the
+    reference fit's.
 
     Parameters
     ----------
@@ -519,8 +521,26 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
         )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
+    _check_not_transposed(adata, key, record)
     check_cells_of_one_fit(adata, key, record)
     return record
+
+
+def _check_not_transposed(adata, key: str, record: dict) -> None:
+    """A `ValueError` when the fit ``key``'s cell factors are in ``adata.varm`` and not in
+    ``adata.obsm``: ``adata.T`` (genes x cells) swaps ``.obsm`` and ``.varm`` with the
+    cells and genes, and keeps ``.uns``. Each tool then said an entry was missing, "was it
+    removed, or the AnnData built anew after the fit? Fit again", though every array of
+    the fit was there."""
+    cells_key = record["obsm_key"]
+    obsm, varm = getattr(adata, "obsm", None), getattr(adata, "varm", None)
+    if obsm is None or varm is None or cells_key in obsm or cells_key not in varm:
+        return
+    raise ValueError(
+        f"the cell factors of the fit {key!r} are in adata.varm[{cells_key!r}], not in "
+        "adata.obsm: the AnnData was transposed after the fit (adata.T, which swaps .obsm "
+        "and .varm with the cells and the genes); transpose it back, adata = adata.T"
+    )
 
 
 # How far (relative) a cell's factor totals read from its usages may lie from another

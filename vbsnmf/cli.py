@@ -721,6 +721,8 @@ DEFAULT_GAMMA = "prior_shape=1.0, prior_rate=1.0"
 def _mismatch_as_usage(error: Exception) -> UsageError:
     """A checkpoint's mismatch (`vbsnmf.CheckpointMismatchError`) in the command line's
     words: the settings named as the options that set them (--tol, not tol)."""
+    from ._checkpoint import TRANSPOSED_DATA
+
     message = str(error)
     if "prior: checkpoint " in message:
         # SQUAREM's acceleration follows --prior here, no option sets it: its line
@@ -730,6 +732,13 @@ def _mismatch_as_usage(error: Exception) -> UsageError:
         # (prior_shape=1.0, prior_rate=1.0) named Python parameters the user cannot set
         message = message.replace(f"'gamma' ({DEFAULT_GAMMA})", "'gamma'")
     resumed_in_python = ""
+    if TRANSPOSED_DATA in message:
+        # on the command line only an .mtx can be read the other way round
+        message = message.replace(
+            TRANSPOSED_DATA,
+            f"{TRANSPOSED_DATA}, as an .mtx read with the other of --genes-as-rows and "
+            "--cells-as-rows",
+        )
     if FLOAT32_CHECKPOINT in message:
         # no option sets dtype: "remove it" alone threw away a float32 fit (of
         # tl.nmf(dtype=np.float32, checkpoint=...)) that only Python can go on with
@@ -814,9 +823,19 @@ def _option_names(message: str) -> str:
     in advice (``raise max_iter or tol``) and in a checkpoint's mismatch (``tol: checkpoint
     1e-05 vs now 0.001``). Elsewhere such a word ("the prior", "checkpoint PATH") is the
     message's own."""
-    from .tl._nmf import NO_ACTIVE_ADVICE
+    from .tl._nmf import GENES_BY_CELLS_ADVICE, NO_ACTIVE_ADVICE
 
     message = message.replace("key_added=None", f"--key {DEFAULT_KEY}")  # its default keys
+    if GENES_BY_CELLS_ADVICE in message:  # "adata.T" is no option
+        message = message.replace("adata may be genes x cells", "the input may be genes x cells")
+        message = message.replace("its var_names look", "its genes' names look")
+        message = message.replace("its obs_names look", "its cells' names look")
+        message = message.replace(
+            GENES_BY_CELLS_ADVICE,
+            "its rows are fitted as cells and its columns as genes: if they are the other way "
+            "round, read an .mtx with the other of --genes-as-rows and --cells-as-rows (and "
+            "its name files swapped), or write an .h5ad's transpose (adata.T.write_h5ad)",
+        )
     message = message.replace(
         NO_ACTIVE_ADVICE,
         "top_genes.tsv lists none; vbsnmf.tl.top_genes(adata, include_inactive=True) on "

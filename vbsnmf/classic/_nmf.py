@@ -24,6 +24,7 @@ from .._base import (
     check_row_names,
     feature_names,
     remember_feature_names,
+    transposed_hint,
 )
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
@@ -243,6 +244,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input (the columns it was fitted with)"
+                + transposed_hint(data.shape, self.n_features_in_)
             )
         self._check_epsilon(self.components_.shape[0])
         H = np.asarray(self.components_, dtype=np.float64)  # the solvers work in float64

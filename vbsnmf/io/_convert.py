@@ -152,9 +152,12 @@ def mtx_to_h5ad(
     rows, keep_rows = (
         (features[0].to_numpy(), _gene_expression(features))
         if is_folder
-        else _names(row_names, n_rows, src, "rows")
+        else _names(row_names, n_rows, src, "rows", (n_cols, genes_as_rows))
     )
-    cols, keep_cols = _names(col_names, n_cols, src, "columns")
+    # a 10x folder's barcodes: its features file's count said what was wrong
+    cols, keep_cols = _names(
+        col_names, n_cols, src, "columns", None if is_folder else (n_rows, genes_as_rows)
+    )
     cells, genes = (cols, rows) if genes_as_rows else (rows, cols)
     # a 10x features file as the genes' names keeps its Gene Expression features, as
     # read_mtx and read_10x keep them
@@ -182,12 +185,15 @@ def _inputs(src: Path, row_names, col_names) -> list[tuple[str, Path]]:
     return [(what, Path(path)) for what, path in named if path is not None]
 
 
-def _names(path, expected: int, matrix: Path, side: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _names(
+    path, expected: int, matrix: Path, side: str, other_axis: tuple[int, bool] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Names for one axis from the name file ``path`` (``"0"``, ``"1"``, ... without one),
-    and which to keep if they are genes (`vbsnmf.io._read.read_gene_names`)."""
+    and which to keep if they are genes (`vbsnmf.io._read.read_gene_names`, told the
+    ``other_axis``'s length and the orientation)."""
     if path is None:  # as Python strings at once: numpy's str array of them is 84 bytes a name
         return np.fromiter(map(str, range(expected)), dtype=object, count=expected), None
-    return read_gene_names(Path(path), expected, matrix.name, side)
+    return read_gene_names(Path(path), expected, matrix.name, side, other_axis=other_axis)
 
 
 def _gene_expression(table: pd.DataFrame | None) -> np.ndarray | None:

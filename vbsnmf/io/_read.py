@@ -795,7 +795,13 @@ def read_mtx(
         if names_path is None:
             names.append(np.arange(matrix.shape[axis]).astype(str))
             continue
-        axis_names, keep = read_gene_names(Path(names_path), matrix.shape[axis], path.name, side)
+        axis_names, keep = read_gene_names(
+            Path(names_path),
+            matrix.shape[axis],
+            path.name,
+            side,
+            other_axis=(matrix.shape[1 - axis], genes_as_rows),
+        )
         names.append(axis_names)
         if axis == (0 if genes_as_rows else 1):  # the genes' names: a 10x features file?
             keep_genes = keep
@@ -1908,18 +1914,29 @@ def read_names(path: Path, expected: int, matrix: str, side: str) -> np.ndarray:
 
 
 def read_gene_names(
-    path: Path, expected: int, matrix: str, side: str
+    path: Path,
+    expected: int,
+    matrix: str,
+    side: str,
+    other_axis: tuple[int, bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The names of the genes' name file ``path`` as `read_names` reads them, and which
     of them to keep: when it is a 10x features file (a feature type third on every line)
     naming ``Gene Expression`` and other types, a boolean mask of the ``Gene Expression``
     features, as `read_10x` keeps them; else None (all).
 
+    ``other_axis``: for the name file of a Matrix Market file's ``side`` (``"rows"`` or
+    ``"columns"``), the length of its other axis and the ``genes_as_rows`` it is read
+    with; a file holding as many names as that axis is refused naming the orientation
+    that fits it (`_check_other_axis`).
+
     A GEO sample's ``GSM..._features.tsv.gz`` given as a Matrix Market file's names
     (the route the message of a folder of prefixed 10x names advises) fitted its
     Antibody Capture counts with the genes, where the same files in a 10x folder do not.
     """
     lines, blank = _name_lines(path)
+    if other_axis is not None:
+        _check_other_axis(path, len(lines), expected, matrix, side, *other_axis)
     _check_name_count(path, len(lines), blank, expected, matrix, side, first_line=lines[0])
     names = np.array([line.partition("\t")[0] for line in lines], dtype=object)
     return names, _gene_expression_lines(lines)
@@ -2012,6 +2029,36 @@ def _line_number(index: int, blank: list[int]) -> int:
             break
         number += 1
     return number
+
+
+def _check_other_axis(
+    path: Path, count: int, expected: int, matrix: str, side: str, n_other: int, genes_as_rows
+) -> None:
+    """`ReadError` for the name file of a Matrix Market file's ``side`` (``"rows"`` or
+    ``"columns"``) holding ``count`` names, as many as the other axis (``n_other``) and not
+    the ``expected`` of its own: read with ``genes_as_rows`` the names are the genes' (or
+    cells'), and the matrix holds them along the other axis. A file of cells x genes, as
+    ``scipy.io.mmwrite(adata.X)`` writes one, read with ``genes_as_rows=True`` and its
+    genes file as the row names, was refused as "has 30 names but m.mtx has 80 rows",
+    which said nothing of the orientation."""
+    if count == expected or count != n_other:
+        return
+    other = "columns" if side == "rows" else "rows"
+    named = "genes" if (side == "rows") == bool(genes_as_rows) else "cells"
+    flipped = not genes_as_rows
+    written = (
+        "genes x cells, as 10x and R's Matrix::writeMM of a Seurat object's counts write it"
+        if flipped
+        else "cells x genes, as scipy.io.mmwrite(adata.X) writes it"
+    )
+    option = "col" if other == "columns" else "row"
+    raise ReadError(
+        path,
+        f"has {count} names, as many as {matrix}'s {other}, but it has {expected} {side}: "
+        f"it names the {other} ({option}_names=..., --{option}-names); if they are the "
+        f"{named}' names, {matrix} holds its {named} as {other} ({written}): read it with "
+        f"genes_as_rows={flipped} (--{'genes' if flipped else 'cells'}-as-rows)",
+    )
 
 
 def _check_name_count(

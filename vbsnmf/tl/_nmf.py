@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 
@@ -318,6 +319,9 @@ def nmf(
         Cells have no counts in the fitted genes: their factors are the prior's, the same
         for each (``sc.pp.filter_cells(adata, min_counts=1)`` drops them; it sums every gene,
         so with ``mask_var`` the warning gives the line that drops them).
+        The AnnData looks genes x cells (nine in ten of the counts' gene names hold a cell
+        barcode, a run of 12 or more bases, or of its cell names are Ensembl gene ids, as
+        ``scanpy.read_csv`` reads a table of genes as rows): fit ``adata.T`` if so.
     ConvergenceWarning
         The fit stopped at ``max_iter`` before its stopping rule was met.
     """
@@ -395,6 +399,7 @@ def nmf(
             UserWarning,
             stacklevel=2,
         )
+    warn_if_genes_by_cells(adata.obs_names, var_names)
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]
@@ -544,6 +549,47 @@ def nmf(
 NO_ACTIVE_ADVICE = (
     "pass a smaller min_share, or include_inactive=True to tl.top_genes and pl.factors"
 )
+
+
+# A cell barcode (a run of 12 or more bases: 10x's 16, Drop-seq's 12, with or without a
+# "-1" or a sample's prefix) and an Ensembl gene id, by which a genes x cells AnnData is told
+_BARCODE = re.compile(r"[ACGTN]{12,}")
+_ENSEMBL_GENE = re.compile(r"ENS[A-Z]*G\d{11}")
+
+
+def warn_if_genes_by_cells(cells: pd.Index, genes: pd.Index) -> None:
+    """A `UserWarning` when the AnnData to fit looks genes x cells: nine in ten of its gene
+    names (``genes``, the var_names of the counts) hold a cell barcode, or of its cell
+    names (``cells``) are Ensembl gene ids. ``scanpy.read_csv`` of a table of genes as
+    rows (as GEO and R write counts) gives such an AnnData, which was fitted with its
+    genes as cells without a word. Gene symbols and ids hold no run of 12 bases, so
+    cells x genes data never warn; filter the warning out to fit such data on purpose."""
+    shown = None
+    if len(genes) and _share(genes, _BARCODE.search) >= 0.9:
+        shown = f"its var_names look like cell barcodes ({str(genes[0])!r}, ...)"
+    elif len(cells) and _share(cells, _ENSEMBL_GENE.match) >= 0.9:
+        shown = f"its obs_names look like Ensembl gene ids ({str(cells[0])!r}, ...)"
+    if shown is not None:
+        warnings.warn(
+            f"adata may be genes x cells: {shown}; {GENES_BY_CELLS_ADVICE}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# `warn_if_genes_by_cells`' advice, which the command line words as its options
+GENES_BY_CELLS_ADVICE = (
+    "its rows are fitted as cells and its columns as genes: if they are the other way "
+    "round (scanpy.read_csv reads a table of genes as rows so), fit its transpose, adata.T"
+)
+
+
+def _share(names: pd.Index, matches, sample: int = 1000) -> float:
+    """The share of ``names`` that ``matches`` (a compiled pattern's search or match), of
+    at most ``sample`` names spread over them: a million cells' names are not each read."""
+    if len(names) > sample:
+        names = names[np.linspace(0, len(names) - 1, sample).astype(np.intp)]
+    return sum(matches(str(name)) is not None for name in names) / len(names)
 
 
 def _warn_no_active(threshold: float, default: bool, n_cells: int) -> None:

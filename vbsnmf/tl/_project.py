@@ -134,6 +134,15 @@ def _renaming_hint(adata_new, adata_ref, use_raw: bool, new_genes, key: str, fit
             "are genes of adata_ref that the fit left out (outside its mask_var), which a "
             "projection cannot use"
         )
+    # genes x cells, as sc.read_csv reads a table of genes as rows (GEO's, R's counts): its
+    # cells were taken for genes and its genes for cells, which "shares no gene names" hid
+    transposed = adata_new.obs_names.intersection(holder.var_names[fitted])
+    if len(transposed):
+        return (
+            f"; adata_new's obs_names hold {len(transposed)} of the reference's genes: it is "
+            "genes x cells (as scanpy.read_csv reads a table of genes as rows); project its "
+            "transpose, adata_new.T, whose cells are its columns"
+        )
     found = _name_column((adata_new.raw if use_raw else adata_new).var, holder.var_names[fitted])
     if found is not None:
         column, shared = found
@@ -238,8 +247,10 @@ def project(
         ``key_added``, no ``copy``), the reference fit is not variational, no gene names
         are shared (the message names a ``.var`` column of either that holds the other's
         names, such as ``gene_symbols`` beside Ensembl ids, and the renaming that matches
-        them), the reference fit's gene names repeat or those of ``adata_new`` among them,
-        its counts are not raw counts, hold no nonzero count or one above what the
+        them, or, when the obs_names of ``adata_new`` are the reference's genes, its
+        transpose ``adata_new.T``), the reference fit's gene names repeat or those of
+        ``adata_new`` among them, its counts are not raw counts, hold no nonzero count or
+        one above what the
         reference's dtype resolves (2**24 in float32, as `vbsnmf.VBNMF.transform`), or
         are in no such layer or ``.raw``; ``max_iter`` < 1 or ``tol`` < 0 (as `vbsnmf.VBNMF`
         refuses them); ``key_added`` that an ``.h5ad`` cannot store, or under which the

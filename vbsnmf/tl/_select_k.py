@@ -38,6 +38,7 @@ from ._nmf import (
     kept_cells_advice,
     nmf,
     warn_empty_cells,
+    warn_if_genes_by_cells,
 )
 from ._split import count_split
 from ._stored import check_key_added, check_writable, view_to_actual
@@ -171,7 +172,8 @@ def select_k(
     UserWarning
         Once, not from each fit: cells have no counts in the fitted genes (their factors
         are the prior's; ``sc.pp.filter_cells(adata, min_counts=1)`` drops them, and with
-        ``mask_var`` the line the warning gives).
+        ``mask_var`` the line the warning gives). The AnnData looks genes x cells, as
+        `nmf` warns.
     ConvergenceWarning
         Once, naming the Ks whose fit on all the counts or on the train half stopped at
         ``max_iter`` (``n_epochs`` for SVI) before converging, those that still held their
@@ -201,6 +203,7 @@ def select_k(
     fit_dtype = _check_scored(solver, fit_params)
 
     matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
+    warn_if_genes_by_cells(adata.obs_names, var_names)
     fitted_genes = gene_mask(adata, mask_var, var_names)
     if fitted_genes is not None:
         matrix = matrix[:, fitted_genes]

@@ -452,13 +452,26 @@ def link_followed(target: Path) -> Path:
     Raises
     ------
     OSError
-        ``target`` is a loop of symbolic links; it names ``target``.
+        ``target`` is a loop of symbolic links, or leads to an open stream (below); it
+        names ``target``.
     """
     if not target.is_symlink():
         return target
     followed = Path(os.path.realpath(target))
     if followed.is_symlink():  # realpath stops at a loop (pathlib raised, or not, by version)
         raise OSError(errno.ELOOP, "a loop of symbolic links", str(target))
+    if not os.path.lexists(followed) and os.path.exists(target):
+        # A /proc/PID/fd entry (/dev/stdout, /dev/fd/3): the system opens the stream behind
+        # it, but its text ("pipe:[4242]", "log.txt (deleted)" once the file was removed)
+        # names no path. Followed, `vbsnmf fit -o /dev/stdout > log` with log deleted wrote
+        # a whole OUTDIR named "log.txt (deleted)" (exit 0), and with stdout a pipe said
+        # "cannot create /dev/stdout: No such file or directory (in /proc/4242/fd)".
+        raise OSError(
+            errno.EINVAL,
+            f"leads to an open pipe, socket or deleted file ({followed.name!r}), not to a "
+            "path to write to; name a path",
+            str(target),
+        )
     return followed
 
 

@@ -29,11 +29,13 @@ near 1e-3), that nonzero is redone by log-sum-exp from ``E[log]`` itself.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
+from numba.core.caching import Cache
 from numba.extending import intrinsic, overload
 from scipy.special import gammaln
 
@@ -2768,3 +2770,30 @@ def squarem_extrapolate(theta0, theta1, theta2, step: float, out) -> int:
     kernel = _squarem_extrapolate_parallel if parallel else _squarem_extrapolate_serial
     kernel(theta0, theta1, theta2, float(step), out, bad)
     return int(bad.sum())
+
+
+def _save_if_written(save, signature, compiled) -> None:
+    """A kernel's ``save_overload`` (``save``) that lets a failed write go: a full disk or
+    an exceeded quota where Numba keeps its cache (the install's ``__pycache__``, a conda
+    environment in a full HOME) raised from the first call of every kernel compiled, so
+    each fit failed with "[Errno 122] Disk quota exceeded" (or 28, or 27 under a file-size
+    limit) naming no file, though the kernel was compiled and OUTDIR on another disk. The
+    kernel runs from memory; the next process compiles it again."""
+    try:
+        save(signature, compiled)
+    except OSError:
+        pass
+
+
+def _keep_kernels_when_cache_writes_fail(namespace: dict) -> None:
+    """Wrap the on-disk cache of every kernel in ``namespace`` (this module's, each
+    `ParallelKernel` by its dispatcher) with `_save_if_written`. Per kernel, not Numba's
+    `Cache` class: the user's own cached functions keep Numba's behaviour."""
+    for value in list(namespace.values()):
+        dispatcher = value.dispatcher if isinstance(value, ParallelKernel) else value
+        cache = getattr(dispatcher, "_cache", None)
+        if isinstance(cache, Cache):
+            cache.save_overload = partial(_save_if_written, cache.save_overload)
+
+
+_keep_kernels_when_cache_writes_fail(globals())

@@ -1751,15 +1751,64 @@ def _stop(signum, frame) -> None:
     raise Stopped(signum)
 
 
-def _keep_interrupts(swallowed: list, default, unraisable) -> None:
-    """`sys.unraisablehook` while the command runs: a KeyboardInterrupt (Ctrl-C, or a stop
-    signal's `Stopped`) raised where Python cannot raise it, as in importlib's callbacks
-    while the libraries load, is kept for `main` to raise, not printed and lost; any
-    other unraisable exception goes to the ``default`` hook."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        swallowed.append(unraisable.exc_value)
-    else:
-        default(unraisable)
+class _KeptStops:
+    """`sys.unraisablehook` while the command runs. A KeyboardInterrupt (Ctrl-C, or a stop
+    signal's `Stopped`) raised where Python cannot raise it, in a finalizer (a ``__del__``
+    or weakref callback: importlib's while the libraries load, llvmlite's while Numba
+    compiles, h5py's, the garbage collector's), is kept and its signal sent to the main
+    thread again once the hook has returned, so that it stops the command where it runs.
+    Only the start-up code used to raise what was kept: a SIGTERM whose handler ran in a
+    finalizer later was lost, and the fit ran on to its end and exited 0. Any other
+    unraisable exception goes to the ``default`` hook. Where `main` runs in another thread
+    (a test runner's) no signal is sent: what is kept is raised by `settle`."""
+
+    def __init__(self, default) -> None:
+        self.default = default
+        self.send = threading.current_thread() is threading.main_thread()
+        self.kept: list[KeyboardInterrupt] = []
+        self.in_hook = False  # the thread waits: the handler would run inside the hook,
+        # where its exception is printed as "Exception ignored" and dropped
+        self.closed = False  # `main` is restoring the handlers: a late stop is not sent
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.default(unraisable)
+            return
+        self.in_hook = True
+        self.kept.append(unraisable.exc_value)
+        if self.send and (self.thread is None or not self.thread.is_alive()):
+            self.thread = threading.Thread(target=self._send_again, daemon=True)
+            self.thread.start()
+        self.in_hook = False  # an assignment, then the return: no handler runs here
+
+    def _send_again(self) -> None:
+        while self.in_hook:
+            time.sleep(0.001)
+        with self.lock:
+            while self.kept and not self.closed:
+                stop = self.kept.pop(0)
+                number = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+                if hasattr(signal, "pthread_kill"):  # also ends a wait in a system call
+                    signal.pthread_kill(threading.main_thread().ident, number)
+                else:
+                    import _thread
+
+                    _thread.interrupt_main(number)
+
+    def settle(self) -> None:
+        """Send what is kept now: its stop is raised in the caller's next steps (raised
+        here where no signal is sent)."""
+        if self.thread is not None:
+            self.thread.join()
+        elif self.kept:
+            raise self.kept.pop(0)
+
+    def close(self) -> None:
+        """Send nothing more (the handlers are about to be restored)."""
+        with self.lock:
+            self.closed = True
 
 
 def _handle_stop_signals() -> dict:
@@ -1790,16 +1839,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     backend = _draw_into_files()
     previous = {}
-    swallowed: list[KeyboardInterrupt] = []
     unraisable_hook = sys.unraisablehook
-    sys.unraisablehook = partial(_keep_interrupts, swallowed, unraisable_hook)
+    kept_stops = sys.unraisablehook = _KeptStops(unraisable_hook)
     try:
         previous = _handle_stop_signals()
         _check_numba_threads_variable()
         with _doing("loading numpy, scipy and Numba"):
             parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
-        if swallowed:  # Ctrl-C or a stop signal that the imports could not raise
-            raise swallowed[0]
+        kept_stops.settle()  # Ctrl-C or a stop signal that the imports could not raise
         # parse_args said a command's stray arguments with the top level's help ("see
         # vbsnmf --help"), which does not list the options of the command
         try:
@@ -1815,7 +1862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("choose a command: fit, umap or demo (see vbsnmf --help)")
         _check_working_folder()
         _check_numba_threading_layer()
-        return _run_reporting_warnings(args)
+        code = _run_reporting_warnings(args)
+        kept_stops.settle()  # raised here, in this block, not once it is left
+        return code
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_OK
     except KeyboardInterrupt as stop:
@@ -1859,6 +1908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     finally:
+        kept_stops.close()
         sys.unraisablehook = unraisable_hook
         for number, handler in previous.items():
             signal.signal(number, handler)

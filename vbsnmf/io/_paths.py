@@ -194,7 +194,10 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
     # A link is saved through (`Checkpointer`): its lock file and a killed save's
     # temporaries are beside the file it points to, not beside the link.
-    path = link_followed(path)
+    try:
+        path = link_followed(path)
+    except OSError as error:  # a loop of links, or a link to an open stream
+        raise UnsafePathError(f"checkpoint {path}: {error.strerror}") from None
     if path.exists():
         read_checkpoint_meta(path)
         if not os.access(path, os.W_OK):
@@ -362,7 +365,7 @@ def check_outdir(
         # writes: the folder swap replaced the link itself, deleting it and leaving the old
         # output stale where it pointed.
         path = link_followed(path)
-    except OSError as error:  # a loop of links
+    except OSError as error:  # a loop of links, or a link to an open stream (/dev/stdout)
         raise UnsafePathError(f"OUTDIR {outdir}: {error.strerror}") from None
     working = real_path(os.getcwd())
     if real == working or real in working.parents:

@@ -36,8 +36,16 @@ class NotFittedError(ValueError, AttributeError):
 
 def check_fitted(estimator, attribute: str) -> None:
     """Raise `NotFittedError` (scikit-learn's wording) unless ``estimator`` has
-    ``attribute``."""
+    ``attribute``; one fitted (it holds ``components_``) by an earlier version of vbsnmf
+    that named its fitted attributes otherwise (``obs_shape_``, ``var_shape_`` before
+    2026-12-01's ``cell_shape_``, ``gene_shape_``) is told so, not "not fitted yet"."""
     if not hasattr(estimator, attribute):
+        if hasattr(estimator, "components_"):  # unpickled from an earlier version
+            raise sklearn_flavoured(NotFittedError, "NotFittedError")(
+                f"This {type(estimator).__name__} was fitted by an earlier version of vbsnmf: "
+                f"it holds components_ but not {attribute}, which this version reads; fit "
+                "it again with this version (or unpickle it with the version that wrote it)"
+            )
         raise sklearn_flavoured(NotFittedError, "NotFittedError")(
             f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
             "appropriate arguments before using this estimator."

@@ -266,6 +266,15 @@ def check_config(meta: dict, config: dict, path) -> None:
             f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
         )
     start_over = "remove it, or start over without resuming"
+    if _recorded_before_solver(stored):
+        # its settings under their first names: compared key by key, the same fit was
+        # refused as "a different fit (method: checkpoint 'batch' vs now None, ...)"
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was written by an earlier version of vbsnmf, which recorded "
+            f"the fit's settings under other names (method={stored['method']!r}, where this "
+            "version records solver, and the prior as prior_shape and prior_rate): this "
+            f"version cannot resume it; {start_over}"
+        )
     written_by, fitting = _estimator_of(stored), _estimator_of(config)
     # the two estimators record some settings by other names: say whose checkpoint it is
     if stored and written_by != fitting:
@@ -377,6 +386,13 @@ def _difference(key: str, name: str, then, now) -> str:
                 "its entropy"
             )
     return f"{name}: checkpoint {then!r} vs now {now!r}"
+
+
+def _recorded_before_solver(config: dict) -> bool:
+    """Whether a matrix checkpoint's ``config`` is of the versions before 2026-12-01's
+    ``solver`` and ``prior``, which recorded the solver as ``method`` (`VBNTF`'s records
+    have always named it ``solver``)."""
+    return "method" in config and "solver" not in config and "svi_mode" not in config
 
 
 def _estimator_of(config: dict) -> str:

@@ -133,6 +133,10 @@ from .io._stream import InMemorySource, declared_shape, open_source
 
 SOLVERS = ("batch", "svi")
 PRIORS = ("hierarchical", "gamma")
+# Parameters added since the first versions, with the value a model pickled before each
+# ran (its version had no other): the fixed Gamma prior (of its prior_shape and
+# prior_rate), plain coordinate ascent, a random start.
+_EARLIER_PARAMETERS = {"prior": "gamma", "accelerate": False, "init": "random"}
 
 
 @dataclass(frozen=True)
@@ -481,6 +485,17 @@ class VBNMF(Estimator):
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, giving a model pickled by an earlier version of vbsnmf the parameters
+        added since with the values its version ran (`_EARLIER_PARAMETERS`): without them
+        its repr, ``get_params``, ``clone`` and ``fit`` failed with an AttributeError."""
+        state = dict(state)
+        if "solver" not in state and "method" in state:  # its name before 2026-12-01
+            state["solver"] = state.pop("method")
+        for name, value in _EARLIER_PARAMETERS.items():
+            state.setdefault(name, value)
+        self.__dict__.update(state)
 
     def _check_params(self) -> FitSettings:
         """Every parameter checked once; the settings the fit functions use."""

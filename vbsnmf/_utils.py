@@ -688,11 +688,23 @@ def gene_holder(adata, key: str):
     return adata
 
 
+# The entries a fit's record has held since usages were stored (2026-12-01): a record of
+# none of them is of an earlier version's fit.
+_ENTRIES_SINCE_USAGES = ("usage_key", "sqrt_usage_key", "active", "factor_share")
+
+
 def check_fit_record(record: dict, where: str) -> None:
     """Refuse a `vbsnmf.tl.nmf` record ``where`` whose entries the tools cannot read: one
     missing (a `KeyError`) or not as the fit writes it (a `ValueError`), saying to fit
     again. The ``variational`` entry's parameters are checked where they are read
     (`vbsnmf.tl._stored.variational_params`)."""
+    if not any(name in record for name in _ENTRIES_SINCE_USAGES):
+        # a fit of the versions before usages (2026-12-01), which the tools called damaged
+        raise KeyError(
+            f"{where} was written by an earlier version of vbsnmf, which stored no usages, "
+            "active factors nor factor shares ('usage_key', 'active', 'factor_share'): this "
+            "version cannot read it; fit again with vbsnmf.tl.nmf"
+        )
     for name in ("params", "usage_key", "sqrt_usage_key", "varm_key", "active", "n_iter"):
         record_entry(record, name, where)
     if "factor_share" not in record:

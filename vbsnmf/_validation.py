@@ -243,7 +243,7 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
-def _native_index_arrays(matrix):
+def native_index_arrays(matrix):
     """``matrix`` (a checked scipy sparse matrix) with its index arrays in the machine's
     byte order and signed: itself when they are, else a matrix sharing its values."""
     if matrix.format == "coo":
@@ -355,12 +355,16 @@ def widen_to_sum(matrix):
     (uint8: 200 + 100 = 44; bool: True + True = 1), or in float32 (float16) with a total
     beyond the whole numbers that dtype holds, 2**24 (2**11): scipy's sums of such repeats
     were rounded (2**24 and a thousand repeats of 1 summed to 2**24 + 660); else
-    ``matrix`` itself."""
+    ``matrix`` itself, its index arrays made signed (`native_index_arrays`) where they are
+    read: scipy's check of the format refused unsigned ones ("unsupported data types in
+    input") from `tl.count_split` and a mask."""
     if not sp.issparse(matrix):
         return matrix
     kind, size = matrix.dtype.kind, matrix.dtype.itemsize
     if kind not in "biuf" or size >= 8:
         return matrix
+    if matrix.format in ("csr", "csc", "coo"):
+        matrix = native_index_arrays(matrix)
     if matrix.format in ("csr", "csc") and matrix.has_canonical_format:
         return matrix
     if kind == "f":
@@ -593,7 +597,7 @@ def checked_counts(
                 X, name, first_row=first_row, fingerprint=fingerprint and X.format != "bsr"
             )
         if X.format in ("csr", "csc", "coo"):
-            matrix = _native_index_arrays(X)
+            matrix = native_index_arrays(X)
         else:
             # a copy of our own, its indices sorted in place: a BSR's CSR comes unsorted, and
             # its fingerprint would then be taken again on a sorted copy

@@ -31,6 +31,7 @@ from .._validation import (
     check_sparse_structure,
     exact_float_dtype,
     is_backed_sparse,
+    native_index_arrays,
     refuse_masked,
     refuse_path_or_anndata,
     refuse_pydata_sparse,
@@ -217,6 +218,10 @@ def check_data(X):
         raise ValueError(f"X must be 2-D, got {X.ndim}-D")
     if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
         check_sparse_structure(X, "X")
+    if sp.issparse(X) and X.format in ("csr", "csc", "coo"):
+        # unsigned index arrays (BPCells wrote indptr as uint64), which scipy's routines
+        # refuse as "unsupported data types in input", made signed as VBNMF makes them
+        X = native_index_arrays(X)
     X = check_array(
         X,
         accept_sparse=("csr", "csc", "coo"),

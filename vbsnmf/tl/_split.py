@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from .._model import seed_entropy
 from .._utils import is_dask_array
 from .._validation import (
+    check_sparse_structure,
     numbers_from_objects,
     refuse_masked,
     sparse_frame_as_coo,
@@ -58,10 +59,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     Raises
     ------
     ValueError
-        ``fraction`` outside (0, 1); ``counts`` not 2-D, or counts that are negative, not
-        finite, not whole or 2**63 or more, or beyond the whole numbers their float dtype
-        holds every one of (2**11 in float16, 2**24 in float32, 2**53 in float64); a
-        negative ``random_state``; missing values (``pd.NA``).
+        ``fraction`` outside (0, 1); ``counts`` not 2-D, a sparse matrix whose index
+        arrays are damaged (a ``CorruptMatrixError``, as a fit's), or counts that are
+        negative, not finite, not whole or 2**63 or more, or beyond the whole numbers their
+        float dtype holds every one of (2**11 in float16, 2**24 in float32, 2**53 in
+        float64); a negative ``random_state``; missing values (``pd.NA``).
     TypeError
         ``counts`` is not numeric (nor boolean, nor an object array of numbers), not an
         array (ragged lists), is an AnnData, a backed AnnData's X or a masked array with
@@ -103,6 +105,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     sparse = sp.issparse(counts)
     if sparse and len(counts.shape) != 2:  # scipy's n-D COO: "CSR must be 1D or 2D. Got 3D"
         raise ValueError(f"counts must be 2-D (cells x genes), got shape {counts.shape}")
+    if sparse and counts.format in ("csr", "csc", "coo", "bsr") and counts.dtype.kind in "biuf":
+        # its index arrays before scipy reads through them, as every fit checks them: an
+        # index beyond the shape went into both halves, whose toarray() wrote outside its
+        # array (the dtype's own error, below, for values that are no numbers)
+        check_sparse_structure(counts, "counts")
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
     given = counts.dtype if sparse else None

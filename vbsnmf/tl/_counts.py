@@ -309,12 +309,13 @@ def _advised(adata, matrix, source: str, fit_dtype):
 
 
 def _missing_among_counts(matrix) -> bool:
-    """Whether ``matrix`` (in memory) holds NaN and otherwise only whole non-negative counts:
-    missing values, as ``anndata.concat(join="outer")`` gives a dense X for the genes a
-    sample lacks, not normalised data. Read only once the counts were refused."""
-    if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
-        return False  # backed or another array type: not read again for a message
-    values = matrix.data if sp.issparse(matrix) else matrix
+    """Whether ``matrix`` (dense, in memory) holds NaN and otherwise only whole non-negative
+    counts: missing values, as ``anndata.concat(join="outer")`` gives a dense X for the
+    genes a sample lacks, not normalised data. Read only once the counts were refused. A
+    sparse X is joined with zeros, not NaN: its NaN keep the raw-counts advice."""
+    if not isinstance(matrix, np.ndarray):
+        return False  # sparse, backed or another array type: not read again for a message
+    values = matrix
     if values.dtype.kind != "f":
         return False
     missing = np.isnan(values)

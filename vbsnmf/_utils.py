@@ -521,25 +521,35 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
         )
     record = stored_record(adata, key, "obsm_key", "NMF fit", "nmf", "nmf")
     check_fit_record(record, f"adata.uns[{key!r}]")
-    _check_not_transposed(adata, key, record)
+    check_not_transposed(adata, key, record)
     check_cells_of_one_fit(adata, key, record)
     return record
 
 
-def _check_not_transposed(adata, key: str, record: dict) -> None:
-    """A `ValueError` when the fit ``key``'s cell factors are in ``adata.varm`` and not in
-    ``adata.obsm``: ``adata.T`` (genes x cells) swaps ``.obsm`` and ``.varm`` with the
-    cells and genes, and keeps ``.uns``. Each tool then said an entry was missing, "was it
-    removed, or the AnnData built anew after the fit? Fit again", though every array of
-    the fit was there."""
-    cells_key = record["obsm_key"]
+def transposed_after_fit(adata, cells_key) -> bool:
+    """Whether the cell factors ``cells_key`` that a fit or projection wrote into ``.obsm``
+    are in ``adata.varm`` and not in ``adata.obsm``: ``adata.T`` (genes x cells) swaps
+    ``.obsm`` and ``.varm`` (and ``.obs`` and ``.var``) with the cells and genes, and keeps
+    ``.uns``."""
     obsm, varm = getattr(adata, "obsm", None), getattr(adata, "varm", None)
-    if obsm is None or varm is None or cells_key in obsm or cells_key not in varm:
+    if obsm is None or varm is None or not isinstance(cells_key, str):
+        return False
+    return cells_key not in obsm and cells_key in varm
+
+
+def check_not_transposed(adata, key: str, record: dict, what: str = "fit") -> None:
+    """A `ValueError` when the cell factors of the fit (or, ``what="projection"``, of the
+    cells projected, `vbsnmf.tl.project`) ``key`` are in ``adata.varm`` and not in
+    ``adata.obsm`` (`transposed_after_fit`). Each tool then said an entry was missing,
+    "was it removed, or the AnnData built anew after the fit? Fit again" (a projection's:
+    "project again"), though every array was there."""
+    cells_key = record["obsm_key"]
+    if not transposed_after_fit(adata, cells_key):
         return
     raise ValueError(
-        f"the cell factors of the fit {key!r} are in adata.varm[{cells_key!r}], not in "
-        "adata.obsm: the AnnData was transposed after the fit (adata.T, which swaps .obsm "
-        "and .varm with the cells and the genes); transpose it back, adata = adata.T"
+        f"the cell factors of the {what} {key!r} are in adata.varm[{cells_key!r}], not in "
+        f"adata.obsm: the AnnData was transposed after the {what} (adata.T, which swaps "
+        ".obsm and .varm with the cells and the genes); transpose it back, adata = adata.T"
     )
 
 
@@ -680,12 +690,25 @@ def held_reference_key(adata, projection: dict) -> str | None:
 def gene_holder(adata, key: str):
     """``adata.raw`` for a fit of ``.raw`` (its genes, ``.varm`` and ``.var``), else
     ``adata``; a `ValueError` when the fit was of a ``.raw`` that ``adata`` no longer has.
+    ``adata.raw.to_adata()`` of a fit of ``.raw`` (its genes, ``.var`` and ``.varm`` with
+    the fit's gene side, and the cells' ``.obsm`` and ``.uns``) is its own gene holder:
+    it was refused as a ``.raw`` gone, with no way on. Told by the column of the fit's
+    gene totals in ``adata.var``, which a fit of ``.raw`` writes into ``.raw.var`` only.
     Here, not in `vbsnmf.tl`, so that `vbsnmf.io` refuses such a fit as the tools do."""
-    if fit_info(adata, key)["params"].get("use_raw"):
-        if adata.raw is None:
-            raise ValueError(f"the fit {key!r} was of adata.raw, which adata no longer has")
+    record = fit_info(adata, key)
+    if not record["params"].get("use_raw"):
+        return adata
+    if adata.raw is not None:
         return adata.raw
-    return adata
+    # `vbsnmf.tl._stored.FitKeys.total_counts` (that module imports this one)
+    if f"{key}_total_counts" in adata.var.columns and record["varm_key"] in adata.varm:
+        return adata
+    raise ValueError(
+        f"the fit {key!r} was of adata.raw, which adata no longer has: its gene side was in "
+        "adata.raw.varm. Read the fit from the AnnData that still has its .raw (or from "
+        "adata.raw.to_adata(), which holds the raw genes with it), or fit adata again with "
+        "vbsnmf.tl.nmf"
+    )
 
 
 # The entries a fit's record has held since usages were stored (2026-12-01): a record of

@@ -52,6 +52,7 @@ from ._stored import (
     check_writable,
     drop_fit,
     fit_info,
+    gene_holder,
     index_named_as_totals,
     variational_params,
 )
@@ -801,7 +802,10 @@ def _stored_start(
             f"warm_start: the stored fit has K={stored_k}, not {n_components}; fit without "
             "warm_start to change K"
         )
-    if bool(info["params"].get("use_raw")) != use_raw:
+    # adata.raw.to_adata() of a fit of .raw holds the raw counts as X, the fit's gene side
+    # in its own .varm (`gene_holder`): continued from X, as use_raw=True cannot (no .raw)
+    raw_as_adata = not use_raw and adata.raw is None and gene_holder(adata, keys.uns) is adata
+    if bool(info["params"].get("use_raw")) != use_raw and not raw_as_adata:
         raise ValueError(f"warm_start: the stored fit was made with use_raw={not use_raw}")
     # another layer is other counts: continuing would join two data sets' ELBO traces
     if info["params"].get("layer") != layer:

@@ -146,8 +146,9 @@ def select_k(
     ``DataFrame.attrs`` holds ``suggested_k`` and ``reason`` (a sentence saying why).
     ``adata.uns[key_added]`` holds ``table`` (the DataFrame), ``suggested_k``, ``reason``,
     ``params`` (the settings; ``n_threads``: the Numba threads the fits ran on, capped at the
-    machine's, on which their rounding depends) and ``versions`` (as `vbsnmf.tl.nmf`
-    records them). `vbsnmf.pl.select_k` plots it.
+    machine's, on which their rounding depends; ``fitted_genes``: the names of the genes
+    fitted, for a ``mask_var`` given as an array, whose column ``mask_var`` names
+    otherwise) and ``versions`` (as `vbsnmf.tl.nmf` records them). `vbsnmf.pl.select_k` plots it.
 
     Raises
     ------
@@ -323,6 +324,11 @@ def select_k(
         for name, value in (("layer", layer), ("mask_var", mask_var), ("min_share", min_share)):
             if isinstance(value, (str, float, int)):
                 params[name] = value
+        if fitted_genes is not None and not isinstance(mask_var, str):
+            # an array mask leaves no trace of its own (tl.nmf's leaves zero loading rows
+            # for the genes it kept out): without it the record read as a table over all
+            # the genes
+            params["fitted_genes"] = np.asarray(var_names[fitted_genes].astype(str), dtype=object)
         params["use_raw"] = bool(use_raw)
         params.update(_storable(fit_params))
         # the threads the fits ran on, on which their rounding depends, as tl.nmf records

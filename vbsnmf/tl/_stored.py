@@ -18,6 +18,7 @@ from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
     check_cells_of_one_fit,
+    check_not_transposed,
     check_record_key,
     concat_dropped,
     damaged_record,
@@ -27,6 +28,7 @@ from .._utils import (
     record_entry,
     record_kind,
     stored_array,
+    transposed_after_fit,
 )
 from .._validation import check_flag
 
@@ -353,17 +355,18 @@ def holds_dominant_factors(values: pd.Series) -> bool:
     )
 
 
-def drop_dominant_factors(adata, info: dict) -> None:
+def drop_dominant_factors(adata, info: dict, cells: str = "obs") -> None:
     """Remove the dominant-factor column that `vbsnmf.pl.umap` wrote for the fit ``info``
     and its colours: only one the record names (as the fit's other entries; `project`
     names that of the cells it replaces), still holding the factors umap writes (not a
-    column of the same name put there since)."""
-    column = info.get(DOMINANT_FACTOR_ENTRY)
-    if not isinstance(column, str) or column not in adata.obs.columns:
+    column of the same name put there since). ``cells``: the frame of the fit's cells,
+    ``"var"`` in an AnnData transposed after the fit (`drop_fit`)."""
+    column, frame = info.get(DOMINANT_FACTOR_ENTRY), getattr(adata, cells)
+    if not isinstance(column, str) or column not in frame.columns:
         return
-    if not holds_dominant_factors(adata.obs[column]):
+    if not holds_dominant_factors(frame[column]):
         return
-    del adata.obs[column]
+    del frame[column]
     adata.uns.pop(f"{column}_colors", None)
 
 
@@ -372,7 +375,12 @@ def drop_fit(adata, keys: FitKeys) -> None:
     replaces: those the new fit does not write (another prior's arrays, a classical fit's
     lack of them, loadings under ``.varm['NMF']`` against ``.varm['nmf']``, ``.raw``'s
     against ``adata``'s, the dominant factors `vbsnmf.pl.umap` drew) would otherwise outlive
-    it beside its record. A view is made its own AnnData first (`view_to_actual`)."""
+    it beside its record. In an AnnData transposed after the fit (``adata.T``, which swaps
+    ``.obsm`` and ``.varm``, ``.obs`` and ``.var``) its entries are dropped from the swapped
+    places: kept, the old fit's cell factors stayed in ``.varm`` beside the new fit's gene
+    loadings (and its gene loadings in ``.obsm``), and transposed back they stood where
+    the new fit's cell factors are read. A view is made its own AnnData first
+    (`view_to_actual`)."""
     view_to_actual(adata)
     info = adata.uns.get(keys.uns)
     if record_kind(info) != "fit":
@@ -380,10 +388,19 @@ def drop_fit(adata, keys: FitKeys) -> None:
     genes = [adata] + ([adata.raw] if adata.raw is not None else [])
     named = {keys.variational(name) for name in _ARRAYS}
     cells = named | _named_keys(keys.uns, info, _CELL_KEY_ENTRIES)
+    gene_names = named | _named_keys(keys.uns, info, _GENE_KEY_ENTRIES)
+    if transposed_after_fit(adata, info.get("obsm_key")):
+        for name in cells & set(adata.varm.keys()):
+            del adata.varm[name]
+        for name in gene_names & set(adata.obsm.keys()):
+            del adata.obsm[name]
+        if keys.total_counts in adata.obs.columns:
+            del adata.obs[keys.total_counts]
+        drop_dominant_factors(adata, info, cells="var")
     for name in cells & set(adata.obsm.keys()):
         del adata.obsm[name]
     for holder in genes:
-        for name in (named | _named_keys(keys.uns, info, _GENE_KEY_ENTRIES)) & set(holder.varm):
+        for name in gene_names & set(holder.varm):
             del holder.varm[name]
         if keys.total_counts in holder.var.columns:
             del holder.var[keys.total_counts]
@@ -419,6 +436,9 @@ def cell_factors_record(adata, key: str) -> dict:
         "sqrt_usage_key": keys.sqrt_usage,
         "written_by": "vbsnmf.tl.project",
     }
+    # cells projected and then transposed (adata.T): "project again" would not bring the
+    # factors back into .obsm
+    check_not_transposed(adata, key, record, what="projection")
     # the cells of projections onto different references, joined by anndata.concat under
     # the first one's record, were drawn as one projection (a fit's are refused by fit_info)
     check_cells_of_one_fit(adata, key, record, projection=True)

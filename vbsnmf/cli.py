@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -987,9 +988,25 @@ def _outdir_writer(outdir: Path, force: bool):
     return atomic_directory(outdir, overwrite=force, replaceable=earlier)
 
 
+def _check_not_standard_input(label: str, path: str | None) -> None:
+    """Refuse ``-`` (the usual name of the standard input) when no file of that name is
+    there: read as a file name, ``vbsnmf fit - < counts.mtx`` said "-: no such file or
+    directory", as if the data had not arrived. The readers need a file (its size, a second
+    pass, its format by its name or first bytes); a file named ``-`` is still read
+    (``./-`` names it in any case)."""
+    if path == "-" and not os.path.lexists(path):
+        raise UsageError(
+            f"-: vbsnmf does not read the standard input ({label} '-'); write the data to a "
+            "file and name that file"
+        )
+
+
 def _run_fit(args) -> int:
     from .io._paths import command_inputs
 
+    _check_not_standard_input("INPUT", args.input)
+    _check_not_standard_input("--row-names", args.row_names)
+    _check_not_standard_input("--col-names", args.col_names)
     inputs = [p for p in (args.input, args.row_names, args.col_names) if p is not None]
     # protected from every check of the run, the estimator's too, which knows only X
     with command_inputs(inputs):
@@ -1378,6 +1395,7 @@ def _run_umap(args) -> int:
     from .pl._umap import LEIDEN, MIN_CELLS
     from .tl._stored import cell_factors_record
 
+    _check_not_standard_input("RESULT.h5ad", args.result)
     output = Path(args.output)
     _check_figure_path(args.output)
     if real_path(output) == real_path(args.result):
@@ -1681,11 +1699,36 @@ def _memory_advice_as_options(message: str) -> str:
     return message.replace(CELLS_FORM_ADVICE, "Lower -k, or fit a subset of the cells")
 
 
+def _open_files_limit(error: BaseException) -> int | None:
+    """The limit on this process's open files (``ulimit -n``) when ``error``, or an error
+    it was raised from or while handling, is "Too many open files" (EMFILE); else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.EMFILE:
+            try:
+                import resource
+            except ImportError:  # not on Windows, where no ulimit advice applies
+                return None
+            return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _error_message(error: BaseException) -> str:
     """What `main` says of an error it reports with exit code 2."""
     written = getattr(error, "written", None)
     if written is not None:  # `_print_result`: the output is complete, only stdout failed
         return f"cannot print the summary ({_one_line(error)}); {written} was written in full"
+    limit = _open_files_limit(error)
+    if limit is not None:
+        # a pipe, a library's file or a child process: "[Errno 24] Too many open files"
+        # alone said neither which limit nor what to change
+        return (
+            f"{_one_line(error)}; this command may hold at most {limit} files open at once "
+            f"(the limit 'ulimit -n' shows): raise it (e.g. 'ulimit -n {max(1024, 4 * limit)}') "
+            "and run again"
+        )
     if isinstance(error, MemoryError):  # a failed allocation's says nothing; the guard's does
         doing = getattr(error, "doing", None)
         message = _memory_advice_as_options(" ".join(str(error).split()))
@@ -1844,6 +1887,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         previous = _handle_stop_signals()
         _check_numba_threads_variable()
+        if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+            # argparse's text, without building the parser: its choices import numpy,
+            # scipy, Numba and scikit-learn (1 to 4 s, to print one line)
+            _Parser(prog="vbsnmf")._print_message(f"vbsnmf {__version__}\n", sys.stdout)
+            return EXIT_OK
         with _doing("loading numpy, scipy and Numba"):
             parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn
         kept_stops.settle()  # Ctrl-C or a stop signal that the imports could not raise

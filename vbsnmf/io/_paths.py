@@ -146,6 +146,49 @@ def _check_lookup(label: str, path: Path) -> None:
             raise UnsafePathError(f"cannot write {label} {path}: {error.strerror}") from None
 
 
+# A process's open files under /proc: /dev/stdout leads to /proc/self/fd/1, /dev/fd/3 to
+# /proc/self/fd/3 (a thread's own list under task/TID).
+_DESCRIPTOR_FOLDER = re.compile(r"/proc/(?P<pid>\d+)(?:/task/\d+)?/fd")
+_STANDARD_STREAMS = ("the standard input", "the standard output", "the standard error")
+
+
+def open_stream_name(path: str | os.PathLike) -> str | None:
+    """What ``path`` leads to when one of its symbolic links is an open file of this
+    process (``/dev/stdout``, ``/dev/fd/3``, ``/proc/self/fd/2``): "the standard output"
+    (or input, error), "the open file descriptor 3"; None for any other path.
+
+    Such a path names no file of its own: followed, it is whatever file the stream was
+    redirected to (a log, ``> out.txt``), which the checks then named as if the user had
+    given it ("/tmp/log.txt is not a vbsnmf checkpoint ...; name another path or remove
+    it" of ``--checkpoint /dev/stdout >> log.txt``: advice to delete the user's log)."""
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # the system's own limit on links followed in a path
+        folder = _DESCRIPTOR_FOLDER.fullmatch(os.path.realpath(current.parent))
+        if folder is not None and current.name.isdigit():
+            if int(folder["pid"]) != os.getpid():
+                return None
+            descriptor = int(current.name)
+            if descriptor < len(_STANDARD_STREAMS):
+                return _STANDARD_STREAMS[descriptor]
+            return f"the open file descriptor {descriptor}"
+        if not current.is_symlink():
+            return None
+        current = Path(os.path.normpath(current.parent / os.readlink(current)))
+    return None
+
+
+def _refuse_open_stream(label: str, path: Path, followed: Path, what: str) -> None:
+    """`UnsafePathError` when ``path`` leads to one of this process's open streams
+    (`open_stream_name`), ``followed`` being the file behind it; ``what`` is what to name
+    instead ("a checkpoint file")."""
+    stream = open_stream_name(path)
+    if stream is not None:
+        raise UnsafePathError(
+            f"{label} {path} leads to {stream} of this process ({followed}), not to a path "
+            f"of its own; name {what}"
+        )
+
+
 def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) -> Path:
     """Check a checkpoint path before a fit writes to it; return it as a `Path`.
 
@@ -161,7 +204,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     UnsafePathError
         The path is an input, inside one, a folder (or ends in a separator), a
         read-only file or another user's file in a sticky folder (each save replaces
-        it, which the system refuses there), or another run is saving to it now.
+        it, which the system refuses there), leads to an open stream of this process
+        (``/dev/stdout``), or another run is saving to it now.
     vbsnmf.CheckpointError
         A file is there that is not a vbsnmf checkpoint.
     vbsnmf.CheckpointInUseError
@@ -198,6 +242,7 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         path = link_followed(path)
     except OSError as error:  # a loop of links, or a link to an open stream
         raise UnsafePathError(f"checkpoint {path}: {error.strerror}") from None
+    _refuse_open_stream("checkpoint", Path(checkpoint), path, "a checkpoint file")
     if path.exists():
         read_checkpoint_meta(path)
         if not os.access(path, os.W_OK):
@@ -291,6 +336,7 @@ def check_output_file(label: str, path: str | os.PathLike) -> Path:
     _check_lookup(label, path)
     try:
         target = link_followed(path)
+        _refuse_open_stream(label, path, target, "a file")
         check_target(target)
         _try_file(file_temporary_affixes(target), target.parent)
     except OSError as error:
@@ -367,6 +413,7 @@ def check_outdir(
         path = link_followed(path)
     except OSError as error:  # a loop of links, or a link to an open stream (/dev/stdout)
         raise UnsafePathError(f"OUTDIR {outdir}: {error.strerror}") from None
+    _refuse_open_stream("OUTDIR", Path(outdir), path, "a new folder")
     working = real_path(os.getcwd())
     if real == working or real in working.parents:
         raise UnsafePathError(

@@ -1256,6 +1256,14 @@ def _probe_hdf5(path: Path) -> None:
         )
     except subprocess.TimeoutExpired:
         raise ReadError(path, "corrupt HDF5 file (reading its structure does not finish)") from None
+    except OSError as error:
+        # the child's pipes or process refused (too many open files, no processes left):
+        # the bare "[Errno 24] Too many open files" named no file and no step
+        raise ReadError(
+            path,
+            "could not be checked: the system refused to start the process that reads its "
+            f"HDF5 structure ({describe_error(error)})",
+        ) from error
     if probe.returncode != 0:
         lines = probe.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit code {probe.returncode}"

@@ -294,7 +294,8 @@ def _advised(adata, matrix, source: str, fit_dtype):
         beyond_float32 = isinstance(error, CountRangeError) and np.dtype(fit_dtype) == np.float32
         if isinstance(error, CorruptMatrixError) or beyond_float32 or 0 in matrix.shape:
             raise
-        if _missing_among_counts(matrix):
+        # counts elsewhere (a layer, .raw) keep the advice that names them
+        if not _other_counts(adata, source) and _missing_among_counts(matrix):
             # not normalised data: "keep the raw counts before normalising" sent the user
             # looking for counts they hold
             raise ValueError(

@@ -124,6 +124,7 @@ from ._validation import (
     readable_values,
     refuse_closed_file,
     refuse_masked,
+    small_dense,
     sparse_frame_as_coo,
     warn_non_counts,
     widen_to_sum,
@@ -834,7 +835,7 @@ class VBNMF(Estimator):
         # taken silently by np.asarray; a sparse matrix would be a 0-d object array
         refuse_masked(X, "X", "pass the values to use, e.g. X.filled(0)")
         if sp.issparse(X):
-            X = X.toarray()
+            X = small_dense(X, "X")
         if np.iscomplexobj(X):
             raise TypeError("X must be real numbers (cell factors), got complex values")
         try:

@@ -36,6 +36,28 @@ def _first_positions(mask_rows, mask_cols, limit=3) -> str:
     return ", ".join(pairs) + more
 
 
+# The values no count may be, each with its test, in the order messages name them.
+BAD_COUNT_TESTS = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
+
+
+def bad_count_problems(values: np.ndarray, rows, cols) -> list[str]:
+    """What is wrong with the stored ``values`` (at (``rows[i]``, ``cols[i]``); callables
+    giving those arrays, called only when a value is wrong): how many are NaN, infinite or
+    negative, and where the first ones of each are, e.g. "1 negative entry at (row, column)
+    (3, 4)"; empty if every value is a finite count."""
+    problems = []
+    positions = None
+    for label, test in BAD_COUNT_TESTS:
+        where = np.flatnonzero(test(values))
+        if where.size:
+            positions = positions or (rows(), cols())
+            problems.append(
+                f"{where.size} {label} entr{'y' if where.size == 1 else 'ies'} at (row, column) "
+                f"{_first_positions(positions[0][where], positions[1][where])}"
+            )
+    return problems
+
+
 # The largest count a variational fit accepts, by the dtype of its factors. Measured with
 # benchmarks/count_range.py (one count c among 60 x 40 Poisson(2) counts, K=3, 150
 # iterations, 4 seeds): in float64 the ELBO never decreased up to c = 3e13, decreased in
@@ -257,6 +279,19 @@ def native_index_arrays(matrix):
         return matrix
     arrays = (matrix.data, _signed(_native(matrix.indices)), _signed(_native(matrix.indptr)))
     return type(matrix)(arrays, shape=matrix.shape)
+
+
+def small_dense(matrix, name: str) -> np.ndarray:
+    """``matrix`` (a scipy sparse matrix of factor size: cells or genes x K, a mask of
+    factors) as a dense array, its index arrays checked (`check_sparse_structure`) and
+    made signed first: ``toarray`` wrote through an index beyond the shape outside its
+    array, silently, and refused unsigned index arrays (BPCells' uint64) with scipy's
+    "unsupported data types in input"."""
+    if matrix.format in ("csr", "csc", "coo", "bsr"):
+        if matrix.dtype.kind in "biuf":  # other values: the caller's own dtype error
+            check_sparse_structure(matrix, name)
+        matrix = native_index_arrays(matrix)
+    return matrix.toarray()
 
 
 def _scipy_index_dtype(array: np.ndarray) -> bool:
@@ -631,20 +666,15 @@ def checked_counts(
     check_count_dtype(matrix.data.dtype, name)
     check_not_empty(matrix.shape, name)
     data = matrix.data
-    tests = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
     limit = None if fit_dtype is None else max_count(fit_dtype)
     bad_counts, non_integer = _scan_values(
-        data, [test for _, test in tests] + ([] if limit is None else [lambda v: v > limit])
+        data,
+        [test for _, test in BAD_COUNT_TESTS] + ([] if limit is None else [lambda v: v > limit]),
     )
     problems = []
-    for (label, test), count in zip(tests, bad_counts):
-        if count:
-            coo = matrix.tocoo() if matrix.format != "coo" else matrix
-            where = np.flatnonzero(test(data))
-            problems.append(
-                f"{count} {label} entr{'y' if count == 1 else 'ies'} at (row, column) "
-                f"{_first_positions(coo.row[where] + first_row, coo.col[where])}"
-            )
+    if any(bad_counts[:3]):
+        coo = matrix.tocoo() if matrix.format != "coo" else matrix
+        problems = bad_count_problems(data, lambda: coo.row + first_row, lambda: coo.col)
     if problems:
         # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
         lead = "Negative values in data: " if bad_counts[2] else ""

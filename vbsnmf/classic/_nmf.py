@@ -29,7 +29,7 @@ from .._base import (
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
 from .._utils import counted, warn_user
-from .._validation import check_finite_product, check_flag, check_n_components
+from .._validation import check_finite_product, check_flag, check_n_components, small_dense
 from ._data import ClassicData, positional_columns
 from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
@@ -594,7 +594,7 @@ def _dense_mask(mask) -> np.ndarray:
     """A factor mask as a dense array (it is factor-sized; np.asarray of a scipy.sparse
     mask is a 0-d object array)."""
     if sp.issparse(mask):
-        return mask.toarray()
+        return small_dense(mask, "factor mask")
     try:
         return np.asarray(mask)
     except ValueError:  # ragged

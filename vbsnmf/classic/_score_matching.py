@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from .. import _kernels
-from .._validation import check_flag
+from .._validation import check_flag, small_dense
 from ._data import check_data
 from .losses import check_factors
 
@@ -199,7 +199,7 @@ def _model_matrix(Q) -> np.ndarray:
     """Q as a dense float64 array, checked as `losses.check_factors` checks W and H (J
     floors q at the smallest float, which would take a negative Q silently)."""
     if sp.issparse(Q):
-        Q = Q.toarray()
+        Q = small_dense(Q, "Q")
     array = np.asarray(Q)
     if array.dtype.kind not in "biuf":  # complex would lose its imaginary part silently
         raise TypeError(f"Q must be an array of real numbers, got dtype {array.dtype}")

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _kernels
+from .._validation import small_dense
 
 # Q is floored here at the stored entries, as scikit-learn does (its EPSILON), so that a
 # loss never divides by an exactly zero reconstruction; at an entry x < 1 the floor is
@@ -517,7 +518,7 @@ def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     factors = []
     for name, factor in (("W", W), ("H", H)):
         if sp.issparse(factor):  # factor-sized (n x K, K x m): dense costs nothing
-            factor = factor.toarray()
+            factor = small_dense(factor, name)
         try:
             array = np.asarray(factor)
         except ValueError:  # numpy's words for a ragged sequence

@@ -39,6 +39,7 @@ from .._validation import (
     check_float_dtype,
     check_n_components,
     check_not_empty,
+    native_index_arrays,
 )
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stored import anndata_x
@@ -1113,7 +1114,19 @@ def _gene_sums_row(block) -> np.ndarray:
 def _cell_sums_column(block) -> np.ndarray:
     """A dask chunk's cell totals as a cells x 1 block (`_column_sums`' task; only compared
     with zero)."""
+    block = _signed_chunk(block)
     return np.asarray(block.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
+
+
+def _signed_chunk(block):
+    """A dask chunk as scipy's routines read it: a sparse one with unsigned index arrays
+    (BPCells writes ``indptr`` as uint64) with signed copies of them (`native_index_arrays`;
+    its ``sum`` and conversion to CSR refused them, "unsupported data types in input" or
+    numpy's "Cannot cast array data from dtype('uint64')"), any other as it is. The chunks
+    were checked (`check_count_matrix`) before the sums read them."""
+    if sp.issparse(block) and block.format in ("csr", "csc", "coo", "bsr"):
+        return native_index_arrays(block)
+    return block
 
 
 def _gene_sums(block) -> np.ndarray:
@@ -1122,6 +1135,7 @@ def _gene_sums(block) -> np.ndarray:
     above 2**24. A scipy sparse block is summed by `numpy.bincount`: its ``sum`` adds in the
     block's dtype even when asked for float64."""
     if sp.issparse(block):
+        block = _signed_chunk(block)
         stored = block if block.format == "csr" else sp.csr_matrix(block)
         return np.bincount(stored.indices, weights=stored.data, minlength=block.shape[1])
     return np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()

@@ -13,7 +13,9 @@ import scipy.sparse as sp
 from .._model import seed_entropy
 from .._utils import is_dask_array
 from .._validation import (
+    bad_count_problems,
     check_sparse_structure,
+    native_index_arrays,
     numbers_from_objects,
     refuse_masked,
     sparse_frame_as_coo,
@@ -110,6 +112,7 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # index beyond the shape went into both halves, whose toarray() wrote outside its
         # array (the dtype's own error, below, for values that are no numbers)
         check_sparse_structure(counts, "counts")
+        _refuse_bad_stored(counts)
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
     given = counts.dtype if sparse else None
@@ -158,7 +161,16 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must be numeric, got dtype {values.dtype}")
     if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
-        raise ValueError("counts must be non-negative and finite")
+        # where, as VBNMF.fit says it: "counts must be non-negative and finite" left the
+        # caller to search a whole matrix for one value (a sparse matrix's stored values
+        # were checked before their repeats were summed; a float32 sum may overflow)
+        if sparse:
+            rows = lambda: np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))  # noqa: E731
+            cols = lambda: matrix.indices  # noqa: E731
+        else:
+            rows, cols = (lambda: entries[0]), (lambda: entries[1])
+        problems = bad_count_problems(values, rows, cols)
+        raise ValueError("counts must be non-negative and finite; found " + "; ".join(problems))
     if values.size and np.any(values % 1):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
     # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64
@@ -191,3 +203,16 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     for part in (matrix, test):
         part.eliminate_zeros()
     return matrix, test
+
+
+def _refuse_bad_stored(counts) -> None:
+    """Refuse a (checked) sparse matrix whose stored values hold a negative, NaN or
+    infinite count, named by position, before its repeated entries are summed: a sum hid a
+    negative count (-1 and 3 stored at one position split as a count of 2), which
+    `vbsnmf.VBNMF` refuses."""
+    stored = counts.data
+    if not stored.size or (np.all(np.isfinite(stored)) and stored.min() >= 0):
+        return
+    entries = native_index_arrays(counts).tocoo()  # BSR's blocks: their entries, in order
+    problems = bad_count_problems(entries.data, lambda: entries.row, lambda: entries.col)
+    raise ValueError("counts must be non-negative and finite; found " + "; ".join(problems))

@@ -339,19 +339,15 @@ def squarem_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
                     random_state=seed,
                     n_threads=2,
                 )
-                start = time.perf_counter()
-                model.fit(coords, counts, shape)
+                row = _timed_fit(model, coords, counts, shape)
                 rows.append(
                     {
-                        "shape": shape,
-                        "nnz": len(counts),
+                        **row,
                         "seed": seed,
                         "prior": prior,
                         "accelerate": accelerate,
                         "passes": model.n_iter_,
                         "converged": model.converged_,
-                        "elbo": model.elbo_trace_[-1],
-                        "seconds": time.perf_counter() - start,
                     }
                 )
     return rows
@@ -375,20 +371,17 @@ def eval_every_pairs(seeds, n_components: int, quick: bool) -> list[dict]:
                 model = vbsnmf.VBNTF(
                     n_components, eval_every=eval_every, random_state=seed, **common
                 )
-                start = time.perf_counter()
-                model.fit(coords, counts, shape)
-                rows.append(
-                    {
-                        "shape": shape,
-                        "nnz": len(counts),
-                        "form": form,
-                        "seed": seed,
-                        "eval_every": eval_every,
-                        "elbo": model.elbo_trace_[-1],
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
+                row = _timed_fit(model, coords, counts, shape)
+                rows.append({**row, "form": form, "seed": seed, "eval_every": eval_every})
     return rows
+
+
+def _timed_fit(model, coords, counts, shape) -> dict:
+    """Fit ``model`` to the tensor: its shape and nonzeros, final ELBO and seconds."""
+    start = time.perf_counter()
+    model.fit(coords, counts, shape)
+    seconds = time.perf_counter() - start
+    return {"shape": shape, "nnz": len(counts), "elbo": model.elbo_trace_[-1], "seconds": seconds}
 
 
 def _tutorial_tensor(quick: bool):

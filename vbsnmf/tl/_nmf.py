@@ -304,10 +304,10 @@ def nmf(
         is out of range; an unknown ``solver`` or a parameter it does not take; a missing
         layer, ``.raw`` or mask column; a mask that selects no gene, or is not a boolean
         array over the genes; ``key_added`` that an ``.h5ad`` cannot store (an empty
-        string, or one the parameter's entry above rules out) or under which the results would overwrite another
-        fit's, a projection's or a K selection's, or what another tool stored or stores
-        (scanpy's ``.obsm['X_pca']`` for ``key_added="pca"``); ``min_share`` outside [0, 1); a
-        negative ``random_state``; ``warm_start``
+        string, or one the parameter's entry above rules out) or under which the results
+        would overwrite another fit's, a projection's or a K selection's, or what another
+        tool stored or stores (scanpy's ``.obsm['X_pca']`` for ``key_added="pca"``);
+        ``min_share`` outside [0, 1); a negative ``random_state``; ``warm_start``
         without a matching stored fit (a ``mask_var`` that selects other genes than it
         fitted, more or fewer), or with ``resume=True`` on the stored fit's own
         checkpoint, or over cells whose usages are not one fit's (an ``anndata.concat`` of

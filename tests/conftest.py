@@ -68,3 +68,16 @@ def plotted_fit():
     dominant = adata.obsm["X_nmf"].argmax(axis=1)
     adata.obs["cluster"] = pd.Categorical([f"c{factor}" for factor in dominant])
     return adata
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An in-process Dask cluster of one single-threaded worker and a client of it, one per
+    test module (a module that needs another cluster defines its own ``client``)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    with distributed.Client(cluster) as dask_client:
+        yield dask_client
+    cluster.close()

@@ -6,24 +6,12 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
 
 import vbsnmf
 
 pytestmark = pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning")
 
 FAST = {"max_iter": 2, "random_state": 0}
-
-
-@pytest.fixture(scope="module")
-def client():
-    """An in-process cluster of one single-threaded worker and a client of it."""
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
 
 
 def _counts(n_cells: int = 40, n_genes: int = 25, seed: int = 0) -> np.ndarray:

@@ -281,17 +281,6 @@ def test_count_split_random_state_doc_names_randomstate():
         assert not np.array_equal(first, second)  # advanced: another split
 
 
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with distributed.Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
-
-
 def test_svi_dask_byte_counts_as_documented(client):
     """`DaskFitResult` said its byte counts were per pass and "Both are O(genes x K),
     independent of nonzeros"; `fit_svi_dask`'s are per minibatch step (and evaluation)

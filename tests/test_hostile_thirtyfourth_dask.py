@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from distributed import Client, LocalCluster
 
 import vbsnmf
 from vbsnmf._dask._cluster import computed_as_declared
@@ -24,17 +23,6 @@ from vbsnmf._dask._cluster import computed_as_declared
 pytestmark = [pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning")]
 
 FIT = {"max_iter": 8, "tol": 0.0, "random_state": 0}
-
-
-@pytest.fixture(scope="module")
-def client():
-    """An in-process cluster of one single-threaded worker and a client of it."""
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
 
 
 def _counts(n_cells: int = 60, n_genes: int = 25, seed: int = 0) -> np.ndarray:

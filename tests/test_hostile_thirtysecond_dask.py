@@ -9,7 +9,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from distributed import Client, LocalCluster
 
 import vbsnmf
 from vbsnmf.classic import NMF
@@ -20,17 +19,6 @@ pytestmark = [
 ]
 
 FIT = {"max_iter": 8, "tol": 0.0, "random_state": 0}
-
-
-@pytest.fixture(scope="module")
-def client():
-    """An in-process cluster of one single-threaded worker and a client of it."""
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
 
 
 def _counts(n_cells: int = 60, n_genes: int = 25, seed: int = 0) -> np.ndarray:

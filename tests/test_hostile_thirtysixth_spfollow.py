@@ -53,17 +53,6 @@ def _quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with distributed.Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
-
-
 @pytest.mark.parametrize("layout", ["csr", "csc"])
 def test_tl_nmf_of_dask_chunks_with_uint64_index_arrays(client, layout):
     """`tl.nmf` of a dask array whose chunks (built in their tasks, as a reader of a

@@ -10,7 +10,6 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
 import vbsnmf
 from vbsnmf import tl
@@ -18,17 +17,6 @@ from vbsnmf import tl
 pytestmark = pytest.mark.filterwarnings("ignore::vbsnmf.ConvergenceWarning")
 
 GENES = [f"g{i}" for i in range(12)]
-
-
-@pytest.fixture(scope="module")
-def client():
-    """An in-process cluster of one single-threaded worker and a client of it."""
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
-    with Client(cluster) as dask_client:
-        yield dask_client
-    cluster.close()
 
 
 def _counts(n_cells: int = 40, seed: int = 0) -> np.ndarray:

@@ -40,6 +40,8 @@ from pathlib import Path
 from . import __version__
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# What --version prints (argparse, and `main` without building the parser)
+VERSION_LINE = f"vbsnmf {__version__}"
 VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
 # --convert-to's names that `vbsnmf.io.read` reads back as an AnnData (an .h5 holding one
@@ -144,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "143; SIGHUP: 129; no partial outputs. Run 'vbsnmf COMMAND --help' for each "
         "command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"vbsnmf {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_LINE)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     fit = commands.add_parser(
@@ -1890,7 +1892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
             # argparse's text, without building the parser: its choices import numpy,
             # scipy, Numba and scikit-learn (1 to 4 s, to print one line)
-            _Parser(prog="vbsnmf")._print_message(f"vbsnmf {__version__}\n", sys.stdout)
+            _Parser(prog="vbsnmf")._print_message(f"{VERSION_LINE}\n", sys.stdout)
             return EXIT_OK
         with _doing("loading numpy, scipy and Numba"):
             parser = build_parser()  # imports vbsnmf.tl: numpy, scipy, Numba, scikit-learn

@@ -40,20 +40,20 @@ def _first_positions(mask_rows, mask_cols, limit=3) -> str:
 BAD_COUNT_TESTS = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
 
 
-def bad_count_problems(values: np.ndarray, rows, cols) -> list[str]:
-    """What is wrong with the stored ``values`` (at (``rows[i]``, ``cols[i]``); callables
-    giving those arrays, called only when a value is wrong): how many are NaN, infinite or
-    negative, and where the first ones of each are, e.g. "1 negative entry at (row, column)
-    (3, 4)"; empty if every value is a finite count."""
+def bad_count_problems(values: np.ndarray, positions) -> list[str]:
+    """What is wrong with the stored ``values`` (``positions()``: their rows and columns,
+    called only when a value is wrong): how many are NaN, infinite or negative, and where
+    the first ones of each are, e.g. "1 negative entry at (row, column) (3, 4)"; empty if
+    every value is a finite count."""
     problems = []
-    positions = None
+    rows_cols = None
     for label, test in BAD_COUNT_TESTS:
         where = np.flatnonzero(test(values))
         if where.size:
-            positions = positions or (rows(), cols())
+            rows, cols = rows_cols = rows_cols or positions()
             problems.append(
                 f"{where.size} {label} entr{'y' if where.size == 1 else 'ies'} at (row, column) "
-                f"{_first_positions(positions[0][where], positions[1][where])}"
+                f"{_first_positions(rows[where], cols[where])}"
             )
     return problems
 
@@ -674,7 +674,7 @@ def checked_counts(
     problems = []
     if any(bad_counts[:3]):
         coo = matrix.tocoo() if matrix.format != "coo" else matrix
-        problems = bad_count_problems(data, lambda: coo.row + first_row, lambda: coo.col)
+        problems = bad_count_problems(data, lambda: (coo.row + first_row, coo.col))
     if problems:
         # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
         lead = "Negative values in data: " if bad_counts[2] else ""

@@ -112,7 +112,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # index beyond the shape went into both halves, whose toarray() wrote outside its
         # array (the dtype's own error, below, for values that are no numbers)
         check_sparse_structure(counts, "counts")
-        _refuse_bad_stored(counts)
+        # before repeated entries are summed: a sum hid a negative count (-1 and 3 stored
+        # at one position split as a count of 2), which `vbsnmf.VBNMF` refuses
+        _refuse_bad_counts(counts.data, lambda: _coo_positions(counts))
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
     given = counts.dtype if sparse else None
@@ -160,17 +162,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     # with numpy's bare UFuncTypeError
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must be numeric, got dtype {values.dtype}")
-    if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
-        # where, as VBNMF.fit says it: "counts must be non-negative and finite" left the
-        # caller to search a whole matrix for one value (a sparse matrix's stored values
-        # were checked before their repeats were summed; a float32 sum may overflow)
-        if sparse:
-            rows = lambda: np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))  # noqa: E731
-            cols = lambda: matrix.indices  # noqa: E731
-        else:
-            rows, cols = (lambda: entries[0]), (lambda: entries[1])
-        problems = bad_count_problems(values, rows, cols)
-        raise ValueError("counts must be non-negative and finite; found " + "; ".join(problems))
+    # a sparse matrix's stored values were checked before their repeats were summed, which
+    # in float32 may overflow
+    _refuse_bad_counts(values, (lambda: _coo_positions(matrix)) if sparse else lambda: entries)
     if values.size and np.any(values % 1):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
     # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64
@@ -205,14 +199,19 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     return matrix, test
 
 
-def _refuse_bad_stored(counts) -> None:
-    """Refuse a (checked) sparse matrix whose stored values hold a negative, NaN or
-    infinite count, named by position, before its repeated entries are summed: a sum hid a
-    negative count (-1 and 3 stored at one position split as a count of 2), which
-    `vbsnmf.VBNMF` refuses."""
-    stored = counts.data
-    if not stored.size or (np.all(np.isfinite(stored)) and stored.min() >= 0):
+def _refuse_bad_counts(values: np.ndarray, positions) -> None:
+    """A `ValueError` when ``values`` hold a negative, NaN or infinite count, naming how
+    many and where (``positions()``: their rows and columns, as `VBNMF.fit` names them):
+    "counts must be non-negative and finite" alone left the caller to search a whole
+    matrix for one value."""
+    if not values.size or (np.all(np.isfinite(values)) and values.min() >= 0):
         return
-    entries = native_index_arrays(counts).tocoo()  # BSR's blocks: their entries, in order
-    problems = bad_count_problems(entries.data, lambda: entries.row, lambda: entries.col)
+    problems = bad_count_problems(values, positions)
     raise ValueError("counts must be non-negative and finite; found " + "; ".join(problems))
+
+
+def _coo_positions(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of a (checked) sparse matrix's stored values, in the order of
+    its ``data`` (a BSR's: its blocks' entries, in order, as ``tocoo`` gives them)."""
+    entries = native_index_arrays(matrix).tocoo()
+    return entries.row, entries.col

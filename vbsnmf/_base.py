@@ -129,8 +129,8 @@ def _is_transposed(X, frame, name: str) -> bool:
     """Whether ``frame`` names X's cells as its columns and X's genes as its rows (X and
     ``frame`` DataFrames whose names are strings; not when X's cells and genes share
     their names, where either reading fits)."""
-    x_genes, x_cells = feature_names(X), _row_names(X)
-    columns, rows = feature_names(frame, name), _row_names(frame)
+    x_genes, x_cells = feature_names(X), row_names(X)
+    columns, rows = feature_names(frame, name), row_names(frame)
     if any(names is None for names in (x_genes, x_cells, columns, rows)):
         return False
     x_genes, x_cells = set(x_genes), set(x_cells)
@@ -154,7 +154,7 @@ def check_row_names(X, frame, name: str) -> None:
     """``frame``'s row names (cells: a mask of X's shape, or of the cell side) against X's
     when both are DataFrames with string row names: other names or another order are a
     `ValueError`."""
-    cells, rows = _row_names(X), _row_names(frame)
+    cells, rows = row_names(X), row_names(frame)
     detail = names_differ(cells, rows, "rows", name)
     if detail is not None:
         advice = _matching_advice(cells, rows, "row", f"{name}.loc[X.index]")
@@ -174,7 +174,7 @@ def _matching_advice(names, other_names, kind: str, reordered: str) -> str:
     return f"pass them in X's order, {reordered}"
 
 
-def _row_names(frame) -> np.ndarray | None:
+def row_names(frame) -> np.ndarray | None:
     """The index of a DataFrame when its labels are strings (cell names), else None (a
     default range index, numbers: nothing to match by)."""
     if not hasattr(frame, "columns") or not hasattr(frame, "index"):
@@ -234,7 +234,7 @@ def check_feature_names(estimator, X) -> None:
         message += "- ...\n" if len(repeated) > 5 else ""
     elif not unseen and not missing:
         message += "Feature names must be in the same order as they were in fit.\n"
-    rows = _row_names(X)
+    rows = row_names(X)
     if missing and rows is not None and set(fitted) <= set(rows):
         # every fitted gene names a row: X is genes x cells (a table of genes as rows read
         # whole), whose cells were listed as unseen features and genes as missing ones

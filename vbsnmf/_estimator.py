@@ -20,7 +20,6 @@ import scipy.sparse as sp
 
 from ._base import (
     Estimator,
-    _row_names,
     check_entry_columns,
     check_feature_names,
     check_fitted,
@@ -28,6 +27,7 @@ from ._base import (
     names_differ,
     remember_feature_names,
     repeated_otherwise,
+    row_names,
     transposed_hint,
 )
 from ._batch import (
@@ -648,7 +648,7 @@ class VBNMF(Estimator):
         if isinstance(init, VBNMF):  # scikit-learn's error for an estimator not fitted yet
             check_fitted(init, "cell_shape_")
         if init is not None:
-            _check_init_genes(init, names, _row_names(X))
+            _check_init_genes(init, names, row_names(X))
         if mask is not None:
             check_entry_columns(X, mask, "mask")
         if kind in ("memory", "checked"):

@@ -636,7 +636,7 @@ def _check_named_weights(weights, cells: pd.Index, genes: pd.Index) -> None:
         return
     from types import SimpleNamespace
 
-    from .._base import _is_transposed, _row_names, feature_names, names_differ
+    from .._base import _is_transposed, feature_names, names_differ, row_names
 
     named = SimpleNamespace(columns=genes, index=cells)  # the counts' names, no values
     if _is_transposed(named, weights, "weights"):  # else told to reorder it by the genes
@@ -646,7 +646,7 @@ def _check_named_weights(weights, cells: pd.Index, genes: pd.Index) -> None:
         )
     for noun, names, own, order in (
         ("columns", feature_names, "the fitted genes", "weights[fitted_gene_names]"),
-        ("rows", _row_names, "adata.obs_names", "weights.loc[adata.obs_names]"),
+        ("rows", row_names, "adata.obs_names", "weights.loc[adata.obs_names]"),
     ):
         detail = names_differ(names(named), names(weights), noun, "weights", own="adata")
         if detail is not None:

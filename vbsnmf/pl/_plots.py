@@ -777,12 +777,18 @@ def top_genes(
     )
     check_expression_readable(expression, where, "dot plot")
     _check_sparse_array_readable(expression, where)
-    if "gene_symbols" in kwds:
+    # scanpy refuses them too, but the lookup by gene_symbols below failed first with
+    # pandas' "cannot reindex on an axis with duplicate labels"
+    _check_unique_gene_names(genes_read.var_names, "adata.raw" if reads_raw else "adata")
+    # None is scanpy's default, the var_names: it was looked up as a column named None
+    if kwds.get("gene_symbols") is not None:
         # scanpy looks each name up in that column, not in the var_names
         names = _gene_symbols(adata, names, kwds["gene_symbols"], reads_raw)
         gene_names = pd.Index(genes_read.var[kwds["gene_symbols"]])
     else:
         gene_names = genes_read.var_names
+        where_genes = f"{'adata.raw' if reads_raw else 'adata'}.var_names"
+        _check_names_are_text(names, where_genes, f"{where_genes} = {where_genes}.astype(str)")
     _check_genes_not_columns(adata, names)
     _check_groups_not_genes(columns, gene_names)
     genes = {
@@ -951,9 +957,14 @@ def reads_raw_genes(adata, use_raw: bool | None = None, layer: str | None = None
 def _gene_symbols(adata, genes: pd.Series, column: str, reads_raw: bool) -> pd.Series:
     """The fit's ``genes`` (var_names) as their names in the ``.var`` column ``column`` (of
     ``adata.raw`` when scanpy reads it, ``reads_raw``), by which scanpy's dot plot looks
-    them up: a `KeyError` without the column, a `ValueError` when a gene has no name there
-    or one that other genes share (scanpy's bare KeyErrors)."""
+    them up: a `KeyError` without the column, a `ValueError` when a gene has no name there,
+    one that other genes share or one that is not text (scanpy's bare KeyErrors and
+    AssertionError), a `TypeError` for a ``column`` that is not a name."""
     var, where = (adata.raw.var, "adata.raw.var") if reads_raw else (adata.var, "adata.var")
+    if not isinstance(column, str):  # a list failed as Python's "unhashable type"
+        raise TypeError(
+            f"gene_symbols must be the name of a column of {where}, a string, got {column!r}"
+        )
     if column not in var.columns:
         raise KeyError(f"{where} has no column {column!r} (gene_symbols) to name the genes by")
     symbols = var[column]
@@ -967,7 +978,39 @@ def _gene_symbols(adata, genes: pd.Series, column: str, reads_raw: bool) -> pd.S
             f"or one that other genes share ({listed}); drop gene_symbols= to show the "
             "var_names"
         )
+    column_name = f"{where}[{column!r}]"
+    advice = (
+        f"{column_name} = {column_name}.astype(str), or drop gene_symbols= to show the var_names"
+    )
+    _check_names_are_text(names, f"{column_name} (gene_symbols)", advice)
     return pd.Series(names.to_numpy(), index=genes.index, name=genes.name)
+
+
+def _check_names_are_text(names, where: str, advice: str) -> None:
+    """A `ValueError` when some of the names by which the dot plot shows the fit's top
+    genes (``names``, from ``where``) are not text: scanpy looks up text, and numbers
+    failed with its bare AssertionError, or a KeyError for the number as text ("Could not
+    find keys [np.str_('5')]"). ``advice``: how to store them as text."""
+    not_text = [name for name in names if not isinstance(name, str)]
+    if not_text:
+        listed = ", ".join(map(str, not_text[:5]))
+        raise ValueError(
+            f"{where}: some of the fit's top genes are named by values that are not text "
+            f"({listed}), which scanpy's dot plot cannot look up; store them as text, {advice}"
+        )
+
+
+def _check_unique_gene_names(var_names: pd.Index, where: str) -> None:
+    """A `ValueError` naming the genes that ``var_names`` (of ``where``, the genes scanpy's
+    dot plot reads) hold more than once, which scanpy refuses."""
+    if var_names.is_unique:
+        return
+    repeated = var_names[var_names.duplicated()].unique()
+    listed = ", ".join(map(repr, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+    raise ValueError(
+        f"{where}.var_names hold {listed} more than once, which scanpy's dot plot cannot "
+        f"look up: make them unique first ({where}.var_names_make_unique())"
+    )
 
 
 def _name_list(value, name: str) -> list[str]:

@@ -115,6 +115,7 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         # before repeated entries are summed: a sum hid a negative count (-1 and 3 stored
         # at one position split as a count of 2), which `vbsnmf.VBNMF` refuses
         _refuse_bad_counts(counts.data, lambda: _coo_positions(counts))
+        _refuse_repeats_beyond_int64(counts)
     # a scipy sparse array stays one (and a sparse matrix one), as the caller passed it
     as_csr = sp.csr_array if isinstance(counts, sp.sparray) else sp.csr_matrix
     given = counts.dtype if sparse else None
@@ -167,8 +168,11 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     _refuse_bad_counts(values, (lambda: _coo_positions(matrix)) if sparse else lambda: entries)
     if values.size and np.any(values % 1):
         raise ValueError("counts must be whole numbers (raw counts, not normalised values)")
-    # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64
-    if values.size and float(values.max()) >= 2.0**63:
+    # float(): 2**63 compared in float16 overflowed (a RuntimeWarning); binomial takes int64.
+    # Integers as they are: float() rounded int64 counts from 2**63 - 512 up to 2**63,
+    # refused as "below 2**63, got 9.22337e+18" though int64 holds them.
+    largest = values.max() if values.size else 0
+    if (int if values.dtype.kind in "biu" else float)(largest) >= 2**63:
         raise ValueError(f"counts must be below 2**63, got {values.max():.6g}")
     if values.size and np.issubdtype(values.dtype, np.floating):
         # beyond 2**(nmant + 1) the dtype skips whole numbers: a half would be rounded
@@ -208,6 +212,27 @@ def _refuse_bad_counts(values: np.ndarray, positions) -> None:
         return
     problems = bad_count_problems(values, positions)
     raise ValueError("counts must be non-negative and finite; found " + "; ".join(problems))
+
+
+def _refuse_repeats_beyond_int64(matrix) -> None:
+    """A `ValueError` when repeated entries of a (checked) sparse matrix of 8-byte integers
+    sum to 2**63 or more: scipy sums them in their dtype, where they wrapped round (four
+    entries of 2**62 were split as a count of 0, three refused as a negative count).
+    Narrower dtypes are summed in float64 (`widen_to_sum`)."""
+    if matrix.dtype.kind not in "iu" or matrix.dtype.itemsize < 8 or matrix.nnz == 0:
+        return
+    if float(np.sum(matrix.data, dtype=np.float64)) < 2.0**62:  # no sum can reach 2**63
+        return
+    entries = native_index_arrays(matrix).tocoo()  # repeats kept, as stored
+    order = np.lexsort((entries.col, entries.row))
+    rows, columns = entries.row[order], entries.col[order]
+    starts = np.flatnonzero(np.r_[True, (np.diff(rows) != 0) | (np.diff(columns) != 0)])
+    # as Python integers, exactly
+    largest = max(np.add.reduceat(entries.data[order].astype(object), starts))
+    if largest >= 2**63:
+        raise ValueError(
+            f"counts must be below 2**63, got {float(largest):.6g} (repeated entries summed)"
+        )
 
 
 def _coo_positions(matrix) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import check_factor_columns, check_fit_entries, finite_fit_array
-from .._validation import refuse_masked
+from .._validation import numbers_from_objects, refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
 
@@ -73,9 +73,16 @@ def _factor_matrix(values, name: str) -> np.ndarray:
     if np.iscomplexobj(values):
         raise TypeError(f"{name} must be real numbers, got complex values")
     try:
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a numeric array") from None
+    # Cast to float64, numpy parsed text ("0.5"), read dates and durations as numbers and
+    # called a DataFrame of pandas' Float64 holding pd.NA "not a numeric array".
+    if values.dtype == object:
+        values = numbers_from_objects(values, name)  # pd.NA as NaN, refused below
+    elif values.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {values.dtype}")
+    values = values.astype(np.float64, copy=False)
     if values.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x factors), got shape {values.shape}")
     if not np.all(np.isfinite(values)) or values.min(initial=0.0) < 0:

@@ -10,6 +10,7 @@ model (`_model`).
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -1088,6 +1089,42 @@ def _checked_mask(mask, shape) -> Mask:
     return checked
 
 
+def _triplet_array(values, name: str) -> np.ndarray:
+    """``fit_triplets``' ``rows``, ``cols`` or ``counts`` (``name``) as a flat array.
+
+    Refused by name, as `VBNTF` refuses its coords and values: a masked array, in memory
+    or in a dask array's chunks (np.asarray drops the mask, so its hidden values were
+    fitted); a scipy or pydata sparse array (a matrix where a triplet array belongs:
+    "counts must hold numbers: setting an array element with a sequence", or pydata's
+    RuntimeError); and what numpy makes a single object of (a set, a mapping, a
+    generator, None: "rows, cols and counts differ in length: 1, 4, 4"). A single number
+    stays one triplet's value, as numpy reads it.
+    """
+    if is_dask_array(values):  # computed first: np.asarray of dask masked chunks drops the mask
+        from ._dask._cluster import computed_as_declared
+
+        values = computed_as_declared(values, name)
+    refuse_masked(values, name, "leave the masked entries out of rows, cols and counts")
+    pydata = type(values).__module__.split(".")[0] == "sparse" and hasattr(values, "nnz")
+    if sp.issparse(values) or pydata:
+        kind = type(values)
+        raise TypeError(
+            f"{name} is a sparse array ({kind.__module__}.{kind.__qualname__}), not the "
+            f"triplets' {name}: fit a count matrix X with VBNMF(...).fit(X), or pass the "
+            "row, col and data arrays of its COO form (scipy: X.tocoo())"
+        )
+    try:
+        array = np.asarray(values)
+    except ValueError as error:  # numpy's message for ragged nested lists names none
+        raise TypeError(f"rows, cols and counts must be flat sequences: {error}") from None
+    if array.dtype == object and array.ndim == 0 and not isinstance(values, numbers.Number):
+        raise TypeError(
+            f"{name} must be a sequence (an array, a list or a pandas column), got "
+            f"{type(values).__name__}"
+        )
+    return array.ravel()
+
+
 def _index_hint(index: np.ndarray, name: str) -> str:
     """Advice for ``fit_triplets``' indices of another dtype than integers, as `VBNTF`'s
     coordinates get: whole floats (``np.loadtxt``, a pandas column with a missing value)
@@ -1861,13 +1898,13 @@ def fit_triplets(
         is out of ``shape``, or a count is negative, NaN or infinite.
     TypeError
         ``shape`` is not two integers, the indices not integers (a float or timedelta64
-        array too), the counts not numbers, an array is ragged, or ``params`` holds an
-        argument of `VBNMF.fit`.
+        array too), the counts not numbers, an array is ragged, masked (its masked entries
+        would be fitted), sparse or no sequence (a set, a generator, None), or ``params``
+        holds an argument of `VBNMF.fit`.
     """
-    try:
-        rows, cols, counts = (np.asarray(a).ravel() for a in (rows, cols, counts))
-    except ValueError as error:  # numpy's message for ragged nested lists names none
-        raise TypeError(f"rows, cols and counts must be flat sequences: {error}") from None
+    rows, cols, counts = (
+        _triplet_array(a, name) for a, name in zip((rows, cols, counts), ("rows", "cols", "counts"))
+    )
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2

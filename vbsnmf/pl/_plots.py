@@ -21,8 +21,9 @@ only a `pathlib.Path` as ``save`` can write.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,22 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def closed_on_failure() -> Iterator[None]:
+    """Close the figures that pyplot opened in the block when it fails (not the user's, of
+    axes given): a keyword argument matplotlib refused (``size="big"``), a title it could
+    not typeset or a save that failed left the half-drawn figure open in pyplot, drawn
+    under the error in a notebook and piling up in a loop, as a refused ``save`` did."""
+    plt = _pyplot()
+    before = set(plt.get_fignums())
+    try:
+        yield
+    except BaseException:
+        for number in sorted(set(plt.get_fignums()) - before):
+            plt.close(number)
+        raise
 
 
 def _finish(figure, axes, show: bool | None, save, writekey: str):
@@ -369,9 +386,9 @@ _TOP_GENES_SET = {
 
 
 def _check_axes(axes, count: int, save) -> None:
-    """``axes``: a sequence of ``count`` matplotlib axes, of one figure when the plot is
-    saved (``save``, or scanpy's autosave): the figure of the first was written alone,
-    the other panels left out of the file without a word."""
+    """``axes``: a sequence of ``count`` distinct matplotlib axes, of one figure when the
+    plot is saved (``save``, or scanpy's autosave): the figure of the first was written
+    alone, the other panels left out of the file without a word."""
     import scanpy as sc
     from matplotlib.axes import Axes
 
@@ -381,6 +398,13 @@ def _check_axes(axes, count: int, save) -> None:
         ok = False
     if not ok:
         raise ValueError(f"axes must be a sequence of {count} matplotlib axes, got {axes!r}")
+    # the panels were drawn over each other: `elbo`'s trace on the log scale of its gap,
+    # where its negative values have no points, drawn as the gap alone without a word
+    if len({id(ax) for ax in axes}) < count:
+        raise ValueError(
+            f"axes must be {count} distinct axes, one per panel; some are given more than "
+            "once, which would draw their panels over each other"
+        )
     figures = {id(ax.figure.figure) for ax in axes}  # of a subfigure: the one saved
     if len(figures) > 1 and (sc.settings.autosave if save is None else save):
         raise ValueError(
@@ -407,7 +431,7 @@ def elbo(
     key
         ``key_added`` of the fit.
     axes
-        Two matplotlib axes to draw into (trace, gap); new ones by default.
+        Two distinct matplotlib axes to draw into (trace, gap); new ones by default.
     show, save
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
 
@@ -438,28 +462,30 @@ def elbo(
             "records; fit again with vbsnmf.tl.nmf"
         )
     check_save(save, "elbo")  # before the figure is drawn, which a refusal left open
-    plt = _pyplot()
-    if axes is None:
-        figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    else:
-        _check_axes(axes, 2, save)
-        figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
-    iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
-    axes[0].plot(iterations, trace, marker=".", markersize=3)
-    axes[0].set(xlabel="iteration", ylabel="ELBO (nats)", title="ELBO")
-    gap = trace[-1] - trace
-    positive = gap > 0  # the final value has no gap; a non-increase would have none either
-    axes[1].plot(iterations[positive], gap[positive], marker=".", markersize=3)
-    if positive.any():
-        axes[1].set_yscale("log")
-    # a noisy (SVI) trace passes above its final value: such points have no log gap, and
-    # leaving them out without a word read as a monotone trace
-    above = int(np.count_nonzero(gap < 0))
-    title = "gap to final" + (f" ({above} above it, not drawn)" if above else "")
-    axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title=title)
-    if figure is not None:
-        figure.tight_layout()
-    return _finish(axes[0].figure, axes, show, save, "elbo")
+    # a save that fails (a full disk, say) closes the figure drawn for it
+    with closed_on_failure():
+        plt = _pyplot()
+        if axes is None:
+            figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        else:
+            _check_axes(axes, 2, save)
+            figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
+        iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
+        axes[0].plot(iterations, trace, marker=".", markersize=3)
+        axes[0].set(xlabel="iteration", ylabel="ELBO (nats)", title="ELBO")
+        gap = trace[-1] - trace
+        positive = gap > 0  # the final value has no gap; a non-increase would have none either
+        axes[1].plot(iterations[positive], gap[positive], marker=".", markersize=3)
+        if positive.any():
+            axes[1].set_yscale("log")
+        # a noisy (SVI) trace passes above its final value: such points have no log gap, and
+        # leaving them out without a word read as a monotone trace
+        above = int(np.count_nonzero(gap < 0))
+        title = "gap to final" + (f" ({above} above it, not drawn)" if above else "")
+        axes[1].set(xlabel="iteration", ylabel="final ELBO - ELBO (nats)", title=title)
+        if figure is not None:
+            figure.tight_layout()
+        return _finish(axes[0].figure, axes, show, save, "elbo")
 
 
 def factors(
@@ -628,22 +654,25 @@ def factors(
         obs=pd.DataFrame(shown, index=adata.obs_names, columns=names),
         obsm={f"X_{name}": embedding},
     )
-    axes = sc.pl.embedding(
-        panels,
-        basis=name,
-        color=names,
-        vmin=0,
-        vmax=vmax,
-        ncols=ncols,
-        cmap=cmap,
-        show=False,
-        # saved by `_finish`: under sc.settings.autosave scanpy saved and closed the figure
-        # here, and `_finish` then refused it as one pyplot does not hold
-        save=False,
-        **kwds,
-    )
-    axes = axes if isinstance(axes, list) else [axes]
-    return _finish(axes[0].figure, axes, show, save, basis)
+    # scanpy's figure is closed when matplotlib refuses a keyword argument passed on, or a
+    # title it cannot typeset, or the save fails
+    with closed_on_failure():
+        axes = sc.pl.embedding(
+            panels,
+            basis=name,
+            color=names,
+            vmin=0,
+            vmax=vmax,
+            ncols=ncols,
+            cmap=cmap,
+            show=False,
+            # saved by `_finish`: under sc.settings.autosave scanpy saved and closed the figure
+            # here, and `_finish` then refused it as one pyplot does not hold
+            save=False,
+            **kwds,
+        )
+        axes = axes if isinstance(axes, list) else [axes]
+        return _finish(axes[0].figure, axes, show, save, basis)
 
 
 def top_genes(
@@ -822,21 +851,24 @@ def top_genes(
         view_to_actual(adata)
     # the columns checked above (of an array or Index given, scanpy's own list)
     groups = columns[0] if isinstance(groupby, str) else columns
-    try:
-        dot_plot = sc.pl.dotplot(adata, genes, groups, return_fig=True, show=False, **kwds)
-    except NotImplementedError as error:
-        if not (dendrogram and adata.isbacked and stored not in adata.uns):
-            raise
-        # scanpy's dendrogram reads adata.X, and said only "dendrogram is not implemented
-        # for matrices of type <class '..._CSRDataset'>"
-        raise ValueError(
-            f"dendrogram=True computes scanpy's dendrogram ({stored!r}), which cannot read the "
-            "X of a backed AnnData: plot adata.to_memory(), or drop dendrogram"
-        ) from error
-    if return_fig:
-        return dot_plot
-    dot_plot.make_figure()
-    return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+    # scanpy's figure is closed when matplotlib refuses a keyword argument passed on, or
+    # the save fails
+    with closed_on_failure():
+        try:
+            dot_plot = sc.pl.dotplot(adata, genes, groups, return_fig=True, show=False, **kwds)
+        except NotImplementedError as error:
+            if not (dendrogram and adata.isbacked and stored not in adata.uns):
+                raise
+            # scanpy's dendrogram reads adata.X, and said only "dendrogram is not implemented
+            # for matrices of type <class '..._CSRDataset'>"
+            raise ValueError(
+                f"dendrogram=True computes scanpy's dendrogram ({stored!r}), which cannot read the "
+                "X of a backed AnnData: plot adata.to_memory(), or drop dendrogram"
+            ) from error
+        if return_fig:
+            return dot_plot
+        dot_plot.make_figure()
+        return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
 
 
 def _text_columns(adata) -> list[str]:
@@ -1127,7 +1159,7 @@ def select_k(
     key
         Its ``key_added``.
     axes
-        Three matplotlib axes to draw into; new ones by default.
+        Three distinct matplotlib axes to draw into; new ones by default.
     show, save
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
 
@@ -1139,45 +1171,50 @@ def select_k(
 
     table, ks, suggested = _k_selection(adata, key)
     check_save(save, "select_k")  # before the figure is drawn, which a refusal left open
-    plt = _pyplot()
-    if axes is None:
-        figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    else:
-        _check_axes(axes, 3, save)
-        figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
-    axes[0].errorbar(
-        ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
-    )
-    axes[0].set(xlabel="K", ylabel="nats per count", title="held-out log-likelihood")
-    params = adata.uns[key].get("params")
-    tolerance = params.get("tolerance") if isinstance(params, dict) else None
-    given = isinstance(tolerance, (int, float, np.number)) and not isinstance(tolerance, bool)
-    if given and np.isfinite(tolerance):
-        # a given tolerance, not the standard errors drawn, chose the K: drawn too
-        best = table["heldout_ll_per_count"].max()
-        axes[0].axhline(
-            best - tolerance, color="0.5", linestyle=":", label=f"best - tolerance {tolerance:g}"
+    # a save that fails (a full disk, say) closes the figure drawn for it
+    with closed_on_failure():
+        plt = _pyplot()
+        if axes is None:
+            figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        else:
+            _check_axes(axes, 3, save)
+            figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
+        axes[0].errorbar(
+            ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
         )
-        axes[0].legend(frameon=False)
-    axes[1].plot(ks, table["elbo"], marker="o")
-    axes[1].set(xlabel="K", ylabel="nats", title="ELBO")
-    axes[2].plot(ks, ks, color="0.7", linestyle=":", label="all K active")
-    axes[2].plot(ks, table["n_active"], marker="o", label="active")
-    axes[2].set(xlabel="K", ylabel="factors", title="active factors")
-    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))  # not 2.5 factors
-    axes[2].legend(frameon=False)
-    for ax in axes:
-        ax.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)
-        ax.set_xticks(ks)
-    axes[0].annotate(
-        f"suggested K={suggested}",
-        xy=(0.02, 0.02),
-        xycoords="axes fraction",
-        color="tab:red",
-    )
-    if figure is not None:
-        figure.tight_layout()
-    return _finish(axes[0].figure, axes, show, save, "select_k")
+        axes[0].set(xlabel="K", ylabel="nats per count", title="held-out log-likelihood")
+        params = adata.uns[key].get("params")
+        tolerance = params.get("tolerance") if isinstance(params, dict) else None
+        given = isinstance(tolerance, (int, float, np.number)) and not isinstance(tolerance, bool)
+        if given and np.isfinite(tolerance):
+            # a given tolerance, not the standard errors drawn, chose the K: drawn too
+            best = table["heldout_ll_per_count"].max()
+            axes[0].axhline(
+                best - tolerance,
+                color="0.5",
+                linestyle=":",
+                label=f"best - tolerance {tolerance:g}",
+            )
+            axes[0].legend(frameon=False)
+        axes[1].plot(ks, table["elbo"], marker="o")
+        axes[1].set(xlabel="K", ylabel="nats", title="ELBO")
+        axes[2].plot(ks, ks, color="0.7", linestyle=":", label="all K active")
+        axes[2].plot(ks, table["n_active"], marker="o", label="active")
+        axes[2].set(xlabel="K", ylabel="factors", title="active factors")
+        axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))  # not 2.5 factors
+        axes[2].legend(frameon=False)
+        for ax in axes:
+            ax.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)
+            ax.set_xticks(ks)
+        axes[0].annotate(
+            f"suggested K={suggested}",
+            xy=(0.02, 0.02),
+            xycoords="axes fraction",
+            color="tab:red",
+        )
+        if figure is not None:
+            figure.tight_layout()
+        return _finish(axes[0].figure, axes, show, save, "select_k")
 
 
 # The columns of `vbsnmf.tl.select_k`'s table that `select_k` draws.

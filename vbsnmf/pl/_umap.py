@@ -29,6 +29,7 @@ from ._plots import (
     _name_list,
     check_expression_readable,
     check_save,
+    closed_on_failure,
     reads_raw_genes,
 )
 
@@ -131,7 +132,8 @@ def umap(
         of sparse chunks, a gene whose name other genes share, or an ``.obs`` column of
         values scanpy colours by neither as groups nor as numbers (objects of text beside
         numbers, a None among booleans or numbers; nullable booleans, dates: make it
-        categorical); the graph, the UMAP
+        categorical), or one whose stored colours, ``.uns[column + '_colors']``, are one
+        value, not a list of them; the graph, the UMAP
         or the Leiden clusters would be stored over a fit, projection or K selection in
         ``adata`` (one made with ``key_added="umap"``, ``"neighbors"`` or ``"leiden"``);
         ``.obs[key + '_dominant_factor']``, to be written, holds values it did not write.
@@ -218,16 +220,20 @@ def umap(
         sc.tl.umap(adata, random_state=random_state)
         titles = [f"UMAP of NMF usages: {name}" for name in colors]
         one = isinstance(color, str) or color is None
-        axes = sc.pl.umap(
-            adata,
-            color=colors[0] if one else colors,
-            show=False,
-            save=False,  # saved by `_finish`, not autosaved and closed here (sc.settings.autosave)
-            title=titles[0] if one else titles,
-        )
-        # a list of axes for several panels, as scanpy returns them
-        first = axes[0] if isinstance(axes, list) else axes
-        return _finish(first.figure, axes, show, save, "umap")
+        # scanpy's figure is closed when it fails to draw (colours of a column it cannot
+        # read) or the save fails, as the graph and the UMAP are put back
+        with closed_on_failure():
+            axes = sc.pl.umap(
+                adata,
+                color=colors[0] if one else colors,
+                show=False,
+                # saved by `_finish`, not autosaved and closed here (sc.settings.autosave)
+                save=False,
+                title=titles[0] if one else titles,
+            )
+            # a list of axes for several panels, as scanpy returns them
+            first = axes[0] if isinstance(axes, list) else axes
+            return _finish(first.figure, axes, show, save, "umap")
 
 
 def _spread_colours(count: int) -> list[str]:
@@ -334,6 +340,8 @@ def _check_colors(adata, colors: list[str], addable: set[str]) -> None:
     for name in colors:
         if name in adata.obs.columns:
             _check_colourable_column(adata.obs[name], name)
+        if name in addable or name in adata.obs.columns:
+            _check_stored_colours(adata, name)
     missing = [
         name
         for name in colors
@@ -421,6 +429,37 @@ def _check_colourable_column(column, name: str) -> None:
             if numeric
             else ""
         )
+    )
+
+
+def _check_stored_colours(adata, name: str) -> None:
+    """A `ValueError` when the colours scanpy reads for the categories of the ``.obs``
+    column ``name`` (``.uns[name + '_colors']``, which it writes) are one value, not a list
+    of them (an edited or converted file): scanpy's bare TypeError "object of type 'int'
+    has no len()" came after the graph and the UMAP. A list of colours it cannot read, or
+    too few, it replaces by its own, with a warning; a column of numbers has none."""
+    import pandas as pd
+
+    key = f"{name}_colors"
+    if key not in adata.uns:
+        return
+    stored = adata.uns[key]
+    # what len() fails on, as scanpy takes it: a number, None, a 0-d array (which has a
+    # __len__ that fails); text, a dict, a list it reads, and replaces what is no colour
+    unsized = not hasattr(stored, "__len__") or (
+        isinstance(stored, np.ndarray) and stored.ndim == 0
+    )
+    if not unsized:
+        return
+    column = adata.obs.get(name)
+    if column is not None and (
+        pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    ):
+        return  # drawn on a colour scale: scanpy does not read them
+    raise ValueError(
+        f"color {name!r}: adata.uns[{key!r}] is {stored!r}, not a list of colours, "
+        "one per category, which scanpy reads for the column: delete it "
+        f"(del adata.uns[{key!r}]) for scanpy's own colours"
     )
 
 

@@ -1036,6 +1036,27 @@ def clear_lock_file(lock: Path) -> str:
     return FREE
 
 
+def held_by_writer(entry: Path) -> bool:
+    """Whether a live process holds the lock of the temporary folder ``entry``
+    (`_lock_folder`): another run is writing it now. False where that cannot be told (no
+    advisory locks, an entry that cannot be opened as a folder)."""
+    if fcntl is None:
+        return False
+    try:
+        descriptor = _open_to_lock(entry, os.O_NOFOLLOW | os.O_DIRECTORY, writable=False)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+    return False
+
+
 # A temporary is locked an instant after it is made; one found unlocked counts as
 # abandoned only if it has also not changed for this long, which that instant cannot reach.
 _SETTLE_SECONDS = 60.0

@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help=f"UMAP seed, 0 to {MAX_SEED} (default: 0)",
     )
+    # as fit's and demo's: a script quieting its every step was refused at this one
+    umap.add_argument("--quiet", action="store_true", help="no messages")
     umap.set_defaults(run=_run_umap)
 
     demo = commands.add_parser(
@@ -978,16 +980,20 @@ def _report(outdir: Path, summary: dict, quiet: bool) -> None:
     )
 
 
-def _outdir_writer(outdir: Path, force: bool):
+@contextlib.contextmanager
+def _outdir_writer(outdir: Path, force: bool) -> Iterator[Path]:
     """`atomic_directory` for OUTDIR: an earlier OUTDIR that ``--force`` replaces is checked
     again as the new output takes its place (`check_earlier_output`), not only before the
     work: what the user saved there meanwhile was deleted with it. If it is refused then,
-    the new output is kept beside OUTDIR (`atomic_directory`)."""
+    the new output is kept beside OUTDIR (`atomic_directory`). Another run that began
+    writing OUTDIR as this one passed its checks is refused now (`check_sole_writer`)."""
     from .io import atomic_directory
-    from .io._paths import check_earlier_output
+    from .io._paths import check_earlier_output, check_sole_writer
 
     earlier = partial(check_earlier_output, outdir=outdir, done=True)
-    return atomic_directory(outdir, overwrite=force, replaceable=earlier)
+    with atomic_directory(outdir, overwrite=force, replaceable=earlier) as folder:
+        check_sole_writer(outdir, folder)
+        yield folder
 
 
 def _check_not_standard_input(label: str, path: str | None) -> None:
@@ -1467,7 +1473,8 @@ def _run_umap(args) -> int:
         raise UsageError(missing_package_advice(error)) from None
     except (KeyError, ValueError) as error:  # an edited result: name the file
         raise UsageError(f"{args.result}: {_umap_options(_one_line(error))}") from None
-    _print_result(f"wrote {output}", output)
+    if not args.quiet:
+        _print_result(f"wrote {output}", output)
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ from .._atomic import (
     clear_lock_file,
     clear_temporary,
     file_temporary_affixes,
+    held_by_writer,
     link_followed,
     lock_file_of,
     may_replace,
@@ -450,10 +451,7 @@ def check_outdir(
     )
     if writing:
         # Both runs would fit to the end; then one fails, or --force deletes the other's.
-        raise UnsafePathError(
-            f"another run is writing OUTDIR {outdir} now ({writing[0].name} beside it is "
-            "in use); wait for it to finish or name another OUTDIR"
-        )
+        raise _another_run(outdir, writing[0])
     try:
         check_name_length(path)
         _try_writing(path)
@@ -462,6 +460,43 @@ def check_outdir(
             f"cannot create {outdir}: {error.strerror or error} (in {parent})"
         ) from None
     return path
+
+
+def _another_run(outdir, temporary: Path) -> UnsafePathError:
+    """The refusal of OUTDIR while another run's ``temporary`` beside it is in use."""
+    return UnsafePathError(
+        f"another run is writing OUTDIR {outdir} now ({temporary.name} beside it is in use); "
+        "wait for it to finish or name another OUTDIR"
+    )
+
+
+def check_sole_writer(outdir: str | os.PathLike, own: Path) -> None:
+    """Refuse OUTDIR once this run's temporary folder ``own`` beside it is made and locked
+    (`vbsnmf._atomic.atomic_directory`) if another live run's is there too. `check_outdir`
+    refuses a run started while another writes OUTDIR, but two runs started together both
+    passed it before either had made its folder: both fitted to the end, and then the later
+    one failed, or with --force replaced the other's output, each saying it wrote OUTDIR.
+    Two that made their folders at the same moment are both refused, which loses no work.
+
+    Raises
+    ------
+    UnsafePathError
+        Another run is writing OUTDIR now.
+    """
+    path = Path(outdir)  # as `check_outdir` returns it: a link followed, as the writer does
+    patterns = [
+        re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(end) + r"\Z")
+        for prefix, end in ((temporary_prefix(path, end), end) for end in (".tmp", ".old"))
+    ]
+    own = Path(own)
+    try:
+        found = sorted(own.parent.iterdir())  # where the writer makes its temporaries
+    except OSError:  # an unreadable folder: its own write fails and says so
+        return
+    for entry in found:
+        named = any(pattern.match(entry.name) for pattern in patterns)
+        if named and entry.name != own.name and held_by_writer(entry):
+            raise _another_run(outdir, entry)
 
 
 def not_a_folder(path: Path) -> str:

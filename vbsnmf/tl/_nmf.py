@@ -289,6 +289,10 @@ def nmf(
         classical solvers: ``loss_trace``, ``loss`` (the final loss) and ``reconstruction_err`` (as
         scikit-learn's ``NMF.reconstruction_err_``).
 
+    A new fit under the same ``key_added`` replaces the earlier one (its entries that the
+    new fit does not write are removed), and the record of cells projected into a copy of
+    that fit (``.uns['nmf_projection']``, `project`), whose ``.obsm`` arrays it writes over.
+
     Raises
     ------
     TypeError
@@ -813,6 +817,14 @@ def _stored_start(
         raise ValueError(
             f"warm_start: the stored fit was made with layer={info['params'].get('layer')!r}, "
             f"not {layer!r}; fit without warm_start to change the counts"
+        )
+    if "variational" not in info:
+        # a classical fit: `variational_params`' "without variational parameters" did not say
+        # that warm_start asked for them, nor how to go on
+        raise ValueError(
+            f"warm_start: the stored fit {keys.uns!r} was made by the classical solver "
+            f"{info['params'].get('solver')!r}, which leaves no variational parameters to "
+            "continue from; fit without warm_start"
         )
     try:
         stored = variational_params(adata, keys.uns)

@@ -379,8 +379,9 @@ def drop_fit(adata, keys: FitKeys) -> None:
     ``.obsm`` and ``.varm``, ``.obs`` and ``.var``) its entries are dropped from the swapped
     places: kept, the old fit's cell factors stayed in ``.varm`` beside the new fit's gene
     loadings (and its gene loadings in ``.obsm``), and transposed back they stood where
-    the new fit's cell factors are read. A view is made its own AnnData first
-    (`view_to_actual`)."""
+    the new fit's cell factors are read. The record of cells projected into a copy of the
+    fit (``<key>_projection``, whose arrays are the fit's) goes too. A view is made its own
+    AnnData first (`view_to_actual`)."""
     view_to_actual(adata)
     info = adata.uns.get(keys.uns)
     if record_kind(info) != "fit":
@@ -406,6 +407,11 @@ def drop_fit(adata, keys: FitKeys) -> None:
             del holder.var[keys.total_counts]
     drop_dominant_factors(adata, info)
     del adata.uns[keys.uns]
+    # Cells projected into a copy of the reference fit (`vbsnmf.tl.project`) are in the
+    # fit's own .obsm arrays, which the new fit replaces: kept, the projection's record
+    # named the new fit's cells as its own, and a later projection wrote over them.
+    if record_kind(adata.uns.get(f"{keys.uns}_projection")) == "projection":
+        del adata.uns[f"{keys.uns}_projection"]
 
 
 def cell_factors_record(adata, key: str) -> dict:

@@ -501,9 +501,12 @@ class VBNMF(Estimator):
 
     def _check_params(self) -> FitSettings:
         """Every parameter checked once; the settings the fit functions use."""
-        if self.solver not in SOLVERS:
+        # each option compared as a string: a one-element array equalled its option (an
+        # array prior was fitted, and tl.nmf's record left it out) and a longer one raised
+        # numpy's "truth value of an array ... is ambiguous", naming no parameter
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.svi_form not in SVI_FORMS:
+        if not isinstance(self.svi_form, str) or self.svi_form not in SVI_FORMS:
             raise ValueError(f"svi_form must be one of {SVI_FORMS}, got {self.svi_form!r}")
         if isinstance(self.n_components, bool) or not isinstance(
             self.n_components, (int, np.integer)
@@ -562,7 +565,7 @@ class VBNMF(Estimator):
         )
 
     def _prior(self) -> Prior:
-        if self.prior not in PRIORS:
+        if not isinstance(self.prior, str) or self.prior not in PRIORS:  # as solver's
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         shape = None if self.prior_shape is None else check_prior_shape(self.prior_shape)
         if self.prior == "gamma":

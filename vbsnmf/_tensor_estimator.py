@@ -672,9 +672,10 @@ class VBNTF(Estimator):
     def _check_params(self) -> dict:
         dtype = check_float_dtype(self.dtype)
         tol = check_tolerance(self.tol)
-        if self.solver not in ("batch", "svi"):
+        # compared as strings, as VBNMF's: an array equalled its option, or was "ambiguous"
+        if not isinstance(self.solver, str) or self.solver not in ("batch", "svi"):
             raise ValueError(f"solver must be 'batch' or 'svi', got {self.solver!r}")
-        if self.svi_form not in _tensor.SVI_FORMS:
+        if not isinstance(self.svi_form, str) or self.svi_form not in _tensor.SVI_FORMS:
             raise ValueError(f"svi_form must be one of {_tensor.SVI_FORMS}, got {self.svi_form!r}")
         tau, kappa = check_step_schedule(self.tau, self.kappa)
         checkpoint = self.checkpoint
@@ -709,7 +710,7 @@ class VBNTF(Estimator):
         }
 
     def _prior(self) -> _model.Prior:
-        if self.prior not in ("gamma", "hierarchical"):
+        if not isinstance(self.prior, str) or self.prior not in ("gamma", "hierarchical"):
             raise ValueError(f"prior must be 'gamma' or 'hierarchical', got {self.prior!r}")
         shape = None
         if self.prior_shape is not None:

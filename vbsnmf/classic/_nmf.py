@@ -29,7 +29,13 @@ from .._base import (
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
 from .._utils import counted, warn_user
-from .._validation import check_finite_product, check_flag, check_n_components, small_dense
+from .._validation import (
+    check_finite_product,
+    check_flag,
+    check_n_components,
+    check_tolerance,
+    small_dense,
+)
 from ._data import ClassicData, positional_columns
 from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
@@ -457,8 +463,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            # as VBNMF checks it: np.isfinite failed on an int beyond int64 (tol=2**70) with
+            # numpy's "ufunc 'isfinite' not supported for the input types", naming nothing
+            check_tolerance(value, name)
         check_flag(self.thin, "thin")
         if self.init is not None and (not isinstance(self.init, str) or self.init not in INITS):
             advice = ""

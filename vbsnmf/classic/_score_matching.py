@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from .. import _kernels
 from .._validation import check_flag, small_dense
 from ._data import check_data
-from .losses import check_factors
+from .losses import check_factors, check_parameter
 
 # Below this |beta| the beta = 0 limit is used: the general formula divides by beta, and is
 # accurate down to here (`score_matching_objective`); the limit's error is of order beta.
@@ -58,8 +58,14 @@ def score_matching_objective(p: np.ndarray, q: np.ndarray, alpha: float, beta: f
     Raises
     ------
     ValueError
-        p and q have different numbers of entries, or no entry of p is positive.
+        p and q have different numbers of entries, or no entry of p is positive; alpha or
+        beta NaN or infinite.
+    TypeError
+        alpha or beta not a real number (a string, a bool).
     """
+    # as the losses check them: "0.5" failed in numpy's power naming neither, True was 1,
+    # and NaN gave an objective of inf, the value of a pair whose J is past the floats
+    alpha, beta = check_parameter(alpha, "alpha"), check_parameter(beta, "beta")
     p = np.asarray(p, dtype=np.float64).ravel()
     q = np.asarray(q, dtype=np.float64).ravel()
     if p.size != q.size:

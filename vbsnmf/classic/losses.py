@@ -383,9 +383,13 @@ def check_parameter(value, name: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if not np.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond floats: np.isfinite gave numpy's TypeError
+        raise ValueError(f"{name} must be finite, got one beyond floats") from None
+    if not np.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_divisors(name: str, alpha: float, beta: float) -> None:

@@ -193,7 +193,8 @@ def nmf(
         inference), or a classical solver: ``"mu"``, ``"hals"``, ``"als"``, ``"pg"``,
         ``"ipg"``, ``"gd"``.
     random_state
-        Seed of the starting values (and of SVI's minibatches): a non-negative integer, a
+        Seed of the starting values (and of SVI's minibatches): a non-negative integer
+        (for a classical solver below 2**32, as scikit-learn takes seeds), a
         `numpy.random.Generator` or ``RandomState`` (advanced by the fit, so a second fit
         with it is another fit), or None (fresh entropy, not recorded). For a Generator
         (and a ``RandomState`` under ``"batch"`` and ``"svi"``) ``.uns['nmf']['params']``
@@ -311,7 +312,8 @@ def nmf(
         string, or one the parameter's entry above rules out) or under which the results
         would overwrite another fit's, a projection's or a K selection's, or what another
         tool stored or stores (scanpy's ``.obsm['X_pca']`` for ``key_added="pca"``);
-        ``min_share`` outside [0, 1); a negative ``random_state``; ``warm_start``
+        ``min_share`` outside [0, 1); a negative ``random_state`` (a classical solver's:
+        one of 2**32 or more); ``warm_start``
         without a matching stored fit (a ``mask_var`` that selects other genes than it
         fitted, more or fewer), or with ``resume=True`` on the stored fit's own
         checkpoint, or over cells whose usages are not one fit's (an ``anndata.concat`` of

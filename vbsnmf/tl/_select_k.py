@@ -182,7 +182,7 @@ def select_k(
     """
     check_anndata(adata)
     ks = _check_ks(ks)
-    if solver not in VB_SOLVERS:
+    if not isinstance(solver, str) or solver not in VB_SOLVERS:  # an array: numpy's "ambiguous"
         raise ValueError(f"select_k needs a variational solver ({VB_SOLVERS}), got {solver!r}")
     if tolerance is not None:
         check_tolerance(tolerance, "tolerance")

@@ -133,7 +133,8 @@ def top_genes(
         come from ``adata.var_names`` (``adata.raw.var_names`` for a fit of ``.raw``);
         only genes with a positive loading in the factor are listed.
     """
-    if sort_by not in ("loading", "specificity", "score"):
+    # as a string: an array of one option equalled it, a longer one was numpy's "ambiguous"
+    if not isinstance(sort_by, str) or sort_by not in ("loading", "specificity", "score"):
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
     # a TypeError for a non-integer (5.0), as n_components gets it; the range a ValueError
     if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)):

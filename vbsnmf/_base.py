@@ -245,6 +245,33 @@ def check_feature_names(estimator, X) -> None:
     raise ValueError(message)
 
 
+def check_output_columns(estimator, X) -> None:
+    """``inverse_transform``'s X against ``estimator``'s output names
+    (``get_feature_names_out``: ``vbnmf0``, ``vbnmf1``, ...): a DataFrame whose columns
+    carry those names at other positions (`transform`'s pandas output with its columns
+    sorted, which puts ``vbnmf10`` before ``vbnmf2``, or selected in another order) is a
+    `ValueError`, as its factors would be multiplied with other components by position.
+    Columns named otherwise (the user's own names) are taken by position, as scikit-learn
+    takes them."""
+    columns = getattr(X, "columns", None)
+    if columns is None or len(getattr(X, "shape", ())) != 2:  # a frame (pandas, polars)
+        return
+    output = [str(name) for name in estimator.get_feature_names_out()]
+    position = {name: k for k, name in enumerate(output)}
+    misplaced = [
+        name
+        for k, name in enumerate(columns)
+        if isinstance(name, str) and name in position and position[name] != k
+    ]
+    if misplaced:
+        raise ValueError(
+            f"X's columns are named as {type(estimator).__name__}'s output columns in another "
+            f"order ({_quoted(misplaced)} out of place): the factors would be "
+            "multiplied with other components by position; pass them in the output's order, "
+            "X[model.get_feature_names_out()]"
+        )
+
+
 def transposed_hint(shape, n_features: int) -> str:
     """The advice added to `transform`'s "X has m features, but ... is expecting n" when
     X of ``shape`` has ``n_features`` rows (the fitted genes) and not as many columns: a

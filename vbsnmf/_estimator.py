@@ -24,6 +24,7 @@ from ._base import (
     check_entry_columns,
     check_feature_names,
     check_fitted,
+    check_output_columns,
     feature_names,
     names_differ,
     remember_feature_names,
@@ -831,10 +832,13 @@ class VBNMF(Estimator):
             X is not numeric (complex numbers, text, timedelta64).
         ValueError
             X is not 2-D, has NaN (also missing values: ``None``, ``pd.NA``) or infinite
-            entries, or has another number of columns than the fitted ``n_components``; or
-            ``X @ components_`` passes the largest number of the fitted dtype.
+            entries, or has another number of columns than the fitted ``n_components``; X is
+            a DataFrame whose columns are named as `get_feature_names_out`'s in another
+            order (its pandas output sorted or reordered); or ``X @ components_`` passes the
+            largest number of the fitted dtype.
         """
         check_fitted(self, "components_")
+        check_output_columns(self, X)  # a frame of the output's columns in another order
         # a masked array's hidden values, and a complex one's imaginary part, would be
         # taken silently by np.asarray; a sparse matrix would be a 0-d object array
         refuse_masked(X, "X", "pass the values to use, e.g. X.filled(0)")

@@ -145,7 +145,7 @@ def test_returns_section_matches_what_nmf_sets(solver, extra, uns, obsm):
     assert set(adata.varm) == genes
     assert list(adata.var.columns) == ["nmf_total_counts"]
     record = {"params", "obsm_key", "usage_key", "sqrt_usage_key", "varm_key", "n_iter"}
-    record |= {"converged", "factor_share", "active", "min_share", "versions"}
+    record |= {"converged", "factor_share", "loading_totals", "active", "min_share", "versions"}
     assert set(adata.uns["nmf"]) == record | uns
     factors, loadings = adata.obsm["X_nmf"], adata.varm["NMF"]
     weighted = factors * loadings.sum(axis=0)
@@ -156,6 +156,7 @@ def test_returns_section_matches_what_nmf_sets(solver, extra, uns, obsm):
     np.testing.assert_allclose(adata.obsm["X_nmf_sqrt_usage"] ** 2, usage, rtol=1e-12)
     share = factors.sum(axis=0) * loadings.sum(axis=0)
     np.testing.assert_allclose(adata.uns["nmf"]["factor_share"], share / share.sum(), rtol=1e-12)
+    np.testing.assert_allclose(adata.uns["nmf"]["loading_totals"], loadings.sum(axis=0), rtol=1e-12)
 
 
 def test_concat_of_two_fits_keeps_no_record():

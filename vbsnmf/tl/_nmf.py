@@ -46,6 +46,7 @@ from ..io._stored import anndata_x
 from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (
+    LOADING_TOTALS_ENTRY,
     VARIATIONAL_KEYS,
     FitKeys,
     cell_factor_arrays,
@@ -55,6 +56,7 @@ from ._stored import (
     fit_info,
     gene_holder,
     index_named_as_totals,
+    loading_totals,
     variational_params,
 )
 
@@ -277,7 +279,10 @@ def nmf(
         ``converged``; ``versions``, those of vbsnmf and of the libraries its bits depend on
         (numpy, scipy, numba, llvmlite, anndata);
         ``factor_share`` (K,): each factor's share of the fitted counts,
-        ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors;
+        ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors; ``loading_totals``
+        (K,): each factor's ``sum_j E[w_jl]`` over the fitted genes, by which the usages
+        are weighed (`project` weighs those of new cells by it, also once genes were
+        dropped from ``adata`` after the fit);
         ``active`` (K,) bool: ``factor_share > min_share``; ``min_share``: the
         threshold used;
         variational solvers: ``elbo_trace``, the ELBO in nats of each kept q (one per iteration of
@@ -544,6 +549,9 @@ def nmf(
             "sqrt_usage_key": keys.sqrt_usage,
             "varm_key": keys.loadings,
             "factor_share": share,
+            # t_l over every fitted gene: the usages of cells projected onto this fit
+            # (tl.project) are weighed by it, also after genes were dropped from adata
+            LOADING_TOTALS_ENTRY: loading_totals(gene_loadings),
             "active": share > threshold,
             "min_share": threshold,
             "versions": library_versions(),

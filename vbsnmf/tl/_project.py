@@ -33,6 +33,7 @@ from ._stored import (
     drop_dominant_factors,
     fit_info,
     gene_holder,
+    recorded_loading_totals,
     variational_params,
     view_to_actual,
 )
@@ -223,9 +224,10 @@ def project(
     ``.obsm['X_nmf']`` : ndarray (n_obs, K)
         The posterior mean cell factors.
     ``.obsm['X_nmf_usage']``, ``.obsm['X_nmf_sqrt_usage']`` : ndarray (n_obs, K)
-        Their usages (each cell's share of its expected counts from each factor, with the
-        reference's loadings) and the usages' square roots, as `vbsnmf.tl.nmf` stores
-        them.
+        Their usages (each cell's share of its expected counts from each factor, weighed
+        by the reference fit's total loadings over all its genes, its record's
+        ``loading_totals``, also when ``adata_ref`` no longer holds some of them) and the
+        usages' square roots, as `vbsnmf.tl.nmf` stores them.
     ``.uns['nmf_projection']`` (or ``key_added + '_projection'``) : dict
         ``reference_key``, ``n_genes_used``, ``n_genes_missing``,
         ``n_cells_without_counts`` (cells with no counts in the reference's genes, whose
@@ -297,6 +299,10 @@ def project(
     # of the reference with cells projected onto it drops their per-cell arrays)
     with _naming("adata_ref", (KeyError, ValueError, TypeError)):
         variational = variational_params(adata_ref, key, cells=False)
+        # the fit's t_l over all its genes: summed over the genes adata_ref still holds
+        # (sc.pp.filter_genes, adata_ref[:, hvg] after the fit), the new cells' usages were
+        # weighed otherwise than the reference's own, refused when the two were joined
+        totals = recorded_loading_totals(info, f"adata.uns[{key!r}]")
     if copy:
         adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
     else:
@@ -403,7 +409,8 @@ def project(
     # The earlier projection out and the new one in, or none of it: a Ctrl-C (or the command
     # line's SIGTERM) that arrives meanwhile is raised once all is stored (it left the new
     # .obsm['X_nmf'] beside the earlier usages and record).
-    arrays = cell_factor_arrays(keys, cells.shape / cells.rate, loadings)
+    # a record written before the totals were kept: those of the genes adata_ref holds
+    arrays = cell_factor_arrays(keys, cells.shape / cells.rate, loadings, totals)
     with held_signals():
         replaced = adata_new.uns.get(f"{name}_projection"), adata_new.uns.get(name)
         if record_kind(replaced[0]) == "projection" or record_kind(replaced[1]) == "fit":

@@ -72,23 +72,50 @@ def index_named_as_totals(adata, key_added: str | None, use_raw: bool) -> bool:
     return genes is not None and genes.var.index.name == FitKeys.of(key_added).total_counts
 
 
-def usage(cell_factors, gene_loadings):
+# The fit record's entry of each factor's total loading over the fitted genes (`usage`'s
+# ``t_l``), which `project` weighs the usages of new cells by.
+LOADING_TOTALS_ENTRY = "loading_totals"
+
+
+def loading_totals(gene_loadings) -> np.ndarray:
+    """Each factor's expected count per unit of its cell factor, ``t_l = sum_j w_jl`` over
+    the genes of ``gene_loadings`` (genes x K), in float64."""
+    return np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
+
+
+def usage(cell_factors, gene_loadings, totals=None):
     """Each cell's share of its fitted counts from each factor (zero for a cell without
     any): ``z_il t_l / sum_k z_ik t_k`` with ``t_l = sum_j w_jl``, the factor's expected
     count per unit of ``z_il``; rows sum to one. Unchanged when a factor is rescaled
     (``z_l s``, ``w_l / s``: the same fit), as fastTopics' ``poisson2multinom`` and cNMF's
-    ``usage_norm`` (whose spectra sum to one)."""
-    loading_totals = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
-    counts = cell_factors * loading_totals.astype(cell_factors.dtype)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    ``usage_norm`` (whose spectra sum to one). ``totals``: the fit's ``t_l`` over all its
+    genes where ``gene_loadings`` holds only some of them (`loading_totals`)."""
+    totals = loading_totals(gene_loadings) if totals is None else totals
+    counts = cell_factors * np.asarray(totals, dtype=np.float64).astype(cell_factors.dtype)
+    sums = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, sums, out=np.zeros_like(counts), where=sums > 0)
 
 
-def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings) -> dict:
+def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings, totals=None) -> dict:
     """``.obsm`` entries of a fit's cells: the factors, their usages given the fit's
-    ``gene_loadings`` and the usages' square roots."""
-    shares = usage(cell_factors, gene_loadings)
+    ``gene_loadings`` (or its factor ``totals``, `usage`) and the usages' square roots."""
+    shares = usage(cell_factors, gene_loadings, totals)
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
+
+
+def recorded_loading_totals(info: dict, where: str) -> np.ndarray | None:
+    """The fit record ``info``'s `LOADING_TOTALS_ENTRY` (``where``: the record, for
+    messages), checked as one finite, non-negative number per factor; None in a record
+    written before it was kept."""
+    if LOADING_TOTALS_ENTRY not in info:
+        return None
+    n_components = info["params"]["n_components"]
+    totals = _stored_numbers(info, LOADING_TOTALS_ENTRY, where, n_components)
+    if (totals < 0).any():
+        raise damaged_record(
+            f"{where}[{LOADING_TOTALS_ENTRY!r}]", f"{reprlib.repr(totals)}, negative totals"
+        )
+    return totals.astype(np.float64)
 
 
 def _same_fit(info: dict, other: dict | None) -> bool:

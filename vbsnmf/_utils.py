@@ -697,17 +697,57 @@ def gene_holder(adata, key: str):
     Here, not in `vbsnmf.tl`, so that `vbsnmf.io` refuses such a fit as the tools do."""
     record = fit_info(adata, key)
     if not record["params"].get("use_raw"):
+        check_genes_of_one_fit(adata, key, record, "varm")
         return adata
     if adata.raw is not None:
+        check_genes_of_one_fit(adata.raw, key, record, "raw.varm")
         return adata.raw
     # `vbsnmf.tl._stored.FitKeys.total_counts` (that module imports this one)
     if f"{key}_total_counts" in adata.var.columns and record["varm_key"] in adata.varm:
+        check_genes_of_one_fit(adata, key, record, "varm")
         return adata
     raise ValueError(
         f"the fit {key!r} was of adata.raw, which adata no longer has: its gene side was in "
         "adata.raw.varm. Read the fit from the AnnData that still has its .raw (or from "
         "adata.raw.to_adata(), which holds the raw genes with it), or fit adata again with "
         "vbsnmf.tl.nmf"
+    )
+
+
+def check_genes_of_one_fit(genes, key: str, record: dict, where: str) -> None:
+    """A `ValueError` when more genes of ``genes`` (the fit's gene holder, `gene_holder`;
+    its ``.varm`` is ``adata.<where>``) hold loadings of the fit ``key`` than the fit
+    fitted (its record's ``n_genes``). Any subset of the fit's genes holds at most as many
+    (genes outside ``mask_var`` hold zero rows, and the NaN rows ``anndata.concat(...,
+    join="outer")`` pads in are not counted); ``anndata.concat([a, b], axis=1,
+    uns_merge='first')`` of AnnData fitted apart keeps the first fit's record over the
+    loadings and Gamma parameters of every fit's genes, which `project`, `top_genes` and
+    ``warm_start`` read as the first fit's without a word. A record without ``n_genes``
+    (written before it was kept) and loadings the other checks refuse (missing, not
+    numbers, a dask array) are left as they were."""
+    n_genes = record.get("n_genes")
+    if n_genes is None:
+        return
+    if not _is_integer(n_genes) or n_genes < 1:
+        raise damaged_record(f"adata.uns[{key!r}]['n_genes']", reprlib.repr(n_genes))
+    loadings = genes.varm.get(record["varm_key"])
+    if loadings is None or is_dask_array(loadings):
+        return
+    loadings = stored_array(loadings)
+    if loadings.ndim != 2 or loadings.dtype.kind not in "biuf":
+        return
+    with np.errstate(invalid="ignore"):
+        held = int(np.count_nonzero((loadings > 0).any(axis=1)))
+    if held <= n_genes:
+        return
+    raise ValueError(
+        f"adata's genes under the fit {key!r} are not those of one fit: "
+        f"{held} genes hold its loadings (adata.{where}[{record['varm_key']!r}]), and the "
+        f"fit fitted {counted(int(n_genes), 'gene')} (adata.uns[{key!r}]['n_genes']). Is "
+        "adata an anndata.concat along the genes (axis=1) of AnnData fitted apart, with "
+        "uns_merge='first' (which keeps the first fit's record over the genes of every "
+        "fit), or were these arrays edited? Fit the AnnData again with vbsnmf.tl.nmf "
+        "(without warm_start: a new fit under this key replaces them)"
     )
 
 

@@ -275,9 +275,10 @@ def nmf(
     ``.uns['nmf']`` : dict
         ``params`` (the settings; ``n_threads``: the Numba threads the fit ran on, capped at
         the machine's, on which its rounding depends; as given for a dask X), ``obsm_key``,
-        ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_iter``,
-        ``converged``; ``versions``, those of vbsnmf and of the libraries its bits depend on
-        (numpy, scipy, numba, llvmlite, anndata);
+        ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_genes`` (the
+        genes fitted: those ``mask_var`` selects, or all), ``n_iter``, ``converged``;
+        ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
+        numba, llvmlite, anndata);
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors; ``loading_totals``
         (K,): each factor's ``sum_j E[w_jl]`` over the fitted genes, by which the usages
@@ -548,6 +549,8 @@ def nmf(
             "usage_key": keys.usage,
             "sqrt_usage_key": keys.sqrt_usage,
             "varm_key": keys.loadings,
+            # the genes fitted, which no gene side of this fit outnumbers (`gene_holder`)
+            "n_genes": int(np.shape(gene_loadings)[0]),
             "factor_share": share,
             # t_l over every fitted gene: the usages of cells projected onto this fit
             # (tl.project) are weighed by it, also after genes were dropped from adata

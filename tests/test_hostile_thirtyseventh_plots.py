@@ -160,7 +160,7 @@ def test_cli_umap_column_whose_stored_colours_are_no_list(fitted, tmp_path, caps
     assert main(["umap", str(result), "-o", str(output), "--color", "cluster"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1
-    assert "result.h5ad: color 'cluster': adata.uns['cluster_colors'] is 5" in error
+    assert "result.h5ad: --color 'cluster': adata.uns['cluster_colors'] is 5" in error
     assert not output.exists()
 
 

@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 from . import __version__
+from .io._errors import quoted_path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What --version prints (argparse, and `main` without building the parser)
@@ -607,14 +608,14 @@ def _check_resumed_solver(args) -> None:
         # a tensor's (VBNTF) fit, which no --solver resumes: "pass --solver svi" sent the
         # user to the fit's own refusal of it
         raise UsageError(
-            f"--checkpoint {args.checkpoint} was written by {_estimator_of(config)}, which "
-            "the command line does not fit: name another checkpoint (or drop --resume to "
+            f"--checkpoint {quoted_path(args.checkpoint)} was written by {_estimator_of(config)}, "
+            "which the command line does not fit: name another checkpoint (or drop --resume to "
             "overwrite it)"
         )
     saved = config.get("solver") if isinstance(config, dict) else None
     if saved in VB_SOLVERS and saved != args.solver:
         raise UsageError(
-            f"--checkpoint {args.checkpoint} holds a fit of --solver {saved}, not "
+            f"--checkpoint {quoted_path(args.checkpoint)} holds a fit of --solver {saved}, not "
             f"{args.solver}: pass --solver {saved} to resume it"
         )
 
@@ -646,7 +647,7 @@ def _fit(
     # announcing a fit that never ran
     notes = list(notes)
     if args.resume and not quiet and not os.path.lexists(args.checkpoint):
-        notes.append(f"vbsnmf: no checkpoint at {args.checkpoint} yet: a new fit")
+        notes.append(f"vbsnmf: no checkpoint at {quoted_path(args.checkpoint)} yet: a new fit")
     defaults = _estimator_defaults()
     # The callback runs once per iteration (batch) or per epoch (svi); --n-init's starts
     # each count theirs from 1, so the bar adds them up rather than running backwards.
@@ -690,6 +691,7 @@ def _fit(
             bar.set_postfix_str(f"ELBO {elbo_trace[-1]:.8g}", refresh=False)
 
     start = time.perf_counter()
+    finished = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -704,6 +706,7 @@ def _fit(
                 callback=progress if args.solver in VB_SOLVERS else None,
                 **params,
             )
+            finished = True
         except CheckpointMismatchError as error:
             raise _mismatch_as_usage(error) from None
         except (ValueError, TypeError) as error:  # say the options, not tl.nmf's parameters
@@ -712,6 +715,12 @@ def _fit(
             raise UsageError(_as_options(str(error), matrix_file, anndata_file)) from None
         finally:
             for bar in bars:
+                if finished and bar.n < bar.total:
+                    # a fit that converged before its last iteration (or epoch) is done:
+                    # its bar was left at the fraction reached ("22%| 280/1280"), as if cut
+                    # short; it ends at 100 % of the iterations run
+                    bar.total = bar.n
+                    bar.refresh()
                 bar.close()
     _tell_notes(notes)
     if not quiet:
@@ -1042,7 +1051,9 @@ def _fit_checked(args, inputs, source: Path, outdir: Path) -> int:
     kind = check_read_options(source, args.genes_as_rows, args.row_names, args.col_names)
     if kind not in ("h5ad", "zarr") and (args.layer is not None or args.use_raw):
         option = "--use-raw" if args.use_raw else "--layer"
-        raise UsageError(f"{option} applies to an .h5ad or .zarr input; {source} holds one matrix")
+        raise UsageError(
+            f"{option} applies to an .h5ad or .zarr input; {quoted_path(source)} holds one matrix"
+        )
     streamed = args.solver == "svi" and args.layer is None and not args.use_raw
     if args.convert_to is not None and kind not in ("10x", "mtx"):
         raise UsageError("--convert-to converts a 10x folder or an .mtx; the input is neither")
@@ -1073,7 +1084,9 @@ def _fit_checked(args, inputs, source: Path, outdir: Path) -> int:
             stored = [f"--layer {name}" for name in adata.layers] + (
                 ["--use-raw"] if adata.raw is not None else []
             )
-            raise UsageError(f"{source} has no X; name the counts with {' or '.join(stored)}")
+            raise UsageError(
+                f"{quoted_path(source)} has no X; name the counts with {' or '.join(stored)}"
+            )
         if kind in ("h5ad", "zarr"):
             seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
         else:
@@ -1107,9 +1120,9 @@ def _fit_streamed(args, source: Path, kind: str, outdir: Path, inputs) -> bool:
             if header.fmt == "array":
                 if args.convert_to is not None:
                     raise UsageError(
-                        f"--convert-to converts a sparse (coordinate) Matrix Market file; "
-                        f"{source} holds a dense one (the array format), which --solver svi "
-                        "reads into memory: drop --convert-to"
+                        "--convert-to converts a sparse (coordinate) Matrix Market file; "
+                        f"{quoted_path(source)} holds a dense one (the array format), which "
+                        "--solver svi reads into memory: drop --convert-to"
                     )
                 return False
             _check_resumed_settings(args, cells_by_genes)
@@ -1285,7 +1298,10 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
             # negative or non-integer one) left it above the error, naming an OUTDIR that
             # never appeared, or a --convert-to file removed with the failed run
             if not args.quiet:
-                notes.append(f"vbsnmf: converted {source} into {_shown(target, folder, outdir)}")
+                notes.append(
+                    f"vbsnmf: converted {quoted_path(source)} into "
+                    f"{quoted_path(_shown(target, folder, outdir))}"
+                )
             adata = read_h5ad_backed(target)
         try:
             input_file = {"anndata_file" if kind == "h5ad" else "matrix_file": str(source)}
@@ -1294,8 +1310,8 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
                 summary = _write_fit(adata, args, folder, str(source), seconds)
             if before is not None and _file_state(source) != before:
                 raise UsageError(
-                    f"{source} changed while it was read (its size or modification time "
-                    "moved); no output written: run again once it is complete"
+                    f"{quoted_path(source)} changed while it was read (its size or modification "
+                    "time moved); no output written: run again once it is complete"
                 )
             return summary
         finally:
@@ -1323,40 +1339,50 @@ def _check_convert_path(args, outdir: Path, inputs) -> Path | None:
         lock_file_of(Path(args.checkpoint))
     ):
         raise UsageError(
-            f"--convert-to {path} is the name of --checkpoint's lock file; name another file"
+            f"--convert-to {quoted_path(path)} is the name of --checkpoint's lock file; name "
+            "another file"
         )
     exists = os.path.lexists(path)  # a link too; a name too long is told below
     if exists and args.resume:
         # likely the conversion of the run being resumed, but nothing here proves it: say
         # how to resume (the checkpoint's fingerprint then checks the counts)
         raise UsageError(
-            f"--convert-to {path} exists; to resume, give {path} as the input instead "
-            "(without --convert-to and the .mtx options: orientation, --row-names, "
+            f"--convert-to {quoted_path(path)} exists; to resume, give {quoted_path(path)} as the "
+            "input instead (without --convert-to and the .mtx options: orientation, --row-names, "
             "--col-names), or drop --convert-to to convert again into OUTDIR"
         )
     if exists:
-        raise UsageError(f"--convert-to {path} exists; name a new file")
+        raise UsageError(f"--convert-to {quoted_path(path)} exists; name a new file")
     if not path.parent.is_dir():
-        raise UsageError(f"the folder {path.parent} for --convert-to {not_a_folder(path.parent)}")
+        raise UsageError(
+            f"the folder {quoted_path(path.parent)} for --convert-to {not_a_folder(path.parent)}"
+        )
     # a folder that cannot be written or a name too long: met now, not by the conversion
     check_output_file("--convert-to", args.convert_to)
     inside = real_path(path.parent)
     for holder in [outdir, *inputs]:
         held = real_path(holder)
         if inside == held or held in inside.parents:
-            raise UsageError(f"--convert-to {path} lies inside {holder}; name a file elsewhere")
+            raise UsageError(
+                f"--convert-to {quoted_path(path)} lies inside {quoted_path(holder)}; name a file "
+                "elsewhere"
+            )
     if args.checkpoint is not None:
         checkpoint = Path(args.checkpoint)
         if real_path(path) == real_path(checkpoint):
-            raise UsageError(f"--convert-to and --checkpoint both name {path}; name two files")
+            raise UsageError(
+                f"--convert-to and --checkpoint both name {quoted_path(path)}; name two files"
+            )
     if real_path(path) == real_path(outdir):
-        raise UsageError(f"--convert-to and -o both name {path}; name a file beside OUTDIR")
+        raise UsageError(
+            f"--convert-to and -o both name {quoted_path(path)}; name a file beside OUTDIR"
+        )
     if not path.name.lower().endswith(CONVERTED_SUFFIXES):
         # the file is an .h5ad whatever its name, and the readers tell an input's kind by
         # its name: one named conv.txt was converted, then refused as input by 'vbsnmf fit'
         raise UsageError(
-            f"--convert-to {path}: name an .h5ad file, which 'vbsnmf fit' can read again "
-            "(the matrix is written as one)"
+            f"--convert-to {quoted_path(path)}: name an .h5ad file, which 'vbsnmf fit' can read "
+            "again (the matrix is written as one)"
         )
     return path
 
@@ -1407,7 +1433,7 @@ def _run_umap(args) -> int:
     output = Path(args.output)
     _check_figure_path(args.output)
     if real_path(output) == real_path(args.result):
-        raise UsageError(f"-o {output} is RESULT.h5ad itself; name another file")
+        raise UsageError(f"-o {quoted_path(output)} is RESULT.h5ad itself; name another file")
     with _doing(f"reading {args.result}"):
         # a fit saved with adata.write_zarr, as 'vbsnmf fit' reads its inputs: refused as
         # "not a regular file", which named no format
@@ -1422,29 +1448,29 @@ def _run_umap(args) -> int:
         if record_kind(adata.uns.get(args.key)) == "projection":
             # the key of the projection's record, not its key_added, under which it is read
             raise UsageError(
-                f"{args.result}: --key {args.key} names the record of a projection "
-                f"(vbsnmf.tl.project); pass its key_added, --key "
+                f"{quoted_path(args.result)}: --key {args.key} names the record of a projection "
+                "(vbsnmf.tl.project); pass its key_added, --key "
                 f"{args.key.removesuffix('_projection')}"
             ) from None
         projection = adata.uns.get(f"{args.key}_projection")
         if record_kind(adata.uns.get(args.key)) == "fit" or record_kind(projection):
             # a damaged record (an entry deleted): its message names what is missing, where
             # "holds no NMF fit" sent the user to fit again a file that holds one
-            raise UsageError(f"{args.result}: {_one_line(error)}") from None
+            raise UsageError(f"{quoted_path(args.result)}: {_one_line(error)}") from None
         stored = _stored_keys(adata)
         if stored:  # a fit of 'vbsnmf fit --key NAME', drawn without --key
             named = ", ".join(f"--key {name}" for name in stored)
             raise UsageError(
-                f"{args.result} holds no NMF fit or projection under --key {args.key}, but "
-                f"{'one' if len(stored) == 1 else 'some'} under {named}: pass "
+                f"{quoted_path(args.result)} holds no NMF fit or projection under --key "
+                f"{args.key}, but {'one' if len(stored) == 1 else 'some'} under {named}: pass "
                 f"{'it' if len(stored) == 1 else 'one of them'}"
             ) from None
         raise UsageError(
-            f"{args.result} holds no NMF fit or projection under --key {args.key}; make "
-            "one with 'vbsnmf fit' (OUTDIR/result.h5ad)"
+            f"{quoted_path(args.result)} holds no NMF fit or projection under --key {args.key}; "
+            "make one with 'vbsnmf fit' (OUTDIR/result.h5ad)"
         ) from None
     except ValueError as error:  # an edited record: name the file
-        raise UsageError(f"{args.result}: {_one_line(error)}") from None
+        raise UsageError(f"{quoted_path(args.result)}: {_one_line(error)}") from None
     # scanpy colours by a gene of .raw when the result has one (use_raw's default), and
     # looks for it nowhere else; .raw holds every gene that 'fit --use-raw' fitted
     genes = adata if adata.raw is None else adata.raw
@@ -1458,7 +1484,8 @@ def _run_umap(args) -> int:
         )
     if adata.n_obs < MIN_CELLS:
         raise UsageError(
-            f"{args.result} holds {counted(adata.n_obs, 'cell')}; a UMAP needs at least {MIN_CELLS}"
+            f"{quoted_path(args.result)} holds {counted(adata.n_obs, 'cell')}; a UMAP needs at "
+            f"least {MIN_CELLS}"
         )
     try:
         _draw_umap(
@@ -1472,7 +1499,7 @@ def _run_umap(args) -> int:
     except ImportError as error:  # igraph, for --color leiden; umap-learn
         raise UsageError(missing_package_advice(error)) from None
     except (KeyError, ValueError) as error:  # an edited result: name the file
-        raise UsageError(f"{args.result}: {_umap_options(_one_line(error))}") from None
+        raise UsageError(f"{quoted_path(args.result)}: {_umap_options(_one_line(error))}") from None
     if not args.quiet:
         _print_result(f"wrote {output}", output)
     return EXIT_OK
@@ -1480,12 +1507,15 @@ def _run_umap(args) -> int:
 
 def _umap_options(message: str) -> str:
     """`vbsnmf.pl.umap`'s ``message`` in the command line's words: its advice named the
-    parameters ``key_added`` (``vbsnmf fit --key``) and ``color=`` (``--color``), which
+    parameters ``key_added`` (``vbsnmf fit --key``) and ``color=`` (``--color``, also
+    where a message begins with the colour refused: "color 'x': ..."), which
     the command has not ("make it again under another key_added" of a result that
     ``vbsnmf fit --key umap`` wrote)."""
     import shlex
 
     message = re.sub(r"\(key_added='([^']*)'\)", lambda match: f"(--key {match[1]})", message)
+    # "color 'x': ...", where the user typed --color x (as the command's own refusals say)
+    message = re.sub(r"^color (?=['\"])", "--color ", message)
     message = message.replace(
         "make it again under another key_added", "fit it again under another --key"
     )
@@ -1517,10 +1547,23 @@ def _check_figure_path(name: str) -> None:
 
     output = Path(name)
     supported = Figure().canvas.get_supported_filetypes()
+    formats = ", ".join(f".{name}" for name in sorted(supported))
+    if os.path.isdir(name):  # "-o figures", where one keeps them: not a name without suffix
+        raise UsageError(
+            f"-o {quoted_path(name)} is a folder; name a figure file in it, e.g. "
+            f"{quoted_path(os.path.join(name, 'umap.png'))}"
+        )
+    if not output.suffix:
+        # matplotlib's savefig would write such a name as a PNG under another name
+        # (figure.png); "unknown figure format ''" said neither that nor what to type
+        raise UsageError(
+            f"-o {quoted_path(name)} names no figure format: end the name in the suffix of one "
+            f"matplotlib writes ({formats}), e.g. {quoted_path(name.rstrip('.') + '.png')}"
+        )
     if output.suffix.lstrip(".").lower() not in supported:
         raise UsageError(
-            f"{output}: unknown figure format {output.suffix!r}; use one of "
-            + ", ".join(f".{name}" for name in sorted(supported))
+            f"-o {quoted_path(name)}: unknown figure format {output.suffix!r}; use one of "
+            + formats
         )
     try:  # matplotlib writes PGF through a TeX system
         check_tex(name, output.suffix.lstrip(".").lower())
@@ -1528,7 +1571,8 @@ def _check_figure_path(name: str) -> None:
         raise UsageError(str(error)) from None
     if not output.parent.is_dir():
         raise UsageError(
-            f"the folder {output.parent} for {output.name} {not_a_folder(output.parent)}"
+            f"the folder {quoted_path(output.parent)} for {quoted_path(output.name)} "
+            f"{not_a_folder(output.parent)}"
         )
     # a folder that cannot be written, a name too long or a pipe at the name: met now,
     # not once the graph and the embedding are computed
@@ -1728,7 +1772,10 @@ def _error_message(error: BaseException) -> str:
     """What `main` says of an error it reports with exit code 2."""
     written = getattr(error, "written", None)
     if written is not None:  # `_print_result`: the output is complete, only stdout failed
-        return f"cannot print the summary ({_one_line(error)}); {written} was written in full"
+        return (
+            f"cannot print the summary ({_one_line(error)}); {quoted_path(written)} was written in "
+            "full"
+        )
     limit = _open_files_limit(error)
     if limit is not None:
         # a pipe, a library's file or a child process: "[Errno 24] Too many open files"
@@ -1930,7 +1977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = STOP_SIGNALS[signal.Signals(stop.signum).name]
             code = 128 + stop.signum
         written = getattr(stop, "written", None)  # arrived as the output took its place
-        outcome = f"{written} was written in full" if written else "no output written"
+        outcome = f"{quoted_path(written)} was written in full" if written else "no output written"
         _tell(f"vbsnmf: {what}; {outcome}")
         return code
     # MemoryError: an input too large for this machine, e.g. the memory guard's advice

@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+# What makes a path in a message hard to tell from the words around it: whitespace (where
+# does "the folder sp ace for x" end?), quotes, or nothing at all.
+_NEEDS_QUOTES = re.compile(r"[\s'\"]|^$")
+
+
+def quoted_path(path: str | os.PathLike) -> str:
+    """``path`` as a message names it: as typed, or in shell quotes (`shlex.quote`'s) when
+    it holds whitespace or a quote or is empty, so that where it ends is clear and it can be
+    pasted back into a command line. Other names, non-ASCII letters included, are left as
+    they are."""
+    import shlex
+
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    return shlex.quote(text) if _NEEDS_QUOTES.search(text) else text
 
 
 class ReadError(ValueError):
@@ -16,7 +34,7 @@ class ReadError(ValueError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{quoted_path(path)}: {reason}")
 
     def __reduce__(self):
         # BaseException's own pickles the message alone, which this __init__ does not

@@ -38,6 +38,7 @@ from .._atomic import (
     temporary_prefix,
 )
 from .._validation import check_flag
+from ._errors import quoted_path
 
 
 class UnsafePathError(ValueError):
@@ -98,8 +99,8 @@ def check_apart(label: str, path, owned: Iterable[tuple[str, str | os.PathLike]]
     if overlap is not None:
         relation, description, other = overlap
         raise UnsafePathError(
-            f"{label} {path} {relation} {description} {other}: it would be overwritten "
-            "or removed; choose a path outside it"
+            f"{label} {quoted_path(path)} {relation} {description} {quoted_path(other)}: it would "
+            "be overwritten or removed; choose a path outside it"
         )
 
 
@@ -144,7 +145,9 @@ def _check_lookup(label: str, path: Path) -> None:
         os.stat(path)
     except OSError as error:
         if error.errno not in _PATHLIB_IGNORED:
-            raise UnsafePathError(f"cannot write {label} {path}: {error.strerror}") from None
+            raise UnsafePathError(
+                f"cannot write {label} {quoted_path(path)}: {error.strerror}"
+            ) from None
 
 
 # A process's open files under /proc: /dev/stdout leads to /proc/self/fd/1, /dev/fd/3 to
@@ -185,8 +188,8 @@ def _refuse_open_stream(label: str, path: Path, followed: Path, what: str) -> No
     stream = open_stream_name(path)
     if stream is not None:
         raise UnsafePathError(
-            f"{label} {path} leads to {stream} of this process ({followed}), not to a path "
-            f"of its own; name {what}"
+            f"{label} {quoted_path(path)} leads to {stream} of this process "
+            f"({quoted_path(followed)}), not to a path of its own; name {what}"
         )
 
 
@@ -225,7 +228,9 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
     inputs = _with_command_inputs(inputs)
     _check_lookup("checkpoint", path)
     if path.is_dir():
-        raise UnsafePathError(f"checkpoint {path} is a folder; name a file in it instead")
+        raise UnsafePathError(
+            f"checkpoint {quoted_path(path)} is a folder; name a file in it instead"
+        )
     name = os.fspath(checkpoint)
     if isinstance(name, str) and os.path.basename(name) in ("", "."):
         # "new/" or "new/.", a folder not made yet: Path drops the ending, and the saves
@@ -236,30 +241,32 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         )
     check_apart("checkpoint", path, inputs)
     if path.is_symlink() and not path.exists():
-        raise UnsafePathError(f"checkpoint {path} is a broken symbolic link")
+        raise UnsafePathError(f"checkpoint {quoted_path(path)} is a broken symbolic link")
     # A link is saved through (`Checkpointer`): its lock file and a killed save's
     # temporaries are beside the file it points to, not beside the link.
     try:
         path = link_followed(path)
     except OSError as error:  # a loop of links, or a link to an open stream
-        raise UnsafePathError(f"checkpoint {path}: {error.strerror}") from None
+        raise UnsafePathError(f"checkpoint {quoted_path(path)}: {error.strerror}") from None
     _refuse_open_stream("checkpoint", Path(checkpoint), path, "a checkpoint file")
     if path.exists():
         read_checkpoint_meta(path)
         if not os.access(path, os.W_OK):
             raise UnsafePathError(
-                f"checkpoint {path} is read-only: the fit could not save to it; make it "
-                "writable or name another file"
+                f"checkpoint {quoted_path(path)} is read-only: the fit could not save to it; make "
+                "it writable or name another file"
             )
         if not may_replace(path):  # each save replaces it: the first failed after the work
-            raise UnsafePathError(f"checkpoint {path} is {STICKY_REFUSAL}")
+            raise UnsafePathError(f"checkpoint {quoted_path(path)} is {STICKY_REFUSAL}")
     # Where it will be written: its folder, or the nearest existing folder above (the
     # writer creates the rest). A temporary file of the writer's name is made and removed
     # there, so that a name too long or a folder that cannot be written (read-only, /proc)
     # is reported now, not at the first save after an iteration or epoch.
     ancestor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
     if not ancestor.is_dir():
-        raise UnsafePathError(f"checkpoint {path}: {ancestor} is not a folder")
+        raise UnsafePathError(
+            f"checkpoint {quoted_path(path)}: {quoted_path(ancestor)} is not a folder"
+        )
     if ancestor == path.parent:
         lock = lock_file_of(path)
         # the fit makes, holds and removes this file: an input of its name was removed
@@ -267,8 +274,8 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         if overlap is not None:
             relation, _, other = overlap
             raise UnsafePathError(
-                f"checkpoint {path} needs the lock file {lock} beside it, which {relation} "
-                f"the input {other}; name another checkpoint"
+                f"checkpoint {quoted_path(path)} needs the lock file {quoted_path(lock)} beside "
+                f"it, which {relation} the input {quoted_path(other)}; name another checkpoint"
             )
         # this process's own, taken at the command's start for the fit (`held_for_fit`)
         state = FREE if holds_handed_lock(lock) else clear_lock_file(lock)
@@ -285,15 +292,16 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         )
         if saving:
             raise UnsafePathError(
-                f"another run is saving checkpoint {path} now ({saving[0].name} beside it "
-                "is in use); wait for it to finish or name another checkpoint"
+                f"another run is saving checkpoint {quoted_path(path)} now ({saving[0].name} "
+                "beside it is in use); wait for it to finish or name another checkpoint"
             )
     try:
         check_name_length(path)
         _try_file(file_temporary_affixes(path), ancestor)
     except OSError as error:
         raise UnsafePathError(
-            f"cannot write checkpoint {path}: {error.strerror or error} (in {ancestor})"
+            f"cannot write checkpoint {quoted_path(path)}: {error.strerror or error} (in "
+            f"{quoted_path(ancestor)})"
         ) from None
     return path
 
@@ -306,7 +314,7 @@ def check_file_name(label: str, path: str | os.PathLike) -> None:
     if not os.fspath(path):
         raise UnsafePathError(f"{label} is an empty name; name a file")
     if os.fspath(path).endswith(("/", os.sep)):
-        raise UnsafePathError(f"{label} {os.fspath(path)} names a folder; name a file")
+        raise UnsafePathError(f"{label} {quoted_path(path)} names a folder; name a file")
 
 
 def check_folder_name(label: str, folder: str | os.PathLike) -> None:
@@ -341,7 +349,9 @@ def check_output_file(label: str, path: str | os.PathLike) -> Path:
         check_target(target)
         _try_file(file_temporary_affixes(target), target.parent)
     except OSError as error:
-        raise UnsafePathError(f"cannot write {label} {path}: {error.strerror or error}") from None
+        raise UnsafePathError(
+            f"cannot write {label} {quoted_path(path)}: {error.strerror or error}"
+        ) from None
     return target
 
 
@@ -413,25 +423,28 @@ def check_outdir(
         # output stale where it pointed.
         path = link_followed(path)
     except OSError as error:  # a loop of links, or a link to an open stream (/dev/stdout)
-        raise UnsafePathError(f"OUTDIR {outdir}: {error.strerror}") from None
+        raise UnsafePathError(f"OUTDIR {quoted_path(outdir)}: {error.strerror}") from None
     _refuse_open_stream("OUTDIR", Path(outdir), path, "a new folder")
     working = real_path(os.getcwd())
     if real == working or real in working.parents:
         raise UnsafePathError(
-            f"OUTDIR {outdir} is the current folder or holds it; name a new folder"
+            f"OUTDIR {quoted_path(outdir)} is the current folder or holds it; name a new folder"
         )
     owned = _with_command_inputs(inputs)
     if checkpoint is not None:
         owned.append(("the checkpoint", checkpoint))
     check_apart("OUTDIR", path, owned)
     if os.path.ismount(real):
-        raise UnsafePathError(f"OUTDIR {outdir} is a mount point; name a folder inside it")
+        raise UnsafePathError(
+            f"OUTDIR {quoted_path(outdir)} is a mount point; name a folder inside it"
+        )
     if path.exists() or path.is_symlink():
         # What --force would refuse is told first, without --force too: "already exists
         # (use --force to replace it)" sent the user to an option refused at once (a file,
         # a folder of the user's files, one that cannot be replaced).
         if not path.is_dir():
-            named = f"OUTDIR {outdir} exists" if force else f"{outdir} already exists"
+            shown = quoted_path(outdir)
+            named = f"OUTDIR {shown} exists" if force else f"{shown} already exists"
             raise UnsafePathError(
                 f"{named} and is not a folder; --force replaces only a folder holding an "
                 "earlier output: name another OUTDIR"
@@ -439,10 +452,14 @@ def check_outdir(
         check_earlier_output(path, outdir=outdir, forced=force)
         _check_replaceable(outdir, path)
         if not force:
-            raise UnsafePathError(f"{outdir} already exists (use --force to replace it)")
+            raise UnsafePathError(
+                f"{quoted_path(outdir)} already exists (use --force to replace it)"
+            )
     parent = path.parent
     if not parent.is_dir():
-        raise UnsafePathError(f"the folder {parent} for {path.name} {not_a_folder(parent)}")
+        raise UnsafePathError(
+            f"the folder {quoted_path(parent)} for {quoted_path(path.name)} {not_a_folder(parent)}"
+        )
     writing = clear_leftovers(
         path,
         ((temporary_prefix(path, end), end) for end in (".tmp", ".old")),
@@ -457,7 +474,8 @@ def check_outdir(
         _try_writing(path)
     except OSError as error:
         raise UnsafePathError(
-            f"cannot create {outdir}: {error.strerror or error} (in {parent})"
+            f"cannot create {quoted_path(outdir)}: {error.strerror or error} (in "
+            f"{quoted_path(parent)})"
         ) from None
     return path
 
@@ -465,8 +483,8 @@ def check_outdir(
 def _another_run(outdir, temporary: Path) -> UnsafePathError:
     """The refusal of OUTDIR while another run's ``temporary`` beside it is in use."""
     return UnsafePathError(
-        f"another run is writing OUTDIR {outdir} now ({temporary.name} beside it is in use); "
-        "wait for it to finish or name another OUTDIR"
+        f"another run is writing OUTDIR {quoted_path(outdir)} now ({temporary.name} beside it is "
+        "in use); wait for it to finish or name another OUTDIR"
     )
 
 
@@ -530,20 +548,19 @@ def check_earlier_output(
     entries = f"{len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'}"
     if done:
         raise UnsafePathError(
-            f"OUTDIR {outdir} now holds {entries} vbsnmf does not write "
-            f"({listed}), put there while this run worked; --force replaces only an earlier "
-            "output, so it was left as it is"
+            f"OUTDIR {quoted_path(outdir)} now holds {entries} vbsnmf does not write ({listed}), "
+            "put there while this run worked; --force replaces only an earlier output, so it was "
+            "left as it is"
         )
     if not forced:
         raise UnsafePathError(
-            f"{outdir} already exists and holds {entries} vbsnmf does not write ({listed}), "
-            "which --force would not replace either (it replaces only an earlier output): "
-            "name another OUTDIR"
+            f"{quoted_path(outdir)} already exists and holds {entries} vbsnmf does not write "
+            f"({listed}), which --force would not replace either (it replaces only an earlier "
+            "output): name another OUTDIR"
         )
     raise UnsafePathError(
-        f"OUTDIR {outdir} holds {entries} vbsnmf does not write "
-        f"({listed}); --force replaces only an earlier output: move them or name "
-        "another OUTDIR"
+        f"OUTDIR {quoted_path(outdir)} holds {entries} vbsnmf does not write ({listed}); --force "
+        "replaces only an earlier output: move them or name another OUTDIR"
     )
 
 
@@ -601,7 +618,7 @@ def clear_leftovers(
     found = [entry for entry in found if entry not in foreign]
     if removed:
         warnings.warn(
-            f"removed {_counted(removed)} of killed runs beside {path} "
+            f"removed {_counted(removed)} of killed runs beside {quoted_path(path)} "
             f"({sum(sizes[entry] for entry in removed) / 2**20:.1f} MiB: {_listed(removed)})",
             UserWarning,
             stacklevel=3,
@@ -616,8 +633,8 @@ def clear_leftovers(
             else ""
         )
         warnings.warn(
-            f"{_counted(left)} of interrupted runs beside {path} ({size / 2**20:.1f} MiB: "
-            f"{_listed(left)}){note}; vbsnmf does not delete them, as a run still writing "
+            f"{_counted(left)} of interrupted runs beside {quoted_path(path)} ({size / 2**20:.1f} "
+            f"MiB: {_listed(left)}){note}; vbsnmf does not delete them, as a run still writing "
             "could own them: delete them once none is running",
             UserWarning,
             stacklevel=3,
@@ -787,8 +804,8 @@ def _check_replaceable(outdir, path: Path) -> None:
     with the sticky bit (``/tmp``) lets only their owners move or delete what it holds."""
     if not os.access(path, os.W_OK | os.X_OK):
         raise UnsafePathError(
-            f"cannot replace OUTDIR {outdir}: it is not writable (its files could not be "
-            "deleted); name another OUTDIR"
+            f"cannot replace OUTDIR {quoted_path(outdir)}: it is not writable (its files could not "
+            "be deleted); name another OUTDIR"
         )
     user = os.geteuid()
     for entry, folder in ((path, path.parent), *((e, path) for e in path.iterdir())):
@@ -799,8 +816,9 @@ def _check_replaceable(outdir, path: Path) -> None:
             and user not in (held_in.st_uid, entry.lstat().st_uid)
         ):
             raise UnsafePathError(
-                f"cannot replace OUTDIR {outdir}: {entry} belongs to another user in a folder "
-                f"that lets only owners move or delete ({folder}, sticky); name another OUTDIR"
+                f"cannot replace OUTDIR {quoted_path(outdir)}: {quoted_path(entry)} belongs to "
+                "another user in a folder that lets only owners move or delete "
+                f"({quoted_path(folder)}, sticky); name another OUTDIR"
             )
 
 

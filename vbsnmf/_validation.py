@@ -762,10 +762,13 @@ def check_flag(value, name: str, allow_none: bool = False) -> bool | None:
 
 def check_verbose(value) -> bool:
     """``verbose``: True/False, or a level as scikit-learn takes it (an int >= 0, any level
-    above 0 printing); a string such as "no" is refused, not taken as True."""
+    above 0 printing); a string such as "no" is refused (`TypeError`), not taken as True,
+    and a level below 0 is a `ValueError`, as every other integer below its minimum."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, np.integer)) and value >= 0:
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise ValueError(f"verbose must be True, False or an int >= 0, got {value!r}")
         return value > 0
     raise TypeError(f"verbose must be True, False or an int >= 0, got {value!r}")
 

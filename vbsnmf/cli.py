@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -1448,9 +1449,9 @@ def _run_umap(args) -> int:
         if record_kind(adata.uns.get(args.key)) == "projection":
             # the key of the projection's record, not its key_added, under which it is read
             raise UsageError(
-                f"{quoted_path(args.result)}: --key {args.key} names the record of a projection "
-                "(vbsnmf.tl.project); pass its key_added, --key "
-                f"{args.key.removesuffix('_projection')}"
+                f"{quoted_path(args.result)}: --key {shlex.quote(args.key)} names the record of "
+                "a projection (vbsnmf.tl.project); pass its key_added, --key "
+                f"{shlex.quote(args.key.removesuffix('_projection'))}"
             ) from None
         projection = adata.uns.get(f"{args.key}_projection")
         if record_kind(adata.uns.get(args.key)) == "fit" or record_kind(projection):
@@ -1458,15 +1459,17 @@ def _run_umap(args) -> int:
             # "holds no NMF fit" sent the user to fit again a file that holds one
             raise UsageError(f"{quoted_path(args.result)}: {_one_line(error)}") from None
         stored = _stored_keys(adata)
+        # quoted for the shell where a name needs it: an empty --key was "under --key ,"
+        key = shlex.quote(args.key)
         if stored:  # a fit of 'vbsnmf fit --key NAME', drawn without --key
-            named = ", ".join(f"--key {name}" for name in stored)
+            named = ", ".join(f"--key {shlex.quote(name)}" for name in stored)
             raise UsageError(
                 f"{quoted_path(args.result)} holds no NMF fit or projection under --key "
-                f"{args.key}, but {'one' if len(stored) == 1 else 'some'} under {named}: pass "
+                f"{key}, but {'one' if len(stored) == 1 else 'some'} under {named}: pass "
                 f"{'it' if len(stored) == 1 else 'one of them'}"
             ) from None
         raise UsageError(
-            f"{quoted_path(args.result)} holds no NMF fit or projection under --key {args.key}; "
+            f"{quoted_path(args.result)} holds no NMF fit or projection under --key {key}; "
             "make one with 'vbsnmf fit' (OUTDIR/result.h5ad)"
         ) from None
     except ValueError as error:  # an edited record: name the file

@@ -307,6 +307,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             positional_columns(X),
             accept_sparse=("csr", "csc"),
             dtype=(np.float64, np.float32),
+            # no rows give no rows back, as scikit-learn's NMF and VBNMF; no columns are
+            # refused below, naming n_components (not "0 feature(s)")
+            ensure_min_samples=0,
+            ensure_min_features=0,
             input_name="X",
         )
         n_components = self.components_.shape[0]

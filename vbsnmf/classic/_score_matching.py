@@ -53,18 +53,18 @@ def score_matching_objective(p: np.ndarray, q: np.ndarray, alpha: float, beta: f
         Data and model values at the same entries (any shape); entries with ``p <= 0``
         are left out.
     alpha, beta
-        The AB-divergence parameters.
+        The AB-divergence parameters: finite real numbers (`losses.check_parameter`).
 
     Raises
     ------
+    TypeError
+        alpha or beta is not a real number (a string, an array, a bool).
     ValueError
         p and q have different numbers of entries, or no entry of p is positive; alpha or
-        beta NaN or infinite.
-    TypeError
-        alpha or beta not a real number (a string, a bool).
+        beta is NaN or infinite (J was ``inf`` for them, as where it overflows).
     """
-    # as the losses check them: "0.5" failed in numpy's power naming neither, True was 1,
-    # and NaN gave an objective of inf, the value of a pair whose J is past the floats
+    # True was taken as 1, NaN gave inf, and an int beyond floats Python's "int too large
+    # to convert to float"
     alpha, beta = check_parameter(alpha, "alpha"), check_parameter(beta, "beta")
     p = np.asarray(p, dtype=np.float64).ravel()
     q = np.asarray(q, dtype=np.float64).ravel()
@@ -134,8 +134,8 @@ def choose_alpha_beta(
         (`losses.check_factors`), or Q not finite, non-negative and of X's shape; a grid
         empty or not finite.
     TypeError
-        W, H or Q not an array of real numbers; a grid not of real numbers; ``refine`` not
-        True or False.
+        W, H or Q not an array of real numbers; a grid not of real numbers (booleans
+        included); ``refine`` not True or False.
     """
     refine = check_flag(refine, "refine")  # a string such as "no" would mean True
     p, q = _values(X, W, H, Q)
@@ -166,7 +166,9 @@ def _grid(values, name: str) -> np.ndarray:
         grid = np.asarray(values)
     except ValueError:  # numpy's words for a ragged sequence
         raise ValueError(f"{name} must be a 1-D grid, not a ragged sequence") from None
-    if grid.dtype.kind not in "biuf":  # text or complex: said here, not by numpy's float()
+    # text or complex: said here, not by numpy's float(); booleans, as `check_parameter`
+    # refuses them, not taken as 0 and 1
+    if grid.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a 1-D grid of real numbers, got {values!r}")
     grid = grid.astype(np.float64)
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):

@@ -25,7 +25,6 @@ at a time. Where ``d(0, q)`` is undefined (Itakura-Saito, Neyman, alpha <= 0, ..
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -379,7 +378,7 @@ def check_parameter(value, name: str) -> float:
     TypeError
         Not a real number (a string, an array, a bool).
     ValueError
-        NaN or infinite.
+        NaN or infinite, or an int beyond the float range.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -551,12 +550,15 @@ def sum_q_power(W: np.ndarray, H: np.ndarray, power: float) -> float:
 
     Raises
     ------
+    TypeError
+        ``power`` is not a real number (a string, an array, a bool: True was taken as 1).
     ValueError
         W and H are not non-negative factors that multiply (`check_factors`), or ``power``
         is not a finite number > 0.
     """
     W, H = check_factors(W, H)
-    if not (isinstance(power, numbers.Real) and np.isfinite(power) and power > 0):
+    power = check_parameter(power, "power")
+    if not power > 0:
         raise ValueError(f"power must be a finite number > 0, got {power!r}")
     if power == 1.0:
         return float(W.sum(axis=0) @ H.sum(axis=1))

@@ -312,7 +312,12 @@ def _check_components(components, n_components: int) -> list[int]:
     values = np.asarray(components)
     if values.dtype == bool and values.ndim == 1 and values.size == n_components:
         return [int(factor) for factor in np.flatnonzero(values)]
-    if values.ndim != 1 or not (values.size == 0 or np.issubdtype(values.dtype, np.integer)):
+    # ints beyond int64 (2**70) are held as objects: indices all the same, out of range
+    whole = np.issubdtype(values.dtype, np.integer) or (
+        values.dtype == object
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in values.flat)
+    )
+    if values.ndim != 1 or not (values.size == 0 or whole):
         raise TypeError(
             f"components must be a list of factor indices or a boolean mask of length "
             f"{n_components}, got {components!r}"
@@ -582,7 +587,10 @@ def factors(
             f"ax= holds one panel, and {len(components)} factors are to be drawn: choose "
             "one with components=[factor], or leave ax out"
         )
-    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+    # a TypeError for what is no integer, as n_genes, n_neighbors and n_components give it
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)):
+        raise TypeError(f"ncols must be a positive integer, got {ncols!r}")
+    if ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     # a sparse matrix reads as one object (anndata's bare IndexError), and matplotlib drew
     # text as categories, one tick per distinct value
@@ -641,10 +649,12 @@ def factors(
         vmax = percentile
     elif vmax is None:  # scanpy's automatic scale
         pass
-    elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.number)):
+    # real numbers only: a complex one (np.number) lost its imaginary part, or reached
+    # matplotlib
+    elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.integer, np.floating)):
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
-    elif not (np.isfinite(vmax) and vmax > 0):
-        raise ValueError(f"vmax must be positive and finite (the scale starts at 0), got {vmax!r}")
+    else:
+        vmax = _scale_top(vmax)
     check_save(save, basis)  # before the figure is drawn, which a refusal left open
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
@@ -673,6 +683,19 @@ def factors(
         )
         axes = axes if isinstance(axes, list) else [axes]
         return _finish(axes[0].figure, axes, show, save, basis)
+
+
+def _scale_top(vmax) -> float:
+    """A number given as `factors`'s ``vmax``, as a float: positive and finite."""
+    advice = "vmax must be positive and finite (the scale starts at 0)"
+    try:
+        top = float(vmax)
+    except OverflowError:  # an int beyond the float range: numpy's "ufunc 'isfinite' not
+        # supported for the input types" named nothing
+        raise ValueError(f"{advice}, got one beyond floats") from None
+    if not (np.isfinite(top) and top > 0):
+        raise ValueError(f"{advice}, got {vmax!r}")
+    return top
 
 
 def top_genes(

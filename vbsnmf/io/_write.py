@@ -382,7 +382,10 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     ``obsp``, ``varp``, ``uns``, and ``.raw``'s ``var`` and ``varm``, where a fit of
     ``.raw`` puts its gene side) is written as it is in memory; a ``.raw`` deleted in
     memory (``del adata.raw``) is not written, nor an X its file does not hold (counts in
-    its layers only). Returns ``path``.
+    its layers only). Text columns of ``.obs``, ``.var`` and ``.raw.var`` are stored as
+    categoricals, as `anndata.AnnData.write_h5ad` stores them, but ``adata`` is left as it
+    was: its columns keep their dtypes, and a view (``adata[mask]``) stays a view. Returns
+    ``path``.
 
     Raises
     ------
@@ -398,7 +401,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         ``.mtx.gz``, ``.loom``, ``.h5ad.gz`` or ``.h5.gz``, which `read` reads as that);
         ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
         on it first; or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
-        surrogate), the message says where. Nothing is written.
+        surrogate), or a table (``.obs``, ``.var``, ...) with a column named ``_index``, a
+        column name twice or an index name that names a column of other values; the
+        message says where. Nothing is written.
     TypeError
         ``adata`` is not an AnnData (a matrix, a path, an AnnData's ``.raw``); or it
         holds a value an ``.h5ad`` cannot store (e.g. a function in ``.uns``,
@@ -487,7 +492,7 @@ def _write_result(adata, path: Path) -> Path:
             if "X" in source:  # none in a file of layers only (a fit of one of them)
                 _copy_x(source["X"], out, "X", check)
             if "raw" in source and adata.raw is not None:  # not one deleted in memory
-                _copy_raw(adata.raw, source["raw"], out, check)
+                _copy_raw(adata, source["raw"], out, check)
     return path
 
 
@@ -508,12 +513,9 @@ def _backing_file(adata) -> Iterator[h5py.File]:
 
 def _write_anndata(out, adata, check: Callable[[], None]) -> None:
     """``adata`` into the open file ``out`` as `anndata.AnnData.write_h5ad` writes it
-    (strings as categoricals, gzip), ``check`` called before each element."""
+    (strings as categoricals, gzip), ``check`` called before each element. ``adata`` is
+    left as it was (`_text_as_categoricals`)."""
     from anndata.experimental import write_dispatched
-
-    adata.strings_to_categoricals()
-    if adata.raw is not None:
-        adata.strings_to_categoricals(adata.raw.var)
 
     def write(write_elem, store, key, elem, *, dataset_kwargs, iospec) -> None:
         check()  # once a write failed, the rest would only be discarded
@@ -523,6 +525,8 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
             _check_keys(key, elem)
         elif isinstance(elem, pd.DataFrame):
             _check_frame_names(key, elem)
+            if key in _CATEGORICAL_TEXT:
+                elem = _text_as_categoricals(adata, elem)
         try:
             write_elem(store, key, elem, dataset_kwargs=dataset_kwargs)
         except UnicodeEncodeError as error:  # the innermost element: its key says where
@@ -542,6 +546,23 @@ def _write_anndata(out, adata, check: Callable[[], None]) -> None:
             ) from None
 
     write_dispatched(out, "/", adata, callback=write, dataset_kwargs={"compression": "gzip"})
+
+
+# The tables whose text columns `anndata.AnnData.write_h5ad` stores as categoricals.
+_CATEGORICAL_TEXT = frozenset({"/obs", "/var", "/raw/var"})
+
+
+def _text_as_categoricals(adata, frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` (a table of ``adata``; not a copy of its columns) with its text
+    columns categorical, as `anndata.AnnData.strings_to_categoricals` makes them (those with
+    fewer values than rows).
+
+    Converted on a copy, as a writer must not change what it writes: anndata's own
+    conversion, in place, turned a view (``adata[mask]``) into an AnnData of its own, with
+    anndata's ``ImplicitModificationWarning``, and changed the caller's ``.obs`` dtypes."""
+    frame = frame.copy(deep=False)  # a DataFrame, also of a view's DataFrameView
+    adata.strings_to_categoricals(frame)  # given a table, anndata converts only that one
+    return frame
 
 
 def _check_keys(where: str, mapping: Mapping) -> None:
@@ -573,6 +594,7 @@ def _check_frame_names(where: str, frame: pd.DataFrame) -> None:
     warning), but beside a column ``"a"`` the file could not be read."""
     if frame.index.name is not None:
         _check_member_name(f"the table at {where} has the index name", frame.index.name)
+    _check_frame_layout(where, frame)
     columns = set(frame.columns)
     for name in frame.columns:
         _check_member_name(f"the table at {where} has the column", name)
@@ -588,6 +610,32 @@ def _check_frame_names(where: str, frame: pd.DataFrame) -> None:
             )
 
 
+def _check_frame_layout(where: str, frame: pd.DataFrame) -> None:
+    """A `ValueError` naming the table ``frame`` (the element ``where``, e.g. ``/var``) for
+    what anndata refuses in a table with a message that names no table: a column named
+    ``_index`` (the name anndata reserves for the index), a column name held twice, or an
+    index name that is also the name of a column of other values (``adata.obs.index.name =
+    "cell"`` beside an ``.obs['cell']`` of other text)."""
+    name = frame.index.name
+    if "_index" in frame.columns:
+        problem = "a column named '_index'"
+        advice = "rename the column (an .h5ad names the index '_index')"
+    elif not frame.columns.is_unique:
+        repeated = list(dict.fromkeys(frame.columns[frame.columns.duplicated()]))
+        problem = f"the column names {repeated} more than once"
+        advice = "rename or drop the repeated columns"
+    elif (
+        name is not None
+        and name in frame.columns
+        and not pd.Series(frame.index, index=frame.index).equals(frame[name])
+    ):
+        problem = f"the index name {name!r}, also the name of a column holding other values"
+        advice = "rename the column, or the index (its .index.name = None)"
+    else:
+        return
+    raise ValueError(f"the table at {where} has {problem}, which an .h5ad cannot store: {advice}")
+
+
 def _check_member_name(what: str, name) -> None:
     """A `TypeError` (``what`` says where) for ``name`` when HDF5 cannot name a member of a
     group by it: ``""`` and ``"."`` name the group itself, so its element was written over
@@ -600,18 +648,19 @@ def _check_member_name(what: str, name) -> None:
         )
 
 
-def _copy_raw(raw, stored, out, check: Callable[[], None]) -> None:
-    """A backed AnnData's ``.raw``: its X copied from its file a block at a time, its
-    ``var`` and ``varm`` written as they are in memory, where a fit of ``.raw``
-    (``use_raw=True``) put its gene side."""
+def _copy_raw(adata, stored, out, check: Callable[[], None]) -> None:
+    """The backed ``adata``'s ``.raw``: its X copied from its file a block at a time, its
+    ``var`` (text as categoricals) and ``varm`` written as they are in memory, where a fit
+    of ``.raw`` (``use_raw=True``) put its gene side."""
     from anndata.io import write_elem
 
+    raw = adata.raw
     target = out.create_group("raw")
     _copy_attributes(stored, target)
     _copy_x(stored["X"], target, "X", check)
     _check_frame_names("/raw/var", raw.var)
     _check_keys("/raw/varm", raw.varm)
-    write_elem(target, "var", raw.var)
+    write_elem(target, "var", _text_as_categoricals(adata, raw.var))
     write_elem(target, "varm", dict(raw.varm))
 
 

@@ -919,18 +919,30 @@ def stored_array(values) -> np.ndarray:
     return values.toarray() if sp.issparse(values) else np.asarray(values)
 
 
-def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
-    """``mapping[name]``, an array the fit ``key`` stored in ``adata.<where>`` (``"obsm"``,
-    ``"varm"``, ``"raw.varm"``), or a `ValueError` naming it if it holds anything but finite
-    numbers. A fit writes none; ``anndata.concat(..., join="outer")`` pads the fit's arrays
-    with NaN rows for the cells or genes it joins that the fit never saw, which the tables
-    and tools would otherwise carry on as empty fields or a bare "must be finite"."""
+def numeric_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
+    """``mapping[name]``, an array the fit ``key`` stored in ``adata.<where>``, or a
+    `ValueError` naming it if it does not hold real numbers (text, objects, complex), which
+    a fit never writes: numpy's "ufunc 'greater' did not contain a loop" or "'isfinite' not
+    supported" said nothing of where the values came from."""
     values = stored_array(mapping[name])
     if values.dtype.kind not in "biuf":
         raise ValueError(
             f"adata.{where}[{name!r}] of the fit {key!r} holds {values.dtype} values, not "
             "numbers, which vbsnmf.tl.nmf never writes; fit again"
         )
+    return values
+
+
+def finite_fit_array(
+    key: str, where: str, mapping, name: str, *, non_negative: bool = False
+) -> np.ndarray:
+    """``mapping[name]``, an array the fit ``key`` stored in ``adata.<where>`` (``"obsm"``,
+    ``"varm"``, ``"raw.varm"``), or a `ValueError` naming it if it holds anything but finite
+    numbers (or, with ``non_negative``, a negative one). A fit writes none;
+    ``anndata.concat(..., join="outer")`` pads the fit's arrays with NaN rows for the cells
+    or genes it joins that the fit never saw, which the tables and tools would otherwise
+    carry on as empty fields or a bare "must be finite"."""
+    values = numeric_fit_array(key, where, mapping, name)
     finite = np.isfinite(values).all(axis=tuple(range(1, values.ndim)))  # per row
     if not finite.all():
         side = "cells" if where == "obsm" else "genes"
@@ -941,5 +953,12 @@ def finite_fit_array(key: str, where: str, mapping, name: str) -> np.ndarray:
             f"their rows with NaN)? Keep the fitted {side}"
             + (", project new cells with vbsnmf.tl.project," if side == "cells" else "")
             + " or fit again"
+        )
+    # an array edited by hand: named, not as the arguments of the function reading it
+    # (tl.top_genes said "cell_factors must be finite and non-negative")
+    if non_negative and values.min(initial=0) < 0:
+        raise ValueError(
+            f"adata.{where}[{name!r}] of the fit {key!r} holds negative values, which "
+            "vbsnmf.tl.nmf never writes (factors and loadings are non-negative); fit again"
         )
     return values

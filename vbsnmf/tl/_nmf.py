@@ -26,6 +26,7 @@ from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
     booleans_as_objects,
     check_anndata,
+    check_factor_columns,
     check_n_threads,
     elbo_iterations,
     finite_fit_array,
@@ -857,6 +858,13 @@ def _stored_start(
             _check_stored_cells(values, entry, keys.uns, n_columns)
     per_gene = [key for key in ("gene_shape", "gene_rate") if np.ndim(init[key]) == 2]
     per_gene += [key for key in ("gene_scale_shape", "gene_scale_rate") if key in init]
+    side = "varm" if gene_holder(adata, keys.uns) is adata else "raw.varm"
+    for name in ("gene_shape", "gene_rate"):
+        # cut to other factors by hand: the estimator's "init gene_rate has shape (n, 1)"
+        # named an init never passed
+        if name in per_gene:
+            where = f"warm_start: adata.{side}[{keys.variational(name)!r}]"
+            check_factor_columns(where, np.asarray(init[name]), n_components)
     if fitted_genes is not None:
         _check_mask_keeps_stored_genes(info, keys.uns, np.asarray(init["gene_shape"]), fitted_genes)
         init.update({key: np.asarray(init[key])[fitted_genes] for key in per_gene})
@@ -867,6 +875,8 @@ def _stored_start(
             f"warm_start: {not_fitted} of the genes to fit were not fitted before "
             "(another mask_var?); fit without warm_start"
         )
+    for name in per_gene:  # gene_shape first (always per gene)
+        _check_stored_genes(np.asarray(init[name]), f"{side}[{keys.variational(name)!r}]", keys.uns)
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
@@ -914,6 +924,21 @@ def _check_stored_cells(values: np.ndarray, entry: str, key: str, n_columns: int
             "vbsnmf.tl.nmf never writes: cells the fit did not see (anndata.concat(..., "
             "join='outer', fill_value=0) pads their rows with zeros)? Keep the fitted cells, "
             "project new cells with vbsnmf.tl.project, or fit again without warm_start"
+        )
+
+
+def _check_stored_genes(values: np.ndarray, entry: str, key: str) -> None:
+    """A `ValueError` naming ``adata.<entry>``, a stored per-gene Gamma parameter of the fit
+    ``key`` (its rows of the genes fitted now) that ``warm_start`` starts from, when it holds
+    a value that is not finite and positive, which a fit never writes: the estimator's "init
+    gene_shape must be positive and finite" named an ``init`` never passed, as
+    `_check_stored_cells` says of the cells."""
+    bad = ~(np.isfinite(values) & (values > 0)).all(axis=tuple(range(1, values.ndim)))
+    if bad.any():
+        raise ValueError(
+            f"warm_start: adata.{entry} of the fit {key!r} holds values that are not finite "
+            f"and positive in {np.count_nonzero(bad)} of the {len(values)} genes to fit, which "
+            "vbsnmf.tl.nmf never writes; fit again without warm_start"
         )
 
 

@@ -24,10 +24,10 @@ from .._utils import (
     damaged_record,
     fit_info,
     gene_holder,
+    numeric_fit_array,
     orphaned_cell_arrays,
     record_entry,
     record_kind,
-    stored_array,
     transposed_after_fit,
 )
 from .._validation import check_flag
@@ -531,6 +531,7 @@ def variational_params(adata, key: str, cells: bool = True) -> dict:
     keys, stored = FitKeys.of(key), info["variational"]
     where, n_components = f"adata.uns[{key!r}]['variational']", info["params"]["n_components"]
     genes = gene_holder(adata, key)
+    gene_side = "varm" if genes is adata else "raw.varm"
     learned = stored.get("prior", "gamma") == "hierarchical"  # as `nmf` reads it
     params = {}
     for name in VARIATIONAL_KEYS + (SCALE_KEYS if learned else ()):
@@ -540,12 +541,12 @@ def variational_params(adata, key: str, cells: bool = True) -> dict:
         if name in stored:  # one value per factor
             params[name] = _stored_numbers(stored, name, where, n_components)
         elif keys.variational(name) in side:
-            params[name] = stored_array(side[keys.variational(name)])
+            where_stored = "obsm" if name.startswith("cell") else gene_side
+            params[name] = numeric_fit_array(key, where_stored, side, keys.variational(name))
             if name in SCALE_KEYS:  # one per cell or gene, stored as a column
                 params[name] = params[name][:, 0]
         else:
-            gene_side = ".varm" if genes is adata else ".raw.varm"
-            side_name = ".obsm" if name.startswith("cell") else gene_side
+            side_name = ".obsm" if name.startswith("cell") else f".{gene_side}"
             raise KeyError(
                 f"the fit {key!r} has no {side_name}[{keys.variational(name)!r}]; was the "
                 f"AnnData built anew after the fit{concat_dropped(side_name[1:])}? Fit again "

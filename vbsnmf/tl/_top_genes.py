@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_factor_columns, check_fit_entries, finite_fit_array
+from .._utils import check_factor_columns, check_fit_entries, counted, finite_fit_array
 from .._validation import numbers_from_objects, refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
@@ -169,17 +169,19 @@ def top_genes(
         (f"{where}var", genes.var, FitKeys.of(key).total_counts),
     )
     gene_loadings = np.asarray(
-        finite_fit_array(key, f"{where}varm", genes.varm, info["varm_key"]), dtype=np.float64
+        finite_fit_array(key, f"{where}varm", genes.varm, info["varm_key"], non_negative=True),
+        dtype=np.float64,
     )
     cell_factors = np.asarray(
-        finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"]), dtype=np.float64
+        finite_fit_array(key, "obsm", adata.obsm, info["obsm_key"], non_negative=True),
+        dtype=np.float64,
     )
     n_components = info["params"]["n_components"]
     # cut to fewer factors by hand (the inactive ones dropped), a factor's column was
     # picked past the end: numpy's IndexError
     check_factor_columns(f"adata.{where}varm[{info['varm_key']!r}]", gene_loadings, n_components)
     check_factor_columns(f"adata.obsm[{info['obsm_key']!r}]", cell_factors, n_components)
-    totals = genes.var[FitKeys.of(key).total_counts].to_numpy(dtype=np.float64)
+    totals = _fit_totals(key, f"{where}var", genes.var, FitKeys.of(key).total_counts)
     specificity = gene_specificity(gene_loadings, cell_factors)
     rows = []
     for factor in active_factors(adata, key, include_inactive):
@@ -203,3 +205,27 @@ def top_genes(
     dtypes = {"factor": np.int64, "rank": np.int64, "gene": object}
     dtypes |= dict.fromkeys(["loading", "specificity", "total_counts"], np.float64)
     return table.astype(dtypes).set_index(["factor", "rank"])
+
+
+def _fit_totals(key: str, where: str, var, column: str) -> np.ndarray:
+    """The genes' total counts a fit ``key`` stored in ``adata.<where>[column]`` (``"var"``,
+    ``"raw.var"``) as float64, or a `ValueError` naming the column if it holds anything but
+    finite non-negative numbers, which `nmf` never writes. Cast as they were, text was
+    parsed, dates read as numbers and a gene whose total was NaN (or pd.NA) left out of
+    every factor without a word, even with ``min_counts=0``."""
+    values = var[column]
+    # by kind: pandas' nullable Int64 and Float64 are numbers, its categories and text not
+    if getattr(values.dtype, "kind", "O") not in "iuf":
+        raise ValueError(
+            f"adata.{where}[{column!r}] of the fit {key!r} holds {values.dtype} values, not "
+            "numbers, which vbsnmf.tl.nmf never writes; fit again"
+        )
+    totals = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    damaged = ~(np.isfinite(totals) & (totals >= 0))
+    if damaged.any():
+        raise ValueError(
+            f"adata.{where}[{column!r}] of the fit {key!r} holds a missing, infinite or "
+            f"negative total for {counted(np.count_nonzero(damaged), 'gene')} (of "
+            f"{len(totals)}), which vbsnmf.tl.nmf never writes; fit again"
+        )
+    return totals

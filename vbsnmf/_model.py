@@ -42,7 +42,7 @@ from scipy.special import digamma, gammaln, zeta
 from . import _kernels, _nndsvd
 from ._data import CountData, as_count_data, compressed_totals
 from ._utils import compute_dask, counted, is_dask_array, warn_user
-from ._validation import PRIOR_SHAPE_RANGE
+from ._validation import PRIOR_SHAPE_RANGE, numbers_from_objects, refuse_masked
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
 _TINY = {np.dtype(np.float64): 1e-200, np.dtype(np.float32): 1e-30}
@@ -1874,10 +1874,12 @@ def init_params(
     Raises
     ------
     TypeError
-        ``init`` is none of these.
+        ``init`` is none of these, or an array holds other than real numbers (text,
+        dates, complex numbers) or is a masked array with masked entries.
     ValueError
         A key is missing, or an array has the wrong shape or non-positive or non-finite
-        entries, or a given factor or scale prior shape lies outside `PRIOR_SHAPE_RANGE`.
+        entries, or gives means of q (shape / rate) beyond the float range, or a given
+        factor or scale prior shape lies outside `PRIOR_SHAPE_RANGE`.
     """
     if isinstance(getattr(init, "params", None), VariationalParams):  # a `DaskFitResult`
         init = init.params
@@ -1941,7 +1943,31 @@ def init_params(
         checked.append(_checked_array(array, name, dtype))
     params = VariationalParams(*checked)
     params = complete_learned(params, prior, extra) if learned else params
+    _check_finite_means(params)
     return params if lazy else _computed(params)
+
+
+def _check_finite_means(params: VariationalParams) -> None:
+    """A `ValueError` naming the keys for a start whose means of q (shape / rate) are
+    infinite, a rate far below its shape (a subnormal 1e-320): under the fixed prior its
+    first pass gave numpy's "invalid value encountered in scalar add" RuntimeWarning (inf
+    minus inf), and then a fit or a `FloatingPointError` by the side it was on. The learned
+    prior's start refuses most such starts by its derived hyperparameters
+    (`complete_learned`); a lazy start is checked by its fit."""
+    for side, shape, rate in (
+        ("cell", params.row_shape, params.row_rate),
+        ("gene", params.col_shape, params.col_rate),
+    ):
+        if is_dask_array(shape) or is_dask_array(rate):
+            continue
+        with np.errstate(over="ignore", divide="ignore"):  # named below
+            finite = np.all(np.isfinite(shape / rate))
+        if not finite:
+            raise ValueError(
+                f"init {side}_shape / {side}_rate give means of q beyond the float range "
+                f"(a {side}_shape / {side}_rate is inf: a rate too small for its shape); give "
+                "a start whose means are finite"
+            )
 
 
 def _check_init_not_transposed(arrays, shape, n_components: int) -> None:
@@ -2194,16 +2220,22 @@ def _checked_array(array, name: str, dtype):
             kind = "sparse chunks" if sp.issparse(array._meta) else f"dtype {array.dtype}"
             raise TypeError(f"init {name} must hold real numbers in dense chunks, got {kind}")
         return array.astype(dtype).map_blocks(_checked_block, name, dtype=dtype)
+    # np.asarray drops the mask: the hidden values would be the start, and the counts'
+    # masked arrays are refused as such too
+    refuse_masked(array, f"init {name}", "give the values to start from as a plain array")
     try:
-        given_dtype = np.asarray(array).dtype
-        # complex: numpy would drop the imaginary parts, with a ComplexWarning only
-        copy = None if given_dtype.kind == "c" else np.array(array, dtype=dtype, copy=True)
+        given = np.asarray(array)
     except (TypeError, ValueError):  # numpy's message names no key
         raise TypeError(f"init {name} must hold real numbers, got {array!r:.80}") from None
-    if copy is None:
-        raise TypeError(f"init {name} must hold real numbers, got dtype {given_dtype}")
-    if copy.dtype == np.float32 and given_dtype != np.float32:
-        _refuse_beyond_float32(array, copy, name)
+    if given.dtype == object:  # text in it is refused; numbers are read as float64
+        given = numbers_from_objects(given, f"init {name}")
+    # complex: numpy would drop the imaginary parts, with a ComplexWarning only; text
+    # ("1.0") was parsed as a number, dates as their ticks
+    if given.dtype.kind not in "biuf":
+        raise TypeError(f"init {name} must hold real numbers, got dtype {given.dtype}")
+    copy = np.array(given, dtype=dtype, copy=True)
+    if copy.dtype == np.float32 and given.dtype != np.float32:
+        _refuse_beyond_float32(given, copy, name)
     return _checked_block(copy, name)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _kernels
-from .._validation import small_dense
+from .._validation import refuse_masked, small_dense
 
 # Q is floored here at the stored entries, as scikit-learn does (its EPSILON), so that a
 # loss never divides by an exactly zero reconstruction; at an entry x < 1 the floor is
@@ -513,7 +513,7 @@ def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     Raises
     ------
     TypeError
-        A factor does not hold real numbers.
+        A factor does not hold real numbers, or is a masked array with masked entries.
     ValueError
         A factor is not 2-D, the shapes do not match, or an entry is negative, NaN or
         infinite.
@@ -522,6 +522,8 @@ def check_factors(W, H, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     for name, factor in (("W", W), ("H", H)):
         if sp.issparse(factor):  # factor-sized (n x K, K x m): dense costs nothing
             factor = small_dense(factor, name)
+        # np.asarray drops the mask: its hidden values would be the factor's
+        refuse_masked(factor, name, f"pass the values to use, e.g. {name}.filled(0)")
         try:
             array = np.asarray(factor)
         except ValueError:  # numpy's words for a ragged sequence

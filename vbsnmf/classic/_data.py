@@ -50,6 +50,8 @@ from .losses import (
 )
 
 _EMPTY = np.empty(0, dtype=np.float64)
+# sparse layouts whose index arrays `check_sparse_structure` checks
+_CHECKED = ("csr", "csc", "coo", "bsr")
 
 
 @dataclass
@@ -216,7 +218,7 @@ def check_data(X):
     X = positional_columns(_sparse_frame_read(X))
     if sp.issparse(X) and X.ndim != 2:  # a 1-D or n-D coo_array: the checks below unpack 2
         raise ValueError(f"X must be 2-D, got {X.ndim}-D")
-    if sp.issparse(X) and X.format in ("csr", "csc", "coo", "bsr"):
+    if sp.issparse(X) and X.format in _CHECKED:
         check_sparse_structure(X, "X")
     if sp.issparse(X) and X.format in ("csr", "csc", "coo"):
         # unsigned index arrays (BPCells wrote indptr as uint64), which scipy's routines
@@ -274,6 +276,10 @@ class ClassicData:
         if weights is not None:
             refuse_unread_sparse(weights, "weights")
             weights = positional_columns(_sparse_frame_read(_in_memory(weights, "weights")))
+            # damaged index arrays crash scipy's conversions below (a C++ RuntimeError) or
+            # fail with a message that does not name the weights, as they would for X
+            if sp.issparse(weights) and weights.ndim == 2 and weights.format in _CHECKED:
+                check_sparse_structure(weights, "weights")
             weights = check_array(
                 weights,
                 accept_sparse=("csr", "csc", "coo"),

@@ -390,6 +390,16 @@ _TOP_GENES_SET = {
 }
 
 
+def _panel_axes(axes, count: int, save, figsize: tuple[float, float]):
+    """``(figure, axes)`` for a plot of ``count`` panels in a row: a new figure of
+    ``figsize``, or None and the user's ``axes`` (checked, `_check_axes`), laid out as they
+    chose (a subfigure has no tight_layout)."""
+    if axes is None:
+        return _pyplot().subplots(1, count, figsize=figsize)
+    _check_axes(axes, count, save)
+    return None, axes
+
+
 def _check_axes(axes, count: int, save) -> None:
     """``axes``: a sequence of ``count`` distinct matplotlib axes, of one figure when the
     plot is saved (``save``, or scanpy's autosave): the figure of the first was written
@@ -469,12 +479,7 @@ def elbo(
     check_save(save, "elbo")  # before the figure is drawn, which a refusal left open
     # a save that fails (a full disk, say) closes the figure drawn for it
     with closed_on_failure():
-        plt = _pyplot()
-        if axes is None:
-            figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        else:
-            _check_axes(axes, 2, save)
-            figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
+        figure, axes = _panel_axes(axes, 2, save, figsize=(9, 3.5))
         iterations = elbo_iterations(info)  # SQUAREM and SVI record fewer values than passes
         axes[0].plot(iterations, trace, marker=".", markersize=3)
         axes[0].set(xlabel="iteration", ylabel="ELBO (nats)", title="ELBO")
@@ -1196,12 +1201,7 @@ def select_k(
     check_save(save, "select_k")  # before the figure is drawn, which a refusal left open
     # a save that fails (a full disk, say) closes the figure drawn for it
     with closed_on_failure():
-        plt = _pyplot()
-        if axes is None:
-            figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-        else:
-            _check_axes(axes, 3, save)
-            figure = None  # the user's, laid out as they chose (a subfigure has no tight_layout)
+        figure, axes = _panel_axes(axes, 3, save, figsize=(12, 3.5))
         axes[0].errorbar(
             ks, table["heldout_ll_per_count"], yerr=table["heldout_se"], marker="o", capsize=3
         )

@@ -247,7 +247,9 @@ def test_fit_triplets_names_a_missing_count(missing):
     """A missing count among object counts is the NaN it stands for, named with its place
     (it was "counts must be numbers, got dtype object"); text is still refused."""
     counts = np.array([1, missing, 3], dtype=object)
-    with pytest.raises(ValueError, match=r"1 NaN entry at \(row, column\) \(1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"1 NaN count, the first at position 1 \(row 1, column 1\)"
+    ):
         fit_triplets([0, 1, 2], [0, 1, 1], counts, (3, 2), 1, max_iter=3)
     with pytest.raises(TypeError, match="not text"):
         fit_triplets([0, 1], [0, 1], np.array([1, "2"], dtype=object), (2, 2), 1)

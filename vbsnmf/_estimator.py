@@ -99,10 +99,12 @@ from ._utils import (
     compute_dask,
     float_indices_hint,
     is_dask_array,
+    is_integer,
     numba_threads,
     warn_user,
 )
 from ._validation import (
+    BAD_COUNT_TESTS,
     PRIOR_SHAPE_RANGE,
     check_accelerate,
     check_callback,
@@ -509,9 +511,7 @@ class VBNMF(Estimator):
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not isinstance(self.svi_form, str) or self.svi_form not in SVI_FORMS:
             raise ValueError(f"svi_form must be one of {SVI_FORMS}, got {self.svi_form!r}")
-        if isinstance(self.n_components, bool) or not isinstance(
-            self.n_components, (int, np.integer)
-        ):
+        if not is_integer(self.n_components):
             raise TypeError(f"n_components must be an integer, got {self.n_components!r}")
         checkpoint = self.checkpoint
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
@@ -1128,6 +1128,12 @@ def _triplet_array(values, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} must be a sequence (an array, a list or a pandas column), got "
             f"{type(values).__name__}"
+        )
+    if array.ndim > 1:  # flattened, a table's rows were read as triplets; scipy's COO refuses
+        raise ValueError(
+            f"{name} must be one-dimensional, one entry per triplet, got an array of shape "
+            f"{array.shape}: pass one column of a table ({name}[:, 0]), or "
+            f"np.ravel({name}) if its entries are the triplets' in that order"
         )
     return array.ravel()
 
@@ -1835,6 +1841,7 @@ def _fit_dask_result(X, n_components, init, client, callback, params, solver):
         )
     if isinstance(init, str):  # VBNMF's init= (how to start), as fit_svi_dask takes it
         params, init = {**params, "init": init}, None
+    _check_vbnmf_keywords("fit_dask" if solver == "batch" else "fit_svi_dask", params, {"solver"})
     model = VBNMF(n_components, solver=solver, **params)
     _check_dask_svi_form(model.solver, model.svi_form)
     settings = model._check_params()
@@ -1901,13 +1908,14 @@ def fit_triplets(
     Raises
     ------
     ValueError
-        The three arrays differ in length, ``shape`` is negative or beyond int64, an index
-        is out of ``shape``, or a count is negative, NaN or infinite.
+        An array has more than one dimension (a table, even of one column: scipy's COO
+        refuses it too), the three arrays differ in length, ``shape`` is negative or beyond
+        int64, an index is out of ``shape``, or a count is negative, NaN or infinite.
     TypeError
         ``shape`` is not two integers, the indices not integers (a float or timedelta64
         array too), the counts not numbers, an array is ragged, masked (its masked entries
         would be fitted), sparse or no sequence (a set, a generator, None), or ``params``
-        holds an argument of `VBNMF.fit`.
+        holds an argument of `VBNMF.fit` or no parameter of `VBNMF` at all.
     """
     rows, cols, counts = (
         _triplet_array(a, name) for a, name in zip((rows, cols, counts), ("rows", "cols", "counts"))
@@ -1915,7 +1923,7 @@ def fit_triplets(
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2
-        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape)
+        or not all(is_integer(n) for n in shape)
     ):
         raise TypeError(f"shape must be two integers (rows, columns), got {shape!r}")
     # scipy's sizes are int64: beyond, numpy's OverflowError; below 0, scipy's own message
@@ -1950,5 +1958,43 @@ def fit_triplets(
                 "the matrix, scipy.sparse.coo_array((counts, (rows, cols)), shape=shape), and "
                 f"fit it by VBNMF(...).fit(matrix, {name}=...)"
             )
-    matrix = sp.coo_array((readable_values(counts), (rows, cols)), shape=(n_rows, n_cols))
+    _check_vbnmf_keywords("fit_triplets", params)
+    counts = readable_values(counts)
+    _check_triplet_counts(counts, rows, cols)
+    matrix = sp.coo_array((counts, (rows, cols)), shape=(n_rows, n_cols))
     return VBNMF(n_components, **params).fit(matrix)
+
+
+def _check_triplet_counts(counts: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Refuse ``fit_triplets``' negative, NaN or infinite counts by their place in
+    ``counts`` and their (row, column): checked on the matrix built from them, they were
+    named entries of "X", an argument the caller never passed."""
+    problems = []
+    for label, test in BAD_COUNT_TESTS:
+        where = np.flatnonzero(test(counts))
+        if where.size:
+            first = int(where[0])
+            problems.append(
+                f"{where.size} {label} count{'s' if where.size > 1 else ''}, the first at "
+                f"position {first} (row {int(rows[first])}, column {int(cols[first])})"
+            )
+    if problems:
+        # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
+        lead = "Negative values in data: " if np.any(counts < 0) else ""
+        raise ValueError(
+            f"{lead}counts must be non-negative and finite; found " + "; ".join(problems)
+        )
+
+
+def _check_vbnmf_keywords(function: str, params: dict, chosen: set[str] = frozenset()) -> None:
+    """A `TypeError` naming ``function`` (`fit_dask`, `fit_svi_dask`, `fit_triplets`) and
+    the `VBNMF` parameters it passes on, for a keyword that is none of them (Python's own
+    said "VBNMF.__init__() got an unexpected keyword argument", naming a call the user did
+    not make); ``chosen``: parameters ``function`` sets itself, left out of the list."""
+    accepted = sorted(set(VBNMF._get_param_names()) - {"n_components"} - set(chosen))
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"{function}() got an unexpected keyword argument {unknown[0]!r}: its keywords "
+            f"are VBNMF's parameters, {', '.join(accepted)}"
+        )

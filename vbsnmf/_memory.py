@@ -29,7 +29,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ._utils import counted
+from ._utils import counted, is_integer
 
 # The arrays of (rows + columns) x K alive at the peak of an iteration, measured with
 # tracemalloc (tests/test_numerics.py checks the estimate against a measured peak).
@@ -266,9 +266,7 @@ def check_cells_form_memory(
     it reads at a time, need more memory than is available: before the pass over the
     file, which the OOM killer ended with no message. An ``n_components`` that is not an
     integer is left to the validation that follows."""
-    if guard_disabled() or isinstance(n_components, bool):
-        return
-    if not isinstance(n_components, (int, np.integer)):
+    if guard_disabled() or not is_integer(n_components):
         return
     n_arrays = _CELLS_FORM_ARRAYS[bool(learned_prior)]
     needed = (int(shape[0]) + int(shape[1])) * int(n_components) * n_arrays
@@ -313,7 +311,7 @@ def check_fit_memory(
     """
     if guard_disabled():
         return None
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+    if not is_integer(n_components):
         return None
     if sp.issparse(X) and X.ndim == 2:
         major_layout = "csr" if X.shape[0] >= X.shape[1] else "csc"

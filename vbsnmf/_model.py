@@ -41,7 +41,7 @@ from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels, _nndsvd
 from ._data import CountData, as_count_data, compressed_totals
-from ._utils import compute_dask, counted, is_dask_array, warn_user
+from ._utils import compute_dask, counted, is_dask_array, is_integer, warn_user
 from ._validation import PRIOR_SHAPE_RANGE, numbers_from_objects, refuse_masked
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -1544,7 +1544,7 @@ def seed_entropy(random_state) -> int:
         return int(random_state.integers(2**63))
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**62))
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+    if not is_integer(random_state):
         raise TypeError(
             "random_state must be None, a non-negative integer, a numpy Generator or a "
             f"RandomState, got {random_state!r}"

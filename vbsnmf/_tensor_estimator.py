@@ -18,7 +18,7 @@ from ._batch import AcceleratedSaves, AcceleratedState, start_accelerated, trace
 from ._checkpoint import Checkpointer, recorded_seed, restored_elbo_iter, warn_if_beyond
 from ._memory import InsufficientMemoryError, available_memory, format_bytes, guard_disabled
 from ._svi import refuse_no_nonzeros, resumed_svi_progress
-from ._utils import float_indices_hint, numba_threads, warn_user
+from ._utils import float_indices_hint, is_integer, numba_threads, warn_user
 from ._validation import (
     NonCountWarning,
     cast_quietly,
@@ -422,7 +422,7 @@ def _check_shape(
         shape = tuple(shape)
     except TypeError:
         raise TypeError(f"shape must be a sequence of integers, got {shape!r}") from None
-    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in shape):
+    if any(not is_integer(n) for n in shape):
         raise TypeError(f"shape must be a sequence of integers, got {shape!r}")
     if len(shape) != n_modes:
         hint = ""
@@ -448,7 +448,7 @@ def _first_bad(mask: np.ndarray) -> tuple[int, int]:
 
 
 def _check_integer(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -136,7 +136,7 @@ def check_n_threads(n_threads: int | None) -> int:
     available = numba.config.NUMBA_NUM_THREADS
     if n_threads is None:
         return available
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+    if not is_integer(n_threads):
         raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}")
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
@@ -728,7 +728,7 @@ def check_genes_of_one_fit(genes, key: str, record: dict, where: str) -> None:
     n_genes = record.get("n_genes")
     if n_genes is None:
         return
-    if not _is_integer(n_genes) or n_genes < 1:
+    if not is_integer(n_genes) or n_genes < 1:
         raise damaged_record(f"adata.uns[{key!r}]['n_genes']", reprlib.repr(n_genes))
     loadings = genes.varm.get(record["varm_key"])
     if loadings is None or is_dask_array(loadings):
@@ -786,7 +786,7 @@ def check_fit_record(record: dict, where: str) -> None:
             f"{where}['params']", f"{reprlib.repr(params)}, not a dict of settings"
         )
     n_components = record_entry(params, "n_components", f"{where}['params']")
-    if not _is_integer(n_components) or n_components < 1:
+    if not is_integer(n_components) or n_components < 1:
         raise damaged_record(f"{where}['params']['n_components']", reprlib.repr(n_components))
     for name in ("obsm_key", "usage_key", "sqrt_usage_key", "varm_key"):
         if not isinstance(record[name], str):
@@ -797,7 +797,7 @@ def check_fit_record(record: dict, where: str) -> None:
             f"{where}['active']",
             f"not {n_components} booleans, one per factor: {reprlib.repr(active)}",
         )
-    if not _is_integer(record["n_iter"]):
+    if not is_integer(record["n_iter"]):
         raise damaged_record(
             f"{where}['n_iter']", f"{reprlib.repr(record['n_iter'])}, not an integer"
         )
@@ -863,8 +863,13 @@ def check_factor_columns(where: str, values: np.ndarray, n_components: int) -> N
         )
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+def is_integer(value) -> bool:
+    """``value`` is a whole number where a count is expected: an int or numpy integer, not
+    a bool nor a duration (numpy makes ``np.timedelta64`` a subclass of ``np.integer``, so
+    ``np.timedelta64(3)`` passed every integer check as 3)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(
+        value, (bool, np.bool_, np.timedelta64)
+    )
 
 
 def elbo_iterations(info: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _kernels
-from ._utils import warn_user
+from ._utils import is_integer, warn_user
 
 
 class CorruptMatrixError(ValueError):
@@ -766,7 +766,7 @@ def check_verbose(value) -> bool:
     and a level below 0 is a `ValueError`, as every other integer below its minimum."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, np.integer)):
+    if is_integer(value):
         if value < 0:
             raise ValueError(f"verbose must be True, False or an int >= 0, got {value!r}")
         return value > 0
@@ -858,7 +858,7 @@ def refuse_masked(values, name: str, advice: str) -> None:
 
 def check_n_components(n_components, shape) -> int:
     """``n_components`` must be an integer in [1, min(shape)]."""
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+    if not is_integer(n_components):
         raise TypeError(f"n_components must be an integer, got {n_components!r}")
     if not 1 <= n_components <= min(shape):
         raise ValueError(
@@ -870,7 +870,7 @@ def check_n_components(n_components, shape) -> int:
 
 def check_iterations(value, name: str, minimum: int = 1) -> int:
     """An integer parameter (iterations, epochs) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -879,8 +879,8 @@ def check_iterations(value, name: str, minimum: int = 1) -> int:
 
 def refuse_non_number(value, name: str) -> None:
     """A `TypeError` unless ``value`` is a real number: float() would take True as 1.0 and
-    text such as "1e-3" as a number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    text such as "1e-3" as a number, and np.timedelta64(3) (an np.integer) as 3.0."""
+    if not (is_integer(value) or isinstance(value, (float, np.floating))):
         raise TypeError(f"{name} must be a number, got {value!r:.80}")
 
 

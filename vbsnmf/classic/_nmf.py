@@ -29,7 +29,7 @@ from .._base import (
 )
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
-from .._utils import counted, warn_user
+from .._utils import counted, is_integer, warn_user
 from .._validation import (
     check_finite_product,
     check_flag,
@@ -469,7 +469,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self.solver == "mu" and spec.alpha == 0.0:
             raise ValueError("the AB multiplicative update needs alpha != 0")
         max_iter = self.max_iter
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        if not is_integer(max_iter) or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         for name in ("epsilon", "tol"):
             value = getattr(self, name)
@@ -491,7 +491,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         n_components = self.n_components
         # a TypeError for a non-integer, as VBNMF and tl.nmf (also with a classical solver)
         # give it: 2.0 was a ValueError here and True a TypeError; the range is a ValueError
-        if isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral):
+        if not is_integer(n_components):
             raise TypeError(f"n_components must be an integer, got {n_components!r}")
         if n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
@@ -636,7 +636,7 @@ def _check_seed(random_state) -> None:
         random_state, (np.random.Generator, np.random.RandomState)
     ):
         return
-    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+    if not is_integer(random_state):
         raise TypeError(
             "random_state must be None, an integer, a numpy Generator or RandomState, "
             f"got {random_state!r}"

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _kernels
+from .._utils import is_integer
 from .._validation import refuse_masked, small_dense
 
 # Q is floored here at the stored entries, as scikit-learn does (its EPSILON), so that a
@@ -380,7 +381,7 @@ def check_parameter(value, name: str) -> float:
     ValueError
         NaN or infinite, or an int beyond the float range.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not (is_integer(value) or isinstance(value, (float, np.floating))):
         raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)

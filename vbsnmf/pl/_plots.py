@@ -36,6 +36,7 @@ from .._utils import (
     elbo_iterations,
     fit_info,
     is_dask_array,
+    is_integer,
     stored_record,
 )
 from ..io._stored import anndata_x
@@ -593,7 +594,7 @@ def factors(
             "one with components=[factor], or leave ax out"
         )
     # a TypeError for what is no integer, as n_genes, n_neighbors and n_components give it
-    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)):
+    if not is_integer(ncols):
         raise TypeError(f"ncols must be a positive integer, got {ncols!r}")
     if ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
@@ -656,7 +657,7 @@ def factors(
         pass
     # real numbers only: a complex one (np.number) lost its imaginary part, or reached
     # matplotlib
-    elif isinstance(vmax, bool) or not isinstance(vmax, (int, float, np.integer, np.floating)):
+    elif not (is_integer(vmax) or isinstance(vmax, (float, np.floating))):
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
     else:
         vmax = _scale_top(vmax)
@@ -1271,7 +1272,7 @@ def _k_selection(adata, key: str) -> tuple[pd.DataFrame, np.ndarray, int]:
     if "suggested_k" not in stored:
         raise KeyError(f"{where} has no 'suggested_k' entry; {again}")
     suggested = stored["suggested_k"]
-    integer = isinstance(suggested, (int, np.integer)) and not isinstance(suggested, bool)
+    integer = is_integer(suggested)
     if not integer or suggested not in ks:
         raise ValueError(
             f"{where}['suggested_k'] is {suggested!r}, not one of the Ks of its table; {again}"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._utils import counted, missing_package_advice, record_kind
+from .._utils import counted, is_integer, missing_package_advice, record_kind
 from .._validation import check_iterations
 from ..io._stored import anndata_x
 from ..tl._stored import (
@@ -261,7 +261,7 @@ def _check_seed(random_state) -> None:
     made its own AnnData."""
     if random_state is None or isinstance(random_state, np.random.RandomState):
         return
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral):
+    if not is_integer(random_state):
         raise TypeError(
             "random_state must be None, an integer or a numpy RandomState (scanpy's seeds), "
             f"got {random_state!r}"

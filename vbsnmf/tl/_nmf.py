@@ -31,6 +31,7 @@ from .._utils import (
     elbo_iterations,
     finite_fit_array,
     is_dask_array,
+    is_integer,
     library_versions,
     numba_threads,
     utf8_text,
@@ -522,7 +523,7 @@ def nmf(
         settings["layer"] = layer
     if isinstance(mask_var, str):
         settings["mask_var"] = mask_var
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+    if is_integer(random_state):
         settings["random_state"] = _storable_int(int(random_state))
     settings.update(_storable(fit_params))
     if not on_dask:
@@ -626,7 +627,7 @@ def _warn_no_active(threshold: float, default: bool, n_cells: int) -> None:
 
 def check_share(value) -> float:
     """``min_share``: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not (is_integer(value) or isinstance(value, (float, np.floating))):
         raise TypeError(f"min_share must be a number, got {type(value).__name__}")
     if not 0 <= value < 1:
         raise ValueError(f"min_share must be in [0, 1), got {value!r}")

@@ -23,7 +23,14 @@ from .._model import (
     kept_if_failed,
     recording_outcome,
 )
-from .._utils import check_anndata, check_n_threads, is_dask_array, library_versions, warn_user
+from .._utils import (
+    check_anndata,
+    check_n_threads,
+    is_dask_array,
+    is_integer,
+    library_versions,
+    warn_user,
+)
 from .._validation import check_tolerance
 from ._counts import MASKED, check_count_matrix, select_counts
 from ._nmf import (
@@ -317,7 +324,7 @@ def select_k(
             ]
         ]
         params = {"ks": np.asarray(ks), "solver": solver}
-        if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        if is_integer(random_state):
             params["random_state"] = _storable_int(int(random_state))
         if tolerance is not None:
             params["tolerance"] = float(tolerance)
@@ -460,7 +467,7 @@ def _check_ks(ks) -> list[int]:
     if not ks:
         raise ValueError("ks is empty; give the numbers of factors to try")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not is_integer(k) or k < 1:
             # a numpy number as a Python one: np.linspace's grid was named "np.float64(2.0)"
             shown = k.item() if isinstance(k, np.generic) else k
             raise ValueError(f"ks must hold positive integers, got {shown!r}")

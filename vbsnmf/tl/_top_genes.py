@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_factor_columns, check_fit_entries, counted, finite_fit_array
+from .._utils import check_factor_columns, check_fit_entries, counted, finite_fit_array, is_integer
 from .._validation import numbers_from_objects, refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
@@ -137,14 +137,12 @@ def top_genes(
     if not isinstance(sort_by, str) or sort_by not in ("loading", "specificity", "score"):
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
     # a TypeError for a non-integer (5.0), as n_components gets it; the range a ValueError
-    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)):
+    if not is_integer(n_genes):
         raise TypeError(f"n_genes must be an integer, got {n_genes!r}")
     if n_genes < 1:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
     # numpy's floats too: np.float32(2) was refused as "not a number"
-    if isinstance(min_counts, bool) or not isinstance(
-        min_counts, (int, float, np.integer, np.floating)
-    ):
+    if not (is_integer(min_counts) or isinstance(min_counts, (float, np.floating))):
         raise TypeError(f"min_counts must be a number, got {type(min_counts).__name__}")
     try:
         finite = np.isfinite(float(min_counts))

@@ -37,6 +37,7 @@ BOTTOM_LAYER = {
     "_checkpoint",
     "_memory",
     "_lazy",
+    "_quoting",
     "_data",
     "_kernels",
 }

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from ._quoting import quoted_path
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; leftovers are reported, never removed
@@ -482,11 +484,13 @@ def check_target(target: Path) -> None:
         if os.path.lexists(target.parent):  # said to "not exist", a file the user could see
             raise NotADirectoryError(
                 errno.ENOTDIR,
-                f"the folder for {target.name} is a file, not a folder",
+                f"the folder for {quoted_path(target.name)} is a file, not a folder",
                 str(target.parent),
             )
         raise FileNotFoundError(
-            errno.ENOENT, f"the folder for {target.name} does not exist", str(target.parent)
+            errno.ENOENT,
+            f"the folder for {quoted_path(target.name)} does not exist",
+            str(target.parent),
         )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there; name a file", str(target))
@@ -577,7 +581,7 @@ def atomic_directory(
     """
     target = link_followed(Path(target))
     if os.path.lexists(target) and not overwrite:
-        raise FileExistsError(f"{target} already exists (use --force to replace it)")
+        raise FileExistsError(f"{quoted_path(target)} already exists (use --force to replace it)")
     check_name_length(target)
 
     # made private (0700) while it replaces a folder, whose permissions it takes at the end
@@ -611,8 +615,8 @@ def atomic_directory(
             _folder_permissions(target, temporary, replacing=False, private=private)
             kept = _keep_beside(temporary, target)
             raise FileExistsError(
-                f"{target} appeared while writing, and was left as it is; the new output is "
-                f"in {kept}"
+                f"{quoted_path(target)} appeared while writing, and was left as it is; the new "
+                f"output is in {quoted_path(kept)}"
             )
         if replacing and replaceable is not None:
             try:
@@ -621,7 +625,9 @@ def atomic_directory(
                 # the work is done: lose neither the user's files nor hours of fit
                 _folder_permissions(target, temporary, replacing=True)
                 kept = _keep_beside(temporary, target)
-                raise type(refused)(f"{refused}; the new output is in {kept}") from None
+                raise type(refused)(
+                    f"{refused}; the new output is in {quoted_path(kept)}"
+                ) from None
         _folder_permissions(target, temporary, replacing=replacing, private=private)
         try:
             # The old target out, the new one in and the old one deleted, or none of it: a
@@ -790,8 +796,8 @@ def _remove_retired(retired: Path, lock: int | None, target: Path) -> None:
     except OSError as error:
         raise OSError(
             error.errno,
-            f"{target} was written in full, but the output it replaced could not be deleted "
-            f"({error.strerror}); it is left in",
+            f"{quoted_path(target)} was written in full, but the output it replaced could not be "
+            f"deleted ({error.strerror}); it is left in",
             str(retired),
         ) from None
     finally:

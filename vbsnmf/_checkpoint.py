@@ -35,6 +35,7 @@ from ._atomic import (
     lock_holder,
     take_lock_file,
 )
+from ._quoting import quoted_path
 from ._utils import warn_user
 
 # Written into every checkpoint's metadata: what tells a checkpoint from other .npz files.
@@ -61,8 +62,8 @@ def in_use_message(path, lock: Path) -> str:
     """Why a fit may not use checkpoint ``path``: another holds its lock file ``lock``."""
     by = lock_holder(lock) or "another process"
     return (
-        f"checkpoint {path} belongs to a fit running now ({by} holds {lock.name} beside "
-        "it); wait for it to finish or name another checkpoint"
+        f"checkpoint {quoted_path(path)} belongs to a fit running now ({by} holds "
+        f"{quoted_path(lock.name)} beside it); wait for it to finish or name another checkpoint"
     )
 
 
@@ -70,9 +71,9 @@ def foreign_lock_message(path, lock: Path) -> str:
     """Why a fit may not use checkpoint ``path``: a file of the user's is where it keeps its
     lock file, ``lock``."""
     return (
-        f"checkpoint {path} needs the lock file {lock} beside it, but something of that name "
-        "is there that is not a lock file of vbsnmf's; vbsnmf leaves it as it is: move it, "
-        "or name another checkpoint"
+        f"checkpoint {quoted_path(path)} needs the lock file {quoted_path(lock)} beside it, but "
+        "something of that name is there that is not a lock file of vbsnmf's; vbsnmf leaves it as "
+        "it is: move it, or name another checkpoint"
     )
 
 
@@ -126,7 +127,9 @@ def _reading(path):
     path = Path(path)
     if path.exists() and not (path.is_file() or path.is_dir()):
         # np.load of a FIFO waits for a writer for ever; a device streams for ever
-        raise CheckpointError(f"checkpoint {path} is not a regular file (a pipe, device or socket)")
+        raise CheckpointError(
+            f"checkpoint {quoted_path(path)} is not a regular file (a pipe, device or socket)"
+        )
     try:
         # opened here, not by np.load: a truncated archive left numpy's handle open (the
         # error's traceback held it) on the file the message asks the user to remove
@@ -139,9 +142,11 @@ def _reading(path):
     except CheckpointError:
         raise
     except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file") from None
+        raise CheckpointError(f"checkpoint {quoted_path(path)} is a folder, not a file") from None
     except PermissionError:
-        raise CheckpointError(f"checkpoint {path} cannot be read (permission denied)") from None
+        raise CheckpointError(
+            f"checkpoint {quoted_path(path)} cannot be read (permission denied)"
+        ) from None
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
@@ -151,8 +156,8 @@ def _reading(path):
         elif len(reason) > 120:
             reason = reason[:120].rsplit(" ", 1)[0] + " ..."
         raise CheckpointError(
-            f"{path} is not a vbsnmf checkpoint (unreadable, empty, truncated or another "
-            f"kind of file: {reason}); name another path or remove it"
+            f"{quoted_path(path)} is not a vbsnmf checkpoint (unreadable, empty, truncated or "
+            f"another kind of file: {reason}); name another path or remove it"
         ) from None
 
 
@@ -176,28 +181,28 @@ def _array(stored, name: str, path) -> np.ndarray:
         if claimed <= stored_bytes:  # a real array too large for this machine
             raise
         raise CheckpointError(
-            f"{path} is not a vbsnmf checkpoint (damaged: its array {name} claims "
-            f"{claimed:,} bytes, and the file holds {stored_bytes:,} for it); name another "
-            "path or remove it"
+            f"{quoted_path(path)} is not a vbsnmf checkpoint (damaged: its array {name} claims "
+            f"{claimed:,} bytes, and the file holds {stored_bytes:,} for it); name another path or "
+            "remove it"
         ) from None
 
 
 def _meta(stored, path) -> dict:
     if "__meta__" not in stored.files:
         raise CheckpointError(
-            f"{path} is not a vbsnmf checkpoint (an archive without vbsnmf's metadata); "
-            "name another path or remove it"
+            f"{quoted_path(path)} is not a vbsnmf checkpoint (an archive without vbsnmf's "
+            "metadata); name another path or remove it"
         )
     try:
         meta = json.loads(str(_array(stored, "__meta__", path)))
     except RecursionError:  # JSON nested deeper than Python's stack: damaged, not a crash
         raise CheckpointError(
-            f"{path} is not a vbsnmf checkpoint (its metadata nests deeper than any "
+            f"{quoted_path(path)} is not a vbsnmf checkpoint (its metadata nests deeper than any "
             "checkpoint's); name another path or remove it"
         ) from None
     if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
         raise CheckpointError(
-            f"{path} is not a vbsnmf checkpoint (its metadata is not vbsnmf's); name "
+            f"{quoted_path(path)} is not a vbsnmf checkpoint (its metadata is not vbsnmf's); name "
             "another path or remove it"
         )
     return meta
@@ -263,24 +268,25 @@ def check_config(meta: dict, config: dict, path) -> None:
     stored = meta.get("config", {})
     if not isinstance(stored, dict):
         raise CheckpointError(
-            f"checkpoint {path} is damaged: its settings are {stored!r}; remove it to start over"
+            f"checkpoint {quoted_path(path)} is damaged: its settings are {stored!r}; remove it to "
+            "start over"
         )
     start_over = "remove it, or start over without resuming"
     if _recorded_before_solver(stored):
         # its settings under their first names: compared key by key, the same fit was
         # refused as "a different fit (method: checkpoint 'batch' vs now None, ...)"
         raise CheckpointMismatchError(
-            f"checkpoint {path} was written by an earlier version of vbsnmf, which recorded "
-            f"the fit's settings under other names (method={stored['method']!r}, where this "
-            "version records solver, and the prior as prior_shape and prior_rate): this "
+            f"checkpoint {quoted_path(path)} was written by an earlier version of vbsnmf, which "
+            f"recorded the fit's settings under other names (method={stored['method']!r}, where "
+            "this version records solver, and the prior as prior_shape and prior_rate): this "
             f"version cannot resume it; {start_over}"
         )
     written_by, fitting = _estimator_of(stored), _estimator_of(config)
     # the two estimators record some settings by other names: say whose checkpoint it is
     if stored and written_by != fitting:
         raise CheckpointMismatchError(
-            f"checkpoint {path} was written by {written_by}, and this is a {fitting} fit; "
-            f"{start_over}"
+            f"checkpoint {quoted_path(path)} was written by {written_by}, and this is a {fitting} "
+            f"fit; {start_over}"
         )
     stored = {**{k: v for k, v in LATER_KEY_VALUES.items() if k in config}, **stored}
     stored, config = _batch_as_run(stored), _batch_as_run(config)
@@ -296,16 +302,17 @@ def check_config(meta: dict, config: dict, path) -> None:
     if not differing:
         if threads:  # a resume on a machine of fewer cores was refused: hours of fit lost
             warn_user(
-                f"checkpoint {path} was written with n_threads={stored.get('n_threads')!r}; "
-                f"this fit runs n_threads={config.get('n_threads')!r}: it continues, the same "
-                "fit to rounding, not bit for bit the uninterrupted one",
+                f"checkpoint {quoted_path(path)} was written with "
+                f"n_threads={stored.get('n_threads')!r}; this fit runs "
+                f"n_threads={config.get('n_threads')!r}: it continues, the same fit to rounding, "
+                "not bit for bit the uninterrupted one",
                 UserWarning,
             )
         return
     if differing == ["data_fingerprint"]:
         raise CheckpointMismatchError(
-            f"checkpoint {path} was written for other data (the same shape, nonzeros and "
-            f"total count, but other counts or counts at other positions, such as cells or "
+            f"checkpoint {quoted_path(path)} was written for other data (the same shape, nonzeros "
+            "and total count, but other counts or counts at other positions, such as cells or "
             f"genes in another order); {start_over}"
         )
     # the fingerprint is a hash, which says nothing a user can check: other counts are
@@ -325,7 +332,7 @@ def check_config(meta: dict, config: dict, path) -> None:
         details += f"; {TRANSPOSED_DATA}"
         start_over = f"pass the data as the checkpoint's fit read them, or {start_over}"
     raise CheckpointMismatchError(
-        f"checkpoint {path} was written {written} ({details}); {start_over}"
+        f"checkpoint {quoted_path(path)} was written {written} ({details}); {start_over}"
     )
 
 
@@ -541,7 +548,9 @@ def check_state(arrays: dict[str, np.ndarray], meta: dict, config: dict, path) -
     per_entry = learned or config.get("mask") is not None  # rates per entry
 
     def damaged(what: str):
-        return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
+        return CheckpointError(
+            f"checkpoint {quoted_path(path)} is damaged: {what}; remove it to start over"
+        )
 
     def check_array(name: str, shapes, dtype) -> None:
         if name not in arrays:
@@ -859,8 +868,8 @@ class Checkpointer:
             return None
         if not resume:
             warn_user(
-                f"checkpoint {self.path} holds a saved fit, which this fit overwrites "
-                "(resume=False): pass resume=True to continue that fit instead",
+                f"checkpoint {quoted_path(self.path)} holds a saved fit, which this fit "
+                "overwrites (resume=False): pass resume=True to continue that fit instead",
                 UserWarning,
             )
             return None
@@ -895,8 +904,8 @@ class Checkpointer:
         held no lock (its folder did not exist yet), and would be overwritten."""
         if _identity(self.path) not in (None, self._found, self._saved):
             raise CheckpointError(
-                f"checkpoint {self.path} was saved by another fit while this one ran (its "
-                "folder did not exist yet when this fit began, so it held no lock there); "
+                f"checkpoint {quoted_path(self.path)} was saved by another fit while this one ran "
+                "(its folder did not exist yet when this fit began, so it held no lock there); "
                 "this fit stops rather than overwrite it: name another checkpoint"
             )
 
@@ -909,10 +918,10 @@ class Checkpointer:
         self._lock = None
         if _identity(self.path) not in (None, self._saved):
             raise CheckpointError(
-                f"the lock file {lock} of checkpoint {self.path} was removed during the fit "
-                "(with the checkpoint's folder?), and the checkpoint there now is not this "
-                "fit's last save: another fit may be saving there; this fit stops rather "
-                "than overwrite it"
+                f"the lock file {quoted_path(lock)} of checkpoint {quoted_path(self.path)} was "
+                "removed during the fit (with the checkpoint's folder?), and the checkpoint there "
+                "now is not this fit's last save: another fit may be saving there; this fit stops "
+                "rather than overwrite it"
             )
 
     def _make_folder(self) -> None:
@@ -923,9 +932,9 @@ class Checkpointer:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise CheckpointError(
-                f"checkpoint {self.path} cannot be saved: {folder} is not a folder (was the "
-                "checkpoint's folder replaced by a file during the fit?); move that file, or "
-                "name another checkpoint"
+                f"checkpoint {quoted_path(self.path)} cannot be saved: {quoted_path(folder)} is "
+                "not a folder (was the checkpoint's folder replaced by a file during the fit?); "
+                "move that file, or name another checkpoint"
             ) from None
 
 

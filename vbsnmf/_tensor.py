@@ -72,6 +72,7 @@ from ._checkpoint import (
     rounding_of_elbo,
 )
 from ._model import GammaPrior
+from ._quoting import quoted_path
 from ._svi import (
     close_owed_epoch,
     end_of_epoch,
@@ -796,7 +797,9 @@ def check_checkpoint(arrays: dict[str, np.ndarray], meta: dict, config: dict, pa
     learned = config.get("prior") == "hierarchical"
 
     def damaged(what: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} is damaged: {what}; remove it to start over")
+        return CheckpointError(
+            f"checkpoint {quoted_path(path)} is damaged: {what}; remove it to start over"
+        )
 
     accelerated = config.get("accelerate") is True  # what the fit saved, whatever is there
     prefixes = ("current_", "kept_") if accelerated else ("",)

@@ -39,7 +39,7 @@ from functools import partial
 from pathlib import Path
 
 from . import __version__
-from .io._errors import quoted_path
+from ._quoting import quoted_path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What --version prints (argparse, and `main` without building the parser)
@@ -632,7 +632,8 @@ def _fit(
 ) -> float:
     """`vbsnmf.tl.nmf` with a progress bar on stderr; returns the seconds taken.
     ``matrix_file``: the input, when it holds one matrix and no AnnData; ``anndata_file``:
-    the input, when it is an AnnData (`_as_options`); ``notes``: lines told once the fit
+    the input, when it is an AnnData (`_as_options`), each as messages name it
+    (`quoted_path`); ``notes``: lines told once the fit
     runs, as the note below."""
     if not quiet:  # the progress bar's; a --quiet fit shows none and runs without tqdm
         from tqdm.auto import tqdm
@@ -1074,7 +1075,7 @@ def _fit_checked(args, inputs, source: Path, outdir: Path) -> int:
     # passed its check, and with --force deleted the first's output at its end), and an
     # OUTDIR made while this one fits no longer costs the fit (`atomic_directory`)
     with _outdir_writer(outdir, args.force) as folder:
-        with _doing(f"reading {source}"):
+        with _doing(f"reading {quoted_path(source)}"):
             adata = read(
                 source,
                 genes_as_rows=args.genes_as_rows,
@@ -1089,10 +1090,10 @@ def _fit_checked(args, inputs, source: Path, outdir: Path) -> int:
                 f"{quoted_path(source)} has no X; name the counts with {' or '.join(stored)}"
             )
         if kind in ("h5ad", "zarr"):
-            seconds = _fit(adata, args, args.quiet, anndata_file=str(source))
+            seconds = _fit(adata, args, args.quiet, anndata_file=quoted_path(source))
         else:
-            seconds = _fit(adata, args, args.quiet, matrix_file=str(source))
-        with _doing(f"writing {outdir}"):
+            seconds = _fit(adata, args, args.quiet, matrix_file=quoted_path(source))
+        with _doing(f"writing {quoted_path(outdir)}"):
             summary = _write_fit(adata, args, folder, str(source), seconds)
     _report(outdir, summary, args.quiet)
     return EXIT_OK
@@ -1278,7 +1279,7 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
         if kind != "h5ad":
             target = folder / COUNTS_FILE if converted is None else converted
             try:
-                with _doing(f"converting {source}"):
+                with _doing(f"converting {quoted_path(source)}"):
                     mtx_to_h5ad(
                         source,
                         target,
@@ -1307,7 +1308,7 @@ def _convert_and_fit(args, source: Path, kind: str, outdir: Path, adata, convert
         try:
             input_file = {"anndata_file" if kind == "h5ad" else "matrix_file": str(source)}
             seconds = _fit(adata, args, args.quiet, notes=notes, **input_file)
-            with _doing(f"writing {outdir}"):
+            with _doing(f"writing {quoted_path(outdir)}"):
                 summary = _write_fit(adata, args, folder, str(source), seconds)
             if before is not None and _file_state(source) != before:
                 raise UsageError(
@@ -1412,7 +1413,7 @@ def _run_demo(args) -> int:
         color = "subpop" if "subpop" in adata.obs else None
         with _outdir_writer(outdir, args.force) as folder:  # before the fit, as `_fit_command`
             seconds = _fit(adata, args, args.quiet)
-            with _doing(f"writing {outdir}"):
+            with _doing(f"writing {quoted_path(outdir)}"):
                 summary = _write_fit(
                     adata, args, folder, f"vbsnmf.datasets.{args.dataset}", seconds
                 )
@@ -1435,7 +1436,7 @@ def _run_umap(args) -> int:
     _check_figure_path(args.output)
     if real_path(output) == real_path(args.result):
         raise UsageError(f"-o {quoted_path(output)} is RESULT.h5ad itself; name another file")
-    with _doing(f"reading {args.result}"):
+    with _doing(f"reading {quoted_path(args.result)}"):
         # a fit saved with adata.write_zarr, as 'vbsnmf fit' reads its inputs: refused as
         # "not a regular file", which named no format
         if Path(args.result).is_dir() and input_kind(args.result) == "zarr":
@@ -1593,7 +1594,7 @@ def _draw_umap(adata, output: Path, *, seed: int, **options) -> None:
 
     # scanpy's, umap's and matplotlib's notices are not for the person running the command;
     # vbsnmf's own (a one-factor fit's) are, attributed to this module by their stacklevel.
-    with warnings.catch_warnings(), _doing(f"drawing {output}"):
+    with warnings.catch_warnings(), _doing(f"drawing {quoted_path(output)}"):
         warnings.simplefilter("ignore")
         warnings.filterwarnings("always", category=UserWarning, module=__name__)
         axes = pl.umap(adata, random_state=seed, show=False, save=output, **options)

@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-# What makes a path in a message hard to tell from the words around it: whitespace (where
-# does "the folder sp ace for x" end?), quotes, or nothing at all.
-_NEEDS_QUOTES = re.compile(r"[\s'\"]|^$")
-
-
-def quoted_path(path: str | os.PathLike) -> str:
-    """``path`` as a message names it: as typed, or in shell quotes (`shlex.quote`'s) when
-    it holds whitespace or a quote or is empty, so that where it ends is clear and it can be
-    pasted back into a command line. Other names, non-ASCII letters included, are left as
-    they are."""
-    import shlex
-
-    text = os.fspath(path)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    return shlex.quote(text) if _NEEDS_QUOTES.search(text) else text
+from .._quoting import quoted_path
 
 
 class ReadError(ValueError):

@@ -37,8 +37,8 @@ from .._atomic import (
     owned_temporary,
     temporary_prefix,
 )
+from .._quoting import quoted_path
 from .._validation import check_flag
-from ._errors import quoted_path
 
 
 class UnsafePathError(ValueError):

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._quoting import quoted_path
 from .._utils import counted
 from .._validation import (
     check_flag,
@@ -153,14 +154,14 @@ def check_read_options(path: Path, genes_as_rows, row_names, col_names) -> str:
     oriented = genes_as_rows is not None and kind != "10x"
     if kind != "mtx" and (oriented or row_names is not None or col_names is not None):
         raise ValueError(
-            f"{path}: orientation and row/column name files apply to .mtx input only; "
+            f"{quoted_path(path)}: orientation and row/column name files apply to .mtx input only; "
             f"a {_KIND_NAMES[kind]} stores cells and genes with their names"
         )
     if kind == "mtx" and genes_as_rows is None:
         raise ValueError(
-            f"{path}: say which axis of the matrix holds the genes: "
-            "genes_as_rows=True (--genes-as-rows, the 10x convention) or False "
-            "(--cells-as-rows)" + _folder_advice(path)
+            f"{quoted_path(path)}: say which axis of the matrix holds the "
+            "genes: genes_as_rows=True (--genes-as-rows, the 10x "
+            "convention) or False (--cells-as-rows)" + _folder_advice(path)
         )
     return kind
 
@@ -173,8 +174,8 @@ def _folder_advice(matrix: Path) -> str:
     try:
         if tenx_files(folder)[0].name == matrix.name:
             return (
-                f"; or read the 10x folder {folder} that holds it, which names its genes "
-                "and cells (its features and barcodes files)"
+                f"; or read the 10x folder {quoted_path(folder)} that holds it, which names its "
+                "genes and cells (its features and barcodes files)"
             )
     except (ReadError, OSError):
         pass
@@ -378,10 +379,12 @@ def tenx_files(folder: Path) -> tuple[Path, Path, Path]:
         # that is there by name
         if path.is_symlink() and not path.exists():
             raise ReadError(
-                folder, f"{path.name} is a broken symbolic link (to {os.readlink(path)})"
+                folder,
+                f"{quoted_path(path.name)} is a broken symbolic link (to "
+                f"{quoted_path(os.readlink(path))})",
             )
         if path.exists() and not path.is_file():
-            raise ReadError(folder, f"{path.name} is not a file")
+            raise ReadError(folder, f"{quoted_path(path.name)} is not a file")
     present = [name for name in _TENX_ANY if (folder / name).is_file()]
     if not present:
         output = _output_folder_advice(folder)
@@ -509,7 +512,7 @@ def _output_folder_advice(folder: Path) -> str | None:
     if not files:
         return None
     what = {RESULT_FILE: "the counts with that fit", COUNTS_FILE: "the counts converted"}
-    named = " or ".join(f"{folder / name} ({what[name]})" for name in files)
+    named = " or ".join(f"{quoted_path(folder / name)} ({what[name]})" for name in files)
     return f"not a 10x folder but the output of a vbsnmf fit: give its {named} as the input"
 
 
@@ -1149,7 +1152,7 @@ def check_file(path: Path) -> None:
     if not path.is_file():
         outputs = output_folder_files(path) if path.is_dir() else []
         if outputs:  # `vbsnmf umap OUTDIR`: the result file in it is meant
-            raise ReadError(path, f"a folder, not a file: give {path / outputs[0]}")
+            raise ReadError(path, f"a folder, not a file: give {quoted_path(path / outputs[0])}")
         raise ReadError(path, "not a regular file")
     if not os.access(path, os.R_OK):
         raise ReadError(path, "permission denied")

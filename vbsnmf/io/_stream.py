@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from .._quoting import quoted_path
 from .._validation import (
     check_count_dtype,
     check_counts,
@@ -638,10 +639,10 @@ def open_source(X, *, genes_as_rows: bool | None = None) -> CellSource:
         if kind == "mtx" and genes_as_rows is None:
             # guessed as 10x's genes x cells, a cells x genes file was fitted transposed
             raise ValueError(
-                f"{path}: a Matrix Market file does not say which axis holds the genes; "
-                "convert it once with vbsnmf.io.mtx_to_h5ad(path, 'counts.h5ad', "
-                "genes_as_rows=True) (rows are genes, the 10x convention) or "
-                "genes_as_rows=False (rows are cells) and fit the .h5ad, or fit its 10x folder"
+                f"{quoted_path(path)}: a Matrix Market file does not say which axis holds the "
+                "genes; convert it once with vbsnmf.io.mtx_to_h5ad(path, 'counts.h5ad', "
+                "genes_as_rows=True) (rows are genes, the 10x convention) or genes_as_rows=False "
+                "(rows are cells) and fit the .h5ad, or fit its 10x folder"
             )
         if kind in ("10x", "mtx"):
             return _converted(path, kind == "10x" or genes_as_rows)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, failed_write, flush_to_disk, held_signals
+from .._quoting import quoted_path
 from .._utils import (
     check_anndata,
     check_factor_columns,
@@ -123,7 +124,9 @@ def write_nmf_tables(adata, folder: str | os.PathLike, *, key: str = "nmf") -> l
     check_folder_name("folder", folder)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is a file, not a folder to write the tables into")
+        raise NotADirectoryError(
+            f"{quoted_path(folder)} is a file, not a folder to write the tables into"
+        )
     tables = [*_factor_tables(adata, info, key), _trace_table(info)]
     for table in tables:
         if folder.is_dir():
@@ -253,8 +256,8 @@ def _warn_of_another_trace(folder: Path, written: str) -> None:
     other = LOSS_FILE if written == ELBO_FILE else ELBO_FILE
     if (folder / other).exists():
         warn_user(
-            f"{folder / other} is left from an earlier fit: the tables and {written} just "
-            f"written are of another kind of fit; delete {other} if it is not wanted",
+            f"{quoted_path(folder / other)} is left from an earlier fit: the tables and {written} "
+            f"just written are of another kind of fit; delete {other} if it is not wanted",
             UserWarning,
         )
 
@@ -441,7 +444,7 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         if not isinstance(error, IORegistryError) and not where:
             raise
         raise TypeError(
-            f"cannot write {path}: {error}" + (f" ({where})" if where else "")
+            f"cannot write {quoted_path(path)}: {error}" + (f" ({where})" if where else "")
         ) from None
 
 
@@ -464,9 +467,9 @@ def _check_result_name(path: Path) -> None:
     for suffix, what in _OTHER_FORMATS.items():
         if name.endswith(suffix):
             raise ValueError(
-                f"{path}: write_result writes an .h5ad (HDF5) file, but to vbsnmf.io.read a "
-                f"name ending in {suffix} is {what}, so the file would not read back: name "
-                f"it {path.name[: -len(suffix)] or 'result'}.h5ad"
+                f"{quoted_path(path)}: write_result writes an .h5ad (HDF5) file, but to "
+                f"vbsnmf.io.read a name ending in {suffix} is {what}, so the file would not read "
+                f"back: name it {quoted_path((path.name[: -len(suffix)] or 'result') + '.h5ad')}"
             )
 
 

@@ -22,6 +22,7 @@ from .._model import (
     kept_if_failed,
     seed_entropy,
 )
+from .._quoting import quoted_path
 from .._svi import EVAL_BLOCK_ROWS
 from .._utils import (
     booleans_as_objects,
@@ -387,7 +388,7 @@ def nmf(
         if anndata_x(adata) is None:  # as select_counts refuses an AnnData in memory
             raise ValueError("adata.X is None; pass layer= to name the counts")
         # an empty file as such (as in memory), not as a K out of range of min(shape) = 0
-        check_not_empty(adata.shape, f"{adata.filename} (X)")
+        check_not_empty(adata.shape, f"{quoted_path(adata.filename)} (X)")
         # before the pass over the file that sums the genes, as in memory before the check
         check_n_components(n_components, adata.shape)
         if mask_var is not None:
@@ -396,7 +397,7 @@ def nmf(
                 "streamed from disk: read it into memory (adata.to_memory()) or store the "
                 "genes to fit in their own file"
             )
-        matrix, var_names, source = adata, adata.var_names, f"{adata.filename} (X)"
+        matrix, var_names, source = adata, adata.var_names, f"{quoted_path(adata.filename)} (X)"
         gene_totals, n_without = _streamed_column_sums(adata, source)
     else:
         matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
@@ -966,11 +967,10 @@ def _check_resumed_after(fit_params: dict, stored_trace: np.ndarray) -> None:
     starts = np.flatnonzero(stored_trace[: stored_trace.size - trace.size + 1] == trace[0])
     if any(np.array_equal(stored_trace[i : i + trace.size], trace) for i in starts):
         raise ValueError(
-            f"warm_start with resume=True: checkpoint {checkpoint} holds the stored fit "
-            "itself (its ELBO trace is a part of the stored fit's), whose passes the warm "
-            "start would count twice; continue the stored fit with warm_start=True and "
-            "without resume (the checkpoint is overwritten), or resume the checkpoint "
-            "without warm_start"
+            f"warm_start with resume=True: checkpoint {quoted_path(checkpoint)} holds the stored "
+            "fit itself (its ELBO trace is a part of the stored fit's), whose passes the warm "
+            "start would count twice; continue the stored fit with warm_start=True and without "
+            "resume (the checkpoint is overwritten), or resume the checkpoint without warm_start"
         )
 
 

@@ -462,7 +462,7 @@ def check_outdir(
         )
     writing = clear_leftovers(
         path,
-        ((temporary_prefix(path, end), end) for end in (".tmp", ".old")),
+        _outdir_affixes(path),
         owned=owned,
         ours=_written_by_vbsnmf,
     )
@@ -502,19 +502,36 @@ def check_sole_writer(outdir: str | os.PathLike, own: Path) -> None:
         Another run is writing OUTDIR now.
     """
     path = Path(outdir)  # as `check_outdir` returns it: a link followed, as the writer does
-    patterns = [
-        re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(end) + r"\Z")
-        for prefix, end in ((temporary_prefix(path, end), end) for end in (".tmp", ".old"))
-    ]
     own = Path(own)
-    try:
-        found = sorted(own.parent.iterdir())  # where the writer makes its temporaries
-    except OSError:  # an unreadable folder: its own write fails and says so
-        return
-    for entry in found:
-        named = any(pattern.match(entry.name) for pattern in patterns)
-        if named and entry.name != own.name and held_by_writer(entry):
+    # where the writer makes its temporaries; an unreadable folder: its own write fails
+    # and says so
+    for entry in _named_temporaries(own.parent, _outdir_affixes(path)):
+        if entry.name != own.name and held_by_writer(entry):
             raise _another_run(outdir, entry)
+
+
+def _outdir_affixes(path: Path) -> list[tuple[str, str]]:
+    """The prefixes and suffixes of the temporaries `_atomic.atomic_directory` makes beside
+    OUTDIR ``path``: the new output's and the earlier one moved aside."""
+    return [(temporary_prefix(path, end), end) for end in (".tmp", ".old")]
+
+
+def _named_temporaries(folder: Path, affixes: Iterable[tuple[str, str]]) -> list[Path]:
+    """The entries of ``folder`` named as `_atomic` names its temporaries (``affixes``:
+    prefix and suffix around its 8 random characters), sorted; none where ``folder``
+    cannot be read."""
+    patterns = [
+        re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+        for prefix, suffix in affixes
+    ]
+    try:
+        return sorted(
+            entry
+            for entry in folder.iterdir()
+            if any(pattern.match(entry.name) for pattern in patterns)
+        )
+    except OSError:
+        return []
 
 
 def not_a_folder(path: Path) -> str:
@@ -588,18 +605,8 @@ def clear_leftovers(
     reported either: it is the user's.
     """
     owned = list(owned)
-    patterns = [
-        re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
-        for prefix, suffix in affixes
-    ]
-    try:
-        found = sorted(
-            entry
-            for entry in path.parent.iterdir()
-            if any(pattern.match(entry.name) for pattern in patterns)
-        )
-    except OSError:  # an unreadable folder: the checks that follow say what is wrong
-        return []
+    # an unreadable folder gives none: the checks that follow say what is wrong
+    found = _named_temporaries(path.parent, affixes)
     found = [entry for entry in found if _overlap(entry, owned) is None]
     hidden = [entry for entry in found if (entry / "previous").is_dir()]
     sizes = {entry: _size_of(entry) for entry in found}  # before any is removed

@@ -71,6 +71,28 @@ def plotted_fit():
 
 
 @pytest.fixture(scope="module")
+def plotted_selection(plotted_fit):
+    """`plotted_fit` with a K selection of two Ks under ``.uns['nmf_k_selection']``, for the
+    plots of a selection. The plot tests share it and must not edit it (they copy it)."""
+    adata = plotted_fit.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vbsnmf.tl.select_k(adata, [1, 2], max_iter=5, n_threads=1)
+    return adata
+
+
+@pytest.fixture
+def no_open_figures():
+    """The test starts with pyplot holding no figure, and leaves none (plot modules use it
+    for every test: ``pytestmark = pytest.mark.usefixtures("no_open_figures")``)."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
 def client():
     """An in-process Dask cluster of one single-threaded worker and a client of it, one per
     test module (a module that needs another cluster defines its own ``client``)."""

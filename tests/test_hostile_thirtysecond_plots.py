@@ -5,7 +5,6 @@ several factors. Guards pin what the plots draw against the stored numbers."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -22,24 +21,7 @@ import pytest
 import vbsnmf
 from vbsnmf import pl
 
-
-@pytest.fixture(scope="module")
-def fitted(plotted_fit):
-    """`conftest.plotted_fit` (pbmc_tiny cells with a K=3 fit, an embedding and clusters)
-    with a K selection of two Ks under ``.uns['nmf_k_selection']``."""
-    adata = plotted_fit.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vbsnmf.tl.select_k(adata, [1, 2], max_iter=5, n_threads=1)
-    return adata
-
-
-@pytest.fixture(autouse=True)
-def _no_open_figures():
-    """Each test starts with pyplot holding no figure, and leaves none."""
-    plt.close("all")
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("no_open_figures")
 
 
 _PLOTS = {
@@ -61,48 +43,50 @@ _PLOTS = {
     ],
     ids=["missing-folder", "unknown-suffix", "string-path", "number"],
 )
-def test_refused_save_leaves_no_figure_open(fitted, tmp_path, monkeypatch, plot, save, error):
+def test_refused_save_leaves_no_figure_open(
+    plotted_selection, tmp_path, monkeypatch, plot, save, error
+):
     # the save was checked once the figure was drawn: refused, the figure stayed open in
     # pyplot (drawn under the error in a notebook, piling up in a loop)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(error):
-        _PLOTS[plot](fitted, save)
+        _PLOTS[plot](plotted_selection, save)
     assert plt.get_fignums() == []
     assert list(tmp_path.iterdir()) == []
 
 
-def test_factors_percentile_scale_of_the_cells_mask_obs_keeps(fitted):
+def test_factors_percentile_scale_of_the_cells_mask_obs_keeps(plotted_selection):
     # the percentile was of every cell, masked ones too, where scanpy (and the docstring:
     # "the values of all drawn panels") takes it of the cells drawn in colour
-    keep = np.arange(fitted.n_obs) % 3 == 0
-    active = np.flatnonzero(fitted.uns["nmf"]["active"])
-    usage = fitted.obsm["X_nmf_usage"][:, active]
+    keep = np.arange(plotted_selection.n_obs) % 3 == 0
+    active = np.flatnonzero(plotted_selection.uns["nmf"]["active"])
+    usage = plotted_selection.obsm["X_nmf_usage"][:, active]
     assert not np.isclose(np.percentile(usage[keep], 99), np.percentile(usage, 99))
-    axes = pl.factors(fitted, mask_obs=keep, vmax="p99", show=False)
+    axes = pl.factors(plotted_selection, mask_obs=keep, vmax="p99", show=False)
     for ax in axes:
         assert ax.collections[0].get_clim() == pytest.approx((0.0, np.percentile(usage[keep], 99)))
     # the same cells named by a boolean .obs column
-    adata = fitted.copy()
+    adata = plotted_selection.copy()
     adata.obs["keep"] = keep
     by_name = pl.factors(adata, mask_obs="keep", vmax="p90", show=False)
     assert by_name[0].collections[0].get_clim()[1] == pytest.approx(np.percentile(usage[keep], 90))
 
 
-def test_factors_percentile_scale_with_a_mask_keeping_no_cell(fitted):
+def test_factors_percentile_scale_with_a_mask_keeping_no_cell(plotted_selection):
     # numpy's bare IndexError once the percentile was of the kept cells; a number as vmax
     # still draws every cell grey, as scanpy does
-    nothing = np.zeros(fitted.n_obs, dtype=bool)
+    nothing = np.zeros(plotted_selection.n_obs, dtype=bool)
     with pytest.raises(ValueError, match=r"mask_obs= keeps no cell, so vmax='p99'"):
-        pl.factors(fitted, mask_obs=nothing, show=False)
-    assert len(pl.factors(fitted, mask_obs=nothing, vmax=1.0, show=False)) == 3
+        pl.factors(plotted_selection, mask_obs=nothing, show=False)
+    assert len(pl.factors(plotted_selection, mask_obs=nothing, vmax=1.0, show=False)) == 3
 
 
-def test_factors_mask_obs_as_a_list(fitted):
+def test_factors_mask_obs_as_a_list(plotted_selection):
     # scanpy read the mask's dtype: its bare AttributeError "'list' object has no
     # attribute 'dtype'"
-    keep = np.arange(fitted.n_obs) % 2 == 0
-    by_list = pl.factors(fitted, mask_obs=[bool(cell) for cell in keep], show=False)
-    by_array = pl.factors(fitted, mask_obs=keep, show=False)
+    keep = np.arange(plotted_selection.n_obs) % 2 == 0
+    by_list = pl.factors(plotted_selection, mask_obs=[bool(cell) for cell in keep], show=False)
+    by_array = pl.factors(plotted_selection, mask_obs=keep, show=False)
     for listed, given in zip(by_list, by_array, strict=True):
         assert np.array_equal(
             listed.collections[0].get_offsets(), given.collections[0].get_offsets()
@@ -110,12 +94,12 @@ def test_factors_mask_obs_as_a_list(fitted):
         assert listed.collections[0].get_clim() == given.collections[0].get_clim()
 
 
-def test_factors_ax_with_several_factors_names_components(fitted):
+def test_factors_ax_with_several_factors_names_components(plotted_selection):
     # scanpy's refusal named 'color', which the plot sets, not the user
     _, ax = plt.subplots()
     with pytest.raises(ValueError, match=r"ax= holds one panel, and 3 factors .*components="):
-        pl.factors(fitted, ax=ax, show=False)
-    drawn = pl.factors(fitted, components=[1], ax=ax, show=False)
+        pl.factors(plotted_selection, ax=ax, show=False)
+    drawn = pl.factors(plotted_selection, components=[1], ax=ax, show=False)
     assert drawn == [ax]
     assert ax.get_title() == "factor 1"
 
@@ -128,11 +112,11 @@ def _cells_of(offsets: np.ndarray, embedding: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("values", ["usage", "factors"])
-def test_factors_draw_the_stored_values_at_each_cell(fitted, values):
+def test_factors_draw_the_stored_values_at_each_cell(plotted_selection, values):
     """Guard (passes on the base code too): each panel's points sit at the cells'
     embedding and carry their stored value; inactive factors left out by default, drawn
     when asked."""
-    adata = fitted.copy()
+    adata = plotted_selection.copy()
     adata.uns["nmf"] = {**adata.uns["nmf"], "active": np.array([True, False, True])}
     stored = adata.obsm["X_nmf_usage" if values == "usage" else "X_nmf"]
     embedding = adata.obsm["X_umap"]
@@ -149,16 +133,16 @@ def test_factors_draw_the_stored_values_at_each_cell(fitted, values):
     assert [ax.get_title() for ax in every] == ["factor 0", "factor 1", "factor 2"]
 
 
-def test_top_genes_dot_plot_holds_the_group_means_of_the_listed_genes(fitted):
+def test_top_genes_dot_plot_holds_the_group_means_of_the_listed_genes(plotted_selection):
     """Guard (passes on the base code too): the dot plot's columns are `tl.top_genes`'
     genes in order, its colours the groups' mean counts scaled to [0, 1] per gene and its
     sizes the share of the groups' cells that express each gene, computed in numpy."""
-    dot_plot = pl.top_genes(fitted, "cluster", return_fig=True)
-    table = vbsnmf.tl.top_genes(fitted, 5, min_counts=2)
+    dot_plot = pl.top_genes(plotted_selection, "cluster", return_fig=True)
+    table = vbsnmf.tl.top_genes(plotted_selection, 5, min_counts=2)
     genes = list(table["gene"])
     assert list(dot_plot.var_names) == genes
-    counts = pd.DataFrame(fitted[:, genes].X.toarray(), columns=genes)
-    groups = fitted.obs["cluster"].to_numpy()
+    counts = pd.DataFrame(plotted_selection[:, genes].X.toarray(), columns=genes)
+    groups = plotted_selection.obs["cluster"].to_numpy()
     means = counts.groupby(groups).mean().to_numpy()
     low, high = means.min(axis=0), means.max(axis=0)
     scaled = (means - low) / np.where(high > low, high - low, 1)
@@ -167,12 +151,12 @@ def test_top_genes_dot_plot_holds_the_group_means_of_the_listed_genes(fitted):
     assert np.allclose(dot_plot.dot_size_df.to_numpy(), expressed)
 
 
-def test_select_k_draws_its_table(fitted):
+def test_select_k_draws_its_table(plotted_selection):
     """Guard (passes on the base code too): the held-out line and its error bars, the
     ELBO and the active factors are the table's, the suggested K marked on each panel."""
-    record = fitted.uns["nmf_k_selection"]
+    record = plotted_selection.uns["nmf_k_selection"]
     table, suggested = record["table"], record["suggested_k"]
-    axes = pl.select_k(fitted, show=False)
+    axes = pl.select_k(plotted_selection, show=False)
     bars = axes[0].containers[0]
     assert np.allclose(bars.lines[0].get_xdata(), table.index)
     assert np.allclose(bars.lines[0].get_ydata(), table["heldout_ll_per_count"])
@@ -198,11 +182,11 @@ _UNCOLOURABLE_COLUMNS = {
 
 
 @pytest.mark.parametrize("kind", sorted(_UNCOLOURABLE_COLUMNS))
-def test_umap_refuses_a_column_scanpy_cannot_colour_by(fitted, kind):
+def test_umap_refuses_a_column_scanpy_cannot_colour_by(plotted_selection, kind):
     # scanpy's bare TypeError ("bad operand type for unary -: 'NoneType'", "The numpy
     # boolean negative, the `-` operator, is not supported") came after the graph and the
     # UMAP; made categorical, as the message says, the column is drawn
-    adata = fitted.copy()
+    adata = plotted_selection.copy()
     del adata.obsm["X_umap"]
     adata.obs["flag"] = _UNCOLOURABLE_COLUMNS[kind](adata.n_obs).set_axis(adata.obs_names)
     with pytest.raises(ValueError, match=r"color 'flag': adata\.obs\['flag'\] holds .*astype\("):
@@ -213,10 +197,10 @@ def test_umap_refuses_a_column_scanpy_cannot_colour_by(fitted, kind):
     assert pl.umap(adata, color="flag", show=False).get_title() == "UMAP of NMF usages: flag"
 
 
-def test_umap_draws_object_columns_of_text_or_of_numbers(fitted):
+def test_umap_draws_object_columns_of_text_or_of_numbers(plotted_selection):
     """Guard (passes on the base code too): object columns scanpy colours by, text with
     missing values (made categorical) and numbers with NaN (a colour scale), are drawn."""
-    adata = fitted.copy()
+    adata = plotted_selection.copy()
     del adata.obsm["X_umap"]
     cells = range(adata.n_obs)
     adata.obs["text"] = pd.Series(["a" if c % 2 else None for c in cells], dtype=object).values
@@ -238,21 +222,21 @@ def test_umap_draws_object_columns_of_text_or_of_numbers(fitted):
     ],
     ids=["color_map", "norm", "var_group_labels", "var_group_positions"],
 )
-def test_plots_name_more_keywords_they_set_themselves(fitted, plot, passed):
+def test_plots_name_more_keywords_they_set_themselves(plotted_selection, plot, passed):
     # scanpy's own refusals named the plot's cmap, vmin/vmax or var_names dict as the
     # user's: "Cannot specify both `color_map` and `cmap`", "Passing both norm and
     # vmin/vmax/vcenter is not allowed", "cannot be set if var_names is a dict"
     (name,) = passed
-    args = (fitted,) if plot == "factors" else (fitted, "cluster")
+    args = (plotted_selection,) if plot == "factors" else (plotted_selection, "cluster")
     with pytest.raises(TypeError, match=rf"vbsnmf\.pl\.{plot} sets '{name}' itself: "):
         getattr(pl, plot)(*args, show=False, **passed)
     assert plt.get_fignums() == []
 
 
-def test_top_genes_dendrogram_of_a_backed_anndata(fitted, tmp_path):
+def test_top_genes_dendrogram_of_a_backed_anndata(plotted_selection, tmp_path):
     # scanpy's dendrogram reads X, and said only "dendrogram is not implemented for
     # matrices of type <class '..._CSRDataset'>" (a NotImplementedError)
-    fitted.write_h5ad(tmp_path / "fit.h5ad")
+    plotted_selection.write_h5ad(tmp_path / "fit.h5ad")
     backed = ad.read_h5ad(tmp_path / "fit.h5ad", backed="r")
     try:
         with pytest.raises(ValueError, match=r"cannot read the X of a backed AnnData.*to_memory"):

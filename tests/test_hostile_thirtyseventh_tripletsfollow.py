@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 import warnings
 
+import anndata as ad
+import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -76,7 +78,6 @@ def test_fit_triplets_refuses_a_table_whose_flattening_lined_up():
 # -- unknown keywords ------------------------------------------------------------------------
 @pytest.mark.parametrize("function", [fit_dask, fit_svi_dask], ids=lambda f: f.__name__)
 def test_dask_fits_name_themselves_for_an_unknown_keyword(function):
-    da = pytest.importorskip("dask.array")
     X = da.from_array(_counts().toarray(), chunks=(20, -1))
     with pytest.raises(TypeError) as caught:
         function(X, 2, max_iters=3)
@@ -138,22 +139,24 @@ def test_fit_triplets_refuses_a_duration_in_shape():
         fit_triplets(ROWS, COLS, COUNTS, (np.timedelta64(3), 3), 1, **SETTINGS)
 
 
-def test_top_genes_refuses_a_duration_as_n_genes():
+@pytest.fixture(scope="module")
+def fitted_adata():
+    """A K=2 fit of `_counts` by `vbsnmf.tl.nmf` (3 iterations), which the tests read only."""
+    adata = ad.AnnData(_counts())
+    _quiet(vbsnmf.tl.nmf, adata, n_components=2, max_iter=3, random_state=0, n_threads=1)
+    return adata
+
+
+def test_top_genes_refuses_a_duration_as_n_genes(fitted_adata):
     """It failed deep in Python's slicing ("slice indices must be integers")."""
-    anndata = pytest.importorskip("anndata")
-    adata = anndata.AnnData(_counts())
-    _quiet(vbsnmf.tl.nmf, adata, n_components=2, max_iter=3, random_state=0, n_threads=1)
     with pytest.raises(TypeError, match=r"^n_genes must be an integer, got .*timedelta"):
-        vbsnmf.tl.top_genes(adata, n_genes=DURATION)
+        vbsnmf.tl.top_genes(fitted_adata, n_genes=DURATION)
 
 
-def test_number_checks_outside_the_validators_refuse_a_duration():
+def test_number_checks_outside_the_validators_refuse_a_duration(fitted_adata):
     """``min_counts`` was taken as 3.0 and ``alpha`` fitted as 3.0, as ``tol`` was."""
-    anndata = pytest.importorskip("anndata")
-    adata = anndata.AnnData(_counts())
-    _quiet(vbsnmf.tl.nmf, adata, n_components=2, max_iter=3, random_state=0, n_threads=1)
     with pytest.raises(TypeError, match=r"^min_counts must be a number, got timedelta64"):
-        vbsnmf.tl.top_genes(adata, min_counts=DURATION)
+        vbsnmf.tl.top_genes(fitted_adata, min_counts=DURATION)
     p = np.array([[1.0, 2.0]])
     with pytest.raises(TypeError, match=r"^alpha must be a number, got .*timedelta"):
         vbsnmf.classic.losses.alpha_divergence(p, p, DURATION)

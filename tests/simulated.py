@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import scipy.sparse as sp
 
 
@@ -11,3 +12,20 @@ def poisson_gamma_counts(rng, n_rows, n_cols, k, shape=0.5):
     true_cols = rng.gamma(shape, 2.0, (n_cols, k))
     mean = true_rows @ true_cols.T
     return sp.csr_matrix(rng.poisson(mean).astype(float)), mean
+
+
+def poisson_gamma_adata(*, n_cells: int, n_genes: int, k: int, seed: int = 0, prefix: str = "c"):
+    """An AnnData of Poisson counts (CSR, float64) with mean ``Z W'`` for Gamma(1) cell and
+    Gamma(0.5, scale 2) gene factors of rank ``k``, drawn with ``seed``; cells named
+    ``prefix`` and a number, genes ``G0``, ``G1``...: the data of the tests that fit, edit
+    and write a `tl.nmf` result. anndata and pandas are imported here, not with the module,
+    which tests of what importing vbsnmf loads also import."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(1.0, 1.0, (n_cells, k)) @ rng.gamma(0.5, 2.0, (k, n_genes))
+    counts = rng.poisson(rates).astype(np.float64)
+    cells = pd.DataFrame(index=[f"{prefix}{i}" for i in range(n_cells)])
+    genes = pd.DataFrame(index=[f"G{j}" for j in range(n_genes)])
+    return ad.AnnData(sp.csr_matrix(counts), obs=cells, var=genes)

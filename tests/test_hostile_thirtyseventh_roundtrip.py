@@ -18,19 +18,18 @@ Guard (passes on the code before too, said in its docstring): a record written b
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
+from simulated import poisson_gamma_adata
 
 from vbsnmf import tl
 from vbsnmf.tl._stored import usage
 
 N_CELLS, N_GENES, K = 80, 30, 3
-GENES = [f"G{j}" for j in range(N_GENES)]
 
 
 def _quiet(function, *args, **kwargs):
@@ -39,12 +38,8 @@ def _quiet(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def _adata(seed: int = 0, n_cells: int = N_CELLS, prefix: str = "c") -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    rates = rng.gamma(1.0, 1.0, (n_cells, K)) @ rng.gamma(0.5, 2.0, (K, N_GENES))
-    counts = rng.poisson(rates).astype(np.float64)
-    cells = pd.DataFrame(index=[f"{prefix}{i}" for i in range(n_cells)])
-    return ad.AnnData(sp.csr_matrix(counts), obs=cells, var=pd.DataFrame(index=GENES))
+# shared with the other modules fitting tiny tl.nmf results, at this module's sizes
+_adata = functools.partial(poisson_gamma_adata, n_cells=N_CELLS, n_genes=N_GENES, k=K)
 
 
 @pytest.fixture(scope="module")

@@ -845,7 +845,8 @@ def _release(lock: int | None) -> None:
         os.close(lock)
 
 
-# What `clear_temporary` did with a temporary, and what `clear_lock_file` found.
+# What `clear_temporary` did with a temporary, and what `clear_lock_file` and `_lock_state`
+# found.
 REMOVED, IN_USE, KEPT, FOREIGN, FREE = "removed", "in use", "kept", "not vbsnmf's", "free"
 
 
@@ -1042,25 +1043,43 @@ def clear_lock_file(lock: Path) -> str:
     return FREE
 
 
+def _lock_state(entry: Path, *, folder: bool = True) -> tuple[str, int | None]:
+    """Try, without waiting, the lock of the temporary ``entry`` (a folder, or with
+    ``folder=False`` a file of `atomic_file(lock=True)`), as its writer holds it
+    (`_lock_folder`, `_locked`), and a descriptor holding it until closed (`_release`) if
+    it was free (`FREE`); else None, and `IN_USE` if a live process holds it, `KEPT` where
+    that cannot be told (no advisory locks, an entry that cannot be opened as one of its
+    kind, a lock that cannot be tried). `held_by_writer` asks this of a folder;
+    `clear_temporary` also, with the lock held, deletes what it finds abandoned."""
+    if fcntl is None:
+        return KEPT, None
+    try:
+        # O_NONBLOCK: opening a FIFO of such a name would otherwise wait for a writer
+        kind = os.O_DIRECTORY if folder else os.O_NONBLOCK
+        descriptor = _open_to_lock(entry, os.O_NOFOLLOW | kind, writable=not folder)
+    except OSError:
+        return KEPT, None
+    try:
+        if not folder and not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            state = KEPT
+        else:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return FREE, descriptor
+    except BlockingIOError:
+        state = IN_USE
+    except OSError:
+        state = KEPT
+    os.close(descriptor)
+    return state, None
+
+
 def held_by_writer(entry: Path) -> bool:
     """Whether a live process holds the lock of the temporary folder ``entry``
     (`_lock_folder`): another run is writing it now. False where that cannot be told (no
     advisory locks, an entry that cannot be opened as a folder)."""
-    if fcntl is None:
-        return False
-    try:
-        descriptor = _open_to_lock(entry, os.O_NOFOLLOW | os.O_DIRECTORY, writable=False)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(descriptor)
-    return False
+    state, lock = _lock_state(entry)
+    _release(lock)
+    return state == IN_USE
 
 
 # A temporary is locked an instant after it is made; one found unlocked counts as
@@ -1078,25 +1097,14 @@ def clear_temporary(
     it does not hold what vbsnmf writes there; `KEPT`, with nothing deleted, if it changed
     within the minute, is not of the kind expected, or where this system cannot tell (no
     advisory locks)."""
-    if fcntl is None:
-        return KEPT
+    state, lock = _lock_state(entry, folder=folder)
+    if state != FREE:
+        return state
     try:
-        # O_NONBLOCK: opening a FIFO of such a name would otherwise wait for a writer
-        kind = os.O_DIRECTORY if folder else os.O_NONBLOCK
-        descriptor = _open_to_lock(entry, os.O_NOFOLLOW | kind, writable=not folder)
-    except OSError:
-        return KEPT
-    try:
-        details = os.fstat(descriptor)
-        if not folder and not stat.S_ISREG(details.st_mode):
-            return KEPT
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return IN_USE
+        changed = os.fstat(lock).st_mtime
         if ours is not None and not ours(entry):
             return FOREIGN
-        if time.time() - details.st_mtime < _SETTLE_SECONDS:
+        if time.time() - changed < _SETTLE_SECONDS:
             return KEPT
         if folder:  # with the lock held: a writer of it would be alive
             shutil.rmtree(entry)
@@ -1105,5 +1113,5 @@ def clear_temporary(
     except OSError:
         return KEPT
     finally:
-        os.close(descriptor)
+        _release(lock)
     return REMOVED

@@ -104,8 +104,8 @@ from ._utils import (
     warn_user,
 )
 from ._validation import (
-    BAD_COUNT_TESTS,
     PRIOR_SHAPE_RANGE,
+    bad_count_problems,
     check_accelerate,
     check_callback,
     check_counts,
@@ -1969,21 +1969,23 @@ def _check_triplet_counts(counts: np.ndarray, rows: np.ndarray, cols: np.ndarray
     """Refuse ``fit_triplets``' negative, NaN or infinite counts by their place in
     ``counts`` and their (row, column): checked on the matrix built from them, they were
     named entries of "X", an argument the caller never passed."""
-    problems = []
-    for label, test in BAD_COUNT_TESTS:
-        where = np.flatnonzero(test(counts))
-        if where.size:
-            first = int(where[0])
-            problems.append(
-                f"{where.size} {label} count{'s' if where.size > 1 else ''}, the first at "
-                f"position {first} (row {int(rows[first])}, column {int(cols[first])})"
-            )
+    problems = bad_count_problems(counts, lambda: (rows, cols), _first_triplet)
     if problems:
         # "Negative values in data" is the phrase scikit-learn's estimator checks look for.
         lead = "Negative values in data: " if np.any(counts < 0) else ""
         raise ValueError(
             f"{lead}counts must be non-negative and finite; found " + "; ".join(problems)
         )
+
+
+def _first_triplet(label: str, where: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> str:
+    """The bad counts ``where`` of the kind ``label`` (`bad_count_problems`), named by the
+    first's place among the triplets and its row and column."""
+    first = int(where[0])
+    return (
+        f"{where.size} {label} count{'s' if where.size > 1 else ''}, the first at "
+        f"position {first} (row {int(rows[first])}, column {int(cols[first])})"
+    )
 
 
 def _check_vbnmf_keywords(function: str, params: dict, chosen: set[str] = frozenset()) -> None:

@@ -40,21 +40,30 @@ def _first_positions(mask_rows, mask_cols, limit=3) -> str:
 BAD_COUNT_TESTS = (("NaN", np.isnan), ("infinite", np.isinf), ("negative", lambda v: v < 0))
 
 
-def bad_count_problems(values: np.ndarray, positions) -> list[str]:
+def _entries_at(label: str, where: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> str:
+    """The bad values ``where`` (their places among the values checked) of the kind
+    ``label``, as a matrix's are named: "2 negative entries at (row, column) (3, 4), (5, 0)",
+    the first three of them."""
+    return (
+        f"{where.size} {label} entr{'y' if where.size == 1 else 'ies'} at (row, column) "
+        f"{_first_positions(rows[where], cols[where])}"
+    )
+
+
+def bad_count_problems(values: np.ndarray, positions, describe=_entries_at) -> list[str]:
     """What is wrong with the stored ``values`` (``positions()``: their rows and columns,
     called only when a value is wrong): how many are NaN, infinite or negative, and where
-    the first ones of each are, e.g. "1 negative entry at (row, column) (3, 4)"; empty if
-    every value is a finite count."""
+    the first ones of each are, one phrase per kind, e.g. "1 negative entry at (row,
+    column) (3, 4)"; empty if every value is a finite count. ``describe(label, where, rows,
+    columns)`` words a kind ``label`` found at the places ``where`` (`fit_triplets` names
+    the first by its place among the counts too)."""
     problems = []
     rows_cols = None
     for label, test in BAD_COUNT_TESTS:
         where = np.flatnonzero(test(values))
         if where.size:
             rows, cols = rows_cols = rows_cols or positions()
-            problems.append(
-                f"{where.size} {label} entr{'y' if where.size == 1 else 'ies'} at (row, column) "
-                f"{_first_positions(rows[where], cols[where])}"
-            )
+            problems.append(describe(label, where, rows, cols))
     return problems
 
 
@@ -896,17 +905,16 @@ def check_tolerance(value, name: str = "tol") -> float:
     return value
 
 
-def check_positive(value, name: str) -> float:
-    """A finite, strictly positive float parameter."""
+def check_positive(value, name: str, *, expected: str = "a positive finite number") -> float:
+    """A finite, strictly positive float parameter; ``expected``: what a message says it
+    must be (`pl.factors`' ``vmax`` says why too)."""
     refuse_non_number(value, name)
     try:
         value = float(value)
     except OverflowError:  # an int beyond the float range
-        raise ValueError(
-            f"{name} must be a positive finite number, got one beyond floats"
-        ) from None
+        raise ValueError(f"{name} must be {expected}, got one beyond floats") from None
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_file, check_target, link_followed
+from .._quoting import quoted_path
 from .._utils import (
     booleans_as_objects,
     counted,
@@ -39,6 +40,7 @@ from .._utils import (
     is_integer,
     stored_record,
 )
+from .._validation import check_positive
 from ..io._stored import anndata_x
 from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
 from ..tl._top_genes import top_genes as top_genes_table
@@ -214,9 +216,10 @@ def _check_figdir(save) -> None:
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         kind = "a file" if folder.exists() else "a broken link"
         raise NotADirectoryError(
-            f"sc.settings.figdir ({figdir}), where save={save!r} writes the figure, is not "
-            f"a folder: {folder} is {kind}; set sc.settings.figdir to a folder, or pass "
-            "save as a pathlib.Path naming the output file"
+            f"sc.settings.figdir ({quoted_path(figdir)}), where save={save!r} writes the "
+            f"figure, is not a folder: {quoted_path(folder)} is {kind}; set "
+            "sc.settings.figdir to a folder, or pass save as a pathlib.Path naming the output "
+            "file"
         )
 
 
@@ -231,8 +234,8 @@ def check_tex(path: str, file_format: str) -> None:
     tex = rcParams["pgf.texsystem"]
     if file_format == "pgf" and shutil.which(tex) is None:
         raise ValueError(
-            f"{path}: a .pgf figure needs {tex} (a TeX installation), which is not on "
-            "PATH; use .pdf, .svg or .png"
+            f"{quoted_path(path)}: a .pgf figure needs {tex} (a TeX installation), which is "
+            "not on PATH; use .pdf, .svg or .png"
         )
 
 
@@ -258,9 +261,10 @@ def _figure_file(figure, save: os.PathLike) -> tuple[str, str]:
         path = f"{path.rstrip('.')}.{file_format}"
     supported = _writable_formats(figure)
     if file_format not in supported:
+        suffixes = ", ".join("." + name for name in sorted(supported))
         raise ValueError(
-            f"cannot save the figure as {save}: matplotlib writes no {file_format!r} files; "
-            f"end the name in one of {', '.join('.' + name for name in sorted(supported))}"
+            f"cannot save the figure as {quoted_path(save)}: matplotlib writes no "
+            f"{file_format!r} files; end the name in one of {suffixes}"
         )
     return path, file_format
 
@@ -659,8 +663,9 @@ def factors(
     # matplotlib
     elif not (is_integer(vmax) or isinstance(vmax, (float, np.floating))):
         raise TypeError(f"vmax must be a number or 'pNN' (a percentile), got {vmax!r}")
-    else:
-        vmax = _scale_top(vmax)
+    else:  # an int beyond floats too, of which numpy's "ufunc 'isfinite' not supported"
+        # named nothing
+        vmax = check_positive(vmax, "vmax", expected="positive and finite (the scale starts at 0)")
     check_save(save, basis)  # before the figure is drawn, which a refusal left open
     names = [f"factor {factor}" for factor in components]
     # A frame with only what the panels need, so adata itself gains no .obs columns.
@@ -689,19 +694,6 @@ def factors(
         )
         axes = axes if isinstance(axes, list) else [axes]
         return _finish(axes[0].figure, axes, show, save, basis)
-
-
-def _scale_top(vmax) -> float:
-    """A number given as `factors`'s ``vmax``, as a float: positive and finite."""
-    advice = "vmax must be positive and finite (the scale starts at 0)"
-    try:
-        top = float(vmax)
-    except OverflowError:  # an int beyond the float range: numpy's "ufunc 'isfinite' not
-        # supported for the input types" named nothing
-        raise ValueError(f"{advice}, got one beyond floats") from None
-    if not (np.isfinite(top) and top > 0):
-        raise ValueError(f"{advice}, got {vmax!r}")
-    return top
 
 
 def top_genes(

@@ -944,6 +944,13 @@ def _fit_in_memory(
     settings: FitSettings, X, init, callback, entropy, mask=None
 ) -> tuple[FitResult, int]:
     """A matrix in memory: batch VB or any form of SVI."""
+    # numpy's nan_to_num returns a scipy sparse matrix as it is, NaN and all: the advice
+    # below on missing entries names its stored values instead (not a sparse frame's)
+    zero_missing = (
+        "X = X.tocsr(); X.data[np.isnan(X.data)] = 0"
+        if sp.issparse(X)
+        else "X = np.nan_to_num(X, nan=0.0)"
+    )
     X = sparse_frame_as_coo(X)  # the memory guard reads a sparse matrix's nonzeros
     # Before any copy: fail in a second with a clear message, not after an hour of swap.
     _check_memory(settings, X, init)
@@ -956,7 +963,7 @@ def _fit_in_memory(
             raise
         raise ValueError(
             f"{error}. Entries that mask= leaves out of the fit still need a count in X: "
-            "write 0 there (e.g. np.nan_to_num(X, nan=0.0)), the mask says they are missing"
+            f"write 0 there (e.g. {zero_missing}), the mask says they are missing"
         ) from None
     return _fit_counts(settings, matrix, init, callback, entropy, mask)
 

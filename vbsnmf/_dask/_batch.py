@@ -324,9 +324,18 @@ class DaskFitResult:
     Attributes
     ----------
     params
-        The final q; ``params.row_shape`` (cells x K) is a dask array held on the cluster,
-        chunked like the input's cells and in their order; the gene side and both rates
-        are numpy arrays on the client.
+        The final q. Its cells' arrays are dask arrays held on the cluster, chunked like
+        the input's cells and in their order: ``params.row_shape`` (cells x K) and, under
+        the learned prior (the default), ``params.row_rate`` (cells x K) and the cells'
+        scales ``params.row_scale.shape`` and ``params.row_scale.rate`` (cells); the gene
+        side, and the fixed prior's K rates of the cells, are numpy arrays on the client.
+        `gather` computes the cells' arrays.
+    cell_factors
+        Posterior mean cell factors ``E[z]`` (cells x K), ``params.row_shape /
+        params.row_rate``: a dask array on the cluster (``.compute()`` brings it to the
+        client).
+    gene_loadings
+        Posterior mean gene loadings ``E[w]`` (genes x K), a numpy array.
     elbo_trace
         ELBO (nats) after each iteration (evaluated epoch for SVI).
     elbo_iter
@@ -346,6 +355,11 @@ class DaskFitResult:
     total_count, largest_count
         The sum and the largest of the counts (batch VB; 0 for SVI), what the ELBO's
         rounding depends on (`_model.warn_elbo_rounding`).
+
+    Methods
+    -------
+    gather()
+        The final q with the cells' arrays computed into numpy arrays.
     """
 
     params: VariationalParams

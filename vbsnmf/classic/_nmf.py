@@ -289,8 +289,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             `get_feature_names_out`'s in another order (its pandas output sorted or
             reordered); ``W H`` passes the float range; or ``loss="poisson"``,
             under which ``W H`` holds each row's proportions, not its data
-            (``X ~ diag(row totals) W H``): the data's expected values are
-            ``X.sum(axis=1)[:, None] * (W @ components_)``.
+            (``X ~ diag(row totals) W H``): the expected values of the data ``X`` it
+            was fitted to are ``np.asarray(X.sum(axis=1)).reshape(-1, 1) * (W @
+            components_)`` (a scipy sparse matrix's ``sum`` is a 2-D ``np.matrix``, which
+            ``[:, None]`` cannot make a column).
         """
         check_is_fitted(self, "components_")
         # the rows' totals, which W H leaves out, are X's; the loss by its resolved name
@@ -298,9 +300,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if self._check_params().name == "poisson":
             raise ValueError(
                 "loss='poisson' models each row's proportions: W @ components_ sums to about "
-                "one per row, and the data back are the row totals times it, "
-                "X.sum(axis=1)[:, None] * (W @ model.components_); inverse_transform has no "
-                "row totals to give it"
+                "one per row, and the data X back are the row totals times it, "
+                "np.asarray(X.sum(axis=1)).reshape(-1, 1) * (W @ model.components_); "
+                "inverse_transform has no row totals to give it"
             )
         check_output_columns(self, X)  # a frame of the output's columns in another order
         W = check_array(

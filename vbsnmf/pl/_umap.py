@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._model import kept_if_failed
 from .._utils import counted, is_integer, missing_package_advice, record_kind
 from .._validation import check_iterations
 from ..io._stored import anndata_x
@@ -108,7 +109,11 @@ def umap(
         Neighbours per cell, at least 2; more than the number of cells minus one is
         lowered to it.
     random_state
-        Seed of the neighbour search and of UMAP.
+        Seed of the neighbour search, of UMAP and of Leiden clusters. A ``RandomState``
+        (advanced by the call; left as it was if the call raises) gives them one integer
+        seed drawn from it, which their parameters in ``.uns`` record as scanpy records an
+        integer one (the RandomState itself, recorded there, could not be written to
+        ``.h5ad``).
     show, save
         As scanpy's (see `vbsnmf.pl`); a `pathlib.Path` is the output file.
 
@@ -182,7 +187,9 @@ def umap(
     _check_records_kept(adata, computes_leiden)
     # only now, every check passed: the graph and UMAP are stored into its own AnnData
     view_to_actual(adata)
-    with _unchanged_on_failure(adata):
+    # the RandomState left as it was by a failure, as `vbsnmf.tl.nmf` leaves it
+    with kept_if_failed(random_state), _unchanged_on_failure(adata):
+        random_state = _integer_seed(random_state)
         if write_dominant:
             active = active_factors(adata, key)
             if active.size == 0:
@@ -268,6 +275,17 @@ def _check_seed(random_state) -> None:
         )
     if not 0 <= random_state < 2**32:
         raise ValueError(f"random_state must be an integer in [0, 2**32 - 1], got {random_state}")
+
+
+def _integer_seed(random_state):
+    """``random_state`` as the seed given to scanpy's neighbours, Leiden and UMAP: for a
+    ``RandomState`` one integer drawn from it, below 2**32 (as scanpy's seeds); anything else
+    as it is. scanpy records its ``random_state`` in ``.uns['neighbors']``, ``['umap']`` and
+    ``['leiden']``, and a RandomState there made ``write_h5ad`` fail (anndata's
+    ``IORegistryError``) after the work was done."""
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**32, dtype=np.uint64))
+    return random_state
 
 
 def _check_dominant_column(adata, column: str) -> None:

@@ -25,7 +25,9 @@ from vbsnmf import CheckpointError
 from vbsnmf.io import ReadError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT.parent / "shared" / "data" / "pbmc_tiny_v3"
+# the bundled copy (the same bytes as ../shared/data/pbmc_tiny_v3, which a checkout of the
+# repository alone lacks)
+TINY = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
 TENX_NAMES = ("matrix.mtx", "features.tsv", "barcodes.tsv")
 
 

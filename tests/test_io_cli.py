@@ -694,8 +694,8 @@ def test_demo_outdir_never_replaces_the_package_or_its_data(tmp_path, capsys, no
     package = Path(vbsnmf.__file__).resolve().parent
     data = vbsnmf.datasets.data_dir("pbmc_tiny_v3")
     for outdir, message in (
-        (data, "lies inside the input"),
-        (package.parent, "contains the input"),
+        (data, "lies inside the vbsnmf package"),
+        (package.parent, "contains the vbsnmf package"),
     ):
         argv = ["demo", "--dataset", "pbmc_tiny", "-k", "2", "-o", outdir, "--force"]
         _refused(argv, capsys, message)

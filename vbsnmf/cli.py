@@ -46,6 +46,9 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 VERSION_LINE = f"vbsnmf {__version__}"
 VB_SOLVERS = ("batch", "svi")
 DATASETS = ("pbmc_facs", "pbmc_tiny")
+# What ``vbsnmf demo`` names in its paths' checks where a fit names its input: the folder
+# of its data sets (it takes no input).
+_DEMO_PACKAGE = "the vbsnmf package"
 # --convert-to's names that `vbsnmf.io.read` reads back as an AnnData (an .h5 holding one
 # is read as such, not as Cell Ranger's)
 CONVERTED_SUFFIXES = (".h5ad", ".h5")
@@ -343,8 +346,9 @@ def _add_fit_options(
         default=None if outdir_required else "vbsnmf_demo",
         metavar="OUTDIR",
         # "lie inside" the input too (refused), but not the current folder (-o run1 is)
-        help="output folder; must not exist unless --force, nor be, hold or lie inside the "
-        "input, nor be or hold the checkpoint or the current folder"
+        help="output folder; must not exist unless --force, nor be, hold or lie inside "
+        + ("the input" if outdir_required else _DEMO_PACKAGE)
+        + ", nor be or hold the checkpoint or the current folder"
         + ("" if outdir_required else " (default: vbsnmf_demo)"),
     )
     command.add_argument(
@@ -408,7 +412,9 @@ def _add_fit_options(
         type=_path,
         metavar="PATH",
         help="batch or svi: save the variational state to PATH while fitting; PATH must be "
-        "absent or a vbsnmf checkpoint, outside the input and OUTDIR",
+        "absent or a vbsnmf checkpoint, outside "
+        + ("the input" if outdir_required else _DEMO_PACKAGE)
+        + " and OUTDIR",
     )
     command.add_argument(
         "--resume", action="store_true", help="continue from the state saved at --checkpoint"
@@ -1401,7 +1407,8 @@ def _run_demo(args) -> int:
 
     _check_options(args)
     # the demo reads its data set from the package's folder, which OUTDIR must not replace
-    outdir = _check_paths(args, [Path(datasets.__file__).resolve().parents[1]])
+    package = Path(datasets.__file__).resolve().parents[1]
+    outdir = _check_paths(args, [(_DEMO_PACKAGE, package)])
     with held_for_fit(args.checkpoint):  # from the start, as `_fit_command`
         with _doing(f"loading {args.dataset}"):
             adata = datasets.pbmc_facs() if args.dataset == "pbmc_facs" else datasets.pbmc_tiny()

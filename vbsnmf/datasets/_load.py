@@ -4,6 +4,7 @@ read by `vbsnmf.io.read_10x` (scanpy's reader, with vbsnmf's checks)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def data_dir(name: str) -> Path:
     ValueError
         ``name`` is none of the bundled data sets.
     vbsnmf.io.ReadError
-        One of the data set's files is missing: the installed copy is damaged.
+        One of the data set's files is missing or out of reach (no permission to search
+        its folder): the installed copy is damaged.
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a data set's name (a str), got {name!r}")
@@ -48,11 +50,23 @@ def data_dir(name: str) -> Path:
     folder = _DATA / name
     files = _FILES + ((_CELLS_FILE,) if name.startswith("pbmc_facs") else ())
     for file in files:
-        if not (folder / file).is_file():
+        path = folder / file
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass  # missing: below
+        except OSError as error:
+            # there, but out of reach (no permission to search its folder): pathlib's is_file
+            # raised a bare PermissionError, no ReadError (from Python 3.13, "missing")
+            reason = (error.strerror or type(error).__name__).lower()
+            raise ReadError(
+                path, f"{reason}: the bundled data set {name!r} is damaged; reinstall vbsnmf"
+            ) from None
+        if not path.is_file():
             # a name of the package's own: its copy lost the file, not a wrong name (a lost
             # features file got the 10x reader's advice to rename the folder's files)
             raise ReadError(
-                folder / file,
+                path,
                 f"missing: the bundled data set {name!r} is damaged; reinstall vbsnmf",
             )
     return folder

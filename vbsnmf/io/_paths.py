@@ -63,8 +63,13 @@ def command_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[None]:
 
 
 def _with_command_inputs(inputs: Iterable) -> list[tuple[str, str | os.PathLike]]:
-    """``inputs`` and the command's (`command_inputs`), as pairs for `check_apart`."""
-    return [("the input", i) for i in (*inputs, *_COMMAND_INPUTS.get())]
+    """``inputs`` and the command's (`command_inputs`), as pairs for `check_apart`: a path is
+    "the input"; a pair (description, path) says what else the path is (``vbsnmf demo``'s
+    package, which holds its data: "the input" named an argument the demo has none of)."""
+    return [
+        entry if isinstance(entry, tuple) else ("the input", entry)
+        for entry in (*inputs, *_COMMAND_INPUTS.get())
+    ]
 
 
 def real_path(path: str | os.PathLike) -> Path:
@@ -272,10 +277,11 @@ def check_checkpoint_path(checkpoint: str | os.PathLike, inputs: Iterable = ()) 
         # the fit makes, holds and removes this file: an input of its name was removed
         overlap = _overlap(lock, inputs)
         if overlap is not None:
-            relation, _, other = overlap
+            relation, description, other = overlap
             raise UnsafePathError(
                 f"checkpoint {quoted_path(path)} needs the lock file {quoted_path(lock)} beside "
-                f"it, which {relation} the input {quoted_path(other)}; name another checkpoint"
+                f"it, which {relation} {description} {quoted_path(other)}; name another "
+                "checkpoint"
             )
         # this process's own, taken at the command's start for the fit (`held_for_fit`)
         state = FREE if holds_handed_lock(lock) else clear_lock_file(lock)

@@ -872,12 +872,7 @@ class VBNMF(Estimator):
             )
         if not np.all(np.isfinite(factors)):
             raise ValueError("X must be finite (cell factors), got NaN or infinite values")
-        # in float64, returned in the fitted dtype as transform's factors are
-        with np.errstate(over="ignore"):
-            product = (factors @ components.astype(np.float64)).astype(components.dtype)
-        # finite factors whose expected counts pass the dtype's range gave inf entries
-        check_finite_product(product, "X @ components_")
-        return product
+        return _expected_counts(factors, components)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -885,6 +880,29 @@ class VBNMF(Estimator):
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+# Entries of ``inverse_transform``'s float64 product computed at a time (8 MiB): computed
+# whole and then copied into the fitted dtype, it held two cells x genes arrays at once
+# (three times a float32 result).
+_PRODUCT_BLOCK_ENTRIES = 1 << 20
+
+
+def _expected_counts(factors: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``factors @ components`` (float64 factors, K x genes components) in float64, returned
+    in the components' dtype, a block of rows at a time into the result: no cells x genes
+    array but the result itself. A `ValueError` when an entry passes that dtype's range."""
+    n_cells, n_genes = factors.shape[0], components.shape[1]
+    components64 = components.astype(np.float64, copy=False)
+    product = np.empty((n_cells, n_genes), dtype=components.dtype)
+    rows = max(1, _PRODUCT_BLOCK_ENTRIES // max(1, n_genes))
+    for start in range(0, n_cells, rows):
+        block = product[start : start + rows]
+        with np.errstate(over="ignore"):
+            block[...] = factors[start : start + rows] @ components64
+        # finite factors whose expected counts pass the dtype's range gave inf entries
+        check_finite_product(block, "X @ components_")
+    return product
 
 
 def _fitted_cell_scale(hyper, n_components: int) -> ScaleState:

@@ -436,6 +436,18 @@ class VBNMF(Estimator):
     when ``init`` is given. A `VBNMF` fitted with gene names (a DataFrame) starts only X
     with the same names in the same order (``ValueError`` otherwise); on X without names it
     starts the genes by position and warns (``UserWarning``), as `transform` does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from vbsnmf import VBNMF
+    >>> X = np.random.default_rng(0).poisson(1.0, size=(100, 30))
+    >>> model = VBNMF(n_components=3, max_iter=50, tol=1e-3, random_state=0)
+    >>> cell_factors = model.fit_transform(X)
+    >>> cell_factors.shape, model.components_.shape
+    ((100, 3), (3, 30))
+    >>> model.inverse_transform(cell_factors).shape
+    (100, 30)
     """
 
     _transformer = True

@@ -616,6 +616,20 @@ class VBNTF(Estimator):
     The posterior mean rate of entry ``(i_1, ..., i_D)`` is
     ``sum_l prod_d factors_[d][i_d, l]``. Components are identified only up to order and
     to a rescaling of one mode's column against another's.
+
+    Examples
+    --------
+    A 20 x 15 x 10 tensor of counts given by its nonzeros' coordinates and values:
+
+    >>> import numpy as np
+    >>> from vbsnmf import VBNTF
+    >>> rng = np.random.default_rng(0)
+    >>> coords = np.stack([rng.integers(0, n, 500) for n in (20, 15, 10)], axis=1)
+    >>> counts = rng.poisson(2.0, 500) + 1
+    >>> model = VBNTF(n_components=2, max_iter=100, tol=1e-3, random_state=0)
+    >>> model = model.fit(coords, values=counts, shape=(20, 15, 10))
+    >>> [factor.shape for factor in model.factors_]
+    [(20, 2), (15, 2), (10, 2)]
     """
 
     def __init__(

@@ -116,6 +116,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         the beta-divergence in scikit-learn's scale, so for Frobenius the norm
         ``||X - W H||`` and for Kullback-Leibler ``sqrt(2 KL)``; for the losses
         scikit-learn lacks, ``sqrt(2 loss_)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from vbsnmf.classic import NMF
+    >>> X = np.random.default_rng(0).poisson(1.0, size=(100, 30))
+    >>> model = NMF(n_components=3, loss="poisson", solver="mu", tol=1e-3, random_state=0)
+    >>> W = model.fit_transform(X)
+    >>> W.shape, model.components_.shape
+    ((100, 3), (3, 30))
+    >>> model.loss_trace_.shape == (model.n_iter_ + 1,)
+    True
     """
 
     def __init__(

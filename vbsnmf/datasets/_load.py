@@ -169,6 +169,15 @@ def pbmc_tiny() -> ad.AnnData:
     ------
     vbsnmf.io.ReadError
         A file of the bundled copy is missing or damaged; the message names it.
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()
+    >>> adata.shape
+    (1107, 507)
+    >>> adata.X.format, adata.X.dtype
+    ('csr', dtype('float32'))
     """
     folder = data_dir("pbmc_tiny_v3")
     with _bundled("pbmc_tiny_v3"):

@@ -127,6 +127,17 @@ def read(
         The path is missing or unreadable, or a file in it is truncated or malformed.
     ValueError
         The options do not fit the input (orientation or name files for an ``.h5ad``).
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> folder = vbsnmf.datasets.data_dir("pbmc_tiny_v3")  # a 10x folder
+    >>> adata = vbsnmf.io.read(folder)
+    >>> adata.shape, adata.X.format
+    ((1107, 507), 'csr')
+
+    A Matrix Market file needs its orientation: ``vbsnmf.io.read("counts.mtx",
+    genes_as_rows=True)``.
     """
     path = Path(path)
     kind = check_read_options(path, genes_as_rows, row_names, col_names)

@@ -458,6 +458,15 @@ def elbo(
     Returns
     -------
     The two axes, unless shown.
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()[:200].copy()
+    >>> vbsnmf.tl.nmf(adata, 5, max_iter=50, tol=1e-3)
+    >>> trace_ax, gap_ax = vbsnmf.pl.elbo(adata, show=False)
+    >>> trace_ax.get_title()
+    'ELBO'
     """
     info = fit_info(adata, key, "the ELBO trace")
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)

@@ -341,6 +341,23 @@ def nmf(
         ``scanpy.read_csv`` reads a table of genes as rows): fit ``adata.T`` if so.
     ConvergenceWarning
         The fit stopped at ``max_iter`` before its stopping rule was met.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()[:200].copy()
+    >>> vbsnmf.tl.nmf(adata, n_components=5, max_iter=50, tol=1e-3, random_state=0)
+    >>> adata.obsm["X_nmf"].shape, adata.varm["NMF"].shape
+    ((200, 5), (507, 5))
+    >>> list(adata.obsm)[:3]
+    ['X_nmf', 'X_nmf_usage', 'X_nmf_sqrt_usage']
+    >>> np.allclose(adata.obsm["X_nmf_usage"].sum(axis=1), 1)
+    True
+    >>> adata.uns["nmf"]["active"].shape
+    (5,)
+
+    Then, as with scanpy: ``sc.pp.neighbors(adata, use_rep="X_nmf_sqrt_usage")``.
     """
     check_anndata(adata)
     if not isinstance(solver, str) or solver not in SOLVERS:  # an array: numpy's "ambiguous"

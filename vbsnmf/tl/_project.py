@@ -263,6 +263,18 @@ def project(
         ``tol`` not a number; ``key`` or ``layer`` not a string, ``use_raw`` or ``copy``
         not True or False, ``n_threads`` not an integer or None, ``key_added`` neither a
         string nor None.
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()
+    >>> reference, new = adata[:200].copy(), adata[200:300].copy()
+    >>> vbsnmf.tl.nmf(reference, 5, max_iter=50, tol=1e-3)
+    >>> vbsnmf.tl.project(new, reference)
+    >>> new.obsm["X_nmf_usage"].shape
+    (100, 5)
+    >>> new.uns["nmf_projection"]["n_genes_used"]
+    507
     """
     check_anndata(adata_new, "adata_new")
     check_anndata(adata_ref, "adata_ref")

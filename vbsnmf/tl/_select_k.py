@@ -186,6 +186,18 @@ def select_k(
         Once, naming the Ks whose fit on all the counts or on the train half stopped at
         ``max_iter`` (``n_epochs`` for SVI) before converging, those that still held their
         factor shapes apart (raising ``max_iter`` is the advice for them, not ``tol``).
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()[:200].copy()
+    >>> table = vbsnmf.tl.select_k(adata, ks=[2, 4], max_iter=50, tol=1e-3)
+    >>> list(table.index)
+    [2, 4]
+    >>> table.attrs["suggested_k"] in (2, 4), int(table["suggested"].sum())
+    (True, 1)
+    >>> adata.uns["nmf_k_selection"]["suggested_k"] == table.attrs["suggested_k"]
+    True
     """
     check_anndata(adata)
     ks = _check_ks(ks)

@@ -71,6 +71,18 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
         array (ragged lists), is an AnnData, a backed AnnData's X or a masked array with
         masked entries;
         ``random_state`` is not one of the above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from vbsnmf.tl import count_split
+    >>> counts = sp.csr_matrix(np.random.default_rng(0).poisson(1.0, size=(100, 50)))
+    >>> train, test = count_split(counts, fraction=0.5, random_state=0)
+    >>> type(train).__name__, train.shape, train.dtype
+    ('csr_matrix', (100, 50), dtype('int64'))
+    >>> (train + test != counts).nnz
+    0
     """
     numeric = isinstance(fraction, (int, float, np.number)) and not isinstance(fraction, bool)
     # a numpy complex passed the check: numpy dropped its imaginary part (ComplexWarning)

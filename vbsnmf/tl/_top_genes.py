@@ -132,6 +132,19 @@ def top_genes(
         `gene_specificity`) and ``total_counts`` (the gene's counts in the data). Genes
         come from ``adata.var_names`` (``adata.raw.var_names`` for a fit of ``.raw``);
         only genes with a positive loading in the factor are listed.
+
+    Examples
+    --------
+    >>> import vbsnmf
+    >>> adata = vbsnmf.datasets.pbmc_tiny()[:200].copy()
+    >>> vbsnmf.tl.nmf(adata, 5, max_iter=50, tol=1e-3)
+    >>> table = vbsnmf.tl.top_genes(adata, n_genes=3)
+    >>> list(table.index.names)
+    ['factor', 'rank']
+    >>> list(table.columns)
+    ['gene', 'loading', 'specificity', 'total_counts']
+    >>> bool(table["specificity"].between(0, 1).all())
+    True
     """
     # as a string: an array of one option equalled it, a longer one was numpy's "ambiguous"
     if not isinstance(sort_by, str) or sort_by not in ("loading", "specificity", "score"):

@@ -510,6 +510,13 @@ def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene lo
             )
         raise KeyError(f"{stated}: pass the reference AnnData (tl.project's adata_ref) instead")
     orphaned = orphaned_cell_arrays(adata, key)
+    if orphaned and key in adata.uns:
+        raise KeyError(
+            f"adata.uns[{key!r}] holds an entry no vbsnmf tool wrote, beside the cell factors "
+            f"that a fit or projection under this key writes ({', '.join(orphaned)}): "
+            f"{replaced_record_cause(key)}, and they cannot be read without it. Fit (or project) "
+            "again under another key_added, and give scanpy's tools a key_added of their own"
+        )
     if orphaned:
         raise KeyError(
             f"adata.uns[{key!r}] holds no NMF fit, but adata.obsm holds the cell factors "
@@ -646,8 +653,11 @@ def orphaned_cell_arrays(adata, key: str) -> list[str]:
     no record under ``key`` (nor ``key + '_projection'``) but both usage arrays are there:
     no other tool names them so. ``anndata.concat`` drops ``.uns`` by default and keeps
     ``.obsm``; the tools then advised running `vbsnmf.tl.nmf`, which refused the arrays as
-    "held from elsewhere"."""
-    if key in adata.uns or f"{key}_projection" in adata.uns:
+    "held from elsewhere". Also when ``adata.uns[key]`` holds an entry no vbsnmf tool
+    wrote: scanpy's tools store their own record under ``key_added``
+    (`replaced_record_cause`), and ``sc.pp.neighbors(adata, key_added="nmf")`` replaced the
+    fit's; the arrays were then called "held from elsewhere" too."""
+    if record_kind(adata.uns.get(key)) is not None or f"{key}_projection" in adata.uns:
         return []
     usages = (f"X_{key}_usage", f"X_{key}_sqrt_usage")
     if not all(name in adata.obsm for name in usages):
@@ -656,6 +666,17 @@ def orphaned_cell_arrays(adata, key: str) -> list[str]:
         f".obsm[{name!r}]"
         for name in adata.obsm
         if name in (f"X_{key}", *usages) or name.startswith(f"{key}_cell_")
+    )
+
+
+def replaced_record_cause(key: str) -> str:
+    """Why ``adata.uns[key]`` holds another tool's entry beside the cell factors a fit or
+    projection under ``key`` wrote (`orphaned_cell_arrays`): scanpy's tools store a record
+    of their own under ``.uns[key_added]``, over whatever was there."""
+    return (
+        f"another tool stored its record in adata.uns[{key!r}] over the one they came from "
+        "(scanpy's sc.pp.neighbors, sc.tl.umap and sc.tl.leiden store theirs in .uns under "
+        f"the key_added they are given: was one of them given {key!r}?)"
     )
 
 

@@ -28,6 +28,7 @@ from .._utils import (
     orphaned_cell_arrays,
     record_entry,
     record_kind,
+    replaced_record_cause,
     transposed_after_fit,
 )
 from .._validation import check_flag
@@ -234,7 +235,12 @@ def check_key_added(key_added, adata, writes: str = "fit", reference: dict | Non
     if foreign:
         them = "it" if len(foreign) == 1 else "them"
         held = f"from elsewhere (not from an earlier {_TOOLS[writes]} under this key)"
-        if writes != "uns" and orphaned_cell_arrays(adata, keys.uns):
+        orphaned = writes != "uns" and orphaned_cell_arrays(adata, keys.uns)
+        if orphaned and keys.uns in adata.uns:
+            # their record replaced by scanpy's (sc.pp.neighbors(key_added="nmf")): not from
+            # elsewhere, they came from an earlier fit under this key
+            held = f"without their record: {replaced_record_cause(keys.uns)}"
+        elif orphaned:
             # a fit's arrays whose record is gone (anndata.concat drops .uns by default):
             # not "from elsewhere", as the tools reading them had said to run tl.nmf
             held = (

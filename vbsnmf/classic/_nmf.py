@@ -56,7 +56,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``"itakura-saito"``, ``"hellinger"``, ``"pearson"``, ``"neyman"``, ``"alpha"``,
         ``"beta"`` (Minami-Eguchi convention: beta = 0 is KL, 1 half Frobenius), ``"ab"``, or
         ``"auto"`` (default): ``"kl"`` for ``solver="mu"``, ``"frobenius"`` for the other
-        solvers, which minimise the squared Frobenius norm only.
+        solvers, which minimise the squared Frobenius norm only. On a sparse X each step
+        visits the stored entries and sums over the zeros in closed form, except for the
+        losses whose AB parameters have ``alpha + beta - 1`` outside {0, 1}
+        (``loss="beta"`` with beta not 0 or 1, and such ``"ab"`` losses): no closed form
+        exists, and each half-step sums over every entry, one row of ``W H`` at a time,
+        in O(n m K) time (not memory). A dense X is worked on whole: the multiplicative
+        updates hold several arrays of its size.
     alpha, beta
         Parameters of the ``"alpha"``, ``"beta"`` and ``"ab"`` losses.
     solver

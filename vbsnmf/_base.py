@@ -26,7 +26,7 @@ from collections import Counter
 
 import numpy as np
 
-from ._utils import sklearn_flavoured, warn_user
+from ._utils import shape_repr, sklearn_flavoured, warn_user
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -420,7 +420,7 @@ class Estimator:
         names = set(self._get_param_names())
         every = not _sklearn_config("print_changed_only", True)
         changed = [
-            f"{name}={getattr(self, name)!r}"
+            f"{name}={_parameter_repr(getattr(self, name))}"
             for name, parameter in inspect.signature(type(self).__init__).parameters.items()
             if name in names and (every or not _is_default(getattr(self, name), parameter.default))
         ]
@@ -525,6 +525,13 @@ def _requester():
     from sklearn.utils.metadata_routing import _MetadataRequester
 
     return _MetadataRequester
+
+
+def _parameter_repr(value) -> str:
+    """A parameter's value in the repr: a numpy array (a start given as ``init=``, where
+    `fit`'s is meant) as its shape and dtype (`_utils.shape_repr`), whose numbers filled the
+    screen (scikit-learn cuts its repr at 700 characters); anything else its repr."""
+    return shape_repr(value) if isinstance(value, np.ndarray) else repr(value)
 
 
 def _is_default(value, default) -> bool:

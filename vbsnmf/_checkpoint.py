@@ -47,15 +47,21 @@ PARAMETERS = ("row_shape", "row_rate", "col_shape", "col_rate")
 class CheckpointMismatchError(ValueError):
     """The checkpoint on disk was written by a fit with different settings or data."""
 
+    __module__ = "vbsnmf"  # as tracebacks show it: its public name, not the private module
+
 
 class CheckpointError(ValueError):
     """A file given as a checkpoint is not a vbsnmf checkpoint, or is damaged; or a file
     of the user's is where the fit would keep its lock file."""
 
+    __module__ = "vbsnmf"  # as tracebacks show it: its public name, not the private module
+
 
 class CheckpointInUseError(ValueError):
     """Another live fit saves to the same checkpoint: the two would overwrite each other's
     saves, and a resume would continue whichever saved last."""
+
+    __module__ = "vbsnmf"  # as tracebacks show it: its public name, not the private module
 
 
 def in_use_message(path, lock: Path) -> str:

@@ -41,7 +41,7 @@ from scipy.special import digamma, gammaln, zeta
 
 from . import _kernels, _nndsvd
 from ._data import CountData, as_count_data, compressed_totals
-from ._utils import compute_dask, counted, is_dask_array, is_integer, warn_user
+from ._utils import compute_dask, counted, fields_repr, is_dask_array, is_integer, warn_user
 from ._validation import PRIOR_SHAPE_RANGE, numbers_from_objects, refuse_masked
 
 # Normalisers of the pass's fast path below these fall back to log-sum-exp (see _kernels).
@@ -60,6 +60,8 @@ class ConvergenceWarning(UserWarning):
     """The fit stopped at ``max_iter`` (or ``n_epochs``) before the relative change of its
     ELBO fell below ``tol``. Issued as a scikit-learn ``ConvergenceWarning`` too whenever
     scikit-learn is loaded (`_utils.sklearn_flavoured`), so either filter catches it."""
+
+    __module__ = "vbsnmf"  # as tracebacks show it: its public name, not the private module
 
     _sklearn_name = "ConvergenceWarning"
 
@@ -83,6 +85,9 @@ class ScaleState:
     factor_shape: np.ndarray
     prior_shape: float
     prior_mean: float
+
+    def __repr__(self) -> str:  # shapes, not every number (`_utils.fields_repr`)
+        return fields_repr(self)
 
     @property
     def mean(self) -> np.ndarray:
@@ -130,7 +135,11 @@ class VariationalParams:
     col_rate: np.ndarray
     row_scale: ScaleState | None = None
     col_scale: ScaleState | None = None
-    rate_parts: tuple[FactoredRate, FactoredRate] | None = None
+    # how a step made the rates: bookkeeping, not shown (the rates are)
+    rate_parts: tuple[FactoredRate, FactoredRate] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # shapes, not every number (`_utils.fields_repr`)
+        return fields_repr(self)
 
     def copy(self) -> VariationalParams:
         arrays = (np.array(a, copy=True) for a in self.as_tuple())
@@ -184,6 +193,9 @@ class FactoredRate:
     other_sum: np.ndarray
     divisor: float  # a Python float, so that numpy divides in ``dtype`` as fix_gauge did
     dtype: np.dtype
+
+    def __repr__(self) -> str:  # shapes, not every number (`_utils.fields_repr`)
+        return fields_repr(self)
 
     @property
     def shape(self) -> tuple[int, int]:

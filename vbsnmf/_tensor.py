@@ -87,6 +87,7 @@ from ._svi import (
 )
 from ._svi import default_batch_size as matrix_default_batch_size
 from ._svi import default_n_epochs as matrix_default_n_epochs
+from ._utils import fields_repr
 from ._validation import combine_fingerprints
 
 SVI_FORMS = ("slices", "nonzeros")
@@ -103,6 +104,9 @@ class TensorParams:
     shapes: list[np.ndarray]
     rates: list[np.ndarray]
     scales: list[_model.ScaleState] | None = None
+
+    def __repr__(self) -> str:  # shapes, not every number (`_utils.fields_repr`)
+        return fields_repr(self)
 
     @property
     def n_modes(self) -> int:

@@ -7,6 +7,7 @@ This module imports nothing else of vbsnmf, so importing it can never close a cy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import reprlib
@@ -108,6 +109,33 @@ def booleans_as_objects(values: np.ndarray) -> np.ndarray:
     if all(isinstance(value, (bool, np.bool_)) for value in values.ravel()):
         return values.astype(bool)
     return values
+
+
+def shape_repr(value) -> str:
+    """``repr(value)`` of one field of a printed object, with a numpy array as its class,
+    shape and dtype (``<ndarray (200, 4) float64>``): the default repr printed every number,
+    hundreds of lines for a small data set. A list or tuple of arrays (or of such objects)
+    shows each one so, another long list its first items (`reprlib`); a dask array and
+    anything else its own repr."""
+    if isinstance(value, np.ndarray):
+        return f"<{type(value).__name__} {value.shape} {value.dtype}>"
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, np.ndarray) or dataclasses.is_dataclass(v) for v in value):
+            shown = ", ".join(shape_repr(v) for v in value)
+            return f"[{shown}]" if isinstance(value, list) else f"({shown})"
+        return reprlib.repr(value)
+    return repr(value)
+
+
+def fields_repr(instance) -> str:
+    """``Name(field=value, ...)`` of a dataclass ``instance`` holding arrays, each value by
+    `shape_repr`: the repr of a fitted q or result that a user prints."""
+    shown = (
+        f"{field.name}={shape_repr(getattr(instance, field.name))}"
+        for field in dataclasses.fields(instance)
+        if field.repr
+    )
+    return f"{type(instance).__name__}({', '.join(shown)})"
 
 
 def counted(n: int, noun: str) -> str:

@@ -29,6 +29,8 @@ class CountRangeError(ValueError):
 class NonCountWarning(UserWarning):
     """The matrix holds non-integer values; the Poisson model expects raw counts."""
 
+    __module__ = "vbsnmf"  # as tracebacks show it: its public name, not the private module
+
 
 def _first_positions(mask_rows, mask_cols, limit=3) -> str:
     pairs = [f"({int(r)}, {int(c)})" for r, c in zip(mask_rows[:limit], mask_cols[:limit])]

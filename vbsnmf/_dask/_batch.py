@@ -106,7 +106,7 @@ from .._model import (
     update_side,
     update_side_learned,
 )
-from .._utils import compute_dask, numba_threads, one_launch_at_a_time
+from .._utils import compute_dask, fields_repr, numba_threads, one_launch_at_a_time
 from .._validation import check_counts, refuse_masked, warn_non_counts
 from ._cluster import (
     Layout,
@@ -371,6 +371,9 @@ class DaskFitResult:
     sent_bytes: list[int] = field(default_factory=list)
     total_count: float = 0.0
     largest_count: float = 0.0
+
+    def __repr__(self) -> str:  # shapes, not every number (`_utils.fields_repr`)
+        return fields_repr(self)
 
     @property
     def cell_factors(self):

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from .. import _kernels
+from .._utils import fields_repr
 from .._validation import check_flag, small_dense
 from ._data import check_data
 from .losses import check_factors, check_parameter
@@ -42,6 +43,9 @@ class ScoreMatchingResult:
     alphas: np.ndarray
     betas: np.ndarray
     surface: np.ndarray
+
+    def __repr__(self) -> str:  # the grid's shapes, not its numbers (`_utils.fields_repr`)
+        return fields_repr(self)
 
 
 def score_matching_objective(p: np.ndarray, q: np.ndarray, alpha: float, beta: float) -> float:

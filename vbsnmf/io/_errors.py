@@ -15,6 +15,8 @@ class ReadError(ValueError):
     A subclass of `ValueError`, so callers that catch bad input generally also catch it.
     """
 
+    __module__ = "vbsnmf.io"  # as tracebacks show it: its public name, not the private module
+
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason

@@ -44,6 +44,8 @@ from .._validation import check_flag
 class UnsafePathError(ValueError):
     """An output path would overwrite, remove or write into something the user owns."""
 
+    __module__ = "vbsnmf.io"  # as tracebacks show it: its public name, not the private module
+
 
 # The inputs of the command running now (`vbsnmf.cli`): protected also where a check runs
 # again without them. The estimator checks its checkpoint path with its matrix as the only

@@ -171,15 +171,17 @@ def check_n_threads(n_threads: int | None) -> int:
     return int(min(n_threads, available))
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(classic: bool = False) -> dict[str, str]:
     """The versions of vbsnmf and of the libraries a fit's bits depend on (Numba and its
-    LLVM compile the kernels; numpy and scipy run the rest), which a record keeps so that a
+    LLVM compile the kernels; numpy and scipy run the rest; a ``classic`` solver's start
+    is scikit-learn's randomized SVD and random draws), which a record keeps so that a
     rerun giving other bits can be told apart from another fit."""
     from importlib.metadata import version
 
     from ._version import __version__
 
     names = ("numpy", "scipy", "numba", "llvmlite", "anndata")
+    names += ("scikit-learn",) if classic else ()
     return {"vbsnmf": __version__} | {name: version(name) for name in names}
 
 

@@ -934,7 +934,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     import numpy as np
 
     from . import io, tl
-    from ._utils import check_n_threads, library_versions, utf8_text
+    from ._utils import check_n_threads, utf8_text
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
 
@@ -942,7 +942,8 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     trace = info.get("elbo_trace", [])
     summary = {
         "vbsnmf_version": __version__,
-        "versions": library_versions(),  # the libraries the fit's bits depend on, with vbsnmf
+        # the libraries the fit's bits depend on, with vbsnmf (as the fit's record names them)
+        "versions": dict(info["versions"]),
         "input": utf8_text(source),  # its name's text, also under LC_ALL=C (`utf8_text`)
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.raw.n_vars if args.use_raw else adata.n_vars),

@@ -201,11 +201,13 @@ def nmf(
         Seed of the starting values (and of SVI's minibatches): a non-negative integer
         (for a classical solver below 2**32, as scikit-learn takes seeds), a
         `numpy.random.Generator` or ``RandomState`` (advanced by the fit, so a second fit
-        with it is another fit), or None (fresh entropy, not recorded). For a Generator
-        (and a ``RandomState`` under ``"batch"`` and ``"svi"``) ``.uns['nmf']['params']``
-        records the integer the fit drew from it, which as ``random_state`` gives the
-        same fit. A seed from 2**63 on, beyond what ``.h5ad`` stores as a number, is
-        recorded as its decimal digits, which ``random_state`` also takes.
+        with it is another fit), or None (fresh entropy; a classical solver's drawn from
+        numpy's global ``RandomState``, as scikit-learn reads None). For a Generator, a
+        ``RandomState`` and None ``.uns['nmf']['params']`` records the integer the fit drew
+        from it, which as ``random_state`` gives the same fit (with a ``checkpoint``, None
+        is passed on and not recorded: the same call resumes it). A seed from 2**63 on,
+        beyond what ``.h5ad`` stores as a number, is recorded as its decimal digits, which
+        ``random_state`` also takes.
     warm_start
         Continue a previous variational fit stored under the same key (same K, the same
         genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
@@ -277,11 +279,14 @@ def nmf(
         `top_genes`' ``min_counts`` reads it (in ``.raw.var`` for ``use_raw=True``).
     ``.uns['nmf']`` : dict
         ``params`` (the settings; ``n_threads``: the Numba threads the fit ran on, capped at
-        the machine's, on which its rounding depends; as given for a dask X), ``obsm_key``,
+        the machine's, on which its rounding depends; as given for a dask X; ``unrecorded``:
+        the names of settings it cannot hold, such as ``weights``, ``factor_mask`` and an
+        array ``mask_var``, which a replay, ``nmf(adata, **params)``, refuses until they are
+        given again), ``obsm_key``,
         ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_genes`` (the
         genes fitted: those ``mask_var`` selects, or all), ``n_iter``, ``converged``;
         ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
-        numba, llvmlite, anndata);
+        numba, llvmlite, anndata; scikit-learn for a classical solver);
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors; ``loading_totals``
         (K,): each factor's ``sum_j E[w_jl]`` over the fitted genes, by which the usages
@@ -326,7 +331,9 @@ def nmf(
         without a matching stored fit (a ``mask_var`` that selects other genes than it
         fitted, more or fewer), or with ``resume=True`` on the stored fit's own
         checkpoint, or over cells whose usages are not one fit's (an ``anndata.concat`` of
-        AnnData fitted apart); ``warm_start`` or ``callback`` with a classical solver.
+        AnnData fitted apart); ``warm_start`` or ``callback`` with a classical solver; a
+        record's ``params`` passed back with its ``unrecorded`` entry (the settings it
+        names must be given again).
 
     Warns
     -----
@@ -468,11 +475,13 @@ def nmf(
         masked = fitted_genes is not None and kept_cells_advice(source, mask_var, use_raw)
         warn_empty_cells(n_without, adata.n_obs, masked, solver, fit_params=fit_params)
 
-    # The integer a Generator's fit draws, drawn here so that .uns records it: unrecorded, a
-    # replay of the record (tl.nmf(adata, **params)) fitted the default seed 0 instead.
+    # The integer a Generator's (a RandomState's, None's) fit draws, drawn here so that .uns
+    # records it: unrecorded, a replay of the record (tl.nmf(adata, **params)) fitted the
+    # default seed 0 instead.
     # Left as it was if the fit raises, as VBNMF leaves it (an interrupted fit resumes).
     with kept_if_failed(random_state):
-        random_state = _drawn_seed(random_state, solver)
+        checkpointed = fit_params.get("checkpoint") is not None
+        random_state = _drawn_seed(random_state, solver, fresh=not checkpointed)
         if solver in VB_SOLVERS:
             init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
             if warm_start:
@@ -541,9 +550,22 @@ def nmf(
         settings["layer"] = layer
     if isinstance(mask_var, str):
         settings["mask_var"] = mask_var
+    if min_share is not None:  # a replay without it drew another threshold: other `active`
+        settings["min_share"] = float(min_share)
     if is_integer(random_state):
         settings["random_state"] = _storable_int(int(random_state))
+    if warm_start:  # a replay without it was a fit from the start, another fit and no word
+        settings["warm_start"] = True
     settings.update(_storable(fit_params))
+    # the settings .h5ad cannot hold (weights, factor_mask, mask_var: arrays) are named, so a
+    # replay of the record (tl.nmf(adata, **params)) is refused until they are given again:
+    # it fitted without them before, another fit and no word
+    unrecorded = sorted(
+        [name for name, value in fit_params.items() if value is not None and name not in settings]
+        + ([] if mask_var is None or isinstance(mask_var, str) else ["mask_var"])
+    )
+    if unrecorded:
+        settings[UNRECORDED_ENTRY] = np.asarray(unrecorded, dtype=object)
     if not on_dask:
         # the threads the fit ran on, on which its rounding depends (None: all the cores):
         # as given, a rerun on a machine of other cores was another fit and the record did
@@ -577,7 +599,7 @@ def nmf(
             LOADING_TOTALS_ENTRY: loading_totals(gene_loadings),
             "active": share > threshold,
             "min_share": threshold,
-            "versions": library_versions(),
+            "versions": library_versions(classic=variational is None),
             **info,
             **({} if variational is None else {"variational": variational}),
         }
@@ -1034,25 +1056,36 @@ def _described(prior) -> str:
     return f"the learned prior with prior_shape={prior.factor_shape:g}"
 
 
-def _drawn_seed(random_state, solver: str):
-    """``random_state`` as the integer seed the fit takes from it: for a
-    `numpy.random.Generator` (and a ``RandomState`` under the variational solvers) the
-    integer `VBNMF` (`vbsnmf.classic.NMF`) would draw from it, which as ``random_state``
-    gives the same fit; anything else as it is (a classical solver draws a ``RandomState``
-    many times, in scikit-learn's manner). The decimal digits of a seed from 2**63 on, as
-    ``.uns`` records one (`_storable_int`), are that seed: the record replays (numpy's
-    own advice for a fresh seed, ``secrets.randbits(128)``, gives such seeds)."""
+def _drawn_seed(random_state, solver: str, *, fresh: bool = True):
+    """``random_state`` as the integer seed the fit takes from it, which as
+    ``random_state`` gives the same fit: for a `numpy.random.Generator` or ``RandomState``
+    the integer `VBNMF` (`vbsnmf.classic.NMF`, for a Generator) would draw from it, and for
+    None fresh entropy (`VBNMF`'s; a classical solver's from numpy's global
+    ``RandomState``, as scikit-learn reads None), unless ``fresh`` is False (a checkpointed
+    fit, resumed by None again: the entropy it draws is not the checkpoint's). Unrecorded,
+    a replay of the record (``tl.nmf(adata, **params)``) fitted the default seed 0. A
+    classical solver draws a ``RandomState`` many times (scikit-learn's manner): one seed
+    drawn from it stands for them. The decimal digits of a seed from 2**63 on, as ``.uns``
+    records one (`_storable_int`), are that seed: the record replays (numpy's own advice
+    for a fresh seed, ``secrets.randbits(128)``, and fresh entropy give such seeds)."""
     if isinstance(random_state, str) and random_state.isascii() and random_state.isdecimal():
         if int(random_state) >= 2**63:  # what `_storable_int` writes; "3" stays refused
             return int(random_state)
     if solver in VB_SOLVERS:
         if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
             return seed_entropy(random_state)
+        if random_state is None and fresh:
+            return seed_entropy(None)
         return random_state
     if isinstance(random_state, np.random.Generator):
         from ..classic._nmf import _legacy_seed  # scikit-learn: only for a classical solver
 
         return _legacy_seed(random_state)
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        from sklearn.utils import check_random_state
+
+        # below 2**32, as scikit-learn takes seeds (`classic._nmf._check_seed`)
+        return int(check_random_state(random_state).randint(0, 2**32, dtype=np.int64))
     return random_state
 
 
@@ -1277,6 +1310,9 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
+# The entry of a record's params naming the fit's settings it does not hold (arrays)
+UNRECORDED_ENTRY = "unrecorded"
+
 # scanpy.pp.pca's parameters that the tools take under another name
 _SCANPY_PCA_NAMES = {
     "use_highly_variable": "mask_var='highly_variable' (as scanpy.pp.pca's mask_var)",
@@ -1296,6 +1332,12 @@ def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = 
         accepted = set(NMF._get_param_names()) - {"n_components", "random_state", "solver"}
         accepted.add("n_threads")
     accepted -= set(refused)
+    if UNRECORDED_ENTRY in fit_params:  # a record's params passed back (`nmf`)
+        names = ", ".join(map(str, np.ravel(fit_params[UNRECORDED_ENTRY])))
+        raise ValueError(
+            f"the recorded fit was also given {names}, which its params do not hold (arrays): "
+            f"pass {names} again and leave out {UNRECORDED_ENTRY!r} to replay it"
+        )
     unknown = sorted(set(fit_params) - accepted)
     if "mask" in unknown:  # VBNMF.fit's argument, not a parameter of any estimator
         if solver in VB_SOLVERS:

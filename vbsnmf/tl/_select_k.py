@@ -113,7 +113,8 @@ def select_k(
     random_state
         Seed of the count split and of every fit. A `numpy.random.Generator` (or
         ``RandomState``) gives one integer seed, drawn once, which ``params`` records; it
-        is left as it was if the grid raises.
+        is left as it was if the grid raises. None: fresh entropy, which ``params``
+        records as that seed (as `nmf`).
     tolerance
         How far below the best held-out log-likelihood per count a K may be and still be
         suggested, in nats per count; default: one standard error (above).
@@ -242,10 +243,10 @@ def select_k(
     # The largest K's fit needs the most memory: refused now, not when its turn came after
     # the smaller Ks' fits (both halves of each, hours on a large data set) had run
     _check_memory(VBNMF(max(ks), solver=solver, **fit_params)._check_params(), counts, None)
-    # A Generator (or RandomState) gives the split and every fit one integer seed, drawn
-    # here, as an integer random_state does, and the record names it: each fit drew its own
-    # before, and the record named none, so the table could not be replayed. Left as it was
-    # if the grid raises, as tl.nmf leaves it.
+    # A Generator (or RandomState, or None's fresh entropy) gives the split and every fit
+    # one integer seed, drawn here, as an integer random_state does, and the record names
+    # it: each fit drew its own before, and the record named none, so the table could not
+    # be replayed. Left as it was if the grid raises, as tl.nmf leaves it.
     with kept_if_failed(random_state):
         random_state = _drawn_seed(random_state, solver)
         train, test = count_split(counts, 0.5, random_state=random_state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 import warnings
 
 import numpy as np
@@ -120,6 +121,40 @@ def _name_column(var, names) -> tuple[str, int] | None:
     return best
 
 
+def _same_when_normalized(reference_genes, new_genes) -> list[tuple[str, str]]:
+    """(reference name, name in ``new_genes``) for each reference gene that ``new_genes``
+    lacks but holds under a name that differs only in Unicode normalization form (an
+    accented letter as one code point, NFC, against a letter and a combining accent, NFD,
+    as some macOS tools write it) or in surrounding spaces: names that print alike but do
+    not match, whose genes `project` would leave out unremarked."""
+    missing = reference_genes.difference(new_genes)
+    if not len(missing):
+        return []
+
+    def normal(name) -> str:
+        return unicodedata.normalize("NFC", str(name)).strip()
+
+    new_by_normal = {normal(name): str(name) for name in new_genes}
+    return [
+        (str(name), new_by_normal[normal(name)])
+        for name in missing
+        if normal(name) in new_by_normal
+    ]
+
+
+def _normalization_advice(near: list[tuple[str, str]], new_side: str) -> str:
+    """The sentence naming the genes of `_same_when_normalized` (ascii(): the two names of
+    a pair print alike otherwise) and the renaming that matches them."""
+    reference_name, new_name = near[0]
+    return (
+        f"{len(near)} of the reference's genes are in {new_side} under names that differ "
+        f"only in Unicode normalization form or surrounding spaces (e.g. "
+        f"{reference_name!a} as {new_name!a}), which do not match; normalize "
+        "both AnnData's names alike, e.g. adata.var_names = [unicodedata.normalize('NFC', "
+        "name).strip() for name in adata.var_names]"
+    )
+
+
 def _renaming_hint(adata_new, adata_ref, use_raw: bool, new_genes, key: str, fitted) -> str:
     """Where the names of ``adata_new`` and of the reference fit ``key`` (``fitted``: which
     of its gene holder's genes it used) meet, when they share none: genes the fit left out
@@ -182,8 +217,10 @@ def project(
 
     Each new cell's q(z) is fitted by coordinate ascent with the reference's gene side
     q(w) held fixed (the local step of `vbsnmf.VBNMF.transform`). Genes are matched by
-    name: reference genes missing from ``adata_new`` are left out of the likelihood (not
-    treated as zero counts); genes only in ``adata_new`` are ignored.
+    name, exactly (``"Actb"`` is not ``"ACTB"``; a warning names reference genes that
+    ``adata_new`` holds only under a name differing in Unicode normalization form or
+    surrounding spaces): reference genes missing from ``adata_new`` are left out of the
+    likelihood (not treated as zero counts); genes only in ``adata_new`` are ignored.
 
     Parameters
     ----------
@@ -357,10 +394,20 @@ def project(
     positions[found >= 0] = np.flatnonzero(single)[found[found >= 0]]
     shared = positions >= 0
     n_shared = int(shared.sum())
+    near = _same_when_normalized(reference_genes, new_genes)
+    new_side = "adata_new.raw" if use_raw else "adata_new"
     if n_shared == 0:
         raise ValueError(
             "adata_new shares no gene names with the reference fit"
-            + _renaming_hint(adata_new, adata_ref, use_raw, new_genes, key, fitted)
+            + (
+                f"; {_normalization_advice(near, new_side)}"
+                if near
+                else _renaming_hint(adata_new, adata_ref, use_raw, new_genes, key, fitted)
+            )
+        )
+    if near:
+        warnings.warn(
+            f"{_normalization_advice(near, new_side)}; they are left out", UserWarning, stacklevel=2
         )
     if n_shared < 0.5 * len(reference_genes):
         warnings.warn(

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from simulated import poisson_gamma_adata
 
 from vbsnmf import tl
 
@@ -40,11 +41,8 @@ TOTALS = "nmf_total_counts"
 
 
 def _adata() -> ad.AnnData:
-    rng = np.random.default_rng(0)
-    rates = rng.gamma(1.0, 1.0, (N_CELLS, K)) @ rng.gamma(0.5, 2.0, (K, N_GENES))
-    counts = rng.poisson(rates).astype(np.float64)
-    adata = ad.AnnData(sp.csr_matrix(counts))
-    adata.var_names = [f"G{j}" for j in range(N_GENES)]
+    # the shared counts, with anndata's default cell names ("0", "1"...) as before
+    adata = poisson_gamma_adata(n_cells=N_CELLS, n_genes=N_GENES, k=K, prefix="")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_iter reached
         tl.nmf(adata, K, random_state=0, max_iter=20, n_threads=1)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from simulated import poisson_gamma_adata
 
 from vbsnmf import pl, tl
 
@@ -41,16 +42,11 @@ GENES = [f"G{j}" for j in range(N_GENES)]
 
 
 def _adata(genes=GENES) -> ad.AnnData:
-    rng = np.random.default_rng(0)
-    rates = rng.gamma(1.0, 1.0, (N_CELLS, K)) @ rng.gamma(0.5, 2.0, (K, N_GENES))
-    counts = rng.poisson(rates).astype(np.float64)
-    cells = pd.DataFrame(
-        {"group": pd.Categorical(["a", "b"] * (N_CELLS // 2))},
-        index=[f"c{i}" for i in range(N_CELLS)],
-    )
+    adata = poisson_gamma_adata(n_cells=N_CELLS, n_genes=N_GENES, k=K)
+    adata.obs["group"] = pd.Categorical(["a", "b"] * (N_CELLS // 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anndata's "var_names not unique"
-        adata = ad.AnnData(sp.csr_matrix(counts), obs=cells, var=pd.DataFrame(index=genes))
+        adata.var_names = genes
         tl.nmf(adata, K, random_state=0, max_iter=30, n_threads=1)
     return adata
 

@@ -41,6 +41,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 from reference_cavi import fit_rows as numpy_fit_rows
+from simulated import poisson_gamma_array
 
 import vbsnmf
 from vbsnmf import cli, tl
@@ -54,9 +55,7 @@ CELLS = [f"AAAC{i}-1" for i in range(N_CELLS)]
 
 
 def _counts(seed: int = 0, n_cells: int = N_CELLS) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rates = rng.gamma(1.0, 1.0, (n_cells, K)) @ rng.gamma(0.5, 2.0, (K, N_GENES))
-    return rng.poisson(rates).astype(np.float64)
+    return poisson_gamma_array(n_cells=n_cells, n_genes=N_GENES, k=K, seed=seed)
 
 
 def _quiet(function, *args, **kwargs):

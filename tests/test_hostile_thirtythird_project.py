@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from scipy.special import digamma
+from simulated import poisson_gamma_array
 
 import vbsnmf
 from vbsnmf import tl
@@ -28,9 +29,7 @@ GENES = [f"g{i}" for i in range(N_GENES)]
 
 
 def _counts(seed: int = 0, n_cells: int = N_CELLS) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rates = rng.gamma(1.0, 1.0, (n_cells, K)) @ rng.gamma(0.5, 2.0, (K, N_GENES))
-    return rng.poisson(rates).astype(np.float64)
+    return poisson_gamma_array(n_cells=n_cells, n_genes=N_GENES, k=K, seed=seed)
 
 
 def _anndata(counts, genes=GENES) -> ad.AnnData:

@@ -95,6 +95,7 @@ from ._svi import (
     scan_blocks,
 )
 from ._utils import (
+    brief_repr,
     check_n_threads,
     compute_dask,
     float_indices_hint,
@@ -1427,12 +1428,10 @@ def _check_init(init, solver: str, n_init: int, learned: bool) -> str:
     """``VBNMF``'s ``init``, checked against the settings it needs."""
     if init is not None and not isinstance(init, str):
         # a start to continue, given where fit's is meant: the message printed whole arrays
-        if hasattr(init, "shape") and hasattr(init, "dtype"):
-            shown = f"{type(init).__name__} of shape {init.shape}"
-        elif isinstance(init, dict):
+        if isinstance(init, dict):
             shown = f"a dict with keys {sorted(map(str, init))}"
         else:
-            shown = repr(init)
+            shown = brief_repr(init)
         raise ValueError(
             f"init must be one of {INITS} (how to start), got {shown}: a start to continue "
             "(a fitted VBNMF or a dict of cell_shape, cell_rate, gene_shape, gene_rate) is "

@@ -127,6 +127,16 @@ def shape_repr(value) -> str:
     return repr(value)
 
 
+def brief_repr(value) -> str:
+    """``repr(value)`` of a parameter in an error message, or its class and shape for an
+    array-like (``ndarray of shape (10, 2)``): a start given as ``init``, where a name is
+    meant, filled the message with its numbers. Messages keep these words; a printed
+    object's fields take `shape_repr`'s ``<ndarray (10, 2) float64>``."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {value.shape}"
+    return repr(value)
+
+
 def fields_repr(instance) -> str:
     """``Name(field=value, ...)`` of a dataclass ``instance`` holding arrays, each value by
     `shape_repr`: the repr of a fitted q or result that a user prints."""

@@ -29,7 +29,7 @@ from .._base import (
 )
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
-from .._utils import counted, is_integer, warn_user
+from .._utils import brief_repr, counted, is_integer, warn_user
 from .._validation import (
     check_finite_product,
     check_flag,
@@ -470,7 +470,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         # not an array: `in` compares it elementwise, and numpy's "truth value of an
         # array is ambiguous" named neither the parameter nor the choices
         if not isinstance(self.solver, str) or self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {_short(self.solver)}; choose one of {SOLVERS}")
+            raise ValueError(f"unknown solver {brief_repr(self.solver)}; choose one of {SOLVERS}")
         loss = self.loss
         if loss == "auto":
             loss = "kl" if self.solver == "mu" else "frobenius"
@@ -503,7 +503,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             advice = ""
             if not isinstance(self.init, str):  # starting factors, where fit takes them
                 advice = " (starting factors are given to fit: init='custom', fit(X, W=W, H=H))"
-            raise ValueError(f"unknown init {_short(self.init)}; choose one of {INITS}{advice}")
+            raise ValueError(f"unknown init {brief_repr(self.init)}; choose one of {INITS}{advice}")
         _check_seed(self.random_state)
         return spec
 
@@ -614,14 +614,6 @@ def _as_result(factor: np.ndarray, X) -> np.ndarray:
             "as float64"
         )
     return result
-
-
-def _short(value) -> str:
-    """``repr(value)`` of a parameter in a message, or its type and shape for an array
-    (a starting W passed as ``init`` would fill the message with its numbers)."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"{type(value).__name__} of shape {value.shape}"
-    return repr(value)
 
 
 def _within_rounding_of(factor: np.ndarray, bound) -> np.ndarray:

@@ -39,6 +39,7 @@ from .._utils import (
     is_dask_array,
     is_integer,
     stored_record,
+    warn_user,
 )
 from .._validation import check_positive
 from ..io._stored import anndata_x
@@ -741,7 +742,8 @@ def top_genes(
         with ``_``: ``("a_b", "c")`` and ``("a", "b_c")``).
     n_genes, sort_by, min_counts, include_inactive
         As in `vbsnmf.tl.top_genes`, but ``n_genes`` is 5 by default here (20 there): a dot
-        plot of every active factor's genes stays readable.
+        plot of every active factor's genes stays readable. A factor none of whose genes
+        has a positive loading and ``min_counts`` counts is left out, with a warning.
     key
         ``key_added`` of the fit.
     return_fig
@@ -824,6 +826,17 @@ def top_genes(
         raise ValueError(
             f"no gene of the factors shown has a positive loading and min_counts={min_counts} "
             "counts or more; lower min_counts"
+        )
+    # a factor none of whose genes qualifies had no bracket in the plot, without a word
+    listed = set(table.index.get_level_values("factor"))
+    left_out = [int(f) for f in active_factors(adata, key, include_inactive) if f not in listed]
+    if left_out:
+        warn_user(
+            f"{'factor' if len(left_out) == 1 else 'factors'} "
+            f"{', '.join(map(str, left_out))} left out of the dot plot: no gene of "
+            f"{'it' if len(left_out) == 1 else 'theirs'} has a positive loading and "
+            f"min_counts={min_counts} counts or more; lower min_counts",
+            UserWarning,
         )
     names = table["gene"]
     reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))

@@ -544,7 +544,7 @@ def nmf(
         prior = (variational["prior_shape"], variational["prior_rate"])
     share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
     if not (share > threshold).any():
-        _warn_no_active(threshold, min_share is None, adata.n_obs)
+        _warn_no_active(threshold, min_share is None, adata.n_obs, float(share.max(initial=0)))
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
@@ -653,12 +653,20 @@ def _share(names: pd.Index, matches, sample: int = 1000) -> float:
     return sum(matches(str(name)) is not None for name in names) / len(names)
 
 
-def _warn_no_active(threshold: float, default: bool, n_cells: int) -> None:
+def _warn_no_active(threshold: float, default: bool, n_cells: int, largest: float) -> None:
     """Warn that no factor's share exceeds ``threshold``: `top_genes` would list nothing
-    and `vbsnmf.pl.factors` draw nothing, without a word."""
+    and `vbsnmf.pl.factors` draw nothing, without a word. ``largest``: the largest share."""
     why = f" (the default: five typical cells' counts, of {n_cells} cells)" if default else ""
+    # to three significant digits, or as many more as it takes to show it at or above the
+    # largest share: min_share=0.41235 above a share of 0.41234 read "min_share = 0.412",
+    # below the share that .uns['nmf']['factor_share'] shows, and 0.999999 read "1", which
+    # min_share refuses
+    for digits in range(3, 18):
+        shown = f"{threshold:.{digits}g}"
+        if float(shown) >= largest and (float(shown) < 1 or threshold >= 1):
+            break
     warnings.warn(
-        f"no factor is active: none holds more than min_share = {threshold:.3g} of the "
+        f"no factor is active: none holds more than min_share = {shown} of the "
         f"fitted counts{why}; {NO_ACTIVE_ADVICE}",
         _NoActiveFactorWarning,
         stacklevel=3,

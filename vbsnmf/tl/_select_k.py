@@ -319,7 +319,8 @@ def select_k(
         within = (gap <= table["tolerance"]).to_numpy()
         chosen = int(np.flatnonzero(within)[0])  # the best K itself is always within
         table["suggested"] = np.arange(len(ks)) == chosen
-        suggested_k, reason = ks[chosen], _reason(table, ks, chosen, best, tolerance, min_share)
+        reason = _reason(table, ks, chosen, best, tolerance, min_share, max_k=min(counts.shape))
+        suggested_k = ks[chosen]
         table = table[
             [
                 "elbo",
@@ -510,10 +511,18 @@ def _check_ks_fit(ks: list[int], shape: tuple[int, int], source: str) -> None:
 
 
 def _reason(
-    table: pd.DataFrame, ks: list[int], chosen: int, best: int, tolerance, min_share=None
+    table: pd.DataFrame,
+    ks: list[int],
+    chosen: int,
+    best: int,
+    tolerance,
+    min_share=None,
+    *,
+    max_k: int | None = None,
 ) -> str:
     """The sentence that says why ``ks[chosen]`` is suggested (``min_share``: as given to
-    `select_k`, None for `nmf`'s default)."""
+    `select_k`, None for `nmf`'s default; ``max_k``: min(n_cells, n_genes) of the fitted
+    counts, the largest K a fit takes)."""
     heldout = table["heldout_ll_per_count"].to_numpy()
     rule = (
         "one standard error (paired over cells)"
@@ -556,7 +565,14 @@ def _reason(
     if len(ks) == 1:
         text += "; the only K tried, so nothing was compared: pass a grid of K"
     if best == len(ks) - 1 and len(ks) > 1:
-        text += "; the best is the largest K tried, so a larger K may fit better still"
+        if max_k is not None and ks[-1] >= max_k:
+            # "a larger K may fit better still" sent the user to a K that `nmf` refuses
+            text += (
+                f"; the best is the largest K tried, min(n_cells, n_genes) = {max_k} of the "
+                "fitted counts, the largest K they allow"
+            )
+        else:
+            text += "; the best is the largest K tried, so a larger K may fit better still"
     if chosen == 0 and len(ks) > 1 and ks[0] > 1:
         # the rule asks for the smallest K within tolerance, which the grid may not reach
         text += "; it is the smallest K tried, so a smaller K may do as well"

@@ -924,6 +924,16 @@ def check_factor_columns(where: str, values: np.ndarray, n_components: int) -> N
         )
 
 
+def drawn_seed_below_2_32(random_state: np.random.Generator | np.random.RandomState) -> int:
+    """One integer seed in [0, 2**32 - 1], the range of scikit-learn's and scanpy's seeds,
+    drawn from a numpy ``Generator`` or ``RandomState``: where vbsnmf hands one of those on
+    to a library that takes, or records, only an integer seed (`classic.NMF`'s start,
+    `pl.umap`'s scanpy calls, the seed a classical `tl.nmf` fit records)."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**32))
+    return int(random_state.randint(0, 2**32, dtype=np.int64))
+
+
 def is_integer(value) -> bool:
     """``value`` is a whole number where a count is expected: an int or numpy integer, not
     a bool nor a duration (numpy makes ``np.timedelta64`` a subclass of ``np.integer``, so

@@ -29,7 +29,7 @@ from .._base import (
 )
 from .._model import ConvergenceWarning, kept_if_failed
 from .._nndsvd import nonnegative_factors
-from .._utils import brief_repr, counted, is_integer, warn_user
+from .._utils import brief_repr, counted, drawn_seed_below_2_32, is_integer, warn_user
 from .._validation import (
     check_finite_product,
     check_flag,
@@ -664,7 +664,7 @@ def _legacy_seed(random_state):
     """``random_state`` as scikit-learn's helpers take it: a `numpy.random.Generator` (which
     `vbsnmf.VBNMF` takes) becomes a seed drawn from it; anything else is passed on."""
     if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**32))
+        return drawn_seed_below_2_32(random_state)
     return random_state
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._model import kept_if_failed
-from .._utils import counted, is_integer, missing_package_advice, record_kind
+from .._utils import counted, drawn_seed_below_2_32, is_integer, missing_package_advice, record_kind
 from .._validation import check_iterations
 from ..io._stored import anndata_x
 from ..tl._stored import (
@@ -284,7 +284,7 @@ def _integer_seed(random_state):
     ``['leiden']``, and a RandomState there made ``write_h5ad`` fail (anndata's
     ``IORegistryError``) after the work was done."""
     if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**32, dtype=np.uint64))
+        return drawn_seed_below_2_32(random_state)
     return random_state
 
 

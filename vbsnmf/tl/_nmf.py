@@ -29,6 +29,7 @@ from .._utils import (
     check_anndata,
     check_factor_columns,
     check_n_threads,
+    drawn_seed_below_2_32,
     elbo_iterations,
     finite_fit_array,
     is_dask_array,
@@ -1085,15 +1086,13 @@ def _drawn_seed(random_state, solver: str, *, fresh: bool = True):
         if random_state is None and fresh:
             return seed_entropy(None)
         return random_state
-    if isinstance(random_state, np.random.Generator):
-        from ..classic._nmf import _legacy_seed  # scikit-learn: only for a classical solver
+    if random_state is None:  # numpy's global RandomState, as scikit-learn reads None
+        from sklearn.utils import check_random_state  # only for a classical solver
 
-        return _legacy_seed(random_state)
-    if random_state is None or isinstance(random_state, np.random.RandomState):
-        from sklearn.utils import check_random_state
-
+        random_state = check_random_state(None)
+    if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
         # below 2**32, as scikit-learn takes seeds (`classic._nmf._check_seed`)
-        return int(check_random_state(random_state).randint(0, 2**32, dtype=np.int64))
+        return drawn_seed_below_2_32(random_state)
     return random_state
 
 

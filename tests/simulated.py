@@ -36,3 +36,17 @@ def poisson_gamma_adata(*, n_cells: int, n_genes: int, k: int, seed: int = 0, pr
     cells = pd.DataFrame(index=[f"{prefix}{i}" for i in range(n_cells)])
     genes = pd.DataFrame(index=[f"G{j}" for j in range(n_genes)])
     return ad.AnnData(sp.csr_matrix(counts), obs=cells, var=genes)
+
+
+def poisson_adata(*, n_cells: int, n_genes: int, seed: int = 0):
+    """An AnnData of independent Poisson(1) counts (float32 CSR, cells x genes) drawn with
+    ``seed``, cells named ``c0``, ``c1``..., genes ``g0``, ``g1``...: structureless data for
+    the tests of what the tools store, refuse and report, not of what they find. anndata is
+    imported here, as in `poisson_gamma_adata`."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    adata = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (n_cells, n_genes)).astype(np.float32)))
+    adata.obs_names = [f"c{i}" for i in range(n_cells)]
+    adata.var_names = [f"g{j}" for j in range(n_genes)]
+    return adata

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from simulated import poisson_adata
 
 import vbsnmf
 
@@ -19,12 +20,7 @@ NO_ACTIVE = "no factor is active"
 
 
 def _adata(n_cells: int, n_genes: int, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    counts = sp.csr_matrix(rng.poisson(1.0, (n_cells, n_genes)).astype(np.float32))
-    adata = ad.AnnData(counts)
-    adata.obs_names = [f"c{i}" for i in range(n_cells)]
-    adata.var_names = [f"g{j}" for j in range(n_genes)]
-    return adata
+    return poisson_adata(n_cells=n_cells, n_genes=n_genes, seed=seed)
 
 
 def _fit_warnings(adata, n_components: int, **params) -> list[str]:

@@ -13,7 +13,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from simulated import poisson_adata
 
 import vbsnmf
 from vbsnmf import cli
@@ -21,11 +21,7 @@ from vbsnmf.io import ReadError, read_h5ad
 
 
 def _counts(n_cells: int = 60, n_genes: int = 12) -> ad.AnnData:
-    rng = np.random.default_rng(0)
-    adata = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (n_cells, n_genes)).astype(np.float32)))
-    adata.obs_names = [f"c{i}" for i in range(n_cells)]
-    adata.var_names = [f"g{i}" for i in range(n_genes)]
-    return adata
+    return poisson_adata(n_cells=n_cells, n_genes=n_genes)
 
 
 @pytest.fixture(scope="module")

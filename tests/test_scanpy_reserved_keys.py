@@ -6,11 +6,10 @@ stored under ``"pca"`` as the PCA."""
 
 import warnings
 
-import anndata as ad
 import numpy as np
 import pytest
 import scipy.io
-import scipy.sparse as sp
+from simulated import poisson_adata
 
 from vbsnmf import cli, tl
 
@@ -18,12 +17,7 @@ FIT = {"max_iter": 3, "n_threads": 1}
 
 
 def _adata(n_cells=60, n_genes=30, seed=0):
-    rng = np.random.default_rng(seed)
-    counts = sp.csr_matrix(rng.poisson(1.0, (n_cells, n_genes)).astype(np.float32))
-    adata = ad.AnnData(counts)
-    adata.var_names = [f"g{j}" for j in range(n_genes)]
-    adata.obs_names = [f"c{i}" for i in range(n_cells)]
-    return adata
+    return poisson_adata(n_cells=n_cells, n_genes=n_genes, seed=seed)
 
 
 def _quiet(function, *args, **kwargs):

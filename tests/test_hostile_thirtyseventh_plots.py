@@ -28,10 +28,12 @@ _BAD_TITLE = r"$\notacommand$"  # mathtext matplotlib cannot typeset, met at the
     ("plot", "error"),
     [
         (lambda adata: pl.factors(adata, size="big", show=False), ValueError),
-        (lambda adata: pl.factors(adata, not_a_property=1, show=False), AttributeError),
+        # a keyword no one takes: refused before drawing since the 39th pass (a TypeError
+        # naming the plot, not matplotlib's AttributeError from the half-drawn figure)
+        (lambda adata: pl.factors(adata, not_a_property=1, show=False), TypeError),
         (
             lambda adata: pl.top_genes(adata, "cluster", not_a_property=1, show=False),
-            AttributeError,
+            TypeError,
         ),
     ],
     ids=["factors-size", "factors-keyword", "top_genes-keyword"],

@@ -937,6 +937,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     from ._utils import check_n_threads, utf8_text
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
+    from .tl._top_genes import left_out_factors, left_out_message
 
     info = adata.uns[args.key]
     trace = info.get("elbo_trace", [])
@@ -970,7 +971,17 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     io.write_nmf_tables(adata, folder, key=args.key)
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
     # the old one: the active factors' 10 most specific genes, seen twice in the data ...
-    top_genes = tl.top_genes(adata, 10, key=args.key)
+    # tl.top_genes warns of an active factor it lists no gene of "in the table", with advice
+    # for Python: said here of the file, with advice a command-line user can follow
+    min_counts = 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"factors? .* left out of the table", UserWarning)
+        top_genes = tl.top_genes(adata, 10, key=args.key, min_counts=min_counts)
+    left_out = left_out_factors(adata, args.key, top_genes, include_inactive=False)
+    if left_out and not args.quiet:
+        advice = f"vbsnmf.tl.top_genes(adata, min_counts=1) on {RESULT_FILE} lists genes seen once"
+        message = left_out_message(left_out, TOP_GENES_FILE, str(min_counts), advice)
+        _tell(f"vbsnmf: warning: {message}")
     # counts are integers: as floats, "%.6g" rounded those above 999,999 (1.23457e+06)
     top_genes["total_counts"] = top_genes["total_counts"].astype(np.int64)
     with io.atomic_file(folder / TOP_GENES_FILE) as temporary:

@@ -39,12 +39,11 @@ from .._utils import (
     is_dask_array,
     is_integer,
     stored_record,
-    warn_user,
 )
 from .._validation import check_positive
 from ..io._stored import anndata_x
 from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
-from ..tl._top_genes import top_genes as top_genes_table
+from ..tl._top_genes import top_genes_table, warn_left_out
 
 
 def _pyplot():
@@ -378,6 +377,36 @@ def _check_passed_on(kwds: dict, set_here: dict[str, str], plot: str) -> None:
             raise TypeError(f"{plot} sets {name!r} itself: {instead}")
 
 
+def _check_forwarded(
+    kwds: dict, plot: str, passed_to: str, targets: Sequence, also: tuple[str, ...] = ()
+) -> None:
+    """A `TypeError` naming ``plot``, as Python's own for an unexpected keyword argument,
+    for a keyword argument in ``kwds`` that none of ``targets`` (the scanpy functions or
+    classes ``kwds`` are passed to, ``passed_to`` by name) names and matplotlib's
+    ``scatter``, which takes the rest, does not take either (a parameter of its 2-D or 3-D
+    ``Axes.scatter``, or a property its ``PathCollection`` sets); ``also``: names a target
+    takes without naming them (``sc.pl.dotplot``'s old ``color_map``). ``components=`` to
+    `top_genes` (a keyword of `factors`) failed deep in matplotlib with
+    "PathCollection.set() got an unexpected keyword argument"."""
+    import inspect
+
+    from matplotlib.axes import Axes
+    from matplotlib.collections import PathCollection
+    from mpl_toolkits.mplot3d import Axes3D
+
+    named = {*also}
+    for target in (*targets, Axes.scatter, Axes3D.scatter):
+        for name, parameter in inspect.signature(target).parameters.items():
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                named.add(name)
+    for name in kwds:
+        if name not in named and not callable(getattr(PathCollection, f"set_{name}", None)):
+            raise TypeError(
+                f"{plot}() got an unexpected keyword argument {name!r}: not one of its own, "
+                f"nor of {passed_to} or matplotlib's scatter, to which it passes the others"
+            )
+
+
 # The keyword arguments `factors` sets for sc.pl.embedding and `top_genes` for sc.pl.dotplot.
 _FACTORS_SET = {
     "color": "choose the factors to draw with components=",
@@ -568,7 +597,8 @@ def factors(
         ``<NA>`` of ``anndata.concat``, are refused (a `ValueError`); ``ax``, with one
         factor in ``components``); not ``color``,
         ``vmin``, ``norm``, ``color_map`` (``cmap`` here) or ``return_fig``, which the plot
-        sets, nor ``use_raw=True`` (a `TypeError`).
+        sets, nor ``use_raw=True``, nor one that neither ``sc.pl.embedding`` nor
+        matplotlib's ``scatter`` takes (each a `TypeError`).
 
     Returns
     -------
@@ -578,6 +608,7 @@ def factors(
     import scanpy as sc
 
     _check_passed_on(kwds, _FACTORS_SET, "vbsnmf.pl.factors")
+    _check_forwarded(kwds, "vbsnmf.pl.factors", "sc.pl.embedding", [sc.pl.embedding])
     if kwds.get("use_raw"):  # scanpy said its frame of the factors "does not have raw"
         raise TypeError(
             "vbsnmf.pl.factors draws the fit's usages or factors, not expression: use_raw "
@@ -754,8 +785,10 @@ def top_genes(
         is scanpy's ``dotplot_``.
     **kwds
         Passed to ``sc.pl.dotplot`` (e.g. ``layer``, ``use_raw``, ``standard_scale=None``,
-        ``cmap``, ``dendrogram``); not ``var_names``, ``var_group_labels`` or
-        ``var_group_positions``, which the plot sets (a `TypeError`).
+        ``cmap``, ``dendrogram``, and matplotlib's ``scatter``'s, such as ``linewidth``);
+        not ``var_names``, ``var_group_labels`` or ``var_group_positions``, which the plot
+        sets, nor one that neither ``sc.pl.dotplot`` nor ``scatter`` takes, such as
+        `factors`' ``components`` (each a `TypeError`).
         ``dendrogram=True`` without a stored one computes scanpy's dendrogram into
         ``adata`` (``.uns['dendrogram_<groupby>']``), on ``.obsm['X_pca']``: where there
         is none and ``adata`` has more than 50 genes (``sc.settings.N_PCS``), scanpy first
@@ -774,6 +807,12 @@ def top_genes(
     import scanpy as sc
 
     _check_passed_on(kwds, _TOP_GENES_SET, "vbsnmf.pl.top_genes")
+    from scanpy.plotting import DotPlot
+
+    # sc.pl.dotplot passes the rest on to DotPlot, and takes color_map as its cmap
+    _check_forwarded(
+        kwds, "vbsnmf.pl.top_genes", "sc.pl.dotplot", [sc.pl.dotplot, DotPlot], ("color_map",)
+    )
     info = fit_info(adata, key, "the gene loadings")
     if return_fig and save is not None and save is not False:
         # the DotPlot is returned undrawn, and scanpy drops save then: a path went unwritten
@@ -809,14 +848,8 @@ def top_genes(
             f"adata.layers has no {kwds['layer']!r} (layer=) to show; it holds: "
             f"{', '.join(map(repr, adata.layers)) or 'none'}"
         )
-    table = top_genes_table(
-        adata,
-        n_genes,
-        key,
-        sort_by=sort_by,
-        min_counts=min_counts,
-        include_inactive=include_inactive,
-    )
+    # without tl.top_genes' warning of a factor left out of its table: said of the plot below
+    table = top_genes_table(adata, n_genes, key, sort_by, min_counts, include_inactive)
     if table.empty:
         # said which of the two it is: "none is active, or min_counts is high"
         if active_factors(adata, key, include_inactive).size == 0:
@@ -828,16 +861,7 @@ def top_genes(
             "counts or more; lower min_counts"
         )
     # a factor none of whose genes qualifies had no bracket in the plot, without a word
-    listed = set(table.index.get_level_values("factor"))
-    left_out = [int(f) for f in active_factors(adata, key, include_inactive) if f not in listed]
-    if left_out:
-        warn_user(
-            f"{'factor' if len(left_out) == 1 else 'factors'} "
-            f"{', '.join(map(str, left_out))} left out of the dot plot: no gene of "
-            f"{'it' if len(left_out) == 1 else 'theirs'} has a positive loading and "
-            f"min_counts={min_counts} counts or more; lower min_counts",
-            UserWarning,
-        )
+    warn_left_out(adata, key, table, min_counts, include_inactive, "the dot plot")
     names = table["gene"]
     reads_raw = reads_raw_genes(adata, kwds.get("use_raw"), kwds.get("layer"))
     _check_genes_readable(adata, info, names, kwds, reads_raw)

@@ -223,7 +223,10 @@ def nmf(
         exceeds this. Default: the share a factor reaches when it explains five typical
         cells' counts (5 x the median cell's fitted count) beyond what the prior gives a
         factor explaining nothing. A factor that adds less than a handful of cells' worth
-        cannot describe a population of cells. Under the learned prior a switched-off
+        cannot describe a population of cells. Where that is all the fitted counts or more
+        (five cells or fewer), which no factor can exceed, the factor of the largest share
+        is active instead (the threshold is the next share below it): a K = 1 fit's only
+        factor holds every fitted count. Under the learned prior a switched-off
         factor's gene shapes fall to about 0.002 and its fitted count to nearly zero (on
         pbmc_tiny, K = 15: under 1e-4 of the counts), so the floor is zero. Under
         ``prior="gamma"`` a switched-off factor sits at the floor ``prior_floor``, about
@@ -558,8 +561,9 @@ def nmf(
     if warm_start:  # a replay without it was a fit from the start, another fit and no word
         settings["warm_start"] = True
     settings.update(_storable(fit_params))
-    # the settings .h5ad cannot hold (weights, factor_mask, mask_var: arrays) are named, so a
-    # replay of the record (tl.nmf(adata, **params)) is refused until they are given again:
+    # the settings .h5ad cannot hold (values other than numbers, strings and booleans: the
+    # arrays weights and mask_var, factor_mask's array or dict) are named, so a replay of the
+    # record (tl.nmf(adata, **params)) is refused until they are given again:
     # it fitted without them before, another fit and no word
     unrecorded = sorted(
         [name for name, value in fit_params.items() if value is not None and name not in settings]
@@ -1288,7 +1292,14 @@ def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.nda
         n_cells, n_genes = cell_factors.shape[0], np.shape(gene_loadings)[0]
         floor = 0.0 if prior is None else prior_floor(n_cells, n_genes, prior)
         handful = 5 * float(np.median(cell_totals))
-        min_share = min((floor + handful) / total, 1.0) if total > 0 else 0.0
+        min_share = (floor + handful) / total if total > 0 else 0.0
+        if min_share >= 1:
+            # No factor can hold more than all the fitted counts (five cells or fewer): the
+            # rule asks the impossible, and capped at 1 it called a K = 1 fit's only factor,
+            # which holds them all, inactive. The largest share is active instead: the
+            # threshold is the next share below it (0 when there is none).
+            below = share[share < share.max()]
+            min_share = float(below.max(initial=0.0))
     return share, float(min_share)
 
 
@@ -1317,7 +1328,8 @@ def _align_genes(gene_loadings: np.ndarray, fitted: pd.Index, target: pd.Index) 
     return aligned
 
 
-# The entry of a record's params naming the fit's settings it does not hold (arrays)
+# The entry of a record's params naming the fit's settings it does not hold (values other
+# than numbers, strings and booleans, which .h5ad cannot store)
 UNRECORDED_ENTRY = "unrecorded"
 
 # scanpy.pp.pca's parameters that the tools take under another name
@@ -1342,8 +1354,10 @@ def _check_fit_params(solver: str, fit_params: dict, refused: tuple[str, ...] = 
     if UNRECORDED_ENTRY in fit_params:  # a record's params passed back (`nmf`)
         names = ", ".join(map(str, np.ravel(fit_params[UNRECORDED_ENTRY])))
         raise ValueError(
-            f"the recorded fit was also given {names}, which its params do not hold (arrays): "
-            f"pass {names} again and leave out {UNRECORDED_ENTRY!r} to replay it"
+            # the record names them, not what they were: an array, a dict (factor_mask's)...
+            f"the recorded fit was also given {names}, which its params do not hold (they "
+            "keep numbers, strings and booleans, which an .h5ad stores): pass "
+            f"{names} again and leave out {UNRECORDED_ENTRY!r} to replay it"
         )
     unknown = sorted(set(fit_params) - accepted)
     if "mask" in unknown:  # VBNMF.fit's argument, not a parameter of any estimator

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_factor_columns, check_fit_entries, counted, finite_fit_array, is_integer
+from .._utils import (
+    check_factor_columns,
+    check_fit_entries,
+    counted,
+    finite_fit_array,
+    is_integer,
+    warn_user,
+)
 from .._validation import numbers_from_objects, refuse_masked
 from ._stored import FitKeys, active_factors, fit_info, gene_holder
 
@@ -133,6 +140,13 @@ def top_genes(
         come from ``adata.var_names`` (``adata.raw.var_names`` for a fit of ``.raw``);
         only genes with a positive loading in the factor are listed.
 
+    Warns
+    -----
+    UserWarning
+        A factor listed (active, or any with ``include_inactive``) none of whose genes has
+        a positive loading and ``min_counts`` counts or more is left out of the table:
+        the warning names it.
+
     Examples
     --------
     >>> import vbsnmf
@@ -146,6 +160,16 @@ def top_genes(
     >>> bool(table["specificity"].between(0, 1).all())
     True
     """
+    table = top_genes_table(adata, n_genes, key, sort_by, min_counts, include_inactive)
+    warn_left_out(adata, key, table, min_counts, include_inactive, "the table")
+    return table
+
+
+def top_genes_table(
+    adata, n_genes: int, key: str, sort_by: str, min_counts: int, include_inactive: bool
+) -> pd.DataFrame:
+    """`top_genes`' table, its arguments checked, without its warning (`vbsnmf.pl.top_genes`
+    words its own, of the dot plot)."""
     # as a string: an array of one option equalled it, a longer one was numpy's "ambiguous"
     if not isinstance(sort_by, str) or sort_by not in ("loading", "specificity", "score"):
         raise ValueError(f"sort_by must be 'loading', 'specificity' or 'score', got {sort_by!r}")
@@ -240,3 +264,31 @@ def _fit_totals(key: str, where: str, var, column: str) -> np.ndarray:
             f"{len(totals)}), which vbsnmf.tl.nmf never writes; fit again"
         )
     return totals
+
+
+def left_out_factors(adata, key: str, table: pd.DataFrame, include_inactive: bool) -> list[int]:
+    """The factors `top_genes` lists (the active ones, or all with ``include_inactive``) that
+    ``table`` leaves out: none of their genes has a positive loading and ``min_counts``
+    counts. Such a factor had no row, and no bracket in `vbsnmf.pl.top_genes`, without a
+    word."""
+    listed = set(table.index.get_level_values("factor"))
+    return [int(f) for f in active_factors(adata, key, include_inactive) if f not in listed]
+
+
+def left_out_message(left_out: list[int], shown_in: str, counts: str, advice: str) -> str:
+    """What `left_out_factors` gives, said of ``shown_in`` (``"the table"``, ``"the dot
+    plot"``, the command line's file), with the ``counts`` asked for and ``advice``."""
+    several = len(left_out) > 1
+    return (
+        f"{'factors' if several else 'factor'} {', '.join(map(str, left_out))} left out of "
+        f"{shown_in}: no gene of {'theirs' if several else 'it'} has a positive loading and "
+        f"{counts} counts or more; {advice}"
+    )
+
+
+def warn_left_out(adata, key, table, min_counts, include_inactive: bool, shown_in: str) -> None:
+    """A `UserWarning` naming the factors `left_out_factors` finds, said of ``shown_in``."""
+    left_out = left_out_factors(adata, key, table, include_inactive)
+    if left_out:
+        counts = f"min_counts={min_counts}"
+        warn_user(left_out_message(left_out, shown_in, counts, "lower min_counts"), UserWarning)

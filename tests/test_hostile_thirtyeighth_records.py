@@ -25,6 +25,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from test_library_versions import _checkout_commit
 
 import vbsnmf
 from vbsnmf import cli
@@ -161,7 +162,9 @@ def test_a_record_without_its_arrays_says_so_and_its_replay_is_refused(name, val
 def _versions(classic: bool) -> dict[str, str]:
     names = ["numpy", "scipy", "numba", "llvmlite", "anndata"]
     names += ["scikit-learn"] if classic else []
-    return {"vbsnmf": vbsnmf.__version__} | {name: version(name) for name in names}
+    # run from a git checkout, the commit too (as git names it: test_library_versions)
+    commit = _checkout_commit()
+    return {"vbsnmf": vbsnmf.__version__} | commit | {name: version(name) for name in names}
 
 
 def test_a_classical_fit_records_scikit_learn_s_version():

@@ -8,7 +8,9 @@ nothing told that apart from another fit's settings.
 from __future__ import annotations
 
 import json
+import subprocess
 from importlib.metadata import version
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -21,9 +23,21 @@ from vbsnmf import cli
 LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "anndata")
 
 
+def _checkout_commit() -> dict[str, str]:
+    """``vbsnmf_commit`` when vbsnmf runs from a git checkout, as git itself names it."""
+    root = Path(vbsnmf.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return {}
+    done = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return {"vbsnmf_commit": done.stdout.strip()} if done.returncode == 0 else {}
+
+
 def _expected() -> dict[str, str]:
     # read independently of vbsnmf's helper: the installed distributions' own metadata
-    return {"vbsnmf": vbsnmf.__version__} | {name: version(name) for name in LIBRARIES}
+    versions = {name: version(name) for name in LIBRARIES}
+    return {"vbsnmf": vbsnmf.__version__} | _checkout_commit() | versions
 
 
 @pytest.fixture

@@ -185,14 +185,17 @@ def library_versions(classic: bool = False) -> dict[str, str]:
     """The versions of vbsnmf and of the libraries a fit's bits depend on (Numba and its
     LLVM compile the kernels; numpy and scipy run the rest; a ``classic`` solver's start
     is scikit-learn's randomized SVD and random draws), which a record keeps so that a
-    rerun giving other bits can be told apart from another fit."""
+    rerun giving other bits can be told apart from another fit. Run from a git checkout of
+    vbsnmf, ``"vbsnmf_commit"`` names the commit checked out as vbsnmf was imported
+    (`vbsnmf._version.checkout_commit`): the version is the same for every commit."""
     from importlib.metadata import version
 
-    from ._version import __version__
+    from ._version import CHECKOUT_COMMIT, __version__
 
     names = ("numpy", "scipy", "numba", "llvmlite", "anndata")
     names += ("scikit-learn",) if classic else ()
-    return {"vbsnmf": __version__} | {name: version(name) for name in names}
+    commit = {} if CHECKOUT_COMMIT is None else {"vbsnmf_commit": CHECKOUT_COMMIT}
+    return {"vbsnmf": __version__} | commit | {name: version(name) for name in names}
 
 
 @contextlib.contextmanager

@@ -586,6 +586,18 @@ def _check_paths(args, inputs) -> Path:
     from . import io
     from ._utils import utf8_text
 
+    named = "name a folder (./- names one called '-')"
+    _check_not_standard_output("-o", args.outdir, "OUTDIR as a folder of files", named)
+    named = "name a file (./- names one called '-')"
+    _check_not_standard_output(
+        "--checkpoint", args.checkpoint, "the checkpoint to a file that --resume reads", named
+    )
+    _check_not_standard_output(
+        "--convert-to",
+        args.convert_to,
+        "the converted counts to an .h5ad file that the fit streams from",
+        "name a file ending in .h5ad",
+    )
     if args.checkpoint is not None:
         try:  # result.h5ad records it as text: writing failed after the whole fit
             # its bytes, not Python's text of them: under LC_ALL=C a UTF-8 name is held
@@ -1038,6 +1050,20 @@ def _check_not_standard_input(label: str, path: str | None) -> None:
         )
 
 
+def _check_not_standard_output(option: str, path: str | None, written: str, advice: str) -> None:
+    """Refuse ``-`` (the usual name of the standard output) as an output path: ``-o -``
+    wrote a folder named ``-`` into the current folder, where a Unix user looks for the
+    output on the terminal or in a pipe. No output here is one stream stdout could carry
+    (OUTDIR is a folder of files; the checkpoint is read back by --resume; the converted
+    counts are streamed from again; the figure is replaced whole once drawn, and stdout
+    carries the summary line), so each is refused, even where a file named ``-`` exists:
+    ``./-`` names it. ``written``: what the option writes; ``advice``: what to pass."""
+    if path == "-":
+        raise UsageError(
+            f"{option} -: vbsnmf writes {written}, not to the standard output; {advice}"
+        )
+
+
 def _run_fit(args) -> int:
     from .io._paths import command_inputs
 
@@ -1451,6 +1477,9 @@ def _run_umap(args) -> int:
     from .tl._stored import cell_factors_record
 
     _check_not_standard_input("RESULT.h5ad", args.result)
+    _check_not_standard_output(
+        "-o", args.output, "the figure to a file", "name a figure file, e.g. umap.png"
+    )
     output = Path(args.output)
     _check_figure_path(args.output)
     if real_path(output) == real_path(args.result):

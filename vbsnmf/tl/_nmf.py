@@ -37,6 +37,7 @@ from .._utils import (
     library_versions,
     numba_threads,
     utf8_text,
+    warn_user,
 )
 from .._validation import (
     check_flag,
@@ -214,7 +215,10 @@ def nmf(
         genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
         stored fit's, and others are refused): its parameters start the fit, its ELBO
         trace is extended. The fit may have been made on more cells: its cell parameters
-        follow the AnnData when it is subset (``adata[:500].copy()``). With
+        follow the AnnData when it is subset (``adata[:500].copy()``). Its gene parameters
+        do too (``adata[:, genes].copy()``), but the ELBO of fewer genes' counts is not
+        comparable with the stored trace: a `UserWarning` says so and ``elbo_trace``,
+        ``elbo_iter`` and ``n_iter`` start anew at this fit. With
         ``resume=True`` it resumes the checkpoint of a warm-started fit that was
         interrupted; the checkpoint of the stored fit itself is refused (its passes would
         be counted twice).
@@ -290,7 +294,8 @@ def nmf(
         ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_genes`` (the
         genes fitted: those ``mask_var`` selects, or all), ``n_iter``, ``converged``;
         ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
-        numba, llvmlite, anndata; scikit-learn for a classical solver);
+        numba, llvmlite, anndata; scikit-learn for a classical solver), and run from a git
+        checkout of vbsnmf ``vbsnmf_commit``, the commit checked out;
         ``factor_share`` (K,): each factor's share of the fitted counts,
         ``sum_i E[z_il] * sum_j E[w_jl]`` over its sum over factors; ``loading_totals``
         (K,): each factor's ``sum_j E[w_jl]`` over the fitted genes, by which the usages
@@ -919,6 +924,7 @@ def _stored_start(
         if name in per_gene:
             where = f"warm_start: adata.{side}[{keys.variational(name)!r}]"
             check_factor_columns(where, np.asarray(init[name]), n_components)
+    dropped = _genes_dropped_since(info, np.asarray(init["gene_shape"]))
     if fitted_genes is not None:
         _check_mask_keeps_stored_genes(info, keys.uns, np.asarray(init["gene_shape"]), fitted_genes)
         init.update({key: np.asarray(init[key])[fitted_genes] for key in per_gene})
@@ -933,8 +939,34 @@ def _stored_start(
         _check_stored_genes(np.asarray(init[name]), f"{side}[{keys.variational(name)!r}]", keys.uns)
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
+    if dropped:
+        # the ELBO of fewer genes' counts is not comparable with the stored one: joined, the
+        # trace (and pl.elbo) showed one fit whose ELBO jumped at the warm start
+        held = int(info["n_genes"]) - dropped
+        warn_user(
+            f"warm_start: adata holds {held} of the {int(info['n_genes'])} genes the stored fit "
+            f"{keys.uns!r} fitted (genes were dropped since): the fit starts from their "
+            "parameters, but its ELBO, over other counts, is not comparable with the stored "
+            f"trace, so .uns[{keys.uns!r}]['elbo_trace'], 'elbo_iter' and 'n_iter' start "
+            "anew at this fit",
+            UserWarning,
+        )
+        return init, np.empty(0), np.empty(0, dtype=np.int64), 0
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     return init, trace, elbo_iterations(info), int(info["n_iter"])
+
+
+def _genes_dropped_since(info: dict, gene_shape: np.ndarray) -> int:
+    """How many of the genes the stored fit fitted (its record's ``n_genes``) the AnnData no
+    longer holds: ``gene_shape``, the stored shapes over its genes now, is zero in the rows
+    of genes the fit did not fit (outside its ``mask_var``). A record without ``n_genes``
+    (written before it was kept) tells nothing: 0. `gene_holder` refused a damaged one."""
+    n_genes = info.get("n_genes")
+    if n_genes is None:
+        return 0
+    with np.errstate(invalid="ignore"):  # NaN rows of an outer join are no fitted genes
+        held = int(np.count_nonzero((gene_shape > 0).any(axis=1)))
+    return max(int(n_genes) - held, 0)
 
 
 def _check_mask_keeps_stored_genes(

@@ -32,6 +32,7 @@ import itertools
 import os
 import re
 import warnings
+import zipfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,6 +244,8 @@ def input_kind(path: str | os.PathLike) -> str:
         raise _gzipped_hdf5_error(path)
     if name.endswith(".loom"):
         raise ReadError(path, _LOOM)
+    if name.endswith(".zip") and _is_zip(path):
+        raise _zip_archive_error(path)
     raise ReadError(
         path,
         "unrecognised input: expected a 10x folder, a Cell Ranger .h5, an .h5ad file, a "
@@ -257,6 +260,46 @@ _LOOM = (
     "anndata.io.read_loom(PATH).write_h5ad('counts.h5ad'); its X is the main matrix, "
     "cells x genes, its layers the others) and read that"
 )
+# anndata writes a zipped store (adata.write_zarr(zarr.storage.ZipStore(...))), which this
+# reader does not check chunk by chunk as it checks a folder (`check_zarr_chunks`): an
+# .zarr.zip read as "unrecognised input" and one named .zarr as "not a .zarr store".
+_ZARR_ROOT_KEYS = frozenset({"zarr.json", ".zgroup"})
+# A zip archive's first entry; a test of the start, as for gzip: zipfile.is_zipfile looks
+# for its directory's record anywhere in the last 64 KiB, which compressed data may hold.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether the file ``path`` starts as a zip archive does (False if it cannot be read)."""
+    try:
+        with open(path, "rb") as head:
+            return head.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    except OSError:
+        return False  # the reader names what is wrong with it
+
+
+def _zip_archive_error(path: Path) -> ReadError:
+    """The `ReadError` of the zip archive ``path``: a zipped .zarr store when it holds one
+    at its root, to unzip or read with anndata, else any archive, to unpack first."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            zarr_root = not _ZARR_ROOT_KEYS.isdisjoint(archive.namelist())
+    except (zipfile.BadZipFile, OSError):  # a truncated download, say: unzip says what
+        zarr_root = False
+    if not zarr_root:
+        return ReadError(path, "a zip archive, which vbsnmf does not read: unzip it first")
+    folder = path.parent / path.name.removesuffix(".zip")
+    if folder.suffix != ".zarr" or folder.exists():
+        folder = path.parent / "unzipped.zarr"
+    return ReadError(
+        path,
+        "a zipped .zarr store, which vbsnmf does not read: unzip it into a folder "
+        f"(unzip {quoted_path(path)} -d {quoted_path(folder)}) and read that, or read it "
+        f"into an AnnData with anndata.read_zarr(zarr.storage.ZipStore({os.fspath(path)!r}, "
+        "mode='r'))",
+    )
+
+
 # The datasets and groups every .loom file holds at its root.
 _LOOM_KEYS = frozenset({"matrix", "row_attrs", "col_attrs"})
 
@@ -861,6 +904,8 @@ def read_zarr(path: str | os.PathLike):
 
     path = Path(path)
     if not path.is_dir():
+        if _is_zip(path):
+            raise _zip_archive_error(path)
         raise ReadError(path, "not a .zarr store (a folder)")
     with anndata_errors(path, ".zarr store"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's format notices
@@ -1258,9 +1303,11 @@ def _probe_hdf5(path: Path) -> None:
     import sys
 
     with system_errors(path), open(path, "rb") as head:
-        gzipped = head.read(2) == _GZIP_MAGIC
-    if gzipped:  # HDF5's own "file signature not found" said nothing
+        magic = head.read(len(_ZIP_MAGIC))
+    if magic.startswith(_GZIP_MAGIC):  # HDF5's own "file signature not found" said nothing
         raise _gzipped_hdf5_error(path)
+    if magic == _ZIP_MAGIC:  # 'vbsnmf umap' of a fit written to a zipped .zarr store
+        raise _zip_archive_error(path)
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _HDF5_PROBE, str(path)],

@@ -1,5 +1,6 @@
 """What a stored AnnData's elements say of themselves: its X as anndata reads it
-(`anndata_x`) and a sparse matrix without the attribute saying its format
+(`anndata_x`), a copy in memory of a backed AnnData whose file may hold no X
+(`in_memory_copy`) and a sparse matrix without the attribute saying its format
 (`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
 backed AnnData does not."""
 
@@ -25,6 +26,41 @@ def anndata_x(adata):
                 check_encoded(adata.filename, adata.file["X"])
             return None
         raise
+
+
+def in_memory_copy(adata):
+    """A copy of ``adata`` in memory: ``adata.to_memory()`` of a backed AnnData (of which
+    ``adata.copy()`` asks for a file name), ``adata.copy()`` of any other. anndata's
+    ``to_memory`` reads X first, and of a file without one (the counts in a layer) raised
+    h5py's bare KeyError (`anndata_x`). A backed AnnData reads only X and raw's X from its
+    file, so one without X is copied from what it holds, raw's X read into memory."""
+    if not adata.isbacked:
+        return adata.copy()
+    if anndata_x(adata) is not None:
+        return adata.to_memory()
+    import anndata as ad
+    import h5py
+
+    raw = None
+    if adata.raw is not None:
+        raw_x = adata.raw.X  # anndata's sparse dataset, an h5py dataset, or a view's subset
+        if hasattr(raw_x, "to_memory"):
+            raw_x = raw_x.to_memory()
+        elif isinstance(raw_x, h5py.Dataset):
+            raw_x = raw_x[()]
+        raw = {"X": raw_x, "var": adata.raw.var, "varm": dict(adata.raw.varm)}
+    # a view's elements are views of the backed AnnData's: copy() makes them its own
+    return ad.AnnData(
+        obs=adata.obs,
+        var=adata.var,
+        uns=dict(adata.uns),
+        obsm=dict(adata.obsm),
+        varm=dict(adata.varm),
+        obsp=dict(adata.obsp),
+        varp=dict(adata.varp),
+        layers=dict(adata.layers),
+        raw=raw,
+    ).copy()
 
 
 def check_encoded(path: str | Path, stored) -> None:

@@ -47,7 +47,7 @@ from .._validation import (
     native_index_arrays,
 )
 from ..classic._options import SOLVERS as CLASSIC_SOLVERS
-from ..io._stored import anndata_x
+from ..io._stored import anndata_x, in_memory_copy
 from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (
@@ -402,7 +402,7 @@ def nmf(
     if min_share is not None:
         min_share = check_share(min_share)
     if copy:
-        adata = adata.to_memory() if adata.isbacked else adata.copy()
+        adata = in_memory_copy(adata)
     else:
         check_writable(adata)
     keys = FitKeys.of(key_added)

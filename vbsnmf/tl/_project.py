@@ -23,6 +23,7 @@ from .._utils import (
     record_kind,
 )
 from .._validation import check_flag, check_iterations, check_tolerance
+from ..io._stored import in_memory_copy
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
     DOMINANT_FACTOR_ENTRY,
@@ -353,7 +354,7 @@ def project(
         # weighed otherwise than the reference's own, refused when the two were joined
         totals = recorded_loading_totals(info, f"adata.uns[{key!r}]")
     if copy:
-        adata_new = adata_new.to_memory() if adata_new.isbacked else adata_new.copy()
+        adata_new = in_memory_copy(adata_new)
     else:
         check_writable(adata_new, "adata_new")
     with _as_adata_new():

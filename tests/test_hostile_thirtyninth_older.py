@@ -84,12 +84,14 @@ def test_a_warm_start_of_fewer_genes_starts_a_new_trace_and_says_so():
 
 
 def test_a_warm_start_of_the_same_genes_still_continues_the_trace():
-    """The stored fit's genes, all of them (the fit itself, a subset of cells, a subset of
-    genes fitted again, a fit of .raw whose genes were dropped from X but not from .raw):
-    no warning, the trace continued."""
+    """The stored fit's genes, all of them (the fit itself, a subset of cells of a record
+    written before ``n_cells`` was kept, a subset of genes fitted again, a fit of .raw whose
+    genes were dropped from X but not from .raw): no warning, the trace continued."""
     full = _fitted()
     before = np.asarray(full.uns["nmf"]["elbo_trace"])
-    cases = {"itself": full, "cells": full[:40].copy()}
+    cells = full[:40].copy()
+    del cells.uns["nmf"]["n_cells"]  # a subset of the cells recorded: a fresh trace (warmcells)
+    cases = {"itself": full, "cells": cells}
     raw = ad.AnnData(sp.csr_matrix(_counts()))
     raw.raw = raw
     with warnings.catch_warnings():

@@ -865,6 +865,10 @@ def check_fit_record(record: dict, where: str) -> None:
         raise damaged_record(
             f"{where}['n_iter']", f"{reprlib.repr(record['n_iter'])}, not an integer"
         )
+    # the cells fitted, by which a warm start tells other cells (kept since 2026-12-07)
+    n_cells = record.get("n_cells")
+    if n_cells is not None and not (is_integer(n_cells) and n_cells >= 1):
+        raise damaged_record(f"{where}['n_cells']", reprlib.repr(n_cells))
     for name in ("elbo_trace", "loss_trace", "factor_share"):
         if name in record:
             values = np.asarray(record[name])

@@ -214,11 +214,14 @@ def nmf(
         Continue a previous variational fit stored under the same key (same K, the same
         genes, the same prior: ``prior``, ``prior_shape`` and ``prior_rate`` default to the
         stored fit's, and others are refused): its parameters start the fit, its ELBO
-        trace is extended. The fit may have been made on more cells: its cell parameters
-        follow the AnnData when it is subset (``adata[:500].copy()``). Its gene parameters
-        do too (``adata[:, genes].copy()``), but the ELBO of fewer genes' counts is not
-        comparable with the stored trace: a `UserWarning` says so and ``elbo_trace``,
-        ``elbo_iter`` and ``n_iter`` start anew at this fit. With
+        trace is extended. The fit may have been made on more cells or genes: its cell
+        parameters follow the AnnData when it is subset (``adata[:500].copy()``), and its
+        gene parameters too (``adata[:, genes].copy()``), but the ELBO of other cells' or
+        genes' counts is not comparable with the stored trace: a `UserWarning` says so and
+        ``elbo_trace``, ``elbo_iter`` and ``n_iter`` start anew at this fit (also for more
+        cells than the fit's, such as an ``anndata.concat`` of its cells with some of them
+        again; told by the record's ``n_cells`` and ``n_genes``, which a record written
+        before they were kept lacks: its trace is extended). With
         ``resume=True`` it resumes the checkpoint of a warm-started fit that was
         interrupted; the checkpoint of the stored fit itself is refused (its passes would
         be counted twice).
@@ -291,8 +294,9 @@ def nmf(
         the names of settings it cannot hold, such as ``weights``, ``factor_mask`` and an
         array ``mask_var``, which a replay, ``nmf(adata, **params)``, refuses until they are
         given again), ``obsm_key``,
-        ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_genes`` (the
-        genes fitted: those ``mask_var`` selects, or all), ``n_iter``, ``converged``;
+        ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_cells`` (the
+        cells fitted), ``n_genes`` (the genes fitted: those ``mask_var`` selects, or all),
+        ``n_iter``, ``converged``;
         ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
         numba, llvmlite, anndata; scikit-learn for a classical solver), and run from a git
         checkout of vbsnmf ``vbsnmf_commit``, the commit checked out;
@@ -601,6 +605,9 @@ def nmf(
             "usage_key": keys.usage,
             "sqrt_usage_key": keys.sqrt_usage,
             "varm_key": keys.loadings,
+            # the cells fitted: a warm start of other cells (adata[:500].copy()) is told by
+            # it, whose ELBO, over other counts, does not continue the stored trace
+            "n_cells": int(np.shape(cell_factors)[0]),
             # the genes fitted, which no gene side of this fit outnumbers (`gene_holder`)
             "n_genes": int(np.shape(gene_loadings)[0]),
             "factor_share": share,
@@ -939,21 +946,50 @@ def _stored_start(
         _check_stored_genes(np.asarray(init[name]), f"{side}[{keys.variational(name)!r}]", keys.uns)
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
-    if dropped:
-        # the ELBO of fewer genes' counts is not comparable with the stored one: joined, the
-        # trace (and pl.elbo) showed one fit whose ELBO jumped at the warm start
-        held = int(info["n_genes"]) - dropped
+    changed = _counts_changed_since(info, keys.uns, int(adata.n_obs), dropped)
+    if changed is not None:
+        # the ELBO of other cells' or genes' counts is not comparable with the stored one:
+        # joined, the trace (and pl.elbo) showed one fit whose ELBO jumped at the warm start
         warn_user(
-            f"warm_start: adata holds {held} of the {int(info['n_genes'])} genes the stored fit "
-            f"{keys.uns!r} fitted (genes were dropped since): the fit starts from their "
-            "parameters, but its ELBO, over other counts, is not comparable with the stored "
-            f"trace, so .uns[{keys.uns!r}]['elbo_trace'], 'elbo_iter' and 'n_iter' start "
-            "anew at this fit",
+            f"warm_start: {changed}: the fit starts from the parameters they hold, but its "
+            "ELBO, over other counts, is not comparable with the stored trace, so "
+            f".uns[{keys.uns!r}]['elbo_trace'], 'elbo_iter' and 'n_iter' start anew at this fit",
             UserWarning,
         )
         return init, np.empty(0), np.empty(0, dtype=np.int64), 0
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     return init, trace, elbo_iterations(info), int(info["n_iter"])
+
+
+def _counts_changed_since(info: dict, key: str, n_cells: int, dropped_genes: int) -> str | None:
+    """What a warm start's counts lost or gained since the stored fit ``key`` (its record's
+    ``n_cells`` and ``n_genes``), worded for its warning, or None when they are the fit's
+    cells and genes: ``n_cells``, the cells of adata now; ``dropped_genes``, the fitted
+    genes it no longer holds (`_genes_dropped_since`). More cells than fitted are those of
+    an ``anndata.concat`` (of the fit with its own cells, whose parameters it holds; cells
+    it never saw are refused for their NaN rows). A record without ``n_cells`` (written
+    before it was kept) tells nothing of the cells."""
+    fitted_cells = info.get("n_cells")
+    cells_changed = fitted_cells is not None and n_cells != int(fitted_cells)
+    if not (cells_changed or dropped_genes):
+        return None
+    fit = f"the stored fit {key!r} fitted"
+    n_genes = int(info["n_genes"]) if dropped_genes else 0
+    genes = f"{n_genes - dropped_genes} of the {n_genes} genes"
+    if not cells_changed:
+        return f"adata holds {genes} {fit} (genes were dropped since)"
+    fitted_cells = int(fitted_cells)
+    if n_cells < fitted_cells:
+        held = f"{n_cells} of the {fitted_cells} cells"
+        if not dropped_genes:
+            return f"adata holds {held} {fit} (cells were dropped since)"
+        return f"adata holds {held} and {genes} {fit} (cells and genes were dropped since)"
+    # more cells: an anndata.concat of the fit with (some of) its own cells
+    held = f"{n_cells} cells, {n_cells - fitted_cells} more than the {fitted_cells} {fit}"
+    if not dropped_genes:
+        return f"adata holds {held} (cells were added since, as anndata.concat adds them)"
+    genes = genes.replace(" of the ", " of its ")
+    return f"adata holds {held}, and {genes} (cells were added and genes dropped since)"
 
 
 def _genes_dropped_since(info: dict, gene_shape: np.ndarray) -> int:

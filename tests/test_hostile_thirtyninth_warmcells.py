@@ -1,0 +1,261 @@
+"""39th pass, warm start after cells were dropped or added.
+
+``tl.nmf(adata[:30].copy(), K, warm_start=True)`` joined the new fit's ELBO, over fewer
+cells' counts, onto the stored trace of all cells: ``elbo_trace``, ``elbo_iter``, ``n_iter``
+and ``pl.elbo`` showed one fit whose ELBO jumped at the join (-3,439 to -1,738 nats on 60 x
+40 Poisson counts cut to 30 cells; an ``anndata.concat`` of the fit's cells with themselves,
+-3,439 to -6,724). The record keeps the cells fitted (``n_cells``) so that a warm start of
+other cells warns and starts the trace anew, as for genes (39th pass, older).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import vbsnmf
+from vbsnmf import cli, tl
+
+_FIT = {"accelerate": False, "n_threads": 1}
+
+
+def _counts(seed: int = 0, shape=(60, 40)) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(1.0, size=shape).astype(np.float64)
+
+
+def _fitted(shape=(60, 40), **options) -> ad.AnnData:
+    adata = ad.AnnData(sp.csr_matrix(_counts(shape=shape)))
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(adata, 3, random_state=0, max_iter=8, **_FIT, **options)
+    return adata
+
+
+def _warm(adata, **options) -> list[str]:
+    """The UserWarnings of a five-pass warm start, as text."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(adata, 3, warm_start=True, max_iter=5, **_FIT, **options)
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def _stored_start(adata) -> dict:
+    """The parameters a warm start of ``adata`` starts from, read by hand."""
+    start = {name: np.asarray(adata.obsm[f"nmf_{name}"]) for name in ("cell_shape", "cell_rate")}
+    start |= {name: np.asarray(adata.varm[f"nmf_{name}"]) for name in ("gene_shape", "gene_rate")}
+    for side, arrays in (("cell", adata.obsm), ("gene", adata.varm)):
+        for part in ("shape", "rate"):
+            start[f"{side}_scale_{part}"] = np.asarray(arrays[f"nmf_{side}_scale_{part}"])[:, 0]
+    variational = adata.uns["nmf"]["variational"]
+    return start | {key: value for key, value in variational.items() if key != "prior"}
+
+
+def _fit_from(adata) -> vbsnmf.VBNMF:
+    model = vbsnmf.VBNMF(3, max_iter=5, **_FIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        model.fit(adata.X, init=_stored_start(adata))
+    return model
+
+
+def _assert_fresh_trace(adata, before) -> None:
+    """The record's trace, its passes and n_iter are those of the fit from the stored start
+    (``before``, the AnnData as it was) alone, as `VBNMF.fit(X, init=...)` gives them (its
+    elbo_trace_ never holds the start's); the factors are that fit's."""
+    model = _fit_from(before)
+    record = adata.uns["nmf"]
+    np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
+    np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
+    assert record["n_iter"] == model.n_iter_ == 5
+    np.testing.assert_allclose(adata.obsm["X_nmf"], model.cell_shape_ / model.cell_rate_)
+
+
+def test_a_warm_start_of_fewer_cells_starts_a_new_trace_and_says_so():
+    full = _fitted()
+    subset = full[:30].copy()
+    before = subset.copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
+        tl.nmf(subset, 3, warm_start=True, max_iter=5, **_FIT)
+    told = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert len(told) == 1, [str(w.message) for w in told]
+    message = str(told[0].message)
+    assert message.startswith(
+        "warm_start: adata holds 30 of the 60 cells the stored fit 'nmf' fitted "
+        "(cells were dropped since): "
+    ), message
+    assert "'elbo_iter' and 'n_iter' start anew" in message
+    assert told[0].filename == __file__  # the user's line, not the library's
+    _assert_fresh_trace(subset, before)
+    assert subset.uns["nmf"]["n_cells"] == 30
+    # the trace is one fit's: an ascent from its start, no jump (the joined one fell by
+    # half at the join)
+    trace = np.asarray(subset.uns["nmf"]["elbo_trace"])
+    assert (np.diff(trace) > 0).all()
+    assert trace.size == 5
+
+
+def test_a_warm_start_of_fewer_cells_and_genes_names_both_in_one_warning():
+    full = _fitted()
+    subset = full[:30, :25].copy()
+    before = subset.copy()
+    said = _warm(subset)
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "warm_start: adata holds 30 of the 60 cells and 25 of the 40 genes the stored fit "
+        "'nmf' fitted (cells and genes were dropped since): "
+    ), said
+    model = _fit_from(before)
+    np.testing.assert_allclose(subset.uns["nmf"]["elbo_trace"], model.elbo_trace_, rtol=1e-10)
+    assert subset.uns["nmf"]["n_iter"] == 5
+    assert (subset.uns["nmf"]["n_cells"], subset.uns["nmf"]["n_genes"]) == (30, 25)
+
+
+def test_a_warm_start_of_more_cells_than_fitted_starts_anew():
+    """``anndata.concat`` of the fit's cells with 20 of them again (its record and gene side
+    kept): the stored cell parameters cover every cell, and the trace was joined."""
+    full = _fitted()
+    joined = ad.concat(
+        [full, full[:20]], uns_merge="first", merge="first", index_unique="-", keys=["a", "b"]
+    )
+    before = joined.copy()
+    said = _warm(joined)
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "warm_start: adata holds 80 cells, 20 more than the 60 the stored fit 'nmf' fitted "
+        "(cells were added since"
+    ), said
+    _assert_fresh_trace(joined, before)
+    assert joined.uns["nmf"]["n_cells"] == 80
+    # with genes dropped too: one warning naming both
+    fewer_genes = ad.concat([full, full[:20]], uns_merge="first", merge="first", index_unique="-")
+    said = _warm(fewer_genes[:, :30].copy())
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "warm_start: adata holds 80 cells, 20 more than the 60 the stored fit 'nmf' fitted, "
+        "and 30 of its 40 genes (cells were added and genes dropped since): "
+    ), said
+
+
+def test_the_same_cells_continue_the_trace_without_a_word():
+    """Guard: the fit's own cells (also read back from .h5ad, also a fit of the subset
+    continued) extend the trace, counting passes on."""
+    full = _fitted()
+    stored = np.asarray(full.uns["nmf"]["elbo_trace"])
+    assert not _warm(full)
+    np.testing.assert_array_equal(full.uns["nmf"]["elbo_trace"][: stored.size], stored)
+    assert full.uns["nmf"]["n_iter"] == 13
+    assert np.asarray(full.uns["nmf"]["elbo_trace"]).size == 13
+    subset = full[:30].copy()
+    _warm(subset)
+    first = np.asarray(subset.uns["nmf"]["elbo_trace"])
+    assert not _warm(subset)
+    np.testing.assert_array_equal(subset.uns["nmf"]["elbo_trace"][: first.size], first)
+    assert subset.uns["nmf"]["n_iter"] == 10
+    np.testing.assert_array_equal(subset.uns["nmf"]["elbo_iter"], np.arange(1, 11))
+
+
+def test_a_record_written_before_n_cells_was_kept_joins_as_before():
+    full = _fitted()
+    stored = np.asarray(full.uns["nmf"]["elbo_trace"])
+    del full.uns["nmf"]["n_cells"]
+    subset = full[:30].copy()
+    assert not _warm(subset)
+    np.testing.assert_array_equal(subset.uns["nmf"]["elbo_trace"][: stored.size], stored)
+    assert subset.uns["nmf"]["n_iter"] == 13
+    assert subset.uns["nmf"]["n_cells"] == 30  # the new fit's record keeps it
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="batch"),
+        pytest.param({"solver": "svi", "batch_size": 20, "n_epochs": 2}, id="svi"),
+        pytest.param({"solver": "mu", "max_iter": 20}, id="mu"),
+        pytest.param({"mask_var": "kept"}, id="mask_var"),
+    ],
+)
+def test_every_fit_records_the_cells_it_fitted(options, tmp_path):
+    adata = ad.AnnData(sp.csr_matrix(_counts(shape=(45, 40))))
+    adata.var["kept"] = np.arange(40) < 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl.nmf(adata, 3, random_state=0, **{"max_iter": 3, **options})
+    assert adata.uns["nmf"]["n_cells"] == 45 == adata.obsm["X_nmf"].shape[0]
+    assert adata.uns["nmf"]["n_genes"] == (30 if "mask_var" in options else 40)
+    path = tmp_path / "fit.h5ad"
+    adata.write_h5ad(path)
+    assert ad.read_h5ad(path).uns["nmf"]["n_cells"] == 45
+
+
+@pytest.mark.parametrize("damaged", ["sixty", 0, 2.5, True])
+def test_a_damaged_n_cells_is_refused_naming_it(damaged):
+    full = _fitted()
+    full.uns["nmf"]["n_cells"] = damaged
+    subset = full[:30].copy()
+    with pytest.raises(ValueError, match=r"adata\.uns\['nmf'\]\['n_cells'\] is damaged"):
+        tl.nmf(subset, 3, warm_start=True, max_iter=2, **_FIT)
+    with pytest.raises(ValueError, match=r"adata\.uns\['nmf'\]\['n_cells'\] is damaged"):
+        tl.top_genes(full, 3)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(n: int):
+    def callback(n_iter, params, trace):
+        if n_iter == n:
+            raise _Stop
+
+    return callback
+
+
+def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_one(tmp_path):
+    """The fresh trace does not stop ``resume=True`` from continuing the checkpoint of the
+    warm-started fit; the stored fit's own checkpoint (of all cells) is still refused."""
+    full = _fitted(checkpoint=tmp_path / "full.npz")
+    path = tmp_path / "warm.npz"
+    interrupted, uninterrupted = full[:30].copy(), full[:30].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fresh trace's, pinned above
+        with pytest.raises(_Stop):
+            tl.nmf(
+                interrupted, 3, warm_start=True, max_iter=5, checkpoint=path,
+                callback=_stop_at(3), **_FIT,
+            )  # fmt: skip
+        tl.nmf(interrupted, 3, warm_start=True, max_iter=5, checkpoint=path, resume=True, **_FIT)
+        tl.nmf(uninterrupted, 3, warm_start=True, max_iter=5, **_FIT)
+        for key in ("n_iter", "elbo_iter", "elbo_trace"):
+            np.testing.assert_array_equal(
+                interrupted.uns["nmf"][key], uninterrupted.uns["nmf"][key]
+            )
+        np.testing.assert_array_equal(interrupted.obsm["X_nmf"], uninterrupted.obsm["X_nmf"])
+        assert interrupted.uns["nmf"]["n_iter"] == 5
+        with pytest.raises(vbsnmf.CheckpointMismatchError, match="different fit"):
+            tl.nmf(
+                full[:30].copy(), 3, warm_start=True, max_iter=5,
+                checkpoint=tmp_path / "full.npz", resume=True, **_FIT,
+            )  # fmt: skip
+
+
+def test_the_command_lines_params_json_counts_the_cells_the_record_does(tmp_path, capsys):
+    ad.AnnData(sp.csr_matrix(_counts(shape=(35, 40)))).write_h5ad(tmp_path / "in.h5ad")
+    outdir = tmp_path / "out"
+    code = cli.main(["fit", str(tmp_path / "in.h5ad"), "-k", "2", "--max-iter", "2", "-o",
+                     str(outdir), "--quiet"])  # fmt: skip
+    capsys.readouterr()
+    assert code == 0
+    summary = json.loads((outdir / "params.json").read_text())
+    record = ad.read_h5ad(outdir / "result.h5ad").uns["nmf"]
+    assert summary["n_cells"] == record["n_cells"] == 35
+    assert summary["n_genes"] == record["n_genes"] == 40

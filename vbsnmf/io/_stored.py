@@ -1,6 +1,7 @@
 """What a stored AnnData's elements say of themselves: its X as anndata reads it
 (`anndata_x`), a copy in memory of a backed AnnData whose file may hold no X
-(`in_memory_copy`) and a sparse matrix without the attribute saying its format
+(`in_memory_copy`), the words that say how to read one into memory (`to_memory_advice`)
+and a sparse matrix without the attribute saying its format
 (`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
 backed AnnData does not."""
 
@@ -61,6 +62,20 @@ def in_memory_copy(adata):
         layers=dict(adata.layers),
         raw=raw,
     ).copy()
+
+
+def to_memory_advice(adata, name: str = "adata") -> str:
+    """How to read the backed AnnData ``adata`` (named ``name``), or a view of one, into
+    memory, for a message: anndata's ``.to_memory()``, or where its file holds no X (which
+    ``to_memory`` reads first: h5py's bare KeyError) the file read whole by anndata, of
+    which a view takes the same cells and genes."""
+    held = "the view" if adata.is_view else name
+    if "X" in adata.file:
+        return f"call .to_memory() on {held} first"
+    read = f"anndata.read_h5ad({str(adata.filename)!r})"
+    if adata.is_view:
+        read += f"[{name}.obs_names, {name}.var_names]"
+    return f"its file holds no X, which .to_memory() reads: read {held} into memory with {read}"
 
 
 def check_encoded(path: str | Path, stored) -> None:

@@ -40,6 +40,7 @@ from ._paths import (
     clear_hdf5_leftovers,
     clear_table_leftovers,
 )
+from ._stored import to_memory_advice
 
 if TYPE_CHECKING:
     import h5py
@@ -402,8 +403,9 @@ def write_result(adata, path: str | os.PathLike) -> Path:
     ValueError
         ``path``'s name says it is another format (ends in ``.zarr``, ``.mtx``,
         ``.mtx.gz``, ``.loom``, ``.h5ad.gz`` or ``.h5.gz``, which `read` reads as that);
-        ``adata`` is a view of a backed AnnData (``adata[:100]``): call ``.to_memory()``
-        on it first; or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
+        ``adata`` is a view of a backed AnnData (``adata[:100]``): read it into memory
+        first, as the message says (``.to_memory()``, or ``anndata.read_h5ad`` of a file
+        without X); or it holds text an ``.h5ad`` cannot store (a NUL character, a lone
         surrogate), or a table (``.obs``, ``.var``, ...) with a column named ``_index``, a
         column name twice or an index name that names a column of other values; the
         message says where. Nothing is written.
@@ -432,7 +434,7 @@ def write_result(adata, path: str | os.PathLike) -> Path:
         # its X is copied from the file, which holds every cell and gene, not the view's
         raise ValueError(
             "adata is a view of a backed AnnData, whose X write_result would copy whole "
-            "from its file: call .to_memory() on the view first and write that"
+            f"from its file: {to_memory_advice(adata)} and write that"
         )
     try:
         return _write_result(adata, path)

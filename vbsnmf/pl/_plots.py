@@ -41,7 +41,7 @@ from .._utils import (
     stored_record,
 )
 from .._validation import check_positive
-from ..io._stored import anndata_x
+from ..io._stored import anndata_x, to_memory_advice
 from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
 from ..tl._top_genes import top_genes_table, warn_left_out
 
@@ -897,10 +897,12 @@ def top_genes(
     dendrogram = kwds.get("dendrogram")
     # scanpy's key of the dendrogram: named, else of the groupby columns
     stored = dendrogram if isinstance(dendrogram, str) else f"dendrogram_{'_'.join(columns)}"
+    if dendrogram and stored not in adata.uns and anndata_x(adata) is None:
+        _refuse_dendrogram_without_x(adata, stored, columns, info)
     if dendrogram and adata.is_view and stored not in adata.uns:
         # scanpy stores the dendrogram it computes into adata, which anndata makes its own
         # object, and read it back from the view: a bare KeyError 'dendrogram_<groupby>'
-        check_writable(adata, advice="call .to_memory() on the view first")
+        check_writable(adata, copy=False)
         view_to_actual(adata)
     text = _text_columns(adata) if adata.is_view else []
     if text and adata.isbacked:
@@ -911,8 +913,8 @@ def top_genes(
             f"adata is a view of a backed AnnData, and {', '.join(text[:3])} "
             f"hold{'s' if len(text) == 1 else ''} text, which scanpy's dot plot makes "
             "categorical in adata; a backed view cannot be changed: make them categorical "
-            "in the AnnData it views (its .strings_to_categoricals()), or plot "
-            "adata.to_memory()"
+            "in the AnnData it views (its .strings_to_categoricals()), or "
+            f"{to_memory_advice(adata)}"
         )
     if text:  # as anndata does at that write, without its ImplicitModificationWarning
         view_to_actual(adata)
@@ -936,6 +938,23 @@ def top_genes(
             return dot_plot
         dot_plot.make_figure()
         return _finish(dot_plot.fig, dot_plot.get_axes(), show, save, "dotplot_")
+
+
+def _refuse_dendrogram_without_x(adata, stored: str, columns: list, info: dict) -> None:
+    """A `ValueError` for ``dendrogram=True`` of an AnnData without X (the counts in a
+    layer): scanpy's dendrogram reads X where no ``use_rep`` is given, which failed with
+    pandas' bare "Length mismatch" (h5py's bare KeyError of a backed AnnData, whose file
+    it reads X from even with a ``use_rep``). Computed first from the fit's usages, the dot
+    plot reads it under ``stored``."""
+    groupby = columns[0] if len(columns) == 1 else list(columns)
+    compute = f"sc.tl.dendrogram(adata, {groupby!r}, use_rep={info['usage_key']!r}"
+    compute += ")" if stored == f"dendrogram_{'_'.join(columns)}" else f", key_added={stored!r})"
+    first = f"{to_memory_advice(adata)}, then " if adata.isbacked else ""
+    raise ValueError(
+        f"dendrogram=True computes scanpy's dendrogram ({stored!r}) from adata.X, which "
+        f"adata does not hold: {first}compute it from the fit's usages with {compute} before "
+        "the plot, or drop dendrogram"
+    )
 
 
 def _text_columns(adata) -> list[str]:

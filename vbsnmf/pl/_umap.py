@@ -161,7 +161,7 @@ def umap(
     _check_seed(random_state)
     colors = None if color is None else _name_list(color, "color")
     check_save(save, "umap")  # before the graph and the UMAP, not after them
-    check_writable(adata, advice="call .to_memory() on the view first")
+    check_writable(adata, copy=False)
     if adata.n_obs < MIN_CELLS:
         raise ValueError(
             f"adata holds {counted(adata.n_obs, 'cell')}; a UMAP needs at least {MIN_CELLS}"

@@ -209,7 +209,7 @@ def select_k(
     if min_share is not None:  # a float, so that the record's params keep any number given
         min_share = check_share(min_share)
     check_key_added(key_added, adata, writes="uns")
-    check_writable(adata, advice="call .to_memory() on the view first")
+    check_writable(adata, copy=False)
     for name in ("copy", "key_added", "warm_start", "callback", "n_components"):
         if name in fit_params:
             raise ValueError(f"select_k sets {name!r} itself; it cannot be passed")

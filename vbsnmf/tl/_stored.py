@@ -32,6 +32,7 @@ from .._utils import (
     transposed_after_fit,
 )
 from .._validation import check_flag
+from ..io._stored import to_memory_advice
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
 # the per-cell and per-gene arrays a fit stores as "<key>_<name>"
@@ -347,16 +348,16 @@ def _writable_key(key) -> bool:
     return True
 
 
-def check_writable(
-    adata,
-    name: str = "adata",
-    advice: str = "pass copy=True, or call .to_memory() on the view first",
-) -> None:
+def check_writable(adata, name: str = "adata", copy: bool = True) -> None:
     """A `ValueError` for a view of a backed AnnData, which anndata cannot store anything
-    into (it would need a copy to a file): asked before the work, not after it."""
+    into (it would need a copy to a file): asked before the work, not after it. The message
+    says to read the view into memory (`to_memory_advice`), or, for a tool that takes
+    ``copy``, to pass ``copy=True``."""
     if adata.isbacked and adata.is_view:
+        advice = to_memory_advice(adata, name)
         raise ValueError(
-            f"{name} is a view of a backed AnnData, which cannot hold the result: {advice}"
+            f"{name} is a view of a backed AnnData, which cannot hold the result: "
+            + (f"pass copy=True, or {advice}" if copy else advice)
         )
 
 

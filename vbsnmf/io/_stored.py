@@ -1,8 +1,8 @@
 """What a stored AnnData's elements say of themselves: its X as anndata reads it
 (`anndata_x`), a copy in memory of a backed AnnData whose file may hold no X
-(`in_memory_copy`), the words that say how to read one into memory (`to_memory_advice`)
-and a sparse matrix without the attribute saying its format
-(`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
+(`in_memory_copy`) and its elements but X (`without_x`), the words that say how to read
+one into memory (`to_memory_advice`) and a sparse matrix without the attribute saying its
+format (`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
 backed AnnData does not."""
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def in_memory_copy(adata):
         return adata.copy()
     if anndata_x(adata) is not None:
         return adata.to_memory()
-    import anndata as ad
     import h5py
 
     raw = None
@@ -51,6 +50,14 @@ def in_memory_copy(adata):
             raw_x = raw_x[()]
         raw = {"X": raw_x, "var": adata.raw.var, "varm": dict(adata.raw.varm)}
     # a view's elements are views of the backed AnnData's: copy() makes them its own
+    return without_x(adata, raw=raw).copy()
+
+
+def without_x(adata, raw: dict | None = None):
+    """An AnnData of ``adata``'s elements but X (what a backed AnnData holds in memory:
+    obs, var, uns, obsm, varm, obsp, varp, layers), sharing them, and ``raw`` given."""
+    import anndata as ad
+
     return ad.AnnData(
         obs=adata.obs,
         var=adata.var,
@@ -61,7 +68,7 @@ def in_memory_copy(adata):
         varp=dict(adata.varp),
         layers=dict(adata.layers),
         raw=raw,
-    ).copy()
+    )
 
 
 def to_memory_advice(adata, name: str = "adata") -> str:

@@ -40,7 +40,7 @@ from ._paths import (
     clear_hdf5_leftovers,
     clear_table_leftovers,
 )
-from ._stored import to_memory_advice
+from ._stored import to_memory_advice, without_x
 
 if TYPE_CHECKING:
     import h5py
@@ -476,23 +476,11 @@ def _check_result_name(path: Path) -> None:
 
 
 def _write_result(adata, path: Path) -> Path:
-    import anndata as ad
-
     with atomic_hdf5(path) as (out, check):
         if not adata.isbacked:
             _write_anndata(out, adata, check)
             return path
-        without_x = ad.AnnData(
-            obs=adata.obs,
-            var=adata.var,
-            uns=dict(adata.uns),
-            obsm=dict(adata.obsm),
-            varm=dict(adata.varm),
-            layers=dict(adata.layers),
-            obsp=dict(adata.obsp),
-            varp=dict(adata.varp),
-        )
-        _write_anndata(out, without_x, check)
+        _write_anndata(out, without_x(adata), check)
         with _backing_file(adata) as source:
             if "X" in source:  # none in a file of layers only (a fit of one of them)
                 _copy_x(source["X"], out, "X", check)

@@ -6,7 +6,6 @@ returns), ``H = components_`` K x columns, as in scikit-learn.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -37,7 +36,7 @@ from .._validation import (
     check_tolerance,
     small_dense,
 )
-from ._data import ClassicData, positional_columns
+from ._data import ClassicData, dense_row_blocks, positional_columns
 from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
@@ -61,8 +60,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         losses whose AB parameters have ``alpha + beta - 1`` outside {0, 1}
         (``loss="beta"`` with beta not 0 or 1, and such ``"ab"`` losses): no closed form
         exists, and each half-step sums over every entry, one row of ``W H`` at a time,
-        in O(n m K) time (not memory). A dense X is worked on whole: the multiplicative
-        updates hold several arrays of its size.
+        in O(n m K) time (not memory). A dense X is worked on a block of rows at a time
+        (a few MiB per temporary, whatever X's size): besides X, its weights and the
+        factors, a fit, `transform` and the loss hold a few such blocks, not arrays of X's
+        size (with dense ``weights``, the start factorises one copy of X, its entries of
+        weight 0 set to zero).
     alpha, beta
         Parameters of the ``"alpha"``, ``"beta"`` and ``"ab"`` losses.
     solver
@@ -339,11 +341,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"X has {W.shape[1]} columns, but {type(self).__name__} has {n_components} "
                 "components: inverse_transform takes the transformed rows W"
             )
-        with np.errstate(over="ignore"):
-            product = np.asarray(W @ self.components_)
-        # finite W whose products pass the float range gave inf entries without a word
-        check_finite_product(product, "W @ components_")
-        return product
+        return _checked_product(W, self.components_)
 
     @property
     def _n_features_out(self) -> int:
@@ -378,9 +376,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         }
         # On sparse data the Numba kernels do the heavy work and BLAS only K x K-sized
         # products; OpenBLAS threads left spinning after those halved the kernels' speed
-        # (benchmarks/README.md, "Classical NMF"), so BLAS runs on one thread there.
-        single_blas = data.kind != "dense"
-        with threadpool_limits(1, "blas") if single_blas else contextlib.nullcontext():
+        # (benchmarks/README.md, "Classical NMF"), so BLAS runs on one thread there. On
+        # dense data too: its products are a block of rows at a time (`_data.
+        # dense_row_blocks`), K thin, between single-threaded numpy passes, and two BLAS
+        # threads made the blocked iterations 1.5-1.8x the CPU time of one thread (threads
+        # woken and left spinning per block; 2,000 x 3,000, K = 10, same process).
+        with threadpool_limits(1, "blas"):
             try:
                 if self.solver == "mu":
                     fitted = fit_multiplicative(data, spec, W, H, **options)
@@ -614,6 +615,24 @@ def _as_result(factor: np.ndarray, X) -> np.ndarray:
             "as float64"
         )
     return result
+
+
+def _checked_product(W, components: np.ndarray) -> np.ndarray:
+    """``W @ components`` (W dense or sparse, n x K) in numpy's dtype of the product,
+    computed and checked finite a block of rows at a time into the result
+    (`dense_row_blocks`): no n x m array but the result (the check over it whole was a
+    mask of its shape). A `ValueError` when an entry passes the float range."""
+    if sp.issparse(W):
+        W = sp.csr_matrix(W)  # rows sliced cheaply
+    n_rows, n_cols = W.shape[0], components.shape[1]
+    product = np.empty((n_rows, n_cols), dtype=np.result_type(W.dtype, components.dtype))
+    for rows in dense_row_blocks(n_rows, n_cols):
+        block = product[rows]
+        with np.errstate(over="ignore"):
+            block[...] = W[rows] @ components
+        # finite W whose products pass the float range gave inf entries without a word
+        check_finite_product(block, "W @ components_")
+    return product
 
 
 def _within_rounding_of(factor: np.ndarray, bound) -> np.ndarray:

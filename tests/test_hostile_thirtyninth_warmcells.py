@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 
 import vbsnmf
 from vbsnmf import cli, tl
@@ -208,18 +209,6 @@ def test_a_damaged_n_cells_is_refused_naming_it(damaged):
         tl.top_genes(full, 3)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(n: int):
-    def callback(n_iter, params, trace):
-        if n_iter == n:
-            raise _Stop
-
-    return callback
-
-
 def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_one(tmp_path):
     """The fresh trace does not stop ``resume=True`` from continuing the checkpoint of the
     warm-started fit; the stored fit's own checkpoint (of all cells) is still refused."""
@@ -228,10 +217,10 @@ def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_o
     interrupted, uninterrupted = full[:30].copy(), full[:30].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the fresh trace's, pinned above
-        with pytest.raises(_Stop):
+        with pytest.raises(Stop):
             tl.nmf(
                 interrupted, 3, warm_start=True, max_iter=5, checkpoint=path,
-                callback=_stop_at(3), **_FIT,
+                callback=stop_at(3), **_FIT,
             )  # fmt: skip
         tl.nmf(interrupted, 3, warm_start=True, max_iter=5, checkpoint=path, resume=True, **_FIT)
         tl.nmf(uninterrupted, 3, warm_start=True, max_iter=5, **_FIT)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 
 import vbsnmf
 from vbsnmf import VBNMF, _estimator, _svi
@@ -71,18 +72,6 @@ def _write(path, counts, storage: str = "csr"):
 
 def _same_fit(first: VBNMF, second: VBNMF) -> bool:
     return all(np.array_equal(getattr(first, name), getattr(second, name)) for name in FITTED)
-
-
-class _Stop(Exception):
-    """Raised by a callback: the fit killed between two epochs."""
-
-
-def _stop_at(epoch: int):
-    def callback(n_epochs_done, params, trace):
-        if n_epochs_done == epoch:
-            raise _Stop
-
-    return callback
 
 
 # -- D1: tl.nmf of an empty backed AnnData ------------------------------------------------------
@@ -229,9 +218,9 @@ def test_guard_a_streamed_fit_stopped_mid_run_resumes_bit_for_bit(tmp_path, firs
     settings = dict(n_epochs=5, batch_size=40, eval_every=2, **SVI)
     whole = VBNMF(3, **settings).fit(path)
     checkpoint = tmp_path / "fit.npz"
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         VBNMF(3, checkpoint=checkpoint, **settings).fit(
-            path if first == "file" else sp.csr_matrix(counts), callback=_stop_at(3)
+            path if first == "file" else sp.csr_matrix(counts), callback=stop_at(3)
         )
     resumed = VBNMF(3, checkpoint=checkpoint, resume=True, **settings).fit(path)
     assert _same_fit(resumed, whole)
@@ -245,8 +234,8 @@ def test_guard_a_file_replaced_between_checkpoint_and_resume_is_refused(tmp_path
     path = _write(tmp_path / "x.h5ad", counts)
     checkpoint = tmp_path / "fit.npz"
     settings = dict(n_epochs=4, batch_size=40, **SVI)
-    with pytest.raises(_Stop):
-        VBNMF(3, checkpoint=checkpoint, **settings).fit(path, callback=_stop_at(2))
+    with pytest.raises(Stop):
+        VBNMF(3, checkpoint=checkpoint, **settings).fit(path, callback=stop_at(2))
     _write(path, counts[::-1].copy())
     with pytest.raises(ValueError, match="other data"):
         VBNMF(3, checkpoint=checkpoint, resume=True, **settings).fit(path)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 
 from vbsnmf import VBNMF, VBNTF, cli
 from vbsnmf._checkpoint import (
@@ -177,18 +178,6 @@ def test_header_within_the_member_still_reads(tmp_path):
 
 
 # -- guards of the promises the docstrings make -----------------------------------------
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(iteration):
-    def callback(n_iter, params, trace):
-        if n_iter == iteration:
-            raise _Stop
-
-    return callback
-
-
 @pytest.mark.parametrize(
     ("options", "limit"),
     [
@@ -206,8 +195,8 @@ def test_fit_killed_between_saves_resumes_bitwise(tmp_path, options, limit):
     fit = dict(random_state=0, n_threads=1, **options, **{limit: 8 if "solver" in options else 20})
     whole = VBNMF(3, **fit).fit(X)
     path = tmp_path / "ckpt.npz"
-    with pytest.raises(_Stop):
-        VBNMF(3, **fit, checkpoint=path, checkpoint_every=3).fit(X, callback=_stop_at(5))
+    with pytest.raises(Stop):
+        VBNMF(3, **fit, checkpoint=path, checkpoint_every=3).fit(X, callback=stop_at(5))
     resumed = VBNMF(3, **fit, checkpoint=path, checkpoint_every=3, resume=True).fit(X)
     np.testing.assert_array_equal(resumed.elbo_trace_, whole.elbo_trace_)
     np.testing.assert_array_equal(resumed.elbo_iter_, whole.elbo_iter_)

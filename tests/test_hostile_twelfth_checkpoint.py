@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 
 import vbsnmf
 from vbsnmf import VBNMF, cli
@@ -33,18 +34,6 @@ def _counts(n_cells=300, n_genes=40, seed=0) -> sp.csr_matrix:
     rng = np.random.default_rng(seed)
     rates = rng.gamma(1, 1, (n_cells, 3)) @ rng.gamma(1, 1, (3, n_genes)) * 0.7
     return sp.csr_matrix(rng.poisson(rates).astype(float))
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(epoch: int):
-    def callback(n, params, trace):
-        if n == epoch:
-            raise _Stop
-
-    return callback
 
 
 # -- 1: tol changed on resume -----------------------------------------------------------------
@@ -93,8 +82,8 @@ def test_resume_at_an_unevaluated_last_epoch_evaluates_it_as_the_uninterrupted_f
     fit = dict(n_components=3, solver="svi", batch_size=64, eval_every=3, random_state=0)
     fit.update(n_threads=1)
     path = tmp_path / "ck.npz"
-    with pytest.raises(_Stop):
-        VBNMF(n_epochs=8, checkpoint=path, **fit).fit(X, callback=_stop_at(5))
+    with pytest.raises(Stop):
+        VBNMF(n_epochs=8, checkpoint=path, **fit).fit(X, callback=stop_at(5))
     arrays, meta = load_checkpoint(path)
     assert meta["epoch"] == 4 and list(arrays["elbo_iter"]) == [3]
     resumed = VBNMF(n_epochs=4, checkpoint=path, resume=True, **fit).fit(X)

@@ -15,24 +15,11 @@ import anndata
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 from numpy.testing import assert_array_equal
 
 import vbsnmf
 from vbsnmf import VBNTF, CheckpointError, ConvergenceWarning, cli
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(n: int):
-    """A callback that kills the fit at its ``n``-th iteration, before that one's save."""
-
-    def callback(n_iter, params, trace):
-        if n_iter == n:
-            raise _Stop
-
-    return callback
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +103,9 @@ def test_warm_start_resumes_an_interrupted_warm_started_fit_as_the_uninterrupted
     interrupted, uninterrupted = _adata(), _adata()
     for adata in (interrupted, uninterrupted):
         _nmf(adata, **options, **first)
-    with pytest.raises(_Stop):
+    with pytest.raises(Stop):
         _nmf(
-            interrupted, warm_start=True, checkpoint=path, callback=_stop_at(2), **options,
+            interrupted, warm_start=True, checkpoint=path, callback=stop_at(2), **options,
             **continued,
         )  # fmt: skip
     _nmf(interrupted, warm_start=True, checkpoint=path, resume=True, **options, **continued)

@@ -9,23 +9,10 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from interrupted import Stop, stop_at
 
 from vbsnmf import VBNMF, VBNTF
 from vbsnmf._checkpoint import load_checkpoint, save_checkpoint
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(epoch: int):
-    """A callback that kills the fit in its ``epoch``-th epoch, before that epoch's save."""
-
-    def callback(n_iter, params, trace):
-        if n_iter == epoch:
-            raise _Stop
-
-    return callback
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +38,8 @@ def test_a_longer_cells_fits_checkpoint_resumed_at_its_epoch_is_the_shorter_fit(
     # stepped gene side, neither the 6-epoch fit nor the q whose ELBO ends the trace.
     kw = dict(n_components=3, solver="svi", random_state=1, n_threads=1, prior=prior)
     path = tmp_path / "c.npz"
-    with pytest.raises(_Stop):
-        VBNMF(**kw, n_epochs=10, checkpoint=path).fit(counts, callback=_stop_at(7))
+    with pytest.raises(Stop):
+        VBNMF(**kw, n_epochs=10, checkpoint=path).fit(counts, callback=stop_at(7))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the 6-epoch fit's ConvergenceWarning
         resumed = VBNMF(**kw, n_epochs=6, checkpoint=path, resume=True).fit(counts)
@@ -74,8 +61,8 @@ def test_a_longer_slices_fits_checkpoint_resumed_at_its_epoch_is_the_shorter_fit
 ):
     kw = dict(n_components=2, solver="svi", random_state=1, n_threads=1, prior=prior)
     path = tmp_path / "t.npz"
-    with pytest.raises(_Stop):
-        VBNTF(**kw, n_epochs=10, checkpoint=path).fit(*tensor, callback=_stop_at(7))
+    with pytest.raises(Stop):
+        VBNTF(**kw, n_epochs=10, checkpoint=path).fit(*tensor, callback=stop_at(7))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         resumed = VBNTF(**kw, n_epochs=6, checkpoint=path, resume=True).fit(*tensor)

@@ -949,7 +949,7 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     from ._utils import check_n_threads, utf8_text
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
-    from .tl._top_genes import left_out_factors, left_out_message
+    from .tl._top_genes import left_out_factors, left_out_messages
 
     info = adata.uns[args.key]
     trace = info.get("elbo_trace", [])
@@ -989,11 +989,11 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"factors? .* left out of the table", UserWarning)
         top_genes = tl.top_genes(adata, 10, key=args.key, min_counts=min_counts)
-    left_out = left_out_factors(adata, args.key, top_genes, include_inactive=False)
-    if left_out and not args.quiet:
+    if not args.quiet:
+        left_out = left_out_factors(adata, args.key, top_genes, include_inactive=False)
         advice = f"vbsnmf.tl.top_genes(adata, min_counts=1) on {RESULT_FILE} lists genes seen once"
-        message = left_out_message(left_out, TOP_GENES_FILE, str(min_counts), advice)
-        _tell(f"vbsnmf: warning: {message}")
+        for message in left_out_messages(left_out, TOP_GENES_FILE, str(min_counts), advice):
+            _tell(f"vbsnmf: warning: {message}")
     # counts are integers: as floats, "%.6g" rounded those above 999,999 (1.23457e+06)
     top_genes["total_counts"] = top_genes["total_counts"].astype(np.int64)
     with io.atomic_file(folder / TOP_GENES_FILE) as temporary:

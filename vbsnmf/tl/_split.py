@@ -100,8 +100,9 @@ def count_split(counts, fraction: float = 0.5, random_state=0):
     if hasattr(counts, "to_memory") or type(counts).__module__.split(".")[0] in ("h5py", "zarr"):
         # a backed AnnData's X: np.array made a 0-d array of it ("got shape ()")
         raise TypeError(
-            "counts are stored on disk (the X of an AnnData read with backed='r'): read "
-            "them into memory first, e.g. counts.to_memory() or adata.to_memory().X"
+            "counts are stored on disk (the X of an AnnData read with backed='r' or "
+            "backed='r+'): read them into memory first, e.g. counts.to_memory() or "
+            "adata.to_memory().X"
         )
     if is_dask_array(counts):
         # np.array computed dense chunks whole, but made a 0-d object array of sparse ones

@@ -145,7 +145,8 @@ def top_genes(
     UserWarning
         A factor listed (active, or any with ``include_inactive``) none of whose genes has
         a positive loading and ``min_counts`` counts or more is left out of the table:
-        the warning names it.
+        the warning names it, and says whether it has no positive loading at all (its
+        loadings all zero, which no ``min_counts`` changes).
 
     Examples
     --------
@@ -266,29 +267,61 @@ def _fit_totals(key: str, where: str, var, column: str) -> np.ndarray:
     return totals
 
 
-def left_out_factors(adata, key: str, table: pd.DataFrame, include_inactive: bool) -> list[int]:
+def left_out_factors(
+    adata, key: str, table: pd.DataFrame, include_inactive: bool
+) -> tuple[list[int], list[int]]:
     """The factors `top_genes` lists (the active ones, or all with ``include_inactive``) that
-    ``table`` leaves out: none of their genes has a positive loading and ``min_counts``
-    counts. Such a factor had no row, and no bracket in `vbsnmf.pl.top_genes`, without a
-    word."""
+    ``table`` leaves out, in two lists: those none of whose genes has a positive loading at
+    all (a factor switched off to exactly zero, a classical solver's factor of all-zero
+    loadings), which no ``min_counts`` lists, and those none of whose genes has a positive
+    loading and ``min_counts`` counts. Such a factor had no row, and no bracket in
+    `vbsnmf.pl.top_genes`, without a word."""
     listed = set(table.index.get_level_values("factor"))
-    return [int(f) for f in active_factors(adata, key, include_inactive) if f not in listed]
+    left_out = [int(f) for f in active_factors(adata, key, include_inactive) if f not in listed]
+    if not left_out:
+        return [], []
+    varm_key = fit_info(adata, key)["varm_key"]
+    genes = gene_holder(adata, key)
+    where = "varm" if genes is adata else "raw.varm"
+    gene_loadings = np.asarray(finite_fit_array(str(key), where, genes.varm, varm_key))
+    loaded = (gene_loadings[:, left_out] > 0).any(axis=0)
+    unloaded = [f for f, any_loaded in zip(left_out, loaded) if not any_loaded]
+    return unloaded, [f for f, any_loaded in zip(left_out, loaded) if any_loaded]
 
 
-def left_out_message(left_out: list[int], shown_in: str, counts: str, advice: str) -> str:
+def left_out_messages(
+    left_out: tuple[list[int], list[int]], shown_in: str, counts: str, advice: str
+) -> list[str]:
     """What `left_out_factors` gives, said of ``shown_in`` (``"the table"``, ``"the dot
-    plot"``, the command line's file), with the ``counts`` asked for and ``advice``."""
-    several = len(left_out) > 1
-    return (
-        f"{'factors' if several else 'factor'} {', '.join(map(str, left_out))} left out of "
-        f"{shown_in}: no gene of {'theirs' if several else 'it'} has a positive loading and "
-        f"{counts} counts or more; {advice}"
-    )
+    plot"``, the command line's file): a message for the factors of no positive loading,
+    and one, with the ``counts`` asked for and ``advice``, for those of too few counts. The
+    first get no advice: no ``min_counts``, nor any option, lists a gene of theirs."""
+    unloaded, too_few = left_out
+    messages = []
+    if unloaded:
+        their, they, has = ("their", "they", "have") if len(unloaded) > 1 else ("its", "it", "has")
+        messages.append(
+            f"{_factors(unloaded)} left out of {shown_in}: none of {their} genes has a "
+            f"positive loading ({their} loadings are all zero), so {they} {has} no gene to list"
+        )
+    if too_few:
+        several = len(too_few) > 1
+        messages.append(
+            f"{_factors(too_few)} left out of {shown_in}: no gene of "
+            f"{'theirs' if several else 'it'} has a positive loading and {counts} counts or "
+            f"more; {advice}"
+        )
+    return messages
+
+
+def _factors(factors: list[int]) -> str:
+    """``"factor 3"``, ``"factors 1, 4"``."""
+    return f"{'factors' if len(factors) > 1 else 'factor'} {', '.join(map(str, factors))}"
 
 
 def warn_left_out(adata, key, table, min_counts, include_inactive: bool, shown_in: str) -> None:
     """A `UserWarning` naming the factors `left_out_factors` finds, said of ``shown_in``."""
     left_out = left_out_factors(adata, key, table, include_inactive)
-    if left_out:
-        counts = f"min_counts={min_counts}"
-        warn_user(left_out_message(left_out, shown_in, counts, "lower min_counts"), UserWarning)
+    counts = f"min_counts={min_counts}"
+    for message in left_out_messages(left_out, shown_in, counts, "lower min_counts"):
+        warn_user(message, UserWarning)

@@ -392,10 +392,11 @@ def _check_forwarded(
 
     from matplotlib.axes import Axes
     from matplotlib.collections import PathCollection
-    from mpl_toolkits.mplot3d import Axes3D
+    from matplotlib.projections import get_projection_class
 
     named = {*also}
-    for target in (*targets, Axes.scatter, Axes3D.scatter):
+    # the 3-D axes (scanpy's projection="3d") through matplotlib, whose mpl_toolkits it is
+    for target in (*targets, Axes.scatter, get_projection_class("3d").scatter):
         for name, parameter in inspect.signature(target).parameters.items():
             if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 named.add(name)

@@ -58,6 +58,13 @@ BATCH_ADVICE = (
     "10x folder), which holds only a minibatch of cells in memory, or lower n_components or "
     "n_threads"
 )
+# The classical solvers' (`vbsnmf.classic._memory`), which hold a sparse X twice and a
+# dense one whole in float64 (for which the first advice comes before it)
+CLASSIC_ADVICE = (
+    "Lower n_components, or fit counts with vbsnmf.VBNMF (solver='svi' reads a backed .h5ad "
+    "or a 10x folder a minibatch of cells at a time)"
+)
+CLASSIC_DENSE_ADVICE = "Pass X as a scipy.sparse matrix (a dense X is held whole, as float64). "
 CELLS_FORM_ADVICE = (
     "Lower n_components, fit in float32 (dtype='float32'), or fit a subset of the cells"
 )

@@ -1793,13 +1793,20 @@ def _one_line(error: BaseException) -> str:
 def _memory_advice_as_options(message: str) -> str:
     """The memory guard's ``message`` with its advice in this command line's options: the
     Python API's told to set ``solver="svi"``, ``dtype='float32'`` (no option here) and
-    ``n_threads``."""
-    from ._memory import BATCH_ADVICE, CELLS_FORM_ADVICE
+    ``n_threads``, and the classical solvers' told to pass a sparse X or use `VBNMF`."""
+    from ._memory import BATCH_ADVICE, CELLS_FORM_ADVICE, CLASSIC_ADVICE, CLASSIC_DENSE_ADVICE
 
     message = message.replace(
         BATCH_ADVICE,
         "Use the streaming stochastic fit (--solver svi), which reads a minibatch of cells "
         "at a time from the file, or lower -k or --threads",
+    )
+    # the file's counts are what they are: the advice on a dense X is for Python callers
+    message = message.replace(CLASSIC_DENSE_ADVICE, "")
+    message = message.replace(
+        CLASSIC_ADVICE,
+        "Lower -k, or fit with a variational solver (--solver batch; --solver svi reads a "
+        "minibatch of cells at a time from the file)",
     )
     return message.replace(CELLS_FORM_ADVICE, "Lower -k, or fit a subset of the cells")
 

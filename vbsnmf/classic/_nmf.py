@@ -37,6 +37,7 @@ from .._validation import (
     small_dense,
 )
 from ._data import ClassicData, dense_row_blocks, positional_columns
+from ._memory import check_classic_fit_memory
 from ._mu import _EXACT_FRACTION, fit_multiplicative, poisson_bound
 from ._options import INITS, MAX_ITER, SOLVERS, TOL
 from ._solvers import STEPS, fit_frobenius
@@ -191,6 +192,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         FloatingPointError
             The factors or the loss left the float range (values too large for the loss's
             power): nothing non-finite is returned.
+        vbsnmf._memory.InsufficientMemoryError
+            The fit would need more memory than the system has available (a
+            `MemoryError`, raised before X is copied: `vbsnmf.classic._memory`); set
+            ``VBSNMF_NO_MEMORY_GUARD=1`` to fit anyway.
         """
         return self._fit(X, W, H)
 
@@ -209,6 +214,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         feature_names(X)  # mixed column names are refused before the fit, as scikit-learn does
         if self.weights is not None:
             check_entry_columns(X, self.weights, "weights")
+        # before X is validated, which copies it: a fit past the memory available was ended
+        # by the OOM killer without a message
+        check_classic_fit_memory(
+            X,
+            self.n_components,
+            solver=self.solver,
+            frobenius=spec.alpha == 1.0 and spec.beta == 1.0,
+            weights=self.weights,
+        )
         data = ClassicData.build(X, self.weights, spec)
         n_rows, n_cols = data.shape
         n_components = self._n_components(data)

@@ -53,7 +53,7 @@ import scipy.sparse as sp
 from .. import _memory
 from .._kernels import TILE_COLUMNS, padded_width
 from .._utils import is_integer
-from .._validation import exact_float_dtype
+from .._validation import check_sparse_structure, exact_float_dtype
 from . import _data
 
 # (n + m) x K' float64 arrays alive in an iteration besides the start's W and H: measured
@@ -335,12 +335,14 @@ def _stored_form(X) -> tuple[int, bool]:
     ):
         return 8, True
     itemsize = 4 if exact_float_dtype(X.data) == np.float32 else 8
-    converted = not (
-        X.format == "csr"
-        and X.dtype == np.float64
-        and X.has_canonical_format
-        and np.count_nonzero(X.data) == X.data.shape[0]
-    )
+    signed = X.format == "csr" and all(a.dtype.kind == "i" for a in (X.indptr, X.indices))
+    if not (signed and X.dtype == np.float64):  # converted (unsigned indices made signed)
+        return itemsize, True
+    # scipy's canonical-format test reads through the index arrays: a damaged matrix
+    # could crash it (uint64 ones it refused outright), so they are checked first, as the
+    # validation that follows checks them
+    check_sparse_structure(X, "X")
+    converted = not (X.has_canonical_format and np.count_nonzero(X.data) == X.data.shape[0])
     return itemsize, converted
 
 

@@ -945,11 +945,11 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     ``folder``."""
     import numpy as np
 
-    from . import io, tl
+    from . import io
     from ._utils import check_n_threads, utf8_text
     from .io._paths import PARAMS_FILE, RESULT_FILE, TOP_GENES_FILE
     from .io._write import write_tsv
-    from .tl._top_genes import left_out_factors, left_out_messages
+    from .tl._top_genes import left_out_factors, left_out_messages, top_genes_table
 
     info = adata.uns[args.key]
     trace = info.get("elbo_trace", [])
@@ -983,12 +983,10 @@ def _write_fit(adata, args, folder: Path, source: str, seconds: float) -> dict:
     io.write_nmf_tables(adata, folder, key=args.key)
     # Through atomic_file as every output, so that each is on disk before OUTDIR replaces
     # the old one: the active factors' 10 most specific genes, seen twice in the data ...
-    # tl.top_genes warns of an active factor it lists no gene of "in the table", with advice
-    # for Python: said here of the file, with advice a command-line user can follow
+    # tl.top_genes' table without its warning of an active factor it lists no gene of "in
+    # the table", with advice for Python: said here of the file, with advice for this line
     min_counts = 2
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"factors? .* left out of the table", UserWarning)
-        top_genes = tl.top_genes(adata, 10, key=args.key, min_counts=min_counts)
+    top_genes = top_genes_table(adata, 10, args.key, "specificity", min_counts, False)
     if not args.quiet:
         left_out = left_out_factors(adata, args.key, top_genes, include_inactive=False)
         advice = f"vbsnmf.tl.top_genes(adata, min_counts=1) on {RESULT_FILE} lists genes seen once"

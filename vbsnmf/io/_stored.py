@@ -1,9 +1,9 @@
 """What a stored AnnData's elements say of themselves: its X as anndata reads it
-(`anndata_x`), a copy in memory of a backed AnnData whose file may hold no X
-(`in_memory_copy`) and its elements but X (`without_x`), the words that say how to read
-one into memory (`to_memory_advice`) and a sparse matrix without the attribute saying its
-format (`check_encoded`). Apart from the readers (`_read`), which load pandas: a fit of a
-backed AnnData does not."""
+(`anndata_x`), whether a backed AnnData's file holds one (`file_holds_x`), a copy in
+memory of a backed AnnData whose file may hold no X (`in_memory_copy`) and its elements
+but X (`without_x`), the words that say how to read one into memory (`to_memory_advice`)
+and a sparse matrix without the attribute saying its format (`check_encoded`). Apart from
+the readers (`_read`), which load pandas: a fit of a backed AnnData does not."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def anndata_x(adata):
         raise
 
 
+def file_holds_x(adata) -> bool:
+    """Whether the file of the backed AnnData ``adata`` holds X. Its file is opened first
+    if closed: anndata's ``to_memory`` closes it (a ``copy=True`` before), and a closed
+    file holds nothing (``"X" in adata.file`` was False), where ``adata.X`` reopens it."""
+    if not adata.file.is_open:
+        adata.file.open()
+    return "X" in adata.file
+
+
 def in_memory_copy(adata):
     """A copy of ``adata`` in memory: ``adata.to_memory()`` of a backed AnnData (of which
     ``adata.copy()`` asks for a file name), ``adata.copy()`` of any other. anndata's
@@ -37,7 +46,7 @@ def in_memory_copy(adata):
     file, so one without X is copied from what it holds, raw's X read into memory."""
     if not adata.isbacked:
         return adata.copy()
-    if "X" in adata.file:  # asked of the file: a view's X read here was read again below
+    if file_holds_x(adata):  # asked of the file: a view's X read here was read again below
         check_encoded(adata.filename, adata.file["X"])  # anndata's KeyError, as `anndata_x`
         return adata.to_memory()
     import h5py
@@ -78,7 +87,7 @@ def to_memory_advice(adata, name: str = "adata") -> str:
     ``to_memory`` reads first: h5py's bare KeyError) the file read whole by anndata, of
     which a view takes the same cells and genes."""
     held = "the view" if adata.is_view else name
-    if "X" in adata.file:
+    if file_holds_x(adata):
         return f"call .to_memory() on {held} first"
     read = f"anndata.read_h5ad({str(adata.filename)!r})"
     if adata.is_view:

@@ -22,14 +22,13 @@ Set the environment variable ``VBSNMF_NO_MEMORY_GUARD=1`` to skip the check.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ._utils import counted, is_integer
+from ._utils import counted, is_integer, switch_is_on
 
 # The arrays of (rows + columns) x K alive at the peak of an iteration, measured with
 # tracemalloc (tests/test_numerics.py checks the estimate against a measured peak).
@@ -171,8 +170,9 @@ def _cgroup_headroom(
 
 
 def guard_disabled() -> bool:
-    """True when the environment variable ``VBSNMF_NO_MEMORY_GUARD`` turns the checks off."""
-    return os.environ.get(_DISABLE_VARIABLE, "").strip() not in ("", "0")
+    """True when the environment variable ``VBSNMF_NO_MEMORY_GUARD`` turns the checks off
+    (`_utils.switch_is_on`: ``0``, ``false``, ``no`` and ``off`` leave them on)."""
+    return switch_is_on(_DISABLE_VARIABLE)
 
 
 def available_memory() -> int | None:

@@ -941,6 +941,17 @@ def drawn_seed_below_2_32(random_state: np.random.Generator | np.random.RandomSt
     return int(random_state.randint(0, 2**32, dtype=np.int64))
 
 
+# Values of a switch variable (VBSNMF_NO_MEMORY_GUARD, VBSNMF_DEBUG) that leave it off, in
+# any case: a job's settings that wrote "false" or "off" turned the memory guard off
+SWITCH_OFF_VALUES = ("", "0", "false", "no", "off")
+
+
+def switch_is_on(variable: str) -> bool:
+    """Whether the environment variable ``variable`` is set to turn its switch on: any
+    value but unset, empty, ``0``, ``false``, ``no`` or ``off`` (`SWITCH_OFF_VALUES`)."""
+    return os.environ.get(variable, "").strip().lower() not in SWITCH_OFF_VALUES
+
+
 def is_integer(value) -> bool:
     """``value`` is a whole number where a count is expected: an int or numpy integer, not
     a bool nor a duration (numpy makes ``np.timedelta64`` a subclass of ``np.integer``, so

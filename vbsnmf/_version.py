@@ -22,11 +22,16 @@ def _is_commit(text: str) -> bool:
 
 
 def _read_text(path: str, limit: int = 65536) -> str | None:
-    """The start of a small text file, or None when it cannot be read."""
+    """The start of a small text file, or None when it cannot be read or is no regular
+    file. A path taken from a damaged file (a NUL byte in HEAD's ref or in a ``.git``
+    file's gitdir) made ``open`` raise ValueError, which failed the package's import; a
+    named pipe in its place would have held the import waiting on it."""
     try:
+        if not os.path.isfile(path):
+            return None
         with open(path, encoding="utf-8", errors="replace") as file:
             return file.read(limit)
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 
@@ -39,9 +44,13 @@ def _git_folders(root: str) -> tuple[str, str] | None:
     pointer = _read_text(dot_git, 4096)
     if pointer is None or not pointer.startswith("gitdir:"):
         return None
-    git_dir = os.path.join(root, pointer[len("gitdir:") :].strip())
+    target = pointer[len("gitdir:") :].strip().partition("\n")[0].strip()  # its first line
+    if not target:
+        return None
+    git_dir = os.path.join(root, target)
     common = _read_text(os.path.join(git_dir, "commondir"), 4096)
-    return git_dir, git_dir if common is None else os.path.join(git_dir, common.strip())
+    common = None if common is None else common.strip().partition("\n")[0].strip()
+    return git_dir, os.path.join(git_dir, common) if common else git_dir
 
 
 def checkout_commit(package_dir: str | None = None) -> str | None:
@@ -50,8 +59,9 @@ def checkout_commit(package_dir: str | None = None) -> str | None:
     a folder that is not vbsnmf's own checkout (vbsnmf copied into another project's
     repository) or anything unreadable. It names the commit, not whether files were edited
     since (which git's index would have to be compared with the files to tell)."""
-    package_dir = os.path.dirname(os.path.abspath(__file__)) if package_dir is None else package_dir
-    root = os.path.dirname(package_dir)
+    package_dir = os.path.dirname(__file__) if package_dir is None else package_dir
+    # absolute: "pkg/" (a trailing separator) had itself for its parent folder
+    root = os.path.dirname(os.path.abspath(package_dir))
     if not os.path.lexists(os.path.join(root, ".git")):
         return None  # an installed copy: one look, and nothing is read
     project = _read_text(os.path.join(root, "pyproject.toml")) or ""

@@ -2059,9 +2059,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _tell(f"vbsnmf: error: {' '.join(missing_package_advice(error).split())}")
             return EXIT_USAGE
-        # "0" is off, as for VBSNMF_NO_MEMORY_GUARD: any value printed the traceback, and
-        # VBSNMF_DEBUG=0 in a job's settings broke the one line a script reads
-        if os.environ.get("VBSNMF_DEBUG", "").strip() not in ("", "0"):
+        # "0" (or "false", "no", "off": `_SWITCH_OFF_VALUES`) is off, as for
+        # VBSNMF_NO_MEMORY_GUARD: any value printed the traceback, and VBSNMF_DEBUG=0 in a
+        # job's settings broke the one line a script reads
+        if os.environ.get("VBSNMF_DEBUG", "").strip().lower() not in _SWITCH_OFF_VALUES:
             raise
         _tell(
             f"vbsnmf: internal error ({type(error).__name__}: {_one_line(error)}); "
@@ -2074,6 +2075,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
         _restore_variable("MPLBACKEND", backend)
+
+
+# Values of VBSNMF_DEBUG that leave it off, as `_utils.SWITCH_OFF_VALUES` leave
+# VBSNMF_NO_MEMORY_GUARD (not imported from there: `main`'s last handler must not fail)
+_SWITCH_OFF_VALUES = ("", "0", "false", "no", "off")
 
 
 def _draw_into_files() -> str | None:

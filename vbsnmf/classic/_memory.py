@@ -13,9 +13,11 @@ A fit holds, through all of it:
   copy of ``n m`` entries unless it is one already;
 - ``entries``: a sparse X stored twice, by rows and by columns (`_data.EntryPair`), at most
   8 bytes a value and 4 an index per entry and copy, and 8 more a weight per entry of the
-  ``pattern`` layout (sparse weights: their stored entries) and of the exclusion list of
-  the ``weighted`` one (sparse X, dense weights: the entries of weight other than 1);
-  beside it, for dense weights, the two boolean masks of their shape that pick those;
+  ``pattern`` layout (sparse weights: their stored entries; sparse X under a loss
+  undefined at zero, `defined_at_zero`: the entries of dense weights > 0, or every stored
+  entry of an X that stores them all) and of the exclusion list of the ``weighted`` one
+  (sparse X, dense weights: the entries of weight other than 1); beside it, for dense
+  weights, the two boolean masks of their shape that pick those;
 - ``factors``: W and H, (n + m) x K float64, from the start on.
 
 and, at the peak, the largest of the transients of its phases (`_phase_transients`; the
@@ -24,7 +26,8 @@ build and the start run before W and H exist, so the factors' bytes count for th
 - ``build``: a sparse X converted to canonical float64 CSR (another layout, dtype or
   index width: ``nnz`` x 12 bytes) and the values' copy the transposition reads; for the
   Frobenius loss also the blocks of squares of `_data._row_squares` (24 bytes an entry, at
-  most);
+  most); for dense weights listed as a pattern, the mask of their entries > 0, X's
+  nonzeros looked up in it and the weights' COO;
 - ``start``: NNDSVD's randomized SVD of X, a few (n + m) x (K + 10) float64 tables, and the
   float64 CSR copy of the stored entries it factorises (36 bytes an entry when the
   columns are tiled, `_kernels.TILE_COLUMNS`: the copy goes through COO), or with dense
@@ -80,6 +83,12 @@ _ROW_SQUARES_BYTES = 24  # `_data._row_squares`: a block's slice and its float64
 # sparse weights, their COO, the kept rows and columns, the sort order and the values
 # looked up
 _ENTRY_LIST_BYTES = 64
+# per stored entry of a sparse X whose dense weights are listed as a pattern (`_data.
+# ClassicData.build`, a loss undefined at zero): its nonzeros' row and column indices and
+# the mask of weight > 0 looked up at them; and per entry of weight > 0, the weights' COO
+# (two int64 indices and a float64 weight)
+_NONZEROS_BYTES = 32
+_DENSE_COO_BYTES = 24
 
 
 def estimate_classic_fit_memory(
@@ -119,7 +128,8 @@ def estimate_classic_fit_memory(
         Entries of the weighted lists: the stored entries of sparse weights
         (``"pattern"``), or the entries of dense weights other than 1 (``"weighted"``).
     input_copy, weights_copy
-        Whether a dense X (or dense weights) is copied to C-ordered float64.
+        Whether a dense X is copied to C-ordered float64 (dense weights: to float64, in
+        their own order).
     dense_weights
         Dense weights are given (implied by ``"weighted"``).
     frobenius
@@ -129,7 +139,9 @@ def estimate_classic_fit_memory(
         hold its values there, a block at a time); 1, the bound, when unknown.
     dense_input
         X is dense under the ``"pattern"`` layout (its copy is held while the entries are
-        listed; implied by ``"dense"``).
+        listed; implied by ``"dense"``). A sparse X under the ``"pattern"`` layout with
+        ``dense_weights``: the weights are listed at their entries > 0 (``n_weighted`` of
+        them), as for a loss undefined at zero.
     value_itemsize
         Bytes of a stored value: 4 where float32 holds every value of a sparse X exactly
         (`_validation.exact_float_dtype`), else 8.
@@ -151,9 +163,11 @@ def estimate_classic_fit_memory(
     n_components, nnz, n_weighted = int(n_components), int(nnz), int(n_weighted)
     n_entries = n_rows * n_cols
     dense_x = layout == "dense" or (layout == "pattern" and dense_input)
+    # dense weights of a sparse X listed as a pattern (a loss undefined at zero)
+    listed_weights = layout == "pattern" and not dense_input and dense_weights
     dense_weights = layout == "weighted" or (layout == "dense" and dense_weights)
     input_bytes = 8 * n_entries if dense_x and input_copy else 0
-    if dense_weights:
+    if dense_weights or listed_weights:
         input_bytes += 8 * n_entries if weights_copy else 0
     index_arrays = 8 * (n_rows + n_cols + 2) * _kernels_tiles(n_cols)  # row pointers
     entries = 0
@@ -178,6 +192,8 @@ def estimate_classic_fit_memory(
         nonzero_fraction=nonzero_fraction,
         dense_weights=dense_weights,
         converted=converted,
+        listed_weights=listed_weights,
+        sparse_input=not dense_x,
     )
     # the build and the start run before W and H exist: the factors' bytes are theirs too
     transient = max(
@@ -200,7 +216,7 @@ def _kernels_tiles(n_cols: int) -> int:
 
 def _phase_transients(
     n_rows, n_cols, n_components, *, layout, solver, nnz, n_weighted, frobenius,
-    nonzero_fraction, dense_weights, converted,
+    nonzero_fraction, dense_weights, converted, listed_weights=False, sparse_input=True,
 ) -> dict[str, int]:  # fmt: skip
     """The transient bytes of each phase of a fit (the module docstring)."""
     n_entries = n_rows * n_cols
@@ -213,8 +229,17 @@ def _phase_transients(
         build = nnz * ((_CSR_FLOAT64_BYTES if converted else 0) + 4)
         if frobenius:
             build += nnz * _ROW_SQUARES_BYTES
-    if layout in ("pattern", "weighted"):
+    if listed_weights:
+        # the mask and X's nonzeros are dropped before the weights' COO is made and listed
+        build += max(
+            n_entries + nnz * _NONZEROS_BYTES,
+            n_weighted * (_DENSE_COO_BYTES + _ENTRY_LIST_BYTES),
+        )
+    elif layout in ("pattern", "weighted"):
         build += n_weighted * _ENTRY_LIST_BYTES
+    if layout == "pattern" and sparse_input:
+        # the validated X is held while the pattern's values are looked up in it
+        build += nnz * (_CSR_FLOAT64_BYTES if converted else 0)
     svd = _SVD_ARRAYS * (n_rows + n_cols) * (n_components + _SVD_OVERSAMPLES) * 8
     if dense_x:
         start = svd + (8 * n_entries if dense_weights else 0)
@@ -239,11 +264,22 @@ def _phase_transients(
 
 
 def check_classic_fit_memory(
-    X, n_components, *, solver: str, frobenius: bool = False, weights=None
+    X,
+    n_components,
+    *,
+    solver: str,
+    frobenius: bool = False,
+    weights=None,
+    defined_at_zero: bool = True,
 ) -> dict[str, int] | None:
     """Raise `vbsnmf._memory.InsufficientMemoryError` if a classical fit of ``X`` needs more
     memory than is available; return the estimate (None when it was not checked).
-    ``frobenius``: the loss is the Frobenius one.
+    ``frobenius``: the loss is the Frobenius one; ``defined_at_zero``: the loss is defined
+    at p = 0 (`losses.LossSpec.zero_power` is not None). Under a loss that is not, a sparse
+    X with dense weights (or with every entry stored) is fitted as a list of its entries of
+    weight > 0 (`_data.ClassicData.build`), not as the sparse route's two copies and
+    exclusion list, whose estimate was 20 to 60 times the fit's peak (refused fits that
+    fitted).
 
     Called before X is validated or copied. Inputs that are not a 2-D array, sparse matrix
     or numeric pandas DataFrame, weights that are neither, or an ``n_components`` that is
@@ -256,7 +292,7 @@ def check_classic_fit_memory(
     if sp.issparse(X) and X.ndim == 2:
         nnz, dense_x, input_copy = int(X.nnz), False, False
         value_itemsize, converted = _stored_form(X)
-    elif isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
+    elif _plain_array(X) and X.ndim == 2 and X.dtype != object:
         nnz, dense_x = 0, True
         input_copy = not (X.dtype == np.float64 and X.flags.c_contiguous)
         if solver == "mu" and X.size:  # a pass over X, no copy of it
@@ -271,13 +307,20 @@ def check_classic_fit_memory(
     n_weighted, weights_copy, dense_weights = 0, False, False
     if weights is None:
         layout = "dense" if dense_x else "sparse"
+        if not (dense_x or defined_at_zero) and nnz >= shape[0] * shape[1]:
+            layout, n_weighted = "pattern", nnz  # every entry stored: listed as a pattern
     elif sp.issparse(weights) and weights.ndim == 2:
         layout, n_weighted = "pattern", int(weights.nnz)
-    elif isinstance(weights, np.ndarray) and weights.ndim == 2 and weights.shape == shape:
-        weights_copy = not (weights.dtype == np.float64 and weights.flags.c_contiguous)
+    elif _plain_array(weights) and weights.ndim == 2 and weights.shape == shape:
+        # the validation converts dense weights to float64, in the order they have
+        weights_copy = weights.dtype != np.float64
         dense_weights = True
         if dense_x:
             layout = "dense"
+        elif not defined_at_zero:
+            # listed at their entries > 0, which must be X's nonzeros (the validation
+            # refuses others before listing them)
+            layout, n_weighted = "pattern", min(_count_positive(weights), nnz)
         else:
             layout, n_weighted = "weighted", _count_other_than_one(weights)
     else:  # weights of another kind or shape: the validation explains them
@@ -324,6 +367,13 @@ def check_classic_fit_memory(
     )
 
 
+def _plain_array(value) -> bool:
+    """A numpy array the validation takes (a memmap too), not an ``np.matrix``, which
+    scikit-learn's refuses with a TypeError saying so: a guard that estimated it refused
+    one too large as out of memory instead, advice that did not help."""
+    return isinstance(value, np.ndarray) and not isinstance(value, np.matrix)
+
+
 def _stored_form(X) -> tuple[int, bool]:
     """For sparse X: the bytes of a stored value (4 where float32 is exact,
     `exact_float_dtype`, read a block at a time) and whether validating X converts it (not
@@ -344,6 +394,15 @@ def _stored_form(X) -> tuple[int, bool]:
     check_sparse_structure(X, "X")
     converted = not (X.has_canonical_format and np.count_nonzero(X.data) == X.data.shape[0])
     return itemsize, converted
+
+
+def _count_positive(weights: np.ndarray) -> int:
+    """Entries of dense ``weights`` above 0, a block of rows at a time: no mask of their
+    shape."""
+    count = 0
+    for rows in _data.dense_row_blocks(*weights.shape):
+        count += int(np.count_nonzero(weights[rows] > 0))
+    return count
 
 
 def _count_other_than_one(weights: np.ndarray) -> int:

@@ -222,6 +222,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             solver=self.solver,
             frobenius=spec.alpha == 1.0 and spec.beta == 1.0,
             weights=self.weights,
+            defined_at_zero=spec.zero_power is not None,
         )
         data = ClassicData.build(X, self.weights, spec)
         n_rows, n_cols = data.shape

@@ -19,6 +19,7 @@ warnings filter on either class catches them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import sys
 import types
@@ -187,6 +188,54 @@ def row_names(frame) -> np.ndarray | None:
 def _listed(names) -> str:
     shown = [f"- {name}\n" for name in names[:5]]
     return "".join(shown) + ("- ...\n" if len(names) > 5 else "")
+
+
+def names_digests(names) -> tuple[str, str]:
+    """Two digests (16 hex digits each) of ``names`` (cell or gene names): one that ignores
+    their order, each name's 64-bit hash (pandas' `pandas.util.hash_array` of its text, the
+    same in every run and on every platform) summed modulo 2**64, and one of the names in
+    their order. The same names in another order share the first only; a name swapped for
+    another, or repeated in place of one, changes both (but for a chance of 1 in 2**64).
+    One vectorised pass: about 0.3 s for a million cell barcodes. Loads pandas (a
+    DataFrame's index, an AnnData's names: loaded already)."""
+    import pandas as pd
+
+    text = np.asarray(pd.Index(names).astype(str), dtype=object)
+    hashed = pd.util.hash_array(text, categorize=False)
+    order_free = f"{int(hashed.sum(dtype=np.uint64)):016x}"
+    return order_free, hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def remember_cell_names(estimator, X) -> None:
+    """``estimator._cell_names``: the `names_digests` of the row names of a DataFrame
+    fitted (none otherwise), by which a warm start from the estimator
+    (`check_init_cells`) tells its cells in another order. Digests, not the names: a
+    million cells' names would outweigh the fit."""
+    names = row_names(X)
+    if names is None:
+        estimator.__dict__.pop("_cell_names", None)
+    else:
+        estimator._cell_names = names_digests(names)
+
+
+def check_init_cells(init, X) -> None:
+    """A `ValueError` when ``init``, an estimator fitted on a DataFrame with cell names, is
+    to start X (a DataFrame) holding the same cells in another order: its cell side starts
+    X's cells by position, each from another cell's parameters, silently another start
+    than the fit it continues (the genes are matched by name: ``feature_names_in_``).
+    Other cells, or X or the fit without cell names, are not checked: nothing tells
+    whose parameters those are."""
+    fitted, names = getattr(init, "_cell_names", None), row_names(X)
+    if fitted is None or names is None:
+        return
+    order_free, ordered = names_digests(names)
+    if order_free == fitted[0] and ordered != fitted[1]:
+        raise ValueError(
+            "init was fitted on X's cells in another order (X's row names): its cell side "
+            "would start each of X's cells from another cell's parameters; pass X's rows "
+            "in the order init was fitted on (X.loc[fitted.index], fitted the frame init "
+            "was fitted on)"
+        )
 
 
 def remember_feature_names(estimator, X) -> None:

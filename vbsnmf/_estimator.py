@@ -24,9 +24,11 @@ from ._base import (
     check_entry_columns,
     check_feature_names,
     check_fitted,
+    check_init_cells,
     check_output_columns,
     feature_names,
     names_differ,
+    remember_cell_names,
     remember_feature_names,
     repeated_otherwise,
     row_names,
@@ -436,7 +438,10 @@ class VBNMF(Estimator):
     under ``prior='gamma'``) start only another fit with ``mask``. ``n_init`` is ignored
     when ``init`` is given. A `VBNMF` fitted with gene names (a DataFrame) starts only X
     with the same names in the same order (``ValueError`` otherwise); on X without names it
-    starts the genes by position and warns (``UserWarning``), as `transform` does.
+    starts the genes by position and warns (``UserWarning``), as `transform` does. Its
+    cells start X's by position: one fitted on a DataFrame with cell names refuses a
+    DataFrame X of the same cells in another order (``ValueError``, checked by a digest of
+    the names the fit keeps); X of other cells or without names is not checked.
 
     Examples
     --------
@@ -667,6 +672,7 @@ class VBNMF(Estimator):
             check_fitted(init, "cell_shape_")
         if init is not None:
             _check_init_genes(init, names, row_names(X))
+            check_init_cells(init, X)
         if mask is not None:
             check_entry_columns(X, mask, "mask")
         if kind in ("memory", "checked"):
@@ -679,6 +685,7 @@ class VBNMF(Estimator):
             warn_if_beyond(self, result.n_iter)
         self.n_features_in_ = n_features
         remember_feature_names(self, X)
+        remember_cell_names(self, X)
         params = result.params
         self.cell_shape_, self.cell_rate_ = params.row_shape, params.row_rate
         self.gene_shape_, self.gene_rate_ = params.col_shape, params.col_rate

@@ -820,6 +820,9 @@ def check_genes_of_one_fit(genes, key: str, record: dict, where: str) -> None:
 _ENTRIES_SINCE_USAGES = ("usage_key", "sqrt_usage_key", "active", "factor_share")
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def check_fit_record(record: dict, where: str) -> None:
     """Refuse a `vbsnmf.tl.nmf` record ``where`` whose entries the tools cannot read: one
     missing (a `KeyError`) or not as the fit writes it (a `ValueError`), saying to fit
@@ -869,6 +872,17 @@ def check_fit_record(record: dict, where: str) -> None:
     n_cells = record.get("n_cells")
     if n_cells is not None and not (is_integer(n_cells) and n_cells >= 1):
         raise damaged_record(f"{where}['n_cells']", reprlib.repr(n_cells))
+    # the digests of the names of the cells and genes fitted (`tl._stored.names_digest`),
+    # by which a warm start tells other cells from the fit's own (kept since 2026-12-07):
+    # another value would tell every warm start that its cells were swapped
+    for name in ("cells_digest", "genes_digest"):
+        digest = record.get(name)
+        if digest is not None and not (
+            isinstance(digest, str) and len(digest) == 16 and _HEX_DIGITS.issuperset(digest)
+        ):
+            raise damaged_record(
+                f"{where}[{name!r}]", f"{reprlib.repr(digest)}, not 16 hexadecimal digits"
+            )
     for name in ("elbo_trace", "loss_trace", "factor_share"):
         if name in record:
             values = np.asarray(record[name])

@@ -51,6 +51,8 @@ from ..io._stored import anndata_x, in_memory_copy
 from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (
+    CELLS_DIGEST_ENTRY,
+    GENES_DIGEST_ENTRY,
     LOADING_TOTALS_ENTRY,
     VARIATIONAL_KEYS,
     FitKeys,
@@ -62,6 +64,7 @@ from ._stored import (
     gene_holder,
     index_named_as_totals,
     loading_totals,
+    names_digest,
     variational_params,
 )
 
@@ -221,7 +224,14 @@ def nmf(
         ``elbo_trace``, ``elbo_iter`` and ``n_iter`` start anew at this fit (also for more
         cells than the fit's, such as an ``anndata.concat`` of its cells with some of them
         again; told by the record's ``n_cells`` and ``n_genes``, which a record written
-        before they were kept lacks: its trace is extended). With
+        before they were kept lacks: its trace is extended). As many cells or genes as the
+        fit's but not the same ones (one repeated in place of another, ``adata[[0, 0, 2,
+        ...]]``, or renamed) are told by their names (the record's ``cells_digest`` and
+        ``genes_digest``) and warned of likewise; the fit's own cells and genes in another
+        order (``adata[permuted_cells, permuted_genes].copy()``) continue the fit, whose
+        parameters anndata reorders with them: the result is the permuted warm start of
+        the original, to rounding (for ``solver='svi'``, whose minibatches are drawn by
+        position, another draw of them). With
         ``resume=True`` it resumes the checkpoint of a warm-started fit that was
         interrupted; the checkpoint of the stored fit itself is refused (its passes would
         be counted twice).
@@ -296,6 +306,9 @@ def nmf(
         given again), ``obsm_key``,
         ``usage_key``, ``sqrt_usage_key``, ``varm_key`` (the keys above), ``n_cells`` (the
         cells fitted), ``n_genes`` (the genes fitted: those ``mask_var`` selects, or all),
+        ``cells_digest`` and ``genes_digest`` (16 hex digits each: a digest of the names of
+        the cells and of the genes fitted that ignores their order, by which ``warm_start``
+        tells the same cells and genes in another order from others),
         ``n_iter``, ``converged``;
         ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
         numba, llvmlite, anndata; scikit-learn for a classical solver), and run from a git
@@ -488,6 +501,15 @@ def nmf(
         masked = fitted_genes is not None and kept_cells_advice(source, mask_var, use_raw)
         warn_empty_cells(n_without, adata.n_obs, masked, solver, fit_params=fit_params)
 
+    # the names of the cells and genes fitted, whatever their order, which the record keeps:
+    # a warm start of as many cells (genes) but not the same ones (one repeated in place of
+    # another, adata[[0, 0, 2, ...]]) joined its ELBO, over other counts, to the stored trace
+    fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
+    digests = {
+        CELLS_DIGEST_ENTRY: names_digest(adata.obs_names),
+        GENES_DIGEST_ENTRY: names_digest(fitted_names),
+    }
+
     # The integer a Generator's (a RandomState's, None's) fit draws, drawn here so that .uns
     # records it: unrecorded, a replay of the record (tl.nmf(adata, **params)) fitted the
     # default seed 0 instead.
@@ -499,7 +521,7 @@ def nmf(
             init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
             if warm_start:
                 init, previous_trace, previous_iter, previous_passes = _stored_start(
-                    adata, keys, use_raw, layer, fitted_genes, n_components
+                    adata, keys, use_raw, layer, fitted_genes, n_components, digests
                 )
                 _check_resumed_after(fit_params, previous_trace)
                 stored = fit_info(adata, keys.uns)
@@ -521,7 +543,6 @@ def nmf(
                 _check_masked_factor_mask(
                     fit_params.get("factor_mask"), fitted_genes, n_components, matrix.shape
                 )
-            fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
             _check_named_weights(fit_params.get("weights"), adata.obs_names, fitted_names)
             fitted = _fit_classic(matrix, n_components, solver, random_state, fit_params)
     cell_factors, gene_loadings, info = fitted
@@ -610,6 +631,7 @@ def nmf(
             "n_cells": int(np.shape(cell_factors)[0]),
             # the genes fitted, which no gene side of this fit outnumbers (`gene_holder`)
             "n_genes": int(np.shape(gene_loadings)[0]),
+            **digests,
             "factor_share": share,
             # t_l over every fitted gene: the usages of cells projected onto this fit
             # (tl.project) are weighed by it, also after genes were dropped from adata
@@ -874,10 +896,17 @@ def _names_in_other_order(index: pd.Index, adata) -> bool:
 
 
 def _stored_start(
-    adata, keys: FitKeys, use_raw: bool, layer: str | None, fitted_genes, n_components: int
+    adata,
+    keys: FitKeys,
+    use_raw: bool,
+    layer: str | None,
+    fitted_genes,
+    n_components: int,
+    digests: dict[str, str],
 ) -> tuple[dict, np.ndarray, np.ndarray, int]:
     """The stored fit's parameters as a start for the genes fitted now, its trace, the
-    iteration of each value (`elbo_iterations`) and its passes."""
+    iteration of each value (`elbo_iterations`) and its passes; ``digests``: those of the
+    names of the cells and genes fitted now (`names_digest`), against the record's."""
     if keys.uns not in adata.uns:
         raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
     info = fit_info(adata, keys.uns)
@@ -946,7 +975,7 @@ def _stored_start(
         _check_stored_genes(np.asarray(init[name]), f"{side}[{keys.variational(name)!r}]", keys.uns)
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
-    changed = _counts_changed_since(info, keys.uns, int(adata.n_obs), dropped)
+    changed = _counts_changed_since(info, keys.uns, int(adata.n_obs), dropped, digests)
     if changed is not None:
         # the ELBO of other cells' or genes' counts is not comparable with the stored one:
         # joined, the trace (and pl.elbo) showed one fit whose ELBO jumped at the warm start
@@ -961,19 +990,26 @@ def _stored_start(
     return init, trace, elbo_iterations(info), int(info["n_iter"])
 
 
-def _counts_changed_since(info: dict, key: str, n_cells: int, dropped_genes: int) -> str | None:
+def _counts_changed_since(
+    info: dict, key: str, n_cells: int, dropped_genes: int, digests: dict[str, str]
+) -> str | None:
     """What a warm start's counts lost or gained since the stored fit ``key`` (its record's
     ``n_cells`` and ``n_genes``), worded for its warning, or None when they are the fit's
     cells and genes: ``n_cells``, the cells of adata now; ``dropped_genes``, the fitted
     genes it no longer holds (`_genes_dropped_since`). More cells than fitted are those of
     an ``anndata.concat`` (of the fit with its own cells, whose parameters it holds; cells
     it never saw are refused for their NaN rows). A record without ``n_cells`` (written
-    before it was kept) tells nothing of the cells."""
+    before it was kept) tells nothing of the cells. As many cells and genes as fitted are
+    told from the fit's own (in any order) by the digests of their names (``digests``,
+    against the record's `CELLS_DIGEST_ENTRY` and `GENES_DIGEST_ENTRY`, which a record
+    written before they were kept lacks): one repeated in place of another
+    (``adata[[0, 0, 2, ...]]``) holds other counts."""
     fitted_cells = info.get("n_cells")
     cells_changed = fitted_cells is not None and n_cells != int(fitted_cells)
-    if not (cells_changed or dropped_genes):
-        return None
     fit = f"the stored fit {key!r} fitted"
+    if not (cells_changed or dropped_genes):
+        counted_cells = None if fitted_cells is None else n_cells
+        return _names_changed_since(info, fit, counted_cells, digests)
     n_genes = int(info["n_genes"]) if dropped_genes else 0
     genes = f"{n_genes - dropped_genes} of the {n_genes} genes"
     if not cells_changed:
@@ -990,6 +1026,35 @@ def _counts_changed_since(info: dict, key: str, n_cells: int, dropped_genes: int
         return f"adata holds {held} (cells were added since, as anndata.concat adds them)"
     genes = genes.replace(" of the ", " of its ")
     return f"adata holds {held}, and {genes} (cells were added and genes dropped since)"
+
+
+def _names_changed_since(
+    info: dict, fit: str, n_cells: int | None, digests: dict[str, str]
+) -> str | None:
+    """`_counts_changed_since`'s words for as many cells and genes as the stored fit
+    (``fit``: it, named) fitted whose names are not all those it fitted (their digests
+    differ from the record's), or None. ``n_cells``: the cells of adata, None when the
+    record keeps no ``n_cells``."""
+    what = []
+    for entry, axis, side, count in (
+        (CELLS_DIGEST_ENTRY, "cells", "obs_names", n_cells),
+        (GENES_DIGEST_ENTRY, "genes", "var_names", info.get("n_genes")),
+    ):
+        recorded = info.get(entry)
+        # read with the count beside it (n_cells, n_genes), as the fit writes them: a
+        # record without the count tells nothing of that side
+        if recorded is not None and count is not None and recorded != digests[entry]:
+            what.append((axis, side, count))
+    if not what:
+        return None
+    held = " and ".join(f"{count} {axis}" for axis, _, count in what)
+    sides = " and ".join(side for _, side, _ in what)
+    axes = " and ".join(axis for axis, _, _ in what)
+    return (
+        f"adata holds {held}, as many as {fit}, but not the same ones: their {sides} "
+        f"differ from those fitted ({axes} were swapped, repeated or renamed since; the same "
+        "ones in another order continue the fit)"
+    )
 
 
 def _genes_dropped_since(info: dict, gene_shape: np.ndarray) -> int:

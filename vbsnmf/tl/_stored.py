@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._base import names_digests
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
@@ -103,6 +104,20 @@ def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings, totals=None) 
     ``gene_loadings`` (or its factor ``totals``, `usage`) and the usages' square roots."""
     shares = usage(cell_factors, gene_loadings, totals)
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
+
+
+# The fit record's entries of the names of the cells and of the genes it fitted
+# (`names_digest`), by which a warm start tells other cells or genes from the fit's own in
+# another order.
+CELLS_DIGEST_ENTRY = "cells_digest"
+GENES_DIGEST_ENTRY = "genes_digest"
+
+
+def names_digest(names) -> str:
+    """The digest (16 hex digits) of ``names`` (``obs_names`` or ``var_names``) that ignores
+    their order (`vbsnmf._base.names_digests`' first): the same names in another order give
+    the same digest, a name swapped for another, or repeated in place of one, another."""
+    return names_digests(names)[0]
 
 
 def recorded_loading_totals(info: dict, where: str) -> np.ndarray | None:

@@ -474,6 +474,8 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
     if isinstance(record, dict) and marker in record:
         return record
     kind = next(name for name, held in RECORD_MARKERS.items() if held == marker)
+    if record_kind(record) == kind:  # the tool's record, its marker deleted (`record_kind`)
+        record_entry(record, marker, f"adata.uns[{key!r}]")
     stored = ", ".join(
         repr(name) for name, entry in adata.uns.items() if record_kind(entry) == kind
     )
@@ -510,7 +512,17 @@ def record_kind(record) -> str | None:
     for kind, marker in RECORD_MARKERS.items():
         if marker in record:
             return kind
+    # A fit's record whose marker was deleted by hand still holds the settings and entries
+    # only a fit's record holds (scanpy's records hold "params", never these): taken for
+    # no record of vbsnmf's, it was called another tool's record over the fit's ("was
+    # sc.pp.neighbors given 'nmf'?"), and a new fit under its key was refused.
+    if "params" in record and any(name in record for name in _FIT_ONLY_ENTRIES):
+        return "fit"
     return None
+
+
+# Entries of a fit's record beside its marker that no other record holds (`record_kind`).
+_FIT_ONLY_ENTRIES = ("usage_key", "sqrt_usage_key", "varm_key", "factor_share", "loading_totals")
 
 
 def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene loadings") -> dict:

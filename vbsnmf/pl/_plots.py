@@ -39,10 +39,17 @@ from .._utils import (
     is_dask_array,
     is_integer,
     stored_record,
+    warn_user,
 )
 from .._validation import check_positive
 from ..io._stored import anndata_x, to_memory_advice
-from ..tl._stored import active_factors, cell_factors_record, check_writable, view_to_actual
+from ..tl._stored import (
+    active_factors,
+    cell_factors_record,
+    check_writable,
+    is_classical_fit,
+    view_to_actual,
+)
 from ..tl._top_genes import top_genes_table, warn_left_out
 
 
@@ -500,6 +507,15 @@ def elbo(
     'ELBO'
     """
     info = fit_info(adata, key, "the ELBO trace")
+    if "elbo_trace" not in info and not is_classical_fit(info):
+        # every variational fit records it, empty or not: gone, the entry was deleted (the
+        # record's largest, dropped to save space), where the message was that the fit
+        # "recorded no ELBO in its N passes" and to fit with a larger max_iter
+        raise KeyError(
+            f"adata.uns[{key!r}] has no 'elbo_trace' entry, which every variational fit "
+            "records: was it deleted? pl.elbo cannot draw the trace without it; fit again "
+            "with vbsnmf.tl.nmf to record it"
+        )
     trace = np.asarray(info.get("elbo_trace", []), dtype=np.float64)
     if trace.size == 0 and "variational" in info:
         raise ValueError(
@@ -521,6 +537,7 @@ def elbo(
             f"adata.uns[{key!r}]['elbo_trace'] holds NaN or infinite values, which no fit "
             "records; fit again with vbsnmf.tl.nmf"
         )
+    _warn_unplaced_trace(info, key, trace.size)
     check_save(save, "elbo")  # before the figure is drawn, which a refusal left open
     # a save that fails (a full disk, say) closes the figure drawn for it
     with closed_on_failure():
@@ -541,6 +558,22 @@ def elbo(
         if figure is not None:
             figure.tight_layout()
         return _finish(axes[0].figure, axes, show, save, "elbo")
+
+
+def _warn_unplaced_trace(info: dict, key: str, n_values: int) -> None:
+    """Warn when the fit record ``info`` has no ``elbo_iter`` (deleted, or a record of a
+    version before it was kept) and its ``n_values`` ELBO values are not one per pass:
+    `elbo_iterations` then numbers them 1, 2, ..., which put them at passes they were not
+    taken at, without a word."""
+    n_iter = info.get("n_iter")
+    if "elbo_iter" in info or not is_integer(n_iter) or n_values == n_iter:
+        return
+    warn_user(
+        f"adata.uns[{key!r}] has no 'elbo_iter' entry (the pass of each ELBO value), and "
+        f"its {counted(n_values, 'ELBO value')} are not one per pass of its {n_iter}: "
+        "they are drawn at 1, 2, ..., not at the passes they were taken at",
+        UserWarning,
+    )
 
 
 def factors(

@@ -161,11 +161,40 @@ def _other_counts(adata, source: str) -> list[str]:
     return hints
 
 
+def _raw_is_x(adata) -> bool:
+    """Whether ``adata.raw.X`` holds the values of ``adata.X`` (of the same genes), as
+    ``adata.raw = adata`` leaves it: that keeps X's very arrays, not a copy, and scanpy's
+    ``normalize_total`` and ``log1p`` change X in place, so they normalise ``.raw`` with
+    it (a copy of the AnnData, as ``copy=True`` takes, then holds two equal matrices).
+    Asked only of counts already refused, for the advice."""
+    raw = getattr(adata, "raw", None)
+    if raw is None or getattr(adata, "isbacked", False):
+        return False
+    matrix, raw_matrix = anndata_x(adata), raw.X
+    if matrix is None or matrix.shape != raw_matrix.shape:
+        return False
+    if not raw.var_names.equals(adata.var_names):
+        return False
+    if sp.issparse(matrix) and sp.issparse(raw_matrix):
+        return (matrix != raw_matrix).nnz == 0
+    if isinstance(matrix, np.ndarray) and isinstance(raw_matrix, np.ndarray):
+        return bool(np.array_equal(matrix, raw_matrix))
+    return False
+
+
 def _where_counts_are(adata, source: str) -> str:
     """A hint naming the layers (and ``.raw``) that hold counts, for error messages."""
     hints = _other_counts(adata, source)
     if hints:
         return "the raw counts appear to be in " + " or ".join(hints) + "; pass that instead"
+    if source in ("adata.X", "adata.raw.X") and _raw_is_x(adata):
+        # "use_raw=True after setting adata.raw" was the advice to one who had set it so
+        return (
+            "adata.raw holds the values of adata.X, as adata.raw = adata leaves it (it keeps "
+            "X's arrays, not a copy, so normalising X in place normalised .raw too); keep "
+            "the raw counts before normalising with adata.layers['counts'] = adata.X.copy() "
+            "and pass layer='counts' (or set adata.raw = adata.copy() and pass use_raw=True)"
+        )
     return (
         "keep the raw counts before normalising, e.g. adata.layers['counts'] = adata.X.copy(), "
         "and pass layer='counts' (or use_raw=True after setting adata.raw)"

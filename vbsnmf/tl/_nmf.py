@@ -58,6 +58,7 @@ from ._stored import (
     FitKeys,
     cell_factor_arrays,
     check_key_added,
+    check_variational_entry,
     check_writable,
     drop_fit,
     fit_info,
@@ -927,6 +928,10 @@ def _stored_start(
             f"warm_start: the stored fit was made with layer={info['params'].get('layer')!r}, "
             f"not {layer!r}; fit without warm_start to change the counts"
         )
+    try:
+        check_variational_entry(info, f"adata.uns[{keys.uns!r}]")
+    except KeyError as missing:
+        raise ValueError(f"warm_start: {missing.args[0]}") from None
     if "variational" not in info:
         # a classical fit: `variational_params`' "without variational parameters" did not say
         # that warm_start asked for them, nor how to go on

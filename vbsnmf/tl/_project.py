@@ -30,6 +30,7 @@ from ._stored import (
     FitKeys,
     cell_factor_arrays,
     check_key_added,
+    check_variational_entry,
     check_writable,
     dominant_factor_column,
     drop_dominant_factors,
@@ -340,6 +341,7 @@ def project(
         check_key_added(name, adata_new, writes="cells", reference=info)
     name = str(name)  # checked a string: a numpy one as text
     keys = FitKeys.of(name)
+    check_variational_entry(info, f"adata_ref.uns[{key!r}]")
     if "variational" not in info:
         raise ValueError(
             f"adata_ref.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "

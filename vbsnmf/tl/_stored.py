@@ -33,6 +33,7 @@ from .._utils import (
     transposed_after_fit,
 )
 from .._validation import check_flag
+from ..classic._options import SOLVERS as CLASSIC_SOLVERS
 from ..io._stored import to_memory_advice
 
 VARIATIONAL_KEYS = ("cell_shape", "cell_rate", "gene_shape", "gene_rate")
@@ -536,6 +537,30 @@ def _stored_numbers(stored: dict, name: str, where: str, n_components: int | Non
     return value
 
 
+def is_classical_fit(info: dict) -> bool:
+    """Whether the fit record ``info`` is of a classical solver (`vbsnmf.classic`), which
+    leaves no variational parameters: its solver says so, or its loss trace does."""
+    solver = info["params"].get("solver")
+    return "loss_trace" in info or (isinstance(solver, str) and solver in CLASSIC_SOLVERS)
+
+
+def check_variational_entry(info: dict, where: str) -> None:
+    """A `KeyError` when the record ``where`` of a variational fit (``info``; not a
+    classical one, `is_classical_fit`) has lost its ``variational`` entry (deleted by
+    hand, say, to save space), which every variational fit writes: `project` and
+    ``warm_start`` said it was "a 'batch' fit without variational parameters" and that
+    they needed solver='batch', and ``warm_start`` called 'batch' a classical solver."""
+    if "variational" in info or is_classical_fit(info):
+        return
+    solver = info["params"].get("solver")
+    written = f"solver={solver!r}" if isinstance(solver, str) else "variational"
+    raise KeyError(
+        f"{where} has no 'variational' entry (the prior, which every {written} fit "
+        "records beside its Gamma parameters in .obsm and .varm): was it deleted? The "
+        "record of the fit is damaged; fit again with vbsnmf.tl.nmf"
+    )
+
+
 def variational_params(adata, key: str, cells: bool = True) -> dict:
     """The Gamma parameters of a variational fit as ``VBNMF``'s ``init`` takes them
     (``gene_shape`` over every gene of the fit's gene holder; zero rows: genes not fitted),
@@ -545,6 +570,7 @@ def variational_params(adata, key: str, cells: bool = True) -> dict:
     which reads nothing of the fit's cells (an ``anndata.concat`` of the reference with
     projected cells keeps no per-cell array of the fit)."""
     info = fit_info(adata, key)
+    check_variational_entry(info, f"adata.uns[{key!r}]")
     if "variational" not in info:
         raise ValueError(
             f"adata.uns[{key!r}] is a {info['params'].get('solver')!r} fit without "

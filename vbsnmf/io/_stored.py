@@ -1,9 +1,10 @@
 """What a stored AnnData's elements say of themselves: its X as anndata reads it
 (`anndata_x`), whether a backed AnnData's file holds one (`file_holds_x`), a copy in
-memory of a backed AnnData whose file may hold no X (`in_memory_copy`) and its elements
-but X (`without_x`), the words that say how to read one into memory (`to_memory_advice`)
-and a sparse matrix without the attribute saying its format (`check_encoded`). Apart from
-the readers (`_read`), which load pandas: a fit of a backed AnnData does not."""
+memory of a backed AnnData, whose file may hold no X and stays open (`in_memory_copy`), a
+stored matrix read (`stored_in_memory`), an AnnData's elements but X (`without_x`), the
+words that say how to read one into memory (`to_memory_advice`) and a sparse matrix
+without the attribute saying its format (`check_encoded`). Apart from the readers
+(`_read`), which load pandas: a fit of a backed AnnData does not."""
 
 from __future__ import annotations
 
@@ -31,41 +32,62 @@ def anndata_x(adata):
 
 def file_holds_x(adata) -> bool:
     """Whether the file of the backed AnnData ``adata`` holds X. Its file is opened first
-    if closed: anndata's ``to_memory`` closes it (a ``copy=True`` before), and a closed
-    file holds nothing (``"X" in adata.file`` was False), where ``adata.X`` reopens it."""
+    if closed (the user's ``adata.to_memory()`` closes it, and a closed file holds nothing:
+    ``"X" in adata.file`` was False), as ``adata.X`` reopens it."""
     if not adata.file.is_open:
         adata.file.open()
     return "X" in adata.file
 
 
 def in_memory_copy(adata):
-    """A copy of ``adata`` in memory: ``adata.to_memory()`` of a backed AnnData (of which
-    ``adata.copy()`` asks for a file name), ``adata.copy()`` of any other. anndata's
-    ``to_memory`` reads X first, and of a file without one (the counts in a layer) raised
-    h5py's bare KeyError (`anndata_x`). A backed AnnData reads only X and raw's X from its
-    file, so one without X is copied from what it holds, raw's X read into memory."""
+    """A copy of ``adata`` in memory, ``adata`` left as it was: ``adata.copy()`` of an
+    AnnData in memory; of a backed one (of which ``adata.copy()`` asks for a file name),
+    what ``adata.to_memory()`` gives, read through its own file handle, which stays open.
+    anndata's ``to_memory`` closed the user's file: an X taken before (``X = adata.X``)
+    then raised h5py's bare RuntimeError at its next read, and ``adata.file.is_open`` was
+    False. A file without X (the counts in a layer; anndata's ``to_memory`` reads X first
+    and raised h5py's bare KeyError: `anndata_x`) gives a copy without X. A file the user
+    had closed is closed again."""
     if not adata.isbacked:
         return adata.copy()
-    if file_holds_x(adata):  # asked of the file: a view's X read here was read again below
-        check_encoded(adata.filename, adata.file["X"])  # anndata's KeyError, as `anndata_x`
-        return adata.to_memory()
-    import h5py
+    was_open = adata.file.is_open
+    try:
+        x = None
+        if file_holds_x(adata):  # asked of the file: adata.X of one without X is a KeyError
+            check_encoded(adata.filename, adata.file["X"])  # anndata's KeyError, as anndata_x
+            x = stored_in_memory(adata.X)  # a view's X: its cells and genes, read
+        raw_x = None if adata.raw is None else stored_in_memory(adata.raw.X)
+        # a backed AnnData holds all but X and raw's X in memory, a view's as views of
+        # its parent's: copy() makes them the copy's own. X and raw's X, just read, are
+        # set after it, not copied a second time.
+        copied = without_x(adata).copy()
+        if x is not None:
+            copied.X = x
+        if raw_x is not None:
+            import anndata as ad
 
-    raw = None
-    if adata.raw is not None:
-        raw_x = adata.raw.X  # anndata's sparse dataset, an h5py dataset, or a view's subset
-        if hasattr(raw_x, "to_memory"):
-            raw_x = raw_x.to_memory()
-        elif isinstance(raw_x, h5py.Dataset):
-            raw_x = raw_x[()]
-        raw = {"X": raw_x, "var": adata.raw.var, "varm": dict(adata.raw.varm)}
-    # a view's elements are views of the backed AnnData's: copy() makes them its own
-    return without_x(adata, raw=raw).copy()
+            varm = {key: value.copy() for key, value in adata.raw.varm.items()}
+            copied.raw = ad.AnnData(raw_x, var=adata.raw.var.copy(), varm=varm)
+    finally:
+        if not was_open:
+            adata.file.close()
+    return copied
 
 
-def without_x(adata, raw: dict | None = None):
-    """An AnnData of ``adata``'s elements but X (what a backed AnnData holds in memory:
-    obs, var, uns, obsm, varm, obsp, varp, layers), sharing them, and ``raw`` given."""
+def stored_in_memory(matrix):
+    """``matrix`` (X or raw's X of a backed AnnData) in memory as stored: anndata's sparse
+    dataset read whole, an h5py dataset's array; one in memory (a backed view's, read as
+    the view's cells and genes) as it is."""
+    if hasattr(matrix, "to_memory"):  # anndata's sparse dataset; it leaves the file open
+        return matrix.to_memory()
+    if type(matrix).__module__.startswith("h5py"):
+        return matrix[()]
+    return matrix
+
+
+def without_x(adata):
+    """An AnnData of ``adata``'s elements but X and raw (what a backed AnnData holds in
+    memory: obs, var, uns, obsm, varm, obsp, varp, layers), sharing them."""
     import anndata as ad
 
     return ad.AnnData(
@@ -77,7 +99,6 @@ def without_x(adata, raw: dict | None = None):
         obsp=dict(adata.obsp),
         varp=dict(adata.varp),
         layers=dict(adata.layers),
-        raw=raw,
     )
 
 

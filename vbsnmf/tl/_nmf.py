@@ -257,6 +257,8 @@ def nmf(
         bar; variational solvers only (refused with a classical one).
     copy
         Return a copy of ``adata`` with the results instead of writing into ``adata``.
+        Of a backed AnnData (or a view of one), a copy in memory, all its elements its
+        own; the backed AnnData's file stays open, unwritten.
     **fit_params
         Passed to the estimator, e.g. ``max_iter``, ``tol``, ``n_threads``,
         ``prior_shape``, ``prior_rate``; for ``"svi"`` also its minibatch and checkpoint

@@ -254,7 +254,9 @@ def project(
     n_threads
         Numba threads (default: all).
     copy
-        Return a copy of ``adata_new`` instead of writing into it.
+        Return a copy of ``adata_new`` instead of writing into it. Of a backed AnnData
+        (or a view of one), a copy in memory, all its elements its own; the backed
+        AnnData's file stays open, unwritten.
 
     Returns
     -------

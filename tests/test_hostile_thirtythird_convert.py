@@ -203,7 +203,7 @@ def test_gzip_cut_short_leaves_no_target(tmp_path, cut):
     [
         ("3 2 2", "more entries than|numbers where the size line"),
         ("3 2 4", "the file holds 3|numbers where the size line"),
-        ("3 2 7", "declares 7 entries for a 3 x 2"),
+        ("3 2 7", "declares 7 entries but the file holds 3"),
         ("3000000 2000000 100000000", "truncated: declares"),
     ],
 )

@@ -99,9 +99,11 @@ def test_count_split_keeps_a_narrow_dtype_its_sums_fit():
 
 
 def test_select_k_reason_when_no_factor_is_active():
-    # six cells: the default min_share (five typical cells' counts) is most of the counts
-    # (of four, all of them, where the largest factor is active since the 39th pass)
-    table = _quiet(tl.select_k, ad.AnnData(np.ones((6, 3))), [1, 2], max_iter=5)
+    # 20 cells, each with counts in its own gene, under the fixed prior: a factor per two
+    # or so cells, none above the default min_share (five typical cells' counts); six
+    # cells of ones had none above it until the 40th pass (a quarter of the cells' worth)
+    counts = ad.AnnData(np.eye(20) * 5)
+    table = _quiet(tl.select_k, counts, [8, 10], prior="gamma", max_iter=60)
     suggested = table.attrs["suggested_k"]
     assert table.loc[suggested, "n_active"] == 0
     reason = table.attrs["reason"]

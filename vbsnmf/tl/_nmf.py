@@ -241,17 +241,23 @@ def nmf(
         exceeds this. Default: the share a factor reaches when it explains five typical
         cells' counts (5 x the median cell's fitted count) beyond what the prior gives a
         factor explaining nothing. A factor that adds less than a handful of cells' worth
-        cannot describe a population of cells. Where that is all the fitted counts or more
-        (five cells or fewer), which no factor can exceed, the factor of the largest share
-        is active instead (the threshold is the next share below it): a K = 1 fit's only
-        factor holds every fitted count. Under the learned prior a switched-off
-        factor's gene shapes fall to about 0.002 and its fitted count to nearly zero (on
-        pbmc_tiny, K = 15: under 1e-4 of the counts), so the floor is zero. Under
+        cannot describe a population of cells. Of fewer than 20 cells it is a quarter of
+        the cells' worth (n_cells / 4 x the median), below what either of two groups holds:
+        five of ten cells asked all that a group of five holds, and no factor of two equal
+        groups of 6 to 10 cells was active. The cells are those the fit gives any count (a
+        classical solver gives a cell without counts none: where those were half the cells,
+        the median and the threshold were 0). Where the threshold is all the fitted counts
+        or more (the fixed prior's floor most of very few counts), which no factor can
+        exceed, the factor of the largest share is active instead (the threshold is the
+        next share below it): a K = 1 fit's only factor holds every fitted count. Under
+        the learned prior a switched-off factor's gene shapes fall to about 0.002 and its
+        fitted count to nearly zero (on pbmc_tiny, K = 15: under 1e-4 of the counts), so
+        the floor is zero. Under
         ``prior="gamma"`` a switched-off factor sits at the floor ``prior_floor``, about
         ``min(n_cells, n_genes) * prior_shape`` counts; on pbmc_facs (K = 15, 300
         iterations) such factors held 0.07 % of the fitted counts each, the threshold was
         0.15 % and the smallest active factor 2.3 %. Classical solvers have no prior:
-        five typical cells' share.
+        the share of five typical cells (of fewer than 20, a quarter of the cells).
     callback
         ``callback(n_iter, params, elbo_trace)`` after every iteration, e.g. for a progress
         bar; variational solvers only (refused with a classical one).
@@ -581,7 +587,10 @@ def nmf(
         prior = (variational["prior_shape"], variational["prior_rate"])
     share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
     if not (share > threshold).any():
-        _warn_no_active(threshold, min_share is None, adata.n_obs, float(share.max(initial=0)))
+        # the cells the default counts: those the fit gives any count (`_factor_share`)
+        fitted_totals = np.asarray(cell_factors) @ np.asarray(gene_loadings).sum(axis=0)
+        n_fitted = int(np.count_nonzero(fitted_totals > 0))
+        _warn_no_active(threshold, min_share is None, n_fitted, float(share.max(initial=0)))
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
         settings["layer"] = layer
@@ -697,8 +706,13 @@ def _share(names: pd.Index, matches, sample: int = 1000) -> float:
 
 def _warn_no_active(threshold: float, default: bool, n_cells: int, largest: float) -> None:
     """Warn that no factor's share exceeds ``threshold``: `top_genes` would list nothing
-    and `vbsnmf.pl.factors` draw nothing, without a word. ``largest``: the largest share."""
-    why = f" (the default: five typical cells' counts, of {n_cells} cells)" if default else ""
+    and `vbsnmf.pl.factors` draw nothing, without a word. ``largest``: the largest share;
+    ``n_cells``: the cells the fit gives any count, whose typical one the default counts."""
+    needed = _typical_cells_needed(n_cells)
+    handful = "five" if needed == 5 else f"{needed:g}"  # a quarter of fewer than 20 cells
+    why = ""
+    if default:
+        why = f" (the default: {handful} typical cells' counts, of {n_cells} cells with counts)"
     # to three significant digits, or as many more as it takes to show it at or above the
     # largest share: min_share=0.41235 above a share of 0.41234 read "min_share = 0.412",
     # below the share that .uns['nmf']['factor_share'] shows, and 0.999999 read "1", which
@@ -1418,6 +1432,16 @@ def _scatter_rows(values, fitted_genes, n_genes: int):
     return full
 
 
+def _typical_cells_needed(n_cells: int) -> float:
+    """How many typical cells' fitted counts the default ``min_share`` asks of a factor:
+    five, or a quarter of the cells where that is fewer (under 20 cells). Five of up to ten
+    cells asked more than any group of two could hold (none active at 6 to 10 cells of
+    two equal groups); half of them asked exactly what an equal group holds (none at 10);
+    a quarter stays below the share of either of two groups, ``floor(n / 2) / n >= 1 / 3``
+    from three cells up, and from 20 cells up it is five (the same threshold as before)."""
+    return min(5, n_cells / 4)
+
+
 def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.ndarray, float]:
     """Each factor's share of the fitted counts and the ``active`` threshold (see `nmf`);
     ``prior`` is ``(shape, rate)`` of the fixed Gamma prior, or None (the learned prior,
@@ -1431,13 +1455,20 @@ def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.nda
     if min_share is None:
         n_cells, n_genes = cell_factors.shape[0], np.shape(gene_loadings)[0]
         floor = 0.0 if prior is None else prior_floor(n_cells, n_genes, prior)
-        handful = 5 * float(np.median(cell_totals))
+        # The typical cell of those the fit gives any count: a classical solver gives a
+        # cell without counts none, and where those were half the cells or more the median,
+        # and the threshold, was 0 (a factor of 1e-17 of the counts active).
+        counted = cell_totals[cell_totals > 0]
+        handful = 0.0
+        if len(counted):
+            handful = _typical_cells_needed(len(counted)) * float(np.median(counted))
         min_share = (floor + handful) / total if total > 0 else 0.0
         if min_share >= 1:
-            # No factor can hold more than all the fitted counts (five cells or fewer): the
-            # rule asks the impossible, and capped at 1 it called a K = 1 fit's only factor,
-            # which holds them all, inactive. The largest share is active instead: the
-            # threshold is the next share below it (0 when there is none).
+            # No factor can hold more than all the fitted counts (where the prior's floor is
+            # most of the few counts): the rule asks the impossible, and capped at 1 it
+            # called a K = 1 fit's only factor, which holds them all, inactive. The largest
+            # share is active instead: the threshold is the next share below it (0 when
+            # there is none).
             below = share[share < share.max()]
             min_share = float(below.max(initial=0.0))
     return share, float(min_share)

@@ -552,7 +552,7 @@ def _reason(
     if n_active == 0:  # "the others switched off" said so of factors the threshold missed
         # the default's meaning said only of the default: a given min_share is named
         threshold = (
-            "(by default five typical cells' counts, a large share when there are few cells)"
+            "(by default five typical cells' counts; of fewer than 20 cells, a quarter of theirs)"
             if min_share is None
             else f"(min_share={min_share:g})"
         )

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from stored_fit import stored_start
 
 import vbsnmf
 from vbsnmf import tl
@@ -59,24 +60,13 @@ def _warm(adata, **options) -> list[str]:
     ]
 
 
-def _stored_start(adata) -> dict:
-    """The parameters a warm start of ``adata`` starts from, read by hand."""
-    start = {name: np.asarray(adata.obsm[f"nmf_{name}"]) for name in ("cell_shape", "cell_rate")}
-    start |= {name: np.asarray(adata.varm[f"nmf_{name}"]) for name in ("gene_shape", "gene_rate")}
-    for side, arrays in (("cell", adata.obsm), ("gene", adata.varm)):
-        for part in ("shape", "rate"):
-            start[f"{side}_scale_{part}"] = np.asarray(arrays[f"nmf_{side}_scale_{part}"])[:, 0]
-    variational = adata.uns["nmf"]["variational"]
-    return start | {key: value for key, value in variational.items() if key != "prior"}
-
-
 def _assert_fresh_trace(adata, before) -> None:
     """The record's trace, passes and n_iter are those of `VBNMF.fit(X, init=...)` from the
     stored start of ``before`` (the AnnData as it was) alone, not joined to the stored."""
     model = vbsnmf.VBNMF(3, max_iter=5, prior="hierarchical", **_FIT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        model.fit(before.X, init=_stored_start(before))
+        model.fit(before.X, init=stored_start(before))
     record = adata.uns["nmf"]
     np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
     np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from interrupted import Stop, stop_at
+from stored_fit import stored_start
 
 import vbsnmf
 from vbsnmf import cli, tl
@@ -48,22 +49,11 @@ def _warm(adata, **options) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
-def _stored_start(adata) -> dict:
-    """The parameters a warm start of ``adata`` starts from, read by hand."""
-    start = {name: np.asarray(adata.obsm[f"nmf_{name}"]) for name in ("cell_shape", "cell_rate")}
-    start |= {name: np.asarray(adata.varm[f"nmf_{name}"]) for name in ("gene_shape", "gene_rate")}
-    for side, arrays in (("cell", adata.obsm), ("gene", adata.varm)):
-        for part in ("shape", "rate"):
-            start[f"{side}_scale_{part}"] = np.asarray(arrays[f"nmf_{side}_scale_{part}"])[:, 0]
-    variational = adata.uns["nmf"]["variational"]
-    return start | {key: value for key, value in variational.items() if key != "prior"}
-
-
 def _fit_from(adata) -> vbsnmf.VBNMF:
     model = vbsnmf.VBNMF(3, max_iter=5, **_FIT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        model.fit(adata.X, init=_stored_start(adata))
+        model.fit(adata.X, init=stored_start(adata))
     return model
 
 

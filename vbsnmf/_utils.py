@@ -475,7 +475,7 @@ def stored_record(adata, key: str, marker: str, what: str, tool: str, default_ke
         return record
     kind = next(name for name, held in RECORD_MARKERS.items() if held == marker)
     if record_kind(record) == kind:  # the tool's record, its marker deleted (`record_kind`)
-        record_entry(record, marker, f"adata.uns[{key!r}]")
+        record_entry(record, marker, f"adata.uns[{key!r}]", kind)
     stored = ", ".join(
         repr(name) for name, entry in adata.uns.items() if record_kind(entry) == kind
     )
@@ -506,23 +506,54 @@ RECORD_MARKERS = {"fit": "obsm_key", "projection": "reference_key", "k_selection
 def record_kind(record) -> str | None:
     """Which tool wrote the ``.uns`` entry ``record``: ``"fit"`` (`tl.nmf`),
     ``"projection"`` (`tl.project`), ``"k_selection"`` (`tl.select_k`), or None (not a
-    record of theirs)."""
+    record of theirs). A record whose marker (`RECORD_MARKERS`) was deleted by hand is told
+    by the other entries only its kind writes (`RECORD_OWN_ENTRIES`): more than half of
+    them."""
     if not isinstance(record, dict):
         return None
     for kind, marker in RECORD_MARKERS.items():
         if marker in record:
             return kind
-    # A fit's record whose marker was deleted by hand still holds the settings and entries
-    # only a fit's record holds (scanpy's records hold "params", never these): taken for
-    # no record of vbsnmf's, it was called another tool's record over the fit's ("was
-    # sc.pp.neighbors given 'nmf'?"), and a new fit under its key was refused.
-    if "params" in record and any(name in record for name in _FIT_ONLY_ENTRIES):
-        return "fit"
+    # Taken for no record of vbsnmf's, a record whose marker was deleted was called
+    # another tool's ("was sc.pp.neighbors given 'nmf'?", "an entry no vbsnmf tool wrote"),
+    # its tool's next run under its key was refused as overwriting entries "held from
+    # elsewhere", and the advice was to run that tool. More than half, not one: scanpy's
+    # records hold none of these entries, but a dict of the user's may hold one or two.
+    for kind, entries in RECORD_OWN_ENTRIES.items():
+        if 2 * sum(name in record for name in entries) > len(entries):
+            return kind
     return None
 
 
-# Entries of a fit's record beside its marker that no other record holds (`record_kind`).
-_FIT_ONLY_ENTRIES = ("usage_key", "sqrt_usage_key", "varm_key", "factor_share", "loading_totals")
+# The entries that every record of one kind holds and no record of another kind (its
+# marker among them; a fit's solver-dependent entries, the ELBO or loss trace, are left
+# out), by which `record_kind` tells a record whose marker was deleted.
+RECORD_OWN_ENTRIES = {
+    "fit": (
+        "obsm_key",
+        "usage_key",
+        "sqrt_usage_key",
+        "varm_key",
+        "n_cells",
+        "n_genes",
+        "cells_digest",
+        "genes_digest",
+        "factor_share",
+        "loading_totals",
+        "min_share",
+        "n_iter",
+        "converged",
+    ),
+    "projection": ("reference_key", "n_genes_used", "n_genes_missing", "n_cells_without_counts"),
+    "k_selection": ("table", "suggested_k", "reason"),
+}
+
+# What each kind's record with an entry missing says to do (`record_entry`).
+RECORD_REMAKE = {
+    "fit": ("fit", "fit again with vbsnmf.tl.nmf"),
+    "projection": ("projection", "project again with vbsnmf.tl.project"),
+    "k_selection": ("K selection", "run vbsnmf.tl.select_k again"),
+}
 
 
 def fit_info(adata, key: str = "nmf", needs: str = "the fit's record and gene loadings") -> dict:
@@ -854,10 +885,10 @@ def check_fit_record(record: dict, where: str) -> None:
         # of AnnData fitted apart keeps the entries their records share and drops it, which
         # left a record that passed as one fit over the cell factors of two.
         raise KeyError(
-            f"{where} has no 'factor_share' entry, which every fit writes: is the AnnData an "
-            "anndata.concat of AnnData fitted apart? uns_merge='same' keeps the entries "
-            "their fits share, but their cell factors are of different fits; fit the "
-            "concatenated AnnData again with vbsnmf.tl.nmf"
+            f"{where} has no 'factor_share' entry, which every fit writes: was it deleted, "
+            "or is the AnnData an anndata.concat of AnnData fitted apart? uns_merge='same' "
+            "keeps the entries their fits share, but their cell factors are of different "
+            "fits; fit the AnnData again with vbsnmf.tl.nmf"
         )
     params = record["params"]
     if not isinstance(params, dict):
@@ -932,12 +963,13 @@ def float_indices_hint(index: np.ndarray, name: str) -> str:
     return ""
 
 
-def record_entry(record: dict, name: str, where: str):
-    """``record[name]``, or a `KeyError` saying that the record ``where`` lacks it."""
+def record_entry(record: dict, name: str, where: str, kind: str = "fit"):
+    """``record[name]``, or a `KeyError` saying that the record ``where`` (of the kind
+    ``kind`` of `record_kind`) lacks it and how to make it again."""
     if name not in record:
+        what, remake = RECORD_REMAKE[kind]
         raise KeyError(
-            f"{where} has no {name!r} entry, so the record of the fit is damaged; fit again "
-            "with vbsnmf.tl.nmf"
+            f"{where} has no {name!r} entry, so the record of the {what} is damaged; {remake}"
         )
     return record[name]
 

@@ -38,6 +38,7 @@ from .._utils import (
     fit_info,
     is_dask_array,
     is_integer,
+    record_entry,
     stored_record,
     warn_user,
 )
@@ -1360,9 +1361,7 @@ def _k_selection(adata, key: str) -> tuple[pd.DataFrame, np.ndarray, int]:
     numeric = all(pd.api.types.is_numeric_dtype(dtype) for dtype in values.dtypes)
     if not numeric or not np.isfinite(values.to_numpy(dtype=np.float64)).all():
         raise ValueError(f"{where}['table'] holds values other than finite numbers; {again}")
-    if "suggested_k" not in stored:
-        raise KeyError(f"{where} has no 'suggested_k' entry; {again}")
-    suggested = stored["suggested_k"]
+    suggested = record_entry(stored, "suggested_k", where, "k_selection")
     integer = is_integer(suggested)
     if not integer or suggested not in ks:
         raise ValueError(

@@ -145,7 +145,7 @@ def test_returns_section_matches_what_nmf_sets(solver, extra, uns, obsm):
     assert set(adata.varm) == genes
     assert list(adata.var.columns) == ["nmf_total_counts"]
     record = {"params", "obsm_key", "usage_key", "sqrt_usage_key", "varm_key", "n_genes"}
-    record |= {"n_cells", "cells_digest", "genes_digest"}
+    record |= {"n_cells", "cells_digest", "genes_digest", "counts_sketch"}
     record |= {"n_iter", "converged", "factor_share", "loading_totals", "active"}
     record |= {"min_share", "versions"}
     assert set(adata.uns["nmf"]) == record | uns

@@ -926,6 +926,18 @@ def check_fit_record(record: dict, where: str) -> None:
             raise damaged_record(
                 f"{where}[{name!r}]", f"{reprlib.repr(digest)}, not 16 hexadecimal digits"
             )
+    # the sketch of the counts fitted (`tl._stored.counts_sketch`), by which a warm start
+    # tells other counts in cells and genes of the same names (kept since 2026-12-07)
+    if "counts_sketch" in record:
+        try:
+            sketch = np.asarray(record["counts_sketch"], dtype=np.float64)
+        except (TypeError, ValueError):
+            sketch = None
+        if sketch is None or sketch.shape != (2,) or not (np.isfinite(sketch).all()):
+            raise damaged_record(
+                f"{where}['counts_sketch']",
+                f"{reprlib.repr(record['counts_sketch'])}, not two finite numbers",
+            )
     for name in ("elbo_trace", "loss_trace", "factor_share"):
         if name in record:
             values = np.asarray(record[name])

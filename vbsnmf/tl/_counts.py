@@ -113,7 +113,7 @@ def _count_flags(matrix) -> tuple[bool, bool]:
         from .._dask._cluster import futures_holder  # dask: loaded only for a dask array
 
         per_chunk = matrix.map_blocks(
-            _count_flags_block,  # not a lambda: see `tl._nmf._column_sums`
+            _count_flags_block,  # not a lambda: see `tl._nmf._count_totals`
             dtype=bool,
             chunks=((1,) * matrix.numblocks[0], (2,) * matrix.numblocks[1]),
         )

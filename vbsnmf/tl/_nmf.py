@@ -52,6 +52,7 @@ from ..io._stream import open_source
 from ._counts import MASKED, check_count_matrix, check_has_counts, select_counts
 from ._stored import (
     CELLS_DIGEST_ENTRY,
+    COUNTS_SKETCH_ENTRY,
     GENES_DIGEST_ENTRY,
     LOADING_TOTALS_ENTRY,
     VARIATIONAL_KEYS,
@@ -60,6 +61,8 @@ from ._stored import (
     check_key_added,
     check_variational_entry,
     check_writable,
+    counts_sketch,
+    counts_sketch_differs,
     drop_fit,
     fit_info,
     gene_holder,
@@ -228,7 +231,11 @@ def nmf(
         before they were kept lacks: its trace is extended). As many cells or genes as the
         fit's but not the same ones (one repeated in place of another, ``adata[[0, 0, 2,
         ...]]``, or renamed) are told by their names (the record's ``cells_digest`` and
-        ``genes_digest``) and warned of likewise; the fit's own cells and genes in another
+        ``genes_digest``) and warned of likewise, as are other counts of the fit's cells and
+        genes (another layer copied into X, counts edited, the rows of X reordered without
+        ``obs_names``: told by the record's ``counts_sketch`` of their totals, but for a
+        change below a relative 1e-10 of it, or one that keeps every cell's and gene's
+        total); the fit's own cells and genes in another
         order (``adata[permuted_cells, permuted_genes].copy()``) continue the fit, whose
         parameters anndata reorders with them: the result is the permuted warm start of
         the original, to rounding (for ``solver='svi'``, whose minibatches are drawn by
@@ -317,7 +324,10 @@ def nmf(
         cells fitted), ``n_genes`` (the genes fitted: those ``mask_var`` selects, or all),
         ``cells_digest`` and ``genes_digest`` (16 hex digits each: a digest of the names of
         the cells and of the genes fitted that ignores their order, by which ``warm_start``
-        tells the same cells and genes in another order from others),
+        tells the same cells and genes in another order from others), ``counts_sketch``
+        (two numbers: the cells' and the genes' total counts, each weighed by a number drawn
+        from its name's hash and summed, by which ``warm_start`` tells other counts of the
+        same cells and genes),
         ``n_iter``, ``converged``;
         ``versions``, those of vbsnmf and of the libraries its bits depend on (numpy, scipy,
         numba, llvmlite, anndata; scikit-learn for a classical solver), and run from a git
@@ -457,7 +467,8 @@ def nmf(
                 "genes to fit in their own file"
             )
         matrix, var_names, source = adata, adata.var_names, f"{quoted_path(adata.filename)} (X)"
-        gene_totals, n_without = _streamed_column_sums(adata, source)
+        gene_totals, cell_totals = _streamed_count_totals(adata, source)
+        n_without = int(np.count_nonzero(cell_totals == 0))
     else:
         matrix, var_names, source = select_counts(adata, layer=layer, use_raw=use_raw)
     if use_raw and not var_names.is_unique and not var_names.equals(adata.var_names):
@@ -504,7 +515,8 @@ def nmf(
         matrix = check_count_matrix(adata, matrix, source, check_float_dtype(fit_dtype))
         # Before the memory guard, which would otherwise answer a huge K with its advice.
         _check_masked_n_components(n_components, matrix.shape, fitted_genes)
-        gene_totals, n_without = _column_sums(matrix)
+        gene_totals, cell_totals = _count_totals(matrix)
+        n_without = int(np.count_nonzero(cell_totals == 0))
     if n_without:
         # as tl.project warns: nothing in the data places such a cell, the prior does
         masked = fitted_genes is not None and kept_cells_advice(source, mask_var, use_raw)
@@ -517,6 +529,9 @@ def nmf(
     digests = {
         CELLS_DIGEST_ENTRY: names_digest(adata.obs_names),
         GENES_DIGEST_ENTRY: names_digest(fitted_names),
+        # and of their counts: other counts of the same cells' and genes' names (another
+        # layer copied into X, the rows of X reordered without obs) were joined likewise
+        COUNTS_SKETCH_ENTRY: counts_sketch(adata.obs_names, cell_totals, fitted_names, gene_totals),
     }
 
     # The integer a Generator's (a RandomState's, None's) fit draws, drawn here so that .uns
@@ -530,7 +545,7 @@ def nmf(
             init, previous_trace, previous_iter, previous_passes = None, np.empty(0), np.empty(0), 0
             if warm_start:
                 init, previous_trace, previous_iter, previous_passes = _stored_start(
-                    adata, keys, use_raw, layer, fitted_genes, n_components, digests
+                    adata, keys, use_raw, layer, fitted_genes, n_components, digests, source
                 )
                 _check_resumed_after(fit_params, previous_trace)
                 stored = fit_info(adata, keys.uns)
@@ -919,11 +934,14 @@ def _stored_start(
     layer: str | None,
     fitted_genes,
     n_components: int,
-    digests: dict[str, str],
+    digests: dict,
+    source: str,
 ) -> tuple[dict, np.ndarray, np.ndarray, int]:
     """The stored fit's parameters as a start for the genes fitted now, its trace, the
     iteration of each value (`elbo_iterations`) and its passes; ``digests``: those of the
-    names of the cells and genes fitted now (`names_digest`), against the record's."""
+    names of the cells and genes fitted now (`names_digest`) and the sketch of their counts
+    (`counts_sketch`), against the record's; ``source``: where the counts are, for the
+    warning."""
     if keys.uns not in adata.uns:
         raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
     info = fit_info(adata, keys.uns)
@@ -996,7 +1014,7 @@ def _stored_start(
         _check_stored_genes(np.asarray(init[name]), f"{side}[{keys.variational(name)!r}]", keys.uns)
     if not is_dask_array(init["cell_shape"]):
         init = {name: np.asarray(value) for name, value in init.items()}
-    changed = _counts_changed_since(info, keys.uns, int(adata.n_obs), dropped, digests)
+    changed = _counts_changed_since(info, keys.uns, int(adata.n_obs), dropped, digests, source)
     if changed is not None:
         # the ELBO of other cells' or genes' counts is not comparable with the stored one:
         # joined, the trace (and pl.elbo) showed one fit whose ELBO jumped at the warm start
@@ -1012,7 +1030,7 @@ def _stored_start(
 
 
 def _counts_changed_since(
-    info: dict, key: str, n_cells: int, dropped_genes: int, digests: dict[str, str]
+    info: dict, key: str, n_cells: int, dropped_genes: int, digests: dict, source: str
 ) -> str | None:
     """What a warm start's counts lost or gained since the stored fit ``key`` (its record's
     ``n_cells`` and ``n_genes``), worded for its warning, or None when they are the fit's
@@ -1024,13 +1042,25 @@ def _counts_changed_since(
     told from the fit's own (in any order) by the digests of their names (``digests``,
     against the record's `CELLS_DIGEST_ENTRY` and `GENES_DIGEST_ENTRY`, which a record
     written before they were kept lacks): one repeated in place of another
-    (``adata[[0, 0, 2, ...]]``) holds other counts."""
+    (``adata[[0, 0, 2, ...]]``) holds other counts. The fit's own cells and genes are told
+    holding other counts (``source``, where they are, replaced or edited since) by the sketch
+    of their totals (`counts_sketch`, against the record's `COUNTS_SKETCH_ENTRY`, which a
+    record written before it was kept lacks)."""
     fitted_cells = info.get("n_cells")
     cells_changed = fitted_cells is not None and n_cells != int(fitted_cells)
     fit = f"the stored fit {key!r} fitted"
     if not (cells_changed or dropped_genes):
         counted_cells = None if fitted_cells is None else n_cells
-        return _names_changed_since(info, fit, counted_cells, digests)
+        renamed = _names_changed_since(info, fit, counted_cells, digests)
+        if renamed is not None or fitted_cells is None:
+            return renamed
+        if counts_sketch_differs(info.get(COUNTS_SKETCH_ENTRY), digests[COUNTS_SKETCH_ENTRY]):
+            return (
+                f"{source} holds other counts than {fit} in cells and genes of the same "
+                "names: their total counts differ (the counts were replaced, edited or "
+                "their rows reordered without obs_names since)"
+            )
+        return None
     n_genes = int(info["n_genes"]) if dropped_genes else 0
     genes = f"{n_genes - dropped_genes} of the {n_genes} genes"
     if not cells_changed:
@@ -1338,12 +1368,12 @@ def _poisson_totals(matrix, weights) -> np.ndarray:
     return ClassicData.build(matrix, weights).row_totals
 
 
-def _column_sums(matrix) -> tuple[np.ndarray, int]:
-    """Each gene's total count and the number of cells without counts (as
-    `_streamed_column_sums` gives them); a dask array is summed chunk by chunk on its
+def _count_totals(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's total count and each cell's (as `_streamed_count_totals` gives them);
+    a dask array is summed chunk by chunk on its
     workers (its chunks may be sparse, whose ``sum`` dask's own reduction cannot call), both
     sums in one computation, which reads each chunk once. The gene totals are added in
-    float64 (`_gene_sums`)."""
+    float64 (`_gene_sums`), the cell totals too (`counts_sketch` weighs them)."""
     if is_dask_array(matrix):
         import dask
 
@@ -1367,19 +1397,18 @@ def _column_sums(matrix) -> tuple[np.ndarray, int]:
         )
     else:
         gene_totals = _gene_sums(matrix)
-        cell_totals = matrix.sum(axis=1)  # only compared with zero
+        cell_totals = matrix.sum(axis=1, dtype=np.float64)
     gene_totals = np.asarray(gene_totals, dtype=np.float64).ravel()
-    return gene_totals, int(np.count_nonzero(np.asarray(cell_totals).ravel() == 0))
+    return gene_totals, np.asarray(cell_totals, dtype=np.float64).ravel()
 
 
 def _gene_sums_row(block) -> np.ndarray:
-    """`_gene_sums` of a dask chunk as a 1 x genes block (`_column_sums`' task)."""
+    """`_gene_sums` of a dask chunk as a 1 x genes block (`_count_totals`' task)."""
     return _gene_sums(block).reshape(1, -1)
 
 
 def _cell_sums_column(block) -> np.ndarray:
-    """A dask chunk's cell totals as a cells x 1 block (`_column_sums`' task; only compared
-    with zero)."""
+    """A dask chunk's cell totals as a cells x 1 block (`_count_totals`' task)."""
     block = _signed_chunk(block)
     return np.asarray(block.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
 
@@ -1407,19 +1436,19 @@ def _gene_sums(block) -> np.ndarray:
     return np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
 
 
-def _streamed_column_sums(adata, source: str) -> tuple[np.ndarray, int]:
+def _streamed_count_totals(adata, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Each gene's total count of a backed AnnData's X, read a block of cells at a time,
-    and the number of cells without counts; the counts are checked as `check_count_matrix`
-    checks them in memory."""
+    and each cell's; the counts are checked as `check_count_matrix` checks them in
+    memory."""
     totals = np.zeros(adata.n_vars)
-    n_without = 0
+    cell_totals = []
     for start, block in open_source(adata).iter_blocks(EVAL_BLOCK_ROWS):
         name = f"{source} (cells {start}..{start + block.shape[0] - 1})"
         block = check_count_matrix(adata, block, name, require_counts=False, first_row=start)
         totals += np.bincount(block.indices, block.data, minlength=adata.n_vars)
-        n_without += int(np.count_nonzero(np.asarray(block.sum(axis=1)).ravel() == 0))
+        cell_totals.append(np.asarray(block.sum(axis=1, dtype=np.float64)).ravel())
     check_has_counts(adata, float(totals.sum()), source)
-    return totals, n_without
+    return totals, np.concatenate(cell_totals) if cell_totals else np.zeros(0)
 
 
 def _scatter_rows(values, fitted_genes, n_genes: int):

@@ -7,6 +7,7 @@ genes keeps a fit that ``warm_start`` and `project` can use.
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._base import names_digests
+from .._base import name_hashes, names_digests
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
@@ -119,6 +120,45 @@ def names_digest(names) -> str:
     their order (`vbsnmf._base.names_digests`' first): the same names in another order give
     the same digest, a name swapped for another, or repeated in place of one, another."""
     return names_digests(names)[0]
+
+
+# The fit record's entry of a sketch of the counts fitted (`counts_sketch`), by which a warm
+# start tells other counts in cells and genes of the fit's names.
+COUNTS_SKETCH_ENTRY = "counts_sketch"
+
+
+def counts_sketch(cell_names, cell_totals, gene_names, gene_totals) -> np.ndarray:
+    """Two numbers of the counts fitted that ignore the order of their cells and genes: each
+    cell's total count and each gene's, weighed by a number in [1, 2) drawn from its
+    name's hash (`name_hashes`) and summed. Other counts in cells and genes of the same
+    names (another layer copied into X, counts edited, the rows of X reordered without its
+    obs_names) change a cell's or a gene's total, and so the sum, but for totals that
+    change in ways that cancel exactly. From the totals the fit sums anyway: one pass over
+    the names (about 0.3 s for a million cells), none over the counts."""
+    return np.array(
+        [_named_sum(cell_names, cell_totals), _named_sum(gene_names, gene_totals)],
+        dtype=np.float64,
+    )
+
+
+def _named_sum(names, totals) -> float:
+    """``totals`` weighed by a number in [1, 2) drawn from the hash of each of ``names``
+    (its 53 high bits, as a float64 holds them) and summed (`counts_sketch`)."""
+    weights = 1.0 + (name_hashes(names) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    # fsum: the exactly rounded sum of the products, the same in whatever order they come
+    return math.fsum(weights * np.asarray(totals, dtype=np.float64).ravel())
+
+
+def counts_sketch_differs(recorded, current: np.ndarray) -> bool:
+    """Whether the record's `counts_sketch` (``recorded``; None in a record written before
+    it was kept: False) differs from ``current`` beyond rounding. Integer counts give the
+    same sketch in any order; non-integer ones are summed into a cell's total in another
+    order when the genes are reordered, which rounds otherwise by far less than the relative
+    1e-10 allowed here. A change below it goes unseen: one count moved from a cell to
+    another is seen in data of up to about a billion counts."""
+    if recorded is None:
+        return False
+    return not np.allclose(np.asarray(recorded, dtype=np.float64), current, rtol=1e-10, atol=0)
 
 
 def recorded_loading_totals(info: dict, where: str) -> np.ndarray | None:

@@ -509,6 +509,10 @@ def nmf(
             )
         get_client(None)  # before the count check computes every chunk
         _check_no_dask_checkpoint(fit_params.get("checkpoint"))  # as early
+        # by the shape alone, as a backed file's above: the count check computed every chunk
+        # of a large X before K was refused (an empty X first, not as K out of range of 0)
+        check_not_empty(matrix.shape, source)
+        _check_masked_n_components(n_components, matrix.shape, fitted_genes)
     if not streamed:  # streamed counts are checked a block at a time as they are read
         fit_dtype = fit_params.get("dtype", np.float64) if solver in VB_SOLVERS else np.float64
         # a dask array is checked chunk by chunk on its workers: the client never loads it

@@ -22,7 +22,7 @@ from .._utils import (
     numba_threads,
     record_kind,
 )
-from .._validation import check_flag, check_iterations, check_tolerance
+from .._validation import check_flag, check_iterations, check_not_empty, check_tolerance
 from ..io._stored import in_memory_copy
 from ._counts import check_count_matrix, select_counts
 from ._stored import (
@@ -427,6 +427,8 @@ def project(
         # anyway). Each block is checked to hold the cells its chunk declares.
         from .._dask._cluster import computed_as_declared
 
+        with _as_adata_new():  # by its shape, as in memory: not after computing every chunk
+            check_not_empty(matrix.shape, source)
         matrix = computed_as_declared(matrix, sparse=True)
     # in the reference's dtype: a float32 one resolves counts to 2**24
     with _as_adata_new():

@@ -24,49 +24,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from stored_fit import stored_start
+from stored_fit import FIT, counts, fit_from_stored, fitted_adata, warm_start_warnings
 
 import vbsnmf
 from vbsnmf import tl
-
-_FIT = {"accelerate": False, "n_threads": 1}
-
-
-def _counts(seed: int = 0, shape=(60, 40)) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(1.0, size=shape).astype(np.float64)
-
-
-def _fitted(prior: str = "hierarchical", **options) -> ad.AnnData:
-    adata = ad.AnnData(sp.csr_matrix(_counts()))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, random_state=0, max_iter=8, prior=prior, **_FIT, **options)
-    return adata
-
-
-def _warm(adata, **options) -> list[str]:
-    """The UserWarnings of a five-pass warm start of ``adata`` (in place), as text; anndata's
-    own warnings of repeated names are left out."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, warm_start=True, max_iter=5, **_FIT, **options)
-    return [
-        str(w.message)
-        for w in caught
-        if issubclass(w.category, UserWarning) and "warm_start" in str(w.message)
-    ]
 
 
 def _assert_fresh_trace(adata, before) -> None:
     """The record's trace, passes and n_iter are those of `VBNMF.fit(X, init=...)` from the
     stored start of ``before`` (the AnnData as it was) alone, not joined to the stored."""
-    model = vbsnmf.VBNMF(3, max_iter=5, prior="hierarchical", **_FIT)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        model.fit(before.X, init=stored_start(before))
+    model = fit_from_stored(before)
     record = adata.uns["nmf"]
     np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
     np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
@@ -81,24 +48,24 @@ def _one_for_one(n: int) -> np.ndarray:
 
 
 def test_a_cell_repeated_in_place_of_another_warns_and_starts_the_trace_anew():
-    full = _fitted()
+    full = fitted_adata()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata: names not unique
         swapped = full[_one_for_one(60)].copy()
         before = swapped.copy()
-    (message,) = _warm(swapped)
+    (message,) = warm_start_warnings(swapped, containing="warm_start")
     assert "60 cells, as many as the stored fit 'nmf' fitted, but not the same" in message
     assert "obs_names" in message and "var_names" not in message
     _assert_fresh_trace(swapped, before)
 
 
 def test_a_gene_repeated_in_place_of_another_warns_and_starts_the_trace_anew():
-    full = _fitted()
+    full = fitted_adata()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata's and nmf's repeated names
         swapped = full[:, _one_for_one(40)].copy()
         before = swapped.copy()
-        messages = _warm(swapped)
+        messages = warm_start_warnings(swapped, containing="warm_start")
     (message,) = [text for text in messages if "as many as" in text]
     assert "40 genes, as many as the stored fit 'nmf' fitted" in message
     assert "var_names" in message and "obs_names" not in message
@@ -106,14 +73,14 @@ def test_a_gene_repeated_in_place_of_another_warns_and_starts_the_trace_anew():
 
 
 def test_a_concat_of_the_fits_cells_with_as_many_of_them_again_warns():
-    full = _fitted()
+    full = fitted_adata()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # anndata: names not unique
         joined = ad.concat([full[:55], full[:5]], uns_merge="first", merge="same")
         joined.obs_names_make_unique()
     assert joined.n_obs == full.uns["nmf"]["n_cells"]
     before = joined.copy()
-    (message,) = _warm(joined)
+    (message,) = warm_start_warnings(joined, containing="warm_start")
     assert "60 cells, as many as" in message and "obs_names" in message
     _assert_fresh_trace(joined, before)
 
@@ -123,14 +90,14 @@ def test_a_concat_of_the_fits_cells_with_as_many_of_them_again_warns():
 def test_the_same_cells_and_genes_in_another_order_continue_as_the_permuted_warm_start(prior, axis):
     """Guard (passes on both): a permuted AnnData's warm start is quiet, extends the trace
     and equals the original's warm start permuted, to rounding."""
-    full = _fitted(prior)
+    full = fitted_adata(prior=prior)
     rng = np.random.default_rng(1)
     cells = rng.permutation(60) if axis != "genes" else slice(None)
     genes = rng.permutation(40) if axis != "cells" else slice(None)
     permuted = full[cells, genes].copy()
     reference = full.copy()
-    assert not _warm(reference)
-    assert not _warm(permuted)
+    assert not warm_start_warnings(reference, containing="warm_start")
+    assert not warm_start_warnings(permuted, containing="warm_start")
     np.testing.assert_allclose(
         permuted.uns["nmf"]["elbo_trace"], reference.uns["nmf"]["elbo_trace"], rtol=1e-12
     )
@@ -141,13 +108,13 @@ def test_the_same_cells_and_genes_in_another_order_continue_as_the_permuted_warm
 
 
 def test_the_record_keeps_order_free_digests_of_the_names_fitted_through_h5ad(tmp_path):
-    full = _fitted()
+    full = fitted_adata()
     record = full.uns["nmf"]
-    other = ad.AnnData(sp.csr_matrix(_counts()[::-1, ::-1]))
+    other = ad.AnnData(sp.csr_matrix(counts()[::-1, ::-1]))
     other.obs_names, other.var_names = full.obs_names[::-1], full.var_names[::-1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(other, 3, random_state=0, max_iter=2, **_FIT)
+        tl.nmf(other, 3, random_state=0, max_iter=2, **FIT)
     for entry in ("cells_digest", "genes_digest"):
         assert isinstance(record[entry], str) and len(record[entry]) == 16
         assert other.uns["nmf"][entry] == record[entry]  # the same names reversed
@@ -155,35 +122,37 @@ def test_the_record_keeps_order_free_digests_of_the_names_fitted_through_h5ad(tm
     full.write_h5ad(tmp_path / "fit.h5ad")
     read = ad.read_h5ad(tmp_path / "fit.h5ad")
     assert read.uns["nmf"]["cells_digest"] == record["cells_digest"]
-    assert not _warm(read[::-1].copy())  # read back, the same cells still continue
+    assert not warm_start_warnings(
+        read[::-1].copy(), containing="warm_start"
+    )  # read back, the same cells still continue
 
 
 def test_a_masked_fit_records_the_genes_it_fitted_and_continues_on_them_reordered():
-    adata = ad.AnnData(sp.csr_matrix(_counts()))
+    adata = ad.AnnData(sp.csr_matrix(counts()))
     adata.obs_names = [f"c{i}" for i in range(60)]
     adata.var_names = [f"g{i}" for i in range(40)]
     adata.var["fit"] = np.arange(40) % 4 != 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, random_state=0, max_iter=4, mask_var="fit", **_FIT)
+        tl.nmf(adata, 3, random_state=0, max_iter=4, mask_var="fit", **FIT)
     fitted = vbsnmf._base.names_digests(adata.var_names[adata.var["fit"].to_numpy()])[0]
     assert adata.uns["nmf"]["genes_digest"] == fitted
-    assert not _warm(adata[:, ::-1].copy(), mask_var="fit")
+    assert not warm_start_warnings(adata[:, ::-1].copy(), mask_var="fit", containing="warm_start")
 
 
 @pytest.mark.parametrize("damaged", [123, "not hex digits!!", "0123", ["0" * 16]])
 def test_a_damaged_digest_is_refused_naming_it(damaged):
-    full = _fitted()
+    full = fitted_adata()
     full.uns["nmf"]["cells_digest"] = damaged
     with pytest.raises(ValueError, match=r"adata\.uns\['nmf'\]\['cells_digest'\] is damaged"):
-        _warm(full)
+        warm_start_warnings(full, containing="warm_start")
 
 
 def test_a_record_written_before_the_digests_were_kept_joins_as_before():
     """Without the digests (a record written before they were kept) a swap is not told and
     the trace joins, as before; the new fit's record keeps them (the code before failed
     only that last line)."""
-    full = _fitted()
+    full = fitted_adata()
     stored = np.asarray(full.uns["nmf"]["elbo_trace"])
     # nor the sketch of the counts, kept since (a repeated cell's counts change it)
     for entry in ("cells_digest", "genes_digest", "counts_sketch"):
@@ -191,7 +160,7 @@ def test_a_record_written_before_the_digests_were_kept_joins_as_before():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         swapped = full[_one_for_one(60)].copy()
-    assert not _warm(swapped)
+    assert not warm_start_warnings(swapped, containing="warm_start")
     np.testing.assert_array_equal(swapped.uns["nmf"]["elbo_trace"][: stored.size], stored)
     assert swapped.uns["nmf"]["n_iter"] == 13
     assert len(swapped.uns["nmf"]["cells_digest"]) == 16  # the new fit's record keeps it
@@ -199,21 +168,21 @@ def test_a_record_written_before_the_digests_were_kept_joins_as_before():
 
 def _frame() -> pd.DataFrame:
     return pd.DataFrame(
-        _counts(),
+        counts(),
         index=[f"c{i}" for i in range(60)],
         columns=[f"g{i}" for i in range(40)],
     )
 
 
 def _model() -> vbsnmf.VBNMF:
-    return vbsnmf.VBNMF(3, max_iter=3, **_FIT)
+    return vbsnmf.VBNMF(3, max_iter=3, **FIT)
 
 
 def test_an_estimator_warm_start_of_its_cells_in_another_order_is_refused_and_advice_works():
     X = _frame()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        fitted = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **_FIT).fit(X)
+        fitted = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **FIT).fit(X)
         in_order = _model().fit(X, init=fitted)
         shuffled = X.iloc[np.random.default_rng(2).permutation(60)]
         with pytest.raises(ValueError, match=r"init was fitted on X's cells in another order"):
@@ -231,12 +200,12 @@ def test_an_estimator_warm_start_of_other_cells_or_without_names_is_not_refused(
     X = _frame()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        fitted = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **_FIT).fit(X)
+        fitted = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **FIT).fit(X)
         renamed = X.set_axis([f"d{i}" for i in range(60)], axis=0)
         _model().fit(renamed.iloc[::-1], init=fitted)
         with pytest.warns(UserWarning, match="does not have valid feature names"):
             _model().fit(X.to_numpy()[::-1], init=fitted)
-        of_array = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **_FIT).fit(X.to_numpy())
+        of_array = vbsnmf.VBNMF(3, max_iter=8, random_state=0, **FIT).fit(X.to_numpy())
         _model().fit(X.iloc[::-1], init=of_array)
         with pytest.raises(ValueError, match="other feature names"):
             _model().fit(X.iloc[:, ::-1], init=fitted)

@@ -18,57 +18,28 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from stored_fit import FIT, counts, fit_from_stored, warm_start_warnings
 
 import vbsnmf
 from vbsnmf import tl
 
-_FIT = {"accelerate": False, "n_threads": 1}
 _OTHER_COUNTS = "holds other counts than the stored fit 'nmf' fitted"
 
 
-def _counts(seed: int = 0, shape=(60, 40)) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(1.0, size=shape).astype(np.float64)
-
-
 def _fitted(**options) -> ad.AnnData:
-    adata = ad.AnnData(sp.csr_matrix(_counts()))
+    adata = ad.AnnData(sp.csr_matrix(counts()))
     adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
     adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
     adata.layers["counts"] = adata.X.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, random_state=0, max_iter=8, **_FIT, **options)
+        tl.nmf(adata, 3, random_state=0, max_iter=8, **FIT, **options)
     return adata
 
 
-def _warm(adata, **options) -> list[str]:
-    """The UserWarnings of a five-pass warm start, as text."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, warm_start=True, max_iter=5, **_FIT, **options)
-    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-
-
-def _fresh_fit(adata) -> vbsnmf.VBNMF:
-    """A five-pass VBNMF fit of adata.X from the fit stored in ``adata`` (read by hand)."""
-    start = {name: np.asarray(adata.obsm[f"nmf_{name}"]) for name in ("cell_shape", "cell_rate")}
-    start |= {name: np.asarray(adata.varm[f"nmf_{name}"]) for name in ("gene_shape", "gene_rate")}
-    for side, arrays in (("cell", adata.obsm), ("gene", adata.varm)):
-        for part in ("shape", "rate"):
-            start[f"{side}_scale_{part}"] = np.asarray(arrays[f"nmf_{side}_scale_{part}"])[:, 0]
-    variational = adata.uns["nmf"]["variational"]
-    start |= {key: value for key, value in variational.items() if key != "prior"}
-    model = vbsnmf.VBNMF(3, max_iter=5, **_FIT)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        model.fit(adata.X, init=start)
-    return model
-
-
-def _with_x(adata, counts) -> ad.AnnData:
-    """``adata`` with its counts held otherwise (``counts``): the same numbers."""
-    adata.X = counts
+def _with_x(adata, matrix) -> ad.AnnData:
+    """``adata`` with its counts held otherwise (``matrix``): the same numbers."""
+    adata.X = matrix
     return adata
 
 
@@ -77,22 +48,22 @@ def _reordered_rows(adata) -> None:
 
 
 def _other_layer(adata) -> None:
-    adata.X = sp.csr_matrix(_counts(seed=1))
+    adata.X = sp.csr_matrix(counts(seed=1))
 
 
 def _one_count_more(adata) -> None:
-    counts = adata.X.toarray()
-    counts[7, 3] += 1
-    adata.X = sp.csr_matrix(counts)
+    values = adata.X.toarray()
+    values[7, 3] += 1
+    adata.X = sp.csr_matrix(values)
 
 
 def _one_count_moved(adata) -> None:
     # every gene's total kept: only two cells' totals tell it
-    counts = adata.X.toarray()
-    row = int(np.flatnonzero(counts[:, 5] > 0)[0])
-    counts[row, 5] -= 1
-    counts[row + 1, 5] += 1
-    adata.X = sp.csr_matrix(counts)
+    values = adata.X.toarray()
+    row = int(np.flatnonzero(values[:, 5] > 0)[0])
+    values[row, 5] -= 1
+    values[row + 1, 5] += 1
+    adata.X = sp.csr_matrix(values)
 
 
 @pytest.mark.parametrize(
@@ -102,12 +73,12 @@ def test_other_counts_under_the_same_names_warn_and_start_the_trace_anew(change)
     adata = _fitted()
     change(adata)
     before = adata.copy()
-    shown = _warm(adata)
+    shown = warm_start_warnings(adata)
     assert len(shown) == 1, shown
     assert f"adata.X {_OTHER_COUNTS}" in shown[0]
     assert "['elbo_trace'], 'elbo_iter' and 'n_iter' start anew" in shown[0]
     # the trace is that of the fit from the stored start alone, its factors that fit's
-    model = _fresh_fit(before)
+    model = fit_from_stored(before)
     record = adata.uns["nmf"]
     np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
     np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
@@ -133,7 +104,7 @@ def test_other_counts_under_the_same_names_warn_and_start_the_trace_anew(change)
 def test_the_same_counts_continue_the_trace(same):
     adata = same(_fitted())
     stored = np.asarray(adata.uns["nmf"]["elbo_trace"]).copy()
-    assert _warm(adata) == []
+    assert warm_start_warnings(adata) == []
     record = adata.uns["nmf"]
     assert record["n_iter"] == 13
     np.testing.assert_array_equal(record["elbo_trace"][: len(stored)], stored)
@@ -150,12 +121,12 @@ def test_the_sketch_survives_h5ad_and_ignores_order(tmp_path):
     adata.write_h5ad(tmp_path / "fit.h5ad")
     read = ad.read_h5ad(tmp_path / "fit.h5ad")
     np.testing.assert_array_equal(read.uns["nmf"]["counts_sketch"], sketch)
-    assert _warm(read) == []
+    assert warm_start_warnings(read) == []
     # the same counts in another order of cells and genes record the same sketch, exactly
     shuffled = _fitted()[np.random.default_rng(1).permutation(60)].copy()[:, ::-1].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(shuffled, 3, random_state=0, max_iter=2, **_FIT)
+        tl.nmf(shuffled, 3, random_state=0, max_iter=2, **FIT)
     np.testing.assert_array_equal(shuffled.uns["nmf"]["counts_sketch"], sketch)
 
 
@@ -163,7 +134,7 @@ def test_a_record_written_before_the_sketch_was_kept_extends_its_trace():
     adata = _fitted()
     del adata.uns["nmf"]["counts_sketch"]
     _other_layer(adata)
-    assert _warm(adata) == []
+    assert warm_start_warnings(adata) == []
     assert adata.uns["nmf"]["n_iter"] == 13
     assert "counts_sketch" in adata.uns["nmf"]  # the continued fit's record keeps one
 
@@ -173,16 +144,16 @@ def test_a_damaged_sketch_is_named(damaged):
     adata = _fitted()
     adata.uns["nmf"]["counts_sketch"] = damaged
     with pytest.raises(ValueError, match=r"\['counts_sketch'\].*not two finite numbers"):
-        _warm(adata)
+        warm_start_warnings(adata)
 
 
 def test_an_edited_layer_is_named_in_the_warning():
     adata = _fitted(layer="counts")
-    counts = adata.layers["counts"].toarray()
-    counts[0, 0] += 2
-    adata.layers["counts"] = sp.csr_matrix(counts)
-    adata.X = sp.csr_matrix(_counts(seed=2))  # X is not the counts fitted: not read
-    shown = _warm(adata, layer="counts")
+    edited = adata.layers["counts"].toarray()
+    edited[0, 0] += 2
+    adata.layers["counts"] = sp.csr_matrix(edited)
+    adata.X = sp.csr_matrix(counts(seed=2))  # X is not the counts fitted: not read
+    shown = warm_start_warnings(adata, layer="counts")
     assert len(shown) == 1 and f"adata.layers['counts'] {_OTHER_COUNTS}" in shown[0], shown
     assert adata.uns["nmf"]["n_iter"] == 5
 
@@ -190,20 +161,20 @@ def test_an_edited_layer_is_named_in_the_warning():
 def test_a_masked_fit_weighs_only_the_fitted_genes():
     mask = np.arange(40) < 30
     adata = _fitted(mask_var=mask)
-    counts = adata.X.toarray()
-    counts[:, 35] += 3  # a gene the fit left out: its counts are none of the fit's
-    adata.X = sp.csr_matrix(counts)
-    assert _warm(adata, mask_var=mask) == []
-    counts[4, 2] += 1  # a fitted gene's
-    adata.X = sp.csr_matrix(counts)
-    shown = _warm(adata, mask_var=mask)
+    values = adata.X.toarray()
+    values[:, 35] += 3  # a gene the fit left out: its counts are none of the fit's
+    adata.X = sp.csr_matrix(values)
+    assert warm_start_warnings(adata, mask_var=mask) == []
+    values[4, 2] += 1  # a fitted gene's
+    adata.X = sp.csr_matrix(values)
+    shown = warm_start_warnings(adata, mask_var=mask)
     assert len(shown) == 1 and "adata.X (genes in mask_var) holds other counts" in shown[0]
 
 
 def test_renamed_cells_are_still_told_by_their_names():
     adata = _fitted()
     adata.obs_names = [f"x{i}" for i in range(adata.n_obs)]
-    shown = _warm(adata)
+    shown = warm_start_warnings(adata)
     assert len(shown) == 1 and "swapped, repeated or renamed" in shown[0], shown
     assert _OTHER_COUNTS not in shown[0]
 
@@ -214,11 +185,11 @@ def test_a_dask_fit_sketches_as_in_memory_and_tells_reordered_rows(client):
     in_memory = np.asarray(adata.uns["nmf"]["counts_sketch"]).copy()
     chunked = adata.copy()
     chunked.X = da.from_array(adata.X.toarray(), chunks=(25, 40))
-    assert _warm(chunked) == []
+    assert warm_start_warnings(chunked) == []
     np.testing.assert_array_equal(chunked.uns["nmf"]["counts_sketch"], in_memory)
     reordered = adata.copy()
     reordered.X = da.from_array(adata.X.toarray()[::-1], chunks=(25, 40))
-    shown = _warm(reordered)
+    shown = warm_start_warnings(reordered)
     assert len(shown) == 1 and f"adata.X {_OTHER_COUNTS}" in shown[0], shown
     assert reordered.uns["nmf"]["n_iter"] == 5
 

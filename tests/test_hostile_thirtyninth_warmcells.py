@@ -18,50 +18,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from interrupted import Stop, stop_at
-from stored_fit import stored_start
+from stored_fit import FIT, counts, fit_from_stored, fitted_adata, warm_start_warnings
 
 import vbsnmf
 from vbsnmf import cli, tl
-
-_FIT = {"accelerate": False, "n_threads": 1}
-
-
-def _counts(seed: int = 0, shape=(60, 40)) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(1.0, size=shape).astype(np.float64)
-
-
-def _fitted(shape=(60, 40), **options) -> ad.AnnData:
-    adata = ad.AnnData(sp.csr_matrix(_counts(shape=shape)))
-    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
-    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, random_state=0, max_iter=8, **_FIT, **options)
-    return adata
-
-
-def _warm(adata, **options) -> list[str]:
-    """The UserWarnings of a five-pass warm start, as text."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(adata, 3, warm_start=True, max_iter=5, **_FIT, **options)
-    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-
-
-def _fit_from(adata) -> vbsnmf.VBNMF:
-    model = vbsnmf.VBNMF(3, max_iter=5, **_FIT)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        model.fit(adata.X, init=stored_start(adata))
-    return model
 
 
 def _assert_fresh_trace(adata, before) -> None:
     """The record's trace, its passes and n_iter are those of the fit from the stored start
     (``before``, the AnnData as it was) alone, as `VBNMF.fit(X, init=...)` gives them (its
     elbo_trace_ never holds the start's); the factors are that fit's."""
-    model = _fit_from(before)
+    model = fit_from_stored(before)
     record = adata.uns["nmf"]
     np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
     np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
@@ -70,13 +37,13 @@ def _assert_fresh_trace(adata, before) -> None:
 
 
 def test_a_warm_start_of_fewer_cells_starts_a_new_trace_and_says_so():
-    full = _fitted()
+    full = fitted_adata()
     subset = full[:30].copy()
     before = subset.copy()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
-        tl.nmf(subset, 3, warm_start=True, max_iter=5, **_FIT)
+        tl.nmf(subset, 3, warm_start=True, max_iter=5, **FIT)
     told = [w for w in caught if issubclass(w.category, UserWarning)]
     assert len(told) == 1, [str(w.message) for w in told]
     message = str(told[0].message)
@@ -96,16 +63,16 @@ def test_a_warm_start_of_fewer_cells_starts_a_new_trace_and_says_so():
 
 
 def test_a_warm_start_of_fewer_cells_and_genes_names_both_in_one_warning():
-    full = _fitted()
+    full = fitted_adata()
     subset = full[:30, :25].copy()
     before = subset.copy()
-    said = _warm(subset)
+    said = warm_start_warnings(subset)
     assert len(said) == 1, said
     assert said[0].startswith(
         "warm_start: adata holds 30 of the 60 cells and 25 of the 40 genes the stored fit "
         "'nmf' fitted (cells and genes were dropped since): "
     ), said
-    model = _fit_from(before)
+    model = fit_from_stored(before)
     np.testing.assert_allclose(subset.uns["nmf"]["elbo_trace"], model.elbo_trace_, rtol=1e-10)
     assert subset.uns["nmf"]["n_iter"] == 5
     assert (subset.uns["nmf"]["n_cells"], subset.uns["nmf"]["n_genes"]) == (30, 25)
@@ -114,12 +81,12 @@ def test_a_warm_start_of_fewer_cells_and_genes_names_both_in_one_warning():
 def test_a_warm_start_of_more_cells_than_fitted_starts_anew():
     """``anndata.concat`` of the fit's cells with 20 of them again (its record and gene side
     kept): the stored cell parameters cover every cell, and the trace was joined."""
-    full = _fitted()
+    full = fitted_adata()
     joined = ad.concat(
         [full, full[:20]], uns_merge="first", merge="first", index_unique="-", keys=["a", "b"]
     )
     before = joined.copy()
-    said = _warm(joined)
+    said = warm_start_warnings(joined)
     assert len(said) == 1, said
     assert said[0].startswith(
         "warm_start: adata holds 80 cells, 20 more than the 60 the stored fit 'nmf' fitted "
@@ -129,7 +96,7 @@ def test_a_warm_start_of_more_cells_than_fitted_starts_anew():
     assert joined.uns["nmf"]["n_cells"] == 80
     # with genes dropped too: one warning naming both
     fewer_genes = ad.concat([full, full[:20]], uns_merge="first", merge="first", index_unique="-")
-    said = _warm(fewer_genes[:, :30].copy())
+    said = warm_start_warnings(fewer_genes[:, :30].copy())
     assert len(said) == 1, said
     assert said[0].startswith(
         "warm_start: adata holds 80 cells, 20 more than the 60 the stored fit 'nmf' fitted, "
@@ -140,27 +107,27 @@ def test_a_warm_start_of_more_cells_than_fitted_starts_anew():
 def test_the_same_cells_continue_the_trace_without_a_word():
     """Guard: the fit's own cells (also read back from .h5ad, also a fit of the subset
     continued) extend the trace, counting passes on."""
-    full = _fitted()
+    full = fitted_adata()
     stored = np.asarray(full.uns["nmf"]["elbo_trace"])
-    assert not _warm(full)
+    assert not warm_start_warnings(full)
     np.testing.assert_array_equal(full.uns["nmf"]["elbo_trace"][: stored.size], stored)
     assert full.uns["nmf"]["n_iter"] == 13
     assert np.asarray(full.uns["nmf"]["elbo_trace"]).size == 13
     subset = full[:30].copy()
-    _warm(subset)
+    warm_start_warnings(subset)
     first = np.asarray(subset.uns["nmf"]["elbo_trace"])
-    assert not _warm(subset)
+    assert not warm_start_warnings(subset)
     np.testing.assert_array_equal(subset.uns["nmf"]["elbo_trace"][: first.size], first)
     assert subset.uns["nmf"]["n_iter"] == 10
     np.testing.assert_array_equal(subset.uns["nmf"]["elbo_iter"], np.arange(1, 11))
 
 
 def test_a_record_written_before_n_cells_was_kept_joins_as_before():
-    full = _fitted()
+    full = fitted_adata()
     stored = np.asarray(full.uns["nmf"]["elbo_trace"])
     del full.uns["nmf"]["n_cells"]
     subset = full[:30].copy()
-    assert not _warm(subset)
+    assert not warm_start_warnings(subset)
     np.testing.assert_array_equal(subset.uns["nmf"]["elbo_trace"][: stored.size], stored)
     assert subset.uns["nmf"]["n_iter"] == 13
     assert subset.uns["nmf"]["n_cells"] == 30  # the new fit's record keeps it
@@ -176,7 +143,7 @@ def test_a_record_written_before_n_cells_was_kept_joins_as_before():
     ],
 )
 def test_every_fit_records_the_cells_it_fitted(options, tmp_path):
-    adata = ad.AnnData(sp.csr_matrix(_counts(shape=(45, 40))))
+    adata = ad.AnnData(sp.csr_matrix(counts(shape=(45, 40))))
     adata.var["kept"] = np.arange(40) < 30
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -190,11 +157,11 @@ def test_every_fit_records_the_cells_it_fitted(options, tmp_path):
 
 @pytest.mark.parametrize("damaged", ["sixty", 0, 2.5, True])
 def test_a_damaged_n_cells_is_refused_naming_it(damaged):
-    full = _fitted()
+    full = fitted_adata()
     full.uns["nmf"]["n_cells"] = damaged
     subset = full[:30].copy()
     with pytest.raises(ValueError, match=r"adata\.uns\['nmf'\]\['n_cells'\] is damaged"):
-        tl.nmf(subset, 3, warm_start=True, max_iter=2, **_FIT)
+        tl.nmf(subset, 3, warm_start=True, max_iter=2, **FIT)
     with pytest.raises(ValueError, match=r"adata\.uns\['nmf'\]\['n_cells'\] is damaged"):
         tl.top_genes(full, 3)
 
@@ -202,7 +169,7 @@ def test_a_damaged_n_cells_is_refused_naming_it(damaged):
 def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_one(tmp_path):
     """The fresh trace does not stop ``resume=True`` from continuing the checkpoint of the
     warm-started fit; the stored fit's own checkpoint (of all cells) is still refused."""
-    full = _fitted(checkpoint=tmp_path / "full.npz")
+    full = fitted_adata(checkpoint=tmp_path / "full.npz")
     path = tmp_path / "warm.npz"
     interrupted, uninterrupted = full[:30].copy(), full[:30].copy()
     with warnings.catch_warnings():
@@ -210,10 +177,10 @@ def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_o
         with pytest.raises(Stop):
             tl.nmf(
                 interrupted, 3, warm_start=True, max_iter=5, checkpoint=path,
-                callback=stop_at(3), **_FIT,
+                callback=stop_at(3), **FIT,
             )  # fmt: skip
-        tl.nmf(interrupted, 3, warm_start=True, max_iter=5, checkpoint=path, resume=True, **_FIT)
-        tl.nmf(uninterrupted, 3, warm_start=True, max_iter=5, **_FIT)
+        tl.nmf(interrupted, 3, warm_start=True, max_iter=5, checkpoint=path, resume=True, **FIT)
+        tl.nmf(uninterrupted, 3, warm_start=True, max_iter=5, **FIT)
         for key in ("n_iter", "elbo_iter", "elbo_trace"):
             np.testing.assert_array_equal(
                 interrupted.uns["nmf"][key], uninterrupted.uns["nmf"][key]
@@ -223,12 +190,12 @@ def test_an_interrupted_warm_start_of_fewer_cells_resumes_as_the_uninterrupted_o
         with pytest.raises(vbsnmf.CheckpointMismatchError, match="different fit"):
             tl.nmf(
                 full[:30].copy(), 3, warm_start=True, max_iter=5,
-                checkpoint=tmp_path / "full.npz", resume=True, **_FIT,
+                checkpoint=tmp_path / "full.npz", resume=True, **FIT,
             )  # fmt: skip
 
 
 def test_the_command_lines_params_json_counts_the_cells_the_record_does(tmp_path, capsys):
-    ad.AnnData(sp.csr_matrix(_counts(shape=(35, 40)))).write_h5ad(tmp_path / "in.h5ad")
+    ad.AnnData(sp.csr_matrix(counts(shape=(35, 40)))).write_h5ad(tmp_path / "in.h5ad")
     outdir = tmp_path / "out"
     code = cli.main(["fit", str(tmp_path / "in.h5ad"), "-k", "2", "--max-iter", "2", "-o",
                      str(outdir), "--quiet"])  # fmt: skip

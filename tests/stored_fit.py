@@ -68,3 +68,15 @@ def fit_from_stored(adata) -> vbsnmf.VBNMF:
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         model.fit(adata.X, init=stored_start(adata))
     return model
+
+
+def assert_fresh_trace(adata, before) -> None:
+    """The record's trace, its passes and n_iter are those of the fit from the stored start
+    (``before``, the AnnData as it was) alone, as `VBNMF.fit(X, init=...)` gives them (its
+    elbo_trace_ never holds the start's); the factors are that fit's."""
+    model = fit_from_stored(before)
+    record = adata.uns["nmf"]
+    np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
+    np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
+    assert record["n_iter"] == model.n_iter_ == 5
+    np.testing.assert_allclose(adata.obsm["X_nmf"], model.cell_shape_ / model.cell_rate_)

@@ -18,22 +18,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from interrupted import Stop, stop_at
-from stored_fit import FIT, counts, fit_from_stored, fitted_adata, warm_start_warnings
+from stored_fit import (
+    FIT,
+    assert_fresh_trace,
+    counts,
+    fit_from_stored,
+    fitted_adata,
+    warm_start_warnings,
+)
 
 import vbsnmf
 from vbsnmf import cli, tl
-
-
-def _assert_fresh_trace(adata, before) -> None:
-    """The record's trace, its passes and n_iter are those of the fit from the stored start
-    (``before``, the AnnData as it was) alone, as `VBNMF.fit(X, init=...)` gives them (its
-    elbo_trace_ never holds the start's); the factors are that fit's."""
-    model = fit_from_stored(before)
-    record = adata.uns["nmf"]
-    np.testing.assert_allclose(record["elbo_trace"], model.elbo_trace_, rtol=1e-10)
-    np.testing.assert_array_equal(record["elbo_iter"], model.elbo_iter_)
-    assert record["n_iter"] == model.n_iter_ == 5
-    np.testing.assert_allclose(adata.obsm["X_nmf"], model.cell_shape_ / model.cell_rate_)
 
 
 def test_a_warm_start_of_fewer_cells_starts_a_new_trace_and_says_so():
@@ -53,7 +48,7 @@ def test_a_warm_start_of_fewer_cells_starts_a_new_trace_and_says_so():
     ), message
     assert "'elbo_iter' and 'n_iter' start anew" in message
     assert told[0].filename == __file__  # the user's line, not the library's
-    _assert_fresh_trace(subset, before)
+    assert_fresh_trace(subset, before)
     assert subset.uns["nmf"]["n_cells"] == 30
     # the trace is one fit's: an ascent from its start, no jump (the joined one fell by
     # half at the join)
@@ -92,7 +87,7 @@ def test_a_warm_start_of_more_cells_than_fitted_starts_anew():
         "warm_start: adata holds 80 cells, 20 more than the 60 the stored fit 'nmf' fitted "
         "(cells were added since"
     ), said
-    _assert_fresh_trace(joined, before)
+    assert_fresh_trace(joined, before)
     assert joined.uns["nmf"]["n_cells"] == 80
     # with genes dropped too: one warning naming both
     fewer_genes = ad.concat([full, full[:20]], uns_merge="first", merge="first", index_unique="-")

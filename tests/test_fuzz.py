@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from cli_output import error_lines
 
-from vbsnmf.cli import COMPILING, main
+from vbsnmf.cli import main
 
 # A valid 8 genes x 6 cells Matrix Market file (genes as rows, the 10x convention).
 BANNER = "%%MatrixMarket matrix coordinate integer general"
@@ -614,8 +615,7 @@ def run_case(case: Case, folder: Path, capfd) -> str | None:
         except BaseException as error:
             return f"main raised {type(error).__name__}: {error}"
     captured = capfd.readouterr()
-    # Numba's compile notice (a cold cache: kernels checking the input) is not an error line
-    stderr_lines = [line for line in captured.err.splitlines() if line != COMPILING]
+    stderr_lines = error_lines(captured.err)  # a cold cache's compile notice is no error line
     succeeded = code == 0
     if case.expect == "ok" and not succeeded:
         return f"expected success, got code {code}: {captured.err.strip()[:300]}"
@@ -755,6 +755,6 @@ def test_header_declaring_two_billion_cells_fails_cleanly(tmp_path):
         timeout=300,
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
-    lines = completed.stderr.splitlines()
+    lines = error_lines(completed.stderr)
     assert len(lines) == 1 and lines[0].startswith("vbsnmf: error: "), completed.stderr
     assert not outdir.exists()

@@ -20,6 +20,7 @@ import anndata as ad
 import h5py
 import numpy as np
 import pytest
+from cli_output import error_lines
 from test_hostile import FIT, N_CELLS, N_GENES, SVI, _counts, _main, mtx, tenx
 
 import vbsnmf
@@ -63,7 +64,7 @@ def _vbsnmf(folder: Path, *argv) -> subprocess.CompletedProcess:
 def _one_error_line(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
-    lines = done.stderr.splitlines()
+    lines = error_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("vbsnmf: error: "), done.stderr
     return lines[0]
 

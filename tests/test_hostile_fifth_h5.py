@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anndata as ad
 import pytest
+from cli_output import error_lines
 from test_hostile import FIT, SVI, _tree, h5ad, mtx, tenx
 
 import vbsnmf
@@ -67,7 +68,7 @@ def _one_clean_error(done: subprocess.CompletedProcess) -> str | None:
     """What the CLI's failed run did wrong: a crash, no error line, or more than one line."""
     if done.returncode != 2:
         return f"exit {done.returncode}: {done.stderr[-2000:]}"
-    lines = done.stderr.splitlines()
+    lines = error_lines(done.stderr)
     if len(lines) != 1 or not lines[0].startswith("vbsnmf: error: "):
         return f"stderr: {done.stderr[-2000:]}"
     return None

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_output import without_compile_notice
 
 import vbsnmf
 from vbsnmf import cli
@@ -97,7 +98,7 @@ def test_demo_on_a_bundled_folder_out_of_reach_says_to_reinstall(unsearchable, t
     Python's "[Errno 13] Permission denied: ..."), exit code 2, no OUTDIR."""
     outdir = tmp_path / "demo"
     assert cli.main(["demo", "--dataset", "pbmc_tiny", "-k", "2", "-o", str(outdir)]) == 2
-    err = capsys.readouterr().err
+    err = without_compile_notice(capsys.readouterr().err)
     assert err.count("\n") == 1 and err.startswith("vbsnmf: error: "), err
     assert "matrix.mtx.gz: permission denied" in err and "reinstall vbsnmf" in err, err
     assert not outdir.exists()
@@ -108,7 +109,7 @@ def _demo_refused(argv, capsys) -> str:
     """stderr of ``vbsnmf demo`` refusing ``argv`` before it reads any data (one line,
     exit code 2)."""
     assert cli.main(["demo", "--dataset", "pbmc_tiny", "-k", "2", *map(str, argv)]) == 2
-    err = capsys.readouterr().err
+    err = without_compile_notice(capsys.readouterr().err)
     assert err.count("\n") == 1 and err.startswith("vbsnmf: error: "), err
     return err
 

@@ -22,6 +22,7 @@ import pytest
 import scanpy as sc
 import scipy.io
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 from scipy.special import gammaln
 
 import vbsnmf
@@ -289,6 +290,6 @@ def test_cli_k_refused_in_one_line(k, message, tmp_path, capsys):
     pd.Series(pbmc.obs_names).to_csv(folder / "barcodes.tsv", header=False, index=False)
     code = cli.main(["fit", str(folder), "-k", k, "-o", str(tmp_path / "o"), "--max-iter", "2"])
     assert code == cli.EXIT_USAGE
-    error = capsys.readouterr().err
+    error = without_compile_notice(capsys.readouterr().err)
     assert error.count("\n") == 1 and message in error, error
     assert not (tmp_path / "o").exists()

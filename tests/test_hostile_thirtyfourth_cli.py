@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from cli_output import error_lines, without_compile_notice
 
 import vbsnmf.cli as cli
 
@@ -36,7 +37,7 @@ def fitted(tmp_path_factory):
 
 
 def _error(capsys) -> str:
-    err = capsys.readouterr().err
+    err = without_compile_notice(capsys.readouterr().err)
     assert err.count("\n") == 1, err
     return err
 
@@ -168,7 +169,7 @@ def test_svi_conversion_is_still_told_once_the_fit_runs(fitted, tmp_path, capsys
     argv = ["fit", str(matrix), "--cells-as-rows", *FIRST, "--epochs", "1", "-o", str(outdir)]
     assert cli.main([*argv, "--checkpoint", str(checkpoint), "--resume"]) == 0
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.startswith("vbsnmf: ")]
+    lines = [line for line in error_lines(captured.err) if line.startswith("vbsnmf: ")]
     assert lines[:2] == [
         f"vbsnmf: converted {matrix} into {outdir / 'counts.h5ad'}",
         f"vbsnmf: no checkpoint at {checkpoint} yet: a new fit",

@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_output import error_lines
 
 import vbsnmf
 from vbsnmf import VBNMF
@@ -159,7 +160,7 @@ def test_unencoded_x_on_the_command_line(unencoded, tmp_path):
             timeout=120,
         )
         assert run.returncode == 2, run.stderr
-        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert len(error_lines(run.stderr)) == 1, run.stderr
         _check_names_encoding(run.stderr)
         assert not (tmp_path / f"out_{solver}").exists()
 

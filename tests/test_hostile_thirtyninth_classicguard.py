@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 from traced import traced_peak
 
 import vbsnmf
@@ -141,7 +142,7 @@ def test_the_command_line_says_it_in_one_line_with_its_options(tmp_path, monkeyp
     outdir = tmp_path / "out"
     monkeypatch.setattr(_memory, "available_memory", lambda: 1000)
     code = cli.main(["fit", str(path), "-k", str(K), "--solver", "mu", "-o", str(outdir)])
-    err = capsys.readouterr().err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(capsys.readouterr().err)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -27,6 +27,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import zarr
+from cli_output import without_compile_notice
 from simulated import poisson_gamma_adata
 
 import vbsnmf
@@ -131,7 +132,7 @@ def test_the_command_line_names_a_zipped_zarr_store_and_writes_nothing(tmp_path,
     output = tmp_path / ("out" if command == "fit" else "umap.png")
     argv = ["-k", "2", "-o", str(output)] if command == "fit" else ["-o", str(output)]
     code = cli.main([command, str(path), *argv])
-    err = capsys.readouterr().err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(capsys.readouterr().err)
     assert code == 2 and not output.exists()
     assert err.count("\n") == 1 and "a zipped .zarr store" in err and "Traceback" not in err
     assert f"-d {tmp_path / 'fit.zarr'}" in err  # the folder the store unzips into

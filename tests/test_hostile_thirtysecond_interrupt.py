@@ -26,6 +26,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_output import error_lines
 
 import vbsnmf._atomic as atomic
 import vbsnmf.tl._nmf as tl_nmf
@@ -189,7 +190,7 @@ def test_tl_project_ctrl_c_while_storing_keeps_one_whole_projection(monkeypatch)
 def _cli(args, capsys):
     code = cli.main(args)
     captured = capsys.readouterr()
-    return code, captured.err.strip().splitlines()
+    return code, error_lines(captured.err)
 
 
 def _fit_args(tmp_path, out: str):

@@ -13,6 +13,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pytest
+from cli_output import without_compile_notice
 from simulated import poisson_adata
 
 import vbsnmf
@@ -39,7 +40,7 @@ def _run(argv, capsys, folder, monkeypatch):
     monkeypatch.chdir(folder)
     code = cli.main([str(arg) for arg in argv])
     out, err = capsys.readouterr()
-    return code, out, err
+    return code, out, without_compile_notice(err)
 
 
 def _refused(argv, capsys, folder, monkeypatch) -> str:

@@ -11,6 +11,7 @@ import warnings
 
 import anndata as ad
 import matplotlib
+from cli_output import without_compile_notice
 
 matplotlib.use("Agg")
 
@@ -191,8 +192,9 @@ def _result(path) -> None:
 
 def _error(capsys) -> str:
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1, captured
-    return captured.err
+    err = without_compile_notice(captured.err)
+    assert captured.out == "" and err.count("\n") == 1, captured
+    return err
 
 
 @pytest.mark.parametrize(("key", "shown"), [("", "''"), ("my fit", "'my fit'")])

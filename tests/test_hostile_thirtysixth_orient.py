@@ -40,6 +40,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 from reference_cavi import fit_rows as numpy_fit_rows
 from simulated import poisson_gamma_array
 
@@ -91,7 +92,7 @@ def cells_by_genes_mtx(tmp_path):
 def _cli(argv, capfd, cwd, monkeypatch) -> tuple[int, str]:
     monkeypatch.chdir(cwd)
     code = cli.main([str(arg) for arg in argv])
-    err = capfd.readouterr().err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(capfd.readouterr().err)
     return code, err
 
 

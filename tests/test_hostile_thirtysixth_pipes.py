@@ -42,6 +42,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 from numba.core import caching
 
 import vbsnmf._kernels as kernels
@@ -56,7 +57,7 @@ main_thread_only = pytest.mark.skipif(
 def _run(argv, capsys):
     code = cli.main([str(argument) for argument in argv])
     out, err = capsys.readouterr()
-    return code, out, err
+    return code, out, without_compile_notice(err)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from cli_output import without_compile_notice
 from simulated import poisson_gamma_adata
 
 import vbsnmf
@@ -71,7 +72,7 @@ def raw_fitted() -> ad.AnnData:
 def _cli(argv, capfd, cwd, monkeypatch) -> tuple[int, str]:
     monkeypatch.chdir(cwd)
     code = cli.main([str(arg) for arg in argv])
-    err = capfd.readouterr().err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(capfd.readouterr().err)
     return code, err
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 
 import vbsnmf
 from vbsnmf import _memory, cli
@@ -159,7 +160,7 @@ def test_cli_memory_refusal_names_its_options(tmp_path, monkeypatch, capsys, sol
     except SystemExit as stop:
         code = stop.code
     # the input is checked before the guard, which may compile kernels on a cold cache
-    err = capsys.readouterr().err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(capsys.readouterr().err)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "dtype=" not in err and "solver=" not in err and "n_threads" not in err, err
     assert "lower -k" in err.lower() and "VBSNMF_NO_MEMORY_GUARD=1" in err

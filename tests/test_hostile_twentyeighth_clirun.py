@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 
 import vbsnmf
 import vbsnmf.cli as cli
@@ -75,18 +76,13 @@ def test_resume_of_an_input_the_fit_refuses_says_one_line(solver, tmp_path, caps
     options += ["--epochs", "1"] if solver == "svi" else ["--max-iter", "1"]
     argv = ["fit", str(source), *options, "--checkpoint", str(checkpoint), "--resume"]
     assert cli.main([*argv, "-o", str(tmp_path / "out")]) == cli.EXIT_USAGE
-    err = _without_compiling(capsys.readouterr().err)
+    err = without_compile_notice(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and err.startswith("vbsnmf: error: ")
     assert "non-integer" in err and not checkpoint.exists()
     # counts that fit: the note is still said, before the fit's own lines
     counts.data = np.ceil(counts.data * 5)
     anndata.AnnData(counts).write_h5ad(source)
     assert cli.main([*argv, "-o", str(tmp_path / "out")]) == 0
-    err = _without_compiling(capsys.readouterr().err)
+    err = without_compile_notice(capsys.readouterr().err)
     assert err.startswith(f"vbsnmf: no checkpoint at {checkpoint} yet: a new fit\n"), err
     assert checkpoint.is_file()
-
-
-def _without_compiling(err: str) -> str:
-    """``err`` without the note that Numba compiles (a first run's, said as it happens)."""
-    return "".join(line for line in err.splitlines(True) if line.rstrip("\n") != cli.COMPILING)

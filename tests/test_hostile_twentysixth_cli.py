@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 
 import vbsnmf.cli as cli
 import vbsnmf.io
@@ -27,7 +28,7 @@ def cells_mtx(tmp_path):
 
 
 def _error(capsys) -> str:
-    err = capsys.readouterr().err
+    err = without_compile_notice(capsys.readouterr().err)
     assert err.count("\n") == 1, err
     return err
 

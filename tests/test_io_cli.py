@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from cli_output import without_compile_notice
 
 import vbsnmf
 from vbsnmf import cli
@@ -207,7 +208,7 @@ def _run(argv, capsys) -> tuple[int, str, str]:
     # The first run in a fresh Numba cache that compiles a kernel says so on a line of its
     # own (tests/test_compile_notice.py): which test that is depends on the order, and a
     # bad input's "one line" counted it (seen with an empty cache).
-    err = captured.err.replace(cli.COMPILING + "\n", "")
+    err = without_compile_notice(captured.err)
     return code, captured.out, err
 
 

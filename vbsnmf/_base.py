@@ -196,7 +196,14 @@ def name_hashes(names) -> np.ndarray:
     import pandas as pd
 
     text = np.asarray(pd.Index(names).astype(str), dtype=object)
-    return pd.util.hash_array(text, categorize=False)
+    try:
+        return pd.util.hash_array(text, categorize=False)
+    except UnicodeEncodeError:
+        # a lone surrogate (a name decoded with surrogateescape) has no UTF-8: pandas
+        # raised, and failed the fit. Its bytes as "surrogatepass" writes them, which are
+        # UTF-8's for every other name, so their hashes are those above.
+        encoded = [name.encode("utf-8", "surrogatepass") for name in text]
+        return pd.util.hash_array(np.asarray(encoded, dtype=object), categorize=False)
 
 
 def names_digests(names) -> tuple[str, str]:

@@ -222,4 +222,4 @@ def test_a_name_with_a_lone_surrogate_is_digested_and_the_others_hash_as_before(
         warnings.simplefilter("ignore", vbsnmf.ConvergenceWarning)
         tl.nmf(adata, 2, random_state=0, max_iter=3, **FIT)
     digest = adata.uns["nmf"]["cells_digest"]
-    assert len(digest) == 16 and digest != tl._stored.names_digest(adata.obs_names[:19])
+    assert len(digest) == 16 and digest != vbsnmf._base.names_digests(adata.obs_names[:19])[0]

@@ -915,7 +915,7 @@ def check_fit_record(record: dict, where: str) -> None:
     n_cells = record.get("n_cells")
     if n_cells is not None and not (is_integer(n_cells) and n_cells >= 1):
         raise damaged_record(f"{where}['n_cells']", reprlib.repr(n_cells))
-    # the digests of the names of the cells and genes fitted (`tl._stored.names_digest`),
+    # the digests of the names of the cells and genes fitted (`tl._stored.fit_identity`),
     # by which a warm start tells other cells from the fit's own (kept since 2026-12-07):
     # another value would tell every warm start that its cells were swapped
     for name in ("cells_digest", "genes_digest"):
@@ -926,7 +926,7 @@ def check_fit_record(record: dict, where: str) -> None:
             raise damaged_record(
                 f"{where}[{name!r}]", f"{reprlib.repr(digest)}, not 16 hexadecimal digits"
             )
-    # the sketch of the counts fitted (`tl._stored.counts_sketch`), by which a warm start
+    # the sketch of the counts fitted (`tl._stored.fit_identity`), by which a warm start
     # tells other counts in cells and genes of the same names (kept since 2026-12-07)
     if "counts_sketch" in record:
         try:

@@ -61,14 +61,13 @@ from ._stored import (
     check_key_added,
     check_variational_entry,
     check_writable,
-    counts_sketch,
     counts_sketch_differs,
     drop_fit,
+    fit_identity,
     fit_info,
     gene_holder,
     index_named_as_totals,
     loading_totals,
-    names_digest,
     variational_params,
 )
 
@@ -530,13 +529,9 @@ def nmf(
     # a warm start of as many cells (genes) but not the same ones (one repeated in place of
     # another, adata[[0, 0, 2, ...]]) joined its ELBO, over other counts, to the stored trace
     fitted_names = var_names if fitted_genes is None else var_names[fitted_genes]
-    digests = {
-        CELLS_DIGEST_ENTRY: names_digest(adata.obs_names),
-        GENES_DIGEST_ENTRY: names_digest(fitted_names),
-        # and of their counts: other counts of the same cells' and genes' names (another
-        # layer copied into X, the rows of X reordered without obs) were joined likewise
-        COUNTS_SKETCH_ENTRY: counts_sketch(adata.obs_names, cell_totals, fitted_names, gene_totals),
-    }
+    # and of their counts: other counts of the same cells' and genes' names (another layer
+    # copied into X, the rows of X reordered without obs) were joined likewise
+    digests = fit_identity(adata.obs_names, cell_totals, fitted_names, gene_totals)
 
     # The integer a Generator's (a RandomState's, None's) fit draws, drawn here so that .uns
     # records it: unrecorded, a replay of the record (tl.nmf(adata, **params)) fitted the
@@ -607,8 +602,7 @@ def nmf(
     share, threshold = _factor_share(cell_factors, gene_loadings, min_share, prior)
     if not (share > threshold).any():
         # the cells the default counts: those the fit gives any count (`_factor_share`)
-        fitted_totals = np.asarray(cell_factors) @ np.asarray(gene_loadings).sum(axis=0)
-        n_fitted = int(np.count_nonzero(fitted_totals > 0))
+        n_fitted = int(np.count_nonzero(_fitted_cell_totals(cell_factors, gene_loadings) > 0))
         _warn_no_active(threshold, min_share is None, n_fitted, float(share.max(initial=0)))
     settings = {"n_components": int(n_components), "solver": solver, "use_raw": bool(use_raw)}
     if layer is not None:
@@ -943,8 +937,8 @@ def _stored_start(
 ) -> tuple[dict, np.ndarray, np.ndarray, int]:
     """The stored fit's parameters as a start for the genes fitted now, its trace, the
     iteration of each value (`elbo_iterations`) and its passes; ``digests``: those of the
-    names of the cells and genes fitted now (`names_digest`) and the sketch of their counts
-    (`counts_sketch`), against the record's; ``source``: where the counts are, for the
+    names of the cells and genes fitted now and the sketch of their counts (`fit_identity`),
+    against the record's; ``source``: where the counts are, for the
     warning."""
     if keys.uns not in adata.uns:
         raise ValueError(f"warm_start: adata.uns has no fit {keys.uns!r}; fit without first")
@@ -1048,7 +1042,7 @@ def _counts_changed_since(
     written before they were kept lacks): one repeated in place of another
     (``adata[[0, 0, 2, ...]]``) holds other counts. The fit's own cells and genes are told
     holding other counts (``source``, where they are, replaced or edited since) by the sketch
-    of their totals (`counts_sketch`, against the record's `COUNTS_SKETCH_ENTRY`, which a
+    of their totals (`fit_identity`, against the record's `COUNTS_SKETCH_ENTRY`, which a
     record written before it was kept lacks)."""
     fitted_cells = info.get("n_cells")
     cells_changed = fitted_cells is not None and n_cells != int(fitted_cells)
@@ -1377,7 +1371,7 @@ def _count_totals(matrix) -> tuple[np.ndarray, np.ndarray]:
     a dask array is summed chunk by chunk on its
     workers (its chunks may be sparse, whose ``sum`` dask's own reduction cannot call), both
     sums in one computation, which reads each chunk once. The gene totals are added in
-    float64 (`_gene_sums`), the cell totals too (`counts_sketch` weighs them)."""
+    float64 (`_gene_sums`), the cell totals too (`fit_identity` weighs them)."""
     if is_dask_array(matrix):
         import dask
 
@@ -1475,12 +1469,18 @@ def _typical_cells_needed(n_cells: int) -> float:
     return min(5, n_cells / 4)
 
 
+def _fitted_cell_totals(cell_factors, gene_loadings) -> np.ndarray:
+    """Each cell's fitted count, ``cell_factors @ gene_loadings.sum(axis=0)`` (the latter
+    added in float64): of these the default ``min_share`` counts the positive ones."""
+    return cell_factors @ np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
+
+
 def _factor_share(cell_factors, gene_loadings, min_share, prior) -> tuple[np.ndarray, float]:
     """Each factor's share of the fitted counts and the ``active`` threshold (see `nmf`);
     ``prior`` is ``(shape, rate)`` of the fixed Gamma prior, or None (the learned prior,
     whose switched-off factors fit nearly nothing, and the classical solvers)."""
     gene_sums = np.asarray(gene_loadings, dtype=np.float64).sum(axis=0)
-    cell_totals = cell_factors @ gene_sums  # each cell's fitted count
+    cell_totals = _fitted_cell_totals(cell_factors, gene_loadings)
     cell_sums = cell_factors.sum(axis=0)
     expected = np.asarray(cell_sums, dtype=np.float64) * gene_sums
     total = float(expected.sum())

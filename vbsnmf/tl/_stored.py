@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._base import name_hashes, names_digests
+from .._base import name_hashes, order_free_digest
 from .._model import HYPER_KEYS, SCALE_KEYS
 from .._utils import (
     check_anndata,
@@ -108,49 +108,44 @@ def cell_factor_arrays(keys: FitKeys, cell_factors, gene_loadings, totals=None) 
     return {keys.factors: cell_factors, keys.usage: shares, keys.sqrt_usage: shares**0.5}
 
 
-# The fit record's entries of the names of the cells and of the genes it fitted
-# (`names_digest`), by which a warm start tells other cells or genes from the fit's own in
-# another order.
+# The fit record's entries by which a warm start tells other cells, genes or counts from
+# the fit's own in another order (`fit_identity`).
 CELLS_DIGEST_ENTRY = "cells_digest"
 GENES_DIGEST_ENTRY = "genes_digest"
-
-
-def names_digest(names) -> str:
-    """The digest (16 hex digits) of ``names`` (``obs_names`` or ``var_names``) that ignores
-    their order (`vbsnmf._base.names_digests`' first): the same names in another order give
-    the same digest, a name swapped for another, or repeated in place of one, another."""
-    return names_digests(names)[0]
-
-
-# The fit record's entry of a sketch of the counts fitted (`counts_sketch`), by which a warm
-# start tells other counts in cells and genes of the fit's names.
 COUNTS_SKETCH_ENTRY = "counts_sketch"
 
 
-def counts_sketch(cell_names, cell_totals, gene_names, gene_totals) -> np.ndarray:
-    """Two numbers of the counts fitted that ignore the order of their cells and genes: each
-    cell's total count and each gene's, weighed by a number in [1, 2) drawn from its
-    name's hash (`name_hashes`) and summed. Other counts in cells and genes of the same
-    names (another layer copied into X, counts edited, the rows of X reordered without its
-    obs_names) change a cell's or a gene's total, and so the sum, but for totals that
-    change in ways that cancel exactly. From the totals the fit sums anyway: one pass over
-    the names (about 0.3 s for a million cells), none over the counts."""
-    return np.array(
-        [_named_sum(cell_names, cell_totals), _named_sum(gene_names, gene_totals)],
-        dtype=np.float64,
-    )
+def fit_identity(cell_names, cell_totals, gene_names, gene_totals) -> dict:
+    """The record's entries of the cells, genes and counts fitted, all of which ignore the
+    order of the cells and genes, from one hash of each name (`name_hashes`; about 0.3 s
+    for a million names): `CELLS_DIGEST_ENTRY` and `GENES_DIGEST_ENTRY`, digests (16 hex
+    digits) of the names (`order_free_digest`: the same names in another order give the
+    same digest, a name swapped for another, or repeated in place of one, another), and
+    `COUNTS_SKETCH_ENTRY`, two numbers: each cell's total count and each gene's, weighed by
+    a number in [1, 2) drawn from its name's hash and summed. Other counts in cells and
+    genes of the same names (another layer copied into X, counts edited, the rows of X
+    reordered without its obs_names) change a cell's or a gene's total, and so the sum,
+    but for totals that change in ways that cancel exactly. From the totals the fit sums
+    anyway: no pass over the counts."""
+    cell_hashes, gene_hashes = name_hashes(cell_names), name_hashes(gene_names)
+    sketch = [_named_sum(cell_hashes, cell_totals), _named_sum(gene_hashes, gene_totals)]
+    return {
+        CELLS_DIGEST_ENTRY: order_free_digest(cell_hashes),
+        GENES_DIGEST_ENTRY: order_free_digest(gene_hashes),
+        COUNTS_SKETCH_ENTRY: np.array(sketch, dtype=np.float64),
+    }
 
 
-def _named_sum(names, totals) -> float:
-    """``totals`` weighed by a number in [1, 2) drawn from the hash of each of ``names``
-    (its 53 high bits, as a float64 holds them) and summed (`counts_sketch`)."""
-    weights = 1.0 + (name_hashes(names) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+def _named_sum(hashes: np.ndarray, totals) -> float:
+    """``totals`` weighed by a number in [1, 2) drawn from each name's hash (``hashes``;
+    its 53 high bits, as a float64 holds them) and summed (`fit_identity`)."""
+    weights = 1.0 + (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
     # fsum: the exactly rounded sum of the products, the same in whatever order they come
     return math.fsum(weights * np.asarray(totals, dtype=np.float64).ravel())
 
 
 def counts_sketch_differs(recorded, current: np.ndarray) -> bool:
-    """Whether the record's `counts_sketch` (``recorded``; None in a record written before
+    """Whether the record's `COUNTS_SKETCH_ENTRY` (``recorded``; None in a record written before
     it was kept: False) differs from ``current`` beyond rounding. Integer counts give the
     same sketch in any order; non-integer ones are summed into a cell's total in another
     order when the genes are reordered, which rounds otherwise by far less than the relative

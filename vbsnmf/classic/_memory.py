@@ -320,9 +320,10 @@ def check_classic_fit_memory(
         elif not defined_at_zero:
             # listed at their entries > 0, which must be X's nonzeros (the validation
             # refuses others before listing them)
-            layout, n_weighted = "pattern", min(_count_positive(weights), nnz)
+            n_positive = _count_entries(weights, lambda block: block > 0)
+            layout, n_weighted = "pattern", min(n_positive, nnz)
         else:
-            layout, n_weighted = "weighted", _count_other_than_one(weights)
+            layout, n_weighted = "weighted", _count_entries(weights, lambda block: block != 1)
     else:  # weights of another kind or shape: the validation explains them
         return None
     estimate = estimate_classic_fit_memory(
@@ -396,19 +397,10 @@ def _stored_form(X) -> tuple[int, bool]:
     return itemsize, converted
 
 
-def _count_positive(weights: np.ndarray) -> int:
-    """Entries of dense ``weights`` above 0, a block of rows at a time: no mask of their
-    shape."""
+def _count_entries(weights: np.ndarray, where) -> int:
+    """Entries of dense ``weights`` for which ``where`` (of a block of rows, a boolean
+    array) holds, a block of rows at a time: no mask of their shape."""
     count = 0
     for rows in _data.dense_row_blocks(*weights.shape):
-        count += int(np.count_nonzero(weights[rows] > 0))
-    return count
-
-
-def _count_other_than_one(weights: np.ndarray) -> int:
-    """Entries of dense ``weights`` other than 1 (the exclusion list's), a block of rows at
-    a time: no mask of their shape."""
-    count = 0
-    for rows in _data.dense_row_blocks(*weights.shape):
-        count += int(np.count_nonzero(weights[rows] != 1))
+        count += int(np.count_nonzero(where(weights[rows])))
     return count
